@@ -1,0 +1,231 @@
+//! `cargo xtask`: Quorate's automation. If `cargo xtask ci` passes locally, CI is green.
+//!
+//! Every cargo invocation made from here uses the `ci` profile (release with debug
+//! assertions), so tests, benches and the demo share one build of RocksDB's C++.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+mod deps;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                         everything CI runs: fmt, clippy, tests, dependency rule, bounded simulation
+  sim [--seeds N] [--seed S] [--steps K]
+                             deterministic simulation of clusters; ends with one summary line
+  demo [--smoke]             the main job (until the node lands: a simulated 3-node cluster)
+  bench <core|storage|transport>
+                             benchmarks; record the figures in docs/benchmarks.md
+  deps                       check the architecture's dependency rule with cargo tree
+  setup                      install the system packages the build needs (libclang for RocksDB)
+";
+
+/// The cargo profile used for everything: release speed with debug assertions.
+pub(crate) const PROFILE: &str = "ci";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => {
+            eprint!("{USAGE}");
+            bail!("no command given");
+        }
+    };
+    match cmd {
+        "ci" => ci(rest),
+        "sim" => sim(rest),
+        "demo" => demo(rest),
+        "bench" => bench(rest),
+        "deps" => deps::check(&root()),
+        "setup" => setup(),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command `{other}`")
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, echoing it, failing on a non-zero exit.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    eprintln!("$ {}", show(cmd));
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(cmd));
+    }
+    eprintln!("  ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+pub(crate) fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Installs what a fresh Debian machine lacks for the build: libclang (bindgen for RocksDB).
+fn setup() -> Result<()> {
+    let have_libclang = Path::new("/usr/lib/llvm-14/lib/libclang.so").exists()
+        || std::fs::read_dir("/usr/lib")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| {
+                d.file_name().to_string_lossy().starts_with("llvm-")
+                    && d.path().join("lib/libclang.so").exists()
+            });
+    if have_libclang {
+        eprintln!("setup: libclang present");
+        return Ok(());
+    }
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !root_user {
+        bail!(
+            "libclang is missing; install it with `sudo apt-get install -y libclang-dev` and run again"
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "libclang-dev"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn ci(args: &[String]) -> Result<()> {
+    if let Some(a) = args.first() {
+        bail!("`ci` takes no arguments, got `{a}`");
+    }
+    let started = Instant::now();
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--profile",
+        PROFILE,
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "nextest",
+        "run",
+        "--workspace",
+        "--locked",
+        "--cargo-profile",
+        PROFILE,
+        "--no-fail-fast",
+    ]))?;
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--doc",
+        "--locked",
+        "--profile",
+        PROFILE,
+    ]))?;
+    deps::check(&root())?;
+    sim(&["--seeds".into(), "500".into()])?;
+    eprintln!(
+        "ci: all steps passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn sim(args: &[String]) -> Result<()> {
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--locked",
+            "--profile",
+            PROFILE,
+            "-p",
+            "quorate-check",
+            "--bin",
+            "quorate-sim",
+            "--",
+        ])
+        .args(args))
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    let smoke = match args {
+        [] => false,
+        [a] if a == "--smoke" => true,
+        _ => bail!("usage: cargo xtask demo [--smoke]"),
+    };
+    let mut a = vec!["--seeds".to_string(), "1".into(), "--verbose".into()];
+    if !smoke {
+        a.extend(["--steps".into(), "20000".into()]);
+    }
+    sim(&a)
+}
+
+/// `cargo xtask bench NAME`: each benchmark is a `harness = false` bench target that prints
+/// its figures; this table says where each one lives.
+fn bench(args: &[String]) -> Result<()> {
+    const BENCHES: &[(&str, &str, &str)] = &[
+        ("core", "quorate-core", "core"),
+        ("storage", "quorate-storage", "storage"),
+        ("transport", "quorate-transport", "transport"),
+    ];
+    let Some((name, rest)) = args.split_first() else {
+        bail!(
+            "usage: cargo xtask bench <{}>",
+            BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join("|")
+        );
+    };
+    let Some((_, package, target)) = BENCHES.iter().find(|b| b.0 == name) else {
+        bail!(
+            "unknown bench `{name}`; known: {}",
+            BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+        );
+    };
+    run(cargo()
+        .args([
+            "bench",
+            "--locked",
+            "--profile",
+            PROFILE,
+            "-p",
+            package,
+            "--bench",
+            target,
+            "--",
+        ])
+        .args(rest))
+}
