@@ -6,23 +6,10 @@ use anyhow::{Context, Result, bail};
 use std::path::Path;
 
 /// Crates that must stay pure (no I/O stack in their normal dependency tree).
-const PURE: &[&str] = &[
-    "quorate-log",
-    "quorate-core",
-    "quorate-check",
-    "quorate-admission",
-];
+const PURE: &[&str] = &["quorate-log", "quorate-core", "quorate-check", "quorate-admission"];
 
 /// Crate names (prefixes) that must not appear below a pure crate.
-const FORBIDDEN: &[&str] = &[
-    "tokio",
-    "quinn",
-    "rustls",
-    "rocksdb",
-    "librocksdb-sys",
-    "opentelemetry",
-    "mio",
-];
+const FORBIDDEN: &[&str] = &["tokio", "quinn", "rustls", "rocksdb", "librocksdb-sys", "opentelemetry", "mio"];
 
 /// Runs the check for every pure crate that exists in the workspace.
 pub(crate) fn check(root: &Path) -> Result<()> {
@@ -33,35 +20,23 @@ pub(crate) fn check(root: &Path) -> Result<()> {
         }
         let out = crate::cargo()
             .current_dir(root)
-            .args([
-                "tree", "--locked", "-e", "normal", "--prefix", "none", "--format", "{p}", "-p",
-                krate,
-            ])
+            .args(["tree", "--locked", "-e", "normal", "--prefix", "none", "--format", "{p}", "-p", krate])
             .output()
             .with_context(|| format!("could not run cargo tree for {krate}"))?;
         if !out.status.success() {
-            bail!(
-                "cargo tree -p {krate} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("cargo tree -p {krate} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let tree = String::from_utf8(out.stdout).context("cargo tree printed non-UTF-8")?;
         let bad = violations(&tree);
         if !bad.is_empty() {
-            bail!(
-                "dependency rule broken: {krate} depends on {}",
-                bad.join(", ")
-            );
+            bail!("dependency rule broken: {krate} depends on {}", bad.join(", "));
         }
         checked += 1;
     }
     if checked == 0 {
         bail!("dependency rule: no pure crate found under crates/ — is this the workspace root?");
     }
-    eprintln!(
-        "deps: {checked} pure crates free of {}",
-        FORBIDDEN.join(", ")
-    );
+    eprintln!("deps: {checked} pure crates free of {}", FORBIDDEN.join(", "));
     Ok(())
 }
 
@@ -70,11 +45,7 @@ fn violations(tree: &str) -> Vec<String> {
     let mut bad: Vec<String> = tree
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| {
-            FORBIDDEN
-                .iter()
-                .any(|f| name == f || name.starts_with(&format!("{f}-")))
-        })
+        .filter(|name| FORBIDDEN.iter().any(|f| name == f || name.starts_with(&format!("{f}-"))))
         .map(str::to_owned)
         .collect();
     bad.sort();

@@ -67,9 +67,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     cmd.current_dir(root());
     eprintln!("$ {}", show(cmd));
     let started = Instant::now();
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{}`", show(cmd)))?;
+    let status = cmd.status().with_context(|| format!("could not start `{}`", show(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(cmd));
     }
@@ -92,33 +90,21 @@ pub(crate) fn cargo() -> Command {
 
 /// Installs what a fresh Debian machine lacks for the build: libclang (bindgen for RocksDB).
 fn setup() -> Result<()> {
-    let have_libclang = Path::new("/usr/lib/llvm-14/lib/libclang.so").exists()
-        || std::fs::read_dir("/usr/lib")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|d| {
-                d.file_name().to_string_lossy().starts_with("llvm-")
-                    && d.path().join("lib/libclang.so").exists()
+    let have_libclang =
+        Path::new("/usr/lib/llvm-14/lib/libclang.so").exists()
+            || std::fs::read_dir("/usr/lib").into_iter().flatten().flatten().any(|d| {
+                d.file_name().to_string_lossy().starts_with("llvm-") && d.path().join("lib/libclang.so").exists()
             });
     if have_libclang {
         eprintln!("setup: libclang present");
         return Ok(());
     }
-    let root_user = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
+    let root_user = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
     if !root_user {
-        bail!(
-            "libclang is missing; install it with `sudo apt-get install -y libclang-dev` and run again"
-        );
+        bail!("libclang is missing; install it with `sudo apt-get install -y libclang-dev` and run again");
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "libclang-dev"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "libclang-dev"]).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn ci(args: &[String]) -> Result<()> {
@@ -139,46 +125,17 @@ fn ci(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args([
-        "nextest",
-        "run",
-        "--workspace",
-        "--locked",
-        "--cargo-profile",
-        PROFILE,
-        "--no-fail-fast",
-    ]))?;
-    run(cargo().args([
-        "test",
-        "--workspace",
-        "--doc",
-        "--locked",
-        "--profile",
-        PROFILE,
-    ]))?;
+    run(cargo().args(["nextest", "run", "--workspace", "--locked", "--cargo-profile", PROFILE, "--no-fail-fast"]))?;
+    run(cargo().args(["test", "--workspace", "--doc", "--locked", "--profile", PROFILE]))?;
     deps::check(&root())?;
     sim(&["--seeds".into(), "500".into()])?;
-    eprintln!(
-        "ci: all steps passed in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("ci: all steps passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn sim(args: &[String]) -> Result<()> {
     run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--locked",
-            "--profile",
-            PROFILE,
-            "-p",
-            "quorate-check",
-            "--bin",
-            "quorate-sim",
-            "--",
-        ])
+        .args(["run", "--quiet", "--locked", "--profile", PROFILE, "-p", "quorate-check", "--bin", "quorate-sim", "--"])
         .args(args))
 }
 
@@ -204,28 +161,10 @@ fn bench(args: &[String]) -> Result<()> {
         ("transport", "quorate-transport", "transport"),
     ];
     let Some((name, rest)) = args.split_first() else {
-        bail!(
-            "usage: cargo xtask bench <{}>",
-            BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join("|")
-        );
+        bail!("usage: cargo xtask bench <{}>", BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join("|"));
     };
     let Some((_, package, target)) = BENCHES.iter().find(|b| b.0 == name) else {
-        bail!(
-            "unknown bench `{name}`; known: {}",
-            BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
-        );
+        bail!("unknown bench `{name}`; known: {}", BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join(", "));
     };
-    run(cargo()
-        .args([
-            "bench",
-            "--locked",
-            "--profile",
-            PROFILE,
-            "-p",
-            package,
-            "--bench",
-            target,
-            "--",
-        ])
-        .args(rest))
+    run(cargo().args(["bench", "--locked", "--profile", PROFILE, "-p", package, "--bench", target, "--"]).args(rest))
 }

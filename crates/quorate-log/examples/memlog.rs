@@ -1,8 +1,7 @@
 //! Builds an in-memory log, appends, overwrites a conflicting suffix and reads a bounded slice.
 
 use quorate_log::{
-    Configuration, Data, Entry, EntryPayload, LogIndex, LogStorage, MemLog, NodeId, Term,
-    find_conflict,
+    Configuration, Data, Entry, EntryPayload, LogIndex, LogStorage, MemLog, NodeId, Term, find_conflict,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,10 +20,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     log.append(&incoming)?;
     let slice = log.entries(LogIndex(1), log.last_index().next(), 64)?;
-    println!(
-        "last index {}, first slice of at most 64 bytes holds {} entries",
-        log.last_index(),
-        slice.len()
-    );
+    println!("last index {}, first slice of at most 64 bytes holds {} entries", log.last_index(), slice.len());
     Ok(())
 }

@@ -45,9 +45,7 @@ pub enum ConfigurationError {
 
 impl Configuration {
     /// A plain (non-joint) configuration with the given voters and no learners.
-    pub fn with_voters(
-        voters: impl IntoIterator<Item = NodeId>,
-    ) -> Result<Configuration, ConfigurationError> {
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Result<Configuration, ConfigurationError> {
         let c = Configuration {
             voters: voters.into_iter().collect(),
             voters_outgoing: BTreeSet::new(),
@@ -62,19 +60,12 @@ impl Configuration {
         if self.voters.is_empty() {
             return Err(ConfigurationError::NoVoters);
         }
-        if let Some(n) = self
-            .learners
-            .iter()
-            .find(|n| self.voters.contains(n) || self.voters_outgoing.contains(n))
-        {
+        if let Some(n) = self.learners.iter().find(|n| self.voters.contains(n) || self.voters_outgoing.contains(n)) {
             return Err(ConfigurationError::VoterAndLearner(*n));
         }
         let count = self.members().count();
         if count > MEMBERS_MAX {
-            return Err(ConfigurationError::TooManyMembers {
-                count,
-                max: MEMBERS_MAX,
-            });
+            return Err(ConfigurationError::TooManyMembers { count, max: MEMBERS_MAX });
         }
         Ok(())
     }
@@ -99,30 +90,19 @@ impl Configuration {
 
     /// Every member (voters of both halves and learners), sorted, without duplicates.
     pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let all: BTreeSet<NodeId> = self
-            .voters
-            .iter()
-            .chain(&self.voters_outgoing)
-            .chain(&self.learners)
-            .copied()
-            .collect();
+        let all: BTreeSet<NodeId> =
+            self.voters.iter().chain(&self.voters_outgoing).chain(&self.learners).copied().collect();
         all.into_iter()
     }
 
     /// Every voter of either half, without duplicates.
     pub fn all_voters(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.voters.iter().copied().chain(
-            self.voters_outgoing
-                .iter()
-                .copied()
-                .filter(|n| !self.voters.contains(n)),
-        )
+        self.voters.iter().copied().chain(self.voters_outgoing.iter().copied().filter(|n| !self.voters.contains(n)))
     }
 
     /// Whether the nodes for which `yes` holds form a quorum (a majority of each half).
     pub fn has_quorum(&self, yes: impl Fn(NodeId) -> bool) -> bool {
-        majority(&self.voters, &yes)
-            && (self.voters_outgoing.is_empty() || majority(&self.voters_outgoing, &yes))
+        majority(&self.voters, &yes) && (self.voters_outgoing.is_empty() || majority(&self.voters_outgoing, &yes))
     }
 
     /// Outcome of a vote: `Some(true)` won, `Some(false)` lost, `None` undecided.
@@ -144,11 +124,7 @@ impl Configuration {
     #[must_use]
     pub fn committed_index(&self, acked: impl Fn(NodeId) -> LogIndex) -> LogIndex {
         let a = quorum_index(&self.voters, &acked);
-        if self.voters_outgoing.is_empty() {
-            a
-        } else {
-            a.min(quorum_index(&self.voters_outgoing, &acked))
-        }
+        if self.voters_outgoing.is_empty() { a } else { a.min(quorum_index(&self.voters_outgoing, &acked)) }
     }
 
     /// Bytes charged for a configuration entry in size limits.
@@ -209,16 +185,10 @@ mod tests {
 
     #[test]
     fn quorum_index_of_three_and_four() {
-        let c = Configuration {
-            voters: ids(&[1, 2, 3]),
-            ..Default::default()
-        };
+        let c = Configuration { voters: ids(&[1, 2, 3]), ..Default::default() };
         let acked = |n: NodeId| LogIndex([0, 5, 3, 9][n.get() as usize]);
         assert_eq!(c.committed_index(acked), LogIndex(5));
-        let c = Configuration {
-            voters: ids(&[1, 2, 3, 4]),
-            ..Default::default()
-        };
+        let c = Configuration { voters: ids(&[1, 2, 3, 4]), ..Default::default() };
         let acked = |n: NodeId| LogIndex([0, 5, 3, 9, 1][n.get() as usize]);
         // Four voters need three acks: the third largest of {9,5,3,1} is 3.
         assert_eq!(c.committed_index(acked), LogIndex(3));
@@ -226,17 +196,10 @@ mod tests {
 
     #[test]
     fn joint_needs_both_halves() {
-        let c = Configuration {
-            voters: ids(&[1, 2, 3]),
-            voters_outgoing: ids(&[3, 4, 5]),
-            ..Default::default()
-        };
+        let c = Configuration { voters: ids(&[1, 2, 3]), voters_outgoing: ids(&[3, 4, 5]), ..Default::default() };
         assert!(!c.has_quorum(|n| [1, 2].contains(&n.get())));
         assert!(c.has_quorum(|n| [1, 2, 4, 5].contains(&n.get())));
-        assert_eq!(
-            c.vote_result(|n| if n.get() <= 3 { Some(true) } else { None }),
-            None
-        );
+        assert_eq!(c.vote_result(|n| if n.get() <= 3 { Some(true) } else { None }), None);
         assert_eq!(c.vote_result(|n| Some(n.get() <= 2)), Some(false));
         let acked = |n: NodeId| LogIndex(n.get() * 10);
         // incoming {1,2,3}: 20; outgoing {3,4,5}: 40; joint: min = 20.
@@ -245,39 +208,16 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert_eq!(
-            Configuration::default().validate(),
-            Err(ConfigurationError::NoVoters)
-        );
-        let c = Configuration {
-            voters: ids(&[1]),
-            learners: ids(&[1]),
-            ..Default::default()
-        };
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigurationError::VoterAndLearner(_))
-        ));
+        assert_eq!(Configuration::default().validate(), Err(ConfigurationError::NoVoters));
+        let c = Configuration { voters: ids(&[1]), learners: ids(&[1]), ..Default::default() };
+        assert!(matches!(c.validate(), Err(ConfigurationError::VoterAndLearner(_))));
     }
 
     #[test]
     fn vote_result_loses_early() {
         let c = Configuration::with_voters(ids(&[1, 2, 3])).unwrap();
-        assert_eq!(
-            c.vote_result(|n| if n.get() == 1 {
-                Some(true)
-            } else {
-                Some(false)
-            }),
-            Some(false)
-        );
-        assert_eq!(
-            c.vote_result(|n| if n.get() <= 2 { Some(true) } else { None }),
-            Some(true)
-        );
-        assert_eq!(
-            c.vote_result(|n| if n.get() == 1 { Some(true) } else { None }),
-            None
-        );
+        assert_eq!(c.vote_result(|n| if n.get() == 1 { Some(true) } else { Some(false) }), Some(false));
+        assert_eq!(c.vote_result(|n| if n.get() <= 2 { Some(true) } else { None }), Some(true));
+        assert_eq!(c.vote_result(|n| if n.get() == 1 { Some(true) } else { None }), None);
     }
 }

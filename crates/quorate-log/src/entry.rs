@@ -181,17 +181,9 @@ mod tests {
 
     #[test]
     fn size_counts_overhead() {
-        let e = Entry {
-            index: LogIndex(1),
-            term: Term(1),
-            payload: EntryPayload::Noop,
-        };
+        let e = Entry { index: LogIndex(1), term: Term(1), payload: EntryPayload::Noop };
         assert_eq!(e.size_bytes(), ENTRY_OVERHEAD_BYTES);
-        let e = Entry {
-            index: LogIndex(1),
-            term: Term(1),
-            payload: EntryPayload::Command(Data::from(vec![0; 256])),
-        };
+        let e = Entry { index: LogIndex(1), term: Term(1), payload: EntryPayload::Command(Data::from(vec![0; 256])) };
         assert_eq!(e.size_bytes(), ENTRY_OVERHEAD_BYTES + 256);
     }
 }

@@ -101,9 +101,7 @@ impl fmt::Display for LogIndex {
 
 /// The identity of an entry: its index and the term in which a leader created it.
 /// By the log-matching property two logs holding the same `EntryId` agree on the whole prefix.
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct EntryId {
     /// Term of the entry.
     pub term: Term,
@@ -113,10 +111,7 @@ pub struct EntryId {
 
 impl EntryId {
     /// The id of the (virtual) entry before the first one.
-    pub const ZERO: EntryId = EntryId {
-        term: Term::ZERO,
-        index: LogIndex::ZERO,
-    };
+    pub const ZERO: EntryId = EntryId { term: Term::ZERO, index: LogIndex::ZERO };
 
     /// Makes an entry id.
     #[must_use]

@@ -31,9 +31,7 @@ mod storage;
 pub use config::{Configuration, ConfigurationError, MEMBERS_MAX};
 pub use entry::{Data, ENTRY_OVERHEAD_BYTES, Entry, EntryPayload};
 pub use ids::{EntryId, LogIndex, NodeId, Term};
-pub use storage::{
-    HardState, InitialState, LogStorage, MemLog, SnapshotMeta, StorageError, limit_bytes,
-};
+pub use storage::{HardState, InitialState, LogStorage, MemLog, SnapshotMeta, StorageError, limit_bytes};
 
 /// The first entry of `entries` that conflicts with `log` (same index, different term), or
 /// `None` if every entry that `log` holds matches. Entries past the end of `log` never
@@ -56,11 +54,7 @@ mod tests {
     use super::*;
 
     fn e(index: u64, term: u64) -> Entry {
-        Entry {
-            index: LogIndex(index),
-            term: Term(term),
-            payload: EntryPayload::Noop,
-        }
+        Entry { index: LogIndex(index), term: Term(term), payload: EntryPayload::Noop }
     }
 
     #[test]

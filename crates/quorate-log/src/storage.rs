@@ -81,12 +81,7 @@ pub trait LogStorage {
 
     /// Entries in `[lo, hi)`, stopping early once `max_bytes` (by [`Entry::size_bytes`]) would
     /// be exceeded, but always at least one entry when the range is non-empty.
-    fn entries(
-        &self,
-        lo: LogIndex,
-        hi: LogIndex,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError>;
+    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
 
     /// The first index still in the log.
     fn first_index(&self) -> LogIndex {
@@ -108,13 +103,7 @@ impl MemLog {
     /// An empty log whose bootstrap configuration is `config`.
     #[must_use]
     pub fn new(config: Configuration) -> MemLog {
-        MemLog {
-            snapshot: SnapshotMeta {
-                last: EntryId::ZERO,
-                config,
-            },
-            ..MemLog::default()
-        }
+        MemLog { snapshot: SnapshotMeta { last: EntryId::ZERO, config }, ..MemLog::default() }
     }
 
     /// The persisted hard state.
@@ -202,10 +191,7 @@ impl LogStorage for MemLog {
                 _ => None,
             })
             .unwrap_or_else(|| self.snapshot.config.clone());
-        Ok(InitialState {
-            hard_state: self.hard_state,
-            config,
-        })
+        Ok(InitialState { hard_state: self.hard_state, config })
     }
 
     fn snapshot_last(&self) -> EntryId {
@@ -229,12 +215,7 @@ impl LogStorage for MemLog {
         }
     }
 
-    fn entries(
-        &self,
-        lo: LogIndex,
-        hi: LogIndex,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
+    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         if lo >= hi {
             return Ok(Vec::new());
         }
@@ -270,11 +251,7 @@ mod tests {
     use crate::{Data, EntryPayload};
 
     fn e(index: u64, term: u64) -> Entry {
-        Entry {
-            index: LogIndex(index),
-            term: Term(term),
-            payload: EntryPayload::Command(Data::from(vec![0; 76])),
-        }
+        Entry { index: LogIndex(index), term: Term(term), payload: EntryPayload::Command(Data::from(vec![0; 76])) }
     }
 
     #[test]
@@ -284,10 +261,7 @@ mod tests {
         log.append(&[e(2, 2)]).unwrap();
         assert_eq!(log.last_index(), LogIndex(2));
         assert_eq!(log.term(LogIndex(2)), Ok(Term(2)));
-        assert_eq!(
-            log.append(&[e(5, 2)]),
-            Err(StorageError::Unavailable(LogIndex(5)))
-        );
+        assert_eq!(log.append(&[e(5, 2)]), Err(StorageError::Unavailable(LogIndex(5))));
     }
 
     #[test]
@@ -297,12 +271,7 @@ mod tests {
         // Each entry is 100 bytes.
         assert_eq!(log.entries(LogIndex(1), LogIndex(4), 250).unwrap().len(), 2);
         assert_eq!(log.entries(LogIndex(1), LogIndex(4), 1).unwrap().len(), 1);
-        assert_eq!(
-            log.entries(LogIndex(1), LogIndex(4), u64::MAX)
-                .unwrap()
-                .len(),
-            3
-        );
+        assert_eq!(log.entries(LogIndex(1), LogIndex(4), u64::MAX).unwrap().len(), 3);
         assert!(log.entries(LogIndex(2), LogIndex(5), u64::MAX).is_err());
     }
 
@@ -310,19 +279,10 @@ mod tests {
     fn snapshot_compacts_prefix() {
         let mut log = MemLog::default();
         log.append(&[e(1, 1), e(2, 1), e(3, 2)]).unwrap();
-        log.apply_snapshot(SnapshotMeta {
-            last: EntryId::new(Term(1), LogIndex(2)),
-            config: Configuration::default(),
-        });
+        log.apply_snapshot(SnapshotMeta { last: EntryId::new(Term(1), LogIndex(2)), config: Configuration::default() });
         assert_eq!(log.first_index(), LogIndex(3));
         assert_eq!(log.term(LogIndex(2)), Ok(Term(1)));
-        assert_eq!(
-            log.term(LogIndex(1)),
-            Err(StorageError::Compacted(LogIndex(1)))
-        );
-        assert_eq!(
-            log.entries(LogIndex(3), LogIndex(4), 0).unwrap()[0].term,
-            Term(2)
-        );
+        assert_eq!(log.term(LogIndex(1)), Err(StorageError::Compacted(LogIndex(1))));
+        assert_eq!(log.entries(LogIndex(3), LogIndex(4), 0).unwrap()[0].term, Term(2));
     }
 }

@@ -1,0 +1,111 @@
+//! Settings of one core, validated at construction.
+
+use crate::types::CoreError;
+use quorate_log::{LogIndex, NodeId};
+use std::time::Duration;
+
+/// Settings of one core. Every limit has a default; [`Config::new`] gives sensible ones.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// The lower bound of the randomized election timeout; the timeout is drawn uniformly
+    /// from `[election_timeout_min, 2 × election_timeout_min)`.
+    pub election_timeout_min: Duration,
+    /// How often the leader sends heartbeats. Must be well below `election_timeout_min`.
+    pub heartbeat_interval: Duration,
+    /// Ask for pre-votes before starting an election, so a partitioned node rejoining does not
+    /// disrupt a healthy leader.
+    pub pre_vote: bool,
+    /// The leader steps down if it has not heard from a quorum within an election timeout;
+    /// voters ignore vote requests while they hear from a leader.
+    pub check_quorum: bool,
+    /// Enables lease reads, with the bound on clock drift between any two nodes over one
+    /// `election_timeout_min`. Requires `check_quorum`. `None` disables lease reads.
+    pub lease_clock_drift_max: Option<Duration>,
+    /// Largest total entry size of one append message.
+    pub msg_bytes_max: u64,
+    /// Most append messages in flight to one follower.
+    pub inflight_msgs_max: usize,
+    /// Most entry bytes in flight to one follower.
+    pub inflight_bytes_max: u64,
+    /// Most bytes a leader holds appended but not committed; proposals beyond are refused.
+    pub uncommitted_bytes_max: u64,
+    /// Largest total size of committed entries handed out in one `Ready`.
+    pub apply_bytes_max: u64,
+    /// Most reads waiting for confirmation.
+    pub pending_reads_max: usize,
+    /// The index the application's state machine has applied (on restart), so committed
+    /// entries are handed out only from the next one.
+    pub applied: LogIndex,
+    /// Seed of the core's random number generator (election timeouts).
+    pub seed: u64,
+}
+
+impl Config {
+    /// Defaults: 1 s election timeout, 100 ms heartbeats, pre-vote and check-quorum on, lease
+    /// reads off, 1 MiB messages, 256 messages / 8 MiB in flight, 64 MiB uncommitted.
+    #[must_use]
+    pub fn new(id: NodeId) -> Config {
+        Config {
+            id,
+            election_timeout_min: Duration::from_millis(1000),
+            heartbeat_interval: Duration::from_millis(100),
+            pre_vote: true,
+            check_quorum: true,
+            lease_clock_drift_max: None,
+            msg_bytes_max: 1 << 20,
+            inflight_msgs_max: 256,
+            inflight_bytes_max: 8 << 20,
+            uncommitted_bytes_max: 64 << 20,
+            apply_bytes_max: 4 << 20,
+            pending_reads_max: 4096,
+            applied: LogIndex::ZERO,
+            seed: id.get(),
+        }
+    }
+
+    /// Checks the relations between settings.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        let err = |s: &str| Err(CoreError::Config(s.to_owned()));
+        if self.heartbeat_interval.is_zero() || self.election_timeout_min.is_zero() {
+            return err("heartbeat_interval and election_timeout_min must be positive");
+        }
+        if self.heartbeat_interval * 2 > self.election_timeout_min {
+            return err("heartbeat_interval must be at most half of election_timeout_min");
+        }
+        if let Some(drift) = self.lease_clock_drift_max {
+            if !self.check_quorum {
+                return err("lease reads need check_quorum");
+            }
+            if drift * 2 >= self.election_timeout_min {
+                return err("lease_clock_drift_max must be below half of election_timeout_min");
+            }
+        }
+        if self.inflight_msgs_max == 0 || self.msg_bytes_max == 0 || self.inflight_bytes_max < self.msg_bytes_max {
+            return err("inflight_msgs_max and msg_bytes_max must be positive, inflight_bytes_max >= msg_bytes_max");
+        }
+        if self.uncommitted_bytes_max == 0 || self.apply_bytes_max == 0 || self.pending_reads_max == 0 {
+            return err("uncommitted_bytes_max, apply_bytes_max and pending_reads_max must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_relations_are_refused() {
+        let id = NodeId::new(1).unwrap();
+        assert!(Config::new(id).validate().is_ok());
+        let mut c = Config::new(id);
+        c.heartbeat_interval = c.election_timeout_min;
+        assert!(c.validate().is_err());
+        let mut c = Config::new(id);
+        c.check_quorum = false;
+        c.lease_clock_drift_max = Some(Duration::from_millis(10));
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! The core's view of its log: persisted entries (read through [`LogStorage`]) followed by
+//! entries appended in memory and not yet reported persisted ("unstable").
+
+use quorate_log::{Entry, EntryId, LogIndex, LogStorage, StorageError, Term, limit_bytes};
+
+/// Storage plus the unstable tail.
+///
+/// Invariants (asserted in [`RaftLog::check`]):
+/// * `unstable[i].index == unstable_offset + i`, contiguous;
+/// * indexes below `unstable_offset` are read from storage, never at or above it;
+/// * `persisted <= last_index()`, `handed <= last_index()`, `commit <= last_index()`.
+#[derive(Debug)]
+pub(crate) struct RaftLog<S> {
+    pub(crate) storage: S,
+    unstable: Vec<Entry>,
+    unstable_offset: LogIndex,
+    /// Last index handed to the application in a persist batch.
+    handed: LogIndex,
+    /// Highest index known persisted and matching this log.
+    pub(crate) persisted: LogIndex,
+    pub(crate) commit: LogIndex,
+    /// Last index handed to the application to apply.
+    pub(crate) applied: LogIndex,
+}
+
+impl<S: LogStorage> RaftLog<S> {
+    pub(crate) fn new(storage: S, commit: LogIndex, applied: LogIndex) -> RaftLog<S> {
+        let last = storage.last_index();
+        let snap = storage.snapshot_last().index;
+        let commit = commit.min(last).max(snap);
+        RaftLog {
+            storage,
+            unstable: Vec::new(),
+            unstable_offset: last.next(),
+            handed: last,
+            persisted: last,
+            commit,
+            applied: applied.max(snap).min(commit),
+        }
+    }
+
+    pub(crate) fn last_index(&self) -> LogIndex {
+        match self.unstable.last() {
+            Some(e) => e.index,
+            None => self.unstable_offset.prev(),
+        }
+    }
+
+    pub(crate) fn first_index(&self) -> LogIndex {
+        self.storage.first_index()
+    }
+
+    pub(crate) fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        if index >= self.unstable_offset {
+            let off = index.distance_from(self.unstable_offset) as usize;
+            return self.unstable.get(off).map(|e| e.term).ok_or(StorageError::Unavailable(index));
+        }
+        self.storage.term(index)
+    }
+
+    pub(crate) fn last_id(&self) -> EntryId {
+        let last = self.last_index();
+        // The last index is always readable: from unstable, storage, or the snapshot.
+        EntryId::new(self.term(last).unwrap_or(Term::ZERO), last)
+    }
+
+    /// Whether this log holds `id`.
+    pub(crate) fn matches(&self, id: EntryId) -> bool {
+        self.term(id.index).is_ok_and(|t| t == id.term)
+    }
+
+    /// Whether a log ending at `last` is at least as up to date as this one.
+    pub(crate) fn is_up_to_date(&self, last: EntryId) -> bool {
+        let mine = self.last_id();
+        (last.term, last.index) >= (mine.term, mine.index)
+    }
+
+    /// Entries in `[lo, hi)` bounded by `max_bytes` (at least one when non-empty).
+    pub(crate) fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let hi = hi.min(self.last_index().next());
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let mut out = if lo < self.unstable_offset {
+            self.storage.entries(lo, hi.min(self.unstable_offset), max_bytes)?
+        } else {
+            Vec::new()
+        };
+        let stored_end = lo.0 + out.len() as u64;
+        if hi > self.unstable_offset && stored_end >= self.unstable_offset.0 {
+            let used: u64 = out.iter().map(Entry::size_bytes).sum();
+            let from = LogIndex(stored_end.max(self.unstable_offset.0));
+            let a = from.distance_from(self.unstable_offset) as usize;
+            let b = hi.distance_from(self.unstable_offset) as usize;
+            let tail = &self.unstable[a..b.min(self.unstable.len())];
+            if out.is_empty() {
+                out.extend_from_slice(limit_bytes(tail, max_bytes));
+            } else {
+                let budget = max_bytes.saturating_sub(used);
+                let mut total = 0;
+                for e in tail {
+                    total += e.size_bytes();
+                    if total > budget {
+                        break;
+                    }
+                    out.push(e.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends one entry at `last_index() + 1`.
+    pub(crate) fn push(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index, self.last_index().next());
+        self.unstable.push(entry);
+    }
+
+    /// Appends `entries`, which must follow an entry this log holds, truncating any
+    /// conflicting suffix. Returns the index of the last entry of `entries` (or `prev`).
+    /// Entries that already match are skipped so nothing persisted is rewritten.
+    pub(crate) fn append_after(&mut self, prev: EntryId, entries: &[Entry]) -> Result<LogIndex, StorageError> {
+        debug_assert!(self.matches(prev));
+        let last_new = LogIndex(prev.index.0 + entries.len() as u64);
+        // First entry whose term differs (or that is past our end).
+        let mut start = entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            debug_assert_eq!(e.index, LogIndex(prev.index.0 + 1 + i as u64));
+            if e.index > self.last_index() {
+                start = i;
+                break;
+            }
+            match self.term(e.index) {
+                Ok(t) if t == e.term => continue,
+                Err(StorageError::Compacted(_)) => continue,
+                Ok(_) => {
+                    assert!(
+                        e.index > self.commit,
+                        "conflict at {:?} at or below commit {:?}: a committed entry would be lost",
+                        e.index,
+                        self.commit
+                    );
+                    start = i;
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if start < entries.len() {
+            let at = entries[start].index;
+            self.truncate_from(at);
+            self.unstable.extend_from_slice(&entries[start..]);
+        }
+        Ok(last_new)
+    }
+
+    fn truncate_from(&mut self, at: LogIndex) {
+        debug_assert!(at > self.commit);
+        if at >= self.unstable_offset {
+            let keep = at.distance_from(self.unstable_offset) as usize;
+            self.unstable.truncate(keep);
+        } else {
+            // Truncating into persisted entries: the next persist batch starts at `at` and the
+            // storage overwrites from there. Until then nothing at or above `at` is read from
+            // storage.
+            self.unstable.clear();
+            self.unstable_offset = at;
+        }
+        self.handed = self.handed.min(at.prev());
+        self.persisted = self.persisted.min(at.prev());
+    }
+
+    /// Entries not yet handed out for persistence; marks them handed.
+    pub(crate) fn take_unpersisted(&mut self) -> Vec<Entry> {
+        let from = self.handed.next().max(self.unstable_offset);
+        if from > self.last_index() {
+            return Vec::new();
+        }
+        let a = from.distance_from(self.unstable_offset) as usize;
+        let out = self.unstable[a..].to_vec();
+        self.handed = self.last_index();
+        out
+    }
+
+    /// The application persisted a batch ending at `last`.
+    pub(crate) fn persisted_to(&mut self, last: EntryId) {
+        if last.index <= self.persisted || !self.matches(last) {
+            // Already known, or overwritten since: a later batch will cover it.
+            return;
+        }
+        self.persisted = last.index;
+        if last.index >= self.unstable_offset {
+            let n = last.index.distance_from(self.unstable_offset) as usize + 1;
+            self.unstable.drain(..n.min(self.unstable.len()));
+            self.unstable_offset = last.index.next();
+        }
+    }
+
+    pub(crate) fn commit_to(&mut self, index: LogIndex) -> bool {
+        if index > self.commit {
+            assert!(index <= self.last_index(), "commit {index:?} beyond last index {:?}", self.last_index());
+            self.commit = index;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Committed, persisted entries not yet handed out to apply, bounded in bytes; marks
+    /// them handed.
+    pub(crate) fn take_committed(&mut self, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let hi = self.commit.min(self.persisted);
+        if hi <= self.applied {
+            return Ok(Vec::new());
+        }
+        let out = self.entries(self.applied.next(), hi.next(), max_bytes)?;
+        if let Some(e) = out.last() {
+            self.applied = e.index;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn has_committed_to_apply(&self) -> bool {
+        self.commit.min(self.persisted) > self.applied
+    }
+
+    pub(crate) fn has_unhanded(&self) -> bool {
+        self.handed < self.last_index()
+    }
+
+    /// The largest index ≤ `index` whose term is ≤ `term` (etcd's findConflictByTerm): lets a
+    /// leader skip all entries of a term a follower does not have.
+    pub(crate) fn find_conflict_by_term(&self, index: LogIndex, term: Term) -> EntryId {
+        let mut i = index.min(self.last_index());
+        let floor = self.first_index().prev();
+        loop {
+            match self.term(i) {
+                Ok(t) if t <= term => return EntryId::new(t, i),
+                Ok(_) if i > floor => i = i.prev(),
+                _ => return EntryId::new(Term::ZERO, i),
+            }
+        }
+    }
+
+    pub(crate) fn check(&self) {
+        debug_assert!(self.unstable.iter().enumerate().all(|(i, e)| e.index.0 == self.unstable_offset.0 + i as u64));
+        debug_assert!(self.persisted <= self.last_index());
+        debug_assert!(self.handed <= self.last_index());
+        debug_assert!(self.commit <= self.last_index());
+        debug_assert!(self.applied <= self.commit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_log::{EntryPayload, MemLog};
+
+    fn e(i: u64, t: u64) -> Entry {
+        Entry { index: LogIndex(i), term: Term(t), payload: EntryPayload::Noop }
+    }
+
+    #[test]
+    fn truncation_into_persisted_entries_is_rewritten_by_the_next_batch() {
+        let mut store = MemLog::default();
+        store.append(&[e(1, 1), e(2, 1), e(3, 1)]).unwrap();
+        let mut log = RaftLog::new(store, LogIndex(1), LogIndex::ZERO);
+        let last = log.append_after(EntryId::new(Term(1), LogIndex(1)), &[e(2, 2), e(3, 2)]).unwrap();
+        assert_eq!(last, LogIndex(3));
+        assert_eq!(log.term(LogIndex(2)), Ok(Term(2)));
+        assert_eq!(log.persisted, LogIndex(1));
+        let batch = log.take_unpersisted();
+        assert_eq!(batch.first().map(|e| e.index), Some(LogIndex(2)));
+        log.storage.append(&batch).unwrap();
+        log.persisted_to(EntryId::new(Term(2), LogIndex(3)));
+        assert_eq!(log.persisted, LogIndex(3));
+        log.check();
+    }
+
+    #[test]
+    fn stale_completion_does_not_advance_persisted() {
+        let mut log = RaftLog::new(MemLog::default(), LogIndex::ZERO, LogIndex::ZERO);
+        log.push(e(1, 1));
+        log.push(e(2, 1));
+        let _ = log.take_unpersisted();
+        log.append_after(EntryId::new(Term(1), LogIndex(1)), &[e(2, 2)]).unwrap();
+        log.persisted_to(EntryId::new(Term(1), LogIndex(2)));
+        assert_eq!(log.persisted, LogIndex::ZERO);
+        assert_eq!(log.take_unpersisted(), vec![e(2, 2)]);
+    }
+
+    #[test]
+    fn conflict_hint_skips_a_term() {
+        let mut store = MemLog::default();
+        store.append(&[e(1, 1), e(2, 1), e(3, 3), e(4, 3), e(5, 3)]).unwrap();
+        let log = RaftLog::new(store, LogIndex::ZERO, LogIndex::ZERO);
+        assert_eq!(log.find_conflict_by_term(LogIndex(5), Term(2)), EntryId::new(Term(1), LogIndex(2)));
+        assert_eq!(log.find_conflict_by_term(LogIndex(9), Term(3)), EntryId::new(Term(3), LogIndex(5)));
+        assert_eq!(log.find_conflict_by_term(LogIndex(5), Term(0)), EntryId::new(Term(0), LogIndex(0)));
+    }
+}
