@@ -187,21 +187,22 @@ impl LeaderCompleteness {
         self.committed.keys().next_back().copied().unwrap_or_default()
     }
 
-    /// Checks a leader of `term` whose log answers `term_at(index)`. Only entries committed in
-    /// earlier terms are required (checked when the leader is first observed).
+    /// Checks a leader of `term` whose log answers `term_at(index)` (`None` when it does not
+    /// hold the index) and whose log is compacted up to `floor` (entries at or below it are
+    /// covered by a snapshot, checked separately by [`StateMachineSafety::observe_snapshot`]).
+    /// Only entries committed in earlier terms are required (checked when the leader is first
+    /// observed).
     pub fn check_leader(
         &self,
         leader: NodeId,
         term: Term,
+        floor: LogIndex,
         term_at: impl Fn(LogIndex) -> Option<Term>,
     ) -> Result<(), Violation> {
-        for id in self.committed.values() {
+        for id in self.committed.range(floor.next()..).map(|(_, id)| id) {
             if id.term >= term {
                 continue;
             }
-            // Compacted prefixes answer None; an absent entry past the end answers None too,
-            // so check the last index against the log length separately by the caller's
-            // closure returning Some for everything held.
             if term_at(id.index) != Some(id.term) {
                 return Err(Violation::LeaderCompleteness { leader, term, missing: *id });
             }
@@ -239,6 +240,20 @@ impl StateMachineSafety {
         Err(Violation::StateMachineSafety { node, index: entry.index, expected: EntryId::ZERO, got: entry.id() })
     }
 
+    /// Records that `node` installed (or took) a snapshot ending at `last`: the entry there
+    /// must be the one applied everywhere else.
+    pub fn observe_snapshot(&mut self, node: NodeId, last: EntryId) -> Result<(), Violation> {
+        let idx = last.index.0 as usize;
+        match self.applied.get(idx.wrapping_sub(1)) {
+            _ if idx == 0 => Ok(()),
+            Some(expected) if *expected == last => Ok(()),
+            Some(expected) => {
+                Err(Violation::StateMachineSafety { node, index: last.index, expected: *expected, got: last })
+            }
+            None => Err(Violation::StateMachineSafety { node, index: last.index, expected: EntryId::ZERO, got: last }),
+        }
+    }
+
     /// The highest index applied anywhere.
     #[must_use]
     pub fn applied_index(&self) -> LogIndex {
@@ -252,33 +267,32 @@ impl StateMachineSafety {
 pub fn check_durable(msg: &Message, durable_hs: HardState, durable: &impl LogStorage) -> Result<(), Violation> {
     let fail = |detail: String| Err(Violation::Durability { node: msg.from, detail });
     match &msg.body {
-        MessageBody::VoteResponse(v) if v.granted && !v.pre_vote => {
-            if durable_hs.term != msg.term || durable_hs.vote != Some(msg.to) {
-                return fail(format!(
-                    "granted its vote to {} in term {} while stable storage holds term {} vote {:?}",
-                    msg.to, msg.term, durable_hs.term, durable_hs.vote
-                ));
-            }
+        MessageBody::VoteResponse(v)
+            if v.granted && !v.pre_vote && (durable_hs.term != msg.term || durable_hs.vote != Some(msg.to)) =>
+        {
+            fail(format!(
+                "granted its vote to {} in term {} while stable storage holds term {} vote {:?}",
+                msg.to, msg.term, durable_hs.term, durable_hs.vote
+            ))
         }
-        MessageBody::RequestVote(r) if !r.pre_vote => {
-            if durable_hs.term != msg.term || durable_hs.vote != Some(msg.from) {
-                return fail(format!(
-                    "asked for votes in term {} before persisting its own vote (stable: term {} vote {:?})",
-                    msg.term, durable_hs.term, durable_hs.vote
-                ));
-            }
+        MessageBody::RequestVote(r)
+            if !r.pre_vote && (durable_hs.term != msg.term || durable_hs.vote != Some(msg.from)) =>
+        {
+            fail(format!(
+                "asked for votes in term {} before persisting its own vote (stable: term {} vote {:?})",
+                msg.term, durable_hs.term, durable_hs.vote
+            ))
         }
-        MessageBody::AppendResponse(AppendResponse::Accepted { match_index }) => {
-            if durable.last_index() < *match_index {
-                return fail(format!(
-                    "acknowledged entries up to {match_index} with only {} on stable storage",
-                    durable.last_index()
-                ));
-            }
+        MessageBody::AppendResponse(AppendResponse::Accepted { match_index })
+            if durable.last_index() < *match_index =>
+        {
+            fail(format!(
+                "acknowledged entries up to {match_index} with only {} on stable storage",
+                durable.last_index()
+            ))
         }
-        _ => {}
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -320,9 +334,15 @@ mod tests {
         c.observe_commit(EntryId::new(Term(1), LogIndex(1)));
         c.observe_commit(EntryId::new(Term(2), LogIndex(2)));
         let good = |i: LogIndex| [None, Some(Term(1)), Some(Term(2))].get(i.0 as usize).copied().flatten();
-        assert!(c.check_leader(n(1), Term(3), good).is_ok());
+        assert!(c.check_leader(n(1), Term(3), LogIndex::ZERO, good).is_ok());
         let bad = |i: LogIndex| [None, Some(Term(1)), Some(Term(1))].get(i.0 as usize).copied().flatten();
-        assert!(matches!(c.check_leader(n(2), Term(3), bad), Err(Violation::LeaderCompleteness { .. })));
+        assert!(matches!(
+            c.check_leader(n(2), Term(3), LogIndex::ZERO, bad),
+            Err(Violation::LeaderCompleteness { .. })
+        ));
+        // Entries below a snapshot are not looked up in the log.
+        let compacted = |i: LogIndex| if i.0 <= 2 { None } else { Some(Term(3)) };
+        assert!(c.check_leader(n(3), Term(3), LogIndex(2), compacted).is_ok());
     }
 
     #[test]
@@ -332,6 +352,9 @@ mod tests {
         c.observe_apply(n(2), &e(1, 1, "a")).unwrap();
         assert!(c.observe_apply(n(3), &e(1, 2, "b")).is_err());
         assert!(c.observe_apply(n(3), &e(5, 2, "gap")).is_err());
+        assert!(c.observe_snapshot(n(3), EntryId::new(Term(1), LogIndex(1))).is_ok());
+        assert!(c.observe_snapshot(n(3), EntryId::new(Term(2), LogIndex(1))).is_err());
+        assert!(c.observe_snapshot(n(3), EntryId::new(Term(1), LogIndex(9))).is_err());
     }
 
     #[test]

@@ -13,8 +13,10 @@ use crate::invariants::{
 };
 use crate::kv::{KvCommand, KvStore};
 use crate::linearizability;
-use quorate_core::{Config, Instant, Message, ProposeError, Raft, ReadId, ReadLevel, Role, SplitMix64};
-use quorate_log::{Configuration, Data, EntryId, EntryPayload, LogIndex, MemLog, NodeId};
+use quorate_core::{
+    ConfChange, Config, Instant, Message, ProposeError, Raft, ReadId, ReadLevel, Role, SendSnapshot, SplitMix64,
+};
+use quorate_log::{Configuration, Data, EntryId, EntryPayload, LogIndex, MemLog, NodeId, SnapshotMeta, Term};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
@@ -56,6 +58,14 @@ pub struct SimConfig {
     pub verbose: bool,
     /// A deliberate driver bug, to show that the checkers catch it.
     pub bug: Option<InjectedBug>,
+    /// Nodes that may ever exist (initial members plus nodes added later).
+    pub max_nodes: usize,
+    /// Membership changes by the nemesis (add learner, promote, remove, replace).
+    pub reconfig: bool,
+    /// Applied entries after which a node snapshots and compacts its log.
+    pub snapshot_entries: u64,
+    /// Entries kept behind a snapshot.
+    pub compaction_tail: u64,
 }
 
 /// Deliberate mistakes a driver of the core could make; tests inject them and expect the
@@ -93,6 +103,10 @@ impl SimConfig {
             lease_reads: r.chance(0.5),
             verbose: false,
             bug: None,
+            max_nodes: nodes + 2,
+            reconfig: true,
+            snapshot_entries: [20, 50, 200][r.below(3) as usize],
+            compaction_tail: [0, 5, 30][r.below(3) as usize],
         }
     }
 }
@@ -120,6 +134,14 @@ pub struct SimReport {
     pub ops_ok: usize,
     /// Lease reads served.
     pub lease_reads: u64,
+    /// Membership changes appended (each step of a joint change counts once).
+    pub conf_changes: u64,
+    /// Membership changes refused as unsafe or premature.
+    pub conf_refusals: u64,
+    /// Snapshots taken.
+    pub snapshots: u64,
+    /// Snapshots installed from a leader.
+    pub installs: u64,
     /// The client history.
     pub history: Vec<Operation>,
     /// Every violation found (the run stops at the first safety violation).
@@ -134,7 +156,11 @@ enum Event {
     Nemesis,
     Restart { node: usize },
     Heal,
+    Snapshot(usize),
 }
+
+/// A snapshot in transit: (from, to, sender's term, metadata, data).
+type Transfer = (usize, usize, Term, SnapshotMeta, KvStore);
 
 struct Node {
     id: NodeId,
@@ -150,6 +176,10 @@ struct Node {
     parked_reads: Vec<(ReadId, LogIndex)>,
     /// A crashed node's durable state, kept until restart.
     durable: Option<MemLog>,
+    /// The latest snapshot, durable: metadata and state-machine data.
+    snapshot: Option<(SnapshotMeta, KvStore)>,
+    /// A received snapshot staged until its install is persisted.
+    staged: Option<(SnapshotMeta, KvStore)>,
 }
 
 #[derive(Debug)]
@@ -175,6 +205,7 @@ pub struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
     messages: BTreeMap<usize, Message>,
+    transfers: BTreeMap<usize, Transfer>,
     next_msg: usize,
     nodes: Vec<Node>,
     blocked: BTreeSet<(usize, usize)>,
@@ -212,6 +243,8 @@ impl Sim {
                 applied: LogIndex::ZERO,
                 parked_reads: Vec::new(),
                 durable: Some(MemLog::new(voters.clone())),
+                snapshot: None,
+                staged: None,
             };
             n.incarnation = i as u64 * 1000;
             nodes.push(n);
@@ -226,6 +259,7 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             messages: BTreeMap::new(),
+            transfers: BTreeMap::new(),
             next_msg: 0,
             nodes,
             blocked: BTreeSet::new(),
@@ -265,6 +299,10 @@ impl Sim {
         c.inflight_bytes_max = 16 * 1024;
         c.uncommitted_bytes_max = 64 * 1024;
         c.seed = self.seed.wrapping_mul(31).wrapping_add(id.get());
+        c.snapshot_entries_threshold = self.cfg.snapshot_entries;
+        c.compaction_tail_entries = self.cfg.compaction_tail;
+        c.promote_lag_entries_max = 20;
+        c.snapshot_send_timeout = Duration::from_millis(500);
         if self.cfg.lease_reads {
             // Drift over one election timeout: 150 ms × 2 × drift_ppm, plus margin.
             c.lease_clock_drift_max = Some(Duration::from_millis(20));
@@ -297,7 +335,12 @@ impl Sim {
     fn start_node(&mut self, i: usize) {
         let durable = self.nodes[i].durable.take().unwrap_or_default();
         let id = self.nodes[i].id;
-        let cfg = self.core_config(id);
+        let mut cfg = self.core_config(id);
+        let snap = self.nodes[i].snapshot.clone();
+        if let Some((meta, _)) = &snap {
+            cfg.applied = meta.last.index;
+            cfg.snapshot = Some(meta.clone());
+        }
         let now = self.local_time(i, self.now);
         match Raft::new(cfg, durable, now) {
             Ok(r) => self.nodes[i].raft = Some(r),
@@ -307,10 +350,36 @@ impl Sim {
         }
         let n = &mut self.nodes[i];
         n.incarnation += 1;
-        n.kv = KvStore::default();
-        n.applied = LogIndex::ZERO;
+        n.kv = snap.as_ref().map(|(_, kv)| kv.clone()).unwrap_or_default();
+        n.applied = snap.as_ref().map_or(LogIndex::ZERO, |(m, _)| m.last.index);
         n.parked_reads.clear();
         n.disk.clear();
+        n.staged = None;
+    }
+
+    /// Adds a node slot that joins with an empty configuration (it learns the real one
+    /// from the leader once added as a learner).
+    fn new_node(&mut self) -> Option<usize> {
+        if self.nodes.len() >= self.cfg.max_nodes {
+            return None;
+        }
+        let i = self.nodes.len();
+        let id = NodeId::new(i as u64 + 1)?;
+        self.nodes.push(Node {
+            id,
+            raft: None,
+            incarnation: i as u64 * 1000,
+            drift_ppm: 0,
+            disk: std::collections::VecDeque::new(),
+            kv: KvStore::default(),
+            applied: LogIndex::ZERO,
+            parked_reads: Vec::new(),
+            durable: Some(MemLog::new(Configuration::default())),
+            snapshot: None,
+            staged: None,
+        });
+        self.start_node(i);
+        Some(i)
     }
 
     fn crash(&mut self, i: usize, why: &str) {
@@ -364,7 +433,7 @@ impl Sim {
             if self.now > end_time {
                 break;
             }
-            if self.report.steps % 2048 == 0 {
+            if self.report.steps.is_multiple_of(2048) {
                 self.check_logs();
             }
             self.check_recovery();
@@ -394,6 +463,16 @@ impl Sim {
                 }
             }
             Event::Heal => self.heal(),
+            Event::Snapshot(k) => {
+                let Some((from, to, term, meta, kv)) = self.transfers.remove(&k) else { return };
+                let local = self.local_time(to, self.now);
+                let from_id = self.nodes[from].id;
+                let Some(r) = self.nodes[to].raft.as_mut() else { return };
+                if let Ok(true) = r.install_snapshot(local, from_id, term, meta.clone()) {
+                    self.nodes[to].staged = Some((meta, kv));
+                }
+                self.drain(to);
+            }
         }
     }
 
@@ -407,9 +486,39 @@ impl Sim {
             self.crash(i, "fsync failed");
             return;
         }
+        if let Some(meta) = &batch.install {
+            // Install the staged data atomically with the metadata.
+            let id = self.nodes[i].id;
+            match self.nodes[i].staged.take() {
+                Some((m, kv)) if m == *meta => {
+                    if let Err(v) = self.sm.observe_snapshot(id, meta.last) {
+                        self.report.violations.push(v);
+                        return;
+                    }
+                    self.nodes[i].kv = kv.clone();
+                    self.nodes[i].applied = meta.last.index;
+                    self.nodes[i].snapshot = Some((m, kv));
+                    self.report.installs += 1;
+                    self.log(|| format!("node {id} installs a snapshot up to {}", meta.last.index));
+                }
+                _ => {
+                    self.report.violations.push(Violation::Durability {
+                        node: id,
+                        detail: format!("asked to install snapshot {:?} that was never staged", meta.last),
+                    });
+                    return;
+                }
+            }
+        }
         let local = self.local_time(i, self.now);
         let Some(r) = self.nodes[i].raft.as_mut() else { return };
         let store = r.storage_mut();
+        if let Some(meta) = batch.install.clone() {
+            store.apply_snapshot(meta);
+        }
+        if let Some(meta) = batch.compact.clone() {
+            store.apply_snapshot(meta);
+        }
         if let Some(hs) = batch.hard_state {
             store.set_hard_state(hs);
         }
@@ -482,8 +591,57 @@ impl Sim {
                 self.fail_read(i, f.id);
             }
             self.serve_parked_reads(i);
+            if let Some(meta) = ready.take_snapshot {
+                let id = self.nodes[i].id;
+                if meta.last.index != self.nodes[i].applied {
+                    self.report.violations.push(Violation::Durability {
+                        node: id,
+                        detail: format!(
+                            "asked to snapshot at {} with {} applied",
+                            meta.last.index, self.nodes[i].applied
+                        ),
+                    });
+                    return;
+                }
+                if let Err(v) = self.sm.observe_snapshot(id, meta.last) {
+                    self.report.violations.push(v);
+                    return;
+                }
+                self.nodes[i].snapshot = Some((meta.clone(), self.nodes[i].kv.clone()));
+                self.report.snapshots += 1;
+                let local = self.local_time(i, self.now);
+                if let Some(r) = self.nodes[i].raft.as_mut() {
+                    r.snapshot_taken(local, meta);
+                }
+            }
+            for SendSnapshot { to, meta } in ready.send_snapshots {
+                self.send_snapshot(i, to, meta);
+            }
         }
         self.observe_roles(i);
+    }
+
+    fn send_snapshot(&mut self, from: usize, to: NodeId, meta: SnapshotMeta) {
+        let to_i = (to.get() - 1) as usize;
+        let term = self.nodes[from].raft.as_ref().map_or(Term::ZERO, Raft::term);
+        let Some((m, kv)) = self.nodes[from].snapshot.clone() else { return };
+        if m != meta || to_i >= self.nodes.len() || self.blocked.contains(&(from, to_i)) {
+            return;
+        }
+        if self.healed_at.is_none() && self.rng.chance(self.cfg.loss * 3.0) {
+            // The stream broke: the leader learns it and probes again later.
+            let local = self.local_time(from, self.now);
+            if let Some(r) = self.nodes[from].raft.as_mut() {
+                r.snapshot_send_failed(local, to);
+            }
+            return;
+        }
+        // A stream takes longer than a message: proportional to the state's size.
+        let at = self.now + self.cfg.delay_ns.1 + (kv.len() as u64 + 1) * (MS / 10);
+        let k = self.next_msg;
+        self.next_msg += 1;
+        self.transfers.insert(k, (from, to_i, term, meta, kv));
+        self.schedule(at, Event::Snapshot(k));
     }
 
     fn observe_roles(&mut self, i: usize) {
@@ -498,7 +656,8 @@ impl Sim {
         }
         if self.known_leaders.insert((term.0, i)) {
             let id = r.id();
-            let res = self.completeness.check_leader(id, term, |idx| r.entry_term(idx).ok());
+            let floor = r.status().first_index.prev();
+            let res = self.completeness.check_leader(id, term, floor, |idx| r.entry_term(idx).ok());
             if let Err(v) = res {
                 self.report.violations.push(v);
             }
@@ -728,7 +887,14 @@ impl Sim {
             return;
         }
         let n = self.nodes.len();
-        match self.rng.below(6) {
+        let roll = self.rng.below(if self.cfg.reconfig { 8 } else { 6 });
+        if roll >= 6 {
+            self.reconfigure();
+            let t = self.now + self.cfg.nemesis_interval_ns / 2 + self.rng.below(self.cfg.nemesis_interval_ns);
+            self.schedule(t, Event::Nemesis);
+            return;
+        }
+        match roll {
             0 | 1 => {
                 let i = self.rng.below(n as u64) as usize;
                 self.crash(i, "killed");
@@ -773,6 +939,47 @@ impl Sim {
         }
         let t = self.now + self.cfg.nemesis_interval_ns / 2 + self.rng.below(self.cfg.nemesis_interval_ns);
         self.schedule(t, Event::Nemesis);
+    }
+
+    /// A membership change on the current leader: add a learner, promote one, remove any
+    /// member (the leader included) or replace a voter.
+    fn reconfigure(&mut self) {
+        let Some(li) =
+            (0..self.nodes.len()).find(|i| self.nodes[*i].raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+        else {
+            return;
+        };
+        let Some(conf) = self.nodes[li].raft.as_ref().map(|r| r.configuration().clone()) else { return };
+        let voters: Vec<NodeId> = conf.voters.iter().copied().collect();
+        let learners: Vec<NodeId> = conf.learners.iter().copied().collect();
+        let pick = |v: &[NodeId], r: &mut SplitMix64| v.get(r.below(v.len() as u64) as usize).copied();
+        let change = match self.rng.below(4) {
+            0 => match self.new_node() {
+                Some(i) => Some(ConfChange::AddLearner(self.nodes[i].id)),
+                None => pick(&learners, &mut self.rng).map(ConfChange::Promote),
+            },
+            1 => pick(&learners, &mut self.rng).map(ConfChange::Promote),
+            2 if voters.len() > 2 => pick(&voters, &mut self.rng).map(ConfChange::Remove),
+            _ => match (pick(&voters, &mut self.rng), pick(&learners, &mut self.rng)) {
+                (Some(old), Some(new)) => Some(ConfChange::Replace { old, new }),
+                _ => None,
+            },
+        };
+        let Some(change) = change else { return };
+        let local = self.local_time(li, self.now);
+        let Some(r) = self.nodes[li].raft.as_mut() else { return };
+        let leader = r.id();
+        match r.propose_conf_change(local, change.clone()) {
+            Ok(id) => {
+                self.report.conf_changes += 1;
+                self.log(|| format!("leader {leader} proposes {change:?} at {}", id.index));
+            }
+            Err(e) => {
+                self.report.conf_refusals += 1;
+                self.log(|| format!("leader {leader} refuses {change:?}: {e}"));
+            }
+        }
+        self.drain(li);
     }
 
     fn heal(&mut self) {

@@ -87,6 +87,15 @@ pub trait LogStorage {
     fn first_index(&self) -> LogIndex {
         self.snapshot_last().index.next()
     }
+
+    /// The id of the last compacted entry and the configuration in force there.
+    ///
+    /// The default answers the configuration from [`LogStorage::initial_state`], which is only
+    /// right when the log holds no configuration entry; stores that keep configuration
+    /// entries should answer the configuration recorded with the compaction point.
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        Ok(SnapshotMeta { last: self.snapshot_last(), config: self.initial_state()?.config })
+    }
 }
 
 /// An in-memory log: the reference model that durable stores are tested against, and the
@@ -196,6 +205,10 @@ impl LogStorage for MemLog {
 
     fn snapshot_last(&self) -> EntryId {
         self.snapshot.last
+    }
+
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        Ok(self.snapshot.clone())
     }
 
     fn last_index(&self) -> LogIndex {

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut steps, mut violations, mut ops, mut crashes, mut partitions, mut committed, mut lease) =
         (0, 0, 0, 0, 0, 0, 0);
+    let (mut conf_changes, mut refusals, mut snapshots, mut installs) = (0, 0, 0, 0);
     let mut failed = Vec::new();
     for seed in args.first..args.first + args.seeds {
         let r = run_seed(seed, args.steps, args.verbose);
@@ -70,9 +71,13 @@ fn main() -> ExitCode {
         partitions += r.partitions;
         committed += r.committed;
         lease += r.lease_reads;
+        conf_changes += r.conf_changes;
+        refusals += r.conf_refusals;
+        snapshots += r.snapshots;
+        installs += r.installs;
         if args.verbose || args.seeds == 1 {
             println!(
-                "seed {seed}: {} steps, {:.1} s simulated, {} committed, {} leaders, {} ops ({} ok), {} crashes, {} partitions",
+                "seed {seed}: {} steps, {:.1} s simulated, {} committed, {} leaders, {} ops ({} ok), {} crashes, {} partitions, {} config changes, {} snapshots, {} installs",
                 r.steps,
                 r.sim_time_ns as f64 / 1e9,
                 r.committed,
@@ -80,7 +85,10 @@ fn main() -> ExitCode {
                 r.ops,
                 r.ops_ok,
                 r.crashes,
-                r.partitions
+                r.partitions,
+                r.conf_changes,
+                r.snapshots,
+                r.installs
             );
         }
         if let Some(path) = &args.history {
@@ -102,11 +110,16 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "sim: seeds {}, steps {steps}, violations {violations} ({} entries committed, {ops} client ops, {lease} lease reads, {crashes} crashes, {partitions} partitions, {:.1} s)",
+        "sim: seeds {}, steps {steps}, violations {violations} ({} entries committed, {ops} client ops, {lease} lease reads, {crashes} crashes, {partitions} partitions, {conf_changes} config changes ({refusals} refused), {snapshots} snapshots, {installs} installs, {:.1} s)",
         args.seeds,
         committed,
         started.elapsed().as_secs_f64()
     );
+    // A run that exercised no membership change, snapshot or install proved nothing about them.
+    if args.seeds >= 20 && (conf_changes == 0 || snapshots == 0 || installs == 0) {
+        eprintln!("sim: the run exercised no configuration change, snapshot or install: a failed run");
+        return ExitCode::FAILURE;
+    }
     if args.seeds == 1 && failed.is_empty() {
         println!(
             "verdict: election safety, log matching, leader completeness, state-machine safety, durability, linearizability and recovery after healing all held"
