@@ -40,6 +40,23 @@ pub struct Config {
     pub applied: LogIndex,
     /// Seed of the core's random number generator (election timeouts).
     pub seed: u64,
+    /// Ask the application for a snapshot once this many entries were applied since the
+    /// last one (`0`: never ask; the application may still snapshot on its own).
+    pub snapshot_entries_threshold: u64,
+    /// Entries kept in the log behind a snapshot, so that slightly slow followers catch up
+    /// from the log instead of needing a snapshot.
+    pub compaction_tail_entries: u64,
+    /// A learner is promoted only if it is at most this many entries behind the leader.
+    pub promote_lag_entries_max: u64,
+    /// Leave a joint configuration automatically once it is committed. When false, the
+    /// application calls [`crate::Raft::leave_joint`].
+    pub auto_leave_joint: bool,
+    /// A snapshot sent to a follower that is not acknowledged within this time is given up
+    /// and the follower probed again.
+    pub snapshot_send_timeout: std::time::Duration,
+    /// The application's latest snapshot, on restart (what the leader sends to followers that
+    /// need compacted entries).
+    pub snapshot: Option<quorate_log::SnapshotMeta>,
 }
 
 impl Config {
@@ -62,6 +79,12 @@ impl Config {
             pending_reads_max: 4096,
             applied: LogIndex::ZERO,
             seed: id.get(),
+            snapshot_entries_threshold: 100_000,
+            compaction_tail_entries: 10_000,
+            promote_lag_entries_max: 1_000,
+            auto_leave_joint: true,
+            snapshot_send_timeout: Duration::from_secs(30),
+            snapshot: None,
         }
     }
 

@@ -65,5 +65,6 @@ pub use progress::{PeerProgress, ProgressState};
 pub use raft::{Persist, Raft, Ready, Status};
 pub use rng::SplitMix64;
 pub use types::{
-    CoreError, Instant, IoId, ProposeError, ReadError, ReadFailed, ReadId, ReadLevel, ReadReady, Role, TransferError,
+    ConfChange, ConfChangeError, CoreError, Instant, IoId, ProposeError, ReadError, ReadFailed, ReadId, ReadLevel,
+    ReadReady, Role, SendSnapshot, SnapshotError, TransferError,
 };

@@ -9,7 +9,7 @@ use quorate_log::{Entry, EntryId, LogIndex, LogStorage, StorageError, Term, limi
 /// * `unstable[i].index == unstable_offset + i`, contiguous;
 /// * indexes below `unstable_offset` are read from storage, never at or above it;
 /// * `persisted <= last_index()`, `handed <= last_index()`, `commit <= last_index()`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct RaftLog<S> {
     pub(crate) storage: S,
     unstable: Vec<Entry>,
@@ -21,22 +21,34 @@ pub(crate) struct RaftLog<S> {
     pub(crate) commit: LogIndex,
     /// Last index handed to the application to apply.
     pub(crate) applied: LogIndex,
+    /// A compaction point or installed snapshot handed out for persistence that storage may
+    /// not reflect yet: nothing at or below it is read from storage.
+    floor: EntryId,
 }
 
 impl<S: LogStorage> RaftLog<S> {
     pub(crate) fn new(storage: S, commit: LogIndex, applied: LogIndex) -> RaftLog<S> {
         let last = storage.last_index();
         let snap = storage.snapshot_last().index;
-        let commit = commit.min(last).max(snap);
+        // The application applies only committed entries, so its applied index is committed
+        // even if the persisted commit index lags behind it (commit is persisted lazily).
+        let commit = commit.max(applied).min(last).max(snap);
         RaftLog {
-            storage,
             unstable: Vec::new(),
             unstable_offset: last.next(),
             handed: last,
             persisted: last,
             commit,
             applied: applied.max(snap).min(commit),
+            floor: storage.snapshot_last(),
+            storage,
         }
+    }
+
+    /// The last entry covered by a snapshot or compaction (entries up to it are gone).
+    pub(crate) fn floor(&self) -> EntryId {
+        let s = self.storage.snapshot_last();
+        if s.index >= self.floor.index { s } else { self.floor }
     }
 
     pub(crate) fn last_index(&self) -> LogIndex {
@@ -47,10 +59,17 @@ impl<S: LogStorage> RaftLog<S> {
     }
 
     pub(crate) fn first_index(&self) -> LogIndex {
-        self.storage.first_index()
+        self.floor().index.next()
     }
 
     pub(crate) fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        let floor = self.floor();
+        if index < floor.index {
+            return Err(StorageError::Compacted(index));
+        }
+        if index == floor.index {
+            return Ok(floor.term);
+        }
         if index >= self.unstable_offset {
             let off = index.distance_from(self.unstable_offset) as usize;
             return self.unstable.get(off).map(|e| e.term).ok_or(StorageError::Unavailable(index));
@@ -80,6 +99,9 @@ impl<S: LogStorage> RaftLog<S> {
         let hi = hi.min(self.last_index().next());
         if lo >= hi {
             return Ok(Vec::new());
+        }
+        if lo <= self.floor().index {
+            return Err(StorageError::Compacted(lo));
         }
         let mut out = if lo < self.unstable_offset {
             self.storage.entries(lo, hi.min(self.unstable_offset), max_bytes)?
@@ -117,9 +139,14 @@ impl<S: LogStorage> RaftLog<S> {
     }
 
     /// Appends `entries`, which must follow an entry this log holds, truncating any
-    /// conflicting suffix. Returns the index of the last entry of `entries` (or `prev`).
-    /// Entries that already match are skipped so nothing persisted is rewritten.
-    pub(crate) fn append_after(&mut self, prev: EntryId, entries: &[Entry]) -> Result<LogIndex, StorageError> {
+    /// conflicting suffix. Returns the index of the last entry of `entries` (or `prev`) and
+    /// the index from which entries were written, if any. Entries that already match are
+    /// skipped so nothing persisted is rewritten.
+    pub(crate) fn append_after(
+        &mut self,
+        prev: EntryId,
+        entries: &[Entry],
+    ) -> Result<(LogIndex, Option<LogIndex>), StorageError> {
         debug_assert!(self.matches(prev));
         let last_new = LogIndex(prev.index.0 + entries.len() as u64);
         // First entry whose term differs (or that is past our end).
@@ -150,8 +177,38 @@ impl<S: LogStorage> RaftLog<S> {
             let at = entries[start].index;
             self.truncate_from(at);
             self.unstable.extend_from_slice(&entries[start..]);
+            return Ok((last_new, Some(at)));
         }
-        Ok(last_new)
+        Ok((last_new, None))
+    }
+
+    /// Installs a snapshot ending at `last`: entries up to it are replaced by the snapshot;
+    /// a suffix that agrees with it is kept, anything else is discarded.
+    pub(crate) fn install_snapshot(&mut self, last: EntryId) {
+        debug_assert!(last.index > self.commit);
+        if !self.matches(last) {
+            self.unstable.clear();
+            self.unstable_offset = last.index.next();
+            self.handed = last.index;
+        } else if last.index >= self.unstable_offset {
+            let n = last.index.distance_from(self.unstable_offset) as usize + 1;
+            self.unstable.drain(..n.min(self.unstable.len()));
+            self.unstable_offset = last.index.next();
+            self.handed = self.handed.max(last.index);
+        }
+        self.floor = last;
+        self.persisted = self.persisted.max(last.index).min(self.last_index());
+        self.commit = self.commit.max(last.index);
+        self.applied = self.applied.max(last.index);
+    }
+
+    /// Compacts the log up to `last` (covered by a snapshot): nothing at or below it is read
+    /// from storage from now on.
+    pub(crate) fn compact(&mut self, last: EntryId) {
+        debug_assert!(last.index <= self.applied && last.index <= self.persisted);
+        if last.index > self.floor().index {
+            self.floor = last;
+        }
     }
 
     fn truncate_from(&mut self, at: LogIndex) {
@@ -232,7 +289,7 @@ impl<S: LogStorage> RaftLog<S> {
     /// leader skip all entries of a term a follower does not have.
     pub(crate) fn find_conflict_by_term(&self, index: LogIndex, term: Term) -> EntryId {
         let mut i = index.min(self.last_index());
-        let floor = self.first_index().prev();
+        let floor = self.floor().index;
         loop {
             match self.term(i) {
                 Ok(t) if t <= term => return EntryId::new(t, i),
@@ -248,6 +305,7 @@ impl<S: LogStorage> RaftLog<S> {
         debug_assert!(self.handed <= self.last_index());
         debug_assert!(self.commit <= self.last_index());
         debug_assert!(self.applied <= self.commit);
+        debug_assert!(self.floor.index <= self.last_index());
     }
 }
 
@@ -265,8 +323,9 @@ mod tests {
         let mut store = MemLog::default();
         store.append(&[e(1, 1), e(2, 1), e(3, 1)]).unwrap();
         let mut log = RaftLog::new(store, LogIndex(1), LogIndex::ZERO);
-        let last = log.append_after(EntryId::new(Term(1), LogIndex(1)), &[e(2, 2), e(3, 2)]).unwrap();
+        let (last, written) = log.append_after(EntryId::new(Term(1), LogIndex(1)), &[e(2, 2), e(3, 2)]).unwrap();
         assert_eq!(last, LogIndex(3));
+        assert_eq!(written, Some(LogIndex(2)));
         assert_eq!(log.term(LogIndex(2)), Ok(Term(2)));
         assert_eq!(log.persisted, LogIndex(1));
         let batch = log.take_unpersisted();

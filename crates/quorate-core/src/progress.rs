@@ -14,6 +14,9 @@ pub enum ProgressState {
     Probe,
     /// The follower is in sync: appends are pipelined up to the in-flight window.
     Replicate,
+    /// The follower needs entries that are compacted: a snapshot is being sent; appends
+    /// wait until it is acknowledged (or fails, and the leader probes again).
+    Snapshot,
 }
 
 /// Replication progress of one follower, as the leader tracks it.
@@ -35,6 +38,8 @@ pub(crate) struct Progress {
     pub(crate) acked_seq: u64,
     /// When the leader sent the heartbeat round `acked_seq` (the lease counts from there).
     pub(crate) acked_sent_at: Option<Instant>,
+    /// In snapshot state: the snapshot's last index and when it was sent.
+    pub(crate) snapshot: Option<(LogIndex, Instant)>,
 }
 
 /// A snapshot of one follower's progress, for status and metrics.
@@ -66,6 +71,7 @@ impl Progress {
             recent_active: true,
             acked_seq: 0,
             acked_sent_at: None,
+            snapshot: None,
         }
     }
 
@@ -85,13 +91,14 @@ impl Progress {
         match self.state {
             ProgressState::Probe => !self.probe_sent,
             ProgressState::Replicate => self.inflight.len() < msgs_max && self.inflight_bytes < bytes_max,
+            ProgressState::Snapshot => false,
         }
     }
 
     /// Records an append of entries ending at `last` with `bytes` of entries.
     pub(crate) fn sent(&mut self, last: Option<LogIndex>, bytes: u64) {
         match self.state {
-            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Probe | ProgressState::Snapshot => self.probe_sent = true,
             ProgressState::Replicate => {
                 if let Some(last) = last {
                     debug_assert!(last >= self.next_index);
@@ -120,16 +127,27 @@ impl Progress {
             self.inflight.pop_front();
             self.inflight_bytes -= bytes;
         }
-        if self.state == ProgressState::Probe && moved {
+        let snapshot_done = self.snapshot.is_some_and(|(i, _)| index >= i);
+        if (self.state == ProgressState::Probe && moved) || (self.state == ProgressState::Snapshot && snapshot_done) {
+            self.snapshot = None;
             self.become_replicate();
         }
         moved
+    }
+
+    /// Starts sending a snapshot ending at `index`.
+    pub(crate) fn become_snapshot(&mut self, index: LogIndex, now: Instant) {
+        self.state = ProgressState::Snapshot;
+        self.snapshot = Some((index, now));
+        self.inflight.clear();
+        self.inflight_bytes = 0;
     }
 
     /// A rejection of `rejected` with the leader's next guess. Returns whether it applied
     /// (stale rejections are ignored).
     pub(crate) fn reject(&mut self, rejected: LogIndex, next_guess: LogIndex) -> bool {
         match self.state {
+            ProgressState::Snapshot => false,
             ProgressState::Replicate => {
                 if rejected <= self.match_index {
                     return false;
@@ -151,6 +169,7 @@ impl Progress {
 
     pub(crate) fn become_probe(&mut self) {
         self.state = ProgressState::Probe;
+        self.snapshot = None;
         self.probe_sent = false;
         self.next_index = self.match_index.next().max(self.next_index.min(self.match_index.next()));
         self.inflight.clear();

@@ -9,11 +9,12 @@ use crate::message::{
 use crate::progress::{PeerProgress, Progress, ProgressState};
 use crate::rng::SplitMix64;
 use crate::types::{
-    CoreError, Instant, IoId, ProposeError, ReadError, ReadFailed, ReadId, ReadLevel, ReadReady, Role, TransferError,
+    ConfChange, ConfChangeError, CoreError, Instant, IoId, ProposeError, ReadError, ReadFailed, ReadId, ReadLevel,
+    ReadReady, Role, SendSnapshot, TransferError,
 };
 use quorate_log::{
     Configuration, Data, ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, NodeId,
-    StorageError, Term,
+    SnapshotMeta, StorageError, Term,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -41,6 +42,11 @@ pub struct Ready {
     pub reads: Vec<ReadReady>,
     /// Reads that could not be confirmed.
     pub failed_reads: Vec<ReadFailed>,
+    /// Take a snapshot of the state machine at exactly this point (after applying
+    /// `committed`), persist it, then report it with [`Raft::snapshot_taken`].
+    pub take_snapshot: Option<SnapshotMeta>,
+    /// Snapshots to stream to followers that need compacted entries.
+    pub send_snapshots: Vec<SendSnapshot>,
 }
 
 impl Ready {
@@ -52,14 +58,19 @@ impl Ready {
             && self.committed.is_empty()
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
+            && self.take_snapshot.is_none()
+            && self.send_snapshots.is_empty()
     }
 }
 
-/// One batch for stable storage. Write it atomically: if `entries` is not empty, first
-/// delete every stored entry with index ≥ `entries[0].index`, then append `entries`; store
-/// `hard_state` if present. Then, if `sync`, make it durable (fsync) before reporting
-/// [`Raft::persisted`]. `sync` is false only when nothing but the commit index changed,
-/// which is safe to lose.
+/// One batch for stable storage. Write it atomically, in this order: if `install` is present,
+/// install that snapshot (its state-machine data, which the application staged before calling
+/// [`Raft::install_snapshot`], and its metadata; log entries up to it are dropped, and all of
+/// them if the log does not hold its last entry); if `compact` is present, delete log entries
+/// up to it; if `entries` is not empty, delete every stored entry with index ≥
+/// `entries[0].index`, then append `entries`; store `hard_state` if present. Then, if `sync`,
+/// make it durable (fsync) before reporting [`Raft::persisted`]. `sync` is false only when
+/// nothing but the commit index changed, which is safe to lose.
 #[derive(Debug)]
 pub struct Persist {
     /// Report this id when done. Batches are reported in order.
@@ -70,6 +81,10 @@ pub struct Persist {
     pub entries: Vec<Entry>,
     /// Whether durability is required before reporting.
     pub sync: bool,
+    /// A snapshot received from the leader to install.
+    pub install: Option<SnapshotMeta>,
+    /// Log entries up to this point are covered by a snapshot and may be deleted.
+    pub compact: Option<SnapshotMeta>,
 }
 
 /// The state of a core at a glance, for status pages and metrics.
@@ -95,6 +110,12 @@ pub struct Status {
     pub persisted_index: LogIndex,
     /// The configuration in force.
     pub config: Configuration,
+    /// The configuration version: the index of the entry that set it (0: bootstrap).
+    pub config_version: LogIndex,
+    /// The last index covered by the latest snapshot known to the core.
+    pub snapshot_index: LogIndex,
+    /// The first index still in the log.
+    pub first_index: LogIndex,
     /// Per-follower progress (leader only).
     pub peers: BTreeMap<NodeId, PeerProgress>,
     /// Bytes appended but not committed (leader only).
@@ -103,7 +124,7 @@ pub struct Status {
     pub halted: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct PendingRead {
     id: ReadId,
     /// `None`: a local read; `Some(peer)`: forwarded by a follower.
@@ -121,7 +142,7 @@ struct PendingRead {
 /// [`persisted`](Raft::persisted); each takes `now`. Outputs come from
 /// [`ready`](Raft::ready); [`poll_timeout`](Raft::poll_timeout) says when to call
 /// `handle_timeout` next. The core reads its log through `S` and never writes to it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Raft<S> {
     cfg: Config,
     id: NodeId,
@@ -131,6 +152,18 @@ pub struct Raft<S> {
     role: Role,
     leader: Option<NodeId>,
     conf: Configuration,
+    /// Configuration entries above the log's floor, in index order.
+    conf_history: Vec<(LogIndex, Configuration)>,
+    /// The configuration at the log's floor.
+    base_conf: Configuration,
+    /// The application's latest snapshot.
+    snapshot: Option<SnapshotMeta>,
+    applied_since_snapshot: u64,
+    snapshot_requested: bool,
+    pending_install: Option<SnapshotMeta>,
+    pending_compact: Option<SnapshotMeta>,
+    send_snapshots: Vec<SendSnapshot>,
+    snapshot_wanted: bool,
     rng: SplitMix64,
     now: Instant,
     halted: Option<String>,
@@ -179,9 +212,17 @@ impl<S: LogStorage> Raft<S> {
     pub fn new(cfg: Config, storage: S, now: Instant) -> Result<Raft<S>, CoreError> {
         cfg.validate()?;
         let init = storage.initial_state()?;
-        init.config.validate().map_err(|e| CoreError::Config(e.to_string()))?;
+        // A node joining an existing cluster starts with no configuration and learns it
+        // from the leader; anything else must be a valid configuration.
+        if init.config != Configuration::default() {
+            init.config.validate().map_err(|e| CoreError::Config(e.to_string()))?;
+        }
+        let base_conf = storage.snapshot_meta()?.config;
         let hs = init.hard_state;
         let log = RaftLog::new(storage, hs.commit, cfg.applied);
+        let conf_history = scan_configs(&log)?;
+        let conf = conf_history.last().map_or_else(|| base_conf.clone(), |(_, c)| c.clone());
+        let snapshot = cfg.snapshot.clone().filter(|m| m.last.index <= log.commit);
         let mut r = Raft {
             id: cfg.id,
             rng: SplitMix64::new(cfg.seed ^ 0x0051_554f_5241_5445),
@@ -190,7 +231,16 @@ impl<S: LogStorage> Raft<S> {
             vote: hs.vote,
             role: Role::Follower,
             leader: None,
-            conf: init.config,
+            conf,
+            conf_history,
+            base_conf,
+            snapshot,
+            applied_since_snapshot: 0,
+            snapshot_requested: false,
+            pending_install: None,
+            pending_compact: None,
+            send_snapshots: Vec::new(),
+            snapshot_wanted: false,
             now,
             halted: None,
             election_deadline: now,
@@ -273,6 +323,13 @@ impl<S: LogStorage> Raft<S> {
         &self.conf
     }
 
+    /// The configuration version: the index of the entry that set the configuration in
+    /// force, or the log's floor if that entry was compacted (0 for the bootstrap one).
+    #[must_use]
+    pub fn config_version(&self) -> LogIndex {
+        self.conf_history.last().map_or_else(|| self.log.floor().index, |(i, _)| *i)
+    }
+
     /// The current hard state (possibly not yet persisted).
     #[must_use]
     pub fn hard_state(&self) -> HardState {
@@ -315,6 +372,9 @@ impl<S: LogStorage> Raft<S> {
             last_index: self.log.last_index(),
             persisted_index: self.log.persisted,
             config: self.conf.clone(),
+            config_version: self.config_version(),
+            snapshot_index: self.snapshot.as_ref().map_or(LogIndex::ZERO, |m| m.last.index),
+            first_index: self.log.first_index(),
             peers: self.peers.iter().map(|(id, p)| (*id, p.snapshot())).collect(),
             uncommitted_bytes: self.uncommitted_bytes,
             halted: self.halted.clone(),
@@ -373,6 +433,12 @@ impl<S: LogStorage> Raft<S> {
                 && now >= deadline
             {
                 self.transferee = None;
+            }
+            let timeout = self.cfg.snapshot_send_timeout;
+            for p in self.peers.values_mut() {
+                if p.snapshot.is_some_and(|(_, sent)| now.saturating_since(sent) >= timeout) {
+                    p.become_probe();
+                }
             }
         } else {
             let expiry = self.cfg.election_timeout_min * 2;
@@ -482,6 +548,197 @@ impl<S: LogStorage> Raft<S> {
             self.send_timeout_now(to);
         }
         Ok(())
+    }
+
+    /// Proposes a membership change (leader only). At most one change is in flight: the
+    /// previous one must be committed (and a joint configuration left) first. Voter changes
+    /// go through a joint configuration; the configuration takes effect as soon as its entry
+    /// is appended, on every node.
+    pub fn propose_conf_change(&mut self, now: Instant, change: ConfChange) -> Result<EntryId, ConfChangeError> {
+        self.advance_clock(now);
+        if self.halted.is_some() {
+            return Err(ConfChangeError::Halted);
+        }
+        if self.role != Role::Leader {
+            return Err(ConfChangeError::NotLeader { leader_hint: self.leader });
+        }
+        if self.transferee.is_some() {
+            return Err(ConfChangeError::TransferInProgress);
+        }
+        if let Some(at) = self.conf_change_in_flight() {
+            return Err(ConfChangeError::ChangeInFlight(at));
+        }
+        let old = &self.conf;
+        let mut new = old.clone();
+        let last = self.log.last_index();
+        let lag = |n: NodeId| last.distance_from(self.peers.get(&n).map_or(LogIndex::ZERO, |p| p.match_index));
+        match change {
+            ConfChange::AddLearner(n) => {
+                if old.is_voter(n) || old.is_learner(n) {
+                    return Err(ConfChangeError::AlreadyMember(n));
+                }
+                new.learners.insert(n);
+            }
+            ConfChange::Promote(n) => {
+                if old.is_voter(n) {
+                    return Err(ConfChangeError::AlreadyMember(n));
+                }
+                if !old.is_learner(n) {
+                    return Err(ConfChangeError::NotMember(n));
+                }
+                let behind = lag(n);
+                if behind > self.cfg.promote_lag_entries_max {
+                    return Err(ConfChangeError::TooFarBehind {
+                        node: n,
+                        behind,
+                        max: self.cfg.promote_lag_entries_max,
+                    });
+                }
+                new.learners.remove(&n);
+                new.voters.insert(n);
+            }
+            ConfChange::Remove(n) => {
+                if old.is_learner(n) {
+                    new.learners.remove(&n);
+                } else if old.voters.contains(&n) {
+                    new.voters.remove(&n);
+                } else {
+                    return Err(ConfChangeError::NotMember(n));
+                }
+            }
+            ConfChange::Replace { old: out, new: incoming } => {
+                if !old.voters.contains(&out) {
+                    return Err(ConfChangeError::NotMember(out));
+                }
+                if !old.is_learner(incoming) {
+                    return Err(ConfChangeError::NotMember(incoming));
+                }
+                let behind = lag(incoming);
+                if behind > self.cfg.promote_lag_entries_max {
+                    return Err(ConfChangeError::TooFarBehind {
+                        node: incoming,
+                        behind,
+                        max: self.cfg.promote_lag_entries_max,
+                    });
+                }
+                new.voters.remove(&out);
+                new.learners.remove(&incoming);
+                new.voters.insert(incoming);
+            }
+        }
+        new.validate().map_err(|e| ConfChangeError::Invalid(e.to_string()))?;
+        if new.voters != old.voters {
+            new.voters_outgoing = old.voters.clone();
+        }
+        // The new configuration must be able to form a quorum with the nodes that answered
+        // recently (a caught-up newcomer counts).
+        let id = self.id;
+        let max_lag = self.cfg.promote_lag_entries_max;
+        let healthy = |n: NodeId| {
+            n == id
+                || self.peers.get(&n).is_some_and(|p| p.recent_active && last.distance_from(p.match_index) <= max_lag)
+        };
+        if !new.has_quorum(healthy) {
+            return Err(ConfChangeError::WouldLoseQuorum);
+        }
+        let size = ENTRY_OVERHEAD_BYTES + new.size_bytes();
+        Ok(self.append_own(EntryPayload::Config(new), size))
+    }
+
+    /// Leaves a committed joint configuration (when `auto_leave_joint` is off).
+    pub fn leave_joint(&mut self, now: Instant) -> Result<EntryId, ConfChangeError> {
+        self.advance_clock(now);
+        if self.role != Role::Leader || self.halted.is_some() {
+            return Err(ConfChangeError::NotLeader { leader_hint: self.leader });
+        }
+        if !self.conf.is_joint() {
+            return Err(ConfChangeError::Invalid("the configuration is not joint".into()));
+        }
+        if let Some(at) = self.conf_change_in_flight() {
+            return Err(ConfChangeError::ChangeInFlight(at));
+        }
+        Ok(self.append_leave_joint())
+    }
+
+    /// Reports that the application took the snapshot asked for in [`Ready::take_snapshot`]
+    /// (or one of its own, at an applied index) and persisted it. The core then compacts the
+    /// log behind it, keeping `compaction_tail_entries`, and sends this snapshot to
+    /// followers that need compacted entries.
+    pub fn snapshot_taken(&mut self, now: Instant, meta: SnapshotMeta) {
+        self.advance_clock(now);
+        self.snapshot_requested = false;
+        if meta.last.index > self.log.applied || !self.log.matches(meta.last) {
+            return;
+        }
+        if self.snapshot.as_ref().is_some_and(|s| s.last.index >= meta.last.index) {
+            return;
+        }
+        self.applied_since_snapshot = self.log.applied.distance_from(meta.last.index);
+        let compact_to = LogIndex(meta.last.index.0.saturating_sub(self.cfg.compaction_tail_entries));
+        self.snapshot = Some(meta);
+        if compact_to > self.log.floor().index && compact_to <= self.log.persisted {
+            let Ok(term) = self.log.term(compact_to) else { return };
+            let at = EntryId::new(term, compact_to);
+            let config = self.conf_at(compact_to);
+            self.rebase_configs(compact_to, config.clone());
+            self.log.compact(at);
+            self.pending_compact = Some(SnapshotMeta { last: at, config });
+        }
+    }
+
+    /// Installs a snapshot received from the leader `from` of `term`, whose data the
+    /// application has received completely, verified and staged. Returns `Ok(true)` if the
+    /// snapshot is to be installed (it then appears in the next [`Persist::install`]; install
+    /// the staged data with it), `Ok(false)` if this node already has everything it covers
+    /// (discard the staged data).
+    pub fn install_snapshot(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+    ) -> Result<bool, crate::types::SnapshotError> {
+        self.advance_clock(now);
+        if self.halted.is_some() {
+            return Err(crate::types::SnapshotError::Halted);
+        }
+        if term < self.term {
+            return Err(crate::types::SnapshotError::StaleTerm { term, current: self.term });
+        }
+        if term > self.term || self.role != Role::Follower {
+            self.become_follower(term, Some(from));
+        }
+        self.heard_from_leader(from);
+        if meta.last.index <= self.log.commit {
+            let match_index = self.log.commit;
+            self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
+            return Ok(false);
+        }
+        let keeps_suffix = self.log.matches(meta.last);
+        self.log.install_snapshot(meta.last);
+        if keeps_suffix {
+            self.rebase_configs(meta.last.index, meta.config.clone());
+        } else {
+            self.conf_history.clear();
+            self.base_conf = meta.config.clone();
+        }
+        self.refresh_conf();
+        self.applied_since_snapshot = 0;
+        self.pending_install = Some(meta.clone());
+        self.snapshot = Some(meta.clone());
+        let match_index = meta.last.index;
+        self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
+        Ok(true)
+    }
+
+    /// Reports that sending a snapshot to `to` failed; the leader probes it again.
+    pub fn snapshot_send_failed(&mut self, now: Instant, to: NodeId) {
+        self.advance_clock(now);
+        if let Some(p) = self.peers.get_mut(&to)
+            && p.state == ProgressState::Snapshot
+        {
+            p.become_probe();
+        }
     }
 
     /// Reports that the persist batch `io` (and every earlier one) is on stable storage.
@@ -616,6 +873,10 @@ impl<S: LogStorage> Raft<S> {
             || self.log.has_committed_to_apply()
             || !self.reads_ready.is_empty()
             || !self.reads_failed.is_empty()
+            || (self.snapshot_wanted && !self.snapshot_requested)
+            || !self.send_snapshots.is_empty()
+            || self.pending_install.is_some()
+            || self.pending_compact.is_some()
             || (self.role == Role::Leader && (self.heartbeat_pending || self.leader_has_sends()))
     }
 
@@ -635,13 +896,18 @@ impl<S: LogStorage> Raft<S> {
         }
         let hs = self.hard_state();
         let entries = self.log.take_unpersisted();
-        let persist = if hs != self.handed_hs || !entries.is_empty() {
-            let sync = !entries.is_empty() || hs.term != self.handed_hs.term || hs.vote != self.handed_hs.vote;
+        let install = self.pending_install.take();
+        let compact = self.pending_compact.take();
+        let persist = if hs != self.handed_hs || !entries.is_empty() || install.is_some() || compact.is_some() {
+            let sync = !entries.is_empty()
+                || install.is_some()
+                || hs.term != self.handed_hs.term
+                || hs.vote != self.handed_hs.vote;
             let hard_state = (hs != self.handed_hs).then_some(hs);
             self.handed_hs = hs;
             self.io_issued = IoId(self.io_issued.0 + 1);
             self.io_batches.push_back((self.io_issued, entries.last().map(Entry::id)));
-            Some(Persist { io: self.io_issued, hard_state, entries, sync })
+            Some(Persist { io: self.io_issued, hard_state, entries, sync, install, compact })
         } else {
             None
         };
@@ -660,6 +926,11 @@ impl<S: LogStorage> Raft<S> {
                 Vec::new()
             }
         };
+        self.applied_since_snapshot += committed.len() as u64;
+        if self.cfg.snapshot_entries_threshold > 0 && self.applied_since_snapshot >= self.cfg.snapshot_entries_threshold
+        {
+            self.request_snapshot();
+        }
         self.log.check();
         Ready {
             persist,
@@ -667,6 +938,8 @@ impl<S: LogStorage> Raft<S> {
             committed,
             reads: std::mem::take(&mut self.reads_ready),
             failed_reads: std::mem::take(&mut self.reads_failed),
+            take_snapshot: self.take_snapshot_request(),
+            send_snapshots: std::mem::take(&mut self.send_snapshots),
         }
     }
 
@@ -840,8 +1113,8 @@ impl<S: LogStorage> Raft<S> {
         debug_assert_eq!(self.role, Role::Candidate);
         self.role = Role::Leader;
         self.leader = Some(self.id);
-        let next = self.log.last_index().next();
-        self.peers = self.conf.members().filter(|n| *n != self.id).map(|n| (n, Progress::new(next))).collect();
+        self.peers.clear();
+        self.sync_peers();
         self.commit_sent.clear();
         self.match_at_heartbeat.clear();
         self.uncommitted.clear();
@@ -858,10 +1131,115 @@ impl<S: LogStorage> Raft<S> {
     fn append_own(&mut self, payload: EntryPayload, size: u64) -> EntryId {
         let index = self.log.last_index().next();
         let id = EntryId::new(self.term, index);
+        if let EntryPayload::Config(c) = &payload {
+            self.conf_history.push((index, c.clone()));
+        }
         self.log.push(Entry { index, term: self.term, payload });
+        self.refresh_conf();
         self.uncommitted.push_back((index, size));
         self.uncommitted_bytes += size;
         id
+    }
+
+    // ----- internals: configurations and snapshots -----
+
+    /// The index of an uncommitted configuration entry, or of a joint configuration not yet
+    /// left: a new change must wait.
+    fn conf_change_in_flight(&self) -> Option<LogIndex> {
+        let (at, conf) = self.conf_history.last()?;
+        (*at > self.log.commit || conf.is_joint()).then_some(*at)
+    }
+
+    fn append_leave_joint(&mut self) -> EntryId {
+        let new = Configuration {
+            voters: self.conf.voters.clone(),
+            voters_outgoing: Default::default(),
+            learners: self.conf.learners.clone(),
+        };
+        let size = ENTRY_OVERHEAD_BYTES + new.size_bytes();
+        self.append_own(EntryPayload::Config(new), size)
+    }
+
+    /// The configuration in force at `index`.
+    fn conf_at(&self, index: LogIndex) -> Configuration {
+        self.conf_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or_else(|| self.base_conf.clone(), |(_, c)| c.clone())
+    }
+
+    /// The log's floor moves to `index`, where `config` is in force.
+    fn rebase_configs(&mut self, index: LogIndex, config: Configuration) {
+        self.conf_history.retain(|(i, _)| *i > index);
+        self.base_conf = config;
+    }
+
+    fn refresh_conf(&mut self) {
+        let conf = self.conf_history.last().map_or_else(|| self.base_conf.clone(), |(_, c)| c.clone());
+        if conf != self.conf {
+            self.conf = conf;
+            if self.role == Role::Leader {
+                self.sync_peers();
+            }
+        }
+    }
+
+    /// Entries were written to the log from index `from` on (a truncated suffix is gone):
+    /// configurations take effect when appended.
+    fn on_log_written(&mut self, from: LogIndex, entries: &[Entry]) {
+        self.conf_history.retain(|(i, _)| *i < from);
+        for e in entries.iter().filter(|e| e.index >= from) {
+            if let EntryPayload::Config(c) = &e.payload {
+                self.conf_history.push((e.index, c.clone()));
+            }
+        }
+        self.refresh_conf();
+    }
+
+    /// The leader tracks exactly the members of its configuration.
+    fn sync_peers(&mut self) {
+        let next = self.log.last_index().next();
+        let members: Vec<NodeId> = self.conf.members().filter(|n| *n != self.id).collect();
+        self.peers.retain(|id, _| members.contains(id));
+        for m in members {
+            self.peers.entry(m).or_insert_with(|| Progress::new(next));
+        }
+    }
+
+    /// A follower needs entries that are compacted: send it the latest snapshot, or ask the
+    /// application for one.
+    fn start_snapshot(&mut self, to: NodeId) {
+        let floor = self.log.floor().index;
+        match self.snapshot.clone() {
+            Some(meta) if meta.last.index >= floor => {
+                let now = self.now;
+                if let Some(p) = self.peers.get_mut(&to) {
+                    p.become_snapshot(meta.last.index, now);
+                }
+                self.send_snapshots.push(SendSnapshot { to, meta });
+            }
+            _ => self.request_snapshot(),
+        }
+    }
+
+    /// Asks the application for a snapshot; the request goes out at the end of the next
+    /// `Ready`, at the index applied by then.
+    fn request_snapshot(&mut self) {
+        if !self.snapshot_requested {
+            self.snapshot_wanted = true;
+        }
+    }
+
+    fn take_snapshot_request(&mut self) -> Option<SnapshotMeta> {
+        if !self.snapshot_wanted || self.snapshot_requested || self.log.applied == LogIndex::ZERO {
+            return None;
+        }
+        let applied = self.log.applied;
+        let term = self.log.term(applied).ok()?;
+        self.snapshot_wanted = false;
+        self.snapshot_requested = true;
+        Some(SnapshotMeta { last: EntryId::new(term, applied), config: self.conf_at(applied) })
     }
 
     // ----- internals: replication -----
@@ -892,7 +1270,10 @@ impl<S: LogStorage> Raft<S> {
             return;
         }
         match self.log.append_after(a.prev, &a.entries) {
-            Ok(last_new) => {
+            Ok((last_new, written)) => {
+                if let Some(from) = written {
+                    self.on_log_written(from, &a.entries);
+                }
                 self.log.commit_to(a.commit.min(last_new));
                 self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index: last_new }));
             }
@@ -956,6 +1337,8 @@ impl<S: LogStorage> Raft<S> {
                         pr.become_probe();
                     }
                 }
+                // Waiting for the snapshot's acknowledgement (or its timeout).
+                ProgressState::Snapshot => {}
             }
         }
         self.release_reads();
@@ -989,7 +1372,10 @@ impl<S: LogStorage> Raft<S> {
         let prev_index = next.prev();
         let prev_term = match self.log.term(prev_index) {
             Ok(t) => t,
-            Err(StorageError::Compacted(_)) => return false,
+            Err(StorageError::Compacted(_)) => {
+                self.start_snapshot(to);
+                return false;
+            }
             Err(e) => {
                 self.halt(format!("reading term at {prev_index}: {e}"));
                 return false;
@@ -997,7 +1383,10 @@ impl<S: LogStorage> Raft<S> {
         };
         let entries = match self.log.entries(next, last.next(), self.cfg.msg_bytes_max) {
             Ok(e) => e,
-            Err(StorageError::Compacted(_)) => return false,
+            Err(StorageError::Compacted(_)) => {
+                self.start_snapshot(to);
+                return false;
+            }
             Err(e) => {
                 self.halt(format!("reading entries from {next}: {e}"));
                 return false;
@@ -1062,6 +1451,7 @@ impl<S: LogStorage> Raft<S> {
             self.uncommitted.pop_front();
             self.uncommitted_bytes -= size;
         }
+        self.after_config_commit();
         if first_in_term {
             let waiting = std::mem::take(&mut self.reads_awaiting_commit);
             for (rid, origin) in waiting {
@@ -1069,6 +1459,40 @@ impl<S: LogStorage> Raft<S> {
                     self.fail_read(rid, origin);
                 }
             }
+        }
+    }
+
+    /// Once a configuration entry commits: leave a joint configuration (if automatic), and a
+    /// leader that is no longer a voter hands over and steps down.
+    fn after_config_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some((at, conf)) = self.conf_history.last() else { return };
+        if *at > self.log.commit {
+            return;
+        }
+        if conf.is_joint() {
+            if self.cfg.auto_leave_joint {
+                self.append_leave_joint();
+            }
+            return;
+        }
+        if !conf.is_voter(self.id) {
+            // Hand over to the most caught-up voter, then step down.
+            let best = self
+                .peers
+                .iter()
+                .filter(|(n, _)| conf.is_voter(**n))
+                .max_by_key(|(_, p)| p.match_index)
+                .map(|(n, p)| (*n, p.match_index));
+            if let Some((to, m)) = best
+                && m == self.log.last_index()
+            {
+                self.send_timeout_now(to);
+            }
+            let term = self.term;
+            self.become_follower(term, None);
         }
     }
 
@@ -1133,4 +1557,23 @@ impl<S: LogStorage> Raft<S> {
             }
         }
     }
+}
+
+/// Configuration entries in the log above its floor, read in bounded chunks at start-up.
+fn scan_configs<S: LogStorage>(log: &RaftLog<S>) -> Result<Vec<(LogIndex, Configuration)>, StorageError> {
+    const CHUNK_BYTES_MAX: u64 = 4 << 20;
+    let mut out = Vec::new();
+    let mut next = log.first_index();
+    let end = log.last_index().next();
+    while next < end {
+        let chunk = log.entries(next, end, CHUNK_BYTES_MAX)?;
+        let Some(last) = chunk.last() else { break };
+        next = last.index.next();
+        for e in &chunk {
+            if let EntryPayload::Config(c) = &e.payload {
+                out.push((e.index, c.clone()));
+            }
+        }
+    }
+    Ok(out)
 }

@@ -1,6 +1,6 @@
 //! Small value types of the core's API: time, ids for reads and I/O, read levels, errors.
 
-use quorate_log::{LogIndex, NodeId, StorageError};
+use quorate_log::{LogIndex, NodeId, StorageError, Term};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -199,4 +199,97 @@ pub struct ReadFailed {
     pub id: ReadId,
     /// Why.
     pub error: ReadError,
+}
+
+/// A membership change, proposed with [`crate::Raft::propose_conf_change`]. Changes of the
+/// voter set go through a joint configuration (old and new voters both form quorums) and
+/// leave it once it commits; learner-only changes take one step.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ConfChange {
+    /// Add a non-voting member that receives the log.
+    AddLearner(NodeId),
+    /// Make a learner a voter (refused while it is far behind).
+    Promote(NodeId),
+    /// Remove a member (voter or learner), including the leader itself: it keeps leading until
+    /// the change commits, then hands over and steps down.
+    Remove(NodeId),
+    /// Replace voter `old` with `new`, a caught-up learner, in one joint change.
+    Replace {
+        /// The voter leaving.
+        old: NodeId,
+        /// The learner taking its place.
+        new: NodeId,
+    },
+}
+
+/// Why a membership change was refused. Nothing was appended when this is returned.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfChangeError {
+    /// Only the leader changes the configuration.
+    #[error("not the leader; the leader is {}", fmt_hint(*leader_hint))]
+    NotLeader {
+        /// The leader this node knows of.
+        leader_hint: Option<NodeId>,
+    },
+    /// A change is already in flight (at most one at a time).
+    #[error("a configuration change is already in flight at index {0}")]
+    ChangeInFlight(LogIndex),
+    /// The node is already a member (or already a voter, for a promotion).
+    #[error("node {0} is already a member in that role")]
+    AlreadyMember(NodeId),
+    /// The node is not a member (or not a learner, for a promotion or replacement).
+    #[error("node {0} is not a member in the required role")]
+    NotMember(NodeId),
+    /// The learner is too far behind to become a voter safely.
+    #[error("node {node} is {behind} entries behind (at most {max} allowed); let it catch up first")]
+    TooFarBehind {
+        /// The learner.
+        node: NodeId,
+        /// How far behind it is.
+        behind: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// With the nodes currently reachable, the new configuration could not form a quorum.
+    #[error("the new configuration would have no quorum among the nodes heard from recently")]
+    WouldLoseQuorum,
+    /// The change would leave no voters or break a structural rule.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// Leadership is being handed over.
+    #[error("leadership transfer in progress")]
+    TransferInProgress,
+    /// The node stopped after a storage failure.
+    #[error("node halted")]
+    Halted,
+}
+
+/// Instructions to send the application's snapshot to a follower that needs compacted
+/// entries. Stream it out of band (chunked); on the follower, the application verifies and
+/// stages the data, then calls [`crate::Raft::install_snapshot`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SendSnapshot {
+    /// The follower.
+    pub to: NodeId,
+    /// The snapshot to send (the application's latest).
+    pub meta: quorate_log::SnapshotMeta,
+}
+
+/// Why a snapshot could not be installed.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The snapshot comes from a leader of an older term.
+    #[error("snapshot from term {term}, but this node is in term {current}")]
+    StaleTerm {
+        /// The sender's term.
+        term: Term,
+        /// This node's term.
+        current: Term,
+    },
+    /// The node stopped after a storage failure.
+    #[error("node halted")]
+    Halted,
 }
