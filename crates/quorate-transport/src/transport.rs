@@ -1,0 +1,1065 @@
+//! The QUIC transport: one endpoint per node, a dialing task per peer with bounded queues, an
+//! accept loop that authenticates every connection, and the client request path.
+
+use crate::backoff::Backoff;
+use crate::frame::{
+    ALPN, FRAME_PAYLOAD_BYTES_CEILING, FRAME_PAYLOAD_BYTES_DEFAULT, Frame, FrameError, FrameHeader, HEADER_BYTES,
+    Hello, Lane, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+};
+use crate::identity::{ClientIdentity, ClusterId, Identity, PeerIdentity};
+use crate::message::{MessageError, WireMessage, encode_message};
+use crate::tls::{Credentials, IdentityOf, TlsError, identity_of};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use quorate_log::NodeId;
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::marker::PhantomData;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// The `tracing` target of audit events (who, what, result).
+pub const AUDIT_TARGET: &str = "quorate::audit";
+
+/// QUIC application error codes the transport closes connections and streams with.
+pub mod codes {
+    /// Orderly shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The connection was refused: wrong identity, cluster or protocol.
+    pub const REFUSED: u32 = 0x10;
+    /// A frame was malformed or too large; the stream is closed.
+    pub const BAD_FRAME: u32 = 0x11;
+    /// A message did not decode; the stream is closed.
+    pub const BAD_MESSAGE: u32 = 0x12;
+    /// The stream was used against the protocol (e.g. no hello first).
+    pub const PROTOCOL: u32 = 0x13;
+}
+
+/// Server name sent in the TLS handshake; identity is checked through the URI SAN instead.
+const SERVER_NAME: &str = "quorate.invalid";
+/// Most unidirectional streams a peer may have open towards us (consensus + snapshot + slack).
+const PEER_UNI_STREAMS_MAX: u32 = 8;
+/// Most concurrent requests a client may have in flight on one connection.
+const CLIENT_BI_STREAMS_MAX: u32 = 64;
+/// Most connection attempts being handshaken at once.
+const INCOMING_MAX: usize = 256;
+/// Most messages coalesced into one stream write.
+const BATCH_MESSAGES_MAX: usize = 256;
+/// A connection that lived at least this long resets the reconnect backoff.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(1);
+
+/// Settings of a [`Transport`]. Build with [`TransportConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// The cluster this node belongs to; must match the certificate.
+    pub cluster: ClusterId,
+    /// This node's id; must match the certificate.
+    pub node: NodeId,
+    /// Local UDP address (port 0 picks one).
+    pub bind: SocketAddr,
+    /// Capacity, in messages, of each peer's consensus queue.
+    pub queue_capacity: usize,
+    /// Capacity, in chunks, of each peer's snapshot queue.
+    pub snapshot_queue_capacity: usize,
+    /// Capacity, in messages, of each inbox lane.
+    pub inbox_capacity: usize,
+    /// Largest frame payload accepted or sent (at most [`FRAME_PAYLOAD_BYTES_CEILING`]).
+    pub frame_payload_bytes_max: u32,
+    /// Bytes of consensus messages coalesced into one stream write.
+    pub batch_bytes_max: usize,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// QUIC idle timeout: a silent connection is dropped after this.
+    pub idle_timeout: Duration,
+    /// Limit on a connection attempt (handshake included).
+    pub connect_timeout: Duration,
+    /// Shortest reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Seed of the reconnect jitter (mixed with the peer id).
+    pub seed: u64,
+}
+
+impl TransportConfig {
+    /// Defaults for a node `node` of `cluster` listening on `bind`.
+    #[must_use]
+    pub fn new(cluster: ClusterId, node: NodeId, bind: SocketAddr) -> TransportConfig {
+        TransportConfig {
+            cluster,
+            node,
+            bind,
+            queue_capacity: 4096,
+            snapshot_queue_capacity: 16,
+            inbox_capacity: 8192,
+            frame_payload_bytes_max: FRAME_PAYLOAD_BYTES_DEFAULT,
+            batch_bytes_max: 64 * 1024,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            seed: 0x5157_0a7e,
+        }
+    }
+}
+
+/// Why a message was not queued. The message is dropped either way (Raft retransmits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The peer's queue is full; its drop counter was incremented.
+    #[error("peer queue full; message dropped")]
+    QueueFull,
+    /// No such peer was added.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// The peer's task has ended (transport shutting down).
+    #[error("transport closed")]
+    Closed,
+}
+
+/// Errors of connecting, sending and receiving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Socket error.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS material problem.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The connection attempt could not start.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was closed (handshake refusals land here).
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing to a stream failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading from a stream failed.
+    #[error("read: {0}")]
+    Read(String),
+    /// A bad frame.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A bad message.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// The other side is not who it must be (identity, cluster or protocol).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Timed out.
+    #[error("timed out")]
+    Timeout,
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The stream or connection ended before an answer.
+    #[error("closed before an answer")]
+    Closed,
+}
+
+/// Per-peer counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// Messages written to the peer's streams.
+    pub sent: u64,
+    /// Messages dropped because the queue was full (or could not be encoded).
+    pub dropped: u64,
+    /// Successful connections (including reconnects).
+    pub connects: u64,
+    /// Failed connection attempts (including identity refusals).
+    pub connect_failures: u64,
+    /// Whether a connection is up now.
+    pub connected: bool,
+}
+
+#[derive(Default)]
+struct PeerCounters {
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+    connected: AtomicBool,
+}
+
+struct Peer<M> {
+    consensus: mpsc::Sender<M>,
+    snapshot: mpsc::Sender<M>,
+    counters: Arc<PeerCounters>,
+    task: AbortHandle,
+}
+
+/// What arrives at a node.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Incoming<M> {
+    /// A message from an authenticated peer.
+    Peer {
+        /// The sender, as bound to its certificate.
+        from: NodeId,
+        /// The lane it came on.
+        lane: Lane,
+        /// The message.
+        message: M,
+    },
+    /// A request from an authenticated client; answer with [`Request::respond`].
+    Request(Request<M>),
+}
+
+/// A client request waiting for its response.
+pub struct Request<M> {
+    /// Who asked, with the role from its certificate.
+    pub from: ClientIdentity,
+    /// The request.
+    pub message: M,
+    send: SendStream,
+    frame_payload_bytes_max: u32,
+}
+
+impl<M: fmt::Debug> fmt::Debug for Request<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request").field("from", &self.from).field("message", &self.message).finish_non_exhaustive()
+    }
+}
+
+impl<M: WireMessage> Request<M> {
+    /// Sends the response and closes the request stream.
+    pub async fn respond(mut self, response: &M) -> Result<(), TransportError> {
+        let mut buf = Vec::new();
+        encode_message(response, self.frame_payload_bytes_max, &mut buf)?;
+        self.send.write_all(&buf).await?;
+        let _ = self.send.finish();
+        Ok(())
+    }
+}
+
+/// The receiving side of a [`Transport`]: consensus messages first, then client requests,
+/// then snapshot chunks, so a backlog of bulk data never delays a heartbeat.
+pub struct Inbox<M> {
+    consensus: mpsc::Receiver<(NodeId, M)>,
+    requests: mpsc::Receiver<Request<M>>,
+    snapshot: mpsc::Receiver<(NodeId, M)>,
+}
+
+impl<M> fmt::Debug for Inbox<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
+}
+
+impl<M> Inbox<M> {
+    /// The next message; `None` once the transport is gone.
+    pub async fn recv(&mut self) -> Option<Incoming<M>> {
+        poll_fn(|cx| {
+            let mut closed = 0;
+            match self.consensus.poll_recv(cx) {
+                Poll::Ready(Some((from, message))) => {
+                    return Poll::Ready(Some(Incoming::Peer { from, lane: Lane::Consensus, message }));
+                }
+                Poll::Ready(None) => closed += 1,
+                Poll::Pending => {}
+            }
+            match self.requests.poll_recv(cx) {
+                Poll::Ready(Some(r)) => return Poll::Ready(Some(Incoming::Request(r))),
+                Poll::Ready(None) => closed += 1,
+                Poll::Pending => {}
+            }
+            match self.snapshot.poll_recv(cx) {
+                Poll::Ready(Some((from, message))) => {
+                    return Poll::Ready(Some(Incoming::Peer { from, lane: Lane::Snapshot, message }));
+                }
+                Poll::Ready(None) => closed += 1,
+                Poll::Pending => {}
+            }
+            if closed == 3 { Poll::Ready(None) } else { Poll::Pending }
+        })
+        .await
+    }
+}
+
+/// State shared with the background tasks.
+struct Ctx<M> {
+    config: TransportConfig,
+    credentials: Arc<Credentials>,
+    endpoint: Endpoint,
+    quic: Arc<quinn::TransportConfig>,
+    refusals: AtomicU64,
+    inbox_consensus: mpsc::Sender<(NodeId, M)>,
+    inbox_snapshot: mpsc::Sender<(NodeId, M)>,
+    inbox_requests: mpsc::Sender<Request<M>>,
+}
+
+/// A node's QUIC endpoint: dials its peers, accepts peers and clients, authenticates all of
+/// them by certificate, and moves [`WireMessage`]s. Dropping it closes the endpoint.
+pub struct Transport<M: WireMessage> {
+    ctx: Arc<Ctx<M>>,
+    peers: RwLock<HashMap<NodeId, Peer<M>>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl<M: WireMessage> fmt::Debug for Transport<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("node", &self.ctx.config.node)
+            .field("local_addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The QUIC transport parameters both sides use.
+pub fn quic_transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, TransportError> {
+    let mut t = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+        .map_err(|_| TransportError::Config("idle timeout too large".into()))?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(Some(config.keep_alive));
+    t.max_concurrent_uni_streams(VarInt::from_u32(PEER_UNI_STREAMS_MAX));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(CLIENT_BI_STREAMS_MAX));
+    Ok(t)
+}
+
+impl<M: WireMessage> Transport<M> {
+    /// Binds the endpoint and starts accepting. The certificate in `credentials` must name
+    /// `quorate://<config.cluster>/node/<config.node>`. Must be called within a tokio runtime.
+    pub async fn bind(
+        config: TransportConfig,
+        credentials: Arc<Credentials>,
+    ) -> Result<(Transport<M>, Inbox<M>), TransportError> {
+        let expected = Identity::peer(config.cluster.clone(), config.node);
+        if credentials.identity() != expected {
+            return Err(TransportError::Config(format!(
+                "certificate names {}, configuration says {expected}",
+                credentials.identity()
+            )));
+        }
+        if config.frame_payload_bytes_max > FRAME_PAYLOAD_BYTES_CEILING
+            || config.queue_capacity == 0
+            || config.snapshot_queue_capacity == 0
+            || config.inbox_capacity == 0
+        {
+            return Err(TransportError::Config("frame limit above the ceiling, or a zero capacity".into()));
+        }
+        let quic = Arc::new(quic_transport_config(&config)?);
+        let endpoint = Endpoint::server(server_config(&credentials, &quic), config.bind)?;
+        let (ctx_tx, consensus) = mpsc::channel(config.inbox_capacity);
+        let (snap_tx, snapshot) = mpsc::channel(config.inbox_capacity);
+        let (req_tx, requests) = mpsc::channel(config.inbox_capacity);
+        let ctx = Arc::new(Ctx {
+            config,
+            credentials,
+            endpoint,
+            quic,
+            refusals: AtomicU64::new(0),
+            inbox_consensus: ctx_tx,
+            inbox_snapshot: snap_tx,
+            inbox_requests: req_tx,
+        });
+        let accept = tokio::spawn(accept_loop(ctx.clone())).abort_handle();
+        let transport = Transport { ctx, peers: RwLock::new(HashMap::new()), tasks: Mutex::new(vec![accept]) };
+        Ok((transport, Inbox { consensus, requests, snapshot }))
+    }
+
+    /// The bound UDP address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ctx.endpoint.local_addr().unwrap_or_else(|_| self.ctx.config.bind)
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn node(&self) -> NodeId {
+        self.ctx.config.node
+    }
+
+    /// The TLS credentials in use.
+    #[must_use]
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.ctx.credentials
+    }
+
+    /// Adds (or re-addresses) a peer and starts dialing it in the background. Messages to it
+    /// queue up to the configured capacity meanwhile.
+    pub fn add_peer(&self, node: NodeId, addr: SocketAddr) {
+        let cfg = &self.ctx.config;
+        let (consensus, consensus_rx) = mpsc::channel(cfg.queue_capacity);
+        let (snapshot, snapshot_rx) = mpsc::channel(cfg.snapshot_queue_capacity);
+        let counters = Arc::new(PeerCounters::default());
+        let task = tokio::spawn(peer_task(self.ctx.clone(), node, addr, consensus_rx, snapshot_rx, counters.clone()))
+            .abort_handle();
+        let peer = Peer { consensus, snapshot, counters, task };
+        let old = self.write_peers().insert(node, peer);
+        if let Some(old) = old {
+            old.task.abort();
+        }
+    }
+
+    /// Stops dialing a peer and drops its queues. Returns whether it was known.
+    pub fn remove_peer(&self, node: NodeId) -> bool {
+        let old = self.write_peers().remove(&node);
+        old.map(|p| p.task.abort()).is_some()
+    }
+
+    /// Queues a consensus message for `to` without waiting. When the queue is full the message
+    /// is dropped and the peer's drop counter incremented.
+    pub fn try_send(&self, to: NodeId, message: M) -> Result<(), SendError> {
+        self.try_send_on(to, message, Lane::Consensus)
+    }
+
+    /// Queues a snapshot chunk for `to` on the separate snapshot stream, without waiting.
+    pub fn try_send_snapshot(&self, to: NodeId, chunk: M) -> Result<(), SendError> {
+        self.try_send_on(to, chunk, Lane::Snapshot)
+    }
+
+    fn try_send_on(&self, to: NodeId, message: M, lane: Lane) -> Result<(), SendError> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let peer = peers.get(&to).ok_or(SendError::UnknownPeer)?;
+        let queue = match lane {
+            Lane::Consensus => &peer.consensus,
+            Lane::Snapshot => &peer.snapshot,
+        };
+        match queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                peer.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(SendError::QueueFull)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// Counters of one peer.
+    #[must_use]
+    pub fn peer_stats(&self, node: NodeId) -> Option<PeerStats> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.get(&node).map(|p| {
+            let c = &p.counters;
+            PeerStats {
+                sent: c.sent.load(Ordering::Relaxed),
+                dropped: c.dropped.load(Ordering::Relaxed),
+                connects: c.connects.load(Ordering::Relaxed),
+                connect_failures: c.connect_failures.load(Ordering::Relaxed),
+                connected: c.connected.load(Ordering::Relaxed),
+            }
+        })
+    }
+
+    /// How many inbound connections or streams were refused (bad handshake, identity,
+    /// cluster, protocol). Each refusal is also an audit event.
+    #[must_use]
+    pub fn refusals(&self) -> u64 {
+        self.ctx.refusals.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the certificate files and serves new connections with them.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        self.ctx.credentials.reload()?;
+        self.ctx.endpoint.set_server_config(Some(server_config(&self.ctx.credentials, &self.ctx.quic)));
+        Ok(())
+    }
+
+    /// Polls the certificate files' modification times every `every` and reloads on change
+    /// (a failed reload is logged and retried at the next change).
+    pub fn watch_tls(&self, every: Duration) {
+        let ctx = self.ctx.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Ok(true) = ctx.credentials.reload_if_changed() {
+                    ctx.endpoint.set_server_config(Some(server_config(&ctx.credentials, &ctx.quic)));
+                }
+            }
+        });
+        self.lock_tasks().push(task.abort_handle());
+    }
+
+    /// Closes every connection and waits (bounded) for the peers to be told.
+    pub async fn shutdown(self) {
+        self.stop();
+        self.ctx.endpoint.close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.endpoint.wait_idle()).await;
+    }
+
+    fn stop(&self) {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+        for (_, peer) in self.write_peers().drain() {
+            peer.task.abort();
+        }
+    }
+
+    fn write_peers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Peer<M>>> {
+        self.peers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<M: WireMessage> Drop for Transport<M> {
+    fn drop(&mut self) {
+        self.stop();
+        self.ctx.endpoint.close(VarInt::from_u32(codes::SHUTDOWN), b"dropped");
+    }
+}
+
+fn server_config(credentials: &Credentials, quic: &Arc<quinn::TransportConfig>) -> quinn::ServerConfig {
+    let mut server = quinn::ServerConfig::with_crypto(credentials.quic_server_crypto());
+    server.transport_config(quic.clone());
+    server.max_incoming(INCOMING_MAX);
+    server
+}
+
+fn client_config(credentials: &Credentials, quic: &Arc<quinn::TransportConfig>) -> quinn::ClientConfig {
+    let mut client = quinn::ClientConfig::new(credentials.quic_client_crypto());
+    client.transport_config(quic.clone());
+    client
+}
+
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Polls two futures, `a` first, returning whichever completes first.
+async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    poll_fn(|cx| {
+        if let Poll::Ready(x) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(x));
+        }
+        if let Poll::Ready(y) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(y));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn audit_refused(refusals: &AtomicU64, who: &dyn fmt::Display, what: &str, reason: &dyn fmt::Display) {
+    tracing::warn!(target: "quorate::audit", who = %who, what, result = "refused", reason = %reason);
+    refusals.fetch_add(1, Ordering::Relaxed);
+}
+
+fn audit_accepted(who: &dyn fmt::Display, what: &str) {
+    tracing::info!(target: "quorate::audit", who = %who, what, result = "accepted");
+}
+
+/// Checks ALPN and reads the identity from the peer's certificate.
+fn authenticate(conn: &Connection) -> Result<Identity, String> {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() != Some(ALPN) {
+        return Err("no quorate/1 ALPN negotiated".into());
+    }
+    let certs = conn
+        .peer_identity()
+        .and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| "no peer certificate".to_string())?;
+    let leaf = certs.first().ok_or_else(|| "empty certificate chain".to_string())?;
+    identity_of(leaf).map_err(|e| match e {
+        IdentityOf::Missing(r) => r,
+        IdentityOf::Invalid(e) => e.to_string(),
+    })
+}
+
+fn refuse_connection(conn: &Connection, reason: &str) {
+    conn.close(VarInt::from_u32(codes::REFUSED), reason.as_bytes());
+}
+
+async fn accept_loop<M: WireMessage>(ctx: Arc<Ctx<M>>) {
+    while let Some(incoming) = ctx.endpoint.accept().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    audit_refused(&ctx.refusals, &remote, "handshake", &e);
+                    return;
+                }
+            };
+            let identity = match authenticate(&conn) {
+                Ok(identity) => identity,
+                Err(reason) => {
+                    audit_refused(&ctx.refusals, &remote, "connect", &reason);
+                    refuse_connection(&conn, &reason);
+                    return;
+                }
+            };
+            if identity.cluster() != &ctx.config.cluster {
+                let reason = format!("cluster is not {}", ctx.config.cluster);
+                audit_refused(&ctx.refusals, &identity, "connect", &reason);
+                refuse_connection(&conn, "wrong cluster");
+                return;
+            }
+            audit_accepted(&identity, "connect");
+            match identity {
+                Identity::Peer(peer) => serve_peer(ctx, conn, peer).await,
+                Identity::Client(client) => serve_client(ctx, conn, client).await,
+            }
+        });
+    }
+}
+
+async fn serve_peer<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, peer: PeerIdentity) {
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+    while let Ok(recv) = conn.accept_uni().await {
+        tokio::spawn(read_peer_stream(ctx.clone(), conn.clone(), peer.clone(), recv));
+    }
+}
+
+async fn read_peer_stream<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, peer: PeerIdentity, recv: RecvStream) {
+    let mut reader = FrameReader::new(recv, ctx.config.frame_payload_bytes_max);
+    let hello = match reader.next().await {
+        Ok(Some((header, payload))) => Hello::decode(&Frame { header, payload: &payload }),
+        Ok(None) | Err(ReadFrameError::Stream(_)) => return,
+        Err(ReadFrameError::Frame(e)) => Err(e),
+    };
+    let hello = match hello {
+        Ok(hello) => hello,
+        Err(e) => {
+            audit_refused(&ctx.refusals, &Identity::Peer(peer), "hello", &e);
+            reader.stop(codes::PROTOCOL);
+            return;
+        }
+    };
+    let mismatch = if hello.cluster != ctx.config.cluster {
+        Some(format!("hello names cluster {}", hello.cluster))
+    } else if hello.from != peer.node {
+        Some(format!("claims node {} but its certificate names node {}", hello.from, peer.node))
+    } else if hello.to != ctx.config.node {
+        Some(format!("meant for node {}", hello.to))
+    } else if hello.version_max < PROTOCOL_VERSION_MIN || hello.version_min > PROTOCOL_VERSION {
+        Some(format!("speaks protocol {}..={}", hello.version_min, hello.version_max))
+    } else {
+        None
+    };
+    if let Some(reason) = mismatch {
+        audit_refused(&ctx.refusals, &Identity::Peer(peer), "hello", &reason);
+        refuse_connection(&conn, "identity mismatch");
+        return;
+    }
+    let inbox = match hello.lane {
+        Lane::Consensus => &ctx.inbox_consensus,
+        Lane::Snapshot => &ctx.inbox_snapshot,
+    };
+    loop {
+        let message = match reader.next().await {
+            Ok(Some((header, payload))) => decode_owned::<M>(header, payload),
+            Ok(None) | Err(ReadFrameError::Stream(_)) => return,
+            Err(ReadFrameError::Frame(e)) => {
+                reader.stop(codes::BAD_FRAME);
+                tracing::warn!(peer = %peer.node, error = %e, "bad frame; stream closed");
+                return;
+            }
+        };
+        match message {
+            Ok(message) => {
+                if inbox.send((peer.node, message)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                reader.stop(codes::BAD_MESSAGE);
+                tracing::warn!(peer = %peer.node, error = %e, "undecodable message; stream closed");
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_client<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, client: ClientIdentity) {
+    conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+    while let Ok((mut send, recv)) = conn.accept_bi().await {
+        let ctx = ctx.clone();
+        let from = client.clone();
+        tokio::spawn(async move {
+            let max = ctx.config.frame_payload_bytes_max;
+            let mut reader = FrameReader::new(recv, max);
+            let message = match reader.next().await {
+                Ok(Some((header, payload))) => {
+                    decode_owned::<M>(header, payload).map_err(|e| (codes::BAD_MESSAGE, e.to_string()))
+                }
+                Ok(None) | Err(ReadFrameError::Stream(_)) => return,
+                Err(ReadFrameError::Frame(e)) => Err((codes::BAD_FRAME, e.to_string())),
+            };
+            match message {
+                Ok(message) => {
+                    let request = Request { from, message, send, frame_payload_bytes_max: max };
+                    let _ = ctx.inbox_requests.send(request).await;
+                }
+                Err((code, reason)) => {
+                    reader.stop(code);
+                    let _ = send.reset(VarInt::from_u32(code));
+                    tracing::warn!(client = %from.principal, reason, "bad request; stream closed");
+                }
+            }
+        });
+    }
+}
+
+/// Dials a peer, checks it is who we meant, and returns the connection.
+async fn connect_peer<M: WireMessage>(
+    ctx: &Ctx<M>,
+    node: NodeId,
+    addr: SocketAddr,
+) -> Result<Connection, TransportError> {
+    let config = client_config(&ctx.credentials, &ctx.quic);
+    let connecting = ctx.endpoint.connect_with(config, addr, SERVER_NAME)?;
+    let conn =
+        tokio::time::timeout(ctx.config.connect_timeout, connecting).await.map_err(|_| TransportError::Timeout)??;
+    let expected = Identity::peer(ctx.config.cluster.clone(), node);
+    check_server_identity(&conn, &expected, &ctx.refusals)?;
+    Ok(conn)
+}
+
+fn check_server_identity(conn: &Connection, expected: &Identity, refusals: &AtomicU64) -> Result<(), TransportError> {
+    let reason = match authenticate(conn) {
+        Ok(found) if &found == expected => return Ok(()),
+        Ok(found) => format!("expected {expected}, certificate names {found}"),
+        Err(reason) => reason,
+    };
+    audit_refused(refusals, &conn.remote_address(), "dial", &reason);
+    refuse_connection(conn, "unexpected identity");
+    Err(TransportError::Refused(reason))
+}
+
+async fn peer_task<M: WireMessage>(
+    ctx: Arc<Ctx<M>>,
+    node: NodeId,
+    addr: SocketAddr,
+    mut consensus: mpsc::Receiver<M>,
+    snapshot: mpsc::Receiver<M>,
+    counters: Arc<PeerCounters>,
+) {
+    let seed = ctx.config.seed ^ node.get().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut backoff = Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max, seed);
+    let snapshot = Arc::new(tokio::sync::Mutex::new(snapshot));
+    loop {
+        match connect_peer(&ctx, node, addr).await {
+            Ok(conn) => {
+                let since = Instant::now();
+                counters.connects.fetch_add(1, Ordering::Relaxed);
+                counters.connected.store(true, Ordering::Relaxed);
+                let snap =
+                    tokio::spawn(snapshot_sender(ctx.clone(), conn.clone(), node, snapshot.clone(), counters.clone()));
+                let result = consensus_sender(&ctx, &conn, node, &mut consensus, &counters).await;
+                snap.abort();
+                let _ = snap.await;
+                counters.connected.store(false, Ordering::Relaxed);
+                conn.close(VarInt::from_u32(codes::SHUTDOWN), b"reconnecting");
+                match result {
+                    Ok(()) => return, // queue closed: peer removed
+                    Err(e) => tracing::debug!(peer = %node, error = %e, "peer connection lost"),
+                }
+                if since.elapsed() >= HEALTHY_CONNECTION {
+                    backoff.reset();
+                }
+            }
+            Err(e) => {
+                counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %node, %addr, error = %e, "connect failed");
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn open_lane<M: WireMessage>(
+    ctx: &Ctx<M>,
+    conn: &Connection,
+    node: NodeId,
+    lane: Lane,
+    buf: &mut Vec<u8>,
+) -> Result<SendStream, TransportError> {
+    let mut send = conn.open_uni().await?;
+    let priority = match lane {
+        Lane::Consensus => 1,
+        Lane::Snapshot => 0,
+    };
+    let _ = send.set_priority(priority);
+    buf.clear();
+    Hello::new(ctx.config.cluster.clone(), ctx.config.node, node, lane).encode_frame(buf)?;
+    send.write_all(buf).await?;
+    buf.clear();
+    Ok(send)
+}
+
+/// Encodes `message` into `buf`; an unencodable message is dropped and counted.
+fn encode_or_drop<M: WireMessage>(
+    message: &M,
+    max: u32,
+    buf: &mut Vec<u8>,
+    counters: &PeerCounters,
+    node: NodeId,
+) -> bool {
+    match encode_message(message, max, buf) {
+        Ok(()) => true,
+        Err(e) => {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %node, error = %e, "message not encodable; dropped");
+            false
+        }
+    }
+}
+
+/// Writes consensus messages until the queue closes (`Ok`) or the connection fails.
+async fn consensus_sender<M: WireMessage>(
+    ctx: &Ctx<M>,
+    conn: &Connection,
+    node: NodeId,
+    queue: &mut mpsc::Receiver<M>,
+    counters: &PeerCounters,
+) -> Result<(), TransportError> {
+    let max = ctx.config.frame_payload_bytes_max;
+    let mut buf = Vec::with_capacity(ctx.config.batch_bytes_max);
+    let mut send = open_lane(ctx, conn, node, Lane::Consensus, &mut buf).await?;
+    loop {
+        let first = match race(queue.recv(), conn.closed()).await {
+            Either::Left(Some(m)) => m,
+            Either::Left(None) => return Ok(()),
+            Either::Right(e) => return Err(e.into()),
+        };
+        let mut count = u64::from(encode_or_drop(&first, max, &mut buf, counters, node));
+        let mut taken = 1;
+        while buf.len() < ctx.config.batch_bytes_max && taken < BATCH_MESSAGES_MAX {
+            let Ok(m) = queue.try_recv() else { break };
+            taken += 1;
+            count += u64::from(encode_or_drop(&m, max, &mut buf, counters, node));
+        }
+        send.write_all(&buf).await?;
+        counters.sent.fetch_add(count, Ordering::Relaxed);
+        buf.clear();
+        if buf.capacity() > 4 * ctx.config.batch_bytes_max {
+            buf.shrink_to(ctx.config.batch_bytes_max);
+        }
+    }
+}
+
+/// Writes snapshot chunks on their own stream, opened at the first chunk.
+async fn snapshot_sender<M: WireMessage>(
+    ctx: Arc<Ctx<M>>,
+    conn: Connection,
+    node: NodeId,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<M>>>,
+    counters: Arc<PeerCounters>,
+) -> Result<(), TransportError> {
+    let mut queue = queue.lock().await;
+    let max = ctx.config.frame_payload_bytes_max;
+    let mut buf = Vec::new();
+    let mut send: Option<SendStream> = None;
+    while let Some(chunk) = queue.recv().await {
+        let stream = match send.as_mut() {
+            Some(s) => s,
+            None => send.insert(open_lane(&ctx, &conn, node, Lane::Snapshot, &mut buf).await?),
+        };
+        if encode_or_drop(&chunk, max, &mut buf, &counters, node) {
+            stream.write_all(&buf).await?;
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        buf.clear();
+    }
+    Ok(())
+}
+
+fn decode_owned<M: WireMessage>(header: FrameHeader, payload: Vec<u8>) -> Result<M, MessageError> {
+    if header.kind.is_control() {
+        return Err(MessageError::UnknownKind(header.kind));
+    }
+    M::decode_owned(header.version, header.kind, payload)
+}
+
+enum ReadFrameError {
+    Frame(FrameError),
+    Stream(String),
+}
+
+/// Reads frames from a stream through a buffer; a frame's length is checked against the limit
+/// before its payload is buffered.
+struct FrameReader {
+    recv: RecvStream,
+    buf: Vec<u8>,
+    pos: usize,
+    max: u32,
+}
+
+impl FrameReader {
+    fn new(recv: RecvStream, max: u32) -> FrameReader {
+        FrameReader { recv, buf: Vec::new(), pos: 0, max }
+    }
+
+    /// The next frame's header and payload, or `None` at a clean end of stream. The header
+    /// is validated (length against the limit) before the payload buffer is allocated; a large
+    /// payload is read straight into its own buffer.
+    async fn next(&mut self) -> Result<Option<(FrameHeader, Vec<u8>)>, ReadFrameError> {
+        while self.buf.len() - self.pos < HEADER_BYTES {
+            if !self.fill().await? {
+                return if self.buf.len() == self.pos {
+                    Ok(None)
+                } else {
+                    Err(ReadFrameError::Stream("stream ended inside a header".into()))
+                };
+            }
+        }
+        let mut header_bytes = [0u8; HEADER_BYTES];
+        header_bytes.copy_from_slice(&self.buf[self.pos..self.pos + HEADER_BYTES]);
+        let header = FrameHeader::parse(&header_bytes, self.max).map_err(ReadFrameError::Frame)?;
+        self.pos += HEADER_BYTES;
+        let len = header.payload_bytes as usize;
+        let available = self.buf.len() - self.pos;
+        if available >= len {
+            let payload = self.buf[self.pos..self.pos + len].to_vec();
+            self.pos += len;
+            return Ok(Some((header, payload)));
+        }
+        let mut payload = Vec::with_capacity(len);
+        payload.extend_from_slice(&self.buf[self.pos..]);
+        self.buf.clear();
+        self.pos = 0;
+        while payload.len() < len {
+            match self.recv.read_chunk(len - payload.len(), true).await {
+                Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+                Ok(None) => {
+                    return Err(ReadFrameError::Stream("stream ended inside a frame".into()));
+                }
+                Err(e) => return Err(ReadFrameError::Stream(e.to_string())),
+            }
+        }
+        Ok(Some((header, payload)))
+    }
+
+    /// Reads one more chunk into the buffer; `false` at the end of the stream.
+    async fn fill(&mut self) -> Result<bool, ReadFrameError> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        match self.recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => {
+                self.buf.extend_from_slice(&chunk.bytes);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(ReadFrameError::Stream(e.to_string())),
+        }
+    }
+
+    fn stop(&mut self, code: u32) {
+        let _ = self.recv.stop(VarInt::from_u32(code));
+    }
+}
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// Largest frame payload sent or accepted.
+    pub frame_payload_bytes_max: u32,
+    /// Limit on connecting (handshake included).
+    pub connect_timeout: Duration,
+    /// Limit on one request's round trip.
+    pub request_timeout: Duration,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            frame_payload_bytes_max: FRAME_PAYLOAD_BYTES_DEFAULT,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A client connection to one node: each request travels on its own bidirectional stream.
+pub struct Client<M> {
+    endpoint: Endpoint,
+    conn: Connection,
+    options: ClientOptions,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M> fmt::Debug for Client<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("remote", &self.conn.remote_address()).finish_non_exhaustive()
+    }
+}
+
+impl<M: WireMessage> Client<M> {
+    /// Connects to node `server` at `addr`; the server's certificate must name that node in
+    /// the client's own cluster. Must be called within a tokio runtime.
+    pub async fn connect(
+        credentials: &Credentials,
+        server: NodeId,
+        addr: SocketAddr,
+        options: ClientOptions,
+    ) -> Result<Client<M>, TransportError> {
+        let local: SocketAddr =
+            if addr.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+        let endpoint = Endpoint::client(local)?;
+        let mut quic = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(options.idle_timeout)
+            .map_err(|_| TransportError::Config("idle timeout too large".into()))?;
+        quic.max_idle_timeout(Some(idle));
+        quic.keep_alive_interval(Some(options.keep_alive));
+        quic.max_concurrent_uni_streams(VarInt::from_u32(0));
+        let config = client_config(credentials, &Arc::new(quic));
+        let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
+        let conn =
+            tokio::time::timeout(options.connect_timeout, connecting).await.map_err(|_| TransportError::Timeout)??;
+        let expected = Identity::peer(credentials.identity().cluster().clone(), server);
+        check_server_identity(&conn, &expected, &AtomicU64::new(0))?;
+        Ok(Client { endpoint, conn, options, _message: PhantomData })
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn request(&self, request: &M) -> Result<M, TransportError> {
+        let max = self.options.frame_payload_bytes_max;
+        let round_trip = async {
+            let (mut send, recv) = self.conn.open_bi().await?;
+            let mut buf = Vec::new();
+            encode_message(request, max, &mut buf)?;
+            send.write_all(&buf).await?;
+            let _ = send.finish();
+            let mut reader = FrameReader::new(recv, max);
+            match reader.next().await {
+                Ok(Some((header, payload))) => Ok(decode_owned::<M>(header, payload)?),
+                Ok(None) => Err(TransportError::Closed),
+                Err(ReadFrameError::Frame(e)) => Err(e.into()),
+                Err(ReadFrameError::Stream(e)) => Err(TransportError::Read(e)),
+            }
+        };
+        tokio::time::timeout(self.options.request_timeout, round_trip).await.map_err(|_| TransportError::Timeout)?
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(VarInt::from_u32(codes::SHUTDOWN), b"bye");
+        self.endpoint.close(VarInt::from_u32(codes::SHUTDOWN), b"bye");
+    }
+}

@@ -1,0 +1,494 @@
+//! Loopback tests of the transport: the happy path and every refusal.
+
+mod common;
+
+use common::{TempDir, audited, run, wait_until, within};
+use quinn::VarInt;
+use quorate_log::NodeId;
+use quorate_transport::dev_certs::{self, DevCerts, Validity};
+use quorate_transport::{
+    Client, ClientOptions, ClusterId, Credentials, FrameHeader, Hello, Identity, Inbox, Incoming, Lane, MessageKind,
+    PROTOCOL_VERSION, Principal, RawMessage, Role, TlsPaths, Transport, TransportConfig, codes, decode_frame,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const KIND: MessageKind = MessageKind(0x0100);
+
+fn id(n: u64) -> NodeId {
+    NodeId::new(n).expect("non-zero")
+}
+
+fn cluster(name: &str) -> ClusterId {
+    ClusterId::new(name).expect("valid cluster id")
+}
+
+fn msg(seq: u64, len: usize) -> RawMessage {
+    let mut payload = seq.to_be_bytes().to_vec();
+    payload.resize(len.max(8), 0xab);
+    RawMessage { kind: KIND, payload }
+}
+
+fn seq_of(m: &RawMessage) -> u64 {
+    u64::from_be_bytes(m.payload[..8].try_into().expect("8 bytes"))
+}
+
+struct Setup {
+    dir: TempDir,
+    certs: DevCerts,
+    cluster: ClusterId,
+}
+
+fn setup(name: &str, nodes: &[u64]) -> Setup {
+    let dir = TempDir::new(name);
+    let cluster = cluster("alpha");
+    let nodes: Vec<NodeId> = nodes.iter().map(|&n| id(n)).collect();
+    let clients = [(Principal::new("ops").expect("principal"), Role::Admin)];
+    let certs = dev_certs::generate(dir.path(), &cluster, &nodes, &clients).expect("dev certs");
+    Setup { dir, certs, cluster }
+}
+
+impl Setup {
+    fn creds(&self, node: u64) -> Arc<Credentials> {
+        Arc::new(Credentials::load(self.certs.nodes[&id(node)].clone()).expect("load"))
+    }
+
+    /// Issues an extra certificate from the cluster CA.
+    fn issue(&self, identity: &Identity, validity: Validity, name: &str) -> Arc<Credentials> {
+        let paths =
+            self.certs.authority.issue(identity, validity, self.dir.path(), name, &self.certs.ca).expect("issue");
+        Arc::new(Credentials::load(paths).expect("load"))
+    }
+}
+
+fn config(cluster: &ClusterId, node: u64) -> TransportConfig {
+    let mut c = TransportConfig::new(cluster.clone(), id(node), "127.0.0.1:0".parse().unwrap());
+    c.frame_payload_bytes_max = 1024 * 1024;
+    c.backoff_min = Duration::from_millis(10);
+    c.backoff_max = Duration::from_millis(200);
+    c
+}
+
+async fn node(cluster: &ClusterId, n: u64, creds: Arc<Credentials>) -> (Transport<RawMessage>, Inbox<RawMessage>) {
+    Transport::bind(config(cluster, n), creds).await.expect("bind")
+}
+
+/// A raw QUIC connection to `addr` using `creds` (so tests can misbehave on purpose).
+async fn raw_connect(creds: &Credentials, addr: SocketAddr) -> quinn::Connection {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+    let config = quinn::ClientConfig::new(creds.quic_client_crypto());
+    endpoint.connect_with(config, addr, "quorate.invalid").expect("connect").await.expect("handshake")
+}
+
+fn hello_frame(cluster: &ClusterId, from: u64, to: u64, lane: Lane) -> Vec<u8> {
+    let mut buf = Vec::new();
+    Hello::new(cluster.clone(), id(from), id(to), lane).encode_frame(&mut buf).expect("hello");
+    buf
+}
+
+async fn closed_code(conn: &quinn::Connection) -> Option<u32> {
+    match within("connection close", conn.closed()).await {
+        quinn::ConnectionError::ApplicationClosed(c) => u32::try_from(c.error_code.into_inner()).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn happy_path_both_ways_ordered_with_snapshots_and_client_requests() {
+    run(async {
+        let s = setup("happy", &[1, 2]);
+        let (t1, mut in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let (t2, mut in2) = node(&s.cluster, 2, s.creds(2)).await;
+        t1.add_peer(id(2), t2.local_addr());
+        t2.add_peer(id(1), t1.local_addr());
+
+        const N: u64 = 3000;
+        const CHUNKS: u64 = 8;
+        for i in 0..N {
+            t1.try_send(id(2), msg(i, 100)).expect("queued");
+            t2.try_send(id(1), msg(i, 40)).expect("queued");
+            if i % (N / CHUNKS) == 0 {
+                t1.try_send_snapshot(id(2), msg(i / (N / CHUNKS), 256 * 1024)).expect("queued");
+            }
+        }
+
+        let (mut consensus, mut snapshot) = (0u64, 0u64);
+        within("node 2 to receive everything", async {
+            while consensus < N || snapshot < CHUNKS {
+                match in2.recv().await.expect("inbox open") {
+                    Incoming::Peer { from, lane, message } => {
+                        assert_eq!(from, id(1));
+                        let (next, len) = match lane {
+                            Lane::Consensus => (&mut consensus, 100),
+                            _ => (&mut snapshot, 256 * 1024),
+                        };
+                        assert_eq!(seq_of(&message), *next, "in order on {lane:?}");
+                        assert_eq!(message.payload.len(), len);
+                        *next += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        })
+        .await;
+        let mut back = 0u64;
+        within("node 1 to receive everything", async {
+            while back < N {
+                if let Some(Incoming::Peer { from, message, .. }) = in1.recv().await {
+                    assert_eq!((from, seq_of(&message)), (id(2), back));
+                    back += 1;
+                }
+            }
+        })
+        .await;
+        let stats = t1.peer_stats(id(2)).expect("peer");
+        assert_eq!((stats.sent, stats.dropped), (N + CHUNKS, 0));
+        assert!(stats.connected && stats.connects >= 1);
+
+        // A client with role admin sends a request; node 1 answers.
+        let client_paths = s.certs.clients[&Principal::new("ops").unwrap()].clone();
+        let client_creds = Credentials::load(client_paths).expect("client creds");
+        let client = Client::<RawMessage>::connect(&client_creds, id(1), t1.local_addr(), ClientOptions::default())
+            .await
+            .expect("client connects");
+        let asking = tokio::spawn(async move {
+            let answer = client.request(&msg(7, 10)).await;
+            (client, answer)
+        });
+        match within("request", in1.recv()).await {
+            Some(Incoming::Request(r)) => {
+                assert_eq!(r.from.role, Role::Admin);
+                assert_eq!(r.from.principal.as_str(), "ops");
+                let reply = msg(seq_of(&r.message) + 1, 10);
+                r.respond(&reply).await.expect("respond");
+            }
+            other => panic!("expected a request, got {other:?}"),
+        }
+        let (client, answer) = within("answer", asking).await.expect("task");
+        assert_eq!(seq_of(&answer.expect("answer")), 8);
+        assert_eq!(t1.refusals(), 0);
+        client.close();
+        t2.shutdown().await;
+        t1.shutdown().await;
+    });
+}
+
+#[test]
+fn full_queue_drops_and_counts_without_blocking() {
+    run(async {
+        let s = setup("drops", &[1, 2]);
+        let mut c = config(&s.cluster, 1);
+        c.queue_capacity = 4;
+        let (t1, _in1) = Transport::<RawMessage>::bind(c, s.creds(1)).await.expect("bind");
+        // Nobody listens at this address: the queue fills up.
+        t1.add_peer(id(2), "127.0.0.1:9".parse().unwrap());
+        let results: Vec<_> = (0..10).map(|i| t1.try_send(id(2), msg(i, 8))).collect();
+        assert!(results[..4].iter().all(Result::is_ok));
+        assert!(results[4..].iter().all(|r| r == &Err(quorate_transport::SendError::QueueFull)));
+        assert_eq!(t1.peer_stats(id(2)).unwrap().dropped, 6);
+        assert_eq!(t1.try_send(id(3), msg(0, 8)), Err(quorate_transport::SendError::UnknownPeer));
+    });
+}
+
+#[test]
+fn unknown_ca_is_refused_at_the_handshake() {
+    run(async {
+        let s = setup("unknown-ca", &[1]);
+        let other = TempDir::new("unknown-ca-other");
+        let rogue = dev_certs::generate(other.path(), &s.cluster, &[id(2)], &[]).expect("certs");
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        // Trusts the real CA (so it accepts node 1) but presents a certificate from another CA.
+        let mixed = TlsPaths { ca: s.certs.ca.clone(), ..rogue.nodes[&id(2)].clone() };
+        let (t2, _in2) = node(&s.cluster, 2, Arc::new(Credentials::load(mixed).unwrap())).await;
+        t2.add_peer(id(1), t1.local_addr());
+        t2.try_send(id(1), msg(0, 8)).unwrap();
+        wait_until("node 1 to refuse", || t1.refusals() >= 1).await;
+        assert!(audited(&["what=handshake", "result=refused"]));
+        // And a node that trusts only the rogue CA refuses node 1's certificate when dialing.
+        let (t3, _in3) = node(&s.cluster, 2, Arc::new(Credentials::load(rogue.nodes[&id(2)].clone()).unwrap())).await;
+        t3.add_peer(id(1), t1.local_addr());
+        wait_until("dial to fail", || t3.peer_stats(id(1)).unwrap().connect_failures >= 1).await;
+        assert_eq!(t3.peer_stats(id(1)).unwrap().connects, 0);
+    });
+}
+
+#[test]
+fn expired_certificate_is_refused() {
+    run(async {
+        let s = setup("expired", &[1]);
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let expired = Validity { not_before: now - 2 * day, not_after: now - day };
+        let creds = s.issue(&Identity::peer(s.cluster.clone(), id(2)), expired, "expired-2");
+        assert!(creds.seconds_until_earliest_expiry() < 0);
+        let (t2, _in2) = node(&s.cluster, 2, creds).await;
+        t2.add_peer(id(1), t1.local_addr());
+        wait_until("node 1 to refuse", || t1.refusals() >= 1).await;
+        assert!(audited(&["what=handshake", "result=refused"]));
+        assert_eq!(t2.peer_stats(id(1)).unwrap().sent, 0);
+    });
+}
+
+#[test]
+fn wrong_node_id_is_refused_by_dialer_and_by_server() {
+    run(async {
+        let s = setup("wrong-node", &[1, 2, 3]);
+        let (t1, mut in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let (t3, _in3) = node(&s.cluster, 3, s.creds(3)).await;
+        // Dialer side: node 1 thinks node 2 lives where node 3 does.
+        t1.add_peer(id(2), t3.local_addr());
+        wait_until("dial refusal", || t1.peer_stats(id(2)).unwrap().connect_failures >= 1).await;
+        assert_eq!(t1.peer_stats(id(2)).unwrap().connects, 0);
+        assert!(audited(&["what=dial", "result=refused", "certificate names quorate://alpha/node/3"]));
+
+        // Server side: node 3's certificate claiming to be node 2 in its hello.
+        let conn = raw_connect(&s.creds(3), t1.local_addr()).await;
+        let mut send = conn.open_uni().await.unwrap();
+        let mut frames = hello_frame(&s.cluster, 2, 1, Lane::Consensus);
+        quorate_transport::encode_message(&msg(0, 8), 1024, &mut frames).unwrap();
+        send.write_all(&frames).await.unwrap();
+        assert_eq!(closed_code(&conn).await, Some(codes::REFUSED));
+        assert!(t1.refusals() >= 1);
+        assert!(audited(&["what=hello", "claims node 2 but its certificate names node 3"]));
+        // Nothing from the impostor reached the inbox: a real message from node 3 arrives first.
+        t3.add_peer(id(1), t1.local_addr());
+        t3.try_send(id(1), msg(42, 8)).unwrap();
+        match within("real message", in1.recv()).await {
+            Some(Incoming::Peer { from, message, .. }) => {
+                assert_eq!((from, seq_of(&message)), (id(3), 42));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn wrong_cluster_is_refused_by_dialer_and_by_server() {
+    run(async {
+        let s = setup("wrong-cluster", &[1]);
+        let other = cluster("beta");
+        let creds =
+            s.issue(&Identity::peer(other.clone(), id(2)), Validity::from_now(Duration::from_secs(3600)), "beta-2");
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        // Server side: a beta certificate (same CA) connecting to an alpha node.
+        let conn = raw_connect(&creds, t1.local_addr()).await;
+        assert_eq!(closed_code(&conn).await, Some(codes::REFUSED));
+        assert!(audited(&["who=quorate://beta/node/2", "what=connect", "result=refused"]));
+        // Dialer side: an alpha node dialing a beta node refuses it.
+        let (t2, _in2) = node(&other, 2, creds).await;
+        t1.add_peer(id(2), t2.local_addr());
+        wait_until("dial refusal", || t1.peer_stats(id(2)).unwrap().connect_failures >= 1).await;
+        assert_eq!(t1.peer_stats(id(2)).unwrap().connects, 0);
+    });
+}
+
+/// Accepts any server certificate: lets a test reach the server's own checks.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Connects with a hand-built rustls config; returns whether the connection survived.
+async fn connect_custom(addr: SocketAddr, client_cert: Option<&TlsPaths>, alpn: &[u8]) -> bool {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
+    let mut tls = match client_cert {
+        Some(p) => {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(&p.cert).unwrap().collect::<Result<_, _>>().unwrap();
+            let key = PrivateKeyDer::from_pem_file(&p.key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connecting = endpoint.connect_with(quinn::ClientConfig::new(Arc::new(crypto)), addr, "x.invalid").unwrap();
+    match within("handshake", connecting).await {
+        Err(_) => false,
+        Ok(conn) => {
+            // TLS 1.3: the client may finish before the server rejects its certificate.
+            let _ = within("server verdict", async {
+                let mut send = conn.open_uni().await?;
+                send.write_all(&[0; 8]).await?;
+                Ok::<_, Box<dyn std::error::Error>>(conn.closed().await)
+            })
+            .await;
+            conn.close_reason().is_none()
+        }
+    }
+}
+
+#[test]
+fn missing_client_certificate_is_refused() {
+    run(async {
+        let s = setup("no-client-cert", &[1]);
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        assert!(!connect_custom(t1.local_addr(), None, b"quorate/1").await);
+        wait_until("refusal", || t1.refusals() >= 1).await;
+        assert!(audited(&["what=handshake", "result=refused"]));
+    });
+}
+
+#[test]
+fn alpn_mismatch_is_refused_at_the_handshake() {
+    run(async {
+        let s = setup("alpn", &[1, 2]);
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let paths = s.certs.nodes[&id(2)].clone();
+        assert!(!connect_custom(t1.local_addr(), Some(&paths), b"quorate/2").await);
+        wait_until("refusal", || t1.refusals() >= 1).await;
+        assert!(audited(&["what=handshake", "result=refused"]));
+    });
+}
+
+async fn stopped_code(send: &quinn::SendStream) -> Option<u32> {
+    match within("stream stop", send.stopped()).await {
+        Ok(Some(code)) => u32::try_from(code.into_inner()).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn oversize_frame_and_garbage_close_the_stream_not_the_node() {
+    run(async {
+        let s = setup("garbage", &[1, 2]);
+        let mut c = config(&s.cluster, 1);
+        c.frame_payload_bytes_max = 1024;
+        let (t1, mut in1) = Transport::<RawMessage>::bind(c, s.creds(1)).await.expect("bind");
+        let conn = raw_connect(&s.creds(2), t1.local_addr()).await;
+
+        // Oversize: a header announcing 1025 bytes is refused before anything is allocated.
+        let mut send = conn.open_uni().await.unwrap();
+        let mut bytes = hello_frame(&s.cluster, 2, 1, Lane::Consensus);
+        let header = FrameHeader { payload_bytes: 1025, version: PROTOCOL_VERSION, kind: KIND };
+        bytes.extend_from_slice(&header.to_bytes());
+        send.write_all(&bytes).await.unwrap();
+        assert_eq!(stopped_code(&send).await, Some(codes::BAD_FRAME));
+
+        // Garbage after a valid hello (seeded; forced to an invalid header).
+        let mut x = 0x9e37_79b9_u64;
+        let mut garbage: Vec<u8> = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        garbage[4] = 0xff;
+        assert!(decode_frame(&garbage, 1024).is_err());
+        let mut send = conn.open_uni().await.unwrap();
+        let mut bytes = hello_frame(&s.cluster, 2, 1, Lane::Consensus);
+        bytes.extend_from_slice(&garbage);
+        send.write_all(&bytes).await.unwrap();
+        assert_eq!(stopped_code(&send).await, Some(codes::BAD_FRAME));
+
+        // Garbage instead of a hello.
+        let mut send = conn.open_uni().await.unwrap();
+        send.write_all(&garbage).await.unwrap();
+        assert_eq!(stopped_code(&send).await, Some(codes::PROTOCOL));
+
+        // The connection and the node still work.
+        let mut send = conn.open_uni().await.unwrap();
+        let mut bytes = hello_frame(&s.cluster, 2, 1, Lane::Consensus);
+        quorate_transport::encode_message(&msg(5, 8), 1024, &mut bytes).unwrap();
+        send.write_all(&bytes).await.unwrap();
+        match within("valid message", in1.recv()).await {
+            Some(Incoming::Peer { from, message, .. }) => {
+                assert_eq!((from, seq_of(&message)), (id(2), 5));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(conn.close_reason().is_none());
+        conn.close(VarInt::from_u32(0), b"");
+    });
+}
+
+fn leaf_der(path: &std::path::Path) -> Vec<u8> {
+    CertificateDer::pem_file_iter(path).unwrap().next().unwrap().unwrap().to_vec()
+}
+
+async fn served_cert(creds: &Credentials, addr: SocketAddr) -> Vec<u8> {
+    let conn = raw_connect(creds, addr).await;
+    let certs = conn.peer_identity().unwrap().downcast::<Vec<CertificateDer<'static>>>().unwrap();
+    conn.close(VarInt::from_u32(0), b"");
+    certs[0].to_vec()
+}
+
+#[test]
+fn rotated_certificate_is_served_after_reload_without_restart() {
+    run(async {
+        let s = setup("reload", &[1, 2]);
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let paths = s.certs.nodes[&id(1)].clone();
+        let client = s.creds(2);
+        assert_eq!(served_cert(&client, t1.local_addr()).await, leaf_der(&paths.cert));
+        let before = t1.credentials().seconds_until_earliest_expiry();
+        assert!(before > 29 * 86_400);
+
+        // Rotate to a 2-day certificate and reload explicitly.
+        let me = Identity::peer(s.cluster.clone(), id(1));
+        let two_days = Validity::from_now(Duration::from_secs(2 * 86_400));
+        s.certs.authority.issue(&me, two_days, s.dir.path(), "node-1", &s.certs.ca).unwrap();
+        t1.reload_tls().expect("reload");
+        let after = t1.credentials().seconds_until_earliest_expiry();
+        assert!(after <= 2 * 86_400 && after > 86_400, "{after}");
+        assert_eq!(served_cert(&client, t1.local_addr()).await, leaf_der(&paths.cert));
+
+        // A certificate for another identity is refused; the old one stays in force.
+        let other = Identity::peer(s.cluster.clone(), id(3));
+        s.certs.authority.issue(&other, two_days, s.dir.path(), "node-1", &s.certs.ca).unwrap();
+        assert!(t1.reload_tls().is_err());
+        assert_eq!(t1.credentials().identity(), me);
+        assert_eq!(t1.credentials().reload_count(), 1);
+
+        // The watcher picks up a change on its own.
+        t1.watch_tls(Duration::from_millis(20));
+        let one_day = Validity::from_now(Duration::from_secs(86_400));
+        s.certs.authority.issue(&me, one_day, s.dir.path(), "node-1", &s.certs.ca).unwrap();
+        wait_until("watcher reload", || t1.credentials().reload_count() >= 2).await;
+        assert_eq!(served_cert(&client, t1.local_addr()).await, leaf_der(&paths.cert));
+        assert!(t1.credentials().seconds_until_earliest_expiry() <= 86_400);
+    });
+}
