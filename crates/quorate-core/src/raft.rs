@@ -1091,7 +1091,9 @@ impl<S: LogStorage> Raft<S> {
 
     fn handle_vote_response(&mut self, from: NodeId, term: Term, vr: &VoteResponse) {
         let expected = match self.role {
-            Role::PreCandidate => vr.pre_vote && term == self.term.next(),
+            // Grants come at the term the pre-candidate would campaign in; refusals at the
+            // voter's own term, which is usually the pre-candidate's current one.
+            Role::PreCandidate => vr.pre_vote && (term == self.term.next() || (!vr.granted && term == self.term)),
             Role::Candidate => !vr.pre_vote && term == self.term,
             _ => false,
         };
