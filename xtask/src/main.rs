@@ -18,6 +18,9 @@ commands:
   sim [--seeds N] [--seed S] [--steps K]
                              deterministic simulation of clusters; ends with one summary line
   demo [--smoke]             the main job (until the node lands: a simulated 3-node cluster)
+  model-check [--quick] [ARGS]
+                             exhaustive exploration of the real core at small bounds
+  fuzz [--seconds N]         bounded run of every fuzz target (installs cargo-fuzz if missing)
   bench <core|storage|transport>
                              benchmarks; record the figures in docs/benchmarks.md
   deps                       check the architecture's dependency rule with cargo tree
@@ -41,6 +44,8 @@ fn main() -> Result<()> {
         "sim" => sim(rest),
         "demo" => demo(rest),
         "bench" => bench(rest),
+        "model-check" => model_check(rest),
+        "fuzz" => fuzz(rest),
         "deps" => deps::check(&root()),
         "setup" => setup(),
         "help" | "--help" | "-h" => {
@@ -64,7 +69,9 @@ pub(crate) fn root() -> PathBuf {
 
 /// Runs a command in the workspace root, echoing it, failing on a non-zero exit.
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
-    cmd.current_dir(root());
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     eprintln!("$ {}", show(cmd));
     let started = Instant::now();
     let status = cmd.status().with_context(|| format!("could not start `{}`", show(cmd)))?;
@@ -129,6 +136,8 @@ fn ci(args: &[String]) -> Result<()> {
     run(cargo().args(["test", "--workspace", "--doc", "--locked", "--profile", PROFILE]))?;
     deps::check(&root())?;
     sim(&["--seeds".into(), "500".into()])?;
+    model_check(&["--quick".into()])?;
+    fuzz(&["--seconds".into(), "20".into()])?;
     eprintln!("ci: all steps passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -137,6 +146,38 @@ fn sim(args: &[String]) -> Result<()> {
     run(cargo()
         .args(["run", "--quiet", "--locked", "--profile", PROFILE, "-p", "quorate-check", "--bin", "quorate-sim", "--"])
         .args(args))
+}
+
+fn model_check(args: &[String]) -> Result<()> {
+    run(cargo()
+        .args(["run", "--quiet", "--locked", "--profile", PROFILE, "-p", "quorate-check", "--bin", "quorate-model", "--"])
+        .args(args))
+}
+
+/// Fuzz targets and the crate directory that holds each (decoders live in crates that do not
+/// link RocksDB, so a sanitizer build stays small).
+const FUZZ_TARGETS: &[(&str, &str)] = &[("fuzz", "frame_decode")];
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let seconds: u64 = match args {
+        [] => 20,
+        [flag, n] if flag == "--seconds" => n.parse().with_context(|| format!("--seconds takes a whole number, got `{n}`"))?,
+        _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
+    };
+    let have = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    for (dir, target) in FUZZ_TARGETS {
+        let fuzz_dir = root().join(dir);
+        std::fs::create_dir_all(fuzz_dir.join("corpus").join(target))?;
+        // cargo-fuzz keeps its own target directory under the fuzz crate.
+        run(Command::new("cargo")
+            .env_remove("CARGO_TARGET_DIR")
+            .current_dir(&fuzz_dir)
+            .args(["+nightly", "fuzz", "run", target, "--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048"]))?;
+    }
+    Ok(())
 }
 
 fn demo(args: &[String]) -> Result<()> {

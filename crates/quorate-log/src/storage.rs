@@ -98,6 +98,31 @@ pub trait LogStorage {
     }
 }
 
+/// A shared store (for example one written by a persistence thread and read by the core).
+impl<T: LogStorage + ?Sized> LogStorage for std::sync::Arc<T> {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        (**self).initial_state()
+    }
+    fn snapshot_last(&self) -> EntryId {
+        (**self).snapshot_last()
+    }
+    fn last_index(&self) -> LogIndex {
+        (**self).last_index()
+    }
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        (**self).term(index)
+    }
+    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        (**self).entries(lo, hi, max_bytes)
+    }
+    fn first_index(&self) -> LogIndex {
+        (**self).first_index()
+    }
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        (**self).snapshot_meta()
+    }
+}
+
 /// An in-memory log: the reference model that durable stores are tested against, and the
 /// store used by the simulator and benchmarks.
 #[derive(Clone, Debug, Default)]
