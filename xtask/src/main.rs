@@ -137,7 +137,7 @@ fn ci(args: &[String]) -> Result<()> {
     deps::check(&root())?;
     sim(&["--seeds".into(), "500".into()])?;
     model_check(&["--quick".into()])?;
-    fuzz(&["--seconds".into(), "20".into()])?;
+    fuzz(&["--seconds".into(), "15".into()])?;
     eprintln!("ci: all steps passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -156,7 +156,7 @@ fn model_check(args: &[String]) -> Result<()> {
 
 /// Fuzz targets and the crate directory that holds each (decoders live in crates that do not
 /// link RocksDB, so a sanitizer build stays small).
-const FUZZ_TARGETS: &[(&str, &str)] = &[("fuzz", "frame_decode")];
+const FUZZ_TARGETS: &[(&str, &str)] = &[("fuzz", "frame_decode"), ("fuzz", "request_decode")];
 
 fn fuzz(args: &[String]) -> Result<()> {
     let seconds: u64 = match args {

@@ -1,0 +1,627 @@
+//! Requests, responses, log commands and snapshot chunks. Every enum is append-only.
+
+use crate::limits;
+use quorate_core::Role as RaftRole;
+use quorate_log::{Configuration, LogIndex, NodeId, SnapshotMeta, Term};
+use serde::{Deserialize, Serialize};
+
+/// A client session, for exactly-once writes: allocated through the log with
+/// [`Request::OpenSession`], then used with increasing sequence numbers.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// A write's place in its session: a retry carries the same pair and is answered with the
+/// original result, applied once.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct Sequenced {
+    /// The session.
+    pub session: SessionId,
+    /// Sequence number within the session, starting at 1, increasing by one per new write.
+    pub seq: u64,
+}
+
+/// How a read is ordered.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ReadConsistency {
+    /// Linearizable (ReadIndex): sees every write acknowledged before the read started. Served
+    /// by any node; followers ask the leader for the read index.
+    #[default]
+    Linearizable,
+    /// Leader lease: linearizable while clocks drift less than the configured bound; served by
+    /// the leader without a quorum round trip.
+    Lease,
+    /// Local and serializable: may lag; the response says by how much.
+    Stale,
+}
+
+/// A request from a client.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// Chosen by the client, echoed in the response.
+    pub id: u64,
+    /// For writes: the session and sequence number (exactly-once). `None`: at-most-once.
+    pub session: Option<Sequenced>,
+    /// What to do.
+    pub body: Request,
+}
+
+/// The operations.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// Set `key` to `value`.
+    Put {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Read `key`.
+    Get {
+        /// Key.
+        key: Vec<u8>,
+        /// Ordering.
+        read: ReadConsistency,
+    },
+    /// Remove `key`.
+    Delete {
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Set `key` to `value` if it holds `expected` (`None`: if it is absent).
+    Cas {
+        /// Key.
+        key: Vec<u8>,
+        /// The required current value.
+        expected: Option<Vec<u8>>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Keys in `[start, end)` (`end: None`: every key from `start`), at most `limit`.
+    Scan {
+        /// First key.
+        start: Vec<u8>,
+        /// Exclusive end.
+        end: Option<Vec<u8>>,
+        /// Most pairs to return.
+        limit: u32,
+        /// Ordering.
+        read: ReadConsistency,
+    },
+    /// If every comparison holds, run `success`, else `failure`, atomically.
+    Txn(Txn),
+    /// This node's status.
+    Status,
+    /// The members and their addresses.
+    MemberList,
+    /// Add a node as a learner (admin).
+    MemberAdd {
+        /// Its id.
+        id: NodeId,
+        /// Its address (`host:port`).
+        addr: String,
+    },
+    /// Make a learner a voter (admin).
+    MemberPromote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Remove a member (admin).
+    MemberRemove {
+        /// The member.
+        id: NodeId,
+    },
+    /// Hand leadership to `to` (or to the most caught-up voter) (admin).
+    LeaderTransfer {
+        /// The target.
+        to: Option<NodeId>,
+    },
+    /// Write a snapshot of the state machine to the node's backup directory (admin).
+    SnapshotSave,
+    /// Allocate a session for exactly-once writes (write).
+    OpenSession,
+}
+
+/// Who may do what; from the role in the client's certificate.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Access {
+    /// Reads and status.
+    Read,
+    /// Writes.
+    Write,
+    /// Membership, leadership, snapshots.
+    Admin,
+}
+
+impl Request {
+    /// The access a client needs for this request.
+    #[must_use]
+    pub fn access(&self) -> Access {
+        match self {
+            Request::Get { .. } | Request::Scan { .. } | Request::Status | Request::MemberList => Access::Read,
+            Request::Put { .. } | Request::Delete { .. } | Request::Cas { .. } | Request::OpenSession => Access::Write,
+            Request::Txn(t) => {
+                if t.is_read_only() {
+                    Access::Read
+                } else {
+                    Access::Write
+                }
+            }
+            Request::MemberAdd { .. }
+            | Request::MemberPromote { .. }
+            | Request::MemberRemove { .. }
+            | Request::LeaderTransfer { .. }
+            | Request::SnapshotSave => Access::Admin,
+        }
+    }
+
+    /// Whether the request changes the state machine (goes through the log).
+    #[must_use]
+    pub fn is_write(&self) -> bool {
+        self.access() == Access::Write
+    }
+}
+
+impl ClientRequest {
+    /// Checks every bound; the decoder calls it, so a decoded request is always valid.
+    pub fn validate(&self) -> Result<(), String> {
+        fn key(k: &[u8]) -> Result<(), String> {
+            if k.is_empty() {
+                return Err("a key may not be empty".into());
+            }
+            if k.len() > limits::KEY_BYTES_MAX {
+                return Err(format!("key of {} bytes exceeds {}", k.len(), limits::KEY_BYTES_MAX));
+            }
+            Ok(())
+        }
+        fn value(v: &[u8]) -> Result<(), String> {
+            if v.len() > limits::VALUE_BYTES_MAX {
+                return Err(format!("value of {} bytes exceeds {}", v.len(), limits::VALUE_BYTES_MAX));
+            }
+            Ok(())
+        }
+        fn op(o: &TxnOp) -> Result<(), String> {
+            match o {
+                TxnOp::Put { key: k, value: v } => key(k).and(value(v)),
+                TxnOp::Delete { key: k } | TxnOp::Get { key: k } => key(k),
+            }
+        }
+        if let Some(s) = self.session
+            && s.seq == 0
+        {
+            return Err("sequence numbers start at 1".into());
+        }
+        match &self.body {
+            Request::Put { key: k, value: v } => key(k).and(value(v)),
+            Request::Get { key: k, .. } | Request::Delete { key: k } => key(k),
+            Request::Cas { key: k, expected, value: v } => {
+                key(k)?;
+                value(v)?;
+                expected.as_deref().map_or(Ok(()), value)
+            }
+            Request::Scan { start, end, limit, .. } => {
+                if start.len() > limits::KEY_BYTES_MAX || end.as_ref().is_some_and(|e| e.len() > limits::KEY_BYTES_MAX)
+                {
+                    return Err("scan bounds exceed the key size limit".into());
+                }
+                if *limit == 0 || *limit > limits::SCAN_LIMIT_MAX {
+                    return Err(format!("scan limit must be between 1 and {}", limits::SCAN_LIMIT_MAX));
+                }
+                Ok(())
+            }
+            Request::Txn(t) => {
+                if t.compare.len() > limits::TXN_OPS_MAX
+                    || t.success.len() > limits::TXN_OPS_MAX
+                    || t.failure.len() > limits::TXN_OPS_MAX
+                {
+                    return Err(format!("a transaction may hold at most {} items per part", limits::TXN_OPS_MAX));
+                }
+                for c in &t.compare {
+                    key(&c.key)?;
+                    if let CompareTarget::Value(Some(v)) = &c.target {
+                        value(v)?;
+                    }
+                }
+                t.success.iter().chain(&t.failure).try_for_each(op)
+            }
+            Request::MemberAdd { addr, .. } => {
+                if addr.is_empty() || addr.len() > limits::TEXT_BYTES_MAX {
+                    return Err("a member address must be `host:port`".into());
+                }
+                Ok(())
+            }
+            Request::Status
+            | Request::MemberList
+            | Request::MemberPromote { .. }
+            | Request::MemberRemove { .. }
+            | Request::LeaderTransfer { .. }
+            | Request::SnapshotSave
+            | Request::OpenSession => Ok(()),
+        }
+    }
+}
+
+/// A transaction: `if all(compare) then success else failure`, applied atomically.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Txn {
+    /// Conditions, all of which must hold.
+    pub compare: Vec<Compare>,
+    /// Operations when they hold.
+    pub success: Vec<TxnOp>,
+    /// Operations otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+impl Txn {
+    /// Whether no branch writes.
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|o| matches!(o, TxnOp::Get { .. }))
+    }
+}
+
+/// One condition of a transaction.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key.
+    pub key: Vec<u8>,
+    /// What to compare.
+    pub target: CompareTarget,
+    /// How.
+    pub op: CompareOp,
+}
+
+/// What a comparison looks at (an absent key has value `None` and revisions and version 0).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CompareTarget {
+    /// The value (`None`: absent). Ordering compares bytes; absent is smallest.
+    Value(Option<Vec<u8>>),
+    /// The revision of the last write to the key.
+    ModRevision(u64),
+    /// The revision that created the key.
+    CreateRevision(u64),
+    /// Writes since the key was created.
+    Version(u64),
+}
+
+/// A comparison operator: `actual OP target`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CompareOp {
+    /// `==`
+    Equal,
+    /// `!=`
+    NotEqual,
+    /// `<`
+    Less,
+    /// `>`
+    Greater,
+}
+
+/// An operation inside a transaction.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TxnOp {
+    /// Set a key.
+    Put {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Remove a key.
+    Delete {
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Read a key (as of the transaction).
+    Get {
+        /// Key.
+        key: Vec<u8>,
+    },
+}
+
+/// A key with its value and revisions.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value.
+    pub value: Vec<u8>,
+    /// The revision that created it.
+    pub create_revision: u64,
+    /// The revision of its last write.
+    pub mod_revision: u64,
+    /// Writes since creation (1 after the first).
+    pub version: u64,
+}
+
+/// The answer to a [`ClientRequest`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ClientResponse {
+    /// The request's id.
+    pub id: u64,
+    /// The outcome.
+    pub result: Result<Response, ApiError>,
+}
+
+/// Successful outcomes.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// A put took effect at `revision`.
+    Put {
+        /// The global revision after the write.
+        revision: u64,
+    },
+    /// A read.
+    Get {
+        /// The pair, if present.
+        kv: Option<KeyValue>,
+        /// Where the read was served.
+        read: ReadInfo,
+    },
+    /// A delete.
+    Delete {
+        /// Whether the key existed.
+        deleted: bool,
+        /// The global revision after the write.
+        revision: u64,
+    },
+    /// A compare-and-swap.
+    Cas {
+        /// Whether the swap happened.
+        succeeded: bool,
+        /// The pair before the operation.
+        previous: Option<KeyValue>,
+        /// The global revision after the operation.
+        revision: u64,
+    },
+    /// A scan.
+    Scan {
+        /// The pairs, in key order.
+        kvs: Vec<KeyValue>,
+        /// Whether more pairs lie in the range.
+        more: bool,
+        /// Where the read was served.
+        read: ReadInfo,
+    },
+    /// A transaction.
+    Txn {
+        /// Whether the comparisons held.
+        succeeded: bool,
+        /// One result per operation of the branch that ran.
+        results: Vec<TxnResult>,
+        /// The global revision after the transaction.
+        revision: u64,
+    },
+    /// A node's status.
+    Status(NodeStatus),
+    /// The members.
+    Members(Vec<Member>),
+    /// An administrative request was carried out.
+    Done,
+    /// A snapshot was written.
+    SnapshotSaved {
+        /// Where, on the node.
+        path: String,
+        /// The applied index it covers.
+        index: LogIndex,
+    },
+    /// A session was opened.
+    Session(SessionId),
+}
+
+/// Where and how fresh a read was.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReadInfo {
+    /// The node that served it.
+    pub node: NodeId,
+    /// The global revision of the state read.
+    pub revision: u64,
+    /// The applied index of the state read.
+    pub applied: LogIndex,
+    /// For stale reads: the commit index the node knew (so `commit - applied` entries were
+    /// not yet applied) and milliseconds since it last heard from a leader.
+    pub staleness: Option<Staleness>,
+}
+
+/// How far a stale read may lag.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Staleness {
+    /// The commit index the node knew.
+    pub known_commit: LogIndex,
+    /// Milliseconds since the node last heard from a leader (`None`: never).
+    pub since_leader_ms: Option<u64>,
+}
+
+/// The result of one transaction operation.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TxnResult {
+    /// A put.
+    Put,
+    /// A delete; whether the key existed.
+    Delete(bool),
+    /// A get.
+    Get(Option<KeyValue>),
+}
+
+/// A node's view of the cluster.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: RaftRole,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit: LogIndex,
+    /// Applied index.
+    pub applied: LogIndex,
+    /// Last log index.
+    pub last_index: LogIndex,
+    /// The configuration in force.
+    pub config: Configuration,
+    /// Its version.
+    pub config_version: LogIndex,
+    /// Latest snapshot index.
+    pub snapshot_index: LogIndex,
+    /// The global key-value revision.
+    pub revision: u64,
+    /// The binary's version.
+    pub binary_version: String,
+    /// The storage format version.
+    pub storage_format: u32,
+    /// Settings that weaken safety, by name (empty in production).
+    pub danger: Vec<String>,
+}
+
+/// A cluster member.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: NodeId,
+    /// Its address, if known.
+    pub addr: Option<String>,
+    /// Voter, learner, or voter of the outgoing half of a joint configuration.
+    pub kind: MemberKind,
+}
+
+/// How a member takes part.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MemberKind {
+    /// Votes.
+    Voter,
+    /// Receives the log, does not vote.
+    Learner,
+    /// Votes in the outgoing configuration of a joint change only.
+    OutgoingVoter,
+}
+
+/// Why a request failed. Every variant says what to do next.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Writes (and lease reads) go to the leader: retry there.
+    #[error("not the leader; try {}", leader_text(*leader, addr.as_deref()))]
+    NotLeader {
+        /// The leader this node knows.
+        leader: Option<NodeId>,
+        /// Its address, if known.
+        addr: Option<String>,
+    },
+    /// The node refused the work before doing any; retry after the delay.
+    #[error("overloaded ({reason}); retry after {retry_after_ms} ms")]
+    Overloaded {
+        /// Which limit was reached.
+        reason: String,
+        /// When to retry.
+        retry_after_ms: u32,
+    },
+    /// The client's certificate role does not allow this request.
+    #[error("not allowed: this request needs the {needed:?} role")]
+    Unauthorized {
+        /// The role needed.
+        needed: Access,
+    },
+    /// The request is malformed or out of bounds.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The cluster cannot serve the request now (no leader, read not confirmed); retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A membership change or leadership transfer was refused.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The outcome is unknown: the write may or may not have been applied. Retry with the same
+    /// session and sequence number to learn it.
+    #[error("timed out; the outcome is unknown")]
+    Timeout,
+    /// The session expired (or never existed); open a new one.
+    #[error("session expired; open a new session")]
+    SessionExpired,
+    /// A failure inside the node (storage); the node stops.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn leader_text(leader: Option<NodeId>, addr: Option<&str>) -> String {
+    match (leader, addr) {
+        (Some(l), Some(a)) => format!("node {l} at {a}"),
+        (Some(l), None) => format!("node {l}"),
+        _ => "again once a leader is elected".into(),
+    }
+}
+
+/// What the node writes into a log entry for each write.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Command {
+    /// Exactly-once: the session and sequence number, if any.
+    pub session: Option<Sequenced>,
+    /// The proposing leader's clock (milliseconds), never decreasing along the log: sessions
+    /// expire by this log time, identically on every replica.
+    pub time_ms: u64,
+    /// The operation.
+    pub op: CommandOp,
+}
+
+/// Operations in the log (append-only).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CommandOp {
+    /// Set a key.
+    Put {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Remove a key.
+    Delete {
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Compare-and-swap.
+    Cas {
+        /// Key.
+        key: Vec<u8>,
+        /// Required value (`None`: absent).
+        expected: Option<Vec<u8>>,
+        /// New value.
+        value: Vec<u8>,
+    },
+    /// A transaction.
+    Txn(Txn),
+    /// Allocate a session; its id is the index of this entry.
+    OpenSession,
+    /// Record a member's address (before it is added as a learner).
+    SetMemberAddr {
+        /// The member.
+        id: NodeId,
+        /// Its address.
+        addr: String,
+    },
+}
+
+/// A piece of a snapshot stream from a leader to a follower.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The sender's term.
+    pub term: Term,
+    /// The snapshot.
+    pub meta: SnapshotMeta,
+    /// Byte offset of `data` in the snapshot file.
+    pub offset: u64,
+    /// Total size of the file.
+    pub total: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
