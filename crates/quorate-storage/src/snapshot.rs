@@ -1,0 +1,354 @@
+//! Snapshot data files, written and read as streams (never whole in memory).
+//!
+//! Layout of a snapshot file:
+//!
+//! ```text
+//! header:  magic "QSNP" | format u32 LE | meta_len u32 LE | meta (postcard) | meta_crc u32 LE
+//! data:    the application's bytes, data_len of them
+//! trailer: data_len u64 LE | data_crc u32 LE | magic "QEND"
+//! ```
+//!
+//! The writer streams into `*.tmp`, then fsyncs, renames to the final name and fsyncs the
+//! directory, so a crash leaves either no snapshot or a whole one. The reader checks the
+//! header and trailer on open and the data checksum when the data has been read to its end:
+//! a mismatch is an [`std::io::ErrorKind::InvalidData`] error from `read`, so a consumer that
+//! reads to the end never accepts damaged data.
+
+use crate::FORMAT_VERSION;
+use crate::error::StoreError;
+use quorate_log::SnapshotMeta;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 4] = b"QSNP";
+const MAGIC_END: &[u8; 4] = b"QEND";
+const TRAILER_BYTES: u64 = 16;
+/// The largest encoded snapshot metadata accepted when reading.
+pub const SNAPSHOT_META_BYTES_MAX: u32 = 1 << 20;
+const SUFFIX: &str = ".qsnap";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// The file name of the snapshot described by `meta`.
+#[must_use]
+pub(crate) fn file_name(meta: &SnapshotMeta) -> String {
+    format!("snap-{:020}-{:020}{SUFFIX}", meta.last.index.0, meta.last.term.0)
+}
+
+/// The index encoded in a snapshot file name, if it is one.
+pub(crate) fn index_of(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("snap-")?.strip_suffix(SUFFIX)?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Removes leftover temporary files (from a crash mid-write) in `dir`.
+pub(crate) fn remove_temporaries(dir: &Path) -> Result<(), StoreError> {
+    for ent in fs::read_dir(dir)? {
+        let ent = ent?;
+        if ent.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+            fs::remove_file(ent.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes snapshot files of indexes below `keep_from` in `dir`.
+pub(crate) fn remove_older(dir: &Path, keep_from: u64) -> Result<(), StoreError> {
+    for ent in fs::read_dir(dir)? {
+        let ent = ent?;
+        if let Some(i) = index_of(&ent.file_name().to_string_lossy())
+            && i < keep_from
+        {
+            fs::remove_file(ent.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Streams a snapshot's data into a file in the store's snapshot directory. Create it with
+/// [`RocksStore::snapshot_writer`](crate::RocksStore::snapshot_writer), write the data through
+/// [`Write`], then [`finish`](SnapshotWriter::finish). Dropping it unfinished discards it.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    file: Option<BufWriter<File>>,
+    tmp: PathBuf,
+    dir: PathBuf,
+    meta: SnapshotMeta,
+    hasher: crc32fast::Hasher,
+    data_len: u64,
+}
+
+/// A finished, durable snapshot file.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct SnapshotFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// What it covers.
+    pub meta: SnapshotMeta,
+    /// Bytes of application data.
+    pub data_len: u64,
+    /// CRC-32 of the data.
+    pub data_crc: u32,
+}
+
+impl SnapshotWriter {
+    /// Starts a snapshot file for `meta` in `dir`.
+    pub fn create(dir: &Path, meta: SnapshotMeta) -> Result<SnapshotWriter, StoreError> {
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(&meta)));
+        let mut file = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        let m = postcard::to_allocvec(&meta)
+            .map_err(|e| StoreError::Io(format!("cannot encode snapshot metadata: {e}")))?;
+        file.write_all(MAGIC)?;
+        file.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        file.write_all(&(m.len() as u32).to_le_bytes())?;
+        file.write_all(&m)?;
+        file.write_all(&crc32fast::hash(&m).to_le_bytes())?;
+        Ok(SnapshotWriter {
+            file: Some(file),
+            tmp,
+            dir: dir.to_path_buf(),
+            meta,
+            hasher: crc32fast::Hasher::new(),
+            data_len: 0,
+        })
+    }
+
+    /// Writes the trailer, fsyncs the file, renames it into place and fsyncs the directory.
+    pub fn finish(mut self) -> Result<SnapshotFile, StoreError> {
+        let mut file = self.file.take().ok_or_else(|| StoreError::Io("snapshot writer already finished".into()))?;
+        let data_crc = self.hasher.clone().finalize();
+        file.write_all(&self.data_len.to_le_bytes())?;
+        file.write_all(&data_crc.to_le_bytes())?;
+        file.write_all(MAGIC_END)?;
+        let file = file.into_inner().map_err(|e| StoreError::Io(e.to_string()))?;
+        file.sync_all()?;
+        drop(file);
+        let path = self.dir.join(file_name(&self.meta));
+        fs::rename(&self.tmp, &path)?;
+        fsync_dir(&self.dir)?;
+        Ok(SnapshotFile { path, meta: self.meta.clone(), data_len: self.data_len, data_crc })
+    }
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let file = self.file.as_mut().ok_or_else(|| io::Error::other("snapshot writer already finished"))?;
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.data_len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Unfinished: the temporary file is garbage. Failure to remove it is harmless
+            // (temporaries are removed at the next open).
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Streams a snapshot's data out of a snapshot file, verifying its checksum at the end.
+#[derive(Debug)]
+pub struct SnapshotReader {
+    file: BufReader<io::Take<File>>,
+    meta: SnapshotMeta,
+    data_len: u64,
+    data_crc: u32,
+    hasher: crc32fast::Hasher,
+    remaining: u64,
+    name: String,
+}
+
+impl SnapshotReader {
+    /// Opens a snapshot file and checks its header and trailer.
+    pub fn open(path: &Path) -> Result<SnapshotReader, StoreError> {
+        let name = format!("snapshot file {}", path.display());
+        let corrupt = |detail: String| StoreError::Corrupt { key: name.clone(), detail };
+        let mut file = File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let mut head = [0u8; 12];
+        file.read_exact(&mut head).map_err(|e| corrupt(format!("cannot read the header: {e}")))?;
+        if &head[..4] != MAGIC {
+            return Err(corrupt("not a snapshot file (bad magic)".into()));
+        }
+        let format = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if format > FORMAT_VERSION {
+            return Err(StoreError::FormatTooNew { found: format, supported: FORMAT_VERSION });
+        }
+        if format < FORMAT_VERSION {
+            return Err(StoreError::FormatUnsupported { found: format, supported: FORMAT_VERSION });
+        }
+        let meta_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if meta_len > SNAPSHOT_META_BYTES_MAX {
+            return Err(corrupt(format!("metadata of {meta_len} bytes exceeds the limit {SNAPSHOT_META_BYTES_MAX}")));
+        }
+        let header_len = 12 + u64::from(meta_len) + 4;
+        if file_len < header_len + TRAILER_BYTES {
+            return Err(corrupt(format!("file of {file_len} bytes is truncated")));
+        }
+        let mut m = vec![0u8; meta_len as usize + 4];
+        file.read_exact(&mut m).map_err(|e| corrupt(format!("cannot read the metadata: {e}")))?;
+        let (m, crc) = m.split_at(meta_len as usize);
+        if crc32fast::hash(m).to_le_bytes() != crc {
+            return Err(corrupt("metadata checksum mismatch".into()));
+        }
+        let meta: SnapshotMeta = postcard::from_bytes(m).map_err(|e| corrupt(format!("undecodable metadata: {e}")))?;
+        let mut trailer = [0u8; TRAILER_BYTES as usize];
+        file.seek(SeekFrom::Start(file_len - TRAILER_BYTES))?;
+        file.read_exact(&mut trailer)?;
+        if &trailer[12..] != MAGIC_END {
+            return Err(corrupt("bad trailer (incomplete file?)".into()));
+        }
+        let mut l = [0u8; 8];
+        l.copy_from_slice(&trailer[..8]);
+        let data_len = u64::from_le_bytes(l);
+        let data_crc = u32::from_le_bytes([trailer[8], trailer[9], trailer[10], trailer[11]]);
+        if header_len.checked_add(data_len).and_then(|x| x.checked_add(TRAILER_BYTES)) != Some(file_len) {
+            return Err(corrupt(format!(
+                "trailer claims {data_len} data bytes, the file holds {}",
+                file_len - header_len - TRAILER_BYTES
+            )));
+        }
+        file.seek(SeekFrom::Start(header_len))?;
+        Ok(SnapshotReader {
+            file: BufReader::with_capacity(1 << 16, file.take(data_len)),
+            meta,
+            data_len,
+            data_crc,
+            hasher: crc32fast::Hasher::new(),
+            remaining: data_len,
+            name,
+        })
+    }
+
+    /// What the snapshot covers.
+    #[must_use]
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Bytes of application data.
+    #[must_use]
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read(buf)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: data ends early", self.name)));
+        }
+        self.hasher.update(&buf[..n]);
+        self.remaining -= n as u64;
+        if self.remaining == 0 {
+            let got = self.hasher.clone().finalize();
+            if got != self.data_crc {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: data checksum mismatch: stored {:#010x}, computed {got:#010x}",
+                        self.name, self.data_crc
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TestDir;
+    use quorate_log::{EntryId, LogIndex, Term};
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta { last: EntryId::new(Term(3), LogIndex(77)), config: quorate_log::Configuration::default() }
+    }
+
+    fn write(dir: &Path, chunks: usize) -> SnapshotFile {
+        let mut w = SnapshotWriter::create(dir, meta()).unwrap();
+        for i in 0..chunks {
+            w.write_all(&[i as u8; 1000]).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn round_trip_in_chunks() {
+        let d = TestDir::new("snapfile");
+        let f = write(d.path(), 300);
+        assert_eq!(f.data_len, 300_000);
+        let mut r = SnapshotReader::open(&f.path).unwrap();
+        assert_eq!(r.meta(), &meta());
+        let mut buf = [0u8; 4096];
+        let mut total = 0u64;
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            for (j, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, ((total + j as u64) / 1000) as u8);
+            }
+            total += n as u64;
+        }
+        assert_eq!(total, 300_000);
+    }
+
+    #[test]
+    fn damage_is_detected() {
+        let d = TestDir::new("snapdamage");
+        let f = write(d.path(), 10);
+        let good = fs::read(&f.path).unwrap();
+        // A flipped data byte: detected at the end of the stream.
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 1;
+        fs::write(&f.path, &bad).unwrap();
+        let mut r = SnapshotReader::open(&f.path).unwrap();
+        let err = io::copy(&mut r, &mut io::sink()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // Every truncation is refused at open or while reading, never a panic.
+        for n in (0..good.len()).step_by(97) {
+            fs::write(&f.path, &good[..n]).unwrap();
+            if let Ok(mut r) = SnapshotReader::open(&f.path) {
+                assert!(io::copy(&mut r, &mut io::sink()).is_err());
+            }
+        }
+        // A flipped header byte.
+        let mut bad = good.clone();
+        bad[13] ^= 0x40;
+        fs::write(&f.path, &bad).unwrap();
+        assert!(matches!(SnapshotReader::open(&f.path), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn unfinished_writer_leaves_nothing() {
+        let d = TestDir::new("snapdrop");
+        let mut w = SnapshotWriter::create(d.path(), meta()).unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+}

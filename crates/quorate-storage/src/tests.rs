@@ -1,0 +1,403 @@
+//! Tests that need the crate's internals: corruption injected through raw RocksDB access,
+//! format versions, poisoning, state-machine writes, snapshots and group commit.
+
+use crate::codec::{self, CFS, Cf, KEY_FORMAT, KEY_HARD, cfg_key, log_key};
+use crate::testdir::TestDir;
+use crate::*;
+use quorate_log::{
+    Configuration, Data, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, NodeId, SnapshotMeta,
+    StorageError, Term,
+};
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index: LogIndex(index),
+        term: Term(term),
+        payload: EntryPayload::Command(Data::from(format!("cmd-{index}").as_str())),
+    }
+}
+
+fn entries(lo: u64, hi: u64, term: u64) -> Vec<Entry> {
+    (lo..=hi).map(|i| entry(i, term)).collect()
+}
+
+fn hs(term: u64, commit: u64) -> HardState {
+    HardState { term: Term(term), vote: NodeId::new(1), commit: LogIndex(commit) }
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions { free_space_floor_bytes: 0, ..StoreOptions::default() }
+}
+
+fn open(dir: &Path) -> RocksStore {
+    RocksStore::open(dir, opts()).expect("open")
+}
+
+fn raw(dir: &Path) -> DB {
+    let cfs = CFS.map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    DB::open_cf_descriptors(&Options::default(), dir.join("db"), cfs).expect("raw open")
+}
+
+/// Applies `f` to the stored bytes of `key` in `cf` with the store closed.
+fn tamper(dir: &Path, cf: Cf, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
+    let db = raw(dir);
+    let h = db.cf_handle(cf.name()).unwrap();
+    let mut v = db.get_cf(h, key).unwrap().expect("record present");
+    f(&mut v);
+    db.put_cf(h, key, v).unwrap();
+}
+
+/// Applies `f` to the stored bytes of `key` in `cf` through the open store's database handle.
+fn tamper_live(s: &RocksStore, cf: Cf, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
+    let h = s.db.cf_handle(cf.name()).unwrap();
+    let mut v = s.db.get_cf(h, key).unwrap().expect("record present");
+    f(&mut v);
+    s.db.put_cf(h, key, v).unwrap();
+}
+
+fn with_ten_entries(dir: &Path) -> RocksStore {
+    let s = open(dir);
+    s.write(PersistBatch::append(entries(1, 10, 1)).with_hard_state(hs(1, 4))).unwrap();
+    s
+}
+
+fn assert_corrupt_storage(r: Result<impl std::fmt::Debug, StorageError>, want: &str) {
+    match r {
+        Err(StorageError::Corrupt { key, .. }) if key == want => {}
+        other => panic!("expected corruption of {want}, got {other:?}"),
+    }
+}
+
+fn assert_corrupt(r: Result<impl std::fmt::Debug, StoreError>, want: &str) {
+    match r {
+        Err(StoreError::Corrupt { key, .. }) if key == want => {}
+        other => panic!("expected corruption of {want}, got {other:?}"),
+    }
+}
+
+#[test]
+fn flipped_entry_byte_is_corrupt_naming_the_key() {
+    for offset in [0usize, 2, 5, 9, usize::MAX] {
+        let d = TestDir::new("flip");
+        let s = with_ten_entries(d.path());
+        tamper_live(&s, Cf::Log, &log_key(LogIndex(7)), |v| {
+            let at = offset.min(v.len() - 1);
+            v[at] ^= 0x10;
+        });
+        assert_corrupt_storage(s.entries(LogIndex(5), LogIndex(9), u64::MAX), "log/7");
+        // Entries before the damage still read.
+        assert_eq!(s.entries(LogIndex(5), LogIndex(7), u64::MAX).unwrap().len(), 2);
+        assert_corrupt(s.verify(), "log/7");
+        drop(s);
+        // Opening checks the tail of the log and refuses too.
+        assert_corrupt(RocksStore::open(d.path(), opts()), "log/7");
+    }
+}
+
+#[test]
+fn flipped_term_of_uncached_entry_is_corrupt() {
+    let d = TestDir::new("flipterm");
+    let s = with_ten_entries(d.path());
+    tamper_live(&s, Cf::Log, &log_key(LogIndex(3)), |v| v[4] ^= 1);
+    // Drop the cache so the term is read from disk.
+    s.tail.write().unwrap().runs.clear();
+    assert_corrupt_storage(s.term(LogIndex(3)), "log/3");
+    assert_eq!(s.term(LogIndex(2)), Ok(Term(1)));
+}
+
+#[test]
+fn corrupt_tail_entry_fails_open() {
+    let d = TestDir::new("flipopen");
+    drop(with_ten_entries(d.path()));
+    tamper(d.path(), Cf::Log, &log_key(LogIndex(10)), |v| {
+        let n = v.len();
+        v[n - 1] ^= 0xff;
+    });
+    let err = RocksStore::open(d.path(), opts()).unwrap_err();
+    assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "log/10"), "{err}");
+}
+
+#[test]
+fn corrupt_hard_state_fails_open() {
+    let d = TestDir::new("fliphard");
+    drop(with_ten_entries(d.path()));
+    tamper(d.path(), Cf::Meta, KEY_HARD, |v| v.truncate(2));
+    let err = RocksStore::open(d.path(), opts()).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { key, detail } if key == "meta/hard" && detail.contains("shorter")),
+        "{err}"
+    );
+}
+
+#[test]
+fn swapped_records_are_detected() {
+    // Intact records under the wrong key: the key is part of the checksum.
+    let d = TestDir::new("swap");
+    let s = with_ten_entries(d.path());
+    let h = s.db.cf_handle("log").unwrap();
+    let v2 = s.db.get_cf(h, log_key(LogIndex(2))).unwrap().unwrap();
+    s.db.put_cf(h, log_key(LogIndex(3)), v2).unwrap();
+    assert_corrupt_storage(s.entries(LogIndex(1), LogIndex(5), u64::MAX), "log/3");
+}
+
+#[test]
+fn a_gap_is_corrupt_naming_the_missing_key() {
+    let d = TestDir::new("gap");
+    let s = with_ten_entries(d.path());
+    let h = s.db.cf_handle("log").unwrap();
+    s.db.delete_cf(h, log_key(LogIndex(6))).unwrap();
+    assert_corrupt_storage(s.entries(LogIndex(2), LogIndex(9), u64::MAX), "log/6");
+    assert_corrupt(s.verify(), "log/6");
+    s.tail.write().unwrap().runs.clear();
+    assert_corrupt_storage(s.term(LogIndex(6)), "log/6");
+    drop(s);
+    assert_corrupt(RocksStore::open(d.path(), opts()), "log/6");
+}
+
+#[test]
+fn corrupt_config_mirror_and_sm_values_are_detected() {
+    let d = TestDir::new("cfgsm");
+    {
+        let s = open(d.path());
+        let c = Configuration::with_voters([NodeId::new(1).unwrap()]).unwrap();
+        s.write(
+            PersistBatch::append(vec![Entry { index: LogIndex(1), term: Term(1), payload: EntryPayload::Config(c) }])
+                .with_hard_state(hs(1, 1)),
+        )
+        .unwrap();
+        s.apply(LogIndex(1), [SmOp::Put { key: b"k1".to_vec(), value: b"v1".to_vec() }]).unwrap();
+    }
+    tamper(d.path(), Cf::Sm, &codec::sm_key(b"k1"), |v| v[4] ^= 1);
+    let s = open(d.path());
+    let err = s.sm_get(b"k1").unwrap_err();
+    assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "sm/k1"), "{err}");
+    assert!(s.sm_scan(b"", 10).is_err());
+    drop(s);
+    tamper(d.path(), Cf::Meta, &cfg_key(LogIndex(1)), |v| v[0] ^= 1);
+    let err = RocksStore::open(d.path(), opts()).unwrap_err();
+    assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "meta/cfg/1"), "{err}");
+}
+
+fn stamp_format(dir: &Path, version: u32) {
+    let db = raw(dir);
+    let h = db.cf_handle("meta").unwrap();
+    db.put_cf(h, KEY_FORMAT, codec::encode(Cf::Meta, KEY_FORMAT, &version).unwrap()).unwrap();
+}
+
+#[test]
+fn newer_format_is_refused_naming_both_versions() {
+    let d = TestDir::new("fmtnew");
+    drop(with_ten_entries(d.path()));
+    stamp_format(d.path(), FORMAT_VERSION + 1);
+    let err = RocksStore::open(d.path(), opts()).unwrap_err();
+    assert_eq!(err, StoreError::FormatTooNew { found: 2, supported: 1 });
+    let msg = err.to_string();
+    assert!(msg.contains("version 2") && msg.contains("version 1"), "{msg}");
+}
+
+#[test]
+fn unknown_older_format_is_refused() {
+    let d = TestDir::new("fmtold");
+    drop(with_ten_entries(d.path()));
+    stamp_format(d.path(), 0);
+    let err = RocksStore::open(d.path(), opts()).unwrap_err();
+    assert_eq!(err, StoreError::FormatUnsupported { found: 0, supported: 1 });
+}
+
+#[test]
+fn missing_format_with_data_is_refused() {
+    let d = TestDir::new("fmtmissing");
+    drop(with_ten_entries(d.path()));
+    {
+        let db = raw(d.path());
+        let h = db.cf_handle("meta").unwrap();
+        db.delete_cf(h, KEY_FORMAT).unwrap();
+    }
+    let err = RocksStore::open(d.path(), opts()).unwrap_err();
+    assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "meta/format"), "{err}");
+}
+
+#[test]
+fn a_failed_write_poisons_the_store() {
+    let d = TestDir::new("poison");
+    let s = open(d.path());
+    s.write(PersistBatch::append(entries(1, 3, 1))).unwrap();
+    s.fail_next_write.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = s.write(PersistBatch::append(entries(4, 4, 1))).unwrap_err();
+    assert!(matches!(err, StoreError::Io(_)), "{err}");
+    assert!(err.is_fatal());
+    // Nothing changed in memory, and every later write is refused.
+    assert_eq!(s.last_index(), LogIndex(3));
+    for _ in 0..3 {
+        let err = s.write(PersistBatch::append(entries(4, 4, 1))).unwrap_err();
+        assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    }
+    let err = s.apply(LogIndex(1), []).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    assert!(s.poisoned().is_some());
+    // Reads still work; a restart recovers what was durable.
+    assert_eq!(s.entries(LogIndex(1), LogIndex(4), u64::MAX).unwrap().len(), 3);
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.last_index(), LogIndex(3));
+    s.write(PersistBatch::append(entries(4, 4, 1))).unwrap();
+}
+
+#[test]
+fn free_space_floor_refuses_writes_without_poisoning() {
+    let d = TestDir::new("floor");
+    let s = open(d.path());
+    s.set_free_space_floor(u64::MAX);
+    let err = s.write(PersistBatch::append(entries(1, 1, 1))).unwrap_err();
+    assert!(matches!(err, StoreError::BelowFreeSpaceFloor { floor: u64::MAX, free } if free > 0), "{err}");
+    assert!(!err.is_fatal());
+    assert!(s.free_space_ok().is_err());
+    assert_eq!(s.last_index(), LogIndex(0));
+    s.set_free_space_floor(1);
+    s.free_space_ok().unwrap();
+    s.write(PersistBatch::append(entries(1, 1, 1))).unwrap();
+    assert_eq!(s.last_index(), LogIndex(1));
+    assert!(s.poisoned().is_none());
+}
+
+#[test]
+fn apply_is_atomic_with_the_applied_index_and_survives_reopen() {
+    let d = TestDir::new("apply");
+    {
+        let s = open(d.path());
+        s.write(PersistBatch::append(entries(1, 5, 1)).with_hard_state(hs(1, 4))).unwrap();
+        assert_eq!(s.applied_index(), LogIndex(0));
+        s.apply(
+            LogIndex(2),
+            [
+                SmOp::Put { key: b"a".to_vec(), value: b"1".to_vec() },
+                SmOp::Put { key: b"b".to_vec(), value: b"2".to_vec() },
+            ],
+        )
+        .unwrap();
+        // Re-applying, or applying past the last entry, is refused.
+        assert!(matches!(s.apply(LogIndex(2), []), Err(StoreError::InvalidBatch(_))));
+        assert!(matches!(s.apply(LogIndex(6), []), Err(StoreError::InvalidBatch(_))));
+        s.apply(
+            LogIndex(3),
+            [SmOp::Delete { key: b"a".to_vec() }, SmOp::Put { key: b"c".to_vec(), value: vec![0; 1000] }],
+        )
+        .unwrap();
+    }
+    let s = open(d.path());
+    assert_eq!(s.applied_index(), LogIndex(3));
+    assert_eq!(s.sm_get(b"a").unwrap(), None);
+    assert_eq!(s.sm_get(b"b").unwrap(), Some(b"2".to_vec()));
+    let all = s.sm_scan(b"", 100).unwrap();
+    assert_eq!(all.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [b"b".as_slice(), b"c".as_slice()]);
+    assert_eq!(s.sm_scan(b"b\0", 100).unwrap().len(), 1);
+    s.apply(LogIndex(4), [SmOp::Clear]).unwrap();
+    assert!(s.sm_scan(b"", 100).unwrap().is_empty());
+    assert_eq!(s.verify().unwrap().sm_records, 0);
+}
+
+#[test]
+fn snapshot_stream_compaction_and_reopen() {
+    let d = TestDir::new("snap");
+    let meta = SnapshotMeta {
+        last: EntryId::new(Term(1), LogIndex(6)),
+        config: Configuration::with_voters([NodeId::new(1).unwrap()]).unwrap(),
+    };
+    {
+        let s = open(d.path());
+        s.write(PersistBatch::append(entries(1, 10, 1)).with_hard_state(hs(1, 8))).unwrap();
+        assert!(s.snapshot_reader().unwrap().is_none());
+        let mut w = s.snapshot_writer(meta.clone()).unwrap();
+        for i in 0..100u32 {
+            w.write_all(&i.to_le_bytes().repeat(256)).unwrap();
+        }
+        let f = w.finish().unwrap();
+        assert_eq!(f.data_len, 100 * 1024);
+        s.compact_to(meta.clone()).unwrap();
+        assert_eq!(s.first_index(), LogIndex(7));
+        assert_eq!(s.term(LogIndex(6)), Ok(Term(1)));
+        assert_eq!(s.term(LogIndex(5)), Err(StorageError::Compacted(LogIndex(5))));
+        // A newer snapshot removes the older file.
+        let meta2 = SnapshotMeta { last: EntryId::new(Term(1), LogIndex(8)), ..meta.clone() };
+        let mut w = s.snapshot_writer(meta2.clone()).unwrap();
+        w.write_all(b"second").unwrap();
+        w.finish().unwrap();
+        s.compact_to(meta2).unwrap();
+        assert_eq!(std::fs::read_dir(s.snapshot_dir()).unwrap().count(), 1);
+    }
+    let s = open(d.path());
+    assert_eq!(s.first_index(), LogIndex(9));
+    assert_eq!(s.last_index(), LogIndex(10));
+    assert_eq!(s.initial_state().unwrap().config, meta.config);
+    let mut r = s.snapshot_reader().unwrap().expect("snapshot file");
+    let mut data = Vec::new();
+    r.read_to_end(&mut data).unwrap();
+    assert_eq!(data, b"second");
+    assert_eq!(s.verify().unwrap().entries, 2);
+}
+
+#[test]
+fn group_commit_merges_and_reports_each_batch() {
+    let d = TestDir::new("group");
+    let s = Arc::new(open(d.path()));
+    let g = GroupCommitter::new(Arc::clone(&s), GroupOptions::default()).unwrap();
+    let mut pending = Vec::new();
+    for i in 1..=200u64 {
+        pending.push(g.submit(PersistBatch::append(vec![entry(i, 1)])).unwrap());
+    }
+    // An invalid batch in the middle is refused on its own.
+    let bad = g.submit(PersistBatch::append(vec![entry(500, 1)])).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    g.submit_with(PersistBatch::append(vec![entry(201, 1)]), move |r| {
+        tx.send(r).unwrap();
+    })
+    .unwrap();
+    for p in pending {
+        p.wait().unwrap();
+    }
+    assert_eq!(bad.wait(), Err(StoreError::Unavailable(LogIndex(500))));
+    rx.recv().unwrap().unwrap();
+    drop(g);
+    assert_eq!(s.last_index(), LogIndex(201));
+    assert_eq!(s.verify().unwrap().entries, 201);
+}
+
+#[test]
+fn readers_see_only_durable_contiguous_prefixes_during_writes() {
+    let d = TestDir::new("readers");
+    let s = Arc::new(open(d.path()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (s, done) = (Arc::clone(&s), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                let last = s.last_index();
+                if last > LogIndex(0) {
+                    let lo = LogIndex(last.0.saturating_sub(50).max(1));
+                    let es = s.entries(lo, last.next(), u64::MAX).unwrap();
+                    assert_eq!(es.len() as u64, last.0 - lo.0 + 1);
+                    assert!(es.iter().zip(lo.0..).all(|(e, i)| e.index == LogIndex(i)));
+                    assert_eq!(s.term(last).unwrap(), Term(1 + last.0 / 100));
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let g = GroupCommitter::new(Arc::clone(&s), GroupOptions::default()).unwrap();
+    let mut pending = Vec::new();
+    for i in 1..=2000u64 {
+        pending.push(g.submit(PersistBatch::append(vec![entry(i, 1 + i / 100)])).unwrap());
+    }
+    for p in pending {
+        p.wait().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(reader.join().unwrap() > 0);
+    assert_eq!(s.last_index(), LogIndex(2000));
+}
