@@ -1,0 +1,160 @@
+//! Token buckets in exact integer arithmetic.
+
+use std::time::Duration;
+
+use crate::time::{NANOS_PER_SEC, Nanos};
+
+/// Largest `rate_per_sec` a bucket accepts.
+pub const BUCKET_RATE_PER_SEC_MAX: u64 = 1_000_000_000;
+/// Largest `burst_count` a bucket accepts.
+pub const BUCKET_BURST_COUNT_MAX: u64 = 1_000_000_000;
+
+// The level is kept in "token-nanoseconds per second": one token is NANOS_PER_SEC units, and
+// `elapsed_ns * rate_per_sec` units arrive in `elapsed_ns`. Exact, with no remainder to carry.
+const _: () = assert!((BUCKET_BURST_COUNT_MAX as u128) * (NANOS_PER_SEC as u128) <= u64::MAX as u128);
+
+/// A token bucket: `burst_count` tokens at most, refilled at `rate_per_sec` tokens per second.
+/// Starts full. Time comes from the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    rate_per_sec: u64,
+    burst_count: u64,
+    /// Tokens × `NANOS_PER_SEC`.
+    level: u64,
+    refilled_at: Nanos,
+}
+
+impl TokenBucket {
+    /// A full bucket. A rate of zero never refills (useful for a pure budget topped up by
+    /// [`TokenBucket::deposit_percent`]).
+    ///
+    /// # Panics
+    /// If `rate_per_sec` or `burst_count` exceed [`BUCKET_RATE_PER_SEC_MAX`] and
+    /// [`BUCKET_BURST_COUNT_MAX`]; `Config::validate` keeps configured values within them.
+    pub fn new(rate_per_sec: u64, burst_count: u64, now: Nanos) -> TokenBucket {
+        assert!(rate_per_sec <= BUCKET_RATE_PER_SEC_MAX);
+        assert!(burst_count <= BUCKET_BURST_COUNT_MAX);
+        TokenBucket { rate_per_sec, burst_count, level: burst_count * NANOS_PER_SEC, refilled_at: now }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.burst_count * NANOS_PER_SEC
+    }
+
+    fn refill(&mut self, now: Nanos) {
+        if now <= self.refilled_at {
+            return; // Same instant, or the caller's clock went backwards: nothing arrives.
+        }
+        let elapsed_ns = now.0 - self.refilled_at.0;
+        let arrived = elapsed_ns.saturating_mul(self.rate_per_sec);
+        self.level = self.level.saturating_add(arrived).min(self.capacity());
+        self.refilled_at = now;
+    }
+
+    /// Whether `cost_count` tokens are available at `now`, without taking them; if not, how
+    /// long until they will be (`Duration::MAX` if never: zero rate, or more than the burst).
+    pub fn check(&mut self, cost_count: u64, now: Nanos) -> Result<(), Duration> {
+        self.refill(now);
+        let cost = cost_count.saturating_mul(NANOS_PER_SEC);
+        if cost <= self.level {
+            return Ok(());
+        }
+        if self.rate_per_sec == 0 || cost > self.capacity() {
+            return Err(Duration::MAX);
+        }
+        let wait_ns = (cost - self.level).div_ceil(self.rate_per_sec);
+        Err(Duration::from_nanos(wait_ns))
+    }
+
+    /// Takes `cost_count` tokens, or refuses without taking anything (see [`TokenBucket::check`]).
+    pub fn take(&mut self, cost_count: u64, now: Nanos) -> Result<(), Duration> {
+        self.check(cost_count, now)?;
+        let cost = cost_count * NANOS_PER_SEC;
+        assert!(cost <= self.level);
+        self.level -= cost;
+        Ok(())
+    }
+
+    /// Adds `percent`/100 of a token (capped at the burst): a retry budget earns a fraction
+    /// of a retry per success.
+    pub fn deposit_percent(&mut self, percent: u64, now: Nanos) {
+        self.refill(now);
+        let amount = percent.saturating_mul(NANOS_PER_SEC / 100);
+        self.level = self.level.saturating_add(amount).min(self.capacity());
+    }
+
+    /// Whole tokens available at `now`.
+    pub fn available_count(&mut self, now: Nanos) -> u64 {
+        self.refill(now);
+        self.level / NANOS_PER_SEC
+    }
+
+    /// Whether the bucket is full at `now` (so forgetting it loses nothing).
+    pub fn is_full(&mut self, now: Nanos) -> bool {
+        self.refill(now);
+        self.level == self.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn burst_then_rate() {
+        let mut b = TokenBucket::new(10, 3, Nanos::ZERO);
+        for _ in 0..3 {
+            b.take(1, Nanos::ZERO).unwrap();
+        }
+        // 10 per second: the next token is 100 ms away.
+        assert_eq!(b.take(1, Nanos::ZERO), Err(Duration::from_millis(100)));
+        assert_eq!(b.take(1, Nanos(40 * MS)), Err(Duration::from_millis(60)));
+        b.take(1, Nanos(100 * MS)).unwrap();
+        assert_eq!(b.available_count(Nanos(100 * MS)), 0);
+        // Long idle: refills to the burst, not beyond.
+        assert_eq!(b.available_count(Nanos::from_secs(3600)), 3);
+        assert!(b.is_full(Nanos::from_secs(3600)));
+    }
+
+    #[test]
+    fn exact_over_many_small_steps() {
+        // 3 tokens per second observed every 1 ns for a while loses nothing to rounding.
+        let mut b = TokenBucket::new(3, 1000, Nanos::ZERO);
+        for _ in 0..1000 {
+            b.take(1, Nanos::ZERO).unwrap();
+        }
+        for t in 0..=1_000_000u64 {
+            let _ = b.check(1000, Nanos(t * 1000));
+        }
+        // 1e9 ns elapsed at 3 tokens/s.
+        assert_eq!(b.available_count(Nanos(NANOS_PER_SEC)), 3);
+    }
+
+    #[test]
+    fn refusal_takes_nothing_and_time_going_back_is_harmless() {
+        let mut b = TokenBucket::new(1, 2, Nanos::from_secs(10));
+        b.take(2, Nanos::from_secs(10)).unwrap();
+        assert!(b.take(1, Nanos::from_secs(5)).is_err());
+        assert_eq!(b.available_count(Nanos::from_secs(11)), 1);
+        assert_eq!(b.take(3, Nanos::from_secs(11)), Err(Duration::MAX), "more than the burst never fits");
+    }
+
+    #[test]
+    fn deposits_fill_a_zero_rate_bucket() {
+        let mut b = TokenBucket::new(0, 2, Nanos::ZERO);
+        b.take(2, Nanos::ZERO).unwrap();
+        assert_eq!(b.check(1, Nanos::from_secs(100)), Err(Duration::MAX));
+        for _ in 0..9 {
+            b.deposit_percent(10, Nanos::ZERO);
+        }
+        assert!(b.take(1, Nanos::ZERO).is_err());
+        b.deposit_percent(10, Nanos::ZERO);
+        b.take(1, Nanos::ZERO).unwrap();
+        for _ in 0..100 {
+            b.deposit_percent(50, Nanos::ZERO);
+        }
+        assert_eq!(b.available_count(Nanos::ZERO), 2, "deposits are capped at the burst");
+    }
+}

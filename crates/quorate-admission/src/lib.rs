@@ -1,0 +1,76 @@
+//! # quorate-admission
+//!
+//! Admission control and backpressure for a replicated log (or any server): decide, before
+//! doing any work, whether a request is admitted; if not, say why and when to come back.
+//! Overload then costs a refusal, not a timeout, a queue that grows without bound, or a
+//! missed heartbeat and an election.
+//!
+//! The crate is sans-IO: no clock reads (every call takes `now` as [`Nanos`]), no threads, no
+//! async runtime, no OS randomness (retry hints are jittered from a seed). It depends only on
+//! `thiserror`.
+//!
+//! * [`Admission`] — the decision: [`Admission::try_admit`] returns a [`Permit`] or an
+//!   [`Overloaded`] error with a [`Reason`] and a `retry_after`; [`Admission::complete`]
+//!   releases the permit and feeds the adaptive limit. [`Class::Consensus`] is always admitted.
+//! * [`Signals`] — what the node measures (uncommitted bytes, apply lag, proposal queue, peer
+//!   backlog, free disk, fsync latency), each compared with a [`Config`] threshold.
+//! * Building blocks, usable alone: [`BoundedQueue`] and [`ClassQueues`] (explicit refusal that
+//!   hands the item back), [`Budget`], [`TokenBucket`], [`PrincipalTable`] (bounded, oldest
+//!   idle evicted), [`AimdLimit`] (adaptive concurrency).
+//!
+//! ```
+//! use std::time::Duration;
+//! use quorate_admission::{Admission, Class, Config, Nanos, Outcome, Principal, Reason, RequestInfo, Signals};
+//!
+//! let mut admission = Admission::new(Config::default(), 42)?;
+//! let write = RequestInfo { class: Class::ClientWrite, principal: Principal(7), bytes: 512, is_retry: false };
+//! let now = Nanos::from_millis(1);
+//!
+//! let permit = admission.try_admit(&write, now).expect("an idle node admits");
+//! // ... propose, wait for commit and apply ...
+//! admission.complete(permit, Outcome::Success, now + Duration::from_millis(3));
+//!
+//! // The disk runs low: writes are refused before they are proposed; reads still pass.
+//! admission.set_signals(Signals { disk_free_bytes: 1 << 20, ..Signals::HEALTHY });
+//! let refusal = admission.try_admit(&write, now).unwrap_err();
+//! assert_eq!(refusal.reason, Reason::DiskSpace);
+//! assert!(refusal.retry_after >= Duration::from_millis(admission.config().retry_after_ms_min));
+//! let read = RequestInfo { class: Class::ClientRead, ..write };
+//! let permit = admission.try_admit(&read, now)?;
+//! admission.complete(permit, Outcome::Success, now);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The integration tests include a small deterministic model of goodput under overload (a
+//! fake server with fixed capacity). It shows the shape of the behaviour; it is not a
+//! measurement of a real node.
+
+#![forbid(unsafe_code)]
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+mod admission;
+mod bucket;
+mod budget;
+mod class;
+mod config;
+mod limit;
+mod principals;
+mod queue;
+mod rng;
+mod signals;
+mod time;
+
+pub use admission::{Admission, Outcome, Overloaded, Permit, Reason, RequestInfo, Stats};
+pub use bucket::{BUCKET_BURST_COUNT_MAX, BUCKET_RATE_PER_SEC_MAX, TokenBucket};
+pub use budget::{Budget, Exhausted};
+pub use class::{Class, Principal};
+pub use config::{Config, ConfigError, LATENCY_MS_CEILING, RETRY_AFTER_MS_CEILING, SIGNAL_OVERSHOOT_PERCENT_MAX};
+pub use limit::{AimdLimit, AimdSettings, CONCURRENCY_COUNT_CEILING};
+pub use principals::{PRINCIPALS_TRACKED_CEILING, PrincipalTable, TableFull};
+pub use queue::{BoundedQueue, ClassQueues, QueueRefusal, Refused};
+pub use signals::Signals;
+pub use time::{NANOS_PER_SEC, Nanos};

@@ -1,0 +1,297 @@
+//! The admission decision through the public API.
+
+use std::time::Duration;
+
+use quorate_admission::{Admission, Class, Config, Nanos, Outcome, Permit, Principal, Reason, RequestInfo, Signals};
+
+const MIB: u64 = 1 << 20;
+
+fn request(class: Class, principal: u64) -> RequestInfo {
+    RequestInfo { class, principal: Principal(principal), bytes: 100, is_retry: false }
+}
+
+fn write(principal: u64) -> RequestInfo {
+    request(Class::ClientWrite, principal)
+}
+
+/// A limiter pinned at 8 with a reserve of 2, so concurrency checks are exact.
+fn fixed_limit_config() -> Config {
+    Config {
+        concurrency_count_min: 8,
+        concurrency_count_initial: 8,
+        concurrency_count_max: 8,
+        principals_tracked_max: 64,
+        ..Config::default()
+    }
+}
+
+fn reason(admission: &mut Admission, request: &RequestInfo, now: Nanos) -> Reason {
+    admission.try_admit(request, now).expect_err("refused").reason
+}
+
+#[test]
+fn consensus_is_admitted_when_everything_is_red() {
+    let mut a = Admission::new(fixed_limit_config(), 1).unwrap();
+    let now = Nanos::from_secs(1);
+    let mut permits: Vec<Permit> = (0..8).map(|i| a.try_admit(&write(i), now).unwrap()).collect();
+    assert_eq!(reason(&mut a, &write(100), now), Reason::ConcurrencyLimit);
+    a.set_signals(Signals {
+        uncommitted_bytes: u64::MAX,
+        apply_lag_entries: u64::MAX,
+        proposal_queue_count: u64::MAX,
+        peer_in_flight_bytes_max: u64::MAX,
+        disk_free_bytes: 0,
+        fsync_latency: Duration::from_secs(60),
+    });
+    for class in Class::ALL.into_iter().skip(1) {
+        assert!(a.try_admit(&request(class, 100), now).is_err(), "{class} is refused");
+    }
+    for i in 0..10_000 {
+        let heartbeat = RequestInfo { bytes: 10 * MIB, ..request(Class::Consensus, i % 5) };
+        permits.push(a.try_admit(&heartbeat, now).expect("consensus is never refused"));
+    }
+    assert_eq!(a.in_flight_count(), 8, "consensus is not counted against client budgets");
+    for permit in permits {
+        a.complete(permit, Outcome::Success, now);
+    }
+    assert_eq!((a.in_flight_count(), a.in_flight_bytes()), (0, 0));
+    assert_eq!(a.stats().admitted_count, [10_000, 8, 0, 0]);
+}
+
+#[test]
+fn disk_refusal_clears_itself_above_floor_plus_hysteresis() {
+    let config = Config { disk_free_bytes_min: 100 * MIB, disk_free_hysteresis_bytes: 20 * MIB, ..Config::default() };
+    let mut a = Admission::new(config, 2).unwrap();
+    let now = Nanos::from_secs(1);
+    let set_free = |a: &mut Admission, free: u64| a.set_signals(Signals { disk_free_bytes: free, ..Signals::HEALTHY });
+
+    set_free(&mut a, 99 * MIB);
+    let refusal = a.try_admit(&write(1), now).unwrap_err();
+    assert_eq!(refusal.reason, Reason::DiskSpace);
+    // Disk space does not come back soon: a hint near the maximum, still jittered.
+    let ms_max = a.config().retry_after_ms_max;
+    assert!(refusal.retry_after >= Duration::from_millis(ms_max / 2));
+    assert!(refusal.retry_after <= Duration::from_millis(ms_max));
+    assert!(a.is_refusing_for_disk());
+    // Reads do not consume disk: still admitted.
+    let read = a.try_admit(&request(Class::ClientRead, 1), now).unwrap();
+    a.complete(read, Outcome::Success, now);
+
+    // Back above the floor but inside the hysteresis band: still refusing (no flapping).
+    set_free(&mut a, 110 * MIB);
+    assert_eq!(reason(&mut a, &write(1), now), Reason::DiskSpace);
+    // Above floor + hysteresis: writes resume with no manual disarm.
+    set_free(&mut a, 120 * MIB);
+    assert!(!a.is_refusing_for_disk());
+    let permit = a.try_admit(&write(1), now).unwrap();
+    a.complete(permit, Outcome::Success, now);
+    // And inside the band coming from above, writes pass: the band only delays recovery.
+    set_free(&mut a, 101 * MIB);
+    let permit = a.try_admit(&write(1), now).unwrap();
+    a.complete(permit, Outcome::Success, now);
+    // A write that would itself cross the floor is refused without raising the alarm.
+    let big = RequestInfo { bytes: 2 * MIB, ..write(1) };
+    assert_eq!(reason(&mut a, &big, now), Reason::DiskSpace);
+    assert!(!a.is_refusing_for_disk());
+}
+
+#[test]
+fn each_signal_refuses_writes_with_its_reason() {
+    let config = Config::default();
+    let cases: [(Signals, Reason); 5] = [
+        (Signals { uncommitted_bytes: config.uncommitted_bytes_max, ..Signals::HEALTHY }, Reason::UncommittedBytes),
+        (Signals { apply_lag_entries: config.apply_lag_entries_max, ..Signals::HEALTHY }, Reason::ApplyLag),
+        (Signals { proposal_queue_count: config.proposal_queue_count_max, ..Signals::HEALTHY }, Reason::QueueFull),
+        (
+            Signals { peer_in_flight_bytes_max: config.peer_in_flight_bytes_max, ..Signals::HEALTHY },
+            Reason::PeerBacklog,
+        ),
+        (
+            Signals { fsync_latency: Duration::from_millis(config.fsync_latency_ms_max), ..Signals::HEALTHY },
+            Reason::FsyncLatency,
+        ),
+    ];
+    for (signals, expected) in cases {
+        let mut a = Admission::new(config.clone(), 3).unwrap();
+        a.set_signals(signals);
+        assert_eq!(reason(&mut a, &write(1), Nanos::ZERO), expected);
+        // Only apply lag concerns reads.
+        let read = a.try_admit(&request(Class::ClientRead, 1), Nanos::ZERO);
+        assert_eq!(read.is_err(), expected == Reason::ApplyLag, "{expected:?}");
+        a.set_signals(Signals::HEALTHY);
+        let permit = a.try_admit(&write(1), Nanos::ZERO).expect("clears as soon as the signal does");
+        a.complete(permit, Outcome::Success, Nanos::ZERO);
+    }
+}
+
+#[test]
+fn nearing_a_limit_sheds_background_first_and_counts_the_request_itself() {
+    let config = Config { uncommitted_bytes_max: 1000, background_signal_percent: 50, ..Config::default() };
+    let mut a = Admission::new(config, 4).unwrap();
+    a.set_signals(Signals { uncommitted_bytes: 600, ..Signals::HEALTHY });
+    assert_eq!(reason(&mut a, &request(Class::Background, 1), Nanos::ZERO), Reason::UncommittedBytes);
+    let permit = a.try_admit(&write(1), Nanos::ZERO).unwrap();
+    a.complete(permit, Outcome::Success, Nanos::ZERO);
+    // 600 + 500 bytes would pass 1000: refused before it is proposed.
+    let big = RequestInfo { bytes: 500, ..write(1) };
+    assert_eq!(reason(&mut a, &big, Nanos::ZERO), Reason::UncommittedBytes);
+}
+
+#[test]
+fn fair_share_and_light_reserve() {
+    let mut a = Admission::new(fixed_limit_config(), 5).unwrap();
+    let now = Nanos::ZERO;
+    // Heavy principal 1 alone: it can take all but the 2 reserved slots.
+    let mut permits: Vec<Permit> = (0..6).map(|_| a.try_admit(&write(1), now).unwrap()).collect();
+    assert_eq!(reason(&mut a, &write(1), now), Reason::ConcurrencyLimit);
+    // Light principals take the reserve.
+    permits.push(a.try_admit(&write(2), now).unwrap());
+    permits.push(a.try_admit(&write(3), now).unwrap());
+    assert_eq!(reason(&mut a, &write(4), now), Reason::ConcurrencyLimit);
+    // Principal 1 is now over its share of 8 / 3 active (at least fair_share_count_min = 2).
+    assert_eq!(reason(&mut a, &write(1), now), Reason::FairShare { principal: Principal(1) });
+    for permit in permits {
+        a.complete(permit, Outcome::Cancelled, now);
+    }
+    assert_eq!(a.in_flight_count(), 0);
+}
+
+#[test]
+fn background_uses_only_part_of_the_limit() {
+    let config = Config { background_concurrency_percent: 25, ..fixed_limit_config() };
+    let mut a = Admission::new(config, 6).unwrap();
+    let first = a.try_admit(&request(Class::Background, 1), Nanos::ZERO).unwrap();
+    let second = a.try_admit(&request(Class::Background, 2), Nanos::ZERO).unwrap();
+    assert_eq!(reason(&mut a, &request(Class::Background, 3), Nanos::ZERO), Reason::ConcurrencyLimit);
+    assert_eq!(a.in_flight_class_count(Class::Background), 2);
+    a.complete(first, Outcome::Success, Nanos::ZERO);
+    a.complete(second, Outcome::Success, Nanos::ZERO);
+}
+
+#[test]
+fn rate_limit_retry_after_is_the_refill_time_jittered_upwards() {
+    let config =
+        Config { principal_rate_per_sec: 10, principal_burst_count: 2, retry_jitter_percent: 50, ..Config::default() };
+    let mut a = Admission::new(config, 7).unwrap();
+    let now = Nanos::from_secs(5);
+    for _ in 0..2 {
+        let permit = a.try_admit(&write(1), now).unwrap();
+        a.complete(permit, Outcome::Success, now);
+    }
+    let mut hints = Vec::new();
+    for _ in 0..50 {
+        let refusal = a.try_admit(&write(1), now).unwrap_err();
+        assert_eq!(refusal.reason, Reason::RateLimited { principal: Principal(1) });
+        hints.push(refusal.retry_after);
+    }
+    assert!(hints.iter().all(|h| *h >= Duration::from_millis(100) && *h <= Duration::from_millis(150)));
+    assert!(hints.iter().any(|h| *h != hints[0]), "jittered");
+    // Another principal is not affected; the limited one is admitted once the token is back.
+    let permit = a.try_admit(&write(2), now).unwrap();
+    a.complete(permit, Outcome::Success, now);
+    let permit = a.try_admit(&write(1), now + hints[0]).unwrap();
+    a.complete(permit, Outcome::Success, now + hints[0]);
+}
+
+#[test]
+fn retries_are_limited_to_a_fraction_of_successes_plus_a_floor() {
+    let config = Config { retry_ratio_percent: 10, retry_floor_per_sec: 1, retry_burst_count: 3, ..Config::default() };
+    let mut a = Admission::new(config, 8).unwrap();
+    let now = Nanos::from_secs(1);
+    let retry = RequestInfo { is_retry: true, ..write(1) };
+    for _ in 0..3 {
+        let permit = a.try_admit(&retry, now).unwrap();
+        a.complete(permit, Outcome::Failed, now);
+    }
+    let refusal = a.try_admit(&retry, now).unwrap_err();
+    assert_eq!(refusal.reason, Reason::RetryBudget { principal: Principal(1) });
+    assert!(refusal.retry_after >= Duration::from_secs(1), "the floor refills one retry per second");
+    // First attempts are unaffected, and ten successes earn one retry.
+    for _ in 0..10 {
+        let permit = a.try_admit(&write(1), now).unwrap();
+        a.complete(permit, Outcome::Success, now);
+    }
+    let permit = a.try_admit(&retry, now).unwrap();
+    a.complete(permit, Outcome::Failed, now);
+    assert!(a.try_admit(&retry, now).is_err());
+    // The floor: one more after a second.
+    let permit = a.try_admit(&retry, now + Duration::from_secs(1)).unwrap();
+    a.complete(permit, Outcome::Failed, now);
+}
+
+#[test]
+fn request_too_large_and_in_flight_bytes() {
+    let config = Config { in_flight_bytes_max: 1000, ..Config::default() };
+    let mut a = Admission::new(config, 9).unwrap();
+    let huge = RequestInfo { bytes: 1001, ..write(1) };
+    let refusal = a.try_admit(&huge, Nanos::ZERO).unwrap_err();
+    assert_eq!(refusal.reason, Reason::RequestTooLarge);
+    assert!(!refusal.reason.is_retryable());
+    let half = RequestInfo { bytes: 600, ..write(1) };
+    let permit = a.try_admit(&half, Nanos::ZERO).unwrap();
+    assert_eq!(reason(&mut a, &RequestInfo { principal: Principal(2), ..half }, Nanos::ZERO), Reason::InFlightBytes);
+    assert_eq!(a.in_flight_bytes(), 600);
+    a.complete(permit, Outcome::Success, Nanos::ZERO);
+    assert_eq!(a.in_flight_bytes(), 0);
+}
+
+#[test]
+fn limit_follows_latency() {
+    let config = Config { latency_target_ms: 10, concurrency_count_initial: 32, ..Config::default() };
+    let mut a = Admission::new(config, 10).unwrap();
+    let mut now = Nanos::ZERO;
+    // Slow completions, one per 10 ms episode: the limit falls to the minimum.
+    for _ in 0..100 {
+        let permit = a.try_admit(&write(1), now).unwrap();
+        now = now + Duration::from_millis(50);
+        a.complete(permit, Outcome::Success, now);
+    }
+    assert_eq!(a.concurrency_limit_count(), a.config().concurrency_count_min);
+    // Fast completions with 6 in flight: it grows again, but only to about twice what is used
+    // (unused headroom says nothing about capacity).
+    for _ in 0..200 {
+        let permits: Vec<Permit> = (0..6).map(|p| a.try_admit(&write(p), now).unwrap()).collect();
+        now = now + Duration::from_millis(1);
+        for permit in permits {
+            a.complete(permit, Outcome::Success, now);
+        }
+    }
+    assert!((12..=13).contains(&a.concurrency_limit_count()), "{}", a.concurrency_limit_count());
+    // Dropped requests are congestion too.
+    let before = a.concurrency_limit_count();
+    let permit = a.try_admit(&write(1), now).unwrap();
+    a.complete(permit, Outcome::Dropped, now + Duration::from_secs(1));
+    assert!(a.concurrency_limit_count() < before);
+}
+
+#[test]
+fn same_seed_same_answers() {
+    let run = |seed: u64| {
+        let config = Config { principal_rate_per_sec: 1, principal_burst_count: 1, ..Config::default() };
+        let mut a = Admission::new(config, seed).unwrap();
+        let permit = a.try_admit(&write(1), Nanos::ZERO).unwrap();
+        a.complete(permit, Outcome::Success, Nanos::ZERO);
+        (0..20).map(|i| a.try_admit(&write(1), Nanos(i)).unwrap_err().retry_after).collect::<Vec<_>>()
+    };
+    assert_eq!(run(11), run(11));
+    assert_ne!(run(11), run(12));
+}
+
+#[test]
+#[should_panic(expected = "foreign permit")]
+fn a_permit_from_another_instance_panics() {
+    let mut a = Admission::new(Config::default(), 1).unwrap();
+    let mut b = Admission::new(Config::default(), 1).unwrap();
+    let permit = a.try_admit(&write(1), Nanos::ZERO).unwrap();
+    b.complete(permit, Outcome::Success, Nanos::ZERO);
+}
+
+#[test]
+fn overloaded_displays_reason_and_hint() {
+    let mut a = Admission::new(Config::default(), 1).unwrap();
+    a.set_signals(Signals { disk_free_bytes: 0, ..Signals::HEALTHY });
+    let refusal = a.try_admit(&write(1), Nanos::ZERO).unwrap_err();
+    let hint_ms = refusal.retry_after.as_millis();
+    assert_eq!(refusal.to_string(), format!("overloaded (disk space below the floor); retry after {hint_ms} ms"));
+    assert_eq!(refusal.reason.label(), "disk_space");
+}
