@@ -26,4 +26,5 @@ pub mod history;
 pub mod invariants;
 pub mod kv;
 pub mod linearizability;
+pub mod model;
 pub mod sim;
