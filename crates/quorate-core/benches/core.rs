@@ -202,7 +202,9 @@ fn main() {
             _ => {}
         }
     }
-    println!("quorate-core: 3 in-memory cores, one thread, {COMMAND_BYTES}-byte commands, {runs} runs per case (median)");
+    println!(
+        "quorate-core: 3 in-memory cores, one thread, {COMMAND_BYTES}-byte commands, {runs} runs per case (median)"
+    );
     println!("{:>10} {:>16} {:>14} {:>12} {:>12}", "proposers", "entries/s", "allocs/entry", "p50 (sim)", "p99 (sim)");
     for p in proposers {
         // One round per proposal at P = 1 makes that case slow to measure: bound it.
