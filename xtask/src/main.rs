@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod demo;
 mod deps;
 
 const USAGE: &str = "\
@@ -17,7 +18,9 @@ commands:
   ci                         everything CI runs: fmt, clippy, tests, dependency rule, bounded simulation
   sim [--seeds N] [--seed S] [--steps K]
                              deterministic simulation of clusters; ends with one summary line
-  demo [--smoke]             the main job (until the node lands: a simulated 3-node cluster)
+  demo [--smoke]             the main job: a real 3-node cluster on 127.0.0.1; writes, kills the leader
+                             (SIGKILL), checks every acknowledged write, restarts it; --smoke: stop and
+                             print a verdict instead of running until Ctrl-C
   model-check [--quick] [ARGS]
                              exhaustive exploration of the real core at small bounds
   fuzz [--seconds N]         bounded run of every fuzz target (installs cargo-fuzz if missing)
@@ -42,7 +45,7 @@ fn main() -> Result<()> {
     match cmd {
         "ci" => ci(rest),
         "sim" => sim(rest),
-        "demo" => demo(rest),
+        "demo" => demo::demo(rest),
         "bench" => bench(rest),
         "model-check" => model_check(rest),
         "fuzz" => fuzz(rest),
@@ -137,6 +140,7 @@ fn ci(args: &[String]) -> Result<()> {
     deps::check(&root())?;
     sim(&["--seeds".into(), "500".into()])?;
     model_check(&["--quick".into()])?;
+    model_check(&["--quick-reconfig".into()])?;
     fuzz(&["--seconds".into(), "15".into()])?;
     eprintln!("ci: all steps passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
@@ -150,7 +154,18 @@ fn sim(args: &[String]) -> Result<()> {
 
 fn model_check(args: &[String]) -> Result<()> {
     run(cargo()
-        .args(["run", "--quiet", "--locked", "--profile", PROFILE, "-p", "quorate-check", "--bin", "quorate-model", "--"])
+        .args([
+            "run",
+            "--quiet",
+            "--locked",
+            "--profile",
+            PROFILE,
+            "-p",
+            "quorate-check",
+            "--bin",
+            "quorate-model",
+            "--",
+        ])
         .args(args))
 }
 
@@ -161,7 +176,9 @@ const FUZZ_TARGETS: &[(&str, &str)] = &[("fuzz", "frame_decode"), ("fuzz", "requ
 fn fuzz(args: &[String]) -> Result<()> {
     let seconds: u64 = match args {
         [] => 20,
-        [flag, n] if flag == "--seconds" => n.parse().with_context(|| format!("--seconds takes a whole number, got `{n}`"))?,
+        [flag, n] if flag == "--seconds" => {
+            n.parse().with_context(|| format!("--seconds takes a whole number, got `{n}`"))?
+        }
         _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
     };
     let have = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
@@ -172,25 +189,17 @@ fn fuzz(args: &[String]) -> Result<()> {
         let fuzz_dir = root().join(dir);
         std::fs::create_dir_all(fuzz_dir.join("corpus").join(target))?;
         // cargo-fuzz keeps its own target directory under the fuzz crate.
-        run(Command::new("cargo")
-            .env_remove("CARGO_TARGET_DIR")
-            .current_dir(&fuzz_dir)
-            .args(["+nightly", "fuzz", "run", target, "--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048"]))?;
+        run(Command::new("cargo").env_remove("CARGO_TARGET_DIR").current_dir(&fuzz_dir).args([
+            "+nightly",
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048",
+        ]))?;
     }
     Ok(())
-}
-
-fn demo(args: &[String]) -> Result<()> {
-    let smoke = match args {
-        [] => false,
-        [a] if a == "--smoke" => true,
-        _ => bail!("usage: cargo xtask demo [--smoke]"),
-    };
-    let mut a = vec!["--seeds".to_string(), "1".into(), "--verbose".into()];
-    if !smoke {
-        a.extend(["--steps".into(), "20000".into()]);
-    }
-    sim(&a)
 }
 
 /// `cargo xtask bench NAME`: each benchmark is a `harness = false` bench target that prints

@@ -84,6 +84,9 @@ pub struct ModelConfig {
     pub losses: u32,
     /// Messages duplicated, in all.
     pub duplicates: u32,
+    /// Membership changes proposed, in all: the leader removes the highest-numbered voter
+    /// (itself included), through a joint configuration.
+    pub conf_changes: u32,
     /// Longest action sequence explored.
     pub depth: u32,
     /// Stop after this many distinct states.
@@ -119,6 +122,7 @@ impl ModelConfig {
             crashes: 1,
             losses: 0,
             duplicates: 0,
+            conf_changes: 0,
             depth: 9,
             max_states: 2_000_000,
             pre_vote: true,
@@ -126,6 +130,13 @@ impl ModelConfig {
             check_durability: true,
             bug: None,
         }
+    }
+
+    /// The CI preset for membership changes: pre-vote off so that an election is short, one
+    /// removal through a joint configuration, one crash.
+    #[must_use]
+    pub fn quick_reconfig() -> ModelConfig {
+        ModelConfig { pre_vote: false, conf_changes: 1, depth: 10, ..ModelConfig::quick() }
     }
 
     /// The full run: under a minute in the `ci` profile. Without pre-vote an election is
@@ -188,6 +199,11 @@ pub enum Action {
         /// The node's index.
         node: usize,
     },
+    /// The node (a leader) proposes removing the highest-numbered voter.
+    Reconfigure {
+        /// The node's index.
+        node: usize,
+    },
 }
 
 impl fmt::Display for Action {
@@ -201,6 +217,7 @@ impl fmt::Display for Action {
             Action::Persist { node } => write!(f, "persist n{}", node + 1),
             Action::Propose { node } => write!(f, "propose n{}", node + 1),
             Action::Crash { node } => write!(f, "crash-restart n{}", node + 1),
+            Action::Reconfigure { node } => write!(f, "reconfigure on n{}", node + 1),
         }
     }
 }
@@ -272,6 +289,11 @@ pub struct Outcome {
     pub max_committed: u64,
     /// The most terms that had a leader, in any state explored.
     pub max_leader_terms: usize,
+    /// States in which some node holds a joint configuration, and states in which some node
+    /// holds a configuration with fewer voters than at the start.
+    pub joint_states: u64,
+    /// See `joint_states`.
+    pub reconfigured_states: u64,
     /// Wall-clock time.
     pub elapsed: Duration,
     /// The first failure found (by depth), if any.
@@ -345,6 +367,12 @@ pub fn check(cfg: &ModelConfig) -> Outcome {
                 if visited.insert(succ.fingerprint()) {
                     out.max_committed = out.max_committed.max(succ.committed.len() as u64);
                     out.max_leader_terms = out.max_leader_terms.max(succ.leaders.len());
+                    if succ.nodes.iter().any(|n| n.raft.configuration().is_joint()) {
+                        out.joint_states += 1;
+                    }
+                    if succ.nodes.iter().any(|n| n.raft.configuration().voters.len() < cfg.nodes) {
+                        out.reconfigured_states += 1;
+                    }
                     trail.push((at, action));
                     next.push((succ, (trail.len() - 1) as u32));
                     if visited.len() as u64 >= cfg.max_states {
@@ -431,7 +459,8 @@ impl Action {
             | Action::Expire { node }
             | Action::Persist { node }
             | Action::Propose { node }
-            | Action::Crash { node } => Some(node),
+            | Action::Crash { node }
+            | Action::Reconfigure { node } => Some(node),
             Action::Deliver { .. } | Action::Drop { .. } | Action::Duplicate { .. } => None,
         }
     }
@@ -551,6 +580,7 @@ struct InFlight {
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Debug)]
 struct Used {
+    conf_changes: u32,
     proposals: u32,
     crashes: u32,
     losses: u32,
@@ -658,6 +688,9 @@ impl State {
             }
             if self.used.crashes < cfg.crashes {
                 out.push(Action::Crash { node });
+            }
+            if self.used.conf_changes < cfg.conf_changes && n.raft.role() == Role::Leader && n.raft.halted().is_none() {
+                out.push(Action::Reconfigure { node });
             }
         }
     }
@@ -776,6 +809,20 @@ impl State {
                 n.raft
                     .propose(Instant(n.clock), data)
                     .map_err(|e| Failure::Driver(format!("proposal on n{} refused: {e}", n.id)))?;
+                Some(node)
+            }
+            Action::Reconfigure { node } => {
+                self.node(node)?;
+                self.used.conf_changes += 1;
+                let n = Arc::make_mut(&mut self.nodes[node]);
+                let target = n.raft.configuration().voters.iter().next_back().copied();
+                match target {
+                    // Refusals (a change in flight, no healthy quorum) are legitimate outcomes.
+                    Some(t) => {
+                        let _ = n.raft.propose_conf_change(Instant(n.clock), quorate_core::ConfChange::Remove(t));
+                    }
+                    None => return Err(Failure::Driver("a leader without voters".into())),
+                }
                 Some(node)
             }
             Action::Crash { node } => {

@@ -1,7 +1,7 @@
 //! `quorate-model`: exhaustive model checking of the real consensus core at small bounds.
 //!
-//! `quorate-model [--quick | --full] [--nodes N] [--terms T] [--proposals K] [--crashes C]
-//! [--losses L] [--dups L] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum]
+//! `quorate-model [--quick | --quick-reconfig | --full] [--nodes N] [--terms T] [--proposals K] [--crashes C]
+//! [--losses L] [--dups L] [--conf-changes C] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum]
 //! [--bug ack-before-persist] [--no-durability-check] [--per-depth]` explores every
 //! interleaving within the bounds and ends with one summary line:
 //! `model-check: states N (distinct M), depth D, time T s, result: ok|VIOLATION ...`.
@@ -10,8 +10,8 @@
 use quorate_check::model::{ModelBug, ModelConfig, check};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: quorate-model [--quick | --full] [--nodes N] [--terms T] [--proposals K] \
-[--crashes C] [--losses L] [--dups L] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum] \
+const USAGE: &str = "usage: quorate-model [--quick | --quick-reconfig | --full] [--nodes N] [--terms T] [--proposals K] \
+[--crashes C] [--losses L] [--dups L] [--conf-changes C] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum] \
 [--bug ack-before-persist] [--no-durability-check] [--per-depth]";
 
 fn parse() -> Result<(ModelConfig, bool), String> {
@@ -27,6 +27,7 @@ fn parse() -> Result<(ModelConfig, bool), String> {
         match arg.as_str() {
             "--quick" => cfg = ModelConfig { bug: cfg.bug, ..ModelConfig::quick() },
             "--full" => cfg = ModelConfig { bug: cfg.bug, ..ModelConfig::full() },
+            "--quick-reconfig" => cfg = ModelConfig { bug: cfg.bug, ..ModelConfig::quick_reconfig() },
             "--nodes" => cfg.nodes = num(it.next(), "--nodes")? as usize,
             "--terms" => cfg.terms = num(it.next(), "--terms")?,
             "--proposals" => cfg.proposals = small(num(it.next(), "--proposals")?, "--proposals")?,
@@ -36,6 +37,7 @@ fn parse() -> Result<(ModelConfig, bool), String> {
                 cfg.duplicates = cfg.losses;
             }
             "--dups" => cfg.duplicates = small(num(it.next(), "--dups")?, "--dups")?,
+            "--conf-changes" => cfg.conf_changes = small(num(it.next(), "--conf-changes")?, "--conf-changes")?,
             "--depth" => cfg.depth = small(num(it.next(), "--depth")?, "--depth")?,
             "--max-states" => cfg.max_states = num(it.next(), "--max-states")?,
             "--no-pre-vote" => cfg.pre_vote = false,
@@ -86,8 +88,8 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "coverage: highest index committed {}, most terms with a leader {}, states pruned by the term bound {}",
-        out.max_committed, out.max_leader_terms, out.term_pruned
+        "coverage: highest index committed {}, most terms with a leader {}, states with a joint configuration {}, states after a removal {}, states pruned by the term bound {}",
+        out.max_committed, out.max_leader_terms, out.joint_states, out.reconfigured_states, out.term_pruned
     );
     if let Some(c) = &out.counterexample {
         println!("counterexample ({} actions):", c.trace.len());
