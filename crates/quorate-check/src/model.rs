@@ -143,7 +143,15 @@ impl ModelConfig {
     /// shorter, so this depth reaches commits, a second term's leader and crashes after them.
     #[must_use]
     pub fn full() -> ModelConfig {
-        ModelConfig { terms: 3, proposals: 2, duplicates: 1, depth: 12, pre_vote: false, ..ModelConfig::quick() }
+        ModelConfig {
+            terms: 3,
+            proposals: 2,
+            duplicates: 1,
+            conf_changes: 1,
+            depth: 12,
+            pre_vote: false,
+            ..ModelConfig::quick()
+        }
     }
 }
 
