@@ -1,0 +1,709 @@
+//! # quorate-client
+//!
+//! An async client for the Quorate reference node, a replicated, linearizable key-value
+//! service. It speaks QUIC with mutual TLS ([`quorate_transport`]) and the wire types of
+//! [`quorate_api`], and takes care of what every caller would otherwise get wrong:
+//!
+//! * **Leader discovery.** Writes go to the leader. A node that is not the leader answers
+//!   `NotLeader { leader, addr }`; the client follows the hint at once, and when no leader is
+//!   known it tries the configured members in turn.
+//! * **Bounded retries.** Failed attempts are retried with jittered exponential backoff
+//!   ([`Backoff`]), bounded by a count ([`ClientConfig::retries_max`]) and a total time
+//!   ([`ClientConfig::total_timeout`]); an `Overloaded { retry_after_ms }` answer is honoured.
+//!   Every retry draws a token from a rate-limited [`RetryBudget`], so retries cannot multiply
+//!   the load on a cluster that is already struggling. Each attempt has its own timeout
+//!   ([`ClientConfig::request_timeout`]).
+//! * **Exactly-once writes.** The client opens a session on its first write and gives each new
+//!   write the next sequence number. A retry after a timeout or a lost connection reuses the
+//!   same (session, sequence number), so the node applies the write once and answers the retry
+//!   with the original result. Writes through one [`Client`] are therefore issued one at a
+//!   time (reads run concurrently); use several clients for parallel writes.
+//! * **Errors in plain words** ([`ClientError`]): which node, what happened, what to do.
+//!
+//! ```no_run
+//! use quorate_client::{Client, ClientConfig, ReadConsistency};
+//! use quorate_log::NodeId;
+//! use quorate_transport::{ClusterId, TlsPaths};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = TlsPaths {
+//!     ca: "certs/ca.crt".into(),
+//!     cert: "certs/client-admin.crt".into(),
+//!     key: "certs/client-admin.key".into(),
+//! };
+//! let members = (1..=3u64).map(|i| (NodeId::new(i).unwrap(), format!("127.0.0.1:700{i}").parse().unwrap()));
+//! let client = Client::new(ClientConfig::new(ClusterId::new("dev")?, members.collect(), tls))?;
+//! let revision = client.put("greeting", "hello").await?;
+//! let read = client.get("greeting", ReadConsistency::Linearizable).await?;
+//! assert_eq!(read.kv.map(|kv| kv.value), Some(b"hello".to_vec()));
+//! println!("written at revision {revision}");
+//! # Ok(()) }
+//! ```
+//!
+//! The client needs a tokio runtime (with the `time` and `net` drivers enabled).
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod link;
+mod retry;
+
+pub use error::{ClientError, GiveUpReason};
+pub use quorate_api::{
+    ApiError, Compare, CompareOp, CompareTarget, KeyValue, Member, MemberKind, NodeStatus, ReadConsistency, ReadInfo,
+    Txn, TxnOp, TxnResult,
+};
+pub use retry::{Backoff, RetryBudget, RetryBudgetConfig};
+
+use link::{Link, LinkError, QuicLink};
+use quorate_api::{ClientRequest, Request, Response, Sequenced, SessionId};
+use quorate_log::{LogIndex, NodeId};
+use quorate_transport::{ClusterId, Credentials, TlsPaths};
+use retry::SplitMix64;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Most members a client configuration may name (the configuration size limit of the log).
+pub const MEMBERS_MAX: usize = quorate_log::MEMBERS_MAX;
+
+/// Redirects followed at once, without backoff, within one call; beyond it the client backs
+/// off, so two nodes that disagree about the leader cannot make it spin.
+const REDIRECTS_IMMEDIATE_MAX: u32 = 3;
+
+/// Everything a [`Client`] needs to reach a cluster.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The cluster's name; must match the one in the client's certificate.
+    pub cluster: ClusterId,
+    /// Some or all members and their addresses (the client learns the leader's address from
+    /// redirects).
+    pub members: Vec<(NodeId, SocketAddr)>,
+    /// The client's certificate, key and the cluster CA.
+    pub tls: TlsPaths,
+    /// Limit on one attempt (connection included).
+    pub request_timeout: Duration,
+    /// Limit on setting up a connection.
+    pub connect_timeout: Duration,
+    /// Retries after the first attempt, at most.
+    pub retries_max: u32,
+    /// Limit on a whole call, retries included.
+    pub total_timeout: Duration,
+    /// Delays between retries.
+    pub backoff: Backoff,
+    /// The token bucket that every retry draws from.
+    pub retry_budget: RetryBudgetConfig,
+    /// Seed of the jitter (`None`: from the clock).
+    pub seed: Option<u64>,
+}
+
+impl ClientConfig {
+    /// A configuration with default limits: 5 s per attempt, 10 retries, 30 s per call.
+    #[must_use]
+    pub fn new(cluster: ClusterId, members: Vec<(NodeId, SocketAddr)>, tls: TlsPaths) -> ClientConfig {
+        ClientConfig {
+            cluster,
+            members,
+            tls,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            retries_max: 10,
+            total_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+            retry_budget: RetryBudgetConfig::default(),
+            seed: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ClientError> {
+        if self.members.is_empty() {
+            return Err(ClientError::Config(
+                "no endpoints: name at least one member (`--endpoints 1=HOST:PORT`)".into(),
+            ));
+        }
+        if self.members.len() > MEMBERS_MAX {
+            return Err(ClientError::Config(format!("at most {MEMBERS_MAX} endpoints, got {}", self.members.len())));
+        }
+        let mut seen = BTreeMap::new();
+        for (id, addr) in &self.members {
+            if let Some(other) = seen.insert(*id, *addr)
+                && other != *addr
+            {
+                return Err(ClientError::Config(format!("node {id} is given two addresses: {other} and {addr}")));
+            }
+        }
+        if self.request_timeout.is_zero() || self.total_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(ClientError::Config("timeouts must be longer than zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The result of a read of one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Got {
+    /// The pair, if the key is present.
+    pub kv: Option<KeyValue>,
+    /// Which node served the read, and how fresh it was.
+    pub read: ReadInfo,
+}
+
+/// The result of a delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Deleted {
+    /// Whether the key existed.
+    pub existed: bool,
+    /// The global revision after the delete.
+    pub revision: u64,
+}
+
+/// The result of a compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Swapped {
+    /// Whether the swap happened.
+    pub succeeded: bool,
+    /// The pair before the operation.
+    pub previous: Option<KeyValue>,
+    /// The global revision after the operation.
+    pub revision: u64,
+}
+
+/// The result of a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Scanned {
+    /// The pairs, in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Whether more pairs lie in the range.
+    pub more: bool,
+    /// Which node served the read, and how fresh it was.
+    pub read: ReadInfo,
+}
+
+/// The result of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TxnOutcome {
+    /// Whether every comparison held (so the success branch ran).
+    pub succeeded: bool,
+    /// One result per operation of the branch that ran.
+    pub results: Vec<TxnResult>,
+    /// The global revision after the transaction.
+    pub revision: u64,
+}
+
+/// A client of a Quorate cluster. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Client {
+    core: Core<QuicLink>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("cluster", &self.core.config.cluster)
+            .field("members", &self.core.config.members)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Loads the TLS files and checks the configuration; connects lazily, on the first call.
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        let credentials = Credentials::load(config.tls.clone())?;
+        let identity = credentials.identity();
+        if identity.cluster() != &config.cluster {
+            return Err(ClientError::Config(format!(
+                "the certificate {} is for cluster `{}`, not `{}`",
+                config.tls.cert.display(),
+                identity.cluster(),
+                config.cluster
+            )));
+        }
+        let link = QuicLink::new(Arc::new(credentials), config.connect_timeout, config.request_timeout);
+        Ok(Client { core: Core::new(link, config) })
+    }
+
+    /// The members this client knows, with their addresses.
+    #[must_use]
+    pub fn members(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.core.addrs().iter().map(|(id, a)| (*id, *a)).collect()
+    }
+
+    /// The leader the client last heard of.
+    #[must_use]
+    pub fn leader(&self) -> Option<NodeId> {
+        *lock(&self.core.leader)
+    }
+
+    /// Sets `key` to `value`; returns the revision of the write.
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, ClientError> {
+        let body = Request::Put { key: key.as_ref().to_vec(), value: value.as_ref().to_vec() };
+        match self.core.write(body).await? {
+            (_, Response::Put { revision }) => Ok(revision),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Reads `key` with the given consistency.
+    pub async fn get(&self, key: impl AsRef<[u8]>, read: ReadConsistency) -> Result<Got, ClientError> {
+        let body = Request::Get { key: key.as_ref().to_vec(), read };
+        match self.core.send(body, None, Route::Leader).await? {
+            (_, Response::Get { kv, read }) => Ok(Got { kv, read }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Deleted, ClientError> {
+        match self.core.write(Request::Delete { key: key.as_ref().to_vec() }).await? {
+            (_, Response::Delete { deleted, revision }) => Ok(Deleted { existed: deleted, revision }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Sets `key` to `value` if it holds `expected` (`None`: if it is absent).
+    pub async fn cas(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected: Option<&[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Swapped, ClientError> {
+        let body = Request::Cas {
+            key: key.as_ref().to_vec(),
+            expected: expected.map(<[u8]>::to_vec),
+            value: value.as_ref().to_vec(),
+        };
+        match self.core.write(body).await? {
+            (_, Response::Cas { succeeded, previous, revision }) => Ok(Swapped { succeeded, previous, revision }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The pairs with keys in `[start, end)` (`end: None`: to the last key), at most `limit`.
+    pub async fn scan(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+        read: ReadConsistency,
+    ) -> Result<Scanned, ClientError> {
+        let body = Request::Scan { start: start.as_ref().to_vec(), end: end.map(<[u8]>::to_vec), limit, read };
+        match self.core.send(body, None, Route::Leader).await? {
+            (_, Response::Scan { kvs, more, read }) => Ok(Scanned { kvs, more, read }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Runs a transaction atomically (exactly once if it writes).
+    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, ClientError> {
+        let body = Request::Txn(txn);
+        let answer = if body.is_write() {
+            self.core.write(body).await?
+        } else {
+            self.core.send(body, None, Route::Leader).await?
+        };
+        match answer {
+            (_, Response::Txn { succeeded, results, revision }) => Ok(TxnOutcome { succeeded, results, revision }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The status of one node (asked directly; no redirect).
+    pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
+        match self.core.send(Request::Status, None, Route::Direct(node)).await? {
+            (_, Response::Status(s)) => Ok(s),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The status of every known member, asked concurrently, in node order.
+    pub async fn statuses(&self) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
+        let ids: Vec<NodeId> = self.core.addrs().keys().copied().collect();
+        let futures = ids.iter().map(|&id| async move { (id, self.status(id).await) });
+        join_all(futures.collect()).await
+    }
+
+    /// The members, their addresses and kinds.
+    pub async fn member_list(&self) -> Result<Vec<Member>, ClientError> {
+        match self.core.send(Request::MemberList, None, Route::Leader).await? {
+            (_, Response::Members(m)) => Ok(m),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Adds node `id` at `addr` as a learner (admin).
+    pub async fn member_add(&self, id: NodeId, addr: SocketAddr) -> Result<(), ClientError> {
+        self.core.learn_addr(id, addr);
+        self.done(Request::MemberAdd { id, addr: addr.to_string() }).await
+    }
+
+    /// Makes learner `id` a voter (admin).
+    pub async fn member_promote(&self, id: NodeId) -> Result<(), ClientError> {
+        self.done(Request::MemberPromote { id }).await
+    }
+
+    /// Removes member `id` (admin).
+    pub async fn member_remove(&self, id: NodeId) -> Result<(), ClientError> {
+        self.done(Request::MemberRemove { id }).await
+    }
+
+    /// Hands leadership to `to`, or to the most caught-up voter (admin).
+    pub async fn leader_transfer(&self, to: Option<NodeId>) -> Result<(), ClientError> {
+        self.done(Request::LeaderTransfer { to }).await?;
+        *lock(&self.core.leader) = to;
+        Ok(())
+    }
+
+    /// Writes a snapshot on the leader; returns its path there and the index it covers (admin).
+    pub async fn snapshot_save(&self) -> Result<(String, LogIndex), ClientError> {
+        match self.core.send(Request::SnapshotSave, None, Route::Leader).await? {
+            (_, Response::SnapshotSaved { path, index }) => Ok((path, index)),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Closes every connection (calls after this reconnect).
+    pub fn close(&self) {
+        self.core.link.close();
+    }
+
+    async fn done(&self, body: Request) -> Result<(), ClientError> {
+        match self.core.send(body, None, Route::Leader).await? {
+            (_, Response::Done) => Ok(()),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+}
+
+/// Polls futures together on the current task (no spawning, so they may borrow).
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future completed")).collect()
+}
+
+fn unexpected(node: NodeId, response: &Response) -> ClientError {
+    ClientError::Unexpected { node, what: format!("{response:?}").chars().take(200).collect() }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// To the leader (or whoever may know it).
+    Leader,
+    /// To this node only.
+    Direct(NodeId),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    id: SessionId,
+    next_seq: u64,
+}
+
+/// A failure inside one call, before it becomes a [`ClientError`].
+struct Failure {
+    error: ClientError,
+    /// An attempt may have been applied (so the caller must not reuse the operation blindly).
+    ambiguous: bool,
+}
+
+/// The retry, redirect and session logic, over any [`Link`].
+struct Core<L> {
+    link: L,
+    config: ClientConfig,
+    order: Vec<NodeId>,
+    addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    leader: Mutex<Option<NodeId>>,
+    next_request: AtomicU64,
+    rotation: AtomicUsize,
+    budget: Mutex<RetryBudget>,
+    rng: Mutex<SplitMix64>,
+    /// Held for the whole of a write: one write in flight per session.
+    session: tokio::sync::Mutex<Option<Session>>,
+}
+
+impl<L: Link> Core<L> {
+    fn new(link: L, config: ClientConfig) -> Core<L> {
+        let addrs: BTreeMap<NodeId, SocketAddr> = config.members.iter().copied().collect();
+        let seed = config.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            (t.as_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)
+        });
+        Core {
+            link,
+            order: addrs.keys().copied().collect(),
+            addrs: Mutex::new(addrs),
+            leader: Mutex::new(None),
+            next_request: AtomicU64::new(1),
+            rotation: AtomicUsize::new((seed % 1024) as usize),
+            budget: Mutex::new(RetryBudget::new(config.retry_budget, Instant::now())),
+            rng: Mutex::new(SplitMix64(seed)),
+            session: tokio::sync::Mutex::new(None),
+            config,
+        }
+    }
+
+    fn addrs(&self) -> BTreeMap<NodeId, SocketAddr> {
+        lock(&self.addrs).clone()
+    }
+
+    fn learn_addr(&self, node: NodeId, addr: SocketAddr) {
+        lock(&self.addrs).insert(node, addr);
+    }
+
+    /// The next member in turn, skipping `after` when there is another.
+    fn next_member(&self, after: Option<NodeId>) -> NodeId {
+        let n = self.order.len();
+        for _ in 0..n {
+            let i = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
+            if Some(self.order[i]) != after || n == 1 {
+                return self.order[i];
+            }
+        }
+        self.order[0]
+    }
+
+    fn first_target(&self) -> NodeId {
+        let leader = *lock(&self.leader);
+        match leader {
+            Some(l) if lock(&self.addrs).contains_key(&l) => l,
+            _ => self.next_member(None),
+        }
+    }
+
+    fn forget_leader(&self, node: NodeId) {
+        let mut leader = lock(&self.leader);
+        if *leader == Some(node) {
+            *leader = None;
+        }
+    }
+
+    /// A write, exactly once: opens the session if needed and takes the next sequence number.
+    async fn write(&self, body: Request) -> Result<(NodeId, Response), ClientError> {
+        let mut session = self.session.lock().await;
+        // A session that expired before this write reached the log: open a new one and try
+        // again, once.
+        for _ in 0..2 {
+            let current = match *session {
+                Some(s) => s,
+                None => {
+                    let id = self.open_session().await?;
+                    *session = Some(Session { id, next_seq: 1 });
+                    Session { id, next_seq: 1 }
+                }
+            };
+            let sequenced = Sequenced { session: current.id, seq: current.next_seq };
+            *session = Some(Session { id: current.id, next_seq: current.next_seq + 1 });
+            match self.send_inner(body.clone(), Some(sequenced), Route::Leader).await {
+                Ok(answer) => return Ok(answer),
+                Err(Failure {
+                    error: ClientError::Rejected { error: ApiError::SessionExpired, .. },
+                    ambiguous: false,
+                }) => {
+                    *session = None;
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+        Err(ClientError::Config("the cluster expired two new sessions in a row; check the nodes' clocks".into()))
+    }
+
+    async fn open_session(&self) -> Result<SessionId, ClientError> {
+        match self.send(Request::OpenSession, None, Route::Leader).await? {
+            (_, Response::Session(id)) => Ok(id),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    async fn send(
+        &self,
+        body: Request,
+        session: Option<Sequenced>,
+        route: Route,
+    ) -> Result<(NodeId, Response), ClientError> {
+        self.send_inner(body, session, route).await.map_err(|f| f.error)
+    }
+
+    fn random(&self) -> u64 {
+        lock(&self.rng).next_u64()
+    }
+
+    /// One call: attempts, redirects and retries until an answer or a limit.
+    async fn send_inner(
+        &self,
+        body: Request,
+        session: Option<Sequenced>,
+        route: Route,
+    ) -> Result<(NodeId, Response), Failure> {
+        let started = Instant::now();
+        let deadline = started + self.config.total_timeout;
+        // Whether a repeat of this request could be applied twice, were it not sequenced:
+        // then a lost answer leaves the outcome unknown.
+        // (Opening a session is safe to repeat: an unused session just expires.)
+        let mutates = !matches!(body, Request::OpenSession) && body.access() != quorate_api::Access::Read;
+        let mut target = match route {
+            Route::Leader => self.first_target(),
+            Route::Direct(node) => node,
+        };
+        let mut attempts = 0u32;
+        let mut retries = 0u32;
+        let mut redirects = 0u32;
+        let mut ambiguous = false;
+        loop {
+            attempts += 1;
+            let Some(addr) = lock(&self.addrs).get(&target).copied() else {
+                return Err(Failure { error: ClientError::UnknownNode(target), ambiguous });
+            };
+            let request =
+                ClientRequest { id: self.next_request.fetch_add(1, Ordering::Relaxed), session, body: body.clone() };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let limit = self.config.request_timeout.min(remaining);
+            let outcome = tokio::time::timeout(limit, self.link.call(target, addr, request)).await;
+            // What to do next: `None` = give up with `error`; else the minimum delay.
+            let mut floor = Duration::ZERO;
+            let mut immediate = false;
+            let mut lost = false;
+            let last: String;
+            match outcome {
+                Err(_) => {
+                    self.link.forget(target);
+                    ambiguous |= mutates;
+                    last = format!("node {target} at {addr} did not answer within {} ms", limit.as_millis());
+                    if route == Route::Leader {
+                        self.forget_leader(target);
+                        target = self.next_member(Some(target));
+                    }
+                }
+                Ok(Err(LinkError::Connect(e))) => {
+                    last = format!("cannot connect to node {target} at {addr}: {e}");
+                    if route == Route::Leader {
+                        self.forget_leader(target);
+                        target = self.next_member(Some(target));
+                    }
+                }
+                Ok(Err(LinkError::Lost(e))) => {
+                    ambiguous |= mutates;
+                    lost = true;
+                    last = format!("lost the answer of node {target} at {addr}: {e}");
+                    if route == Route::Leader {
+                        self.forget_leader(target);
+                        target = self.next_member(Some(target));
+                    }
+                }
+                Ok(Ok(response)) => match response.result {
+                    Ok(answer) => {
+                        if route == Route::Leader && mutates {
+                            *lock(&self.leader) = Some(target);
+                        }
+                        return Ok((target, answer));
+                    }
+                    Err(ApiError::NotLeader { leader, addr: hint }) if route == Route::Leader => {
+                        last = format!("node {target} is not the leader");
+                        if let (Some(l), Some(a)) = (leader, hint.as_deref().and_then(|a| a.parse().ok())) {
+                            self.learn_addr(l, a);
+                        }
+                        match leader {
+                            Some(l) if l != target && lock(&self.addrs).contains_key(&l) => {
+                                *lock(&self.leader) = Some(l);
+                                redirects += 1;
+                                immediate = redirects <= REDIRECTS_IMMEDIATE_MAX;
+                                target = l;
+                            }
+                            _ => {
+                                self.forget_leader(target);
+                                target = self.next_member(Some(target));
+                            }
+                        }
+                    }
+                    Err(ApiError::Overloaded { reason, retry_after_ms }) => {
+                        last = format!("node {target} is overloaded ({reason})");
+                        floor = Duration::from_millis(u64::from(retry_after_ms));
+                    }
+                    Err(ApiError::Unavailable(why)) => {
+                        last = format!("node {target} cannot serve now: {why}");
+                        if route == Route::Leader {
+                            self.forget_leader(target);
+                            target = self.next_member(Some(target));
+                        }
+                    }
+                    Err(ApiError::Timeout) => {
+                        // The node may have appended the write: retry the same (session, seq).
+                        ambiguous |= mutates;
+                        last = format!("node {target} timed out; the outcome is unknown");
+                    }
+                    Err(error) => {
+                        return Err(Failure { error: ClientError::Rejected { node: target, error }, ambiguous });
+                    }
+                },
+            }
+
+            let give_up = |reason: GiveUpReason, last: String| {
+                let elapsed = started.elapsed();
+                let error = if ambiguous {
+                    ClientError::OutcomeUnknown { attempts, elapsed, last }
+                } else {
+                    ClientError::GaveUp { attempts, elapsed, reason, last }
+                };
+                Failure { error, ambiguous }
+            };
+            // A request to one named node (status) is retried once, and only after a lost
+            // answer (a stale cached connection): a node that is down should cost one
+            // connection attempt, not a whole retry schedule.
+            let retries_max = match route {
+                Route::Leader => self.config.retries_max,
+                Route::Direct(_) if lost => self.config.retries_max.min(1),
+                Route::Direct(_) => 0,
+            };
+            if attempts > retries_max {
+                return Err(give_up(GiveUpReason::Retries, last));
+            }
+            let delay = if immediate {
+                Duration::ZERO
+            } else {
+                let d = self.config.backoff.delay(retries, self.random()).max(floor);
+                retries += 1;
+                d
+            };
+            let now = Instant::now();
+            if now + delay >= deadline {
+                return Err(give_up(GiveUpReason::Deadline, last));
+            }
+            if !immediate && !lock(&self.budget).try_withdraw(now) {
+                return Err(give_up(GiveUpReason::Budget, last));
+            }
+            tracing::debug!(target: "quorate::client", attempt = attempts, delay_ms = delay.as_millis() as u64, next = %target, "retrying: {last}");
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! How requests reach a node: the QUIC link, and the seam that tests replace.
+
+use quorate_api::{ClientRequest, ClientResponse, NodeMessage};
+use quorate_log::NodeId;
+use quorate_transport::{Client as Connection, ClientOptions, Credentials, TransportError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why one exchange with a node failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LinkError {
+    /// No connection could be made: the request was certainly not sent.
+    Connect(String),
+    /// The request may have been sent, and no answer came.
+    Lost(String),
+}
+
+/// One request, one response, to one node.
+pub(crate) trait Link: Send + Sync + 'static {
+    fn call(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+        request: ClientRequest,
+    ) -> impl Future<Output = Result<ClientResponse, LinkError>> + Send;
+
+    /// Drops any connection to `node` (after a failure).
+    fn forget(&self, node: NodeId);
+
+    /// Closes every connection.
+    fn close(&self);
+}
+
+/// A cached connection and the address it goes to.
+type Cached = (SocketAddr, Arc<Connection<NodeMessage>>);
+
+/// QUIC with mutual TLS, one cached connection per node.
+pub(crate) struct QuicLink {
+    credentials: Arc<Credentials>,
+    options: ClientOptions,
+    connections: Mutex<HashMap<NodeId, Cached>>,
+}
+
+impl QuicLink {
+    pub(crate) fn new(credentials: Arc<Credentials>, connect_timeout: Duration, request_timeout: Duration) -> QuicLink {
+        let mut options = ClientOptions::default();
+        options.connect_timeout = connect_timeout;
+        options.request_timeout = request_timeout;
+        QuicLink { credentials, options, connections: Mutex::new(HashMap::new()) }
+    }
+
+    fn cached(&self, node: NodeId, addr: SocketAddr) -> Option<Arc<Connection<NodeMessage>>> {
+        let connections = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        connections.get(&node).filter(|(a, _)| *a == addr).map(|(_, c)| Arc::clone(c))
+    }
+
+    async fn connection(&self, node: NodeId, addr: SocketAddr) -> Result<Arc<Connection<NodeMessage>>, LinkError> {
+        if let Some(c) = self.cached(node, addr) {
+            return Ok(c);
+        }
+        let conn = Connection::connect(&self.credentials, node, addr, self.options.clone())
+            .await
+            .map_err(|e| LinkError::Connect(describe(&e)))?;
+        let conn = Arc::new(conn);
+        let mut connections = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, old)) = connections.insert(node, (addr, Arc::clone(&conn))) {
+            old.close();
+        }
+        Ok(conn)
+    }
+}
+
+fn describe(e: &TransportError) -> String {
+    match e {
+        TransportError::Timeout => "no answer in time".into(),
+        TransportError::Connection(c) => format!("connection failed: {c}"),
+        other => other.to_string(),
+    }
+}
+
+impl Link for QuicLink {
+    async fn call(&self, node: NodeId, addr: SocketAddr, request: ClientRequest) -> Result<ClientResponse, LinkError> {
+        let conn = self.connection(node, addr).await?;
+        let id = request.id;
+        match conn.request(&NodeMessage::Request(request)).await {
+            Ok(NodeMessage::Response(r)) if r.id == id => Ok(r),
+            Ok(NodeMessage::Response(r)) => {
+                self.forget(node);
+                Err(LinkError::Lost(format!("answer to request {} arrived for request {id}", r.id)))
+            }
+            Ok(_) => {
+                self.forget(node);
+                Err(LinkError::Lost("a message that is not a response arrived".into()))
+            }
+            Err(e) => {
+                self.forget(node);
+                Err(LinkError::Lost(describe(&e)))
+            }
+        }
+    }
+
+    fn forget(&self, node: NodeId) {
+        let removed = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&node);
+        if let Some((_, conn)) = removed {
+            conn.close();
+        }
+    }
+
+    fn close(&self) {
+        let all: Vec<_> = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().collect();
+        for (_, (_, conn)) in all {
+            conn.close();
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The retry, redirect and session logic against a scripted fake link, on paused time.
+
+use super::*;
+use quorate_api::ClientResponse;
+
+type Script = dyn Fn(NodeId, &ClientRequest, usize) -> Result<Result<Response, ApiError>, LinkError> + Send + Sync;
+
+/// Answers from a script; records every call.
+struct FakeLink {
+    script: Box<Script>,
+    calls: Mutex<Vec<(NodeId, ClientRequest)>>,
+}
+
+impl Link for FakeLink {
+    async fn call(&self, node: NodeId, _addr: SocketAddr, request: ClientRequest) -> Result<ClientResponse, LinkError> {
+        let n = {
+            let mut calls = lock(&self.calls);
+            calls.push((node, request.clone()));
+            calls.len() - 1
+        };
+        let result = (self.script)(node, &request, n)?;
+        Ok(ClientResponse { id: request.id, result })
+    }
+    fn forget(&self, _node: NodeId) {}
+    fn close(&self) {}
+}
+
+fn id(n: u64) -> NodeId {
+    NodeId::new(n).unwrap()
+}
+
+fn core(
+    script: impl Fn(NodeId, &ClientRequest, usize) -> Result<Result<Response, ApiError>, LinkError> + Send + Sync + 'static,
+    tune: impl FnOnce(&mut ClientConfig),
+) -> Core<FakeLink> {
+    let members = (1..=3).map(|i| (id(i), SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)))).collect();
+    let tls = TlsPaths { ca: "ca".into(), cert: "cert".into(), key: "key".into() };
+    let mut config = ClientConfig::new(ClusterId::new("test").unwrap(), members, tls);
+    config.seed = Some(1);
+    tune(&mut config);
+    Core::new(FakeLink { script: Box::new(script), calls: Mutex::new(Vec::new()) }, config)
+}
+
+fn calls(core: &Core<FakeLink>) -> Vec<(NodeId, ClientRequest)> {
+    lock(&core.link.calls).clone()
+}
+
+/// A leader `leader` that opens session 42 and acknowledges puts; everyone else redirects.
+fn leader_script(
+    leader: u64,
+) -> impl Fn(NodeId, &ClientRequest, usize) -> Result<Result<Response, ApiError>, LinkError> + Send + Sync + 'static {
+    move |node, request, _| {
+        if node != id(leader) {
+            return Ok(Err(ApiError::NotLeader { leader: Some(id(leader)), addr: None }));
+        }
+        Ok(Ok(match request.body {
+            Request::OpenSession => Response::Session(SessionId(42)),
+            Request::Put { .. } => Response::Put { revision: request.session.map_or(0, |s| s.seq) },
+            _ => Response::Done,
+        }))
+    }
+}
+
+fn put(key: &str) -> Request {
+    Request::Put { key: key.into(), value: b"v".to_vec() }
+}
+
+#[tokio::test(start_paused = true)]
+async fn follows_the_leader_hint_and_then_goes_straight_to_the_leader() {
+    let core = core(leader_script(2), |_| ());
+    let (node, answer) = core.write(put("a")).await.unwrap();
+    assert_eq!((node, answer), (id(2), Response::Put { revision: 1 }));
+    let before = calls(&core).len();
+    assert!(before <= 3, "open session (maybe redirected) and one put: {before} calls");
+    core.write(put("b")).await.unwrap();
+    let after = calls(&core);
+    assert_eq!(after.len(), before + 1, "the known leader is asked directly");
+    assert_eq!(after.last().unwrap().0, id(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_leader_known_tries_every_member_in_turn() {
+    let core = core(
+        |node, request, _| {
+            if node == id(3) {
+                leader_script(3)(node, request, 0)
+            } else {
+                Ok(Err(ApiError::NotLeader { leader: None, addr: None }))
+            }
+        },
+        |_| (),
+    );
+    let (node, _) = core.send(Request::MemberList, None, Route::Leader).await.unwrap();
+    assert_eq!(node, id(3));
+    let asked: Vec<NodeId> = calls(&core).iter().map(|c| c.0).collect();
+    assert!(asked.len() <= 3, "each member at most once before the answer: {asked:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_a_lost_answer_reuses_the_session_and_sequence_number() {
+    let core = core(
+        |node, request, n| {
+            // The first put's answer is lost (after the node may have applied it).
+            if matches!(request.body, Request::Put { .. }) && n == 1 {
+                return Err(LinkError::Lost("connection reset".into()));
+            }
+            leader_script(1)(node, request, n)
+        },
+        |c| c.members.truncate(1),
+    );
+    core.write(put("a")).await.unwrap();
+    core.write(put("b")).await.unwrap();
+    let puts: Vec<Sequenced> =
+        calls(&core).iter().filter(|c| matches!(c.1.body, Request::Put { .. })).map(|c| c.1.session.unwrap()).collect();
+    let s = SessionId(42);
+    assert_eq!(
+        puts,
+        vec![Sequenced { session: s, seq: 1 }, Sequenced { session: s, seq: 1 }, Sequenced { session: s, seq: 2 }]
+    );
+    let opens = calls(&core).iter().filter(|c| c.1.body == Request::OpenSession).count();
+    assert_eq!(opens, 1, "the session is opened once, lazily");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_expired_before_the_write_is_replaced_once() {
+    let core = core(
+        |node, request, n| {
+            if matches!(request.body, Request::Put { .. }) && request.session.unwrap().session == SessionId(42) {
+                return Ok(Err(ApiError::SessionExpired));
+            }
+            if request.body == Request::OpenSession && n > 0 {
+                return Ok(Ok(Response::Session(SessionId(43))));
+            }
+            leader_script(1)(node, request, n)
+        },
+        |c| c.members.truncate(1),
+    );
+    core.write(put("a")).await.unwrap();
+    let last = calls(&core).pop().unwrap().1;
+    assert_eq!(last.session, Some(Sequenced { session: SessionId(43), seq: 1 }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn overloaded_answers_delay_the_retry_by_at_least_the_hint() {
+    let core = core(
+        |node, request, n| {
+            if n == 0 {
+                return Ok(Err(ApiError::Overloaded { reason: "queue".into(), retry_after_ms: 700 }));
+            }
+            leader_script(1)(node, request, n)
+        },
+        |c| c.members.truncate(1),
+    );
+    let started = Instant::now();
+    core.send(Request::MemberList, None, Route::Leader).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(700), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(800));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_are_bounded_by_count() {
+    let core = core(
+        |_, _, _| Err(LinkError::Connect("refused".into())),
+        |c| {
+            c.retries_max = 4;
+            c.total_timeout = Duration::from_secs(3600);
+        },
+    );
+    let error = core.send(Request::MemberList, None, Route::Leader).await.unwrap_err();
+    assert!(matches!(error, ClientError::GaveUp { attempts: 5, reason: GiveUpReason::Retries, .. }), "{error}");
+    assert_eq!(calls(&core).len(), 5);
+    assert!(error.to_string().contains("cannot connect to node"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_are_bounded_by_time() {
+    let core = core(
+        |_, _, _| Err(LinkError::Connect("refused".into())),
+        |c| {
+            c.retries_max = 1000;
+            c.total_timeout = Duration::from_secs(2);
+            c.backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(400) };
+        },
+    );
+    let started = Instant::now();
+    let error = core.send(Request::MemberList, None, Route::Leader).await.unwrap_err();
+    assert!(matches!(error, ClientError::GaveUp { reason: GiveUpReason::Deadline, .. }), "{error}");
+    assert!(started.elapsed() <= Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_stops_a_retry_storm() {
+    let core = core(
+        |_, _, _| Err(LinkError::Connect("refused".into())),
+        |c| c.retry_budget = RetryBudgetConfig { burst: 2, per_second: 0.0 },
+    );
+    let error = core.send(Request::MemberList, None, Route::Leader).await.unwrap_err();
+    assert!(matches!(error, ClientError::GaveUp { attempts: 3, reason: GiveUpReason::Budget, .. }), "{error}");
+    // The bucket is empty now: the next call makes one attempt and no retry.
+    let error = core.send(Request::MemberList, None, Route::Leader).await.unwrap_err();
+    assert!(matches!(error, ClientError::GaveUp { attempts: 1, reason: GiveUpReason::Budget, .. }), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_whose_answers_were_lost_reports_an_unknown_outcome() {
+    let core = core(
+        |node, request, n| {
+            if matches!(request.body, Request::Put { .. }) {
+                return Err(LinkError::Lost("reset".into()));
+            }
+            leader_script(1)(node, request, n)
+        },
+        |c| {
+            c.members.truncate(1);
+            c.retries_max = 2;
+        },
+    );
+    let error = core.write(put("a")).await.unwrap_err();
+    assert!(matches!(error, ClientError::OutcomeUnknown { attempts: 3, .. }), "{error}");
+    assert!(error.to_string().contains("read the key"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_are_not_retried_and_name_the_node() {
+    let core = core(|_, _, _| Ok(Err(ApiError::Unauthorized { needed: quorate_api::Access::Admin })), |_| ());
+    let error = core.send(Request::SnapshotSave, None, Route::Leader).await.unwrap_err();
+    assert_eq!(calls(&core).len(), 1);
+    let text = error.to_string();
+    assert!(text.starts_with("node ") && text.contains("certificate with that role"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn direct_requests_do_not_follow_redirects() {
+    let core = core(leader_script(2), |_| ());
+    let error = core.send(Request::Status, None, Route::Direct(id(1))).await.unwrap_err();
+    assert!(matches!(error, ClientError::Rejected { node, error: ApiError::NotLeader { .. } } if node == id(1)));
+    assert_eq!(calls(&core).iter().map(|c| c.0).collect::<Vec<_>>(), vec![id(1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ping_pong_redirects_back_off_and_stay_bounded() {
+    // Two nodes that each name the other as leader.
+    let core = core(
+        |node, _, _| {
+            let other = if node == id(1) { 2 } else { 1 };
+            Ok(Err(ApiError::NotLeader { leader: Some(id(other)), addr: Some(format!("127.0.0.1:700{other}")) }))
+        },
+        |c| {
+            c.members.truncate(2);
+            c.retries_max = 20;
+        },
+    );
+    let error = core.send(Request::MemberList, None, Route::Leader).await.unwrap_err();
+    assert!(matches!(error, ClientError::GaveUp { attempts: 21, .. }), "{error}");
+}
+
+#[test]
+fn configurations_with_no_or_conflicting_endpoints_are_refused() {
+    let tls = TlsPaths { ca: "ca".into(), cert: "cert".into(), key: "key".into() };
+    let cluster = ClusterId::new("t").unwrap();
+    let empty = ClientConfig::new(cluster.clone(), vec![], tls.clone());
+    assert!(empty.validate().unwrap_err().to_string().contains("no endpoints"));
+    let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+    let twice = ClientConfig::new(cluster, vec![(id(1), a), (id(1), b)], tls);
+    assert!(twice.validate().unwrap_err().to_string().contains("two addresses"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_direct_request_to_a_down_node_costs_one_attempt() {
+    let down = core(|_, _, _| Err(LinkError::Connect("refused".into())), |_| ());
+    let error = down.send(Request::Status, None, Route::Direct(id(2))).await.unwrap_err();
+    assert!(matches!(error, ClientError::GaveUp { attempts: 1, .. }), "{error}");
+    // A lost answer (a stale connection) is retried once.
+    let other = core(|_, _, _| Err(LinkError::Lost("reset".into())), |_| ());
+    let error = other.send(Request::Status, None, Route::Direct(id(2))).await.unwrap_err();
+    assert!(matches!(error, ClientError::GaveUp { attempts: 2, .. }), "{error}");
+}
