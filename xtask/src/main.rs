@@ -138,6 +138,7 @@ fn ci(args: &[String]) -> Result<()> {
     run(cargo().args(["nextest", "run", "--workspace", "--locked", "--cargo-profile", PROFILE, "--no-fail-fast"]))?;
     run(cargo().args(["test", "--workspace", "--doc", "--locked", "--profile", PROFILE]))?;
     deps::check(&root())?;
+    demo::demo(&["--smoke".into()])?;
     sim(&["--seeds".into(), "500".into()])?;
     model_check(&["--quick".into()])?;
     model_check(&["--quick-reconfig".into()])?;
