@@ -1,0 +1,166 @@
+//! `quorate cluster status`, `member ...`, `leader transfer`, `snapshot ...`.
+
+use super::{ConnArgs, MemberCmd, Outcome};
+use anyhow::{Context, bail};
+use quorate_client::{MemberKind, NodeStatus};
+use quorate_log::{Configuration, NodeId};
+use std::io::Write;
+use std::path::Path;
+
+fn node_id(id: u64) -> anyhow::Result<NodeId> {
+    NodeId::new(id).context("node ids start at 1")
+}
+
+fn ids(set: &std::collections::BTreeSet<NodeId>) -> String {
+    set.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// A configuration in a few characters: `voters=1,2,3 learners=4`, or with the outgoing half
+/// of a joint change.
+pub(crate) fn describe_config(c: &Configuration) -> String {
+    let mut s = format!("voters={}", ids(&c.voters));
+    if !c.voters_outgoing.is_empty() {
+        s.push_str(&format!(" joint-old={}", ids(&c.voters_outgoing)));
+    }
+    if !c.learners.is_empty() {
+        s.push_str(&format!(" learners={}", ids(&c.learners)));
+    }
+    s
+}
+
+/// One table row per node; a node that did not answer gets `unreachable` as its role and the
+/// error at the end of the line.
+pub(crate) fn status_table(rows: &[(NodeId, String, Result<NodeStatus, String>)]) -> String {
+    let header = ["ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "CONFIG"];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_string()).collect()];
+    let mut notes = Vec::new();
+    for (id, addr, status) in rows {
+        let row = match status {
+            Ok(s) => vec![
+                id.to_string(),
+                addr.clone(),
+                s.role.to_string(),
+                s.term.0.to_string(),
+                s.leader.map_or("-".into(), |l| l.to_string()),
+                s.commit.0.to_string(),
+                s.applied.0.to_string(),
+                s.last_index.0.to_string(),
+                describe_config(&s.config),
+            ],
+            Err(e) => {
+                notes.push(format!("node {id} at {addr}: {e}"));
+                let mut r = vec![id.to_string(), addr.clone(), "unreachable".into()];
+                r.extend(std::iter::repeat_n("-".to_string(), header.len() - 3));
+                r
+            }
+        };
+        table.push(row);
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &table {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for n in notes {
+        out.push_str(&n);
+        out.push('\n');
+    }
+    out
+}
+
+pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
+    let client = conn.client()?;
+    let members = client.members();
+    let statuses = client.statuses().await;
+    client.close();
+    let rows: Vec<_> = statuses
+        .into_iter()
+        .map(|(id, s)| {
+            let addr = members.iter().find(|(m, _)| *m == id).map_or("?".into(), |(_, a)| a.to_string());
+            (id, addr, s.map_err(|e| e.to_string()))
+        })
+        .collect();
+    print!("{}", status_table(&rows));
+    let dangers: Vec<String> = rows
+        .iter()
+        .filter_map(|(id, _, s)| s.as_ref().ok().filter(|s| !s.danger.is_empty()).map(|s| (id, s)))
+        .map(|(id, s)| format!("node {id} runs with settings that weaken safety: {}", s.danger.join(", ")))
+        .collect();
+    for d in &dangers {
+        eprintln!("WARNING: {d}");
+    }
+    if rows.iter().all(|(_, _, s)| s.is_err()) {
+        bail!("no node answered; check that the nodes run and that --endpoints is right");
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) async fn member(conn: &ConnArgs, cmd: MemberCmd) -> anyhow::Result<Outcome> {
+    let client = conn.client()?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        MemberCmd::List => {
+            let members = client.member_list().await?;
+            writeln!(out, "{:<6}{:<16}ADDRESS", "ID", "KIND")?;
+            for m in members {
+                let kind = match m.kind {
+                    MemberKind::Voter => "voter",
+                    MemberKind::Learner => "learner",
+                    MemberKind::OutgoingVoter => "outgoing-voter",
+                    _ => "other",
+                };
+                writeln!(out, "{:<6}{:<16}{}", m.id.to_string(), kind, m.addr.as_deref().unwrap_or("-"))?;
+            }
+        }
+        MemberCmd::Add { learner: _, id, addr } => {
+            client.member_add(node_id(id)?, addr).await?;
+            writeln!(out, "node {id} at {addr} added as a learner; promote it with `quorate member promote {id}`")?;
+        }
+        MemberCmd::Promote { id } => {
+            client.member_promote(node_id(id)?).await?;
+            writeln!(out, "node {id} is now a voter")?;
+        }
+        MemberCmd::Remove { id } => {
+            client.member_remove(node_id(id)?).await?;
+            writeln!(out, "node {id} removed")?;
+        }
+    }
+    client.close();
+    Ok(Outcome::Ok)
+}
+
+pub(crate) async fn transfer(conn: &ConnArgs, to: Option<u64>) -> anyhow::Result<Outcome> {
+    let client = conn.client()?;
+    let to = to.map(node_id).transpose()?;
+    client.leader_transfer(to).await?;
+    client.close();
+    match to {
+        Some(t) => println!("leadership handed to node {t}"),
+        None => println!("leadership handed to the most caught-up voter"),
+    }
+    Ok(Outcome::Ok)
+}
+
+pub(crate) async fn snapshot_save(conn: &ConnArgs) -> anyhow::Result<Outcome> {
+    let client = conn.client()?;
+    let (path, index) = client.snapshot_save().await?;
+    let leader = client.leader().map_or("the leader".into(), |l| format!("node {l}"));
+    client.close();
+    println!("snapshot at index {index} written to {path} on {leader}");
+    Ok(Outcome::Ok)
+}
+
+pub(crate) fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Outcome> {
+    if !from.exists() {
+        bail!("the snapshot file {} does not exist", from.display());
+    }
+    bail!(
+        "restoring {} into {} is not yet supported: the node has no offline restore yet; a restarted node \
+         catches up from the cluster's snapshots instead",
+        from.display(),
+        data_dir.display()
+    )
+}

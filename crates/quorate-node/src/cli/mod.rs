@@ -1,0 +1,348 @@
+//! The `quorate` command line: argument definitions (clap) and dispatch.
+
+mod bench;
+mod certs;
+mod cluster;
+mod conn;
+mod kv;
+mod txn;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub(crate) use conn::ConnArgs;
+
+/// What a command ended with, besides an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Exit 0.
+    Ok,
+    /// Exit 1 without an error message of its own (the command already said what happened:
+    /// a key not found, a compare-and-swap that did not swap).
+    No,
+}
+
+/// Quorate: a replicated, linearizable key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "quorate", version = quorate_node::VERSION, propagate_version = true, disable_help_subcommand = true)]
+#[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error.")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Read and write keys.
+    #[command(subcommand)]
+    Kv(KvCmd),
+    /// The cluster as a whole.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Membership changes.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCmd),
+    /// Snapshots and backups.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// A closed-loop load generator: throughput and latency percentiles.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCmd {
+    /// Start a node and run it until SIGINT or SIGTERM.
+    Start(NodeStartArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeStartArgs {
+    /// The node's configuration file (TOML).
+    #[arg(long, short = 'c', env = "QUORATE_CONFIG", default_value = "quorate.toml")]
+    pub(crate) config: PathBuf,
+    /// Override the node id.
+    #[arg(long)]
+    pub(crate) id: Option<u64>,
+    /// Override the listen address (`host:port`).
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Override the data directory.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Override the metrics/health listen address.
+    #[arg(long)]
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Start empty and wait to be added to an existing cluster.
+    #[arg(long)]
+    pub(crate) join: bool,
+}
+
+/// Read levels, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Consistency {
+    /// Sees every write acknowledged before the read started (ReadIndex).
+    Linearizable,
+    /// Leader lease: no quorum round trip; relies on bounded clock drift.
+    Lease,
+    /// Local to the node asked; may lag (says how far).
+    Stale,
+}
+
+impl From<Consistency> for quorate_client::ReadConsistency {
+    fn from(c: Consistency) -> Self {
+        match c {
+            Consistency::Linearizable => quorate_client::ReadConsistency::Linearizable,
+            Consistency::Lease => quorate_client::ReadConsistency::Lease,
+            Consistency::Stale => quorate_client::ReadConsistency::Stale,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KvCmd {
+    /// Set KEY to VALUE.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Print the value of KEY (exit 1 if it is absent).
+    Get {
+        /// The key.
+        key: String,
+        /// How the read is ordered.
+        #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+        consistency: Consistency,
+        /// Also print revisions and which node served the read.
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
+    /// Remove KEY.
+    #[command(alias = "delete")]
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Set KEY to VALUE only if it now holds EXPECTED (or is absent, with --absent); exit 1 if
+    /// it did not.
+    Cas {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: String,
+        /// The value the key must hold now.
+        #[arg(long, required_unless_present = "absent", conflicts_with = "absent")]
+        expected: Option<String>,
+        /// The key must be absent now.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Print the pairs with keys in [START, END), one `key=value` per line.
+    Scan {
+        /// First key (default: the very first).
+        #[arg(default_value = "")]
+        start: String,
+        /// Exclusive end (default: to the last key).
+        #[arg(long)]
+        end: Option<String>,
+        /// Keys sharing this prefix (instead of START and --end).
+        #[arg(long, conflicts_with_all = ["start", "end"])]
+        prefix: Option<String>,
+        /// Most pairs to print.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// How the read is ordered.
+        #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+        consistency: Consistency,
+    },
+    /// Run a transaction: `if` conditions, `then` operations, `else` operations.
+    ///
+    /// Text: one clause per line or separated by `;`, e.g.
+    /// `if value(a) == 1; if version(b) > 0; then put a 2; then del b; else get a`.
+    /// Conditions: value|mod|create|version (KEY) ==|!=|<|> OPERAND (`absent` for no value).
+    /// Operations: put KEY VALUE, del KEY, get KEY. Quote with "..." for spaces.
+    /// JSON (input starting with `{`):
+    /// {"compare":[{"key":"a","value":"1","op":"=="}],"success":[{"put":{"key":"a","value":"2"}}],"failure":[]}
+    #[command(verbatim_doc_comment)]
+    Txn {
+        /// The transaction (text or JSON); omit to use --file.
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Read the transaction from FILE (`-`: standard input).
+        #[arg(long, short = 'f', conflicts_with = "text")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCmd {
+    /// A table of every member's view: id, role, term, leader, commit, applied, config.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MemberCmd {
+    /// The members, their kinds and addresses.
+    List,
+    /// Add a node (as a learner; promote it once it has caught up).
+    Add {
+        /// Add as a learner (the only way to add a node; voters come from `promote`).
+        #[arg(long, required = true)]
+        learner: bool,
+        /// The new node's id.
+        id: u64,
+        /// Its address (`host:port`).
+        addr: SocketAddr,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a member.
+    Remove {
+        /// The member's id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LeaderCmd {
+    /// Hand leadership to another voter.
+    Transfer {
+        /// The new leader (default: the most caught-up voter).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCmd {
+    /// Write a snapshot of the state machine into the leader's backup directory.
+    Save,
+    /// Restore a node's data directory from a snapshot file (offline: the node must be stopped).
+    Restore {
+        /// The snapshot file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertsCmd {
+    /// Write a local CA, node and client certificates, and node configurations for a local
+    /// cluster (ports BASE-PORT.., data under DIR/data). For development only.
+    Dev(CertsDevArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsDevArgs {
+    /// Where to write (certificates go to DIR/certs, configurations to DIR/node-N.toml). The
+    /// cluster's name is the global `--cluster`.
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
+    /// How many nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(crate) nodes: u64,
+    /// Client certificates: NAME[:ROLE], comma-separated; ROLE is read, write or admin
+    /// (default admin).
+    #[arg(long, default_value = "admin,writer:write,reader:read", value_delimiter = ',')]
+    pub(crate) clients: Vec<String>,
+    /// Port of node 1; node N listens on BASE-PORT + N - 1 at 127.0.0.1.
+    #[arg(long, default_value_t = 7001)]
+    pub(crate) base_port: u16,
+    /// Overwrite existing certificates and configurations.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Concurrent clients (each with its own connection and session).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) clients: u32,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    pub(crate) value_size: u32,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) duration: f64,
+    /// Share of operations that are reads (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) read_ratio: f64,
+    /// Most operations in all (the run stops at whichever comes first).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) ops_max: u64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub(crate) keys: u64,
+    /// Read level of the reads.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    pub(crate) consistency: Consistency,
+}
+
+/// Runs a parsed command line.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Node(NodeCmd::Start(args)) => node_start(args),
+        Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args),
+        Command::Snapshot(SnapshotCmd::Restore { from, data_dir }) => cluster::restore(&from, &data_dir),
+        Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
+        Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
+        Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),
+        Command::Leader(LeaderCmd::Transfer { to }) => block_on(cluster::transfer(&cli.conn, to)),
+        Command::Snapshot(SnapshotCmd::Save) => block_on(cluster::snapshot_save(&cli.conn)),
+        Command::Bench(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(bench::run(&cli.conn, &args))
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<Outcome>>>(f: F) -> anyhow::Result<Outcome> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(f)
+}
+
+fn node_start(args: NodeStartArgs) -> anyhow::Result<Outcome> {
+    use anyhow::Context;
+    use quorate_node::config::{ConfigFlags, NodeConfig};
+    let mut config = NodeConfig::load(&args.config).with_context(|| {
+        format!(
+            "cannot start the node; write a configuration with `quorate certs dev --dir DIR` or pass --config \
+             (was {})",
+            args.config.display()
+        )
+    })?;
+    let mut flags = ConfigFlags::default();
+    flags.id = args.id;
+    flags.listen = args.listen;
+    flags.data_dir = args.data_dir;
+    flags.metrics_listen = args.metrics_listen;
+    flags.join = args.join.then_some(true);
+    config.apply_flags(&flags);
+    config.validate().with_context(|| format!("the configuration in {} is not usable", args.config.display()))?;
+    let id = config.id;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    rt.block_on(quorate_node::server::run(config)).with_context(|| format!("node {id} stopped with an error"))?;
+    Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,458 @@
+//! The node's configuration: a TOML file, then environment overrides (`QUORATE_ID`,
+//! `QUORATE_LISTEN`, `QUORATE_DATA_DIR`, `QUORATE_METRICS_LISTEN`), then command-line flags
+//! ([`NodeConfig::apply_flags`]), then [`NodeConfig::validate`].
+//!
+//! ```toml
+//! id = 1
+//! cluster = "dev"
+//! listen = "127.0.0.1:7001"
+//! data_dir = "/var/lib/quorate/n1"
+//! join = false
+//! [peers]
+//! 1 = "127.0.0.1:7001"
+//! 2 = "127.0.0.1:7002"
+//! 3 = "127.0.0.1:7003"
+//! [tls]
+//! ca = "certs/ca.pem"
+//! cert = "certs/node-1.pem"
+//! key = "certs/node-1.key"
+//! ```
+//!
+//! Unknown fields are refused, so a misspelt setting never goes unnoticed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Largest accepted configuration file, in bytes.
+pub const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The whole configuration of a node.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (> 0), bound to its certificate.
+    pub id: u64,
+    /// The cluster's name, bound to every certificate.
+    pub cluster: String,
+    /// The one QUIC endpoint for peers and clients (`host:port`).
+    pub listen: SocketAddr,
+    /// Where the node keeps its data (RocksDB, snapshots, backups).
+    pub data_dir: PathBuf,
+    /// `true`: start with no configuration and wait to be added as a learner.
+    #[serde(default)]
+    pub join: bool,
+    /// Optional address of the metrics/health HTTP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bootstrap members: id → address (must include this node unless `join`).
+    #[serde(default)]
+    pub peers: BTreeMap<u64, String>,
+    /// Certificates.
+    pub tls: TlsConfig,
+    /// Consensus timing and behaviour.
+    #[serde(default)]
+    pub raft: RaftConfig,
+    /// Bounds.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Certificate paths (PEM). Relative paths are taken relative to the config file.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// Consensus settings.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Minimum election timeout (the maximum is twice this).
+    pub election_timeout_ms: u64,
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Pre-vote before campaigning.
+    pub pre_vote: bool,
+    /// Leaders step down without a quorum.
+    pub check_quorum: bool,
+    /// Clock drift bound for lease reads; 0 turns lease reads off (they fall back to
+    /// linearizable reads). Requires `check_quorum`.
+    pub lease_clock_drift_ms: u64,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_entries: u64,
+    /// Entries kept behind a snapshot for slow followers.
+    pub compaction_tail_entries: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> RaftConfig {
+        RaftConfig {
+            election_timeout_ms: 1000,
+            heartbeat_ms: 100,
+            pre_vote: true,
+            check_quorum: true,
+            lease_clock_drift_ms: 0,
+            snapshot_entries: 100_000,
+            compaction_tail_entries: 10_000,
+        }
+    }
+}
+
+/// Bounds and safety-weakening switches.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most client requests in flight; more are refused with `Overloaded`.
+    pub pending_requests_max: usize,
+    /// Writes are refused (`Overloaded`, "disk space") below this much free space.
+    pub free_space_floor_mb: u64,
+    /// DANGER: skip fsync. An acknowledged write can be lost at a power failure. Shown in
+    /// status as a danger setting.
+    pub danger_skip_fsync: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig { pending_requests_max: 10_000, free_space_floor_mb: 64, danger_skip_fsync: false }
+    }
+}
+
+/// Command-line overrides (highest precedence). `None` leaves the setting alone.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub struct ConfigFlags {
+    /// `--id`
+    pub id: Option<u64>,
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--metrics-listen`
+    pub metrics_listen: Option<SocketAddr>,
+    /// `--join`
+    pub join: Option<bool>,
+}
+
+/// Why a configuration could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("config file {path} is not valid: {detail}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (names the field and line).
+        detail: String,
+    },
+    /// An environment variable has a value that does not parse.
+    #[error("environment variable {var}={value:?} is not valid: {detail}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A field has a value that does not work.
+    #[error("config field `{field}`: {detail}")]
+    Invalid {
+        /// The field, dotted (`raft.heartbeat_ms`).
+        field: &'static str,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// The configuration could not be written as TOML.
+    #[error("cannot write config as TOML: {0}")]
+    Serialize(String),
+}
+
+fn invalid(field: &'static str, detail: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, detail: detail.into() }
+}
+
+impl NodeConfig {
+    /// Reads `path` (TOML), then applies the environment overrides. Relative TLS paths and
+    /// a relative `data_dir` are resolved against the file's directory. Does not validate:
+    /// call [`NodeConfig::apply_flags`] then [`NodeConfig::validate`].
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let read_err = |source| ConfigError::Read { path: path.to_path_buf(), source };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if meta.len() > CONFIG_BYTES_MAX {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                detail: format!("file of {} bytes exceeds {CONFIG_BYTES_MAX}", meta.len()),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let mut config = NodeConfig::from_toml(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
+        if let Some(base) = path.parent() {
+            config.resolve_relative(base);
+        }
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no environment, no path resolution).
+    pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), detail: e.to_string() })
+    }
+
+    /// The configuration as TOML (what [`NodeConfig::load`] reads back).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        // TOML keys are strings; the peers table uses ids as keys.
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Serialize(e.to_string()))
+    }
+
+    /// Makes relative paths absolute against `base` (the config file's directory).
+    pub fn resolve_relative(&mut self, base: &Path) {
+        for p in [&mut self.data_dir, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key] {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Applies `QUORATE_ID`, `QUORATE_LISTEN`, `QUORATE_DATA_DIR`, `QUORATE_METRICS_LISTEN`
+    /// as read by `get` (the process environment in [`NodeConfig::load`]).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("QUORATE_ID") {
+            self.id = v.trim().parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                var: "QUORATE_ID",
+                value: v.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        if let Some(v) = get("QUORATE_LISTEN") {
+            self.listen = v.trim().parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                var: "QUORATE_LISTEN",
+                value: v.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        if let Some(v) = get("QUORATE_DATA_DIR") {
+            if v.is_empty() {
+                return Err(ConfigError::Env { var: "QUORATE_DATA_DIR", value: v, detail: "must not be empty".into() });
+            }
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("QUORATE_METRICS_LISTEN") {
+            self.metrics_listen = Some(v.trim().parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                var: "QUORATE_METRICS_LISTEN",
+                value: v.clone(),
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(())
+    }
+
+    /// Applies command-line overrides.
+    pub fn apply_flags(&mut self, flags: &ConfigFlags) {
+        if let Some(id) = flags.id {
+            self.id = id;
+        }
+        if let Some(l) = flags.listen {
+            self.listen = l;
+        }
+        if let Some(d) = &flags.data_dir {
+            self.data_dir = d.clone();
+        }
+        if let Some(m) = flags.metrics_listen {
+            self.metrics_listen = Some(m);
+        }
+        if let Some(j) = flags.join {
+            self.join = j;
+        }
+    }
+
+    /// Checks that the settings work together; each error names the field and what to do.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(invalid("id", "must be a positive integer (node ids start at 1)"));
+        }
+        if self.cluster.is_empty()
+            || self.cluster.len() > 64
+            || !self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(invalid("cluster", "must be 1-64 characters of letters, digits, '-', '_' or '.'"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must name a directory (it is created if missing)"));
+        }
+        for (id, addr) in &self.peers {
+            if *id == 0 {
+                return Err(invalid("peers", "node ids start at 1; remove the entry `0`"));
+            }
+            if addr.is_empty() || addr.len() > quorate_api::limits::TEXT_BYTES_MAX || !addr.contains(':') {
+                return Err(invalid("peers", format!("address of node {id} must be `host:port`, got {addr:?}")));
+            }
+        }
+        if self.peers.len() > quorate_log::MEMBERS_MAX {
+            return Err(invalid("peers", format!("at most {} members", quorate_log::MEMBERS_MAX)));
+        }
+        if self.join {
+            if self.peers.contains_key(&self.id) && self.peers.len() == 1 {
+                return Err(invalid(
+                    "join",
+                    "a joining node waits to be added by an existing cluster; list the existing members in `peers`, \
+                     not only this node",
+                ));
+            }
+        } else if !self.peers.contains_key(&self.id) {
+            return Err(invalid(
+                "peers",
+                format!(
+                    "must include this node ({} = \"{}\") to bootstrap a cluster, or set `join = true` to be added \
+                     to an existing one",
+                    self.id, self.listen
+                ),
+            ));
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            return Err(invalid("raft.heartbeat_ms", "must be at least 1"));
+        }
+        if r.election_timeout_ms < 3 * r.heartbeat_ms {
+            return Err(invalid(
+                "raft.election_timeout_ms",
+                format!(
+                    "must be at least 3 × raft.heartbeat_ms ({} ms); raise it or lower the heartbeat",
+                    3 * r.heartbeat_ms
+                ),
+            ));
+        }
+        if r.election_timeout_ms > 600_000 {
+            return Err(invalid("raft.election_timeout_ms", "must be at most 600000 (10 minutes)"));
+        }
+        if r.lease_clock_drift_ms > 0 {
+            if !r.check_quorum {
+                return Err(invalid(
+                    "raft.lease_clock_drift_ms",
+                    "lease reads need raft.check_quorum = true; enable it or set the drift to 0",
+                ));
+            }
+            if r.lease_clock_drift_ms * 2 >= r.election_timeout_ms {
+                return Err(invalid(
+                    "raft.lease_clock_drift_ms",
+                    "must be below half of raft.election_timeout_ms (the lease would be too short to be useful)",
+                ));
+            }
+        }
+        if r.snapshot_entries == 0 {
+            return Err(invalid("raft.snapshot_entries", "must be at least 1"));
+        }
+        if self.limits.pending_requests_max == 0 {
+            return Err(invalid("limits.pending_requests_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Settings in force that weaken safety, by name.
+    #[must_use]
+    pub fn danger_settings(&self) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.limits.danger_skip_fsync {
+            d.push("limits.danger_skip_fsync".to_string());
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+id = 1
+cluster = "dev"
+listen = "127.0.0.1:7001"
+data_dir = "/var/lib/quorate/n1"
+join = false
+[peers]
+1 = "127.0.0.1:7001"
+2 = "127.0.0.1:7002"
+3 = "127.0.0.1:7003"
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/node-1.pem"
+key = "certs/node-1.key"
+[raft]
+election_timeout_ms = 1000
+heartbeat_ms = 100
+pre_vote = true
+check_quorum = true
+lease_clock_drift_ms = 0
+snapshot_entries = 100000
+compaction_tail_entries = 10000
+[limits]
+pending_requests_max = 10000
+free_space_floor_mb = 64
+danger_skip_fsync = false
+"#;
+
+    #[test]
+    fn sample_parses_validates_and_round_trips() {
+        let c = NodeConfig::from_toml(SAMPLE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.peers.len(), 3);
+        let again = NodeConfig::from_toml(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = SAMPLE.replace("heartbeat_ms = 100", "heartbeat_ms = 100\nheartbeat = 5");
+        let e = NodeConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains("heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn env_and_flags_override() {
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        c.apply_env(|k| match k {
+            "QUORATE_ID" => Some("2".into()),
+            "QUORATE_LISTEN" => Some("127.0.0.1:9000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.id, 2);
+        assert_eq!(c.listen.port(), 9000);
+        c.apply_flags(&ConfigFlags { id: Some(3), ..ConfigFlags::default() });
+        assert_eq!(c.id, 3);
+        assert!(c.apply_env(|k| (k == "QUORATE_ID").then(|| "x".into())).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        c.raft.lease_clock_drift_ms = 50;
+        c.raft.check_quorum = false;
+        assert!(c.validate().unwrap_err().to_string().contains("raft.lease_clock_drift_ms"));
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        c.id = 4;
+        assert!(c.validate().unwrap_err().to_string().contains("peers"));
+        c.join = true;
+        c.validate().unwrap();
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        c.limits.danger_skip_fsync = true;
+        assert_eq!(c.danger_settings(), vec!["limits.danger_skip_fsync".to_string()]);
+    }
+}

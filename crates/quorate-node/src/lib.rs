@@ -1,0 +1,22 @@
+//! # quorate-node
+//!
+//! The reference node of Quorate: a replicated, linearizable key-value service (like etcd)
+//! composed from the project's crates — the sans-IO consensus core (`quorate-core`), the
+//! RocksDB store (`quorate-storage`), the QUIC + mutual TLS transport (`quorate-transport`)
+//! and the wire contract (`quorate-api`).
+//!
+//! * [`config`]: the TOML configuration, environment and flag overrides, validation;
+//! * [`server::run`]: the node itself — a tokio driver of the consensus core, a separate
+//!   apply task, client request handling, membership, snapshots;
+//! * [`sm`]: the key-value state machine (revisions, transactions, exactly-once sessions),
+//!   deterministic and persisted atomically with the applied index.
+
+#![forbid(unsafe_code)]
+
+mod apply;
+pub mod config;
+pub mod server;
+pub mod sm;
+
+/// The version of this binary (from Cargo).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1182 @@
+//! The node: a tokio driver of the consensus core, a separate apply thread, client request
+//! handling, membership and snapshots. [`run`] runs it until SIGINT/SIGTERM or a fatal error;
+//! [`run_until`] until a future of the caller's choosing completes (tests, embedding).
+//!
+//! Tasks and queues (every one bounded):
+//!
+//! * the **driver** owns the `Raft` core; it feeds it peer messages, client requests and
+//!   timer ticks, sends the messages of each `Ready` at once (the core holds back those that
+//!   need persistence), and hands persist batches to a `GroupCommitter` whose completions come
+//!   back in order through a bounded channel and become `Raft::persisted`;
+//! * the **apply thread** receives committed entries (and the writes and reads waiting for
+//!   them) in order through a bounded channel, applies them in atomic store batches with the
+//!   applied index, answers clients, takes and installs snapshots;
+//! * one small task per client response, and one per outgoing snapshot stream.
+
+use crate::apply::{Applier, ApplyMsg, ReadReq, install_snapshot_data};
+use crate::config::NodeConfig;
+use quorate_api::{
+    Access, ApiError, ClientRequest, ClientResponse, Command, CommandOp, Member, MemberKind, NodeMessage, NodeStatus,
+    ReadConsistency, Request, Response, SnapshotChunk, Staleness,
+};
+use quorate_core::{
+    ConfChange, ConfChangeError, Config as CoreConfig, IoId, ProposeError, Raft, ReadError, ReadId, ReadLevel, Role,
+};
+use quorate_log::{Configuration, Data, EntryId, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
+use quorate_storage::{
+    GroupCommitter, GroupOptions, PersistBatch, RocksStore, SnapshotReader, StoreError, StoreOptions,
+};
+use quorate_transport::{ClusterId, Credentials, Inbox, Incoming, TlsPaths, Transport, TransportConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The tracing target of audit events (who, what, result, term/index).
+pub const AUDIT_TARGET: &str = "quorate::audit";
+
+/// How long a client write or read may wait inside the node before it is answered with
+/// `Timeout` (writes: outcome unknown) or `Unavailable` (reads).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Capacity of the channel from the driver to the apply thread (messages).
+const APPLY_QUEUE: usize = 256;
+/// Capacity of the persist-completion channel: more than the group committer can hold, so
+/// its writer thread never waits on it.
+const PERSIST_QUEUE: usize = 8192;
+/// Snapshot stream chunk size.
+const CHUNK_BYTES: usize = 512 * 1024;
+/// Snapshot stream rate limit (bytes per second).
+const SNAPSHOT_RATE: u64 = 64 << 20;
+/// Largest snapshot file accepted from a leader.
+const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
+
+/// Why the node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is not valid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Storage failed; the node stopped to recover from disk on restart.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The transport could not start or stopped.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The consensus core refused to start or halted.
+    #[error("consensus: {0}")]
+    Core(String),
+    /// Anything else fatal.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> ServerError {
+        ServerError::Storage(e.to_string())
+    }
+}
+
+impl From<crate::sm::SmError> for ServerError {
+    fn from(e: crate::sm::SmError) -> ServerError {
+        ServerError::Storage(e.to_string())
+    }
+}
+
+/// Installs the default tracing subscriber (human format, `RUST_LOG` filter, default `info`)
+/// unless one is installed already.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).try_init();
+}
+
+/// Runs the node until SIGINT/SIGTERM or a fatal error.
+pub async fn run(config: NodeConfig) -> Result<(), ServerError> {
+    init_tracing();
+    run_until(config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// State shared by the driver, the apply thread and response tasks.
+pub(crate) struct Shared {
+    pub(crate) id: NodeId,
+    pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) store: Arc<RocksStore>,
+    pub(crate) transport: Arc<Transport<NodeMessage>>,
+    pub(crate) inflight: Arc<AtomicUsize>,
+    /// Member addresses: bootstrap peers, then what the log recorded.
+    pub(crate) addrs: RwLock<BTreeMap<NodeId, String>>,
+    pub(crate) revision: AtomicU64,
+    pub(crate) log_time_ms: AtomicU64,
+    pub(crate) backups_dir: PathBuf,
+}
+
+impl Shared {
+    pub(crate) fn addr_of(&self, id: NodeId) -> Option<String> {
+        self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
+    }
+
+    /// Records a member's address (from the log) and dials it if it is new or moved.
+    pub(crate) fn learn_member_addr(&self, id: NodeId, addr: String) {
+        let changed = {
+            let mut a = self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            a.insert(id, addr.clone()).as_deref() != Some(addr.as_str())
+        };
+        if changed && id != self.id {
+            match resolve_blocking(&addr) {
+                Some(sa) => {
+                    let _g = self.handle.enter();
+                    self.transport.add_peer(id, sa);
+                    tracing::info!(node = %id, %addr, "peer address learned");
+                }
+                None => tracing::warn!(node = %id, %addr, "cannot resolve member address"),
+            }
+        }
+    }
+}
+
+fn resolve_blocking(addr: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(sa) = addr.parse() {
+        return Some(sa);
+    }
+    addr.to_socket_addrs().ok()?.next()
+}
+
+/// Counts a request in flight until dropped.
+pub(crate) struct InflightGuard(Arc<AtomicUsize>);
+
+impl InflightGuard {
+    fn new(c: &Arc<AtomicUsize>) -> InflightGuard {
+        c.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(c.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers one client request (from any thread): spawns a small task that writes the
+/// response. Admin requests are audited when answered.
+pub(crate) struct Responder {
+    req: quorate_transport::Request<NodeMessage>,
+    id: u64,
+    handle: tokio::runtime::Handle,
+    audit: Option<String>,
+    guard: Option<InflightGuard>,
+}
+
+impl Responder {
+    pub(crate) fn send(self, result: Result<Response, ApiError>, at: Option<EntryId>) {
+        if let Some(what) = &self.audit {
+            let from = &self.req.from;
+            let (term, index) = at.map_or((0, 0), |a| (a.term.0, a.index.0));
+            let outcome = match &result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::info!(
+                target: AUDIT_TARGET,
+                principal = %from.principal.as_str(),
+                role = %from.role,
+                request = %what,
+                result = %outcome,
+                term,
+                index,
+                "admin request"
+            );
+        }
+        let Responder { req, id, handle, guard, .. } = self;
+        handle.spawn(async move {
+            let msg = NodeMessage::Response(ClientResponse { id, result });
+            if let Err(e) = req.respond(&msg).await {
+                tracing::debug!(error = %e, "could not send a response");
+            }
+            drop(guard);
+        });
+    }
+}
+
+/// Events for the driver from other threads and tasks.
+pub(crate) enum Event {
+    SnapshotTaken(SnapshotMeta, PathBuf),
+    SnapshotStaged { from: NodeId, term: Term, meta: SnapshotMeta, path: PathBuf },
+    SnapshotSendFailed(NodeId),
+    SnapshotSent(NodeId),
+    Fatal(String),
+}
+
+struct Persisted {
+    io: IoId,
+    install: Option<SnapshotMeta>,
+    result: Result<(), StoreError>,
+}
+
+struct PendingRead {
+    req: ReadReq,
+    responder: Responder,
+    deadline: Instant,
+}
+
+struct Staging {
+    from: NodeId,
+    term: Term,
+    meta: SnapshotMeta,
+    total: u64,
+    next: u64,
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+fn node_id(raw: u64) -> Result<NodeId, ServerError> {
+    NodeId::new(raw).ok_or_else(|| ServerError::Fatal(format!("invalid node id {raw}")))
+}
+
+async fn resolve(addr: &str) -> Option<SocketAddr> {
+    if let Ok(sa) = addr.parse() {
+        return Some(sa);
+    }
+    match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(addr)).await {
+        Ok(Ok(mut it)) => it.next(),
+        _ => None,
+    }
+}
+
+/// The latest snapshot file in `dir` at or below `applied` (what this node serves to
+/// followers after a restart).
+fn latest_snapshot_file(dir: &Path, applied: LogIndex) -> Option<(SnapshotMeta, PathBuf)> {
+    let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+    for ent in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = ent.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("qsnap") {
+            continue;
+        }
+        let Ok(r) = SnapshotReader::open(&path) else { continue };
+        let meta = r.meta().clone();
+        if meta.last.index <= applied && best.as_ref().is_none_or(|(b, _)| b.last.index < meta.last.index) {
+            best = Some((meta, path));
+        }
+    }
+    best
+}
+
+/// Runs the node until `shutdown` completes or a fatal error. Logs the effective
+/// configuration at start.
+pub async fn run_until(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let id = config.id;
+    let r = run_inner(config, shutdown).await;
+    if let Err(e) = &r {
+        tracing::error!(node = id, error = %e, "node stopped with an error");
+    }
+    r
+}
+
+async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    config.validate()?;
+    match config.to_toml() {
+        Ok(t) => tracing::info!(version = crate::VERSION, "starting quorate node with configuration:\n{t}"),
+        Err(e) => tracing::warn!(error = %e, "cannot render the configuration"),
+    }
+    for d in config.danger_settings() {
+        tracing::warn!(setting = %d, "DANGER: a safety-weakening setting is on");
+    }
+    let id = node_id(config.id)?;
+    let data_dir = config.data_dir.clone();
+    let staging_dir = data_dir.join("staging");
+    let backups_dir = data_dir.join("backups");
+    for d in [&data_dir, &staging_dir, &backups_dir] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| ServerError::Storage(format!("cannot create directory {}: {e}", d.display())))?;
+    }
+
+    // Storage.
+    let bootstrap = if config.join {
+        Configuration::default()
+    } else {
+        let voters: Vec<NodeId> = config.peers.keys().map(|&p| node_id(p)).collect::<Result<_, _>>()?;
+        Configuration::with_voters(voters).map_err(|e| ServerError::Fatal(format!("peers: {e}")))?
+    };
+    let floor = config.limits.free_space_floor_mb.saturating_mul(1 << 20);
+    let mut options = StoreOptions::with_bootstrap(bootstrap);
+    // Client writes are refused (Overloaded) below the configured floor; the store's own
+    // floor, a last resort that stops the node, sits at a quarter of it.
+    options.free_space_floor_bytes = floor / 4;
+    let store = Arc::new(RocksStore::open(data_dir.join("store"), options)?);
+
+    // Repair: an install batch written, its state-machine data not (crash in between).
+    let recorded = store.snapshot_meta().map_err(|e| ServerError::Storage(e.to_string()))?;
+    if recorded.last.index > store.applied_index() {
+        tracing::warn!(index = %recorded.last.index, "completing an interrupted snapshot install");
+        install_snapshot_data(&store, &recorded)?;
+    }
+    let applied_index = store.applied_index();
+    let applied = if applied_index == LogIndex::ZERO {
+        EntryId::default()
+    } else {
+        let term = store.term(applied_index).map_err(|e| ServerError::Storage(e.to_string()))?;
+        EntryId::new(term, applied_index)
+    };
+    let latest = latest_snapshot_file(store.snapshot_dir(), applied_index);
+
+    // Consensus core.
+    let mut cc = CoreConfig::new(id);
+    cc.election_timeout_min = Duration::from_millis(config.raft.election_timeout_ms);
+    cc.heartbeat_interval = Duration::from_millis(config.raft.heartbeat_ms);
+    cc.pre_vote = config.raft.pre_vote;
+    cc.check_quorum = config.raft.check_quorum;
+    cc.lease_clock_drift_max =
+        (config.raft.lease_clock_drift_ms > 0).then(|| Duration::from_millis(config.raft.lease_clock_drift_ms));
+    cc.applied = applied_index;
+    cc.seed = id.get()
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    cc.snapshot_entries_threshold = config.raft.snapshot_entries;
+    cc.compaction_tail_entries = config.raft.compaction_tail_entries;
+    cc.snapshot = latest.as_ref().map(|(m, _)| m.clone());
+    let start = Instant::now();
+    let raft =
+        Raft::new(cc, store.clone(), quorate_core::Instant::ZERO).map_err(|e| ServerError::Core(e.to_string()))?;
+
+    // Transport.
+    let credentials = Credentials::load(TlsPaths {
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    })
+    .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
+    let cluster = ClusterId::new(&config.cluster).map_err(|e| ServerError::Fatal(format!("cluster: {e}")))?;
+    let credentials = Arc::new(credentials);
+    let tconfig = TransportConfig::new(cluster, id, config.listen);
+    // A previous incarnation of this node (a restart in the same process) may hold the UDP
+    // port for a moment while its connections close: retry briefly.
+    let bind_deadline = Instant::now() + Duration::from_secs(5);
+    let (transport, inbox) = loop {
+        match Transport::<NodeMessage>::bind(tconfig.clone(), credentials.clone()).await {
+            Ok(t) => break t,
+            Err(quorate_transport::TransportError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < bind_deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(ServerError::Transport(format!("cannot listen on {}: {e}", config.listen))),
+        }
+    };
+    let transport = Arc::new(transport);
+    transport.watch_tls(Duration::from_secs(10));
+    tracing::info!(node = %id, addr = %transport.local_addr(), applied = %applied_index, "listening");
+
+    // Addresses: bootstrap peers, overridden by what the log recorded.
+    let mut addrs: BTreeMap<NodeId, String> = BTreeMap::new();
+    for (&p, a) in &config.peers {
+        addrs.insert(node_id(p)?, a.clone());
+    }
+    addrs.extend(crate::sm::member_addrs(&*store)?);
+    addrs.insert(id, config.listen.to_string());
+    for (&p, a) in &addrs {
+        if p == id {
+            continue;
+        }
+        match resolve(a).await {
+            Some(sa) => transport.add_peer(p, sa),
+            None => tracing::warn!(node = %p, addr = %a, "cannot resolve peer address"),
+        }
+    }
+
+    let shared = Arc::new(Shared {
+        id,
+        handle: tokio::runtime::Handle::current(),
+        store: store.clone(),
+        transport: transport.clone(),
+        inflight: Arc::new(AtomicUsize::new(0)),
+        addrs: RwLock::new(addrs),
+        revision: AtomicU64::new(crate::sm::revision(&*store)?),
+        log_time_ms: AtomicU64::new(crate::sm::log_time_ms(&*store)?),
+        backups_dir,
+    });
+
+    // Apply thread.
+    let (events_tx, events_rx) = mpsc::channel(256);
+    let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE);
+    let applier = Applier::new(shared.clone(), events_tx.clone(), applied);
+    let apply_thread = std::thread::Builder::new()
+        .name(format!("quorate-apply-{id}"))
+        .spawn(move || applier.run(apply_rx))
+        .map_err(|e| ServerError::Fatal(format!("cannot start the apply thread: {e}")))?;
+
+    let committer = GroupCommitter::new(store.clone(), GroupOptions::default())?;
+    let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
+
+    let mut driver = Driver {
+        shared: shared.clone(),
+        config,
+        raft,
+        committer,
+        start,
+        apply_tx,
+        persist_tx,
+        persist_rx,
+        events_tx,
+        events_rx,
+        reads: HashMap::new(),
+        next_read: 1,
+        last_time_ms: 0,
+        last_leader_contact: None,
+        latest_snapshot: latest,
+        sending: HashMap::new(),
+        staging: None,
+        staging_dir,
+        disk: (Instant::now(), true),
+    };
+    let result = driver.run(inbox, shutdown).await;
+    // Orderly stop: the apply thread ends when its channel closes; the committer finishes
+    // queued batches; nothing keeps the store open afterwards, so it can be reopened.
+    driver.stop();
+    let _ = tokio::task::spawn_blocking(move || apply_thread.join()).await;
+    drop(shared);
+    // Snapshot senders were aborted; wait (bounded) until they let go of the transport, so
+    // that the endpoint closes and the address can be bound again at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&transport) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match Arc::try_unwrap(transport) {
+        Ok(t) => t.shutdown().await,
+        Err(_) => tracing::warn!("transport still referenced at shutdown"),
+    }
+    // Wait (bounded) for response tasks to drop their references to the store.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::info!(node = %id, "node stopped");
+    result
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    config: NodeConfig,
+    raft: Raft<Arc<RocksStore>>,
+    committer: GroupCommitter,
+    start: Instant,
+    apply_tx: mpsc::Sender<ApplyMsg>,
+    persist_tx: mpsc::Sender<Persisted>,
+    persist_rx: mpsc::Receiver<Persisted>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    reads: HashMap<ReadId, PendingRead>,
+    next_read: u64,
+    last_time_ms: u64,
+    last_leader_contact: Option<Instant>,
+    latest_snapshot: Option<(SnapshotMeta, PathBuf)>,
+    sending: HashMap<NodeId, tokio::task::AbortHandle>,
+    staging: Option<Staging>,
+    staging_dir: PathBuf,
+    /// When free space was last checked, and whether it was above the floor.
+    disk: (Instant, bool),
+}
+
+impl Driver {
+    /// Drops everything the driver holds, the apply channel and the committer first.
+    fn stop(self) {
+        let Driver { raft, committer, apply_tx, sending, shared, staging, .. } = self;
+        for (_, h) in sending {
+            h.abort();
+        }
+        drop(apply_tx);
+        drop(committer);
+        drop(raft);
+        drop(staging);
+        drop(shared);
+    }
+}
+
+fn apply_stopped() -> ServerError {
+    ServerError::Fatal("the apply thread stopped".into())
+}
+
+impl Driver {
+    fn now(&self) -> quorate_core::Instant {
+        quorate_core::Instant(self.start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64)
+    }
+
+    async fn run(
+        &mut self,
+        mut inbox: Inbox<NodeMessage>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        tokio::pin!(shutdown);
+        let mut sweep = tokio::time::interval(Duration::from_millis(500));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.drain_ready().await?;
+            let wake = self.raft.poll_timeout().map_or_else(
+                || Instant::now() + Duration::from_secs(3600),
+                |t| self.start + Duration::from_nanos(t.as_nanos()),
+            );
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                Some(p) = self.persist_rx.recv() => self.on_persisted(p).await?,
+                Some(ev) = self.events_rx.recv() => self.on_event(ev).await?,
+                m = inbox.recv() => match m {
+                    Some(m) => self.on_incoming(m).await?,
+                    None => return Err(ServerError::Transport("the transport stopped".into())),
+                },
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let now = self.now();
+                    self.raft.handle_timeout(now);
+                }
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    async fn drain_ready(&mut self) -> Result<(), ServerError> {
+        for _ in 0..64 {
+            if let Some(h) = self.raft.halted() {
+                return Err(ServerError::Core(format!("consensus core halted: {h}")));
+            }
+            if !self.raft.has_ready() {
+                break;
+            }
+            let rd = self.raft.ready();
+            if rd.is_empty() {
+                break;
+            }
+            if let Some(p) = rd.persist {
+                let batch = PersistBatch {
+                    hard_state: p.hard_state,
+                    truncate_from: p.entries.first().map(|e| e.index),
+                    entries: p.entries,
+                    install: p.install.clone(),
+                    compact: p.compact,
+                    skip_fsync: !p.sync || self.config.limits.danger_skip_fsync,
+                };
+                let tx = self.persist_tx.clone();
+                let (io, install) = (p.io, p.install);
+                // The callback runs on the committer's writer thread, never in the runtime.
+                self.committer.submit_with(batch, move |result| {
+                    let _ = tx.blocking_send(Persisted { io, install, result });
+                })?;
+            }
+            for m in rd.messages {
+                let to = m.to;
+                if let Err(e) = self.shared.transport.try_send(to, NodeMessage::Raft(m)) {
+                    tracing::trace!(peer = %to, error = %e, "message dropped");
+                }
+            }
+            if !rd.committed.is_empty() {
+                self.apply_tx.send(ApplyMsg::Entries(rd.committed)).await.map_err(|_| apply_stopped())?;
+            }
+            for r in rd.reads {
+                if let Some(p) = self.reads.remove(&r.id) {
+                    let msg = ApplyMsg::Read {
+                        index: r.index,
+                        req: p.req,
+                        responder: p.responder,
+                        staleness: None,
+                        deadline: p.deadline,
+                    };
+                    self.apply_tx.send(msg).await.map_err(|_| apply_stopped())?;
+                }
+            }
+            for f in rd.failed_reads {
+                if let Some(p) = self.reads.remove(&f.id) {
+                    let e = self.read_error(&f.error);
+                    p.responder.send(Err(e), None);
+                }
+            }
+            if let Some(meta) = rd.take_snapshot {
+                self.apply_tx.send(ApplyMsg::TakeSnapshot(meta)).await.map_err(|_| apply_stopped())?;
+            }
+            for s in rd.send_snapshots {
+                self.start_snapshot_send(s.to, s.meta);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_persisted(&mut self, p: Persisted) -> Result<(), ServerError> {
+        if let Err(e) = p.result {
+            return Err(ServerError::Storage(format!("persisting consensus state failed: {e}")));
+        }
+        if let Some(meta) = p.install {
+            // Before the core hands out entries after the snapshot.
+            self.apply_tx.send(ApplyMsg::Install(meta)).await.map_err(|_| apply_stopped())?;
+        }
+        let now = self.now();
+        self.raft.persisted(now, p.io);
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Result<(), ServerError> {
+        let now = self.now();
+        match ev {
+            Event::Fatal(e) => return Err(ServerError::Storage(e)),
+            Event::SnapshotTaken(meta, path) => {
+                if let Some((_, old)) = self.latest_snapshot.replace((meta.clone(), path.clone()))
+                    && old != path
+                {
+                    let _ = std::fs::remove_file(old);
+                }
+                self.raft.snapshot_taken(now, meta);
+            }
+            Event::SnapshotStaged { from, term, meta, path } => {
+                tracing::debug!(peer = %from, index = %meta.last.index, "snapshot staged");
+                match self.raft.install_snapshot(now, from, term, meta.clone()) {
+                    Ok(true) => {
+                        tracing::info!(index = %meta.last.index, leader = %from, "installing snapshot");
+                        self.latest_snapshot = Some((meta, path));
+                    }
+                    Ok(false) => {
+                        tracing::info!(index = %meta.last.index, "received snapshot not needed (already caught up)");
+                        if self.latest_snapshot.as_ref().is_none_or(|(_, p)| *p != path) {
+                            let _ = std::fs::remove_file(path);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "snapshot refused");
+                        if self.latest_snapshot.as_ref().is_none_or(|(_, p)| *p != path) {
+                            let _ = std::fs::remove_file(path);
+                        }
+                    }
+                }
+            }
+            Event::SnapshotSendFailed(to) => {
+                self.sending.remove(&to);
+                self.raft.snapshot_send_failed(now, to);
+            }
+            Event::SnapshotSent(to) => {
+                self.sending.remove(&to);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_incoming(&mut self, m: Incoming<NodeMessage>) -> Result<(), ServerError> {
+        match m {
+            Incoming::Peer { from, message, .. } => match message {
+                NodeMessage::Raft(msg) => {
+                    if msg.from != from {
+                        tracing::warn!(peer = %from, claimed = %msg.from, "message claims another sender; dropped");
+                        return Ok(());
+                    }
+                    if self.raft.leader() == Some(from) {
+                        self.last_leader_contact = Some(Instant::now());
+                    }
+                    let now = self.now();
+                    self.raft.handle_message(now, msg);
+                }
+                NodeMessage::SnapshotChunk(c) => self.on_chunk(from, c),
+                _ => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
+            },
+            Incoming::Request(req) => self.on_request(req).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<ReadId> = self.reads.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(p) = self.reads.remove(&id) {
+                p.responder.send(Err(ApiError::Unavailable("read not confirmed in time; retry".into())), None);
+            }
+        }
+    }
+
+    fn leader_hint(&self) -> ApiError {
+        let leader = self.raft.leader().filter(|&l| l != self.shared.id || self.raft.role() == Role::Leader);
+        ApiError::NotLeader { leader, addr: leader.and_then(|l| self.shared.addr_of(l)) }
+    }
+
+    fn read_error(&self, e: &ReadError) -> ApiError {
+        match e {
+            ReadError::NotLeader { .. } => self.leader_hint(),
+            ReadError::NoLeader => ApiError::Unavailable("no leader known; retry".into()),
+            ReadError::LeadershipLost => {
+                ApiError::Unavailable("leadership changed before the read was confirmed; retry".into())
+            }
+            ReadError::TooManyPending(n) => {
+                ApiError::Overloaded { reason: format!("pending reads (limit {n})"), retry_after_ms: 50 }
+            }
+            ReadError::LeaseDisabled => ApiError::InvalidRequest("lease reads are not enabled on this node".into()),
+            ReadError::Halted => ApiError::Internal("node halted".into()),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+
+    fn propose_error(&self, e: ProposeError) -> ApiError {
+        match e {
+            ProposeError::NotLeader { .. } => self.leader_hint(),
+            ProposeError::UncommittedLimit { .. } => {
+                ApiError::Overloaded { reason: "uncommitted bytes".into(), retry_after_ms: 100 }
+            }
+            ProposeError::TooLarge { proposal_bytes, limit_bytes } => {
+                ApiError::InvalidRequest(format!("command of {proposal_bytes} bytes exceeds {limit_bytes}"))
+            }
+            ProposeError::TransferInProgress(to) => {
+                ApiError::Unavailable(format!("leadership transfer to {to} in progress; retry"))
+            }
+            ProposeError::Halted(h) => ApiError::Internal(format!("node halted: {h}")),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+
+    fn conf_error(&self, e: ConfChangeError) -> ApiError {
+        match e {
+            ConfChangeError::NotLeader { .. } => self.leader_hint(),
+            ConfChangeError::Halted => ApiError::Internal("node halted".into()),
+            other => ApiError::Refused(other.to_string()),
+        }
+    }
+
+    /// Log time for a new command: never decreasing along the log.
+    fn next_time_ms(&mut self) -> u64 {
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let t = wall.max(self.last_time_ms).max(self.shared.log_time_ms.load(Ordering::Relaxed));
+        self.last_time_ms = t;
+        t
+    }
+
+    fn disk_ok(&mut self) -> bool {
+        let floor = self.config.limits.free_space_floor_mb.saturating_mul(1 << 20);
+        if floor == 0 {
+            return true;
+        }
+        if self.disk.0.elapsed() >= Duration::from_millis(250) {
+            let ok = quorate_storage::check_free_space(self.shared.store.dir(), floor).is_ok();
+            if !ok && self.disk.1 {
+                tracing::warn!(
+                    floor_mb = self.config.limits.free_space_floor_mb,
+                    "free disk space below the floor; refusing writes"
+                );
+            }
+            self.disk = (Instant::now(), ok);
+        }
+        self.disk.1
+    }
+
+    fn status(&self) -> NodeStatus {
+        let s = self.raft.status();
+        NodeStatus {
+            id: s.id,
+            role: s.role,
+            term: s.term,
+            leader: s.leader,
+            commit: s.commit,
+            applied: self.shared.store.applied_index(),
+            last_index: s.last_index,
+            config: s.config,
+            config_version: s.config_version,
+            snapshot_index: s.snapshot_index,
+            revision: self.shared.revision.load(Ordering::Relaxed),
+            binary_version: crate::VERSION.to_string(),
+            storage_format: quorate_storage::FORMAT_VERSION,
+            danger: self.config.danger_settings(),
+        }
+    }
+
+    fn members(&self) -> Vec<Member> {
+        let c = self.raft.configuration();
+        let mut out = Vec::new();
+        let mut push = |id: NodeId, kind| out.push(Member { id, addr: self.shared.addr_of(id), kind });
+        for &v in &c.voters {
+            push(v, MemberKind::Voter);
+        }
+        for &v in c.voters_outgoing.difference(&c.voters) {
+            push(v, MemberKind::OutgoingVoter);
+        }
+        for &l in &c.learners {
+            push(l, MemberKind::Learner);
+        }
+        out
+    }
+
+    async fn register(&mut self, at: EntryId, responder: Responder) -> Result<(), ServerError> {
+        let msg = ApplyMsg::Register { at, responder, deadline: Instant::now() + REQUEST_DEADLINE };
+        self.apply_tx.send(msg).await.map_err(|_| apply_stopped())
+    }
+
+    async fn propose_write(
+        &mut self,
+        session: Option<quorate_api::Sequenced>,
+        op: CommandOp,
+        responder: Responder,
+    ) -> Result<(), ServerError> {
+        if self.raft.role() != Role::Leader {
+            responder.send(Err(self.leader_hint()), None);
+            return Ok(());
+        }
+        if !self.disk_ok() {
+            responder.send(Err(ApiError::Overloaded { reason: "disk space".into(), retry_after_ms: 1000 }), None);
+            return Ok(());
+        }
+        let cmd = Command { session, time_ms: self.next_time_ms(), op };
+        let bytes = match quorate_api::encode_command(&cmd) {
+            Ok(b) => b,
+            Err(e) => {
+                responder.send(Err(ApiError::InvalidRequest(e.to_string())), None);
+                return Ok(());
+            }
+        };
+        let now = self.now();
+        match self.raft.propose(now, Data::from(bytes)) {
+            Ok(at) => self.register(at, responder).await,
+            Err(e) => {
+                responder.send(Err(self.propose_error(e)), None);
+                Ok(())
+            }
+        }
+    }
+
+    async fn read(&mut self, req: ReadReq, level: ReadConsistency, responder: Responder) -> Result<(), ServerError> {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let level = match level {
+            ReadConsistency::Stale => {
+                let since_leader_ms = if self.raft.role() == Role::Leader {
+                    Some(0)
+                } else {
+                    self.last_leader_contact.map(|t| t.elapsed().as_millis() as u64)
+                };
+                let staleness = Staleness { known_commit: self.raft.commit_index(), since_leader_ms };
+                let msg =
+                    ApplyMsg::Read { index: LogIndex::ZERO, req, responder, staleness: Some(staleness), deadline };
+                return self.apply_tx.send(msg).await.map_err(|_| apply_stopped());
+            }
+            ReadConsistency::Lease => {
+                if self.raft.role() != Role::Leader {
+                    responder.send(Err(self.leader_hint()), None);
+                    return Ok(());
+                }
+                if self.config.raft.lease_clock_drift_ms == 0 { ReadLevel::Linearizable } else { ReadLevel::Lease }
+            }
+            _ => ReadLevel::Linearizable,
+        };
+        let id = ReadId(self.next_read);
+        self.next_read += 1;
+        let now = self.now();
+        match self.raft.read(now, id, level) {
+            Ok(()) => {
+                self.reads.insert(id, PendingRead { req, responder, deadline });
+            }
+            Err(e) => responder.send(Err(self.read_error(&e)), None),
+        }
+        Ok(())
+    }
+
+    async fn on_request(&mut self, mut req: quorate_transport::Request<NodeMessage>) -> Result<(), ServerError> {
+        let placeholder = NodeMessage::Response(ClientResponse { id: 0, result: Err(ApiError::Timeout) });
+        let handle = self.shared.handle.clone();
+        let ClientRequest { id, session, body } = match std::mem::replace(&mut req.message, placeholder) {
+            NodeMessage::Request(r) => r,
+            _ => {
+                let r = Responder { req, id: 0, handle, audit: None, guard: None };
+                r.send(Err(ApiError::InvalidRequest("expected a client request".into())), None);
+                return Ok(());
+            }
+        };
+        let access = body.access();
+        let audit = (access == Access::Admin).then(|| format!("{body:?}"));
+        let max = self.config.limits.pending_requests_max;
+        if self.shared.inflight.load(Ordering::Acquire) >= max {
+            let r = Responder { req, id, handle, audit, guard: None };
+            let reason = format!("pending requests (limit {max})");
+            r.send(Err(ApiError::Overloaded { reason, retry_after_ms: 50 }), None);
+            return Ok(());
+        }
+        let guard = Some(InflightGuard::new(&self.shared.inflight));
+        let needed = match access {
+            Access::Read => quorate_transport::Role::Read,
+            Access::Write => quorate_transport::Role::Write,
+            _ => quorate_transport::Role::Admin,
+        };
+        let allowed = req.from.role.allows(needed);
+        let responder = Responder { req, id, handle, audit, guard };
+        if !allowed {
+            responder.send(Err(ApiError::Unauthorized { needed: access }), None);
+            return Ok(());
+        }
+        match body {
+            Request::Put { key, value } => self.propose_write(session, CommandOp::Put { key, value }, responder).await,
+            Request::Delete { key } => self.propose_write(session, CommandOp::Delete { key }, responder).await,
+            Request::Cas { key, expected, value } => {
+                self.propose_write(session, CommandOp::Cas { key, expected, value }, responder).await
+            }
+            Request::OpenSession => self.propose_write(None, CommandOp::OpenSession, responder).await,
+            Request::Txn(txn) => {
+                if txn.is_read_only() {
+                    self.read(ReadReq::Txn(txn), ReadConsistency::Linearizable, responder).await
+                } else {
+                    self.propose_write(session, CommandOp::Txn(txn), responder).await
+                }
+            }
+            Request::Get { key, read } => self.read(ReadReq::Get { key }, read, responder).await,
+            Request::Scan { start, end, limit, read } => {
+                self.read(ReadReq::Scan { start, end, limit }, read, responder).await
+            }
+            Request::Status => {
+                responder.send(Ok(Response::Status(self.status())), None);
+                Ok(())
+            }
+            Request::MemberList => {
+                responder.send(Ok(Response::Members(self.members())), None);
+                Ok(())
+            }
+            Request::MemberAdd { id: new, addr } => self.member_add(new, addr, responder).await,
+            Request::MemberPromote { id: n } => self.conf_change(ConfChange::Promote(n), responder).await,
+            Request::MemberRemove { id: n } => self.conf_change(ConfChange::Remove(n), responder).await,
+            Request::LeaderTransfer { to } => {
+                let result = self.transfer(to);
+                let at = Some(EntryId::new(self.raft.term(), self.raft.commit_index()));
+                responder.send(result, at);
+                Ok(())
+            }
+            Request::SnapshotSave => {
+                let config = self.raft.configuration().clone();
+                self.apply_tx.send(ApplyMsg::Backup { config, responder }).await.map_err(|_| apply_stopped())
+            }
+            _ => {
+                responder.send(Err(ApiError::InvalidRequest("request not supported by this node".into())), None);
+                Ok(())
+            }
+        }
+    }
+
+    fn transfer(&mut self, to: Option<NodeId>) -> Result<Response, ApiError> {
+        if self.raft.role() != Role::Leader {
+            return Err(self.leader_hint());
+        }
+        let target = match to {
+            Some(t) => t,
+            None => {
+                let s = self.raft.status();
+                let best = s
+                    .peers
+                    .iter()
+                    .filter(|(id, _)| **id != self.shared.id && s.config.is_voter(**id))
+                    .max_by_key(|(_, p)| p.match_index)
+                    .map(|(id, _)| *id);
+                best.ok_or_else(|| ApiError::Refused("no other voter to transfer leadership to".into()))?
+            }
+        };
+        let now = self.now();
+        self.raft.transfer_leadership(now, target).map_err(|e| ApiError::Refused(e.to_string()))?;
+        Ok(Response::Done)
+    }
+
+    async fn conf_change(&mut self, change: ConfChange, responder: Responder) -> Result<(), ServerError> {
+        let now = self.now();
+        match self.raft.propose_conf_change(now, change) {
+            Ok(at) => self.register(at, responder).await,
+            Err(e) => {
+                responder.send(Err(self.conf_error(e)), None);
+                Ok(())
+            }
+        }
+    }
+
+    async fn member_add(&mut self, new: NodeId, addr: String, responder: Responder) -> Result<(), ServerError> {
+        if self.raft.role() != Role::Leader {
+            responder.send(Err(self.leader_hint()), None);
+            return Ok(());
+        }
+        if self.raft.configuration().members().any(|m| m == new) {
+            responder.send(Err(ApiError::Refused(format!("node {new} is already a member"))), None);
+            return Ok(());
+        }
+        let Some(sa) = resolve(&addr).await else {
+            responder.send(Err(ApiError::InvalidRequest(format!("cannot resolve address {addr:?}"))), None);
+            return Ok(());
+        };
+        // First the address, through the log (every node learns it when applying), then the
+        // learner. This node dials it at once: it replicates to the learner from now on.
+        self.shared.transport.add_peer(new, sa);
+        let cmd =
+            Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::SetMemberAddr { id: new, addr } };
+        let bytes = match quorate_api::encode_command(&cmd) {
+            Ok(b) => b,
+            Err(e) => {
+                responder.send(Err(ApiError::InvalidRequest(e.to_string())), None);
+                return Ok(());
+            }
+        };
+        let now = self.now();
+        if let Err(e) = self.raft.propose(now, Data::from(bytes)) {
+            responder.send(Err(self.propose_error(e)), None);
+            return Ok(());
+        }
+        self.conf_change(ConfChange::AddLearner(new), responder).await
+    }
+
+    fn start_snapshot_send(&mut self, to: NodeId, meta: SnapshotMeta) {
+        if self.sending.get(&to).is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let path = match &self.latest_snapshot {
+            Some((m, p)) if *m == meta => p.clone(),
+            _ => {
+                tracing::warn!(peer = %to, index = %meta.last.index, "asked to send a snapshot this node does not hold");
+                let now = self.now();
+                self.raft.snapshot_send_failed(now, to);
+                return;
+            }
+        };
+        let term = self.raft.term();
+        let transport = self.shared.transport.clone();
+        let events = self.events_tx.clone();
+        tracing::info!(peer = %to, index = %meta.last.index, "sending snapshot");
+        let task = tokio::spawn(async move {
+            let ev = match send_snapshot(&transport, to, term, meta, &path).await {
+                Ok(()) => Event::SnapshotSent(to),
+                Err(e) => {
+                    tracing::warn!(peer = %to, error = %e, "snapshot send failed");
+                    Event::SnapshotSendFailed(to)
+                }
+            };
+            let _ = events.send(ev).await;
+        });
+        self.sending.insert(to, task.abort_handle());
+    }
+
+    fn on_chunk(&mut self, from: NodeId, c: SnapshotChunk) {
+        let len = c.data.len() as u64;
+        tracing::debug!(peer = %from, offset = c.offset, len, total = c.total, "snapshot chunk");
+        let bad = c.data.len() > quorate_api::limits::SNAPSHOT_CHUNK_BYTES_MAX
+            || c.total > SNAPSHOT_BYTES_MAX
+            || c.offset.checked_add(len).is_none_or(|end| end > c.total);
+        if bad {
+            tracing::warn!(peer = %from, "malformed snapshot chunk dropped");
+            self.staging = None;
+            return;
+        }
+        if c.offset == 0 {
+            let path = self.staging_dir.join(format!("incoming-{from}.part"));
+            match std::fs::File::create(&path) {
+                Ok(file) => {
+                    self.staging =
+                        Some(Staging { from, term: c.term, meta: c.meta.clone(), total: c.total, next: 0, path, file });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot stage a snapshot");
+                    return;
+                }
+            }
+        }
+        let Some(st) = self.staging.as_mut() else { return };
+        if st.from != from || st.meta != c.meta || st.total != c.total || st.next != c.offset || st.term != c.term {
+            // Out of order or from another stream: start over when the leader resends.
+            self.staging = None;
+            return;
+        }
+        use std::io::Write;
+        if let Err(e) = st.file.write_all(&c.data) {
+            tracing::warn!(error = %e, "cannot write a snapshot chunk");
+            self.staging = None;
+            return;
+        }
+        st.next += len;
+        if st.next < st.total {
+            return;
+        }
+        let Some(st) = self.staging.take() else { return };
+        let store = self.shared.store.clone();
+        let events = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let Staging { from, term, meta, path, file, .. } = st;
+            let r = file.sync_all().map_err(StoreError::from).and_then(|()| verify_and_store(&store, &path, &meta));
+            tracing::debug!(peer = %from, index = %meta.last.index, ok = r.is_ok(), "received snapshot verified");
+            let _ = std::fs::remove_file(&path);
+            match r {
+                Ok(p) => {
+                    let _ = events.blocking_send(Event::SnapshotStaged { from, term, meta, path: p });
+                }
+                Err(e) => tracing::warn!(peer = %from, error = %e, "received snapshot failed verification"),
+            }
+        });
+    }
+}
+
+/// Checks a received snapshot file (header, metadata, data checksum) while copying it into
+/// the store's snapshot directory, where the install finds it.
+fn verify_and_store(store: &RocksStore, staged: &Path, meta: &SnapshotMeta) -> Result<PathBuf, StoreError> {
+    let mut reader = SnapshotReader::open(staged)?;
+    if reader.meta() != meta {
+        return Err(StoreError::Io("snapshot file metadata differs from the stream's".into()));
+    }
+    let mut writer = store.snapshot_writer(meta.clone())?;
+    std::io::copy(&mut reader, &mut writer)?;
+    Ok(writer.finish()?.path)
+}
+
+/// Streams a snapshot file to `to` over the snapshot lane, with backoff while the peer's
+/// queue is full and a rate limit.
+async fn send_snapshot(
+    transport: &Transport<NodeMessage>,
+    to: NodeId,
+    term: Term,
+    meta: SnapshotMeta,
+    path: &Path,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("open {}: {e}", path.display()))?;
+    let total = file.metadata().await.map_err(|e| e.to_string())?.len();
+    let started = Instant::now();
+    let mut offset = 0u64;
+    while offset < total {
+        let want = CHUNK_BYTES.min((total - offset) as usize);
+        let mut data = vec![0u8; want];
+        file.read_exact(&mut data).await.map_err(|e| e.to_string())?;
+        let chunk = SnapshotChunk { term, meta: meta.clone(), offset, total, data };
+        let mut delay = Duration::from_millis(5);
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            match transport.try_send_snapshot(to, NodeMessage::SnapshotChunk(chunk.clone())) {
+                Ok(()) => break,
+                Err(quorate_transport::SendError::QueueFull) if Instant::now() < give_up => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        offset += want as u64;
+        // Rate limit: no faster than SNAPSHOT_RATE on average.
+        let due = Duration::from_secs_f64(offset as f64 / SNAPSHOT_RATE as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Three in-process nodes over real QUIC + mutual TLS and RocksDB: elections, the key-value
+//! API, follower reads, exactly-once sessions, role checks, restart and snapshot catch-up.
+
+use quorate_api::{
+    ApiError, ClientRequest, ClientResponse, Compare, CompareOp, CompareTarget, NodeMessage, ReadConsistency, Request,
+    Response, Sequenced, SessionId, Txn, TxnOp, TxnResult,
+};
+use quorate_core::Role as RaftRole;
+use quorate_log::NodeId;
+use quorate_node::config::{LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
+use quorate_node::server::{ServerError, run_until};
+use quorate_transport::{Client, ClientOptions, ClusterId, Credentials, Principal, Role};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn nid(n: u64) -> NodeId {
+    NodeId::new(n).unwrap()
+}
+
+fn free_port() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+struct Node {
+    config: NodeConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl Node {
+    fn start(config: NodeConfig) -> Node {
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(run_until(config.clone(), async move {
+            let _ = rx.await;
+        }));
+        Node { config, stop: Some(tx), task: Some(task) }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.config.listen
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, Node>,
+    clients: BTreeMap<&'static str, Credentials>,
+    next_id: u64,
+}
+
+impl Cluster {
+    fn start(raft: RaftConfig) -> Cluster {
+        quorate_node::server::init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = ClusterId::new("test").unwrap();
+        let ids = [nid(1), nid(2), nid(3)];
+        let clients = [
+            (Principal::new("writer").unwrap(), Role::Write),
+            (Principal::new("reader").unwrap(), Role::Read),
+            (Principal::new("admin").unwrap(), Role::Admin),
+        ];
+        let certs =
+            quorate_transport::dev_certs::generate(&dir.path().join("certs"), &cluster, &ids, &clients).unwrap();
+        let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|i| (i, free_port())).collect();
+        let peers: BTreeMap<u64, String> = addrs.iter().map(|(i, a)| (*i, a.to_string())).collect();
+        let mut nodes = BTreeMap::new();
+        for (i, paths) in &certs.nodes {
+            let config = NodeConfig {
+                id: i.get(),
+                cluster: "test".into(),
+                listen: addrs[&i.get()],
+                data_dir: dir.path().join(format!("n{i}")),
+                join: false,
+                metrics_listen: None,
+                peers: peers.clone(),
+                tls: TlsConfig { ca: paths.ca.clone(), cert: paths.cert.clone(), key: paths.key.clone() },
+                raft: raft.clone(),
+                limits: LimitsConfig { free_space_floor_mb: 0, ..LimitsConfig::default() },
+            };
+            nodes.insert(i.get(), Node::start(config));
+        }
+        let mut creds = BTreeMap::new();
+        for (name, p) in [("writer", "writer"), ("reader", "reader"), ("admin", "admin")] {
+            let paths = certs.clients[&Principal::new(p).unwrap()].clone();
+            creds.insert(name, Credentials::load(paths).unwrap());
+        }
+        Cluster { _dir: dir, nodes, clients: creds, next_id: 1 }
+    }
+
+    async fn call_as(
+        &mut self,
+        who: &'static str,
+        node: u64,
+        session: Option<Sequenced>,
+        body: Request,
+    ) -> Result<Result<Response, ApiError>, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let addr = self.nodes[&node].addr();
+        let client = Client::<NodeMessage>::connect(&self.clients[who], nid(node), addr, ClientOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = NodeMessage::Request(ClientRequest { id, session, body });
+        let resp = client.request(&req).await.map_err(|e| e.to_string());
+        client.close();
+        match resp? {
+            NodeMessage::Response(ClientResponse { id: rid, result }) => {
+                assert_eq!(rid, id);
+                Ok(result)
+            }
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+
+    async fn call(&mut self, node: u64, body: Request) -> Result<Response, ApiError> {
+        self.call_as("writer", node, None, body).await.expect("transport")
+    }
+
+    /// Polls until some node reports itself leader, and every running node agrees.
+    async fn leader(&mut self) -> u64 {
+        let until = Instant::now() + DEADLINE;
+        while Instant::now() < until {
+            let ids: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.task.is_some()).map(|(i, _)| *i).collect();
+            let mut leaders = Vec::new();
+            for i in &ids {
+                if let Ok(Ok(Response::Status(s))) = self.call_as("reader", *i, None, Request::Status).await {
+                    leaders.push((s.role == RaftRole::Leader, s.leader.map(NodeId::get)));
+                }
+            }
+            if leaders.len() == ids.len()
+                && let Some(l) = leaders.iter().find(|(is, _)| *is).and_then(|(_, l)| *l)
+                && leaders.iter().all(|(_, x)| *x == Some(l))
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader elected within {DEADLINE:?}");
+    }
+
+    /// Retries a request while the cluster answers "not now" (elections, catch-up).
+    async fn call_retry(&mut self, node: u64, body: Request) -> Response {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            match self.call_as("writer", node, None, body.clone()).await {
+                Ok(Ok(r)) => return r,
+                Ok(Err(e @ (ApiError::Unavailable(_) | ApiError::Timeout | ApiError::Overloaded { .. })))
+                | Ok(Err(e @ ApiError::NotLeader { .. })) => {
+                    assert!(Instant::now() < until, "still failing after {DEADLINE:?}: {e}");
+                }
+                Ok(Err(e)) => panic!("request failed: {e}"),
+                Err(e) => assert!(Instant::now() < until, "transport still failing: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.stop().await;
+        }
+    }
+}
+
+fn fast_raft() -> RaftConfig {
+    RaftConfig { election_timeout_ms: 400, heartbeat_ms: 50, ..RaftConfig::default() }
+}
+
+fn put(k: &str, v: &str) -> Request {
+    Request::Put { key: k.into(), value: v.into() }
+}
+
+fn get(k: &str, read: ReadConsistency) -> Request {
+    Request::Get { key: k.into(), read }
+}
+
+fn value_of(r: &Response) -> Option<Vec<u8>> {
+    match r {
+        Response::Get { kv, .. } => kv.as_ref().map(|kv| kv.value.clone()),
+        other => panic!("not a get: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_serve_the_kv_api() {
+    let mut c = Cluster::start(fast_raft());
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+
+    // put / get / cas / delete / scan / txn on the leader.
+    let Response::Put { revision: r1 } = c.call(leader, put("a", "1")).await.unwrap() else { panic!() };
+    let got = c.call(leader, get("a", ReadConsistency::Linearizable)).await.unwrap();
+    assert_eq!(value_of(&got), Some(b"1".to_vec()));
+    let cas = Request::Cas { key: "a".into(), expected: Some("1".into()), value: "2".into() };
+    let Response::Cas { succeeded: true, previous: Some(prev), revision } = c.call(leader, cas.clone()).await.unwrap()
+    else {
+        panic!("cas failed")
+    };
+    assert_eq!((prev.value.as_slice(), revision), (&b"1"[..], r1 + 1));
+    let Response::Cas { succeeded: false, .. } = c.call(leader, cas).await.unwrap() else {
+        panic!("cas succeeded twice")
+    };
+    for k in ["b", "c", "d"] {
+        c.call(leader, put(k, k)).await.unwrap();
+    }
+    let scan =
+        Request::Scan { start: "b".into(), end: Some("d".into()), limit: 10, read: ReadConsistency::Linearizable };
+    let Response::Scan { kvs, more: false, .. } = c.call(leader, scan).await.unwrap() else { panic!() };
+    assert_eq!(kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(), vec![b"b".to_vec(), b"c".to_vec()]);
+    let Response::Delete { deleted: true, .. } = c.call(leader, Request::Delete { key: "d".into() }).await.unwrap()
+    else {
+        panic!()
+    };
+    let txn = Txn {
+        compare: vec![Compare {
+            key: "a".into(),
+            target: CompareTarget::Value(Some("2".into())),
+            op: CompareOp::Equal,
+        }],
+        success: vec![TxnOp::Put { key: "t".into(), value: "yes".into() }, TxnOp::Get { key: "a".into() }],
+        failure: vec![TxnOp::Put { key: "t".into(), value: "no".into() }],
+    };
+    let Response::Txn { succeeded: true, results, .. } = c.call(leader, Request::Txn(txn)).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(&results[1], TxnResult::Get(Some(kv)) if kv.value == b"2"));
+
+    // A write on a follower names the leader and its address.
+    match c.call(follower, put("x", "1")).await {
+        Err(ApiError::NotLeader { leader: Some(l), addr: Some(a) }) => {
+            assert_eq!(l.get(), leader);
+            assert_eq!(a, c.nodes[&leader].addr().to_string());
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+
+    // Linearizable reads on a follower see the latest acknowledged write.
+    for i in 0..5 {
+        let v = format!("v{i}");
+        c.call(leader, put("lin", &v)).await.unwrap();
+        let r = c.call(follower, get("lin", ReadConsistency::Linearizable)).await.unwrap();
+        assert_eq!(value_of(&r), Some(v.into_bytes()));
+    }
+    // Stale reads say how stale they may be.
+    let Response::Get { read, .. } = c.call(follower, get("lin", ReadConsistency::Stale)).await.unwrap() else {
+        panic!()
+    };
+    assert!(read.staleness.is_some());
+    assert_eq!(read.node.get(), follower);
+
+    // Exactly-once: the same session and sequence number twice, applied once.
+    let Response::Session(session) = c.call(leader, Request::OpenSession).await.unwrap() else { panic!() };
+    let s1 = Some(Sequenced { session, seq: 1 });
+    let first = c.call_as("writer", leader, s1, put("once", "x")).await.unwrap();
+    let again = c.call_as("writer", leader, s1, put("once", "x")).await.unwrap();
+    assert_eq!(first, again);
+    let r = c.call(leader, get("once", ReadConsistency::Linearizable)).await.unwrap();
+    let Response::Get { kv: Some(kv), .. } = r else { panic!() };
+    assert_eq!(kv.version, 1);
+    let bogus = Some(Sequenced { session: SessionId(999_999), seq: 1 });
+    assert_eq!(c.call_as("writer", leader, bogus, put("once", "y")).await.unwrap(), Err(ApiError::SessionExpired));
+
+    // Roles: a read-only client may read but not write; admin requests need admin.
+    let denied = c.call_as("reader", leader, None, put("r", "1")).await.unwrap();
+    assert!(matches!(denied, Err(ApiError::Unauthorized { .. })), "{denied:?}");
+    assert!(c.call_as("reader", leader, None, get("a", ReadConsistency::Linearizable)).await.unwrap().is_ok());
+    let denied = c.call_as("writer", leader, None, Request::SnapshotSave).await.unwrap();
+    assert!(matches!(denied, Err(ApiError::Unauthorized { .. })));
+
+    // Status and members.
+    let Response::Status(s) = c.call(leader, Request::Status).await.unwrap() else { panic!() };
+    assert!(s.danger.is_empty());
+    assert_eq!(s.binary_version, quorate_node::VERSION);
+    let Response::Members(m) = c.call(follower, Request::MemberList).await.unwrap() else { panic!() };
+    assert_eq!(m.len(), 3);
+    assert!(m.iter().all(|m| m.addr.is_some()));
+
+    // A backup snapshot.
+    let saved = c.call_as("admin", leader, None, Request::SnapshotSave).await.unwrap().unwrap();
+    let Response::SnapshotSaved { path, .. } = saved else { panic!() };
+    assert!(Path::new(&path).exists());
+
+    c.stop_all().await;
+}
+
+fn data_dir_of(c: &Cluster, i: u64) -> PathBuf {
+    c.nodes[&i].config.data_dir.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_node_catches_up_with_nothing_lost() {
+    // Small thresholds: the leader snapshots and compacts while a follower is down, so the
+    // follower needs a snapshot to catch up.
+    let raft = RaftConfig { snapshot_entries: 20, compaction_tail_entries: 5, ..fast_raft() };
+    let mut c = Cluster::start(raft);
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    for i in 0..10 {
+        c.call_retry(leader, put(&format!("k{i:03}"), "before")).await;
+    }
+    let dir = data_dir_of(&c, follower);
+    let node = c.nodes.get_mut(&follower).unwrap();
+    node.stop().await;
+    let config = node.config.clone();
+    assert_eq!(config.data_dir, dir);
+    for i in 0..100 {
+        c.call_retry(leader, put(&format!("k{i:03}"), "after")).await;
+    }
+    // Restart on the same data directory.
+    *c.nodes.get_mut(&follower).unwrap() = Node::start(config);
+    // A linearizable read on the restarted node sees every acknowledged write.
+    for i in [0, 50, 99] {
+        let r = c.call_retry(follower, get(&format!("k{i:03}"), ReadConsistency::Linearizable)).await;
+        assert_eq!(value_of(&r), Some(b"after".to_vec()), "restarted node served a stale value for k{i:03}");
+    }
+    // Its own state machine caught up too (stale reads are local).
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let r = c.call_retry(follower, get("k099", ReadConsistency::Stale)).await;
+        if value_of(&r) == Some(b"after".to_vec()) {
+            break;
+        }
+        assert!(Instant::now() < until, "follower never applied k099");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Response::Status(s) = c.call(follower, Request::Status).await.unwrap() else { panic!() };
+    assert!(s.snapshot_index.0 > 0, "snapshots are taken and compaction runs: {s:?}");
+    // And the whole cluster restarts with nothing lost.
+    c.stop_all().await;
+    let configs: Vec<NodeConfig> = c.nodes.values().map(|n| n.config.clone()).collect();
+    for cfg in configs {
+        let id = cfg.id;
+        c.nodes.insert(id, Node::start(cfg));
+    }
+    let leader = c.leader().await;
+    let r = c.call_retry(leader, get("k050", ReadConsistency::Linearizable)).await;
+    assert_eq!(value_of(&r), Some(b"after".to_vec()));
+    c.stop_all().await;
+}
