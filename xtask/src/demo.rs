@@ -57,11 +57,14 @@ fn target_dir() -> PathBuf {
     }
 }
 
-fn step(text: &str) {
+pub(crate) fn step(text: &str) {
     println!("\n== {text}");
 }
 
-fn run_demo(smoke: bool, started: Instant) -> Result<String> {
+/// Builds `quorate`, writes dev certificates and configurations under
+/// `$CARGO_TARGET_DIR/<dir_name>` (cleared first), starts the nodes and waits for a leader.
+/// The returned guard kills every node when dropped.
+pub(crate) fn start_cluster(dir_name: &str) -> Result<(Cluster, u64)> {
     step("setup and build");
     crate::setup()?;
     run(cargo().args(["build", "--locked", "--profile", PROFILE, "-p", "quorate-node", "--bin", "quorate"]))?;
@@ -69,7 +72,7 @@ fn run_demo(smoke: bool, started: Instant) -> Result<String> {
     if !bin.exists() {
         bail!("the build did not produce {}", bin.display());
     }
-    let dir = target_dir().join("demo");
+    let dir = target_dir().join(dir_name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
@@ -107,6 +110,11 @@ fn run_demo(smoke: bool, started: Instant) -> Result<String> {
     let t = Instant::now();
     let leader = cluster.wait_for_leader(None)?;
     println!("node {leader} was elected leader after {:.1}s", t.elapsed().as_secs_f64());
+    Ok((cluster, leader))
+}
+
+fn run_demo(smoke: bool, started: Instant) -> Result<String> {
+    let (mut cluster, leader) = start_cluster("demo")?;
 
     step(&format!("writing {KEYS_BEFORE} keys through the CLI"));
     let t = Instant::now();
@@ -171,7 +179,7 @@ fn run_demo(smoke: bool, started: Instant) -> Result<String> {
     cluster.watch(RUN_MAX)
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -207,9 +215,9 @@ fn agreed_leader(rows: &[Row], excluded: Option<u64>) -> Option<u64> {
 }
 
 /// The running nodes; kills them all when dropped.
-struct Cluster {
-    bin: PathBuf,
-    dir: PathBuf,
+pub(crate) struct Cluster {
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: PathBuf,
     nodes: BTreeMap<u64, Child>,
 }
 
@@ -249,7 +257,7 @@ impl Cluster {
     }
 
     /// Runs the CLI against every node.
-    fn quorate(&self, args: &[&str]) -> Result<Output> {
+    pub(crate) fn quorate(&self, args: &[&str]) -> Result<Output> {
         self.quorate_to(args, |_| true)
     }
 
@@ -290,7 +298,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn stop_all(&mut self) {
+    pub(crate) fn stop_all(&mut self) {
         for (_, mut child) in std::mem::take(&mut self.nodes) {
             let _ = child.kill();
             let _ = child.wait();
@@ -298,7 +306,7 @@ impl Cluster {
     }
 
     /// Fails with the node's log tail if a node we started has exited.
-    fn check_running(&mut self) -> Result<()> {
+    pub(crate) fn check_running(&mut self) -> Result<()> {
         let mut dead = Vec::new();
         for (id, child) in &mut self.nodes {
             if let Some(status) = child.try_wait()? {

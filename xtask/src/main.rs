@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod bench_cluster;
 mod demo;
 mod deps;
 
@@ -26,6 +27,9 @@ commands:
   fuzz [--seconds N]         bounded run of every fuzz target (installs cargo-fuzz if missing)
   bench <core|storage|transport>
                              benchmarks; record the figures in docs/benchmarks.md
+  bench cluster [--duration S] [--clients 1,16,64,256] [--skip-etcd]
+                             a real 3-node cluster (fsync, mTLS) under `quorate bench`, then etcd 3.4
+                             in the same run; writes the comparison to docs/benchmarks.md
   deps                       check the architecture's dependency rule with cargo tree
   setup                      install the system packages the build needs (libclang for RocksDB)
 ";
@@ -212,8 +216,11 @@ fn bench(args: &[String]) -> Result<()> {
         ("transport", "quorate-transport", "transport"),
     ];
     let Some((name, rest)) = args.split_first() else {
-        bail!("usage: cargo xtask bench <{}>", BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join("|"));
+        bail!("usage: cargo xtask bench <{}|cluster>", BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join("|"));
     };
+    if name == "cluster" {
+        return bench_cluster::bench_cluster(rest);
+    }
     let Some((_, package, target)) = BENCHES.iter().find(|b| b.0 == name) else {
         bail!("unknown bench `{name}`; known: {}", BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join(", "));
     };
