@@ -1133,11 +1133,16 @@ impl<S: LogStorage> Raft<S> {
     fn append_own(&mut self, payload: EntryPayload, size: u64) -> EntryId {
         let index = self.log.last_index().next();
         let id = EntryId::new(self.term, index);
-        if let EntryPayload::Config(c) = &payload {
+        let is_config = if let EntryPayload::Config(c) = &payload {
             self.conf_history.push((index, c.clone()));
-        }
+            true
+        } else {
+            false
+        };
         self.log.push(Entry { index, term: self.term, payload });
-        self.refresh_conf();
+        if is_config {
+            self.refresh_conf();
+        }
         self.uncommitted.push_back((index, size));
         self.uncommitted_bytes += size;
         id
@@ -1178,12 +1183,14 @@ impl<S: LogStorage> Raft<S> {
     }
 
     fn refresh_conf(&mut self) {
-        let conf = self.conf_history.last().map_or_else(|| self.base_conf.clone(), |(_, c)| c.clone());
-        if conf != self.conf {
-            self.conf = conf;
-            if self.role == Role::Leader {
-                self.sync_peers();
-            }
+        let latest = self.conf_history.last().map_or(&self.base_conf, |(_, c)| c);
+        if *latest == self.conf {
+            // The common case, on every append: no allocation.
+            return;
+        }
+        self.conf = latest.clone();
+        if self.role == Role::Leader {
+            self.sync_peers();
         }
     }
 
