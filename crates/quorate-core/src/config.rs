@@ -43,6 +43,9 @@ pub struct Config {
     /// Ask the application for a snapshot once this many entries were applied since the
     /// last one (`0`: never ask; the application may still snapshot on its own).
     pub snapshot_entries_threshold: u64,
+    /// Ask for a snapshot once this many entry bytes (by `Entry::size_bytes`) were applied
+    /// since the last one (`0`: never ask on bytes).
+    pub snapshot_bytes_threshold: u64,
     /// Entries kept in the log behind a snapshot, so that slightly slow followers catch up
     /// from the log instead of needing a snapshot.
     pub compaction_tail_entries: u64,
@@ -80,6 +83,7 @@ impl Config {
             applied: LogIndex::ZERO,
             seed: id.get(),
             snapshot_entries_threshold: 100_000,
+            snapshot_bytes_threshold: 256 << 20,
             compaction_tail_entries: 10_000,
             promote_lag_entries_max: 1_000,
             auto_leave_joint: true,

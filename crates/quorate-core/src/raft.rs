@@ -159,6 +159,7 @@ pub struct Raft<S> {
     /// The application's latest snapshot.
     snapshot: Option<SnapshotMeta>,
     applied_since_snapshot: u64,
+    applied_bytes_since_snapshot: u64,
     snapshot_requested: bool,
     pending_install: Option<SnapshotMeta>,
     pending_compact: Option<SnapshotMeta>,
@@ -236,6 +237,7 @@ impl<S: LogStorage> Raft<S> {
             base_conf,
             snapshot,
             applied_since_snapshot: 0,
+            applied_bytes_since_snapshot: 0,
             snapshot_requested: false,
             pending_install: None,
             pending_compact: None,
@@ -571,7 +573,12 @@ impl<S: LogStorage> Raft<S> {
         let old = &self.conf;
         let mut new = old.clone();
         let last = self.log.last_index();
-        let lag = |n: NodeId| last.distance_from(self.peers.get(&n).map_or(LogIndex::ZERO, |p| p.match_index));
+        let max_lag = self.cfg.promote_lag_entries_max;
+        // A learner may become a voter only once it is nearly caught up.
+        let caught_up = |n: NodeId| {
+            let behind = last.distance_from(self.peers.get(&n).map_or(LogIndex::ZERO, |p| p.match_index));
+            if behind > max_lag { Err(ConfChangeError::TooFarBehind { node: n, behind, max: max_lag }) } else { Ok(()) }
+        };
         match change {
             ConfChange::AddLearner(n) => {
                 if old.is_voter(n) || old.is_learner(n) {
@@ -586,14 +593,7 @@ impl<S: LogStorage> Raft<S> {
                 if !old.is_learner(n) {
                     return Err(ConfChangeError::NotMember(n));
                 }
-                let behind = lag(n);
-                if behind > self.cfg.promote_lag_entries_max {
-                    return Err(ConfChangeError::TooFarBehind {
-                        node: n,
-                        behind,
-                        max: self.cfg.promote_lag_entries_max,
-                    });
-                }
+                caught_up(n)?;
                 new.learners.remove(&n);
                 new.voters.insert(n);
             }
@@ -613,14 +613,7 @@ impl<S: LogStorage> Raft<S> {
                 if !old.is_learner(incoming) {
                     return Err(ConfChangeError::NotMember(incoming));
                 }
-                let behind = lag(incoming);
-                if behind > self.cfg.promote_lag_entries_max {
-                    return Err(ConfChangeError::TooFarBehind {
-                        node: incoming,
-                        behind,
-                        max: self.cfg.promote_lag_entries_max,
-                    });
-                }
+                caught_up(incoming)?;
                 new.voters.remove(&out);
                 new.learners.remove(&incoming);
                 new.voters.insert(incoming);
@@ -633,7 +626,6 @@ impl<S: LogStorage> Raft<S> {
         // The new configuration must be able to form a quorum with the nodes that answered
         // recently (a caught-up newcomer counts).
         let id = self.id;
-        let max_lag = self.cfg.promote_lag_entries_max;
         let healthy = |n: NodeId| {
             n == id
                 || self.peers.get(&n).is_some_and(|p| p.recent_active && last.distance_from(p.match_index) <= max_lag)
@@ -674,6 +666,8 @@ impl<S: LogStorage> Raft<S> {
             return;
         }
         self.applied_since_snapshot = self.log.applied.distance_from(meta.last.index);
+        // Bytes applied after the snapshot point are not tracked per entry; start afresh.
+        self.applied_bytes_since_snapshot = 0;
         let compact_to = LogIndex(meta.last.index.0.saturating_sub(self.cfg.compaction_tail_entries));
         self.snapshot = Some(meta);
         if compact_to > self.log.floor().index && compact_to <= self.log.persisted {
@@ -724,6 +718,7 @@ impl<S: LogStorage> Raft<S> {
         }
         self.refresh_conf();
         self.applied_since_snapshot = 0;
+        self.applied_bytes_since_snapshot = 0;
         self.pending_install = Some(meta.clone());
         self.snapshot = Some(meta.clone());
         let match_index = meta.last.index;
@@ -927,8 +922,12 @@ impl<S: LogStorage> Raft<S> {
             }
         };
         self.applied_since_snapshot += committed.len() as u64;
-        if self.cfg.snapshot_entries_threshold > 0 && self.applied_since_snapshot >= self.cfg.snapshot_entries_threshold
-        {
+        self.applied_bytes_since_snapshot += committed.iter().map(Entry::size_bytes).sum::<u64>();
+        let entries_due = self.cfg.snapshot_entries_threshold > 0
+            && self.applied_since_snapshot >= self.cfg.snapshot_entries_threshold;
+        let bytes_due = self.cfg.snapshot_bytes_threshold > 0
+            && self.applied_bytes_since_snapshot >= self.cfg.snapshot_bytes_threshold;
+        if entries_due || bytes_due {
             self.request_snapshot();
         }
         self.log.check();

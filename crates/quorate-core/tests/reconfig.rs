@@ -298,3 +298,32 @@ fn snapshots_compact_the_log_and_keep_a_tail() {
     assert_eq!(status.first_index, LogIndex(snap.last.index.0 - 5 + 1), "a tail of 5 entries is kept");
     assert!(c.nodes[&n(1)].storage().first_index() == status.first_index);
 }
+
+#[test]
+fn a_snapshot_is_asked_for_by_bytes_too() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let conf = Configuration::with_voters([1, 2, 3].map(n)).expect("voters");
+    c.nodes.clear();
+    for i in 1..=3 {
+        let mut cfg = config(n(i));
+        cfg.snapshot_entries_threshold = 0;
+        // Each command entry below is charged 24 + 100 bytes.
+        cfg.snapshot_bytes_threshold = 30 * 124;
+        cfg.compaction_tail_entries = 0;
+        c.add_node(n(i), MemLog::new(conf.clone()), cfg);
+    }
+    c.elect(1);
+    for _ in 0..20 {
+        let now = c.now;
+        c.node(1).propose(now, Data::from(vec![b'x'; 100])).expect("accepts");
+    }
+    c.commit_everywhere(&[1, 2, 3]);
+    assert!(c.snapshots.is_empty(), "20 entries of 124 bytes stay below the byte threshold");
+    for _ in 0..20 {
+        let now = c.now;
+        c.node(1).propose(now, Data::from(vec![b'x'; 100])).expect("accepts");
+    }
+    c.commit_everywhere(&[1, 2, 3]);
+    let snap = c.snapshots.get(&n(1)).expect("the byte threshold asked for a snapshot");
+    assert!(snap.last.index >= LogIndex(30), "{snap:?}");
+}
