@@ -57,9 +57,9 @@ pub use retry::{Backoff, RetryBudget, RetryBudgetConfig};
 
 use link::{Link, LinkError, QuicLink};
 use quorate_api::{ClientRequest, Request, Response, Sequenced, SessionId};
+use quorate_core::SplitMix64;
 use quorate_log::{LogIndex, NodeId};
 use quorate_transport::{ClusterId, Credentials, TlsPaths};
-use retry::SplitMix64;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -463,7 +463,7 @@ impl<L: Link> Core<L> {
             next_request: AtomicU64::new(1),
             rotation: AtomicUsize::new((seed % 1024) as usize),
             budget: Mutex::new(RetryBudget::new(config.retry_budget, Instant::now())),
-            rng: Mutex::new(SplitMix64(seed)),
+            rng: Mutex::new(SplitMix64::new(seed)),
             session: tokio::sync::Mutex::new(None),
             config,
         }

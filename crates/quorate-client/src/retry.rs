@@ -110,20 +110,6 @@ impl RetryBudget {
     }
 }
 
-/// SplitMix64: tiny, seedable, good enough for jitter.
-#[derive(Clone, Debug)]
-pub(crate) struct SplitMix64(pub(crate) u64);
-
-impl SplitMix64 {
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,7 +117,7 @@ mod tests {
     #[test]
     fn backoff_delays_stay_within_their_caps() {
         let b = Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(500) };
-        let mut rng = SplitMix64(7);
+        let mut rng = quorate_core::SplitMix64::new(7);
         for attempt in 0..100u32 {
             let cap = b.cap(attempt);
             assert!(cap <= b.max && cap >= b.initial);

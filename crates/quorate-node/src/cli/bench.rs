@@ -44,16 +44,12 @@ impl Samples {
     }
 }
 
-/// SplitMix64 for key choice and the read/write mix.
-struct Rng(u64);
+/// Key choice and the read/write mix, from the core's seeded generator.
+struct Rng(quorate_core::SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn unit(&mut self) -> f64 {
@@ -91,7 +87,7 @@ pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs) -> anyhow::Result<Out
         let (issued, errors_shown, value) = (Arc::clone(&issued), Arc::clone(&errors_shown), Arc::clone(&value));
         let (ops_max, keys, read_ratio, read) = (args.ops_max, args.keys, args.read_ratio, args.consistency.into());
         tasks.spawn(async move {
-            let mut rng = Rng(0x5EED ^ (i as u64).wrapping_mul(0x9E37_79B9));
+            let mut rng = Rng(quorate_core::SplitMix64::new(0x5EED ^ (i as u64).wrapping_mul(0x9E37_79B9)));
             let (mut reads, mut writes) = (Samples::default(), Samples::default());
             while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < ops_max {
                 let key = format!("bench/{:08}", rng.next() % keys);
