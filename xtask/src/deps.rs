@@ -6,7 +6,8 @@ use anyhow::{Context, Result, bail};
 use std::path::Path;
 
 /// Crates that must stay pure (no I/O stack in their normal dependency tree).
-const PURE: &[&str] = &["quorate-log", "quorate-core", "quorate-check", "quorate-admission", "quorate-api"];
+const PURE: &[&str] =
+    &["quorate-log", "quorate-core", "quorate-check", "quorate-admission", "quorate-api", "quorate-config"];
 
 /// Crate names (prefixes) that must not appear below a pure crate.
 const FORBIDDEN: &[&str] = &["tokio", "quinn", "rustls", "rocksdb", "librocksdb-sys", "opentelemetry", "mio"];

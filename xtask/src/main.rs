@@ -176,7 +176,8 @@ fn model_check(args: &[String]) -> Result<()> {
 
 /// Fuzz targets and the crate directory that holds each (decoders live in crates that do not
 /// link RocksDB, so a sanitizer build stays small).
-const FUZZ_TARGETS: &[(&str, &str)] = &[("fuzz", "frame_decode"), ("fuzz", "request_decode")];
+const FUZZ_TARGETS: &[(&str, &str)] =
+    &[("fuzz", "frame_decode"), ("fuzz", "request_decode"), ("fuzz", "config_decode")];
 
 fn fuzz(args: &[String]) -> Result<()> {
     let seconds: u64 = match args {

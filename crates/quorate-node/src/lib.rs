@@ -14,9 +14,15 @@
 #![forbid(unsafe_code)]
 
 mod apply;
-pub mod config;
+pub mod failpoints;
+pub use quorate_config as config;
 pub mod server;
 pub mod sm;
 
 /// The version of this binary (from Cargo).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+// The configuration crate repeats two wire limits so that it stays free of the node's
+// dependencies; these fail to compile if the copies drift.
+const _: () = assert!(config::MEMBERS_MAX == quorate_log::MEMBERS_MAX);
+const _: () = assert!(config::ADDRESS_BYTES_MAX == quorate_api::limits::TEXT_BYTES_MAX);

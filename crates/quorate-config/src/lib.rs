@@ -1,6 +1,11 @@
-//! The node's configuration: a TOML file, then environment overrides (`QUORATE_ID`,
-//! `QUORATE_LISTEN`, `QUORATE_DATA_DIR`, `QUORATE_METRICS_LISTEN`), then command-line flags
-//! ([`NodeConfig::apply_flags`]), then [`NodeConfig::validate`].
+//! # quorate-config
+//!
+//! The configuration of the Quorate reference node (`quorate-node`): a TOML file, then
+//! environment overrides (`QUORATE_ID`, `QUORATE_LISTEN`, `QUORATE_DATA_DIR`,
+//! `QUORATE_METRICS_LISTEN`), then command-line flags ([`NodeConfig::apply_flags`]), then
+//! [`NodeConfig::validate`]. It lives in its own crate, with no RocksDB, network or async
+//! runtime below it, so that the decoder can be fuzzed (`fuzz/fuzz_targets/config_decode.rs`)
+//! and used by tools that only read or write node configurations.
 //!
 //! ```toml
 //! id = 1
@@ -19,6 +24,30 @@
 //! ```
 //!
 //! Unknown fields are refused, so a misspelt setting never goes unnoticed.
+//!
+//! ```
+//! use quorate_config::NodeConfig;
+//!
+//! let text = r#"
+//! id = 1
+//! cluster = "dev"
+//! listen = "127.0.0.1:7001"
+//! data_dir = "/var/lib/quorate/n1"
+//! [peers]
+//! 1 = "127.0.0.1:7001"
+//! [tls]
+//! ca = "ca.pem"
+//! cert = "node-1.pem"
+//! key = "node-1.key"
+//! "#;
+//! let mut config = NodeConfig::from_toml(text)?;
+//! config.apply_env(|var| (var == "QUORATE_ID").then(|| "1".to_string()))?;
+//! config.validate()?;
+//! assert_eq!(config.raft.heartbeat_ms, 100); // defaults fill what the file leaves out
+//! # Ok::<(), quorate_config::ConfigError>(())
+//! ```
+
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +56,14 @@ use std::path::{Path, PathBuf};
 
 /// Largest accepted configuration file, in bytes.
 pub const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Most members in `peers` (equal to `quorate_log::MEMBERS_MAX`; `quorate-node` checks
+/// that the two agree at compile time).
+pub const MEMBERS_MAX: usize = 64;
+
+/// Longest peer address in bytes (equal to `quorate_api::limits::TEXT_BYTES_MAX`;
+/// `quorate-node` checks that the two agree at compile time).
+pub const ADDRESS_BYTES_MAX: usize = 4 * 1024;
 
 /// The whole configuration of a node.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -117,11 +154,19 @@ pub struct LimitsConfig {
     /// DANGER: skip fsync. An acknowledged write can be lost at a power failure. Shown in
     /// status as a danger setting.
     pub danger_skip_fsync: bool,
+    /// DANGER: obey the fault-injection file `failpoints.toml` in the data directory (slow
+    /// disk, disk full, clock rate; see `quorate_node::failpoints`). For fault testing only.
+    pub danger_failpoints: bool,
 }
 
 impl Default for LimitsConfig {
     fn default() -> LimitsConfig {
-        LimitsConfig { pending_requests_max: 10_000, free_space_floor_mb: 64, danger_skip_fsync: false }
+        LimitsConfig {
+            pending_requests_max: 10_000,
+            free_space_floor_mb: 64,
+            danger_skip_fsync: false,
+            danger_failpoints: false,
+        }
     }
 }
 
@@ -301,12 +346,12 @@ impl NodeConfig {
             if *id == 0 {
                 return Err(invalid("peers", "node ids start at 1; remove the entry `0`"));
             }
-            if addr.is_empty() || addr.len() > quorate_api::limits::TEXT_BYTES_MAX || !addr.contains(':') {
+            if addr.is_empty() || addr.len() > ADDRESS_BYTES_MAX || !addr.contains(':') {
                 return Err(invalid("peers", format!("address of node {id} must be `host:port`, got {addr:?}")));
             }
         }
-        if self.peers.len() > quorate_log::MEMBERS_MAX {
-            return Err(invalid("peers", format!("at most {} members", quorate_log::MEMBERS_MAX)));
+        if self.peers.len() > MEMBERS_MAX {
+            return Err(invalid("peers", format!("at most {} members", MEMBERS_MAX)));
         }
         if self.join {
             if self.peers.contains_key(&self.id) && self.peers.len() == 1 {
@@ -371,6 +416,9 @@ impl NodeConfig {
         let mut d = Vec::new();
         if self.limits.danger_skip_fsync {
             d.push("limits.danger_skip_fsync".to_string());
+        }
+        if self.limits.danger_failpoints {
+            d.push("limits.danger_failpoints".to_string());
         }
         d
     }
