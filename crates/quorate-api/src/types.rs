@@ -518,7 +518,8 @@ pub enum ApiError {
         /// Its address, if known.
         addr: Option<String>,
     },
-    /// The node refused the work before doing any; retry after the delay.
+    /// The node refused the work before doing any; retry after the delay. Sent by nodes
+    /// before admission control; current nodes send [`ApiError::Shed`] instead.
     #[error("overloaded ({reason}); retry after {retry_after_ms} ms")]
     Overloaded {
         /// Which limit was reached.
@@ -551,6 +552,96 @@ pub enum ApiError {
     /// A failure inside the node (storage); the node stops.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Admission control refused the request before any work was done: wait at least
+    /// `retry_after_ms`, then retry (counted as a retry), unless the reason is not retryable.
+    /// The typed successor of [`ApiError::Overloaded`]; appended last so that every earlier
+    /// encoding still decodes.
+    #[error("{0}")]
+    Shed(Overloaded),
+}
+
+/// A refusal by the node's admission control (`ApiError::Shed`). Its shape never changes
+/// within a protocol version.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("overloaded ({reason}); retry after {retry_after_ms} ms")]
+pub struct Overloaded {
+    /// Which limit or signal refused it.
+    pub reason: OverloadReason,
+    /// The least time to wait before retrying (already jittered by the node).
+    pub retry_after_ms: u32,
+}
+
+/// Why the node shed a request (append-only: new reasons go at the end).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum OverloadReason {
+    /// The node's queue of client requests is at its threshold.
+    #[error("request queue full")]
+    QueueFull,
+    /// Client requests in flight are at the adaptive concurrency limit.
+    #[error("concurrency limit reached")]
+    ConcurrencyLimit,
+    /// This client (certificate principal) has its fair share of the limit in flight.
+    #[error("fair share reached for this client")]
+    FairShare,
+    /// This client is over its request rate.
+    #[error("request rate limit for this client")]
+    RateLimited,
+    /// This client has spent its retry budget.
+    #[error("retry budget of this client spent")]
+    RetryBudget,
+    /// Admitted requests hold the in-flight byte budget already.
+    #[error("too many bytes in flight")]
+    InFlightBytes,
+    /// The request is larger than the in-flight byte budget: retrying does not help.
+    #[error("request larger than the in-flight byte budget")]
+    RequestTooLarge,
+    /// Too many bytes are appended but not yet committed.
+    #[error("too many uncommitted bytes")]
+    UncommittedBytes,
+    /// The state machine is too far behind the commit index.
+    #[error("apply lag too large")]
+    ApplyLag,
+    /// Free disk space is below the floor; clears itself when space returns.
+    #[error("disk space below the floor")]
+    DiskSpace,
+    /// Recent fsync latency is at its threshold.
+    #[error("fsync latency too high")]
+    FsyncLatency,
+    /// The slowest follower has too many bytes in flight.
+    #[error("replication backlog")]
+    PeerBacklog,
+    /// The consensus core holds its most pending linearizable reads.
+    #[error("too many pending reads")]
+    PendingReads,
+}
+
+impl OverloadReason {
+    /// Whether the same request can succeed later (all but `RequestTooLarge`).
+    #[must_use]
+    pub const fn is_retryable(self) -> bool {
+        !matches!(self, OverloadReason::RequestTooLarge)
+    }
+
+    /// A short stable name (metric labels, logs).
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            OverloadReason::QueueFull => "queue_full",
+            OverloadReason::ConcurrencyLimit => "concurrency_limit",
+            OverloadReason::FairShare => "fair_share",
+            OverloadReason::RateLimited => "rate_limited",
+            OverloadReason::RetryBudget => "retry_budget",
+            OverloadReason::InFlightBytes => "in_flight_bytes",
+            OverloadReason::RequestTooLarge => "request_too_large",
+            OverloadReason::UncommittedBytes => "uncommitted_bytes",
+            OverloadReason::ApplyLag => "apply_lag",
+            OverloadReason::DiskSpace => "disk_space",
+            OverloadReason::FsyncLatency => "fsync_latency",
+            OverloadReason::PeerBacklog => "peer_backlog",
+            OverloadReason::PendingReads => "pending_reads",
+        }
+    }
 }
 
 fn leader_text(leader: Option<NodeId>, addr: Option<&str>) -> String {

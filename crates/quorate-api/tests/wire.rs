@@ -87,6 +87,20 @@ fn samples() -> Vec<(&'static str, NodeMessage)> {
                 result: Err(ApiError::NotLeader { leader: Some(n(3)), addr: Some("127.0.0.1:7003".into()) }),
             }),
         ),
+        (
+            "response_overloaded_text",
+            NodeMessage::Response(ClientResponse {
+                id: 46,
+                result: Err(ApiError::Overloaded { reason: "pending requests".into(), retry_after_ms: 50 }),
+            }),
+        ),
+        (
+            "response_shed",
+            NodeMessage::Response(ClientResponse {
+                id: 47,
+                result: Err(ApiError::Shed(Overloaded { reason: OverloadReason::DiskSpace, retry_after_ms: 1500 })),
+            }),
+        ),
     ]
 }
 
@@ -195,4 +209,38 @@ fn access_levels() {
     let read_only = Txn { compare: vec![], success: vec![TxnOp::Get { key: b"k".to_vec() }], failure: vec![] };
     assert_eq!(Request::Txn(read_only).access(), Access::Read);
     assert!(Access::Admin > Access::Write && Access::Write > Access::Read);
+}
+
+#[test]
+fn shed_is_the_last_error_variant_and_every_reason_round_trips() {
+    // postcard encodes a variant by its index: `Shed` was appended after `Internal` (index 8),
+    // so every earlier encoding keeps its meaning.
+    let internal = postcard::to_allocvec(&ApiError::Internal(String::new())).expect("encodes");
+    assert_eq!(internal[0], 8);
+    let reasons = [
+        OverloadReason::QueueFull,
+        OverloadReason::ConcurrencyLimit,
+        OverloadReason::FairShare,
+        OverloadReason::RateLimited,
+        OverloadReason::RetryBudget,
+        OverloadReason::InFlightBytes,
+        OverloadReason::RequestTooLarge,
+        OverloadReason::UncommittedBytes,
+        OverloadReason::ApplyLag,
+        OverloadReason::DiskSpace,
+        OverloadReason::FsyncLatency,
+        OverloadReason::PeerBacklog,
+        OverloadReason::PendingReads,
+    ];
+    let mut labels = std::collections::BTreeSet::new();
+    for (i, reason) in reasons.into_iter().enumerate() {
+        let error = ApiError::Shed(Overloaded { reason, retry_after_ms: 250 });
+        let bytes = postcard::to_allocvec(&error).expect("encodes");
+        assert_eq!(bytes[..2], [9, i as u8], "{reason:?}");
+        assert_eq!(postcard::from_bytes::<ApiError>(&bytes).expect("decodes"), error);
+        assert!(labels.insert(reason.label()));
+        assert_eq!(reason.is_retryable(), reason != OverloadReason::RequestTooLarge);
+    }
+    let shown = ApiError::Shed(Overloaded { reason: OverloadReason::DiskSpace, retry_after_ms: 1500 }).to_string();
+    assert_eq!(shown, "overloaded (disk space below the floor); retry after 1500 ms");
 }

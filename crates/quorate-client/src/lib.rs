@@ -9,7 +9,9 @@
 //!   known it tries the configured members in turn.
 //! * **Bounded retries.** Failed attempts are retried with jittered exponential backoff
 //!   ([`Backoff`]), bounded by a count ([`ClientConfig::retries_max`]) and a total time
-//!   ([`ClientConfig::total_timeout`]); an `Overloaded { retry_after_ms }` answer is honoured.
+//!   ([`ClientConfig::total_timeout`]); an overload answer (`ApiError::Shed`, or the older
+//!   `ApiError::Overloaded`) is retried no sooner than its `retry_after_ms` (plus up to a
+//!   tenth of jitter), unless its reason says a retry cannot succeed.
 //!   Every retry draws a token from a rate-limited [`RetryBudget`], so retries cannot multiply
 //!   the load on a cluster that is already struggling. Each attempt has its own timeout
 //!   ([`ClientConfig::request_timeout`]).
@@ -645,6 +647,11 @@ impl<L: Link> Core<L> {
                         last = format!("node {target} is overloaded ({reason})");
                         floor = Duration::from_millis(u64::from(retry_after_ms));
                     }
+                    Err(ApiError::Shed(o)) if o.reason.is_retryable() => {
+                        // Refused before any work: safe to repeat, never sooner than the hint.
+                        last = format!("node {target} shed the request ({})", o.reason);
+                        floor = Duration::from_millis(u64::from(o.retry_after_ms));
+                    }
                     Err(ApiError::Unavailable(why)) => {
                         last = format!("node {target} cannot serve now: {why}");
                         if route == Route::Leader {
@@ -686,7 +693,7 @@ impl<L: Link> Core<L> {
             let delay = if immediate {
                 Duration::ZERO
             } else {
-                let d = self.config.backoff.delay(retries, self.random()).max(floor);
+                let d = self.config.backoff.delay(retries, self.random()).max(overload_delay(floor, self.random()));
                 retries += 1;
                 d
             };
@@ -703,6 +710,14 @@ impl<L: Link> Core<L> {
             }
         }
     }
+}
+
+/// The wait after an overload answer with hint `floor`: the hint plus up to a tenth more,
+/// drawn from `random`, so that clients refused together do not return together. Never less
+/// than the hint.
+fn overload_delay(floor: Duration, random: u64) -> Duration {
+    let spread_ns = u64::try_from(floor.as_nanos() / 10).unwrap_or(u64::MAX);
+    floor.saturating_add(Duration::from_nanos(random % spread_ns.saturating_add(1)))
 }
 
 #[cfg(test)]

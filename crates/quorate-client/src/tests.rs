@@ -276,3 +276,65 @@ async fn a_direct_request_to_a_down_node_costs_one_attempt() {
     let error = other.send(Request::Status, None, Route::Direct(id(2))).await.unwrap_err();
     assert!(matches!(error, ClientError::GaveUp { attempts: 2, .. }), "{error}");
 }
+
+fn shed(reason: quorate_api::OverloadReason, retry_after_ms: u32) -> ApiError {
+    ApiError::Shed(quorate_api::Overloaded { reason, retry_after_ms })
+}
+
+#[tokio::test(start_paused = true)]
+async fn shed_answers_are_retried_no_sooner_than_the_hint() {
+    let core = core(
+        |node, request, n| {
+            if n < 2 {
+                return Ok(Err(shed(quorate_api::OverloadReason::ConcurrencyLimit, 700)));
+            }
+            leader_script(1)(node, request, n)
+        },
+        |c| c.members.truncate(1),
+    );
+    let started = Instant::now();
+    core.send(Request::MemberList, None, Route::Leader).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1400), "two hints of 700 ms: {waited:?}");
+    assert!(waited <= Duration::from_millis(1540), "at most a tenth of jitter each: {waited:?}");
+    assert_eq!(calls(&core).len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shed_retries_spend_the_retry_budget() {
+    let core = core(
+        |_, _, _| Ok(Err(shed(quorate_api::OverloadReason::FairShare, 20))),
+        |c| {
+            c.members.truncate(1);
+            c.retry_budget = RetryBudgetConfig { burst: 3, per_second: 0.0 };
+        },
+    );
+    let error = core.send(Request::MemberList, None, Route::Leader).await.unwrap_err();
+    assert!(matches!(error, ClientError::GaveUp { attempts: 4, reason: GiveUpReason::Budget, .. }), "{error}");
+    assert!(error.to_string().contains("shed the request (fair share"), "{error}");
+    assert_eq!(calls(&core).len(), 4, "a first attempt and three retries from the budget");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_too_large_to_ever_be_admitted_is_not_retried() {
+    let core = core(|_, _, _| Ok(Err(shed(quorate_api::OverloadReason::RequestTooLarge, 10_000))), |_| ());
+    let started = Instant::now();
+    let error = core.send(Request::MemberList, None, Route::Leader).await.unwrap_err();
+    assert!(matches!(error, ClientError::Rejected { error: ApiError::Shed(_), .. }), "{error}");
+    assert_eq!(calls(&core).len(), 1);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+#[test]
+fn overload_delays_are_the_hint_plus_at_most_a_tenth() {
+    let mut rng = SplitMix64::new(3);
+    let floor = Duration::from_millis(250);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..1000 {
+        let d = overload_delay(floor, rng.next_u64());
+        assert!(d >= floor && d <= floor + floor / 10, "{d:?}");
+        seen.insert(d.as_millis());
+    }
+    assert!(seen.len() > 10, "jittered: {seen:?}");
+    assert_eq!(overload_delay(Duration::ZERO, u64::MAX), Duration::ZERO);
+}
