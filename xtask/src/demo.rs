@@ -7,14 +7,12 @@
 //! Every wait polls with a deadline; every child process is killed when the demo ends, on
 //! error paths too (the `Cluster` guard's `Drop`).
 
-use crate::{PROFILE, cargo, root, run};
+pub(crate) use crate::cluster::text;
+use crate::cluster::{Cluster, build_quorate, target_dir};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const NODES: u64 = 3;
@@ -30,8 +28,6 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 const POLL_EVERY: Duration = Duration::from_millis(200);
 /// The interactive demo keeps the cluster up at most this long.
 const RUN_MAX: Duration = Duration::from_secs(24 * 3600);
-/// Seconds a single CLI call may take (the CLI retries within it).
-const CLI_TIMEOUT_S: &str = "10";
 
 pub(crate) fn demo(args: &[String]) -> Result<()> {
     let smoke = match args {
@@ -49,14 +45,6 @@ pub(crate) fn demo(args: &[String]) -> Result<()> {
     result.map(drop)
 }
 
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => root().join(d),
-        None => root().join("target"),
-    }
-}
-
 pub(crate) fn step(text: &str) {
     println!("\n== {text}");
 }
@@ -66,17 +54,8 @@ pub(crate) fn step(text: &str) {
 /// The returned guard kills every node when dropped.
 pub(crate) fn start_cluster(dir_name: &str) -> Result<(Cluster, u64)> {
     step("setup and build");
-    crate::setup()?;
-    run(cargo().args(["build", "--locked", "--profile", PROFILE, "-p", "quorate-node", "--bin", "quorate"]))?;
-    let bin = target_dir().join(PROFILE).join("quorate");
-    if !bin.exists() {
-        bail!("the build did not produce {}", bin.display());
-    }
+    let bin = build_quorate()?;
     let dir = target_dir().join(dir_name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir.join("logs"))?;
     for i in 0..NODES {
         let port = BASE_PORT + i as u16;
         UdpSocket::bind(("127.0.0.1", port)).with_context(|| {
@@ -85,27 +64,14 @@ pub(crate) fn start_cluster(dir_name: &str) -> Result<(Cluster, u64)> {
     }
 
     step("certificates and configurations");
-    let mut cluster = Cluster::new(bin, dir.clone());
-    let out = cluster.quorate(&[
-        "certs",
-        "dev",
-        "--dir",
-        &dir.to_string_lossy(),
-        "--cluster",
-        CLUSTER,
-        "--nodes",
-        &NODES.to_string(),
-        "--base-port",
-        &BASE_PORT.to_string(),
-    ])?;
-    print!("{}", text(&out.stdout));
-    if !out.status.success() {
-        bail!("`quorate certs dev` failed: {}", text(&out.stderr).trim());
-    }
+    let mut cluster = Cluster::new(bin, dir.clone(), CLUSTER, true)?;
+    cluster.generate_certs(NODES, BASE_PORT)?;
+    println!("certificates in {}, configurations {}", cluster.certs_dir().display(), cluster.config_path(1).display());
 
     step(&format!("starting {NODES} nodes (logs in {})", dir.join("logs").display()));
     for id in 1..=NODES {
         cluster.start(id)?;
+        println!("node {id} started");
     }
     let t = Instant::now();
     let leader = cluster.wait_for_leader(None)?;
@@ -132,6 +98,7 @@ fn run_demo(smoke: bool, started: Instant) -> Result<String> {
 
     step(&format!("killing the leader, node {leader}, with SIGKILL"));
     cluster.kill(leader)?;
+    println!("node {leader} killed");
     let t = Instant::now();
     let new_leader = cluster.wait_for_leader(Some(leader))?;
     println!("node {new_leader} took over after {:.1}s", t.elapsed().as_secs_f64());
@@ -152,6 +119,7 @@ fn run_demo(smoke: bool, started: Instant) -> Result<String> {
 
     step(&format!("restarting node {leader}"));
     cluster.start(leader)?;
+    println!("node {leader} started");
     let t = Instant::now();
     let applied = cluster.wait_for_catch_up(leader)?;
     println!("node {leader} caught up to index {applied} in {:.1}s", t.elapsed().as_secs_f64());
@@ -177,10 +145,6 @@ fn run_demo(smoke: bool, started: Instant) -> Result<String> {
     println!("  {env} {} cluster status", cluster.bin.display());
     println!("  {env} {} bench --clients 8 --duration 5", cluster.bin.display());
     cluster.watch(RUN_MAX)
-}
-
-pub(crate) fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// One row of `quorate cluster status`.
@@ -214,18 +178,8 @@ fn agreed_leader(rows: &[Row], excluded: Option<u64>) -> Option<u64> {
     (agree > NODES / 2).then_some(leader)
 }
 
-/// The running nodes; kills them all when dropped.
-pub(crate) struct Cluster {
-    pub(crate) bin: PathBuf,
-    pub(crate) dir: PathBuf,
-    nodes: BTreeMap<u64, Child>,
-}
-
+/// The demo's view of the cluster: the CLI against its fixed endpoints.
 impl Cluster {
-    fn new(bin: PathBuf, dir: PathBuf) -> Cluster {
-        Cluster { bin, dir, nodes: BTreeMap::new() }
-    }
-
     fn endpoints(only: impl Fn(u64) -> bool) -> String {
         (1..=NODES)
             .filter(|i| only(*i))
@@ -242,87 +196,16 @@ impl Cluster {
         )
     }
 
-    /// Runs the CLI against the nodes `to` selects (bounded by the CLI's own `--timeout`).
-    fn quorate_to(&self, args: &[&str], to: impl Fn(u64) -> bool) -> Result<Output> {
-        Command::new(&self.bin)
-            .args(args)
-            .env("QUORATE_CERTS", self.dir.join("certs"))
-            .env("QUORATE_CLUSTER", CLUSTER)
-            .env("QUORATE_ENDPOINTS", Cluster::endpoints(to))
-            .env("QUORATE_TIMEOUT", CLI_TIMEOUT_S)
-            .env("QUORATE_USER", "admin")
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", self.bin.display()))
-    }
-
     /// Runs the CLI against every node.
     pub(crate) fn quorate(&self, args: &[&str]) -> Result<Output> {
-        self.quorate_to(args, |_| true)
+        self.quorate_to(args, &Cluster::endpoints(|_| true))
     }
 
     /// Runs the CLI against the running nodes, as a client configured with the live members
     /// would (a fresh CLI process knows no leader, and each dead endpoint it tries first costs
     /// a connection timeout).
     fn quorate_live(&self, args: &[&str]) -> Result<Output> {
-        self.quorate_to(args, |i| self.nodes.contains_key(&i))
-    }
-
-    fn log_path(&self, id: u64) -> PathBuf {
-        self.dir.join("logs").join(format!("node-{id}.log"))
-    }
-
-    fn start(&mut self, id: u64) -> Result<()> {
-        let log = File::options().create(true).append(true).open(self.log_path(id))?;
-        let config = self.dir.join(format!("node-{id}.toml"));
-        let child = Command::new(&self.bin)
-            .args(["node", "start", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start node {id}"))?;
-        println!("node {id} started (pid {})", child.id());
-        self.nodes.insert(id, child);
-        Ok(())
-    }
-
-    /// SIGKILL (`Child::kill` on Unix), then reap.
-    fn kill(&mut self, id: u64) -> Result<()> {
-        let mut child = self.nodes.remove(&id).with_context(|| format!("node {id} is not running"))?;
-        child.kill().with_context(|| format!("cannot kill node {id}"))?;
-        let status = child.wait()?;
-        println!("node {id} killed ({status})");
-        Ok(())
-    }
-
-    pub(crate) fn stop_all(&mut self) {
-        for (_, mut child) in std::mem::take(&mut self.nodes) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Fails with the node's log tail if a node we started has exited.
-    pub(crate) fn check_running(&mut self) -> Result<()> {
-        let mut dead = Vec::new();
-        for (id, child) in &mut self.nodes {
-            if let Some(status) = child.try_wait()? {
-                dead.push((*id, status));
-            }
-        }
-        if let Some((id, status)) = dead.first() {
-            bail!("node {id} exited ({status}); the end of its log:\n{}", self.log_tail(*id, 20));
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self, id: u64, lines: usize) -> String {
-        let Ok(f) = File::open(self.log_path(id)) else { return "(no log)".into() };
-        let all: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.quorate_to(args, &Cluster::endpoints(|i| self.is_running(i)))
     }
 
     fn status(&self) -> Result<(Vec<Row>, String)> {
@@ -393,7 +276,7 @@ impl Cluster {
         for (key, value) in expected {
             let args = ["kv", "get", key, "--consistency", consistency];
             let out = match at {
-                Some(node) => self.quorate_to(&args, |i| i == node)?,
+                Some(node) => self.quorate_to(&args, &Cluster::endpoints(|i| i == node))?,
                 None => self.quorate_live(&args)?,
             };
             let got = text(&out.stdout);
@@ -418,12 +301,6 @@ impl Cluster {
             std::thread::sleep(Duration::from_secs(1));
         }
         Ok("stopped after the time limit".into())
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop_all();
     }
 }
 

@@ -9,6 +9,8 @@ use std::process::Command;
 use std::time::Instant;
 
 mod bench_cluster;
+mod chaos;
+mod cluster;
 mod demo;
 mod deps;
 
@@ -22,6 +24,9 @@ commands:
   demo [--smoke]             the main job: a real 3-node cluster on 127.0.0.1; writes, kills the leader
                              (SIGKILL), checks every acknowledged write, restarts it; --smoke: stop and
                              print a verdict instead of running until Ctrl-C
+  chaos [--nodes 3|5] [--duration S] [--seed S] [--faults LIST] [--workload mixed|hot-key] [--reads linearizable|lease]
+                             fault testing of a real cluster with checked histories; also `chaos failover`,
+                             `chaos regress [NAME]`, `chaos ci`, `chaos soak` (see docs/chaos.md)
   model-check [--quick] [ARGS]
                              exhaustive exploration of the real core at small bounds
   fuzz [--seconds N]         bounded run of every fuzz target (installs cargo-fuzz if missing)
@@ -50,6 +55,7 @@ fn main() -> Result<()> {
         "ci" => ci(rest),
         "sim" => sim(rest),
         "demo" => demo::demo(rest),
+        "chaos" => chaos::chaos(rest),
         "bench" => bench(rest),
         "model-check" => model_check(rest),
         "fuzz" => fuzz(rest),

@@ -94,6 +94,72 @@ pub struct NodeConfig {
     /// Bounds.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Admission control: what the node refuses (`Overloaded`) before doing any work.
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// Admission control (`quorate-admission`): every client request is admitted or refused with
+/// `Overloaded { reason, retry_after }` before any work is done. Free disk space is governed
+/// by `limits.free_space_floor_mb`. The node checks these with the admission crate's own
+/// validation at start (errors name `admission`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// DANGER: admit every request (no shedding). Overload then shows as timeouts, growing
+    /// queues and memory instead of refusals. Shown in status as a danger setting.
+    pub danger_admission_disabled: bool,
+    /// Lowest adaptive concurrency limit for client requests.
+    pub concurrency_count_min: u32,
+    /// Highest adaptive concurrency limit.
+    pub concurrency_count_max: u32,
+    /// Concurrency limit at start.
+    pub concurrency_count_initial: u32,
+    /// Completions slower than this lower the concurrency limit.
+    pub latency_target_ms: u64,
+    /// Sustained requests per second per client principal (certificate identity).
+    pub principal_rate_per_sec: u64,
+    /// Requests a principal may send at once after being idle.
+    pub principal_burst_count: u64,
+    /// Bytes of admitted requests in flight; a larger request is refused for good.
+    pub in_flight_bytes_max: u64,
+    /// Writes are refused while this many bytes are appended but not committed.
+    pub uncommitted_bytes_max: u64,
+    /// Requests are refused while this many entries are committed but not applied.
+    pub apply_lag_entries_max: u64,
+    /// Writes are refused while this many entries are appended but not committed.
+    pub proposal_queue_count_max: u64,
+    /// Writes are refused while the slowest follower has this many bytes in flight.
+    pub peer_in_flight_bytes_max: u64,
+    /// Writes are refused while recent persist (fsync) latency is at least this.
+    pub fsync_latency_ms_max: u64,
+    /// Smallest `retry_after` in a refusal.
+    pub retry_after_ms_min: u64,
+    /// Largest `retry_after` in a refusal.
+    pub retry_after_ms_max: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> AdmissionConfig {
+        const MIB: u64 = 1 << 20;
+        AdmissionConfig {
+            danger_admission_disabled: false,
+            concurrency_count_min: 16,
+            concurrency_count_max: 1024,
+            concurrency_count_initial: 128,
+            latency_target_ms: 100,
+            principal_rate_per_sec: 100_000,
+            principal_burst_count: 10_000,
+            in_flight_bytes_max: 64 * MIB,
+            uncommitted_bytes_max: 32 * MIB,
+            apply_lag_entries_max: 20_000,
+            proposal_queue_count_max: 20_000,
+            peer_in_flight_bytes_max: 8 * MIB,
+            fsync_latency_ms_max: 250,
+            retry_after_ms_min: 10,
+            retry_after_ms_max: 5_000,
+        }
+    }
 }
 
 /// Certificate paths (PEM). Relative paths are taken relative to the config file.
@@ -417,6 +483,9 @@ impl NodeConfig {
         if self.limits.danger_skip_fsync {
             d.push("limits.danger_skip_fsync".to_string());
         }
+        if self.admission.danger_admission_disabled {
+            d.push("admission.danger_admission_disabled".to_string());
+        }
         if self.limits.danger_failpoints {
             d.push("limits.danger_failpoints".to_string());
         }
@@ -502,5 +571,8 @@ danger_skip_fsync = false
         let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
         c.limits.danger_skip_fsync = true;
         assert_eq!(c.danger_settings(), vec!["limits.danger_skip_fsync".to_string()]);
+        c.limits.danger_skip_fsync = false;
+        c.admission.danger_admission_disabled = true;
+        assert_eq!(c.danger_settings(), vec!["admission.danger_admission_disabled".to_string()]);
     }
 }

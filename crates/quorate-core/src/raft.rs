@@ -319,6 +319,20 @@ impl<S: LogStorage> Raft<S> {
         self.log.last_index()
     }
 
+    /// Bytes appended but not yet committed (leader only; zero otherwise). A read-only
+    /// signal for admission control.
+    #[must_use]
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.uncommitted_bytes
+    }
+
+    /// The most entry bytes in flight to one follower (leader only; zero otherwise). A
+    /// read-only signal for admission control.
+    #[must_use]
+    pub fn peer_inflight_bytes_max(&self) -> u64 {
+        self.peers.values().map(|p| p.snapshot().inflight_bytes).max().unwrap_or(0)
+    }
+
     /// The configuration in force.
     #[must_use]
     pub fn configuration(&self) -> &Configuration {

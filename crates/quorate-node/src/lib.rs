@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod apply;
 pub mod failpoints;
 pub use quorate_config as config;

@@ -194,10 +194,15 @@ pub(crate) struct Responder {
     handle: tokio::runtime::Handle,
     audit: Option<String>,
     guard: Option<InflightGuard>,
+    /// Admission: answering completes it (latency into the adaptive limit, budgets freed).
+    ticket: Option<crate::admission::Ticket>,
 }
 
 impl Responder {
-    pub(crate) fn send(self, result: Result<Response, ApiError>, at: Option<EntryId>) {
+    pub(crate) fn send(mut self, result: Result<Response, ApiError>, at: Option<EntryId>) {
+        if let Some(t) = self.ticket.take() {
+            t.finish(&result);
+        }
         if let Some(what) = &self.audit {
             let from = &self.req.from;
             let (term, index) = at.map_or((0, 0), |a| (a.term.0, a.index.0));
@@ -303,6 +308,7 @@ pub async fn run_until(config: NodeConfig, shutdown: impl Future<Output = ()>) -
 
 async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     config.validate()?;
+    let gate = crate::admission::Gate::new(&config, config.id)?;
     match config.to_toml() {
         Ok(t) => tracing::info!(version = crate::VERSION, "starting quorate node with configuration:\n{t}"),
         Err(e) => tracing::warn!(error = %e, "cannot render the configuration"),
@@ -455,6 +461,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         staging: None,
         staging_dir,
         disk: (Instant::now(), true),
+        gate,
     };
     let result = driver.run(inbox, shutdown).await;
     // Orderly stop: the apply thread ends when its channel closes; the committer finishes
@@ -502,6 +509,8 @@ struct Driver {
     staging_dir: PathBuf,
     /// When free space was last checked, and whether it was above the floor.
     disk: (Instant, bool),
+    /// Admission control for client requests.
+    gate: Arc<crate::admission::Gate>,
 }
 
 impl Driver {
@@ -582,9 +591,13 @@ impl Driver {
                     skip_fsync: !p.sync || self.config.limits.danger_skip_fsync,
                 };
                 let tx = self.persist_tx.clone();
+                let (fsync, synced, submitted) = (self.gate.fsync_probe(), !batch.skip_fsync, Instant::now());
                 let (io, install) = (p.io, p.install);
                 // The callback runs on the committer's writer thread, never in the runtime.
                 self.committer.submit_with(batch, move |result| {
+                    if synced {
+                        fsync.record(submitted.elapsed());
+                    }
                     let _ = tx.blocking_send(Persisted { io, install, result });
                 })?;
             }
@@ -727,8 +740,8 @@ impl Driver {
             ReadError::LeadershipLost => {
                 ApiError::Unavailable("leadership changed before the read was confirmed; retry".into())
             }
-            ReadError::TooManyPending(n) => {
-                ApiError::Overloaded { reason: format!("pending reads (limit {n})"), retry_after_ms: 50 }
+            ReadError::TooManyPending(_) => {
+                crate::admission::shed(quorate_api::OverloadReason::PendingReads, Duration::from_millis(50))
             }
             ReadError::LeaseDisabled => ApiError::InvalidRequest("lease reads are not enabled on this node".into()),
             ReadError::Halted => ApiError::Internal("node halted".into()),
@@ -740,7 +753,7 @@ impl Driver {
         match e {
             ProposeError::NotLeader { .. } => self.leader_hint(),
             ProposeError::UncommittedLimit { .. } => {
-                ApiError::Overloaded { reason: "uncommitted bytes".into(), retry_after_ms: 100 }
+                crate::admission::shed(quorate_api::OverloadReason::UncommittedBytes, Duration::from_millis(100))
             }
             ProposeError::TooLarge { proposal_bytes, limit_bytes } => {
                 ApiError::InvalidRequest(format!("command of {proposal_bytes} bytes exceeds {limit_bytes}"))
@@ -840,7 +853,8 @@ impl Driver {
             return Ok(());
         }
         if !self.disk_ok() {
-            responder.send(Err(ApiError::Overloaded { reason: "disk space".into(), retry_after_ms: 1000 }), None);
+            let e = crate::admission::shed(quorate_api::OverloadReason::DiskSpace, Duration::from_secs(1));
+            responder.send(Err(e), None);
             return Ok(());
         }
         let cmd = Command { session, time_ms: self.next_time_ms(), op };
@@ -902,7 +916,7 @@ impl Driver {
         let ClientRequest { id, session, body } = match std::mem::replace(&mut req.message, placeholder) {
             NodeMessage::Request(r) => r,
             _ => {
-                let r = Responder { req, id: 0, handle, audit: None, guard: None };
+                let r = Responder { req, id: 0, handle, audit: None, guard: None, ticket: None };
                 r.send(Err(ApiError::InvalidRequest("expected a client request".into())), None);
                 return Ok(());
             }
@@ -911,9 +925,9 @@ impl Driver {
         let audit = (access == Access::Admin).then(|| format!("{body:?}"));
         let max = self.config.limits.pending_requests_max;
         if self.shared.inflight.load(Ordering::Acquire) >= max {
-            let r = Responder { req, id, handle, audit, guard: None };
-            let reason = format!("pending requests (limit {max})");
-            r.send(Err(ApiError::Overloaded { reason, retry_after_ms: 50 }), None);
+            let r = Responder { req, id, handle, audit, guard: None, ticket: None };
+            let e = crate::admission::shed(quorate_api::OverloadReason::QueueFull, Duration::from_millis(50));
+            r.send(Err(e), None);
             return Ok(());
         }
         let guard = Some(InflightGuard::new(&self.shared.inflight));
@@ -923,10 +937,20 @@ impl Driver {
             _ => quorate_transport::Role::Admin,
         };
         let allowed = req.from.role.allows(needed);
-        let responder = Responder { req, id, handle, audit, guard };
+        let principal = crate::admission::principal_of(req.from.principal.as_str());
+        let mut responder = Responder { req, id, handle, audit, guard, ticket: None };
         if !allowed {
             responder.send(Err(ApiError::Unauthorized { needed: access }), None);
             return Ok(());
+        }
+        // Admission, before any work; consensus traffic never comes this way.
+        let signals = crate::admission::CoreSignals::measure(&self.raft, self.shared.store.applied_index());
+        match self.gate.admit(&body, principal, signals, self.shared.store.dir()) {
+            Ok(ticket) => responder.ticket = ticket,
+            Err(e) => {
+                responder.send(Err(e), None);
+                return Ok(());
+            }
         }
         match body {
             Request::Put { key, value } => self.propose_write(session, CommandOp::Put { key, value }, responder).await,

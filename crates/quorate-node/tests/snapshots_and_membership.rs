@@ -100,6 +100,7 @@ mod common {
                     tls: TlsConfig { ca: paths.ca.clone(), cert: paths.cert.clone(), key: paths.key.clone() },
                     raft: raft.clone(),
                     limits: LimitsConfig { free_space_floor_mb: 0, ..LimitsConfig::default() },
+                    admission: Default::default(),
                 };
                 if i <= 3 {
                     nodes.insert(i, Node::start(config));

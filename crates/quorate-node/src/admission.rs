@@ -1,0 +1,417 @@
+//! Admission control in the node: the sans-IO [`quorate_admission::Admission`] behind a lock,
+//! fed with the node's signals, asked before any work is done for a client request.
+//!
+//! * [`Gate::admit`] runs in the driver for every client request, after the role check and
+//!   before the request touches the core or the apply thread. A refusal is answered at once
+//!   with [`ApiError::Shed`] (`Overloaded { reason, retry_after_ms }`).
+//! * The [`Ticket`] of an admitted request rides in its `Responder`; answering the client
+//!   completes it, which releases its budgets and feeds its latency to the adaptive limit.
+//!   A ticket dropped unanswered counts as cancelled.
+//! * Consensus traffic (Raft messages, snapshot chunks) never reaches the gate.
+//! * Signals: uncommitted bytes in the core, apply lag (committed − applied), proposals
+//!   appended but not committed, the slowest follower's bytes in flight, free disk space
+//!   (checked at most every [`DISK_CHECK_INTERVAL`]) and fsync latency (a decaying average of
+//!   persist round trips measured by [`FsyncProbe`]).
+
+use crate::config::{AdmissionConfig, NodeConfig};
+use quorate_admission::{Admission, Class, Config, Nanos, Outcome, Permit, Principal, Reason, RequestInfo, Signals};
+use quorate_api::{ApiError, OverloadReason, Overloaded, Request, Response, TxnOp};
+use quorate_core::Raft;
+use quorate_log::{LogIndex, LogStorage};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How often free disk space is measured (a `statvfs` call).
+pub(crate) const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// The fsync latency signal halves for every this much time without a completed persist, so
+/// that a refusal for fsync latency cannot outlive the slow disk that caused it (shed writes
+/// produce no new samples).
+const FSYNC_DECAY_HALF_LIFE: Duration = Duration::from_millis(250);
+/// Fixed overhead counted per written request on top of its keys and values (the command
+/// envelope, session, log entry header).
+const REQUEST_OVERHEAD_BYTES: u64 = 64;
+
+/// The admission configuration of the node, checked (a wrong `[admission]` setting names
+/// its field).
+pub(crate) fn admission_config(config: &NodeConfig) -> Result<Config, quorate_config::ConfigError> {
+    let a: &AdmissionConfig = &config.admission;
+    let floor = config.limits.free_space_floor_mb.saturating_mul(1 << 20);
+    let c = Config {
+        concurrency_count_min: a.concurrency_count_min,
+        concurrency_count_max: a.concurrency_count_max,
+        concurrency_count_initial: a.concurrency_count_initial,
+        latency_target_ms: a.latency_target_ms,
+        principal_rate_per_sec: a.principal_rate_per_sec,
+        principal_burst_count: a.principal_burst_count,
+        in_flight_bytes_max: a.in_flight_bytes_max,
+        uncommitted_bytes_max: a.uncommitted_bytes_max,
+        apply_lag_entries_max: a.apply_lag_entries_max,
+        proposal_queue_count_max: a.proposal_queue_count_max,
+        peer_in_flight_bytes_max: a.peer_in_flight_bytes_max,
+        // Free space is governed by `limits.free_space_floor_mb` (0: not checked).
+        disk_free_bytes_min: floor,
+        disk_free_hysteresis_bytes: floor / 4,
+        fsync_latency_ms_max: a.fsync_latency_ms_max,
+        retry_after_ms_min: a.retry_after_ms_min,
+        retry_after_ms_max: a.retry_after_ms_max,
+        signal_retry_after_ms: a.retry_after_ms_min.max(100).min(a.retry_after_ms_max),
+        ..Config::default()
+    };
+    c.validate().map_err(|e| quorate_config::ConfigError::Invalid { field: "admission", detail: e.to_string() })?;
+    Ok(c)
+}
+
+/// A principal from the client certificate's name: a stable 64-bit FNV-1a hash (a collision
+/// only merges two clients' fair shares).
+pub(crate) fn principal_of(name: &str) -> Principal {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Principal(h)
+}
+
+/// The class of a request: writes and administrative changes are `ClientWrite`, the rest
+/// `ClientRead`.
+pub(crate) fn class_of(body: &Request) -> Class {
+    match body {
+        Request::Get { .. } | Request::Scan { .. } | Request::Status | Request::MemberList => Class::ClientRead,
+        Request::Txn(t) if t.is_read_only() => Class::ClientRead,
+        _ => Class::ClientWrite,
+    }
+}
+
+/// The bytes a request adds to the log (writes) or costs to answer (reads: its keys only).
+pub(crate) fn request_bytes(body: &Request) -> u64 {
+    let len = |v: &[u8]| v.len() as u64;
+    let op = |o: &TxnOp| match o {
+        TxnOp::Put { key, value } => len(key) + len(value),
+        TxnOp::Delete { key } | TxnOp::Get { key } => len(key),
+        _ => 0,
+    };
+    REQUEST_OVERHEAD_BYTES
+        + match body {
+            Request::Put { key, value } => len(key) + len(value),
+            Request::Cas { key, expected, value } => len(key) + expected.as_deref().map_or(0, len) + len(value),
+            Request::Delete { key } | Request::Get { key, .. } => len(key),
+            Request::Scan { start, end, .. } => len(start) + end.as_deref().map_or(0, len),
+            Request::Txn(t) => {
+                t.compare.iter().map(|c| len(&c.key)).sum::<u64>()
+                    + t.success.iter().map(op).sum::<u64>()
+                    + t.failure.iter().map(op).sum::<u64>()
+            }
+            Request::MemberAdd { addr, .. } => addr.len() as u64,
+            _ => 0,
+        }
+}
+
+/// The wire reason of a refusal.
+pub(crate) fn wire_reason(reason: Reason) -> OverloadReason {
+    match reason {
+        Reason::QueueFull => OverloadReason::QueueFull,
+        Reason::ConcurrencyLimit => OverloadReason::ConcurrencyLimit,
+        Reason::FairShare { .. } => OverloadReason::FairShare,
+        Reason::RateLimited { .. } => OverloadReason::RateLimited,
+        Reason::RetryBudget { .. } => OverloadReason::RetryBudget,
+        Reason::InFlightBytes => OverloadReason::InFlightBytes,
+        Reason::RequestTooLarge => OverloadReason::RequestTooLarge,
+        Reason::UncommittedBytes => OverloadReason::UncommittedBytes,
+        Reason::ApplyLag => OverloadReason::ApplyLag,
+        Reason::DiskSpace => OverloadReason::DiskSpace,
+        Reason::FsyncLatency => OverloadReason::FsyncLatency,
+        Reason::PeerBacklog => OverloadReason::PeerBacklog,
+        // `Reason` is non-exhaustive: a new reason reads as the generic limit until the
+        // wire type learns it.
+        _ => OverloadReason::ConcurrencyLimit,
+    }
+}
+
+/// A refusal answered to the client; counted (`proposals_shed_total{reason}`).
+pub(crate) fn shed(reason: OverloadReason, retry_after: Duration) -> ApiError {
+    count_shed(reason);
+    let retry_after_ms = u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX);
+    ApiError::Shed(Overloaded { reason, retry_after_ms })
+}
+
+/// The one place a shed request is counted, by reason (the metrics hook).
+fn count_shed(reason: OverloadReason) {
+    tracing::trace!(reason = reason.label(), "request shed");
+}
+
+/// How an answer ends an admitted request, for the adaptive limit.
+fn outcome_of(result: &Result<Response, ApiError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        // Timed out, not confirmed, or shed further down: congestion.
+        Err(ApiError::Timeout | ApiError::Unavailable(_) | ApiError::Shed(_) | ApiError::Overloaded { .. }) => {
+            Outcome::Dropped
+        }
+        // Work done, application-level failure.
+        Err(ApiError::Refused(_) | ApiError::SessionExpired) => Outcome::Failed,
+        // Answered without the work (redirect, bad request, node halting): no latency sample.
+        Err(_) => Outcome::Cancelled,
+    }
+}
+
+/// Measures persist round trips (submit to durable) as an exponentially weighted average.
+#[derive(Debug)]
+pub(crate) struct FsyncProbe {
+    start: Instant,
+    ewma_ns: AtomicU64,
+    last_sample_ns: AtomicU64,
+}
+
+impl FsyncProbe {
+    fn new(start: Instant) -> FsyncProbe {
+        FsyncProbe { start, ewma_ns: AtomicU64::new(0), last_sample_ns: AtomicU64::new(0) }
+    }
+
+    /// Records one persist that took `latency` (called on the committer's thread).
+    pub(crate) fn record(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        // Races between two writers lose a sample at worst: one writer thread calls this.
+        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        self.ewma_ns.store(new, Ordering::Relaxed);
+        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_sample_ns.store(now, Ordering::Relaxed);
+    }
+
+    /// The average, halved for every [`FSYNC_DECAY_HALF_LIFE`] since the last sample.
+    fn current(&self, now: Instant) -> Duration {
+        let ewma = self.ewma_ns.load(Ordering::Relaxed);
+        let last = Duration::from_nanos(self.last_sample_ns.load(Ordering::Relaxed));
+        let idle = now.saturating_duration_since(self.start).saturating_sub(last);
+        let halvings = (idle.as_nanos() / FSYNC_DECAY_HALF_LIFE.as_nanos()).min(63) as u32;
+        Duration::from_nanos(ewma >> halvings)
+    }
+}
+
+/// What the driver measures for [`Gate::admit`], besides disk and fsync which the gate reads.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CoreSignals {
+    /// Bytes appended but not committed (leader).
+    pub(crate) uncommitted_bytes: u64,
+    /// Committed minus applied entries.
+    pub(crate) apply_lag_entries: u64,
+    /// Entries appended but not committed: the proposal queue.
+    pub(crate) proposal_queue_count: u64,
+    /// The most bytes in flight to one follower.
+    pub(crate) peer_in_flight_bytes_max: u64,
+}
+
+impl CoreSignals {
+    /// Reads the signals from the consensus core; `applied` is the state machine's index.
+    pub(crate) fn measure<S: LogStorage>(raft: &Raft<S>, applied: LogIndex) -> CoreSignals {
+        let commit = raft.commit_index();
+        CoreSignals {
+            uncommitted_bytes: raft.uncommitted_bytes(),
+            apply_lag_entries: commit.0.saturating_sub(applied.0),
+            proposal_queue_count: raft.last_index().0.saturating_sub(commit.0),
+            peer_in_flight_bytes_max: raft.peer_inflight_bytes_max(),
+        }
+    }
+}
+
+struct Inner {
+    admission: Admission,
+    disk_checked: Option<Instant>,
+    disk_free_bytes: u64,
+}
+
+/// The node's admission gate, shared by the driver (admit) and whoever answers (complete).
+pub(crate) struct Gate {
+    inner: Mutex<Inner>,
+    enabled: bool,
+    start: Instant,
+    fsync: Arc<FsyncProbe>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").field("enabled", &self.enabled).finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    /// A gate for `config`; `seed` jitters the retry hints.
+    pub(crate) fn new(config: &NodeConfig, seed: u64) -> Result<Arc<Gate>, quorate_config::ConfigError> {
+        let admission = Admission::new(admission_config(config)?, seed)
+            .map_err(|e| quorate_config::ConfigError::Invalid { field: "admission", detail: e.to_string() })?;
+        let start = Instant::now();
+        Ok(Arc::new(Gate {
+            inner: Mutex::new(Inner { admission, disk_checked: None, disk_free_bytes: u64::MAX }),
+            enabled: !config.admission.danger_admission_disabled,
+            start,
+            fsync: Arc::new(FsyncProbe::new(start)),
+        }))
+    }
+
+    /// The probe the persist path records fsync latency into.
+    pub(crate) fn fsync_probe(&self) -> Arc<FsyncProbe> {
+        self.fsync.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self, at: Instant) -> Nanos {
+        Nanos(u64::try_from(at.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Decides on a client request before any work is done. `Ok(None)`: admission is
+    /// disabled (danger setting). `Err`: answer the client with it and do nothing else.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        body: &Request,
+        principal: Principal,
+        core: CoreSignals,
+        data_dir: &Path,
+    ) -> Result<Option<Ticket>, ApiError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let at = Instant::now();
+        let now = self.now(at);
+        let info = RequestInfo { class: class_of(body), principal, bytes: request_bytes(body), is_retry: false };
+        let mut inner = self.lock();
+        let floor = inner.admission.config().disk_free_bytes_min;
+        if floor > 0 && inner.disk_checked.is_none_or(|t| at.saturating_duration_since(t) >= DISK_CHECK_INTERVAL) {
+            // An error reading free space reads as "unknown": the store's own floor remains.
+            inner.disk_free_bytes = quorate_storage::free_space_bytes(data_dir).unwrap_or(u64::MAX);
+            inner.disk_checked = Some(at);
+        }
+        let signals = Signals {
+            uncommitted_bytes: core.uncommitted_bytes,
+            apply_lag_entries: core.apply_lag_entries,
+            proposal_queue_count: core.proposal_queue_count,
+            peer_in_flight_bytes_max: core.peer_in_flight_bytes_max,
+            disk_free_bytes: if floor > 0 { inner.disk_free_bytes } else { u64::MAX },
+            fsync_latency: self.fsync.current(at),
+        };
+        inner.admission.set_signals(signals);
+        match inner.admission.try_admit(&info, now) {
+            Ok(permit) => Ok(Some(Ticket { gate: self.clone(), permit: Some(permit) })),
+            Err(o) => {
+                drop(inner);
+                Err(shed(wire_reason(o.reason), o.retry_after))
+            }
+        }
+    }
+
+    fn complete(&self, permit: Permit, outcome: Outcome) {
+        let now = self.now(Instant::now());
+        self.lock().admission.complete(permit, outcome, now);
+    }
+
+    /// Whether writes are refused for disk space now (status, tests).
+    #[allow(dead_code, reason = "read by tests and status hooks")]
+    pub(crate) fn is_refusing_for_disk(&self) -> bool {
+        self.lock().admission.is_refusing_for_disk()
+    }
+}
+
+/// An admitted request's claim on the gate; completing it (by answering the client) releases
+/// it. Dropped unanswered, it counts as cancelled.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    gate: Arc<Gate>,
+    permit: Option<Permit>,
+}
+
+impl Ticket {
+    /// The request was answered with `result`.
+    pub(crate) fn finish(mut self, result: &Result<Response, ApiError>) {
+        if let Some(p) = self.permit.take() {
+            self.gate.complete(p, outcome_of(result));
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.gate.complete(p, Outcome::Cancelled);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_api::{ReadConsistency, Txn};
+
+    #[test]
+    fn classes_and_sizes() {
+        let put = Request::Put { key: b"k".to_vec(), value: vec![0; 100] };
+        assert_eq!(class_of(&put), Class::ClientWrite);
+        assert_eq!(request_bytes(&put), REQUEST_OVERHEAD_BYTES + 101);
+        let get = Request::Get { key: b"key".to_vec(), read: ReadConsistency::Stale };
+        assert_eq!(class_of(&get), Class::ClientRead);
+        assert_eq!(request_bytes(&get), REQUEST_OVERHEAD_BYTES + 3);
+        let read_txn =
+            Request::Txn(Txn { compare: vec![], success: vec![TxnOp::Get { key: b"a".to_vec() }], failure: vec![] });
+        assert_eq!(class_of(&read_txn), Class::ClientRead);
+        assert_eq!(class_of(&Request::Status), Class::ClientRead);
+        assert_eq!(class_of(&Request::SnapshotSave), Class::ClientWrite);
+    }
+
+    #[test]
+    fn principals_are_stable_and_distinct() {
+        assert_eq!(principal_of("writer"), principal_of("writer"));
+        assert_ne!(principal_of("writer"), principal_of("reader"));
+        // FNV-1a of the empty string is its offset basis.
+        assert_eq!(principal_of(""), Principal(0xcbf2_9ce4_8422_2325));
+    }
+
+    #[test]
+    fn every_reason_maps_to_a_distinct_wire_reason() {
+        let p = Principal(1);
+        let reasons = [
+            Reason::QueueFull,
+            Reason::ConcurrencyLimit,
+            Reason::FairShare { principal: p },
+            Reason::RateLimited { principal: p },
+            Reason::RetryBudget { principal: p },
+            Reason::InFlightBytes,
+            Reason::RequestTooLarge,
+            Reason::UncommittedBytes,
+            Reason::ApplyLag,
+            Reason::DiskSpace,
+            Reason::FsyncLatency,
+            Reason::PeerBacklog,
+        ];
+        let wire: std::collections::BTreeSet<&str> = reasons.iter().map(|r| wire_reason(*r).label()).collect();
+        assert_eq!(wire.len(), reasons.len());
+        for r in reasons {
+            assert_eq!(wire_reason(r).label(), r.label(), "labels agree");
+            assert_eq!(wire_reason(r).is_retryable(), r.is_retryable());
+        }
+    }
+
+    #[test]
+    fn fsync_signal_decays_without_samples() {
+        let start = Instant::now();
+        let probe = FsyncProbe::new(start);
+        assert_eq!(probe.current(start), Duration::ZERO);
+        probe.record(Duration::from_millis(400));
+        let sampled = start + Duration::from_nanos(probe.last_sample_ns.load(Ordering::Relaxed));
+        assert_eq!(probe.current(sampled), Duration::from_millis(400));
+        assert_eq!(probe.current(sampled + FSYNC_DECAY_HALF_LIFE), Duration::from_millis(200));
+        assert_eq!(probe.current(sampled + FSYNC_DECAY_HALF_LIFE * 100), Duration::ZERO);
+        probe.record(Duration::from_millis(0));
+        assert_eq!(probe.current(start + Duration::from_secs(3600)), Duration::ZERO);
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(outcome_of(&Ok(Response::Done)), Outcome::Success);
+        assert_eq!(outcome_of(&Err(ApiError::Timeout)), Outcome::Dropped);
+        assert_eq!(outcome_of(&Err(ApiError::NotLeader { leader: None, addr: None })), Outcome::Cancelled);
+        assert_eq!(outcome_of(&Err(ApiError::Refused("x".into()))), Outcome::Failed);
+    }
+}

@@ -1,0 +1,359 @@
+//! Fixed scenarios on top of the chaos machinery: failover timing, named regressions from the
+//! field (each with a fixed seed), the bounded CI slice and the long soak.
+
+use super::nemesis::Fault;
+use super::workload::{History, KeyChoice, recorded_put};
+use super::{Env, Options, RAFT, Verdict, parse_num, run, runtime};
+use crate::cluster::{build_quorate, target_dir};
+use crate::{PROFILE, cargo, run as run_cmd};
+use anyhow::{Context, Result, bail};
+use quorate_check::linearizability::{Limits, check};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Named regressions: name, seed, what it guards against.
+pub(crate) const REGRESSIONS: &[(&str, u64, &str)] = &[
+    ("single-node-crash", 14370, "a single-node cluster loses an acknowledged write on crash (etcd #14370)"),
+    ("index-monotonic", 7, "the revision or applied index goes back after a crash"),
+    (
+        "reconfig-split-brain",
+        456,
+        "split brain from a node campaigning with committed-but-unapplied configuration changes (etcd-io/raft#456)",
+    ),
+    ("lock-fencing", 343, "a lock held past expiry without fencing (Jepsen etcd 3.4.3)"),
+];
+
+fn flags(args: &[String]) -> Result<Vec<(String, String)>> {
+    if !args.len().is_multiple_of(2) {
+        bail!("flags come in pairs (`--name value`)\n{}", super::USAGE);
+    }
+    Ok(args.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect())
+}
+
+/// `cargo xtask chaos ci`: fixed seeds, every fault kind across them, a few minutes.
+pub(crate) fn ci(args: &[String]) -> Result<()> {
+    if let Some(a) = args.first() {
+        bail!("`chaos ci` takes no arguments, got `{a}`");
+    }
+    let mut a = Options::new(101);
+    a.duration = Duration::from_secs(30);
+    a.faults = vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Reconfig, Fault::LeaderTransfer];
+    a.label = Some("ci-101".into());
+    let mut b = Options::new(202);
+    b.duration = Duration::from_secs(25);
+    b.faults = vec![Fault::DiskFull, Fault::Clock, Fault::SlowDisk, Fault::Kill];
+    b.choice = KeyChoice::HotKey;
+    b.label = Some("ci-202".into());
+    let mut verdicts = vec![run(&a)?, run(&b)?];
+    verdicts.push(regression("lock-fencing")?);
+    report(&verdicts)
+}
+
+/// `cargo xtask chaos soak`: 5 nodes, every fault, ten minutes unless told otherwise.
+pub(crate) fn soak(args: &[String]) -> Result<()> {
+    let mut o = Options::new(1);
+    o.nodes = 5;
+    o.duration = Duration::from_secs(600);
+    o.label = Some("soak".into());
+    for (flag, v) in flags(args)? {
+        match flag.as_str() {
+            "--duration" => o.duration = Duration::from_secs(parse_num(&v, &flag)?.clamp(1, 24 * 3600)),
+            "--seed" => o.seed = parse_num(&v, &flag)?,
+            _ => bail!("`chaos soak` takes --duration and --seed, got `{flag}`"),
+        }
+    }
+    report(&[run(&o)?])
+}
+
+fn report(verdicts: &[Verdict]) -> Result<()> {
+    let failed: Vec<&Verdict> = verdicts.iter().filter(|v| !v.pass).collect();
+    let ops: usize = verdicts.iter().map(|v| v.ops).sum();
+    if failed.is_empty() {
+        println!("chaos: PASS — {} runs, {ops} operations checked", verdicts.len());
+        Ok(())
+    } else {
+        bail!(
+            "chaos: {} of {} runs FAILED:\n{}",
+            failed.len(),
+            verdicts.len(),
+            failed.iter().map(|v| v.line.as_str()).collect::<Vec<_>>().join("\n")
+        )
+    }
+}
+
+/// `cargo xtask chaos regress [NAME]`.
+pub(crate) fn regress(args: &[String]) -> Result<()> {
+    let names: Vec<&str> = match args {
+        [] => REGRESSIONS.iter().map(|r| r.0).collect(),
+        [n] => vec![n.as_str()],
+        _ => bail!("usage: cargo xtask chaos regress [NAME]"),
+    };
+    let mut verdicts = Vec::new();
+    for n in names {
+        verdicts.push(regression(n)?);
+    }
+    report(&verdicts)
+}
+
+fn regression(name: &str) -> Result<Verdict> {
+    let Some(&(_, seed, what)) = REGRESSIONS.iter().find(|r| r.0 == name) else {
+        bail!("unknown regression `{name}`; known: {}", REGRESSIONS.iter().map(|r| r.0).collect::<Vec<_>>().join(", "));
+    };
+    crate::demo::step(&format!("regression {name} (seed {seed}): {what}"));
+    let mut o = Options::new(seed);
+    o.label = Some(format!("regress-{name}"));
+    let v = match name {
+        "single-node-crash" => {
+            o.nodes = 1;
+            o.duration = Duration::from_secs(20);
+            o.faults = vec![Fault::Kill];
+            run(&o)?
+        }
+        "reconfig-split-brain" => {
+            o.duration = Duration::from_secs(40);
+            o.faults = vec![Fault::Reconfig, Fault::LeaderTransfer, Fault::Kill, Fault::Pause, Fault::Partition];
+            run(&o)?
+        }
+        "index-monotonic" => index_monotonic(seed)?,
+        "lock-fencing" => lock_fencing()?,
+        _ => bail!("unknown regression `{name}`"),
+    };
+    println!("regression {name}: {}", if v.pass { "PASS" } else { "FAIL" });
+    Ok(v)
+}
+
+/// Kills every node at once (SIGKILL) three times during writes; after each restart every
+/// node's applied index and the revision must be at least what they were before, and at
+/// least the revision of every acknowledged write.
+fn index_monotonic(seed: u64) -> Result<Verdict> {
+    let bin = build_quorate()?;
+    let dir = target_dir().join("chaos").join("regress-index-monotonic");
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let env = Env::create(bin, dir.clone(), 3, 0, RAFT).await?;
+        let admin = env.factory.client(seed)?;
+        let writer = env.factory.client(seed ^ 1)?;
+        let history = History::new();
+        env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
+        let mut acked_revision = 0u64;
+        let mut problems = Vec::new();
+        let mut writes = 0u64;
+        for round in 0..3u64 {
+            for i in 0..50u64 {
+                let (key, value) = (format!("chaos/k{:03}", i % 8), format!("r{round}-{i}"));
+                let call = history.now();
+                let r = writer.put(&key, &value).await;
+                let c = super::workload::write_completion(&r, history.now());
+                history.record(quorate_check::history::Operation::put(0, &key, &value, call, c));
+                if let Ok(rev) = r {
+                    acked_revision = acked_revision.max(rev);
+                    writes += 1;
+                }
+            }
+            let before: Vec<(u64, u64, u64)> = admin
+                .statuses()
+                .await
+                .into_iter()
+                .filter_map(|(id, s)| s.ok().map(|s| (id.get(), s.applied.0, s.revision)))
+                .collect();
+            {
+                let mut c = env.lock();
+                for id in 1..=3 {
+                    c.kill(id)?;
+                }
+                for id in 1..=3 {
+                    c.start(id)?;
+                }
+            }
+            env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let after = admin.statuses().await;
+                let mut behind = Vec::new();
+                for (id, applied, revision) in &before {
+                    let Some(Ok(s)) = after.iter().find(|(n, _)| n.get() == *id).map(|(_, s)| s) else {
+                        behind.push(format!("node {id} unreachable"));
+                        continue;
+                    };
+                    if s.applied.0 < *applied || s.revision < *revision || s.revision < acked_revision {
+                        behind.push(format!(
+                            "node {id}: applied {} (was {applied}), revision {} (was {revision}, acknowledged {acked_revision})",
+                            s.applied.0, s.revision
+                        ));
+                    }
+                }
+                if behind.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    problems.push(format!("round {round}: {}", behind.join("; ")));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Right after the restart, before catching up, the applied index read from disk
+            // must not be below what the node had reported.
+            println!("round {round}: all three nodes killed and restarted; {writes} writes acknowledged so far");
+        }
+        for i in 0..8u64 {
+            let key = format!("chaos/k{i:03}");
+            super::workload::recorded_get(&history, &admin, 1, &key, quorate_client::ReadConsistency::Linearizable).await;
+        }
+        let lin = check(&history.snapshot(), &Limits::default());
+        if !lin.is_linearizable() {
+            problems.push(format!("history: {lin}"));
+        }
+        history.write(&dir.join("history.jsonl"))?;
+        env.lock().stop_all();
+        let pass = problems.is_empty();
+        let line = format!(
+            "regress index-monotonic seed={seed}: {} — 3 whole-cluster SIGKILLs, {writes} acknowledged writes (max revision {acked_revision}); {}",
+            if pass { "PASS" } else { "FAIL" },
+            if pass { format!("applied index and revision never went back; {lin}") } else { problems.join("; ") }
+        );
+        println!("{line}");
+        Ok(Verdict { pass, line, ops: history.len() })
+    })
+}
+
+/// Runs `examples/lock.rs` (a CAS lock with fencing tokens) against a 3-node cluster: a
+/// holder that outlives its lease must have its write refused by the fence.
+fn lock_fencing() -> Result<Verdict> {
+    let bin = build_quorate()?;
+    run_cmd(cargo().args(["build", "--locked", "--profile", PROFILE, "-p", "quorate-client", "--example", "lock"]))?;
+    let example = target_dir().join(PROFILE).join("examples").join("lock");
+    let dir = target_dir().join("chaos").join("regress-lock-fencing");
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let env = Env::create(bin, dir.clone(), 3, 0, RAFT).await?;
+        let admin = env.factory.client(343)?;
+        env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
+        let endpoints: Vec<String> = env.listen.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        let out = Command::new(&example)
+            .env("QUORATE_CERTS", env.factory.certs.clone())
+            .env("QUORATE_CLUSTER", &env.factory.cluster)
+            .env("QUORATE_ENDPOINTS", endpoints.join(","))
+            .output()
+            .with_context(|| format!("cannot run {}", example.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{stdout}");
+        std::fs::write(dir.join("lock-example.txt"), &stdout)?;
+        env.lock().stop_all();
+        let pass = out.status.success();
+        let line = format!(
+            "regress lock-fencing: {} — {}",
+            if pass { "PASS" } else { "FAIL" },
+            stdout.lines().last().unwrap_or("(no output)")
+        );
+        if !pass {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Verdict { pass, line, ops: 0 })
+    })
+}
+
+/// `cargo xtask chaos failover [--kills N] [--seed S]`: SIGKILL the leader N times; each
+/// time, the time from the kill to the first acknowledged write.
+pub(crate) fn failover(args: &[String]) -> Result<()> {
+    let mut kills = 10u64;
+    let mut seed = 1u64;
+    for (flag, v) in flags(args)? {
+        match flag.as_str() {
+            "--kills" => kills = parse_num(&v, &flag)?.clamp(1, 1000),
+            "--seed" => seed = parse_num(&v, &flag)?,
+            _ => bail!("`chaos failover` takes --kills and --seed, got `{flag}`"),
+        }
+    }
+    let bin = build_quorate()?;
+    let dir: PathBuf = target_dir().join("chaos").join("failover");
+    let rt = runtime()?;
+    let times = rt.block_on(async move {
+        let env = Env::create(bin, dir.clone(), 3, 0, RAFT).await?;
+        let admin = env.factory.client(seed)?;
+        let history = History::new();
+        let writer = fast_client(&env, seed ^ 7)?;
+        let mut times = Vec::new();
+        env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
+        for k in 0..kills {
+            let (leader, term) = env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
+            // A write first, so the writer knows the leader (as a busy client would).
+            recorded_put(&history, &writer, 0, "failover/k", &format!("before-{k}")).await;
+            let t0 = Instant::now();
+            env.lock().kill(leader)?;
+            let mut n = 0;
+            let elapsed = loop {
+                n += 1;
+                if recorded_put(&history, &writer, 0, "failover/k", &format!("after-{k}-{n}")).await {
+                    break t0.elapsed();
+                }
+                if t0.elapsed() > Duration::from_secs(60) {
+                    bail!("no write acknowledged within 60s of killing leader {leader}");
+                }
+            };
+            println!(
+                "kill {}: leader {leader} (term {term}) SIGKILLed; first acknowledged write after {:.0} ms",
+                k + 1,
+                elapsed.as_secs_f64() * 1000.0
+            );
+            times.push(elapsed);
+            env.lock().start(leader)?;
+            // Let it catch up before the next kill, so every kill leaves a quorum.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let st = admin.statuses().await;
+                let commit = st.iter().filter_map(|(_, s)| s.as_ref().ok()).map(|s| s.commit.0).max().unwrap_or(0);
+                let caught_up = st.iter().all(|(_, s)| s.as_ref().is_ok_and(|s| s.applied.0 >= commit));
+                if caught_up && commit > 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!("node {leader} did not catch up within 60s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let lin = check(&history.snapshot(), &Limits::default());
+        history.write(&dir.join("history.jsonl"))?;
+        env.lock().stop_all();
+        if !lin.is_linearizable() {
+            bail!("the failover history is not linearizable: {lin}");
+        }
+        println!("failover history: {lin}");
+        Ok::<_, anyhow::Error>(times)
+    })?;
+    let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let median = if ms.len() % 2 == 1 { ms[ms.len() / 2] } else { (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0 };
+    let max = ms.last().copied().unwrap_or(0.0);
+    println!(
+        "failover: {} kills of the leader; SIGKILL → first acknowledged write: median {median:.0} ms, max {max:.0} ms \
+         (election_timeout_ms {}, heartbeat_ms {}, pre_vote on, client attempt timeout {} ms)",
+        ms.len(),
+        RAFT.election_timeout_ms,
+        RAFT.heartbeat_ms,
+        FAILOVER_ATTEMPT_MS
+    );
+    Ok(())
+}
+
+/// The failover writer's per-attempt timeout: a request to the dead leader costs this much.
+const FAILOVER_ATTEMPT_MS: u64 = 300;
+
+fn fast_client(env: &Env, seed: u64) -> Result<quorate_client::Client> {
+    let tls = quorate_transport::TlsPaths {
+        ca: env.factory.certs.join("ca.crt"),
+        cert: env.factory.certs.join("client-admin.crt"),
+        key: env.factory.certs.join("client-admin.key"),
+    };
+    let members = env.listen.iter().map(|(id, a)| Ok((super::nid(*id)?, *a))).collect::<Result<Vec<_>>>()?;
+    let mut c =
+        quorate_client::ClientConfig::new(quorate_transport::ClusterId::new(&env.factory.cluster)?, members, tls);
+    c.request_timeout = Duration::from_millis(FAILOVER_ATTEMPT_MS);
+    c.connect_timeout = Duration::from_millis(FAILOVER_ATTEMPT_MS);
+    c.total_timeout = Duration::from_secs(10);
+    c.retries_max = 100;
+    c.backoff = quorate_client::Backoff::default();
+    c.seed = Some(seed);
+    Ok(quorate_client::Client::new(c)?)
+}

@@ -1,0 +1,306 @@
+//! Concurrent clients doing put/get/delete/cas with unique values, every call recorded in a
+//! [`History`] (the JSON-lines format of `docs/history-format.md`). Reusable by any run that
+//! wants checked client traffic against a real cluster (chaos, upgrade checks).
+//!
+//! Outcomes are recorded conservatively: an acknowledged call is `ok`; a call the client gave
+//! up on before any attempt could have been applied (`ClientError::GaveUp`) is a definite
+//! failure; anything else (timeout, lost connection, an error after an ambiguous attempt) is
+//! unknown (`return: null`), never a failure.
+
+use anyhow::{Context, Result};
+use quorate_check::history::{Completion, Operation, ReadCompletion};
+use quorate_client::{Client, ClientConfig, ClientError, ReadConsistency};
+use quorate_core::SplitMix64;
+use quorate_log::NodeId;
+use quorate_transport::{ClusterId, TlsPaths};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Most operations one history holds (a bound on memory; clients stop when it is reached).
+pub(crate) const HISTORY_OPS_MAX: usize = 2_000_000;
+
+/// The operations of a run on one monotonic clock (nanoseconds since the history began).
+pub(crate) struct History {
+    origin: Instant,
+    ops: Mutex<Vec<Operation>>,
+}
+
+impl History {
+    pub(crate) fn new() -> History {
+        History { origin: Instant::now(), ops: Mutex::new(Vec::new()) }
+    }
+
+    /// Nanoseconds on the history's clock.
+    pub(crate) fn now(&self) -> u64 {
+        self.origin.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Records one operation; `false` when the history is full.
+    pub(crate) fn record(&self, op: Operation) -> bool {
+        let mut ops = self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ops.len() >= HISTORY_OPS_MAX {
+            return false;
+        }
+        ops.push(op);
+        true
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    /// A copy of the operations, in the order recorded.
+    pub(crate) fn snapshot(&self) -> Vec<Operation> {
+        self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Writes the history as JSON lines.
+    pub(crate) fn write(&self, path: &Path) -> Result<()> {
+        let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        quorate_check::history::write_jsonl(std::io::BufWriter::new(file), &self.snapshot())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Which keys the clients address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyChoice {
+    /// Uniform over the keys.
+    Mixed,
+    /// 80% of operations on the first 2 keys, the rest uniform.
+    HotKey,
+}
+
+/// What the clients do.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkloadSpec {
+    pub(crate) clients: u64,
+    pub(crate) keys: u64,
+    pub(crate) choice: KeyChoice,
+    pub(crate) reads: ReadConsistency,
+    pub(crate) seed: u64,
+    /// Operations per client, at most.
+    pub(crate) ops_per_client_max: u64,
+}
+
+/// How clients reach the cluster: its name, the admin certificate, the members' addresses.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientFactory {
+    pub(crate) cluster: String,
+    pub(crate) certs: PathBuf,
+    pub(crate) members: Vec<(u64, SocketAddr)>,
+}
+
+impl ClientFactory {
+    /// A client with short limits (1 s per attempt, 5 s per call) so that faults show up as
+    /// unknown outcomes quickly instead of stalling the workload.
+    pub(crate) fn client(&self, seed: u64) -> Result<Client> {
+        self.client_to(&self.members, seed)
+    }
+
+    /// A client that knows only `members`.
+    pub(crate) fn client_to(&self, members: &[(u64, SocketAddr)], seed: u64) -> Result<Client> {
+        let tls = TlsPaths {
+            ca: self.certs.join("ca.crt"),
+            cert: self.certs.join("client-admin.crt"),
+            key: self.certs.join("client-admin.key"),
+        };
+        let members = members
+            .iter()
+            .map(|(id, a)| Ok((NodeId::new(*id).context("node ids start at 1")?, *a)))
+            .collect::<Result<_>>()?;
+        let mut config = ClientConfig::new(ClusterId::new(&self.cluster)?, members, tls);
+        config.request_timeout = Duration::from_millis(1000);
+        config.connect_timeout = Duration::from_millis(500);
+        config.total_timeout = Duration::from_secs(5);
+        config.retries_max = 20;
+        config.seed = Some(seed);
+        Ok(Client::new(config)?)
+    }
+}
+
+/// The key of index `i`.
+pub(crate) fn key_name(i: u64) -> String {
+    format!("chaos/k{i:03}")
+}
+
+fn pick_key(rng: &mut SplitMix64, spec: &WorkloadSpec) -> u64 {
+    match spec.choice {
+        KeyChoice::HotKey if spec.keys > 2 && rng.chance(0.8) => rng.below(2),
+        _ => rng.below(spec.keys.max(1)),
+    }
+}
+
+/// How a put or delete call ended, for the history: `GaveUp` (no attempt could have been
+/// applied) is a definite failure, any other error unknown.
+pub(crate) fn write_completion<T>(r: &Result<T, ClientError>, ret: u64) -> Completion {
+    match r {
+        Ok(_) => Completion::Ok { ret },
+        Err(ClientError::GaveUp { .. }) => Completion::Failed { ret },
+        Err(_) => Completion::Unknown,
+    }
+}
+
+/// A get through `client`, recorded.
+pub(crate) async fn recorded_get(
+    history: &History,
+    client: &Client,
+    id: u64,
+    key: &str,
+    reads: ReadConsistency,
+) -> Option<Option<String>> {
+    let call = history.now();
+    let r = client.get(key, reads).await;
+    let ret = history.now();
+    let completion = match &r {
+        Ok(got) => ReadCompletion::Returned {
+            ret,
+            output: got.kv.as_ref().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+        },
+        Err(_) => ReadCompletion::Unknown,
+    };
+    let out = match &completion {
+        ReadCompletion::Returned { output, .. } => Some(output.clone()),
+        _ => None,
+    };
+    history.record(Operation::get(id, key, call, completion));
+    out
+}
+
+/// A put through `client`, recorded; whether it was acknowledged.
+pub(crate) async fn recorded_put(history: &History, client: &Client, id: u64, key: &str, value: &str) -> bool {
+    let call = history.now();
+    let r = client.put(key, value).await;
+    let c = write_completion(&r, history.now());
+    history.record(Operation::put(id, key, value, call, c));
+    r.is_ok()
+}
+
+/// Counts of what the clients did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) unknown: u64,
+}
+
+/// Runs `spec.clients` clients until `stop` is set or each has done its operations.
+pub(crate) async fn run_clients(
+    spec: WorkloadSpec,
+    factory: ClientFactory,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) -> Result<Counts> {
+    let mut tasks = Vec::new();
+    for c in 0..spec.clients {
+        let client = factory.client(spec.seed ^ (c + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
+        let (spec, history, stop) = (spec.clone(), history.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move { one_client(c, client, spec, history, stop).await }));
+    }
+    let mut total = Counts::default();
+    for t in tasks {
+        let c = t.await.context("a client task panicked")?;
+        total.ok += c.ok;
+        total.failed += c.failed;
+        total.unknown += c.unknown;
+    }
+    Ok(total)
+}
+
+async fn one_client(
+    id: u64,
+    client: Client,
+    spec: WorkloadSpec,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) -> Counts {
+    let mut rng = SplitMix64::new(spec.seed.wrapping_add(id.wrapping_mul(0xA24B_AED4_963E_E407)));
+    let mut seen: BTreeMap<u64, String> = BTreeMap::new();
+    let mut counts = Counts::default();
+    let mut count = |op: &Operation| {
+        match op.ret() {
+            None => counts.unknown += 1,
+            Some(_) if op_ok(op) => counts.ok += 1,
+            Some(_) => counts.failed += 1,
+        };
+    };
+    for n in 0..spec.ops_per_client_max {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let k = pick_key(&mut rng, &spec);
+        let key = key_name(k);
+        let value = format!("c{id}-{n}");
+        let roll = rng.below(100);
+        let call = history.now();
+        let op = if roll < 40 {
+            let r = client.get(&key, spec.reads).await;
+            let ret = history.now();
+            let completion = match r {
+                Ok(got) => {
+                    let output = got.kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                    match &output {
+                        Some(v) => seen.insert(k, v.clone()),
+                        None => seen.remove(&k),
+                    };
+                    ReadCompletion::Returned { ret, output }
+                }
+                Err(_) => ReadCompletion::Unknown,
+            };
+            Operation::get(id, &key, call, completion)
+        } else if roll < 65 || (roll >= 75 && !seen.contains_key(&k)) {
+            let r = client.put(&key, &value).await;
+            let c = write_completion(&r, history.now());
+            if r.is_ok() {
+                seen.insert(k, value.clone());
+            }
+            Operation::put(id, &key, &value, call, c)
+        } else if roll < 75 {
+            let r = client.delete(&key).await;
+            let c = write_completion(&r, history.now());
+            if r.is_ok() {
+                seen.remove(&k);
+            }
+            Operation::delete(id, &key, call, c)
+        } else {
+            let expected = seen.get(&k).cloned().unwrap_or_default();
+            let r = client.cas(&key, Some(expected.as_bytes()), &value).await;
+            // A cas the client gave up on was never compared: unknown, not `ok: false`.
+            let c = match &r {
+                Ok(s) if s.succeeded => Completion::Ok { ret: history.now() },
+                Ok(_) => Completion::Failed { ret: history.now() },
+                Err(_) => Completion::Unknown,
+            };
+            match &r {
+                Ok(s) if s.succeeded => {
+                    seen.insert(k, value.clone());
+                }
+                _ => {
+                    seen.remove(&k);
+                }
+            }
+            Operation::cas(id, &key, expected, &value, call, c)
+        };
+        count(&op);
+        if !history.record(op) {
+            break;
+        }
+    }
+    client.close();
+    counts
+}
+
+fn op_ok(op: &Operation) -> bool {
+    use quorate_check::history::OpKind;
+    match &op.kind {
+        OpKind::Get { .. } => true,
+        OpKind::Put { completion, .. } | OpKind::Delete { completion } | OpKind::Cas { completion, .. } => {
+            matches!(completion, Completion::Ok { .. })
+        }
+        _ => false,
+    }
+}
