@@ -13,6 +13,7 @@ mod chaos;
 mod cluster;
 mod demo;
 mod deps;
+mod release;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -36,6 +37,9 @@ commands:
                              a real 3-node cluster (fsync, mTLS) under `quorate bench`, then etcd 3.4
                              in the same run; writes the comparison to docs/benchmarks.md
   deps                       check the architecture's dependency rule with cargo tree
+  release <version> [--dry-run] [--repo DIR]
+                             cut a release: clean tree, green ci, semver checks, bump, changelog,
+                             package every crate, record it in releases.toml, tag (docs/upgrades.md)
   setup                      install the system packages the build needs (libclang for RocksDB)
 ";
 
@@ -61,6 +65,7 @@ fn main() -> Result<()> {
         "fuzz" => fuzz(rest),
         "deps" => deps::check(&root()),
         "setup" => setup(),
+        "release" => release::release(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
