@@ -7,7 +7,7 @@ use crate::server::{Event, Responder, Shared};
 use crate::sm::{self, Overlay, SmError};
 use quorate_api::{ApiError, ReadInfo, Response, Staleness, Txn};
 use quorate_log::{Configuration, Entry, EntryId, EntryPayload, LogIndex, SnapshotMeta};
-use quorate_storage::{APPLY_OPS_MAX, RocksStore, SmOp, SnapshotWriter, StoreError};
+use quorate_storage::{APPLY_OPS_MAX, INSTALL_BATCH_BYTES_MAX, RocksStore, SnapshotReader, SnapshotWriter, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,38 +65,85 @@ pub(crate) struct Applier {
 }
 
 /// Installs the data of the store's recorded snapshot `meta` (its file in the snapshot
-/// directory) into the state machine, atomically with the applied index. Also the repair
-/// path at start-up, when the install batch was written but the data not yet (a crash
-/// between the two).
+/// directory) into the state machine. Also the repair path at start-up, when the install
+/// batch was written but the data not yet, or not all of it (a crash in between).
+///
+/// The file's checksum is verified by a first read before anything is written. The data then
+/// goes in bounded batches behind the store's *install in progress* marker
+/// ([`RocksStore::begin_sm_install`]): a crash between batches leaves the marker, and the next
+/// start installs again from a cleared state machine, so a mixed state is never served.
 pub(crate) fn install_snapshot_data(store: &RocksStore, meta: &SnapshotMeta) -> Result<(), SmError> {
-    let Some(mut reader) = store.snapshot_reader()? else {
-        return Err(SmError::Storage(StoreError::Io(format!(
-            "the snapshot file for index {} is missing; cannot install the state machine",
-            meta.last.index
-        ))));
-    };
-    if reader.meta() != meta {
-        return Err(SmError::Storage(StoreError::Io(format!(
-            "the recorded snapshot is {:?}, expected {:?}",
-            reader.meta().last,
-            meta.last
-        ))));
-    }
-    let mut ops = vec![SmOp::Clear];
-    sm::read_snapshot_data(&mut reader, |key, value| {
-        if ops.len() >= APPLY_OPS_MAX {
-            // The store writes state and applied index in one batch of at most APPLY_OPS_MAX
-            // operations; a larger snapshot needs a multi-batch install in quorate-storage.
+    install_snapshot_batches(store, meta, None).map(|_| ())
+}
+
+/// State-machine pairs per install batch (the store takes at most [`APPLY_OPS_MAX`]).
+pub(crate) const INSTALL_BATCH_PAIRS: usize = APPLY_OPS_MAX / 2;
+/// Bytes per install batch, well below the store's limit.
+const INSTALL_BATCH_BYTES: usize = INSTALL_BATCH_BYTES_MAX / 2;
+
+/// [`install_snapshot_data`], stopping after `stop_after` batches when given (a test hook
+/// that simulates a crash between batches: the marker stays). Returns the pairs installed.
+pub(crate) fn install_snapshot_batches(
+    store: &RocksStore,
+    meta: &SnapshotMeta,
+    stop_after: Option<usize>,
+) -> Result<u64, SmError> {
+    let open = || -> Result<SnapshotReader, SmError> {
+        let Some(reader) = store.snapshot_reader()? else {
             return Err(SmError::Storage(StoreError::Io(format!(
-                "snapshot holds more than {} records; installing it atomically is not supported yet",
-                APPLY_OPS_MAX - 1
+                "the snapshot file for index {} is missing; cannot install the state machine",
+                meta.last.index
+            ))));
+        };
+        if reader.meta() != meta {
+            return Err(SmError::Storage(StoreError::Io(format!(
+                "the recorded snapshot is {:?}, expected {:?}",
+                reader.meta().last,
+                meta.last
             ))));
         }
-        ops.push(SmOp::Put { key, value });
+        Ok(reader)
+    };
+    // Checksum first: a damaged file must not clear a good state machine.
+    let mut check = open()?;
+    std::io::copy(&mut check, &mut std::io::sink()).map_err(|e| {
+        SmError::Storage(StoreError::Corrupt {
+            key: format!("snapshot at {}", meta.last.index),
+            detail: format!("the snapshot file does not verify: {e}"),
+        })
+    })?;
+    drop(check);
+
+    let mut reader = open()?;
+    store.begin_sm_install(meta.last.index)?;
+    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut bytes = 0usize;
+    let mut batches = 0usize;
+    let stopped = std::cell::Cell::new(false);
+    let n = sm::read_snapshot_data(&mut reader, |key, value| {
+        if stopped.get() {
+            return Ok(());
+        }
+        bytes += key.len() + value.len();
+        batch.push((key, value));
+        if batch.len() >= INSTALL_BATCH_PAIRS || bytes >= INSTALL_BATCH_BYTES {
+            store.write_sm_install_batch(std::mem::take(&mut batch))?;
+            bytes = 0;
+            batches += 1;
+            if stop_after.is_some_and(|s| batches >= s) {
+                stopped.set(true);
+            }
+        }
         Ok(())
     })?;
-    store.apply(meta.last.index, ops)?;
-    Ok(())
+    if stopped.get() {
+        return Ok(0);
+    }
+    if !batch.is_empty() {
+        store.write_sm_install_batch(batch)?;
+    }
+    store.finish_sm_install(meta.last.index)?;
+    Ok(n)
 }
 
 impl Applier {
@@ -183,6 +230,7 @@ impl Applier {
                 if e.index <= self.applied.index {
                     continue;
                 }
+                self.shared.telemetry.applying(e);
                 let outcome = match &e.payload {
                     EntryPayload::Command(d) => Some(sm::apply_entry(&mut ov, e.index, d)?),
                     _ => None,
@@ -197,6 +245,7 @@ impl Applier {
             let Some(last) = last else { continue };
             store.apply(last.index, ov.into_ops())?;
             self.applied = last;
+            self.shared.telemetry.applied(last.index);
             self.shared.revision.store(sm::revision(&*store)?, Ordering::Relaxed);
             self.shared.log_time_ms.store(sm::log_time_ms(&*store)?, Ordering::Relaxed);
             for (id, outcome) in outcomes {
@@ -204,6 +253,9 @@ impl Applier {
                     Some(o) => {
                         if let Some((node, addr)) = o.member_addr {
                             self.shared.learn_member_addr(node, addr);
+                        }
+                        if o.cluster_version.is_some() {
+                            crate::versions::sync_format(&self.shared.store)?;
                         }
                         o.result
                     }
@@ -295,8 +347,10 @@ impl Applier {
             tracing::warn!(asked = ?meta.last, applied = ?self.applied, "snapshot request does not match the applied point");
             return Ok(());
         }
+        let take_started = Instant::now();
         let writer = self.shared.store.snapshot_writer(meta.clone())?;
         let file = self.write_snapshot(writer)?;
+        self.shared.telemetry.snapshot_taken(file.data_len, take_started.elapsed());
         tracing::info!(node = %self.shared.id, index = %meta.last.index, bytes = file.data_len, "snapshot taken");
         let _ = self.events.blocking_send(Event::SnapshotTaken(meta, file.path));
         Ok(())
@@ -306,14 +360,17 @@ impl Applier {
         if meta.last.index <= self.applied.index {
             return Ok(());
         }
+        let install_started = Instant::now();
         install_snapshot_data(&self.shared.store, meta)?;
         self.applied = meta.last;
+        self.shared.telemetry.installed(meta.last.index, install_started.elapsed());
         let store = &*self.shared.store;
         self.shared.revision.store(sm::revision(store)?, Ordering::Relaxed);
         self.shared.log_time_ms.store(sm::log_time_ms(store)?, Ordering::Relaxed);
         for (node, addr) in sm::member_addrs(store)? {
             self.shared.learn_member_addr(node, addr);
         }
+        crate::versions::sync_format(store)?;
         // Writes waiting at covered indexes: the outcome is in the snapshot, unknown here.
         while let Some(e) = self.writes.first_entry() {
             if *e.key() > meta.last.index {
@@ -333,3 +390,6 @@ impl Applier {
         Ok((file.path, self.applied.index))
     }
 }
+
+#[cfg(test)]
+mod install_tests;

@@ -35,6 +35,8 @@ pub(crate) const KEY_FORMAT: &[u8] = b"format";
 pub(crate) const KEY_HARD: &[u8] = b"hard";
 /// Meta key: the applied index.
 pub(crate) const KEY_APPLIED: &[u8] = b"applied";
+/// Meta key of the marker of an unfinished multi-write snapshot install (its snapshot index).
+pub(crate) const KEY_SM_INSTALL: &[u8] = b"sm_install";
 /// Meta key prefix: `cfg || index (8 bytes BE)` mirrors a configuration entry of the log.
 pub(crate) const KEY_CFG_PREFIX: &[u8] = b"cfg/";
 /// Snap key: the latest snapshot metadata.

@@ -37,7 +37,7 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `log` | index (u64 BE) | term and payload |
-//! | `meta` | `format`, `hard`, `applied`, `cfg/` + index (u64 BE) | format version, [`HardState`](quorate_log::HardState), applied index, a mirror of each configuration entry |
+//! | `meta` | `format`, `hard`, `applied`, `sm_install`, `cfg/` + index (u64 BE) | format version, [`HardState`](quorate_log::HardState), applied index, the marker of an unfinished snapshot install, a mirror of each configuration entry |
 //! | `snap` | `meta` | the latest [`SnapshotMeta`](quorate_log::SnapshotMeta) |
 //! | `sm` | `k` + application key | application value |
 //!
@@ -61,6 +61,8 @@
 //! * `group`: [`GroupCommitter`], a writer thread that merges whatever is queued into one
 //!   RocksDB write with one fsync and answers each submitter.
 //! * `snapshot`: streamed, checksummed snapshot files.
+//! * `store/install`: a snapshot's state-machine data installed in several writes behind a
+//!   persisted *install in progress* marker ([`RocksStore::begin_sm_install`]).
 //! * `codec`: keys and checksummed records.
 //!
 //! **Architecture invariants.** Nothing is acknowledged before its RocksDB write returned
@@ -91,8 +93,8 @@ pub use mem::MemStore;
 pub use snapshot::{SNAPSHOT_META_BYTES_MAX, SnapshotFile, SnapshotReader, SnapshotWriter};
 pub use space::{check_free_space, free_space_bytes};
 pub use store::{
-    APPLY_OPS_MAX, OPEN_SCAN_ENTRIES_MAX, RocksStore, SM_KEY_BYTES_MAX, SM_SCAN_PAIRS_MAX, SM_VALUE_BYTES_MAX, SmPair,
-    StoreOptions, VerifyReport,
+    APPLY_OPS_MAX, INSTALL_BATCH_BYTES_MAX, OPEN_SCAN_ENTRIES_MAX, RocksStore, SM_KEY_BYTES_MAX, SM_SCAN_PAIRS_MAX,
+    SM_VALUE_BYTES_MAX, SmPair, StoreOptions, VerifyReport,
 };
 
 /// The on-disk format this build writes, stamped into every store at creation. A store of a

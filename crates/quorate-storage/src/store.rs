@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
+mod install;
+pub use install::INSTALL_BATCH_BYTES_MAX;
+
 /// At open, the terms of up to this many entries at the tail of the log are loaded (and their
 /// checksums verified); older terms are read from disk on demand.
 pub const OPEN_SCAN_ENTRIES_MAX: u64 = 1 << 16;
@@ -94,6 +97,8 @@ pub struct RocksStore {
     snap_dir: PathBuf,
     pub(crate) tail: RwLock<Tail>,
     applied: AtomicU64,
+    /// The snapshot index of an unfinished state-machine install (0: none); see `install`.
+    install_pending: AtomicU64,
     write_lock: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     floor: AtomicU64,
@@ -179,6 +184,7 @@ impl RocksStore {
             snap_dir,
             tail: RwLock::new(Tail::default()),
             applied: AtomicU64::new(0),
+            install_pending: AtomicU64::new(0),
             write_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
             floor: AtomicU64::new(options.free_space_floor_bytes),
@@ -190,6 +196,7 @@ impl RocksStore {
         };
         store.check_format(&options)?;
         store.load()?;
+        store.load_install_marker()?;
         Ok(store)
     }
 
@@ -521,6 +528,11 @@ impl RocksStore {
     pub fn apply(&self, applied: LogIndex, ops: impl IntoIterator<Item = SmOp>) -> Result<(), StoreError> {
         let _w = lock(&self.write_lock);
         self.writable()?;
+        if let Some(at) = self.sm_install_pending() {
+            return Err(StoreError::InvalidBatch(format!(
+                "the state machine holds part of the snapshot at {at} (an install was interrupted); install it again first"
+            )));
+        }
         let current = self.applied_index();
         if applied <= current {
             return Err(StoreError::InvalidBatch(format!("applied index would not advance ({current} to {applied})")));

@@ -1,0 +1,140 @@
+//! Installing a snapshot's state-machine data in several writes.
+//!
+//! A snapshot can hold more records than one atomic write may carry ([`APPLY_OPS_MAX`]), so
+//! its data goes in as: [`RocksStore::begin_sm_install`] (one synced write: every state
+//! machine key removed and an *install in progress* marker recorded), any number of
+//! [`RocksStore::write_sm_install_batch`] writes, then [`RocksStore::finish_sm_install`] (one
+//! synced write: the applied index set to the snapshot's and the marker removed).
+//!
+//! **Invariant.** While the marker is on disk the state machine is not trusted: it may hold
+//! part of a snapshot. [`RocksStore::apply`] refuses to write on top of it, and a node that
+//! finds the marker at start-up ([`RocksStore::sm_install_pending`]) installs the snapshot
+//! again from its file, starting with the clearing write. RocksDB's write-ahead log keeps
+//! writes in order, so a crash at any point leaves either the old state machine (the begin
+//! write lost), a marked partial one, or the whole snapshot with its applied index.
+
+use super::{APPLY_OPS_MAX, RocksStore, check_sm_key, lock};
+use crate::codec::{self, CF_META, CF_SM, Cf, KEY_APPLIED, KEY_SM_INSTALL, SM_PREFIX, SM_PREFIX_END, sm_key};
+use crate::error::StoreError;
+use crate::store::SM_VALUE_BYTES_MAX;
+use quorate_log::LogIndex;
+use rocksdb::WriteBatch;
+use std::sync::atomic::Ordering;
+
+/// Most bytes (keys and values) in one [`RocksStore::write_sm_install_batch`].
+pub const INSTALL_BATCH_BYTES_MAX: usize = 64 << 20;
+
+impl RocksStore {
+    /// The snapshot index whose state-machine install was begun and not finished, if any:
+    /// the state machine holds an unknown part of that snapshot and must be installed again.
+    #[must_use]
+    pub fn sm_install_pending(&self) -> Option<LogIndex> {
+        match self.install_pending.load(Ordering::Acquire) {
+            0 => None,
+            i => Some(LogIndex(i)),
+        }
+    }
+
+    /// Reads the marker from disk (at open).
+    pub(super) fn load_install_marker(&self) -> Result<(), StoreError> {
+        let at: Option<LogIndex> = self.get_decoded(Cf::Meta, KEY_SM_INSTALL)?;
+        if at == Some(LogIndex::ZERO) {
+            return Err(StoreError::Corrupt {
+                key: codec::key_name(Cf::Meta, KEY_SM_INSTALL),
+                detail: "install marker at index 0".into(),
+            });
+        }
+        self.install_pending.store(at.map_or(0, |i| i.0), Ordering::Release);
+        Ok(())
+    }
+
+    /// Begins installing the state-machine data of the snapshot ending at `target`: removes
+    /// every state-machine key and records the install marker, in one durable write. Starting
+    /// again over an unfinished install is allowed (that is the recovery).
+    pub fn begin_sm_install(&self, target: LogIndex) -> Result<(), StoreError> {
+        let _w = lock(&self.write_lock);
+        self.writable()?;
+        if target == LogIndex::ZERO {
+            return Err(StoreError::InvalidBatch("a snapshot install needs a snapshot index above 0".into()));
+        }
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(self.cf(CF_SM), [SM_PREFIX], [SM_PREFIX_END]);
+        wb.put_cf(self.cf(CF_META), KEY_SM_INSTALL, codec::encode(Cf::Meta, KEY_SM_INSTALL, &target)?);
+        self.commit_batch(wb, &self.sync)?;
+        self.install_pending.store(target.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes one batch of state-machine pairs of the install begun with
+    /// [`begin_sm_install`](Self::begin_sm_install): at most [`APPLY_OPS_MAX`] pairs and
+    /// [`INSTALL_BATCH_BYTES_MAX`] bytes. Not fsynced on its own (the finishing write is).
+    pub fn write_sm_install_batch(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        let _w = lock(&self.write_lock);
+        self.writable()?;
+        if self.sm_install_pending().is_none() {
+            return Err(StoreError::InvalidBatch("no snapshot install in progress; begin one first".into()));
+        }
+        if pairs.len() > APPLY_OPS_MAX {
+            return Err(StoreError::InvalidBatch(format!(
+                "{} pairs in one install batch, the limit is {APPLY_OPS_MAX}",
+                pairs.len()
+            )));
+        }
+        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > INSTALL_BATCH_BYTES_MAX {
+            return Err(StoreError::InvalidBatch(format!(
+                "{bytes} bytes in one install batch, the limit is {INSTALL_BATCH_BYTES_MAX}"
+            )));
+        }
+        let sm = self.cf(CF_SM);
+        let mut wb = WriteBatch::default();
+        for (key, value) in pairs {
+            check_sm_key(&key)?;
+            if value.len() > SM_VALUE_BYTES_MAX {
+                return Err(StoreError::InvalidBatch(format!(
+                    "state-machine value of {} bytes, the limit is {SM_VALUE_BYTES_MAX}",
+                    value.len()
+                )));
+            }
+            let k = sm_key(&key);
+            let v = codec::encode_raw(Cf::Sm, &k, &value);
+            wb.put_cf(sm, k, v);
+        }
+        self.commit_batch(wb, &self.no_sync)
+    }
+
+    /// Finishes the install begun at `target`: the applied index becomes `target` and the
+    /// marker goes, in one durable write. `target` must be the begun install's index, above
+    /// the applied index and not past the last log index (the snapshot is recorded first).
+    pub fn finish_sm_install(&self, target: LogIndex) -> Result<(), StoreError> {
+        let _w = lock(&self.write_lock);
+        self.writable()?;
+        match self.sm_install_pending() {
+            Some(t) if t == target => {}
+            Some(t) => {
+                return Err(StoreError::InvalidBatch(format!(
+                    "finishing an install at {target}, but the install in progress is at {t}"
+                )));
+            }
+            None => return Err(StoreError::InvalidBatch("no snapshot install in progress".into())),
+        }
+        let current = self.applied_index();
+        if target <= current {
+            return Err(StoreError::InvalidBatch(format!("applied index would not advance ({current} to {target})")));
+        }
+        let last = self.tail_read().last;
+        if target > last {
+            return Err(StoreError::InvalidBatch(format!(
+                "applied index {target} would pass the last persisted entry {last}; record the snapshot first"
+            )));
+        }
+        let mut wb = WriteBatch::default();
+        let meta = self.cf(CF_META);
+        wb.put_cf(meta, KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &target)?);
+        wb.delete_cf(meta, KEY_SM_INSTALL);
+        self.commit_batch(wb, &self.sync)?;
+        self.applied.store(target.0, Ordering::Release);
+        self.install_pending.store(0, Ordering::Release);
+        Ok(())
+    }
+}
