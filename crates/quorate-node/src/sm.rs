@@ -562,6 +562,19 @@ pub fn member_addrs<R: SmRead + ?Sized>(r: &R) -> Result<BTreeMap<NodeId, String
     Ok(out)
 }
 
+/// The state-machine record of a member address (what a membership change records), for
+/// tools that rewrite membership offline (`quorate snapshot restore`).
+#[must_use]
+pub fn member_addr_record(id: NodeId, addr: &str) -> SmPair {
+    (addr_key(id), addr.as_bytes().to_vec())
+}
+
+/// Whether a state-machine key is a member address record.
+#[must_use]
+pub fn is_member_addr_key(key: &[u8]) -> bool {
+    key.len() == 9 && key[0] == ADDR
+}
+
 /// Streams every state-machine pair into `out` (`u32 LE key length | key | u32 LE value
 /// length | value`, repeated). Returns the number of pairs.
 pub fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> Result<u64, SmError> {

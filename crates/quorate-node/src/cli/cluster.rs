@@ -5,7 +5,6 @@ use anyhow::{Context, bail};
 use quorate_client::{MemberKind, NodeStatus};
 use quorate_log::{Configuration, NodeId};
 use std::io::Write;
-use std::path::Path;
 
 fn node_id(id: u64) -> anyhow::Result<NodeId> {
     NodeId::new(id).context("node ids start at 1")
@@ -151,16 +150,4 @@ pub(crate) async fn snapshot_save(conn: &ConnArgs) -> anyhow::Result<Outcome> {
     client.close();
     println!("snapshot at index {index} written to {path} on {leader}");
     Ok(Outcome::Ok)
-}
-
-pub(crate) fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Outcome> {
-    if !from.exists() {
-        bail!("the snapshot file {} does not exist", from.display());
-    }
-    bail!(
-        "restoring {} into {} is not yet supported: the node has no offline restore yet; a restarted node \
-         catches up from the cluster's snapshots instead",
-        from.display(),
-        data_dir.display()
-    )
 }

@@ -5,6 +5,7 @@ mod certs;
 mod cluster;
 mod conn;
 mod kv;
+mod snapshot;
 mod txn;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -233,15 +234,9 @@ pub(crate) enum LeaderCmd {
 pub(crate) enum SnapshotCmd {
     /// Write a snapshot of the state machine into the leader's backup directory.
     Save,
-    /// Restore a node's data directory from a snapshot file (offline: the node must be stopped).
-    Restore {
-        /// The snapshot file.
-        #[arg(long)]
-        from: PathBuf,
-        /// The data directory to create.
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
+    /// Create a NEW cluster member's data directory from a file written by `snapshot save`
+    /// (offline, like `etcdutl snapshot restore`); run it for every member, then start them.
+    Restore(snapshot::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,7 +297,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Node(NodeCmd::Start(args)) => node_start(args),
         Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args),
-        Command::Snapshot(SnapshotCmd::Restore { from, data_dir }) => cluster::restore(&from, &data_dir),
+        Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
         Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
         Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),

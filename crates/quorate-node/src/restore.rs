@@ -1,0 +1,179 @@
+//! Offline restore of a backup snapshot into the data directory of a node of a NEW cluster
+//! (`quorate snapshot restore`, like `etcdutl snapshot restore`).
+//!
+//! The snapshot file (written by `quorate snapshot save`) is verified first — header,
+//! metadata and data checksums — so a damaged file is refused before anything is created.
+//! Then a fresh store is created whose recorded snapshot has the file's last index and term
+//! but the given members as its configuration, its hard state is (snapshot term, no vote,
+//! commit = snapshot index), and the state machine is the file's data with the member
+//! address records replaced by the given members' addresses. Run it once per member with the
+//! same file and the same `peers`, then start the members: they elect a leader from the
+//! snapshot point and the cluster goes on from there. The old cluster's log after the
+//! snapshot is not part of a backup.
+
+use crate::apply::install_snapshot_data;
+use crate::sm::{self, SmError};
+use quorate_log::{Configuration, EntryId, HardState, LogIndex, NodeId, SnapshotMeta};
+use quorate_storage::{PersistBatch, RocksStore, SnapshotReader, StoreError, StoreOptions};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What a restore created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Restored {
+    /// The snapshot's last entry (index and term of the old cluster).
+    pub last: EntryId,
+    /// State-machine records written (member addresses included).
+    pub records: u64,
+    /// The members of the new cluster.
+    pub members: Vec<u64>,
+}
+
+/// Why a restore did not happen. Nothing is left behind in the data directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The snapshot file cannot be used.
+    #[error("the snapshot file {path} cannot be restored: {detail}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The data directory already holds something.
+    #[error(
+        "the data directory {0} is not empty; restore into a new directory (a restore creates a new cluster's \
+         data and never overwrites a node's)"
+    )]
+    DataDirNotEmpty(PathBuf),
+    /// The members given do not make a configuration.
+    #[error("members: {0}")]
+    Members(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Writing the state machine failed.
+    #[error("state machine: {0}")]
+    Sm(#[from] SmError),
+    /// A file-system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Parses `id=host:port,id=host:port,...`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, RestoreError> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((id, addr)) = part.split_once('=') else {
+            return Err(RestoreError::Members(format!("`{part}` is not `id=host:port`")));
+        };
+        let id: u64 =
+            id.trim().parse().map_err(|_| RestoreError::Members(format!("`{id}` in `{part}` is not a node id")))?;
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(RestoreError::Members(format!("node {id} is listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
+/// Verifies the snapshot file (header, metadata and data checksums) and returns its metadata.
+pub fn verify_file(file: &Path) -> Result<SnapshotMeta, RestoreError> {
+    let bad = |detail: String| RestoreError::BadFile { path: file.to_path_buf(), detail };
+    let mut reader = SnapshotReader::open(file).map_err(|e| bad(e.to_string()))?;
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| bad(format!("the data does not verify: {e}")))?;
+    let meta = reader.meta().clone();
+    if meta.last.index == LogIndex::ZERO {
+        return Err(bad("it is a snapshot of an empty log (index 0); there is nothing to restore".into()));
+    }
+    Ok(meta)
+}
+
+fn members(id: u64, peers: &BTreeMap<u64, String>) -> Result<Configuration, RestoreError> {
+    if !peers.contains_key(&id) {
+        return Err(RestoreError::Members(format!("--peers must include this node ({id})")));
+    }
+    if peers.len() > quorate_log::MEMBERS_MAX {
+        return Err(RestoreError::Members(format!("at most {} members", quorate_log::MEMBERS_MAX)));
+    }
+    let mut voters = Vec::new();
+    for (&p, addr) in peers {
+        let n = NodeId::new(p).ok_or_else(|| RestoreError::Members("node ids start at 1".into()))?;
+        if addr.is_empty() || addr.len() > quorate_api::limits::TEXT_BYTES_MAX || !addr.contains(':') {
+            return Err(RestoreError::Members(format!("the address of node {p} must be `host:port`, got {addr:?}")));
+        }
+        voters.push(n);
+    }
+    Configuration::with_voters(voters).map_err(|e| RestoreError::Members(e.to_string()))
+}
+
+/// Restores `file` into `data_dir` (which must be missing or empty) for node `id` of a new
+/// cluster of `peers` (id → address, including `id`).
+pub fn restore(file: &Path, data_dir: &Path, id: u64, peers: &BTreeMap<u64, String>) -> Result<Restored, RestoreError> {
+    let config = members(id, peers)?;
+    let meta = verify_file(file)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RestoreError::Io { path, source }
+    };
+    if data_dir.exists() {
+        let mut entries = std::fs::read_dir(data_dir).map_err(io(data_dir))?;
+        if entries.next().is_some() {
+            return Err(RestoreError::DataDirNotEmpty(data_dir.to_path_buf()));
+        }
+    }
+    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let result = restore_into(file, data_dir, &meta, config, peers);
+    if result.is_err() {
+        // Leave no half-made store that a node could start from.
+        let _ = std::fs::remove_dir_all(data_dir);
+    }
+    result
+}
+
+fn restore_into(
+    file: &Path,
+    data_dir: &Path,
+    old: &SnapshotMeta,
+    config: Configuration,
+    peers: &BTreeMap<u64, String>,
+) -> Result<Restored, RestoreError> {
+    let store = RocksStore::open(data_dir.join("store"), StoreOptions::with_bootstrap(config.clone()))?;
+    let meta = SnapshotMeta { last: old.last, config };
+
+    // The data again, member addresses replaced, into the new store's snapshot file.
+    let mut writer = store.snapshot_writer(meta.clone())?;
+    let mut reader = SnapshotReader::open(file)?;
+    let mut records = 0u64;
+    let mut put = |w: &mut quorate_storage::SnapshotWriter, k: &[u8], v: &[u8]| -> Result<(), SmError> {
+        let io = |e: std::io::Error| SmError::Storage(StoreError::Io(format!("writing snapshot: {e}")));
+        w.write_all(&(k.len() as u32).to_le_bytes()).map_err(io)?;
+        w.write_all(k).map_err(io)?;
+        w.write_all(&(v.len() as u32).to_le_bytes()).map_err(io)?;
+        w.write_all(v).map_err(io)?;
+        records += 1;
+        Ok(())
+    };
+    sm::read_snapshot_data(
+        &mut reader,
+        |k, v| if sm::is_member_addr_key(&k) { Ok(()) } else { put(&mut writer, &k, &v) },
+    )?;
+    for (&p, addr) in peers {
+        let n = NodeId::new(p).ok_or_else(|| RestoreError::Members("node ids start at 1".into()))?;
+        let (k, v) = sm::member_addr_record(n, addr);
+        put(&mut writer, &k, &v)?;
+    }
+    writer.finish()?;
+
+    let hard = HardState { term: meta.last.term, vote: None, commit: meta.last.index };
+    store.write(PersistBatch { install: Some(meta.clone()), hard_state: Some(hard), ..PersistBatch::default() })?;
+    install_snapshot_data(&store, &meta)?;
+    Ok(Restored { last: meta.last, records, members: peers.keys().copied().collect() })
+}
