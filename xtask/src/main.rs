@@ -14,6 +14,7 @@ mod cluster;
 mod demo;
 mod deps;
 mod release;
+mod upgrade;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -40,6 +41,9 @@ commands:
   release <version> [--dry-run] [--repo DIR]
                              cut a release: clean tree, green ci, semver checks, bump, changelog,
                              package every crate, record it in releases.toml, tag (docs/upgrades.md)
+  upgrade-check [--from <version>] [--seed S] [--step-seconds N]
+                             rolling upgrade from a recorded release to this tree on a real 3-node
+                             cluster under checked load: upgrade, roll back, upgrade, finalize
   setup                      install the system packages the build needs (libclang for RocksDB)
 ";
 
@@ -66,6 +70,7 @@ fn main() -> Result<()> {
         "deps" => deps::check(&root()),
         "setup" => setup(),
         "release" => release::release(rest),
+        "upgrade-check" => upgrade::upgrade_check(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

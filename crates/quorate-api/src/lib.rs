@@ -32,6 +32,14 @@ use serde::de::DeserializeOwned;
 /// The protocol version this crate speaks (the transport envelope carries it).
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The cluster version of a cluster that never ran `quorate cluster finalize`: what 0.1.0
+/// speaks.
+pub const CLUSTER_VERSION_INITIAL: u32 = 1;
+/// The newest cluster version this build supports. Cluster version 2 (0.2.0) adds
+/// [`Request::DeleteRange`] and [`CommandOp::DeleteRange`]; the requests [`Request::Versions`]
+/// and [`Request::Finalize`] are answered at any cluster version.
+pub const CLUSTER_VERSION: u32 = 2;
+
 /// Message kinds (append-only). Numbered from the transport's application range.
 pub mod kinds {
     use quorate_transport::MessageKind;

@@ -121,6 +121,25 @@ pub enum Request {
     SnapshotSave,
     /// Allocate a session for exactly-once writes (write).
     OpenSession,
+    /// This node's versions: binary, storage format, committed cluster version and the cluster
+    /// versions it supports (read). Since 0.2.0; a 0.1.0 node cannot decode it.
+    Versions,
+    /// Raise the committed cluster version to `version` (admin), through the log. The caller
+    /// (`quorate cluster finalize`) first checks that every member supports it; after it
+    /// commits, behaviour gated on it is on and binaries that do not support it can no longer
+    /// join or open the data. Since 0.2.0.
+    Finalize {
+        /// The cluster version to commit.
+        version: u32,
+    },
+    /// Delete every key in `[start, end)`, at most [`limits::SCAN_LIMIT_MAX`] keys per request
+    /// (write). Needs cluster version 2: refused before `quorate cluster finalize`. Since 0.2.0.
+    DeleteRange {
+        /// First key.
+        start: Vec<u8>,
+        /// Exclusive end.
+        end: Vec<u8>,
+    },
 }
 
 /// Who may do what; from the role in the client's certificate.
@@ -140,8 +159,14 @@ impl Request {
     #[must_use]
     pub fn access(&self) -> Access {
         match self {
-            Request::Get { .. } | Request::Scan { .. } | Request::Status | Request::MemberList => Access::Read,
-            Request::Put { .. } | Request::Delete { .. } | Request::Cas { .. } | Request::OpenSession => Access::Write,
+            Request::Get { .. } | Request::Scan { .. } | Request::Status | Request::MemberList | Request::Versions => {
+                Access::Read
+            }
+            Request::Put { .. }
+            | Request::Delete { .. }
+            | Request::Cas { .. }
+            | Request::OpenSession
+            | Request::DeleteRange { .. } => Access::Write,
             Request::Txn(t) => {
                 if t.is_read_only() {
                     Access::Read
@@ -153,7 +178,8 @@ impl Request {
             | Request::MemberPromote { .. }
             | Request::MemberRemove { .. }
             | Request::LeaderTransfer { .. }
-            | Request::SnapshotSave => Access::Admin,
+            | Request::SnapshotSave
+            | Request::Finalize { .. } => Access::Admin,
         }
     }
 
@@ -232,7 +258,22 @@ impl ClientRequest {
                 }
                 Ok(())
             }
+            Request::DeleteRange { start, end } => {
+                key(start)?;
+                key(end)?;
+                if start >= end {
+                    return Err("delete-range needs start < end".into());
+                }
+                Ok(())
+            }
+            Request::Finalize { version } => {
+                if *version < crate::CLUSTER_VERSION_INITIAL {
+                    return Err(format!("cluster versions start at {}", crate::CLUSTER_VERSION_INITIAL));
+                }
+                Ok(())
+            }
             Request::Status
+            | Request::Versions
             | Request::MemberList
             | Request::MemberPromote { .. }
             | Request::MemberRemove { .. }
@@ -413,6 +454,36 @@ pub enum Response {
     },
     /// A session was opened.
     Session(SessionId),
+    /// A node's versions (the answer to [`Request::Versions`]). Since 0.2.0.
+    Versions(VersionInfo),
+    /// A range delete (the answer to [`Request::DeleteRange`]). Since 0.2.0.
+    DeletedRange {
+        /// Keys deleted.
+        deleted: u64,
+        /// Whether keys may remain in the range (the per-request bound was reached).
+        more: bool,
+        /// The global revision after the write.
+        revision: u64,
+    },
+}
+
+/// The three versions of a node: its binary's, the storage format of its data, and the
+/// cluster version committed through the log (the lowest every member supports, raised only
+/// by `quorate cluster finalize`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The node.
+    pub id: NodeId,
+    /// The binary's version (Cargo package version).
+    pub binary_version: String,
+    /// The storage format of the node's data on disk.
+    pub storage_format: u32,
+    /// The newest storage format the binary opens.
+    pub storage_format_max: u32,
+    /// The cluster version committed in the log as the node has applied it.
+    pub cluster_version: u32,
+    /// The newest cluster version the binary supports.
+    pub cluster_version_max: u32,
 }
 
 /// Where and how fresh a read was.
@@ -699,6 +770,22 @@ pub enum CommandOp {
         id: NodeId,
         /// Its address.
         addr: String,
+    },
+    /// Raise the cluster version (`quorate cluster finalize`). A replica whose binary does not
+    /// support `version` stops with a clear error instead of applying entries it may not
+    /// understand. Since 0.2.0.
+    SetClusterVersion {
+        /// The new cluster version.
+        version: u32,
+    },
+    /// Delete the keys in `[start, end)`, at most [`limits::SCAN_LIMIT_MAX`]. Applied only at
+    /// cluster version 2 or later; below it every replica, old or new, answers
+    /// `InvalidRequest` and changes nothing. Since 0.2.0.
+    DeleteRange {
+        /// First key.
+        start: Vec<u8>,
+        /// Exclusive end.
+        end: Vec<u8>,
     },
 }
 

@@ -53,7 +53,7 @@ mod retry;
 pub use error::{ClientError, GiveUpReason};
 pub use quorate_api::{
     ApiError, Compare, CompareOp, CompareTarget, KeyValue, Member, MemberKind, NodeStatus, ReadConsistency, ReadInfo,
-    Txn, TxnOp, TxnResult,
+    Txn, TxnOp, TxnResult, VersionInfo,
 };
 pub use retry::{Backoff, RetryBudget, RetryBudgetConfig};
 
@@ -368,6 +368,30 @@ impl Client {
     pub async fn snapshot_save(&self) -> Result<(String, LogIndex), ClientError> {
         match self.core.send(Request::SnapshotSave, None, Route::Leader).await? {
             (_, Response::SnapshotSaved { path, index }) => Ok((path, index)),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The versions of one node (asked directly; no redirect). A 0.1.0 node cannot answer.
+    pub async fn versions(&self, node: NodeId) -> Result<VersionInfo, ClientError> {
+        match self.core.send(Request::Versions, None, Route::Direct(node)).await? {
+            (_, Response::Versions(v)) => Ok(v),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Commits cluster version `version` through the log (admin; `quorate cluster finalize`
+    /// checks first that every member supports it).
+    pub async fn finalize(&self, version: u32) -> Result<(), ClientError> {
+        self.done(Request::Finalize { version }).await
+    }
+
+    /// Deletes the keys in `[start, end)`, at most `limits::SCAN_LIMIT_MAX` per call (exactly
+    /// once). Needs cluster version 2.
+    pub async fn delete_range(&self, start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> Result<(u64, bool), ClientError> {
+        let body = Request::DeleteRange { start: start.as_ref().to_vec(), end: end.as_ref().to_vec() };
+        match self.core.write(body).await? {
+            (_, Response::DeletedRange { deleted, more, .. }) => Ok((deleted, more)),
             (node, other) => Err(unexpected(node, &other)),
         }
     }

@@ -21,6 +21,7 @@ pub use quorate_config as config;
 pub mod restore;
 pub mod server;
 pub mod sm;
+mod versions;
 
 /// The version of this binary (from Cargo).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -338,6 +338,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     // floor, a last resort that stops the node, sits at a quarter of it.
     options.free_space_floor_bytes = floor / 4;
     let store = Arc::new(RocksStore::open(data_dir.join("store"), options)?);
+    crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
 
     // Repair: an install batch written, its state-machine data not (crash in between).
     let recorded = store.snapshot_meta().map_err(|e| ServerError::Storage(e.to_string()))?;
@@ -990,6 +991,26 @@ impl Driver {
             Request::SnapshotSave => {
                 let config = self.raft.configuration().clone();
                 self.apply_tx.send(ApplyMsg::Backup { config, responder }).await.map_err(|_| apply_stopped())
+            }
+            Request::Versions => {
+                responder.send(crate::versions::info(&self.shared), None);
+                Ok(())
+            }
+            Request::Finalize { version } => match crate::versions::check_finalize(&self.shared, version) {
+                Ok(()) => self.propose_write(None, CommandOp::SetClusterVersion { version }, responder).await,
+                Err(e) => {
+                    responder.send(Err(e), None);
+                    Ok(())
+                }
+            },
+            Request::DeleteRange { start, end } => {
+                match crate::versions::require(&self.shared, crate::sm::DELETE_RANGE_CLUSTER_VERSION, "delete-range") {
+                    Ok(()) => self.propose_write(session, CommandOp::DeleteRange { start, end }, responder).await,
+                    Err(e) => {
+                        responder.send(Err(e), None);
+                        Ok(())
+                    }
+                }
             }
             _ => {
                 responder.send(Err(ApiError::InvalidRequest("request not supported by this node".into())), None);

@@ -13,6 +13,7 @@
 //! | `m/revision` | the global revision: number of applied commands that changed a key |
 //! | `m/time` | the log time (ms): the largest `Command::time_ms` applied |
 //! | `m/gc` | where the session garbage collector resumes |
+//! | `m/cluster_version` | the committed cluster version (absent: [`quorate_api::CLUSTER_VERSION_INITIAL`]) |
 //!
 //! Sessions expire by **log time**, identically on every replica: a session unused for
 //! [`SESSION_TTL_MS`] of log time is gone, and a write in it gets `SessionExpired`.
@@ -38,6 +39,10 @@ const ADDR: u8 = b'a';
 const META_REVISION: &[u8] = b"m/revision";
 const META_TIME: &[u8] = b"m/time";
 const META_GC: &[u8] = b"m/gc";
+const META_CLUSTER_VERSION: &[u8] = b"m/cluster_version";
+
+/// The cluster version that turns [`CommandOp::DeleteRange`] on.
+pub const DELETE_RANGE_CLUSTER_VERSION: u32 = 2;
 
 /// Pairs read per page when scanning the state machine.
 const PAGE: usize = 4096;
@@ -70,6 +75,19 @@ pub enum SmError {
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// The log committed a cluster version this binary does not support: it must not apply
+    /// entries it may not understand.
+    #[error(
+        "the cluster was finalized at cluster version {committed}, but this binary supports cluster \
+         versions up to {supported}: run a newer `quorate` binary on this node (rolling back after \
+         `quorate cluster finalize` is not possible)"
+    )]
+    ClusterVersionTooNew {
+        /// The committed cluster version.
+        committed: u32,
+        /// The newest this binary supports.
+        supported: u32,
+    },
     /// A stored value does not decode.
     #[error("state machine record {key} is corrupt: {detail}")]
     Corrupt {
@@ -271,12 +289,35 @@ pub struct ApplyOutcome {
     pub result: Result<Response, ApiError>,
     /// A member address the command recorded (the node adds the peer to its transport).
     pub member_addr: Option<(NodeId, String)>,
+    /// The cluster version the command raised the cluster to (`quorate cluster finalize`).
+    pub cluster_version: Option<u32>,
 }
 
 impl ApplyOutcome {
     fn result(result: Result<Response, ApiError>) -> ApplyOutcome {
-        ApplyOutcome { result, member_addr: None }
+        ApplyOutcome { result, member_addr: None, cluster_version: None }
     }
+}
+
+/// The committed cluster version in `r` ([`quorate_api::CLUSTER_VERSION_INITIAL`] if it was
+/// never raised).
+pub fn cluster_version(r: &(impl SmRead + ?Sized)) -> Result<u32, SmError> {
+    let v = get_u64(r, META_CLUSTER_VERSION)?;
+    Ok(if v == 0 { quorate_api::CLUSTER_VERSION_INITIAL } else { u32::try_from(v).unwrap_or(u32::MAX) })
+}
+
+fn ov_cluster_version<R: SmRead + ?Sized>(ov: &Overlay<'_, R>) -> Result<u32, SmError> {
+    let v = ov_u64(ov, META_CLUSTER_VERSION)?;
+    Ok(if v == 0 { quorate_api::CLUSTER_VERSION_INITIAL } else { u32::try_from(v).unwrap_or(u32::MAX) })
+}
+
+/// Refuses state whose committed cluster version this binary does not support (at start).
+pub fn check_cluster_version(r: &(impl SmRead + ?Sized)) -> Result<u32, SmError> {
+    let committed = cluster_version(r)?;
+    if committed > quorate_api::CLUSTER_VERSION {
+        return Err(SmError::ClusterVersionTooNew { committed, supported: quorate_api::CLUSTER_VERSION });
+    }
+    Ok(committed)
 }
 
 /// Applies the command of the entry at `index` (its raw bytes) to `ov`. Undecodable bytes
@@ -310,7 +351,25 @@ pub fn apply_command<R: SmRead + ?Sized>(
         }
         CommandOp::SetMemberAddr { id, addr } => {
             ov.put(addr_key(*id), addr.as_bytes().to_vec());
-            return Ok(ApplyOutcome { result: Ok(Response::Done), member_addr: Some((*id, addr.clone())) });
+            return Ok(ApplyOutcome {
+                result: Ok(Response::Done),
+                member_addr: Some((*id, addr.clone())),
+                cluster_version: None,
+            });
+        }
+        CommandOp::SetClusterVersion { version } => {
+            if *version > quorate_api::CLUSTER_VERSION {
+                return Err(SmError::ClusterVersionTooNew {
+                    committed: *version,
+                    supported: quorate_api::CLUSTER_VERSION,
+                });
+            }
+            // Never lowered; raising twice to the same version is a no-op.
+            if *version <= ov_cluster_version(ov)? {
+                return Ok(ApplyOutcome::result(Ok(Response::Done)));
+            }
+            ov.put(META_CLUSTER_VERSION.to_vec(), u64::from(*version).to_le_bytes().to_vec());
+            return Ok(ApplyOutcome { result: Ok(Response::Done), member_addr: None, cluster_version: Some(*version) });
         }
         _ => {}
     }
@@ -409,7 +468,25 @@ fn apply_op<R: SmRead + ?Sized>(
             changed = c;
             Response::Txn { succeeded, results, revision: if c { next } else { rev } }
         }
-        CommandOp::OpenSession | CommandOp::SetMemberAddr { .. } => {
+        CommandOp::DeleteRange { start, end } => {
+            let cv = ov_cluster_version(ov)?;
+            if cv < DELETE_RANGE_CLUSTER_VERSION {
+                // What a 0.1.0 replica answers too (it cannot decode the command): no replica
+                // changes anything, so mixed-version replicas stay identical.
+                return Ok(Err(ApiError::InvalidRequest(format!(
+                    "delete-range needs cluster version {DELETE_RANGE_CLUSTER_VERSION}, the cluster is at {cv}: \
+                     upgrade every node, then run `quorate cluster finalize`"
+                ))));
+            }
+            let (keys, more) = range_keys(ov, start, end, quorate_api::limits::SCAN_LIMIT_MAX as usize)?;
+            changed = !keys.is_empty();
+            let deleted = keys.len() as u64;
+            for k in keys {
+                ov.delete(k);
+            }
+            Response::DeletedRange { deleted, more, revision: if changed { next } else { rev } }
+        }
+        CommandOp::OpenSession | CommandOp::SetMemberAddr { .. } | CommandOp::SetClusterVersion { .. } => {
             return Ok(Err(ApiError::InvalidRequest("not a key-value operation".into())));
         }
         _ => return Ok(Err(ApiError::InvalidRequest("unknown command (newer version?)".into()))),
@@ -418,6 +495,48 @@ fn apply_op<R: SmRead + ?Sized>(
         ov.put(META_REVISION.to_vec(), next.to_le_bytes().to_vec());
     }
     Ok(Ok(response))
+}
+
+/// The stored keys (prefixed) of the user keys in `[start, end)` as `ov` sees them — the base
+/// merged with the writes pending in this batch, so the result does not depend on how entries
+/// were grouped into batches — at most `limit`, and whether more remain.
+fn range_keys<R: SmRead + ?Sized>(
+    ov: &Overlay<'_, R>,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+) -> Result<(Vec<Vec<u8>>, bool), SmError> {
+    let (lo, hi) = (kv_key(start), kv_key(end));
+    let mut keys = std::collections::BTreeSet::new();
+    if !ov.clear {
+        let mut from = lo.clone();
+        // Enough base keys that pending deletes cannot starve the result; bounded by pages.
+        let want = limit + 1 + ov.writes.len();
+        'pages: while keys.len() < want {
+            let page = ov.base.sm_scan(&from, PAGE)?;
+            let n = page.len();
+            for (k, _) in page {
+                if k >= hi {
+                    break 'pages;
+                }
+                from = k.clone();
+                from.push(0);
+                keys.insert(k);
+            }
+            if n < PAGE {
+                break;
+            }
+        }
+    }
+    for (k, v) in ov.writes.range(lo..hi) {
+        if v.is_some() {
+            keys.insert(k.clone());
+        } else {
+            keys.remove(k);
+        }
+    }
+    let more = keys.len() > limit;
+    Ok((keys.into_iter().take(limit).collect(), more))
 }
 
 fn put<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8], value: Vec<u8>, rev: u64) -> Result<(), SmError> {
@@ -800,5 +919,64 @@ mod tests {
         assert_eq!(out.member_addr, Some((id, "h:1".into())));
         assert_eq!(member_addrs(&m).unwrap().get(&id).map(String::as_str), Some("h:1"));
         assert!(apply_entry(&mut Overlay::new(&m), LogIndex(2), b"\xff\xff").unwrap().result.is_err());
+    }
+
+    #[test]
+    fn delete_range_is_gated_on_the_committed_cluster_version() {
+        let mut m = Map::new();
+        for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
+            run(&mut m, i as u64 + 1, 0, None, put(k, "v"));
+        }
+        let dr = || CommandOp::DeleteRange { start: b"b".to_vec(), end: b"d".to_vec() };
+        // Before finalize: refused, nothing changes (what a 0.1.0 replica does too).
+        let before = m.clone();
+        assert!(matches!(run(&mut m, 5, 0, None, dr()).result, Err(ApiError::InvalidRequest(_))));
+        assert_eq!(m, before);
+        assert_eq!(cluster_version(&m).unwrap(), quorate_api::CLUSTER_VERSION_INITIAL);
+        // Finalize: raised once, never lowered.
+        let out = run(&mut m, 6, 0, None, CommandOp::SetClusterVersion { version: 2 });
+        assert_eq!(out.cluster_version, Some(2));
+        assert_eq!(run(&mut m, 7, 0, None, CommandOp::SetClusterVersion { version: 1 }).cluster_version, None);
+        assert_eq!(cluster_version(&m).unwrap(), 2);
+        assert_eq!(check_cluster_version(&m).unwrap(), 2);
+        // After: b and c go, a and d stay, one new revision.
+        let out = run(&mut m, 8, 0, None, dr());
+        assert_eq!(out.result, Ok(Response::DeletedRange { deleted: 2, more: false, revision: 5 }));
+        assert!(read_get(&m, b"b").unwrap().is_none() && read_get(&m, b"c").unwrap().is_none());
+        assert!(read_get(&m, b"a").unwrap().is_some() && read_get(&m, b"d").unwrap().is_some());
+        // An empty range changes nothing.
+        let out = run(&mut m, 9, 0, None, dr());
+        assert_eq!(out.result, Ok(Response::DeletedRange { deleted: 0, more: false, revision: 5 }));
+    }
+
+    #[test]
+    fn delete_range_sees_writes_pending_in_the_same_batch() {
+        let mut m = Map::new();
+        run(&mut m, 1, 0, None, CommandOp::SetClusterVersion { version: 2 });
+        run(&mut m, 2, 0, None, put("b", "stored"));
+        // One batch: put c, delete b, then delete-range [a, z): the result must not depend on
+        // how entries were grouped into batches.
+        let base = m.clone();
+        let mut ov = Overlay::new(&base);
+        let cmd = |op| Command { session: None, time_ms: 0, op };
+        apply_command(&mut ov, LogIndex(3), &cmd(put("c", "pending"))).unwrap();
+        apply_command(&mut ov, LogIndex(4), &cmd(CommandOp::Delete { key: b"b".to_vec() })).unwrap();
+        let out = apply_command(&mut ov, LogIndex(5), &cmd(CommandOp::DeleteRange { start: b"a".to_vec(), end: b"z".to_vec() }))
+            .unwrap();
+        assert!(matches!(out.result, Ok(Response::DeletedRange { deleted: 1, .. })));
+        ov.apply_to(&mut m);
+        assert!(read_scan(&m, b"a", None, 10).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_cluster_version_beyond_this_binary_stops_the_replica() {
+        let mut m = Map::new();
+        let snapshot = m.clone();
+        let mut ov = Overlay::new(&snapshot);
+        let cmd = Command { session: None, time_ms: 0, op: CommandOp::SetClusterVersion { version: quorate_api::CLUSTER_VERSION + 1 } };
+        let err = apply_command(&mut ov, LogIndex(1), &cmd).unwrap_err();
+        assert!(err.to_string().contains("run a newer `quorate` binary"), "{err}");
+        m.insert(META_CLUSTER_VERSION.to_vec(), u64::from(quorate_api::CLUSTER_VERSION + 1).to_le_bytes().to_vec());
+        assert!(matches!(check_cluster_version(&m), Err(SmError::ClusterVersionTooNew { .. })));
     }
 }

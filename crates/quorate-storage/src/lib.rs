@@ -101,3 +101,8 @@ pub use store::{
 /// newer format is refused with [`StoreError::FormatTooNew`]; an older one is migrated or
 /// refused with [`StoreError::FormatUnsupported`] (there is no older format yet).
 pub const FORMAT_VERSION: u32 = 1;
+/// The format stamp of a store whose cluster has been finalized at cluster version 2 or later
+/// ([`RocksStore::stamp_format`]): the same layout as [`FORMAT_VERSION`] (snapshot files keep
+/// format 1), stamped so that binaries older than 0.2.0, which refuse any format above 1, can
+/// no longer open data of a finalized cluster. This build opens both.
+pub const FORMAT_VERSION_FINALIZED: u32 = 2;

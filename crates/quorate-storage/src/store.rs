@@ -223,10 +223,33 @@ impl RocksStore {
         Ok(!it.valid())
     }
 
+    /// The format stamp on disk ([`FORMAT_VERSION`] or [`crate::FORMAT_VERSION_FINALIZED`]).
+    pub fn format_version(&self) -> Result<u32, StoreError> {
+        Ok(self.get_decoded::<u32>(Cf::Meta, KEY_FORMAT)?.unwrap_or(FORMAT_VERSION))
+    }
+
+    /// Raises the format stamp to `version` (at most [`crate::FORMAT_VERSION_FINALIZED`]),
+    /// durably; never lowers it. Called when the cluster is finalized: from then on, binaries
+    /// that only know format 1 refuse to open this store.
+    pub fn stamp_format(&self, version: u32) -> Result<(), StoreError> {
+        if version > crate::FORMAT_VERSION_FINALIZED {
+            return Err(StoreError::FormatTooNew { found: version, supported: crate::FORMAT_VERSION_FINALIZED });
+        }
+        if self.format_version()? >= version {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(CF_META), KEY_FORMAT, codec::encode(Cf::Meta, KEY_FORMAT, &version)?);
+        self.db.write_opt(wb, &self.sync)?;
+        Ok(())
+    }
+
     fn check_format(&self, options: &StoreOptions) -> Result<(), StoreError> {
         match self.get_decoded::<u32>(Cf::Meta, KEY_FORMAT)? {
-            Some(v) if v == FORMAT_VERSION => Ok(()),
-            Some(v) if v > FORMAT_VERSION => Err(StoreError::FormatTooNew { found: v, supported: FORMAT_VERSION }),
+            Some(v) if v == FORMAT_VERSION || v == crate::FORMAT_VERSION_FINALIZED => Ok(()),
+            Some(v) if v > FORMAT_VERSION => {
+                Err(StoreError::FormatTooNew { found: v, supported: crate::FORMAT_VERSION_FINALIZED })
+            }
             Some(v) => migrate(&self.db, v),
             None => {
                 for name in CFS {

@@ -192,11 +192,25 @@ fn stamp_format(dir: &Path, version: u32) {
 fn newer_format_is_refused_naming_both_versions() {
     let d = TestDir::new("fmtnew");
     drop(with_ten_entries(d.path()));
-    stamp_format(d.path(), FORMAT_VERSION + 1);
+    stamp_format(d.path(), crate::FORMAT_VERSION_FINALIZED + 1);
     let err = RocksStore::open(d.path(), opts()).unwrap_err();
-    assert_eq!(err, StoreError::FormatTooNew { found: 2, supported: 1 });
+    assert_eq!(err, StoreError::FormatTooNew { found: 3, supported: 2 });
     let msg = err.to_string();
-    assert!(msg.contains("version 2") && msg.contains("version 1"), "{msg}");
+    assert!(msg.contains("version 3") && msg.contains("version 2"), "{msg}");
+}
+
+#[test]
+fn the_finalized_stamp_is_raised_once_and_reopens() {
+    let d = TestDir::new("fmtfinal");
+    let store = with_ten_entries(d.path());
+    assert_eq!(store.format_version().unwrap(), FORMAT_VERSION);
+    store.stamp_format(crate::FORMAT_VERSION_FINALIZED).unwrap();
+    store.stamp_format(FORMAT_VERSION).unwrap(); // never lowered
+    assert!(store.stamp_format(crate::FORMAT_VERSION_FINALIZED + 1).is_err());
+    drop(store);
+    let store = RocksStore::open(d.path(), opts()).unwrap();
+    assert_eq!(store.format_version().unwrap(), crate::FORMAT_VERSION_FINALIZED);
+    assert_eq!(store.last_index(), LogIndex(10));
 }
 
 #[test]

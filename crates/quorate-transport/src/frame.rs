@@ -20,8 +20,18 @@ use std::fmt;
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The oldest protocol version this build still decodes (version N+1 keeps the decoder of N).
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
-/// The ALPN protocol id negotiated in the TLS handshake; names the protocol generation.
+/// The ALPN protocol id of protocol generation 1 (Quorate 0.1.0), negotiated in the TLS
+/// handshake.
 pub const ALPN: &[u8] = b"quorate/1";
+/// The ALPN protocol id of protocol generation 2 (Quorate 0.2.0: the same envelope and
+/// decoders, plus message bodies an older peer cannot decode; the application uses those only
+/// once the cluster version allows).
+pub const ALPN_V2: &[u8] = b"quorate/2";
+/// Every ALPN id this build offers (client) and accepts (server), most preferred first: a
+/// server picks the first of these the client also offers. All of them run under one and the
+/// same TLS configuration (TLS 1.3 only, client certificates required, 0-RTT and resumption
+/// off), so negotiating an older generation never weakens security.
+pub const ALPNS: &[&[u8]] = &[ALPN_V2, ALPN];
 /// Size of the fixed frame header.
 pub const HEADER_BYTES: usize = 8;
 /// Hard ceiling on a frame payload, whatever a configuration says (64 MiB).

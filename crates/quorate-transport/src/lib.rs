@@ -1,7 +1,7 @@
 //! # quorate-transport
 //!
 //! The network layer of the Quorate replicated log: QUIC ([quinn]) with mutual TLS
-//! ([rustls], TLS 1.3 only, 0-RTT off, ALPN `quorate/1`).
+//! ([rustls], TLS 1.3 only, 0-RTT off, ALPN `quorate/2`, and `quorate/1` for 0.1.0 peers).
 //!
 //! * **Identity bound to certificates.** Every endpoint presents a certificate that chains to
 //!   the cluster CA and carries one URI SAN: `quorate://<cluster>/node/<id>` for a member,
@@ -61,7 +61,7 @@ mod transport;
 #[cfg(feature = "net")]
 pub use backoff::Backoff;
 pub use frame::{
-    ALPN, FRAME_PAYLOAD_BYTES_CEILING, FRAME_PAYLOAD_BYTES_DEFAULT, Frame, FrameError, FrameHeader, HEADER_BYTES,
+    ALPN, ALPN_V2, ALPNS, FRAME_PAYLOAD_BYTES_CEILING, FRAME_PAYLOAD_BYTES_DEFAULT, Frame, FrameError, FrameHeader, HEADER_BYTES,
     Hello, Lane, MessageKind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, decode_frame, encode_frame,
 };
 pub use identity::{

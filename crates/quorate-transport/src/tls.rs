@@ -1,9 +1,9 @@
 //! Mutual TLS: loading (and reloading) the CA bundle, certificate chain and key from PEM files,
-//! building the rustls configurations (TLS 1.3 only, 0-RTT off, ALPN `quorate/1`, client
-//! certificates required) and reading the `quorate://` identity out of a peer certificate.
+//! building the rustls configurations (TLS 1.3 only, 0-RTT off, ALPN `quorate/2` then
+//! `quorate/1`, client certificates required) and reading the `quorate://` identity out of a peer certificate.
 
 use crate::der;
-use crate::frame::ALPN;
+use crate::frame::ALPNS;
 use crate::identity::{Identity, IdentityError, URI_SCHEME};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -186,14 +186,14 @@ impl Credentials {
         self.loaded().earliest_not_after_unix - now_unix()
     }
 
-    /// The QUIC server crypto configuration currently in force (TLS 1.3, ALPN `quorate/1`,
+    /// The QUIC server crypto configuration currently in force (TLS 1.3, ALPN `quorate/2` and `quorate/1`,
     /// client certificates required and verified against the CA bundle, 0-RTT off).
     #[must_use]
     pub fn quic_server_crypto(&self) -> Arc<QuicServerConfig> {
         self.loaded().server.clone()
     }
 
-    /// The QUIC client crypto configuration currently in force (TLS 1.3, ALPN `quorate/1`,
+    /// The QUIC client crypto configuration currently in force (TLS 1.3, ALPN `quorate/2` and `quorate/1`,
     /// this certificate presented, the server's chain verified against the CA bundle; its
     /// identity is checked by the transport right after the handshake).
     #[must_use]
@@ -255,8 +255,25 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         .and_then(|v| v.into_iter().min())
         .ok_or_else(|| TlsError::Pem { path: paths.cert.clone(), what: "cannot read certificate validity".into() })?;
 
+    let (server, client) = rustls_configs(&ca, chain, key)?;
+    Ok(Loaded {
+        server: Arc::new(QuicServerConfig::try_from(server)?),
+        client: Arc::new(QuicClientConfig::try_from(client)?),
+        identity,
+        earliest_not_after_unix,
+        mtimes,
+    })
+}
+
+/// The rustls server and client configurations: TLS 1.3 only, client certificates required,
+/// 0-RTT and resumption off, and every ALPN id of [`ALPNS`] under these same settings.
+pub(crate) fn rustls_configs(
+    ca: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<(rustls::ServerConfig, rustls::ClientConfig), TlsError> {
     let mut roots = RootCertStore::empty();
-    for c in &ca {
+    for c in ca {
         roots.add(c.clone())?;
     }
     let roots = Arc::new(roots);
@@ -267,7 +284,7 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain.clone(), key.clone_key())?;
-    server.alpn_protocols = vec![ALPN.to_vec()];
+    server.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
     server.max_early_data_size = 0; // 0-RTT off
     server.send_tls13_tickets = 0; // no resumption either: every connection shows its cert
 
@@ -277,17 +294,10 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)?;
-    client.alpn_protocols = vec![ALPN.to_vec()];
+    client.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
     client.enable_early_data = false;
     client.resumption = rustls::client::Resumption::disabled();
-
-    Ok(Loaded {
-        server: Arc::new(QuicServerConfig::try_from(server)?),
-        client: Arc::new(QuicClientConfig::try_from(client)?),
-        identity,
-        earliest_not_after_unix,
-        mtimes,
-    })
+    Ok((server, client))
 }
 
 pub(crate) enum IdentityOf {
@@ -358,3 +368,7 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(all(test, feature = "dev-certs"))]
+#[path = "alpn_tests.rs"]
+mod alpn_tests;

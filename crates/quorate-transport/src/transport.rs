@@ -3,7 +3,7 @@
 
 use crate::backoff::Backoff;
 use crate::frame::{
-    ALPN, FRAME_PAYLOAD_BYTES_CEILING, FRAME_PAYLOAD_BYTES_DEFAULT, Frame, FrameError, FrameHeader, HEADER_BYTES,
+    ALPNS, FRAME_PAYLOAD_BYTES_CEILING, FRAME_PAYLOAD_BYTES_DEFAULT, Frame, FrameError, FrameHeader, HEADER_BYTES,
     Hello, Lane, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use crate::identity::{ClientIdentity, ClusterId, Identity, PeerIdentity};
@@ -567,8 +567,8 @@ fn authenticate(conn: &Connection) -> Result<Identity, String> {
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
-    if alpn.as_deref() != Some(ALPN) {
-        return Err("no quorate/1 ALPN negotiated".into());
+    if !alpn.as_deref().is_some_and(|a| ALPNS.contains(&a)) {
+        return Err("no quorate ALPN (quorate/2 or quorate/1) negotiated".into());
     }
     let certs = conn
         .peer_identity()

@@ -91,6 +91,12 @@ pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
     for d in &dangers {
         eprintln!("WARNING: {d}");
     }
+    if rows.iter().any(|(_, _, s)| s.is_ok()) {
+        let client = conn.client()?;
+        let versions = versions_of(&client, &rows.iter().map(|r| r.0).collect::<Vec<_>>()).await;
+        client.close();
+        print!("{}", versions_table(&rows, &versions));
+    }
     if rows.iter().all(|(_, _, s)| s.is_err()) {
         bail!("no node answered; check that the nodes run and that --endpoints is right");
     }
@@ -149,5 +155,109 @@ pub(crate) async fn snapshot_save(conn: &ConnArgs) -> anyhow::Result<Outcome> {
     let leader = client.leader().map_or("the leader".into(), |l| format!("node {l}"));
     client.close();
     println!("snapshot at index {index} written to {path} on {leader}");
+    Ok(Outcome::Ok)
+}
+
+/// Every listed member's versions, asked concurrently (`Err`: the node did not answer, or runs
+/// 0.1.0, which predates the request).
+async fn versions_of(
+    client: &quorate_client::Client,
+    ids: &[NodeId],
+) -> Vec<(NodeId, Result<quorate_client::VersionInfo, String>)> {
+    let mut out = Vec::new();
+    // One at a time: a handful of members, each answer bounded by the client's time limit.
+    for &id in ids {
+        out.push((id, client.versions(id).await.map_err(|e| e.to_string())));
+    }
+    out
+}
+
+/// The versions table under `cluster status`: binary, storage format and cluster version per
+/// node, and the cluster version the log committed.
+pub(crate) fn versions_table(
+    rows: &[(NodeId, String, Result<NodeStatus, String>)],
+    versions: &[(NodeId, Result<quorate_client::VersionInfo, String>)],
+) -> String {
+    let mut out = String::from("\nID  BINARY    STORAGE-FORMAT  CLUSTER-VERSION  SUPPORTS\n");
+    for (id, v) in versions {
+        let status = rows.iter().find(|r| r.0 == *id).and_then(|r| r.2.as_ref().ok());
+        let line = match (v, status) {
+            (Ok(v), _) => format!(
+                "{:<4}{:<10}{:<16}{:<17}{}..={}",
+                id.to_string(),
+                v.binary_version,
+                v.storage_format,
+                v.cluster_version,
+                quorate_api::CLUSTER_VERSION_INITIAL,
+                v.cluster_version_max
+            ),
+            // A node that answers Status but not Versions predates cluster versions (0.1.0).
+            (Err(_), Some(s)) => format!(
+                "{:<4}{:<10}{:<16}{:<17}{}..={}",
+                id.to_string(),
+                s.binary_version,
+                s.storage_format,
+                quorate_api::CLUSTER_VERSION_INITIAL,
+                quorate_api::CLUSTER_VERSION_INITIAL,
+                quorate_api::CLUSTER_VERSION_INITIAL
+            ),
+            (Err(_), None) => format!("{:<4}-", id.to_string()),
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let committed = versions.iter().filter_map(|(_, v)| v.as_ref().ok()).map(|v| v.cluster_version).max();
+    let ceiling = versions
+        .iter()
+        .map(|(_, v)| v.as_ref().map_or(quorate_api::CLUSTER_VERSION_INITIAL, |v| v.cluster_version_max))
+        .min();
+    out.push_str(&format!(
+        "cluster version {} (every member supports up to {})\n",
+        committed.unwrap_or(quorate_api::CLUSTER_VERSION_INITIAL),
+        ceiling.unwrap_or(quorate_api::CLUSTER_VERSION_INITIAL)
+    ));
+    out
+}
+
+/// `quorate cluster finalize [--version N]`: asks every member for its versions; commits the
+/// cluster version only if every member answers and supports it.
+pub(crate) async fn finalize(conn: &ConnArgs, version: Option<u32>) -> anyhow::Result<Outcome> {
+    let client = conn.client()?;
+    let members = client.member_list().await.context("cannot list the members")?;
+    let ids: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+    let versions = versions_of(&client, &ids).await;
+    let mut lowest = u32::MAX;
+    let mut current = quorate_api::CLUSTER_VERSION_INITIAL;
+    for (id, v) in &versions {
+        match v {
+            Ok(v) => {
+                lowest = lowest.min(v.cluster_version_max);
+                current = current.max(v.cluster_version);
+            }
+            Err(e) => {
+                client.close();
+                bail!(
+                    "node {id} did not report its versions ({e}); it is down or runs a binary older than \
+                     0.2.0: upgrade and start every member, then run finalize again"
+                );
+            }
+        }
+    }
+    let target = version.unwrap_or(lowest);
+    if target > lowest {
+        client.close();
+        bail!("cluster version {target} is not supported by every member (the lowest maximum is {lowest})");
+    }
+    if target <= current {
+        client.close();
+        println!("the cluster is already at cluster version {current}; nothing to do");
+        return Ok(Outcome::Ok);
+    }
+    client.finalize(target).await?;
+    client.close();
+    println!(
+        "cluster version {target} committed: its features are on; binaries that do not support it can no longer \
+         join or open this cluster's data (no rollback past this point)"
+    );
     Ok(Outcome::Ok)
 }

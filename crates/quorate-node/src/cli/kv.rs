@@ -89,6 +89,11 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
             }
             if got.kv.is_some() { Outcome::Ok } else { Outcome::No }
         }
+        KvCmd::DelRange { start, end } => {
+            let (deleted, more) = client.delete_range(&start, &end).await?;
+            writeln!(out, "deleted {deleted} keys{}", if more { "; more remain in the range, run again" } else { "" })?;
+            Outcome::Ok
+        }
         KvCmd::Del { key } => {
             let d = client.delete(&key).await?;
             if d.existed {

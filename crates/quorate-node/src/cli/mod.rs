@@ -137,6 +137,14 @@ pub(crate) enum KvCmd {
         /// The key.
         key: String,
     },
+    /// Remove every key in [START, END) (at most 10,000 per call; needs cluster version 2,
+    /// that is `quorate cluster finalize` after an upgrade from 0.1.0).
+    DelRange {
+        /// First key.
+        start: String,
+        /// Exclusive end.
+        end: String,
+    },
     /// Set KEY to VALUE only if it now holds EXPECTED (or is absent, with --absent); exit 1 if
     /// it did not.
     Cas {
@@ -190,8 +198,17 @@ pub(crate) enum KvCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClusterCmd {
-    /// A table of every member's view: id, role, term, leader, commit, applied, config.
+    /// A table of every member's view: id, role, term, leader, commit, applied, config; then
+    /// every member's versions (binary, storage format, cluster version).
     Status,
+    /// Commit the newest cluster version every member supports, through the log: turns on
+    /// what the new release gates on it; afterwards older binaries can no longer join, so
+    /// rolling back is no longer possible. Refused unless every member answers and supports it.
+    Finalize {
+        /// The cluster version to commit (default: the lowest maximum of every member).
+        #[arg(long)]
+        version: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +317,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
         Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
+        Command::Cluster(ClusterCmd::Finalize { version }) => block_on(cluster::finalize(&cli.conn, version)),
         Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),
         Command::Leader(LeaderCmd::Transfer { to }) => block_on(cluster::transfer(&cli.conn, to)),
         Command::Snapshot(SnapshotCmd::Save) => block_on(cluster::snapshot_save(&cli.conn)),

@@ -1,0 +1,60 @@
+//! The wire of every released version stays decodable, byte for byte.
+//!
+//! The fixtures below were released with 0.1.0 (tag `v0.1.0`, commit 243e49c); their sizes and
+//! FNV-1a hashes are pinned here, so `QUORATE_REWRITE_FIXTURES=1` can never silently change a
+//! released fixture, and every later build must still decode them — while a 0.2.0 message
+//! (new kinds of request and command) decodes alongside.
+
+use quorate_api::*;
+use quorate_transport::{MessageKind, WireMessage};
+
+/// (fixture, message kind, length, FNV-1a 64) as released in 0.1.0.
+const RELEASED_0_1_0: &[(&str, MessageKind, usize, u64)] = &[
+    ("raft_append", kinds::RAFT, 15, 0xe47b_a567_9bd5_e4a5),
+    ("request_put", kinds::REQUEST, 9, 0xcbee_e373_282d_9c23),
+    ("request_txn", kinds::REQUEST, 29, 0x7c61_3784_72ee_8f0d),
+    ("response_get", kinds::RESPONSE, 15, 0x500e_c2a0_2377_69fe),
+    ("response_not_leader", kinds::RESPONSE, 21, 0xd44f_d1d4_92d7_7ca1),
+    ("snapshot_chunk", kinds::SNAPSHOT_CHUNK, 18, 0x0726_6ce0_8c6f_493b),
+];
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[test]
+fn fixtures_released_with_0_1_0_are_unchanged_and_decode() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    for &(name, kind, len, hash) in RELEASED_0_1_0 {
+        let bytes = std::fs::read(dir.join(format!("{name}.bin"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((bytes.len(), fnv1a(&bytes)), (len, hash), "{name}: a fixture released with 0.1.0 changed");
+        let msg = NodeMessage::decode(1, kind, &bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(msg.kind(), kind, "{name}");
+        let mut again = Vec::new();
+        msg.encode(&mut again).expect("encodes");
+        assert_eq!(again, bytes, "{name}: re-encoding a 0.1.0 message must give its 0.1.0 bytes");
+    }
+}
+
+#[test]
+fn messages_added_after_0_1_0_are_appended_variants() {
+    // Appended variants keep every 0.1.0 variant index; the new ones round-trip.
+    let new = [
+        Request::Versions,
+        Request::Finalize { version: 2 },
+        Request::DeleteRange { start: b"a".to_vec(), end: b"b".to_vec() },
+    ];
+    for body in new {
+        let msg = NodeMessage::Request(ClientRequest { id: 9, session: None, body });
+        let mut bytes = Vec::new();
+        msg.encode(&mut bytes).expect("encodes");
+        assert_eq!(NodeMessage::decode(PROTOCOL_VERSION, kinds::REQUEST, &bytes).expect("decodes"), msg);
+    }
+    let cmd = Command { session: None, time_ms: 1, op: CommandOp::SetClusterVersion { version: 2 } };
+    assert_eq!(decode_command(&encode_command(&cmd).expect("encodes")).expect("decodes"), cmd);
+    // A bad range is refused by the decoder's validation.
+    let bad =
+        ClientRequest { id: 1, session: None, body: Request::DeleteRange { start: b"b".to_vec(), end: b"a".to_vec() } };
+    assert!(bad.validate().is_err());
+    assert!(CLUSTER_VERSION > CLUSTER_VERSION_INITIAL);
+}

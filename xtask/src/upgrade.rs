@@ -1,0 +1,487 @@
+//! `cargo xtask upgrade-check [--from <version>] [--seed S] [--step-seconds N]`: a rolling
+//! upgrade from a recorded release to the current tree, with rollback, on a real 3-node
+//! cluster under a recorded, checked workload.
+//!
+//! 1. builds the release (from the commit in `releases.toml`, in a git worktree under
+//!    `target/upgrade-check/`, with the shared target directory and the `ci` profile, so only
+//!    workspace crates rebuild) and the current tree; copies both binaries aside;
+//! 2. starts 3 nodes on the old binary and runs clients (puts and gets of unique values, every
+//!    call recorded in a history);
+//! 3. steps: replace nodes one at a time with the new binary (rolling upgrade); check that the
+//!    new request gated on the cluster version is refused while mixed; roll every node back to
+//!    the old binary (allowed before finalize); upgrade again; `quorate cluster finalize`; use
+//!    the gated request; try the old binary on a finalized node's data (it must refuse);
+//! 4. after every step: a leader, a new acknowledged write, converged replicas (same applied
+//!    index, revision and values on every member), a linearizable history, no acknowledged
+//!    write lost.
+//!
+//! Prints the plan first and a verdict last; node logs, histories and the report go to
+//! `target/upgrade-check/run-<seed>/`.
+
+use crate::chaos::checks::lost_writes;
+use crate::chaos::workload::{ClientFactory, History, recorded_get, recorded_put};
+use crate::cluster::{Cluster, NodeSpec, RaftSettings, free_udp_port};
+use crate::release::read_releases;
+use crate::{PROFILE, cargo, root, run};
+use anyhow::{Context, Result, bail};
+use quorate_check::history::Operation;
+use quorate_check::linearizability::{Limits, Outcome, check};
+use quorate_client::{Client, ReadConsistency};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const NODES: u64 = 3;
+const CLIENTS: u64 = 3;
+const KEYS: u64 = 8;
+/// Bound on everything one check waits for (leader, a write, convergence).
+const WAIT_MAX: Duration = Duration::from_secs(30);
+/// Operations per client per step, at most (the step's time bounds them first).
+const OPS_PER_STEP_MAX: u64 = 5_000;
+/// Fast elections so a replaced leader is replaced quickly.
+const RAFT: RaftSettings = RaftSettings { election_timeout_ms: 500, heartbeat_ms: 50, lease_clock_drift_ms: 0 };
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bin {
+    Old,
+    New,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Replace node `.0` (SIGTERM-free: SIGKILL, the harsher stop) and restart it on `.1`.
+    Restart(u64, Bin),
+    /// The request gated on cluster version 2 must be refused (cluster not finalized).
+    GatedRefused,
+    /// `quorate cluster finalize` with the new CLI.
+    Finalize,
+    /// The gated request works.
+    GatedWorks,
+    /// The old binary must refuse node `.0`'s finalized data; the node then restarts on the new one.
+    OldRefuses(u64),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Restart(n, Bin::New) => write!(f, "upgrade node {n} to the new binary"),
+            Step::Restart(n, Bin::Old) => write!(f, "roll node {n} back to the old binary"),
+            Step::GatedRefused => write!(f, "delete-range refused before finalize"),
+            Step::Finalize => write!(f, "quorate cluster finalize"),
+            Step::GatedWorks => write!(f, "delete-range works after finalize"),
+            Step::OldRefuses(n) => {
+                write!(f, "old binary refuses node {n}'s finalized data; node {n} back on the new one")
+            }
+        }
+    }
+}
+
+fn plan() -> Vec<Step> {
+    let mut steps = Vec::new();
+    for n in 1..=NODES {
+        steps.push(Step::Restart(n, Bin::New));
+        if n == 1 {
+            steps.push(Step::GatedRefused);
+        }
+    }
+    // Roll one node back, then all of them: before finalize, every mix is allowed.
+    for n in (1..=NODES).rev() {
+        steps.push(Step::Restart(n, Bin::Old));
+    }
+    for n in 1..=NODES {
+        steps.push(Step::Restart(n, Bin::New));
+    }
+    steps.extend([Step::Finalize, Step::GatedWorks, Step::OldRefuses(NODES)]);
+    steps
+}
+
+pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
+    let mut from = None;
+    let mut seed = 1u64;
+    let mut step_seconds = 3u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} takes a value"));
+        match a.as_str() {
+            "--from" => from = Some(val()?.clone()),
+            "--seed" => seed = val()?.parse().context("--seed takes a number")?,
+            "--step-seconds" => step_seconds = val()?.parse().context("--step-seconds takes a number")?,
+            other => bail!(
+                "usage: cargo xtask upgrade-check [--from <version>] [--seed S] [--step-seconds N]; got `{other}`"
+            ),
+        }
+    }
+    if !(1..=60).contains(&step_seconds) {
+        bail!("--step-seconds must be between 1 and 60");
+    }
+    let releases = read_releases(&root())?;
+    let release = match &from {
+        Some(v) => releases.iter().find(|r| &r.version == v).cloned(),
+        None => releases.last().cloned(),
+    };
+    let Some(release) = release else {
+        bail!(
+            "no recorded release {} in releases.toml (known: {})",
+            from.as_deref().unwrap_or("(latest)"),
+            releases.iter().map(|r| r.version.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    };
+    let base = root().join("target").join("upgrade-check");
+    let steps = plan();
+    println!("upgrade-check: {} ({}) -> current tree, seed {seed}", release.version, &release.commit[..12]);
+    println!(
+        "plan: 3 nodes on {}; {CLIENTS} clients, {step_seconds}s of load per step; after each step: leader, a new commit, converged replicas, linearizable history, no lost acknowledged write",
+        release.version
+    );
+    for (i, s) in steps.iter().enumerate() {
+        println!("  {:>2}. {s}", i + 1);
+    }
+    println!("logs: {}", base.join(format!("run-{seed}")).display());
+
+    // 1. Binaries.
+    let bins = base.join("bin");
+    std::fs::create_dir_all(&bins)?;
+    let old_bin = build_release(&base, &release.version, &release.commit, &bins)?;
+    let new_bin = build_current(&bins)?;
+
+    // 2. The cluster.
+    let dir = base.join(format!("run-{seed}"));
+    let mut cluster = Cluster::new(new_bin.clone(), dir.clone(), "upgrade", true)?;
+    let ports: Vec<u16> = (0..NODES).map(|_| free_udp_port()).collect::<Result<_>>()?;
+    cluster.generate_certs(NODES, ports[0])?;
+    let listen: BTreeMap<u64, SocketAddr> =
+        (1..=NODES).map(|i| (i, SocketAddr::from(([127, 0, 0, 1], ports[(i - 1) as usize])))).collect();
+    for i in 1..=NODES {
+        let peers = listen.iter().filter(|(p, _)| **p != i).map(|(p, a)| (*p, a.to_string())).collect();
+        cluster.write_config(&NodeSpec {
+            id: i,
+            listen: listen[&i],
+            peers,
+            join: false,
+            metrics_listen: None,
+            raft: RAFT,
+            failpoints: false,
+        })?;
+    }
+    let endpoints = listen.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+    let factory = ClientFactory {
+        cluster: cluster.name.clone(),
+        certs: cluster.certs_dir(),
+        members: listen.iter().map(|(i, a)| (*i, *a)).collect(),
+    };
+    let mut on: BTreeMap<u64, Bin> = BTreeMap::new();
+    cluster.bin = old_bin.clone();
+    for i in 1..=NODES {
+        cluster.start(i)?;
+        on.insert(i, Bin::Old);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let history = Arc::new(History::new());
+    let mut report = Vec::new();
+    let mut pass = true;
+
+    let check0 = rt.block_on(step_check(&factory, &history, 0, step_seconds, &mut cluster, seed));
+    let record = |label: &str, r: &Result<String>, report: &mut Vec<String>| {
+        let line = match r {
+            Ok(s) => format!("ok    {label}: {s}"),
+            Err(e) => format!("FAIL  {label}: {e:#}"),
+        };
+        println!("{line}");
+        report.push(line);
+    };
+    record("3 nodes on the old binary", &check0, &mut report);
+    pass &= check0.is_ok();
+
+    for (i, step) in steps.iter().enumerate() {
+        if !pass {
+            break;
+        }
+        let n = i as u64 + 1;
+        let done: Result<String> = match step {
+            Step::Restart(node, bin) => {
+                cluster.kill(*node)?;
+                cluster.bin = if *bin == Bin::New { new_bin.clone() } else { old_bin.clone() };
+                cluster.start(*node)?;
+                on.insert(*node, *bin);
+                Ok(format!("node {node} on {}", if *bin == Bin::New { "the new binary" } else { "the old binary" }))
+            }
+            Step::GatedRefused => {
+                cluster.bin = new_bin.clone();
+                let out = cluster.quorate_to(&["kv", "del-range", "chaos/", "chaos0"], &endpoints)?;
+                let err = crate::cluster::text(&out.stderr);
+                if out.status.success() || !err.contains("needs cluster version 2") {
+                    Err(anyhow::anyhow!("delete-range was not refused before finalize: {}", err.trim()))
+                } else {
+                    Ok(format!("refused: {}", err.trim().lines().last().unwrap_or("")))
+                }
+            }
+            Step::Finalize => {
+                cluster.bin = new_bin.clone();
+                let out = cluster.quorate_to(&["cluster", "finalize"], &endpoints)?;
+                let text = crate::cluster::text(&out.stdout) + &crate::cluster::text(&out.stderr);
+                if out.status.success() {
+                    Ok(text.trim().lines().next().unwrap_or("").to_string())
+                } else {
+                    Err(anyhow::anyhow!("finalize failed: {}", text.trim()))
+                }
+            }
+            Step::GatedWorks => {
+                cluster.bin = new_bin.clone();
+                let out = cluster.quorate_to(&["kv", "del-range", "upgrade/gated-a", "upgrade/gated-z"], &endpoints)?;
+                let text = crate::cluster::text(&out.stdout) + &crate::cluster::text(&out.stderr);
+                if out.status.success() {
+                    Ok(format!("delete-range: {}", text.trim()))
+                } else {
+                    Err(anyhow::anyhow!("delete-range failed after finalize: {}", text.trim()))
+                }
+            }
+            Step::OldRefuses(node) => old_refuses(&mut cluster, *node, &old_bin, &new_bin),
+        };
+        cluster.bin = new_bin.clone();
+        let r = done.and_then(|what| {
+            let c = rt.block_on(step_check(&factory, &history, n, step_seconds, &mut cluster, seed))?;
+            Ok(format!("{what}; {c}"))
+        });
+        pass &= r.is_ok();
+        record(&format!("step {n:>2}: {step}"), &r, &mut report);
+    }
+
+    // The whole history, once more, and the versions the nodes report.
+    history.write(&dir.join("history.jsonl"))?;
+    let status = cluster.quorate_to(&["cluster", "status"], &endpoints)?;
+    let status_text = crate::cluster::text(&status.stdout);
+    println!("{}", status_text.trim_end());
+    cluster.stop_all();
+    let verdict = format!(
+        "upgrade-check {}: {} -> current, {} steps, {} operations recorded, seed {seed}",
+        if pass { "PASSED" } else { "FAILED" },
+        release.version,
+        steps.len(),
+        history.len()
+    );
+    report.push(status_text);
+    report.push(verdict.clone());
+    std::fs::write(dir.join("report.txt"), report.join("\n"))?;
+    println!("{verdict}");
+    if !pass {
+        bail!("upgrade-check failed; logs in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Builds `commit` in a worktree under `base` and copies its `quorate` to `bins`.
+fn build_release(base: &Path, version: &str, commit: &str, bins: &Path) -> Result<PathBuf> {
+    let src = base.join(format!("src-{version}"));
+    let out = bins.join(format!("quorate-{version}"));
+    if !src.join("Cargo.toml").exists() {
+        run(std::process::Command::new("git").args(["worktree", "add", "--detach", "--force"]).arg(&src).arg(commit))?;
+    }
+    run(cargo().current_dir(&src).args([
+        "build",
+        "--locked",
+        "--profile",
+        PROFILE,
+        "-p",
+        "quorate-node",
+        "--bin",
+        "quorate",
+    ]))?;
+    copy_bin(&crate::cluster::target_dir().join(PROFILE).join("quorate"), &out)?;
+    Ok(out)
+}
+
+/// Builds the current tree's `quorate` and copies it to `bins`.
+fn build_current(bins: &Path) -> Result<PathBuf> {
+    let built = crate::cluster::build_quorate()?;
+    let out = bins.join("quorate-current");
+    copy_bin(&built, &out)?;
+    Ok(out)
+}
+
+/// Copies a binary aside: the shared target directory holds one `quorate` at a time.
+fn copy_bin(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).with_context(|| format!("cannot copy {}", from.display()))?;
+    std::fs::rename(&tmp, to)?;
+    Ok(())
+}
+
+/// After finalize: the old binary, started on `node`'s data, must exit with a clear refusal;
+/// then the node comes back on the new binary.
+fn old_refuses(cluster: &mut Cluster, node: u64, old_bin: &Path, new_bin: &Path) -> Result<String> {
+    cluster.kill(node)?;
+    cluster.bin = old_bin.to_owned();
+    cluster.start(node)?;
+    let deadline = Instant::now() + WAIT_MAX;
+    let refusal = loop {
+        match cluster.check_running() {
+            Err(e) => break format!("{e:#}"),
+            Ok(()) if Instant::now() > deadline => {
+                cluster.kill(node)?;
+                bail!("the old binary kept running on finalized data for {}s", WAIT_MAX.as_secs());
+            }
+            Ok(()) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let line = refusal
+        .lines()
+        .find(|l| l.contains("format") || l.contains("cluster version"))
+        .with_context(|| format!("the old binary exited without naming the format: {refusal}"))?
+        .trim()
+        .to_string();
+    cluster.bin = new_bin.to_owned();
+    cluster.start(node)?;
+    Ok(format!("old binary refused: {line}"))
+}
+
+/// Load for `seconds`, then the checks.
+async fn step_check(
+    factory: &ClientFactory,
+    history: &Arc<History>,
+    step: u64,
+    seconds: u64,
+    cluster: &mut Cluster,
+    seed: u64,
+) -> Result<String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let client = factory.client(seed ^ (step * 1000 + c + 1))?;
+        let (history, stop) = (history.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move { load(step, c, client, &history, &stop).await }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.context("a client task panicked")?;
+    }
+    cluster.check_running()?;
+    let checker = factory.client(seed ^ 0xC4EC ^ step)?;
+    let id = 1000 + step;
+    // A leader and a new acknowledged write.
+    let t = Instant::now();
+    let mut committed = false;
+    while t.elapsed() < WAIT_MAX {
+        if recorded_put(
+            history,
+            &checker,
+            id,
+            &format!("upgrade/step-{step}"),
+            &format!("step-{step}-{}", t.elapsed().as_nanos()),
+        )
+        .await
+        {
+            committed = true;
+            break;
+        }
+    }
+    if !committed {
+        bail!("no leader / no commit within {}s", WAIT_MAX.as_secs());
+    }
+    // Converged replicas.
+    let converged = converge(factory, &checker, seed).await?;
+    // Final reads, lost writes, linearizability.
+    let mut finals = BTreeMap::new();
+    for k in 0..KEYS {
+        let key = key_of(k);
+        for _ in 0..10 {
+            if let Some(v) = recorded_get(history, &checker, id, &key, ReadConsistency::Linearizable).await {
+                finals.insert(key.clone(), v);
+                break;
+            }
+        }
+    }
+    checker.close();
+    let ops: Vec<Operation> = history.snapshot();
+    let lost = lost_writes(&ops, &finals);
+    if !lost.is_empty() {
+        bail!("acknowledged writes lost: {}", lost.join("; "));
+    }
+    let result = check(&ops, &Limits::default());
+    if !matches!(result.outcome, Outcome::Linearizable) {
+        bail!("history not linearizable: {result}");
+    }
+    Ok(format!(
+        "{acked} writes acknowledged in {seconds}s, a commit after {:.1}s, {converged}, {} ops linearizable, none lost",
+        t.elapsed().as_secs_f64(),
+        ops.len()
+    ))
+}
+
+fn key_of(k: u64) -> String {
+    format!("upgrade/k{k}")
+}
+
+/// One client: puts of unique values and linearizable gets until `stop`; returns the puts
+/// acknowledged.
+async fn load(step: u64, c: u64, client: Client, history: &History, stop: &AtomicBool) -> u64 {
+    let mut acked = 0;
+    let id = step * 100 + c;
+    for n in 0..OPS_PER_STEP_MAX {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let key = key_of((n * 7 + c * 3 + step) % KEYS);
+        if n % 3 == 2 {
+            recorded_get(history, &client, id, &key, ReadConsistency::Linearizable).await;
+        } else if recorded_put(history, &client, id, &key, &format!("s{step}-c{c}-{n}")).await {
+            acked += 1;
+        }
+    }
+    client.close();
+    acked
+}
+
+/// Waits until every member has applied the same index with the same revision, then compares
+/// every key read locally (stale) at each member.
+async fn converge(factory: &ClientFactory, checker: &Client, seed: u64) -> Result<String> {
+    let t = Instant::now();
+    loop {
+        let statuses = checker.statuses().await;
+        let ok: Vec<_> = statuses.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
+        let same = ok.len() == statuses.len()
+            && ok.windows(2).all(|w| w[0].applied == w[1].applied && w[0].revision == w[1].revision)
+            && ok.first().is_some_and(|s| s.applied >= s.commit);
+        if same {
+            let applied = ok[0].applied;
+            let mut values: Option<Vec<Option<Vec<u8>>>> = None;
+            for (id, addr) in &factory.members {
+                let one = factory.client_to(&[(*id, *addr)], seed ^ id)?;
+                let mut mine = Vec::new();
+                for k in 0..KEYS {
+                    let got = one
+                        .get(key_of(k), ReadConsistency::Stale)
+                        .await
+                        .with_context(|| format!("stale read at node {id}"))?;
+                    mine.push(got.kv.map(|kv| kv.value));
+                }
+                one.close();
+                match &values {
+                    None => values = Some(mine),
+                    Some(v) if *v == mine => {}
+                    Some(_) => bail!("node {id} holds different values at applied index {}", applied.0),
+                }
+            }
+            return Ok(format!(
+                "replicas identical at applied index {} after {:.1}s",
+                applied.0,
+                t.elapsed().as_secs_f64()
+            ));
+        }
+        if t.elapsed() > WAIT_MAX {
+            let view: Vec<String> = statuses
+                .iter()
+                .map(|(id, s)| match s {
+                    Ok(s) => format!("{id}: applied {} revision {}", s.applied.0, s.revision),
+                    Err(e) => format!("{id}: {e}"),
+                })
+                .collect();
+            bail!("replicas did not converge within {}s: {}", WAIT_MAX.as_secs(), view.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
