@@ -442,6 +442,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let committer = GroupCommitter::new(store.clone(), GroupOptions::default())?;
     let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
 
+    let config_failpoints = config.limits.danger_failpoints;
     let mut driver = Driver {
         shared: shared.clone(),
         config,
@@ -462,6 +463,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         staging: None,
         staging_dir,
         disk: (Instant::now(), true),
+        failpoints: crate::failpoints::Failpoints::start(&data_dir, config_failpoints),
         gate,
     };
     let result = driver.run(inbox, shutdown).await;
@@ -510,6 +512,8 @@ struct Driver {
     staging_dir: PathBuf,
     /// When free space was last checked, and whether it was above the floor.
     disk: (Instant, bool),
+    /// Injected faults (off unless `limits.danger_failpoints`).
+    failpoints: crate::failpoints::Failpoints,
     /// Admission control for client requests.
     gate: Arc<crate::admission::Gate>,
 }
@@ -535,7 +539,7 @@ fn apply_stopped() -> ServerError {
 
 impl Driver {
     fn now(&self) -> quorate_core::Instant {
-        quorate_core::Instant(self.start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64)
+        quorate_core::Instant(self.failpoints.clock(self.start.elapsed()).as_nanos().min(u128::from(u64::MAX)) as u64)
     }
 
     async fn run(
@@ -550,7 +554,7 @@ impl Driver {
             self.drain_ready().await?;
             let wake = self.raft.poll_timeout().map_or_else(
                 || Instant::now() + Duration::from_secs(3600),
-                |t| self.start + Duration::from_nanos(t.as_nanos()),
+                |t| self.start + self.failpoints.real_at(Duration::from_nanos(t.as_nanos())),
             );
             tokio::select! {
                 biased;
@@ -595,7 +599,9 @@ impl Driver {
                 let (fsync, synced, submitted) = (self.gate.fsync_probe(), !batch.skip_fsync, Instant::now());
                 let (io, install) = (p.io, p.install);
                 // The callback runs on the committer's writer thread, never in the runtime.
+                let fp = self.failpoints.clone();
                 self.committer.submit_with(batch, move |result| {
+                    fp.before_persist_completion();
                     if synced {
                         fsync.record(submitted.elapsed());
                     }
@@ -790,7 +796,8 @@ impl Driver {
             return true;
         }
         if self.disk.0.elapsed() >= Duration::from_millis(250) {
-            let ok = quorate_storage::check_free_space(self.shared.store.dir(), floor).is_ok();
+            let ok = !self.failpoints.disk_full()
+                && quorate_storage::check_free_space(self.shared.store.dir(), floor).is_ok();
             if !ok && self.disk.1 {
                 tracing::warn!(
                     floor_mb = self.config.limits.free_space_floor_mb,

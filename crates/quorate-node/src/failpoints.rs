@@ -1,0 +1,311 @@
+//! Failpoints: faults the operating system cannot give a test, injected into a running node.
+//! Off unless the configuration turns on `limits.danger_failpoints` (a danger setting, shown
+//! in status); when off every hook is a no-op that reads one boolean.
+//!
+//! When on, the node polls the file [`FILE_NAME`] in its data directory every
+//! [`POLL_INTERVAL`] and applies what it says (a missing file means every fault off):
+//!
+//! ```toml
+//! slow_disk_ms = 200   # delay every persist completion (a slow fsync) by this much
+//! disk_full = true     # the free-space check reports "below the floor": writes are refused
+//! clock_rate = 0.5     # the node's monotonic clock runs at this rate (0.01..=100)
+//! ```
+//!
+//! * **Slow disk**: the delay runs on the group committer's writer thread after each group's
+//!   write and fsync, before its completion is reported. The consensus core therefore sees
+//!   exactly a slow fsync: nothing in the group counts as persisted, and no later group is
+//!   written, until it passes.
+//! * **Disk full**: the write path's free-space check fails, as on a full disk.
+//! * **Clock**: the time the driver feeds the core (elections, heartbeats, leases) runs at
+//!   `clock_rate` from the moment the rate is read; it stays monotonic. A leader whose clock is
+//!   slow believes its lease for longer than the other nodes wait before electing a new leader,
+//!   which is the timing assumption lease reads rest on.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// The control file, in the node's data directory.
+pub const FILE_NAME: &str = "failpoints.toml";
+
+/// How often the control file is read.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The largest slow-disk delay accepted.
+pub const SLOW_DISK_MS_MAX: u64 = 60_000;
+
+/// Largest control file read, in bytes.
+const FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// What the control file may say. Unknown fields are refused.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Delay before each persist completion, in milliseconds (0: off).
+    pub slow_disk_ms: u64,
+    /// Report the disk as full.
+    pub disk_full: bool,
+    /// Rate of the node's clock (1.0: real time).
+    pub clock_rate: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { slow_disk_ms: 0, disk_full: false, clock_rate: 1.0 }
+    }
+}
+
+/// Why a control file was not applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FailpointError {
+    /// The file is not valid TOML of the expected shape.
+    #[error("{path}: {detail}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: {detail}")]
+    Range {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl Settings {
+    /// Parses and checks the text of a control file.
+    pub fn parse(text: &str, path: &Path) -> Result<Settings, FailpointError> {
+        let s: Settings = toml::from_str(text)
+            .map_err(|e| FailpointError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
+        if s.slow_disk_ms > SLOW_DISK_MS_MAX {
+            return Err(FailpointError::Range {
+                path: path.to_path_buf(),
+                detail: format!("slow_disk_ms must be at most {SLOW_DISK_MS_MAX}"),
+            });
+        }
+        if !(0.01..=100.0).contains(&s.clock_rate) {
+            return Err(FailpointError::Range {
+                path: path.to_path_buf(),
+                detail: "clock_rate must be between 0.01 and 100".into(),
+            });
+        }
+        Ok(s)
+    }
+}
+
+/// The skewed clock: `virtual = base_virtual + (real - base_real) × rate`.
+#[derive(Debug)]
+struct Clock {
+    base_real: Duration,
+    base_virtual: Duration,
+    rate: f64,
+    /// A new rate, applied at the next reading.
+    pending: Option<f64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    enabled: bool,
+    slow_disk_ms: AtomicU64,
+    disk_full: AtomicBool,
+    clock: Mutex<Clock>,
+}
+
+/// A handle on the node's failpoints (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Failpoints {
+    inner: Arc<Inner>,
+}
+
+impl Failpoints {
+    /// Failpoints that never fire.
+    #[must_use]
+    pub fn disabled() -> Failpoints {
+        Failpoints::new(false)
+    }
+
+    fn new(enabled: bool) -> Failpoints {
+        let clock = Clock { base_real: Duration::ZERO, base_virtual: Duration::ZERO, rate: 1.0, pending: None };
+        Failpoints {
+            inner: Arc::new(Inner {
+                enabled,
+                slow_disk_ms: AtomicU64::new(0),
+                disk_full: AtomicBool::new(false),
+                clock: Mutex::new(clock),
+            }),
+        }
+    }
+
+    /// With `enabled`, failpoints controlled by `data_dir/`[`FILE_NAME`], polled by a small
+    /// thread that ends when the last handle is dropped; otherwise [`Failpoints::disabled`].
+    #[must_use]
+    pub fn start(data_dir: &Path, enabled: bool) -> Failpoints {
+        if !enabled {
+            return Failpoints::disabled();
+        }
+        let fp = Failpoints::new(true);
+        let weak = Arc::downgrade(&fp.inner);
+        let path = data_dir.join(FILE_NAME);
+        tracing::warn!(file = %path.display(), "DANGER: failpoints are enabled");
+        let spawned = std::thread::Builder::new().name("quorate-failpoints".into()).spawn(move || poll(&weak, &path));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the failpoint thread; failpoints stay off");
+        }
+        fp
+    }
+
+    /// Whether failpoints are on at all.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.inner.enabled
+    }
+
+    /// Applies settings (from the control file, or a test).
+    pub fn apply(&self, s: &Settings) {
+        if !self.inner.enabled {
+            return;
+        }
+        self.inner.slow_disk_ms.store(s.slow_disk_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
+        self.inner.disk_full.store(s.disk_full, Ordering::Relaxed);
+        let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
+            c.pending = Some(s.clock_rate.clamp(0.01, 100.0));
+        }
+    }
+
+    /// The slow-disk delay, if that fault is on.
+    #[must_use]
+    pub fn fsync_delay(&self) -> Option<Duration> {
+        if !self.inner.enabled {
+            return None;
+        }
+        let ms = self.inner.slow_disk_ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// Sleeps for the slow-disk delay, if on (call on the persistence thread only).
+    pub fn before_persist_completion(&self) {
+        if let Some(d) = self.fsync_delay() {
+            std::thread::sleep(d);
+        }
+    }
+
+    /// Whether the disk-full fault is on.
+    #[must_use]
+    pub fn disk_full(&self) -> bool {
+        self.inner.enabled && self.inner.disk_full.load(Ordering::Relaxed)
+    }
+
+    /// The node's time for `real` time since the driver started (skewed by the clock fault).
+    /// Monotonic as long as `real` is.
+    #[must_use]
+    pub fn clock(&self, real: Duration) -> Duration {
+        if !self.inner.enabled {
+            return real;
+        }
+        let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let real = real.max(c.base_real);
+        let now = c.base_virtual + (real - c.base_real).mul_f64(c.rate);
+        if let Some(rate) = c.pending.take() {
+            c.base_real = real;
+            c.base_virtual = now;
+            c.rate = rate;
+        }
+        now
+    }
+
+    /// The real time (since the driver started) at which the node's clock reads `virtual_`;
+    /// for timers. Never earlier than the last rate change.
+    #[must_use]
+    pub fn real_at(&self, virtual_: Duration) -> Duration {
+        if !self.inner.enabled {
+            return virtual_;
+        }
+        let c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match virtual_.checked_sub(c.base_virtual) {
+            Some(d) => c.base_real + d.div_f64(c.rate),
+            None => c.base_real,
+        }
+    }
+}
+
+/// Reads the control file every [`POLL_INTERVAL`] until the failpoints are dropped.
+fn poll(weak: &Weak<Inner>, path: &Path) {
+    let mut last: Option<String> = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let fp = Failpoints { inner };
+        let text = match std::fs::metadata(path) {
+            // Not TOML: refused with a warning.
+            Ok(m) if m.len() > FILE_BYTES_MAX => Some(format!("(file larger than {FILE_BYTES_MAX} bytes)")),
+            Ok(_) => std::fs::read_to_string(path).ok(),
+            Err(_) => None,
+        };
+        let text = text.unwrap_or_default();
+        if last.as_deref() != Some(text.as_str()) {
+            match Settings::parse(&text, path) {
+                Ok(s) => {
+                    tracing::warn!(?s, "failpoints set");
+                    fp.apply(&s);
+                }
+                Err(e) => tracing::warn!(error = %e, "failpoint file refused; failpoints unchanged"),
+            }
+            last = Some(text);
+        }
+        drop(fp);
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_failpoints_never_fire() {
+        let fp = Failpoints::disabled();
+        fp.apply(&Settings { slow_disk_ms: 100, disk_full: true, clock_rate: 2.0 });
+        assert!(!fp.disk_full());
+        assert_eq!(fp.fsync_delay(), None);
+        assert_eq!(fp.clock(Duration::from_secs(3)), Duration::from_secs(3));
+        assert_eq!(fp.real_at(Duration::from_secs(3)), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn settings_parse_and_refuse_bad_values() {
+        let p = Path::new("failpoints.toml");
+        let s = Settings::parse("slow_disk_ms = 5\ndisk_full = true\nclock_rate = 0.5\n", p).unwrap();
+        assert_eq!(s, Settings { slow_disk_ms: 5, disk_full: true, clock_rate: 0.5 });
+        assert_eq!(Settings::parse("", p).unwrap(), Settings::default());
+        assert!(Settings::parse("slow_disk = 5", p).unwrap_err().to_string().contains("slow_disk"));
+        assert!(Settings::parse("clock_rate = 0", p).unwrap_err().to_string().contains("clock_rate"));
+        assert!(Settings::parse("slow_disk_ms = 999999", p).is_err());
+    }
+
+    #[test]
+    fn skewed_clock_is_monotonic_and_invertible() {
+        let fp = Failpoints::new(true);
+        let s = Duration::from_secs;
+        assert_eq!(fp.clock(s(10)), s(10));
+        fp.apply(&Settings { clock_rate: 0.5, ..Settings::default() });
+        // The new rate starts at the next reading.
+        assert_eq!(fp.clock(s(12)), s(12));
+        assert_eq!(fp.clock(s(14)), s(13));
+        assert_eq!(fp.real_at(s(14)), s(16));
+        // Earlier real times never make the clock go back.
+        assert_eq!(fp.clock(s(1)), s(12));
+        fp.apply(&Settings::default());
+        assert_eq!(fp.clock(s(16)), s(14));
+        assert_eq!(fp.clock(s(18)), s(16));
+        fp.apply(&Settings { slow_disk_ms: 7, disk_full: true, clock_rate: 1.0 });
+        assert!(fp.disk_full());
+        assert_eq!(fp.fsync_delay(), Some(Duration::from_millis(7)));
+    }
+}
