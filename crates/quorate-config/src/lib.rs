@@ -94,6 +94,9 @@ pub struct NodeConfig {
     /// Bounds.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Logs, trace export and runtime invariant checks.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Admission control: what the node refuses (`Overloaded`) before doing any work.
     #[serde(default)]
     pub admission: AdmissionConfig,
@@ -158,6 +161,34 @@ impl Default for AdmissionConfig {
             fsync_latency_ms_max: 250,
             retry_after_ms_min: 10,
             retry_after_ms_max: 5_000,
+        }
+    }
+}
+
+/// Logs, trace export and runtime invariant checks (`quorate-telemetry`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `human` (one readable line per event) or `json` (one object per line).
+    pub log_format: String,
+    /// An env-filter directive such as `info,quorate::audit=info`; empty: `RUST_LOG`, else
+    /// `info`.
+    pub log_filter: String,
+    /// OTLP/HTTP traces URL of a collector (`http://127.0.0.1:4318/v1/traces`); empty (the
+    /// default): no trace export and no connection attempted.
+    pub otlp_endpoint: String,
+    /// Stop the node when a runtime invariant check fails (the evidence is logged and
+    /// `quorate_invariant_violations_total` counts it either way).
+    pub halt_on_invariant_violation: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> TelemetryConfig {
+        TelemetryConfig {
+            log_format: "human".into(),
+            log_filter: String::new(),
+            otlp_endpoint: String::new(),
+            halt_on_invariant_violation: false,
         }
     }
 }
@@ -469,6 +500,13 @@ impl NodeConfig {
         }
         if r.snapshot_entries == 0 {
             return Err(invalid("raft.snapshot_entries", "must be at least 1"));
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "human" | "json") {
+            return Err(invalid("telemetry.log_format", "must be \"human\" or \"json\""));
+        }
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !otlp.is_empty() && (!otlp.starts_with("http://") || otlp.len() > ADDRESS_BYTES_MAX) {
+            return Err(invalid("telemetry.otlp_endpoint", "must be an http:// URL such as http://127.0.0.1:4318/v1/traces"));
         }
         if self.limits.pending_requests_max == 0 {
             return Err(invalid("limits.pending_requests_max", "must be at least 1"));

@@ -20,6 +20,8 @@ pub mod failpoints;
 pub use quorate_config as config;
 pub mod restore;
 pub mod server;
+mod invariants;
+mod telemetry;
 pub mod sm;
 mod versions;
 

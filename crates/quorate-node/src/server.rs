@@ -97,7 +97,7 @@ pub fn init_tracing() {
 
 /// Runs the node until SIGINT/SIGTERM or a fatal error.
 pub async fn run(config: NodeConfig) -> Result<(), ServerError> {
-    init_tracing();
+    let _tracing = crate::telemetry::init_tracing(&config).map_err(ServerError::Fatal)?;
     run_until(config, shutdown_signal()).await
 }
 
@@ -136,6 +136,7 @@ pub(crate) struct Shared {
     pub(crate) revision: AtomicU64,
     pub(crate) log_time_ms: AtomicU64,
     pub(crate) backups_dir: PathBuf,
+    pub(crate) telemetry: Arc<crate::telemetry::NodeTelemetry>,
 }
 
 impl Shared {
@@ -200,6 +201,7 @@ pub(crate) struct Responder {
 
 impl Responder {
     pub(crate) fn send(mut self, result: Result<Response, ApiError>, at: Option<EntryId>) {
+        crate::telemetry::answered(self.req.from.principal.as_str(), &result);
         if let Some(t) = self.ticket.take() {
             t.finish(&result);
         }
@@ -418,6 +420,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     }
 
+    let telemetry = crate::telemetry::NodeTelemetry::new(applied_index);
+    let _endpoint = crate::telemetry::serve(config.metrics_listen, &telemetry).await.map_err(ServerError::Fatal)?;
     let shared = Arc::new(Shared {
         id,
         handle: tokio::runtime::Handle::current(),
@@ -428,6 +432,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         revision: AtomicU64::new(crate::sm::revision(&*store)?),
         log_time_ms: AtomicU64::new(crate::sm::log_time_ms(&*store)?),
         backups_dir,
+        telemetry: telemetry.clone(),
     });
 
     // Apply thread.
@@ -443,6 +448,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
 
     let config_failpoints = config.limits.danger_failpoints;
+    let halt = config.telemetry.halt_on_invariant_violation;
+    let obs = crate::telemetry::Observer::new(telemetry.clone(), raft.term().0, raft.commit_index().0, halt);
     let mut driver = Driver {
         shared: shared.clone(),
         config,
@@ -462,6 +469,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         sending: HashMap::new(),
         staging: None,
         staging_dir,
+        obs,
         disk: (Instant::now(), true),
         failpoints: crate::failpoints::Failpoints::start(&data_dir, config_failpoints),
         gate,
@@ -510,6 +518,8 @@ struct Driver {
     sending: HashMap<NodeId, tokio::task::AbortHandle>,
     staging: Option<Staging>,
     staging_dir: PathBuf,
+    /// Metrics, traces and invariant checks.
+    obs: crate::telemetry::Observer,
     /// When free space was last checked, and whether it was above the floor.
     disk: (Instant, bool),
     /// Injected faults (off unless `limits.danger_failpoints`).
@@ -552,6 +562,7 @@ impl Driver {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain_ready().await?;
+            self.obs.observe(&self.raft).map_err(ServerError::Core)?;
             let wake = self.raft.poll_timeout().map_or_else(
                 || Instant::now() + Duration::from_secs(3600),
                 |t| self.start + self.failpoints.real_at(Duration::from_nanos(t.as_nanos())),
@@ -600,7 +611,9 @@ impl Driver {
                 let (io, install) = (p.io, p.install);
                 // The callback runs on the committer's writer thread, never in the runtime.
                 let fp = self.failpoints.clone();
+                let fsync_timer = crate::telemetry::FsyncTimer::start(!batch.skip_fsync);
                 self.committer.submit_with(batch, move |result| {
+                    fsync_timer.done();
                     fp.before_persist_completion();
                     if synced {
                         fsync.record(submitted.elapsed());
@@ -696,6 +709,7 @@ impl Driver {
                 self.raft.snapshot_send_failed(now, to);
             }
             Event::SnapshotSent(to) => {
+                crate::telemetry::snapshot_sent();
                 self.sending.remove(&to);
             }
         }
@@ -726,6 +740,7 @@ impl Driver {
     }
 
     fn sweep(&mut self) {
+        self.obs.sample(&self.raft, &self.shared, self.disk.1);
         let now = Instant::now();
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
@@ -757,6 +772,7 @@ impl Driver {
     }
 
     fn propose_error(&self, e: ProposeError) -> ApiError {
+        self.obs.failed(crate::telemetry::propose_error_reason(&e));
         match e {
             ProposeError::NotLeader { .. } => self.leader_hint(),
             ProposeError::UncommittedLimit { .. } => {
@@ -846,6 +862,7 @@ impl Driver {
     }
 
     async fn register(&mut self, at: EntryId, responder: Responder) -> Result<(), ServerError> {
+        self.obs.proposed(at);
         let msg = ApplyMsg::Register { at, responder, deadline: Instant::now() + REQUEST_DEADLINE };
         self.apply_tx.send(msg).await.map_err(|_| apply_stopped())
     }
@@ -948,6 +965,7 @@ impl Driver {
         let principal = crate::admission::principal_of(req.from.principal.as_str());
         let mut responder = Responder { req, id, handle, audit, guard, ticket: None };
         if !allowed {
+            crate::telemetry::refused("role");
             responder.send(Err(ApiError::Unauthorized { needed: access }), None);
             return Ok(());
         }

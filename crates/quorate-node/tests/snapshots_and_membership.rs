@@ -100,6 +100,7 @@ mod common {
                     tls: TlsConfig { ca: paths.ca.clone(), cert: paths.cert.clone(), key: paths.key.clone() },
                     raft: raft.clone(),
                     limits: LimitsConfig { free_space_floor_mb: 0, ..LimitsConfig::default() },
+                    telemetry: Default::default(),
                     admission: Default::default(),
                 };
                 if i <= 3 {

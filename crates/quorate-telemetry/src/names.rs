@@ -184,6 +184,13 @@ pub const CLOCK_DISCONTINUITIES_TOTAL: &str = "quorate_clock_discontinuities_tot
 /// a bug to report with the node's logs.
 pub const INVARIANT_VIOLATIONS_TOTAL: &str = "quorate_invariant_violations_total";
 
+/// Gauge: the last index at which this node completed an applied-entries hash window
+/// (a multiple of the window size; see the node's invariants module).
+pub const APPLIED_HASH_INDEX: &str = "quorate_applied_hash_index";
+/// Gauge: the 48-bit hash of the applied entries of the window ending at
+/// [`APPLIED_HASH_INDEX`]. Replicas with the same index must show the same value.
+pub const APPLIED_HASH_VALUE: &str = "quorate_applied_hash_value";
+
 /// Every metric above, with kind, help and label keys.
 pub const ALL: &[MetricDef] = &[
     g(TERM, "The node's current term.", &[]),
@@ -231,6 +238,8 @@ pub const ALL: &[MetricDef] = &[
     c(CLIENT_TIMEOUTS_TOTAL, "Client requests answered with a timeout, by principal.", &[LABEL_PRINCIPAL]),
     c(CLOCK_DISCONTINUITIES_TOTAL, "Monotonic clock jumps or stalls beyond a bound.", &[LABEL_KIND]),
     c(INVARIANT_VIOLATIONS_TOTAL, "Runtime invariant checks that failed, by invariant.", &[LABEL_INVARIANT]),
+    g(APPLIED_HASH_INDEX, "Last index of a complete applied-entries hash window.", &[]),
+    g(APPLIED_HASH_VALUE, "48-bit hash of the applied entries of that window.", &[]),
 ];
 
 const fn g(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> MetricDef {
@@ -241,6 +250,16 @@ const fn c(name: &'static str, help: &'static str, labels: &'static [&'static st
 }
 const fn h(name: &'static str, help: &'static str) -> MetricDef {
     MetricDef { name, kind: Kind::Histogram, help, labels: &[] }
+}
+
+/// Values of the `reason` label of [`ELECTIONS_TOTAL`].
+pub mod election {
+    /// The node campaigned after winning a pre-vote round.
+    pub const AFTER_PRE_VOTE: &str = "after_pre_vote";
+    /// The node campaigned while it still knew a leader (election timeout or a transfer).
+    pub const LEADER_TIMEOUT: &str = "leader_timeout";
+    /// The node campaigned knowing no leader.
+    pub const NO_LEADER: &str = "no_leader";
 }
 
 /// Values of the `invariant` label of [`INVARIANT_VIOLATIONS_TOTAL`].
@@ -279,6 +298,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 45);
+        assert_eq!(seen.len(), 47);
     }
 }

@@ -50,6 +50,7 @@ pub(crate) fn node_config(dir: &Path, cluster: &str, id: u64, n: u64, base_port:
         },
         raft: RaftConfig::default(),
         limits: LimitsConfig::default(),
+        telemetry: Default::default(),
         admission: Default::default(),
     })
 }

@@ -6,6 +6,7 @@ mod cluster;
 mod conn;
 mod kv;
 mod snapshot;
+mod top;
 mod txn;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -60,6 +61,8 @@ pub(crate) enum Command {
     Certs(CertsCmd),
     /// A closed-loop load generator: throughput and latency percentiles.
     Bench(BenchArgs),
+    /// A live view of every node: role, term, commit, applied, lag, throughput.
+    Top(top::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +324,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),
         Command::Leader(LeaderCmd::Transfer { to }) => block_on(cluster::transfer(&cli.conn, to)),
         Command::Snapshot(SnapshotCmd::Save) => block_on(cluster::snapshot_save(&cli.conn)),
+        Command::Top(args) => block_on(top::run(&cli.conn, &args)),
         Command::Bench(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(bench::run(&cli.conn, &args))

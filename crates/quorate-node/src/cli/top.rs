@@ -1,0 +1,182 @@
+//! `quorate top`: a live terminal view of every node — role, term, leader, commit, applied,
+//! apply lag, commit throughput — refreshed every second (plain ANSI, no TUI framework).
+//! `--once` prints a single frame without escape codes (scripts and tests).
+
+use super::{ConnArgs, Outcome};
+use quorate_client::NodeStatus;
+use quorate_log::NodeId;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Largest number of frames one `quorate top` draws (about a day at one per second).
+pub(crate) const FRAMES_MAX: u64 = 100_000;
+
+/// Arguments of `quorate top`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TopArgs {
+    /// Print one frame and exit.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Refresh interval in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub(crate) interval_ms: u64,
+    /// Stop after this many frames (default: until interrupted, at most 100000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=FRAMES_MAX))]
+    pub(crate) frames: Option<u64>,
+}
+
+/// What a frame shows of one node's status.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    role: quorate_core::Role,
+    term: u64,
+    leader: Option<NodeId>,
+    commit: u64,
+    applied: u64,
+}
+
+impl From<&NodeStatus> for View {
+    fn from(s: &NodeStatus) -> View {
+        View { role: s.role, term: s.term.0, leader: s.leader, commit: s.commit.0, applied: s.applied.0 }
+    }
+}
+
+/// One node's row.
+struct Row {
+    id: NodeId,
+    status: Result<View, String>,
+    /// Committed entries per second since the previous frame (None on the first).
+    rate: Option<f64>,
+}
+
+/// Renders one frame. `color`: ANSI colours (leader green, unreachable red).
+fn frame(rows: &[Row], color: bool) -> String {
+    let leader_commit = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok())
+        .filter(|s| s.role == quorate_core::Role::Leader)
+        .map(|s| s.commit)
+        .max();
+    let header = ["NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "COMMITS/S"];
+    let mut table: Vec<(Vec<String>, Option<&str>)> = vec![(header.iter().map(|s| (*s).to_string()).collect(), None)];
+    for r in rows {
+        match &r.status {
+            Ok(s) => {
+                // Lag: entries this node still has to apply to reach the leader's commit.
+                let target = leader_commit.unwrap_or(s.commit).max(s.commit);
+                let lag = target.saturating_sub(s.applied);
+                let hue = if s.role == quorate_core::Role::Leader { Some("\x1b[1;32m") } else { None };
+                table.push((
+                    vec![
+                        r.id.to_string(),
+                        s.role.to_string(),
+                        s.term.to_string(),
+                        s.leader.map_or("-".into(), |l| l.to_string()),
+                        s.commit.to_string(),
+                        s.applied.to_string(),
+                        lag.to_string(),
+                        r.rate.map_or("-".into(), |x| format!("{x:.0}")),
+                    ],
+                    hue,
+                ));
+            }
+            Err(e) => {
+                let mut cells = vec![r.id.to_string(), "unreachable".into()];
+                cells.extend(std::iter::repeat_n("-".to_string(), header.len() - 3));
+                cells.push(e.chars().take(60).collect());
+                table.push((cells, Some("\x1b[31m")));
+            }
+        }
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| table.iter().map(|(r, _)| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for (row, hue) in &table {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line = line.join("  ");
+        match hue {
+            Some(h) if color => out.push_str(&format!("{h}{}\x1b[0m", line.trim_end())),
+            _ => out.push_str(line.trim_end()),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Runs `quorate top`.
+pub(crate) async fn run(conn: &ConnArgs, args: &TopArgs) -> anyhow::Result<Outcome> {
+    let client = conn.client()?;
+    let frames = if args.once { 1 } else { args.frames.unwrap_or(FRAMES_MAX) };
+    let mut previous: BTreeMap<NodeId, (u64, Instant)> = BTreeMap::new();
+    let interval = Duration::from_millis(args.interval_ms);
+    let mut answered_once = false;
+    for n in 0..frames {
+        let started = Instant::now();
+        let statuses = client.statuses().await;
+        let now = Instant::now();
+        let rows: Vec<Row> = statuses
+            .into_iter()
+            .map(|(id, s)| {
+                let status = s.as_ref().map(View::from).map_err(|e| e.to_string());
+                let rate = status.as_ref().ok().and_then(|s| {
+                    let (c0, t0) = previous.insert(id, (s.commit, now))?;
+                    let dt = now.duration_since(t0).as_secs_f64();
+                    (dt > 0.0).then(|| s.commit.saturating_sub(c0) as f64 / dt)
+                });
+                Row { id, status, rate }
+            })
+            .collect();
+        answered_once |= rows.iter().any(|r| r.status.is_ok());
+        if args.once {
+            print!("{}", frame(&rows, false));
+        } else {
+            // Clear the screen, home the cursor, draw.
+            println!(
+                "\x1b[2J\x1b[H{}  (frame {}, every {} ms; Ctrl-C to quit)",
+                frame(&rows, true),
+                n + 1,
+                args.interval_ms
+            );
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if n + 1 < frames {
+            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+        }
+    }
+    client.close();
+    if !answered_once {
+        anyhow::bail!("no node answered; check that the nodes run and that --endpoints is right");
+    }
+    Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(role: quorate_core::Role, commit: u64, applied: u64) -> View {
+        View { role, term: 4, leader: NodeId::new(1), commit, applied }
+    }
+
+    #[test]
+    fn a_frame_shows_roles_lag_and_rate() {
+        use quorate_core::Role;
+        let rows = vec![
+            Row { id: NodeId::new(1).expect("id"), status: Ok(status(Role::Leader, 120, 118)), rate: Some(40.0) },
+            Row { id: NodeId::new(2).expect("id"), status: Ok(status(Role::Follower, 100, 90)), rate: None },
+            Row { id: NodeId::new(3).expect("id"), status: Err("timed out".into()), rate: None },
+        ];
+        let f = frame(&rows, false);
+        let lines: Vec<&str> = f.lines().collect();
+        assert_eq!(lines.len(), 4, "{f}");
+        assert!(lines[0].starts_with("NODE  ROLE"), "{f}");
+        let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(cells(lines[1]), ["1", "leader", "4", "1", "120", "118", "2", "40"]);
+        // The follower's lag is measured against the leader's commit.
+        assert_eq!(cells(lines[2]), ["2", "follower", "4", "1", "100", "90", "30", "-"]);
+        assert!(lines[3].contains("unreachable") && lines[3].contains("timed out"), "{f}");
+        assert!(!f.contains('\x1b'), "no escape codes without colour");
+        assert!(frame(&rows, true).contains("\x1b[1;32m1 "), "the leader is highlighted");
+    }
+}

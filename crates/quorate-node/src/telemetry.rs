@@ -1,0 +1,527 @@
+//! The node's telemetry: it feeds the metrics named in `quorate_telemetry::names` from the
+//! driver and the apply thread, runs the runtime invariant checks ([`crate::invariants`]),
+//! traces each proposal (one span from the client request through commit and apply, with
+//! term and index), and answers `/livez` and `/readyz`.
+//!
+//! Hooks: the driver calls [`Observer::observe`] after every `Ready` cycle (cheap getters
+//! only), [`Observer::sample`] on its 500 ms sweep (full status: configuration, peers,
+//! certificate expiry, transport counters), [`Observer::proposed`] when the core accepts a
+//! proposal and [`Observer::failed`] when it refuses one; the apply thread calls
+//! [`NodeTelemetry::applying`] for each entry and [`NodeTelemetry::applied`] after each
+//! batch. Everything is bounded: proposals tracked ([`TRACKED_MAX`]), commit instants
+//! ([`COMMITS_MAX`]).
+
+use crate::invariants::{AppliedHasher, Invariants, Observed, Violation};
+use quorate_core::{Raft, Role};
+use quorate_log::{Entry, EntryId, LogIndex, NodeId};
+use quorate_storage::RocksStore;
+use quorate_telemetry::http::{Probe, Probes};
+use quorate_telemetry::names as n;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Proposals followed from acceptance to apply (the oldest are dropped beyond it).
+pub(crate) const TRACKED_MAX: usize = 65_536;
+/// Commit instants remembered for the commit-to-apply histogram.
+pub(crate) const COMMITS_MAX: usize = 4_096;
+/// `/livez` fails when the driver loop has not turned for this long.
+pub(crate) const LIVE_STALL_MAX: Duration = Duration::from_secs(5);
+/// `/livez` fails when storage has not completed a pending write for this long.
+pub(crate) const STORAGE_STALL_MAX: Duration = Duration::from_secs(10);
+/// `/readyz` fails when applied lags commit by more than this many entries.
+pub(crate) const READY_APPLY_LAG_MAX: u64 = 10_000;
+/// A sweep tick later than this after the previous one is a clock jump (or a process pause).
+const CLOCK_JUMP_MIN: Duration = Duration::from_secs(5);
+/// Wall clock and monotonic clock disagreeing by more than this over one sweep is a wall
+/// clock jump.
+const WALL_SKEW_MAX: Duration = Duration::from_secs(1);
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre_candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+        _ => "other",
+    }
+}
+
+const ROLES: [Role; 4] = [Role::Follower, Role::PreCandidate, Role::Candidate, Role::Leader];
+
+/// State shared by the driver, the apply thread and the HTTP endpoint.
+#[derive(Debug)]
+pub(crate) struct NodeTelemetry {
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the driver loop last turned.
+    driver_tick_ms: AtomicU64,
+    /// Milliseconds since `epoch` when storage started to owe a write (0: it owes none).
+    storage_owing_since_ms: AtomicU64,
+    has_leader: AtomicBool,
+    role_leader: AtomicBool,
+    commit: AtomicU64,
+    applied: AtomicU64,
+    disk_ok: AtomicBool,
+    stopped: AtomicBool,
+    /// Commit instants (index, when) for the commit-to-apply histogram.
+    commits: Mutex<VecDeque<(u64, Instant)>>,
+    /// Proposal spans waiting for apply.
+    spans: Mutex<VecDeque<(u64, tracing::Span)>>,
+    hasher: Mutex<AppliedHasher>,
+}
+
+impl NodeTelemetry {
+    pub(crate) fn new(applied: LogIndex) -> Arc<NodeTelemetry> {
+        Arc::new(NodeTelemetry {
+            epoch: Instant::now(),
+            driver_tick_ms: AtomicU64::new(0),
+            storage_owing_since_ms: AtomicU64::new(0),
+            has_leader: AtomicBool::new(false),
+            role_leader: AtomicBool::new(false),
+            commit: AtomicU64::new(applied.0),
+            applied: AtomicU64::new(applied.0),
+            disk_ok: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
+            commits: Mutex::new(VecDeque::new()),
+            spans: Mutex::new(VecDeque::new()),
+            hasher: Mutex::new(AppliedHasher::default()),
+        })
+    }
+
+    fn ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The node is stopping: probes fail from now on.
+    pub(crate) fn stopped(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Apply thread: one entry is about to be applied (in index order).
+    pub(crate) fn applying(&self, e: &Entry) {
+        let sample = self.hasher.lock().unwrap_or_else(PoisonError::into_inner).entry(e);
+        if let Some((index, hash)) = sample {
+            tracing::debug!(index, hash = format_args!("{hash:012x}"), "applied-entries hash sample");
+        }
+    }
+
+    /// Apply thread: a snapshot was installed at `index` (the hash window restarts).
+    pub(crate) fn installed(&self, index: LogIndex, took: Duration) {
+        self.hasher.lock().unwrap_or_else(PoisonError::into_inner).reset();
+        metrics::counter!(n::SNAPSHOTS_INSTALLED_TOTAL).increment(1);
+        metrics::histogram!(n::SNAPSHOT_INSTALL_SECONDS).record(took.as_secs_f64());
+        self.applied(index);
+    }
+
+    /// Apply thread: a snapshot was taken locally.
+    pub(crate) fn snapshot_taken(&self, bytes: u64, took: Duration) {
+        metrics::counter!(n::SNAPSHOTS_TAKEN_TOTAL).increment(1);
+        metrics::counter!(n::SNAPSHOT_TAKEN_BYTES_TOTAL).increment(bytes);
+        metrics::histogram!(n::SNAPSHOT_TAKE_SECONDS).record(took.as_secs_f64());
+    }
+
+    /// Apply thread: everything up to `index` is applied.
+    pub(crate) fn applied(&self, index: LogIndex) {
+        let index = index.0;
+        let before = self.applied.fetch_max(index, Ordering::Relaxed);
+        if index > before {
+            metrics::counter!(n::PROPOSALS_APPLIED_TOTAL).increment(index - before);
+            metrics::gauge!(n::APPLIED_INDEX).set(index as f64);
+        }
+        let now = Instant::now();
+        {
+            let mut c = self.commits.lock().unwrap_or_else(PoisonError::into_inner);
+            while c.front().is_some_and(|(i, _)| *i <= index) {
+                if let Some((_, at)) = c.pop_front() {
+                    metrics::histogram!(n::COMMIT_APPLY_SECONDS).record(now.duration_since(at).as_secs_f64());
+                }
+            }
+        }
+        let mut s = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        while s.front().is_some_and(|(i, _)| *i <= index) {
+            if let Some((i, span)) = s.pop_front() {
+                span.in_scope(|| tracing::debug!(index = i, "proposal applied"));
+            }
+        }
+    }
+
+    fn committed(&self, index: u64, at: Instant, spans: Vec<(u64, tracing::Span)>) {
+        {
+            let mut c = self.commits.lock().unwrap_or_else(PoisonError::into_inner);
+            if c.len() == COMMITS_MAX {
+                c.pop_front();
+            }
+            c.push_back((index, at));
+        }
+        if !spans.is_empty() {
+            let mut s = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+            for x in spans {
+                if s.len() == TRACKED_MAX {
+                    s.pop_front();
+                }
+                s.push_back(x);
+            }
+        }
+    }
+}
+
+impl Probes for NodeTelemetry {
+    fn livez(&self) -> Probe {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Probe::fail("node stopping");
+        }
+        let now = self.ms();
+        let tick = self.driver_tick_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(tick) > LIVE_STALL_MAX.as_millis() as u64 {
+            return Probe::fail(format!("driver loop has not turned for {} ms", now - tick));
+        }
+        let owing = self.storage_owing_since_ms.load(Ordering::Relaxed);
+        if owing > 0 && now.saturating_sub(owing) > STORAGE_STALL_MAX.as_millis() as u64 {
+            return Probe::fail(format!("storage has not completed a write for {} ms", now - owing));
+        }
+        Probe::ok("driver loop and storage responsive")
+    }
+
+    fn readyz(&self) -> Probe {
+        if let Probe { ok: false, reason } = self.livez() {
+            return Probe::fail(format!("not live: {reason}"));
+        }
+        if !self.has_leader.load(Ordering::Relaxed) {
+            return Probe::fail("no leader known");
+        }
+        let (commit, applied) = (self.commit.load(Ordering::Relaxed), self.applied.load(Ordering::Relaxed));
+        let lag = commit.saturating_sub(applied);
+        if lag > READY_APPLY_LAG_MAX {
+            return Probe::fail(format!("applied index {applied} lags commit index {commit} by {lag} entries"));
+        }
+        if !self.disk_ok.load(Ordering::Relaxed) {
+            return Probe::fail("free disk space below the floor: refusing writes");
+        }
+        let role = if self.role_leader.load(Ordering::Relaxed) { "leader" } else { "follower" };
+        Probe::ok(format!("{role}, leader known, applied {applied} of commit {commit}"))
+    }
+
+    fn before_scrape(&self) {
+        let (commit, applied) = (self.commit.load(Ordering::Relaxed), self.applied.load(Ordering::Relaxed));
+        metrics::gauge!(n::APPLIED_INDEX).set(applied as f64);
+        metrics::gauge!(n::COMMIT_INDEX).set(commit as f64);
+    }
+}
+
+/// The driver's side: what it saw last, the invariant checks, proposals in flight.
+pub(crate) struct Observer {
+    tel: Arc<NodeTelemetry>,
+    inv: Invariants,
+    halt: bool,
+    term: u64,
+    role: Option<Role>,
+    leader: Option<NodeId>,
+    commit: u64,
+    /// Proposals accepted by this node as leader: index → (when, span).
+    proposals: BTreeMap<u64, (Instant, tracing::Span)>,
+    received: metrics::Counter,
+    committed_total: metrics::Counter,
+    commit_latency: metrics::Histogram,
+    last_sweep: Option<(Instant, SystemTime)>,
+    drops: BTreeMap<NodeId, u64>,
+    refusals: u64,
+    /// Storage progress: (persisted index, when it last moved while behind).
+    persisted: (u64, Instant),
+}
+
+impl Observer {
+    pub(crate) fn new(tel: Arc<NodeTelemetry>, term: u64, commit: u64, halt: bool) -> Observer {
+        Observer {
+            tel,
+            inv: Invariants::new(term, commit),
+            halt,
+            term,
+            role: None,
+            leader: None,
+            commit,
+            proposals: BTreeMap::new(),
+            received: metrics::counter!(n::PROPOSALS_RECEIVED_TOTAL),
+            committed_total: metrics::counter!(n::PROPOSALS_COMMITTED_TOTAL),
+            commit_latency: metrics::histogram!(n::PROPOSAL_COMMIT_SECONDS),
+            last_sweep: None,
+            drops: BTreeMap::new(),
+            refusals: 0,
+            persisted: (0, Instant::now()),
+        }
+    }
+
+    /// The core accepted a proposal at `at`: one span follows it to commit and apply.
+    pub(crate) fn proposed(&mut self, at: EntryId) {
+        self.received.increment(1);
+        let span = tracing::info_span!("proposal", term = at.term.0, index = at.index.0);
+        span.in_scope(|| tracing::debug!("proposal accepted"));
+        if self.proposals.len() >= TRACKED_MAX {
+            self.proposals.pop_first();
+        }
+        self.proposals.insert(at.index.0, (Instant::now(), span));
+    }
+
+    /// The core refused a proposal (or a client write failed before it), by reason.
+    pub(crate) fn failed(&self, reason: &'static str) {
+        self.received.increment(1);
+        metrics::counter!(n::PROPOSALS_FAILED_TOTAL, n::LABEL_REASON => reason).increment(1);
+    }
+
+    /// After every `Ready` cycle: cheap getters, invariant checks, change-driven metrics.
+    /// `Err` (with the evidence) when a check failed and the node is configured to halt.
+    pub(crate) fn observe(&mut self, raft: &Raft<Arc<RocksStore>>) -> Result<(), String> {
+        let tel = &*self.tel;
+        tel.driver_tick_ms.store(tel.ms(), Ordering::Relaxed);
+        let (term, role, leader, commit) = (raft.term().0, raft.role(), raft.leader(), raft.commit_index().0);
+        let applied = tel.applied.load(Ordering::Relaxed);
+        let o = Observed { term, commit, applied, last_index: raft.last_index().0, is_leader: role == Role::Leader };
+        let violations: Vec<Violation> = self.inv.check(o);
+
+        if term != self.term {
+            metrics::gauge!(n::TERM).set(term as f64);
+            if term > self.term {
+                // Proposals of older terms: whether they commit is up to the new leader.
+                for (_, (_, span)) in std::mem::take(&mut self.proposals) {
+                    span.in_scope(|| tracing::debug!(new_term = term, "leadership changed"));
+                    metrics::counter!(n::PROPOSALS_FAILED_TOTAL, n::LABEL_REASON => "leadership_changed").increment(1);
+                }
+            }
+            self.term = term;
+        }
+        if self.role != Some(role) {
+            if role == Role::Candidate {
+                let reason = if self.role == Some(Role::PreCandidate) {
+                    n::election::AFTER_PRE_VOTE
+                } else if self.leader.is_some() {
+                    n::election::LEADER_TIMEOUT
+                } else {
+                    n::election::NO_LEADER
+                };
+                metrics::counter!(n::ELECTIONS_TOTAL, n::LABEL_REASON => reason).increment(1);
+            }
+            for r in ROLES {
+                metrics::gauge!(n::ROLE, n::LABEL_ROLE => role_name(r)).set(if r == role { 1.0 } else { 0.0 });
+            }
+            tracing::debug!(role = role_name(role), term, "role changed");
+            self.role = Some(role);
+            tel.role_leader.store(role == Role::Leader, Ordering::Relaxed);
+        }
+        if self.leader != leader {
+            metrics::counter!(n::LEADER_CHANGES_TOTAL).increment(1);
+            metrics::gauge!(n::LEADER_ID).set(leader.map_or(0.0, |l| l.get() as f64));
+            metrics::gauge!(n::HAS_LEADER).set(if leader.is_some() { 1.0 } else { 0.0 });
+            tracing::info!(leader = ?leader.map(|l| l.get()), term, "leader changed");
+            self.leader = leader;
+            tel.has_leader.store(leader.is_some(), Ordering::Relaxed);
+        }
+        if commit > self.commit {
+            let now = Instant::now();
+            let mut spans = Vec::new();
+            while let Some(e) = self.proposals.first_entry() {
+                if *e.key() > commit {
+                    break;
+                }
+                let (index, (at, span)) = e.remove_entry();
+                self.committed_total.increment(1);
+                self.commit_latency.record(now.duration_since(at).as_secs_f64());
+                span.in_scope(|| tracing::debug!(commit, "proposal committed"));
+                spans.push((index, span));
+            }
+            tel.committed(commit, now, spans);
+            metrics::gauge!(n::COMMIT_INDEX).set(commit as f64);
+            tel.commit.store(commit, Ordering::Relaxed);
+            self.commit = commit;
+        }
+        if self.halt && !violations.is_empty() {
+            let v: Vec<String> = violations.iter().map(|v| format!("{}: {}", v.invariant, v.evidence)).collect();
+            return Err(format!("invariant violated (telemetry.halt_on_invariant_violation): {}", v.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// On the driver's sweep tick: the full status, transport counters, clocks, storage.
+    pub(crate) fn sample(&mut self, raft: &Raft<Arc<RocksStore>>, shared: &crate::server::Shared, disk_ok: bool) {
+        let tel = &*self.tel;
+        tel.disk_ok.store(disk_ok, Ordering::Relaxed);
+        let s = raft.status();
+        metrics::gauge!(n::LAST_LOG_INDEX).set(s.last_index.0 as f64);
+        metrics::gauge!(n::SNAPSHOT_INDEX).set(s.snapshot_index.0 as f64);
+        metrics::gauge!(n::CONFIG_VERSION_INDEX).set(s.config_version.0 as f64);
+        metrics::gauge!(n::CONFIG_JOINT).set(if s.config.is_joint() { 1.0 } else { 0.0 });
+        metrics::gauge!(n::CONFIG_VOTERS_COUNT).set(s.config.voters.len() as f64);
+        metrics::gauge!(n::CONFIG_LEARNERS_COUNT).set(s.config.learners.len() as f64);
+        metrics::gauge!(n::TERM).set(s.term.0 as f64);
+        metrics::gauge!(n::HAS_LEADER).set(if s.leader.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!(n::LEADER_ID).set(s.leader.map_or(0.0, |l| l.get() as f64));
+        for (peer, p) in &s.peers {
+            if *peer == s.id {
+                continue;
+            }
+            let label = peer.get().to_string();
+            metrics::gauge!(n::PEER_MATCH_INDEX, n::LABEL_PEER => label.clone()).set(p.match_index.0 as f64);
+            metrics::gauge!(n::PEER_INFLIGHT_MESSAGES, n::LABEL_PEER => label.clone()).set(p.inflight_msgs as f64);
+            metrics::gauge!(n::PEER_INFLIGHT_BYTES, n::LABEL_PEER => label).set(p.inflight_bytes as f64);
+        }
+        for peer in s.config.members() {
+            if peer == s.id {
+                continue;
+            }
+            if let Some(st) = shared.transport.peer_stats(peer) {
+                let before = self.drops.insert(peer, st.dropped).unwrap_or(0);
+                if st.dropped > before {
+                    metrics::counter!(n::PEER_SEND_DROPS_TOTAL, n::LABEL_PEER => peer.get().to_string())
+                        .increment(st.dropped - before);
+                }
+            }
+        }
+        let refusals = shared.transport.refusals();
+        if refusals > self.refusals {
+            metrics::counter!(n::AUTH_REFUSALS_TOTAL, n::LABEL_REASON => "transport_handshake")
+                .increment(refusals - self.refusals);
+            self.refusals = refusals;
+        }
+        metrics::gauge!(n::CERT_EXPIRY_SECONDS)
+            .set(shared.transport.credentials().seconds_until_earliest_expiry() as f64);
+
+        // Storage: does it owe a write (persisted behind the log) without progress?
+        let now = Instant::now();
+        let p = s.persisted_index.0;
+        if p >= s.last_index.0 {
+            tel.storage_owing_since_ms.store(0, Ordering::Relaxed);
+            self.persisted = (p, now);
+        } else if p != self.persisted.0 || tel.storage_owing_since_ms.load(Ordering::Relaxed) == 0 {
+            self.persisted = (p, now);
+            tel.storage_owing_since_ms.store(tel.ms().max(1), Ordering::Relaxed);
+        }
+
+        // Clocks: the sweep ticks every 500 ms; a much later tick is a jump (or a pause),
+        // no movement at all a stall; the wall clock drifting from the monotonic one by more
+        // than a second within one tick is a wall-clock jump.
+        let wall = SystemTime::now();
+        if let Some((mono0, wall0)) = self.last_sweep {
+            let mono = now.duration_since(mono0);
+            let kind = if mono.is_zero() {
+                Some("monotonic_stall")
+            } else if mono > CLOCK_JUMP_MIN {
+                Some("monotonic_jump")
+            } else {
+                match wall.duration_since(wall0) {
+                    Ok(w) if w.abs_diff(mono) > WALL_SKEW_MAX => Some("wall_jump"),
+                    Err(_) => Some("wall_jump"),
+                    Ok(_) => None,
+                }
+            };
+            if let Some(kind) = kind {
+                metrics::counter!(n::CLOCK_DISCONTINUITIES_TOTAL, n::LABEL_KIND => kind).increment(1);
+                tracing::warn!(kind, monotonic_ms = mono.as_millis() as u64, "clock discontinuity");
+            }
+        }
+        self.last_sweep = Some((now, wall));
+    }
+}
+
+/// Why a proposal was refused, as a label value.
+pub(crate) fn propose_error_reason(e: &quorate_core::ProposeError) -> &'static str {
+    use quorate_core::ProposeError as E;
+    match e {
+        E::NotLeader { .. } => "not_leader",
+        E::UncommittedLimit { .. } => "uncommitted_limit",
+        E::TooLarge { .. } => "too_large",
+        E::TransferInProgress(_) => "transfer_in_progress",
+        E::Halted(_) => "halted",
+        _ => "other",
+    }
+}
+
+/// The metrics and health endpoint while the node runs: aborted (and the probes fail) when
+/// dropped.
+pub(crate) struct Endpoint {
+    task: Option<tokio::task::JoinHandle<()>>,
+    tel: Arc<NodeTelemetry>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.tel.stopped();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Installs the process's metrics registry and serves `/metrics`, `/livez` and `/readyz` on
+/// `addr` when configured (nothing is recorded or served otherwise). Call before the
+/// [`Observer`] is made: it caches handles from the registry.
+pub(crate) async fn serve(addr: Option<std::net::SocketAddr>, tel: &Arc<NodeTelemetry>) -> Result<Endpoint, String> {
+    let Some(addr) = addr else { return Ok(Endpoint { task: None, tel: tel.clone() }) };
+    let registry = quorate_telemetry::Metrics::global().map_err(|e| e.to_string())?;
+    metrics::gauge!(n::BUILD_INFO, n::LABEL_VERSION => crate::VERSION).set(1.0);
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %local, "serving /metrics, /livez and /readyz");
+    let task = tokio::spawn(quorate_telemetry::http::serve(
+        listener,
+        registry,
+        tel.clone(),
+        quorate_telemetry::http::HttpLimits::default(),
+    ));
+    Ok(Endpoint { task: Some(task), tel: tel.clone() })
+}
+
+/// Installs the tracing subscriber the configuration asks for (format, filter, OTLP
+/// export). A subscriber installed already (tests, embedding) is kept.
+pub(crate) fn init_tracing(config: &crate::config::NodeConfig) -> Result<quorate_telemetry::TracingGuard, String> {
+    use quorate_telemetry::{LogFormat, OtlpConfig, TelemetryError, TracingConfig};
+    let t = &config.telemetry;
+    let format: LogFormat = t.log_format.parse()?;
+    let otlp = (!t.otlp_endpoint.is_empty()).then(|| OtlpConfig {
+        endpoint: t.otlp_endpoint.clone(),
+        service_name: format!("quorate-node-{}", config.id),
+        timeout: Duration::from_secs(5),
+    });
+    let filter = (!t.log_filter.is_empty()).then(|| t.log_filter.clone());
+    match quorate_telemetry::init_tracing(&TracingConfig { format, filter, otlp }) {
+        Ok(g) => Ok(g),
+        Err(TelemetryError::SubscriberInstalled) => Ok(quorate_telemetry::TracingGuard::default()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A client or peer was refused by authentication or authorisation.
+pub(crate) fn refused(reason: &'static str) {
+    metrics::counter!(n::AUTH_REFUSALS_TOTAL, n::LABEL_REASON => reason).increment(1);
+}
+
+/// A client request is answered: timeouts are counted per principal.
+pub(crate) fn answered(principal: &str, result: &Result<quorate_api::Response, quorate_api::ApiError>) {
+    if matches!(result, Err(quorate_api::ApiError::Timeout)) {
+        metrics::counter!(n::CLIENT_TIMEOUTS_TOTAL, n::LABEL_PRINCIPAL => principal.to_string()).increment(1);
+    }
+}
+
+/// A snapshot stream to a follower completed.
+pub(crate) fn snapshot_sent() {
+    metrics::counter!(n::SNAPSHOTS_SENT_TOTAL).increment(1);
+}
+
+/// Times one durable write from submission to completion (only batches that fsync).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FsyncTimer {
+    start: Instant,
+    synced: bool,
+}
+
+impl FsyncTimer {
+    pub(crate) fn start(synced: bool) -> FsyncTimer {
+        FsyncTimer { start: Instant::now(), synced }
+    }
+
+    /// Called on the committer's thread when the batch is durable.
+    pub(crate) fn done(self) {
+        if self.synced {
+            metrics::histogram!(n::FSYNC_SECONDS).record(self.start.elapsed().as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Telemetry of a real 3-node cluster of `quorate` processes on 127.0.0.1: the metrics
+//! endpoint's names and types, values that move (term after an election, commit after
+//! writes), `quorate cluster status` and the metrics agreeing, the applied-entries hash
+//! agreeing across replicas, `quorate top --once`, and `/readyz` flipping when there is no
+//! leader.
+
+use quorate_telemetry::http::get_blocking;
+use quorate_telemetry::names as n;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+
+/// Three consecutive free UDP ports, searched from a per-process offset (bounded).
+fn free_base_port() -> u16 {
+    let start = 30_000 + (std::process::id() % 2_000) as u16 * 10;
+    for base in (start..start + 2_000).step_by(3) {
+        if (0..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no three free ports near {start}");
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
+}
+
+/// The node processes, killed on every path.
+struct Nodes(Vec<Option<Child>>);
+
+impl Nodes {
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.0[(id - 1) as usize].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for id in 1..=self.0.len() as u64 {
+            self.kill(id);
+        }
+    }
+}
+
+struct Env {
+    dir: PathBuf,
+    endpoints: String,
+    metrics: Vec<SocketAddr>,
+}
+
+impl Env {
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("QUORATE_CERTS", self.dir.join("certs"))
+            .env("QUORATE_CLUSTER", "tele")
+            .env("QUORATE_ENDPOINTS", &self.endpoints)
+            .env("QUORATE_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run quorate")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "quorate {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    }
+
+    fn get(&self, id: u64, path: &str) -> Option<(u16, String)> {
+        get_blocking(self.metrics[(id - 1) as usize], path, Duration::from_secs(5), 4 << 20).ok()
+    }
+
+    fn scrape(&self, id: u64) -> Metrics {
+        let (code, body) = self.get(id, "/metrics").unwrap_or_else(|| panic!("node {id} answers /metrics"));
+        assert_eq!(code, 200);
+        Metrics(body)
+    }
+}
+
+/// A scrape, with look-ups by series.
+struct Metrics(String);
+
+impl Metrics {
+    /// The value of the series `series` (a name, or a name with its `{labels}`).
+    fn value(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    fn must(&self, series: &str) -> f64 {
+        self.value(series).unwrap_or_else(|| panic!("series {series} missing from:\n{}", self.0))
+    }
+
+    fn has_type(&self, name: &str, kind: &str) -> bool {
+        self.0.lines().any(|l| l == format!("# TYPE {name} {kind}"))
+    }
+
+    fn role(&self) -> &'static str {
+        for r in ["leader", "follower", "candidate", "pre_candidate"] {
+            if self.value(&format!("{}{{role=\"{r}\"}}", n::ROLE)) == Some(1.0) {
+                return r;
+            }
+        }
+        "unknown"
+    }
+}
+
+fn start(dir: &Path, metrics: &[SocketAddr]) -> Nodes {
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).expect("log file");
+        let child = Command::new(BIN)
+            .args(["node", "start", "--config"])
+            .arg(dir.join(format!("node-{id}.toml")))
+            .env("QUORATE_METRICS_LISTEN", metrics[(id - 1) as usize].to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn node");
+        nodes.push(Some(child));
+    }
+    Nodes(nodes)
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after `limit` with `what`.
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cluster");
+    let base = free_base_port();
+    let env = Env {
+        dir: dir.clone(),
+        endpoints: (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(","),
+        metrics: (0..3).map(|_| free_tcp()).collect(),
+    };
+    let d = dir.to_string_lossy().into_owned();
+    let b = base.to_string();
+    env.ok(&["certs", "dev", "--dir", &d, "--cluster", "tele", "--nodes", "3", "--base-port", &b]);
+    let mut nodes = start(&dir, &env.metrics);
+
+    // Ready once a leader is known; every node answers /livez.
+    for id in 1..=3 {
+        let body = eventually(Duration::from_secs(30), "/readyz 200 on every node", || {
+            env.get(id, "/readyz").filter(|(c, _)| *c == 200).map(|(_, b)| b)
+        });
+        assert!(body.starts_with("ok: ") && body.contains("leader known"), "{body}");
+        let (code, body) = env.get(id, "/livez").expect("livez");
+        assert_eq!(code, 200, "{body}");
+    }
+
+    // Names and types.
+    let leader = eventually(Duration::from_secs(10), "exactly one leader in the metrics", || {
+        let roles: Vec<_> = (1..=3).map(|id| env.scrape(id).role()).collect();
+        let leaders: Vec<u64> = (1..=3).filter(|id| roles[(*id - 1) as usize] == "leader").collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    });
+    let expected = [
+        (n::TERM, "gauge"),
+        (n::ROLE, "gauge"),
+        (n::HAS_LEADER, "gauge"),
+        (n::LEADER_ID, "gauge"),
+        (n::COMMIT_INDEX, "gauge"),
+        (n::APPLIED_INDEX, "gauge"),
+        (n::LAST_LOG_INDEX, "gauge"),
+        (n::CONFIG_VOTERS_COUNT, "gauge"),
+        (n::PEER_MATCH_INDEX, "gauge"),
+        (n::CERT_EXPIRY_SECONDS, "gauge"),
+        (n::BUILD_INFO, "gauge"),
+        (n::LEADER_CHANGES_TOTAL, "counter"),
+        (n::ELECTIONS_TOTAL, "counter"),
+        (n::FSYNC_SECONDS, "histogram"),
+    ];
+    // Gauges sampled on the driver's 500 ms sweep appear within a sweep or two.
+    let m = eventually(Duration::from_secs(10), "every expected metric in the leader's scrape", || {
+        let m = env.scrape(leader);
+        expected.iter().all(|(name, kind)| m.has_type(name, kind)).then_some(m)
+    });
+    assert!(m.must(n::CERT_EXPIRY_SECONDS) > 0.0);
+    assert_eq!(m.must(n::CONFIG_VOTERS_COUNT), 3.0);
+    assert_eq!(m.must(n::LEADER_ID), leader as f64);
+    assert!(m.must(&format!("{}_count", n::FSYNC_SECONDS)) >= 1.0, "the election's writes were fsynced");
+    let term0 = m.must(n::TERM);
+    assert!(term0 >= 1.0, "a term after the election");
+
+    // Writes move the commit index, the proposal counters and latency histograms.
+    let c0 = m.must(n::COMMIT_INDEX);
+    let writes = 10;
+    for i in 0..writes {
+        env.ok(&["kv", "put", &format!("k{i}"), "v"]);
+    }
+    let m = eventually(Duration::from_secs(10), "the leader's commit index to move", || {
+        let m = env.scrape(leader);
+        (m.must(n::COMMIT_INDEX) >= c0 + f64::from(writes)).then_some(m)
+    });
+    assert!(m.must(n::PROPOSALS_RECEIVED_TOTAL) >= f64::from(writes), "{}", m.0);
+    assert!(m.must(n::PROPOSALS_COMMITTED_TOTAL) >= f64::from(writes), "{}", m.0);
+    assert!(m.must(&format!("{}_count", n::PROPOSAL_COMMIT_SECONDS)) >= f64::from(writes));
+    assert!(m.has_type(n::COMMIT_APPLY_SECONDS, "histogram"));
+    assert_eq!(m.value(&format!("{}{{invariant=\"commit_monotonic\"}}", n::INVARIANT_VIOLATIONS_TOTAL)), None);
+
+    // Enough writes for one complete applied-entries hash window: every replica shows the
+    // same sample at the same index.
+    env.ok(&[
+        "bench",
+        "--clients",
+        "16",
+        "--read-ratio",
+        "0",
+        "--ops-max",
+        "1200",
+        "--duration",
+        "60",
+        "--value-size",
+        "16",
+    ]);
+    let samples = eventually(Duration::from_secs(20), "a hash sample on every node", || {
+        let s: Vec<(f64, f64)> = (1..=3)
+            .filter_map(|id| {
+                let m = env.scrape(id);
+                Some((m.value(n::APPLIED_HASH_INDEX)?, m.value(n::APPLIED_HASH_VALUE)?))
+            })
+            .collect();
+        (s.len() == 3 && s.iter().all(|x| x.0 == s[0].0)).then_some(s)
+    });
+    assert!(samples[0].0 >= 1024.0);
+    assert!(samples.iter().all(|s| s.1 == samples[0].1), "replicas disagree on applied entries: {samples:?}");
+
+    // `quorate cluster status` and the metrics agree (the cluster is idle now).
+    eventually(Duration::from_secs(10), "cluster status and the metrics to agree", || {
+        let status = env.ok(&["cluster", "status"]);
+        let rows: Vec<Vec<&str>> = status
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.len() >= 8 && c[0].parse::<u64>().is_ok())
+            .take(3)
+            .collect();
+        if rows.len() != 3 {
+            return None;
+        }
+        for r in &rows {
+            let id: u64 = r[0].parse().ok()?;
+            let m = env.scrape(id);
+            let agree = r[2] == m.role()
+                && r[3].parse::<f64>().ok()? == m.must(n::TERM)
+                && r[4].parse::<f64>().ok()? == m.must(n::LEADER_ID)
+                && r[5].parse::<f64>().ok()? == m.must(n::COMMIT_INDEX)
+                && r[6].parse::<f64>().ok()? == m.must(n::APPLIED_INDEX)
+                && r[7].parse::<f64>().ok()? == m.must(n::LAST_LOG_INDEX);
+            if !agree {
+                return None;
+            }
+        }
+        Some(())
+    });
+
+    // `quorate top --once`: one frame, every node, one leader.
+    let top = env.ok(&["top", "--once"]);
+    assert!(top.starts_with("NODE"), "{top}");
+    assert_eq!(top.lines().filter(|l| l.split_whitespace().nth(1) == Some("leader")).count(), 1, "{top}");
+    assert_eq!(top.lines().count(), 4, "{top}");
+
+    // Without a quorum there is no leader: the survivor's /readyz fails with the reason. (Its
+    // term stays: with pre-vote, a node that cannot win does not start a real election.)
+    let survivor = (1..=3).find(|id| *id != leader).expect("a follower");
+    for id in 1..=3 {
+        if id != survivor {
+            nodes.kill(id);
+        }
+    }
+    let body = eventually(Duration::from_secs(30), "/readyz 503 on the survivor", || {
+        env.get(survivor, "/readyz").filter(|(c, _)| *c == 503).map(|(_, b)| b)
+    });
+    assert!(body.contains("no leader known"), "{body}");
+    let m = env.scrape(survivor);
+    assert_eq!(m.must(n::HAS_LEADER), 0.0);
+    assert!(m.must(n::LEADER_CHANGES_TOTAL) >= 2.0, "leader learned, then lost:\n{}", m.0);
+    assert!(m.must(n::TERM) >= term0, "the term never goes down");
+    let (code, _) = env.get(survivor, "/livez").expect("livez");
+    assert_eq!(code, 200, "the survivor is still live");
+}
