@@ -8,6 +8,7 @@
 //! * [`config`]: the TOML configuration, environment and flag overrides, validation;
 //! * [`server::run`]: the node itself — a tokio driver of the consensus core, a separate
 //!   apply task, client request handling, membership, snapshots;
+//! * [`flight`]: the flight recorder of the consensus core's inputs and `quorate replay`;
 //! * [`restore`]: offline restore of a backup snapshot into a new cluster's data directory;
 //! * [`sm`]: the key-value state machine (revisions, transactions, exactly-once sessions),
 //!   deterministic and persisted atomically with the applied index.
@@ -17,6 +18,7 @@
 mod admission;
 mod apply;
 pub mod failpoints;
+pub mod flight;
 pub use quorate_config as config;
 pub mod restore;
 pub mod server;

@@ -20,7 +20,7 @@ use quorate_api::{
     ReadConsistency, Request, Response, SnapshotChunk, Staleness,
 };
 use quorate_core::{
-    ConfChange, ConfChangeError, Config as CoreConfig, IoId, ProposeError, Raft, ReadError, ReadId, ReadLevel, Role,
+    ConfChange, ConfChangeError, Config as CoreConfig, IoId, ProposeError, ReadError, ReadId, ReadLevel, Role,
 };
 use quorate_log::{Configuration, Data, EntryId, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
 use quorate_storage::{
@@ -372,8 +372,9 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     cc.compaction_tail_entries = config.raft.compaction_tail_entries;
     cc.snapshot = latest.as_ref().map(|(m, _)| m.clone());
     let start = Instant::now();
-    let raft =
-        Raft::new(cc, store.clone(), quorate_core::Instant::ZERO).map_err(|e| ServerError::Core(e.to_string()))?;
+    let flight_dir = Some(data_dir.join("flight"));
+    let raft = crate::flight::Recorded::new(cc, store.clone(), quorate_core::Instant::ZERO, flight_dir)
+        .map_err(|e| ServerError::Core(e.to_string()))?;
 
     // Transport.
     let credentials = Credentials::load(TlsPaths {
@@ -475,6 +476,9 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         gate,
     };
     let result = driver.run(inbox, shutdown).await;
+    if let Err(e) = &result {
+        let _ = driver.raft.dump(&format!("error: {e}"));
+    }
     // Orderly stop: the apply thread ends when its channel closes; the committer finishes
     // queued batches; nothing keeps the store open afterwards, so it can be reopened.
     driver.stop();
@@ -502,7 +506,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
 struct Driver {
     shared: Arc<Shared>,
     config: NodeConfig,
-    raft: Raft<Arc<RocksStore>>,
+    raft: crate::flight::Recorded<Arc<RocksStore>>,
     committer: GroupCommitter,
     start: Instant,
     apply_tx: mpsc::Sender<ApplyMsg>,
@@ -740,6 +744,7 @@ impl Driver {
     }
 
     fn sweep(&mut self) {
+        self.raft.poll_dump_request();
         self.obs.sample(&self.raft, &self.shared, self.disk.1);
         let now = Instant::now();
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();

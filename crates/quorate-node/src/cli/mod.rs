@@ -4,6 +4,7 @@ mod bench;
 mod certs;
 mod cluster;
 mod conn;
+mod flight;
 mod kv;
 mod snapshot;
 mod top;
@@ -61,6 +62,11 @@ pub(crate) enum Command {
     Certs(CertsCmd),
     /// A closed-loop load generator: throughput and latency percentiles.
     Bench(BenchArgs),
+    /// Re-run a flight recording through a fresh consensus core and compare its outputs.
+    Replay(flight::ReplayArgs),
+    /// Debugging tools.
+    #[command(subcommand)]
+    Debug(flight::DebugCmd),
     /// A live view of every node: role, term, commit, applied, lag, throughput.
     Top(top::TopArgs),
 }
@@ -318,6 +324,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Node(NodeCmd::Start(args)) => node_start(args),
         Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args),
         Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args),
+        Command::Replay(args) => flight::replay(&args),
+        Command::Debug(cmd) => flight::debug(&cmd),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
         Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
         Command::Cluster(ClusterCmd::Finalize { version }) => block_on(cluster::finalize(&cli.conn, version)),
