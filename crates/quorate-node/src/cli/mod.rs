@@ -215,7 +215,7 @@ pub(crate) enum ClusterCmd {
     /// rolling back is no longer possible. Refused unless every member answers and supports it.
     Finalize {
         /// The cluster version to commit (default: the lowest maximum of every member).
-        #[arg(long)]
+        #[arg(long = "to", value_name = "CLUSTER_VERSION")]
         version: Option<u32>,
     },
 }
