@@ -615,7 +615,7 @@ impl Driver {
                 let (io, install) = (p.io, p.install);
                 // The callback runs on the committer's writer thread, never in the runtime.
                 let fp = self.failpoints.clone();
-                let fsync_timer = crate::telemetry::FsyncTimer::start(!batch.skip_fsync);
+                let fsync_timer = crate::telemetry::FsyncTimer::start(!batch.skip_fsync, batch.compact.is_some());
                 self.committer.submit_with(batch, move |result| {
                     fsync_timer.done();
                     fp.before_persist_completion();
@@ -1253,5 +1253,6 @@ async fn send_snapshot(
             tokio::time::sleep(wait).await;
         }
     }
+    crate::telemetry::snapshot_streamed(total, started.elapsed());
     Ok(())
 }

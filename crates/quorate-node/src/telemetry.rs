@@ -381,6 +381,7 @@ impl Observer {
                 .increment(refusals - self.refusals);
             self.refusals = refusals;
         }
+        metrics::gauge!(n::CLUSTER_VERSION).set(f64::from(crate::versions::cluster_version(shared)));
         metrics::gauge!(n::CERT_EXPIRY_SECONDS)
             .set(shared.transport.credentials().seconds_until_earliest_expiry() as f64);
 
@@ -506,22 +507,35 @@ pub(crate) fn snapshot_sent() {
     metrics::counter!(n::SNAPSHOTS_SENT_TOTAL).increment(1);
 }
 
-/// Times one durable write from submission to completion (only batches that fsync).
+/// A snapshot file of `bytes` was streamed to a follower in `took`.
+pub(crate) fn snapshot_streamed(bytes: u64, took: Duration) {
+    metrics::counter!(n::SNAPSHOT_SENT_BYTES_TOTAL).increment(bytes);
+    metrics::histogram!(n::SNAPSHOT_SEND_SECONDS).record(took.as_secs_f64());
+}
+
+/// Times one durable write from submission to completion: the fsync histogram (batches that
+/// sync) and the compaction histogram (batches that drop a log prefix after a snapshot; the
+/// compaction is written in the same batch, so its duration is the batch's).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FsyncTimer {
     start: Instant,
     synced: bool,
+    compacts: bool,
 }
 
 impl FsyncTimer {
-    pub(crate) fn start(synced: bool) -> FsyncTimer {
-        FsyncTimer { start: Instant::now(), synced }
+    pub(crate) fn start(synced: bool, compacts: bool) -> FsyncTimer {
+        FsyncTimer { start: Instant::now(), synced, compacts }
     }
 
     /// Called on the committer's thread when the batch is durable.
     pub(crate) fn done(self) {
+        let took = self.start.elapsed().as_secs_f64();
         if self.synced {
-            metrics::histogram!(n::FSYNC_SECONDS).record(self.start.elapsed().as_secs_f64());
+            metrics::histogram!(n::FSYNC_SECONDS).record(took);
+        }
+        if self.compacts {
+            metrics::histogram!(n::COMPACTION_SECONDS).record(took);
         }
     }
 }
