@@ -215,8 +215,9 @@ pub(crate) enum ClusterCmd {
     /// rolling back is no longer possible. Refused unless every member answers and supports it.
     Finalize {
         /// The cluster version to commit (default: the lowest maximum of every member).
-        #[arg(long = "to", value_name = "CLUSTER_VERSION")]
-        version: Option<u32>,
+        // Not `version`: clap's own `--version` owns that argument id.
+        #[arg(long, value_name = "CLUSTER_VERSION")]
+        to: Option<u32>,
     },
 }
 
@@ -328,7 +329,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Debug(cmd) => flight::debug(&cmd),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
         Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
-        Command::Cluster(ClusterCmd::Finalize { version }) => block_on(cluster::finalize(&cli.conn, version)),
+        Command::Cluster(ClusterCmd::Finalize { to }) => block_on(cluster::finalize(&cli.conn, to)),
         Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),
         Command::Leader(LeaderCmd::Transfer { to }) => block_on(cluster::transfer(&cli.conn, to)),
         Command::Snapshot(SnapshotCmd::Save) => block_on(cluster::snapshot_save(&cli.conn)),
