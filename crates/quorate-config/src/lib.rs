@@ -254,6 +254,9 @@ pub struct LimitsConfig {
     /// DANGER: obey the fault-injection file `failpoints.toml` in the data directory (slow
     /// disk, disk full, clock rate; see `quorate_node::failpoints`). For fault testing only.
     pub danger_failpoints: bool,
+    /// Memory for the flight recorder of the consensus core's inputs, in MiB (the base log
+    /// capture may take as much again); 0 turns it off. See docs/operations.md.
+    pub flight_recorder_mb: u64,
 }
 
 impl Default for LimitsConfig {
@@ -263,6 +266,7 @@ impl Default for LimitsConfig {
             free_space_floor_mb: 64,
             danger_skip_fsync: false,
             danger_failpoints: false,
+            flight_recorder_mb: 64,
         }
     }
 }
@@ -506,7 +510,13 @@ impl NodeConfig {
         }
         let otlp = &self.telemetry.otlp_endpoint;
         if !otlp.is_empty() && (!otlp.starts_with("http://") || otlp.len() > ADDRESS_BYTES_MAX) {
-            return Err(invalid("telemetry.otlp_endpoint", "must be an http:// URL such as http://127.0.0.1:4318/v1/traces"));
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                "must be an http:// URL such as http://127.0.0.1:4318/v1/traces",
+            ));
+        }
+        if self.limits.flight_recorder_mb > 1024 {
+            return Err(invalid("limits.flight_recorder_mb", "must be at most 1024 (0 turns the recorder off)"));
         }
         if self.limits.pending_requests_max == 0 {
             return Err(invalid("limits.pending_requests_max", "must be at least 1"));

@@ -8,12 +8,12 @@
 //! from storage only when the process starts, so **a recording window starts at process
 //! start**: the recorder captures the core's configuration (with its random seed) and what
 //! the core can read from storage then — the snapshot metadata, the hard state and every log
-//! entry after the snapshot (at most [`BASE_BYTES_MAX`]; with a longer log the recorder stays
-//! off for this process and says so in the log and in a dump). From then on it keeps every
+//! entry after the snapshot (at most the budget, `limits.flight_recorder_mb`; with a longer log
+//! the recorder stays off for this process and says so in the log and in a dump). From then on it keeps every
 //! call the driver makes into the core, in order, with its `now`: messages in, timeouts,
 //! proposals, reads, leadership transfers, configuration changes, persistence completions and
 //! snapshot events, the result of each call, and a digest of every `Ready`. The buffer is
-//! bounded ([`INPUTS_MAX`] inputs, [`INPUT_BYTES_MAX`] bytes): once full, recording stops and a
+//! bounded ([`INPUTS_MAX`] inputs, the budget in bytes): once full, recording stops and a
 //! dump covers the window from process start to that point (it says how many later inputs
 //! were not kept). To record a fresh window, restart the node.
 //!
@@ -42,10 +42,11 @@ use std::time::Duration;
 
 /// Most inputs kept in one recording window.
 pub const INPUTS_MAX: usize = 1_000_000;
-/// Most bytes of encoded inputs kept in one recording window.
-pub const INPUT_BYTES_MAX: usize = 64 << 20;
-/// Most bytes of log entries captured as the window's base.
-pub const BASE_BYTES_MAX: u64 = 64 << 20;
+/// Most bytes of encoded inputs kept in one recording window (the node's
+/// `limits.flight_recorder_mb` sets a smaller budget).
+pub const INPUT_BYTES_MAX: usize = 1024 << 20;
+/// Most bytes of log entries captured as the window's base (also bounded by the budget).
+pub const BASE_BYTES_MAX: u64 = 1024 << 20;
 /// Largest frame accepted when reading a dump.
 pub const FRAME_BYTES_MAX: usize = BASE_BYTES_MAX as usize + (1 << 20);
 /// Largest dump file accepted.
@@ -414,6 +415,7 @@ struct Recorder {
     frames: Vec<u8>,
     inputs: usize,
     on: bool,
+    budget: usize,
     dir: Option<PathBuf>,
     dumped_halt: bool,
     scratch: Vec<u8>,
@@ -424,7 +426,7 @@ impl Recorder {
         if !self.on {
             return;
         }
-        if self.inputs >= INPUTS_MAX || self.frames.len() >= INPUT_BYTES_MAX {
+        if self.inputs >= INPUTS_MAX || self.frames.len() >= self.budget {
             self.header.dropped += 1;
             return;
         }
@@ -482,10 +484,25 @@ impl<S: LogStorage> Recorded<S> {
     /// Builds the core from `storage` (as [`Raft::new`]) and starts a recording window:
     /// captures the configuration and what the core can read from storage. `dir` is where
     /// dumps go (`None`: only [`Recorded::dump_bytes`]).
-    pub fn new(cfg: CoreConfig, storage: S, now: Instant, dir: Option<PathBuf>) -> Result<Recorded<S>, CoreError> {
+    ///
+    /// `budget` bounds the bytes of recorded inputs and, separately, of the captured base
+    /// log; 0 turns recording off.
+    pub fn new(
+        cfg: CoreConfig,
+        storage: S,
+        now: Instant,
+        dir: Option<PathBuf>,
+        budget: usize,
+    ) -> Result<Recorded<S>, CoreError> {
         let config = RecordedConfig::capture(&cfg);
         let node = cfg.id.get();
-        let (base, note) = match capture_base(&storage) {
+        let budget = budget.min(INPUT_BYTES_MAX).min(BASE_BYTES_MAX as usize);
+        let captured = if budget == 0 {
+            Err("turned off (limits.flight_recorder_mb = 0)".to_string())
+        } else {
+            capture_base(&storage, budget as u64)
+        };
+        let (base, note) = match captured {
             Ok(b) => (Some(b), String::new()),
             Err(why) => {
                 tracing::warn!(reason = %why, "flight recorder off for this process");
@@ -495,7 +512,16 @@ impl<S: LogStorage> Recorded<S> {
         let on = base.is_some();
         let raft = Raft::new(cfg, storage, now)?;
         let header = Header { node, reason: String::new(), config, start: now, base, dropped: 0, note };
-        let rec = Recorder { header, frames: Vec::new(), inputs: 0, on, dir, dumped_halt: false, scratch: Vec::new() };
+        let rec = Recorder {
+            header,
+            frames: Vec::new(),
+            inputs: 0,
+            on,
+            budget,
+            dir,
+            dumped_halt: false,
+            scratch: Vec::new(),
+        };
         Ok(Recorded { raft, rec })
     }
 
@@ -689,7 +715,7 @@ impl<S: LogStorage> Recorded<S> {
     }
 }
 
-fn capture_base<S: LogStorage>(storage: &S) -> Result<Base, String> {
+fn capture_base<S: LogStorage>(storage: &S, budget: u64) -> Result<Base, String> {
     let snapshot = storage.snapshot_meta().map_err(|e| format!("cannot read the snapshot metadata: {e}"))?;
     let hard_state = storage.initial_state().map_err(|e| format!("cannot read the initial state: {e}"))?.hard_state;
     let last = storage.last_index();
@@ -705,9 +731,9 @@ fn capture_base<S: LogStorage>(storage: &S) -> Result<Base, String> {
             return Err(format!("the log returned no entry at {next}"));
         };
         bytes += chunk.iter().map(Entry::size_bytes).sum::<u64>();
-        if bytes > BASE_BYTES_MAX {
+        if bytes > budget {
             return Err(format!(
-                "the log after the snapshot holds more than {BASE_BYTES_MAX} bytes ({} entries); \
+                "the log after the snapshot holds more than {budget} bytes ({} entries); \
                  a window could not be replayed from its start",
                 last.0 - snapshot.last.index.0
             ));

@@ -373,7 +373,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     cc.snapshot = latest.as_ref().map(|(m, _)| m.clone());
     let start = Instant::now();
     let flight_dir = Some(data_dir.join("flight"));
-    let raft = crate::flight::Recorded::new(cc, store.clone(), quorate_core::Instant::ZERO, flight_dir)
+    let flight_budget = usize::try_from(config.limits.flight_recorder_mb << 20).unwrap_or(usize::MAX);
+    let raft = crate::flight::Recorded::new(cc, store.clone(), quorate_core::Instant::ZERO, flight_dir, flight_budget)
         .map_err(|e| ServerError::Core(e.to_string()))?;
 
     // Transport.

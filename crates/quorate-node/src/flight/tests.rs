@@ -32,7 +32,7 @@ impl Sim {
                 cfg.heartbeat_interval = Duration::from_millis(20);
                 cfg.seed = seed ^ id.get();
                 cfg.snapshot_entries_threshold = 1_000_000;
-                Recorded::new(cfg, MemStore::new(voters.clone()), Instant::ZERO, None).expect("core")
+                Recorded::new(cfg, MemStore::new(voters.clone()), Instant::ZERO, None, 64 << 20).expect("core")
             })
             .collect();
         Sim {
