@@ -130,6 +130,45 @@ fn start(dir: &Path, metrics: &[SocketAddr]) -> Nodes {
     Nodes(nodes)
 }
 
+/// A fake OTLP/HTTP collector: accepts up to `max` requests, answers 200, forwards each body.
+fn fake_collector(max: usize) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let mut want = None;
+            while want.is_none_or(|w| buf.len() < w) && buf.len() < 16 << 20 {
+                let Ok(k) = s.read(&mut chunk) else { break };
+                if k == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                if want.is_none()
+                    && let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:")?.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    want = Some(end + 4 + len);
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send(buf).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `limit` with `what`.
 fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -155,6 +194,15 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     let d = dir.to_string_lossy().into_owned();
     let b = base.to_string();
     env.ok(&["certs", "dev", "--dir", &d, "--cluster", "tele", "--nodes", "3", "--base-port", &b]);
+    // Every node exports its traces to one fake collector.
+    let (collector, spans) = fake_collector(256);
+    for id in 1..=3 {
+        let path = dir.join(format!("node-{id}.toml"));
+        let text = std::fs::read_to_string(&path).expect("config");
+        assert!(text.contains("otlp_endpoint = \"\""), "{text}");
+        let text = text.replace("otlp_endpoint = \"\"", &format!("otlp_endpoint = \"http://{collector}/v1/traces\""));
+        std::fs::write(&path, text).expect("config");
+    }
     let mut nodes = start(&dir, &env.metrics);
 
     // Ready once a leader is known; every node answers /livez.
@@ -216,6 +264,15 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     assert!(m.must(&format!("{}_count", n::PROPOSAL_COMMIT_SECONDS)) >= f64::from(writes));
     assert!(m.has_type(n::COMMIT_APPLY_SECONDS, "histogram"));
     assert_eq!(m.value(&format!("{}{{invariant=\"commit_monotonic\"}}", n::INVARIANT_VIOLATIONS_TOTAL)), None);
+
+    // The proposals' spans reach the collector (the batch exporter sends every few seconds):
+    // span name and the term and index attributes travel as raw strings in the protobuf.
+    let has = |b: &[u8], s: &[u8]| b.windows(s.len()).any(|w| w == s);
+    eventually(Duration::from_secs(20), "a proposal span at the collector", || {
+        let body = spans.try_recv().ok()?;
+        (has(&body, b"POST /v1/traces ") && has(&body, b"proposal") && has(&body, b"index") && has(&body, b"term"))
+            .then_some(())
+    });
 
     // Enough writes for one complete applied-entries hash window: every replica shows the
     // same sample at the same index.
