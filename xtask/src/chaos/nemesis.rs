@@ -206,35 +206,39 @@ impl Nemesis {
         self.env.leader(admin).await.map(|(l, _)| l)
     }
 
-    /// The leader half of the time (when there is one), else a random live member.
-    async fn target(&mut self) -> Option<u64> {
+    /// The leader half of the time (when there is one), else a random live member; and
+    /// whether the target is the leader.
+    async fn target(&mut self) -> Option<(u64, bool)> {
         let live = self.live_members();
+        let leader = self.leader().await;
         if self.rng.chance(0.5)
-            && let Some(l) = self.leader().await
+            && let Some(l) = leader
             && live.contains(&l)
         {
-            return Some(l);
+            return Some((l, true));
         }
         if live.is_empty() {
             return None;
         }
-        Some(live[self.rng.below(live.len() as u64) as usize])
+        let t = live[self.rng.below(live.len() as u64) as usize];
+        Some((t, leader == Some(t)))
     }
 
     async fn inject(&mut self, f: Fault) -> Result<()> {
-        let Some(target) = self.target().await else { return Ok(()) };
+        let Some((target, is_leader)) = self.target().await else { return Ok(()) };
+        let role = if is_leader { ", the leader" } else { "" };
         let hold = self.between(1500, 4000);
         let until = Instant::now() + hold;
         let ms = hold.as_millis();
         let active = match f {
             Fault::Kill => {
                 self.env.lock().kill(target)?;
-                self.note(format!("kill node {target} (SIGKILL) for {ms} ms"));
+                self.note(format!("kill node {target}{role} (SIGKILL) for {ms} ms"));
                 Active::Killed(target)
             }
             Fault::Pause => {
                 self.env.lock().pause(target)?;
-                self.note(format!("pause node {target} (SIGSTOP) for {ms} ms"));
+                self.note(format!("pause node {target}{role} (SIGSTOP) for {ms} ms"));
                 Active::Paused(target)
             }
             Fault::Partition => {
@@ -280,24 +284,24 @@ impl Nemesis {
                     }
                 };
                 self.env.proxy.set_blocked(blocked);
-                self.note(format!("partition {what} for {ms} ms"));
+                self.note(format!("partition {what}{role} for {ms} ms"));
                 Active::Partitioned
             }
             Fault::DiskFull => {
                 self.env.set_failpoints(target, "disk_full = true\n")?;
-                self.note(format!("disk full on node {target} for {ms} ms"));
+                self.note(format!("disk full on node {target}{role} for {ms} ms"));
                 Active::Failpoint(target)
             }
             Fault::SlowDisk => {
                 let delay = self.between(50, 400).as_millis();
                 self.env.set_failpoints(target, &format!("slow_disk_ms = {delay}\n"))?;
-                self.note(format!("slow disk on node {target}: +{delay} ms per fsync, for {ms} ms"));
+                self.note(format!("slow disk on node {target}{role}: +{delay} ms per fsync, for {ms} ms"));
                 Active::Failpoint(target)
             }
             Fault::Clock => {
                 let rate = [0.25, 0.5, 2.0, 4.0][self.rng.below(4) as usize];
                 self.env.set_failpoints(target, &format!("clock_rate = {rate}\n"))?;
-                self.note(format!("clock of node {target} at rate {rate} for {ms} ms"));
+                self.note(format!("clock of node {target}{role} at rate {rate} for {ms} ms"));
                 Active::Failpoint(target)
             }
             Fault::Reconfig | Fault::LeaderTransfer => return Ok(()),
