@@ -159,6 +159,7 @@ fn ci(args: &[String]) -> Result<()> {
     run(cargo().args(["test", "--workspace", "--doc", "--locked", "--profile", PROFILE]))?;
     deps::check(&root())?;
     demo::demo(&["--smoke".into()])?;
+    chaos::chaos(&["ci".into()])?;
     sim(&["--seeds".into(), "500".into()])?;
     model_check(&["--quick".into()])?;
     model_check(&["--quick-reconfig".into()])?;
