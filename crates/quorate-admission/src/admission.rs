@@ -12,6 +12,12 @@ use crate::rng::SplitMix64;
 use crate::signals::Signals;
 use crate::time::{Nanos, duration_ns};
 
+/// Weight of one decision in the refusal share (an EWMA over about this many decisions).
+const PRESSURE_WEIGHT: u64 = 64;
+/// A busy principal's concurrency refusal hint is stretched by up to `1 + PRESSURE_GAIN` times
+/// under sustained refusals.
+const PRESSURE_GAIN: u64 = 16;
+
 /// What the caller knows about a request before doing any work for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestInfo {
@@ -184,7 +190,8 @@ struct PrincipalState {
 /// 2. node signals (disk, uncommitted bytes, proposal queue, peer backlog, fsync latency,
 ///    apply lag), class dependent; `Background` at `background_signal_percent` of each;
 /// 3. the principal's retry budget (retries only) and its token bucket;
-/// 4. the adaptive concurrency limit with fair share between principals;
+/// 4. the adaptive concurrency limit with fair share between principals (work-conserving: a
+///    principal may pass its share while the limit is not contended);
 /// 5. the in-flight byte budget.
 ///
 /// Nothing is taken unless every check passes.
@@ -199,6 +206,9 @@ pub struct Admission {
     signals: Signals,
     disk_refusing: bool,
     latency_ewma_ns: Option<u64>,
+    /// Recent share of client decisions that were refusals, in millionths (an EWMA with weight
+    /// 1/[`PRESSURE_WEIGHT`]); scales the hint of a concurrency refusal.
+    refused_ppm: u64,
     rng: SplitMix64,
     stats: Stats,
 }
@@ -225,6 +235,7 @@ impl Admission {
             signals: Signals::HEALTHY,
             disk_refusing: false,
             latency_ewma_ns: None,
+            refused_ppm: 0,
             rng: SplitMix64::new(seed),
             stats: Stats::default(),
         })
@@ -254,8 +265,14 @@ impl Admission {
             return Ok(Permit { class: Class::Consensus, principal: request.principal, bytes: 0, admitted_at: now });
         }
         match self.check(request, now) {
-            Ok(()) => Ok(self.admit(request, now)),
-            Err((reason, base)) => Err(self.refuse(request.class, reason, base)),
+            Ok(()) => {
+                self.note_decision(false);
+                Ok(self.admit(request, now))
+            }
+            Err((reason, base)) => {
+                self.note_decision(true);
+                Err(self.refuse(request.class, reason, base))
+            }
         }
     }
 
@@ -280,18 +297,23 @@ impl Admission {
             Class::Background => (limit * u64::from(self.config.background_concurrency_percent) / 100).max(1),
             _ => limit,
         };
-        let wait = self.latency_estimate();
         let pins = u64::from(self.principals.pins_count(principal));
         if pins < u64::from(self.config.fair_share_count_min) {
-            // Light principal: any free slot will do, the reserved ones included.
+            // Light principal: any free slot will do, the reserved ones included. Its hint is
+            // not stretched by the refusals of others.
             if self.in_flight_count >= ceiling {
-                return Err((Reason::ConcurrencyLimit, wait));
+                return Err((Reason::ConcurrencyLimit, self.latency_estimate()));
             }
         } else {
+            let wait = self.contended_wait();
             let active = self.principals.active_count() as u64;
             assert!(active >= 1, "this principal has work in flight");
             let share = (limit / active).max(u64::from(self.config.fair_share_count_min));
-            if pins >= share {
+            // Work-conserving: a principal past its share is refused only while the limit is
+            // contended (within an eighth of the ceiling, plus the light reserve); the slots
+            // left are for principals below their share.
+            let contended = self.in_flight_count + u64::from(self.config.light_reserve_count) + ceiling / 8 >= ceiling;
+            if pins >= share && contended {
                 return Err((Reason::FairShare { principal }, wait));
             }
             if self.in_flight_count + u64::from(self.config.light_reserve_count) >= ceiling {
@@ -299,7 +321,7 @@ impl Admission {
             }
         }
         if request.bytes > self.in_flight_bytes.available() {
-            return Err((Reason::InFlightBytes, wait));
+            return Err((Reason::InFlightBytes, self.latency_estimate()));
         }
         Ok(())
     }
@@ -387,6 +409,21 @@ impl Admission {
         let jittered_ms = low_ms + self.rng.below(high_ms - low_ms + 1);
         assert!(jittered_ms >= ms_min && jittered_ms <= ms_max);
         Overloaded { reason, retry_after: Duration::from_millis(jittered_ms) }
+    }
+
+    /// The hint of a busy principal's concurrency or fair-share refusal: the recent completion
+    /// latency (a slot's turnover), stretched by `1 + PRESSURE_GAIN × f` where `f` is the
+    /// recent share of refusals, so that the more clients are turned away, the more their
+    /// returns are spread out and the less the node spends on refusing them.
+    fn contended_wait(&self) -> Duration {
+        let factor_ppm = 1_000_000 + PRESSURE_GAIN * self.refused_ppm.min(1_000_000);
+        let ns = u128::from(duration_ns(self.latency_estimate())) * u128::from(factor_ppm) / 1_000_000;
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
+    fn note_decision(&mut self, refused: bool) {
+        let sample = if refused { 1_000_000 } else { 0 };
+        self.refused_ppm = self.refused_ppm - self.refused_ppm / PRESSURE_WEIGHT + sample / PRESSURE_WEIGHT;
     }
 
     /// How long a slot is likely to take to free up: the recent completion latency.

@@ -295,3 +295,50 @@ fn overloaded_displays_reason_and_hint() {
     assert_eq!(refusal.to_string(), format!("overloaded (disk space below the floor); retry after {hint_ms} ms"));
     assert_eq!(refusal.reason.label(), "disk_space");
 }
+
+#[test]
+fn fair_share_is_work_conserving() {
+    let config = Config {
+        concurrency_count_min: 16,
+        concurrency_count_initial: 16,
+        concurrency_count_max: 16,
+        light_reserve_count: 2,
+        ..Config::default()
+    };
+    let mut a = Admission::new(config, 9).unwrap();
+    let now = Nanos::ZERO;
+    // A light principal holds one slot: the heavy one's share is 16 / 2 = 8, but it may go past
+    // it while the limit is not contended (16 - 2 reserved - 16/8 = 12 in flight in all).
+    let light = a.try_admit(&write(2), now).unwrap();
+    let mut permits: Vec<Permit> = (0..11).map(|_| a.try_admit(&write(1), now).unwrap()).collect();
+    assert_eq!(a.in_flight_count(), 12);
+    assert_eq!(reason(&mut a, &write(1), now), Reason::FairShare { principal: Principal(1) });
+    // The light principal is below its share: it gets the slots left.
+    permits.push(a.try_admit(&write(2), now).unwrap());
+    permits.push(light);
+    for permit in permits {
+        a.complete(permit, Outcome::Cancelled, now);
+    }
+    assert_eq!(a.in_flight_count(), 0);
+}
+
+#[test]
+fn concurrency_hints_stretch_as_refusals_pile_up() {
+    let config = Config { retry_jitter_percent: 0, ..fixed_limit_config() };
+    let mut a = Admission::new(config, 10).unwrap();
+    let now = Nanos::ZERO;
+    let permits: Vec<Permit> = (0..6).map(|_| a.try_admit(&write(1), now).unwrap()).collect();
+    // No completion yet: the latency estimate is the target (50 ms by default).
+    let first = a.try_admit(&write(1), now).unwrap_err();
+    assert_eq!(first.reason, Reason::ConcurrencyLimit);
+    let mut last = first.retry_after;
+    for _ in 0..500 {
+        last = a.try_admit(&write(1), now).unwrap_err().retry_after;
+    }
+    assert!(first.retry_after <= Duration::from_millis(60), "{:?}", first.retry_after);
+    assert!(last >= first.retry_after * 10, "sustained refusals spread the returns: {last:?}");
+    assert!(last <= Duration::from_millis(50 * 17), "at most 17 times the latency: {last:?}");
+    for permit in permits {
+        a.complete(permit, Outcome::Success, now);
+    }
+}

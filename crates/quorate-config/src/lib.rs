@@ -149,7 +149,7 @@ impl Default for AdmissionConfig {
             danger_admission_disabled: false,
             concurrency_count_min: 16,
             concurrency_count_max: 1024,
-            concurrency_count_initial: 128,
+            concurrency_count_initial: 256,
             latency_target_ms: 100,
             principal_rate_per_sec: 100_000,
             principal_burst_count: 10_000,

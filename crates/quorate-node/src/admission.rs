@@ -29,6 +29,8 @@ pub(crate) const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// that a refusal for fsync latency cannot outlive the slow disk that caused it (shed writes
 /// produce no new samples).
 const FSYNC_DECAY_HALF_LIFE: Duration = Duration::from_millis(250);
+/// How often the admission state is logged (debug, target `quorate::admission`).
+const STATE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Fixed overhead counted per written request on top of its keys and values (the command
 /// envelope, session, log entry header).
 const REQUEST_OVERHEAD_BYTES: u64 = 64;
@@ -136,9 +138,10 @@ pub(crate) fn shed(reason: OverloadReason, retry_after: Duration) -> ApiError {
     ApiError::Shed(Overloaded { reason, retry_after_ms })
 }
 
-/// The one place a shed request is counted, by reason (the metrics hook).
+/// Counts one shed request by reason (`quorate_proposals_shed_total{reason}`).
 fn count_shed(reason: OverloadReason) {
-    tracing::trace!(reason = reason.label(), "request shed");
+    use quorate_telemetry::names;
+    metrics::counter!(names::PROPOSALS_SHED_TOTAL, names::LABEL_REASON => reason.label()).increment(1);
 }
 
 /// How an answer ends an admitted request, for the adaptive limit.
@@ -220,6 +223,7 @@ struct Inner {
     admission: Admission,
     disk_checked: Option<Instant>,
     disk_free_bytes: u64,
+    logged: Option<Instant>,
 }
 
 /// The node's admission gate, shared by the driver (admit) and whoever answers (complete).
@@ -243,7 +247,7 @@ impl Gate {
             .map_err(|e| quorate_config::ConfigError::Invalid { field: "admission", detail: e.to_string() })?;
         let start = Instant::now();
         Ok(Arc::new(Gate {
-            inner: Mutex::new(Inner { admission, disk_checked: None, disk_free_bytes: u64::MAX }),
+            inner: Mutex::new(Inner { admission, disk_checked: None, disk_free_bytes: u64::MAX, logged: None }),
             enabled: !config.admission.danger_admission_disabled,
             start,
             fsync: Arc::new(FsyncProbe::new(start)),
@@ -294,6 +298,20 @@ impl Gate {
             fsync_latency: self.fsync.current(at),
         };
         inner.admission.set_signals(signals);
+        if inner.logged.is_none_or(|t| at.saturating_duration_since(t) >= STATE_LOG_INTERVAL) {
+            inner.logged = Some(at);
+            let a = &inner.admission;
+            let stats = a.stats();
+            tracing::debug!(
+                target: "quorate::admission",
+                limit = a.concurrency_limit_count(),
+                in_flight = a.in_flight_count(),
+                admitted = stats.admitted_count.iter().sum::<u64>(),
+                refused = stats.refused_count.iter().sum::<u64>(),
+                ?signals,
+                "admission state"
+            );
+        }
         match inner.admission.try_admit(&info, now) {
             Ok(permit) => Ok(Some(Ticket { gate: self.clone(), permit: Some(permit) })),
             Err(o) => {
