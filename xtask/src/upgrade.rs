@@ -145,7 +145,7 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
     let bins = base.join("bin");
     std::fs::create_dir_all(&bins)?;
     let old_bin = build_release(&base, &release.version, &release.commit, &bins)?;
-    let new_bin = build_current(&bins)?;
+    let new_bin = build_current(&bins, &old_bin)?;
 
     // 2. The cluster.
     let dir = base.join(format!("run-{seed}"));
@@ -280,6 +280,11 @@ fn build_release(base: &Path, version: &str, commit: &str, bins: &Path) -> Resul
     if !src.join("Cargo.toml").exists() {
         run(std::process::Command::new("git").args(["worktree", "add", "--detach", "--force"]).arg(&src).arg(commit))?;
     }
+    // Workspace crates of every worktree share artifact names in the shared target directory
+    // (cargo hashes a path package by its path inside the workspace), and cargo decides
+    // freshness by modification times: a checkout older than the last build of another tree
+    // would pass as fresh. Touching the release's sources forces its own build.
+    touch_sources(&src.join("crates"))?;
     run(cargo().current_dir(&src).args([
         "build",
         "--locked",
@@ -294,12 +299,41 @@ fn build_release(base: &Path, version: &str, commit: &str, bins: &Path) -> Resul
     Ok(out)
 }
 
-/// Builds the current tree's `quorate` and copies it to `bins`.
-fn build_current(bins: &Path) -> Result<PathBuf> {
+/// Builds the current tree's `quorate` and copies it to `bins`; refuses a binary identical to
+/// the release's (cargo took the release's artifacts for fresh: touch a source file and rerun).
+fn build_current(bins: &Path, old: &Path) -> Result<PathBuf> {
     let built = crate::cluster::build_quorate()?;
     let out = bins.join("quorate-current");
     copy_bin(&built, &out)?;
+    if std::fs::read(&out)? == std::fs::read(old)? {
+        bail!(
+            "the current tree's binary is identical to the release's: cargo reused the release's artifacts; \
+             touch crates/quorate-node/src/main.rs and run again"
+        );
+    }
     Ok(out)
+}
+
+/// Sets the modification time of every file under `dir` to now (bounded: at most 10,000 files).
+fn touch_sources(dir: &Path) -> Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if n < 10_000 {
+                n += 1;
+                std::fs::File::options()
+                    .append(true)
+                    .open(&p)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                    .with_context(|| format!("cannot touch {}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Copies a binary aside: the shared target directory holds one `quorate` at a time.

@@ -58,3 +58,22 @@ fn messages_added_after_0_1_0_are_appended_variants() {
     assert!(bad.validate().is_err());
     const { assert!(CLUSTER_VERSION > CLUSTER_VERSION_INITIAL) };
 }
+
+#[test]
+fn log_commands_of_0_1_0_keep_their_bytes() {
+    // The log outlives binaries: entries written by 0.1.0 are applied by every later release,
+    // and entries a later leader writes before finalize are applied by 0.1.0 replicas. These
+    // are the postcard bytes 0.1.0 writes (session none, time 5, then the operation).
+    let put = CommandOp::Put { key: b"k".to_vec(), value: b"v".to_vec() };
+    let cases: [(CommandOp, &[u8]); 4] = [
+        (put, &[0, 5, 0, 1, b'k', 1, b'v']),
+        (CommandOp::Delete { key: b"k".to_vec() }, &[0, 5, 1, 1, b'k']),
+        (CommandOp::Cas { key: b"k".to_vec(), expected: None, value: b"v".to_vec() }, &[0, 5, 2, 1, b'k', 0, 1, b'v']),
+        (CommandOp::OpenSession, &[0, 5, 4]),
+    ];
+    for (op, bytes) in cases {
+        let cmd = Command { session: None, time_ms: 5, op };
+        assert_eq!(encode_command(&cmd).expect("encodes"), bytes, "{cmd:?}: the log format of 0.1.0 changed");
+        assert_eq!(decode_command(bytes).expect("decodes"), cmd);
+    }
+}
