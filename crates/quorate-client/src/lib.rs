@@ -388,7 +388,11 @@ impl Client {
 
     /// Deletes the keys in `[start, end)`, at most `limits::SCAN_LIMIT_MAX` per call (exactly
     /// once). Needs cluster version 2.
-    pub async fn delete_range(&self, start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> Result<(u64, bool), ClientError> {
+    pub async fn delete_range(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+    ) -> Result<(u64, bool), ClientError> {
         let body = Request::DeleteRange { start: start.as_ref().to_vec(), end: end.as_ref().to_vec() };
         match self.core.write(body).await? {
             (_, Response::DeletedRange { deleted, more, .. }) => Ok((deleted, more)),

@@ -961,8 +961,12 @@ mod tests {
         let cmd = |op| Command { session: None, time_ms: 0, op };
         apply_command(&mut ov, LogIndex(3), &cmd(put("c", "pending"))).unwrap();
         apply_command(&mut ov, LogIndex(4), &cmd(CommandOp::Delete { key: b"b".to_vec() })).unwrap();
-        let out = apply_command(&mut ov, LogIndex(5), &cmd(CommandOp::DeleteRange { start: b"a".to_vec(), end: b"z".to_vec() }))
-            .unwrap();
+        let out = apply_command(
+            &mut ov,
+            LogIndex(5),
+            &cmd(CommandOp::DeleteRange { start: b"a".to_vec(), end: b"z".to_vec() }),
+        )
+        .unwrap();
         assert!(matches!(out.result, Ok(Response::DeletedRange { deleted: 1, .. })));
         ov.apply_to(&mut m);
         assert!(read_scan(&m, b"a", None, 10).unwrap().0.is_empty());
@@ -973,7 +977,11 @@ mod tests {
         let mut m = Map::new();
         let snapshot = m.clone();
         let mut ov = Overlay::new(&snapshot);
-        let cmd = Command { session: None, time_ms: 0, op: CommandOp::SetClusterVersion { version: quorate_api::CLUSTER_VERSION + 1 } };
+        let cmd = Command {
+            session: None,
+            time_ms: 0,
+            op: CommandOp::SetClusterVersion { version: quorate_api::CLUSTER_VERSION + 1 },
+        };
         let err = apply_command(&mut ov, LogIndex(1), &cmd).unwrap_err();
         assert!(err.to_string().contains("run a newer `quorate` binary"), "{err}");
         m.insert(META_CLUSTER_VERSION.to_vec(), u64::from(quorate_api::CLUSTER_VERSION + 1).to_le_bytes().to_vec());
