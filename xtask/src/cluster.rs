@@ -90,6 +90,8 @@ pub(crate) struct Cluster {
     pub(crate) name: String,
     pub(crate) nodes: BTreeMap<u64, Child>,
     paused: BTreeSet<u64>,
+    /// `RUST_LOG` of the nodes started from now on (default: the caller's `RUST_LOG`, or `info`).
+    pub(crate) log_filter: String,
 }
 
 impl Cluster {
@@ -99,7 +101,8 @@ impl Cluster {
             std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
         }
         std::fs::create_dir_all(dir.join("logs"))?;
-        Ok(Cluster { bin, dir, name: name.to_string(), nodes: BTreeMap::new(), paused: BTreeSet::new() })
+        let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        Ok(Cluster { bin, dir, name: name.to_string(), nodes: BTreeMap::new(), paused: BTreeSet::new(), log_filter })
     }
 
     /// `quorate certs dev`: a CA, certificates for nodes `1..=nodes` and the clients `admin`,
@@ -199,7 +202,7 @@ impl Cluster {
         let child = Command::new(&self.bin)
             .args(["node", "start", "--config"])
             .arg(self.config_path(id))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -177,7 +177,9 @@ impl Env {
     /// Certificates, configurations and the proxy for `nodes` voters and `spares` spare ids,
     /// under `dir` (cleared); starts the voters. Within a tokio runtime.
     pub(crate) async fn create(bin: PathBuf, dir: PathBuf, nodes: u64, spares: u64, raft: RaftSettings) -> Result<Env> {
-        let cluster = Cluster::new(bin, dir.clone(), "chaos", true)?;
+        let mut cluster = Cluster::new(bin, dir.clone(), "chaos", true)?;
+        // QUIC's own info-level events fill gigabytes in a chaos run.
+        cluster.log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,quinn=warn,quinn_proto=warn".into());
         let total = nodes + spares;
         cluster.generate_certs(total, 7001)?;
         let mut listen = BTreeMap::new();
@@ -297,6 +299,10 @@ pub(crate) fn run(o: &Options) -> Result<Verdict> {
     };
     let line = format!("{} ({:.0}s; artifacts in {})", verdict.line, started.elapsed().as_secs_f64(), dir.display());
     let _ = std::fs::write(dir.join("verdict.txt"), format!("{line}\n"));
+    if verdict.pass {
+        // Keep the history, logs and metrics; the data directories only matter after a failure.
+        let _ = std::fs::remove_dir_all(dir.join("data"));
+    }
     println!("{line}");
     Ok(Verdict { line, ..verdict })
 }

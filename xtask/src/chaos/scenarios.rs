@@ -207,6 +207,9 @@ fn index_monotonic(seed: u64) -> Result<Verdict> {
         history.write(&dir.join("history.jsonl"))?;
         env.lock().stop_all();
         let pass = problems.is_empty();
+        if pass {
+            let _ = std::fs::remove_dir_all(dir.join("data"));
+        }
         let line = format!(
             "regress index-monotonic seed={seed}: {} — 3 whole-cluster SIGKILLs, {writes} acknowledged writes (max revision {acked_revision}); {}",
             if pass { "PASS" } else { "FAIL" },
@@ -241,6 +244,9 @@ fn lock_fencing() -> Result<Verdict> {
         std::fs::write(dir.join("lock-example.txt"), &stdout)?;
         env.lock().stop_all();
         let pass = out.status.success();
+        if pass {
+            let _ = std::fs::remove_dir_all(dir.join("data"));
+        }
         let line = format!(
             "regress lock-fencing: {} — {}",
             if pass { "PASS" } else { "FAIL" },
@@ -320,6 +326,7 @@ pub(crate) fn failover(args: &[String]) -> Result<()> {
             bail!("the failover history is not linearizable: {lin}");
         }
         println!("failover history: {lin}");
+        let _ = std::fs::remove_dir_all(dir.join("data"));
         Ok::<_, anyhow::Error>(times)
     })?;
     let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
