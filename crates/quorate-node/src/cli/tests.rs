@@ -91,8 +91,14 @@ fn endpoints_parse_and_say_what_is_wrong() {
 fn leader_snapshot_certs_and_bench() {
     let cli = parse(&["leader", "transfer", "--to", "2"]).unwrap();
     assert!(matches!(cli.command, Command::Leader(LeaderCmd::Transfer { to: Some(2) })));
-    let cli = parse(&["snapshot", "restore", "--from", "s.snap", "--data-dir", "d"]).unwrap();
-    assert!(matches!(cli.command, Command::Snapshot(SnapshotCmd::Restore { .. })));
+    let cli =
+        parse(&["snapshot", "restore", "--from", "s.snap", "--data-dir", "d", "--id", "1", "--peers", "1=127.0.0.1:1"])
+            .unwrap();
+    assert!(matches!(cli.command, Command::Snapshot(SnapshotCmd::Restore(ref a)) if a.id == 1));
+    assert!(parse(&["snapshot", "restore", "--from", "s.snap", "--data-dir", "d"]).is_err(), "members are required");
+    assert!(matches!(parse(&["replay", "f.qflt"]).unwrap().command, Command::Replay(_)));
+    let cli = parse(&["debug", "flight-dump", "--data-dir", "d", "--out", "f.qflt"]).unwrap();
+    assert!(matches!(cli.command, Command::Debug(super::flight::DebugCmd::FlightDump { wait: 10, .. })));
     let cli =
         parse(&["certs", "dev", "--dir", "d", "--cluster", "prod", "--nodes", "5", "--clients", "a,b:read"]).unwrap();
     assert_eq!(cli.conn.cluster, "prod");
