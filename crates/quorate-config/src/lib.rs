@@ -177,6 +177,9 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP traces URL of a collector (`http://127.0.0.1:4318/v1/traces`); empty (the
     /// default): no trace export and no connection attempted.
     pub otlp_endpoint: String,
+    /// Trace one proposal in this many (by log index; 1, the default: every proposal). Raise
+    /// it to cut the export volume of a busy cluster.
+    pub trace_proposals_every: u64,
     /// Stop the node when a runtime invariant check fails (the evidence is logged and
     /// `quorate_invariant_violations_total` counts it either way).
     pub halt_on_invariant_violation: bool,
@@ -188,6 +191,7 @@ impl Default for TelemetryConfig {
             log_format: "human".into(),
             log_filter: String::new(),
             otlp_endpoint: String::new(),
+            trace_proposals_every: 1,
             halt_on_invariant_violation: false,
         }
     }
@@ -504,6 +508,9 @@ impl NodeConfig {
         }
         if r.snapshot_entries == 0 {
             return Err(invalid("raft.snapshot_entries", "must be at least 1"));
+        }
+        if self.telemetry.trace_proposals_every == 0 {
+            return Err(invalid("telemetry.trace_proposals_every", "must be at least 1 (1: every proposal)"));
         }
         if !matches!(self.telemetry.log_format.as_str(), "human" | "json") {
             return Err(invalid("telemetry.log_format", "must be \"human\" or \"json\""));

@@ -451,7 +451,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
 
     let config_failpoints = config.limits.danger_failpoints;
     let halt = config.telemetry.halt_on_invariant_violation;
-    let obs = crate::telemetry::Observer::new(telemetry.clone(), raft.term().0, raft.commit_index().0, halt);
+    let mut obs = crate::telemetry::Observer::new(telemetry.clone(), raft.term().0, raft.commit_index().0, halt);
+    obs.trace_every(config.telemetry.trace_proposals_every);
     let mut driver = Driver {
         shared: shared.clone(),
         config,

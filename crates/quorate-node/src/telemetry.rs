@@ -228,6 +228,8 @@ pub(crate) struct Observer {
     refusals: u64,
     /// Storage progress: (persisted index, when it last moved while behind).
     persisted: (u64, Instant),
+    /// Trace one proposal in this many (by index).
+    trace_every: u64,
 }
 
 impl Observer {
@@ -248,14 +250,25 @@ impl Observer {
             drops: BTreeMap::new(),
             refusals: 0,
             persisted: (0, Instant::now()),
+            trace_every: 1,
         }
+    }
+
+    /// Traces one proposal in `every` (by log index; at least 1).
+    pub(crate) fn trace_every(&mut self, every: u64) {
+        self.trace_every = every.max(1);
     }
 
     /// The core accepted a proposal at `at`: one span follows it to commit and apply.
     pub(crate) fn proposed(&mut self, at: EntryId) {
         self.received.increment(1);
-        let span = tracing::info_span!("proposal", term = at.term.0, index = at.index.0);
-        span.in_scope(|| tracing::debug!("proposal accepted"));
+        let span = if at.index.0.is_multiple_of(self.trace_every) {
+            let span = tracing::info_span!("proposal", term = at.term.0, index = at.index.0);
+            span.in_scope(|| tracing::debug!("proposal accepted"));
+            span
+        } else {
+            tracing::Span::none()
+        };
         if self.proposals.len() >= TRACKED_MAX {
             self.proposals.pop_first();
         }

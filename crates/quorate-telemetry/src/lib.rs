@@ -117,7 +117,9 @@ pub struct TracingConfig {
     pub format: LogFormat,
     /// An env-filter directive (`info,quorate=debug`); `None` takes `RUST_LOG`, else `info`.
     pub filter: Option<String>,
-    /// Trace export; `None` (the default) exports nothing and opens no connection.
+    /// Trace export; `None` (the default) exports nothing and opens no connection. Only
+    /// spans whose target starts with `quorate` are exported (a network stack's
+    /// per-connection spans, entered on every poll, would cost more than they tell).
     pub otlp: Option<OtlpConfig>,
 }
 

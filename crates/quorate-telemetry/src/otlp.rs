@@ -88,6 +88,14 @@ pub(crate) fn layer(config: &OtlpConfig) -> Result<(BoxedLayer, SdkTracerProvide
     let resource = opentelemetry_sdk::Resource::builder_empty().with_service_name(config.service_name.clone()).build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let tracer = provider.tracer("quorate");
-    let layer = tracing_opentelemetry::layer().with_tracer(tracer).boxed();
+    // Only Quorate's own spans go to the exporter (the node's `proposal` spans and the like):
+    // the network stack's per-connection spans are entered on every poll and would cost more
+    // than the traces are worth. Idle-time tracking is off for the same reason.
+    let only_quorate = tracing_subscriber::filter::filter_fn(|m| m.target().starts_with("quorate"));
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_filter(only_quorate)
+        .boxed();
     Ok((layer, provider))
 }

@@ -68,9 +68,11 @@ fn a_fake_collector_receives_the_span() {
     let guard = init_tracing(&config).expect("tracing installs");
     assert!(guard.exporting());
     {
-        let span = tracing::info_span!("proposal", term = 3u64, index = 17u64);
+        let span = tracing::info_span!(target: "quorate::test", "proposal", term = 3u64, index = 17u64);
         let _e = span.enter();
         tracing::info!("committed");
+        // Spans of other crates (here: this test's own target) are not exported.
+        let _other = tracing::info_span!("not_exported").entered();
     }
     guard.flush();
 
@@ -91,6 +93,7 @@ fn a_fake_collector_receives_the_span() {
     // Protobuf carries strings raw: the span name, the attribute key and the service name.
     assert!(r.body.windows(5).any(|w| w == b"index"), "attribute key present");
     assert!(r.body.windows(12).any(|w| w == b"quorate-test"), "service name present");
+    assert!(!r.body.windows(12).any(|w| w == b"not_exported"), "only quorate spans are exported");
     drop(guard);
 }
 
