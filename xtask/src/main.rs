@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod bench_cluster;
+mod bench_overload;
 mod chaos;
 mod cluster;
 mod demo;
@@ -37,6 +38,8 @@ commands:
   bench cluster [--duration S] [--clients 1,16,64,256] [--skip-etcd]
                              a real 3-node cluster (fsync, mTLS) under `quorate bench`, then etcd 3.4
                              in the same run; writes the comparison to docs/benchmarks.md
+  bench overload [--secs N] [--multiples 0.5,1,2,5]
+                             goodput and p99 against offered load, admission on and off (one node)
   deps                       check the architecture's dependency rule with cargo tree
   release <version> [--dry-run] [--repo DIR]
                              cut a release: clean tree, green ci, semver checks, bump, changelog,
@@ -238,6 +241,9 @@ fn bench(args: &[String]) -> Result<()> {
     };
     if name == "cluster" {
         return bench_cluster::bench_cluster(rest);
+    }
+    if name == "overload" {
+        return bench_overload::bench_overload(rest);
     }
     let Some((_, package, target)) = BENCHES.iter().find(|b| b.0 == name) else {
         bail!("unknown bench `{name}`; known: {}", BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join(", "));

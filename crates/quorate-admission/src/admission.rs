@@ -16,7 +16,7 @@ use crate::time::{Nanos, duration_ns};
 const PRESSURE_WEIGHT: u64 = 64;
 /// A busy principal's concurrency refusal hint is stretched by up to `1 + PRESSURE_GAIN` times
 /// under sustained refusals.
-const PRESSURE_GAIN: u64 = 16;
+const PRESSURE_GAIN: u64 = 64;
 
 /// What the caller knows about a request before doing any work for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

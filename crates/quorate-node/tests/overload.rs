@@ -54,10 +54,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes per written value.
 const VALUE_BYTES: usize = 100;
 /// Heavy clients (one write at a time each), all of the heavy principal.
-const CLIENTS: usize = 320;
-/// Connections they share: 10 clients each, well within the streams the node allows one
+const CLIENTS: usize = 2000;
+/// Connections they share: about 31 clients each, well within the streams the node allows one
 /// connection (so no request waits inside the client and counts as server latency).
-const CONNECTIONS: usize = 32;
+const CONNECTIONS: usize = 64;
 /// Most writes one client sends in a phase (bounds the loop and the history).
 const SENDS_PER_CLIENT_MAX: u64 = 100_000;
 /// Requests per second of the light client (one at a time).
@@ -83,13 +83,6 @@ impl Drop for NodeProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
-            // Keep the node's log past the temporary directory, for the failure report.
-            let kept = std::env::temp_dir().join(format!("quorate-overload-{}.log", std::process::id()));
-            if std::fs::copy(self.dir.join("node-1.log"), &kept).is_ok() {
-                eprintln!("node log kept in {}", kept.display());
-            }
-        }
     }
 }
 
@@ -112,15 +105,17 @@ impl NodeProc {
         config.admission.danger_admission_disabled = !admission;
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         config.metrics_listen = Some(metrics_port);
+        config.telemetry.log_filter = "warn".into();
         std::fs::write(&config_path, config.to_toml().unwrap()).unwrap();
-        let log = std::fs::File::create(dir.join("node-1.log")).unwrap();
+        // The node's log is not kept: under this load it would be large, and the admission
+        // state it reports is what the test measures from outside anyway.
         let child = Command::new(BIN)
             .args(["node", "start", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "warn,quorate::admission=debug")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         NodeProc { child, addr: config.listen, dir: dir.to_path_buf(), metrics: metrics_port }
