@@ -256,6 +256,7 @@ impl Applier {
                         }
                         if o.cluster_version.is_some() {
                             crate::versions::sync_format(&self.shared.store)?;
+                            crate::versions::sync_transport(&self.shared);
                         }
                         o.result
                     }
@@ -371,6 +372,7 @@ impl Applier {
             self.shared.learn_member_addr(node, addr);
         }
         crate::versions::sync_format(store)?;
+        crate::versions::sync_transport(&self.shared);
         // Writes waiting at covered indexes: the outcome is in the snapshot, unknown here.
         while let Some(e) = self.writes.first_entry() {
             if *e.key() > meta.last.index {

@@ -436,6 +436,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         backups_dir,
         telemetry: telemetry.clone(),
     });
+    crate::versions::sync_transport(&shared);
 
     // Apply thread.
     let (events_tx, events_rx) = mpsc::channel(256);

@@ -62,6 +62,14 @@ pub(crate) fn require(shared: &Shared, needed: u32, what: &str) -> Result<(), Ap
     Ok(())
 }
 
+/// Once the applied cluster version is 2 or more, the transport refuses new `quorate/1`
+/// connections (binaries older than 0.2.0), inbound and dialled: an old binary cannot join.
+pub(crate) fn sync_transport(shared: &Shared) {
+    if cluster_version(shared) >= 2 {
+        shared.transport.refuse_quorate_1();
+    }
+}
+
 /// At start: refuses data whose committed cluster version this binary does not support, and
 /// completes a finalize stamp that a crash interrupted.
 pub(crate) fn check_at_start(store: &RocksStore) -> Result<u32, String> {

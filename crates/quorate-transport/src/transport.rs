@@ -296,6 +296,8 @@ struct Ctx<M> {
     endpoint: Endpoint,
     quic: Arc<quinn::TransportConfig>,
     refusals: AtomicU64,
+    /// Set once the cluster is finalized past protocol generation 1 ([`Transport::refuse_quorate_1`]).
+    quorate_1_refused: std::sync::atomic::AtomicBool,
     inbox_consensus: mpsc::Sender<(NodeId, M)>,
     inbox_snapshot: mpsc::Sender<(NodeId, M)>,
     inbox_requests: mpsc::Sender<Request<M>>,
@@ -362,6 +364,7 @@ impl<M: WireMessage> Transport<M> {
             endpoint,
             quic,
             refusals: AtomicU64::new(0),
+            quorate_1_refused: std::sync::atomic::AtomicBool::new(false),
             inbox_consensus: ctx_tx,
             inbox_snapshot: snap_tx,
             inbox_requests: req_tx,
@@ -460,6 +463,13 @@ impl<M: WireMessage> Transport<M> {
     #[must_use]
     pub fn refusals(&self) -> u64 {
         self.ctx.refusals.load(Ordering::Relaxed)
+    }
+
+    /// From now on, refuses every new connection, inbound or dialled, that negotiated
+    /// `quorate/1` (binaries older than 0.2.0): called once the cluster is finalized past
+    /// protocol generation 1, so that an old binary cannot join. Existing connections stay.
+    pub fn refuse_quorate_1(&self) {
+        self.ctx.quorate_1_refused.store(true, Ordering::Relaxed);
     }
 
     /// Re-reads the certificate files and serves new connections with them.
@@ -562,13 +572,18 @@ fn audit_accepted(who: &dyn fmt::Display, what: &str) {
 }
 
 /// Checks ALPN and reads the identity from the peer's certificate.
-fn authenticate(conn: &Connection) -> Result<Identity, String> {
+fn authenticate(conn: &Connection, refuse_quorate_1: bool) -> Result<Identity, String> {
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     if !alpn.as_deref().is_some_and(|a| ALPNS.contains(&a)) {
         return Err("no quorate ALPN (quorate/2 or quorate/1) negotiated".into());
+    }
+    if refuse_quorate_1 && alpn.as_deref() == Some(crate::frame::ALPN) {
+        return Err("the cluster is finalized: a peer speaking only quorate/1 (a binary older than 0.2.0) can no \
+             longer join; upgrade it"
+            .into());
     }
     let certs = conn
         .peer_identity()
@@ -597,7 +612,7 @@ async fn accept_loop<M: WireMessage>(ctx: Arc<Ctx<M>>) {
                     return;
                 }
             };
-            let identity = match authenticate(&conn) {
+            let identity = match authenticate(&conn, ctx.quorate_1_refused.load(Ordering::Relaxed)) {
                 Ok(identity) => identity,
                 Err(reason) => {
                     audit_refused(&ctx.refusals, &remote, "connect", &reason);
@@ -728,12 +743,17 @@ async fn connect_peer<M: WireMessage>(
     let conn =
         tokio::time::timeout(ctx.config.connect_timeout, connecting).await.map_err(|_| TransportError::Timeout)??;
     let expected = Identity::peer(ctx.config.cluster.clone(), node);
-    check_server_identity(&conn, &expected, &ctx.refusals)?;
+    check_server_identity(&conn, &expected, &ctx.refusals, ctx.quorate_1_refused.load(Ordering::Relaxed))?;
     Ok(conn)
 }
 
-fn check_server_identity(conn: &Connection, expected: &Identity, refusals: &AtomicU64) -> Result<(), TransportError> {
-    let reason = match authenticate(conn) {
+fn check_server_identity(
+    conn: &Connection,
+    expected: &Identity,
+    refusals: &AtomicU64,
+    refuse_quorate_1: bool,
+) -> Result<(), TransportError> {
+    let reason = match authenticate(conn, refuse_quorate_1) {
         Ok(found) if &found == expected => return Ok(()),
         Ok(found) => format!("expected {expected}, certificate names {found}"),
         Err(reason) => reason,
@@ -1033,7 +1053,7 @@ impl<M: WireMessage> Client<M> {
         let conn =
             tokio::time::timeout(options.connect_timeout, connecting).await.map_err(|_| TransportError::Timeout)??;
         let expected = Identity::peer(credentials.identity().cluster().clone(), server);
-        check_server_identity(&conn, &expected, &AtomicU64::new(0))?;
+        check_server_identity(&conn, &expected, &AtomicU64::new(0), false)?;
         Ok(Client { endpoint, conn, options, _message: PhantomData })
     }
 

@@ -371,6 +371,19 @@ fn missing_client_certificate_is_refused() {
 }
 
 #[test]
+fn quorate_1_is_refused_once_the_cluster_is_finalized() {
+    run(async {
+        let s = setup("finalized", &[1, 2]);
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let paths = s.certs.nodes[&id(2)].clone();
+        t1.refuse_quorate_1();
+        assert!(!connect_custom(t1.local_addr(), Some(&paths), b"quorate/1").await);
+        wait_until("refusal", || t1.refusals() >= 1).await;
+        assert!(audited(&["what=connect", "result=refused", "finalized"]));
+    });
+}
+
+#[test]
 fn alpn_mismatch_is_refused_at_the_handshake() {
     run(async {
         let s = setup("alpn", &[1, 2]);
