@@ -17,6 +17,9 @@
 //! pace, one request at a time; the slots it cannot use (waiting for an answer or told to wait)
 //! count as offered and not accepted. Every loop is bounded in time and count.
 //!
+//! `signal_refusals_clear_by_themselves` drives the node's failpoints: a slow fsync and a full
+//! disk are refused with their reasons, and the refusals clear once the fault is gone.
+//!
 //! `overload_curves` (ignored; run by `cargo xtask bench overload`) sweeps the offered load with
 //! admission on and off and writes one result line per run.
 
@@ -77,6 +80,7 @@ struct NodeProc {
     addr: std::net::SocketAddr,
     dir: PathBuf,
     metrics: std::net::SocketAddr,
+    data: PathBuf,
 }
 
 impl Drop for NodeProc {
@@ -90,6 +94,11 @@ impl NodeProc {
     /// Generates certificates and the configuration of a one-node cluster under `dir`, and
     /// starts it.
     fn start(dir: &Path, admission: bool) -> NodeProc {
+        NodeProc::start_with(dir, |c| c.admission.danger_admission_disabled = !admission)
+    }
+
+    /// As [`NodeProc::start`], with the configuration edited by `edit`.
+    fn start_with(dir: &Path, edit: impl FnOnce(&mut NodeConfig)) -> NodeProc {
         let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let out = Command::new(BIN)
             .args(["certs", "dev", "--nodes", "1", "--base-port", &port.to_string()])
@@ -102,7 +111,7 @@ impl NodeProc {
         assert!(out.status.success(), "certs dev: {}", String::from_utf8_lossy(&out.stderr));
         let config_path = dir.join("node-1.toml");
         let mut config = NodeConfig::load(&config_path).unwrap();
-        config.admission.danger_admission_disabled = !admission;
+        edit(&mut config);
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         config.metrics_listen = Some(metrics_port);
         config.telemetry.log_filter = "warn".into();
@@ -118,7 +127,7 @@ impl NodeProc {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        NodeProc { child, addr: config.listen, dir: dir.to_path_buf(), metrics: metrics_port }
+        NodeProc { child, addr: config.listen, dir: dir.to_path_buf(), metrics: metrics_port, data: config.data_dir }
     }
 
     fn credentials(&self, name: &str) -> Credentials {
@@ -598,4 +607,66 @@ fn overload_curves() {
             }
         });
     }
+}
+
+/// Puts `key` until the answer satisfies `want` (polling with a deadline); returns it.
+async fn put_until(
+    client: &Client<NodeMessage>,
+    shared: &Shared,
+    key: &str,
+    want: impl Fn(&Result<Response, ApiError>) -> bool,
+) -> Result<Response, ApiError> {
+    let deadline = Instant::now() + START_DEADLINE;
+    for n in 0u64.. {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = Request::Put { key: format!("{key}/{n}").into_bytes(), value: b"v".to_vec() };
+        if let Some(answer) = call(client, id, body).await
+            && want(&answer)
+        {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "no answer as wanted for {key} within {START_DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unreachable!("the loop returns or panics")
+}
+
+fn shed_for(reason: quorate_api::OverloadReason) -> impl Fn(&Result<Response, ApiError>) -> bool {
+    move |a| matches!(a, Err(ApiError::Shed(o)) if o.reason == reason)
+}
+
+/// A slow disk and a full disk make the node refuse writes with the matching reason, and the
+/// refusals clear by themselves once the fault is gone (no alarm to disarm). Faults come from
+/// the node's failpoints (`limits.danger_failpoints`).
+#[test]
+fn signal_refusals_clear_by_themselves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProc::start_with(tmp.path(), |c| c.limits.danger_failpoints = true);
+    let control = node.data.join("failpoints.toml");
+    let rt = runtime();
+    rt.block_on(async {
+        let shared = Shared { epoch: Instant::now(), next_id: AtomicU64::new(1) };
+        let client = node.connect("heavy").await;
+        wait_writable(&client).await;
+        let ok = |a: &Result<Response, ApiError>| a.is_ok();
+
+        // A persist slower than fsync_latency_ms_max (250 ms) trips the fsync signal at once.
+        std::fs::write(&control, "slow_disk_ms = 2000\n").unwrap();
+        let refused = put_until(&client, &shared, "slow", shed_for(quorate_api::OverloadReason::FsyncLatency)).await;
+        let Err(ApiError::Shed(o)) = refused else { unreachable!("matched above") };
+        assert!(o.retry_after_ms >= 10, "{o}");
+        std::fs::write(&control, "").unwrap();
+        put_until(&client, &shared, "fast-again", ok).await;
+
+        // Below the free-space floor writes are refused, reads are not; then space "returns".
+        std::fs::write(&control, "disk_full = true\n").unwrap();
+        put_until(&client, &shared, "full", shed_for(quorate_api::OverloadReason::DiskSpace)).await;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let read =
+            call(&client, id, Request::Get { key: b"ready".to_vec(), read: ReadConsistency::Linearizable }).await;
+        assert!(matches!(read, Some(Ok(Response::Get { .. }))), "reads pass while writes are refused: {read:?}");
+        std::fs::write(&control, "disk_full = false\n").unwrap();
+        put_until(&client, &shared, "space-again", ok).await;
+        assert!(node.shed_metric_total() >= 2, "both refusals counted");
+    });
 }
