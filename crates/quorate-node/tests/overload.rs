@@ -656,17 +656,18 @@ fn signal_refusals_clear_by_themselves() {
         let Err(ApiError::Shed(o)) = refused else { unreachable!("matched above") };
         assert!(o.retry_after_ms >= 10, "{o}");
         std::fs::write(&control, "").unwrap();
-        put_until(&client, &shared, "fast-again", ok).await;
+        assert!(put_until(&client, &shared, "fast-again", ok).await.is_ok());
 
         // Below the free-space floor writes are refused, reads are not; then space "returns".
         std::fs::write(&control, "disk_full = true\n").unwrap();
-        put_until(&client, &shared, "full", shed_for(quorate_api::OverloadReason::DiskSpace)).await;
+        let full = put_until(&client, &shared, "full", shed_for(quorate_api::OverloadReason::DiskSpace)).await;
+        assert!(full.is_err());
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let read =
             call(&client, id, Request::Get { key: b"ready".to_vec(), read: ReadConsistency::Linearizable }).await;
         assert!(matches!(read, Some(Ok(Response::Get { .. }))), "reads pass while writes are refused: {read:?}");
         std::fs::write(&control, "disk_full = false\n").unwrap();
-        put_until(&client, &shared, "space-again", ok).await;
+        assert!(put_until(&client, &shared, "space-again", ok).await.is_ok());
         assert!(node.shed_metric_total() >= 2, "both refusals counted");
     });
 }
