@@ -20,11 +20,11 @@ mod apply;
 pub mod failpoints;
 pub mod flight;
 pub use quorate_config as config;
+mod invariants;
 pub mod restore;
 pub mod server;
-mod invariants;
-mod telemetry;
 pub mod sm;
+mod telemetry;
 mod versions;
 
 /// The version of this binary (from Cargo).

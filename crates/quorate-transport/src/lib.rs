@@ -61,8 +61,8 @@ mod transport;
 #[cfg(feature = "net")]
 pub use backoff::Backoff;
 pub use frame::{
-    ALPN, ALPN_V2, ALPNS, FRAME_PAYLOAD_BYTES_CEILING, FRAME_PAYLOAD_BYTES_DEFAULT, Frame, FrameError, FrameHeader, HEADER_BYTES,
-    Hello, Lane, MessageKind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, decode_frame, encode_frame,
+    ALPN, ALPN_V2, ALPNS, FRAME_PAYLOAD_BYTES_CEILING, FRAME_PAYLOAD_BYTES_DEFAULT, Frame, FrameError, FrameHeader,
+    HEADER_BYTES, Hello, Lane, MessageKind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, decode_frame, encode_frame,
 };
 pub use identity::{
     CLUSTER_ID_BYTES_MAX, ClientIdentity, ClusterId, Identity, IdentityError, PRINCIPAL_BYTES_MAX, PeerIdentity,
