@@ -163,7 +163,12 @@ impl Drop for TracingGuard {
     }
 }
 
-type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+type BoxedLayer = Box<
+    dyn tracing_subscriber::Layer<
+            tracing_subscriber::layer::Layered<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+        > + Send
+        + Sync,
+>;
 
 /// Installs the process's tracing subscriber: the filter, the log format, and an OTLP trace
 /// exporter when configured (with the `otlp` feature; without it a configured endpoint is an
@@ -180,11 +185,13 @@ pub fn init_tracing(config: &TracingConfig) -> Result<TracingGuard, TelemetryErr
         }
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let mut layers: Vec<BoxedLayer> = vec![filter.boxed()];
-    layers.push(match config.format {
+    // The filter wraps the whole subscriber: inside the `Vec` of layers it would only be one
+    // layer among others and every other layer would still see TRACE events (quinn logs each
+    // packet there).
+    let mut layers: Vec<BoxedLayer> = vec![match config.format {
         LogFormat::Human => tracing_subscriber::fmt::layer().with_target(true).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_target(true).boxed(),
-    });
+    }];
     #[allow(unused_mut, reason = "mutated only with the otlp feature")]
     let mut guard = TracingGuard::default();
     if let Some(otlp) = &config.otlp {
@@ -202,6 +209,10 @@ pub fn init_tracing(config: &TracingConfig) -> Result<TracingGuard, TelemetryErr
             )));
         }
     }
-    tracing_subscriber::registry().with(layers).try_init().map_err(|_| TelemetryError::SubscriberInstalled)?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init()
+        .map_err(|_| TelemetryError::SubscriberInstalled)?;
     Ok(guard)
 }
