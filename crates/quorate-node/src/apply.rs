@@ -190,7 +190,10 @@ impl Applier {
                     // Cannot happen (registration precedes the entry in the channel); be safe.
                     responder.send(Err(ApiError::Timeout), Some(at));
                 } else if let Some(old) = self.writes.insert(at.index, Waiting { term: at.term, responder, deadline }) {
-                    old.responder.send(Err(ApiError::Unavailable("leadership changed; retry".into())), None);
+                    // Our entry was overwritten in this node's log, but a copy may survive on
+                    // other replicas and still commit under a later leader: the outcome is unknown,
+                    // not a failure (the client retries under the same session sequence number).
+                    old.responder.send(Err(ApiError::Timeout), None);
                 }
                 Ok(())
             }
