@@ -60,6 +60,9 @@ pub(crate) struct Observed {
 impl Invariants {
     /// Starts from what the node recovered (so a restart is not a "decrease").
     pub(crate) fn new(term: u64, commit: u64) -> Invariants {
+        for name in invariant::ALL {
+            metrics::counter!(names::INVARIANT_VIOLATIONS_TOTAL, names::LABEL_INVARIANT => *name).increment(0);
+        }
         Invariants { term, commit, violations: 0 }
     }
 

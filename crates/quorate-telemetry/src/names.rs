@@ -276,6 +276,17 @@ pub mod invariant {
     pub const APPLIED_HASH_AGREES: &str = "applied_hash_agrees";
     /// The applied index went down.
     pub const APPLIED_MONOTONIC: &str = "applied_monotonic";
+
+    /// Every value above: a node exports each series at zero from its start, so a scrape that
+    /// finds none of them is itself a sign of trouble, not a clean bill of health.
+    pub const ALL: &[&str] = &[
+        COMMIT_MONOTONIC,
+        APPLIED_LE_COMMITTED,
+        TERM_MONOTONIC,
+        LEADER_HAS_COMMITTED,
+        APPLIED_HASH_AGREES,
+        APPLIED_MONOTONIC,
+    ];
 }
 
 #[cfg(test)]

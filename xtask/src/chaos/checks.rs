@@ -272,6 +272,11 @@ fn invariants(env: &Env, members: &BTreeSet<u64>) -> Result<String, String> {
         let Some(addr) = env.metrics.get(&id) else { continue };
         let Ok(body) = http_get(*addr, "/metrics") else { continue };
         scraped += 1;
+        // Every node exports each invariant's counter from its start: none at all means the
+        // check would be blind, which is a failure too.
+        if !body.lines().any(|l| !l.starts_with('#') && l.contains("invariant_violations_total")) {
+            bad.push(format!("node {id}: no invariant_violations_total series in /metrics"));
+        }
         let _ = std::fs::write(env.dir.join(format!("metrics-node-{id}.txt")), &body);
         for line in body.lines().filter(|l| !l.starts_with('#')) {
             let mut parts = line.split_whitespace();
