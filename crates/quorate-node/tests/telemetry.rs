@@ -263,7 +263,11 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     assert!(m.must(n::PROPOSALS_COMMITTED_TOTAL) >= f64::from(writes), "{}", m.0);
     assert!(m.must(&format!("{}_count", n::PROPOSAL_COMMIT_SECONDS)) >= f64::from(writes));
     assert!(m.has_type(n::COMMIT_APPLY_SECONDS, "histogram"));
-    assert_eq!(m.value(&format!("{}{{invariant=\"commit_monotonic\"}}", n::INVARIANT_VIOLATIONS_TOTAL)), None);
+    // Every invariant's counter is exported from the start, and all are zero.
+    for name in n::invariant::ALL {
+        let series = format!("{}{{invariant=\"{name}\"}}", n::INVARIANT_VIOLATIONS_TOTAL);
+        assert_eq!(m.value(&series), Some(0.0), "{series}");
+    }
 
     // The proposals' spans reach the collector (the batch exporter sends every few seconds):
     // span name and the term and index attributes travel as raw strings in the protobuf.
