@@ -10,6 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, payload)) = data.split_first() else { return };
     let kind = [kinds::RAFT, kinds::SNAPSHOT_CHUNK, kinds::REQUEST, kinds::RESPONSE][usize::from(selector % 4)];
     if let Ok(m) = NodeMessage::decode(PROTOCOL_VERSION, kind, payload) {
+        // The node checks a decoded request's bounds next; that must not panic either.
+        if let NodeMessage::Request(r) = &m {
+            let _ = r.validate();
+        }
         // What decodes must encode again.
         let mut out = Vec::new();
         m.encode(&mut out).expect("a decoded message re-encodes");

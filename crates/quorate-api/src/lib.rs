@@ -119,9 +119,9 @@ impl WireMessage for NodeMessage {
             kinds::RAFT => NodeMessage::Raft(decode_from(kind, payload)?),
             kinds::SNAPSHOT_CHUNK => NodeMessage::SnapshotChunk(decode_from(kind, payload)?),
             kinds::REQUEST => {
-                let r: ClientRequest = decode_from(kind, payload)?;
-                r.validate().map_err(|detail| MessageError::Malformed { kind, detail })?;
-                NodeMessage::Request(r)
+                // Bounds (`ClientRequest::validate`) are checked by the receiver, which can
+                // then answer with a typed error on the same stream instead of resetting it.
+                NodeMessage::Request(decode_from(kind, payload)?)
             }
             kinds::RESPONSE => NodeMessage::Response(decode_from(kind, payload)?),
             other => return Err(MessageError::UnknownKind(other)),

@@ -191,7 +191,8 @@ impl Request {
 }
 
 impl ClientRequest {
-    /// Checks every bound; the decoder calls it, so a decoded request is always valid.
+    /// Checks every bound. The node calls it on every request it receives and answers a
+    /// violation with `ApiError::InvalidRequest` (the decoder itself checks only the encoding).
     pub fn validate(&self) -> Result<(), String> {
         fn key(k: &[u8]) -> Result<(), String> {
             if k.is_empty() {

@@ -947,7 +947,16 @@ impl Driver {
         let placeholder = NodeMessage::Response(ClientResponse { id: 0, result: Err(ApiError::Timeout) });
         let handle = self.shared.handle.clone();
         let ClientRequest { id, session, body } = match std::mem::replace(&mut req.message, placeholder) {
-            NodeMessage::Request(r) => r,
+            NodeMessage::Request(r) => match r.validate() {
+                Ok(()) => r,
+                Err(detail) => {
+                    // Well-formed bytes, out-of-bounds request: a typed answer, and the
+                    // connection stays usable.
+                    let r = Responder { req, id: r.id, handle, audit: None, guard: None, ticket: None };
+                    r.send(Err(ApiError::InvalidRequest(detail)), None);
+                    return Ok(());
+                }
+            },
             _ => {
                 let r = Responder { req, id: 0, handle, audit: None, guard: None, ticket: None };
                 r.send(Err(ApiError::InvalidRequest("expected a client request".into())), None);

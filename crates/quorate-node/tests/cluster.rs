@@ -225,6 +225,17 @@ async fn three_nodes_serve_the_kv_api() {
         Request::Scan { start: "b".into(), end: Some("d".into()), limit: 10, read: ReadConsistency::Linearizable };
     let Response::Scan { kvs, more: false, .. } = c.call(leader, scan).await.unwrap() else { panic!() };
     assert_eq!(kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(), vec![b"b".to_vec(), b"c".to_vec()]);
+    // Well-formed but out of bounds: a typed refusal on the stream, not a reset.
+    let too_many = Request::Scan {
+        start: "b".into(),
+        end: None,
+        limit: quorate_api::limits::SCAN_LIMIT_MAX + 1,
+        read: ReadConsistency::Linearizable,
+    };
+    let Err(ApiError::InvalidRequest(why)) = c.call(leader, too_many).await else {
+        panic!("an over-limit scan must be refused with InvalidRequest")
+    };
+    assert!(why.contains("scan limit"), "{why}");
     let Response::Delete { deleted: true, .. } = c.call(leader, Request::Delete { key: "d".into() }).await.unwrap()
     else {
         panic!()
