@@ -1,34 +1,14 @@
 //! The `quorate` CLI against a real 3-node cluster of `quorate` processes on 127.0.0.1.
 
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{Nodes, free_base_port};
+
 const BIN: &str = env!("CARGO_BIN_EXE_quorate");
-
-/// Three consecutive free UDP ports, searched from a per-process offset (bounded).
-fn free_base_port() -> u16 {
-    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10;
-    for base in (start..start + 2_000).step_by(3) {
-        let ok = (0..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok());
-        if ok {
-            return base;
-        }
-    }
-    panic!("no three free ports near {start}");
-}
-
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 struct Env {
     dir: PathBuf,
@@ -77,7 +57,7 @@ fn start(dir: &Path) -> Nodes {
 fn cli_against_a_three_node_cluster() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
-    let base = free_base_port();
+    let base = free_base_port(20_000);
     let env = Env {
         dir: dir.clone(),
         endpoints: (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(","),

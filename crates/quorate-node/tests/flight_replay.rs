@@ -4,34 +4,15 @@
 //! `quorate replay`. An edited recording diverges; a truncated or garbage file is refused.
 
 use quorate_node::flight;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{Nodes, free_base_port};
+
 const BIN: &str = env!("CARGO_BIN_EXE_quorate");
-
-fn free_base_port() -> u16 {
-    let start = 40_000 + (std::process::id() % 1_000) as u16 * 10;
-    for base in (start..start + 2_000).step_by(3) {
-        if (0..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no three free ports near {start}");
-}
-
-/// Kills every node on every path.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn cli(dir: &Path, endpoints: &str, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -67,7 +48,7 @@ fn eventually(dir: &Path, endpoints: &str, args: &[&str]) {
 fn recordings_of_a_real_cluster_replay_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
-    let base = free_base_port();
+    let base = free_base_port(40_000);
     let endpoints: String = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(",");
     let out = Command::new(BIN)
         .args(["certs", "dev", "--dir"])

@@ -4,36 +4,16 @@
 //! refused with a clear error and leaves nothing behind. Real `quorate` processes on
 //! 127.0.0.1.
 
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{Nodes, free_base_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_quorate");
 const KEYS: usize = 20;
-
-/// Three consecutive free UDP ports, searched from a per-process offset (bounded).
-fn free_base_port(offset: u16) -> u16 {
-    let start = 30_000 + (std::process::id() % 1_000) as u16 * 10 + offset;
-    for base in (start..start + 2_000).step_by(3) {
-        if (0..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no three free ports near {start}");
-}
-
-/// Kills every node on every path.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 struct Cluster {
     dir: PathBuf,
@@ -131,7 +111,7 @@ fn save_then_restore_into_a_new_three_node_cluster() {
     let tmp = tempfile::tempdir().unwrap();
 
     // The old cluster: some keys, then a backup.
-    let old = Cluster::create(tmp.path().join("old"), free_base_port(0));
+    let old = Cluster::create(tmp.path().join("old"), free_base_port(30_000));
     let backup = {
         let _nodes = old.start();
         old.eventually(&["kv", "put", "k-0", "v-0"]);
@@ -161,7 +141,7 @@ fn save_then_restore_into_a_new_three_node_cluster() {
     assert!(!scratch.exists(), "nothing left behind");
 
     // The new cluster: new certificates, new ports, restored data directories.
-    let new = Cluster::create(tmp.path().join("new"), free_base_port(1_000));
+    let new = Cluster::create(tmp.path().join("new"), free_base_port(31_000));
     assert_ne!(new.base, old.base);
     for id in 1..=3 {
         let out = restore(&backup, &new.data_dir(id), id, &new.peers());
