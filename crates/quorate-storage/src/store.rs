@@ -575,18 +575,7 @@ impl RocksStore {
                 return Err(StoreError::InvalidBatch(format!("more than {APPLY_OPS_MAX} operations in one apply")));
             }
             match op {
-                SmOp::Put { key, value } => {
-                    check_sm_key(&key)?;
-                    if value.len() > SM_VALUE_BYTES_MAX {
-                        return Err(StoreError::InvalidBatch(format!(
-                            "state-machine value of {} bytes, the limit is {SM_VALUE_BYTES_MAX}",
-                            value.len()
-                        )));
-                    }
-                    let k = sm_key(&key);
-                    let v = codec::encode_raw(Cf::Sm, &k, &value);
-                    wb.put_cf(sm, k, v);
-                }
+                SmOp::Put { key, value } => put_sm(&mut wb, sm, &key, &value)?,
                 SmOp::Delete { key } => {
                     check_sm_key(&key)?;
                     wb.delete_cf(sm, sm_key(&key));
@@ -737,6 +726,21 @@ impl RocksStore {
 fn migrate(db: &DB, from: u32) -> Result<(), StoreError> {
     let _ = db;
     Err(StoreError::FormatUnsupported { found: from, supported: FORMAT_VERSION })
+}
+
+/// Checks one state-machine pair against its bounds and adds it, checksummed, to `wb`.
+fn put_sm(wb: &mut WriteBatch, sm: &ColumnFamily, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    check_sm_key(key)?;
+    if value.len() > SM_VALUE_BYTES_MAX {
+        return Err(StoreError::InvalidBatch(format!(
+            "state-machine value of {} bytes, the limit is {SM_VALUE_BYTES_MAX}",
+            value.len()
+        )));
+    }
+    let k = sm_key(key);
+    let v = codec::encode_raw(Cf::Sm, &k, value);
+    wb.put_cf(sm, k, v);
+    Ok(())
 }
 
 fn check_sm_key(key: &[u8]) -> Result<(), StoreError> {

@@ -13,10 +13,9 @@
 //! writes in order, so a crash at any point leaves either the old state machine (the begin
 //! write lost), a marked partial one, or the whole snapshot with its applied index.
 
-use super::{APPLY_OPS_MAX, RocksStore, check_sm_key, lock};
-use crate::codec::{self, CF_META, CF_SM, Cf, KEY_APPLIED, KEY_SM_INSTALL, SM_PREFIX, SM_PREFIX_END, sm_key};
+use super::{APPLY_OPS_MAX, RocksStore, lock, put_sm};
+use crate::codec::{self, CF_META, CF_SM, Cf, KEY_APPLIED, KEY_SM_INSTALL, SM_PREFIX, SM_PREFIX_END};
 use crate::error::StoreError;
-use crate::store::SM_VALUE_BYTES_MAX;
 use quorate_log::LogIndex;
 use rocksdb::WriteBatch;
 use std::sync::atomic::Ordering;
@@ -89,16 +88,7 @@ impl RocksStore {
         let sm = self.cf(CF_SM);
         let mut wb = WriteBatch::default();
         for (key, value) in pairs {
-            check_sm_key(&key)?;
-            if value.len() > SM_VALUE_BYTES_MAX {
-                return Err(StoreError::InvalidBatch(format!(
-                    "state-machine value of {} bytes, the limit is {SM_VALUE_BYTES_MAX}",
-                    value.len()
-                )));
-            }
-            let k = sm_key(&key);
-            let v = codec::encode_raw(Cf::Sm, &k, &value);
-            wb.put_cf(sm, k, v);
+            put_sm(&mut wb, sm, &key, &value)?;
         }
         self.commit_batch(wb, &self.no_sync)
     }
