@@ -53,7 +53,16 @@ pub const FRAME_BYTES_MAX: usize = BASE_BYTES_MAX as usize + (1 << 20);
 pub const FILE_BYTES_MAX: u64 = (BASE_BYTES_MAX + INPUT_BYTES_MAX as u64) * 2;
 
 const MAGIC: &[u8; 4] = b"QFLT";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// Last bytes of every recording: this marker and the number of inputs (u64, little endian),
+/// so that a file cut at a frame boundary is still seen as truncated.
+const END: &[u8; 4] = b"QEND";
+const TRAILER_BYTES: usize = 12;
+
+fn push_trailer(out: &mut Vec<u8>, inputs: u64) {
+    out.extend_from_slice(END);
+    out.extend_from_slice(&inputs.to_le_bytes());
+}
 /// The file a dump request is made with, in the flight directory.
 pub const REQUEST_FILE: &str = "dump-request";
 
@@ -442,6 +451,7 @@ impl Recorder {
         out.extend_from_slice(&FORMAT.to_le_bytes());
         push_frame(&mut out, &header);
         out.extend_from_slice(&self.frames);
+        push_trailer(&mut out, self.inputs as u64);
         out
     }
 }
@@ -778,6 +788,13 @@ pub fn decode_dump(bytes: &[u8]) -> Result<Dump, FlightError> {
     if format != FORMAT {
         return Err(bad(format!("format {format}; this build reads format {FORMAT}")));
     }
+    let Some(body_end) = bytes.len().checked_sub(TRAILER_BYTES).filter(|&e| e >= 8 && &bytes[e..e + 4] == END) else {
+        return Err(bad("it does not end with the end marker \"QEND\" (a truncated file)".into()));
+    };
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&bytes[body_end + 4..]);
+    let expected = u64::from_le_bytes(count);
+    let bytes = &bytes[..body_end];
     let mut at = 8usize;
     let mut frame = |n: usize| -> Result<Option<&[u8]>, FlightError> {
         if at == bytes.len() {
@@ -812,6 +829,9 @@ pub fn decode_dump(bytes: &[u8]) -> Result<Dump, FlightError> {
         inputs.push(postcard::from_bytes(body).map_err(|e| decode_err(n, e))?);
         n += 1;
     }
+    if inputs.len() as u64 != expected {
+        return Err(bad(format!("{} inputs where the end marker says {expected} (a damaged file)", inputs.len())));
+    }
     Ok(Dump { header, inputs })
 }
 
@@ -825,6 +845,7 @@ pub fn encode_dump(dump: &Dump) -> Vec<u8> {
     for i in &dump.inputs {
         push_frame(&mut out, i);
     }
+    push_trailer(&mut out, dump.inputs.len() as u64);
     out
 }
 

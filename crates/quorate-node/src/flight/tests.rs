@@ -156,7 +156,19 @@ fn damaged_files_get_clear_errors() {
     let sim = run(3);
     let bytes = sim.nodes[1].dump_bytes("test");
     let e = decode_dump(&bytes[..bytes.len() - 5]).unwrap_err().to_string();
-    assert!(e.contains("cut short"), "{e}");
+    assert!(e.contains("truncated"), "{e}");
+    // Cut exactly at a frame boundary (the end marker gone): still seen as truncated.
+    let e = decode_dump(&bytes[..bytes.len() - TRAILER_BYTES]).unwrap_err().to_string();
+    assert!(e.contains("end marker"), "{e}");
+    // A frame dropped from the middle of an otherwise whole file: the count disagrees.
+    let mut dump = decode_dump(&bytes).expect("a whole recording decodes");
+    let last = dump.inputs.len() as u64;
+    dump.inputs.pop();
+    let mut short = encode_dump(&dump);
+    let n = short.len();
+    short[n - 8..].copy_from_slice(&last.to_le_bytes());
+    let e = decode_dump(&short).unwrap_err().to_string();
+    assert!(e.contains("end marker says"), "{e}");
     let e = decode_dump(b"garbage that is no recording").unwrap_err().to_string();
     assert!(e.contains("magic"), "{e}");
     let mut flipped = bytes.clone();
@@ -167,7 +179,8 @@ fn damaged_files_get_clear_errors() {
     // Arbitrary bytes behind a valid magic: an error, never a panic.
     let mut rng = quorate_core::SplitMix64::new(5);
     for len in 0..300usize {
-        let mut b = b"QFLT\x01\x00\x00\x00".to_vec();
+        let mut b = b"QFLT".to_vec();
+        b.extend_from_slice(&FORMAT.to_le_bytes());
         b.extend((0..len).map(|_| rng.next_u64() as u8));
         assert!(decode_dump(&b).is_err());
     }
