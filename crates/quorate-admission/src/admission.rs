@@ -6,17 +6,11 @@ use crate::bucket::TokenBucket;
 use crate::budget::Budget;
 use crate::class::{Class, Principal};
 use crate::config::{Config, ConfigError, SIGNAL_OVERSHOOT_PERCENT_MAX};
-use crate::limit::{AimdLimit, AimdSettings};
+use crate::gradient::{GradientLimit, GradientSettings};
 use crate::principals::PrincipalTable;
 use crate::rng::SplitMix64;
 use crate::signals::Signals;
 use crate::time::{Nanos, duration_ns};
-
-/// Weight of one decision in the refusal share (an EWMA over about this many decisions).
-const PRESSURE_WEIGHT: u64 = 64;
-/// A busy principal's concurrency refusal hint is stretched by up to `1 + PRESSURE_GAIN` times
-/// under sustained refusals.
-const PRESSURE_GAIN: u64 = 64;
 
 /// What the caller knows about a request before doing any work for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,15 +184,16 @@ struct PrincipalState {
 /// 2. node signals (disk, uncommitted bytes, proposal queue, peer backlog, fsync latency,
 ///    apply lag), class dependent; `Background` at `background_signal_percent` of each;
 /// 3. the principal's retry budget (retries only) and its token bucket;
-/// 4. the adaptive concurrency limit with fair share between principals (work-conserving: a
-///    principal may pass its share while the limit is not contended);
+/// 4. the adaptive concurrency limit ([`GradientLimit`]) with fair share between principals
+///    (work-conserving: a principal past its share is refused only when the limit, less the
+///    light reserve, is full — never while capacity is free);
 /// 5. the in-flight byte budget.
 ///
 /// Nothing is taken unless every check passes.
 #[derive(Debug)]
 pub struct Admission {
     config: Config,
-    limiter: AimdLimit,
+    limiter: GradientLimit,
     principals: PrincipalTable<PrincipalState>,
     in_flight_count: u64,
     in_flight_by_class_count: [u64; 4],
@@ -206,9 +201,9 @@ pub struct Admission {
     signals: Signals,
     disk_refusing: bool,
     latency_ewma_ns: Option<u64>,
-    /// Recent share of client decisions that were refusals, in millionths (an EWMA with weight
-    /// 1/[`PRESSURE_WEIGHT`]); scales the hint of a concurrency refusal.
-    refused_ppm: u64,
+    /// The virtual queue of busy principals' requests refused for concurrency: when the last
+    /// one was told to come back (see [`Admission::contended_wait`]).
+    returns_at: Nanos,
     rng: SplitMix64,
     stats: Stats,
 }
@@ -218,7 +213,7 @@ impl Admission {
     /// `retry_after`; the same seed and the same calls give the same answers.
     pub fn new(config: Config, seed: u64) -> Result<Admission, ConfigError> {
         config.validate()?;
-        let limiter = AimdLimit::new(AimdSettings {
+        let limiter = GradientLimit::new(GradientSettings {
             concurrency_count_min: config.concurrency_count_min,
             concurrency_count_max: config.concurrency_count_max,
             concurrency_count_initial: config.concurrency_count_initial,
@@ -235,7 +230,7 @@ impl Admission {
             signals: Signals::HEALTHY,
             disk_refusing: false,
             latency_ewma_ns: None,
-            refused_ppm: 0,
+            returns_at: Nanos::ZERO,
             rng: SplitMix64::new(seed),
             stats: Stats::default(),
         })
@@ -265,14 +260,8 @@ impl Admission {
             return Ok(Permit { class: Class::Consensus, principal: request.principal, bytes: 0, admitted_at: now });
         }
         match self.check(request, now) {
-            Ok(()) => {
-                self.note_decision(false);
-                Ok(self.admit(request, now))
-            }
-            Err((reason, base)) => {
-                self.note_decision(true);
-                Err(self.refuse(request.class, reason, base))
-            }
+            Ok(()) => Ok(self.admit(request, now)),
+            Err((reason, base)) => Err(self.refuse(request.class, reason, base)),
         }
     }
 
@@ -300,24 +289,27 @@ impl Admission {
         let pins = u64::from(self.principals.pins_count(principal));
         if pins < u64::from(self.config.fair_share_count_min) {
             // Light principal: any free slot will do, the reserved ones included. Its hint is
-            // not stretched by the refusals of others.
+            // one slot's turnover, not its place in the queue of the busy ones.
             if self.in_flight_count >= ceiling {
                 return Err((Reason::ConcurrencyLimit, self.latency_estimate()));
             }
         } else {
-            let wait = self.contended_wait();
             let active = self.principals.active_count() as u64;
             assert!(active >= 1, "this principal has work in flight");
             let share = (limit / active).max(u64::from(self.config.fair_share_count_min));
-            // Work-conserving: a principal past its share is refused only while the limit is
-            // contended (within an eighth of the ceiling, plus the light reserve); the slots
-            // left are for principals below their share.
-            let contended = self.in_flight_count + u64::from(self.config.light_reserve_count) + ceiling / 8 >= ceiling;
-            if pins >= share && contended {
-                return Err((Reason::FairShare { principal }, wait));
-            }
-            if self.in_flight_count + u64::from(self.config.light_reserve_count) >= ceiling {
-                return Err((Reason::ConcurrencyLimit, wait));
+            // Work-conserving: every slot but the light reserve is for whoever asks, so a
+            // principal alone (or the only busy one) may use all of them; a busy principal is
+            // refused only once they are all taken — for fair share if it holds its share and
+            // others hold work too, else for the limit.
+            let full = self.in_flight_count + u64::from(self.config.light_reserve_count) >= ceiling;
+            if full {
+                let wait = self.contended_wait(now);
+                let reason = if pins >= share && active > 1 {
+                    Reason::FairShare { principal }
+                } else {
+                    Reason::ConcurrencyLimit
+                };
+                return Err((reason, wait));
             }
         }
         if request.bytes > self.in_flight_bytes.available() {
@@ -411,19 +403,21 @@ impl Admission {
         Overloaded { reason, retry_after: Duration::from_millis(jittered_ms) }
     }
 
-    /// The hint of a busy principal's concurrency or fair-share refusal: the recent completion
-    /// latency (a slot's turnover), stretched by `1 + PRESSURE_GAIN × f` where `f` is the
-    /// recent share of refusals, so that the more clients are turned away, the more their
-    /// returns are spread out and the less the node spends on refusing them.
-    fn contended_wait(&self) -> Duration {
-        let factor_ppm = 1_000_000 + PRESSURE_GAIN * self.refused_ppm.min(1_000_000);
-        let ns = u128::from(duration_ns(self.latency_estimate())) * u128::from(factor_ppm) / 1_000_000;
-        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
-    }
-
-    fn note_decision(&mut self, refused: bool) {
-        let sample = if refused { 1_000_000 } else { 0 };
-        self.refused_ppm = self.refused_ppm - self.refused_ppm / PRESSURE_WEIGHT + sample / PRESSURE_WEIGHT;
+    /// The hint of a busy principal's concurrency or fair-share refusal: its place in a virtual
+    /// queue served at the node's throughput. One slot frees every `latency / limit` (Little's
+    /// law); each refusal books the next such turn after the last one booked, so that refused
+    /// clients come back spread out at about the rate slots free up — enough to keep the limit
+    /// full, without a storm of returns that would all be refused again. The queue looks at
+    /// most `retry_after_ms_max` ahead (a client that ignores its hints cannot push everyone
+    /// else's out indefinitely), and never less than the recent completion latency (by then
+    /// every slot has turned over once).
+    fn contended_wait(&mut self, now: Nanos) -> Duration {
+        let latency_ns = duration_ns(self.latency_estimate());
+        let turn_ns = (latency_ns / u64::from(self.limiter.limit_count())).max(1);
+        let horizon = now.saturating_add(Duration::from_millis(self.config.retry_after_ms_max));
+        self.returns_at = self.returns_at.max(now).saturating_add(Duration::from_nanos(turn_ns)).min(horizon);
+        let queued = self.returns_at.saturating_since(now);
+        queued.max(Duration::from_nanos(latency_ns))
     }
 
     /// How long a slot is likely to take to free up: the recent completion latency.

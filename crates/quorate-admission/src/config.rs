@@ -25,9 +25,11 @@ pub struct Config {
     pub concurrency_count_max: u32,
     /// Concurrency limit at start.
     pub concurrency_count_initial: u32,
-    /// Client completions slower than this lower the concurrency limit.
+    /// A window of client completions whose average latency is above this lowers the
+    /// concurrency limit (by `target / average`, at most halving it per window).
     pub latency_target_ms: u64,
-    /// Multiplicative decrease of the concurrency limit, in percent (1..=99).
+    /// After a window with a dropped request (timed out downstream) the concurrency limit is
+    /// multiplied by this, in percent (1..=99).
     pub concurrency_backoff_percent: u8,
     /// `Background` work is admitted only while total client work in flight is below this
     /// percentage of the concurrency limit (1..=100).

@@ -16,7 +16,8 @@
 //!   backlog, free disk, fsync latency), each compared with a [`Config`] threshold.
 //! * Building blocks, usable alone: [`BoundedQueue`] and [`ClassQueues`] (explicit refusal that
 //!   hands the item back), [`Budget`], [`TokenBucket`], [`PrincipalTable`] (bounded, oldest
-//!   idle evicted), [`AimdLimit`] (adaptive concurrency).
+//!   idle evicted), [`GradientLimit`] (the adaptive concurrency limit `Admission` uses) and
+//!   [`AimdLimit`] (a simpler alternative).
 //!
 //! ```
 //! use std::time::Duration;
@@ -57,6 +58,7 @@ mod bucket;
 mod budget;
 mod class;
 mod config;
+mod gradient;
 mod limit;
 mod principals;
 mod queue;
@@ -69,6 +71,7 @@ pub use bucket::{BUCKET_BURST_COUNT_MAX, BUCKET_RATE_PER_SEC_MAX, TokenBucket};
 pub use budget::{Budget, Exhausted};
 pub use class::{Class, Principal};
 pub use config::{Config, ConfigError, LATENCY_MS_CEILING, RETRY_AFTER_MS_CEILING, SIGNAL_OVERSHOOT_PERCENT_MAX};
+pub use gradient::{GRADIENT_WINDOW_SAMPLES_MIN, GradientLimit, GradientSettings};
 pub use limit::{AimdLimit, AimdSettings, CONCURRENCY_COUNT_CEILING};
 pub use principals::{PRINCIPALS_TRACKED_CEILING, PrincipalTable, TableFull};
 pub use queue::{BoundedQueue, ClassQueues, QueueRefusal, Refused};

@@ -240,27 +240,32 @@ fn limit_follows_latency() {
     let config = Config { latency_target_ms: 10, concurrency_count_initial: 32, ..Config::default() };
     let mut a = Admission::new(config, 10).unwrap();
     let mut now = Nanos::ZERO;
-    // Slow completions, one per 10 ms episode: the limit falls to the minimum.
+    // Full windows of completions averaging 50 ms against a 10 ms target: the limit falls to
+    // the minimum.
+    let full_round = |a: &mut Admission, now: &mut Nanos, in_flight: u64, latency_ms: u64, dropped: bool| {
+        let permits: Vec<Permit> = (0..in_flight).map(|p| a.try_admit(&write(p), *now).unwrap()).collect();
+        *now = *now + Duration::from_millis(latency_ms);
+        for (i, permit) in permits.into_iter().enumerate() {
+            let outcome = if dropped && i == 0 { Outcome::Dropped } else { Outcome::Success };
+            a.complete(permit, outcome, *now);
+        }
+    };
     for _ in 0..100 {
-        let permit = a.try_admit(&write(1), now).unwrap();
-        now = now + Duration::from_millis(50);
-        a.complete(permit, Outcome::Success, now);
+        let in_flight = u64::from(a.concurrency_limit_count());
+        full_round(&mut a, &mut now, in_flight, 50, false);
     }
     assert_eq!(a.concurrency_limit_count(), a.config().concurrency_count_min);
     // Fast completions with 6 in flight: it grows again, but only to about twice what is used
     // (unused headroom says nothing about capacity).
-    for _ in 0..200 {
-        let permits: Vec<Permit> = (0..6).map(|p| a.try_admit(&write(p), now).unwrap()).collect();
-        now = now + Duration::from_millis(1);
-        for permit in permits {
-            a.complete(permit, Outcome::Success, now);
-        }
+    for _ in 0..300 {
+        full_round(&mut a, &mut now, 6, 1, false);
     }
     assert!((12..=13).contains(&a.concurrency_limit_count()), "{}", a.concurrency_limit_count());
-    // Dropped requests are congestion too.
+    // A window with a dropped request is congestion too: the limit backs off (to 90 %).
     let before = a.concurrency_limit_count();
-    let permit = a.try_admit(&write(1), now).unwrap();
-    a.complete(permit, Outcome::Dropped, now + Duration::from_secs(1));
+    for _ in 0..3 {
+        full_round(&mut a, &mut now, 6, 1, true);
+    }
     assert!(a.concurrency_limit_count() < before);
 }
 
@@ -307,14 +312,16 @@ fn fair_share_is_work_conserving() {
     };
     let mut a = Admission::new(config, 9).unwrap();
     let now = Nanos::ZERO;
-    // A light principal holds one slot: the heavy one's share is 16 / 2 = 8, but it may go past
-    // it while the limit is not contended (16 - 2 reserved - 16/8 = 12 in flight in all).
+    // A light principal holds one slot: the heavy one's share is 16 / 2 = 8, but nobody else
+    // wants the capacity, so it may take every slot but the light reserve (13 more).
     let light = a.try_admit(&write(2), now).unwrap();
-    let mut permits: Vec<Permit> = (0..11).map(|_| a.try_admit(&write(1), now).unwrap()).collect();
-    assert_eq!(a.in_flight_count(), 12);
+    let mut permits: Vec<Permit> = (0..13).map(|_| a.try_admit(&write(1), now).unwrap()).collect();
+    assert_eq!(a.in_flight_count(), 14);
     assert_eq!(reason(&mut a, &write(1), now), Reason::FairShare { principal: Principal(1) });
-    // The light principal is below its share: it gets the slots left.
+    // The light principal is below its share: it gets the reserved slots.
     permits.push(a.try_admit(&write(2), now).unwrap());
+    permits.push(a.try_admit(&write(3), now).unwrap());
+    assert_eq!(reason(&mut a, &write(4), now), Reason::ConcurrencyLimit);
     permits.push(light);
     for permit in permits {
         a.complete(permit, Outcome::Cancelled, now);
@@ -323,21 +330,29 @@ fn fair_share_is_work_conserving() {
 }
 
 #[test]
-fn concurrency_hints_stretch_as_refusals_pile_up() {
-    let config = Config { retry_jitter_percent: 0, ..fixed_limit_config() };
+fn busy_refusals_queue_their_returns_at_the_rate_slots_free() {
+    let config = Config { retry_jitter_percent: 0, retry_after_ms_max: 10_000, ..fixed_limit_config() };
     let mut a = Admission::new(config, 10).unwrap();
     let now = Nanos::ZERO;
     let permits: Vec<Permit> = (0..6).map(|_| a.try_admit(&write(1), now).unwrap()).collect();
-    // No completion yet: the latency estimate is the target (50 ms by default).
-    let first = a.try_admit(&write(1), now).unwrap_err();
-    assert_eq!(first.reason, Reason::ConcurrencyLimit);
-    let mut last = first.retry_after;
-    for _ in 0..500 {
-        last = a.try_admit(&write(1), now).unwrap_err().retry_after;
-    }
-    assert!(first.retry_after <= Duration::from_millis(60), "{:?}", first.retry_after);
-    assert!(last >= first.retry_after * 10, "sustained refusals spread the returns: {last:?}");
-    assert!(last <= Duration::from_millis(50 * 65), "at most 65 times the latency: {last:?}");
+    // No completion yet: the latency estimate is the target (50 ms by default); a slot frees
+    // every 50 / 8 = 6.25 ms. The first refusals wait one latency, then the queue shows.
+    let hints: Vec<Duration> = (0..400).map(|_| a.try_admit(&write(1), now).unwrap_err().retry_after).collect();
+    assert_eq!(hints[0], Duration::from_millis(50));
+    assert!(hints.windows(2).all(|w| w[0] <= w[1]), "later refusals come back later");
+    // The 400th is booked 400 turns of 6.25 ms ahead: 2.5 s.
+    assert_eq!(hints[399], Duration::from_millis(2500));
+    // The queue drains with time: a second later the next refusal is booked after the last.
+    let later = a.try_admit(&write(1), Nanos::from_secs(1)).unwrap_err().retry_after;
+    assert_eq!(later, Duration::from_millis(1506), "2.5 s + 6.25 ms - 1 s, in whole ms");
+    // It never books further ahead than retry_after_ms_max, however many ignore their hints.
+    let last = (0..10_000).map(|_| a.try_admit(&write(1), Nanos::from_secs(1)).unwrap_err().retry_after).last();
+    assert_eq!(last, Some(Duration::from_millis(10_000)));
+    // A light principal is not queued behind them.
+    assert!(a.try_admit(&write(2), Nanos::from_secs(1)).is_ok_and(|p| {
+        a.complete(p, Outcome::Cancelled, Nanos::from_secs(1));
+        true
+    }));
     for permit in permits {
         a.complete(permit, Outcome::Success, now);
     }

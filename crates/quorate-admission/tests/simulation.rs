@@ -392,3 +392,185 @@ fn flood_never_refuses_consensus_and_light_principal_gets_through() {
     assert!(light_ratio >= 0.9, "light principal admitted {:.1}%", light_ratio * 100.0);
     assert_eq!(consensus_count, (FLOOD_RUN_NS / HEARTBEAT_NS) * PEERS_COUNT as u64);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The node's overload workload: paced clients of one heavy principal, one light principal, and
+// a server that commits in groups (its throughput rises with concurrency)
+// ---------------------------------------------------------------------------------------------
+
+/// Every batch costs one fsync…
+const GC_FSYNC_NS: u64 = 2 * MS;
+/// …plus this per request: at most 10 000 requests per second, reached only with large
+/// batches, so throughput keeps rising with concurrency (as on the real node).
+const GC_REQUEST_NS: u64 = 100_000;
+const GC_BATCH_MAX: usize = 4096;
+/// Heavy clients, all of one principal, each one request at a time at its share of the rate.
+const GC_CLIENTS: usize = 1000;
+/// The light principal's one client sends every 50 ms (20 per second).
+const GC_LIGHT_INTERVAL_NS: u64 = 50 * MS;
+const GC_RUN_NS: u64 = 12 * SEC;
+const GC_WARMUP_NS: u64 = 2 * SEC;
+/// Closed-loop writers of the capacity measurement (as in the node's overload test).
+const GC_CALIBRATION_WORKERS: usize = 128;
+const GC_LATENCY_TARGET_MS: u64 = 100;
+
+/// The node's defaults (`[admission]` in quorate-config).
+fn node_like_config() -> Config {
+    Config {
+        concurrency_count_min: 16,
+        concurrency_count_initial: 256,
+        concurrency_count_max: 1024,
+        latency_target_ms: GC_LATENCY_TARGET_MS,
+        principal_rate_per_sec: 100_000,
+        principal_burst_count: 10_000,
+        retry_after_ms_max: 5_000,
+        ..Config::default()
+    }
+}
+
+#[derive(Debug, Default)]
+struct PacedRun {
+    goodput_per_sec: f64,
+    refused_count: u64,
+    p99_latency_ms: f64,
+    light_ok_count: u64,
+    light_total_count: u64,
+    final_limit: u32,
+}
+
+/// A group-commit server: requests queue FIFO; when idle it takes everything queued (up to
+/// [`GC_BATCH_MAX`]) as one batch, done after one fsync plus the per-request cost.
+#[derive(Default)]
+struct GroupCommit {
+    queue: std::collections::VecDeque<usize>,
+    batch: Vec<usize>,
+}
+
+impl GroupCommit {
+    /// Starts a batch if idle and work is queued; returns when it will be done.
+    fn start(&mut self, now_ns: u64) -> Option<u64> {
+        if !self.batch.is_empty() || self.queue.is_empty() {
+            return None;
+        }
+        let n = self.queue.len().min(GC_BATCH_MAX);
+        self.batch.extend(self.queue.drain(..n));
+        Some(now_ns + GC_FSYNC_NS + n as u64 * GC_REQUEST_NS)
+    }
+}
+
+/// Offers `offered_per_sec` from [`GC_CLIENTS`] paced heavy clients plus the light client (or,
+/// with `closed_loop`, runs [`GC_CALIBRATION_WORKERS`] closed-loop writers and no light
+/// client). A refused client waits at least `retry_after`; slots it misses are not made up.
+fn run_paced(offered_per_sec: f64, closed_loop: bool, seed: u64) -> PacedRun {
+    let mut admission = Admission::new(node_like_config(), seed).unwrap();
+    let mut server = GroupCommit::default();
+    let mut events = Events::default();
+    let heavy_count = if closed_loop { GC_CALIBRATION_WORKERS } else { GC_CLIENTS };
+    let light = heavy_count;
+    let interval_ns = if closed_loop { 0 } else { (heavy_count as f64 * SEC as f64 / offered_per_sec) as u64 };
+    let interval_of = |client: usize| if client == light { GC_LIGHT_INTERVAL_NS } else { interval_ns };
+    let clients = if closed_loop { heavy_count } else { heavy_count + 1 };
+    let mut next_ns: Vec<u64> = (0..clients).map(|c| interval_of(c) * c as u64 / clients as u64).collect();
+    // Per client (one request at a time): its permit and when it was admitted.
+    let mut in_flight: Vec<Option<(Permit, u64)>> = (0..clients).map(|_| None).collect();
+    for (client, at) in next_ns.iter().enumerate() {
+        events.push(*at, Event::Send { client, attempt: 0 });
+    }
+    let mut run = PacedRun::default();
+    let mut good_count = 0u64;
+    let mut latencies_ns = Vec::new();
+    // After an answer at `now_ns`, the client's next slot (missed slots are not made up).
+    let advance = |next: &mut u64, now_ns: u64, interval: u64, floor_ns: u64| {
+        *next += interval;
+        *next = (*next).max(floor_ns);
+        if *next + interval < now_ns {
+            *next = now_ns;
+        }
+        *next = (*next).max(now_ns);
+    };
+    while let Some((now_ns, event)) = events.pop() {
+        if now_ns > GC_RUN_NS {
+            break;
+        }
+        match event {
+            Event::Send { client, .. } => {
+                let is_light = client == light && !closed_loop;
+                let request = RequestInfo {
+                    class: Class::ClientWrite,
+                    principal: Principal(if is_light { 2 } else { 1 }),
+                    bytes: 164,
+                    is_retry: false,
+                };
+                if is_light && now_ns >= GC_WARMUP_NS {
+                    run.light_total_count += 1;
+                }
+                match admission.try_admit(&request, Nanos(now_ns)) {
+                    Ok(permit) => {
+                        in_flight[client] = Some((permit, now_ns));
+                        server.queue.push_back(client);
+                        if let Some(done_ns) = server.start(now_ns) {
+                            events.push(done_ns, Event::Done { slot: 0 });
+                        }
+                    }
+                    Err(refused) => {
+                        if now_ns >= GC_WARMUP_NS {
+                            run.refused_count += 1;
+                        }
+                        let floor = now_ns + refused.retry_after.as_nanos() as u64;
+                        advance(&mut next_ns[client], now_ns, interval_of(client), floor);
+                        events.push(next_ns[client], Event::Send { client, attempt: 1 });
+                    }
+                }
+            }
+            Event::Done { .. } => {
+                for client in std::mem::take(&mut server.batch) {
+                    let (permit, admitted_ns) = in_flight[client].take().expect("one request per client");
+                    admission.complete(permit, Outcome::Success, Nanos(now_ns));
+                    if admitted_ns >= GC_WARMUP_NS {
+                        if client == light && !closed_loop {
+                            run.light_ok_count += 1;
+                        } else {
+                            good_count += 1;
+                            latencies_ns.push(now_ns - admitted_ns);
+                        }
+                    }
+                    advance(&mut next_ns[client], now_ns, interval_of(client), now_ns);
+                    events.push(next_ns[client], Event::Send { client, attempt: 0 });
+                }
+                if let Some(done_ns) = server.start(now_ns) {
+                    events.push(done_ns, Event::Done { slot: 0 });
+                }
+            }
+        }
+    }
+    latencies_ns.sort_unstable();
+    run.goodput_per_sec = good_count as f64 * SEC as f64 / (GC_RUN_NS - GC_WARMUP_NS) as f64;
+    run.p99_latency_ms = latencies_ns.get(latencies_ns.len() * 99 / 100).map_or(0.0, |ns| *ns as f64 / MS as f64);
+    run.final_limit = admission.concurrency_limit_count();
+    run
+}
+
+#[test]
+fn one_heavy_principal_keeps_goodput_at_1x_2x_5x_and_the_light_one_gets_through() {
+    let capacity = run_paced(0.0, true, 0xCA11).goodput_per_sec;
+    println!("group commit (fsync 2 ms + 0.1 ms per request), capacity at 128 closed-loop writers: {capacity:.0}/s");
+    assert!(capacity > 7000.0 && capacity < 10_000.0, "the model's capacity: {capacity}");
+    for multiple in [1.0, 2.0, 5.0] {
+        let run = run_paced(multiple * capacity, false, 0xBEEF + multiple as u64);
+        let light = run.light_ok_count as f64 / run.light_total_count.max(1) as f64;
+        println!(
+            "{multiple}x: goodput {:.0}/s ({:.0}% of capacity), refused {}, p99 {:.1} ms, light {}/{}, limit {}",
+            run.goodput_per_sec,
+            100.0 * run.goodput_per_sec / capacity,
+            run.refused_count,
+            run.p99_latency_ms,
+            run.light_ok_count,
+            run.light_total_count,
+            run.final_limit
+        );
+        assert!(run.goodput_per_sec >= 0.9 * capacity, "{multiple}x: {run:?}, capacity {capacity}");
+        assert!(run.light_total_count >= 50, "{multiple}x: the light client ran: {run:?}");
+        assert!(light >= 0.9, "{multiple}x: light principal starved: {run:?}");
+        assert!(run.p99_latency_ms <= 3.0 * GC_LATENCY_TARGET_MS as f64, "{multiple}x: {run:?}");
+    }
+}
