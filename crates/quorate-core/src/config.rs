@@ -2,10 +2,11 @@
 
 use crate::types::CoreError;
 use quorate_log::{LogIndex, NodeId};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Settings of one core. Every limit has a default; [`Config::new`] gives sensible ones.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// This node's id.
     pub id: NodeId,

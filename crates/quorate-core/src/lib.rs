@@ -62,7 +62,8 @@ pub use message::{
     RequestVote, VoteResponse,
 };
 pub use progress::{PeerProgress, ProgressState};
-pub use raft::{Persist, Raft, Ready, Status};
+pub use raft::image::{CoreImage, CoreImageRef, Detachable, Detached};
+pub use raft::{CampaignReason, Persist, Raft, Ready, Status};
 pub use rng::SplitMix64;
 pub use types::{
     ConfChange, ConfChangeError, CoreError, Instant, IoId, ProposeError, ReadError, ReadFailed, ReadId, ReadLevel,

@@ -9,8 +9,11 @@ use quorate_log::{Entry, EntryId, LogIndex, LogStorage, StorageError, Term, limi
 /// * `unstable[i].index == unstable_offset + i`, contiguous;
 /// * indexes below `unstable_offset` are read from storage, never at or above it;
 /// * `persisted <= last_index()`, `handed <= last_index()`, `commit <= last_index()`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(serialize = "", deserialize = "S: Default"))]
 pub(crate) struct RaftLog<S> {
+    /// Not part of a core image (`crate::CoreImage`): restored with the storage given.
+    #[serde(skip)]
     pub(crate) storage: S,
     unstable: Vec<Entry>,
     unstable_offset: LogIndex,
@@ -24,6 +27,14 @@ pub(crate) struct RaftLog<S> {
     /// A compaction point or installed snapshot handed out for persistence that storage may
     /// not reflect yet: nothing at or below it is read from storage.
     floor: EntryId,
+}
+
+impl<S> RaftLog<S> {
+    /// The same log over another storage (restoring a `crate::CoreImage`).
+    pub(crate) fn with_storage<T>(self, storage: T) -> RaftLog<T> {
+        let RaftLog { storage: _, unstable, unstable_offset, handed, persisted, commit, applied, floor } = self;
+        RaftLog { storage, unstable, unstable_offset, handed, persisted, commit, applied, floor }
+    }
 }
 
 impl<S: LogStorage> RaftLog<S> {

@@ -20,7 +20,7 @@ pub enum ProgressState {
 }
 
 /// Replication progress of one follower, as the leader tracks it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Progress {
     pub(crate) state: ProgressState,
     /// Highest index known to match (acknowledged as persisted by the follower).

@@ -19,6 +19,9 @@ use quorate_log::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
+#[path = "image.rs"]
+pub(crate) mod image;
+
 /// Heartbeat rounds whose send time is remembered, for lease accounting.
 const HEARTBEAT_ROUNDS_REMEMBERED: usize = 64;
 
@@ -87,6 +90,22 @@ pub struct Persist {
     pub compact: Option<SnapshotMeta>,
 }
 
+/// Why a campaign (a pre-vote round or an election) started; see [`Raft::last_campaign`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CampaignReason {
+    /// The election timer fired while no leader was known for the term.
+    ElectionTimeout,
+    /// The election timer fired while a leader was still known: it went silent.
+    LeaderTimeout,
+    /// The leader asked this node to take over (`TimeoutNow`, leadership transfer).
+    Transfer,
+    /// The application asked for it ([`Raft::campaign_now`]).
+    Forced,
+    /// A pre-vote round was won: the real election that follows it.
+    PreVotePassed,
+}
+
 /// The state of a core at a glance, for status pages and metrics.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -124,7 +143,7 @@ pub struct Status {
     pub halted: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct PendingRead {
     id: ReadId,
     /// `None`: a local read; `Some(peer)`: forwarded by a follower.
@@ -142,7 +161,8 @@ struct PendingRead {
 /// [`persisted`](Raft::persisted); each takes `now`. Outputs come from
 /// [`ready`](Raft::ready); [`poll_timeout`](Raft::poll_timeout) says when to call
 /// `handle_timeout` next. The core reads its log through `S` and never writes to it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "", deserialize = "S: image::Detachable"))]
 pub struct Raft<S> {
     cfg: Config,
     id: NodeId,
@@ -177,6 +197,8 @@ pub struct Raft<S> {
 
     // Candidate.
     votes: BTreeMap<NodeId, bool>,
+    /// Campaigns started so far, and the reason of the latest.
+    last_campaign: Option<(u64, CampaignReason)>,
 
     // Leader.
     peers: BTreeMap<NodeId, Progress>,
@@ -253,6 +275,7 @@ impl<S: LogStorage> Raft<S> {
             // have granted before the crash.
             last_leader_contact: Some(now),
             votes: BTreeMap::new(),
+            last_campaign: None,
             peers: BTreeMap::new(),
             commit_sent: BTreeMap::new(),
             match_at_heartbeat: BTreeMap::new(),
@@ -374,6 +397,13 @@ impl<S: LogStorage> Raft<S> {
         self.log.term(index)
     }
 
+    /// How many campaigns (pre-vote rounds and elections) this core started since it was
+    /// created, and why the latest one started; `None` before the first.
+    #[must_use]
+    pub fn last_campaign(&self) -> Option<(u64, CampaignReason)> {
+        self.last_campaign
+    }
+
     /// A status snapshot.
     #[must_use]
     pub fn status(&self) -> Status {
@@ -470,7 +500,9 @@ impl<S: LogStorage> Raft<S> {
             debug_assert!(self.forwarded_reads.len() <= before);
             if now >= self.election_deadline {
                 if self.conf.is_voter(self.id) {
-                    self.campaign(self.cfg.pre_vote, false);
+                    let reason =
+                        if self.leader.is_some() { CampaignReason::LeaderTimeout } else { CampaignReason::ElectionTimeout };
+                    self.campaign(self.cfg.pre_vote, reason);
                 } else {
                     self.reset_election_deadline();
                 }
@@ -482,7 +514,7 @@ impl<S: LogStorage> Raft<S> {
     pub fn campaign_now(&mut self, now: Instant) {
         self.advance_clock(now);
         if self.halted.is_none() && self.role != Role::Leader && self.conf.is_voter(self.id) {
-            self.campaign(self.cfg.pre_vote, false);
+            self.campaign(self.cfg.pre_vote, CampaignReason::Forced);
         }
     }
 
@@ -845,7 +877,7 @@ impl<S: LogStorage> Raft<S> {
             }
             MessageBody::TimeoutNow => {
                 if self.role != Role::Leader && self.conf.is_voter(self.id) {
-                    self.campaign(false, true);
+                    self.campaign(false, CampaignReason::Transfer);
                 }
             }
             MessageBody::AppendResponse(r) => self.handle_append_response(from, r),
@@ -1042,7 +1074,10 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
-    fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+    fn campaign(&mut self, pre_vote: bool, reason: CampaignReason) {
+        let transfer = reason == CampaignReason::Transfer;
+        let seq = self.last_campaign.map_or(0, |(n, _)| n) + 1;
+        self.last_campaign = Some((seq, reason));
         self.leader = None;
         self.votes.clear();
         self.votes.insert(self.id, true);
@@ -1074,7 +1109,7 @@ impl<S: LogStorage> Raft<S> {
 
     fn won_election(&mut self, pre_vote: bool) {
         if pre_vote {
-            self.campaign(false, false);
+            self.campaign(false, CampaignReason::PreVotePassed);
         } else {
             self.become_leader();
         }

@@ -2,7 +2,7 @@
 
 /// SplitMix64: fast, seedable, good enough for jitter and simulation schedules. Not for
 /// cryptography.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {

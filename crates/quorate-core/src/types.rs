@@ -47,7 +47,7 @@ pub struct ReadId(pub u64);
 
 /// Identifies one batch of state handed to the application to persist. Batches must be
 /// persisted, and reported with [`crate::Raft::persisted`], in the order they were handed out.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]
 pub struct IoId(pub u64);
 
 /// How strongly a read is ordered. `stale` reads never reach the core: the application
@@ -184,7 +184,7 @@ pub enum CoreError {
 }
 
 /// Result of a confirmed read: serve it once the state machine has applied `index`.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ReadReady {
     /// The caller's id.
     pub id: ReadId,
@@ -193,7 +193,7 @@ pub struct ReadReady {
 }
 
 /// A read that cannot be confirmed; the caller should retry (possibly elsewhere).
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ReadFailed {
     /// The caller's id.
     pub id: ReadId,
@@ -269,7 +269,7 @@ pub enum ConfChangeError {
 /// Instructions to send the application's snapshot to a follower that needs compacted
 /// entries. Stream it out of band (chunked); on the follower, the application verifies and
 /// stages the data, then calls [`crate::Raft::install_snapshot`].
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SendSnapshot {
     /// The follower.
     pub to: NodeId,
