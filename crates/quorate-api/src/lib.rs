@@ -37,7 +37,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 /// The newest cluster version this build supports. Cluster version 2 (0.2.0) adds
 /// [`Request::DeleteRange`] and [`CommandOp::DeleteRange`]; the requests [`Request::Versions`]
-/// and [`Request::Finalize`] are answered at any cluster version.
+/// and [`Request::Finalize`] are answered at any cluster version. Nodes send each other
+/// [`NodeMessage::HashSamples`] only at cluster version 2 or more.
 pub const CLUSTER_VERSION: u32 = 2;
 
 /// Message kinds (append-only). Numbered from the transport's application range.
@@ -51,6 +52,9 @@ pub mod kinds {
     pub const REQUEST: MessageKind = MessageKind(0x0102);
     /// A response to a client request.
     pub const RESPONSE: MessageKind = MessageKind(0x0103);
+    /// Applied-entries hash samples between nodes (since 0.2.0; sent only at cluster version
+    /// 2 or more, so a 0.1.0 node never receives it).
+    pub const HASH_SAMPLES: MessageKind = MessageKind(0x0104);
 }
 
 /// Everything the node's transport carries.
@@ -65,6 +69,31 @@ pub enum NodeMessage {
     Request(ClientRequest),
     /// The answer to a client request.
     Response(ClientResponse),
+    /// A node's latest applied-entries hash samples, for its peers to compare with their own
+    /// (consensus lane). Since 0.2.0: sent only once the committed cluster version is 2 or
+    /// more, because a 0.1.0 node closes the stream on a kind it does not know.
+    HashSamples(HashSamples),
+}
+
+/// Most samples in one [`HashSamples`] message; the decoder refuses more.
+pub const HASH_SAMPLES_MAX: usize = 16;
+
+/// One sample of the hash of the entries a node applied: the hash of the window of entries
+/// that ends at `index` (the window size is the node's; samples are compared only at equal
+/// indexes).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, serde::Deserialize)]
+pub struct HashSample {
+    /// The last index of the window.
+    pub index: u64,
+    /// The window's hash.
+    pub hash: u64,
+}
+
+/// A node's latest [`HashSample`]s, oldest first, at most [`HASH_SAMPLES_MAX`].
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, serde::Deserialize)]
+pub struct HashSamples {
+    /// The samples.
+    pub samples: Vec<HashSample>,
 }
 
 fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), MessageError> {
@@ -99,6 +128,7 @@ impl WireMessage for NodeMessage {
             NodeMessage::SnapshotChunk(_) => kinds::SNAPSHOT_CHUNK,
             NodeMessage::Request(_) => kinds::REQUEST,
             NodeMessage::Response(_) => kinds::RESPONSE,
+            NodeMessage::HashSamples(_) => kinds::HASH_SAMPLES,
         }
     }
 
@@ -108,6 +138,15 @@ impl WireMessage for NodeMessage {
             NodeMessage::SnapshotChunk(c) => encode_into(c, out),
             NodeMessage::Request(r) => encode_into(r, out),
             NodeMessage::Response(r) => encode_into(r, out),
+            NodeMessage::HashSamples(h) => {
+                if h.samples.len() > HASH_SAMPLES_MAX {
+                    return Err(MessageError::Encode(format!(
+                        "{} hash samples exceed the limit of {HASH_SAMPLES_MAX}",
+                        h.samples.len()
+                    )));
+                }
+                encode_into(h, out)
+            }
         }
     }
 
@@ -124,6 +163,16 @@ impl WireMessage for NodeMessage {
                 NodeMessage::Request(decode_from(kind, payload)?)
             }
             kinds::RESPONSE => NodeMessage::Response(decode_from(kind, payload)?),
+            kinds::HASH_SAMPLES => {
+                let h: HashSamples = decode_from(kind, payload)?;
+                if h.samples.len() > HASH_SAMPLES_MAX {
+                    return Err(MessageError::Malformed {
+                        kind,
+                        detail: format!("{} hash samples exceed the limit of {HASH_SAMPLES_MAX}", h.samples.len()),
+                    });
+                }
+                NodeMessage::HashSamples(h)
+            }
             other => return Err(MessageError::UnknownKind(other)),
         };
         Ok(m)
@@ -155,3 +204,31 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, CommandError> {
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 #[error("bad command: {0}")]
 pub struct CommandError(pub String);
+
+#[cfg(test)]
+mod hash_samples_tests {
+    use super::*;
+
+    fn sample(index: u64) -> HashSample {
+        HashSample { index, hash: index.wrapping_mul(0x9E37_79B9_7F4A_7C15) }
+    }
+
+    #[test]
+    fn hash_samples_round_trip_and_are_bounded() {
+        let m = NodeMessage::HashSamples(HashSamples { samples: (1..=4).map(|i| sample(i * 1024)).collect() });
+        assert_eq!(m.kind(), kinds::HASH_SAMPLES);
+        let mut buf = Vec::new();
+        m.encode(&mut buf).expect("encode");
+        assert_eq!(NodeMessage::decode(PROTOCOL_VERSION, kinds::HASH_SAMPLES, &buf).expect("decode"), m);
+        // Too many samples: refused both ways, never a panic.
+        let big = HashSamples { samples: (1..=HASH_SAMPLES_MAX as u64 + 1).map(sample).collect() };
+        assert!(NodeMessage::HashSamples(big.clone()).encode(&mut Vec::new()).is_err());
+        let bytes = postcard::to_allocvec(&big).expect("postcard");
+        assert!(matches!(
+            NodeMessage::decode(PROTOCOL_VERSION, kinds::HASH_SAMPLES, &bytes),
+            Err(MessageError::Malformed { .. })
+        ));
+        // Truncated bytes are an error.
+        assert!(NodeMessage::decode(PROTOCOL_VERSION, kinds::HASH_SAMPLES, &buf[..buf.len() - 1]).is_err());
+    }
+}

@@ -9,8 +9,9 @@
 //!   (index, term, payload) into a hash per window of [`HASH_WINDOW_ENTRIES`] indexes and
 //!   publishes the last sample of a complete window ([`AppliedHasher`]); two replicas with
 //!   different samples at one index applied different entries there. The samples are
-//!   exported as `quorate_applied_hash_index` / `quorate_applied_hash_value` and compared
-//!   across nodes by whoever scrapes them all (`quorate top`, the telemetry test).
+//!   exported as `quorate_applied_hash_index` / `quorate_applied_hash_value`, and each node
+//!   sends its latest samples to its peers and compares theirs with its own at the same
+//!   index ([`crate::hash_exchange`]; invariant `cross_replica_hash`).
 //!   A restart or a snapshot install starts the hasher mid-window: that window is skipped
 //!   (not sampled), the next complete one is.
 //!
@@ -179,7 +180,6 @@ impl AppliedHasher {
     }
 
     /// The samples kept, oldest first.
-    #[cfg(test)]
     pub(crate) fn samples(&self) -> impl Iterator<Item = &(u64, u64)> {
         self.samples.iter()
     }

@@ -17,9 +17,11 @@
 
 mod admission;
 mod apply;
+mod audit;
 pub mod failpoints;
 pub mod flight;
 pub use quorate_config as config;
+mod hash_exchange;
 mod invariants;
 pub mod restore;
 pub mod server;

@@ -188,12 +188,12 @@ impl Drop for InflightGuard {
 }
 
 /// Answers one client request (from any thread): spawns a small task that writes the
-/// response. Admin requests are audited when answered.
+/// response. Writes and admin requests are audited when answered ([`crate::audit`]).
 pub(crate) struct Responder {
     req: quorate_transport::Request<NodeMessage>,
     id: u64,
     handle: tokio::runtime::Handle,
-    audit: Option<String>,
+    audit: Option<crate::audit::What>,
     guard: Option<InflightGuard>,
     /// Admission: answering completes it (latency into the adaptive limit, budgets freed).
     ticket: Option<crate::admission::Ticket>,
@@ -206,22 +206,7 @@ impl Responder {
             t.finish(&result);
         }
         if let Some(what) = &self.audit {
-            let from = &self.req.from;
-            let (term, index) = at.map_or((0, 0), |a| (a.term.0, a.index.0));
-            let outcome = match &result {
-                Ok(_) => "ok".to_string(),
-                Err(e) => e.to_string(),
-            };
-            tracing::info!(
-                target: AUDIT_TARGET,
-                principal = %from.principal.as_str(),
-                role = %from.role,
-                request = %what,
-                result = %outcome,
-                term,
-                index,
-                "admin request"
-            );
+            crate::audit::emit(&self.req.from, what, &result, at);
         }
         let Responder { req, id, handle, guard, .. } = self;
         handle.spawn(async move {
@@ -738,6 +723,7 @@ impl Driver {
                     self.raft.handle_message(now, msg);
                 }
                 NodeMessage::SnapshotChunk(c) => self.on_chunk(from, c),
+                NodeMessage::HashSamples(s) => self.obs.hash_samples_from(self.shared.id, from, &s),
                 _ => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
             },
             Incoming::Request(req) => self.on_request(req).await?,
@@ -964,7 +950,7 @@ impl Driver {
             }
         };
         let access = body.access();
-        let audit = (access == Access::Admin).then(|| format!("{body:?}"));
+        let audit = crate::audit::describe(&body);
         let max = self.config.limits.pending_requests_max;
         if self.shared.inflight.load(Ordering::Acquire) >= max {
             let r = Responder { req, id, handle, audit, guard: None, ticket: None };

@@ -4,15 +4,18 @@
 //! term and index), and answers `/livez` and `/readyz`.
 //!
 //! Hooks: the driver calls [`Observer::observe`] after every `Ready` cycle (cheap getters
-//! only), [`Observer::sample`] on its 500 ms sweep (full status: configuration, peers,
-//! certificate expiry, transport counters), [`Observer::proposed`] when the core accepts a
+//! only), [`Observer::sample`] on its 500 ms sweep (full status: configuration, peers and
+//! their round-trip times, certificate expiry, transport counters, the applied-hash exchange
+//! of [`crate::hash_exchange`]), [`Observer::hash_samples_from`] when a peer's hash samples
+//! arrive, [`Observer::proposed`] when the core accepts a
 //! proposal and [`Observer::failed`] when it refuses one; the apply thread calls
 //! [`NodeTelemetry::applying`] for each entry and [`NodeTelemetry::applied`] after each
 //! batch. Everything is bounded: proposals tracked ([`TRACKED_MAX`]), commit instants
 //! ([`COMMITS_MAX`]).
 
+use crate::hash_exchange::{Compared, HASH_EXCHANGE_CLUSTER_VERSION, HashExchange};
 use crate::invariants::{AppliedHasher, Invariants, Observed, Violation};
-use quorate_core::{Raft, Role};
+use quorate_core::{CampaignReason, Raft, Role};
 use quorate_log::{Entry, EntryId, LogIndex, NodeId};
 use quorate_storage::RocksStore;
 use quorate_telemetry::http::{Probe, Probes};
@@ -49,6 +52,18 @@ fn role_name(r: Role) -> &'static str {
 }
 
 const ROLES: [Role; 4] = [Role::Follower, Role::PreCandidate, Role::Candidate, Role::Leader];
+
+/// The `reason` label of an election, from the core's own record of why it campaigned.
+fn campaign_reason(r: CampaignReason) -> &'static str {
+    match r {
+        CampaignReason::ElectionTimeout => n::election::ELECTION_TIMEOUT,
+        CampaignReason::LeaderTimeout => n::election::LEADER_TIMEOUT,
+        CampaignReason::Transfer => n::election::TRANSFER,
+        CampaignReason::Forced => n::election::FORCED,
+        CampaignReason::PreVotePassed => n::election::PRE_VOTE_PASSED,
+        _ => "other",
+    }
+}
 
 /// State shared by the driver, the apply thread and the HTTP endpoint.
 #[derive(Debug)]
@@ -104,6 +119,11 @@ impl NodeTelemetry {
         if let Some((index, hash)) = sample {
             tracing::debug!(index, hash = format_args!("{hash:012x}"), "applied-entries hash sample");
         }
+    }
+
+    /// The applied-entries hash samples kept (oldest first).
+    pub(crate) fn hash_samples(&self) -> Vec<(u64, u64)> {
+        self.hasher.lock().unwrap_or_else(PoisonError::into_inner).samples().copied().collect()
     }
 
     /// Apply thread: a snapshot was installed at `index` (the hash window restarts).
@@ -230,10 +250,19 @@ pub(crate) struct Observer {
     persisted: (u64, Instant),
     /// Trace one proposal in this many (by index).
     trace_every: u64,
+    /// Campaigns of the core counted so far ([`Raft::last_campaign`]).
+    campaigns: u64,
+    /// The applied-hash exchange with the peers.
+    hashes: HashExchange,
+    /// A violation found outside [`Observer::observe`] that must stop the node (with halt on).
+    halt_pending: Option<String>,
 }
 
 impl Observer {
     pub(crate) fn new(tel: Arc<NodeTelemetry>, term: u64, commit: u64, halt: bool) -> Observer {
+        for reason in n::election::ALL {
+            metrics::counter!(n::ELECTIONS_TOTAL, n::LABEL_REASON => *reason).increment(0);
+        }
         Observer {
             tel,
             inv: Invariants::new(term, commit),
@@ -251,7 +280,34 @@ impl Observer {
             refusals: 0,
             persisted: (0, Instant::now()),
             trace_every: 1,
+            campaigns: 0,
+            hashes: HashExchange::default(),
+            halt_pending: None,
         }
+    }
+
+    /// Counts matches and reports violations of the hash exchange.
+    fn compared(&mut self, c: Compared) {
+        for (peer, _) in c.matched {
+            metrics::counter!(n::APPLIED_HASH_CHECKS_TOTAL, n::LABEL_PEER => peer.get().to_string()).increment(1);
+        }
+        for v in &c.violations {
+            crate::invariants::report(v);
+            if self.halt && self.halt_pending.is_none() {
+                self.halt_pending = Some(format!(
+                    "invariant violated (telemetry.halt_on_invariant_violation): {}: {}",
+                    v.invariant, v.evidence
+                ));
+            }
+        }
+        self.inv.violations += c.violations.len() as u64;
+    }
+
+    /// A peer's applied-entries hash samples arrived: compared with this node's own.
+    pub(crate) fn hash_samples_from(&mut self, me: NodeId, from: NodeId, samples: &quorate_api::HashSamples) {
+        let own = self.tel.hash_samples();
+        let c = self.hashes.received(me, from, samples, &own);
+        self.compared(c);
     }
 
     /// Traces one proposal in `every` (by log index; at least 1).
@@ -284,8 +340,20 @@ impl Observer {
     /// After every `Ready` cycle: cheap getters, invariant checks, change-driven metrics.
     /// `Err` (with the evidence) when a check failed and the node is configured to halt.
     pub(crate) fn observe(&mut self, raft: &Raft<Arc<RocksStore>>) -> Result<(), String> {
+        if let Some(e) = self.halt_pending.take() {
+            return Err(e);
+        }
         let tel = &*self.tel;
         tel.driver_tick_ms.store(tel.ms(), Ordering::Relaxed);
+        if let Some((seq, why)) = raft.last_campaign()
+            && seq > self.campaigns
+        {
+            // Between two observations the core may start more than one campaign (rarely):
+            // they are counted under the latest one's reason.
+            metrics::counter!(n::ELECTIONS_TOTAL, n::LABEL_REASON => campaign_reason(why))
+                .increment(seq - self.campaigns);
+            self.campaigns = seq;
+        }
         let (term, role, leader, commit) = (raft.term().0, raft.role(), raft.leader(), raft.commit_index().0);
         let applied = tel.applied.load(Ordering::Relaxed);
         let o = Observed { term, commit, applied, last_index: raft.last_index().0, is_leader: role == Role::Leader };
@@ -303,16 +371,6 @@ impl Observer {
             self.term = term;
         }
         if self.role != Some(role) {
-            if role == Role::Candidate {
-                let reason = if self.role == Some(Role::PreCandidate) {
-                    n::election::AFTER_PRE_VOTE
-                } else if self.leader.is_some() {
-                    n::election::LEADER_TIMEOUT
-                } else {
-                    n::election::NO_LEADER
-                };
-                metrics::counter!(n::ELECTIONS_TOTAL, n::LABEL_REASON => reason).increment(1);
-            }
             for r in ROLES {
                 metrics::gauge!(n::ROLE, n::LABEL_ROLE => role_name(r)).set(if r == role { 1.0 } else { 0.0 });
             }
@@ -381,6 +439,11 @@ impl Observer {
                 continue;
             }
             if let Some(st) = shared.transport.peer_stats(peer) {
+                // The last value stays while the peer is disconnected.
+                if let Some(rtt) = st.rtt {
+                    metrics::gauge!(n::PEER_RTT_SECONDS, n::LABEL_PEER => peer.get().to_string())
+                        .set(rtt.as_secs_f64());
+                }
                 let before = self.drops.insert(peer, st.dropped).unwrap_or(0);
                 if st.dropped > before {
                     metrics::counter!(n::PEER_SEND_DROPS_TOTAL, n::LABEL_PEER => peer.get().to_string())
@@ -394,7 +457,22 @@ impl Observer {
                 .increment(refusals - self.refusals);
             self.refusals = refusals;
         }
-        metrics::gauge!(n::CLUSTER_VERSION).set(f64::from(crate::versions::cluster_version(shared)));
+        let cluster_version = crate::versions::cluster_version(shared);
+        metrics::gauge!(n::CLUSTER_VERSION).set(f64::from(cluster_version));
+        // The applied-hash exchange: samples that waited for this node to catch up, then this
+        // node's latest samples to every other member (gated on the cluster version).
+        let own = tel.hash_samples();
+        let c = self.hashes.recheck(s.id, &own);
+        if let Some(msg) = self.hashes.due(Instant::now(), &own)
+            && cluster_version >= HASH_EXCHANGE_CLUSTER_VERSION
+        {
+            for peer in s.config.members().filter(|p| *p != s.id) {
+                let m = quorate_api::NodeMessage::HashSamples(msg.clone());
+                if let Err(e) = shared.transport.try_send(peer, m) {
+                    tracing::trace!(peer = %peer, error = %e, "hash samples dropped");
+                }
+            }
+        }
         metrics::gauge!(n::CERT_EXPIRY_SECONDS)
             .set(shared.transport.credentials().seconds_until_earliest_expiry() as f64);
 
@@ -432,6 +510,7 @@ impl Observer {
             }
         }
         self.last_sweep = Some((now, wall));
+        self.compared(c);
     }
 }
 

@@ -1,8 +1,9 @@
 //! Telemetry of a real 3-node cluster of `quorate` processes on 127.0.0.1: the metrics
 //! endpoint's names and types, values that move (term after an election, commit after
 //! writes), `quorate cluster status` and the metrics agreeing, the applied-entries hash
-//! agreeing across replicas, `quorate top --once`, and `/readyz` flipping when there is no
-//! leader.
+//! agreeing across replicas and compared inside the nodes after finalize, peer round-trip
+//! times, election reasons, audit events of writes in the JSON log, `quorate top --once`, and
+//! `/readyz` flipping when there is no leader.
 
 use quorate_telemetry::http::get_blocking;
 use quorate_telemetry::names as n;
@@ -201,6 +202,9 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
         let text = std::fs::read_to_string(&path).expect("config");
         assert!(text.contains("otlp_endpoint = \"\""), "{text}");
         let text = text.replace("otlp_endpoint = \"\"", &format!("otlp_endpoint = \"http://{collector}/v1/traces\""));
+        // JSON logs, so that the audit events can be found by field.
+        assert!(text.contains("log_format = \"human\""), "{text}");
+        let text = text.replace("log_format = \"human\"", "log_format = \"json\"");
         std::fs::write(&path, text).expect("config");
     }
     let mut nodes = start(&dir, &env.metrics);
@@ -268,6 +272,31 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
         let series = format!("{}{{invariant=\"{name}\"}}", n::INVARIANT_VIOLATIONS_TOTAL);
         assert_eq!(m.value(&series), Some(0.0), "{series}");
     }
+    // Elections carry the reason the core recorded: every reason is exported, and the leader's
+    // own campaigns (a pre-vote round, then the election) are counted.
+    let campaigns: f64 = n::election::ALL
+        .iter()
+        .map(|r| m.value(&format!("{}{{reason=\"{r}\"}}", n::ELECTIONS_TOTAL)).unwrap_or(f64::NAN))
+        .sum();
+    assert!(campaigns >= 1.0, "the leader campaigned, with a known reason:\n{}", m.0);
+    // Every peer has a round-trip time on every node (sampled on the 500 ms sweep).
+    eventually(Duration::from_secs(10), "an RTT gauge for every peer on every node", || {
+        (1..=3u64)
+            .all(|id| {
+                let m = env.scrape(id);
+                (1..=3u64).filter(|p| *p != id).all(|p| {
+                    m.value(&format!("{}{{peer=\"{p}\"}}", n::PEER_RTT_SECONDS)).is_some_and(|v| v > 0.0 && v < 5.0)
+                })
+            })
+            .then_some(())
+    });
+    // Each answered write is an audit event on the leader, with op, key, result and index.
+    let log = std::fs::read_to_string(dir.join(format!("node-{leader}.log"))).expect("leader log");
+    let audit: Vec<&str> =
+        log.lines().filter(|l| l.contains("\"target\":\"quorate::audit\"") && l.contains("\"op\":\"put\"")).collect();
+    assert!(audit.len() >= writes as usize, "one audit event per write:\n{}", audit.join("\n"));
+    let k0 = audit.iter().find(|l| l.contains("\"key\":\"k0\"")).expect("the audit event of k0");
+    assert!(k0.contains("\"result\":\"ok\"") && !k0.contains("\"index\":0,") && k0.contains("\"principal\""), "{k0}");
 
     // The proposals' spans reach the collector (the batch exporter sends every few seconds):
     // span name and the term and index attributes travel as raw strings in the protobuf.
@@ -278,6 +307,8 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
             .then_some(())
     });
 
+    // Finalize (cluster version 2): from now on the nodes send each other their hash samples.
+    env.ok(&["cluster", "finalize"]);
     // Enough writes for one complete applied-entries hash window: every replica shows the
     // same sample at the same index.
     env.ok(&[
@@ -304,6 +335,23 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     });
     assert!(samples[0].0 >= 1024.0);
     assert!(samples.iter().all(|s| s.1 == samples[0].1), "replicas disagree on applied entries: {samples:?}");
+    // The nodes compared those samples themselves: each counts matches from both peers, and no
+    // cross-replica violation.
+    eventually(Duration::from_secs(20), "every node to compare hash samples with both peers", || {
+        (1..=3u64)
+            .all(|id| {
+                let m = env.scrape(id);
+                (1..=3u64).filter(|p| *p != id).all(|p| {
+                    m.value(&format!("{}{{peer=\"{p}\"}}", n::APPLIED_HASH_CHECKS_TOTAL)).is_some_and(|v| v >= 1.0)
+                })
+            })
+            .then_some(())
+    });
+    for id in 1..=3 {
+        let m = env.scrape(id);
+        let series = format!("{}{{invariant=\"{}\"}}", n::INVARIANT_VIOLATIONS_TOTAL, n::invariant::CROSS_REPLICA_HASH);
+        assert_eq!(m.value(&series), Some(0.0), "node {id}: {series}");
+    }
 
     // `quorate cluster status` and the metrics agree (the cluster is idle now).
     eventually(Duration::from_secs(10), "cluster status and the metrics to agree", || {
@@ -327,12 +375,22 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
                 && r[5].parse::<f64>().ok()? == m.must(n::COMMIT_INDEX)
                 && r[6].parse::<f64>().ok()? == m.must(n::APPLIED_INDEX)
                 && r[7].parse::<f64>().ok()? == m.must(n::LAST_LOG_INDEX);
-            if !agree {
+            // CONFIG: `voters=1,2,3` (plus `joint-old=` while joint).
+            let voters = r[8].strip_prefix("voters=")?.split(',').count();
+            let config_agrees = voters as f64 == m.must(n::CONFIG_VOTERS_COUNT)
+                && f64::from(u8::from(r.iter().any(|c| c.starts_with("joint-old=")))) == m.must(n::CONFIG_JOINT);
+            // The versions table: `ID BINARY STORAGE-FORMAT CLUSTER-VERSION SUPPORTS` per node.
+            let cluster_version = status.lines().find_map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                (c.len() == 5 && c[0] == r[0] && c[4].contains("..=")).then(|| c[3].parse::<f64>().ok())?
+            })?;
+            if !agree || !config_agrees || cluster_version != m.must(n::CLUSTER_VERSION) {
                 return None;
             }
         }
         Some(())
     });
+    assert!(env.scrape(leader).must(n::CLUSTER_VERSION) >= 2.0, "finalized");
 
     // `quorate top --once`: one frame, every node, one leader.
     let top = env.ok(&["top", "--once"]);

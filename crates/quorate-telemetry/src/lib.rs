@@ -188,6 +188,7 @@ pub fn init_tracing(config: &TracingConfig) -> Result<TracingGuard, TelemetryErr
     // The filter wraps the whole subscriber: inside the `Vec` of layers it would only be one
     // layer among others and every other layer would still see TRACE events (quinn logs each
     // packet there).
+    #[allow(unused_mut, reason = "pushed to only with the otlp feature")]
     let mut layers: Vec<BoxedLayer> = vec![match config.format {
         LogFormat::Human => tracing_subscriber::fmt::layer().with_target(true).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_target(true).boxed(),

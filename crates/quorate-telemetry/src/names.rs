@@ -125,7 +125,8 @@ pub const PEER_SEND_DROPS_TOTAL: &str = "quorate_peer_send_drops_total";
 
 /// Counter: times the known leader changed (including to "no leader").
 pub const LEADER_CHANGES_TOTAL: &str = "quorate_raft_leader_changes_total";
-/// Counter per `reason`: elections this node started (`timeout`, `transfer`, ...).
+/// Counter per `reason`: campaigns this node started — pre-vote rounds and elections — by
+/// the reason the consensus core gives ([`election`]).
 pub const ELECTIONS_TOTAL: &str = "quorate_raft_elections_total";
 /// Counter: client proposals (writes and membership changes) received.
 pub const PROPOSALS_RECEIVED_TOTAL: &str = "quorate_proposals_received_total";
@@ -190,6 +191,10 @@ pub const APPLIED_HASH_INDEX: &str = "quorate_applied_hash_index";
 /// Gauge: the 48-bit hash of the applied entries of the window ending at
 /// [`APPLIED_HASH_INDEX`]. Replicas with the same index must show the same value.
 pub const APPLIED_HASH_VALUE: &str = "quorate_applied_hash_value";
+/// Counter per `peer`: applied-entries hash samples of a peer compared with this node's own
+/// at the same index (inside the node; a mismatch is an `invariant="cross_replica_hash"`
+/// violation instead).
+pub const APPLIED_HASH_CHECKS_TOTAL: &str = "quorate_applied_hash_checks_total";
 
 /// Every metric above, with kind, help and label keys.
 pub const ALL: &[MetricDef] = &[
@@ -213,7 +218,7 @@ pub const ALL: &[MetricDef] = &[
     g(PEER_RTT_SECONDS, "Smoothed round-trip time to the peer.", &[LABEL_PEER]),
     c(PEER_SEND_DROPS_TOTAL, "Messages dropped because the peer's send queue was full.", &[LABEL_PEER]),
     c(LEADER_CHANGES_TOTAL, "Times the known leader changed.", &[]),
-    c(ELECTIONS_TOTAL, "Elections this node started, by reason.", &[LABEL_REASON]),
+    c(ELECTIONS_TOTAL, "Campaigns (pre-vote rounds and elections) this node started, by reason.", &[LABEL_REASON]),
     c(PROPOSALS_RECEIVED_TOTAL, "Client proposals received.", &[]),
     c(PROPOSALS_COMMITTED_TOTAL, "Proposals of this node that committed.", &[]),
     c(PROPOSALS_APPLIED_TOTAL, "Entries applied to the state machine.", &[]),
@@ -240,6 +245,7 @@ pub const ALL: &[MetricDef] = &[
     c(INVARIANT_VIOLATIONS_TOTAL, "Runtime invariant checks that failed, by invariant.", &[LABEL_INVARIANT]),
     g(APPLIED_HASH_INDEX, "Last index of a complete applied-entries hash window.", &[]),
     g(APPLIED_HASH_VALUE, "48-bit hash of the applied entries of that window.", &[]),
+    c(APPLIED_HASH_CHECKS_TOTAL, "Peer hash samples that matched this node's own at the same index.", &[LABEL_PEER]),
 ];
 
 const fn g(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> MetricDef {
@@ -252,14 +258,23 @@ const fn h(name: &'static str, help: &'static str) -> MetricDef {
     MetricDef { name, kind: Kind::Histogram, help, labels: &[] }
 }
 
-/// Values of the `reason` label of [`ELECTIONS_TOTAL`].
+/// Values of the `reason` label of [`ELECTIONS_TOTAL`], one per reason the consensus core
+/// records when a campaign starts (`quorate_core::CampaignReason`).
 pub mod election {
-    /// The node campaigned after winning a pre-vote round.
-    pub const AFTER_PRE_VOTE: &str = "after_pre_vote";
-    /// The node campaigned while it still knew a leader (election timeout or a transfer).
+    /// The election timer fired while the node knew no leader for its term.
+    pub const ELECTION_TIMEOUT: &str = "election_timeout";
+    /// The election timer fired while the node still knew a leader: the leader went silent
+    /// (crashed, partitioned, or stepped down by check-quorum).
     pub const LEADER_TIMEOUT: &str = "leader_timeout";
-    /// The node campaigned knowing no leader.
-    pub const NO_LEADER: &str = "no_leader";
+    /// The leader handed leadership over (`TimeoutNow`).
+    pub const TRANSFER: &str = "transfer";
+    /// Asked for explicitly (`Raft::campaign_now`).
+    pub const FORCED: &str = "forced";
+    /// A pre-vote round won: the real election that follows it.
+    pub const PRE_VOTE_PASSED: &str = "pre_vote_passed";
+
+    /// Every value above.
+    pub const ALL: &[&str] = &[ELECTION_TIMEOUT, LEADER_TIMEOUT, TRANSFER, FORCED, PRE_VOTE_PASSED];
 }
 
 /// Values of the `invariant` label of [`INVARIANT_VIOLATIONS_TOTAL`].
@@ -272,8 +287,9 @@ pub mod invariant {
     pub const TERM_MONOTONIC: &str = "term_monotonic";
     /// A leader's log does not contain its commit index.
     pub const LEADER_HAS_COMMITTED: &str = "leader_log_has_commit";
-    /// Two replicas hashed different applied state at the same index.
-    pub const APPLIED_HASH_AGREES: &str = "applied_hash_agrees";
+    /// Two replicas hashed different applied entries at the same index (found by a node
+    /// comparing a peer's hash sample with its own).
+    pub const CROSS_REPLICA_HASH: &str = "cross_replica_hash";
     /// The applied index went down.
     pub const APPLIED_MONOTONIC: &str = "applied_monotonic";
 
@@ -284,7 +300,7 @@ pub mod invariant {
         APPLIED_LE_COMMITTED,
         TERM_MONOTONIC,
         LEADER_HAS_COMMITTED,
-        APPLIED_HASH_AGREES,
+        CROSS_REPLICA_HASH,
         APPLIED_MONOTONIC,
     ];
 }
@@ -309,6 +325,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 47);
+        assert_eq!(seen.len(), 48);
     }
 }

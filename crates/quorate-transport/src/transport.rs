@@ -183,6 +183,9 @@ pub struct PeerStats {
     pub connect_failures: u64,
     /// Whether a connection is up now.
     pub connected: bool,
+    /// The smoothed round-trip time of the current connection (QUIC's estimate, fed by
+    /// acknowledgements); `None` while no connection is up.
+    pub rtt: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -192,6 +195,18 @@ struct PeerCounters {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     connected: AtomicBool,
+    /// The connection in use (a handle: it only reads the round-trip time through it).
+    conn: Mutex<Option<Connection>>,
+}
+
+impl PeerCounters {
+    fn set_conn(&self, conn: Option<Connection>) {
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(Connection::rtt)
+    }
 }
 
 struct Peer<M> {
@@ -454,8 +469,17 @@ impl<M: WireMessage> Transport<M> {
                 connects: c.connects.load(Ordering::Relaxed),
                 connect_failures: c.connect_failures.load(Ordering::Relaxed),
                 connected: c.connected.load(Ordering::Relaxed),
+                rtt: c.rtt(),
             }
         })
+    }
+
+    /// The smoothed round-trip time to a peer over its current connection; `None` when the
+    /// peer is unknown or not connected.
+    #[must_use]
+    pub fn peer_rtt(&self, node: NodeId) -> Option<Duration> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.get(&node).and_then(|p| p.counters.rtt())
     }
 
     /// How many inbound connections or streams were refused (bad handshake, identity,
@@ -780,12 +804,14 @@ async fn peer_task<M: WireMessage>(
                 let since = Instant::now();
                 counters.connects.fetch_add(1, Ordering::Relaxed);
                 counters.connected.store(true, Ordering::Relaxed);
+                counters.set_conn(Some(conn.clone()));
                 let snap =
                     tokio::spawn(snapshot_sender(ctx.clone(), conn.clone(), node, snapshot.clone(), counters.clone()));
                 let result = consensus_sender(&ctx, &conn, node, &mut consensus, &counters).await;
                 snap.abort();
                 let _ = snap.await;
                 counters.connected.store(false, Ordering::Relaxed);
+                counters.set_conn(None);
                 conn.close(VarInt::from_u32(codes::SHUTDOWN), b"reconnecting");
                 match result {
                     Ok(()) => return, // queue closed: peer removed

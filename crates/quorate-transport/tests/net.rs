@@ -149,6 +149,11 @@ fn happy_path_both_ways_ordered_with_snapshots_and_client_requests() {
         let stats = t1.peer_stats(id(2)).expect("peer");
         assert_eq!((stats.sent, stats.dropped), (N + CHUNKS, 0));
         assert!(stats.connected && stats.connects >= 1);
+        // The QUIC round-trip estimate after this traffic: present, and loopback-sized.
+        let rtt = stats.rtt.expect("an RTT once connected and after traffic");
+        assert!(rtt > Duration::ZERO && rtt < Duration::from_secs(2), "{rtt:?}");
+        assert!(t1.peer_rtt(id(2)).is_some());
+        assert_eq!(t1.peer_rtt(id(9)), None, "an unknown peer has no RTT");
 
         // A client with role admin sends a request; node 1 answers.
         let client_paths = s.certs.clients[&Principal::new("ops").unwrap()].clone();
