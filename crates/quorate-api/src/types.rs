@@ -140,6 +140,10 @@ pub enum Request {
         /// Exclusive end.
         end: Vec<u8>,
     },
+    /// Write the node's flight recording (its consensus core's recent inputs, from the oldest
+    /// checkpoint it keeps) into `<data_dir>/flight/` (admin; node-local, not through the log).
+    /// Since 0.2.0.
+    FlightDump,
 }
 
 /// Who may do what; from the role in the client's certificate.
@@ -179,7 +183,8 @@ impl Request {
             | Request::MemberRemove { .. }
             | Request::LeaderTransfer { .. }
             | Request::SnapshotSave
-            | Request::Finalize { .. } => Access::Admin,
+            | Request::Finalize { .. }
+            | Request::FlightDump => Access::Admin,
         }
     }
 
@@ -280,6 +285,7 @@ impl ClientRequest {
             | Request::MemberRemove { .. }
             | Request::LeaderTransfer { .. }
             | Request::SnapshotSave
+            | Request::FlightDump
             | Request::OpenSession => Ok(()),
         }
     }
@@ -465,6 +471,13 @@ pub enum Response {
         more: bool,
         /// The global revision after the write.
         revision: u64,
+    },
+    /// A flight recording was written (the answer to [`Request::FlightDump`]). Since 0.2.0.
+    FlightDumped {
+        /// Where, on the node.
+        path: String,
+        /// Inputs of the consensus core it holds (after its checkpoint).
+        inputs: u64,
     },
 }
 

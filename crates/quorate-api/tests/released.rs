@@ -43,6 +43,7 @@ fn messages_added_after_0_1_0_are_appended_variants() {
         Request::Versions,
         Request::Finalize { version: 2 },
         Request::DeleteRange { start: b"a".to_vec(), end: b"b".to_vec() },
+        Request::FlightDump,
     ];
     for body in new {
         let msg = NodeMessage::Request(ClientRequest { id: 9, session: None, body });

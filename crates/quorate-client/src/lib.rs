@@ -372,6 +372,15 @@ impl Client {
         }
     }
 
+    /// Asks one node (directly; no redirect) to write its flight recording into its
+    /// `<data_dir>/flight/` (admin); returns the file's path on that node and its input count.
+    pub async fn flight_dump(&self, node: NodeId) -> Result<(String, u64), ClientError> {
+        match self.core.send(Request::FlightDump, None, Route::Direct(node)).await? {
+            (_, Response::FlightDumped { path, inputs }) => Ok((path, inputs)),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
     /// The versions of one node (asked directly; no redirect). A 0.1.0 node cannot answer.
     pub async fn versions(&self, node: NodeId) -> Result<VersionInfo, ClientError> {
         match self.core.send(Request::Versions, None, Route::Direct(node)).await? {

@@ -1,35 +1,56 @@
-//! The flight recorder: every input the node gives its consensus core, kept in a bounded
-//! buffer, dumped to a file on request or when the node halts on an error, and replayed
-//! through a fresh core (`quorate replay FILE`) that must reproduce the recorded outputs.
+//! The flight recorder: the recent inputs of the node's consensus core, kept in a bounded ring
+//! of segments, each starting at a checkpoint; dumped to a file on request (the admin request
+//! `FlightDump`, `quorate debug flight-dump`), on a runtime invariant violation, and when the
+//! node halts or stops on an error; replayed through a core restored from the checkpoint
+//! (`quorate replay FILE`), which must reproduce every recorded output.
 //!
-//! ## What a dump covers
+//! ## The ring
 //!
-//! A replay needs the core's state where the recording starts. The core's state is rebuilt
-//! from storage only when the process starts, so **a recording window starts at process
-//! start**: the recorder captures the core's configuration (with its random seed) and what
-//! the core can read from storage then — the snapshot metadata, the hard state and every log
-//! entry after the snapshot (at most the budget, `limits.flight_recorder_mb`; with a longer log
-//! the recorder stays off for this process and says so in the log and in a dump). From then on it keeps every
-//! call the driver makes into the core, in order, with its `now`: messages in, timeouts,
-//! proposals, reads, leadership transfers, configuration changes, persistence completions and
-//! snapshot events, the result of each call, and a digest of every `Ready`. The buffer is
-//! bounded ([`INPUTS_MAX`] inputs, the budget in bytes): once full, recording stops and a
-//! dump covers the window from process start to that point (it says how many later inputs
-//! were not kept). To record a fresh window, restart the node.
+//! The driver holds the core as a [`Recorded`]: every call that changes the core goes through
+//! it and is recorded in order with its `now` — messages in, timeouts, proposals, reads,
+//! leadership transfers, configuration changes, persistence completions and snapshot events,
+//! the result of each call, and a digest of every `Ready`. Inputs go into the newest
+//! *segment*. A segment starts with a [`Checkpoint`] from which a replay can start:
 //!
-//! A replay rebuilds the storage the core saw from the base (an in-memory store) and writes
-//! each `Ready`'s persist batch into it when the recorded completion for it arrives, as the
-//! node's group committer does. The core reads only entries it was told are persisted, so
-//! this reproduces what it read.
+//! * (a) a [`quorate_core::CoreImage`] of the core (every field but its storage);
+//! * (b) what the core could read from storage at that moment — the snapshot metadata, the
+//!   hard state and the log after the snapshot ([`Base`]);
+//! * (c) the persist batches handed out in `Ready`s and not yet reported persisted
+//!   ([`Pending`]); a replay writes each into its in-memory store when the recorded completion
+//!   arrives, as the node's group committer does.
+//!
+//! (b) comes from a **mirror**: an in-memory store ([`MemStore`], the one a replay uses) that
+//! the recorder updates exactly as a replay does — a `Ready`'s persist batch (log entries,
+//! hard state, a snapshot install or a compaction) is written into it when its `Persisted`
+//! input is recorded — so a checkpoint is what a replay will have, not a racy read of the
+//! node's RocksDB. The mirror is built from the real storage when the process starts (and
+//! again when nothing is in flight, if it was dropped). It holds the log after the snapshot,
+//! which compaction keeps small; if it grows beyond half the budget it is dropped, later
+//! checkpoints are skipped until it can be rebuilt, and a dump says so in its note.
+//!
+//! A new segment starts every `budget / 4` bytes of inputs (or [`INPUTS_MAX`]` / 4` inputs);
+//! when the ring holds more than the budget (`limits.flight_recorder_mb`) or [`INPUTS_MAX`]
+//! inputs, its oldest segments are dropped, always keeping the two newest. A dump writes the
+//! oldest checkpoint the ring still holds and every input after it, so it covers between a
+//! quarter of the budget and the whole budget of the most recent inputs.
+//!
+//! **Memory**: the ring holds at most the budget, or two segments when checkpoints are large
+//! (a checkpoint is skipped when it would exceed half the budget, so two segments are at most
+//! 1.5 × the budget); the mirror at most half the budget; batches in flight are bounded by the
+//! node's persist queue. In all, under 2 × `limits.flight_recorder_mb` (default 64 MiB).
 //!
 //! ## File format
 //!
 //! `"QFLT"`, format `u32` LE, then frames of `length u32 LE | CRC-32 u32 LE | postcard body`:
-//! the first frame is the [`Header`], every other frame one [`Input`]. Reading checks every
-//! bound and checksum and never panics: a truncated or damaged file is a [`FlightError`].
+//! the [`Header`], then `Option<`[`Checkpoint`]`>`, then one frame per [`Input`]; last the
+//! marker `"QEND"` and the number of inputs (`u64` LE), so a file cut at a frame boundary is
+//! still seen as truncated. This is format 3. Format 2 files (written before the ring: a
+//! window from process start, the base in the header) are still read and replayed from a
+//! fresh core. Reading checks every bound and checksum and never panics: a truncated or
+//! damaged file is a [`FlightError`].
 
 use quorate_core::{
-    ConfChange, Config as CoreConfig, CoreError, Instant, IoId, Message, Raft, ReadId, ReadLevel, Ready,
+    ConfChange, Config as CoreConfig, CoreError, CoreImage, Instant, IoId, Message, Raft, ReadId, ReadLevel, Ready,
 };
 use quorate_log::{Data, Entry, EntryId, HardState, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
 use quorate_storage::{DurableLog, MemStore, PersistBatch};
@@ -40,30 +61,37 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Most inputs kept in one recording window.
+/// Most inputs kept in the ring.
 pub const INPUTS_MAX: usize = 1_000_000;
-/// Most bytes of encoded inputs kept in one recording window (the node's
-/// `limits.flight_recorder_mb` sets a smaller budget).
+/// Most bytes of recording kept (the node's `limits.flight_recorder_mb` sets a smaller budget).
 pub const INPUT_BYTES_MAX: usize = 1024 << 20;
-/// Most bytes of log entries captured as the window's base (also bounded by the budget).
+/// Segments per budget: a new one starts every `budget / SEGMENTS` bytes of inputs.
+pub const SEGMENTS: usize = 4;
+/// Most bytes of log entries in a checkpoint's base (also bounded by half the budget).
 pub const BASE_BYTES_MAX: u64 = 1024 << 20;
 /// Largest frame accepted when reading a dump.
 pub const FRAME_BYTES_MAX: usize = BASE_BYTES_MAX as usize + (1 << 20);
 /// Largest dump file accepted.
 pub const FILE_BYTES_MAX: u64 = (BASE_BYTES_MAX + INPUT_BYTES_MAX as u64) * 2;
+/// Most persist batches in flight the recorder tracks (beyond, the mirror is dropped).
+pub const PENDING_MAX: usize = 65_536;
+/// Dump files kept in the flight directory; older ones are deleted when a new one is written.
+pub const DUMPS_KEPT: usize = 16;
+/// Dumps written on invariant violations per process (the first ones matter).
+pub const VIOLATION_DUMPS_MAX: u32 = 4;
 
 const MAGIC: &[u8; 4] = b"QFLT";
-const FORMAT: u32 = 2;
+/// The format written: a checkpoint, then inputs.
+const FORMAT: u32 = 3;
+/// The format before the ring (a window from process start); still read.
+const FORMAT_WINDOW: u32 = 2;
 /// Last bytes of every recording: this marker and the number of inputs (u64, little endian),
 /// so that a file cut at a frame boundary is still seen as truncated.
 const END: &[u8; 4] = b"QEND";
 const TRAILER_BYTES: usize = 12;
 
-fn push_trailer(out: &mut Vec<u8>, inputs: u64) {
-    out.extend_from_slice(END);
-    out.extend_from_slice(&inputs.to_le_bytes());
-}
-/// The file a dump request is made with, in the flight directory.
+/// The file a dump request is made with, in the flight directory (the fallback of
+/// `quorate debug flight-dump --data-dir` when the client API cannot be used).
 pub const REQUEST_FILE: &str = "dump-request";
 
 /// Why a dump could not be read, written or replayed.
@@ -81,7 +109,7 @@ pub enum FlightError {
     /// The file is not a flight recording, or is damaged or cut short.
     #[error("not a valid flight recording: {0}")]
     Format(String),
-    /// The recording cannot be replayed (no base was captured).
+    /// The recording cannot be replayed (no checkpoint was kept).
     #[error("the recording cannot be replayed: {0}")]
     NotReplayable(String),
     /// The replayed core could not be built or its storage refused a write.
@@ -196,7 +224,7 @@ impl RecordedConfig {
     }
 }
 
-/// What the core could read from storage when the window started.
+/// What the core could read from storage at a checkpoint (or, in format 2, at process start).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Base {
     /// The snapshot the log starts after (its configuration included).
@@ -207,23 +235,102 @@ pub struct Base {
     pub entries: Vec<Entry>,
 }
 
+/// A persist batch handed out in a `Ready` and not yet reported persisted.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    /// Its id (`Persist::io`).
+    pub io: u64,
+    /// See [`quorate_core::Persist`].
+    pub hard_state: Option<HardState>,
+    /// See [`quorate_core::Persist`].
+    pub entries: Vec<Entry>,
+    /// See [`quorate_core::Persist`].
+    pub sync: bool,
+    /// See [`quorate_core::Persist`].
+    pub install: Option<SnapshotMeta>,
+    /// See [`quorate_core::Persist`].
+    pub compact: Option<SnapshotMeta>,
+}
+
+impl Pending {
+    fn of(p: &quorate_core::Persist) -> Pending {
+        Pending {
+            io: p.io.0,
+            hard_state: p.hard_state,
+            entries: p.entries.clone(),
+            sync: p.sync,
+            install: p.install.clone(),
+            compact: p.compact.clone(),
+        }
+    }
+
+    /// The batch the node writes for it (as [`persist_batch`]).
+    #[must_use]
+    pub fn batch(&self) -> PersistBatch {
+        PersistBatch {
+            hard_state: self.hard_state,
+            truncate_from: self.entries.first().map(|e| e.index),
+            entries: self.entries.clone(),
+            install: self.install.clone(),
+            compact: self.compact.clone(),
+            skip_fsync: !self.sync,
+        }
+    }
+}
+
+/// Where a replay starts: the core's state, what it could read, what was in flight.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Inputs recorded since the process started before this checkpoint.
+    pub at: u64,
+    /// The core's image (postcard bytes of a [`quorate_core::CoreImage`]).
+    pub image: Vec<u8>,
+    /// What the core could read from storage.
+    pub base: Base,
+    /// Persist batches handed out and not yet reported persisted, in order.
+    pub pending: Vec<Pending>,
+}
+
 /// The first frame of a dump.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Header {
     /// The node.
     pub node: u64,
-    /// Why the dump was written (`request`, `halt: ...`, `error: ...`).
+    /// Why the dump was written (`request`, `invariant violation`, `halt: ...`, `error: ...`).
     pub reason: String,
-    /// The core's configuration at the window start.
+    /// The core's configuration when the process started (the checkpoint's image holds the
+    /// configuration a replay uses).
     pub config: RecordedConfig,
-    /// The core's `now` at the window start.
+    /// The core's `now` when the process started.
     pub start: Instant,
-    /// The storage state at the window start (`None`: not captured, see `note`).
-    pub base: Option<Base>,
-    /// Inputs after the buffer filled, not kept.
-    pub dropped: u64,
-    /// Anything a reader should know (why there is no base, ...).
+    /// Inputs recorded since the process started before the first input of this file (no
+    /// longer kept, or before its checkpoint).
+    pub first_input: u64,
+    /// Anything a reader should know (why there is no checkpoint, ...).
     pub note: String,
+}
+
+/// The first frame of a format-2 dump.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+struct HeaderWindow {
+    node: u64,
+    reason: String,
+    config: RecordedConfig,
+    start: Instant,
+    base: Option<Base>,
+    dropped: u64,
+    note: String,
+}
+
+/// Where a dump's replay starts.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Origin {
+    /// A checkpoint (format 3).
+    Checkpoint(Checkpoint),
+    /// A fresh core built with the header's configuration at its `start` over this storage
+    /// (format 2: a window from process start).
+    Start(Base),
 }
 
 /// One call into the core, with its result (a digest of its `Debug` text) where it has one.
@@ -418,41 +525,250 @@ pub fn persist_batch(p: &quorate_core::Persist) -> PersistBatch {
     }
 }
 
-/// The recording buffer of one window.
-struct Recorder {
-    header: Header,
+/// One segment of the ring: a checkpoint (if one could be taken) and the inputs after it.
+struct Segment {
+    /// The postcard bytes of its [`Checkpoint`].
+    checkpoint: Option<Vec<u8>>,
+    /// Inputs recorded since process start before its first input.
+    first_input: u64,
+    /// Its inputs, as frames.
     frames: Vec<u8>,
     inputs: usize,
+}
+
+impl Segment {
+    fn bytes(&self) -> usize {
+        self.frames.len() + self.checkpoint.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// The ring, the mirror and the dump bookkeeping.
+struct Recorder {
+    node: u64,
+    config: RecordedConfig,
+    start: Instant,
     on: bool,
     budget: usize,
+    ring: VecDeque<Segment>,
+    ring_bytes: usize,
+    ring_inputs: usize,
+    /// Inputs recorded since process start.
+    next_input: u64,
+    /// What a replay's storage holds (see the module docs); `None`: dropped (see `note`).
+    mirror: Option<MemStore>,
+    mirror_bytes: u64,
+    /// Batches handed out, not yet reported persisted (tracked while the mirror is kept).
+    pending: VecDeque<Pending>,
+    /// The last batch id handed out and the last reported persisted.
+    issued_io: u64,
+    persisted_io: u64,
+    /// Why the last checkpoint could not be taken (empty: it was).
+    note: String,
     dir: Option<PathBuf>,
     dumped_halt: bool,
+    violations_seen: u64,
+    violation_dumps: u32,
+    dumps_written: u64,
     scratch: Vec<u8>,
 }
 
 impl Recorder {
+    fn mirror_max(&self) -> u64 {
+        (self.budget / 2) as u64
+    }
+
     fn record(&mut self, input: &Input) {
         if !self.on {
             return;
         }
-        if self.inputs >= INPUTS_MAX || self.frames.len() >= self.budget {
-            self.header.dropped += 1;
-            return;
-        }
-        push_frame(&mut self.frames, input);
-        self.inputs += 1;
+        let Some(seg) = self.ring.back_mut() else { return };
+        let before = seg.frames.len();
+        push_frame(&mut seg.frames, input);
+        seg.inputs += 1;
+        self.ring_bytes += seg.frames.len() - before;
+        self.ring_inputs += 1;
+        self.next_input += 1;
     }
 
-    fn encode(&self, reason: &str) -> Vec<u8> {
-        let mut header = self.header.clone();
-        header.reason = reason.to_string();
-        let mut out = Vec::with_capacity(self.frames.len() + 64);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT.to_le_bytes());
-        push_frame(&mut out, &header);
-        out.extend_from_slice(&self.frames);
-        push_trailer(&mut out, self.inputs as u64);
-        out
+    fn segment_full(&self) -> bool {
+        self.ring.back().is_some_and(|s| s.frames.len() >= self.budget / SEGMENTS || s.inputs >= INPUTS_MAX / SEGMENTS)
+    }
+
+    fn lose_mirror(&mut self, why: String) {
+        if self.mirror.take().is_some() {
+            tracing::warn!(reason = %why, "flight recorder: checkpoints paused");
+        }
+        self.pending.clear();
+        self.mirror_bytes = 0;
+        self.note = why;
+    }
+
+    fn on_ready(&mut self, rd: &Ready) {
+        let Some(p) = &rd.persist else { return };
+        self.issued_io = p.io.0;
+        if self.mirror.is_none() {
+            return;
+        }
+        if self.pending.len() >= PENDING_MAX {
+            self.lose_mirror(format!("more than {PENDING_MAX} persist batches in flight"));
+            return;
+        }
+        self.pending.push_back(Pending::of(p));
+    }
+
+    /// As a replay does: batches up to `io` are durable, in order.
+    fn on_persisted(&mut self, io: u64) {
+        self.persisted_io = io;
+        let Some(mirror) = &self.mirror else { return };
+        let mut measure = false;
+        let mut added = 0u64;
+        let mut failed = None;
+        // Bounded by the pending queue (PENDING_MAX).
+        while self.pending.front().is_some_and(|p| p.io <= io) {
+            let Some(p) = self.pending.pop_front() else { break };
+            let last = mirror.last_index();
+            measure |= p.install.is_some() || p.compact.is_some() || p.entries.first().is_some_and(|e| e.index <= last);
+            added += p.entries.iter().map(Entry::size_bytes).sum::<u64>();
+            if let Err(e) = mirror.write(p.batch()) {
+                failed = Some(format!("the mirror refused persist batch {}: {e}", p.io));
+                break;
+            }
+        }
+        if let Some(why) = failed {
+            self.lose_mirror(why);
+            return;
+        }
+        self.mirror_bytes = if measure {
+            match log_bytes(mirror, self.mirror_max()) {
+                Ok(b) => b,
+                Err(why) => return self.lose_mirror(why),
+            }
+        } else {
+            self.mirror_bytes + added
+        };
+        if self.mirror_bytes > self.mirror_max() {
+            let why = format!(
+                "the log after the snapshot holds more than {} bytes (half the budget); checkpoints \
+                 resume once it is compacted",
+                self.mirror_max()
+            );
+            self.lose_mirror(why);
+        }
+    }
+
+    /// A checkpoint of `raft` now, as postcard bytes.
+    fn checkpoint<S: LogStorage>(&mut self, raft: &Raft<S>) -> Result<Vec<u8>, String> {
+        if self.mirror.is_none() {
+            if self.issued_io > self.persisted_io {
+                return Err(format!("{} (persist batches in flight: the mirror cannot be rebuilt now)", self.note));
+            }
+            // Nothing in flight: the storage holds exactly what the core was told is durable.
+            let base = capture_base(raft.storage(), self.mirror_max())?;
+            self.mirror_bytes = base.entries.iter().map(Entry::size_bytes).sum();
+            self.mirror = Some(store_from_base(&base).map_err(|e| e.to_string())?);
+            self.pending.clear();
+        }
+        let Some(mirror) = &self.mirror else { return Err("no mirror".into()) };
+        let base = capture_base(mirror, self.mirror_max())?;
+        let image = postcard::to_allocvec(&raft.image()).map_err(|e| format!("the core image does not encode: {e}"))?;
+        let cp = Checkpoint { at: self.next_input, image, base, pending: self.pending.iter().cloned().collect() };
+        let bytes = postcard::to_allocvec(&cp).map_err(|e| format!("the checkpoint does not encode: {e}"))?;
+        if bytes.len() > self.budget / 2 {
+            return Err(format!(
+                "a checkpoint of {} bytes exceeds half the budget ({} bytes)",
+                bytes.len(),
+                self.budget / 2
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Starts a new segment at a checkpoint of `raft`, then drops what the budget cannot hold.
+    fn roll<S: LogStorage>(&mut self, raft: &Raft<S>) {
+        let checkpoint = match self.checkpoint(raft) {
+            Ok(b) => {
+                self.note.clear();
+                Some(b)
+            }
+            Err(why) => {
+                if self.note != why {
+                    tracing::warn!(reason = %why, "flight recorder: checkpoint skipped");
+                }
+                self.note = why;
+                None
+            }
+        };
+        let seg = Segment { checkpoint, first_input: self.next_input, frames: Vec::new(), inputs: 0 };
+        self.ring_bytes += seg.bytes();
+        self.ring.push_back(seg);
+        // Bounded: each turn removes a segment.
+        while self.ring.len() > 2 && (self.ring_bytes > self.budget || self.ring_inputs > INPUTS_MAX) {
+            self.pop_oldest();
+        }
+        // Inputs before the oldest checkpoint cannot be replayed.
+        while self.ring.len() > 1
+            && self.ring.front().is_some_and(|s| s.checkpoint.is_none())
+            && self.ring.iter().any(|s| s.checkpoint.is_some())
+        {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(s) = self.ring.pop_front() {
+            self.ring_bytes -= s.bytes();
+            self.ring_inputs -= s.inputs;
+        }
+    }
+
+    /// The segments a dump holds: from the oldest with a checkpoint (all if none has one).
+    fn dumped(&self) -> (usize, u64) {
+        let from = self.ring.iter().position(|s| s.checkpoint.is_some()).unwrap_or(0);
+        let inputs = self.ring.iter().skip(from).map(|s| s.inputs as u64).sum();
+        (from, inputs)
+    }
+
+    /// Writes the dump: header, the oldest checkpoint, every input after it, the trailer.
+    fn write_to(&self, out: &mut impl Write, reason: &str) -> std::io::Result<u64> {
+        let (from, inputs) = self.dumped();
+        let first = self.ring.get(from);
+        let checkpoint = first.and_then(|s| s.checkpoint.as_deref());
+        let mut note = self.note.clone();
+        if checkpoint.is_none() {
+            note = format!("no checkpoint is kept: {}", if note.is_empty() { "recorder off" } else { &note });
+        }
+        let header = Header {
+            node: self.node,
+            reason: reason.to_string(),
+            config: self.config.clone(),
+            start: self.start,
+            first_input: first.map_or(self.next_input, |s| s.first_input),
+            note,
+        };
+        out.write_all(MAGIC)?;
+        out.write_all(&FORMAT.to_le_bytes())?;
+        let mut frame = Vec::new();
+        push_frame(&mut frame, &header);
+        out.write_all(&frame)?;
+        // `Option<Checkpoint>` in postcard: a tag byte, then the checkpoint's own bytes.
+        let (tag, body): (u8, &[u8]) = match checkpoint {
+            Some(b) => (1, b),
+            None => (0, &[]),
+        };
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[tag]);
+        crc.update(body);
+        let len = u32::try_from(1 + body.len()).map_err(std::io::Error::other)?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(&crc.finalize().to_le_bytes())?;
+        out.write_all(&[tag])?;
+        out.write_all(body)?;
+        for s in self.ring.iter().skip(from) {
+            out.write_all(&s.frames)?;
+        }
+        out.write_all(END)?;
+        out.write_all(&inputs.to_le_bytes())?;
+        Ok(inputs)
     }
 }
 
@@ -468,6 +784,67 @@ fn push_frame(out: &mut Vec<u8>, v: &impl Serialize) {
     let crc = crc32fast::hash(&out[at + 8..]);
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A dump written to a file.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct Dumped {
+    /// The file.
+    pub path: PathBuf,
+    /// Inputs it holds (after its checkpoint).
+    pub inputs: u64,
+}
+
+/// A dump encoded in memory, to be written to the flight directory (off the driver's task).
+#[derive(Debug)]
+pub struct PreparedDump {
+    dir: PathBuf,
+    name: String,
+    bytes: Vec<u8>,
+    inputs: u64,
+}
+
+impl PreparedDump {
+    /// Writes the file (fsynced, then renamed into place) and deletes the oldest dumps beyond
+    /// [`DUMPS_KEPT`].
+    pub fn write(self) -> Result<Dumped, FlightError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FlightError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.dir.join(&self.name);
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&self.bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        prune_dumps(&self.dir);
+        Ok(Dumped { path, inputs: self.inputs })
+    }
+}
+
+/// Keeps the newest [`DUMPS_KEPT`] `flight-*.qflt` files of `dir` (best effort, bounded).
+fn prune_dumps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut dumps: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .take(10_000)
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("flight-") && n.ends_with(".qflt")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if dumps.len() <= DUMPS_KEPT {
+        return;
+    }
+    dumps.sort();
+    for (_, p) in &dumps[..dumps.len() - DUMPS_KEPT] {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// The consensus core with a flight recorder around it: every call that changes the core goes
@@ -486,17 +863,20 @@ impl<S: LogStorage> Deref for Recorded<S> {
 
 impl<S: LogStorage> std::fmt::Debug for Recorded<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorded").field("inputs", &self.rec.inputs).field("on", &self.rec.on).finish_non_exhaustive()
+        f.debug_struct("Recorded")
+            .field("inputs", &self.rec.ring_inputs)
+            .field("segments", &self.rec.ring.len())
+            .field("on", &self.rec.on)
+            .finish_non_exhaustive()
     }
 }
 
 impl<S: LogStorage> Recorded<S> {
-    /// Builds the core from `storage` (as [`Raft::new`]) and starts a recording window:
-    /// captures the configuration and what the core can read from storage. `dir` is where
-    /// dumps go (`None`: only [`Recorded::dump_bytes`]).
+    /// Builds the core from `storage` (as [`Raft::new`]) and starts the ring with a first
+    /// checkpoint. `dir` is where dumps go (`None`: only [`Recorded::dump_bytes`]).
     ///
-    /// `budget` bounds the bytes of recorded inputs and, separately, of the captured base
-    /// log; 0 turns recording off.
+    /// `budget` bounds the bytes the ring keeps (inputs and checkpoints; see the module docs
+    /// for the whole memory bound); 0 turns recording off.
     pub fn new(
         cfg: CoreConfig,
         storage: S,
@@ -506,33 +886,37 @@ impl<S: LogStorage> Recorded<S> {
     ) -> Result<Recorded<S>, CoreError> {
         let config = RecordedConfig::capture(&cfg);
         let node = cfg.id.get();
-        let budget = budget.min(INPUT_BYTES_MAX).min(BASE_BYTES_MAX as usize);
-        let captured = if budget == 0 {
-            Err("turned off (limits.flight_recorder_mb = 0)".to_string())
-        } else {
-            capture_base(&storage, budget as u64)
-        };
-        let (base, note) = match captured {
-            Ok(b) => (Some(b), String::new()),
-            Err(why) => {
-                tracing::warn!(reason = %why, "flight recorder off for this process");
-                (None, why)
-            }
-        };
-        let on = base.is_some();
+        let budget = budget.min(INPUT_BYTES_MAX);
         let raft = Raft::new(cfg, storage, now)?;
-        let header = Header { node, reason: String::new(), config, start: now, base, dropped: 0, note };
+        let on = budget > 0;
         let rec = Recorder {
-            header,
-            frames: Vec::new(),
-            inputs: 0,
+            node,
+            config,
+            start: now,
             on,
             budget,
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            ring_inputs: 0,
+            next_input: 0,
+            mirror: None,
+            mirror_bytes: 0,
+            pending: VecDeque::new(),
+            issued_io: 0,
+            persisted_io: 0,
+            note: if on { String::new() } else { "turned off (limits.flight_recorder_mb = 0)".into() },
             dir,
             dumped_halt: false,
+            violations_seen: 0,
+            violation_dumps: 0,
+            dumps_written: 0,
             scratch: Vec::new(),
         };
-        Ok(Recorded { raft, rec })
+        let mut r = Recorded { raft, rec };
+        if on {
+            r.rec.roll(&r.raft);
+        }
+        Ok(r)
     }
 
     /// The underlying core's storage, mutably (for tests and tools; not an input).
@@ -540,64 +924,104 @@ impl<S: LogStorage> Recorded<S> {
         self.raft.storage_mut()
     }
 
-    /// Inputs recorded in this window.
+    /// Inputs the ring holds now.
     #[must_use]
     pub fn recorded_inputs(&self) -> usize {
-        self.rec.inputs
+        self.rec.ring_inputs
+    }
+
+    /// Inputs recorded since the process started (kept or not).
+    #[must_use]
+    pub fn inputs_total(&self) -> u64 {
+        self.rec.next_input
+    }
+
+    /// Segments in the ring, and how many of them start with a checkpoint.
+    #[must_use]
+    pub fn segments(&self) -> (usize, usize) {
+        (self.rec.ring.len(), self.rec.ring.iter().filter(|s| s.checkpoint.is_some()).count())
+    }
+
+    /// Bytes the ring holds (inputs and checkpoints).
+    #[must_use]
+    pub fn ring_bytes(&self) -> usize {
+        self.rec.ring_bytes
     }
 
     fn after(&mut self, input: Input) {
         self.rec.record(&input);
+        if self.rec.on && self.rec.segment_full() {
+            self.rec.roll(&self.raft);
+        }
         if let Some(h) = self.raft.halted()
             && !self.rec.dumped_halt
         {
             self.rec.dumped_halt = true;
             let reason = format!("halt: {h}");
             match self.dump(&reason) {
-                Ok(Some(path)) => tracing::error!(path = %path.display(), "core halted; flight recording dumped"),
+                Ok(Some(d)) => tracing::error!(path = %d.path.display(), "core halted; flight recording dumped"),
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "core halted; flight recording could not be dumped"),
             }
         }
     }
 
-    /// The recording so far, as a dump file's bytes.
+    /// The recording (from the oldest checkpoint kept), as a dump file's bytes.
     #[must_use]
     pub fn dump_bytes(&self, reason: &str) -> Vec<u8> {
-        self.rec.encode(reason)
+        let mut out = Vec::with_capacity(self.rec.ring_bytes + 256);
+        // Writing into a Vec cannot fail.
+        let _ = self.rec.write_to(&mut out, reason);
+        out
     }
 
-    /// Writes the recording so far into the flight directory; returns its path (`None`
-    /// without a directory).
-    pub fn dump(&self, reason: &str) -> Result<Option<PathBuf>, FlightError> {
-        let Some(dir) = &self.rec.dir else { return Ok(None) };
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| FlightError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    /// Encodes a dump for [`PreparedDump::write`] (`None` without a flight directory).
+    pub fn prepare_dump(&mut self, reason: &str) -> Option<PreparedDump> {
+        let dir = self.rec.dir.clone()?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let path = dir.join(format!("flight-{}-{stamp}.qflt", self.rec.header.node));
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&self.dump_bytes(reason)).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        Ok(Some(path))
+        self.rec.dumps_written += 1;
+        let name = format!("flight-{}-{stamp}-{}.qflt", self.rec.node, self.rec.dumps_written);
+        let bytes = self.dump_bytes(reason);
+        let inputs = self.rec.dumped().1;
+        Some(PreparedDump { dir, name, bytes, inputs })
     }
 
-    /// Answers a dump request left in the flight directory by `quorate debug flight-dump`
-    /// (called from the node's periodic sweep): writes the dump and names it in
+    /// Writes the recording into the flight directory; returns its path and input count
+    /// (`None` without a directory).
+    pub fn dump(&mut self, reason: &str) -> Result<Option<Dumped>, FlightError> {
+        self.prepare_dump(reason).map(PreparedDump::write).transpose()
+    }
+
+    /// Dumps the recording when `violations_total` (the process's runtime invariant
+    /// violations so far) grew since the last call: at most [`VIOLATION_DUMPS_MAX`] times.
+    pub fn dump_on_violations(&mut self, violations_total: u64) {
+        if violations_total <= self.rec.violations_seen {
+            return;
+        }
+        self.rec.violations_seen = violations_total;
+        if self.rec.violation_dumps >= VIOLATION_DUMPS_MAX {
+            return;
+        }
+        self.rec.violation_dumps += 1;
+        match self.dump("invariant violation") {
+            Ok(Some(d)) => tracing::error!(path = %d.path.display(), "invariant violated; flight recording dumped"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "invariant violated; flight recording could not be dumped"),
+        }
+    }
+
+    /// Answers a dump request left in the flight directory by `quorate debug flight-dump
+    /// --data-dir` (called from the node's periodic sweep): writes the dump and names it in
     /// `dump-request.done`.
-    pub fn poll_dump_request(&self) {
-        let Some(dir) = &self.rec.dir else { return };
+    pub fn poll_dump_request(&mut self) {
+        let Some(dir) = self.rec.dir.clone() else { return };
         let req = dir.join(REQUEST_FILE);
         if !req.exists() {
             return;
         }
         let _ = std::fs::remove_file(&req);
         let answer = match self.dump("request") {
-            Ok(Some(p)) => p.display().to_string(),
+            Ok(Some(d)) => d.path.display().to_string(),
             Ok(None) => "error: no flight directory".into(),
             Err(e) => format!("error: {e}"),
         };
@@ -708,6 +1132,9 @@ impl<S: LogStorage> Recorded<S> {
     /// [`Raft::persisted`], recorded.
     pub fn persisted(&mut self, now: Instant, io: IoId) {
         self.raft.persisted(now, io);
+        if self.rec.on {
+            self.rec.on_persisted(io.0);
+        }
         self.after(Input::Persisted { now, io: io.0 });
     }
 
@@ -719,18 +1146,55 @@ impl<S: LogStorage> Recorded<S> {
             let digest = ready_digest(&rd, &mut scratch);
             scratch.clear();
             self.rec.scratch = scratch;
+            self.rec.on_ready(&rd);
             self.after(Input::Ready { digest });
         }
         rd
     }
 }
 
+/// Answers the admin request `FlightDump`: the dump is encoded here (the driver's task, so it
+/// is consistent), written and fsynced on a blocking thread, and answered from there.
+pub(crate) fn answer_dump_request<S: LogStorage>(core: &mut Recorded<S>, responder: crate::server::Responder) {
+    use quorate_api::{ApiError, Response};
+    if !core.rec.on {
+        let e = ApiError::Refused("the flight recorder is off (limits.flight_recorder_mb = 0)".into());
+        responder.send(Err(e), None);
+        return;
+    }
+    let Some(prepared) = core.prepare_dump("request") else {
+        responder.send(Err(ApiError::Unavailable("this node has no flight directory".into())), None);
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        let result = prepared
+            .write()
+            .map(|d| Response::FlightDumped { path: d.path.display().to_string(), inputs: d.inputs })
+            .map_err(|e| ApiError::Internal(format!("flight dump: {e}")));
+        responder.send(result, None);
+    });
+}
+
+/// Bytes of the log entries after the snapshot, failing beyond `budget`.
+fn log_bytes<S: LogStorage>(storage: &S, budget: u64) -> Result<u64, String> {
+    capture(storage, budget, false).map(|(_, bytes)| bytes)
+}
+
+/// What the core can read from `storage`: snapshot metadata, hard state and every log entry
+/// after the snapshot (at most `budget` bytes of entries).
 fn capture_base<S: LogStorage>(storage: &S, budget: u64) -> Result<Base, String> {
+    let (entries, _) = capture(storage, budget, true)?;
     let snapshot = storage.snapshot_meta().map_err(|e| format!("cannot read the snapshot metadata: {e}"))?;
     let hard_state = storage.initial_state().map_err(|e| format!("cannot read the initial state: {e}"))?.hard_state;
+    Ok(Base { snapshot, hard_state, entries })
+}
+
+fn capture<S: LogStorage>(storage: &S, budget: u64, keep: bool) -> Result<(Vec<Entry>, u64), String> {
+    let budget = budget.min(BASE_BYTES_MAX);
+    let floor = storage.snapshot_last().index;
     let last = storage.last_index();
     let mut entries = Vec::new();
-    let mut next = snapshot.last.index.next();
+    let mut next = floor.next();
     let mut bytes = 0u64;
     // Bounded: each call returns at least one entry or fails; the byte budget ends the loop.
     while next <= last {
@@ -743,15 +1207,34 @@ fn capture_base<S: LogStorage>(storage: &S, budget: u64) -> Result<Base, String>
         bytes += chunk.iter().map(Entry::size_bytes).sum::<u64>();
         if bytes > budget {
             return Err(format!(
-                "the log after the snapshot holds more than {budget} bytes ({} entries); \
-                 a window could not be replayed from its start",
-                last.0 - snapshot.last.index.0
+                "the log after the snapshot holds more than {budget} bytes ({} entries); no checkpoint",
+                last.0.saturating_sub(floor.0)
             ));
         }
-        entries.extend(chunk);
+        if keep {
+            entries.extend(chunk);
+        }
         next = end.next();
     }
-    Ok(Base { snapshot, hard_state, entries })
+    Ok((entries, bytes))
+}
+
+/// An in-memory store holding `base`, as a replay starts from.
+fn store_from_base(base: &Base) -> Result<MemStore, FlightError> {
+    let store = MemStore::new(base.snapshot.config.clone());
+    if base.snapshot.last.index > LogIndex::ZERO {
+        store
+            .write(PersistBatch { install: Some(base.snapshot.clone()), ..PersistBatch::default() })
+            .map_err(|e| FlightError::Replay(format!("base snapshot: {e}")))?;
+    }
+    store
+        .write(PersistBatch {
+            entries: base.entries.clone(),
+            hard_state: Some(base.hard_state),
+            ..PersistBatch::default()
+        })
+        .map_err(|e| FlightError::Replay(format!("base log: {e}")))?;
+    Ok(store)
 }
 
 // ----- reading and replaying -----
@@ -762,7 +1245,9 @@ fn capture_base<S: LogStorage>(storage: &S, budget: u64) -> Result<Base, String>
 pub struct Dump {
     /// Its header.
     pub header: Header,
-    /// The inputs, in order.
+    /// Where a replay starts (`None`: no checkpoint was kept; the header's note says why).
+    pub origin: Option<Origin>,
+    /// The inputs after it, in order.
     pub inputs: Vec<Input>,
 }
 
@@ -778,15 +1263,15 @@ pub fn read_dump(path: &Path) -> Result<Dump, FlightError> {
     decode_dump(&bytes)
 }
 
-/// Decodes a dump from its bytes.
+/// Decodes a dump from its bytes (format 3, or format 2 from before the ring).
 pub fn decode_dump(bytes: &[u8]) -> Result<Dump, FlightError> {
     let bad = |s: String| FlightError::Format(s);
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
         return Err(bad("it does not start with the flight recording magic \"QFLT\"".into()));
     }
     let format = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if format != FORMAT {
-        return Err(bad(format!("format {format}; this build reads format {FORMAT}")));
+    if format != FORMAT && format != FORMAT_WINDOW {
+        return Err(bad(format!("format {format}; this build reads formats {FORMAT_WINDOW} and {FORMAT}")));
     }
     let Some(body_end) = bytes.len().checked_sub(TRAILER_BYTES).filter(|&e| e >= 8 && &bytes[e..e + 4] == END) else {
         return Err(bad("it does not end with the end marker \"QEND\" (a truncated file)".into()));
@@ -819,9 +1304,26 @@ pub fn decode_dump(bytes: &[u8]) -> Result<Dump, FlightError> {
     };
     let decode_err = |n: usize, e: postcard::Error| bad(format!("frame {n} does not decode: {e}"));
     let header_bytes = frame(0)?.ok_or_else(|| bad("no header".into()))?;
-    let header: Header = postcard::from_bytes(header_bytes).map_err(|e| decode_err(0, e))?;
+    let (header, origin, first) = if format == FORMAT_WINDOW {
+        let h: HeaderWindow = postcard::from_bytes(header_bytes).map_err(|e| decode_err(0, e))?;
+        let mut note = h.note;
+        if h.dropped > 0 {
+            note = format!(
+                "{note}{}{} later inputs were not kept (format 2: the buffer filled)",
+                if note.is_empty() { "" } else { "; " },
+                h.dropped
+            );
+        }
+        let header = Header { node: h.node, reason: h.reason, config: h.config, start: h.start, first_input: 0, note };
+        (header, h.base.map(Origin::Start), 1)
+    } else {
+        let header: Header = postcard::from_bytes(header_bytes).map_err(|e| decode_err(0, e))?;
+        let cp_bytes = frame(1)?.ok_or_else(|| bad("no checkpoint frame".into()))?;
+        let cp: Option<Checkpoint> = postcard::from_bytes(cp_bytes).map_err(|e| decode_err(1, e))?;
+        (header, cp.map(Origin::Checkpoint), 2)
+    };
     let mut inputs = Vec::new();
-    let mut n = 1;
+    let mut n = first;
     while let Some(body) = frame(n)? {
         if inputs.len() >= INPUTS_MAX {
             return Err(bad(format!("more than {INPUTS_MAX} inputs")));
@@ -832,20 +1334,45 @@ pub fn decode_dump(bytes: &[u8]) -> Result<Dump, FlightError> {
     if inputs.len() as u64 != expected {
         return Err(bad(format!("{} inputs where the end marker says {expected} (a damaged file)", inputs.len())));
     }
-    Ok(Dump { header, inputs })
+    Ok(Dump { header, origin, inputs })
 }
 
-/// Encodes a dump (for tools and tests that edit one).
+/// Encodes a dump (for tools and tests that edit one): format 3, or format 2 for an
+/// [`Origin::Start`].
 #[must_use]
 pub fn encode_dump(dump: &Dump) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
-    push_frame(&mut out, &dump.header);
+    let h = &dump.header;
+    match &dump.origin {
+        Some(Origin::Start(base)) => {
+            out.extend_from_slice(&FORMAT_WINDOW.to_le_bytes());
+            let hw = HeaderWindow {
+                node: h.node,
+                reason: h.reason.clone(),
+                config: h.config.clone(),
+                start: h.start,
+                base: Some(base.clone()),
+                dropped: 0,
+                note: h.note.clone(),
+            };
+            push_frame(&mut out, &hw);
+        }
+        other => {
+            out.extend_from_slice(&FORMAT.to_le_bytes());
+            push_frame(&mut out, h);
+            let cp = match other {
+                Some(Origin::Checkpoint(c)) => Some(c),
+                _ => None,
+            };
+            push_frame(&mut out, &cp);
+        }
+    }
     for i in &dump.inputs {
         push_frame(&mut out, i);
     }
-    push_trailer(&mut out, dump.inputs.len() as u64);
+    out.extend_from_slice(END);
+    out.extend_from_slice(&(dump.inputs.len() as u64).to_le_bytes());
     out
 }
 
@@ -875,36 +1402,38 @@ pub struct ReplayReport {
     pub compared: usize,
     /// The first difference, if any (the replay stops there).
     pub divergence: Option<Divergence>,
-    /// Inputs the node did not keep after its buffer filled.
-    pub dropped: u64,
+    /// Inputs since the process started before the recording's first (not in the file).
+    pub first_input: u64,
 }
 
-/// Re-runs a dump's inputs through a fresh core built from its base and compares every
-/// recorded output. Deterministic: the same dump always gives the same report.
+/// Re-runs a dump's inputs through a core restored from its checkpoint (format 2: a fresh
+/// core built from its base) and compares every recorded output. Deterministic: the same dump
+/// always gives the same report.
 pub fn replay(dump: &Dump) -> Result<ReplayReport, FlightError> {
     let h = &dump.header;
-    let Some(base) = &h.base else {
-        return Err(FlightError::NotReplayable(format!("no base state was captured: {}", h.note)));
+    let (mut raft, mut pending) = match &dump.origin {
+        None => return Err(FlightError::NotReplayable(format!("no checkpoint: {}", h.note))),
+        Some(Origin::Start(base)) => {
+            let raft = Raft::new(h.config.to_core()?, store_from_base(base)?, h.start)
+                .map_err(|e| FlightError::Replay(format!("core: {e}")))?;
+            (raft, VecDeque::new())
+        }
+        Some(Origin::Checkpoint(cp)) => {
+            let image: CoreImage = postcard::from_bytes(&cp.image)
+                .map_err(|e| FlightError::Format(format!("the checkpoint's core image does not decode: {e}")))?;
+            if image.id().get() != h.node {
+                return Err(FlightError::Format(format!("the core image is of node {}, not {}", image.id(), h.node)));
+            }
+            if cp.pending.len() > PENDING_MAX {
+                return Err(FlightError::Format(format!("more than {PENDING_MAX} batches in flight")));
+            }
+            let raft = Raft::from_image(image, store_from_base(&cp.base)?)
+                .map_err(|e| FlightError::Replay(format!("core image: {e}")))?;
+            (raft, cp.pending.iter().map(|p| (p.io, p.batch())).collect::<VecDeque<_>>())
+        }
     };
-    let store = MemStore::new(base.snapshot.config.clone());
-    if base.snapshot.last.index > LogIndex::ZERO {
-        store
-            .write(PersistBatch { install: Some(base.snapshot.clone()), ..PersistBatch::default() })
-            .map_err(|e| FlightError::Replay(format!("base snapshot: {e}")))?;
-    }
-    store
-        .write(PersistBatch {
-            entries: base.entries.clone(),
-            hard_state: Some(base.hard_state),
-            ..PersistBatch::default()
-        })
-        .map_err(|e| FlightError::Replay(format!("base log: {e}")))?;
-    let mut raft =
-        Raft::new(h.config.to_core()?, store, h.start).map_err(|e| FlightError::Replay(format!("core: {e}")))?;
-    let mut pending: VecDeque<(u64, PersistBatch)> = VecDeque::new();
     let mut scratch = Vec::new();
-    let mut report =
-        ReplayReport { inputs: 0, readies: 0, compared: 0, divergence: None, dropped: dump.header.dropped };
+    let mut report = ReplayReport { inputs: 0, readies: 0, compared: 0, divergence: None, first_input: h.first_input };
     for (at, input) in dump.inputs.iter().enumerate() {
         let check = |recorded: u32, replayed: u32, report: &mut ReplayReport| {
             report.compared += 1;
@@ -957,7 +1486,7 @@ pub fn replay(dump: &Dump) -> Result<ReplayReport, FlightError> {
                 report.readies += 1;
                 check(digest, ready_digest(&rd, &mut scratch), &mut report);
                 if let Some(p) = &rd.persist {
-                    if pending.len() >= INPUTS_MAX {
+                    if pending.len() >= PENDING_MAX {
                         return Err(FlightError::Replay("too many unpersisted batches".into()));
                     }
                     pending.push_back((p.io.0, persist_batch(p)));

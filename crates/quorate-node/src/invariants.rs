@@ -107,8 +107,17 @@ impl Invariants {
     }
 }
 
+/// Violations reported in this process (the flight recorder dumps when it grows).
+static VIOLATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Violations reported in this process so far, by any check.
+pub(crate) fn violations_total() -> u64 {
+    VIOLATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Counts and logs a violation.
 pub(crate) fn report(v: &Violation) {
+    VIOLATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     metrics::counter!(names::INVARIANT_VIOLATIONS_TOTAL, names::LABEL_INVARIANT => v.invariant).increment(1);
     tracing::error!(invariant = v.invariant, evidence = %v.evidence, "INVARIANT VIOLATED: this is a bug; keep the data directory and logs");
 }

@@ -555,6 +555,7 @@ impl Driver {
         loop {
             self.drain_ready().await?;
             self.obs.observe(&self.raft).map_err(ServerError::Core)?;
+            self.raft.dump_on_violations(crate::invariants::violations_total());
             let wake = self.raft.poll_timeout().map_or_else(
                 || Instant::now() + Duration::from_secs(3600),
                 |t| self.start + self.failpoints.real_at(Duration::from_nanos(t.as_nanos())),
@@ -1022,6 +1023,10 @@ impl Driver {
             }
             Request::Versions => {
                 responder.send(crate::versions::info(&self.shared), None);
+                Ok(())
+            }
+            Request::FlightDump => {
+                crate::flight::answer_dump_request(&mut self.raft, responder);
                 Ok(())
             }
             Request::Finalize { version } => match crate::versions::check_finalize(&self.shared, version) {

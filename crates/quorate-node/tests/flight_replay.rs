@@ -1,10 +1,14 @@
-//! The flight recorder on real `quorate` processes: a 3-node cluster elects a leader, takes
-//! writes, loses a node (another election if it led), takes more writes; each surviving
-//! node's recording, fetched with `quorate debug flight-dump`, replays exactly with
-//! `quorate replay`. An edited recording diverges; a truncated or garbage file is refused.
+//! The flight recorder on real `quorate` processes: a 3-node cluster with a small recorder
+//! budget (`limits.flight_recorder_mb = 1`) and frequent snapshots takes a load, loses a node
+//! (another election if it led) and takes more load until every surviving node's ring has
+//! wrapped (its oldest inputs dropped). Each surviving node's recording — requested with the
+//! admin request `quorate debug flight-dump --node ID` — starts at a later checkpoint and
+//! replays exactly with `quorate replay`; so does one asked for through the data directory. An
+//! edited recording diverges; a truncated or garbage file is refused.
 
+use quorate_node::config::NodeConfig;
 use quorate_node::flight;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +17,8 @@ mod procs;
 use procs::{Nodes, free_base_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+/// Load rounds before every surviving ring must have wrapped.
+const ROUNDS_MAX: usize = 8;
 
 fn cli(dir: &Path, endpoints: &str, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -44,8 +50,43 @@ fn eventually(dir: &Path, endpoints: &str, args: &[&str]) {
     }
 }
 
+/// A bounded closed-loop load: mostly writes.
+fn load(dir: &Path, endpoints: &str) {
+    let args = [
+        "bench",
+        "--duration",
+        "4",
+        "--clients",
+        "4",
+        "--read-ratio",
+        "0.2",
+        "--ops-max",
+        "20000",
+        "--value-size",
+        "64",
+        "--keys",
+        "200",
+    ];
+    ok(&cli(dir, endpoints, &args));
+}
+
+/// Asks node `id` for its recording over the client API, copied to `file`.
+fn dump(dir: &Path, endpoints: &str, id: u32, file: &Path) -> flight::Dump {
+    let out =
+        cli(dir, endpoints, &["debug", "flight-dump", "--node", &id.to_string(), "--out", &file.to_string_lossy()]);
+    let said = ok(&out);
+    assert!(said.contains("inputs"), "{said}");
+    flight::read_dump(file).unwrap()
+}
+
+fn replays(file: &Path) {
+    let out = Command::new(BIN).arg("replay").arg(file).output().unwrap();
+    let said = ok(&out);
+    assert!(said.contains("outputs match") && said.contains("from a checkpoint"), "{said}");
+}
+
 #[test]
-fn recordings_of_a_real_cluster_replay_exactly() {
+fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     let base = free_base_port(40_000);
@@ -59,11 +100,18 @@ fn recordings_of_a_real_cluster_replay_exactly() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut nodes = Vec::new();
     for id in 1..=3 {
+        // A small ring (1 MiB) and frequent snapshots (the checkpoints' log stays short).
+        let path = dir.join(format!("node-{id}.toml"));
+        let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config.limits.flight_recorder_mb = 1;
+        config.raft.snapshot_entries = 500;
+        config.raft.compaction_tail_entries = 100;
+        std::fs::write(&path, config.to_toml().unwrap()).unwrap();
         let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
         nodes.push(
             Command::new(BIN)
                 .args(["node", "start", "--config"])
-                .arg(dir.join(format!("node-{id}.toml")))
+                .arg(&path)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -74,45 +122,58 @@ fn recordings_of_a_real_cluster_replay_exactly() {
     let mut nodes = Nodes(nodes);
 
     eventually(&dir, &endpoints, &["kv", "put", "k-0", "v"]);
-    for i in 1..20 {
-        ok(&cli(&dir, &endpoints, &["kv", "put", &format!("k-{i}"), "v"]));
-    }
-    // Node 1 goes away (a new election if it led); the other two go on.
+    load(&dir, &endpoints);
+    // Node 1 goes away (a new election if it led); the other two go on until both rings wrap.
     let _ = nodes.0[0].kill();
     let _ = nodes.0[0].wait();
     eventually(&dir, &endpoints, &["kv", "put", "after", "v"]);
-    for i in 0..10 {
-        ok(&cli(&dir, &endpoints, &["kv", "put", &format!("after-{i}"), "v"]));
-        ok(&cli(&dir, &endpoints, &["kv", "get", &format!("after-{i}")]));
-    }
-
-    let data = |id: u32| -> PathBuf { dir.join("data").join(format!("node-{id}")) };
     let mut recordings = Vec::new();
-    for id in [2, 3] {
-        let file = tmp.path().join(format!("node-{id}.qflt"));
-        let out = Command::new(BIN)
-            .args(["debug", "flight-dump", "--data-dir"])
-            .arg(data(id))
-            .arg("--out")
-            .arg(&file)
-            .output()
-            .unwrap();
-        ok(&out);
-        let out = Command::new(BIN).arg("replay").arg(&file).output().unwrap();
-        let said = ok(&out);
-        assert!(said.contains("outputs match"), "{said}");
-        let dump = flight::read_dump(&file).unwrap();
-        assert!(dump.inputs.len() > 100, "node {id}: {} inputs", dump.inputs.len());
-        recordings.push((file, dump));
+    for round in 1..=ROUNDS_MAX {
+        load(&dir, &endpoints);
+        recordings.clear();
+        for id in [2, 3] {
+            let file = tmp.path().join(format!("node-{id}.qflt"));
+            let d = dump(&dir, &endpoints, id, &file);
+            recordings.push((id, file, d));
+        }
+        if recordings.iter().all(|(_, _, d)| d.header.first_input > 0) {
+            break;
+        }
+        assert!(
+            round < ROUNDS_MAX,
+            "the rings never wrapped: {:?}",
+            recordings.iter().map(|r| &r.2.header).collect::<Vec<_>>()
+        );
     }
+    for (id, file, d) in &recordings {
+        let Some(flight::Origin::Checkpoint(cp)) = &d.origin else {
+            panic!("node {id}: no checkpoint: {}", d.header.note)
+        };
+        assert_eq!(cp.at, d.header.first_input, "node {id}");
+        assert!(d.inputs.len() > 1000, "node {id}: {} inputs", d.inputs.len());
+        assert_eq!(d.header.reason, "request");
+        replays(file);
+    }
+    // The fallback through the data directory.
+    let via_file = tmp.path().join("node-2-file.qflt");
+    let out = Command::new(BIN)
+        .args(["debug", "flight-dump", "--data-dir"])
+        .arg(dir.join("data").join("node-2"))
+        .arg("--out")
+        .arg(&via_file)
+        .output()
+        .unwrap();
+    ok(&out);
+    replays(&via_file);
     drop(nodes);
 
-    // An edited recording (one received message removed) is reported as divergent.
-    let (file, dump) = &recordings[0];
+    // An edited recording (one Ready's recorded digest changed) is reported as divergent.
+    let (_, file, dump) = &recordings[0];
     let mut edited = dump.clone();
-    let k =
-        edited.inputs.iter().position(|i| matches!(i, flight::Input::Message { .. })).expect("a message was recorded");
-    edited.inputs.remove(k);
+    let k = edited.inputs.iter().position(|i| matches!(i, flight::Input::Ready { .. })).expect("a Ready");
+    if let flight::Input::Ready { digest } = &mut edited.inputs[k] {
+        *digest ^= 1;
+    }
     let tampered = tmp.path().join("tampered.qflt");
     std::fs::write(&tampered, flight::encode_dump(&edited)).unwrap();
     let out = Command::new(BIN).arg("replay").arg(&tampered).output().unwrap();

@@ -326,7 +326,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args),
         Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args),
         Command::Replay(args) => flight::replay(&args),
-        Command::Debug(cmd) => flight::debug(&cmd),
+        Command::Debug(cmd) => flight::debug(&cli.conn, &cmd),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
         Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
         Command::Cluster(ClusterCmd::Finalize { to }) => block_on(cluster::finalize(&cli.conn, to)),

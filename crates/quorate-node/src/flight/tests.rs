@@ -1,5 +1,6 @@
-//! A deterministic 3-core cluster (in memory, seeded) run through elections, partitions and
-//! writes with a recorder on every core; each core's recording must replay exactly, an
+//! A deterministic 3-core cluster (in memory, seeded) run through elections, partitions,
+//! writes and snapshots with a recorder on every core; each core's recording must replay
+//! exactly — from process start and, once the ring has wrapped, from a later checkpoint — an
 //! edited recording must diverge, and damaged files must be refused with clear errors.
 
 use super::*;
@@ -18,10 +19,17 @@ struct Sim {
     isolated: Option<u64>,
     leaders: Vec<(u64, Term)>,
     proposals_ok: u64,
+    snapshots: u64,
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with(seed, 64 << 20, 1_000_000)
+    }
+
+    /// `budget`: each recorder's; `snapshot_entries`: the core's snapshot threshold (a
+    /// snapshot is "taken" at once when asked for, and the log compacted behind it).
+    fn with(seed: u64, budget: usize, snapshot_entries: u64) -> Sim {
         let ids: Vec<NodeId> = (1..=3).map(|i| NodeId::new(i).expect("non-zero")).collect();
         let voters = Configuration::with_voters(ids.clone()).expect("voters");
         let nodes = ids
@@ -31,8 +39,9 @@ impl Sim {
                 cfg.election_timeout_min = Duration::from_millis(100);
                 cfg.heartbeat_interval = Duration::from_millis(20);
                 cfg.seed = seed ^ id.get();
-                cfg.snapshot_entries_threshold = 1_000_000;
-                Recorded::new(cfg, MemStore::new(voters.clone()), Instant::ZERO, None, 64 << 20).expect("core")
+                cfg.snapshot_entries_threshold = snapshot_entries;
+                cfg.compaction_tail_entries = 20;
+                Recorded::new(cfg, MemStore::new(voters.clone()), Instant::ZERO, None, budget).expect("core")
             })
             .collect();
         Sim {
@@ -43,6 +52,7 @@ impl Sim {
             isolated: None,
             leaders: Vec::new(),
             proposals_ok: 0,
+            snapshots: 0,
         }
     }
 
@@ -74,6 +84,10 @@ impl Sim {
                     self.unpersisted[i].push((p.io, persist_batch(p)));
                 }
                 self.net.extend(rd.messages);
+                if let Some(meta) = rd.take_snapshot {
+                    n.snapshot_taken(now, meta);
+                    self.snapshots += 1;
+                }
             }
             if n.role() == Role::Leader && self.leaders.last() != Some(&(n.id().get(), n.term())) {
                 self.leaders.push((n.id().get(), n.term()));
@@ -93,9 +107,12 @@ impl Sim {
 
 /// Elections, writes, the leader cut off (a new election), healed, more writes.
 fn run(seed: u64) -> Sim {
-    let mut sim = Sim::new(seed);
+    run_sim(Sim::new(seed), 400)
+}
+
+fn run_sim(mut sim: Sim, steps: usize) -> Sim {
     for k in 0..3 {
-        for s in 0..400 {
+        for s in 0..steps {
             sim.step(s % 3 == 0);
         }
         if k < 2 {
@@ -123,6 +140,9 @@ fn every_core_replays_exactly() {
         let report = replay(&dump).expect("replays");
         assert_eq!(report.divergence, None, "node {}", n.id());
         assert_eq!(report.inputs, dump.inputs.len());
+        // Nothing wrapped: the recording starts at the first checkpoint, at process start.
+        assert_eq!(dump.header.first_input, 0);
+        assert!(matches!(&dump.origin, Some(Origin::Checkpoint(c)) if c.at == 0));
         assert!(report.readies > 100 && report.compared >= report.readies, "{report:?}");
         // Deterministic: again, the same report.
         assert_eq!(replay(&dump).expect("replays"), report);
@@ -187,4 +207,156 @@ fn damaged_files_get_clear_errors() {
     let dir = tempfile::tempdir().expect("dir");
     let e = read_dump(&dir.path().join("missing.qflt")).unwrap_err().to_string();
     assert!(e.contains("missing.qflt"), "{e}");
+}
+
+const WRAPPED_BUDGET: usize = 64 << 10;
+
+/// A small budget, snapshots and compaction: the ring wraps many times.
+fn wrapped(seed: u64) -> Sim {
+    run_sim(Sim::with(seed, WRAPPED_BUDGET, 150), 1500)
+}
+
+#[test]
+fn the_ring_drops_old_segments_and_stays_in_its_budget() {
+    let sim = wrapped(13);
+    assert!(sim.snapshots >= 3, "snapshots were taken: {}", sim.snapshots);
+    let budget = WRAPPED_BUDGET;
+    for n in &sim.nodes {
+        let (segments, checkpoints) = n.segments();
+        assert!(n.inputs_total() > 2 * n.recorded_inputs() as u64, "node {}: the ring wrapped", n.id());
+        assert!((2..=SEGMENTS + 1).contains(&segments), "node {}: {segments} segments", n.id());
+        assert_eq!(checkpoints, segments, "node {}: every segment has a checkpoint", n.id());
+        assert!(n.ring_bytes() <= budget * 3 / 2, "node {}: {} bytes", n.id(), n.ring_bytes());
+        let dump = decode_dump(&n.dump_bytes("test")).expect("decodes");
+        assert!(dump.header.first_input > 0, "old inputs were dropped");
+        assert!(dump.header.note.is_empty(), "{}", dump.header.note);
+        let Some(Origin::Checkpoint(cp)) = &dump.origin else { panic!("a checkpoint") };
+        assert_eq!(cp.at, dump.header.first_input);
+        assert_eq!(cp.at + dump.inputs.len() as u64, n.inputs_total(), "every input after the checkpoint");
+        assert!(cp.base.snapshot.last.index.0 > 0, "the checkpoint starts after a snapshot");
+    }
+}
+
+#[test]
+fn a_dump_from_a_later_checkpoint_replays_exactly() {
+    let sim = wrapped(17);
+    for n in &sim.nodes {
+        let dump = decode_dump(&n.dump_bytes("test")).expect("decodes");
+        let report = replay(&dump).expect("replays");
+        assert_eq!(report.divergence, None, "node {}", n.id());
+        assert_eq!(report.inputs, dump.inputs.len());
+        assert_eq!(report.first_input, dump.header.first_input);
+        assert!(report.readies > 100, "{report:?}");
+        assert_eq!(replay(&dump).expect("replays"), report, "deterministic");
+    }
+    // An edited later recording diverges too, at the edited output.
+    let mut dump = decode_dump(&sim.nodes[2].dump_bytes("test")).expect("decodes");
+    let k = dump.inputs.len() / 2
+        + dump.inputs[dump.inputs.len() / 2..].iter().position(|i| matches!(i, Input::Ready { .. })).expect("a Ready");
+    if let Input::Ready { digest } = &mut dump.inputs[k] {
+        *digest ^= 1;
+    }
+    let d = replay(&dump).expect("replays").divergence.expect("diverges");
+    assert_eq!((d.at, d.kind), (k, "ready"));
+}
+
+#[test]
+fn format_2_recordings_still_replay() {
+    // A format-2 file: a fresh core from the configuration and the base at process start.
+    let sim = run(19);
+    let n = &sim.nodes[0];
+    let dump = decode_dump(&n.dump_bytes("test")).expect("decodes");
+    let Some(Origin::Checkpoint(cp)) = &dump.origin else { panic!("a checkpoint") };
+    let old =
+        Dump { header: dump.header.clone(), origin: Some(Origin::Start(cp.base.clone())), inputs: dump.inputs.clone() };
+    let bytes = encode_dump(&old);
+    assert_eq!(bytes[4..8], FORMAT_WINDOW.to_le_bytes());
+    let back = decode_dump(&bytes).expect("format 2 decodes");
+    assert!(matches!(back.origin, Some(Origin::Start(_))));
+    let report = replay(&back).expect("replays");
+    assert_eq!(report.divergence, None);
+    assert_eq!(report.inputs, dump.inputs.len());
+    // An unknown format is refused by name.
+    let mut future = bytes.clone();
+    future[4..8].copy_from_slice(&9u32.to_le_bytes());
+    let e = decode_dump(&future).unwrap_err().to_string();
+    assert!(e.contains("format 9") && e.contains("reads formats 2 and 3"), "{e}");
+}
+
+#[test]
+fn damaged_checkpoints_get_clear_errors() {
+    let sim = wrapped(23);
+    let dump = decode_dump(&sim.nodes[0].dump_bytes("test")).expect("decodes");
+    let Some(Origin::Checkpoint(cp)) = dump.origin.clone() else { panic!("a checkpoint") };
+    // A core image cut short: a Format error, no panic.
+    let mut bad = cp.clone();
+    bad.image.truncate(bad.image.len() / 2);
+    let d = Dump { origin: Some(Origin::Checkpoint(bad)), ..dump.clone() };
+    let e = replay(&decode_dump(&encode_dump(&d)).expect("decodes")).unwrap_err().to_string();
+    assert!(e.contains("core image does not decode"), "{e}");
+    // A base that lacks the log the image says is persisted: refused by the core.
+    assert!(dump.header.first_input > 0 && !cp.base.entries.is_empty(), "a later checkpoint with a log");
+    let mut bad = cp.clone();
+    bad.base.entries.clear();
+    let d = Dump { origin: Some(Origin::Checkpoint(bad)), ..dump.clone() };
+    let e = replay(&d).unwrap_err().to_string();
+    assert!(e.contains("replay failed"), "{e}");
+    // Another node's image under this header.
+    let other = decode_dump(&sim.nodes[1].dump_bytes("test")).expect("decodes");
+    let d = Dump { origin: other.origin.clone(), ..dump.clone() };
+    let e = replay(&d).unwrap_err().to_string();
+    assert!(e.contains("not 1"), "{e}");
+    // No checkpoint: not replayable, and says why.
+    let d = Dump { origin: None, ..dump.clone() };
+    assert!(matches!(replay(&d), Err(FlightError::NotReplayable(_))));
+    // Random bytes in the checkpoint frame: an error, never a panic.
+    let bytes = encode_dump(&dump);
+    let mut rng = quorate_core::SplitMix64::new(29);
+    for _ in 0..200 {
+        let mut b = bytes.clone();
+        let at = 8 + rng.below(4096.min(b.len() as u64 - 20)) as usize;
+        b[at] ^= 1 << rng.below(8);
+        if let Ok(d) = decode_dump(&b) {
+            let _ = replay(&d);
+        }
+    }
+}
+
+#[test]
+fn dumps_on_violations_and_requests_are_bounded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ids = [NodeId::new(1).expect("non-zero")];
+    let conf = Configuration::with_voters(ids).expect("voters");
+    let mut cfg = CoreConfig::new(ids[0]);
+    cfg.seed = 1;
+    let mut rec =
+        Recorded::new(cfg, MemStore::new(conf), Instant::ZERO, Some(dir.path().to_path_buf()), 1 << 20).expect("core");
+    rec.handle_timeout(Instant(10_000_000_000));
+    let files = || std::fs::read_dir(dir.path()).expect("dir").count();
+    rec.dump_on_violations(0);
+    assert_eq!(files(), 0, "no violation, no dump");
+    rec.dump_on_violations(1);
+    assert_eq!(files(), 1, "one dump for a new violation");
+    rec.dump_on_violations(1);
+    assert_eq!(files(), 1, "the same count again: no dump");
+    for v in 2..20 {
+        rec.dump_on_violations(v);
+    }
+    assert_eq!(files(), VIOLATION_DUMPS_MAX as usize, "at most {VIOLATION_DUMPS_MAX} violation dumps");
+    for _ in 0..DUMPS_KEPT + 4 {
+        let d = rec.dump("request").expect("writes").expect("a directory");
+        assert!(d.inputs > 0);
+        let back = read_dump(&d.path).expect("reads");
+        assert_eq!(back.inputs.len() as u64, d.inputs);
+        assert_eq!(replay(&back).expect("replays").divergence, None);
+    }
+    assert_eq!(files(), DUMPS_KEPT, "older dumps are deleted");
+    // Recording off: no checkpoint, a note, not replayable.
+    let mut cfg = CoreConfig::new(ids[0]);
+    cfg.seed = 1;
+    let off =
+        Recorded::new(cfg, MemStore::new(Configuration::with_voters(ids).expect("voters")), Instant::ZERO, None, 0)
+            .expect("core");
+    let d = decode_dump(&off.dump_bytes("test")).expect("decodes");
+    assert!(d.origin.is_none() && d.header.note.contains("turned off"), "{:?}", d.header);
 }
