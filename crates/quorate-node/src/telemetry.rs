@@ -631,3 +631,45 @@ impl FsyncTimer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invariants::HASH_WINDOW_ENTRIES;
+    use quorate_api::{HashSample, HashSamples};
+    use quorate_log::{Data, EntryPayload, Term};
+
+    fn id(n: u64) -> NodeId {
+        NodeId::new(n).expect("non-zero")
+    }
+
+    #[test]
+    fn a_differing_peer_sample_is_a_cross_replica_violation_and_halts_when_configured() {
+        let registry = quorate_telemetry::Metrics::new();
+        metrics::with_local_recorder(&registry, || {
+            let tel = NodeTelemetry::new(LogIndex(0));
+            for i in 1..=HASH_WINDOW_ENTRIES {
+                let payload = EntryPayload::Command(Data::copy_from(format!("cmd-{i}").as_bytes()));
+                tel.applying(&Entry { term: Term(1), index: LogIndex(i), payload });
+            }
+            let own = tel.hash_samples();
+            assert_eq!(own.len(), 1, "one complete window");
+            let (index, hash) = own[0];
+            let mut obs = Observer::new(tel.clone(), 1, 0, true);
+
+            // Peer 2 applied the same entries: a match, counted, no violation.
+            obs.hash_samples_from(id(1), id(2), &HashSamples { samples: vec![HashSample { index, hash }] });
+            assert!(obs.halt_pending.is_none());
+            // Peer 3 applied something else in that window: a violation, and (halt on) a halt.
+            let other = HashSamples { samples: vec![HashSample { index, hash: hash ^ 1 }] };
+            obs.hash_samples_from(id(1), id(3), &other);
+            let text = registry.render();
+            assert!(text.contains(&format!("{}{{peer=\"2\"}} 1", n::APPLIED_HASH_CHECKS_TOTAL)), "{text}");
+            let violations =
+                format!("{}{{invariant=\"{}\"}} 1", n::INVARIANT_VIOLATIONS_TOTAL, n::invariant::CROSS_REPLICA_HASH);
+            assert!(text.contains(&violations), "{text}");
+            let halt = obs.halt_pending.as_deref().expect("halt requested");
+            assert!(halt.contains("cross_replica_hash") && halt.contains("peer 3"), "{halt}");
+        });
+    }
+}

@@ -398,6 +398,16 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     assert_eq!(top.lines().filter(|l| l.split_whitespace().nth(1) == Some("leader")).count(), 1, "{top}");
     assert_eq!(top.lines().count(), 4, "{top}");
 
+    // A leadership transfer is a campaign with reason `transfer` on the new leader.
+    let target = (1..=3).find(|id| *id != leader).expect("a follower");
+    env.ok(&["leader", "transfer", "--to", &target.to_string()]);
+    let transfer = format!("{}{{reason=\"{}\"}}", n::ELECTIONS_TOTAL, n::election::TRANSFER);
+    eventually(Duration::from_secs(15), "the transfer target to lead, counting a transfer election", || {
+        let m = env.scrape(target);
+        (m.role() == "leader" && m.value(&transfer).is_some_and(|v| v >= 1.0)).then_some(())
+    });
+    let leader = target;
+
     // Without a quorum there is no leader: the survivor's /readyz fails with the reason. (Its
     // term stays: with pre-vote, a node that cannot win does not start a real election.)
     let survivor = (1..=3).find(|id| *id != leader).expect("a follower");
