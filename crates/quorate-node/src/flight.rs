@@ -564,6 +564,12 @@ struct Recorder {
     persisted_io: u64,
     /// Why the last checkpoint could not be taken (empty: it was).
     note: String,
+    /// A compaction or snapshot install was handed out since the mirror was dropped (so a
+    /// rebuild may now fit).
+    compacted: bool,
+    /// Checkpoints taken and skipped since the process started.
+    taken: u64,
+    skipped: u64,
     dir: Option<PathBuf>,
     dumped_halt: bool,
     violations_seen: u64,
@@ -607,6 +613,7 @@ impl Recorder {
         let Some(p) = &rd.persist else { return };
         self.issued_io = p.io.0;
         if self.mirror.is_none() {
+            self.compacted |= p.compact.is_some() || p.install.is_some();
             return;
         }
         if self.pending.len() >= PENDING_MAX {
@@ -656,17 +663,27 @@ impl Recorder {
         }
     }
 
+    /// Builds the mirror from the core's storage. Only when nothing is in flight (every batch
+    /// handed out was reported persisted): then the storage holds exactly what the core was
+    /// told is durable.
+    fn rebuild_mirror<S: LogStorage>(&mut self, raft: &Raft<S>) -> Result<(), String> {
+        debug_assert!(self.issued_io <= self.persisted_io);
+        self.compacted = false;
+        let base = capture_base(raft.storage(), self.mirror_max())?;
+        let mirror = store_from_base(&base).map_err(|e| e.to_string())?;
+        self.mirror_bytes = base.entries.iter().map(Entry::size_bytes).sum();
+        self.mirror = Some(mirror);
+        self.pending.clear();
+        Ok(())
+    }
+
     /// A checkpoint of `raft` now, as postcard bytes.
     fn checkpoint<S: LogStorage>(&mut self, raft: &Raft<S>) -> Result<Vec<u8>, String> {
         if self.mirror.is_none() {
             if self.issued_io > self.persisted_io {
                 return Err(format!("{} (persist batches in flight: the mirror cannot be rebuilt now)", self.note));
             }
-            // Nothing in flight: the storage holds exactly what the core was told is durable.
-            let base = capture_base(raft.storage(), self.mirror_max())?;
-            self.mirror_bytes = base.entries.iter().map(Entry::size_bytes).sum();
-            self.mirror = Some(store_from_base(&base).map_err(|e| e.to_string())?);
-            self.pending.clear();
+            self.rebuild_mirror(raft)?;
         }
         let Some(mirror) = &self.mirror else { return Err("no mirror".into()) };
         let base = capture_base(mirror, self.mirror_max())?;
@@ -688,9 +705,11 @@ impl Recorder {
         let checkpoint = match self.checkpoint(raft) {
             Ok(b) => {
                 self.note.clear();
+                self.taken += 1;
                 Some(b)
             }
             Err(why) => {
+                self.skipped += 1;
                 if self.note != why {
                     tracing::warn!(reason = %why, "flight recorder: checkpoint skipped");
                 }
@@ -905,6 +924,9 @@ impl<S: LogStorage> Recorded<S> {
             issued_io: 0,
             persisted_io: 0,
             note: if on { String::new() } else { "turned off (limits.flight_recorder_mb = 0)".into() },
+            compacted: false,
+            taken: 0,
+            skipped: 0,
             dir,
             dumped_halt: false,
             violations_seen: 0,
@@ -940,6 +962,12 @@ impl<S: LogStorage> Recorded<S> {
     #[must_use]
     pub fn segments(&self) -> (usize, usize) {
         (self.rec.ring.len(), self.rec.ring.iter().filter(|s| s.checkpoint.is_some()).count())
+    }
+
+    /// Checkpoints taken and skipped since the process started.
+    #[must_use]
+    pub fn checkpoints(&self) -> (u64, u64) {
+        (self.rec.taken, self.rec.skipped)
     }
 
     /// Bytes the ring holds (inputs and checkpoints).
@@ -1134,6 +1162,14 @@ impl<S: LogStorage> Recorded<S> {
         self.raft.persisted(now, io);
         if self.rec.on {
             self.rec.on_persisted(io.0);
+            // The mirror was dropped (the log outgrew it) and the log was compacted since:
+            // rebuild it as soon as nothing is in flight, so that checkpoints resume.
+            if self.rec.mirror.is_none() && self.rec.compacted && self.rec.issued_io <= io.0 {
+                match self.rec.rebuild_mirror(&self.raft) {
+                    Ok(()) => tracing::info!("flight recorder: checkpoints resume"),
+                    Err(why) => self.rec.note = why,
+                }
+            }
         }
         self.after(Input::Persisted { now, io: io.0 });
     }

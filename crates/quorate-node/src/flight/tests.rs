@@ -360,3 +360,28 @@ fn dumps_on_violations_and_requests_are_bounded() {
     let d = decode_dump(&off.dump_bytes("test")).expect("decodes");
     assert!(d.origin.is_none() && d.header.note.contains("turned off"), "{:?}", d.header);
 }
+
+#[test]
+fn checkpoints_pause_while_the_log_outgrows_the_mirror_and_resume_after_compaction() {
+    // A 64 KiB budget keeps a mirror of at most 32 KiB: about a thousand small entries; the
+    // log is compacted only every 1,500 entries, so it outgrows the mirror in between.
+    let sim = run_sim(Sim::with(31, WRAPPED_BUDGET, 1500), 2500);
+    assert!(sim.snapshots >= 2, "snapshots: {}", sim.snapshots);
+    let mut resumed = 0;
+    for n in &sim.nodes {
+        let (taken, skipped) = n.checkpoints();
+        assert!(taken > 0, "node {}: checkpoints taken", n.id());
+        if skipped == 0 {
+            continue;
+        }
+        let dump = decode_dump(&n.dump_bytes("test")).expect("decodes");
+        if let Some(Origin::Checkpoint(cp)) = &dump.origin {
+            resumed += 1;
+            assert!(cp.at > 0);
+            assert_eq!(replay(&dump).expect("replays").divergence, None, "node {}", n.id());
+        } else {
+            assert!(dump.header.note.contains("half the budget"), "{}", dump.header.note);
+        }
+    }
+    assert!(resumed > 0, "on some node, checkpoints were skipped and then resumed");
+}
