@@ -939,7 +939,8 @@ impl Driver {
                 Err(detail) => {
                     // Well-formed bytes, out-of-bounds request: a typed answer, and the
                     // connection stays usable.
-                    let r = Responder { req, id: r.id, handle, audit: None, guard: None, ticket: None };
+                    let audit = crate::audit::describe(&r.body);
+                    let r = Responder { req, id: r.id, handle, audit, guard: None, ticket: None };
                     r.send(Err(ApiError::InvalidRequest(detail)), None);
                     return Ok(());
                 }
