@@ -28,8 +28,20 @@ pub(crate) struct What {
     pub(crate) detail: String,
 }
 
-/// The audit description of a request; `None` for reads (not audited).
+/// Whether audit events are recorded at all (the log filter may turn the target off); when
+/// not, no request pays for its description.
+fn enabled() -> bool {
+    tracing::enabled!(target: crate::server::AUDIT_TARGET, tracing::Level::INFO)
+}
+
+/// The audit description of a request when audit events are recorded; `None` for reads (not
+/// audited) and while the audit target is filtered out.
 pub(crate) fn describe(body: &Request) -> Option<What> {
+    if enabled() { what_of(body) } else { None }
+}
+
+/// The audit description of a request; `None` for reads.
+fn what_of(body: &Request) -> Option<What> {
     let what = |op, key: &[u8], detail: String| Some(What { op, key: key_text(key), detail: bounded(detail) });
     match body {
         Request::Put { key, value } => what("put", key, format!("value_bytes={}", value.len())),
@@ -146,30 +158,30 @@ mod tests {
     fn writes_and_admin_requests_are_described_reads_are_not() {
         let put = Request::Put { key: b"user/1".to_vec(), value: vec![0; 1000] };
         assert_eq!(
-            describe(&put),
+            what_of(&put),
             Some(What { op: "put", key: "user/1".into(), detail: "value_bytes=1000".into() }),
             "the value's size, never its bytes"
         );
-        assert_eq!(describe(&Request::Delete { key: b"k".to_vec() }).map(|w| w.op), Some("delete"));
+        assert_eq!(what_of(&Request::Delete { key: b"k".to_vec() }).map(|w| w.op), Some("delete"));
         let cas = Request::Cas { key: b"k".to_vec(), expected: None, value: b"v".to_vec() };
-        assert_eq!(describe(&cas).map(|w| w.detail), Some("expected_bytes=-1 value_bytes=1".into()));
+        assert_eq!(what_of(&cas).map(|w| w.detail), Some("expected_bytes=-1 value_bytes=1".into()));
         let txn = Txn {
             compare: Vec::<Compare>::new(),
             success: vec![TxnOp::Get { key: b"a".to_vec() }, TxnOp::Put { key: b"b".to_vec(), value: b"x".to_vec() }],
             failure: vec![],
         };
-        let w = describe(&Request::Txn(txn)).expect("a writing txn is audited");
+        let w = what_of(&Request::Txn(txn)).expect("a writing txn is audited");
         assert_eq!((w.op, w.key.as_str()), ("txn", "b"));
         let read_txn = Txn { compare: vec![], success: vec![TxnOp::Get { key: b"a".to_vec() }], failure: vec![] };
-        assert_eq!(describe(&Request::Txn(read_txn)), None);
-        assert_eq!(describe(&Request::Status), None);
+        assert_eq!(what_of(&Request::Txn(read_txn)), None);
+        assert_eq!(what_of(&Request::Status), None);
         let dr = Request::DeleteRange { start: b"a".to_vec(), end: b"b".to_vec() };
-        assert_eq!(describe(&dr).map(|w| (w.op, w.key, w.detail)), Some(("delete_range", "a".into(), "end=b".into())));
+        assert_eq!(what_of(&dr).map(|w| (w.op, w.key, w.detail)), Some(("delete_range", "a".into(), "end=b".into())));
         let add = Request::MemberAdd { id: NodeId::new(4).expect("id"), addr: "127.0.0.1:7004".into() };
-        assert_eq!(describe(&add).map(|w| w.detail), Some("id=4 addr=127.0.0.1:7004".into()));
-        assert_eq!(describe(&Request::Finalize { version: 2 }).map(|w| w.op), Some("finalize"));
-        assert_eq!(describe(&Request::SnapshotSave).map(|w| w.op), Some("snapshot_save"));
-        assert_eq!(describe(&Request::LeaderTransfer { to: None }).map(|w| w.detail), Some("to=any".into()));
+        assert_eq!(what_of(&add).map(|w| w.detail), Some("id=4 addr=127.0.0.1:7004".into()));
+        assert_eq!(what_of(&Request::Finalize { version: 2 }).map(|w| w.op), Some("finalize"));
+        assert_eq!(what_of(&Request::SnapshotSave).map(|w| w.op), Some("snapshot_save"));
+        assert_eq!(what_of(&Request::LeaderTransfer { to: None }).map(|w| w.detail), Some("to=any".into()));
     }
 
     #[test]
@@ -182,7 +194,7 @@ mod tests {
         assert!(t.len() < AUDIT_KEY_BYTES_MAX + 20);
         // A long address in a detail is cut too.
         let add = Request::MemberAdd { id: NodeId::new(4).expect("id"), addr: "x".repeat(5000) };
-        assert!(describe(&add).expect("admin").detail.len() <= AUDIT_TEXT_CHARS_MAX + 3);
+        assert!(what_of(&add).expect("admin").detail.len() <= AUDIT_TEXT_CHARS_MAX + 3);
     }
 
     #[test]
