@@ -7,46 +7,26 @@
 
 use quorate_telemetry::http::get_blocking;
 use quorate_telemetry::names as n;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{Nodes, free_base_port};
 
-/// Three consecutive free UDP ports, searched from a per-process offset (bounded).
-fn free_base_port() -> u16 {
-    let start = 30_000 + (std::process::id() % 2_000) as u16 * 10;
-    for base in (start..start + 2_000).step_by(3) {
-        if (0..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no three free ports near {start}");
-}
+const BIN: &str = env!("CARGO_BIN_EXE_quorate");
 
 fn free_tcp() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
 }
 
-/// The node processes, killed on every path.
-struct Nodes(Vec<Option<Child>>);
-
-impl Nodes {
-    fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.0[(id - 1) as usize].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for id in 1..=self.0.len() as u64 {
-            self.kill(id);
-        }
-    }
+/// Kills node `id` now (the guard kills the others, and would kill it again harmlessly).
+fn kill(nodes: &mut Nodes, id: u64) {
+    let c = &mut nodes.0[(id - 1) as usize];
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 struct Env {
@@ -126,7 +106,7 @@ fn start(dir: &Path, metrics: &[SocketAddr]) -> Nodes {
             .stderr(log)
             .spawn()
             .expect("spawn node");
-        nodes.push(Some(child));
+        nodes.push(child);
     }
     Nodes(nodes)
 }
@@ -186,7 +166,7 @@ fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
 fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("cluster");
-    let base = free_base_port();
+    let base = free_base_port(44_000);
     let env = Env {
         dir: dir.clone(),
         endpoints: (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(","),
@@ -413,7 +393,7 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     let survivor = (1..=3).find(|id| *id != leader).expect("a follower");
     for id in 1..=3 {
         if id != survivor {
-            nodes.kill(id);
+            kill(&mut nodes, id);
         }
     }
     let body = eventually(Duration::from_secs(30), "/readyz 503 on the survivor", || {
