@@ -23,10 +23,14 @@
 //! the recorder updates exactly as a replay does — a `Ready`'s persist batch (log entries,
 //! hard state, a snapshot install or a compaction) is written into it when its `Persisted`
 //! input is recorded — so a checkpoint is what a replay will have, not a racy read of the
-//! node's RocksDB. The mirror is built from the real storage when the process starts (and
-//! again when nothing is in flight, if it was dropped). It holds the log after the snapshot,
-//! which compaction keeps small; if it grows beyond half the budget it is dropped, later
-//! checkpoints are skipped until it can be rebuilt, and a dump says so in its note.
+//! node's RocksDB. The mirror is built from the real storage when the process starts. It
+//! holds the log after the snapshot, which compaction keeps small. While that log holds more
+//! than half the budget, checkpoints are skipped (a dump says so in its note) until a
+//! compaction shrinks it; if it outgrows the whole budget the mirror is dropped, and rebuilt
+//! from the real storage after a compaction at a moment when every persist batch handed out
+//! was reported persisted (then the storage holds exactly what the core was told is durable;
+//! under continuous load such a moment may be rare). Size the budget so that
+//! `raft.snapshot_entries` entries fit in half of it.
 //!
 //! A new segment starts every `budget / 4` bytes of inputs (or [`INPUTS_MAX`]` / 4` inputs);
 //! when the ring holds more than the budget (`limits.flight_recorder_mb`) or [`INPUTS_MAX`]
@@ -36,8 +40,8 @@
 //!
 //! **Memory**: the ring holds at most the budget, or two segments when checkpoints are large
 //! (a checkpoint is skipped when it would exceed half the budget, so two segments are at most
-//! 1.5 × the budget); the mirror at most half the budget; batches in flight are bounded by the
-//! node's persist queue. In all, under 2 × `limits.flight_recorder_mb` (default 64 MiB).
+//! 1.5 × the budget); the mirror at most the budget; batches in flight are bounded by the
+//! node's persist queue. In all, under 2.5 × `limits.flight_recorder_mb` (default 64 MiB).
 //!
 //! ## File format
 //!
@@ -564,6 +568,8 @@ struct Recorder {
     persisted_io: u64,
     /// Why the last checkpoint could not be taken (empty: it was).
     note: String,
+    /// Why the mirror was dropped (while it is).
+    mirror_lost: String,
     /// A compaction or snapshot install was handed out since the mirror was dropped (so a
     /// rebuild may now fit).
     compacted: bool,
@@ -579,7 +585,13 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// The mirror is dropped beyond this (the budget).
     fn mirror_max(&self) -> u64 {
+        self.budget as u64
+    }
+
+    /// Checkpoints are skipped while the mirror holds more than this (half the budget).
+    fn checkpoint_base_max(&self) -> u64 {
         (self.budget / 2) as u64
     }
 
@@ -606,7 +618,7 @@ impl Recorder {
         }
         self.pending.clear();
         self.mirror_bytes = 0;
-        self.note = why;
+        self.mirror_lost = why;
     }
 
     fn on_ready(&mut self, rd: &Ready) {
@@ -655,8 +667,8 @@ impl Recorder {
         };
         if self.mirror_bytes > self.mirror_max() {
             let why = format!(
-                "the log after the snapshot holds more than {} bytes (half the budget); checkpoints \
-                 resume once it is compacted",
+                "the log after the snapshot outgrew the budget ({} bytes): the mirror was dropped, and is \
+                 rebuilt after a compaction at a moment with no persist batch in flight",
                 self.mirror_max()
             );
             self.lose_mirror(why);
@@ -673,6 +685,7 @@ impl Recorder {
         let mirror = store_from_base(&base).map_err(|e| e.to_string())?;
         self.mirror_bytes = base.entries.iter().map(Entry::size_bytes).sum();
         self.mirror = Some(mirror);
+        self.mirror_lost.clear();
         self.pending.clear();
         Ok(())
     }
@@ -681,12 +694,19 @@ impl Recorder {
     fn checkpoint<S: LogStorage>(&mut self, raft: &Raft<S>) -> Result<Vec<u8>, String> {
         if self.mirror.is_none() {
             if self.issued_io > self.persisted_io {
-                return Err(format!("{} (persist batches in flight: the mirror cannot be rebuilt now)", self.note));
+                return Err(format!("{} (persist batches in flight: not now)", self.mirror_lost));
             }
             self.rebuild_mirror(raft)?;
         }
         let Some(mirror) = &self.mirror else { return Err("no mirror".into()) };
-        let base = capture_base(mirror, self.mirror_max())?;
+        if self.mirror_bytes > self.checkpoint_base_max() {
+            return Err(format!(
+                "the log after the snapshot holds more than {} bytes (half the budget); checkpoints resume \
+                 once it is compacted",
+                self.checkpoint_base_max()
+            ));
+        }
+        let base = capture_base(mirror, self.checkpoint_base_max())?;
         let image = postcard::to_allocvec(&raft.image()).map_err(|e| format!("the core image does not encode: {e}"))?;
         let cp = Checkpoint { at: self.next_input, image, base, pending: self.pending.iter().cloned().collect() };
         let bytes = postcard::to_allocvec(&cp).map_err(|e| format!("the checkpoint does not encode: {e}"))?;
@@ -925,6 +945,7 @@ impl<S: LogStorage> Recorded<S> {
             persisted_io: 0,
             note: if on { String::new() } else { "turned off (limits.flight_recorder_mb = 0)".into() },
             compacted: false,
+            mirror_lost: String::new(),
             taken: 0,
             skipped: 0,
             dir,
