@@ -72,10 +72,16 @@ impl<S: LogStorage> Raft<S> {
                 storage.last_index()
             )));
         }
-        let Raft {
+        // Every field but the log moves across as it is; the field list is written once.
+        macro_rules! restore {
+            ($($field:ident),* $(,)?) => {{
+                let Raft { log, $($field),* } = r;
+                Raft { log: log.with_storage(storage), $($field),* }
+            }};
+        }
+        let restored = restore!(
             cfg,
             id,
-            log,
             term,
             vote,
             role,
@@ -122,58 +128,7 @@ impl<S: LogStorage> Raft<S> {
             io_persisted,
             io_batches,
             handed_hs,
-        } = r;
-        let restored = Raft {
-            cfg,
-            id,
-            log: log.with_storage(storage),
-            term,
-            vote,
-            role,
-            leader,
-            conf,
-            conf_history,
-            base_conf,
-            snapshot,
-            applied_since_snapshot,
-            applied_bytes_since_snapshot,
-            snapshot_requested,
-            pending_install,
-            pending_compact,
-            send_snapshots,
-            snapshot_wanted,
-            rng,
-            now,
-            halted,
-            election_deadline,
-            heartbeat_deadline,
-            check_quorum_deadline,
-            last_leader_contact,
-            votes,
-            last_campaign,
-            peers,
-            commit_sent,
-            match_at_heartbeat,
-            uncommitted,
-            uncommitted_bytes,
-            transferee,
-            timeout_now_sent,
-            hb_seq,
-            hb_sent_at,
-            heartbeat_pending,
-            pending_reads,
-            reads_awaiting_commit,
-            forwarded_reads,
-            msgs,
-            msgs_unpersisted,
-            held,
-            reads_ready,
-            reads_failed,
-            io_issued,
-            io_persisted,
-            io_batches,
-            handed_hs,
-        };
+        );
         restored.log.check();
         Ok(restored)
     }
