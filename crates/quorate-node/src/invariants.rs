@@ -165,8 +165,10 @@ impl AppliedHasher {
         h = match &e.payload {
             EntryPayload::Noop => fold(h, &[0]),
             EntryPayload::Command(d) => fold(fold(h, &[1]), d),
-            EntryPayload::Config(c) => fold(fold(h, &[2]), format!("{c:?}").as_bytes()),
-            other => fold(fold(h, &[3]), format!("{other:?}").as_bytes()),
+            // A configuration (or a later kind of payload) by its storage encoding, which the
+            // storage format pins: the same bytes in every release (a `Debug` rendering could
+            // change between releases, and mixed releases compare samples).
+            other => fold(fold(h, &[2]), &postcard::to_allocvec(other).unwrap_or_default()),
         };
         self.hash = h;
         if !index.is_multiple_of(HASH_WINDOW_ENTRIES) {
@@ -252,5 +254,27 @@ mod tests {
         assert_eq!(sb, [sa[0], sa[2]], "the window with the restart is skipped");
         assert_eq!(&sc[..2], &sa[..2]);
         assert_ne!(sc[2], sa[2], "a different entry at 2100 changes the third sample");
+    }
+
+    #[test]
+    fn configuration_entries_are_hashed_by_their_encoding() {
+        use quorate_log::{Configuration, NodeId};
+        let conf = |n: u64| {
+            let ids = (1..=n).map(|i| NodeId::new(i).expect("non-zero"));
+            EntryPayload::Config(Configuration::with_voters(ids).expect("voters"))
+        };
+        let window = |payload_at_7: EntryPayload| {
+            let mut h = AppliedHasher::default();
+            for i in 1..=HASH_WINDOW_ENTRIES {
+                let payload = if i == 7 { payload_at_7.clone() } else { EntryPayload::Noop };
+                h.entry(&Entry { term: Term(1), index: LogIndex(i), payload });
+            }
+            h.samples().copied().collect::<Vec<_>>()
+        };
+        let three = window(conf(3));
+        assert_eq!(three.len(), 1);
+        assert_eq!(three, window(conf(3)), "equal configurations, equal samples");
+        assert_ne!(three, window(conf(5)), "a different configuration shows");
+        assert_ne!(three, window(EntryPayload::Noop));
     }
 }
