@@ -3,8 +3,8 @@
 //! (another election if it led) and takes more load until every surviving node's ring has
 //! wrapped (its oldest inputs dropped). Each surviving node's recording — requested with the
 //! admin request `quorate debug flight-dump --node ID` — starts at a later checkpoint and
-//! replays exactly with `quorate replay`; so does one asked for through the data directory. An
-//! edited recording diverges; a truncated or garbage file is refused.
+//! replays exactly with `quorate replay`; so does one asked for through the data directory. A
+//! writer may not ask; an edited recording diverges; a truncated or garbage file is refused.
 
 use quorate_node::config::NodeConfig;
 use quorate_node::flight;
@@ -154,6 +154,18 @@ fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
         assert_eq!(d.header.reason, "request");
         replays(file);
     }
+    // A dump is an admin request: a writer's certificate is refused.
+    let out = Command::new(BIN)
+        .args(["debug", "flight-dump", "--node", "2"])
+        .env("QUORATE_CERTS", dir.join("certs"))
+        .env("QUORATE_CLUSTER", "e2e")
+        .env("QUORATE_ENDPOINTS", &endpoints)
+        .env("QUORATE_USER", "writer")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Admin"), "{err}");
     // The fallback through the data directory.
     let via_file = tmp.path().join("node-2-file.qflt");
     let out = Command::new(BIN)

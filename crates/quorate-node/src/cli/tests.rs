@@ -99,6 +99,10 @@ fn leader_snapshot_certs_and_bench() {
     assert!(matches!(parse(&["replay", "f.qflt"]).unwrap().command, Command::Replay(_)));
     let cli = parse(&["debug", "flight-dump", "--data-dir", "d", "--out", "f.qflt"]).unwrap();
     assert!(matches!(cli.command, Command::Debug(super::flight::DebugCmd::FlightDump { wait: 10, .. })));
+    let cli = parse(&["debug", "flight-dump", "--node", "2"]).unwrap();
+    assert!(matches!(cli.command, Command::Debug(super::flight::DebugCmd::FlightDump { node: Some(2), .. })));
+    assert!(parse(&["debug", "flight-dump"]).is_err(), "--node or --data-dir is required");
+    assert!(parse(&["debug", "flight-dump", "--node", "2", "--data-dir", "d"]).is_err(), "not both");
     let cli =
         parse(&["certs", "dev", "--dir", "d", "--cluster", "prod", "--nodes", "5", "--clients", "a,b:read"]).unwrap();
     assert_eq!(cli.conn.cluster, "prod");
