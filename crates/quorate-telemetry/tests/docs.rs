@@ -17,7 +17,9 @@ fn metric_tokens(text: &str) -> Vec<String> {
         {
             end += 1;
         }
-        if boundary {
+        // A path (`quorate_core::CoreImage`) names a crate, not a metric.
+        let path = text[end..].starts_with("::");
+        if boundary && !path {
             let t = &text[start..end];
             // A histogram's series carry a suffix; other names may end in `_count` themselves.
             let t = ["_bucket", "_sum", "_count"]
