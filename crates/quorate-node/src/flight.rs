@@ -581,6 +581,8 @@ struct Recorder {
     violations_seen: u64,
     violation_dumps: u32,
     dumps_written: u64,
+    /// A dump requested through the client API is being written (see `answer_dump_request`).
+    writing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     scratch: Vec<u8>,
 }
 
@@ -953,6 +955,7 @@ impl<S: LogStorage> Recorded<S> {
             violations_seen: 0,
             violation_dumps: 0,
             dumps_written: 0,
+            writing: std::sync::Arc::default(),
             scratch: Vec::new(),
         };
         let mut r = Recorded { raft, rec };
@@ -1219,13 +1222,22 @@ pub(crate) fn answer_dump_request<S: LogStorage>(core: &mut Recorded<S>, respond
         responder.send(Err(e), None);
         return;
     }
+    // One dump written at a time: each holds a copy of the ring in memory until written.
+    let writing = core.rec.writing.clone();
+    if writing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let e = ApiError::Refused("a flight dump is being written; ask again in a moment".into());
+        responder.send(Err(e), None);
+        return;
+    }
     let Some(prepared) = core.prepare_dump("request") else {
+        writing.store(false, std::sync::atomic::Ordering::Release);
         responder.send(Err(ApiError::Unavailable("this node has no flight directory".into())), None);
         return;
     };
     tokio::task::spawn_blocking(move || {
-        let result = prepared
-            .write()
+        let written = prepared.write();
+        writing.store(false, std::sync::atomic::Ordering::Release);
+        let result = written
             .map(|d| Response::FlightDumped { path: d.path.display().to_string(), inputs: d.inputs })
             .map_err(|e| ApiError::Internal(format!("flight dump: {e}")));
         responder.send(result, None);
