@@ -38,26 +38,32 @@ pub struct GradientSettings {
     pub backoff_percent: u8,
 }
 
-/// A concurrency limit that grows while latency holds and shrinks when it rises.
+/// A concurrency limit that grows while latency holds, stops growing while latency climbs,
+/// and shrinks only past the latency target.
 ///
-/// Completions are grouped into windows of `max(16, limit / 4)` samples. At the end of each:
+/// Completions are grouped into windows of `max(16, limit / 4)` samples. At the end of each,
+/// with `short` the window's average latency and `long` an average over about 16 windows
+/// (pulled down quickly when it is more than twice `short`, so that one slow period is
+/// forgotten):
 ///
-/// * `short` is the window's average latency; `long` an average over about 16 windows (pulled
-///   down quickly when it is more than twice `short`, so that one slow period is forgotten);
-/// * `gradient = clamp(1.5 × long / short, 0.5, 1)` — 1 while latency is steady, below 1
-///   when it rises faster than the long-term average can follow (queueing builds up);
-/// * if `short` is over the latency target, `gradient ≤ target / short`;
-/// * the new estimate is `limit × gradient + √limit` (room for a queue of √limit), reached
-///   a fifth of the way per window, within `[min, max]`.
+/// * a window with a dropped request (a timeout downstream): `limit × backoff_percent / 100`;
+/// * `short` over the latency target: the limit moves a fifth of the way towards
+///   `limit × max(0.5, target / short) + √limit`, never up;
+/// * less than half the limit used (the window's most requests in flight), or `short` more
+///   than 1.5 × `long` (the gradient: queueing builds up faster than the average follows):
+///   unchanged;
+/// * otherwise it grows by `0.2 × √limit` (a fifth of a queue allowance of √limit).
 ///
-/// The limit does not grow while less than half of it is used (the window's most requests
-/// in flight): unused headroom says nothing about capacity. A dropped request (a timeout
-/// downstream) multiplies the limit by `backoff_percent / 100` at the end of its window.
-///
-/// Unlike an AIMD limit that shrinks on any single slow completion, one outlier among the
-/// many completions of a window moves its average little, so the limit does not shrink while
-/// throughput is still rising (as it does on a node that batches fsyncs: more concurrency,
-/// larger batches, more throughput, until the latency target is reached).
+/// Within `[min, max]` always. The shape follows Netflix's concurrency-limits `Gradient2`
+/// (windowed averages, long against short latency, a √limit queue allowance, smoothing),
+/// with one deliberate difference: the gradient only *stops growth*; the limit shrinks only
+/// past the absolute target. On a node that batches fsyncs latency rises with concurrency
+/// *and so does throughput* (larger batches), and a window average is noisy; a gradient that
+/// shrinks the limit there sheds while throughput is still rising (and, while the limit is
+/// app-limited and cannot grow back, ratchets it down on noise). Below the target this limiter
+/// never sheds for latency; at the target it holds about `throughput × target` in flight.
+/// And unlike an AIMD limit that shrinks on any single slow completion, one outlier among the
+/// completions of a window moves its average little.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GradientLimit {
     settings: GradientSettings,
@@ -148,20 +154,21 @@ impl GradientLimit {
         };
         self.long_ns = Some(long);
         let target = duration_ns(self.settings.latency_target) as f64;
-        let mut gradient = (TOLERANCE * long / short).clamp(GRADIENT_MIN, 1.0);
-        if short > target {
-            gradient = gradient.min((target / short).max(GRADIENT_MIN));
-        }
         let app_limited = (self.window_in_flight_max as f64) < self.limit / 2.0;
         let next = if self.window_dropped {
             self.limit * f64::from(self.settings.backoff_percent) / 100.0
-        } else if app_limited && gradient >= 1.0 {
+        } else if short > target {
+            // Over the target: shrink in proportion, at most halving the estimate.
+            let gradient = (target / short).max(GRADIENT_MIN);
+            let estimate = self.limit * gradient + self.limit.sqrt();
+            (self.limit * (1.0 - SMOOTHING) + estimate * SMOOTHING).min(self.limit)
+        } else if app_limited || short > TOLERANCE * long {
+            // Unused headroom says nothing about capacity; and while latency climbs faster
+            // than its long-term average follows, queueing is building: hold, do not grow.
             self.limit
         } else {
-            let estimate = self.limit * gradient + self.limit.sqrt();
-            let next = self.limit * (1.0 - SMOOTHING) + estimate * SMOOTHING;
-            // While shrinking, the queue allowance must not turn a decrease into growth.
-            if gradient < 1.0 { next.min(self.limit) } else { next }
+            // Within the target and steady: grow by a share of the queue allowance √limit.
+            self.limit + SMOOTHING * self.limit.sqrt()
         };
         let min = f64::from(self.settings.concurrency_count_min);
         let max = f64::from(self.settings.concurrency_count_max);
@@ -233,16 +240,29 @@ mod tests {
     }
 
     #[test]
-    fn rising_latency_shrinks_it_and_the_target_bounds_it() {
+    fn climbing_latency_holds_it_and_the_target_bounds_it() {
         let mut l = limiter();
         feed(&mut l, 50, Duration::from_millis(10), 1000);
         let high = l.limit_count();
-        // Latency jumps to 4x: the gradient (1.5 / 4) shrinks the limit at once.
+        // Latency jumps to 4x, still under the target: the gradient stops growth.
         feed(&mut l, 3, Duration::from_millis(40), 1000);
-        assert!(l.limit_count() < high, "{} !< {high}", l.limit_count());
-        // Over the target for good: the limit keeps falling to the minimum.
+        assert_eq!(l.limit_count(), high);
+        // Once the long average has followed (steady again), growth resumes.
+        feed(&mut l, 60, Duration::from_millis(40), 1000);
+        assert!(l.limit_count() > high, "{} !> {high}", l.limit_count());
+        // Over the target for good: the limit falls (to where √limit balances target/short).
         feed(&mut l, 500, Duration::from_millis(400), 1000);
-        assert_eq!(l.limit_count(), 4);
+        assert!(l.limit_count() <= 5, "{}", l.limit_count());
+    }
+
+    #[test]
+    fn noise_while_app_limited_does_not_ratchet_it_down() {
+        let mut l = limiter();
+        for i in 0..200u64 {
+            let ms = if i % 3 == 0 { 30 } else { 2 };
+            feed(&mut l, 1, Duration::from_millis(ms), 10);
+        }
+        assert_eq!(l.limit_count(), 64);
     }
 
     #[test]
