@@ -8,11 +8,18 @@ use quorate_transport::WireMessage;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, payload)) = data.split_first() else { return };
-    let kind = [kinds::RAFT, kinds::SNAPSHOT_CHUNK, kinds::REQUEST, kinds::RESPONSE][usize::from(selector % 4)];
+    let all = [kinds::RAFT, kinds::SNAPSHOT_CHUNK, kinds::REQUEST, kinds::RESPONSE, kinds::REQUEST_ATTEMPT];
+    let kind = all[usize::from(selector) % all.len()];
     if let Ok(m) = NodeMessage::decode(PROTOCOL_VERSION, kind, payload) {
         // The node checks a decoded request's bounds next; that must not panic either.
-        if let NodeMessage::Request(r) = &m {
-            let _ = r.validate();
+        match &m {
+            NodeMessage::Request(r) => {
+                let _ = r.validate();
+            }
+            NodeMessage::RequestAttempt(a) => {
+                let _ = a.request.validate();
+            }
+            _ => {}
         }
         // What decodes must encode again.
         let mut out = Vec::new();

@@ -20,9 +20,11 @@
 
 #![forbid(unsafe_code)]
 
+mod generations;
 pub mod limits;
 mod types;
 
+pub use generations::*;
 pub use types::*;
 
 use quorate_transport::{MessageError, MessageKind, WireMessage};
@@ -55,6 +57,9 @@ pub mod kinds {
     /// Applied-entries hash samples between nodes (since 0.2.0; sent only at cluster version
     /// 2 or more, so a 0.1.0 node never receives it).
     pub const HASH_SAMPLES: MessageKind = MessageKind(0x0104);
+    /// A client request with its attempt number ([`crate::AttemptedRequest`]; since 0.2.0, on
+    /// `quorate/2` connections only).
+    pub const REQUEST_ATTEMPT: MessageKind = MessageKind(0x0110);
 }
 
 /// Everything the node's transport carries.
@@ -73,6 +78,8 @@ pub enum NodeMessage {
     /// (consensus lane). Since 0.2.0: sent only once the committed cluster version is 2 or
     /// more, because a 0.1.0 node closes the stream on a kind it does not know.
     HashSamples(HashSamples),
+    /// A client request with its attempt number (since 0.2.0, `quorate/2` connections only).
+    RequestAttempt(AttemptedRequest),
 }
 
 /// Most samples in one [`HashSamples`] message; the decoder refuses more.
@@ -129,6 +136,7 @@ impl WireMessage for NodeMessage {
             NodeMessage::Request(_) => kinds::REQUEST,
             NodeMessage::Response(_) => kinds::RESPONSE,
             NodeMessage::HashSamples(_) => kinds::HASH_SAMPLES,
+            NodeMessage::RequestAttempt(_) => kinds::REQUEST_ATTEMPT,
         }
     }
 
@@ -147,6 +155,7 @@ impl WireMessage for NodeMessage {
                 }
                 encode_into(h, out)
             }
+            NodeMessage::RequestAttempt(r) => encode_into(r, out),
         }
     }
 
@@ -173,6 +182,8 @@ impl WireMessage for NodeMessage {
                 }
                 NodeMessage::HashSamples(h)
             }
+            // Bounds of the request inside are checked by the receiver, as for REQUEST.
+            kinds::REQUEST_ATTEMPT => NodeMessage::RequestAttempt(decode_from(kind, payload)?),
             other => return Err(MessageError::UnknownKind(other)),
         };
         Ok(m)

@@ -14,7 +14,10 @@
 //!   tenth of jitter), unless its reason says a retry cannot succeed.
 //!   Every retry draws a token from a rate-limited [`RetryBudget`], so retries cannot multiply
 //!   the load on a cluster that is already struggling. Each attempt has its own timeout
-//!   ([`ClientConfig::request_timeout`]).
+//!   ([`ClientConfig::request_timeout`]). On a `quorate/2` connection a retry is sent with its
+//!   attempt number ([`quorate_api::AttemptedRequest`]), so the node counts it against this
+//!   client's retry budget there too (and in `quorate_client_retries_total`); a 0.1.0 node
+//!   gets the plain request.
 //! * **Exactly-once writes.** The client opens a session on its first write and gives each new
 //!   write the next sequence number. A retry after a timeout or a lost connection reuses the
 //!   same (session, sequence number), so the node applies the write once and answers the retry
@@ -623,7 +626,9 @@ impl<L: Link> Core<L> {
                 ClientRequest { id: self.next_request.fetch_add(1, Ordering::Relaxed), session, body: body.clone() };
             let remaining = deadline.saturating_duration_since(Instant::now());
             let limit = self.config.request_timeout.min(remaining);
-            let outcome = tokio::time::timeout(limit, self.link.call(target, addr, request)).await;
+            // The attempt number the node sees: retries after a failure or a refusal so far
+            // (redirects followed at once are not retries).
+            let outcome = tokio::time::timeout(limit, self.link.call(target, addr, request, retries)).await;
             // What to do next: `None` = give up with `error`; else the minimum delay.
             let mut floor = Duration::ZERO;
             let mut immediate = false;

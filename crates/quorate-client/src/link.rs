@@ -1,6 +1,6 @@
 //! How requests reach a node: the QUIC link, and the seam that tests replace.
 
-use quorate_api::{ClientRequest, ClientResponse, NodeMessage};
+use quorate_api::{AttemptedRequest, ClientRequest, ClientResponse, NodeMessage, PROTOCOL_GENERATION_2};
 use quorate_log::NodeId;
 use quorate_transport::{Client as Connection, ClientOptions, Credentials, TransportError};
 use std::collections::HashMap;
@@ -20,11 +20,14 @@ pub(crate) enum LinkError {
 
 /// One request, one response, to one node.
 pub(crate) trait Link: Send + Sync + 'static {
+    /// `attempt`: retries of this call so far (0 = first try); told to the node where the
+    /// connection's protocol generation allows it.
     fn call(
         &self,
         node: NodeId,
         addr: SocketAddr,
         request: ClientRequest,
+        attempt: u32,
     ) -> impl Future<Output = Result<ClientResponse, LinkError>> + Send;
 
     /// Drops any connection to `node` (after a failure).
@@ -82,10 +85,23 @@ fn describe(e: &TransportError) -> String {
 }
 
 impl Link for QuicLink {
-    async fn call(&self, node: NodeId, addr: SocketAddr, request: ClientRequest) -> Result<ClientResponse, LinkError> {
+    async fn call(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+        request: ClientRequest,
+        attempt: u32,
+    ) -> Result<ClientResponse, LinkError> {
         let conn = self.connection(node, addr).await?;
         let id = request.id;
-        match conn.request(&NodeMessage::Request(request)).await {
+        // A retry says so where the node can decode it (quorate/2); a 0.1.0 node gets the
+        // request as 0.1.0 sent it. First tries are plain requests either way.
+        let message = if attempt > 0 && conn.protocol_generation() >= PROTOCOL_GENERATION_2 {
+            NodeMessage::RequestAttempt(AttemptedRequest { attempt, request })
+        } else {
+            NodeMessage::Request(request)
+        };
+        match conn.request(&message).await {
             Ok(NodeMessage::Response(r)) if r.id == id => Ok(r),
             Ok(NodeMessage::Response(r)) => {
                 self.forget(node);

@@ -9,13 +9,22 @@ type Script = dyn Fn(NodeId, &ClientRequest, usize) -> Result<Result<Response, A
 struct FakeLink {
     script: Box<Script>,
     calls: Mutex<Vec<(NodeId, ClientRequest)>>,
+    /// The attempt number of every call.
+    attempts: Mutex<Vec<u32>>,
 }
 
 impl Link for FakeLink {
-    async fn call(&self, node: NodeId, _addr: SocketAddr, request: ClientRequest) -> Result<ClientResponse, LinkError> {
+    async fn call(
+        &self,
+        node: NodeId,
+        _addr: SocketAddr,
+        request: ClientRequest,
+        attempt: u32,
+    ) -> Result<ClientResponse, LinkError> {
         let n = {
             let mut calls = lock(&self.calls);
             calls.push((node, request.clone()));
+            lock(&self.attempts).push(attempt);
             calls.len() - 1
         };
         let result = (self.script)(node, &request, n)?;
@@ -38,7 +47,10 @@ fn core(
     let mut config = ClientConfig::new(ClusterId::new("test").unwrap(), members, tls);
     config.seed = Some(1);
     tune(&mut config);
-    Core::new(FakeLink { script: Box::new(script), calls: Mutex::new(Vec::new()) }, config)
+    Core::new(
+        FakeLink { script: Box::new(script), calls: Mutex::new(Vec::new()), attempts: Mutex::new(Vec::new()) },
+        config,
+    )
 }
 
 fn calls(core: &Core<FakeLink>) -> Vec<(NodeId, ClientRequest)> {
@@ -298,6 +310,16 @@ async fn shed_answers_are_retried_no_sooner_than_the_hint() {
     assert!(waited >= Duration::from_millis(1400), "two hints of 700 ms: {waited:?}");
     assert!(waited <= Duration::from_millis(1540), "at most a tenth of jitter each: {waited:?}");
     assert_eq!(calls(&core).len(), 3);
+    assert_eq!(*lock(&core.link.attempts), [0, 1, 2], "each retry carries its attempt number");
+}
+
+#[tokio::test(start_paused = true)]
+async fn redirects_followed_at_once_are_not_retries() {
+    let core = core(leader_script(3), |_| ());
+    core.send(Request::MemberList, None, Route::Leader).await.unwrap();
+    let attempts = lock(&core.link.attempts).clone();
+    assert!(attempts.len() >= 2 || calls(&core)[0].0 == id(3), "{attempts:?}");
+    assert!(attempts.iter().all(|a| *a == 0), "a redirect is not a retry: {attempts:?}");
 }
 
 #[tokio::test(start_paused = true)]

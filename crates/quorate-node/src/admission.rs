@@ -8,6 +8,11 @@
 //!   completes it, which releases its budgets and feeds its latency to the adaptive limit.
 //!   A ticket dropped unanswered counts as cancelled.
 //! * Consensus traffic (Raft messages, snapshot chunks) never reaches the gate.
+//! * Retries: a client on a `quorate/2` connection sends a retry as
+//!   [`quorate_api::NodeMessage::RequestAttempt`] ([`attempt_of`] unwraps it); a retry is
+//!   counted (`quorate_client_retries_total{principal}`, [`note_attempt`]) and admitted as one
+//!   (`is_retry`: the principal's retry budget). Principal labels are capped
+//!   ([`principal_label`]).
 //! * Signals: uncommitted bytes in the core, apply lag (committed − applied), proposals
 //!   appended but not committed, the slowest follower's bytes in flight, free disk space
 //!   (checked at most every [`DISK_CHECK_INTERVAL`]) and fsync latency (a decaying average of
@@ -15,9 +20,11 @@
 
 use crate::config::{AdmissionConfig, NodeConfig};
 use quorate_admission::{Admission, Class, Config, Nanos, Outcome, Permit, Principal, Reason, RequestInfo, Signals};
-use quorate_api::{ApiError, OverloadReason, Overloaded, Request, Response, TxnOp};
+use quorate_api::{ApiError, NodeMessage, OverloadReason, Overloaded, Request, Response, TxnOp};
 use quorate_core::Raft;
 use quorate_log::{LogIndex, LogStorage};
+use quorate_telemetry::names::{PRINCIPAL_LABEL_OTHER, PRINCIPAL_LABELS_MAX};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -142,6 +149,42 @@ pub(crate) fn shed(reason: OverloadReason, retry_after: Duration) -> ApiError {
 fn count_shed(reason: OverloadReason) {
     use quorate_telemetry::names;
     metrics::counter!(names::PROPOSALS_SHED_TOTAL, names::LABEL_REASON => reason.label()).increment(1);
+}
+
+/// A client message and its attempt number: an attempt-numbered request is unwrapped into the
+/// plain request it carries; anything else is attempt 0.
+pub(crate) fn attempt_of(message: NodeMessage) -> (u32, NodeMessage) {
+    match message {
+        NodeMessage::RequestAttempt(a) => (a.attempt, NodeMessage::Request(a.request)),
+        other => (0, other),
+    }
+}
+
+/// Counts a retry (attempt 1 or later) of `principal` (`quorate_client_retries_total`).
+pub(crate) fn note_attempt(principal: &str, attempt: u32) {
+    use quorate_telemetry::names;
+    if attempt > 0 {
+        metrics::counter!(names::CLIENT_RETRIES_TOTAL, names::LABEL_PRINCIPAL => principal_label(principal))
+            .increment(1);
+    }
+}
+
+/// Principal names seen as metric labels so far (at most [`PRINCIPAL_LABELS_MAX`]).
+static PRINCIPAL_LABELS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The `principal` label for a client principal: its name while fewer than
+/// [`PRINCIPAL_LABELS_MAX`] names are labelled, else [`PRINCIPAL_LABEL_OTHER`], so that many
+/// client certificates cannot grow `/metrics` without bound.
+pub(crate) fn principal_label(principal: &str) -> String {
+    let mut seen = PRINCIPAL_LABELS.lock().unwrap_or_else(PoisonError::into_inner);
+    if seen.contains(principal) {
+        return principal.to_string();
+    }
+    if seen.len() < PRINCIPAL_LABELS_MAX && principal != PRINCIPAL_LABEL_OTHER {
+        seen.insert(principal.to_string());
+        return principal.to_string();
+    }
+    PRINCIPAL_LABEL_OTHER.to_string()
 }
 
 /// How an answer ends an admitted request, for the adaptive limit.
@@ -273,6 +316,7 @@ impl Gate {
         self: &Arc<Self>,
         body: &Request,
         principal: Principal,
+        is_retry: bool,
         core: CoreSignals,
         data_dir: &Path,
     ) -> Result<Option<Ticket>, ApiError> {
@@ -281,7 +325,7 @@ impl Gate {
         }
         let at = Instant::now();
         let now = self.now(at);
-        let info = RequestInfo { class: class_of(body), principal, bytes: request_bytes(body), is_retry: false };
+        let info = RequestInfo { class: class_of(body), principal, bytes: request_bytes(body), is_retry };
         let mut inner = self.lock();
         let floor = inner.admission.config().disk_free_bytes_min;
         if floor > 0 && inner.disk_checked.is_none_or(|t| at.saturating_duration_since(t) >= DISK_CHECK_INTERVAL) {
@@ -423,6 +467,23 @@ mod tests {
         assert_eq!(probe.current(sampled + FSYNC_DECAY_HALF_LIFE * 100), Duration::ZERO);
         probe.record(Duration::from_millis(0));
         assert_eq!(probe.current(start + Duration::from_secs(3600)), Duration::ZERO);
+    }
+
+    #[test]
+    fn attempts_unwrap_and_principal_labels_are_capped() {
+        let request = quorate_api::ClientRequest { id: 1, session: None, body: Request::Status };
+        let attempted =
+            NodeMessage::RequestAttempt(quorate_api::AttemptedRequest { attempt: 3, request: request.clone() });
+        assert_eq!(attempt_of(attempted), (3, NodeMessage::Request(request.clone())));
+        assert_eq!(attempt_of(NodeMessage::Request(request.clone())), (0, NodeMessage::Request(request)));
+        // Names beyond the cap fold into `other` (the set is process-wide: other tests may
+        // have added names, so fill it first).
+        for i in 0..PRINCIPAL_LABELS_MAX {
+            let _ = principal_label(&format!("label-test-{i}"));
+        }
+        assert_eq!(principal_label("label-test-0"), "label-test-0", "a labelled name keeps its label");
+        assert_eq!(principal_label("label-test-one-too-many"), PRINCIPAL_LABEL_OTHER);
+        assert_eq!(PRINCIPAL_LABELS.lock().unwrap().len(), PRINCIPAL_LABELS_MAX);
     }
 
     #[test]

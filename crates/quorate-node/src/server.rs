@@ -201,6 +201,8 @@ pub(crate) struct Responder {
 
 impl Responder {
     pub(crate) fn send(mut self, result: Result<Response, ApiError>, at: Option<EntryId>) {
+        // A quorate/1 (0.1.0) client gets only what 0.1.0 decodes (Shed → Overloaded).
+        let result = result.map_err(|e| e.for_generation(self.req.protocol_generation()));
         crate::telemetry::answered(self.req.from.principal.as_str(), &result);
         if let Some(t) = self.ticket.take() {
             t.finish(&result);
@@ -933,7 +935,8 @@ impl Driver {
     async fn on_request(&mut self, mut req: quorate_transport::Request<NodeMessage>) -> Result<(), ServerError> {
         let placeholder = NodeMessage::Response(ClientResponse { id: 0, result: Err(ApiError::Timeout) });
         let handle = self.shared.handle.clone();
-        let ClientRequest { id, session, body } = match std::mem::replace(&mut req.message, placeholder) {
+        let (attempt, message) = crate::admission::attempt_of(std::mem::replace(&mut req.message, placeholder));
+        let ClientRequest { id, session, body } = match message {
             NodeMessage::Request(r) => match r.validate() {
                 Ok(()) => r,
                 Err(detail) => {
@@ -968,6 +971,7 @@ impl Driver {
         };
         let allowed = req.from.role.allows(needed);
         let principal = crate::admission::principal_of(req.from.principal.as_str());
+        crate::admission::note_attempt(req.from.principal.as_str(), attempt);
         let mut responder = Responder { req, id, handle, audit, guard, ticket: None };
         if !allowed {
             crate::telemetry::refused("role");
@@ -976,7 +980,7 @@ impl Driver {
         }
         // Admission, before any work; consensus traffic never comes this way.
         let signals = crate::admission::CoreSignals::measure(&self.raft, self.shared.store.applied_index());
-        match self.gate.admit(&body, principal, signals, self.shared.store.dir()) {
+        match self.gate.admit(&body, principal, attempt > 0, signals, self.shared.store.dir()) {
             Ok(ticket) => responder.ticket = ticket,
             Err(e) => {
                 responder.send(Err(e), None);

@@ -590,7 +590,8 @@ pub(crate) fn refused(reason: &'static str) {
 /// A client request is answered: timeouts are counted per principal.
 pub(crate) fn answered(principal: &str, result: &Result<quorate_api::Response, quorate_api::ApiError>) {
     if matches!(result, Err(quorate_api::ApiError::Timeout)) {
-        metrics::counter!(n::CLIENT_TIMEOUTS_TOTAL, n::LABEL_PRINCIPAL => principal.to_string()).increment(1);
+        let label = crate::admission::principal_label(principal);
+        metrics::counter!(n::CLIENT_TIMEOUTS_TOTAL, n::LABEL_PRINCIPAL => label).increment(1);
     }
 }
 

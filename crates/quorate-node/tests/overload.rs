@@ -20,20 +20,28 @@
 //! `signal_refusals_clear_by_themselves` drives the node's failpoints: a slow fsync and a full
 //! disk are refused with their reasons, and the refusals clear once the fault is gone.
 //!
+//! `three_node_overload_keeps_goodput_and_never_sheds_consensus` runs the same checks against
+//! the leader of a real 3-node cluster, and checks that no election happened (consensus
+//! traffic is never shed). `retries_are_counted_and_refused_by_their_budget` sends
+//! attempt-numbered retries (`quorate/2`) until the principal's retry budget refuses one.
+//!
 //! `overload_curves` (ignored; run by `cargo xtask bench overload`) sweeps the offered load with
 //! admission on and off and writes one result line per run.
 
-use quorate_api::{ApiError, ClientRequest, NodeMessage, ReadConsistency, Request, Response};
+use quorate_api::{ApiError, AttemptedRequest, ClientRequest, NodeMessage, ReadConsistency, Request, Response};
 use quorate_check::history::{Completion, OpKind, Operation, ReadCompletion};
 use quorate_log::NodeId;
 use quorate_node::config::NodeConfig;
 use quorate_transport::{Client, ClientOptions, Credentials, TlsPaths};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "support/procs.rs"]
+mod procs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_quorate");
 
@@ -74,20 +82,14 @@ fn nid(n: u64) -> NodeId {
     NodeId::new(n).expect("non-zero")
 }
 
-/// A node process, killed on every path.
+/// A node process, killed on every path (by its [`procs::Nodes`] guard).
 struct NodeProc {
-    child: Child,
+    guard: procs::Nodes,
+    id: u64,
     addr: std::net::SocketAddr,
     dir: PathBuf,
     metrics: std::net::SocketAddr,
     data: PathBuf,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl NodeProc {
@@ -100,16 +102,19 @@ impl NodeProc {
     /// As [`NodeProc::start`], with the configuration edited by `edit`.
     fn start_with(dir: &Path, edit: impl FnOnce(&mut NodeConfig)) -> NodeProc {
         let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let out = Command::new(BIN)
-            .args(["certs", "dev", "--nodes", "1", "--base-port", &port.to_string()])
-            .env("QUORATE_CLUSTER", "ovl")
-            .args(["--clients", "heavy:write,light:write,checker:admin", "--dir"])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "certs dev: {}", String::from_utf8_lossy(&out.stderr));
-        let config_path = dir.join("node-1.toml");
+        certs(dir, 1, port);
+        NodeProc::spawn(dir, 1, edit)
+    }
+
+    /// A cluster of `n` nodes (certificates under `dir`, ports from [`procs::free_base_port`]).
+    fn start_cluster(dir: &Path, n: u64) -> Vec<NodeProc> {
+        certs(dir, n, procs::free_base_port(24_000));
+        (1..=n).map(|id| NodeProc::spawn(dir, id, |_| ())).collect()
+    }
+
+    /// Starts node `id` from the configuration `certs dev` wrote, edited by `edit`.
+    fn spawn(dir: &Path, id: u64, edit: impl FnOnce(&mut NodeConfig)) -> NodeProc {
+        let config_path = dir.join(format!("node-{id}.toml"));
         let mut config = NodeConfig::load(&config_path).unwrap();
         edit(&mut config);
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -127,7 +132,14 @@ impl NodeProc {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        NodeProc { child, addr: config.listen, dir: dir.to_path_buf(), metrics: metrics_port, data: config.data_dir }
+        NodeProc {
+            guard: procs::Nodes(vec![child]),
+            id,
+            addr: config.listen,
+            dir: dir.to_path_buf(),
+            metrics: metrics_port,
+            data: config.data_dir,
+        }
     }
 
     fn credentials(&self, name: &str) -> Credentials {
@@ -146,7 +158,7 @@ impl NodeProc {
         let creds = self.credentials(name);
         let deadline = Instant::now() + START_DEADLINE;
         loop {
-            match Client::<NodeMessage>::connect(&creds, nid(1), self.addr, options.clone()).await {
+            match Client::<NodeMessage>::connect(&creds, nid(self.id), self.addr, options.clone()).await {
                 Ok(c) => return c,
                 Err(e) => assert!(Instant::now() < deadline, "cannot connect to the node: {e}"),
             }
@@ -156,6 +168,11 @@ impl NodeProc {
 
     /// The sum of `quorate_proposals_shed_total` over its reasons, from `/metrics`.
     fn shed_metric_total(&self) -> u64 {
+        self.metric_sum("quorate_proposals_shed_total{")
+    }
+
+    /// The sum of every sample of `/metrics` whose line starts with `prefix`.
+    fn metric_sum(&self, prefix: &str) -> u64 {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.metrics).expect("metrics endpoint");
         conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -163,20 +180,34 @@ impl NodeProc {
         let mut text = String::new();
         conn.take(16 << 20).read_to_string(&mut text).unwrap();
         text.lines()
-            .filter(|l| l.starts_with("quorate_proposals_shed_total{"))
+            .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }
 
     /// Resident memory of the node process, from `/proc/<pid>/status`.
     fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.guard.0[0].id())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
     }
+}
+
+/// Generates certificates and configurations of an `n`-node cluster (ports from `base_port`)
+/// and of the clients `heavy`, `light` (write) and `checker` (admin) under `dir`.
+fn certs(dir: &Path, n: u64, base_port: u16) {
+    let out = Command::new(BIN)
+        .args(["certs", "dev", "--nodes", &n.to_string(), "--base-port", &base_port.to_string()])
+        .env("QUORATE_CLUSTER", "ovl")
+        .args(["--clients", "heavy:write,light:write,checker:admin", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "certs dev: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// One request's answer: the result, or `None` for no answer in time.
@@ -266,9 +297,11 @@ impl Shared {
 }
 
 /// Offers `rate_per_sec` writes for `duration` from [`CLIENTS`] heavy clients, plus the light
-/// client when `light`. `tag` prefixes the keys of this phase.
+/// client when `light`. `tag` prefixes the keys of this phase. Resident memory is sampled on
+/// `node` and on every node of `also`.
 async fn offer(
     node: &NodeProc,
+    also: &[&NodeProc],
     shared: &Arc<Shared>,
     tag: &str,
     rate_per_sec: f64,
@@ -311,10 +344,11 @@ async fn offer(
         })
     });
     // Memory, sampled while the load runs.
-    let mut rss_max = node.rss_bytes();
+    let rss = || also.iter().map(|n| n.rss_bytes()).fold(node.rss_bytes(), u64::max);
+    let mut rss_max = rss();
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        rss_max = rss_max.max(node.rss_bytes());
+        rss_max = rss_max.max(rss());
     }
     let mut result = PhaseResult::default();
     while let Some(r) = clients.join_next().await {
@@ -343,7 +377,7 @@ async fn offer(
         result.light_ok = ok;
         result.light_total = total;
     }
-    result.rss_max = rss_max.max(node.rss_bytes());
+    result.rss_max = rss_max.max(rss());
     result
 }
 
@@ -552,7 +586,7 @@ fn overload_keeps_goodput_latency_memory_and_fairness() {
             let peak = measure_capacity(&node, &shared, 128, Duration::from_secs(3)).await;
             assert!(peak > 0.0, "no write accepted while measuring capacity");
             let tag = format!("ovl{attempt}");
-            let mut r = offer(&node, &shared, &tag, 5.0 * peak, Duration::from_secs(8), true).await;
+            let mut r = offer(&node, &[], &shared, &tag, 5.0 * peak, Duration::from_secs(8), true).await;
             let line = result_line(true, 5.0, peak, &mut r);
             eprintln!("{line}");
             let p99 = r.percentile_ms(0.99);
@@ -596,7 +630,7 @@ fn overload_curves() {
             let peak = measure_capacity(&node, &shared, 128, Duration::from_secs(3)).await;
             for (i, m) in multiples.iter().take(16).enumerate() {
                 let tag = format!("run{i}");
-                let mut r = offer(&node, &shared, &tag, m * peak, Duration::from_secs(secs), true).await;
+                let mut r = offer(&node, &[], &shared, &tag, m * peak, Duration::from_secs(secs), true).await;
                 let line = result_line(admission, *m, peak, &mut r);
                 eprintln!("{line}");
                 if let Some(path) = &out {
@@ -669,5 +703,113 @@ fn signal_refusals_clear_by_themselves() {
         std::fs::write(&control, "disk_full = false\n").unwrap();
         assert!(put_until(&client, &shared, "space-again", ok).await.is_ok());
         assert!(node.shed_metric_total() >= 2, "both refusals counted");
+    });
+}
+
+/// The leader's id and every node's term, asked of each node (bounded: a deadline).
+async fn leader_and_terms(nodes: &[NodeProc], shared: &Shared) -> (u64, Vec<u64>) {
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        let mut leader = None;
+        let mut terms = Vec::new();
+        for node in nodes {
+            let client = node.connect("checker").await;
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Some(Ok(Response::Status(s))) = call(&client, id, Request::Status).await {
+                terms.push(s.term.0);
+                if s.role == quorate_core::Role::Leader {
+                    leader = Some(node.id);
+                }
+            }
+            client.close();
+        }
+        if let Some(leader) = leader
+            && terms.len() == nodes.len()
+        {
+            return (leader, terms);
+        }
+        assert!(Instant::now() < deadline, "no leader known to every node within {START_DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real 3-node cluster at 4x its measured capacity, offered at the leader (where clients end
+/// up: a follower answers writes with a redirect to it). The same checks as the one-node test
+/// (goodput, p99, memory of every node, history, light client), and consensus is never shed:
+/// the same leader in the same term before and after (no election during the overload).
+#[test]
+fn three_node_overload_keeps_goodput_and_never_sheds_consensus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = NodeProc::start_cluster(tmp.path(), 3);
+    let rt = runtime();
+    rt.block_on(async {
+        let shared = Arc::new(Shared { epoch: Instant::now(), next_id: AtomicU64::new(1) });
+        let (leader, terms_before) = leader_and_terms(&nodes, &shared).await;
+        let at = nodes.iter().position(|n| n.id == leader).expect("the leader is a member");
+        let others: Vec<&NodeProc> = nodes.iter().filter(|n| n.id != leader).collect();
+        wait_writable(&nodes[at].connect("heavy").await).await;
+        let peak = measure_capacity(&nodes[at], &shared, 128, Duration::from_secs(3)).await;
+        assert!(peak > 0.0, "no write accepted while measuring capacity");
+        let mut r = offer(&nodes[at], &others, &shared, "tri", 4.0 * peak, Duration::from_secs(8), true).await;
+        let line = result_line(true, 4.0, peak, &mut r);
+        eprintln!("3 nodes, leader {leader}: {line}");
+        let (leader_after, terms_after) = leader_and_terms(&nodes, &shared).await;
+        assert_eq!((leader_after, &terms_after), (leader, &terms_before), "an election during the overload: {line}");
+        let p99 = r.percentile_ms(0.99);
+        assert!(p99 <= P99_ACCEPTED_MAX.as_secs_f64() * 1000.0, "p99 of accepted writes {p99:.1} ms: {line}");
+        assert!(r.rss_max <= RSS_BYTES_MAX, "a node's RSS {} MiB: {line}", r.rss_max >> 20);
+        assert!(r.light_total >= 50, "the light client ran: {line}");
+        let light = r.light_ok as f64 / r.light_total as f64;
+        assert!(light >= LIGHT_OK_FRACTION_MIN, "light client got {:.1}% through: {line}", light * 100.0);
+        let (read, read_call, read_ret) = read_back(&nodes[at], &shared, "tri/c").await;
+        check_history(&r.records, &read, read_call, read_ret);
+        assert!(r.goodput() >= GOODPUT_FRACTION_MIN * peak, "goodput below {GOODPUT_FRACTION_MIN} of the peak: {line}");
+    });
+}
+
+/// Retries sent as the client crate sends them on a `quorate/2` connection (attempt-numbered)
+/// are counted per principal, and once the principal's retry budget is spent (a burst of 10,
+/// plus a tenth per success and one per second) a retry is refused with `RetryBudget` while a
+/// first attempt still passes.
+#[test]
+fn retries_are_counted_and_refused_by_their_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(tmp.path(), true);
+    let rt = runtime();
+    rt.block_on(async {
+        let shared = Shared { epoch: Instant::now(), next_id: AtomicU64::new(1) };
+        let client = node.connect("heavy").await;
+        assert_eq!(client.protocol_generation(), quorate_api::PROTOCOL_GENERATION_2, "negotiated quorate/2");
+        wait_writable(&client).await;
+        let mut sent = 0u64;
+        let mut refused = None;
+        for n in 0..200u64 {
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let body = Request::Put { key: format!("retry/{n}").into_bytes(), value: b"v".to_vec() };
+            let request = ClientRequest { id, session: None, body };
+            let message = NodeMessage::RequestAttempt(AttemptedRequest { attempt: 1, request });
+            sent += 1;
+            match tokio::time::timeout(REQUEST_TIMEOUT, client.request(&message)).await {
+                Ok(Ok(NodeMessage::Response(r))) => match r.result {
+                    Ok(_) => {}
+                    Err(ApiError::Shed(o)) if o.reason == quorate_api::OverloadReason::RetryBudget => {
+                        refused = Some(o);
+                        break;
+                    }
+                    Err(e) => panic!("retry {n}: {e}"),
+                },
+                other => panic!("retry {n}: no answer: {other:?}"),
+            }
+        }
+        let refused = refused.expect("the retry budget refused a retry within 200");
+        assert!(sent > 10, "the burst of 10 retries passed first ({sent} sent)");
+        assert!(refused.retry_after_ms >= 10, "{refused}");
+        // A first attempt of the same principal is not a retry: admitted.
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let first = call(&client, id, Request::Put { key: b"retry/first".to_vec(), value: b"v".to_vec() }).await;
+        assert!(matches!(first, Some(Ok(_))), "{first:?}");
+        let counted = node.metric_sum("quorate_client_retries_total{principal=\"heavy\"}");
+        assert_eq!(counted, sent, "every retry counted under its principal");
+        assert!(node.metric_sum("quorate_proposals_shed_total{reason=\"retry_budget\"}") >= 1);
     });
 }

@@ -70,8 +70,13 @@ pub const LABEL_PEER: &str = "peer";
 pub const LABEL_ROLE: &str = "role";
 /// Label key: which invariant was violated.
 pub const LABEL_INVARIANT: &str = "invariant";
-/// Label key: the client principal (certificate identity).
+/// Label key: the client principal (certificate identity). At most [`PRINCIPAL_LABELS_MAX`]
+/// distinct values per node; later principals are labelled [`PRINCIPAL_LABEL_OTHER`].
 pub const LABEL_PRINCIPAL: &str = "principal";
+/// Most distinct `principal` label values a node exports (bounded cardinality).
+pub const PRINCIPAL_LABELS_MAX: usize = 64;
+/// The `principal` label of every principal beyond the first [`PRINCIPAL_LABELS_MAX`].
+pub const PRINCIPAL_LABEL_OTHER: &str = "other";
 /// Label key: the binary's version (build info).
 pub const LABEL_VERSION: &str = "version";
 /// Label key: the kind of a clock discontinuity (`jump` or `stall`).

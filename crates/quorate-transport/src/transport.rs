@@ -241,11 +241,20 @@ pub struct Request<M> {
     pub message: M,
     send: SendStream,
     frame_payload_bytes_max: u32,
+    generation: u8,
 }
 
 impl<M: fmt::Debug> fmt::Debug for Request<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request").field("from", &self.from).field("message", &self.message).finish_non_exhaustive()
+    }
+}
+
+impl<M> Request<M> {
+    /// The protocol generation its connection negotiated: 2 for `quorate/2`, 1 for `quorate/1`
+    /// (a 0.1.0 client, which understands only what 0.1.0 could decode).
+    pub fn protocol_generation(&self) -> u8 {
+        self.generation
     }
 }
 
@@ -595,6 +604,15 @@ fn audit_accepted(who: &dyn fmt::Display, what: &str) {
     tracing::info!(target: "quorate::audit", who = %who, what, result = "accepted");
 }
 
+/// The protocol generation a connection negotiated (2 for `quorate/2`, else 1).
+fn protocol_generation(conn: &Connection) -> u8 {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(crate::frame::ALPN_V2) { 2 } else { 1 }
+}
+
 /// Checks ALPN and reads the identity from the peer's certificate.
 fn authenticate(conn: &Connection, refuse_quorate_1: bool) -> Result<Identity, String> {
     let alpn = conn
@@ -728,6 +746,7 @@ async fn read_peer_stream<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, pe
 
 async fn serve_client<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, client: ClientIdentity) {
     conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+    let generation = protocol_generation(&conn);
     while let Ok((mut send, recv)) = conn.accept_bi().await {
         let ctx = ctx.clone();
         let from = client.clone();
@@ -743,7 +762,7 @@ async fn serve_client<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, client
             };
             match message {
                 Ok(message) => {
-                    let request = Request { from, message, send, frame_payload_bytes_max: max };
+                    let request = Request { from, message, send, frame_payload_bytes_max: max, generation };
                     let _ = ctx.inbox_requests.send(request).await;
                 }
                 Err((code, reason)) => {
@@ -1101,6 +1120,12 @@ impl<M: WireMessage> Client<M> {
             }
         };
         tokio::time::timeout(self.options.request_timeout, round_trip).await.map_err(|_| TransportError::Timeout)?
+    }
+
+    /// The protocol generation this connection negotiated: 2 for `quorate/2`, 1 for
+    /// `quorate/1` (a 0.1.0 server). Send what that generation can decode.
+    pub fn protocol_generation(&self) -> u8 {
+        protocol_generation(&self.conn)
     }
 
     /// Closes the connection.
