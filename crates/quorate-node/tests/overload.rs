@@ -2,8 +2,9 @@
 //! capacity, offer five times that from many heavy clients plus one light client, and check
 //! that admission control keeps its promises:
 //!
-//! * accepted throughput stays at or above [`GOODPUT_FRACTION_MIN`] of the measured peak (in
-//!   one of [`ATTEMPTS_MAX`] attempts: the CI machine is shared and noisy);
+//! * accepted throughput stays at or above [`GOODPUT_FRACTION_MIN`] of the measured peak (one
+//!   attempt: with the work-conserving gradient limit goodput at 5x is above the peak measured
+//!   with 128 closed-loop writers, see docs/benchmarks.md);
 //! * the p99 latency of accepted writes stays under [`P99_ACCEPTED_MAX`];
 //! * the node's resident memory (`VmRSS`) stays under [`RSS_BYTES_MAX`];
 //! * no acknowledged write is lost and no shed write took effect: every write has its own key,
@@ -52,10 +53,6 @@ const GOODPUT_FRACTION_MIN: f64 = 0.90;
 const P99_ACCEPTED_MAX: Duration = Duration::from_millis(1000);
 /// Resident memory of the node process under overload.
 const RSS_BYTES_MAX: u64 = 1 << 30;
-/// Attempts (each with a fresh capacity measurement) of which one must meet the goodput bound:
-/// the machine running CI is shared, and a build next door can take the cores away during
-/// one phase but not the other. Every other property is checked in every attempt.
-const ATTEMPTS_MAX: usize = 2;
 /// Share of the light client's requests that must succeed.
 const LIGHT_OK_FRACTION_MIN: f64 = 0.90;
 /// How long to wait for the node to elect itself and answer.
@@ -581,30 +578,25 @@ fn overload_keeps_goodput_latency_memory_and_fairness() {
     rt.block_on(async {
         let shared = Arc::new(Shared { epoch: Instant::now(), next_id: AtomicU64::new(1) });
         wait_writable(&node.connect("heavy").await).await;
-        let mut goodput_met = Vec::new();
-        for attempt in 0..ATTEMPTS_MAX {
-            let peak = measure_capacity(&node, &shared, 128, Duration::from_secs(3)).await;
-            assert!(peak > 0.0, "no write accepted while measuring capacity");
-            let tag = format!("ovl{attempt}");
-            let mut r = offer(&node, &[], &shared, &tag, 5.0 * peak, Duration::from_secs(8), true).await;
-            let line = result_line(true, 5.0, peak, &mut r);
-            eprintln!("{line}");
-            let p99 = r.percentile_ms(0.99);
-            assert!(p99 <= P99_ACCEPTED_MAX.as_secs_f64() * 1000.0, "p99 of accepted writes {p99:.1} ms: {line}");
-            assert!(r.rss_max <= RSS_BYTES_MAX, "node RSS {} MiB: {line}", r.rss_max >> 20);
-            assert!(r.light_total >= 50, "the light client ran: {line}");
-            let light = r.light_ok as f64 / r.light_total as f64;
-            assert!(light >= LIGHT_OK_FRACTION_MIN, "light client got {:.1}% through: {line}", light * 100.0);
-            let counted = node.shed_metric_total();
-            assert!(counted >= r.shed, "quorate_proposals_shed_total {counted} < {} sheds seen: {line}", r.shed);
-            let (read, read_call, read_ret) = read_back(&node, &shared, &format!("{tag}/c")).await;
-            check_history(&r.records, &read, read_call, read_ret);
-            if r.goodput() >= GOODPUT_FRACTION_MIN * peak {
-                return;
-            }
-            goodput_met.push(line);
-        }
-        panic!("goodput under 5x overload below {GOODPUT_FRACTION_MIN} of the peak in every attempt: {goodput_met:#?}");
+        let peak = measure_capacity(&node, &shared, 128, Duration::from_secs(3)).await;
+        assert!(peak > 0.0, "no write accepted while measuring capacity");
+        let mut r = offer(&node, &[], &shared, "ovl", 5.0 * peak, Duration::from_secs(8), true).await;
+        let line = result_line(true, 5.0, peak, &mut r);
+        eprintln!("{line}");
+        let p99 = r.percentile_ms(0.99);
+        assert!(p99 <= P99_ACCEPTED_MAX.as_secs_f64() * 1000.0, "p99 of accepted writes {p99:.1} ms: {line}");
+        assert!(r.rss_max <= RSS_BYTES_MAX, "node RSS {} MiB: {line}", r.rss_max >> 20);
+        assert!(r.light_total >= 50, "the light client ran: {line}");
+        let light = r.light_ok as f64 / r.light_total as f64;
+        assert!(light >= LIGHT_OK_FRACTION_MIN, "light client got {:.1}% through: {line}", light * 100.0);
+        let counted = node.shed_metric_total();
+        assert!(counted >= r.shed, "quorate_proposals_shed_total {counted} < {} sheds seen: {line}", r.shed);
+        let (read, read_call, read_ret) = read_back(&node, &shared, "ovl/c").await;
+        check_history(&r.records, &read, read_call, read_ret);
+        assert!(
+            r.goodput() >= GOODPUT_FRACTION_MIN * peak,
+            "goodput under 5x overload below {GOODPUT_FRACTION_MIN} of the peak: {line}"
+        );
     });
 }
 
