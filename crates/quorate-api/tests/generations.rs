@@ -57,22 +57,10 @@ fn every_error() -> Vec<ApiError> {
         ApiError::SessionExpired,
         ApiError::Internal("x".into()),
     ];
-    let reasons = [
-        OverloadReason::QueueFull,
-        OverloadReason::ConcurrencyLimit,
-        OverloadReason::FairShare,
-        OverloadReason::RateLimited,
-        OverloadReason::RetryBudget,
-        OverloadReason::InFlightBytes,
-        OverloadReason::RequestTooLarge,
-        OverloadReason::UncommittedBytes,
-        OverloadReason::ApplyLag,
-        OverloadReason::DiskSpace,
-        OverloadReason::FsyncLatency,
-        OverloadReason::PeerBacklog,
-        OverloadReason::PendingReads,
-    ];
-    errors.extend(reasons.map(|reason| ApiError::Shed(Overloaded { reason, retry_after_ms: 1500 })));
+    // Every reason there is: the variant indexes that decode (the enum is append-only).
+    let reasons: Vec<OverloadReason> = (0u8..=u8::MAX).map_while(|i| postcard::from_bytes(&[i]).ok()).collect();
+    assert!(reasons.len() >= 13, "{reasons:?}");
+    errors.extend(reasons.into_iter().map(|reason| ApiError::Shed(Overloaded { reason, retry_after_ms: 1500 })));
     errors
 }
 

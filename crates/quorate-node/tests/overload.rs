@@ -546,6 +546,23 @@ fn check_history(records: &[WriteRecord], read: &BTreeMap<String, String>, read_
     assert!(verdict.is_linearizable(), "history: {verdict}");
 }
 
+/// The checks of an overload phase offered at `node` with keys under `tag`: p99 of accepted
+/// writes, resident memory (of every node watched), the light client, the shed metric, the
+/// history with a final read of every key, and goodput against `peak`.
+async fn check_phase(node: &NodeProc, shared: &Shared, tag: &str, peak: f64, r: &mut PhaseResult, line: &str) {
+    let p99 = r.percentile_ms(0.99);
+    assert!(p99 <= P99_ACCEPTED_MAX.as_secs_f64() * 1000.0, "p99 of accepted writes {p99:.1} ms: {line}");
+    assert!(r.rss_max <= RSS_BYTES_MAX, "node RSS {} MiB: {line}", r.rss_max >> 20);
+    assert!(r.light_total >= 50, "the light client ran: {line}");
+    let light = r.light_ok as f64 / r.light_total as f64;
+    assert!(light >= LIGHT_OK_FRACTION_MIN, "light client got {:.1}% through: {line}", light * 100.0);
+    let counted = node.shed_metric_total();
+    assert!(counted >= r.shed, "quorate_proposals_shed_total {counted} < {} sheds seen: {line}", r.shed);
+    let (read, read_call, read_ret) = read_back(node, shared, &format!("{tag}/c")).await;
+    check_history(&r.records, &read, read_call, read_ret);
+    assert!(r.goodput() >= GOODPUT_FRACTION_MIN * peak, "goodput below {GOODPUT_FRACTION_MIN} of the peak: {line}");
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
@@ -583,20 +600,7 @@ fn overload_keeps_goodput_latency_memory_and_fairness() {
         let mut r = offer(&node, &[], &shared, "ovl", 5.0 * peak, Duration::from_secs(8), true).await;
         let line = result_line(true, 5.0, peak, &mut r);
         eprintln!("{line}");
-        let p99 = r.percentile_ms(0.99);
-        assert!(p99 <= P99_ACCEPTED_MAX.as_secs_f64() * 1000.0, "p99 of accepted writes {p99:.1} ms: {line}");
-        assert!(r.rss_max <= RSS_BYTES_MAX, "node RSS {} MiB: {line}", r.rss_max >> 20);
-        assert!(r.light_total >= 50, "the light client ran: {line}");
-        let light = r.light_ok as f64 / r.light_total as f64;
-        assert!(light >= LIGHT_OK_FRACTION_MIN, "light client got {:.1}% through: {line}", light * 100.0);
-        let counted = node.shed_metric_total();
-        assert!(counted >= r.shed, "quorate_proposals_shed_total {counted} < {} sheds seen: {line}", r.shed);
-        let (read, read_call, read_ret) = read_back(&node, &shared, "ovl/c").await;
-        check_history(&r.records, &read, read_call, read_ret);
-        assert!(
-            r.goodput() >= GOODPUT_FRACTION_MIN * peak,
-            "goodput under 5x overload below {GOODPUT_FRACTION_MIN} of the peak: {line}"
-        );
+        check_phase(&node, &shared, "ovl", peak, &mut r, &line).await;
     });
 }
 
@@ -747,15 +751,7 @@ fn three_node_overload_keeps_goodput_and_never_sheds_consensus() {
         eprintln!("3 nodes, leader {leader}: {line}");
         let (leader_after, terms_after) = leader_and_terms(&nodes, &shared).await;
         assert_eq!((leader_after, &terms_after), (leader, &terms_before), "an election during the overload: {line}");
-        let p99 = r.percentile_ms(0.99);
-        assert!(p99 <= P99_ACCEPTED_MAX.as_secs_f64() * 1000.0, "p99 of accepted writes {p99:.1} ms: {line}");
-        assert!(r.rss_max <= RSS_BYTES_MAX, "a node's RSS {} MiB: {line}", r.rss_max >> 20);
-        assert!(r.light_total >= 50, "the light client ran: {line}");
-        let light = r.light_ok as f64 / r.light_total as f64;
-        assert!(light >= LIGHT_OK_FRACTION_MIN, "light client got {:.1}% through: {line}", light * 100.0);
-        let (read, read_call, read_ret) = read_back(&nodes[at], &shared, "tri/c").await;
-        check_history(&r.records, &read, read_call, read_ret);
-        assert!(r.goodput() >= GOODPUT_FRACTION_MIN * peak, "goodput below {GOODPUT_FRACTION_MIN} of the peak: {line}");
+        check_phase(&nodes[at], &shared, "tri", peak, &mut r, &line).await;
     });
 }
 
