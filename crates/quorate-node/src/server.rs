@@ -326,6 +326,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     // Client writes are refused (Overloaded) below the configured floor; the store's own
     // floor, a last resort that stops the node, sits at a quarter of it.
     options.free_space_floor_bytes = floor / 4;
+    let bootstrap_version = crate::versions::bootstrap_marker(&data_dir, &data_dir.join("store"), config.join)
+        .map_err(ServerError::Fatal)?;
     let store = Arc::new(RocksStore::open(data_dir.join("store"), options)?);
     crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
 
@@ -464,6 +466,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         disk: (Instant::now(), true),
         failpoints: crate::failpoints::Failpoints::start(&data_dir, config_failpoints),
         gate,
+        auto_finalize: crate::versions::AutoFinalize::new(bootstrap_version, Instant::now()),
     };
     let result = driver.run(inbox, shutdown).await;
     if let Err(e) = &result {
@@ -520,6 +523,8 @@ struct Driver {
     failpoints: crate::failpoints::Failpoints,
     /// Admission control for client requests.
     gate: Arc<crate::admission::Gate>,
+    /// Raises a new cluster's version without `cluster finalize`.
+    auto_finalize: crate::versions::AutoFinalize,
 }
 
 impl Driver {
@@ -737,6 +742,7 @@ impl Driver {
 
     fn sweep(&mut self) {
         self.raft.poll_dump_request();
+        self.auto_finalize();
         self.obs.sample(&self.raft, &self.shared, self.disk.1);
         let now = Instant::now();
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
@@ -744,6 +750,30 @@ impl Driver {
             if let Some(p) = self.reads.remove(&id) {
                 p.responder.send(Err(ApiError::Unavailable("read not confirmed in time; retry".into())), None);
             }
+        }
+    }
+
+    /// A new cluster's leader raises the cluster version once every member can follow
+    /// ([`crate::versions::AutoFinalize`]); the entry is applied like `cluster finalize`'s.
+    fn auto_finalize(&mut self) {
+        let me = self.shared.id;
+        let others: Vec<NodeId> = self.raft.configuration().members().filter(|&m| m != me).collect();
+        let applied = crate::versions::cluster_version(&self.shared);
+        let transport = &self.shared.transport;
+        let Some(version) =
+            self.auto_finalize.due(Instant::now(), self.raft.role() == Role::Leader, applied, &others, |id| {
+                transport.peer_protocol_generation(id)
+            })
+        else {
+            return;
+        };
+        let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::SetClusterVersion { version } };
+        let result = quorate_api::encode_command(&cmd)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.raft.propose(self.now(), Data::from(bytes)).map_err(|e| e.to_string()));
+        match result {
+            Ok(at) => tracing::info!(version, index = %at.index, "new cluster: proposing its cluster version"),
+            Err(e) => tracing::warn!(version, error = %e, "new cluster: cannot propose its cluster version yet"),
         }
     }
 

@@ -109,6 +109,23 @@ fn cli_against_a_three_node_cluster() {
     env.ok(&["kv", "del", "user/a"]);
     assert_eq!(env.ok(&["kv", "scan", "--prefix", "user/"]), "user/b=2\n");
 
+    // A new cluster is raised to the newest cluster version on its own (no `cluster finalize`):
+    // its leader proposes it once every member is connected over quorate/2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = env.ok(&["cluster", "status"]);
+        if status.contains(&format!("cluster version {}", quorate_api::CLUSTER_VERSION)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a new cluster stayed below its cluster version:\n{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // So a version-2 request works without finalize.
+    env.ok(&["kv", "put", "range/a", "1"]);
+    env.ok(&["kv", "put", "range/b", "2"]);
+    env.ok(&["kv", "del-range", "range/", "range0"]);
+    assert_eq!(env.ok(&["kv", "scan", "--prefix", "range/"]), "");
+
     let status = env.ok(&["cluster", "status"]);
     assert_eq!(status.lines().filter(|l| l.contains(" leader ")).count(), 1, "{status}");
     let members = env.ok(&["member", "list"]);

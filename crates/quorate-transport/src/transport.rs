@@ -491,6 +491,15 @@ impl<M: WireMessage> Transport<M> {
         peers.get(&node).and_then(|p| p.counters.rtt())
     }
 
+    /// The protocol generation of the current connection to a peer (2 for `quorate/2`, 1 for
+    /// `quorate/1`, a 0.1.0 binary); `None` when the peer is unknown or not connected.
+    #[must_use]
+    pub fn peer_protocol_generation(&self, node: NodeId) -> Option<u8> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let p = peers.get(&node)?;
+        p.counters.conn.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(protocol_generation)
+    }
+
     /// How many inbound connections or streams were refused (bad handshake, identity,
     /// cluster, protocol). Each refusal is also an audit event.
     #[must_use]

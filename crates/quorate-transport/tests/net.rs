@@ -154,6 +154,8 @@ fn happy_path_both_ways_ordered_with_snapshots_and_client_requests() {
         assert!(rtt > Duration::ZERO && rtt < Duration::from_secs(2), "{rtt:?}");
         assert!(t1.peer_rtt(id(2)).is_some());
         assert_eq!(t1.peer_rtt(id(9)), None, "an unknown peer has no RTT");
+        assert_eq!(t1.peer_protocol_generation(id(2)), Some(2), "two current binaries speak quorate/2");
+        assert_eq!(t1.peer_protocol_generation(id(9)), None, "an unknown peer has no connection");
 
         // A client with role admin sends a request; node 1 answers.
         let client_paths = s.certs.clients[&Principal::new("ops").unwrap()].clone();

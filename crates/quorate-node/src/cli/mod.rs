@@ -146,8 +146,8 @@ pub(crate) enum KvCmd {
         /// The key.
         key: String,
     },
-    /// Remove every key in [START, END) (at most 10,000 per call; needs cluster version 2,
-    /// that is `quorate cluster finalize` after an upgrade from 0.1.0).
+    /// Remove every key in [START, END) (at most 10,000 per call; needs cluster version 2: a new
+    /// cluster has it, an upgraded one after `quorate cluster finalize`).
     DelRange {
         /// First key.
         start: String,
@@ -282,7 +282,7 @@ pub(crate) struct CertsDevArgs {
     /// How many nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub(crate) nodes: u64,
-    /// Client certificates: NAME[:ROLE], comma-separated; ROLE is read, write or admin
+    /// Client certificates, comma-separated: NAME or NAME:ROLE, ROLE being read, write or admin
     /// (default admin).
     #[arg(long, default_value = "admin,writer:write,reader:read", value_delimiter = ',')]
     pub(crate) clients: Vec<String>,
