@@ -500,8 +500,11 @@ impl<S: LogStorage> Raft<S> {
             debug_assert!(self.forwarded_reads.len() <= before);
             if now >= self.election_deadline {
                 if self.conf.is_voter(self.id) {
-                    let reason =
-                        if self.leader.is_some() { CampaignReason::LeaderTimeout } else { CampaignReason::ElectionTimeout };
+                    let reason = if self.leader.is_some() {
+                        CampaignReason::LeaderTimeout
+                    } else {
+                        CampaignReason::ElectionTimeout
+                    };
                     self.campaign(self.cfg.pre_vote, reason);
                 } else {
                     self.reset_election_deadline();
