@@ -38,14 +38,42 @@ pub(crate) fn build_quorate() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A UDP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+/// A UDP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range.
 pub(crate) fn free_udp_port() -> Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP port on 127.0.0.1")?.local_addr()?.port())
+    pick_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range.
 pub(crate) fn free_tcp_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP port on 127.0.0.1")?.local_addr()?.port())
+    pick_port(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// Lowest port handed to node listeners.
+const LISTEN_PORT_MIN: u32 = 10_000;
+
+/// A port for a node's listener, taken from below the kernel's ephemeral range: a node that
+/// is killed and restarted must get its port back, and a socket bound to port 0 meanwhile (a
+/// client, the fault proxy) could otherwise take it (seen in `chaos ci`: "Address already in
+/// use" on restart). Ports are handed out once per process, from an offset that differs
+/// between processes.
+fn pick_port(free: impl Fn(u16) -> bool) -> Result<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    let high = ephemeral_low.clamp(LISTEN_PORT_MIN + 1_000, 65_535);
+    let span = high - LISTEN_PORT_MIN;
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span.min(5_000) {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = LISTEN_PORT_MIN + offset.wrapping_add(n) % span;
+        let port = u16::try_from(port).context("port out of range")?;
+        if free(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 in {LISTEN_PORT_MIN}..{high}")
 }
 
 pub(crate) fn text(bytes: &[u8]) -> String {
