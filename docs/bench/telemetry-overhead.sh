@@ -5,7 +5,7 @@
 set -euo pipefail
 BIN=$1; MODE=$2; DUR=$3
 D=$(mktemp -d)
-BASE=$((40000 + RANDOM % 5000))
+BASE=$((20000 + RANDOM % 10000))  # below the ephemeral range (32768-): a client socket cannot take a node's port
 "$BIN" certs dev --dir "$D" --cluster bench --nodes 3 --base-port $BASE >/dev/null
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 $p 2>/dev/null || true; done; rm -rf "$D"; }

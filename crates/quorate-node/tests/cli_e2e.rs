@@ -57,7 +57,7 @@ fn start(dir: &Path) -> Nodes {
 fn cli_against_a_three_node_cluster() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
-    let base = free_base_port(20_000);
+    let base = free_base_port();
     let env = Env {
         dir: dir.clone(),
         endpoints: (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(","),

@@ -1,6 +1,10 @@
 //! Three in-process nodes over real QUIC + mutual TLS and RocksDB: elections, the key-value
 //! API, follower reads, exactly-once sessions, role checks, restart and snapshot catch-up.
 
+#[path = "support/procs.rs"]
+mod procs;
+
+use procs::free_port;
 use quorate_api::{
     ApiError, ClientRequest, ClientResponse, Compare, CompareOp, CompareTarget, NodeMessage, ReadConsistency, Request,
     Response, Sequenced, SessionId, Txn, TxnOp, TxnResult,
@@ -21,11 +25,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 fn nid(n: u64) -> NodeId {
     NodeId::new(n).unwrap()
-}
-
-fn free_port() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
 }
 
 struct Node {

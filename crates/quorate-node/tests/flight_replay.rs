@@ -89,7 +89,7 @@ fn replays(file: &Path) {
 fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
-    let base = free_base_port(40_000);
+    let base = free_base_port();
     let endpoints: String = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(",");
     let out = Command::new(BIN)
         .args(["certs", "dev", "--dir"])

@@ -98,14 +98,13 @@ impl NodeProc {
 
     /// As [`NodeProc::start`], with the configuration edited by `edit`.
     fn start_with(dir: &Path, edit: impl FnOnce(&mut NodeConfig)) -> NodeProc {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        certs(dir, 1, port);
+        certs(dir, 1, procs::free_ports(1));
         NodeProc::spawn(dir, 1, edit)
     }
 
     /// A cluster of `n` nodes (certificates under `dir`, ports from [`procs::free_base_port`]).
     fn start_cluster(dir: &Path, n: u64) -> Vec<NodeProc> {
-        certs(dir, n, procs::free_base_port(24_000));
+        certs(dir, n, procs::free_base_port());
         (1..=n).map(|id| NodeProc::spawn(dir, id, |_| ())).collect()
     }
 

@@ -111,7 +111,7 @@ fn save_then_restore_into_a_new_three_node_cluster() {
     let tmp = tempfile::tempdir().unwrap();
 
     // The old cluster: some keys, then a backup.
-    let old = Cluster::create(tmp.path().join("old"), free_base_port(30_000));
+    let old = Cluster::create(tmp.path().join("old"), free_base_port());
     let backup = {
         let _nodes = old.start();
         old.eventually(&["kv", "put", "k-0", "v-0"]);
@@ -141,7 +141,7 @@ fn save_then_restore_into_a_new_three_node_cluster() {
     assert!(!scratch.exists(), "nothing left behind");
 
     // The new cluster: new certificates, new ports, restored data directories.
-    let new = Cluster::create(tmp.path().join("new"), free_base_port(31_000));
+    let new = Cluster::create(tmp.path().join("new"), free_base_port());
     assert_ne!(new.base, old.base);
     for id in 1..=3 {
         let out = restore(&backup, &new.data_dir(id), id, &new.peers());

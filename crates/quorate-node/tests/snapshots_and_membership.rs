@@ -2,6 +2,9 @@
 //! the leader's compacted log catches up by installing a snapshot (and keeps it across a
 //! restart), and membership changes through the client API (add, promote, remove).
 
+#[path = "support/procs.rs"]
+mod procs;
+
 mod common {
     use quorate_api::{ApiError, ClientRequest, ClientResponse, NodeMessage, ReadConsistency, Request, Response};
     use quorate_core::Role as RaftRole;
@@ -21,10 +24,7 @@ mod common {
         NodeId::new(n).unwrap()
     }
 
-    fn free_port() -> SocketAddr {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap()
-    }
+    use super::procs::free_port;
 
     pub(crate) struct Node {
         pub(crate) config: NodeConfig,

@@ -194,7 +194,7 @@ fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
 fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("cluster");
-    let base = free_base_port(44_000);
+    let base = free_base_port();
     let env = Env {
         dir: dir.clone(),
         endpoints: (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(","),
