@@ -310,10 +310,10 @@ mod tests {
 
     #[test]
     fn parses_the_status_table() {
-        let out = "ID  ADDRESS         ROLE         TERM  LEADER  COMMIT  APPLIED  LAST  CONFIG\n\
-                   1   127.0.0.1:7001  leader       2     1       12      12       12    voters=1,2,3\n\
-                   2   127.0.0.1:7002  follower     2     1       12      11       12    voters=1,2,3\n\
-                   3   127.0.0.1:7003  unreachable  -     -       -       -        -     -\n\
+        let out = "ID  ADDRESS         ROLE         TERM  LEADER  COMMIT  APPLIED  LAST  SNAPSHOT  CONFIG-INDEX  CONFIG\n\
+                   1   127.0.0.1:7001  leader       2     1       12      12       12    0         1             voters=1,2,3\n\
+                   2   127.0.0.1:7002  follower     2     1       12      11       12    0         1             voters=1,2,3\n\
+                   3   127.0.0.1:7003  unreachable  -     -       -       -        -     -         -             -\n\
                    node 3 at 127.0.0.1:7003: cannot connect\n";
         let rows = parse_status(out);
         assert_eq!(rows.len(), 3);

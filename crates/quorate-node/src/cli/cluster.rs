@@ -28,9 +28,12 @@ pub(crate) fn describe_config(c: &Configuration) -> String {
 }
 
 /// One table row per node; a node that did not answer gets `unreachable` as its role and the
-/// error at the end of the line.
+/// error at the end of the line. `SNAPSHOT` is the index of the node's latest snapshot and
+/// `CONFIG-INDEX` the log index of the entry that set the configuration in `CONFIG` (the
+/// configuration version: two nodes showing the same index hold the same configuration).
 pub(crate) fn status_table(rows: &[(NodeId, String, Result<NodeStatus, String>)]) -> String {
-    let header = ["ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "CONFIG"];
+    let header =
+        ["ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "SNAPSHOT", "CONFIG-INDEX", "CONFIG"];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_string()).collect()];
     let mut notes = Vec::new();
     for (id, addr, status) in rows {
@@ -44,6 +47,8 @@ pub(crate) fn status_table(rows: &[(NodeId, String, Result<NodeStatus, String>)]
                 s.commit.0.to_string(),
                 s.applied.0.to_string(),
                 s.last_index.0.to_string(),
+                s.snapshot_index.0.to_string(),
+                s.config_version.0.to_string(),
                 describe_config(&s.config),
             ],
             Err(e) => {

@@ -168,7 +168,7 @@ fn status_table_lines_up_and_marks_unreachable_nodes() {
         last_index: LogIndex(10),
         config: Configuration::with_voters([id(1), id(2)]).unwrap(),
         config_version: LogIndex(1),
-        snapshot_index: LogIndex(0),
+        snapshot_index: LogIndex(4),
         revision: 7,
         binary_version: "0.1.0".into(),
         storage_format: 1,
@@ -181,7 +181,7 @@ fn status_table_lines_up_and_marks_unreachable_nodes() {
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("ID  ADDRESS"), "{table}");
     let row: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(row, ["1", "127.0.0.1:7001", "leader", "3", "1", "10", "9", "10", "voters=1,2"]);
+    assert_eq!(row, ["1", "127.0.0.1:7001", "leader", "3", "1", "10", "9", "10", "4", "1", "voters=1,2"]);
     let row: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(&row[..3], ["2", "127.0.0.1:7002", "unreachable"]);
     assert_eq!(lines[3], "node 2 at 127.0.0.1:7002: connection refused");
