@@ -265,11 +265,13 @@ fn lock_fencing() -> Result<Verdict> {
 pub(crate) fn failover(args: &[String]) -> Result<()> {
     let mut kills = 10u64;
     let mut seed = 1u64;
+    let mut attempt_ms = FAILOVER_ATTEMPT_MS;
     for (flag, v) in flags(args)? {
         match flag.as_str() {
             "--kills" => kills = parse_num(&v, &flag)?.clamp(1, 1000),
             "--seed" => seed = parse_num(&v, &flag)?,
-            _ => bail!("`chaos failover` takes --kills and --seed, got `{flag}`"),
+            "--attempt-ms" => attempt_ms = parse_num(&v, &flag)?.clamp(50, 30_000),
+            _ => bail!("`chaos failover` takes --kills, --seed and --attempt-ms, got `{flag}`"),
         }
     }
     let bin = build_quorate()?;
@@ -279,8 +281,8 @@ pub(crate) fn failover(args: &[String]) -> Result<()> {
         let env = Env::create(bin, dir.clone(), 3, 0, RAFT).await?;
         let admin = env.factory.client(seed)?;
         let history = History::new();
-        let writer = fast_client(&env, seed ^ 7)?;
-        let observer = fast_client(&env, seed ^ 11)?;
+        let writer = fast_client(&env, seed ^ 7, attempt_ms)?;
+        let observer = fast_client(&env, seed ^ 11, FAILOVER_ATTEMPT_MS)?;
         let mut times = Vec::new();
         env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
         for k in 0..kills {
@@ -366,7 +368,7 @@ pub(crate) fn failover(args: &[String]) -> Result<()> {
         times.len(),
         RAFT.election_timeout_ms,
         RAFT.heartbeat_ms,
-        FAILOVER_ATTEMPT_MS
+        attempt_ms
     );
     Ok(())
 }
@@ -382,10 +384,11 @@ fn median_max(durations: impl Iterator<Item = Duration>) -> (f64, f64) {
     (median, ms[ms.len() - 1])
 }
 
-/// The failover writer's per-attempt timeout: a request to the dead leader costs this much.
+/// The failover writer's per-attempt timeout by default (`--attempt-ms`): a request to the
+/// dead leader costs this much.
 const FAILOVER_ATTEMPT_MS: u64 = 300;
 
-fn fast_client(env: &Env, seed: u64) -> Result<quorate_client::Client> {
+fn fast_client(env: &Env, seed: u64, attempt_ms: u64) -> Result<quorate_client::Client> {
     let tls = quorate_transport::TlsPaths {
         ca: env.factory.certs.join("ca.crt"),
         cert: env.factory.certs.join("client-admin.crt"),
@@ -394,8 +397,8 @@ fn fast_client(env: &Env, seed: u64) -> Result<quorate_client::Client> {
     let members = env.listen.iter().map(|(id, a)| Ok((super::nid(*id)?, *a))).collect::<Result<Vec<_>>>()?;
     let mut c =
         quorate_client::ClientConfig::new(quorate_transport::ClusterId::new(&env.factory.cluster)?, members, tls);
-    c.request_timeout = Duration::from_millis(FAILOVER_ATTEMPT_MS);
-    c.connect_timeout = Duration::from_millis(FAILOVER_ATTEMPT_MS);
+    c.request_timeout = Duration::from_millis(attempt_ms);
+    c.connect_timeout = Duration::from_millis(attempt_ms);
     c.total_timeout = Duration::from_secs(10);
     c.retries_max = 100;
     c.backoff = quorate_client::Backoff::default();
