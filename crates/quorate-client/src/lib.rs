@@ -6,7 +6,11 @@
 //!
 //! * **Leader discovery.** Writes go to the leader. A node that is not the leader answers
 //!   `NotLeader { leader, addr }`; the client follows the hint at once, and when no leader is
-//!   known it tries the configured members in turn.
+//!   known it tries the configured members in turn. A node that just failed to answer (a
+//!   timeout, no connection) is *suspect* for [`ClientConfig::suspect_for`]: hints naming it
+//!   are not followed meanwhile (after a leader dies, its followers keep naming it until they
+//!   elect another) and the other members are tried first, so a client finds a new leader as
+//!   soon as there is one instead of returning to the dead one.
 //! * **Bounded retries.** Failed attempts are retried with jittered exponential backoff
 //!   ([`Backoff`]), bounded by a count ([`ClientConfig::retries_max`]) and a total time
 //!   ([`ClientConfig::total_timeout`]); an overload answer (`ApiError::Shed`, or the older
@@ -104,6 +108,10 @@ pub struct ClientConfig {
     pub retry_budget: RetryBudgetConfig,
     /// Seed of the jitter (`None`: from the clock).
     pub seed: Option<u64>,
+    /// How long a node that did not answer an attempt (timeout, no connection) is passed over:
+    /// leader hints naming it are not followed and other members are tried first, until it
+    /// answers again or this time has passed. Of the order of the cluster's election timeout.
+    pub suspect_for: Duration,
 }
 
 impl ClientConfig {
@@ -121,6 +129,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             retry_budget: RetryBudgetConfig::default(),
             seed: None,
+            suspect_for: Duration::from_secs(2),
         }
     }
 
@@ -482,6 +491,8 @@ struct Core<L> {
     order: Vec<NodeId>,
     addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
     leader: Mutex<Option<NodeId>>,
+    /// Nodes that failed to answer, and until when they are passed over.
+    suspects: Mutex<BTreeMap<NodeId, Instant>>,
     next_request: AtomicU64,
     rotation: AtomicUsize,
     budget: Mutex<RetryBudget>,
@@ -502,6 +513,7 @@ impl<L: Link> Core<L> {
             order: addrs.keys().copied().collect(),
             addrs: Mutex::new(addrs),
             leader: Mutex::new(None),
+            suspects: Mutex::new(BTreeMap::new()),
             next_request: AtomicU64::new(1),
             rotation: AtomicUsize::new((seed % 1024) as usize),
             budget: Mutex::new(RetryBudget::new(config.retry_budget, Instant::now())),
@@ -519,22 +531,44 @@ impl<L: Link> Core<L> {
         lock(&self.addrs).insert(node, addr);
     }
 
-    /// The next member in turn, skipping `after` when there is another.
+    /// The next member in turn, skipping `after` when there is another, and suspects when
+    /// there is a member that is not.
     fn next_member(&self, after: Option<NodeId>) -> NodeId {
         let n = self.order.len();
+        let mut fallback = None;
         for _ in 0..n {
             let i = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
-            if Some(self.order[i]) != after || n == 1 {
-                return self.order[i];
+            let node = self.order[i];
+            if Some(node) != after || n == 1 {
+                if !self.is_suspect(node) {
+                    return node;
+                }
+                fallback.get_or_insert(node);
             }
         }
-        self.order[0]
+        fallback.unwrap_or(self.order[0])
+    }
+
+    /// Marks `node` as not answering for [`ClientConfig::suspect_for`].
+    fn suspect(&self, node: NodeId) {
+        let until = Instant::now() + self.config.suspect_for;
+        let mut suspects = lock(&self.suspects);
+        suspects.retain(|_, t| *t > Instant::now());
+        suspects.insert(node, until);
+    }
+
+    fn is_suspect(&self, node: NodeId) -> bool {
+        lock(&self.suspects).get(&node).is_some_and(|t| *t > Instant::now())
+    }
+
+    fn answered(&self, node: NodeId) {
+        lock(&self.suspects).remove(&node);
     }
 
     fn first_target(&self) -> NodeId {
         let leader = *lock(&self.leader);
         match leader {
-            Some(l) if lock(&self.addrs).contains_key(&l) => l,
+            Some(l) if lock(&self.addrs).contains_key(&l) && !self.is_suspect(l) => l,
             _ => self.next_member(None),
         }
     }
@@ -634,9 +668,13 @@ impl<L: Link> Core<L> {
             let mut immediate = false;
             let mut lost = false;
             let last: String;
+            if let Ok(Ok(_)) = &outcome {
+                self.answered(target);
+            }
             match outcome {
                 Err(_) => {
                     self.link.forget(target);
+                    self.suspect(target);
                     ambiguous |= mutates;
                     last = format!("node {target} at {addr} did not answer within {} ms", limit.as_millis());
                     if route == Route::Leader {
@@ -645,6 +683,7 @@ impl<L: Link> Core<L> {
                     }
                 }
                 Ok(Err(LinkError::Connect(e))) => {
+                    self.suspect(target);
                     last = format!("cannot connect to node {target} at {addr}: {e}");
                     if route == Route::Leader {
                         self.forget_leader(target);
@@ -672,8 +711,10 @@ impl<L: Link> Core<L> {
                         if let (Some(l), Some(a)) = (leader, hint.as_deref().and_then(|a| a.parse().ok())) {
                             self.learn_addr(l, a);
                         }
+                        // A hint naming a node that just failed to answer is likely stale (the
+                        // followers of a dead leader name it until they elect another).
                         match leader {
-                            Some(l) if l != target && lock(&self.addrs).contains_key(&l) => {
+                            Some(l) if l != target && lock(&self.addrs).contains_key(&l) && !self.is_suspect(l) => {
                                 *lock(&self.leader) = Some(l);
                                 redirects += 1;
                                 immediate = redirects <= REDIRECTS_IMMEDIATE_MAX;

@@ -108,6 +108,54 @@ async fn with_no_leader_known_tries_every_member_in_turn() {
     assert!(asked.len() <= 3, "each member at most once before the answer: {asked:?}");
 }
 
+/// The leader (node 1) dies after the first write; its followers keep naming it for 600 ms,
+/// then node 3 is elected.
+#[tokio::test(start_paused = true)]
+async fn after_the_leader_dies_stale_hints_naming_it_are_not_followed() {
+    let start = Instant::now();
+    let dead_after = start + Duration::from_millis(1);
+    let elected_at = start + Duration::from_millis(600);
+    let core = core(
+        move |node, request, _| {
+            let now = Instant::now();
+            if now < dead_after {
+                return leader_script(1)(node, request, 0);
+            }
+            if node == id(1) {
+                return Err(LinkError::Connect("no route".into()));
+            }
+            if now < elected_at {
+                return Ok(Err(ApiError::NotLeader { leader: Some(id(1)), addr: None }));
+            }
+            leader_script(3)(node, request, 0)
+        },
+        |c| c.retries_max = 30,
+    );
+    core.write(put("a")).await.unwrap();
+    assert_eq!(*lock(&core.leader), Some(id(1)));
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let (node, _) = core.write(put("b")).await.unwrap();
+    assert_eq!(node, id(3));
+    let after: Vec<NodeId> = calls(&core).iter().filter(|c| c.1.body == put("b")).map(|c| c.0).collect();
+    assert_eq!(after.iter().filter(|&&n| n == id(1)).count(), 1, "the dead leader is tried once: {after:?}");
+    assert!(after.len() > 2, "the followers were asked until one was elected: {after:?}");
+    // Elected at 600 ms; found within one backoff step (at most `Backoff::max`) of it.
+    assert!(start.elapsed() <= Duration::from_millis(600) + Backoff::default().max, "{:?}", start.elapsed());
+    // Once the suspicion has expired, hints naming node 1 are followed again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!core.is_suspect(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_answers_is_no_longer_suspect() {
+    let core = core(leader_script(2), |_| ());
+    core.suspect(id(2));
+    assert!(core.is_suspect(id(2)));
+    assert_ne!(core.next_member(None), id(2), "suspects are tried last");
+    core.send(Request::Status, None, Route::Direct(id(2))).await.unwrap();
+    assert!(!core.is_suspect(id(2)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_a_lost_answer_reuses_the_session_and_sequence_number() {
     let core = core(
