@@ -49,11 +49,14 @@ pub struct Settings {
     pub disk_full: bool,
     /// Rate of the node's clock (1.0: real time).
     pub clock_rate: f64,
+    /// Send this node's applied-hash samples to its peers with one bit flipped: their
+    /// cross-replica check must report a `cross_replica_hash` violation.
+    pub corrupt_hash_samples: bool,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { slow_disk_ms: 0, disk_full: false, clock_rate: 1.0 }
+        Settings { slow_disk_ms: 0, disk_full: false, clock_rate: 1.0, corrupt_hash_samples: false }
     }
 }
 
@@ -115,6 +118,7 @@ struct Inner {
     enabled: bool,
     slow_disk_ms: AtomicU64,
     disk_full: AtomicBool,
+    corrupt_hash_samples: AtomicBool,
     clock: Mutex<Clock>,
 }
 
@@ -138,6 +142,7 @@ impl Failpoints {
                 enabled,
                 slow_disk_ms: AtomicU64::new(0),
                 disk_full: AtomicBool::new(false),
+                corrupt_hash_samples: AtomicBool::new(false),
                 clock: Mutex::new(clock),
             }),
         }
@@ -174,6 +179,7 @@ impl Failpoints {
         }
         self.inner.slow_disk_ms.store(s.slow_disk_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.disk_full.store(s.disk_full, Ordering::Relaxed);
+        self.inner.corrupt_hash_samples.store(s.corrupt_hash_samples, Ordering::Relaxed);
         let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
             c.pending = Some(s.clock_rate.clamp(0.01, 100.0));
@@ -201,6 +207,12 @@ impl Failpoints {
     #[must_use]
     pub fn disk_full(&self) -> bool {
         self.inner.enabled && self.inner.disk_full.load(Ordering::Relaxed)
+    }
+
+    /// Whether the samples sent to peers are to be corrupted.
+    #[must_use]
+    pub fn corrupt_hash_samples(&self) -> bool {
+        self.inner.enabled && self.inner.corrupt_hash_samples.load(Ordering::Relaxed)
     }
 
     /// The node's time for `real` time since the driver started (skewed by the clock fault).
@@ -271,8 +283,9 @@ mod tests {
     #[test]
     fn disabled_failpoints_never_fire() {
         let fp = Failpoints::disabled();
-        fp.apply(&Settings { slow_disk_ms: 100, disk_full: true, clock_rate: 2.0 });
+        fp.apply(&Settings { slow_disk_ms: 100, disk_full: true, clock_rate: 2.0, corrupt_hash_samples: true });
         assert!(!fp.disk_full());
+        assert!(!fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), None);
         assert_eq!(fp.clock(Duration::from_secs(3)), Duration::from_secs(3));
         assert_eq!(fp.real_at(Duration::from_secs(3)), Duration::from_secs(3));
@@ -281,8 +294,10 @@ mod tests {
     #[test]
     fn settings_parse_and_refuse_bad_values() {
         let p = Path::new("failpoints.toml");
-        let s = Settings::parse("slow_disk_ms = 5\ndisk_full = true\nclock_rate = 0.5\n", p).unwrap();
-        assert_eq!(s, Settings { slow_disk_ms: 5, disk_full: true, clock_rate: 0.5 });
+        let s =
+            Settings::parse("slow_disk_ms = 5\ndisk_full = true\nclock_rate = 0.5\ncorrupt_hash_samples = true\n", p)
+                .unwrap();
+        assert_eq!(s, Settings { slow_disk_ms: 5, disk_full: true, clock_rate: 0.5, corrupt_hash_samples: true });
         assert_eq!(Settings::parse("", p).unwrap(), Settings::default());
         assert!(Settings::parse("slow_disk = 5", p).unwrap_err().to_string().contains("slow_disk"));
         assert!(Settings::parse("clock_rate = 0", p).unwrap_err().to_string().contains("clock_rate"));
@@ -304,8 +319,9 @@ mod tests {
         fp.apply(&Settings::default());
         assert_eq!(fp.clock(s(16)), s(14));
         assert_eq!(fp.clock(s(18)), s(16));
-        fp.apply(&Settings { slow_disk_ms: 7, disk_full: true, clock_rate: 1.0 });
+        fp.apply(&Settings { slow_disk_ms: 7, disk_full: true, clock_rate: 1.0, corrupt_hash_samples: true });
         assert!(fp.disk_full());
+        assert!(fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), Some(Duration::from_millis(7)));
     }
 }

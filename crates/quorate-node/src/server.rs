@@ -743,7 +743,7 @@ impl Driver {
     fn sweep(&mut self) {
         self.raft.poll_dump_request();
         self.auto_finalize();
-        self.obs.sample(&self.raft, &self.shared, self.disk.1);
+        self.obs.sample(&self.raft, &self.shared, self.disk.1, self.failpoints.corrupt_hash_samples());
         let now = Instant::now();
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {

@@ -412,7 +412,14 @@ impl Observer {
     }
 
     /// On the driver's sweep tick: the full status, transport counters, clocks, storage.
-    pub(crate) fn sample(&mut self, raft: &Raft<Arc<RocksStore>>, shared: &crate::server::Shared, disk_ok: bool) {
+    /// `corrupt_hashes` is the failpoint that flips a bit of every applied-hash sample sent.
+    pub(crate) fn sample(
+        &mut self,
+        raft: &Raft<Arc<RocksStore>>,
+        shared: &crate::server::Shared,
+        disk_ok: bool,
+        corrupt_hashes: bool,
+    ) {
         let tel = &*self.tel;
         tel.disk_ok.store(disk_ok, Ordering::Relaxed);
         let s = raft.status();
@@ -463,9 +470,12 @@ impl Observer {
         // node's latest samples to every other member (gated on the cluster version).
         let own = tel.hash_samples();
         let c = self.hashes.recheck(s.id, &own);
-        if let Some(msg) = self.hashes.due(Instant::now(), &own)
+        if let Some(mut msg) = self.hashes.due(Instant::now(), &own)
             && cluster_version >= HASH_EXCHANGE_CLUSTER_VERSION
         {
+            if corrupt_hashes {
+                msg.samples.iter_mut().for_each(|s| s.hash ^= 1);
+            }
             for peer in s.config.members().filter(|p| *p != s.id) {
                 let m = quorate_api::NodeMessage::HashSamples(msg.clone());
                 if let Err(e) = shared.transport.try_send(peer, m) {

@@ -5,10 +5,17 @@
 //! admin request `quorate debug flight-dump --node ID` — starts at a later checkpoint and
 //! replays exactly with `quorate replay`; so does one asked for through the data directory. A
 //! writer may not ask; an edited recording diverges; a truncated or garbage file is refused.
+//!
+//! And a runtime invariant violation seen by real nodes: one node sends its peers corrupted
+//! applied-hash samples (a failpoint); the peers count a `cross_replica_hash` violation on
+//! their `/metrics`, log the evidence and dump a flight recording that replays.
 
 use quorate_node::config::NodeConfig;
 use quorate_node::flight;
-use std::path::Path;
+use quorate_telemetry::http::get_blocking;
+use quorate_telemetry::names as n;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -203,5 +210,91 @@ fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not a valid flight recording") && !err.contains("panicked"), "{err}");
+    }
+}
+
+/// The value of one series on the node's `/metrics` (absent: `None`).
+fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let body = get_blocking(addr, "/metrics", Duration::from_secs(5), 4 << 20).ok()?.1;
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn a_hash_mismatch_between_real_nodes_is_counted_and_dumped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    let base = free_base_port();
+    let endpoints: String = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(",");
+    let out = Command::new(BIN)
+        .args(["certs", "dev", "--dir"])
+        .arg(&dir)
+        .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut nodes = Vec::new();
+    let mut metrics = Vec::new();
+    let mut data_dirs: Vec<PathBuf> = Vec::new();
+    for id in 1..=3 {
+        let path = dir.join(format!("node-{id}.toml"));
+        let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        config.metrics_listen = Some(addr);
+        // Node 3 is the one whose samples go wrong.
+        config.limits.danger_failpoints = id == 3;
+        std::fs::write(&path, config.to_toml().unwrap()).unwrap();
+        metrics.push(addr);
+        data_dirs.push(config.data_dir.clone());
+        let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
+        nodes.push(
+            Command::new(BIN)
+                .args(["node", "start", "--config"])
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let nodes = Nodes(nodes);
+    eventually(&dir, &endpoints, &["kv", "put", "k-0", "v"]);
+    std::fs::write(data_dirs[2].join("failpoints.toml"), "corrupt_hash_samples = true\n").unwrap();
+
+    let series = format!("{}{{invariant=\"{}\"}}", n::INVARIANT_VIOLATIONS_TOTAL, n::invariant::CROSS_REPLICA_HASH);
+    let violations = |id: usize| metric(metrics[id - 1], &series);
+    assert_eq!(violations(1), Some(0.0), "exported at zero before anything went wrong");
+    let mut seen = false;
+    for _ in 0..ROUNDS_MAX {
+        // Every load fills about two hash windows of 1024 entries; samples go out every 2 s.
+        load(&dir, &endpoints);
+        if violations(1).is_some_and(|v| v >= 1.0) && violations(2).is_some_and(|v| v >= 1.0) {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "nodes 1 and 2 never counted the corrupted samples: {:?} {:?}", violations(1), violations(2));
+    // Node 3 compares its peers' true samples with its own: they match.
+    assert_eq!(violations(3), Some(0.0));
+    let checks = format!("{}{{peer=\"1\"}}", n::APPLIED_HASH_CHECKS_TOTAL);
+    assert!(metric(metrics[2], &checks).is_some_and(|v| v >= 1.0), "node 3 compared node 1's samples");
+    drop(nodes);
+
+    for id in [1usize, 2] {
+        let log = std::fs::read_to_string(dir.join(format!("node-{id}.log"))).unwrap();
+        assert!(
+            log.contains(n::invariant::CROSS_REPLICA_HASH) && log.contains("peer 3"),
+            "node {id} logged no evidence"
+        );
+        // The violation dumped a recording, and it replays.
+        let flight_dir = data_dirs[id - 1].join("flight");
+        let dumped: Vec<PathBuf> = std::fs::read_dir(&flight_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "qflt"))
+            .filter(|p| flight::read_dump(p).is_ok_and(|d| d.header.reason == "invariant violation"))
+            .collect();
+        assert!(!dumped.is_empty(), "node {id}: no violation dump in {}", flight_dir.display());
+        replays(&dumped[0]);
     }
 }
