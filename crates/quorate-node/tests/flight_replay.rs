@@ -92,30 +92,28 @@ fn replays(file: &Path) {
     assert!(said.contains("outputs match") && said.contains("from a checkpoint"), "{said}");
 }
 
-#[test]
-fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("cluster");
+/// Three `quorate` node processes on 127.0.0.1 from `certs dev` configurations under `dir`,
+/// each edited by `edit` (with its id) first; their logs go to `dir/node-N.log`. Returns the
+/// guard, the endpoints and the configurations as started.
+fn start_cluster(dir: &Path, edit: impl Fn(u64, &mut NodeConfig)) -> (Nodes, String, Vec<NodeConfig>) {
     let base = free_base_port();
     let endpoints: String = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(",");
     let out = Command::new(BIN)
         .args(["certs", "dev", "--dir"])
-        .arg(&dir)
+        .arg(dir)
         .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut nodes = Vec::new();
+    let mut nodes = Nodes(Vec::new());
+    let mut configs = Vec::new();
     for id in 1..=3 {
-        // A small ring (1 MiB) and frequent snapshots (the checkpoints' log stays short).
         let path = dir.join(format!("node-{id}.toml"));
         let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        config.limits.flight_recorder_mb = 1;
-        config.raft.snapshot_entries = 500;
-        config.raft.compaction_tail_entries = 100;
+        edit(id, &mut config);
         std::fs::write(&path, config.to_toml().unwrap()).unwrap();
         let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-        nodes.push(
+        nodes.0.push(
             Command::new(BIN)
                 .args(["node", "start", "--config"])
                 .arg(&path)
@@ -125,8 +123,21 @@ fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
                 .spawn()
                 .unwrap(),
         );
+        configs.push(config);
     }
-    let mut nodes = Nodes(nodes);
+    (nodes, endpoints, configs)
+}
+
+#[test]
+fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    // A small ring (1 MiB) and frequent snapshots (the checkpoints' log stays short).
+    let (mut nodes, endpoints, _) = start_cluster(&dir, |_, config| {
+        config.limits.flight_recorder_mb = 1;
+        config.raft.snapshot_entries = 500;
+        config.raft.compaction_tail_entries = 100;
+    });
 
     eventually(&dir, &endpoints, &["kv", "put", "k-0", "v"]);
     load(&dir, &endpoints);
@@ -223,41 +234,13 @@ fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
 fn a_hash_mismatch_between_real_nodes_is_counted_and_dumped() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
-    let base = free_base_port();
-    let endpoints: String = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(",");
-    let out = Command::new(BIN)
-        .args(["certs", "dev", "--dir"])
-        .arg(&dir)
-        .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut nodes = Vec::new();
-    let mut metrics = Vec::new();
-    let mut data_dirs: Vec<PathBuf> = Vec::new();
-    for id in 1..=3 {
-        let path = dir.join(format!("node-{id}.toml"));
-        let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        config.metrics_listen = Some(addr);
+    let (nodes, endpoints, configs) = start_cluster(&dir, |id, config| {
+        config.metrics_listen = Some(TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
         // Node 3 is the one whose samples go wrong.
         config.limits.danger_failpoints = id == 3;
-        std::fs::write(&path, config.to_toml().unwrap()).unwrap();
-        metrics.push(addr);
-        data_dirs.push(config.data_dir.clone());
-        let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-        nodes.push(
-            Command::new(BIN)
-                .args(["node", "start", "--config"])
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-    let nodes = Nodes(nodes);
+    });
+    let metrics: Vec<SocketAddr> = configs.iter().map(|c| c.metrics_listen.expect("set above")).collect();
+    let data_dirs: Vec<PathBuf> = configs.iter().map(|c| c.data_dir.clone()).collect();
     eventually(&dir, &endpoints, &["kv", "put", "k-0", "v"]);
     std::fs::write(data_dirs[2].join("failpoints.toml"), "corrupt_hash_samples = true\n").unwrap();
 
