@@ -551,10 +551,10 @@ impl<L: Link> Core<L> {
 
     /// Marks `node` as not answering for [`ClientConfig::suspect_for`].
     fn suspect(&self, node: NodeId) {
-        let until = Instant::now() + self.config.suspect_for;
+        let now = Instant::now();
         let mut suspects = lock(&self.suspects);
-        suspects.retain(|_, t| *t > Instant::now());
-        suspects.insert(node, until);
+        suspects.retain(|_, t| *t > now);
+        suspects.insert(node, now + self.config.suspect_for);
     }
 
     fn is_suspect(&self, node: NodeId) -> bool {
