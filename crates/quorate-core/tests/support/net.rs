@@ -1,0 +1,275 @@
+//! A small hand-driven cluster for scenario tests: every node has a queue of persist batches
+//! handed out and not yet written (written and reported only when the test says so, and lost
+//! at a crash), and the network is a queue the test delivers from, drops from or filters.
+//! Nothing happens unless a test step asks for it, so a scenario reads like its description.
+
+#![allow(dead_code, reason = "each test file uses a part of the harness")]
+
+use quorate_core::{Config, Instant, Message, MessageBody, Persist, Raft, Role};
+use quorate_log::{Configuration, Entry, HardState, LogIndex, LogStorage, MemLog, NodeId, SnapshotMeta, Term};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+pub(crate) fn n(i: u64) -> NodeId {
+    NodeId::new(i).expect("node ids start at 1")
+}
+
+/// 100 ms election timeouts, 20 ms heartbeats, the node id as seed; the rest as `Config::new`.
+pub(crate) fn config(id: NodeId) -> Config {
+    let mut c = Config::new(id);
+    c.election_timeout_min = Duration::from_millis(100);
+    c.heartbeat_interval = Duration::from_millis(20);
+    c.seed = id.get();
+    c
+}
+
+/// Writes one persist batch into a `MemLog` the way a store does: install or compact, then
+/// truncate and append, then the hard state.
+pub(crate) fn write(s: &mut MemLog, p: &Persist) {
+    if let Some(m) = p.install.clone().or(p.compact.clone()) {
+        s.apply_snapshot(m);
+    }
+    if let Some(first) = p.entries.first() {
+        s.truncate_from(first.index);
+    }
+    s.append(&p.entries).expect("a contiguous batch");
+    if let Some(hs) = p.hard_state {
+        s.set_hard_state(hs);
+    }
+}
+
+pub(crate) struct Node {
+    pub(crate) raft: Raft<MemLog>,
+    pub(crate) cfg: Config,
+    /// Batches handed out, not yet written.
+    pub(crate) disk: VecDeque<Persist>,
+    /// Entries handed out to apply, in order.
+    pub(crate) applied: Vec<Entry>,
+    /// Snapshot requests handed out (`Ready::take_snapshot`).
+    pub(crate) snapshot_requests: Vec<SnapshotMeta>,
+}
+
+/// A hook applied to every core when it is created or restarted (tests that re-introduce a
+/// hole pass one).
+pub(crate) type Prep = fn(&mut Raft<MemLog>);
+
+pub(crate) struct Net {
+    pub(crate) nodes: BTreeMap<NodeId, Node>,
+    /// Messages sent and not yet delivered, in send order.
+    pub(crate) wire: Vec<Message>,
+    /// Every message any node sent, in order.
+    pub(crate) sent: Vec<Message>,
+    /// Messages that left a node at a term its stable storage did not hold yet (pre-vote
+    /// requests and responses excepted: their term is one the sender has not adopted).
+    pub(crate) early: Vec<String>,
+    pub(crate) now: Instant,
+    prep: Prep,
+}
+
+impl Net {
+    pub(crate) fn new(prep: Prep) -> Net {
+        Net { nodes: BTreeMap::new(), wire: Vec::new(), sent: Vec::new(), early: Vec::new(), now: Instant::ZERO, prep }
+    }
+
+    /// Adds node `id` over `storage`.
+    pub(crate) fn add(&mut self, cfg: Config, storage: MemLog) {
+        let mut raft = Raft::new(cfg.clone(), storage, self.now).expect("a valid configuration");
+        (self.prep)(&mut raft);
+        let node = Node { raft, cfg, disk: VecDeque::new(), applied: Vec::new(), snapshot_requests: Vec::new() };
+        self.nodes.insert(node.cfg.id, node);
+    }
+
+    /// Nodes `ids`, all starting from the bootstrap configuration `conf`, with `tweak` applied to
+    /// each one's settings.
+    pub(crate) fn with_nodes(prep: Prep, ids: &[u64], conf: &Configuration, tweak: impl Fn(&mut Config)) -> Net {
+        let mut net = Net::new(prep);
+        for &i in ids {
+            let mut c = config(n(i));
+            tweak(&mut c);
+            net.add(c, MemLog::new(conf.clone()));
+        }
+        net
+    }
+
+    pub(crate) fn raft(&mut self, i: u64) -> &mut Raft<MemLog> {
+        &mut self.nodes.get_mut(&n(i)).expect("node exists").raft
+    }
+
+    pub(crate) fn node(&mut self, i: u64) -> &mut Node {
+        self.nodes.get_mut(&n(i)).expect("node exists")
+    }
+
+    pub(crate) fn advance(&mut self, ms: u64) {
+        self.now = self.now.saturating_add(Duration::from_millis(ms));
+    }
+
+    /// Calls `handle_timeout` on every node whose timer is due.
+    pub(crate) fn tick(&mut self) {
+        let now = self.now;
+        for node in self.nodes.values_mut() {
+            if node.raft.poll_timeout().is_some_and(|t| t <= now) {
+                node.raft.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Drains node `i`'s `Ready`s: batches go to its disk queue (unwritten), messages onto
+    /// the wire, committed entries to `applied`.
+    pub(crate) fn ready(&mut self, i: u64) {
+        for _ in 0..16 {
+            let node = self.nodes.get_mut(&n(i)).expect("node exists");
+            if !node.raft.has_ready() {
+                return;
+            }
+            let rd = node.raft.ready();
+            if rd.is_empty() {
+                return;
+            }
+            if let Some(p) = rd.persist {
+                node.disk.push_back(p);
+            }
+            node.applied.extend(rd.committed);
+            node.snapshot_requests.extend(rd.take_snapshot);
+            let durable = node.raft.storage().hard_state().term;
+            for m in &rd.messages {
+                let pre_vote = matches!(&m.body, MessageBody::RequestVote(v) if v.pre_vote)
+                    || matches!(&m.body, MessageBody::VoteResponse(v) if v.pre_vote);
+                if !pre_vote && m.term > durable {
+                    self.early.push(format!("{m:?} left while term {durable} was durable"));
+                }
+            }
+            self.sent.extend(rd.messages.iter().cloned());
+            self.wire.extend(rd.messages);
+        }
+    }
+
+    /// Writes node `i`'s oldest `count` unwritten batches to its storage, without reporting them.
+    pub(crate) fn write(&mut self, i: u64, count: usize) -> Vec<Persist> {
+        let node = self.node(i);
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let Some(p) = node.disk.pop_front() else { break };
+            write(node.raft.storage_mut(), &p);
+            out.push(p);
+        }
+        out
+    }
+
+    /// Writes and reports every batch node `i` handed out.
+    pub(crate) fn persist(&mut self, i: u64) {
+        let now = self.now;
+        let node = self.node(i);
+        while let Some(p) = node.disk.pop_front() {
+            write(node.raft.storage_mut(), &p);
+            node.raft.persisted(now, p.io);
+        }
+    }
+
+    /// Delivers (and removes) the queued messages `select` picks; returns how many.
+    pub(crate) fn deliver(&mut self, mut select: impl FnMut(&Message) -> bool) -> usize {
+        let (take, keep): (Vec<Message>, Vec<Message>) =
+            std::mem::take(&mut self.wire).into_iter().partition(|m| select(m));
+        self.wire = keep;
+        let now = self.now;
+        let count = take.len();
+        for m in take {
+            if let Some(node) = self.nodes.get_mut(&m.to) {
+                node.raft.handle_message(now, m);
+            }
+        }
+        count
+    }
+
+    /// Drops (and returns) the queued messages `select` picks.
+    pub(crate) fn drop_where(&mut self, mut select: impl FnMut(&Message) -> bool) -> Vec<Message> {
+        let (take, keep): (Vec<Message>, Vec<Message>) =
+            std::mem::take(&mut self.wire).into_iter().partition(|m| select(m));
+        self.wire = keep;
+        take
+    }
+
+    /// Rounds of: every node's `Ready` drained, its batches written and reported, the messages
+    /// `select` picks delivered (the others dropped), until nothing moves (at most `rounds`).
+    pub(crate) fn settle(&mut self, rounds: usize, mut select: impl FnMut(&Message) -> bool) {
+        for _ in 0..rounds {
+            self.advance(1);
+            self.tick();
+            let ids: Vec<u64> = self.nodes.keys().map(|id| id.get()).collect();
+            for &i in &ids {
+                self.ready(i);
+                self.persist(i);
+                self.ready(i);
+            }
+            let dropped = self.drop_where(|m| !select(m));
+            let delivered = self.deliver(|_| true);
+            if delivered == 0 && dropped.is_empty() && ids.iter().all(|i| !self.nodes[&n(*i)].raft.has_ready()) {
+                return;
+            }
+        }
+    }
+
+    /// Like [`Net::settle`], but stops as soon as `done` holds; returns whether it did.
+    pub(crate) fn run_until(
+        &mut self,
+        rounds: usize,
+        mut select: impl FnMut(&Message) -> bool,
+        mut done: impl FnMut(&mut Net) -> bool,
+    ) -> bool {
+        for _ in 0..rounds {
+            if done(self) {
+                return true;
+            }
+            self.advance(1);
+            self.tick();
+            let ids: Vec<u64> = self.nodes.keys().map(|id| id.get()).collect();
+            for &i in &ids {
+                self.ready(i);
+                self.persist(i);
+                self.ready(i);
+            }
+            self.drop_where(|m| !select(m));
+            self.deliver(|_| true);
+        }
+        done(self)
+    }
+
+    /// Crashes node `i`: its unwritten batches and the messages to it are lost; it restarts from
+    /// its storage (applied state lost too).
+    pub(crate) fn crash(&mut self, i: u64) {
+        let now = self.now;
+        let prep = self.prep;
+        let node = self.node(i);
+        node.disk.clear();
+        let mut cfg = node.cfg.clone();
+        cfg.applied = LogIndex::ZERO;
+        let mut raft = Raft::new(cfg, node.raft.storage().clone(), now).expect("restarts");
+        prep(&mut raft);
+        node.raft = raft;
+        node.applied.clear();
+        self.wire.retain(|m| m.to != n(i));
+    }
+
+    pub(crate) fn leaders(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, x)| x.raft.role() == Role::Leader).map(|(id, _)| *id).collect()
+    }
+}
+
+/// The entries of node `id`'s log as (index, term), from its core's point of view.
+pub(crate) fn log_ids(r: &Raft<MemLog>) -> Vec<(u64, u64)> {
+    let first = r.status().first_index.0;
+    (first..=r.last_index().0).filter_map(|i| r.entry_term(LogIndex(i)).ok().map(|t| (i, t.0))).collect()
+}
+
+/// The durable hard state of a node.
+pub(crate) fn durable_hs(r: &Raft<MemLog>) -> HardState {
+    r.storage().hard_state()
+}
+
+/// The term of the entry at `index` on stable storage.
+pub(crate) fn durable_term(r: &Raft<MemLog>, index: u64) -> Option<Term> {
+    r.storage().term(LogIndex(index)).ok()
+}
+
+pub(crate) fn is_append(m: &Message) -> bool {
+    matches!(m.body, MessageBody::Append(_))
+}
