@@ -1,0 +1,177 @@
+//! Elections: pre-vote and vote rounds, the voters' side, the lease a voter grants by
+//! acknowledging a leader, and the role changes.
+
+use super::{CampaignReason, Raft};
+use crate::message::{Message, MessageBody, RequestVote, VoteResponse};
+use crate::types::{Instant, ReadError, ReadFailed, ReadId, Role};
+use quorate_log::{ENTRY_OVERHEAD_BYTES, EntryPayload, LogStorage, NodeId, Term};
+
+impl<S: LogStorage> Raft<S> {
+    /// Starts an election now (pre-vote first if configured), as after an election timeout.
+    pub fn campaign_now(&mut self, now: Instant) {
+        self.advance_clock(now);
+        if self.halted.is_none() && self.role != Role::Leader && self.conf.is_voter(self.id) {
+            self.campaign(self.cfg.pre_vote, CampaignReason::Forced);
+        }
+    }
+
+    pub(super) fn in_lease(&self) -> bool {
+        if self.role == Role::Leader {
+            return self.cfg.check_quorum;
+        }
+        self.cfg.check_quorum
+            && self.last_leader_contact.is_some_and(|t| self.now.saturating_since(t) < self.cfg.election_timeout_min)
+    }
+
+    pub(super) fn heard_from_leader(&mut self, from: NodeId) {
+        self.leader = Some(from);
+        self.last_leader_contact = Some(self.now);
+        self.reset_election_deadline();
+    }
+
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        let was_leader = self.role == Role::Leader;
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        if self.leader != leader || was_leader {
+            for (id, _) in self.forwarded_reads.drain(..) {
+                self.reads_failed.push(ReadFailed { id, error: ReadError::LeadershipLost });
+            }
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        if was_leader {
+            self.abandon_leadership();
+        }
+        if leader.is_some() {
+            self.last_leader_contact = Some(self.now);
+        }
+        self.reset_election_deadline();
+    }
+
+    pub(super) fn abandon_leadership(&mut self) {
+        self.peers.clear();
+        self.commit_sent.clear();
+        self.match_at_heartbeat.clear();
+        self.uncommitted.clear();
+        self.uncommitted_bytes = 0;
+        self.transferee = None;
+        self.timeout_now_sent = false;
+        self.heartbeat_pending = false;
+        let reads: Vec<(ReadId, Option<NodeId>)> = self
+            .pending_reads
+            .drain(..)
+            .map(|r| (r.id, r.origin))
+            .chain(self.reads_awaiting_commit.drain(..))
+            .collect();
+        for (id, origin) in reads {
+            self.fail_read(id, origin);
+        }
+    }
+
+    pub(super) fn campaign(&mut self, pre_vote: bool, reason: CampaignReason) {
+        let transfer = reason == CampaignReason::Transfer;
+        let seq = self.last_campaign.map_or(0, |(n, _)| n) + 1;
+        self.last_campaign = Some((seq, reason));
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.id, true);
+        let term = if pre_vote {
+            self.role = Role::PreCandidate;
+            self.term.next()
+        } else {
+            self.term = self.term.next();
+            self.vote = Some(self.id);
+            self.role = Role::Candidate;
+            self.term
+        };
+        self.reset_election_deadline();
+        if self.tally() == Some(true) {
+            self.won_election(pre_vote);
+            return;
+        }
+        let last = self.log.last_id();
+        let voters: Vec<NodeId> = self.conf.all_voters().filter(|n| *n != self.id).collect();
+        for to in voters {
+            let body = MessageBody::RequestVote(RequestVote { pre_vote, last, transfer });
+            self.msgs_unpersisted.push(Message { from: self.id, to, term, body });
+        }
+    }
+
+    pub(super) fn tally(&self) -> Option<bool> {
+        self.conf.vote_result(|n| self.votes.get(&n).copied())
+    }
+
+    pub(super) fn won_election(&mut self, pre_vote: bool) {
+        if pre_vote {
+            self.campaign(false, CampaignReason::PreVotePassed);
+        } else {
+            self.become_leader();
+        }
+    }
+
+    pub(super) fn handle_request_vote(&mut self, from: NodeId, term: Term, rv: &RequestVote) {
+        let up_to_date = self.log.is_up_to_date(rv.last);
+        if rv.pre_vote {
+            // Grant if the candidate's term is ahead of ours (or we could vote for it now),
+            // its log is at least as up to date, and we have not heard from a leader
+            // recently (checked before, for higher terms).
+            let could_vote = term > self.term || self.vote.is_none_or(|v| v == from) && self.leader.is_none();
+            let granted = could_vote && up_to_date;
+            let reply_term = if granted { term } else { self.term };
+            let body = MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted });
+            self.msgs_unpersisted.push(Message { from: self.id, to: from, term: reply_term, body });
+            return;
+        }
+        let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
+        let granted = can_vote && up_to_date;
+        if granted {
+            self.vote = Some(from);
+            self.reset_election_deadline();
+        }
+        self.send(from, MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted }));
+    }
+
+    pub(super) fn handle_vote_response(&mut self, from: NodeId, term: Term, vr: &VoteResponse) {
+        let expected = match self.role {
+            // Grants come at the term the pre-candidate would campaign in; refusals at the
+            // voter's own term, which is usually the pre-candidate's current one.
+            Role::PreCandidate => vr.pre_vote && (term == self.term.next() || (!vr.granted && term == self.term)),
+            Role::Candidate => !vr.pre_vote && term == self.term,
+            _ => false,
+        };
+        if !expected || !self.conf.is_voter(from) {
+            return;
+        }
+        self.votes.insert(from, vr.granted);
+        match self.tally() {
+            Some(true) => self.won_election(vr.pre_vote),
+            Some(false) => {
+                let t = self.term;
+                self.become_follower(t, None);
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn become_leader(&mut self) {
+        debug_assert_eq!(self.role, Role::Candidate);
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.peers.clear();
+        self.sync_peers();
+        self.commit_sent.clear();
+        self.match_at_heartbeat.clear();
+        self.uncommitted.clear();
+        self.uncommitted_bytes = 0;
+        self.transferee = None;
+        self.timeout_now_sent = false;
+        self.heartbeat_deadline = self.now.saturating_add(self.cfg.heartbeat_interval);
+        self.check_quorum_deadline = self.now.saturating_add(self.cfg.election_timeout_min);
+        // A leader may only commit entries of its own term by counting; the no-op gives it
+        // one at once.
+        self.append_own(EntryPayload::Noop, ENTRY_OVERHEAD_BYTES);
+    }
+}

@@ -1,0 +1,284 @@
+//! Replication: proposals, appends and their answers, heartbeats, commit by counting.
+
+use super::{HEARTBEAT_ROUNDS_REMEMBERED, Raft};
+use crate::message::{Append, AppendResponse, Heartbeat, MessageBody};
+use crate::progress::ProgressState;
+use crate::types::{Instant, ProposeError, Role, TransferError};
+use quorate_log::{
+    Data, ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, LogIndex, LogStorage, NodeId, StorageError, Term,
+};
+
+impl<S: LogStorage> Raft<S> {
+    /// Proposes a command. On the leader it is appended and will be committed (or lost, if
+    /// leadership changes first: then a different entry, or none, appears at the returned
+    /// index). Anywhere else it is refused with the leader hint.
+    pub fn propose(&mut self, now: Instant, data: Data) -> Result<EntryId, ProposeError> {
+        self.advance_clock(now);
+        if let Some(h) = &self.halted {
+            return Err(ProposeError::Halted(h.clone()));
+        }
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader_hint: self.leader });
+        }
+        if let Some((to, _)) = self.transferee {
+            return Err(ProposeError::TransferInProgress(to));
+        }
+        let size = ENTRY_OVERHEAD_BYTES + data.len() as u64;
+        if size > self.cfg.msg_bytes_max {
+            return Err(ProposeError::TooLarge { proposal_bytes: size, limit_bytes: self.cfg.msg_bytes_max });
+        }
+        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + size > self.cfg.uncommitted_bytes_max {
+            return Err(ProposeError::UncommittedLimit {
+                uncommitted_bytes: self.uncommitted_bytes,
+                proposal_bytes: size,
+                limit_bytes: self.cfg.uncommitted_bytes_max,
+            });
+        }
+        Ok(self.append_own(EntryPayload::Command(data), size))
+    }
+
+    /// Hands leadership to `to`: proposals are refused until the transfer ends; once `to`
+    /// is caught up it is told to campaign at once. The transfer is abandoned after an
+    /// election timeout.
+    pub fn transfer_leadership(&mut self, now: Instant, to: NodeId) -> Result<(), TransferError> {
+        self.advance_clock(now);
+        if self.role != Role::Leader || self.halted.is_some() {
+            return Err(TransferError::NotLeader);
+        }
+        if to == self.id {
+            return Err(TransferError::AlreadyLeader(to));
+        }
+        if !self.conf.is_voter(to) {
+            return Err(TransferError::NotAVoter(to));
+        }
+        self.transferee = Some((to, self.now.saturating_add(self.cfg.election_timeout_min)));
+        if self.peers.get(&to).is_some_and(|p| p.match_index == self.log.last_index()) {
+            self.send_timeout_now(to);
+        }
+        Ok(())
+    }
+
+    pub(super) fn append_own(&mut self, payload: EntryPayload, size: u64) -> EntryId {
+        let index = self.log.last_index().next();
+        let id = EntryId::new(self.term, index);
+        let is_config = if let EntryPayload::Config(c) = &payload {
+            self.conf_history.push((index, c.clone()));
+            true
+        } else {
+            false
+        };
+        self.log.push(Entry { index, term: self.term, payload });
+        if is_config {
+            self.refresh_conf();
+        }
+        self.uncommitted.push_back((index, size));
+        self.uncommitted_bytes += size;
+        id
+    }
+
+    pub(super) fn handle_append(&mut self, from: NodeId, a: Append) {
+        if a.prev.index < self.log.commit {
+            // Already committed here: report how far we know the logs match.
+            let match_index = self.log.commit;
+            self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
+            return;
+        }
+        if !self.log.matches(a.prev) {
+            let hint = self.log.find_conflict_by_term(a.prev.index, a.prev.term);
+            let body = MessageBody::AppendResponse(AppendResponse::Rejected { rejected: a.prev.index, hint });
+            self.send(from, body);
+            return;
+        }
+        match self.log.append_after(a.prev, &a.entries) {
+            Ok((last_new, written)) => {
+                if let Some(from) = written {
+                    self.on_log_written(from, &a.entries);
+                }
+                self.log.commit_to(a.commit.min(last_new));
+                self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index: last_new }));
+            }
+            Err(e) => self.halt(format!("appending entries: {e}")),
+        }
+    }
+
+    pub(super) fn handle_append_response(&mut self, from: NodeId, r: AppendResponse) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.peers.get_mut(&from) else { return };
+        pr.recent_active = true;
+        match r {
+            AppendResponse::Accepted { match_index } => {
+                if match_index > self.log.last_index() {
+                    return;
+                }
+                if pr.ack(match_index) {
+                    self.maybe_commit();
+                }
+                if let Some((to, _)) = self.transferee
+                    && to == from
+                    && match_index == self.log.last_index()
+                {
+                    self.send_timeout_now(to);
+                }
+            }
+            AppendResponse::Rejected { rejected, hint } => {
+                let guess = if hint.term > Term::ZERO {
+                    self.log.find_conflict_by_term(hint.index, hint.term).index
+                } else {
+                    hint.index
+                };
+                if let Some(pr) = self.peers.get_mut(&from) {
+                    pr.reject(rejected, guess);
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, seq: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let sent_at = self.hb_sent_at.iter().find(|(s, _)| *s == seq).map(|(_, t)| *t);
+        let Some(pr) = self.peers.get_mut(&from) else { return };
+        pr.recent_active = true;
+        if seq > pr.acked_seq {
+            pr.acked_seq = seq;
+            pr.acked_sent_at = sent_at.or(pr.acked_sent_at);
+        }
+        if pr.match_index < last {
+            match pr.state {
+                ProgressState::Probe => pr.probe_sent = false,
+                ProgressState::Replicate => {
+                    // No progress over a whole heartbeat interval: something was lost.
+                    let before = self.match_at_heartbeat.insert(from, pr.match_index);
+                    if before == Some(pr.match_index) {
+                        pr.become_probe();
+                    }
+                }
+                // Waiting for the snapshot's acknowledgement (or its timeout).
+                ProgressState::Snapshot => {}
+            }
+        }
+        self.release_reads();
+    }
+
+    pub(super) fn leader_has_sends(&self) -> bool {
+        let last = self.log.last_index();
+        self.peers.iter().any(|(id, p)| {
+            (p.next_index <= last && p.can_send(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max))
+                || self.commit_sent.get(id).copied().unwrap_or_default() < self.log.commit
+        })
+    }
+
+    /// Sends one append to `to` if there is something to send and the window allows.
+    pub(super) fn send_append(&mut self, to: NodeId) -> bool {
+        let last = self.log.last_index();
+        let commit = self.log.commit;
+        let Some(pr) = self.peers.get(&to) else { return false };
+        if !pr.can_send(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max) {
+            return false;
+        }
+        let next = pr.next_index;
+        let probing = pr.state == ProgressState::Probe;
+        let commit_behind = self.commit_sent.get(&to).copied().unwrap_or_default() < commit;
+        if next > last && !probing && !commit_behind {
+            return false;
+        }
+        if next > last && probing && pr.match_index == last && !commit_behind {
+            return false;
+        }
+        let prev_index = next.prev();
+        let prev_term = match self.log.term(prev_index) {
+            Ok(t) => t,
+            Err(StorageError::Compacted(_)) => {
+                self.start_snapshot(to);
+                return false;
+            }
+            Err(e) => {
+                self.halt(format!("reading term at {prev_index}: {e}"));
+                return false;
+            }
+        };
+        let entries = match self.log.entries(next, last.next(), self.cfg.msg_bytes_max) {
+            Ok(e) => e,
+            Err(StorageError::Compacted(_)) => {
+                self.start_snapshot(to);
+                return false;
+            }
+            Err(e) => {
+                self.halt(format!("reading entries from {next}: {e}"));
+                return false;
+            }
+        };
+        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let last_sent = entries.last().map(|e| e.index);
+        if let Some(pr) = self.peers.get_mut(&to) {
+            pr.sent(last_sent, bytes);
+        }
+        self.commit_sent.insert(to, commit);
+        let body = MessageBody::Append(Append { prev: EntryId::new(prev_term, prev_index), entries, commit });
+        self.send(to, body);
+        // In replicate state keep going while there are entries; a lone commit update or a
+        // probe is one message.
+        last_sent.is_some() && !probing
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        self.heartbeat_pending = false;
+        self.hb_seq += 1;
+        let seq = self.hb_seq;
+        if self.hb_sent_at.len() == HEARTBEAT_ROUNDS_REMEMBERED {
+            self.hb_sent_at.pop_front();
+        }
+        self.hb_sent_at.push_back((seq, self.now));
+        let commit = self.log.commit;
+        let targets: Vec<(NodeId, LogIndex)> =
+            self.peers.iter().map(|(id, p)| (*id, commit.min(p.match_index))).collect();
+        for (to, c) in targets {
+            self.send(to, MessageBody::Heartbeat(Heartbeat { commit: c, seq }));
+        }
+        // A single-voter cluster confirms reads by itself.
+        self.release_reads();
+    }
+
+    pub(super) fn send_timeout_now(&mut self, to: NodeId) {
+        self.timeout_now_sent = true;
+        self.send(to, MessageBody::TimeoutNow);
+    }
+
+    pub(super) fn maybe_commit(&mut self) {
+        let id = self.id;
+        let persisted = self.log.persisted;
+        let peers = &self.peers;
+        let idx = self.conf.committed_index(|n| {
+            if n == id { persisted } else { peers.get(&n).map_or(LogIndex::ZERO, |p| p.match_index) }
+        });
+        if idx <= self.log.commit || idx > self.log.last_index() {
+            return;
+        }
+        // Only entries of the current term are committed by counting (Raft §5.4.2).
+        if self.log.term(idx).ok() != Some(self.term) {
+            return;
+        }
+        let first_in_term = !self.committed_in_term();
+        self.log.commit_to(idx);
+        while let Some(&(i, size)) = self.uncommitted.front() {
+            if i > idx {
+                break;
+            }
+            self.uncommitted.pop_front();
+            self.uncommitted_bytes -= size;
+        }
+        self.after_config_commit();
+        if first_in_term {
+            let waiting = std::mem::take(&mut self.reads_awaiting_commit);
+            for (rid, origin) in waiting {
+                if self.leader_read(rid, origin).is_err() {
+                    self.fail_read(rid, origin);
+                }
+            }
+        }
+    }
+}

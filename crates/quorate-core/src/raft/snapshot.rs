@@ -1,0 +1,129 @@
+//! Snapshots: taking them (and compacting behind them), installing them, sending them to
+//! followers that need compacted entries.
+
+use super::Raft;
+use crate::message::{AppendResponse, MessageBody};
+use crate::progress::ProgressState;
+use crate::types::{Instant, Role, SendSnapshot};
+use quorate_log::{EntryId, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
+
+impl<S: LogStorage> Raft<S> {
+    /// Reports that the application took the snapshot asked for in [`Ready::take_snapshot`]
+    /// (or one of its own, at an applied index) and persisted it. The core then compacts the
+    /// log behind it, keeping `compaction_tail_entries`, and sends this snapshot to
+    /// followers that need compacted entries.
+    pub fn snapshot_taken(&mut self, now: Instant, meta: SnapshotMeta) {
+        self.advance_clock(now);
+        self.snapshot_requested = false;
+        if meta.last.index > self.log.applied || !self.log.matches(meta.last) {
+            return;
+        }
+        if self.snapshot.as_ref().is_some_and(|s| s.last.index >= meta.last.index) {
+            return;
+        }
+        self.applied_since_snapshot = self.log.applied.distance_from(meta.last.index);
+        // Bytes applied after the snapshot point are not tracked per entry; start afresh.
+        self.applied_bytes_since_snapshot = 0;
+        let compact_to = LogIndex(meta.last.index.0.saturating_sub(self.cfg.compaction_tail_entries));
+        self.snapshot = Some(meta);
+        if compact_to > self.log.floor().index && compact_to <= self.log.persisted {
+            let Ok(term) = self.log.term(compact_to) else { return };
+            let at = EntryId::new(term, compact_to);
+            let config = self.conf_at(compact_to);
+            self.rebase_configs(compact_to, config.clone());
+            self.log.compact(at);
+            self.pending_compact = Some(SnapshotMeta { last: at, config });
+        }
+    }
+
+    /// Installs a snapshot received from the leader `from` of `term`, whose data the
+    /// application has received completely, verified and staged. Returns `Ok(true)` if the
+    /// snapshot is to be installed (it then appears in the next [`Persist::install`]; install
+    /// the staged data with it), `Ok(false)` if this node already has everything it covers
+    /// (discard the staged data).
+    pub fn install_snapshot(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+    ) -> Result<bool, crate::types::SnapshotError> {
+        self.advance_clock(now);
+        if self.halted.is_some() {
+            return Err(crate::types::SnapshotError::Halted);
+        }
+        if term < self.term {
+            return Err(crate::types::SnapshotError::StaleTerm { term, current: self.term });
+        }
+        if term > self.term || self.role != Role::Follower {
+            self.become_follower(term, Some(from));
+        }
+        self.heard_from_leader(from);
+        if meta.last.index <= self.log.commit {
+            let match_index = self.log.commit;
+            self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
+            return Ok(false);
+        }
+        let keeps_suffix = self.log.matches(meta.last);
+        self.log.install_snapshot(meta.last);
+        if keeps_suffix {
+            self.rebase_configs(meta.last.index, meta.config.clone());
+        } else {
+            self.conf_history.clear();
+            self.base_conf = meta.config.clone();
+        }
+        self.refresh_conf();
+        self.applied_since_snapshot = 0;
+        self.applied_bytes_since_snapshot = 0;
+        self.pending_install = Some(meta.clone());
+        self.snapshot = Some(meta.clone());
+        let match_index = meta.last.index;
+        self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
+        Ok(true)
+    }
+
+    /// Reports that sending a snapshot to `to` failed; the leader probes it again.
+    pub fn snapshot_send_failed(&mut self, now: Instant, to: NodeId) {
+        self.advance_clock(now);
+        if let Some(p) = self.peers.get_mut(&to)
+            && p.state == ProgressState::Snapshot
+        {
+            p.become_probe();
+        }
+    }
+
+    /// A follower needs entries that are compacted: send it the latest snapshot, or ask the
+    /// application for one.
+    pub(super) fn start_snapshot(&mut self, to: NodeId) {
+        let floor = self.log.floor().index;
+        match self.snapshot.clone() {
+            Some(meta) if meta.last.index >= floor => {
+                let now = self.now;
+                if let Some(p) = self.peers.get_mut(&to) {
+                    p.become_snapshot(meta.last.index, now);
+                }
+                self.send_snapshots.push(SendSnapshot { to, meta });
+            }
+            _ => self.request_snapshot(),
+        }
+    }
+
+    /// Asks the application for a snapshot; the request goes out at the end of the next
+    /// `Ready`, at the index applied by then.
+    pub(super) fn request_snapshot(&mut self) {
+        if !self.snapshot_requested {
+            self.snapshot_wanted = true;
+        }
+    }
+
+    pub(super) fn take_snapshot_request(&mut self) -> Option<SnapshotMeta> {
+        if !self.snapshot_wanted || self.snapshot_requested || self.log.applied == LogIndex::ZERO {
+            return None;
+        }
+        let applied = self.log.applied;
+        let term = self.log.term(applied).ok()?;
+        self.snapshot_wanted = false;
+        self.snapshot_requested = true;
+        Some(SnapshotMeta { last: EntryId::new(term, applied), config: self.conf_at(applied) })
+    }
+}
