@@ -10,7 +10,7 @@ impl<S: LogStorage> Raft<S> {
     /// Starts an election now (pre-vote first if configured), as after an election timeout.
     pub fn campaign_now(&mut self, now: Instant) {
         self.advance_clock(now);
-        if self.halted.is_none() && self.role != Role::Leader && self.conf.is_voter(self.id) {
+        if self.halted.is_none() && self.role != Role::Leader && self.conf().is_voter(self.id) {
             self.campaign(self.cfg.pre_vote, CampaignReason::Forced);
         }
     }
@@ -93,7 +93,7 @@ impl<S: LogStorage> Raft<S> {
             return;
         }
         let last = self.log.last_id();
-        let voters: Vec<NodeId> = self.conf.all_voters().filter(|n| *n != self.id).collect();
+        let voters: Vec<NodeId> = self.conf().all_voters().filter(|n| *n != self.id).collect();
         for to in voters {
             let body = MessageBody::RequestVote(RequestVote { pre_vote, last, transfer });
             self.msgs_unpersisted.push(Message { from: self.id, to, term, body });
@@ -101,7 +101,7 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn tally(&self) -> Option<bool> {
-        self.conf.vote_result(|n| self.votes.get(&n).copied())
+        self.conf().vote_result(|n| self.votes.get(&n).copied())
     }
 
     pub(super) fn won_election(&mut self, pre_vote: bool) {
@@ -142,7 +142,7 @@ impl<S: LogStorage> Raft<S> {
             Role::Candidate => !vr.pre_vote && term == self.term,
             _ => false,
         };
-        if !expected || !self.conf.is_voter(from) {
+        if !expected || !self.conf().is_voter(from) {
             return;
         }
         self.votes.insert(from, vr.granted);

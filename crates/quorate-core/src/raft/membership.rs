@@ -5,6 +5,90 @@ use super::Raft;
 use crate::progress::Progress;
 use crate::types::{ConfChange, ConfChangeError, Instant, Role};
 use quorate_log::{Configuration, ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, LogIndex, LogStorage, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// The configuration log: which configuration is in force at each index of the log. A
+/// configuration takes effect when its entry is appended (not when it commits), so this
+/// follows every change of the log — appends, truncations, compactions, snapshot installs —
+/// and is the one place that knows the configuration at an index.
+///
+/// Invariant: `conf_history` is in strictly increasing index order and every index in it is
+/// above the log's floor, where `base_conf` is in force.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Membership {
+    /// The configuration in force at the log's floor (bootstrap, compaction or snapshot).
+    base_conf: Configuration,
+    /// Configuration entries above the log's floor, in index order.
+    conf_history: Vec<(LogIndex, Configuration)>,
+}
+
+impl Membership {
+    /// The configurations of a log whose floor has `base` in force and which holds the
+    /// configuration entries `history` (in index order) above it.
+    pub(crate) fn new(base: Configuration, history: Vec<(LogIndex, Configuration)>) -> Membership {
+        debug_assert!(history.windows(2).all(|w| w[0].0 < w[1].0));
+        Membership { base_conf: base, conf_history: history }
+    }
+
+    /// The configuration in force: the last one appended, or the base.
+    pub(crate) fn latest(&self) -> &Configuration {
+        self.conf_history.last().map_or(&self.base_conf, |(_, c)| c)
+    }
+
+    /// The index of the entry that set the configuration in force, if it is above the floor.
+    pub(crate) fn latest_index(&self) -> Option<LogIndex> {
+        self.conf_history.last().map(|(i, _)| *i)
+    }
+
+    /// The last configuration entry above the floor.
+    pub(crate) fn latest_entry(&self) -> Option<(LogIndex, &Configuration)> {
+        self.conf_history.last().map(|(i, c)| (*i, c))
+    }
+
+    /// The configuration in force at `index` (at or above the floor).
+    pub(crate) fn at(&self, index: LogIndex) -> &Configuration {
+        self.conf_history.iter().rev().find(|(i, _)| *i <= index).map_or(&self.base_conf, |(_, c)| c)
+    }
+
+    /// A configuration entry was appended at `index` (past every one known).
+    pub(crate) fn on_append(&mut self, index: LogIndex, conf: &Configuration) {
+        debug_assert!(self.conf_history.last().is_none_or(|(i, _)| *i < index));
+        self.conf_history.push((index, conf.clone()));
+    }
+
+    /// The log was cut from `from` on (entries at `from` and above are gone) and `entries`
+    /// written from there. Returns whether the configuration in force may have changed.
+    pub(crate) fn on_write(&mut self, from: LogIndex, entries: &[Entry]) -> bool {
+        let before = self.conf_history.len();
+        self.conf_history.retain(|(i, _)| *i < from);
+        let mut changed = self.conf_history.len() != before;
+        for e in entries.iter().filter(|e| e.index >= from) {
+            if let EntryPayload::Config(c) = &e.payload {
+                self.conf_history.push((e.index, c.clone()));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The log's floor moves up to `index` (a compaction, or a snapshot that keeps the log
+    /// after it): the configuration in force there becomes the base.
+    pub(crate) fn on_compact(&mut self, index: LogIndex) {
+        self.base_conf = self.at(index).clone();
+        self.conf_history.retain(|(i, _)| *i > index);
+    }
+
+    /// A snapshot ending at `index` with `config` in force was installed; the log after it is
+    /// kept if `keeps_suffix`, and discarded otherwise.
+    pub(crate) fn on_install(&mut self, index: LogIndex, config: &Configuration, keeps_suffix: bool) {
+        if keeps_suffix {
+            self.conf_history.retain(|(i, _)| *i > index);
+        } else {
+            self.conf_history.clear();
+        }
+        self.base_conf = config.clone();
+    }
+}
 
 impl<S: LogStorage> Raft<S> {
     /// Proposes a membership change (leader only). At most one change is in flight: the
@@ -25,7 +109,7 @@ impl<S: LogStorage> Raft<S> {
         if let Some(at) = self.conf_change_in_flight() {
             return Err(ConfChangeError::ChangeInFlight(at));
         }
-        let old = &self.conf;
+        let old = self.conf();
         let mut new = old.clone();
         let last = self.log.last_index();
         let max_lag = self.cfg.promote_lag_entries_max;
@@ -98,7 +182,7 @@ impl<S: LogStorage> Raft<S> {
         if self.role != Role::Leader || self.halted.is_some() {
             return Err(ConfChangeError::NotLeader { leader_hint: self.leader });
         }
-        if !self.conf.is_joint() {
+        if !self.conf().is_joint() {
             return Err(ConfChangeError::Invalid("the configuration is not joint".into()));
         }
         if let Some(at) = self.conf_change_in_flight() {
@@ -110,63 +194,37 @@ impl<S: LogStorage> Raft<S> {
     /// The index of an uncommitted configuration entry, or of a joint configuration not yet
     /// left: a new change must wait.
     pub(super) fn conf_change_in_flight(&self) -> Option<LogIndex> {
-        let (at, conf) = self.conf_history.last()?;
-        (*at > self.log.commit || conf.is_joint()).then_some(*at)
+        let (at, conf) = self.membership.latest_entry()?;
+        (at > self.log.commit || conf.is_joint()).then_some(at)
     }
 
     pub(super) fn append_leave_joint(&mut self) -> EntryId {
         let new = Configuration {
-            voters: self.conf.voters.clone(),
+            voters: self.conf().voters.clone(),
             voters_outgoing: Default::default(),
-            learners: self.conf.learners.clone(),
+            learners: self.conf().learners.clone(),
         };
         let size = ENTRY_OVERHEAD_BYTES + new.size_bytes();
         self.append_own(EntryPayload::Config(new), size)
     }
 
-    /// The configuration in force at `index`.
-    pub(super) fn conf_at(&self, index: LogIndex) -> Configuration {
-        self.conf_history
-            .iter()
-            .rev()
-            .find(|(i, _)| *i <= index)
-            .map_or_else(|| self.base_conf.clone(), |(_, c)| c.clone())
-    }
-
-    /// The log's floor moves to `index`, where `config` is in force.
-    pub(super) fn rebase_configs(&mut self, index: LogIndex, config: Configuration) {
-        self.conf_history.retain(|(i, _)| *i > index);
-        self.base_conf = config;
-    }
-
-    pub(super) fn refresh_conf(&mut self) {
-        let latest = self.conf_history.last().map_or(&self.base_conf, |(_, c)| c);
-        if *latest == self.conf {
-            // The common case, on every append: no allocation.
-            return;
-        }
-        self.conf = latest.clone();
-        if self.role == Role::Leader {
-            self.sync_peers();
-        }
+    /// The configuration in force.
+    pub(super) fn conf(&self) -> &Configuration {
+        self.membership.latest()
     }
 
     /// Entries were written to the log from index `from` on (a truncated suffix is gone):
     /// configurations take effect when appended.
     pub(super) fn on_log_written(&mut self, from: LogIndex, entries: &[Entry]) {
-        self.conf_history.retain(|(i, _)| *i < from);
-        for e in entries.iter().filter(|e| e.index >= from) {
-            if let EntryPayload::Config(c) = &e.payload {
-                self.conf_history.push((e.index, c.clone()));
-            }
+        if self.membership.on_write(from, entries) && self.role == Role::Leader {
+            self.sync_peers();
         }
-        self.refresh_conf();
     }
 
     /// The leader tracks exactly the members of its configuration.
     pub(super) fn sync_peers(&mut self) {
         let next = self.log.last_index().next();
-        let members: Vec<NodeId> = self.conf.members().filter(|n| *n != self.id).collect();
+        let members: Vec<NodeId> = self.conf().members().filter(|n| *n != self.id).collect();
         self.peers.retain(|id, _| members.contains(id));
         for m in members {
             self.peers.entry(m).or_insert_with(|| Progress::new(next));
@@ -179,8 +237,8 @@ impl<S: LogStorage> Raft<S> {
         if self.role != Role::Leader {
             return;
         }
-        let Some((at, conf)) = self.conf_history.last() else { return };
-        if *at > self.log.commit {
+        let Some((at, conf)) = self.membership.latest_entry() else { return };
+        if at > self.log.commit {
             return;
         }
         if conf.is_joint() {
@@ -205,5 +263,55 @@ impl<S: LogStorage> Raft<S> {
             let term = self.term;
             self.become_follower(term, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Membership;
+    use quorate_log::{Configuration, Entry, EntryPayload, LogIndex, NodeId, Term};
+
+    fn voters(ids: &[u64]) -> Configuration {
+        Configuration::with_voters(ids.iter().filter_map(|i| NodeId::new(*i))).expect("voters")
+    }
+
+    fn config_entry(i: u64, c: &Configuration) -> Entry {
+        Entry { index: LogIndex(i), term: Term(1), payload: EntryPayload::Config(c.clone()) }
+    }
+
+    #[test]
+    fn each_index_sees_the_configuration_appended_last_at_or_below_it() {
+        let (a, b, c) = (voters(&[1]), voters(&[1, 2]), voters(&[1, 2, 3]));
+        let mut m = Membership::new(a.clone(), Vec::new());
+        m.on_append(LogIndex(3), &b);
+        m.on_append(LogIndex(7), &c);
+        assert_eq!(m.latest(), &c);
+        assert_eq!(m.latest_index(), Some(LogIndex(7)));
+        assert_eq!(m.at(LogIndex(2)), &a);
+        assert_eq!(m.at(LogIndex(3)), &b);
+        assert_eq!(m.at(LogIndex(6)), &b);
+        assert_eq!(m.at(LogIndex(9)), &c);
+        // A truncation from 5 drops the entry at 7; a rewrite brings another one at 6.
+        assert!(m.on_write(LogIndex(5), &[config_entry(6, &a)]));
+        assert_eq!(m.latest(), &a);
+        assert_eq!(m.at(LogIndex(5)), &b);
+        // Writing entries without configurations above every one known changes nothing.
+        let noop = Entry { index: LogIndex(8), term: Term(1), payload: EntryPayload::Noop };
+        assert!(!m.on_write(LogIndex(8), &[noop]));
+    }
+
+    #[test]
+    fn compaction_and_install_move_the_base() {
+        let (a, b, c) = (voters(&[1]), voters(&[1, 2]), voters(&[1, 2, 3]));
+        let mut m = Membership::new(a, vec![(LogIndex(3), b.clone()), (LogIndex(7), c.clone())]);
+        m.on_compact(LogIndex(5));
+        assert_eq!(m.at(LogIndex(5)), &b, "the configuration at the new floor is the base");
+        assert_eq!(m.latest_index(), Some(LogIndex(7)));
+        m.on_compact(LogIndex(8));
+        assert_eq!(m.latest(), &c);
+        assert_eq!(m.latest_index(), None, "it now lives only in the base");
+        let d = voters(&[2, 3]);
+        m.on_install(LogIndex(20), &d, false);
+        assert_eq!((m.latest(), m.latest_index()), (&d, None));
     }
 }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, VecDeque};
 mod election;
 pub(crate) mod image;
 mod membership;
+use membership::Membership;
 mod outbox;
 mod reads;
 mod replication;
@@ -177,11 +178,8 @@ pub struct Raft<S> {
     vote: Option<NodeId>,
     role: Role,
     leader: Option<NodeId>,
-    conf: Configuration,
-    /// Configuration entries above the log's floor, in index order.
-    conf_history: Vec<(LogIndex, Configuration)>,
-    /// The configuration at the log's floor.
-    base_conf: Configuration,
+    /// The configuration in force at each index of the log.
+    membership: Membership,
     /// The application's latest snapshot.
     snapshot: Option<SnapshotMeta>,
     applied_since_snapshot: u64,
@@ -249,8 +247,7 @@ impl<S: LogStorage> Raft<S> {
         let base_conf = storage.snapshot_meta()?.config;
         let hs = init.hard_state;
         let log = RaftLog::new(storage, hs.commit, cfg.applied);
-        let conf_history = scan_configs(&log)?;
-        let conf = conf_history.last().map_or_else(|| base_conf.clone(), |(_, c)| c.clone());
+        let membership = Membership::new(base_conf, scan_configs(&log)?);
         let snapshot = cfg.snapshot.clone().filter(|m| m.last.index <= log.commit);
         let mut r = Raft {
             id: cfg.id,
@@ -260,9 +257,7 @@ impl<S: LogStorage> Raft<S> {
             vote: hs.vote,
             role: Role::Follower,
             leader: None,
-            conf,
-            conf_history,
-            base_conf,
+            membership,
             snapshot,
             applied_since_snapshot: 0,
             applied_bytes_since_snapshot: 0,
@@ -365,14 +360,14 @@ impl<S: LogStorage> Raft<S> {
     /// The configuration in force.
     #[must_use]
     pub fn configuration(&self) -> &Configuration {
-        &self.conf
+        self.membership.latest()
     }
 
     /// The configuration version: the index of the entry that set the configuration in
     /// force, or the log's floor if that entry was compacted (0 for the bootstrap one).
     #[must_use]
     pub fn config_version(&self) -> LogIndex {
-        self.conf_history.last().map_or_else(|| self.log.floor().index, |(i, _)| *i)
+        self.membership.latest_index().unwrap_or_else(|| self.log.floor().index)
     }
 
     /// The current hard state (possibly not yet persisted).
@@ -423,7 +418,7 @@ impl<S: LogStorage> Raft<S> {
             applied: self.log.applied,
             last_index: self.log.last_index(),
             persisted_index: self.log.persisted,
-            config: self.conf.clone(),
+            config: self.conf().clone(),
             config_version: self.config_version(),
             snapshot_index: self.snapshot.as_ref().map_or(LogIndex::ZERO, |m| m.last.index),
             first_index: self.log.first_index(),
@@ -470,7 +465,7 @@ impl<S: LogStorage> Raft<S> {
                 if self.cfg.check_quorum {
                     let id = self.id;
                     let active =
-                        self.conf.has_quorum(|n| n == id || self.peers.get(&n).is_some_and(|p| p.recent_active));
+                        self.conf().has_quorum(|n| n == id || self.peers.get(&n).is_some_and(|p| p.recent_active));
                     for p in self.peers.values_mut() {
                         p.recent_active = false;
                     }
@@ -505,7 +500,7 @@ impl<S: LogStorage> Raft<S> {
             });
             debug_assert!(self.forwarded_reads.len() <= before);
             if now >= self.election_deadline {
-                if self.conf.is_voter(self.id) {
+                if self.conf().is_voter(self.id) {
                     let reason = if self.leader.is_some() {
                         CampaignReason::LeaderTimeout
                     } else {
@@ -613,7 +608,7 @@ impl<S: LogStorage> Raft<S> {
                 self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { seq: hb.seq }));
             }
             MessageBody::TimeoutNow => {
-                if self.role != Role::Leader && self.conf.is_voter(self.id) {
+                if self.role != Role::Leader && self.conf().is_voter(self.id) {
                     self.campaign(false, CampaignReason::Transfer);
                 }
             }

@@ -56,7 +56,7 @@ impl<S: LogStorage> Raft<S> {
         let id = self.id;
         let now = self.now;
         // The quorum-th most recent send time of an acknowledged heartbeat round.
-        let start = self.conf.committed_index(|n| {
+        let start = self.conf().committed_index(|n| {
             if n == id {
                 LogIndex(now.0)
             } else {
@@ -87,7 +87,7 @@ impl<S: LogStorage> Raft<S> {
         let id = self.id;
         let peers = &self.peers;
         let quorum_seq = self
-            .conf
+            .conf()
             .committed_index(|n| LogIndex(if n == id { u64::MAX } else { peers.get(&n).map_or(0, |p| p.acked_seq) }));
         while let Some(r) = self.pending_reads.front() {
             if r.seq > quorum_seq.0 || r.seq > self.hb_seq {

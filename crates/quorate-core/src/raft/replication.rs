@@ -48,7 +48,7 @@ impl<S: LogStorage> Raft<S> {
         if to == self.id {
             return Err(TransferError::AlreadyLeader(to));
         }
-        if !self.conf.is_voter(to) {
+        if !self.conf().is_voter(to) {
             return Err(TransferError::NotAVoter(to));
         }
         self.transferee = Some((to, self.now.saturating_add(self.cfg.election_timeout_min)));
@@ -62,14 +62,14 @@ impl<S: LogStorage> Raft<S> {
         let index = self.log.last_index().next();
         let id = EntryId::new(self.term, index);
         let is_config = if let EntryPayload::Config(c) = &payload {
-            self.conf_history.push((index, c.clone()));
+            self.membership.on_append(index, c);
             true
         } else {
             false
         };
         self.log.push(Entry { index, term: self.term, payload });
-        if is_config {
-            self.refresh_conf();
+        if is_config && self.role == Role::Leader {
+            self.sync_peers();
         }
         self.uncommitted.push_back((index, size));
         self.uncommitted_bytes += size;
@@ -252,7 +252,7 @@ impl<S: LogStorage> Raft<S> {
         let id = self.id;
         let persisted = self.log.persisted;
         let peers = &self.peers;
-        let idx = self.conf.committed_index(|n| {
+        let idx = self.conf().committed_index(|n| {
             if n == id { persisted } else { peers.get(&n).map_or(LogIndex::ZERO, |p| p.match_index) }
         });
         if idx <= self.log.commit || idx > self.log.last_index() {

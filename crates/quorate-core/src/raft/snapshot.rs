@@ -29,8 +29,8 @@ impl<S: LogStorage> Raft<S> {
         if compact_to > self.log.floor().index && compact_to <= self.log.persisted {
             let Ok(term) = self.log.term(compact_to) else { return };
             let at = EntryId::new(term, compact_to);
-            let config = self.conf_at(compact_to);
-            self.rebase_configs(compact_to, config.clone());
+            let config = self.membership.at(compact_to).clone();
+            self.membership.on_compact(compact_to);
             self.log.compact(at);
             self.pending_compact = Some(SnapshotMeta { last: at, config });
         }
@@ -66,13 +66,11 @@ impl<S: LogStorage> Raft<S> {
         }
         let keeps_suffix = self.log.matches(meta.last);
         self.log.install_snapshot(meta.last);
-        if keeps_suffix {
-            self.rebase_configs(meta.last.index, meta.config.clone());
-        } else {
-            self.conf_history.clear();
-            self.base_conf = meta.config.clone();
+        let conf_before = self.conf().clone();
+        self.membership.on_install(meta.last.index, &meta.config, keeps_suffix);
+        if *self.conf() != conf_before && self.role == Role::Leader {
+            self.sync_peers();
         }
-        self.refresh_conf();
         self.applied_since_snapshot = 0;
         self.applied_bytes_since_snapshot = 0;
         self.pending_install = Some(meta.clone());
@@ -124,6 +122,6 @@ impl<S: LogStorage> Raft<S> {
         let term = self.log.term(applied).ok()?;
         self.snapshot_wanted = false;
         self.snapshot_requested = true;
-        Some(SnapshotMeta { last: EntryId::new(term, applied), config: self.conf_at(applied) })
+        Some(SnapshotMeta { last: EntryId::new(term, applied), config: self.membership.at(applied).clone() })
     }
 }
