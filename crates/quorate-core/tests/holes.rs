@@ -30,19 +30,16 @@ fn a_joint_configuration_closed_by_the_self_vote_sends_nothing_early_either() {
 }
 
 #[test]
-#[ignore = "hole 2: fails on this commit; the fix removes this"]
 fn a_joint_configuration_kept_only_by_a_compaction_is_left_by_the_next_leader() {
     assert_eq!(joint_only_in_base(NONE, JointBase::Compacted), Ok(()));
 }
 
 #[test]
-#[ignore = "hole 2: fails on this commit; the fix removes this"]
 fn a_joint_configuration_kept_only_by_a_restart_is_left_by_the_next_leader() {
     assert_eq!(joint_only_in_base(NONE, JointBase::Restarted), Ok(()));
 }
 
 #[test]
-#[ignore = "hole 2 (leave_joint): fails on this commit; the fix removes this"]
 fn a_joint_configuration_is_left_on_request_when_auto_leave_is_off() {
     assert_eq!(manual_leave_joint(NONE), Ok(()));
 }

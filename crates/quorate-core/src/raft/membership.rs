@@ -13,9 +13,12 @@ use serde::{Deserialize, Serialize};
 /// and is the one place that knows the configuration at an index.
 ///
 /// Invariant: `conf_history` is in strictly increasing index order and every index in it is
-/// above the log's floor, where `base_conf` is in force.
+/// above `base_index`, the log's floor, where `base_conf` is in force. The base is committed
+/// (the floor never passes the commit index).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Membership {
+    /// The log's floor.
+    base_index: LogIndex,
     /// The configuration in force at the log's floor (bootstrap, compaction or snapshot).
     base_conf: Configuration,
     /// Configuration entries above the log's floor, in index order.
@@ -23,11 +26,15 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
-    /// The configurations of a log whose floor has `base` in force and which holds the
-    /// configuration entries `history` (in index order) above it.
-    pub(crate) fn new(base: Configuration, history: Vec<(LogIndex, Configuration)>) -> Membership {
-        debug_assert!(history.windows(2).all(|w| w[0].0 < w[1].0));
-        Membership { base_conf: base, conf_history: history }
+    /// The configurations of a log whose floor `base_index` has `base` in force and which
+    /// holds the configuration entries `history` (in index order) above it.
+    pub(crate) fn new(
+        base_index: LogIndex,
+        base: Configuration,
+        history: Vec<(LogIndex, Configuration)>,
+    ) -> Membership {
+        debug_assert!(history.windows(2).all(|w| w[0].0 < w[1].0) && history.first().is_none_or(|h| h.0 > base_index));
+        Membership { base_index, base_conf: base, conf_history: history }
     }
 
     /// The configuration in force: the last one appended, or the base.
@@ -35,14 +42,30 @@ impl Membership {
         self.conf_history.last().map_or(&self.base_conf, |(_, c)| c)
     }
 
-    /// The index of the entry that set the configuration in force, if it is above the floor.
-    pub(crate) fn latest_index(&self) -> Option<LogIndex> {
-        self.conf_history.last().map(|(i, _)| *i)
+    /// The index of the entry that set the configuration in force, or the floor if that
+    /// entry is compacted (or the configuration came with a snapshot or the bootstrap): the
+    /// configuration version.
+    pub(crate) fn latest_index(&self) -> LogIndex {
+        self.conf_history.last().map_or(self.base_index, |(i, _)| *i)
     }
 
-    /// The last configuration entry above the floor.
-    pub(crate) fn latest_entry(&self) -> Option<(LogIndex, &Configuration)> {
-        self.conf_history.last().map(|(i, c)| (*i, c))
+    /// The configuration in force and the index that set it (the floor for the base).
+    pub(crate) fn latest_entry(&self) -> (LogIndex, &Configuration) {
+        self.conf_history.last().map_or((self.base_index, &self.base_conf), |(i, c)| (*i, c))
+    }
+
+    /// Whether a configuration change is in flight, given the commit index: the configuration
+    /// in force is not committed yet, or it is joint (not yet left) — wherever it lives, in an
+    /// entry above the floor or only in the base. Returns the index that set it.
+    pub(crate) fn change_in_flight(&self, commit: LogIndex) -> Option<LogIndex> {
+        let (at, conf) = self.latest_entry();
+        (at > commit || conf.is_joint()).then_some(at)
+    }
+
+    /// The index of the configuration entry in force if it is not committed yet.
+    pub(crate) fn uncommitted(&self, commit: LogIndex) -> Option<LogIndex> {
+        let (at, _) = self.latest_entry();
+        (at > commit).then_some(at)
     }
 
     /// The configuration in force at `index` (at or above the floor).
@@ -74,7 +97,11 @@ impl Membership {
     /// The log's floor moves up to `index` (a compaction, or a snapshot that keeps the log
     /// after it): the configuration in force there becomes the base.
     pub(crate) fn on_compact(&mut self, index: LogIndex) {
+        if index <= self.base_index {
+            return;
+        }
         self.base_conf = self.at(index).clone();
+        self.base_index = index;
         self.conf_history.retain(|(i, _)| *i > index);
     }
 
@@ -86,6 +113,7 @@ impl Membership {
         } else {
             self.conf_history.clear();
         }
+        self.base_index = index;
         self.base_conf = config.clone();
     }
 }
@@ -106,7 +134,7 @@ impl<S: LogStorage> Raft<S> {
         if self.transferee.is_some() {
             return Err(ConfChangeError::TransferInProgress);
         }
-        if let Some(at) = self.conf_change_in_flight() {
+        if let Some(at) = self.membership.change_in_flight(self.log.commit) {
             return Err(ConfChangeError::ChangeInFlight(at));
         }
         let old = self.conf();
@@ -176,7 +204,8 @@ impl<S: LogStorage> Raft<S> {
         Ok(self.append_own(EntryPayload::Config(new), size))
     }
 
-    /// Leaves a committed joint configuration (when `auto_leave_joint` is off).
+    /// Leaves a committed joint configuration (when `auto_leave_joint` is off). Refused
+    /// while the joint configuration's entry is not committed yet.
     pub fn leave_joint(&mut self, now: Instant) -> Result<EntryId, ConfChangeError> {
         self.advance_clock(now);
         if self.role != Role::Leader || self.halted.is_some() {
@@ -185,17 +214,10 @@ impl<S: LogStorage> Raft<S> {
         if !self.conf().is_joint() {
             return Err(ConfChangeError::Invalid("the configuration is not joint".into()));
         }
-        if let Some(at) = self.conf_change_in_flight() {
+        if let Some(at) = self.membership.uncommitted(self.log.commit) {
             return Err(ConfChangeError::ChangeInFlight(at));
         }
         Ok(self.append_leave_joint())
-    }
-
-    /// The index of an uncommitted configuration entry, or of a joint configuration not yet
-    /// left: a new change must wait.
-    pub(super) fn conf_change_in_flight(&self) -> Option<LogIndex> {
-        let (at, conf) = self.membership.latest_entry()?;
-        (at > self.log.commit || conf.is_joint()).then_some(at)
     }
 
     pub(super) fn append_leave_joint(&mut self) -> EntryId {
@@ -231,13 +253,14 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
-    /// Once a configuration entry commits: leave a joint configuration (if automatic), and a
-    /// leader that is no longer a voter hands over and steps down.
+    /// Once the configuration in force is committed (its entry, or the base, which is
+    /// committed by definition): leave it if it is joint (if automatic), and a leader that is
+    /// no longer a voter hands over and steps down.
     pub(super) fn after_config_commit(&mut self) {
         if self.role != Role::Leader {
             return;
         }
-        let Some((at, conf)) = self.membership.latest_entry() else { return };
+        let (at, conf) = self.membership.latest_entry();
         if at > self.log.commit {
             return;
         }
@@ -282,11 +305,11 @@ mod tests {
     #[test]
     fn each_index_sees_the_configuration_appended_last_at_or_below_it() {
         let (a, b, c) = (voters(&[1]), voters(&[1, 2]), voters(&[1, 2, 3]));
-        let mut m = Membership::new(a.clone(), Vec::new());
+        let mut m = Membership::new(LogIndex(0), a.clone(), Vec::new());
         m.on_append(LogIndex(3), &b);
         m.on_append(LogIndex(7), &c);
         assert_eq!(m.latest(), &c);
-        assert_eq!(m.latest_index(), Some(LogIndex(7)));
+        assert_eq!(m.latest_index(), LogIndex(7));
         assert_eq!(m.at(LogIndex(2)), &a);
         assert_eq!(m.at(LogIndex(3)), &b);
         assert_eq!(m.at(LogIndex(6)), &b);
@@ -303,15 +326,40 @@ mod tests {
     #[test]
     fn compaction_and_install_move_the_base() {
         let (a, b, c) = (voters(&[1]), voters(&[1, 2]), voters(&[1, 2, 3]));
-        let mut m = Membership::new(a, vec![(LogIndex(3), b.clone()), (LogIndex(7), c.clone())]);
+        let mut m = Membership::new(LogIndex(0), a, vec![(LogIndex(3), b.clone()), (LogIndex(7), c.clone())]);
         m.on_compact(LogIndex(5));
         assert_eq!(m.at(LogIndex(5)), &b, "the configuration at the new floor is the base");
-        assert_eq!(m.latest_index(), Some(LogIndex(7)));
+        assert_eq!(m.latest_index(), LogIndex(7));
         m.on_compact(LogIndex(8));
         assert_eq!(m.latest(), &c);
-        assert_eq!(m.latest_index(), None, "it now lives only in the base");
+        assert_eq!(m.latest_index(), LogIndex(8), "it now lives only in the base: the version is the floor");
         let d = voters(&[2, 3]);
         m.on_install(LogIndex(20), &d, false);
-        assert_eq!((m.latest(), m.latest_index()), (&d, None));
+        assert_eq!((m.latest(), m.latest_index()), (&d, LogIndex(20)));
+    }
+
+    #[test]
+    fn a_joint_configuration_is_in_flight_until_left_wherever_it_lives() {
+        let a = voters(&[1, 2, 3]);
+        let mut joint = voters(&[2, 3]);
+        joint.voters_outgoing = a.voters.clone();
+        let mut m = Membership::new(LogIndex(0), a, Vec::new());
+        assert_eq!(m.change_in_flight(LogIndex(0)), None);
+        m.on_append(LogIndex(2), &joint);
+        assert_eq!(m.change_in_flight(LogIndex(1)), Some(LogIndex(2)), "uncommitted");
+        assert_eq!(m.uncommitted(LogIndex(1)), Some(LogIndex(2)));
+        assert_eq!(m.change_in_flight(LogIndex(2)), Some(LogIndex(2)), "committed but joint");
+        assert_eq!(m.uncommitted(LogIndex(2)), None);
+        // Compacted at the joint entry: it lives only in the base, and is still in flight.
+        m.on_compact(LogIndex(2));
+        assert_eq!(m.change_in_flight(LogIndex(2)), Some(LogIndex(2)));
+        // The same after a snapshot install that carries it.
+        let mut m = Membership::new(LogIndex(0), voters(&[1]), Vec::new());
+        m.on_install(LogIndex(9), &joint, false);
+        assert_eq!(m.change_in_flight(LogIndex(9)), Some(LogIndex(9)));
+        // Left: nothing in flight once the leave entry commits.
+        m.on_append(LogIndex(10), &voters(&[2, 3]));
+        assert_eq!(m.change_in_flight(LogIndex(9)), Some(LogIndex(10)));
+        assert_eq!(m.change_in_flight(LogIndex(10)), None);
     }
 }

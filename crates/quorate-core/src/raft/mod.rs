@@ -247,7 +247,7 @@ impl<S: LogStorage> Raft<S> {
         let base_conf = storage.snapshot_meta()?.config;
         let hs = init.hard_state;
         let log = RaftLog::new(storage, hs.commit, cfg.applied);
-        let membership = Membership::new(base_conf, scan_configs(&log)?);
+        let membership = Membership::new(log.floor().index, base_conf, scan_configs(&log)?);
         let snapshot = cfg.snapshot.clone().filter(|m| m.last.index <= log.commit);
         let mut r = Raft {
             id: cfg.id,
@@ -367,7 +367,7 @@ impl<S: LogStorage> Raft<S> {
     /// force, or the log's floor if that entry was compacted (0 for the bootstrap one).
     #[must_use]
     pub fn config_version(&self) -> LogIndex {
-        self.membership.latest_index().unwrap_or_else(|| self.log.floor().index)
+        self.membership.latest_index()
     }
 
     /// The current hard state (possibly not yet persisted).
