@@ -1,14 +1,31 @@
 //! The core's view of its log: persisted entries (read through [`LogStorage`]) followed by
-//! entries appended in memory and not yet reported persisted ("unstable").
+//! entries appended in memory and not yet reported persisted ("unstable"), and the persisted
+//! watermark.
+//!
+//! ## The watermark and its marks
+//!
+//! Every persist batch handed out carries a *mark*: the last entry the batch writes (or the
+//! snapshot it installs). When the application reports the batch, the watermark moves to its
+//! mark. A mark alone is not unique: after a truncation and a re-truncation the log can hold
+//! the same `(term, index)` again, written by a later batch, while the earlier batch's
+//! entries have meanwhile been overwritten on disk by a batch in between (issue 16, hole 3).
+//! So a truncation at `at` caps the mark of every batch in flight at `at - 1` (the entries
+//! below `at` are untouched by the truncation and stay what those batches wrote), and a
+//! snapshot install that discards the log drops them: a completion then proves exactly what
+//! its batch put on disk and no later batch has taken away.
 
+use crate::types::IoId;
 use quorate_log::{Entry, EntryId, LogIndex, LogStorage, StorageError, Term, limit_bytes};
+use std::collections::VecDeque;
 
 /// Storage plus the unstable tail.
 ///
 /// Invariants (asserted in [`RaftLog::check`]):
 /// * `unstable[i].index == unstable_offset + i`, contiguous;
 /// * indexes below `unstable_offset` are read from storage, never at or above it;
-/// * `persisted <= last_index()`, `handed <= last_index()`, `commit <= last_index()`.
+/// * `persisted <= last_index()`, `handed <= last_index()`, `commit <= last_index()`;
+/// * every mark of a batch in flight names an entry this log holds (or held before a
+///   compaction), written by that batch or an earlier one.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(bound(serialize = "", deserialize = "S: Default"))]
 pub(crate) struct RaftLog<S> {
@@ -27,13 +44,41 @@ pub(crate) struct RaftLog<S> {
     /// A compaction point or installed snapshot handed out for persistence that storage may
     /// not reflect yet: nothing at or below it is read from storage.
     floor: EntryId,
+    /// Batches handed out and not yet reported, in order, each with the entry up to which it
+    /// makes this log durable (capped by later truncations; see the module docs).
+    marks: VecDeque<(IoId, EntryId)>,
+    /// Re-introduces issue 16's hole 3 (truncations leave the marks alone): tests only.
+    #[serde(skip)]
+    pub(crate) danger_uncapped_marks: bool,
 }
 
 impl<S> RaftLog<S> {
     /// The same log over another storage (restoring a `crate::CoreImage`).
     pub(crate) fn with_storage<T>(self, storage: T) -> RaftLog<T> {
-        let RaftLog { storage: _, unstable, unstable_offset, handed, persisted, commit, applied, floor } = self;
-        RaftLog { storage, unstable, unstable_offset, handed, persisted, commit, applied, floor }
+        let RaftLog {
+            storage: _,
+            unstable,
+            unstable_offset,
+            handed,
+            persisted,
+            commit,
+            applied,
+            floor,
+            marks,
+            danger_uncapped_marks,
+        } = self;
+        RaftLog {
+            storage,
+            unstable,
+            unstable_offset,
+            handed,
+            persisted,
+            commit,
+            applied,
+            floor,
+            marks,
+            danger_uncapped_marks,
+        }
     }
 }
 
@@ -52,6 +97,8 @@ impl<S: LogStorage> RaftLog<S> {
             commit,
             applied: applied.max(snap).min(commit),
             floor: storage.snapshot_last(),
+            marks: VecDeque::new(),
+            danger_uncapped_marks: false,
             storage,
         }
     }
@@ -194,13 +241,20 @@ impl<S: LogStorage> RaftLog<S> {
     }
 
     /// Installs a snapshot ending at `last`: entries up to it are replaced by the snapshot;
-    /// a suffix that agrees with it is kept, anything else is discarded.
+    /// a suffix that agrees with it is kept, anything else is discarded. The install goes out
+    /// in the next batch ([`RaftLog::hand_out`] with `install`); until that batch is reported,
+    /// the watermark does not pass what was durable before.
     pub(crate) fn install_snapshot(&mut self, last: EntryId) {
         debug_assert!(last.index > self.commit);
         if !self.matches(last) {
             self.unstable.clear();
             self.unstable_offset = last.index.next();
             self.handed = last.index;
+            // The install discards the whole log on disk: no earlier batch's completion says
+            // anything about this log any more. Only committed entries are known to agree with
+            // what is durable.
+            self.marks.clear();
+            self.persisted = self.persisted.min(self.commit);
         } else if last.index >= self.unstable_offset {
             let n = last.index.distance_from(self.unstable_offset) as usize + 1;
             self.unstable.drain(..n.min(self.unstable.len()));
@@ -208,7 +262,6 @@ impl<S: LogStorage> RaftLog<S> {
             self.handed = self.handed.max(last.index);
         }
         self.floor = last;
-        self.persisted = self.persisted.max(last.index).min(self.last_index());
         self.commit = self.commit.max(last.index);
         self.applied = self.applied.max(last.index);
     }
@@ -224,6 +277,17 @@ impl<S: LogStorage> RaftLog<S> {
 
     fn truncate_from(&mut self, at: LogIndex) {
         debug_assert!(at > self.commit);
+        if !self.danger_uncapped_marks {
+            // Batches in flight that wrote at or above `at` make the log durable only below it
+            // once this truncation reaches the disk; cap their marks (see the module docs).
+            let below = at.prev();
+            let below = EntryId::new(self.term(below).unwrap_or(self.floor().term), below);
+            for (_, mark) in &mut self.marks {
+                if mark.index >= at {
+                    *mark = below;
+                }
+            }
+        }
         if at >= self.unstable_offset {
             let keep = at.distance_from(self.unstable_offset) as usize;
             self.unstable.truncate(keep);
@@ -238,20 +302,38 @@ impl<S: LogStorage> RaftLog<S> {
         self.persisted = self.persisted.min(at.prev());
     }
 
-    /// Entries not yet handed out for persistence; marks them handed.
-    pub(crate) fn take_unpersisted(&mut self) -> Vec<Entry> {
+    /// Entries not yet handed out for persistence, for batch `io` (which also carries
+    /// `install`, a snapshot installed since the last batch, if any); marks them handed and
+    /// records the batch's mark.
+    pub(crate) fn hand_out(&mut self, io: IoId, install: Option<EntryId>) -> Vec<Entry> {
         let from = self.handed.next().max(self.unstable_offset);
-        if from > self.last_index() {
-            return Vec::new();
-        }
-        let a = from.distance_from(self.unstable_offset) as usize;
-        let out = self.unstable[a..].to_vec();
+        let out = if from > self.last_index() {
+            Vec::new()
+        } else {
+            let a = from.distance_from(self.unstable_offset) as usize;
+            self.unstable[a..].to_vec()
+        };
         self.handed = self.last_index();
+        if let Some(mark) = out.last().map(Entry::id).or(install) {
+            debug_assert!(self.marks.back().is_none_or(|(b, _)| *b < io));
+            self.marks.push_back((io, mark));
+        }
         out
     }
 
+    /// The application reports batch `io` (and every earlier one) on stable storage.
+    pub(crate) fn on_persisted(&mut self, io: IoId) {
+        while let Some(&(b, mark)) = self.marks.front() {
+            if b > io {
+                break;
+            }
+            self.marks.pop_front();
+            self.persisted_to(mark);
+        }
+    }
+
     /// The application persisted a batch ending at `last`.
-    pub(crate) fn persisted_to(&mut self, last: EntryId) {
+    fn persisted_to(&mut self, last: EntryId) {
         if last.index <= self.persisted || !self.matches(last) {
             // Already known, or overwritten since: a later batch will cover it.
             return;
@@ -339,10 +421,10 @@ mod tests {
         assert_eq!(written, Some(LogIndex(2)));
         assert_eq!(log.term(LogIndex(2)), Ok(Term(2)));
         assert_eq!(log.persisted, LogIndex(1));
-        let batch = log.take_unpersisted();
+        let batch = log.hand_out(IoId(1), None);
         assert_eq!(batch.first().map(|e| e.index), Some(LogIndex(2)));
         log.storage.append(&batch).unwrap();
-        log.persisted_to(EntryId::new(Term(2), LogIndex(3)));
+        log.on_persisted(IoId(1));
         assert_eq!(log.persisted, LogIndex(3));
         log.check();
     }
@@ -352,11 +434,37 @@ mod tests {
         let mut log = RaftLog::new(MemLog::default(), LogIndex::ZERO, LogIndex::ZERO);
         log.push(e(1, 1));
         log.push(e(2, 1));
-        let _ = log.take_unpersisted();
+        let _ = log.hand_out(IoId(1), None);
         log.append_after(EntryId::new(Term(1), LogIndex(1)), &[e(2, 2)]).unwrap();
-        log.persisted_to(EntryId::new(Term(1), LogIndex(2)));
+        log.on_persisted(IoId(1));
+        assert_eq!(log.persisted, LogIndex(1), "batch 1 made 1@1 durable; its 2@1 is overwritten");
+        assert_eq!(log.hand_out(IoId(2), None), vec![e(2, 2)]);
+    }
+
+    /// Hole 3 of issue 16 at the level of the log: batch 1 writes 1..3@1, batch 2 overwrites
+    /// from 1 with 1@2, batch 3 brings 1..3@1 back. Batch 1's completion, with batch 2 on disk
+    /// too (a group commit), must not mark 1..3@1 persisted: storage holds 1@2 there.
+    #[test]
+    fn a_completion_from_before_two_truncations_proves_nothing_about_the_log_after_them() {
+        let mut log = RaftLog::new(MemLog::default(), LogIndex::ZERO, LogIndex::ZERO);
+        let a = [e(1, 1), e(2, 1), e(3, 1)];
+        log.append_after(EntryId::ZERO, &a).unwrap();
+        let batch_a = log.hand_out(IoId(1), None);
+        log.append_after(EntryId::ZERO, &[e(1, 2)]).unwrap();
+        let batch_b = log.hand_out(IoId(2), None);
+        log.append_after(EntryId::ZERO, &a).unwrap();
+        let batch_c = log.hand_out(IoId(3), None);
+        log.storage.append(&batch_a).unwrap();
+        log.storage.append(&batch_b).unwrap();
+        log.on_persisted(IoId(1));
+        assert_eq!(log.persisted, LogIndex::ZERO, "nothing batch 1 wrote is still this log's on disk");
+        assert_eq!(log.term(LogIndex(1)), Ok(Term(1)), "the log still reads what it holds");
+        log.on_persisted(IoId(2));
         assert_eq!(log.persisted, LogIndex::ZERO);
-        assert_eq!(log.take_unpersisted(), vec![e(2, 2)]);
+        log.storage.append(&batch_c).unwrap();
+        log.on_persisted(IoId(3));
+        assert_eq!(log.persisted, LogIndex(3));
+        log.check();
     }
 
     #[test]

@@ -45,7 +45,6 @@ fn a_joint_configuration_is_left_on_request_when_auto_leave_is_off() {
 }
 
 #[test]
-#[ignore = "hole 3: fails on this commit; the fix removes this"]
 fn a_stale_batch_completion_after_two_truncations_does_not_mark_entries_persisted() {
     let outcomes = [persisted_aba(NONE, AbaWrites::Merged), persisted_aba(NONE, AbaWrites::OneByOne)];
     assert_eq!(outcomes, [Ok(()), Ok(())]);

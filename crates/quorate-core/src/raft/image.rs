@@ -124,7 +124,6 @@ impl<S: LogStorage> Raft<S> {
             reads_failed,
             io_issued,
             io_persisted,
-            io_batches,
             handed_hs,
         );
         restored.log.check();

@@ -14,8 +14,7 @@ use crate::progress::{PeerProgress, Progress};
 use crate::rng::SplitMix64;
 use crate::types::{CoreError, Instant, IoId, ReadError, ReadFailed, ReadId, ReadReady, Role, SendSnapshot};
 use quorate_log::{
-    Configuration, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, NodeId, SnapshotMeta, StorageError,
-    Term,
+    Configuration, Entry, EntryPayload, HardState, LogIndex, LogStorage, NodeId, SnapshotMeta, StorageError, Term,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -229,7 +228,6 @@ pub struct Raft<S> {
     reads_failed: Vec<ReadFailed>,
     io_issued: IoId,
     io_persisted: IoId,
-    io_batches: VecDeque<(IoId, Option<EntryId>)>,
     handed_hs: HardState,
 }
 
@@ -297,7 +295,6 @@ impl<S: LogStorage> Raft<S> {
             reads_failed: Vec::new(),
             io_issued: IoId(0),
             io_persisted: IoId(0),
-            io_batches: VecDeque::new(),
             handed_hs: hs,
             cfg,
         };
@@ -527,15 +524,7 @@ impl<S: LogStorage> Raft<S> {
             self.halt(format!("persisted({io:?}) reported, but only {:?} was issued", self.io_issued));
             return;
         }
-        while let Some(&(b, last)) = self.io_batches.front() {
-            if b > io {
-                break;
-            }
-            self.io_batches.pop_front();
-            if let Some(last) = last {
-                self.log.persisted_to(last);
-            }
-        }
+        self.log.on_persisted(io);
         self.io_persisted = io;
         while let Some((tag, _)) = self.held.front() {
             if *tag > io {
@@ -668,19 +657,19 @@ impl<S: LogStorage> Raft<S> {
             }
         }
         let hs = self.hard_state();
-        let entries = self.log.take_unpersisted();
         let install = self.pending_install.take();
         let compact = self.pending_compact.take();
-        let persist = if hs != self.handed_hs || !entries.is_empty() || install.is_some() || compact.is_some() {
+        let persist = if hs != self.handed_hs || self.log.has_unhanded() || install.is_some() || compact.is_some() {
+            let io = IoId(self.io_issued.0 + 1);
+            let entries = self.log.hand_out(io, install.as_ref().map(|m| m.last));
             let sync = !entries.is_empty()
                 || install.is_some()
                 || hs.term != self.handed_hs.term
                 || hs.vote != self.handed_hs.vote;
             let hard_state = (hs != self.handed_hs).then_some(hs);
             self.handed_hs = hs;
-            self.io_issued = IoId(self.io_issued.0 + 1);
-            self.io_batches.push_back((self.io_issued, entries.last().map(Entry::id)));
-            Some(Persist { io: self.io_issued, hard_state, entries, sync, install, compact })
+            self.io_issued = io;
+            Some(Persist { io, hard_state, entries, sync, install, compact })
         } else {
             None
         };
