@@ -10,11 +10,12 @@
 //! Inputs: [`Raft::handle_message`], [`Raft::handle_timeout`], [`Raft::propose`],
 //! [`Raft::read`], [`Raft::transfer_leadership`], [`Raft::persisted`].
 //! Output: [`Raft::ready`] returns a [`Ready`] — state to persist (with an [`IoId`]),
-//! messages to send, committed entries to apply, reads that are confirmed. Messages that
-//! promise persisted state (votes, append acknowledgements) are held inside the core until
-//! the application reports the persist batch done, so a `Ready`'s messages can always be sent
-//! at once. The leader replicates while it writes its own copy; its own log counts toward the
-//! commit quorum only once reported persisted.
+//! messages to send, committed entries to apply, reads that are confirmed. Every message is
+//! held inside the core until what it depends on is durable — nothing (pre-vote requests and
+//! grants), the sender's term and vote (every other message, a leader's appends included), or
+//! that and the sender's log up to an index (append acknowledgements) — so a `Ready`'s
+//! messages can always be sent at once. The leader replicates while it writes its own copy;
+//! its own log counts toward the commit quorum only once reported persisted.
 //!
 //! ## Protocol features
 //!

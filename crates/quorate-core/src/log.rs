@@ -18,6 +18,17 @@ use crate::types::IoId;
 use quorate_log::{Entry, EntryId, LogIndex, LogStorage, StorageError, Term, limit_bytes};
 use std::collections::VecDeque;
 
+/// Where the entry at an index stands on its way to stable storage.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Durability {
+    /// On stable storage.
+    Durable,
+    /// In this batch (handed out, not yet reported).
+    InBatch(IoId),
+    /// Not handed out yet: it goes into the next batch.
+    NextBatch,
+}
+
 /// Storage plus the unstable tail.
 ///
 /// Invariants (asserted in [`RaftLog::check`]):
@@ -329,6 +340,20 @@ impl<S: LogStorage> RaftLog<S> {
             }
             self.marks.pop_front();
             self.persisted_to(mark);
+        }
+    }
+
+    /// Where the entry at `index` (of this log) stands on its way to stable storage.
+    pub(crate) fn durability(&self, index: LogIndex) -> Durability {
+        if index <= self.persisted {
+            return Durability::Durable;
+        }
+        // The first batch in flight whose mark reaches `index` wrote it (marks are capped by
+        // truncations, so a mark at or above `index` means the entry there is still the one
+        // that batch, or an earlier one, wrote).
+        match self.marks.iter().find(|(_, m)| m.index >= index) {
+            Some((io, _)) => Durability::InBatch(*io),
+            None => Durability::NextBatch,
         }
     }
 

@@ -13,7 +13,6 @@ use support::net::Prep;
 const NONE: Prep = |_| {};
 
 #[test]
-#[ignore = "hole 1: fails on this commit; the fix removes this"]
 fn a_single_voter_sends_nothing_at_its_new_term_before_the_term_is_durable() {
     let outcomes = [
         self_vote_sends_early(NONE, SelfVoteShape::OneVoterOneLearner, CampaignBy::CampaignNow),
@@ -24,7 +23,6 @@ fn a_single_voter_sends_nothing_at_its_new_term_before_the_term_is_durable() {
 }
 
 #[test]
-#[ignore = "hole 1: fails on this commit; the fix removes this"]
 fn a_joint_configuration_closed_by_the_self_vote_sends_nothing_early_either() {
     assert_eq!(self_vote_sends_early(NONE, SelfVoteShape::JointOfOne, CampaignBy::CampaignNow), Ok(()));
 }

@@ -32,8 +32,7 @@ impl<S: LogStorage> Raft<S> {
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         let was_leader = self.role == Role::Leader;
         if term > self.term {
-            self.term = term;
-            self.vote = None;
+            self.enter_term(term);
         }
         if self.leader != leader || was_leader {
             for (id, _) in self.forwarded_reads.drain(..) {
@@ -82,7 +81,7 @@ impl<S: LogStorage> Raft<S> {
             self.role = Role::PreCandidate;
             self.term.next()
         } else {
-            self.term = self.term.next();
+            self.enter_term(self.term.next());
             self.vote = Some(self.id);
             self.role = Role::Candidate;
             self.term
@@ -96,7 +95,7 @@ impl<S: LogStorage> Raft<S> {
         let voters: Vec<NodeId> = self.conf().all_voters().filter(|n| *n != self.id).collect();
         for to in voters {
             let body = MessageBody::RequestVote(RequestVote { pre_vote, last, transfer });
-            self.msgs_unpersisted.push(Message { from: self.id, to, term, body });
+            self.send_message(Message { from: self.id, to, term, body });
         }
     }
 
@@ -122,7 +121,7 @@ impl<S: LogStorage> Raft<S> {
             let granted = could_vote && up_to_date;
             let reply_term = if granted { term } else { self.term };
             let body = MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted });
-            self.msgs_unpersisted.push(Message { from: self.id, to: from, term: reply_term, body });
+            self.send_message(Message { from: self.id, to: from, term: reply_term, body });
             return;
         }
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());

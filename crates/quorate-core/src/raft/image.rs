@@ -117,14 +117,13 @@ impl<S: LogStorage> Raft<S> {
             pending_reads,
             reads_awaiting_commit,
             forwarded_reads,
-            msgs,
-            msgs_unpersisted,
-            held,
+            outbox,
             reads_ready,
             reads_failed,
             io_issued,
             io_persisted,
             handed_hs,
+            hs_io,
         );
         restored.log.check();
         Ok(restored)

@@ -24,6 +24,7 @@ pub(crate) mod image;
 mod membership;
 use membership::Membership;
 mod outbox;
+use outbox::Outbox;
 mod reads;
 mod replication;
 mod snapshot;
@@ -36,8 +37,9 @@ const HEARTBEAT_ROUNDS_REMEMBERED: usize = 64;
 /// Handle it in this order: start persisting `persist` (and report it with
 /// [`Raft::persisted`] once it is on stable storage — it may proceed in parallel with the
 /// rest), send `messages`, apply `committed` in order, serve `reads` once applied ≥ their
-/// index, and fail `failed_reads`. Every message here may be sent at once: messages that
-/// promise persisted state are held back by the core until that state is reported persisted.
+/// index, and fail `failed_reads`. Every message here may be sent at once: each message is
+/// held back by the core until what it depends on (its sender's term and vote, and for an
+/// append acknowledgement the log up to the acknowledged index) is reported persisted.
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be handled: persist, send, apply"]
 pub struct Ready {
@@ -221,14 +223,15 @@ pub struct Raft<S> {
     forwarded_reads: Vec<(ReadId, Instant)>,
 
     // Outputs.
-    msgs: Vec<Message>,
-    msgs_unpersisted: Vec<Message>,
-    held: VecDeque<(IoId, Vec<Message>)>,
+    /// Messages made, free to leave or held until what they depend on is durable.
+    outbox: Outbox,
     reads_ready: Vec<ReadReady>,
     reads_failed: Vec<ReadFailed>,
     io_issued: IoId,
     io_persisted: IoId,
     handed_hs: HardState,
+    /// The batch that carries the term and vote of `handed_hs`.
+    hs_io: IoId,
 }
 
 impl<S: LogStorage> Raft<S> {
@@ -288,14 +291,13 @@ impl<S: LogStorage> Raft<S> {
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             forwarded_reads: Vec::new(),
-            msgs: Vec::new(),
-            msgs_unpersisted: Vec::new(),
-            held: VecDeque::new(),
+            outbox: Outbox::default(),
             reads_ready: Vec::new(),
             reads_failed: Vec::new(),
             io_issued: IoId(0),
             io_persisted: IoId(0),
             handed_hs: hs,
+            hs_io: IoId(0),
             cfg,
         };
         r.reset_election_deadline();
@@ -526,14 +528,7 @@ impl<S: LogStorage> Raft<S> {
         }
         self.log.on_persisted(io);
         self.io_persisted = io;
-        while let Some((tag, _)) = self.held.front() {
-            if *tag > io {
-                break;
-            }
-            if let Some((_, msgs)) = self.held.pop_front() {
-                self.msgs.extend(msgs);
-            }
-        }
+        self.outbox.release(io);
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -628,8 +623,7 @@ impl<S: LogStorage> Raft<S> {
     /// return true for an empty `Ready`.
     #[must_use]
     pub fn has_ready(&self) -> bool {
-        !self.msgs.is_empty()
-            || !self.msgs_unpersisted.is_empty()
+        self.outbox.has_ready()
             || self.log.has_unhanded()
             || self.hard_state() != self.handed_hs
             || self.log.has_committed_to_apply()
@@ -667,20 +661,15 @@ impl<S: LogStorage> Raft<S> {
                 || hs.term != self.handed_hs.term
                 || hs.vote != self.handed_hs.vote;
             let hard_state = (hs != self.handed_hs).then_some(hs);
+            if (hs.term, hs.vote) != (self.handed_hs.term, self.handed_hs.vote) {
+                self.hs_io = io;
+            }
             self.handed_hs = hs;
             self.io_issued = io;
             Some(Persist { io, hard_state, entries, sync, install, compact })
         } else {
             None
         };
-        if !self.msgs_unpersisted.is_empty() {
-            let msgs = std::mem::take(&mut self.msgs_unpersisted);
-            if self.io_persisted >= self.io_issued {
-                self.msgs.extend(msgs);
-            } else {
-                self.held.push_back((self.io_issued, msgs));
-            }
-        }
         let committed = match self.log.take_committed(self.cfg.apply_bytes_max) {
             Ok(c) => c,
             Err(e) => {
@@ -700,7 +689,7 @@ impl<S: LogStorage> Raft<S> {
         self.log.check();
         Ready {
             persist,
-            messages: std::mem::take(&mut self.msgs),
+            messages: self.outbox.take(),
             committed,
             reads: std::mem::take(&mut self.reads_ready),
             failed_reads: std::mem::take(&mut self.reads_failed),

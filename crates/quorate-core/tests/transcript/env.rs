@@ -11,8 +11,9 @@
 //!
 //! Commands (node ids are 1..=N; `FILTER` is `A->B`, `A->*` or `*->B`):
 //!
-//! * `add-nodes N [pre-vote=B] [check-quorum=B] [lease=B] [uncommitted-max=BYTES]
-//!   [msg-bytes-max=BYTES]` — N voters, all followers at term 0.
+//! * `add-nodes N [learners=K] [pre-vote=B] [check-quorum=B] [lease=B] [uncommitted-max=BYTES]
+//!   [msg-bytes-max=BYTES]` — N nodes, all followers at term 0: voters, but the last K are
+//!   learners.
 //! * `campaign ID` — `campaign_now`.
 //! * `tick ID MS` / `tick-all MS` — advance the clock by MS, then call `handle_timeout` on
 //!   ID (or on every node) if its `poll_timeout` has passed. Timers of other nodes stay due.
@@ -309,7 +310,7 @@ impl Env {
             return Err(format!("between 1 and {NODES_MAX} nodes"));
         }
         let ids: Vec<NodeId> = (1..=n).map(nid).collect();
-        let conf = Configuration::with_voters(ids.iter().copied()).map_err(|e| e.to_string())?;
+        let mut learners = 0;
         let mut base = Config::new(nid(1));
         base.election_timeout_min = Duration::from_millis(100);
         base.heartbeat_interval = Duration::from_millis(20);
@@ -317,6 +318,7 @@ impl Env {
         for opt in opts {
             let Some((k, v)) = opt.split_once('=') else { return Err(format!("expected KEY=VALUE, got `{opt}`")) };
             match k {
+                "learners" => learners = parse_u64(v)?,
                 "pre-vote" => base.pre_vote = parse_bool(v)?,
                 "check-quorum" => base.check_quorum = parse_bool(v)?,
                 "lease" => base.lease_clock_drift_max = parse_bool(v)?.then_some(Duration::from_millis(10)),
@@ -326,14 +328,27 @@ impl Env {
             }
             settings.push(*opt);
         }
+        if learners >= n {
+            return Err("at least one voter".into());
+        }
+        let (voters, learner_ids) = ids.split_at((n - learners) as usize);
+        let mut conf = Configuration::with_voters(voters.iter().copied()).map_err(|e| e.to_string())?;
+        conf.learners = learner_ids.iter().copied().collect();
+        let members =
+            if learners == 0 { format!("{n} voters") } else { format!("{} voters, {learners} learners", n - learners) };
         self.out.push(format!(
-            "{n} voters: election-timeout=100ms..200ms heartbeat=20ms pre-vote={} check-quorum={}{}{}",
+            "{members}: election-timeout=100ms..200ms heartbeat=20ms pre-vote={} check-quorum={}{}{}",
             base.pre_vote,
             base.check_quorum,
             if base.lease_clock_drift_max.is_some() { " lease=true (clock drift < 10ms)" } else { "" },
             settings
                 .iter()
-                .filter(|o| !o.starts_with("pre-vote") && !o.starts_with("check-quorum") && !o.starts_with("lease"))
+                .filter(|o| {
+                    !o.starts_with("pre-vote")
+                        && !o.starts_with("check-quorum")
+                        && !o.starts_with("lease")
+                        && !o.starts_with("learners")
+                })
                 .map(|o| format!(" {o}"))
                 .collect::<String>(),
         ));
