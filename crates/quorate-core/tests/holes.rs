@@ -49,14 +49,12 @@ fn a_stale_batch_completion_after_two_truncations_does_not_mark_entries_persiste
 }
 
 #[test]
-#[ignore = "hole 4: fails on this commit; the fix removes this"]
 fn a_voter_in_a_lease_refuses_a_same_term_vote_after_its_term_moved() {
     let outcomes = [lease_vote_after_term_move(NONE, false), lease_vote_after_term_move(NONE, true)];
     assert_eq!(outcomes, [Ok(()), Ok(())]);
 }
 
 #[test]
-#[ignore = "hole 4: fails on this commit; the fix removes this"]
 fn campaign_now_inside_a_leaders_lease_does_not_vote_for_itself() {
     let outcomes = [campaign_now_in_lease(NONE, false), campaign_now_in_lease(NONE, true)];
     assert_eq!(outcomes, [Ok(()), Ok(())]);

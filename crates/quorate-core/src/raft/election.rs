@@ -8,6 +8,16 @@ use quorate_log::{ENTRY_OVERHEAD_BYTES, EntryPayload, LogStorage, NodeId, Term};
 
 impl<S: LogStorage> Raft<S> {
     /// Starts an election now (pre-vote first if configured), as after an election timeout.
+    ///
+    /// Inside another leader's lease — check-quorum on, and a leader heard from (or this node
+    /// restarted) less than `election_timeout_min` ago — a node never votes for itself: a
+    /// leader may be serving lease reads on the strength of this node's promise. The election
+    /// is then deferred to the moment that promise runs out (the election timer is set to fire
+    /// then, and hearing from the leader before it resets the timer as usual, which cancels
+    /// it). With pre-vote on, the pre-vote round still runs at once (it changes nothing on
+    /// either side), and the election that follows a won round waits the same way. A node
+    /// whose own vote is a quorum (a single voter) is never held back: no other leader can
+    /// rest a lease on it. To move leadership at once, ask the leader to transfer it.
     pub fn campaign_now(&mut self, now: Instant) {
         self.advance_clock(now);
         if self.halted.is_none() && self.role != Role::Leader && self.conf().is_voter(self.id) {
@@ -15,12 +25,31 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
+    /// Until when this node has promised a leader not to help elect another one (with
+    /// check-quorum): `election_timeout_min` after it last heard from a leader, or after it
+    /// started (it may have made that promise before a crash). A leader's lease rests on a
+    /// quorum of such promises; `None` once it has run out.
+    pub(super) fn lease_promise_end(&self) -> Option<Instant> {
+        if !self.cfg.check_quorum {
+            return None;
+        }
+        let end = self.last_leader_contact?.saturating_add(self.cfg.election_timeout_min);
+        (self.now < end).then_some(end)
+    }
+
+    /// Whether this node refuses vote and pre-vote requests (other than a leader's transfer):
+    /// a leader with check-quorum, or a node inside its lease promise.
     pub(super) fn in_lease(&self) -> bool {
         if self.role == Role::Leader {
             return self.cfg.check_quorum;
         }
-        self.cfg.check_quorum
-            && self.last_leader_contact.is_some_and(|t| self.now.saturating_since(t) < self.cfg.election_timeout_min)
+        self.lease_promise_end().is_some()
+    }
+
+    /// Whether this node's own vote alone is a quorum of its configuration.
+    fn alone_is_quorum(&self) -> bool {
+        let id = self.id;
+        self.conf().vote_result(|n| (n == id).then_some(true)) == Some(true)
     }
 
     pub(super) fn heard_from_leader(&mut self, from: NodeId) {
@@ -72,6 +101,16 @@ impl<S: LogStorage> Raft<S> {
 
     pub(super) fn campaign(&mut self, pre_vote: bool, reason: CampaignReason) {
         let transfer = reason == CampaignReason::Transfer;
+        if !pre_vote
+            && !transfer
+            && let Some(end) = self.lease_promise_end()
+            && !self.alone_is_quorum()
+        {
+            // Inside a leader's lease this node does not vote for itself (see `campaign_now`):
+            // the election waits until the promise runs out.
+            self.election_deadline = end;
+            return;
+        }
         let seq = self.last_campaign.map_or(0, |(n, _)| n) + 1;
         self.last_campaign = Some((seq, reason));
         self.leader = None;
@@ -113,19 +152,24 @@ impl<S: LogStorage> Raft<S> {
 
     pub(super) fn handle_request_vote(&mut self, from: NodeId, term: Term, rv: &RequestVote) {
         let up_to_date = self.log.is_up_to_date(rv.last);
+        // Inside a leader's lease, refuse at any term (a higher-term request is not even
+        // answered, see `handle_message`), unless the leader itself handed over: this node's
+        // term may have moved since it acknowledged the leader, through any message. A vote
+        // already cast for this candidate in this term is repeated (it promises nothing new).
+        let lease = !rv.transfer && self.in_lease() && self.vote != Some(from);
         if rv.pre_vote {
             // Grant if the candidate's term is ahead of ours (or we could vote for it now),
             // its log is at least as up to date, and we have not heard from a leader
-            // recently (checked before, for higher terms).
+            // recently.
             let could_vote = term > self.term || self.vote.is_none_or(|v| v == from) && self.leader.is_none();
-            let granted = could_vote && up_to_date;
+            let granted = could_vote && up_to_date && !lease;
             let reply_term = if granted { term } else { self.term };
             let body = MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted });
             self.send_message(Message { from: self.id, to: from, term: reply_term, body });
             return;
         }
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-        let granted = can_vote && up_to_date;
+        let granted = can_vote && up_to_date && !lease;
         if granted {
             self.vote = Some(from);
             self.reset_election_deadline();
