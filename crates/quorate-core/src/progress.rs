@@ -40,6 +40,10 @@ pub(crate) struct Progress {
     pub(crate) acked_sent_at: Option<Instant>,
     /// In snapshot state: the snapshot's last index and when it was sent.
     pub(crate) snapshot: Option<(LogIndex, Instant)>,
+    /// The commit index the latest append to this follower carried.
+    pub(crate) commit_sent: LogIndex,
+    /// The match index at the previous heartbeat answer (stall detection).
+    pub(crate) match_at_heartbeat: Option<LogIndex>,
 }
 
 /// A snapshot of one follower's progress, for status and metrics.
@@ -72,6 +76,8 @@ impl Progress {
             acked_seq: 0,
             acked_sent_at: None,
             snapshot: None,
+            commit_sent: LogIndex::ZERO,
+            match_at_heartbeat: None,
         }
     }
 

@@ -1,10 +1,12 @@
 //! Elections: pre-vote and vote rounds, the voters' side, the lease a voter grants by
 //! acknowledging a leader, and the role changes.
 
+use super::role::{Campaign, Follower, Leader, RoleState};
 use super::{CampaignReason, Raft};
 use crate::message::{Message, MessageBody, RequestVote, VoteResponse};
-use crate::types::{Instant, ReadError, ReadFailed, ReadId, Role};
+use crate::types::{Instant, ReadError, ReadFailed};
 use quorate_log::{ENTRY_OVERHEAD_BYTES, EntryPayload, LogStorage, NodeId, Term};
+use std::collections::BTreeMap;
 
 impl<S: LogStorage> Raft<S> {
     /// Starts an election now (pre-vote first if configured), as after an election timeout.
@@ -20,7 +22,7 @@ impl<S: LogStorage> Raft<S> {
     /// rest a lease on it. To move leadership at once, ask the leader to transfer it.
     pub fn campaign_now(&mut self, now: Instant) {
         self.advance_clock(now);
-        if self.halted.is_none() && self.role != Role::Leader && self.conf().is_voter(self.id) {
+        if self.halted.is_none() && !self.is_leader() && self.conf().is_voter(self.id) {
             self.campaign(self.cfg.pre_vote, CampaignReason::Forced);
         }
     }
@@ -40,7 +42,7 @@ impl<S: LogStorage> Raft<S> {
     /// Whether this node refuses vote and pre-vote requests (other than a leader's transfer):
     /// a leader with check-quorum, or a node inside its lease promise.
     pub(super) fn in_lease(&self) -> bool {
-        if self.role == Role::Leader {
+        if self.is_leader() {
             return self.cfg.check_quorum;
         }
         self.lease_promise_end().is_some()
@@ -52,26 +54,25 @@ impl<S: LogStorage> Raft<S> {
         self.conf().vote_result(|n| (n == id).then_some(true)) == Some(true)
     }
 
+    /// This follower heard from `from`, the leader of its term.
     pub(super) fn heard_from_leader(&mut self, from: NodeId) {
-        self.leader = Some(from);
+        debug_assert!(matches!(self.role, RoleState::Follower(_)));
+        if let RoleState::Follower(f) = &mut self.role {
+            f.leader = Some(from);
+        }
         self.last_leader_contact = Some(self.now);
         self.reset_election_deadline();
     }
 
+    /// Becomes a follower of `term` (at least the current one) and of `leader`, if known.
+    /// A follower that keeps its leader keeps its state (the reads it forwarded).
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
-        let was_leader = self.role == Role::Leader;
         if term > self.term {
             self.enter_term(term);
         }
-        if self.leader != leader || was_leader {
-            for (id, _) in self.forwarded_reads.drain(..) {
-                self.reads_failed.push(ReadFailed { id, error: ReadError::LeadershipLost });
-            }
-        }
-        self.role = Role::Follower;
-        self.leader = leader;
-        if was_leader {
-            self.abandon_leadership();
+        match &self.role {
+            RoleState::Follower(f) if f.leader == leader => {}
+            _ => self.set_role(RoleState::Follower(Follower { leader, forwarded_reads: Vec::new() })),
         }
         if leader.is_some() {
             self.last_leader_contact = Some(self.now);
@@ -79,23 +80,21 @@ impl<S: LogStorage> Raft<S> {
         self.reset_election_deadline();
     }
 
-    pub(super) fn abandon_leadership(&mut self) {
-        self.peers.clear();
-        self.commit_sent.clear();
-        self.match_at_heartbeat.clear();
-        self.uncommitted.clear();
-        self.uncommitted_bytes = 0;
-        self.transferee = None;
-        self.timeout_now_sent = false;
-        self.heartbeat_pending = false;
-        let reads: Vec<(ReadId, Option<NodeId>)> = self
-            .pending_reads
-            .drain(..)
-            .map(|r| (r.id, r.origin))
-            .chain(self.reads_awaiting_commit.drain(..))
-            .collect();
-        for (id, origin) in reads {
-            self.fail_read(id, origin);
+    /// Replaces the role and its state as a whole; what the old role still owed is settled:
+    /// a leader's reads and a follower's forwarded reads fail (leadership changed).
+    pub(super) fn set_role(&mut self, role: RoleState) {
+        match std::mem::replace(&mut self.role, role) {
+            RoleState::Leader(mut l) => {
+                for (id, origin) in l.take_reads() {
+                    self.fail_read(id, origin);
+                }
+            }
+            RoleState::Follower(f) => {
+                for (id, _) in f.forwarded_reads {
+                    self.reads_failed.push(ReadFailed { id, error: ReadError::LeadershipLost });
+                }
+            }
+            RoleState::PreCandidate(_) | RoleState::Candidate(_) => {}
         }
     }
 
@@ -113,16 +112,14 @@ impl<S: LogStorage> Raft<S> {
         }
         let seq = self.last_campaign.map_or(0, |(n, _)| n) + 1;
         self.last_campaign = Some((seq, reason));
-        self.leader = None;
-        self.votes.clear();
-        self.votes.insert(self.id, true);
+        let campaign = Campaign { votes: BTreeMap::from([(self.id, true)]) };
         let term = if pre_vote {
-            self.role = Role::PreCandidate;
+            self.set_role(RoleState::PreCandidate(campaign));
             self.term.next()
         } else {
             self.enter_term(self.term.next());
             self.vote = Some(self.id);
-            self.role = Role::Candidate;
+            self.set_role(RoleState::Candidate(campaign));
             self.term
         };
         self.reset_election_deadline();
@@ -138,8 +135,10 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
+    /// The outcome of this (pre-)candidate's campaign so far.
     pub(super) fn tally(&self) -> Option<bool> {
-        self.conf().vote_result(|n| self.votes.get(&n).copied())
+        let (RoleState::PreCandidate(c) | RoleState::Candidate(c)) = &self.role else { return None };
+        self.conf().vote_result(|n| c.votes.get(&n).copied())
     }
 
     pub(super) fn won_election(&mut self, pre_vote: bool) {
@@ -161,14 +160,14 @@ impl<S: LogStorage> Raft<S> {
             // Grant if the candidate's term is ahead of ours (or we could vote for it now),
             // its log is at least as up to date, and we have not heard from a leader
             // recently.
-            let could_vote = term > self.term || self.vote.is_none_or(|v| v == from) && self.leader.is_none();
+            let could_vote = term > self.term || self.vote.is_none_or(|v| v == from) && self.leader().is_none();
             let granted = could_vote && up_to_date && !lease;
             let reply_term = if granted { term } else { self.term };
             let body = MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted });
             self.send_message(Message { from: self.id, to: from, term: reply_term, body });
             return;
         }
-        let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
+        let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader().is_none());
         let granted = can_vote && up_to_date && !lease;
         if granted {
             self.vote = Some(from);
@@ -178,17 +177,21 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn handle_vote_response(&mut self, from: NodeId, term: Term, vr: &VoteResponse) {
-        let expected = match self.role {
+        let expected = match &self.role {
             // Grants come at the term the pre-candidate would campaign in; refusals at the
             // voter's own term, which is usually the pre-candidate's current one.
-            Role::PreCandidate => vr.pre_vote && (term == self.term.next() || (!vr.granted && term == self.term)),
-            Role::Candidate => !vr.pre_vote && term == self.term,
+            RoleState::PreCandidate(_) => {
+                vr.pre_vote && (term == self.term.next() || (!vr.granted && term == self.term))
+            }
+            RoleState::Candidate(_) => !vr.pre_vote && term == self.term,
             _ => false,
         };
         if !expected || !self.conf().is_voter(from) {
             return;
         }
-        self.votes.insert(from, vr.granted);
+        if let RoleState::PreCandidate(c) | RoleState::Candidate(c) = &mut self.role {
+            c.votes.insert(from, vr.granted);
+        }
         match self.tally() {
             Some(true) => self.won_election(vr.pre_vote),
             Some(false) => {
@@ -200,19 +203,10 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn become_leader(&mut self) {
-        debug_assert_eq!(self.role, Role::Candidate);
-        self.role = Role::Leader;
-        self.leader = Some(self.id);
-        self.peers.clear();
+        debug_assert!(matches!(self.role, RoleState::Candidate(_)));
+        let leader = Leader::new(self.now, self.cfg.heartbeat_interval, self.cfg.election_timeout_min);
+        self.set_role(RoleState::Leader(Box::new(leader)));
         self.sync_peers();
-        self.commit_sent.clear();
-        self.match_at_heartbeat.clear();
-        self.uncommitted.clear();
-        self.uncommitted_bytes = 0;
-        self.transferee = None;
-        self.timeout_now_sent = false;
-        self.heartbeat_deadline = self.now.saturating_add(self.cfg.heartbeat_interval);
-        self.check_quorum_deadline = self.now.saturating_add(self.cfg.election_timeout_min);
         // A leader may only commit entries of its own term by counting; the no-op gives it
         // one at once.
         self.append_own(EntryPayload::Noop, ENTRY_OVERHEAD_BYTES);

@@ -2,8 +2,9 @@
 //! force at each index of the log.
 
 use super::Raft;
+use super::role::RoleState;
 use crate::progress::Progress;
-use crate::types::{ConfChange, ConfChangeError, Instant, Role};
+use crate::types::{ConfChange, ConfChangeError, Instant};
 use quorate_log::{Configuration, ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, LogIndex, LogStorage, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -128,12 +129,13 @@ impl<S: LogStorage> Raft<S> {
         if self.halted.is_some() {
             return Err(ConfChangeError::Halted);
         }
-        if self.role != Role::Leader {
-            return Err(ConfChangeError::NotLeader { leader_hint: self.leader });
-        }
-        if self.transferee.is_some() {
+        let Some(l) = self.leader_state() else {
+            return Err(ConfChangeError::NotLeader { leader_hint: self.leader() });
+        };
+        if l.transferee.is_some() {
             return Err(ConfChangeError::TransferInProgress);
         }
+        let peers = &l.peers;
         if let Some(at) = self.membership.change_in_flight(self.log.commit) {
             return Err(ConfChangeError::ChangeInFlight(at));
         }
@@ -143,7 +145,7 @@ impl<S: LogStorage> Raft<S> {
         let max_lag = self.cfg.promote_lag_entries_max;
         // A learner may become a voter only once it is nearly caught up.
         let caught_up = |n: NodeId| {
-            let behind = last.distance_from(self.peers.get(&n).map_or(LogIndex::ZERO, |p| p.match_index));
+            let behind = last.distance_from(peers.get(&n).map_or(LogIndex::ZERO, |p| p.match_index));
             if behind > max_lag { Err(ConfChangeError::TooFarBehind { node: n, behind, max: max_lag }) } else { Ok(()) }
         };
         match change {
@@ -194,8 +196,7 @@ impl<S: LogStorage> Raft<S> {
         // recently (a caught-up newcomer counts).
         let id = self.id;
         let healthy = |n: NodeId| {
-            n == id
-                || self.peers.get(&n).is_some_and(|p| p.recent_active && last.distance_from(p.match_index) <= max_lag)
+            n == id || peers.get(&n).is_some_and(|p| p.recent_active && last.distance_from(p.match_index) <= max_lag)
         };
         if !new.has_quorum(healthy) {
             return Err(ConfChangeError::WouldLoseQuorum);
@@ -208,8 +209,8 @@ impl<S: LogStorage> Raft<S> {
     /// while the joint configuration's entry is not committed yet.
     pub fn leave_joint(&mut self, now: Instant) -> Result<EntryId, ConfChangeError> {
         self.advance_clock(now);
-        if self.role != Role::Leader || self.halted.is_some() {
-            return Err(ConfChangeError::NotLeader { leader_hint: self.leader });
+        if !self.is_leader() || self.halted.is_some() {
+            return Err(ConfChangeError::NotLeader { leader_hint: self.leader() });
         }
         if !self.conf().is_joint() {
             return Err(ConfChangeError::Invalid("the configuration is not joint".into()));
@@ -238,7 +239,7 @@ impl<S: LogStorage> Raft<S> {
     /// Entries were written to the log from index `from` on (a truncated suffix is gone):
     /// configurations take effect when appended.
     pub(super) fn on_log_written(&mut self, from: LogIndex, entries: &[Entry]) {
-        if self.membership.on_write(from, entries) && self.role == Role::Leader {
+        if self.membership.on_write(from, entries) && self.is_leader() {
             self.sync_peers();
         }
     }
@@ -246,10 +247,12 @@ impl<S: LogStorage> Raft<S> {
     /// The leader tracks exactly the members of its configuration.
     pub(super) fn sync_peers(&mut self) {
         let next = self.log.last_index().next();
-        let members: Vec<NodeId> = self.conf().members().filter(|n| *n != self.id).collect();
-        self.peers.retain(|id, _| members.contains(id));
+        let id = self.id;
+        let RoleState::Leader(l) = &mut self.role else { return };
+        let members: Vec<NodeId> = self.membership.latest().members().filter(|n| *n != id).collect();
+        l.peers.retain(|id, _| members.contains(id));
         for m in members {
-            self.peers.entry(m).or_insert_with(|| Progress::new(next));
+            l.peers.entry(m).or_insert_with(|| Progress::new(next));
         }
     }
 
@@ -257,9 +260,7 @@ impl<S: LogStorage> Raft<S> {
     /// committed by definition): leave it if it is joint (if automatic), and a leader that is
     /// no longer a voter hands over and steps down.
     pub(super) fn after_config_commit(&mut self) {
-        if self.role != Role::Leader {
-            return;
-        }
+        let RoleState::Leader(l) = &self.role else { return };
         let (at, conf) = self.membership.latest_entry();
         if at > self.log.commit {
             return;
@@ -272,7 +273,7 @@ impl<S: LogStorage> Raft<S> {
         }
         if !conf.is_voter(self.id) {
             // Hand over to the most caught-up voter, then step down.
-            let best = self
+            let best = l
                 .peers
                 .iter()
                 .filter(|(n, _)| conf.is_voter(**n))

@@ -10,14 +10,14 @@
 use crate::config::Config;
 use crate::log::RaftLog;
 use crate::message::{HeartbeatResponse, Message, MessageBody, ReadIndexResponse, VoteResponse};
-use crate::progress::{PeerProgress, Progress};
+use crate::progress::PeerProgress;
 use crate::rng::SplitMix64;
-use crate::types::{CoreError, Instant, IoId, ReadError, ReadFailed, ReadId, ReadReady, Role, SendSnapshot};
+use crate::types::{CoreError, Instant, IoId, ReadError, ReadFailed, ReadReady, Role, SendSnapshot};
 use quorate_log::{
     Configuration, Entry, EntryPayload, HardState, LogIndex, LogStorage, NodeId, SnapshotMeta, StorageError, Term,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 mod election;
 pub(crate) mod image;
@@ -27,10 +27,9 @@ mod outbox;
 use outbox::Outbox;
 mod reads;
 mod replication;
+mod role;
+use role::{Follower, Leader, RoleState};
 mod snapshot;
-
-/// Heartbeat rounds whose send time is remembered, for lease accounting.
-const HEARTBEAT_ROUNDS_REMEMBERED: usize = 64;
 
 /// What the application must do next, produced by [`Raft::ready`].
 ///
@@ -151,16 +150,6 @@ pub struct Status {
     pub halted: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct PendingRead {
-    id: ReadId,
-    /// `None`: a local read; `Some(peer)`: forwarded by a follower.
-    origin: Option<NodeId>,
-    /// The heartbeat round that must reach a quorum.
-    seq: u64,
-    index: LogIndex,
-}
-
 /// One Raft node's consensus state: sans-IO, driven by the caller.
 ///
 /// Inputs are [`handle_message`](Raft::handle_message),
@@ -177,8 +166,8 @@ pub struct Raft<S> {
     log: RaftLog<S>,
     term: Term,
     vote: Option<NodeId>,
-    role: Role,
-    leader: Option<NodeId>,
+    /// The role and the state only it has.
+    role: RoleState,
     /// The configuration in force at each index of the log.
     membership: Membership,
     /// The application's latest snapshot.
@@ -194,33 +183,12 @@ pub struct Raft<S> {
     now: Instant,
     halted: Option<String>,
 
-    // Timers.
+    /// When a non-leader campaigns next (unless it hears from a leader first).
     election_deadline: Instant,
-    heartbeat_deadline: Instant,
-    check_quorum_deadline: Instant,
+    /// When this node last heard from a leader (or started): the start of its lease promise.
     last_leader_contact: Option<Instant>,
-
-    // Candidate.
-    votes: BTreeMap<NodeId, bool>,
     /// Campaigns started so far, and the reason of the latest.
     last_campaign: Option<(u64, CampaignReason)>,
-
-    // Leader.
-    peers: BTreeMap<NodeId, Progress>,
-    commit_sent: BTreeMap<NodeId, LogIndex>,
-    match_at_heartbeat: BTreeMap<NodeId, LogIndex>,
-    uncommitted: VecDeque<(LogIndex, u64)>,
-    uncommitted_bytes: u64,
-    transferee: Option<(NodeId, Instant)>,
-    timeout_now_sent: bool,
-    hb_seq: u64,
-    hb_sent_at: VecDeque<(u64, Instant)>,
-    heartbeat_pending: bool,
-    pending_reads: VecDeque<PendingRead>,
-    reads_awaiting_commit: Vec<(ReadId, Option<NodeId>)>,
-
-    // Follower: reads forwarded to the leader, with the time they were sent.
-    forwarded_reads: Vec<(ReadId, Instant)>,
 
     // Outputs.
     /// Messages made, free to leave or held until what they depend on is durable.
@@ -256,8 +224,7 @@ impl<S: LogStorage> Raft<S> {
             log,
             term: hs.term,
             vote: hs.vote,
-            role: Role::Follower,
-            leader: None,
+            role: RoleState::Follower(Follower::default()),
             membership,
             snapshot,
             applied_since_snapshot: 0,
@@ -270,27 +237,11 @@ impl<S: LogStorage> Raft<S> {
             now,
             halted: None,
             election_deadline: now,
-            heartbeat_deadline: now,
-            check_quorum_deadline: now,
             // Until an election timeout has passed since start, act as if a leader was just
             // heard from: a restarted voter must not help depose a leader whose lease it may
             // have granted before the crash.
             last_leader_contact: Some(now),
-            votes: BTreeMap::new(),
             last_campaign: None,
-            peers: BTreeMap::new(),
-            commit_sent: BTreeMap::new(),
-            match_at_heartbeat: BTreeMap::new(),
-            uncommitted: VecDeque::new(),
-            uncommitted_bytes: 0,
-            transferee: None,
-            timeout_now_sent: false,
-            hb_seq: 0,
-            hb_sent_at: VecDeque::new(),
-            heartbeat_pending: false,
-            pending_reads: VecDeque::new(),
-            reads_awaiting_commit: Vec::new(),
-            forwarded_reads: Vec::new(),
             outbox: Outbox::default(),
             reads_ready: Vec::new(),
             reads_failed: Vec::new(),
@@ -315,7 +266,7 @@ impl<S: LogStorage> Raft<S> {
     /// Current role.
     #[must_use]
     pub fn role(&self) -> Role {
-        self.role
+        self.role.role()
     }
 
     /// Current term.
@@ -327,7 +278,11 @@ impl<S: LogStorage> Raft<S> {
     /// The leader this node knows of.
     #[must_use]
     pub fn leader(&self) -> Option<NodeId> {
-        self.leader
+        match &self.role {
+            RoleState::Follower(f) => f.leader,
+            RoleState::Leader(_) => Some(self.id),
+            RoleState::PreCandidate(_) | RoleState::Candidate(_) => None,
+        }
     }
 
     /// The commit index.
@@ -346,14 +301,14 @@ impl<S: LogStorage> Raft<S> {
     /// signal for admission control.
     #[must_use]
     pub fn uncommitted_bytes(&self) -> u64 {
-        self.uncommitted_bytes
+        self.leader_state().map_or(0, |l| l.uncommitted_bytes)
     }
 
     /// The most entry bytes in flight to one follower (leader only; zero otherwise). A
     /// read-only signal for admission control.
     #[must_use]
     pub fn peer_inflight_bytes_max(&self) -> u64 {
-        self.peers.values().map(|p| p.snapshot().inflight_bytes).max().unwrap_or(0)
+        self.leader_state().and_then(|l| l.peers.values().map(|p| p.snapshot().inflight_bytes).max()).unwrap_or(0)
     }
 
     /// The configuration in force.
@@ -409,10 +364,10 @@ impl<S: LogStorage> Raft<S> {
     pub fn status(&self) -> Status {
         Status {
             id: self.id,
-            role: self.role,
+            role: self.role(),
             term: self.term,
             vote: self.vote,
-            leader: self.leader,
+            leader: self.leader(),
             commit: self.log.commit,
             applied: self.log.applied,
             last_index: self.log.last_index(),
@@ -421,8 +376,11 @@ impl<S: LogStorage> Raft<S> {
             config_version: self.config_version(),
             snapshot_index: self.snapshot.as_ref().map_or(LogIndex::ZERO, |m| m.last.index),
             first_index: self.log.first_index(),
-            peers: self.peers.iter().map(|(id, p)| (*id, p.snapshot())).collect(),
-            uncommitted_bytes: self.uncommitted_bytes,
+            peers: self
+                .leader_state()
+                .map(|l| l.peers.iter().map(|(id, p)| (*id, p.snapshot())).collect())
+                .unwrap_or_default(),
+            uncommitted_bytes: self.uncommitted_bytes(),
             halted: self.halted.clone(),
         }
     }
@@ -433,10 +391,10 @@ impl<S: LogStorage> Raft<S> {
         if self.halted.is_some() {
             return None;
         }
-        match self.role {
-            Role::Leader => {
-                let mut t = self.heartbeat_deadline.min(self.check_quorum_deadline);
-                if let Some((_, d)) = self.transferee {
+        match &self.role {
+            RoleState::Leader(l) => {
+                let mut t = l.heartbeat_deadline.min(l.check_quorum_deadline);
+                if let Some((_, d)) = l.transferee {
                     t = t.min(d);
                 }
                 Some(t)
@@ -454,18 +412,21 @@ impl<S: LogStorage> Raft<S> {
             return;
         }
         let now = self.now;
-        if self.role == Role::Leader {
-            if now >= self.heartbeat_deadline {
-                self.heartbeat_pending = true;
-                self.heartbeat_deadline = now.saturating_add(self.cfg.heartbeat_interval);
+        if let RoleState::Leader(l) = &mut self.role {
+            if now >= l.heartbeat_deadline {
+                l.heartbeat_pending = true;
+                l.heartbeat_deadline = now.saturating_add(self.cfg.heartbeat_interval);
             }
-            if now >= self.check_quorum_deadline {
-                self.check_quorum_deadline = now.saturating_add(self.cfg.election_timeout_min);
+            if now >= l.check_quorum_deadline {
+                l.check_quorum_deadline = now.saturating_add(self.cfg.election_timeout_min);
                 if self.cfg.check_quorum {
                     let id = self.id;
-                    let active =
-                        self.conf().has_quorum(|n| n == id || self.peers.get(&n).is_some_and(|p| p.recent_active));
-                    for p in self.peers.values_mut() {
+                    let peers = &l.peers;
+                    let active = self
+                        .membership
+                        .latest()
+                        .has_quorum(|n| n == id || peers.get(&n).is_some_and(|p| p.recent_active));
+                    for p in l.peers.values_mut() {
                         p.recent_active = false;
                     }
                     if !active {
@@ -475,32 +436,32 @@ impl<S: LogStorage> Raft<S> {
                     }
                 }
             }
-            if let Some((_, deadline)) = self.transferee
+            if let Some((_, deadline)) = l.transferee
                 && now >= deadline
             {
-                self.transferee = None;
+                l.transferee = None;
             }
             let timeout = self.cfg.snapshot_send_timeout;
-            for p in self.peers.values_mut() {
+            for p in l.peers.values_mut() {
                 if p.snapshot.is_some_and(|(_, sent)| now.saturating_since(sent) >= timeout) {
                     p.become_probe();
                 }
             }
         } else {
-            let expiry = self.cfg.election_timeout_min * 2;
-            let before = self.forwarded_reads.len();
-            let failed = &mut self.reads_failed;
-            self.forwarded_reads.retain(|(id, sent)| {
-                let keep = now.saturating_since(*sent) < expiry;
-                if !keep {
-                    failed.push(ReadFailed { id: *id, error: ReadError::LeadershipLost });
-                }
-                keep
-            });
-            debug_assert!(self.forwarded_reads.len() <= before);
+            if let RoleState::Follower(f) = &mut self.role {
+                let expiry = self.cfg.election_timeout_min * 2;
+                let failed = &mut self.reads_failed;
+                f.forwarded_reads.retain(|(id, sent)| {
+                    let keep = now.saturating_since(*sent) < expiry;
+                    if !keep {
+                        failed.push(ReadFailed { id: *id, error: ReadError::LeadershipLost });
+                    }
+                    keep
+                });
+            }
             if now >= self.election_deadline {
                 if self.conf().is_voter(self.id) {
-                    let reason = if self.leader.is_some() {
+                    let reason = if self.leader().is_some() {
                         CampaignReason::LeaderTimeout
                     } else {
                         CampaignReason::ElectionTimeout
@@ -529,7 +490,7 @@ impl<S: LogStorage> Raft<S> {
         self.log.on_persisted(io);
         self.io_persisted = io;
         self.outbox.release(io);
-        if self.role == Role::Leader {
+        if self.is_leader() {
             self.maybe_commit();
         }
     }
@@ -576,14 +537,14 @@ impl<S: LogStorage> Raft<S> {
             MessageBody::RequestVote(rv) => self.handle_request_vote(from, term, &rv),
             MessageBody::VoteResponse(vr) => self.handle_vote_response(from, term, &vr),
             MessageBody::Append(a) => {
-                if self.role != Role::Follower {
+                if !matches!(self.role, RoleState::Follower(_)) {
                     self.become_follower(term, Some(from));
                 }
                 self.heard_from_leader(from);
                 self.handle_append(from, a);
             }
             MessageBody::Heartbeat(hb) => {
-                if self.role != Role::Follower {
+                if !matches!(self.role, RoleState::Follower(_)) {
                     self.become_follower(term, Some(from));
                 }
                 self.heard_from_leader(from);
@@ -592,14 +553,14 @@ impl<S: LogStorage> Raft<S> {
                 self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { seq: hb.seq }));
             }
             MessageBody::TimeoutNow => {
-                if self.role != Role::Leader && self.conf().is_voter(self.id) {
+                if !self.is_leader() && self.conf().is_voter(self.id) {
                     self.campaign(false, CampaignReason::Transfer);
                 }
             }
             MessageBody::AppendResponse(r) => self.handle_append_response(from, r),
             MessageBody::HeartbeatResponse(r) => self.handle_heartbeat_response(from, r.seq),
             MessageBody::ReadIndex(r) => {
-                if self.role == Role::Leader {
+                if self.is_leader() {
                     if self.leader_read(r.id, Some(from)).is_err() {
                         self.send(from, MessageBody::ReadIndexResponse(ReadIndexResponse { id: r.id, index: None }));
                     }
@@ -608,8 +569,9 @@ impl<S: LogStorage> Raft<S> {
                 }
             }
             MessageBody::ReadIndexResponse(r) => {
-                if let Some(pos) = self.forwarded_reads.iter().position(|(id, _)| *id == r.id) {
-                    self.forwarded_reads.swap_remove(pos);
+                let RoleState::Follower(f) = &mut self.role else { return };
+                if let Some(pos) = f.forwarded_reads.iter().position(|(id, _)| *id == r.id) {
+                    f.forwarded_reads.swap_remove(pos);
                     match r.index {
                         Some(index) => self.reads_ready.push(ReadReady { id: r.id, index }),
                         None => self.reads_failed.push(ReadFailed { id: r.id, error: ReadError::LeadershipLost }),
@@ -633,7 +595,7 @@ impl<S: LogStorage> Raft<S> {
             || !self.send_snapshots.is_empty()
             || self.pending_install.is_some()
             || self.pending_compact.is_some()
-            || (self.role == Role::Leader && (self.heartbeat_pending || self.leader_has_sends()))
+            || self.leader_state().is_some_and(|l| l.heartbeat_pending || self.leader_has_sends(l))
     }
 
     /// Collects what the application must do now.
@@ -641,11 +603,11 @@ impl<S: LogStorage> Raft<S> {
         if self.halted.is_some() {
             return Ready::default();
         }
-        if self.role == Role::Leader {
-            if self.heartbeat_pending {
+        if let Some(l) = self.leader_state() {
+            if l.heartbeat_pending {
                 self.broadcast_heartbeat();
             }
-            let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+            let ids: Vec<NodeId> = self.leader_state().map(|l| l.peers.keys().copied().collect()).unwrap_or_default();
             for id in ids {
                 while self.send_append(id) {}
             }
@@ -710,8 +672,7 @@ impl<S: LogStorage> Raft<S> {
     fn halt(&mut self, reason: String) {
         if self.halted.is_none() {
             self.halted = Some(reason);
-            self.role = Role::Follower;
-            self.leader = None;
+            self.role = RoleState::Follower(Follower::default());
         }
     }
 
@@ -721,9 +682,26 @@ impl<S: LogStorage> Raft<S> {
         self.election_deadline = Instant(self.now.0.saturating_add(base).saturating_add(jitter));
     }
 
-    // ----- internals: configurations and snapshots -----
+    /// Whether this node leads its term.
+    fn is_leader(&self) -> bool {
+        matches!(self.role, RoleState::Leader(_))
+    }
 
-    // ----- internals: replication -----
+    /// The leader's state, if this node leads.
+    fn leader_state(&self) -> Option<&Leader> {
+        match &self.role {
+            RoleState::Leader(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// The leader's state, if this node leads.
+    fn leader_state_mut(&mut self) -> Option<&mut Leader> {
+        match &mut self.role {
+            RoleState::Leader(l) => Some(l),
+            _ => None,
+        }
+    }
 
     // ----- internals: reads -----
 }

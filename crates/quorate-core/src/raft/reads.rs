@@ -1,8 +1,9 @@
 //! Reads: ReadIndex on the leader and through followers, and lease reads.
 
-use super::{PendingRead, Raft};
+use super::Raft;
+use super::role::{PendingRead, RoleState};
 use crate::message::{MessageBody, ReadIndexRequest, ReadIndexResponse};
-use crate::types::{Instant, ReadError, ReadFailed, ReadId, ReadLevel, ReadReady, Role};
+use crate::types::{Instant, ReadError, ReadFailed, ReadId, ReadLevel, ReadReady};
 use quorate_log::{LogIndex, LogStorage, NodeId};
 
 impl<S: LogStorage> Raft<S> {
@@ -17,22 +18,24 @@ impl<S: LogStorage> Raft<S> {
             if self.cfg.lease_clock_drift_max.is_none() {
                 return Err(ReadError::LeaseDisabled);
             }
-            if self.role != Role::Leader {
-                return Err(ReadError::NotLeader { leader_hint: self.leader });
+            if !self.is_leader() {
+                return Err(ReadError::NotLeader { leader_hint: self.leader() });
             }
             if self.lease_valid() && self.committed_in_term() {
                 self.reads_ready.push(ReadReady { id, index: self.log.commit });
                 return Ok(());
             }
         }
-        if self.role == Role::Leader {
+        if self.is_leader() {
             return self.leader_read(id, None);
         }
-        let Some(leader) = self.leader else { return Err(ReadError::NoLeader) };
-        if self.forwarded_reads.len() >= self.cfg.pending_reads_max {
+        // A (pre-)candidate knows no leader.
+        let RoleState::Follower(f) = &mut self.role else { return Err(ReadError::NoLeader) };
+        let Some(leader) = f.leader else { return Err(ReadError::NoLeader) };
+        if f.forwarded_reads.len() >= self.cfg.pending_reads_max {
             return Err(ReadError::TooManyPending(self.cfg.pending_reads_max));
         }
-        self.forwarded_reads.push((id, self.now));
+        f.forwarded_reads.push((id, self.now));
         self.send(leader, MessageBody::ReadIndex(ReadIndexRequest { id }));
         Ok(())
     }
@@ -50,7 +53,8 @@ impl<S: LogStorage> Raft<S> {
 
     pub(super) fn lease_valid(&self) -> bool {
         let Some(drift) = self.cfg.lease_clock_drift_max else { return false };
-        if self.role != Role::Leader || self.timeout_now_sent || self.transferee.is_some() {
+        let Some(l) = self.leader_state() else { return false };
+        if l.timeout_now_sent || l.transferee.is_some() {
             return false;
         }
         let id = self.id;
@@ -60,47 +64,57 @@ impl<S: LogStorage> Raft<S> {
             if n == id {
                 LogIndex(now.0)
             } else {
-                LogIndex(self.peers.get(&n).and_then(|p| p.acked_sent_at).map_or(0, |t| t.0))
+                LogIndex(l.peers.get(&n).and_then(|p| p.acked_sent_at).map_or(0, |t| t.0))
             }
         });
         let lease_end = Instant(start.0).saturating_add(self.cfg.election_timeout_min.saturating_sub(drift));
         start.0 > 0 && now < lease_end
     }
 
+    /// A read on the leader: confirmed once a heartbeat round sent after it reaches a quorum
+    /// (and, before that, once the leader has committed an entry of its term).
     pub(super) fn leader_read(&mut self, id: ReadId, origin: Option<NodeId>) -> Result<(), ReadError> {
-        if self.pending_reads.len() + self.reads_awaiting_commit.len() >= self.cfg.pending_reads_max {
-            return Err(ReadError::TooManyPending(self.cfg.pending_reads_max));
+        let committed_in_term = self.committed_in_term();
+        let commit = self.log.commit;
+        let max = self.cfg.pending_reads_max;
+        let Some(l) = self.leader_state_mut() else { return Err(ReadError::LeadershipLost) };
+        if l.pending_reads.len() + l.reads_awaiting_commit.len() >= max {
+            return Err(ReadError::TooManyPending(max));
         }
-        if !self.committed_in_term() {
-            self.reads_awaiting_commit.push((id, origin));
+        if !committed_in_term {
+            l.reads_awaiting_commit.push((id, origin));
             return Ok(());
         }
-        self.pending_reads.push_back(PendingRead { id, origin, seq: self.hb_seq + 1, index: self.log.commit });
-        self.heartbeat_pending = true;
+        l.pending_reads.push_back(PendingRead { id, origin, seq: l.hb_seq + 1, index: commit });
+        l.heartbeat_pending = true;
         Ok(())
     }
 
+    /// Releases the reads whose heartbeat round a quorum acknowledged.
     pub(super) fn release_reads(&mut self) {
-        if self.pending_reads.is_empty() {
+        let id = self.id;
+        let RoleState::Leader(l) = &mut self.role else { return };
+        if l.pending_reads.is_empty() {
             return;
         }
-        let id = self.id;
-        let peers = &self.peers;
+        let peers = &l.peers;
         let quorum_seq = self
-            .conf()
+            .membership
+            .latest()
             .committed_index(|n| LogIndex(if n == id { u64::MAX } else { peers.get(&n).map_or(0, |p| p.acked_seq) }));
-        while let Some(r) = self.pending_reads.front() {
-            if r.seq > quorum_seq.0 || r.seq > self.hb_seq {
+        let mut forwarded = Vec::new();
+        while let Some(r) = l.pending_reads.front() {
+            if r.seq > quorum_seq.0 || r.seq > l.hb_seq {
                 break;
             }
-            let Some(r) = self.pending_reads.pop_front() else { break };
+            let Some(r) = l.pending_reads.pop_front() else { break };
             match r.origin {
                 None => self.reads_ready.push(ReadReady { id: r.id, index: r.index }),
-                Some(peer) => {
-                    let body = MessageBody::ReadIndexResponse(ReadIndexResponse { id: r.id, index: Some(r.index) });
-                    self.send(peer, body);
-                }
+                Some(peer) => forwarded.push((peer, r.id, r.index)),
             }
+        }
+        for (peer, id, index) in forwarded {
+            self.send(peer, MessageBody::ReadIndexResponse(ReadIndexResponse { id, index: Some(index) }));
         }
     }
 }

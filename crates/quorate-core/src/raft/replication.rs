@@ -1,9 +1,10 @@
 //! Replication: proposals, appends and their answers, heartbeats, commit by counting.
 
-use super::{HEARTBEAT_ROUNDS_REMEMBERED, Raft};
+use super::Raft;
+use super::role::{HEARTBEAT_ROUNDS_REMEMBERED, Leader, RoleState};
 use crate::message::{Append, AppendResponse, Heartbeat, MessageBody};
 use crate::progress::ProgressState;
-use crate::types::{Instant, ProposeError, Role, TransferError};
+use crate::types::{Instant, ProposeError, TransferError};
 use quorate_log::{
     Data, ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, LogIndex, LogStorage, NodeId, StorageError, Term,
 };
@@ -17,19 +18,19 @@ impl<S: LogStorage> Raft<S> {
         if let Some(h) = &self.halted {
             return Err(ProposeError::Halted(h.clone()));
         }
-        if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader_hint: self.leader });
-        }
-        if let Some((to, _)) = self.transferee {
+        let Some(l) = self.leader_state() else {
+            return Err(ProposeError::NotLeader { leader_hint: self.leader() });
+        };
+        if let Some((to, _)) = l.transferee {
             return Err(ProposeError::TransferInProgress(to));
         }
         let size = ENTRY_OVERHEAD_BYTES + data.len() as u64;
         if size > self.cfg.msg_bytes_max {
             return Err(ProposeError::TooLarge { proposal_bytes: size, limit_bytes: self.cfg.msg_bytes_max });
         }
-        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + size > self.cfg.uncommitted_bytes_max {
+        if l.uncommitted_bytes > 0 && l.uncommitted_bytes + size > self.cfg.uncommitted_bytes_max {
             return Err(ProposeError::UncommittedLimit {
-                uncommitted_bytes: self.uncommitted_bytes,
+                uncommitted_bytes: l.uncommitted_bytes,
                 proposal_bytes: size,
                 limit_bytes: self.cfg.uncommitted_bytes_max,
             });
@@ -42,7 +43,7 @@ impl<S: LogStorage> Raft<S> {
     /// election timeout.
     pub fn transfer_leadership(&mut self, now: Instant, to: NodeId) -> Result<(), TransferError> {
         self.advance_clock(now);
-        if self.role != Role::Leader || self.halted.is_some() {
+        if !self.is_leader() || self.halted.is_some() {
             return Err(TransferError::NotLeader);
         }
         if to == self.id {
@@ -51,13 +52,17 @@ impl<S: LogStorage> Raft<S> {
         if !self.conf().is_voter(to) {
             return Err(TransferError::NotAVoter(to));
         }
-        self.transferee = Some((to, self.now.saturating_add(self.cfg.election_timeout_min)));
-        if self.peers.get(&to).is_some_and(|p| p.match_index == self.log.last_index()) {
+        let until = self.now.saturating_add(self.cfg.election_timeout_min);
+        let last = self.log.last_index();
+        let Some(l) = self.leader_state_mut() else { return Err(TransferError::NotLeader) };
+        l.transferee = Some((to, until));
+        if l.peers.get(&to).is_some_and(|p| p.match_index == last) {
             self.send_timeout_now(to);
         }
         Ok(())
     }
 
+    /// Appends an entry of this leader's term.
     pub(super) fn append_own(&mut self, payload: EntryPayload, size: u64) -> EntryId {
         let index = self.log.last_index().next();
         let id = EntryId::new(self.term, index);
@@ -68,11 +73,13 @@ impl<S: LogStorage> Raft<S> {
             false
         };
         self.log.push(Entry { index, term: self.term, payload });
-        if is_config && self.role == Role::Leader {
+        if is_config {
             self.sync_peers();
         }
-        self.uncommitted.push_back((index, size));
-        self.uncommitted_bytes += size;
+        if let Some(l) = self.leader_state_mut() {
+            l.uncommitted.push_back((index, size));
+            l.uncommitted_bytes += size;
+        }
         id
     }
 
@@ -102,24 +109,21 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn handle_append_response(&mut self, from: NodeId, r: AppendResponse) {
-        if self.role != Role::Leader {
-            return;
-        }
-        let Some(pr) = self.peers.get_mut(&from) else { return };
+        let last = self.log.last_index();
+        let RoleState::Leader(l) = &mut self.role else { return };
+        let Some(pr) = l.peers.get_mut(&from) else { return };
         pr.recent_active = true;
         match r {
             AppendResponse::Accepted { match_index } => {
-                if match_index > self.log.last_index() {
+                if match_index > last {
                     return;
                 }
                 if pr.ack(match_index) {
                     self.maybe_commit();
                 }
-                if let Some((to, _)) = self.transferee
-                    && to == from
-                    && match_index == self.log.last_index()
-                {
-                    self.send_timeout_now(to);
+                let transfer = self.leader_state().and_then(|l| l.transferee);
+                if transfer.is_some_and(|(to, _)| to == from) && match_index == self.log.last_index() {
+                    self.send_timeout_now(from);
                 }
             }
             AppendResponse::Rejected { rejected, hint } => {
@@ -128,20 +132,16 @@ impl<S: LogStorage> Raft<S> {
                 } else {
                     hint.index
                 };
-                if let Some(pr) = self.peers.get_mut(&from) {
-                    pr.reject(rejected, guess);
-                }
+                pr.reject(rejected, guess);
             }
         }
     }
 
     pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, seq: u64) {
-        if self.role != Role::Leader {
-            return;
-        }
         let last = self.log.last_index();
-        let sent_at = self.hb_sent_at.iter().find(|(s, _)| *s == seq).map(|(_, t)| *t);
-        let Some(pr) = self.peers.get_mut(&from) else { return };
+        let RoleState::Leader(l) = &mut self.role else { return };
+        let sent_at = l.hb_sent_at.iter().find(|(s, _)| *s == seq).map(|(_, t)| *t);
+        let Some(pr) = l.peers.get_mut(&from) else { return };
         pr.recent_active = true;
         if seq > pr.acked_seq {
             pr.acked_seq = seq;
@@ -152,7 +152,7 @@ impl<S: LogStorage> Raft<S> {
                 ProgressState::Probe => pr.probe_sent = false,
                 ProgressState::Replicate => {
                     // No progress over a whole heartbeat interval: something was lost.
-                    let before = self.match_at_heartbeat.insert(from, pr.match_index);
+                    let before = pr.match_at_heartbeat.replace(pr.match_index);
                     if before == Some(pr.match_index) {
                         pr.become_probe();
                     }
@@ -164,11 +164,12 @@ impl<S: LogStorage> Raft<S> {
         self.release_reads();
     }
 
-    pub(super) fn leader_has_sends(&self) -> bool {
+    /// Whether leader `l` (this node) has appends to send.
+    pub(super) fn leader_has_sends(&self, l: &Leader) -> bool {
         let last = self.log.last_index();
-        self.peers.iter().any(|(id, p)| {
+        l.peers.values().any(|p| {
             (p.next_index <= last && p.can_send(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max))
-                || self.commit_sent.get(id).copied().unwrap_or_default() < self.log.commit
+                || p.commit_sent < self.log.commit
         })
     }
 
@@ -176,13 +177,13 @@ impl<S: LogStorage> Raft<S> {
     pub(super) fn send_append(&mut self, to: NodeId) -> bool {
         let last = self.log.last_index();
         let commit = self.log.commit;
-        let Some(pr) = self.peers.get(&to) else { return false };
+        let Some(pr) = self.leader_state().and_then(|l| l.peers.get(&to)) else { return false };
         if !pr.can_send(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max) {
             return false;
         }
         let next = pr.next_index;
         let probing = pr.state == ProgressState::Probe;
-        let commit_behind = self.commit_sent.get(&to).copied().unwrap_or_default() < commit;
+        let commit_behind = pr.commit_sent < commit;
         if next > last && !probing && !commit_behind {
             return false;
         }
@@ -214,10 +215,10 @@ impl<S: LogStorage> Raft<S> {
         };
         let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
         let last_sent = entries.last().map(|e| e.index);
-        if let Some(pr) = self.peers.get_mut(&to) {
+        if let Some(pr) = self.leader_state_mut().and_then(|l| l.peers.get_mut(&to)) {
             pr.sent(last_sent, bytes);
+            pr.commit_sent = commit;
         }
-        self.commit_sent.insert(to, commit);
         let body = MessageBody::Append(Append { prev: EntryId::new(prev_term, prev_index), entries, commit });
         self.send(to, body);
         // In replicate state keep going while there are entries; a lone commit update or a
@@ -226,16 +227,17 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn broadcast_heartbeat(&mut self) {
-        self.heartbeat_pending = false;
-        self.hb_seq += 1;
-        let seq = self.hb_seq;
-        if self.hb_sent_at.len() == HEARTBEAT_ROUNDS_REMEMBERED {
-            self.hb_sent_at.pop_front();
-        }
-        self.hb_sent_at.push_back((seq, self.now));
+        let now = self.now;
         let commit = self.log.commit;
-        let targets: Vec<(NodeId, LogIndex)> =
-            self.peers.iter().map(|(id, p)| (*id, commit.min(p.match_index))).collect();
+        let Some(l) = self.leader_state_mut() else { return };
+        l.heartbeat_pending = false;
+        l.hb_seq += 1;
+        let seq = l.hb_seq;
+        if l.hb_sent_at.len() == HEARTBEAT_ROUNDS_REMEMBERED {
+            l.hb_sent_at.pop_front();
+        }
+        l.hb_sent_at.push_back((seq, now));
+        let targets: Vec<(NodeId, LogIndex)> = l.peers.iter().map(|(id, p)| (*id, commit.min(p.match_index))).collect();
         for (to, c) in targets {
             self.send(to, MessageBody::Heartbeat(Heartbeat { commit: c, seq }));
         }
@@ -244,15 +246,18 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn send_timeout_now(&mut self, to: NodeId) {
-        self.timeout_now_sent = true;
+        if let Some(l) = self.leader_state_mut() {
+            l.timeout_now_sent = true;
+        }
         self.send(to, MessageBody::TimeoutNow);
     }
 
     pub(super) fn maybe_commit(&mut self) {
         let id = self.id;
         let persisted = self.log.persisted;
-        let peers = &self.peers;
-        let idx = self.conf().committed_index(|n| {
+        let RoleState::Leader(l) = &self.role else { return };
+        let peers = &l.peers;
+        let idx = self.membership.latest().committed_index(|n| {
             if n == id { persisted } else { peers.get(&n).map_or(LogIndex::ZERO, |p| p.match_index) }
         });
         if idx <= self.log.commit || idx > self.log.last_index() {
@@ -264,16 +269,19 @@ impl<S: LogStorage> Raft<S> {
         }
         let first_in_term = !self.committed_in_term();
         self.log.commit_to(idx);
-        while let Some(&(i, size)) = self.uncommitted.front() {
-            if i > idx {
-                break;
+        if let Some(l) = self.leader_state_mut() {
+            while let Some(&(i, size)) = l.uncommitted.front() {
+                if i > idx {
+                    break;
+                }
+                l.uncommitted.pop_front();
+                l.uncommitted_bytes -= size;
             }
-            self.uncommitted.pop_front();
-            self.uncommitted_bytes -= size;
         }
         self.after_config_commit();
         if first_in_term {
-            let waiting = std::mem::take(&mut self.reads_awaiting_commit);
+            let waiting =
+                self.leader_state_mut().map(|l| std::mem::take(&mut l.reads_awaiting_commit)).unwrap_or_default();
             for (rid, origin) in waiting {
                 if self.leader_read(rid, origin).is_err() {
                     self.fail_read(rid, origin);

@@ -2,9 +2,10 @@
 //! followers that need compacted entries.
 
 use super::Raft;
+use super::role::RoleState;
 use crate::message::{AppendResponse, MessageBody};
 use crate::progress::ProgressState;
-use crate::types::{Instant, Role, SendSnapshot};
+use crate::types::{Instant, SendSnapshot};
 use quorate_log::{EntryId, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
 
 impl<S: LogStorage> Raft<S> {
@@ -55,7 +56,7 @@ impl<S: LogStorage> Raft<S> {
         if term < self.term {
             return Err(crate::types::SnapshotError::StaleTerm { term, current: self.term });
         }
-        if term > self.term || self.role != Role::Follower {
+        if term > self.term || !matches!(self.role, RoleState::Follower(_)) {
             self.become_follower(term, Some(from));
         }
         self.heard_from_leader(from);
@@ -68,7 +69,7 @@ impl<S: LogStorage> Raft<S> {
         self.log.install_snapshot(meta.last);
         let conf_before = self.conf().clone();
         self.membership.on_install(meta.last.index, &meta.config, keeps_suffix);
-        if *self.conf() != conf_before && self.role == Role::Leader {
+        if *self.conf() != conf_before && self.is_leader() {
             self.sync_peers();
         }
         self.applied_since_snapshot = 0;
@@ -83,7 +84,7 @@ impl<S: LogStorage> Raft<S> {
     /// Reports that sending a snapshot to `to` failed; the leader probes it again.
     pub fn snapshot_send_failed(&mut self, now: Instant, to: NodeId) {
         self.advance_clock(now);
-        if let Some(p) = self.peers.get_mut(&to)
+        if let Some(p) = self.leader_state_mut().and_then(|l| l.peers.get_mut(&to))
             && p.state == ProgressState::Snapshot
         {
             p.become_probe();
@@ -97,7 +98,7 @@ impl<S: LogStorage> Raft<S> {
         match self.snapshot.clone() {
             Some(meta) if meta.last.index >= floor => {
                 let now = self.now;
-                if let Some(p) = self.peers.get_mut(&to) {
+                if let Some(p) = self.leader_state_mut().and_then(|l| l.peers.get_mut(&to)) {
                     p.become_snapshot(meta.last.index, now);
                 }
                 self.send_snapshots.push(SendSnapshot { to, meta });
