@@ -2,7 +2,7 @@
 //! window bounded in messages and bytes.
 
 use crate::types::Instant;
-use quorate_log::LogIndex;
+use quorate_log::{EntryId, LogIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -38,12 +38,13 @@ pub(crate) struct Progress {
     pub(crate) acked_seq: u64,
     /// When the leader sent the heartbeat round `acked_seq` (the lease counts from there).
     pub(crate) acked_sent_at: Option<Instant>,
-    /// In snapshot state: the snapshot's last index and when it was sent.
-    pub(crate) snapshot: Option<(LogIndex, Instant)>,
+    /// In snapshot state: the snapshot's last entry and when it was sent.
+    pub(crate) snapshot: Option<(EntryId, Instant)>,
     /// The commit index the latest append to this follower carried.
     pub(crate) commit_sent: LogIndex,
-    /// The match index at the previous heartbeat answer (stall detection).
-    pub(crate) match_at_heartbeat: Option<LogIndex>,
+    /// Since when the match index has not moved while appends (or a snapshot) are
+    /// outstanding, with that match index; reset by each check (see [`Progress::stalled`]).
+    pub(crate) stall_check: Option<(LogIndex, Instant)>,
 }
 
 /// A snapshot of one follower's progress, for status and metrics.
@@ -77,7 +78,7 @@ impl Progress {
             acked_sent_at: None,
             snapshot: None,
             commit_sent: LogIndex::ZERO,
-            match_at_heartbeat: None,
+            stall_check: None,
         }
     }
 
@@ -133,7 +134,7 @@ impl Progress {
             self.inflight.pop_front();
             self.inflight_bytes -= bytes;
         }
-        let snapshot_done = self.snapshot.is_some_and(|(i, _)| index >= i);
+        let snapshot_done = self.snapshot.is_some_and(|(s, _)| index >= s.index);
         if (self.state == ProgressState::Probe && moved) || (self.state == ProgressState::Snapshot && snapshot_done) {
             self.snapshot = None;
             self.become_replicate();
@@ -141,10 +142,40 @@ impl Progress {
         moved
     }
 
-    /// Starts sending a snapshot ending at `index`.
-    pub(crate) fn become_snapshot(&mut self, index: LogIndex, now: Instant) {
+    /// Whether anything sent is still unacknowledged: appends in flight, or a snapshot.
+    pub(crate) fn awaits_ack(&self) -> bool {
+        !self.inflight.is_empty() || self.snapshot.is_some()
+    }
+
+    /// Stall detection, called on each heartbeat answer (the follower is alive) at `now`:
+    /// whether the match index has not moved for at least `interval` while something is
+    /// unacknowledged. At most once per `interval` it answers yes; it never depends on how
+    /// many answers arrive together.
+    pub(crate) fn stalled(&mut self, now: Instant, interval: std::time::Duration) -> bool {
+        if !self.awaits_ack() {
+            self.stall_check = None;
+            return false;
+        }
+        match self.stall_check {
+            Some((m, since)) if m == self.match_index => {
+                if now.saturating_since(since) < interval {
+                    return false;
+                }
+                self.stall_check = Some((m, now));
+                true
+            }
+            _ => {
+                self.stall_check = Some((self.match_index, now));
+                false
+            }
+        }
+    }
+
+    /// Starts sending a snapshot ending at `last`.
+    pub(crate) fn become_snapshot(&mut self, last: EntryId, now: Instant) {
         self.state = ProgressState::Snapshot;
-        self.snapshot = Some((index, now));
+        self.snapshot = Some((last, now));
+        self.stall_check = Some((self.match_index, now));
         self.inflight.clear();
         self.inflight_bytes = 0;
     }

@@ -137,8 +137,18 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
+    /// A heartbeat answer: the follower is alive at this term. It promises nothing about the
+    /// follower's log, so it neither counts toward commit nor, on its own, says that an append
+    /// was lost: a follower whose acknowledgements have not moved for a heartbeat interval
+    /// (however many answers arrive meanwhile) gets an empty append ending where the appends
+    /// in flight end (or, waiting for a snapshot, at the snapshot's last entry). A follower
+    /// that lost an append rejects it and is probed from its match index; a slow one
+    /// acknowledges it once its disk has caught up; one that installed the snapshot but whose
+    /// acknowledgement was lost acknowledges it again.
     pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, seq: u64) {
         let last = self.log.last_index();
+        let now = self.now;
+        let interval = self.cfg.heartbeat_interval;
         let RoleState::Leader(l) = &mut self.role else { return };
         let sent_at = l.hb_sent_at.iter().find(|(s, _)| *s == seq).map(|(_, t)| *t);
         let Some(pr) = l.peers.get_mut(&from) else { return };
@@ -147,21 +157,42 @@ impl<S: LogStorage> Raft<S> {
             pr.acked_seq = seq;
             pr.acked_sent_at = sent_at.or(pr.acked_sent_at);
         }
-        if pr.match_index < last {
-            match pr.state {
-                ProgressState::Probe => pr.probe_sent = false,
-                ProgressState::Replicate => {
-                    // No progress over a whole heartbeat interval: something was lost.
-                    let before = pr.match_at_heartbeat.replace(pr.match_index);
-                    if before == Some(pr.match_index) {
-                        pr.become_probe();
-                    }
+        let mut probe = None;
+        match pr.state {
+            ProgressState::Probe if pr.match_index < last => pr.probe_sent = false,
+            ProgressState::Probe => {}
+            ProgressState::Replicate => {
+                if pr.stalled(now, interval) {
+                    probe = Some(pr.next_index.prev());
                 }
-                // Waiting for the snapshot's acknowledgement (or its timeout).
-                ProgressState::Snapshot => {}
+            }
+            ProgressState::Snapshot => {
+                if pr.stalled(now, interval) {
+                    probe = pr.snapshot.map(|(s, _)| s.index);
+                }
             }
         }
+        if let Some(prev) = probe {
+            self.send_probe(from, prev);
+        }
         self.release_reads();
+    }
+
+    /// An empty append after `prev` (the end of what `to` was sent), answered by an
+    /// acknowledgement or a rejection; not counted in the in-flight window.
+    fn send_probe(&mut self, to: NodeId, prev: LogIndex) {
+        let term = match self.log.term(prev) {
+            Ok(t) => t,
+            // Compacted meanwhile (or a snapshot point): use the snapshot being sent, if it is
+            // the one.
+            Err(_) => match self.leader_state().and_then(|l| l.peers.get(&to)).and_then(|p| p.snapshot) {
+                Some((s, _)) if s.index == prev => s.term,
+                _ => return,
+            },
+        };
+        let commit = self.log.commit;
+        let body = MessageBody::Append(Append { prev: EntryId::new(term, prev), entries: Vec::new(), commit });
+        self.send(to, body);
     }
 
     /// Whether leader `l` (this node) has appends to send.

@@ -99,7 +99,7 @@ impl<S: LogStorage> Raft<S> {
             Some(meta) if meta.last.index >= floor => {
                 let now = self.now;
                 if let Some(p) = self.leader_state_mut().and_then(|l| l.peers.get_mut(&to)) {
-                    p.become_snapshot(meta.last.index, now);
+                    p.become_snapshot(meta.last, now);
                 }
                 self.send_snapshots.push(SendSnapshot { to, meta });
             }

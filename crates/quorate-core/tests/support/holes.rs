@@ -130,15 +130,6 @@ pub(crate) enum JointBase {
     Restarted,
 }
 
-fn elect_node_1(net: &mut Net) {
-    // Past the start-up period in which voters ignore vote requests.
-    net.advance(100);
-    let now = net.now;
-    net.raft(1).campaign_now(now);
-    let elected = net.run_until(200, |_| true, |net| net.leaders() == [n(1)] && net.raft(1).commit_index().0 >= 1);
-    assert!(elected, "node 1 is elected and commits its no-op");
-}
-
 /// Hole 2: voters {1,2,3}; leader 1 removes itself; the joint configuration commits, the
 /// appends carrying the entry that leaves it are lost, nodes 2 and 3 learn the commit from
 /// heartbeats and snapshot at the joint entry with no tail. The next leader (2 or 3) must
@@ -149,7 +140,7 @@ pub(crate) fn joint_only_in_base(prep: Prep, how: JointBase) -> Result<(), Strin
         c.snapshot_entries_threshold = 0;
         c.snapshot_bytes_threshold = 0;
     });
-    elect_node_1(&mut net);
+    net.elect(1);
     let now = net.now;
     let joint = net.raft(1).propose_conf_change(now, ConfChange::Remove(n(1))).expect("the leader accepts");
     let after_joint = joint.index.next();
@@ -213,7 +204,7 @@ pub(crate) fn joint_only_in_base(prep: Prep, how: JointBase) -> Result<(), Strin
 /// entry is.
 pub(crate) fn manual_leave_joint(prep: Prep) -> Result<(), String> {
     let mut net = Net::with_nodes(prep, &[1, 2, 3], &conf(&[1, 2, 3], &[], &[]), |c| c.auto_leave_joint = false);
-    elect_node_1(&mut net);
+    net.elect(1);
     let now = net.now;
     let joint = net.raft(1).propose_conf_change(now, ConfChange::Remove(n(3))).expect("the leader accepts");
     match net.raft(1).leave_joint(now) {

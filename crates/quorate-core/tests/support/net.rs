@@ -5,7 +5,7 @@
 
 #![allow(dead_code, reason = "each test file uses a part of the harness")]
 
-use quorate_core::{Config, Instant, Message, MessageBody, Persist, Raft, Role};
+use quorate_core::{Config, Instant, Message, MessageBody, Persist, Raft, Role, SendSnapshot};
 use quorate_log::{Configuration, Entry, HardState, LogIndex, LogStorage, MemLog, NodeId, SnapshotMeta, Term};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -59,6 +59,8 @@ pub(crate) struct Net {
     pub(crate) wire: Vec<Message>,
     /// Every message any node sent, in order.
     pub(crate) sent: Vec<Message>,
+    /// Snapshot transfers asked for (`Ready::send_snapshots`): the sender, its term, what.
+    pub(crate) snapshots: Vec<(NodeId, Term, SendSnapshot)>,
     /// Messages that left a node at a term its stable storage did not hold yet (pre-vote
     /// requests and responses excepted: their term is one the sender has not adopted).
     pub(crate) early: Vec<String>,
@@ -68,7 +70,15 @@ pub(crate) struct Net {
 
 impl Net {
     pub(crate) fn new(prep: Prep) -> Net {
-        Net { nodes: BTreeMap::new(), wire: Vec::new(), sent: Vec::new(), early: Vec::new(), now: Instant::ZERO, prep }
+        Net {
+            nodes: BTreeMap::new(),
+            wire: Vec::new(),
+            sent: Vec::new(),
+            snapshots: Vec::new(),
+            early: Vec::new(),
+            now: Instant::ZERO,
+            prep,
+        }
     }
 
     /// Adds node `id` over `storage`.
@@ -130,6 +140,8 @@ impl Net {
             }
             node.applied.extend(rd.committed);
             node.snapshot_requests.extend(rd.take_snapshot);
+            let (from, term) = (node.cfg.id, node.raft.term());
+            self.snapshots.extend(rd.send_snapshots.into_iter().map(|s| (from, term, s)));
             let durable = node.raft.storage().hard_state().term;
             for m in &rd.messages {
                 let pre_vote = matches!(&m.body, MessageBody::RequestVote(v) if v.pre_vote)
@@ -247,6 +259,17 @@ impl Net {
         node.raft = raft;
         node.applied.clear();
         self.wire.retain(|m| m.to != n(i));
+    }
+
+    /// Makes node `i` the leader of a fresh cluster: past the start-up period in which voters
+    /// ignore vote requests, it campaigns; everything is delivered until it has committed its
+    /// no-op.
+    pub(crate) fn elect(&mut self, i: u64) {
+        self.advance(100);
+        let now = self.now;
+        self.raft(i).campaign_now(now);
+        let elected = self.run_until(200, |_| true, |net| net.leaders() == [n(i)] && net.raft(i).commit_index().0 >= 1);
+        assert!(elected, "node {i} is elected and commits its no-op");
     }
 
     pub(crate) fn leaders(&self) -> Vec<NodeId> {
