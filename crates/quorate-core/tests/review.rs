@@ -111,6 +111,12 @@ fn snapshot_scenario() -> (Net, quorate_core::SendSnapshot, Term) {
     (net, s, term)
 }
 
+#[test]
+fn a_snapshot_carries_the_configuration_at_its_index_whatever_snapshot_taken_was_given() {
+    let (_, s, _) = snapshot_scenario();
+    assert_eq!(s.meta.config, conf(&[1, 2, 3], &[], &[]), "{s:?}");
+}
+
 /// The follower installs the snapshot and its acknowledgement is lost: the leader must not
 /// wait for `snapshot_send_timeout` (30 s) to replicate to it again.
 #[test]

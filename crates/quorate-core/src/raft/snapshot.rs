@@ -12,13 +12,17 @@ impl<S: LogStorage> Raft<S> {
     /// Reports that the application took the snapshot asked for in [`Ready::take_snapshot`]
     /// (or one of its own, at an applied index) and persisted it. The core then compacts the
     /// log behind it, keeping `compaction_tail_entries`, and sends this snapshot to
-    /// followers that need compacted entries.
+    /// followers that need compacted entries. The configuration it sends with the snapshot is
+    /// the one in force at `meta.last` by the core's own log, whatever `meta.config` says.
     pub fn snapshot_taken(&mut self, now: Instant, meta: SnapshotMeta) {
         self.advance_clock(now);
         self.snapshot_requested = false;
         if meta.last.index > self.log.applied || !self.log.matches(meta.last) {
             return;
         }
+        // The log is the authority on its configurations (the index matches, so it is at or
+        // above the floor).
+        let meta = SnapshotMeta { last: meta.last, config: self.membership.at(meta.last.index).clone() };
         if self.snapshot.as_ref().is_some_and(|s| s.last.index >= meta.last.index) {
             return;
         }
