@@ -6,8 +6,10 @@
 
 mod support;
 
-use quorate_core::{AppendResponse, Message, MessageBody, ProgressState};
-use quorate_log::{Data, Entry, SnapshotMeta, Term};
+use quorate_core::{
+    AppendResponse, Heartbeat, Message, MessageBody, ProgressState, ReadId, ReadIndexResponse, ReadLevel,
+};
+use quorate_log::{Data, Entry, LogIndex, SnapshotMeta, Term};
 use support::holes::conf;
 use support::net::{Net, Prep, n};
 
@@ -143,4 +145,39 @@ fn a_lost_snapshot_acknowledgement_is_recovered_within_a_few_heartbeats() {
     );
     assert!(back, "still waiting for the snapshot after {:?}", net.now.saturating_since(started));
     assert!(net.now.saturating_since(started) < std::time::Duration::from_millis(200));
+}
+
+fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message { from: n(from), to: n(to), term: Term(term), body }
+}
+
+/// A node that does not lead answers a forwarded read with a refusal at its own (higher)
+/// term; the follower that forwarded it must not take that node for the leader.
+#[test]
+fn a_read_refusal_from_a_node_that_does_not_lead_names_no_leader() {
+    let mut net = Net::with_nodes(NONE, &[2], &conf(&[1, 2, 3], &[], &[]), |_| {});
+    net.advance(200);
+    net.wire.push(msg(1, 2, 1, MessageBody::Heartbeat(Heartbeat { commit: LogIndex(0), seq: 1 })));
+    net.deliver(|_| true);
+    net.ready(2);
+    net.persist(2);
+    assert_eq!(net.raft(2).leader(), Some(n(1)));
+    let now = net.now;
+    net.raft(2).read(now, ReadId(7), ReadLevel::Linearizable).expect("forwarded");
+    net.wire.push(msg(3, 2, 2, MessageBody::ReadIndexResponse(ReadIndexResponse { id: ReadId(7), index: None })));
+    net.deliver(|_| true);
+    assert_eq!(net.raft(2).term(), Term(2));
+    assert_eq!(net.raft(2).leader(), None, "a refusal names no leader");
+    let rd = net.raft(2).ready();
+    assert_eq!(rd.failed_reads.iter().map(|f| f.id).collect::<Vec<_>>(), [ReadId(7)]);
+    // A confirmation comes only from the leader of its term.
+    net.raft(2).read(now, ReadId(8), ReadLevel::Linearizable).expect_err("no leader to forward to");
+    net.wire.push(msg(
+        3,
+        2,
+        3,
+        MessageBody::ReadIndexResponse(ReadIndexResponse { id: ReadId(9), index: Some(LogIndex(0)) }),
+    ));
+    net.deliver(|_| true);
+    assert_eq!(net.raft(2).leader(), Some(n(3)));
 }

@@ -515,7 +515,12 @@ impl<S: LogStorage> Raft<S> {
                 MessageBody::Append(_) | MessageBody::Heartbeat(_) | MessageBody::TimeoutNow => {
                     self.become_follower(m.term, Some(m.from));
                 }
-                MessageBody::ReadIndexResponse(_) => self.become_follower(m.term, Some(m.from)),
+                // Only a leader confirms a read; a refusal may come from any node (one that is
+                // not the leader answers a forwarded read with a refusal at its own term).
+                MessageBody::ReadIndexResponse(r) => {
+                    let leader = r.index.is_some().then_some(m.from);
+                    self.become_follower(m.term, leader);
+                }
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
