@@ -29,6 +29,32 @@ pub(crate) enum Durability {
     NextBatch,
 }
 
+/// Why entries could not be appended.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub(crate) enum AppendError {
+    /// Reading the log failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An entry conflicts with a committed one: a committed entry would be lost.
+    #[error("entry {new:?} conflicts with the committed {held:?} (commit {commit}): a committed entry would be lost")]
+    ConflictBelowCommit {
+        /// The entry received.
+        new: EntryId,
+        /// The entry this log holds at its index.
+        held: EntryId,
+        /// This log's commit index.
+        commit: LogIndex,
+    },
+    /// The entries do not follow `prev` one index after the other.
+    #[error("entry at {index} where {expected} was due")]
+    NotContiguous {
+        /// The index found.
+        index: LogIndex,
+        /// The index due.
+        expected: LogIndex,
+    },
+}
+
 /// Storage plus the unstable tail.
 ///
 /// Invariants (asserted in [`RaftLog::check`]):
@@ -210,18 +236,26 @@ impl<S: LogStorage> RaftLog<S> {
     /// Appends `entries`, which must follow an entry this log holds, truncating any
     /// conflicting suffix. Returns the index of the last entry of `entries` (or `prev`) and
     /// the index from which entries were written, if any. Entries that already match are
-    /// skipped so nothing persisted is rewritten.
+    /// skipped so nothing persisted is rewritten. Entries that do not follow `prev` one after
+    /// the other, or that conflict with a committed entry, are refused (nothing is appended):
+    /// they come from a peer, which must never make this log lose a committed entry.
     pub(crate) fn append_after(
         &mut self,
         prev: EntryId,
         entries: &[Entry],
-    ) -> Result<(LogIndex, Option<LogIndex>), StorageError> {
+    ) -> Result<(LogIndex, Option<LogIndex>), AppendError> {
         debug_assert!(self.matches(prev));
-        let last_new = LogIndex(prev.index.0 + entries.len() as u64);
+        let mut expected = prev.index.next();
+        for e in entries {
+            if e.index != expected {
+                return Err(AppendError::NotContiguous { index: e.index, expected });
+            }
+            expected = expected.next();
+        }
+        let last_new = entries.last().map_or(prev.index, |e| e.index);
         // First entry whose term differs (or that is past our end).
         let mut start = entries.len();
         for (i, e) in entries.iter().enumerate() {
-            debug_assert_eq!(e.index, LogIndex(prev.index.0 + 1 + i as u64));
             if e.index > self.last_index() {
                 start = i;
                 break;
@@ -229,17 +263,15 @@ impl<S: LogStorage> RaftLog<S> {
             match self.term(e.index) {
                 Ok(t) if t == e.term => continue,
                 Err(StorageError::Compacted(_)) => continue,
-                Ok(_) => {
-                    assert!(
-                        e.index > self.commit,
-                        "conflict at {:?} at or below commit {:?}: a committed entry would be lost",
-                        e.index,
-                        self.commit
-                    );
+                Ok(t) => {
+                    if e.index <= self.commit {
+                        let held = EntryId::new(t, e.index);
+                        return Err(AppendError::ConflictBelowCommit { new: e.id(), held, commit: self.commit });
+                    }
                     start = i;
                     break;
                 }
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             }
         }
         if start < entries.len() {
@@ -371,14 +403,17 @@ impl<S: LogStorage> RaftLog<S> {
         }
     }
 
-    pub(crate) fn commit_to(&mut self, index: LogIndex) -> bool {
-        if index > self.commit {
-            assert!(index <= self.last_index(), "commit {index:?} beyond last index {:?}", self.last_index());
-            self.commit = index;
-            true
-        } else {
-            false
+    /// Moves the commit index up to `index` (never back). Refused beyond the last index:
+    /// nothing is committed that this log does not hold.
+    pub(crate) fn commit_to(&mut self, index: LogIndex) -> Result<bool, String> {
+        if index <= self.commit {
+            return Ok(false);
         }
+        if index > self.last_index() {
+            return Err(format!("commit {index} beyond the last index {}", self.last_index()));
+        }
+        self.commit = index;
+        Ok(true)
     }
 
     /// Committed, persisted entries not yet handed out to apply, bounded in bytes; marks

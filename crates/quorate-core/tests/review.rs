@@ -7,9 +7,10 @@
 mod support;
 
 use quorate_core::{
-    AppendResponse, Heartbeat, Message, MessageBody, ProgressState, ReadId, ReadIndexResponse, ReadLevel,
+    Append, AppendResponse, Heartbeat, Message, MessageBody, ProgressState, ReadId, ReadIndexResponse, ReadLevel,
+    SnapshotError,
 };
-use quorate_log::{Data, Entry, LogIndex, SnapshotMeta, Term};
+use quorate_log::{Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, MemLog, SnapshotMeta, Term};
 use support::holes::conf;
 use support::net::{Net, Prep, n};
 
@@ -180,4 +181,95 @@ fn a_read_refusal_from_a_node_that_does_not_lead_names_no_leader() {
     ));
     net.deliver(|_| true);
     assert_eq!(net.raft(2).leader(), Some(n(3)));
+}
+
+fn entry(i: u64, t: u64, payload: EntryPayload) -> Entry {
+    Entry { index: LogIndex(i), term: Term(t), payload }
+}
+
+fn cmd(i: u64, t: u64, s: &str) -> Entry {
+    entry(i, t, EntryPayload::Command(Data::from(s)))
+}
+
+fn append(prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> MessageBody {
+    MessageBody::Append(Append {
+        prev: EntryId::new(Term(prev.1), LogIndex(prev.0)),
+        entries,
+        commit: LogIndex(commit),
+    })
+}
+
+/// Appends no correct leader sends: the follower halts with the evidence (no panic, nothing
+/// taken into its log).
+#[test]
+fn malformed_appends_halt_the_follower_with_evidence() {
+    let committed = [cmd(1, 1, "a"), cmd(2, 1, "b")];
+    let cases: Vec<(&str, u64, MessageBody, &str)> = vec![
+        ("entries skip an index", 1, append((0, 0), vec![cmd(1, 1, "a"), cmd(3, 1, "c")], 0), "one after the other"),
+        ("entries do not start after prev", 1, append((0, 0), vec![cmd(2, 1, "a")], 0), "where 1 was due"),
+        ("terms go back", 2, append((0, 0), vec![cmd(1, 2, "a"), cmd(2, 1, "b")], 0), "the term goes back"),
+        ("an entry above the message's term", 1, append((0, 0), vec![cmd(1, 2, "a")], 0), "above the message's term"),
+        ("prev above the message's term", 1, append((1, 2), vec![], 0), "above the message's term"),
+        (
+            "an invalid configuration",
+            1,
+            append((0, 0), vec![entry(1, 1, EntryPayload::Config(Configuration::default()))], 0),
+            "invalid configuration",
+        ),
+        (
+            "an entry contradicting a committed one",
+            2,
+            append((0, 0), vec![cmd(1, 1, "a"), cmd(2, 2, "x")], 2),
+            "contradicts the committed",
+        ),
+    ];
+    for (what, term, body, evidence) in cases {
+        let mut net = Net::with_nodes(NONE, &[2], &conf(&[1, 2, 3], &[], &[]), |_| {});
+        net.advance(200);
+        // Two entries from the leader of term 1, committed.
+        net.wire.push(msg(1, 2, 1, append((0, 0), committed.to_vec(), 2)));
+        net.deliver(|_| true);
+        net.ready(2);
+        net.persist(2);
+        net.ready(2);
+        assert_eq!(net.raft(2).commit_index(), LogIndex(2), "{what}: set-up");
+        let before: Vec<(u64, u64)> = support::net::log_ids(net.raft(2));
+        net.wire.push(msg(1, 2, term, body));
+        net.deliver(|_| true);
+        let r = net.raft(2);
+        let halted = r.halted().map(str::to_owned);
+        assert!(halted.as_deref().is_some_and(|h| h.contains(evidence)), "{what}: halted {halted:?}");
+        assert_eq!(support::net::log_ids(r), before, "{what}: nothing was taken in");
+        assert!(r.ready().is_empty(), "{what}: a halted node hands nothing out");
+    }
+}
+
+/// A snapshot whose last entry is above the sender's term, or whose configuration is invalid,
+/// halts the node with the evidence.
+#[test]
+fn a_malformed_snapshot_halts_the_follower_with_evidence() {
+    let voters = conf(&[1, 2, 3], &[], &[]);
+    let cases = [
+        (
+            "last entry above the term",
+            SnapshotMeta { last: EntryId::new(Term(3), LogIndex(5)), config: voters.clone() },
+            "above the leader's term",
+        ),
+        (
+            "no voters",
+            SnapshotMeta { last: EntryId::new(Term(1), LogIndex(5)), config: Configuration::default() },
+            "configuration is invalid",
+        ),
+    ];
+    for (what, meta, evidence) in cases {
+        let mut r = quorate_core::Raft::new(
+            support::net::config(n(2)),
+            MemLog::new(voters.clone()),
+            quorate_core::Instant::ZERO,
+        )
+        .expect("valid");
+        let now = quorate_core::Instant(200_000_000);
+        assert_eq!(r.install_snapshot(now, n(1), Term(2), meta), Err(SnapshotError::Halted), "{what}");
+        assert!(r.halted().is_some_and(|h| h.contains(evidence)), "{what}: {:?}", r.halted());
+    }
 }

@@ -546,7 +546,7 @@ impl<S: LogStorage> Raft<S> {
                     self.become_follower(term, Some(from));
                 }
                 self.heard_from_leader(from);
-                self.handle_append(from, a);
+                self.handle_append(from, term, a);
             }
             MessageBody::Heartbeat(hb) => {
                 if !matches!(self.role, RoleState::Follower(_)) {
@@ -554,7 +554,10 @@ impl<S: LogStorage> Raft<S> {
                 }
                 self.heard_from_leader(from);
                 let commit = hb.commit.min(self.log.last_index());
-                self.log.commit_to(commit);
+                if let Err(e) = self.log.commit_to(commit) {
+                    self.halt(format!("heartbeat from {from} at term {term}: {e}"));
+                    return;
+                }
                 self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { seq: hb.seq }));
             }
             MessageBody::TimeoutNow => {

@@ -83,9 +83,31 @@ impl<S: LogStorage> Raft<S> {
         id
     }
 
-    pub(super) fn handle_append(&mut self, from: NodeId, a: Append) {
+    /// Entries from `from`, the leader of `term`. The message is checked first: entries that
+    /// do not follow `prev` one index after the other, terms that go back, entries (or `prev`)
+    /// above the message's term, invalid configurations, and entries that contradict a
+    /// committed one are evidence of a broken peer: the node halts with that evidence rather
+    /// than panicking or corrupting its log.
+    pub(super) fn handle_append(&mut self, from: NodeId, term: Term, a: Append) {
+        if let Err(e) = check_append(term, &a) {
+            self.halt(format!("append from {from} at term {term}: {e}"));
+            return;
+        }
         if a.prev.index < self.log.commit {
-            // Already committed here: report how far we know the logs match.
+            // Already committed here: report how far we know the logs match (the entries it
+            // overlaps must agree with the committed ones).
+            for e in a.entries.iter().take_while(|e| e.index <= self.log.commit) {
+                if let Ok(t) = self.log.term(e.index)
+                    && t != e.term
+                {
+                    let commit = self.log.commit;
+                    self.halt(format!(
+                        "append from {from} at term {term}: entry {}@{} contradicts the committed {}@{t} (commit {commit})",
+                        e.index, e.term, e.index
+                    ));
+                    return;
+                }
+            }
             let match_index = self.log.commit;
             self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
             return;
@@ -101,10 +123,13 @@ impl<S: LogStorage> Raft<S> {
                 if let Some(from) = written {
                     self.on_log_written(from, &a.entries);
                 }
-                self.log.commit_to(a.commit.min(last_new));
+                if let Err(e) = self.log.commit_to(a.commit.min(last_new)) {
+                    self.halt(format!("append from {from} at term {term}: {e}"));
+                    return;
+                }
                 self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index: last_new }));
             }
-            Err(e) => self.halt(format!("appending entries: {e}")),
+            Err(e) => self.halt(format!("append from {from} at term {term}: {e}")),
         }
     }
 
@@ -299,7 +324,10 @@ impl<S: LogStorage> Raft<S> {
             return;
         }
         let first_in_term = !self.committed_in_term();
-        self.log.commit_to(idx);
+        if let Err(e) = self.log.commit_to(idx) {
+            self.halt(format!("committing by count: {e}"));
+            return;
+        }
         if let Some(l) = self.leader_state_mut() {
             while let Some(&(i, size)) = l.uncommitted.front() {
                 if i > idx {
@@ -320,4 +348,35 @@ impl<S: LogStorage> Raft<S> {
             }
         }
     }
+}
+
+/// Checks an append from the leader of `term` on its own (see `Raft::handle_append`).
+fn check_append(term: Term, a: &Append) -> Result<(), String> {
+    if a.prev.term > term {
+        return Err(format!("prev {}@{} is above the message's term", a.prev.index, a.prev.term));
+    }
+    let mut expected = a.prev.index.next();
+    let mut last_term = a.prev.term;
+    for e in &a.entries {
+        if e.index != expected {
+            return Err(format!(
+                "entry at {} where {expected} was due: entries do not follow prev {}@{} one after the other",
+                e.index, a.prev.index, a.prev.term
+            ));
+        }
+        if e.term < last_term {
+            return Err(format!("the term goes back from {last_term} to {} at {}", e.term, e.index));
+        }
+        if e.term > term {
+            return Err(format!("entry {}@{} is above the message's term", e.index, e.term));
+        }
+        if let EntryPayload::Config(c) = &e.payload
+            && let Err(err) = c.validate()
+        {
+            return Err(format!("invalid configuration at {}: {err}", e.index));
+        }
+        expected = expected.next();
+        last_term = e.term;
+    }
+    Ok(())
 }

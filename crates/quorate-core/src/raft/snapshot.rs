@@ -60,6 +60,16 @@ impl<S: LogStorage> Raft<S> {
         if term < self.term {
             return Err(crate::types::SnapshotError::StaleTerm { term, current: self.term });
         }
+        // The snapshot comes from a peer: check it as such.
+        let bad = if meta.last.term > term {
+            Some(format!("its last entry {}@{} is above the leader's term", meta.last.index, meta.last.term))
+        } else {
+            meta.config.validate().err().map(|e| format!("its configuration is invalid: {e}"))
+        };
+        if let Some(bad) = bad {
+            self.halt(format!("snapshot from {from} at term {term}: {bad}"));
+            return Err(crate::types::SnapshotError::Halted);
+        }
         if term > self.term || !matches!(self.role, RoleState::Follower(_)) {
             self.become_follower(term, Some(from));
         }
