@@ -606,45 +606,63 @@ impl<S: LogStorage> Raft<S> {
             || self.leader_state().is_some_and(|l| l.heartbeat_pending || self.leader_has_sends(l))
     }
 
-    /// Collects what the application must do now.
+    /// Collects what the application must do now. Its one protocol step comes first: the
+    /// leader turns what the inputs since the previous `Ready` made due into messages — a
+    /// heartbeat round (timer, or reads waiting for confirmation) and the appends each
+    /// follower's window allows — once per `Ready`, so that they batch (`flush`). Then it
+    /// only hands out: the next persist batch, the messages free to leave (each held until
+    /// what it depends on is durable), committed entries to apply, read results, snapshot
+    /// requests and transfers.
     pub fn ready(&mut self) -> Ready {
         if self.halted.is_some() {
             return Ready::default();
         }
-        if let Some(l) = self.leader_state() {
-            if l.heartbeat_pending {
-                self.broadcast_heartbeat();
-            }
-            let ids: Vec<NodeId> = self.leader_state().map(|l| l.peers.keys().copied().collect()).unwrap_or_default();
-            for id in ids {
-                while self.send_append(id) {}
-            }
+        self.flush();
+        let persist = self.take_persist();
+        let committed = self.take_committed();
+        self.log.check();
+        Ready {
+            persist,
+            messages: self.outbox.take(),
+            committed,
+            reads: std::mem::take(&mut self.reads_ready),
+            failed_reads: std::mem::take(&mut self.reads_failed),
+            take_snapshot: self.take_snapshot_request(),
+            send_snapshots: std::mem::take(&mut self.send_snapshots),
         }
+    }
+
+    /// The next persist batch, if the hard state, the log, a snapshot install or a compaction
+    /// changed since the last one.
+    fn take_persist(&mut self) -> Option<Persist> {
         let hs = self.hard_state();
         let install = self.pending_install.take();
         let compact = self.pending_compact.take();
-        let persist = if hs != self.handed_hs || self.log.has_unhanded() || install.is_some() || compact.is_some() {
-            let io = IoId(self.io_issued.0 + 1);
-            let entries = self.log.hand_out(io, install.as_ref().map(|m| m.last));
-            let sync = !entries.is_empty()
-                || install.is_some()
-                || hs.term != self.handed_hs.term
-                || hs.vote != self.handed_hs.vote;
-            let hard_state = (hs != self.handed_hs).then_some(hs);
-            if (hs.term, hs.vote) != (self.handed_hs.term, self.handed_hs.vote) {
-                self.hs_io = io;
-            }
-            self.handed_hs = hs;
-            self.io_issued = io;
-            Some(Persist { io, hard_state, entries, sync, install, compact })
-        } else {
-            None
-        };
+        if hs == self.handed_hs && !self.log.has_unhanded() && install.is_none() && compact.is_none() {
+            return None;
+        }
+        let io = IoId(self.io_issued.0 + 1);
+        let entries = self.log.hand_out(io, install.as_ref().map(|m| m.last));
+        let term_or_vote = (hs.term, hs.vote) != (self.handed_hs.term, self.handed_hs.vote);
+        // Only a commit index is safe to lose: anything else must be durable when reported.
+        let sync = !entries.is_empty() || install.is_some() || term_or_vote;
+        let hard_state = (hs != self.handed_hs).then_some(hs);
+        if term_or_vote {
+            self.hs_io = io;
+        }
+        self.handed_hs = hs;
+        self.io_issued = io;
+        Some(Persist { io, hard_state, entries, sync, install, compact })
+    }
+
+    /// Committed, persisted entries to apply (at most `apply_bytes_max` of them), counted
+    /// toward the snapshot thresholds: a snapshot is asked for once one is due.
+    fn take_committed(&mut self) -> Vec<Entry> {
         let committed = match self.log.take_committed(self.cfg.apply_bytes_max) {
             Ok(c) => c,
             Err(e) => {
                 self.halt(format!("reading committed entries: {e}"));
-                Vec::new()
+                return Vec::new();
             }
         };
         self.applied_since_snapshot += committed.len() as u64;
@@ -656,16 +674,7 @@ impl<S: LogStorage> Raft<S> {
         if entries_due || bytes_due {
             self.request_snapshot();
         }
-        self.log.check();
-        Ready {
-            persist,
-            messages: self.outbox.take(),
-            committed,
-            reads: std::mem::take(&mut self.reads_ready),
-            failed_reads: std::mem::take(&mut self.reads_failed),
-            take_snapshot: self.take_snapshot_request(),
-            send_snapshots: std::mem::take(&mut self.send_snapshots),
-        }
+        committed
     }
 
     // ----- internals: roles -----

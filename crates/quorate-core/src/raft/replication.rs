@@ -220,6 +220,24 @@ impl<S: LogStorage> Raft<S> {
         self.send(to, body);
     }
 
+    /// The protocol step of [`Raft::ready`], taken before it collects anything: the leader
+    /// turns what its inputs since the previous `Ready` decided into messages — a heartbeat
+    /// round if one is due (its timer fired, or a read waits for confirmation), then to each
+    /// follower the appends its window allows (new entries, a commit index it has not been
+    /// sent, a probe). Inputs only record that these are due (`has_ready` reports it), so that
+    /// everything an input burst produced goes out batched, once per `Ready`. Nothing for a
+    /// non-leader.
+    pub(super) fn flush(&mut self) {
+        let Some(l) = self.leader_state() else { return };
+        if l.heartbeat_pending {
+            self.broadcast_heartbeat();
+        }
+        let ids: Vec<NodeId> = self.leader_state().map(|l| l.peers.keys().copied().collect()).unwrap_or_default();
+        for id in ids {
+            while self.send_append(id) {}
+        }
+    }
+
     /// Whether leader `l` (this node) has appends to send.
     pub(super) fn leader_has_sends(&self, l: &Leader) -> bool {
         let last = self.log.last_index();
