@@ -7,7 +7,7 @@ use crate::types::{Instant, ReadError, ReadFailed, ReadId, ReadLevel, ReadReady}
 use quorate_log::{LogIndex, LogStorage, NodeId};
 
 impl<S: LogStorage> Raft<S> {
-    /// Asks for a read at `level`. The result arrives in a later [`Ready`]: a
+    /// Asks for a read at `level`. The result arrives in a later [`Ready`](crate::Ready): a
     /// [`ReadReady`] (serve once applied ≥ its index) or a [`ReadFailed`].
     pub fn read(&mut self, now: Instant, id: ReadId, level: ReadLevel) -> Result<(), ReadError> {
         self.advance_clock(now);

@@ -9,7 +9,7 @@ use crate::types::{Instant, SendSnapshot};
 use quorate_log::{EntryId, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
 
 impl<S: LogStorage> Raft<S> {
-    /// Reports that the application took the snapshot asked for in [`Ready::take_snapshot`]
+    /// Reports that the application took the snapshot asked for in [`Ready::take_snapshot`](crate::Ready::take_snapshot)
     /// (or one of its own, at an applied index) and persisted it. The core then compacts the
     /// log behind it, keeping `compaction_tail_entries`, and sends this snapshot to
     /// followers that need compacted entries. The configuration it sends with the snapshot is
@@ -43,7 +43,7 @@ impl<S: LogStorage> Raft<S> {
 
     /// Installs a snapshot received from the leader `from` of `term`, whose data the
     /// application has received completely, verified and staged. Returns `Ok(true)` if the
-    /// snapshot is to be installed (it then appears in the next [`Persist::install`]; install
+    /// snapshot is to be installed (it then appears in the next [`Persist::install`](crate::Persist::install); install
     /// the staged data with it), `Ok(false)` if this node already has everything it covers
     /// (discard the staged data).
     pub fn install_snapshot(
