@@ -50,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod danger;
 mod log;
 mod message;
 mod progress;
@@ -58,6 +59,8 @@ mod rng;
 mod types;
 
 pub use config::Config;
+#[cfg(feature = "danger-reintroduce-holes")]
+pub use danger::Hole;
 pub use message::{
     Append, AppendResponse, Heartbeat, HeartbeatResponse, Message, MessageBody, ReadIndexRequest, ReadIndexResponse,
     RequestVote, VoteResponse,

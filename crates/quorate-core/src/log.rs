@@ -14,6 +14,7 @@
 //! snapshot install that discards the log drops them: a completion then proves exactly what
 //! its batch put on disk and no later batch has taken away.
 
+use crate::danger::{Danger, HoleId};
 use crate::types::IoId;
 use quorate_log::{Entry, EntryId, LogIndex, LogStorage, StorageError, Term, limit_bytes};
 use std::collections::VecDeque;
@@ -84,38 +85,17 @@ pub(crate) struct RaftLog<S> {
     /// Batches handed out and not yet reported, in order, each with the entry up to which it
     /// makes this log durable (capped by later truncations; see the module docs).
     marks: VecDeque<(IoId, EntryId)>,
-    /// Re-introduces issue 16's hole 3 (truncations leave the marks alone): tests only.
+    /// Holes of issue 16 switched back on (tests only; see `crate::danger`).
     #[serde(skip)]
-    pub(crate) danger_uncapped_marks: bool,
+    pub(crate) danger: Danger,
 }
 
 impl<S> RaftLog<S> {
     /// The same log over another storage (restoring a `crate::CoreImage`).
     pub(crate) fn with_storage<T>(self, storage: T) -> RaftLog<T> {
-        let RaftLog {
-            storage: _,
-            unstable,
-            unstable_offset,
-            handed,
-            persisted,
-            commit,
-            applied,
-            floor,
-            marks,
-            danger_uncapped_marks,
-        } = self;
-        RaftLog {
-            storage,
-            unstable,
-            unstable_offset,
-            handed,
-            persisted,
-            commit,
-            applied,
-            floor,
-            marks,
-            danger_uncapped_marks,
-        }
+        let RaftLog { storage: _, unstable, unstable_offset, handed, persisted, commit, applied, floor, marks, danger } =
+            self;
+        RaftLog { storage, unstable, unstable_offset, handed, persisted, commit, applied, floor, marks, danger }
     }
 }
 
@@ -135,7 +115,7 @@ impl<S: LogStorage> RaftLog<S> {
             applied: applied.max(snap).min(commit),
             floor: storage.snapshot_last(),
             marks: VecDeque::new(),
-            danger_uncapped_marks: false,
+            danger: Danger::default(),
             storage,
         }
     }
@@ -320,7 +300,8 @@ impl<S: LogStorage> RaftLog<S> {
 
     fn truncate_from(&mut self, at: LogIndex) {
         debug_assert!(at > self.commit);
-        if !self.danger_uncapped_marks {
+        // With hole 3 re-introduced (tests only) the marks are left alone, as before issue 16.
+        if !self.danger.on(HoleId::PersistedAba) {
             // Batches in flight that wrote at or above `at` make the log durable only below it
             // once this truncation reaches the disk; cap their marks (see the module docs).
             let below = at.prev();

@@ -3,6 +3,7 @@
 
 use super::role::{Campaign, Follower, Leader, RoleState};
 use super::{CampaignReason, Raft};
+use crate::danger::HoleId;
 use crate::message::{Message, MessageBody, RequestVote, VoteResponse};
 use crate::types::{Instant, ReadError, ReadFailed};
 use quorate_log::{ENTRY_OVERHEAD_BYTES, EntryPayload, LogStorage, NodeId, Term};
@@ -102,6 +103,7 @@ impl<S: LogStorage> Raft<S> {
         let transfer = reason == CampaignReason::Transfer;
         if !pre_vote
             && !transfer
+            && !self.danger.on(HoleId::LeaseVoteAfterTermMove)
             && let Some(end) = self.lease_promise_end()
             && !self.alone_is_quorum()
         {
@@ -156,6 +158,8 @@ impl<S: LogStorage> Raft<S> {
         // term may have moved since it acknowledged the leader, through any message. A vote
         // already cast for this candidate in this term is repeated (it promises nothing new).
         let lease = !rv.transfer && self.in_lease() && self.vote != Some(from);
+        // Hole 4 re-introduced (tests only): only a higher term met the lease check.
+        let lease = lease && !self.danger.on(HoleId::LeaseVoteAfterTermMove);
         if rv.pre_vote {
             // Grant if the candidate's term is ahead of ours (or we could vote for it now),
             // its log is at least as up to date, and we have not heard from a leader

@@ -107,6 +107,7 @@ impl<S: LogStorage> Raft<S> {
             io_persisted,
             handed_hs,
             hs_io,
+            danger,
         );
         restored.log.check();
         Ok(restored)

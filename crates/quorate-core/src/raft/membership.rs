@@ -3,6 +3,7 @@
 
 use super::Raft;
 use super::role::RoleState;
+use crate::danger::HoleId;
 use crate::progress::Progress;
 use crate::types::{ConfChange, ConfChangeError, Instant};
 use quorate_log::{Configuration, ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, LogIndex, LogStorage, NodeId};
@@ -48,6 +49,11 @@ impl Membership {
     /// configuration version.
     pub(crate) fn latest_index(&self) -> LogIndex {
         self.conf_history.last().map_or(self.base_index, |(i, _)| *i)
+    }
+
+    /// The last configuration entry above the floor, if any.
+    pub(crate) fn entry_above_floor(&self) -> Option<(LogIndex, &Configuration)> {
+        self.conf_history.last().map(|(i, c)| (*i, c))
     }
 
     /// The configuration in force and the index that set it (the floor for the base).
@@ -136,7 +142,7 @@ impl<S: LogStorage> Raft<S> {
             return Err(ConfChangeError::TransferInProgress);
         }
         let peers = &l.peers;
-        if let Some(at) = self.membership.change_in_flight(self.log.commit) {
+        if let Some(at) = self.change_in_flight() {
             return Err(ConfChangeError::ChangeInFlight(at));
         }
         let old = self.conf();
@@ -231,6 +237,26 @@ impl<S: LogStorage> Raft<S> {
         self.append_own(EntryPayload::Config(new), size)
     }
 
+    /// The configuration in force and the index that set it (the floor if it lives only in
+    /// the base). With hole 2 re-introduced (tests only), only an entry above the floor, as
+    /// before issue 16.
+    fn conf_entry(&self) -> Option<(LogIndex, &Configuration)> {
+        if self.danger.on(HoleId::JointOnlyInBase) {
+            return self.membership.entry_above_floor();
+        }
+        Some(self.membership.latest_entry())
+    }
+
+    /// Whether a configuration change is in flight (see [`Membership::change_in_flight`]).
+    pub(super) fn change_in_flight(&self) -> Option<LogIndex> {
+        if self.danger.on(HoleId::JointOnlyInBase) {
+            // Hole 2 re-introduced (tests only): the code before issue 16.
+            let (at, conf) = self.membership.entry_above_floor()?;
+            return (at > self.log.commit || conf.is_joint()).then_some(at);
+        }
+        self.membership.change_in_flight(self.log.commit)
+    }
+
     /// The configuration in force.
     pub(super) fn conf(&self) -> &Configuration {
         self.membership.latest()
@@ -261,7 +287,7 @@ impl<S: LogStorage> Raft<S> {
     /// no longer a voter hands over and steps down.
     pub(super) fn after_config_commit(&mut self) {
         let RoleState::Leader(l) = &self.role else { return };
-        let (at, conf) = self.membership.latest_entry();
+        let Some((at, conf)) = self.conf_entry() else { return };
         if at > self.log.commit {
             return;
         }

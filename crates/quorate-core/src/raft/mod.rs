@@ -8,6 +8,7 @@
 //! `persisted`) and `ready`.
 
 use crate::config::Config;
+use crate::danger::Danger;
 use crate::log::RaftLog;
 use crate::message::{HeartbeatResponse, Message, MessageBody, ReadIndexResponse, VoteResponse};
 use crate::progress::PeerProgress;
@@ -200,6 +201,10 @@ pub struct Raft<S> {
     handed_hs: HardState,
     /// The batch that carries the term and vote of `handed_hs`.
     hs_io: IoId,
+    /// Holes of issue 16 switched back on (tests only; see `crate::danger`). Not part of an
+    /// image.
+    #[serde(skip)]
+    danger: Danger,
 }
 
 impl<S: LogStorage> Raft<S> {
@@ -249,6 +254,7 @@ impl<S: LogStorage> Raft<S> {
             io_persisted: IoId(0),
             handed_hs: hs,
             hs_io: IoId(0),
+            danger: Danger::default(),
             cfg,
         };
         r.reset_election_deadline();
@@ -697,6 +703,17 @@ impl<S: LogStorage> Raft<S> {
         let base = self.cfg.election_timeout_min.as_nanos().min(u128::from(u64::MAX)) as u64;
         let jitter = self.rng.below(base);
         self.election_deadline = Instant(self.now.0.saturating_add(base).saturating_add(jitter));
+    }
+
+    /// Switches `hole` of issue 16 back on in this core (and in nothing else): the old
+    /// buggy behaviour, for the simulator and the model checker to show that they catch it.
+    /// Never use it outside such a test. Not part of a [`CoreImage`](image::CoreImage).
+    #[cfg(feature = "danger-reintroduce-holes")]
+    #[doc(hidden)]
+    pub fn danger_reintroduce(&mut self, hole: crate::danger::Hole) {
+        let hole = crate::danger::HoleId::from(hole);
+        self.danger.add(hole);
+        self.log.danger.add(hole);
     }
 
     /// Whether this node leads its term.
