@@ -200,27 +200,33 @@ impl Net {
         take
     }
 
-    /// Rounds of: every node's `Ready` drained, its batches written and reported, the messages
-    /// `select` picks delivered (the others dropped), until nothing moves (at most `rounds`).
+    /// One round, 1 ms later: timers fire; every node's `Ready` is drained and its batches
+    /// written and reported; the messages `select` picks are delivered, the others dropped.
+    /// Returns whether anything moved.
+    fn round(&mut self, select: &mut impl FnMut(&Message) -> bool) -> bool {
+        self.advance(1);
+        self.tick();
+        let ids: Vec<u64> = self.nodes.keys().map(|id| id.get()).collect();
+        for &i in &ids {
+            self.ready(i);
+            self.persist(i);
+            self.ready(i);
+        }
+        let dropped = self.drop_where(|m| !select(m));
+        let delivered = self.deliver(|_| true);
+        delivered > 0 || !dropped.is_empty() || self.nodes.values().any(|x| x.raft.has_ready())
+    }
+
+    /// Rounds (see [`Net::round`]) until nothing moves, at most `rounds`.
     pub(crate) fn settle(&mut self, rounds: usize, mut select: impl FnMut(&Message) -> bool) {
         for _ in 0..rounds {
-            self.advance(1);
-            self.tick();
-            let ids: Vec<u64> = self.nodes.keys().map(|id| id.get()).collect();
-            for &i in &ids {
-                self.ready(i);
-                self.persist(i);
-                self.ready(i);
-            }
-            let dropped = self.drop_where(|m| !select(m));
-            let delivered = self.deliver(|_| true);
-            if delivered == 0 && dropped.is_empty() && ids.iter().all(|i| !self.nodes[&n(*i)].raft.has_ready()) {
+            if !self.round(&mut select) {
                 return;
             }
         }
     }
 
-    /// Like [`Net::settle`], but stops as soon as `done` holds; returns whether it did.
+    /// Rounds until `done` holds, at most `rounds`; returns whether it did.
     pub(crate) fn run_until(
         &mut self,
         rounds: usize,
@@ -231,16 +237,7 @@ impl Net {
             if done(self) {
                 return true;
             }
-            self.advance(1);
-            self.tick();
-            let ids: Vec<u64> = self.nodes.keys().map(|id| id.get()).collect();
-            for &i in &ids {
-                self.ready(i);
-                self.persist(i);
-                self.ready(i);
-            }
-            self.drop_where(|m| !select(m));
-            self.deliver(|_| true);
+            self.round(&mut select);
         }
         done(self)
     }
