@@ -604,8 +604,9 @@ struct State {
     used: Used,
     /// Every leader seen, by term.
     leaders: BTreeMap<Term, NodeId>,
-    /// Every entry known committed, by index.
-    committed: BTreeMap<LogIndex, EntryId>,
+    /// Every entry known committed, by index, with the term in which it was committed (the
+    /// term of the first node seen to know it: the leader that counted the quorum).
+    committed: BTreeMap<LogIndex, (EntryId, Term)>,
     /// Entries applied anywhere, in index order from 1.
     applied: Vec<EntryId>,
 }
@@ -943,7 +944,7 @@ impl State {
             if cfg.check_durability {
                 let store = n.raft.storage();
                 for m in &ready.messages {
-                    check_durable(m, store.hard_state(), store)?;
+                    check_durable(m, store.hard_state(), store, n.raft.term(), |i| n.raft.entry_term(i).ok())?;
                 }
             }
             let id = n.id;
@@ -995,14 +996,14 @@ impl State {
                 let term = n.raft.entry_term(index).map_err(|e| Failure::Driver(format!("n{}: {e}", n.id)))?;
                 let got = EntryId::new(term, index);
                 match self.committed.get(&index) {
-                    Some(expected) if *expected != got => {
+                    Some((expected, _)) if *expected != got => {
                         return Err(
                             Violation::StateMachineSafety { node: n.id, index, expected: *expected, got }.into()
                         );
                     }
                     Some(_) => {}
                     None => {
-                        self.committed.insert(index, got);
+                        self.committed.insert(index, (got, n.raft.term()));
                     }
                 }
             }
@@ -1013,8 +1014,8 @@ impl State {
             election.observe_leader(*node, *term)?;
         }
         let mut completeness = LeaderCompleteness::default();
-        for id in self.committed.values() {
-            completeness.observe_commit(*id);
+        for (id, in_term) in self.committed.values() {
+            completeness.observe_commit(*id, *in_term);
         }
         for n in &self.nodes {
             if n.raft.role() != Role::Leader {
@@ -1067,9 +1068,10 @@ impl State {
             h.write_u64(n.get());
         }
         h.write_u8(0xff);
-        for (i, id) in &self.committed {
+        for (i, (id, in_term)) in &self.committed {
             h.write_u64(i.0);
             h.write_u64(id.term.0);
+            h.write_u64(in_term.0);
         }
         h.write_u8(0xfe);
         for id in &self.applied {
