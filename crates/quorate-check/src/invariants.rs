@@ -100,6 +100,16 @@ pub enum Violation {
         /// What happened.
         detail: String,
     },
+    /// A core handed out a committed entry that does not follow what the node's state machine
+    /// has applied (and installed): the entries in between would never be applied there.
+    ApplyGap {
+        /// The node.
+        node: NodeId,
+        /// The entry handed out.
+        index: LogIndex,
+        /// What the state machine had applied.
+        applied: LogIndex,
+    },
     /// A core halted although its driver did nothing wrong (only I/O failures may stop a node).
     Halted {
         /// The node.
@@ -147,6 +157,10 @@ impl fmt::Display for Violation {
                 *since_ns as f64 / 1e6
             ),
             Violation::Reconfiguration { node, detail } => write!(f, "reconfiguration: node {node} {detail}"),
+            Violation::ApplyGap { node, index, applied } => write!(
+                f,
+                "apply gap: node {node} was handed entry {index} to apply with {applied} applied; the entries between would never be applied there"
+            ),
             Violation::Halted { node, reason } => write!(f, "halt: node {node} halted: {reason}"),
             Violation::Panic { detail } => write!(f, "panic: a core panicked: {detail}"),
         }

@@ -160,12 +160,28 @@ pub struct SimConfig {
     /// Check that under check-quorum no voter grants a vote within an election timeout of
     /// hearing from a leader. Turning it off lets a broken promise run on to a stale read.
     pub check_vote_lease: bool,
+    /// Driver-side workarounds for known core bugs, to explore past them (all off by
+    /// default: the simulator drives the core as quorate-node does).
+    pub workarounds: Workarounds,
     /// Print events as they happen.
     pub verbose: bool,
     /// A deliberate driver bug, to show that the checkers catch it.
     pub bug: Option<InjectedBug>,
     /// Applied to every core at start and restart.
     pub core_hook: Option<CoreHook>,
+}
+
+/// Driver-side workarounds for bugs of the core found by the simulator, so that a run can
+/// look for other bugs past them. Each is what a careful driver could do; none is what
+/// quorate-node does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workarounds {
+    /// Hold every message whose term is not yet on the sender's stable storage until it is
+    /// (pre-votes excepted): hides hole 1 of issue 16.
+    pub hold_unpersisted_term: bool,
+    /// Buffer committed entries handed out above a snapshot whose install is not yet
+    /// reported, and apply them after it: hides the apply gap.
+    pub buffer_apply_past_install: bool,
 }
 
 /// Deliberate mistakes a driver of the core could make; tests inject them and expect the
@@ -260,6 +276,7 @@ impl SimConfig {
             operator_snapshots,
             check_durability: true,
             check_vote_lease: true,
+            workarounds: Workarounds::default(),
             verbose: false,
             bug: None,
             core_hook: None,
@@ -269,8 +286,9 @@ impl SimConfig {
     /// Sets one setting by name, for `quorate-sim --set NAME=VALUE`: `voters`, `learners`,
     /// `voters_min`, `pre_vote`, `check_quorum`, `lease_reads`, `auto_leave_joint`,
     /// `operator_snapshots`, `reconfig`, `torn_writes`, `group_batches_max`, `long_delay`,
-    /// `slow_fsync`, `loss`, `snapshot_entries`, `compaction_tail`, `check_durability`,
-    /// `check_vote_lease`. Setting `lease_reads`
+    /// `slow_fsync`, `loss`, `snapshot_entries`, `compaction_tail`, `degraded_node` (an index),
+    /// `nemesis_interval_ms`, `check_durability`,
+    /// `check_vote_lease`, `hold_unpersisted_term`, `buffer_apply_past_install`. Setting `lease_reads`
     /// also turns `check_quorum` on and bounds clock jumps; `voters` raises `max_nodes`.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         let bad = || format!("`{value}` is not a valid value for {name}");
@@ -298,8 +316,12 @@ impl SimConfig {
             "loss" => self.loss = share()?,
             "snapshot_entries" => self.snapshot_entries = count()?,
             "compaction_tail" => self.compaction_tail = count()?,
+            "degraded_node" => self.disk.degraded_node = Some(count()? as usize),
+            "nemesis_interval_ms" => self.nemesis_interval_ns = count()?.max(10) * MS,
             "check_durability" => self.check_durability = flag()?,
             "check_vote_lease" => self.check_vote_lease = flag()?,
+            "hold_unpersisted_term" => self.workarounds.hold_unpersisted_term = flag()?,
+            "buffer_apply_past_install" => self.workarounds.buffer_apply_past_install = flag()?,
             _ => return Err(format!("unknown setting `{name}`")),
         }
         self.voters = self.voters.max(self.voters_min);
@@ -503,6 +525,13 @@ struct Disk {
     last_report_at: u64,
 }
 
+impl Disk {
+    /// Whether a snapshot install is handed out and not yet reported.
+    fn install_pending(&self) -> bool {
+        !self.installs.is_empty() || self.queue.iter().chain(&self.writing).any(|b| b.install.is_some())
+    }
+}
+
 struct Node {
     id: NodeId,
     raft: Option<Raft<MemLog>>,
@@ -534,6 +563,10 @@ struct Node {
     staged: Option<(SnapshotMeta, KvStore)>,
     /// When (its own clock, ns) the node last heard from a leader it follows, and who.
     contact: Option<(u64, NodeId)>,
+    /// Messages held until their term is durable (`Workarounds::hold_unpersisted_term`).
+    held: Vec<Message>,
+    /// Committed entries waiting for a snapshot install (`Workarounds::buffer_apply_past_install`).
+    apply_buffer: Vec<Entry>,
     /// The configuration the node was created with (the bootstrap one, or empty for a node
     /// that joins).
     bootstrap: Configuration,
@@ -560,6 +593,8 @@ impl Node {
             durable_snapshot: None,
             staged: None,
             contact: None,
+            held: Vec::new(),
+            apply_buffer: Vec::new(),
             bootstrap,
         }
     }
@@ -762,6 +797,8 @@ impl Sim {
         n.parked_reads.clear();
         n.disk = Disk::default();
         n.staged = None;
+        n.held.clear();
+        n.apply_buffer.clear();
     }
 
     /// Adds a node slot that joins with an empty configuration (it learns the real one
@@ -838,6 +875,8 @@ impl Sim {
         let n = &mut self.nodes[i];
         n.disk = Disk::default();
         n.staged = None;
+        n.held.clear();
+        n.apply_buffer.clear();
         n.snapshot = n.durable_snapshot.clone();
         n.incarnation += 1;
         n.paused_until = 0;
@@ -1091,6 +1130,15 @@ impl Sim {
                 n.disk.unsynced.push(b);
             }
         }
+        if sync && !self.nodes[i].held.is_empty() {
+            let durable = self.nodes[i].durable.hard_state().term;
+            let (ready, still): (Vec<Message>, Vec<Message>) =
+                std::mem::take(&mut self.nodes[i].held).into_iter().partition(|m| m.term <= durable);
+            self.nodes[i].held = still;
+            for m in ready {
+                self.send(i, m);
+            }
+        }
         let lag = self.cfg.disk.report_lag_ns;
         for io in ios {
             let at = self.now.max(self.nodes[i].disk.last_report_at) + self.rng.below(lag + 1);
@@ -1121,10 +1169,25 @@ impl Sim {
             n.snapshot = Some((meta.clone(), kv));
             self.report.installs += 1;
             self.log(|| format!("node {id} installs a snapshot up to {}", meta.last.index));
+            let buffered = std::mem::take(&mut self.nodes[i].apply_buffer);
+            for e in buffered {
+                if e.index > self.nodes[i].applied && !self.apply(i, e) {
+                    return;
+                }
+            }
         }
         let local = self.local_time(i, self.now);
         if let Some(r) = self.nodes[i].raft.as_mut() {
+            let before = r.status().persisted_index;
             r.persisted(local, io);
+            if self.cfg.verbose {
+                let after = r.status().persisted_index;
+                println!(
+                    "[{:>7.1} ms] node {id}: batch {} reported; persisted index {before} -> {after}",
+                    self.now as f64 / MS as f64,
+                    io.0
+                );
+            }
         }
         self.drain(i);
     }
@@ -1146,6 +1209,17 @@ impl Sim {
                 return;
             }
         };
+        if self.cfg.verbose {
+            println!(
+                "[{:>7.1} ms] node {id} hands out batch {}: hard state {:?}, entries {:?}, install {:?}, compact {:?}",
+                self.now as f64 / MS as f64,
+                p.io.0,
+                p.hard_state.map(|h| (h.term.0, h.vote.map(NodeId::get), h.commit.0)),
+                (p.entries.first().map(|e| e.id()), p.entries.last().map(|e| e.id())),
+                install.as_ref().map(|(m, _)| m.last),
+                p.compact.as_ref().map(|m| m.last),
+            );
+        }
         let batch =
             Batch { io: p.io, hard_state: p.hard_state, entries: p.entries, sync: p.sync, install, compact: p.compact };
         self.nodes[i].disk.queue.push_back(batch);
@@ -1179,6 +1253,13 @@ impl Sim {
                 }
             }
             for m in ready.messages {
+                if self.cfg.workarounds.hold_unpersisted_term
+                    && m.term > self.nodes[i].durable.hard_state().term
+                    && !is_pre_vote(&m)
+                {
+                    self.nodes[i].held.push(m);
+                    continue;
+                }
                 if self.cfg.check_durability
                     && let Some(r) = self.nodes[i].raft.as_ref()
                 {
@@ -1237,6 +1318,20 @@ impl Sim {
     /// Applies one committed entry on node `i`; false after a violation.
     fn apply(&mut self, i: usize, e: Entry) -> bool {
         let id = self.nodes[i].id;
+        let applied = self.nodes[i].applied;
+        if self.cfg.workarounds.buffer_apply_past_install
+            && e.index > applied.next()
+            && self.nodes[i].disk.install_pending()
+        {
+            self.nodes[i].apply_buffer.push(e);
+            return true;
+        }
+        if e.index != applied.next() {
+            // The driver applies what it is handed, in order (as quorate-node's apply thread
+            // does); a gap means entries that will never reach this state machine.
+            self.violation(Violation::ApplyGap { node: id, index: e.index, applied });
+            return false;
+        }
         if let Err(v) = self.sm.observe_apply(id, &e) {
             self.violation(v);
             return false;
@@ -1248,7 +1343,11 @@ impl Sim {
                     applied_ok = self.nodes[i].kv.apply(&cmd);
                 }
             }
-            EntryPayload::Config(c) => self.nodes[i].applied_conf = c.clone(),
+            EntryPayload::Config(c) => {
+                let conf = show_conf(c);
+                self.log(|| format!("node {id} applies configuration {conf} at {}", e.index));
+                self.nodes[i].applied_conf = c.clone();
+            }
             _ => {}
         }
         self.nodes[i].applied = e.index;
@@ -1301,6 +1400,10 @@ impl Sim {
         let to_i = (to.get() - 1) as usize;
         let term = self.nodes[from].raft.as_ref().map_or(Term::ZERO, Raft::term);
         let Some((m, kv)) = self.nodes[from].snapshot.clone() else { return };
+        if self.cfg.workarounds.hold_unpersisted_term && self.nodes[from].durable.hard_state().term < term {
+            // Not yet: the leader retries once the transfer times out.
+            return;
+        }
         if self.cfg.check_durability && self.nodes[from].durable.hard_state().term < term {
             let id = self.nodes[from].id;
             let stable = self.nodes[from].durable.hard_state().term;
@@ -2039,6 +2142,14 @@ impl Sim {
         self.report.ops = self.history.len();
         self.report.history = self.history;
         self.report
+    }
+}
+
+fn is_pre_vote(m: &Message) -> bool {
+    match &m.body {
+        MessageBody::RequestVote(r) => r.pre_vote,
+        MessageBody::VoteResponse(v) => v.pre_vote,
+        _ => false,
     }
 }
 

@@ -281,6 +281,7 @@ fn kind(v: &quorate_check::invariants::Violation) -> &'static str {
             "reconfiguration (change accepted while joint)"
         }
         V::Reconfiguration { .. } => "reconfiguration",
+        V::ApplyGap { .. } => "apply gap",
         V::Halted { .. } => "halt",
         V::Panic { .. } => "panic",
         _ => "other",
