@@ -154,6 +154,9 @@ pub struct SimConfig {
     pub compaction_tail: u64,
     /// The operator also snapshots nodes at arbitrary applied indexes.
     pub operator_snapshots: bool,
+    /// The operator snapshots a node right after it applies a configuration entry (a backup
+    /// after every membership change). Off in the sampled seeds.
+    pub snapshot_on_config: bool,
     /// Check every message against its sender's stable storage. Turning it off shows what a
     /// durability bug does to the other properties.
     pub check_durability: bool,
@@ -274,6 +277,7 @@ impl SimConfig {
             snapshot_entries,
             compaction_tail,
             operator_snapshots,
+            snapshot_on_config: false,
             check_durability: true,
             check_vote_lease: true,
             workarounds: Workarounds::default(),
@@ -285,7 +289,7 @@ impl SimConfig {
 
     /// Sets one setting by name, for `quorate-sim --set NAME=VALUE`: `voters`, `learners`,
     /// `voters_min`, `pre_vote`, `check_quorum`, `lease_reads`, `auto_leave_joint`,
-    /// `operator_snapshots`, `reconfig`, `torn_writes`, `group_batches_max`, `long_delay`,
+    /// `operator_snapshots`, `snapshot_on_config`, `reconfig`, `torn_writes`, `group_batches_max`, `long_delay`,
     /// `slow_fsync`, `loss`, `snapshot_entries`, `compaction_tail`, `degraded_node` (an index),
     /// `nemesis_interval_ms`, `check_durability`,
     /// `check_vote_lease`, `hold_unpersisted_term`, `buffer_apply_past_install`. Setting `lease_reads`
@@ -308,6 +312,7 @@ impl SimConfig {
             "lease_reads" => self.lease_reads = flag()?,
             "auto_leave_joint" => self.auto_leave_joint = flag()?,
             "operator_snapshots" => self.operator_snapshots = flag()?,
+            "snapshot_on_config" => self.snapshot_on_config = flag()?,
             "reconfig" => self.reconfig = flag()?,
             "torn_writes" => self.disk.torn_writes = flag()?,
             "group_batches_max" => self.disk.group_batches_max = count()?.max(1) as usize,
@@ -437,6 +442,7 @@ enum Event {
     Heal,
     Snapshot(usize),
     Unblock { from: usize, to: usize },
+    OperatorSnapshot { node: usize, incarnation: u64 },
 }
 
 /// A snapshot in transit: (from, to, sender's term, metadata, data).
@@ -969,6 +975,11 @@ impl Sim {
                 }
             }
             Event::Heal => self.heal(),
+            Event::OperatorSnapshot { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.snapshot_node(node);
+                }
+            }
             Event::Unblock { from, to } => {
                 if self.blocked.remove(&(from, to)) {
                     self.log(|| format!("link {} -> {} is back", from + 1, to + 1));
@@ -1347,6 +1358,10 @@ impl Sim {
                 let conf = show_conf(c);
                 self.log(|| format!("node {id} applies configuration {conf} at {}", e.index));
                 self.nodes[i].applied_conf = c.clone();
+                if self.cfg.snapshot_on_config {
+                    let incarnation = self.nodes[i].incarnation;
+                    self.schedule(self.now, Event::OperatorSnapshot { node: i, incarnation });
+                }
             }
             _ => {}
         }
@@ -1915,6 +1930,11 @@ impl Sim {
             return;
         }
         let i = self.rng.below(self.nodes.len() as u64) as usize;
+        self.snapshot_node(i);
+    }
+
+    /// Node `i` snapshots at whatever it has applied.
+    fn snapshot_node(&mut self, i: usize) {
         let applied = self.nodes[i].applied;
         let Some(r) = self.nodes[i].running() else { return };
         if applied == LogIndex::ZERO

@@ -259,12 +259,14 @@ fn leave_joint_seeds_are_clean() {
 
 /// Not among the four (Raft dissertation §4.2.2): a node that is not in its own latest,
 /// uncommitted configuration never campaigns, although it may be the only one that can win.
-/// Seed 493 (with the hole-1 workaround): voters {1}, learner {2}; `Replace {1 -> 2}`; node 1
-/// appends C_new = {2} at 79, which node 2 lacks; node 1 steps down and never campaigns, node
-/// 2 needs node 1's vote in the joint configuration and cannot get it (its log is behind).
+/// Seed 12070: voters {1,2}; leader 2 removes itself; the operator leaves the joint
+/// configuration, appending C_new = {1} at 35, which node 1 lacks; node 2 steps down and never
+/// campaigns, and node 1 needs node 2's vote in the joint configuration and cannot get it (its
+/// log is behind). Seed 493 (with the hole-1 workaround) is the same from one voter, `Replace`.
 #[test]
 #[ignore = "fails until issue-16-core lands: a removed node holding the only copy of C_new never campaigns"]
-fn removed_leader_liveness_seed_is_clean() {
+fn removed_leader_liveness_seeds_are_clean() {
+    assert_clean(&[12070, 13853, 15340], |_| {});
     assert_clean(&[493], |c| {
         c.workarounds.hold_unpersisted_term = true;
         c.workarounds.buffer_apply_past_install = true;
