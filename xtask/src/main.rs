@@ -22,15 +22,16 @@ usage: cargo xtask <command>
 
 commands:
   ci                         everything CI runs: fmt, clippy, tests, dependency rule, bounded simulation
-  sim [--seeds N] [--seed S] [--steps K]
+  sim [--seeds N] [--seed S] [--steps K] [--set NAME=VALUE]... [--verbose]
                              deterministic simulation of clusters; ends with one summary line
+                             (docs/verification.md)
   demo [--smoke]             the main job: a real 3-node cluster on 127.0.0.1; writes, kills the leader
                              (SIGKILL), checks every acknowledged write, restarts it; --smoke: stop and
                              print a verdict instead of running until Ctrl-C
   chaos [--nodes 3|5] [--duration S] [--seed S] [--faults LIST] [--workload mixed|hot-key] [--reads linearizable|lease]
                              fault testing of a real cluster with checked histories; also `chaos failover`,
                              `chaos regress [NAME]`, `chaos ci`, `chaos soak` (see docs/chaos.md)
-  model-check [--quick] [ARGS]
+  model-check [--quick | --quick-reconfig | --quick-learner | --quick-lease | --full] [ARGS]
                              exhaustive exploration of the real core at small bounds
   fuzz [--seconds N]         bounded run of every fuzz target (installs cargo-fuzz if missing)
   bench <core|storage|transport>
@@ -166,6 +167,7 @@ fn ci(args: &[String]) -> Result<()> {
     sim(&["--seeds".into(), "500".into()])?;
     model_check(&["--quick".into()])?;
     model_check(&["--quick-reconfig".into()])?;
+    model_check(&["--quick-lease".into()])?;
     fuzz(&["--seconds".into(), "15".into()])?;
     eprintln!("ci: all steps passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())

@@ -3,11 +3,14 @@
 //! Evidence that Quorate keeps its promises:
 //!
 //! * [`sim`]: a deterministic simulator that drives several `quorate-core` nodes in one
-//!   thread from one seed — message delay, loss, duplication and reordering, symmetric and
-//!   one-way partitions, crashes that lose unpersisted writes, failed fsyncs, clock drift —
+//!   thread from one seed — cluster shapes down to one voter, membership changes, message
+//!   delay, loss, duplication and reordering, partitions, a group-committing disk with late
+//!   completions, slow fsyncs and crashes mid-write, process pauses, clock drift and jumps —
 //!   with clients issuing reads and writes. Any failing seed replays exactly.
+//! * [`model`]: exhaustive model checking of the same cores at small bounds.
 //! * [`invariants`]: checkers for election safety, log matching, leader completeness, state
-//!   machine safety and durability, fed on every simulated step.
+//!   machine safety, durability, read freshness and the check-quorum vote promise, fed on
+//!   every simulated step.
 //! * [`linearizability`]: a Wing–Gong/Lowe checker for key-value histories, partitioned by
 //!   key, with operations of unknown outcome; [`history`] is the JSON-lines format it reads,
 //!   shared with the real-process fault tests.
@@ -16,8 +19,18 @@
 //! This crate never depends on an async runtime, a network stack or a disk engine.
 //!
 //! ```
-//! let report = quorate_check::sim::run_seed(7, 5_000, false);
-//! assert!(report.violations.is_empty(), "{:?}", report.violations);
+//! use quorate_check::invariants::Violation;
+//! use quorate_check::sim::{InjectedBug, find_violation, run_seed};
+//!
+//! // One seed, replayable from its number.
+//! let report = run_seed(7, 5_000, false);
+//! assert_eq!(report.seed, 7);
+//! // A driver that acknowledges appends before they are durable is caught within a few seeds.
+//! let found = find_violation(0..10, |c| {
+//!     c.bug = Some(InjectedBug::AckBeforePersist);
+//!     c.reconfig = false;
+//! });
+//! assert!(matches!(found, Some((_, Violation::Durability { .. }))), "{found:?}");
 //! ```
 
 #![forbid(unsafe_code)]

@@ -56,8 +56,9 @@
 
 use crate::invariants::{
     ElectionSafety, LeaderCompleteness, StateMachineSafety, Violation, check_durable, check_log_matching,
+    check_read_fresh,
 };
-use quorate_core::{Config, Instant, IoId, Message, MessageBody, Raft, Role};
+use quorate_core::{Config, Instant, IoId, Message, MessageBody, Raft, ReadId, ReadLevel, Role};
 use quorate_log::{
     Configuration, Data, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, MemLog, NodeId, SnapshotMeta,
     Term,
@@ -72,8 +73,10 @@ use std::time::{Duration, Instant as WallClock};
 /// Bounds and settings of one model-checking run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelConfig {
-    /// Cluster size (all voters).
+    /// Cluster size.
     pub nodes: usize,
+    /// Of the `nodes`, how many (the highest-numbered) start as learners; the rest are voters.
+    pub learners: usize,
     /// States where any node's term exceeds this are checked but not explored further.
     pub terms: u64,
     /// Client proposals, in all.
@@ -84,9 +87,18 @@ pub struct ModelConfig {
     pub losses: u32,
     /// Messages duplicated, in all.
     pub duplicates: u32,
-    /// Membership changes proposed, in all: the leader removes the highest-numbered voter
-    /// (itself included), through a joint configuration.
+    /// Membership changes proposed, in all: the leader promotes the lowest-numbered learner
+    /// if there is one, and otherwise removes the highest-numbered voter (itself included);
+    /// voter changes go through a joint configuration.
     pub conf_changes: u32,
+    /// Reads asked of a leader, in all. A read confirmed at an index below the highest
+    /// commit when it was asked for is a violation (read freshness).
+    pub reads: u32,
+    /// Lease reads: the cores read with `ReadLevel::Lease` at a drift bound of a tenth of an
+    /// election timeout (check-quorum must be on). All nodes then share one clock, so that
+    /// a lease is measured against the same time as the voters' promises; every timer fires
+    /// at or after its deadline on it (a late timer is a paused process).
+    pub lease_reads: bool,
     /// Longest action sequence explored.
     pub depth: u32,
     /// Stop after this many distinct states.
@@ -98,6 +110,10 @@ pub struct ModelConfig {
     /// Check every message sent with `check_durable`. Turning it off shows what a durability
     /// bug does to the other properties.
     pub check_durability: bool,
+    /// The driver holds every message whose term is not yet on the sender's stable storage
+    /// until it is (pre-votes excepted). A driver-side workaround for hole 1 of issue 16,
+    /// to explore past it on a core that has the hole; off by default.
+    pub hold_unpersisted_term: bool,
     /// A deliberate driver bug, to show that the checker fails.
     pub bug: Option<ModelBug>,
 }
@@ -109,6 +125,8 @@ pub enum ModelBug {
     /// Report each persist batch persisted as soon as it is handed out, before it is written
     /// (a crash then loses state the node already acknowledged).
     AckBeforePersist,
+    /// Serve reads on any node at once, at its own commit index, without asking the core.
+    LocalReads,
 }
 
 impl ModelConfig {
@@ -117,18 +135,58 @@ impl ModelConfig {
     pub fn quick() -> ModelConfig {
         ModelConfig {
             nodes: 3,
+            learners: 0,
             terms: 2,
             proposals: 1,
             crashes: 1,
             losses: 0,
             duplicates: 0,
             conf_changes: 0,
+            reads: 0,
+            lease_reads: false,
             depth: 9,
             max_states: 2_000_000,
             pre_vote: true,
             check_quorum: true,
             check_durability: true,
+            hold_unpersisted_term: false,
             bug: None,
+        }
+    }
+
+    /// The CI preset for the shape of hole 1 of issue 16: one voter and one learner (a cluster
+    /// started from one node that grows by `join`). The voter elects itself on its own vote,
+    /// proposes, crashes, restarts and elects itself again; the learner is promoted (a joint
+    /// configuration in which the voter's own vote no longer closes the quorum); reads on the
+    /// single voter are confirmed at once.
+    #[must_use]
+    pub fn quick_learner() -> ModelConfig {
+        ModelConfig {
+            nodes: 2,
+            learners: 1,
+            terms: 3,
+            proposals: 2,
+            conf_changes: 1,
+            reads: 1,
+            depth: 11,
+            ..ModelConfig::quick()
+        }
+    }
+
+    /// Lease reads on two voters, measured on one shared clock: an election (without
+    /// pre-vote, to keep it short), the no-op's commit, a heartbeat round that starts the
+    /// lease, and two reads, with a crash anywhere. (Three voters reach a lease read only at
+    /// depth 13: three quarters of a minute.)
+    #[must_use]
+    pub fn quick_lease() -> ModelConfig {
+        ModelConfig {
+            nodes: 2,
+            pre_vote: false,
+            proposals: 0,
+            reads: 2,
+            lease_reads: true,
+            depth: 14,
+            ..ModelConfig::quick()
         }
     }
 
@@ -207,8 +265,14 @@ pub enum Action {
         /// The node's index.
         node: usize,
     },
-    /// The node (a leader) proposes removing the highest-numbered voter.
+    /// The node (a leader) promotes the lowest-numbered learner, or removes the
+    /// highest-numbered voter.
     Reconfigure {
+        /// The node's index.
+        node: usize,
+    },
+    /// A client reads on the node (a leader, unless the driver is broken).
+    Read {
         /// The node's index.
         node: usize,
     },
@@ -226,6 +290,7 @@ impl fmt::Display for Action {
             Action::Propose { node } => write!(f, "propose n{}", node + 1),
             Action::Crash { node } => write!(f, "crash-restart n{}", node + 1),
             Action::Reconfigure { node } => write!(f, "reconfigure on n{}", node + 1),
+            Action::Read { node } => write!(f, "read on n{}", node + 1),
         }
     }
 }
@@ -297,6 +362,8 @@ pub struct Outcome {
     pub max_committed: u64,
     /// The most terms that had a leader, in any state explored.
     pub max_leader_terms: usize,
+    /// The most reads confirmed (lease or ReadIndex) on one path explored.
+    pub reads_confirmed: u64,
     /// States in which some node holds a joint configuration, and states in which some node
     /// holds a configuration with fewer voters than at the start.
     pub joint_states: u64,
@@ -374,11 +441,12 @@ pub fn check(cfg: &ModelConfig) -> Outcome {
                 }
                 if visited.insert(succ.fingerprint()) {
                     out.max_committed = out.max_committed.max(succ.committed.len() as u64);
+                    out.reads_confirmed = out.reads_confirmed.max(succ.confirmed);
                     out.max_leader_terms = out.max_leader_terms.max(succ.leaders.len());
                     if succ.nodes.iter().any(|n| n.raft.configuration().is_joint()) {
                         out.joint_states += 1;
                     }
-                    if succ.nodes.iter().any(|n| n.raft.configuration().voters.len() < cfg.nodes) {
+                    if succ.nodes.iter().any(|n| n.raft.configuration().voters.len() < cfg.nodes - cfg.learners) {
                         out.reconfigured_states += 1;
                     }
                     trail.push((at, action));
@@ -468,7 +536,8 @@ impl Action {
             | Action::Persist { node }
             | Action::Propose { node }
             | Action::Crash { node }
-            | Action::Reconfigure { node } => Some(node),
+            | Action::Reconfigure { node }
+            | Action::Read { node } => Some(node),
             Action::Deliver { .. } | Action::Drop { .. } | Action::Duplicate { .. } => None,
         }
     }
@@ -539,6 +608,9 @@ struct Node {
     /// The term this node leads, and how many times its timer fired in it (mod 2).
     leading: Option<Term>,
     phase: u8,
+    /// Messages held by the driver until their term is on stable storage
+    /// (`ModelConfig::hold_unpersisted_term`).
+    held: Vec<Message>,
     fp: u64,
 }
 
@@ -588,6 +660,7 @@ struct InFlight {
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Debug)]
 struct Used {
+    reads: u32,
     conf_changes: u32,
     proposals: u32,
     crashes: u32,
@@ -604,10 +677,18 @@ struct State {
     used: Used,
     /// Every leader seen, by term.
     leaders: BTreeMap<Term, NodeId>,
-    /// Every entry known committed, by index.
-    committed: BTreeMap<LogIndex, EntryId>,
+    /// Every entry known committed, by index, with the term in which it was committed (the
+    /// term of the first node seen to know it: the leader that counted the quorum).
+    committed: BTreeMap<LogIndex, (EntryId, Term)>,
     /// Entries applied anywhere, in index order from 1.
     applied: Vec<EntryId>,
+    /// Reads asked for and not yet confirmed or failed: (read id, node index, the highest
+    /// index committed when it was asked for, lease).
+    reads: Vec<(u64, usize, LogIndex, bool)>,
+    /// The shared clock (ns), with `ModelConfig::lease_reads`; masked from fingerprints.
+    now: u64,
+    /// Reads confirmed on the way to this state (a statistic, not part of the fingerprint).
+    confirmed: u64,
 }
 
 #[derive(Default)]
@@ -623,6 +704,9 @@ fn core_config(cfg: &ModelConfig, id: NodeId) -> Config {
     c.election_timeout_min = Duration::from_nanos(ELECTION_TIMEOUT_NS);
     c.pre_vote = cfg.pre_vote;
     c.check_quorum = cfg.check_quorum;
+    if cfg.lease_reads {
+        c.lease_clock_drift_max = Some(Duration::from_nanos(ELECTION_TIMEOUT_NS / 10));
+    }
     // Check-quorum runs every second heartbeat, so a leader's step-down is a short path.
     c.heartbeat_interval = c.election_timeout_min / 2;
     c.snapshot_entries_threshold = 0;
@@ -632,7 +716,13 @@ fn core_config(cfg: &ModelConfig, id: NodeId) -> Config {
 impl State {
     fn initial(cfg: &ModelConfig, scratch: &mut Scratch) -> Result<State, Failure> {
         let ids: Vec<NodeId> = (1..=cfg.nodes as u64).filter_map(NodeId::new).collect();
-        let conf = Configuration::with_voters(ids.iter().copied()).map_err(|e| Failure::Driver(e.to_string()))?;
+        let voters = cfg.nodes.saturating_sub(cfg.learners);
+        let conf = Configuration {
+            voters: ids.iter().take(voters).copied().collect(),
+            learners: ids.iter().skip(voters).copied().collect(),
+            ..Configuration::default()
+        };
+        conf.validate().map_err(|e| Failure::Driver(e.to_string()))?;
         let mut nodes = Vec::new();
         for id in ids {
             let raft = Raft::new(core_config(cfg, id), MemLog::new(conf.clone()), Instant(0))
@@ -646,6 +736,7 @@ impl State {
                 lease: true,
                 leading: None,
                 phase: 0,
+                held: Vec::new(),
                 fp: 0,
             }));
         }
@@ -656,6 +747,9 @@ impl State {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             applied: Vec::new(),
+            reads: Vec::new(),
+            now: 0,
+            confirmed: 0,
         };
         for i in 0..s.nodes.len() {
             s.drain(cfg, i, scratch, &mut None)?;
@@ -682,11 +776,16 @@ impl State {
             }
         }
         for (node, n) in self.nodes.iter().enumerate() {
+            let clock = if cfg.lease_reads { self.now } else { n.clock };
             if let Some(at) = n.raft.poll_timeout() {
                 out.push(Action::Timeout { node });
-                if n.lease && n.raft.role() != Role::Leader && n.clock + ELECTION_TIMEOUT_NS < at.0 {
+                if n.lease && n.raft.role() != Role::Leader && clock + ELECTION_TIMEOUT_NS < at.0 {
                     out.push(Action::Expire { node });
                 }
+            }
+            let reader = n.raft.role() == Role::Leader || cfg.bug == Some(ModelBug::LocalReads);
+            if self.used.reads < cfg.reads && reader && n.raft.halted().is_none() {
+                out.push(Action::Read { node });
             }
             if !n.disk.is_empty() {
                 out.push(Action::Persist { node });
@@ -742,6 +841,20 @@ impl State {
         notes: Option<&mut Vec<String>>,
     ) -> Result<(), Failure> {
         let mut notes = notes;
+        if cfg.lease_reads {
+            // One shared clock: the node about to act reads it.
+            let target = match action {
+                Action::Deliver { key } => {
+                    self.find(key).ok().map(|pos| (self.net[pos].msg.to.get() as usize).wrapping_sub(1))
+                }
+                other => other.node(),
+            };
+            if let Some(i) = target.filter(|i| *i < self.nodes.len())
+                && self.nodes[i].clock != self.now
+            {
+                Arc::make_mut(&mut self.nodes[i]).clock = self.now;
+            }
+        }
         let touched = match action {
             Action::Deliver { key } => {
                 let pos = self.find(key)?;
@@ -823,13 +936,32 @@ impl State {
                 self.node(node)?;
                 self.used.conf_changes += 1;
                 let n = Arc::make_mut(&mut self.nodes[node]);
-                let target = n.raft.configuration().voters.iter().next_back().copied();
-                match target {
-                    // Refusals (a change in flight, no healthy quorum) are legitimate outcomes.
-                    Some(t) => {
-                        let _ = n.raft.propose_conf_change(Instant(n.clock), quorate_core::ConfChange::Remove(t));
+                let conf = n.raft.configuration();
+                let change = match (conf.learners.iter().next(), conf.voters.iter().next_back()) {
+                    (Some(l), _) => quorate_core::ConfChange::Promote(*l),
+                    (None, Some(v)) => quorate_core::ConfChange::Remove(*v),
+                    (None, None) => return Err(Failure::Driver("a leader without voters".into())),
+                };
+                // Refusals (a change in flight, no healthy quorum) are legitimate outcomes.
+                let _ = n.raft.propose_conf_change(Instant(n.clock), change);
+                Some(node)
+            }
+            Action::Read { node } => {
+                self.node(node)?;
+                self.used.reads += 1;
+                let id = u64::from(self.used.reads);
+                let committed = self.committed.keys().next_back().copied().unwrap_or_default();
+                let n = Arc::make_mut(&mut self.nodes[node]);
+                if cfg.bug == Some(ModelBug::LocalReads) {
+                    // The broken driver answers at once from the node's own state.
+                    check_read_fresh(n.id, n.raft.commit_index(), committed, false)?;
+                    self.confirmed += 1;
+                } else {
+                    let level = if cfg.lease_reads { ReadLevel::Lease } else { ReadLevel::Linearizable };
+                    // A refused read (no leader, too many pending) is a legitimate outcome.
+                    if n.raft.read(Instant(n.clock), ReadId(id), level).is_ok() {
+                        self.reads.push((id, node, committed, cfg.lease_reads));
                     }
-                    None => return Err(Failure::Driver("a leader without voters".into())),
                 }
                 Some(node)
             }
@@ -847,12 +979,28 @@ impl State {
                 n.raft = Raft::new(c, stable, Instant(n.clock))
                     .map_err(|e| Failure::Driver(format!("n{} cannot restart: {e}", n.id)))?;
                 n.disk.clear();
+                n.held.clear();
+                // Reads asked of the old process are gone with it.
+                self.reads.retain(|r| r.1 != node);
                 n.io_acked = 0;
                 n.lease = true;
                 Some(node)
             }
         };
         if let Some(i) = touched {
+            if cfg.lease_reads {
+                self.now = self.now.max(self.nodes[i].clock);
+            }
+            if cfg.hold_unpersisted_term && !self.nodes[i].held.is_empty() {
+                let n = Arc::make_mut(&mut self.nodes[i]);
+                let durable = n.raft.storage().hard_state().term;
+                let (ready, still): (Vec<Message>, Vec<Message>) =
+                    std::mem::take(&mut n.held).into_iter().partition(|m| m.term <= durable);
+                n.held = still;
+                for m in ready {
+                    self.send(m, scratch);
+                }
+            }
             let n = Arc::make_mut(&mut self.nodes[i]);
             if n.raft.role() == Role::Leader {
                 if n.leading != Some(n.raft.term()) {
@@ -940,17 +1088,40 @@ impl State {
                     n.io_acked = io.0;
                 }
             }
+            let mut messages = ready.messages;
+            if cfg.hold_unpersisted_term {
+                let durable = n.raft.storage().hard_state().term;
+                let pre_vote = |m: &Message| match &m.body {
+                    MessageBody::RequestVote(r) => r.pre_vote,
+                    MessageBody::VoteResponse(v) => v.pre_vote,
+                    _ => false,
+                };
+                let (hold, send): (Vec<Message>, Vec<Message>) =
+                    messages.into_iter().partition(|m| m.term > durable && !pre_vote(m));
+                n.held.extend(hold);
+                messages = send;
+            }
             if cfg.check_durability {
                 let store = n.raft.storage();
-                for m in &ready.messages {
-                    check_durable(m, store.hard_state(), store)?;
+                for m in &messages {
+                    check_durable(m, store.hard_state(), store, n.raft.term(), |i| n.raft.entry_term(i).ok())?;
                 }
             }
             let id = n.id;
             for e in &ready.committed {
                 self.observe_apply(id, e)?;
             }
-            for m in ready.messages {
+            for rr in &ready.reads {
+                if let Some(pos) = self.reads.iter().position(|r| r.0 == rr.id.0) {
+                    let (_, _, committed, lease) = self.reads.remove(pos);
+                    check_read_fresh(id, rr.index, committed, lease)?;
+                    self.confirmed += 1;
+                }
+            }
+            for f in &ready.failed_reads {
+                self.reads.retain(|r| r.0 != f.id.0);
+            }
+            for m in messages {
                 if let Some(notes) = notes.as_deref_mut() {
                     notes.push(format!("n{} sends to n{} [term {}] {:?}", m.from, m.to, m.term, m.body));
                 }
@@ -995,14 +1166,14 @@ impl State {
                 let term = n.raft.entry_term(index).map_err(|e| Failure::Driver(format!("n{}: {e}", n.id)))?;
                 let got = EntryId::new(term, index);
                 match self.committed.get(&index) {
-                    Some(expected) if *expected != got => {
+                    Some((expected, _)) if *expected != got => {
                         return Err(
                             Violation::StateMachineSafety { node: n.id, index, expected: *expected, got }.into()
                         );
                     }
                     Some(_) => {}
                     None => {
-                        self.committed.insert(index, got);
+                        self.committed.insert(index, (got, n.raft.term()));
                     }
                 }
             }
@@ -1013,8 +1184,8 @@ impl State {
             election.observe_leader(*node, *term)?;
         }
         let mut completeness = LeaderCompleteness::default();
-        for id in self.committed.values() {
-            completeness.observe_commit(*id);
+        for (id, in_term) in self.committed.values() {
+            completeness.observe_commit(*id, *in_term);
         }
         for n in &self.nodes {
             if n.raft.role() != Role::Leader {
@@ -1067,9 +1238,17 @@ impl State {
             h.write_u64(n.get());
         }
         h.write_u8(0xff);
-        for (i, id) in &self.committed {
+        for (i, (id, in_term)) in &self.committed {
             h.write_u64(i.0);
             h.write_u64(id.term.0);
+            h.write_u64(in_term.0);
+        }
+        h.write_u8(0xfd);
+        for (id, node, committed, lease) in &self.reads {
+            h.write_u64(*id);
+            h.write_usize(*node);
+            h.write_u64(committed.0);
+            h.write_u8(u8::from(*lease));
         }
         h.write_u8(0xfe);
         for id in &self.applied {
@@ -1114,6 +1293,10 @@ fn node_fingerprint(n: &Node, scratch: &mut Scratch) -> u64 {
     h.write(&scratch.norm);
     h.write_u8(u8::from(n.lease));
     h.write_u8(n.phase);
+    h.write_usize(n.held.len());
+    for m in &n.held {
+        h.write_u64(message_key(m, scratch));
+    }
     h.write_usize(n.disk.len());
     for b in &n.disk {
         hash_hard_state(b.hard_state, &mut h);

@@ -1,8 +1,9 @@
 //! `quorate-model`: exhaustive model checking of the real consensus core at small bounds.
 //!
-//! `quorate-model [--quick | --quick-reconfig | --full] [--nodes N] [--terms T] [--proposals K] [--crashes C]
-//! [--losses L] [--dups L] [--conf-changes C] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum]
-//! [--bug ack-before-persist] [--no-durability-check] [--per-depth]` explores every
+//! `quorate-model [--quick | --quick-reconfig | --quick-learner | --quick-lease | --full] [--nodes N]
+//! [--learners N] [--terms T] [--proposals K] [--crashes C] [--losses L] [--dups L] [--conf-changes C] [--reads R]
+//! [--lease] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum] [--bug ack-before-persist|local-reads]
+//! [--no-durability-check] [--hold-unpersisted-term] [--per-depth]` explores every
 //! interleaving within the bounds and ends with one summary line:
 //! `model-check: states N (distinct M), depth D, time T s, result: ok|VIOLATION ...`.
 //! On a violation it first prints the action trace that reaches it. Exits 1 on a violation.
@@ -10,9 +11,10 @@
 use quorate_check::model::{ModelBug, ModelConfig, check};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: quorate-model [--quick | --quick-reconfig | --full] [--nodes N] [--terms T] [--proposals K] \
-[--crashes C] [--losses L] [--dups L] [--conf-changes C] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum] \
-[--bug ack-before-persist] [--no-durability-check] [--per-depth]";
+const USAGE: &str = "usage: quorate-model [--quick | --quick-reconfig | --quick-learner | --quick-lease | --full] \
+[--nodes N] [--learners N] [--terms T] [--proposals K] [--crashes C] [--losses L] [--dups L] [--conf-changes C] [--reads R] \
+[--lease] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum] [--bug ack-before-persist|local-reads] \
+[--no-durability-check] [--hold-unpersisted-term] [--per-depth]";
 
 fn parse() -> Result<(ModelConfig, bool), String> {
     let mut cfg = ModelConfig::full();
@@ -28,7 +30,16 @@ fn parse() -> Result<(ModelConfig, bool), String> {
             "--quick" => cfg = ModelConfig { bug: cfg.bug, ..ModelConfig::quick() },
             "--full" => cfg = ModelConfig { bug: cfg.bug, ..ModelConfig::full() },
             "--quick-reconfig" => cfg = ModelConfig { bug: cfg.bug, ..ModelConfig::quick_reconfig() },
+            "--quick-learner" => cfg = ModelConfig { bug: cfg.bug, ..ModelConfig::quick_learner() },
+            "--quick-lease" => cfg = ModelConfig { bug: cfg.bug, ..ModelConfig::quick_lease() },
             "--nodes" => cfg.nodes = num(it.next(), "--nodes")? as usize,
+            "--learners" => cfg.learners = num(it.next(), "--learners")? as usize,
+            "--reads" => cfg.reads = small(num(it.next(), "--reads")?, "--reads")?,
+            "--lease" => {
+                cfg.lease_reads = true;
+                cfg.check_quorum = true;
+            }
+            "--hold-unpersisted-term" => cfg.hold_unpersisted_term = true,
             "--terms" => cfg.terms = num(it.next(), "--terms")?,
             "--proposals" => cfg.proposals = small(num(it.next(), "--proposals")?, "--proposals")?,
             "--crashes" => cfg.crashes = small(num(it.next(), "--crashes")?, "--crashes")?,
@@ -45,7 +56,8 @@ fn parse() -> Result<(ModelConfig, bool), String> {
             "--no-durability-check" => cfg.check_durability = false,
             "--bug" => match it.next().as_deref() {
                 Some("ack-before-persist") => cfg.bug = Some(ModelBug::AckBeforePersist),
-                other => return Err(format!("unknown bug {other:?}; known: ack-before-persist")),
+                Some("local-reads") => cfg.bug = Some(ModelBug::LocalReads),
+                other => return Err(format!("unknown bug {other:?}; known: ack-before-persist, local-reads")),
             },
             "--per-depth" => per_depth = true,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -54,6 +66,12 @@ fn parse() -> Result<(ModelConfig, bool), String> {
     }
     if !(1..=7).contains(&cfg.nodes) || cfg.terms == 0 || cfg.depth == 0 || cfg.max_states == 0 {
         return Err("--nodes must be 1..=7; --terms, --depth and --max-states must be positive".into());
+    }
+    if cfg.learners >= cfg.nodes {
+        return Err("--learners must leave at least one voter".into());
+    }
+    if cfg.lease_reads && !cfg.check_quorum {
+        return Err("--lease needs check-quorum".into());
     }
     Ok((cfg, per_depth))
 }
@@ -67,18 +85,23 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "model: {} nodes, terms <= {}, proposals <= {}, crashes <= {}, losses <= {}, duplicates <= {}, depth <= {}, \
-         states <= {}, pre-vote {}, check-quorum {}{}",
+        "model: {} nodes ({} learners), terms <= {}, proposals <= {}, crashes <= {}, losses <= {}, duplicates <= {}, \
+         config changes <= {}, reads <= {}{}, depth <= {}, states <= {}, pre-vote {}, check-quorum {}{}{}",
         cfg.nodes,
+        cfg.learners,
         cfg.terms,
         cfg.proposals,
         cfg.crashes,
         cfg.losses,
         cfg.duplicates,
+        cfg.conf_changes,
+        cfg.reads,
+        if cfg.lease_reads { " (lease)" } else { "" },
         cfg.depth,
         cfg.max_states,
         cfg.pre_vote,
         cfg.check_quorum,
+        if cfg.hold_unpersisted_term { ", driver holds messages until their term is durable" } else { "" },
         cfg.bug.map_or_else(String::new, |b| format!(", injected bug {b:?}"))
     );
     let out = check(&cfg);
@@ -88,8 +111,13 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "coverage: highest index committed {}, most terms with a leader {}, states with a joint configuration {}, states after a removal {}, states pruned by the term bound {}",
-        out.max_committed, out.max_leader_terms, out.joint_states, out.reconfigured_states, out.term_pruned
+        "coverage: highest index committed {}, most terms with a leader {}, most reads confirmed on a path {}, states with a joint configuration {}, states after a removal {}, states pruned by the term bound {}",
+        out.max_committed,
+        out.max_leader_terms,
+        out.reads_confirmed,
+        out.joint_states,
+        out.reconfigured_states,
+        out.term_pruned
     );
     if let Some(c) = &out.counterexample {
         println!("counterexample ({} actions):", c.trace.len());
