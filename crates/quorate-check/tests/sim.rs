@@ -207,8 +207,9 @@ fn hole_1_seeds_are_clean() {
 }
 
 /// Hole 2: a joint configuration that survives only in the base configuration (its entry
-/// compacted) is not seen as in flight: seed 171 (auto-leave off; the operator had not left it
-/// yet) accepts `Replace` while voters {1,2,3,4,5,7} & outgoing {1,2,3,4,5} are joint.
+/// compacted) is not seen as in flight. Seed 171 (auto-leave off; the operator has not left it
+/// yet): leader 4 promotes n6 (joint at 289), compacts its log past 289, and accepts
+/// `AddLearner(n8)` at 324 while voters {1,2,3,4,5,6} & outgoing {1,2,3,4,5} are joint.
 #[test]
 #[ignore = "fails until issue-16-core lands: hole 2"]
 fn hole_2_seeds_are_clean() {
