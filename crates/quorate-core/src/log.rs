@@ -30,6 +30,18 @@ pub(crate) enum Durability {
     NextBatch,
 }
 
+/// A snapshot install on its way to stable storage. The application installs the snapshot's
+/// state-machine data when the batch carrying it is reported persisted; until then nothing
+/// above the snapshot is handed out to apply (it would be applied on the state from before the
+/// snapshot, and the install then skipped as already covered).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum InstallInFlight {
+    /// Installed in the core, not handed out yet: it goes into the next batch.
+    NextBatch,
+    /// In this batch (handed out, not yet reported).
+    InBatch(IoId),
+}
+
 /// Why entries could not be appended.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 pub(crate) enum AppendError {
@@ -85,6 +97,8 @@ pub(crate) struct RaftLog<S> {
     /// Batches handed out and not yet reported, in order, each with the entry up to which it
     /// makes this log durable (capped by later truncations; see the module docs).
     marks: VecDeque<(IoId, EntryId)>,
+    /// The latest snapshot install not yet reported persisted, if any.
+    install: Option<InstallInFlight>,
     /// Holes of issue 16 switched back on (tests only; see `crate::danger`).
     #[serde(skip)]
     pub(crate) danger: Danger,
@@ -93,9 +107,32 @@ pub(crate) struct RaftLog<S> {
 impl<S> RaftLog<S> {
     /// The same log over another storage (restoring a `crate::CoreImage`).
     pub(crate) fn with_storage<T>(self, storage: T) -> RaftLog<T> {
-        let RaftLog { storage: _, unstable, unstable_offset, handed, persisted, commit, applied, floor, marks, danger } =
-            self;
-        RaftLog { storage, unstable, unstable_offset, handed, persisted, commit, applied, floor, marks, danger }
+        let RaftLog {
+            storage: _,
+            unstable,
+            unstable_offset,
+            handed,
+            persisted,
+            commit,
+            applied,
+            floor,
+            marks,
+            install,
+            danger,
+        } = self;
+        RaftLog {
+            storage,
+            unstable,
+            unstable_offset,
+            handed,
+            persisted,
+            commit,
+            applied,
+            floor,
+            marks,
+            install,
+            danger,
+        }
     }
 }
 
@@ -115,6 +152,7 @@ impl<S: LogStorage> RaftLog<S> {
             applied: applied.max(snap).min(commit),
             floor: storage.snapshot_last(),
             marks: VecDeque::new(),
+            install: None,
             danger: Danger::default(),
             storage,
         }
@@ -287,6 +325,7 @@ impl<S: LogStorage> RaftLog<S> {
         self.floor = last;
         self.commit = self.commit.max(last.index);
         self.applied = self.applied.max(last.index);
+        self.install = Some(InstallInFlight::NextBatch);
     }
 
     /// Compacts the log up to `last` (covered by a snapshot): nothing at or below it is read
@@ -338,6 +377,9 @@ impl<S: LogStorage> RaftLog<S> {
             self.unstable[a..].to_vec()
         };
         self.handed = self.last_index();
+        if install.is_some() {
+            self.install = Some(InstallInFlight::InBatch(io));
+        }
         if let Some(mark) = out.last().map(Entry::id).or(install) {
             debug_assert!(self.marks.back().is_none_or(|(b, _)| *b < io));
             self.marks.push_back((io, mark));
@@ -347,6 +389,11 @@ impl<S: LogStorage> RaftLog<S> {
 
     /// The application reports batch `io` (and every earlier one) on stable storage.
     pub(crate) fn on_persisted(&mut self, io: IoId) {
+        if let Some(InstallInFlight::InBatch(b)) = self.install
+            && b <= io
+        {
+            self.install = None;
+        }
         while let Some(&(b, mark)) = self.marks.front() {
             if b > io {
                 break;
@@ -398,10 +445,10 @@ impl<S: LogStorage> RaftLog<S> {
     }
 
     /// Committed, persisted entries not yet handed out to apply, bounded in bytes; marks
-    /// them handed.
+    /// them handed. None while a snapshot install is in flight (see [`InstallInFlight`]).
     pub(crate) fn take_committed(&mut self, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         let hi = self.commit.min(self.persisted);
-        if hi <= self.applied {
+        if hi <= self.applied || self.install.is_some() {
             return Ok(Vec::new());
         }
         let out = self.entries(self.applied.next(), hi.next(), max_bytes)?;
@@ -412,7 +459,7 @@ impl<S: LogStorage> RaftLog<S> {
     }
 
     pub(crate) fn has_committed_to_apply(&self) -> bool {
-        self.commit.min(self.persisted) > self.applied
+        self.commit.min(self.persisted) > self.applied && self.install.is_none()
     }
 
     pub(crate) fn has_unhanded(&self) -> bool {

@@ -40,6 +40,9 @@ mod snapshot;
 /// index, and fail `failed_reads`. Every message here may be sent at once: each message is
 /// held back by the core until what it depends on (its sender's term and vote, and for an
 /// append acknowledgement the log up to the acknowledged index) is reported persisted.
+/// Committed entries above a snapshot install ([`Persist::install`]) are handed out only once
+/// the batch carrying the install is reported persisted: install the snapshot's state-machine
+/// data before applying anything handed out after that report.
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be handled: persist, send, apply"]
 pub struct Ready {
