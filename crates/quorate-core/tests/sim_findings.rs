@@ -79,3 +79,67 @@ fn entries_appended_after_an_install_wait_for_the_install_batch() {
     let applied: Vec<LogIndex> = rd.committed.iter().map(|e| e.index).collect();
     assert_eq!(applied, vec![LogIndex(4), LogIndex(5)]);
 }
+
+fn config_entry(i: u64, t: u64, c: quorate_log::Configuration) -> Entry {
+    Entry { index: LogIndex(i), term: Term(t), payload: EntryPayload::Config(c) }
+}
+
+/// A removed node never campaigned (seed 351 of `quorate-sim --seeds 500`; 12070, 13853 and
+/// 15340 of the long run before issue 16). Leader 2 of voters {1, 2} removes itself: the joint
+/// configuration {1} & {1, 2} commits at 2, the final {1} is appended at 3 on node 2 only, and
+/// node 2 restarts. Node 1 needs node 2's vote (the joint configuration is in force on node 1)
+/// and cannot get it (its log is behind); node 2 holds the only copy of {1} and is not a voter
+/// there. Raft dissertation §4.2.2: a server outside its own latest configuration still
+/// campaigns while that configuration is uncommitted. Node 2 must win, commit {1} and hand over.
+#[test]
+fn a_node_outside_its_uncommitted_configuration_campaigns_when_it_holds_the_only_copy() {
+    let old = conf(&[1, 2], &[], &[]);
+    let joint = conf(&[1], &[1, 2], &[]);
+    let new = conf(&[1], &[], &[]);
+    let mut net = support::net::Net::new(|_| {});
+    let mut s1 = MemLog::new(old.clone());
+    s1.append(&[entry(1, 1), config_entry(2, 1, joint.clone())]).expect("contiguous");
+    s1.set_hard_state(HardState { term: Term(1), vote: Some(n(2)), commit: LogIndex(2) });
+    let mut s2 = s1.clone();
+    s2.append(&[config_entry(3, 1, new.clone())]).expect("contiguous");
+    net.add(config(n(1)), s1);
+    net.add(config(n(2)), s2);
+    assert!(net.raft(1).configuration().is_joint());
+    assert_eq!(*net.raft(2).configuration(), new);
+    let done = net.run_until(
+        3000,
+        |_| true,
+        |net| {
+            !net.leaders().is_empty()
+                && net.raft(1).commit_index() >= LogIndex(3)
+                && *net.raft(1).configuration() == new
+        },
+    );
+    let status = |net: &mut support::net::Net, i| {
+        let s = net.raft(i).status();
+        format!(
+            "node {i}: {:?} term {} commit {} last {} config {:?}",
+            s.role, s.term, s.commit, s.last_index, s.config
+        )
+    };
+    assert!(done, "no leader committed {{1}}: {}; {}", status(&mut net, 1), status(&mut net, 2));
+    // Node 2 steps down once {1} is committed; node 1 leads from then on.
+    let settled = net.run_until(3000, |_| true, |net| net.leaders() == [n(1)]);
+    assert!(settled, "node 1 leads {{1}}: {}; {}", status(&mut net, 1), status(&mut net, 2));
+}
+
+/// A node removed by a committed configuration does not campaign (it would only disturb the
+/// cluster it left).
+#[test]
+fn a_node_outside_its_committed_configuration_never_campaigns() {
+    let joint = conf(&[1], &[1, 2], &[]);
+    let new = conf(&[1], &[], &[]);
+    let mut net = support::net::Net::new(|_| {});
+    let mut s = MemLog::new(conf(&[1, 2], &[], &[]));
+    s.append(&[entry(1, 1), config_entry(2, 1, joint), config_entry(3, 1, new)]).expect("contiguous");
+    s.set_hard_state(HardState { term: Term(1), vote: Some(n(2)), commit: LogIndex(3) });
+    net.add(config(n(2)), s);
+    net.settle(2000, |_| false);
+    assert_eq!(net.raft(2).last_campaign(), None, "a removed node campaigned");
+    assert_eq!(net.raft(2).term(), Term(1));
+}

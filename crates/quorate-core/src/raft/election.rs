@@ -23,7 +23,7 @@ impl<S: LogStorage> Raft<S> {
     /// rest a lease on it. To move leadership at once, ask the leader to transfer it.
     pub fn campaign_now(&mut self, now: Instant) {
         self.advance_clock(now);
-        if self.halted.is_none() && !self.is_leader() && self.conf().is_voter(self.id) {
+        if self.halted.is_none() && !self.is_leader() && self.may_campaign() {
             self.campaign(self.cfg.pre_vote, CampaignReason::Forced);
         }
     }
@@ -47,6 +47,19 @@ impl<S: LogStorage> Raft<S> {
             return self.cfg.check_quorum;
         }
         self.lease_promise_end().is_some()
+    }
+
+    /// Whether this node may campaign: it is a voter of the configuration in force, or of the
+    /// configuration at its commit index while the one in force is not committed yet. A node
+    /// outside its own latest configuration may hold the only copy of it (a leader that
+    /// removed itself and restarted before the others got the entry): it must still campaign
+    /// until that configuration commits (Raft dissertation §4.2.2), and as leader it commits
+    /// it and steps down. A node outside a committed configuration never campaigns.
+    pub(super) fn may_campaign(&self) -> bool {
+        let id = self.id;
+        self.conf().is_voter(id)
+            || (self.membership.uncommitted(self.log.commit).is_some()
+                && self.membership.at(self.log.commit).is_voter(id))
     }
 
     /// Whether this node's own vote alone is a quorum of its configuration.

@@ -469,7 +469,7 @@ impl<S: LogStorage> Raft<S> {
                 });
             }
             if now >= self.election_deadline {
-                if self.conf().is_voter(self.id) {
+                if self.may_campaign() {
                     let reason = if self.leader().is_some() {
                         CampaignReason::LeaderTimeout
                     } else {
@@ -570,7 +570,7 @@ impl<S: LogStorage> Raft<S> {
                 self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { seq: hb.seq }));
             }
             MessageBody::TimeoutNow => {
-                if !self.is_leader() && self.conf().is_voter(self.id) {
+                if !self.is_leader() && self.may_campaign() {
                     self.campaign(false, CampaignReason::Transfer);
                 }
             }
