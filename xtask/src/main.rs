@@ -167,6 +167,7 @@ fn ci(args: &[String]) -> Result<()> {
     sim(&["--seeds".into(), "500".into()])?;
     model_check(&["--quick".into()])?;
     model_check(&["--quick-reconfig".into()])?;
+    model_check(&["--quick-learner".into()])?;
     model_check(&["--quick-lease".into()])?;
     fuzz(&["--seconds".into(), "15".into()])?;
     eprintln!("ci: all steps passed in {:.0}s", started.elapsed().as_secs_f64());

@@ -68,7 +68,6 @@ fn the_learner_preset_is_clean_with_a_driver_that_holds_unpersisted_terms() {
 }
 
 #[test]
-#[ignore = "fails until issue-16-core lands: hole 1"]
 fn the_learner_preset_is_clean() {
     // On the unfixed core: `timeout n1` alone sends an append at term 1 with term 0 on stable
     // storage; without the durability check the model reaches the divergence in 9 actions

@@ -2,11 +2,12 @@
 //! injected, replays a seed exactly, and — on the seeds recorded below — finds the holes of
 //! issue 16 in the core as it was before that issue's fixes.
 //!
-//! The tests marked `#[ignore]` run seeds that found a hole in the unfixed core and assert
-//! that they are clean: they fail until the core fixes of issue 16 land, then stay on. Once
-//! the core changes, a seed's trajectory changes with it (the core sends other messages, so
-//! the simulator draws other delays): a clean seed then says little on its own, which is
-//! what `find_violation` over a seed range is for (see `docs/verification.md`).
+//! The `*_seeds_are_clean` tests run seeds that found a hole or another core bug in the
+//! unfixed core (or, where noted, on the core of issue 16's first half) and assert that they
+//! are clean now. Once the core changes, a seed's trajectory changes with it (the core sends
+//! other messages, so the simulator draws other delays): a clean seed then says little on its
+//! own, which is what `find_violation` over a seed range, and `cargo xtask sim --holes` with
+//! each hole switched back on, are for (see `docs/verification.md`).
 
 use quorate_check::invariants::Violation;
 use quorate_check::sim::{InjectedBug, STEPS_DEFAULT, SimConfig, find_violation, run_config, run_seed, run_seed_with};
@@ -91,7 +92,6 @@ fn a_slice_of_seeds_exercises_every_fault() {
 }
 
 #[test]
-#[ignore = "fails until issue-16-core lands: holes 1, 2 and 4, the apply gap and the never-left joint configuration"]
 fn a_slice_of_seeds_is_clean() {
     assert_clean(&(0..40).collect::<Vec<_>>(), |_| {});
 }
@@ -201,7 +201,6 @@ fn find_violation_returns_the_first_failing_seed() {
 /// its new term before the term is durable. Seed 14: voters {1}, learner {2}; node 1 elects
 /// itself and sends its no-op to node 2 at term 1 while stable storage holds term 0.
 #[test]
-#[ignore = "fails until issue-16-core lands: hole 1"]
 fn hole_1_seeds_are_clean() {
     assert_clean(&[14, 15, 17, 33, 34], |_| {});
 }
@@ -211,7 +210,6 @@ fn hole_1_seeds_are_clean() {
 /// yet): leader 4 promotes n6 (joint at 289), compacts its log past 289, and accepts
 /// `AddLearner(n8)` at 324 while voters {1,2,3,4,5,6} & outgoing {1,2,3,4,5} are joint.
 #[test]
-#[ignore = "fails until issue-16-core lands: hole 2"]
 fn hole_2_seeds_are_clean() {
     assert_clean(&[99, 171, 301, 394], |_| {});
 }
@@ -222,7 +220,6 @@ fn hole_2_seeds_are_clean() {
 /// resumes and node 3 acks it; the refusal moves node 3 to term 2 and it grants node 1's vote
 /// 1.9 ms after hearing from leader 2.
 #[test]
-#[ignore = "fails until issue-16-core lands: hole 4"]
 fn hole_4_seeds_are_clean() {
     assert_clean(&[190], |_| {});
     // `--voters-min 3 --set lease_reads=true --set pre_vote=true --set reconfig=false`
@@ -244,16 +241,16 @@ fn hole_4_seeds_are_clean() {
 /// state; quorate-node's apply thread then skips the install (`meta.last <= applied`) and the
 /// entries in between are never applied. Seed 4: node 5 is handed 103 with 101 applied.
 #[test]
-#[ignore = "fails until issue-16-core lands: the apply gap after a snapshot install"]
 fn apply_gap_seeds_are_clean() {
     assert_clean(&[4, 30, 45, 150], |_| {});
+    // Found again on the core of issue 16's first half (`quorate-sim --seeds 500`).
+    assert_clean(&[5, 7, 40, 41, 44, 45, 65, 162], |_| {});
 }
 
 /// Not among the four: `leave_joint` is refused ("a change is in flight") whenever the joint
 /// entry is still in the history, so with `auto_leave_joint` off a joint configuration is
 /// never left. Seed 213: leader 2 keeps voters {1,2,3,4} & outgoing {1,2,3} 3 s after healing.
 #[test]
-#[ignore = "fails until issue-16-core lands: leave_joint refuses every joint configuration"]
 fn leave_joint_seeds_are_clean() {
     assert_clean(&[213, 450, 468], |_| {});
 }
@@ -265,9 +262,11 @@ fn leave_joint_seeds_are_clean() {
 /// campaigns, and node 1 needs node 2's vote in the joint configuration and cannot get it (its
 /// log is behind). Seed 493 (with the hole-1 workaround) is the same from one voter, `Replace`.
 #[test]
-#[ignore = "fails until issue-16-core lands: a removed node holding the only copy of C_new never campaigns"]
 fn removed_leader_liveness_seeds_are_clean() {
     assert_clean(&[12070, 13853, 15340], |_| {});
+    // Found again on the core of issue 16's first half: seed 351 (voters {1,2}, leader 2
+    // removes itself and is killed with C_new at 12 only in its own log).
+    assert_clean(&[351, 802, 1010], |_| {});
     assert_clean(&[493], |c| {
         c.workarounds.hold_unpersisted_term = true;
         c.workarounds.buffer_apply_past_install = true;
