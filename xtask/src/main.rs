@@ -22,9 +22,11 @@ usage: cargo xtask <command>
 
 commands:
   ci                         everything CI runs: fmt, clippy, tests, dependency rule, bounded simulation
-  sim [--seeds N] [--seed S] [--steps K] [--set NAME=VALUE]... [--verbose]
+  sim [--seeds N] [--seed S] [--steps K] [--set NAME=VALUE]... [--verbose] [--hole NAME]
                              deterministic simulation of clusters; ends with one summary line
-                             (docs/verification.md)
+                             (docs/verification.md); --hole switches one of issue 16's holes back on
+  sim --holes                evidence that each of issue 16's holes, switched back on, is caught
+                             (simulator, model checker, core scenarios); fails if one is not
   demo [--smoke]             the main job: a real 3-node cluster on 127.0.0.1; writes, kills the leader
                              (SIGKILL), checks every acknowledged write, restarts it; --smoke: stop and
                              print a verdict instead of running until Ctrl-C
@@ -34,6 +36,9 @@ commands:
   model-check [--quick | --quick-reconfig | --quick-learner | --quick-lease | --full] [ARGS]
                              exhaustive exploration of the real core at small bounds
   fuzz [--seconds N]         bounded run of every fuzz target (installs cargo-fuzz if missing)
+  mutants [--shard K/N] [--file PATH]... [--timeout S] [--with-sim]
+                             mutation testing of quorate-core with cargo-mutants (installed if
+                             missing), in a copy of the tree; not part of ci (docs/verification.md)
   bench <core|storage|transport>
                              benchmarks; record the figures in docs/benchmarks.md
   bench cluster [--duration S] [--clients 1,16,64,256] [--skip-etcd]
@@ -71,6 +76,7 @@ fn main() -> Result<()> {
         "bench" => bench(rest),
         "model-check" => model_check(rest),
         "fuzz" => fuzz(rest),
+        "mutants" => mutants(rest),
         "deps" => deps::check(&root()),
         "setup" => setup(),
         "release" => release::release(rest),
@@ -165,6 +171,7 @@ fn ci(args: &[String]) -> Result<()> {
     demo::demo(&["--smoke".into()])?;
     chaos::chaos(&["ci".into()])?;
     sim(&["--seeds".into(), "500".into()])?;
+    sim(&["--holes".into()])?;
     model_check(&["--quick".into()])?;
     model_check(&["--quick-reconfig".into()])?;
     model_check(&["--quick-learner".into()])?;
@@ -174,10 +181,61 @@ fn ci(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask sim [ARGS]`: `quorate-sim` with ARGS. With `--hole NAME` or `--holes` it is
+/// built with the feature `reintroduce-holes` (issue 16's holes switched back on; only
+/// quorate-core and quorate-check are rebuilt for it); `--holes` also runs quorate-core's
+/// scenario tests with each hole switched on (`tests/holes_reintroduced.rs`), the evidence
+/// for the hole the simulator does not reach, and the model checker's presets that reach a
+/// hole (`--quick-learner --hole self-vote-sends-early`).
 fn sim(args: &[String]) -> Result<()> {
-    run(cargo()
-        .args(["run", "--quiet", "--locked", "--profile", PROFILE, "-p", "quorate-check", "--bin", "quorate-sim", "--"])
-        .args(args))
+    let holes = args.iter().any(|a| a == "--hole" || a == "--holes");
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "--locked", "--profile", PROFILE, "-p", "quorate-check"]);
+    if holes {
+        cmd.args(["--features", "reintroduce-holes"]);
+    }
+    run(cmd.args(["--bin", "quorate-sim", "--"]).args(args))?;
+    if args.iter().any(|a| a == "--holes") {
+        // The model checker's state space reaches hole 1 (one voter and a learner); it must
+        // find it. Holes 2–4 lie beyond its bounds (docs/verification.md).
+        model_must_catch(&["--quick-learner", "--hole", "self-vote-sends-early"])?;
+        run(cargo().args([
+            "nextest",
+            "run",
+            "--locked",
+            "--cargo-profile",
+            PROFILE,
+            "-p",
+            "quorate-core",
+            "--features",
+            "danger-reintroduce-holes",
+            "-E",
+            "binary(holes_reintroduced)",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Runs `quorate-model ARGS` built with the holes feature and requires it to report a
+/// violation (exit status 1 and a `result: VIOLATION` line).
+fn model_must_catch(args: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "--locked", "--profile", PROFILE, "-p", "quorate-check", "--features"]);
+    cmd.args(["reintroduce-holes", "--bin", "quorate-model", "--"]).args(args).current_dir(root());
+    eprintln!("$ {} (must report a violation)", show(&cmd));
+    let out = cmd.output().with_context(|| format!("could not start `{}`", show(&cmd)))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.lines().find(|l| l.starts_with("model-check:")).unwrap_or("");
+    eprintln!("  {summary}");
+    if out.status.code() != Some(1) || !summary.contains("result: VIOLATION") {
+        bail!(
+            "`{}` did not catch the re-introduced hole ({}): {stdout}{}",
+            show(&cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 fn model_check(args: &[String]) -> Result<()> {
@@ -229,6 +287,74 @@ fn fuzz(args: &[String]) -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+/// `cargo xtask mutants`: mutation testing of quorate-core. cargo-mutants (installed from
+/// crates.io when missing) builds each mutant in a copy of the tree (never in place), under
+/// its own target directory, and runs quorate-core's tests on it with nextest (with
+/// `--with-sim`, also the simulator's seed slices of quorate-check, which rebuilds that crate
+/// for every mutant). Bounded: a per-mutant test timeout, and `--shard K/N` (round robin) and
+/// `--file PATH` to run a part of the mutants on a shared machine. The results go to
+/// `target/mutants/mutants.out` (`caught.txt`, `missed.txt`, `timeout.txt`, `unviable.txt`).
+fn mutants(args: &[String]) -> Result<()> {
+    let usage = "usage: cargo xtask mutants [--shard K/N] [--file PATH]... [--timeout S] [--with-sim]";
+    let mut shard = None;
+    let mut files = Vec::new();
+    let mut timeout: u64 = 120;
+    let mut with_sim = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--shard" => shard = Some(it.next().context(usage)?.clone()),
+            "--file" => files.push(it.next().context(usage)?.clone()),
+            "--timeout" => {
+                let v = it.next().context(usage)?;
+                timeout = v.parse().with_context(|| format!("--timeout takes whole seconds, got `{v}`"))?;
+            }
+            "--with-sim" => with_sim = true,
+            other => bail!("unknown argument `{other}`\n{usage}"),
+        }
+    }
+    let have = Command::new("cargo").args(["mutants", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        run(cargo().args(["install", "--locked", "cargo-mutants"]))?;
+    }
+    let out = root().join("target").join("mutants");
+    std::fs::create_dir_all(&out)?;
+    let mut cmd = Command::new("cargo");
+    // Each copy builds under its own target directory: a mutated core must never land in the
+    // shared one.
+    cmd.env_remove("CARGO_TARGET_DIR");
+    cmd.args(["mutants", "-p", "quorate-core", "--test-tool", "nextest", "--profile", PROFILE, "--jobs", "1"]);
+    cmd.args(["--timeout", &timeout.to_string(), "--build-timeout", "900", "--no-shuffle"]);
+    cmd.arg("--output").arg(&out);
+    if let Some(s) = &shard {
+        cmd.args(["--shard", s, "--sharding", "round-robin"]);
+    }
+    for f in &files {
+        cmd.args(["--file", f]);
+    }
+    if with_sim {
+        // The core's own tests and the simulator's slices over seeds (a few seconds each).
+        cmd.args(["--test-package", "quorate-core", "--test-package", "quorate-check"]);
+        cmd.args(["--", "-E", "package(quorate-core) | (package(quorate-check) & binary(sim) & test(/seeds/))"]);
+    } else {
+        cmd.args(["--test-package", "quorate-core"]);
+    }
+    // cargo-mutants exits non-zero when a mutant survives: that is a finding to read in
+    // `missed.txt`, not a failure of this command.
+    eprintln!("$ {}", show(&cmd));
+    let status = cmd.current_dir(root()).status().context("could not start cargo mutants")?;
+    eprintln!("mutants: cargo-mutants exited with {status}; results in {}", out.join("mutants.out").display());
+    for name in ["caught.txt", "missed.txt", "timeout.txt", "unviable.txt"] {
+        let n = std::fs::read_to_string(out.join("mutants.out").join(name)).map_or(0, |s| s.lines().count());
+        eprintln!("  {name}: {n}");
+    }
+    match status.code() {
+        // 0: every mutant caught; 2: some missed; 3: some timed out.
+        Some(0 | 2 | 3) => Ok(()),
+        _ => bail!("cargo mutants failed ({status})"),
+    }
 }
 
 /// `cargo xtask bench NAME`: each benchmark is a `harness = false` bench target that prints

@@ -15,6 +15,8 @@
 //!   key, with operations of unknown outcome; [`history`] is the JSON-lines format it reads,
 //!   shared with the real-process fault tests.
 //! * [`kv`]: the simulator's key-value state machine.
+//! * `holes` (cargo feature `reintroduce-holes` only): issue 16's protocol holes switched
+//!   back on in the simulated cores, and the seeds and settings that catch each.
 //!
 //! This crate never depends on an async runtime, a network stack or a disk engine.
 //!
@@ -36,6 +38,8 @@
 #![forbid(unsafe_code)]
 
 pub mod history;
+#[cfg(feature = "reintroduce-holes")]
+pub mod holes;
 pub mod invariants;
 pub mod kv;
 pub mod linearizability;

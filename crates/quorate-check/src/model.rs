@@ -71,7 +71,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as WallClock};
 
 /// Bounds and settings of one model-checking run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ModelConfig {
     /// Cluster size.
     pub nodes: usize,
@@ -116,6 +116,9 @@ pub struct ModelConfig {
     pub hold_unpersisted_term: bool,
     /// A deliberate driver bug, to show that the checker fails.
     pub bug: Option<ModelBug>,
+    /// Applied to every core at start and restart (as `SimConfig::core_hook`: tests switch a
+    /// hole of issue 16 back on with it).
+    pub core_hook: Option<crate::sim::CoreHook>,
 }
 
 /// Deliberate driver mistakes; a model with one of them must report a failure.
@@ -151,6 +154,7 @@ impl ModelConfig {
             check_durability: true,
             hold_unpersisted_term: false,
             bug: None,
+            core_hook: None,
         }
     }
 
@@ -725,8 +729,11 @@ impl State {
         conf.validate().map_err(|e| Failure::Driver(e.to_string()))?;
         let mut nodes = Vec::new();
         for id in ids {
-            let raft = Raft::new(core_config(cfg, id), MemLog::new(conf.clone()), Instant(0))
+            let mut raft = Raft::new(core_config(cfg, id), MemLog::new(conf.clone()), Instant(0))
                 .map_err(|e| Failure::Driver(format!("cannot start node {id}: {e}")))?;
+            if let Some(hook) = cfg.core_hook {
+                hook(&mut raft);
+            }
             nodes.push(Arc::new(Node {
                 id,
                 raft,
@@ -978,6 +985,9 @@ impl State {
                 }
                 n.raft = Raft::new(c, stable, Instant(n.clock))
                     .map_err(|e| Failure::Driver(format!("n{} cannot restart: {e}", n.id)))?;
+                if let Some(hook) = cfg.core_hook {
+                    hook(&mut n.raft);
+                }
                 n.disk.clear();
                 n.held.clear();
                 // Reads asked of the old process are gone with it.

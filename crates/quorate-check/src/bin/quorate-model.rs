@@ -3,10 +3,12 @@
 //! `quorate-model [--quick | --quick-reconfig | --quick-learner | --quick-lease | --full] [--nodes N]
 //! [--learners N] [--terms T] [--proposals K] [--crashes C] [--losses L] [--dups L] [--conf-changes C] [--reads R]
 //! [--lease] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum] [--bug ack-before-persist|local-reads]
-//! [--no-durability-check] [--hold-unpersisted-term] [--per-depth]` explores every
+//! [--no-durability-check] [--hold-unpersisted-term] [--per-depth] [--hole NAME]` explores every
 //! interleaving within the bounds and ends with one summary line:
 //! `model-check: states N (distinct M), depth D, time T s, result: ok|VIOLATION ...`.
 //! On a violation it first prints the action trace that reaches it. Exits 1 on a violation.
+//! `--hole NAME` (a build with the feature `reintroduce-holes` only) switches one of issue
+//! 16's holes back on in every core, as `quorate-sim --hole` does.
 
 use quorate_check::model::{ModelBug, ModelConfig, check};
 use std::process::ExitCode;
@@ -14,11 +16,12 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: quorate-model [--quick | --quick-reconfig | --quick-learner | --quick-lease | --full] \
 [--nodes N] [--learners N] [--terms T] [--proposals K] [--crashes C] [--losses L] [--dups L] [--conf-changes C] [--reads R] \
 [--lease] [--depth D] [--max-states M] [--no-pre-vote] [--no-check-quorum] [--bug ack-before-persist|local-reads] \
-[--no-durability-check] [--hold-unpersisted-term] [--per-depth]";
+[--no-durability-check] [--hold-unpersisted-term] [--per-depth] [--hole NAME]";
 
 fn parse() -> Result<(ModelConfig, bool), String> {
     let mut cfg = ModelConfig::full();
     let mut per_depth = false;
+    let mut hole = None;
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, name: &str| -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("{name} needs a value"))?;
@@ -60,6 +63,7 @@ fn parse() -> Result<(ModelConfig, bool), String> {
                 other => return Err(format!("unknown bug {other:?}; known: ack-before-persist, local-reads")),
             },
             "--per-depth" => per_depth = true,
+            "--hole" => hole = Some(it.next().ok_or("--hole needs a name")?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -72,6 +76,9 @@ fn parse() -> Result<(ModelConfig, bool), String> {
     }
     if cfg.lease_reads && !cfg.check_quorum {
         return Err("--lease needs check-quorum".into());
+    }
+    if let Some(name) = hole {
+        cfg.core_hook = Some(hole_hook(&name)?);
     }
     Ok((cfg, per_depth))
 }
@@ -86,7 +93,7 @@ fn main() -> ExitCode {
     };
     println!(
         "model: {} nodes ({} learners), terms <= {}, proposals <= {}, crashes <= {}, losses <= {}, duplicates <= {}, \
-         config changes <= {}, reads <= {}{}, depth <= {}, states <= {}, pre-vote {}, check-quorum {}{}{}",
+         config changes <= {}, reads <= {}{}, depth <= {}, states <= {}, pre-vote {}, check-quorum {}{}{}{}",
         cfg.nodes,
         cfg.learners,
         cfg.terms,
@@ -102,6 +109,7 @@ fn main() -> ExitCode {
         cfg.pre_vote,
         cfg.check_quorum,
         if cfg.hold_unpersisted_term { ", driver holds messages until their term is durable" } else { "" },
+        if cfg.core_hook.is_some() { ", a hole of issue 16 switched back on" } else { "" },
         cfg.bug.map_or_else(String::new, |b| format!(", injected bug {b:?}"))
     );
     let out = check(&cfg);
@@ -128,4 +136,18 @@ fn main() -> ExitCode {
     }
     println!("{out}");
     if out.counterexample.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// The core hook that switches the hole named `name` back on.
+#[cfg(feature = "reintroduce-holes")]
+fn hole_hook(name: &str) -> Result<quorate_check::sim::CoreHook, String> {
+    let names: Vec<&str> = quorate_check::holes::hunts().iter().map(|h| h.name).collect();
+    quorate_check::holes::by_name(name)
+        .map(|h| quorate_check::holes::hook(h.hole))
+        .ok_or_else(|| format!("unknown hole `{name}`; known: {}", names.join(", ")))
+}
+
+#[cfg(not(feature = "reintroduce-holes"))]
+fn hole_hook(_: &str) -> Result<quorate_check::sim::CoreHook, String> {
+    Err("--hole needs a build with the feature `reintroduce-holes` (`cargo xtask model-check --hole NAME ...`)".into())
 }

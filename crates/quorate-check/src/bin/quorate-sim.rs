@@ -6,6 +6,10 @@
 //! every configuration (the initial one included); `--set NAME=VALUE` overrides one setting of
 //! every seed (see `SimConfig::set`); `--no-durability-check` stops checking messages against
 //! stable storage, to see what a durability bug leads to.
+//!
+//! Built with the feature `reintroduce-holes` (`cargo xtask sim --hole/--holes` does so):
+//! `--hole NAME` switches one of issue 16's holes back on in every core of every seed, and
+//! `--holes` runs every hole's hunt (`quorate_check::holes`) and fails unless each is caught.
 
 use quorate_check::history::write_jsonl;
 use quorate_check::sim::{SimConfig, run_config};
@@ -14,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str = "usage: quorate-sim [--seeds N] [--first S | --seed S] [--steps K] [--verbose] [--history FILE] \
-[--voters-min V] [--set NAME=VALUE]... [--no-durability-check]";
+[--voters-min V] [--set NAME=VALUE]... [--no-durability-check] [--hole NAME | --holes]";
 
 struct Args {
     seeds: u64,
@@ -25,6 +29,8 @@ struct Args {
     voters_min: Option<usize>,
     sets: Vec<(String, String)>,
     durability: bool,
+    hole: Option<String>,
+    holes: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -37,6 +43,8 @@ fn parse() -> Result<Args, String> {
         voters_min: None,
         sets: Vec::new(),
         durability: true,
+        hole: None,
+        holes: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, name: &str| -> Result<u64, String> {
@@ -56,6 +64,15 @@ fn parse() -> Result<Args, String> {
             "--history" => a.history = Some(it.next().ok_or("--history needs a file name")?),
             "--voters-min" => a.voters_min = Some(num(it.next(), "--voters-min")?.clamp(1, 5) as usize),
             "--no-durability-check" => a.durability = false,
+            "--hole" => {
+                let name = it.next().ok_or("--hole needs a name")?;
+                check_hole(&name)?;
+                a.hole = Some(name);
+            }
+            "--holes" => {
+                check_hole("")?;
+                a.holes = true;
+            }
             "--set" => {
                 let v = it.next().ok_or("--set needs NAME=VALUE")?;
                 let (name, value) = v.split_once('=').ok_or_else(|| format!("--set takes NAME=VALUE, got `{v}`"))?;
@@ -107,6 +124,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.holes {
+        return hunt_holes();
+    }
     let started = Instant::now();
     let mut t = Totals::default();
     let mut kinds: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
@@ -121,6 +141,9 @@ fn main() -> ExitCode {
     if !args.durability {
         extra.push_str(" --no-durability-check");
     }
+    if let Some(h) = &args.hole {
+        extra.push_str(&format!(" --hole {h}"));
+    }
     for seed in args.first..args.first + args.seeds {
         let mut cfg = SimConfig::for_seed(seed, args.steps);
         cfg.verbose = args.verbose;
@@ -133,6 +156,9 @@ fn main() -> ExitCode {
         for (name, value) in &args.sets {
             // Checked when parsed.
             let _ = cfg.set(name, value);
+        }
+        if let Some(h) = &args.hole {
+            set_hole(&mut cfg, h);
         }
         let r = run_config(seed, cfg);
         t.steps += r.steps;
@@ -286,4 +312,77 @@ fn kind(v: &quorate_check::invariants::Violation) -> &'static str {
         V::Panic { .. } => "panic",
         _ => "other",
     }
+}
+
+/// Fails unless this binary can switch holes back on (and, given a name, knows it).
+#[cfg(feature = "reintroduce-holes")]
+fn check_hole(name: &str) -> Result<(), String> {
+    if name.is_empty() || quorate_check::holes::by_name(name).is_some() {
+        return Ok(());
+    }
+    let names: Vec<&str> = quorate_check::holes::hunts().iter().map(|h| h.name).collect();
+    Err(format!("unknown hole `{name}`; known: {}", names.join(", ")))
+}
+
+#[cfg(not(feature = "reintroduce-holes"))]
+fn check_hole(_: &str) -> Result<(), String> {
+    Err("--hole and --holes need a build with the feature `reintroduce-holes`: run `cargo xtask sim --hole NAME ...` or `cargo xtask sim --holes`".into())
+}
+
+/// Switches the named hole on in every core of `cfg` (the hunt's own settings are not applied:
+/// the replay command names them with `--set`).
+#[cfg(feature = "reintroduce-holes")]
+fn set_hole(cfg: &mut SimConfig, name: &str) {
+    if let Some(h) = quorate_check::holes::by_name(name) {
+        cfg.core_hook = Some(quorate_check::holes::hook(h.hole));
+    }
+}
+
+#[cfg(not(feature = "reintroduce-holes"))]
+fn set_hole(_: &mut SimConfig, _: &str) {}
+
+/// Runs every hole's hunt; fails unless each hole is caught within its seeds.
+#[cfg(feature = "reintroduce-holes")]
+fn hunt_holes() -> ExitCode {
+    let mut uncaught = Vec::new();
+    for h in quorate_check::holes::hunts() {
+        let started = Instant::now();
+        let found = h.run();
+        let secs = started.elapsed().as_secs_f64();
+        let sets: Vec<String> = h.settings.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let (first, last) = (h.seeds.start, h.seeds.end.saturating_sub(1));
+        match found {
+            Some((seed, v)) => {
+                println!(
+                    "hole {:?} ({}): caught at seed {seed} of {first}..={last} [{}] in {secs:.1} s: {} ({v})",
+                    h.hole,
+                    h.name,
+                    sets.join(" "),
+                    kind(&v)
+                );
+                println!("  replay: {}", h.replay(seed));
+            }
+            None => {
+                println!(
+                    "hole {:?} ({}): NOT caught in seeds {first}..={last} [{}] ({secs:.1} s)",
+                    h.hole,
+                    h.name,
+                    sets.join(" ")
+                );
+                uncaught.push(h.name);
+            }
+        }
+    }
+    if uncaught.is_empty() {
+        println!("holes: every re-introduced hole was caught");
+        ExitCode::SUCCESS
+    } else {
+        println!("holes: not caught: {}", uncaught.join(", "));
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(not(feature = "reintroduce-holes"))]
+fn hunt_holes() -> ExitCode {
+    ExitCode::from(2)
 }
