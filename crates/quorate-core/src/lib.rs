@@ -66,7 +66,7 @@ pub use message::{
     RequestVote, VoteResponse,
 };
 pub use progress::{PeerProgress, ProgressState};
-pub use raft::image::{CoreImage, CoreImageRef, Detachable, Detached};
+pub use raft::image::{CORE_IMAGE_FORMAT, CoreImage, CoreImageRef, Detachable, Detached};
 pub use raft::{CampaignReason, Persist, Raft, Ready, Status};
 pub use rng::SplitMix64;
 pub use types::{

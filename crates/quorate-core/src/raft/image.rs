@@ -13,6 +13,16 @@ use crate::types::CoreError;
 use quorate_log::LogStorage;
 use serde::{Deserialize, Serialize};
 
+/// The version of a [`CoreImage`]'s encoding (postcard bytes of every field of a [`Raft`]).
+/// A reader of stored images (the node's flight recordings) must refuse an image of another
+/// version: postcard is not self-describing, so old bytes may fail to decode or, worse, decode
+/// into a different state. Bump it with any change to the fields of `Raft` or of a type inside
+/// it (a test guards the bytes of a fixed core).
+///
+/// 1: quorate 0.1.0. 2: issue 16 (the role enum, the configuration log, the outbox, batch
+/// marks, the install in flight).
+pub const CORE_IMAGE_FORMAT: u32 = 2;
+
 /// The storage of a [`CoreImage`]: none (a placeholder; the image is restored over real
 /// storage with [`Raft::from_image`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -121,6 +131,29 @@ mod tests {
     use std::time::Duration;
 
     use super::CoreImage;
+
+    /// The bytes of a fixed core's image, as a 64-bit FNV-1a digest. If this test fails, the
+    /// encoding of `CoreImage` changed: bump `CORE_IMAGE_FORMAT` (stored images of the old
+    /// encoding are then refused by version instead of misread) and record the new digest.
+    #[test]
+    fn the_image_encoding_is_the_one_core_image_format_names() {
+        let id = NodeId::new(1).expect("non-zero");
+        let conf = Configuration::with_voters([id]).expect("voters");
+        let mut r = Raft::new(Config::new(id), MemLog::new(conf), Instant::ZERO).expect("valid");
+        r.campaign_now(Instant::ZERO);
+        let rd = r.ready();
+        let bytes = postcard::to_allocvec(&r.image()).expect("encodes");
+        let digest =
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        assert_eq!(
+            (super::CORE_IMAGE_FORMAT, digest, rd.persist.is_some()),
+            (2, DIGEST, true),
+            "the core image's bytes changed ({} bytes): bump CORE_IMAGE_FORMAT and record the new digest",
+            bytes.len()
+        );
+    }
+
+    const DIGEST: u64 = 556_526_929_023_588_618;
 
     fn write(s: &mut MemLog, p: &Persist) {
         if let Some(m) = p.install.clone().or(p.compact.clone()) {
