@@ -45,13 +45,18 @@
 //!
 //! ## File format
 //!
-//! `"QFLT"`, format `u32` LE, then frames of `length u32 LE | CRC-32 u32 LE | postcard body`:
-//! the [`Header`], then `Option<`[`Checkpoint`]`>`, then one frame per [`Input`]; last the
-//! marker `"QEND"` and the number of inputs (`u64` LE), so a file cut at a frame boundary is
-//! still seen as truncated. This is format 3. Format 2 files (written before the ring: a
-//! window from process start, the base in the header) are still read and replayed from a
-//! fresh core. Reading checks every bound and checksum and never panics: a truncated or
-//! damaged file is a [`FlightError`].
+//! `"QFLT"`, format `u32` LE, the core-image format `u32` LE
+//! ([`quorate_core::CORE_IMAGE_FORMAT`] of the build that wrote it), then frames of
+//! `length u32 LE | CRC-32 u32 LE | postcard body`: the [`Header`], then
+//! `Option<`[`Checkpoint`]`>`, then one frame per [`Input`]; last the marker `"QEND"` and the
+//! number of inputs (`u64` LE), so a file cut at a frame boundary is still seen as truncated.
+//! This is format 4. A recording whose checkpoint carries core images of another format is
+//! refused by name (postcard is not self-describing: an image of another format would fail to
+//! decode or, worse, decode into another state); so is format 3 (the same layout without the
+//! core-image format, written by quorate 0.1.0, whose images are of core-image format 1).
+//! Format 2 files (written before the ring: a window from process start, the base in the
+//! header, no core image) are still read and replayed from a fresh core. Reading checks every
+//! bound and checksum and never panics: a truncated or damaged file is a [`FlightError`].
 
 use quorate_core::{
     ConfChange, Config as CoreConfig, CoreError, CoreImage, Instant, IoId, Message, Raft, ReadId, ReadLevel, Ready,
@@ -85,8 +90,13 @@ pub const DUMPS_KEPT: usize = 16;
 pub const VIOLATION_DUMPS_MAX: u32 = 4;
 
 const MAGIC: &[u8; 4] = b"QFLT";
-/// The format written: a checkpoint, then inputs.
-const FORMAT: u32 = 3;
+/// The format written: the core-image format, a checkpoint, then inputs.
+const FORMAT: u32 = 4;
+/// The format of quorate 0.1.0: a checkpoint, then inputs, with core images of format 1 and
+/// no field saying so. Refused with a clear error.
+const FORMAT_UNVERSIONED_IMAGE: u32 = 3;
+/// The core-image format of every format-3 recording.
+const FORMAT_3_CORE_IMAGE: u32 = 1;
 /// The format before the ring (a window from process start); still read.
 const FORMAT_WINDOW: u32 = 2;
 /// Last bytes of every recording: this marker and the number of inputs (u64, little endian),
@@ -330,7 +340,7 @@ struct HeaderWindow {
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
 pub enum Origin {
-    /// A checkpoint (format 3).
+    /// A checkpoint (format 4).
     Checkpoint(Checkpoint),
     /// A fresh core built with the header's configuration at its `start` over this storage
     /// (format 2: a window from process start).
@@ -788,6 +798,7 @@ impl Recorder {
         };
         out.write_all(MAGIC)?;
         out.write_all(&FORMAT.to_le_bytes())?;
+        out.write_all(&quorate_core::CORE_IMAGE_FORMAT.to_le_bytes())?;
         let mut frame = Vec::new();
         push_frame(&mut frame, &header);
         out.write_all(&frame)?;
@@ -1332,24 +1343,46 @@ pub fn read_dump(path: &Path) -> Result<Dump, FlightError> {
     decode_dump(&bytes)
 }
 
-/// Decodes a dump from its bytes (format 3, or format 2 from before the ring).
+/// Decodes a dump from its bytes (format 4, or format 2 from before the ring). A recording
+/// whose core images are of another format than this build's
+/// ([`quorate_core::CORE_IMAGE_FORMAT`]) is refused, format 3 (quorate 0.1.0) included.
 pub fn decode_dump(bytes: &[u8]) -> Result<Dump, FlightError> {
     let bad = |s: String| FlightError::Format(s);
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
         return Err(bad("it does not start with the flight recording magic \"QFLT\"".into()));
     }
     let format = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let ours = quorate_core::CORE_IMAGE_FORMAT;
+    let other_images = |images: u32| {
+        bad(format!(
+            "format {format} with core images of format {images}; this build reads core images of format {ours} \
+             only (replay the recording with the quorate build that wrote it)"
+        ))
+    };
+    if format == FORMAT_UNVERSIONED_IMAGE {
+        return Err(other_images(FORMAT_3_CORE_IMAGE));
+    }
     if format != FORMAT && format != FORMAT_WINDOW {
         return Err(bad(format!("format {format}; this build reads formats {FORMAT_WINDOW} and {FORMAT}")));
     }
-    let Some(body_end) = bytes.len().checked_sub(TRAILER_BYTES).filter(|&e| e >= 8 && &bytes[e..e + 4] == END) else {
+    let mut at = 8usize;
+    if format == FORMAT {
+        let Some(v) = bytes.get(8..12) else {
+            return Err(bad("it ends before its core-image format (a truncated file)".into()));
+        };
+        let images = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+        if images != ours {
+            return Err(other_images(images));
+        }
+        at = 12;
+    }
+    let Some(body_end) = bytes.len().checked_sub(TRAILER_BYTES).filter(|&e| e >= at && &bytes[e..e + 4] == END) else {
         return Err(bad("it does not end with the end marker \"QEND\" (a truncated file)".into()));
     };
     let mut count = [0u8; 8];
     count.copy_from_slice(&bytes[body_end + 4..]);
     let expected = u64::from_le_bytes(count);
     let bytes = &bytes[..body_end];
-    let mut at = 8usize;
     let mut frame = |n: usize| -> Result<Option<&[u8]>, FlightError> {
         if at == bytes.len() {
             return Ok(None);
@@ -1406,8 +1439,8 @@ pub fn decode_dump(bytes: &[u8]) -> Result<Dump, FlightError> {
     Ok(Dump { header, origin, inputs })
 }
 
-/// Encodes a dump (for tools and tests that edit one): format 3, or format 2 for an
-/// [`Origin::Start`].
+/// Encodes a dump (for tools and tests that edit one): format 4 (with this build's
+/// core-image format), or format 2 for an [`Origin::Start`].
 #[must_use]
 pub fn encode_dump(dump: &Dump) -> Vec<u8> {
     let mut out = Vec::new();
@@ -1429,6 +1462,7 @@ pub fn encode_dump(dump: &Dump) -> Vec<u8> {
         }
         other => {
             out.extend_from_slice(&FORMAT.to_le_bytes());
+            out.extend_from_slice(&quorate_core::CORE_IMAGE_FORMAT.to_le_bytes());
             push_frame(&mut out, h);
             let cp = match other {
                 Some(Origin::Checkpoint(c)) => Some(c),

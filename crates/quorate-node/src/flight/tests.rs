@@ -297,7 +297,40 @@ fn format_2_recordings_still_replay() {
     let mut future = bytes.clone();
     future[4..8].copy_from_slice(&9u32.to_le_bytes());
     let e = decode_dump(&future).unwrap_err().to_string();
-    assert!(e.contains("format 9") && e.contains("reads formats 2 and 3"), "{e}");
+    assert!(e.contains("format 9") && e.contains("reads formats 2 and 4"), "{e}");
+}
+
+/// A recording states the core-image format its checkpoint carries; one of another format is
+/// refused by name, never decoded into a different state. Format 3 (quorate 0.1.0: the same
+/// layout without that field, images of core-image format 1) is refused too.
+#[test]
+fn flight_recordings_of_another_core_image_format_are_refused() {
+    let sim = run(31);
+    let bytes = sim.nodes[0].dump_bytes("test");
+    assert_eq!(bytes[4..8], FORMAT.to_le_bytes());
+    assert_eq!(bytes[8..12], quorate_core::CORE_IMAGE_FORMAT.to_le_bytes());
+    let dump = decode_dump(&bytes).expect("this build's format decodes");
+    assert_eq!(replay(&dump).expect("replays").divergence, None);
+    // A format-3 recording, as quorate 0.1.0 wrote it: no core-image format after the format.
+    let mut old = bytes[..4].to_vec();
+    old.extend_from_slice(&3u32.to_le_bytes());
+    old.extend_from_slice(&bytes[12..]);
+    let e = decode_dump(&old).unwrap_err().to_string();
+    assert!(
+        e.contains("format 3 with core images of format 1")
+            && e.contains(&format!("reads core images of format {}", quorate_core::CORE_IMAGE_FORMAT)),
+        "{e}"
+    );
+    // Format 4 carrying images of another core-image format (older or newer).
+    for images in [1, quorate_core::CORE_IMAGE_FORMAT + 1] {
+        let mut other = bytes.clone();
+        other[8..12].copy_from_slice(&images.to_le_bytes());
+        let e = decode_dump(&other).unwrap_err().to_string();
+        assert!(e.contains(&format!("core images of format {images}")), "{e}");
+    }
+    // Cut right after the format: a clear error, no panic.
+    let e = decode_dump(&bytes[..10]).unwrap_err().to_string();
+    assert!(e.contains("core-image format"), "{e}");
 }
 
 #[test]
