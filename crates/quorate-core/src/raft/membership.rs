@@ -80,6 +80,13 @@ impl Membership {
         self.conf_history.iter().rev().find(|(i, _)| *i <= index).map_or(&self.base_conf, |(_, c)| c)
     }
 
+    /// The configuration in force at `index` if this node knows it: a node that joined with an
+    /// empty log learns the configuration only from the first configuration entry (or
+    /// snapshot) it receives, and knows none below it (its base is the empty configuration).
+    pub(crate) fn known_at(&self, index: LogIndex) -> Option<&Configuration> {
+        Some(self.at(index)).filter(|c| !c.voters.is_empty())
+    }
+
     /// A configuration entry was appended at `index` (past every one known).
     pub(crate) fn on_append(&mut self, index: LogIndex, conf: &Configuration) {
         debug_assert!(self.conf_history.last().is_none_or(|(i, _)| *i < index));

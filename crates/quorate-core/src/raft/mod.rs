@@ -608,7 +608,7 @@ impl<S: LogStorage> Raft<S> {
             || self.log.has_committed_to_apply()
             || !self.reads_ready.is_empty()
             || !self.reads_failed.is_empty()
-            || (self.snapshot_wanted && !self.snapshot_requested)
+            || self.snapshot_due()
             || !self.send_snapshots.is_empty()
             || self.pending_install.is_some()
             || self.pending_compact.is_some()

@@ -204,7 +204,8 @@ impl<S: LogStorage> Raft<S> {
     }
 
     /// An empty append after `prev` (the end of what `to` was sent), answered by an
-    /// acknowledgement or a rejection; not counted in the in-flight window.
+    /// acknowledgement or a rejection; not counted in the in-flight window. When `prev` was
+    /// compacted meanwhile (and is not the snapshot being sent), `to` is sent a snapshot.
     fn send_probe(&mut self, to: NodeId, prev: LogIndex) {
         let term = match self.log.term(prev) {
             Ok(t) => t,
@@ -212,7 +213,12 @@ impl<S: LogStorage> Raft<S> {
             // the one.
             Err(_) => match self.leader_state().and_then(|l| l.peers.get(&to)).and_then(|p| p.snapshot) {
                 Some((s, _)) if s.index == prev => s.term,
-                _ => return,
+                // The follower needs entries that are gone: only a snapshot can catch it up
+                // (a probe that is never sent would leave a stalled window full for good).
+                _ => {
+                    self.start_snapshot(to);
+                    return;
+                }
             },
         };
         let commit = self.log.commit;

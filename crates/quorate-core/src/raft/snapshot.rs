@@ -21,8 +21,10 @@ impl<S: LogStorage> Raft<S> {
             return;
         }
         // The log is the authority on its configurations (the index matches, so it is at or
-        // above the floor).
-        let meta = SnapshotMeta { last: meta.last, config: self.membership.at(meta.last.index).clone() };
+        // above the floor). A joiner knows none below its first configuration entry: a
+        // snapshot there would carry the empty configuration, which halts whoever installs it.
+        let Some(config) = self.membership.known_at(meta.last.index) else { return };
+        let meta = SnapshotMeta { last: meta.last, config: config.clone() };
         if self.snapshot.as_ref().is_some_and(|s| s.last.index >= meta.last.index) {
             return;
         }
@@ -34,7 +36,9 @@ impl<S: LogStorage> Raft<S> {
         if compact_to > self.log.floor().index && compact_to <= self.log.persisted {
             let Ok(term) = self.log.term(compact_to) else { return };
             let at = EntryId::new(term, compact_to);
-            let config = self.membership.at(compact_to).clone();
+            // Never a floor whose configuration is unknown (see above); a later snapshot
+            // compacts further.
+            let Some(config) = self.membership.known_at(compact_to).cloned() else { return };
             self.membership.on_compact(compact_to);
             self.log.compact(at);
             self.pending_compact = Some(SnapshotMeta { last: at, config });
@@ -129,14 +133,25 @@ impl<S: LogStorage> Raft<S> {
         }
     }
 
+    /// Whether a snapshot is wanted and can be asked for now: something is applied and the
+    /// configuration at the applied index is known (a joiner waits until it has applied its
+    /// first configuration entry).
+    pub(super) fn snapshot_due(&self) -> bool {
+        self.snapshot_wanted
+            && !self.snapshot_requested
+            && self.log.applied > LogIndex::ZERO
+            && self.membership.known_at(self.log.applied).is_some()
+    }
+
     pub(super) fn take_snapshot_request(&mut self) -> Option<SnapshotMeta> {
-        if !self.snapshot_wanted || self.snapshot_requested || self.log.applied == LogIndex::ZERO {
+        if !self.snapshot_due() {
             return None;
         }
         let applied = self.log.applied;
         let term = self.log.term(applied).ok()?;
+        let config = self.membership.known_at(applied)?.clone();
         self.snapshot_wanted = false;
         self.snapshot_requested = true;
-        Some(SnapshotMeta { last: EntryId::new(term, applied), config: self.membership.at(applied).clone() })
+        Some(SnapshotMeta { last: EntryId::new(term, applied), config })
     }
 }
