@@ -325,7 +325,10 @@ fn mutants(args: &[String]) -> Result<()> {
     // Each copy builds under its own target directory: a mutated core must never land in the
     // shared one.
     cmd.env_remove("CARGO_TARGET_DIR");
+    // With the holes feature, so that the scenarios of `tests/holes_reintroduced.rs` run too
+    // and the switches' own code is tested (a normal build compiles it out).
     cmd.args(["mutants", "-p", "quorate-core", "--test-tool", "nextest", "--profile", PROFILE, "--jobs", "1"]);
+    cmd.args(["--features", "quorate-core/danger-reintroduce-holes"]);
     cmd.args(["--timeout", &timeout.to_string(), "--build-timeout", "900", "--no-shuffle"]);
     cmd.arg("--output").arg(&out);
     if let Some(s) = &shard {

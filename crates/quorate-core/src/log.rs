@@ -555,6 +555,25 @@ mod tests {
         log.check();
     }
 
+    /// A byte budget that exactly fits entries from storage and from the unstable tail returns
+    /// all of them (found by mutation testing: `>` and `>=` at the budget's edge).
+    #[test]
+    fn entries_fill_a_byte_budget_exactly_across_storage_and_the_unstable_tail() {
+        let mut store = MemLog::default();
+        store.append(&[e(1, 1), e(2, 1)]).unwrap();
+        let mut log = RaftLog::new(store, LogIndex::ZERO, LogIndex::ZERO);
+        log.push(e(3, 1));
+        log.push(e(4, 1));
+        let size = e(1, 1).size_bytes();
+        let all = log.entries(LogIndex(1), LogIndex(5), 4 * size).unwrap();
+        assert_eq!(all.iter().map(|x| x.index.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        let three = log.entries(LogIndex(1), LogIndex(5), 4 * size - 1).unwrap();
+        assert_eq!(three.len(), 3, "one byte short of the fourth entry");
+        // From the unstable tail alone, at least one entry whatever the budget.
+        assert_eq!(log.entries(LogIndex(3), LogIndex(5), 1).unwrap().len(), 1);
+        assert_eq!(log.entries(LogIndex(3), LogIndex(5), 2 * size).unwrap().len(), 2);
+    }
+
     #[test]
     fn conflict_hint_skips_a_term() {
         let mut store = MemLog::default();
