@@ -1126,6 +1126,9 @@ impl Driver {
         // The node-wide slot, taken only once the request is allowed and admitted (a refused
         // request never takes one), and held until its answer is written or given up.
         if self.shared.inflight.load(Ordering::Acquire) >= self.config.limits.pending_requests_max {
+            // Not a latency sample for the adaptive limit: the permit is cancelled (and the hold
+            // released) before the refusal is sent.
+            responder.ticket = None;
             let e = crate::admission::shed(quorate_api::OverloadReason::QueueFull, Duration::from_millis(50));
             responder.send(Err(e), None);
             return Ok(());
