@@ -7,6 +7,7 @@ use crate::budget::Budget;
 use crate::class::{Class, Principal};
 use crate::config::{Config, ConfigError, SIGNAL_OVERSHOOT_PERCENT_MAX};
 use crate::gradient::{GradientLimit, GradientSettings};
+use crate::holds::{Hold, HoldLimits, HoldRefusal, Holds};
 use crate::principals::PrincipalTable;
 use crate::rng::SplitMix64;
 use crate::signals::Signals;
@@ -74,6 +75,20 @@ pub enum Reason {
     /// The slowest peer has too many bytes in flight.
     #[error("peer replication backlog")]
     PeerBacklog,
+    /// The principal holds `principal_requests_max` requests (admitted, answered or not, whose
+    /// answers are not yet delivered).
+    #[error("{principal} holds its most requests")]
+    PrincipalRequests {
+        /// The principal.
+        principal: Principal,
+    },
+    /// The answer bytes the principal holds (or all principals hold) would pass
+    /// `principal_response_bytes_max` (or `response_bytes_max`).
+    #[error("answer bytes held for {principal} (or in total) at their budget")]
+    ResponseBytes {
+        /// The principal.
+        principal: Principal,
+    },
 }
 
 impl Reason {
@@ -92,6 +107,8 @@ impl Reason {
             Reason::DiskSpace => "disk_space",
             Reason::FsyncLatency => "fsync_latency",
             Reason::PeerBacklog => "peer_backlog",
+            Reason::PrincipalRequests { .. } => "principal_requests",
+            Reason::ResponseBytes { .. } => "response_bytes",
         }
     }
 
@@ -198,6 +215,7 @@ pub struct Admission {
     in_flight_count: u64,
     in_flight_by_class_count: [u64; 4],
     in_flight_bytes: Budget,
+    holds: Holds,
     signals: Signals,
     disk_refusing: bool,
     latency_ewma_ns: Option<u64>,
@@ -223,6 +241,12 @@ impl Admission {
         Ok(Admission {
             principals: PrincipalTable::new(config.principals_tracked_max as usize),
             in_flight_bytes: Budget::new(config.in_flight_bytes_max),
+            holds: Holds::new(HoldLimits {
+                principal_count_max: config.principal_requests_max,
+                principal_bytes_max: config.principal_response_bytes_max,
+                total_count_max: config.requests_max,
+                total_bytes_max: config.response_bytes_max,
+            }),
             limiter,
             config,
             in_flight_count: 0,
@@ -457,6 +481,46 @@ impl Admission {
             Outcome::Dropped => self.limiter.on_drop(now),
             Outcome::Cancelled => {}
         }
+    }
+
+    /// Takes a [`Hold`] for a `class` request of `principal`: one of its request slots and
+    /// `bytes` of answer (the most its answer can take), kept until [`Admission::release_hold`]
+    /// — after the answer has been delivered, not merely computed, so that a client that does
+    /// not read its answers runs out of its own slots and bytes, not everyone's. Take it before
+    /// [`Admission::try_admit`] (and release it if that refuses). Refused with
+    /// [`Reason::PrincipalRequests`], [`Reason::ResponseBytes`] or [`Reason::QueueFull`] (all
+    /// principals' requests) and a retry hint; nothing is taken then.
+    pub fn try_hold(&mut self, class: Class, principal: Principal, bytes: u64) -> Result<Hold, Overloaded> {
+        match self.holds.try_hold(principal, bytes) {
+            Ok(hold) => Ok(hold),
+            Err(refusal) => {
+                let reason = match refusal {
+                    HoldRefusal::PrincipalCount => Reason::PrincipalRequests { principal },
+                    HoldRefusal::PrincipalBytes | HoldRefusal::TotalBytes => Reason::ResponseBytes { principal },
+                    HoldRefusal::TotalCount => Reason::QueueFull,
+                };
+                let base = self.latency_estimate();
+                Err(self.refuse(class, reason, base))
+            }
+        }
+    }
+
+    /// Sets the bytes `hold` keeps to its answer's real size, once known.
+    pub fn resize_hold(&mut self, hold: &mut Hold, bytes: u64) {
+        self.holds.resize(hold, bytes);
+    }
+
+    /// Gives back `hold`'s slot and bytes (its answer was delivered, or given up).
+    ///
+    /// # Panics
+    /// If `hold` was not issued by this instance.
+    pub fn release_hold(&mut self, hold: Hold) {
+        self.holds.release(hold);
+    }
+
+    /// The requests and answer bytes held (see [`Admission::try_hold`]).
+    pub fn holds(&self) -> &Holds {
+        &self.holds
     }
 
     /// The current adaptive concurrency limit for client work.

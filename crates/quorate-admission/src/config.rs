@@ -48,6 +48,18 @@ pub struct Config {
     /// refused with `RequestTooLarge`.
     pub in_flight_bytes_max: u64,
 
+    // --- holds: requests and answer bytes kept until the answer is delivered ---
+    /// Requests one principal may hold: admitted and not yet answered, or answered and not yet
+    /// delivered (a client that does not read its answers keeps them).
+    pub principal_requests_max: u64,
+    /// Answer bytes one principal may hold: the most each of its unanswered requests can be
+    /// answered with, plus the answers being delivered to it.
+    pub principal_response_bytes_max: u64,
+    /// Requests held by all principals together (refused beyond with `QueueFull`).
+    pub requests_max: u64,
+    /// Answer bytes held by all principals together.
+    pub response_bytes_max: u64,
+
     // --- per principal ---
     /// Principals whose rate and retry state is remembered (oldest idle evicted beyond).
     /// Must exceed `concurrency_count_max` so that an idle principal can always be evicted.
@@ -108,6 +120,10 @@ impl Default for Config {
             fair_share_count_min: 2,
             light_reserve_count: 2,
             in_flight_bytes_max: 64 * MIB,
+            principal_requests_max: 1024,
+            principal_response_bytes_max: 128 * MIB,
+            requests_max: 10_000,
+            response_bytes_max: 1024 * MIB,
             principals_tracked_max: 4096,
             principal_rate_per_sec: 1000,
             principal_burst_count: 200,
@@ -201,11 +217,15 @@ pub enum ConfigError {
 impl Config {
     /// Checks every field and every relation between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 16] = [
             ("concurrency_count_min", self.concurrency_count_min.into()),
             ("latency_target_ms", self.latency_target_ms),
             ("fair_share_count_min", self.fair_share_count_min.into()),
             ("in_flight_bytes_max", self.in_flight_bytes_max),
+            ("principal_requests_max", self.principal_requests_max),
+            ("principal_response_bytes_max", self.principal_response_bytes_max),
+            ("requests_max", self.requests_max),
+            ("response_bytes_max", self.response_bytes_max),
             ("principal_rate_per_sec", self.principal_rate_per_sec),
             ("principal_burst_count", self.principal_burst_count),
             ("retry_burst_count", self.retry_burst_count),
@@ -248,7 +268,14 @@ impl Config {
                 return Err(ConfigError::PercentOutOfRange { field, value, min, max });
             }
         }
-        let orders: [(&'static str, u64, &'static str, u64); 4] = [
+        let orders: [(&'static str, u64, &'static str, u64); 6] = [
+            ("principal_requests_max", self.principal_requests_max, "requests_max", self.requests_max),
+            (
+                "principal_response_bytes_max",
+                self.principal_response_bytes_max,
+                "response_bytes_max",
+                self.response_bytes_max,
+            ),
             (
                 "concurrency_count_min",
                 self.concurrency_count_min.into(),

@@ -17,7 +17,8 @@
 //! * Building blocks, usable alone: [`BoundedQueue`] and [`ClassQueues`] (explicit refusal that
 //!   hands the item back), [`Budget`], [`TokenBucket`], [`PrincipalTable`] (bounded, oldest
 //!   idle evicted), [`GradientLimit`] (the adaptive concurrency limit `Admission` uses) and
-//!   [`AimdLimit`] (a simpler alternative).
+//!   [`AimdLimit`] (a simpler alternative), and [`Holds`] (requests and answer bytes kept per
+//!   principal until the answer is delivered; [`Admission::try_hold`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -59,6 +60,7 @@ mod budget;
 mod class;
 mod config;
 mod gradient;
+mod holds;
 mod limit;
 mod principals;
 mod queue;
@@ -72,6 +74,7 @@ pub use budget::{Budget, Exhausted};
 pub use class::{Class, Principal};
 pub use config::{Config, ConfigError, LATENCY_MS_CEILING, RETRY_AFTER_MS_CEILING, SIGNAL_OVERSHOOT_PERCENT_MAX};
 pub use gradient::{GRADIENT_WINDOW_SAMPLES_MIN, GradientLimit, GradientSettings};
+pub use holds::{Hold, HoldLimits, HoldRefusal, Holds};
 pub use limit::{AimdLimit, AimdSettings, CONCURRENCY_COUNT_CEILING};
 pub use principals::{PRINCIPALS_TRACKED_CEILING, PrincipalTable, TableFull};
 pub use queue::{BoundedQueue, ClassQueues, QueueRefusal, Refused};

@@ -357,3 +357,56 @@ fn busy_refusals_queue_their_returns_at_the_rate_slots_free() {
         a.complete(permit, Outcome::Success, now);
     }
 }
+
+#[test]
+fn holds_cap_a_principal_that_keeps_its_answers_and_no_one_else() {
+    let config = Config {
+        principal_requests_max: 3,
+        principal_response_bytes_max: 10 * MIB,
+        requests_max: 5,
+        response_bytes_max: 16 * MIB,
+        ..fixed_limit_config()
+    };
+    let mut a = Admission::new(config, 1).unwrap();
+    let now = Nanos::from_secs(1);
+    let (slow, other) = (Principal(1), Principal(2));
+    // The slow principal's answers are never delivered: its holds stay after completion.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let hold = a.try_hold(Class::ClientRead, slow, MIB).unwrap();
+        let permit = a.try_admit(&request(Class::ClientRead, 1), now).unwrap();
+        a.complete(permit, Outcome::Success, now);
+        held.push(hold);
+    }
+    let refusal = a.try_hold(Class::ClientRead, slow, MIB).unwrap_err();
+    assert_eq!(refusal.reason, Reason::PrincipalRequests { principal: slow });
+    assert!(refusal.retry_after >= Duration::from_millis(a.config().retry_after_ms_min));
+    // Everyone else is admitted: the concurrency limit is free (the answers were given).
+    let hold = a.try_hold(Class::ClientRead, other, MIB).unwrap();
+    // Bytes: the answers turned out large.
+    for h in &mut held {
+        a.resize_hold(h, 4 * MIB);
+    }
+    assert_eq!(a.holds().principal_bytes(slow), 12 * MIB);
+    assert_eq!(
+        a.try_hold(Class::ClientRead, other, 4 * MIB).unwrap_err().reason,
+        Reason::ResponseBytes { principal: other }
+    );
+    a.release_hold(hold);
+    for h in held {
+        a.release_hold(h);
+    }
+    assert_eq!((a.holds().total_count(), a.holds().total_bytes()), (0, 0));
+    let again = a.try_hold(Class::ClientRead, slow, MIB).unwrap();
+    a.release_hold(again);
+    // Refusals are counted like any other.
+    assert_eq!(a.stats().refused_count[Class::ClientRead.index()], 2);
+}
+
+#[test]
+fn hold_limits_are_validated() {
+    let bad = Config { principal_requests_max: 20_000, ..Config::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("principal_requests_max"));
+    let bad = Config { principal_response_bytes_max: 0, ..Config::default() };
+    assert!(Admission::new(bad, 1).is_err());
+}

@@ -7,7 +7,12 @@
 //!   node cannot decode it, so it is never sent on a `quorate/1` connection;
 //! * a node answering a `quorate/1` connection sends only what 0.1.0 decodes:
 //!   [`ClientResponse::for_generation`] turns [`ApiError::Shed`] (added after 0.1.0) into the
-//!   0.1.0 variant [`ApiError::Overloaded`] with the reason in words.
+//!   0.1.0 variant [`ApiError::Overloaded`] with the reason in words (and
+//!   [`ApiError::PageExpired`], an answer to a `quorate/2` request only, into
+//!   [`ApiError::InvalidRequest`]);
+//! * the paged reads [`Request::ScanPaged`](crate::Request::ScanPaged) and
+//!   [`Request::TxnPaged`](crate::Request::TxnPaged) are sent on `quorate/2` connections only
+//!   (a 0.1.0 node cannot decode them); a client speaks plain `Scan` and `Txn` to a 0.1.0 node.
 
 use crate::{ApiError, ClientRequest, ClientResponse};
 use serde::{Deserialize, Serialize};
@@ -46,6 +51,11 @@ impl ApiError {
         match self {
             ApiError::Shed(o) if generation < PROTOCOL_GENERATION_2 => {
                 ApiError::Overloaded { reason: o.reason.to_string(), retry_after_ms: o.retry_after_ms }
+            }
+            // Only a paged transaction (a quorate/2 request) is answered with it; never send a
+            // 0.1.0 client a variant it cannot decode all the same.
+            e @ ApiError::PageExpired { .. } if generation < PROTOCOL_GENERATION_2 => {
+                ApiError::InvalidRequest(e.to_string())
             }
             other => other,
         }

@@ -190,6 +190,14 @@ impl WireMessage for NodeMessage {
     }
 }
 
+/// The bytes `value` takes encoded with postcard (the wire and log encoding), computed without
+/// encoding it; `usize::MAX` if it cannot be encoded. Deterministic: the node bounds results at
+/// apply with it, identically on every replica.
+#[must_use]
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    postcard::experimental::serialized_size(value).unwrap_or(usize::MAX)
+}
+
 /// Encodes a log command.
 pub fn encode_command(cmd: &Command) -> Result<Vec<u8>, CommandError> {
     let bytes = postcard::to_allocvec(cmd).map_err(|e| CommandError(e.to_string()))?;

@@ -144,6 +144,34 @@ pub enum Request {
     /// checkpoint it keeps) into `<data_dir>/flight/` (admin; node-local, not through the log).
     /// Since 0.2.0.
     FlightDump,
+    /// One page of the keys in `[start, end)` (`end: None`: every key from `start`): at most
+    /// `limit` pairs and at most [`limits::RESULT_BYTES_MAX`] bytes, answered with
+    /// [`Response::ScanPage`], whose `next` is where the following page starts. Since 0.2.0
+    /// (`quorate/2` connections; a 0.1.0 node cannot decode it).
+    ScanPaged {
+        /// First key.
+        start: Vec<u8>,
+        /// Exclusive end.
+        end: Option<Vec<u8>>,
+        /// Most pairs to return in this page.
+        limit: u32,
+        /// Ordering.
+        read: ReadConsistency,
+    },
+    /// A read-only transaction answered in pages of at most [`limits::RESULT_BYTES_MAX`] bytes
+    /// ([`Response::TxnPage`]). The first page has `from: 0` and no `revision`; each next one
+    /// asks for the results from operation `from` at the `revision` of the first page, and is
+    /// answered only while the key-value state is still at that revision (else
+    /// [`ApiError::PageExpired`]: run the transaction again), so the pages together are one
+    /// atomic read. Linearizable. Since 0.2.0 (`quorate/2` connections).
+    TxnPaged {
+        /// The transaction; every operation must be a get.
+        txn: Txn,
+        /// The first operation (of the branch that runs) to answer.
+        from: u32,
+        /// The revision of the first page (`None` for the first page).
+        revision: Option<u64>,
+    },
 }
 
 /// Who may do what; from the role in the client's certificate.
@@ -163,9 +191,13 @@ impl Request {
     #[must_use]
     pub fn access(&self) -> Access {
         match self {
-            Request::Get { .. } | Request::Scan { .. } | Request::Status | Request::MemberList | Request::Versions => {
-                Access::Read
-            }
+            Request::Get { .. }
+            | Request::Scan { .. }
+            | Request::ScanPaged { .. }
+            | Request::TxnPaged { .. }
+            | Request::Status
+            | Request::MemberList
+            | Request::Versions => Access::Read,
             Request::Put { .. }
             | Request::Delete { .. }
             | Request::Cas { .. }
@@ -220,6 +252,21 @@ impl ClientRequest {
                 TxnOp::Delete { key: k } | TxnOp::Get { key: k } => key(k),
             }
         }
+        fn txn(t: &Txn) -> Result<(), String> {
+            if t.compare.len() > limits::TXN_OPS_MAX
+                || t.success.len() > limits::TXN_OPS_MAX
+                || t.failure.len() > limits::TXN_OPS_MAX
+            {
+                return Err(format!("a transaction may hold at most {} items per part", limits::TXN_OPS_MAX));
+            }
+            for c in &t.compare {
+                key(&c.key)?;
+                if let CompareTarget::Value(Some(v)) = &c.target {
+                    value(v)?;
+                }
+            }
+            t.success.iter().chain(&t.failure).try_for_each(op)
+        }
         if let Some(s) = self.session
             && s.seq == 0
         {
@@ -233,7 +280,7 @@ impl ClientRequest {
                 value(v)?;
                 expected.as_deref().map_or(Ok(()), value)
             }
-            Request::Scan { start, end, limit, .. } => {
+            Request::Scan { start, end, limit, .. } | Request::ScanPaged { start, end, limit, .. } => {
                 if start.len() > limits::KEY_BYTES_MAX || end.as_ref().is_some_and(|e| e.len() > limits::KEY_BYTES_MAX)
                 {
                     return Err("scan bounds exceed the key size limit".into());
@@ -243,20 +290,19 @@ impl ClientRequest {
                 }
                 Ok(())
             }
-            Request::Txn(t) => {
-                if t.compare.len() > limits::TXN_OPS_MAX
-                    || t.success.len() > limits::TXN_OPS_MAX
-                    || t.failure.len() > limits::TXN_OPS_MAX
-                {
-                    return Err(format!("a transaction may hold at most {} items per part", limits::TXN_OPS_MAX));
+            Request::Txn(t) => txn(t),
+            Request::TxnPaged { txn: t, from, revision } => {
+                txn(t)?;
+                if !t.is_read_only() {
+                    return Err("only a read-only transaction (gets only) is answered in pages".into());
                 }
-                for c in &t.compare {
-                    key(&c.key)?;
-                    if let CompareTarget::Value(Some(v)) = &c.target {
-                        value(v)?;
-                    }
+                if *from as usize > limits::TXN_OPS_MAX {
+                    return Err(format!("a transaction page starts at an operation below {}", limits::TXN_OPS_MAX));
                 }
-                t.success.iter().chain(&t.failure).try_for_each(op)
+                if (*from == 0) != revision.is_none() {
+                    return Err("the first page has no revision; every next page has the first page's".into());
+                }
+                Ok(())
             }
             Request::MemberAdd { addr, .. } => {
                 if addr.is_empty() || addr.len() > limits::TEXT_BYTES_MAX {
@@ -479,6 +525,27 @@ pub enum Response {
         /// Inputs of the consensus core it holds (after its checkpoint).
         inputs: u64,
     },
+    /// One page of a scan (the answer to [`Request::ScanPaged`]). Since 0.2.0.
+    ScanPage {
+        /// The pairs, in key order.
+        kvs: Vec<KeyValue>,
+        /// Where the next page starts (ask again with this as `start`); `None`: the range has
+        /// no more keys.
+        next: Option<Vec<u8>>,
+        /// Where the read was served.
+        read: ReadInfo,
+    },
+    /// One page of a read-only transaction (the answer to [`Request::TxnPaged`]). Since 0.2.0.
+    TxnPage {
+        /// Whether the comparisons held.
+        succeeded: bool,
+        /// The results of the branch's operations from the page's `from` on.
+        results: Vec<TxnResult>,
+        /// The key-value revision the transaction read (ask for the next page at it).
+        revision: u64,
+        /// The operation the next page starts at; `None`: this was the last page.
+        next: Option<u32>,
+    },
 }
 
 /// The three versions of a node: its binary's, the storage format of its data, and the
@@ -643,6 +710,16 @@ pub enum ApiError {
     /// encoding still decodes.
     #[error("{0}")]
     Shed(Overloaded),
+    /// A next page of a paged transaction was asked at `revision`, but the key-value state has
+    /// moved on to `current`: the pages would not be one atomic read. Run the transaction
+    /// again from its first page. Since 0.2.0 (only in answer to [`Request::TxnPaged`]).
+    #[error("the key-value state changed since the first page (revision {revision}, now {current}); read again")]
+    PageExpired {
+        /// The revision of the first page.
+        revision: u64,
+        /// The revision now.
+        current: u64,
+    },
 }
 
 /// A refusal by the node's admission control (`ApiError::Shed`). Its shape never changes
@@ -699,6 +776,14 @@ pub enum OverloadReason {
     /// The consensus core holds its most pending linearizable reads.
     #[error("too many pending reads")]
     PendingReads,
+    /// This client (certificate principal) has its most requests in flight (admitted and not
+    /// yet answered, or answered and not yet read by the client). Since 0.2.0.
+    #[error("too many requests in flight for this client")]
+    PrincipalRequests,
+    /// The answers held for this client (or for all clients) are at their byte budget: answers
+    /// not yet read, and the largest answers of requests not yet answered. Since 0.2.0.
+    #[error("too many answer bytes held")]
+    ResponseBytes,
 }
 
 impl OverloadReason {
@@ -725,6 +810,8 @@ impl OverloadReason {
             OverloadReason::FsyncLatency => "fsync_latency",
             OverloadReason::PeerBacklog => "peer_backlog",
             OverloadReason::PendingReads => "pending_reads",
+            OverloadReason::PrincipalRequests => "principal_requests",
+            OverloadReason::ResponseBytes => "response_bytes",
         }
     }
 }
@@ -801,6 +888,89 @@ pub enum CommandOp {
         /// Exclusive end.
         end: Vec<u8>,
     },
+    /// Open a session that belongs to `principal` (the client certificate that asked); its id
+    /// is `nonce`, drawn at random by the proposing leader, so that ids cannot be guessed.
+    /// Applied only at cluster version 2 or later (below it: `InvalidRequest`, no change).
+    /// Since 0.2.0.
+    OpenSessionFor {
+        /// The principal the session belongs to.
+        principal: String,
+        /// The session's id (non-zero).
+        nonce: u64,
+    },
+    /// A key-value operation sent by `principal`: within a session (the command's `session`),
+    /// it is applied only if the session belongs to `principal`. Applied only at cluster
+    /// version 2 or later (below it: `InvalidRequest`, no change). Since 0.2.0.
+    ByPrincipal {
+        /// The principal of the client certificate that sent it.
+        principal: String,
+        /// The operation.
+        op: KvOp,
+    },
+}
+
+/// The key-value operations a client sends, as carried by [`CommandOp::ByPrincipal`]
+/// (append-only). Not recursive: a command cannot nest.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KvOp {
+    /// Set a key.
+    Put {
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Remove a key.
+    Delete {
+        /// Key.
+        key: Vec<u8>,
+    },
+    /// Compare-and-swap.
+    Cas {
+        /// Key.
+        key: Vec<u8>,
+        /// Required value (`None`: absent).
+        expected: Option<Vec<u8>>,
+        /// New value.
+        value: Vec<u8>,
+    },
+    /// A transaction.
+    Txn(Txn),
+    /// Delete the keys in `[start, end)`.
+    DeleteRange {
+        /// First key.
+        start: Vec<u8>,
+        /// Exclusive end.
+        end: Vec<u8>,
+    },
+}
+
+impl KvOp {
+    /// The key-value operation of `op`; `Err(op)` for the operations that are not one
+    /// (sessions, membership, versions).
+    pub fn from_command(op: CommandOp) -> Result<KvOp, CommandOp> {
+        Ok(match op {
+            CommandOp::Put { key, value } => KvOp::Put { key, value },
+            CommandOp::Delete { key } => KvOp::Delete { key },
+            CommandOp::Cas { key, expected, value } => KvOp::Cas { key, expected, value },
+            CommandOp::Txn(t) => KvOp::Txn(t),
+            CommandOp::DeleteRange { start, end } => KvOp::DeleteRange { start, end },
+            other => return Err(other),
+        })
+    }
+
+    /// The same operation as a plain [`CommandOp`].
+    #[must_use]
+    pub fn into_command(self) -> CommandOp {
+        match self {
+            KvOp::Put { key, value } => CommandOp::Put { key, value },
+            KvOp::Delete { key } => CommandOp::Delete { key },
+            KvOp::Cas { key, expected, value } => CommandOp::Cas { key, expected, value },
+            KvOp::Txn(t) => CommandOp::Txn(t),
+            KvOp::DeleteRange { start, end } => CommandOp::DeleteRange { start, end },
+        }
+    }
 }
 
 /// A piece of a snapshot stream from a leader to a follower.

@@ -56,6 +56,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Timeout,
         ApiError::SessionExpired,
         ApiError::Internal("x".into()),
+        ApiError::PageExpired { revision: 1, current: 2 },
     ];
     // Every reason there is: the variant indexes that decode (the enum is append-only).
     let reasons: Vec<OverloadReason> = (0u8..=u8::MAX).map_while(|i| postcard::from_bytes(&[i]).ok()).collect();
@@ -102,6 +103,9 @@ fn every_error_sent_to_a_quorate_1_client_is_a_0_1_0_variant() {
         assert!(bytes[2] < API_ERROR_VARIANTS_0_1_0, "{error:?} encodes as variant {} for quorate/1", bytes[2]);
         if matches!(error, ApiError::Shed(_)) {
             assert_eq!(bytes[2], OVERLOADED_INDEX_0_1_0, "{error:?}");
+        } else if matches!(error, ApiError::PageExpired { .. }) {
+            // An answer to a quorate/2 request only; never sent to 0.1.0 as itself.
+            assert_eq!(response.result, Err(ApiError::InvalidRequest(error.to_string())));
         } else {
             assert_eq!(response.result, Err(error.clone()), "only Shed changes");
         }

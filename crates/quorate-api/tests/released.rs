@@ -44,6 +44,8 @@ fn messages_added_after_0_1_0_are_appended_variants() {
         Request::Finalize { version: 2 },
         Request::DeleteRange { start: b"a".to_vec(), end: b"b".to_vec() },
         Request::FlightDump,
+        Request::ScanPaged { start: b"a".to_vec(), end: None, limit: 1, read: ReadConsistency::Stale },
+        Request::TxnPaged { txn: Txn::default(), from: 0, revision: None },
     ];
     for body in new {
         let msg = NodeMessage::Request(ClientRequest { id: 9, session: None, body });
@@ -58,6 +60,37 @@ fn messages_added_after_0_1_0_are_appended_variants() {
         ClientRequest { id: 1, session: None, body: Request::DeleteRange { start: b"b".to_vec(), end: b"a".to_vec() } };
     assert!(bad.validate().is_err());
     const { assert!(CLUSTER_VERSION > CLUSTER_VERSION_INITIAL) };
+}
+
+#[test]
+fn commands_of_cluster_version_2_are_appended_variants() {
+    // Principal-bound sessions: two command kinds after every 0.1.0 one (Put 0 .. OpenSession
+    // 4, SetMemberAddr 5, then 0.2.0's SetClusterVersion 6, DeleteRange 7), pinned byte for
+    // byte: the log outlives binaries.
+    let open =
+        Command { session: None, time_ms: 5, op: CommandOp::OpenSessionFor { principal: "al".into(), nonce: 3 } };
+    assert_eq!(encode_command(&open).expect("encodes"), [0, 5, 8, 2, b'a', b'l', 3]);
+    let by = Command {
+        session: Some(Sequenced { session: SessionId(3), seq: 1 }),
+        time_ms: 5,
+        op: CommandOp::ByPrincipal { principal: "al".into(), op: KvOp::Delete { key: b"k".to_vec() } },
+    };
+    let bytes = encode_command(&by).expect("encodes");
+    assert_eq!(bytes, [1, 3, 1, 5, 9, 2, b'a', b'l', 1, 1, b'k']);
+    assert_eq!(decode_command(&bytes).expect("decodes"), by);
+    // Every key-value operation converts both ways; the others are not key-value operations.
+    for op in [
+        CommandOp::Put { key: b"k".to_vec(), value: b"v".to_vec() },
+        CommandOp::Delete { key: b"k".to_vec() },
+        CommandOp::Cas { key: b"k".to_vec(), expected: None, value: b"v".to_vec() },
+        CommandOp::Txn(Txn::default()),
+        CommandOp::DeleteRange { start: b"a".to_vec(), end: b"b".to_vec() },
+    ] {
+        assert_eq!(KvOp::from_command(op.clone()).expect("a key-value operation").into_command(), op);
+    }
+    assert!(KvOp::from_command(CommandOp::OpenSession).is_err());
+    // A nested command cannot be written: `KvOp` has no variant that holds one.
+    assert!(decode_command(&[0, 5, 9, 0, 9, 0, 9]).is_err());
 }
 
 #[test]

@@ -101,6 +101,75 @@ fn samples() -> Vec<(&'static str, NodeMessage)> {
                 result: Err(ApiError::Shed(Overloaded { reason: OverloadReason::DiskSpace, retry_after_ms: 1500 })),
             }),
         ),
+        // Since 0.2.0: paged reads (quorate/2 connections only).
+        (
+            "request_scan_paged",
+            NodeMessage::Request(ClientRequest {
+                id: 48,
+                session: None,
+                body: Request::ScanPaged {
+                    start: b"a".to_vec(),
+                    end: Some(b"b".to_vec()),
+                    limit: 100,
+                    read: ReadConsistency::Linearizable,
+                },
+            }),
+        ),
+        (
+            "response_scan_page",
+            NodeMessage::Response(ClientResponse {
+                id: 48,
+                result: Ok(Response::ScanPage {
+                    kvs: vec![KeyValue {
+                        key: b"a".to_vec(),
+                        value: b"v".to_vec(),
+                        create_revision: 1,
+                        mod_revision: 2,
+                        version: 2,
+                    }],
+                    next: Some(b"a0".to_vec()),
+                    read: ReadInfo { node: n(1), revision: 2, applied: LogIndex(8), staleness: None },
+                }),
+            }),
+        ),
+        (
+            "request_txn_paged",
+            NodeMessage::Request(ClientRequest {
+                id: 49,
+                session: None,
+                body: Request::TxnPaged {
+                    txn: Txn { compare: vec![], success: vec![TxnOp::Get { key: b"k".to_vec() }], failure: vec![] },
+                    from: 1,
+                    revision: Some(7),
+                },
+            }),
+        ),
+        (
+            "response_txn_page",
+            NodeMessage::Response(ClientResponse {
+                id: 49,
+                result: Ok(Response::TxnPage {
+                    succeeded: true,
+                    results: vec![TxnResult::Get(None)],
+                    revision: 7,
+                    next: Some(2),
+                }),
+            }),
+        ),
+        (
+            "response_page_expired",
+            NodeMessage::Response(ClientResponse {
+                id: 50,
+                result: Err(ApiError::PageExpired { revision: 7, current: 9 }),
+            }),
+        ),
+        (
+            "response_shed_response_bytes",
+            NodeMessage::Response(ClientResponse {
+                id: 51,
+                result: Err(ApiError::Shed(Overloaded { reason: OverloadReason::ResponseBytes, retry_after_ms: 20 })),
+            }),
+        ),
     ]
 }
 
@@ -126,6 +195,51 @@ fn golden_fixtures_of_every_kind_decode() {
         kinds.insert(msg.kind().0);
     }
     assert_eq!(kinds.len(), 4, "every message kind has a fixture");
+}
+
+#[test]
+fn every_answer_fits_a_message_and_a_transport_frame() {
+    // The largest answers the node can give (the limits are compile-time relations; this
+    // checks the encoding itself): one pair of the largest key and value, and a page at the
+    // result limit.
+    let pair = KeyValue {
+        key: vec![b'k'; limits::KEY_BYTES_MAX],
+        value: vec![b'v'; limits::VALUE_BYTES_MAX],
+        create_revision: u64::MAX,
+        mod_revision: u64::MAX,
+        version: u64::MAX,
+    };
+    assert!(encoded_len(&pair) <= limits::KEY_VALUE_BYTES_MAX, "{}", encoded_len(&pair));
+    let read = ReadInfo {
+        node: n(u64::MAX),
+        revision: u64::MAX,
+        applied: LogIndex(u64::MAX),
+        staleness: Some(Staleness { known_commit: LogIndex(u64::MAX), since_leader_ms: Some(u64::MAX) }),
+    };
+    let page = Response::ScanPage { kvs: vec![pair.clone(); 3], next: Some(vec![b'k'; limits::KEY_BYTES_MAX]), read };
+    assert!(encoded_len(&page) <= limits::RESULT_BYTES_MAX);
+    let response = NodeMessage::Response(ClientResponse { id: u64::MAX, result: Ok(page) });
+    let mut bytes = Vec::new();
+    response.encode(&mut bytes).expect("an answer within the result limit encodes");
+    assert!(bytes.len() <= limits::MESSAGE_BYTES_MAX);
+    assert!(bytes.len() <= quorate_transport::FRAME_PAYLOAD_BYTES_DEFAULT as usize);
+    // A put of the largest key and value fits a command, even with a principal.
+    let by = Command {
+        session: Some(Sequenced { session: SessionId(u64::MAX), seq: u64::MAX }),
+        time_ms: u64::MAX,
+        op: CommandOp::ByPrincipal {
+            principal: "p".repeat(quorate_transport::PRINCIPAL_BYTES_MAX),
+            op: KvOp::Put { key: pair.key.clone(), value: pair.value.clone() },
+        },
+    };
+    assert!(encode_command(&by).is_ok());
+    // An answer larger than a message is refused by the encoder (the node answers an error).
+    let huge = Response::Scan { kvs: vec![pair; 9], more: false, read: page_read() };
+    assert!(NodeMessage::Response(ClientResponse { id: 1, result: Ok(huge) }).encode(&mut Vec::new()).is_err());
+}
+
+fn page_read() -> ReadInfo {
+    ReadInfo { node: n(1), revision: 1, applied: LogIndex(1), staleness: None }
 }
 
 #[test]
@@ -236,6 +350,8 @@ fn shed_is_the_last_error_variant_and_every_reason_round_trips() {
         OverloadReason::FsyncLatency,
         OverloadReason::PeerBacklog,
         OverloadReason::PendingReads,
+        OverloadReason::PrincipalRequests,
+        OverloadReason::ResponseBytes,
     ];
     let mut labels = std::collections::BTreeSet::new();
     for (i, reason) in reasons.into_iter().enumerate() {

@@ -83,6 +83,10 @@ pub const MEMBERS_MAX: usize = quorate_log::MEMBERS_MAX;
 /// off, so two nodes that disagree about the leader cannot make it spin.
 const REDIRECTS_IMMEDIATE_MAX: u32 = 3;
 
+/// Times a paged read-only transaction is read again from its first page after the state
+/// changed between two of its pages.
+pub const TXN_READ_RESTARTS_MAX: u32 = 3;
+
 /// Everything a [`Client`] needs to reach a cluster.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -201,6 +205,19 @@ pub struct Scanned {
     pub read: ReadInfo,
 }
 
+/// One page of a scan ([`Client::scan_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScannedPage {
+    /// The pairs, in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Where the next page starts (pass it as `start` with the same `end`); `None`: the range
+    /// holds no more keys.
+    pub next: Option<Vec<u8>>,
+    /// Which node served the read, and how fresh it was.
+    pub read: ReadInfo,
+}
+
 /// The result of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -302,6 +319,10 @@ impl Client {
     }
 
     /// The pairs with keys in `[start, end)` (`end: None`: to the last key), at most `limit`.
+    /// Nodes answer in pages of at most `limits::RESULT_BYTES_MAX` bytes; this follows the
+    /// continuations until `limit` pairs or the end of the range (each page is its own read:
+    /// the pages together are not one atomic read). `read` is that of the last page. To hold
+    /// only one page at a time, use [`Client::scan_page`].
     pub async fn scan(
         &self,
         start: impl AsRef<[u8]>,
@@ -309,22 +330,29 @@ impl Client {
         limit: u32,
         read: ReadConsistency,
     ) -> Result<Scanned, ClientError> {
-        let body = Request::Scan { start: start.as_ref().to_vec(), end: end.map(<[u8]>::to_vec), limit, read };
-        match self.core.send(body, None, Route::Leader).await? {
-            (_, Response::Scan { kvs, more, read }) => Ok(Scanned { kvs, more, read }),
-            (node, other) => Err(unexpected(node, &other)),
-        }
+        self.core.scan(start.as_ref(), end, limit, read).await
     }
 
-    /// Runs a transaction atomically (exactly once if it writes).
+    /// One page of the pairs with keys in `[start, end)`: at most `limit` pairs and at most
+    /// `limits::RESULT_BYTES_MAX` bytes, and where the next page starts.
+    pub async fn scan_page(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+        read: ReadConsistency,
+    ) -> Result<ScannedPage, ClientError> {
+        self.core.scan_page(start.as_ref(), end, limit, read).await
+    }
+
+    /// Runs a transaction atomically (exactly once if it writes). A read-only transaction is
+    /// answered in pages read at one revision; if the state changes between two pages, it is
+    /// read again from the first page, at most [`TXN_READ_RESTARTS_MAX`] times.
     pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, ClientError> {
-        let body = Request::Txn(txn);
-        let answer = if body.is_write() {
-            self.core.write(body).await?
-        } else {
-            self.core.send(body, None, Route::Leader).await?
-        };
-        match answer {
+        if txn.is_read_only() {
+            return self.core.read_txn(txn).await;
+        }
+        match self.core.write(Request::Txn(txn)).await? {
             (_, Response::Txn { succeeded, results, revision }) => Ok(TxnOutcome { succeeded, results, revision }),
             (node, other) => Err(unexpected(node, &other)),
         }
@@ -610,6 +638,81 @@ impl<L: Link> Core<L> {
         Err(ClientError::Config("the cluster expired two new sessions in a row; check the nodes' clocks".into()))
     }
 
+    async fn scan_page(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        read: ReadConsistency,
+    ) -> Result<ScannedPage, ClientError> {
+        let body = Request::ScanPaged { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit, read };
+        match self.send(body, None, Route::Leader).await? {
+            (_, Response::ScanPage { kvs, next, read }) => Ok(ScannedPage { kvs, next, read }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Follows scan pages until `limit` pairs or the end of the range.
+    async fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        read: ReadConsistency,
+    ) -> Result<Scanned, ClientError> {
+        let mut kvs = Vec::new();
+        let mut from = start.to_vec();
+        // Every page but the last holds at least one pair, so at most `limit` pages.
+        loop {
+            let want = limit.saturating_sub(kvs.len() as u32).max(1);
+            let page = self.scan_page(&from, end, want, read).await?;
+            let progressed = !page.kvs.is_empty() && page.next.as_ref().is_none_or(|n| *n > from);
+            kvs.extend(page.kvs);
+            match page.next {
+                Some(next) if progressed && (kvs.len() as u32) < limit => from = next,
+                next => return Ok(Scanned { kvs, more: next.is_some(), read: page.read }),
+            }
+        }
+    }
+
+    /// A read-only transaction, page by page at one revision; read again from the first page
+    /// (at most [`TXN_READ_RESTARTS_MAX`] times) if the state changed in between.
+    async fn read_txn(&self, txn: Txn) -> Result<TxnOutcome, ClientError> {
+        let mut restarts = 0;
+        'again: loop {
+            let mut results = Vec::new();
+            let (mut from, mut revision) = (0u32, None);
+            // Each page but the last holds at least one result: at most TXN_OPS_MAX pages.
+            for _ in 0..=quorate_api::limits::TXN_OPS_MAX {
+                let body = Request::TxnPaged { txn: txn.clone(), from, revision };
+                match self.send_inner(body, None, Route::Leader).await {
+                    Ok((node, Response::TxnPage { succeeded, results: page, revision: at, next })) => {
+                        results.extend(page);
+                        match next {
+                            None => return Ok(TxnOutcome { succeeded, results, revision: at }),
+                            Some(n) if n > from => (from, revision) = (n, Some(at)),
+                            Some(n) => {
+                                return Err(ClientError::Unexpected {
+                                    node,
+                                    what: format!("a transaction page from operation {from} continues at {n}"),
+                                });
+                            }
+                        }
+                    }
+                    Ok((node, other)) => return Err(unexpected(node, &other)),
+                    Err(Failure {
+                        error: ClientError::Rejected { error: ApiError::PageExpired { .. }, .. }, ..
+                    }) if restarts < TXN_READ_RESTARTS_MAX => {
+                        restarts += 1;
+                        continue 'again;
+                    }
+                    Err(f) => return Err(f.error),
+                }
+            }
+            return Err(ClientError::Config("a paged transaction did not end within its operation count".into()));
+        }
+    }
+
     async fn open_session(&self) -> Result<SessionId, ClientError> {
         match self.send(Request::OpenSession, None, Route::Leader).await? {
             (_, Response::Session(id)) => Ok(id),
@@ -746,6 +849,20 @@ impl<L: Link> Core<L> {
                         // The node may have appended the write: retry the same (session, seq).
                         ambiguous |= mutates;
                         last = format!("node {target} timed out; the outcome is unknown");
+                    }
+                    Err(ApiError::SessionExpired) if ambiguous => {
+                        // An earlier attempt may have been applied before the session ended
+                        // (or stopped being usable): the outcome is unknown, not a refusal.
+                        return Err(Failure {
+                            error: ClientError::OutcomeUnknown {
+                                attempts,
+                                elapsed: started.elapsed(),
+                                last: format!(
+                                    "node {target}: the session ended before a retry could learn the outcome"
+                                ),
+                            },
+                            ambiguous,
+                        });
                     }
                     Err(error) => {
                         return Err(Failure { error: ClientError::Rejected { node: target, error }, ambiguous });

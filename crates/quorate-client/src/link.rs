@@ -1,6 +1,8 @@
 //! How requests reach a node: the QUIC link, and the seam that tests replace.
 
-use quorate_api::{AttemptedRequest, ClientRequest, ClientResponse, NodeMessage, PROTOCOL_GENERATION_2};
+use quorate_api::{
+    ApiError, AttemptedRequest, ClientRequest, ClientResponse, NodeMessage, PROTOCOL_GENERATION_2, Request, Response,
+};
 use quorate_log::NodeId;
 use quorate_transport::{Client as Connection, ClientOptions, Credentials, TransportError};
 use std::collections::HashMap;
@@ -84,6 +86,62 @@ fn describe(e: &TransportError) -> String {
     }
 }
 
+/// A paged request sent to a 0.1.0 node as the whole request it knows; its answer is turned
+/// back into the page the caller asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Unpaged {
+    /// A `ScanPaged`, sent as `Scan`.
+    Scan,
+    /// A `TxnPaged` from operation `from` at `revision`, sent as `Txn`.
+    Txn { from: u32, revision: Option<u64> },
+}
+
+/// `request` as a 0.1.0 node can decode it (paged reads become whole ones).
+pub(crate) fn unpaged(request: ClientRequest) -> (ClientRequest, Option<Unpaged>) {
+    let ClientRequest { id, session, body } = request;
+    let (body, paged) = match body {
+        Request::ScanPaged { start, end, limit, read } => {
+            (Request::Scan { start, end, limit, read }, Some(Unpaged::Scan))
+        }
+        Request::TxnPaged { txn, from, revision } => (Request::Txn(txn), Some(Unpaged::Txn { from, revision })),
+        other => (other, None),
+    };
+    (ClientRequest { id, session, body }, paged)
+}
+
+impl Unpaged {
+    /// The page a whole answer makes.
+    pub(crate) fn page(&self, answer: Response) -> Result<Response, ApiError> {
+        Ok(match (self, answer) {
+            (Unpaged::Scan, Response::Scan { kvs, more, read }) => {
+                // 0.1.0 says only whether more keys remain: the next page starts after the last.
+                let next = if more {
+                    kvs.last().map(|kv| {
+                        let mut k = kv.key.clone();
+                        k.push(0);
+                        k
+                    })
+                } else {
+                    None
+                };
+                Response::ScanPage { kvs, next, read }
+            }
+            (Unpaged::Txn { from, revision }, Response::Txn { succeeded, results, revision: at }) => {
+                // The whole transaction again: only the results this page asked for, and only
+                // if the state is the one the first page read.
+                if let Some(r) = revision
+                    && *r != at
+                {
+                    return Err(ApiError::PageExpired { revision: *r, current: at });
+                }
+                let results = results.into_iter().skip(*from as usize).collect();
+                Response::TxnPage { succeeded, results, revision: at, next: None }
+            }
+            (_, other) => other,
+        })
+    }
+}
+
 impl Link for QuicLink {
     async fn call(
         &self,
@@ -94,15 +152,21 @@ impl Link for QuicLink {
     ) -> Result<ClientResponse, LinkError> {
         let conn = self.connection(node, addr).await?;
         let id = request.id;
+        let generation = conn.protocol_generation();
+        // A 0.1.0 node (quorate/1) answers whole scans and transactions, not pages.
+        let (request, paged) = if generation < PROTOCOL_GENERATION_2 { unpaged(request) } else { (request, None) };
         // A retry says so where the node can decode it (quorate/2); a 0.1.0 node gets the
         // request as 0.1.0 sent it. First tries are plain requests either way.
-        let message = if attempt > 0 && conn.protocol_generation() >= PROTOCOL_GENERATION_2 {
+        let message = if attempt > 0 && generation >= PROTOCOL_GENERATION_2 {
             NodeMessage::RequestAttempt(AttemptedRequest { attempt, request })
         } else {
             NodeMessage::Request(request)
         };
         match conn.request(&message).await {
-            Ok(NodeMessage::Response(r)) if r.id == id => Ok(r),
+            Ok(NodeMessage::Response(r)) if r.id == id => Ok(match paged {
+                Some(p) => ClientResponse { id, result: r.result.and_then(|answer| p.page(answer)) },
+                None => r,
+            }),
             Ok(NodeMessage::Response(r)) => {
                 self.forget(node);
                 Err(LinkError::Lost(format!("answer to request {} arrived for request {id}", r.id)))

@@ -408,3 +408,123 @@ fn overload_delays_are_the_hint_plus_at_most_a_tenth() {
     assert!(seen.len() > 10, "jittered: {seen:?}");
     assert_eq!(overload_delay(Duration::ZERO, u64::MAX), Duration::ZERO);
 }
+
+fn kv(key: &[u8]) -> KeyValue {
+    KeyValue { key: key.to_vec(), value: b"v".to_vec(), create_revision: 1, mod_revision: 1, version: 1 }
+}
+
+fn read_info(revision: u64) -> ReadInfo {
+    ReadInfo { node: id(1), revision, applied: LogIndex(revision), staleness: None }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scan_follows_continuations_until_its_limit() {
+    // Pages of two pairs, the range holding five.
+    let core = core(
+        |_, request, _| {
+            let Request::ScanPaged { start, limit, .. } = &request.body else { return Ok(Ok(Response::Done)) };
+            let keys: Vec<&[u8]> = [b"a", b"b", b"c", b"d", b"e"]
+                .into_iter()
+                .map(|k| k.as_slice())
+                .filter(|k| *k >= start.as_slice())
+                .collect();
+            let take = keys.len().min(2).min(*limit as usize);
+            let next = keys.get(take).map(|k| k.to_vec());
+            Ok(Ok(Response::ScanPage { kvs: keys[..take].iter().map(|k| kv(k)).collect(), next, read: read_info(3) }))
+        },
+        |c| c.members.truncate(1),
+    );
+    let all = core.scan(b"", None, 100, ReadConsistency::Linearizable).await.unwrap();
+    assert_eq!(all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), [b"a", b"b", b"c", b"d", b"e"]);
+    assert!(!all.more);
+    assert_eq!(calls(&core).len(), 3, "three pages");
+    // A limit inside the range: the pairs asked for, and `more`.
+    let three = core.scan(b"", None, 3, ReadConsistency::Linearizable).await.unwrap();
+    assert_eq!(three.kvs.len(), 3);
+    assert!(three.more);
+    // The second page asked for one pair only, from where the first ended.
+    let last = calls(&core).pop().unwrap().1.body;
+    assert!(matches!(last, Request::ScanPaged { ref start, limit: 1, .. } if start == b"c"), "{last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paged_transaction_is_read_again_when_the_state_changes_between_pages() {
+    // Two gets answered one per page; the first second page finds the state changed.
+    let core = core(
+        |_, request, n| {
+            let Request::TxnPaged { from, revision, .. } = &request.body else { return Ok(Ok(Response::Done)) };
+            let at = if n < 1 { 5 } else { 6 };
+            if let Some(r) = revision
+                && *r != at
+            {
+                return Ok(Err(ApiError::PageExpired { revision: *r, current: at }));
+            }
+            let next = (*from == 0).then_some(1);
+            let result = TxnResult::Get(Some(kv(if *from == 0 { b"a" } else { b"b" })));
+            Ok(Ok(Response::TxnPage { succeeded: true, results: vec![result], revision: at, next }))
+        },
+        |c| c.members.truncate(1),
+    );
+    let gets = Txn {
+        compare: vec![],
+        success: vec![TxnOp::Get { key: b"a".to_vec() }, TxnOp::Get { key: b"b".to_vec() }],
+        failure: vec![],
+    };
+    let outcome = core.read_txn(gets).await.unwrap();
+    assert_eq!(outcome.results.len(), 2);
+    assert_eq!(outcome.revision, 6, "the read that completed");
+    let pages: Vec<(u32, Option<u64>)> = calls(&core)
+        .iter()
+        .filter_map(|(_, r)| match &r.body {
+            Request::TxnPaged { from, revision, .. } => Some((*from, *revision)),
+            _ => None,
+        })
+        .collect();
+    // First page, expired second page, then the whole transaction again.
+    assert_eq!(pages, [(0, None), (1, Some(5)), (0, None), (1, Some(6))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_whose_session_ended_after_a_lost_answer_has_an_unknown_outcome() {
+    // The first put's answer is lost; its retry finds the session gone (expired, or opened
+    // before the cluster bound sessions to principals): applied or not, nobody can tell.
+    let core = core(
+        |node, request, n| {
+            if matches!(request.body, Request::Put { .. }) {
+                return if n == 1 { Err(LinkError::Lost("reset".into())) } else { Ok(Err(ApiError::SessionExpired)) };
+            }
+            leader_script(1)(node, request, n)
+        },
+        |c| c.members.truncate(1),
+    );
+    let error = core.write(put("a")).await.unwrap_err();
+    assert!(matches!(error, ClientError::OutcomeUnknown { attempts: 2, .. }), "{error}");
+}
+
+#[test]
+fn paged_reads_are_sent_whole_to_a_0_1_0_node_and_answered_as_pages() {
+    use crate::link::{Unpaged, unpaged};
+    let scan = Request::ScanPaged { start: b"a".to_vec(), end: None, limit: 2, read: ReadConsistency::Stale };
+    let (sent, paged) = unpaged(ClientRequest { id: 1, session: None, body: scan });
+    assert!(matches!(sent.body, Request::Scan { limit: 2, .. }));
+    assert_eq!(paged, Some(Unpaged::Scan));
+    let whole = Response::Scan { kvs: vec![kv(b"a"), kv(b"b")], more: true, read: read_info(1) };
+    let Ok(Response::ScanPage { kvs, next, .. }) = Unpaged::Scan.page(whole) else { panic!() };
+    assert_eq!((kvs.len(), next), (2, Some(b"b\0".to_vec())), "the next page starts after the last key");
+    // A transaction page: the results from `from`, at the first page's revision only.
+    let txn = Txn::default();
+    let (sent, paged) =
+        unpaged(ClientRequest { id: 2, session: None, body: Request::TxnPaged { txn, from: 1, revision: Some(4) } });
+    assert!(matches!(sent.body, Request::Txn(_)));
+    let results = vec![TxnResult::Put, TxnResult::Delete(true)];
+    let at = |revision| Response::Txn { succeeded: true, results: results.clone(), revision };
+    let page = paged.clone().unwrap().page(at(4)).unwrap();
+    assert_eq!(
+        page,
+        Response::TxnPage { succeeded: true, results: vec![TxnResult::Delete(true)], revision: 4, next: None }
+    );
+    assert_eq!(paged.unwrap().page(at(5)), Err(ApiError::PageExpired { revision: 4, current: 5 }));
+    // Anything else goes as it is.
+    let (sent, paged) = unpaged(ClientRequest { id: 3, session: None, body: Request::Status });
+    assert_eq!((sent.body, paged), (Request::Status, None));
+}

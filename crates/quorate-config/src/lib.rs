@@ -64,6 +64,10 @@ pub const MEMBERS_MAX: usize = 64;
 /// Longest peer address in bytes (equal to `quorate_api::limits::TEXT_BYTES_MAX`;
 /// `quorate-node` checks that the two agree at compile time).
 pub const ADDRESS_BYTES_MAX: usize = 4 * 1024;
+/// Shortest `limits.response_write_timeout_ms` accepted.
+pub const RESPONSE_WRITE_TIMEOUT_MS_MIN: u64 = 100;
+/// Longest `limits.response_write_timeout_ms` accepted (ten minutes).
+pub const RESPONSE_WRITE_TIMEOUT_MS_MAX: u64 = 600_000;
 
 /// The whole configuration of a node.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -140,6 +144,15 @@ pub struct AdmissionConfig {
     pub retry_after_ms_min: u64,
     /// Largest `retry_after` in a refusal.
     pub retry_after_ms_max: u64,
+    /// Requests one client principal may have in flight, from admission until its answer is
+    /// delivered (an answer the client does not read keeps its slot until
+    /// `limits.response_write_timeout_ms`).
+    pub principal_requests_max: u64,
+    /// Answer bytes one client principal may hold: the most each of its unanswered requests
+    /// can be answered with, plus its answers being delivered.
+    pub principal_response_bytes_max: u64,
+    /// Answer bytes all clients together may hold (bounds the node's memory for answers).
+    pub response_bytes_max: u64,
 }
 
 impl Default for AdmissionConfig {
@@ -161,6 +174,9 @@ impl Default for AdmissionConfig {
             fsync_latency_ms_max: 250,
             retry_after_ms_min: 10,
             retry_after_ms_max: 5_000,
+            principal_requests_max: 1024,
+            principal_response_bytes_max: 128 * MIB,
+            response_bytes_max: 1024 * MIB,
         }
     }
 }
@@ -248,8 +264,12 @@ impl Default for RaftConfig {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Most client requests in flight; more are refused with `Overloaded`.
+    /// Most client requests in flight (admitted and not yet delivered); more are refused with
+    /// `Overloaded` (`QueueFull`).
     pub pending_requests_max: usize,
+    /// How long the node keeps trying to deliver an answer to a client that does not read it;
+    /// then the answer is dropped (the client sees its stream end) and its slot freed.
+    pub response_write_timeout_ms: u64,
     /// Writes are refused (`Overloaded`, "disk space") below this much free space.
     pub free_space_floor_mb: u64,
     /// DANGER: skip fsync. An acknowledged write can be lost at a power failure. Shown in
@@ -267,6 +287,7 @@ impl Default for LimitsConfig {
     fn default() -> LimitsConfig {
         LimitsConfig {
             pending_requests_max: 10_000,
+            response_write_timeout_ms: 10_000,
             free_space_floor_mb: 64,
             danger_skip_fsync: false,
             danger_failpoints: false,
@@ -528,6 +549,14 @@ impl NodeConfig {
         if self.limits.pending_requests_max == 0 {
             return Err(invalid("limits.pending_requests_max", "must be at least 1"));
         }
+        if !(RESPONSE_WRITE_TIMEOUT_MS_MIN..=RESPONSE_WRITE_TIMEOUT_MS_MAX)
+            .contains(&self.limits.response_write_timeout_ms)
+        {
+            return Err(invalid(
+                "limits.response_write_timeout_ms",
+                format!("must be between {RESPONSE_WRITE_TIMEOUT_MS_MIN} and {RESPONSE_WRITE_TIMEOUT_MS_MAX}"),
+            ));
+        }
         Ok(())
     }
 
@@ -594,6 +623,19 @@ danger_skip_fsync = false
         let text = SAMPLE.replace("heartbeat_ms = 100", "heartbeat_ms = 100\nheartbeat = 5");
         let e = NodeConfig::from_toml(&text).unwrap_err().to_string();
         assert!(e.contains("heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn the_response_write_timeout_is_bounded() {
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.limits.response_write_timeout_ms, 10_000);
+        for bad in [0, RESPONSE_WRITE_TIMEOUT_MS_MIN - 1, RESPONSE_WRITE_TIMEOUT_MS_MAX + 1, u64::MAX] {
+            c.limits.response_write_timeout_ms = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("limits.response_write_timeout_ms"), "{e}");
+        }
+        c.limits.response_write_timeout_ms = RESPONSE_WRITE_TIMEOUT_MS_MIN;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -4,9 +4,14 @@
 //! * [`Gate::admit`] runs in the driver for every client request, after the role check and
 //!   before the request touches the core or the apply thread. A refusal is answered at once
 //!   with [`ApiError::Shed`] (`Overloaded { reason, retry_after_ms }`).
-//! * The [`Ticket`] of an admitted request rides in its `Responder`; answering the client
-//!   completes it, which releases its budgets and feeds its latency to the adaptive limit.
-//!   A ticket dropped unanswered counts as cancelled.
+//! * It first takes a *hold* for the request's principal ([`quorate_admission::Admission::try_hold`]):
+//!   one of the principal's `principal_requests_max` slots and the most bytes the answer can
+//!   take ([`response_bytes_max`]), within the principal's and the node's answer-byte budgets.
+//! * The [`Ticket`] of an admitted request rides in its `Responder`. Answering the client
+//!   completes its permit (budgets freed, latency fed to the adaptive limit) and sets its hold
+//!   to the answer's real size; the hold is released once the answer is written or its write
+//!   is given up (`limits.response_write_timeout_ms`). A ticket dropped unanswered counts as
+//!   cancelled and releases its hold.
 //! * Consensus traffic (Raft messages, snapshot chunks) never reaches the gate.
 //! * Retries: a client on a `quorate/2` connection sends a retry as
 //!   [`quorate_api::NodeMessage::RequestAttempt`] ([`attempt_of`] unwraps it); a retry is
@@ -19,8 +24,10 @@
 //!   persist round trips measured by [`FsyncProbe`]).
 
 use crate::config::{AdmissionConfig, NodeConfig};
-use quorate_admission::{Admission, Class, Config, Nanos, Outcome, Permit, Principal, Reason, RequestInfo, Signals};
-use quorate_api::{ApiError, NodeMessage, OverloadReason, Overloaded, Request, Response, TxnOp};
+use quorate_admission::{
+    Admission, Class, Config, Hold, Nanos, Outcome, Permit, Principal, Reason, RequestInfo, Signals,
+};
+use quorate_api::{ApiError, NodeMessage, OverloadReason, Overloaded, Request, Response, Txn, TxnOp, limits};
 use quorate_core::Raft;
 use quorate_log::{LogIndex, LogStorage};
 use quorate_telemetry::names::{PRINCIPAL_LABEL_OTHER, PRINCIPAL_LABELS_MAX};
@@ -66,6 +73,11 @@ pub(crate) fn admission_config(config: &NodeConfig) -> Result<Config, quorate_co
         retry_after_ms_min: a.retry_after_ms_min,
         retry_after_ms_max: a.retry_after_ms_max,
         signal_retry_after_ms: a.retry_after_ms_min.max(100).min(a.retry_after_ms_max),
+        // A principal never holds more than the node does.
+        principal_requests_max: a.principal_requests_max.min(config.limits.pending_requests_max as u64),
+        principal_response_bytes_max: a.principal_response_bytes_max,
+        requests_max: config.limits.pending_requests_max as u64,
+        response_bytes_max: a.response_bytes_max,
         ..Config::default()
     };
     c.validate().map_err(|e| quorate_config::ConfigError::Invalid { field: "admission", detail: e.to_string() })?;
@@ -87,10 +99,52 @@ pub(crate) fn principal_of(name: &str) -> Principal {
 /// `ClientRead`.
 pub(crate) fn class_of(body: &Request) -> Class {
     match body {
-        Request::Get { .. } | Request::Scan { .. } | Request::Status | Request::MemberList => Class::ClientRead,
+        Request::Get { .. }
+        | Request::Scan { .. }
+        | Request::ScanPaged { .. }
+        | Request::TxnPaged { .. }
+        | Request::Status
+        | Request::MemberList => Class::ClientRead,
         Request::Txn(t) if t.is_read_only() => Class::ClientRead,
         _ => Class::ClientWrite,
     }
+}
+
+/// An answer too small to matter (a write's revision, a refusal, a status): what a hold keeps
+/// for it at least.
+const SMALL_ANSWER_BYTES: u64 = 4 * 1024;
+
+/// The most bytes a transaction's answer can take: a result per operation of its larger
+/// branch (a get's up to [`limits::KEY_VALUE_BYTES_MAX`]), at most [`limits::RESULT_BYTES_MAX`].
+fn txn_answer_bytes_max(t: &Txn) -> u64 {
+    let branch = |ops: &[TxnOp]| -> u64 {
+        ops.iter()
+            .map(|o| match o {
+                TxnOp::Get { key } => (key.len() + limits::VALUE_BYTES_MAX + limits::KEY_VALUE_OVERHEAD_BYTES) as u64,
+                _ => 8,
+            })
+            .sum()
+    };
+    (SMALL_ANSWER_BYTES + branch(&t.success).max(branch(&t.failure))).min(limits::RESULT_BYTES_MAX as u64)
+}
+
+/// The most bytes the answer to `body` can take, known before any work is done: what its hold
+/// keeps until the answer's real size is known. A read of one key can be answered with its
+/// largest value; a scan or transaction page with [`limits::RESULT_BYTES_MAX`]; a write with
+/// a revision (a compare-and-swap with the previous pair, a writing transaction with its gets).
+pub(crate) fn response_bytes_max(body: &Request) -> u64 {
+    let pair = |key: &[u8]| (key.len() + limits::VALUE_BYTES_MAX + limits::KEY_VALUE_OVERHEAD_BYTES) as u64;
+    let bytes = match body {
+        Request::Get { key, .. } | Request::Cas { key, .. } => SMALL_ANSWER_BYTES + pair(key),
+        Request::Scan { limit, .. } | Request::ScanPaged { limit, .. } => {
+            SMALL_ANSWER_BYTES + u64::from(*limit) * limits::KEY_VALUE_BYTES_MAX as u64
+        }
+        Request::Txn(t) | Request::TxnPaged { txn: t, .. } => txn_answer_bytes_max(t),
+        // A member list names every member with its address.
+        Request::MemberList => (quorate_log::MEMBERS_MAX * (limits::TEXT_BYTES_MAX + 32)) as u64,
+        _ => SMALL_ANSWER_BYTES,
+    };
+    bytes.min(limits::RESULT_BYTES_MAX as u64 + limits::RESPONSE_ENVELOPE_BYTES_MAX as u64)
 }
 
 /// The bytes a request adds to the log (writes) or costs to answer (reads: its keys only).
@@ -106,8 +160,10 @@ pub(crate) fn request_bytes(body: &Request) -> u64 {
             Request::Put { key, value } => len(key) + len(value),
             Request::Cas { key, expected, value } => len(key) + expected.as_deref().map_or(0, len) + len(value),
             Request::Delete { key } | Request::Get { key, .. } => len(key),
-            Request::Scan { start, end, .. } => len(start) + end.as_deref().map_or(0, len),
-            Request::Txn(t) => {
+            Request::Scan { start, end, .. } | Request::ScanPaged { start, end, .. } => {
+                len(start) + end.as_deref().map_or(0, len)
+            }
+            Request::Txn(t) | Request::TxnPaged { txn: t, .. } => {
                 t.compare.iter().map(|c| len(&c.key)).sum::<u64>()
                     + t.success.iter().map(op).sum::<u64>()
                     + t.failure.iter().map(op).sum::<u64>()
@@ -132,6 +188,8 @@ pub(crate) fn wire_reason(reason: Reason) -> OverloadReason {
         Reason::DiskSpace => OverloadReason::DiskSpace,
         Reason::FsyncLatency => OverloadReason::FsyncLatency,
         Reason::PeerBacklog => OverloadReason::PeerBacklog,
+        Reason::PrincipalRequests { .. } => OverloadReason::PrincipalRequests,
+        Reason::ResponseBytes { .. } => OverloadReason::ResponseBytes,
         // `Reason` is non-exhaustive: a new reason reads as the generic limit until the
         // wire type learns it.
         _ => OverloadReason::ConcurrencyLimit,
@@ -326,6 +384,7 @@ impl Gate {
         let at = Instant::now();
         let now = self.now(at);
         let info = RequestInfo { class: class_of(body), principal, bytes: request_bytes(body), is_retry };
+        let reserve = response_bytes_max(body);
         let mut inner = self.lock();
         let floor = inner.admission.config().disk_free_bytes_min;
         if floor > 0 && inner.disk_checked.is_none_or(|t| at.saturating_duration_since(t) >= DISK_CHECK_INTERVAL) {
@@ -356,9 +415,19 @@ impl Gate {
                 "admission state"
             );
         }
-        match inner.admission.try_admit(&info, now) {
-            Ok(permit) => Ok(Some(Ticket { gate: self.clone(), permit: Some(permit) })),
+        // The principal's slot and answer bytes first: a client that keeps its answers unread
+        // is refused here, before it can take a concurrency slot from anyone.
+        let hold = match inner.admission.try_hold(info.class, principal, reserve) {
+            Ok(hold) => hold,
             Err(o) => {
+                drop(inner);
+                return Err(shed(wire_reason(o.reason), o.retry_after));
+            }
+        };
+        match inner.admission.try_admit(&info, now) {
+            Ok(permit) => Ok(Some(Ticket { gate: self.clone(), permit: Some(permit), hold: Some(hold) })),
+            Err(o) => {
+                inner.admission.release_hold(hold);
                 drop(inner);
                 Err(shed(wire_reason(o.reason), o.retry_after))
             }
@@ -370,6 +439,22 @@ impl Gate {
         self.lock().admission.complete(permit, outcome, now);
     }
 
+    fn resize_hold(&self, hold: &mut Hold, bytes: u64) {
+        self.lock().admission.resize_hold(hold, bytes);
+    }
+
+    fn release_hold(&self, hold: Hold) {
+        self.lock().admission.release_hold(hold);
+    }
+
+    /// Requests and answer bytes held for `principal` (tests, status hooks).
+    #[allow(dead_code, reason = "read by tests")]
+    pub(crate) fn held(&self, principal: Principal) -> (u64, u64) {
+        let inner = self.lock();
+        let holds = inner.admission.holds();
+        (holds.principal_count(principal), holds.principal_bytes(principal))
+    }
+
     /// Whether writes are refused for disk space now (status, tests).
     #[allow(dead_code, reason = "read by tests and status hooks")]
     pub(crate) fn is_refusing_for_disk(&self) -> bool {
@@ -377,19 +462,25 @@ impl Gate {
     }
 }
 
-/// An admitted request's claim on the gate; completing it (by answering the client) releases
-/// it. Dropped unanswered, it counts as cancelled.
+/// An admitted request's claim on the gate: its admission permit, completed when the client
+/// is answered, and its hold, released when the ticket is dropped — after the answer has been
+/// written (or its write given up). Dropped unanswered, the permit counts as cancelled.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     gate: Arc<Gate>,
     permit: Option<Permit>,
+    hold: Option<Hold>,
 }
 
 impl Ticket {
-    /// The request was answered with `result`.
-    pub(crate) fn finish(mut self, result: &Result<Response, ApiError>) {
+    /// The request was answered with `result`, an answer of `bytes` bytes: the permit is
+    /// complete, and the hold keeps the answer's real size until the ticket is dropped.
+    pub(crate) fn answered(&mut self, result: &Result<Response, ApiError>, bytes: u64) {
         if let Some(p) = self.permit.take() {
             self.gate.complete(p, outcome_of(result));
+        }
+        if let Some(h) = self.hold.as_mut() {
+            self.gate.resize_hold(h, bytes);
         }
     }
 }
@@ -398,6 +489,9 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
             self.gate.complete(p, Outcome::Cancelled);
+        }
+        if let Some(h) = self.hold.take() {
+            self.gate.release_hold(h);
         }
     }
 }
@@ -446,6 +540,8 @@ mod tests {
             Reason::DiskSpace,
             Reason::FsyncLatency,
             Reason::PeerBacklog,
+            Reason::PrincipalRequests { principal: p },
+            Reason::ResponseBytes { principal: p },
         ];
         let wire: std::collections::BTreeSet<&str> = reasons.iter().map(|r| wire_reason(*r).label()).collect();
         assert_eq!(wire.len(), reasons.len());

@@ -17,13 +17,36 @@ use tokio::sync::mpsc;
 
 /// Store operations gathered before a batch is written (well below the store's limit).
 const OPS_PER_BATCH: usize = APPLY_OPS_MAX / 2;
+/// Bytes gathered before a batch is written: the state-machine writes pending plus the results
+/// waiting to be answered. A batch is cut after the entry that reaches it, so it holds at most
+/// this plus one command's writes and result.
+pub(crate) const APPLY_BATCH_BYTES_MAX: usize = 64 << 20;
+
+// A batch of OPS_PER_BATCH operations plus one command's stays within the store's limit.
+const _: () = assert!(OPS_PER_BATCH + sm::COMMAND_WRITES_MAX + 8 <= APPLY_OPS_MAX);
 
 /// A read waiting to be served.
 #[derive(Debug)]
 pub(crate) enum ReadReq {
-    Get { key: Vec<u8> },
-    Scan { start: Vec<u8>, end: Option<Vec<u8>>, limit: u32 },
-    Txn(Txn),
+    Get {
+        key: Vec<u8>,
+    },
+    /// A scan page; `paged`: answer with `Response::ScanPage` (else `Response::Scan`).
+    Scan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+        paged: bool,
+    },
+    /// A read-only transaction from operation `from` at `revision` (a next page); `paged`:
+    /// answer with `Response::TxnPage` (else the whole `Response::Txn`, or an error if it does
+    /// not fit one answer).
+    Txn {
+        txn: Txn,
+        from: u32,
+        revision: Option<u64>,
+        paged: bool,
+    },
 }
 
 /// What the driver hands the apply task, in order.
@@ -146,6 +169,43 @@ pub(crate) fn install_snapshot_batches(
     Ok(n)
 }
 
+/// Serves a read-only transaction (or one page of it) at the state `read` describes.
+fn read_txn(
+    store: &RocksStore,
+    txn: &Txn,
+    from: u32,
+    revision: Option<u64>,
+    paged: bool,
+    read: &ReadInfo,
+) -> Result<Result<Response, ApiError>, SmError> {
+    if let Some(revision) = revision
+        && revision != read.revision
+    {
+        // The key-value state moved on since the first page: the pages would not be one read.
+        return Ok(Err(ApiError::PageExpired { revision, current: read.revision }));
+    }
+    let page = match sm::read_txn_page(store, txn, from, sm::PAGE_RESULT_BYTES_MAX)? {
+        Ok(page) => page,
+        Err(e) => return Ok(Err(e)),
+    };
+    if paged {
+        return Ok(Ok(Response::TxnPage {
+            succeeded: page.succeeded,
+            results: page.results,
+            revision: read.revision,
+            next: page.next,
+        }));
+    }
+    if page.next.is_some() {
+        return Ok(Err(ApiError::InvalidRequest(format!(
+            "the results of this read-only transaction take more than {} bytes, more than one answer holds: read it \
+             in pages (a quorate/2 client does) or split it",
+            sm::PAGE_RESULT_BYTES_MAX
+        ))));
+    }
+    Ok(Ok(Response::Txn { succeeded: page.succeeded, results: page.results, revision: read.revision }))
+}
+
 impl Applier {
     pub(crate) fn new(shared: Arc<Shared>, events: mpsc::Sender<Event>, applied: EntryId) -> Applier {
         Applier { shared, events, applied, writes: BTreeMap::new(), reads: BTreeMap::new(), last_sweep: Instant::now() }
@@ -228,6 +288,7 @@ impl Applier {
             let mut outcomes = Vec::new();
             let mut last = None;
             let mut used = 0;
+            let mut result_bytes = 0usize;
             for e in rest {
                 used += 1;
                 if e.index <= self.applied.index {
@@ -235,12 +296,22 @@ impl Applier {
                 }
                 self.shared.telemetry.applying(e);
                 let outcome = match &e.payload {
-                    EntryPayload::Command(d) => Some(sm::apply_entry(&mut ov, e.index, d)?),
+                    EntryPayload::Command(d) => {
+                        let mut o = sm::apply_entry(&mut ov, e.index, d)?;
+                        if self.writes.contains_key(&e.index) {
+                            result_bytes = result_bytes.saturating_add(quorate_api::encoded_len(&o.result));
+                        } else {
+                            // Nobody here waits for it (a follower, or a write proposed
+                            // elsewhere): keep no result in memory until the batch is written.
+                            o.result = Ok(Response::Done);
+                        }
+                        Some(o)
+                    }
                     _ => None,
                 };
                 outcomes.push((e.id(), outcome));
                 last = Some(e.id());
-                if ov.len() >= OPS_PER_BATCH {
+                if ov.len() >= OPS_PER_BATCH || ov.bytes().saturating_add(result_bytes) >= APPLY_BATCH_BYTES_MAX {
                     break;
                 }
             }
@@ -252,7 +323,7 @@ impl Applier {
             self.shared.revision.store(sm::revision(&*store)?, Ordering::Relaxed);
             self.shared.log_time_ms.store(sm::log_time_ms(&*store)?, Ordering::Relaxed);
             for (id, outcome) in outcomes {
-                let result = match outcome {
+                let (result, cached) = match outcome {
                     Some(o) => {
                         if let Some((node, addr)) = o.member_addr {
                             self.shared.learn_member_addr(node, addr);
@@ -261,25 +332,29 @@ impl Applier {
                             crate::versions::sync_format(&self.shared.store)?;
                             crate::versions::sync_transport(&self.shared);
                         }
-                        o.result
+                        (o.result, o.cached)
                     }
-                    None => Ok(Response::Done),
+                    None => (Ok(Response::Done), false),
                 };
-                self.answer_write(id, result);
+                self.answer_write(id, result, cached);
             }
         }
         Ok(())
     }
 
     /// Answers the write waiting at `id.index`, if any, and any older one left over.
-    fn answer_write(&mut self, id: EntryId, result: Result<Response, ApiError>) {
+    /// `cached`: the result came from the session's cache (audited as such).
+    fn answer_write(&mut self, id: EntryId, result: Result<Response, ApiError>, cached: bool) {
         while let Some(entry) = self.writes.first_entry() {
             if *entry.key() > id.index {
                 break;
             }
             let index = *entry.key();
-            let w = entry.remove();
+            let mut w = entry.remove();
             if index == id.index && w.term == id.term {
+                if cached {
+                    w.responder.mark_cached();
+                }
                 w.responder.send(result.clone(), Some(id));
             } else {
                 // A different entry landed at that index: ours was never committed.
@@ -306,17 +381,18 @@ impl Applier {
                 let store = &*self.shared.store;
                 let read = self.read_info(r.staleness);
                 let result = match r.req {
-                    ReadReq::Get { key } => Response::Get { kv: sm::read_get(store, &key)?, read },
-                    ReadReq::Scan { start, end, limit } => {
-                        let (kvs, more) = sm::read_scan(store, &start, end.as_deref(), limit)?;
-                        Response::Scan { kvs, more, read }
+                    ReadReq::Get { key } => Ok(Response::Get { kv: sm::read_get(store, &key)?, read }),
+                    ReadReq::Scan { start, end, limit, paged } => {
+                        let page = sm::read_scan_page(store, &start, end.as_deref(), limit, sm::PAGE_RESULT_BYTES_MAX)?;
+                        Ok(if paged {
+                            Response::ScanPage { kvs: page.kvs, next: page.next, read }
+                        } else {
+                            Response::Scan { kvs: page.kvs, more: page.next.is_some(), read }
+                        })
                     }
-                    ReadReq::Txn(txn) => {
-                        let (succeeded, results) = sm::read_txn(store, &txn)?;
-                        Response::Txn { succeeded, results, revision: read.revision }
-                    }
+                    ReadReq::Txn { txn, from, revision, paged } => read_txn(store, &txn, from, revision, paged, &read)?,
                 };
-                r.responder.send(Ok(result), None);
+                r.responder.send(result, None);
             }
         }
         Ok(())

@@ -1,13 +1,15 @@
 //! Audit events: one per client write or administrative request answered, on the tracing
 //! target [`crate::server::AUDIT_TARGET`] (`quorate::audit`): who (principal and role), what
-//! (`op`, a bounded, escaped `key`, a short `detail`), the `result` (`ok` or the error's kind,
-//! with the error text), and the `term`/`index` of the log entry when known (0 otherwise).
+//! (`op`, a bounded, escaped `key`, a short `detail`), the `session` and `seq` the write was
+//! sent in (0 for none), whether the answer came from the session's cache (`cached`: a retry,
+//! not applied again), the `result` (`ok` or the error's kind, with the error text), and the
+//! `term`/`index` of the log entry when known (0 otherwise).
 //!
 //! Cost is bounded: no value bytes are logged, a key is cut at [`AUDIT_KEY_BYTES_MAX`] bytes
 //! (its full length is said), and details and error texts at [`AUDIT_TEXT_CHARS_MAX`]
 //! characters. Reads are not audited.
 
-use quorate_api::{ApiError, Request, Response, TxnOp};
+use quorate_api::{ApiError, Request, Response, Sequenced, TxnOp};
 use quorate_log::EntryId;
 use quorate_transport::ClientIdentity;
 use std::fmt::Write as _;
@@ -26,6 +28,8 @@ pub(crate) struct What {
     pub(crate) key: String,
     /// More about the request (bounded), empty when nothing.
     pub(crate) detail: String,
+    /// The session and sequence number the request was sent in, if any.
+    pub(crate) session: Option<Sequenced>,
 }
 
 /// Whether audit events are recorded at all (the log filter may turn the target off); when
@@ -34,15 +38,16 @@ fn enabled() -> bool {
     tracing::enabled!(target: crate::server::AUDIT_TARGET, tracing::Level::INFO)
 }
 
-/// The audit description of a request when audit events are recorded; `None` for reads (not
-/// audited) and while the audit target is filtered out.
-pub(crate) fn describe(body: &Request) -> Option<What> {
-    if enabled() { what_of(body) } else { None }
+/// The audit description of a request (sent in `session`, if any) when audit events are
+/// recorded; `None` for reads (not audited) and while the audit target is filtered out.
+pub(crate) fn describe(body: &Request, session: Option<Sequenced>) -> Option<What> {
+    if enabled() { what_of(body).map(|w| What { session, ..w }) } else { None }
 }
 
 /// The audit description of a request; `None` for reads.
 fn what_of(body: &Request) -> Option<What> {
-    let what = |op, key: &[u8], detail: String| Some(What { op, key: key_text(key), detail: bounded(detail) });
+    let what =
+        |op, key: &[u8], detail: String| Some(What { op, key: key_text(key), detail: bounded(detail), session: None });
     match body {
         Request::Put { key, value } => what("put", key, format!("value_bytes={}", value.len())),
         Request::Delete { key } => what("delete", key, String::new()),
@@ -126,9 +131,21 @@ pub(crate) fn result_kind(result: &Result<Response, ApiError>) -> &'static str {
     }
 }
 
-/// Writes the audit event of an answered request.
-pub(crate) fn emit(from: &ClientIdentity, what: &What, result: &Result<Response, ApiError>, at: Option<EntryId>) {
+/// Writes the audit event of an answered request; `cached`: answered from the session's cache.
+pub(crate) fn emit(
+    from: &ClientIdentity,
+    what: &What,
+    result: &Result<Response, ApiError>,
+    at: Option<EntryId>,
+    cached: bool,
+) {
     let (term, index) = at.map_or((0, 0), |a| (a.term.0, a.index.0));
+    let (session, seq) = match (what.session, result) {
+        (Some(s), _) => (s.session.0, s.seq),
+        // The session a request opened.
+        (None, Ok(Response::Session(id))) => (id.0, 0),
+        (None, _) => (0, 0),
+    };
     let error = match result {
         Ok(_) => String::new(),
         Err(e) => bounded(e.to_string()),
@@ -140,6 +157,9 @@ pub(crate) fn emit(from: &ClientIdentity, what: &What, result: &Result<Response,
         op = what.op,
         key = %what.key,
         detail = %what.detail,
+        session,
+        seq,
+        cached,
         result = result_kind(result),
         error = %error,
         term,
@@ -159,7 +179,7 @@ mod tests {
         let put = Request::Put { key: b"user/1".to_vec(), value: vec![0; 1000] };
         assert_eq!(
             what_of(&put),
-            Some(What { op: "put", key: "user/1".into(), detail: "value_bytes=1000".into() }),
+            Some(What { op: "put", key: "user/1".into(), detail: "value_bytes=1000".into(), session: None }),
             "the value's size, never its bytes"
         );
         assert_eq!(what_of(&Request::Delete { key: b"k".to_vec() }).map(|w| w.op), Some("delete"));

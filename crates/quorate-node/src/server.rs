@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub(crate) log_time_ms: AtomicU64,
     pub(crate) backups_dir: PathBuf,
     pub(crate) telemetry: Arc<crate::telemetry::NodeTelemetry>,
+    /// How long an answer waits for its client to take it (`limits.response_write_timeout_ms`).
+    pub(crate) response_write_timeout: Duration,
 }
 
 impl Shared {
@@ -161,6 +163,27 @@ impl Shared {
             }
         }
     }
+}
+
+/// A session id nobody can guess: 64 bits from the operating system's random source
+/// (`/dev/urandom`), never zero. Drawn by the leader into the `OpenSessionFor` command, so
+/// every replica applies the same id.
+fn session_nonce() -> u64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let drawn = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if let Err(e) = drawn {
+        // Keyed SipHash of the clock and a counter, keyed from the OS at process start: still
+        // not guessable from outside, and the apply refuses a taken id anyway.
+        tracing::warn!(error = %e, "cannot read /dev/urandom; drawing a session id from the process's hash keys");
+        use std::hash::BuildHasher;
+        static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let state = STATE.get_or_init(std::collections::hash_map::RandomState::new);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        bytes = state.hash_one((now, COUNTER.fetch_add(1, Ordering::Relaxed))).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes).max(1)
 }
 
 fn resolve_blocking(addr: &str) -> Option<SocketAddr> {
@@ -188,34 +211,102 @@ impl Drop for InflightGuard {
 }
 
 /// Answers one client request (from any thread): spawns a small task that writes the
-/// response. Writes and admin requests are audited when answered ([`crate::audit`]).
+/// response, within the response write timeout. Writes and admin requests are audited when
+/// answered ([`crate::audit`]).
+///
+/// An admitted request's slot (its [`InflightGuard`]) and its admission [`Ticket`]'s hold —
+/// the request's place among its principal's requests and the bytes of its answer — are kept
+/// until the answer has been written or the write given up, so that a client that does not
+/// read its answers uses up its own budget, not everyone's.
+///
+/// [`Ticket`]: crate::admission::Ticket
 pub(crate) struct Responder {
     req: quorate_transport::Request<NodeMessage>,
     id: u64,
     handle: tokio::runtime::Handle,
     audit: Option<crate::audit::What>,
     guard: Option<InflightGuard>,
-    /// Admission: answering completes it (latency into the adaptive limit, budgets freed).
+    /// Admission: answering completes its permit (latency into the adaptive limit); writing
+    /// the answer releases its hold.
     ticket: Option<crate::admission::Ticket>,
+    /// Whether the request may change state: an answer too large to send is then `Timeout`
+    /// (its outcome is unknown to the client), not a refusal.
+    writes: bool,
+    /// Longest wait for the client to take the answer.
+    write_timeout: Duration,
+    /// The result came from the session's cache (audited).
+    cached: bool,
 }
 
 impl Responder {
+    /// A responder for request `id` on `req`'s stream, with nothing admitted yet.
+    fn new(
+        req: quorate_transport::Request<NodeMessage>,
+        id: u64,
+        handle: tokio::runtime::Handle,
+        audit: Option<crate::audit::What>,
+        writes: bool,
+        write_timeout: Duration,
+    ) -> Responder {
+        Responder { req, id, handle, audit, guard: None, ticket: None, writes, write_timeout, cached: false }
+    }
+
+    /// The principal of the client certificate that sent the request.
+    pub(crate) fn principal(&self) -> &str {
+        self.req.from.principal.as_str()
+    }
+
+    /// The answer comes from the session's cache (a retry): said so in the audit event.
+    pub(crate) fn mark_cached(&mut self) {
+        self.cached = true;
+    }
+
     pub(crate) fn send(mut self, result: Result<Response, ApiError>, at: Option<EntryId>) {
         // A quorate/1 (0.1.0) client gets only what 0.1.0 decodes (Shed → Overloaded).
         let result = result.map_err(|e| e.for_generation(self.req.protocol_generation()));
-        crate::telemetry::answered(self.req.from.principal.as_str(), &result);
-        if let Some(t) = self.ticket.take() {
-            t.finish(&result);
+        let mut response = ClientResponse { id: self.id, result };
+        let mut bytes = quorate_api::encoded_len(&response);
+        if bytes > quorate_api::limits::MESSAGE_BYTES_MAX {
+            // Never computed and silently dropped: the client hears why. A write may have
+            // been applied, so its outcome is unknown to the client (a retry in its session
+            // learns it); a read changed nothing.
+            tracing::warn!(bytes, limit = quorate_api::limits::MESSAGE_BYTES_MAX, "answer too large to send");
+            response.result = Err(if self.writes {
+                ApiError::Timeout
+            } else {
+                ApiError::InvalidRequest(format!(
+                    "the answer would take {bytes} bytes, more than the {} a message may hold",
+                    quorate_api::limits::MESSAGE_BYTES_MAX
+                ))
+            });
+            bytes = quorate_api::encoded_len(&response);
+        }
+        crate::telemetry::answered(self.req.from.principal.as_str(), &response.result);
+        if let Some(t) = self.ticket.as_mut() {
+            t.answered(&response.result, bytes as u64);
         }
         if let Some(what) = &self.audit {
-            crate::audit::emit(&self.req.from, what, &result, at);
+            crate::audit::emit(&self.req.from, what, &response.result, at, self.cached);
         }
-        let Responder { req, id, handle, guard, .. } = self;
+        let Responder { req, handle, guard, ticket, write_timeout, .. } = self;
         handle.spawn(async move {
-            let msg = NodeMessage::Response(ClientResponse { id, result });
-            if let Err(e) = req.respond(&msg).await {
-                tracing::debug!(error = %e, "could not send a response");
+            let principal = req.from.principal.clone();
+            let msg = NodeMessage::Response(response);
+            match tokio::time::timeout(write_timeout, req.respond(&msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not send a response"),
+                Err(_) => {
+                    // The client does not take its answer: drop it (its stream ends) and free
+                    // what it held.
+                    crate::telemetry::response_write_timed_out(principal.as_str());
+                    tracing::debug!(
+                        principal = %principal.as_str(),
+                        timeout_ms = write_timeout.as_millis() as u64,
+                        "response write timed out"
+                    );
+                }
             }
+            drop(ticket);
             drop(guard);
         });
     }
@@ -357,6 +448,10 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     cc.applied = applied_index;
     cc.seed = id.get()
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    // The largest command a client may send (a put of the largest key and value) is one
+    // entry: the core must accept it (a put of `VALUE_BYTES_MAX` used to be refused).
+    cc.msg_bytes_max =
+        cc.msg_bytes_max.max(quorate_log::ENTRY_OVERHEAD_BYTES + quorate_api::limits::COMMAND_BYTES_MAX as u64);
     cc.snapshot_entries_threshold = config.raft.snapshot_entries;
     cc.compaction_tail_entries = config.raft.compaction_tail_entries;
     cc.snapshot = latest.as_ref().map(|(m, _)| m.clone());
@@ -424,6 +519,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         log_time_ms: AtomicU64::new(crate::sm::log_time_ms(&*store)?),
         backups_dir,
         telemetry: telemetry.clone(),
+        response_write_timeout: Duration::from_millis(config.limits.response_write_timeout_ms),
     });
     crate::versions::sync_transport(&shared);
 
@@ -909,6 +1005,21 @@ impl Driver {
             responder.send(Err(e), None);
             return Ok(());
         }
+        let op = if crate::versions::cluster_version(&self.shared) >= crate::sm::OWNED_SESSIONS_CLUSTER_VERSION {
+            // Sessions belong to the principal that opened them: the command says who asks.
+            match op {
+                CommandOp::OpenSession => {
+                    CommandOp::OpenSessionFor { principal: responder.principal().to_string(), nonce: session_nonce() }
+                }
+                op if session.is_some() => match quorate_api::KvOp::from_command(op) {
+                    Ok(op) => CommandOp::ByPrincipal { principal: responder.principal().to_string(), op },
+                    Err(op) => op,
+                },
+                op => op,
+            }
+        } else {
+            op
+        };
         let cmd = Command { session, time_ms: self.next_time_ms(), op };
         let bytes = match quorate_api::encode_command(&cmd) {
             Ok(b) => b,
@@ -965,6 +1076,7 @@ impl Driver {
     async fn on_request(&mut self, mut req: quorate_transport::Request<NodeMessage>) -> Result<(), ServerError> {
         let placeholder = NodeMessage::Response(ClientResponse { id: 0, result: Err(ApiError::Timeout) });
         let handle = self.shared.handle.clone();
+        let timeout = self.shared.response_write_timeout;
         let (attempt, message) = crate::admission::attempt_of(std::mem::replace(&mut req.message, placeholder));
         let ClientRequest { id, session, body } = match message {
             NodeMessage::Request(r) => match r.validate() {
@@ -972,28 +1084,20 @@ impl Driver {
                 Err(detail) => {
                     // Well-formed bytes, out-of-bounds request: a typed answer, and the
                     // connection stays usable.
-                    let audit = crate::audit::describe(&r.body);
-                    let r = Responder { req, id: r.id, handle, audit, guard: None, ticket: None };
+                    let audit = crate::audit::describe(&r.body, r.session);
+                    let r = Responder::new(req, r.id, handle, audit, false, timeout);
                     r.send(Err(ApiError::InvalidRequest(detail)), None);
                     return Ok(());
                 }
             },
             _ => {
-                let r = Responder { req, id: 0, handle, audit: None, guard: None, ticket: None };
+                let r = Responder::new(req, 0, handle, None, false, timeout);
                 r.send(Err(ApiError::InvalidRequest("expected a client request".into())), None);
                 return Ok(());
             }
         };
         let access = body.access();
-        let audit = crate::audit::describe(&body);
-        let max = self.config.limits.pending_requests_max;
-        if self.shared.inflight.load(Ordering::Acquire) >= max {
-            let r = Responder { req, id, handle, audit, guard: None, ticket: None };
-            let e = crate::admission::shed(quorate_api::OverloadReason::QueueFull, Duration::from_millis(50));
-            r.send(Err(e), None);
-            return Ok(());
-        }
-        let guard = Some(InflightGuard::new(&self.shared.inflight));
+        let audit = crate::audit::describe(&body, session);
         let needed = match access {
             Access::Read => quorate_transport::Role::Read,
             Access::Write => quorate_transport::Role::Write,
@@ -1002,13 +1106,15 @@ impl Driver {
         let allowed = req.from.role.allows(needed);
         let principal = crate::admission::principal_of(req.from.principal.as_str());
         crate::admission::note_attempt(req.from.principal.as_str(), attempt);
-        let mut responder = Responder { req, id, handle, audit, guard, ticket: None };
+        let mut responder = Responder::new(req, id, handle, audit, access != Access::Read, timeout);
         if !allowed {
             crate::telemetry::refused("role");
             responder.send(Err(ApiError::Unauthorized { needed: access }), None);
             return Ok(());
         }
-        // Admission, before any work; consensus traffic never comes this way.
+        // Admission, before any work; consensus traffic never comes this way. It holds a slot
+        // of the principal's, and the most bytes the answer can take, until the answer is
+        // written: a client that does not read its answers runs out of its own budget.
         let signals = crate::admission::CoreSignals::measure(&self.raft, self.shared.store.applied_index());
         match self.gate.admit(&body, principal, attempt > 0, signals, self.shared.store.dir()) {
             Ok(ticket) => responder.ticket = ticket,
@@ -1017,6 +1123,17 @@ impl Driver {
                 return Ok(());
             }
         }
+        // The node-wide slot, taken only once the request is allowed and admitted (a refused
+        // request never takes one), and held until its answer is written or given up.
+        if self.shared.inflight.load(Ordering::Acquire) >= self.config.limits.pending_requests_max {
+            // Not a latency sample for the adaptive limit: the permit is cancelled (and the hold
+            // released) before the refusal is sent.
+            responder.ticket = None;
+            let e = crate::admission::shed(quorate_api::OverloadReason::QueueFull, Duration::from_millis(50));
+            responder.send(Err(e), None);
+            return Ok(());
+        }
+        responder.guard = Some(InflightGuard::new(&self.shared.inflight));
         match body {
             Request::Put { key, value } => self.propose_write(session, CommandOp::Put { key, value }, responder).await,
             Request::Delete { key } => self.propose_write(session, CommandOp::Delete { key }, responder).await,
@@ -1026,14 +1143,22 @@ impl Driver {
             Request::OpenSession => self.propose_write(None, CommandOp::OpenSession, responder).await,
             Request::Txn(txn) => {
                 if txn.is_read_only() {
-                    self.read(ReadReq::Txn(txn), ReadConsistency::Linearizable, responder).await
+                    let req = ReadReq::Txn { txn, from: 0, revision: None, paged: false };
+                    self.read(req, ReadConsistency::Linearizable, responder).await
                 } else {
                     self.propose_write(session, CommandOp::Txn(txn), responder).await
                 }
             }
+            Request::TxnPaged { txn, from, revision } => {
+                let req = ReadReq::Txn { txn, from, revision, paged: true };
+                self.read(req, ReadConsistency::Linearizable, responder).await
+            }
             Request::Get { key, read } => self.read(ReadReq::Get { key }, read, responder).await,
             Request::Scan { start, end, limit, read } => {
-                self.read(ReadReq::Scan { start, end, limit }, read, responder).await
+                self.read(ReadReq::Scan { start, end, limit, paged: false }, read, responder).await
+            }
+            Request::ScanPaged { start, end, limit, read } => {
+                self.read(ReadReq::Scan { start, end, limit, paged: true }, read, responder).await
             }
             Request::Status => {
                 responder.send(Ok(Response::Status(self.status())), None);

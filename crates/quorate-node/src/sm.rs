@@ -8,7 +8,8 @@
 //! | key | value |
 //! |---|---|
 //! | `k` + user key | [`KvRecord`]: value, create/mod revision, version |
-//! | `s` + session id (big endian) | the session's last sequence number, last use (log time) and last result |
+//! | `s` + session id (big endian) | a session opened before cluster version 2: its last sequence number, last use (log time) and last result |
+//! | `p` + session id (big endian) | a session bound to a principal (cluster version 2): the principal, last sequence number, last use and last result |
 //! | `a` + node id (big endian) | a member's address |
 //! | `m/revision` | the global revision: number of applied commands that changed a key |
 //! | `m/time` | the log time (ms): the largest `Command::time_ms` applied |
@@ -17,13 +18,31 @@
 //!
 //! Sessions expire by **log time**, identically on every replica: a session unused for
 //! [`SESSION_TTL_MS`] of log time is gone, and a write in it gets `SessionExpired`.
+//!
+//! **A committed entry is always applicable.** Applying a command either succeeds or gives
+//! that command an error result, identically on every replica, and the replica goes on: every
+//! command's writes are checked against the store's limits and its result against
+//! [`limits::RESULT_BYTES_MAX`] (from cluster version 2) before they join the batch, and a
+//! command that fails a check is undone (the overlay keeps a journal of each command's writes).
+//! Only a failure of the store itself (I/O, corrupt bytes) or a cluster version this binary
+//! does not support stops the replica.
+//!
+//! **Sessions belong to principals** (from cluster version 2, [`OWNED_SESSIONS_CLUSTER_VERSION`]):
+//! the leader opens a session with [`CommandOp::OpenSessionFor`] (the principal of the client
+//! certificate, and a random id drawn by the leader) and wraps every write in a session into
+//! [`CommandOp::ByPrincipal`]. A write in a session that belongs to another principal is
+//! answered `SessionExpired` — exactly as an absent session, so that nothing can be learnt by
+//! probing — and changes nothing. A sequence number more than [`SESSION_SEQ_AHEAD_MAX`] past
+//! the session's last one is refused. Sessions opened before cluster version 2 (ids that are log
+//! indexes, no principal) are not usable by principal-bound writes: their next write is
+//! answered `SessionExpired` and the client opens a new session.
 
 use quorate_api::{
-    ApiError, Command, CommandOp, Compare, CompareOp, CompareTarget, KeyValue, Response, SessionId, Txn, TxnOp,
-    TxnResult,
+    ApiError, Command, CommandOp, Compare, CompareOp, CompareTarget, KeyValue, KvOp, Response, SessionId, Txn, TxnOp,
+    TxnResult, encoded_len, limits,
 };
 use quorate_log::{LogIndex, NodeId};
-use quorate_storage::{RocksStore, SM_KEY_BYTES_MAX, SM_VALUE_BYTES_MAX, SmOp, SmPair, StoreError};
+use quorate_storage::{APPLY_OPS_MAX, RocksStore, SM_KEY_BYTES_MAX, SM_VALUE_BYTES_MAX, SmOp, SmPair, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -33,16 +52,47 @@ pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
 /// Sessions examined for expiry per `OpenSession`, so the table stays bounded by use.
 pub const SESSION_GC_PER_OPEN: usize = 64;
 
+/// How far past a principal-bound session's last sequence number a new write's may be: a
+/// jump beyond (say to `u64::MAX`, which would end the session) is refused.
+pub const SESSION_SEQ_AHEAD_MAX: u64 = 1 << 16;
+/// Most state-machine writes one command may make (a range delete makes the most:
+/// [`limits::SCAN_LIMIT_MAX`] and a few); the apply task cuts its batches so that a batch
+/// plus one command stays within the store's [`APPLY_OPS_MAX`].
+pub const COMMAND_WRITES_MAX: usize = APPLY_OPS_MAX / 4;
+/// Bytes of keys and values read from the store per page when scanning the state machine
+/// (besides [`PAGE`] pairs), so that a page of large values is never read whole.
+pub const SCAN_READ_BYTES_MAX: usize = 16 << 20;
+/// What a scan page's answer adds around its pairs: the continuation key, the read's
+/// description, length prefixes and tags.
+const PAGE_OVERHEAD_BYTES: usize = limits::KEY_BYTES_MAX + 1024;
+/// Result bytes of one scan or transaction page (the rest of [`limits::RESULT_BYTES_MAX`]
+/// is for the page's overhead).
+pub const PAGE_RESULT_BYTES_MAX: usize = limits::RESULT_BYTES_MAX - PAGE_OVERHEAD_BYTES;
+
+const _: () = assert!(limits::SCAN_LIMIT_MAX as usize + 16 <= COMMAND_WRITES_MAX);
+const _: () = assert!(limits::KEY_VALUE_BYTES_MAX < PAGE_RESULT_BYTES_MAX);
+// A principal-bound session's record (its result included) always fits a store value.
+const _: () = assert!(limits::RESULT_BYTES_MAX + 1024 < SM_VALUE_BYTES_MAX);
+
 const KV: u8 = b'k';
 const SESSION: u8 = b's';
+const OWNED_SESSION: u8 = b'p';
 const ADDR: u8 = b'a';
 const META_REVISION: &[u8] = b"m/revision";
 const META_TIME: &[u8] = b"m/time";
 const META_GC: &[u8] = b"m/gc";
+const META_GC_OWNED: &[u8] = b"m/gc_owned";
 const META_CLUSTER_VERSION: &[u8] = b"m/cluster_version";
 
 /// The cluster version that turns [`CommandOp::DeleteRange`] on.
 pub const DELETE_RANGE_CLUSTER_VERSION: u32 = 2;
+/// The cluster version that binds sessions to principals ([`CommandOp::OpenSessionFor`],
+/// [`CommandOp::ByPrincipal`]).
+pub const OWNED_SESSIONS_CLUSTER_VERSION: u32 = 2;
+/// The cluster version from which a command whose result would pass
+/// [`limits::RESULT_BYTES_MAX`] is undone and answered with an error (below it, as in 0.1.0,
+/// the result is kept; only a session record too large to store undoes the command).
+pub const BOUNDED_RESULTS_CLUSTER_VERSION: u32 = 2;
 
 /// Pairs read per page when scanning the state machine.
 const PAGE: usize = 4096;
@@ -60,9 +110,18 @@ pub struct KvRecord {
     pub version: u64,
 }
 
-/// A stored session.
+/// A stored session of cluster version 1 (the 0.1.0 record: its shape never changes).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 struct SessionRecord {
+    last_seq: u64,
+    last_used_ms: u64,
+    result: Option<Result<Response, ApiError>>,
+}
+
+/// A stored session bound to a principal (cluster version 2).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+struct OwnedSessionRecord {
+    principal: String,
     last_seq: u64,
     last_used_ms: u64,
     result: Option<Result<Response, ApiError>>,
@@ -108,6 +167,9 @@ pub trait SmRead {
     fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError>;
     /// Up to `limit` pairs with keys `>= from`, in key order.
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError>;
+    /// As [`SmRead::sm_scan`], stopping also at the pair whose key and value bytes bring the
+    /// page to `bytes_max` (so a positive budget gives at least one pair when there is one).
+    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError>;
 }
 
 impl SmRead for RocksStore {
@@ -116,6 +178,9 @@ impl SmRead for RocksStore {
     }
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
         Ok(RocksStore::sm_scan(self, from, limit)?)
+    }
+    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+        Ok(RocksStore::sm_scan_bounded(self, from, limit, bytes_max)?)
     }
 }
 
@@ -126,6 +191,18 @@ impl SmRead for BTreeMap<Vec<u8>, Vec<u8>> {
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
         Ok(self.range(from.to_vec()..).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
+    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for (k, v) in self.range(from.to_vec()..).take(limit) {
+            if bytes >= bytes_max {
+                break;
+            }
+            bytes = bytes.saturating_add(k.len() + v.len());
+            out.push((k.clone(), v.clone()));
+        }
+        Ok(out)
+    }
 }
 
 impl<T: SmRead + ?Sized> SmRead for std::sync::Arc<T> {
@@ -135,21 +212,37 @@ impl<T: SmRead + ?Sized> SmRead for std::sync::Arc<T> {
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
         (**self).sm_scan(from, limit)
     }
+    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+        (**self).sm_scan_bounded(from, limit, bytes_max)
+    }
 }
+
+/// A key's entry in the overlay before a write (`None`: the overlay did not hold the key).
+type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 
 /// Writes not yet stored, layered over the stored state: the apply task accumulates the
 /// effects of several entries here and stores them in one batch with the applied index.
+///
+/// Every write is journalled with what it replaced, from the start of the current command, so
+/// that a command that fails deterministically can be undone ([`Overlay::rollback_to`]) and
+/// given an error result instead of stopping the replica.
 #[derive(Debug)]
 pub struct Overlay<'a, R: ?Sized> {
     base: &'a R,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     clear: bool,
+    journal: Vec<Undo>,
+    bytes: usize,
+}
+
+fn entry_bytes(key: &[u8], value: Option<&Vec<u8>>) -> usize {
+    key.len() + value.map_or(0, Vec::len)
 }
 
 impl<'a, R: SmRead + ?Sized> Overlay<'a, R> {
     /// An empty overlay over `base`.
     pub fn new(base: &'a R) -> Overlay<'a, R> {
-        Overlay { base, writes: BTreeMap::new(), clear: false }
+        Overlay { base, writes: BTreeMap::new(), clear: false, journal: Vec::new(), bytes: 0 }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError> {
@@ -160,18 +253,80 @@ impl<'a, R: SmRead + ?Sized> Overlay<'a, R> {
         }
     }
 
+    fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.bytes += entry_bytes(&key, value.as_ref());
+        let old = self.writes.insert(key.clone(), value);
+        if let Some(o) = &old {
+            self.bytes -= entry_bytes(&key, o.as_ref());
+        }
+        self.journal.push((key, old));
+    }
+
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+        self.set(key, Some(value));
     }
 
     fn delete(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+        self.set(key, None);
+    }
+
+    /// A point to roll back to: the writes made after it can be undone.
+    fn mark(&self) -> usize {
+        self.journal.len()
+    }
+
+    /// Undoes every write made since `mark`, newest first.
+    fn rollback_to(&mut self, mark: usize) {
+        while self.journal.len() > mark {
+            let Some((key, old)) = self.journal.pop() else { break };
+            if let Some(now) = self.writes.remove(&key) {
+                self.bytes -= entry_bytes(&key, now.as_ref());
+            }
+            if let Some(o) = old {
+                self.bytes += entry_bytes(&key, o.as_ref());
+                self.writes.insert(key, o);
+            }
+        }
+    }
+
+    /// Forgets the journal (a command is complete: it will not be undone).
+    fn commit(&mut self) {
+        self.journal.clear();
+    }
+
+    /// Whether the writes since `mark` stay within what the store accepts: key and value
+    /// sizes, and at most [`COMMAND_WRITES_MAX`] writes.
+    fn check_since(&self, mark: usize) -> Result<(), String> {
+        let journal = &self.journal[mark.min(self.journal.len())..];
+        if journal.len() > COMMAND_WRITES_MAX {
+            let keys: std::collections::BTreeSet<&[u8]> = journal.iter().map(|(k, _)| k.as_slice()).collect();
+            if keys.len() > COMMAND_WRITES_MAX {
+                return Err(format!("the command makes {} writes, more than {COMMAND_WRITES_MAX}", keys.len()));
+            }
+        }
+        for (key, _) in journal {
+            if key.len() > SM_KEY_BYTES_MAX {
+                return Err(format!("a state-machine key of {} bytes, more than {SM_KEY_BYTES_MAX}", key.len()));
+            }
+            if let Some(Some(v)) = self.writes.get(key)
+                && v.len() > SM_VALUE_BYTES_MAX
+            {
+                return Err(format!("a state-machine value of {} bytes, more than {SM_VALUE_BYTES_MAX}", v.len()));
+            }
+        }
+        Ok(())
     }
 
     /// Number of pending writes.
     #[must_use]
     pub fn len(&self) -> usize {
         self.writes.len() + usize::from(self.clear)
+    }
+
+    /// Bytes of the keys and values pending.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether nothing is pending.
@@ -223,6 +378,12 @@ fn kv_key(key: &[u8]) -> Vec<u8> {
 
 fn session_key(id: SessionId) -> Vec<u8> {
     let mut k = vec![SESSION];
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+fn owned_session_key(id: SessionId) -> Vec<u8> {
+    let mut k = vec![OWNED_SESSION];
     k.extend_from_slice(&id.0.to_be_bytes());
     k
 }
@@ -291,11 +452,14 @@ pub struct ApplyOutcome {
     pub member_addr: Option<(NodeId, String)>,
     /// The cluster version the command raised the cluster to (`quorate cluster finalize`).
     pub cluster_version: Option<u32>,
+    /// The result came from the session's cache: a retry of the session's last sequence
+    /// number, answered with the original result and not applied again.
+    pub cached: bool,
 }
 
 impl ApplyOutcome {
     fn result(result: Result<Response, ApiError>) -> ApplyOutcome {
-        ApplyOutcome { result, member_addr: None, cluster_version: None }
+        ApplyOutcome { result, member_addr: None, cluster_version: None, cached: false }
     }
 }
 
@@ -333,61 +497,176 @@ pub fn apply_entry<R: SmRead + ?Sized>(
     }
 }
 
-/// Applies one decoded command at `index`.
+/// The answer to a command gated on a cluster version the cluster has not reached: what a
+/// 0.1.0 replica answers too (it cannot decode the command), and nothing changes.
+fn gated(what: &str, needed: u32, cv: u32) -> ApiError {
+    ApiError::InvalidRequest(format!(
+        "{what} needs cluster version {needed}, the cluster is at {cv}: upgrade every node, then run `quorate cluster \
+         finalize`"
+    ))
+}
+
+/// Applies one decoded command at `index`. Every outcome but a store failure (or a cluster
+/// version this binary does not support) is a result for the client, identical on every
+/// replica: a command that cannot be applied is undone and answered with an error.
 pub fn apply_command<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
     index: LogIndex,
     cmd: &Command,
 ) -> Result<ApplyOutcome, SmError> {
+    ov.commit();
     let time = ov_u64(ov, META_TIME)?.max(cmd.time_ms);
     ov.put(META_TIME.to_vec(), time.to_le_bytes().to_vec());
-    match &cmd.op {
+    let cv = ov_cluster_version(ov)?;
+    let out = match &cmd.op {
         CommandOp::OpenSession => {
-            gc_sessions(ov, time)?;
+            gc_sessions(ov, time, cv)?;
             let id = SessionId(index.0);
             let rec = SessionRecord { last_seq: 0, last_used_ms: time, result: None };
             ov.put(session_key(id), encode(&rec));
-            return Ok(ApplyOutcome::result(Ok(Response::Session(id))));
+            ApplyOutcome::result(Ok(Response::Session(id)))
         }
+        CommandOp::OpenSessionFor { principal, nonce } => open_owned_session(ov, cv, time, principal, *nonce)?,
         CommandOp::SetMemberAddr { id, addr } => {
             ov.put(addr_key(*id), addr.as_bytes().to_vec());
-            return Ok(ApplyOutcome {
-                result: Ok(Response::Done),
-                member_addr: Some((*id, addr.clone())),
-                cluster_version: None,
-            });
+            ApplyOutcome { member_addr: Some((*id, addr.clone())), ..ApplyOutcome::result(Ok(Response::Done)) }
         }
         CommandOp::SetClusterVersion { version } => {
             if *version > quorate_api::CLUSTER_VERSION {
+                // Not a deterministic failure: a binary that supports the version applies it.
+                // This one must not apply entries it may not understand.
                 return Err(SmError::ClusterVersionTooNew {
                     committed: *version,
                     supported: quorate_api::CLUSTER_VERSION,
                 });
             }
             // Never lowered; raising twice to the same version is a no-op.
-            if *version <= ov_cluster_version(ov)? {
-                return Ok(ApplyOutcome::result(Ok(Response::Done)));
+            if *version <= cv {
+                ApplyOutcome::result(Ok(Response::Done))
+            } else {
+                ov.put(META_CLUSTER_VERSION.to_vec(), u64::from(*version).to_le_bytes().to_vec());
+                ApplyOutcome { cluster_version: Some(*version), ..ApplyOutcome::result(Ok(Response::Done)) }
             }
-            ov.put(META_CLUSTER_VERSION.to_vec(), u64::from(*version).to_le_bytes().to_vec());
-            return Ok(ApplyOutcome { result: Ok(Response::Done), member_addr: None, cluster_version: Some(*version) });
         }
-        _ => {}
-    }
-    let Some(seqd) = cmd.session else {
-        return Ok(ApplyOutcome::result(apply_op(ov, &cmd.op)?));
+        CommandOp::ByPrincipal { principal, op } => {
+            if cv < OWNED_SESSIONS_CLUSTER_VERSION {
+                ApplyOutcome::result(Err(gated("a principal-bound write", OWNED_SESSIONS_CLUSTER_VERSION, cv)))
+            } else {
+                in_session(ov, cmd.session, Some(principal), OpRef::of_kv(op), cv, time)?
+            }
+        }
+        op => in_session(ov, cmd.session, None, OpRef::of(op), cv, time)?,
     };
+    ov.commit();
+    Ok(out)
+}
+
+/// Opens a session bound to `principal` with id `nonce` (drawn by the leader).
+fn open_owned_session<R: SmRead + ?Sized>(
+    ov: &mut Overlay<'_, R>,
+    cv: u32,
+    time: u64,
+    principal: &str,
+    nonce: u64,
+) -> Result<ApplyOutcome, SmError> {
+    if cv < OWNED_SESSIONS_CLUSTER_VERSION {
+        return Ok(ApplyOutcome::result(Err(gated("a principal-bound session", OWNED_SESSIONS_CLUSTER_VERSION, cv))));
+    }
+    if principal.is_empty() || principal.len() > quorate_transport::PRINCIPAL_BYTES_MAX {
+        return Ok(ApplyOutcome::result(Err(ApiError::InvalidRequest("a session needs a valid principal".into()))));
+    }
+    gc_sessions(ov, time, cv)?;
+    let id = SessionId(nonce);
+    let (owned, legacy) = (owned_session_key(id), session_key(id));
+    if nonce == 0 || ov.get(&owned)?.is_some() || ov.get(&legacy)?.is_some() {
+        // Drawn at random from 2^64: a collision is for the client to retry, like any other
+        // refusal before work.
+        return Ok(ApplyOutcome::result(Err(ApiError::Unavailable(
+            "the drawn session id is taken; open a session again".into(),
+        ))));
+    }
+    let rec = OwnedSessionRecord { principal: principal.to_string(), last_seq: 0, last_used_ms: time, result: None };
+    ov.put(owned, encode(&rec));
+    Ok(ApplyOutcome::result(Ok(Response::Session(id))))
+}
+
+/// A key-value operation in its session (if any), on behalf of `principal` (if the command
+/// names one).
+fn in_session<R: SmRead + ?Sized>(
+    ov: &mut Overlay<'_, R>,
+    session: Option<quorate_api::Sequenced>,
+    principal: Option<&str>,
+    op: OpRef<'_>,
+    cv: u32,
+    time: u64,
+) -> Result<ApplyOutcome, SmError> {
+    let Some(seqd) = session else {
+        let bound = if cv >= BOUNDED_RESULTS_CLUSTER_VERSION { Bound::Result } else { Bound::LegacyAnswer };
+        return Ok(ApplyOutcome::result(apply_op_checked(ov, op, bound)?));
+    };
+    let pk = owned_session_key(seqd.session);
+    if let Some(bytes) = ov.get(&pk)? {
+        let mut rec: OwnedSessionRecord = decode(&pk, &bytes)?;
+        let Some(principal) = principal else {
+            // Proposed by a leader that had not yet applied cluster version 2, after the
+            // session was opened. Nothing is applied; the client's retry carries its principal.
+            return Ok(ApplyOutcome::result(Err(ApiError::Unavailable(
+                "the cluster version changed while this write was proposed; retry".into(),
+            ))));
+        };
+        if principal != rec.principal {
+            // Exactly what an absent session gets: another principal learns nothing.
+            return Ok(ApplyOutcome::result(Err(ApiError::SessionExpired)));
+        }
+        if time.saturating_sub(rec.last_used_ms) > SESSION_TTL_MS {
+            ov.delete(pk);
+            return Ok(ApplyOutcome::result(Err(ApiError::SessionExpired)));
+        }
+        rec.last_used_ms = time;
+        let mut cached = false;
+        let result = if seqd.seq == rec.last_seq {
+            cached = true;
+            rec.result
+                .clone()
+                .unwrap_or_else(|| Err(ApiError::InvalidRequest("no result recorded for this sequence".into())))
+        } else if seqd.seq < rec.last_seq {
+            Err(ApiError::InvalidRequest(format!(
+                "sequence number {} is older than the session's last one ({}); its result is no longer kept",
+                seqd.seq, rec.last_seq
+            )))
+        } else if seqd.seq - rec.last_seq > SESSION_SEQ_AHEAD_MAX {
+            Err(ApiError::InvalidRequest(format!(
+                "sequence number {} is more than {SESSION_SEQ_AHEAD_MAX} past the session's last one ({})",
+                seqd.seq, rec.last_seq
+            )))
+        } else {
+            let r = apply_op_checked(ov, op, Bound::Result)?;
+            rec.last_seq = seqd.seq;
+            rec.result = Some(r.clone());
+            r
+        };
+        ov.put(pk, encode(&rec));
+        return Ok(ApplyOutcome { cached, ..ApplyOutcome::result(result) });
+    }
     let sk = session_key(seqd.session);
     let Some(bytes) = ov.get(&sk)? else {
         return Ok(ApplyOutcome::result(Err(ApiError::SessionExpired)));
     };
+    if principal.is_some() {
+        // A session opened before cluster version 2 has no owner: a principal-bound write
+        // cannot use it (the client opens a new session).
+        return Ok(ApplyOutcome::result(Err(ApiError::SessionExpired)));
+    }
     let mut rec: SessionRecord = decode(&sk, &bytes)?;
     if time.saturating_sub(rec.last_used_ms) > SESSION_TTL_MS {
         ov.delete(sk);
         return Ok(ApplyOutcome::result(Err(ApiError::SessionExpired)));
     }
     rec.last_used_ms = time;
+    let mut cached = false;
     let result = if seqd.seq == rec.last_seq {
         // A retry: the original answer, applied once.
+        cached = true;
         rec.result
             .clone()
             .unwrap_or_else(|| Err(ApiError::InvalidRequest("no result recorded for this sequence".into())))
@@ -397,17 +676,41 @@ pub fn apply_command<R: SmRead + ?Sized>(
             seqd.seq, rec.last_seq
         )))
     } else {
-        let r = apply_op(ov, &cmd.op)?;
+        let mark = ov.mark();
+        let bound = if cv >= BOUNDED_RESULTS_CLUSTER_VERSION { Bound::Result } else { Bound::LegacySession };
+        let mut r = apply_op_checked(ov, op, bound)?;
         rec.last_seq = seqd.seq;
         rec.result = Some(r.clone());
+        let len = encoded_len(&rec);
+        if len > SM_VALUE_BYTES_MAX {
+            // 0.1.0 stopped here, on every replica and at every restart. Undo the write and
+            // keep the (small) error instead.
+            ov.rollback_to(mark);
+            r = Err(ApiError::InvalidRequest(format!(
+                "the result of this write would make its session record {len} bytes, more than the \
+                 {SM_VALUE_BYTES_MAX} a state-machine value may hold; nothing was changed"
+            )));
+            rec.result = Some(r.clone());
+        }
         r
     };
     ov.put(sk, encode(&rec));
-    Ok(ApplyOutcome::result(result))
+    Ok(ApplyOutcome { cached, ..ApplyOutcome::result(result) })
 }
 
-/// Drops up to [`SESSION_GC_PER_OPEN`] expired sessions, resuming where the last call stopped.
-fn gc_sessions<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, time: u64) -> Result<(), SmError> {
+/// Drops up to [`SESSION_GC_PER_OPEN`] expired sessions of each kind, resuming where the last
+/// call stopped.
+fn gc_sessions<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, time: u64, cv: u32) -> Result<(), SmError> {
+    if cv < OWNED_SESSIONS_CLUSTER_VERSION {
+        return gc_legacy_sessions(ov, time);
+    }
+    gc_session_page(ov, time, SESSION, META_GC)?;
+    gc_session_page(ov, time, OWNED_SESSION, META_GC_OWNED)
+}
+
+/// The session collector of 0.1.0, kept exactly below cluster version 2 (a 0.1.0 replica
+/// may apply the same entries).
+fn gc_legacy_sessions<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, time: u64) -> Result<(), SmError> {
     let cursor = ov_u64(ov, META_GC)?;
     let from = session_key(SessionId(cursor));
     // Read through the overlay's base; pending writes in this batch only add fresh sessions.
@@ -429,20 +732,194 @@ fn gc_sessions<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, time: u64) -> Result
     Ok(())
 }
 
-fn apply_op<R: SmRead + ?Sized>(
+/// From cluster version 2: one page of the sessions under `prefix` as the overlay sees them
+/// (stored state and the writes pending in this batch, so that the outcome does not depend
+/// on how entries were grouped into batches), read in bounded pages; the cursor is kept under
+/// `cursor_key`.
+fn gc_session_page<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
-    op: &CommandOp,
+    time: u64,
+    prefix: u8,
+    cursor_key: &[u8],
+) -> Result<(), SmError> {
+    let cursor = ov_u64(ov, cursor_key)?;
+    let mut lo = vec![prefix];
+    lo.extend_from_slice(&cursor.to_be_bytes());
+    let (keys, more) = merged_keys(ov, lo, vec![prefix + 1], SESSION_GC_PER_OPEN)?;
+    let mut next = 0;
+    for k in keys {
+        if k.len() != 9 {
+            continue;
+        }
+        let Some(v) = ov.get(&k)? else { continue };
+        let last_used_ms = if prefix == SESSION {
+            decode::<SessionRecord>(&k, &v)?.last_used_ms
+        } else {
+            decode::<OwnedSessionRecord>(&k, &v)?.last_used_ms
+        };
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&k[1..]);
+        next = u64::from_be_bytes(a).saturating_add(1);
+        if time.saturating_sub(last_used_ms) > SESSION_TTL_MS {
+            ov.delete(k);
+        }
+    }
+    let cursor = if more { next } else { 0 };
+    ov.put(cursor_key.to_vec(), cursor.to_le_bytes().to_vec());
+    Ok(())
+}
+
+/// How a command's result is bounded ([`apply_op_checked`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Bound {
+    /// Cluster version 2 or later: a result over [`limits::RESULT_BYTES_MAX`] undoes the
+    /// command, which is answered with an error.
+    Result,
+    /// Before it, outside a session: as in 0.1.0 the writes stay (a 0.1.0 replica keeps them);
+    /// only the answer is an error.
+    LegacyAnswer,
+    /// Before it, in a session: the result is kept in the session record as in 0.1.0, as long
+    /// as the record fits a state-machine value (0.1.0 stopped beyond).
+    LegacySession,
+}
+
+/// What [`apply_op`] did.
+enum Applied {
+    /// The operation's result.
+    Done(Result<Response, ApiError>),
+    /// The result would pass the budget (it was not kept); the writes were made.
+    TooLarge,
+    /// The operation cannot be applied; undo its writes.
+    Undo(String),
+}
+
+fn too_large() -> ApiError {
+    ApiError::InvalidRequest(format!(
+        "the results of this transaction would take more than {} bytes; nothing was changed: read large values \
+         with separate (paged) reads",
+        limits::RESULT_BYTES_MAX
+    ))
+}
+
+/// Applies `op` and checks what it did: its writes against the store's limits and its result
+/// against `bound`. A check that fails undoes the operation's writes and gives an error result,
+/// the same on every replica.
+fn apply_op_checked<R: SmRead + ?Sized>(
+    ov: &mut Overlay<'_, R>,
+    op: OpRef<'_>,
+    bound: Bound,
 ) -> Result<Result<Response, ApiError>, SmError> {
+    let mark = ov.mark();
+    let budget = match bound {
+        Bound::Result | Bound::LegacyAnswer => limits::RESULT_BYTES_MAX,
+        Bound::LegacySession => SM_VALUE_BYTES_MAX,
+    };
+    let applied = apply_op(ov, op, budget)?;
+    if let Err(why) = ov.check_since(mark) {
+        ov.rollback_to(mark);
+        return Ok(Err(ApiError::InvalidRequest(format!("{why}; nothing was changed"))));
+    }
+    let result = match applied {
+        Applied::Done(r) => r,
+        Applied::Undo(why) => {
+            ov.rollback_to(mark);
+            return Ok(Err(ApiError::InvalidRequest(format!("{why}; nothing was changed"))));
+        }
+        Applied::TooLarge => {
+            return Ok(Err(match bound {
+                Bound::LegacyAnswer => ApiError::InvalidRequest(format!(
+                    "the transaction was applied, but its results take more than {} bytes and cannot be sent \
+                     (cluster version 1: finalize the cluster to have such a transaction refused instead)",
+                    limits::RESULT_BYTES_MAX
+                )),
+                Bound::LegacySession => {
+                    // 0.1.0 stopped here, on every replica and at every restart.
+                    ov.rollback_to(mark);
+                    ApiError::InvalidRequest(format!(
+                        "the result of this write would make its session record more than the {SM_VALUE_BYTES_MAX} \
+                         bytes a state-machine value may hold; nothing was changed"
+                    ))
+                }
+                Bound::Result => {
+                    ov.rollback_to(mark);
+                    too_large()
+                }
+            }));
+        }
+    };
+    if bound == Bound::Result && encoded_len(&result) > limits::RESULT_BYTES_MAX {
+        ov.rollback_to(mark);
+        return Ok(Err(too_large()));
+    }
+    Ok(result)
+}
+
+/// A borrowed view of a key-value operation, from a plain [`CommandOp`] or a [`KvOp`].
+#[derive(Clone, Copy, Debug)]
+enum OpRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        value: &'a [u8],
+    },
+    Txn(&'a Txn),
+    DeleteRange {
+        start: &'a [u8],
+        end: &'a [u8],
+    },
+    /// Not a key-value operation (`known`), or one this build does not know.
+    Other {
+        known: bool,
+    },
+}
+
+impl<'a> OpRef<'a> {
+    fn of(op: &'a CommandOp) -> OpRef<'a> {
+        match op {
+            CommandOp::Put { key, value } => OpRef::Put { key, value },
+            CommandOp::Delete { key } => OpRef::Delete { key },
+            CommandOp::Cas { key, expected, value } => OpRef::Cas { key, expected: expected.as_deref(), value },
+            CommandOp::Txn(t) => OpRef::Txn(t),
+            CommandOp::DeleteRange { start, end } => OpRef::DeleteRange { start, end },
+            CommandOp::OpenSession
+            | CommandOp::SetMemberAddr { .. }
+            | CommandOp::SetClusterVersion { .. }
+            | CommandOp::OpenSessionFor { .. }
+            | CommandOp::ByPrincipal { .. } => OpRef::Other { known: true },
+            _ => OpRef::Other { known: false },
+        }
+    }
+
+    fn of_kv(op: &'a KvOp) -> OpRef<'a> {
+        match op {
+            KvOp::Put { key, value } => OpRef::Put { key, value },
+            KvOp::Delete { key } => OpRef::Delete { key },
+            KvOp::Cas { key, expected, value } => OpRef::Cas { key, expected: expected.as_deref(), value },
+            KvOp::Txn(t) => OpRef::Txn(t),
+            KvOp::DeleteRange { start, end } => OpRef::DeleteRange { start, end },
+            _ => OpRef::Other { known: false },
+        }
+    }
+}
+
+fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: usize) -> Result<Applied, SmError> {
     let rev = ov_u64(ov, META_REVISION)?;
     let next = rev + 1;
     let mut changed = false;
     let response = match op {
-        CommandOp::Put { key, value } => {
-            put(ov, key, value.clone(), next)?;
+        OpRef::Put { key, value } => {
+            put(ov, key, value.to_vec(), next)?;
             changed = true;
             Response::Put { revision: next }
         }
-        CommandOp::Delete { key } => {
+        OpRef::Delete { key } => {
             let deleted = get_kv(ov, key)?.is_some();
             if deleted {
                 ov.delete(kv_key(key));
@@ -450,11 +927,11 @@ fn apply_op<R: SmRead + ?Sized>(
             }
             Response::Delete { deleted, revision: if deleted { next } else { rev } }
         }
-        CommandOp::Cas { key, expected, value } => {
+        OpRef::Cas { key, expected, value } => {
             let previous = get_kv(ov, key)?;
-            let succeeded = previous.as_ref().map(|r| &r.value) == expected.as_ref();
+            let succeeded = previous.as_ref().map(|r| r.value.as_slice()) == expected;
             if succeeded {
-                put(ov, key, value.clone(), next)?;
+                put(ov, key, value.to_vec(), next)?;
                 changed = true;
             }
             Response::Cas {
@@ -463,22 +940,31 @@ fn apply_op<R: SmRead + ?Sized>(
                 revision: if succeeded { next } else { rev },
             }
         }
-        CommandOp::Txn(txn) => {
-            let (succeeded, results, c) = eval_txn(ov, txn, next)?;
-            changed = c;
-            Response::Txn { succeeded, results, revision: if c { next } else { rev } }
+        OpRef::Txn(txn) => {
+            let eval = eval_txn(ov, txn, next, 0, budget)?;
+            if let Some(why) = eval.invalid {
+                return Ok(Applied::Undo(why));
+            }
+            if eval.changed {
+                ov.put(META_REVISION.to_vec(), next.to_le_bytes().to_vec());
+            }
+            if eval.next.is_some() {
+                return Ok(Applied::TooLarge);
+            }
+            return Ok(Applied::Done(Ok(Response::Txn {
+                succeeded: eval.succeeded,
+                results: eval.results,
+                revision: if eval.changed { next } else { rev },
+            })));
         }
-        CommandOp::DeleteRange { start, end } => {
+        OpRef::DeleteRange { start, end } => {
             let cv = ov_cluster_version(ov)?;
             if cv < DELETE_RANGE_CLUSTER_VERSION {
                 // What a 0.1.0 replica answers too (it cannot decode the command): no replica
                 // changes anything, so mixed-version replicas stay identical.
-                return Ok(Err(ApiError::InvalidRequest(format!(
-                    "delete-range needs cluster version {DELETE_RANGE_CLUSTER_VERSION}, the cluster is at {cv}: \
-                     upgrade every node, then run `quorate cluster finalize`"
-                ))));
+                return Ok(Applied::Done(Err(gated("delete-range", DELETE_RANGE_CLUSTER_VERSION, cv))));
             }
-            let (keys, more) = range_keys(ov, start, end, quorate_api::limits::SCAN_LIMIT_MAX as usize)?;
+            let (keys, more) = range_keys(ov, start, end, limits::SCAN_LIMIT_MAX as usize)?;
             changed = !keys.is_empty();
             let deleted = keys.len() as u64;
             for k in keys {
@@ -486,15 +972,17 @@ fn apply_op<R: SmRead + ?Sized>(
             }
             Response::DeletedRange { deleted, more, revision: if changed { next } else { rev } }
         }
-        CommandOp::OpenSession | CommandOp::SetMemberAddr { .. } | CommandOp::SetClusterVersion { .. } => {
-            return Ok(Err(ApiError::InvalidRequest("not a key-value operation".into())));
+        OpRef::Other { known: true } => {
+            return Ok(Applied::Done(Err(ApiError::InvalidRequest("not a key-value operation".into()))));
         }
-        _ => return Ok(Err(ApiError::InvalidRequest("unknown command (newer version?)".into()))),
+        OpRef::Other { known: false } => {
+            return Ok(Applied::Done(Err(ApiError::InvalidRequest("unknown command (newer version?)".into()))));
+        }
     };
     if changed {
         ov.put(META_REVISION.to_vec(), next.to_le_bytes().to_vec());
     }
-    Ok(Ok(response))
+    Ok(Applied::Done(Ok(response)))
 }
 
 /// The stored keys (prefixed) of the user keys in `[start, end)` as `ov` sees them — the base
@@ -506,15 +994,28 @@ fn range_keys<R: SmRead + ?Sized>(
     end: &[u8],
     limit: usize,
 ) -> Result<(Vec<Vec<u8>>, bool), SmError> {
-    let (lo, hi) = (kv_key(start), kv_key(end));
+    merged_keys(ov, kv_key(start), kv_key(end), limit)
+}
+
+/// The state-machine keys in `[lo, hi)` as `ov` sees them (the base merged with the pending
+/// writes), at most `limit`, and whether more remain. The base is read in pages bounded in
+/// pairs and bytes; values are not kept.
+fn merged_keys<R: SmRead + ?Sized>(
+    ov: &Overlay<'_, R>,
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+    limit: usize,
+) -> Result<(Vec<Vec<u8>>, bool), SmError> {
     let mut keys = std::collections::BTreeSet::new();
     if !ov.clear {
         let mut from = lo.clone();
-        // Enough base keys that pending deletes cannot starve the result; bounded by pages.
-        let want = limit + 1 + ov.writes.len();
+        // Enough base keys that pending deletes in the range cannot starve the result.
+        let want = limit + 1 + ov.writes.range(lo.clone()..hi.clone()).count();
         'pages: while keys.len() < want {
-            let page = ov.base.sm_scan(&from, PAGE)?;
-            let n = page.len();
+            let page = ov.base.sm_scan_bounded(&from, PAGE, SCAN_READ_BYTES_MAX)?;
+            if page.is_empty() {
+                break;
+            }
             for (k, _) in page {
                 if k >= hi {
                     break 'pages;
@@ -522,9 +1023,6 @@ fn range_keys<R: SmRead + ?Sized>(
                 from = k.clone();
                 from.push(0);
                 keys.insert(k);
-            }
-            if n < PAGE {
-                break;
             }
         }
     }
@@ -568,13 +1066,31 @@ fn compare_holds(actual: Option<&KvRecord>, c: &Compare) -> bool {
     }
 }
 
-/// Evaluates a transaction at revision `next` (used if it writes): whether the comparisons
-/// held, the branch's results, and whether anything changed.
+/// What evaluating a transaction gave.
+struct TxnEval {
+    /// Whether the comparisons held.
+    succeeded: bool,
+    /// The results kept, from the first operation asked for.
+    results: Vec<TxnResult>,
+    /// Whether anything was written.
+    changed: bool,
+    /// The first operation whose result did not fit the budget (its result and the later
+    /// ones were not kept; the later writes were made all the same).
+    next: Option<usize>,
+    /// Why the transaction cannot be applied (an operation this build does not know).
+    invalid: Option<String>,
+}
+
+/// Evaluates a transaction at revision `next_rev` (used if it writes): the comparisons, then
+/// the branch's operations, keeping the results from operation `from` on while their encoded
+/// size stays within `result_bytes_max` (the first one kept always).
 fn eval_txn<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
     txn: &Txn,
-    next: u64,
-) -> Result<(bool, Vec<TxnResult>, bool), SmError> {
+    next_rev: u64,
+    from: usize,
+    result_bytes_max: usize,
+) -> Result<TxnEval, SmError> {
     let mut succeeded = true;
     for c in &txn.compare {
         let actual = get_kv(ov, &c.key)?;
@@ -584,28 +1100,43 @@ fn eval_txn<R: SmRead + ?Sized>(
         }
     }
     let ops = if succeeded { &txn.success } else { &txn.failure };
-    let mut results = Vec::with_capacity(ops.len());
-    let mut changed = false;
-    for op in ops {
-        results.push(match op {
+    let mut eval = TxnEval { succeeded, results: Vec::new(), changed: false, next: None, invalid: None };
+    let mut used = 0usize;
+    for (i, op) in ops.iter().enumerate() {
+        let result = match op {
             TxnOp::Put { key, value } => {
-                put(ov, key, value.clone(), next)?;
-                changed = true;
+                put(ov, key, value.clone(), next_rev)?;
+                eval.changed = true;
                 TxnResult::Put
             }
             TxnOp::Delete { key } => {
                 let existed = get_kv(ov, key)?.is_some();
                 if existed {
                     ov.delete(kv_key(key));
-                    changed = true;
+                    eval.changed = true;
                 }
                 TxnResult::Delete(existed)
             }
+            // A result not kept is not read.
+            TxnOp::Get { .. } if i < from || eval.next.is_some() => continue,
             TxnOp::Get { key } => TxnResult::Get(get_kv(ov, key)?.map(|r| to_kv(key, r))),
-            _ => return Err(corrupt(b"txn", "unknown transaction operation")),
-        });
+            _ => {
+                eval.invalid = Some("unknown transaction operation (newer version?)".into());
+                return Ok(eval);
+            }
+        };
+        if i < from || eval.next.is_some() {
+            continue;
+        }
+        let len = encoded_len(&result);
+        if !eval.results.is_empty() && used.saturating_add(len) > result_bytes_max {
+            eval.next = Some(i);
+            continue;
+        }
+        used = used.saturating_add(len);
+        eval.results.push(result);
     }
-    Ok((succeeded, results, changed))
+    Ok(eval)
 }
 
 /// The global revision.
@@ -624,47 +1155,111 @@ pub fn read_get<R: SmRead + ?Sized>(r: &R, key: &[u8]) -> Result<Option<KeyValue
     Ok(get_kv(&ov, key)?.map(|rec| to_kv(key, rec)))
 }
 
-/// Keys in `[start, end)`, at most `limit`; and whether more lie in the range.
+/// One page of a scan.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct ScanPage {
+    /// The pairs, in key order.
+    pub kvs: Vec<KeyValue>,
+    /// The key the next page starts at (a key of the range that this page did not hold);
+    /// `None`: the range holds no more keys.
+    pub next: Option<Vec<u8>>,
+}
+
+/// Keys in `[start, end)`: at most `limit` pairs whose encoded size stays within
+/// `result_bytes_max` (the first pair always), and where the next page starts. The store is
+/// read in pages bounded in pairs and bytes.
+pub fn read_scan_page<R: SmRead + ?Sized>(
+    r: &R,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: u32,
+    result_bytes_max: usize,
+) -> Result<ScanPage, SmError> {
+    let limit = limit as usize;
+    let mut kvs = Vec::new();
+    let mut used = 0usize;
+    let mut from = kv_key(start);
+    loop {
+        let want = PAGE.min(limit + 1 - kvs.len()).max(1);
+        let budget = result_bytes_max.saturating_sub(used).clamp(1, SCAN_READ_BYTES_MAX);
+        let page = r.sm_scan_bounded(&from, want, budget)?;
+        if page.is_empty() {
+            return Ok(ScanPage { kvs, next: None });
+        }
+        for (k, v) in page {
+            if k.first() != Some(&KV) {
+                return Ok(ScanPage { kvs, next: None });
+            }
+            let user = &k[1..];
+            if end.is_some_and(|e| user >= e) {
+                return Ok(ScanPage { kvs, next: None });
+            }
+            if kvs.len() == limit {
+                return Ok(ScanPage { kvs, next: Some(user.to_vec()) });
+            }
+            let rec: KvRecord = decode(&k, &v)?;
+            let kv = to_kv(user, rec);
+            let len = encoded_len(&kv);
+            if !kvs.is_empty() && used.saturating_add(len) > result_bytes_max {
+                return Ok(ScanPage { kvs, next: Some(user.to_vec()) });
+            }
+            used = used.saturating_add(len);
+            kvs.push(kv);
+            from = k;
+            from.push(0);
+        }
+    }
+}
+
+/// Keys in `[start, end)`, at most `limit` and at most [`PAGE_RESULT_BYTES_MAX`] bytes of them;
+/// and whether more lie in the range.
 pub fn read_scan<R: SmRead + ?Sized>(
     r: &R,
     start: &[u8],
     end: Option<&[u8]>,
     limit: u32,
 ) -> Result<(Vec<KeyValue>, bool), SmError> {
-    let limit = limit as usize;
-    let mut out = Vec::new();
-    let mut from = kv_key(start);
-    loop {
-        let want = PAGE.min(limit + 1 - out.len()).max(1);
-        let page = r.sm_scan(&from, want)?;
-        let n = page.len();
-        for (k, v) in page {
-            if k.first() != Some(&KV) {
-                return Ok((out, false));
-            }
-            let user = &k[1..];
-            if end.is_some_and(|e| user >= e) {
-                return Ok((out, false));
-            }
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            let rec: KvRecord = decode(&k, &v)?;
-            out.push(to_kv(user, rec));
-            from = k;
-            from.push(0);
-        }
-        if n < want {
-            return Ok((out, false));
-        }
-    }
+    let page = read_scan_page(r, start, end, limit, PAGE_RESULT_BYTES_MAX)?;
+    let more = page.next.is_some();
+    Ok((page.kvs, more))
 }
 
-/// Evaluates a read-only transaction.
-pub fn read_txn<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<(bool, Vec<TxnResult>), SmError> {
+/// One page of a read-only transaction.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct TxnPage {
+    /// Whether the comparisons held.
+    pub succeeded: bool,
+    /// The results from the page's first operation on.
+    pub results: Vec<TxnResult>,
+    /// The operation the next page starts at; `None`: this was the last page.
+    pub next: Option<u32>,
+}
+
+/// Evaluates a read-only transaction: the results of the branch's operations from `from` on,
+/// while their encoded size stays within `result_bytes_max` (the first one always). A
+/// transaction this build cannot evaluate is the client's error, not the store's.
+pub fn read_txn_page<R: SmRead + ?Sized>(
+    r: &R,
+    txn: &Txn,
+    from: u32,
+    result_bytes_max: usize,
+) -> Result<Result<TxnPage, ApiError>, SmError> {
     let mut ov = Overlay::new(r);
-    let (succeeded, results, _) = eval_txn(&mut ov, txn, 0)?;
-    Ok((succeeded, results))
+    let eval = eval_txn(&mut ov, txn, 0, from as usize, result_bytes_max)?;
+    if let Some(why) = eval.invalid {
+        return Ok(Err(ApiError::InvalidRequest(why)));
+    }
+    Ok(Ok(TxnPage { succeeded: eval.succeeded, results: eval.results, next: eval.next.map(|n| n as u32) }))
+}
+
+/// Evaluates a read-only transaction whole (tests).
+pub fn read_txn<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<(bool, Vec<TxnResult>), SmError> {
+    match read_txn_page(r, txn, 0, usize::MAX)? {
+        Ok(page) => Ok((page.succeeded, page.results)),
+        Err(e) => Err(corrupt(b"txn", e.to_string())),
+    }
 }
 
 /// The member addresses recorded through the log.
@@ -701,8 +1296,11 @@ pub fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> R
     let mut from = Vec::new();
     let mut n = 0;
     loop {
-        let page = r.sm_scan(&from, PAGE)?;
-        let len = page.len();
+        // Bounded in bytes too: a page of large values is never held whole.
+        let page = r.sm_scan_bounded(&from, PAGE, SCAN_READ_BYTES_MAX)?;
+        if page.is_empty() {
+            return Ok(n);
+        }
         for (k, v) in page {
             out.write_all(&(k.len() as u32).to_le_bytes()).map_err(io)?;
             out.write_all(&k).map_err(io)?;
@@ -711,9 +1309,6 @@ pub fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> R
             n += 1;
             from = k;
             from.push(0);
-        }
-        if len < PAGE {
-            return Ok(n);
         }
     }
 }
@@ -970,6 +1565,286 @@ mod tests {
         assert!(matches!(out.result, Ok(Response::DeletedRange { deleted: 1, .. })));
         ov.apply_to(&mut m);
         assert!(read_scan(&m, b"a", None, 10).unwrap().0.is_empty());
+    }
+
+    /// The store's limits, checked on what a batch would write.
+    fn assert_storable(ov: &Overlay<'_, Map>) {
+        assert!(ov.len() <= APPLY_OPS_MAX);
+        for (k, v) in &ov.writes {
+            assert!(k.len() <= SM_KEY_BYTES_MAX, "key of {} bytes", k.len());
+            if let Some(v) = v {
+                assert!(v.len() <= SM_VALUE_BYTES_MAX, "value of {} bytes under {}", v.len(), k.escape_ascii());
+            }
+        }
+    }
+
+    /// Applies `op` in a batch of its own; the outcome and what the batch stores must be fine.
+    fn applicable(map: &mut Map, index: u64, session: Option<Sequenced>, op: CommandOp) -> ApplyOutcome {
+        let snapshot = map.clone();
+        let mut ov = Overlay::new(&snapshot);
+        let out = apply_command(&mut ov, LogIndex(index), &Command { session, time_ms: index, op })
+            .expect("a committed entry is always applicable");
+        assert_storable(&ov);
+        assert!(quorate_api::encoded_len(&out.result) <= limits::RESULT_BYTES_MAX, "result of {:?}", out.result);
+        ov.apply_to(map);
+        out
+    }
+
+    fn finalized() -> Map {
+        let mut m = Map::new();
+        run(&mut m, 1, 0, None, CommandOp::SetClusterVersion { version: 2 });
+        m
+    }
+
+    fn big_gets(n: usize) -> Txn {
+        let mut ops = vec![TxnOp::Put { key: b"x".to_vec(), value: b"y".to_vec() }];
+        ops.extend((0..n).map(|_| TxnOp::Get { key: b"big".to_vec() }));
+        Txn { compare: vec![], success: ops, failure: vec![] }
+    }
+
+    fn kv(op: CommandOp) -> KvOp {
+        KvOp::from_command(op).unwrap()
+    }
+
+    #[test]
+    fn every_kind_of_command_is_applicable_whatever_its_size() {
+        let key = vec![b'k'; limits::KEY_BYTES_MAX];
+        let value = vec![b'v'; limits::VALUE_BYTES_MAX];
+        for cv in [1, 2] {
+            let mut m = if cv == 2 { finalized() } else { Map::new() };
+            let mut i = 10;
+            let mut next = || {
+                i += 1;
+                i
+            };
+            // Plain operations at their largest.
+            let r = applicable(&mut m, next(), None, CommandOp::Put { key: key.clone(), value: value.clone() });
+            assert!(r.result.is_ok());
+            applicable(&mut m, next(), None, CommandOp::Put { key: b"big".to_vec(), value: vec![1; 1_000_000] });
+            let cas = CommandOp::Cas { key: key.clone(), expected: Some(value.clone()), value: value.clone() };
+            assert!(matches!(applicable(&mut m, next(), None, cas).result, Ok(Response::Cas { succeeded: true, .. })));
+            assert!(applicable(&mut m, next(), None, CommandOp::Delete { key: key.clone() }).result.is_ok());
+            // A transaction of 17 gets of 1 MB: an error result, the put undone (from cluster
+            // version 2; before it, as 0.1.0, the put stays and only the answer is an error).
+            let before = revision(&m).unwrap();
+            let r = applicable(&mut m, next(), None, CommandOp::Txn(big_gets(17)));
+            assert!(matches!(&r.result, Err(ApiError::InvalidRequest(_))), "{:?}", r.result);
+            assert_eq!(read_get(&m, b"x").unwrap().is_some(), cv == 1, "cluster version {cv}");
+            assert_eq!(revision(&m).unwrap(), before + u64::from(cv == 1));
+            let gets = Txn {
+                compare: vec![],
+                success: (0..limits::TXN_OPS_MAX).map(|_| TxnOp::Get { key: b"big".to_vec() }).collect(),
+                failure: vec![],
+            };
+            assert!(applicable(&mut m, next(), None, CommandOp::Txn(gets)).result.is_err());
+            // A range delete of many keys.
+            for k in 0..100 {
+                run(&mut m, next(), 0, None, put(&format!("r{k:03}"), "v"));
+            }
+            let dr = CommandOp::DeleteRange { start: b"r".to_vec(), end: b"s".to_vec() };
+            let r = applicable(&mut m, next(), None, dr);
+            assert_eq!(r.result.is_ok(), cv == 2, "{:?}", r.result);
+            // Sessions, both kinds.
+            let Ok(Response::Session(legacy)) = applicable(&mut m, next(), None, CommandOp::OpenSession).result else {
+                panic!()
+            };
+            let s = Some(Sequenced { session: legacy, seq: 1 });
+            assert!(applicable(&mut m, next(), s, CommandOp::Txn(big_gets(17))).result.is_err());
+            let open = CommandOp::OpenSessionFor { principal: "alice".into(), nonce: 0xfeed_beef_0000 + cv as u64 };
+            let r = applicable(&mut m, next(), None, open);
+            assert_eq!(matches!(r.result, Ok(Response::Session(_))), cv == 2, "{:?}", r.result);
+            for bad in [
+                CommandOp::OpenSessionFor { principal: String::new(), nonce: 7 },
+                CommandOp::OpenSessionFor { principal: "p".repeat(10_000), nonce: 8 },
+                CommandOp::OpenSessionFor { principal: "alice".into(), nonce: 0 },
+            ] {
+                assert!(applicable(&mut m, next(), None, bad).result.is_err());
+            }
+            let owned = Some(Sequenced { session: SessionId(0xfeed_beef_0002), seq: 1 });
+            for op in [
+                CommandOp::Put { key: key.clone(), value: value.clone() },
+                CommandOp::Delete { key: key.clone() },
+                CommandOp::Cas { key: key.clone(), expected: None, value: value.clone() },
+                CommandOp::Txn(big_gets(17)),
+                CommandOp::DeleteRange { start: b"a".to_vec(), end: b"b".to_vec() },
+            ] {
+                let by = CommandOp::ByPrincipal { principal: "alice".into(), op: kv(op.clone()) };
+                let r = applicable(&mut m, next(), owned, by.clone());
+                if cv == 1 {
+                    assert!(matches!(&r.result, Err(ApiError::InvalidRequest(w)) if w.contains("cluster version")));
+                }
+                applicable(&mut m, next(), None, by);
+                applicable(&mut m, next(), owned.map(|s| Sequenced { seq: 2, ..s }), op);
+            }
+            // Membership and versions.
+            let addr = CommandOp::SetMemberAddr { id: NodeId::new(9).unwrap(), addr: "h".repeat(100_000) };
+            assert!(applicable(&mut m, next(), None, addr).result.is_ok());
+            assert!(applicable(&mut m, next(), None, CommandOp::SetClusterVersion { version: 2 }).result.is_ok());
+            // Bytes that are no command at all.
+            let mut ov = Overlay::new(&m);
+            assert!(apply_entry(&mut ov, LogIndex(next()), &[0xff; 64]).unwrap().result.is_err());
+        }
+    }
+
+    #[test]
+    fn before_cluster_version_2_a_session_record_too_large_is_undone_and_a_fitting_one_kept() {
+        let mut m = Map::new();
+        run(&mut m, 1, 0, None, CommandOp::Put { key: b"big".to_vec(), value: vec![1; 1_000_000] });
+        let Ok(Response::Session(id)) = run(&mut m, 2, 0, None, CommandOp::OpenSession).result else { panic!() };
+        // 17 MB of results: 0.1.0 stopped on every replica here. Undone, answered, remembered.
+        let s1 = Some(Sequenced { session: id, seq: 1 });
+        let r = applicable(&mut m, 3, s1, CommandOp::Txn(big_gets(17)));
+        assert!(matches!(&r.result, Err(ApiError::InvalidRequest(w)) if w.contains("session record")), "{r:?}");
+        assert!(read_get(&m, b"x").unwrap().is_none());
+        let again = applicable(&mut m, 4, s1, CommandOp::Txn(big_gets(17)));
+        assert_eq!((again.result, again.cached), (r.result, true));
+        // 5 MB fits a record: kept whole, as a 0.1.0 replica keeps it.
+        let s2 = Some(Sequenced { session: id, seq: 2 });
+        let r = run(&mut m, 5, 5, s2, CommandOp::Txn(big_gets(5)));
+        let Ok(Response::Txn { results, .. }) = &r.result else { panic!("{:?}", r.result) };
+        assert_eq!(results.len(), 6);
+        assert!(read_get(&m, b"x").unwrap().is_some());
+    }
+
+    #[test]
+    fn owned_sessions_refuse_other_principals_jumps_and_unbound_writes() {
+        let mut m = finalized();
+        let open = CommandOp::OpenSessionFor { principal: "alice".into(), nonce: 77 };
+        assert_eq!(run(&mut m, 2, 10, None, open.clone()).result, Ok(Response::Session(SessionId(77))));
+        // The same id again: taken.
+        assert!(matches!(run(&mut m, 3, 10, None, open).result, Err(ApiError::Unavailable(_))));
+        let by = |who: &str, k: &str| CommandOp::ByPrincipal { principal: who.into(), op: kv(put(k, who)) };
+        let s = |seq| Some(Sequenced { session: SessionId(77), seq });
+        assert_eq!(run(&mut m, 4, 10, s(1), by("alice", "k")).result, Ok(Response::Put { revision: 1 }));
+        // Bob: the answer an absent session gets, and nothing changes (not even the record).
+        let before = m.clone();
+        for (index, seq) in [(5, 1), (6, 2)] {
+            assert_eq!(run(&mut m, index, 10, s(seq), by("bob", "b")).result, Err(ApiError::SessionExpired));
+        }
+        assert_eq!(m, before);
+        // A write without a principal (a leader that had not applied the cluster version yet).
+        assert!(matches!(run(&mut m, 7, 10, s(2), put("k", "u")).result, Err(ApiError::Unavailable(_))));
+        // A jump past the window is refused; the next number still works.
+        let jump = run(&mut m, 8, 10, s(2 + SESSION_SEQ_AHEAD_MAX), by("alice", "k")).result;
+        assert!(matches!(jump, Err(ApiError::InvalidRequest(ref w)) if w.contains("past")), "{jump:?}");
+        assert!(matches!(run(&mut m, 9, 10, s(u64::MAX), by("alice", "k")).result, Err(ApiError::InvalidRequest(_))));
+        let r = run(&mut m, 10, 10, s(2), by("alice", "k"));
+        assert_eq!((r.result.clone(), r.cached), (Ok(Response::Put { revision: 2 }), false));
+        // Its retry: from the cache.
+        let again = run(&mut m, 11, 10, s(2), by("alice", "k"));
+        assert_eq!((again.result, again.cached), (r.result, true));
+        assert_eq!(read_get(&m, b"k").unwrap().unwrap().version, 2);
+        // A session opened before cluster version 2 cannot be used by a principal-bound write.
+        let mut legacy_map = Map::new();
+        let Ok(Response::Session(old)) = run(&mut legacy_map, 1, 0, None, CommandOp::OpenSession).result else {
+            panic!()
+        };
+        run(&mut legacy_map, 2, 0, None, CommandOp::SetClusterVersion { version: 2 });
+        let old_s = Some(Sequenced { session: old, seq: 1 });
+        assert_eq!(run(&mut legacy_map, 3, 0, old_s, by("alice", "k")).result, Err(ApiError::SessionExpired));
+        // Owned sessions expire by log time, and unused ones are collected.
+        run(&mut m, 12, 10, None, CommandOp::OpenSessionFor { principal: "dave".into(), nonce: 88 });
+        let later = 10 + SESSION_TTL_MS + 1;
+        assert_eq!(run(&mut m, 13, later, s(3), by("alice", "k")).result, Err(ApiError::SessionExpired));
+        assert!(m.contains_key(&owned_session_key(SessionId(88))));
+        run(&mut m, 14, later, None, CommandOp::OpenSessionFor { principal: "carol".into(), nonce: 5 });
+        assert!(!m.contains_key(&owned_session_key(SessionId(88))));
+        assert!(m.contains_key(&owned_session_key(SessionId(5))));
+    }
+
+    #[test]
+    fn a_rollback_restores_the_overlay_exactly() {
+        let base = Map::new();
+        let mut ov = Overlay::new(&base);
+        ov.put(b"a".to_vec(), b"1".to_vec());
+        ov.delete(b"b".to_vec());
+        let (writes, bytes) = (ov.writes.clone(), ov.bytes());
+        let mark = ov.mark();
+        ov.put(b"a".to_vec(), vec![0; 100]);
+        ov.put(b"b".to_vec(), b"2".to_vec());
+        ov.delete(b"a".to_vec());
+        ov.put(b"c".to_vec(), b"3".to_vec());
+        assert_ne!(ov.writes, writes);
+        ov.rollback_to(mark);
+        assert_eq!((ov.writes.clone(), ov.bytes()), (writes, bytes));
+        assert_eq!(bytes, 2 + 1);
+        // Over the store's limits: refused by the check, before the batch.
+        let mark = ov.mark();
+        ov.put(vec![b'k'; SM_KEY_BYTES_MAX + 1], vec![]);
+        assert!(ov.check_since(mark).is_err());
+        ov.rollback_to(mark);
+        ov.put(b"v".to_vec(), vec![0; SM_VALUE_BYTES_MAX + 1]);
+        assert!(ov.check_since(mark).unwrap_err().contains("value"));
+    }
+
+    #[test]
+    fn outcomes_and_state_do_not_depend_on_how_entries_are_batched() {
+        // Sessions of both kinds opened, used and expired, range deletes and transactions:
+        // applied one entry per batch, three per batch and all in one batch, the results and
+        // the stored state are the same.
+        let mut cmds = vec![Command { session: None, time_ms: 0, op: CommandOp::SetClusterVersion { version: 2 } }];
+        let mut t = 0;
+        for i in 0..40u64 {
+            t += if i % 7 == 0 { SESSION_TTL_MS / 3 } else { 10 };
+            let op = match i % 5 {
+                0 => CommandOp::OpenSessionFor { principal: "p".into(), nonce: 1000 + i },
+                1 => CommandOp::OpenSession,
+                2 => CommandOp::ByPrincipal { principal: "p".into(), op: kv(put(&format!("k{i}"), "v")) },
+                3 => CommandOp::DeleteRange { start: b"k".to_vec(), end: format!("k{}", i / 2).into_bytes() },
+                _ => CommandOp::Txn(big_gets(2)),
+            };
+            let session = (i % 5 == 2).then_some(Sequenced { session: SessionId(1000 + i - 2), seq: 1 });
+            cmds.push(Command { session, time_ms: t, op });
+        }
+        let apply_in = |per_batch: usize| {
+            let mut m = Map::new();
+            let mut results = Vec::new();
+            for (b, chunk) in cmds.chunks(per_batch).enumerate() {
+                let snapshot = m.clone();
+                let mut ov = Overlay::new(&snapshot);
+                for (j, cmd) in chunk.iter().enumerate() {
+                    let index = LogIndex((b * per_batch + j + 1) as u64);
+                    results.push(apply_command(&mut ov, index, cmd).unwrap());
+                }
+                ov.apply_to(&mut m);
+            }
+            (m, results)
+        };
+        let one = apply_in(1);
+        assert_eq!(apply_in(3), one);
+        assert_eq!(apply_in(cmds.len()), one);
+        assert!(one.0.keys().any(|k| k.first() == Some(&OWNED_SESSION)));
+    }
+
+    #[test]
+    fn scan_and_transaction_pages_stay_within_their_byte_budget() {
+        let mut m = Map::new();
+        for i in 0..10 {
+            run(&mut m, i + 1, 0, None, CommandOp::Put { key: format!("k{i}").into_bytes(), value: vec![0; 1000] });
+        }
+        // About 1 KiB per pair: a 3,500-byte page holds 3 of them.
+        let page = read_scan_page(&m, b"", None, 100, 3_500).unwrap();
+        assert_eq!(page.kvs.len(), 3);
+        assert_eq!(page.next.as_deref(), Some(&b"k3"[..]));
+        let rest = read_scan_page(&m, b"k3", None, 100, usize::MAX).unwrap();
+        assert_eq!((rest.kvs.len(), rest.next), (7, None));
+        // The limit cuts too, and a tiny budget still gives one pair.
+        assert_eq!(read_scan_page(&m, b"", None, 2, usize::MAX).unwrap().next.as_deref(), Some(&b"k2"[..]));
+        assert_eq!(read_scan_page(&m, b"", None, 100, 1).unwrap().kvs.len(), 1);
+        let txn = Txn {
+            compare: vec![],
+            success: (0..10).map(|i| TxnOp::Get { key: format!("k{i}").into_bytes() }).collect(),
+            failure: vec![],
+        };
+        let first = read_txn_page(&m, &txn, 0, 3_500).unwrap().unwrap();
+        assert_eq!((first.results.len(), first.next), (3, Some(3)));
+        let second = read_txn_page(&m, &txn, 3, 3_500).unwrap().unwrap();
+        assert_eq!((second.results.len(), second.next), (3, Some(6)));
+        assert_eq!(second.results[0], first_result(&m, "k3"));
+    }
+
+    fn first_result(m: &Map, k: &str) -> TxnResult {
+        TxnResult::Get(read_get(m, k.as_bytes()).unwrap())
     }
 
     #[test]

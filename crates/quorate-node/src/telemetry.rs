@@ -605,6 +605,12 @@ pub(crate) fn answered(principal: &str, result: &Result<quorate_api::Response, q
     }
 }
 
+/// An answer was not taken by the client within the response write timeout.
+pub(crate) fn response_write_timed_out(principal: &str) {
+    let label = crate::admission::principal_label(principal);
+    metrics::counter!(n::RESPONSE_WRITE_TIMEOUTS_TOTAL, n::LABEL_PRINCIPAL => label).increment(1);
+}
+
 /// A snapshot stream to a follower completed.
 pub(crate) fn snapshot_sent() {
     metrics::counter!(n::SNAPSHOTS_SENT_TOTAL).increment(1);

@@ -601,15 +601,25 @@ impl RocksStore {
     /// Up to `limit` (at most [`SM_SCAN_PAIRS_MAX`]) state-machine pairs with keys `>= from`,
     /// in key order, checksums verified. Page by passing the last key plus a zero byte.
     pub fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, StoreError> {
+        self.sm_scan_bounded(from, limit, usize::MAX)
+    }
+
+    /// As [`sm_scan`](Self::sm_scan), stopping also once the pairs read hold `bytes_max` bytes
+    /// of keys and values (the pair that reaches it included, so a positive budget returns at
+    /// least one pair when there is one): a page of large values is never read into memory
+    /// whole.
+    pub fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, StoreError> {
         let limit = limit.min(SM_SCAN_PAIRS_MAX);
+        let mut bytes = 0usize;
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(vec![SM_PREFIX_END]);
         let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_SM), ro);
         it.seek(sm_key(from));
         let mut out = Vec::new();
-        while out.len() < limit {
+        while out.len() < limit && bytes < bytes_max {
             let Some((k, v)) = it.item() else { break };
             let body = codec::verify(Cf::Sm, k, v)?;
+            bytes = bytes.saturating_add(k.len().saturating_sub(1) + body.len());
             out.push((k[1..].to_vec(), body.to_vec()));
             it.next();
         }

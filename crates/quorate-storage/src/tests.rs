@@ -309,6 +309,11 @@ fn apply_is_atomic_with_the_applied_index_and_survives_reopen() {
     let all = s.sm_scan(b"", 100).unwrap();
     assert_eq!(all.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [b"b".as_slice(), b"c".as_slice()]);
     assert_eq!(s.sm_scan(b"b\0", 100).unwrap().len(), 1);
+    // A byte bound stops a page at the pair that reaches it, never before the first pair.
+    assert_eq!(s.sm_scan_bounded(b"", 100, 1).unwrap().len(), 1, "b (2 bytes) reaches 1 byte");
+    assert_eq!(s.sm_scan_bounded(b"", 100, 2).unwrap().len(), 1);
+    assert_eq!(s.sm_scan_bounded(b"", 100, 3).unwrap().len(), 2, "b is 2 bytes, c 1001");
+    assert_eq!(s.sm_scan_bounded(b"c", 100, 0).unwrap().len(), 0, "a zero budget reads nothing");
     s.apply(LogIndex(4), [SmOp::Clear]).unwrap();
     assert!(s.sm_scan(b"", 100).unwrap().is_empty());
     assert_eq!(s.verify().unwrap().sm_records, 0);

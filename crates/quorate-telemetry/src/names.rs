@@ -183,6 +183,9 @@ pub const AUTH_REFUSALS_TOTAL: &str = "quorate_auth_refusals_total";
 pub const CLIENT_RETRIES_TOTAL: &str = "quorate_client_retries_total";
 /// Counter per `principal`: client requests answered with a timeout.
 pub const CLIENT_TIMEOUTS_TOTAL: &str = "quorate_client_timeouts_total";
+/// Counter per `principal`: answers not taken by the client within the response write
+/// timeout (`limits.response_write_timeout_ms`), dropped to free what they held.
+pub const RESPONSE_WRITE_TIMEOUTS_TOTAL: &str = "quorate_response_write_timeouts_total";
 /// Counter per `kind` (`jump`, `stall`): the monotonic clock moved by more than a bound
 /// between two driver ticks, or not at all.
 pub const CLOCK_DISCONTINUITIES_TOTAL: &str = "quorate_clock_discontinuities_total";
@@ -246,6 +249,11 @@ pub const ALL: &[MetricDef] = &[
     c(AUTH_REFUSALS_TOTAL, "Peers or clients refused by authentication or authorisation, by reason.", &[LABEL_REASON]),
     c(CLIENT_RETRIES_TOTAL, "Client requests marked as retries, by principal.", &[LABEL_PRINCIPAL]),
     c(CLIENT_TIMEOUTS_TOTAL, "Client requests answered with a timeout, by principal.", &[LABEL_PRINCIPAL]),
+    c(
+        RESPONSE_WRITE_TIMEOUTS_TOTAL,
+        "Answers a client did not take within the response write timeout, by principal.",
+        &[LABEL_PRINCIPAL],
+    ),
     c(CLOCK_DISCONTINUITIES_TOTAL, "Monotonic clock jumps or stalls beyond a bound.", &[LABEL_KIND]),
     c(INVARIANT_VIOLATIONS_TOTAL, "Runtime invariant checks that failed, by invariant.", &[LABEL_INVARIANT]),
     g(APPLIED_HASH_INDEX, "Last index of a complete applied-entries hash window.", &[]),
@@ -330,6 +338,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 48);
+        assert_eq!(seen.len(), 49);
     }
 }

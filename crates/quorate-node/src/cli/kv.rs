@@ -121,14 +121,24 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
                 Some(p) => (p.clone().into_bytes(), prefix_end(p.as_bytes())),
                 None => (start.into_bytes(), end.map(String::into_bytes)),
             };
-            let s = client.scan(&start, end.as_deref(), limit, consistency.into()).await?;
-            for kv in &s.kvs {
-                out.write_all(&kv.key)?;
-                out.write_all(b"=")?;
-                out.write_all(&kv.value)?;
-                writeln!(out)?;
-            }
-            if s.more {
+            // Page by page (each at most `RESULT_BYTES_MAX` bytes), printed as they come: the
+            // CLI never holds more than one page.
+            let (mut from, mut printed) = (start, 0u32);
+            let more = loop {
+                let page = client.scan_page(&from, end.as_deref(), limit - printed, consistency.into()).await?;
+                for kv in &page.kvs {
+                    out.write_all(&kv.key)?;
+                    out.write_all(b"=")?;
+                    out.write_all(&kv.value)?;
+                    writeln!(out)?;
+                }
+                printed += page.kvs.len() as u32;
+                match page.next {
+                    Some(next) if printed < limit && !page.kvs.is_empty() => from = next,
+                    next => break next.is_some(),
+                }
+            };
+            if more {
                 eprintln!("(more keys in the range; raise --limit or scan from the last key)");
             }
             Outcome::Ok

@@ -1,0 +1,669 @@
+//! Boundaries of the request and apply path on real `quorate` processes (QUIC with mutual TLS,
+//! RocksDB, fsync), three nodes from `quorate certs dev` with the client certificates `alice`
+//! and `bob` (write), `reader` and `slow` (read) — the attacks of issue 17, each a test that
+//! failed before its fix:
+//!
+//! * `one_request_cannot_stop_the_cluster`: 1 MB under `big`, then one session transaction
+//!   `put x y` + 17 × `get big`. Every replica used to stop (the session record was over the
+//!   state machine's value limit), at every restart. Now the transaction is answered with an
+//!   error, identically everywhere, changes nothing, and every node goes on — and restarts.
+//! * `sessions_belong_to_the_principal_that_opened_them`: bob probes session ids below his own
+//!   and takes over alice's session; alice's next write used to be answered with bob's cached
+//!   result and never applied. Now ids are random and a foreign session is `SessionExpired`;
+//!   sequence jumps are refused; audit events name the session and a cached answer.
+//! * `a_client_that_does_not_read_its_answers_cannot_shut_others_out`: a read-role client on
+//!   many connections with tiny receive windows sends gets of a 64 KiB value and never reads
+//!   the answers. It used to hold the node-wide request slots (everyone else shed with
+//!   `QueueFull`, forever). Now it holds only its own principal's slots, for at most the
+//!   response write timeout; a well-behaved client keeps at least 90 % of its goodput.
+//! * `large_results_are_paged_not_dropped`: a put of exactly `VALUE_BYTES_MAX` is accepted; a
+//!   scan and a read-only transaction over 12 MiB of values (more than a message holds) are
+//!   answered in pages (the whole answer used to be computed, then dropped by the transport);
+//!   a writing transaction whose results would be too large is refused and changes nothing; a
+//!   page read after the state changed says so.
+//!
+//! Every wait is bounded by a deadline; every node process is killed on every path.
+
+use quorate_api::{
+    ApiError, ClientRequest, NodeMessage, ReadConsistency, Request, Response, Sequenced, SessionId, Txn, TxnOp,
+    TxnResult, limits,
+};
+use quorate_log::NodeId;
+use quorate_node::config::NodeConfig;
+use quorate_transport::{Client, ClientOptions, Credentials, TlsPaths};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[path = "support/procs.rs"]
+mod procs;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+/// Longest wait for a cluster to elect a leader, finalize, answer, or for a node to start.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Longest wait for one answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+const CLUSTER: &str = "bnd";
+const CLIENTS: &str = "alice:write,bob:write,reader:read,slow:read,checker:admin";
+
+fn nid(n: u64) -> NodeId {
+    NodeId::new(n).expect("non-zero")
+}
+
+/// Three node processes; each is killed when the cluster is dropped.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    children: Vec<Option<Child>>,
+    addrs: Vec<SocketAddr>,
+    metrics: Vec<SocketAddr>,
+    next_id: AtomicU64,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Cluster {
+    /// Certificates and configurations from `quorate certs dev`, each configuration edited by
+    /// `edit`, and three nodes started (their logs in `node-N.log`, audit events included).
+    fn start(edit: impl Fn(&mut NodeConfig)) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cluster");
+        let base = procs::free_base_port();
+        let out = Command::new(BIN)
+            .args(["certs", "dev", "--dir"])
+            .arg(&dir)
+            .args(["--cluster", CLUSTER, "--nodes", "3", "--base-port", &base.to_string(), "--clients", CLIENTS])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "certs dev: {}", String::from_utf8_lossy(&out.stderr));
+        let (mut addrs, mut metrics_addrs) = (Vec::new(), Vec::new());
+        for id in 1..=3 {
+            let path = dir.join(format!("node-{id}.toml"));
+            let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            config.raft.election_timeout_ms = 600;
+            config.raft.heartbeat_ms = 60;
+            config.limits.free_space_floor_mb = 0;
+            config.telemetry.log_filter = "warn,quorate::audit=info".into();
+            let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            config.metrics_listen = Some(metrics);
+            edit(&mut config);
+            std::fs::write(&path, config.to_toml().unwrap()).unwrap();
+            addrs.push(config.listen);
+            metrics_addrs.push(metrics);
+        }
+        let mut c = Cluster {
+            _tmp: tmp,
+            dir,
+            children: vec![None, None, None],
+            addrs,
+            metrics: metrics_addrs,
+            next_id: AtomicU64::new(1),
+        };
+        for id in 1..=3 {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// Starts node `id` (again), appending to its log.
+    fn spawn(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).unwrap();
+        let child = Command::new(BIN)
+            .args(["node", "start", "--config"])
+            .arg(self.dir.join(format!("node-{id}.toml")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[id as usize - 1] = Some(child);
+    }
+
+    /// Kills node `id` (SIGKILL) and waits for it.
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.children[id as usize - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
+    /// Node `id`'s log, without terminal colours.
+    fn log(&self, id: u64) -> String {
+        let raw = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(ch) = chars.next() {
+            if ch == '\u{1b}' {
+                // An SGR sequence: ESC [ ... m
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    }
+
+    /// The sum of the samples of node `id`'s `/metrics` whose line starts with `prefix`.
+    fn metric(&self, id: u64, prefix: &str) -> f64 {
+        let addr = self.metrics[id as usize - 1];
+        let body = quorate_telemetry::http::get_blocking(addr, "/metrics", Duration::from_secs(5), 16 << 20)
+            .expect("the metrics endpoint answers")
+            .1;
+        body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+
+    /// Panics (with the node's log) if a node process has exited.
+    fn assert_running(&mut self) {
+        for id in 1..=3u64 {
+            if let Some(c) = self.children[id as usize - 1].as_mut() {
+                let status = c.try_wait().unwrap();
+                assert!(status.is_none(), "node {id} exited ({status:?}); its log:\n{}", self.log(id));
+            }
+        }
+    }
+
+    fn credentials(&self, who: &str) -> Credentials {
+        let certs = self.dir.join("certs");
+        Credentials::load(TlsPaths {
+            ca: certs.join("ca.crt"),
+            cert: certs.join(format!("client-{who}.crt")),
+            key: certs.join(format!("client-{who}.key")),
+        })
+        .unwrap()
+    }
+
+    /// A connection of `who` to node `id`, retried until the deadline.
+    async fn connect(&self, who: &str, id: u64) -> Client<NodeMessage> {
+        let mut options = ClientOptions::default();
+        options.request_timeout = REQUEST_TIMEOUT;
+        let creds = self.credentials(who);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match Client::<NodeMessage>::connect(&creds, nid(id), self.addrs[id as usize - 1], options.clone()).await {
+                Ok(c) => return c,
+                Err(e) => assert!(Instant::now() < deadline, "cannot connect to node {id}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One request on `client`: its result, or `None` for no answer.
+    async fn request(
+        &self,
+        client: &Client<NodeMessage>,
+        session: Option<Sequenced>,
+        body: Request,
+    ) -> Option<Result<Response, ApiError>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = NodeMessage::Request(ClientRequest { id, session, body });
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.request(&req)).await {
+            Ok(Ok(NodeMessage::Response(r))) => {
+                assert_eq!(r.id, id);
+                Some(r.result)
+            }
+            _ => None,
+        }
+    }
+
+    /// One request of `who` to node `id` on a connection of its own.
+    async fn call(
+        &self,
+        who: &str,
+        id: u64,
+        session: Option<Sequenced>,
+        body: Request,
+    ) -> Option<Result<Response, ApiError>> {
+        let client = self.connect(who, id).await;
+        let r = self.request(&client, session, body).await;
+        client.close();
+        r
+    }
+
+    /// Retries a request while the cluster answers "not now" (an election, catch-up).
+    async fn call_ok(&self, who: &str, id: u64, session: Option<Sequenced>, body: Request) -> Response {
+        let deadline = Instant::now() + DEADLINE;
+        // Requests can hold megabytes: name them by their first bytes only.
+        let what: String = format!("{body:?}").chars().take(120).collect();
+        loop {
+            match self.call(who, id, session, body.clone()).await {
+                Some(Ok(r)) => return r,
+                Some(Err(e @ ApiError::InvalidRequest(_))) | Some(Err(e @ ApiError::Unauthorized { .. })) => {
+                    panic!("{what} refused: {e}")
+                }
+                other => {
+                    let other: String = format!("{other:?}").chars().take(300).collect();
+                    assert!(Instant::now() < deadline, "{what} still failing: {other}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader every node agrees on.
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let mut seen = Vec::new();
+            for id in 1..=3 {
+                if let Some(Ok(Response::Status(s))) = self.call("reader", id, None, Request::Status).await {
+                    seen.push(s.leader.map(NodeId::get));
+                }
+            }
+            if seen.len() == 3
+                && let Some(Some(l)) = seen.first().copied()
+                && seen.iter().all(|x| *x == Some(l))
+            {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no leader agreed on: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every node has applied cluster version 2 (a new cluster finalizes itself).
+    async fn wait_finalized(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        for id in 1..=3 {
+            loop {
+                if let Some(Ok(Response::Versions(v))) = self.call("reader", id, None, Request::Versions).await
+                    && v.cluster_version >= 2
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {id} never reached cluster version 2");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn open_session(&self, who: &str, leader: u64) -> SessionId {
+        match self.call_ok(who, leader, None, Request::OpenSession).await {
+            Response::Session(s) => s,
+            other => panic!("not a session: {other:?}"),
+        }
+    }
+
+    /// A linearizable read of `key` on node `id`.
+    async fn value(&self, id: u64, key: &str) -> Option<Vec<u8>> {
+        let body = Request::Get { key: key.into(), read: ReadConsistency::Linearizable };
+        match self.call_ok("reader", id, None, body).await {
+            Response::Get { kv, .. } => kv.map(|kv| kv.value),
+            other => panic!("not a get: {other:?}"),
+        }
+    }
+}
+
+fn put(key: &str, value: &[u8]) -> Request {
+    Request::Put { key: key.into(), value: value.to_vec() }
+}
+
+fn seq(session: SessionId, seq: u64) -> Option<Sequenced> {
+    Some(Sequenced { session, seq })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_cannot_stop_the_cluster() {
+    let mut c = Cluster::start(|_| ());
+    let leader = c.leader().await;
+    c.wait_finalized().await;
+    // 1 MB under `big`, written with a transaction of one put (as the issue did).
+    let big = vec![b'b'; 1_000_000];
+    let one_put =
+        Txn { compare: vec![], success: vec![TxnOp::Put { key: b"big".to_vec(), value: big }], failure: vec![] };
+    c.call_ok("alice", leader, None, Request::Txn(one_put)).await;
+    // One session transaction: put x y, then 17 gets of big (17 MB of results).
+    let session = c.open_session("alice", leader).await;
+    let mut ops = vec![TxnOp::Put { key: b"x".to_vec(), value: b"y".to_vec() }];
+    ops.extend((0..17).map(|_| TxnOp::Get { key: b"big".to_vec() }));
+    let txn = Request::Txn(Txn { compare: vec![], success: ops, failure: vec![] });
+    let first = c.call("alice", leader, seq(session, 1), txn.clone()).await;
+    let Some(Err(ApiError::InvalidRequest(why))) = &first else {
+        panic!("the transaction must get an error result, got {first:?}; leader's log:\n{}", c.log(leader))
+    };
+    assert!(why.contains("nothing was changed"), "{why}");
+    // A retry in the session gets the same answer (applied once, from the session's cache).
+    assert_eq!(c.call("alice", leader, seq(session, 1), txn).await, first);
+    c.assert_running();
+    // Every node went on: the next write in the session commits and every node serves it.
+    c.call_ok("alice", leader, seq(session, 2), put("after", b"1")).await;
+    for id in 1..=3 {
+        assert_eq!(c.value(id, "x").await, None, "node {id}: the refused transaction changed nothing");
+        assert_eq!(c.value(id, "after").await.as_deref(), Some(&b"1"[..]), "node {id}");
+    }
+    c.assert_running();
+    // And every node restarts (the entry used to stop them again at every restart).
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    let leader = c.leader().await;
+    c.call_ok("alice", leader, None, put("restarted", b"1")).await;
+    for id in 1..=3 {
+        assert_eq!(c.value(id, "x").await, None, "node {id}");
+        assert_eq!(c.value(id, "big").await.map(|v| v.len()), Some(1_000_000), "node {id}");
+        assert_eq!(c.value(id, "restarted").await.as_deref(), Some(&b"1"[..]), "node {id}");
+    }
+    c.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_belong_to_the_principal_that_opened_them() {
+    let mut c = Cluster::start(|_| ());
+    let leader = c.leader().await;
+    c.wait_finalized().await;
+    // Alice writes in her session.
+    let alice = c.open_session("alice", leader).await;
+    c.call_ok("alice", leader, seq(alice, 1), put("k", b"v1")).await;
+    // Bob opens his own and probes the ids below it with sequence number 1 and a compare that
+    // cannot succeed: any answer but "no such session" finds a session.
+    let bob = c.open_session("bob", leader).await;
+    let cas = Request::Cas { key: b"never".to_vec(), expected: Some(b"impossible".to_vec()), value: b"x".to_vec() };
+    let mut found = Vec::new();
+    for id in bob.0.saturating_sub(32)..bob.0 {
+        let answer = c.call("bob", leader, seq(SessionId(id), 1), cas.clone()).await;
+        if answer != Some(Err(ApiError::SessionExpired)) {
+            found.push((id, answer));
+        }
+    }
+    assert!(found.is_empty(), "bob found sessions by probing below his own ({bob:?}): {found:?}");
+    // Ids are not log indexes: drawn at random from 64 bits.
+    assert!(alice.0 > 1 << 32 && bob.0 > 1 << 32, "guessable session ids: {alice:?} {bob:?}");
+    // Even knowing alice's id, bob gets nothing: not her cached result, not her session.
+    assert_eq!(c.call("bob", leader, seq(alice, 1), cas).await, Some(Err(ApiError::SessionExpired)));
+    let hijack = c.call("bob", leader, seq(alice, 2), put("bobs", b"x")).await;
+    assert_eq!(hijack, Some(Err(ApiError::SessionExpired)));
+    // Alice's next write is applied (it used to be answered OK with bob's cached result).
+    let Response::Put { revision } = c.call_ok("alice", leader, seq(alice, 2), put("k", b"v2")).await else {
+        panic!("not a put")
+    };
+    assert_eq!(c.value(leader, "k").await.as_deref(), Some(&b"v2"[..]), "alice's acknowledged write was lost");
+    assert_eq!(c.value(leader, "bobs").await, None);
+    // Her retry is answered from the cache, applied once.
+    assert_eq!(
+        c.call("alice", leader, seq(alice, 2), put("k", b"v2")).await,
+        Some(Ok(Response::Put { revision })),
+        "a retry gets the original answer"
+    );
+    // A jump to u64::MAX (which would end the session) is refused; the session goes on.
+    let jump = c.call("alice", leader, seq(alice, u64::MAX), put("k", b"jump")).await;
+    assert!(matches!(&jump, Some(Err(ApiError::InvalidRequest(why))) if why.contains("past")), "{jump:?}");
+    c.call_ok("alice", leader, seq(alice, 3), put("k", b"v3")).await;
+    assert_eq!(c.value(leader, "k").await.as_deref(), Some(&b"v3"[..]));
+    // Audit events name the session and the answer from the cache.
+    let log = c.log(leader);
+    let events: Vec<&str> =
+        log.lines().filter(|l| l.contains("quorate::audit") && l.contains("client write")).collect();
+    let alices = format!("session={}", alice.0);
+    assert!(
+        events.iter().any(|l| l.contains(&alices) && l.contains("cached=true") && l.contains("principal=alice")),
+        "no audit event of alice's cached answer: {events:#?}"
+    );
+    assert!(
+        events.iter().any(|l| l.contains(&alices) && l.contains("principal=bob") && l.contains("session_expired")),
+        "no audit event of bob's refused use of alice's session: {events:#?}"
+    );
+    c.assert_running();
+}
+
+/// A raw QUIC connection of `who` whose receive windows are tiny: it sends requests and never
+/// reads the answers (what `quorate_transport::Client` would never do).
+async fn stalling_connection(c: &Cluster, who: &str, id: u64) -> (quinn::Endpoint, quinn::Connection) {
+    let mut quic = quinn::TransportConfig::default();
+    quic.stream_receive_window(quinn::VarInt::from_u32(1024));
+    quic.receive_window(quinn::VarInt::from_u32(64 * 1024));
+    quic.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    let mut config = quinn::ClientConfig::new(c.credentials(who).quic_client_crypto());
+    config.transport_config(Arc::new(quic));
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let conn = endpoint.connect_with(config, c.addrs[id as usize - 1], "quorate.invalid").unwrap().await.unwrap();
+    (endpoint, conn)
+}
+
+/// Sequential gets and puts of `who` on one connection for `duration`: successful answers
+/// per second, and the share of requests that failed.
+async fn goodput(c: &Cluster, client: &Client<NodeMessage>, who: &str, duration: Duration) -> (f64, f64) {
+    let started = Instant::now();
+    let (mut ok, mut sent) = (0u64, 0u64);
+    while started.elapsed() < duration {
+        sent += 1;
+        let body = if sent % 2 == 0 {
+            put(&format!("{who}-{}", sent % 64), b"v")
+        } else {
+            Request::Get { key: format!("{who}-{}", sent % 64).into_bytes(), read: ReadConsistency::Linearizable }
+        };
+        if let Some(Ok(_)) = c.request(client, None, body).await {
+            ok += 1;
+        }
+    }
+    (ok as f64 / started.elapsed().as_secs_f64(), (sent - ok) as f64 / sent.max(1) as f64)
+}
+
+/// One wave of the attack: `streams_per_connection` gets of the 64 KiB value on each of
+/// `conns`, never read. Returns the streams (kept open, unread) and how many were sent.
+async fn stall_wave(
+    c: &Cluster,
+    conns: &[quinn::Connection],
+    streams_per_connection: usize,
+) -> (Vec<(quinn::SendStream, quinn::RecvStream)>, usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for conn in conns {
+        let conn = conn.clone();
+        let next_id = c.next_id.fetch_add(streams_per_connection as u64, Ordering::Relaxed);
+        tasks.spawn(async move {
+            let mut streams = Vec::new();
+            for i in 0..streams_per_connection as u64 {
+                let Ok(Ok((mut send, recv))) = tokio::time::timeout(REQUEST_TIMEOUT, conn.open_bi()).await else {
+                    break;
+                };
+                let body = Request::Get { key: b"v64k".to_vec(), read: ReadConsistency::Linearizable };
+                let msg = NodeMessage::Request(ClientRequest { id: next_id + i, session: None, body });
+                let mut buf = Vec::new();
+                quorate_transport::encode_message(&msg, quorate_transport::FRAME_PAYLOAD_BYTES_DEFAULT, &mut buf)
+                    .unwrap();
+                if send.write_all(&buf).await.is_err() {
+                    break;
+                }
+                let _ = send.finish();
+                streams.push((send, recv));
+            }
+            streams
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(t) = tasks.join_next().await {
+        all.extend(t.unwrap());
+    }
+    let sent = all.len();
+    (all, sent)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_answers_cannot_shut_others_out() {
+    const CONNECTIONS: usize = 20;
+    const STREAMS_PER_CONNECTION: usize = 64;
+    const ROUNDS: usize = 3;
+    const WINDOW: Duration = Duration::from_millis(2000);
+    // 1000 request slots on the node, 200 for any one principal; answers not taken within
+    // 4 s are dropped (longer than a measuring window). Admission starts with room for every
+    // request of a wave at once, so that it is the slots, not the adaptive limit, under test.
+    let mut c = Cluster::start(|config| {
+        config.limits.pending_requests_max = 1000;
+        config.limits.response_write_timeout_ms = 4000;
+        config.admission.principal_requests_max = 200;
+        config.admission.concurrency_count_initial = config.admission.concurrency_count_max;
+    });
+    let leader = c.leader().await;
+    c.wait_finalized().await;
+    c.call_ok("alice", leader, None, put("v64k", &[7u8; 64 * 1024])).await;
+    let well_behaved = c.connect("alice", leader).await;
+    // The attacker's connections, set up once (their handshakes are not part of a window).
+    let mut endpoints = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (endpoint, conn) = stalling_connection(&c, "slow", leader).await;
+        endpoints.push(endpoint);
+        conns.push(conn);
+    }
+    // Rounds of a quiet window, then a wave of the attack and a window while its answers are
+    // held: the machine is shared and noisy, so the quiet and attacked windows alternate and
+    // their medians are compared.
+    let (mut quiet, mut attacked, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stalled = Vec::new();
+    for round in 0..ROUNDS {
+        quiet.push(goodput(&c, &well_behaved, "alice", WINDOW).await.0);
+        let (streams, sent) = stall_wave(&c, &conns, STREAMS_PER_CONNECTION).await;
+        assert_eq!(sent, CONNECTIONS * STREAMS_PER_CONNECTION, "round {round}: the attack could not send");
+        stalled.push(streams);
+        let (during, f) = goodput(&c, &well_behaved, "alice", WINDOW).await;
+        attacked.push(during);
+        failed.push(f);
+        // Everyone else is answered too (a status).
+        let status = c.call("reader", leader, None, Request::Status).await;
+        assert!(matches!(status, Some(Ok(Response::Status(_)))), "round {round}: {status:?}");
+        // The stalled answers are given up after the write timeout: the slow principal's
+        // slots come back (its connection that reads is answered again).
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(Ok(Response::Status(_))) = c.call("slow", leader, None, Request::Status).await {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: the slow principal's slots never came back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Its answers were held, then given up; its requests beyond its slots were refused.
+    assert!(c.metric(leader, "quorate_response_write_timeouts_total{principal=\"slow\"}") >= 1.0);
+    assert!(c.metric(leader, "quorate_proposals_shed_total{reason=\"principal_requests\"}") >= 1.0);
+    drop(stalled);
+    drop(conns);
+    drop(endpoints);
+    let (q, a) = (median(quiet.clone()), median(attacked.clone()));
+    eprintln!(
+        "goodput of the well-behaved client: quiet {quiet:.0?}/s, attacked {attacked:.0?}/s (failed {failed:.3?}); \
+         medians {q:.0}/s and {a:.0}/s"
+    );
+    for (round, f) in failed.iter().enumerate() {
+        assert!(*f < 0.01, "round {round}: {:.1} % of the well-behaved client's requests failed", 100.0 * f);
+    }
+    assert!(a >= 0.9 * q, "the well-behaved client kept {:.0} % of its goodput ({a:.0}/s of {q:.0}/s)", 100.0 * a / q);
+    c.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_are_paged_not_dropped() {
+    let mut c = Cluster::start(|_| ());
+    let leader = c.leader().await;
+    c.wait_finalized().await;
+    // The documented largest value can be written (it used to be refused: "command of 1048628
+    // bytes exceeds 1048576"), under the largest key.
+    let largest = vec![b'm'; limits::VALUE_BYTES_MAX];
+    let key = "k".repeat(limits::KEY_BYTES_MAX);
+    c.call_ok("alice", leader, None, put(&key, &largest)).await;
+    assert_eq!(c.value(leader, &key).await.map(|v| v.len()), Some(limits::VALUE_BYTES_MAX));
+    // 12 MiB of values: more than one message holds.
+    for i in 0..12 {
+        c.call_ok("alice", leader, None, put(&format!("big/{i:02}"), &largest)).await;
+    }
+    // A scan is answered in pages with a continuation, each within the result limit.
+    let mut pages = 0;
+    let mut got = Vec::new();
+    let mut start = b"big/".to_vec();
+    loop {
+        let body = Request::ScanPaged {
+            start: start.clone(),
+            end: Some(b"big0".to_vec()),
+            limit: 100,
+            read: ReadConsistency::Linearizable,
+        };
+        let Response::ScanPage { kvs, next, .. } = c.call_ok("reader", leader, None, body).await else {
+            panic!("not a scan page")
+        };
+        pages += 1;
+        assert!(!kvs.is_empty() && kvs.len() <= 4, "a page holds at most RESULT_BYTES_MAX bytes: {}", kvs.len());
+        got.extend(kvs.into_iter().map(|kv| kv.key));
+        match next {
+            Some(n) => start = n,
+            None => break,
+        }
+        assert!(pages <= 12, "too many pages");
+    }
+    let expected: Vec<Vec<u8>> = (0..12).map(|i| format!("big/{i:02}").into_bytes()).collect();
+    assert_eq!(got, expected);
+    assert!(pages >= 3, "{pages} pages");
+    // The plain scan of 0.1.0 clients gets its first page and `more`, not a dropped stream.
+    let plain = Request::Scan { start: b"big/".to_vec(), end: None, limit: 100, read: ReadConsistency::Linearizable };
+    let Response::Scan { kvs, more: true, .. } = c.call_ok("reader", leader, None, plain).await else {
+        panic!("a plain scan over 12 MiB says there is more")
+    };
+    assert!(!kvs.is_empty() && kvs.len() < 12);
+    // A read-only transaction of 12 gets: too large for one answer, answered in pages at one
+    // revision.
+    let gets = Txn {
+        compare: vec![],
+        success: (0..12).map(|i| TxnOp::Get { key: format!("big/{i:02}").into_bytes() }).collect(),
+        failure: vec![],
+    };
+    let whole = c.call("reader", leader, None, Request::Txn(gets.clone())).await;
+    assert!(matches!(&whole, Some(Err(ApiError::InvalidRequest(why))) if why.contains("pages")), "{whole:?}");
+    let mut results = Vec::new();
+    let (mut from, mut revision) = (0, None);
+    loop {
+        let body = Request::TxnPaged { txn: gets.clone(), from, revision };
+        let Response::TxnPage { succeeded: true, results: page, revision: at, next } =
+            c.call_ok("reader", leader, None, body).await
+        else {
+            panic!("not a transaction page")
+        };
+        results.extend(page);
+        match next {
+            Some(n) => (from, revision) = (n, Some(at)),
+            None => break,
+        }
+    }
+    assert_eq!(results.len(), 12);
+    assert!(results.iter().all(|r| matches!(r, TxnResult::Get(Some(kv)) if kv.value.len() == limits::VALUE_BYTES_MAX)));
+    // A next page after the state changed is refused: the pages would not be one read.
+    let first = Request::TxnPaged { txn: gets.clone(), from: 0, revision: None };
+    let Response::TxnPage { revision: at, next: Some(n), .. } = c.call_ok("reader", leader, None, first).await else {
+        panic!("a first page with a continuation")
+    };
+    c.call_ok("alice", leader, None, put("unrelated", b"1")).await;
+    let stale = Request::TxnPaged { txn: gets, from: n, revision: Some(at) };
+    let expired = c.call("reader", leader, None, stale).await;
+    assert!(matches!(expired, Some(Err(ApiError::PageExpired { revision, .. })) if revision == at), "{expired:?}");
+    // A writing transaction whose results would pass the limit is refused and changes nothing.
+    let session = c.open_session("alice", leader).await;
+    let mut ops = vec![TxnOp::Put { key: b"w".to_vec(), value: b"1".to_vec() }];
+    ops.extend((0..12).map(|i| TxnOp::Get { key: format!("big/{i:02}").into_bytes() }));
+    let write = Request::Txn(Txn { compare: vec![], success: ops, failure: vec![] });
+    let refused = c.call("alice", leader, seq(session, 1), write).await;
+    assert!(matches!(&refused, Some(Err(ApiError::InvalidRequest(why))) if why.contains("nothing was changed")));
+    assert_eq!(c.value(leader, "w").await, None);
+    c.assert_running();
+}
