@@ -170,9 +170,17 @@ fn every_core_replays_exactly() {
 fn an_edited_recording_diverges() {
     let sim = run(11);
     let dump = decode_dump(&sim.nodes[0].dump_bytes("test")).expect("decodes");
-    // Drop one received message half-way: the core's later outputs must differ.
+    // Drop one received message half-way, one that moves the log (entries for a follower, an
+    // acknowledgement for a leader): the core's later outputs must differ. (Not any message: a
+    // duplicate heartbeat answer, say, changes nothing the core hands out.)
     let mut edited = dump.clone();
-    let k = edited.inputs.iter().enumerate().filter(|(_, i)| matches!(i, Input::Message { .. })).nth(200).expect("m").0;
+    let moves_the_log = |i: &Input| {
+        matches!(i, Input::Message { m, .. } if matches!(&m.body,
+            quorate_core::MessageBody::Append(a) if !a.entries.is_empty())
+            || matches!(&m.body, quorate_core::MessageBody::AppendResponse(quorate_core::AppendResponse::Accepted { .. })))
+    };
+    let half = edited.inputs.len() / 2;
+    let k = edited.inputs.iter().enumerate().skip(half).find(|(_, i)| moves_the_log(i)).expect("a message half-way").0;
     edited.inputs.remove(k);
     let report = replay(&decode_dump(&encode_dump(&edited)).expect("re-encoded")).expect("replays");
     let d = report.divergence.expect("divergence detected");
