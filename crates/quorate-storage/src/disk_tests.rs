@@ -69,7 +69,7 @@ fn a_torn_tail_that_held_a_synced_vote_is_lost_state() {
     // crash mid-write. The durable mark (written before the write returned) says otherwise.
     let d = TestDir::new("walteartail");
     ten_terms(d.path());
-    faults::tear_wal_tail(d.path()).unwrap().expect("a record to tear");
+    faults::tear_wal_tail(d.path(), 1).unwrap().expect("a record to tear");
     match RocksStore::open(d.path(), opts()) {
         Err(StoreError::LostSyncedState(lost)) => {
             let text = lost.to_string();
@@ -92,7 +92,7 @@ fn a_torn_tail_of_unsynced_writes_opens() {
         commit_only.skip_fsync = true;
         s.write(commit_only).unwrap();
     }
-    faults::tear_wal_tail(d.path()).unwrap().expect("a record to tear");
+    faults::tear_wal_tail(d.path(), 1).unwrap().expect("a record to tear");
     let s = open(d.path());
     assert_eq!(s.hard_state(), hs(1, 1, 0));
     assert_eq!(s.last_index(), LogIndex(2));
@@ -325,4 +325,63 @@ fn a_damaged_table_block_of_the_state_machine_names_the_record() {
     s.begin_sm_reinstall(LogIndex(1)).unwrap();
     assert_eq!(s.sm_get(b"key0000").unwrap(), None);
     assert!(s.table_files("sm").unwrap().iter().all(|(p, _)| p != path));
+}
+
+#[test]
+fn a_compaction_that_meets_a_damaged_state_machine_file_is_recorded_for_the_next_open() {
+    let d = TestDir::new("smcompaction");
+    let s = open(d.path());
+    s.write(PersistBatch::append(vec![entry(1, 1), entry(2, 1)]).with_hard_state(hs(1, 1, 2))).unwrap();
+    for round in 1..=2u64 {
+        let ops: Vec<SmOp> = (0..100u32)
+            .map(|i| SmOp::Put { key: format!("key{i:04}").into_bytes(), value: vec![round as u8; 64] })
+            .collect();
+        s.apply(LogIndex(round), ops).unwrap();
+        s.flush().unwrap();
+    }
+    let (path, _) = s.table_files("sm").unwrap()[0].clone();
+    faults::corrupt_table_file(&path).unwrap();
+    // A compaction reads the damaged block: RocksDB stops for good (paranoid checks).
+    s.db.compact_range_cf(&s.cf("sm"), None::<&[u8]>, None::<&[u8]>);
+    let err = s.write(PersistBatch::append(vec![entry(3, 1)])).unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    let evidence = s.sm_damaged().expect("the damage is recorded");
+    assert!(evidence.contains(".sst"), "{evidence}");
+    drop(s);
+    // The next open knows, with the state machine's compactions off; a reinstall clears it.
+    let s = open(d.path());
+    assert_eq!(s.sm_damaged().as_deref(), Some(evidence.as_str()));
+    s.begin_sm_reinstall(LogIndex(1)).unwrap();
+    assert!(s.sm_damaged().is_none());
+    assert!(!d.path().join(SM_DAMAGED_FILE).exists());
+    s.write(PersistBatch::append(vec![entry(3, 1)])).unwrap();
+    drop(s);
+    assert!(open(d.path()).sm_damaged().is_none());
+}
+
+#[test]
+fn snapshot_files_go_only_after_a_durable_compaction_past_them() {
+    use std::io::Write;
+    let d = TestDir::new("snapfilesgo");
+    let s = open(d.path());
+    s.write(PersistBatch::append((1..=30).map(|i| entry(i, 1)).collect()).with_hard_state(hs(1, 1, 30))).unwrap();
+    let take = |at: u64| {
+        let mut w = s
+            .snapshot_writer(SnapshotMeta { last: EntryId::new(Term(1), LogIndex(at)), config: Default::default() })
+            .unwrap();
+        w.write_all(b"data").unwrap();
+        w.finish().unwrap().path
+    };
+    let (first, second) = (take(10), take(20));
+    let compact = |at: u64| SnapshotMeta { last: EntryId::new(Term(1), LogIndex(at)), config: Default::default() };
+    // A compaction write that fails deletes nothing.
+    s.danger_inject_write_fault(Some(WriteFault::NoSpace));
+    assert!(s.compact_to(compact(15)).is_err());
+    s.danger_inject_write_fault(None);
+    assert!(first.exists() && second.exists());
+    // Once it is durable, the files below the new floor go; the one the log continues from stays.
+    s.compact_to(compact(15)).unwrap();
+    assert!(!first.exists() && second.exists());
+    assert_eq!(s.usable_snapshot(LogIndex(30)).unwrap().map(|(m, _)| m.last.index), Some(LogIndex(20)));
+    assert_eq!(s.usable_snapshot(LogIndex(19)).unwrap(), None);
 }

@@ -140,12 +140,18 @@ pub fn corrupt_wal_record(store_dir: &Path) -> Result<Option<FaultReport>, Store
     }))
 }
 
-/// Cuts the newest write-ahead log of the store in `store_dir` in the middle of its last
-/// record. `Ok(None)` when that log holds no record.
-pub fn tear_wal_tail(store_dir: &Path) -> Result<Option<FaultReport>, StoreError> {
+/// Cuts the newest write-ahead log of the store in `store_dir` in the middle of its
+/// `records_back`-th record from the end (1: the last one; at least 1), so that it and every
+/// record after it are lost. `Ok(None)` when that log holds no record.
+pub fn tear_wal_tail(store_dir: &Path, records_back: usize) -> Result<Option<FaultReport>, StoreError> {
     let Some(path) = newest_wal(store_dir)? else { return Ok(None) };
     let bytes = read_wal(&path)?;
-    let Some(r) = records(&bytes).into_iter().rfind(|r| r.len > 0) else { return Ok(None) };
+    let recs: Vec<Record> = records(&bytes).into_iter().filter(|r| r.len > 0).collect();
+    if recs.is_empty() {
+        return Ok(None);
+    }
+    let back = records_back.clamp(1, recs.len());
+    let r = recs[recs.len() - back];
     let offset = r.at + r.header + r.len / 2;
     let f = OpenOptions::new().write(true).open(&path)?;
     f.set_len(offset)?;
@@ -154,8 +160,13 @@ pub fn tear_wal_tail(store_dir: &Path) -> Result<Option<FaultReport>, StoreError
         file: path,
         offset,
         what: format!(
-            "cut the last record (payload of {} bytes at {}) in half; the file now ends at {offset}",
-            r.len, r.at
+            "cut record {} of {} (payload of {} bytes at {}) in half, losing it and the {} after it; the file now ends \
+             at {offset}",
+            recs.len() - back,
+            recs.len(),
+            r.len,
+            r.at,
+            back - 1
         ),
     }))
 }

@@ -99,7 +99,7 @@ pub use snapshot::{SNAPSHOT_META_BYTES_MAX, SnapshotFile, SnapshotReader, Snapsh
 pub use space::{check_free_space, free_space_bytes};
 pub use store::{
     APPLY_OPS_MAX, DURABLE_MARK_INTERVAL_DEFAULT, INSTALL_BATCH_BYTES_MAX, OPEN_SCAN_ENTRIES_MAX, RocksStore,
-    SM_KEY_BYTES_MAX, SM_SCAN_PAIRS_MAX, SM_VALUE_BYTES_MAX, SmPair, StoreOptions, VerifyReport,
+    SM_DAMAGED_FILE, SM_KEY_BYTES_MAX, SM_SCAN_PAIRS_MAX, SM_VALUE_BYTES_MAX, SmPair, StoreOptions, VerifyReport,
     WRITE_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX, WRITE_BUFFER_BYTES_MIN, WriteFault,
 };
 

@@ -39,6 +39,8 @@ pub const APPLY_OPS_MAX: usize = 1 << 16;
 pub const SM_KEY_BYTES_MAX: usize = 64 << 10;
 /// The longest state-machine value.
 pub const SM_VALUE_BYTES_MAX: usize = 16 << 20;
+/// The most directory entries [`RocksStore::usable_snapshot`] looks at.
+const SNAPSHOT_FILES_SCANNED_MAX: usize = 4096;
 /// The most pairs one [`RocksStore::sm_scan`] call returns.
 pub const SM_SCAN_PAIRS_MAX: usize = 1 << 16;
 
@@ -209,6 +211,26 @@ pub struct RocksStore {
     fault: Mutex<Option<WriteFault>>,
     /// Writes refused for disk space since the open.
     space_refusals: AtomicU64,
+    /// Evidence that a table file of the state machine is damaged (see [`SM_DAMAGED_FILE`]).
+    sm_damaged: Mutex<Option<String>>,
+}
+
+/// The file, in the store's directory, that records that RocksDB met a damaged table file of
+/// the state machine (in a compaction, which stops RocksDB for good): the next open keeps the
+/// state machine's compactions off, and the node reinstalls the state machine (dropping its
+/// files unread) before anything else.
+pub const SM_DAMAGED_FILE: &str = "sm-damaged";
+/// Bytes of evidence kept in [`SM_DAMAGED_FILE`].
+const SM_DAMAGED_BYTES_MAX: u64 = 4096;
+
+fn read_sm_damaged(dir: &Path) -> Result<Option<String>, StoreError> {
+    let path = dir.join(SM_DAMAGED_FILE);
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+        Ok(m) if m.len() > SM_DAMAGED_BYTES_MAX => Ok(Some("(evidence too long to read)".into())),
+        Ok(_) => Ok(Some(String::from_utf8_lossy(&std::fs::read(&path)?).into_owned())),
+    }
 }
 
 /// Why the store refuses or retries writes after a failure.
@@ -281,7 +303,17 @@ impl RocksStore {
         let w = options.write_buffer();
         let opts = db_options(w, DBRecoveryMode::TolerateCorruptedTailRecords);
         let manifest_before = durable::current_manifest(&db_dir);
-        let db = match Db::open_cf_descriptors(&opts, &db_dir, cf_descriptors(w)) {
+        // A state machine known to be damaged (a compaction met a damaged table file of it) is
+        // opened without compactions until it is reinstalled, which drops its files unread.
+        let sm_damaged = read_sm_damaged(&dir)?;
+        let mut cfs = cf_descriptors(w);
+        if sm_damaged.is_some() {
+            let mut o = cf_options(CF_SM, w);
+            o.set_disable_auto_compactions(true);
+            cfs.retain(|d| d.name() != CF_SM);
+            cfs.push(ColumnFamilyDescriptor::new(CF_SM, o));
+        }
+        let db = match Db::open_cf_descriptors(&opts, &db_dir, cfs) {
             Ok(db) => db,
             Err(e) => return Err(open_error(&dir, &db_dir, e)),
         };
@@ -318,6 +350,7 @@ impl RocksStore {
             write_buffer: w,
             fault: Mutex::new(None),
             space_refusals: AtomicU64::new(0),
+            sm_damaged: Mutex::new(sm_damaged),
         };
         let created = store.check_format(&options)?;
         store.load()?;
@@ -711,6 +744,9 @@ impl RocksStore {
     }
 
     fn write_failed(&self, text: String) -> StoreError {
+        if text.contains("Corruption") {
+            self.note_sm_damage(&text);
+        }
         if text.contains(crate::error::NO_SPACE_TEXT) {
             self.space_refusals.fetch_add(1, Ordering::Relaxed);
             let mut p = lock(&self.poisoned);
@@ -720,6 +756,35 @@ impl RocksStore {
             return StoreError::NoSpace(text);
         }
         self.poison(format!("write failed: {text}"))
+    }
+
+    /// If RocksDB's corruption `text` names a table file of the state machine, records it in
+    /// [`SM_DAMAGED_FILE`] (synced) for the next open.
+    fn note_sm_damage(&self, text: &str) {
+        let Some(number) = sst_number(text) else { return };
+        let in_sm = self.db.live_files().is_ok_and(|files| {
+            files.iter().any(|f| f.column_family_name == CF_SM && sst_number(&f.name) == Some(number))
+        });
+        if !in_sm {
+            return;
+        }
+        let evidence: String = text.chars().take(SM_DAMAGED_BYTES_MAX as usize / 2).collect();
+        let path = self.dir.join(SM_DAMAGED_FILE);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut f, evidence.as_bytes())?;
+            f.sync_all()?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        let _ = write();
+        *lock(&self.sm_damaged) = Some(evidence);
+    }
+
+    /// Evidence that a table file of the state machine is damaged, recorded when RocksDB met
+    /// it (see [`SM_DAMAGED_FILE`]); cleared by a reinstall.
+    #[must_use]
+    pub fn sm_damaged(&self) -> Option<String> {
+        lock(&self.sm_damaged).clone()
     }
 
     /// [`commit_batch`](Self::commit_batch) with the injected fault, if any.
@@ -1025,6 +1090,39 @@ impl RocksStore {
         Ok(Some(r))
     }
 
+    /// The newest snapshot file in the snapshot directory whose header and metadata verify,
+    /// whose index is at most `at_most` and at least the log's floor (so that the log holds
+    /// every entry after it): a state machine installed from it and the log after it applied
+    /// again is the state machine at any applied index up to `at_most`. Its data checksum is
+    /// checked when it is read.
+    pub fn usable_snapshot(&self, at_most: LogIndex) -> Result<Option<(SnapshotMeta, PathBuf)>, StoreError> {
+        let floor = self.tail_read().snapshot.last;
+        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+        for (n, ent) in std::fs::read_dir(&self.snap_dir)?.enumerate() {
+            if n >= SNAPSHOT_FILES_SCANNED_MAX {
+                break;
+            }
+            let path = ent?.path();
+            let Some(index) = path.file_name().and_then(|n| snapshot::index_of(&n.to_string_lossy())) else { continue };
+            if index < floor.index.0 || index > at_most.0 || best.as_ref().is_some_and(|(b, _)| b.last.index.0 >= index)
+            {
+                continue;
+            }
+            let Ok(r) = SnapshotReader::open(&path) else { continue };
+            let meta = r.meta().clone();
+            // The log must agree with the file at the file's index.
+            let agrees = if meta.last.index == floor.index {
+                meta.last.term == floor.term
+            } else {
+                self.term_at(meta.last.index).is_ok_and(|t| t == meta.last.term)
+            };
+            if meta.last.index.0 == index && agrees {
+                best = Some((meta, path));
+            }
+        }
+        Ok(best)
+    }
+
     /// Reads every record of every column family, verifying checksums, that the log is
     /// gap-free from the snapshot to the last index, that terms never decrease, and that the
     /// configuration mirror matches the configuration entries. Takes time proportional to the
@@ -1160,6 +1258,13 @@ pub(crate) fn cf_options(name: &str, w: u64) -> Options {
     o.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_WRITES as i32);
     o.set_level_zero_stop_writes_trigger(L0_STOP_WRITES as i32);
     o
+}
+
+/// The number of the first `NNNNNN.sst` file named in `text`.
+fn sst_number(text: &str) -> Option<u64> {
+    let at = text.find(".sst")?;
+    let digits: String = text[..at].chars().rev().take_while(char::is_ascii_digit).collect();
+    digits.chars().rev().collect::<String>().parse().ok()
 }
 
 /// The error of a failed open. A corruption RocksDB found while recovering (a damaged

@@ -103,6 +103,10 @@ impl RocksStore {
         self.db
             .create_cf(CF_SM, &super::cf_options(CF_SM, self.write_buffer))
             .map_err(|e| self.poison(format!("cannot create the state machine's column family: {e}")))?;
+        // Its files are gone: the record of a damaged one goes too.
+        if lock(&self.sm_damaged).take().is_some() {
+            let _ = std::fs::remove_file(self.dir().join(super::SM_DAMAGED_FILE));
+        }
         Ok(())
     }
 
