@@ -315,6 +315,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     }
 
     // Storage.
+    crate::restore::check_not_interrupted(&data_dir).map_err(ServerError::Storage)?;
     let bootstrap = if config.join {
         Configuration::default()
     } else {
