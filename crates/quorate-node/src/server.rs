@@ -677,11 +677,10 @@ impl Driver {
         match ev {
             Event::Fatal(e) => return Err(ServerError::Storage(e)),
             Event::SnapshotTaken(meta, path) => {
-                if let Some((_, old)) = self.latest_snapshot.replace((meta.clone(), path.clone()))
-                    && old != path
-                {
-                    let _ = std::fs::remove_file(old);
-                }
+                // The previous file stays: the store deletes snapshot files below its log floor
+                // only once the compaction that moves the floor is durable, so a crash in between
+                // never leaves the store without the snapshot its log continues from.
+                let _previous = snapshot_taken_keeps_files(&mut self.latest_snapshot, meta.clone(), path);
                 self.raft.snapshot_taken(now, meta);
             }
             Event::SnapshotStaged { from, term, meta, path } => {
@@ -1242,6 +1241,17 @@ impl Driver {
     }
 }
 
+/// Records a newly taken snapshot as the node's latest and returns the previous one, whose
+/// file is NOT deleted here: the store removes snapshot files below its log floor after the
+/// compaction batch that moves the floor is durable ([`RocksStore::write_many`]).
+fn snapshot_taken_keeps_files(
+    latest: &mut Option<(SnapshotMeta, PathBuf)>,
+    meta: SnapshotMeta,
+    path: PathBuf,
+) -> Option<(SnapshotMeta, PathBuf)> {
+    latest.replace((meta, path))
+}
+
 /// Checks a received snapshot file (header, metadata, data checksum) while copying it into
 /// the store's snapshot directory, where the install finds it.
 fn verify_and_store(store: &RocksStore, staged: &Path, meta: &SnapshotMeta) -> Result<PathBuf, StoreError> {
@@ -1294,4 +1304,31 @@ async fn send_snapshot(
     }
     crate::telemetry::snapshot_streamed(total, started.elapsed());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_log::{Configuration, EntryId};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta { last: EntryId::new(Term(1), LogIndex(index)), config: Configuration::default() }
+    }
+
+    #[test]
+    fn taking_a_snapshot_deletes_no_snapshot_file() {
+        // Issue 18: the driver deleted the previous snapshot file as soon as a new one was
+        // taken, before the compaction recording it was durable; the store deletes files below
+        // its log floor, after that write.
+        let tmp = tempfile::tempdir().unwrap();
+        let old = tmp.path().join("old.qsnap");
+        let new = tmp.path().join("new.qsnap");
+        std::fs::write(&old, b"old").unwrap();
+        std::fs::write(&new, b"new").unwrap();
+        let mut latest = Some((meta(10), old.clone()));
+        let previous = snapshot_taken_keeps_files(&mut latest, meta(20), new.clone());
+        assert_eq!(previous, Some((meta(10), old.clone())));
+        assert_eq!(latest, Some((meta(20), new)));
+        assert!(old.exists(), "the previous snapshot file was deleted before the new one was recorded");
+    }
 }
