@@ -329,7 +329,13 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     options.free_space_floor_bytes = floor / 4;
     let bootstrap_version = crate::versions::bootstrap_marker(&data_dir, &data_dir.join("store"), config.join)
         .map_err(ServerError::Fatal)?;
-    let store = Arc::new(RocksStore::open(data_dir.join("store"), options)?);
+    let store = Arc::new(RocksStore::open(data_dir.join("store"), options).map_err(|e| {
+        if matches!(e, StoreError::LostSyncedState(_) | StoreError::Corrupt { .. }) {
+            // Evidence first, on its own line: this node refuses to start on this data.
+            tracing::error!(node = id.get(), evidence = %e, "refusing to start: the store lost or damaged synced state");
+        }
+        ServerError::from(e)
+    })?);
     crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
 
     // Repair: an install batch written, its state-machine data not (crash in between).
@@ -465,7 +471,11 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         staging_dir,
         obs,
         disk: (Instant::now(), true),
-        failpoints: crate::failpoints::Failpoints::start(&data_dir, config_failpoints),
+        failpoints: {
+            let fp = crate::failpoints::Failpoints::start(&data_dir, config_failpoints);
+            fp.attach_store(&store);
+            fp
+        },
         gate,
         auto_finalize: crate::versions::AutoFinalize::new(bootstrap_version, Instant::now()),
     };
