@@ -13,7 +13,7 @@
 //!   applied index, answers clients, takes and installs snapshots;
 //! * one small task per client response, and one per outgoing snapshot stream.
 
-use crate::apply::{Applier, ApplyMsg, ReadReq, install_snapshot_data};
+use crate::apply::{Applier, ApplyMsg, ReadReq};
 use crate::config::NodeConfig;
 use quorate_api::{
     Access, ApiError, ClientRequest, ClientResponse, Command, CommandOp, Member, MemberKind, NodeMessage, NodeStatus,
@@ -224,7 +224,14 @@ impl Responder {
 /// Events for the driver from other threads and tasks.
 pub(crate) enum Event {
     SnapshotTaken(SnapshotMeta, PathBuf),
-    SnapshotStaged { from: NodeId, term: Term, meta: SnapshotMeta, path: PathBuf },
+    /// The snapshot asked for could not be written for lack of space.
+    SnapshotSkipped(SnapshotMeta),
+    SnapshotStaged {
+        from: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        path: PathBuf,
+    },
     SnapshotSendFailed(NodeId),
     SnapshotSent(NodeId),
     Fatal(String),
@@ -336,14 +343,9 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         }
         ServerError::from(e)
     })?);
+    // Repair: an install (or a reinstall) begun and not finished, a damaged state machine.
+    crate::apply::repair_at_start(&store, id)?;
     crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
-
-    // Repair: an install batch written, its state-machine data not (crash in between).
-    let recorded = store.snapshot_meta().map_err(|e| ServerError::Storage(e.to_string()))?;
-    if recorded.last.index > store.applied_index() {
-        tracing::warn!(index = %recorded.last.index, "completing an interrupted snapshot install");
-        install_snapshot_data(&store, &recorded)?;
-    }
     let applied_index = store.applied_index();
     let applied = if applied_index == LogIndex::ZERO {
         EntryId::default()
@@ -692,6 +694,15 @@ impl Driver {
                 // never leaves the store without the snapshot its log continues from.
                 let _previous = snapshot_taken_keeps_files(&mut self.latest_snapshot, meta.clone(), path);
                 self.raft.snapshot_taken(now, meta);
+            }
+            Event::SnapshotSkipped(meta) => {
+                // Re-arm the core's request (it asks again after the next applied entry): report
+                // the snapshot this node already has, which the core takes as nothing new.
+                if let Some((latest, _)) = &self.latest_snapshot {
+                    let latest = latest.clone();
+                    tracing::info!(asked = %meta.last.index, latest = %latest.last.index, "snapshot skipped for lack of space; the core will ask again");
+                    self.raft.snapshot_taken(now, latest);
+                }
             }
             Event::SnapshotStaged { from, term, meta, path } => {
                 tracing::debug!(peer = %from, index = %meta.last.index, "snapshot staged");
