@@ -11,10 +11,12 @@
 //!   the fault cleared, it catches up and serves every acknowledged write;
 //! * `ENOSPC` on a follower: it stalls without stopping; the cluster goes on; cleared, it
 //!   catches up;
+//! * followers short of space (their floor): while too few voters have room, the leader
+//!   refuses writes with `Overloaded` (disk space); one full follower does not stop writes;
 //! * a damaged table file of the state machine: repaired from the local snapshot and the log,
 //!   evidence logged, every value read back intact.
 
-use quorate_client::{Client, ClientConfig, ReadConsistency};
+use quorate_client::{ApiError, Client, ClientConfig, ReadConsistency};
 use quorate_log::NodeId;
 use quorate_node::config::NodeConfig;
 use quorate_transport::{ClusterId, TlsPaths};
@@ -353,6 +355,57 @@ async fn enospc_stalls_a_follower_without_stopping_it() {
     let all: Vec<_> = before.iter().chain(&during).cloned().collect();
     c.serves(victim, &all).await;
     assert!(c.children[victim as usize - 1].as_mut().unwrap().try_wait().unwrap().is_none());
+}
+
+/// Whether the (single, unretried) attempt was shed for disk space.
+fn is_disk_space(e: &quorate_client::ClientError) -> bool {
+    matches!(e.api_error(), Some(ApiError::Shed(o)) if o.reason == quorate_api::OverloadReason::DiskSpace)
+        || e.to_string().contains("disk space below the floor")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_short_of_space_make_the_leader_refuse_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(tmp.path(), |_, _| {});
+    put_all(&c, &pairs("a", 5)).await;
+    let leader = c.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    let mut cc = ClientConfig::new(
+        ClusterId::new("e2e").unwrap(),
+        vec![(nid(leader), c.config(leader).listen)],
+        TlsPaths {
+            ca: c.dir.join("certs/ca.crt"),
+            cert: c.dir.join("certs/client-admin.crt"),
+            key: c.dir.join("certs/client-admin.key"),
+        },
+    );
+    cc.retries_max = 0;
+    let once = Client::new(cc).unwrap();
+
+    // One follower short of space: the leader and the other follower still make a quorum.
+    c.failpoints(followers[0], "disk_full = true\n");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    once.put("one-full", "v").await.unwrap();
+
+    // Both: refused early, with a retry hint, before their stores refuse appends.
+    c.failpoints(followers[1], "disk_full = true\n");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match once.put("both-full", "v").await {
+            Err(e) if is_disk_space(&e) => break,
+            other => assert!(Instant::now() < deadline, "never refused: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.logged(leader, "too few voters have free space for new writes");
+    // Space back on one of them: writes again.
+    c.failpoints(followers[0], "");
+    let deadline = Instant::now() + DEADLINE;
+    while once.put("one-back", "v").await.is_err() {
+        assert!(Instant::now() < deadline, "writes never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.logged(leader, "enough voters have free space again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
