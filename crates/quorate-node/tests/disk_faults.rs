@@ -14,7 +14,9 @@
 //! * followers short of space (their floor): while too few voters have room, the leader
 //!   refuses writes with `Overloaded` (disk space); one full follower does not stop writes;
 //! * a damaged table file of the state machine: repaired from the local snapshot and the log,
-//!   evidence logged, every value read back intact.
+//!   evidence logged, every value read back intact;
+//! * a damaged table file of the log: the node stops naming the file (the open reads the
+//!   newest entries), or, if the damaged block is never read, serves only verified data.
 
 use quorate_client::{ApiError, Client, ClientConfig, ReadConsistency};
 use quorate_log::NodeId;
@@ -431,4 +433,44 @@ async fn a_damaged_state_machine_table_is_repaired_from_the_local_snapshot() {
     let more = pairs("b", 10);
     put_all(&c, &more).await;
     c.serves(victim, &more).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_table_stops_the_node_with_evidence_or_is_never_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, config| {
+        // Frequent snapshots: each is followed by a flush, so the log has table files.
+        config.raft.snapshot_entries = 40;
+        config.raft.compaction_tail_entries = 10;
+    });
+    let ps = pairs("a", 120);
+    put_all(&c, &ps).await;
+    let victim = a_follower(&c).await;
+    c.failpoints(victim, "corrupt_table_cf = \"log\"\n");
+    c.failpoints(victim, "corrupt_table_cf = \"log\"\ncorrupt_table = 1\n");
+    c.logged(victim, "failpoint: table file damaged");
+    c.kill(victim);
+    c.spawn(victim);
+    let more = pairs("b", 10);
+    put_all(&c, &more).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let child = c.children[victim as usize - 1].as_mut().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            // Stopped: with the damaged record named, never having served anything after it.
+            assert!(!status.success());
+            let log = c.log(victim);
+            assert!(log.contains("refusing to start") && log.contains("corrupt record at"), "{log}");
+            assert!(log.contains(".sst"), "the damaged file is named: {log}");
+            return;
+        }
+        if c.client.status(nid(victim)).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {victim} neither served nor stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Running: the damaged block was not read; everything it serves verifies.
+    let all: Vec<_> = ps.iter().chain(&more).cloned().collect();
+    c.serves(victim, &all).await;
 }
