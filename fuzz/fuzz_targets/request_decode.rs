@@ -8,7 +8,15 @@ use quorate_transport::WireMessage;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, payload)) = data.split_first() else { return };
-    let all = [kinds::RAFT, kinds::SNAPSHOT_CHUNK, kinds::REQUEST, kinds::RESPONSE, kinds::REQUEST_ATTEMPT];
+    let all = [
+        kinds::RAFT,
+        kinds::SNAPSHOT_CHUNK,
+        kinds::REQUEST,
+        kinds::RESPONSE,
+        kinds::REQUEST_ATTEMPT,
+        kinds::HASH_SAMPLES,
+        kinds::DISK_STATUS,
+    ];
     let kind = all[usize::from(selector) % all.len()];
     if let Ok(m) = NodeMessage::decode(PROTOCOL_VERSION, kind, payload) {
         // The node checks a decoded request's bounds next; that must not panic either.

@@ -40,7 +40,8 @@ pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 /// The newest cluster version this build supports. Cluster version 2 (0.2.0) adds
 /// [`Request::DeleteRange`] and [`CommandOp::DeleteRange`]; the requests [`Request::Versions`]
 /// and [`Request::Finalize`] are answered at any cluster version. Nodes send each other
-/// [`NodeMessage::HashSamples`] only at cluster version 2 or more.
+/// [`NodeMessage::HashSamples`] and [`NodeMessage::DiskStatus`] only at cluster version 2 or
+/// more.
 pub const CLUSTER_VERSION: u32 = 2;
 
 /// Message kinds (append-only). Numbered from the transport's application range.
@@ -60,6 +61,9 @@ pub mod kinds {
     /// A client request with its attempt number ([`crate::AttemptedRequest`]; since 0.2.0, on
     /// `quorate/2` connections only).
     pub const REQUEST_ATTEMPT: MessageKind = MessageKind(0x0110);
+    /// A node's free-space status, for the leader's admission (since 0.2.0; sent only at
+    /// cluster version 2 or more).
+    pub const DISK_STATUS: MessageKind = MessageKind(0x0105);
 }
 
 /// Everything the node's transport carries.
@@ -80,6 +84,22 @@ pub enum NodeMessage {
     HashSamples(HashSamples),
     /// A client request with its attempt number (since 0.2.0, `quorate/2` connections only).
     RequestAttempt(AttemptedRequest),
+    /// A node's free disk space against its floor, sent to the other members (consensus lane)
+    /// so that the leader refuses client writes while too few voters have room for them.
+    /// Since 0.2.0: sent only once the committed cluster version is 2 or more.
+    DiskStatus(DiskStatus),
+}
+
+/// A node's free-space status ([`NodeMessage::DiskStatus`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, serde::Deserialize)]
+pub struct DiskStatus {
+    /// The node refuses new client writes for disk space (free space is below its floor):
+    /// growing its log further would bring it to the point where its store refuses appends.
+    pub refusing: bool,
+    /// Bytes free on the node's data volume.
+    pub free_bytes: u64,
+    /// The floor below which the node refuses client writes, in bytes.
+    pub floor_bytes: u64,
 }
 
 /// Most samples in one [`HashSamples`] message; the decoder refuses more.
@@ -137,6 +157,7 @@ impl WireMessage for NodeMessage {
             NodeMessage::Response(_) => kinds::RESPONSE,
             NodeMessage::HashSamples(_) => kinds::HASH_SAMPLES,
             NodeMessage::RequestAttempt(_) => kinds::REQUEST_ATTEMPT,
+            NodeMessage::DiskStatus(_) => kinds::DISK_STATUS,
         }
     }
 
@@ -156,6 +177,7 @@ impl WireMessage for NodeMessage {
                 encode_into(h, out)
             }
             NodeMessage::RequestAttempt(r) => encode_into(r, out),
+            NodeMessage::DiskStatus(d) => encode_into(d, out),
         }
     }
 
@@ -184,6 +206,7 @@ impl WireMessage for NodeMessage {
             }
             // Bounds of the request inside are checked by the receiver, as for REQUEST.
             kinds::REQUEST_ATTEMPT => NodeMessage::RequestAttempt(decode_from(kind, payload)?),
+            kinds::DISK_STATUS => NodeMessage::DiskStatus(decode_from(kind, payload)?),
             other => return Err(MessageError::UnknownKind(other)),
         };
         Ok(m)

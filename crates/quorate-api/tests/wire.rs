@@ -170,6 +170,10 @@ fn samples() -> Vec<(&'static str, NodeMessage)> {
                 result: Err(ApiError::Shed(Overloaded { reason: OverloadReason::ResponseBytes, retry_after_ms: 20 })),
             }),
         ),
+        (
+            "disk_status",
+            NodeMessage::DiskStatus(DiskStatus { refusing: true, free_bytes: 300 << 20, floor_bytes: 432 << 20 }),
+        ),
     ]
 }
 
@@ -194,7 +198,7 @@ fn golden_fixtures_of_every_kind_decode() {
         assert_eq!(decoded, msg, "{name}");
         kinds.insert(msg.kind().0);
     }
-    assert_eq!(kinds.len(), 4, "every message kind has a fixture");
+    assert_eq!(kinds.len(), 5, "every message kind has a fixture");
 }
 
 #[test]
@@ -298,11 +302,11 @@ fn garbage_never_panics() {
         state ^= state << 17;
         state
     };
-    let all_kinds = [kinds::RAFT, kinds::SNAPSHOT_CHUNK, kinds::REQUEST, kinds::RESPONSE];
+    let all_kinds = [kinds::RAFT, kinds::SNAPSHOT_CHUNK, kinds::REQUEST, kinds::RESPONSE, kinds::DISK_STATUS];
     for _ in 0..20_000 {
         let len = (next() % 64) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-        let kind = all_kinds[(next() % 4) as usize];
+        let kind = all_kinds[(next() % all_kinds.len() as u64) as usize];
         let _ = NodeMessage::decode(PROTOCOL_VERSION, kind, &bytes);
         let _ = decode_command(&bytes);
     }

@@ -270,8 +270,17 @@ pub struct LimitsConfig {
     /// How long the node keeps trying to deliver an answer to a client that does not read it;
     /// then the answer is dropped (the client sees its stream end) and its slot freed.
     pub response_write_timeout_ms: u64,
-    /// Writes are refused (`Overloaded`, "disk space") below this much free space.
+    /// Headroom, in MiB, above what the storage engine itself needs (its memtables flushed and
+    /// its largest compaction, which follow from `storage_write_buffer_mb`): client writes are
+    /// refused (`Overloaded`, "disk space") while free space is below that need plus this
+    /// headroom, and the store refuses appends below the need alone. 0 turns every free-space
+    /// check off.
     pub free_space_floor_mb: u64,
+    /// Size in MiB of one memtable of the storage engine's log and state-machine column
+    /// families (RocksDB's `write_buffer_size`; the other families use a quarter). The
+    /// memtable, write-ahead-log and compaction budgets, and so the free space the node keeps,
+    /// follow from it (23 memtables: 368 MiB for the default 16).
+    pub storage_write_buffer_mb: u64,
     /// DANGER: skip fsync. An acknowledged write can be lost at a power failure. Shown in
     /// status as a danger setting.
     pub danger_skip_fsync: bool,
@@ -289,6 +298,7 @@ impl Default for LimitsConfig {
             pending_requests_max: 10_000,
             response_write_timeout_ms: 10_000,
             free_space_floor_mb: 64,
+            storage_write_buffer_mb: 16,
             danger_skip_fsync: false,
             danger_failpoints: false,
             flight_recorder_mb: 64,
@@ -542,6 +552,9 @@ impl NodeConfig {
                 "telemetry.otlp_endpoint",
                 "must be an http:// URL such as http://127.0.0.1:4318/v1/traces",
             ));
+        }
+        if !(1..=1024).contains(&self.limits.storage_write_buffer_mb) {
+            return Err(invalid("limits.storage_write_buffer_mb", "must be between 1 and 1024"));
         }
         if self.limits.flight_recorder_mb > 1024 {
             return Err(invalid("limits.flight_recorder_mb", "must be at most 1024 (0 turns the recorder off)"));

@@ -49,11 +49,32 @@ const STATE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// envelope, session, log entry header).
 const REQUEST_OVERHEAD_BYTES: u64 = 64;
 
+/// The free space a node keeps, in bytes: `(store floor, client floor)`. Below the store floor
+/// — what the storage engine itself may need: every memtable flushed and its largest
+/// compaction, which follow from `limits.storage_write_buffer_mb` — the store refuses appends
+/// (they wait for space). Client writes are refused (`Overloaded`, disk space) from the client
+/// floor on, that need plus `limits.free_space_floor_mb` of headroom, so that what is already
+/// accepted fits before the store floor. `limits.free_space_floor_mb = 0` turns both off.
+pub(crate) fn space_floors(config: &NodeConfig) -> (u64, u64) {
+    if config.limits.free_space_floor_mb == 0 {
+        return (0, 0);
+    }
+    let needed = store_options_space(config);
+    (needed, needed.saturating_add(config.limits.free_space_floor_mb.saturating_mul(1 << 20)))
+}
+
+/// [`quorate_storage::StoreOptions::space_needed_bytes`] for the node's memtable size.
+fn store_options_space(config: &NodeConfig) -> u64 {
+    let mut o = quorate_storage::StoreOptions::default();
+    o.write_buffer_bytes = config.limits.storage_write_buffer_mb.saturating_mul(1 << 20);
+    o.space_needed_bytes()
+}
+
 /// The admission configuration of the node, checked (a wrong `[admission]` setting names
 /// its field).
 pub(crate) fn admission_config(config: &NodeConfig) -> Result<Config, quorate_config::ConfigError> {
     let a: &AdmissionConfig = &config.admission;
-    let floor = config.limits.free_space_floor_mb.saturating_mul(1 << 20);
+    let floor = space_floors(config).1;
     let c = Config {
         concurrency_count_min: a.concurrency_count_min,
         concurrency_count_max: a.concurrency_count_max,
@@ -66,9 +87,10 @@ pub(crate) fn admission_config(config: &NodeConfig) -> Result<Config, quorate_co
         apply_lag_entries_max: a.apply_lag_entries_max,
         proposal_queue_count_max: a.proposal_queue_count_max,
         peer_in_flight_bytes_max: a.peer_in_flight_bytes_max,
-        // Free space is governed by `limits.free_space_floor_mb` (0: not checked).
+        // Free space is governed by `space_floors` (0: not checked); the hysteresis is a quarter
+        // of the headroom above what the storage engine needs.
         disk_free_bytes_min: floor,
-        disk_free_hysteresis_bytes: floor / 4,
+        disk_free_hysteresis_bytes: config.limits.free_space_floor_mb.saturating_mul(1 << 20) / 4,
         fsync_latency_ms_max: a.fsync_latency_ms_max,
         retry_after_ms_min: a.retry_after_ms_min,
         retry_after_ms_max: a.retry_after_ms_max,

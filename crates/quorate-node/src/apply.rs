@@ -6,7 +6,7 @@
 use crate::server::{Event, Responder, Shared};
 use crate::sm::{self, Overlay, SmError};
 use quorate_api::{ApiError, ReadInfo, Response, Staleness, Txn};
-use quorate_log::{Configuration, Entry, EntryId, EntryPayload, LogIndex, SnapshotMeta};
+use quorate_log::{Configuration, Entry, EntryId, EntryPayload, LogIndex, LogStorage, SnapshotMeta};
 use quorate_storage::{APPLY_OPS_MAX, INSTALL_BATCH_BYTES_MAX, RocksStore, SnapshotReader, SnapshotWriter, StoreError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +24,15 @@ pub(crate) const APPLY_BATCH_BYTES_MAX: usize = 64 << 20;
 
 // A batch of OPS_PER_BATCH operations plus one command's stays within the store's limit.
 const _: () = assert!(OPS_PER_BATCH + sm::COMMAND_WRITES_MAX + 8 <= APPLY_OPS_MAX);
+/// State-machine repairs (reinstalls from the local snapshot) one process makes before it
+/// stops instead: a disk that keeps damaging records is not to be trusted.
+pub(crate) const REPAIRS_MAX: u32 = 3;
+/// Bytes of log entries read at a time when the log is applied again after a reinstall.
+const REPLAY_READ_BYTES: u64 = 16 << 20;
+/// How long a state-machine write refused for disk space is retried before the node stops.
+const SPACE_RETRY_FOR: Duration = Duration::from_secs(300);
+/// Time between two tries of a state-machine write refused for disk space.
+const SPACE_RETRY_EVERY: Duration = Duration::from_millis(250);
 
 /// A read waiting to be served.
 #[derive(Debug)]
@@ -65,6 +74,155 @@ pub(crate) enum ApplyMsg {
     Backup { config: Configuration, responder: Responder },
 }
 
+/// The damaged state-machine record `e` names, if `e` is one (a value that does not decode or
+/// whose checksum does not verify, or a RocksDB block of the state machine that does not):
+/// the state machine can be repaired from the local snapshot and the log.
+pub(crate) fn sm_damage(e: &SmError) -> Option<String> {
+    match e {
+        SmError::Corrupt { key, detail } => Some(format!("sm/{key}: {detail}")),
+        SmError::Storage(StoreError::Corrupt { key, detail }) if key.starts_with("sm/") => {
+            Some(format!("{key}: {detail}"))
+        }
+        _ => None,
+    }
+}
+
+/// Runs `write` again while the store refuses it for disk space, up to [`SPACE_RETRY_FOR`]:
+/// a full disk stalls the state machine instead of stopping the node.
+fn retry_space<T>(what: &str, mut write: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        match write() {
+            Err(e) if e.is_space() && started.elapsed() < SPACE_RETRY_FOR => {
+                if !warned {
+                    tracing::warn!(error = %e, what, "state-machine write refused for disk space; retrying until space is freed");
+                    warned = true;
+                }
+                std::thread::sleep(SPACE_RETRY_EVERY);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Applies the log entries `(from, to]` to the state machine again (after a reinstall), in
+/// atomic batches with the applied index, reading the log in bounded chunks. The entries were
+/// applied before, so they are committed and persisted. Only the state machine changes: no
+/// client is answered, no hash window is fed.
+pub(crate) fn replay_log(store: &RocksStore, from: LogIndex, to: LogIndex) -> Result<(), SmError> {
+    let mut next = from.next();
+    while next <= to {
+        let entries = store.entries(next, to.next(), REPLAY_READ_BYTES).map_err(StoreError::from)?;
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Err(SmError::Storage(StoreError::Unavailable(next)));
+        };
+        let mut rest = entries.as_slice();
+        while !rest.is_empty() {
+            let mut ov = Overlay::new(store);
+            let mut used = 0;
+            let mut upto = None;
+            for e in rest {
+                used += 1;
+                if let EntryPayload::Command(d) = &e.payload {
+                    sm::apply_entry(&mut ov, e.index, d.as_ref())?;
+                }
+                upto = Some(e.index);
+                if ov.len() >= OPS_PER_BATCH {
+                    break;
+                }
+            }
+            rest = &rest[used..];
+            if let Some(at) = upto {
+                let ops = ov.into_ops();
+                retry_space("replay", || store.apply(at, ops.iter().cloned()))?;
+            }
+        }
+        next = last.next();
+    }
+    crate::versions::sync_format(store)?;
+    Ok(())
+}
+
+/// Reinstalls the state machine from the newest local snapshot file the log continues
+/// ([`RocksStore::usable_snapshot`]; its data checksum is checked before anything is cleared),
+/// or clears it when the log still starts at index 1 and there is none, and applies the log
+/// after it again up to `to`. Returns the index reinstalled from.
+pub(crate) fn reinstall_state_machine(store: &RocksStore, to: LogIndex) -> Result<LogIndex, SmError> {
+    let from = match store.usable_snapshot(to)? {
+        Some((meta, path)) => {
+            install_snapshot_batches_from(store, &meta, Some(&path), None, true)?;
+            meta.last.index
+        }
+        None if store.snapshot_last().index == LogIndex::ZERO => {
+            store.reset_sm()?;
+            LogIndex::ZERO
+        }
+        None => {
+            return Err(SmError::Storage(StoreError::Io(format!(
+                "cannot repair the state machine: no local snapshot file between the log's first index {} and the \
+                 applied index {to} (remove this node from the cluster and add it back as a new member)",
+                store.snapshot_last().index.next()
+            ))));
+        }
+    };
+    replay_log(store, from, to)?;
+    Ok(from)
+}
+
+/// At start, before anything reads the state machine: finishes an install or a reinstall that a
+/// crash interrupted, and repairs a state machine whose records do not verify (reinstall from
+/// the local snapshot, then the log again up to the applied index), with the evidence logged,
+/// instead of stopping at every start.
+pub(crate) fn repair_at_start(store: &RocksStore, id: quorate_log::NodeId) -> Result<(), SmError> {
+    let recorded = store.snapshot_meta().map_err(StoreError::from)?;
+    let applied = store.applied_index();
+    if let Some(at) = store.sm_install_pending() {
+        tracing::warn!(node = %id, install = %at, snapshot = %recorded.last.index, "completing an interrupted snapshot install");
+        if at == recorded.last.index {
+            install_snapshot_batches(store, &recorded, None, true)?;
+        } else {
+            // A reinstall from a local snapshot file (a repair) was interrupted.
+            let Some((meta, path)) = store.usable_snapshot(at)?.filter(|(m, _)| m.last.index == at) else {
+                return Err(SmError::Storage(StoreError::Io(format!(
+                    "an interrupted state-machine reinstall from the snapshot at {at} cannot be completed: its file is \
+                     gone (remove this node from the cluster and add it back as a new member)"
+                ))));
+            };
+            install_snapshot_batches_from(store, &meta, Some(&path), None, true)?;
+        }
+        if applied > at {
+            // The log after the snapshot had been applied before.
+            replay_log(store, at, applied)?;
+        }
+    } else if recorded.last.index > applied {
+        tracing::warn!(node = %id, index = %recorded.last.index, "completing an interrupted snapshot install");
+        install_snapshot_data(store, &recorded)?;
+    }
+    // The records a start reads; one that does not verify is repaired. So is a state machine
+    // whose table file a compaction found damaged (RocksDB stopped; see `SM_DAMAGED_FILE`).
+    let probe = |store: &RocksStore| -> Result<(), SmError> {
+        sm::check_cluster_version(store)?;
+        sm::revision(store)?;
+        sm::log_time_ms(store)?;
+        sm::member_addrs(store)?;
+        Ok(())
+    };
+    let damaged = match (store.sm_damaged(), probe(store)) {
+        (Some(evidence), _) => Some(evidence),
+        (None, Ok(())) => None,
+        (None, Err(e)) => Some(sm_damage(&e).ok_or(e)?),
+    };
+    if let Some(damage) = damaged {
+        let to = store.applied_index();
+        tracing::error!(node = %id, damage = %damage, applied = %to, "a state-machine record does not verify; reinstalling the state machine from the local snapshot and applying the log after it again");
+        let from = reinstall_state_machine(store, to)?;
+        tracing::warn!(node = %id, snapshot = %from, applied = %to, "state machine repaired");
+        probe(store)?;
+    }
+    Ok(())
+}
+
 struct Waiting {
     term: quorate_log::Term,
     responder: Responder,
@@ -85,6 +243,8 @@ pub(crate) struct Applier {
     writes: BTreeMap<LogIndex, Waiting>,
     reads: BTreeMap<LogIndex, Vec<WaitingRead>>,
     last_sweep: Instant,
+    /// State-machine repairs made by this process.
+    repairs: u32,
 }
 
 /// Installs the data of the store's recorded snapshot `meta` (its file in the snapshot
@@ -96,7 +256,7 @@ pub(crate) struct Applier {
 /// ([`RocksStore::begin_sm_install`]): a crash between batches leaves the marker, and the next
 /// start installs again from a cleared state machine, so a mixed state is never served.
 pub(crate) fn install_snapshot_data(store: &RocksStore, meta: &SnapshotMeta) -> Result<(), SmError> {
-    install_snapshot_batches(store, meta, None).map(|_| ())
+    install_snapshot_batches(store, meta, None, false).map(|_| ())
 }
 
 /// State-machine pairs per install batch (the store takes at most [`APPLY_OPS_MAX`]).
@@ -105,14 +265,33 @@ pub(crate) const INSTALL_BATCH_PAIRS: usize = APPLY_OPS_MAX / 2;
 const INSTALL_BATCH_BYTES: usize = INSTALL_BATCH_BYTES_MAX / 2;
 
 /// [`install_snapshot_data`], stopping after `stop_after` batches when given (a test hook
-/// that simulates a crash between batches: the marker stays). Returns the pairs installed.
+/// that simulates a crash between batches: the marker stays). With `reinstall`, the snapshot
+/// may be at or below the applied index (a repair: the caller applies the log after it
+/// again). Returns the pairs installed.
 pub(crate) fn install_snapshot_batches(
     store: &RocksStore,
     meta: &SnapshotMeta,
     stop_after: Option<usize>,
+    reinstall: bool,
+) -> Result<u64, SmError> {
+    install_snapshot_batches_from(store, meta, None, stop_after, reinstall)
+}
+
+/// [`install_snapshot_batches`] from the snapshot file `path` (`None`: the file of the
+/// store's recorded snapshot).
+fn install_snapshot_batches_from(
+    store: &RocksStore,
+    meta: &SnapshotMeta,
+    path: Option<&std::path::Path>,
+    stop_after: Option<usize>,
+    reinstall: bool,
 ) -> Result<u64, SmError> {
     let open = || -> Result<SnapshotReader, SmError> {
-        let Some(reader) = store.snapshot_reader()? else {
+        let found = match path {
+            Some(p) => Some(SnapshotReader::open(p)?),
+            None => store.snapshot_reader()?,
+        };
+        let Some(reader) = found else {
             return Err(SmError::Storage(StoreError::Io(format!(
                 "the snapshot file for index {} is missing; cannot install the state machine",
                 meta.last.index
@@ -138,7 +317,11 @@ pub(crate) fn install_snapshot_batches(
     drop(check);
 
     let mut reader = open()?;
-    store.begin_sm_install(meta.last.index)?;
+    if reinstall {
+        store.begin_sm_reinstall(meta.last.index)?;
+    } else {
+        store.begin_sm_install(meta.last.index)?;
+    }
     let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut bytes = 0usize;
     let mut batches = 0usize;
@@ -150,7 +333,8 @@ pub(crate) fn install_snapshot_batches(
         bytes += key.len() + value.len();
         batch.push((key, value));
         if batch.len() >= INSTALL_BATCH_PAIRS || bytes >= INSTALL_BATCH_BYTES {
-            store.write_sm_install_batch(std::mem::take(&mut batch))?;
+            let pairs = std::mem::take(&mut batch);
+            retry_space("snapshot install", || store.write_sm_install_batch(pairs.clone()))?;
             bytes = 0;
             batches += 1;
             if stop_after.is_some_and(|s| batches >= s) {
@@ -163,7 +347,7 @@ pub(crate) fn install_snapshot_batches(
         return Ok(0);
     }
     if !batch.is_empty() {
-        store.write_sm_install_batch(batch)?;
+        retry_space("snapshot install", || store.write_sm_install_batch(batch.clone()))?;
     }
     store.finish_sm_install(meta.last.index)?;
     Ok(n)
@@ -208,7 +392,15 @@ fn read_txn(
 
 impl Applier {
     pub(crate) fn new(shared: Arc<Shared>, events: mpsc::Sender<Event>, applied: EntryId) -> Applier {
-        Applier { shared, events, applied, writes: BTreeMap::new(), reads: BTreeMap::new(), last_sweep: Instant::now() }
+        Applier {
+            shared,
+            events,
+            applied,
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            last_sweep: Instant::now(),
+            repairs: 0,
+        }
     }
 
     /// Runs until the driver drops its sender. A state-machine failure is reported as a
@@ -219,10 +411,10 @@ impl Applier {
             let next = handle.block_on(async { tokio::time::timeout(Duration::from_millis(250), rx.recv()).await });
             let result = match next {
                 Ok(None) => break,
-                Ok(Some(msg)) => self.handle(msg),
+                Ok(Some(msg)) => self.handle_repairing(msg),
                 Err(_) => Ok(()),
             };
-            if let Err(e) = result.and_then(|()| self.serve_reads()) {
+            if let Err(e) = result.and_then(|()| self.serve_reads_repairing()) {
                 tracing::error!(error = %e, "state machine failed; stopping the node");
                 let _ = self.events.blocking_send(Event::Fatal(format!("state machine: {e}")));
                 break;
@@ -240,6 +432,70 @@ impl Applier {
                 r.responder.send(Err(ApiError::Unavailable("node stopping; retry elsewhere".into())), None);
             }
         }
+    }
+
+    /// [`handle`](Self::handle), repairing a damaged state machine (and handling the message
+    /// again) instead of failing, at most [`REPAIRS_MAX`] times per process.
+    fn handle_repairing(&mut self, msg: ApplyMsg) -> Result<(), SmError> {
+        match msg {
+            ApplyMsg::Entries(entries) => loop {
+                match self.apply_entries(&entries) {
+                    Err(e) if self.repair_if_damaged(&e)? => {}
+                    r => return r,
+                }
+            },
+            ApplyMsg::TakeSnapshot(meta) => loop {
+                match self.take_snapshot(meta.clone()) {
+                    Err(e) if self.repair_if_damaged(&e)? => {}
+                    r => return r,
+                }
+            },
+            other => self.handle(other),
+        }
+    }
+
+    /// [`serve_reads`](Self::serve_reads), repairing a damaged state machine as
+    /// [`handle_repairing`](Self::handle_repairing) does.
+    fn serve_reads_repairing(&mut self) -> Result<(), SmError> {
+        loop {
+            match self.serve_reads() {
+                Err(e) if self.repair_if_damaged(&e)? => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// If `e` is a damaged state-machine record and repairs are left: reinstalls the state
+    /// machine from the local snapshot, applies the log after it again up to the applied index
+    /// (evidence logged), and returns `true`. A failed repair is an error.
+    fn repair_if_damaged(&mut self, e: &SmError) -> Result<bool, SmError> {
+        let Some(damage) = sm_damage(e) else { return Ok(false) };
+        if self.repairs >= REPAIRS_MAX {
+            tracing::error!(node = %self.shared.id, damage = %damage, repairs = self.repairs, "a state-machine record does not verify again after {REPAIRS_MAX} repairs; stopping (the disk is not to be trusted)");
+            return Ok(false);
+        }
+        self.repairs += 1;
+        let store = self.shared.store.clone();
+        let to = self.applied.index;
+        let started = Instant::now();
+        tracing::error!(node = %self.shared.id, damage = %damage, applied = %to, repair = self.repairs, "a state-machine record does not verify; reinstalling the state machine from the local snapshot and applying the log after it again");
+        let from = reinstall_state_machine(&store, to)?;
+        self.refresh_from_store()?;
+        tracing::warn!(node = %self.shared.id, snapshot = %from, applied = %to, elapsed_ms = started.elapsed().as_millis() as u64, "state machine repaired");
+        Ok(true)
+    }
+
+    /// Reloads what the node caches from the state machine (after an install or a repair).
+    fn refresh_from_store(&mut self) -> Result<(), SmError> {
+        let store = &*self.shared.store;
+        self.shared.revision.store(sm::revision(store)?, Ordering::Relaxed);
+        self.shared.log_time_ms.store(sm::log_time_ms(store)?, Ordering::Relaxed);
+        for (node, addr) in sm::member_addrs(store)? {
+            self.shared.learn_member_addr(node, addr);
+        }
+        crate::versions::sync_format(store)?;
+        crate::versions::sync_transport(&self.shared);
+        Ok(())
     }
 
     fn handle(&mut self, msg: ApplyMsg) -> Result<(), SmError> {
@@ -317,7 +573,8 @@ impl Applier {
             }
             rest = &rest[used..];
             let Some(last) = last else { continue };
-            store.apply(last.index, ov.into_ops())?;
+            let ops = ov.into_ops();
+            retry_space("apply", || store.apply(last.index, ops.iter().cloned()))?;
             self.applied = last;
             self.shared.telemetry.applied(last.index);
             self.shared.revision.store(sm::revision(&*store)?, Ordering::Relaxed);
@@ -372,30 +629,51 @@ impl Applier {
         }
     }
 
+    /// Serves the reads whose index is applied. A read that meets a damaged record is answered
+    /// `Unavailable` (retry), the others of its index wait, and the error is returned (the
+    /// caller repairs the state machine).
     fn serve_reads(&mut self) -> Result<(), SmError> {
         while let Some(entry) = self.reads.first_entry() {
             if *entry.key() > self.applied.index {
                 break;
             }
-            for r in entry.remove() {
-                let store = &*self.shared.store;
-                let read = self.read_info(r.staleness);
-                let result = match r.req {
-                    ReadReq::Get { key } => Ok(Response::Get { kv: sm::read_get(store, &key)?, read }),
-                    ReadReq::Scan { start, end, limit, paged } => {
-                        let page = sm::read_scan_page(store, &start, end.as_deref(), limit, sm::PAGE_RESULT_BYTES_MAX)?;
-                        Ok(if paged {
-                            Response::ScanPage { kvs: page.kvs, next: page.next, read }
-                        } else {
-                            Response::Scan { kvs: page.kvs, more: page.next.is_some(), read }
-                        })
+            let index = *entry.key();
+            let mut rest = entry.remove().into_iter();
+            while let Some(r) = rest.next() {
+                match self.read_one(&r.req, r.staleness) {
+                    Ok(result) => r.responder.send(result, None),
+                    Err(e) => {
+                        r.responder
+                            .send(Err(ApiError::Unavailable("the read met a damaged record; retry".into())), None);
+                        let left: Vec<WaitingRead> = rest.collect();
+                        if !left.is_empty() {
+                            self.reads.insert(index, left);
+                        }
+                        return Err(e);
                     }
-                    ReadReq::Txn { txn, from, revision, paged } => read_txn(store, &txn, from, revision, paged, &read)?,
-                };
-                r.responder.send(result, None);
+                }
             }
         }
         Ok(())
+    }
+
+    /// One waiting read: its answer (an error the client is told), or a state-machine
+    /// failure (a damaged record) that the caller repairs.
+    fn read_one(&self, req: &ReadReq, staleness: Option<Staleness>) -> Result<Result<Response, ApiError>, SmError> {
+        let store = &*self.shared.store;
+        let read = self.read_info(staleness);
+        Ok(match req {
+            ReadReq::Get { key } => Ok(Response::Get { kv: sm::read_get(store, key)?, read }),
+            ReadReq::Scan { start, end, limit, paged } => {
+                let page = sm::read_scan_page(store, start, end.as_deref(), *limit, sm::PAGE_RESULT_BYTES_MAX)?;
+                Ok(if *paged {
+                    Response::ScanPage { kvs: page.kvs, next: page.next, read }
+                } else {
+                    Response::Scan { kvs: page.kvs, more: page.next.is_some(), read }
+                })
+            }
+            ReadReq::Txn { txn, from, revision, paged } => read_txn(store, txn, *from, *revision, *paged, &read)?,
+        })
     }
 
     fn sweep(&mut self) {
@@ -428,8 +706,23 @@ impl Applier {
             return Ok(());
         }
         let take_started = Instant::now();
-        let writer = self.shared.store.snapshot_writer(meta.clone())?;
-        let file = self.write_snapshot(writer)?;
+        let file = match self
+            .shared
+            .store
+            .snapshot_writer(meta.clone())
+            .map_err(SmError::from)
+            .and_then(|w| self.write_snapshot(w))
+        {
+            Ok(f) => f,
+            Err(SmError::Storage(e)) if e.is_space() => {
+                // The unfinished file is removed with its writer. Not fatal: the log keeps its
+                // entries until a later snapshot fits (the driver asks the core again).
+                tracing::warn!(node = %self.shared.id, index = %meta.last.index, error = %e, "no space for a snapshot; skipped");
+                let _ = self.events.blocking_send(Event::SnapshotSkipped(meta));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         self.shared.telemetry.snapshot_taken(file.data_len, take_started.elapsed());
         tracing::info!(node = %self.shared.id, index = %meta.last.index, bytes = file.data_len, "snapshot taken");
         let _ = self.events.blocking_send(Event::SnapshotTaken(meta, file.path));
@@ -444,14 +737,7 @@ impl Applier {
         install_snapshot_data(&self.shared.store, meta)?;
         self.applied = meta.last;
         self.shared.telemetry.installed(meta.last.index, install_started.elapsed());
-        let store = &*self.shared.store;
-        self.shared.revision.store(sm::revision(store)?, Ordering::Relaxed);
-        self.shared.log_time_ms.store(sm::log_time_ms(store)?, Ordering::Relaxed);
-        for (node, addr) in sm::member_addrs(store)? {
-            self.shared.learn_member_addr(node, addr);
-        }
-        crate::versions::sync_format(store)?;
-        crate::versions::sync_transport(&self.shared);
+        self.refresh_from_store()?;
         // Writes waiting at covered indexes: the outcome is in the snapshot, unknown here.
         while let Some(e) = self.writes.first_entry() {
             if *e.key() > meta.last.index {

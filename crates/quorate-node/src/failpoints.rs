@@ -9,6 +9,13 @@
 //! slow_disk_ms = 200   # delay every persist completion (a slow fsync) by this much
 //! disk_full = true     # the free-space check reports "below the floor": writes are refused
 //! clock_rate = 0.5     # the node's monotonic clock runs at this rate (0.01..=100)
+//! disk_full_store = true     # the store's own floor reports full: appends wait for space
+//! fsync_error = "eio"        # every consensus write fails: "eio", "eio-after-write", "enospc"
+//! corrupt_wal = 1            # each new value: flip a byte in a record of the newest WAL
+//! tear_wal = 1               # each new value: cut the newest WAL's last records, then crash
+//! tear_wal_records = 1       # how many records from the end are lost (1..=4096)
+//! corrupt_table = 1          # each new value: flip a byte in a table file of `corrupt_table_cf`
+//! corrupt_table_cf = "sm"    # "sm" (state machine, the default) or "log"
 //! ```
 //!
 //! * **Slow disk**: the delay runs on the group committer's writer thread after each group's
@@ -20,7 +27,25 @@
 //!   `clock_rate` from the moment the rate is read; it stays monotonic. A leader whose clock is
 //!   slow believes its lease for longer than the other nodes wait before electing a new leader,
 //!   which is the timing assumption lease reads rest on.
+//! * **Store full**: the store's own free-space floor reports full, so appends are refused and
+//!   the group committer holds them until the fault is cleared (a follower stalls, as at a real
+//!   full disk), while hard-state writes (votes) still go through.
+//! * **fsync errors**: every write of the consensus path fails as an `fsync` would
+//!   ([`quorate_storage::WriteFault`]): `eio` (nothing written, the store is poisoned and the
+//!   node stops), `eio-after-write` (the data reaches the disk, the report fails: an unknown
+//!   outcome), `enospc` (RocksDB's out-of-space error: nothing applied, retried until cleared).
+//! * **Disk damage** (one-shot, [`quorate_storage::faults`]): each *change* of `corrupt_wal`,
+//!   `tear_wal` or `corrupt_table` to a new non-zero value seen while the node runs damages the
+//!   store's files once (the value at start is only remembered, so a restarted node is not
+//!   damaged again by a file that still holds it). `corrupt_wal` flips a byte of a record in the
+//!   middle of the newest write-ahead log (seen at the next start: the node refuses to start,
+//!   with evidence, unless RocksDB retired that log first); `tear_wal` cuts the newest log in
+//!   the middle of its last record and aborts the process at once, as a power failure that
+//!   loses a synced write would (the durable mark catches the loss at the next start);
+//!   `corrupt_table` flips a byte in the first data block of the newest table file of the
+//!   column family (the state machine's is repaired from the local snapshot when read).
 
+use quorate_storage::{RocksStore, WriteFault};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +60,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The largest slow-disk delay accepted.
 pub const SLOW_DISK_MS_MAX: u64 = 60_000;
+
+/// The most write-ahead-log records `tear_wal` may cut.
+pub const TEAR_RECORDS_MAX: u64 = 4096;
 
 /// Largest control file read, in bytes.
 const FILE_BYTES_MAX: u64 = 64 * 1024;
@@ -52,11 +80,49 @@ pub struct Settings {
     /// Send this node's applied-hash samples to its peers with one bit flipped: their
     /// cross-replica check must report a `cross_replica_hash` violation.
     pub corrupt_hash_samples: bool,
+    /// The store's own free-space floor reports full (appends wait for space).
+    pub disk_full_store: bool,
+    /// Fail every consensus write: `""` (off), `"eio"`, `"eio-after-write"` or `"enospc"`.
+    pub fsync_error: String,
+    /// A new non-zero value flips a byte of a record of the newest write-ahead log.
+    pub corrupt_wal: u64,
+    /// A new non-zero value cuts the newest write-ahead log in its last records and aborts.
+    pub tear_wal: u64,
+    /// How many records from the end `tear_wal` loses (1: the last one).
+    pub tear_wal_records: u64,
+    /// A new non-zero value flips a byte in a table file of `corrupt_table_cf`.
+    pub corrupt_table: u64,
+    /// The column family of `corrupt_table`: `"sm"` or `"log"`.
+    pub corrupt_table_cf: String,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { slow_disk_ms: 0, disk_full: false, clock_rate: 1.0, corrupt_hash_samples: false }
+        Settings {
+            slow_disk_ms: 0,
+            disk_full: false,
+            clock_rate: 1.0,
+            corrupt_hash_samples: false,
+            disk_full_store: false,
+            fsync_error: String::new(),
+            corrupt_wal: 0,
+            tear_wal: 0,
+            tear_wal_records: 1,
+            corrupt_table: 0,
+            corrupt_table_cf: "sm".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// The write fault `fsync_error` names.
+    fn write_fault(&self) -> Option<WriteFault> {
+        match self.fsync_error.as_str() {
+            "eio" => Some(WriteFault::Eio { after_write: false }),
+            "eio-after-write" => Some(WriteFault::Eio { after_write: true }),
+            "enospc" => Some(WriteFault::NoSpace),
+            _ => None,
+        }
     }
 }
 
@@ -99,6 +165,24 @@ impl Settings {
                 detail: "clock_rate must be between 0.01 and 100".into(),
             });
         }
+        if !matches!(s.fsync_error.as_str(), "" | "eio" | "eio-after-write" | "enospc") {
+            return Err(FailpointError::Range {
+                path: path.to_path_buf(),
+                detail: "fsync_error must be \"\", \"eio\", \"eio-after-write\" or \"enospc\"".into(),
+            });
+        }
+        if !(1..=TEAR_RECORDS_MAX).contains(&s.tear_wal_records) {
+            return Err(FailpointError::Range {
+                path: path.to_path_buf(),
+                detail: format!("tear_wal_records must be between 1 and {TEAR_RECORDS_MAX}"),
+            });
+        }
+        if !matches!(s.corrupt_table_cf.as_str(), "sm" | "log") {
+            return Err(FailpointError::Range {
+                path: path.to_path_buf(),
+                detail: "corrupt_table_cf must be \"sm\" or \"log\"".into(),
+            });
+        }
         Ok(s)
     }
 }
@@ -120,6 +204,20 @@ struct Inner {
     disk_full: AtomicBool,
     corrupt_hash_samples: AtomicBool,
     clock: Mutex<Clock>,
+    disk: Mutex<Disk>,
+}
+
+/// The store-facing faults: what is set, the one-shot counters last seen, the store.
+#[derive(Debug, Default)]
+struct Disk {
+    store: Option<Weak<RocksStore>>,
+    /// The store's floor before the fault.
+    floor: u64,
+    full: bool,
+    fault: Option<WriteFault>,
+    /// `corrupt_wal`, `tear_wal`, `corrupt_table` last seen (`None`: nothing read yet; the
+    /// first values are only remembered).
+    seen: Option<(u64, u64, u64)>,
 }
 
 /// A handle on the node's failpoints (cheap to clone).
@@ -144,8 +242,20 @@ impl Failpoints {
                 disk_full: AtomicBool::new(false),
                 corrupt_hash_samples: AtomicBool::new(false),
                 clock: Mutex::new(clock),
+                disk: Mutex::new(Disk::default()),
             }),
         }
+    }
+
+    /// Gives the disk faults the store they act on, and applies the ones already set.
+    pub fn attach_store(&self, store: &Arc<RocksStore>) {
+        if !self.inner.enabled {
+            return;
+        }
+        let mut d = self.inner.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.store = Some(Arc::downgrade(store));
+        d.floor = store.free_space_floor();
+        apply_store_faults(&d, store);
     }
 
     /// With `enabled`, failpoints controlled by `data_dir/`[`FILE_NAME`], polled by a small
@@ -180,9 +290,55 @@ impl Failpoints {
         self.inner.slow_disk_ms.store(s.slow_disk_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.disk_full.store(s.disk_full, Ordering::Relaxed);
         self.inner.corrupt_hash_samples.store(s.corrupt_hash_samples, Ordering::Relaxed);
-        let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
-            c.pending = Some(s.clock_rate.clamp(0.01, 100.0));
+        {
+            let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
+                c.pending = Some(s.clock_rate.clamp(0.01, 100.0));
+            }
+        }
+        let mut d = self.inner.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.full = s.disk_full_store;
+        d.fault = s.write_fault();
+        let counters = (s.corrupt_wal, s.tear_wal, s.corrupt_table);
+        let previous = d.seen.replace(counters);
+        let store = d.store.as_ref().and_then(Weak::upgrade);
+        if let Some(store) = &store {
+            apply_store_faults(&d, store);
+        }
+        drop(d);
+        let Some((wal, tear, table)) = previous else { return };
+        let Some(store) = store else { return };
+        if s.corrupt_wal != 0 && s.corrupt_wal != wal {
+            match quorate_storage::faults::corrupt_wal_record(store.dir()) {
+                Ok(Some(r)) => {
+                    tracing::warn!(file = %r.file.display(), offset = r.offset, what = %r.what, "failpoint: write-ahead log damaged")
+                }
+                Ok(None) => tracing::warn!("failpoint: the newest write-ahead log has too few records to damage"),
+                Err(e) => tracing::warn!(error = %e, "failpoint: cannot damage the write-ahead log"),
+            }
+        }
+        if s.corrupt_table != 0 && s.corrupt_table != table {
+            let newest = store.table_files(&s.corrupt_table_cf).map(|f| f.last().cloned());
+            match newest {
+                Ok(Some((path, _))) => match quorate_storage::faults::corrupt_table_file(&path) {
+                    Ok(r) => {
+                        tracing::warn!(file = %r.file.display(), offset = r.offset, what = %r.what, "failpoint: table file damaged")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "failpoint: cannot damage a table file"),
+                },
+                Ok(None) => tracing::warn!(cf = %s.corrupt_table_cf, "failpoint: no table file to damage yet"),
+                Err(e) => tracing::warn!(error = %e, "failpoint: cannot list table files"),
+            }
+        }
+        if s.tear_wal != 0 && s.tear_wal != tear {
+            match quorate_storage::faults::tear_wal_tail(store.dir(), s.tear_wal_records as usize) {
+                Ok(Some(r)) => {
+                    tracing::error!(file = %r.file.display(), offset = r.offset, what = %r.what, "failpoint: write-ahead log torn; crashing now (as at a power failure)");
+                    std::process::abort();
+                }
+                Ok(None) => tracing::warn!("failpoint: the newest write-ahead log has no record to tear"),
+                Err(e) => tracing::warn!(error = %e, "failpoint: cannot tear the write-ahead log"),
+            }
         }
     }
 
@@ -248,6 +404,12 @@ impl Failpoints {
     }
 }
 
+/// Sets the store's floor and write fault from `d`.
+fn apply_store_faults(d: &Disk, store: &RocksStore) {
+    store.set_free_space_floor(if d.full { u64::MAX } else { d.floor });
+    store.danger_inject_write_fault(d.fault);
+}
+
 /// Reads the control file every [`POLL_INTERVAL`] until the failpoints are dropped.
 fn poll(weak: &Weak<Inner>, path: &Path) {
     let mut last: Option<String> = None;
@@ -283,7 +445,13 @@ mod tests {
     #[test]
     fn disabled_failpoints_never_fire() {
         let fp = Failpoints::disabled();
-        fp.apply(&Settings { slow_disk_ms: 100, disk_full: true, clock_rate: 2.0, corrupt_hash_samples: true });
+        fp.apply(&Settings {
+            slow_disk_ms: 100,
+            disk_full: true,
+            clock_rate: 2.0,
+            corrupt_hash_samples: true,
+            ..Settings::default()
+        });
         assert!(!fp.disk_full());
         assert!(!fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), None);
@@ -297,11 +465,29 @@ mod tests {
         let s =
             Settings::parse("slow_disk_ms = 5\ndisk_full = true\nclock_rate = 0.5\ncorrupt_hash_samples = true\n", p)
                 .unwrap();
-        assert_eq!(s, Settings { slow_disk_ms: 5, disk_full: true, clock_rate: 0.5, corrupt_hash_samples: true });
+        assert_eq!(
+            s,
+            Settings {
+                slow_disk_ms: 5,
+                disk_full: true,
+                clock_rate: 0.5,
+                corrupt_hash_samples: true,
+                ..Settings::default()
+            }
+        );
         assert_eq!(Settings::parse("", p).unwrap(), Settings::default());
         assert!(Settings::parse("slow_disk = 5", p).unwrap_err().to_string().contains("slow_disk"));
         assert!(Settings::parse("clock_rate = 0", p).unwrap_err().to_string().contains("clock_rate"));
         assert!(Settings::parse("slow_disk_ms = 999999", p).is_err());
+        let disk = "disk_full_store = true\nfsync_error = \"eio-after-write\"\ncorrupt_wal = 2\ntear_wal = 1\ncorrupt_table = 3\ncorrupt_table_cf = \"log\"\n";
+        let s = Settings::parse(disk, p).unwrap();
+        assert_eq!(s.write_fault(), Some(WriteFault::Eio { after_write: true }));
+        assert_eq!((s.corrupt_wal, s.tear_wal, s.corrupt_table, s.corrupt_table_cf.as_str()), (2, 1, 3, "log"));
+        assert!(Settings::parse("fsync_error = \"ebusy\"", p).unwrap_err().to_string().contains("fsync_error"));
+        assert!(
+            Settings::parse("corrupt_table_cf = \"meta\"", p).unwrap_err().to_string().contains("corrupt_table_cf")
+        );
+        assert_eq!(Settings::default().write_fault(), None);
     }
 
     #[test]
@@ -319,7 +505,13 @@ mod tests {
         fp.apply(&Settings::default());
         assert_eq!(fp.clock(s(16)), s(14));
         assert_eq!(fp.clock(s(18)), s(16));
-        fp.apply(&Settings { slow_disk_ms: 7, disk_full: true, clock_rate: 1.0, corrupt_hash_samples: true });
+        fp.apply(&Settings {
+            slow_disk_ms: 7,
+            disk_full: true,
+            clock_rate: 1.0,
+            corrupt_hash_samples: true,
+            ..Settings::default()
+        });
         assert!(fp.disk_full());
         assert!(fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), Some(Duration::from_millis(7)));

@@ -19,6 +19,27 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The directory in which a restore builds the store before renaming it to `store`.
+pub const RESTORING_DIR: &str = "store.restoring";
+
+/// The store directory of a node's data directory.
+const STORE_DIR: &str = "store";
+
+/// `Err` (with what to do) if `data_dir` holds a restore that did not finish: a node must not
+/// start there (it would create an empty store beside the half-made one).
+pub fn check_not_interrupted(data_dir: &Path) -> Result<(), String> {
+    let partial = data_dir.join(RESTORING_DIR);
+    if partial.exists() {
+        return Err(format!(
+            "{} holds an unfinished `quorate snapshot restore` (the process stopped before it completed); this \
+             node will not start from it. Remove the data directory {} and run the restore again",
+            partial.display(),
+            data_dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// What a restore created.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -130,7 +151,13 @@ pub fn restore(file: &Path, data_dir: &Path, id: u64, peers: &BTreeMap<u64, Stri
         }
     }
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-    let result = restore_into(file, data_dir, &meta, config, peers);
+    let result = restore_into(file, data_dir, &meta, config, peers, || Ok(())).and_then(|restored| {
+        // Only a complete store gets the name a node starts from.
+        let (from, to) = (data_dir.join(RESTORING_DIR), data_dir.join(STORE_DIR));
+        std::fs::rename(&from, &to).map_err(io(&to))?;
+        std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io(data_dir))?;
+        Ok(restored)
+    });
     if result.is_err() {
         // Leave no half-made store that a node could start from.
         let _ = std::fs::remove_dir_all(data_dir);
@@ -138,14 +165,18 @@ pub fn restore(file: &Path, data_dir: &Path, id: u64, peers: &BTreeMap<u64, Stri
     result
 }
 
+/// Builds the store in `data_dir/`[`RESTORING_DIR`]. `created` runs once the store exists
+/// (tests stop there to model a crash).
 fn restore_into(
     file: &Path,
     data_dir: &Path,
     old: &SnapshotMeta,
     config: Configuration,
     peers: &BTreeMap<u64, String>,
+    created: impl FnOnce() -> Result<(), RestoreError>,
 ) -> Result<Restored, RestoreError> {
-    let store = RocksStore::open(data_dir.join("store"), StoreOptions::with_bootstrap(config.clone()))?;
+    let store = RocksStore::open(data_dir.join(RESTORING_DIR), StoreOptions::with_bootstrap(config.clone()))?;
+    created()?;
     let meta = SnapshotMeta { last: old.last, config };
 
     // The data again, member addresses replaced, into the new store's snapshot file.
@@ -176,4 +207,55 @@ fn restore_into(
     store.write(PersistBatch { install: Some(meta.clone()), hard_state: Some(hard), ..PersistBatch::default() })?;
     install_snapshot_data(&store, &meta)?;
     Ok(Restored { last: meta.last, records, members: peers.keys().copied().collect() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_log::{Configuration, EntryId, LogIndex, Term};
+
+    /// A backup file of a state machine with a few records, at index 42 term 3.
+    fn backup(dir: &Path) -> PathBuf {
+        let meta = SnapshotMeta {
+            last: EntryId::new(Term(3), LogIndex(42)),
+            config: Configuration::with_voters([NodeId::new(1).unwrap()]).unwrap(),
+        };
+        let mut w = quorate_storage::SnapshotWriter::create(dir, meta).unwrap();
+        for (k, v) in [(b"a".as_slice(), b"1".as_slice()), (b"b", b"2")] {
+            w.write_all(&(k.len() as u32).to_le_bytes()).unwrap();
+            w.write_all(k).unwrap();
+            w.write_all(&(v.len() as u32).to_le_bytes()).unwrap();
+            w.write_all(v).unwrap();
+        }
+        w.finish().unwrap().path
+    }
+
+    #[test]
+    fn a_crash_mid_restore_leaves_no_store_a_node_would_start_from() {
+        // Issue 18: the store was created under its final name before the install was written,
+        // so a crash in between left an empty store that a node would start from.
+        let tmp = tempfile::tempdir().unwrap();
+        let file = backup(tmp.path());
+        let data_dir = tmp.path().join("node-1");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let peers = parse_peers("1=127.0.0.1:7001").unwrap();
+        let meta = verify_file(&file).unwrap();
+        let config = members(1, &peers).unwrap();
+        // The process dies right after the store was created (no cleanup runs).
+        let crashed =
+            restore_into(&file, &data_dir, &meta, config, &peers, || Err(RestoreError::Members("crash".into())));
+        assert!(crashed.is_err());
+        assert!(!data_dir.join(STORE_DIR).exists(), "a half-made store has the name a node starts from");
+        let refusal = check_not_interrupted(&data_dir).unwrap_err();
+        assert!(refusal.contains("unfinished") && refusal.contains("run the restore again"), "{refusal}");
+
+        // A complete restore renames it into place.
+        let data_dir = tmp.path().join("node-2");
+        let restored = restore(&file, &data_dir, 1, &peers).unwrap();
+        assert_eq!(restored.last, EntryId::new(Term(3), LogIndex(42)));
+        check_not_interrupted(&data_dir).unwrap();
+        let store = RocksStore::open(data_dir.join(STORE_DIR), StoreOptions::default()).unwrap();
+        assert_eq!(store.applied_index(), LogIndex(42));
+        assert_eq!(store.sm_install_pending(), None);
+    }
 }

@@ -13,11 +13,11 @@
 //!   applied index, answers clients, takes and installs snapshots;
 //! * one small task per client response, and one per outgoing snapshot stream.
 
-use crate::apply::{Applier, ApplyMsg, ReadReq, install_snapshot_data};
+use crate::apply::{Applier, ApplyMsg, ReadReq};
 use crate::config::NodeConfig;
 use quorate_api::{
-    Access, ApiError, ClientRequest, ClientResponse, Command, CommandOp, Member, MemberKind, NodeMessage, NodeStatus,
-    ReadConsistency, Request, Response, SnapshotChunk, Staleness,
+    Access, ApiError, ClientRequest, ClientResponse, Command, CommandOp, DiskStatus, Member, MemberKind, NodeMessage,
+    NodeStatus, ReadConsistency, Request, Response, SnapshotChunk, Staleness,
 };
 use quorate_core::{
     ConfChange, ConfChangeError, Config as CoreConfig, IoId, ProposeError, ReadError, ReadId, ReadLevel, Role,
@@ -53,6 +53,13 @@ const CHUNK_BYTES: usize = 512 * 1024;
 const SNAPSHOT_RATE: u64 = 64 << 20;
 /// Largest snapshot file accepted from a leader.
 const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
+/// How often a node sends the other members its free-space status ([`DiskStatus`]).
+const DISK_STATUS_EVERY: Duration = Duration::from_secs(1);
+/// A member's free-space status counts for this long after it was received (a member that
+/// stops reporting — stopped, partitioned — stops counting as short of space).
+const DISK_STATUS_TTL: Duration = Duration::from_secs(3);
+/// The cluster version from which nodes send [`NodeMessage::DiskStatus`].
+const DISK_STATUS_CLUSTER_VERSION: u32 = 2;
 
 /// Why the node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +322,14 @@ impl Responder {
 /// Events for the driver from other threads and tasks.
 pub(crate) enum Event {
     SnapshotTaken(SnapshotMeta, PathBuf),
-    SnapshotStaged { from: NodeId, term: Term, meta: SnapshotMeta, path: PathBuf },
+    /// The snapshot asked for could not be written for lack of space.
+    SnapshotSkipped(SnapshotMeta),
+    SnapshotStaged {
+        from: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        path: PathBuf,
+    },
     SnapshotSendFailed(NodeId),
     SnapshotSent(NodeId),
     Fatal(String),
@@ -406,28 +420,36 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     }
 
     // Storage.
+    crate::restore::check_not_interrupted(&data_dir).map_err(ServerError::Storage)?;
     let bootstrap = if config.join {
         Configuration::default()
     } else {
         let voters: Vec<NodeId> = config.peers.keys().map(|&p| node_id(p)).collect::<Result<_, _>>()?;
         Configuration::with_voters(voters).map_err(|e| ServerError::Fatal(format!("peers: {e}")))?
     };
-    let floor = config.limits.free_space_floor_mb.saturating_mul(1 << 20);
     let mut options = StoreOptions::with_bootstrap(bootstrap);
-    // Client writes are refused (Overloaded) below the configured floor; the store's own
-    // floor, a last resort that stops the node, sits at a quarter of it.
-    options.free_space_floor_bytes = floor / 4;
+    options.write_buffer_bytes = config.limits.storage_write_buffer_mb.saturating_mul(1 << 20);
+    // Client writes are refused (Overloaded) below the client floor; the store refuses appends
+    // (they wait for space) below what RocksDB itself needs, the store floor.
+    let (store_floor, client_floor) = crate::admission::space_floors(&config);
+    options.free_space_floor_bytes = store_floor;
+    tracing::info!(
+        store_floor_mb = store_floor >> 20,
+        client_floor_mb = client_floor >> 20,
+        "free-space floors (appends wait below the store floor; client writes are refused below the client floor)"
+    );
     let bootstrap_version = crate::versions::bootstrap_marker(&data_dir, &data_dir.join("store"), config.join)
         .map_err(ServerError::Fatal)?;
-    let store = Arc::new(RocksStore::open(data_dir.join("store"), options)?);
+    let store = Arc::new(RocksStore::open(data_dir.join("store"), options).map_err(|e| {
+        if matches!(e, StoreError::LostSyncedState(_) | StoreError::Corrupt { .. }) {
+            // Evidence first, on its own line: this node refuses to start on this data.
+            tracing::error!(node = id.get(), evidence = %e, "refusing to start: the store lost or damaged synced state");
+        }
+        ServerError::from(e)
+    })?);
+    // Repair: an install (or a reinstall) begun and not finished, a damaged state machine.
+    crate::apply::repair_at_start(&store, id)?;
     crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
-
-    // Repair: an install batch written, its state-machine data not (crash in between).
-    let recorded = store.snapshot_meta().map_err(|e| ServerError::Storage(e.to_string()))?;
-    if recorded.last.index > store.applied_index() {
-        tracing::warn!(index = %recorded.last.index, "completing an interrupted snapshot install");
-        install_snapshot_data(&store, &recorded)?;
-    }
     let applied_index = store.applied_index();
     let applied = if applied_index == LogIndex::ZERO {
         EntryId::default()
@@ -560,7 +582,15 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         staging_dir,
         obs,
         disk: (Instant::now(), true),
-        failpoints: crate::failpoints::Failpoints::start(&data_dir, config_failpoints),
+        client_floor,
+        peer_disk: HashMap::new(),
+        disk_status_sent: None,
+        disk_short: Vec::new(),
+        failpoints: {
+            let fp = crate::failpoints::Failpoints::start(&data_dir, config_failpoints);
+            fp.attach_store(&store);
+            fp
+        },
         gate,
         auto_finalize: crate::versions::AutoFinalize::new(bootstrap_version, Instant::now()),
     };
@@ -613,8 +643,16 @@ struct Driver {
     staging_dir: PathBuf,
     /// Metrics, traces and invariant checks.
     obs: crate::telemetry::Observer,
-    /// When free space was last checked, and whether it was above the floor.
+    /// When free space was last checked, and whether it was above the client floor.
     disk: (Instant, bool),
+    /// Client writes are refused below this much free space (bytes; 0: not checked).
+    client_floor: u64,
+    /// The latest free-space status of each member, and when it arrived.
+    peer_disk: HashMap<NodeId, (Instant, DiskStatus)>,
+    /// When this node last sent its own status.
+    disk_status_sent: Option<Instant>,
+    /// The voters short of space the last time a write was refused for them (logged on change).
+    disk_short: Vec<NodeId>,
     /// Injected faults (off unless `limits.danger_failpoints`).
     failpoints: crate::failpoints::Failpoints,
     /// Admission control for client requests.
@@ -772,12 +810,20 @@ impl Driver {
         match ev {
             Event::Fatal(e) => return Err(ServerError::Storage(e)),
             Event::SnapshotTaken(meta, path) => {
-                if let Some((_, old)) = self.latest_snapshot.replace((meta.clone(), path.clone()))
-                    && old != path
-                {
-                    let _ = std::fs::remove_file(old);
-                }
+                // The previous file stays: the store deletes snapshot files below its log floor
+                // only once the compaction that moves the floor is durable, so a crash in between
+                // never leaves the store without the snapshot its log continues from.
+                let _previous = snapshot_taken_keeps_files(&mut self.latest_snapshot, meta.clone(), path);
                 self.raft.snapshot_taken(now, meta);
+            }
+            Event::SnapshotSkipped(meta) => {
+                // Re-arm the core's request (it asks again after the next applied entry): report
+                // the snapshot this node already has, which the core takes as nothing new.
+                if let Some((latest, _)) = &self.latest_snapshot {
+                    let latest = latest.clone();
+                    tracing::info!(asked = %meta.last.index, latest = %latest.last.index, "snapshot skipped for lack of space; the core will ask again");
+                    self.raft.snapshot_taken(now, latest);
+                }
             }
             Event::SnapshotStaged { from, term, meta, path } => {
                 tracing::debug!(peer = %from, index = %meta.last.index, "snapshot staged");
@@ -828,6 +874,12 @@ impl Driver {
                 }
                 NodeMessage::SnapshotChunk(c) => self.on_chunk(from, c),
                 NodeMessage::HashSamples(s) => self.obs.hash_samples_from(self.shared.id, from, &s),
+                NodeMessage::DiskStatus(s) => {
+                    // Only members count, so the map stays bounded by the configuration.
+                    if from != self.shared.id && self.raft.configuration().members().any(|m| m == from) {
+                        self.peer_disk.insert(from, (Instant::now(), s));
+                    }
+                }
                 _ => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
             },
             Incoming::Request(req) => self.on_request(req).await?,
@@ -839,6 +891,7 @@ impl Driver {
     fn sweep(&mut self) {
         self.raft.poll_dump_request();
         self.auto_finalize();
+        self.send_disk_status();
         self.obs.sample(&self.raft, &self.shared, self.disk.1, self.failpoints.corrupt_hash_samples());
         let now = Instant::now();
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
@@ -871,6 +924,45 @@ impl Driver {
             Ok(at) => tracing::info!(version, index = %at.index, "new cluster: proposing its cluster version"),
             Err(e) => tracing::warn!(version, error = %e, "new cluster: cannot propose its cluster version yet"),
         }
+    }
+
+    /// Sends this node's free-space status to the other members every [`DISK_STATUS_EVERY`],
+    /// from cluster version [`DISK_STATUS_CLUSTER_VERSION`] on (a 0.1.0 node would close the
+    /// consensus stream on the new message kind).
+    fn send_disk_status(&mut self) {
+        if self.disk_status_sent.is_some_and(|t| t.elapsed() < DISK_STATUS_EVERY)
+            || crate::versions::cluster_version(&self.shared) < DISK_STATUS_CLUSTER_VERSION
+        {
+            return;
+        }
+        self.disk_status_sent = Some(Instant::now());
+        let refusing = !self.disk_ok();
+        let free_bytes = self.shared.store.free_space_bytes().unwrap_or(u64::MAX);
+        let status = DiskStatus { refusing, free_bytes, floor_bytes: self.client_floor };
+        let me = self.shared.id;
+        let others: Vec<NodeId> = self.raft.configuration().members().filter(|&m| m != me).collect();
+        for to in others {
+            if let Err(e) = self.shared.transport.try_send(to, NodeMessage::DiskStatus(status)) {
+                tracing::trace!(peer = %to, error = %e, "disk status dropped");
+            }
+        }
+        let now = Instant::now();
+        self.peer_disk.retain(|_, (t, _)| now.saturating_duration_since(*t) < DISK_STATUS_TTL);
+    }
+
+    /// The voters that report being short of space, if too few others are left to commit a
+    /// write (the leader's own space is checked apart): a write accepted now would grow the
+    /// logs of nodes that are about to refuse appends, and stall. `None`: a quorum has room.
+    fn voters_short_of_space(&self) -> Option<Vec<NodeId>> {
+        let me = self.shared.id;
+        let short = |id: NodeId| {
+            id != me && self.peer_disk.get(&id).is_some_and(|(t, s)| s.refusing && t.elapsed() < DISK_STATUS_TTL)
+        };
+        let config = self.raft.configuration();
+        if config.has_quorum(|id| !short(id)) {
+            return None;
+        }
+        Some(config.all_voters().filter(|&id| short(id)).collect())
     }
 
     fn leader_hint(&self) -> ApiError {
@@ -930,18 +1022,17 @@ impl Driver {
     }
 
     fn disk_ok(&mut self) -> bool {
-        let floor = self.config.limits.free_space_floor_mb.saturating_mul(1 << 20);
-        if floor == 0 {
+        let floor = self.client_floor;
+        if floor == 0 && !self.failpoints.disk_full() {
             return true;
         }
         if self.disk.0.elapsed() >= Duration::from_millis(250) {
             let ok = !self.failpoints.disk_full()
                 && quorate_storage::check_free_space(self.shared.store.dir(), floor).is_ok();
             if !ok && self.disk.1 {
-                tracing::warn!(
-                    floor_mb = self.config.limits.free_space_floor_mb,
-                    "free disk space below the floor; refusing writes"
-                );
+                tracing::warn!(floor_mb = floor >> 20, "free disk space below the floor; refusing writes");
+            } else if ok && !self.disk.1 {
+                tracing::info!(floor_mb = floor >> 20, "free disk space above the floor again");
             }
             self.disk = (Instant::now(), ok);
         }
@@ -1004,6 +1095,19 @@ impl Driver {
             let e = crate::admission::shed(quorate_api::OverloadReason::DiskSpace, Duration::from_secs(1));
             responder.send(Err(e), None);
             return Ok(());
+        }
+        if let Some(short) = self.voters_short_of_space() {
+            if short != self.disk_short {
+                tracing::warn!(voters = ?short, "too few voters have free space for new writes; refusing writes");
+                self.disk_short = short;
+            }
+            let e = crate::admission::shed(quorate_api::OverloadReason::DiskSpace, Duration::from_secs(1));
+            responder.send(Err(e), None);
+            return Ok(());
+        }
+        if !self.disk_short.is_empty() {
+            tracing::info!("enough voters have free space again; accepting writes");
+            self.disk_short.clear();
         }
         let op = if crate::versions::cluster_version(&self.shared) >= crate::sm::OWNED_SESSIONS_CLUSTER_VERSION {
             // Sessions belong to the principal that opened them: the command says who asks.
@@ -1366,6 +1470,17 @@ impl Driver {
     }
 }
 
+/// Records a newly taken snapshot as the node's latest and returns the previous one, whose
+/// file is NOT deleted here: the store removes snapshot files below its log floor after the
+/// compaction batch that moves the floor is durable ([`RocksStore::write_many`]).
+fn snapshot_taken_keeps_files(
+    latest: &mut Option<(SnapshotMeta, PathBuf)>,
+    meta: SnapshotMeta,
+    path: PathBuf,
+) -> Option<(SnapshotMeta, PathBuf)> {
+    latest.replace((meta, path))
+}
+
 /// Checks a received snapshot file (header, metadata, data checksum) while copying it into
 /// the store's snapshot directory, where the install finds it.
 fn verify_and_store(store: &RocksStore, staged: &Path, meta: &SnapshotMeta) -> Result<PathBuf, StoreError> {
@@ -1418,4 +1533,31 @@ async fn send_snapshot(
     }
     crate::telemetry::snapshot_streamed(total, started.elapsed());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_log::{Configuration, EntryId};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta { last: EntryId::new(Term(1), LogIndex(index)), config: Configuration::default() }
+    }
+
+    #[test]
+    fn taking_a_snapshot_deletes_no_snapshot_file() {
+        // Issue 18: the driver deleted the previous snapshot file as soon as a new one was
+        // taken, before the compaction recording it was durable; the store deletes files below
+        // its log floor, after that write.
+        let tmp = tempfile::tempdir().unwrap();
+        let old = tmp.path().join("old.qsnap");
+        let new = tmp.path().join("new.qsnap");
+        std::fs::write(&old, b"old").unwrap();
+        std::fs::write(&new, b"new").unwrap();
+        let mut latest = Some((meta(10), old.clone()));
+        let previous = snapshot_taken_keeps_files(&mut latest, meta(20), new.clone());
+        assert_eq!(previous, Some((meta(10), old.clone())));
+        assert_eq!(latest, Some((meta(20), new)));
+        assert!(old.exists(), "the previous snapshot file was deleted before the new one was recorded");
+    }
 }

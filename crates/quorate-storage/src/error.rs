@@ -75,13 +75,50 @@ pub enum StoreError {
     /// The group committer's writer thread has stopped.
     #[error("the group committer has stopped")]
     Stopped,
+    /// The file system ran out of space during the write (RocksDB's own `ENOSPC`, in the
+    /// write or in a background flush that stopped writes). Nothing of the write is applied:
+    /// the store stays usable, and RocksDB resumes on its own once space is freed (its
+    /// `SstFileManager` polls free space), so the same write may simply be retried.
+    #[error("the disk is full ({0}); nothing was written; retry once space is freed")]
+    NoSpace(String),
+    /// A batch written before this one in the same ordered stream (one
+    /// [`RocksStore::write_many`](crate::RocksStore::write_many) call, or a
+    /// [`GroupCommitter`](crate::GroupCommitter)) was refused, so this one, which was planned
+    /// after it, was not written either.
+    #[error("not written: an earlier batch of the same stream was refused ({cause})")]
+    EarlierBatchFailed {
+        /// Why the earlier batch was refused.
+        cause: String,
+    },
+    /// Opening found less durable state than a synced record kept outside the write-ahead log
+    /// says was there: acknowledged Raft state (a term, a vote, log entries or the commit
+    /// index) was lost. A node must not vote or serve on this data.
+    #[error("{0}")]
+    LostSyncedState(Box<crate::durable::LostState>),
 }
 
 impl StoreError {
     /// Whether the error means the store cannot be written to any more (restart needed).
     #[must_use]
     pub fn is_fatal(&self) -> bool {
-        matches!(self, StoreError::Poisoned { .. } | StoreError::Io(_) | StoreError::Corrupt { .. })
+        matches!(
+            self,
+            StoreError::Poisoned { .. }
+                | StoreError::Io(_)
+                | StoreError::Corrupt { .. }
+                | StoreError::LostSyncedState(_)
+                | StoreError::EarlierBatchFailed { .. }
+        )
+    }
+
+    /// Whether the write was refused for disk space ([`BelowFreeSpaceFloor`] or [`NoSpace`])
+    /// and changed nothing: the same write may be retried once space is freed.
+    ///
+    /// [`BelowFreeSpaceFloor`]: StoreError::BelowFreeSpaceFloor
+    /// [`NoSpace`]: StoreError::NoSpace
+    #[must_use]
+    pub fn is_space(&self) -> bool {
+        matches!(self, StoreError::BelowFreeSpaceFloor { .. } | StoreError::NoSpace(_))
     }
 }
 
@@ -108,14 +145,31 @@ impl From<StorageError> for StoreError {
     }
 }
 
+/// The text RocksDB puts in every out-of-space status (`IOStatus::NoSpace`, from `ENOSPC`).
+pub(crate) const NO_SPACE_TEXT: &str = "No space left on device";
+
 impl From<rocksdb::Error> for StoreError {
     fn from(e: rocksdb::Error) -> StoreError {
-        StoreError::Io(e.into_string())
+        let kind = e.kind();
+        let text = e.into_string();
+        if text.contains(NO_SPACE_TEXT) {
+            StoreError::NoSpace(text)
+        } else if kind == rocksdb::ErrorKind::Corruption {
+            // A block or file checksum, a WAL record or the MANIFEST: RocksDB's own
+            // verification, named in the text (file and offset).
+            StoreError::Corrupt { key: "rocksdb".into(), detail: text }
+        } else {
+            StoreError::Io(text)
+        }
     }
 }
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> StoreError {
-        StoreError::Io(e.to_string())
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            StoreError::NoSpace(e.to_string())
+        } else {
+            StoreError::Io(e.to_string())
+        }
     }
 }

@@ -4,8 +4,10 @@ use crate::batch::PersistBatch;
 use crate::error::StoreError;
 use crate::store::RocksStore;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Limits of a [`GroupCommitter`].
 #[derive(Clone, Copy, Debug)]
@@ -18,11 +20,22 @@ pub struct GroupOptions {
     pub group_batches_max: usize,
     /// A group is closed once its entries reach this many bytes.
     pub group_bytes_max: u64,
+    /// While the store refuses a batch for disk space ([`StoreError::is_space`]: below the
+    /// free-space floor, or RocksDB's own `ENOSPC`), the writer writes it again every this long
+    /// — holding every later batch behind it — until it goes through or the committer is
+    /// dropped; its submitter sees a slow write, never a failure. `None`: such a batch is
+    /// refused like any other (and so is everything after it).
+    pub space_retry_interval: Option<Duration>,
 }
 
 impl Default for GroupOptions {
     fn default() -> GroupOptions {
-        GroupOptions { queue_batches_max: 4096, group_batches_max: 1024, group_bytes_max: 16 << 20 }
+        GroupOptions {
+            queue_batches_max: 4096,
+            group_batches_max: 1024,
+            group_bytes_max: 16 << 20,
+            space_retry_interval: Some(Duration::from_millis(250)),
+        }
     }
 }
 
@@ -76,11 +89,15 @@ impl Completion {
 ///
 /// While one group is being fsynced, new submissions queue up and form the next group, so the
 /// number of fsyncs adapts to the load: one per batch when idle, one per many under load.
-/// Batches are written in submission order. Dropping the committer finishes the queued work and
-/// joins the thread.
+/// Batches are written in submission order, and they are one ordered stream: once a batch is
+/// refused (invalid, failed, poisoned store), every later batch is refused with
+/// [`StoreError::EarlierBatchFailed`] and nothing after it is ever written. A batch refused for
+/// disk space is retried instead (see [`GroupOptions::space_retry_interval`]). Dropping the
+/// committer finishes the queued work and joins the thread.
 pub struct GroupCommitter {
     tx: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for GroupCommitter {
@@ -93,9 +110,12 @@ impl GroupCommitter {
     /// Starts the writer thread for `store`.
     pub fn new(store: Arc<RocksStore>, options: GroupOptions) -> Result<GroupCommitter, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(options.queue_batches_max.max(1));
-        let thread =
-            std::thread::Builder::new().name("quorate-group-commit".into()).spawn(move || run(&store, &rx, options))?;
-        Ok(GroupCommitter { tx: Some(tx), thread: Some(thread) })
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopping);
+        let thread = std::thread::Builder::new()
+            .name("quorate-group-commit".into())
+            .spawn(move || run(&store, &rx, options, &stop))?;
+        Ok(GroupCommitter { tx: Some(tx), thread: Some(thread), stopping })
     }
 
     fn sender(&self) -> Result<&SyncSender<Job>, StoreError> {
@@ -147,6 +167,9 @@ pub enum TrySubmitError {
 
 impl Drop for GroupCommitter {
     fn drop(&mut self) {
+        // A batch waiting for disk space is not retried any more (its submitter learns
+        // `Stopped`); everything else queued is still written.
+        self.stopping.store(true, Ordering::Release);
         drop(self.tx.take());
         if let Some(t) = self.thread.take() {
             // A panic on the writer thread has already been reported to the submitters as
@@ -156,29 +179,88 @@ impl Drop for GroupCommitter {
     }
 }
 
-fn run(store: &RocksStore, rx: &Receiver<Job>, options: GroupOptions) {
+/// How often a writer waiting for disk space checks whether the committer was dropped.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
+fn run(store: &RocksStore, rx: &Receiver<Job>, options: GroupOptions, stopping: &AtomicBool) {
     let group_max = options.group_batches_max.max(1);
     let mut batches = Vec::with_capacity(group_max);
-    let mut replies = Vec::with_capacity(group_max);
+    let mut replies: Vec<Option<Reply>> = Vec::with_capacity(group_max);
+    // Why the stream broke, once a batch was refused: nothing after it is written.
+    let mut broken: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut bytes = first.batch.size_bytes();
         batches.push(first.batch);
-        replies.push(first.reply);
+        replies.push(Some(first.reply));
         while batches.len() < group_max && bytes < options.group_bytes_max {
             match rx.try_recv() {
                 Ok(j) => {
                     bytes += j.batch.size_bytes();
                     batches.push(j.batch);
-                    replies.push(j.reply);
+                    replies.push(Some(j.reply));
                 }
                 Err(_) => break,
             }
         }
-        let results = store.write_many(&batches);
-        debug_assert_eq!(results.len(), replies.len());
-        for (reply, r) in replies.drain(..).zip(results) {
-            reply.send(r);
+        let mut from = 0;
+        while from < batches.len() {
+            if let Some(cause) = &broken {
+                for reply in replies[from..].iter_mut().filter_map(Option::take) {
+                    reply.send(Err(StoreError::EarlierBatchFailed { cause: cause.clone() }));
+                }
+                break;
+            }
+            let results = store.write_many(&batches[from..]);
+            debug_assert_eq!(results.len(), batches.len() - from);
+            let mut retry_at = None;
+            for (i, r) in results.into_iter().enumerate() {
+                let at = from + i;
+                match r {
+                    Err(e) if e.is_space() && options.space_retry_interval.is_some() => {
+                        // Everything after it was refused as planned after it: retry from here.
+                        retry_at = Some(at);
+                        break;
+                    }
+                    Err(e) => {
+                        if broken.is_none() && !matches!(e, StoreError::EarlierBatchFailed { .. }) {
+                            broken = Some(e.to_string());
+                        }
+                        if let Some(reply) = replies[at].take() {
+                            reply.send(Err(e));
+                        }
+                    }
+                    Ok(()) => {
+                        if let Some(reply) = replies[at].take() {
+                            reply.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            let Some(at) = retry_at else { break };
+            from = at;
+            if !wait_for_space(options.space_retry_interval.unwrap_or_default(), stopping) {
+                for reply in replies[from..].iter_mut().filter_map(Option::take) {
+                    reply.send(Err(StoreError::Stopped));
+                }
+                break;
+            }
         }
         batches.clear();
+        replies.clear();
+    }
+}
+
+/// Sleeps `interval`, in short steps; `false` if the committer is being dropped.
+fn wait_for_space(interval: Duration, stopping: &AtomicBool) -> bool {
+    let until = std::time::Instant::now() + interval;
+    loop {
+        if stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep(STOP_CHECK.min(until - now));
     }
 }

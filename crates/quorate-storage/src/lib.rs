@@ -75,7 +75,11 @@
 
 mod batch;
 mod codec;
+#[cfg(test)]
+mod disk_tests;
+mod durable;
 mod error;
+pub mod faults;
 mod group;
 mod mem;
 mod snapshot;
@@ -87,14 +91,16 @@ mod testdir;
 mod tests;
 
 pub use batch::{BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DurableLog, PersistBatch, SmOp};
+pub use durable::{LostState, MARK_FILE, Mark};
 pub use error::StoreError;
 pub use group::{Completion, GroupCommitter, GroupOptions, TrySubmitError};
 pub use mem::MemStore;
 pub use snapshot::{SNAPSHOT_META_BYTES_MAX, SnapshotFile, SnapshotReader, SnapshotWriter};
 pub use space::{check_free_space, free_space_bytes};
 pub use store::{
-    APPLY_OPS_MAX, INSTALL_BATCH_BYTES_MAX, OPEN_SCAN_ENTRIES_MAX, RocksStore, SM_KEY_BYTES_MAX, SM_SCAN_PAIRS_MAX,
-    SM_VALUE_BYTES_MAX, SmPair, StoreOptions, VerifyReport,
+    APPLY_OPS_MAX, DURABLE_MARK_INTERVAL_DEFAULT, INSTALL_BATCH_BYTES_MAX, OPEN_SCAN_ENTRIES_MAX, RocksStore,
+    SM_DAMAGED_FILE, SM_KEY_BYTES_MAX, SM_SCAN_PAIRS_MAX, SM_VALUE_BYTES_MAX, SmPair, StoreOptions, VerifyReport,
+    WRITE_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX, WRITE_BUFFER_BYTES_MIN, WriteFault,
 };
 
 /// The on-disk format this build writes, stamped into every store at creation. A store of a

@@ -6,6 +6,7 @@ use crate::codec::{
     self, CF_LOG, CF_META, CF_SM, CF_SNAP, CFS, Cf, EntryOwned, KEY_APPLIED, KEY_CFG_PREFIX, KEY_FORMAT, KEY_HARD,
     KEY_SNAP_META, SM_PREFIX, SM_PREFIX_END, cfg_key, key_name, log_key, parse_index, sm_key,
 };
+use crate::durable::{self, Mark, MarkWriter};
 use crate::error::StoreError;
 use crate::snapshot::{self, SnapshotReader, SnapshotWriter};
 use crate::space;
@@ -14,14 +15,20 @@ use quorate_log::{
     StorageError, Term,
 };
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, DBRecoveryMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    AsColumnFamilyRef, BoundColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, DBWithThreadMode, MultiThreaded,
+    Options, ReadOptions, WriteBatch, WriteOptions,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 mod install;
 pub use install::INSTALL_BATCH_BYTES_MAX;
+
+/// The RocksDB handle: column families can be dropped and created while the store is shared
+/// (a state-machine reinstall drops the whole `sm` family, see `install`).
+pub(crate) type Db = DBWithThreadMode<MultiThreaded>;
 
 /// At open, the terms of up to this many entries at the tail of the log are loaded (and their
 /// checksums verified); older terms are read from disk on demand.
@@ -32,6 +39,8 @@ pub const APPLY_OPS_MAX: usize = 1 << 16;
 pub const SM_KEY_BYTES_MAX: usize = 64 << 10;
 /// The longest state-machine value.
 pub const SM_VALUE_BYTES_MAX: usize = 16 << 20;
+/// The most directory entries [`RocksStore::usable_snapshot`] looks at.
+const SNAPSHOT_FILES_SCANNED_MAX: usize = 4096;
 /// The most pairs one [`RocksStore::sm_scan`] call returns.
 pub const SM_SCAN_PAIRS_MAX: usize = 1 << 16;
 
@@ -44,18 +53,58 @@ pub type SmPair = (Vec<u8>, Vec<u8>);
 pub struct StoreOptions {
     /// The configuration a new store starts from (ignored when the store exists).
     pub bootstrap: Configuration,
-    /// Writes are refused with [`StoreError::BelowFreeSpaceFloor`] while the file system has
-    /// less than this many bytes free. Zero disables the check. Default: 64 MiB.
+    /// While the file system has less than this many bytes free, writes that grow the store
+    /// are refused with [`StoreError::BelowFreeSpaceFloor`]: batches that append entries and
+    /// the data batches of a snapshot install. Writes that free space or are tiny go through
+    /// (hard-state-only, compaction, truncation and snapshot-record batches, state-machine
+    /// applies of entries already in the log). Zero disables the check. Default:
+    /// [`space_needed_bytes`](StoreOptions::space_needed_bytes) of the default write buffer.
     pub free_space_floor_bytes: u64,
     /// Whether [`RocksStore::apply`] fsyncs. Not needed for safety (state-machine data and the
     /// applied index are written atomically, so after a crash both are simply older and the
     /// entries are applied again from the log); default `false`.
     pub sync_apply: bool,
+    /// Bytes of one memtable (RocksDB's `write_buffer_size`) of the `log` and `sm` column
+    /// families; `meta` and `snap` use a quarter of it. The memtable, write-ahead-log and
+    /// compaction budgets follow from it ([`space_needed_bytes`](StoreOptions::space_needed_bytes)).
+    /// Default [`WRITE_BUFFER_BYTES_DEFAULT`]; at least [`WRITE_BUFFER_BYTES_MIN`].
+    pub write_buffer_bytes: u64,
+    /// A synced write that changes neither the term nor the vote updates the durable mark
+    /// (see [`MARK_FILE`](crate::MARK_FILE)) at most this often; zero: after every synced
+    /// write. Default [`DURABLE_MARK_INTERVAL_DEFAULT`].
+    pub durable_mark_interval: Duration,
 }
+
+/// The default memtable size of the `log` and `sm` column families.
+pub const WRITE_BUFFER_BYTES_DEFAULT: u64 = 16 << 20;
+/// The smallest memtable size accepted.
+pub const WRITE_BUFFER_BYTES_MIN: u64 = 1 << 20;
+/// The largest memtable size accepted.
+pub const WRITE_BUFFER_BYTES_MAX: u64 = 1 << 30;
+/// The default of [`StoreOptions::durable_mark_interval`].
+pub const DURABLE_MARK_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
+/// Memtables of the `log` column family (appends arrive in bursts; more memtables absorb a
+/// burst while an older one is flushed, instead of stalling the writer).
+const LOG_WRITE_BUFFERS: u64 = 4;
+/// Memtables of the other column families.
+const OTHER_WRITE_BUFFERS: u64 = 2;
+/// Level-0 files that start a compaction (RocksDB's default).
+const L0_COMPACTION_TRIGGER: u64 = 4;
+/// Level-0 files at which RocksDB stops writes until compaction catches up (bounds the size
+/// of a level-0 compaction).
+const L0_STOP_WRITES: u64 = 12;
+/// Level-0 files at which RocksDB slows writes down.
+const L0_SLOWDOWN_WRITES: u64 = 8;
 
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
-        StoreOptions { bootstrap: Configuration::default(), free_space_floor_bytes: 64 << 20, sync_apply: false }
+        StoreOptions {
+            bootstrap: Configuration::default(),
+            free_space_floor_bytes: space_needed(WRITE_BUFFER_BYTES_DEFAULT),
+            sync_apply: false,
+            write_buffer_bytes: WRITE_BUFFER_BYTES_DEFAULT,
+            durable_mark_interval: DURABLE_MARK_INTERVAL_DEFAULT,
+        }
     }
 }
 
@@ -65,6 +114,50 @@ impl StoreOptions {
     pub fn with_bootstrap(config: Configuration) -> StoreOptions {
         StoreOptions { bootstrap: config, ..StoreOptions::default() }
     }
+
+    /// The free space RocksDB itself may need at any moment with these options, which is
+    /// what the free-space floor must cover: every memtable flushed (the `log` family's
+    /// [`LOG_WRITE_BUFFERS`] and two of every other family, [`memtable_budget_bytes`]) plus
+    /// the largest compaction ([`compaction_budget_bytes`]). Below it a background flush or
+    /// compaction can fail with `ENOSPC` and stop writes.
+    ///
+    /// [`memtable_budget_bytes`]: StoreOptions::memtable_budget_bytes
+    /// [`compaction_budget_bytes`]: StoreOptions::compaction_budget_bytes
+    #[must_use]
+    pub fn space_needed_bytes(&self) -> u64 {
+        space_needed(self.write_buffer())
+    }
+
+    /// Bytes of every memtable of every column family at their configured maximum.
+    #[must_use]
+    pub fn memtable_budget_bytes(&self) -> u64 {
+        memtable_budget(self.write_buffer())
+    }
+
+    /// Bytes the largest compaction may write: a level-0 compaction of every level-0 file
+    /// RocksDB lets accumulate ([`L0_STOP_WRITES`], one memtable each) into level 1
+    /// (`max_bytes_for_level_base`, [`L0_COMPACTION_TRIGGER`] memtables), which is also above
+    /// `max_compaction_bytes` for the other levels.
+    #[must_use]
+    pub fn compaction_budget_bytes(&self) -> u64 {
+        compaction_budget(self.write_buffer())
+    }
+
+    fn write_buffer(&self) -> u64 {
+        self.write_buffer_bytes.clamp(WRITE_BUFFER_BYTES_MIN, WRITE_BUFFER_BYTES_MAX)
+    }
+}
+
+fn memtable_budget(w: u64) -> u64 {
+    w * LOG_WRITE_BUFFERS + w * OTHER_WRITE_BUFFERS + 2 * (w / 4) * OTHER_WRITE_BUFFERS
+}
+
+fn compaction_budget(w: u64) -> u64 {
+    w * (L0_STOP_WRITES + L0_COMPACTION_TRIGGER)
+}
+
+fn space_needed(w: u64) -> u64 {
+    memtable_budget(w) + compaction_budget(w)
 }
 
 /// What [`RocksStore::verify`] found (when it found nothing wrong).
@@ -92,7 +185,7 @@ pub struct VerifyReport {
 /// After a failed write the store is poisoned: every later write fails with
 /// [`StoreError::Poisoned`] and the process should restart and recover from disk.
 pub struct RocksStore {
-    pub(crate) db: DB,
+    pub(crate) db: Db,
     dir: PathBuf,
     snap_dir: PathBuf,
     pub(crate) tail: RwLock<Tail>,
@@ -100,13 +193,70 @@ pub struct RocksStore {
     /// The snapshot index of an unfinished state-machine install (0: none); see `install`.
     install_pending: AtomicU64,
     write_lock: Mutex<()>,
-    poisoned: Mutex<Option<String>>,
+    poisoned: Mutex<Option<Poison>>,
     floor: AtomicU64,
     sync: WriteOptions,
     no_sync: WriteOptions,
     apply_opts: WriteOptions,
-    #[cfg(test)]
-    pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
+    /// The durable mark (see `durable`); written under `write_lock`.
+    mark: Mutex<Option<MarkWriter>>,
+    mark_interval: Duration,
+    /// The mark was lowered before a write that removed entries; raise it after the next
+    /// synced write whatever the interval.
+    mark_lowered: std::sync::atomic::AtomicBool,
+    db_dir: PathBuf,
+    /// The memtable size the column families were opened with.
+    write_buffer: u64,
+    /// An injected write failure (fault testing), see [`RocksStore::danger_inject_write_fault`].
+    fault: Mutex<Option<WriteFault>>,
+    /// Writes refused for disk space since the open.
+    space_refusals: AtomicU64,
+    /// Evidence that a table file of the state machine is damaged (see [`SM_DAMAGED_FILE`]).
+    sm_damaged: Mutex<Option<String>>,
+}
+
+/// The file, in the store's directory, that records that RocksDB met a damaged table file of
+/// the state machine (in a compaction, which stops RocksDB for good): the next open keeps the
+/// state machine's compactions off, and the node reinstalls the state machine (dropping its
+/// files unread) before anything else.
+pub const SM_DAMAGED_FILE: &str = "sm-damaged";
+/// Bytes of evidence kept in [`SM_DAMAGED_FILE`].
+const SM_DAMAGED_BYTES_MAX: u64 = 4096;
+
+fn read_sm_damaged(dir: &Path) -> Result<Option<String>, StoreError> {
+    let path = dir.join(SM_DAMAGED_FILE);
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+        Ok(m) if m.len() > SM_DAMAGED_BYTES_MAX => Ok(Some("(evidence too long to read)".into())),
+        Ok(_) => Ok(Some(String::from_utf8_lossy(&std::fs::read(&path)?).into_owned())),
+    }
+}
+
+/// Why the store refuses or retries writes after a failure.
+#[derive(Clone, Debug)]
+enum Poison {
+    /// Nothing written since can be trusted; every write is refused until restart.
+    Fatal(String),
+    /// RocksDB ran out of space; it resumes on its own once space is freed (a write that
+    /// failed with `ENOSPC` is not applied: RocksDB flushes its memtables and switches to a
+    /// new write-ahead log before it accepts writes again). Writes are tried again.
+    NoSpace(String),
+}
+
+/// A write failure to inject into the consensus write path ([`RocksStore::write_many`]) for
+/// fault testing: what an `fsync` that fails looks like to the store.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum WriteFault {
+    /// `EIO`: the write fails and the store is poisoned, as after a real failed `fsync`.
+    Eio {
+        /// The data reaches the disk first and only the report fails (an `fsync` whose
+        /// outcome is unknown), instead of nothing being written.
+        after_write: bool,
+    },
+    /// `ENOSPC`, as RocksDB reports it: nothing is applied, and the write may be retried.
+    NoSpace,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -150,34 +300,35 @@ impl RocksStore {
         std::fs::create_dir_all(&snap_dir)?;
         snapshot::remove_temporaries(&snap_dir)?;
 
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_paranoid_checks(true);
-        // A crash may leave a torn record at the end of the WAL (a write that was never
-        // acknowledged); recovery stops there. Synced records are never lost.
-        opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
-        opts.set_keep_log_file_num(4);
-        opts.set_max_background_jobs(2);
-        let cfs = CFS.map(|name| {
-            let mut o = Options::default();
-            if name == CF_LOG {
-                // Appends arrive in bursts; more memtables absorb a burst while an older one
-                // is flushed, instead of stalling the writer.
-                o.set_max_write_buffer_number(4);
-            }
-            ColumnFamilyDescriptor::new(name, o)
-        });
-        let db = DB::open_cf_descriptors(&opts, &db_dir, cfs)?;
+        let w = options.write_buffer();
+        let opts = db_options(w, DBRecoveryMode::TolerateCorruptedTailRecords);
+        let manifest_before = durable::current_manifest(&db_dir);
+        // A state machine known to be damaged (a compaction met a damaged table file of it) is
+        // opened without compactions until it is reinstalled, which drops its files unread.
+        let sm_damaged = read_sm_damaged(&dir)?;
+        let mut cfs = cf_descriptors(w);
+        if sm_damaged.is_some() {
+            let mut o = cf_options(CF_SM, w);
+            o.set_disable_auto_compactions(true);
+            cfs.retain(|d| d.name() != CF_SM);
+            cfs.push(ColumnFamilyDescriptor::new(CF_SM, o));
+        }
+        let db = match Db::open_cf_descriptors(&opts, &db_dir, cfs) {
+            Ok(db) => db,
+            Err(e) => return Err(open_error(&dir, &db_dir, e)),
+        };
         for name in CFS {
             if db.cf_handle(name).is_none() {
                 return Err(StoreError::Io(format!("column family {name} did not open")));
             }
         }
+        let manifest = durable::current_manifest(&db_dir).unwrap_or(0);
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let mut apply_opts = WriteOptions::default();
         apply_opts.set_sync(options.sync_apply);
+        let mark_path = dir.join(durable::MARK_FILE);
+        let previous = durable::read(&mark_path)?;
         let store = RocksStore {
             db,
             dir,
@@ -191,22 +342,79 @@ impl RocksStore {
             sync,
             no_sync: WriteOptions::default(),
             apply_opts,
-            #[cfg(test)]
-            fail_next_write: std::sync::atomic::AtomicBool::new(false),
+            // Replaced below, once the data is loaded and compared with the previous mark.
+            mark: Mutex::new(None),
+            mark_interval: options.durable_mark_interval,
+            mark_lowered: std::sync::atomic::AtomicBool::new(false),
+            db_dir,
+            write_buffer: w,
+            fault: Mutex::new(None),
+            space_refusals: AtomicU64::new(0),
+            sm_damaged: Mutex::new(sm_damaged),
         };
-        store.check_format(&options)?;
+        let created = store.check_format(&options)?;
         store.load()?;
         store.load_install_marker()?;
+        store.check_mark(previous, created, manifest_before, manifest, &mark_path)?;
         Ok(store)
     }
 
-    fn cf(&self, name: &str) -> &ColumnFamily {
+    /// Compares the previous durable mark with the loaded data (see `durable`), then records
+    /// a new mark of the data as it is.
+    fn check_mark(
+        &self,
+        previous: Option<(u64, Mark)>,
+        created: bool,
+        manifest_before: Option<u64>,
+        manifest: u64,
+        path: &Path,
+    ) -> Result<(), StoreError> {
+        let (hard, last, snapshot) = {
+            let t = self.tail_read();
+            (t.hard, EntryId::new(self.last_term(&t)?, t.last), t.snapshot.last)
+        };
+        let mut seq = 0;
+        if let Some((s, mark)) = previous {
+            seq = s;
+            // A mark counts only if no other program opened the database since it was
+            // written (a new database counts: it must not exist without its data).
+            if created || manifest_before == Some(mark.manifest) {
+                let term_at_mark = if mark.last.index > snapshot.index && mark.last.index <= last.index {
+                    Some(self.term_at(mark.last.index)?)
+                } else {
+                    None
+                };
+                let found = durable::Found { hard, last, snapshot, term_at_mark, created };
+                if let Some(lost) = durable::compare(&mark, &found, path) {
+                    return Err(StoreError::LostSyncedState(Box::new(lost)));
+                }
+            }
+        }
+        let writer = MarkWriter::create_or_open(path, seq, Mark::of(hard, last, manifest))?;
+        *lock(&self.mark) = Some(writer);
+        Ok(())
+    }
+
+    /// The term of the last entry of `t` (the snapshot's when the log is empty).
+    fn last_term(&self, t: &Tail) -> Result<Term, StoreError> {
+        t.term(t.last, &|i| self.read_term(i))
+    }
+
+    fn term_at(&self, index: LogIndex) -> Result<Term, StoreError> {
+        let cached = self.tail_read().cached_term(index);
+        match cached {
+            Some(t) => Ok(t),
+            None => self.read_term(index),
+        }
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> Arc<BoundColumnFamily<'_>> {
         // Invariant: `open` opened every column family in CFS and checked each handle.
         self.db.cf_handle(name).expect("invariant: every column family is opened by RocksStore::open")
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>, StoreError> {
-        Ok(self.db.get_pinned_cf(self.cf(cf.name()), key)?)
+        Ok(self.db.get_pinned_cf(&self.cf(cf.name()), key)?)
     }
 
     fn get_decoded<T: serde::de::DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -217,7 +425,7 @@ impl RocksStore {
     }
 
     fn cf_is_empty(&self, name: &str) -> Result<bool, StoreError> {
-        let mut it = self.db.raw_iterator_cf(self.cf(name));
+        let mut it = self.db.raw_iterator_cf(&self.cf(name));
         it.seek_to_first();
         it.status()?;
         Ok(!it.valid())
@@ -239,18 +447,20 @@ impl RocksStore {
             return Ok(());
         }
         let mut wb = WriteBatch::default();
-        wb.put_cf(self.cf(CF_META), KEY_FORMAT, codec::encode(Cf::Meta, KEY_FORMAT, &version)?);
+        wb.put_cf(&self.cf(CF_META), KEY_FORMAT, codec::encode(Cf::Meta, KEY_FORMAT, &version)?);
         self.db.write_opt(wb, &self.sync)?;
         Ok(())
     }
 
-    fn check_format(&self, options: &StoreOptions) -> Result<(), StoreError> {
+    /// Checks the format stamp; creates the store's records if there is none (and the
+    /// database is empty). Returns whether it created them.
+    fn check_format(&self, options: &StoreOptions) -> Result<bool, StoreError> {
         match self.get_decoded::<u32>(Cf::Meta, KEY_FORMAT)? {
-            Some(v) if v == FORMAT_VERSION || v == crate::FORMAT_VERSION_FINALIZED => Ok(()),
+            Some(v) if v == FORMAT_VERSION || v == crate::FORMAT_VERSION_FINALIZED => Ok(false),
             Some(v) if v > FORMAT_VERSION => {
                 Err(StoreError::FormatTooNew { found: v, supported: crate::FORMAT_VERSION_FINALIZED })
             }
-            Some(v) => migrate(&self.db, v),
+            Some(v) => migrate(&self.db, v).map(|()| false),
             None => {
                 for name in CFS {
                     if !self.cf_is_empty(name)? {
@@ -262,14 +472,14 @@ impl RocksStore {
                 }
                 let snap = SnapshotMeta { last: EntryId::ZERO, config: options.bootstrap.clone() };
                 let mut wb = WriteBatch::default();
-                let meta = self.cf(CF_META);
+                let meta = &self.cf(CF_META);
                 wb.put_cf(meta, KEY_HARD, codec::encode(Cf::Meta, KEY_HARD, &HardState::default())?);
                 wb.put_cf(meta, KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &LogIndex::ZERO)?);
-                wb.put_cf(self.cf(CF_SNAP), KEY_SNAP_META, codec::encode(Cf::Snap, KEY_SNAP_META, &snap)?);
+                wb.put_cf(&self.cf(CF_SNAP), KEY_SNAP_META, codec::encode(Cf::Snap, KEY_SNAP_META, &snap)?);
                 // The version goes last in the batch only for readability: the batch is atomic.
                 wb.put_cf(meta, KEY_FORMAT, codec::encode(Cf::Meta, KEY_FORMAT, &FORMAT_VERSION)?);
                 self.db.write_opt(wb, &self.sync)?;
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -285,7 +495,7 @@ impl RocksStore {
         let mut tail = Tail { snapshot: snap.clone(), last: snap.last.index, hard, ..Tail::default() };
 
         // The configuration mirror.
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_META));
+        let mut it = self.db.raw_iterator_cf(&self.cf(CF_META));
         it.seek(KEY_CFG_PREFIX);
         while let Some((k, v)) = it.item() {
             if !k.starts_with(KEY_CFG_PREFIX) {
@@ -303,7 +513,7 @@ impl RocksStore {
         drop(it);
 
         // The log's ends.
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_LOG));
+        let mut it = self.db.raw_iterator_cf(&self.cf(CF_LOG));
         it.seek_to_first();
         it.status()?;
         if let Some(k) = it.key() {
@@ -407,21 +617,75 @@ impl RocksStore {
         &self.snap_dir
     }
 
+    /// The durable mark's file (see [`MARK_FILE`](crate::MARK_FILE)).
+    #[must_use]
+    pub fn mark_file(&self) -> PathBuf {
+        self.dir.join(durable::MARK_FILE)
+    }
+
+    /// The live table files of the column family `cf` (`"log"`, `"meta"`, `"snap"` or
+    /// `"sm"`): path and size, newest last (fault testing and tools).
+    pub fn table_files(&self, cf: &str) -> Result<Vec<(PathBuf, u64)>, StoreError> {
+        let mut files: Vec<(PathBuf, u64)> = self
+            .db
+            .live_files()?
+            .into_iter()
+            .filter(|f| f.column_family_name == cf)
+            .map(|f| (self.db_dir.join(f.name.trim_start_matches('/')), f.size as u64))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Flushes every column family's memtables to table files and waits (tests and tools).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let cfs: Vec<Arc<BoundColumnFamily<'_>>> = CFS.iter().map(|n| self.cf(n)).collect();
+        let cfs: Vec<&Arc<BoundColumnFamily<'_>>> = cfs.iter().collect();
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+
     /// The index of the last entry whose effects are in the state-machine data.
     #[must_use]
     pub fn applied_index(&self) -> LogIndex {
         LogIndex(self.applied.load(Ordering::Acquire))
     }
 
-    /// Why the store refuses writes, if it does.
+    /// Why the store refuses writes, if it does (a failed write poisons it; running out of
+    /// space does not, see [`StoreError::NoSpace`]).
     #[must_use]
     pub fn poisoned(&self) -> Option<String> {
-        lock(&self.poisoned).clone()
+        match &*lock(&self.poisoned) {
+            Some(Poison::Fatal(cause)) => Some(cause.clone()),
+            _ => None,
+        }
+    }
+
+    /// Writes refused for disk space since the open: below the free-space floor, or by
+    /// RocksDB's own `ENOSPC`.
+    #[must_use]
+    pub fn space_refusals(&self) -> u64 {
+        self.space_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Whether RocksDB's last write failed for lack of space and no write has succeeded since.
+    #[must_use]
+    pub fn out_of_space(&self) -> Option<String> {
+        match &*lock(&self.poisoned) {
+            Some(Poison::NoSpace(cause)) => Some(cause.clone()),
+            _ => None,
+        }
     }
 
     /// Sets the free-space floor (bytes; zero disables the check).
     pub fn set_free_space_floor(&self, bytes: u64) {
         self.floor.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The free-space floor (bytes; zero: not checked).
+    #[must_use]
+    pub fn free_space_floor(&self) -> u64 {
+        self.floor.load(Ordering::Relaxed)
     }
 
     /// Bytes free on the store's file system.
@@ -435,27 +699,109 @@ impl RocksStore {
         space::check_free_space(&self.dir, self.floor.load(Ordering::Relaxed))
     }
 
-    fn writable(&self) -> Result<(), StoreError> {
-        if let Some(cause) = self.poisoned() {
-            return Err(StoreError::Poisoned { cause });
+    /// `Err(Poisoned)` once a write failed (other than for space).
+    fn check_poison(&self) -> Result<(), StoreError> {
+        match self.poisoned() {
+            Some(cause) => Err(StoreError::Poisoned { cause }),
+            None => Ok(()),
         }
+    }
+
+    /// For writes that grow the store: not poisoned and above the floor.
+    fn writable(&self) -> Result<(), StoreError> {
+        self.check_poison()?;
         self.free_space_ok()
     }
 
     fn poison(&self, cause: String) -> StoreError {
         let mut p = lock(&self.poisoned);
-        if p.is_none() {
-            *p = Some(cause.clone());
+        if !matches!(*p, Some(Poison::Fatal(_))) {
+            *p = Some(Poison::Fatal(cause.clone()));
         }
         StoreError::Io(cause)
     }
 
+    /// Injects `fault` into every following write of [`write_many`](Self::write_many) (the
+    /// consensus write path; `None` stops it). For fault testing only: with
+    /// [`WriteFault::Eio`] the store is poisoned as after a real failed `fsync`.
+    pub fn danger_inject_write_fault(&self, fault: Option<WriteFault>) {
+        *lock(&self.fault) = fault;
+    }
+
+    /// Writes `wb`. A failure poisons the store, unless RocksDB ran out of space: then the
+    /// write is not applied and later writes are tried again ([`StoreError::NoSpace`]).
     fn commit_batch(&self, wb: WriteBatch, opts: &WriteOptions) -> Result<(), StoreError> {
-        #[cfg(test)]
-        if self.fail_next_write.swap(false, Ordering::SeqCst) {
-            return Err(self.poison("injected write failure".into()));
+        match self.db.write_opt(wb, opts) {
+            Ok(()) => {
+                let mut p = lock(&self.poisoned);
+                if matches!(*p, Some(Poison::NoSpace(_))) {
+                    *p = None;
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.write_failed(e.into_string())),
         }
-        self.db.write_opt(wb, opts).map_err(|e| self.poison(format!("write failed: {}", e.into_string())))
+    }
+
+    fn write_failed(&self, text: String) -> StoreError {
+        if text.contains("Corruption") {
+            self.note_sm_damage(&text);
+        }
+        if text.contains(crate::error::NO_SPACE_TEXT) {
+            self.space_refusals.fetch_add(1, Ordering::Relaxed);
+            let mut p = lock(&self.poisoned);
+            if p.is_none() {
+                *p = Some(Poison::NoSpace(text.clone()));
+            }
+            return StoreError::NoSpace(text);
+        }
+        self.poison(format!("write failed: {text}"))
+    }
+
+    /// If RocksDB's corruption `text` names a table file of the state machine, records it in
+    /// [`SM_DAMAGED_FILE`] (synced) for the next open.
+    fn note_sm_damage(&self, text: &str) {
+        let Some(number) = sst_number(text) else { return };
+        let in_sm = self.db.live_files().is_ok_and(|files| {
+            files.iter().any(|f| f.column_family_name == CF_SM && sst_number(&f.name) == Some(number))
+        });
+        if !in_sm {
+            return;
+        }
+        let evidence: String = text.chars().take(SM_DAMAGED_BYTES_MAX as usize / 2).collect();
+        let path = self.dir.join(SM_DAMAGED_FILE);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut f, evidence.as_bytes())?;
+            f.sync_all()?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        let _ = write();
+        *lock(&self.sm_damaged) = Some(evidence);
+    }
+
+    /// Evidence that a table file of the state machine is damaged, recorded when RocksDB met
+    /// it (see [`SM_DAMAGED_FILE`]); cleared by a reinstall.
+    #[must_use]
+    pub fn sm_damaged(&self) -> Option<String> {
+        lock(&self.sm_damaged).clone()
+    }
+
+    /// [`commit_batch`](Self::commit_batch) with the injected fault, if any.
+    fn commit_consensus_batch(&self, wb: WriteBatch, opts: &WriteOptions) -> Result<(), StoreError> {
+        let fault = *lock(&self.fault);
+        match fault {
+            None => self.commit_batch(wb, opts),
+            Some(WriteFault::NoSpace) => {
+                Err(self.write_failed(format!("IO error: {}: injected (fault testing)", crate::error::NO_SPACE_TEXT)))
+            }
+            Some(WriteFault::Eio { after_write }) => {
+                if after_write {
+                    self.commit_batch(wb, opts)?;
+                }
+                Err(self.poison("write failed: IO error: Input/output error: injected (fault testing)".into()))
+            }
+        }
     }
 
     /// Reads the term of `index` from disk (verifying the record's checksum).
@@ -489,68 +835,168 @@ impl RocksStore {
         self.write_many(std::slice::from_ref(&batch)).pop().unwrap_or(Ok(()))
     }
 
-    /// Persists several batches, in order, in one RocksDB write with one fsync. Each batch is
-    /// validated on its own (an invalid one is refused and the others still written); the
-    /// result of each is returned in order.
+    /// Persists several batches, in order, in one RocksDB write with one fsync, and returns
+    /// the result of each in order. The batches are an ordered stream (each is planned on top
+    /// of the ones before it), so once one is refused — invalid, or growing the store below the
+    /// free-space floor — every later one is refused too ([`StoreError::EarlierBatchFailed`]):
+    /// a batch is never written without the ones before it.
+    ///
+    /// Below the free-space floor, batches that append entries are refused
+    /// ([`StoreError::BelowFreeSpaceFloor`]); batches without entries (hard state, compaction,
+    /// truncation, a snapshot record) are tiny or free space and go through.
     pub fn write_many(&self, batches: &[PersistBatch]) -> Vec<Result<(), StoreError>> {
         let _w = lock(&self.write_lock);
-        if let Err(e) = self.writable() {
+        if let Err(e) = self.check_poison() {
             return vec![Err(e); batches.len()];
         }
+        let floor = self.free_space_ok().err();
         let mut tail = self.tail_read().clone();
         let mut wb = WriteBatch::default();
         let mut results = Vec::with_capacity(batches.len());
+        let mut refused: Option<String> = None;
         let mut compacted = false;
         let mut sync = false;
+        // The lowest log position this write keeps of what the durable mark may cover.
+        let mut keep: Option<EntryId> = None;
         let lookup = |i: LogIndex| self.read_term(i);
         for b in batches {
+            if let Some(cause) = &refused {
+                results.push(Err(StoreError::EarlierBatchFailed { cause: cause.clone() }));
+                continue;
+            }
+            if let Some(e) = floor.as_ref().filter(|_| !b.entries.is_empty()) {
+                self.space_refusals.fetch_add(1, Ordering::Relaxed);
+                refused = Some(e.to_string());
+                results.push(Err(e.clone()));
+                continue;
+            }
+            let before = tail.clone();
             let mut t = tail.clone();
-            let r = t.plan(b, &lookup).and_then(|plan| encode_plan(&plan, b));
+            let r = t
+                .plan(b, &lookup)
+                .and_then(|plan| Ok((removes_from(&plan, &before, &lookup)?, encode_plan(&plan, b)?)));
             match r {
-                Ok(ops) => {
+                Ok((removed, ops)) => {
                     for op in ops {
                         match op {
-                            Op::Put(cf, k, v) => wb.put_cf(self.cf(cf), k, v),
-                            Op::DeleteRange(cf, a, z) => wb.delete_range_cf(self.cf(cf), a, z),
+                            Op::Put(cf, k, v) => wb.put_cf(&self.cf(cf), k, v),
+                            Op::DeleteRange(cf, a, z) => wb.delete_range_cf(&self.cf(cf), a, z),
                         }
+                    }
+                    if let Some(kept) = removed {
+                        keep = Some(keep.map_or(kept, |k| k.min(kept)));
                     }
                     compacted |= b.compact.is_some() || b.install.is_some();
                     sync |= !b.skip_fsync;
                     tail = t;
                     results.push(Ok(()));
                 }
-                Err(e) => results.push(Err(e)),
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    results.push(Err(e));
+                }
             }
         }
         if wb.is_empty() {
             return results;
         }
-        let opts = if sync { &self.sync } else { &self.no_sync };
-        if let Err(e) = self.commit_batch(wb, opts) {
-            for r in &mut results {
+        let fail = |results: &mut Vec<Result<(), StoreError>>, e: StoreError| {
+            for r in results.iter_mut() {
                 if r.is_ok() {
                     *r = Err(e.clone());
                 }
             }
+        };
+        // The mark must never claim entries this write removes, even if it is lost halfway.
+        if let Some(kept) = keep
+            && let Err(e) = self.lower_mark(kept)
+        {
+            fail(&mut results, e);
+            return results;
+        }
+        let opts = if sync { &self.sync } else { &self.no_sync };
+        if let Err(e) = self.commit_consensus_batch(wb, opts) {
+            fail(&mut results, e);
             return results;
         }
         tail.trim();
         let snap_index = tail.snapshot.last.index.0;
+        let mark = self.last_term(&tail).map(|t| Mark::of(tail.hard, EntryId::new(t, tail.last), 0));
         *self.tail.write().unwrap_or_else(PoisonError::into_inner) = tail;
+        if sync {
+            // Only what was synced may be marked; a vote or a term before it is acknowledged.
+            if let Err(e) = mark.and_then(|m| self.raise_mark(m)) {
+                fail(&mut results, e);
+                return results;
+            }
+        }
         if compacted {
             // Older snapshot files are garbage now. A failure to remove one is harmless: the
             // next compaction retries.
             let _ = snapshot::remove_older(&self.snap_dir, snap_index);
+            // Retire the write-ahead logs: the compacted log prefix no longer pins them.
+            self.flush_in_background();
         }
         results
+    }
+
+    /// Lowers the durable mark's last entry to `kept` (before a write that removes entries
+    /// after it), if the mark claims more.
+    fn lower_mark(&self, kept: EntryId) -> Result<(), StoreError> {
+        let mut guard = lock(&self.mark);
+        let Some(w) = guard.as_mut() else { return Ok(()) };
+        let mut m = w.current();
+        if m.last.index <= kept.index {
+            return Ok(());
+        }
+        m.last = kept;
+        m.written_unix_ms = durable::unix_ms();
+        w.write(m).map_err(|e| self.poison(format!("cannot write the durable mark {}: {e}", w.path().display())))?;
+        self.mark_lowered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Raises the durable mark to `new` (the synced state after a write) when the term or the
+    /// vote changed, the mark was lowered, or the interval passed.
+    fn raise_mark(&self, new: Mark) -> Result<(), StoreError> {
+        let mut guard = lock(&self.mark);
+        let Some(w) = guard.as_mut() else { return Ok(()) };
+        let cur = w.current();
+        let due = new.term != cur.term
+            || new.vote != cur.vote
+            || self.mark_lowered.load(Ordering::Acquire)
+            || w.age() >= self.mark_interval;
+        if !due || (new.last == cur.last && new.commit == cur.commit && new.term == cur.term && new.vote == cur.vote) {
+            return Ok(());
+        }
+        // The session's MANIFEST (RocksDB may have started a new one since the open).
+        let manifest = durable::current_manifest(&self.db_dir).unwrap_or(cur.manifest);
+        w.write(Mark { manifest, ..new })
+            .map_err(|e| self.poison(format!("cannot write the durable mark {}: {e}", w.path().display())))?;
+        self.mark_lowered.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Starts flushing every column family's memtable without waiting, so that the
+    /// write-ahead logs they pin can be deleted. A failure is RocksDB's background error and
+    /// shows in the next write.
+    fn flush_in_background(&self) {
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(false);
+        let cfs: Vec<Arc<BoundColumnFamily<'_>>> = CFS.iter().map(|n| self.cf(n)).collect();
+        let cfs: Vec<&Arc<BoundColumnFamily<'_>>> = cfs.iter().collect();
+        let _ = self.db.flush_cfs_opt(&cfs, &fo);
     }
 
     /// Writes state-machine operations together with the new applied index, atomically, so
     /// that after a restart the state machine neither re-applies nor misses an entry: resume
     /// applying at `applied_index() + 1`. `applied` must advance and not pass the last index.
+    ///
+    /// Not refused below the free-space floor: it applies entries already in the log, whose
+    /// amount the floor's headroom bounds (refusing it would only stop the state machine).
     pub fn apply(&self, applied: LogIndex, ops: impl IntoIterator<Item = SmOp>) -> Result<(), StoreError> {
         let _w = lock(&self.write_lock);
-        self.writable()?;
+        self.check_poison()?;
         if let Some(at) = self.sm_install_pending() {
             return Err(StoreError::InvalidBatch(format!(
                 "the state machine holds part of the snapshot at {at} (an install was interrupted); install it again first"
@@ -568,7 +1014,7 @@ impl RocksStore {
                 "applied index {applied} would pass the last persisted entry {last}"
             )));
         }
-        let sm = self.cf(CF_SM);
+        let sm = &self.cf(CF_SM);
         let mut wb = WriteBatch::default();
         for (n, op) in ops.into_iter().enumerate() {
             if n >= APPLY_OPS_MAX {
@@ -583,7 +1029,7 @@ impl RocksStore {
                 SmOp::Clear => wb.delete_range_cf(sm, [SM_PREFIX], [SM_PREFIX_END]),
             }
         }
-        wb.put_cf(self.cf(CF_META), KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &applied)?);
+        wb.put_cf(&self.cf(CF_META), KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &applied)?);
         self.commit_batch(wb, &self.apply_opts)?;
         self.applied.store(applied.0, Ordering::Release);
         Ok(())
@@ -592,7 +1038,7 @@ impl RocksStore {
     /// The state-machine value of `key`, checksum verified.
     pub fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let k = sm_key(key);
-        match self.get(Cf::Sm, &k)? {
+        match self.get(Cf::Sm, &k).map_err(|e| in_sm(e, &k))? {
             Some(v) => Ok(Some(codec::verify(Cf::Sm, &k, &v)?.to_vec())),
             None => Ok(None),
         }
@@ -613,7 +1059,7 @@ impl RocksStore {
         let mut bytes = 0usize;
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(vec![SM_PREFIX_END]);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_SM), ro);
+        let mut it = self.db.raw_iterator_cf_opt(&self.cf(CF_SM), ro);
         it.seek(sm_key(from));
         let mut out = Vec::new();
         while out.len() < limit && bytes < bytes_max {
@@ -623,7 +1069,7 @@ impl RocksStore {
             out.push((k[1..].to_vec(), body.to_vec()));
             it.next();
         }
-        it.status()?;
+        it.status().map_err(|e| in_sm(e.into(), &sm_key(from)))?;
         Ok(out)
     }
 
@@ -654,6 +1100,39 @@ impl RocksStore {
         Ok(Some(r))
     }
 
+    /// The newest snapshot file in the snapshot directory whose header and metadata verify,
+    /// whose index is at most `at_most` and at least the log's floor (so that the log holds
+    /// every entry after it): a state machine installed from it and the log after it applied
+    /// again is the state machine at any applied index up to `at_most`. Its data checksum is
+    /// checked when it is read.
+    pub fn usable_snapshot(&self, at_most: LogIndex) -> Result<Option<(SnapshotMeta, PathBuf)>, StoreError> {
+        let floor = self.tail_read().snapshot.last;
+        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+        for (n, ent) in std::fs::read_dir(&self.snap_dir)?.enumerate() {
+            if n >= SNAPSHOT_FILES_SCANNED_MAX {
+                break;
+            }
+            let path = ent?.path();
+            let Some(index) = path.file_name().and_then(|n| snapshot::index_of(&n.to_string_lossy())) else { continue };
+            if index < floor.index.0 || index > at_most.0 || best.as_ref().is_some_and(|(b, _)| b.last.index.0 >= index)
+            {
+                continue;
+            }
+            let Ok(r) = SnapshotReader::open(&path) else { continue };
+            let meta = r.meta().clone();
+            // The log must agree with the file at the file's index.
+            let agrees = if meta.last.index == floor.index {
+                meta.last.term == floor.term
+            } else {
+                self.term_at(meta.last.index).is_ok_and(|t| t == meta.last.term)
+            };
+            if meta.last.index.0 == index && agrees {
+                best = Some((meta, path));
+            }
+        }
+        Ok(best)
+    }
+
     /// Reads every record of every column family, verifying checksums, that the log is
     /// gap-free from the snapshot to the last index, that terms never decrease, and that the
     /// configuration mirror matches the configuration entries. Takes time proportional to the
@@ -662,7 +1141,7 @@ impl RocksStore {
         let _w = lock(&self.write_lock);
         let tail = self.tail_read().clone();
         let mut report = VerifyReport::default();
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_LOG));
+        let mut it = self.db.raw_iterator_cf(&self.cf(CF_LOG));
         it.seek_to_first();
         let mut expect = tail.snapshot.last.index.next();
         let mut prev_term = tail.snapshot.last.term;
@@ -711,7 +1190,7 @@ impl RocksStore {
             });
         }
         for (name, cf) in [(CF_META, Cf::Meta), (CF_SNAP, Cf::Snap), (CF_SM, Cf::Sm)] {
-            let mut it = self.db.raw_iterator_cf(self.cf(name));
+            let mut it = self.db.raw_iterator_cf(&self.cf(name));
             it.seek_to_first();
             while let Some((k, v)) = it.item() {
                 codec::verify(cf, k, v)?;
@@ -728,18 +1207,156 @@ impl RocksStore {
     }
 }
 
+/// RocksDB's database options. `w` is the memtable size of the `log` and `sm` families.
+///
+/// * **Recovery mode `TolerateCorruptedTailRecords`**: a damaged record anywhere in any
+///   write-ahead log fails the open with a corruption error; only an incomplete record at the
+///   end of a log (a write in progress at a crash) is dropped. `PointInTime`, RocksDB's
+///   default, would instead stop replaying at the first damaged record and silently drop every
+///   later one, synced or not. A torn tail that held synced records is caught by the durable
+///   mark.
+/// * **WALs tracked in the MANIFEST**: a synced, closed log that is missing or shorter than
+///   recorded fails the open.
+/// * **Short-lived WALs**: `max_total_wal_size` of [`WAL_BUDGET_WRITE_BUFFERS`] memtables, so
+///   that the rarely written `meta` and `snap` families cannot pin gigabytes of logs (RocksDB's
+///   default is four times the sum of all memtables); the store also flushes every family after
+///   a compaction ([`RocksStore::write_many`]).
+fn db_options(w: u64, recovery: DBRecoveryMode) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_paranoid_checks(true);
+    opts.set_wal_recovery_mode(recovery);
+    opts.set_track_and_verify_wals_in_manifest(true);
+    opts.set_max_total_wal_size(w * WAL_BUDGET_WRITE_BUFFERS);
+    opts.set_keep_log_file_num(4);
+    opts.set_max_background_jobs(2);
+    opts
+}
+
+/// The write-ahead logs kept before RocksDB flushes the families that pin the oldest one, in
+/// memtables of the `log` family.
+pub(crate) const WAL_BUDGET_WRITE_BUFFERS: u64 = 4;
+
+/// The column families with their memtable and compaction settings (see
+/// [`StoreOptions::space_needed_bytes`]).
+fn cf_descriptors(w: u64) -> Vec<ColumnFamilyDescriptor> {
+    // RocksDB's `default` family, unused, is opened too (with RocksDB's default options unless
+    // named): its memtable is kept as small as `meta`'s, because after an out-of-space error
+    // RocksDB resumes only once free space reaches the largest memtable of any family (64 MiB
+    // for an untouched `default`, whatever the others use).
+    CFS.iter()
+        .chain(std::iter::once(&rocksdb::DEFAULT_COLUMN_FAMILY_NAME))
+        .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, w)))
+        .collect()
+}
+
+/// The options of the column family `name`.
+pub(crate) fn cf_options(name: &str, w: u64) -> Options {
+    let mut o = Options::default();
+    let (size, count) = if name == CF_LOG || name == CF_SM {
+        (w, if name == CF_LOG { LOG_WRITE_BUFFERS } else { OTHER_WRITE_BUFFERS })
+    } else {
+        (w / 4, OTHER_WRITE_BUFFERS)
+    };
+    o.set_write_buffer_size(size as usize);
+    o.set_max_write_buffer_number(count as i32);
+    o.set_target_file_size_base(w);
+    o.set_max_bytes_for_level_base(w * L0_COMPACTION_TRIGGER);
+    o.set_max_compaction_bytes(w * L0_COMPACTION_TRIGGER * 2);
+    o.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER as i32);
+    o.set_level_zero_slowdown_writes_trigger(L0_SLOWDOWN_WRITES as i32);
+    o.set_level_zero_stop_writes_trigger(L0_STOP_WRITES as i32);
+    o
+}
+
+/// The number of the first `NNNNNN.sst` file named in `text`.
+fn sst_number(text: &str) -> Option<u64> {
+    let at = text.find(".sst")?;
+    let digits: String = text[..at].chars().rev().take_while(char::is_ascii_digit).collect();
+    digits.chars().rev().collect::<String>().parse().ok()
+}
+
+/// The error of a failed open. A corruption RocksDB found while recovering (a damaged
+/// write-ahead log record, a missing or short log, a damaged table file) comes with what the
+/// data up to the damage holds and what the durable mark says, and what to do.
+fn open_error(dir: &Path, db_dir: &Path, e: rocksdb::Error) -> StoreError {
+    let err = StoreError::from(e);
+    let StoreError::Corrupt { detail, .. } = &err else { return err };
+    let mark = match durable::read(&dir.join(durable::MARK_FILE)) {
+        Ok(Some((_, m))) => format!("the durable mark records {}", m.describe()),
+        Ok(None) => "there is no durable mark".to_string(),
+        Err(e) => format!("the durable mark cannot be read ({e})"),
+    };
+    let survives = match summarize_point_in_time(db_dir) {
+        Ok(s) => format!("replayed up to the damage, the data holds {s}"),
+        Err(e) => format!("the data up to the damage cannot be read either ({e})"),
+    };
+    StoreError::Corrupt {
+        key: "rocksdb".into(),
+        detail: format!(
+            "{detail}. RocksDB refused to recover: its write-ahead log or a table file is damaged, and replaying \
+             past the damage would silently drop synced records. {survives}; {mark}. The node must not run on \
+             this data: remove it from the cluster (`quorate member remove <id>`), move its data directory aside \
+             (keep it as evidence) and add it back as a new member"
+        ),
+    }
+}
+
+/// What a read-only, point-in-time replay of the database at `db_dir` holds: the hard state
+/// and the last log index (evidence for [`open_error`]; writes nothing).
+fn summarize_point_in_time(db_dir: &Path) -> Result<String, StoreError> {
+    let mut opts = db_options(WRITE_BUFFER_BYTES_MIN, DBRecoveryMode::PointInTime);
+    opts.create_if_missing(false);
+    let db = Db::open_cf_descriptors_read_only(&opts, db_dir, cf_descriptors(WRITE_BUFFER_BYTES_MIN), false)?;
+    let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::Io("no meta column family".into()))?;
+    let hard: Option<HardState> = match db.get_pinned_cf(&meta, KEY_HARD)? {
+        Some(v) => Some(codec::decode(Cf::Meta, KEY_HARD, &v)?),
+        None => None,
+    };
+    let log = db.cf_handle(CF_LOG).ok_or_else(|| StoreError::Io("no log column family".into()))?;
+    let mut it = db.raw_iterator_cf(&log);
+    it.seek_to_last();
+    let last = it.key().and_then(parse_index);
+    Ok(format!(
+        "{}, log up to index {}",
+        hard.map_or_else(
+            || "no hard state".to_string(),
+            |h| format!(
+                "term {}, vote {}, commit index {}",
+                h.term,
+                h.vote.map_or_else(|| "none".to_string(), |v| v.to_string()),
+                h.commit
+            )
+        ),
+        last.map_or_else(|| "(empty)".to_string(), |i| i.to_string())
+    ))
+}
+
 /// Upgrades data of format `from` (older than [`FORMAT_VERSION`]) in place.
 ///
 /// There is no older format yet, so every older version is refused. When the format changes,
 /// add an arm here that rewrites the data in one synced batch which also stamps the new
 /// version, so that a crash mid-migration leaves the old format intact.
-fn migrate(db: &DB, from: u32) -> Result<(), StoreError> {
+fn migrate(db: &Db, from: u32) -> Result<(), StoreError> {
     let _ = db;
     Err(StoreError::FormatUnsupported { found: from, supported: FORMAT_VERSION })
 }
 
+/// A RocksDB corruption met while reading the state machine, named as a state-machine record
+/// (`sm/<key>`, the key read or the start of the scan) so that the caller knows the state
+/// machine, not the log, is damaged.
+fn in_sm(e: StoreError, key: &[u8]) -> StoreError {
+    match e {
+        StoreError::Corrupt { key: k, detail } if k == "rocksdb" => {
+            StoreError::Corrupt { key: key_name(Cf::Sm, key), detail: format!("{detail} (RocksDB)") }
+        }
+        other => other,
+    }
+}
+
 /// Checks one state-machine pair against its bounds and adds it, checksummed, to `wb`.
-fn put_sm(wb: &mut WriteBatch, sm: &ColumnFamily, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+fn put_sm(wb: &mut WriteBatch, sm: &impl AsColumnFamilyRef, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
     check_sm_key(key)?;
     if value.len() > SM_VALUE_BYTES_MAX {
         return Err(StoreError::InvalidBatch(format!(
@@ -761,6 +1378,29 @@ fn check_sm_key(key: &[u8]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// If the planned batch removes log entries (a truncation, or a snapshot that discards the
+/// log), the last entry it keeps of the log `before` it: the durable mark may not claim more
+/// while the batch is being written.
+fn removes_from(
+    plan: &Plan,
+    before: &Tail,
+    lookup: &dyn Fn(LogIndex) -> Result<Term, StoreError>,
+) -> Result<Option<EntryId>, StoreError> {
+    let mut kept: Option<EntryId> = None;
+    for (meta, end) in &plan.compactions {
+        if *end == LogIndex(u64::MAX) {
+            // The whole log goes; the snapshot's entry is what remains.
+            kept = Some(kept.map_or(meta.last, |k| k.min(meta.last)));
+        }
+    }
+    if let Some(from) = plan.truncate_from {
+        let at = from.prev();
+        let id = EntryId::new(before.term(at, lookup)?, at);
+        kept = Some(kept.map_or(id, |k| k.min(id)));
+    }
+    Ok(kept)
 }
 
 fn encode_plan(plan: &Plan, b: &PersistBatch) -> Result<Vec<Op>, StoreError> {
@@ -851,7 +1491,7 @@ impl LogStorage for RocksStore {
         }
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(log_key(hi).to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_LOG), ro);
+        let mut it = self.db.raw_iterator_cf_opt(&self.cf(CF_LOG), ro);
         it.seek(log_key(lo));
         let mut out = Vec::new();
         let mut total = 0u64;

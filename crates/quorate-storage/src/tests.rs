@@ -54,9 +54,9 @@ fn tamper(dir: &Path, cf: Cf, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
 /// Applies `f` to the stored bytes of `key` in `cf` through the open store's database handle.
 fn tamper_live(s: &RocksStore, cf: Cf, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
     let h = s.db.cf_handle(cf.name()).unwrap();
-    let mut v = s.db.get_cf(h, key).unwrap().expect("record present");
+    let mut v = s.db.get_cf(&h, key).unwrap().expect("record present");
     f(&mut v);
-    s.db.put_cf(h, key, v).unwrap();
+    s.db.put_cf(&h, key, v).unwrap();
 }
 
 fn with_ten_entries(dir: &Path) -> RocksStore {
@@ -139,8 +139,8 @@ fn swapped_records_are_detected() {
     let d = TestDir::new("swap");
     let s = with_ten_entries(d.path());
     let h = s.db.cf_handle("log").unwrap();
-    let v2 = s.db.get_cf(h, log_key(LogIndex(2))).unwrap().unwrap();
-    s.db.put_cf(h, log_key(LogIndex(3)), v2).unwrap();
+    let v2 = s.db.get_cf(&h, log_key(LogIndex(2))).unwrap().unwrap();
+    s.db.put_cf(&h, log_key(LogIndex(3)), v2).unwrap();
     assert_corrupt_storage(s.entries(LogIndex(1), LogIndex(5), u64::MAX), "log/3");
 }
 
@@ -148,8 +148,7 @@ fn swapped_records_are_detected() {
 fn a_gap_is_corrupt_naming_the_missing_key() {
     let d = TestDir::new("gap");
     let s = with_ten_entries(d.path());
-    let h = s.db.cf_handle("log").unwrap();
-    s.db.delete_cf(h, log_key(LogIndex(6))).unwrap();
+    s.db.delete_cf(&s.db.cf_handle("log").unwrap(), log_key(LogIndex(6))).unwrap();
     assert_corrupt_storage(s.entries(LogIndex(2), LogIndex(9), u64::MAX), "log/6");
     assert_corrupt(s.verify(), "log/6");
     s.tail.write().unwrap().runs.clear();
@@ -240,8 +239,9 @@ fn a_failed_write_poisons_the_store() {
     let d = TestDir::new("poison");
     let s = open(d.path());
     s.write(PersistBatch::append(entries(1, 3, 1))).unwrap();
-    s.fail_next_write.store(true, std::sync::atomic::Ordering::SeqCst);
+    s.danger_inject_write_fault(Some(WriteFault::Eio { after_write: false }));
     let err = s.write(PersistBatch::append(entries(4, 4, 1))).unwrap_err();
+    s.danger_inject_write_fault(None);
     assert!(matches!(err, StoreError::Io(_)), "{err}");
     assert!(err.is_fatal());
     // Nothing changed in memory, and every later write is refused.
@@ -368,7 +368,7 @@ fn group_commit_merges_and_reports_each_batch() {
     for i in 1..=200u64 {
         pending.push(g.submit(PersistBatch::append(vec![entry(i, 1)])).unwrap());
     }
-    // An invalid batch in the middle is refused on its own.
+    // An invalid batch at the end is refused, and so is everything after it.
     let bad = g.submit(PersistBatch::append(vec![entry(500, 1)])).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     g.submit_with(PersistBatch::append(vec![entry(201, 1)]), move |r| {
@@ -379,10 +379,55 @@ fn group_commit_merges_and_reports_each_batch() {
         p.wait().unwrap();
     }
     assert_eq!(bad.wait(), Err(StoreError::Unavailable(LogIndex(500))));
-    rx.recv().unwrap().unwrap();
+    assert!(matches!(rx.recv().unwrap(), Err(StoreError::EarlierBatchFailed { .. })));
     drop(g);
-    assert_eq!(s.last_index(), LogIndex(201));
-    assert_eq!(s.verify().unwrap().entries, 201);
+    assert_eq!(s.last_index(), LogIndex(200));
+    assert_eq!(s.verify().unwrap().entries, 200);
+}
+
+#[test]
+fn a_refused_batch_refuses_every_later_batch_of_the_write() {
+    // Issue 18: `write_many` used to plan each batch on its own and write batch k+1 after
+    // batch k was refused, although k+1 was planned on top of k.
+    let d = TestDir::new("refusedk");
+    let s = open(d.path());
+    s.write(PersistBatch::append(entries(1, 3, 1))).unwrap();
+    let results = s.write_many(&[
+        PersistBatch::append(entries(4, 4, 1)),
+        PersistBatch::append(entries(9, 9, 1)),
+        PersistBatch::default().with_hard_state(hs(2, 3)),
+        PersistBatch::append(entries(5, 6, 2)),
+    ]);
+    assert_eq!(results[0], Ok(()));
+    assert_eq!(results[1], Err(StoreError::Unavailable(LogIndex(9))));
+    for r in &results[2..] {
+        assert!(matches!(r, Err(StoreError::EarlierBatchFailed { cause }) if cause.contains("beyond")), "{r:?}");
+    }
+    assert_eq!(s.last_index(), LogIndex(4));
+    assert_eq!(s.hard_state(), HardState::default());
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.last_index(), LogIndex(4));
+    assert_eq!(s.hard_state(), HardState::default());
+}
+
+#[test]
+fn the_group_committer_writes_nothing_after_a_refused_batch() {
+    // Issue 18: a later group was still written after a batch of an earlier group was refused.
+    let d = TestDir::new("groupbroken");
+    let s = Arc::new(open(d.path()));
+    let g = GroupCommitter::new(Arc::clone(&s), GroupOptions::default()).unwrap();
+    g.submit(PersistBatch::append(entries(1, 2, 1))).unwrap().wait().unwrap();
+    assert_eq!(
+        g.submit(PersistBatch::append(entries(7, 7, 1))).unwrap().wait(),
+        Err(StoreError::Unavailable(LogIndex(7)))
+    );
+    // A valid continuation, in a group of its own: never written.
+    let later = g.submit(PersistBatch::append(entries(3, 3, 1)).with_hard_state(hs(2, 1))).unwrap().wait();
+    assert!(matches!(later, Err(StoreError::EarlierBatchFailed { .. })), "{later:?}");
+    drop(g);
+    assert_eq!(s.last_index(), LogIndex(2));
+    assert_eq!(s.hard_state(), HardState::default());
 }
 
 #[test]

@@ -91,7 +91,7 @@ fn crash_between_install_batches_recovers_to_exactly_the_snapshot() {
     let dst_dir = dir.path().join("dst");
     let dst = target(&dst_dir, &src, &meta);
     // "Crash" after the first batch: the marker is on disk, the applied index is the old one.
-    install_snapshot_batches(&dst, &meta, Some(1)).expect("partial install");
+    install_snapshot_batches(&dst, &meta, Some(1), false).expect("partial install");
     drop(dst);
     let dst = open(&dst_dir);
     assert_eq!(dst.sm_install_pending(), Some(LogIndex(4)), "the marker survives the crash");

@@ -7,11 +7,16 @@
 //! synced write: the applied index set to the snapshot's and the marker removed).
 //!
 //! **Invariant.** While the marker is on disk the state machine is not trusted: it may hold
-//! part of a snapshot. [`RocksStore::apply`] refuses to write on top of it, and a node that
-//! finds the marker at start-up ([`RocksStore::sm_install_pending`]) installs the snapshot
-//! again from its file, starting with the clearing write. RocksDB's write-ahead log keeps
-//! writes in order, so a crash at any point leaves either the old state machine (the begin
-//! write lost), a marked partial one, or the whole snapshot with its applied index.
+//! part of a snapshot, and its applied index means nothing. [`RocksStore::apply`] refuses to
+//! write on top of it, and a node that finds the marker at start-up
+//! ([`RocksStore::sm_install_pending`]) installs the snapshot again from its file, starting
+//! with the clearing write. RocksDB's write-ahead log keeps writes in order, so a crash at any
+//! point leaves either the old state machine (the begin write lost), a marked partial one, or
+//! the whole snapshot with its applied index.
+//!
+//! **Reinstall.** A damaged state machine is repaired by installing the local snapshot again
+//! ([`RocksStore::begin_sm_reinstall`], which may go back below the applied index) and applying
+//! the log after it again: the log keeps every entry after the recorded snapshot.
 
 use super::{APPLY_OPS_MAX, RocksStore, lock, put_sm};
 use crate::codec::{self, CF_META, CF_SM, Cf, KEY_APPLIED, KEY_SM_INSTALL, SM_PREFIX, SM_PREFIX_END};
@@ -48,20 +53,82 @@ impl RocksStore {
     }
 
     /// Begins installing the state-machine data of the snapshot ending at `target`: removes
-    /// every state-machine key and records the install marker, in one durable write. Starting
-    /// again over an unfinished install is allowed (that is the recovery).
+    /// every state-machine key and records the install marker, in one durable write. `target`
+    /// must be above the applied index, unless an install is already in progress (starting
+    /// again over an unfinished install is the recovery).
     pub fn begin_sm_install(&self, target: LogIndex) -> Result<(), StoreError> {
+        if self.sm_install_pending().is_none() && target <= self.applied_index() {
+            return Err(StoreError::InvalidBatch(format!(
+                "installing the snapshot at {target} would go back from the applied index {}",
+                self.applied_index()
+            )));
+        }
+        self.begin_install(target)
+    }
+
+    /// Begins installing the snapshot at `target` again over a damaged state machine, like
+    /// [`begin_sm_install`](Self::begin_sm_install) but also at or below the applied index:
+    /// [`finish_sm_install`](Self::finish_sm_install) then sets the applied index back to
+    /// `target`, and the caller applies the log after it again. Every table file of the state
+    /// machine is dropped too (the column family is recreated), so that a damaged one is gone,
+    /// not merely hidden.
+    pub fn begin_sm_reinstall(&self, target: LogIndex) -> Result<(), StoreError> {
+        self.begin_install(target)
+    }
+
+    fn begin_install(&self, target: LogIndex) -> Result<(), StoreError> {
         let _w = lock(&self.write_lock);
-        self.writable()?;
+        // Clearing frees space: allowed below the floor.
+        self.check_poison()?;
         if target == LogIndex::ZERO {
             return Err(StoreError::InvalidBatch("a snapshot install needs a snapshot index above 0".into()));
         }
         let mut wb = WriteBatch::default();
-        wb.delete_range_cf(self.cf(CF_SM), [SM_PREFIX], [SM_PREFIX_END]);
-        wb.put_cf(self.cf(CF_META), KEY_SM_INSTALL, codec::encode(Cf::Meta, KEY_SM_INSTALL, &target)?);
+        wb.delete_range_cf(&self.cf(CF_SM), [SM_PREFIX], [SM_PREFIX_END]);
+        wb.put_cf(&self.cf(CF_META), KEY_SM_INSTALL, codec::encode(Cf::Meta, KEY_SM_INSTALL, &target)?);
         self.commit_batch(wb, &self.sync)?;
         self.install_pending.store(target.0, Ordering::Release);
+        self.recreate_sm()
+    }
+
+    /// Drops the `sm` column family and creates it empty: every table file of the state
+    /// machine goes without being read, so a damaged one cannot stop a later compaction.
+    /// Called after the clearing write (the range deletion hides the old data even if the
+    /// drop does not happen); a crash between the drop and the creation is repaired by the
+    /// next open, which creates missing families.
+    fn recreate_sm(&self) -> Result<(), StoreError> {
+        self.db
+            .drop_cf(CF_SM)
+            .map_err(|e| self.poison(format!("cannot drop the state machine's column family: {e}")))?;
+        self.db
+            .create_cf(CF_SM, &super::cf_options(CF_SM, self.write_buffer))
+            .map_err(|e| self.poison(format!("cannot create the state machine's column family: {e}")))?;
+        // Its files are gone: the record of a damaged one goes too.
+        if lock(&self.sm_damaged).take().is_some() {
+            let _ = std::fs::remove_file(self.dir().join(super::SM_DAMAGED_FILE));
+        }
         Ok(())
+    }
+
+    /// Clears the state machine and sets the applied index to 0, in one durable write: the
+    /// repair of a damaged state machine when there is no snapshot (the log starts at index 1,
+    /// and the caller applies all of it again).
+    pub fn reset_sm(&self) -> Result<(), StoreError> {
+        let _w = lock(&self.write_lock);
+        self.check_poison()?;
+        if self.tail_read().snapshot.last.index != LogIndex::ZERO {
+            return Err(StoreError::InvalidBatch(
+                "the log does not start at index 1; reinstall the snapshot instead".into(),
+            ));
+        }
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(&self.cf(CF_SM), [SM_PREFIX], [SM_PREFIX_END]);
+        wb.put_cf(&self.cf(CF_META), KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &LogIndex::ZERO)?);
+        wb.delete_cf(&self.cf(CF_META), KEY_SM_INSTALL);
+        self.commit_batch(wb, &self.sync)?;
+        self.applied.store(0, Ordering::Release);
+        self.install_pending.store(0, Ordering::Release);
+        self.recreate_sm()
     }
 
     /// Writes one batch of state-machine pairs of the install begun with
@@ -85,7 +152,7 @@ impl RocksStore {
                 "{bytes} bytes in one install batch, the limit is {INSTALL_BATCH_BYTES_MAX}"
             )));
         }
-        let sm = self.cf(CF_SM);
+        let sm = &self.cf(CF_SM);
         let mut wb = WriteBatch::default();
         for (key, value) in pairs {
             put_sm(&mut wb, sm, &key, &value)?;
@@ -94,11 +161,12 @@ impl RocksStore {
     }
 
     /// Finishes the install begun at `target`: the applied index becomes `target` and the
-    /// marker goes, in one durable write. `target` must be the begun install's index, above
-    /// the applied index and not past the last log index (the snapshot is recorded first).
+    /// marker goes, in one durable write. `target` must be the begun install's index and not
+    /// past the last log index (the snapshot is recorded first). (The applied index may go
+    /// back: the begin write cleared the state machine, and checked the direction.)
     pub fn finish_sm_install(&self, target: LogIndex) -> Result<(), StoreError> {
         let _w = lock(&self.write_lock);
-        self.writable()?;
+        self.check_poison()?;
         match self.sm_install_pending() {
             Some(t) if t == target => {}
             Some(t) => {
@@ -108,10 +176,6 @@ impl RocksStore {
             }
             None => return Err(StoreError::InvalidBatch("no snapshot install in progress".into())),
         }
-        let current = self.applied_index();
-        if target <= current {
-            return Err(StoreError::InvalidBatch(format!("applied index would not advance ({current} to {target})")));
-        }
         let last = self.tail_read().last;
         if target > last {
             return Err(StoreError::InvalidBatch(format!(
@@ -119,7 +183,7 @@ impl RocksStore {
             )));
         }
         let mut wb = WriteBatch::default();
-        let meta = self.cf(CF_META);
+        let meta = &self.cf(CF_META);
         wb.put_cf(meta, KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &target)?);
         wb.delete_cf(meta, KEY_SM_INSTALL);
         self.commit_batch(wb, &self.sync)?;

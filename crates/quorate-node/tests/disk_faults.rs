@@ -1,0 +1,476 @@
+//! Disk faults on real `quorate` processes (real RocksDB, real QUIC with mutual TLS, on
+//! 127.0.0.1), injected through the node's failpoints (`data_dir/failpoints.toml`,
+//! `limits.danger_failpoints`). For each fault the node either recovers without losing an
+//! acknowledged write, or stops — refusing to start again — with evidence in its log; it never
+//! votes on forgotten state and never serves unverified data.
+//!
+//! * a write-ahead log that lost synced records (torn, then a crash): refuses to start, the
+//!   durable mark names what was lost; the other two go on;
+//! * a damaged write-ahead log record: refuses to start, RocksDB names the damage;
+//! * `EIO` on fsync (before or after the data reaches the disk): stops at once; restarted with
+//!   the fault cleared, it catches up and serves every acknowledged write;
+//! * `ENOSPC` on a follower: it stalls without stopping; the cluster goes on; cleared, it
+//!   catches up;
+//! * followers short of space (their floor): while too few voters have room, the leader
+//!   refuses writes with `Overloaded` (disk space); one full follower does not stop writes;
+//! * a damaged table file of the state machine: repaired from the local snapshot and the log,
+//!   evidence logged, every value read back intact;
+//! * a damaged table file of the log: the node stops naming the file (the open reads the
+//!   newest entries), or, if the damaged block is never read, serves only verified data.
+
+use quorate_client::{ApiError, Client, ClientConfig, ReadConsistency};
+use quorate_log::NodeId;
+use quorate_node::config::NodeConfig;
+use quorate_transport::{ClusterId, TlsPaths};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "support/procs.rs"]
+mod procs;
+use procs::free_base_port;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+/// How long anything in these tests may take to happen.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn nid(i: u64) -> NodeId {
+    NodeId::new(i).expect("non-zero")
+}
+
+/// Three `quorate` processes with failpoints on, and an admin client.
+struct Cluster {
+    dir: PathBuf,
+    configs: Vec<NodeConfig>,
+    children: Vec<Option<Child>>,
+    client: Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Cluster {
+    fn start(dir: &Path, edit: impl Fn(u64, &mut NodeConfig)) -> Cluster {
+        let base = free_base_port();
+        let out = Command::new(BIN)
+            .args(["certs", "dev", "--dir"])
+            .arg(dir)
+            .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut configs = Vec::new();
+        for id in 1..=3u64 {
+            let path = dir.join(format!("node-{id}.toml"));
+            let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            config.limits.danger_failpoints = true;
+            config.raft.election_timeout_ms = 500;
+            config.raft.heartbeat_ms = 50;
+            edit(id, &mut config);
+            std::fs::write(&path, config.to_toml().unwrap()).unwrap();
+            configs.push(config);
+        }
+        let certs = dir.join("certs");
+        let tls = TlsPaths {
+            ca: certs.join("ca.crt"),
+            cert: certs.join("client-admin.crt"),
+            key: certs.join("client-admin.key"),
+        };
+        let members = configs.iter().map(|c| (nid(c.id), c.listen)).collect();
+        let mut cc = ClientConfig::new(ClusterId::new("e2e").unwrap(), members, tls);
+        cc.request_timeout = Duration::from_secs(2);
+        cc.total_timeout = Duration::from_secs(20);
+        cc.retries_max = 30;
+        let client = Client::new(cc).unwrap();
+        let mut c = Cluster { dir: dir.to_path_buf(), configs, children: vec![None, None, None], client };
+        for id in 1..=3 {
+            c.spawn(id);
+        }
+        c
+    }
+
+    fn config(&self, id: u64) -> &NodeConfig {
+        &self.configs[id as usize - 1]
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let log = std::fs::File::options().create(true).append(true).open(self.log_path(id)).unwrap();
+        let child = Command::new(BIN)
+            .args(["node", "start", "--config"])
+            .arg(self.dir.join(format!("node-{id}.toml")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[id as usize - 1] = Some(child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.children[id as usize - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits (bounded) for node `id` to exit by itself.
+    fn exited(&mut self, id: u64) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        let child = self.children[id as usize - 1].as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.children[id as usize - 1] = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not stop: {}", self.log(id));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// Writes node `id`'s failpoint file and waits until the node has read it (its log says
+    /// `failpoints set` once more). A one-shot fault acts only on a change the node sees while
+    /// running, so the node's first reading (at start) is waited for too.
+    fn failpoints(&self, id: u64, text: &str) {
+        self.logged(id, "failpoints set");
+        let seen = self.log(id).matches("failpoints set").count();
+        std::fs::write(self.config(id).data_dir.join("failpoints.toml"), text).unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        while self.log(id).matches("failpoints set").count() <= seen {
+            assert!(Instant::now() < deadline, "node {id} never read its failpoints {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Writes node `id`'s failpoint file without waiting (the node may stop on it).
+    fn failpoints_nowait(&self, id: u64, text: &str) {
+        std::fs::write(self.config(id).data_dir.join("failpoints.toml"), text).unwrap();
+    }
+
+    /// Waits until node `id`'s log holds `needle`.
+    fn logged(&self, id: u64, needle: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.log(id).contains(needle) {
+            assert!(Instant::now() < deadline, "node {id} never logged {needle:?}:\n{}", self.log(id));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            for (id, s) in self.client.statuses().await {
+                if let Ok(s) = s
+                    && s.leader == Some(id)
+                {
+                    return id.get();
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn put(&self, key: &str, value: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.client.put(key, value).await {
+                Ok(_) => return,
+                Err(e) => assert!(Instant::now() < deadline, "put {key} never succeeded: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least the leader's commit index, then reads every
+    /// key from it (stale: its own state machine) and checks the values.
+    async fn serves(&self, id: u64, pairs: &[(String, String)]) {
+        let leader = self.leader().await;
+        let commit = self.client.status(nid(leader)).await.unwrap().commit;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if self.client.status(nid(id)).await.is_ok_and(|s| s.applied >= commit) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} never applied {commit}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let single = single_node_client(self, id);
+        for (k, v) in pairs {
+            let got = single.get(k, ReadConsistency::Stale).await.unwrap();
+            assert_eq!(got.read.node, nid(id));
+            assert_eq!(got.kv.map(|kv| kv.value), Some(v.clone().into_bytes()), "{k} on node {id}");
+        }
+    }
+}
+
+/// A client that talks to node `id` only.
+fn single_node_client(c: &Cluster, id: u64) -> Client {
+    let certs = c.dir.join("certs");
+    let tls = TlsPaths {
+        ca: certs.join("ca.crt"),
+        cert: certs.join("client-admin.crt"),
+        key: certs.join("client-admin.key"),
+    };
+    let mut cc = ClientConfig::new(ClusterId::new("e2e").unwrap(), vec![(nid(id), c.config(id).listen)], tls);
+    cc.total_timeout = Duration::from_secs(20);
+    Client::new(cc).unwrap()
+}
+
+fn pairs(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n).map(|i| (format!("{prefix}-{i:03}"), format!("value-{prefix}-{i}"))).collect()
+}
+
+async fn put_all(c: &Cluster, ps: &[(String, String)]) {
+    for (k, v) in ps {
+        c.put(k, v).await;
+    }
+}
+
+/// A follower of the current leader.
+async fn a_follower(c: &Cluster) -> u64 {
+    let leader = c.leader().await;
+    if leader == 3 { 2 } else { 3 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_that_lost_synced_records_refuses_to_start_with_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, _| {});
+    let before = pairs("a", 10);
+    put_all(&c, &before).await;
+    let victim = a_follower(&c).await;
+    // Writes spaced wider than the durable mark's interval (100 ms): each synced append of the
+    // victim moves its mark.
+    let spaced = pairs("b", 5);
+    for (k, v) in &spaced {
+        c.put(k, v).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // The last 12 records of its newest log are lost (synced appends among them), and the
+    // process dies at once.
+    c.failpoints(victim, "tear_wal_records = 12\n");
+    // Only now does the new value count as a change (see `failpoints`).
+    c.failpoints_nowait(victim, "tear_wal_records = 12\ntear_wal = 1\n");
+    let status = c.exited(victim);
+    assert!(!status.success(), "{status}");
+    assert!(c.log(victim).contains("write-ahead log torn; crashing now"));
+
+    // Restarted (the fault is one-shot: the file still says 1, which a start only remembers).
+    c.spawn(victim);
+    let status = c.exited(victim);
+    assert!(!status.success());
+    let log = c.log(victim);
+    assert!(log.contains("refusing to start") && log.contains("lost synced state"), "{log}");
+    assert!(log.contains("log entries") && log.contains("member remove"), "{log}");
+
+    // The other two go on, with every acknowledged write.
+    let after = pairs("c", 5);
+    put_all(&c, &after).await;
+    let other = 6 - victim - c.leader().await;
+    let all: Vec<_> = before.iter().chain(&spaced).chain(&after).cloned().collect();
+    c.serves(other, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_wal_record_refuses_to_start_with_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, _| {});
+    let ps = pairs("a", 20);
+    put_all(&c, &ps).await;
+    let victim = a_follower(&c).await;
+    c.failpoints(victim, "corrupt_wal = 1\n");
+    c.logged(victim, "failpoint: write-ahead log damaged");
+    c.kill(victim);
+    c.spawn(victim);
+    let status = c.exited(victim);
+    assert!(!status.success());
+    let log = c.log(victim);
+    assert!(log.contains("refusing to start") && log.contains("RocksDB refused to recover"), "{log}");
+    assert!(log.contains("the durable mark records term"), "{log}");
+    put_all(&c, &pairs("b", 5)).await;
+}
+
+async fn eio_then_recovery(after_write: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, _| {});
+    let before = pairs("a", 10);
+    put_all(&c, &before).await;
+    let victim = a_follower(&c).await;
+    let fault = if after_write { "eio-after-write" } else { "eio" };
+    c.failpoints(victim, &format!("fsync_error = \"{fault}\"\n"));
+    // The next write reaches the victim's disk path: it stops at once, with the reason.
+    let during = pairs("b", 5);
+    put_all(&c, &during).await;
+    let status = c.exited(victim);
+    assert!(!status.success());
+    let log = c.log(victim);
+    assert!(log.contains("persisting consensus state failed") && log.contains("Input/output error"), "{log}");
+    // Fixed (the fault cleared), restarted: it recovers from its disk and catches up.
+    c.failpoints_nowait(victim, "");
+    c.spawn(victim);
+    let after = pairs("c", 5);
+    put_all(&c, &after).await;
+    let all: Vec<_> = before.iter().chain(&during).chain(&after).cloned().collect();
+    c.serves(victim, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eio_on_fsync_stops_the_node_and_a_restart_recovers() {
+    eio_then_recovery(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eio_after_the_data_reached_the_disk_stops_the_node_and_a_restart_recovers() {
+    eio_then_recovery(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_stalls_a_follower_without_stopping_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, _| {});
+    let before = pairs("a", 10);
+    put_all(&c, &before).await;
+    let victim = a_follower(&c).await;
+    c.failpoints(victim, "fsync_error = \"enospc\"\n");
+    let during = pairs("b", 10);
+    put_all(&c, &during).await;
+    // Still running, not applying what it cannot persist.
+    assert!(c.children[victim as usize - 1].as_mut().unwrap().try_wait().unwrap().is_none(), "{}", c.log(victim));
+    let leader = c.leader().await;
+    let commit = c.client.status(nid(leader)).await.unwrap().commit;
+    assert!(c.client.status(nid(victim)).await.unwrap().applied < commit);
+    c.failpoints(victim, "");
+    let all: Vec<_> = before.iter().chain(&during).cloned().collect();
+    c.serves(victim, &all).await;
+    assert!(c.children[victim as usize - 1].as_mut().unwrap().try_wait().unwrap().is_none());
+}
+
+/// Whether the (single, unretried) attempt was shed for disk space.
+fn is_disk_space(e: &quorate_client::ClientError) -> bool {
+    matches!(e.api_error(), Some(ApiError::Shed(o)) if o.reason == quorate_api::OverloadReason::DiskSpace)
+        || e.to_string().contains("disk space below the floor")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_short_of_space_make_the_leader_refuse_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(tmp.path(), |_, _| {});
+    put_all(&c, &pairs("a", 5)).await;
+    let leader = c.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    let mut cc = ClientConfig::new(
+        ClusterId::new("e2e").unwrap(),
+        vec![(nid(leader), c.config(leader).listen)],
+        TlsPaths {
+            ca: c.dir.join("certs/ca.crt"),
+            cert: c.dir.join("certs/client-admin.crt"),
+            key: c.dir.join("certs/client-admin.key"),
+        },
+    );
+    cc.retries_max = 0;
+    let once = Client::new(cc).unwrap();
+
+    // One follower short of space: the leader and the other follower still make a quorum.
+    c.failpoints(followers[0], "disk_full = true\n");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    once.put("one-full", "v").await.unwrap();
+
+    // Both: refused early, with a retry hint, before their stores refuse appends.
+    c.failpoints(followers[1], "disk_full = true\n");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match once.put("both-full", "v").await {
+            Err(e) if is_disk_space(&e) => break,
+            other => assert!(Instant::now() < deadline, "never refused: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.logged(leader, "too few voters have free space for new writes");
+    // Space back on one of them: writes again.
+    c.failpoints(followers[0], "");
+    let deadline = Instant::now() + DEADLINE;
+    while once.put("one-back", "v").await.is_err() {
+        assert!(Instant::now() < deadline, "writes never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.logged(leader, "enough voters have free space again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_machine_table_is_repaired_from_the_local_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, config| {
+        // Frequent snapshots: each is followed by a flush, so the state machine has table files.
+        config.raft.snapshot_entries = 40;
+        config.raft.compaction_tail_entries = 10;
+    });
+    let ps = pairs("a", 120);
+    put_all(&c, &ps).await;
+    let victim = a_follower(&c).await;
+    c.failpoints(victim, "corrupt_table = 1\n");
+    c.logged(victim, "failpoint: table file damaged");
+    // A restart empties RocksDB's block cache: the damaged block is read from the disk.
+    c.kill(victim);
+    c.spawn(victim);
+    c.serves(victim, &ps).await;
+    let log = c.log(victim);
+    assert!(log.contains("a state-machine record does not verify") && log.contains("state machine repaired"), "{log}");
+    // Still a member that follows: new writes reach it.
+    let more = pairs("b", 10);
+    put_all(&c, &more).await;
+    c.serves(victim, &more).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_table_stops_the_node_with_evidence_or_is_never_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, config| {
+        // Frequent snapshots: each is followed by a flush, so the log has table files.
+        config.raft.snapshot_entries = 40;
+        config.raft.compaction_tail_entries = 10;
+    });
+    let ps = pairs("a", 120);
+    put_all(&c, &ps).await;
+    let victim = a_follower(&c).await;
+    c.failpoints(victim, "corrupt_table_cf = \"log\"\n");
+    c.failpoints(victim, "corrupt_table_cf = \"log\"\ncorrupt_table = 1\n");
+    c.logged(victim, "failpoint: table file damaged");
+    c.kill(victim);
+    c.spawn(victim);
+    let more = pairs("b", 10);
+    put_all(&c, &more).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let child = c.children[victim as usize - 1].as_mut().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            // Stopped: with the damaged record named, never having served anything after it.
+            assert!(!status.success());
+            let log = c.log(victim);
+            assert!(log.contains("refusing to start") && log.contains("corrupt record at"), "{log}");
+            assert!(log.contains(".sst"), "the damaged file is named: {log}");
+            return;
+        }
+        if c.client.status(nid(victim)).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {victim} neither served nor stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Running: the damaged block was not read; everything it serves verifies.
+    let all: Vec<_> = ps.iter().chain(&more).cloned().collect();
+    c.serves(victim, &all).await;
+}

@@ -1,0 +1,387 @@
+//! Tests of what the store does with damaged files and a full disk: the write-ahead log
+//! policy, the durable mark, the free-space floor and RocksDB's own `ENOSPC`.
+
+use crate::testdir::TestDir;
+use crate::*;
+use quorate_log::{Data, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index: LogIndex(index),
+        term: Term(term),
+        payload: EntryPayload::Command(Data::from(format!("cmd-{index}-{}", "x".repeat(40)).as_str())),
+    }
+}
+
+fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+    HardState { term: Term(term), vote: NodeId::new(vote), commit: LogIndex(commit) }
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions { free_space_floor_bytes: 0, ..StoreOptions::default() }
+}
+
+fn open(dir: &Path) -> RocksStore {
+    RocksStore::open(dir, opts()).expect("open")
+}
+
+/// Ten synced writes, one per term: entry `t` in term `t`, voting for node 1, committing the
+/// entry before. The write-ahead log holds them all (nothing is flushed).
+fn ten_terms(dir: &Path) {
+    let s = open(dir);
+    for t in 1..=10 {
+        s.write(PersistBatch::append(vec![entry(t, t)]).with_hard_state(hs(t, 1, t - 1))).unwrap();
+    }
+}
+
+#[test]
+fn a_corrupted_wal_record_refuses_to_open_instead_of_rolling_back() {
+    // Issue 18, FAST '18: with `PointInTime` recovery a damaged record in the middle of the
+    // write-ahead log made RocksDB stop replaying there and drop every later record silently,
+    // synced or not, so the store opened with an older term and vote and a shorter log.
+    let d = TestDir::new("walflip");
+    ten_terms(d.path());
+    let report = faults::corrupt_wal_record(d.path()).unwrap().expect("a record to damage");
+    match RocksStore::open(d.path(), opts()) {
+        Err(StoreError::Corrupt { key, detail }) => {
+            assert_eq!(key, "rocksdb");
+            // RocksDB's words, where the damage is, what survives before it, what the mark says.
+            assert!(detail.contains("checksum mismatch") || detail.contains("Corruption"), "{detail}");
+            assert!(detail.contains("replayed up to the damage, the data holds term"), "{detail}");
+            assert!(detail.contains("the durable mark records term 10"), "{detail}");
+            assert!(detail.contains("member remove"), "{detail}");
+        }
+        Err(e) => panic!("unexpected error after {report:?}: {e}"),
+        Ok(s) => panic!(
+            "opened after {report:?} with term {} and last index {}, instead of refusing",
+            s.hard_state().term,
+            s.last_index()
+        ),
+    }
+}
+
+#[test]
+fn a_torn_tail_that_held_a_synced_vote_is_lost_state() {
+    // The last record held a synced term and vote; a disk that lost it looks to RocksDB like a
+    // crash mid-write. The durable mark (written before the write returned) says otherwise.
+    let d = TestDir::new("walteartail");
+    ten_terms(d.path());
+    faults::tear_wal_tail(d.path(), 1).unwrap().expect("a record to tear");
+    match RocksStore::open(d.path(), opts()) {
+        Err(StoreError::LostSyncedState(lost)) => {
+            let text = lost.to_string();
+            assert!(lost.lost.iter().any(|l| l == "term 10 -> 9"), "{text}");
+            assert!(lost.lost.iter().any(|l| l.contains("log entries 10..=10")), "{text}");
+            assert!(text.contains("durable-mark") && text.contains("member remove"), "{text}");
+        }
+        other => panic!("expected lost synced state, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_torn_tail_of_unsynced_writes_opens() {
+    // Only a write that was never synced is lost: a crash in the middle of a write.
+    let d = TestDir::new("walteartailok");
+    {
+        let s = open(d.path());
+        s.write(PersistBatch::append(vec![entry(1, 1), entry(2, 1)]).with_hard_state(hs(1, 1, 0))).unwrap();
+        let mut commit_only = PersistBatch::default().with_hard_state(hs(1, 1, 2));
+        commit_only.skip_fsync = true;
+        s.write(commit_only).unwrap();
+    }
+    faults::tear_wal_tail(d.path(), 1).unwrap().expect("a record to tear");
+    let s = open(d.path());
+    assert_eq!(s.hard_state(), hs(1, 1, 0));
+    assert_eq!(s.last_index(), LogIndex(2));
+}
+
+#[test]
+fn a_lost_database_beside_its_mark_is_lost_state() {
+    let d = TestDir::new("lostdb");
+    ten_terms(d.path());
+    std::fs::remove_dir_all(d.path().join("db")).unwrap();
+    match RocksStore::open(d.path(), opts()) {
+        Err(StoreError::LostSyncedState(lost)) => {
+            assert!(lost.lost.iter().any(|l| l.contains("the whole database")), "{lost}");
+        }
+        other => panic!("expected lost synced state, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_damaged_mark_refuses_to_open_and_a_removed_one_is_taken_again() {
+    let d = TestDir::new("markdamaged");
+    ten_terms(d.path());
+    let path = d.path().join(MARK_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[30] ^= 1;
+    bytes[512 + 30] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(
+        matches!(RocksStore::open(d.path(), opts()), Err(StoreError::Corrupt { key, .. }) if key.contains("mark file"))
+    );
+    // The operator's explicit choice: without a mark the data is taken as it is.
+    std::fs::remove_file(&path).unwrap();
+    let s = open(d.path());
+    assert_eq!(s.hard_state().term, Term(10));
+    assert!(path.exists());
+}
+
+#[test]
+fn truncations_lower_the_mark_before_the_write() {
+    let d = TestDir::new("marklower");
+    let mut o = opts();
+    o.durable_mark_interval = Duration::ZERO;
+    {
+        let s = RocksStore::open(d.path(), o.clone()).unwrap();
+        s.write(PersistBatch::append((1..=10).map(|i| entry(i, 1)).collect()).with_hard_state(hs(1, 1, 2))).unwrap();
+        // A new leader's conflicting suffix, whose write fails before it reaches the disk: the
+        // mark was lowered first, so the longer log on disk still satisfies it.
+        s.danger_inject_write_fault(Some(WriteFault::Eio { after_write: false }));
+        assert!(s.write(PersistBatch::append(vec![entry(4, 2)]).with_hard_state(hs(2, 3, 2))).is_err());
+    }
+    {
+        let s = RocksStore::open(d.path(), o.clone()).unwrap();
+        assert_eq!(s.last_index(), LogIndex(10));
+        // Now the truncation goes through, and the mark follows it up.
+        s.write(PersistBatch::append(vec![entry(4, 2)]).with_hard_state(hs(2, 3, 2))).unwrap();
+    }
+    let s = RocksStore::open(d.path(), o).unwrap();
+    assert_eq!(s.last_index(), LogIndex(4));
+    assert_eq!(s.term(LogIndex(4)), Ok(Term(2)));
+}
+
+#[test]
+fn a_mark_older_than_another_open_is_not_compared() {
+    // A release without the mark (a rollback) may legitimately truncate the log below it.
+    let d = TestDir::new("markstale");
+    ten_terms(d.path());
+    {
+        let cfs = crate::codec::CFS.map(|n| rocksdb::ColumnFamilyDescriptor::new(n, rocksdb::Options::default()));
+        let db = rocksdb::DB::open_cf_descriptors(&rocksdb::Options::default(), d.path().join("db"), cfs).unwrap();
+        let log = db.cf_handle("log").unwrap();
+        db.delete_cf(log, crate::codec::log_key(LogIndex(10))).unwrap();
+    }
+    let s = open(d.path());
+    assert_eq!(s.last_index(), LogIndex(9));
+}
+
+#[test]
+fn write_ahead_logs_stay_within_their_budget() {
+    // Issue 18: the rarely written `meta` family pinned every log file, so the logs grew
+    // without bound (RocksDB's default limit is four times all memtables: gigabytes).
+    let d = TestDir::new("walbudget");
+    let mut o = opts();
+    o.write_buffer_bytes = WRITE_BUFFER_BYTES_MIN;
+    let s = RocksStore::open(d.path(), o).unwrap();
+    let value = vec![7u8; 4096];
+    let mut index = 0u64;
+    // 24 MiB of entries, with a hard state now and then.
+    for round in 0..6144u64 {
+        index += 1;
+        let e =
+            Entry { index: LogIndex(index), term: Term(1), payload: EntryPayload::Command(Data::from(value.clone())) };
+        let mut b = PersistBatch::append(vec![e]);
+        b.skip_fsync = true;
+        if round % 512 == 0 {
+            b.hard_state = Some(hs(1, 1, index - 1));
+        }
+        s.write(b).unwrap();
+    }
+    let wal_bytes = || -> u64 {
+        std::fs::read_dir(d.path().join("db"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let budget = WRITE_BUFFER_BYTES_MIN * crate::store::WAL_BUDGET_WRITE_BUFFERS;
+    // RocksDB flushes once the logs pass the budget and deletes them after the flush (in the
+    // background); one memtable's worth may follow.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wal_bytes() > budget + 2 * WRITE_BUFFER_BYTES_MIN {
+        assert!(Instant::now() < deadline, "{} bytes of write-ahead logs, budget {budget}", wal_bytes());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn space_needed_follows_the_write_buffer() {
+    let o = StoreOptions::default();
+    assert_eq!(o.write_buffer_bytes, 16 << 20);
+    // log: 4 x 16 MiB; sm: 2 x 16 MiB; meta and snap: 2 x 4 MiB each.
+    assert_eq!(o.memtable_budget_bytes(), 112 << 20);
+    // 12 level-0 files and a level 1 of 4 memtables.
+    assert_eq!(o.compaction_budget_bytes(), 256 << 20);
+    assert_eq!(o.space_needed_bytes(), 368 << 20);
+    assert_eq!(o.free_space_floor_bytes, o.space_needed_bytes());
+    let small = StoreOptions { write_buffer_bytes: 1, ..StoreOptions::default() };
+    assert_eq!(small.space_needed_bytes(), 23 * WRITE_BUFFER_BYTES_MIN);
+}
+
+#[test]
+fn below_the_floor_only_writes_that_grow_the_store_are_refused() {
+    let d = TestDir::new("floorkinds");
+    let s = open(d.path());
+    s.write(PersistBatch::append((1..=10).map(|i| entry(i, 1)).collect()).with_hard_state(hs(1, 1, 8))).unwrap();
+    s.set_free_space_floor(u64::MAX);
+    // Appends are refused, without poisoning.
+    let err = s.write(PersistBatch::append(vec![entry(11, 1)])).unwrap_err();
+    assert!(matches!(err, StoreError::BelowFreeSpaceFloor { .. }) && err.is_space() && !err.is_fatal(), "{err}");
+    // A vote, a commit, a compaction and a truncation go through.
+    s.write(PersistBatch::default().with_hard_state(hs(2, 3, 8))).unwrap();
+    s.compact_to(SnapshotMeta { last: EntryId::new(Term(1), LogIndex(5)), config: Default::default() }).unwrap();
+    s.write(PersistBatch { truncate_from: Some(LogIndex(10)), ..PersistBatch::default() }).unwrap();
+    // State-machine applies of entries already in the log too; the data of an install not.
+    s.apply(LogIndex(3), [SmOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }]).unwrap();
+    s.begin_sm_reinstall(LogIndex(5)).unwrap();
+    assert!(matches!(
+        s.write_sm_install_batch(vec![(b"a".to_vec(), b"b".to_vec())]),
+        Err(StoreError::BelowFreeSpaceFloor { .. })
+    ));
+    s.finish_sm_install(LogIndex(5)).unwrap();
+    assert_eq!(s.applied_index(), LogIndex(5));
+    assert_eq!(s.last_index(), LogIndex(9));
+    assert_eq!(s.hard_state(), hs(2, 3, 8));
+    assert!(s.poisoned().is_none());
+}
+
+#[test]
+fn the_group_committer_holds_a_batch_refused_for_space_until_space_returns() {
+    let d = TestDir::new("groupspace");
+    let s = Arc::new(open(d.path()));
+    let g = GroupCommitter::new(
+        Arc::clone(&s),
+        GroupOptions { space_retry_interval: Some(Duration::from_millis(5)), ..GroupOptions::default() },
+    )
+    .unwrap();
+    g.submit(PersistBatch::append(vec![entry(1, 1)])).unwrap().wait().unwrap();
+    s.set_free_space_floor(u64::MAX);
+    let first = g.submit(PersistBatch::append(vec![entry(2, 1)])).unwrap();
+    let second = g.submit(PersistBatch::default().with_hard_state(hs(1, 1, 2))).unwrap();
+    // The writer keeps trying (and the store keeps refusing) while neither completes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.space_refusals() < 5 {
+        assert!(Instant::now() < deadline, "the writer did not retry");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(first.try_wait().is_none() && second.try_wait().is_none());
+    assert_eq!(s.last_index(), LogIndex(1));
+    s.set_free_space_floor(0);
+    first.wait().unwrap();
+    second.wait().unwrap();
+    assert_eq!(s.last_index(), LogIndex(2));
+    assert_eq!(s.hard_state(), hs(1, 1, 2));
+    // Dropping the committer while a batch waits for space ends the wait.
+    s.set_free_space_floor(u64::MAX);
+    let waiting = g.submit(PersistBatch::append(vec![entry(3, 1)])).unwrap();
+    drop(g);
+    assert_eq!(waiting.wait(), Err(StoreError::Stopped));
+}
+
+#[test]
+fn an_injected_enospc_is_retried_not_fatal() {
+    let d = TestDir::new("enospcinjected");
+    let s = open(d.path());
+    s.danger_inject_write_fault(Some(WriteFault::NoSpace));
+    let err = s.write(PersistBatch::append(vec![entry(1, 1)])).unwrap_err();
+    assert!(matches!(&err, StoreError::NoSpace(t) if t.contains("No space left on device")) && err.is_space(), "{err}");
+    assert!(s.poisoned().is_none() && s.out_of_space().is_some());
+    s.danger_inject_write_fault(None);
+    s.write(PersistBatch::append(vec![entry(1, 1)])).unwrap();
+    assert!(s.out_of_space().is_none());
+    // EIO after the data reached the disk: poisoned; the restart finds the data.
+    s.danger_inject_write_fault(Some(WriteFault::Eio { after_write: true }));
+    assert!(s.write(PersistBatch::append(vec![entry(2, 1)])).unwrap_err().is_fatal());
+    assert!(matches!(s.write(PersistBatch::append(vec![entry(2, 1)])), Err(StoreError::Poisoned { .. })));
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.last_index(), LogIndex(2));
+}
+
+#[test]
+fn a_damaged_table_block_of_the_state_machine_names_the_record() {
+    let d = TestDir::new("sstflip");
+    let s = open(d.path());
+    s.write(PersistBatch::append(vec![entry(1, 1)]).with_hard_state(hs(1, 1, 1))).unwrap();
+    let ops: Vec<SmOp> =
+        (0..200u32).map(|i| SmOp::Put { key: format!("key{i:04}").into_bytes(), value: vec![1; 64] }).collect();
+    s.apply(LogIndex(1), ops).unwrap();
+    s.flush().unwrap();
+    let files = s.table_files("sm").unwrap();
+    let (path, _) = files.last().expect("a table file of the state machine");
+    drop(s);
+    faults::corrupt_table_file(path).unwrap();
+    let s = open(d.path());
+    let err = s.sm_get(b"key0000").unwrap_err();
+    assert!(matches!(&err, StoreError::Corrupt { key, .. } if key == "sm/key0000"), "{err}");
+    assert!(s.sm_scan(b"", 10).is_err());
+    // Reinstalling drops the damaged file: the state machine reads again (empty here).
+    s.begin_sm_reinstall(LogIndex(1)).unwrap();
+    assert_eq!(s.sm_get(b"key0000").unwrap(), None);
+    assert!(s.table_files("sm").unwrap().iter().all(|(p, _)| p != path));
+}
+
+#[test]
+fn a_compaction_that_meets_a_damaged_state_machine_file_is_recorded_for_the_next_open() {
+    let d = TestDir::new("smcompaction");
+    let s = open(d.path());
+    s.write(PersistBatch::append(vec![entry(1, 1), entry(2, 1)]).with_hard_state(hs(1, 1, 2))).unwrap();
+    for round in 1..=2u64 {
+        let ops: Vec<SmOp> = (0..100u32)
+            .map(|i| SmOp::Put { key: format!("key{i:04}").into_bytes(), value: vec![round as u8; 64] })
+            .collect();
+        s.apply(LogIndex(round), ops).unwrap();
+        s.flush().unwrap();
+    }
+    let (path, _) = s.table_files("sm").unwrap()[0].clone();
+    faults::corrupt_table_file(&path).unwrap();
+    // A compaction reads the damaged block: RocksDB stops for good (paranoid checks).
+    s.db.compact_range_cf(&s.cf("sm"), None::<&[u8]>, None::<&[u8]>);
+    let err = s.write(PersistBatch::append(vec![entry(3, 1)])).unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    let evidence = s.sm_damaged().expect("the damage is recorded");
+    assert!(evidence.contains(".sst"), "{evidence}");
+    drop(s);
+    // The next open knows, with the state machine's compactions off; a reinstall clears it.
+    let s = open(d.path());
+    assert_eq!(s.sm_damaged().as_deref(), Some(evidence.as_str()));
+    s.begin_sm_reinstall(LogIndex(1)).unwrap();
+    assert!(s.sm_damaged().is_none());
+    assert!(!d.path().join(SM_DAMAGED_FILE).exists());
+    s.write(PersistBatch::append(vec![entry(3, 1)])).unwrap();
+    drop(s);
+    assert!(open(d.path()).sm_damaged().is_none());
+}
+
+#[test]
+fn snapshot_files_go_only_after_a_durable_compaction_past_them() {
+    use std::io::Write;
+    let d = TestDir::new("snapfilesgo");
+    let s = open(d.path());
+    s.write(PersistBatch::append((1..=30).map(|i| entry(i, 1)).collect()).with_hard_state(hs(1, 1, 30))).unwrap();
+    let take = |at: u64| {
+        let mut w = s
+            .snapshot_writer(SnapshotMeta { last: EntryId::new(Term(1), LogIndex(at)), config: Default::default() })
+            .unwrap();
+        w.write_all(b"data").unwrap();
+        w.finish().unwrap().path
+    };
+    let (first, second) = (take(10), take(20));
+    let compact = |at: u64| SnapshotMeta { last: EntryId::new(Term(1), LogIndex(at)), config: Default::default() };
+    // A compaction write that fails deletes nothing.
+    s.danger_inject_write_fault(Some(WriteFault::NoSpace));
+    assert!(s.compact_to(compact(15)).is_err());
+    s.danger_inject_write_fault(None);
+    assert!(first.exists() && second.exists());
+    // Once it is durable, the files below the new floor go; the one the log continues from stays.
+    s.compact_to(compact(15)).unwrap();
+    assert!(!first.exists() && second.exists());
+    assert_eq!(s.usable_snapshot(LogIndex(30)).unwrap().map(|(m, _)| m.last.index), Some(LogIndex(20)));
+    assert_eq!(s.usable_snapshot(LogIndex(19)).unwrap(), None);
+}

@@ -1,0 +1,410 @@
+//! The durable mark: a synced record of the last durable Raft position (term, vote, commit
+//! index, last log entry), kept in a small file beside the database — outside the RocksDB
+//! write-ahead log it protects — and compared with what the database holds at every open.
+//!
+//! **Why.** RocksDB replays its write-ahead log at open. A damaged record in the middle of a
+//! log file is refused by the recovery mode this store uses (`TolerateCorruptedTailRecords`:
+//! open fails with a corruption error), but a log that lost its *tail* is indistinguishable
+//! from a crash in the middle of a write, and RocksDB opens it silently without the lost
+//! records. If those records were synced — acknowledged to a peer — the node would come back
+//! with an older term or vote (and could vote twice in one term) or a shorter log (and could
+//! help elect a leader that lacks an entry committed on a bare majority): the failure of
+//! "Protocol-Aware Recovery for Consensus-Based Storage" (Alagappan et al., FAST '18). The mark
+//! turns that silent loss into a refusal to open with evidence
+//! ([`StoreError::LostSyncedState`]).
+//!
+//! **When it is written** (always after the RocksDB write it describes was synced, and before
+//! [`RocksStore::write_many`](crate::RocksStore::write_many) returns):
+//! * whenever a synced write changes the term or the vote, so a vote or a term is never
+//!   acknowledged before the mark holds it;
+//! * otherwise at most every `StoreOptions::durable_mark_interval` of synced writes, to cover
+//!   the log and the commit index (zero: after every synced write);
+//! * *before* a write that removes log entries the mark covers (a truncation of a conflicting
+//!   suffix, a snapshot install that discards the log), the mark is lowered, so that it never
+//!   claims more than the disk holds after a crash at any point.
+//!
+//! **What is compared at open.** The term must not be lower, the vote in the mark's term must
+//! be the same, the commit index must not be lower, the log must reach the mark's last index
+//! with the same term there (unless that index is now inside the snapshot). A database that
+//! did not exist while a mark does is a loss of everything.
+//!
+//! **Which mark counts.** The mark records the number of the RocksDB MANIFEST of the session
+//! that wrote it (the `CURRENT` file names it; every open of the database starts a new one).
+//! If the database was opened since by something that does not keep the mark (a release older
+//! than 0.2.0 after a rollback, which may have truncated the log legitimately), the mark is
+//! stale: it is not compared, and a new one is taken from the data.
+//!
+//! **Layout.** Two fixed slots of [`SLOT_BYTES`] in one preallocated file, written alternately
+//! with `pwrite` and `fdatasync` (the file never grows, so a full disk cannot refuse it). Each
+//! slot: `"QMRK" | format u32 | sequence u64 | length u32 | body (postcard) | CRC-32`. The
+//! valid slot with the higher sequence wins; a torn write damages at most the slot being
+//! written, and the other still holds an older, weaker mark.
+
+use crate::error::StoreError;
+use quorate_log::{EntryId, HardState, LogIndex, NodeId, Term};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The mark's file name, in the store's directory (beside `db/`).
+pub const MARK_FILE: &str = "durable-mark";
+/// Bytes of one slot.
+pub(crate) const SLOT_BYTES: u64 = 512;
+const MAGIC: &[u8; 4] = b"QMRK";
+const MARK_FORMAT: u32 = 1;
+/// Header bytes of a slot before the body: magic, format, sequence, length.
+const HEAD_BYTES: usize = 4 + 4 + 8 + 4;
+/// The longest body a slot can hold.
+const BODY_BYTES_MAX: usize = SLOT_BYTES as usize - HEAD_BYTES - 4;
+
+/// The durable Raft position recorded by the mark.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Mark {
+    /// The term.
+    pub term: Term,
+    /// The vote in that term.
+    pub vote: Option<NodeId>,
+    /// The commit index.
+    pub commit: LogIndex,
+    /// The last log entry.
+    pub last: EntryId,
+    /// The number of the RocksDB MANIFEST of the session that wrote the mark.
+    pub manifest: u64,
+    /// Wall-clock time of the write, milliseconds since the Unix epoch (evidence only).
+    pub written_unix_ms: u64,
+}
+
+impl Mark {
+    /// The mark of a hard state and a last entry.
+    pub(crate) fn of(hard: HardState, last: EntryId, manifest: u64) -> Mark {
+        Mark { term: hard.term, vote: hard.vote, commit: hard.commit, last, manifest, written_unix_ms: unix_ms() }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "term {}, {}, commit index {}, log up to index {} (term {})",
+            self.term,
+            match self.vote {
+                Some(v) => format!("vote for node {v}"),
+                None => "no vote".into(),
+            },
+            self.commit,
+            self.last.index,
+            self.last.term
+        )
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the database holds, for comparison with a mark.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    pub(crate) hard: HardState,
+    pub(crate) last: EntryId,
+    pub(crate) snapshot: EntryId,
+    /// The term of the entry at the mark's last index, when the log holds that entry.
+    pub(crate) term_at_mark: Option<Term>,
+    /// The database was created by this open.
+    pub(crate) created: bool,
+}
+
+/// Evidence of lost synced state: what the mark recorded, what the database holds, what is
+/// missing, and what to do.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct LostState {
+    /// The mark file.
+    pub mark_file: PathBuf,
+    /// What the mark recorded.
+    pub mark: Mark,
+    /// What the database holds, in words.
+    pub found: String,
+    /// Each loss, in words (`term 7 -> 5`, `entries 1202..=1350`, ...).
+    pub lost: Vec<String>,
+}
+
+impl std::fmt::Display for LostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lost synced state: the durable mark {} (written at {} ms since the Unix epoch) records {}, but the \
+             database holds {}; lost: {}. Records that were synced and acknowledged to other nodes are gone from \
+             the write-ahead log (a damaged or lying disk), so this node could vote twice in a term or help elect a \
+             leader without an entry a majority committed; it refuses to open. To recover: remove this node from the \
+             cluster (`quorate member remove <id>` on a healthy member), move its data directory aside (keep it as \
+             evidence), and add it back as a new member (`join = true`, `quorate member add`, then `member promote` \
+             once it has caught up). Only if you know that no other member relied on the lost state, delete the mark \
+             file to accept the data as it is",
+            self.mark_file.display(),
+            self.mark.written_unix_ms,
+            self.mark.describe(),
+            self.found,
+            self.lost.join("; ")
+        )
+    }
+}
+
+/// Compares `mark` with what the database holds; `Some` lists the losses.
+pub(crate) fn compare(mark: &Mark, found: &Found, mark_file: &Path) -> Option<LostState> {
+    let mut lost = Vec::new();
+    let empty = mark.term == Term(0) && mark.vote.is_none() && mark.last.index == LogIndex::ZERO;
+    if found.created && !empty {
+        lost.push("the whole database (it did not exist when opened, but the mark says it held data)".to_string());
+    }
+    if found.hard.term < mark.term {
+        lost.push(format!("term {} -> {}", mark.term, found.hard.term));
+    } else if found.hard.term == mark.term && mark.vote.is_some() && found.hard.vote != mark.vote {
+        lost.push(format!(
+            "the vote of term {} (for node {}, now {})",
+            mark.term,
+            mark.vote.map_or(0, NodeId::get),
+            found.hard.vote.map_or_else(|| "none".to_string(), |v| format!("for node {v}"))
+        ));
+    }
+    if found.hard.commit < mark.commit {
+        lost.push(format!("commit index {} -> {}", mark.commit, found.hard.commit));
+    }
+    if mark.last.index > found.snapshot.index {
+        if found.last.index < mark.last.index {
+            lost.push(format!("log entries {}..={}", found.last.index.next(), mark.last.index));
+        } else if found.term_at_mark != Some(mark.last.term) {
+            lost.push(format!(
+                "the entry at index {} (term {} recorded, term {} found)",
+                mark.last.index,
+                mark.last.term,
+                found.term_at_mark.map_or_else(|| "unreadable".to_string(), |t| t.to_string())
+            ));
+        }
+    }
+    if lost.is_empty() {
+        return None;
+    }
+    let found_text = format!(
+        "term {}, {}, commit index {}, log up to index {} (term {}), snapshot at {}",
+        found.hard.term,
+        match found.hard.vote {
+            Some(v) => format!("vote for node {v}"),
+            None => "no vote".into(),
+        },
+        found.hard.commit,
+        found.last.index,
+        found.last.term,
+        found.snapshot.index
+    );
+    Some(LostState { mark_file: mark_file.to_path_buf(), mark: *mark, found: found_text, lost })
+}
+
+fn corrupt(path: &Path, detail: String) -> StoreError {
+    StoreError::Corrupt {
+        key: format!("mark file {}", path.display()),
+        detail: format!(
+            "{detail}; the durable state cannot be verified, so the store does not open (delete the file only if \
+             you accept the data as it is)"
+        ),
+    }
+}
+
+fn encode_slot(seq: u64, mark: &Mark) -> Result<[u8; SLOT_BYTES as usize], StoreError> {
+    let body = postcard::to_allocvec(mark).map_err(|e| StoreError::Io(format!("cannot encode the mark: {e}")))?;
+    if body.len() > BODY_BYTES_MAX {
+        return Err(StoreError::Io(format!("a mark of {} bytes does not fit its slot", body.len())));
+    }
+    let mut slot = [0u8; SLOT_BYTES as usize];
+    slot[..4].copy_from_slice(MAGIC);
+    slot[4..8].copy_from_slice(&MARK_FORMAT.to_le_bytes());
+    slot[8..16].copy_from_slice(&seq.to_le_bytes());
+    slot[16..20].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    slot[HEAD_BYTES..HEAD_BYTES + body.len()].copy_from_slice(&body);
+    let crc = crc32fast::hash(&slot[4..HEAD_BYTES + body.len()]);
+    slot[HEAD_BYTES + body.len()..HEAD_BYTES + body.len() + 4].copy_from_slice(&crc.to_le_bytes());
+    Ok(slot)
+}
+
+/// The sequence and mark of a slot, or `None` if it is empty, torn or damaged.
+fn decode_slot(slot: &[u8]) -> Option<(u64, Mark)> {
+    if slot.len() != SLOT_BYTES as usize || &slot[..4] != MAGIC {
+        return None;
+    }
+    let format = u32::from_le_bytes(slot[4..8].try_into().ok()?);
+    let seq = u64::from_le_bytes(slot[8..16].try_into().ok()?);
+    let len = u32::from_le_bytes(slot[16..20].try_into().ok()?) as usize;
+    if format != MARK_FORMAT || len > BODY_BYTES_MAX {
+        return None;
+    }
+    let crc = u32::from_le_bytes(slot[HEAD_BYTES + len..HEAD_BYTES + len + 4].try_into().ok()?);
+    if crc32fast::hash(&slot[4..HEAD_BYTES + len]) != crc {
+        return None;
+    }
+    let (mark, rest) = postcard::take_from_bytes::<Mark>(&slot[HEAD_BYTES..HEAD_BYTES + len]).ok()?;
+    rest.is_empty().then_some((seq, mark))
+}
+
+/// Reads the mark file at `path`: `Ok(None)` if there is none. Both slots damaged is an error.
+pub(crate) fn read(path: &Path) -> Result<Option<(u64, Mark)>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(corrupt(path, format!("cannot be read: {e}"))),
+    };
+    if bytes.len() as u64 != 2 * SLOT_BYTES {
+        return Err(corrupt(path, format!("{} bytes instead of {}", bytes.len(), 2 * SLOT_BYTES)));
+    }
+    let (a, b) = bytes.split_at(SLOT_BYTES as usize);
+    match (decode_slot(a), decode_slot(b)) {
+        (Some(x), Some(y)) => Ok(Some(if x.0 >= y.0 { x } else { y })),
+        (Some(x), None) | (None, Some(x)) => Ok(Some(x)),
+        (None, None) => Err(corrupt(path, "neither of its two slots is intact".into())),
+    }
+}
+
+/// The writer of the mark file: keeps it open, writes the slots alternately.
+#[derive(Debug)]
+pub(crate) struct MarkWriter {
+    file: File,
+    path: PathBuf,
+    seq: u64,
+    current: Mark,
+    written_at: std::time::Instant,
+}
+
+impl MarkWriter {
+    /// Opens the mark file at `path` (creating it, durably, if missing) and records `mark`.
+    pub(crate) fn create_or_open(path: &Path, seq: u64, mark: Mark) -> Result<MarkWriter, StoreError> {
+        if !path.exists() {
+            let dir = path.parent().ok_or_else(|| StoreError::Io(format!("{} has no directory", path.display())))?;
+            let tmp = path.with_extension("tmp");
+            let mut f = File::create(&tmp)?;
+            f.write_all(&[0u8; 2 * SLOT_BYTES as usize])?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()?;
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        if len != 2 * SLOT_BYTES {
+            return Err(corrupt(path, format!("{len} bytes instead of {}", 2 * SLOT_BYTES)));
+        }
+        let mut w =
+            MarkWriter { file, path: path.to_path_buf(), seq, current: mark, written_at: std::time::Instant::now() };
+        w.write(mark)?;
+        Ok(w)
+    }
+
+    /// The mark last written.
+    pub(crate) fn current(&self) -> Mark {
+        self.current
+    }
+
+    /// Time since the last write.
+    pub(crate) fn age(&self) -> std::time::Duration {
+        self.written_at.elapsed()
+    }
+
+    /// The mark file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `mark` into the older slot and syncs it.
+    pub(crate) fn write(&mut self, mark: Mark) -> Result<(), StoreError> {
+        let seq = self.seq + 1;
+        let slot = encode_slot(seq, &mark)?;
+        self.file.write_all_at(&slot, (seq % 2) * SLOT_BYTES)?;
+        self.file.sync_data()?;
+        self.seq = seq;
+        self.current = mark;
+        self.written_at = std::time::Instant::now();
+        Ok(())
+    }
+}
+
+/// The number of the MANIFEST named by the database's `CURRENT` file, if it can be read.
+pub(crate) fn current_manifest(db_dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(db_dir.join("CURRENT")).ok()?;
+    text.trim().strip_prefix("MANIFEST-")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TestDir;
+
+    fn mark(term: u64, last: u64) -> Mark {
+        Mark {
+            term: Term(term),
+            vote: NodeId::new(2),
+            commit: LogIndex(last / 2),
+            last: EntryId::new(Term(term), LogIndex(last)),
+            manifest: 9,
+            written_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn slots_alternate_and_the_newest_intact_one_wins() {
+        let d = TestDir::new("mark");
+        let path = d.path().join(MARK_FILE);
+        assert_eq!(read(&path).unwrap(), None);
+        let mut w = MarkWriter::create_or_open(&path, 0, mark(1, 10)).unwrap();
+        assert_eq!(read(&path).unwrap().unwrap().1, mark(1, 10));
+        w.write(mark(2, 20)).unwrap();
+        assert_eq!(read(&path).unwrap(), Some((2, mark(2, 20))));
+        // A torn write of the next slot leaves the previous one.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[SLOT_BYTES as usize + 30] ^= 0xff; // slot 1 holds sequence 1 (older)
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(&path).unwrap(), Some((2, mark(2, 20))));
+        bytes[30] ^= 0xff; // slot 0 (sequence 2) too: nothing intact
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read(&path), Err(StoreError::Corrupt { .. })));
+        std::fs::write(&path, &bytes[..100]).unwrap();
+        assert!(matches!(read(&path), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn every_kind_of_loss_is_named() {
+        let m = mark(5, 100);
+        let ok = Found {
+            hard: HardState { term: Term(5), vote: NodeId::new(2), commit: LogIndex(50) },
+            last: EntryId::new(Term(5), LogIndex(100)),
+            snapshot: EntryId::new(Term(1), LogIndex(10)),
+            term_at_mark: Some(Term(5)),
+            created: false,
+        };
+        let p = Path::new("m");
+        assert_eq!(compare(&m, &ok, p), None);
+        let more = Found {
+            hard: HardState { term: Term(6), vote: None, commit: LogIndex(60) },
+            last: EntryId::new(Term(6), LogIndex(120)),
+            ..ok
+        };
+        assert_eq!(compare(&m, &more, p), None);
+        let cases = [
+            (Found { hard: HardState { term: Term(4), ..ok.hard }, ..ok }, "term 5 -> 4"),
+            (Found { hard: HardState { vote: NodeId::new(3), ..ok.hard }, ..ok }, "the vote of term 5"),
+            (Found { hard: HardState { commit: LogIndex(40), ..ok.hard }, ..ok }, "commit index 50 -> 40"),
+            (Found { last: EntryId::new(Term(5), LogIndex(90)), ..ok }, "log entries 91..=100"),
+            (Found { term_at_mark: Some(Term(4)), ..ok }, "the entry at index 100"),
+            (Found { created: true, ..ok }, "the whole database"),
+        ];
+        for (found, want) in cases {
+            let lost = compare(&m, &found, p).expect(want);
+            assert!(lost.lost.iter().any(|l| l.contains(want)), "{want}: {lost}");
+            assert!(lost.to_string().contains("member remove"), "{lost}");
+        }
+        // An index now inside the snapshot is not compared.
+        let compacted = Found {
+            snapshot: EntryId::new(Term(5), LogIndex(150)),
+            last: EntryId::new(Term(5), LogIndex(150)),
+            term_at_mark: None,
+            ..ok
+        };
+        assert_eq!(compare(&m, &compacted, p), None);
+    }
+}
