@@ -561,8 +561,13 @@ impl Nemesis {
         for id in todo {
             self.note_at(at, &format!("restart node {id} (final heal)"));
         }
-        let (forwarded, dropped) = self.env.proxy.counters();
-        self.note_at(at, &format!("every fault healed (proxy: {forwarded} datagrams forwarded, {dropped} dropped)"));
+        let (forwarded, dropped, evicted) = self.env.proxy.counters();
+        self.note_at(
+            at,
+            &format!(
+                "every fault healed (proxy: {forwarded} datagrams forwarded, {dropped} dropped, {evicted} idle client sources evicted)"
+            ),
+        );
         if let Some(admin) = &self.admin
             && let Ok(m) = super::members(admin).await
         {
