@@ -79,6 +79,9 @@ impl Report {
     }
 }
 
+/// How long the members may take, after the final reads, to apply the same index.
+const CONVERGE_MAX: Duration = Duration::from_secs(30);
+
 /// Final reads of a key, retried this many times before the key counts as unread.
 const FINAL_READ_ATTEMPTS: usize = 10;
 
@@ -245,24 +248,55 @@ async fn replicas(env: &Env, members: &BTreeSet<u64>, seed: u64) -> Result<Strin
         _ => members.clone(),
     };
     let members = &members;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + CONVERGE_MAX;
+    // The latest answer of each member (applied, commit, when) and its latest error, across
+    // polls: a failure names what each member last said, not only the last poll.
+    let mut last: BTreeMap<u64, (u64, u64, Instant)> = BTreeMap::new();
+    let mut errors: BTreeMap<u64, String> = BTreeMap::new();
     let target = loop {
         let statuses = admin.statuses().await;
         let mut applied = BTreeMap::new();
         let mut commit = 0;
         for (id, s) in &statuses {
-            if let Ok(s) = s
-                && members.contains(&id.get())
-            {
-                applied.insert(id.get(), s.applied.0);
-                commit = commit.max(s.commit.0);
+            if !members.contains(&id.get()) {
+                continue;
+            }
+            match s {
+                Ok(s) => {
+                    applied.insert(id.get(), s.applied.0);
+                    commit = commit.max(s.commit.0);
+                    last.insert(id.get(), (s.applied.0, s.commit.0, Instant::now()));
+                    errors.remove(&id.get());
+                }
+                Err(e) => {
+                    errors.insert(id.get(), format!("{e}").chars().take(120).collect());
+                }
             }
         }
         if applied.len() == members.len() && applied.values().all(|&a| a == commit) && commit > 0 {
             break commit;
         }
         if Instant::now() >= deadline {
-            anyhow::bail!("members did not converge within 30s: applied {applied:?}, commit {commit}");
+            let said: Vec<String> = members
+                .iter()
+                .map(|id| {
+                    let answer = match last.get(id) {
+                        Some((a, c, at)) => {
+                            format!("applied {a} of commit {c} {:.1}s before the end", at.elapsed().as_secs_f64())
+                        }
+                        None => "never answered".into(),
+                    };
+                    match errors.get(id) {
+                        Some(e) => format!("node {id}: {answer}; then {e}"),
+                        None => format!("node {id}: {answer}"),
+                    }
+                })
+                .collect();
+            anyhow::bail!(
+                "members {members:?} did not converge within {}s: {}",
+                CONVERGE_MAX.as_secs(),
+                said.join("; ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
