@@ -73,6 +73,10 @@ pub(crate) struct Options {
     pub(crate) principals: Principals,
     /// How long each lasting fault holds (milliseconds, uniform in the range).
     pub(crate) hold_ms: (u64, u64),
+    /// A fixed fault schedule (named regressions) instead of the seed's.
+    pub(crate) script: Option<&'static [nemesis::Step]>,
+    /// What the per-fault verdict holds the run to.
+    pub(crate) bounds: windows::Bounds,
     /// Artifacts directory name under `chaos/` (default: the seed).
     pub(crate) label: Option<String>,
 }
@@ -90,6 +94,8 @@ impl Options {
             keys: 24,
             principals: Principals::PerClient,
             hold_ms: nemesis::HOLD_MS,
+            script: None,
+            bounds: windows::BOUNDS,
             label: None,
         }
     }
@@ -383,7 +389,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     };
     let begin_ns = history.now();
     let clients = tokio::spawn(workload::run_clients(spec, env.factory.clone(), history.clone(), stop.clone()));
-    let ctx = nemesis::Context { lease_reads: o.reads == ReadConsistency::Lease, hold_ms: o.hold_ms };
+    let ctx = nemesis::Context { lease_reads: o.reads == ReadConsistency::Lease, hold_ms: o.hold_ms, script: o.script };
     let nem =
         Arc::new(nemesis::Nemesis::new(env.clone(), o.seed, o.faults.clone(), (o.nodes, spares), ctx, history.clone()));
     let deadline = Instant::now() + o.duration;
@@ -409,7 +415,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     observing.store(false, Ordering::Relaxed);
     let samples = observer.await.context("the leader observer panicked")?;
     let ops = history.snapshot();
-    let bounds = windows::Bounds { single_voter: o.nodes == 1, ..windows::BOUNDS };
+    let bounds = windows::Bounds { single_voter: o.nodes == 1, ..o.bounds };
     let faults = windows::judge(&nem.records, &o.faults, &ops, &samples, (begin_ns, stop_ns), &bounds);
     std::fs::write(dir.join("faults.txt"), faults.table())?;
     std::fs::write(dir.join("leaders.txt"), windows::leaders_text(&samples))?;

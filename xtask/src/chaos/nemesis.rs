@@ -37,7 +37,33 @@ pub(crate) struct FailpointSetting {
 /// lease (400 ms), short enough for many faults per run.
 pub(crate) const HOLD_MS: (u64, u64) = (1500, 4000);
 
-/// What a failpoint fault's settings may depend on.
+/// Whom a scripted step targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The agreed leader (waiting up to 5 s for one).
+    Leader,
+    /// A running member that is not the leader.
+    Follower,
+}
+
+/// One step of a scripted schedule (named regressions): `at` after the nemesis starts,
+/// `fault` on `target`, held for `hold` (lasting faults; admin requests ignore both).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Step {
+    pub(crate) at: Duration,
+    pub(crate) fault: Fault,
+    pub(crate) target: Target,
+    pub(crate) hold: Duration,
+}
+
+impl Step {
+    /// A step at `at_ms` of `fault` on `target` for `hold_ms`.
+    pub(crate) const fn new(at_ms: u64, fault: Fault, target: Target, hold_ms: u64) -> Step {
+        Step { at: Duration::from_millis(at_ms), fault, target, hold: Duration::from_millis(hold_ms) }
+    }
+}
+
+/// What a failpoint fault's settings may depend on, and how the schedule is made.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Context {
     /// Clients read with `ReadConsistency::Lease`: faults must keep the lease's timing
@@ -46,6 +72,8 @@ pub(crate) struct Context {
     pub(crate) lease_reads: bool,
     /// How long a lasting fault holds: uniform in this range (milliseconds).
     pub(crate) hold_ms: (u64, u64),
+    /// A fixed schedule instead of the seed's (the seed still picks among followers).
+    pub(crate) script: Option<&'static [Step]>,
 }
 
 /// How a kind of fault acts.
@@ -228,6 +256,9 @@ struct State {
     retired: BTreeSet<u64>,
     records: Vec<FaultRecord>,
     log: Vec<String>,
+    /// Where the current membership change stands, and the next spare id to add.
+    spare: Spare,
+    next_spare: u64,
 }
 
 pub(crate) struct Nemesis {
@@ -270,8 +301,14 @@ impl Nemesis {
             .client_as(super::workload::ADMIN, &env.factory.members, seed ^ 0x0050_524F_4245, Timeouts::PROBE)
             .ok()
             .map(Arc::new);
-        let state =
-            State { members: (1..=nodes).collect(), retired: BTreeSet::new(), records: Vec::new(), log: Vec::new() };
+        let state = State {
+            members: (1..=nodes).collect(),
+            retired: BTreeSet::new(),
+            records: Vec::new(),
+            log: Vec::new(),
+            spare: Spare::Idle,
+            next_spare: nodes + 1,
+        };
         Nemesis {
             env,
             seed,
@@ -364,6 +401,9 @@ impl Nemesis {
 
     async fn fault_loop(&self, kinds: Vec<Fault>, deadline: Instant, stop: Arc<AtomicBool>) -> Result<()> {
         let mut rng = SplitMix64::new(self.seed ^ 0x006E_656D_6573_6973);
+        if let Some(script) = self.ctx.script {
+            return self.scripted(script, &mut rng, deadline, &stop).await;
+        }
         // Let the workload start on a healthy cluster.
         let start = Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()) / 4);
         if !Self::sleep(start, deadline, &stop).await || kinds.is_empty() {
@@ -397,20 +437,77 @@ impl Nemesis {
         }
     }
 
+    /// Runs `script` step by step (admin requests in turn with the faults).
+    async fn scripted(
+        &self,
+        script: &[Step],
+        rng: &mut SplitMix64,
+        deadline: Instant,
+        stop: &AtomicBool,
+    ) -> Result<()> {
+        let started = Instant::now();
+        for step in script {
+            let wait = (started + step.at).saturating_duration_since(Instant::now());
+            if !Self::sleep(wait, deadline, stop).await {
+                return Ok(());
+            }
+            if !step.fault.lasting() {
+                match step.fault {
+                    Fault::LEADER_TRANSFER => self.leader_transfer(rng).await,
+                    _ => self.reconfig().await,
+                }
+                continue;
+            }
+            let Some((target, leader)) = self.scripted_target(step.target, rng).await else {
+                self.note_at(self.now(), &format!("step {step:?}: no such node now; skipped"));
+                continue;
+            };
+            let active = self.inject_on(step.fault, target, leader, rng, step.hold).await?;
+            let go_on = Self::sleep(step.hold, deadline, stop).await;
+            if let Some((active, n)) = active {
+                if !go_on {
+                    *self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((active, n));
+                    return Ok(());
+                }
+                self.heal(active, n).await?;
+            }
+            self.env.check_running()?;
+        }
+        Ok(())
+    }
+
+    /// The node a scripted step targets, and the leader.
+    async fn scripted_target(&self, target: Target, rng: &mut SplitMix64) -> Option<(u64, Option<u64>)> {
+        let until = Instant::now() + Duration::from_secs(5);
+        let leader = loop {
+            match self.leader().await {
+                Some(l) => break Some(l),
+                None if Instant::now() < until => tokio::time::sleep(Duration::from_millis(50)).await,
+                None => break None,
+            }
+        };
+        let live = self.live_members();
+        match target {
+            Target::Leader => leader.filter(|l| live.contains(l)).map(|l| (l, leader)),
+            Target::Follower => {
+                let followers: Vec<u64> = live.into_iter().filter(|&id| Some(id) != leader).collect();
+                (!followers.is_empty()).then(|| (followers[rng.below(followers.len() as u64) as usize], leader))
+            }
+        }
+    }
+
     async fn admin_loop(&self, kinds: Vec<Fault>, deadline: Instant, stop: Arc<AtomicBool>) {
-        if kinds.is_empty() {
+        if kinds.is_empty() || self.ctx.script.is_some() {
             return;
         }
         let mut rng = SplitMix64::new(self.seed ^ 0x0061_646D_696E);
-        let mut spare = Spare::Idle;
-        let mut next_spare = self.nodes + 1;
         while Self::sleep(between(&mut rng, 300, 900), deadline, &stop).await {
             if !rng.chance(0.35) {
                 continue;
             }
             match kinds[rng.below(kinds.len() as u64) as usize] {
                 Fault::LEADER_TRANSFER => self.leader_transfer(&mut rng).await,
-                Fault::RECONFIG => self.reconfig(&mut spare, &mut next_spare).await,
+                Fault::RECONFIG => self.reconfig().await,
                 _ => {}
             }
         }
@@ -455,6 +552,18 @@ impl Nemesis {
     /// Injects one fault of kind `f` held for `hold`; what to heal and its record number.
     async fn inject(&self, f: Fault, rng: &mut SplitMix64, hold: Duration) -> Result<Option<(Active, usize)>> {
         let Some((target, leader)) = self.target(rng).await else { return Ok(None) };
+        self.inject_on(f, target, leader, rng, hold).await
+    }
+
+    /// Injects one fault of kind `f` on `target` held for `hold`.
+    async fn inject_on(
+        &self,
+        f: Fault,
+        target: u64,
+        leader: Option<u64>,
+        rng: &mut SplitMix64,
+        hold: Duration,
+    ) -> Result<Option<(Active, usize)>> {
         let role = |id: u64| if leader == Some(id) { ", the leader" } else { "" };
         let ms = hold.as_millis();
         let start = self.now();
@@ -606,10 +715,13 @@ impl Nemesis {
         self.end(n, at, Some(outcome));
     }
 
-    async fn reconfig(&self, spare: &mut Spare, next_spare: &mut u64) {
+    async fn reconfig(&self) {
         let Some(admin) = self.admin.clone() else { return };
-        let current = *next_spare;
-        match *spare {
+        let (spare, current) = {
+            let s = self.state();
+            (s.spare, s.next_spare)
+        };
+        match spare {
             Spare::Idle => {
                 if current > self.nodes + self.spares {
                     return;
@@ -650,19 +762,20 @@ impl Nemesis {
         let Ok(list) = admin.member_list().await else { return };
         let entry = list.iter().find(|m| m.id.get() == current);
         self.state().members = list.iter().map(|m| m.id.get()).collect();
-        *spare = match entry.map(|m| m.kind) {
+        let next = match entry.map(|m| m.kind) {
             Some(quorate_client::MemberKind::Learner) => Spare::Learner(current),
             Some(_) => Spare::Voter(current),
-            None if matches!(*spare, Spare::Voter(_)) => {
+            None if matches!(spare, Spare::Voter(_)) => {
                 // Removed: stop its process for good.
                 self.state().retired.insert(current);
                 let _ = self.env.lock().kill(current);
                 self.note_at(self.now(), &format!("node {current} removed; its process stopped"));
-                *next_spare += 1;
+                self.state().next_spare += 1;
                 Spare::Idle
             }
-            None => *spare,
+            None => spare,
         };
+        self.state().spare = next;
     }
 }
 
@@ -780,7 +893,7 @@ mod tests {
         }
         let mut rng = SplitMix64::new(3);
         for _ in 0..100 {
-            let s = clock(&mut rng, Context { lease_reads: true, hold_ms: HOLD_MS });
+            let s = clock(&mut rng, Context { lease_reads: true, hold_ms: HOLD_MS, script: None });
             let rate: f64 = s.toml.trim().trim_start_matches("clock_rate = ").parse().unwrap();
             assert!(LEASE_SAFE_CLOCK_RATES.contains(&rate));
         }

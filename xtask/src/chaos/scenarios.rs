@@ -1,7 +1,8 @@
 //! Fixed scenarios on top of the chaos machinery: failover timing, named regressions from the
 //! field (each with a fixed seed), the bounded CI slice and the long soak.
 
-use super::nemesis::Fault;
+use super::nemesis::{Fault, Step, Target};
+use super::windows::Bounds;
 use super::workload::{History, KeyChoice, recorded_put};
 use super::{Env, Options, RAFT, Verdict, parse_num, run, runtime};
 use crate::cluster::{build_quorate, target_dir};
@@ -24,7 +25,35 @@ pub(crate) const REGRESSIONS: &[(&str, u64, &str)] = &[
         "split brain from a node campaigning with committed-but-unapplied configuration changes (etcd-io/raft#456)",
     ),
     ("lock-fencing", 343, "a lock held past expiry without fencing (Jepsen etcd 3.4.3)"),
+    (
+        "sigcont-stall",
+        18,
+        "a leader stalls for seconds when a follower paused for seconds resumes, and a restarted node hears nothing \
+         for up to 10 s (issue 18)",
+    ),
+    (
+        "seed-4242",
+        4242,
+        "the 60 s all-faults run that ended REPLICAS DIFFER: proxy fronts refusing new client sources after 64 (issue 18)",
+    ),
 ];
+
+/// `sigcont-stall`: a follower paused for 7 s, then the leader paused for 7 s (the new
+/// leader then faces a follower 7 s behind), then a follower SIGKILLed for 3 s and restarted.
+const SIGCONT_STALL: &[Step] = &[
+    Step::new(2_000, Fault::PAUSE, Target::Follower, 7_000),
+    Step::new(12_000, Fault::PAUSE, Target::Leader, 7_000),
+    Step::new(23_000, Fault::KILL, Target::Follower, 3_000),
+];
+
+/// The `sigcont-stall` bounds: tighter than a random run's, since each fault here leaves a
+/// majority up (a pause of a follower should cost the leader nothing).
+const SIGCONT_STALL_BOUNDS: Bounds = Bounds {
+    leaderless_max: Duration::from_secs(3),
+    writeless_max: Duration::from_secs(4),
+    answer_after_heal_max: Duration::from_secs(3),
+    ..super::windows::BOUNDS
+};
 
 fn flags(args: &[String]) -> Result<Vec<(String, String)>> {
     if !args.len().is_multiple_of(2) {
@@ -137,6 +166,17 @@ fn regression(name: &str) -> Result<Verdict> {
         "reconfig-split-brain" => {
             o.duration = Duration::from_secs(40);
             o.faults = vec![Fault::RECONFIG, Fault::LEADER_TRANSFER, Fault::KILL, Fault::PAUSE, Fault::PARTITION];
+            run(&o)?
+        }
+        "sigcont-stall" => {
+            o.duration = Duration::from_secs(32);
+            o.faults = vec![Fault::KILL, Fault::PAUSE];
+            o.script = Some(SIGCONT_STALL);
+            o.bounds = SIGCONT_STALL_BOUNDS;
+            run(&o)?
+        }
+        "seed-4242" => {
+            o.duration = Duration::from_secs(60);
             run(&o)?
         }
         "index-monotonic" => index_monotonic(seed)?,
