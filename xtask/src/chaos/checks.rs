@@ -237,15 +237,14 @@ async fn replicas(env: &Env, members: &BTreeSet<u64>, seed: u64) -> Result<Strin
     // membership change whose outcome it saw as unknown may have been applied (seen in CI:
     // `member remove 4` timed out on the client yet committed, and the check then waited for
     // node 4, which the leader no longer replicates to).
-    let members: BTreeSet<u64> = match super::members(&admin).await {
-        Ok(m) if !m.is_empty() => {
-            let m: BTreeSet<u64> = m.into_iter().collect();
+    let members: BTreeSet<u64> = match super::members(&admin, Duration::from_secs(10)).await {
+        Ok(m) => {
             if &m != members {
-                println!("replicas: the committed configuration is {m:?} (the nemesis believed {members:?})");
+                println!("replicas: the leader's configuration is {m:?} (the nemesis believed {members:?})");
             }
             m
         }
-        _ => members.clone(),
+        Err(e) => anyhow::bail!("{e:#}"),
     };
     let members = &members;
     let deadline = Instant::now() + CONVERGE_MAX;

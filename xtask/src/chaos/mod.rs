@@ -25,7 +25,7 @@ use nemesis::Fault;
 use quorate_client::{Client, ReadConsistency};
 use quorate_core::Role as RaftRole;
 use quorate_log::NodeId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -311,10 +311,46 @@ impl Env {
     }
 }
 
-/// Ids of members (voters and learners) in the configuration the leader reports.
-pub(crate) async fn members(client: &Client) -> Result<Vec<u64>> {
-    let m = client.member_list().await.context("member list")?;
-    Ok(m.iter().map(|m| m.id.get()).collect())
+/// Ids of members (voters and learners) in the configuration of the leader the nodes agree
+/// on, from every node's status (polled until there is an agreed leader, at most `within`).
+/// Never from `member list` alone: any node answers it with its own configuration, and a
+/// spare that is not (or no longer) a member answers with an empty one — which emptied the
+/// set the checks compared (issue 18: "invariant counters skipped", and the seed-4242
+/// "members did not converge: applied {}, commit 0").
+pub(crate) async fn members(client: &Client, within: Duration) -> Result<BTreeSet<u64>> {
+    Ok(members_with_kinds(client, within).await?.into_iter().map(|(id, _)| id).collect())
+}
+
+/// As [`members`], each with whether it is a learner.
+pub(crate) async fn members_with_kinds(client: &Client, within: Duration) -> Result<Vec<(u64, bool)>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let statuses: BTreeMap<u64, quorate_api::NodeStatus> =
+            client.statuses().await.into_iter().filter_map(|(id, s)| Some((id.get(), s.ok()?))).collect();
+        let latest: windows::Latest = statuses.iter().map(|(id, s)| (*id, (0, Some(seen_of(s))))).collect();
+        if let Some((leader, members)) = windows::leader_members(&latest, 0)
+            && !members.is_empty()
+            && let Some(s) = statuses.get(&leader)
+        {
+            return Ok(members.into_iter().map(|id| (id, s.config.learners.iter().any(|l| l.get() == id))).collect());
+        }
+        if Instant::now() >= deadline {
+            bail!("no agreed leader to report the members within {}s", within.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the leader observer keeps of a node's status.
+fn seen_of(s: &quorate_api::NodeStatus) -> Seen {
+    Seen {
+        leads: s.role == RaftRole::Leader,
+        term: s.term.0,
+        leader: s.leader.map(|l| l.get()),
+        voters: s.config.voters.union(&s.config.voters_outgoing).map(|v| v.get()).collect(),
+        learners: s.config.learners.iter().map(|v| v.get()).collect(),
+        indexes: (s.commit.0, s.applied.0, s.last_index.0),
+    }
 }
 
 /// Node id from a raw number (chaos ids start at 1).
@@ -476,13 +512,7 @@ async fn observe(env: Arc<Env>, history: Arc<History>, on: Arc<AtomicBool>, seed
                 let started = Instant::now();
                 let r = tokio::time::timeout(Timeouts::PROBE.total, client.status(node)).await;
                 let seen = match r {
-                    Ok(Ok(s)) => Some(Seen {
-                        leads: s.role == RaftRole::Leader,
-                        term: s.term.0,
-                        leader: s.leader.map(|l| l.get()),
-                        voters: s.config.voters.union(&s.config.voters_outgoing).map(|v| v.get()).collect(),
-                        indexes: (s.commit.0, s.applied.0, s.last_index.0),
-                    }),
+                    Ok(Ok(s)) => Some(seen_of(&s)),
                     _ => None,
                 };
                 let sample = Sample { node: id, at_ns: history.now(), seen };

@@ -678,9 +678,9 @@ impl Nemesis {
             ),
         );
         if let Some(admin) = &self.admin
-            && let Ok(m) = super::members(admin).await
+            && let Ok(m) = super::members(admin, Duration::from_secs(10)).await
         {
-            self.state().members = m.into_iter().collect();
+            self.state().members = m;
         }
         let s = self.state();
         Ok(Report { log: s.log.clone(), records: s.records.clone(), members: s.members.clone() })
@@ -758,13 +758,15 @@ impl Nemesis {
                 self.answered(n, &r);
             }
         }
-        // Where things stand now, from the leader's member list.
-        let Ok(list) = admin.member_list().await else { return };
-        let entry = list.iter().find(|m| m.id.get() == current);
-        self.state().members = list.iter().map(|m| m.id.get()).collect();
-        let next = match entry.map(|m| m.kind) {
-            Some(quorate_client::MemberKind::Learner) => Spare::Learner(current),
-            Some(_) => Spare::Voter(current),
+        // Where things stand now, from the configuration of the agreed leader (not from
+        // `member list`, which any node answers with its own configuration).
+        let Some(probe) = self.probe.clone() else { return };
+        let Ok(list) = super::members_with_kinds(&probe, Duration::from_secs(5)).await else { return };
+        let entry = list.iter().find(|(id, _)| *id == current).map(|(_, learner)| *learner);
+        self.state().members = list.iter().map(|(id, _)| *id).collect();
+        let next = match entry {
+            Some(true) => Spare::Learner(current),
+            Some(false) => Spare::Voter(current),
             None if matches!(spare, Spare::Voter(_)) => {
                 // Removed: stop its process for good.
                 self.state().retired.insert(current);

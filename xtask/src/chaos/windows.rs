@@ -74,6 +74,8 @@ pub(crate) struct Seen {
     pub(crate) leader: Option<u64>,
     /// The voters of its configuration (both halves of a joint one).
     pub(crate) voters: Vec<u64>,
+    /// The learners of its configuration.
+    pub(crate) learners: Vec<u64>,
     /// Commit, applied and last log index (for `status.tsv`).
     pub(crate) indexes: (u64, u64, u64),
 }
@@ -118,6 +120,16 @@ pub(crate) fn agreed(latest: &Latest, now: u64, stale_ns: u64) -> Option<(u64, u
             .count();
         (s.voters.contains(&id) && agree * 2 > s.voters.len()).then_some((id, s.term))
     })
+}
+
+/// The members (voters and learners) of the configuration the agreed leader reports, with
+/// the leader. Only the leader's view counts: a spare that was never added, or a node that
+/// was removed, answers with a configuration of its own (empty, or old).
+pub(crate) fn leader_members(latest: &Latest, now: u64) -> Option<(u64, BTreeSet<u64>)> {
+    let (leader, _) = agreed(latest, now, SAMPLE_STALE.as_nanos() as u64)?;
+    let (_, seen) = latest.get(&leader)?;
+    let seen = seen.as_ref()?;
+    Some((leader, seen.voters.iter().chain(&seen.learners).copied().collect()))
 }
 
 /// The intervals within `[from_ns, to_ns]` without an agreed leader, evaluated at every sample.
@@ -509,7 +521,7 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn seen(leads: bool, term: u64, leader: Option<u64>) -> Option<Seen> {
-        Some(Seen { leads, term, leader, voters: vec![1, 2, 3], indexes: (0, 0, 0) })
+        Some(Seen { leads, term, leader, voters: vec![1, 2, 3], learners: Vec::new(), indexes: (0, 0, 0) })
     }
 
     /// Node 1 leads term 1 with everyone agreeing, every 100 ms over `[from, to)` seconds ×10.
@@ -539,6 +551,31 @@ mod tests {
         // A node that stopped answering does not count.
         latest.insert(2, (0, None));
         assert_eq!(agreed(&latest, 0, S), None);
+    }
+
+    #[test]
+    fn the_members_are_the_leaders_configuration_not_any_nodes() {
+        // Nodes 1-3 agree that 1 leads, with learner 5; spare 5 (added, not caught up) and
+        // spare 6 (never added) answer with configurations of their own.
+        let mut latest: Latest = BTreeMap::new();
+        let with = |leads, leader, voters: &[u64], learners: &[u64]| {
+            Some(Seen {
+                leads,
+                term: 4,
+                leader,
+                voters: voters.to_vec(),
+                learners: learners.to_vec(),
+                indexes: (0, 0, 0),
+            })
+        };
+        latest.insert(5, (0, with(false, None, &[], &[])));
+        latest.insert(6, (0, with(false, None, &[], &[])));
+        assert_eq!(leader_members(&latest, 0), None, "no leader, no member set (never an empty one)");
+        latest.insert(1, (0, with(true, Some(1), &[1, 2, 3], &[5])));
+        latest.insert(2, (0, with(false, Some(1), &[1, 2, 3], &[5])));
+        let (leader, members) = leader_members(&latest, 0).unwrap();
+        assert_eq!(leader, 1);
+        assert_eq!(members.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 5]);
     }
 
     #[test]
