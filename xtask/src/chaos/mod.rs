@@ -37,7 +37,7 @@ use workload::{ClientFactory, History, KeyChoice, OBSERVER, Principals, Timeouts
 pub(crate) const USAGE: &str = "\
 usage: cargo xtask chaos [--nodes 3|5] [--duration SECONDS] [--seed S] [--faults LIST]
                          [--workload mixed|hot-key] [--reads linearizable|lease] [--clients N] [--keys N]
-                         [--principals per-client|shared] [--hold-ms LO-HI]
+                         [--principals per-client|shared] [--hold-ms LO-HI] [--target leader|any]
        cargo xtask chaos failover [--kills N] [--seed S]
        cargo xtask chaos regress [NAME]      (names: see docs/chaos.md or `chaos regress list`; none: all)
        cargo xtask chaos ci                  the bounded CI slice: fixed seeds, every fault kind
@@ -75,6 +75,8 @@ pub(crate) struct Options {
     pub(crate) hold_ms: (u64, u64),
     /// A fixed fault schedule (named regressions) instead of the seed's.
     pub(crate) script: Option<&'static [nemesis::Step]>,
+    /// Lasting faults hit the leader whenever there is one (`--target leader`).
+    pub(crate) leader_first: bool,
     /// What the per-fault verdict holds the run to.
     pub(crate) bounds: windows::Bounds,
     /// Artifacts directory name under `chaos/` (default: the seed).
@@ -95,6 +97,7 @@ impl Options {
             principals: Principals::PerClient,
             hold_ms: nemesis::HOLD_MS,
             script: None,
+            leader_first: false,
             bounds: windows::BOUNDS,
             label: None,
         }
@@ -165,6 +168,13 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--clients" => o.clients = parse_num(v, flag)?.clamp(1, 256),
             "--keys" => o.keys = parse_num(v, flag)?.clamp(1, 10_000),
+            "--target" => {
+                o.leader_first = match v {
+                    "leader" => true,
+                    "any" => false,
+                    _ => bail!("--target is leader or any, got `{v}`"),
+                }
+            }
             "--hold-ms" => {
                 let (lo, hi) = v.split_once('-').unwrap_or((v, v));
                 let (lo, hi) = (parse_num(lo, flag)?, parse_num(hi, flag)?);
@@ -425,7 +435,12 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     };
     let begin_ns = history.now();
     let clients = tokio::spawn(workload::run_clients(spec, env.factory.clone(), history.clone(), stop.clone()));
-    let ctx = nemesis::Context { lease_reads: o.reads == ReadConsistency::Lease, hold_ms: o.hold_ms, script: o.script };
+    let ctx = nemesis::Context {
+        lease_reads: o.reads == ReadConsistency::Lease,
+        hold_ms: o.hold_ms,
+        script: o.script,
+        leader_first: o.leader_first,
+    };
     let nem =
         Arc::new(nemesis::Nemesis::new(env.clone(), o.seed, o.faults.clone(), (o.nodes, spares), ctx, history.clone()));
     let deadline = Instant::now() + o.duration;

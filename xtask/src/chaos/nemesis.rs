@@ -74,6 +74,9 @@ pub(crate) struct Context {
     pub(crate) hold_ms: (u64, u64),
     /// A fixed schedule instead of the seed's (the seed still picks among followers).
     pub(crate) script: Option<&'static [Step]>,
+    /// Lasting faults hit the leader whenever there is one (instead of half of the time):
+    /// lease runs, where a paused or skewed leader is the case that matters.
+    pub(crate) leader_first: bool,
 }
 
 /// How a kind of fault acts.
@@ -537,7 +540,7 @@ impl Nemesis {
     async fn target(&self, rng: &mut SplitMix64) -> Option<(u64, Option<u64>)> {
         let live = self.live_members();
         let leader = self.leader().await;
-        if rng.chance(0.5)
+        if (self.ctx.leader_first || rng.chance(0.5))
             && let Some(l) = leader
             && live.contains(&l)
         {
@@ -895,7 +898,7 @@ mod tests {
         }
         let mut rng = SplitMix64::new(3);
         for _ in 0..100 {
-            let s = clock(&mut rng, Context { lease_reads: true, hold_ms: HOLD_MS, script: None });
+            let s = clock(&mut rng, Context { lease_reads: true, hold_ms: HOLD_MS, script: None, leader_first: false });
             let rate: f64 = s.toml.trim().trim_start_matches("clock_rate = ").parse().unwrap();
             assert!(LEASE_SAFE_CLOCK_RATES.contains(&rate));
         }

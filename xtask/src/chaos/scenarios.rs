@@ -75,11 +75,12 @@ pub(crate) fn ci_runs() -> Vec<Options> {
     b.choice = KeyChoice::HotKey;
     b.label = Some("ci-202".into());
     // Lease reads with a drift bound, the clock fault (within the bound) and pauses longer
-    // than the lease, the leader's half of the time.
+    // than the lease, each on the leader.
     let mut c = Options::new(303);
     c.duration = Duration::from_secs(25);
     c.faults = vec![Fault::PAUSE, Fault::CLOCK, Fault::PARTITION, Fault::LEADER_TRANSFER];
     c.reads = ReadConsistency::Lease;
+    c.leader_first = true;
     c.label = Some("ci-303-lease".into());
     vec![a, b, c]
 }
