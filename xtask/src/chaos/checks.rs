@@ -34,6 +34,8 @@ pub(crate) struct Report {
     pub(crate) lost: LostWrites,
     pub(crate) replicas: Result<String, String>,
     pub(crate) invariants: Result<String, String>,
+    /// What admission did, from the members' `/metrics` (reported, not judged).
+    pub(crate) admission: String,
 }
 
 impl Report {
@@ -75,7 +77,7 @@ impl Report {
             Ok(s) => s.clone(),
             Err(e) => format!("INVARIANT COUNTERS: {e}"),
         };
-        format!("{lin}; {lost}; {rep}; {inv}; {rec}")
+        format!("{lin}; {lost}; {rep}; {inv}; {rec}; {}", self.admission)
     }
 }
 
@@ -100,6 +102,7 @@ pub(crate) async fn after_run(
         lost: LostWrites::default(),
         replicas: Ok(String::new()),
         invariants: Ok(String::new()),
+        admission: String::new(),
     };
     let checker_client = o.clients + 1;
     let client = env.factory.client_as(CHECKER, &env.factory.members, o.seed ^ 0xC4EC, Timeouts::WORKLOAD)?;
@@ -158,8 +161,10 @@ pub(crate) async fn after_run(
     // 5. Identical replicas.
     report.replicas = replicas(env, members, o.seed).await.map_err(|e| format!("{e:#}"));
 
-    // 6. Invariant counters.
-    report.invariants = invariants(env, members).await;
+    // 6. Invariant counters (and what admission did, from the same scrape).
+    let (invariants, admission) = invariants(env, members).await;
+    report.invariants = invariants;
+    report.admission = admission;
     Ok(report)
 }
 
@@ -365,7 +370,7 @@ const SCRAPE_ATTEMPTS: usize = 5;
 
 /// Scrapes `/metrics` of every member; every sample named `*invariant*` must be 0, and a
 /// member whose `/metrics` cannot be read fails the check (it could not run).
-async fn invariants(env: &Env, members: &BTreeSet<u64>) -> Result<String, String> {
+async fn invariants(env: &Env, members: &BTreeSet<u64>) -> (Result<String, String>, String) {
     let mut bodies = BTreeMap::new();
     let mut unscraped = Vec::new();
     for &id in members {
@@ -394,7 +399,45 @@ async fn invariants(env: &Env, members: &BTreeSet<u64>) -> Result<String, String
     for (id, body) in &bodies {
         let _ = std::fs::write(env.dir.join(format!("metrics-node-{id}.txt")), body);
     }
-    invariant_samples(&bodies, &unscraped)
+    (invariant_samples(&bodies, &unscraped), admission_summary(&bodies))
+}
+
+/// Requests shed by reason and retries by principal, summed over the scraped members
+/// (`quorate_proposals_shed_total{reason}`, `quorate_client_retries_total{principal}`).
+pub(crate) fn admission_summary(bodies: &BTreeMap<u64, String>) -> String {
+    let mut shed: BTreeMap<String, f64> = BTreeMap::new();
+    let mut retries: BTreeMap<String, f64> = BTreeMap::new();
+    for body in bodies.values() {
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let mut parts = line.split_whitespace();
+            let (Some(series), Some(value)) = (parts.next(), parts.next().and_then(|v| v.parse::<f64>().ok())) else {
+                continue;
+            };
+            let label = |name: &str| {
+                series
+                    .split_once(&format!("{name}=\""))
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(v, _)| v.to_string())
+            };
+            if series.starts_with("quorate_proposals_shed_total{") {
+                *shed.entry(label("reason").unwrap_or_default()).or_default() += value;
+            } else if series.starts_with("quorate_client_retries_total{") {
+                *retries.entry(label("principal").unwrap_or_default()).or_default() += value;
+            }
+        }
+    }
+    let list = |m: &BTreeMap<String, f64>| {
+        let mut v: Vec<(&String, &f64)> = m.iter().filter(|(_, n)| **n > 0.0).collect();
+        v.sort_by(|a, b| b.1.total_cmp(a.1));
+        v.iter().take(4).map(|(k, n)| format!("{k} {n:.0}")).collect::<Vec<_>>().join(", ")
+    };
+    let (shed_n, retries_n): (f64, f64) = (shed.values().sum(), retries.values().sum());
+    format!(
+        "admission: {shed_n:.0} requests shed ({}), {retries_n:.0} retries from {} principals ({})",
+        list(&shed),
+        retries.values().filter(|n| **n > 0.0).count(),
+        list(&retries)
+    )
 }
 
 /// The invariant-counter check over scraped bodies (member → `/metrics` text).
@@ -549,6 +592,25 @@ mod tests {
     }
 
     #[test]
+    fn admission_is_summed_over_members() {
+        let a = metrics(&[
+            "quorate_proposals_shed_total{reason=\"retry_budget\"} 8",
+            "quorate_proposals_shed_total{reason=\"disk_space\"} 0",
+            "quorate_client_retries_total{principal=\"chaos-shared\"} 29",
+        ]);
+        let b = metrics(&[
+            "quorate_proposals_shed_total{reason=\"retry_budget\"} 2",
+            "quorate_client_retries_total{principal=\"chaos-shared\"} 36",
+            "quorate_client_retries_total{principal=\"admin\"} 1",
+        ]);
+        let s = admission_summary(&[(1, a), (2, b)].into_iter().collect());
+        assert_eq!(
+            s,
+            "admission: 10 requests shed (retry_budget 10), 66 retries from 2 principals (chaos-shared 65, admin 1)"
+        );
+    }
+
+    #[test]
     fn the_summary_reports_unread_keys_and_fails() {
         let mut r = Report {
             recovery: Some(Duration::from_secs(1)),
@@ -557,6 +619,7 @@ mod tests {
             lost: LostWrites { problems: Vec::new(), checked: 24, pinned: 9 },
             replicas: Ok("3 members identical".into()),
             invariants: Ok("no runtime invariant violated".into()),
+            admission: String::new(),
         };
         assert!(r.pass());
         assert!(r.summary().contains("24 keys checked, 9 of them pinned"), "{}", r.summary());

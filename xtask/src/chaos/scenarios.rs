@@ -32,6 +32,12 @@ pub(crate) const REGRESSIONS: &[(&str, u64, &str)] = &[
          for up to 10 s (issue 18)",
     ),
     (
+        "shared-principal",
+        505,
+        "every client under one principal on purpose, the leader killed, paused or cut off for 3-6 s: one retry \
+         budget for all (docs/chaos.md, Principals)",
+    ),
+    (
         "seed-4242",
         4242,
         "the 60 s all-faults run that ended REPLICAS DIFFER: proxy fronts refusing new client sources after 64 (issue 18)",
@@ -178,6 +184,14 @@ fn regression(name: &str) -> Result<Verdict> {
         }
         "seed-4242" => {
             o.duration = Duration::from_secs(60);
+            run(&o)?
+        }
+        "shared-principal" => {
+            o.duration = Duration::from_secs(30);
+            o.faults = vec![Fault::KILL, Fault::PAUSE, Fault::PARTITION];
+            o.principals = super::workload::Principals::Shared;
+            o.leader_first = true;
+            o.hold_ms = (3000, 6000);
             run(&o)?
         }
         "index-monotonic" => index_monotonic(seed)?,
