@@ -466,7 +466,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     observing.store(false, Ordering::Relaxed);
     let samples = observer.await.context("the leader observer panicked")?;
     let ops = history.snapshot();
-    let bounds = windows::Bounds { single_voter: o.nodes == 1, ..o.bounds };
+    let bounds = windows::Bounds { single_voter: o.nodes == 1, clients: o.clients, ..o.bounds };
     let faults = windows::judge(&nem.records, &o.faults, &ops, &samples, (begin_ns, stop_ns), &bounds);
     std::fs::write(dir.join("faults.txt"), faults.table())?;
     std::fs::write(dir.join("leaders.txt"), windows::leaders_text(&samples))?;

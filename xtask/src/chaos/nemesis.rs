@@ -103,8 +103,10 @@ pub(crate) struct FaultSpec {
     /// Its name on the command line and in the log.
     pub(crate) name: &'static str,
     pub(crate) action: Action,
-    /// Writes may be refused for the whole hold by design (a leader whose disk is full refuses
-    /// them): the bound on the time without an acknowledged write grows by the hold.
+    /// Writes may be refused for the whole hold by design (a leader whose disk is full or slow
+    /// refuses them: admission's disk-space and fsync-latency signals): the bound on the time
+    /// without an acknowledged write grows by the hold, and the fault's traffic minimum is
+    /// every client calling rather than operations acknowledged.
     pub(crate) blocks_writes: bool,
 }
 
@@ -128,7 +130,7 @@ pub(crate) const FAULTS: &[FaultSpec] = &[
     FaultSpec {
         name: "slow-disk",
         action: Action::Failpoint { settings: slow_disk, restart_on_heal: false },
-        blocks_writes: false,
+        blocks_writes: true,
     },
 ];
 

@@ -46,6 +46,10 @@ pub(crate) struct Bounds {
     /// Longest time after the heal until a killed or paused node answers its status probe
     /// again (restarted or resumed).
     pub(crate) answer_after_heal_max: Duration,
+    /// The workload's clients. A fault that blocks writes by design is held to every client
+    /// calling during it (a closed-loop client waits in its write's retries, so it
+    /// acknowledges little while writes are refused) instead of to acknowledged operations.
+    pub(crate) clients: u64,
     /// One voter: the cluster has no leader while its only node is down, so the hold of a
     /// lasting fault is added to both time bounds, and its traffic is counted up to
     /// [`AFTERMATH`] after the heal.
@@ -61,6 +65,7 @@ pub(crate) const BOUNDS: Bounds = Bounds {
     writeless_max: Duration::from_secs(7),
     ops_per_s_min: 10.0,
     answer_after_heal_max: Duration::from_secs(5),
+    clients: 8,
     single_voter: false,
 };
 
@@ -292,12 +297,32 @@ pub(crate) struct FaultStats {
     pub(crate) leaderless_max_ns: u64,
     pub(crate) writeless_ns: u64,
     pub(crate) writeless_max_ns: u64,
+    /// Workload operations in flight at some moment of `[start, end]` (any outcome).
+    pub(crate) calls: u64,
     /// Only lasting faults are held to a traffic minimum.
-    pub(crate) ops_min: Option<u64>,
+    pub(crate) ops_min: Option<Traffic>,
     /// For a killed or paused node: how long after the heal it first answered its status
     /// probe (`None`: never, within the observation).
     pub(crate) answered_after_ns: Option<Option<u64>>,
     pub(crate) problems: Vec<String>,
+}
+
+/// A lasting fault's traffic minimum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Traffic {
+    /// Operations acknowledged during the fault.
+    Acknowledged(u64),
+    /// Workload operations in flight during the fault (a fault that blocks writes by design).
+    Calling(u64),
+}
+
+impl Traffic {
+    fn text(self) -> String {
+        match self {
+            Traffic::Acknowledged(n) => n.to_string(),
+            Traffic::Calling(n) => format!("{n}c"),
+        }
+    }
 }
 
 /// The verdict's per-fault part.
@@ -347,8 +372,22 @@ pub(crate) fn judge(
         let writeless_max_ns = bounds.writeless_max.as_nanos() as u64 + extra_ns.max(writes_blocked_ns);
         let leaderless_ns = charged(&leaderless, r.start_ns, end_ns);
         let writeless_ns = charged(&writeless, r.start_ns, end_ns.min(stop_ns));
-        let ops_min = lasting
-            .then(|| (bounds.ops_per_s_min * secs(end_ns.min(stop_ns).saturating_sub(r.start_ns))).ceil() as u64);
+        let window_end = end_ns.min(stop_ns);
+        let calls = ops
+            .iter()
+            .filter(|op| {
+                op.client < bounds.clients && op.call <= window_end && op.ret().is_none_or(|t| t >= r.start_ns)
+            })
+            .count() as u64;
+        let ops_min = lasting.then(|| {
+            if r.fault.spec().blocks_writes {
+                Traffic::Calling(bounds.clients)
+            } else {
+                Traffic::Acknowledged(
+                    ((bounds.ops_per_s_min * secs(window_end.saturating_sub(r.start_ns))).ceil() as u64).max(1),
+                )
+            }
+        });
         let answered_after_ns = r.stopped.map(|id| {
             samples.iter().find(|s| s.node == id && s.at_ns >= end_ns && s.seen.is_some()).map(|s| s.at_ns - end_ns)
         });
@@ -363,10 +402,14 @@ pub(crate) fn judge(
             )),
             _ => {}
         }
-        if let Some(min) = ops_min
-            && ops_n < min.max(1)
-        {
-            problems.push(format!("only {ops_n} operations acknowledged (at least {} needed)", min.max(1)));
+        match ops_min {
+            Some(Traffic::Acknowledged(min)) if ops_n < min => {
+                problems.push(format!("only {ops_n} operations acknowledged (at least {min} needed)"));
+            }
+            Some(Traffic::Calling(min)) if calls < min => {
+                problems.push(format!("only {calls} operations called (at least {min}: every client)"));
+            }
+            _ => {}
         }
         if leaderless_ns > leaderless_max_ns {
             problems.push(format!("no leader for {:.1}s (bound {:.1}s)", secs(leaderless_ns), secs(leaderless_max_ns)));
@@ -386,6 +429,7 @@ pub(crate) fn judge(
             end_ns,
             ops: ops_n,
             writes: writes_n,
+            calls,
             leaderless_ns,
             leaderless_max_ns,
             writeless_ns,
@@ -442,7 +486,9 @@ impl FaultVerdict {
     pub(crate) fn summary(&self) -> String {
         let lasting: Vec<&FaultStats> = self.faults.iter().filter(|f| f.ops_min.is_some()).collect();
         let admin = self.faults.len() - lasting.len();
-        let min_ops = lasting.iter().map(|f| f.ops).min();
+        let acked_min =
+            lasting.iter().filter(|f| matches!(f.ops_min, Some(Traffic::Acknowledged(_)))).map(|f| f.ops).min();
+        let calling = lasting.iter().filter(|f| matches!(f.ops_min, Some(Traffic::Calling(_)))).count();
         let worst = |get: fn(&FaultStats) -> (u64, u64)| {
             self.faults
                 .iter()
@@ -451,10 +497,15 @@ impl FaultVerdict {
         };
         let leaderless = worst(|f| (f.leaderless_ns, f.leaderless_max_ns));
         let writeless = worst(|f| (f.writeless_ns, f.writeless_max_ns));
-        let under_load = match min_ops {
-            Some(m) => format!("every one under load (at least {m} operations acknowledged during each)"),
-            None => "none lasting".into(),
+        let traffic_ok = !self.faults.iter().any(|f| f.problems.iter().any(|p| p.starts_with("only ")));
+        let mut under_load = match (traffic_ok, acked_min) {
+            (false, _) => "NOT all under load".to_string(),
+            (true, Some(m)) => format!("every one under load (at least {m} operations acknowledged during each)"),
+            (true, None) => "every one under load".to_string(),
         };
+        if calling > 0 {
+            under_load.push_str(&format!(", {calling} of them refusing writes by design with every client calling"));
+        }
         let mut s = format!(
             "{} faults and {admin} admin requests, {under_load}; per fault, longest without a leader {:.1}s (bound {:.1}s), without an acknowledged write {:.1}s (bound {:.1}s)",
             lasting.len(),
@@ -474,20 +525,31 @@ impl FaultVerdict {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "{:>3} {:<15} {:>9} {:>7} {:>6} {:>6} {:>6} {:>13} {:>13} {:>8}  what",
-            "#", "fault", "start s", "held s", "ops", "min", "writes", "leaderless s", "writeless s", "answer s"
+            "{:>3} {:<15} {:>9} {:>7} {:>6} {:>6} {:>6} {:>6} {:>13} {:>13} {:>8}  what",
+            "#",
+            "fault",
+            "start s",
+            "held s",
+            "ops",
+            "writes",
+            "calls",
+            "min",
+            "leaderless s",
+            "writeless s",
+            "answer s"
         );
         for f in &self.faults {
             let _ = writeln!(
                 t,
-                "{:>3} {:<15} {:>9.3} {:>7.2} {:>6} {:>6} {:>6} {:>6.2}≤{:<6.1} {:>6.2}≤{:<6.1} {:>8}  {}{}",
+                "{:>3} {:<15} {:>9.3} {:>7.2} {:>6} {:>6} {:>6} {:>6} {:>6.2}≤{:<6.1} {:>6.2}≤{:<6.1} {:>8}  {}{}",
                 f.n,
                 f.fault.name(),
                 secs(f.start_ns),
                 secs(f.end_ns - f.start_ns),
                 f.ops,
-                f.ops_min.map_or("-".to_string(), |m| m.to_string()),
                 f.writes,
+                f.calls,
+                f.ops_min.map_or("-".to_string(), Traffic::text),
                 secs(f.leaderless_ns),
                 secs(f.leaderless_max_ns),
                 secs(f.writeless_ns),
@@ -673,10 +735,9 @@ mod tests {
         // Traffic stops at 2 s; a fault from 3 s to 5 s runs without any.
         let ops = traffic(0.0, 2.0);
         let samples = healthy(0, 100, &[1, 2, 3]);
-        let v =
-            judge(&[record(1, Fault::SLOW_DISK, 3.0, 5.0)], &[Fault::SLOW_DISK], &ops, &samples, (0, 2 * S), &BOUNDS);
+        let v = judge(&[record(1, Fault::CLOCK, 3.0, 5.0)], &[Fault::CLOCK], &ops, &samples, (0, 2 * S), &BOUNDS);
         assert!(!v.pass());
-        assert!(v.problems[0].contains("only 0 operations acknowledged (at least"), "{:?}", v.problems);
+        assert!(v.problems[0].contains("only 0 operations acknowledged (at least 1 needed)"), "{:?}", v.problems);
     }
 
     #[test]
@@ -765,6 +826,41 @@ mod tests {
         let v = judge(&[record(1, Fault::CLOCK, 2.0, 6.0)], &[Fault::CLOCK], &ops, &samples, (0, 14 * S), &BOUNDS);
         assert!(!v.pass(), "{}", v.table());
         assert!(v.faults[0].problems[0].starts_with("no acknowledged write for 7.5s (bound 7.0s)"), "{}", v.table());
+    }
+
+    #[test]
+    fn a_fault_that_refuses_writes_needs_every_client_calling() {
+        // Slow disk on the leader from 2 s to 6 s: writes are refused by design, and each of
+        // the clients waits in one write's retries through the fault.
+        let mut ops = traffic(0.0, 2.0);
+        let waiting = |clients: u64| -> Vec<Operation> {
+            (0..clients)
+                .map(|c| Operation::put(c, "k", format!("w{c}"), 19 * S / 10, Completion::Ok { ret: 65 * S / 10 }))
+                .collect()
+        };
+        ops.extend(traffic(6.6, 10.0));
+        let samples = healthy(0, 100, &[1, 2, 3]);
+        let record = [record(1, Fault::SLOW_DISK, 2.0, 6.0)];
+        let mut all = ops.clone();
+        all.extend(waiting(8));
+        let v = judge(&record, &[Fault::SLOW_DISK], &all, &samples, (0, 10 * S), &BOUNDS);
+        assert!(v.pass(), "{}", v.table());
+        assert_eq!((v.faults[0].ops, v.faults[0].calls), (0, 8));
+        assert!(
+            v.summary().contains("1 of them refusing writes by design with every client calling"),
+            "{}",
+            v.summary()
+        );
+        let mut few = ops;
+        few.extend(waiting(3));
+        let v = judge(&record, &[Fault::SLOW_DISK], &few, &samples, (0, 10 * S), &BOUNDS);
+        assert!(!v.pass());
+        assert!(
+            v.faults[0].problems[0].starts_with("only 3 operations called (at least 8: every client)"),
+            "{}",
+            v.table()
+        );
+        assert!(v.summary().contains("NOT all under load"), "{}", v.summary());
     }
 
     #[test]
