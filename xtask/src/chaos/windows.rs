@@ -17,6 +17,11 @@
 //!   fault's start to its own end — so an outage that outlasts the fault (a resumed node that
 //!   stays stuck) is charged in full, and one that began before the fault is charged only
 //!   from the fault's start.
+//! * **Traffic** (lasting faults): every workload client has an operation in flight during
+//!   the fault (the load was offered), and at least 10 operations per second of hold are
+//!   acknowledged from its start to `AFTERMATH` after its heal (the load was served through
+//!   it or right after; a fault may stop the cluster for its whole hold by design, or within
+//!   the time bounds). The table also shows what was acknowledged during the hold itself.
 
 use super::nemesis::{Fault, FaultRecord};
 use quorate_check::history::{Completion, OpKind, Operation, ReadCompletion};
@@ -40,19 +45,19 @@ pub(crate) struct Bounds {
     /// fault that blocks writes by design ([`super::nemesis::FaultSpec::blocks_writes`]) adds
     /// its hold.
     pub(crate) writeless_max: Duration,
-    /// Acknowledged operations per second of a lasting fault, at least: a fault without
-    /// traffic tested nothing.
+    /// Operations acknowledged per second of a lasting fault's hold, at least, counted from
+    /// its start to [`AFTERMATH`] after its heal (a fault may stop the cluster for its whole
+    /// hold by design or within the time bounds; the load must be served through it or right
+    /// after): a fault without traffic tested nothing.
     pub(crate) ops_per_s_min: f64,
     /// Longest time after the heal until a killed or paused node answers its status probe
     /// again (restarted or resumed).
     pub(crate) answer_after_heal_max: Duration,
-    /// The workload's clients. A fault that blocks writes by design is held to every client
-    /// calling during it (a closed-loop client waits in its write's retries, so it
-    /// acknowledges little while writes are refused) instead of to acknowledged operations.
+    /// The workload's clients: every one must have an operation in flight during each
+    /// lasting fault (the load was offered).
     pub(crate) clients: u64,
     /// One voter: the cluster has no leader while its only node is down, so the hold of a
-    /// lasting fault is added to both time bounds, and its traffic is counted up to
-    /// [`AFTERMATH`] after the heal.
+    /// lasting fault is added to both time bounds.
     pub(crate) single_voter: bool,
 }
 
@@ -297,32 +302,17 @@ pub(crate) struct FaultStats {
     pub(crate) leaderless_max_ns: u64,
     pub(crate) writeless_ns: u64,
     pub(crate) writeless_max_ns: u64,
-    /// Workload operations in flight at some moment of `[start, end]` (any outcome).
+    /// Operations acknowledged from the start to [`AFTERMATH`] after the end.
+    pub(crate) ops_around: u64,
+    /// Workload clients with an operation in flight at some moment of `[start, end]` (any
+    /// outcome): the load offered.
     pub(crate) calls: u64,
-    /// Only lasting faults are held to a traffic minimum.
-    pub(crate) ops_min: Option<Traffic>,
+    /// Only lasting faults are held to traffic minimums: `(ops_around, calls)`.
+    pub(crate) ops_min: Option<(u64, u64)>,
     /// For a killed or paused node: how long after the heal it first answered its status
     /// probe (`None`: never, within the observation).
     pub(crate) answered_after_ns: Option<Option<u64>>,
     pub(crate) problems: Vec<String>,
-}
-
-/// A lasting fault's traffic minimum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Traffic {
-    /// Operations acknowledged during the fault.
-    Acknowledged(u64),
-    /// Workload operations in flight during the fault (a fault that blocks writes by design).
-    Calling(u64),
-}
-
-impl Traffic {
-    fn text(self) -> String {
-        match self {
-            Traffic::Acknowledged(n) => n.to_string(),
-            Traffic::Calling(n) => format!("{n}c"),
-        }
-    }
 }
 
 /// The verdict's per-fault part.
@@ -359,34 +349,32 @@ pub(crate) fn judge(
         let lasting = r.fault.lasting();
         let end_ns = r.end_ns.unwrap_or(stop_ns).max(r.start_ns);
         let hold_ns = end_ns - r.start_ns;
-        // With one voter nothing can be acknowledged while it is down: its window for traffic
-        // runs on to AFTERMATH after the heal (the restart and what follows).
-        let traffic_end = if bounds.single_voter { end_ns.saturating_add(AFTERMATH.as_nanos() as u64) } else { end_ns };
-        let lo = answered.partition_point(|(t, _)| *t < r.start_ns);
-        let hi = answered.partition_point(|(t, _)| *t <= traffic_end.min(stop_ns));
-        let window = &answered[lo..hi.max(lo)];
-        let (ops_n, writes_n) = (window.len() as u64, window.iter().filter(|(_, w)| *w).count() as u64);
+        let window_end = end_ns.min(stop_ns);
+        let count = |from: u64, to: u64| {
+            let lo = answered.partition_point(|(t, _)| *t < from);
+            let hi = answered.partition_point(|(t, _)| *t <= to).max(lo);
+            (&answered[lo..hi], (hi - lo) as u64)
+        };
+        let (during, ops_n) = count(r.start_ns, window_end);
+        let writes_n = during.iter().filter(|(_, w)| *w).count() as u64;
+        let (_, ops_around) = count(r.start_ns, end_ns.saturating_add(AFTERMATH.as_nanos() as u64).min(stop_ns));
         let extra_ns = if lasting && bounds.single_voter { hold_ns } else { 0 };
         let leaderless_max_ns = bounds.leaderless_max.as_nanos() as u64 + extra_ns;
         let writes_blocked_ns = if r.fault.spec().blocks_writes { hold_ns } else { 0 };
         let writeless_max_ns = bounds.writeless_max.as_nanos() as u64 + extra_ns.max(writes_blocked_ns);
         let leaderless_ns = charged(&leaderless, r.start_ns, end_ns);
         let writeless_ns = charged(&writeless, r.start_ns, end_ns.min(stop_ns));
-        let window_end = end_ns.min(stop_ns);
         let calls = ops
             .iter()
             .filter(|op| {
                 op.client < bounds.clients && op.call <= window_end && op.ret().is_none_or(|t| t >= r.start_ns)
             })
-            .count() as u64;
+            .map(|op| op.client)
+            .collect::<BTreeSet<u64>>()
+            .len() as u64;
         let ops_min = lasting.then(|| {
-            if r.fault.spec().blocks_writes {
-                Traffic::Calling(bounds.clients)
-            } else {
-                Traffic::Acknowledged(
-                    ((bounds.ops_per_s_min * secs(window_end.saturating_sub(r.start_ns))).ceil() as u64).max(1),
-                )
-            }
+            let acked = ((bounds.ops_per_s_min * secs(window_end.saturating_sub(r.start_ns))).ceil() as u64).max(1);
+            (acked, bounds.clients)
         });
         let answered_after_ns = r.stopped.map(|id| {
             samples.iter().find(|s| s.node == id && s.at_ns >= end_ns && s.seen.is_some()).map(|s| s.at_ns - end_ns)
@@ -402,14 +390,16 @@ pub(crate) fn judge(
             )),
             _ => {}
         }
-        match ops_min {
-            Some(Traffic::Acknowledged(min)) if ops_n < min => {
-                problems.push(format!("only {ops_n} operations acknowledged (at least {min} needed)"));
+        if let Some((acked_min, calls_min)) = ops_min {
+            if calls < calls_min {
+                problems.push(format!("only {calls} of {calls_min} clients called during it"));
             }
-            Some(Traffic::Calling(min)) if calls < min => {
-                problems.push(format!("only {calls} operations called (at least {min}: every client)"));
+            if ops_around < acked_min {
+                problems.push(format!(
+                    "only {ops_around} operations acknowledged during it and the {}s after (at least {acked_min} needed)",
+                    AFTERMATH.as_secs()
+                ));
             }
-            _ => {}
         }
         if leaderless_ns > leaderless_max_ns {
             problems.push(format!("no leader for {:.1}s (bound {:.1}s)", secs(leaderless_ns), secs(leaderless_max_ns)));
@@ -428,6 +418,7 @@ pub(crate) fn judge(
             start_ns: r.start_ns,
             end_ns,
             ops: ops_n,
+            ops_around,
             writes: writes_n,
             calls,
             leaderless_ns,
@@ -486,9 +477,8 @@ impl FaultVerdict {
     pub(crate) fn summary(&self) -> String {
         let lasting: Vec<&FaultStats> = self.faults.iter().filter(|f| f.ops_min.is_some()).collect();
         let admin = self.faults.len() - lasting.len();
-        let acked_min =
-            lasting.iter().filter(|f| matches!(f.ops_min, Some(Traffic::Acknowledged(_)))).map(|f| f.ops).min();
-        let calling = lasting.iter().filter(|f| matches!(f.ops_min, Some(Traffic::Calling(_)))).count();
+        let acked_min = lasting.iter().map(|f| f.ops_around).min();
+        let calls_min = lasting.iter().map(|f| f.calls).min();
         let worst = |get: fn(&FaultStats) -> (u64, u64)| {
             self.faults
                 .iter()
@@ -498,14 +488,14 @@ impl FaultVerdict {
         let leaderless = worst(|f| (f.leaderless_ns, f.leaderless_max_ns));
         let writeless = worst(|f| (f.writeless_ns, f.writeless_max_ns));
         let traffic_ok = !self.faults.iter().any(|f| f.problems.iter().any(|p| p.starts_with("only ")));
-        let mut under_load = match (traffic_ok, acked_min) {
-            (false, _) => "NOT all under load".to_string(),
-            (true, Some(m)) => format!("every one under load (at least {m} operations acknowledged during each)"),
-            (true, None) => "every one under load".to_string(),
+        let under_load = match (traffic_ok, acked_min, calls_min) {
+            (false, _, _) => "NOT all under load".to_string(),
+            (true, Some(a), Some(c)) => format!(
+                "every one under load ({c} clients calling during each; at least {a} operations acknowledged during each and the {}s after)",
+                AFTERMATH.as_secs()
+            ),
+            _ => "every one under load".to_string(),
         };
-        if calling > 0 {
-            under_load.push_str(&format!(", {calling} of them refusing writes by design with every client calling"));
-        }
         let mut s = format!(
             "{} faults and {admin} admin requests, {under_load}; per fault, longest without a leader {:.1}s (bound {:.1}s), without an acknowledged write {:.1}s (bound {:.1}s)",
             lasting.len(),
@@ -525,7 +515,7 @@ impl FaultVerdict {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "{:>3} {:<15} {:>9} {:>7} {:>6} {:>6} {:>6} {:>6} {:>13} {:>13} {:>8}  what",
+            "{:>3} {:<15} {:>9} {:>7} {:>6} {:>6} {:>6} {:>7} {:>10} {:>13} {:>13} {:>8}  what",
             "#",
             "fault",
             "start s",
@@ -533,6 +523,7 @@ impl FaultVerdict {
             "ops",
             "writes",
             "calls",
+            "ops+3s",
             "min",
             "leaderless s",
             "writeless s",
@@ -541,7 +532,7 @@ impl FaultVerdict {
         for f in &self.faults {
             let _ = writeln!(
                 t,
-                "{:>3} {:<15} {:>9.3} {:>7.2} {:>6} {:>6} {:>6} {:>6} {:>6.2}≤{:<6.1} {:>6.2}≤{:<6.1} {:>8}  {}{}",
+                "{:>3} {:<15} {:>9.3} {:>7.2} {:>6} {:>6} {:>6} {:>7} {:>10} {:>6.2}≤{:<6.1} {:>6.2}≤{:<6.1} {:>8}  {}{}",
                 f.n,
                 f.fault.name(),
                 secs(f.start_ns),
@@ -549,7 +540,8 @@ impl FaultVerdict {
                 f.ops,
                 f.writes,
                 f.calls,
-                f.ops_min.map_or("-".to_string(), Traffic::text),
+                f.ops_around,
+                f.ops_min.map_or("-".to_string(), |(a, c)| format!("{a}/{c}c")),
                 secs(f.leaderless_ns),
                 secs(f.leaderless_max_ns),
                 secs(f.writeless_ns),
@@ -695,16 +687,31 @@ mod tests {
         }
     }
 
-    /// Writes and reads acknowledged every 10 ms over `[from, to)` seconds.
+    /// Writes and reads acknowledged every 10 ms over `[from, to)` seconds, by 8 clients in
+    /// turn.
     fn traffic(from_s: f64, to_s: f64) -> Vec<Operation> {
         let mut ops = Vec::new();
         let mut t = (from_s * 1e9) as u64;
         while t < (to_s * 1e9) as u64 {
-            ops.push(put(t, Some(t + 1_000_000)));
-            ops.push(get(t, t + 2_000_000));
+            let client = t / 10_000_000 % 8;
+            let mut p = put(t, Some(t + 1_000_000));
+            let mut g = get(t, t + 2_000_000);
+            (p.client, g.client) = (client, client);
+            ops.push(p);
+            ops.push(g);
             t += 10_000_000;
         }
         ops
+    }
+
+    /// Each of 8 clients in one call from `from_s` that returns at `to_s` (or never).
+    fn waiting(from_s: f64, to_s: Option<f64>) -> Vec<Operation> {
+        (0..8)
+            .map(|c| {
+                let done = to_s.map_or(Completion::Unknown, |t| Completion::Ok { ret: (t * 1e9) as u64 });
+                Operation::put(c, "k", format!("w{c}"), (from_s * 1e9) as u64, done)
+            })
+            .collect()
     }
 
     #[test]
@@ -726,6 +733,7 @@ mod tests {
         assert!(v.pass(), "{}", v.table());
         assert_eq!(v.faults[0].ops, 400);
         assert_eq!(v.faults[0].writes, 200);
+        assert_eq!(v.faults[0].calls, 8);
         assert_eq!(v.faults[1].ops_min, None, "admin requests have no traffic minimum");
         assert!(v.summary().contains("1 faults and 1 admin requests"), "{}", v.summary());
     }
@@ -737,7 +745,12 @@ mod tests {
         let samples = healthy(0, 100, &[1, 2, 3]);
         let v = judge(&[record(1, Fault::CLOCK, 3.0, 5.0)], &[Fault::CLOCK], &ops, &samples, (0, 2 * S), &BOUNDS);
         assert!(!v.pass());
-        assert!(v.problems[0].contains("only 0 operations acknowledged (at least 1 needed)"), "{:?}", v.problems);
+        assert!(v.problems[0].contains("only 0 of 8 clients called during it"), "{:?}", v.problems);
+        assert!(
+            v.problems[0].contains("only 0 operations acknowledged during it and the 3s after (at least 1"),
+            "{:?}",
+            v.problems
+        );
     }
 
     #[test]
@@ -829,38 +842,38 @@ mod tests {
     }
 
     #[test]
-    fn a_fault_that_refuses_writes_needs_every_client_calling() {
-        // Slow disk on the leader from 2 s to 6 s: writes are refused by design, and each of
-        // the clients waits in one write's retries through the fault.
+    fn a_fault_that_stops_the_cluster_is_held_to_the_traffic_around_it() {
+        // Writes refused (or no leader) from 2 s to 6 s: every client waits in one call, and
+        // traffic resumes 0.6 s after the heal.
         let mut ops = traffic(0.0, 2.0);
-        let waiting = |clients: u64| -> Vec<Operation> {
-            (0..clients)
-                .map(|c| Operation::put(c, "k", format!("w{c}"), 19 * S / 10, Completion::Ok { ret: 65 * S / 10 }))
-                .collect()
-        };
         ops.extend(traffic(6.6, 10.0));
         let samples = healthy(0, 100, &[1, 2, 3]);
         let record = [record(1, Fault::SLOW_DISK, 2.0, 6.0)];
         let mut all = ops.clone();
-        all.extend(waiting(8));
+        all.extend(waiting(1.9, Some(6.5)));
         let v = judge(&record, &[Fault::SLOW_DISK], &all, &samples, (0, 10 * S), &BOUNDS);
         assert!(v.pass(), "{}", v.table());
         assert_eq!((v.faults[0].ops, v.faults[0].calls), (0, 8));
-        assert!(
-            v.summary().contains("1 of them refusing writes by design with every client calling"),
-            "{}",
-            v.summary()
-        );
-        let mut few = ops;
-        few.extend(waiting(3));
+        assert!(v.faults[0].ops_around > 40, "{}", v.table());
+        // Only three clients calling: the load was not offered.
+        let mut few = ops.clone();
+        few.extend(waiting(1.9, Some(6.5)).into_iter().take(3));
         let v = judge(&record, &[Fault::SLOW_DISK], &few, &samples, (0, 10 * S), &BOUNDS);
         assert!(!v.pass());
+        assert!(v.faults[0].problems[0].starts_with("only 3 of 8 clients called during it"), "{}", v.table());
+        assert!(v.summary().contains("NOT all under load"), "{}", v.summary());
+        // Clients calling, but nothing served through the fault or in the 3 s after it.
+        let mut stuck = traffic(0.0, 2.0);
+        stuck.extend(waiting(1.9, None));
+        let v = judge(&record, &[Fault::SLOW_DISK], &stuck, &samples, (0, 10 * S), &BOUNDS);
         assert!(
-            v.faults[0].problems[0].starts_with("only 3 operations called (at least 8: every client)"),
+            v.faults[0]
+                .problems
+                .iter()
+                .any(|p| p.starts_with("only 0 operations acknowledged during it and the 3s after")),
             "{}",
             v.table()
         );
-        assert!(v.summary().contains("NOT all under load"), "{}", v.summary());
     }
 
     #[test]
@@ -892,6 +905,7 @@ mod tests {
     #[test]
     fn a_single_voter_is_allowed_its_hold_without_a_leader() {
         let mut ops = traffic(0.0, 2.0);
+        ops.extend(waiting(1.95, Some(7.4)));
         ops.extend(traffic(7.5, 10.0));
         let mut samples: Vec<Sample> = healthy(0, 20, &[1]);
         for s in &mut samples {
