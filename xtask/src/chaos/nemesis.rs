@@ -610,7 +610,9 @@ impl Nemesis {
         let at = self.now();
         match active {
             Active::Killed(id) => {
-                if !self.state().retired.contains(&id) {
+                if self.state().retired.contains(&id) {
+                    self.gone(n, id, at);
+                } else {
                     self.env.lock().start(id)?;
                     self.note_at(at, &format!("heal #{n}: restart node {id}"));
                 }
@@ -620,6 +622,8 @@ impl Nemesis {
                 if running {
                     self.env.lock().resume(id)?;
                     self.note_at(at, &format!("heal #{n}: resume node {id} (SIGCONT)"));
+                } else {
+                    self.gone(n, id, at);
                 }
             }
             Active::Partitioned => {
@@ -642,6 +646,15 @@ impl Nemesis {
         }
         self.end(n, at, None);
         Ok(())
+    }
+
+    /// Record `n`'s node was removed from the cluster (and stopped) while the fault held:
+    /// nothing to heal, and it is not expected to answer again.
+    fn gone(&self, n: usize, id: u64, at: u64) {
+        if let Some(r) = self.state().records.get_mut(n - 1) {
+            r.stopped = None;
+        }
+        self.note_at(at, &format!("heal #{n}: node {id} was removed meanwhile; nothing to heal"));
     }
 
     /// Ends every fault: heals the active one, resumes and restarts members, clears the
