@@ -276,14 +276,12 @@ pub(crate) fn writeless(ops: &[Operation], from_ns: u64, to_ns: u64) -> Vec<Inte
 }
 
 /// The longest of `intervals` charged to a fault in force over `[start, end]`, in ns.
+/// `intervals` are in order and do not overlap (as [`leaderless`] and [`writeless`] make them).
 fn charged(intervals: &[Interval], start: u64, end: u64) -> u64 {
     let until = end.saturating_add(AFTERMATH.as_nanos() as u64);
-    intervals
-        .iter()
-        .filter(|i| i.to_ns > start && i.from_ns <= until)
-        .map(|i| i.to_ns.saturating_sub(i.from_ns.max(start)))
-        .max()
-        .unwrap_or(0)
+    let lo = intervals.partition_point(|i| i.to_ns <= start);
+    let hi = intervals.partition_point(|i| i.from_ns <= until).max(lo);
+    intervals[lo..hi].iter().map(|i| i.to_ns.saturating_sub(i.from_ns.max(start))).max().unwrap_or(0)
 }
 
 /// What one fault saw, and what is wrong with it.
@@ -344,6 +342,17 @@ pub(crate) fn judge(
     let mut answered: Vec<(u64, bool)> =
         ops.iter().filter(|op| acknowledged(op)).filter_map(|op| Some((op.ret()?, acknowledged_write(op)))).collect();
     answered.sort_unstable();
+    // Each workload client's operations, (call, return or never), in call order.
+    let mut by_client: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    for op in ops.iter().filter(|op| op.client < bounds.clients) {
+        by_client.entry(op.client).or_default().push((op.call, op.ret().unwrap_or(u64::MAX)));
+    }
+    for v in by_client.values_mut() {
+        v.sort_unstable();
+    }
+    let mut sorted_samples: Vec<&Sample> = samples.iter().collect();
+    sorted_samples.sort_by_key(|s| s.at_ns);
+    let samples = sorted_samples;
     let mut faults = Vec::new();
     for r in records {
         let lasting = r.fault.lasting();
@@ -364,20 +373,22 @@ pub(crate) fn judge(
         let writeless_max_ns = bounds.writeless_max.as_nanos() as u64 + extra_ns.max(writes_blocked_ns);
         let leaderless_ns = charged(&leaderless, r.start_ns, end_ns);
         let writeless_ns = charged(&writeless, r.start_ns, end_ns.min(stop_ns));
-        let calls = ops
-            .iter()
-            .filter(|op| {
-                op.client < bounds.clients && op.call <= window_end && op.ret().is_none_or(|t| t >= r.start_ns)
+        // A client's operations follow one another: it called during the window if its last
+        // operation called before the window's end had not returned before its start.
+        let calls = by_client
+            .values()
+            .filter(|v| {
+                let i = v.partition_point(|(call, _)| *call <= window_end);
+                i > 0 && v[i - 1].1 >= r.start_ns
             })
-            .map(|op| op.client)
-            .collect::<BTreeSet<u64>>()
-            .len() as u64;
+            .count() as u64;
         let ops_min = lasting.then(|| {
             let acked = ((bounds.ops_per_s_min * secs(window_end.saturating_sub(r.start_ns))).ceil() as u64).max(1);
             (acked, bounds.clients)
         });
         let answered_after_ns = r.stopped.map(|id| {
-            samples.iter().find(|s| s.node == id && s.at_ns >= end_ns && s.seen.is_some()).map(|s| s.at_ns - end_ns)
+            let from = samples.partition_point(|s| s.at_ns < end_ns);
+            samples[from..].iter().find(|s| s.node == id && s.seen.is_some()).map(|s| s.at_ns - end_ns)
         });
         let mut problems = Vec::new();
         let answer_max_ns = bounds.answer_after_heal_max.as_nanos() as u64;
@@ -704,7 +715,8 @@ mod tests {
         ops
     }
 
-    /// Each of 8 clients in one call from `from_s` that returns at `to_s` (or never).
+    /// Each of 8 clients in one call from `from_s` (after its last operation of [`traffic`]:
+    /// a client's operations follow one another) that returns at `to_s` (or never).
     fn waiting(from_s: f64, to_s: Option<f64>) -> Vec<Operation> {
         (0..8)
             .map(|c| {
@@ -850,21 +862,21 @@ mod tests {
         let samples = healthy(0, 100, &[1, 2, 3]);
         let record = [record(1, Fault::SLOW_DISK, 2.0, 6.0)];
         let mut all = ops.clone();
-        all.extend(waiting(1.9, Some(6.5)));
+        all.extend(waiting(1.995, Some(6.5)));
         let v = judge(&record, &[Fault::SLOW_DISK], &all, &samples, (0, 10 * S), &BOUNDS);
         assert!(v.pass(), "{}", v.table());
         assert_eq!((v.faults[0].ops, v.faults[0].calls), (0, 8));
         assert!(v.faults[0].ops_around > 40, "{}", v.table());
         // Only three clients calling: the load was not offered.
         let mut few = ops.clone();
-        few.extend(waiting(1.9, Some(6.5)).into_iter().take(3));
+        few.extend(waiting(1.995, Some(6.5)).into_iter().take(3));
         let v = judge(&record, &[Fault::SLOW_DISK], &few, &samples, (0, 10 * S), &BOUNDS);
         assert!(!v.pass());
         assert!(v.faults[0].problems[0].starts_with("only 3 of 8 clients called during it"), "{}", v.table());
         assert!(v.summary().contains("NOT all under load"), "{}", v.summary());
         // Clients calling, but nothing served through the fault or in the 3 s after it.
         let mut stuck = traffic(0.0, 2.0);
-        stuck.extend(waiting(1.9, None));
+        stuck.extend(waiting(1.995, None));
         let v = judge(&record, &[Fault::SLOW_DISK], &stuck, &samples, (0, 10 * S), &BOUNDS);
         assert!(
             v.faults[0]
@@ -905,7 +917,7 @@ mod tests {
     #[test]
     fn a_single_voter_is_allowed_its_hold_without_a_leader() {
         let mut ops = traffic(0.0, 2.0);
-        ops.extend(waiting(1.95, Some(7.4)));
+        ops.extend(waiting(1.995, Some(7.4)));
         ops.extend(traffic(7.5, 10.0));
         let mut samples: Vec<Sample> = healthy(0, 20, &[1]);
         for s in &mut samples {
