@@ -16,6 +16,7 @@
 //! [`Action::Failpoint`] row whose function draws the file's text from the seed: adding a
 //! disk fault the node can inject is one row here plus its failpoint in the node.
 
+use super::windows::AFTERMATH;
 use super::workload::{History, Timeouts};
 use super::{Env, nid};
 use anyhow::{Result, bail};
@@ -374,7 +375,8 @@ impl Nemesis {
     }
 
     /// Runs the schedule until `deadline` or `stop`. A lasting fault is injected only if its
-    /// hold ends before the deadline, so that each one runs under the workload.
+    /// hold and its [`AFTERMATH`] end before the deadline, so that each one runs under the
+    /// workload and is judged on its whole window.
     pub(crate) async fn run(self: Arc<Self>, deadline: Instant, stop: Arc<AtomicBool>) -> Result<()> {
         let lasting: Vec<Fault> = self.faults.iter().copied().filter(|f| f.lasting()).collect();
         let admin_ops: Vec<Fault> = self.faults.iter().copied().filter(|f| !f.lasting()).collect();
@@ -422,7 +424,7 @@ impl Nemesis {
             }
             let f = round.pop().unwrap_or(Fault::KILL);
             let hold = between(&mut rng, self.ctx.hold_ms.0, self.ctx.hold_ms.1);
-            if Instant::now() + hold + Duration::from_millis(200) > deadline {
+            if !fits(Instant::now(), hold, deadline) {
                 return Ok(());
             }
             let active = self.inject(f, &mut rng, hold).await?;
@@ -804,6 +806,13 @@ fn between(rng: &mut SplitMix64, lo_ms: u64, hi_ms: u64) -> Duration {
     Duration::from_millis(lo_ms + rng.below(hi_ms - lo_ms + 1))
 }
 
+/// Whether a lasting fault injected at `now` and held for `hold` may run before `deadline`
+/// (when the workload stops): its hold and the [`AFTERMATH`] in which the verdict asks for its
+/// load to be served must both end under the workload.
+fn fits(now: Instant, hold: Duration, deadline: Instant) -> bool {
+    now + hold + AFTERMATH + Duration::from_millis(200) <= deadline
+}
+
 /// Fisher–Yates with the seed's generator.
 fn shuffle<T>(rng: &mut SplitMix64, v: &mut [T]) {
     for i in (1..v.len()).rev() {
@@ -880,6 +889,21 @@ fn brief<T>(r: &Result<T>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Seed 101 of `chaos ci` killed the leader 26.5 s into a 30 s run for 2.5 s: the workload
+    /// stopped 1.1 s after the heal, and the fault's 3 s after it (when the load must be served
+    /// again) were cut short, so a new leader's first answers fell after the end and the fault
+    /// failed with 0 operations acknowledged.
+    #[test]
+    fn a_fault_is_injected_only_if_its_aftermath_ends_before_the_workload() {
+        let now = Instant::now();
+        let hold = Duration::from_millis(2478);
+        let deadline = now + Duration::from_millis(3548);
+        assert!(!fits(now, hold, deadline));
+        let enough = hold + AFTERMATH + Duration::from_millis(200);
+        assert!(fits(now, hold, now + enough));
+        assert!(!fits(now, hold, now + enough - Duration::from_millis(1)));
+    }
 
     #[test]
     fn fault_constants_name_their_rows() {
