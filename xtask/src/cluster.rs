@@ -15,6 +15,9 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+/// The client certificates every local cluster gets (`quorate certs dev`'s default).
+const DEFAULT_CLIENTS: [&str; 3] = ["admin", "writer:write", "reader:read"];
+
 /// Seconds a single CLI call may take (the CLI retries within it).
 pub(crate) const CLI_TIMEOUT_S: &str = "10";
 
@@ -136,6 +139,14 @@ impl Cluster {
     /// `quorate certs dev`: a CA, certificates for nodes `1..=nodes` and the clients `admin`,
     /// `writer`, `reader`, and configurations listening from `base_port` on.
     pub(crate) fn generate_certs(&self, nodes: u64, base_port: u16) -> Result<()> {
+        self.generate_certs_for(nodes, base_port, &[])
+    }
+
+    /// As [`Cluster::generate_certs`], with client certificates for `extra_clients` too
+    /// (`NAME:ROLE` each, as `quorate certs dev --clients` takes them).
+    pub(crate) fn generate_certs_for(&self, nodes: u64, base_port: u16, extra_clients: &[String]) -> Result<()> {
+        let mut clients: Vec<String> = DEFAULT_CLIENTS.iter().map(|c| (*c).to_string()).collect();
+        clients.extend(extra_clients.iter().cloned());
         let out = self.quorate_to(
             &[
                 "certs",
@@ -148,6 +159,8 @@ impl Cluster {
                 &nodes.to_string(),
                 "--base-port",
                 &base_port.to_string(),
+                "--clients",
+                &clients.join(","),
                 "--force",
             ],
             "",

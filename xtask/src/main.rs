@@ -31,8 +31,10 @@ commands:
                              (SIGKILL), checks every acknowledged write, restarts it; --smoke: stop and
                              print a verdict instead of running until Ctrl-C
   chaos [--nodes 3|5] [--duration S] [--seed S] [--faults LIST] [--workload mixed|hot-key] [--reads linearizable|lease]
-                             fault testing of a real cluster with checked histories; also `chaos failover`,
-                             `chaos regress [NAME]`, `chaos ci`, `chaos soak` (see docs/chaos.md)
+        [--principals per-client|shared] [--target leader|any] [--hold-ms LO-HI]
+                             fault testing of a real cluster with checked histories and a per-fault verdict;
+                             also `chaos failover`, `chaos regress [NAME|list]`, `chaos ci`, `chaos soak`
+                             (see docs/chaos.md)
   model-check [--quick | --quick-reconfig | --quick-learner | --quick-lease | --full] [ARGS]
                              exhaustive exploration of the real core at small bounds
   fuzz [--seconds N]         bounded run of every fuzz target (installs cargo-fuzz if missing)

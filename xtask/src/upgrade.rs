@@ -431,10 +431,14 @@ async fn step_check(
         }
     }
     checker.close();
+    let unread: Vec<String> = (0..KEYS).map(key_of).filter(|k| !finals.contains_key(k)).collect();
+    if !unread.is_empty() {
+        bail!("final reads failed for {} keys ({}): they could not be checked", unread.len(), unread.join(", "));
+    }
     let ops: Vec<Operation> = history.snapshot();
     let lost = lost_writes(&ops, &finals);
-    if !lost.is_empty() {
-        bail!("acknowledged writes lost: {}", lost.join("; "));
+    if !lost.problems.is_empty() {
+        bail!("acknowledged writes lost: {}", lost.problems.join("; "));
     }
     let result = check(&ops, &Limits::default());
     if !matches!(result.outcome, Outcome::Linearizable) {

@@ -297,13 +297,21 @@ impl FsyncProbe {
 
     /// Records one persist that took `latency` (called on the committer's thread).
     pub(crate) fn record(&self, latency: Duration) {
+        self.record_at(latency, Instant::now());
+    }
+
+    /// Records one persist that took `latency`, completed at `now`. The average it folds the
+    /// sample into is the decayed one ([`FsyncProbe::current`]): folding into the stored
+    /// average undid the decay, so after a slow disk every write admitted once the signal had
+    /// decayed pushed it back up, and the refusals outlived the slow disk by seconds.
+    fn record_at(&self, latency: Duration, now: Instant) {
         let sample = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         // Races between two writers lose a sample at worst: one writer thread calls this.
-        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let old = u64::try_from(self.current(now).as_nanos()).unwrap_or(u64::MAX);
         let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
         self.ewma_ns.store(new, Ordering::Relaxed);
-        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_sample_ns.store(now, Ordering::Relaxed);
+        let at = u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        self.last_sample_ns.store(at, Ordering::Relaxed);
     }
 
     /// The average, halved for every [`FSYNC_DECAY_HALF_LIFE`] since the last sample.
@@ -585,6 +593,20 @@ mod tests {
         assert_eq!(probe.current(sampled + FSYNC_DECAY_HALF_LIFE * 100), Duration::ZERO);
         probe.record(Duration::from_millis(0));
         assert_eq!(probe.current(start + Duration::from_secs(3600)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_sample_after_a_quiet_spell_starts_from_the_decayed_average() {
+        let start = Instant::now();
+        let probe = FsyncProbe::new(start);
+        probe.record_at(Duration::from_millis(400), start);
+        // One second without a sample: 400 ms halves four times, to 25 ms.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(probe.current(later), Duration::from_millis(25));
+        // A fast fsync then must not bring the 400 ms back (seen in chaos runs: writes were
+        // refused for fsync latency for seconds after a slow-disk fault was cleared).
+        probe.record_at(Duration::from_millis(5), later);
+        assert!(probe.current(later) < Duration::from_millis(30), "{:?}", probe.current(later));
     }
 
     #[test]

@@ -51,6 +51,9 @@ const PERSIST_QUEUE: usize = 8192;
 const CHUNK_BYTES: usize = 512 * 1024;
 /// Snapshot stream rate limit (bytes per second).
 const SNAPSHOT_RATE: u64 = 64 << 20;
+/// Inbox messages handled before the next `Ready` when several are waiting
+/// ([`Driver::on_waiting`]).
+const INBOX_BATCH_MAX: usize = 64;
 /// Largest snapshot file accepted from a leader.
 const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
 /// How often a node sends the other members its free-space status ([`DiskStatus`]).
@@ -355,6 +358,17 @@ struct Staging {
     next: u64,
     path: PathBuf,
     file: std::fs::File,
+}
+
+/// The output of `f` if it is ready at its first poll (it is then dropped otherwise: use
+/// only with cancel-safe futures).
+fn ready_now<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }
 
 fn node_id(raw: u64) -> Result<NodeId, ServerError> {
@@ -707,7 +721,10 @@ impl Driver {
                 Some(p) = self.persist_rx.recv() => self.on_persisted(p).await?,
                 Some(ev) = self.events_rx.recv() => self.on_event(ev).await?,
                 m = inbox.recv() => match m {
-                    Some(m) => self.on_incoming(m).await?,
+                    Some(m) => {
+                        self.on_incoming(m).await?;
+                        self.on_waiting(&mut inbox).await?;
+                    }
                     None => return Err(ServerError::Transport("the transport stopped".into())),
                 },
                 () = tokio::time::sleep_until(wake.into()) => {
@@ -717,6 +734,24 @@ impl Driver {
                 _ = sweep.tick() => self.sweep(),
             }
         }
+    }
+
+    /// Handles the messages already waiting in the inbox, up to [`INBOX_BATCH_MAX`] in all,
+    /// before the next `Ready`: a burst (a resumed peer's backlog of answers, many clients at
+    /// once) is one batch for the core instead of one `Ready` per message. A leader whose
+    /// follower was paused for seconds receives the answers to every heartbeat of the pause
+    /// at once; with a `Ready` after each, each answer re-armed a probe that re-read and
+    /// re-sent the follower's whole backlog (up to `msg_bytes_max`), and the leader stalled
+    /// for seconds (issue 18, the "SIGCONT stall"; `cargo xtask chaos regress sigcont-stall`).
+    async fn on_waiting(&mut self, inbox: &mut Inbox<NodeMessage>) -> Result<(), ServerError> {
+        for _ in 1..INBOX_BATCH_MAX {
+            match ready_now(inbox.recv()) {
+                Some(Some(m)) => self.on_incoming(m).await?,
+                // Nothing waiting (or the transport stopped: the next `recv` says so).
+                _ => break,
+            }
+        }
+        Ok(())
     }
 
     async fn drain_ready(&mut self) -> Result<(), ServerError> {

@@ -87,6 +87,8 @@ struct Loaded {
     /// Earliest `notAfter` over the leaf, the chain and the CA bundle (Unix seconds).
     earliest_not_after_unix: i64,
     mtimes: Vec<Option<SystemTime>>,
+    /// The QUIC stateless-reset key, derived from the private key ([`ResetKey`]).
+    reset_key: ResetKey,
 }
 
 /// The TLS identity of one endpoint, reloadable at run time.
@@ -201,6 +203,12 @@ impl Credentials {
         self.loaded().client.clone()
     }
 
+    /// The stateless-reset key of the credentials loaded first (an endpoint keeps its key for
+    /// its lifetime; see [`ResetKey`]).
+    pub(crate) fn reset_key(&self) -> ResetKey {
+        self.loaded().reset_key.clone()
+    }
+
     fn loaded(&self) -> Arc<Loaded> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -255,6 +263,7 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         .and_then(|v| v.into_iter().min())
         .ok_or_else(|| TlsError::Pem { path: paths.cert.clone(), what: "cannot read certificate validity".into() })?;
 
+    let reset_key = ResetKey::derive(key.secret_der(), &identity);
     let (server, client) = rustls_configs(&ca, chain, key)?;
     Ok(Loaded {
         server: Arc::new(QuicServerConfig::try_from(server)?),
@@ -262,7 +271,99 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         identity,
         earliest_not_after_unix,
         mtimes,
+        reset_key,
     })
+}
+
+/// HKDF and HMAC with SHA-256, from the ring provider that rustls already uses.
+fn sha256_hkdf() -> &'static dyn rustls::crypto::tls13::Hkdf {
+    match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {
+        rustls::SupportedCipherSuite::Tls13(suite) => suite.hkdf_provider,
+        // Only with rustls' `tls12` feature, which this crate does not enable; and this
+        // suite is a TLS 1.3 suite by definition.
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite"),
+    }
+}
+
+/// The key a node signs QUIC stateless-reset tokens with (RFC 9000 §10.3): HMAC-SHA-256
+/// under a key derived (HKDF) from the node's TLS private key and identity, so that it is
+/// secret and the same after a restart. A restarted node can then prove to a peer that the
+/// connection the peer still holds belongs to its previous incarnation, and the peer redials
+/// at once instead of waiting for the idle timeout. A new private key (rotation) makes a new
+/// reset key; connections to the previous incarnation then end by idle timeout, as before.
+#[derive(Clone)]
+pub(crate) struct ResetKey(rustls::crypto::tls13::OkmBlock);
+
+impl ResetKey {
+    /// Salt of the derivation (a version: changing it changes every node's key).
+    const SALT: &'static [u8] = b"quorate/quic-stateless-reset/v1";
+
+    fn derive(private_key_der: &[u8], identity: &Identity) -> ResetKey {
+        let prk = sha256_hkdf().extract_from_secret(Some(Self::SALT), private_key_der);
+        ResetKey(prk.expand_block(&[identity.to_string().as_bytes()]))
+    }
+}
+
+/// Connection ids drawn from the crypto provider's secure random generator, and accepted
+/// without validation. quinn's default generator validates ids with a key that is new in
+/// every process, so a restarted node would silently drop its peers' packets for the old
+/// connections instead of answering them with a stateless reset.
+pub(crate) struct RandomCids;
+
+impl RandomCids {
+    /// Bytes of a connection id (quinn's default length).
+    const LEN: usize = 8;
+}
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut bytes = [0u8; Self::LEN];
+        if rustls::crypto::ring::default_provider().secure_random.fill(&mut bytes).is_err() {
+            // The OS had no randomness to give (it never happens on Linux after boot): ids
+            // that are at least unique within this process.
+            let n = FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+            bytes = (t ^ n.rotate_left(32) ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        Self::LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+impl std::fmt::Debug for ResetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetKey(..)")
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let tag = sha256_hkdf().hmac_sign(&self.0, data);
+        let n = signature_out.len().min(tag.as_ref().len());
+        signature_out[..n].copy_from_slice(&tag.as_ref()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        sha256_hkdf().hmac_sign(&self.0, &[]).as_ref().len()
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        let tag = sha256_hkdf().hmac_sign(&self.0, data);
+        let expected = tag.as_ref();
+        // Constant time over the expected length.
+        let diff =
+            expected.iter().zip(signature.iter().chain(std::iter::repeat(&0))).fold(0u8, |d, (a, b)| d | (a ^ b));
+        if diff == 0 && signature.len() == expected.len() { Ok(()) } else { Err(quinn::crypto::CryptoError) }
+    }
 }
 
 /// The rustls server and client configurations: TLS 1.3 only, client certificates required,
@@ -372,3 +473,49 @@ impl ServerCertVerifier for ChainOnlyVerifier {
 #[cfg(all(test, feature = "dev-certs"))]
 #[path = "alpn_tests.rs"]
 mod alpn_tests;
+
+#[cfg(test)]
+mod reset_key_tests {
+    use super::*;
+    use quinn::crypto::HmacKey;
+
+    fn identity(node: u64) -> Identity {
+        let cluster = crate::identity::ClusterId::new("alpha").unwrap();
+        Identity::peer(cluster, quorate_log::NodeId::new(node).unwrap())
+    }
+
+    #[test]
+    fn the_reset_key_is_stable_secret_and_checked() {
+        let a = ResetKey::derive(b"private key of node 1", &identity(1));
+        let again = ResetKey::derive(b"private key of node 1", &identity(1));
+        let other_key = ResetKey::derive(b"private key of node 2", &identity(1));
+        let other_node = ResetKey::derive(b"private key of node 1", &identity(2));
+        let sign = |k: &ResetKey, data: &[u8]| {
+            let mut out = vec![0u8; k.signature_len()];
+            k.sign(data, &mut out);
+            out
+        };
+        assert_eq!(a.signature_len(), 32);
+        let token = sign(&a, b"connection id");
+        assert_eq!(token, sign(&again, b"connection id"), "the same after a restart");
+        assert_ne!(token, sign(&other_key, b"connection id"));
+        assert_ne!(token, sign(&other_node, b"connection id"));
+        assert_ne!(token, sign(&a, b"another id"));
+        assert!(a.verify(b"connection id", &token).is_ok());
+        let mut forged = token.clone();
+        forged[31] ^= 1;
+        assert!(a.verify(b"connection id", &forged).is_err());
+        assert!(a.verify(b"connection id", &token[..16]).is_err(), "a short signature is refused");
+        assert!(a.verify(b"another id", &token).is_err());
+        assert_eq!(format!("{a:?}"), "ResetKey(..)", "never printed");
+    }
+
+    #[test]
+    fn connection_ids_are_random() {
+        use quinn::ConnectionIdGenerator;
+        let mut g = RandomCids;
+        let ids: std::collections::BTreeSet<Vec<u8>> = (0..100).map(|_| g.generate_cid().to_vec()).collect();
+        assert_eq!(ids.len(), 100);
+        assert!(ids.iter().all(|id| id.len() == RandomCids::LEN));
+    }
+}

@@ -378,7 +378,15 @@ impl<M: WireMessage> Transport<M> {
             return Err(TransportError::Config("frame limit above the ceiling, or a zero capacity".into()));
         }
         let quic = Arc::new(quic_transport_config(&config)?);
-        let endpoint = Endpoint::server(server_config(&credentials, &quic), config.bind)?;
+        // A reset key that survives a restart (derived from the private key), so that a
+        // restarted node resets its peers' connections to its previous incarnation.
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.reset_key(Arc::new(credentials.reset_key()));
+        endpoint_config.cid_generator(|| Box::new(crate::tls::RandomCids));
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| TransportError::Config("no async runtime found".into()))?;
+        let socket = std::net::UdpSocket::bind(config.bind)?;
+        let endpoint = Endpoint::new(endpoint_config, Some(server_config(&credentials, &quic)), socket, runtime)?;
         let (ctx_tx, consensus) = mpsc::channel(config.inbox_capacity);
         let (snap_tx, snapshot) = mpsc::channel(config.inbox_capacity);
         let (req_tx, requests) = mpsc::channel(config.inbox_capacity);

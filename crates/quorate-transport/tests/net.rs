@@ -512,3 +512,90 @@ fn rotated_certificate_is_served_after_reload_without_restart() {
         assert!(t1.credentials().seconds_until_earliest_expiry() <= 86_400);
     });
 }
+
+/// A peer that crashes (no CONNECTION_CLOSE) and restarts at the same address with the same
+/// credentials is reachable again within about a keep-alive interval, not only after the
+/// idle timeout of the connection to its previous incarnation. Seen in chaos runs (issue
+/// 18): a node SIGKILLed and restarted after 3 s heard nothing from its peers for up to
+/// 10 s, and a cluster that needed its vote had no leader meanwhile. With a stable stateless
+/// reset key the restarted node answers the old connection's packets with a reset that its
+/// peer can verify, and the peer redials at once.
+#[test]
+fn a_restarted_peer_is_reachable_again_before_the_idle_timeout() {
+    run(async {
+        let s = setup("restart", &[1, 2]);
+        // Production timing: keep-alive 1 s, idle timeout 10 s, backoff from 50 ms.
+        let (t1, _in1) = Transport::<RawMessage>::bind(
+            TransportConfig::new(s.cluster.clone(), id(1), "127.0.0.1:0".parse().unwrap()),
+            s.creds(1),
+        )
+        .await
+        .expect("bind 1");
+        // Node 2's first incarnation runs on a runtime of its own, to be crashed.
+        let crashing = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (cluster, creds2, addr1) = (s.cluster.clone(), s.creds(2), t1.local_addr());
+        let (addr2, in2, t2) = crashing
+            .spawn(async move {
+                let (t2, in2) = Transport::<RawMessage>::bind(config(&cluster, 2), creds2).await.expect("bind 2");
+                t2.add_peer(id(1), addr1);
+                (t2.local_addr(), in2, t2)
+            })
+            .await
+            .expect("bind task");
+        let (addr2, mut in2, t2) = (
+            addr2,
+            in2,
+            crashing.spawn(async move {
+                // Held until the runtime is dropped under it.
+                let _t2 = t2;
+                std::future::pending::<()>().await;
+            }),
+        );
+        t1.add_peer(id(2), addr2);
+        t1.try_send(id(2), msg(0, 16)).expect("queued");
+        match within("the first message", in2.recv()).await {
+            Some(Incoming::Peer { message, .. }) => assert_eq!(seq_of(&message), 0),
+            other => panic!("unexpected {other:?}"),
+        }
+        wait_until("connected", || t1.peer_stats(id(2)).is_some_and(|p| p.connected)).await;
+        // Crash: every task of node 2 is dropped with its runtime.
+        drop(in2);
+        crashing.shutdown_background();
+        drop(t2);
+        // Restart at the same address with the same credentials.
+        let (t2, mut in2) = within("rebind", async {
+            loop {
+                let mut c = config(&s.cluster, 2);
+                c.bind = addr2;
+                match Transport::<RawMessage>::bind(c, s.creds(2)).await {
+                    Ok(t) => break t,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await;
+        let restarted = std::time::Instant::now();
+        // Node 1 keeps sending; the first message the new node 2 receives ends the wait.
+        let sender = {
+            let t1 = Arc::new(t1);
+            let t = t1.clone();
+            (
+                t1,
+                tokio::spawn(async move {
+                    for i in 1.. {
+                        let _ = t.try_send(id(2), msg(i, 16));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }),
+            )
+        };
+        match within("a message to the restarted node", in2.recv()).await {
+            Some(Incoming::Peer { from, .. }) => assert_eq!(from, id(1)),
+            other => panic!("unexpected {other:?}"),
+        }
+        let waited = restarted.elapsed();
+        sender.1.abort();
+        assert!(waited < Duration::from_secs(3), "node 1 reached the restarted node 2 only after {waited:?}");
+        t2.shutdown().await;
+    });
+}

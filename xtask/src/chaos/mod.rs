@@ -5,7 +5,9 @@
 //! * [`proxy`]: the fault-injecting UDP proxy between nodes (partitions);
 //! * [`workload`]: the clients and the history they record;
 //! * [`nemesis`]: the seeded fault schedule (kill, pause, partition, reconfig, leader transfer,
-//!   disk full, clock, slow disk);
+//!   disk full, clock, slow disk), one table row per kind of fault;
+//! * [`windows`]: the per-fault verdict (traffic during each fault, the longest time without a
+//!   leader and without an acknowledged write, against bounds);
 //! * [`checks`]: what is checked after a run (linearizability, lost writes, identical replicas,
 //!   invariant counters, recovery);
 //! * [`scenarios`]: failover timing, named regressions and the bounded CI run.
@@ -14,6 +16,7 @@ pub(crate) mod checks;
 mod nemesis;
 pub(crate) mod proxy;
 mod scenarios;
+mod windows;
 pub(crate) mod workload;
 
 use crate::cluster::{Cluster, NodeSpec, RaftSettings, build_quorate, free_tcp_port, free_udp_port, target_dir};
@@ -28,14 +31,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use workload::{ClientFactory, History, KeyChoice, WorkloadSpec};
+use windows::{Sample, Seen};
+use workload::{ClientFactory, History, KeyChoice, OBSERVER, Principals, Timeouts, WorkloadSpec};
 
 pub(crate) const USAGE: &str = "\
 usage: cargo xtask chaos [--nodes 3|5] [--duration SECONDS] [--seed S] [--faults LIST]
                          [--workload mixed|hot-key] [--reads linearizable|lease] [--clients N] [--keys N]
+                         [--principals per-client|shared] [--hold-ms LO-HI] [--target leader|any]
        cargo xtask chaos failover [--kills N] [--seed S]
-       cargo xtask chaos regress [NAME]      (names: single-node-crash, index-monotonic,
-                                             reconfig-split-brain, lock-fencing; none: all)
+       cargo xtask chaos regress [NAME]      (names: see docs/chaos.md or `chaos regress list`; none: all)
        cargo xtask chaos ci                  the bounded CI slice: fixed seeds, every fault kind
        cargo xtask chaos soak [--duration SECONDS] [--seed S]
                                              every fault kind, 5 nodes, long
@@ -45,6 +49,9 @@ artifacts: $CARGO_TARGET_DIR/chaos/<seed>/ (history.jsonl, nemesis.log, logs/, m
 /// The election settings of every chaos cluster (also recorded with the failover figures).
 pub(crate) const RAFT: RaftSettings =
     RaftSettings { election_timeout_ms: 500, heartbeat_ms: 50, lease_clock_drift_ms: 0 };
+
+/// The lease reads' clock-drift bound (`raft.lease_clock_drift_ms`) in runs with `--reads lease`.
+pub(crate) const LEASE_DRIFT_MS: u64 = 100;
 
 /// How long the cluster may take, after the last fault heals, to have a leader and commit.
 pub(crate) const RECOVERY_MAX: Duration = Duration::from_secs(30);
@@ -63,6 +70,15 @@ pub(crate) struct Options {
     pub(crate) reads: ReadConsistency,
     pub(crate) clients: u64,
     pub(crate) keys: u64,
+    pub(crate) principals: Principals,
+    /// How long each lasting fault holds (milliseconds, uniform in the range).
+    pub(crate) hold_ms: (u64, u64),
+    /// A fixed fault schedule (named regressions) instead of the seed's.
+    pub(crate) script: Option<&'static [nemesis::Step]>,
+    /// Lasting faults hit the leader whenever there is one (`--target leader`).
+    pub(crate) leader_first: bool,
+    /// What the per-fault verdict holds the run to.
+    pub(crate) bounds: windows::Bounds,
     /// Artifacts directory name under `chaos/` (default: the seed).
     pub(crate) label: Option<String>,
 }
@@ -73,11 +89,16 @@ impl Options {
             nodes: 3,
             duration: Duration::from_secs(30),
             seed,
-            faults: Fault::ALL.to_vec(),
+            faults: Fault::all(),
             choice: KeyChoice::Mixed,
             reads: ReadConsistency::Linearizable,
             clients: 8,
             keys: 24,
+            principals: Principals::PerClient,
+            hold_ms: nemesis::HOLD_MS,
+            script: None,
+            leader_first: false,
+            bounds: windows::BOUNDS,
             label: None,
         }
     }
@@ -147,6 +168,28 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--clients" => o.clients = parse_num(v, flag)?.clamp(1, 256),
             "--keys" => o.keys = parse_num(v, flag)?.clamp(1, 10_000),
+            "--target" => {
+                o.leader_first = match v {
+                    "leader" => true,
+                    "any" => false,
+                    _ => bail!("--target is leader or any, got `{v}`"),
+                }
+            }
+            "--hold-ms" => {
+                let (lo, hi) = v.split_once('-').unwrap_or((v, v));
+                let (lo, hi) = (parse_num(lo, flag)?, parse_num(hi, flag)?);
+                if !(100..=600_000).contains(&lo) || hi < lo || hi > 600_000 {
+                    bail!("--hold-ms takes LO-HI milliseconds within 100..=600000, got `{v}`");
+                }
+                o.hold_ms = (lo, hi);
+            }
+            "--principals" => {
+                o.principals = match v {
+                    "per-client" => Principals::PerClient,
+                    "shared" => Principals::Shared,
+                    _ => bail!("--principals is per-client or shared, got `{v}`"),
+                }
+            }
             _ => bail!("unknown flag `{flag}`\n{USAGE}"),
         }
         i += 2;
@@ -171,17 +214,28 @@ pub(crate) struct Env {
     pub(crate) listen: BTreeMap<u64, SocketAddr>,
     pub(crate) metrics: BTreeMap<u64, SocketAddr>,
     pub(crate) dir: PathBuf,
+    /// Each node's latest status as the leader observer saw it (history time), when one runs.
+    pub(crate) observed: Mutex<windows::Latest>,
 }
 
 impl Env {
     /// Certificates, configurations and the proxy for `nodes` voters and `spares` spare ids,
     /// under `dir` (cleared); starts the voters. Within a tokio runtime.
-    pub(crate) async fn create(bin: PathBuf, dir: PathBuf, nodes: u64, spares: u64, raft: RaftSettings) -> Result<Env> {
+    pub(crate) async fn create(
+        bin: PathBuf,
+        dir: PathBuf,
+        nodes: u64,
+        spares: u64,
+        raft: RaftSettings,
+        clients: &[String],
+    ) -> Result<Env> {
         let mut cluster = Cluster::new(bin, dir.clone(), "chaos", true)?;
         // QUIC's own info-level events fill gigabytes in a chaos run.
         cluster.log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,quinn=warn,quinn_proto=warn".into());
         let total = nodes + spares;
-        cluster.generate_certs(total, 7001)?;
+        let mut principals = vec![format!("{}:write", workload::CHECKER), format!("{OBSERVER}:read")];
+        principals.extend(clients.iter().cloned());
+        cluster.generate_certs_for(total, 7001, &principals)?;
         let mut listen = BTreeMap::new();
         let mut metrics = BTreeMap::new();
         for id in 1..=total {
@@ -211,7 +265,8 @@ impl Env {
             certs: cluster.certs_dir(),
             members: listen.iter().map(|(id, a)| (*id, *a)).collect(),
         };
-        let env = Env { cluster: Mutex::new(cluster), proxy, factory, listen, metrics, dir };
+        let observed = Mutex::new(BTreeMap::new());
+        let env = Env { cluster: Mutex::new(cluster), proxy, factory, listen, metrics, dir, observed };
         for id in 1..=nodes {
             env.lock().start(id)?;
         }
@@ -266,10 +321,46 @@ impl Env {
     }
 }
 
-/// Ids of members (voters and learners) in the configuration the leader reports.
-pub(crate) async fn members(client: &Client) -> Result<Vec<u64>> {
-    let m = client.member_list().await.context("member list")?;
-    Ok(m.iter().map(|m| m.id.get()).collect())
+/// Ids of members (voters and learners) in the configuration of the leader the nodes agree
+/// on, from every node's status (polled until there is an agreed leader, at most `within`).
+/// Never from `member list` alone: any node answers it with its own configuration, and a
+/// spare that is not (or no longer) a member answers with an empty one — which emptied the
+/// set the checks compared (issue 18: "invariant counters skipped", and the seed-4242
+/// "members did not converge: applied {}, commit 0").
+pub(crate) async fn members(client: &Client, within: Duration) -> Result<BTreeSet<u64>> {
+    Ok(members_with_kinds(client, within).await?.into_iter().map(|(id, _)| id).collect())
+}
+
+/// As [`members`], each with whether it is a learner.
+pub(crate) async fn members_with_kinds(client: &Client, within: Duration) -> Result<Vec<(u64, bool)>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let statuses: BTreeMap<u64, quorate_api::NodeStatus> =
+            client.statuses().await.into_iter().filter_map(|(id, s)| Some((id.get(), s.ok()?))).collect();
+        let latest: windows::Latest = statuses.iter().map(|(id, s)| (*id, (0, Some(seen_of(s))))).collect();
+        if let Some((leader, members)) = windows::leader_members(&latest, 0)
+            && !members.is_empty()
+            && let Some(s) = statuses.get(&leader)
+        {
+            return Ok(members.into_iter().map(|id| (id, s.config.learners.iter().any(|l| l.get() == id))).collect());
+        }
+        if Instant::now() >= deadline {
+            bail!("no agreed leader to report the members within {}s", within.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the leader observer keeps of a node's status.
+fn seen_of(s: &quorate_api::NodeStatus) -> Seen {
+    Seen {
+        leads: s.role == RaftRole::Leader,
+        term: s.term.0,
+        leader: s.leader.map(|l| l.get()),
+        voters: s.config.voters.union(&s.config.voters_outgoing).map(|v| v.get()).collect(),
+        learners: s.config.learners.iter().map(|v| v.get()).collect(),
+        indexes: (s.commit.0, s.applied.0, s.last_index.0),
+    }
 }
 
 /// Node id from a raw number (chaos ids start at 1).
@@ -308,21 +399,22 @@ pub(crate) fn run(o: &Options) -> Result<Verdict> {
 }
 
 async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
-    let spares = if o.faults.contains(&Fault::Reconfig) { SPARES } else { 0 };
+    let spares = if o.faults.contains(&Fault::RECONFIG) { SPARES } else { 0 };
     let mut raft = RAFT;
     if o.reads == ReadConsistency::Lease {
-        raft.lease_clock_drift_ms = 100;
+        raft.lease_clock_drift_ms = LEASE_DRIFT_MS;
     }
     crate::demo::step(&format!(
-        "chaos seed {}: {} nodes, {}s, faults {}, {:?} workload, {:?} reads",
+        "chaos seed {}: {} nodes, {}s, faults {}, {:?} workload, {:?} reads, {:?} principals",
         o.seed,
         o.nodes,
         o.duration.as_secs(),
         Fault::names(&o.faults),
         o.choice,
-        o.reads
+        o.reads,
+        o.principals
     ));
-    let env = Arc::new(Env::create(bin, dir.clone(), o.nodes, spares, raft).await?);
+    let env = Arc::new(Env::create(bin, dir.clone(), o.nodes, spares, raft, &o.principals.certs(o.clients)).await?);
     let admin = env.factory.client(o.seed ^ 0xAD)?;
     let t = Instant::now();
     let (leader, term) = env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
@@ -331,23 +423,32 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
     let observing = Arc::new(AtomicBool::new(true));
-    let observer = tokio::spawn(observe_leaders(env.clone(), observing.clone(), o.seed));
+    let observer = tokio::spawn(observe(env.clone(), history.clone(), observing.clone(), o.seed));
     let spec = WorkloadSpec {
         clients: o.clients,
         keys: o.keys,
         choice: o.choice,
         reads: o.reads,
+        principals: o.principals,
         seed: o.seed,
         ops_per_client_max: 1_000_000,
     };
+    let begin_ns = history.now();
     let clients = tokio::spawn(workload::run_clients(spec, env.factory.clone(), history.clone(), stop.clone()));
-    let nem = nemesis::Nemesis::new(env.clone(), o.seed, o.faults.clone(), o.nodes, spares, history.clone());
-    let nem_stop = stop.clone();
-    let duration = o.duration;
-    let nemesis_task = tokio::spawn(async move { nem.run(duration, nem_stop).await });
-    tokio::time::sleep(o.duration).await;
+    let ctx = nemesis::Context {
+        lease_reads: o.reads == ReadConsistency::Lease,
+        hold_ms: o.hold_ms,
+        script: o.script,
+        leader_first: o.leader_first,
+    };
+    let nem =
+        Arc::new(nemesis::Nemesis::new(env.clone(), o.seed, o.faults.clone(), (o.nodes, spares), ctx, history.clone()));
+    let deadline = Instant::now() + o.duration;
+    let nemesis_task = tokio::spawn(nem.clone().run(deadline, stop.clone()));
+    tokio::time::sleep_until(deadline.into()).await;
     stop.store(true, Ordering::Relaxed);
-    let mut nem = nemesis_task.await.context("the nemesis panicked")??;
+    let stop_ns = history.now();
+    nemesis_task.await.context("the nemesis panicked")??;
     let counts = clients.await.context("the clients panicked")??;
     println!(
         "workload done: {} operations ({} ok, {} failed, {} unknown)",
@@ -357,54 +458,98 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         counts.unknown
     );
     // Heal everything, then the checks.
-    nem.heal_all().await?;
+    let nem = nem.heal_all().await?;
     let healed = Instant::now();
-    std::fs::write(dir.join("nemesis.log"), nem.log.join("\n") + "\n")?;
+    let origin = format!("# history time 0 = {} (node logs are in UTC)\n", history.origin_utc());
+    std::fs::write(dir.join("nemesis.log"), origin + &nem.log.join("\n") + "\n")?;
     let report = checks::after_run(&env, &history, o, healed, &nem.members).await;
     observing.store(false, Ordering::Relaxed);
-    let leaders = observer.await.context("the leader observer panicked")?;
+    let samples = observer.await.context("the leader observer panicked")?;
+    let ops = history.snapshot();
+    let bounds = windows::Bounds { single_voter: o.nodes == 1, clients: o.clients, ..o.bounds };
+    let faults = windows::judge(&nem.records, &o.faults, &ops, &samples, (begin_ns, stop_ns), &bounds);
+    std::fs::write(dir.join("faults.txt"), faults.table())?;
+    std::fs::write(dir.join("leaders.txt"), windows::leaders_text(&samples))?;
+    std::fs::write(dir.join("status.tsv"), windows::status_text(&samples))?;
+    print!("{}", faults.table());
+    let leaders = windows::leaders_per_term(&samples);
     let split: Vec<String> =
         leaders.iter().filter(|(_, l)| l.len() > 1).map(|(term, l)| format!("term {term}: leaders {l:?}")).collect();
     history.write(&dir.join("history.jsonl"))?;
     env.lock().stop_all();
     let report = report?;
-    let pass = report.pass() && split.is_empty();
+    let pass = report.pass() && split.is_empty() && faults.pass();
     let safety = if split.is_empty() {
         format!("one leader per term ({} terms observed)", leaders.len())
     } else {
         format!("SPLIT BRAIN: {}", split.join("; "))
     };
+    let reads = match o.reads {
+        ReadConsistency::Lease => format!("Lease (drift bound {LEASE_DRIFT_MS} ms)"),
+        other => format!("{other:?}"),
+    };
     let line = format!(
-        "chaos seed={} nodes={} faults={} workload={:?} reads={:?}: {} — {} ops ({} ok, {} failed, {} unknown), {} faults injected; {safety}; {}",
+        "chaos seed={} nodes={} faults={} workload={:?} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown); {}; {safety}; {}",
         o.seed,
         o.nodes,
         Fault::names(&o.faults),
         o.choice,
-        o.reads,
+        o.principals,
         if pass { "PASS" } else { "FAIL" },
         history.len(),
         counts.ok,
         counts.failed,
         counts.unknown,
-        nem.injected,
+        faults.summary(),
         report.summary()
     );
     Ok(Verdict { pass, line, ops: history.len() })
 }
 
-/// Polls every node's status every 100 ms while `on`; the leaders seen in each term.
-async fn observe_leaders(env: Arc<Env>, on: Arc<AtomicBool>, seed: u64) -> BTreeMap<u64, BTreeSet<u64>> {
-    let mut seen: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    let Ok(client) = env.factory.client(seed ^ 0x0B5E) else { return seen };
-    while on.load(Ordering::Relaxed) {
-        for (_, s) in client.statuses().await {
-            if let Ok(s) = s
-                && s.role == RaftRole::Leader
-            {
-                seen.entry(s.term.0).or_default().insert(s.id.get());
+/// Status samples kept at most (a bound on memory: ten a second per node for hours).
+const SAMPLES_MAX: usize = 2_000_000;
+
+/// Every node's status every 100 ms, each node by its own task and client (300 ms per
+/// probe, so a paused node slows only its own samples), while `on`; stamped on the history's
+/// clock.
+async fn observe(env: Arc<Env>, history: Arc<History>, on: Arc<AtomicBool>, seed: u64) -> Vec<Sample> {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (&id, &addr) in &env.listen {
+        let Ok(client) = env.factory.client_as(OBSERVER, &[(id, addr)], seed ^ 0x0B5E ^ (id << 32), Timeouts::PROBE)
+        else {
+            continue;
+        };
+        let Ok(node) = nid(id) else { continue };
+        let (env, history, on, samples) = (env.clone(), history.clone(), on.clone(), samples.clone());
+        tasks.push(tokio::spawn(async move {
+            while on.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let r = tokio::time::timeout(Timeouts::PROBE.total, client.status(node)).await;
+                let seen = match r {
+                    Ok(Ok(s)) => Some(seen_of(&s)),
+                    _ => None,
+                };
+                let sample = Sample { node: id, at_ns: history.now(), seen };
+                env.observed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id, (sample.at_ns, sample.seen.clone()));
+                {
+                    let mut v = samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if v.len() < SAMPLES_MAX {
+                        v.push(sample);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100).saturating_sub(started.elapsed())).await;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            client.close();
+        }));
     }
-    seen
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = std::mem::take(&mut *samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    v.sort_by_key(|s| s.at_ns);
+    v
 }

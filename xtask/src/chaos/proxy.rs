@@ -9,7 +9,10 @@
 //! partitions are sets of blocked links.
 //!
 //! Datagrams from an address that is not a node (a client that followed a leader hint) are
-//! forwarded and never dropped: partitions are between nodes.
+//! forwarded and never dropped: partitions are between nodes. Clients open a new socket for
+//! every connection, so a front sees many sources over a run: past [`UPSTREAMS_MAX`] the
+//! least recently used client source gives its upstream up (it once refused every new source
+//! for good instead, and late in long runs new client connections through a front failed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -20,7 +23,8 @@ use tokio::task::JoinHandle;
 
 /// Largest datagram handled (QUIC datagrams are far smaller).
 const DATAGRAM_MAX: usize = 65_536;
-/// Most upstream sockets behind one front address (sources seen).
+/// Most upstream sockets behind one front address (sources at once; the least recently
+/// used client source makes room for a new one).
 const UPSTREAMS_MAX: usize = 64;
 /// Pause after a socket error (ICMP refused from a node that is down), so a loop never spins.
 const ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
@@ -33,6 +37,8 @@ struct Shared {
     nodes: BTreeMap<SocketAddr, u64>,
     forwarded: AtomicU64,
     dropped: AtomicU64,
+    /// Client sources whose upstream socket was given up for a newer source.
+    evicted: AtomicU64,
 }
 
 impl Shared {
@@ -62,7 +68,7 @@ impl Proxy {
         for (&id, &target) in real {
             let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
             fronts.insert(id, front.local_addr()?);
-            let task = tokio::spawn(front_loop(shared.clone(), tasks.clone(), front, id, target));
+            let task = tokio::spawn(front_loop(shared.clone(), front, id, target));
             lock(&tasks).push(task);
         }
         Ok(Proxy { shared, fronts, tasks })
@@ -83,9 +89,13 @@ impl Proxy {
         self.set_blocked(BTreeSet::new());
     }
 
-    /// Datagrams forwarded and dropped so far.
-    pub(crate) fn counters(&self) -> (u64, u64) {
-        (self.shared.forwarded.load(Ordering::Relaxed), self.shared.dropped.load(Ordering::Relaxed))
+    /// Datagrams forwarded and dropped so far, and client sources evicted.
+    pub(crate) fn counters(&self) -> (u64, u64, u64) {
+        (
+            self.shared.forwarded.load(Ordering::Relaxed),
+            self.shared.dropped.load(Ordering::Relaxed),
+            self.shared.evicted.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -101,16 +111,27 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// One source's way to the node behind a front: its upstream socket, the task that carries
+/// the answers back, and when it was last used.
+struct Upstream {
+    socket: Arc<UdpSocket>,
+    back: JoinHandle<()>,
+    used: std::time::Instant,
+}
+
+impl Drop for Upstream {
+    /// The answer task ends with its upstream (evicted, or its front loop aborted).
+    fn drop(&mut self) {
+        self.back.abort();
+    }
+}
+
 /// Datagrams to node `to` at its front socket: forward each through the upstream socket of
-/// its source.
-async fn front_loop(
-    shared: Arc<Shared>,
-    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-    front: Arc<UdpSocket>,
-    to: u64,
-    target: SocketAddr,
-) {
-    let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+/// its source. Past [`UPSTREAMS_MAX`] sources, the least recently used source that is not a
+/// node gives its upstream up (clients open a new socket, so a new source, for every
+/// connection: a long run sends a front far more sources than it keeps).
+async fn front_loop(shared: Arc<Shared>, front: Arc<UdpSocket>, to: u64, target: SocketAddr) {
+    let mut upstreams: HashMap<SocketAddr, Upstream> = HashMap::new();
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         let Ok((n, src)) = front.recv_from(&mut buf).await else {
@@ -122,21 +143,35 @@ async fn front_loop(
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let up = match upstreams.get(&src) {
-            Some(u) => u.clone(),
+        let up = match upstreams.get_mut(&src) {
+            Some(u) => {
+                u.used = std::time::Instant::now();
+                u.socket.clone()
+            }
             None => {
                 if upstreams.len() >= UPSTREAMS_MAX {
-                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                    let oldest = upstreams
+                        .iter()
+                        .filter(|(a, _)| !shared.nodes.contains_key(a))
+                        .min_by_key(|(_, u)| u.used)
+                        .map(|(a, _)| *a);
+                    match oldest.and_then(|a| upstreams.remove(&a)) {
+                        Some(_evicted) => {
+                            shared.evicted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {
+                            shared.dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
                 }
                 let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else { continue };
                 if sock.connect(target).await.is_err() {
                     continue;
                 }
                 let sock = Arc::new(sock);
-                upstreams.insert(src, sock.clone());
                 let back = tokio::spawn(back_loop(shared.clone(), sock.clone(), front.clone(), src, from, to));
-                lock(&tasks).push(back);
+                upstreams.insert(src, Upstream { socket: sock.clone(), back, used: std::time::Instant::now() });
                 sock
             }
         };
@@ -170,5 +205,49 @@ async fn back_loop(
         if front.send_to(&buf[..n], src).await.is_ok() {
             shared.forwarded.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A UDP echo server standing in for a node.
+    async fn echo() -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let _ = sock.send_to(&buf[..n], from).await;
+            }
+        });
+        addr
+    }
+
+    async fn ask(front: SocketAddr, what: &[u8]) -> Option<Vec<u8>> {
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(what, front).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(2), c.recv(&mut buf)).await.ok()?.ok()?;
+        Some(buf[..n].to_vec())
+    }
+
+    /// Clients make a new socket (a new source port) for every connection, so a long run
+    /// sends each front many more sources than it keeps upstream sockets for. The proxy
+    /// refused every source after the 64th for good, so late in a long run new client
+    /// connections through a front (every leader hint names one) went nowhere.
+    #[test]
+    fn a_front_serves_more_sources_than_it_keeps_upstreams_for() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let node = echo().await;
+            let proxy = Proxy::start(&[(1, node)].into_iter().collect()).await.unwrap();
+            for i in 0..(UPSTREAMS_MAX as u64 * 3) {
+                let msg = i.to_be_bytes();
+                assert_eq!(ask(proxy.front(1), &msg).await.as_deref(), Some(&msg[..]), "source {i}");
+            }
+        });
     }
 }

@@ -1,13 +1,15 @@
 //! Fixed scenarios on top of the chaos machinery: failover timing, named regressions from the
 //! field (each with a fixed seed), the bounded CI slice and the long soak.
 
-use super::nemesis::Fault;
+use super::nemesis::{Fault, Step, Target};
+use super::windows::Bounds;
 use super::workload::{History, KeyChoice, recorded_put};
 use super::{Env, Options, RAFT, Verdict, parse_num, run, runtime};
 use crate::cluster::{build_quorate, target_dir};
 use crate::{PROFILE, cargo, run as run_cmd};
 use anyhow::{Context, Result, bail};
 use quorate_check::linearizability::{Limits, check};
+use quorate_client::ReadConsistency;
 use quorate_core::Role as RaftRole;
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,7 +25,41 @@ pub(crate) const REGRESSIONS: &[(&str, u64, &str)] = &[
         "split brain from a node campaigning with committed-but-unapplied configuration changes (etcd-io/raft#456)",
     ),
     ("lock-fencing", 343, "a lock held past expiry without fencing (Jepsen etcd 3.4.3)"),
+    (
+        "sigcont-stall",
+        18,
+        "a leader stalls for seconds when a follower paused for seconds resumes, and a restarted node hears nothing \
+         for up to 10 s (issue 18)",
+    ),
+    (
+        "shared-principal",
+        505,
+        "every client under one principal on purpose, the leader killed, paused or cut off for 3-6 s: one retry \
+         budget for all (docs/chaos.md, Principals)",
+    ),
+    (
+        "seed-4242",
+        4242,
+        "the 60 s all-faults run that ended REPLICAS DIFFER: proxy fronts refusing new client sources after 64 (issue 18)",
+    ),
 ];
+
+/// `sigcont-stall`: a follower paused for 7 s, then the leader paused for 7 s (the new
+/// leader then faces a follower 7 s behind), then a follower SIGKILLed for 3 s and restarted.
+const SIGCONT_STALL: &[Step] = &[
+    Step::new(2_000, Fault::PAUSE, Target::Follower, 7_000),
+    Step::new(12_000, Fault::PAUSE, Target::Leader, 7_000),
+    Step::new(23_000, Fault::KILL, Target::Follower, 3_000),
+];
+
+/// The `sigcont-stall` bounds: tighter than a random run's, since each fault here leaves a
+/// majority up (a pause of a follower should cost the leader nothing).
+const SIGCONT_STALL_BOUNDS: Bounds = Bounds {
+    leaderless_max: Duration::from_secs(3),
+    writeless_max: Duration::from_secs(4),
+    answer_after_heal_max: Duration::from_secs(3),
+    ..super::windows::BOUNDS
+};
 
 fn flags(args: &[String]) -> Result<Vec<(String, String)>> {
     if !args.len().is_multiple_of(2) {
@@ -32,30 +68,47 @@ fn flags(args: &[String]) -> Result<Vec<(String, String)>> {
     Ok(args.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect())
 }
 
-/// `cargo xtask chaos ci`: fixed seeds, every fault kind across them, a few minutes.
+/// The runs of `cargo xtask chaos ci`: fixed seeds, every fault kind across them, lease reads
+/// under pauses and clock skew.
+pub(crate) fn ci_runs() -> Vec<Options> {
+    let mut a = Options::new(101);
+    a.duration = Duration::from_secs(30);
+    a.faults = vec![Fault::KILL, Fault::PAUSE, Fault::PARTITION, Fault::RECONFIG, Fault::LEADER_TRANSFER];
+    a.label = Some("ci-101".into());
+    let mut b = Options::new(202);
+    b.duration = Duration::from_secs(25);
+    b.faults = vec![Fault::DISK_FULL, Fault::CLOCK, Fault::SLOW_DISK, Fault::KILL];
+    b.choice = KeyChoice::HotKey;
+    b.label = Some("ci-202".into());
+    // Lease reads with a drift bound, the clock fault (within the bound) and pauses longer
+    // than the lease, each on the leader.
+    let mut c = Options::new(303);
+    c.duration = Duration::from_secs(25);
+    c.faults = vec![Fault::PAUSE, Fault::CLOCK, Fault::PARTITION, Fault::LEADER_TRANSFER];
+    c.reads = ReadConsistency::Lease;
+    c.leader_first = true;
+    c.label = Some("ci-303-lease".into());
+    vec![a, b, c]
+}
+
+/// `cargo xtask chaos ci`: [`ci_runs`] and the `lock-fencing` regression, a few minutes.
 pub(crate) fn ci(args: &[String]) -> Result<()> {
     if let Some(a) = args.first() {
         bail!("`chaos ci` takes no arguments, got `{a}`");
     }
-    let mut a = Options::new(101);
-    a.duration = Duration::from_secs(30);
-    a.faults = vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Reconfig, Fault::LeaderTransfer];
-    a.label = Some("ci-101".into());
-    let mut b = Options::new(202);
-    b.duration = Duration::from_secs(25);
-    b.faults = vec![Fault::DiskFull, Fault::Clock, Fault::SlowDisk, Fault::Kill];
-    b.choice = KeyChoice::HotKey;
-    b.label = Some("ci-202".into());
-    let mut verdicts = vec![run(&a)?, run(&b)?];
+    let mut verdicts = Vec::new();
+    for o in ci_runs() {
+        verdicts.push(run(&o)?);
+    }
     verdicts.push(regression("lock-fencing")?);
     report(&verdicts)
 }
 
-/// `cargo xtask chaos soak`: 5 nodes, every fault, ten minutes unless told otherwise.
+/// `cargo xtask chaos soak`: 5 nodes, every fault, thirty minutes unless told otherwise.
 pub(crate) fn soak(args: &[String]) -> Result<()> {
     let mut o = Options::new(1);
     o.nodes = 5;
-    o.duration = Duration::from_secs(600);
+    o.duration = Duration::from_secs(1800);
     o.label = Some("soak".into());
     for (flag, v) in flags(args)? {
         match flag.as_str() {
@@ -87,6 +140,12 @@ fn report(verdicts: &[Verdict]) -> Result<()> {
 pub(crate) fn regress(args: &[String]) -> Result<()> {
     let names: Vec<&str> = match args {
         [] => REGRESSIONS.iter().map(|r| r.0).collect(),
+        [n] if n == "list" => {
+            for (name, seed, what) in REGRESSIONS {
+                println!("{name:<22} seed {seed:<6} {what}");
+            }
+            return Ok(());
+        }
         [n] => vec![n.as_str()],
         _ => bail!("usage: cargo xtask chaos regress [NAME]"),
     };
@@ -108,12 +167,31 @@ fn regression(name: &str) -> Result<Verdict> {
         "single-node-crash" => {
             o.nodes = 1;
             o.duration = Duration::from_secs(20);
-            o.faults = vec![Fault::Kill];
+            o.faults = vec![Fault::KILL];
             run(&o)?
         }
         "reconfig-split-brain" => {
             o.duration = Duration::from_secs(40);
-            o.faults = vec![Fault::Reconfig, Fault::LeaderTransfer, Fault::Kill, Fault::Pause, Fault::Partition];
+            o.faults = vec![Fault::RECONFIG, Fault::LEADER_TRANSFER, Fault::KILL, Fault::PAUSE, Fault::PARTITION];
+            run(&o)?
+        }
+        "sigcont-stall" => {
+            o.duration = Duration::from_secs(32);
+            o.faults = vec![Fault::KILL, Fault::PAUSE];
+            o.script = Some(SIGCONT_STALL);
+            o.bounds = SIGCONT_STALL_BOUNDS;
+            run(&o)?
+        }
+        "seed-4242" => {
+            o.duration = Duration::from_secs(60);
+            run(&o)?
+        }
+        "shared-principal" => {
+            o.duration = Duration::from_secs(30);
+            o.faults = vec![Fault::KILL, Fault::PAUSE, Fault::PARTITION];
+            o.principals = super::workload::Principals::Shared;
+            o.leader_first = true;
+            o.hold_ms = (3000, 6000);
             run(&o)?
         }
         "index-monotonic" => index_monotonic(seed)?,
@@ -132,7 +210,7 @@ fn index_monotonic(seed: u64) -> Result<Verdict> {
     let dir = target_dir().join("chaos").join("regress-index-monotonic");
     let rt = runtime()?;
     rt.block_on(async move {
-        let env = Env::create(bin, dir.clone(), 3, 0, RAFT).await?;
+        let env = Env::create(bin, dir.clone(), 3, 0, RAFT, &[]).await?;
         let admin = env.factory.client(seed)?;
         let writer = env.factory.client(seed ^ 1)?;
         let history = History::new();
@@ -230,7 +308,7 @@ fn lock_fencing() -> Result<Verdict> {
     let dir = target_dir().join("chaos").join("regress-lock-fencing");
     let rt = runtime()?;
     rt.block_on(async move {
-        let env = Env::create(bin, dir.clone(), 3, 0, RAFT).await?;
+        let env = Env::create(bin, dir.clone(), 3, 0, RAFT, &[]).await?;
         let admin = env.factory.client(343)?;
         env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
         let endpoints: Vec<String> = env.listen.iter().map(|(id, a)| format!("{id}={a}")).collect();
@@ -278,7 +356,7 @@ pub(crate) fn failover(args: &[String]) -> Result<()> {
     let dir: PathBuf = target_dir().join("chaos").join("failover");
     let rt = runtime()?;
     let times = rt.block_on(async move {
-        let env = Env::create(bin, dir.clone(), 3, 0, RAFT).await?;
+        let env = Env::create(bin, dir.clone(), 3, 0, RAFT, &[]).await?;
         let admin = env.factory.client(seed)?;
         let history = History::new();
         let writer = fast_client(&env, seed ^ 7, attempt_ms)?;

@@ -26,12 +26,23 @@ pub(crate) const HISTORY_OPS_MAX: usize = 2_000_000;
 /// The operations of a run on one monotonic clock (nanoseconds since the history began).
 pub(crate) struct History {
     origin: Instant,
+    /// The wall clock at `origin`, to line the history up with node logs.
+    origin_wall: std::time::SystemTime,
     ops: Mutex<Vec<Operation>>,
 }
 
 impl History {
     pub(crate) fn new() -> History {
-        History { origin: Instant::now(), ops: Mutex::new(Vec::new()) }
+        History { origin: Instant::now(), origin_wall: std::time::SystemTime::now(), ops: Mutex::new(Vec::new()) }
+    }
+
+    /// The wall-clock time of history time 0, as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
+    pub(crate) fn origin_utc(&self) -> String {
+        let d = self.origin_wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let (secs, ms) = (d.as_secs(), d.subsec_millis());
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, dd) = civil_from_days(days as i64);
+        format!("{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
     }
 
     /// Nanoseconds on the history's clock.
@@ -66,6 +77,19 @@ impl History {
     }
 }
 
+/// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 /// Which keys the clients address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum KeyChoice {
@@ -75,6 +99,45 @@ pub(crate) enum KeyChoice {
     HotKey,
 }
 
+/// Whose certificates the workload's clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Principals {
+    /// Client `i` is the principal `chaos-c<i>` (role write): admission's per-principal
+    /// budgets (rate, retries, fair share) apply to each client on its own, as they would to
+    /// independent applications.
+    PerClient,
+    /// Every client is the one principal [`SHARED`] (role write), on purpose: one principal's
+    /// budgets are shared by all of them (docs/chaos.md, "Principals").
+    Shared,
+}
+
+impl Principals {
+    /// The principal of workload client `i`.
+    pub(crate) fn of(self, i: u64) -> String {
+        match self {
+            Principals::PerClient => format!("chaos-c{i}"),
+            Principals::Shared => SHARED.to_string(),
+        }
+    }
+
+    /// `quorate certs dev --clients` entries for `clients` workload clients.
+    pub(crate) fn certs(self, clients: u64) -> Vec<String> {
+        match self {
+            Principals::PerClient => (0..clients).map(|i| format!("{}:write", self.of(i))).collect(),
+            Principals::Shared => vec![format!("{SHARED}:write")],
+        }
+    }
+}
+
+/// The nemesis' and the replica check's principal (role admin).
+pub(crate) const ADMIN: &str = "admin";
+/// The principal every workload client shares with [`Principals::Shared`].
+pub(crate) const SHARED: &str = "chaos-shared";
+/// The checker's principal (recovery write, final reads; role write).
+pub(crate) const CHECKER: &str = "chaos-checker";
+/// The leader observer's principal (status polls; role read).
+pub(crate) const OBSERVER: &str = "chaos-observer";
+
 /// What the clients do.
 #[derive(Clone, Debug)]
 pub(crate) struct WorkloadSpec {
@@ -82,12 +145,40 @@ pub(crate) struct WorkloadSpec {
     pub(crate) keys: u64,
     pub(crate) choice: KeyChoice,
     pub(crate) reads: ReadConsistency,
+    pub(crate) principals: Principals,
     pub(crate) seed: u64,
     /// Operations per client, at most.
     pub(crate) ops_per_client_max: u64,
 }
 
-/// How clients reach the cluster: its name, the admin certificate, the members' addresses.
+/// A client's time limits and retries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) request: Duration,
+    pub(crate) connect: Duration,
+    pub(crate) total: Duration,
+    pub(crate) retries_max: u32,
+}
+
+impl Timeouts {
+    /// The workload's: 1 s per attempt, 5 s per call, 20 retries, so that faults show up as
+    /// unknown outcomes quickly instead of stalling the workload.
+    pub(crate) const WORKLOAD: Timeouts = Timeouts {
+        request: Duration::from_millis(1000),
+        connect: Duration::from_millis(500),
+        total: Duration::from_secs(5),
+        retries_max: 20,
+    };
+    /// Status probes: one attempt of 300 ms (a paused node must not slow the observer down).
+    pub(crate) const PROBE: Timeouts = Timeouts {
+        request: Duration::from_millis(300),
+        connect: Duration::from_millis(300),
+        total: Duration::from_millis(300),
+        retries_max: 0,
+    };
+}
+
+/// How clients reach the cluster: its name, the certificates, the members' addresses.
 #[derive(Clone, Debug)]
 pub(crate) struct ClientFactory {
     pub(crate) cluster: String,
@@ -96,30 +187,41 @@ pub(crate) struct ClientFactory {
 }
 
 impl ClientFactory {
-    /// A client with short limits (1 s per attempt, 5 s per call) so that faults show up as
-    /// unknown outcomes quickly instead of stalling the workload.
+    /// An [`ADMIN`] client with the workload's limits ([`Timeouts::WORKLOAD`]).
     pub(crate) fn client(&self, seed: u64) -> Result<Client> {
         self.client_to(&self.members, seed)
     }
 
-    /// A client that knows only `members`.
+    /// An [`ADMIN`] client that knows only `members`.
     pub(crate) fn client_to(&self, members: &[(u64, SocketAddr)], seed: u64) -> Result<Client> {
+        self.client_as(ADMIN, members, seed, Timeouts::WORKLOAD)
+    }
+
+    /// A client with the certificate of `principal` (`client-<principal>.crt`, made by
+    /// `quorate certs dev --clients`).
+    pub(crate) fn client_as(
+        &self,
+        principal: &str,
+        members: &[(u64, SocketAddr)],
+        seed: u64,
+        t: Timeouts,
+    ) -> Result<Client> {
         let tls = TlsPaths {
             ca: self.certs.join("ca.crt"),
-            cert: self.certs.join("client-admin.crt"),
-            key: self.certs.join("client-admin.key"),
+            cert: self.certs.join(format!("client-{principal}.crt")),
+            key: self.certs.join(format!("client-{principal}.key")),
         };
         let members = members
             .iter()
             .map(|(id, a)| Ok((NodeId::new(*id).context("node ids start at 1")?, *a)))
             .collect::<Result<_>>()?;
         let mut config = ClientConfig::new(ClusterId::new(&self.cluster)?, members, tls);
-        config.request_timeout = Duration::from_millis(1000);
-        config.connect_timeout = Duration::from_millis(500);
-        config.total_timeout = Duration::from_secs(5);
-        config.retries_max = 20;
+        config.request_timeout = t.request;
+        config.connect_timeout = t.connect;
+        config.total_timeout = t.total;
+        config.retries_max = t.retries_max;
         config.seed = Some(seed);
-        Ok(Client::new(config)?)
+        Client::new(config).with_context(|| format!("cannot make a client for principal {principal}"))
     }
 }
 
@@ -197,7 +299,8 @@ pub(crate) async fn run_clients(
 ) -> Result<Counts> {
     let mut tasks = Vec::new();
     for c in 0..spec.clients {
-        let client = factory.client(spec.seed ^ (c + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
+        let seed = spec.seed ^ (c + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let client = factory.client_as(&spec.principals.of(c), &factory.members, seed, Timeouts::WORKLOAD)?;
         let (spec, history, stop) = (spec.clone(), history.clone(), stop.clone());
         tasks.push(tokio::spawn(async move { one_client(c, client, spec, history, stop).await }));
     }
@@ -302,5 +405,15 @@ fn op_ok(op: &Operation) -> bool {
             matches!(completion, Completion::Ok { .. })
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_791), (2026, 12, 4));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
     }
 }
