@@ -612,6 +612,59 @@ danger_skip_fsync = false
         assert!(c.apply_env(|k| (k == "QUORATE_ID").then(|| "x".into())).is_err());
     }
 
+    /// Every numeric setting at its extremes: validation answers (an error or not), never
+    /// panics (the ci profile has overflow checks on, so an overflowing `3 * heartbeat_ms`
+    /// would).
+    #[test]
+    fn extreme_numbers_never_panic_validation() {
+        type Set = fn(&mut NodeConfig, u64);
+        let fields: &[(&str, Set)] = &[
+            ("raft.heartbeat_ms", |c, v| c.raft.heartbeat_ms = v),
+            ("raft.election_timeout_ms", |c, v| c.raft.election_timeout_ms = v),
+            ("raft.lease_clock_drift_ms", |c, v| c.raft.lease_clock_drift_ms = v),
+            ("raft.snapshot_entries", |c, v| c.raft.snapshot_entries = v),
+            ("raft.compaction_tail_entries", |c, v| c.raft.compaction_tail_entries = v),
+            ("limits.free_space_floor_mb", |c, v| c.limits.free_space_floor_mb = v),
+            ("limits.flight_recorder_mb", |c, v| c.limits.flight_recorder_mb = v),
+            ("limits.pending_requests_max", |c, v| c.limits.pending_requests_max = v as usize),
+            ("telemetry.trace_proposals_every", |c, v| c.telemetry.trace_proposals_every = v),
+        ];
+        let values = [0, 1, 2, 3, u64::MAX / 3 + 1, u64::MAX / 2 + 1, u64::MAX - 1, u64::MAX];
+        for (name, set) in fields {
+            for v in values {
+                for w in values {
+                    // Each field at `v`, with the heartbeat (which the others are compared
+                    // against) at `w`.
+                    let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+                    c.raft.heartbeat_ms = w;
+                    set(&mut c, v);
+                    let _ = c.validate().map_err(|e| assert!(!e.to_string().is_empty(), "{name}"));
+                }
+            }
+        }
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        c.raft.heartbeat_ms = u64::MAX / 2;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("raft.election_timeout_ms"), "{e}");
+    }
+
+    /// The cluster name must be one the node can use as a `ClusterId` (the authority of every
+    /// certificate's identity URI): refused when the file is read, not after the store opened.
+    #[test]
+    fn cluster_names_follow_the_cluster_id_rule() {
+        for bad in ["Dev", "dev.prod", "dev_1", "-dev", "dev-", "", &"a".repeat(64)] {
+            let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+            c.cluster = bad.to_string();
+            let e = c.validate().expect_err(bad).to_string();
+            assert!(e.contains("cluster"), "{bad:?}: {e}");
+        }
+        for good in ["dev", "prod-eu-1", "a", &"a".repeat(63)] {
+            let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+            c.cluster = good.to_string();
+            c.validate().unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+    }
+
     #[test]
     fn validation_names_the_field() {
         let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
