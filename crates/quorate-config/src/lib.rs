@@ -71,7 +71,8 @@ pub const ADDRESS_BYTES_MAX: usize = 4 * 1024;
 pub struct NodeConfig {
     /// This node's id (> 0), bound to its certificate.
     pub id: u64,
-    /// The cluster's name, bound to every certificate.
+    /// The cluster's name, bound to every certificate: 1 to 63 bytes of lowercase letters,
+    /// digits and `-`, not starting or ending with `-` (the rule of `ClusterId`).
     pub cluster: String,
     /// The one QUIC endpoint for peers and clients (`host:port`).
     pub listen: SocketAddr,
@@ -438,11 +439,10 @@ impl NodeConfig {
         if self.id == 0 {
             return Err(invalid("id", "must be a positive integer (node ids start at 1)"));
         }
-        if self.cluster.is_empty()
-            || self.cluster.len() > 64
-            || !self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(invalid("cluster", "must be 1-64 characters of letters, digits, '-', '_' or '.'"));
+        // The rule of the identity every certificate carries (`quorate://<cluster>/...`),
+        // checked here so that a name the node cannot use is refused before anything starts.
+        if let Err(e) = quorate_transport::ClusterId::new(&self.cluster) {
+            return Err(invalid("cluster", e.to_string()));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must name a directory (it is created if missing)"));
@@ -480,12 +480,13 @@ impl NodeConfig {
         if r.heartbeat_ms == 0 {
             return Err(invalid("raft.heartbeat_ms", "must be at least 1"));
         }
-        if r.election_timeout_ms < 3 * r.heartbeat_ms {
+        // Every product of settings saturates: a huge value is refused, never an overflow.
+        if r.election_timeout_ms < r.heartbeat_ms.saturating_mul(3) {
             return Err(invalid(
                 "raft.election_timeout_ms",
                 format!(
                     "must be at least 3 × raft.heartbeat_ms ({} ms); raise it or lower the heartbeat",
-                    3 * r.heartbeat_ms
+                    r.heartbeat_ms.saturating_mul(3)
                 ),
             ));
         }
@@ -499,7 +500,7 @@ impl NodeConfig {
                     "lease reads need raft.check_quorum = true; enable it or set the drift to 0",
                 ));
             }
-            if r.lease_clock_drift_ms * 2 >= r.election_timeout_ms {
+            if r.lease_clock_drift_ms.saturating_mul(2) >= r.election_timeout_ms {
                 return Err(invalid(
                     "raft.lease_clock_drift_ms",
                     "must be below half of raft.election_timeout_ms (the lease would be too short to be useful)",
