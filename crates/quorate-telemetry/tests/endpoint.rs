@@ -27,7 +27,12 @@ async fn serves_metrics_and_probes_within_bounds() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let probes = Arc::new(Flag(AtomicBool::new(false)));
-    let limits = HttpLimits { request_bytes_max: 1024, timeout: Duration::from_secs(2), connections_max: 4 };
+    let limits = HttpLimits {
+        request_bytes_max: 1024,
+        timeout: Duration::from_secs(2),
+        connections_max: 4,
+        head_timeout: Duration::from_secs(2),
+    };
     let server = tokio::spawn(serve(listener, registry, probes.clone(), limits));
 
     let get = move |path: &'static str| {
@@ -80,7 +85,12 @@ async fn idle_sockets_on_every_slot_do_not_starve_the_probes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let probes = Arc::new(Flag(AtomicBool::new(true)));
-    let limits = HttpLimits { connections_max: 8, timeout: Duration::from_secs(120), ..HttpLimits::default() };
+    let limits = HttpLimits {
+        connections_max: 8,
+        timeout: Duration::from_secs(120),
+        head_timeout: Duration::from_secs(120),
+        ..HttpLimits::default()
+    };
     let server = tokio::spawn(serve(listener, registry, probes, limits));
 
     // Many more idle sockets than slots, each connected and silent.
