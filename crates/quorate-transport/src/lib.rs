@@ -73,6 +73,6 @@ pub use message::{MessageError, RawMessage, WireMessage, decode_message, encode_
 pub use tls::{Credentials, TlsError, TlsPaths};
 #[cfg(feature = "net")]
 pub use transport::{
-    AUDIT_TARGET, Client, ClientOptions, Inbox, Incoming, PeerStats, Request, SendError, Transport, TransportConfig,
-    TransportError, codes, quic_transport_config,
+    AUDIT_TARGET, Client, ClientOptions, Inbox, Incoming, PeerStats, REQUEST_PAYLOAD_BYTES_DEFAULT, Request, SendError,
+    Transport, TransportConfig, TransportError, codes, quic_transport_config,
 };

@@ -18,7 +18,7 @@ use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -40,6 +40,11 @@ pub mod codes {
     pub const BAD_MESSAGE: u32 = 0x12;
     /// The stream was used against the protocol (e.g. no hello first).
     pub const PROTOCOL: u32 = 0x13;
+    /// A frame did not arrive in full within the frame deadline; the stream is closed.
+    pub const TIMEOUT: u32 = 0x14;
+    /// No room: the connection was refused for a connection limit, or a frame could not
+    /// reserve its bytes within the frame deadline.
+    pub const BUSY: u32 = 0x15;
 }
 
 /// Server name sent in the TLS handshake; identity is checked through the URI SAN instead.
@@ -87,6 +92,34 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// Seed of the reconnect jitter (mixed with the peer id).
     pub seed: u64,
+    /// Largest client request payload accepted (`frame_payload_bytes_max` if lower).
+    pub request_payload_bytes_max: u32,
+    /// Most authenticated inbound connections, peers and clients together; an attempt beyond
+    /// it is refused before its handshake.
+    pub connections_max: usize,
+    /// Most inbound connections of one client identity; the next one is refused.
+    pub client_connections_per_identity_max: usize,
+    /// Most inbound connections of one node identity; a newer one closes the oldest.
+    pub peer_connections_per_node_max: usize,
+    /// Limit on an inbound handshake (TLS included), from the first packet.
+    pub handshake_timeout: Duration,
+    /// Limit on receiving one frame: a client request (from its stream's opening to its last
+    /// byte, and again to reserve its bytes), a peer's frame (from its first byte to its last).
+    pub frame_timeout: Duration,
+    /// Bytes of inbound frames one identity may have being received or waiting to be handled
+    /// (at least the largest frame).
+    pub identity_inbound_bytes_max: u32,
+    /// Bytes of client requests being received or waiting to be answered, all clients together.
+    pub clients_inbound_bytes_max: u32,
+    /// QUIC connection-level receive window of a client connection (bytes the client may send
+    /// that the node has not read yet, over all its streams).
+    pub client_receive_window_bytes: u32,
+    /// QUIC send window of a client connection (response bytes buffered unacknowledged).
+    pub client_send_window_bytes: u32,
+    /// QUIC connection-level receive window of a peer connection.
+    pub peer_receive_window_bytes: u32,
+    /// QUIC receive window of one stream (every connection; QUIC's own default).
+    pub stream_receive_window_bytes: u32,
 }
 
 impl TransportConfig {
@@ -108,9 +141,25 @@ impl TransportConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             seed: 0x5157_0a7e,
+            request_payload_bytes_max: REQUEST_PAYLOAD_BYTES_DEFAULT,
+            connections_max: 4096,
+            client_connections_per_identity_max: 1024,
+            peer_connections_per_node_max: 4,
+            handshake_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            identity_inbound_bytes_max: 32 * MIB,
+            clients_inbound_bytes_max: 256 * MIB,
+            client_receive_window_bytes: MIB,
+            client_send_window_bytes: MIB,
+            peer_receive_window_bytes: 16 * MIB,
+            stream_receive_window_bytes: 1_250_000,
         }
     }
 }
+
+const MIB: u32 = 1024 * 1024;
+/// Default limit on a client request payload (4 MiB): above any command the node accepts.
+pub const REQUEST_PAYLOAD_BYTES_DEFAULT: u32 = 4 * MIB;
 
 /// Why a message was not queued. The message is dropped either way (Raft retransmits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -325,6 +374,8 @@ struct Ctx<M> {
     inbox_consensus: mpsc::Sender<(NodeId, M)>,
     inbox_snapshot: mpsc::Sender<(NodeId, M)>,
     inbox_requests: mpsc::Sender<Request<M>>,
+    /// Established inbound connections.
+    inbound: AtomicUsize,
 }
 
 /// A node's QUIC endpoint: dials its peers, accepts peers and clients, authenticates all of
@@ -392,6 +443,7 @@ impl<M: WireMessage> Transport<M> {
             inbox_consensus: ctx_tx,
             inbox_snapshot: snap_tx,
             inbox_requests: req_tx,
+            inbound: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(ctx.clone())).abort_handle();
         let transport = Transport { ctx, peers: RwLock::new(HashMap::new()), tasks: Mutex::new(vec![accept]) };
@@ -512,6 +564,12 @@ impl<M: WireMessage> Transport<M> {
     /// protocol generation 1, so that an old binary cannot join. Existing connections stay.
     pub fn refuse_quorate_1(&self) {
         self.ctx.quorate_1_refused.store(true, Ordering::Relaxed);
+    }
+
+    /// Established inbound connections (authenticated peers and clients).
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.ctx.inbound.load(Ordering::Relaxed)
     }
 
     /// Re-reads the certificate files and serves new connections with them.
@@ -678,10 +736,12 @@ async fn accept_loop<M: WireMessage>(ctx: Arc<Ctx<M>>) {
                 return;
             }
             audit_accepted(&identity, "connect");
+            ctx.inbound.fetch_add(1, Ordering::Relaxed);
             match identity {
-                Identity::Peer(peer) => serve_peer(ctx, conn, peer).await,
-                Identity::Client(client) => serve_client(ctx, conn, client).await,
+                Identity::Peer(peer) => serve_peer(ctx.clone(), conn, peer).await,
+                Identity::Client(client) => serve_client(ctx.clone(), conn, client).await,
             }
+            ctx.inbound.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
