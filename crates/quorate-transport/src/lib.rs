@@ -47,6 +47,8 @@
 #[cfg(feature = "net")]
 mod backoff;
 #[cfg(feature = "net")]
+mod conns;
+#[cfg(feature = "net")]
 mod der;
 #[cfg(feature = "dev-certs")]
 pub mod dev_certs;
