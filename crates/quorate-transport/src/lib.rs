@@ -44,6 +44,9 @@
 //! # Ok(()) }
 //! ```
 
+/// Most certificate revocation list files one endpoint reads (`Credentials::load_with_crls`).
+pub const CRL_FILES_MAX: usize = 16;
+
 #[cfg(feature = "net")]
 mod backoff;
 #[cfg(feature = "net")]

@@ -97,8 +97,10 @@ struct Loaded {
 /// their session. A reload that fails keeps the previous material.
 pub struct Credentials {
     paths: TlsPaths,
+    crls: Vec<PathBuf>,
     current: RwLock<Arc<Loaded>>,
     reloads: AtomicU64,
+    reload_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -119,7 +121,21 @@ impl Credentials {
             tracing::warn!(target: "quorate::audit", who = %loaded.identity, what = "tls_load",
                 result = "expired", "a loaded certificate has expired");
         }
-        Ok(Credentials { paths, current: RwLock::new(Arc::new(loaded)), reloads: AtomicU64::new(0) })
+        Ok(Credentials {
+            paths,
+            crls: Vec::new(),
+            current: RwLock::new(Arc::new(loaded)),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Like [`Credentials::load`], with certificate revocation lists (not read yet: the next
+    /// commit checks them).
+    pub fn load_with_crls(paths: TlsPaths, crls: Vec<PathBuf>) -> Result<Credentials, TlsError> {
+        let mut c = Credentials::load(paths)?;
+        c.crls = crls;
+        Ok(c)
     }
 
     /// Re-reads the files. The new certificate must name the same identity. On error the
@@ -145,6 +161,7 @@ impl Credentials {
                 Ok(())
             }
             Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "quorate::audit", who = %self.identity(),
                     what = "tls_reload", result = "failed", reason = %e);
                 Err(e)
@@ -165,6 +182,18 @@ impl Credentials {
     #[must_use]
     pub fn reload_count(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// How many reloads were refused (the previous material stayed in use).
+    #[must_use]
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
+    }
+
+    /// The certificate revocation list files.
+    #[must_use]
+    pub fn crl_paths(&self) -> &[PathBuf] {
+        &self.crls
     }
 
     /// The identity named by the loaded certificate.

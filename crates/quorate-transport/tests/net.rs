@@ -746,3 +746,101 @@ fn a_handshake_that_stalls_is_dropped_at_the_handshake_deadline() {
         let _ = attacker.join();
     });
 }
+
+#[test]
+fn revoked_certificates_are_refused_and_open_connections_closed_when_the_list_is_reloaded() {
+    run(async {
+        let s = setup("crl", &[1, 2, 3]);
+        let crl = s.dir.path().join("revoked.crl");
+        s.certs.authority.revocation_list(&[], &crl).expect("empty list");
+        let with_crl = |n: u64| {
+            Arc::new(Credentials::load_with_crls(s.certs.nodes[&id(n)].clone(), vec![crl.clone()]).expect("load"))
+        };
+        let (t1, mut in1) = node(&s.cluster, 1, with_crl(1)).await;
+        let addr = t1.local_addr();
+        let mallory_paths = {
+            let identity = Identity::client(s.cluster.clone(), Principal::new("mallory").unwrap(), Role::Write);
+            s.certs
+                .authority
+                .issue(&identity, Validity::from_now(Duration::from_secs(3600)), s.dir.path(), "mallory", &s.certs.ca)
+                .expect("issue")
+        };
+        let mallory = Arc::new(Credentials::load(mallory_paths.clone()).unwrap());
+        let honest = s.issue_client("honest");
+        let m = raw_connect(&mallory, addr).await;
+        let h = raw_connect(&honest, addr).await;
+        request_arrives(&m, &mut in1, 1).await;
+        // Node 2 dials node 1 and is served.
+        let (t2, _in2) = node(&s.cluster, 2, s.creds(2)).await;
+        t2.add_peer(id(1), addr);
+        t2.try_send(id(1), msg(5, 8)).unwrap();
+        assert!(matches!(within("node 2's message", in1.recv()).await, Some(Incoming::Peer { .. })));
+
+        // Mallory's and node 2's certificates are revoked; node 1 reloads its list.
+        let node2 = s.certs.nodes[&id(2)].cert.clone();
+        s.certs.authority.revocation_list(&[&mallory_paths.cert, &node2], &crl).expect("list");
+        t1.reload_tls().expect("reload with the new list");
+        assert_eq!(closed_code(&m).await, Some(codes::REFUSED));
+        assert!(audited(&["who=quorate://alpha/client/mallory?role=write", "what=recheck", "result=refused"]));
+        assert!(h.close_reason().is_none(), "an unrevoked client stays connected");
+        request_arrives(&h, &mut in1, 2).await;
+        // New connections with a revoked certificate fail at the handshake.
+        assert!(!connect_custom(addr, Some(&mallory_paths), b"quorate/2").await);
+        wait_until("node 2's connection to close", || !t2.peer_stats(id(1)).unwrap().connected).await;
+
+        // A node dialing a revoked peer refuses it too.
+        let (t3, _in3) = node(&s.cluster, 3, with_crl(3)).await;
+        t3.add_peer(id(2), t2.local_addr());
+        wait_until("node 3's dial to fail", || t3.peer_stats(id(2)).unwrap().connect_failures >= 1).await;
+        assert_eq!(t3.peer_stats(id(2)).unwrap().connects, 0);
+    });
+}
+
+#[test]
+fn a_reload_refuses_an_expired_not_yet_valid_or_foreign_certificate_and_keeps_the_old_one() {
+    run(async {
+        let s = setup("reload-refusals", &[1, 2]);
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let paths = s.certs.nodes[&id(1)].clone();
+        let served = leaf_der(&paths.cert);
+        let me = Identity::peer(s.cluster.clone(), id(1));
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let expired = Validity { not_before: now - 2 * day, not_after: now - day };
+        let future = Validity { not_before: now + day, not_after: now + 2 * day };
+        let other = TempDir::new("reload-refusals-other");
+        let foreign = dev_certs::generate(other.path(), &s.cluster, &[id(1)], &[]).expect("certs");
+        let restore = std::fs::read(&paths.cert).unwrap();
+        let restore_key = std::fs::read(&paths.key).unwrap();
+        for (what, write) in [
+            (
+                "expired",
+                Box::new(|| drop(s.certs.authority.issue(&me, expired, s.dir.path(), "node-1", &s.certs.ca)))
+                    as Box<dyn Fn()>,
+            ),
+            (
+                "not yet valid",
+                Box::new(|| drop(s.certs.authority.issue(&me, future, s.dir.path(), "node-1", &s.certs.ca))),
+            ),
+            (
+                "another CA",
+                Box::new(|| {
+                    std::fs::copy(&foreign.nodes[&id(1)].cert, &paths.cert).unwrap();
+                    std::fs::copy(&foreign.nodes[&id(1)].key, &paths.key).unwrap();
+                }),
+            ),
+        ] {
+            write();
+            let failures = t1.credentials().reload_failures();
+            let e = t1.reload_tls().expect_err(what);
+            assert!(e.to_string().contains("not usable"), "{what}: {e}");
+            assert_eq!(t1.credentials().reload_failures(), failures + 1, "{what}");
+            assert!(audited(&["what=tls_reload", "result=failed"]));
+            assert_eq!(served_cert(&s.creds(2), t1.local_addr()).await, served, "{what}: the old certificate stays");
+            std::fs::write(&paths.cert, &restore).unwrap();
+            std::fs::write(&paths.key, &restore_key).unwrap();
+        }
+        assert_eq!(t1.credentials().reload_count(), 0);
+        t1.reload_tls().expect("the original certificate reloads");
+    });
+}
