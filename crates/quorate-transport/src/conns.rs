@@ -5,7 +5,8 @@
 //!   refused before its handshake), at most `client_connections_per_identity_max` per client
 //!   identity (the next one is refused) and `peer_connections_per_node_max` per node identity
 //!   (the oldest is closed: the newest connection of a restarted node is the live one).
-//!   Dialed connections are registered too (without a cap).
+//!   Dialed connections are registered too (without a cap) so that every open connection can
+//!   be re-checked when the credentials change or a certificate expires.
 //! * **Bytes.** A frame's length is reserved, when its header arrives, from the budget of the
 //!   sender's identity (`identity_inbound_bytes_max`) and, for clients, from the budget of all
 //!   clients together (`clients_inbound_bytes_max`); the reservation is held until the
@@ -14,7 +15,9 @@
 //!   a header that announces a large frame costs its sender budget, not the node memory.
 
 use crate::identity::Identity;
+use crate::tls::{Trust, Usage};
 use quinn::{Connection, VarInt};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -41,6 +44,8 @@ struct Entry {
     conn: Connection,
     identity: Identity,
     inbound: bool,
+    /// Earliest `notAfter` of the peer's chain (Unix seconds).
+    not_after_unix: i64,
 }
 
 struct PerIdentity {
@@ -103,6 +108,19 @@ impl Drop for Registered {
     }
 }
 
+/// The certificate chain a connection's peer presented.
+fn peer_chain(conn: &Connection) -> Option<Vec<CertificateDer<'static>>> {
+    conn.peer_identity().and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok()).map(|c| *c)
+}
+
+/// The earliest `notAfter` over a connection's peer chain (`i64::MAX` if unreadable: the
+/// handshake verified it, and a re-check after a reload still covers it).
+fn not_after_unix(conn: &Connection) -> i64 {
+    peer_chain(conn)
+        .and_then(|chain| chain.iter().filter_map(|c| crate::der::validity_unix(c).map(|(_, n)| n)).min())
+        .unwrap_or(i64::MAX)
+}
+
 impl Table {
     pub(crate) fn new(limits: TableLimits) -> Arc<Table> {
         Arc::new(Table { limits, inner: Mutex::new(Inner::default()) })
@@ -154,7 +172,12 @@ impl Table {
         }
         let id = inner.next;
         inner.next += 1;
-        let entry = Entry { conn: conn.clone(), identity: identity.clone(), inbound: true };
+        let entry = Entry {
+            conn: conn.clone(),
+            identity: identity.clone(),
+            inbound: true,
+            not_after_unix: not_after_unix(conn),
+        };
         inner.entries.insert(id, entry);
         inner.inbound += 1;
         let bytes = self.limits.identity_inbound_bytes_max as usize;
@@ -176,7 +199,12 @@ impl Table {
         let mut inner = self.lock();
         let id = inner.next;
         inner.next += 1;
-        let entry = Entry { conn: conn.clone(), identity: identity.clone(), inbound: false };
+        let entry = Entry {
+            conn: conn.clone(),
+            identity: identity.clone(),
+            inbound: false,
+            not_after_unix: not_after_unix(conn),
+        };
         inner.entries.insert(id, entry);
         Registered { table: self.clone(), id }
     }
@@ -194,5 +222,49 @@ impl Table {
         // An identity without connections is forgotten once nothing holds its budget (a
         // message still waiting in the inbox or a request not yet answered keeps it).
         inner.identities.retain(|_, p| !p.ids.is_empty() || Arc::strong_count(&p.budget) > 1);
+    }
+
+    /// The open connections (identity, connection, how its peer authenticated).
+    fn snapshot(&self) -> Vec<(Identity, Connection, Usage, i64)> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| {
+                // An inbound peer authenticated as a TLS client; a dialed one as a server.
+                let usage = if e.inbound { Usage::Client } else { Usage::Server };
+                (e.identity.clone(), e.conn.clone(), usage, e.not_after_unix)
+            })
+            .collect()
+    }
+
+    /// Closes every connection whose peer certificate chain no longer verifies against
+    /// `trust` at `now` (revoked, expired, or from a CA no longer trusted). Returns the
+    /// identities closed, with why.
+    pub(crate) fn recheck(&self, trust: &Trust, now: UnixTime) -> Vec<(Identity, String)> {
+        let mut closed = Vec::new();
+        for (identity, conn, usage, _) in self.snapshot() {
+            let verdict = match peer_chain(&conn) {
+                Some(chain) => trust.verify(&chain, usage, now).map_err(|e| e.to_string()),
+                None => Err("no peer certificate".to_string()),
+            };
+            if let Err(reason) = verdict {
+                conn.close(VarInt::from_u32(crate::transport::codes::REFUSED), b"certificate no longer valid");
+                closed.push((identity, reason));
+            }
+        }
+        closed
+    }
+
+    /// Closes every connection whose peer's chain has expired by `now_unix` (cheap: no
+    /// signature check). Returns the identities closed.
+    pub(crate) fn expire(&self, now_unix: i64) -> Vec<Identity> {
+        let mut closed = Vec::new();
+        for (identity, conn, _, not_after) in self.snapshot() {
+            if not_after < now_unix {
+                conn.close(VarInt::from_u32(crate::transport::codes::REFUSED), b"certificate expired");
+                closed.push(identity);
+            }
+        }
+        closed
     }
 }

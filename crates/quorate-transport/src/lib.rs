@@ -75,7 +75,7 @@ pub use identity::{
 };
 pub use message::{MessageError, RawMessage, WireMessage, decode_message, encode_message};
 #[cfg(feature = "net")]
-pub use tls::{Credentials, TlsError, TlsPaths};
+pub use tls::{CRL_FILE_BYTES_MAX, Credentials, TlsError, TlsPaths};
 #[cfg(feature = "net")]
 pub use transport::{
     AUDIT_TARGET, Client, ClientOptions, Inbox, Incoming, PeerStats, REQUEST_PAYLOAD_BYTES_DEFAULT, Request, SendError,

@@ -13,6 +13,7 @@ use crate::tls::{Credentials, IdentityOf, TlsError, identity_of};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use quorate_log::NodeId;
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::UnixTime;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -629,15 +630,27 @@ impl<M: WireMessage> Transport<M> {
         self.ctx.conns.inbound()
     }
 
-    /// Re-reads the certificate files and serves new connections with them.
+    /// Re-reads the certificate files (and revocation lists), serves new connections with
+    /// them, and closes every open connection whose peer no longer verifies (see
+    /// [`Transport::recheck_connections`]). A refused reload keeps everything as it was.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
         self.ctx.credentials.reload()?;
         self.ctx.endpoint.set_server_config(Some(server_config(&self.ctx.credentials, &self.ctx.quic)));
+        recheck(&self.ctx);
         Ok(())
     }
 
-    /// Polls the certificate files' modification times every `every` and reloads on change
-    /// (a failed reload is logged and retried at the next change).
+    /// Closes every open connection, inbound or dialed, whose peer's certificate chain no
+    /// longer verifies against the credentials in force: revoked by a revocation list,
+    /// expired, or issued by a CA no longer in the bundle. Each is an audit event. Returns
+    /// how many were closed.
+    pub fn recheck_connections(&self) -> usize {
+        recheck(&self.ctx)
+    }
+
+    /// Every `every`: reloads the certificate files if any changed (a refused reload is
+    /// logged, counted, and retried at the next change), re-checks every open connection after
+    /// a reload, and closes connections whose peer certificate has expired.
     pub fn watch_tls(&self, every: Duration) {
         let ctx = self.ctx.clone();
         let task = tokio::spawn(async move {
@@ -647,6 +660,13 @@ impl<M: WireMessage> Transport<M> {
                 tick.tick().await;
                 if let Ok(true) = ctx.credentials.reload_if_changed() {
                     ctx.endpoint.set_server_config(Some(server_config(&ctx.credentials, &ctx.quic)));
+                    recheck(&ctx);
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                for who in ctx.conns.expire(now) {
+                    audit_refused(&ctx.refusals, &who, "recheck", &"certificate expired; connection closed");
                 }
             }
         });
@@ -696,6 +716,14 @@ fn client_config(credentials: &Credentials, quic: &Arc<quinn::TransportConfig>) 
     let mut client = quinn::ClientConfig::new(credentials.quic_client_crypto());
     client.transport_config(quic.clone());
     client
+}
+
+fn recheck<M>(ctx: &Ctx<M>) -> usize {
+    let closed = ctx.conns.recheck(&ctx.credentials.trust(), UnixTime::now());
+    for (who, reason) in &closed {
+        audit_refused(&ctx.refusals, who, "recheck", &format!("{reason}; connection closed"));
+    }
+    closed.len()
 }
 
 enum Either<A, B> {

@@ -518,6 +518,7 @@ fn rotated_certificate_is_served_after_reload_without_restart() {
         assert!(t1.credentials().seconds_until_earliest_expiry() <= 86_400);
     });
 }
+
 /// A QUIC connection to `addr` with `creds`, or the error that ended its handshake.
 async fn try_connect(creds: &Credentials, addr: SocketAddr) -> Result<quinn::Connection, quinn::ConnectionError> {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
