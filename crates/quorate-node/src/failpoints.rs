@@ -9,6 +9,8 @@
 //! slow_disk_ms = 200   # delay every persist completion (a slow fsync) by this much
 //! disk_full = true     # the free-space check reports "below the floor": writes are refused
 //! clock_rate = 0.5     # the node's monotonic clock runs at this rate (0.01..=100)
+//! slow_resolve_ms = 3000  # every resolution of a member's address takes this much longer
+//! slow_apply_ms = 50   # the apply thread takes this much longer over every message
 //! ```
 //!
 //! * **Slow disk**: the delay runs on the group committer's writer thread after each group's
@@ -16,6 +18,11 @@
 //!   exactly a slow fsync: nothing in the group counts as persisted, and no later group is
 //!   written, until it passes.
 //! * **Disk full**: the write path's free-space check fails, as on a full disk.
+//! * **Slow name resolution**: resolving a member's address (`member add`, an address learned
+//!   from the log, the peers at start) waits this long first, as a DNS server that does not
+//!   answer would make it.
+//! * **Slow apply**: the apply thread sleeps this long before handling each message from the
+//!   driver (entries, reads, snapshots), as a large scan or a slow disk would make it.
 //! * **Clock**: the time the driver feeds the core (elections, heartbeats, leases) runs at
 //!   `clock_rate` from the moment the rate is read; it stays monotonic. A leader whose clock is
 //!   slow believes its lease for longer than the other nodes wait before electing a new leader,
@@ -52,11 +59,22 @@ pub struct Settings {
     /// Send this node's applied-hash samples to its peers with one bit flipped: their
     /// cross-replica check must report a `cross_replica_hash` violation.
     pub corrupt_hash_samples: bool,
+    /// Delay before each resolution of a member's address, in milliseconds (0: off).
+    pub slow_resolve_ms: u64,
+    /// Delay of the apply thread before each message it handles, in milliseconds (0: off).
+    pub slow_apply_ms: u64,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { slow_disk_ms: 0, disk_full: false, clock_rate: 1.0, corrupt_hash_samples: false }
+        Settings {
+            slow_disk_ms: 0,
+            disk_full: false,
+            clock_rate: 1.0,
+            corrupt_hash_samples: false,
+            slow_resolve_ms: 0,
+            slow_apply_ms: 0,
+        }
     }
 }
 
@@ -87,11 +105,17 @@ impl Settings {
     pub fn parse(text: &str, path: &Path) -> Result<Settings, FailpointError> {
         let s: Settings = toml::from_str(text)
             .map_err(|e| FailpointError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
-        if s.slow_disk_ms > SLOW_DISK_MS_MAX {
-            return Err(FailpointError::Range {
-                path: path.to_path_buf(),
-                detail: format!("slow_disk_ms must be at most {SLOW_DISK_MS_MAX}"),
-            });
+        for (name, ms) in [
+            ("slow_disk_ms", s.slow_disk_ms),
+            ("slow_resolve_ms", s.slow_resolve_ms),
+            ("slow_apply_ms", s.slow_apply_ms),
+        ] {
+            if ms > SLOW_DISK_MS_MAX {
+                return Err(FailpointError::Range {
+                    path: path.to_path_buf(),
+                    detail: format!("{name} must be at most {SLOW_DISK_MS_MAX}"),
+                });
+            }
         }
         if !(0.01..=100.0).contains(&s.clock_rate) {
             return Err(FailpointError::Range {
@@ -119,6 +143,8 @@ struct Inner {
     slow_disk_ms: AtomicU64,
     disk_full: AtomicBool,
     corrupt_hash_samples: AtomicBool,
+    slow_resolve_ms: AtomicU64,
+    slow_apply_ms: AtomicU64,
     clock: Mutex<Clock>,
 }
 
@@ -143,6 +169,8 @@ impl Failpoints {
                 slow_disk_ms: AtomicU64::new(0),
                 disk_full: AtomicBool::new(false),
                 corrupt_hash_samples: AtomicBool::new(false),
+                slow_resolve_ms: AtomicU64::new(0),
+                slow_apply_ms: AtomicU64::new(0),
                 clock: Mutex::new(clock),
             }),
         }
@@ -180,6 +208,8 @@ impl Failpoints {
         self.inner.slow_disk_ms.store(s.slow_disk_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.disk_full.store(s.disk_full, Ordering::Relaxed);
         self.inner.corrupt_hash_samples.store(s.corrupt_hash_samples, Ordering::Relaxed);
+        self.inner.slow_resolve_ms.store(s.slow_resolve_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
+        self.inner.slow_apply_ms.store(s.slow_apply_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
             c.pending = Some(s.clock_rate.clamp(0.01, 100.0));
@@ -200,6 +230,21 @@ impl Failpoints {
     pub fn before_persist_completion(&self) {
         if let Some(d) = self.fsync_delay() {
             std::thread::sleep(d);
+        }
+    }
+
+    /// The slow-resolution delay, if that fault is on.
+    #[must_use]
+    pub fn resolve_delay(&self) -> Option<Duration> {
+        let ms = if self.inner.enabled { self.inner.slow_resolve_ms.load(Ordering::Relaxed) } else { 0 };
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// Sleeps for the slow-apply delay, if on (call on the apply thread only).
+    pub fn before_apply(&self) {
+        let ms = if self.inner.enabled { self.inner.slow_apply_ms.load(Ordering::Relaxed) } else { 0 };
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
         }
     }
 
@@ -283,7 +328,15 @@ mod tests {
     #[test]
     fn disabled_failpoints_never_fire() {
         let fp = Failpoints::disabled();
-        fp.apply(&Settings { slow_disk_ms: 100, disk_full: true, clock_rate: 2.0, corrupt_hash_samples: true });
+        fp.apply(&Settings {
+            slow_disk_ms: 100,
+            disk_full: true,
+            clock_rate: 2.0,
+            corrupt_hash_samples: true,
+            slow_resolve_ms: 5,
+            slow_apply_ms: 5,
+        });
+        assert_eq!(fp.resolve_delay(), None);
         assert!(!fp.disk_full());
         assert!(!fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), None);
@@ -297,7 +350,19 @@ mod tests {
         let s =
             Settings::parse("slow_disk_ms = 5\ndisk_full = true\nclock_rate = 0.5\ncorrupt_hash_samples = true\n", p)
                 .unwrap();
-        assert_eq!(s, Settings { slow_disk_ms: 5, disk_full: true, clock_rate: 0.5, corrupt_hash_samples: true });
+        assert_eq!(
+            s,
+            Settings {
+                slow_disk_ms: 5,
+                disk_full: true,
+                clock_rate: 0.5,
+                corrupt_hash_samples: true,
+                ..Settings::default()
+            }
+        );
+        let s = Settings::parse("slow_resolve_ms = 3000\nslow_apply_ms = 50\n", p).unwrap();
+        assert_eq!((s.slow_resolve_ms, s.slow_apply_ms), (3000, 50));
+        assert!(Settings::parse("slow_resolve_ms = 999999", p).is_err());
         assert_eq!(Settings::parse("", p).unwrap(), Settings::default());
         assert!(Settings::parse("slow_disk = 5", p).unwrap_err().to_string().contains("slow_disk"));
         assert!(Settings::parse("clock_rate = 0", p).unwrap_err().to_string().contains("clock_rate"));
@@ -319,7 +384,15 @@ mod tests {
         fp.apply(&Settings::default());
         assert_eq!(fp.clock(s(16)), s(14));
         assert_eq!(fp.clock(s(18)), s(16));
-        fp.apply(&Settings { slow_disk_ms: 7, disk_full: true, clock_rate: 1.0, corrupt_hash_samples: true });
+        fp.apply(&Settings {
+            slow_disk_ms: 7,
+            disk_full: true,
+            clock_rate: 1.0,
+            corrupt_hash_samples: true,
+            slow_resolve_ms: 9,
+            slow_apply_ms: 0,
+        });
+        assert_eq!(fp.resolve_delay(), Some(Duration::from_millis(9)));
         assert!(fp.disk_full());
         assert!(fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), Some(Duration::from_millis(7)));

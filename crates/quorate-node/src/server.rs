@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub(crate) log_time_ms: AtomicU64,
     pub(crate) backups_dir: PathBuf,
     pub(crate) telemetry: Arc<crate::telemetry::NodeTelemetry>,
+    /// Injected faults (off unless `limits.danger_failpoints`).
+    pub(crate) failpoints: crate::failpoints::Failpoints,
 }
 
 impl Shared {
@@ -151,7 +153,7 @@ impl Shared {
             a.insert(id, addr.clone()).as_deref() != Some(addr.as_str())
         };
         if changed && id != self.id {
-            match resolve_blocking(&addr) {
+            match resolve_blocking(&addr, &self.failpoints) {
                 Some(sa) => {
                     let _g = self.handle.enter();
                     self.transport.add_peer(id, sa);
@@ -163,8 +165,11 @@ impl Shared {
     }
 }
 
-fn resolve_blocking(addr: &str) -> Option<SocketAddr> {
+fn resolve_blocking(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Option<SocketAddr> {
     use std::net::ToSocketAddrs;
+    if let Some(d) = failpoints.resolve_delay() {
+        std::thread::sleep(d);
+    }
     if let Ok(sa) = addr.parse() {
         return Some(sa);
     }
@@ -256,7 +261,10 @@ fn node_id(raw: u64) -> Result<NodeId, ServerError> {
     NodeId::new(raw).ok_or_else(|| ServerError::Fatal(format!("invalid node id {raw}")))
 }
 
-async fn resolve(addr: &str) -> Option<SocketAddr> {
+async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Option<SocketAddr> {
+    if let Some(d) = failpoints.resolve_delay() {
+        tokio::time::sleep(d).await;
+    }
     if let Ok(sa) = addr.parse() {
         return Some(sa);
     }
@@ -401,11 +409,12 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     addrs.extend(crate::sm::member_addrs(&*store)?);
     addrs.insert(id, config.listen.to_string());
+    let failpoints = crate::failpoints::Failpoints::start(&data_dir, config.limits.danger_failpoints);
     for (&p, a) in &addrs {
         if p == id {
             continue;
         }
-        match resolve(a).await {
+        match resolve(a, &failpoints).await {
             Some(sa) => transport.add_peer(p, sa),
             None => tracing::warn!(node = %p, addr = %a, "cannot resolve peer address"),
         }
@@ -424,6 +433,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         log_time_ms: AtomicU64::new(crate::sm::log_time_ms(&*store)?),
         backups_dir,
         telemetry: telemetry.clone(),
+        failpoints: failpoints.clone(),
     });
     crate::versions::sync_transport(&shared);
 
@@ -439,7 +449,6 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let committer = GroupCommitter::new(store.clone(), GroupOptions::default())?;
     let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
 
-    let config_failpoints = config.limits.danger_failpoints;
     let halt = config.telemetry.halt_on_invariant_violation;
     let mut obs = crate::telemetry::Observer::new(telemetry.clone(), raft.term().0, raft.commit_index().0, halt);
     obs.trace_every(config.telemetry.trace_proposals_every);
@@ -464,7 +473,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         staging_dir,
         obs,
         disk: (Instant::now(), true),
-        failpoints: crate::failpoints::Failpoints::start(&data_dir, config_failpoints),
+        failpoints,
         gate,
         auto_finalize: crate::versions::AutoFinalize::new(bootstrap_version, Instant::now()),
     };
@@ -1129,7 +1138,7 @@ impl Driver {
             responder.send(Err(ApiError::Refused(format!("node {new} is already a member"))), None);
             return Ok(());
         }
-        let Some(sa) = resolve(&addr).await else {
+        let Some(sa) = resolve(&addr, &self.failpoints).await else {
             responder.send(Err(ApiError::InvalidRequest(format!("cannot resolve address {addr:?}"))), None);
             return Ok(());
         };
