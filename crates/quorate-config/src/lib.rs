@@ -208,6 +208,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// This node's private key.
     pub key: PathBuf,
+    /// Certificate revocation lists of the cluster CA (files of PEM `X509 CRL` blocks, or one
+    /// DER CRL), at most 16. Re-read with the certificates: a node or client whose certificate
+    /// is listed is refused, and its open connections are closed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
 }
 
 /// Consensus settings.
@@ -375,7 +380,8 @@ impl NodeConfig {
 
     /// Makes relative paths absolute against `base` (the config file's directory).
     pub fn resolve_relative(&mut self, base: &Path) {
-        for p in [&mut self.data_dir, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key] {
+        let files = [&mut self.data_dir, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key];
+        for p in files.into_iter().chain(self.tls.crls.iter_mut()) {
             if p.is_relative() && !base.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
@@ -443,6 +449,9 @@ impl NodeConfig {
         // checked here so that a name the node cannot use is refused before anything starts.
         if let Err(e) = quorate_transport::ClusterId::new(&self.cluster) {
             return Err(invalid("cluster", e.to_string()));
+        }
+        if self.tls.crls.len() > quorate_transport::CRL_FILES_MAX {
+            return Err(invalid("tls.crls", format!("at most {} files", quorate_transport::CRL_FILES_MAX)));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must name a directory (it is created if missing)"));
