@@ -49,6 +49,9 @@ const APPLY_QUEUE: usize = 256;
 const PERSIST_QUEUE: usize = 8192;
 /// Snapshot stream chunk size.
 const CHUNK_BYTES: usize = 512 * 1024;
+/// How often the TLS files are checked for changes (and open connections for expired
+/// certificates).
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Snapshot stream rate limit (bytes per second).
 const SNAPSHOT_RATE: u64 = 64 << 20;
 /// Largest snapshot file accepted from a leader.
@@ -375,12 +378,9 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(|e| ServerError::Core(e.to_string()))?;
 
     // Transport.
-    let credentials = Credentials::load(TlsPaths {
-        ca: config.tls.ca.clone(),
-        cert: config.tls.cert.clone(),
-        key: config.tls.key.clone(),
-    })
-    .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
+    let paths = TlsPaths { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() };
+    let credentials = Credentials::load_with_crls(paths, config.tls.crls.clone())
+        .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
     let cluster = ClusterId::new(&config.cluster).map_err(|e| ServerError::Fatal(format!("cluster: {e}")))?;
     let credentials = Arc::new(credentials);
     let tconfig = TransportConfig::new(cluster, id, config.listen);
@@ -399,7 +399,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     };
     let transport = Arc::new(transport);
-    transport.watch_tls(Duration::from_secs(10));
+    transport.watch_tls(TLS_WATCH_INTERVAL);
     tracing::info!(node = %id, addr = %transport.local_addr(), applied = %applied_index, "listening");
 
     // Addresses: bootstrap peers, overridden by what the log recorded.
