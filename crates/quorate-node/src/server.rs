@@ -555,6 +555,14 @@ fn apply_stopped() -> ServerError {
     ServerError::Fatal("the apply thread stopped".into())
 }
 
+/// A peer's message dropped: counted by reason, logged at debug (a removed node may keep
+/// sending for a long time).
+fn refused_peer(from: NodeId, reason: &'static str, what: &str) {
+    use quorate_telemetry::names as n;
+    metrics::counter!(n::PEER_MESSAGES_REFUSED_TOTAL, n::LABEL_REASON => reason).increment(1);
+    tracing::debug!(peer = %from, reason, "peer message dropped: {what}");
+}
+
 impl Driver {
     fn now(&self) -> quorate_core::Instant {
         quorate_core::Instant(self.failpoints.clock(self.start.elapsed()).as_nanos().min(u128::from(u64::MAX)) as u64)
@@ -725,24 +733,58 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether consensus traffic from `from` is accepted: a member of this node's
+    /// configuration (voters of both halves, learners), or the leader this node follows in its
+    /// term (a leader that removed itself keeps leading until its removal commits), or, while
+    /// this node has no configuration yet (it is joining), one of its configured peers. Any
+    /// other holder of a node certificate of the cluster — a removed node — is ignored.
+    fn peer_allowed(&self, from: NodeId) -> bool {
+        let c = self.raft.configuration();
+        if c.is_voter(from) || c.is_learner(from) || self.raft.leader() == Some(from) {
+            return true;
+        }
+        let unconfigured = c.voters.is_empty() && c.voters_outgoing.is_empty() && c.learners.is_empty();
+        unconfigured && self.config.peers.contains_key(&from.get())
+    }
+
     async fn on_incoming(&mut self, m: Incoming<NodeMessage>) -> Result<(), ServerError> {
+        use quorate_telemetry::names::peer_refused;
         match m {
-            Incoming::Peer { from, message, .. } => match message {
-                NodeMessage::Raft(msg) => {
-                    if msg.from != from {
-                        tracing::warn!(peer = %from, claimed = %msg.from, "message claims another sender; dropped");
-                        return Ok(());
-                    }
-                    if self.raft.leader() == Some(from) {
-                        self.last_leader_contact = Some(Instant::now());
-                    }
-                    let now = self.now();
-                    self.raft.handle_message(now, msg);
+            Incoming::Peer { from, message, .. } => {
+                if !self.peer_allowed(from) {
+                    refused_peer(from, peer_refused::NOT_MEMBER, "not a member of the configuration");
+                    return Ok(());
                 }
-                NodeMessage::SnapshotChunk(c) => self.on_chunk(from, c),
-                NodeMessage::HashSamples(s) => self.obs.hash_samples_from(self.shared.id, from, &s),
-                _ => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
-            },
+                match message {
+                    NodeMessage::Raft(msg) => {
+                        if msg.from != from {
+                            tracing::warn!(peer = %from, claimed = %msg.from, "message claims another sender; dropped");
+                            return Ok(());
+                        }
+                        // Only the leader of this node's term hands leadership over.
+                        let from_leader = self.raft.leader() == Some(from) && msg.term == self.raft.term();
+                        if matches!(msg.body, quorate_core::MessageBody::TimeoutNow) && !from_leader {
+                            refused_peer(from, peer_refused::NOT_LEADER, "TimeoutNow not from the current leader");
+                            return Ok(());
+                        }
+                        if self.raft.leader() == Some(from) {
+                            self.last_leader_contact = Some(Instant::now());
+                        }
+                        let now = self.now();
+                        self.raft.handle_message(now, msg);
+                    }
+                    NodeMessage::SnapshotChunk(c) => self.on_chunk(from, c),
+                    NodeMessage::HashSamples(s) => {
+                        let c = self.raft.configuration();
+                        if c.is_voter(from) || c.is_learner(from) {
+                            self.obs.hash_samples_from(self.shared.id, from, &s);
+                        } else {
+                            refused_peer(from, peer_refused::NOT_MEMBER, "hash samples from a non-member");
+                        }
+                    }
+                    _ => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
+                }
+            }
             Incoming::Request(req) => self.on_request(req).await?,
             _ => {}
         }

@@ -265,6 +265,9 @@ impl Observer {
         for reason in n::election::ALL {
             metrics::counter!(n::ELECTIONS_TOTAL, n::LABEL_REASON => *reason).increment(0);
         }
+        for reason in n::peer_refused::ALL {
+            metrics::counter!(n::PEER_MESSAGES_REFUSED_TOTAL, n::LABEL_REASON => *reason).increment(0);
+        }
         metrics::counter!(n::TLS_RELOAD_FAILURES_TOTAL).increment(0);
         Observer {
             tel,
