@@ -267,6 +267,11 @@ pub struct LimitsConfig {
     /// Memory for the flight recorder of the consensus core's inputs, in MiB (the base log
     /// capture may take as much again); 0 turns it off. See docs/operations.md.
     pub flight_recorder_mb: u64,
+    /// Largest snapshot a follower accepts from its leader, in MiB. A transfer also needs
+    /// twice its size free on disk (the staged file and its copy) above `free_space_floor_mb`.
+    pub snapshot_staging_mb: u64,
+    /// Rate at which a leader streams a snapshot to one follower, in MiB per second.
+    pub snapshot_rate_mb_per_sec: u64,
 }
 
 impl Default for LimitsConfig {
@@ -277,9 +282,16 @@ impl Default for LimitsConfig {
             danger_skip_fsync: false,
             danger_failpoints: false,
             flight_recorder_mb: 64,
+            snapshot_staging_mb: 64 * 1024,
+            snapshot_rate_mb_per_sec: 64,
         }
     }
 }
+
+/// Largest `limits.snapshot_staging_mb` (16 TiB).
+pub const SNAPSHOT_STAGING_MB_MAX: u64 = 16 * 1024 * 1024;
+/// Largest `limits.snapshot_rate_mb_per_sec`.
+pub const SNAPSHOT_RATE_MB_PER_SEC_MAX: u64 = 100_000;
 
 /// Command-line overrides (highest precedence). `None` leaves the setting alone.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -538,6 +550,16 @@ impl NodeConfig {
         if self.limits.pending_requests_max == 0 {
             return Err(invalid("limits.pending_requests_max", "must be at least 1"));
         }
+        let l = &self.limits;
+        if !(1..=SNAPSHOT_STAGING_MB_MAX).contains(&l.snapshot_staging_mb) {
+            return Err(invalid("limits.snapshot_staging_mb", format!("must be 1..={SNAPSHOT_STAGING_MB_MAX}")));
+        }
+        if !(1..=SNAPSHOT_RATE_MB_PER_SEC_MAX).contains(&l.snapshot_rate_mb_per_sec) {
+            return Err(invalid(
+                "limits.snapshot_rate_mb_per_sec",
+                format!("must be 1..={SNAPSHOT_RATE_MB_PER_SEC_MAX}"),
+            ));
+        }
         Ok(())
     }
 
@@ -636,6 +658,8 @@ danger_skip_fsync = false
             ("raft.compaction_tail_entries", |c, v| c.raft.compaction_tail_entries = v),
             ("limits.free_space_floor_mb", |c, v| c.limits.free_space_floor_mb = v),
             ("limits.flight_recorder_mb", |c, v| c.limits.flight_recorder_mb = v),
+            ("limits.snapshot_staging_mb", |c, v| c.limits.snapshot_staging_mb = v),
+            ("limits.snapshot_rate_mb_per_sec", |c, v| c.limits.snapshot_rate_mb_per_sec = v),
             ("limits.pending_requests_max", |c, v| c.limits.pending_requests_max = v as usize),
             ("telemetry.trace_proposals_every", |c, v| c.telemetry.trace_proposals_every = v),
         ];

@@ -3,6 +3,8 @@
 //!
 //! * peers are members: a node certificate of the cluster is not enough to force an
 //!   election, stream snapshot chunks or halt a node with hash samples;
+//! * snapshot transfers: partial files do not survive a restart, a snapshot over the staging
+//!   limit is refused, a deposed leader stops streaming;
 //! * certificate revocation lists cut a revoked client off, and a certificate reload refuses an
 //!   expired certificate and keeps the old one;
 //! * the consensus driver keeps its heartbeats going while the apply thread is slow or a member
@@ -509,4 +511,112 @@ async fn slow_name_resolution_stalls_neither_the_driver_nor_the_apply_thread() {
     }
     admin.close();
     writer.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_snapshot_transfer_does_not_survive_a_restart() {
+    let mut c = Cluster::new(1, 0, |_| {});
+    // What a node killed in the middle of receiving a snapshot leaves behind.
+    let stale = c.config(1).data_dir.join("staging").join("incoming-9-1.part");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, vec![0xab; 4096]).unwrap();
+    c.spawn(1);
+    c.leader(&[1]).await;
+    assert!(!stale.exists(), "a partial snapshot file survived the restart");
+}
+
+/// Raft settings under which a new member must be sent a snapshot: the log is compacted every
+/// 100 entries down to 10.
+fn snapshotting(cfg: &mut NodeConfig) {
+    cfg.raft.snapshot_entries = 100;
+    cfg.raft.compaction_tail_entries = 10;
+}
+
+/// 300 writes of 8 KiB (2.4 MB of state), and the leader's snapshot past them.
+async fn fill_and_compact(c: &Cluster, members: &[u64]) -> (u64, LogIndex) {
+    let writer = Arc::new(c.client("writer", members));
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..10 {
+        let w = writer.clone();
+        tasks.spawn(async move {
+            for i in 0..30 {
+                w.put(format!("big-{t}-{i}"), vec![b'x'; 8 * 1024]).await.expect("put");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("writer task");
+    }
+    writer.close();
+    let (leader, _) = c.leader(members).await;
+    let admin = c.client("admin", members);
+    let snapshot = eventually("the leader's snapshot past the writes", async || {
+        let s = admin.status(nid(leader)).await.ok()?;
+        (s.snapshot_index.0 >= 300).then_some(s.snapshot_index)
+    })
+    .await;
+    admin.close();
+    (leader, snapshot)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_over_the_staging_limit_is_refused() {
+    let c = Cluster::start(3, 1, |cfg| {
+        snapshotting(cfg);
+        if cfg.id == 4 {
+            cfg.limits.snapshot_staging_mb = 1;
+        }
+    });
+    let (_, snapshot) = fill_and_compact(&c, &[1, 2, 3]).await;
+    let mut c = c;
+    c.spawn(4);
+    let admin = c.client("admin", &[1, 2, 3]);
+    admin.member_add(nid(4), c.config(4).listen).await.expect("member add");
+    // The leader can only send node 4 a snapshot of 2.4 MB; node 4 takes at most 1 MiB.
+    eventually("node 4 to refuse the snapshot", async || {
+        let m = c.scrape(4)?;
+        (m.or_zero(&format!("{}{{reason=\"snapshot_too_large\"}}", n::PEER_MESSAGES_REFUSED_TOTAL)) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let s = c.client("admin", &[4]).status(nid(4)).await.expect("status");
+    assert!(s.applied < snapshot, "node 4 installed a snapshot over its limit: {s:?}");
+    let staged: Vec<_> = std::fs::read_dir(c.config(4).data_dir.join("staging")).unwrap().flatten().collect();
+    assert!(staged.is_empty(), "a refused snapshot left files: {staged:?}");
+    admin.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_stops_streaming_its_snapshot() {
+    // 1 MiB/s: the 2.4 MB snapshot takes over two seconds to stream.
+    let c = Cluster::start(3, 1, |cfg| {
+        snapshotting(cfg);
+        cfg.limits.snapshot_rate_mb_per_sec = 1;
+    });
+    let (leader, snapshot) = fill_and_compact(&c, &[1, 2, 3]).await;
+    let mut c = c;
+    c.spawn(4);
+    let admin = c.client("admin", &[1, 2, 3]);
+    admin.member_add(nid(4), c.config(4).listen).await.expect("member add");
+    eventually("node 4 to start receiving the snapshot", async || {
+        let staged = std::fs::read_dir(c.config(4).data_dir.join("staging")).ok()?;
+        (staged.flatten().count() > 0).then_some(())
+    })
+    .await;
+    // Leadership moves in the middle of the stream.
+    let next = (1..=3).find(|&i| i != leader).unwrap();
+    admin.leader_transfer(Some(nid(next))).await.expect("leader transfer");
+    eventually("the deposed leader to abort its stream", async || {
+        c.log(leader).contains("snapshot stream aborted").then_some(())
+    })
+    .await;
+    // The new leader's transfer completes.
+    let probe = c.client("admin", &[4]);
+    eventually("node 4 to install a snapshot", async || {
+        let s = probe.status(nid(4)).await.ok()?;
+        (s.applied >= snapshot).then_some(())
+    })
+    .await;
+    probe.close();
+    admin.close();
 }
