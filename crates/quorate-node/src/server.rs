@@ -52,10 +52,9 @@ const CHUNK_BYTES: usize = 512 * 1024;
 /// How often the TLS files are checked for changes (and open connections for expired
 /// certificates).
 const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
-/// Snapshot stream rate limit (bytes per second).
-const SNAPSHOT_RATE: u64 = 64 << 20;
-/// Largest snapshot file accepted from a leader.
-const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
+/// Snapshot chunks waiting to be written to the staging file; a follower whose disk falls
+/// further behind the stream drops the transfer (the leader retries).
+const STAGING_QUEUE_CHUNKS: usize = 16;
 
 /// Why the node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -232,9 +231,16 @@ impl Responder {
 /// Events for the driver from other threads and tasks.
 pub(crate) enum Event {
     SnapshotTaken(SnapshotMeta, PathBuf),
-    SnapshotStaged { from: NodeId, term: Term, meta: SnapshotMeta, path: PathBuf },
-    SnapshotSendFailed(NodeId),
-    SnapshotSent(NodeId),
+    SnapshotStaged {
+        from: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        path: PathBuf,
+    },
+    /// A snapshot stream started in this term failed.
+    SnapshotSendFailed(NodeId, Term),
+    /// A snapshot stream started in this term completed.
+    SnapshotSent(NodeId, Term),
     Fatal(String),
 }
 
@@ -250,14 +256,23 @@ struct PendingRead {
     deadline: Instant,
 }
 
+/// A snapshot transfer being received: from the leader `from` in `term`. The chunks go to a
+/// writer on a blocking thread of its own through a bounded queue; dropping this ends the
+/// writer, which removes the partial file.
 struct Staging {
     from: NodeId,
     term: Term,
     meta: SnapshotMeta,
     total: u64,
     next: u64,
-    path: PathBuf,
-    file: std::fs::File,
+    chunks: mpsc::Sender<StageChunk>,
+}
+
+/// The next bytes of a staged file, for its writer; `last` when every byte was sent (the
+/// writer then syncs, verifies, hands the file to the store and tells the driver).
+struct StageChunk {
+    bytes: Vec<u8>,
+    last: bool,
 }
 
 fn node_id(raw: u64) -> Result<NodeId, ServerError> {
@@ -274,6 +289,21 @@ async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Opti
     match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(addr)).await {
         Ok(Ok(mut it)) => it.next(),
         _ => None,
+    }
+}
+
+/// Removes what a previous run left in the staging directory: only partial transfers live
+/// there (a completed one moves into the store's snapshot directory).
+fn clear_staging(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for ent in entries.flatten() {
+        let path = ent.path();
+        if path.is_file() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(file = %path.display(), "removed a partial snapshot transfer"),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove a partial snapshot"),
+            }
+        }
     }
 }
 
@@ -324,6 +354,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         std::fs::create_dir_all(d)
             .map_err(|e| ServerError::Storage(format!("cannot create directory {}: {e}", d.display())))?;
     }
+    clear_staging(&staging_dir);
 
     // Storage.
     let bootstrap = if config.join {
@@ -521,7 +552,9 @@ struct Driver {
     last_time_ms: u64,
     last_leader_contact: Option<Instant>,
     latest_snapshot: Option<(SnapshotMeta, PathBuf)>,
-    sending: HashMap<NodeId, tokio::task::AbortHandle>,
+    /// Snapshot streams to followers, with the term they were started in (aborted when this
+    /// node is no longer leader of that term).
+    sending: HashMap<NodeId, (Term, tokio::task::AbortHandle)>,
     staging: Option<Staging>,
     staging_dir: PathBuf,
     /// Metrics, traces and invariant checks.
@@ -540,7 +573,7 @@ impl Driver {
     /// Drops everything the driver holds, the apply channel and the committer first.
     fn stop(self) {
         let Driver { raft, committer, apply_tx, sending, shared, staging, .. } = self;
-        for (_, h) in sending {
+        for (_, (_, h)) in sending {
             h.abort();
         }
         drop(apply_tx);
@@ -578,6 +611,7 @@ impl Driver {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain_ready().await?;
+            self.abort_stale_snapshot_sends();
             self.obs.observe(&self.raft).map_err(ServerError::Core)?;
             self.raft.dump_on_violations(crate::invariants::violations_total());
             let wake = self.raft.poll_timeout().map_or_else(
@@ -600,6 +634,23 @@ impl Driver {
                 _ = sweep.tick() => self.sweep(),
             }
         }
+    }
+
+    /// Aborts the snapshot streams started in an earlier term, or while this node was leader
+    /// and no longer is: a deposed leader's stream must not run on beside the new leader's.
+    fn abort_stale_snapshot_sends(&mut self) {
+        if self.sending.is_empty() {
+            return;
+        }
+        let (term, leader) = (self.raft.term(), self.raft.role() == Role::Leader);
+        self.sending.retain(|to, (started, task)| {
+            let keep = leader && *started == term && !task.is_finished();
+            if !keep && !task.is_finished() {
+                task.abort();
+                tracing::info!(peer = %to, "snapshot stream aborted: no longer leader of its term");
+            }
+            keep
+        });
     }
 
     async fn drain_ready(&mut self) -> Result<(), ServerError> {
@@ -721,13 +772,18 @@ impl Driver {
                     }
                 }
             }
-            Event::SnapshotSendFailed(to) => {
-                self.sending.remove(&to);
-                self.raft.snapshot_send_failed(now, to);
+            Event::SnapshotSendFailed(to, term) => {
+                // A stream of an earlier term says nothing about the current one.
+                if self.sending.get(&to).is_some_and(|(t, _)| *t == term) {
+                    self.sending.remove(&to);
+                    self.raft.snapshot_send_failed(now, to);
+                }
             }
-            Event::SnapshotSent(to) => {
+            Event::SnapshotSent(to, term) => {
                 crate::telemetry::snapshot_sent();
-                self.sending.remove(&to);
+                if self.sending.get(&to).is_some_and(|(t, _)| *t == term) {
+                    self.sending.remove(&to);
+                }
             }
         }
         Ok(())
@@ -1205,8 +1261,11 @@ impl Driver {
     }
 
     fn start_snapshot_send(&mut self, to: NodeId, meta: SnapshotMeta) {
-        if self.sending.get(&to).is_some_and(|h| !h.is_finished()) {
-            return;
+        let term = self.raft.term();
+        match self.sending.get(&to) {
+            Some((started, h)) if *started == term && !h.is_finished() => return,
+            Some((_, h)) => h.abort(),
+            None => {}
         }
         let path = match &self.latest_snapshot {
             Some((m, p)) if *m == meta => p.clone(),
@@ -1217,78 +1276,159 @@ impl Driver {
                 return;
             }
         };
-        let term = self.raft.term();
         let transport = self.shared.transport.clone();
         let events = self.events_tx.clone();
+        let rate = self.config.limits.snapshot_rate_mb_per_sec.saturating_mul(1 << 20);
         tracing::info!(peer = %to, index = %meta.last.index, "sending snapshot");
         let task = tokio::spawn(async move {
-            let ev = match send_snapshot(&transport, to, term, meta, &path).await {
-                Ok(()) => Event::SnapshotSent(to),
+            let ev = match send_snapshot(&transport, to, term, meta, &path, rate).await {
+                Ok(()) => Event::SnapshotSent(to, term),
                 Err(e) => {
                     tracing::warn!(peer = %to, error = %e, "snapshot send failed");
-                    Event::SnapshotSendFailed(to)
+                    Event::SnapshotSendFailed(to, term)
                 }
             };
             let _ = events.send(ev).await;
         });
-        self.sending.insert(to, task.abort_handle());
+        self.sending.insert(to, (term, task.abort_handle()));
     }
 
+    /// A snapshot chunk. Accepted only from the leader this node follows, for its current
+    /// term (a chunk's own `term` is not trusted), and only as the next chunk of the transfer
+    /// that leader started at offset 0; a snapshot larger than `limits.snapshot_staging_mb`,
+    /// or than the free disk space allows, is refused at its first chunk. The bytes are written
+    /// by a staging writer off the driver; a chunk that does not continue the transfer is
+    /// dropped and the transfer left alone (the leader's stream is ordered; after a loss it
+    /// times out and starts again at offset 0).
     fn on_chunk(&mut self, from: NodeId, c: SnapshotChunk) {
+        use quorate_telemetry::names::peer_refused;
         let len = c.data.len() as u64;
         tracing::debug!(peer = %from, offset = c.offset, len, total = c.total, "snapshot chunk");
-        let bad = c.data.len() > quorate_api::limits::SNAPSHOT_CHUNK_BYTES_MAX
-            || c.total > SNAPSHOT_BYTES_MAX
-            || c.offset.checked_add(len).is_none_or(|end| end > c.total);
-        if bad {
-            tracing::warn!(peer = %from, "malformed snapshot chunk dropped");
+        let from_leader =
+            self.raft.leader() == Some(from) && c.term == self.raft.term() && self.raft.role() != Role::Leader;
+        if !from_leader {
+            refused_peer(from, peer_refused::NOT_LEADER, "snapshot chunk not from the current leader");
+            return;
+        }
+        // A transfer of a previous leader or term is over.
+        if self.staging.as_ref().is_some_and(|st| st.from != from || st.term != c.term) {
             self.staging = None;
+        }
+        let malformed = c.data.len() > quorate_api::limits::SNAPSHOT_CHUNK_BYTES_MAX
+            || c.offset.checked_add(len).is_none_or(|end| end > c.total);
+        if malformed {
+            tracing::warn!(peer = %from, "malformed snapshot chunk dropped");
             return;
         }
         if c.offset == 0 {
-            let path = self.staging_dir.join(format!("incoming-{from}.part"));
-            match std::fs::File::create(&path) {
-                Ok(file) => {
-                    self.staging =
-                        Some(Staging { from, term: c.term, meta: c.meta.clone(), total: c.total, next: 0, path, file });
+            // The leader starts (or starts again) a transfer.
+            self.staging = None;
+            let cap = self.config.limits.snapshot_staging_mb.saturating_mul(1 << 20);
+            if c.total > cap {
+                tracing::warn!(peer = %from, bytes = c.total, limit_bytes = cap,
+                    "snapshot larger than limits.snapshot_staging_mb refused");
+                refused_peer(from, peer_refused::SNAPSHOT_TOO_LARGE, "snapshot over the staging limit");
+                return;
+            }
+            // The staged file and its copy into the store, above the floor.
+            let floor = self.config.limits.free_space_floor_mb.saturating_mul(1 << 20);
+            let needed = c.total.saturating_mul(2).saturating_add(floor);
+            match quorate_storage::free_space_bytes(&self.staging_dir) {
+                Ok(free) if free >= needed => {}
+                Ok(free) => {
+                    tracing::warn!(peer = %from, bytes = c.total, free, needed,
+                        "not enough free disk space to receive a snapshot; refused");
+                    refused_peer(from, peer_refused::SNAPSHOT_TOO_LARGE, "snapshot over the free disk space");
+                    return;
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot measure free disk space; snapshot refused");
+                    return;
+                }
+            }
+            match self.start_staging(from, &c) {
+                Ok(st) => self.staging = Some(st),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot stage a snapshot");
                     return;
                 }
             }
         }
-        let Some(st) = self.staging.as_mut() else { return };
-        if st.from != from || st.meta != c.meta || st.total != c.total || st.next != c.offset || st.term != c.term {
-            // Out of order or from another stream: start over when the leader resends.
-            self.staging = None;
+        let Some(st) = self.staging.as_mut() else {
+            refused_peer(from, peer_refused::SNAPSHOT_OUT_OF_ORDER, "snapshot chunk without a transfer");
             return;
-        }
-        use std::io::Write;
-        if let Err(e) = st.file.write_all(&c.data) {
-            tracing::warn!(error = %e, "cannot write a snapshot chunk");
-            self.staging = None;
+        };
+        if st.meta != c.meta || st.total != c.total || st.next != c.offset {
+            refused_peer(from, peer_refused::SNAPSHOT_OUT_OF_ORDER, "snapshot chunk out of order");
             return;
         }
         st.next += len;
-        if st.next < st.total {
-            return;
+        let done = st.next == st.total;
+        if st.chunks.try_send(StageChunk { bytes: c.data, last: done }).is_err() {
+            // The disk falls behind the stream (or the writer failed): drop the transfer.
+            tracing::warn!(peer = %from, "snapshot staging cannot keep up with the stream; transfer dropped");
+            self.staging = None;
+        } else if done {
+            // The writer finishes on its own; a new transfer starts at offset 0.
+            self.staging = None;
         }
-        let Some(st) = self.staging.take() else { return };
-        let store = self.shared.store.clone();
-        let events = self.events_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let Staging { from, term, meta, path, file, .. } = st;
-            let r = file.sync_all().map_err(StoreError::from).and_then(|()| verify_and_store(&store, &path, &meta));
-            tracing::debug!(peer = %from, index = %meta.last.index, ok = r.is_ok(), "received snapshot verified");
-            let _ = std::fs::remove_file(&path);
-            match r {
-                Ok(p) => {
-                    let _ = events.blocking_send(Event::SnapshotStaged { from, term, meta, path: p });
+    }
+
+    /// Starts the staging writer of a transfer whose first chunk is `c`.
+    fn start_staging(&self, from: NodeId, c: &SnapshotChunk) -> std::io::Result<Staging> {
+        // A name of its own per transfer: the writer of a dropped transfer removes its file
+        // when it ends, possibly after the leader started the next one.
+        static TRANSFERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = TRANSFERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.staging_dir.join(format!("incoming-{from}-{}-{seq}.part", c.term.0));
+        let file = std::fs::File::create(&path)?;
+        let (tx, rx) = mpsc::channel(STAGING_QUEUE_CHUNKS);
+        let (store, events, term, meta) = (self.shared.store.clone(), self.events_tx.clone(), c.term, c.meta.clone());
+        tokio::task::spawn_blocking(move || stage(rx, file, &path, &store, &events, from, term, meta));
+        Ok(Staging { from, term: c.term, meta: c.meta.clone(), total: c.total, next: 0, chunks: tx })
+    }
+}
+
+/// The staging writer: writes the chunks it is sent; after the last one syncs the file,
+/// verifies it into the store's snapshot directory and tells the driver. The partial file is
+/// removed whatever happens (the verified copy lives in the store).
+#[allow(clippy::too_many_arguments)]
+fn stage(
+    mut rx: mpsc::Receiver<StageChunk>,
+    mut file: std::fs::File,
+    path: &Path,
+    store: &RocksStore,
+    events: &mpsc::Sender<Event>,
+    from: NodeId,
+    term: Term,
+    meta: SnapshotMeta,
+) {
+    use std::io::Write;
+    let outcome = loop {
+        match rx.blocking_recv() {
+            Some(StageChunk { bytes, last }) => {
+                if let Err(e) = file.write_all(&bytes) {
+                    break Some(Err(StoreError::from(e)));
                 }
-                Err(e) => tracing::warn!(peer = %from, error = %e, "received snapshot failed verification"),
+                if last {
+                    let r =
+                        file.sync_all().map_err(StoreError::from).and_then(|()| verify_and_store(store, path, &meta));
+                    break Some(r);
+                }
             }
-        });
+            // The driver dropped the transfer.
+            None => break None,
+        }
+    };
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    match outcome {
+        Some(Ok(p)) => {
+            tracing::debug!(peer = %from, index = %meta.last.index, "received snapshot verified");
+            let _ = events.blocking_send(Event::SnapshotStaged { from, term, meta, path: p });
+        }
+        Some(Err(e)) => tracing::warn!(peer = %from, error = %e, "received snapshot not staged"),
+        None => tracing::debug!(peer = %from, "snapshot transfer dropped; partial file removed"),
     }
 }
 
@@ -1312,6 +1452,7 @@ async fn send_snapshot(
     term: Term,
     meta: SnapshotMeta,
     path: &Path,
+    rate_bytes_per_sec: u64,
 ) -> Result<(), String> {
     use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("open {}: {e}", path.display()))?;
@@ -1336,8 +1477,8 @@ async fn send_snapshot(
             }
         }
         offset += want as u64;
-        // Rate limit: no faster than SNAPSHOT_RATE on average.
-        let due = Duration::from_secs_f64(offset as f64 / SNAPSHOT_RATE as f64);
+        // Rate limit: no faster than `limits.snapshot_rate_mb_per_sec` on average.
+        let due = Duration::from_secs_f64(offset as f64 / rate_bytes_per_sec.max(1) as f64);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }

@@ -119,7 +119,9 @@ impl Cluster {
                     data_dir: dir.join(format!("n{i}")),
                     join: i > members,
                     metrics_listen: Some(metrics[(i - 1) as usize]),
-                    peers: if i > members { [(1, addr(1).to_string())].into() } else { peers.clone() },
+                    // Every node lists the members (a joining node answers whichever leader
+                    // adds it: it must know its address).
+                    peers: peers.clone(),
                     tls: TlsConfig {
                         ca: paths.ca.clone(),
                         cert: paths.cert.clone(),
@@ -532,6 +534,19 @@ fn snapshotting(cfg: &mut NodeConfig) {
     cfg.raft.compaction_tail_entries = 10;
 }
 
+/// Adds node `id` as a learner, retrying while the leader refuses a change it could not
+/// commit yet (right after a write flood, a follower may not have been heard from recently).
+async fn add_member(admin: &quorate_client::Client, id: u64, addr: SocketAddr) {
+    eventually("the member add", async || match admin.member_add(nid(id), addr).await {
+        Ok(_) => Some(()),
+        Err(e) => {
+            eprintln!("member add: {e:?}; retrying");
+            None
+        }
+    })
+    .await;
+}
+
 /// 300 writes of 8 KiB (2.4 MB of state), and the leader's snapshot past them.
 async fn fill_and_compact(c: &Cluster, members: &[u64]) -> (u64, LogIndex) {
     let writer = Arc::new(c.client("writer", members));
@@ -571,7 +586,7 @@ async fn a_snapshot_over_the_staging_limit_is_refused() {
     let mut c = c;
     c.spawn(4);
     let admin = c.client("admin", &[1, 2, 3]);
-    admin.member_add(nid(4), c.config(4).listen).await.expect("member add");
+    add_member(&admin, 4, c.config(4).listen).await;
     // The leader can only send node 4 a snapshot of 2.4 MB; node 4 takes at most 1 MiB.
     eventually("node 4 to refuse the snapshot", async || {
         let m = c.scrape(4)?;
@@ -597,7 +612,7 @@ async fn a_deposed_leader_stops_streaming_its_snapshot() {
     let mut c = c;
     c.spawn(4);
     let admin = c.client("admin", &[1, 2, 3]);
-    admin.member_add(nid(4), c.config(4).listen).await.expect("member add");
+    add_member(&admin, 4, c.config(4).listen).await;
     eventually("node 4 to start receiving the snapshot", async || {
         let staged = std::fs::read_dir(c.config(4).data_dir.join("staging")).ok()?;
         (staged.flatten().count() > 0).then_some(())
