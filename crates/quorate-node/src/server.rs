@@ -52,6 +52,12 @@ const CHUNK_BYTES: usize = 512 * 1024;
 /// How often the TLS files are checked for changes (and open connections for expired
 /// certificates).
 const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Deadline of one resolution of a member's address.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest pause between resolutions of a member address learned from the log
+/// that did not resolve.
+const RESOLVE_RETRY_MIN: Duration = Duration::from_secs(1);
+const RESOLVE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Snapshot chunks waiting to be written to the staging file; a follower whose disk falls
 /// further behind the stream drops the transfer (the leader retries).
 const STAGING_QUEUE_CHUNKS: usize = 16;
@@ -148,34 +154,41 @@ impl Shared {
         self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
     }
 
-    /// Records a member's address (from the log) and dials it if it is new or moved.
-    pub(crate) fn learn_member_addr(&self, id: NodeId, addr: String) {
+    /// Records a member's address (from the log) and dials it if it is new or moved. The
+    /// name is resolved off the caller (the apply thread) by a task of its own, each attempt
+    /// within [`RESOLVE_TIMEOUT`], retried with backoff while the address stays current.
+    pub(crate) fn learn_member_addr(self: &Arc<Self>, id: NodeId, addr: String) {
         let changed = {
             let mut a = self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             a.insert(id, addr.clone()).as_deref() != Some(addr.as_str())
         };
-        if changed && id != self.id {
-            match resolve_blocking(&addr, &self.failpoints) {
-                Some(sa) => {
-                    let _g = self.handle.enter();
-                    self.transport.add_peer(id, sa);
-                    tracing::info!(node = %id, %addr, "peer address learned");
-                }
-                None => tracing::warn!(node = %id, %addr, "cannot resolve member address"),
-            }
+        if !changed || id == self.id {
+            return;
         }
+        // Weak: a resolution in progress must not keep the store open after the node stops.
+        let shared = Arc::downgrade(self);
+        let failpoints = self.failpoints.clone();
+        self.handle.spawn(async move {
+            let mut backoff = RESOLVE_RETRY_MIN;
+            loop {
+                let found = resolve(&addr, &failpoints).await;
+                let Some(shared) = shared.upgrade() else { return };
+                if shared.addr_of(id).as_deref() != Some(addr.as_str()) {
+                    return; // Moved again: the newer address has a task of its own.
+                }
+                if let Some(sa) = found {
+                    shared.transport.add_peer(id, sa);
+                    tracing::info!(node = %id, %addr, "peer address learned");
+                    return;
+                }
+                tracing::warn!(node = %id, %addr, retry_in_ms = backoff.as_millis() as u64,
+                    "cannot resolve member address");
+                drop(shared);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RESOLVE_RETRY_MAX);
+            }
+        });
     }
-}
-
-fn resolve_blocking(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Option<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    if let Some(d) = failpoints.resolve_delay() {
-        std::thread::sleep(d);
-    }
-    if let Ok(sa) = addr.parse() {
-        return Some(sa);
-    }
-    addr.to_socket_addrs().ok()?.next()
 }
 
 /// Counts a request in flight until dropped.
@@ -241,6 +254,13 @@ pub(crate) enum Event {
     SnapshotSendFailed(NodeId, Term),
     /// A snapshot stream started in this term completed.
     SnapshotSent(NodeId, Term),
+    /// The address of a member being added was resolved (`None`: it could not be, in time).
+    MemberAddrResolved {
+        new: NodeId,
+        addr: String,
+        resolved: Option<SocketAddr>,
+        responder: Box<Responder>,
+    },
     Fatal(String),
 }
 
@@ -279,17 +299,19 @@ fn node_id(raw: u64) -> Result<NodeId, ServerError> {
     NodeId::new(raw).ok_or_else(|| ServerError::Fatal(format!("invalid node id {raw}")))
 }
 
+/// Resolves a member's address (`host:port` or a socket address) within [`RESOLVE_TIMEOUT`].
+/// Never called on the driver or the apply thread: it runs in a task of its own.
 async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Option<SocketAddr> {
-    if let Some(d) = failpoints.resolve_delay() {
-        tokio::time::sleep(d).await;
-    }
-    if let Ok(sa) = addr.parse() {
-        return Some(sa);
-    }
-    match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(addr)).await {
-        Ok(Ok(mut it)) => it.next(),
-        _ => None,
-    }
+    let attempt = async {
+        if let Some(d) = failpoints.resolve_delay() {
+            tokio::time::sleep(d).await;
+        }
+        if let Ok(sa) = addr.parse() {
+            return Some(sa);
+        }
+        tokio::net::lookup_host(addr).await.ok()?.next()
+    };
+    tokio::time::timeout(RESOLVE_TIMEOUT, attempt).await.ok().flatten()
 }
 
 /// Removes what a previous run left in the staging directory: only partial transfers live
@@ -441,14 +463,19 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     addrs.extend(crate::sm::member_addrs(&*store)?);
     addrs.insert(id, config.listen.to_string());
     let failpoints = crate::failpoints::Failpoints::start(&data_dir, config.limits.danger_failpoints);
+    // Resolved in tasks of their own: a slow name server delays no one but that peer.
     for (&p, a) in &addrs {
         if p == id {
             continue;
         }
-        match resolve(a, &failpoints).await {
-            Some(sa) => transport.add_peer(p, sa),
-            None => tracing::warn!(node = %p, addr = %a, "cannot resolve peer address"),
-        }
+        let (transport, failpoints, a) = (Arc::downgrade(&transport), failpoints.clone(), a.clone());
+        tokio::spawn(async move {
+            match (resolve(&a, &failpoints).await, transport.upgrade()) {
+                (Some(sa), Some(t)) => t.add_peer(p, sa),
+                (None, _) => tracing::warn!(node = %p, addr = %a, "cannot resolve peer address"),
+                (Some(_), None) => {}
+            }
+        });
     }
 
     let telemetry = crate::telemetry::NodeTelemetry::new(applied_index);
@@ -490,6 +517,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         committer,
         start,
         apply_tx,
+        apply_backlog: Default::default(),
         persist_tx,
         persist_rx,
         events_tx,
@@ -543,6 +571,9 @@ struct Driver {
     committer: GroupCommitter,
     start: Instant,
     apply_tx: mpsc::Sender<ApplyMsg>,
+    /// Messages for the apply thread waiting for room in its channel (the driver never
+    /// waits on the apply thread; see [`crate::apply_backlog`]).
+    apply_backlog: crate::apply_backlog::ApplyBacklog,
     persist_tx: mpsc::Sender<Persisted>,
     persist_rx: mpsc::Receiver<Persisted>,
     events_tx: mpsc::Sender<Event>,
@@ -623,6 +654,13 @@ impl Driver {
                 () = &mut shutdown => return Ok(()),
                 Some(p) = self.persist_rx.recv() => self.on_persisted(p).await?,
                 Some(ev) = self.events_rx.recv() => self.on_event(ev).await?,
+                permit = self.apply_tx.clone().reserve_owned(), if !self.apply_backlog.is_empty() => {
+                    let permit = permit.map_err(|_| apply_stopped())?;
+                    if let Some(msg) = self.apply_backlog.pop() {
+                        permit.send(msg);
+                    }
+                    self.apply_backlog.flush(&self.apply_tx)?;
+                }
                 m = inbox.recv() => match m {
                     Some(m) => self.on_incoming(m).await?,
                     None => return Err(ServerError::Transport("the transport stopped".into())),
@@ -696,7 +734,7 @@ impl Driver {
                 }
             }
             if !rd.committed.is_empty() {
-                self.apply_tx.send(ApplyMsg::Entries(rd.committed)).await.map_err(|_| apply_stopped())?;
+                self.apply_backlog.push(&self.apply_tx, ApplyMsg::Entries(rd.committed)).await?;
             }
             for r in rd.reads {
                 if let Some(p) = self.reads.remove(&r.id) {
@@ -707,7 +745,7 @@ impl Driver {
                         staleness: None,
                         deadline: p.deadline,
                     };
-                    self.apply_tx.send(msg).await.map_err(|_| apply_stopped())?;
+                    self.apply_backlog.push(&self.apply_tx, msg).await?;
                 }
             }
             for f in rd.failed_reads {
@@ -717,7 +755,7 @@ impl Driver {
                 }
             }
             if let Some(meta) = rd.take_snapshot {
-                self.apply_tx.send(ApplyMsg::TakeSnapshot(meta)).await.map_err(|_| apply_stopped())?;
+                self.apply_backlog.push(&self.apply_tx, ApplyMsg::TakeSnapshot(meta)).await?;
             }
             for s in rd.send_snapshots {
                 self.start_snapshot_send(s.to, s.meta);
@@ -732,7 +770,7 @@ impl Driver {
         }
         if let Some(meta) = p.install {
             // Before the core hands out entries after the snapshot.
-            self.apply_tx.send(ApplyMsg::Install(meta)).await.map_err(|_| apply_stopped())?;
+            self.apply_backlog.push(&self.apply_tx, ApplyMsg::Install(meta)).await?;
         }
         let now = self.now();
         self.raft.persisted(now, p.io);
@@ -778,6 +816,9 @@ impl Driver {
                     self.sending.remove(&to);
                     self.raft.snapshot_send_failed(now, to);
                 }
+            }
+            Event::MemberAddrResolved { new, addr, resolved, responder } => {
+                self.member_addr_resolved(new, addr, resolved, *responder).await?;
             }
             Event::SnapshotSent(to, term) => {
                 crate::telemetry::snapshot_sent();
@@ -998,7 +1039,7 @@ impl Driver {
     async fn register(&mut self, at: EntryId, responder: Responder) -> Result<(), ServerError> {
         self.obs.proposed(at);
         let msg = ApplyMsg::Register { at, responder, deadline: Instant::now() + REQUEST_DEADLINE };
-        self.apply_tx.send(msg).await.map_err(|_| apply_stopped())
+        self.apply_backlog.push(&self.apply_tx, msg).await
     }
 
     async fn propose_write(
@@ -1046,7 +1087,7 @@ impl Driver {
                 let staleness = Staleness { known_commit: self.raft.commit_index(), since_leader_ms };
                 let msg =
                     ApplyMsg::Read { index: LogIndex::ZERO, req, responder, staleness: Some(staleness), deadline };
-                return self.apply_tx.send(msg).await.map_err(|_| apply_stopped());
+                return self.apply_backlog.push(&self.apply_tx, msg).await;
             }
             ReadConsistency::Lease => {
                 if self.raft.role() != Role::Leader {
@@ -1161,7 +1202,7 @@ impl Driver {
             }
             Request::SnapshotSave => {
                 let config = self.raft.configuration().clone();
-                self.apply_tx.send(ApplyMsg::Backup { config, responder }).await.map_err(|_| apply_stopped())
+                self.apply_backlog.push(&self.apply_tx, ApplyMsg::Backup { config, responder }).await
             }
             Request::Versions => {
                 responder.send(crate::versions::info(&self.shared), None);
@@ -1236,7 +1277,35 @@ impl Driver {
             responder.send(Err(ApiError::Refused(format!("node {new} is already a member"))), None);
             return Ok(());
         }
-        let Some(sa) = resolve(&addr, &self.failpoints).await else {
+        // Resolved off the driver, within RESOLVE_TIMEOUT; the add goes on in
+        // `member_addr_resolved`.
+        let (events, failpoints) = (self.events_tx.clone(), self.failpoints.clone());
+        tokio::spawn(async move {
+            let resolved = resolve(&addr, &failpoints).await;
+            let responder = Box::new(responder);
+            let _ = events.send(Event::MemberAddrResolved { new, addr, resolved, responder }).await;
+        });
+        Ok(())
+    }
+
+    /// The second half of [`Driver::member_add`], once the new member's address resolved:
+    /// this node may have lost leadership, or the node been added, in the meantime.
+    async fn member_addr_resolved(
+        &mut self,
+        new: NodeId,
+        addr: String,
+        resolved: Option<SocketAddr>,
+        responder: Responder,
+    ) -> Result<(), ServerError> {
+        if self.raft.role() != Role::Leader {
+            responder.send(Err(self.leader_hint()), None);
+            return Ok(());
+        }
+        if self.raft.configuration().members().any(|m| m == new) {
+            responder.send(Err(ApiError::Refused(format!("node {new} is already a member"))), None);
+            return Ok(());
+        }
+        let Some(sa) = resolved else {
             responder.send(Err(ApiError::InvalidRequest(format!("cannot resolve address {addr:?}"))), None);
             return Ok(());
         };

@@ -269,6 +269,7 @@ impl Observer {
             metrics::counter!(n::PEER_MESSAGES_REFUSED_TOTAL, n::LABEL_REASON => *reason).increment(0);
         }
         metrics::counter!(n::TLS_RELOAD_FAILURES_TOTAL).increment(0);
+        metrics::counter!(n::APPLY_BACKLOG_WAITS_TOTAL).increment(0);
         Observer {
             tel,
             inv: Invariants::new(term, commit),

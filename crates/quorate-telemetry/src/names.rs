@@ -186,6 +186,9 @@ pub const TRANSPORT_CONNECTIONS: &str = "quorate_transport_connections";
 /// Counter per `reason`: messages from peers dropped by the node (sender not a member, a
 /// snapshot chunk not from the current leader, a snapshot over the limit...).
 pub const PEER_MESSAGES_REFUSED_TOTAL: &str = "quorate_peer_messages_refused_total";
+/// Counter: times the driver waited for the apply thread because its backlog of messages
+/// for it was full (the last resort; admission should shed load long before).
+pub const APPLY_BACKLOG_WAITS_TOTAL: &str = "quorate_apply_backlog_waits_total";
 /// Counter per `principal`: client requests marked as retries.
 pub const CLIENT_RETRIES_TOTAL: &str = "quorate_client_retries_total";
 /// Counter per `principal`: client requests answered with a timeout.
@@ -258,6 +261,7 @@ pub const ALL: &[MetricDef] = &[
         "Messages from peers dropped (not a member, snapshot chunk not from the leader...), by reason.",
         &[LABEL_REASON],
     ),
+    c(APPLY_BACKLOG_WAITS_TOTAL, "Times the driver waited for the apply thread (its backlog was full).", &[]),
     c(CLIENT_RETRIES_TOTAL, "Client requests marked as retries, by principal.", &[LABEL_PRINCIPAL]),
     c(CLIENT_TIMEOUTS_TOTAL, "Client requests answered with a timeout, by principal.", &[LABEL_PRINCIPAL]),
     c(CLOCK_DISCONTINUITIES_TOTAL, "Monotonic clock jumps or stalls beyond a bound.", &[LABEL_KIND]),
