@@ -75,7 +75,8 @@ pub const RESPONSE_WRITE_TIMEOUT_MS_MAX: u64 = 600_000;
 pub struct NodeConfig {
     /// This node's id (> 0), bound to its certificate.
     pub id: u64,
-    /// The cluster's name, bound to every certificate.
+    /// The cluster's name, bound to every certificate: 1 to 63 bytes of lowercase letters,
+    /// digits and `-`, not starting or ending with `-` (the rule of `ClusterId`).
     pub cluster: String,
     /// The one QUIC endpoint for peers and clients (`host:port`).
     pub listen: SocketAddr,
@@ -223,6 +224,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// This node's private key.
     pub key: PathBuf,
+    /// Certificate revocation lists of the cluster CA (files of PEM `X509 CRL` blocks, or one
+    /// DER CRL), at most 16. Re-read with the certificates: a node or client whose certificate
+    /// is listed is refused, and its open connections are closed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
 }
 
 /// Consensus settings.
@@ -290,6 +296,11 @@ pub struct LimitsConfig {
     /// Memory for the flight recorder of the consensus core's inputs, in MiB (the base log
     /// capture may take as much again); 0 turns it off. See docs/operations.md.
     pub flight_recorder_mb: u64,
+    /// Largest snapshot a follower accepts from its leader, in MiB. A transfer also needs
+    /// twice its size free on disk (the staged file and its copy) above `free_space_floor_mb`.
+    pub snapshot_staging_mb: u64,
+    /// Rate at which a leader streams a snapshot to one follower, in MiB per second.
+    pub snapshot_rate_mb_per_sec: u64,
 }
 
 impl Default for LimitsConfig {
@@ -302,9 +313,16 @@ impl Default for LimitsConfig {
             danger_skip_fsync: false,
             danger_failpoints: false,
             flight_recorder_mb: 64,
+            snapshot_staging_mb: 64 * 1024,
+            snapshot_rate_mb_per_sec: 64,
         }
     }
 }
+
+/// Largest `limits.snapshot_staging_mb` (16 TiB).
+pub const SNAPSHOT_STAGING_MB_MAX: u64 = 16 * 1024 * 1024;
+/// Largest `limits.snapshot_rate_mb_per_sec`.
+pub const SNAPSHOT_RATE_MB_PER_SEC_MAX: u64 = 100_000;
 
 /// Command-line overrides (highest precedence). `None` leaves the setting alone.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -405,7 +423,8 @@ impl NodeConfig {
 
     /// Makes relative paths absolute against `base` (the config file's directory).
     pub fn resolve_relative(&mut self, base: &Path) {
-        for p in [&mut self.data_dir, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key] {
+        let files = [&mut self.data_dir, &mut self.tls.ca, &mut self.tls.cert, &mut self.tls.key];
+        for p in files.into_iter().chain(self.tls.crls.iter_mut()) {
             if p.is_relative() && !base.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
@@ -469,11 +488,13 @@ impl NodeConfig {
         if self.id == 0 {
             return Err(invalid("id", "must be a positive integer (node ids start at 1)"));
         }
-        if self.cluster.is_empty()
-            || self.cluster.len() > 64
-            || !self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(invalid("cluster", "must be 1-64 characters of letters, digits, '-', '_' or '.'"));
+        // The rule of the identity every certificate carries (`quorate://<cluster>/...`),
+        // checked here so that a name the node cannot use is refused before anything starts.
+        if let Err(e) = quorate_transport::ClusterId::new(&self.cluster) {
+            return Err(invalid("cluster", e.to_string()));
+        }
+        if self.tls.crls.len() > quorate_transport::CRL_FILES_MAX {
+            return Err(invalid("tls.crls", format!("at most {} files", quorate_transport::CRL_FILES_MAX)));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must name a directory (it is created if missing)"));
@@ -511,12 +532,13 @@ impl NodeConfig {
         if r.heartbeat_ms == 0 {
             return Err(invalid("raft.heartbeat_ms", "must be at least 1"));
         }
-        if r.election_timeout_ms < 3 * r.heartbeat_ms {
+        // Every product of settings saturates: a huge value is refused, never an overflow.
+        if r.election_timeout_ms < r.heartbeat_ms.saturating_mul(3) {
             return Err(invalid(
                 "raft.election_timeout_ms",
                 format!(
                     "must be at least 3 × raft.heartbeat_ms ({} ms); raise it or lower the heartbeat",
-                    3 * r.heartbeat_ms
+                    r.heartbeat_ms.saturating_mul(3)
                 ),
             ));
         }
@@ -530,7 +552,7 @@ impl NodeConfig {
                     "lease reads need raft.check_quorum = true; enable it or set the drift to 0",
                 ));
             }
-            if r.lease_clock_drift_ms * 2 >= r.election_timeout_ms {
+            if r.lease_clock_drift_ms.saturating_mul(2) >= r.election_timeout_ms {
                 return Err(invalid(
                     "raft.lease_clock_drift_ms",
                     "must be below half of raft.election_timeout_ms (the lease would be too short to be useful)",
@@ -568,6 +590,16 @@ impl NodeConfig {
             return Err(invalid(
                 "limits.response_write_timeout_ms",
                 format!("must be between {RESPONSE_WRITE_TIMEOUT_MS_MIN} and {RESPONSE_WRITE_TIMEOUT_MS_MAX}"),
+            ));
+        }
+        let l = &self.limits;
+        if !(1..=SNAPSHOT_STAGING_MB_MAX).contains(&l.snapshot_staging_mb) {
+            return Err(invalid("limits.snapshot_staging_mb", format!("must be 1..={SNAPSHOT_STAGING_MB_MAX}")));
+        }
+        if !(1..=SNAPSHOT_RATE_MB_PER_SEC_MAX).contains(&l.snapshot_rate_mb_per_sec) {
+            return Err(invalid(
+                "limits.snapshot_rate_mb_per_sec",
+                format!("must be 1..={SNAPSHOT_RATE_MB_PER_SEC_MAX}"),
             ));
         }
         Ok(())
@@ -665,6 +697,61 @@ danger_skip_fsync = false
         c.apply_flags(&ConfigFlags { id: Some(3), ..ConfigFlags::default() });
         assert_eq!(c.id, 3);
         assert!(c.apply_env(|k| (k == "QUORATE_ID").then(|| "x".into())).is_err());
+    }
+
+    /// Every numeric setting at its extremes: validation answers (an error or not), never
+    /// panics (the ci profile has overflow checks on, so an overflowing `3 * heartbeat_ms`
+    /// would).
+    #[test]
+    fn extreme_numbers_never_panic_validation() {
+        type Set = fn(&mut NodeConfig, u64);
+        let fields: &[(&str, Set)] = &[
+            ("raft.heartbeat_ms", |c, v| c.raft.heartbeat_ms = v),
+            ("raft.election_timeout_ms", |c, v| c.raft.election_timeout_ms = v),
+            ("raft.lease_clock_drift_ms", |c, v| c.raft.lease_clock_drift_ms = v),
+            ("raft.snapshot_entries", |c, v| c.raft.snapshot_entries = v),
+            ("raft.compaction_tail_entries", |c, v| c.raft.compaction_tail_entries = v),
+            ("limits.free_space_floor_mb", |c, v| c.limits.free_space_floor_mb = v),
+            ("limits.flight_recorder_mb", |c, v| c.limits.flight_recorder_mb = v),
+            ("limits.snapshot_staging_mb", |c, v| c.limits.snapshot_staging_mb = v),
+            ("limits.snapshot_rate_mb_per_sec", |c, v| c.limits.snapshot_rate_mb_per_sec = v),
+            ("limits.pending_requests_max", |c, v| c.limits.pending_requests_max = v as usize),
+            ("telemetry.trace_proposals_every", |c, v| c.telemetry.trace_proposals_every = v),
+        ];
+        let values = [0, 1, 2, 3, u64::MAX / 3 + 1, u64::MAX / 2 + 1, u64::MAX - 1, u64::MAX];
+        for (name, set) in fields {
+            for v in values {
+                for w in values {
+                    // Each field at `v`, with the heartbeat (which the others are compared
+                    // against) at `w`.
+                    let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+                    c.raft.heartbeat_ms = w;
+                    set(&mut c, v);
+                    let _ = c.validate().map_err(|e| assert!(!e.to_string().is_empty(), "{name}"));
+                }
+            }
+        }
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        c.raft.heartbeat_ms = u64::MAX / 2;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("raft.election_timeout_ms"), "{e}");
+    }
+
+    /// The cluster name must be one the node can use as a `ClusterId` (the authority of every
+    /// certificate's identity URI): refused when the file is read, not after the store opened.
+    #[test]
+    fn cluster_names_follow_the_cluster_id_rule() {
+        for bad in ["Dev", "dev.prod", "dev_1", "-dev", "dev-", "", &"a".repeat(64)] {
+            let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+            c.cluster = bad.to_string();
+            let e = c.validate().expect_err(bad).to_string();
+            assert!(e.contains("cluster"), "{bad:?}: {e}");
+        }
+        for good in ["dev", "prod-eu-1", "a", &"a".repeat(63)] {
+            let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+            c.cluster = good.to_string();
+            c.validate().unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
     }
 
     #[test]

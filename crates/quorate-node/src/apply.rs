@@ -411,7 +411,10 @@ impl Applier {
             let next = handle.block_on(async { tokio::time::timeout(Duration::from_millis(250), rx.recv()).await });
             let result = match next {
                 Ok(None) => break,
-                Ok(Some(msg)) => self.handle_repairing(msg),
+                Ok(Some(msg)) => {
+                    self.shared.failpoints.before_apply();
+                    self.handle_repairing(msg)
+                }
                 Err(_) => Ok(()),
             };
             if let Err(e) = result.and_then(|()| self.serve_reads_repairing()) {

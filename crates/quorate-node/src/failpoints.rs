@@ -16,6 +16,8 @@
 //! tear_wal_records = 1       # how many records from the end are lost (1..=4096)
 //! corrupt_table = 1          # each new value: flip a byte in a table file of `corrupt_table_cf`
 //! corrupt_table_cf = "sm"    # "sm" (state machine, the default) or "log"
+//! slow_resolve_ms = 3000  # every resolution of a member's address takes this much longer
+//! slow_apply_ms = 50   # the apply thread takes this much longer over every message
 //! ```
 //!
 //! * **Slow disk**: the delay runs on the group committer's writer thread after each group's
@@ -23,6 +25,11 @@
 //!   exactly a slow fsync: nothing in the group counts as persisted, and no later group is
 //!   written, until it passes.
 //! * **Disk full**: the write path's free-space check fails, as on a full disk.
+//! * **Slow name resolution**: resolving a member's address (`member add`, an address learned
+//!   from the log, the peers at start) waits this long first, as a DNS server that does not
+//!   answer would make it.
+//! * **Slow apply**: the apply thread sleeps this long before handling each message from the
+//!   driver (entries, reads, snapshots), as a large scan or a slow disk would make it.
 //! * **Clock**: the time the driver feeds the core (elections, heartbeats, leases) runs at
 //!   `clock_rate` from the moment the rate is read; it stays monotonic. A leader whose clock is
 //!   slow believes its lease for longer than the other nodes wait before electing a new leader,
@@ -94,6 +101,10 @@ pub struct Settings {
     pub corrupt_table: u64,
     /// The column family of `corrupt_table`: `"sm"` or `"log"`.
     pub corrupt_table_cf: String,
+    /// Delay before each resolution of a member's address, in milliseconds (0: off).
+    pub slow_resolve_ms: u64,
+    /// Delay of the apply thread before each message it handles, in milliseconds (0: off).
+    pub slow_apply_ms: u64,
 }
 
 impl Default for Settings {
@@ -103,6 +114,8 @@ impl Default for Settings {
             disk_full: false,
             clock_rate: 1.0,
             corrupt_hash_samples: false,
+            slow_resolve_ms: 0,
+            slow_apply_ms: 0,
             disk_full_store: false,
             fsync_error: String::new(),
             corrupt_wal: 0,
@@ -153,11 +166,17 @@ impl Settings {
     pub fn parse(text: &str, path: &Path) -> Result<Settings, FailpointError> {
         let s: Settings = toml::from_str(text)
             .map_err(|e| FailpointError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
-        if s.slow_disk_ms > SLOW_DISK_MS_MAX {
-            return Err(FailpointError::Range {
-                path: path.to_path_buf(),
-                detail: format!("slow_disk_ms must be at most {SLOW_DISK_MS_MAX}"),
-            });
+        for (name, ms) in [
+            ("slow_disk_ms", s.slow_disk_ms),
+            ("slow_resolve_ms", s.slow_resolve_ms),
+            ("slow_apply_ms", s.slow_apply_ms),
+        ] {
+            if ms > SLOW_DISK_MS_MAX {
+                return Err(FailpointError::Range {
+                    path: path.to_path_buf(),
+                    detail: format!("{name} must be at most {SLOW_DISK_MS_MAX}"),
+                });
+            }
         }
         if !(0.01..=100.0).contains(&s.clock_rate) {
             return Err(FailpointError::Range {
@@ -203,6 +222,8 @@ struct Inner {
     slow_disk_ms: AtomicU64,
     disk_full: AtomicBool,
     corrupt_hash_samples: AtomicBool,
+    slow_resolve_ms: AtomicU64,
+    slow_apply_ms: AtomicU64,
     clock: Mutex<Clock>,
     disk: Mutex<Disk>,
 }
@@ -241,6 +262,8 @@ impl Failpoints {
                 slow_disk_ms: AtomicU64::new(0),
                 disk_full: AtomicBool::new(false),
                 corrupt_hash_samples: AtomicBool::new(false),
+                slow_resolve_ms: AtomicU64::new(0),
+                slow_apply_ms: AtomicU64::new(0),
                 clock: Mutex::new(clock),
                 disk: Mutex::new(Disk::default()),
             }),
@@ -290,6 +313,8 @@ impl Failpoints {
         self.inner.slow_disk_ms.store(s.slow_disk_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.disk_full.store(s.disk_full, Ordering::Relaxed);
         self.inner.corrupt_hash_samples.store(s.corrupt_hash_samples, Ordering::Relaxed);
+        self.inner.slow_resolve_ms.store(s.slow_resolve_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
+        self.inner.slow_apply_ms.store(s.slow_apply_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         {
             let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
@@ -356,6 +381,21 @@ impl Failpoints {
     pub fn before_persist_completion(&self) {
         if let Some(d) = self.fsync_delay() {
             std::thread::sleep(d);
+        }
+    }
+
+    /// The slow-resolution delay, if that fault is on.
+    #[must_use]
+    pub fn resolve_delay(&self) -> Option<Duration> {
+        let ms = if self.inner.enabled { self.inner.slow_resolve_ms.load(Ordering::Relaxed) } else { 0 };
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// Sleeps for the slow-apply delay, if on (call on the apply thread only).
+    pub fn before_apply(&self) {
+        let ms = if self.inner.enabled { self.inner.slow_apply_ms.load(Ordering::Relaxed) } else { 0 };
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
         }
     }
 
@@ -450,8 +490,11 @@ mod tests {
             disk_full: true,
             clock_rate: 2.0,
             corrupt_hash_samples: true,
+            slow_resolve_ms: 5,
+            slow_apply_ms: 5,
             ..Settings::default()
         });
+        assert_eq!(fp.resolve_delay(), None);
         assert!(!fp.disk_full());
         assert!(!fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), None);
@@ -475,6 +518,9 @@ mod tests {
                 ..Settings::default()
             }
         );
+        let s = Settings::parse("slow_resolve_ms = 3000\nslow_apply_ms = 50\n", p).unwrap();
+        assert_eq!((s.slow_resolve_ms, s.slow_apply_ms), (3000, 50));
+        assert!(Settings::parse("slow_resolve_ms = 999999", p).is_err());
         assert_eq!(Settings::parse("", p).unwrap(), Settings::default());
         assert!(Settings::parse("slow_disk = 5", p).unwrap_err().to_string().contains("slow_disk"));
         assert!(Settings::parse("clock_rate = 0", p).unwrap_err().to_string().contains("clock_rate"));
@@ -510,8 +556,11 @@ mod tests {
             disk_full: true,
             clock_rate: 1.0,
             corrupt_hash_samples: true,
+            slow_resolve_ms: 9,
+            slow_apply_ms: 0,
             ..Settings::default()
         });
+        assert_eq!(fp.resolve_delay(), Some(Duration::from_millis(9)));
         assert!(fp.disk_full());
         assert!(fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), Some(Duration::from_millis(7)));

@@ -17,6 +17,7 @@
 
 mod admission;
 mod apply;
+mod apply_backlog;
 mod audit;
 pub mod failpoints;
 pub mod flight;

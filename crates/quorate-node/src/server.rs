@@ -49,13 +49,9 @@ const APPLY_QUEUE: usize = 256;
 const PERSIST_QUEUE: usize = 8192;
 /// Snapshot stream chunk size.
 const CHUNK_BYTES: usize = 512 * 1024;
-/// Snapshot stream rate limit (bytes per second).
-const SNAPSHOT_RATE: u64 = 64 << 20;
 /// Inbox messages handled before the next `Ready` when several are waiting
 /// ([`Driver::on_waiting`]).
 const INBOX_BATCH_MAX: usize = 64;
-/// Largest snapshot file accepted from a leader.
-const SNAPSHOT_BYTES_MAX: u64 = 1 << 40;
 /// How often a node sends the other members its free-space status ([`DiskStatus`]).
 const DISK_STATUS_EVERY: Duration = Duration::from_secs(1);
 /// A member's free-space status counts for this long after it was received (a member that
@@ -63,6 +59,18 @@ const DISK_STATUS_EVERY: Duration = Duration::from_secs(1);
 const DISK_STATUS_TTL: Duration = Duration::from_secs(3);
 /// The cluster version from which nodes send [`NodeMessage::DiskStatus`].
 const DISK_STATUS_CLUSTER_VERSION: u32 = 2;
+/// How often the TLS files are checked for changes (and open connections for expired
+/// certificates).
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Deadline of one resolution of a member's address.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest pause between resolutions of a member address learned from the log
+/// that did not resolve.
+const RESOLVE_RETRY_MIN: Duration = Duration::from_secs(1);
+const RESOLVE_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Snapshot chunks waiting to be written to the staging file; a follower whose disk falls
+/// further behind the stream drops the transfer (the leader retries).
+const STAGING_QUEUE_CHUNKS: usize = 16;
 
 /// Why the node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +157,8 @@ pub(crate) struct Shared {
     pub(crate) telemetry: Arc<crate::telemetry::NodeTelemetry>,
     /// How long an answer waits for its client to take it (`limits.response_write_timeout_ms`).
     pub(crate) response_write_timeout: Duration,
+    /// Injected faults (off unless `limits.danger_failpoints`).
+    pub(crate) failpoints: crate::failpoints::Failpoints,
 }
 
 impl Shared {
@@ -156,22 +166,40 @@ impl Shared {
         self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
     }
 
-    /// Records a member's address (from the log) and dials it if it is new or moved.
-    pub(crate) fn learn_member_addr(&self, id: NodeId, addr: String) {
+    /// Records a member's address (from the log) and dials it if it is new or moved. The
+    /// name is resolved off the caller (the apply thread) by a task of its own, each attempt
+    /// within [`RESOLVE_TIMEOUT`], retried with backoff while the address stays current.
+    pub(crate) fn learn_member_addr(self: &Arc<Self>, id: NodeId, addr: String) {
         let changed = {
             let mut a = self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             a.insert(id, addr.clone()).as_deref() != Some(addr.as_str())
         };
-        if changed && id != self.id {
-            match resolve_blocking(&addr) {
-                Some(sa) => {
-                    let _g = self.handle.enter();
-                    self.transport.add_peer(id, sa);
-                    tracing::info!(node = %id, %addr, "peer address learned");
-                }
-                None => tracing::warn!(node = %id, %addr, "cannot resolve member address"),
-            }
+        if !changed || id == self.id {
+            return;
         }
+        // Weak: a resolution in progress must not keep the store open after the node stops.
+        let shared = Arc::downgrade(self);
+        let failpoints = self.failpoints.clone();
+        self.handle.spawn(async move {
+            let mut backoff = RESOLVE_RETRY_MIN;
+            loop {
+                let found = resolve(&addr, &failpoints).await;
+                let Some(shared) = shared.upgrade() else { return };
+                if shared.addr_of(id).as_deref() != Some(addr.as_str()) {
+                    return; // Moved again: the newer address has a task of its own.
+                }
+                if let Some(sa) = found {
+                    shared.transport.add_peer(id, sa);
+                    tracing::info!(node = %id, %addr, "peer address learned");
+                    return;
+                }
+                tracing::warn!(node = %id, %addr, retry_in_ms = backoff.as_millis() as u64,
+                    "cannot resolve member address");
+                drop(shared);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RESOLVE_RETRY_MAX);
+            }
+        });
     }
 }
 
@@ -194,14 +222,6 @@ fn session_nonce() -> u64 {
         bytes = state.hash_one((now, COUNTER.fetch_add(1, Ordering::Relaxed))).to_le_bytes();
     }
     u64::from_le_bytes(bytes).max(1)
-}
-
-fn resolve_blocking(addr: &str) -> Option<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    if let Ok(sa) = addr.parse() {
-        return Some(sa);
-    }
-    addr.to_socket_addrs().ok()?.next()
 }
 
 /// Counts a request in flight until dropped.
@@ -333,8 +353,17 @@ pub(crate) enum Event {
         meta: SnapshotMeta,
         path: PathBuf,
     },
-    SnapshotSendFailed(NodeId),
-    SnapshotSent(NodeId),
+    /// A snapshot stream started in this term failed.
+    SnapshotSendFailed(NodeId, Term),
+    /// A snapshot stream started in this term completed.
+    SnapshotSent(NodeId, Term),
+    /// The address of a member being added was resolved (`None`: it could not be, in time).
+    MemberAddrResolved {
+        new: NodeId,
+        addr: String,
+        resolved: Option<SocketAddr>,
+        responder: Box<Responder>,
+    },
     Fatal(String),
 }
 
@@ -350,14 +379,23 @@ struct PendingRead {
     deadline: Instant,
 }
 
+/// A snapshot transfer being received: from the leader `from` in `term`. The chunks go to a
+/// writer on a blocking thread of its own through a bounded queue; dropping this ends the
+/// writer, which removes the partial file.
 struct Staging {
     from: NodeId,
     term: Term,
     meta: SnapshotMeta,
     total: u64,
     next: u64,
-    path: PathBuf,
-    file: std::fs::File,
+    chunks: mpsc::Sender<StageChunk>,
+}
+
+/// The next bytes of a staged file, for its writer; `last` when every byte was sent (the
+/// writer then syncs, verifies, hands the file to the store and tells the driver).
+struct StageChunk {
+    bytes: Vec<u8>,
+    last: bool,
 }
 
 /// The output of `f` if it is ready at its first poll (it is then dropped otherwise: use
@@ -375,13 +413,33 @@ fn node_id(raw: u64) -> Result<NodeId, ServerError> {
     NodeId::new(raw).ok_or_else(|| ServerError::Fatal(format!("invalid node id {raw}")))
 }
 
-async fn resolve(addr: &str) -> Option<SocketAddr> {
-    if let Ok(sa) = addr.parse() {
-        return Some(sa);
-    }
-    match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(addr)).await {
-        Ok(Ok(mut it)) => it.next(),
-        _ => None,
+/// Resolves a member's address (`host:port` or a socket address) within [`RESOLVE_TIMEOUT`].
+/// Never called on the driver or the apply thread: it runs in a task of its own.
+async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Option<SocketAddr> {
+    let attempt = async {
+        if let Some(d) = failpoints.resolve_delay() {
+            tokio::time::sleep(d).await;
+        }
+        if let Ok(sa) = addr.parse() {
+            return Some(sa);
+        }
+        tokio::net::lookup_host(addr).await.ok()?.next()
+    };
+    tokio::time::timeout(RESOLVE_TIMEOUT, attempt).await.ok().flatten()
+}
+
+/// Removes what a previous run left in the staging directory: only partial transfers live
+/// there (a completed one moves into the store's snapshot directory).
+fn clear_staging(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for ent in entries.flatten() {
+        let path = ent.path();
+        if path.is_file() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(file = %path.display(), "removed a partial snapshot transfer"),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove a partial snapshot"),
+            }
+        }
     }
 }
 
@@ -432,6 +490,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         std::fs::create_dir_all(d)
             .map_err(|e| ServerError::Storage(format!("cannot create directory {}: {e}", d.display())))?;
     }
+    clear_staging(&staging_dir);
 
     // Storage.
     crate::restore::check_not_interrupted(&data_dir).map_err(ServerError::Storage)?;
@@ -498,12 +557,9 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(|e| ServerError::Core(e.to_string()))?;
 
     // Transport.
-    let credentials = Credentials::load(TlsPaths {
-        ca: config.tls.ca.clone(),
-        cert: config.tls.cert.clone(),
-        key: config.tls.key.clone(),
-    })
-    .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
+    let paths = TlsPaths { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() };
+    let credentials = Credentials::load_with_crls(paths, config.tls.crls.clone())
+        .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
     let cluster = ClusterId::new(&config.cluster).map_err(|e| ServerError::Fatal(format!("cluster: {e}")))?;
     let credentials = Arc::new(credentials);
     let tconfig = TransportConfig::new(cluster, id, config.listen);
@@ -522,7 +578,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     };
     let transport = Arc::new(transport);
-    transport.watch_tls(Duration::from_secs(10));
+    transport.watch_tls(TLS_WATCH_INTERVAL);
     tracing::info!(node = %id, addr = %transport.local_addr(), applied = %applied_index, "listening");
 
     // Addresses: bootstrap peers, overridden by what the log recorded.
@@ -532,14 +588,21 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     addrs.extend(crate::sm::member_addrs(&*store)?);
     addrs.insert(id, config.listen.to_string());
+    let failpoints = crate::failpoints::Failpoints::start(&data_dir, config.limits.danger_failpoints);
+    failpoints.attach_store(&store);
+    // Resolved in tasks of their own: a slow name server delays no one but that peer.
     for (&p, a) in &addrs {
         if p == id {
             continue;
         }
-        match resolve(a).await {
-            Some(sa) => transport.add_peer(p, sa),
-            None => tracing::warn!(node = %p, addr = %a, "cannot resolve peer address"),
-        }
+        let (transport, failpoints, a) = (Arc::downgrade(&transport), failpoints.clone(), a.clone());
+        tokio::spawn(async move {
+            match (resolve(&a, &failpoints).await, transport.upgrade()) {
+                (Some(sa), Some(t)) => t.add_peer(p, sa),
+                (None, _) => tracing::warn!(node = %p, addr = %a, "cannot resolve peer address"),
+                (Some(_), None) => {}
+            }
+        });
     }
 
     let telemetry = crate::telemetry::NodeTelemetry::new(applied_index);
@@ -556,6 +619,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         backups_dir,
         telemetry: telemetry.clone(),
         response_write_timeout: Duration::from_millis(config.limits.response_write_timeout_ms),
+        failpoints: failpoints.clone(),
     });
     crate::versions::sync_transport(&shared);
 
@@ -571,7 +635,6 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let committer = GroupCommitter::new(store.clone(), GroupOptions::default())?;
     let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
 
-    let config_failpoints = config.limits.danger_failpoints;
     let halt = config.telemetry.halt_on_invariant_violation;
     let mut obs = crate::telemetry::Observer::new(telemetry.clone(), raft.term().0, raft.commit_index().0, halt);
     obs.trace_every(config.telemetry.trace_proposals_every);
@@ -582,6 +645,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         committer,
         start,
         apply_tx,
+        apply_backlog: Default::default(),
         persist_tx,
         persist_rx,
         events_tx,
@@ -600,11 +664,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         peer_disk: HashMap::new(),
         disk_status_sent: None,
         disk_short: Vec::new(),
-        failpoints: {
-            let fp = crate::failpoints::Failpoints::start(&data_dir, config_failpoints);
-            fp.attach_store(&store);
-            fp
-        },
+        failpoints,
         gate,
         auto_finalize: crate::versions::AutoFinalize::new(bootstrap_version, Instant::now()),
     };
@@ -643,6 +703,9 @@ struct Driver {
     committer: GroupCommitter,
     start: Instant,
     apply_tx: mpsc::Sender<ApplyMsg>,
+    /// Messages for the apply thread waiting for room in its channel (the driver never
+    /// waits on the apply thread; see [`crate::apply_backlog`]).
+    apply_backlog: crate::apply_backlog::ApplyBacklog,
     persist_tx: mpsc::Sender<Persisted>,
     persist_rx: mpsc::Receiver<Persisted>,
     events_tx: mpsc::Sender<Event>,
@@ -652,7 +715,9 @@ struct Driver {
     last_time_ms: u64,
     last_leader_contact: Option<Instant>,
     latest_snapshot: Option<(SnapshotMeta, PathBuf)>,
-    sending: HashMap<NodeId, tokio::task::AbortHandle>,
+    /// Snapshot streams to followers, with the term they were started in (aborted when this
+    /// node is no longer leader of that term).
+    sending: HashMap<NodeId, (Term, tokio::task::AbortHandle)>,
     staging: Option<Staging>,
     staging_dir: PathBuf,
     /// Metrics, traces and invariant checks.
@@ -679,7 +744,7 @@ impl Driver {
     /// Drops everything the driver holds, the apply channel and the committer first.
     fn stop(self) {
         let Driver { raft, committer, apply_tx, sending, shared, staging, .. } = self;
-        for (_, h) in sending {
+        for (_, (_, h)) in sending {
             h.abort();
         }
         drop(apply_tx);
@@ -692,6 +757,14 @@ impl Driver {
 
 fn apply_stopped() -> ServerError {
     ServerError::Fatal("the apply thread stopped".into())
+}
+
+/// A peer's message dropped: counted by reason, logged at debug (a removed node may keep
+/// sending for a long time).
+fn refused_peer(from: NodeId, reason: &'static str, what: &str) {
+    use quorate_telemetry::names as n;
+    metrics::counter!(n::PEER_MESSAGES_REFUSED_TOTAL, n::LABEL_REASON => reason).increment(1);
+    tracing::debug!(peer = %from, reason, "peer message dropped: {what}");
 }
 
 impl Driver {
@@ -709,6 +782,7 @@ impl Driver {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain_ready().await?;
+            self.abort_stale_snapshot_sends();
             self.obs.observe(&self.raft).map_err(ServerError::Core)?;
             self.raft.dump_on_violations(crate::invariants::violations_total());
             let wake = self.raft.poll_timeout().map_or_else(
@@ -720,6 +794,13 @@ impl Driver {
                 () = &mut shutdown => return Ok(()),
                 Some(p) = self.persist_rx.recv() => self.on_persisted(p).await?,
                 Some(ev) = self.events_rx.recv() => self.on_event(ev).await?,
+                permit = self.apply_tx.clone().reserve_owned(), if !self.apply_backlog.is_empty() => {
+                    let permit = permit.map_err(|_| apply_stopped())?;
+                    if let Some(msg) = self.apply_backlog.pop() {
+                        permit.send(msg);
+                    }
+                    self.apply_backlog.flush(&self.apply_tx)?;
+                }
                 m = inbox.recv() => match m {
                     Some(m) => {
                         self.on_incoming(m).await?;
@@ -752,6 +833,23 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Aborts the snapshot streams started in an earlier term, or while this node was leader
+    /// and no longer is: a deposed leader's stream must not run on beside the new leader's.
+    fn abort_stale_snapshot_sends(&mut self) {
+        if self.sending.is_empty() {
+            return;
+        }
+        let (term, leader) = (self.raft.term(), self.raft.role() == Role::Leader);
+        self.sending.retain(|to, (started, task)| {
+            let keep = leader && *started == term && !task.is_finished();
+            if !keep && !task.is_finished() {
+                task.abort();
+                tracing::info!(peer = %to, "snapshot stream aborted: no longer leader of its term");
+            }
+            keep
+        });
     }
 
     async fn drain_ready(&mut self) -> Result<(), ServerError> {
@@ -797,7 +895,7 @@ impl Driver {
                 }
             }
             if !rd.committed.is_empty() {
-                self.apply_tx.send(ApplyMsg::Entries(rd.committed)).await.map_err(|_| apply_stopped())?;
+                self.apply_backlog.push(&self.apply_tx, ApplyMsg::Entries(rd.committed)).await?;
             }
             for r in rd.reads {
                 if let Some(p) = self.reads.remove(&r.id) {
@@ -808,7 +906,7 @@ impl Driver {
                         staleness: None,
                         deadline: p.deadline,
                     };
-                    self.apply_tx.send(msg).await.map_err(|_| apply_stopped())?;
+                    self.apply_backlog.push(&self.apply_tx, msg).await?;
                 }
             }
             for f in rd.failed_reads {
@@ -818,7 +916,7 @@ impl Driver {
                 }
             }
             if let Some(meta) = rd.take_snapshot {
-                self.apply_tx.send(ApplyMsg::TakeSnapshot(meta)).await.map_err(|_| apply_stopped())?;
+                self.apply_backlog.push(&self.apply_tx, ApplyMsg::TakeSnapshot(meta)).await?;
             }
             for s in rd.send_snapshots {
                 self.start_snapshot_send(s.to, s.meta);
@@ -833,7 +931,7 @@ impl Driver {
         }
         if let Some(meta) = p.install {
             // Before the core hands out entries after the snapshot.
-            self.apply_tx.send(ApplyMsg::Install(meta)).await.map_err(|_| apply_stopped())?;
+            self.apply_backlog.push(&self.apply_tx, ApplyMsg::Install(meta)).await?;
         }
         let now = self.now();
         self.raft.persisted(now, p.io);
@@ -881,42 +979,84 @@ impl Driver {
                     }
                 }
             }
-            Event::SnapshotSendFailed(to) => {
-                self.sending.remove(&to);
-                self.raft.snapshot_send_failed(now, to);
+            Event::SnapshotSendFailed(to, term) => {
+                // A stream of an earlier term says nothing about the current one.
+                if self.sending.get(&to).is_some_and(|(t, _)| *t == term) {
+                    self.sending.remove(&to);
+                    self.raft.snapshot_send_failed(now, to);
+                }
             }
-            Event::SnapshotSent(to) => {
+            Event::MemberAddrResolved { new, addr, resolved, responder } => {
+                self.member_addr_resolved(new, addr, resolved, *responder).await?;
+            }
+            Event::SnapshotSent(to, term) => {
                 crate::telemetry::snapshot_sent();
-                self.sending.remove(&to);
+                if self.sending.get(&to).is_some_and(|(t, _)| *t == term) {
+                    self.sending.remove(&to);
+                }
             }
         }
         Ok(())
     }
 
+    /// Whether consensus traffic from `from` is accepted: a member of this node's
+    /// configuration (voters of both halves, learners), or the leader this node follows in its
+    /// term (a leader that removed itself keeps leading until its removal commits), or, while
+    /// this node has no configuration yet (it is joining), one of its configured peers. Any
+    /// other holder of a node certificate of the cluster — a removed node — is ignored.
+    fn peer_allowed(&self, from: NodeId) -> bool {
+        let c = self.raft.configuration();
+        if c.is_voter(from) || c.is_learner(from) || self.raft.leader() == Some(from) {
+            return true;
+        }
+        let unconfigured = c.voters.is_empty() && c.voters_outgoing.is_empty() && c.learners.is_empty();
+        unconfigured && self.config.peers.contains_key(&from.get())
+    }
+
     async fn on_incoming(&mut self, m: Incoming<NodeMessage>) -> Result<(), ServerError> {
+        use quorate_telemetry::names::peer_refused;
         match m {
-            Incoming::Peer { from, message, .. } => match message {
-                NodeMessage::Raft(msg) => {
-                    if msg.from != from {
-                        tracing::warn!(peer = %from, claimed = %msg.from, "message claims another sender; dropped");
-                        return Ok(());
-                    }
-                    if self.raft.leader() == Some(from) {
-                        self.last_leader_contact = Some(Instant::now());
-                    }
-                    let now = self.now();
-                    self.raft.handle_message(now, msg);
+            Incoming::Peer { from, message, .. } => {
+                if !self.peer_allowed(from) {
+                    refused_peer(from, peer_refused::NOT_MEMBER, "not a member of the configuration");
+                    return Ok(());
                 }
-                NodeMessage::SnapshotChunk(c) => self.on_chunk(from, c),
-                NodeMessage::HashSamples(s) => self.obs.hash_samples_from(self.shared.id, from, &s),
-                NodeMessage::DiskStatus(s) => {
-                    // Only members count, so the map stays bounded by the configuration.
-                    if from != self.shared.id && self.raft.configuration().members().any(|m| m == from) {
-                        self.peer_disk.insert(from, (Instant::now(), s));
+                match message {
+                    NodeMessage::Raft(msg) => {
+                        if msg.from != from {
+                            tracing::warn!(peer = %from, claimed = %msg.from, "message claims another sender; dropped");
+                            return Ok(());
+                        }
+                        // Only the leader of this node's term hands leadership over.
+                        let from_leader = self.raft.leader() == Some(from) && msg.term == self.raft.term();
+                        if matches!(msg.body, quorate_core::MessageBody::TimeoutNow) && !from_leader {
+                            refused_peer(from, peer_refused::NOT_LEADER, "TimeoutNow not from the current leader");
+                            return Ok(());
+                        }
+                        if self.raft.leader() == Some(from) {
+                            self.last_leader_contact = Some(Instant::now());
+                        }
+                        let now = self.now();
+                        self.raft.handle_message(now, msg);
                     }
+                    NodeMessage::SnapshotChunk(c) => self.on_chunk(from, c),
+                    NodeMessage::HashSamples(s) => {
+                        let c = self.raft.configuration();
+                        if c.is_voter(from) || c.is_learner(from) {
+                            self.obs.hash_samples_from(self.shared.id, from, &s);
+                        } else {
+                            refused_peer(from, peer_refused::NOT_MEMBER, "hash samples from a non-member");
+                        }
+                    }
+                    NodeMessage::DiskStatus(s) => {
+                        // Only members count, so the map stays bounded by the configuration.
+                        if from != self.shared.id && self.raft.configuration().members().any(|m| m == from) {
+                            self.peer_disk.insert(from, (Instant::now(), s));
+                        }
+                    }
+                    _ => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
                 }
-                _ => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
-            },
+            }
             Incoming::Request(req) => self.on_request(req).await?,
             _ => {}
         }
@@ -1113,7 +1253,7 @@ impl Driver {
     async fn register(&mut self, at: EntryId, responder: Responder) -> Result<(), ServerError> {
         self.obs.proposed(at);
         let msg = ApplyMsg::Register { at, responder, deadline: Instant::now() + REQUEST_DEADLINE };
-        self.apply_tx.send(msg).await.map_err(|_| apply_stopped())
+        self.apply_backlog.push(&self.apply_tx, msg).await
     }
 
     async fn propose_write(
@@ -1189,7 +1329,7 @@ impl Driver {
                 let staleness = Staleness { known_commit: self.raft.commit_index(), since_leader_ms };
                 let msg =
                     ApplyMsg::Read { index: LogIndex::ZERO, req, responder, staleness: Some(staleness), deadline };
-                return self.apply_tx.send(msg).await.map_err(|_| apply_stopped());
+                return self.apply_backlog.push(&self.apply_tx, msg).await;
             }
             ReadConsistency::Lease => {
                 if self.raft.role() != Role::Leader {
@@ -1318,7 +1458,7 @@ impl Driver {
             }
             Request::SnapshotSave => {
                 let config = self.raft.configuration().clone();
-                self.apply_tx.send(ApplyMsg::Backup { config, responder }).await.map_err(|_| apply_stopped())
+                self.apply_backlog.push(&self.apply_tx, ApplyMsg::Backup { config, responder }).await
             }
             Request::Versions => {
                 responder.send(crate::versions::info(&self.shared), None);
@@ -1393,7 +1533,35 @@ impl Driver {
             responder.send(Err(ApiError::Refused(format!("node {new} is already a member"))), None);
             return Ok(());
         }
-        let Some(sa) = resolve(&addr).await else {
+        // Resolved off the driver, within RESOLVE_TIMEOUT; the add goes on in
+        // `member_addr_resolved`.
+        let (events, failpoints) = (self.events_tx.clone(), self.failpoints.clone());
+        tokio::spawn(async move {
+            let resolved = resolve(&addr, &failpoints).await;
+            let responder = Box::new(responder);
+            let _ = events.send(Event::MemberAddrResolved { new, addr, resolved, responder }).await;
+        });
+        Ok(())
+    }
+
+    /// The second half of [`Driver::member_add`], once the new member's address resolved:
+    /// this node may have lost leadership, or the node been added, in the meantime.
+    async fn member_addr_resolved(
+        &mut self,
+        new: NodeId,
+        addr: String,
+        resolved: Option<SocketAddr>,
+        responder: Responder,
+    ) -> Result<(), ServerError> {
+        if self.raft.role() != Role::Leader {
+            responder.send(Err(self.leader_hint()), None);
+            return Ok(());
+        }
+        if self.raft.configuration().members().any(|m| m == new) {
+            responder.send(Err(ApiError::Refused(format!("node {new} is already a member"))), None);
+            return Ok(());
+        }
+        let Some(sa) = resolved else {
             responder.send(Err(ApiError::InvalidRequest(format!("cannot resolve address {addr:?}"))), None);
             return Ok(());
         };
@@ -1418,8 +1586,11 @@ impl Driver {
     }
 
     fn start_snapshot_send(&mut self, to: NodeId, meta: SnapshotMeta) {
-        if self.sending.get(&to).is_some_and(|h| !h.is_finished()) {
-            return;
+        let term = self.raft.term();
+        match self.sending.get(&to) {
+            Some((started, h)) if *started == term && !h.is_finished() => return,
+            Some((_, h)) => h.abort(),
+            None => {}
         }
         let path = match &self.latest_snapshot {
             Some((m, p)) if *m == meta => p.clone(),
@@ -1430,78 +1601,159 @@ impl Driver {
                 return;
             }
         };
-        let term = self.raft.term();
         let transport = self.shared.transport.clone();
         let events = self.events_tx.clone();
+        let rate = self.config.limits.snapshot_rate_mb_per_sec.saturating_mul(1 << 20);
         tracing::info!(peer = %to, index = %meta.last.index, "sending snapshot");
         let task = tokio::spawn(async move {
-            let ev = match send_snapshot(&transport, to, term, meta, &path).await {
-                Ok(()) => Event::SnapshotSent(to),
+            let ev = match send_snapshot(&transport, to, term, meta, &path, rate).await {
+                Ok(()) => Event::SnapshotSent(to, term),
                 Err(e) => {
                     tracing::warn!(peer = %to, error = %e, "snapshot send failed");
-                    Event::SnapshotSendFailed(to)
+                    Event::SnapshotSendFailed(to, term)
                 }
             };
             let _ = events.send(ev).await;
         });
-        self.sending.insert(to, task.abort_handle());
+        self.sending.insert(to, (term, task.abort_handle()));
     }
 
+    /// A snapshot chunk. Accepted only from the leader this node follows, for its current
+    /// term (a chunk's own `term` is not trusted), and only as the next chunk of the transfer
+    /// that leader started at offset 0; a snapshot larger than `limits.snapshot_staging_mb`,
+    /// or than the free disk space allows, is refused at its first chunk. The bytes are written
+    /// by a staging writer off the driver; a chunk that does not continue the transfer is
+    /// dropped and the transfer left alone (the leader's stream is ordered; after a loss it
+    /// times out and starts again at offset 0).
     fn on_chunk(&mut self, from: NodeId, c: SnapshotChunk) {
+        use quorate_telemetry::names::peer_refused;
         let len = c.data.len() as u64;
         tracing::debug!(peer = %from, offset = c.offset, len, total = c.total, "snapshot chunk");
-        let bad = c.data.len() > quorate_api::limits::SNAPSHOT_CHUNK_BYTES_MAX
-            || c.total > SNAPSHOT_BYTES_MAX
-            || c.offset.checked_add(len).is_none_or(|end| end > c.total);
-        if bad {
-            tracing::warn!(peer = %from, "malformed snapshot chunk dropped");
+        let from_leader =
+            self.raft.leader() == Some(from) && c.term == self.raft.term() && self.raft.role() != Role::Leader;
+        if !from_leader {
+            refused_peer(from, peer_refused::NOT_LEADER, "snapshot chunk not from the current leader");
+            return;
+        }
+        // A transfer of a previous leader or term is over.
+        if self.staging.as_ref().is_some_and(|st| st.from != from || st.term != c.term) {
             self.staging = None;
+        }
+        let malformed = c.data.len() > quorate_api::limits::SNAPSHOT_CHUNK_BYTES_MAX
+            || c.offset.checked_add(len).is_none_or(|end| end > c.total);
+        if malformed {
+            tracing::warn!(peer = %from, "malformed snapshot chunk dropped");
             return;
         }
         if c.offset == 0 {
-            let path = self.staging_dir.join(format!("incoming-{from}.part"));
-            match std::fs::File::create(&path) {
-                Ok(file) => {
-                    self.staging =
-                        Some(Staging { from, term: c.term, meta: c.meta.clone(), total: c.total, next: 0, path, file });
+            // The leader starts (or starts again) a transfer.
+            self.staging = None;
+            let cap = self.config.limits.snapshot_staging_mb.saturating_mul(1 << 20);
+            if c.total > cap {
+                tracing::warn!(peer = %from, bytes = c.total, limit_bytes = cap,
+                    "snapshot larger than limits.snapshot_staging_mb refused");
+                refused_peer(from, peer_refused::SNAPSHOT_TOO_LARGE, "snapshot over the staging limit");
+                return;
+            }
+            // The staged file and its copy into the store, above the floor.
+            let floor = self.config.limits.free_space_floor_mb.saturating_mul(1 << 20);
+            let needed = c.total.saturating_mul(2).saturating_add(floor);
+            match quorate_storage::free_space_bytes(&self.staging_dir) {
+                Ok(free) if free >= needed => {}
+                Ok(free) => {
+                    tracing::warn!(peer = %from, bytes = c.total, free, needed,
+                        "not enough free disk space to receive a snapshot; refused");
+                    refused_peer(from, peer_refused::SNAPSHOT_TOO_LARGE, "snapshot over the free disk space");
+                    return;
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot measure free disk space; snapshot refused");
+                    return;
+                }
+            }
+            match self.start_staging(from, &c) {
+                Ok(st) => self.staging = Some(st),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot stage a snapshot");
                     return;
                 }
             }
         }
-        let Some(st) = self.staging.as_mut() else { return };
-        if st.from != from || st.meta != c.meta || st.total != c.total || st.next != c.offset || st.term != c.term {
-            // Out of order or from another stream: start over when the leader resends.
-            self.staging = None;
+        let Some(st) = self.staging.as_mut() else {
+            refused_peer(from, peer_refused::SNAPSHOT_OUT_OF_ORDER, "snapshot chunk without a transfer");
             return;
-        }
-        use std::io::Write;
-        if let Err(e) = st.file.write_all(&c.data) {
-            tracing::warn!(error = %e, "cannot write a snapshot chunk");
-            self.staging = None;
+        };
+        if st.meta != c.meta || st.total != c.total || st.next != c.offset {
+            refused_peer(from, peer_refused::SNAPSHOT_OUT_OF_ORDER, "snapshot chunk out of order");
             return;
         }
         st.next += len;
-        if st.next < st.total {
-            return;
+        let done = st.next == st.total;
+        if st.chunks.try_send(StageChunk { bytes: c.data, last: done }).is_err() {
+            // The disk falls behind the stream (or the writer failed): drop the transfer.
+            tracing::warn!(peer = %from, "snapshot staging cannot keep up with the stream; transfer dropped");
+            self.staging = None;
+        } else if done {
+            // The writer finishes on its own; a new transfer starts at offset 0.
+            self.staging = None;
         }
-        let Some(st) = self.staging.take() else { return };
-        let store = self.shared.store.clone();
-        let events = self.events_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let Staging { from, term, meta, path, file, .. } = st;
-            let r = file.sync_all().map_err(StoreError::from).and_then(|()| verify_and_store(&store, &path, &meta));
-            tracing::debug!(peer = %from, index = %meta.last.index, ok = r.is_ok(), "received snapshot verified");
-            let _ = std::fs::remove_file(&path);
-            match r {
-                Ok(p) => {
-                    let _ = events.blocking_send(Event::SnapshotStaged { from, term, meta, path: p });
+    }
+
+    /// Starts the staging writer of a transfer whose first chunk is `c`.
+    fn start_staging(&self, from: NodeId, c: &SnapshotChunk) -> std::io::Result<Staging> {
+        // A name of its own per transfer: the writer of a dropped transfer removes its file
+        // when it ends, possibly after the leader started the next one.
+        static TRANSFERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = TRANSFERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.staging_dir.join(format!("incoming-{from}-{}-{seq}.part", c.term.0));
+        let file = std::fs::File::create(&path)?;
+        let (tx, rx) = mpsc::channel(STAGING_QUEUE_CHUNKS);
+        let (store, events, term, meta) = (self.shared.store.clone(), self.events_tx.clone(), c.term, c.meta.clone());
+        tokio::task::spawn_blocking(move || stage(rx, file, &path, &store, &events, from, term, meta));
+        Ok(Staging { from, term: c.term, meta: c.meta.clone(), total: c.total, next: 0, chunks: tx })
+    }
+}
+
+/// The staging writer: writes the chunks it is sent; after the last one syncs the file,
+/// verifies it into the store's snapshot directory and tells the driver. The partial file is
+/// removed whatever happens (the verified copy lives in the store).
+#[allow(clippy::too_many_arguments)]
+fn stage(
+    mut rx: mpsc::Receiver<StageChunk>,
+    mut file: std::fs::File,
+    path: &Path,
+    store: &RocksStore,
+    events: &mpsc::Sender<Event>,
+    from: NodeId,
+    term: Term,
+    meta: SnapshotMeta,
+) {
+    use std::io::Write;
+    let outcome = loop {
+        match rx.blocking_recv() {
+            Some(StageChunk { bytes, last }) => {
+                if let Err(e) = file.write_all(&bytes) {
+                    break Some(Err(StoreError::from(e)));
                 }
-                Err(e) => tracing::warn!(peer = %from, error = %e, "received snapshot failed verification"),
+                if last {
+                    let r =
+                        file.sync_all().map_err(StoreError::from).and_then(|()| verify_and_store(store, path, &meta));
+                    break Some(r);
+                }
             }
-        });
+            // The driver dropped the transfer.
+            None => break None,
+        }
+    };
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    match outcome {
+        Some(Ok(p)) => {
+            tracing::debug!(peer = %from, index = %meta.last.index, "received snapshot verified");
+            let _ = events.blocking_send(Event::SnapshotStaged { from, term, meta, path: p });
+        }
+        Some(Err(e)) => tracing::warn!(peer = %from, error = %e, "received snapshot not staged"),
+        None => tracing::debug!(peer = %from, "snapshot transfer dropped; partial file removed"),
     }
 }
 
@@ -1536,6 +1788,7 @@ async fn send_snapshot(
     term: Term,
     meta: SnapshotMeta,
     path: &Path,
+    rate_bytes_per_sec: u64,
 ) -> Result<(), String> {
     use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("open {}: {e}", path.display()))?;
@@ -1560,8 +1813,8 @@ async fn send_snapshot(
             }
         }
         offset += want as u64;
-        // Rate limit: no faster than SNAPSHOT_RATE on average.
-        let due = Duration::from_secs_f64(offset as f64 / SNAPSHOT_RATE as f64);
+        // Rate limit: no faster than `limits.snapshot_rate_mb_per_sec` on average.
+        let due = Duration::from_secs_f64(offset as f64 / rate_bytes_per_sec.max(1) as f64);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
         }

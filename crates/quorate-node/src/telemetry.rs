@@ -246,6 +246,8 @@ pub(crate) struct Observer {
     last_sweep: Option<(Instant, SystemTime)>,
     drops: BTreeMap<NodeId, u64>,
     refusals: u64,
+    /// Certificate reloads refused, as last exported.
+    tls_reload_failures: u64,
     /// Storage progress: (persisted index, when it last moved while behind).
     persisted: (u64, Instant),
     /// Trace one proposal in this many (by index).
@@ -263,6 +265,11 @@ impl Observer {
         for reason in n::election::ALL {
             metrics::counter!(n::ELECTIONS_TOTAL, n::LABEL_REASON => *reason).increment(0);
         }
+        for reason in n::peer_refused::ALL {
+            metrics::counter!(n::PEER_MESSAGES_REFUSED_TOTAL, n::LABEL_REASON => *reason).increment(0);
+        }
+        metrics::counter!(n::TLS_RELOAD_FAILURES_TOTAL).increment(0);
+        metrics::counter!(n::APPLY_BACKLOG_WAITS_TOTAL).increment(0);
         Observer {
             tel,
             inv: Invariants::new(term, commit),
@@ -278,6 +285,7 @@ impl Observer {
             last_sweep: None,
             drops: BTreeMap::new(),
             refusals: 0,
+            tls_reload_failures: 0,
             persisted: (0, Instant::now()),
             trace_every: 1,
             campaigns: 0,
@@ -483,8 +491,14 @@ impl Observer {
                 }
             }
         }
-        metrics::gauge!(n::CERT_EXPIRY_SECONDS)
-            .set(shared.transport.credentials().seconds_until_earliest_expiry() as f64);
+        let credentials = shared.transport.credentials();
+        metrics::gauge!(n::CERT_EXPIRY_SECONDS).set(credentials.seconds_until_earliest_expiry() as f64);
+        let failures = credentials.reload_failures();
+        if failures > self.tls_reload_failures {
+            metrics::counter!(n::TLS_RELOAD_FAILURES_TOTAL).increment(failures - self.tls_reload_failures);
+            self.tls_reload_failures = failures;
+        }
+        metrics::gauge!(n::TRANSPORT_CONNECTIONS).set(shared.transport.connections() as f64);
 
         // Storage: does it owe a write (persisted behind the log) without progress?
         let now = Instant::now();

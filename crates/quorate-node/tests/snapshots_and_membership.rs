@@ -97,7 +97,12 @@ mod common {
                     join: i > 3,
                     metrics_listen: None,
                     peers: peers.clone(),
-                    tls: TlsConfig { ca: paths.ca.clone(), cert: paths.cert.clone(), key: paths.key.clone() },
+                    tls: TlsConfig {
+                        ca: paths.ca.clone(),
+                        cert: paths.cert.clone(),
+                        key: paths.key.clone(),
+                        crls: Vec::new(),
+                    },
                     raft: raft.clone(),
                     limits: LimitsConfig { free_space_floor_mb: 0, ..LimitsConfig::default() },
                     telemetry: Default::default(),

@@ -3,11 +3,21 @@
 //!
 //! Deliberately small and bounded rather than a web framework: one request per connection
 //! (`Connection: close`), a request head of at most [`HttpLimits::request_bytes_max`] bytes
-//! read within [`HttpLimits::timeout`], at most [`HttpLimits::connections_max`] connections at
-//! once (more wait in the kernel's accept queue), `GET` and `HEAD` only.
+//! read within [`HttpLimits::head_timeout`], a response written within
+//! [`HttpLimits::timeout`], at most [`HttpLimits::connections_max`] connections at once,
+//! `GET` and `HEAD` only.
+//!
+//! **Probes are never starved.** Connections are always accepted: when every slot is taken, the
+//! oldest connection that has not yet sent its request head is closed to make room, so idle
+//! sockets cannot keep `/livez` and `/readyz` out (an orchestrator would restart a healthy
+//! node). At most half the slots answer `/metrics` at once (a slow reader of a large scrape
+//! holds its slot for up to `timeout`; beyond that a scrape gets 503), and a probe's answer is
+//! a few bytes, so a slot always frees quickly.
 
 use crate::Metrics;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,15 +72,22 @@ impl Probes for AlwaysHealthy {
 pub struct HttpLimits {
     /// Largest request head accepted (bytes); a longer one gets 431.
     pub request_bytes_max: usize,
-    /// Time allowed to read a request and to write its response.
+    /// Time allowed to write a response.
     pub timeout: Duration,
-    /// Connections served at once.
+    /// Connections served at once (when all are taken, the oldest one still silent is closed).
     pub connections_max: usize,
+    /// Time allowed to receive a request head, from the connection's acceptance.
+    pub head_timeout: Duration,
 }
 
 impl Default for HttpLimits {
     fn default() -> HttpLimits {
-        HttpLimits { request_bytes_max: 8 * 1024, timeout: Duration::from_secs(5), connections_max: 32 }
+        HttpLimits {
+            request_bytes_max: 8 * 1024,
+            timeout: Duration::from_secs(5),
+            connections_max: 128,
+            head_timeout: Duration::from_secs(2),
+        }
     }
 }
 
@@ -80,9 +97,13 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// Serves `/metrics`, `/livez` and `/readyz` on `listener` until the task is dropped or
 /// aborted. Errors on single connections are logged at debug level and never end the loop.
 pub async fn serve(listener: TcpListener, metrics: Metrics, probes: Arc<dyn Probes>, limits: HttpLimits) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max.max(1)));
+    let max = limits.connections_max.max(1);
+    let live = Arc::new(AtomicUsize::new(0));
+    let scrapes = Arc::new(tokio::sync::Semaphore::new((max / 2).max(1)));
+    // Connections that have not sent their request head yet, oldest first (bounded by `max`:
+    // finished ones and ones past their head are dropped from it at every acceptance).
+    let mut silent: VecDeque<(Arc<AtomicBool>, tokio::task::AbortHandle)> = VecDeque::new();
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -92,14 +113,47 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, probes: Arc<dyn Prob
                 continue;
             }
         };
-        let metrics = metrics.clone();
-        let probes = probes.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, &metrics, &*probes, limits).await {
+        silent.retain(|(head, task)| !head.load(Ordering::Relaxed) && !task.is_finished());
+        if live.load(Ordering::Relaxed) >= max {
+            match silent.pop_front() {
+                Some((_, task)) => {
+                    tracing::debug!(%peer, "metrics endpoint: every slot taken; closing the oldest silent connection");
+                    task.abort();
+                }
+                None => {
+                    // Every slot is answering a request: each ends within `timeout`.
+                    tracing::debug!(%peer, "metrics endpoint: every slot answering; connection refused");
+                    drop(stream);
+                    continue;
+                }
+            }
+        }
+        let slot = Slot::take(&live);
+        let head = Arc::new(AtomicBool::new(false));
+        let (metrics, probes, scrapes, got_head) = (metrics.clone(), probes.clone(), scrapes.clone(), head.clone());
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = handle(stream, &metrics, &*probes, limits, &got_head, &scrapes).await {
                 tracing::debug!(%peer, error = %e, "metrics endpoint: connection failed");
             }
-            drop(permit);
         });
+        silent.push_back((head, task.abort_handle()));
+    }
+}
+
+/// One of the endpoint's connection slots, freed when dropped (also when its task is aborted).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(live: &Arc<AtomicUsize>) -> Slot {
+        live.fetch_add(1, Ordering::Relaxed);
+        Slot(live.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -108,15 +162,19 @@ async fn handle(
     metrics: &Metrics,
     probes: &dyn Probes,
     limits: HttpLimits,
+    got_head: &AtomicBool,
+    scrapes: &tokio::sync::Semaphore,
 ) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(limits.timeout, read_head(&mut stream, limits.request_bytes_max)).await {
+    let head = match tokio::time::timeout(limits.head_timeout, read_head(&mut stream, limits.request_bytes_max)).await {
         Ok(Ok(Some(h))) => h,
         Ok(Ok(None)) => {
+            got_head.store(true, Ordering::Relaxed);
             return respond(&mut stream, 431, "text/plain", b"request header too large\n", false, limits).await;
         }
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request not read in time")),
     };
+    got_head.store(true, Ordering::Relaxed);
     let (method, path) = match parse_request_line(&head) {
         Some(r) => r,
         None => return respond(&mut stream, 400, "text/plain", b"bad request\n", false, limits).await,
@@ -128,6 +186,10 @@ async fn handle(
     let path = path.split('?').next().unwrap_or("");
     match path {
         "/metrics" => {
+            let Ok(_scrape) = scrapes.try_acquire() else {
+                return respond(&mut stream, 503, "text/plain", b"busy: too many scrapes at once\n", head_only, limits)
+                    .await;
+            };
             probes.before_scrape();
             let body = metrics.render();
             respond(&mut stream, 200, METRICS_CONTENT_TYPE, body.as_bytes(), head_only, limits).await

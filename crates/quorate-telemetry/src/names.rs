@@ -179,6 +179,16 @@ pub const SNAPSHOT_INSTALL_SECONDS: &str = "quorate_snapshot_install_seconds";
 pub const CERT_EXPIRY_SECONDS: &str = "quorate_tls_cert_expiry_seconds";
 /// Counter per `reason`: peers or clients refused by authentication or authorisation.
 pub const AUTH_REFUSALS_TOTAL: &str = "quorate_auth_refusals_total";
+/// Counter: certificate reloads refused (the certificates in use stayed in force).
+pub const TLS_RELOAD_FAILURES_TOTAL: &str = "quorate_tls_reload_failures_total";
+/// Gauge: authenticated inbound QUIC connections (peers and clients).
+pub const TRANSPORT_CONNECTIONS: &str = "quorate_transport_connections";
+/// Counter per `reason`: messages from peers dropped by the node (sender not a member, a
+/// snapshot chunk not from the current leader, a snapshot over the limit...).
+pub const PEER_MESSAGES_REFUSED_TOTAL: &str = "quorate_peer_messages_refused_total";
+/// Counter: times the driver waited for the apply thread because its backlog of messages
+/// for it was full (the last resort; admission should shed load long before).
+pub const APPLY_BACKLOG_WAITS_TOTAL: &str = "quorate_apply_backlog_waits_total";
 /// Counter per `principal`: client requests marked as retries.
 pub const CLIENT_RETRIES_TOTAL: &str = "quorate_client_retries_total";
 /// Counter per `principal`: client requests answered with a timeout.
@@ -247,6 +257,14 @@ pub const ALL: &[MetricDef] = &[
     h(SNAPSHOT_INSTALL_SECONDS, "Time to install a received snapshot."),
     g(CERT_EXPIRY_SECONDS, "Seconds until this node's TLS certificate expires.", &[]),
     c(AUTH_REFUSALS_TOTAL, "Peers or clients refused by authentication or authorisation, by reason.", &[LABEL_REASON]),
+    c(TLS_RELOAD_FAILURES_TOTAL, "Certificate reloads refused; the certificates in use stayed in force.", &[]),
+    g(TRANSPORT_CONNECTIONS, "Authenticated inbound QUIC connections, peers and clients.", &[]),
+    c(
+        PEER_MESSAGES_REFUSED_TOTAL,
+        "Messages from peers dropped (not a member, snapshot chunk not from the leader...), by reason.",
+        &[LABEL_REASON],
+    ),
+    c(APPLY_BACKLOG_WAITS_TOTAL, "Times the driver waited for the apply thread (its backlog was full).", &[]),
     c(CLIENT_RETRIES_TOTAL, "Client requests marked as retries, by principal.", &[LABEL_PRINCIPAL]),
     c(CLIENT_TIMEOUTS_TOTAL, "Client requests answered with a timeout, by principal.", &[LABEL_PRINCIPAL]),
     c(
@@ -269,6 +287,20 @@ const fn c(name: &'static str, help: &'static str, labels: &'static [&'static st
 }
 const fn h(name: &'static str, help: &'static str) -> MetricDef {
     MetricDef { name, kind: Kind::Histogram, help, labels: &[] }
+}
+
+/// Values of the `reason` label of [`PEER_MESSAGES_REFUSED_TOTAL`].
+pub mod peer_refused {
+    /// The sender is not a member of this node's configuration (nor its leader).
+    pub const NOT_MEMBER: &str = "not_member";
+    /// A `TimeoutNow`, or a snapshot chunk, not from the current leader in its term.
+    pub const NOT_LEADER: &str = "not_leader";
+    /// A snapshot larger than `limits.snapshot_staging_mb`, or more than the free disk space.
+    pub const SNAPSHOT_TOO_LARGE: &str = "snapshot_too_large";
+    /// A snapshot chunk that does not continue the transfer in progress.
+    pub const SNAPSHOT_OUT_OF_ORDER: &str = "snapshot_out_of_order";
+    /// Every value.
+    pub const ALL: &[&str] = &[NOT_MEMBER, NOT_LEADER, SNAPSHOT_TOO_LARGE, SNAPSHOT_OUT_OF_ORDER];
 }
 
 /// Values of the `reason` label of [`ELECTIONS_TOTAL`], one per reason the consensus core
@@ -338,6 +370,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 49);
+        assert_eq!(seen.len(), 53);
     }
 }

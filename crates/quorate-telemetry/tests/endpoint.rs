@@ -27,7 +27,12 @@ async fn serves_metrics_and_probes_within_bounds() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let probes = Arc::new(Flag(AtomicBool::new(false)));
-    let limits = HttpLimits { request_bytes_max: 1024, timeout: Duration::from_secs(2), connections_max: 4 };
+    let limits = HttpLimits {
+        request_bytes_max: 1024,
+        timeout: Duration::from_secs(2),
+        connections_max: 4,
+        head_timeout: Duration::from_secs(2),
+    };
     let server = tokio::spawn(serve(listener, registry, probes.clone(), limits));
 
     let get = move |path: &'static str| {
@@ -67,5 +72,38 @@ async fn serves_metrics_and_probes_within_bounds() {
     let (code, _) = get("/livez").await.expect("join").expect("livez while a client is silent");
     assert_eq!(code, 200);
     drop(silent);
+    server.abort();
+}
+
+/// Idle sockets that hold every connection slot must not keep `/livez` and `/readyz` out: an
+/// orchestrator would restart a healthy node. The head deadline here is far longer than the
+/// probe's own timeout, so only a fix that frees a slot for the probe (not the deadline of
+/// the idle sockets) lets it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_on_every_slot_do_not_starve_the_probes() {
+    let registry = Metrics::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let probes = Arc::new(Flag(AtomicBool::new(true)));
+    let limits = HttpLimits {
+        connections_max: 8,
+        timeout: Duration::from_secs(120),
+        head_timeout: Duration::from_secs(120),
+        ..HttpLimits::default()
+    };
+    let server = tokio::spawn(serve(listener, registry, probes, limits));
+
+    // Many more idle sockets than slots, each connected and silent.
+    let idle: Vec<std::net::TcpStream> =
+        (0..4 * limits.connections_max).map(|_| std::net::TcpStream::connect(addr).expect("connect")).collect();
+    for path in ["/livez", "/readyz", "/livez"] {
+        let (code, body) =
+            tokio::task::spawn_blocking(move || get_blocking(addr, path, Duration::from_secs(10), 1 << 20))
+                .await
+                .expect("join")
+                .unwrap_or_else(|e| panic!("{path} while {} idle sockets are open: {e}", 4 * 8));
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    drop(idle);
     server.abort();
 }

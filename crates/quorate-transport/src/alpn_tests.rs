@@ -122,10 +122,12 @@ fn no_offer_downgrades_security() {
         roots.add(c).unwrap();
     }
     let provider = super::provider();
-    let verifier = Arc::new(super::ChainOnlyVerifier {
+    let trust = super::Trust {
         roots: Arc::new(roots),
+        crls: Vec::new(),
         algorithms: provider.signature_verification_algorithms,
-    });
+    };
+    let verifier = Arc::new(super::ChainOnlyVerifier { trust: Arc::new(trust) });
     for offer in ALPNS {
         let mut anon = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])

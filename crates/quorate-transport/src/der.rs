@@ -1,5 +1,6 @@
-//! Just enough DER to read a certificate's validity period (for the expiry gauge); chain and
-//! name checks are rustls-webpki's job. Never panics on any input.
+//! Just enough DER to read a certificate's validity period (for the expiry gauge and the
+//! expiry of open connections) and its serial number (for development revocation lists);
+//! chain and name checks are rustls-webpki's job. Never panics on any input.
 
 /// A DER element: its tag, its contents and the bytes after it.
 fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -44,6 +45,21 @@ pub(crate) fn validity_unix(cert: &[u8]) -> Option<(i64, i64)> {
     let (t1, not_before, rest) = element(validity)?;
     let (t2, not_after, _) = element(rest)?;
     Some((time_unix(t1, not_before)?, time_unix(t2, not_after)?))
+}
+
+/// The content octets of an X.509 certificate's serial number (DER).
+#[cfg(feature = "dev-certs")]
+pub(crate) fn serial(cert: &[u8]) -> Option<&[u8]> {
+    const INTEGER: u8 = 0x02;
+    let (tag, cert, _) = element(cert)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, mut tbs, _) = element(cert)?;
+    (tag == SEQUENCE).then_some(())?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = element(tbs)?.2;
+    }
+    let (tag, serial, _) = element(tbs)?;
+    (tag == INTEGER).then_some(serial)
 }
 
 /// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ` to Unix seconds.

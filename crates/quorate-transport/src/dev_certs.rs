@@ -6,9 +6,12 @@ use crate::identity::{ClusterId, Identity, Principal, Role};
 use crate::tls::TlsPaths;
 use quorate_log::NodeId;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams,
+    SanType, SerialNumber,
 };
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,14 @@ pub enum DevCertError {
     /// A validity period that is empty or longer than [`VALIDITY_MAX`].
     #[error("invalid validity period")]
     Validity,
+    /// A certificate to revoke could not be read.
+    #[error("cannot read certificate {path}: {what}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        what: String,
+    },
 }
 
 /// A validity period.
@@ -134,6 +145,43 @@ impl DevCa {
         write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;
         write_file(&paths.cert, cert.pem().as_bytes(), false)?;
         Ok(paths)
+    }
+}
+
+impl DevCa {
+    /// Writes a certificate revocation list signed by this CA to `path` (PEM, `X509 CRL`),
+    /// listing the leaf certificates of the PEM files `revoked` (reason: key compromise). Valid
+    /// from a minute ago for [`DEV_VALIDITY`]. Give the file to the nodes as `tls.crls`.
+    pub fn revocation_list(&self, revoked: &[&Path], path: &Path) -> Result<(), DevCertError> {
+        let now = SystemTime::now();
+        let mut revoked_certs = Vec::new();
+        for cert in revoked {
+            let read_err = |what: String| DevCertError::Read { path: cert.to_path_buf(), what };
+            let der = CertificateDer::from_pem_file(cert).map_err(|e| read_err(e.to_string()))?;
+            let serial = crate::der::serial(&der).ok_or_else(|| read_err("no serial number".into()))?;
+            // DER adds a zero octet before a serial whose top bit is set; rcgen adds it back.
+            let serial = match serial {
+                [0, rest @ ..] if rest.first().is_some_and(|b| b & 0x80 != 0) => rest,
+                s => s,
+            };
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(serial),
+                revocation_time: now.into(),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let number = now.duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
+        let params = CertificateRevocationListParams {
+            this_update: (now - Duration::from_secs(60)).into(),
+            next_update: (now + DEV_VALIDITY).into(),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&Issuer::from_params(&self.params, &self.key))?;
+        write_file(path, crl.pem()?.as_bytes(), false)
     }
 }
 

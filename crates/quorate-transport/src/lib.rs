@@ -44,8 +44,13 @@
 //! # Ok(()) }
 //! ```
 
+/// Most certificate revocation list files one endpoint reads (`Credentials::load_with_crls`).
+pub const CRL_FILES_MAX: usize = 16;
+
 #[cfg(feature = "net")]
 mod backoff;
+#[cfg(feature = "net")]
+mod conns;
 #[cfg(feature = "net")]
 mod der;
 #[cfg(feature = "dev-certs")]
@@ -70,9 +75,9 @@ pub use identity::{
 };
 pub use message::{MessageError, RawMessage, WireMessage, decode_message, encode_message};
 #[cfg(feature = "net")]
-pub use tls::{Credentials, TlsError, TlsPaths};
+pub use tls::{CRL_FILE_BYTES_MAX, Credentials, TlsError, TlsPaths};
 #[cfg(feature = "net")]
 pub use transport::{
-    AUDIT_TARGET, Client, ClientOptions, Inbox, Incoming, PeerStats, Request, SendError, Transport, TransportConfig,
-    TransportError, codes, quic_transport_config,
+    AUDIT_TARGET, Client, ClientOptions, Inbox, Incoming, PeerStats, REQUEST_PAYLOAD_BYTES_DEFAULT, Request, SendError,
+    Transport, TransportConfig, TransportError, codes, quic_transport_config,
 };

@@ -1,7 +1,9 @@
-//! Mutual TLS: loading (and reloading) the CA bundle, certificate chain and key from PEM files,
-//! building the rustls configurations (TLS 1.3 only, 0-RTT off, ALPN `quorate/2` then
-//! `quorate/1`, client certificates required) and reading the `quorate://` identity out of a peer certificate.
+//! Mutual TLS: loading (and reloading) the CA bundle, certificate chain, key and certificate
+//! revocation lists from files, building the rustls configurations (TLS 1.3 only, 0-RTT off,
+//! ALPN `quorate/2` then `quorate/1`, client certificates required, revoked certificates
+//! refused both ways) and reading the `quorate://` identity out of a peer certificate.
 
+use crate::CRL_FILES_MAX;
 use crate::der;
 use crate::frame::ALPNS;
 use crate::identity::{Identity, IdentityError, URI_SCHEME};
@@ -9,13 +11,16 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Largest certificate revocation list file read (bytes).
+pub const CRL_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// Where a node's (or a client's) TLS material lives, all PEM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +82,24 @@ pub enum TlsError {
     /// The cipher suites needed by QUIC are missing.
     #[error("QUIC crypto: {0}")]
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// A certificate revocation list file is unreadable, too large, or not a CRL.
+    #[error("certificate revocation list {path}: {what}")]
+    Crl {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        what: String,
+    },
+    /// The certificate does not verify now against the CA bundle and the revocation lists
+    /// (expired, not yet valid, issued by another CA, revoked): peers would refuse it. A reload
+    /// that finds this keeps the material in use.
+    #[error("certificate {path} is not usable: {reason}")]
+    NotUsable {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why it does not verify.
+        reason: String,
+    },
 }
 
 /// Everything built from one reading of the files.
@@ -89,6 +112,71 @@ struct Loaded {
     mtimes: Vec<Option<SystemTime>>,
     /// The QUIC stateless-reset key, derived from the private key ([`ResetKey`]).
     reset_key: ResetKey,
+    /// What a peer's chain is checked against (handshakes and re-checks of open connections).
+    trust: Arc<Trust>,
+    /// This endpoint's own chain, leaf first.
+    chain: Vec<CertificateDer<'static>>,
+}
+
+/// The trust anchors, the revocation lists and the signature algorithms: enough to verify a
+/// peer's chain at any time.
+#[derive(Debug)]
+pub(crate) struct Trust {
+    roots: Arc<RootCertStore>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// What a verified certificate is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Usage {
+    /// A TLS client: every client, and a node dialing a peer.
+    Client,
+    /// A TLS server: a node accepting a connection.
+    Server,
+}
+
+impl Trust {
+    /// Verifies `chain` (leaf first) at `now`: it chains to a CA of the bundle, every
+    /// certificate is within its validity period, the leaf allows `usage`, and no certificate
+    /// of the chain is on a revocation list (a certificate whose issuer published no list is
+    /// accepted: a list speaks only for its own CA).
+    pub(crate) fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        usage: Usage,
+        now: UnixTime,
+    ) -> Result<(), webpki::Error> {
+        let (leaf, intermediates) = chain.split_first().ok_or(webpki::Error::BadDer)?;
+        let cert = webpki::EndEntityCert::try_from(leaf)?;
+        let crls: Vec<&webpki::CertRevocationList<'static>> = self.crls.iter().collect();
+        let revocation = webpki::RevocationOptionsBuilder::new(&crls).ok().map(|b| {
+            b.with_depth(webpki::RevocationCheckDepth::Chain)
+                .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+                .build()
+        });
+        let usage = match usage {
+            Usage::Client => webpki::KeyUsage::client_auth(),
+            Usage::Server => webpki::KeyUsage::server_auth(),
+        };
+        cert.verify_for_usage(self.algorithms.all, &self.roots.roots, intermediates, now, usage, revocation, None)
+            .map(|_| ())
+    }
+}
+
+/// A webpki verdict as the rustls error a handshake fails with.
+fn pki_error(e: webpki::Error) -> rustls::Error {
+    use rustls::CertificateError as C;
+    let c = match e {
+        webpki::Error::CertExpired { .. } => C::Expired,
+        webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
+        webpki::Error::CertRevoked => C::Revoked,
+        webpki::Error::UnknownIssuer => C::UnknownIssuer,
+        webpki::Error::BadDer | webpki::Error::BadDerTime => C::BadEncoding,
+        other => C::Other(rustls::OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(c)
 }
 
 /// The TLS identity of one endpoint, reloadable at run time.
@@ -99,8 +187,12 @@ struct Loaded {
 /// their session. A reload that fails keeps the previous material.
 pub struct Credentials {
     paths: TlsPaths,
+    crls: Vec<PathBuf>,
     current: RwLock<Arc<Loaded>>,
     reloads: AtomicU64,
+    reload_failures: AtomicU64,
+    /// The files' modification times at the last refused reload (not retried until they change).
+    failed_mtimes: Mutex<Option<Vec<Option<SystemTime>>>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -116,24 +208,59 @@ impl Credentials {
     /// Loads the CA bundle, certificate chain and key. An expired certificate loads (so that
     /// the expiry gauge can report it) but peers will refuse it.
     pub fn load(paths: TlsPaths) -> Result<Credentials, TlsError> {
-        let loaded = load(&paths)?;
+        Credentials::load_with_crls(paths, Vec::new())
+    }
+
+    /// Like [`Credentials::load`], with certificate revocation lists: each file holds one or
+    /// more CRLs, PEM (`-----BEGIN X509 CRL-----`) or one DER CRL. A peer whose chain holds a
+    /// certificate listed by the CRL of its issuer is refused, both when it connects and when
+    /// it is dialed; the lists are re-read with the certificates ([`Credentials::reload`]). At
+    /// most [`CRL_FILES_MAX`] files of at most [`CRL_FILE_BYTES_MAX`] bytes each.
+    pub fn load_with_crls(paths: TlsPaths, crls: Vec<PathBuf>) -> Result<Credentials, TlsError> {
+        if crls.len() > CRL_FILES_MAX {
+            return Err(TlsError::Crl {
+                path: crls[CRL_FILES_MAX].clone(),
+                what: format!("at most {CRL_FILES_MAX} revocation list files"),
+            });
+        }
+        let loaded = load(&paths, &crls)?;
         if loaded.earliest_not_after_unix < now_unix() {
             tracing::warn!(target: "quorate::audit", who = %loaded.identity, what = "tls_load",
                 result = "expired", "a loaded certificate has expired");
         }
-        Ok(Credentials { paths, current: RwLock::new(Arc::new(loaded)), reloads: AtomicU64::new(0) })
+        Ok(Credentials {
+            paths,
+            crls,
+            current: RwLock::new(Arc::new(loaded)),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            failed_mtimes: Mutex::new(None),
+        })
     }
 
-    /// Re-reads the files. The new certificate must name the same identity. On error the
-    /// previous material stays in use.
+    /// Re-reads the files. The new certificate must name the same identity and verify now
+    /// against the new CA bundle and revocation lists (not expired, not yet valid, issued by
+    /// another CA or revoked: peers would refuse it). On error the previous material stays in
+    /// use, the failure is logged (audit target, `what=tls_reload result=failed`) and counted
+    /// ([`Credentials::reload_failures`]).
     pub fn reload(&self) -> Result<(), TlsError> {
-        let result = load(&self.paths).and_then(|loaded| {
+        let result = load(&self.paths, &self.crls).and_then(|loaded| {
             let expected = self.identity();
             if loaded.identity != expected {
                 return Err(TlsError::IdentityChanged {
                     expected: Box::new(expected),
                     found: Box::new(loaded.identity),
                 });
+            }
+            let usages: &[Usage] = match loaded.identity {
+                Identity::Peer(_) => &[Usage::Client, Usage::Server],
+                Identity::Client(_) => &[Usage::Client],
+            };
+            for &usage in usages {
+                loaded.trust.verify(&loaded.chain, usage, UnixTime::now()).map_err(|e| TlsError::NotUsable {
+                    path: self.paths.cert.clone(),
+                    reason: pki_error(e).to_string(),
+                })?;
             }
             Ok(loaded)
         });
@@ -147,26 +274,61 @@ impl Credentials {
                 Ok(())
             }
             Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "quorate::audit", who = %self.identity(),
-                    what = "tls_reload", result = "failed", reason = %e);
+                    what = "tls_reload", result = "failed", reason = %e,
+                    "TLS reload refused; the certificates in use stay in force");
                 Err(e)
             }
         }
     }
 
-    /// Reloads if any of the three files' modification time changed since the last load.
-    /// Returns whether a reload happened.
+    /// Reloads if any file's modification time (CA bundle, certificate, key, revocation
+    /// lists) changed since the last load. Returns whether a reload happened. A failed reload
+    /// is retried at the next change only.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        if mtimes(&self.paths) == self.loaded().mtimes {
+        let now = mtimes(&self.paths, &self.crls);
+        let loaded = self.loaded();
+        if now == loaded.mtimes {
             return Ok(false);
         }
-        self.reload().map(|()| true)
+        let mut failed = self.failed_mtimes.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.as_ref() == Some(&now) {
+            return Ok(false);
+        }
+        match self.reload() {
+            Ok(()) => {
+                *failed = None;
+                Ok(true)
+            }
+            Err(e) => {
+                *failed = Some(now);
+                Err(e)
+            }
+        }
     }
 
     /// How many successful reloads happened.
     #[must_use]
     pub fn reload_count(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// How many reloads were refused (the previous material stayed in use).
+    #[must_use]
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
+    }
+
+    /// The certificate revocation list files.
+    #[must_use]
+    pub fn crl_paths(&self) -> &[PathBuf] {
+        &self.crls
+    }
+
+    /// What peers' chains are verified against now.
+    pub(crate) fn trust(&self) -> Arc<Trust> {
+        self.loaded().trust.clone()
     }
 
     /// The identity named by the loaded certificate.
@@ -218,8 +380,33 @@ fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64
 }
 
-fn mtimes(paths: &TlsPaths) -> Vec<Option<SystemTime>> {
-    [&paths.ca, &paths.cert, &paths.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+fn mtimes(paths: &TlsPaths, crls: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    [&paths.ca, &paths.cert, &paths.key]
+        .into_iter()
+        .chain(crls)
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Reads the revocation lists of one file: PEM (any number of `X509 CRL` blocks) or DER.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let err = |what: String| TlsError::Crl { path: path.to_owned(), what };
+    let len = std::fs::metadata(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?.len();
+    if len > CRL_FILE_BYTES_MAX {
+        return Err(err(format!("{len} bytes exceeds the limit of {CRL_FILE_BYTES_MAX}")));
+    }
+    let bytes = read(path)?;
+    let ders: Vec<CertificateRevocationListDer<'static>> = if bytes.first() == Some(&0x30) {
+        vec![CertificateRevocationListDer::from(bytes)]
+    } else {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?
+    };
+    if ders.is_empty() {
+        return Err(err("no X509 CRL found (PEM or DER)".into()));
+    }
+    Ok(ders)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -244,8 +431,17 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
-    let mtimes = mtimes(paths);
+fn load(paths: &TlsPaths, crl_paths: &[PathBuf]) -> Result<Loaded, TlsError> {
+    let mtimes = mtimes(paths, crl_paths);
+    let mut crls = Vec::new();
+    for path in crl_paths {
+        for der in read_crls(path)? {
+            // Checked here, so that a bad list fails the load rather than every handshake.
+            let parsed = webpki::OwnedCertRevocationList::from_der(&der)
+                .map_err(|e| TlsError::Crl { path: path.clone(), what: e.to_string() })?;
+            crls.push((der, parsed));
+        }
+    }
     let ca = certs(&paths.ca)?;
     let chain = certs(&paths.cert)?;
     let key_pem = read(&paths.key)?;
@@ -264,7 +460,8 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         .ok_or_else(|| TlsError::Pem { path: paths.cert.clone(), what: "cannot read certificate validity".into() })?;
 
     let reset_key = ResetKey::derive(key.secret_der(), &identity);
-    let (server, client) = rustls_configs(&ca, chain, key)?;
+    let (ders, parsed): (Vec<_>, Vec<_>) = crls.into_iter().unzip();
+    let (server, client, trust) = rustls_configs_with_crls(&ca, chain.clone(), key, ders, parsed)?;
     Ok(Loaded {
         server: Arc::new(QuicServerConfig::try_from(server)?),
         client: Arc::new(QuicClientConfig::try_from(client)?),
@@ -272,6 +469,8 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         earliest_not_after_unix,
         mtimes,
         reset_key,
+        trust,
+        chain,
     })
 }
 
@@ -368,19 +567,43 @@ impl quinn::crypto::HmacKey for ResetKey {
 
 /// The rustls server and client configurations: TLS 1.3 only, client certificates required,
 /// 0-RTT and resumption off, and every ALPN id of [`ALPNS`] under these same settings.
+#[cfg(all(test, feature = "dev-certs"))]
 pub(crate) fn rustls_configs(
     ca: &[CertificateDer<'static>],
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<(rustls::ServerConfig, rustls::ClientConfig), TlsError> {
+    rustls_configs_with_crls(ca, chain, key, Vec::new(), Vec::new()).map(|(s, c, _)| (s, c))
+}
+
+/// The rustls configurations as above, with revocation lists (`ders` and the same lists
+/// parsed), and the [`Trust`] they make.
+fn rustls_configs_with_crls(
+    ca: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ders: Vec<CertificateRevocationListDer<'static>>,
+    parsed: Vec<webpki::OwnedCertRevocationList>,
+) -> Result<(rustls::ServerConfig, rustls::ClientConfig, Arc<Trust>), TlsError> {
     let mut roots = RootCertStore::empty();
     for c in ca {
         roots.add(c.clone())?;
     }
     let roots = Arc::new(roots);
     let provider = provider();
+    let trust = Arc::new(Trust {
+        roots: roots.clone(),
+        crls: parsed.into_iter().map(webpki::CertRevocationList::from).collect(),
+        algorithms: provider.signature_verification_algorithms,
+    });
 
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+    if !ders.is_empty() {
+        // A list speaks for its own CA only: a certificate of another CA of the bundle (a CA
+        // rotation) has an unknown status, which is accepted.
+        builder = builder.with_crls(ders).allow_unknown_revocation_status();
+    }
+    let client_verifier = builder.build()?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
@@ -389,7 +612,7 @@ pub(crate) fn rustls_configs(
     server.max_early_data_size = 0; // 0-RTT off
     server.send_tls13_tickets = 0; // no resumption either: every connection shows its cert
 
-    let verifier = Arc::new(ChainOnlyVerifier { roots, algorithms: provider.signature_verification_algorithms });
+    let verifier = Arc::new(ChainOnlyVerifier { trust: trust.clone() });
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -398,7 +621,7 @@ pub(crate) fn rustls_configs(
     client.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
     client.enable_early_data = false;
     client.resumption = rustls::client::Resumption::disabled();
-    Ok((server, client))
+    Ok((server, client, trust))
 }
 
 pub(crate) enum IdentityOf {
@@ -418,13 +641,12 @@ pub(crate) fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, Identit
     Identity::parse(uri).map_err(IdentityOf::Invalid)
 }
 
-/// Verifies the server's chain against the cluster CA but not a DNS name: peers are named by
-/// the URI SAN, which the transport checks against the node it meant to reach right after
-/// the handshake, before it sends a byte.
+/// Verifies the server's chain against the cluster CA and the revocation lists, but not a
+/// DNS name: peers are named by the URI SAN, which the transport checks against the node it
+/// meant to reach right after the handshake, before it sends a byte.
 #[derive(Debug)]
 struct ChainOnlyVerifier {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
+    trust: Arc<Trust>,
 }
 
 impl ServerCertVerifier for ChainOnlyVerifier {
@@ -436,14 +658,10 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        self.trust.verify(&chain, Usage::Server, now).map_err(pki_error)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -462,11 +680,11 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.trust.algorithms.supported_schemes()
     }
 }
 

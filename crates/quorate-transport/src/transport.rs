@@ -2,6 +2,7 @@
 //! accept loop that authenticates every connection, and the client request path.
 
 use crate::backoff::Backoff;
+use crate::conns::{Held, Registered, Table, TableLimits, reserve};
 use crate::frame::{
     ALPNS, FRAME_PAYLOAD_BYTES_CEILING, FRAME_PAYLOAD_BYTES_DEFAULT, Frame, FrameError, FrameHeader, HEADER_BYTES,
     Hello, Lane, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
@@ -12,6 +13,7 @@ use crate::tls::{Credentials, IdentityOf, TlsError, identity_of};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use quorate_log::NodeId;
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::UnixTime;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
 /// The `tracing` target of audit events (who, what, result).
@@ -40,14 +42,25 @@ pub mod codes {
     pub const BAD_MESSAGE: u32 = 0x12;
     /// The stream was used against the protocol (e.g. no hello first).
     pub const PROTOCOL: u32 = 0x13;
+    /// A frame did not arrive in full within the frame deadline; the stream is closed.
+    pub const TIMEOUT: u32 = 0x14;
+    /// No room: the connection was refused for a connection limit, or a frame could not
+    /// reserve its bytes within the frame deadline.
+    pub const BUSY: u32 = 0x15;
 }
 
 /// Server name sent in the TLS handshake; identity is checked through the URI SAN instead.
 const SERVER_NAME: &str = "quorate.invalid";
-/// Most unidirectional streams a peer may have open towards us (consensus + snapshot + slack).
-const PEER_UNI_STREAMS_MAX: u32 = 8;
-/// Most concurrent requests a client may have in flight on one connection.
+/// Most unidirectional streams a peer may have open towards us: its consensus and snapshot
+/// lanes, and room for each to be replaced. Granted once the peer is authenticated as a node;
+/// none during the handshake, none to a client.
+const PEER_UNI_STREAMS_MAX: u32 = 4;
+/// Most concurrent requests a client may have in flight on one connection. Granted once the
+/// peer is authenticated as a client; none during the handshake, none to a node.
 const CLIENT_BI_STREAMS_MAX: u32 = 64;
+/// First capacity of a frame's payload buffer; it grows (doubling, capped at the announced
+/// length) as bytes arrive.
+const PAYLOAD_BUFFER_FIRST_BYTES: usize = 16 * 1024;
 /// Most connection attempts being handshaken at once.
 const INCOMING_MAX: usize = 256;
 /// Most messages coalesced into one stream write.
@@ -87,6 +100,34 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// Seed of the reconnect jitter (mixed with the peer id).
     pub seed: u64,
+    /// Largest client request payload accepted (`frame_payload_bytes_max` if lower).
+    pub request_payload_bytes_max: u32,
+    /// Most authenticated inbound connections, peers and clients together; an attempt beyond
+    /// it is refused before its handshake.
+    pub connections_max: usize,
+    /// Most inbound connections of one client identity; the next one is refused.
+    pub client_connections_per_identity_max: usize,
+    /// Most inbound connections of one node identity; a newer one closes the oldest.
+    pub peer_connections_per_node_max: usize,
+    /// Limit on an inbound handshake (TLS included), from the first packet.
+    pub handshake_timeout: Duration,
+    /// Limit on receiving one frame: a client request (from its stream's opening to its last
+    /// byte, and again to reserve its bytes), a peer's frame (from its first byte to its last).
+    pub frame_timeout: Duration,
+    /// Bytes of inbound frames one identity may have being received or waiting to be handled
+    /// (at least the largest frame).
+    pub identity_inbound_bytes_max: u32,
+    /// Bytes of client requests being received or waiting to be answered, all clients together.
+    pub clients_inbound_bytes_max: u32,
+    /// QUIC connection-level receive window of a client connection (bytes the client may send
+    /// that the node has not read yet, over all its streams).
+    pub client_receive_window_bytes: u32,
+    /// QUIC send window of a client connection (response bytes buffered unacknowledged).
+    pub client_send_window_bytes: u32,
+    /// QUIC connection-level receive window of a peer connection.
+    pub peer_receive_window_bytes: u32,
+    /// QUIC receive window of one stream (every connection; QUIC's own default).
+    pub stream_receive_window_bytes: u32,
 }
 
 impl TransportConfig {
@@ -108,9 +149,59 @@ impl TransportConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             seed: 0x5157_0a7e,
+            request_payload_bytes_max: REQUEST_PAYLOAD_BYTES_DEFAULT,
+            connections_max: 4096,
+            client_connections_per_identity_max: 1024,
+            peer_connections_per_node_max: 4,
+            handshake_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            identity_inbound_bytes_max: 32 * MIB,
+            clients_inbound_bytes_max: 256 * MIB,
+            client_receive_window_bytes: MIB,
+            client_send_window_bytes: MIB,
+            peer_receive_window_bytes: 16 * MIB,
+            stream_receive_window_bytes: 1_250_000,
         }
     }
+
+    /// Checks that the settings work together.
+    fn validate(&self) -> Result<(), TransportError> {
+        let bad = |what: &str| Err(TransportError::Config(what.to_string()));
+        if self.frame_payload_bytes_max > FRAME_PAYLOAD_BYTES_CEILING
+            || self.queue_capacity == 0
+            || self.snapshot_queue_capacity == 0
+            || self.inbox_capacity == 0
+        {
+            return bad("frame limit above the ceiling, or a zero capacity");
+        }
+        if self.identity_inbound_bytes_max < self.frame_payload_bytes_max
+            || self.clients_inbound_bytes_max < self.request_payload_bytes_max
+        {
+            return bad("an inbound byte budget below the largest frame it must hold");
+        }
+        if self.connections_max == 0
+            || self.client_connections_per_identity_max == 0
+            || self.peer_connections_per_node_max == 0
+        {
+            return bad("a zero connection limit");
+        }
+        if self.handshake_timeout.is_zero() || self.frame_timeout.is_zero() {
+            return bad("a zero handshake or frame timeout");
+        }
+        if self.client_receive_window_bytes == 0
+            || self.client_send_window_bytes == 0
+            || self.peer_receive_window_bytes == 0
+            || self.stream_receive_window_bytes == 0
+        {
+            return bad("a zero flow-control window");
+        }
+        Ok(())
+    }
 }
+
+const MIB: u32 = 1024 * 1024;
+/// Default limit on a client request payload (4 MiB): above any command the node accepts.
+pub const REQUEST_PAYLOAD_BYTES_DEFAULT: u32 = 4 * MIB;
 
 /// Why a message was not queued. The message is dropped either way (Raft retransmits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -242,6 +333,9 @@ pub struct Request<M> {
     send: SendStream,
     frame_payload_bytes_max: u32,
     generation: u8,
+    /// The request's bytes, reserved from its identity's and all clients' budgets until it
+    /// is answered or dropped.
+    _held: Held,
 }
 
 impl<M: fmt::Debug> fmt::Debug for Request<M> {
@@ -272,9 +366,9 @@ impl<M: WireMessage> Request<M> {
 /// The receiving side of a [`Transport`]: consensus messages first, then client requests,
 /// then snapshot chunks, so a backlog of bulk data never delays a heartbeat.
 pub struct Inbox<M> {
-    consensus: mpsc::Receiver<(NodeId, M)>,
+    consensus: mpsc::Receiver<(NodeId, M, Held)>,
     requests: mpsc::Receiver<Request<M>>,
-    snapshot: mpsc::Receiver<(NodeId, M)>,
+    snapshot: mpsc::Receiver<(NodeId, M, Held)>,
 }
 
 impl<M> fmt::Debug for Inbox<M> {
@@ -288,8 +382,9 @@ impl<M> Inbox<M> {
     pub async fn recv(&mut self) -> Option<Incoming<M>> {
         poll_fn(|cx| {
             let mut closed = 0;
+            // A peer message's reserved bytes are released here: the application has it.
             match self.consensus.poll_recv(cx) {
-                Poll::Ready(Some((from, message))) => {
+                Poll::Ready(Some((from, message, _held))) => {
                     return Poll::Ready(Some(Incoming::Peer { from, lane: Lane::Consensus, message }));
                 }
                 Poll::Ready(None) => closed += 1,
@@ -301,7 +396,7 @@ impl<M> Inbox<M> {
                 Poll::Pending => {}
             }
             match self.snapshot.poll_recv(cx) {
-                Poll::Ready(Some((from, message))) => {
+                Poll::Ready(Some((from, message, _held))) => {
                     return Poll::Ready(Some(Incoming::Peer { from, lane: Lane::Snapshot, message }));
                 }
                 Poll::Ready(None) => closed += 1,
@@ -322,9 +417,13 @@ struct Ctx<M> {
     refusals: AtomicU64,
     /// Set once the cluster is finalized past protocol generation 1 ([`Transport::refuse_quorate_1`]).
     quorate_1_refused: std::sync::atomic::AtomicBool,
-    inbox_consensus: mpsc::Sender<(NodeId, M)>,
-    inbox_snapshot: mpsc::Sender<(NodeId, M)>,
+    inbox_consensus: mpsc::Sender<(NodeId, M, Held)>,
+    inbox_snapshot: mpsc::Sender<(NodeId, M, Held)>,
     inbox_requests: mpsc::Sender<Request<M>>,
+    /// Open connections and the per-identity byte budgets.
+    conns: Arc<Table>,
+    /// Bytes of client requests being received or waiting to be answered.
+    clients_budget: Arc<Semaphore>,
 }
 
 /// A node's QUIC endpoint: dials its peers, accepts peers and clients, authenticates all of
@@ -344,15 +443,23 @@ impl<M: WireMessage> fmt::Debug for Transport<M> {
     }
 }
 
-/// The QUIC transport parameters both sides use.
+/// The QUIC transport parameters of a node's endpoint (accepted and dialed connections). No
+/// stream may be opened towards the node until the other side is authenticated: then a node
+/// gets its unidirectional lanes and a client its bidirectional request streams, each with
+/// the connection windows of its kind. A dialed connection never grants any stream.
 pub fn quic_transport_config(config: &TransportConfig) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
         .map_err(|_| TransportError::Config("idle timeout too large".into()))?;
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(Some(config.keep_alive));
-    t.max_concurrent_uni_streams(VarInt::from_u32(PEER_UNI_STREAMS_MAX));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(CLIENT_BI_STREAMS_MAX));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(config.stream_receive_window_bytes));
+    // Until a connection is authenticated it may not send on any stream; the window is raised
+    // for its kind then.
+    t.receive_window(VarInt::from_u32(config.stream_receive_window_bytes));
+    t.send_window(u64::from(config.client_send_window_bytes.max(config.stream_receive_window_bytes)));
     Ok(t)
 }
 
@@ -370,13 +477,7 @@ impl<M: WireMessage> Transport<M> {
                 credentials.identity()
             )));
         }
-        if config.frame_payload_bytes_max > FRAME_PAYLOAD_BYTES_CEILING
-            || config.queue_capacity == 0
-            || config.snapshot_queue_capacity == 0
-            || config.inbox_capacity == 0
-        {
-            return Err(TransportError::Config("frame limit above the ceiling, or a zero capacity".into()));
-        }
+        config.validate()?;
         let quic = Arc::new(quic_transport_config(&config)?);
         // A reset key that survives a restart (derived from the private key), so that a
         // restarted node resets its peers' connections to its previous incarnation.
@@ -390,6 +491,13 @@ impl<M: WireMessage> Transport<M> {
         let (ctx_tx, consensus) = mpsc::channel(config.inbox_capacity);
         let (snap_tx, snapshot) = mpsc::channel(config.inbox_capacity);
         let (req_tx, requests) = mpsc::channel(config.inbox_capacity);
+        let conns = Table::new(TableLimits {
+            connections_max: config.connections_max,
+            client_connections_per_identity_max: config.client_connections_per_identity_max,
+            peer_connections_per_node_max: config.peer_connections_per_node_max,
+            identity_inbound_bytes_max: config.identity_inbound_bytes_max,
+        });
+        let clients_budget = Arc::new(Semaphore::new(config.clients_inbound_bytes_max as usize));
         let ctx = Arc::new(Ctx {
             config,
             credentials,
@@ -400,6 +508,8 @@ impl<M: WireMessage> Transport<M> {
             inbox_consensus: ctx_tx,
             inbox_snapshot: snap_tx,
             inbox_requests: req_tx,
+            conns,
+            clients_budget,
         });
         let accept = tokio::spawn(accept_loop(ctx.clone())).abort_handle();
         let transport = Transport { ctx, peers: RwLock::new(HashMap::new()), tasks: Mutex::new(vec![accept]) };
@@ -522,15 +632,33 @@ impl<M: WireMessage> Transport<M> {
         self.ctx.quorate_1_refused.store(true, Ordering::Relaxed);
     }
 
-    /// Re-reads the certificate files and serves new connections with them.
+    /// Established inbound connections (authenticated peers and clients).
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.ctx.conns.inbound()
+    }
+
+    /// Re-reads the certificate files (and revocation lists), serves new connections with
+    /// them, and closes every open connection whose peer no longer verifies (see
+    /// [`Transport::recheck_connections`]). A refused reload keeps everything as it was.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
         self.ctx.credentials.reload()?;
         self.ctx.endpoint.set_server_config(Some(server_config(&self.ctx.credentials, &self.ctx.quic)));
+        recheck(&self.ctx);
         Ok(())
     }
 
-    /// Polls the certificate files' modification times every `every` and reloads on change
-    /// (a failed reload is logged and retried at the next change).
+    /// Closes every open connection, inbound or dialed, whose peer's certificate chain no
+    /// longer verifies against the credentials in force: revoked by a revocation list,
+    /// expired, or issued by a CA no longer in the bundle. Each is an audit event. Returns
+    /// how many were closed.
+    pub fn recheck_connections(&self) -> usize {
+        recheck(&self.ctx)
+    }
+
+    /// Every `every`: reloads the certificate files if any changed (a refused reload is
+    /// logged, counted, and retried at the next change), re-checks every open connection after
+    /// a reload, and closes connections whose peer certificate has expired.
     pub fn watch_tls(&self, every: Duration) {
         let ctx = self.ctx.clone();
         let task = tokio::spawn(async move {
@@ -540,6 +668,13 @@ impl<M: WireMessage> Transport<M> {
                 tick.tick().await;
                 if let Ok(true) = ctx.credentials.reload_if_changed() {
                     ctx.endpoint.set_server_config(Some(server_config(&ctx.credentials, &ctx.quic)));
+                    recheck(&ctx);
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                for who in ctx.conns.expire(now) {
+                    audit_refused(&ctx.refusals, &who, "recheck", &"certificate expired; connection closed");
                 }
             }
         });
@@ -589,6 +724,14 @@ fn client_config(credentials: &Credentials, quic: &Arc<quinn::TransportConfig>) 
     let mut client = quinn::ClientConfig::new(credentials.quic_client_crypto());
     client.transport_config(quic.clone());
     client
+}
+
+fn recheck<M>(ctx: &Ctx<M>) -> usize {
+    let closed = ctx.conns.recheck(&ctx.credentials.trust(), UnixTime::now());
+    for (who, reason) in &closed {
+        audit_refused(&ctx.refusals, who, "recheck", &format!("{reason}; connection closed"));
+    }
+    closed.len()
 }
 
 enum Either<A, B> {
@@ -661,13 +804,31 @@ fn refuse_connection(conn: &Connection, reason: &str) {
 
 async fn accept_loop<M: WireMessage>(ctx: Arc<Ctx<M>>) {
     while let Some(incoming) = ctx.endpoint.accept().await {
+        let remote = incoming.remote_address();
+        if let Err(refusal) = ctx.conns.has_room() {
+            audit_refused(&ctx.refusals, &remote, "connect", &refusal);
+            incoming.refuse();
+            continue;
+        }
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(conn) => conn,
+            let connecting = match incoming.accept() {
+                Ok(c) => c,
                 Err(e) => {
                     audit_refused(&ctx.refusals, &remote, "handshake", &e);
+                    return;
+                }
+            };
+            // Dropping an unfinished handshake closes it.
+            let conn = match tokio::time::timeout(ctx.config.handshake_timeout, connecting).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    audit_refused(&ctx.refusals, &remote, "handshake", &e);
+                    return;
+                }
+                Err(_) => {
+                    let reason = format!("not completed within {:?}", ctx.config.handshake_timeout);
+                    audit_refused(&ctx.refusals, &remote, "handshake", &reason);
                     return;
                 }
             };
@@ -685,27 +846,51 @@ async fn accept_loop<M: WireMessage>(ctx: Arc<Ctx<M>>) {
                 refuse_connection(&conn, "wrong cluster");
                 return;
             }
+            let (registered, budget) = match ctx.conns.admit(&conn, &identity) {
+                Ok(r) => r,
+                Err(refusal) => {
+                    audit_refused(&ctx.refusals, &identity, "connect", &refusal);
+                    conn.close(VarInt::from_u32(codes::BUSY), b"too many connections");
+                    return;
+                }
+            };
             audit_accepted(&identity, "connect");
             match identity {
-                Identity::Peer(peer) => serve_peer(ctx, conn, peer).await,
-                Identity::Client(client) => serve_client(ctx, conn, client).await,
+                Identity::Peer(peer) => serve_peer(ctx, conn, peer, budget).await,
+                Identity::Client(client) => serve_client(ctx, conn, client, budget).await,
             }
+            drop(registered);
         });
     }
 }
 
-async fn serve_peer<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, peer: PeerIdentity) {
-    conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+async fn serve_peer<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, peer: PeerIdentity, budget: Arc<Semaphore>) {
+    conn.set_receive_window(VarInt::from_u32(ctx.config.peer_receive_window_bytes));
+    conn.set_max_concurrent_uni_streams(VarInt::from_u32(PEER_UNI_STREAMS_MAX));
     while let Ok(recv) = conn.accept_uni().await {
-        tokio::spawn(read_peer_stream(ctx.clone(), conn.clone(), peer.clone(), recv));
+        tokio::spawn(read_peer_stream(ctx.clone(), conn.clone(), peer.clone(), recv, budget.clone()));
     }
 }
 
-async fn read_peer_stream<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, peer: PeerIdentity, recv: RecvStream) {
+async fn read_peer_stream<M: WireMessage>(
+    ctx: Arc<Ctx<M>>,
+    conn: Connection,
+    peer: PeerIdentity,
+    recv: RecvStream,
+    budget: Arc<Semaphore>,
+) {
+    let limit = ctx.config.frame_timeout;
     let mut reader = FrameReader::new(recv, ctx.config.frame_payload_bytes_max);
-    let hello = match reader.next().await {
+    // The hello: its first byte within the frame deadline of the stream's opening, like the
+    // rest of it.
+    let hello = match reader.frame(Some(limit), limit).await {
         Ok(Some((header, payload))) => Hello::decode(&Frame { header, payload: &payload }),
-        Ok(None) | Err(ReadFrameError::Stream(_)) => return,
+        Ok(None) | Err(ReadFrameError::Stream(_) | ReadFrameError::Busy) => return,
+        Err(ReadFrameError::Timeout) => {
+            reader.stop(codes::TIMEOUT);
+            audit_refused(&ctx.refusals, &Identity::Peer(peer), "hello", &"not received within the frame deadline");
+            return;
+        }
         Err(ReadFrameError::Frame(e)) => Err(e),
     };
     let hello = match hello {
@@ -737,18 +922,23 @@ async fn read_peer_stream<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, pe
         Lane::Snapshot => &ctx.inbox_snapshot,
     };
     loop {
-        let message = match reader.next().await {
-            Ok(Some((header, payload))) => decode_owned::<M>(header, payload),
+        // A lane may stay silent between messages; once a frame starts it must arrive whole
+        // within the deadline. Waiting for budget is this node's own backpressure (the inbox
+        // not yet drained), not the peer's doing: no deadline on it.
+        let header = match reader.header(None, limit).await {
+            Ok(Some(h)) => h,
             Ok(None) | Err(ReadFrameError::Stream(_)) => return,
-            Err(ReadFrameError::Frame(e)) => {
-                reader.stop(codes::BAD_FRAME);
-                tracing::warn!(peer = %peer.node, error = %e, "bad frame; stream closed");
-                return;
-            }
+            Err(e) => return peer_stream_failed(&mut reader, &peer, e),
+        };
+        let Some(held) = reserve(&budget, None, header.payload_bytes).await else { return };
+        let message = match reader.payload(&header, limit).await {
+            Ok(payload) => decode_owned::<M>(header, payload),
+            Err(ReadFrameError::Stream(_)) => return,
+            Err(e) => return peer_stream_failed(&mut reader, &peer, e),
         };
         match message {
             Ok(message) => {
-                if inbox.send((peer.node, message)).await.is_err() {
+                if inbox.send((peer.node, message, held)).await.is_err() {
                     return;
                 }
             }
@@ -761,34 +951,87 @@ async fn read_peer_stream<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, pe
     }
 }
 
-async fn serve_client<M: WireMessage>(ctx: Arc<Ctx<M>>, conn: Connection, client: ClientIdentity) {
-    conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+/// Closes a peer stream after a bad or late frame.
+fn peer_stream_failed(reader: &mut FrameReader, peer: &PeerIdentity, e: ReadFrameError) {
+    match e {
+        ReadFrameError::Timeout => {
+            reader.stop(codes::TIMEOUT);
+            tracing::warn!(peer = %peer.node, "frame not received within the frame deadline; stream closed");
+        }
+        ReadFrameError::Frame(e) => {
+            reader.stop(codes::BAD_FRAME);
+            tracing::warn!(peer = %peer.node, error = %e, "bad frame; stream closed");
+        }
+        ReadFrameError::Stream(_) | ReadFrameError::Busy => {}
+    }
+}
+
+async fn serve_client<M: WireMessage>(
+    ctx: Arc<Ctx<M>>,
+    conn: Connection,
+    client: ClientIdentity,
+    budget: Arc<Semaphore>,
+) {
+    conn.set_receive_window(VarInt::from_u32(ctx.config.client_receive_window_bytes));
+    conn.set_send_window(u64::from(ctx.config.client_send_window_bytes));
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(CLIENT_BI_STREAMS_MAX));
     let generation = protocol_generation(&conn);
-    while let Ok((mut send, recv)) = conn.accept_bi().await {
-        let ctx = ctx.clone();
-        let from = client.clone();
-        tokio::spawn(async move {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(read_request(ctx.clone(), client.clone(), send, recv, generation, budget.clone()));
+    }
+}
+
+/// Reads one request: its header within the frame deadline of the stream's opening, its
+/// bytes reserved within the deadline again, its payload within the deadline again.
+async fn read_request<M: WireMessage>(
+    ctx: Arc<Ctx<M>>,
+    from: ClientIdentity,
+    mut send: SendStream,
+    recv: RecvStream,
+    generation: u8,
+    budget: Arc<Semaphore>,
+) {
+    let limit = ctx.config.frame_timeout;
+    let max = ctx.config.request_payload_bytes_max.min(ctx.config.frame_payload_bytes_max);
+    let mut reader = FrameReader::new(recv, max);
+    let result = async {
+        let header = match reader.header(Some(limit), limit).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let reserved = tokio::time::timeout(limit, reserve(&budget, Some(&ctx.clients_budget), header.payload_bytes));
+        let held = match reserved.await {
+            Ok(Some(held)) => held,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(ReadFrameError::Busy),
+        };
+        let payload = reader.payload(&header, limit).await?;
+        Ok(Some((header, payload, held)))
+    }
+    .await;
+    let failed = |code: u32, reason: String| (code, reason);
+    let outcome = match result {
+        Ok(Some((header, payload, held))) => match decode_owned::<M>(header, payload) {
+            Ok(message) => Ok((message, held)),
+            Err(e) => Err(failed(codes::BAD_MESSAGE, e.to_string())),
+        },
+        Ok(None) | Err(ReadFrameError::Stream(_)) => return,
+        Err(ReadFrameError::Frame(e)) => Err(failed(codes::BAD_FRAME, e.to_string())),
+        Err(ReadFrameError::Timeout) => Err(failed(codes::TIMEOUT, "not received within the frame deadline".into())),
+        Err(ReadFrameError::Busy) => Err(failed(codes::BUSY, "no room for its bytes within the frame deadline".into())),
+    };
+    match outcome {
+        Ok((message, held)) => {
             let max = ctx.config.frame_payload_bytes_max;
-            let mut reader = FrameReader::new(recv, max);
-            let message = match reader.next().await {
-                Ok(Some((header, payload))) => {
-                    decode_owned::<M>(header, payload).map_err(|e| (codes::BAD_MESSAGE, e.to_string()))
-                }
-                Ok(None) | Err(ReadFrameError::Stream(_)) => return,
-                Err(ReadFrameError::Frame(e)) => Err((codes::BAD_FRAME, e.to_string())),
-            };
-            match message {
-                Ok(message) => {
-                    let request = Request { from, message, send, frame_payload_bytes_max: max, generation };
-                    let _ = ctx.inbox_requests.send(request).await;
-                }
-                Err((code, reason)) => {
-                    reader.stop(code);
-                    let _ = send.reset(VarInt::from_u32(code));
-                    tracing::warn!(client = %from.principal, reason, "bad request; stream closed");
-                }
-            }
-        });
+            let request = Request { from, message, send, frame_payload_bytes_max: max, generation, _held: held };
+            let _ = ctx.inbox_requests.send(request).await;
+        }
+        Err((code, reason)) => {
+            reader.stop(code);
+            let _ = send.reset(VarInt::from_u32(code));
+            tracing::warn!(client = %from.principal, reason, "bad request; stream closed");
+        }
     }
 }
 
@@ -838,6 +1081,8 @@ async fn peer_task<M: WireMessage>(
         match connect_peer(&ctx, node, addr).await {
             Ok(conn) => {
                 let since = Instant::now();
+                let _registered: Registered =
+                    ctx.conns.dialed(&conn, &Identity::peer(ctx.config.cluster.clone(), node));
                 counters.connects.fetch_add(1, Ordering::Relaxed);
                 counters.connected.store(true, Ordering::Relaxed);
                 counters.set_conn(Some(conn.clone()));
@@ -973,10 +1218,15 @@ fn decode_owned<M: WireMessage>(header: FrameHeader, payload: Vec<u8>) -> Result
 enum ReadFrameError {
     Frame(FrameError),
     Stream(String),
+    /// The frame did not arrive within its deadline.
+    Timeout,
+    /// No budget for the frame's bytes within its deadline.
+    Busy,
 }
 
-/// Reads frames from a stream through a buffer; a frame's length is checked against the limit
-/// before its payload is buffered.
+/// Reads frames from a stream through a buffer. A frame's length is checked against the limit
+/// before anything is buffered for it, and its payload buffer grows as bytes arrive (never
+/// past the announced length), so a header that announces a large frame allocates nothing.
 struct FrameReader {
     recv: RecvStream,
     buf: Vec<u8>,
@@ -984,17 +1234,41 @@ struct FrameReader {
     max: u32,
 }
 
+/// Awaits `f` until `deadline` (`None`: no deadline).
+async fn by<T>(deadline: Option<tokio::time::Instant>, f: impl Future<Output = T>) -> Result<T, ReadFrameError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.map_err(|_| ReadFrameError::Timeout),
+        None => Ok(f.await),
+    }
+}
+
 impl FrameReader {
     fn new(recv: RecvStream, max: u32) -> FrameReader {
         FrameReader { recv, buf: Vec::new(), pos: 0, max }
     }
 
-    /// The next frame's header and payload, or `None` at a clean end of stream. The header
-    /// is validated (length against the limit) before the payload buffer is allocated; a large
-    /// payload is read straight into its own buffer.
-    async fn next(&mut self) -> Result<Option<(FrameHeader, Vec<u8>)>, ReadFrameError> {
+    /// The next frame (header and payload), or `None` at a clean end of stream; see
+    /// [`FrameReader::header`] for the deadlines, which apply to the whole frame.
+    async fn frame(
+        &mut self,
+        idle: Option<Duration>,
+        limit: Duration,
+    ) -> Result<Option<(FrameHeader, Vec<u8>)>, ReadFrameError> {
+        let Some(header) = self.header(idle, limit).await? else { return Ok(None) };
+        let payload = self.payload(&header, limit).await?;
+        Ok(Some((header, payload)))
+    }
+
+    /// The next frame header, validated (its length against the limit), or `None` at a clean
+    /// end of stream. The frame's first byte must arrive within `idle` (`None`: no limit);
+    /// from then on the rest of the header within `limit`.
+    async fn header(&mut self, idle: Option<Duration>, limit: Duration) -> Result<Option<FrameHeader>, ReadFrameError> {
+        let mut deadline = idle.map(|i| tokio::time::Instant::now() + i);
         while self.buf.len() - self.pos < HEADER_BYTES {
-            if !self.fill().await? {
+            if self.buf.len() > self.pos && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + limit);
+            }
+            if !by(deadline, self.fill()).await?? {
                 return if self.buf.len() == self.pos {
                     Ok(None)
                 } else {
@@ -1006,27 +1280,38 @@ impl FrameReader {
         header_bytes.copy_from_slice(&self.buf[self.pos..self.pos + HEADER_BYTES]);
         let header = FrameHeader::parse(&header_bytes, self.max).map_err(ReadFrameError::Frame)?;
         self.pos += HEADER_BYTES;
+        Ok(Some(header))
+    }
+
+    /// The payload announced by `header` (just read), within `limit`.
+    async fn payload(&mut self, header: &FrameHeader, limit: Duration) -> Result<Vec<u8>, ReadFrameError> {
         let len = header.payload_bytes as usize;
         let available = self.buf.len() - self.pos;
         if available >= len {
             let payload = self.buf[self.pos..self.pos + len].to_vec();
             self.pos += len;
-            return Ok(Some((header, payload)));
+            return Ok(payload);
         }
-        let mut payload = Vec::with_capacity(len);
+        let mut payload = Vec::with_capacity(len.min(PAYLOAD_BUFFER_FIRST_BYTES).max(available));
         payload.extend_from_slice(&self.buf[self.pos..]);
         self.buf.clear();
         self.pos = 0;
+        let deadline = Some(tokio::time::Instant::now() + limit);
         while payload.len() < len {
-            match self.recv.read_chunk(len - payload.len(), true).await {
-                Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
-                Ok(None) => {
-                    return Err(ReadFrameError::Stream("stream ended inside a frame".into()));
-                }
+            let chunk = match by(deadline, self.recv.read_chunk(len - payload.len(), true)).await? {
+                Ok(Some(chunk)) => chunk.bytes,
+                Ok(None) => return Err(ReadFrameError::Stream("stream ended inside a frame".into())),
                 Err(e) => return Err(ReadFrameError::Stream(e.to_string())),
+            };
+            let needed = payload.len() + chunk.len();
+            if needed > payload.capacity() {
+                // Double, but never past the announced length.
+                let target = (payload.capacity() * 2).clamp(needed, len);
+                payload.reserve_exact(target - payload.len());
             }
+            payload.extend_from_slice(&chunk);
         }
-        Ok(Some((header, payload)))
+        Ok(payload)
     }
 
     /// Reads one more chunk into the buffer; `false` at the end of the stream.
@@ -1109,7 +1394,9 @@ impl<M: WireMessage> Client<M> {
             .map_err(|_| TransportError::Config("idle timeout too large".into()))?;
         quic.max_idle_timeout(Some(idle));
         quic.keep_alive_interval(Some(options.keep_alive));
+        // A node never opens a stream towards a client.
         quic.max_concurrent_uni_streams(VarInt::from_u32(0));
+        quic.max_concurrent_bidi_streams(VarInt::from_u32(0));
         let config = client_config(credentials, &Arc::new(quic));
         let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
         let conn =
@@ -1129,11 +1416,13 @@ impl<M: WireMessage> Client<M> {
             send.write_all(&buf).await?;
             let _ = send.finish();
             let mut reader = FrameReader::new(recv, max);
-            match reader.next().await {
+            // The whole round trip is bounded by the request timeout below.
+            match reader.frame(None, self.options.request_timeout).await {
                 Ok(Some((header, payload))) => Ok(decode_owned::<M>(header, payload)?),
                 Ok(None) => Err(TransportError::Closed),
                 Err(ReadFrameError::Frame(e)) => Err(e.into()),
                 Err(ReadFrameError::Stream(e)) => Err(TransportError::Read(e)),
+                Err(ReadFrameError::Timeout | ReadFrameError::Busy) => Err(TransportError::Timeout),
             }
         };
         tokio::time::timeout(self.options.request_timeout, round_trip).await.map_err(|_| TransportError::Timeout)?

@@ -58,6 +58,12 @@ impl Setup {
         Arc::new(Credentials::load(self.certs.nodes[&id(node)].clone()).expect("load"))
     }
 
+    /// An admin client certificate for `name`, from the cluster CA.
+    fn issue_client(&self, name: &str) -> Arc<Credentials> {
+        let identity = Identity::client(self.cluster.clone(), Principal::new(name).expect("principal"), Role::Admin);
+        self.issue(&identity, Validity::from_now(Duration::from_secs(3600)), name)
+    }
+
     /// Issues an extra certificate from the cluster CA.
     fn issue(&self, identity: &Identity, validity: Validity, name: &str) -> Arc<Credentials> {
         let paths =
@@ -597,5 +603,332 @@ fn a_restarted_peer_is_reachable_again_before_the_idle_timeout() {
         sender.1.abort();
         assert!(waited < Duration::from_secs(3), "node 1 reached the restarted node 2 only after {waited:?}");
         t2.shutdown().await;
+    });
+}
+
+/// A QUIC connection to `addr` with `creds`, or the error that ended its handshake.
+async fn try_connect(creds: &Credentials, addr: SocketAddr) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+    let config = quinn::ClientConfig::new(creds.quic_client_crypto());
+    within("handshake", endpoint.connect_with(config, addr, "quorate.invalid").expect("connect")).await
+}
+
+fn client_creds(s: &Setup, name: &str, role: Role) -> Arc<Credentials> {
+    let identity = Identity::client(s.cluster.clone(), Principal::new(name).expect("principal"), role);
+    s.issue(&identity, Validity::from_now(Duration::from_secs(3600)), &format!("client-{name}-extra"))
+}
+
+/// Sends one request on a new stream and returns it as node 1 received it.
+async fn request_arrives(conn: &quinn::Connection, inbox: &mut Inbox<RawMessage>, seq: u64) {
+    let (mut send, _recv) = conn.open_bi().await.expect("open_bi");
+    let mut bytes = Vec::new();
+    quorate_transport::encode_message(&msg(seq, 8), 1024, &mut bytes).unwrap();
+    send.write_all(&bytes).await.unwrap();
+    match within("request", inbox.recv()).await {
+        Some(Incoming::Request(r)) => assert_eq!(seq_of(&r.message), seq),
+        other => panic!("expected request {seq}, got {other:?}"),
+    }
+}
+
+#[test]
+fn connections_are_capped_per_client_identity_and_in_total() {
+    run(async {
+        let s = setup("conn-caps", &[1]);
+        let mut c = config(&s.cluster, 1);
+        c.client_connections_per_identity_max = 2;
+        c.connections_max = 3;
+        let (t1, mut in1) = Transport::<RawMessage>::bind(c, s.creds(1)).await.expect("bind");
+        let addr = t1.local_addr();
+        let alice = client_creds(&s, "alice", Role::Write);
+        let bob = client_creds(&s, "bob", Role::Read);
+
+        let a1 = raw_connect(&alice, addr).await;
+        let a2 = raw_connect(&alice, addr).await;
+        wait_until("two connections", || t1.connections() == 2).await;
+        // The third of one identity is refused; the first two keep working.
+        let a3 = raw_connect(&alice, addr).await;
+        assert_eq!(closed_code(&a3).await, Some(codes::BUSY));
+        assert!(audited(&["who=quorate://alpha/client/alice?role=write", "what=connect", "result=refused"]));
+        request_arrives(&a1, &mut in1, 1).await;
+        request_arrives(&a2, &mut in1, 2).await;
+        assert_eq!(t1.connections(), 2);
+
+        // Another identity takes the last slot; beyond it, attempts are refused before the
+        // handshake.
+        let b1 = raw_connect(&bob, addr).await;
+        wait_until("three connections", || t1.connections() == 3).await;
+        assert!(try_connect(&bob, addr).await.is_err(), "over connections_max");
+        assert!(audited(&["what=connect", "result=refused", "connections_max"]));
+        request_arrives(&b1, &mut in1, 3).await;
+
+        // A connection that ends frees its slot.
+        a1.close(VarInt::from_u32(0), b"");
+        wait_until("a slot freed", || t1.connections() == 2).await;
+        let a4 = raw_connect(&alice, addr).await;
+        request_arrives(&a4, &mut in1, 4).await;
+        assert_eq!(t1.connections(), 3);
+    });
+}
+
+#[test]
+fn a_newer_connection_of_a_node_closes_the_oldest() {
+    run(async {
+        let s = setup("peer-caps", &[1, 2]);
+        let mut c = config(&s.cluster, 1);
+        c.peer_connections_per_node_max = 1;
+        let (t1, mut in1) = Transport::<RawMessage>::bind(c, s.creds(1)).await.expect("bind");
+        let old = raw_connect(&s.creds(2), t1.local_addr()).await;
+        wait_until("one connection", || t1.connections() == 1).await;
+        // Node 2 restarted: its new connection is the live one.
+        let new = raw_connect(&s.creds(2), t1.local_addr()).await;
+        assert_eq!(closed_code(&old).await, Some(codes::SHUTDOWN));
+        let mut send = new.open_uni().await.unwrap();
+        let mut bytes = hello_frame(&s.cluster, 2, 1, Lane::Consensus);
+        quorate_transport::encode_message(&msg(9, 8), 1024, &mut bytes).unwrap();
+        send.write_all(&bytes).await.unwrap();
+        match within("message", in1.recv()).await {
+            Some(Incoming::Peer { from, message, .. }) => assert_eq!((from, seq_of(&message)), (id(2), 9)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(t1.connections(), 1);
+    });
+}
+
+#[test]
+fn streams_are_granted_after_authentication_and_only_of_their_kind() {
+    run(async {
+        let s = setup("grants", &[1, 2]);
+        let (t1, mut in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let addr = t1.local_addr();
+        let short = Duration::from_millis(500);
+        // A client may open request streams but no unidirectional one (whose bytes would be
+        // buffered and never read).
+        let client = raw_connect(&s.issue_client("ops2"), addr).await;
+        assert!(tokio::time::timeout(short, client.open_uni()).await.is_err(), "a client got a uni stream");
+        request_arrives(&client, &mut in1, 1).await;
+        // A node may open its lanes but no bidirectional stream.
+        let peer = raw_connect(&s.creds(2), addr).await;
+        assert!(tokio::time::timeout(short, peer.open_bi()).await.is_err(), "a node got a bidi stream");
+        within("a lane", peer.open_uni()).await.expect("a node gets its lanes");
+    });
+}
+
+#[test]
+fn a_request_that_trickles_or_never_starts_is_cut_at_the_frame_deadline() {
+    run(async {
+        let s = setup("slowloris", &[1, 2]);
+        let mut c = config(&s.cluster, 1);
+        c.frame_timeout = Duration::from_millis(300);
+        let (t1, mut in1) = Transport::<RawMessage>::bind(c, s.creds(1)).await.expect("bind");
+        let addr = t1.local_addr();
+        let client = raw_connect(&s.issue_client("ops2"), addr).await;
+
+        // A header and a few bytes of a 1000-byte request, then nothing.
+        let (mut trickle, _r1) = client.open_bi().await.unwrap();
+        let header = FrameHeader { payload_bytes: 1000, version: PROTOCOL_VERSION, kind: KIND };
+        trickle.write_all(&header.to_bytes()).await.unwrap();
+        trickle.write_all(&[7; 10]).await.unwrap();
+        // Half a header, then nothing.
+        let (mut half, _r2) = client.open_bi().await.unwrap();
+        half.write_all(&header.to_bytes()[..4]).await.unwrap();
+        assert_eq!(stopped_code(&trickle).await, Some(codes::TIMEOUT));
+        assert_eq!(stopped_code(&half).await, Some(codes::TIMEOUT));
+        // The connection still serves requests.
+        request_arrives(&client, &mut in1, 1).await;
+
+        // A peer lane: idle between messages is fine, a message that trickles is cut.
+        let peer = raw_connect(&s.creds(2), addr).await;
+        let mut idle = peer.open_uni().await.unwrap();
+        let mut bytes = hello_frame(&s.cluster, 2, 1, Lane::Consensus);
+        quorate_transport::encode_message(&msg(1, 8), 1024, &mut bytes).unwrap();
+        idle.write_all(&bytes).await.unwrap();
+        assert!(matches!(within("message", in1.recv()).await, Some(Incoming::Peer { .. })));
+        let mut slow = peer.open_uni().await.unwrap();
+        let mut bytes = hello_frame(&s.cluster, 2, 1, Lane::Snapshot);
+        bytes.extend_from_slice(&header.to_bytes());
+        bytes.extend_from_slice(&[1; 10]);
+        slow.write_all(&bytes).await.unwrap();
+        assert_eq!(stopped_code(&slow).await, Some(codes::TIMEOUT));
+        // The idle lane has been silent longer than the deadline by now, and still works.
+        let mut bytes = Vec::new();
+        quorate_transport::encode_message(&msg(2, 8), 1024, &mut bytes).unwrap();
+        idle.write_all(&bytes).await.unwrap();
+        match within("message", in1.recv()).await {
+            Some(Incoming::Peer { message, .. }) => assert_eq!(seq_of(&message), 2),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+}
+
+/// Blocks the client's certificate check until released: the server's handshake never ends.
+#[derive(Debug)]
+struct Stall(std::sync::Mutex<std::sync::mpsc::Receiver<()>>, Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for Stall {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(60));
+        Err(rustls::Error::General("stalled".into()))
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[test]
+fn a_handshake_that_stalls_is_dropped_at_the_handshake_deadline() {
+    run(async {
+        let s = setup("handshake-stall", &[1]);
+        let mut c = config(&s.cluster, 1);
+        c.handshake_timeout = Duration::from_millis(300);
+        // Far beyond the test's deadline: only the handshake deadline can end it in time.
+        c.idle_timeout = Duration::from_secs(120);
+        let (t1, _in1) = Transport::<RawMessage>::bind(c, s.creds(1)).await.expect("bind");
+        let addr = t1.local_addr();
+        let (release, stalled) = std::sync::mpsc::channel::<()>();
+        // The stalling client runs on its own runtime: its verifier blocks its thread.
+        let attacker = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(Stall(std::sync::Mutex::new(stalled), provider)))
+                    .with_no_client_auth();
+                tls.alpn_protocols = vec![b"quorate/2".to_vec()];
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+                let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+                let config = quinn::ClientConfig::new(Arc::new(crypto));
+                let _ = endpoint.connect_with(config, addr, "x.invalid").unwrap().await;
+            });
+        });
+        wait_until("the stalled handshake to be dropped", || {
+            audited(&["what=handshake", "result=refused", "not completed within"])
+        })
+        .await;
+        let _ = release.send(());
+        let _ = attacker.join();
+    });
+}
+
+#[test]
+fn revoked_certificates_are_refused_and_open_connections_closed_when_the_list_is_reloaded() {
+    run(async {
+        let s = setup("crl", &[1, 2, 3]);
+        let crl = s.dir.path().join("revoked.crl");
+        s.certs.authority.revocation_list(&[], &crl).expect("empty list");
+        let with_crl = |n: u64| {
+            Arc::new(Credentials::load_with_crls(s.certs.nodes[&id(n)].clone(), vec![crl.clone()]).expect("load"))
+        };
+        let (t1, mut in1) = node(&s.cluster, 1, with_crl(1)).await;
+        let addr = t1.local_addr();
+        let mallory_paths = {
+            let identity = Identity::client(s.cluster.clone(), Principal::new("mallory").unwrap(), Role::Write);
+            s.certs
+                .authority
+                .issue(&identity, Validity::from_now(Duration::from_secs(3600)), s.dir.path(), "mallory", &s.certs.ca)
+                .expect("issue")
+        };
+        let mallory = Arc::new(Credentials::load(mallory_paths.clone()).unwrap());
+        let honest = s.issue_client("honest");
+        let m = raw_connect(&mallory, addr).await;
+        let h = raw_connect(&honest, addr).await;
+        request_arrives(&m, &mut in1, 1).await;
+        // Node 2 dials node 1 and is served.
+        let (t2, _in2) = node(&s.cluster, 2, s.creds(2)).await;
+        t2.add_peer(id(1), addr);
+        t2.try_send(id(1), msg(5, 8)).unwrap();
+        assert!(matches!(within("node 2's message", in1.recv()).await, Some(Incoming::Peer { .. })));
+
+        // Mallory's and node 2's certificates are revoked; node 1 reloads its list.
+        let node2 = s.certs.nodes[&id(2)].cert.clone();
+        s.certs.authority.revocation_list(&[&mallory_paths.cert, &node2], &crl).expect("list");
+        t1.reload_tls().expect("reload with the new list");
+        assert_eq!(closed_code(&m).await, Some(codes::REFUSED));
+        assert!(audited(&["who=quorate://alpha/client/mallory?role=write", "what=recheck", "result=refused"]));
+        assert!(h.close_reason().is_none(), "an unrevoked client stays connected");
+        request_arrives(&h, &mut in1, 2).await;
+        // New connections with a revoked certificate fail at the handshake.
+        assert!(!connect_custom(addr, Some(&mallory_paths), b"quorate/2").await);
+        wait_until("node 2's connection to close", || !t2.peer_stats(id(1)).unwrap().connected).await;
+
+        // A node dialing a revoked peer refuses it too.
+        let (t3, _in3) = node(&s.cluster, 3, with_crl(3)).await;
+        t3.add_peer(id(2), t2.local_addr());
+        wait_until("node 3's dial to fail", || t3.peer_stats(id(2)).unwrap().connect_failures >= 1).await;
+        assert_eq!(t3.peer_stats(id(2)).unwrap().connects, 0);
+    });
+}
+
+#[test]
+fn a_reload_refuses_an_expired_not_yet_valid_or_foreign_certificate_and_keeps_the_old_one() {
+    run(async {
+        let s = setup("reload-refusals", &[1, 2]);
+        let (t1, _in1) = node(&s.cluster, 1, s.creds(1)).await;
+        let paths = s.certs.nodes[&id(1)].clone();
+        let served = leaf_der(&paths.cert);
+        let me = Identity::peer(s.cluster.clone(), id(1));
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let expired = Validity { not_before: now - 2 * day, not_after: now - day };
+        let future = Validity { not_before: now + day, not_after: now + 2 * day };
+        let other = TempDir::new("reload-refusals-other");
+        let foreign = dev_certs::generate(other.path(), &s.cluster, &[id(1)], &[]).expect("certs");
+        let restore = std::fs::read(&paths.cert).unwrap();
+        let restore_key = std::fs::read(&paths.key).unwrap();
+        for (what, write) in [
+            (
+                "expired",
+                Box::new(|| drop(s.certs.authority.issue(&me, expired, s.dir.path(), "node-1", &s.certs.ca)))
+                    as Box<dyn Fn()>,
+            ),
+            (
+                "not yet valid",
+                Box::new(|| drop(s.certs.authority.issue(&me, future, s.dir.path(), "node-1", &s.certs.ca))),
+            ),
+            (
+                "another CA",
+                Box::new(|| {
+                    std::fs::copy(&foreign.nodes[&id(1)].cert, &paths.cert).unwrap();
+                    std::fs::copy(&foreign.nodes[&id(1)].key, &paths.key).unwrap();
+                }),
+            ),
+        ] {
+            write();
+            let failures = t1.credentials().reload_failures();
+            let e = t1.reload_tls().expect_err(what);
+            assert!(e.to_string().contains("not usable"), "{what}: {e}");
+            assert_eq!(t1.credentials().reload_failures(), failures + 1, "{what}");
+            assert!(audited(&["what=tls_reload", "result=failed"]));
+            assert_eq!(served_cert(&s.creds(2), t1.local_addr()).await, served, "{what}: the old certificate stays");
+            std::fs::write(&paths.cert, &restore).unwrap();
+            std::fs::write(&paths.key, &restore_key).unwrap();
+        }
+        assert_eq!(t1.credentials().reload_count(), 0);
+        t1.reload_tls().expect("the original certificate reloads");
     });
 }

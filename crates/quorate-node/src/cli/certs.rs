@@ -47,6 +47,7 @@ pub(crate) fn node_config(dir: &Path, cluster: &str, id: u64, n: u64, base_port:
             ca: certs.join("ca.crt"),
             cert: certs.join(format!("node-{id}.crt")),
             key: certs.join(format!("node-{id}.key")),
+            crls: Vec::new(),
         },
         raft: RaftConfig::default(),
         limits: LimitsConfig::default(),
