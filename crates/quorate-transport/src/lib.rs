@@ -46,8 +46,7 @@
 
 #[cfg(feature = "net")]
 mod backoff;
-#[cfg(feature = "net")]
-mod der;
+pub mod der;
 #[cfg(feature = "dev-certs")]
 pub mod dev_certs;
 pub mod frame;
