@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod attack;
 mod bench_cluster;
 mod bench_overload;
 mod chaos;
@@ -30,6 +31,7 @@ commands:
   demo [--smoke]             the main job: a real 3-node cluster on 127.0.0.1; writes, kills the leader
                              (SIGKILL), checks every acknowledged write, restarts it; --smoke: stop and
                              print a verdict instead of running until Ctrl-C
+  attack [--only NAMES] [--seed S] [--seconds N] [--ci]   hostile clients against a 3-node cluster, a verdict per attack
   chaos [--nodes 3|5] [--duration S] [--seed S] [--faults LIST] [--workload mixed|hot-key] [--reads linearizable|lease]
                              fault testing of a real cluster with checked histories; also `chaos failover`,
                              `chaos regress [NAME]`, `chaos ci`, `chaos soak` (see docs/chaos.md)
@@ -73,6 +75,7 @@ fn main() -> Result<()> {
         "sim" => sim(rest),
         "demo" => demo::demo(rest),
         "chaos" => chaos::chaos(rest),
+        "attack" => attack::attack(rest),
         "bench" => bench(rest),
         "model-check" => model_check(rest),
         "fuzz" => fuzz(rest),
@@ -170,6 +173,7 @@ fn ci(args: &[String]) -> Result<()> {
     deps::check(&root())?;
     demo::demo(&["--smoke".into()])?;
     chaos::chaos(&["ci".into()])?;
+    attack::attack(&["--ci".into()])?;
     sim(&["--seeds".into(), "500".into()])?;
     sim(&["--holes".into()])?;
     model_check(&["--quick".into()])?;
