@@ -547,9 +547,24 @@ async fn run_one(env: &mut Env, attack: Attack, o: &Options) -> Result<Row> {
         })
     };
     let until = Instant::now() + window;
-    let attacking = run_attack(env, attack, seed, until, prepared);
-    let measuring = good.measure(window);
-    let (attack_check, during) = tokio::join!(attacking, measuring);
+    // The attacker runs on its own threads and runtime, so that it does not take the
+    // well-behaved client's scheduler (they still share the machine's cores).
+    let env_ref: &Env = env;
+    let (attack_check, during) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let attacker = scope.spawn(move || -> Result<String, String> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the attacker's runtime: {e}"))?;
+                rt.block_on(run_attack(env_ref, attack, seed, until, prepared))
+            });
+            let during = tokio::runtime::Handle::current().block_on(good.measure(window));
+            let check = attacker.join().unwrap_or_else(|_| Err("the attacker panicked".into()));
+            (check, during)
+        })
+    });
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.await;
     let history = good.history.clone();
@@ -723,9 +738,11 @@ async fn session_hijack(env: &Env, until: Instant, p: &Prepared) -> Result<Resul
     for seq in [1u64, 2, 3, u64::MAX] {
         let put = Request::Put { key: b"attack/alice".to_vec(), value: b"bob".to_vec() };
         tries += 1;
-        if let Ok(r) =
-            raw_request(&bob, ClientRequest { id: 10 + seq, session: Some(Sequenced { session: s, seq }), body: put })
-                .await
+        if let Ok(r) = raw_request(
+            &bob,
+            ClientRequest { id: seq.wrapping_add(10), session: Some(Sequenced { session: s, seq }), body: put },
+        )
+        .await
             && r.result.is_ok()
         {
             served.push(seq);
