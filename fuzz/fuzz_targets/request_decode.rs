@@ -1,5 +1,6 @@
-//! Every message kind the node decodes, and log commands, from arbitrary bytes: an error is
-//! fine, a panic is a bug.
+//! Every message kind the node decodes (`quorate_api::kinds::ALL`: Raft, snapshot chunks,
+//! requests, responses, hash samples, attempted requests), at every protocol version, and log
+//! commands, from arbitrary bytes: an error is fine, a panic is a bug.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,17 +9,10 @@ use quorate_transport::WireMessage;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, payload)) = data.split_first() else { return };
-    let all = [
-        kinds::RAFT,
-        kinds::SNAPSHOT_CHUNK,
-        kinds::REQUEST,
-        kinds::RESPONSE,
-        kinds::REQUEST_ATTEMPT,
-        kinds::HASH_SAMPLES,
-        kinds::DISK_STATUS,
-    ];
-    let kind = all[usize::from(selector) % all.len()];
-    if let Ok(m) = NodeMessage::decode(PROTOCOL_VERSION, kind, payload) {
+    let kind = kinds::ALL[usize::from(selector) % kinds::ALL.len()];
+    // The high bit picks a protocol version other than the current one (refused, never a panic).
+    let version = if selector & 0x80 == 0 { PROTOCOL_VERSION } else { PROTOCOL_VERSION.wrapping_add(1) };
+    if let Ok(m) = NodeMessage::decode(version, kind, payload) {
         // The node checks a decoded request's bounds next; that must not panic either.
         match &m {
             NodeMessage::Request(r) => {

@@ -261,6 +261,11 @@ impl Cluster {
         self.paused.contains(&id)
     }
 
+    /// The process id of each running node.
+    pub(crate) fn pids(&self) -> Vec<(u64, u32)> {
+        self.nodes.iter().map(|(id, c)| (*id, c.id())).collect()
+    }
+
     /// The ids of the running (possibly paused) nodes.
     pub(crate) fn running(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod attack;
 mod bench_cluster;
 mod bench_overload;
 mod chaos;
@@ -30,6 +31,7 @@ commands:
   demo [--smoke]             the main job: a real 3-node cluster on 127.0.0.1; writes, kills the leader
                              (SIGKILL), checks every acknowledged write, restarts it; --smoke: stop and
                              print a verdict instead of running until Ctrl-C
+  attack [--only NAMES] [--seed S] [--seconds N] [--ci]   hostile clients against a 3-node cluster, a verdict per attack
   chaos [--nodes 3|5] [--duration S] [--seed S] [--faults LIST] [--workload mixed|hot-key] [--reads linearizable|lease]
         [--principals per-client|shared] [--target leader|any] [--hold-ms LO-HI]
                              fault testing of a real cluster with checked histories and a per-fault verdict;
@@ -75,6 +77,7 @@ fn main() -> Result<()> {
         "sim" => sim(rest),
         "demo" => demo::demo(rest),
         "chaos" => chaos::chaos(rest),
+        "attack" => attack::attack(rest),
         "bench" => bench(rest),
         "model-check" => model_check(rest),
         "fuzz" => fuzz(rest),
@@ -172,13 +175,16 @@ fn ci(args: &[String]) -> Result<()> {
     deps::check(&root())?;
     demo::demo(&["--smoke".into()])?;
     chaos::chaos(&["ci".into()])?;
+    // Not yet: `cargo xtask attack --ci` fails 8 of its 14 attacks on goodput (docs/security.md,
+    // "Latest results"); it joins ci once it passes.
     sim(&["--seeds".into(), "500".into()])?;
     sim(&["--holes".into()])?;
     model_check(&["--quick".into()])?;
     model_check(&["--quick-reconfig".into()])?;
     model_check(&["--quick-learner".into()])?;
     model_check(&["--quick-lease".into()])?;
-    fuzz(&["--seconds".into(), "15".into()])?;
+    // Seven targets: 10 s each keeps the step near a minute and a half after the build.
+    fuzz(&["--seconds".into(), "10".into()])?;
     eprintln!("ci: all steps passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -259,8 +265,15 @@ fn model_check(args: &[String]) -> Result<()> {
 
 /// Fuzz targets and the crate directory that holds each (decoders live in crates that do not
 /// link RocksDB, so a sanitizer build stays small).
-const FUZZ_TARGETS: &[(&str, &str)] =
-    &[("fuzz", "frame_decode"), ("fuzz", "request_decode"), ("fuzz", "config_decode")];
+const FUZZ_TARGETS: &[(&str, &str)] = &[
+    ("fuzz", "frame_decode"),
+    ("fuzz", "request_decode"),
+    ("fuzz", "config_decode"),
+    ("fuzz", "record_decode"),
+    ("fuzz", "snapshot_decode"),
+    ("fuzz", "flight_decode"),
+    ("fuzz", "der_decode"),
+];
 
 fn fuzz(args: &[String]) -> Result<()> {
     let seconds: u64 = match args {
@@ -273,6 +286,17 @@ fn fuzz(args: &[String]) -> Result<()> {
     let have = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
     if !have {
         run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    // One sanitizer build of every target first (they share their dependencies), then a
+    // bounded run of each.
+    let mut built = std::collections::BTreeSet::new();
+    for (dir, _) in FUZZ_TARGETS {
+        if built.insert(*dir) {
+            run(Command::new("cargo")
+                .env_remove("CARGO_TARGET_DIR")
+                .current_dir(root().join(dir))
+                .args(["+nightly", "fuzz", "build"]))?;
+        }
     }
     for (dir, target) in FUZZ_TARGETS {
         let fuzz_dir = root().join(dir);

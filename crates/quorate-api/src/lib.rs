@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod flight;
 mod generations;
 pub mod limits;
 mod types;
@@ -64,6 +65,9 @@ pub mod kinds {
     /// A node's free-space status, for the leader's admission (since 0.2.0; sent only at
     /// cluster version 2 or more).
     pub const DISK_STATUS: MessageKind = MessageKind(0x0105);
+    /// Every kind above, in order (the fuzz target `request_decode` and the tests decode each).
+    pub const ALL: [MessageKind; 7] =
+        [RAFT, SNAPSHOT_CHUNK, REQUEST, RESPONSE, HASH_SAMPLES, REQUEST_ATTEMPT, DISK_STATUS];
 }
 
 /// Everything the node's transport carries.
@@ -250,6 +254,18 @@ pub struct CommandError(pub String);
 #[cfg(test)]
 mod hash_samples_tests {
     use super::*;
+
+    /// `kinds::ALL` names every kind the decoder knows (the fuzz target `request_decode`
+    /// relies on it): every kind of the application range outside it is unknown.
+    #[test]
+    fn kinds_all_is_every_decoded_kind() {
+        use quorate_transport::MessageKind;
+        for k in 0x0100..0x0200u16 {
+            let kind = MessageKind(k);
+            let unknown = matches!(NodeMessage::decode(PROTOCOL_VERSION, kind, &[]), Err(MessageError::UnknownKind(_)));
+            assert_eq!(unknown, !kinds::ALL.contains(&kind), "kind {k:#06x}");
+        }
+    }
 
     fn sample(index: u64) -> HashSample {
         HashSample { index, hash: index.wrapping_mul(0x9E37_79B9_7F4A_7C15) }

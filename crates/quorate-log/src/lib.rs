@@ -28,6 +28,8 @@
 mod config;
 mod entry;
 mod ids;
+pub mod record;
+pub mod snapshot_file;
 mod storage;
 
 pub use config::{Configuration, ConfigurationError, MEMBERS_MAX};

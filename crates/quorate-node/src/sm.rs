@@ -1316,42 +1316,15 @@ pub fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> R
 /// Reads pairs written by [`write_snapshot_data`], bounded, calling `f` for each.
 pub fn read_snapshot_data(
     input: &mut impl Read,
-    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), SmError>,
+    f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), SmError>,
 ) -> Result<u64, SmError> {
-    let bad = |d: String| corrupt(b"snapshot", d);
-    let mut n = 0;
-    loop {
-        let mut len = [0u8; 4];
-        let mut got = 0;
-        while got < 4 {
-            let r = input.read(&mut len[got..]).map_err(|e| bad(e.to_string()))?;
-            if r == 0 {
-                break;
-            }
-            got += r;
-        }
-        if got == 0 {
-            return Ok(n);
-        }
-        if got < 4 {
-            return Err(bad("data ends inside a length".into()));
-        }
-        let klen = u32::from_le_bytes(len) as usize;
-        if klen > SM_KEY_BYTES_MAX {
-            return Err(bad(format!("key of {klen} bytes exceeds {SM_KEY_BYTES_MAX}")));
-        }
-        let mut key = vec![0u8; klen];
-        input.read_exact(&mut key).map_err(|e| bad(e.to_string()))?;
-        input.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
-        let vlen = u32::from_le_bytes(len) as usize;
-        if vlen > SM_VALUE_BYTES_MAX {
-            return Err(bad(format!("value of {vlen} bytes exceeds {SM_VALUE_BYTES_MAX}")));
-        }
-        let mut value = vec![0u8; vlen];
-        input.read_exact(&mut value).map_err(|e| bad(e.to_string()))?;
-        f(key, value)?;
-        n += 1;
-    }
+    quorate_log::snapshot_file::read_pairs(
+        input,
+        SM_KEY_BYTES_MAX,
+        SM_VALUE_BYTES_MAX,
+        |d: String| corrupt(b"snapshot", d),
+        f,
+    )
 }
 
 #[cfg(test)]

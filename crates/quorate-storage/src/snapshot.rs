@@ -21,11 +21,8 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 4] = b"QSNP";
-const MAGIC_END: &[u8; 4] = b"QEND";
-const TRAILER_BYTES: u64 = 16;
-/// The largest encoded snapshot metadata accepted when reading.
-pub const SNAPSHOT_META_BYTES_MAX: u32 = 1 << 20;
+pub use quorate_log::snapshot_file::SNAPSHOT_META_BYTES_MAX;
+use quorate_log::snapshot_file::{self as layout, HEAD_BYTES, MAGIC, MAGIC_END, SnapshotFileError, TRAILER_BYTES};
 const SUFFIX: &str = ".qsnap";
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -182,49 +179,23 @@ impl SnapshotReader {
         let corrupt = |detail: String| StoreError::Corrupt { key: name.clone(), detail };
         let mut file = File::open(path)?;
         let file_len = file.metadata()?.len();
-        let mut head = [0u8; 12];
+        let layout_err = |e: SnapshotFileError| match e {
+            SnapshotFileError::FormatTooNew { found, supported } => StoreError::FormatTooNew { found, supported },
+            SnapshotFileError::FormatUnsupported { found, supported } => {
+                StoreError::FormatUnsupported { found, supported }
+            }
+            other => corrupt(other.to_string()),
+        };
+        let mut head = [0u8; HEAD_BYTES];
         file.read_exact(&mut head).map_err(|e| corrupt(format!("cannot read the header: {e}")))?;
-        if &head[..4] != MAGIC {
-            return Err(corrupt("not a snapshot file (bad magic)".into()));
-        }
-        let format = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if format > FORMAT_VERSION {
-            return Err(StoreError::FormatTooNew { found: format, supported: FORMAT_VERSION });
-        }
-        if format < FORMAT_VERSION {
-            return Err(StoreError::FormatUnsupported { found: format, supported: FORMAT_VERSION });
-        }
-        let meta_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if meta_len > SNAPSHOT_META_BYTES_MAX {
-            return Err(corrupt(format!("metadata of {meta_len} bytes exceeds the limit {SNAPSHOT_META_BYTES_MAX}")));
-        }
-        let header_len = 12 + u64::from(meta_len) + 4;
-        if file_len < header_len + TRAILER_BYTES {
-            return Err(corrupt(format!("file of {file_len} bytes is truncated")));
-        }
+        let (meta_len, header_len) = layout::parse_head(&head, file_len, FORMAT_VERSION).map_err(layout_err)?;
         let mut m = vec![0u8; meta_len as usize + 4];
         file.read_exact(&mut m).map_err(|e| corrupt(format!("cannot read the metadata: {e}")))?;
-        let (m, crc) = m.split_at(meta_len as usize);
-        if crc32fast::hash(m).to_le_bytes() != crc {
-            return Err(corrupt("metadata checksum mismatch".into()));
-        }
-        let meta: SnapshotMeta = postcard::from_bytes(m).map_err(|e| corrupt(format!("undecodable metadata: {e}")))?;
+        let meta = layout::parse_meta(&m).map_err(layout_err)?;
         let mut trailer = [0u8; TRAILER_BYTES as usize];
         file.seek(SeekFrom::Start(file_len - TRAILER_BYTES))?;
         file.read_exact(&mut trailer)?;
-        if &trailer[12..] != MAGIC_END {
-            return Err(corrupt("bad trailer (incomplete file?)".into()));
-        }
-        let mut l = [0u8; 8];
-        l.copy_from_slice(&trailer[..8]);
-        let data_len = u64::from_le_bytes(l);
-        let data_crc = u32::from_le_bytes([trailer[8], trailer[9], trailer[10], trailer[11]]);
-        if header_len.checked_add(data_len).and_then(|x| x.checked_add(TRAILER_BYTES)) != Some(file_len) {
-            return Err(corrupt(format!(
-                "trailer claims {data_len} data bytes, the file holds {}",
-                file_len - header_len - TRAILER_BYTES
-            )));
-        }
+        let (data_len, data_crc) = layout::parse_trailer(&trailer, file_len, header_len).map_err(layout_err)?;
         file.seek(SeekFrom::Start(header_len))?;
         Ok(SnapshotReader {
             file: BufReader::with_capacity(1 << 16, file.take(data_len)),

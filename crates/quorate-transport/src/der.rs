@@ -1,6 +1,7 @@
 //! Just enough DER to read a certificate's validity period (for the expiry gauge and the
 //! expiry of open connections) and its serial number (for development revocation lists);
-//! chain and name checks are rustls-webpki's job. Never panics on any input.
+//! chain and name checks are rustls-webpki's job. Never panics on any input (the fuzz target
+//! `der_decode`); compiled without the `net` feature so that it can be fuzzed cheaply.
 
 /// A DER element: its tag, its contents and the bytes after it.
 fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -27,7 +28,8 @@ const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 
 /// `(not_before, not_after)` of an X.509 certificate in DER, as Unix seconds.
-pub(crate) fn validity_unix(cert: &[u8]) -> Option<(i64, i64)> {
+#[must_use]
+pub fn validity_unix(cert: &[u8]) -> Option<(i64, i64)> {
     let (tag, cert, _) = element(cert)?;
     (tag == SEQUENCE).then_some(())?;
     let (tag, mut tbs, _) = element(cert)?;

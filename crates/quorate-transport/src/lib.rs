@@ -51,8 +51,7 @@ pub const CRL_FILES_MAX: usize = 16;
 mod backoff;
 #[cfg(feature = "net")]
 mod conns;
-#[cfg(feature = "net")]
-mod der;
+pub mod der;
 #[cfg(feature = "dev-certs")]
 pub mod dev_certs;
 pub mod frame;

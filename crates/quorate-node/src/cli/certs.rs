@@ -60,6 +60,12 @@ pub(crate) fn dev(cluster: &str, args: &CertsDevArgs) -> anyhow::Result<Outcome>
     let cluster_id = ClusterId::new(cluster).map_err(|e| anyhow::anyhow!("--cluster `{cluster}`: {e}"))?;
     let clients =
         args.clients.iter().filter(|c| !c.trim().is_empty()).map(|c| parse_client(c)).collect::<Result<Vec<_>, _>>()?;
+    let expired = args
+        .expired_clients
+        .iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| parse_client(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let nodes: Vec<NodeId> = (1..=args.nodes).filter_map(NodeId::new).collect();
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir).with_context(|| format!("cannot resolve {}", args.dir.display()))?;
@@ -85,6 +91,17 @@ pub(crate) fn dev(cluster: &str, args: &CertsDevArgs) -> anyhow::Result<Outcome>
         .collect::<anyhow::Result<Vec<_>>>()?;
     let written = dev_certs::generate(&certs_dir, &cluster_id, &nodes, &clients)
         .with_context(|| format!("cannot write certificates into {}", certs_dir.display()))?;
+    let now = std::time::SystemTime::now();
+    let hour = std::time::Duration::from_secs(3600);
+    let past = dev_certs::Validity { not_before: now - 2 * hour, not_after: now - hour };
+    for (principal, role) in &expired {
+        let identity = quorate_transport::Identity::client(cluster_id.clone(), principal.clone(), *role);
+        let paths = written
+            .authority
+            .issue(&identity, past, &certs_dir, &format!("client-{principal}"), &written.ca)
+            .with_context(|| format!("cannot write the expired certificate of {principal}"))?;
+        println!("client {principal} (EXPIRED an hour ago, for tests): {}", paths.cert.display());
+    }
     for c in &configs {
         let path = config_path(&dir, c.id);
         std::fs::write(&path, c.to_toml()?).with_context(|| format!("cannot write {}", path.display()))?;

@@ -286,6 +286,11 @@ pub(crate) struct CertsDevArgs {
     /// (default admin).
     #[arg(long, default_value = "admin,writer:write,reader:read", value_delimiter = ',')]
     pub(crate) clients: Vec<String>,
+    /// Client certificates that have already expired (valid from two hours ago to one hour
+    /// ago), comma-separated NAME:ROLE: for tests and the attack suite (`cargo xtask attack`),
+    /// never for use.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) expired_clients: Vec<String>,
     /// Port of node 1; node N listens on BASE-PORT + N - 1 at 127.0.0.1.
     #[arg(long, default_value_t = 7001)]
     pub(crate) base_port: u16,

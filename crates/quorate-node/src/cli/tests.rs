@@ -143,11 +143,19 @@ fn certs_dev_writes_certificates_and_configs() {
         dir: dir.path().join("c"),
         nodes: 3,
         clients: vec!["admin".into(), "reader:read".into()],
+        expired_clients: vec!["old:write".into()],
         base_port: 7101,
         force: false,
     };
     certs::dev("dev", &args).unwrap();
-    for f in ["certs/ca.crt", "certs/node-3.key", "certs/client-reader.crt", "node-1.toml", "node-3.toml"] {
+    for f in [
+        "certs/ca.crt",
+        "certs/node-3.key",
+        "certs/client-reader.crt",
+        "certs/client-old.crt",
+        "node-1.toml",
+        "node-3.toml",
+    ] {
         assert!(args.dir.join(f).exists(), "{f} missing");
     }
     let again = certs::dev("dev", &args).unwrap_err();

@@ -6,6 +6,7 @@
 use super::*;
 use quorate_core::Role;
 use quorate_log::Configuration;
+use std::time::Duration;
 
 const STEP: Duration = Duration::from_millis(5);
 
@@ -292,8 +293,11 @@ fn format_2_recordings_still_replay() {
     let n = &sim.nodes[0];
     let dump = decode_dump(&n.dump_bytes("test")).expect("decodes");
     let Some(Origin::Checkpoint(cp)) = &dump.origin else { panic!("a checkpoint") };
-    let old =
-        Dump { header: dump.header.clone(), origin: Some(Origin::Start(cp.base.clone())), inputs: dump.inputs.clone() };
+    let old = {
+        let mut d = dump.clone();
+        d.origin = Some(Origin::Start(cp.base.clone()));
+        d
+    };
     let bytes = encode_dump(&old);
     assert_eq!(bytes[4..8], FORMAT_WINDOW.to_le_bytes());
     let back = decode_dump(&bytes).expect("format 2 decodes");
@@ -349,23 +353,27 @@ fn damaged_checkpoints_get_clear_errors() {
     // A core image cut short: a Format error, no panic.
     let mut bad = cp.clone();
     bad.image.truncate(bad.image.len() / 2);
-    let d = Dump { origin: Some(Origin::Checkpoint(bad)), ..dump.clone() };
+    let mut d = dump.clone();
+    d.origin = Some(Origin::Checkpoint(bad));
     let e = replay(&decode_dump(&encode_dump(&d)).expect("decodes")).unwrap_err().to_string();
     assert!(e.contains("core image does not decode"), "{e}");
     // A base that lacks the log the image says is persisted: refused by the core.
     assert!(dump.header.first_input > 0 && !cp.base.entries.is_empty(), "a later checkpoint with a log");
     let mut bad = cp.clone();
     bad.base.entries.clear();
-    let d = Dump { origin: Some(Origin::Checkpoint(bad)), ..dump.clone() };
+    let mut d = dump.clone();
+    d.origin = Some(Origin::Checkpoint(bad));
     let e = replay(&d).unwrap_err().to_string();
     assert!(e.contains("replay failed"), "{e}");
     // Another node's image under this header.
     let other = decode_dump(&sim.nodes[1].dump_bytes("test")).expect("decodes");
-    let d = Dump { origin: other.origin.clone(), ..dump.clone() };
+    let mut d = dump.clone();
+    d.origin = other.origin.clone();
     let e = replay(&d).unwrap_err().to_string();
     assert!(e.contains("not 1"), "{e}");
     // No checkpoint: not replayable, and says why.
-    let d = Dump { origin: None, ..dump.clone() };
+    let mut d = dump.clone();
+    d.origin = None;
     assert!(matches!(replay(&d), Err(FlightError::NotReplayable(_))));
     // Random bytes in the checkpoint frame: an error, never a panic.
     let bytes = encode_dump(&dump);

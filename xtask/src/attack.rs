@@ -1,0 +1,1196 @@
+//! `cargo xtask attack`: a hostile-client suite against a real 3-node cluster (node processes on
+//! 127.0.0.1 with QUIC, mutual TLS and RocksDB, certificates from `quorate certs dev`).
+//!
+//! Each attack runs for a bounded time while a well-behaved client (4 closed-loop tasks of the
+//! write-role principal `writer`, puts and linearizable gets, every call recorded) is measured
+//! alongside: first `--seconds` unloaded, then `--seconds` under the attack. The verdict of an
+//! attack is PASS only if all of these hold:
+//!
+//! * **up**: every node process still runs afterwards;
+//! * **term**: the leader's term is unchanged (the attack caused no election);
+//! * **goodput**: the well-behaved client kept at least [`GOODPUT_MIN`] of its unloaded goodput;
+//! * **rss**: no node's resident memory grew by more than [`RSS_GROWTH_MAX_MIB`] MiB over its
+//!   value before the attack (sampled every 200 ms);
+//! * **history**: the well-behaved client's history, closed by final linearizable reads, is
+//!   linearizable (quorate-check's checker, as in `cargo xtask chaos`) and no acknowledged write
+//!   is lost;
+//! * **check**: what the attack itself must not achieve (a hijacked session, a write by a
+//!   read-role client, a request served on an expired certificate, ...) did not happen.
+//!
+//! Every loop is bounded in count and in time; only loopback addresses are used. A node that
+//! died is replaced by a fresh cluster before the next attack (its verdict is already FAIL).
+
+use crate::chaos::checks::lost_writes;
+use crate::chaos::workload::{History, recorded_get, recorded_put};
+use crate::cluster::{Cluster, NodeSpec, RaftSettings, build_quorate, free_udp_port, target_dir, text};
+use anyhow::{Context, Result, bail};
+use quorate_api::{
+    ClientRequest, ClientResponse, Compare, CompareOp, CompareTarget, NodeMessage, Request, Response, Sequenced,
+    SessionId, Txn, TxnOp, kinds,
+};
+use quorate_check::linearizability::{Limits, Outcome, check};
+use quorate_client::{Client, ClientConfig, ReadConsistency};
+use quorate_core::{Message, MessageBody, Role as RaftRole, SplitMix64};
+use quorate_log::{NodeId, Term};
+use quorate_transport::{ClientOptions, ClusterId, Credentials, TlsPaths, Transport, TransportConfig, encode_message};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: cargo xtask attack [--only NAME[,NAME...]] [--seed S] [--seconds N] [--ci]
+  --seconds N   seconds of unloaded measurement and of attack, each (default 10; --ci: 3)
+  --ci          the short slice CI runs (every attack, 3 s each)
+attacks: big-session-txn, session-hijack, slow-reader, large-reads, handshake-slowloris,
+         connection-flood, stream-flood, oversized-frames, truncated-frames, garbage-frames,
+         replayed-requests, removed-node, expired-cert, read-role-writes
+artifacts: $CARGO_TARGET_DIR/attack/ (logs/, attack-results.md)";
+
+/// The least share of its unloaded goodput the well-behaved client must keep.
+pub(crate) const GOODPUT_MIN: f64 = 0.90;
+/// The most a node's resident memory may grow during an attack.
+pub(crate) const RSS_GROWTH_MAX_MIB: u64 = 256;
+/// Longest measurement or attack window.
+const SECONDS_MAX: u64 = 600;
+/// Tasks of the well-behaved client.
+const GOOD_TASKS: u64 = 4;
+/// Keys of the well-behaved client.
+const GOOD_KEYS: u64 = 8;
+/// Node ids with certificates: 1..=3 are the cluster, 4 is "a removed node".
+const NODES: u64 = 3;
+const REMOVED: u64 = 4;
+/// Client principals issued by `quorate certs dev` for the suite.
+const CLIENTS: &str = "admin:admin,writer:write,alice:write,bob:write,mallory:write,reader:read";
+/// The election settings of the suite's cluster.
+const RAFT: RaftSettings = RaftSettings { election_timeout_ms: 1000, heartbeat_ms: 100, lease_clock_drift_ms: 0 };
+/// The server name every Quorate client uses (the transport's `SERVER_NAME`).
+const SERVER_NAME: &str = "quorate.invalid";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attack {
+    BigSessionTxn,
+    SessionHijack,
+    SlowReader,
+    LargeReads,
+    HandshakeSlowloris,
+    ConnectionFlood,
+    StreamFlood,
+    OversizedFrames,
+    TruncatedFrames,
+    GarbageFrames,
+    ReplayedRequests,
+    RemovedNode,
+    ExpiredCert,
+    ReadRoleWrites,
+}
+
+impl Attack {
+    const ALL: [Attack; 14] = [
+        Attack::BigSessionTxn,
+        Attack::SessionHijack,
+        Attack::SlowReader,
+        Attack::LargeReads,
+        Attack::HandshakeSlowloris,
+        Attack::ConnectionFlood,
+        Attack::StreamFlood,
+        Attack::OversizedFrames,
+        Attack::TruncatedFrames,
+        Attack::GarbageFrames,
+        Attack::ReplayedRequests,
+        Attack::RemovedNode,
+        Attack::ExpiredCert,
+        Attack::ReadRoleWrites,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Attack::BigSessionTxn => "big-session-txn",
+            Attack::SessionHijack => "session-hijack",
+            Attack::SlowReader => "slow-reader",
+            Attack::LargeReads => "large-reads",
+            Attack::HandshakeSlowloris => "handshake-slowloris",
+            Attack::ConnectionFlood => "connection-flood",
+            Attack::StreamFlood => "stream-flood",
+            Attack::OversizedFrames => "oversized-frames",
+            Attack::TruncatedFrames => "truncated-frames",
+            Attack::GarbageFrames => "garbage-frames",
+            Attack::ReplayedRequests => "replayed-requests",
+            Attack::RemovedNode => "removed-node",
+            Attack::ExpiredCert => "expired-cert",
+            Attack::ReadRoleWrites => "read-role-writes",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Attack> {
+        Attack::ALL.into_iter().find(|a| a.name() == name).with_context(|| format!("no attack `{name}`\n{USAGE}"))
+    }
+}
+
+struct Options {
+    attacks: Vec<Attack>,
+    seed: u64,
+    seconds: u64,
+    command: String,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options { attacks: Attack::ALL.to_vec(), seed: 1, seconds: 10, command: String::new() };
+    let mut ci = false;
+    let mut seconds = None;
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args[i].as_str();
+        let value = || args.get(i + 1).map(String::as_str).with_context(|| format!("{flag} needs a value\n{USAGE}"));
+        match flag {
+            "--ci" => {
+                ci = true;
+                i += 1;
+                continue;
+            }
+            "--only" => o.attacks = value()?.split(',').map(Attack::parse).collect::<Result<_>>()?,
+            "--seed" => o.seed = value()?.parse().context("--seed takes a whole number")?,
+            "--seconds" => {
+                let s: u64 = value()?.parse().context("--seconds takes a whole number")?;
+                if !(1..=SECONDS_MAX).contains(&s) {
+                    bail!("--seconds must be within 1..={SECONDS_MAX}");
+                }
+                seconds = Some(s);
+            }
+            "help" | "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag `{other}`\n{USAGE}"),
+        }
+        i += 2;
+    }
+    o.seconds = seconds.unwrap_or(if ci { 3 } else { 10 });
+    o.command = format!("cargo xtask attack {}", args.join(" ")).trim().to_string();
+    Ok(o)
+}
+
+pub(crate) fn attack(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let bin = build_quorate()?;
+    let dir = target_dir().join("attack");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start a tokio runtime")?;
+    let rows = rt.block_on(run_all(&o, bin, dir.clone()))?;
+    let table = table(&rows);
+    let failed: Vec<&str> = rows.iter().filter(|r| !r.pass).map(|r| r.attack.name()).collect();
+    println!("\n{table}");
+    let summary = format!(
+        "attack: {} of {} attacks passed ({}s each, seed {}){}",
+        rows.len() - failed.len(),
+        rows.len(),
+        o.seconds,
+        o.seed,
+        if failed.is_empty() { String::new() } else { format!("; FAILED: {}", failed.join(", ")) }
+    );
+    println!("{summary}");
+    let load = std::process::Command::new("uptime").output().map(|o| text(&o.stdout)).unwrap_or_default();
+    let _ = std::fs::write(
+        dir.join("attack-results.md"),
+        format!("command: `{}`\nload: {}\n\n{table}\n\n{summary}\n", o.command, load.trim()),
+    );
+    if !failed.is_empty() {
+        bail!("{summary}");
+    }
+    Ok(())
+}
+
+/// One attack's measurements and verdict.
+struct Row {
+    attack: Attack,
+    up: bool,
+    terms: (u64, u64),
+    base: f64,
+    during: f64,
+    rss_growth_mib: u64,
+    history: Result<String, String>,
+    check: Result<String, String>,
+    pass: bool,
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut t = vec![
+        format!(
+            "| attack | nodes up | term before→after | goodput unloaded/s | under attack/s | kept | max RSS growth MiB (≤ {RSS_GROWTH_MAX_MIB}) | history | attack check | verdict |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|".to_string(),
+    ];
+    for r in rows {
+        let kept = if r.base > 0.0 { r.during / r.base } else { 0.0 };
+        let show = |x: &Result<String, String>| match x {
+            Ok(s) => s.clone(),
+            Err(e) => format!("FAIL: {e}"),
+        };
+        t.push(format!(
+            "| {} | {} | {}→{} | {:.0} | {:.0} | {:.0}% | {} | {} | {} | {} |",
+            r.attack.name(),
+            if r.up { "yes" } else { "NO" },
+            r.terms.0,
+            r.terms.1,
+            r.base,
+            r.during,
+            100.0 * kept,
+            r.rss_growth_mib,
+            show(&r.history).replace('|', "/"),
+            show(&r.check).replace('|', "/"),
+            if r.pass { "PASS" } else { "FAIL" }
+        ));
+    }
+    t.join("\n")
+}
+
+/// The suite's cluster: node processes, addresses, certificates.
+struct Env {
+    cluster: Cluster,
+    listen: BTreeMap<u64, SocketAddr>,
+    dir: PathBuf,
+    generation: u64,
+}
+
+impl Env {
+    fn create(bin: PathBuf, dir: PathBuf, generation: u64) -> Result<Env> {
+        let mut cluster = Cluster::new(bin, dir.clone(), "attack", true)?;
+        cluster.log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,quinn=warn,quinn_proto=warn".into());
+        let out = cluster.quorate_to(
+            &[
+                "certs",
+                "dev",
+                "--dir",
+                &dir.to_string_lossy(),
+                "--cluster",
+                "attack",
+                "--nodes",
+                &(NODES + 1).to_string(),
+                "--clients",
+                CLIENTS,
+                "--expired-clients",
+                "expired:write",
+                "--force",
+            ],
+            "",
+        )?;
+        if !out.status.success() {
+            bail!("`quorate certs dev` failed: {}", text(&out.stderr).trim());
+        }
+        let mut listen = BTreeMap::new();
+        for id in 1..=NODES + 1 {
+            listen.insert(id, SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)));
+        }
+        for id in 1..=NODES {
+            let peers = (1..=NODES).map(|k| (k, listen[&k].to_string())).collect();
+            cluster.write_config(&NodeSpec {
+                id,
+                listen: listen[&id],
+                peers,
+                join: false,
+                metrics_listen: None,
+                raft: RAFT,
+                failpoints: false,
+            })?;
+        }
+        for id in 1..=NODES {
+            cluster.start(id)?;
+        }
+        Ok(Env { cluster, listen, dir, generation })
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.cluster.certs_dir()
+    }
+
+    fn tls(&self, name: &str) -> TlsPaths {
+        let c = self.certs();
+        TlsPaths { ca: c.join("ca.crt"), cert: c.join(format!("{name}.crt")), key: c.join(format!("{name}.key")) }
+    }
+
+    fn members(&self) -> Vec<(NodeId, SocketAddr)> {
+        (1..=NODES).filter_map(|id| Some((NodeId::new(id)?, self.listen[&id]))).collect()
+    }
+
+    /// A `quorate-client` of `principal` (short limits so that a stalled call shows quickly).
+    fn client(&self, principal: &str, seed: u64) -> Result<Client> {
+        let mut config =
+            ClientConfig::new(ClusterId::new("attack")?, self.members(), self.tls(&format!("client-{principal}")));
+        config.request_timeout = Duration::from_millis(2000);
+        config.connect_timeout = Duration::from_millis(1000);
+        config.total_timeout = Duration::from_secs(5);
+        config.retries_max = 10;
+        config.seed = Some(seed);
+        Ok(Client::new(config)?)
+    }
+
+    fn credentials(&self, name: &str) -> Result<Arc<Credentials>> {
+        Ok(Arc::new(Credentials::load(self.tls(name)).with_context(|| format!("credentials {name}"))?))
+    }
+
+    /// A raw QUIC connection with the certificate `name` (e.g. `client-reader`) to node `id`;
+    /// `window`: the stream and connection receive windows in bytes (a client that reads
+    /// nothing). The endpoint must be kept with the connection.
+    async fn raw(&self, name: &str, id: u64, window: Option<u32>) -> Result<(quinn::Endpoint, quinn::Connection)> {
+        let creds = self.credentials(name)?;
+        raw_connect(&creds, self.listen[&id], window).await
+    }
+
+    /// Resident memory of each running node, in KiB.
+    fn rss_kib(&self) -> BTreeMap<u64, u64> {
+        self.cluster.pids().into_iter().map(|(id, pid)| (id, rss_of(pid))).collect()
+    }
+}
+
+async fn raw_connect(
+    creds: &Credentials,
+    addr: SocketAddr,
+    window: Option<u32>,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let mut quic = quinn::TransportConfig::default();
+    quic.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(30))?));
+    quic.keep_alive_interval(Some(Duration::from_secs(1)));
+    if let Some(w) = window {
+        quic.stream_receive_window(quinn::VarInt::from_u32(w));
+        quic.receive_window(quinn::VarInt::from_u32(w));
+    }
+    let mut config = quinn::ClientConfig::new(creds.quic_client_crypto());
+    config.transport_config(Arc::new(quic));
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), connecting).await.context("handshake timed out")??;
+    Ok((endpoint, conn))
+}
+
+/// One request on a raw connection: its response, or why none came (bounded by 5 s).
+async fn raw_request(conn: &quinn::Connection, request: ClientRequest) -> Result<ClientResponse> {
+    let mut buf = Vec::new();
+    encode_message(&NodeMessage::Request(request), quorate_transport::FRAME_PAYLOAD_BYTES_DEFAULT, &mut buf)?;
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&buf).await?;
+        let _ = send.finish();
+        let bytes = recv.read_to_end(64 << 20).await?;
+        let (frame, _) =
+            quorate_transport::decode_frame(&bytes, 64 << 20)?.context("the answer ends inside its frame")?;
+        match quorate_transport::decode_message::<NodeMessage>(&frame)? {
+            NodeMessage::Response(r) => Ok(r),
+            other => bail!("unexpected message {other:?}"),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.context("no answer within 5 s")?
+}
+
+/// The leader's id and term as the nodes report them (a majority agreeing), if any.
+async fn leader(client: &Client) -> Option<(u64, u64)> {
+    let ok: Vec<_> = client.statuses().await.into_iter().filter_map(|(_, s)| s.ok()).collect();
+    let l = ok.iter().filter(|s| s.role == RaftRole::Leader).max_by_key(|s| s.term)?;
+    let agree = ok.iter().filter(|s| s.leader == Some(l.id) && s.term == l.term).count();
+    (agree * 2 > l.config.voters.len()).then_some((l.id.get(), l.term.0))
+}
+
+async fn wait_for_leader(client: &Client, within: Duration) -> Result<(u64, u64)> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(l) = leader(client).await {
+            return Ok(l);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no leader within {}s", within.as_secs())
+}
+
+async fn run_all(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Vec<Row>> {
+    let mut env = Env::create(bin.clone(), dir.clone(), 0)?;
+    let mut rows = Vec::new();
+    for &attack in &o.attacks {
+        if env.cluster.check_running().is_err() || {
+            let admin = env.client("admin", o.seed)?;
+            let up = wait_for_leader(&admin, Duration::from_secs(20)).await.is_ok();
+            admin.close();
+            !up
+        } {
+            // A previous attack left the cluster broken (its verdict says so): start afresh.
+            let generation = env.generation + 1;
+            drop(env);
+            let _ = std::fs::rename(&dir, dir.with_extension(format!("broken-{generation}")));
+            env = Env::create(bin.clone(), dir.clone(), generation)?;
+        }
+        crate::demo::step(&format!("attack {} ({}s unloaded, {}s under attack)", attack.name(), o.seconds, o.seconds));
+        let row = match run_one(&mut env, attack, o).await {
+            Ok(row) => row,
+            Err(e) => Row {
+                attack,
+                up: env.cluster.check_running().is_ok(),
+                terms: (0, 0),
+                base: 0.0,
+                during: 0.0,
+                rss_growth_mib: 0,
+                history: Err("not checked".into()),
+                check: Err(format!("the attack could not run: {e:#}")),
+                pass: false,
+            },
+        };
+        println!(
+            "{}: {} (goodput {:.0}/s → {:.0}/s, term {}→{}, RSS +{} MiB; history: {}; check: {})",
+            attack.name(),
+            if row.pass { "PASS" } else { "FAIL" },
+            row.base,
+            row.during,
+            row.terms.0,
+            row.terms.1,
+            row.rss_growth_mib,
+            match &row.history {
+                Ok(s) | Err(s) => s,
+            },
+            match &row.check {
+                Ok(s) | Err(s) => s,
+            }
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The well-behaved client: `GOOD_TASKS` closed loops of put-then-get on its own keys, every
+/// call recorded; counts acknowledged operations.
+struct Good {
+    history: Arc<History>,
+    ok: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn good_key(i: u64) -> String {
+    format!("attack/good/{i}")
+}
+
+impl Good {
+    fn start(env: &Env, seed: u64, generation: u64) -> Result<Good> {
+        let history = Arc::new(History::new());
+        let ok = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for t in 0..GOOD_TASKS {
+            let client = env.client("writer", seed ^ (t + 1).wrapping_mul(0x9E37_79B9))?;
+            let (history, ok, stop) = (history.clone(), ok.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = SplitMix64::new(seed.wrapping_add(t));
+                // Bounded: at most a million operations per task.
+                for n in 0..1_000_000u64 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = good_key(rng.below(GOOD_KEYS));
+                    let value = format!("g{generation}-t{t}-{n}");
+                    if recorded_put(&history, &client, t, &key, &value).await {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if recorded_get(&history, &client, t, &key, ReadConsistency::Linearizable).await.is_some() {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                client.close();
+            }));
+        }
+        Ok(Good { history, ok, stop, tasks })
+    }
+
+    /// Acknowledged operations per second over `window`.
+    async fn measure(&self, window: Duration) -> f64 {
+        let before = self.ok.load(Ordering::Relaxed);
+        let t = Instant::now();
+        tokio::time::sleep(window).await;
+        let n = self.ok.load(Ordering::Relaxed) - before;
+        n as f64 / t.elapsed().as_secs_f64()
+    }
+
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    }
+}
+
+async fn run_one(env: &mut Env, attack: Attack, o: &Options) -> Result<Row> {
+    let seed = o.seed ^ (attack as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
+    let window = Duration::from_secs(o.seconds);
+    let admin = env.client("admin", seed ^ 0xAD)?;
+    let (_, term_before) = wait_for_leader(&admin, Duration::from_secs(20)).await?;
+    let prepared = prepare(env, attack, seed).await.context("preparing the attack")?;
+    let good = Good::start(env, seed, env.generation)?;
+    // A moment to connect, then the unloaded goodput.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = good.measure(window).await;
+    let rss_before = env.rss_kib();
+    let rss_max = Arc::new(Mutex::new(rss_before.clone()));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let pids = env.cluster.pids();
+    let sampler = {
+        let (rss_max, sampling) = (rss_max.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                for (id, pid) in &pids {
+                    let kib = rss_of(*pid);
+                    let mut m = rss_max.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let e = m.entry(*id).or_insert(0);
+                    *e = (*e).max(kib);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let until = Instant::now() + window;
+    // The attacker runs on its own threads and runtime, so that it does not take the
+    // well-behaved client's scheduler (they still share the machine's cores).
+    let env_ref: &Env = env;
+    let (attack_check, during) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let attacker = scope.spawn(move || -> Result<String, String> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the attacker's runtime: {e}"))?;
+                rt.block_on(run_attack(env_ref, attack, seed, until, prepared))
+            });
+            let during = tokio::runtime::Handle::current().block_on(good.measure(window));
+            let check = attacker.join().unwrap_or_else(|_| Err("the attacker panicked".into()));
+            (check, during)
+        })
+    });
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    let history = good.history.clone();
+    good.finish().await;
+    let up = env.cluster.check_running().is_ok();
+    let term_after = match wait_for_leader(&admin, Duration::from_secs(10)).await {
+        Ok((_, t)) => t,
+        Err(_) => u64::MAX,
+    };
+    // Final linearizable reads of every key of the well-behaved client, then the checks.
+    let mut finals = BTreeMap::new();
+    let reader = env.client("writer", seed ^ 0xF1)?;
+    for k in 0..GOOD_KEYS {
+        let key = good_key(k);
+        for _ in 0..10 {
+            if let Some(v) = recorded_get(&history, &reader, GOOD_TASKS, &key, ReadConsistency::Linearizable).await {
+                finals.insert(key.clone(), v);
+                break;
+            }
+        }
+    }
+    reader.close();
+    let ops = history.snapshot();
+    let result = check(&ops, &Limits::default());
+    let lost = lost_writes(&ops, &finals);
+    let history_verdict = match (&result.outcome, lost.problems.is_empty(), finals.len() as u64 == GOOD_KEYS) {
+        (Outcome::Linearizable, true, true) => Ok(format!("{} ops linearizable, none lost", ops.len())),
+        (Outcome::Linearizable, true, false) => Err(format!("only {} of {GOOD_KEYS} keys read back", finals.len())),
+        (Outcome::Linearizable, false, _) => Err(format!("lost: {}", lost.problems.join("; "))),
+        (other, _, _) => Err(format!("NOT LINEARIZABLE: {other}")),
+    };
+    let _ = history.write(&env.dir.join(format!("history-{}.jsonl", attack.name())));
+    let rss_max = rss_max.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let growth_kib =
+        rss_max.iter().map(|(id, max)| max.saturating_sub(rss_before.get(id).copied().unwrap_or(*max))).max();
+    let rss_growth_mib = growth_kib.unwrap_or(0) / 1024;
+    admin.close();
+    let pass = up
+        && term_after == term_before
+        && base > 0.0
+        && during >= GOODPUT_MIN * base
+        && rss_growth_mib <= RSS_GROWTH_MAX_MIB
+        && history_verdict.is_ok()
+        && attack_check.is_ok();
+    Ok(Row {
+        attack,
+        up,
+        terms: (term_before, term_after),
+        base,
+        during,
+        rss_growth_mib,
+        history: history_verdict,
+        check: attack_check,
+        pass,
+    })
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What an attack sets up before the unloaded measurement (values to read, sessions).
+#[derive(Default)]
+struct Prepared {
+    leader: u64,
+    alice_session: Option<SessionId>,
+}
+
+async fn prepare(env: &Env, attack: Attack, seed: u64) -> Result<Prepared> {
+    let admin = env.client("admin", seed ^ 0x11)?;
+    let (leader, _) = wait_for_leader(&admin, Duration::from_secs(20)).await?;
+    let mut p = Prepared { leader, alice_session: None };
+    let writer = env.client("mallory", seed ^ 0x12)?;
+    match attack {
+        Attack::BigSessionTxn => {
+            writer.put("attack/big", vec![b'b'; 1_000_000]).await.context("put big")?;
+        }
+        Attack::SlowReader => {
+            writer.put("attack/v64", vec![b'v'; 64 << 10]).await.context("put v64")?;
+        }
+        Attack::LargeReads => {
+            for i in 0..8 {
+                writer.put(format!("attack/large/{i}"), vec![b'l'; 1 << 20]).await.context("put large")?;
+            }
+        }
+        Attack::SessionHijack => {
+            let (_ep, conn) = env.raw("client-alice", leader, None).await?;
+            let r = raw_request(&conn, ClientRequest { id: 1, session: None, body: Request::OpenSession }).await?;
+            let Ok(Response::Session(s)) = r.result else { bail!("alice could not open a session: {:?}", r.result) };
+            let put = Request::Put { key: b"attack/alice".to_vec(), value: b"a1".to_vec() };
+            let r =
+                raw_request(&conn, ClientRequest { id: 2, session: Some(Sequenced { session: s, seq: 1 }), body: put })
+                    .await?;
+            if r.result.is_err() {
+                bail!("alice's first put failed: {:?}", r.result);
+            }
+            conn.close(0u32.into(), b"done");
+            p.alice_session = Some(s);
+        }
+        Attack::ReadRoleWrites => {
+            writer.put("attack/ro", "before").await.context("put ro")?;
+        }
+        _ => {}
+    }
+    writer.close();
+    admin.close();
+    Ok(p)
+}
+
+/// Runs `attack` until `until`; `Ok(note)` if what it must not achieve did not happen.
+async fn run_attack(env: &Env, attack: Attack, seed: u64, until: Instant, p: Prepared) -> Result<String, String> {
+    let r = match attack {
+        Attack::BigSessionTxn => big_session_txn(env, seed, until).await,
+        Attack::SessionHijack => session_hijack(env, until, &p).await,
+        Attack::SlowReader => slow_reader(env, until, &p).await,
+        Attack::LargeReads => large_reads(env, seed, until).await,
+        Attack::HandshakeSlowloris => handshake_slowloris(env, until, &p).await,
+        Attack::ConnectionFlood => connection_flood(env, until, &p).await,
+        Attack::StreamFlood => stream_flood(env, until, &p).await,
+        Attack::OversizedFrames | Attack::TruncatedFrames | Attack::GarbageFrames => {
+            bad_frames(env, attack, seed, until, &p).await
+        }
+        Attack::ReplayedRequests => replayed_requests(env, until, &p).await,
+        Attack::RemovedNode => removed_node(env, until).await,
+        Attack::ExpiredCert => expired_cert(env, until, &p).await,
+        Attack::ReadRoleWrites => read_role_writes(env, seed, until).await,
+    };
+    // Whatever the attack did, it ends at `until` (its tasks are bounded by it).
+    let left = until.saturating_duration_since(Instant::now());
+    tokio::time::sleep(left).await;
+    r.map_err(|e| format!("{e:#}"))?
+}
+
+fn left(until: Instant) -> bool {
+    Instant::now() < until
+}
+
+/// 1 MB under `big`, then session transactions `put x y` + 17 × `get big` (the issue's
+/// reproduction): refused or answered, never a stopped replica.
+async fn big_session_txn(env: &Env, seed: u64, until: Instant) -> Result<Result<String, String>> {
+    let c = env.client("mallory", seed ^ 0x21)?;
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for n in 0..1000u64 {
+        if !left(until) {
+            break;
+        }
+        let mut success = vec![TxnOp::Put { key: b"attack/x".to_vec(), value: format!("y{n}").into_bytes() }];
+        success.extend((0..17).map(|_| TxnOp::Get { key: b"attack/big".to_vec() }));
+        match c.txn(Txn { compare: Vec::new(), success, failure: Vec::new() }).await {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    c.close();
+    Ok(Ok(format!("{ok} answered, {refused} refused")))
+}
+
+/// Bob uses alice's session (as if he had guessed or learned its id): every use must be refused,
+/// and alice's next write must apply.
+async fn session_hijack(env: &Env, until: Instant, p: &Prepared) -> Result<Result<String, String>> {
+    let s = p.alice_session.context("no session of alice")?;
+    let (_ep, bob) = env.raw("client-bob", p.leader, None).await?;
+    let mut served = Vec::new();
+    let mut tries = 0;
+    for seq in [1u64, 2, 3, u64::MAX] {
+        let put = Request::Put { key: b"attack/alice".to_vec(), value: b"bob".to_vec() };
+        tries += 1;
+        if let Ok(r) = raw_request(
+            &bob,
+            ClientRequest { id: seq.wrapping_add(10), session: Some(Sequenced { session: s, seq }), body: put },
+        )
+        .await
+            && r.result.is_ok()
+        {
+            served.push(seq);
+        }
+    }
+    // Probing: compares that cannot succeed under ids near alice's.
+    for probe in s.0.saturating_sub(20)..s.0.saturating_add(20) {
+        if !left(until) {
+            break;
+        }
+        let txn = Txn {
+            compare: vec![Compare {
+                key: b"attack/none".to_vec(),
+                target: CompareTarget::Version(u64::MAX),
+                op: CompareOp::Equal,
+            }],
+            success: vec![TxnOp::Put { key: b"attack/alice".to_vec(), value: b"bob".to_vec() }],
+            failure: Vec::new(),
+        };
+        tries += 1;
+        let req = ClientRequest {
+            id: probe,
+            session: Some(Sequenced { session: SessionId(probe), seq: 1 }),
+            body: Request::Txn(txn),
+        };
+        if let Ok(r) = raw_request(&bob, req).await
+            && probe == s.0
+            && r.result.is_ok()
+        {
+            served.push(probe);
+        }
+    }
+    bob.close(0u32.into(), b"done");
+    // Alice's next write must be applied, not answered from a cache bob filled.
+    let (_ep2, alice) = env.raw("client-alice", p.leader, None).await?;
+    let put = Request::Put { key: b"attack/alice".to_vec(), value: b"a2".to_vec() };
+    let r = raw_request(&alice, ClientRequest { id: 3, session: Some(Sequenced { session: s, seq: 2 }), body: put })
+        .await?;
+    alice.close(0u32.into(), b"done");
+    let c = env.client("alice", 7)?;
+    let got = c.get("attack/alice", ReadConsistency::Linearizable).await.map(|g| g.kv.map(|kv| kv.value));
+    c.close();
+    if !served.is_empty() {
+        return Ok(Err(format!("bob was served on alice's session (seq/ids {served:?})")));
+    }
+    if r.result.is_err() {
+        return Ok(Err(format!("alice's next write failed: {:?}", r.result)));
+    }
+    match got {
+        Ok(Some(v)) if v == b"a2" => Ok(Ok(format!("{tries} uses of alice's session refused; her write applied"))),
+        other => Ok(Err(format!("alice's key holds {other:?}, not her write"))),
+    }
+}
+
+/// A read-role client with many connections whose receive windows are tiny, sending gets of a
+/// 64 KiB value and never reading the answers.
+async fn slow_reader(env: &Env, until: Instant, _p: &Prepared) -> Result<Result<String, String>> {
+    let creds = env.credentials("client-reader")?;
+    let (conns_max, streams_per_conn) = (64u32, 64u32);
+    let mut held = Vec::new();
+    let mut streams = 0u64;
+    let mut buf = Vec::new();
+    let get = NodeMessage::Request(ClientRequest {
+        id: 1,
+        session: None,
+        body: Request::Get { key: b"attack/v64".to_vec(), read: ReadConsistency::Linearizable },
+    });
+    encode_message(&get, quorate_transport::FRAME_PAYLOAD_BYTES_DEFAULT, &mut buf)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for i in 0..conns_max {
+        if !left(until) {
+            break;
+        }
+        let node = 1 + u64::from(i) % NODES;
+        let Ok((ep, conn)) = raw_connect(&creds, env.listen[&node], Some(1)).await else { continue };
+        for _ in 0..streams_per_conn {
+            let Ok(Ok((mut send, recv))) = tokio::time::timeout(Duration::from_millis(200), conn.open_bi()).await
+            else {
+                break;
+            };
+            if tokio::time::timeout(Duration::from_millis(200), send.write_all(&buf)).await.is_ok() {
+                let _ = send.finish();
+                streams += 1;
+            }
+            held.push((send, recv));
+        }
+        tokio::spawn(async move {
+            // Keeps the connection (never reading) until the attack ends.
+            tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+            conn.close(0u32.into(), b"done");
+            drop(ep);
+        });
+    }
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    drop(held);
+    Ok(Ok(format!("{streams} unread gets held")))
+}
+
+/// Eight streams of large scans and read-only transactions over 1 MiB values.
+async fn large_reads(env: &Env, seed: u64, until: Instant) -> Result<Result<String, String>> {
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let c = env.client("reader", seed ^ (0x31 + t))?;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            for i in 0..10_000u64 {
+                if !left(until) {
+                    break;
+                }
+                if i % 2 == 0 {
+                    let _ = c
+                        .scan("attack/large/", Some(b"attack/large0".as_slice()), 10_000, ReadConsistency::Linearizable)
+                        .await;
+                } else {
+                    let success =
+                        (0..128).map(|k| TxnOp::Get { key: format!("attack/large/{}", k % 8).into_bytes() }).collect();
+                    let _ = c.txn(Txn { compare: Vec::new(), success, failure: Vec::new() }).await;
+                }
+                n += 1;
+            }
+            c.close();
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    Ok(Ok(format!("{total} large reads")))
+}
+
+/// Handshakes that never finish: each connection's first datagram reaches the node through a
+/// relay that then forwards nothing more.
+async fn handshake_slowloris(env: &Env, until: Instant, p: &Prepared) -> Result<Result<String, String>> {
+    let creds = env.credentials("client-reader")?;
+    let target = env.listen[&p.leader];
+    let mut started = 0u64;
+    let mut held = Vec::new();
+    for _ in 0..256u32 {
+        if !left(until) {
+            break;
+        }
+        let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let relay_addr = relay.local_addr()?;
+        let mut config = quinn::ClientConfig::new(creds.quic_client_crypto());
+        let mut quic = quinn::TransportConfig::default();
+        quic.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(60))?));
+        config.transport_config(Arc::new(quic));
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let connecting = endpoint.connect_with(config, relay_addr, SERVER_NAME)?;
+        // Polled so that it sends its first flight; it never completes (nothing comes back).
+        let task = tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(60), connecting).await });
+        let mut first = vec![0u8; 2048];
+        let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(500), relay.recv_from(&mut first)).await else {
+            task.abort();
+            continue;
+        };
+        relay.send_to(&first[..n], target).await?;
+        started += 1;
+        held.push((relay, endpoint, task));
+    }
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    for (_, ep, task) in held {
+        task.abort();
+        ep.close(0u32.into(), b"done");
+    }
+    Ok(Ok(format!("{started} handshakes left unfinished")))
+}
+
+/// Many full connections of one read-role client, held open and idle.
+async fn connection_flood(env: &Env, until: Instant, p: &Prepared) -> Result<Result<String, String>> {
+    let creds = env.credentials("client-reader")?;
+    let target = env.listen[&p.leader];
+    let mut held = Vec::new();
+    let mut refused = 0u64;
+    for _ in 0..2000u32 {
+        if !left(until) {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), raw_connect(&creds, target, None)).await {
+            Ok(Ok(c)) => held.push(c),
+            _ => refused += 1,
+        }
+    }
+    let n = held.len();
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    for (ep, conn) in held {
+        conn.close(0u32.into(), b"done");
+        ep.close(0u32.into(), b"done");
+    }
+    Ok(Ok(format!("{n} connections held, {refused} not made")))
+}
+
+/// Streams opened as fast as allowed, each sending a frame header that promises 1 MiB and then
+/// nothing (a frame slowloris), on a few connections.
+async fn stream_flood(env: &Env, until: Instant, p: &Prepared) -> Result<Result<String, String>> {
+    let creds = env.credentials("client-reader")?;
+    let target = env.listen[&p.leader];
+    let mut header = Vec::new();
+    header.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    header.extend_from_slice(&quorate_api::PROTOCOL_VERSION.to_be_bytes());
+    header.extend_from_slice(&kinds::REQUEST.0.to_be_bytes());
+    let mut held = Vec::new();
+    let mut conns = Vec::new();
+    let mut opened = 0u64;
+    for _ in 0..4 {
+        let Ok((ep, conn)) = raw_connect(&creds, target, None).await else { continue };
+        for _ in 0..10_000u32 {
+            if !left(until) {
+                break;
+            }
+            let Ok(Ok((mut send, recv))) = tokio::time::timeout(Duration::from_millis(100), conn.open_bi()).await
+            else {
+                break;
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(100), send.write_all(&header)).await;
+            opened += 1;
+            held.push((send, recv));
+        }
+        conns.push((ep, conn));
+    }
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    drop(held);
+    for (ep, conn) in conns {
+        conn.close(0u32.into(), b"done");
+        ep.close(0u32.into(), b"done");
+    }
+    Ok(Ok(format!("{opened} streams opened with a promised 1 MiB frame")))
+}
+
+/// Oversized (a header claiming more than any limit, then bytes), truncated (a valid request
+/// cut in half) or garbage (random bytes) frames, each on its own stream.
+async fn bad_frames(
+    env: &Env,
+    attack: Attack,
+    seed: u64,
+    until: Instant,
+    p: &Prepared,
+) -> Result<Result<String, String>> {
+    let (_ep, conn) = env.raw("client-mallory", p.leader, None).await?;
+    let mut rng = SplitMix64::new(seed);
+    let mut valid = Vec::new();
+    let put = NodeMessage::Request(ClientRequest {
+        id: 1,
+        session: None,
+        body: Request::Put { key: b"attack/frames".to_vec(), value: vec![b'f'; 4096] },
+    });
+    encode_message(&put, quorate_transport::FRAME_PAYLOAD_BYTES_DEFAULT, &mut valid)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut sent = 0u64;
+    let mut answered = 0u64;
+    for _ in 0..100_000u32 {
+        if !left(until) {
+            break;
+        }
+        let bytes: Vec<u8> = match attack {
+            Attack::OversizedFrames => {
+                let mut b = Vec::new();
+                let claims = [u32::MAX, 64 << 20, (8 << 20) + 1];
+                b.extend_from_slice(&claims[rng.below(3) as usize].to_be_bytes());
+                b.extend_from_slice(&quorate_api::PROTOCOL_VERSION.to_be_bytes());
+                b.extend_from_slice(&kinds::REQUEST.0.to_be_bytes());
+                b.extend(std::iter::repeat_n(0xAB, 64 << 10));
+                b
+            }
+            Attack::TruncatedFrames => valid[..1 + rng.below(valid.len() as u64 - 1) as usize].to_vec(),
+            _ => (0..1 + rng.below(4096)).map(|_| rng.below(256) as u8).collect(),
+        };
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&bytes).await?;
+            let _ = send.finish();
+            let got = recv.read_to_end(1 << 20).await.map(|b| !b.is_empty()).unwrap_or(false);
+            anyhow::Ok(got)
+        };
+        sent += 1;
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(2), exchange).await {
+            answered += 1;
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    Ok(Ok(format!("{sent} bad frames sent ({answered} answered with an error)")))
+}
+
+/// A put and its successor, then the first put replayed (same session and sequence number):
+/// replays are answered from the session, never applied again.
+async fn replayed_requests(env: &Env, until: Instant, p: &Prepared) -> Result<Result<String, String>> {
+    let (_ep, conn) = env.raw("client-mallory", p.leader, None).await?;
+    let r = raw_request(&conn, ClientRequest { id: 1, session: None, body: Request::OpenSession }).await?;
+    let Ok(Response::Session(s)) = r.result else { bail!("no session: {:?}", r.result) };
+    let put = |value: &str, seq: u64| ClientRequest {
+        id: seq,
+        session: Some(Sequenced { session: s, seq }),
+        body: Request::Put { key: b"attack/replay".to_vec(), value: value.as_bytes().to_vec() },
+    };
+    raw_request(&conn, put("v1", 1)).await?.result.map_err(|e| anyhow::anyhow!("put v1: {e}"))?;
+    raw_request(&conn, put("v2", 2)).await?.result.map_err(|e| anyhow::anyhow!("put v2: {e}"))?;
+    let mut replays = 0u64;
+    for _ in 0..10_000u32 {
+        if !left(until) {
+            break;
+        }
+        let _ = raw_request(&conn, put("v1", 1)).await;
+        replays += 1;
+    }
+    conn.close(0u32.into(), b"done");
+    let c = env.client("mallory", 9)?;
+    let got = c.get("attack/replay", ReadConsistency::Linearizable).await.map(|g| g.kv.map(|kv| kv.value));
+    c.close();
+    match got {
+        Ok(Some(v)) if v == b"v2" => Ok(Ok(format!("{replays} replays, none applied"))),
+        other => Ok(Err(format!("after {replays} replays the key holds {other:?}, not v2"))),
+    }
+}
+
+/// A node certificate of the cluster whose node is not a member (as after `member remove`):
+/// it asks every follower to campaign now (`TimeoutNow`) in the current term.
+async fn removed_node(env: &Env, until: Instant) -> Result<Result<String, String>> {
+    let creds = env.credentials(&format!("node-{REMOVED}"))?;
+    let me = NodeId::new(REMOVED).context("id")?;
+    let config = TransportConfig::new(ClusterId::new("attack")?, me, env.listen[&REMOVED]);
+    let (transport, _inbox) = Transport::<NodeMessage>::bind(config, creds).await?;
+    for id in 1..=NODES {
+        transport.add_peer(NodeId::new(id).context("id")?, env.listen[&id]);
+    }
+    let admin = env.client("admin", 0x44)?;
+    let mut sent = 0u64;
+    for _ in 0..1000u32 {
+        if !left(until) {
+            break;
+        }
+        let Some((leader, term)) = leader(&admin).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for id in (1..=NODES).filter(|&i| i != leader) {
+            let to = NodeId::new(id).context("id")?;
+            let m = Message { from: me, to, term: Term(term), body: MessageBody::TimeoutNow };
+            if transport.try_send(to, NodeMessage::Raft(m)).is_ok() {
+                sent += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    admin.close();
+    transport.shutdown().await;
+    Ok(Ok(format!("{sent} TimeoutNow sent")))
+}
+
+/// A client certificate that expired an hour ago: no connection may serve it.
+async fn expired_cert(env: &Env, until: Instant, p: &Prepared) -> Result<Result<String, String>> {
+    let creds = env.credentials("client-expired")?;
+    let (mut refused, mut served) = (0u64, 0u64);
+    for n in 0..2000u64 {
+        if !left(until) {
+            break;
+        }
+        match quorate_transport::Client::<NodeMessage>::connect(
+            &creds,
+            NodeId::new(p.leader).context("id")?,
+            env.listen[&p.leader],
+            ClientOptions::default(),
+        )
+        .await
+        {
+            Err(_) => refused += 1,
+            Ok(c) => {
+                let put = Request::Put { key: b"attack/expired".to_vec(), value: b"x".to_vec() };
+                match c.request(&NodeMessage::Request(ClientRequest { id: n, session: None, body: put })).await {
+                    Ok(NodeMessage::Response(ClientResponse { result: Ok(_), .. })) => served += 1,
+                    _ => refused += 1,
+                }
+                c.close();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if served > 0 {
+        return Ok(Err(format!("{served} requests served on an expired certificate")));
+    }
+    Ok(Ok(format!("{refused} attempts refused")))
+}
+
+/// A read-role client tries every write and admin operation: each must be refused as
+/// unauthorized, and the key it targets must keep its value.
+async fn read_role_writes(env: &Env, seed: u64, until: Instant) -> Result<Result<String, String>> {
+    let c = env.client("reader", seed ^ 0x51)?;
+    let mut allowed = Vec::new();
+    let mut unauthorized = 0u64;
+    let mut other = Vec::new();
+    let mut note = |name: &str, r: Result<(), quorate_client::ClientError>| match r {
+        Ok(()) => allowed.push(name.to_string()),
+        Err(e) if format!("{e:?}").contains("Unauthorized") => unauthorized += 1,
+        Err(e) => other.push(format!("{name}: {e}")),
+    };
+    for _ in 0..100u32 {
+        if !left(until) {
+            break;
+        }
+        note("put", c.put("attack/ro", "reader").await.map(|_| ()));
+        note("delete", c.delete("attack/ro").await.map(|_| ()));
+        note("cas", c.cas("attack/ro", Some(b"before".as_slice()), "reader").await.map(|_| ()));
+        let txn = Txn {
+            compare: Vec::new(),
+            success: vec![TxnOp::Put { key: b"attack/ro".to_vec(), value: b"reader".to_vec() }],
+            failure: Vec::new(),
+        };
+        note("txn", c.txn(txn).await.map(|_| ()));
+        note("delete-range", c.delete_range("attack/", "attack0").await.map(|_| ()));
+        note("member-remove", c.member_remove(NodeId::new(3).context("id")?).await);
+        note("member-add", c.member_add(NodeId::new(9).context("id")?, env.listen[&REMOVED]).await);
+        note("leader-transfer", c.leader_transfer(None).await);
+        note("snapshot-save", c.snapshot_save().await.map(|_| ()));
+        note("finalize", c.finalize(quorate_api::CLUSTER_VERSION).await);
+    }
+    let got = c.get("attack/ro", ReadConsistency::Linearizable).await.map(|g| g.kv.map(|kv| kv.value));
+    c.close();
+    if !allowed.is_empty() {
+        allowed.dedup();
+        return Ok(Err(format!("a read-role client was allowed: {}", allowed.join(", "))));
+    }
+    if !other.is_empty() {
+        other.truncate(3);
+        return Ok(Err(format!("refused, but not as unauthorized: {}", other.join("; "))));
+    }
+    match got {
+        Ok(Some(v)) if v == b"before" => Ok(Ok(format!("{unauthorized} attempts refused as unauthorized"))),
+        other => Ok(Err(format!("the key holds {other:?}, not its value before"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attack_names_parse_back() {
+        for a in Attack::ALL {
+            assert_eq!(Attack::parse(a.name()).unwrap(), a);
+        }
+        assert!(Attack::parse("nope").is_err());
+    }
+
+    #[test]
+    fn options() {
+        let o = parse(&["--ci".into(), "--only".into(), "slow-reader,removed-node".into()]).unwrap();
+        assert_eq!(o.seconds, 3);
+        assert_eq!(o.attacks, vec![Attack::SlowReader, Attack::RemovedNode]);
+        assert!(parse(&["--seconds".into(), "0".into()]).is_err());
+    }
+}
