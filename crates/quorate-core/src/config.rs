@@ -131,6 +131,18 @@ mod tests {
         let mut c = Config::new(id);
         c.heartbeat_interval = c.election_timeout_min;
         assert!(c.validate().is_err());
+        // Each of the two intervals must be positive on its own (found by mutation testing:
+        // `||` replaced by `&&` survived).
+        let mut c = Config::new(id);
+        c.heartbeat_interval = Duration::ZERO;
+        assert!(c.validate().is_err(), "a zero heartbeat interval");
+        let mut c = Config::new(id);
+        c.election_timeout_min = Duration::ZERO;
+        c.heartbeat_interval = Duration::ZERO;
+        assert!(c.validate().is_err());
+        let mut c = Config::new(id);
+        c.election_timeout_min = Duration::ZERO;
+        assert!(c.validate().is_err(), "a zero election timeout");
         let mut c = Config::new(id);
         c.check_quorum = false;
         c.lease_clock_drift_max = Some(Duration::from_millis(10));
