@@ -444,15 +444,20 @@ pub(crate) fn admission_summary(bodies: &BTreeMap<u64, String>) -> String {
             }
         }
     }
+    // The largest four, as " (name n, ...)", or nothing when all are zero.
     let list = |m: &BTreeMap<String, f64>| {
         let mut v: Vec<(&String, &f64)> = m.iter().filter(|(_, n)| **n > 0.0).collect();
         v.sort_by(|a, b| b.1.total_cmp(a.1));
-        v.iter().take(4).map(|(k, n)| format!("{k} {n:.0}")).collect::<Vec<_>>().join(", ")
+        let top = v.iter().take(4).map(|(k, n)| format!("{k} {n:.0}")).collect::<Vec<_>>();
+        if top.is_empty() { String::new() } else { format!(" ({})", top.join(", ")) }
     };
-    let (shed_n, retries_n): (f64, f64) = (shed.values().sum(), retries.values().sum());
+    // Summed from +0.0: an empty `Sum` of f64 is -0.0, printed "-0".
+    let total = |m: &BTreeMap<String, f64>| m.values().fold(0.0, |a, b| a + b);
     format!(
-        "admission: {shed_n:.0} requests shed ({}), {retries_n:.0} retries from {} principals ({})",
+        "admission: {:.0} requests shed{}, {:.0} retries from {} principals{}",
+        total(&shed),
         list(&shed),
+        total(&retries),
         retries.values().filter(|n| **n > 0.0).count(),
         list(&retries)
     )
@@ -626,6 +631,15 @@ mod tests {
             s,
             "admission: 10 requests shed (retry_budget 10), 66 retries from 2 principals (chaos-shared 65, admin 1)"
         );
+    }
+
+    #[test]
+    fn an_admission_that_shed_nothing_says_so_plainly() {
+        // An empty f64 sum is -0.0: it printed "admission: -0 requests shed ()" (seed 303).
+        let a = metrics(&["quorate_proposals_shed_total{reason=\"disk_space\"} 0", "quorate_commit_index 3"]);
+        let s = admission_summary(&[(1, a)].into_iter().collect());
+        assert_eq!(s, "admission: 0 requests shed, 0 retries from 0 principals");
+        assert_eq!(admission_summary(&BTreeMap::new()), "admission: 0 requests shed, 0 retries from 0 principals");
     }
 
     #[test]
