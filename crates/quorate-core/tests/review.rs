@@ -7,12 +7,11 @@
 mod support;
 
 use quorate_core::{
-    Append, AppendResponse, Heartbeat, Message, MessageBody, ProgressState, ReadId, ReadIndexResponse, ReadLevel,
-    SnapshotError,
+    AppendResponse, Heartbeat, Message, MessageBody, ProgressState, ReadId, ReadIndexResponse, ReadLevel, SnapshotError,
 };
 use quorate_log::{Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, MemLog, SnapshotMeta, Term};
 use support::holes::conf;
-use support::net::{Net, Prep, n};
+use support::net::{Net, Prep, append, cmd, msg, n};
 
 const NONE: Prep = |_| {};
 
@@ -148,10 +147,6 @@ fn a_lost_snapshot_acknowledgement_is_recovered_within_a_few_heartbeats() {
     assert!(net.now.saturating_since(started) < std::time::Duration::from_millis(200));
 }
 
-fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
-    Message { from: n(from), to: n(to), term: Term(term), body }
-}
-
 /// A node that does not lead answers a forwarded read with a refusal at its own (higher)
 /// term; the follower that forwarded it must not take that node for the leader.
 #[test]
@@ -185,18 +180,6 @@ fn a_read_refusal_from_a_node_that_does_not_lead_names_no_leader() {
 
 fn entry(i: u64, t: u64, payload: EntryPayload) -> Entry {
     Entry { index: LogIndex(i), term: Term(t), payload }
-}
-
-fn cmd(i: u64, t: u64, s: &str) -> Entry {
-    entry(i, t, EntryPayload::Command(Data::from(s)))
-}
-
-fn append(prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> MessageBody {
-    MessageBody::Append(Append {
-        prev: EntryId::new(Term(prev.1), LogIndex(prev.0)),
-        entries,
-        commit: LogIndex(commit),
-    })
 }
 
 /// Appends no correct leader sends: the follower halts with the evidence (no panic, nothing

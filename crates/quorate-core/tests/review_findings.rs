@@ -4,28 +4,12 @@
 
 mod support;
 
-use quorate_core::{Append, ConfChange, Message, MessageBody, ProgressState, Role};
-use quorate_log::{Data, Entry, EntryId, EntryPayload, LogIndex, SnapshotMeta, Term};
+use quorate_core::{ConfChange, Message, MessageBody, ProgressState, Role};
+use quorate_log::{Data, Entry, EntryId, LogIndex, SnapshotMeta, Term};
 use support::holes::conf;
-use support::net::{Net, Prep, n};
+use support::net::{Net, Prep, append, cmd, msg, n};
 
 const NONE: Prep = |_| {};
-
-fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
-    Message { from: n(from), to: n(to), term: Term(term), body }
-}
-
-fn cmd(i: u64, t: u64, s: &str) -> Entry {
-    Entry { index: LogIndex(i), term: Term(t), payload: EntryPayload::Command(Data::from(s)) }
-}
-
-fn append(prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> MessageBody {
-    MessageBody::Append(Append {
-        prev: EntryId::new(Term(prev.1), LogIndex(prev.0)),
-        entries,
-        commit: LogIndex(commit),
-    })
-}
 
 /// F1. A snapshot install that keeps a persisted suffix: the core hands out committed entries
 /// above the snapshot while the install batch is still unwritten.

@@ -3,17 +3,13 @@
 
 mod support;
 
-use quorate_core::{Append, Heartbeat, Message, MessageBody, Raft};
+use quorate_core::{Append, Heartbeat, MessageBody, Raft};
 use quorate_log::{Data, Entry, EntryId, EntryPayload, HardState, LogIndex, MemLog, SnapshotMeta, Term};
 use support::holes::conf;
-use support::net::{config, n, write};
+use support::net::{config, msg, n, write};
 
 fn entry(i: u64, t: u64) -> Entry {
     Entry { index: LogIndex(i), term: Term(t), payload: EntryPayload::Command(Data::from(format!("e{i}").as_str())) }
-}
-
-fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
-    Message { from: n(from), to: n(to), term: Term(term), body }
 }
 
 /// A follower of voters {1, 2, 3} whose storage holds entries 1..=5 of term 1, durable, with

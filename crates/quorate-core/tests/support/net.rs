@@ -5,8 +5,11 @@
 
 #![allow(dead_code, reason = "each test file uses a part of the harness")]
 
-use quorate_core::{Config, Instant, Message, MessageBody, Persist, Raft, Role, SendSnapshot};
-use quorate_log::{Configuration, Entry, HardState, LogIndex, LogStorage, MemLog, NodeId, SnapshotMeta, Term};
+use quorate_core::{Append, Config, Instant, Message, MessageBody, Persist, Raft, Role, SendSnapshot};
+use quorate_log::{
+    Configuration, Data, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, MemLog, NodeId, SnapshotMeta,
+    Term,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -15,6 +18,25 @@ pub(crate) fn n(i: u64) -> NodeId {
 }
 
 /// 100 ms election timeouts, 20 ms heartbeats, the node id as seed; the rest as `Config::new`.
+/// A message from `from` to `to` at `term`.
+pub(crate) fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message { from: n(from), to: n(to), term: Term(term), body }
+}
+
+/// A command entry at index `i` and term `t` carrying `s`.
+pub(crate) fn cmd(i: u64, t: u64, s: &str) -> Entry {
+    Entry { index: LogIndex(i), term: Term(t), payload: EntryPayload::Command(Data::from(s)) }
+}
+
+/// An append after `prev` = (index, term), with `entries` and the leader's `commit`.
+pub(crate) fn append(prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> MessageBody {
+    MessageBody::Append(Append {
+        prev: EntryId::new(Term(prev.1), LogIndex(prev.0)),
+        entries,
+        commit: LogIndex(commit),
+    })
+}
+
 pub(crate) fn config(id: NodeId) -> Config {
     let mut c = Config::new(id);
     c.election_timeout_min = Duration::from_millis(100);
