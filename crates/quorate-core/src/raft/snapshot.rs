@@ -85,11 +85,10 @@ impl<S: LogStorage> Raft<S> {
         }
         let keeps_suffix = self.log.matches(meta.last);
         self.log.install_snapshot(meta.last);
-        let conf_before = self.conf().clone();
+        // A follower by now (see above): no leader state to bring in line with a new
+        // configuration.
+        debug_assert!(matches!(self.role, RoleState::Follower(_)));
         self.membership.on_install(meta.last.index, &meta.config, keeps_suffix);
-        if *self.conf() != conf_before && self.is_leader() {
-            self.sync_peers();
-        }
         self.applied_since_snapshot = 0;
         self.applied_bytes_since_snapshot = 0;
         self.pending_install = Some(meta.clone());
