@@ -1,9 +1,10 @@
 //! RocksDB's own `ENOSPC` on a real, small file system: a tmpfs of a few MiB mounted in a
 //! private mount namespace (`unshare --mount`), so it needs `CAP_SYS_ADMIN` (root, or a
-//! container that allows it) and is ignored by default:
+//! container that allows it) and is ignored by default; `cargo xtask ci` (which runs as root)
+//! runs it as its own step, as does:
 //!
 //! ```sh
-//! cargo nextest run --cargo-profile ci -p quorate-storage --run-ignored only -E 'test(enospc)'
+//! cargo nextest run --cargo-profile ci -p quorate-storage -p quorate-node --run-ignored only -E 'test(enospc)'
 //! ```
 //!
 //! The store runs with no free-space floor, so the disk really fills. The write that meets the
