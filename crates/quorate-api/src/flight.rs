@@ -389,6 +389,11 @@ pub enum Input {
         /// Digest.
         digest: u32,
     },
+    /// `snapshot_skipped` (appended: recordings of earlier builds never hold it).
+    SnapshotSkipped {
+        /// Time.
+        now: Instant,
+    },
 }
 
 impl Input {
@@ -409,6 +414,7 @@ impl Input {
             Input::SnapshotSendFailed { .. } => "snapshot send failed",
             Input::Persisted { .. } => "persisted",
             Input::Ready { .. } => "ready",
+            Input::SnapshotSkipped { .. } => "snapshot skipped",
         }
     }
 }

@@ -153,6 +153,8 @@ pub struct SimConfig {
     pub snapshot_entries: u64,
     /// Entries kept behind a snapshot.
     pub compaction_tail: u64,
+    /// Most entries in one persist batch (`quorate_core::Config::persist_entries_max`).
+    pub persist_entries_max: u64,
     /// The operator also snapshots nodes at arbitrary applied indexes.
     pub operator_snapshots: bool,
     /// The operator snapshots a node right after it applies a configuration entry (a backup
@@ -234,6 +236,8 @@ impl SimConfig {
         let snapshot_entries = pick(&[20, 50, 200]);
         let compaction_tail = pick(&[0, 5, 30]);
         let operator_snapshots = pick(&[0, 1]) == 1;
+        // From a generator of its own, so that every other choice of a seed stays as it was.
+        let persist_entries_max = [u64::MAX, u64::MAX, 3, 1][SplitMix64::new(seed ^ 0xBA7C_4E55).below(4) as usize];
         // With lease reads, a forward jump on a follower shortens the time it refuses votes:
         // keep it within what the drift bound leaves over (see `clock_jump`).
         let clock_jump_ns = match (lease_reads, drift_ppm) {
@@ -277,6 +281,7 @@ impl SimConfig {
             reconfig: true,
             snapshot_entries,
             compaction_tail,
+            persist_entries_max,
             operator_snapshots,
             snapshot_on_config: false,
             check_durability: true,
@@ -291,7 +296,7 @@ impl SimConfig {
     /// Sets one setting by name, for `quorate-sim --set NAME=VALUE`: `voters`, `learners`,
     /// `voters_min`, `pre_vote`, `check_quorum`, `lease_reads`, `auto_leave_joint`,
     /// `operator_snapshots`, `snapshot_on_config`, `reconfig`, `torn_writes`, `group_batches_max`, `long_delay`,
-    /// `slow_fsync`, `loss`, `snapshot_entries`, `compaction_tail`, `degraded_node` (an index),
+    /// `slow_fsync`, `loss`, `snapshot_entries`, `compaction_tail`, `persist_entries_max`, `degraded_node` (an index),
     /// `nemesis_interval_ms`, `check_durability`,
     /// `check_vote_lease`, `hold_unpersisted_term`, `buffer_apply_past_install`. Setting `lease_reads`
     /// also turns `check_quorum` on and bounds clock jumps; `voters` raises `max_nodes`.
@@ -322,6 +327,7 @@ impl SimConfig {
             "loss" => self.loss = share()?,
             "snapshot_entries" => self.snapshot_entries = count()?,
             "compaction_tail" => self.compaction_tail = count()?,
+            "persist_entries_max" => self.persist_entries_max = count()?.max(1),
             "degraded_node" => self.disk.degraded_node = Some(count()? as usize),
             "nemesis_interval_ms" => self.nemesis_interval_ns = count()?.max(10) * MS,
             "check_durability" => self.check_durability = flag()?,
@@ -506,6 +512,11 @@ impl Batch {
             }
         }
         if let Some(hs) = self.hard_state {
+            // A store holds no commit index beyond its entries (quorate-storage refuses it:
+            // the second finding of issue 18's soak).
+            if hs.commit > quorate_log::LogStorage::last_index(store) {
+                return Err(StorageError::Unavailable(hs.commit));
+            }
             step!(store.set_hard_state(hs));
         }
         Ok(done)
@@ -725,6 +736,7 @@ impl Sim {
         c.seed = self.seed.wrapping_mul(31).wrapping_add(id.get());
         c.snapshot_entries_threshold = self.cfg.snapshot_entries;
         c.compaction_tail_entries = self.cfg.compaction_tail;
+        c.persist_entries_max = self.cfg.persist_entries_max;
         c.promote_lag_entries_max = 20;
         c.snapshot_send_timeout = Duration::from_millis(500);
         c.pre_vote = self.cfg.pre_vote;

@@ -34,6 +34,13 @@ pub struct Config {
     pub uncommitted_bytes_max: u64,
     /// Largest total size of committed entries handed out in one `Ready`.
     pub apply_bytes_max: u64,
+    /// Most entries in one persist batch ([`crate::Persist`]); a longer unstable tail (a
+    /// follower catching up far behind) goes out in several batches. At most what the
+    /// storage accepts in one write (quorate-storage: 65,536).
+    pub persist_entries_max: u64,
+    /// Most entry bytes (by `Entry::size_bytes`) in one persist batch, but always at least
+    /// one entry. At most what the storage accepts in one write (quorate-storage: 64 MiB).
+    pub persist_bytes_max: u64,
     /// Most reads waiting for confirmation.
     pub pending_reads_max: usize,
     /// The index the application's state machine has applied (on restart), so committed
@@ -80,6 +87,8 @@ impl Config {
             inflight_bytes_max: 8 << 20,
             uncommitted_bytes_max: 64 << 20,
             apply_bytes_max: 4 << 20,
+            persist_entries_max: 1 << 16,
+            persist_bytes_max: 64 << 20,
             pending_reads_max: 4096,
             applied: LogIndex::ZERO,
             seed: id.get(),
@@ -115,6 +124,9 @@ impl Config {
         }
         if self.uncommitted_bytes_max == 0 || self.apply_bytes_max == 0 || self.pending_reads_max == 0 {
             return err("uncommitted_bytes_max, apply_bytes_max and pending_reads_max must be positive");
+        }
+        if self.persist_entries_max == 0 || self.persist_bytes_max == 0 {
+            return err("persist_entries_max and persist_bytes_max must be positive");
         }
         Ok(())
     }

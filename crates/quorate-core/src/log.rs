@@ -26,8 +26,10 @@ pub(crate) enum Durability {
     Durable,
     /// In this batch (handed out, not yet reported).
     InBatch(IoId),
-    /// Not handed out yet: it goes into the next batch.
-    NextBatch,
+    /// Not handed out yet: it goes into a later batch — the next one, or one after it when
+    /// batches are bounded ([`RaftLog::hand_out`]); the batch that hands it out makes it
+    /// durable.
+    Later,
 }
 
 /// A snapshot install on its way to stable storage. The application installs the snapshot's
@@ -366,17 +368,24 @@ impl<S: LogStorage> RaftLog<S> {
     }
 
     /// Entries not yet handed out for persistence, for batch `io` (which also carries
-    /// `install`, a snapshot installed since the last batch, if any); marks them handed and
-    /// records the batch's mark.
-    pub(crate) fn hand_out(&mut self, io: IoId, install: Option<EntryId>) -> Vec<Entry> {
+    /// `install`, a snapshot installed since the last batch, if any), at most `max_entries`
+    /// of them and `max_bytes` of their sizes (but at least one, so that a batch always makes
+    /// progress); marks them handed and records the batch's mark. What is left goes into the
+    /// next batches ([`RaftLog::has_unhanded`]).
+    pub(crate) fn hand_out(&mut self, io: IoId, install: Option<EntryId>, max_entries: u64, max_bytes: u64) -> Vec<Entry> {
         let from = self.handed.next().max(self.unstable_offset);
         let out = if from > self.last_index() {
             Vec::new()
         } else {
             let a = from.distance_from(self.unstable_offset) as usize;
-            self.unstable[a..].to_vec()
+            let b = self.unstable.len().min(a.saturating_add(usize::try_from(max_entries.max(1)).unwrap_or(usize::MAX)));
+            limit_bytes(&self.unstable[a..b], max_bytes).to_vec()
         };
-        self.handed = self.last_index();
+        self.handed = match out.last() {
+            Some(e) => e.index,
+            // Nothing left to hand out: everything up to the last index is in a batch.
+            None => self.last_index(),
+        };
         if install.is_some() {
             self.install = Some(InstallInFlight::InBatch(io));
         }
@@ -413,7 +422,7 @@ impl<S: LogStorage> RaftLog<S> {
         // that batch, or an earlier one, wrote).
         match self.marks.iter().find(|(_, m)| m.index >= index) {
             Some((io, _)) => Durability::InBatch(*io),
-            None => Durability::NextBatch,
+            None => Durability::Later,
         }
     }
 
@@ -466,6 +475,12 @@ impl<S: LogStorage> RaftLog<S> {
         self.handed < self.last_index()
     }
 
+    /// The last index handed out in a persist batch: a batch's commit index never passes it
+    /// (storage holds no commit index beyond the entries written).
+    pub(crate) fn handed(&self) -> LogIndex {
+        self.handed
+    }
+
     /// The largest index ≤ `index` whose term is ≤ `term` (etcd's findConflictByTerm): lets a
     /// leader skip all entries of a term a follower does not have.
     pub(crate) fn find_conflict_by_term(&self, index: LogIndex, term: Term) -> EntryId {
@@ -509,7 +524,7 @@ mod tests {
         assert_eq!(written, Some(LogIndex(2)));
         assert_eq!(log.term(LogIndex(2)), Ok(Term(2)));
         assert_eq!(log.persisted, LogIndex(1));
-        let batch = log.hand_out(IoId(1), None);
+        let batch = log.hand_out(IoId(1), None, u64::MAX, u64::MAX);
         assert_eq!(batch.first().map(|e| e.index), Some(LogIndex(2)));
         log.storage.append(&batch).unwrap();
         log.on_persisted(IoId(1));
@@ -522,11 +537,11 @@ mod tests {
         let mut log = RaftLog::new(MemLog::default(), LogIndex::ZERO, LogIndex::ZERO);
         log.push(e(1, 1));
         log.push(e(2, 1));
-        let _ = log.hand_out(IoId(1), None);
+        let _ = log.hand_out(IoId(1), None, u64::MAX, u64::MAX);
         log.append_after(EntryId::new(Term(1), LogIndex(1)), &[e(2, 2)]).unwrap();
         log.on_persisted(IoId(1));
         assert_eq!(log.persisted, LogIndex(1), "batch 1 made 1@1 durable; its 2@1 is overwritten");
-        assert_eq!(log.hand_out(IoId(2), None), vec![e(2, 2)]);
+        assert_eq!(log.hand_out(IoId(2), None, u64::MAX, u64::MAX), vec![e(2, 2)]);
     }
 
     /// Hole 3 of issue 16 at the level of the log: batch 1 writes 1..3@1, batch 2 overwrites
@@ -537,11 +552,11 @@ mod tests {
         let mut log = RaftLog::new(MemLog::default(), LogIndex::ZERO, LogIndex::ZERO);
         let a = [e(1, 1), e(2, 1), e(3, 1)];
         log.append_after(EntryId::ZERO, &a).unwrap();
-        let batch_a = log.hand_out(IoId(1), None);
+        let batch_a = log.hand_out(IoId(1), None, u64::MAX, u64::MAX);
         log.append_after(EntryId::ZERO, &[e(1, 2)]).unwrap();
-        let batch_b = log.hand_out(IoId(2), None);
+        let batch_b = log.hand_out(IoId(2), None, u64::MAX, u64::MAX);
         log.append_after(EntryId::ZERO, &a).unwrap();
-        let batch_c = log.hand_out(IoId(3), None);
+        let batch_c = log.hand_out(IoId(3), None, u64::MAX, u64::MAX);
         log.storage.append(&batch_a).unwrap();
         log.storage.append(&batch_b).unwrap();
         log.on_persisted(IoId(1));

@@ -782,6 +782,12 @@ impl<S: LogStorage> Recorded<S> {
         }
     }
 
+    /// [`Raft::snapshot_skipped`], recorded.
+    pub fn snapshot_skipped(&mut self, now: Instant) {
+        self.raft.snapshot_skipped(now);
+        self.after(Input::SnapshotSkipped { now });
+    }
+
     /// [`Raft::install_snapshot`], recorded.
     pub fn install_snapshot(
         &mut self,
@@ -1034,6 +1040,7 @@ pub fn replay(dump: &Dump) -> Result<ReplayReport, FlightError> {
                 check(out, debug_digest(&r), &mut report);
             }
             Input::SnapshotTaken { now, meta } => raft.snapshot_taken(now, meta),
+            Input::SnapshotSkipped { now } => raft.snapshot_skipped(now),
             Input::InstallSnapshot { now, from, term, meta, out } => {
                 let r = raft.install_snapshot(now, from, term, meta);
                 check(out, debug_digest(&r), &mut report);

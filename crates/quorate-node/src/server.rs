@@ -950,13 +950,10 @@ impl Driver {
                 self.raft.snapshot_taken(now, meta);
             }
             Event::SnapshotSkipped(meta) => {
-                // Re-arm the core's request (it asks again after the next applied entry): report
-                // the snapshot this node already has, which the core takes as nothing new.
-                if let Some((latest, _)) = &self.latest_snapshot {
-                    let latest = latest.clone();
-                    tracing::info!(asked = %meta.last.index, latest = %latest.last.index, "snapshot skipped for lack of space; the core will ask again");
-                    self.raft.snapshot_taken(now, latest);
-                }
+                // Re-arm the core's request (it asks again after the next applied entry), also
+                // when this node has no snapshot yet to report instead.
+                tracing::info!(asked = %meta.last.index, "snapshot skipped for lack of space; the core will ask again");
+                self.raft.snapshot_skipped(now);
             }
             Event::SnapshotStaged { from, term, meta, path } => {
                 tracing::debug!(peer = %from, index = %meta.last.index, "snapshot staged");

@@ -651,7 +651,13 @@ impl<S: LogStorage> Raft<S> {
             return None;
         }
         let io = IoId(self.io_issued.0 + 1);
-        let entries = self.log.hand_out(io, install.as_ref().map(|m| m.last));
+        let entries =
+            self.log.hand_out(io, install.as_ref().map(|m| m.last), self.cfg.persist_entries_max, self.cfg.persist_bytes_max);
+        self.outbox.handed_out(io, self.log.handed());
+        // A batch's commit index never passes its entries: the rest of the log goes out in
+        // later batches, and storage holds no commit beyond what it holds.
+        let mut hs = hs;
+        hs.commit = hs.commit.min(self.log.handed());
         let term_or_vote = (hs.term, hs.vote) != (self.handed_hs.term, self.handed_hs.vote);
         // Only a commit index is safe to lose: anything else must be durable when reported.
         let sync = !entries.is_empty() || install.is_some() || term_or_vote;

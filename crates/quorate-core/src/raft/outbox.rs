@@ -58,39 +58,64 @@ impl Dependency {
     }
 }
 
+/// A message held until what it depends on is durable.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Held {
+    /// It may leave once this batch is reported...
+    after: IoId,
+    /// ...and, if set, once the log up to this index has been handed out in a batch: that
+    /// batch (not merely "the next one": batches are bounded, see
+    /// [`RaftLog::hand_out`](crate::log::RaftLog)) then joins `after`.
+    log: Option<LogIndex>,
+    m: Message,
+}
+
 /// Messages made and not yet handed out: those free to leave, and those held until a persist
 /// batch is reported.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Outbox {
     /// Free to leave, in the order they were made.
     msgs: Vec<Message>,
-    /// Held until the batch they name is reported, in the order they were made.
-    held: VecDeque<(IoId, Message)>,
+    /// Held until what they name is durable, in the order they were made.
+    held: VecDeque<Held>,
 }
 
 impl Outbox {
     /// Queues `m`, which may leave once batch `after` is reported (`persisted`: the latest
-    /// batch reported).
-    pub(crate) fn push(&mut self, after: IoId, persisted: IoId, m: Message) {
-        if after <= persisted {
+    /// batch reported) and, if `log` is set, the batch that hands out the log up to that
+    /// index is reported too.
+    pub(crate) fn push(&mut self, after: IoId, log: Option<LogIndex>, persisted: IoId, m: Message) {
+        if after <= persisted && log.is_none() {
             self.msgs.push(m);
         } else {
-            self.held.push_back((after, m));
+            self.held.push_back(Held { after, log, m });
+        }
+    }
+
+    /// Batch `io` handed out the log up to `handed`: messages waiting for entries up to there
+    /// now wait for `io` (or a later batch they already named).
+    pub(crate) fn handed_out(&mut self, io: IoId, handed: LogIndex) {
+        for h in &mut self.held {
+            if h.log.is_some_and(|i| i <= handed) {
+                h.after = h.after.max(io);
+                h.log = None;
+            }
         }
     }
 
     /// Batch `persisted` (and every earlier one) was reported: release what waited for it,
     /// in the order it was made.
     pub(crate) fn release(&mut self, persisted: IoId) {
-        if self.held.iter().all(|(after, _)| *after > persisted) {
+        let due = |h: &Held| h.after <= persisted && h.log.is_none();
+        if !self.held.iter().any(due) {
             return;
         }
         let mut kept = VecDeque::with_capacity(self.held.len());
-        for (after, m) in self.held.drain(..) {
-            if after <= persisted {
-                self.msgs.push(m);
+        for h in self.held.drain(..) {
+            if due(&h) {
+                self.msgs.push(h.m);
             } else {
-                kept.push_back((after, m));
+                kept.push_back(h);
             }
         }
         self.held = kept;
@@ -98,7 +123,7 @@ impl Outbox {
 
     /// The term moved to `term`: held messages of older terms are dropped.
     pub(crate) fn drop_below(&mut self, term: Term) {
-        self.held.retain(|(_, m)| m.term >= term);
+        self.held.retain(|h| h.m.term >= term);
     }
 
     /// Whether some message is free to leave.
@@ -121,30 +146,32 @@ impl<S: LogStorage> Raft<S> {
 
     /// Sends `m` once what it depends on is durable.
     pub(super) fn send_message(&mut self, m: Message) {
-        let after = if self.danger.on(HoleId::SelfVoteSendsEarly) && self.is_leader() {
+        let (after, log) = if self.danger.on(HoleId::SelfVoteSendsEarly) && self.is_leader() {
             // Hole 1 re-introduced (tests only): the leader's messages go straight out.
-            IoId(0)
+            (IoId(0), None)
         } else {
             self.durable_after(Dependency::of(&m))
         };
-        self.outbox.push(after, self.io_persisted, m);
+        self.outbox.push(after, log, self.io_persisted, m);
     }
 
-    /// The persist batch after whose report `dep` is durable (`IoId(0)`: already durable).
-    fn durable_after(&self, dep: Dependency) -> IoId {
+    /// The persist batch after whose report `dep` is durable (`IoId(0)`: already durable),
+    /// and the log index whose batch must be reported too if that batch is not made yet.
+    fn durable_after(&self, dep: Dependency) -> (IoId, Option<LogIndex>) {
         let next = IoId(self.io_issued.0 + 1);
         // The term and vote are durable with the batch that carried them, or go out in the
         // next batch if they changed since the last one was made.
         let hard_state =
             if (self.term, self.vote) == (self.handed_hs.term, self.handed_hs.vote) { self.hs_io } else { next };
         match dep {
-            Dependency::Nothing => IoId(0),
-            Dependency::HardState => hard_state,
-            Dependency::Log(index) => hard_state.max(match self.log.durability(index) {
-                Durability::Durable => IoId(0),
-                Durability::InBatch(io) => io,
-                Durability::NextBatch => next,
-            }),
+            Dependency::Nothing => (IoId(0), None),
+            Dependency::HardState => (hard_state, None),
+            Dependency::Log(index) => match self.log.durability(index) {
+                Durability::Durable => (hard_state, None),
+                Durability::InBatch(io) => (hard_state.max(io), None),
+                // Not handed out yet: the batch that hands it out (found when it is made).
+                Durability::Later => (hard_state, Some(index)),
+            },
         }
     }
 
@@ -195,10 +222,10 @@ mod tests {
     fn held_messages_leave_in_order_once_their_batch_is_reported_and_older_terms_are_dropped() {
         let hbr = |seq| m(2, MessageBody::HeartbeatResponse(HeartbeatResponse { seq }));
         let mut o = Outbox::default();
-        o.push(IoId(0), IoId(3), hbr(1));
-        o.push(IoId(5), IoId(3), hbr(2));
-        o.push(IoId(4), IoId(3), hbr(3));
-        o.push(IoId(5), IoId(3), m(1, MessageBody::TimeoutNow));
+        o.push(IoId(0), None, IoId(3), hbr(1));
+        o.push(IoId(5), None, IoId(3), hbr(2));
+        o.push(IoId(4), None, IoId(3), hbr(3));
+        o.push(IoId(5), None, IoId(3), m(1, MessageBody::TimeoutNow));
         assert_eq!(o.take(), vec![hbr(1)]);
         o.release(IoId(4));
         assert_eq!(o.take(), vec![hbr(3)]);
@@ -206,5 +233,24 @@ mod tests {
         o.release(IoId(5));
         assert_eq!(o.take(), vec![hbr(2)], "the term-1 message was dropped when the term moved");
         assert!(!o.has_ready());
+    }
+
+    #[test]
+    fn an_acknowledgement_waits_for_the_batch_that_hands_out_its_entries() {
+        let ack = |i| m(2, MessageBody::AppendResponse(AppendResponse::Accepted { match_index: LogIndex(i) }));
+        let mut o = Outbox::default();
+        // Entries up to 17 acknowledged while only batch 4 (up to 2) exists; the hard state
+        // is durable with batch 3.
+        o.push(IoId(3), Some(LogIndex(17)), IoId(3), ack(17));
+        o.release(IoId(4));
+        assert!(!o.has_ready(), "batch 4 did not write entry 17");
+        o.handed_out(IoId(5), LogIndex(10));
+        o.release(IoId(5));
+        assert!(!o.has_ready(), "batch 5 stopped at 10");
+        o.handed_out(IoId(6), LogIndex(17));
+        o.release(IoId(5));
+        assert!(!o.has_ready(), "batch 6 holds 17 and is not reported");
+        o.release(IoId(6));
+        assert_eq!(o.take(), vec![ack(17)]);
     }
 }

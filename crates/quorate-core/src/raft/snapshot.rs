@@ -98,6 +98,16 @@ impl<S: LogStorage> Raft<S> {
         Ok(true)
     }
 
+    /// Reports that the application did not take the snapshot asked for in
+    /// [`Ready::take_snapshot`](crate::Ready::take_snapshot) (for lack of disk space, say).
+    /// The request is dropped; the core asks again once it applies another entry with a
+    /// threshold still passed, or when a follower needs compacted entries. Without this
+    /// report a skipped request is outstanding for ever and no snapshot is asked for again.
+    pub fn snapshot_skipped(&mut self, now: Instant) {
+        self.advance_clock(now);
+        self.snapshot_requested = false;
+    }
+
     /// Reports that sending a snapshot to `to` failed; the leader probes it again.
     pub fn snapshot_send_failed(&mut self, now: Instant, to: NodeId) {
         self.advance_clock(now);
