@@ -118,6 +118,10 @@ pub struct RecordedConfig {
     pub snapshot_send_timeout_ns: u64,
     /// See [`quorate_core::Config`].
     pub snapshot: Option<SnapshotMeta>,
+    /// See [`quorate_core::Config`] (core images of format 3 on).
+    pub persist_entries_max: u64,
+    /// See [`quorate_core::Config`] (core images of format 3 on).
+    pub persist_bytes_max: u64,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -150,6 +154,8 @@ impl RecordedConfig {
             auto_leave_joint: c.auto_leave_joint,
             snapshot_send_timeout_ns: ns(c.snapshot_send_timeout),
             snapshot: c.snapshot.clone(),
+            persist_entries_max: c.persist_entries_max,
+            persist_bytes_max: c.persist_bytes_max,
         }
     }
 
@@ -182,6 +188,8 @@ impl RecordedConfig {
             auto_leave_joint: self.auto_leave_joint,
             snapshot_send_timeout: Duration::from_nanos(self.snapshot_send_timeout_ns),
             snapshot: self.snapshot.clone(),
+            persist_entries_max: self.persist_entries_max,
+            persist_bytes_max: self.persist_bytes_max,
         })
     }
 }

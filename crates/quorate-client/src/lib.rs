@@ -555,7 +555,15 @@ impl<L: Link> Core<L> {
         lock(&self.addrs).clone()
     }
 
+    /// Remembers `addr` for `node` from a leader hint, unless `node` is a configured member:
+    /// a hint carries the address the leader's *peers* use, which need not be one clients can
+    /// reach (behind a proxy or a separate peer network it is not), so a configured client
+    /// address is never replaced by one. (Found by a chaos soak run: a hint naming the peer
+    /// proxy's front made the new leader look dead to the clients once the proxy evicted them.)
     fn learn_addr(&self, node: NodeId, addr: SocketAddr) {
+        if self.config.members.iter().any(|(m, _)| *m == node) {
+            return;
+        }
         lock(&self.addrs).insert(node, addr);
     }
 

@@ -9,6 +9,8 @@ type Script = dyn Fn(NodeId, &ClientRequest, usize) -> Result<Result<Response, A
 struct FakeLink {
     script: Box<Script>,
     calls: Mutex<Vec<(NodeId, ClientRequest)>>,
+    /// The address of every call.
+    addrs: Mutex<Vec<SocketAddr>>,
     /// The attempt number of every call.
     attempts: Mutex<Vec<u32>>,
 }
@@ -17,11 +19,12 @@ impl Link for FakeLink {
     async fn call(
         &self,
         node: NodeId,
-        _addr: SocketAddr,
+        addr: SocketAddr,
         request: ClientRequest,
         attempt: u32,
     ) -> Result<ClientResponse, LinkError> {
         let n = {
+            lock(&self.addrs).push(addr);
             let mut calls = lock(&self.calls);
             calls.push((node, request.clone()));
             lock(&self.attempts).push(attempt);
@@ -48,7 +51,12 @@ fn core(
     config.seed = Some(1);
     tune(&mut config);
     Core::new(
-        FakeLink { script: Box::new(script), calls: Mutex::new(Vec::new()), attempts: Mutex::new(Vec::new()) },
+        FakeLink {
+            script: Box::new(script),
+            calls: Mutex::new(Vec::new()),
+            addrs: Mutex::new(Vec::new()),
+            attempts: Mutex::new(Vec::new()),
+        },
         config,
     )
 }
@@ -88,6 +96,33 @@ async fn follows_the_leader_hint_and_then_goes_straight_to_the_leader() {
     let after = calls(&core);
     assert_eq!(after.len(), before + 1, "the known leader is asked directly");
     assert_eq!(after.last().unwrap().0, id(2));
+}
+
+/// A hint's address is the leader's peer address; a configured member's address is never
+/// replaced by it (a node not configured is reached at the hinted address).
+#[tokio::test(start_paused = true)]
+async fn a_hint_does_not_replace_a_configured_address() {
+    let elsewhere: SocketAddr = "127.0.0.9:9999".parse().unwrap();
+    let core = core(
+        move |node, request, _| {
+            if node != id(2) {
+                return Ok(Err(ApiError::NotLeader { leader: Some(id(2)), addr: Some(elsewhere.to_string()) }));
+            }
+            leader_script(2)(node, request, 0)
+        },
+        |_| (),
+    );
+    core.write(put("a")).await.unwrap();
+    let to_2: Vec<SocketAddr> = calls(&core)
+        .iter()
+        .zip(lock(&core.link.addrs).iter())
+        .filter(|((n, _), _)| *n == id(2))
+        .map(|(_, a)| *a)
+        .collect();
+    assert!(!to_2.is_empty(), "node 2 was asked");
+    assert!(to_2.iter().all(|a| a.port() == 7002), "node 2 asked at its configured address: {to_2:?}");
+    core.learn_addr(id(4), elsewhere);
+    assert_eq!(core.addrs().get(&id(4)), Some(&elsewhere), "a node not configured is learned from hints");
 }
 
 #[tokio::test(start_paused = true)]

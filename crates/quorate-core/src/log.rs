@@ -372,13 +372,20 @@ impl<S: LogStorage> RaftLog<S> {
     /// of them and `max_bytes` of their sizes (but at least one, so that a batch always makes
     /// progress); marks them handed and records the batch's mark. What is left goes into the
     /// next batches ([`RaftLog::has_unhanded`]).
-    pub(crate) fn hand_out(&mut self, io: IoId, install: Option<EntryId>, max_entries: u64, max_bytes: u64) -> Vec<Entry> {
+    pub(crate) fn hand_out(
+        &mut self,
+        io: IoId,
+        install: Option<EntryId>,
+        max_entries: u64,
+        max_bytes: u64,
+    ) -> Vec<Entry> {
         let from = self.handed.next().max(self.unstable_offset);
         let out = if from > self.last_index() {
             Vec::new()
         } else {
             let a = from.distance_from(self.unstable_offset) as usize;
-            let b = self.unstable.len().min(a.saturating_add(usize::try_from(max_entries.max(1)).unwrap_or(usize::MAX)));
+            let b =
+                self.unstable.len().min(a.saturating_add(usize::try_from(max_entries.max(1)).unwrap_or(usize::MAX)));
             limit_bytes(&self.unstable[a..b], max_bytes).to_vec()
         };
         self.handed = match out.last() {

@@ -260,10 +260,13 @@ impl Env {
                 failpoints: true,
             })?;
         }
+        // Clients know the bootstrap voters (always members: only spares are removed) and
+        // learn a spare that leads from the hints; a spare that is not running yet would only
+        // cost them timeouts.
         let factory = ClientFactory {
             cluster: cluster.name.clone(),
             certs: cluster.certs_dir(),
-            members: listen.iter().map(|(id, a)| (*id, *a)).collect(),
+            members: listen.iter().filter(|(id, _)| **id <= nodes).map(|(id, a)| (*id, *a)).collect(),
         };
         let observed = Mutex::new(BTreeMap::new());
         let env = Env { cluster: Mutex::new(cluster), proxy, factory, listen, metrics, dir, observed };
@@ -275,6 +278,12 @@ impl Env {
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Cluster> {
         self.cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every id with certificates and its client address: bootstrap voters and spares (for
+    /// the probes and the checker, which must reach a spare that leads or is a member).
+    pub(crate) fn all_ids(&self) -> Vec<(u64, SocketAddr)> {
+        self.listen.iter().map(|(id, a)| (*id, *a)).collect()
     }
 
     /// A client that talks to node `id` only.
@@ -398,8 +407,16 @@ pub(crate) fn run(o: &Options) -> Result<Verdict> {
     Ok(Verdict { line, ..verdict })
 }
 
+/// Spare ids for membership changes: one per minute of the run, at least [`SPARES`] and at
+/// most 32 (each is added, promoted and removed once, so a long soak keeps changing its
+/// membership to the end instead of running out after the first minutes); none without
+/// the reconfiguration fault.
+fn spares_for(o: &Options) -> u64 {
+    if o.faults.contains(&Fault::RECONFIG) { (o.duration.as_secs() / 60).clamp(SPARES, 32) } else { 0 }
+}
+
 async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
-    let spares = if o.faults.contains(&Fault::RECONFIG) { SPARES } else { 0 };
+    let spares = spares_for(o);
     let mut raft = RAFT;
     if o.reads == ReadConsistency::Lease {
         raft.lease_clock_drift_ms = LEASE_DRIFT_MS;
@@ -440,6 +457,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         hold_ms: o.hold_ms,
         script: o.script,
         leader_first: o.leader_first,
+        spare_every: if spares == 0 { Duration::ZERO } else { o.duration / u32::try_from(spares).unwrap_or(u32::MAX) },
     };
     let nem =
         Arc::new(nemesis::Nemesis::new(env.clone(), o.seed, o.faults.clone(), (o.nodes, spares), ctx, history.clone()));

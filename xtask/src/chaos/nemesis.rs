@@ -78,6 +78,9 @@ pub(crate) struct Context {
     /// Lasting faults hit the leader whenever there is one (instead of half of the time):
     /// lease runs, where a paused or skewed leader is the case that matters.
     pub(crate) leader_first: bool,
+    /// The k-th spare (k = 1, 2, ...) is added no sooner than (k − 1) × this after the
+    /// nemesis starts, so that membership changes are spread over the whole run.
+    pub(crate) spare_every: Duration,
 }
 
 /// How a kind of fault acts.
@@ -280,6 +283,8 @@ pub(crate) struct Nemesis {
     /// Status probes to find the leader (300 ms).
     probe: Option<Arc<Client>>,
     state: Arc<Mutex<State>>,
+    /// When the nemesis was made (the spares' schedule counts from it).
+    born: Instant,
     /// The fault in force when the run ended, for [`Nemesis::heal_all`].
     pending: Mutex<Option<(Active, usize)>>,
 }
@@ -304,7 +309,7 @@ impl Nemesis {
         let admin = env.factory.client(seed ^ 0x004E_454D_4553_4953).ok().map(Arc::new);
         let probe = env
             .factory
-            .client_as(super::workload::ADMIN, &env.factory.members, seed ^ 0x0050_524F_4245, Timeouts::PROBE)
+            .client_as(super::workload::ADMIN, &env.all_ids(), seed ^ 0x0050_524F_4245, Timeouts::PROBE)
             .ok()
             .map(Arc::new);
         let state = State {
@@ -326,6 +331,7 @@ impl Nemesis {
             admin,
             probe,
             state: Arc::new(Mutex::new(state)),
+            born: Instant::now(),
             pending: Mutex::new(None),
         }
     }
@@ -746,6 +752,10 @@ impl Nemesis {
                 if current > self.nodes + self.spares {
                     return;
                 }
+                let k = u32::try_from(current - self.nodes - 1).unwrap_or(u32::MAX);
+                if self.born.elapsed() < self.ctx.spare_every.saturating_mul(k) {
+                    return;
+                }
                 let started = {
                     let mut c = self.env.lock();
                     if c.is_running(current) { Ok(()) } else { c.start(current) }
@@ -937,7 +947,16 @@ mod tests {
         }
         let mut rng = SplitMix64::new(3);
         for _ in 0..100 {
-            let s = clock(&mut rng, Context { lease_reads: true, hold_ms: HOLD_MS, script: None, leader_first: false });
+            let s = clock(
+                &mut rng,
+                Context {
+                    lease_reads: true,
+                    hold_ms: HOLD_MS,
+                    script: None,
+                    leader_first: false,
+                    spare_every: Duration::ZERO,
+                },
+            );
             let rate: f64 = s.toml.trim().trim_start_matches("clock_rate = ").parse().unwrap();
             assert!(LEASE_SAFE_CLOCK_RATES.contains(&rate));
         }

@@ -651,8 +651,12 @@ impl<S: LogStorage> Raft<S> {
             return None;
         }
         let io = IoId(self.io_issued.0 + 1);
-        let entries =
-            self.log.hand_out(io, install.as_ref().map(|m| m.last), self.cfg.persist_entries_max, self.cfg.persist_bytes_max);
+        let entries = self.log.hand_out(
+            io,
+            install.as_ref().map(|m| m.last),
+            self.cfg.persist_entries_max,
+            self.cfg.persist_bytes_max,
+        );
         self.outbox.handed_out(io, self.log.handed());
         // A batch's commit index never passes its entries: the rest of the log goes out in
         // later batches, and storage holds no commit beyond what it holds.
