@@ -172,6 +172,7 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
         cluster: cluster.name.clone(),
         certs: cluster.certs_dir(),
         members: listen.iter().map(|(i, a)| (*i, *a)).collect(),
+        workload_members: listen.iter().map(|(i, a)| (*i, *a)).collect(),
     };
     let mut on: BTreeMap<u64, Bin> = BTreeMap::new();
     cluster.bin = old_bin.clone();

@@ -123,7 +123,7 @@ pub(crate) async fn after_run(
         admission: String::new(),
     };
     let checker_client = o.clients + 1;
-    let client = env.factory.client_as(CHECKER, &env.all_ids(), o.seed ^ 0xC4EC, Timeouts::WORKLOAD)?;
+    let client = env.factory.client_as(CHECKER, &env.factory.members, o.seed ^ 0xC4EC, Timeouts::WORKLOAD)?;
 
     // 1. Recovery: a leader and a new acknowledged write.
     let deadline = healed + RECOVERY_MAX;

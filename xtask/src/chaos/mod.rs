@@ -260,13 +260,11 @@ impl Env {
                 failpoints: true,
             })?;
         }
-        // Clients know the bootstrap voters (always members: only spares are removed) and
-        // learn a spare that leads from the hints; a spare that is not running yet would only
-        // cost them timeouts.
         let factory = ClientFactory {
             cluster: cluster.name.clone(),
             certs: cluster.certs_dir(),
-            members: listen.iter().filter(|(id, _)| **id <= nodes).map(|(id, a)| (*id, *a)).collect(),
+            members: listen.iter().map(|(id, a)| (*id, *a)).collect(),
+            workload_members: listen.iter().filter(|(id, _)| **id <= nodes).map(|(id, a)| (*id, *a)).collect(),
         };
         let observed = Mutex::new(BTreeMap::new());
         let env = Env { cluster: Mutex::new(cluster), proxy, factory, listen, metrics, dir, observed };
@@ -278,12 +276,6 @@ impl Env {
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Cluster> {
         self.cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Every id with certificates and its client address: bootstrap voters and spares (for
-    /// the probes and the checker, which must reach a spare that leads or is a member).
-    pub(crate) fn all_ids(&self) -> Vec<(u64, SocketAddr)> {
-        self.listen.iter().map(|(id, a)| (*id, *a)).collect()
     }
 
     /// A client that talks to node `id` only.

@@ -309,7 +309,7 @@ impl Nemesis {
         let admin = env.factory.client(seed ^ 0x004E_454D_4553_4953).ok().map(Arc::new);
         let probe = env
             .factory
-            .client_as(super::workload::ADMIN, &env.all_ids(), seed ^ 0x0050_524F_4245, Timeouts::PROBE)
+            .client_as(super::workload::ADMIN, &env.factory.members, seed ^ 0x0050_524F_4245, Timeouts::PROBE)
             .ok()
             .map(Arc::new);
         let state = State {

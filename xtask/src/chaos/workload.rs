@@ -183,7 +183,13 @@ impl Timeouts {
 pub(crate) struct ClientFactory {
     pub(crate) cluster: String,
     pub(crate) certs: PathBuf,
+    /// Every node id with its client address (bootstrap voters and spares): admin, probe and
+    /// checker clients, which must reach any member and ask every node for its status.
     pub(crate) members: Vec<(u64, SocketAddr)>,
+    /// The workload's clients know only these (the bootstrap voters, which stay members: only
+    /// spares are removed); they reach a spare that leads through its leader hint. A spare
+    /// not started yet would only cost them timeouts.
+    pub(crate) workload_members: Vec<(u64, SocketAddr)>,
 }
 
 impl ClientFactory {
@@ -300,7 +306,7 @@ pub(crate) async fn run_clients(
     let mut tasks = Vec::new();
     for c in 0..spec.clients {
         let seed = spec.seed ^ (c + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let client = factory.client_as(&spec.principals.of(c), &factory.members, seed, Timeouts::WORKLOAD)?;
+        let client = factory.client_as(&spec.principals.of(c), &factory.workload_members, seed, Timeouts::WORKLOAD)?;
         let (spec, history, stop) = (spec.clone(), history.clone(), stop.clone());
         tasks.push(tokio::spawn(async move { one_client(c, client, spec, history, stop).await }));
     }
