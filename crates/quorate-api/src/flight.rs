@@ -182,6 +182,10 @@ impl RecordedConfig {
             auto_leave_joint: self.auto_leave_joint,
             snapshot_send_timeout: Duration::from_nanos(self.snapshot_send_timeout_ns),
             snapshot: self.snapshot.clone(),
+            // Not recorded (the recorded form predates it): a replay from an image carries it
+            // in the image's configuration; a replay from the process start (format 2) of a
+            // node that was recovering from lost synced state is not faithful.
+            recovering: None,
         })
     }
 }
