@@ -125,11 +125,6 @@ impl Config {
         if self.uncommitted_bytes_max == 0 || self.apply_bytes_max == 0 || self.pending_reads_max == 0 {
             return err("uncommitted_bytes_max, apply_bytes_max and pending_reads_max must be positive");
         }
-        if let Some(r) = &self.recovering
-            && r.last.term > r.term
-        {
-            return err("recovering: the recorded last entry is above the recorded term");
-        }
         Ok(())
     }
 }

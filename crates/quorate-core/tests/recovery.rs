@@ -6,7 +6,7 @@
 
 mod support;
 
-use quorate_core::{AppendResponse, Config, Instant, LOST_STATE_HINT_TERM, MessageBody, Raft, Recovering, Role};
+use quorate_core::{AppendResponse, Instant, LOST_STATE_HINT_TERM, MessageBody, Raft, Recovering, Role};
 use quorate_log::{Configuration, Data, EntryId, LogIndex, MemLog, Term};
 use support::holes::conf;
 use support::net::{Net, Prep, config, durable_hs, log_ids, msg, n};
@@ -89,15 +89,6 @@ fn a_record_older_than_the_storage_moves_nothing_back() {
     let r = Raft::new(cfg, storage, Instant::ZERO).expect("valid");
     assert_eq!((r.term(), r.hard_state().vote), (Term(7), Some(n(3))));
     assert!(r.recovering().is_some());
-}
-
-/// A record whose last entry is above its own term cannot come from a real node.
-#[test]
-fn an_impossible_record_is_refused() {
-    let mut cfg = Config::new(n(1));
-    cfg.recovering =
-        Some(Recovering { term: Term(2), vote: None, last: EntryId::new(Term(3), LogIndex(9)), commit: LogIndex(1) });
-    assert!(cfg.validate().is_err());
 }
 
 /// The marker is harmless from a follower that lost nothing: the leader only resends. Its
