@@ -69,7 +69,7 @@ pub const ELECTION_TIMEOUT_NS: u64 = 150 * MS;
 pub const LEASE_DRIFT_NS: u64 = 20 * MS;
 
 /// The probability that a crash loses the node's synced state, by default (see
-/// [`SimConfig::lose_synced`]).
+/// [`DiskConfig::lose_synced`]).
 pub const LOSE_SYNCED_DEFAULT: f64 = 0.1;
 
 /// How often (simulated time) a node's store keeps an earlier state of itself, the state a
