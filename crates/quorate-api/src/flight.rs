@@ -190,6 +190,10 @@ impl RecordedConfig {
             snapshot: self.snapshot.clone(),
             persist_entries_max: self.persist_entries_max,
             persist_bytes_max: self.persist_bytes_max,
+            // Not recorded (the recorded form predates it): a replay from an image carries it
+            // in the image's configuration; a replay from the process start (format 2) of a
+            // node that was recovering from lost synced state is not faithful.
+            recovering: None,
         })
     }
 }

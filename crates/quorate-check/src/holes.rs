@@ -1,5 +1,5 @@
-//! Evidence that the simulator catches each of issue 16's protocol holes when it is switched
-//! back on in the core (`quorate_core::Hole`, cargo feature `reintroduce-holes` of this crate,
+//! Evidence that the simulator catches each of issue 16's protocol holes, and issue 18's
+//! lost-state hole, when it is switched back on in the core (`quorate_core::Hole`, cargo feature `reintroduce-holes` of this crate,
 //! which forwards to `quorate-core/danger-reintroduce-holes`; no normal build enables it).
 //!
 //! Each [`HoleHunt`] names a hole, the settings that focus the simulator on it (as
@@ -29,8 +29,8 @@ pub struct HoleHunt {
 /// The seed budget of every hunt: the seeds `cargo xtask ci` runs.
 pub const SEEDS: Range<u64> = 0..500;
 
-/// The hunts `cargo xtask sim --holes` runs: each hole of issue 16 with the settings that
-/// reach it within [`SEEDS`].
+/// The hunts `cargo xtask sim --holes` runs: each hole of issue 16 (and issue 18's) with the
+/// settings that reach it within [`SEEDS`].
 #[must_use]
 pub fn hunts() -> Vec<HoleHunt> {
     vec![
@@ -69,6 +69,13 @@ pub fn hunts() -> Vec<HoleHunt> {
             settings: &[("voters_min", "3"), ("lease_reads", "true"), ("pre_vote", "true"), ("reconfig", "false")],
             seeds: SEEDS,
         },
+        // Issue 18's hole needs crashes that lose synced state: half of them do.
+        HoleHunt {
+            hole: Hole::LostStateIgnored,
+            name: "lost-state-ignored",
+            settings: &[("voters_min", "3"), ("lose_synced", "0.5")],
+            seeds: SEEDS,
+        },
     ]
 }
 
@@ -80,6 +87,7 @@ pub fn hook(hole: Hole) -> CoreHook {
         Hole::JointOnlyInBase => |r| r.danger_reintroduce(Hole::JointOnlyInBase),
         Hole::PersistedAba => |r| r.danger_reintroduce(Hole::PersistedAba),
         Hole::LeaseVoteAfterTermMove => |r| r.danger_reintroduce(Hole::LeaseVoteAfterTermMove),
+        Hole::LostStateIgnored => |r| r.danger_reintroduce(Hole::LostStateIgnored),
         _ => |_| {},
     }
 }
@@ -129,6 +137,6 @@ mod tests {
             }
             assert_eq!(by_name(h.name).map(|x| x.hole), Some(h.hole));
         }
-        assert_eq!(hunts.len(), 4);
+        assert_eq!(hunts.len(), 5);
     }
 }

@@ -122,6 +122,16 @@ pub enum Violation {
         /// The panic message.
         detail: String,
     },
+    /// A voter granted its vote in one term to two candidates (messages that left it): the
+    /// failure a node that forgot its vote (lost synced state) is exposed to.
+    DoubleVote {
+        /// The voter.
+        node: NodeId,
+        /// The term.
+        term: Term,
+        /// The candidates, in the order the votes left.
+        candidates: (NodeId, NodeId),
+    },
 }
 
 impl fmt::Display for Violation {
@@ -163,6 +173,29 @@ impl fmt::Display for Violation {
             ),
             Violation::Halted { node, reason } => write!(f, "halt: node {node} halted: {reason}"),
             Violation::Panic { detail } => write!(f, "panic: a core panicked: {detail}"),
+            Violation::DoubleVote { node, term, candidates } => write!(
+                f,
+                "double vote: node {node} granted its vote in term {term} to {} and then to {}",
+                candidates.0, candidates.1
+            ),
+        }
+    }
+}
+
+/// At most one vote per voter and term, among the grants that left the voters.
+#[derive(Debug, Default)]
+pub struct VoteOnce {
+    votes: HashMap<(NodeId, Term), NodeId>,
+}
+
+impl VoteOnce {
+    /// Records that a grant of `node`'s vote in `term` for `candidate` left `node`.
+    pub fn observe_grant(&mut self, node: NodeId, term: Term, candidate: NodeId) -> Result<(), Violation> {
+        match self.votes.insert((node, term), candidate) {
+            Some(first) if first != candidate => {
+                Err(Violation::DoubleVote { node, term, candidates: (first, candidate) })
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -15,7 +15,11 @@
 //!   write keeps all of an atomic group or none of it (RocksDB's `WriteBatch`), or — on seeds
 //!   with torn writes — a prefix of its operations in the order the persist contract gives
 //!   (install, compaction, truncation, entries in order, then the hard state). A failed write
-//!   crashes the node mid-write.
+//!   crashes the node mid-write. A crash may also *lose synced state* (`lose_synced`): the
+//!   store goes back to an earlier state of its own (a write-ahead log that lost its tail)
+//!   while the durable record of what it held survives, so the loss is detected; the node
+//!   restarts recovering from that record (`quorate_core::Config::recovering`) until a leader
+//!   has caught it up.
 //! * **Networks**: loss, duplication, reordering, symmetric and one-way partitions, and on
 //!   some seeds delays far longer than an election timeout, so messages outlive elections.
 //! * **Clocks and processes**: drift within a bound, whole-process pauses (a VM stall: the node
@@ -33,18 +37,18 @@
 
 use crate::history::{Completion, OpKind, Operation, ReadCompletion};
 use crate::invariants::{
-    ElectionSafety, LeaderCompleteness, StateMachineSafety, Violation, check_durable, check_log_matching,
+    ElectionSafety, LeaderCompleteness, StateMachineSafety, Violation, VoteOnce, check_durable, check_log_matching,
     check_read_fresh, check_vote_in_lease,
 };
 use crate::kv::{KvCommand, KvStore};
 use crate::linearizability;
 use quorate_core::{
-    ConfChange, Config, Instant, IoId, Message, MessageBody, Persist, ProposeError, Raft, ReadId, ReadLevel, Role,
-    SendSnapshot, SplitMix64,
+    ConfChange, Config, Instant, IoId, Message, MessageBody, Persist, ProposeError, Raft, ReadId, ReadLevel,
+    Recovering, Role, SendSnapshot, SplitMix64, VoteResponse,
 };
 use quorate_log::{
-    Configuration, Data, Entry, EntryId, EntryPayload, HardState, LogIndex, MemLog, NodeId, SnapshotMeta, StorageError,
-    Term,
+    Configuration, Data, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, MemLog, NodeId, SnapshotMeta,
+    StorageError, Term,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -63,6 +67,14 @@ pub const ELECTION_TIMEOUT_NS: u64 = 150 * MS;
 /// The lease reads' configured bound on clock drift between two nodes over one election
 /// timeout.
 pub const LEASE_DRIFT_NS: u64 = 20 * MS;
+
+/// The probability that a crash loses the node's synced state, by default (see
+/// [`DiskConfig::lose_synced`]).
+pub const LOSE_SYNCED_DEFAULT: f64 = 0.1;
+
+/// How often (simulated time) a node's store keeps an earlier state of itself, the state a
+/// loss of synced state goes back to.
+const CHECKPOINT_INTERVAL_NS: u64 = 300 * MS;
 
 /// The step budget per seed that `quorate-sim` and [`find_violation`] use by default.
 pub const STEPS_DEFAULT: u64 = 200_000;
@@ -93,6 +105,15 @@ pub struct DiskConfig {
     /// A node (by index) whose disk is degraded: during the faults every one of its fsyncs
     /// is slow.
     pub degraded_node: Option<usize>,
+    /// Probability that a crash (during the faults) also loses synced state: the store goes
+    /// back to an earlier state of its own (taken every `CHECKPOINT_INTERVAL_NS`, or the
+    /// empty store) — a shorter log, an older term and vote, an older snapshot — while the
+    /// record of what it held survives (the storage's durable mark), so the loss is detected
+    /// and the node restarts recovering (`quorate_core::Config::recovering`). A loss is only
+    /// injected while every configuration keeps a quorum of voters that are not recovering
+    /// (a majority that lost state is unavailable by design: docs/operations.md). Drawn from
+    /// a generator of its own, so that a seed without a loss runs as it did before.
+    pub lose_synced: f64,
 }
 
 /// Settings of a simulation run; [`SimConfig::for_seed`] derives a varied one per seed.
@@ -269,6 +290,7 @@ impl SimConfig {
                 report_lag_ns,
                 fsync_failure,
                 degraded_node: degraded.then_some(degraded_node),
+                lose_synced: LOSE_SYNCED_DEFAULT,
             },
             nemesis_interval_ns,
             drift_ppm,
@@ -297,7 +319,7 @@ impl SimConfig {
     /// `voters_min`, `pre_vote`, `check_quorum`, `lease_reads`, `auto_leave_joint`,
     /// `operator_snapshots`, `snapshot_on_config`, `reconfig`, `torn_writes`, `group_batches_max`, `long_delay`,
     /// `slow_fsync`, `loss`, `snapshot_entries`, `compaction_tail`, `persist_entries_max`, `degraded_node` (an index),
-    /// `nemesis_interval_ms`, `check_durability`,
+    /// `nemesis_interval_ms`, `check_durability`, `lose_synced` (a probability),
     /// `check_vote_lease`, `hold_unpersisted_term`, `buffer_apply_past_install`. Setting `lease_reads`
     /// also turns `check_quorum` on and bounds clock jumps; `voters` raises `max_nodes`.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
@@ -324,6 +346,7 @@ impl SimConfig {
             "group_batches_max" => self.disk.group_batches_max = count()?.max(1) as usize,
             "long_delay" => self.long_delay = share()?,
             "slow_fsync" => self.disk.slow_fsync = share()?,
+            "lose_synced" => self.disk.lose_synced = share()?,
             "loss" => self.loss = share()?,
             "snapshot_entries" => self.snapshot_entries = count()?,
             "compaction_tail" => self.compaction_tail = count()?,
@@ -351,7 +374,7 @@ impl SimConfig {
     pub fn describe(&self) -> String {
         format!(
             "{} voter(s), {} learner(s), up to {} nodes; pre-vote {}, check-quorum {}, lease reads {}, auto-leave {}; \
-             disk: groups of <= {} batches, {} writes, slow fsync {}, degraded disk on {}, report lag {:.1} ms; long delays {}, pauses {}, \
+             disk: groups of <= {} batches, {} writes, slow fsync {}, degraded disk on {}, report lag {:.1} ms, synced state lost at {} of crashes; long delays {}, pauses {}, \
              clock jumps <= {} ms, drift {} ppm, loss {}, dup {}",
             self.voters,
             self.learners,
@@ -365,6 +388,7 @@ impl SimConfig {
             self.disk.slow_fsync,
             self.disk.degraded_node.map_or_else(|| "none".to_owned(), |i| format!("node {}", i + 1)),
             self.disk.report_lag_ns as f64 / MS as f64,
+            self.disk.lose_synced,
             self.long_delay,
             self.pause_ns.is_some(),
             self.clock_jump_ns / MS,
@@ -394,6 +418,10 @@ pub struct SimReport {
     pub mid_write_crashes: u64,
     /// Of those, crashes that kept part of the write (torn writes only).
     pub torn_writes: u64,
+    /// Crashes that lost synced state (the node restarted recovering).
+    pub lost_states: u64,
+    /// Recoveries from lost synced state that ended (`Ready::recovered`).
+    pub recoveries: u64,
     /// Partitions injected.
     pub partitions: u64,
     /// Process pauses injected.
@@ -585,6 +613,12 @@ struct Node {
     /// The configuration the node was created with (the bootstrap one, or empty for a node
     /// that joins).
     bootstrap: Configuration,
+    /// An earlier durable state of the store (its log and hard state, and its snapshot), and
+    /// when it was taken: what a loss of synced state goes back to.
+    checkpoint: (MemLog, Option<(SnapshotMeta, KvStore)>, u64),
+    /// The record of what the store held before it lost synced state, kept until the core
+    /// reports the end of its recovery (the node's `lost-state` file).
+    record: Option<Recovering>,
 }
 
 impl Node {
@@ -610,6 +644,8 @@ impl Node {
             contact: None,
             held: Vec::new(),
             apply_buffer: Vec::new(),
+            checkpoint: (MemLog::new(bootstrap.clone()), None, 0),
+            record: None,
             bootstrap,
         }
     }
@@ -638,6 +674,8 @@ pub struct Sim {
     cfg: SimConfig,
     seed: u64,
     rng: SplitMix64,
+    /// Decides losses of synced state (see [`DiskConfig::lose_synced`]).
+    loss_rng: SplitMix64,
     now: u64,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
@@ -652,6 +690,7 @@ pub struct Sim {
     next_read: u64,
     history: Vec<Operation>,
     election: ElectionSafety,
+    votes: VoteOnce,
     completeness: LeaderCompleteness,
     sm: StateMachineSafety,
     known_leaders: BTreeSet<(u64, usize)>,
@@ -686,6 +725,7 @@ impl Sim {
         let mut sim = Sim {
             seed,
             rng,
+            loss_rng: SplitMix64::new(seed ^ 0x1057_57A7_E000),
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -699,6 +739,7 @@ impl Sim {
             next_read: 1,
             history: Vec::new(),
             election: ElectionSafety::default(),
+            votes: VoteOnce::default(),
             completeness: LeaderCompleteness::default(),
             sm: StateMachineSafety::default(),
             known_leaders: BTreeSet::new(),
@@ -793,6 +834,7 @@ impl Sim {
             cfg.applied = meta.last.index;
             cfg.snapshot = Some(meta.clone());
         }
+        cfg.recovering = self.nodes[i].record;
         let now = self.local_time(i, self.now);
         match Raft::new(cfg, self.nodes[i].durable.clone(), now) {
             Ok(mut r) => {
@@ -833,6 +875,7 @@ impl Sim {
     }
 
     fn crash(&mut self, i: usize, why: &str) {
+        let configurations = self.configurations();
         if self.nodes[i].raft.take().is_none() {
             return;
         }
@@ -887,6 +930,7 @@ impl Sim {
                 if self.cfg.disk.torn_writes { " (torn)" } else { "" }
             );
         }
+        self.maybe_lose_synced(i, &configurations);
         let n = &mut self.nodes[i];
         n.disk = Disk::default();
         n.staged = None;
@@ -901,6 +945,72 @@ impl Sim {
         if self.faults() {
             self.schedule(back, Event::Restart { node: i });
         }
+    }
+
+    /// At a crash of node `i` (its process is gone): with probability `lose_synced`, its store
+    /// goes back to its checkpoint while the record of what it held survives (see
+    /// [`DiskConfig::lose_synced`]). Only during the faults, only if the store changed since
+    /// the checkpoint, and only if every configuration in force keeps a quorum of voters that
+    /// are not recovering without node `i`.
+    fn maybe_lose_synced(&mut self, i: usize, configurations: &[Configuration]) {
+        if !self.faults() || self.cfg.disk.lose_synced == 0.0 {
+            return;
+        }
+        let id = self.nodes[i].id;
+        let recovering: BTreeSet<NodeId> =
+            self.nodes.iter().filter(|n| n.record.is_some() || n.id == id).map(|n| n.id).collect();
+        let quorum_left =
+            configurations.iter().filter(|c| !c.voters.is_empty()).all(|c| c.has_quorum(|v| !recovering.contains(&v)));
+        if !quorum_left || !self.loss_rng.chance(self.cfg.disk.lose_synced) {
+            return;
+        }
+        let n = &mut self.nodes[i];
+        let (older, older_snapshot, taken_at) = n.checkpoint.clone();
+        let hs = n.durable.hard_state();
+        if (hs, n.durable.last_index()) == (older.hard_state(), older.last_index()) {
+            return;
+        }
+        let last_index = n.durable.last_index();
+        let last_term = n.durable.term(last_index).unwrap_or(n.durable.snapshot_last().term);
+        let now =
+            Recovering { term: hs.term, vote: hs.vote, last: EntryId::new(last_term, last_index), commit: hs.commit };
+        // Lost again while recovering: the record keeps the most it ever held.
+        let record = match n.record {
+            None => now,
+            Some(r) => Recovering {
+                term: r.term.max(now.term),
+                vote: if r.term > now.term { r.vote } else { now.vote },
+                last: if r.last.index > now.last.index { r.last } else { now.last },
+                commit: r.commit.max(now.commit),
+            },
+        };
+        n.record = Some(record);
+        n.durable = older;
+        n.durable_snapshot = older_snapshot;
+        self.report.lost_states += 1;
+        let at = taken_at as f64 / MS as f64;
+        self.log(|| {
+            format!(
+                "node {id} loses synced state: its store goes back to {at:.1} ms; the record survives: term {}, vote {:?}, last {}@{}, commit {}",
+                record.term,
+                record.vote.map(NodeId::get),
+                record.last.index,
+                record.last.term,
+                record.commit
+            )
+        });
+    }
+
+    /// The configuration every node knows: the latest of a running core, the stored one of a
+    /// node that is down.
+    fn configurations(&self) -> Vec<Configuration> {
+        self.nodes
+            .iter()
+            .map(|n| match n.running() {
+                Some(r) => r.configuration().clone(),
+                None => n.durable.initial_state().map(|s| s.config).unwrap_or_default(),
+            })
+            .collect()
     }
 
     /// The node an event is for, if it needs that node's process.
@@ -1135,6 +1245,9 @@ impl Sim {
                     failed = Some(e);
                 }
             }
+            if self.cfg.disk.lose_synced > 0.0 && self.now >= n.checkpoint.2 + CHECKPOINT_INTERVAL_NS {
+                n.checkpoint = (n.durable.clone(), n.durable_snapshot.clone(), self.now);
+            }
         }
         if let Some(e) = failed {
             self.violation(Violation::Durability { node: id, detail: format!("bad persist batch: {e}") });
@@ -1272,7 +1385,20 @@ impl Sim {
                     return;
                 }
             }
+            if ready.recovered {
+                // The node drops its record of the loss (durably, at once).
+                let id = self.nodes[i].id;
+                self.nodes[i].record = None;
+                self.report.recoveries += 1;
+                self.log(|| format!("node {id} has recovered from its lost state: it votes again"));
+            }
             for m in ready.messages {
+                if let MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true }) = m.body
+                    && let Err(v) = self.votes.observe_grant(m.from, m.term, m.to)
+                {
+                    self.violation(v);
+                    return;
+                }
                 if self.cfg.workarounds.hold_unpersisted_term
                     && m.term > self.nodes[i].durable.hard_state().term
                     && !is_pre_vote(&m)
@@ -1989,6 +2115,11 @@ impl Sim {
     /// not a member now), promote one, remove a member (voters down to one; the leader
     /// included) or replace a voter.
     fn reconfigure(&mut self) {
+        // An operator does not change the membership while a node recovers from lost state
+        // (docs/operations.md): a removal could leave a majority of recovering voters.
+        if self.nodes.iter().any(|n| n.record.is_some()) {
+            return;
+        }
         let Some(li) = self.leader() else { return };
         let Some(conf) = self.nodes[li].running().map(|r| r.configuration().clone()) else { return };
         let voters: Vec<NodeId> = conf.voters.iter().copied().collect();

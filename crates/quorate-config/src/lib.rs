@@ -250,6 +250,18 @@ pub struct RaftConfig {
     pub snapshot_entries: u64,
     /// Entries kept behind a snapshot for slow followers.
     pub compaction_tail_entries: u64,
+    /// A node whose store lost synced state (detected at start by the durable mark) rejoins
+    /// automatically: it starts without a vote, catches up from the leader, then votes again
+    /// (docs/operations.md, "Lost synced state"). `false`: it refuses to start with the
+    /// evidence, for an operator to remove it and add it back. Written to a configuration
+    /// file only when `false` (a 0.1.0 node refuses unknown fields).
+    #[serde(skip_serializing_if = "is_true")]
+    pub rejoin_after_lost_state: bool,
+}
+
+/// Whether `b` is true (a serde `skip_serializing_if` helper).
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for RaftConfig {
@@ -262,6 +274,7 @@ impl Default for RaftConfig {
             lease_clock_drift_ms: 0,
             snapshot_entries: 100_000,
             compaction_tail_entries: 10_000,
+            rejoin_after_lost_state: true,
         }
     }
 }
@@ -661,6 +674,18 @@ danger_skip_fsync = false
         assert_eq!(c.peers.len(), 3);
         let again = NodeConfig::from_toml(&c.to_toml().unwrap()).unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn rejoin_after_lost_state_is_on_by_default_and_written_only_when_off() {
+        // SAMPLE is a 0.1.0 file: it has no such field.
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        assert!(c.raft.rejoin_after_lost_state);
+        assert!(!c.to_toml().unwrap().contains("rejoin_after_lost_state"), "a 0.1.0 node must parse what we write");
+        c.raft.rejoin_after_lost_state = false;
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("rejoin_after_lost_state = false"), "{text}");
+        assert_eq!(NodeConfig::from_toml(&text).unwrap(), c);
     }
 
     #[test]

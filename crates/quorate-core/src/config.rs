@@ -1,5 +1,6 @@
 //! Settings of one core, validated at construction.
 
+use crate::raft::recovery::Recovering;
 use crate::types::CoreError;
 use quorate_log::{LogIndex, NodeId};
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,13 @@ pub struct Config {
     /// The application's latest snapshot, on restart (what the leader sends to followers that
     /// need compacted entries).
     pub snapshot: Option<quorate_log::SnapshotMeta>,
+    /// The node lost synced state and this is what it had durably recorded before (the
+    /// storage's durable mark): the core starts in protocol-aware recovery — it takes the
+    /// recorded term and vote back, grants no vote and never campaigns until a leader has
+    /// caught its log up again, and reports the end in [`crate::Ready::recovered`]. Pass it
+    /// on every start until that report has been handled (a crash in between is safe).
+    /// `None` (the default): the storage holds everything the node acknowledged.
+    pub recovering: Option<Recovering>,
 }
 
 impl Config {
@@ -99,6 +107,7 @@ impl Config {
             auto_leave_joint: true,
             snapshot_send_timeout: Duration::from_secs(30),
             snapshot: None,
+            recovering: None,
         }
     }
 

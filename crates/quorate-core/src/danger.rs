@@ -1,12 +1,12 @@
-//! Evidence hooks: issue 16's four holes, switched back on in one core, so that the simulator
-//! and the model checker can show they would catch each of them. Only with the cargo feature
+//! Evidence hooks: issue 16's four holes and issue 18's lost-state hole, switched back on in one
+//! core, so that the simulator and the model checker can show they would catch each of them. Only with the cargo feature
 //! `danger-reintroduce-holes`, which no normal build enables; without it [`Danger`] is empty
 //! and every check is a constant `false`.
 //!
 //! Each re-introduced code path is kept next to the fix it undoes, small and visibly the old
 //! behaviour (grep for `HoleId::`).
 
-/// A hole of issue 16 (crate-internal name; [`Hole`] is the public one, with the feature).
+/// A hole of issue 16 or 18 (crate-internal name; [`Hole`] is the public one, with the feature).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(not(feature = "danger-reintroduce-holes"), allow(dead_code, reason = "named only by the feature's paths"))]
 pub(crate) enum HoleId {
@@ -14,9 +14,10 @@ pub(crate) enum HoleId {
     JointOnlyInBase,
     PersistedAba,
     LeaseVoteAfterTermMove,
+    LostStateIgnored,
 }
 
-/// Issue 16's protocol holes, for [`crate::Raft::danger_reintroduce`]. Test-only: a core with
+/// Issue 16's protocol holes and issue 18's, for [`crate::Raft::danger_reintroduce`]. Test-only: a core with
 /// a hole switched back on is unsafe.
 #[cfg(feature = "danger-reintroduce-holes")]
 #[doc(hidden)]
@@ -37,6 +38,10 @@ pub enum Hole {
     /// Hole 4: the lease is checked only for vote requests at a higher term, and a node
     /// votes for itself inside another leader's lease.
     LeaseVoteAfterTermMove,
+    /// Issue 18: a node that lost synced state ([`crate::Config::recovering`]) starts as if
+    /// nothing was lost, with the older term and vote and the shorter log its storage holds
+    /// (it can vote twice in a term, or help elect a leader that lacks a committed entry).
+    LostStateIgnored,
 }
 
 #[cfg(feature = "danger-reintroduce-holes")]
@@ -47,6 +52,7 @@ impl From<Hole> for HoleId {
             Hole::JointOnlyInBase => HoleId::JointOnlyInBase,
             Hole::PersistedAba => HoleId::PersistedAba,
             Hole::LeaseVoteAfterTermMove => HoleId::LeaseVoteAfterTermMove,
+            Hole::LostStateIgnored => HoleId::LostStateIgnored,
         }
     }
 }

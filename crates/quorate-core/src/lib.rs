@@ -67,6 +67,7 @@ pub use message::{
 };
 pub use progress::{PeerProgress, ProgressState};
 pub use raft::image::{CORE_IMAGE_FORMAT, CoreImage, CoreImageRef, Detachable, Detached};
+pub use raft::recovery::{LOST_STATE_HINT_TERM, Recovering};
 pub use raft::{CampaignReason, Persist, Raft, Ready, Status};
 pub use rng::SplitMix64;
 pub use types::{

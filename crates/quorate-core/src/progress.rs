@@ -204,6 +204,24 @@ impl Progress {
         }
     }
 
+    /// The follower lost state it had acknowledged (a rejection of `rejected` marked with
+    /// [`LOST_STATE_HINT_TERM`](crate::LOST_STATE_HINT_TERM)): its match index is void. The
+    /// next probe's `prev` is below `rejected` (so a walk back always moves: the marker hides
+    /// the hint's term, which the leader would otherwise use to skip), at most `hint` and below
+    /// the leader's `last` (so that the probe carries an entry and goes out at once). A
+    /// snapshot being sent goes on; its acknowledgement sets the match index again. Harmless if
+    /// the follower lied: the leader only resends, and a lower match index never lowers a
+    /// commit index.
+    pub(crate) fn forget_match(&mut self, rejected: LogIndex, hint: LogIndex, last: LogIndex) {
+        self.match_index = LogIndex::ZERO;
+        self.stall_check = None;
+        if self.state == ProgressState::Snapshot {
+            return;
+        }
+        self.become_probe();
+        self.next_index = hint.min(rejected.prev()).min(last.prev()).next();
+    }
+
     pub(crate) fn become_probe(&mut self) {
         self.state = ProgressState::Probe;
         self.snapshot = None;

@@ -1,4 +1,5 @@
-//! Evidence that the scenarios of `tests/holes.rs` catch each hole of issue 16: with the hole
+//! Evidence that the scenarios of `tests/holes.rs` (and `tests/recovery.rs`) catch each hole of
+//! issue 16 (and issue 18's lost-state hole): with the hole
 //! switched back on (`Raft::danger_reintroduce`, feature `danger-reintroduce-holes`), every
 //! scenario returns the evidence of the hole. Run with
 //! `cargo nextest run -p quorate-core --features danger-reintroduce-holes`.
@@ -8,11 +9,13 @@ mod support;
 use quorate_core::Hole;
 use support::holes::*;
 use support::net::Prep;
+use support::recovery::*;
 
 const SELF_VOTE_SENDS_EARLY: Prep = |r| r.danger_reintroduce(Hole::SelfVoteSendsEarly);
 const JOINT_ONLY_IN_BASE: Prep = |r| r.danger_reintroduce(Hole::JointOnlyInBase);
 const PERSISTED_ABA: Prep = |r| r.danger_reintroduce(Hole::PersistedAba);
 const LEASE_VOTE_AFTER_TERM_MOVE: Prep = |r| r.danger_reintroduce(Hole::LeaseVoteAfterTermMove);
+const LOST_STATE_IGNORED: Prep = |r| r.danger_reintroduce(Hole::LostStateIgnored);
 
 fn caught(outcome: Result<(), String>, evidence: &str) -> bool {
     outcome.as_ref().is_err_and(|e| e.contains(evidence))
@@ -57,11 +60,30 @@ fn hole_4_a_voter_in_a_lease_votes_once_its_term_moved_and_campaigns_for_itself(
     }
 }
 
+/// Issue 18: a node that lost synced state and restarts as if nothing was lost votes a second
+/// time in a term, campaigns, takes an older leader's entries, keeps a log a stale leader never
+/// repairs, and applies an entry that was never committed. Each recovery scenario catches it.
+#[test]
+fn lost_state_ignored_votes_twice_campaigns_and_applies_an_uncommitted_entry() {
+    let outcome = no_vote_while_recovering(LOST_STATE_IGNORED);
+    assert!(caught(outcome.clone(), "granted while its state was lost"), "{outcome:?}");
+    let outcome = never_campaigns_while_recovering(LOST_STATE_IGNORED);
+    assert!(caught(outcome.clone(), "campaigned while its state was lost"), "{outcome:?}");
+    let outcome = rejects_an_older_leader(LOST_STATE_IGNORED);
+    assert!(caught(outcome.clone(), "took an append of term 1"), "{outcome:?}");
+    let outcome = heartbeats_alone_catch_it_up(LOST_STATE_IGNORED);
+    assert!(caught(outcome.clone(), "node 3's log is [(1, 1)]"), "{outcome:?}");
+    let outcome = unverified_heartbeat_commits_nothing(LOST_STATE_IGNORED);
+    assert!(caught(outcome.clone(), "applied the uncommitted 2@1"), "{outcome:?}");
+}
+
 /// Each switch re-introduces its own hole and no other: the other scenarios stay clean.
 #[test]
 fn each_switch_opens_only_its_own_hole() {
     assert_eq!(joint_only_in_base(SELF_VOTE_SENDS_EARLY, JointBase::Compacted), Ok(()));
     assert_eq!(persisted_aba(JOINT_ONLY_IN_BASE, AbaWrites::Merged), Ok(()));
+    assert_eq!(persisted_aba(LOST_STATE_IGNORED, AbaWrites::Merged), Ok(()));
+    assert_eq!(no_vote_while_recovering(PERSISTED_ABA), Ok(()));
     assert_eq!(lease_vote_after_term_move(PERSISTED_ABA, false), Ok(()));
     let outcome =
         self_vote_sends_early(LEASE_VOTE_AFTER_TERM_MOVE, SelfVoteShape::OneVoterOneLearner, CampaignBy::Timeout);

@@ -502,6 +502,9 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let mut options = StoreOptions::with_bootstrap(bootstrap);
     options.write_buffer_bytes = config.limits.storage_write_buffer_mb.saturating_mul(1 << 20);
+    // Issue 18: a store that lost synced state opens, and the node rejoins without a vote
+    // until a leader has caught it up (the consensus core's `recovering`, below).
+    options.accept_lost_state = config.raft.rejoin_after_lost_state;
     // Client writes are refused (Overloaded) below the client floor; the store refuses appends
     // (they wait for space) below what RocksDB itself needs, the store floor.
     let (store_floor, client_floor) = crate::admission::space_floors(&config);
@@ -550,6 +553,17 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     cc.snapshot_entries_threshold = config.raft.snapshot_entries;
     cc.compaction_tail_entries = config.raft.compaction_tail_entries;
     cc.snapshot = latest.as_ref().map(|(m, _)| m.clone());
+    if let Some(lost) = store.lost_state() {
+        tracing::warn!(
+            node = id.get(),
+            recorded = %lost.describe(),
+            evidence = %store.dir().join(quorate_storage::LOST_STATE_FILE).display(),
+            "this node lost synced state: it rejoins without a vote, and votes again once a leader has caught its log \
+             up to what it had recorded (raft.rejoin_after_lost_state)"
+        );
+        cc.recovering =
+            Some(quorate_core::Recovering { term: lost.term, vote: lost.vote, last: lost.last, commit: lost.commit });
+    }
     let start = Instant::now();
     let flight_dir = Some(data_dir.join("flight"));
     let flight_budget = usize::try_from(config.limits.flight_recorder_mb << 20).unwrap_or(usize::MAX);
@@ -863,6 +877,16 @@ impl Driver {
             let rd = self.raft.ready();
             if rd.is_empty() {
                 break;
+            }
+            if rd.recovered {
+                // Everything the recovery rests on is durable (the core said so): the evidence
+                // goes, and the next start is a normal one.
+                self.shared.store.recovered().map_err(ServerError::from)?;
+                tracing::info!(
+                    node = self.shared.id.get(),
+                    term = self.raft.term().0,
+                    "recovered from lost synced state: a leader caught this node up; it votes again"
+                );
             }
             if let Some(p) = rd.persist {
                 let batch = PersistBatch {

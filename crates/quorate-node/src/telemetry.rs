@@ -440,6 +440,7 @@ impl Observer {
         metrics::gauge!(n::TERM).set(s.term.0 as f64);
         metrics::gauge!(n::HAS_LEADER).set(if s.leader.is_some() { 1.0 } else { 0.0 });
         metrics::gauge!(n::LEADER_ID).set(s.leader.map_or(0.0, |l| l.get() as f64));
+        metrics::gauge!(n::RECOVERING).set(if raft.recovering().is_some() { 1.0 } else { 0.0 });
         for (peer, p) in &s.peers {
             if *peer == s.id {
                 continue;

@@ -4,8 +4,10 @@
 //! acknowledged write, or stops — refusing to start again — with evidence in its log; it never
 //! votes on forgotten state and never serves unverified data.
 //!
-//! * a write-ahead log that lost synced records (torn, then a crash): refuses to start, the
-//!   durable mark names what was lost; the other two go on;
+//! * a write-ahead log that lost synced records (torn, then a crash): by default the node
+//!   rejoins without a vote, catches up from the leader and votes again (issue 18); with
+//!   `raft.rejoin_after_lost_state = false` it refuses to start, the durable mark naming what
+//!   was lost, and the other two go on;
 //! * a damaged write-ahead log record: refuses to start, RocksDB names the damage;
 //! * `EIO` on fsync (before or after the data reaches the disk): stops at once; restarted with
 //!   the fault cleared, it catches up and serves every acknowledged write;
@@ -246,13 +248,12 @@ async fn a_follower(c: &Cluster) -> u64 {
     if leader == 3 { 2 } else { 3 }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wal_that_lost_synced_records_refuses_to_start_with_evidence() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(tmp.path(), |_, _| {});
-    let before = pairs("a", 10);
-    put_all(&c, &before).await;
-    let victim = a_follower(&c).await;
+/// Writes `before`, then on a follower (returned) spaced writes, then tears the last 12
+/// records of the follower's newest write-ahead log (synced appends among them) and waits for
+/// the process to die; returns the follower and the spaced writes.
+async fn lose_synced_records(c: &mut Cluster, before: &[(String, String)]) -> (u64, Vec<(String, String)>) {
+    put_all(c, before).await;
+    let victim = a_follower(c).await;
     // Writes spaced wider than the durable mark's interval (100 ms): each synced append of the
     // victim moves its mark.
     let spaced = pairs("b", 5);
@@ -268,6 +269,62 @@ async fn a_wal_that_lost_synced_records_refuses_to_start_with_evidence() {
     let status = c.exited(victim);
     assert!(!status.success(), "{status}");
     assert!(c.log(victim).contains("write-ahead log torn; crashing now"));
+    (victim, spaced)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_that_lost_synced_records_rejoins_without_a_vote_and_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, _| {});
+    let before = pairs("a", 10);
+    let (victim, spaced) = lose_synced_records(&mut c, &before).await;
+    let evidence = c.config(victim).data_dir.join("store").join("lost-state");
+
+    // Restarted (the fault is one-shot): it starts, recovering from what its mark recorded.
+    c.spawn(victim);
+    c.logged(victim, "this node lost synced state: it rejoins without a vote");
+    let log = c.log(victim);
+    assert!(log.contains("log entries") && log.contains("vote for node"), "{log}");
+    // Caught up by the leader (heartbeats alone do it: no write is needed), it votes again and
+    // drops its evidence.
+    c.logged(victim, "recovered from lost synced state");
+    assert!(!evidence.exists(), "the evidence is removed once recovered");
+    let after = pairs("c", 5);
+    put_all(&c, &after).await;
+    let all: Vec<_> = before.iter().chain(&spaced).chain(&after).cloned().collect();
+    c.serves(victim, &all).await;
+
+    // A voter again: with one of the others gone (the leader, unless the victim leads
+    // already), the victim and the one left elect a leader and commit.
+    let leader = c.leader().await;
+    let gone = if leader != victim {
+        leader
+    } else if victim == 1 {
+        2
+    } else {
+        1
+    };
+    c.kill(gone);
+    put_all(&c, &pairs("d", 3)).await;
+    assert_ne!(c.leader().await, gone);
+    // A restart now is a normal one.
+    let starts = c.log(victim).matches("listening").count();
+    c.kill(victim);
+    c.spawn(victim);
+    let deadline = Instant::now() + DEADLINE;
+    while c.log(victim).matches("listening").count() <= starts {
+        assert!(Instant::now() < deadline, "node {victim} did not start again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.log(victim).matches("this node lost synced state").count(), 1, "{}", c.log(victim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_that_lost_synced_records_refuses_to_start_with_evidence_when_rejoin_is_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, config| config.raft.rejoin_after_lost_state = false);
+    let before = pairs("a", 10);
+    let (victim, spaced) = lose_synced_records(&mut c, &before).await;
 
     // Restarted (the fault is one-shot: the file still says 1, which a start only remembers).
     c.spawn(victim);

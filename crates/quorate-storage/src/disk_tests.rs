@@ -385,3 +385,82 @@ fn snapshot_files_go_only_after_a_durable_compaction_past_them() {
     assert_eq!(s.usable_snapshot(LogIndex(30)).unwrap().map(|(m, _)| m.last.index), Some(LogIndex(20)));
     assert_eq!(s.usable_snapshot(LogIndex(19)).unwrap(), None);
 }
+
+fn accepting() -> StoreOptions {
+    StoreOptions { accept_lost_state: true, ..opts() }
+}
+
+#[test]
+fn an_accepted_loss_is_kept_as_evidence_until_recovered() {
+    // Issue 18: a node that rejoins protocol-aware opens the store that lost its synced tail;
+    // what the mark recorded is its recovery input, kept durably across restarts until the
+    // node has caught up.
+    let d = TestDir::new("lostaccepted");
+    ten_terms(d.path());
+    faults::tear_wal_tail(d.path(), 1).unwrap().expect("a record to tear");
+    let evidence = d.path().join(LOST_STATE_FILE);
+    {
+        let s = RocksStore::open(d.path(), accepting()).expect("opens with the loss");
+        assert_eq!((s.hard_state().term, s.last_index()), (Term(9), LogIndex(9)));
+        let r = s.lost_state().expect("the loss is recorded");
+        assert_eq!(
+            (r.term, r.vote, r.last, r.commit),
+            (Term(10), NodeId::new(1), EntryId::new(Term(10), LogIndex(10)), LogIndex(9))
+        );
+        assert!(r.lost.iter().any(|l| l == "term 10 -> 9"), "{r:?}");
+        assert!(evidence.exists());
+    }
+    // A restart (the mark now matches the data): still recovering, from the same record.
+    {
+        let s = RocksStore::open(d.path(), accepting()).unwrap();
+        assert_eq!(s.lost_state().map(|r| r.term), Some(Term(10)));
+    }
+    // Without the option, an unfinished recovery refuses to open, like a fresh loss.
+    match RocksStore::open(d.path(), opts()) {
+        Err(StoreError::LostSyncedState(lost)) => assert!(lost.to_string().contains("not finished"), "{lost}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    {
+        let s = RocksStore::open(d.path(), accepting()).unwrap();
+        s.recovered().unwrap();
+        assert_eq!(s.lost_state(), None);
+        assert!(!evidence.exists());
+    }
+    let s = open(d.path());
+    assert_eq!(s.lost_state(), None);
+}
+
+#[test]
+fn a_refused_open_refuses_again() {
+    // Every open starts a new MANIFEST, and a mark of an older MANIFEST is stale (another
+    // program opened the database). A refused open (or a crash between the database's open
+    // and the comparison) must not make the next open take the mark for stale.
+    let d = TestDir::new("lostagain");
+    ten_terms(d.path());
+    faults::tear_wal_tail(d.path(), 1).unwrap().expect("a record to tear");
+    for attempt in 1..=3 {
+        match RocksStore::open(d.path(), opts()) {
+            Err(StoreError::LostSyncedState(lost)) => assert!(lost.lost.iter().any(|l| l == "term 10 -> 9"), "{lost}"),
+            Err(e) => panic!("open {attempt}: unexpected error {e}"),
+            Ok(s) => panic!("open {attempt} took the lost state: term {}", s.hard_state().term),
+        }
+    }
+}
+
+#[test]
+fn a_crash_before_the_mark_is_lowered_finds_the_loss_again_and_keeps_the_record() {
+    let d = TestDir::new("lostcrash");
+    ten_terms(d.path());
+    faults::tear_wal_tail(d.path(), 1).unwrap().expect("a record to tear");
+    // The mark as an open leaves it before the loss is recorded (a refused open does the same).
+    assert!(RocksStore::open(d.path(), opts()).is_err());
+    let mark = d.path().join(MARK_FILE);
+    let high = std::fs::read(&mark).unwrap();
+    drop(RocksStore::open(d.path(), accepting()).unwrap());
+    // The evidence was written and the process died before the mark was lowered.
+    std::fs::write(&mark, &high).unwrap();
+    let s = RocksStore::open(d.path(), accepting()).unwrap();
+    let r = s.lost_state().expect("still recovering");
+    assert_eq!((r.term, r.last.index), (Term(10), LogIndex(10)));
+    assert_eq!(r.lost.iter().filter(|l| *l == "term 10 -> 9").count(), 2, "both detections: {r:?}");
+}

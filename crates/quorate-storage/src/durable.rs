@@ -32,7 +32,23 @@
 //! that wrote it (the `CURRENT` file names it; every open of the database starts a new one).
 //! If the database was opened since by something that does not keep the mark (a release older
 //! than 0.2.0 after a rollback, which may have truncated the log legitimately), the mark is
-//! stale: it is not compared, and a new one is taken from the data.
+//! stale: it is not compared, and a new one is taken from the data. Before the store opens the
+//! database (which starts a new MANIFEST), a mark that counts is rewritten with the number
+//! [`OPENING`] (same values): an open that refuses the data, or a crash before the new mark is
+//! written, leaves a mark that the next open still compares — without it the second start
+//! after a refusal took the mark for stale and opened on the lost state. (The cost: a release
+//! older than the mark that opens the database after such a crash leaves a mark that is
+//! compared although it may be stale — a false loss, never a missed one.)
+//!
+//! **Accepting a loss** ([`StoreOptions::accept_lost_state`](crate::StoreOptions::accept_lost_state)).
+//! A node that rejoins protocol-aware (issue 18) opens a store that lost synced state instead
+//! of refusing it: before anything else changes — before the mark is lowered to the data —
+//! the evidence ([`LostStateRecord`]: what the mark recorded, what was lost) is written to
+//! [`LOST_STATE_FILE`] beside the mark (a temporary file, fsynced, renamed, directory
+//! fsynced). It stays there, through any number of restarts, until the node has caught up and
+//! calls [`RocksStore::recovered`](crate::RocksStore::recovered); a crash at any point
+//! restarts the recovery (a second loss meanwhile is merged into the record). Without the
+//! option a store holding that file refuses to open, as it refuses a fresh loss.
 //!
 //! **Layout.** Two fixed slots of [`SLOT_BYTES`] in one preallocated file, written alternately
 //! with `pwrite` and `fdatasync` (the file never grows, so a full disk cannot refuse it). Each
@@ -52,6 +68,9 @@ use std::path::{Path, PathBuf};
 pub const MARK_FILE: &str = "durable-mark";
 /// Bytes of one slot.
 pub(crate) const SLOT_BYTES: u64 = 512;
+/// The MANIFEST number of a mark rewritten just before an open of the database: it counts
+/// whatever the MANIFEST is (see "Which mark counts").
+pub(crate) const OPENING: u64 = u64::MAX;
 const MAGIC: &[u8; 4] = b"QMRK";
 const MARK_FORMAT: u32 = 1;
 /// Header bytes of a slot before the body: magic, format, sequence, length.
@@ -147,6 +166,167 @@ impl std::fmt::Display for LostState {
             self.lost.join("; ")
         )
     }
+}
+
+/// The lost-state evidence file's name, in the store's directory (beside the mark).
+pub const LOST_STATE_FILE: &str = "lost-state";
+const LOST_MAGIC: &[u8; 4] = b"QLST";
+const LOST_FORMAT: u32 = 1;
+/// The longest evidence file read back.
+const LOST_BYTES_MAX: usize = 64 << 10;
+/// The most loss descriptions a record keeps (a store that keeps losing state).
+const LOST_LINES_MAX: usize = 32;
+
+/// Evidence of a loss of synced state that a store was opened with (see
+/// [`StoreOptions::accept_lost_state`](crate::StoreOptions::accept_lost_state)): what the
+/// durable mark had recorded before the loss — the node's recovery input (its consensus core's
+/// `Config::recovering`) — and what was lost.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LostStateRecord {
+    /// The recorded term.
+    pub term: Term,
+    /// The recorded vote in that term.
+    pub vote: Option<NodeId>,
+    /// The recorded last log entry.
+    pub last: EntryId,
+    /// The recorded commit index.
+    pub commit: LogIndex,
+    /// When the loss was first detected, milliseconds since the Unix epoch.
+    pub detected_unix_ms: u64,
+    /// Each loss, in words (as in [`LostState::lost`]).
+    pub lost: Vec<String>,
+}
+
+impl LostStateRecord {
+    /// The record of a loss just detected.
+    pub(crate) fn of(lost: &LostState) -> LostStateRecord {
+        let m = &lost.mark;
+        LostStateRecord {
+            term: m.term,
+            vote: m.vote,
+            last: m.last,
+            commit: m.commit,
+            detected_unix_ms: unix_ms(),
+            lost: lost.lost.iter().take(LOST_LINES_MAX).cloned().collect(),
+        }
+    }
+
+    /// This record and a later loss `next` in one: the higher term (with its vote), the
+    /// longer log, the higher commit index, both descriptions.
+    pub(crate) fn merge(self, next: LostStateRecord) -> LostStateRecord {
+        let (term, vote) = if self.term > next.term { (self.term, self.vote) } else { (next.term, next.vote) };
+        let last = if self.last.index > next.last.index { self.last } else { next.last };
+        let mut lost = self.lost;
+        lost.extend(next.lost);
+        lost.truncate(LOST_LINES_MAX);
+        LostStateRecord {
+            term,
+            vote,
+            last,
+            commit: self.commit.max(next.commit),
+            detected_unix_ms: self.detected_unix_ms,
+            lost,
+        }
+    }
+
+    /// The record in words.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        format!(
+            "term {}, {}, commit index {}, log up to index {} (term {}); lost: {}",
+            self.term,
+            match self.vote {
+                Some(v) => format!("vote for node {v}"),
+                None => "no vote".into(),
+            },
+            self.commit,
+            self.last.index,
+            self.last.term,
+            self.lost.join("; ")
+        )
+    }
+}
+
+/// Writes `record` to `path` durably: a temporary file, fsynced, renamed over `path`, the
+/// directory fsynced.
+pub(crate) fn write_lost_state(path: &Path, record: &LostStateRecord) -> Result<(), StoreError> {
+    let body = postcard::to_allocvec(record)
+        .map_err(|e| StoreError::Io(format!("cannot encode the lost-state record: {e}")))?;
+    if body.len() + 16 > LOST_BYTES_MAX {
+        return Err(StoreError::Io(format!("a lost-state record of {} bytes is too long", body.len())));
+    }
+    let mut bytes = Vec::with_capacity(body.len() + 16);
+    bytes.extend_from_slice(LOST_MAGIC);
+    bytes.extend_from_slice(&LOST_FORMAT.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    let crc = crc32fast::hash(&bytes[4..]);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    let dir = path.parent().ok_or_else(|| StoreError::Io(format!("{} has no directory", path.display())))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Reads the lost-state record at `path`: `Ok(None)` if there is none; a damaged file is an
+/// error (the recovery's input cannot be known).
+pub(crate) fn read_lost_state(path: &Path) -> Result<Option<LostStateRecord>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(lost_corrupt(path, format!("cannot be read: {e}"))),
+    };
+    decode_lost_state(&bytes).map(Some).map_err(|d| lost_corrupt(path, d))
+}
+
+fn decode_lost_state(bytes: &[u8]) -> Result<LostStateRecord, String> {
+    if bytes.len() < 16 || bytes.len() > LOST_BYTES_MAX || &bytes[..4] != LOST_MAGIC {
+        return Err(format!("{} bytes without the lost-state magic", bytes.len()));
+    }
+    let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let (format, len) = (word(4), word(8) as usize);
+    if format != LOST_FORMAT {
+        return Err(format!("format {format}; this build reads format {LOST_FORMAT}"));
+    }
+    if len + 16 != bytes.len() {
+        return Err(format!("a body of {len} bytes in a file of {}", bytes.len()));
+    }
+    if crc32fast::hash(&bytes[4..12 + len]) != word(12 + len) {
+        return Err("checksum mismatch".into());
+    }
+    match postcard::take_from_bytes::<LostStateRecord>(&bytes[12..12 + len]) {
+        Ok((r, [])) => Ok(r),
+        Ok(_) => Err("trailing bytes".into()),
+        Err(e) => Err(format!("cannot decode: {e}")),
+    }
+}
+
+fn lost_corrupt(path: &Path, detail: String) -> StoreError {
+    StoreError::Corrupt {
+        key: format!("lost-state file {}", path.display()),
+        detail: format!(
+            "{detail}; this node lost synced state and is recovering from it, but what it had recorded cannot be \
+             read, so the store does not open (remove the node and add it back: docs/operations.md)"
+        ),
+    }
+}
+
+/// Removes the lost-state record at `path` durably (the directory is fsynced).
+pub(crate) fn remove_lost_state(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let dir = path.parent().ok_or_else(|| StoreError::Io(format!("{} has no directory", path.display())))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// Compares `mark` with what the database holds; `Some` lists the losses.
@@ -365,6 +545,47 @@ mod tests {
         assert!(matches!(read(&path), Err(StoreError::Corrupt { .. })));
         std::fs::write(&path, &bytes[..100]).unwrap();
         assert!(matches!(read(&path), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn the_lost_state_record_round_trips_merges_and_refuses_damage() {
+        let d = TestDir::new("loststate");
+        let path = d.path().join(LOST_STATE_FILE);
+        assert_eq!(read_lost_state(&path).unwrap(), None);
+        let a = LostStateRecord {
+            term: Term(5),
+            vote: NodeId::new(2),
+            last: EntryId::new(Term(5), LogIndex(100)),
+            commit: LogIndex(90),
+            detected_unix_ms: 7,
+            lost: vec!["term 5 -> 4".into()],
+        };
+        write_lost_state(&path, &a).unwrap();
+        assert_eq!(read_lost_state(&path).unwrap(), Some(a.clone()));
+        let b = LostStateRecord {
+            term: Term(6),
+            vote: None,
+            last: EntryId::new(Term(6), LogIndex(80)),
+            commit: LogIndex(95),
+            detected_unix_ms: 9,
+            lost: vec!["log entries 70..=80".into()],
+        };
+        let m = a.clone().merge(b);
+        assert_eq!(
+            (m.term, m.vote, m.last.index, m.commit, m.detected_unix_ms),
+            (Term(6), None, LogIndex(100), LogIndex(95), 7)
+        );
+        assert_eq!(m.lost.len(), 2);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 6] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read_lost_state(&path), Err(StoreError::Corrupt { .. })));
+        std::fs::write(&path, &bytes[..10]).unwrap();
+        assert!(matches!(read_lost_state(&path), Err(StoreError::Corrupt { .. })));
+        remove_lost_state(&path).unwrap();
+        remove_lost_state(&path).unwrap();
+        assert_eq!(read_lost_state(&path).unwrap(), None);
     }
 
     #[test]

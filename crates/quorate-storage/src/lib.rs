@@ -91,7 +91,7 @@ mod testdir;
 mod tests;
 
 pub use batch::{BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DurableLog, PersistBatch, SmOp};
-pub use durable::{LostState, MARK_FILE, Mark};
+pub use durable::{LOST_STATE_FILE, LostState, LostStateRecord, MARK_FILE, Mark};
 pub use error::StoreError;
 pub use group::{Completion, GroupCommitter, GroupOptions, TrySubmitError};
 pub use mem::MemStore;

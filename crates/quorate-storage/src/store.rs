@@ -6,7 +6,7 @@ use crate::codec::{
     self, CF_LOG, CF_META, CF_SM, CF_SNAP, CFS, Cf, EntryOwned, KEY_APPLIED, KEY_CFG_PREFIX, KEY_FORMAT, KEY_HARD,
     KEY_SNAP_META, SM_PREFIX, SM_PREFIX_END, cfg_key, key_name, log_key, parse_index, sm_key,
 };
-use crate::durable::{self, Mark, MarkWriter};
+use crate::durable::{self, LostStateRecord, Mark, MarkWriter};
 use crate::error::StoreError;
 use crate::snapshot::{self, SnapshotReader, SnapshotWriter};
 use crate::space;
@@ -73,6 +73,14 @@ pub struct StoreOptions {
     /// (see [`MARK_FILE`](crate::MARK_FILE)) at most this often; zero: after every synced
     /// write. Default [`DURABLE_MARK_INTERVAL_DEFAULT`].
     pub durable_mark_interval: Duration,
+    /// Open a store whose durable mark is ahead of what it holds (lost synced state) instead of
+    /// refusing it with [`StoreError::LostSyncedState`]: the evidence is kept durably in
+    /// [`LOST_STATE_FILE`](crate::LOST_STATE_FILE) before the store opens, and
+    /// [`RocksStore::lost_state`] hands it to the node, which must rejoin protocol-aware (no
+    /// vote until a leader has caught it up: its consensus core's `Config::recovering`) and
+    /// call [`RocksStore::recovered`] once it has. Default `false`: refuse (and refuse a store
+    /// that still holds that file).
+    pub accept_lost_state: bool,
 }
 
 /// The default memtable size of the `log` and `sm` column families.
@@ -104,6 +112,7 @@ impl Default for StoreOptions {
             sync_apply: false,
             write_buffer_bytes: WRITE_BUFFER_BYTES_DEFAULT,
             durable_mark_interval: DURABLE_MARK_INTERVAL_DEFAULT,
+            accept_lost_state: false,
         }
     }
 }
@@ -213,6 +222,10 @@ pub struct RocksStore {
     space_refusals: AtomicU64,
     /// Evidence that a table file of the state machine is damaged (see [`SM_DAMAGED_FILE`]).
     sm_damaged: Mutex<Option<String>>,
+    /// [`StoreOptions::accept_lost_state`].
+    accept_lost_state: bool,
+    /// The loss of synced state the node is recovering from (see [`RocksStore::lost_state`]).
+    lost_state: Mutex<Option<LostStateRecord>>,
 }
 
 /// The file, in the store's directory, that records that RocksDB met a damaged table file of
@@ -303,6 +316,18 @@ impl RocksStore {
         let w = options.write_buffer();
         let opts = db_options(w, DBRecoveryMode::TolerateCorruptedTailRecords);
         let manifest_before = durable::current_manifest(&db_dir);
+        // The previous mark, armed before the database is opened (which starts a new MANIFEST)
+        // if it counts: a refused open or a crash before the new mark leaves it compared again.
+        let mark_path = dir.join(durable::MARK_FILE);
+        let mut previous = durable::read(&mark_path)?;
+        if let Some((seq, mark)) = previous
+            && mark.manifest != durable::OPENING
+            && (manifest_before.is_none() || manifest_before == Some(mark.manifest))
+        {
+            let armed = Mark { manifest: durable::OPENING, ..mark };
+            drop(MarkWriter::create_or_open(&mark_path, seq, armed)?);
+            previous = Some((seq + 1, armed));
+        }
         // A state machine known to be damaged (a compaction met a damaged table file of it) is
         // opened without compactions until it is reinstalled, which drops its files unread.
         let sm_damaged = read_sm_damaged(&dir)?;
@@ -327,8 +352,6 @@ impl RocksStore {
         sync.set_sync(true);
         let mut apply_opts = WriteOptions::default();
         apply_opts.set_sync(options.sync_apply);
-        let mark_path = dir.join(durable::MARK_FILE);
-        let previous = durable::read(&mark_path)?;
         let store = RocksStore {
             db,
             dir,
@@ -351,6 +374,8 @@ impl RocksStore {
             fault: Mutex::new(None),
             space_refusals: AtomicU64::new(0),
             sm_damaged: Mutex::new(sm_damaged),
+            accept_lost_state: options.accept_lost_state,
+            lost_state: Mutex::new(None),
         };
         let created = store.check_format(&options)?;
         store.load()?;
@@ -360,7 +385,9 @@ impl RocksStore {
     }
 
     /// Compares the previous durable mark with the loaded data (see `durable`), then records
-    /// a new mark of the data as it is.
+    /// a new mark of the data as it is. A loss is refused, or — with
+    /// [`StoreOptions::accept_lost_state`] — recorded durably in the lost-state file first
+    /// (merged with an earlier record still there), so that the mark may then be lowered.
     fn check_mark(
         &self,
         previous: Option<(u64, Mark)>,
@@ -374,11 +401,13 @@ impl RocksStore {
             (t.hard, EntryId::new(self.last_term(&t)?, t.last), t.snapshot.last)
         };
         let mut seq = 0;
+        let evidence_path = self.dir.join(durable::LOST_STATE_FILE);
+        let mut evidence = durable::read_lost_state(&evidence_path)?;
         if let Some((s, mark)) = previous {
             seq = s;
             // A mark counts only if no other program opened the database since it was
             // written (a new database counts: it must not exist without its data).
-            if created || manifest_before == Some(mark.manifest) {
+            if created || manifest_before == Some(mark.manifest) || mark.manifest == durable::OPENING {
                 let term_at_mark = if mark.last.index > snapshot.index && mark.last.index <= last.index {
                     Some(self.term_at(mark.last.index)?)
                 } else {
@@ -386,10 +415,46 @@ impl RocksStore {
                 };
                 let found = durable::Found { hard, last, snapshot, term_at_mark, created };
                 if let Some(lost) = durable::compare(&mark, &found, path) {
-                    return Err(StoreError::LostSyncedState(Box::new(lost)));
+                    if !self.accept_lost_state {
+                        return Err(StoreError::LostSyncedState(Box::new(lost)));
+                    }
+                    let record = LostStateRecord::of(&lost);
+                    let record = match evidence.take() {
+                        Some(earlier) => earlier.merge(record),
+                        None => record,
+                    };
+                    // Durable before the mark is lowered to the data below: a crash in between
+                    // finds the loss again, or this record.
+                    durable::write_lost_state(&evidence_path, &record)?;
+                    evidence = Some(record);
                 }
             }
         }
+        if let Some(record) = &evidence
+            && !self.accept_lost_state
+        {
+            let lost = durable::LostState {
+                mark_file: evidence_path.clone(),
+                mark: Mark {
+                    term: record.term,
+                    vote: record.vote,
+                    commit: record.commit,
+                    last: record.last,
+                    manifest: 0,
+                    written_unix_ms: record.detected_unix_ms,
+                },
+                found: format!("term {}, log up to index {}", hard.term, last.index),
+                lost: std::iter::once(format!(
+                    "the recovery from an earlier loss ({}) is not finished (the file {} says so); start the node \
+                     with raft.rejoin_after_lost_state = true to finish it",
+                    record.lost.join("; "),
+                    evidence_path.display()
+                ))
+                .collect(),
+            };
+            return Err(StoreError::LostSyncedState(Box::new(lost)));
+        }
+        *lock(&self.lost_state) = evidence;
         let writer = MarkWriter::create_or_open(path, seq, Mark::of(hard, last, manifest))?;
         *lock(&self.mark) = Some(writer);
         Ok(())
@@ -621,6 +686,25 @@ impl RocksStore {
     #[must_use]
     pub fn mark_file(&self) -> PathBuf {
         self.dir.join(durable::MARK_FILE)
+    }
+
+    /// The loss of synced state this store was opened with (see
+    /// [`StoreOptions::accept_lost_state`]) and that the node has not recovered from yet:
+    /// what the durable mark had recorded, the node's recovery input. `None`: nothing lost.
+    #[must_use]
+    pub fn lost_state(&self) -> Option<LostStateRecord> {
+        lock(&self.lost_state).clone()
+    }
+
+    /// The node has recovered from the loss of synced state (its consensus core reported it:
+    /// its log, term and vote are durable again, verified by a leader): the evidence file is
+    /// removed durably, and the next open is a normal one. Until this returns, a restart
+    /// recovers again.
+    pub fn recovered(&self) -> Result<(), StoreError> {
+        let mut held = lock(&self.lost_state);
+        durable::remove_lost_state(&self.dir.join(durable::LOST_STATE_FILE))?;
+        *held = None;
+        Ok(())
     }
 
     /// The live table files of the column family `cf` (`"log"`, `"meta"`, `"snap"` or

@@ -114,6 +114,8 @@ struct Totals {
     installs: u64,
     single_voter: u64,
     term_moves: u64,
+    lost_states: u64,
+    recoveries: u64,
 }
 
 fn main() -> ExitCode {
@@ -182,9 +184,11 @@ fn main() -> ExitCode {
         t.installs += r.installs;
         t.single_voter += u64::from(r.fewest_voters == 1);
         t.term_moves += r.term_moves_in_lease;
+        t.lost_states += r.lost_states;
+        t.recoveries += r.recoveries;
         if args.verbose || args.seeds == 1 {
             println!(
-                "seed {seed}: {} steps, {:.1} s simulated, {} committed, {} leaders, {} ops ({} ok), {} crashes ({} mid-write, {} torn), {} partitions, {} pauses, {} clock jumps, {} writes ({} merged, {} slow), {} config changes, {} snapshots, {} installs, voters {}..={}",
+                "seed {seed}: {} steps, {:.1} s simulated, {} committed, {} leaders, {} ops ({} ok), {} crashes ({} mid-write, {} torn, {} lost synced state), {} recoveries, {} partitions, {} pauses, {} clock jumps, {} writes ({} merged, {} slow), {} config changes, {} snapshots, {} installs, voters {}..={}",
                 r.steps,
                 r.sim_time_ns as f64 / 1e9,
                 r.committed,
@@ -194,6 +198,8 @@ fn main() -> ExitCode {
                 r.crashes,
                 r.mid_write_crashes,
                 r.torn_writes,
+                r.lost_states,
+                r.recoveries,
                 r.partitions,
                 r.pauses,
                 r.clock_jumps,
@@ -227,7 +233,7 @@ fn main() -> ExitCode {
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "sim: seeds {}, steps {}, violations {} ({} entries committed, {} client ops, {} lease reads, {} crashes ({} mid-write, {} torn), {} partitions, {} pauses, {} clock jumps, {} long delays, {} writes ({} merged, {} slow fsyncs), {} config changes ({} refused, {} operator leaves), {} seeds down to one voter, {} term moves in a lease, {} snapshots, {} installs, {:.1} s, {:.0} steps/s)",
+        "sim: seeds {}, steps {}, violations {} ({} entries committed, {} client ops, {} lease reads, {} crashes ({} mid-write, {} torn, {} lost synced state), {} recoveries from lost state, {} partitions, {} pauses, {} clock jumps, {} long delays, {} writes ({} merged, {} slow fsyncs), {} config changes ({} refused, {} operator leaves), {} seeds down to one voter, {} term moves in a lease, {} snapshots, {} installs, {:.1} s, {:.0} steps/s)",
         args.seeds,
         t.steps,
         failed.len(),
@@ -237,6 +243,8 @@ fn main() -> ExitCode {
         t.crashes,
         t.mid_write,
         t.torn,
+        t.lost_states,
+        t.recoveries,
         t.partitions,
         t.pauses,
         t.jumps,
@@ -310,6 +318,7 @@ fn kind(v: &quorate_check::invariants::Violation) -> &'static str {
         V::ApplyGap { .. } => "apply gap",
         V::Halted { .. } => "halt",
         V::Panic { .. } => "panic",
+        V::DoubleVote { .. } => "double vote",
         _ => "other",
     }
 }

@@ -56,6 +56,10 @@ impl<S: LogStorage> Raft<S> {
     /// until that configuration commits (Raft dissertation §4.2.2), and as leader it commits
     /// it and steps down. A node outside a committed configuration never campaigns.
     pub(super) fn may_campaign(&self) -> bool {
+        // A node recovering from lost synced state never campaigns (see `recovery`).
+        if self.is_recovering() {
+            return false;
+        }
         let id = self.id;
         self.conf().is_voter(id)
             || (self.membership.uncommitted(self.log.commit).is_some()
@@ -113,6 +117,7 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn campaign(&mut self, pre_vote: bool, reason: CampaignReason) {
+        debug_assert!(!self.is_recovering(), "every way to a campaign asks may_campaign first");
         let transfer = reason == CampaignReason::Transfer;
         if !pre_vote
             && !transfer
@@ -165,6 +170,13 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn handle_request_vote(&mut self, from: NodeId, term: Term, rv: &RequestVote) {
+        if self.is_recovering() {
+            // Its log may lack entries it helped commit: no vote and no pre-vote, at any term,
+            // until it has caught up (see `recovery`).
+            let body = MessageBody::VoteResponse(VoteResponse { pre_vote: rv.pre_vote, granted: false });
+            self.send(from, body);
+            return;
+        }
         let up_to_date = self.log.is_up_to_date(rv.last);
         // Inside a leader's lease, refuse at any term (a higher-term request is not even
         // answered, see `handle_message`), unless the leader itself handed over: this node's

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// 1: quorate 0.1.0. 2: issue 16 (the role enum, the configuration log, the outbox, batch
 /// marks, the install in flight). 3: issue 18 (bounded persist batches: two settings, and
-/// held messages that wait for the batch handing out their entries).
+/// held messages that wait for the batch handing out their entries; recovery from lost synced
+/// state: the configuration's record, the recovery in progress, its unreported end).
 pub const CORE_IMAGE_FORMAT: u32 = 3;
 
 /// The storage of a [`CoreImage`]: none (a placeholder; the image is restored over real
@@ -118,6 +119,8 @@ impl<S: LogStorage> Raft<S> {
             io_persisted,
             handed_hs,
             hs_io,
+            recovery,
+            recovered_unreported,
             danger,
         );
         restored.log.check();
@@ -154,7 +157,7 @@ mod tests {
         );
     }
 
-    const DIGEST: u64 = 6_498_565_664_035_358_820;
+    const DIGEST: u64 = 15_006_696_079_823_148_368;
 
     fn write(s: &mut MemLog, p: &Persist) {
         if let Some(m) = p.install.clone().or(p.compact.clone()) {

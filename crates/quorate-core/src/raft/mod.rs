@@ -27,6 +27,8 @@ use membership::Membership;
 mod outbox;
 use outbox::Outbox;
 mod reads;
+pub(crate) mod recovery;
+use recovery::Recovery;
 mod replication;
 mod role;
 use role::{Follower, Leader, RoleState};
@@ -61,6 +63,10 @@ pub struct Ready {
     pub take_snapshot: Option<SnapshotMeta>,
     /// Snapshots to stream to followers that need compacted entries.
     pub send_snapshots: Vec<SendSnapshot>,
+    /// The core has left recovery from lost synced state ([`Config::recovering`]): its log,
+    /// term and vote are durable again and it votes and campaigns as usual. Drop the evidence
+    /// of the loss durably (the next start passes no `recovering`). Reported once.
+    pub recovered: bool,
 }
 
 impl Ready {
@@ -74,6 +80,7 @@ impl Ready {
             && self.failed_reads.is_empty()
             && self.take_snapshot.is_none()
             && self.send_snapshots.is_empty()
+            && !self.recovered
     }
 }
 
@@ -204,6 +211,10 @@ pub struct Raft<S> {
     handed_hs: HardState,
     /// The batch that carries the term and vote of `handed_hs`.
     hs_io: IoId,
+    /// Recovery from lost synced state, while it lasts (see `recovery`).
+    recovery: Option<Recovery>,
+    /// The core left recovery and has not reported it in a `Ready` yet.
+    recovered_unreported: bool,
     /// Holes of issue 16 switched back on (tests only; see `crate::danger`). Not part of an
     /// image.
     #[serde(skip)]
@@ -257,9 +268,14 @@ impl<S: LogStorage> Raft<S> {
             io_persisted: IoId(0),
             handed_hs: hs,
             hs_io: IoId(0),
+            recovery: None,
+            recovered_unreported: false,
             danger: Danger::default(),
             cfg,
         };
+        if let Some(record) = r.cfg.recovering {
+            r.start_recovery(record);
+        }
         r.reset_election_deadline();
         Ok(r)
     }
@@ -502,6 +518,7 @@ impl<S: LogStorage> Raft<S> {
         if self.is_leader() {
             self.maybe_commit();
         }
+        self.maybe_leave_recovery();
     }
 
     /// Handles a message from a peer.
@@ -562,7 +579,18 @@ impl<S: LogStorage> Raft<S> {
                     self.become_follower(term, Some(from));
                 }
                 self.heard_from_leader(from);
-                let commit = hb.commit.min(self.log.last_index());
+                let mut commit = hb.commit.min(self.log.last_index());
+                if self.is_recovering() {
+                    // A heartbeat proves nothing about this log; only what a leader of this
+                    // term verified may be committed (see `recovery`).
+                    match self.recovery_verified() {
+                        Some(v) => commit = commit.min(v),
+                        None => {
+                            commit = commit.min(self.log.commit);
+                            self.reject_unverified(from);
+                        }
+                    }
+                }
                 if let Err(e) = self.log.commit_to(commit) {
                     self.halt(format!("heartbeat from {from} at term {term}: {e}"));
                     return;
@@ -612,6 +640,7 @@ impl<S: LogStorage> Raft<S> {
             || !self.send_snapshots.is_empty()
             || self.pending_install.is_some()
             || self.pending_compact.is_some()
+            || self.recovered_unreported
             || self.leader_state().is_some_and(|l| l.heartbeat_pending || self.leader_has_sends(l))
     }
 
@@ -638,6 +667,7 @@ impl<S: LogStorage> Raft<S> {
             failed_reads: std::mem::take(&mut self.reads_failed),
             take_snapshot: self.take_snapshot_request(),
             send_snapshots: std::mem::take(&mut self.send_snapshots),
+            recovered: std::mem::take(&mut self.recovered_unreported),
         }
     }
 
@@ -727,6 +757,9 @@ impl<S: LogStorage> Raft<S> {
         let hole = crate::danger::HoleId::from(hole);
         self.danger.add(hole);
         self.log.danger.add(hole);
+        if hole == crate::danger::HoleId::LostStateIgnored {
+            self.danger_ignore_lost_state();
+        }
     }
 
     /// Whether this node leads its term.

@@ -1,6 +1,7 @@
 //! Replication: proposals, appends and their answers, heartbeats, commit by counting.
 
 use super::Raft;
+use super::recovery::LOST_STATE_HINT_TERM;
 use super::role::{HEARTBEAT_ROUNDS_REMEMBERED, Leader, RoleState};
 use crate::message::{Append, AppendResponse, Heartbeat, MessageBody};
 use crate::progress::ProgressState;
@@ -109,11 +110,12 @@ impl<S: LogStorage> Raft<S> {
                 }
             }
             let match_index = self.log.commit;
+            self.recovery_log_verified(match_index);
             self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
             return;
         }
         if !self.log.matches(a.prev) {
-            let hint = self.log.find_conflict_by_term(a.prev.index, a.prev.term);
+            let hint = self.rejection_hint(self.log.find_conflict_by_term(a.prev.index, a.prev.term));
             let body = MessageBody::AppendResponse(AppendResponse::Rejected { rejected: a.prev.index, hint });
             self.send(from, body);
             return;
@@ -127,6 +129,7 @@ impl<S: LogStorage> Raft<S> {
                     self.halt(format!("append from {from} at term {term}: {e}"));
                     return;
                 }
+                self.recovery_log_verified(last_new);
                 self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index: last_new }));
             }
             Err(e) => self.halt(format!("append from {from} at term {term}: {e}")),
@@ -150,6 +153,11 @@ impl<S: LogStorage> Raft<S> {
                 if transfer.is_some_and(|(to, _)| to == from) && match_index == self.log.last_index() {
                     self.send_timeout_now(from);
                 }
+            }
+            AppendResponse::Rejected { rejected, hint } if hint.term == LOST_STATE_HINT_TERM => {
+                // The follower lost state it had acknowledged (see `recovery`): what this
+                // leader knows of its log is void; probe from its hint.
+                pr.forget_match(rejected, hint.index, last);
             }
             AppendResponse::Rejected { rejected, hint } => {
                 let guess = if hint.term > Term::ZERO {

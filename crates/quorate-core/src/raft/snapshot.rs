@@ -80,6 +80,7 @@ impl<S: LogStorage> Raft<S> {
         self.heard_from_leader(from);
         if meta.last.index <= self.log.commit {
             let match_index = self.log.commit;
+            self.recovery_log_verified(match_index);
             self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
             return Ok(false);
         }
@@ -94,6 +95,7 @@ impl<S: LogStorage> Raft<S> {
         self.pending_install = Some(meta.clone());
         self.snapshot = Some(meta.clone());
         let match_index = meta.last.index;
+        self.recovery_log_verified(match_index);
         self.send(from, MessageBody::AppendResponse(AppendResponse::Accepted { match_index }));
         Ok(true)
     }

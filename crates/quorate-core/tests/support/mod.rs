@@ -4,3 +4,4 @@
 
 pub(crate) mod holes;
 pub(crate) mod net;
+pub(crate) mod recovery;

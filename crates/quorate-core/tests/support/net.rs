@@ -5,7 +5,7 @@
 
 #![allow(dead_code, reason = "each test file uses a part of the harness")]
 
-use quorate_core::{Append, Config, Instant, Message, MessageBody, Persist, Raft, Role, SendSnapshot};
+use quorate_core::{Append, Config, Instant, Message, MessageBody, Persist, Raft, Recovering, Role, SendSnapshot};
 use quorate_log::{
     Configuration, Data, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, MemLog, NodeId, SnapshotMeta,
     Term,
@@ -69,6 +69,8 @@ pub(crate) struct Node {
     pub(crate) applied: Vec<Entry>,
     /// Snapshot requests handed out (`Ready::take_snapshot`).
     pub(crate) snapshot_requests: Vec<SnapshotMeta>,
+    /// How many `Ready`s reported the end of a recovery from lost state (`Ready::recovered`).
+    pub(crate) recovered: usize,
 }
 
 /// A hook applied to every core when it is created or restarted (tests that re-introduce a
@@ -107,7 +109,8 @@ impl Net {
     pub(crate) fn add(&mut self, cfg: Config, storage: MemLog) {
         let mut raft = Raft::new(cfg.clone(), storage, self.now).expect("a valid configuration");
         (self.prep)(&mut raft);
-        let node = Node { raft, cfg, disk: VecDeque::new(), applied: Vec::new(), snapshot_requests: Vec::new() };
+        let node =
+            Node { raft, cfg, disk: VecDeque::new(), applied: Vec::new(), snapshot_requests: Vec::new(), recovered: 0 };
         self.nodes.insert(node.cfg.id, node);
     }
 
@@ -162,6 +165,11 @@ impl Net {
             }
             node.applied.extend(rd.committed);
             node.snapshot_requests.extend(rd.take_snapshot);
+            if rd.recovered {
+                // The application drops its evidence of the loss: the next start is a normal one.
+                node.recovered += 1;
+                node.cfg.recovering = None;
+            }
             let (from, term) = (node.cfg.id, node.raft.term());
             self.snapshots.extend(rd.send_snapshots.into_iter().map(|s| (from, term, s)));
             let durable = node.raft.storage().hard_state().term;
@@ -274,6 +282,37 @@ impl Net {
         let mut cfg = node.cfg.clone();
         cfg.applied = LogIndex::ZERO;
         let mut raft = Raft::new(cfg, node.raft.storage().clone(), now).expect("restarts");
+        prep(&mut raft);
+        node.raft = raft;
+        node.applied.clear();
+        self.wire.retain(|m| m.to != n(i));
+    }
+
+    /// Node `i` loses synced state: its process crashes and its storage goes back to `older`
+    /// (an earlier state of its own storage), while the record of what it had made durable
+    /// survives (its storage's hard state and last entry now); it restarts recovering from that
+    /// record, which it returns.
+    pub(crate) fn lose_state(&mut self, i: u64, older: MemLog) -> Recovering {
+        let s = self.raft(i).storage();
+        let hs = s.hard_state();
+        let last = s.last_index();
+        let term = s.term(last).expect("the last entry is readable");
+        let record = Recovering { term: hs.term, vote: hs.vote, last: EntryId::new(term, last), commit: hs.commit };
+        self.node(i).cfg.recovering = Some(record);
+        self.restart(i, older);
+        record
+    }
+
+    /// Node `i` crashes and restarts over `storage` with its settings (`cfg.recovering`
+    /// included); unwritten batches, messages to it and its applied state are lost.
+    pub(crate) fn restart(&mut self, i: u64, storage: MemLog) {
+        let now = self.now;
+        let prep = self.prep;
+        let node = self.node(i);
+        node.disk.clear();
+        let mut cfg = node.cfg.clone();
+        cfg.applied = LogIndex::ZERO;
+        let mut raft = Raft::new(cfg, storage, now).expect("restarts");
         prep(&mut raft);
         node.raft = raft;
         node.applied.clear();
