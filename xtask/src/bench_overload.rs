@@ -11,6 +11,14 @@ use crate::{PROFILE, cargo, root, run};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 
+/// The targets a run with admission on is judged against (issue 12's promises; the overload
+/// test checks correctness only): goodput at 5x at least this fraction of the capacity...
+const GOODPUT_FRACTION_MIN: f64 = 0.90;
+/// ...the p99 latency of accepted writes at most this many milliseconds...
+const P99_MS_MAX: f64 = 1000.0;
+/// ...and at least this share of the light client's requests through.
+const LIGHT_OK_PCT_MIN: f64 = 90.0;
+
 /// Longest run per offered multiple, in seconds.
 const SECS_MAX: u64 = 120;
 /// Most offered multiples in one run.
@@ -61,8 +69,8 @@ pub(crate) fn bench_overload(args: &[String]) -> Result<()> {
 /// The result lines (`OVERLOAD key=value ...`) as a markdown table.
 fn table(text: &str) -> String {
     let mut rows = vec![
-        "| admission | offered (x capacity) | capacity writes/s | offered/s | goodput/s | goodput / capacity | p50 ms | p99 ms | not accepted | light client ok | node RSS MiB |".to_string(),
-        "|---|---|---|---|---|---|---|---|---|---|---|".to_string(),
+        "| admission | offered (x capacity) | capacity writes/s | offered/s | goodput/s | goodput / capacity | p50 ms | p99 ms | not accepted | light client ok | node RSS MiB | targets |".to_string(),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|".to_string(),
     ];
     for line in text.lines().filter(|l| l.starts_with("OVERLOAD ")) {
         let kv: BTreeMap<&str, &str> = line.split_whitespace().filter_map(|f| f.split_once('=')).collect();
@@ -72,7 +80,7 @@ fn table(text: &str) -> String {
             _ => "?".into(),
         };
         rows.push(format!(
-            "| {} | {} | {} | {} | {} | {ratio} | {} | {} | {}% | {}% | {} |",
+            "| {} | {} | {} | {} | {} | {ratio} | {} | {} | {}% | {}% | {} | {} |",
             get("admission"),
             get("multiple"),
             get("peak_per_s"),
@@ -83,9 +91,35 @@ fn table(text: &str) -> String {
             get("not_accepted_pct"),
             get("light_ok_pct"),
             get("rss_mb_max"),
+            targets(&kv),
         ));
     }
     rows.join("\n")
+}
+
+/// Whether a row meets the targets: only admission-on rows offered at least 5x are judged
+/// (`-` otherwise); `met`, or what was missed.
+fn targets(kv: &BTreeMap<&str, &str>) -> String {
+    let num = |k: &str| kv.get(k).and_then(|v| v.parse::<f64>().ok());
+    if kv.get("admission") != Some(&"on") || num("multiple").is_none_or(|m| m < 5.0) {
+        return "-".into();
+    }
+    let (Some(goodput), Some(peak), Some(p99), Some(light)) =
+        (num("goodput_per_s"), num("peak_per_s"), num("p99_ms"), num("light_ok_pct"))
+    else {
+        return "?".into();
+    };
+    let mut missed = Vec::new();
+    if goodput < GOODPUT_FRACTION_MIN * peak {
+        missed.push(format!("goodput < {:.0}%", GOODPUT_FRACTION_MIN * 100.0));
+    }
+    if p99 > P99_MS_MAX {
+        missed.push(format!("p99 > {P99_MS_MAX:.0} ms"));
+    }
+    if light < LIGHT_OK_PCT_MIN {
+        missed.push(format!("light < {LIGHT_OK_PCT_MIN:.0}%"));
+    }
+    if missed.is_empty() { "met".into() } else { format!("MISSED: {}", missed.join(", ")) }
 }
 
 #[cfg(test)]
@@ -101,7 +135,21 @@ mod tests {
         assert_eq!(t.lines().count(), 3);
         assert_eq!(
             t.lines().last(),
-            Some("| on | 5.0 | 1000 | 5000 | 950 | 95% | 20.0 | 80.0 | 81.0% | 100.0% | 90 |")
+            Some("| on | 5.0 | 1000 | 5000 | 950 | 95% | 20.0 | 80.0 | 81.0% | 100.0% | 90 | met |")
         );
+    }
+
+    #[test]
+    fn rows_that_miss_a_target_say_which() {
+        let text = "OVERLOAD admission=on multiple=5.0 peak_per_s=7243 offered_per_s=36215 goodput_per_s=2256 \
+                    p50_ms=22.0 p99_ms=323.4 not_accepted_pct=93.8 shed=1 unknown=0 unsent=5 light_ok_pct=69.4 \
+                    rss_mb_max=59 reasons={}\n\
+                    OVERLOAD admission=off multiple=5.0 peak_per_s=1000 offered_per_s=5000 goodput_per_s=10 \
+                    p50_ms=20.0 p99_ms=8000.0 not_accepted_pct=1.0 shed=0 unknown=0 unsent=5 light_ok_pct=1.0 \
+                    rss_mb_max=90 reasons={}\n";
+        let t = table(text);
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert!(rows[0].ends_with("| MISSED: goodput < 90%, light < 90% |"), "{}", rows[0]);
+        assert!(rows[1].ends_with("| - |"), "admission off is not judged: {}", rows[1]);
     }
 }
