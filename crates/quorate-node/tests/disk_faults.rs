@@ -333,6 +333,12 @@ async fn a_wal_that_lost_synced_records_refuses_to_start_with_evidence_when_rejo
     let log = c.log(victim);
     assert!(log.contains("refusing to start") && log.contains("lost synced state"), "{log}");
     assert!(log.contains("log entries") && log.contains("member remove"), "{log}");
+    // And again: the refused open started a new MANIFEST, which made the second start take
+    // the mark for stale and open on the lost state (before the mark was armed at open).
+    c.spawn(victim);
+    let status = c.exited(victim);
+    assert!(!status.success(), "the second start must refuse too:\n{}", c.log(victim));
+    assert_eq!(c.log(victim).matches("refusing to start").count(), 2, "{}", c.log(victim));
 
     // The other two go on, with every acknowledged write.
     let after = pairs("c", 5);
