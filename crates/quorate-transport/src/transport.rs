@@ -660,7 +660,7 @@ impl<M: WireMessage> Transport<M> {
 
     /// Connection attempts refused on their first packet for their source's handshake rate
     /// (`handshakes_per_source_per_sec`). Not audit events one by one (a flood would flood the
-    /// log): the first refusal of a burst is logged, and this counts them all.
+    /// log): one audit event per 1,024 refusals (the first included), and this counts them all.
     #[must_use]
     pub fn handshakes_refused(&self) -> u64 {
         self.ctx.handshakes_refused.load(Ordering::Relaxed)
