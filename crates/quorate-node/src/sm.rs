@@ -1149,7 +1149,6 @@ fn eval_txn<R: SmRead + ?Sized>(
 /// costs no replica its reads. The state may change before the transaction would have been
 /// applied (a value shrunk or deleted in between); apply's own check stays, and decides then.
 pub fn txn_result_bytes_min<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<u64, SmError> {
-    let ov = Overlay::new(r);
     // Stored sizes by key (0: absent), each key read once.
     let mut stored: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     let mut branch = |ops: &[TxnOp]| -> Result<u64, SmError> {
@@ -1169,7 +1168,7 @@ pub fn txn_result_bytes_min<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<u64,
                         None => match stored.get(key.as_slice()) {
                             Some(b) => *b,
                             None => {
-                                let b = get_kv(&ov, key)?.map_or(0, |rec| (key.len() + rec.value.len()) as u64);
+                                let b = stored_value_bytes(r, key)?.map_or(0, |v| (key.len() + v) as u64);
                                 stored.insert(key.clone(), b);
                                 b
                             }
@@ -1189,6 +1188,29 @@ pub fn txn_result_bytes_min<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<u64,
     }
     let failure = branch(&txn.failure)?;
     Ok(success.min(failure))
+}
+
+/// A stored key's record with its value borrowed, not copied: [`KvRecord`]'s encoding.
+#[derive(Deserialize)]
+struct KvRecordRef<'a> {
+    #[serde(borrow)]
+    value: &'a [u8],
+    _create_revision: u64,
+    _mod_revision: u64,
+    _version: u64,
+}
+
+/// The size of the value stored under `key` (`None`: absent), read without a second copy of
+/// the value. The record is checked as [`decode`] checks it.
+fn stored_value_bytes<R: SmRead + ?Sized>(r: &R, key: &[u8]) -> Result<Option<usize>, SmError> {
+    let k = kv_key(key);
+    let Some(bytes) = r.sm_get(&k)? else { return Ok(None) };
+    let (rec, rest): (KvRecordRef<'_>, _) =
+        postcard::take_from_bytes(&bytes).map_err(|e| corrupt(&k, e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(corrupt(&k, format!("{} trailing bytes", rest.len())));
+    }
+    Ok(Some(rec.value.len()))
 }
 
 /// The error of a transaction whose results cannot fit an answer: apply's own (after undoing
@@ -1671,6 +1693,9 @@ mod tests {
         // Absent keys read nothing.
         let absent = Txn { compare: vec![], success: vec![TxnOp::Get { key: "nope".into() }], failure: vec![] };
         assert_eq!(txn_result_bytes_min(&m, &absent).unwrap(), 0);
+        // The borrowed read of a record agrees with the owned one.
+        assert_eq!(stored_value_bytes(&m, b"big").unwrap(), read_get(&m, b"big").unwrap().map(|kv| kv.value.len()));
+        assert_eq!(stored_value_bytes(&m, b"nope").unwrap(), None);
         // Without a comparison only the success branch runs: an empty failure branch does
         // not make the bound zero.
         assert_eq!(big_gets(17).failure, vec![]);
