@@ -477,6 +477,12 @@ impl Gate {
         self.lock().admission.complete(permit, outcome, now);
     }
 
+    /// Charges `bytes` to `principal`'s answer rate.
+    fn charge_answer(&self, principal: Principal, bytes: u64) {
+        let now = self.now(Instant::now());
+        self.lock().admission.charge_answer(principal, bytes, now);
+    }
+
     /// An admitted request was answered with `bytes`: the bytes are charged to its principal's
     /// answer rate (before its permit completes, while the principal is surely tracked), the
     /// permit completes, and the hold keeps the answer's real size.
@@ -522,6 +528,15 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// Charges `bytes` read for this request (beyond its answer) to its principal's answer
+    /// rate: a writing transaction refused before it was proposed costs the leader the values
+    /// it read to decide.
+    pub(crate) fn charge_reads(&self, bytes: u64) {
+        if let Some(p) = self.permit.as_ref() {
+            self.gate.charge_answer(p.principal(), bytes);
+        }
+    }
+
     /// The request was answered with `result`, an answer of `bytes` bytes: the permit is
     /// complete, and the hold keeps the answer's real size until the ticket is dropped.
     /// The answer's bytes are charged to the principal's answer rate

@@ -1548,14 +1548,21 @@ impl Driver {
     /// bounded before it is proposed. On a blocking thread (never the driver), the sizes of the
     /// values its gets would read now give a lower bound of its results
     /// ([`crate::sm::txn_result_bytes_min`]); over [`quorate_api::limits::RESULT_BYTES_MAX`] it
-    /// is refused, unlogged, with apply's own error, so that no replica reads its values. Else
+    /// is refused, unlogged, with apply's own error, so that no replica reads its values, and
+    /// the bytes the leader read to decide are charged to its principal's answer rate. Else
     /// (or if the store cannot say) it goes back to the driver to be proposed
     /// ([`Event::TxnBounded`]), and apply's deterministic check still holds.
     fn bound_then_propose(&self, session: Option<quorate_api::Sequenced>, txn: quorate_api::Txn, responder: Responder) {
         let (store, events) = (self.shared.store.clone(), self.events_tx.clone());
-        tokio::task::spawn_blocking(move || match crate::sm::txn_result_bytes_min(&*store, &txn) {
-            Ok(bytes) if bytes > quorate_api::limits::RESULT_BYTES_MAX as u64 => {
-                tracing::debug!(bytes, "writing transaction refused before it was proposed: its results cannot fit");
+        tokio::task::spawn_blocking(move || match crate::sm::txn_bound(&*store, &txn) {
+            Ok(bound) if bound.result_bytes_min > quorate_api::limits::RESULT_BYTES_MAX as u64 => {
+                tracing::debug!(?bound, "writing transaction refused before it was proposed: its results cannot fit");
+                // What the refusal cost the leader is charged to the principal's answer rate:
+                // a client that repeats such transactions is soon refused by admission, before
+                // any read.
+                if let Some(t) = responder.ticket.as_ref() {
+                    t.charge_reads(bound.read_bytes);
+                }
                 responder.send(Err(crate::sm::txn_results_too_large()), None);
             }
             bounded => {

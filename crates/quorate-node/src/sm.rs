@@ -1149,6 +1149,21 @@ fn eval_txn<R: SmRead + ?Sized>(
 /// costs no replica its reads. The state may change before the transaction would have been
 /// applied (a value shrunk or deleted in between); apply's own check stays, and decides then.
 pub fn txn_result_bytes_min<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<u64, SmError> {
+    Ok(txn_bound(r, txn)?.result_bytes_min)
+}
+
+/// What bounding a transaction's results found ([`txn_bound`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnBound {
+    /// The lower bound of its results ([`txn_result_bytes_min`]).
+    pub result_bytes_min: u64,
+    /// The bytes of the stored values read to find it (each key read once): what bounding
+    /// it cost, charged to its principal when it is refused.
+    pub read_bytes: u64,
+}
+
+/// [`txn_result_bytes_min`], with the bytes read to find it.
+pub fn txn_bound<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<TxnBound, SmError> {
     // Stored sizes by key (0: absent), each key read once.
     let mut stored: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     let mut branch = |ops: &[TxnOp]| -> Result<u64, SmError> {
@@ -1183,11 +1198,10 @@ pub fn txn_result_bytes_min<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<u64,
         Ok(total)
     };
     let success = branch(&txn.success)?;
-    if txn.compare.is_empty() {
-        return Ok(success); // No comparison: the success branch runs.
-    }
-    let failure = branch(&txn.failure)?;
-    Ok(success.min(failure))
+    // Without a comparison the success branch runs.
+    let result_bytes_min = if txn.compare.is_empty() { success } else { success.min(branch(&txn.failure)?) };
+    let read_bytes = stored.values().sum();
+    Ok(TxnBound { result_bytes_min, read_bytes })
 }
 
 /// A stored key's record with its value borrowed, not copied: [`KvRecord`]'s encoding.
@@ -1670,6 +1684,8 @@ mod tests {
         // 17 gets of 1 MB: refused up front, with apply's own error.
         let txn = big_gets(17);
         assert_eq!(txn_result_bytes_min(&m, &txn).unwrap(), 17 * 1_000_003);
+        // Its one value was read once.
+        assert_eq!(txn_bound(&m, &txn).unwrap().read_bytes, 1_000_003);
         assert!(txn_result_bytes_min(&m, &txn).unwrap() > max);
         let applied = run(&mut m, 4, 0, None, CommandOp::Txn(txn)).result;
         assert_eq!(applied, Err(txn_results_too_large()));

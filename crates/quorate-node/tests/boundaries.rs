@@ -26,7 +26,7 @@
 //!   transaction (without a session) used to be logged and applied by every replica — each
 //!   reading 17 MB to find the results too large — before its error; the leader now bounds
 //!   its results from the stored sizes off the driver and refuses it unlogged (the commit
-//!   index does not move).
+//!   index does not move), charging what it read to the principal's answer rate.
 //! * `a_principal_sent_more_than_its_answer_rate_is_shed_and_no_one_else_is`: a read-role
 //!   client reading a 1 MiB value in a loop was never refused (answer bytes were held, not
 //!   rated); it is now refused `response_bytes` for the time its debt takes, and another
@@ -715,6 +715,23 @@ async fn a_transaction_whose_results_cannot_fit_is_refused_before_it_is_logged()
         assert!(why.contains("results of this transaction would take more than"), "{why}");
         assert!(why.contains("nothing was changed"), "{why}");
     }
+    // Repeating it costs its principal: the values read to refuse it (1 MB each time) are
+    // charged to alice's answer rate (8 MiB at once, then 4 MiB/s), so she is soon refused by
+    // admission, before any read.
+    let mut shed = None;
+    for attempt in 0..32 {
+        match c.call("alice", leader, None, txn.clone()).await {
+            Some(Err(ApiError::Shed(o))) => {
+                shed = Some((attempt, o));
+                break;
+            }
+            Some(Err(ApiError::InvalidRequest(_))) => {}
+            other => panic!("attempt {attempt}: {:?}", other.map(|r| r.map(|_| "an answer"))),
+        }
+    }
+    let (attempt, o) = shed.expect("32 refused transactions, and their principal never shed");
+    assert_eq!(o.reason, quorate_api::OverloadReason::ResponseBytes, "{o:?}");
+    assert!(3 + attempt <= 16, "shed only after {} refusals", 3 + attempt);
     let after = commit_index(&c, leader).await;
     assert_eq!(after, before, "the refused transaction was logged (commit {before} -> {after})");
     assert_eq!(c.value(leader, "x").await, None);
