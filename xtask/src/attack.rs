@@ -296,6 +296,8 @@ impl Env {
                 metrics_listen: None,
                 raft: RAFT,
                 failpoints: false,
+                // The defaults are what the suite measures (the connection flood meets them).
+                handshakes_per_source: None,
             })?;
         }
         for id in 1..=NODES {

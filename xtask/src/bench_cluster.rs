@@ -7,7 +7,7 @@
 //! Every child is killed when the run ends, on error paths too: the Quorate nodes by the demo's
 //! `Cluster` guard, the etcd members by `EtcdGuard` (`cluster.sh stop`).
 
-use crate::demo::{start_cluster, step, text};
+use crate::demo::{start_cluster_with, step, text};
 use crate::{root, run};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -102,7 +102,8 @@ pub(crate) fn bench_cluster(args: &[String]) -> Result<()> {
 }
 
 fn run_quorate(o: &Options, r: &mut Results) -> Result<()> {
-    let (mut cluster, _leader) = start_cluster("bench-cluster")?;
+    // Up to 1,024 clients, each with a connection of its own, all from 127.0.0.1.
+    let (mut cluster, _leader) = start_cluster_with("bench-cluster", Some(crate::cluster::LOOPBACK_HANDSHAKES))?;
     // The demo configurations must keep fsync on; refuse to measure otherwise.
     for id in 1..=3 {
         let cfg = cluster.dir.join(format!("node-{id}.toml"));

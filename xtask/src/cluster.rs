@@ -111,6 +111,30 @@ pub(crate) struct NodeSpec {
     pub(crate) raft: RaftSettings,
     /// Turn on the node's failpoints (`limits.danger_failpoints`).
     pub(crate) failpoints: bool,
+    /// `limits.handshakes_per_source_per_sec` and `limits.handshake_burst_per_source`, both
+    /// this (`None`: the node's defaults, 32/s after 128, and nothing written, so that a 0.1.0
+    /// node reads the file). Every client of a local cluster connects from 127.0.0.1, one
+    /// source: a harness that opens many connections (chaos clients that reconnect after every
+    /// fault) raises it to [`LOOPBACK_HANDSHAKES`].
+    pub(crate) handshakes_per_source: Option<u32>,
+}
+
+/// The handshake rate and burst per source of harnesses whose every client shares 127.0.0.1.
+pub(crate) const LOOPBACK_HANDSHAKES: u32 = 100_000;
+
+/// Sets `limits.handshakes_per_source_per_sec` and `limits.handshake_burst_per_source` to `n`
+/// in the configuration file at `path` (one written by `quorate certs dev`).
+pub(crate) fn raise_handshake_limits(path: &Path, n: u32) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let settings = format!("handshakes_per_source_per_sec = {n}\nhandshake_burst_per_source = {n}\n");
+    let text = match text.find("\n[limits]\n") {
+        Some(at) => {
+            let at = at + "\n[limits]\n".len();
+            format!("{}{settings}{}", &text[..at], &text[at..])
+        }
+        None => format!("{text}\n[limits]\n{settings}"),
+    };
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The node processes of one local cluster; kills them all when dropped.
@@ -212,9 +236,15 @@ impl Cluster {
         writeln!(t, "election_timeout_ms = {}", spec.raft.election_timeout_ms)?;
         writeln!(t, "heartbeat_ms = {}", spec.raft.heartbeat_ms)?;
         writeln!(t, "lease_clock_drift_ms = {}", spec.raft.lease_clock_drift_ms)?;
-        if spec.failpoints {
+        if spec.failpoints || spec.handshakes_per_source.is_some() {
             writeln!(t, "\n[limits]")?;
+        }
+        if spec.failpoints {
             writeln!(t, "danger_failpoints = true")?;
+        }
+        if let Some(n) = spec.handshakes_per_source {
+            writeln!(t, "handshakes_per_source_per_sec = {n}")?;
+            writeln!(t, "handshake_burst_per_source = {n}")?;
         }
         let path = self.config_path(spec.id);
         std::fs::write(&path, t).with_context(|| format!("cannot write {}", path.display()))

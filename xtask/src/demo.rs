@@ -53,6 +53,13 @@ pub(crate) fn step(text: &str) {
 /// `$CARGO_TARGET_DIR/<dir_name>` (cleared first), starts the nodes and waits for a leader.
 /// The returned guard kills every node when dropped.
 pub(crate) fn start_cluster(dir_name: &str) -> Result<(Cluster, u64)> {
+    start_cluster_with(dir_name, None)
+}
+
+/// As [`start_cluster`], with `limits.handshakes_per_source_per_sec` and
+/// `limits.handshake_burst_per_source` set to `handshakes` (a benchmark's many clients all
+/// connect from 127.0.0.1).
+pub(crate) fn start_cluster_with(dir_name: &str, handshakes: Option<u32>) -> Result<(Cluster, u64)> {
     step("setup and build");
     let bin = build_quorate()?;
     let dir = target_dir().join(dir_name);
@@ -66,6 +73,11 @@ pub(crate) fn start_cluster(dir_name: &str) -> Result<(Cluster, u64)> {
     step("certificates and configurations");
     let mut cluster = Cluster::new(bin, dir.clone(), CLUSTER, true)?;
     cluster.generate_certs(NODES, BASE_PORT)?;
+    if let Some(n) = handshakes {
+        for id in 1..=NODES {
+            crate::cluster::raise_handshake_limits(&cluster.config_path(id), n)?;
+        }
+    }
     println!("certificates in {}, configurations {}", cluster.certs_dir().display(), cluster.config_path(1).display());
 
     step(&format!("starting {NODES} nodes (logs in {})", dir.join("logs").display()));

@@ -165,6 +165,8 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
             metrics_listen: None,
             raft: RAFT,
             failpoints: false,
+            // The old binary (0.1.0) refuses settings it does not know.
+            handshakes_per_source: None,
         })?;
     }
     let endpoints = listen.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use crate::bucket::TokenBucket;
+use crate::bucket::{DebtBucket, TokenBucket};
 use crate::budget::Budget;
 use crate::class::{Class, Principal};
-use crate::config::{Config, ConfigError, SIGNAL_OVERSHOOT_PERCENT_MAX};
+use crate::config::{ANSWER_DEBT_SECONDS_MAX, Config, ConfigError, SIGNAL_OVERSHOOT_PERCENT_MAX};
 use crate::gradient::{GradientLimit, GradientSettings};
 use crate::holds::{Hold, HoldLimits, HoldRefusal, Holds};
 use crate::principals::PrincipalTable;
@@ -83,8 +83,9 @@ pub enum Reason {
         principal: Principal,
     },
     /// The answer bytes the principal holds (or all principals hold) would pass
-    /// `principal_response_bytes_max` (or `response_bytes_max`).
-    #[error("answer bytes held for {principal} (or in total) at their budget")]
+    /// `principal_response_bytes_max` (or `response_bytes_max`), or the principal is in debt
+    /// for the answer bytes it was sent (`principal_answer_bytes_per_sec`).
+    #[error("answer bytes of {principal} (or in total) at their budget or rate")]
     ResponseBytes {
         /// The principal.
         principal: Principal,
@@ -191,6 +192,23 @@ pub struct Stats {
 struct PrincipalState {
     rate: TokenBucket,
     retry: TokenBucket,
+    /// Answer bytes sent, charged after the fact.
+    answers: DebtBucket,
+}
+
+impl PrincipalState {
+    fn new(config: &Config, now: Nanos) -> PrincipalState {
+        PrincipalState {
+            rate: TokenBucket::new(config.principal_rate_per_sec, config.principal_burst_count, now),
+            retry: TokenBucket::new(config.retry_floor_per_sec, config.retry_burst_count, now),
+            answers: DebtBucket::new(
+                config.principal_answer_bytes_per_sec,
+                config.principal_answer_burst_bytes,
+                config.principal_answer_bytes_per_sec * ANSWER_DEBT_SECONDS_MAX,
+                now,
+            ),
+        }
+    }
 }
 
 /// Admission control for one node: decides, before any work is done, whether a request is
@@ -200,7 +218,8 @@ struct PrincipalState {
 /// 1. size: a request larger than the in-flight byte budget can never be admitted;
 /// 2. node signals (disk, uncommitted bytes, proposal queue, peer backlog, fsync latency,
 ///    apply lag), class dependent; `Background` at `background_signal_percent` of each;
-/// 3. the principal's retry budget (retries only) and its token bucket;
+/// 3. the principal's retry budget (retries only), its token bucket, and its answer-byte debt
+///    ([`Admission::charge_answer`]);
 /// 4. the adaptive concurrency limit ([`GradientLimit`]) with fair share between principals
 ///    (work-conserving: a principal past its share is refused only when the limit, less the
 ///    light reserve, is full — never while capacity is free);
@@ -303,6 +322,8 @@ impl Admission {
                 state.retry.check(1, now).map_err(|wait| (Reason::RetryBudget { principal }, wait))?;
             }
             state.rate.check(1, now).map_err(|wait| (Reason::RateLimited { principal }, wait))?;
+            // Sent more answer bytes than its rate: refused until the debt is paid back.
+            state.answers.check(now).map_err(|wait| (Reason::ResponseBytes { principal }, wait))?;
         } // An untracked principal starts with full buckets (burst ≥ 1 by validation).
 
         let limit = u64::from(self.limiter.limit_count());
@@ -391,10 +412,7 @@ impl Admission {
         let config = &self.config;
         let state = self
             .principals
-            .get_or_insert_with(request.principal, now, || PrincipalState {
-                rate: TokenBucket::new(config.principal_rate_per_sec, config.principal_burst_count, now),
-                retry: TokenBucket::new(config.retry_floor_per_sec, config.retry_burst_count, now),
-            })
+            .get_or_insert_with(request.principal, now, || PrincipalState::new(config, now))
             // Pinned principals ≤ client requests in flight ≤ concurrency_count_max
             // < principals_tracked_max (validated), so an idle principal can be evicted.
             .expect("an idle principal is always evictable");
@@ -481,6 +499,27 @@ impl Admission {
             Outcome::Dropped => self.limiter.on_drop(now),
             Outcome::Cancelled => {}
         }
+    }
+
+    /// Charges `bytes` of an answer sent (or about to be) to `principal` at `now`, against its
+    /// answer-byte rate (`principal_answer_bytes_per_sec`, after a burst of
+    /// `principal_answer_burst_bytes`). The charge is always taken, into debt if need be; while
+    /// the principal is in debt its requests are refused with [`Reason::ResponseBytes`] and a
+    /// retry hint of the time the debt takes to pay back. Call it before completing the
+    /// request's permit (a principal with work in flight is never forgotten); the charge of a
+    /// principal that is not tracked is made on a fresh state (or dropped if every tracked
+    /// principal has work in flight, which validation rules out).
+    pub fn charge_answer(&mut self, principal: Principal, bytes: u64, now: Nanos) {
+        let config = &self.config;
+        if let Ok(state) = self.principals.get_or_insert_with(principal, now, || PrincipalState::new(config, now)) {
+            state.answers.charge(bytes, now);
+        }
+    }
+
+    /// The answer bytes `principal` may still be sent at `now` before it is in debt (negative:
+    /// its debt); `None` if it is not tracked (it would start with the full burst).
+    pub fn answer_bytes_level(&mut self, principal: Principal, now: Nanos) -> Option<i64> {
+        self.principals.get_mut(principal).map(|state| state.answers.level(now))
     }
 
     /// Takes a [`Hold`] for a `class` request of `principal`: one of its request slots and

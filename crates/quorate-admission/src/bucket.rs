@@ -96,6 +96,78 @@ impl TokenBucket {
     }
 }
 
+/// A debt bucket: a rate charged *after* the fact, with costs only known once the work is
+/// done (the bytes of an answer). Up to `burst` units are available at once and `rate_per_sec`
+/// come back per second; a charge is always taken, even past zero, and the bucket is then in
+/// debt: [`DebtBucket::check`] refuses until the debt is paid back by time, and says how long
+/// that takes. The debt is capped at `debt_max` (one huge charge cannot shut its owner out for
+/// longer than `debt_max / rate_per_sec`). Starts full. Time comes from the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebtBucket {
+    rate_per_sec: u64,
+    burst: u64,
+    debt_max: u64,
+    /// Units × `NANOS_PER_SEC`; negative in debt.
+    level: i128,
+    refilled_at: Nanos,
+}
+
+impl DebtBucket {
+    /// A full bucket of `burst` units refilled at `rate_per_sec`, whose debt stops growing at
+    /// `debt_max` units.
+    ///
+    /// # Panics
+    /// If `rate_per_sec` is zero or above [`BUCKET_RATE_PER_SEC_MAX`], or `burst` or
+    /// `debt_max` above [`DEBT_BUCKET_UNITS_MAX`]; `Config::validate` keeps configured values
+    /// within them.
+    pub fn new(rate_per_sec: u64, burst: u64, debt_max: u64, now: Nanos) -> DebtBucket {
+        assert!(rate_per_sec > 0 && rate_per_sec <= BUCKET_RATE_PER_SEC_MAX);
+        assert!(burst <= DEBT_BUCKET_UNITS_MAX && debt_max <= DEBT_BUCKET_UNITS_MAX);
+        DebtBucket { rate_per_sec, burst, debt_max, level: Self::scaled(burst), refilled_at: now }
+    }
+
+    fn scaled(units: u64) -> i128 {
+        i128::from(units) * i128::from(NANOS_PER_SEC)
+    }
+
+    fn refill(&mut self, now: Nanos) {
+        if now <= self.refilled_at {
+            return; // Same instant, or the caller's clock went backwards: nothing arrives.
+        }
+        let elapsed_ns = i128::from(now.0 - self.refilled_at.0);
+        self.level = (self.level + elapsed_ns * i128::from(self.rate_per_sec)).min(Self::scaled(self.burst));
+        self.refilled_at = now;
+    }
+
+    /// Whether the bucket is out of debt at `now` (its level is zero or more); if not, how
+    /// long until it will be.
+    pub fn check(&mut self, now: Nanos) -> Result<(), Duration> {
+        self.refill(now);
+        if self.level >= 0 {
+            return Ok(());
+        }
+        let debt = self.level.unsigned_abs();
+        let wait_ns = debt.div_ceil(u128::from(self.rate_per_sec));
+        Err(Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX)))
+    }
+
+    /// Takes `cost` units at `now`, into debt if need be (at most `debt_max`).
+    pub fn charge(&mut self, cost: u64, now: Nanos) {
+        self.refill(now);
+        let floor = -Self::scaled(self.debt_max);
+        self.level = (self.level - Self::scaled(cost.min(DEBT_BUCKET_UNITS_MAX))).max(floor);
+    }
+
+    /// Units available at `now` (negative: the debt).
+    pub fn level(&mut self, now: Nanos) -> i64 {
+        self.refill(now);
+        i64::try_from(self.level / i128::from(NANOS_PER_SEC)).expect("bounded by DEBT_BUCKET_UNITS_MAX")
+    }
+}
+
+/// Largest `burst`, `debt_max` and single charge of a [`DebtBucket`] (2^48 units: 256 TiB).
+pub const DEBT_BUCKET_UNITS_MAX: u64 = 1 << 48;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +228,29 @@ mod tests {
             b.deposit_percent(50, Nanos::ZERO);
         }
         assert_eq!(b.available_count(Nanos::ZERO), 2, "deposits are capped at the burst");
+    }
+
+    #[test]
+    fn a_debt_bucket_refuses_until_its_debt_is_paid_back() {
+        const MIB: u64 = 1 << 20;
+        let mut b = DebtBucket::new(4 * MIB, 8 * MIB, 64 * MIB, Nanos::ZERO);
+        // The burst: 8 MiB of answers at once, and one more answer into debt.
+        b.charge(4 * MIB, Nanos::ZERO);
+        assert_eq!(b.check(Nanos::ZERO), Ok(()));
+        b.charge(4 * MIB, Nanos::ZERO);
+        assert_eq!(b.check(Nanos::ZERO), Ok(()), "at zero, not in debt");
+        b.charge(2 * MIB, Nanos::ZERO);
+        // 2 MiB of debt at 4 MiB/s: half a second.
+        assert_eq!(b.check(Nanos::ZERO), Err(Duration::from_millis(500)));
+        assert_eq!(b.check(Nanos(100 * MS)), Err(Duration::from_millis(400)));
+        assert_eq!(b.level(Nanos(100 * MS)), -1_677_721, "1.6 MiB of debt left");
+        assert_eq!(b.check(Nanos(500 * MS)), Ok(()));
+        // Refilled to the burst, no further.
+        assert_eq!(b.level(Nanos::from_secs(3600)), 8 * MIB as i64);
+        // The debt stops at debt_max: 64 MiB at 4 MiB/s is 16 s, whatever was charged.
+        b.charge(u64::MAX, Nanos::from_secs(3600));
+        assert_eq!(b.check(Nanos::from_secs(3600)), Err(Duration::from_secs(16)));
+        // A clock going back adds nothing and does not panic.
+        assert!(b.check(Nanos::from_secs(10)).is_err());
     }
 }

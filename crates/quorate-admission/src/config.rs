@@ -1,6 +1,6 @@
 //! Configuration: every limit a named field with its unit last.
 
-use crate::bucket::{BUCKET_BURST_COUNT_MAX, BUCKET_RATE_PER_SEC_MAX};
+use crate::bucket::{BUCKET_BURST_COUNT_MAX, BUCKET_RATE_PER_SEC_MAX, DEBT_BUCKET_UNITS_MAX};
 use crate::limit::CONCURRENCY_COUNT_CEILING;
 use crate::principals::PRINCIPALS_TRACKED_CEILING;
 
@@ -8,11 +8,18 @@ use crate::principals::PRINCIPALS_TRACKED_CEILING;
 pub const RETRY_AFTER_MS_CEILING: u64 = 3_600_000;
 /// Largest `latency_target_ms` and `fsync_latency_ms_max` accepted: one minute.
 pub const LATENCY_MS_CEILING: u64 = 60_000;
+/// The answer-byte debt of a principal stops growing at this many seconds of
+/// `principal_answer_bytes_per_sec`: one burst of huge answers shuts its principal out for at
+/// most this long.
+pub const ANSWER_DEBT_SECONDS_MAX: u64 = 30;
 /// A signal refusal's retry hint grows with how far the signal is past its threshold, up to
 /// this factor (in percent of `signal_retry_after_ms`).
 pub const SIGNAL_OVERSHOOT_PERCENT_MAX: u64 = 800;
 
 const _: () = assert!(CONCURRENCY_COUNT_CEILING as usize <= PRINCIPALS_TRACKED_CEILING);
+// The answer debt of the largest rate fits a debt bucket.
+const _: () = assert!(BUCKET_RATE_PER_SEC_MAX * ANSWER_DEBT_SECONDS_MAX <= DEBT_BUCKET_UNITS_MAX);
+const _: () = assert!(BUCKET_BURST_COUNT_MAX <= DEBT_BUCKET_UNITS_MAX);
 
 /// The settings of an [`Admission`](crate::Admission). Start from [`Config::default`] and
 /// change what you need; [`Config::validate`] (also run by `Admission::new`) says what is wrong.
@@ -59,6 +66,13 @@ pub struct Config {
     pub requests_max: u64,
     /// Answer bytes held by all principals together.
     pub response_bytes_max: u64,
+    /// Answer bytes one principal is sent per second, sustained: every answer's bytes are
+    /// charged to its principal once it is known, and a principal in debt is refused
+    /// (`ResponseBytes`) for as long as the debt takes to pay back. The debt stops growing at
+    /// [`ANSWER_DEBT_SECONDS_MAX`] seconds of this rate.
+    pub principal_answer_bytes_per_sec: u64,
+    /// Answer bytes a principal may be sent at once after a quiet spell.
+    pub principal_answer_burst_bytes: u64,
 
     // --- per principal ---
     /// Principals whose rate and retry state is remembered (oldest idle evicted beyond).
@@ -124,6 +138,8 @@ impl Default for Config {
             principal_response_bytes_max: 128 * MIB,
             requests_max: 10_000,
             response_bytes_max: 1024 * MIB,
+            principal_answer_bytes_per_sec: 4 * MIB,
+            principal_answer_burst_bytes: 8 * MIB,
             principals_tracked_max: 4096,
             principal_rate_per_sec: 1000,
             principal_burst_count: 200,
@@ -217,7 +233,7 @@ pub enum ConfigError {
 impl Config {
     /// Checks every field and every relation between fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 16] = [
+        let positive: [(&'static str, u64); 18] = [
             ("concurrency_count_min", self.concurrency_count_min.into()),
             ("latency_target_ms", self.latency_target_ms),
             ("fair_share_count_min", self.fair_share_count_min.into()),
@@ -226,6 +242,8 @@ impl Config {
             ("principal_response_bytes_max", self.principal_response_bytes_max),
             ("requests_max", self.requests_max),
             ("response_bytes_max", self.response_bytes_max),
+            ("principal_answer_bytes_per_sec", self.principal_answer_bytes_per_sec),
+            ("principal_answer_burst_bytes", self.principal_answer_burst_bytes),
             ("principal_rate_per_sec", self.principal_rate_per_sec),
             ("principal_burst_count", self.principal_burst_count),
             ("retry_burst_count", self.retry_burst_count),
@@ -240,10 +258,12 @@ impl Config {
                 return Err(ConfigError::Zero { field });
             }
         }
-        let ceilings: [(&'static str, u64, u64); 9] = [
+        let ceilings: [(&'static str, u64, u64); 11] = [
             ("concurrency_count_max", self.concurrency_count_max.into(), CONCURRENCY_COUNT_CEILING.into()),
             ("principals_tracked_max", self.principals_tracked_max.into(), PRINCIPALS_TRACKED_CEILING as u64),
             ("principal_rate_per_sec", self.principal_rate_per_sec, BUCKET_RATE_PER_SEC_MAX),
+            ("principal_answer_bytes_per_sec", self.principal_answer_bytes_per_sec, BUCKET_RATE_PER_SEC_MAX),
+            ("principal_answer_burst_bytes", self.principal_answer_burst_bytes, BUCKET_BURST_COUNT_MAX),
             ("principal_burst_count", self.principal_burst_count, BUCKET_BURST_COUNT_MAX),
             ("retry_floor_per_sec", self.retry_floor_per_sec, BUCKET_RATE_PER_SEC_MAX),
             ("retry_burst_count", self.retry_burst_count, BUCKET_BURST_COUNT_MAX),
@@ -345,6 +365,11 @@ mod tests {
             |c| c.light_reserve_count = 8,
             "light_reserve_count (8) must be below concurrency_count_min (8), or busy principals could never be \
              admitted",
+        );
+        check(|c| c.principal_answer_bytes_per_sec = 0, "principal_answer_bytes_per_sec must be greater than zero");
+        check(
+            |c| c.principal_answer_bytes_per_sec = 2_000_000_000,
+            "principal_answer_bytes_per_sec = 2000000000 exceeds the ceiling 1000000000",
         );
         check(
             |c| c.retry_after_ms_min = 20_000,

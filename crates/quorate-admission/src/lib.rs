@@ -15,7 +15,8 @@
 //! * [`Signals`] — what the node measures (uncommitted bytes, apply lag, proposal queue, peer
 //!   backlog, free disk, fsync latency), each compared with a [`Config`] threshold.
 //! * Building blocks, usable alone: [`BoundedQueue`] and [`ClassQueues`] (explicit refusal that
-//!   hands the item back), [`Budget`], [`TokenBucket`], [`PrincipalTable`] (bounded, oldest
+//!   hands the item back), [`Budget`], [`TokenBucket`], [`DebtBucket`] (a rate charged after
+//!   the fact: the answer bytes a principal is sent, [`Admission::charge_answer`]), [`PrincipalTable`] (bounded, oldest
 //!   idle evicted), [`GradientLimit`] (the adaptive concurrency limit `Admission` uses) and
 //!   [`AimdLimit`] (a simpler alternative), and [`Holds`] (requests and answer bytes kept per
 //!   principal until the answer is delivered; [`Admission::try_hold`]).
@@ -69,10 +70,13 @@ mod signals;
 mod time;
 
 pub use admission::{Admission, Outcome, Overloaded, Permit, Reason, RequestInfo, Stats};
-pub use bucket::{BUCKET_BURST_COUNT_MAX, BUCKET_RATE_PER_SEC_MAX, TokenBucket};
+pub use bucket::{BUCKET_BURST_COUNT_MAX, BUCKET_RATE_PER_SEC_MAX, DEBT_BUCKET_UNITS_MAX, DebtBucket, TokenBucket};
 pub use budget::{Budget, Exhausted};
 pub use class::{Class, Principal};
-pub use config::{Config, ConfigError, LATENCY_MS_CEILING, RETRY_AFTER_MS_CEILING, SIGNAL_OVERSHOOT_PERCENT_MAX};
+pub use config::{
+    ANSWER_DEBT_SECONDS_MAX, Config, ConfigError, LATENCY_MS_CEILING, RETRY_AFTER_MS_CEILING,
+    SIGNAL_OVERSHOOT_PERCENT_MAX,
+};
 pub use gradient::{GRADIENT_WINDOW_SAMPLES_MIN, GradientLimit, GradientSettings};
 pub use holds::{Hold, HoldLimits, HoldRefusal, Holds};
 pub use limit::{AimdLimit, AimdSettings, CONCURRENCY_COUNT_CEILING};

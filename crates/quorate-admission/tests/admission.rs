@@ -410,3 +410,64 @@ fn hold_limits_are_validated() {
     let bad = Config { principal_response_bytes_max: 0, ..Config::default() };
     assert!(Admission::new(bad, 1).is_err());
 }
+
+#[test]
+fn a_principal_sent_more_answer_bytes_than_its_rate_is_refused_until_its_debt_is_paid() {
+    let config = Config {
+        principal_answer_bytes_per_sec: 4 * MIB,
+        principal_answer_burst_bytes: 8 * MIB,
+        retry_jitter_percent: 0,
+        ..fixed_limit_config()
+    };
+    let mut a = Admission::new(config, 7).unwrap();
+    let (reader, other) = (1, 2);
+    let read = |p| request(Class::ClientRead, p);
+    let t0 = Nanos::from_secs(1);
+    // Two answers of 4 MiB: the burst. The principal is at zero, not in debt.
+    for _ in 0..2 {
+        let permit = a.try_admit(&read(reader), t0).unwrap();
+        a.charge_answer(Principal(reader), 4 * MIB, t0);
+        a.complete(permit, Outcome::Success, t0);
+    }
+    assert_eq!(a.answer_bytes_level(Principal(reader), t0), Some(0));
+    // A third: 3 MiB into debt, which takes 750 ms to pay back at 4 MiB/s.
+    let permit = a.try_admit(&read(reader), t0).unwrap();
+    a.charge_answer(Principal(reader), 3 * MIB, t0);
+    a.complete(permit, Outcome::Success, t0);
+    let refusal = a.try_admit(&read(reader), t0).unwrap_err();
+    assert_eq!(refusal.reason, Reason::ResponseBytes { principal: Principal(reader) });
+    assert_eq!(refusal.reason.label(), "response_bytes");
+    assert_eq!(refusal.retry_after, Duration::from_millis(750), "the time the debt takes, not a guess");
+    // Writes of the same principal too: the rate is the principal's.
+    assert!(a.try_admit(&write(reader), t0 + Duration::from_millis(500)).is_err());
+    // Nobody else is affected.
+    let permit = a.try_admit(&read(other), t0).unwrap();
+    a.complete(permit, Outcome::Success, t0);
+    // Paid back at exactly the hinted time.
+    let back = t0 + Duration::from_millis(750);
+    let permit = a.try_admit(&read(reader), back).unwrap();
+    a.complete(permit, Outcome::Success, back);
+    // An enormous answer cannot lock its principal out for more than ANSWER_DEBT_SECONDS_MAX.
+    a.charge_answer(Principal(reader), u64::MAX, back);
+    let refusal = a.try_admit(&read(reader), back).unwrap_err();
+    let debt_s = quorate_admission::ANSWER_DEBT_SECONDS_MAX;
+    assert!(refusal.retry_after <= Duration::from_secs(debt_s), "{refusal:?}");
+    let free = back + Duration::from_secs(debt_s);
+    assert!(a.try_admit(&read(reader), free).is_ok());
+}
+
+#[test]
+fn answer_rates_are_validated() {
+    for (edit, field) in [
+        ((|c: &mut Config| c.principal_answer_bytes_per_sec = 0) as fn(&mut Config), "principal_answer_bytes_per_sec"),
+        (|c: &mut Config| c.principal_answer_burst_bytes = 0, "principal_answer_burst_bytes"),
+        (|c: &mut Config| c.principal_answer_burst_bytes = 2_000_000_000, "principal_answer_burst_bytes"),
+    ] {
+        let mut c = Config::default();
+        edit(&mut c);
+        let e = Admission::new(c, 1).unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+    }
+    let c = Config::default();
+    assert_eq!((c.principal_answer_bytes_per_sec, c.principal_answer_burst_bytes), (4 * MIB, 8 * MIB));
+}

@@ -154,6 +154,45 @@ pub struct AdmissionConfig {
     pub principal_response_bytes_max: u64,
     /// Answer bytes all clients together may hold (bounds the node's memory for answers).
     pub response_bytes_max: u64,
+    /// Answer bytes one client principal is sent per second, sustained (after a burst of
+    /// twice this): every answer's bytes are charged to its principal, and a principal that
+    /// was sent more is refused (`Overloaded`, `response_bytes`) for as long as its debt takes
+    /// to pay back at this rate. 1 to 1,000,000,000. Written to a configuration file only when
+    /// not the default, so that a 0.1.0 node (which refuses unknown settings) reads our files.
+    #[serde(skip_serializing_if = "is_default_answer_rate")]
+    pub principal_answer_bytes_per_sec: u64,
+}
+
+/// Default `admission.principal_answer_bytes_per_sec`: 4 MiB/s.
+pub const PRINCIPAL_ANSWER_BYTES_PER_SEC_DEFAULT: u64 = 4 << 20;
+/// Largest `admission.principal_answer_bytes_per_sec`.
+pub const PRINCIPAL_ANSWER_BYTES_PER_SEC_MAX: u64 = 1_000_000_000;
+/// Default `limits.handshakes_per_source_per_sec`.
+pub const HANDSHAKES_PER_SOURCE_PER_SEC_DEFAULT: u32 = 32;
+/// Default `limits.handshake_burst_per_source`.
+pub const HANDSHAKE_BURST_PER_SOURCE_DEFAULT: u32 = 128;
+/// Largest `limits.handshakes_per_source_per_sec` and `limits.handshake_burst_per_source`
+/// (equal to `quorate_transport::HANDSHAKE_RATE_CEILING`; `quorate-node` checks that the two
+/// agree at compile time).
+pub const HANDSHAKES_PER_SOURCE_MAX: u32 = 1_000_000;
+/// Default `limits.client_connections_per_identity_max`.
+pub const CLIENT_CONNECTIONS_PER_IDENTITY_DEFAULT: u64 = 1024;
+/// Largest `limits.client_connections_per_identity_max`.
+pub const CLIENT_CONNECTIONS_PER_IDENTITY_MAX: u64 = 1_000_000;
+
+// Settings added after 0.1.0 are written only when they differ from their default (a 0.1.0
+// node refuses settings it does not know).
+fn is_default_answer_rate(v: &u64) -> bool {
+    *v == PRINCIPAL_ANSWER_BYTES_PER_SEC_DEFAULT
+}
+fn is_default_handshake_rate(v: &u32) -> bool {
+    *v == HANDSHAKES_PER_SOURCE_PER_SEC_DEFAULT
+}
+fn is_default_handshake_burst(v: &u32) -> bool {
+    *v == HANDSHAKE_BURST_PER_SOURCE_DEFAULT
+}
+fn is_default_client_connections(v: &u64) -> bool {
+    *v == CLIENT_CONNECTIONS_PER_IDENTITY_DEFAULT
 }
 
 impl Default for AdmissionConfig {
@@ -178,6 +217,7 @@ impl Default for AdmissionConfig {
             principal_requests_max: 1024,
             principal_response_bytes_max: 128 * MIB,
             response_bytes_max: 1024 * MIB,
+            principal_answer_bytes_per_sec: PRINCIPAL_ANSWER_BYTES_PER_SEC_DEFAULT,
         }
     }
 }
@@ -314,6 +354,21 @@ pub struct LimitsConfig {
     pub snapshot_staging_mb: u64,
     /// Rate at which a leader streams a snapshot to one follower, in MiB per second.
     pub snapshot_rate_mb_per_sec: u64,
+    /// Sustained connection attempts per second from one source address (an IPv4 address or
+    /// an IPv6 /64), after a burst of `handshake_burst_per_source`; an attempt beyond is
+    /// refused on its first packet, before any TLS work. Clients and peers behind one address
+    /// (a NAT, or every test on 127.0.0.1) share it. Written to a file only when not the
+    /// default.
+    #[serde(skip_serializing_if = "is_default_handshake_rate")]
+    pub handshakes_per_source_per_sec: u32,
+    /// Connection attempts one source address may make at once after a quiet spell. Written
+    /// to a file only when not the default.
+    #[serde(skip_serializing_if = "is_default_handshake_burst")]
+    pub handshake_burst_per_source: u32,
+    /// Most connections one client identity (certificate principal) may hold on this node;
+    /// the next is refused. Written to a file only when not the default.
+    #[serde(skip_serializing_if = "is_default_client_connections")]
+    pub client_connections_per_identity_max: u64,
 }
 
 impl Default for LimitsConfig {
@@ -328,6 +383,9 @@ impl Default for LimitsConfig {
             flight_recorder_mb: 64,
             snapshot_staging_mb: 64 * 1024,
             snapshot_rate_mb_per_sec: 64,
+            handshakes_per_source_per_sec: HANDSHAKES_PER_SOURCE_PER_SEC_DEFAULT,
+            handshake_burst_per_source: HANDSHAKE_BURST_PER_SOURCE_DEFAULT,
+            client_connections_per_identity_max: CLIENT_CONNECTIONS_PER_IDENTITY_DEFAULT,
         }
     }
 }
@@ -615,6 +673,30 @@ impl NodeConfig {
                 format!("must be 1..={SNAPSHOT_RATE_MB_PER_SEC_MAX}"),
             ));
         }
+        if !(1..=HANDSHAKES_PER_SOURCE_MAX).contains(&l.handshakes_per_source_per_sec) {
+            return Err(invalid(
+                "limits.handshakes_per_source_per_sec",
+                format!("must be 1..={HANDSHAKES_PER_SOURCE_MAX}"),
+            ));
+        }
+        if !(1..=HANDSHAKES_PER_SOURCE_MAX).contains(&l.handshake_burst_per_source) {
+            return Err(invalid(
+                "limits.handshake_burst_per_source",
+                format!("must be 1..={HANDSHAKES_PER_SOURCE_MAX}"),
+            ));
+        }
+        if !(1..=CLIENT_CONNECTIONS_PER_IDENTITY_MAX).contains(&l.client_connections_per_identity_max) {
+            return Err(invalid(
+                "limits.client_connections_per_identity_max",
+                format!("must be 1..={CLIENT_CONNECTIONS_PER_IDENTITY_MAX}"),
+            ));
+        }
+        if !(1..=PRINCIPAL_ANSWER_BYTES_PER_SEC_MAX).contains(&self.admission.principal_answer_bytes_per_sec) {
+            return Err(invalid(
+                "admission.principal_answer_bytes_per_sec",
+                format!("must be 1..={PRINCIPAL_ANSWER_BYTES_PER_SEC_MAX}"),
+            ));
+        }
         Ok(())
     }
 
@@ -741,6 +823,10 @@ danger_skip_fsync = false
             ("limits.snapshot_staging_mb", |c, v| c.limits.snapshot_staging_mb = v),
             ("limits.snapshot_rate_mb_per_sec", |c, v| c.limits.snapshot_rate_mb_per_sec = v),
             ("limits.pending_requests_max", |c, v| c.limits.pending_requests_max = v as usize),
+            ("limits.handshakes_per_source_per_sec", |c, v| c.limits.handshakes_per_source_per_sec = v as u32),
+            ("limits.handshake_burst_per_source", |c, v| c.limits.handshake_burst_per_source = v as u32),
+            ("limits.client_connections_per_identity_max", |c, v| c.limits.client_connections_per_identity_max = v),
+            ("admission.principal_answer_bytes_per_sec", |c, v| c.admission.principal_answer_bytes_per_sec = v),
             ("telemetry.trace_proposals_every", |c, v| c.telemetry.trace_proposals_every = v),
         ];
         let values = [0, 1, 2, 3, u64::MAX / 3 + 1, u64::MAX / 2 + 1, u64::MAX - 1, u64::MAX];
@@ -796,5 +882,55 @@ danger_skip_fsync = false
         c.limits.danger_skip_fsync = false;
         c.admission.danger_admission_disabled = true;
         assert_eq!(c.danger_settings(), vec!["admission.danger_admission_disabled".to_string()]);
+    }
+
+    /// A 0.1.0 node refuses settings it does not know: a configuration that keeps the
+    /// defaults of the settings added since must be written without them, and one that
+    /// changes them must say so.
+    #[test]
+    fn the_answer_byte_rate_is_written_only_when_not_the_default() {
+        let c = NodeConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.admission.principal_answer_bytes_per_sec, 4 << 20);
+        let text = c.to_toml().unwrap();
+        for added in [
+            "principal_answer_bytes_per_sec",
+            "handshakes_per_source_per_sec",
+            "handshake_burst_per_source",
+            "client_connections_per_identity_max",
+        ] {
+            assert!(!text.contains(added), "{added} written at its default:\n{text}");
+        }
+        assert_eq!(NodeConfig::from_toml(&text).unwrap(), c);
+
+        let mut changed = c.clone();
+        changed.admission.principal_answer_bytes_per_sec = 64 << 20;
+        changed.limits.handshakes_per_source_per_sec = 10_000;
+        changed.limits.handshake_burst_per_source = 10_000;
+        changed.limits.client_connections_per_identity_max = 8;
+        let text = changed.to_toml().unwrap();
+        assert!(text.contains("principal_answer_bytes_per_sec = 67108864"), "{text}");
+        assert!(text.contains("handshakes_per_source_per_sec = 10000"), "{text}");
+        assert!(text.contains("handshake_burst_per_source = 10000"), "{text}");
+        assert!(text.contains("client_connections_per_identity_max = 8"), "{text}");
+        assert_eq!(NodeConfig::from_toml(&text).unwrap(), changed);
+
+        for (edit, field) in [
+            (
+                (|c: &mut NodeConfig| c.admission.principal_answer_bytes_per_sec = 0) as fn(&mut NodeConfig),
+                "admission.principal_answer_bytes_per_sec",
+            ),
+            (
+                |c| c.admission.principal_answer_bytes_per_sec = 1_000_000_001,
+                "admission.principal_answer_bytes_per_sec",
+            ),
+            (|c| c.limits.handshakes_per_source_per_sec = 0, "limits.handshakes_per_source_per_sec"),
+            (|c| c.limits.handshake_burst_per_source = 1_000_001, "limits.handshake_burst_per_source"),
+            (|c| c.limits.client_connections_per_identity_max = 0, "limits.client_connections_per_identity_max"),
+        ] {
+            let mut c = c.clone();
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 }

@@ -8,8 +8,10 @@
 //!   one of the principal's `principal_requests_max` slots and the most bytes the answer can
 //!   take ([`response_bytes_max`]), within the principal's and the node's answer-byte budgets.
 //! * The [`Ticket`] of an admitted request rides in its `Responder`. Answering the client
-//!   completes its permit (budgets freed, latency fed to the adaptive limit) and sets its hold
-//!   to the answer's real size; the hold is released once the answer is written or its write
+//!   charges the answer's bytes to its principal's answer rate
+//!   (`admission.principal_answer_bytes_per_sec`; a principal in debt is refused
+//!   `response_bytes` until the debt is paid back), completes its permit (budgets freed,
+//!   latency fed to the adaptive limit) and sets its hold to the answer's real size; the hold is released once the answer is written or its write
 //!   is given up (`limits.response_write_timeout_ms`). A ticket dropped unanswered counts as
 //!   cancelled and releases its hold.
 //! * Consensus traffic (Raft messages, snapshot chunks) never reaches the gate.
@@ -100,6 +102,12 @@ pub(crate) fn admission_config(config: &NodeConfig) -> Result<Config, quorate_co
         principal_response_bytes_max: a.principal_response_bytes_max,
         requests_max: config.limits.pending_requests_max as u64,
         response_bytes_max: a.response_bytes_max,
+        // A principal may be sent twice its per-second answer bytes at once.
+        principal_answer_bytes_per_sec: a.principal_answer_bytes_per_sec,
+        principal_answer_burst_bytes: a
+            .principal_answer_bytes_per_sec
+            .saturating_mul(2)
+            .min(quorate_admission::BUCKET_BURST_COUNT_MAX),
         ..Config::default()
     };
     c.validate().map_err(|e| quorate_config::ConfigError::Invalid { field: "admission", detail: e.to_string() })?;
@@ -469,8 +477,25 @@ impl Gate {
         self.lock().admission.complete(permit, outcome, now);
     }
 
-    fn resize_hold(&self, hold: &mut Hold, bytes: u64) {
-        self.lock().admission.resize_hold(hold, bytes);
+    /// Charges `bytes` to `principal`'s answer rate.
+    fn charge_answer(&self, principal: Principal, bytes: u64) {
+        let now = self.now(Instant::now());
+        self.lock().admission.charge_answer(principal, bytes, now);
+    }
+
+    /// An admitted request was answered with `bytes`: the bytes are charged to its principal's
+    /// answer rate (before its permit completes, while the principal is surely tracked), the
+    /// permit completes, and the hold keeps the answer's real size.
+    fn answered(&self, permit: Option<Permit>, outcome: Outcome, hold: Option<&mut Hold>, bytes: u64) {
+        let now = self.now(Instant::now());
+        let mut inner = self.lock();
+        if let Some(p) = permit {
+            inner.admission.charge_answer(p.principal(), bytes, now);
+            inner.admission.complete(p, outcome, now);
+        }
+        if let Some(h) = hold {
+            inner.admission.resize_hold(h, bytes);
+        }
     }
 
     fn release_hold(&self, hold: Hold) {
@@ -503,15 +528,23 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// Charges `bytes` read for this request (beyond its answer) to its principal's answer
+    /// rate: a writing transaction refused before it was proposed costs the leader the values
+    /// it read to decide.
+    pub(crate) fn charge_reads(&self, bytes: u64) {
+        if let Some(p) = self.permit.as_ref() {
+            self.gate.charge_answer(p.principal(), bytes);
+        }
+    }
+
     /// The request was answered with `result`, an answer of `bytes` bytes: the permit is
     /// complete, and the hold keeps the answer's real size until the ticket is dropped.
+    /// The answer's bytes are charged to the principal's answer rate
+    /// (`admission.principal_answer_bytes_per_sec`): a principal sent more is refused
+    /// (`response_bytes`) until its debt is paid back.
     pub(crate) fn answered(&mut self, result: &Result<Response, ApiError>, bytes: u64) {
-        if let Some(p) = self.permit.take() {
-            self.gate.complete(p, outcome_of(result));
-        }
-        if let Some(h) = self.hold.as_mut() {
-            self.gate.resize_hold(h, bytes);
-        }
+        let permit = self.permit.take();
+        self.gate.answered(permit, outcome_of(result), self.hold.as_mut(), bytes);
     }
 }
 

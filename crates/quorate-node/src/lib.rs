@@ -37,3 +37,5 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 // dependencies; these fail to compile if the copies drift.
 const _: () = assert!(config::MEMBERS_MAX == quorate_log::MEMBERS_MAX);
 const _: () = assert!(config::ADDRESS_BYTES_MAX == quorate_api::limits::TEXT_BYTES_MAX);
+const _: () = assert!(config::HANDSHAKES_PER_SOURCE_MAX == quorate_transport::HANDSHAKE_RATE_CEILING);
+const _: () = assert!(config::PRINCIPAL_ANSWER_BYTES_PER_SEC_MAX <= quorate_admission::BUCKET_RATE_PER_SEC_MAX);

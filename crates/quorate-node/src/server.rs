@@ -357,6 +357,13 @@ pub(crate) enum Event {
     SnapshotSendFailed(NodeId, Term),
     /// A snapshot stream started in this term completed.
     SnapshotSent(NodeId, Term),
+    /// A writing transaction that reads was bounded off the driver and may fit its answer:
+    /// propose it now ([`Driver::bound_then_propose`]).
+    TxnBounded {
+        session: Option<quorate_api::Sequenced>,
+        txn: quorate_api::Txn,
+        responder: Box<Responder>,
+    },
     /// The address of a member being added was resolved (`None`: it could not be, in time).
     MemberAddrResolved {
         new: NodeId,
@@ -576,7 +583,11 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
     let cluster = ClusterId::new(&config.cluster).map_err(|e| ServerError::Fatal(format!("cluster: {e}")))?;
     let credentials = Arc::new(credentials);
-    let tconfig = TransportConfig::new(cluster, id, config.listen);
+    let mut tconfig = TransportConfig::new(cluster, id, config.listen);
+    tconfig.handshakes_per_source_per_sec = config.limits.handshakes_per_source_per_sec;
+    tconfig.handshake_burst_per_source = config.limits.handshake_burst_per_source;
+    tconfig.client_connections_per_identity_max =
+        usize::try_from(config.limits.client_connections_per_identity_max).unwrap_or(usize::MAX);
     // A previous incarnation of this node (a restart in the same process) may hold the UDP
     // port for a moment while its connections close: retry briefly.
     let bind_deadline = Instant::now() + Duration::from_secs(5);
@@ -1006,6 +1017,9 @@ impl Driver {
                     self.sending.remove(&to);
                     self.raft.snapshot_send_failed(now, to);
                 }
+            }
+            Event::TxnBounded { session, txn, responder } => {
+                self.propose_write(session, CommandOp::Txn(txn), *responder).await?;
             }
             Event::MemberAddrResolved { new, addr, resolved, responder } => {
                 self.member_addr_resolved(new, addr, resolved, *responder).await?;
@@ -1445,6 +1459,12 @@ impl Driver {
                 if txn.is_read_only() {
                     let req = ReadReq::Txn { txn, from: 0, revision: None, paged: false };
                     self.read(req, ReadConsistency::Linearizable, responder).await
+                } else if self.raft.role() == Role::Leader
+                    && txn.success.iter().chain(&txn.failure).any(|o| matches!(o, quorate_api::TxnOp::Get { .. }))
+                    && crate::versions::cluster_version(&self.shared) >= crate::sm::BOUNDED_RESULTS_CLUSTER_VERSION
+                {
+                    self.bound_then_propose(session, txn, responder);
+                    Ok(())
                 } else {
                     self.propose_write(session, CommandOp::Txn(txn), responder).await
                 }
@@ -1543,6 +1563,37 @@ impl Driver {
                 Ok(())
             }
         }
+    }
+
+    /// A writing transaction that also reads, on cluster version 2 or later: its results are
+    /// bounded before it is proposed. On a blocking thread (never the driver), the sizes of the
+    /// values its gets would read now give a lower bound of its results
+    /// ([`crate::sm::txn_result_bytes_min`]); over [`quorate_api::limits::RESULT_BYTES_MAX`] it
+    /// is refused, unlogged, with apply's own error, so that no replica reads its values, and
+    /// the bytes the leader read to decide are charged to its principal's answer rate. Else
+    /// (or if the store cannot say) it goes back to the driver to be proposed
+    /// ([`Event::TxnBounded`]), and apply's deterministic check still holds.
+    fn bound_then_propose(&self, session: Option<quorate_api::Sequenced>, txn: quorate_api::Txn, responder: Responder) {
+        let (store, events) = (self.shared.store.clone(), self.events_tx.clone());
+        tokio::task::spawn_blocking(move || match crate::sm::txn_bound(&*store, &txn) {
+            Ok(bound) if bound.result_bytes_min > quorate_api::limits::RESULT_BYTES_MAX as u64 => {
+                tracing::debug!(?bound, "writing transaction refused before it was proposed: its results cannot fit");
+                // What the refusal cost the leader is charged to the principal's answer rate:
+                // a client that repeats such transactions is soon refused by admission, before
+                // any read.
+                if let Some(t) = responder.ticket.as_ref() {
+                    t.charge_reads(bound.read_bytes);
+                }
+                responder.send(Err(crate::sm::txn_results_too_large()), None);
+            }
+            bounded => {
+                if let Err(e) = bounded {
+                    tracing::warn!(error = %e, "cannot bound a transaction's results; proposing it (apply checks them)");
+                }
+                // The driver gone (shutting down): the responder is dropped with the event.
+                let _ = events.blocking_send(Event::TxnBounded { session, txn, responder: Box::new(responder) });
+            }
+        });
     }
 
     async fn member_add(&mut self, new: NodeId, addr: String, responder: Responder) -> Result<(), ServerError> {

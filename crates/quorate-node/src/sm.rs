@@ -1139,6 +1139,100 @@ fn eval_txn<R: SmRead + ?Sized>(
     Ok(eval)
 }
 
+/// A lower bound of the encoded size of the results `txn` would get if it were applied to the
+/// state `r` holds now: the keys and values its gets would read (each get sees the
+/// transaction's own earlier puts and deletes, as [`eval_txn`] does), for the smaller of its
+/// two branches when it has comparisons (which branch runs is decided at apply; without
+/// comparisons the success branch runs). The leader refuses a writing transaction
+/// whose bound passes [`limits::RESULT_BYTES_MAX`] before proposing it, with the error apply
+/// would give it ([`txn_results_too_large`]): such a transaction is then never logged, and
+/// costs no replica its reads. The state may change before the transaction would have been
+/// applied (a value shrunk or deleted in between); apply's own check stays, and decides then.
+pub fn txn_result_bytes_min<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<u64, SmError> {
+    Ok(txn_bound(r, txn)?.result_bytes_min)
+}
+
+/// What bounding a transaction's results found ([`txn_bound`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnBound {
+    /// The lower bound of its results ([`txn_result_bytes_min`]).
+    pub result_bytes_min: u64,
+    /// The bytes of the stored values read to find it (each key read once): what bounding
+    /// it cost, charged to its principal when it is refused.
+    pub read_bytes: u64,
+}
+
+/// [`txn_result_bytes_min`], with the bytes read to find it.
+pub fn txn_bound<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<TxnBound, SmError> {
+    // Stored sizes by key (0: absent), each key read once.
+    let mut stored: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    let mut branch = |ops: &[TxnOp]| -> Result<u64, SmError> {
+        let mut own: BTreeMap<&[u8], u64> = BTreeMap::new();
+        let mut total = 0u64;
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value } => {
+                    own.insert(key.as_slice(), (key.len() + value.len()) as u64);
+                }
+                TxnOp::Delete { key } => {
+                    own.insert(key.as_slice(), 0);
+                }
+                TxnOp::Get { key } => {
+                    let bytes = match own.get(key.as_slice()) {
+                        Some(b) => *b,
+                        None => match stored.get(key.as_slice()) {
+                            Some(b) => *b,
+                            None => {
+                                let b = stored_value_bytes(r, key)?.map_or(0, |v| (key.len() + v) as u64);
+                                stored.insert(key.clone(), b);
+                                b
+                            }
+                        },
+                    };
+                    total = total.saturating_add(bytes);
+                }
+                // An operation this build does not know reads nothing it can count.
+                _ => {}
+            }
+        }
+        Ok(total)
+    };
+    let success = branch(&txn.success)?;
+    // Without a comparison the success branch runs.
+    let result_bytes_min = if txn.compare.is_empty() { success } else { success.min(branch(&txn.failure)?) };
+    let read_bytes = stored.values().sum();
+    Ok(TxnBound { result_bytes_min, read_bytes })
+}
+
+/// A stored key's record with its value borrowed, not copied: [`KvRecord`]'s encoding.
+#[derive(Deserialize)]
+struct KvRecordRef<'a> {
+    #[serde(borrow)]
+    value: &'a [u8],
+    _create_revision: u64,
+    _mod_revision: u64,
+    _version: u64,
+}
+
+/// The size of the value stored under `key` (`None`: absent), read without a second copy of
+/// the value. The record is checked as [`decode`] checks it.
+fn stored_value_bytes<R: SmRead + ?Sized>(r: &R, key: &[u8]) -> Result<Option<usize>, SmError> {
+    let k = kv_key(key);
+    let Some(bytes) = r.sm_get(&k)? else { return Ok(None) };
+    let (rec, rest): (KvRecordRef<'_>, _) =
+        postcard::take_from_bytes(&bytes).map_err(|e| corrupt(&k, e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(corrupt(&k, format!("{} trailing bytes", rest.len())));
+    }
+    Ok(Some(rec.value.len()))
+}
+
+/// The error of a transaction whose results cannot fit an answer: apply's own (after undoing
+/// it, from cluster version 2), and the leader's when it refuses one before proposing it.
+pub fn txn_results_too_large() -> ApiError {
+    too_large()
+}
+
 /// The global revision.
 pub fn revision(r: &(impl SmRead + ?Sized)) -> Result<u64, SmError> {
     get_u64(r, META_REVISION)
@@ -1577,6 +1671,57 @@ mod tests {
 
     fn kv(op: CommandOp) -> KvOp {
         KvOp::from_command(op).unwrap()
+    }
+
+    /// The leader's bound before proposing a writing transaction: never above what apply
+    /// makes of it, and above `RESULT_BYTES_MAX` for the transaction that stopped 0.1.0.
+    #[test]
+    fn txn_result_bytes_min_is_a_lower_bound_of_what_apply_answers() {
+        let mut m = finalized();
+        run(&mut m, 2, 0, None, CommandOp::Put { key: b"big".to_vec(), value: vec![1; 1_000_000] });
+        run(&mut m, 3, 0, None, put("small", "0123456789"));
+        let max = limits::RESULT_BYTES_MAX as u64;
+        // 17 gets of 1 MB: refused up front, with apply's own error.
+        let txn = big_gets(17);
+        assert_eq!(txn_result_bytes_min(&m, &txn).unwrap(), 17 * 1_000_003);
+        // Its one value was read once.
+        assert_eq!(txn_bound(&m, &txn).unwrap().read_bytes, 1_000_003);
+        assert!(txn_result_bytes_min(&m, &txn).unwrap() > max);
+        let applied = run(&mut m, 4, 0, None, CommandOp::Txn(txn)).result;
+        assert_eq!(applied, Err(txn_results_too_large()));
+        // Gets follow the transaction's own writes: a delete first reads nothing, a put first
+        // reads the put value.
+        let mut ops = vec![TxnOp::Delete { key: b"big".to_vec() }];
+        ops.extend((0..17).map(|_| TxnOp::Get { key: b"big".to_vec() }));
+        let deleted = Txn { compare: vec![], success: ops, failure: vec![] };
+        assert_eq!(txn_result_bytes_min(&m, &deleted).unwrap(), 0);
+        let mut ops = vec![TxnOp::Put { key: b"big".to_vec(), value: b"tiny".to_vec() }];
+        ops.extend((0..17).map(|_| TxnOp::Get { key: b"big".to_vec() }));
+        let shrunk = Txn { compare: vec![], success: ops, failure: vec![] };
+        assert_eq!(txn_result_bytes_min(&m, &shrunk).unwrap(), 17 * 7);
+        // A conditional transaction: the smaller branch counts (either may run).
+        let both = Txn {
+            compare: vec![Compare { key: "small".into(), target: CompareTarget::Version(99), op: CompareOp::Equal }],
+            success: big_gets(17).success,
+            failure: vec![TxnOp::Put { key: "x".into(), value: "y".into() }, TxnOp::Get { key: "small".into() }],
+        };
+        assert_eq!(txn_result_bytes_min(&m, &both).unwrap(), 15);
+        // Absent keys read nothing.
+        let absent = Txn { compare: vec![], success: vec![TxnOp::Get { key: "nope".into() }], failure: vec![] };
+        assert_eq!(txn_result_bytes_min(&m, &absent).unwrap(), 0);
+        // The borrowed read of a record agrees with the owned one.
+        assert_eq!(stored_value_bytes(&m, b"big").unwrap(), read_get(&m, b"big").unwrap().map(|kv| kv.value.len()));
+        assert_eq!(stored_value_bytes(&m, b"nope").unwrap(), None);
+        // Without a comparison only the success branch runs: an empty failure branch does
+        // not make the bound zero.
+        assert_eq!(big_gets(17).failure, vec![]);
+        // The bound never exceeds the encoded results of what apply does.
+        for (i, txn) in [deleted, shrunk, both, absent, big_gets(3)].into_iter().enumerate() {
+            let bound = txn_result_bytes_min(&m, &txn).unwrap();
+            let result = run(&mut m, 10 + i as u64, 0, None, CommandOp::Txn(txn)).result;
+            assert!(result.is_ok(), "{result:?}");
+            assert!(bound <= encoded_len(&result) as u64, "bound {bound} over {}", encoded_len(&result));
+        }
     }
 
     #[test]

@@ -22,6 +22,16 @@
 //!   a writing transaction whose results would be too large is refused and changes nothing; a
 //!   page read after the state changed says so.
 //!
+//! * `a_transaction_whose_results_cannot_fit_is_refused_before_it_is_logged`: the same
+//!   transaction (without a session) used to be logged and applied by every replica — each
+//!   reading 17 MB to find the results too large — before its error; the leader now bounds
+//!   its results from the stored sizes off the driver and refuses it unlogged (the commit
+//!   index does not move), charging what it read to the principal's answer rate.
+//! * `a_principal_sent_more_than_its_answer_rate_is_shed_and_no_one_else_is`: a read-role
+//!   client reading a 1 MiB value in a loop was never refused (answer bytes were held, not
+//!   rated); it is now refused `response_bytes` for the time its debt takes, and another
+//!   principal is served meanwhile.
+//!
 //! Every wait is bounded by a deadline; every node process is killed on every path.
 
 use quorate_api::{
@@ -95,6 +105,10 @@ impl Cluster {
             config.raft.heartbeat_ms = 60;
             config.limits.free_space_floor_mb = 0;
             config.telemetry.log_filter = "warn,quorate::audit=info".into();
+            // Every client here connects from 127.0.0.1, most calls on a connection of their
+            // own: one source for the handshake rate, raised so that only a test of it meets it.
+            config.limits.handshakes_per_source_per_sec = 100_000;
+            config.limits.handshake_burst_per_source = 100_000;
             let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
             config.metrics_listen = Some(metrics);
             edit(&mut config);
@@ -517,6 +531,9 @@ async fn a_client_that_does_not_read_its_answers_cannot_shut_others_out() {
         config.limits.response_write_timeout_ms = 4000;
         config.admission.principal_requests_max = 200;
         config.admission.concurrency_count_initial = config.admission.concurrency_count_max;
+        // The holds are under test, not the answer-byte rate (each wave's answers, computed and
+        // never read, would otherwise put the slow principal in debt for many seconds).
+        config.admission.principal_answer_bytes_per_sec = 1_000_000_000;
     });
     let leader = c.leader().await;
     c.wait_finalized().await;
@@ -577,7 +594,8 @@ async fn a_client_that_does_not_read_its_answers_cannot_shut_others_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_results_are_paged_not_dropped() {
-    let mut c = Cluster::start(|_| ());
+    // Paging is under test, not the answer-byte rate (the reader reads ~50 MiB here).
+    let mut c = Cluster::start(|config| config.admission.principal_answer_bytes_per_sec = 1_000_000_000);
     let leader = c.leader().await;
     c.wait_finalized().await;
     // The documented largest value can be written (it used to be refused: "command of 1048628
@@ -665,5 +683,155 @@ async fn large_results_are_paged_not_dropped() {
     let refused = c.call("alice", leader, seq(session, 1), write).await;
     assert!(matches!(&refused, Some(Err(ApiError::InvalidRequest(why))) if why.contains("nothing was changed")));
     assert_eq!(c.value(leader, "w").await, None);
+    c.assert_running();
+}
+
+/// The commit index node `id` reports.
+async fn commit_index(c: &Cluster, id: u64) -> u64 {
+    match c.call_ok("reader", id, None, Request::Status).await {
+        Response::Status(s) => s.commit.0,
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_results_cannot_fit_is_refused_before_it_is_logged() {
+    let mut c = Cluster::start(|_| ());
+    let leader = c.leader().await;
+    c.wait_finalized().await;
+    c.call_ok("alice", leader, None, put("big", &vec![b'b'; 1_000_000])).await;
+    // A writing transaction that reads 17 MB: put x y, then 17 gets of big.
+    let mut ops = vec![TxnOp::Put { key: b"x".to_vec(), value: b"y".to_vec() }];
+    ops.extend((0..17).map(|_| TxnOp::Get { key: b"big".to_vec() }));
+    let txn = Request::Txn(Txn { compare: vec![], success: ops, failure: vec![] });
+    // Nothing else writes: the commit index moves only if the transaction is logged.
+    let before = commit_index(&c, leader).await;
+    for attempt in 0..3 {
+        let refused = c.call("alice", leader, None, txn.clone()).await;
+        let Some(Err(ApiError::InvalidRequest(why))) = &refused else {
+            panic!("attempt {attempt}: the transaction must be refused, got {refused:?}")
+        };
+        // Apply's own error, word for word.
+        assert!(why.contains("results of this transaction would take more than"), "{why}");
+        assert!(why.contains("nothing was changed"), "{why}");
+    }
+    // Repeating it costs its principal: the values read to refuse it (1 MB each time) are
+    // charged to alice's answer rate (8 MiB at once, then 4 MiB/s), so she is soon refused by
+    // admission, before any read.
+    let mut shed = None;
+    for attempt in 0..32 {
+        match c.call("alice", leader, None, txn.clone()).await {
+            Some(Err(ApiError::Shed(o))) => {
+                shed = Some((attempt, o));
+                break;
+            }
+            Some(Err(ApiError::InvalidRequest(_))) => {}
+            other => panic!("attempt {attempt}: {:?}", other.map(|r| r.map(|_| "an answer"))),
+        }
+    }
+    let (attempt, o) = shed.expect("32 refused transactions, and their principal never shed");
+    assert_eq!(o.reason, quorate_api::OverloadReason::ResponseBytes, "{o:?}");
+    assert!(3 + attempt <= 16, "shed only after {} refusals", 3 + attempt);
+    let after = commit_index(&c, leader).await;
+    assert_eq!(after, before, "the refused transaction was logged (commit {before} -> {after})");
+    assert_eq!(c.value(leader, "x").await, None);
+    // A writing transaction that reads what fits is proposed, applied and answered as before.
+    let ok = Txn {
+        compare: vec![],
+        success: vec![TxnOp::Put { key: b"x".to_vec(), value: b"y".to_vec() }, TxnOp::Get { key: b"big".to_vec() }],
+        failure: vec![],
+    };
+    let Response::Txn { succeeded: true, results, .. } = c.call_ok("alice", leader, None, Request::Txn(ok)).await
+    else {
+        panic!("not a transaction")
+    };
+    assert!(matches!(&results[1], TxnResult::Get(Some(kv)) if kv.value.len() == 1_000_000), "{results:?}");
+    assert!(commit_index(&c, leader).await > after);
+    // Following its own writes: a transaction that first shrinks big reads little, and fits.
+    let mut ops = vec![TxnOp::Put { key: b"big".to_vec(), value: b"small".to_vec() }];
+    ops.extend((0..17).map(|_| TxnOp::Get { key: b"big".to_vec() }));
+    let shrink = Request::Txn(Txn { compare: vec![], success: ops, failure: vec![] });
+    assert!(matches!(c.call_ok("alice", leader, None, shrink).await, Response::Txn { succeeded: true, .. }));
+    for id in 1..=3 {
+        assert_eq!(c.value(id, "big").await.as_deref(), Some(&b"small"[..]), "node {id}");
+    }
+    c.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_sent_more_than_its_answer_rate_is_shed_and_no_one_else_is() {
+    const MIB: usize = 1 << 20;
+    // 1 MiB/s for each principal, after a burst of 2 MiB.
+    let mut c = Cluster::start(|config| config.admission.principal_answer_bytes_per_sec = MIB as u64);
+    let leader = c.leader().await;
+    c.wait_finalized().await;
+    c.call_ok("alice", leader, None, put("v1m", &vec![7u8; MIB - 64])).await;
+    let get = Request::Get { key: b"v1m".to_vec(), read: ReadConsistency::Linearizable };
+    let reader = c.connect("reader", leader).await;
+    // The burst is answered, then the reader is in debt and refused, with the time it takes.
+    let (mut answered, mut shed) = (0, None);
+    for _ in 0..10 {
+        match c.request(&reader, None, get.clone()).await {
+            Some(Ok(Response::Get { kv: Some(kv), .. })) => {
+                assert_eq!(kv.value.len(), MIB - 64);
+                answered += 1;
+            }
+            Some(Err(ApiError::Shed(o))) => {
+                shed = Some(o);
+                break;
+            }
+            other => panic!("unexpected {:?}", other.map(|r| r.map(|_| "an answer"))),
+        }
+    }
+    let shed = shed.unwrap_or_else(|| panic!("{answered} MiB answered and never shed"));
+    assert!((2..=3).contains(&answered), "{answered} answers of 1 MiB before the first refusal");
+    assert_eq!(shed.reason, quorate_api::OverloadReason::ResponseBytes, "{shed:?}");
+    // In debt by at most one answer: it is paid back within about a second at 1 MiB/s.
+    assert!((1..=1_600).contains(&shed.retry_after_ms), "{shed:?}");
+    // Another principal is served meanwhile, large answers included.
+    let Response::Get { kv: Some(kv), .. } = c.call_ok("alice", leader, None, get.clone()).await else {
+        panic!("alice is not served")
+    };
+    assert_eq!(kv.value.len(), MIB - 64);
+    // Once the hinted time has passed, the reader is served again.
+    tokio::time::sleep(Duration::from_millis(u64::from(shed.retry_after_ms))).await;
+    let again = c.request(&reader, None, get).await;
+    assert!(matches!(again, Some(Ok(Response::Get { kv: Some(_), .. }))), "{:?}", again.map(|r| r.map(|_| ())));
+    assert!(c.metric(leader, "quorate_proposals_shed_total{reason=\"response_bytes\"}") >= 1.0);
+    reader.close();
+    c.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_attempts_beyond_a_sources_handshake_rate_are_refused() {
+    // Node 1 takes 8 handshakes from one address at once, then 1 per second.
+    let mut c = Cluster::start(|config| {
+        if config.id == 1 {
+            config.limits.handshakes_per_source_per_sec = 1;
+            config.limits.handshake_burst_per_source = 8;
+        }
+    });
+    let creds = c.credentials("reader");
+    let mut options = ClientOptions::default();
+    options.request_timeout = REQUEST_TIMEOUT;
+    let (mut made, mut refused) = (Vec::new(), 0);
+    for _ in 0..16 {
+        match Client::<NodeMessage>::connect(&creds, nid(1), c.addrs[0], options.clone()).await {
+            Ok(client) => made.push(client),
+            Err(_) => refused += 1,
+        }
+    }
+    // At most the burst (its peers, which dial from 127.0.0.1 too, may have taken some of
+    // it) and one more that a second of refill allows; the rest refused.
+    assert!((1..=9).contains(&made.len()), "{} connections made, {refused} refused", made.len());
+    assert_eq!(made.len() + refused, 16);
+    // The connections made are served; another address's limits (node 2's) are its own.
+    let status = c.request(&made[0], None, Request::Status).await;
+    assert!(matches!(status, Some(Ok(Response::Status(_)))), "{status:?}");
+    assert!(matches!(c.call("reader", 2, None, Request::Status).await, Some(Ok(Response::Status(_)))));
+    assert!(c.log(1).contains("handshakes_per_source_per_sec"), "no audit event of the refusal");
+    for client in made {
+        client.close();
+    }
     c.assert_running();
 }

@@ -58,6 +58,8 @@ pub mod frame;
 mod identity;
 mod message;
 #[cfg(feature = "net")]
+mod sources;
+#[cfg(feature = "net")]
 mod tls;
 #[cfg(feature = "net")]
 mod transport;
@@ -73,6 +75,8 @@ pub use identity::{
     Principal, Role, URI_SCHEME,
 };
 pub use message::{MessageError, RawMessage, WireMessage, decode_message, encode_message};
+#[cfg(feature = "net")]
+pub use sources::{HANDSHAKE_RATE_CEILING, HANDSHAKE_SOURCES_MAX};
 #[cfg(feature = "net")]
 pub use tls::{CRL_FILE_BYTES_MAX, Credentials, TlsError, TlsPaths};
 #[cfg(feature = "net")]

@@ -9,6 +9,7 @@ use crate::frame::{
 };
 use crate::identity::{ClientIdentity, ClusterId, Identity, PeerIdentity};
 use crate::message::{MessageError, WireMessage, encode_message};
+use crate::sources::{HANDSHAKE_RATE_CEILING, HANDSHAKE_SOURCES_MAX, Source, SourceLimiter};
 use crate::tls::{Credentials, IdentityOf, TlsError, identity_of};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use quorate_log::NodeId;
@@ -111,6 +112,13 @@ pub struct TransportConfig {
     pub peer_connections_per_node_max: usize,
     /// Limit on an inbound handshake (TLS included), from the first packet.
     pub handshake_timeout: Duration,
+    /// Sustained connection attempts (handshakes) per second from one source address (an IPv4
+    /// address or an IPv6 /64), after a burst of `handshake_burst_per_source`; an attempt
+    /// beyond is refused on its first packet, before any TLS work. At most
+    /// [`HANDSHAKE_SOURCES_MAX`](crate::HANDSHAKE_SOURCES_MAX) sources are remembered.
+    pub handshakes_per_source_per_sec: u32,
+    /// Connection attempts one source may make at once after a quiet spell.
+    pub handshake_burst_per_source: u32,
     /// Limit on receiving one frame: a client request (from its stream's opening to its last
     /// byte, and again to reserve its bytes), a peer's frame (from its first byte to its last).
     pub frame_timeout: Duration,
@@ -154,6 +162,8 @@ impl TransportConfig {
             client_connections_per_identity_max: 1024,
             peer_connections_per_node_max: 4,
             handshake_timeout: Duration::from_secs(5),
+            handshakes_per_source_per_sec: 32,
+            handshake_burst_per_source: 128,
             frame_timeout: Duration::from_secs(10),
             identity_inbound_bytes_max: 32 * MIB,
             clients_inbound_bytes_max: 256 * MIB,
@@ -184,6 +194,11 @@ impl TransportConfig {
             || self.peer_connections_per_node_max == 0
         {
             return bad("a zero connection limit");
+        }
+        if !(1..=HANDSHAKE_RATE_CEILING).contains(&self.handshakes_per_source_per_sec)
+            || !(1..=HANDSHAKE_RATE_CEILING).contains(&self.handshake_burst_per_source)
+        {
+            return bad("a handshake rate or burst per source of zero or above 1,000,000");
         }
         if self.handshake_timeout.is_zero() || self.frame_timeout.is_zero() {
             return bad("a zero handshake or frame timeout");
@@ -415,6 +430,10 @@ struct Ctx<M> {
     endpoint: Endpoint,
     quic: Arc<quinn::TransportConfig>,
     refusals: AtomicU64,
+    /// Handshake buckets per source address.
+    sources: Mutex<SourceLimiter>,
+    /// Connection attempts refused for their source's handshake rate.
+    handshakes_refused: AtomicU64,
     /// Set once the cluster is finalized past protocol generation 1 ([`Transport::refuse_quorate_1`]).
     quorate_1_refused: std::sync::atomic::AtomicBool,
     inbox_consensus: mpsc::Sender<(NodeId, M, Held)>,
@@ -498,7 +517,14 @@ impl<M: WireMessage> Transport<M> {
             identity_inbound_bytes_max: config.identity_inbound_bytes_max,
         });
         let clients_budget = Arc::new(Semaphore::new(config.clients_inbound_bytes_max as usize));
+        let sources = Mutex::new(SourceLimiter::new(
+            config.handshakes_per_source_per_sec,
+            config.handshake_burst_per_source,
+            HANDSHAKE_SOURCES_MAX,
+        ));
         let ctx = Arc::new(Ctx {
+            sources,
+            handshakes_refused: AtomicU64::new(0),
             config,
             credentials,
             endpoint,
@@ -630,6 +656,14 @@ impl<M: WireMessage> Transport<M> {
     /// protocol generation 1, so that an old binary cannot join. Existing connections stay.
     pub fn refuse_quorate_1(&self) {
         self.ctx.quorate_1_refused.store(true, Ordering::Relaxed);
+    }
+
+    /// Connection attempts refused on their first packet for their source's handshake rate
+    /// (`handshakes_per_source_per_sec`). Not audit events one by one (a flood would flood the
+    /// log): one audit event per 1,024 refusals (the first included), and this counts them all.
+    #[must_use]
+    pub fn handshakes_refused(&self) -> u64 {
+        self.ctx.handshakes_refused.load(Ordering::Relaxed)
     }
 
     /// Established inbound connections (authenticated peers and clients).
@@ -805,6 +839,23 @@ fn refuse_connection(conn: &Connection, reason: &str) {
 async fn accept_loop<M: WireMessage>(ctx: Arc<Ctx<M>>) {
     while let Some(incoming) = ctx.endpoint.accept().await {
         let remote = incoming.remote_address();
+        // The source's handshake rate first: a refusal here costs one small packet, no TLS.
+        let source = Source::of(remote);
+        let rate =
+            ctx.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_take(source, Instant::now());
+        if let Err(wait) = rate {
+            let refused = ctx.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            // One audit event per 1,024 refusals: a flood must not flood the log.
+            if refused.is_multiple_of(1024) {
+                let reason = format!(
+                    "over handshakes_per_source_per_sec from this source (next in {wait:?}; {} refused so far)",
+                    refused + 1
+                );
+                audit_refused(&ctx.refusals, &remote, "handshake", &reason);
+            }
+            incoming.refuse();
+            continue;
+        }
         if let Err(refusal) = ctx.conns.has_room() {
             audit_refused(&ctx.refusals, &remote, "connect", &refusal);
             incoming.refuse();

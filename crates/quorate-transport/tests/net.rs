@@ -932,3 +932,46 @@ fn a_reload_refuses_an_expired_not_yet_valid_or_foreign_certificate_and_keeps_th
         t1.reload_tls().expect("the original certificate reloads");
     });
 }
+
+#[test]
+fn connection_attempts_beyond_a_sources_handshake_rate_are_refused_before_any_tls() {
+    run(async {
+        let s = setup("handshake-rate", &[1]);
+        let mut c = config(&s.cluster, 1);
+        c.handshake_burst_per_source = 3;
+        c.handshakes_per_source_per_sec = 1;
+        let (t1, mut in1) = Transport::<RawMessage>::bind(c, s.creds(1)).await.expect("bind");
+        let addr = t1.local_addr();
+        let alice = client_creds(&s, "alice", Role::Write);
+        // The burst: three attempts from 127.0.0.1 are handshaken and served.
+        let mut held = Vec::new();
+        for seq in 0..3 {
+            let conn = raw_connect(&alice, addr).await;
+            request_arrives(&conn, &mut in1, seq).await;
+            held.push(conn);
+        }
+        // The fourth within the same second is refused on its first packet: QUIC's
+        // CONNECTION_REFUSED, not a TLS alert (no handshake was started for it).
+        match try_connect(&alice, addr).await {
+            Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+                assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED, "{close:?}");
+            }
+            other => panic!("expected a refusal before the handshake, got {other:?}"),
+        }
+        assert_eq!(t1.handshakes_refused(), 1);
+        assert!(audited(&["what=handshake", "result=refused", "handshakes_per_source_per_sec"]));
+        // The connections of the burst are not affected.
+        request_arrives(&held[0], &mut in1, 10).await;
+        // One more attempt is allowed per second: a later attempt gets through.
+        let later = std::time::Instant::now();
+        let conn = loop {
+            match try_connect(&alice, addr).await {
+                Ok(conn) => break conn,
+                Err(_) => assert!(later.elapsed() < Duration::from_secs(5), "no token came back"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        request_arrives(&conn, &mut in1, 11).await;
+        assert_eq!(t1.connections(), 4);
+    });
+}

@@ -258,6 +258,8 @@ impl Env {
                 metrics_listen: Some(metrics[&id]),
                 raft,
                 failpoints: true,
+                // Clients reconnect after every fault, all from 127.0.0.1.
+                handshakes_per_source: Some(crate::cluster::LOOPBACK_HANDSHAKES),
             })?;
         }
         let factory = ClientFactory {
