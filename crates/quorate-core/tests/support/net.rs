@@ -275,17 +275,8 @@ impl Net {
     /// Crashes node `i`: its unwritten batches and the messages to it are lost; it restarts from
     /// its storage (applied state lost too).
     pub(crate) fn crash(&mut self, i: u64) {
-        let now = self.now;
-        let prep = self.prep;
-        let node = self.node(i);
-        node.disk.clear();
-        let mut cfg = node.cfg.clone();
-        cfg.applied = LogIndex::ZERO;
-        let mut raft = Raft::new(cfg, node.raft.storage().clone(), now).expect("restarts");
-        prep(&mut raft);
-        node.raft = raft;
-        node.applied.clear();
-        self.wire.retain(|m| m.to != n(i));
+        let storage = self.raft(i).storage().clone();
+        self.restart(i, storage);
     }
 
     /// Node `i` loses synced state: its process crashes and its storage goes back to `older`
