@@ -1,0 +1,99 @@
+//! Findings of a review of bounded persist batches and recovery from lost synced state
+//! (issue 18): each a scenario test against the public API.
+
+mod support;
+
+use quorate_core::Role;
+use quorate_log::{Data, LogIndex, LogStorage, Term};
+use support::holes::conf;
+use support::net::{Net, Prep, is_append, log_ids, n};
+
+const NONE: Prep = |_| {};
+
+/// R1 (liveness). A recovering node whose record names uncommitted entries that no later
+/// leader holds never leaves recovery while the cluster is quiet: its target (the recorded
+/// last index) lies beyond the whole log of the leader of every later term, so no leader can
+/// ever "make its log match up to the target". It then grants no vote for ever, and one more
+/// failure leaves the cluster without a leader although two of three voters are up with every
+/// committed entry.
+///
+/// Inputs: node 1 leads term 1 and commits its no-op 1@1 everywhere; it proposes a, b, c
+/// (2..=4@1) and the appends reach node 3 only; node 3 writes them (its record's last entry
+/// becomes 4@1); node 1 crashes before its own batch is written (the entries are lost there:
+/// they were never committed); node 3 loses synced state back to its log up to 1@1. Node 1 or
+/// node 2 wins a later term with the other's vote and commits its no-op at index 2. Node 3 is
+/// caught up with that leader's whole log (2 entries) but its target is 4, so it stays in
+/// recovery for ever with no new proposals. Then the leader is cut off: the remaining voter
+/// campaigns, node 3 refuses, and no leader is ever elected.
+///
+/// Exiting would be safe here: a leader of a term above the record's term was elected without
+/// the recovering node's vote, so it holds every entry that could ever be committed with the
+/// node's forgotten acknowledgements (any quorum that commits such an entry meets the leader's
+/// election quorum in another node, whose acknowledgement precedes its vote); entries of the
+/// record it does not hold are never committed.
+#[test]
+fn r1_a_recovering_node_whose_record_outruns_every_later_leader_leaves_recovery() {
+    let voters = conf(&[1, 2, 3], &[], &[]);
+    let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |_| {});
+    net.elect(1);
+    net.settle(50, |_| true);
+    let older = net.raft(3).storage().clone();
+    assert_eq!(older.last_index(), LogIndex(1), "set-up: node 3 holds the no-op 1@1");
+    for s in ["a", "b", "c"] {
+        let now = net.now;
+        net.raft(1).propose(now, Data::from(s)).expect("node 1 leads");
+    }
+    net.ready(1);
+    // The appends reach node 3 only; node 3 writes them; its acknowledgements are lost.
+    net.drop_where(|m| !(m.to == n(3) && is_append(m)));
+    net.deliver(|_| true);
+    net.ready(3);
+    net.persist(3);
+    net.ready(3);
+    assert_eq!(net.raft(3).storage().last_index(), LogIndex(4), "set-up: node 3 wrote 2..=4@1");
+    net.wire.clear();
+    // Node 1 crashes before writing its own batch: 2..=4@1 were never committed.
+    net.crash(1);
+    assert_eq!(net.raft(1).last_index(), LogIndex(1), "set-up: node 1 lost its unwritten entries");
+    // Node 3 loses synced state: its storage goes back to the log up to 1@1.
+    let record = net.lose_state(3, older);
+    assert_eq!(record.last.index, LogIndex(4));
+    assert_eq!(record.term, Term(1));
+    // A new leader (node 1 or 2, with the other's vote) commits its no-op at index 2.
+    net.advance(200);
+    let elected = net.run_until(
+        2000,
+        |_| true,
+        |net| {
+            let l = net.leaders();
+            l.len() == 1 && {
+                let id = l[0].get();
+                net.raft(id).commit_index() >= LogIndex(2) && net.raft(id).term() > Term(1)
+            }
+        },
+    );
+    assert!(elected, "set-up: node 1 or 2 leads a later term and commits its no-op");
+    let leader = net.leaders()[0].get();
+    // A quiet cluster: heartbeats only, for 2 s (100 heartbeat intervals).
+    net.settle(2000, |_| true);
+    let leader_log = log_ids(net.raft(leader));
+    let node3_log = log_ids(net.raft(3));
+    assert_eq!(node3_log, leader_log, "node 3 holds the leader's whole log");
+    assert_eq!(net.raft(3).commit_index(), net.raft(leader).commit_index(), "and its commit index");
+    // The property: once a leader of a later term has caught it up with its whole log, the
+    // node votes again.
+    let still = net.raft(3).recovering().copied();
+    // Show the consequence first (it is what an operator sees): cut the leader off.
+    let other = [1, 2].into_iter().find(|&i| i != leader).expect("two others");
+    let elected = net.run_until(
+        3000,
+        |m| m.from != n(leader) && m.to != n(leader),
+        |net| net.raft(other).role() == Role::Leader || net.raft(3).role() == Role::Leader,
+    );
+    assert!(
+        still.is_none() && elected,
+        "node 3 is still recovering after 2 s with the leader's whole log {leader_log:?} (record {still:?}, target \
+         beyond the leader's last index), and with the leader {leader} cut off no leader is elected among nodes \
+         {other} and 3 in 3 s (elected: {elected})"
+    );
+}
