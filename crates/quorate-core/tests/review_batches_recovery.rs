@@ -97,3 +97,109 @@ fn r1_a_recovering_node_whose_record_outruns_every_later_leader_leaves_recovery(
          {other} and 3 in 3 s (elected: {elected})"
     );
 }
+
+/// R2 (safety, the premise of the recovery). `raft/recovery.rs` argues that the exit is safe
+/// because "every entry that was committed with this node's acknowledgement before the loss lies
+/// at or below the recorded last index (the record covers what was durable, and only what is
+/// durable is acknowledged)". The store does not give that: it raises its durable mark for a
+/// log-only synced write at most every `durable_mark_interval` (100 ms by default,
+/// `RocksStore::raise_mark`), while the core acknowledges each batch as soon as it is reported.
+/// So the record can lag the acknowledgements, and the core leaves recovery below entries it
+/// acknowledged and that were committed with that acknowledgement.
+///
+/// Inputs: node 1 leads term 1 and commits 2@1 everywhere (node 3's mark is raised: term 1,
+/// last 2@1). Within the mark interval node 1 proposes 3@1 and 4@1; the appends reach node 3
+/// only, node 3 writes and acknowledges them (its mark is not due), node 1 commits 4 with
+/// nodes 1 and 3 and applies 3@1 and 4@1. Node 3's write-ahead log loses its tail back to 1@1:
+/// the store detects the loss (the log no longer reaches the mark's 2@1) and hands the core the
+/// record (term 1, vote 1, last 2@1). A delayed duplicate of node 1's first append of 2@1
+/// reaches node 3: its log now matches the leader of its term up to 2 = the target, it writes
+/// it, and leaves recovery. Node 1 is then cut off; nodes 2 and 3 elect a leader (node 3's vote
+/// is granted: both logs end at 2@1), which commits its no-op at index 3.
+#[test]
+fn r2_a_record_that_lags_the_acknowledgements_lets_a_committed_entry_be_lost() {
+    use quorate_core::{MessageBody, Recovering};
+    use quorate_log::{EntryId, EntryPayload};
+    let voters = conf(&[1, 2, 3], &[], &[]);
+    let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |_| {});
+    net.elect(1);
+    net.settle(50, |_| true);
+    let older = net.raft(3).storage().clone();
+    assert_eq!(older.last_index(), LogIndex(1), "set-up: node 3 holds 1@1");
+    let now = net.now;
+    net.raft(1).propose(now, Data::from("a")).expect("node 1 leads");
+    net.settle(50, |_| true);
+    let delayed = net
+        .sent
+        .iter()
+        .find(|m| {
+            m.to == n(3) && matches!(&m.body, MessageBody::Append(a) if a.entries.iter().any(|e| e.index == LogIndex(2)))
+        })
+        .cloned()
+        .expect("set-up: node 1 sent 2@1 to node 3");
+    // Node 3's durable mark, raised with the write of 2@1.
+    let s = net.raft(3).storage();
+    let hs = s.hard_state();
+    let mark = Recovering { term: hs.term, vote: hs.vote, last: EntryId::new(Term(1), s.last_index()), commit: hs.commit };
+    assert_eq!(mark.last.index, LogIndex(2), "set-up: node 3 wrote 2@1");
+    // Within the mark interval: 3@1 and 4@1 reach node 3 only and are committed with its ack.
+    for s in ["b", "c"] {
+        let now = net.now;
+        net.raft(1).propose(now, Data::from(s)).expect("node 1 leads");
+    }
+    net.ready(1);
+    net.persist(1);
+    net.drop_where(|m| !(m.to == n(3) && is_append(m)));
+    net.deliver(|_| true);
+    net.ready(3);
+    net.persist(3);
+    net.ready(3);
+    assert_eq!(net.raft(3).storage().last_index(), LogIndex(4), "set-up: node 3 wrote 3..=4@1");
+    net.deliver(|m| m.to == n(1));
+    net.wire.clear();
+    net.ready(1);
+    net.persist(1);
+    net.ready(1);
+    assert_eq!(net.raft(1).commit_index(), LogIndex(4), "set-up: 4@1 committed with nodes 1 and 3");
+    let applied1: Vec<(u64, u64)> = net.node(1).applied.iter().map(|e| (e.index.0, e.term.0)).collect();
+    assert!(applied1.contains(&(3, 1)), "set-up: node 1 applied 3@1: {applied1:?}");
+    // Node 3 loses its write-ahead log's tail back to 1@1; the store hands the core the mark.
+    net.node(3).cfg.recovering = Some(mark);
+    net.restart(3, older);
+    assert!(net.raft(3).recovering().is_some());
+    // A delayed duplicate of node 1's first append of 2@1 reaches node 3.
+    net.wire.push(delayed);
+    net.deliver(|_| true);
+    for _ in 0..3 {
+        net.ready(3);
+        net.persist(3);
+    }
+    net.ready(3);
+    let left = net.raft(3).recovering().is_none();
+    net.wire.clear();
+    // Node 1 is cut off; nodes 2 and 3 elect a leader, which commits its no-op.
+    let cut = |m: &quorate_core::Message| m.from != n(1) && m.to != n(1);
+    let elected = net.run_until(
+        3000,
+        cut,
+        |net| [2, 3].into_iter().any(|i| net.raft(i).role() == Role::Leader && net.raft(i).commit_index() >= LogIndex(3)),
+    );
+    net.settle(20, cut);
+    let other: Vec<(u64, u64)> = [2, 3]
+        .into_iter()
+        .flat_map(|i| {
+            net.node(i)
+                .applied
+                .iter()
+                .filter(|e| !matches!(e.payload, EntryPayload::Config(_)))
+                .map(|e| (e.index.0, e.term.0))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let diverged = other.iter().any(|&(i, t)| applied1.iter().any(|&(j, u)| i == j && t != u));
+    assert!(
+        !diverged,
+        "state machine safety: node 1 applied {applied1:?}; nodes 2 and 3 applied {other:?} (node 3 left recovery: \
+         {left}, a leader elected without node 1: {elected})"
+    );
+}
