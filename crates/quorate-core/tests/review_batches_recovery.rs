@@ -1,5 +1,8 @@
 //! Findings of a review of bounded persist batches and recovery from lost synced state
-//! (issue 18): each a scenario test against the public API.
+//! (issue 18): each a scenario test against the public API. Both are **open**: the tests fail
+//! and are ignored until their fixes land (docs/operations.md, "Lost synced state", says what
+//! the recovery does not cover yet); `cargo nextest run -p quorate-core --run-ignored only -E
+//! 'binary(review_batches_recovery)'` shows them failing.
 
 mod support;
 
@@ -32,6 +35,7 @@ const NONE: Prep = |_| {};
 /// election quorum in another node, whose acknowledgement precedes its vote); entries of the
 /// record it does not hold are never committed.
 #[test]
+#[ignore = "open finding R1 (issue 18 follow-up): a recovering node's target can outrun every later leader's log; run with --run-ignored to see it fail"]
 fn r1_a_recovering_node_whose_record_outruns_every_later_leader_leaves_recovery() {
     let voters = conf(&[1, 2, 3], &[], &[]);
     let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |_| {});
@@ -117,6 +121,7 @@ fn r1_a_recovering_node_whose_record_outruns_every_later_leader_leaves_recovery(
 /// it, and leaves recovery. Node 1 is then cut off; nodes 2 and 3 elect a leader (node 3's vote
 /// is granted: both logs end at 2@1), which commits its no-op at index 3.
 #[test]
+#[ignore = "open finding R2 (issue 18 follow-up): the store's durable mark lags log-only writes by up to 100 ms, so a recovering node's record can lag its acknowledgements; run with --run-ignored to see it fail"]
 fn r2_a_record_that_lags_the_acknowledgements_lets_a_committed_entry_be_lost() {
     use quorate_core::{MessageBody, Recovering};
     use quorate_log::{EntryId, EntryPayload};
