@@ -138,14 +138,16 @@ fn r2_a_record_that_lags_the_acknowledgements_lets_a_committed_entry_be_lost() {
         .sent
         .iter()
         .find(|m| {
-            m.to == n(3) && matches!(&m.body, MessageBody::Append(a) if a.entries.iter().any(|e| e.index == LogIndex(2)))
+            m.to == n(3)
+                && matches!(&m.body, MessageBody::Append(a) if a.entries.iter().any(|e| e.index == LogIndex(2)))
         })
         .cloned()
         .expect("set-up: node 1 sent 2@1 to node 3");
     // Node 3's durable mark, raised with the write of 2@1.
     let s = net.raft(3).storage();
     let hs = s.hard_state();
-    let mark = Recovering { term: hs.term, vote: hs.vote, last: EntryId::new(Term(1), s.last_index()), commit: hs.commit };
+    let mark =
+        Recovering { term: hs.term, vote: hs.vote, last: EntryId::new(Term(1), s.last_index()), commit: hs.commit };
     assert_eq!(mark.last.index, LogIndex(2), "set-up: node 3 wrote 2@1");
     // Within the mark interval: 3@1 and 4@1 reach node 3 only and are committed with its ack.
     for s in ["b", "c"] {
@@ -184,11 +186,9 @@ fn r2_a_record_that_lags_the_acknowledgements_lets_a_committed_entry_be_lost() {
     net.wire.clear();
     // Node 1 is cut off; nodes 2 and 3 elect a leader, which commits its no-op.
     let cut = |m: &quorate_core::Message| m.from != n(1) && m.to != n(1);
-    let elected = net.run_until(
-        3000,
-        cut,
-        |net| [2, 3].into_iter().any(|i| net.raft(i).role() == Role::Leader && net.raft(i).commit_index() >= LogIndex(3)),
-    );
+    let elected = net.run_until(3000, cut, |net| {
+        [2, 3].into_iter().any(|i| net.raft(i).role() == Role::Leader && net.raft(i).commit_index() >= LogIndex(3))
+    });
     net.settle(20, cut);
     let other: Vec<(u64, u64)> = [2, 3]
         .into_iter()
