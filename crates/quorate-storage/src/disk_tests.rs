@@ -464,3 +464,33 @@ fn a_crash_before_the_mark_is_lowered_finds_the_loss_again_and_keeps_the_record(
     assert_eq!((r.term, r.last.index), (Term(10), LogIndex(10)));
     assert_eq!(r.lost.iter().filter(|l| *l == "term 10 -> 9").count(), 2, "both detections: {r:?}");
 }
+
+#[test]
+fn every_synced_append_is_in_the_mark_before_the_write_returns() {
+    // Issue 18, review finding R2: the mark was raised for a write that changed neither the
+    // term nor the vote at most every `durable_mark_interval` (100 ms), while the node
+    // acknowledges a write as soon as it returns. A disk that then lost the write-ahead log's
+    // tail lost acknowledged entries silently: the lagging mark was still satisfied, the store
+    // opened with a shorter log, and the node could help elect a leader without an entry
+    // committed with its own acknowledgement. Default options: the interval is not zero.
+    let d = TestDir::new("markappend");
+    assert!(opts().durable_mark_interval > Duration::ZERO);
+    {
+        let s = open(d.path());
+        // The first write changes the term and the vote: the mark is raised.
+        s.write(PersistBatch::append(vec![entry(1, 1), entry(2, 1)]).with_hard_state(hs(1, 1, 0))).unwrap();
+        // Well within the interval: log-only synced appends, each acknowledged when it returns.
+        s.write(PersistBatch::append(vec![entry(3, 1)])).unwrap();
+        s.write(PersistBatch::append(vec![entry(4, 1)])).unwrap();
+        let (_, mark) = durable::read(&d.path().join(MARK_FILE)).unwrap().expect("a mark");
+        assert_eq!(mark.last, EntryId::new(Term(1), LogIndex(4)), "the mark right after the write returned");
+    }
+    // The disk loses the last write's record (4@1, acknowledged).
+    faults::tear_wal_tail(d.path(), 1).unwrap().expect("a record to tear");
+    match RocksStore::open(d.path(), opts()) {
+        Err(StoreError::LostSyncedState(lost)) => {
+            assert!(lost.lost.iter().any(|l| l.contains("log entries 4..=4")), "{lost}");
+        }
+        other => panic!("expected lost synced state, got {:?}", other.map(|s| s.last_index())),
+    }
+}

@@ -69,9 +69,10 @@ pub struct StoreOptions {
     /// compaction budgets follow from it ([`space_needed_bytes`](StoreOptions::space_needed_bytes)).
     /// Default [`WRITE_BUFFER_BYTES_DEFAULT`]; at least [`WRITE_BUFFER_BYTES_MIN`].
     pub write_buffer_bytes: u64,
-    /// A synced write that changes neither the term nor the vote updates the durable mark
-    /// (see [`MARK_FILE`](crate::MARK_FILE)) at most this often; zero: after every synced
-    /// write. Default [`DURABLE_MARK_INTERVAL_DEFAULT`].
+    /// A synced write that changes neither the term, the vote nor the log (it only moves the
+    /// commit index) updates the durable mark (see [`MARK_FILE`](crate::MARK_FILE)) at most
+    /// this often; zero: after every synced write. A write that changes the term, the vote or
+    /// the log always updates it before it returns. Default [`DURABLE_MARK_INTERVAL_DEFAULT`].
     pub durable_mark_interval: Duration,
     /// Open a store whose durable mark is ahead of what it holds (lost synced state) instead of
     /// refusing it with [`StoreError::LostSyncedState`]: the evidence is kept durably in
@@ -1040,14 +1041,22 @@ impl RocksStore {
         Ok(())
     }
 
-    /// Raises the durable mark to `new` (the synced state after a write) when the term or the
-    /// vote changed, the mark was lowered, or the interval passed.
+    /// Raises the durable mark to `new` (the synced state after a write) when the term, the
+    /// vote or the log changed, the mark was lowered, or the interval passed (a write that
+    /// only moves the commit index).
+    ///
+    /// The log is marked with every synced write that changes it, before the write returns:
+    /// the node acknowledges entries as soon as it does, and a mark that lagged them would let
+    /// a lost tail of acknowledged entries go unnoticed (the lagging mark still satisfied) —
+    /// or, detected, hand the recovery a record below its acknowledgements (issue 18, review
+    /// finding R2).
     fn raise_mark(&self, new: Mark) -> Result<(), StoreError> {
         let mut guard = lock(&self.mark);
         let Some(w) = guard.as_mut() else { return Ok(()) };
         let cur = w.current();
         let due = new.term != cur.term
             || new.vote != cur.vote
+            || new.last != cur.last
             || self.mark_lowered.load(Ordering::Acquire)
             || w.age() >= self.mark_interval;
         if !due || (new.last == cur.last && new.commit == cur.commit && new.term == cur.term && new.vote == cur.vote) {
