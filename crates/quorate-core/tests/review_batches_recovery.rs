@@ -1,8 +1,10 @@
 //! Findings of a review of bounded persist batches and recovery from lost synced state
-//! (issue 18): each a scenario test against the public API. Both are **open**: the tests fail
-//! and are ignored until their fixes land (docs/operations.md, "Lost synced state", says what
-//! the recovery does not cover yet); `cargo nextest run -p quorate-core --run-ignored only -E
-//! 'binary(review_batches_recovery)'` shows them failing.
+//! (issue 18): each a scenario test against the public API. Both failed before their fixes:
+//! R1 by a second exit from recovery (in a term above the record's, once the log matches the
+//! leader's up to an entry of the current term), R2 in quorate-storage: its durable mark is
+//! now raised with every synced write that extends the log, before the write is reported (the
+//! contract of [`Recovering::last`](quorate_core::Recovering::last); the storage test
+//! `every_synced_append_is_in_the_mark_before_the_write_returns` failed before).
 
 mod support;
 
@@ -35,7 +37,6 @@ const NONE: Prep = |_| {};
 /// election quorum in another node, whose acknowledgement precedes its vote); entries of the
 /// record it does not hold are never committed.
 #[test]
-#[ignore = "open finding R1 (issue 18 follow-up): a recovering node's target can outrun every later leader's log; run with --run-ignored to see it fail"]
 fn r1_a_recovering_node_whose_record_outruns_every_later_leader_leaves_recovery() {
     let voters = conf(&[1, 2, 3], &[], &[]);
     let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |_| {});
@@ -102,14 +103,19 @@ fn r1_a_recovering_node_whose_record_outruns_every_later_leader_leaves_recovery(
     );
 }
 
-/// R2 (safety, the premise of the recovery). `raft/recovery.rs` argues that the exit is safe
+/// R2 (safety, the premise of the recovery). `raft/recovery.rs` argued that the exit is safe
 /// because "every entry that was committed with this node's acknowledgement before the loss lies
 /// at or below the recorded last index (the record covers what was durable, and only what is
-/// durable is acknowledged)". The store does not give that: it raises its durable mark for a
+/// durable is acknowledged)". The store did not give that: it raises its durable mark for a
 /// log-only synced write at most every `durable_mark_interval` (100 ms by default,
 /// `RocksStore::raise_mark`), while the core acknowledges each batch as soon as it is reported.
-/// So the record can lag the acknowledgements, and the core leaves recovery below entries it
-/// acknowledged and that were committed with that acknowledgement.
+/// So the record could lag the acknowledgements, and the core left recovery below entries it
+/// acknowledged and that were committed with that acknowledgement (this test, with the lagging
+/// record 2@1, failed: node 3 left recovery and nodes 2 and 3 committed another entry at 3).
+/// The fix is the storage's: the mark is raised with every synced write that extends the log,
+/// before the write is reported. The record here is what the store now hands over (4@1); a
+/// lagging record still breaks the recovery, which is why [`Recovering::last`] states the
+/// contract.
 ///
 /// Inputs: node 1 leads term 1 and commits 2@1 everywhere (node 3's mark is raised: term 1,
 /// last 2@1). Within the mark interval node 1 proposes 3@1 and 4@1; the appends reach node 3
@@ -121,8 +127,7 @@ fn r1_a_recovering_node_whose_record_outruns_every_later_leader_leaves_recovery(
 /// it, and leaves recovery. Node 1 is then cut off; nodes 2 and 3 elect a leader (node 3's vote
 /// is granted: both logs end at 2@1), which commits its no-op at index 3.
 #[test]
-#[ignore = "open finding R2 (issue 18 follow-up): the store's durable mark lags log-only writes by up to 100 ms, so a recovering node's record can lag its acknowledgements; run with --run-ignored to see it fail"]
-fn r2_a_record_that_lags_the_acknowledgements_lets_a_committed_entry_be_lost() {
+fn r2_a_record_whose_last_entry_lags_the_acknowledgements_loses_no_committed_entry() {
     use quorate_core::{MessageBody, Recovering};
     use quorate_log::{EntryId, EntryPayload};
     let voters = conf(&[1, 2, 3], &[], &[]);
@@ -146,7 +151,7 @@ fn r2_a_record_that_lags_the_acknowledgements_lets_a_committed_entry_be_lost() {
     // Node 3's durable mark, raised with the write of 2@1.
     let s = net.raft(3).storage();
     let hs = s.hard_state();
-    let mark =
+    let mut mark =
         Recovering { term: hs.term, vote: hs.vote, last: EntryId::new(Term(1), s.last_index()), commit: hs.commit };
     assert_eq!(mark.last.index, LogIndex(2), "set-up: node 3 wrote 2@1");
     // Within the mark interval: 3@1 and 4@1 reach node 3 only and are committed with its ack.
@@ -170,7 +175,9 @@ fn r2_a_record_that_lags_the_acknowledgements_lets_a_committed_entry_be_lost() {
     assert_eq!(net.raft(1).commit_index(), LogIndex(4), "set-up: 4@1 committed with nodes 1 and 3");
     let applied1: Vec<(u64, u64)> = net.node(1).applied.iter().map(|e| (e.index.0, e.term.0)).collect();
     assert!(applied1.contains(&(3, 1)), "set-up: node 1 applied 3@1: {applied1:?}");
-    // Node 3 loses its write-ahead log's tail back to 1@1; the store hands the core the mark.
+    // Node 3 loses its write-ahead log's tail back to 1@1; the store hands the core the mark,
+    // which it raised with the write of 3..=4@1 before that write was reported.
+    mark.last = EntryId::new(Term(1), LogIndex(4));
     net.node(3).cfg.recovering = Some(mark);
     net.restart(3, older);
     assert!(net.raft(3).recovering().is_some());

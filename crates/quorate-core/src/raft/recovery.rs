@@ -25,18 +25,37 @@
 //!   follower: the leader only resends (a lower match index never lowers a commit index);
 //!   a leader of quorate 0.1.0 takes the marker for an ordinary hint and may keep its stale
 //!   match index, which only delays the recovery until the next leader;
-//! * leaves recovery once a leader of its current term has made its log match up to
-//!   `max(recorded last index, recorded commit index)`, those entries are durable, and its
-//!   term and vote are durable. [`Ready::recovered`](crate::Ready::recovered) reports the exit
-//!   once, so that the application can drop its evidence of the loss; a crash before it did
-//!   restarts the recovery, which is safe.
+//! * leaves recovery, once its term and vote and the verified entries are durable, when
+//!   - **in the recorded term**, the leader of that term has made its log match up to
+//!     [`Recovering::target`] (the recorded last index or commit index, whichever is higher); or
+//!   - **in a later term**, the leader of the current term has made its log match up to an
+//!     entry of the current term (the leader's own entries: at the latest its first entry, the
+//!     no-op it appends when elected).
 //!
-//! Why the exit is safe: every entry that was committed with this node's acknowledgement before
-//! the loss lies at or below the recorded last index (the record covers what was durable, and
-//! only what is durable is acknowledged) and in a term at most the recorded term; the leader of
-//! the current term holds every such entry (leader completeness), so a log that matches it up
-//! to the recorded last index holds them all again. The recorded vote is kept for the recorded
-//! term, and the term never goes back.
+//!   [`Ready::recovered`](crate::Ready::recovered) reports the exit once, so that the
+//!   application can drop its evidence of the loss; a crash before it did restarts the
+//!   recovery, which is safe.
+//!
+//! Why the exits are safe. The storage records a term, a vote and a longer log before they
+//! are acknowledged (the contract of [`Recovering::last`]), so every acknowledgement this node
+//! sent before the loss was sent in a term at most the recorded term, for an entry at most the
+//! recorded last index. The danger is an entry `e` committed with one
+//! of those forgotten acknowledgements: once the node votes again, it must hold `e`, or its
+//! "up to date" check could help elect a leader without `e`.
+//! * In the recorded term there is one leader, which holds every entry this node acknowledged
+//!   in that term, and every entry committed in an earlier term (leader completeness); a log
+//!   that matches it up to the target holds them all again.
+//! * A leader of a later term was elected without this node's vote: the node had not reached
+//!   that term before the loss, and grants no vote while recovering. Every quorum that
+//!   committed `e` therefore meets that leader's election quorum in a node other than this one,
+//!   whose acknowledgement of `e` preceded its vote, so the usual proof of leader completeness
+//!   holds without this node: the leader held `e` when it was elected, below its first entry of
+//!   its term. A log that matches the leader's up to an entry of the current term holds
+//!   everything the leader held when it was elected. This exit does not need the target at all:
+//!   a record naming entries that no later leader holds (they were never committed) no longer
+//!   keeps the node recovering for ever.
+//!
+//! The recorded vote is kept for the recorded term, and the term never goes back.
 //!
 //! The cost: a recovering voter does not vote. With a majority of the voters recovering at
 //! once no leader can be elected: the cluster is unavailable (and safe) until an operator
@@ -55,15 +74,21 @@ pub struct Recovering {
     pub term: Term,
     /// The recorded vote in that term.
     pub vote: Option<NodeId>,
-    /// The recorded last durable log entry.
+    /// The recorded last durable log entry. **The recovery is only safe if it covers every
+    /// entry the node may have acknowledged before the loss**: the storage must record it
+    /// before an acknowledgement above it can be sent (a record that lags the
+    /// acknowledgements lets the node leave recovery below an entry committed with its own
+    /// forgotten acknowledgement; quorate-storage's durable mark is raised with every synced
+    /// write that extends the log).
     pub last: EntryId,
     /// The recorded commit index.
     pub commit: LogIndex,
 }
 
 impl Recovering {
-    /// The index up to which a leader must have verified the log before the node leaves
-    /// recovery: the recorded last index or commit index, whichever is higher.
+    /// The index up to which a leader of the recorded term must have verified the log before
+    /// the node leaves recovery in that term: the recorded last index or commit index,
+    /// whichever is higher.
     #[must_use]
     pub fn target(&self) -> LogIndex {
         self.last.index.max(self.commit)
@@ -152,16 +177,31 @@ impl<S: LogStorage> Raft<S> {
         if self.is_recovering() { EntryId::new(LOST_STATE_HINT_TERM, hint.index) } else { hint }
     }
 
-    /// Leaves recovery if the log is verified and durable up to the target and the term and
-    /// vote are durable; the exit is reported in the next `Ready`.
+    /// Leaves recovery if the log is verified far enough (see the module docs: up to the
+    /// target in the recorded term; up to an entry of the current term in a later term) and
+    /// durable that far, and the term and vote are durable; the exit is reported in the next
+    /// `Ready`.
     pub(super) fn maybe_leave_recovery(&mut self) {
         let Some(r) = &self.recovery else { return };
-        let target = r.record.target();
-        let verified = self.recovery_verified().is_some_and(|v| v >= target);
-        let durable = self.log.persisted >= target
+        let Some(verified) = self.recovery_verified() else { return };
+        let upto = if self.term > r.record.term {
+            // The verified prefix must reach an entry of the current term. Terms never
+            // decrease along a log, so that is the term at the verified index itself.
+            if self.log.term(verified).ok() != Some(self.term) {
+                return;
+            }
+            verified
+        } else {
+            let target = r.record.target();
+            if verified < target {
+                return;
+            }
+            target
+        };
+        let durable = self.log.persisted >= upto
             && (self.term, self.vote) == (self.handed_hs.term, self.handed_hs.vote)
             && self.hs_io <= self.io_persisted;
-        if verified && durable {
+        if durable {
             self.recovery = None;
             self.recovered_unreported = true;
         }
