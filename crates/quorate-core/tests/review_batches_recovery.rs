@@ -215,3 +215,83 @@ fn r2_a_record_whose_last_entry_lags_the_acknowledgements_loses_no_committed_ent
          {left}, a leader elected without node 1: {elected})"
     );
 }
+
+/// The exit that fixes R1 must wait for an entry of the leader's own term: a log verified by a
+/// later leader only up to older entries may still lack an entry committed with the node's
+/// forgotten acknowledgement (the later leader holds it, further on).
+///
+/// Inputs: node 1 leads term 1 and commits 2..=4@1 with node 3's acknowledgement only (node 2
+/// never gets them); node 3 loses synced state back to 1@1 (record: term 1, last 4@1). Node 1
+/// crashes and restarts, and wins term 2 with node 2's vote (node 3 hears nothing); its no-op is
+/// 5@2. A first append of term 2 from node 1 reaches node 3 carrying only 2@1 (as a leader
+/// limited by `msg_bytes_max` sends it): node 3's log now matches the term-2 leader's up to 2,
+/// an entry of term 1. Leaving recovery there would let node 3 — whose log lacks the committed
+/// 3..=4@1 — win a later election with node 2's vote. It stays recovering until the leader has
+/// caught it up to an entry of term 2, and then leaves.
+#[test]
+fn r1_the_later_term_exit_waits_for_an_entry_of_the_leaders_term() {
+    use quorate_core::{Append, Message, MessageBody};
+    use quorate_log::EntryId;
+    let voters = conf(&[1, 2, 3], &[], &[]);
+    let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |_| {});
+    net.elect(1);
+    net.settle(50, |_| true);
+    let older = net.raft(3).storage().clone();
+    assert_eq!(older.last_index(), LogIndex(1), "set-up: node 3 holds the no-op 1@1");
+    for s in ["a", "b", "c"] {
+        let now = net.now;
+        net.raft(1).propose(now, Data::from(s)).expect("node 1 leads");
+    }
+    net.ready(1);
+    net.persist(1);
+    net.drop_where(|m| !(m.to == n(3) && is_append(m)));
+    net.deliver(|_| true);
+    net.ready(3);
+    net.persist(3);
+    net.ready(3);
+    net.deliver(|m| m.to == n(1));
+    net.wire.clear();
+    net.ready(1);
+    net.persist(1);
+    net.ready(1);
+    assert_eq!(net.raft(1).commit_index(), LogIndex(4), "set-up: 2..=4@1 committed with nodes 1 and 3");
+    let record = net.lose_state(3, older);
+    assert_eq!((record.term, record.last), (Term(1), EntryId::new(Term(1), LogIndex(4))));
+    // Node 1 restarts and wins term 2 with node 2's vote; node 3 hears nothing meanwhile.
+    net.crash(1);
+    net.advance(100);
+    let now = net.now;
+    net.raft(1).campaign_now(now);
+    let elected = net.run_until(
+        500,
+        |m| m.to != n(3),
+        |net| net.leaders() == [n(1)] && net.raft(1).term() > Term(1) && net.raft(1).commit_index() >= LogIndex(5),
+    );
+    assert!(elected, "set-up: node 1 leads a later term and commits its no-op");
+    let term = net.raft(1).term();
+    net.wire.clear();
+    // A first append of that term reaches node 3 with 2@1 only.
+    let two = net.raft(1).storage().entries(LogIndex(2), LogIndex(3), u64::MAX).expect("node 1 holds 2@1");
+    assert_eq!(two.len(), 1);
+    let first = Append { prev: EntryId::new(Term(1), LogIndex(1)), entries: two, commit: net.raft(1).commit_index() };
+    net.wire.push(Message { from: n(1), to: n(3), term, body: MessageBody::Append(first) });
+    net.deliver(|_| true);
+    for _ in 0..3 {
+        net.ready(3);
+        net.persist(3);
+    }
+    net.ready(3);
+    assert_eq!(net.raft(3).term(), term, "node 3 took the leader's term");
+    assert_eq!(net.raft(3).storage().last_index(), LogIndex(2), "node 3 wrote 2@1");
+    assert!(
+        net.raft(3).recovering().is_some(),
+        "node 3 left recovery with a log {:?} verified by the leader of term {term} only up to an entry of term 1; \
+         the committed 3..=4@1 are missing",
+        log_ids(net.raft(3))
+    );
+    // The leader catches it up: once it holds 5@2 it leaves recovery.
+    let caught_up = net.run_until(500, |_| true, |net| net.raft(3).recovering().is_none());
+    assert!(caught_up, "node 3 leaves recovery once the leader has caught it up to its no-op");
+    let leader_log = log_ids(net.raft(1));
+    assert_eq!(&log_ids(net.raft(3))[..leader_log.len().min(5)], &leader_log[..leader_log.len().min(5)]);
+}
