@@ -356,14 +356,18 @@ impl Failpoints {
             }
         }
         if s.tear_wal != 0 && s.tear_wal != tear {
-            match quorate_storage::faults::tear_wal_tail(store.dir(), s.tear_wal_records as usize) {
-                Ok(Some(r)) => {
-                    tracing::error!(file = %r.file.display(), offset = r.offset, what = %r.what, "failpoint: write-ahead log torn; crashing now (as at a power failure)");
-                    std::process::abort();
+            // With writes stopped until the process is gone: a write appended after the cut
+            // would leave a hole in the log (damage in its middle), not a lost tail.
+            store.danger_with_writes_stopped(|| {
+                match quorate_storage::faults::tear_wal_tail(store.dir(), s.tear_wal_records as usize) {
+                    Ok(Some(r)) => {
+                        tracing::error!(file = %r.file.display(), offset = r.offset, what = %r.what, "failpoint: write-ahead log torn; crashing now (as at a power failure)");
+                        std::process::abort();
+                    }
+                    Ok(None) => tracing::warn!("failpoint: the newest write-ahead log has no record to tear"),
+                    Err(e) => tracing::warn!(error = %e, "failpoint: cannot tear the write-ahead log"),
                 }
-                Ok(None) => tracing::warn!("failpoint: the newest write-ahead log has no record to tear"),
-                Err(e) => tracing::warn!(error = %e, "failpoint: cannot tear the write-ahead log"),
-            }
+            });
         }
     }
 

@@ -813,6 +813,15 @@ impl RocksStore {
         *lock(&self.fault) = fault;
     }
 
+    /// Runs `f` while no consensus or state-machine write can reach RocksDB (the store's write
+    /// lock is held). For fault testing only: damaging the newest write-ahead log while a
+    /// write is appended to it leaves a hole before that write, which RocksDB rightly takes
+    /// for damage in the middle of the log, not for a lost tail.
+    pub fn danger_with_writes_stopped<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _w = lock(&self.write_lock);
+        f()
+    }
+
     /// Writes `wb`. A failure poisons the store, unless RocksDB ran out of space: then the
     /// write is not applied and later writes are tried again ([`StoreError::NoSpace`]).
     fn commit_batch(&self, wb: WriteBatch, opts: &WriteOptions) -> Result<(), StoreError> {

@@ -43,7 +43,7 @@ usage: cargo xtask chaos [--nodes 3|5] [--duration SECONDS] [--seed S] [--faults
        cargo xtask chaos ci                  the bounded CI slice: fixed seeds, every fault kind
        cargo xtask chaos soak [--duration SECONDS] [--seed S]
                                              every fault kind, 5 nodes, long
-faults (comma-separated; default all): kill,pause,partition,reconfig,leader-transfer,disk-full,clock,slow-disk
+faults (comma-separated; default all): kill,pause,partition,reconfig,leader-transfer,disk-full,clock,slow-disk,lost-wal
 artifacts: $CARGO_TARGET_DIR/chaos/<seed>/ (history.jsonl, nemesis.log, logs/, metrics-*.txt, verdict.txt)";
 
 /// The election settings of every chaos cluster (also recorded with the failover figures).

@@ -136,6 +136,11 @@ pub(crate) const FAULTS: &[FaultSpec] = &[
         action: Action::Failpoint { settings: slow_disk, restart_on_heal: false },
         blocks_writes: true,
     },
+    FaultSpec {
+        name: "lost-wal",
+        action: Action::Failpoint { settings: lost_wal, restart_on_heal: true },
+        blocks_writes: false,
+    },
 ];
 
 fn disk_full(_: &mut SplitMix64, _: Context) -> FailpointSetting {
@@ -145,6 +150,24 @@ fn disk_full(_: &mut SplitMix64, _: Context) -> FailpointSetting {
 fn slow_disk(rng: &mut SplitMix64, _: Context) -> FailpointSetting {
     let ms = 50 + rng.below(351);
     FailpointSetting { toml: format!("slow_disk_ms = {ms}\n"), what: format!("slow disk: +{ms} ms per fsync") }
+}
+
+/// The most write-ahead-log records a `lost-wal` fault cuts.
+const LOST_WAL_RECORDS_MAX: u64 = 16;
+
+/// A disk that loses the newest records of the write-ahead log although they were synced: the
+/// node's `tear_wal` failpoint cuts them and aborts the process at once (a power failure);
+/// the node stays down for the hold and is restarted when healed. If what was cut had been
+/// synced, its store finds less than its durable mark recorded and it rejoins protocol-aware
+/// (no vote until a leader has caught it up: docs/operations.md, *Lost synced state*);
+/// otherwise it restarts as after a crash mid-write. The failpoint is one-shot per new value:
+/// the file is cleared at every heal, so `1` is new each time.
+fn lost_wal(rng: &mut SplitMix64, _: Context) -> FailpointSetting {
+    let records = 1 + rng.below(LOST_WAL_RECORDS_MAX);
+    FailpointSetting {
+        toml: format!("tear_wal = 1\ntear_wal_records = {records}\n"),
+        what: format!("lost write-ahead log: the last {records} records cut, then a crash"),
+    }
 }
 
 /// Clock rates for runs with lease reads: a leader clock at rate `r` and a voter's at `v`
@@ -174,6 +197,7 @@ impl Fault {
     pub(crate) const DISK_FULL: Fault = Fault(5);
     pub(crate) const CLOCK: Fault = Fault(6);
     pub(crate) const SLOW_DISK: Fault = Fault(7);
+    pub(crate) const LOST_WAL: Fault = Fault(8);
 
     /// Every kind, in table order.
     pub(crate) fn all() -> Vec<Fault> {
@@ -639,6 +663,8 @@ impl Nemesis {
                 self.note_at(at, &format!("heal #{n}: heal the network"));
             }
             Active::Failpoint { id, restart } => {
+                // A node that crashed itself (the `lost-wal` fault aborts) is still in the
+                // cluster's table; killing an exited process is a no-op.
                 if restart && self.env.lock().is_running(id) {
                     self.env.lock().kill(id)?;
                     self.env.set_failpoints(id, "")?;
@@ -926,6 +952,7 @@ mod tests {
             (Fault::DISK_FULL, "disk-full"),
             (Fault::CLOCK, "clock"),
             (Fault::SLOW_DISK, "slow-disk"),
+            (Fault::LOST_WAL, "lost-wal"),
         ];
         for (f, name) in named {
             assert_eq!(f.name(), name);
