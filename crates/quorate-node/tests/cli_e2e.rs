@@ -407,3 +407,78 @@ fn certificates_from_certs_issue_and_openssl_are_accepted_and_node_4_joins() {
     let four = members["members"].as_array().unwrap().iter().find(|m| m["id"] == 4).cloned().unwrap();
     assert_eq!(four["kind"], "voter", "{members}");
 }
+
+/// The openssl recipe of docs/operations.md, as it stands there.
+fn openssl_recipe() -> String {
+    let docs = include_str!("../../../docs/operations.md");
+    let start = docs.find("<!-- openssl-recipe -->\n```sh\n").expect("the recipe marker in docs/operations.md");
+    let body = &docs[start..];
+    let body = &body[body.find("```sh\n").unwrap() + 6..];
+    body[..body.find("```").expect("the end of the recipe")].to_string()
+}
+
+#[test]
+fn the_openssl_recipe_in_the_docs_makes_certificates_quorate_accepts() {
+    if !openssl_available() {
+        eprintln!("openssl is not installed: the openssl recipe was not executed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = Command::new("sh").args(["-eu", "-c", &openssl_recipe()]).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "the recipe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let load = |name: &str| {
+        quorate_transport::Credentials::load(quorate_transport::TlsPaths {
+            ca: dir.join("ca.crt"),
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        })
+        .unwrap()
+    };
+    // Verified as the nodes verify: chain, validity, URI SAN, extended key usages.
+    let node = load("node-1");
+    assert_eq!(node.identity().to_string(), "quorate://prod/node/1");
+    node.check_usable().unwrap();
+    let client = load("client-ops");
+    assert_eq!(client.identity().to_string(), "quorate://prod/client/ops?role=admin");
+    client.check_usable().unwrap();
+    // `certs issue` issues from the CA openssl made, and openssl verifies what it issued.
+    let issue = Command::new(BIN)
+        .args(["certs", "issue", "node", "2", "--dir", &dir.to_string_lossy(), "--cluster", "prod", "--days", "90"])
+        .output()
+        .unwrap();
+    assert!(issue.status.success(), "{}", String::from_utf8_lossy(&issue.stderr));
+    load("node-2").check_usable().unwrap();
+    for purpose in ["sslserver", "sslclient"] {
+        openssl(&["verify", "-CAfile", "ca.crt", "-purpose", purpose, "node-2.crt"], dir);
+    }
+    // A client certificate without clientAuth (serverAuth only) is refused.
+    std::fs::write(
+        dir.join("bad.ext"),
+        "extendedKeyUsage=serverAuth\nsubjectAltName=URI:quorate://prod/client/bad?role=read\n",
+    )
+    .unwrap();
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "client-bad.key"], dir);
+    openssl(&["req", "-new", "-key", "client-bad.key", "-subj", "/CN=bad", "-out", "bad.csr"], dir);
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "bad.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-days",
+            "1",
+            "-extfile",
+            "bad.ext",
+            "-out",
+            "client-bad.crt",
+        ],
+        dir,
+    );
+    let e = load("client-bad").check_usable().unwrap_err();
+    assert!(e.to_string().contains("not usable"), "{e}");
+}
