@@ -30,7 +30,6 @@ impl Env {
             .env("QUORATE_CLUSTER", "e2e")
             .env("QUORATE_ENDPOINTS", &self.endpoints)
             .env("QUORATE_TIMEOUT", "10")
-            .env_remove("QUORATE_OUTPUT")
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

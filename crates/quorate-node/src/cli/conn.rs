@@ -45,7 +45,8 @@ pub(crate) struct ConnArgs {
     pub(crate) timeout: f64,
     /// Output format: `text` (alias `table`) for people, `json` for scripts (one object; `kv
     /// scan`: one object per line). Not a connection setting, but every command takes it.
-    #[arg(long, short = 'o', global = true, value_enum, env = "QUORATE_OUTPUT", default_value_t = Format::Text)]
+    // No environment variable: a global QUORATE_OUTPUT=json would make `node start` refuse.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
     pub(crate) output: Format,
 }
 
