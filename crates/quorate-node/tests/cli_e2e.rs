@@ -1,12 +1,14 @@
 //! The `quorate` CLI against a real 3-node cluster of `quorate` processes on 127.0.0.1.
 
+use serde_json::Value;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "support/procs.rs"]
 mod procs;
-use procs::{Nodes, free_base_port};
+use procs::{Nodes, free_base_port, free_ports};
 
 const BIN: &str = env!("CARGO_BIN_EXE_quorate");
 
@@ -17,15 +19,35 @@ struct Env {
 
 impl Env {
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        self.cli_stdin(args, None)
+    }
+
+    /// Runs `quorate ARGS`, with `stdin` as its standard input (none: empty).
+    fn cli_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(BIN)
             .args(args)
             .env("QUORATE_CERTS", self.dir.join("certs"))
             .env("QUORATE_CLUSTER", "e2e")
             .env("QUORATE_ENDPOINTS", &self.endpoints)
             .env("QUORATE_TIMEOUT", "10")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(bytes) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(bytes).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// `quorate -o json ARGS`, which must succeed and print one JSON object.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("quorate {args:?} printed no JSON ({e}): {out}"))
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -36,28 +58,25 @@ impl Env {
     }
 }
 
-fn start(dir: &Path) -> Nodes {
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-        let child = Command::new(BIN)
-            .args(["node", "start", "--config"])
-            .arg(dir.join(format!("node-{id}.toml")))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        nodes.push(child);
-    }
-    Nodes(nodes)
+fn spawn_node(dir: &Path, id: u64) -> std::process::Child {
+    let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
+    Command::new(BIN)
+        .args(["node", "start", "--config"])
+        .arg(dir.join(format!("node-{id}.toml")))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
-#[test]
-fn cli_against_a_three_node_cluster() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("cluster");
-    let base = free_base_port();
+fn start(dir: &Path) -> Nodes {
+    Nodes((1..=3).map(|id| spawn_node(dir, id)).collect())
+}
+
+/// `certs dev` for three nodes at `base`.. and the environment to reach them.
+fn dev_cluster(tmp: &Path, base: u16) -> Env {
+    let dir = tmp.join("cluster");
     let env = Env {
         dir: dir.clone(),
         endpoints: (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(","),
@@ -75,9 +94,11 @@ fn cli_against_a_three_node_cluster() {
         &base.to_string(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let _nodes = start(&dir);
+    env
+}
 
-    // The first write waits for an election (the client retries within its timeout).
+/// Waits (bounded) for the first write: it waits for an election.
+fn first_write(env: &Env) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = env.cli(&["kv", "put", "greeting", "hello"]);
@@ -87,21 +108,35 @@ fn cli_against_a_three_node_cluster() {
         assert!(Instant::now() < deadline, "no write succeeded: {}", String::from_utf8_lossy(&out.stderr));
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn cli_against_a_three_node_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = dev_cluster(tmp.path(), free_base_port());
+    let dir = env.dir.clone();
+    let _nodes = start(&dir);
+    // The first write waits for an election (the client retries within its timeout).
+    first_write(&env);
     assert_eq!(env.ok(&["kv", "get", "greeting"]), "hello\n");
     assert_eq!(env.ok(&["kv", "get", "greeting", "--consistency", "lease"]), "hello\n");
 
     let missing = env.cli(&["kv", "get", "nothing-here"]);
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(3), "not found exits 3");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 
     env.ok(&["kv", "cas", "greeting", "hi", "--expected", "hello"]);
     let refused = env.cli(&["kv", "cas", "greeting", "x", "--expected", "hello"]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(4), "a compare-and-swap that did not swap exits 4");
     env.ok(&["kv", "cas", "fresh", "1", "--absent"]);
 
     let txn = env.ok(&["kv", "txn", "if value(fresh) == 1; then put fresh 2; then get greeting; else get fresh"]);
     assert!(txn.starts_with("succeeded"), "{txn}");
     assert!(txn.contains("greeting=hi"), "{txn}");
+    // A transaction whose comparison is false exits 4 (it used to exit 0).
+    let failed = env.cli(&["kv", "txn", "if value(fresh) == 1; then put fresh 3; else get fresh"]);
+    assert_eq!(failed.status.code(), Some(4), "{}", String::from_utf8_lossy(&failed.stdout));
+    assert!(String::from_utf8_lossy(&failed.stdout).starts_with("failed"));
 
     env.ok(&["kv", "put", "user/a", "1"]);
     env.ok(&["kv", "put", "user/b", "2"]);
@@ -131,7 +166,9 @@ fn cli_against_a_three_node_cluster() {
     let members = env.ok(&["member", "list"]);
     assert_eq!(members.lines().filter(|l| l.contains("voter")).count(), 3, "{members}");
 
-    // A usage error exits with 2, a failure with 1.
+    json_output_exit_codes_and_large_values(&env);
+
+    // A usage error exits with 2, a refusal for the role with 6.
     assert_eq!(env.cli(&["kv", "get"]).status.code(), Some(2));
     let reader = Command::new(BIN)
         .args(["kv", "put", "k", "v", "--user", "reader"])
@@ -140,6 +177,307 @@ fn cli_against_a_three_node_cluster() {
         .env("QUORATE_ENDPOINTS", &env.endpoints)
         .output()
         .unwrap();
-    assert_eq!(reader.status.code(), Some(1));
+    assert_eq!(reader.status.code(), Some(6), "refused for the role exits 6");
     assert!(String::from_utf8_lossy(&reader.stderr).contains("role"), "{}", String::from_utf8_lossy(&reader.stderr));
+}
+
+/// `-o json` on the data commands, the exit codes of a script's view, values from a file and
+/// from standard input, and unambiguous scan output.
+fn json_output_exit_codes_and_large_values(env: &Env) {
+    let put = env.json(&["kv", "put", "j/text", "hello"]);
+    assert!(put["revision"].as_u64().unwrap() > 0, "{put}");
+    let got = env.json(&["kv", "get", "j/text"]);
+    assert_eq!(
+        (got["found"].as_bool(), got["key"].as_str(), got["value"].as_str()),
+        (Some(true), Some("j/text"), Some("hello"))
+    );
+    assert_eq!(got["version"], 1);
+    assert!(got["read"]["node"].as_u64().is_some(), "{got}");
+    let missing = env.cli(&["-o", "json", "kv", "get", "j/none"]);
+    assert_eq!(missing.status.code(), Some(3));
+    let m: Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!((m["found"].as_bool(), m["key"].as_str()), (Some(false), Some("j/none")));
+
+    // A 1 MiB value from a file, and a binary value from standard input.
+    let big: Vec<u8> = (0..quorate_api::limits::VALUE_BYTES_MAX).map(|i| b'a' + (i % 26) as u8).collect();
+    let file = env.dir.join("big.value");
+    std::fs::write(&file, &big).unwrap();
+    env.ok(&["kv", "put", "j/big", "--value-file", &file.to_string_lossy()]);
+    let out = env.cli(&["kv", "get", "j/big"]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), big.len() + 1, "the value and a newline");
+    assert_eq!(&out.stdout[..big.len()], &big[..]);
+    let binary = [0xffu8, 0x00, b'=', b'\n'];
+    let out = env.cli_stdin(&["kv", "put", "j/bin", "--value-file", "-"], Some(&binary));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let too_big = env.dir.join("too-big.value");
+    std::fs::write(&too_big, vec![0u8; quorate_api::limits::VALUE_BYTES_MAX + 1]).unwrap();
+    assert_eq!(env.cli(&["kv", "put", "j/x", "--value-file", &too_big.to_string_lossy()]).status.code(), Some(2));
+
+    // Scan: JSON lines, binary as base64; text escaped so that `=` and newlines are unambiguous.
+    env.ok(&["kv", "put", "j/a=b", "line\nnext"]);
+    let out = env.ok(&["-o", "json", "kv", "scan", "--prefix", "j/"]);
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let keys: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["j/a=b", "j/big", "j/bin", "j/text"], "{out:.300}");
+    assert_eq!(lines[0]["value"], "line\nnext");
+    assert_eq!(lines[2]["value_base64"], "/wA9Cg==", "not UTF-8: base64 under another name");
+    assert!(lines[2].get("value").is_none());
+    let text = env.ok(&["kv", "scan", "--prefix", "j/a"]);
+    assert_eq!(text, "j/a\\x3db=line\\nnext\n");
+    let text = env.ok(&["kv", "scan", "--prefix", "j/bin"]);
+    assert_eq!(text, "j/bin=\\xff\\x00=\\n\n");
+    let out = env.ok(&["-o", "json", "kv", "scan", "--prefix", "j/", "--limit", "1"]);
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{out:.300}");
+    assert_eq!((lines[1]["more"].as_bool(), lines[1]["next_key"].as_str()), (Some(true), Some("j/big")));
+
+    // Compare-and-swap and transactions.
+    let cas = env.cli(&["-o", "json", "kv", "cas", "j/text", "x", "--expected", "nope"]);
+    assert_eq!(cas.status.code(), Some(4));
+    let cas: Value = serde_json::from_slice(&cas.stdout).unwrap();
+    assert_eq!((cas["succeeded"].as_bool(), cas["previous"]["value"].as_str()), (Some(false), Some("hello")));
+    let txn = env.json(&["kv", "txn", "if value(j/text) == hello; then put j/text bye; then get j/bin"]);
+    assert_eq!(txn["succeeded"], true);
+    assert_eq!(txn["results"][0]["op"], "put");
+    assert_eq!(
+        (txn["results"][1]["found"].as_bool(), txn["results"][1]["value_base64"].as_str()),
+        (Some(true), Some("/wA9Cg=="))
+    );
+    let del = env.json(&["kv", "del", "j/text"]);
+    assert_eq!(del["deleted"], true);
+
+    // Cluster commands.
+    let members = env.json(&["member", "list"]);
+    let kinds: Vec<(u64, &str)> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [(1, "voter"), (2, "voter"), (3, "voter")]);
+    let status = env.json(&["cluster", "status"]);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{status}");
+    assert!(nodes.iter().all(|n| n["reachable"] == true && n["versions"]["binary"].is_string()), "{status}");
+    assert_eq!(status["cluster_version"], quorate_api::CLUSTER_VERSION);
+    let snap = env.json(&["snapshot", "save"]);
+    assert!(snap["index"].as_u64().unwrap() > 0 && snap["path"].is_string(), "{snap}");
+
+    // Nothing listens there: unavailable, exit 5, with or without JSON.
+    let dead = free_ports(1);
+    let endpoints = format!("1=127.0.0.1:{dead}");
+    for args in [
+        &["kv", "get", "k", "--endpoints", &endpoints, "--timeout", "2"][..],
+        &["-o", "json", "member", "list", "--endpoints", &endpoints, "--timeout", "2"],
+    ] {
+        let out = env.cli(args);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // JSON on a command that has none is a usage error.
+    assert_eq!(env.cli(&["-o", "json", "top"]).status.code(), Some(2));
+}
+
+/// Whether `openssl` can be run here.
+fn openssl_available() -> bool {
+    Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success())
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The docs/operations.md recipe: a client certificate issued by `openssl` from the cluster CA.
+fn openssl_client(certs: &Path, cluster: &str, name: &str, role: &str) {
+    std::fs::write(
+        certs.join(format!("{name}.ext")),
+        format!(
+            "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = clientAuth\nsubjectAltName = URI:quorate://{cluster}/client/{name}?role={role}\n"
+        ),
+    )
+    .unwrap();
+    let key = format!("client-{name}.key");
+    let csr = format!("{name}.csr");
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key], certs);
+    openssl(&["req", "-new", "-key", &key, "-subj", &format!("/CN={name}"), "-out", &csr], certs);
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-sha256",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("client-{name}.crt"),
+        ],
+        certs,
+    );
+}
+
+#[test]
+fn certificates_from_certs_issue_and_openssl_are_accepted_and_node_4_joins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_ports(4);
+    let env = dev_cluster(tmp.path(), base);
+    let dir = env.dir.clone();
+    let certs = dir.join("certs");
+    let ca_before = std::fs::read(certs.join("ca.crt")).unwrap();
+    let mut nodes = start(&dir);
+    first_write(&env);
+
+    // A client certificate from `certs issue`, with the write role.
+    let issued = env.json(&["certs", "issue", "client", "app:write", "--dir", &dir.to_string_lossy(), "--days", "20"]);
+    assert_eq!(issued["identity"], "quorate://e2e/client/app?role=write");
+    env.ok(&["kv", "put", "from-app", "1", "--user", "app"]);
+    let admin_only = env.cli(&["member", "remove", "3", "--user", "app"]);
+    assert_eq!(admin_only.status.code(), Some(6), "write role, admin request");
+
+    // A client certificate made by openssl from the same CA (the documented recipe).
+    if openssl_available() {
+        openssl_client(&certs, "e2e", "ops", "admin");
+        env.ok(&["kv", "put", "from-openssl", "1", "--user", "ops"]);
+        assert_eq!(env.json(&["member", "list", "--user", "ops"])["members"].as_array().unwrap().len(), 3);
+    } else {
+        eprintln!("openssl is not installed: the openssl recipe was not executed");
+    }
+
+    // Node 4: a certificate from `certs issue`, a configuration like node 1's, then `member add`.
+    env.ok(&["certs", "issue", "node", "4", "--dir", &dir.to_string_lossy()]);
+    assert_eq!(std::fs::read(certs.join("ca.crt")).unwrap(), ca_before, "the CA is never rewritten");
+    let mut config = quorate_node::config::NodeConfig::load(&dir.join("node-1.toml")).unwrap();
+    config.id = 4;
+    config.listen = format!("127.0.0.1:{}", base + 3).parse().unwrap();
+    config.data_dir = dir.join("data").join("node-4");
+    config.join = true;
+    config.tls.cert = certs.join("node-4.crt");
+    config.tls.key = certs.join("node-4.key");
+    std::fs::write(dir.join("node-4.toml"), config.to_toml().unwrap()).unwrap();
+    nodes.0.push(spawn_node(&dir, 4));
+    // Refused (exit 6) until the leader has heard from a quorum recently after the start.
+    let addr4 = format!("127.0.0.1:{}", base + 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let added: Value = loop {
+        let out = env.cli(&["-o", "json", "member", "add", "--learner", "4", &addr4]);
+        if out.status.success() {
+            break serde_json::from_slice(&out.stdout).unwrap();
+        }
+        assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(Instant::now() < deadline, "member add refused: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(added["added"], 4);
+    env.ok(&["kv", "put", "after-4", "1"]);
+    // Node 4 catches up over its certificate (peers accept it as client and as server).
+    let with_4 = format!("{},4=127.0.0.1:{}", env.endpoints, base + 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = env.json(&["cluster", "status", "--endpoints", &with_4]);
+        let n4 = &status["nodes"][3];
+        let leader_commit = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == "leader")
+            .map(|n| n["commit"].as_u64().unwrap())
+            .next();
+        if n4["reachable"] == true
+            && n4["config"]["learners"] == serde_json::json!([4])
+            && leader_commit.is_some_and(|c| n4["applied"].as_u64().unwrap_or(0) >= c)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 did not catch up: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(env.json(&["member", "promote", "4"])["promoted"], 4);
+    let members = env.json(&["member", "list"]);
+    let four = members["members"].as_array().unwrap().iter().find(|m| m["id"] == 4).cloned().unwrap();
+    assert_eq!(four["kind"], "voter", "{members}");
+}
+
+/// The openssl recipe of docs/operations.md, as it stands there.
+fn openssl_recipe() -> String {
+    let docs = include_str!("../../../docs/operations.md");
+    let start = docs.find("<!-- openssl-recipe -->\n```sh\n").expect("the recipe marker in docs/operations.md");
+    let body = &docs[start..];
+    let body = &body[body.find("```sh\n").unwrap() + 6..];
+    body[..body.find("```").expect("the end of the recipe")].to_string()
+}
+
+#[test]
+fn the_openssl_recipe_in_the_docs_makes_certificates_quorate_accepts() {
+    if !openssl_available() {
+        eprintln!("openssl is not installed: the openssl recipe was not executed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = Command::new("sh").args(["-eu", "-c", &openssl_recipe()]).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "the recipe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let load = |name: &str| {
+        quorate_transport::Credentials::load(quorate_transport::TlsPaths {
+            ca: dir.join("ca.crt"),
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        })
+        .unwrap()
+    };
+    // Verified as the nodes verify: chain, validity, URI SAN, extended key usages.
+    let node = load("node-1");
+    assert_eq!(node.identity().to_string(), "quorate://prod/node/1");
+    node.check_usable().unwrap();
+    let client = load("client-ops");
+    assert_eq!(client.identity().to_string(), "quorate://prod/client/ops?role=admin");
+    client.check_usable().unwrap();
+    // `certs issue` issues from the CA openssl made, and openssl verifies what it issued.
+    let issue = Command::new(BIN)
+        .args(["certs", "issue", "node", "2", "--dir", &dir.to_string_lossy(), "--cluster", "prod", "--days", "90"])
+        .output()
+        .unwrap();
+    assert!(issue.status.success(), "{}", String::from_utf8_lossy(&issue.stderr));
+    load("node-2").check_usable().unwrap();
+    for purpose in ["sslserver", "sslclient"] {
+        openssl(&["verify", "-CAfile", "ca.crt", "-purpose", purpose, "node-2.crt"], dir);
+    }
+    // A client certificate without clientAuth (serverAuth only) is refused.
+    std::fs::write(
+        dir.join("bad.ext"),
+        "extendedKeyUsage=serverAuth\nsubjectAltName=URI:quorate://prod/client/bad?role=read\n",
+    )
+    .unwrap();
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "client-bad.key"], dir);
+    openssl(&["req", "-new", "-key", "client-bad.key", "-subj", "/CN=bad", "-out", "bad.csr"], dir);
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "bad.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-days",
+            "1",
+            "-extfile",
+            "bad.ext",
+            "-out",
+            "client-bad.crt",
+        ],
+        dir,
+    );
+    let e = load("client-bad").check_usable().unwrap_err();
+    assert!(e.to_string().contains("not usable"), "{e}");
 }

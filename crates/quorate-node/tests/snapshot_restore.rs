@@ -157,7 +157,7 @@ fn save_then_restore_into_a_new_three_node_cluster() {
     for i in 1..KEYS {
         assert_eq!(new.ok(&["kv", "get", &format!("k-{i}")]), format!("v-{i}\n"));
     }
-    assert_eq!(new.cli(&["kv", "get", "k-0"]).status.code(), Some(1), "the delete is restored too");
+    assert_eq!(new.cli(&["kv", "get", "k-0"]).status.code(), Some(3), "the delete is restored too (exit 3: not found)");
     new.ok(&["kv", "put", "after-restore", "yes"]);
     assert_eq!(new.ok(&["kv", "get", "after-restore"]), "yes\n");
     let members = new.ok(&["member", "list"]);

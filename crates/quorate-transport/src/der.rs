@@ -64,6 +64,144 @@ pub(crate) fn serial(cert: &[u8]) -> Option<&[u8]> {
     (tag == INTEGER).then_some(serial)
 }
 
+/// Most attributes read from a CA's subject name.
+#[cfg(feature = "dev-certs")]
+const NAME_ATTRIBUTES_MAX: usize = 32;
+/// Most arcs read from an object identifier.
+#[cfg(feature = "dev-certs")]
+const OID_ARCS_MAX: usize = 32;
+/// Most extensions read from a CA certificate.
+#[cfg(feature = "dev-certs")]
+const EXTENSIONS_MAX: usize = 64;
+
+/// What issuing certificates from a CA certificate needs from it.
+#[cfg(feature = "dev-certs")]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct CaParts<'a> {
+    /// The subject name, one `(attribute type OID arcs, string tag, string bytes)` per
+    /// relative distinguished name, in order (issued certificates name it as their issuer).
+    pub(crate) subject: Vec<(Vec<u64>, u8, &'a [u8])>,
+    /// The subject key identifier, if the certificate has one.
+    pub(crate) key_id: Option<&'a [u8]>,
+    /// Whether the key usage allows signing certificates (`None`: no key usage extension).
+    pub(crate) cert_sign: Option<bool>,
+    /// Whether the basic constraints say it is a CA (`false` when absent).
+    pub(crate) is_ca: bool,
+}
+
+/// The parts of a CA certificate (DER) that issuing from it needs; `None` for anything that
+/// is not a certificate of that shape (including a subject with a multi-valued RDN or more
+/// than [`NAME_ATTRIBUTES_MAX`] attributes).
+#[cfg(feature = "dev-certs")]
+pub(crate) fn ca_parts(cert: &[u8]) -> Option<CaParts<'_>> {
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const OCTET_STRING: u8 = 0x04;
+    const BIT_STRING: u8 = 0x03;
+    const BOOLEAN: u8 = 0x01;
+    const EXTENSIONS: u8 = 0xa3;
+    let (tag, cert, _) = element(cert)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, mut tbs, _) = element(cert)?;
+    (tag == SEQUENCE).then_some(())?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = element(tbs)?.2;
+    }
+    // serialNumber, signature, issuer, validity.
+    for _ in 0..4 {
+        tbs = element(tbs)?.2;
+    }
+    let (tag, mut name, rest) = element(tbs)?;
+    (tag == SEQUENCE).then_some(())?;
+    let mut subject = Vec::new();
+    while !name.is_empty() {
+        let (tag, rdn, next) = element(name)?;
+        (tag == SET && subject.len() < NAME_ATTRIBUTES_MAX).then_some(())?;
+        let (tag, attribute, after) = element(rdn)?;
+        (tag == SEQUENCE && after.is_empty()).then_some(())?;
+        let (tag, oid_bytes, value) = element(attribute)?;
+        (tag == OID).then_some(())?;
+        let (value_tag, value, after) = element(value)?;
+        after.is_empty().then_some(())?;
+        subject.push((oid(oid_bytes)?, value_tag, value));
+        name = next;
+    }
+    // subjectPublicKeyInfo, then optional unique ids and the extensions.
+    let mut tbs = element(rest)?.2;
+    let (mut key_id, mut cert_sign, mut is_ca) = (None, None, false);
+    while !tbs.is_empty() {
+        let (tag, content, next) = element(tbs)?;
+        tbs = next;
+        if tag != EXTENSIONS {
+            continue;
+        }
+        let (tag, mut extensions, _) = element(content)?;
+        (tag == SEQUENCE).then_some(())?;
+        for _ in 0..EXTENSIONS_MAX {
+            if extensions.is_empty() {
+                break;
+            }
+            let (tag, extension, next) = element(extensions)?;
+            (tag == SEQUENCE).then_some(())?;
+            extensions = next;
+            let (tag, id, mut rest) = element(extension)?;
+            (tag == OID).then_some(())?;
+            if rest.first() == Some(&BOOLEAN) {
+                rest = element(rest)?.2;
+            }
+            let (tag, value, _) = element(rest)?;
+            (tag == OCTET_STRING).then_some(())?;
+            match id {
+                // 2.5.29.14 subjectKeyIdentifier: OCTET STRING.
+                [0x55, 0x1d, 0x0e] => {
+                    let (tag, id, _) = element(value)?;
+                    (tag == OCTET_STRING).then_some(())?;
+                    key_id = Some(id);
+                }
+                // 2.5.29.15 keyUsage: BIT STRING, keyCertSign is bit 5.
+                [0x55, 0x1d, 0x0f] => {
+                    let (tag, bits, _) = element(value)?;
+                    (tag == BIT_STRING).then_some(())?;
+                    cert_sign = Some(bits.get(1).is_some_and(|b| b & 0x04 != 0));
+                }
+                // 2.5.29.19 basicConstraints: SEQUENCE { cA BOOLEAN DEFAULT FALSE, ... }.
+                [0x55, 0x1d, 0x13] => {
+                    let (tag, constraints, _) = element(value)?;
+                    (tag == SEQUENCE).then_some(())?;
+                    is_ca = matches!(element(constraints), Some((BOOLEAN, [b], _)) if *b != 0);
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(CaParts { subject, key_id, cert_sign, is_ca })
+}
+
+/// The arcs of an object identifier's content octets.
+#[cfg(feature = "dev-certs")]
+fn oid(bytes: &[u8]) -> Option<Vec<u64>> {
+    let mut arcs = Vec::new();
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate() {
+        (value >> 57 == 0).then_some(())?;
+        value = (value << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            if arcs.is_empty() {
+                let first = (value / 40).min(2);
+                arcs.push(first);
+                arcs.push(value - 40 * first);
+            } else {
+                arcs.push(value);
+            }
+            (arcs.len() <= OID_ARCS_MAX).then_some(())?;
+            value = 0;
+        } else if i + 1 == bytes.len() {
+            return None;
+        }
+    }
+    (!arcs.is_empty()).then_some(arcs)
+}
+
 /// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ` to Unix seconds.
 fn time_unix(tag: u8, text: &[u8]) -> Option<i64> {
     let (year, rest) = match (tag, text.len()) {
@@ -116,6 +254,16 @@ mod tests {
         assert_eq!(time_unix(UTC_TIME, b"701301000000Z"), None);
     }
 
+    #[cfg(feature = "dev-certs")]
+    #[test]
+    fn object_identifiers() {
+        assert_eq!(oid(&[0x55, 0x04, 0x03]), Some(vec![2, 5, 4, 3]));
+        assert_eq!(oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]), Some(vec![1, 2, 840, 113_549]));
+        assert_eq!(oid(&[0x55, 0x84]), None, "a truncated arc");
+        assert_eq!(oid(&[]), None);
+        assert_eq!(oid(&[0xff; 12]), None, "an arc past 64 bits");
+    }
+
     #[test]
     fn garbage_never_panics() {
         let mut x = 0x1234_5678_u64;
@@ -129,6 +277,8 @@ mod tests {
                 })
                 .collect();
             let _ = validity_unix(&bytes);
+            #[cfg(feature = "dev-certs")]
+            let _ = ca_parts(&bytes);
         }
     }
 }

@@ -6,9 +6,9 @@ use crate::identity::{ClusterId, Identity, Principal, Role};
 use crate::tls::TlsPaths;
 use quorate_log::NodeId;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams,
-    SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -19,8 +19,11 @@ use std::time::{Duration, SystemTime};
 
 /// Default validity of development certificates.
 pub const DEV_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Longest validity `generate` accepts for anything it issues.
+/// Longest validity of a certificate issued by a [`DevCa`] (the CA/Browser Forum's limit for
+/// leaf certificates).
 pub const VALIDITY_MAX: Duration = Duration::from_secs(398 * 24 * 3600);
+/// Longest validity of a CA made by [`DevCa::new`] (ten years).
+pub const CA_VALIDITY_MAX: Duration = Duration::from_secs(3653 * 24 * 3600);
 
 /// Why certificates could not be generated.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +40,18 @@ pub enum DevCertError {
     /// rcgen refused the parameters.
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
-    /// A validity period that is empty or longer than [`VALIDITY_MAX`].
+    /// A validity period that is empty or longer than [`VALIDITY_MAX`] ([`CA_VALIDITY_MAX`]
+    /// for a CA).
     #[error("invalid validity period")]
     Validity,
+    /// A CA certificate or key that cannot be used to issue certificates.
+    #[error("cannot use the CA in {path}: {what}")]
+    Ca {
+        /// The CA certificate or key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
     /// A certificate to revoke could not be read.
     #[error("cannot read certificate {path}: {what}")]
     Read {
@@ -67,9 +79,9 @@ impl Validity {
         Validity { not_before: now - Duration::from_secs(3600), not_after: now + duration }
     }
 
-    fn check(&self) -> Result<(), DevCertError> {
+    fn check(&self, max: Duration) -> Result<(), DevCertError> {
         match self.not_after.duration_since(self.not_before) {
-            Ok(d) if !d.is_zero() && d <= VALIDITY_MAX => Ok(()),
+            Ok(d) if !d.is_zero() && d <= max => Ok(()),
             _ => Err(DevCertError::Validity),
         }
     }
@@ -78,9 +90,10 @@ impl Validity {
 /// A development certificate authority, held in memory, that can issue more certificates
 /// (rotations, and the odd certificate tests need: expired, wrong node, wrong cluster).
 pub struct DevCa {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
     pem: String,
+    /// `(not_before, not_after)` of the CA certificate, Unix seconds.
+    validity_unix: (i64, i64),
 }
 
 impl std::fmt::Debug for DevCa {
@@ -92,7 +105,7 @@ impl std::fmt::Debug for DevCa {
 impl DevCa {
     /// A new CA for `cluster` (the name only goes into the subject).
     pub fn new(cluster: &ClusterId, validity: Validity) -> Result<DevCa, DevCertError> {
-        validity.check()?;
+        validity.check(CA_VALIDITY_MAX)?;
         let mut params = CertificateParams::default();
         params.not_before = validity.not_before.into();
         params.not_after = validity.not_after.into();
@@ -104,10 +117,72 @@ impl DevCa {
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
         let pem = params.self_signed(&key)?.pem();
-        Ok(DevCa { params, key, pem })
+        let validity_unix = (unix(validity.not_before), unix(validity.not_after));
+        Ok(DevCa { issuer: Issuer::new(params, key), pem, validity_unix })
     }
 
-    /// The CA certificate, PEM.
+    /// An existing CA: its certificate (PEM; the first certificate of the file is the issuer)
+    /// and its private key (PEM: PKCS#8, SEC1 or PKCS#1; ECDSA P-256/P-384, Ed25519 or RSA).
+    /// Nothing is written. Refused, with the file and the reason, when either file is missing
+    /// or not PEM, when the key is not the certificate's key, when the certificate is not valid
+    /// now, when it is not a CA (basic constraints) or when its key usage does not allow
+    /// signing certificates.
+    pub fn load(cert: &Path, key: &Path) -> Result<DevCa, DevCertError> {
+        let ca_err = |path: &Path, what: String| DevCertError::Ca { path: path.to_path_buf(), what };
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| ca_err(path, format!("cannot read it as text: {e}")))
+        };
+        let cert_text = read(cert)?;
+        let der = CertificateDer::pem_slice_iter(cert_text.as_bytes())
+            .next()
+            .ok_or_else(|| ca_err(cert, "no PEM CERTIFICATE in it".into()))?
+            .map_err(|e| ca_err(cert, format!("not a PEM certificate: {e}")))?;
+        let key_pair =
+            KeyPair::from_pem(&read(key)?).map_err(|e| ca_err(key, format!("not a usable PEM private key: {e}")))?;
+        let anchor = webpki::anchor_from_trusted_cert(&der)
+            .map_err(|e| ca_err(cert, format!("not a parsable X.509 certificate: {e}")))?;
+        if webpki::spki_for_anchor(&anchor).as_ref() != key_pair.subject_public_key_info().as_slice() {
+            return Err(ca_err(key, format!("this is not the private key of {}", cert.display())));
+        }
+        let validity_unix =
+            crate::der::validity_unix(&der).ok_or_else(|| ca_err(cert, "its validity period cannot be read".into()))?;
+        let now = unix(SystemTime::now());
+        if now < validity_unix.0 || now >= validity_unix.1 {
+            return Err(ca_err(
+                cert,
+                format!(
+                    "it is not valid now (valid from {} to {} in Unix seconds, now {now})",
+                    validity_unix.0, validity_unix.1
+                ),
+            ));
+        }
+        let parts = crate::der::ca_parts(&der).ok_or_else(|| {
+            ca_err(cert, "its subject name or extensions cannot be read (a multi-valued name is not supported)".into())
+        })?;
+        if !parts.is_ca {
+            return Err(ca_err(cert, "it is not a CA certificate (basic constraints without CA:TRUE)".into()));
+        }
+        if parts.cert_sign == Some(false) {
+            return Err(ca_err(cert, "its key usage does not include keyCertSign".into()));
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject_name(&parts.subject).map_err(|what| ca_err(cert, what))?;
+        if let Some(id) = parts.key_id {
+            params.key_identifier_method = KeyIdMethod::PreSpecified(id.to_vec());
+        }
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = Issuer::new(params, key_pair);
+        Ok(DevCa { issuer, pem: cert_text, validity_unix })
+    }
+
+    /// `(not_before, not_after)` of the CA certificate, Unix seconds: nothing it issues is
+    /// accepted after `not_after`.
+    #[must_use]
+    pub fn validity_unix(&self) -> (i64, i64) {
+        self.validity_unix
+    }
+
+    /// The CA certificate, PEM (for a CA from [`DevCa::load`], the text of its file).
     #[must_use]
     pub fn cert_pem(&self) -> &str {
         &self.pem
@@ -123,7 +198,7 @@ impl DevCa {
         name: &str,
         ca: &Path,
     ) -> Result<TlsPaths, DevCertError> {
-        validity.check()?;
+        validity.check(VALIDITY_MAX)?;
         let mut params = CertificateParams::default();
         params.not_before = validity.not_before.into();
         params.not_after = validity.not_after.into();
@@ -138,8 +213,7 @@ impl DevCa {
         };
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
         let paths =
             TlsPaths { ca: ca.to_owned(), cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) };
         write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;
@@ -180,9 +254,39 @@ impl DevCa {
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        let crl = params.signed_by(&Issuer::from_params(&self.params, &self.key))?;
+        let crl = params.signed_by(&self.issuer)?;
         write_file(path, crl.pem()?.as_bytes(), false)
     }
+}
+
+/// A CA certificate's subject as rcgen names it, attribute by attribute with the same string
+/// types, so that issued certificates name their issuer byte for byte as the CA names itself
+/// (that is how a verifier finds the issuer).
+fn subject_name(attributes: &[(Vec<u64>, u8, &[u8])]) -> Result<DistinguishedName, String> {
+    const UTF8_STRING: u8 = 0x0c;
+    const PRINTABLE_STRING: u8 = 0x13;
+    const TELETEX_STRING: u8 = 0x14;
+    const IA5_STRING: u8 = 0x16;
+    let mut dn = DistinguishedName::new();
+    for (oid, tag, bytes) in attributes {
+        let text = || String::from_utf8(bytes.to_vec()).map_err(|_| format!("subject attribute {oid:?} is not text"));
+        let bad = |e: rcgen::Error| format!("subject attribute {oid:?}: {e}");
+        let value = match *tag {
+            UTF8_STRING => DnValue::Utf8String(text()?),
+            PRINTABLE_STRING => DnValue::PrintableString(text()?.try_into().map_err(bad)?),
+            TELETEX_STRING => DnValue::TeletexString(text()?.try_into().map_err(bad)?),
+            IA5_STRING => DnValue::Ia5String(text()?.try_into().map_err(bad)?),
+            other => {
+                return Err(format!("subject attribute {oid:?} has a string type (tag {other:#04x}) not supported"));
+            }
+        };
+        let ty = DnType::CustomDnType(oid.clone());
+        if dn.get(&ty).is_some() {
+            return Err(format!("subject attribute {oid:?} appears twice; not supported"));
+        }
+        dn.push(ty, value);
+    }
+    Ok(dn)
 }
 
 /// What [`generate`] wrote.
@@ -199,20 +303,36 @@ pub struct DevCerts {
 }
 
 /// Writes a dev CA (`ca.crt`, `ca.key`), `node-<id>.{crt,key}` for every node and
-/// `client-<principal>.{crt,key}` for every client into `dir` (created if missing), valid for
-/// [`DEV_VALIDITY`].
+/// `client-<principal>.{crt,key}` for every client into `dir` (created if missing), all valid
+/// for [`DEV_VALIDITY`].
 pub fn generate(
     dir: &Path,
     cluster: &ClusterId,
     nodes: &[NodeId],
     clients: &[(Principal, Role)],
 ) -> Result<DevCerts, DevCertError> {
-    std::fs::create_dir_all(dir).map_err(|source| DevCertError::Write { path: dir.to_owned(), source })?;
     let validity = Validity::from_now(DEV_VALIDITY);
-    let authority = DevCa::new(cluster, validity)?;
+    generate_with_validity(dir, cluster, nodes, clients, validity, validity)
+}
+
+/// Like [`generate`], with the CA valid for `ca_validity` and the node and client
+/// certificates for `validity` (which must end no later than the CA).
+pub fn generate_with_validity(
+    dir: &Path,
+    cluster: &ClusterId,
+    nodes: &[NodeId],
+    clients: &[(Principal, Role)],
+    ca_validity: Validity,
+    validity: Validity,
+) -> Result<DevCerts, DevCertError> {
+    if validity.not_after > ca_validity.not_after {
+        return Err(DevCertError::Validity);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DevCertError::Write { path: dir.to_owned(), source })?;
+    let authority = DevCa::new(cluster, ca_validity)?;
     let ca = dir.join("ca.crt");
     write_file(&ca, authority.pem.as_bytes(), false)?;
-    write_file(&dir.join("ca.key"), authority.key.serialize_pem().as_bytes(), true)?;
+    write_file(&dir.join("ca.key"), authority.issuer.key().serialize_pem().as_bytes(), true)?;
     let mut node_paths = BTreeMap::new();
     for &node in nodes {
         let identity = Identity::peer(cluster.clone(), node);
@@ -227,6 +347,13 @@ pub fn generate(
         client_paths.insert(principal.clone(), paths);
     }
     Ok(DevCerts { ca, nodes: node_paths, clients: client_paths, authority })
+}
+
+fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
 }
 
 /// Writes through a temporary file and a rename, so a watcher never reads half a file.
@@ -247,4 +374,130 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), DevCert
     file.sync_all().map_err(err)?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::Credentials;
+
+    /// A scratch directory, removed on drop.
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(tag: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("quorate-devca-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    fn node(n: u64) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_loaded_ca_issues_certificates_that_chain_to_the_same_bundle() {
+        let dir = scratch("load");
+        let cluster = ClusterId::new("loaded").unwrap();
+        let day = Duration::from_secs(86_400);
+        let ca_validity = Validity::from_now(100 * day);
+        let made =
+            generate_with_validity(&dir.0, &cluster, &[node(1)], &[], ca_validity, Validity::from_now(day)).unwrap();
+        let ca_before = std::fs::read(&made.ca).unwrap();
+        let ca = DevCa::load(&made.ca, &dir.0.join("ca.key")).unwrap();
+        assert_eq!(ca.validity_unix(), made.authority.validity_unix(), "the validity read back from the file");
+        assert_eq!(ca.validity_unix().1, unix(ca_validity.not_after));
+        let four = Identity::peer(cluster.clone(), node(4));
+        let paths = ca.issue(&four, Validity::from_now(2 * day), &dir.0, "node-4", &made.ca).unwrap();
+        let creds = Credentials::load(paths).unwrap();
+        assert_eq!(creds.identity(), four);
+        creds.check_usable().unwrap();
+        // The days asked for, not the CA's.
+        let left = creds.seconds_until_earliest_expiry();
+        assert!((2 * 86_400 - 60..=2 * 86_400).contains(&left), "{left}");
+        assert_eq!(std::fs::read(&made.ca).unwrap(), ca_before, "loading never rewrites the CA");
+    }
+
+    #[test]
+    fn a_ca_made_elsewhere_with_a_longer_name_issues_certificates_that_verify() {
+        let dir = scratch("foreign");
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, DnValue::PrintableString("NL".try_into().unwrap()));
+        dn.push(DnType::OrganizationName, "Example B.V.");
+        dn.push(
+            DnType::CustomDnType(vec![0, 9, 2342, 19_200_300, 100, 1, 25]),
+            DnValue::Ia5String("example".try_into().unwrap()),
+        );
+        dn.push(DnType::CommonName, "Example Root CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        let (ca_crt, ca_key) = (dir.0.join("root.pem"), dir.0.join("root-key.pem"));
+        write_file(&ca_crt, ca.pem().as_bytes(), false).unwrap();
+        write_file(&ca_key, key.serialize_pem().as_bytes(), true).unwrap();
+        let loaded = DevCa::load(&ca_crt, &ca_key).unwrap();
+        let cluster = ClusterId::new("elsewhere").unwrap();
+        for (identity, name) in [
+            (Identity::peer(cluster.clone(), node(7)), "node-7"),
+            (Identity::client(cluster.clone(), Principal::new("app").unwrap(), Role::Write), "client-app"),
+        ] {
+            let paths =
+                loaded.issue(&identity, Validity::from_now(Duration::from_secs(3600)), &dir.0, name, &ca_crt).unwrap();
+            let creds = Credentials::load(paths).unwrap();
+            creds.check_usable().unwrap();
+            assert_eq!(creds.identity(), identity);
+        }
+    }
+
+    #[test]
+    fn an_unusable_ca_is_refused_with_the_reason() {
+        let dir = scratch("bad");
+        let cluster = ClusterId::new("bad").unwrap();
+        let a = generate(&dir.0.join("a"), &cluster, &[], &[]).unwrap();
+        let b = generate(&dir.0.join("b"), &cluster, &[], &[]).unwrap();
+        let msg = |r: Result<DevCa, DevCertError>| r.unwrap_err().to_string();
+        let m = msg(DevCa::load(&a.ca, &dir.0.join("b").join("ca.key")));
+        assert!(m.contains("not the private key"), "{m}");
+        let m = msg(DevCa::load(&dir.0.join("missing.crt"), &dir.0.join("a").join("ca.key")));
+        assert!(m.contains("missing.crt") && m.contains("cannot read"), "{m}");
+        let garbled = dir.0.join("garbled.crt");
+        std::fs::write(&garbled, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let m = msg(DevCa::load(&garbled, &dir.0.join("a").join("ca.key")));
+        assert!(m.contains("garbled.crt"), "{m}");
+        std::fs::write(&garbled, "not pem at all").unwrap();
+        let m = msg(DevCa::load(&garbled, &dir.0.join("a").join("ca.key")));
+        assert!(m.contains("no PEM CERTIFICATE"), "{m}");
+        let m = msg(DevCa::load(&b.ca, &garbled));
+        assert!(m.contains("private key"), "{m}");
+        // A CA that has expired.
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let old = DevCa::new(&cluster, Validity { not_before: now - 2 * hour, not_after: now - hour }).unwrap();
+        let old_dir = dir.0.join("old");
+        std::fs::create_dir_all(&old_dir).unwrap();
+        write_file(&old_dir.join("ca.crt"), old.cert_pem().as_bytes(), false).unwrap();
+        write_file(&old_dir.join("ca.key"), old.issuer.key().serialize_pem().as_bytes(), true).unwrap();
+        let m = msg(DevCa::load(&old_dir.join("ca.crt"), &old_dir.join("ca.key")));
+        assert!(m.contains("not valid now"), "{m}");
+        // A leaf certificate is not a CA.
+        let leaf = generate(&dir.0.join("leaf"), &cluster, &[node(1)], &[]).unwrap();
+        let paths = &leaf.nodes[&node(1)];
+        let m = msg(DevCa::load(&paths.cert, &paths.key));
+        assert!(m.contains("not a CA certificate"), "{m}");
+        // A leaf outliving its CA is refused by generate_with_validity.
+        let short = Validity::from_now(hour);
+        let long = Validity::from_now(2 * hour);
+        assert!(matches!(
+            generate_with_validity(&dir.0.join("c"), &cluster, &[], &[], short, long),
+            Err(DevCertError::Validity)
+        ));
+    }
 }

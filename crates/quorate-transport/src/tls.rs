@@ -252,16 +252,7 @@ impl Credentials {
                     found: Box::new(loaded.identity),
                 });
             }
-            let usages: &[Usage] = match loaded.identity {
-                Identity::Peer(_) => &[Usage::Client, Usage::Server],
-                Identity::Client(_) => &[Usage::Client],
-            };
-            for &usage in usages {
-                loaded.trust.verify(&loaded.chain, usage, UnixTime::now()).map_err(|e| TlsError::NotUsable {
-                    path: self.paths.cert.clone(),
-                    reason: pki_error(e).to_string(),
-                })?;
-            }
+            usable(&loaded, &self.paths.cert)?;
             Ok(loaded)
         });
         match result {
@@ -306,6 +297,15 @@ impl Credentials {
                 Err(e)
             }
         }
+    }
+
+    /// Checks that the loaded certificate would be accepted now by an endpoint trusting the
+    /// loaded CA bundle and revocation lists, for everything its identity does: a node's
+    /// certificate as a TLS server and a TLS client, a client's as a TLS client (within its
+    /// validity period, chained to the bundle, the extended key usages present, not revoked).
+    /// `quorate certs issue` checks what it wrote with it.
+    pub fn check_usable(&self) -> Result<(), TlsError> {
+        usable(&self.loaded(), &self.paths.cert)
     }
 
     /// How many successful reloads happened.
@@ -374,6 +374,21 @@ impl Credentials {
     fn loaded(&self) -> Arc<Loaded> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// Whether `loaded`'s own chain verifies now for every usage of its identity.
+fn usable(loaded: &Loaded, cert: &Path) -> Result<(), TlsError> {
+    let usages: &[Usage] = match loaded.identity {
+        Identity::Peer(_) => &[Usage::Client, Usage::Server],
+        Identity::Client(_) => &[Usage::Client],
+    };
+    for &usage in usages {
+        loaded
+            .trust
+            .verify(&loaded.chain, usage, UnixTime::now())
+            .map_err(|e| TlsError::NotUsable { path: cert.to_path_buf(), reason: pki_error(e).to_string() })?;
+    }
+    Ok(())
 }
 
 fn now_unix() -> i64 {

@@ -1,9 +1,11 @@
 //! `quorate cluster status`, `member ...`, `leader transfer`, `snapshot ...`.
 
+use super::output::{Format, UnavailableError, print_json};
 use super::{ConnArgs, MemberCmd, Outcome};
 use anyhow::{Context, bail};
 use quorate_client::{MemberKind, NodeStatus};
 use quorate_log::{Configuration, NodeId};
+use serde_json::{Value, json};
 use std::io::Write;
 
 fn node_id(id: u64) -> anyhow::Result<NodeId> {
@@ -75,6 +77,80 @@ pub(crate) fn status_table(rows: &[(NodeId, String, Result<NodeStatus, String>)]
     out
 }
 
+fn ids_json(set: &std::collections::BTreeSet<NodeId>) -> Value {
+    json!(set.iter().map(|n| n.get()).collect::<Vec<_>>())
+}
+
+/// `cluster status -o json`: `nodes`, one object per endpoint (`id`, `address`, `reachable`,
+/// `error`, and when reachable `role`, `term`, `leader`, `commit`, `applied`, `last_index`,
+/// `snapshot_index`, `config_index`, `config` {`voters`, `voters_outgoing`, `learners`},
+/// `revision`, `danger`, `versions` {`binary`, `storage_format`, `cluster_version`,
+/// `cluster_version_max`} or `null`); then `cluster_version` (committed) and
+/// `cluster_version_supported` (the highest every member supports).
+pub(crate) fn status_json(
+    rows: &[(NodeId, String, Result<NodeStatus, String>)],
+    versions: &[(NodeId, Result<quorate_client::VersionInfo, String>)],
+) -> Value {
+    let nodes: Vec<Value> = rows
+        .iter()
+        .map(|(id, addr, status)| {
+            let mut m = serde_json::Map::new();
+            m.insert("id".into(), json!(id.get()));
+            m.insert("address".into(), json!(addr));
+            m.insert("reachable".into(), json!(status.is_ok()));
+            m.insert("error".into(), json!(status.as_ref().err()));
+            if let Ok(s) = status {
+                let fields = json!({
+                    "role": s.role.to_string(),
+                    "term": s.term.0,
+                    "leader": s.leader.map(|l| l.get()),
+                    "commit": s.commit.0,
+                    "applied": s.applied.0,
+                    "last_index": s.last_index.0,
+                    "snapshot_index": s.snapshot_index.0,
+                    "config_index": s.config_version.0,
+                    "config": {
+                        "voters": ids_json(&s.config.voters),
+                        "voters_outgoing": ids_json(&s.config.voters_outgoing),
+                        "learners": ids_json(&s.config.learners),
+                    },
+                    "revision": s.revision,
+                    "danger": s.danger,
+                });
+                if let Value::Object(f) = fields {
+                    m.extend(f);
+                }
+            }
+            let v = versions.iter().find(|(v, _)| v == id).and_then(|(_, v)| v.as_ref().ok());
+            m.insert(
+                "versions".into(),
+                v.map_or(Value::Null, |v| {
+                    json!({
+                        "binary": v.binary_version,
+                        "storage_format": v.storage_format,
+                        "cluster_version": v.cluster_version,
+                        "cluster_version_max": v.cluster_version_max,
+                    })
+                }),
+            );
+            Value::Object(m)
+        })
+        .collect();
+    let (committed, ceiling) = cluster_versions(versions);
+    json!({"nodes": nodes, "cluster_version": committed, "cluster_version_supported": ceiling})
+}
+
+/// The committed cluster version (the highest any member reports) and the highest every member
+/// supports (a member that does not answer counts as the initial version).
+fn cluster_versions(versions: &[(NodeId, Result<quorate_client::VersionInfo, String>)]) -> (u32, u32) {
+    let committed = versions.iter().filter_map(|(_, v)| v.as_ref().ok()).map(|v| v.cluster_version).max();
+    let ceiling = versions
+        .iter()
+        .map(|(_, v)| v.as_ref().map_or(quorate_api::CLUSTER_VERSION_INITIAL, |v| v.cluster_version_max))
+        .min();
+    (committed.unwrap_or(quorate_api::CLUSTER_VERSION_INITIAL), ceiling.unwrap_or(quorate_api::CLUSTER_VERSION_INITIAL))
+}
+
 pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
     let client = conn.client()?;
     let members = client.members();
@@ -87,7 +163,10 @@ pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
             (id, addr, s.map_err(|e| e.to_string()))
         })
         .collect();
-    print!("{}", status_table(&rows));
+    let as_json = conn.output == Format::Json;
+    if !as_json {
+        print!("{}", status_table(&rows));
+    }
     let dangers: Vec<String> = rows
         .iter()
         .filter_map(|(id, _, s)| s.as_ref().ok().filter(|s| !s.danger.is_empty()).map(|s| (id, s)))
@@ -96,46 +175,78 @@ pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
     for d in &dangers {
         eprintln!("WARNING: {d}");
     }
-    if rows.iter().any(|(_, _, s)| s.is_ok()) {
+    let versions = if rows.iter().any(|(_, _, s)| s.is_ok()) {
         let client = conn.client()?;
         let versions = versions_of(&client, &rows.iter().map(|r| r.0).collect::<Vec<_>>()).await;
         client.close();
-        print!("{}", versions_table(&rows, &versions));
+        if !as_json {
+            print!("{}", versions_table(&rows, &versions));
+        }
+        versions
+    } else {
+        Vec::new()
+    };
+    if as_json {
+        print_json(&status_json(&rows, &versions))?;
     }
     if rows.iter().all(|(_, _, s)| s.is_err()) {
-        bail!("no node answered; check that the nodes run and that --endpoints is right");
+        return Err(UnavailableError(
+            "no node answered; check that the nodes run and that --endpoints is right".into(),
+        )
+        .into());
     }
     Ok(Outcome::Ok)
 }
 
 pub(crate) async fn member(conn: &ConnArgs, cmd: MemberCmd) -> anyhow::Result<Outcome> {
     let client = conn.client()?;
+    let as_json = conn.output == Format::Json;
     let mut out = std::io::stdout().lock();
     match cmd {
         MemberCmd::List => {
             let members = client.member_list().await?;
-            writeln!(out, "{:<6}{:<16}ADDRESS", "ID", "KIND")?;
-            for m in members {
-                let kind = match m.kind {
-                    MemberKind::Voter => "voter",
-                    MemberKind::Learner => "learner",
-                    MemberKind::OutgoingVoter => "outgoing-voter",
-                    _ => "other",
-                };
-                writeln!(out, "{:<6}{:<16}{}", m.id.to_string(), kind, m.addr.as_deref().unwrap_or("-"))?;
+            let kind = |k: MemberKind| match k {
+                MemberKind::Voter => "voter",
+                MemberKind::Learner => "learner",
+                MemberKind::OutgoingVoter => "outgoing-voter",
+                _ => "other",
+            };
+            if as_json {
+                let list: Vec<Value> = members
+                    .iter()
+                    .map(|m| json!({"id": m.id.get(), "kind": kind(m.kind), "address": m.addr}))
+                    .collect();
+                print_json(&json!({"members": list}))?;
+            } else {
+                writeln!(out, "{:<6}{:<16}ADDRESS", "ID", "KIND")?;
+                for m in members {
+                    writeln!(out, "{:<6}{:<16}{}", m.id.to_string(), kind(m.kind), m.addr.as_deref().unwrap_or("-"))?;
+                }
             }
         }
         MemberCmd::Add { learner: _, id, addr } => {
             client.member_add(node_id(id)?, addr).await?;
-            writeln!(out, "node {id} at {addr} added as a learner; promote it with `quorate member promote {id}`")?;
+            if as_json {
+                print_json(&json!({"added": id, "address": addr.to_string(), "kind": "learner"}))?;
+            } else {
+                writeln!(out, "node {id} at {addr} added as a learner; promote it with `quorate member promote {id}`")?;
+            }
         }
         MemberCmd::Promote { id } => {
             client.member_promote(node_id(id)?).await?;
-            writeln!(out, "node {id} is now a voter")?;
+            if as_json {
+                print_json(&json!({"promoted": id}))?;
+            } else {
+                writeln!(out, "node {id} is now a voter")?;
+            }
         }
         MemberCmd::Remove { id } => {
             client.member_remove(node_id(id)?).await?;
-            writeln!(out, "node {id} removed")?;
+            if as_json {
+                print_json(&json!({"removed": id}))?;
+            } else {
+                writeln!(out, "node {id} removed")?;
+            }
         }
     }
     client.close();
@@ -148,6 +259,7 @@ pub(crate) async fn transfer(conn: &ConnArgs, to: Option<u64>) -> anyhow::Result
     client.leader_transfer(to).await?;
     client.close();
     match to {
+        _ if conn.output == Format::Json => print_json(&json!({"transferred_to": to.map(|t| t.get())}))?,
         Some(t) => println!("leadership handed to node {t}"),
         None => println!("leadership handed to the most caught-up voter"),
     }
@@ -157,9 +269,14 @@ pub(crate) async fn transfer(conn: &ConnArgs, to: Option<u64>) -> anyhow::Result
 pub(crate) async fn snapshot_save(conn: &ConnArgs) -> anyhow::Result<Outcome> {
     let client = conn.client()?;
     let (path, index) = client.snapshot_save().await?;
-    let leader = client.leader().map_or("the leader".into(), |l| format!("node {l}"));
+    let node = client.leader();
     client.close();
-    println!("snapshot at index {index} written to {path} on {leader}");
+    if conn.output == Format::Json {
+        print_json(&json!({"path": path, "index": index.0, "node": node.map(|n| n.get())}))?;
+    } else {
+        let leader = node.map_or("the leader".into(), |l| format!("node {l}"));
+        println!("snapshot at index {index} written to {path} on {leader}");
+    }
     Ok(Outcome::Ok)
 }
 
@@ -211,16 +328,8 @@ pub(crate) fn versions_table(
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    let committed = versions.iter().filter_map(|(_, v)| v.as_ref().ok()).map(|v| v.cluster_version).max();
-    let ceiling = versions
-        .iter()
-        .map(|(_, v)| v.as_ref().map_or(quorate_api::CLUSTER_VERSION_INITIAL, |v| v.cluster_version_max))
-        .min();
-    out.push_str(&format!(
-        "cluster version {} (every member supports up to {})\n",
-        committed.unwrap_or(quorate_api::CLUSTER_VERSION_INITIAL),
-        ceiling.unwrap_or(quorate_api::CLUSTER_VERSION_INITIAL)
-    ));
+    let (committed, ceiling) = cluster_versions(versions);
+    out.push_str(&format!("cluster version {committed} (every member supports up to {ceiling})\n"));
     out
 }
 
@@ -253,13 +362,22 @@ pub(crate) async fn finalize(conn: &ConnArgs, version: Option<u32>) -> anyhow::R
         client.close();
         bail!("cluster version {target} is not supported by every member (the lowest maximum is {lowest})");
     }
+    let as_json = conn.output == Format::Json;
     if target <= current {
         client.close();
-        println!("the cluster is already at cluster version {current}; nothing to do");
+        if as_json {
+            print_json(&json!({"cluster_version": current, "changed": false}))?;
+        } else {
+            println!("the cluster is already at cluster version {current}; nothing to do");
+        }
         return Ok(Outcome::Ok);
     }
     client.finalize(target).await?;
     client.close();
+    if as_json {
+        print_json(&json!({"cluster_version": target, "changed": true}))?;
+        return Ok(Outcome::Ok);
+    }
     println!(
         "cluster version {target} committed: its features are on; binaries that do not support it can no longer \
          join or open this cluster's data (no rollback past this point)"

@@ -1,7 +1,8 @@
 //! How CLI commands reach the cluster: endpoints, cluster name and certificate paths, from
 //! flags or the environment.
 
-use anyhow::{Context, bail};
+use super::output::{Format, usage};
+use anyhow::bail;
 use clap::Args;
 use quorate_client::{Client, ClientConfig};
 use quorate_log::NodeId;
@@ -42,6 +43,11 @@ pub(crate) struct ConnArgs {
     /// Limit on a whole command's request, retries included, in seconds.
     #[arg(long, global = true, env = "QUORATE_TIMEOUT", default_value_t = 15.0)]
     pub(crate) timeout: f64,
+    /// Output format: `text` (alias `table`) for people, `json` for scripts (one object; `kv
+    /// scan`: one object per line). Not a connection setting, but every command takes it.
+    // No environment variable: a global QUORATE_OUTPUT=json would make `node start` refuse.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
+    pub(crate) output: Format,
 }
 
 /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
@@ -49,19 +55,19 @@ pub(crate) fn parse_endpoints(text: &str) -> anyhow::Result<Vec<(NodeId, SocketA
     let mut out = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let Some((id, addr)) = item.split_once('=') else {
-            bail!("endpoint `{item}` must look like ID=HOST:PORT, e.g. 1=127.0.0.1:7001");
+            return Err(usage(format!("endpoint `{item}` must look like ID=HOST:PORT, e.g. 1=127.0.0.1:7001")));
         };
-        let id: u64 = id.trim().parse().with_context(|| format!("endpoint `{item}`: `{id}` is not a node id"))?;
-        let id = NodeId::new(id).with_context(|| format!("endpoint `{item}`: node ids start at 1"))?;
+        let id: u64 = id.trim().parse().map_err(|_| usage(format!("endpoint `{item}`: `{id}` is not a node id")))?;
+        let id = NodeId::new(id).ok_or_else(|| usage(format!("endpoint `{item}`: node ids start at 1")))?;
         let addr: SocketAddr =
-            addr.trim().parse().with_context(|| format!("endpoint `{item}`: `{addr}` is not an IP:PORT address"))?;
+            addr.trim().parse().map_err(|_| usage(format!("endpoint `{item}`: `{addr}` is not an IP:PORT address")))?;
         if out.iter().any(|(other, _)| *other == id) {
-            bail!("node {id} is listed twice in the endpoints");
+            return Err(usage(format!("node {id} is listed twice in the endpoints")));
         }
         out.push((id, addr));
     }
     if out.is_empty() {
-        bail!("no endpoints: pass --endpoints ID=HOST:PORT,... or set QUORATE_ENDPOINTS");
+        return Err(usage("no endpoints: pass --endpoints ID=HOST:PORT,... or set QUORATE_ENDPOINTS"));
     }
     Ok(out)
 }
@@ -85,10 +91,10 @@ impl ConnArgs {
 
     pub(crate) fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let cluster = ClusterId::new(&self.cluster)
-            .map_err(|e| anyhow::anyhow!("--cluster `{}` is not a valid cluster name: {e}", self.cluster))?;
+            .map_err(|e| usage(format!("--cluster `{}` is not a valid cluster name: {e}", self.cluster)))?;
         let members = parse_endpoints(&self.endpoints)?;
         if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= 3600.0) {
-            bail!("--timeout must be between 0 and 3600 seconds");
+            return Err(usage("--timeout must be between 0 and 3600 seconds"));
         }
         let tls = self.tls();
         for (what, path) in [("CA certificate", &tls.ca), ("client certificate", &tls.cert), ("client key", &tls.key)] {

@@ -70,7 +70,7 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<Outcome> {
                 "DIVERGED at input #{} ({}): recorded output digest {:08x}, replayed {:08x}; {} inputs replayed before it",
                 d.at, d.kind, d.recorded, d.replayed, report.inputs
             );
-            Ok(Outcome::No)
+            Ok(Outcome::Failed)
         }
     }
 }

@@ -6,6 +6,7 @@ mod cluster;
 mod conn;
 mod flight;
 mod kv;
+pub(crate) mod output;
 mod snapshot;
 mod top;
 mod txn;
@@ -16,20 +17,37 @@ use std::path::PathBuf;
 
 pub(crate) use conn::ConnArgs;
 
-/// What a command ended with, besides an error.
+/// What a command ended with, besides an error (the command already said what happened).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Exit 0.
     Ok,
-    /// Exit 1 without an error message of its own (the command already said what happened:
-    /// a key not found, a compare-and-swap that did not swap).
-    No,
+    /// `kv get`: the key is absent (exit 3).
+    NotFound,
+    /// `kv cas` did not swap, `kv txn` ran its `else` branch (exit 4).
+    CompareFailed,
+    /// The command printed why it failed (`replay`: the outputs diverged): exit 1.
+    Failed,
+}
+
+impl Outcome {
+    /// The process exit code.
+    pub(crate) fn exit(self) -> output::Exit {
+        match self {
+            Outcome::Ok => output::Exit::Ok,
+            Outcome::NotFound => output::Exit::NotFound,
+            Outcome::CompareFailed => output::Exit::CompareFailed,
+            Outcome::Failed => output::Exit::Failure,
+        }
+    }
 }
 
 /// Quorate: a replicated, linearizable key-value store.
 #[derive(Debug, Parser)]
 #[command(name = "quorate", version = quorate_node::VERSION, propagate_version = true, disable_help_subcommand = true)]
-#[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error.")]
+#[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found, 4 comparison \
+false (cas, txn), 5 cluster unavailable (nothing done), 6 refused (role, invalid request), 7 outcome of a write \
+unknown. `-o json` prints one JSON object (`kv scan`: one per line); see docs/operations.md.")]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -122,14 +140,18 @@ impl From<Consistency> for quorate_client::ReadConsistency {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum KvCmd {
-    /// Set KEY to VALUE.
+    /// Set KEY to VALUE (or to the contents of --value-file).
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value (omit with --value-file).
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the value from FILE (`-`: standard input), byte for byte, up to 1 MiB.
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        value_file: Option<PathBuf>,
     },
-    /// Print the value of KEY (exit 1 if it is absent).
+    /// Print the value of KEY (exit 3 if it is absent).
     Get {
         /// The key.
         key: String,
@@ -154,13 +176,17 @@ pub(crate) enum KvCmd {
         /// Exclusive end.
         end: String,
     },
-    /// Set KEY to VALUE only if it now holds EXPECTED (or is absent, with --absent); exit 1 if
+    /// Set KEY to VALUE only if it now holds EXPECTED (or is absent, with --absent); exit 4 if
     /// it did not.
     Cas {
         /// The key.
         key: String,
-        /// The new value.
-        value: String,
+        /// The new value (omit with --value-file).
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the new value from FILE (`-`: standard input), byte for byte, up to 1 MiB.
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        value_file: Option<PathBuf>,
         /// The value the key must hold now.
         #[arg(long, required_unless_present = "absent", conflicts_with = "absent")]
         expected: Option<String>,
@@ -168,7 +194,9 @@ pub(crate) enum KvCmd {
         #[arg(long)]
         absent: bool,
     },
-    /// Print the pairs with keys in [START, END), one `key=value` per line.
+    /// Print the pairs with keys in [START, END), one `KEY=VALUE` per line (escaped: `\\`,
+    /// `\n`, `\r`, `\t`, `\xNN` for other control characters and bytes that are not UTF-8, and
+    /// `\x3d` for `=` in keys), or one JSON object per line with `-o json`.
     Scan {
         /// First key (default: the very first).
         #[arg(default_value = "")]
@@ -186,7 +214,8 @@ pub(crate) enum KvCmd {
         #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
         consistency: Consistency,
     },
-    /// Run a transaction: `if` conditions, `then` operations, `else` operations.
+    /// Run a transaction: `if` conditions, `then` operations, `else` operations. Exit 4 when a
+    /// condition was false (the `else` branch ran).
     ///
     /// Text: one clause per line or separated by `;`, e.g.
     /// `if value(a) == 1; if version(b) > 0; then put a 2; then del b; else get a`.
@@ -271,6 +300,46 @@ pub(crate) enum CertsCmd {
     /// Write a local CA, node and client certificates, and node configurations for a local
     /// cluster (ports BASE-PORT.., data under DIR/data). For development only.
     Dev(CertsDevArgs),
+    /// Issue one node or client certificate from an existing CA (its ca.crt and ca.key are only
+    /// read): `certs issue node 4 --dir DIR`, `certs issue client app:write --dir DIR`. The
+    /// cluster's name is the global `--cluster`.
+    Issue(CertsIssueArgs),
+}
+
+/// What `certs issue` issues a certificate for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum IssueKind {
+    /// A cluster member: NAME is its node id.
+    Node,
+    /// A client: NAME is NAME[:ROLE], ROLE read, write or admin (default admin).
+    Client,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsIssueArgs {
+    /// `node` or `client`.
+    #[arg(value_enum)]
+    pub(crate) kind: IssueKind,
+    /// The node id (`node`), or NAME[:ROLE] (`client`).
+    pub(crate) name: String,
+    /// The CA directory: its ca.crt and ca.key (DIR/certs also works, as `certs dev` writes).
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
+    /// The CA certificate (default: ca.crt in --dir). The first certificate of the file issues.
+    #[arg(long)]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// The CA's private key (default: ca.key in --dir).
+    #[arg(long)]
+    pub(crate) ca_key: Option<PathBuf>,
+    /// Where to write node-ID.{crt,key} or client-NAME.{crt,key} (default: the CA directory).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Days the certificate is valid (it must not outlive the CA).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=398))]
+    pub(crate) days: u64,
+    /// Overwrite an existing certificate and key of that name.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +360,12 @@ pub(crate) struct CertsDevArgs {
     /// never for use.
     #[arg(long, value_delimiter = ',')]
     pub(crate) expired_clients: Vec<String>,
+    /// Days the node and client certificates are valid.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=398))]
+    pub(crate) days: u64,
+    /// Days the CA is valid (at least --days; `certs issue` can issue from it until then).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3653))]
+    pub(crate) ca_days: u64,
     /// Port of node 1; node N listens on BASE-PORT + N - 1 at 127.0.0.1.
     #[arg(long, default_value_t = 7001)]
     pub(crate) base_port: u16,
@@ -327,9 +402,15 @@ pub(crate) struct BenchArgs {
 /// Runs a parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
+        Command::Node(_) | Command::Replay(_) | Command::Debug(_) | Command::Top(_) | Command::Bench(_)
+            if cli.conn.output == output::Format::Json =>
+        {
+            Err(output::usage("this command has no JSON output; leave out -o json"))
+        }
         Command::Node(NodeCmd::Start(args)) => node_start(args),
-        Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args),
-        Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args),
+        Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args, cli.conn.output),
+        Command::Certs(CertsCmd::Issue(args)) => certs::issue(&cli.conn.cluster, &args, cli.conn.output),
+        Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args, cli.conn.output),
         Command::Replay(args) => flight::replay(&args),
         Command::Debug(cmd) => flight::debug(&cli.conn, &cmd),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),

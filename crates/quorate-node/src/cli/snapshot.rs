@@ -1,9 +1,11 @@
 //! `quorate snapshot restore`: an offline restore into a new cluster member's data directory.
 
 use super::Outcome;
+use super::output::{Format, print_json, usage};
 use anyhow::Context;
 use clap::Args;
 use quorate_node::restore;
+use serde_json::json;
 use std::path::PathBuf;
 
 /// `quorate snapshot restore --from FILE --data-dir DIR --id N --peers 1=host:port,...`
@@ -24,10 +26,21 @@ pub(crate) struct RestoreArgs {
     pub(crate) peers: String,
 }
 
-pub(crate) fn restore(args: &RestoreArgs) -> anyhow::Result<Outcome> {
-    let peers = restore::parse_peers(&args.peers)?;
+pub(crate) fn restore(args: &RestoreArgs, format: Format) -> anyhow::Result<Outcome> {
+    let peers = restore::parse_peers(&args.peers).map_err(|e| usage(format!("--peers: {e:#}")))?;
     let done = restore::restore(&args.from, &args.data_dir, args.id, &peers)
         .with_context(|| format!("restore of node {} into {} failed", args.id, args.data_dir.display()))?;
+    if format == Format::Json {
+        print_json(&json!({
+            "node": args.id,
+            "data_dir": args.data_dir.display().to_string(),
+            "index": done.last.index.0,
+            "term": done.last.term.0,
+            "records": done.records,
+            "members": done.members,
+        }))?;
+        return Ok(Outcome::Ok);
+    }
     println!(
         "restored node {} into {}: snapshot at index {} (term {}), {} records; members {:?}. Start every member \
          with these peers.",

@@ -38,6 +38,44 @@ fn kv_commands() {
     assert!(matches!(cli.command, Command::Kv(KvCmd::Scan { limit: 5, prefix: Some(_), .. })));
     let cli = parse(&["kv", "txn", "if value(a) == 1; then put a 2"]).unwrap();
     assert!(matches!(cli.command, Command::Kv(KvCmd::Txn { text: Some(_), file: None })));
+    let cli = parse(&["kv", "put", "k", "--value-file", "-"]).unwrap();
+    assert!(matches!(cli.command, Command::Kv(KvCmd::Put { value: None, value_file: Some(_), .. })));
+    let cli = parse(&["kv", "cas", "k", "--value-file", "v.bin", "--absent"]).unwrap();
+    assert!(matches!(cli.command, Command::Kv(KvCmd::Cas { value: None, value_file: Some(_), absent: true, .. })));
+}
+
+#[test]
+fn output_format_is_global_with_a_table_alias() {
+    assert_eq!(parse(&["member", "list"]).unwrap().conn.output, output::Format::Text);
+    assert_eq!(parse(&["-o", "json", "member", "list"]).unwrap().conn.output, output::Format::Json);
+    assert_eq!(parse(&["kv", "scan", "--output", "json"]).unwrap().conn.output, output::Format::Json);
+    assert_eq!(parse(&["cluster", "status", "-o", "table"]).unwrap().conn.output, output::Format::Text);
+    assert_eq!(parse(&["cluster", "status", "-o", "yaml"]).unwrap_err().kind(), ErrorKind::InvalidValue);
+}
+
+#[test]
+fn json_on_a_command_without_it_is_a_usage_error() {
+    let e = run(parse(&["-o", "json", "replay", "f.qflt"]).unwrap()).unwrap_err();
+    assert_eq!(output::exit_of(&e), output::Exit::Usage);
+    assert!(e.to_string().contains("no JSON output"), "{e}");
+}
+
+#[test]
+fn values_come_from_files_and_stop_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = quorate_api::limits::VALUE_BYTES_MAX;
+    let big = dir.path().join("big");
+    let bytes: Vec<u8> = (0..limit).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &bytes).unwrap();
+    assert_eq!(kv::read_value(None, Some(&big)).unwrap(), bytes, "1 MiB, byte for byte");
+    let over = dir.path().join("over");
+    std::fs::write(&over, vec![0u8; limit + 1]).unwrap();
+    let e = kv::read_value(None, Some(&over)).unwrap_err();
+    assert_eq!(output::exit_of(&e), output::Exit::Usage);
+    assert!(e.to_string().contains("larger than"), "{e}");
+    let e = kv::read_value(None, Some(&dir.path().join("missing"))).unwrap_err();
+    assert_eq!(output::exit_of(&e), output::Exit::Usage);
+    assert_eq!(kv::read_value(Some("v".into()), None).unwrap(), b"v");
 }
 
 #[test]
@@ -52,6 +90,11 @@ fn usage_errors() {
     assert_eq!(kind(&["member", "add", "--learner", "4", "nowhere"]), ErrorKind::ValueValidation);
     assert_eq!(kind(&["bench", "--clients", "0"]), ErrorKind::ValueValidation);
     assert_eq!(kind(&["frobnicate"]), ErrorKind::InvalidSubcommand);
+    assert_eq!(kind(&["kv", "put", "k"]), ErrorKind::MissingRequiredArgument);
+    assert_eq!(kind(&["kv", "put", "k", "v", "--value-file", "f"]), ErrorKind::ArgumentConflict);
+    assert_eq!(kind(&["certs", "issue", "node", "4", "--dir", "d", "--days", "0"]), ErrorKind::ValueValidation);
+    assert_eq!(kind(&["certs", "issue", "root", "x", "--dir", "d"]), ErrorKind::InvalidValue);
+    assert_eq!(kind(&["certs", "dev", "--dir", "d", "--days", "399"]), ErrorKind::ValueValidation);
     // Usage errors exit with 2.
     assert_eq!(parse(&["kv"]).unwrap_err().exit_code(), 2);
 }
@@ -85,6 +128,8 @@ fn endpoints_parse_and_say_what_is_wrong() {
     assert!(msg("1=localhost").contains("not an IP:PORT"));
     assert!(msg("1=127.0.0.1:1,1=127.0.0.1:2").contains("twice"));
     assert!(msg("").contains("no endpoints"));
+    let e = conn::parse_endpoints("1=localhost").unwrap_err();
+    assert_eq!(output::exit_of(&e), output::Exit::Usage);
 }
 
 #[test]
@@ -144,10 +189,12 @@ fn certs_dev_writes_certificates_and_configs() {
         nodes: 3,
         clients: vec!["admin".into(), "reader:read".into()],
         expired_clients: vec!["old:write".into()],
+        days: 30,
+        ca_days: 365,
         base_port: 7101,
         force: false,
     };
-    certs::dev("dev", &args).unwrap();
+    certs::dev("dev", &args, output::Format::Text).unwrap();
     for f in [
         "certs/ca.crt",
         "certs/node-3.key",
@@ -158,8 +205,233 @@ fn certs_dev_writes_certificates_and_configs() {
     ] {
         assert!(args.dir.join(f).exists(), "{f} missing");
     }
-    let again = certs::dev("dev", &args).unwrap_err();
+    let again = certs::dev("dev", &args, output::Format::Text).unwrap_err();
     assert!(again.to_string().contains("--force"), "{again}");
+}
+
+fn dev_ca(dir: &std::path::Path, days: u64, ca_days: u64) -> PathBuf {
+    let args = CertsDevArgs {
+        dir: dir.to_path_buf(),
+        nodes: 3,
+        clients: vec!["admin".into()],
+        expired_clients: vec![],
+        days,
+        ca_days,
+        base_port: 7101,
+        force: false,
+    };
+    certs::dev("prod", &args, output::Format::Text).unwrap();
+    dir.join("certs")
+}
+
+fn issue_args(kind: IssueKind, name: &str, dir: &std::path::Path, days: u64) -> CertsIssueArgs {
+    CertsIssueArgs {
+        kind,
+        name: name.into(),
+        dir: dir.to_path_buf(),
+        ca_cert: None,
+        ca_key: None,
+        out: None,
+        days,
+        force: false,
+    }
+}
+
+/// Seconds from now until the end of the leaf certificate `name` in `certs`.
+fn seconds_left(certs: &std::path::Path, name: &str) -> i64 {
+    let paths = quorate_transport::TlsPaths {
+        ca: certs.join("ca.crt"),
+        cert: certs.join(format!("{name}.crt")),
+        key: certs.join(format!("{name}.key")),
+    };
+    quorate_transport::Credentials::load(paths).unwrap().seconds_until_earliest_expiry()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[test]
+fn certs_dev_honours_days_and_ca_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dev_ca(dir.path(), 7, 90);
+    let day = 86_400;
+    assert!((7 * day - 60..=7 * day).contains(&seconds_left(&certs, "node-1")));
+    let ca = quorate_transport::dev_certs::DevCa::load(&certs.join("ca.crt"), &certs.join("ca.key")).unwrap();
+    assert!((90 * day - 60..=90 * day).contains(&(ca.validity_unix().1 - unix_now())));
+    let args = CertsDevArgs {
+        dir: dir.path().join("other"),
+        nodes: 1,
+        clients: vec![],
+        expired_clients: vec![],
+        days: 30,
+        ca_days: 10,
+        base_port: 7101,
+        force: false,
+    };
+    let e = certs::dev("prod", &args, output::Format::Text).unwrap_err();
+    assert_eq!(output::exit_of(&e), output::Exit::Usage);
+    assert!(e.to_string().contains("outlive"), "{e}");
+}
+
+#[test]
+fn certs_issue_adds_a_node_and_a_client_from_the_same_ca_without_touching_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dev_ca(dir.path(), 30, 365);
+    let ca_before = (std::fs::read(certs.join("ca.crt")).unwrap(), std::fs::read(certs.join("ca.key")).unwrap());
+    // DIR or DIR/certs both work.
+    certs::issue("prod", &issue_args(IssueKind::Node, "4", dir.path(), 45), output::Format::Text).unwrap();
+    certs::issue("prod", &issue_args(IssueKind::Client, "app:write", &certs, 10), output::Format::Json).unwrap();
+    let ca_after = (std::fs::read(certs.join("ca.crt")).unwrap(), std::fs::read(certs.join("ca.key")).unwrap());
+    assert_eq!(ca_before, ca_after, "the CA is only read");
+    for (name, days) in [("node-4", 45), ("client-app", 10)] {
+        let paths = quorate_transport::TlsPaths {
+            ca: certs.join("ca.crt"),
+            cert: certs.join(format!("{name}.crt")),
+            key: certs.join(format!("{name}.key")),
+        };
+        let creds = quorate_transport::Credentials::load(paths).unwrap();
+        creds.check_usable().unwrap();
+        let left = seconds_left(&certs, name);
+        assert!((days * 86_400 - 60..=days * 86_400).contains(&left), "{name}: {left}");
+    }
+    let node4 = quorate_transport::Credentials::load(quorate_transport::TlsPaths {
+        ca: certs.join("ca.crt"),
+        cert: certs.join("node-4.crt"),
+        key: certs.join("node-4.key"),
+    })
+    .unwrap();
+    assert_eq!(node4.identity().to_string(), "quorate://prod/node/4");
+    // No leftovers of the temporary names.
+    let pending: Vec<_> = std::fs::read_dir(&certs)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains("pending"))
+        .collect();
+    assert!(pending.is_empty(), "{pending:?}");
+    // An existing certificate is kept unless --force.
+    let e = certs::issue("prod", &issue_args(IssueKind::Node, "4", &certs, 30), output::Format::Text).unwrap_err();
+    assert!(e.to_string().contains("--force"), "{e}");
+    let mut forced = issue_args(IssueKind::Node, "4", &certs, 30);
+    forced.force = true;
+    certs::issue("prod", &forced, output::Format::Text).unwrap();
+    assert!(seconds_left(&certs, "node-4") <= 30 * 86_400);
+}
+
+#[test]
+fn certs_issue_refuses_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dev_ca(dir.path(), 30, 60);
+    let issue = |args: &CertsIssueArgs| certs::issue("prod", args, output::Format::Text).unwrap_err();
+    // Names and roles: usage errors.
+    for (kind, name) in [(IssueKind::Node, "0"), (IssueKind::Node, "four"), (IssueKind::Client, "app:root")] {
+        let e = issue(&issue_args(kind, name, &certs, 30));
+        assert_eq!(output::exit_of(&e), output::Exit::Usage, "{name}: {e:#}");
+    }
+    let e = certs::issue("Bad Name", &issue_args(IssueKind::Node, "4", &certs, 30), output::Format::Text).unwrap_err();
+    assert_eq!(output::exit_of(&e), output::Exit::Usage);
+    // Longer than the CA.
+    let e = issue(&issue_args(IssueKind::Node, "4", &certs, 61));
+    let m = format!("{e:#}");
+    assert!(m.contains("would outlive it"), "{m}");
+    assert!(m.contains("pass --days 60 or less") || m.contains("pass --days 59 or less"), "{m}");
+    // A missing CA, a garbled CA, a key that is not the CA's.
+    let e = issue(&issue_args(IssueKind::Node, "4", &dir.path().join("nowhere"), 30));
+    assert!(format!("{e:#}").contains("ca.crt") && format!("{e:#}").contains("cannot read"), "{e:#}");
+    let garbled = dir.path().join("garbled");
+    std::fs::create_dir_all(&garbled).unwrap();
+    std::fs::write(
+        garbled.join("ca.crt"),
+        "-----BEGIN CERTIFICATE-----
+MIIB
+-----END CERTIFICATE-----
+",
+    )
+    .unwrap();
+    std::fs::copy(certs.join("ca.key"), garbled.join("ca.key")).unwrap();
+    let e = issue(&issue_args(IssueKind::Node, "4", &garbled, 30));
+    assert!(format!("{e:#}").contains("garbled"), "{e:#}");
+    let mut wrong_key = issue_args(IssueKind::Node, "4", &certs, 30);
+    wrong_key.ca_key = Some(certs.join("node-1.key"));
+    let e = issue(&wrong_key);
+    assert!(format!("{e:#}").contains("not the private key"), "{e:#}");
+    // A leaf certificate is not a CA.
+    let mut leaf = issue_args(IssueKind::Node, "4", &certs, 1);
+    leaf.ca_cert = Some(certs.join("node-1.crt"));
+    leaf.ca_key = Some(certs.join("node-1.key"));
+    let e = issue(&leaf);
+    assert!(format!("{e:#}").contains("not a CA"), "{e:#}");
+    assert!(!certs.join("node-4.crt").exists(), "nothing written on refusal");
+}
+
+#[test]
+fn status_json_names_every_field() {
+    use quorate_log::{Configuration, LogIndex, Term};
+    let id = |n| NodeId::new(n).unwrap();
+    let status = quorate_client::NodeStatus {
+        id: id(1),
+        role: quorate_core::Role::Leader,
+        term: Term(3),
+        leader: Some(id(1)),
+        commit: LogIndex(10),
+        applied: LogIndex(9),
+        last_index: LogIndex(10),
+        config: Configuration::with_voters([id(1), id(2)]).unwrap(),
+        config_version: LogIndex(1),
+        snapshot_index: LogIndex(4),
+        revision: 7,
+        binary_version: "0.2.0".into(),
+        storage_format: 2,
+        danger: vec![],
+    };
+    let versions = vec![(
+        id(1),
+        Ok(quorate_client::VersionInfo {
+            id: id(1),
+            binary_version: "0.2.0".into(),
+            storage_format: 2,
+            storage_format_max: 2,
+            cluster_version: 2,
+            cluster_version_max: 2,
+        }),
+    )];
+    let j = cluster::status_json(
+        &[
+            (id(1), "127.0.0.1:7001".into(), Ok(status)),
+            (id(2), "127.0.0.1:7002".into(), Err("connection refused".into())),
+        ],
+        &versions,
+    );
+    let n1 = &j["nodes"][0];
+    assert_eq!(n1["id"], 1);
+    assert_eq!(n1["reachable"], true);
+    assert_eq!(n1["error"], serde_json::Value::Null);
+    assert_eq!(n1["role"], "leader");
+    assert_eq!((n1["term"].as_u64(), n1["commit"].as_u64(), n1["applied"].as_u64()), (Some(3), Some(10), Some(9)));
+    assert_eq!(n1["config"]["voters"], serde_json::json!([1, 2]));
+    assert_eq!(n1["versions"]["cluster_version"], 2);
+    let n2 = &j["nodes"][1];
+    assert_eq!((n2["reachable"].as_bool(), n2["error"].as_str()), (Some(false), Some("connection refused")));
+    assert!(n2.get("role").is_none());
+    assert_eq!(j["cluster_version"], 2);
+    assert_eq!(j["cluster_version_supported"], 2, "the lowest maximum of the members that answered");
+}
+
+#[test]
+fn txn_json_has_one_result_per_operation() {
+    use quorate_client::{KeyValue, TxnResult};
+    let kv = KeyValue { key: b"k".to_vec(), value: vec![0xff], create_revision: 2, mod_revision: 3, version: 2 };
+    let results = [TxnResult::Put, TxnResult::Delete(true), TxnResult::Get(Some(kv)), TxnResult::Get(None)];
+    let j = kv::txn_json(false, 9, &results);
+    assert_eq!(
+        j,
+        serde_json::json!({"succeeded": false, "revision": 9, "results": [
+            {"op": "put"},
+            {"op": "delete", "deleted": true},
+            {"op": "get", "found": true, "key": "k", "value_base64": "/w==", "create_revision": 2, "mod_revision": 3, "version": 2},
+            {"op": "get", "found": false},
+        ]})
+    );
 }
 
 #[test]
