@@ -170,14 +170,11 @@ impl<S: LogStorage> Raft<S> {
     }
 
     pub(super) fn handle_request_vote(&mut self, from: NodeId, term: Term, rv: &RequestVote) {
-        if self.is_recovering() {
-            // Its log may lack entries it helped commit: no vote and no pre-vote, at any term,
-            // until it has caught up (see `recovery`).
-            let body = MessageBody::VoteResponse(VoteResponse { pre_vote: rv.pre_vote, granted: false });
-            self.send(from, body);
-            return;
-        }
-        let up_to_date = self.log.is_up_to_date(rv.last);
+        // While recovering, its log may lack entries it helped commit: the candidate must also
+        // be at least as up to date as the record, which covers every entry this node
+        // acknowledged (see `recovery`). The recorded term and vote were taken back, so the
+        // rules below never grant a second vote in the recorded term.
+        let up_to_date = self.log.is_up_to_date(rv.last) && self.recovery_allows_vote(rv.last);
         // Inside a leader's lease, refuse at any term (a higher-term request is not even
         // answered, see `handle_message`), unless the leader itself handed over: this node's
         // term may have moved since it acknowledged the leader, through any message. A vote

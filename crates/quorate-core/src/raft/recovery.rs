@@ -10,9 +10,14 @@
 //!
 //! * takes the recorded term and vote back (its term never goes below the recorded one; its
 //!   vote in that term is the recorded vote);
-//! * grants no vote and no pre-vote, at any term, and never campaigns (election timeout,
-//!   `TimeoutNow` and [`Raft::campaign_now`] are all refused): its log may lack entries it
-//!   helped commit, so its judgement of "up to date" is void;
+//! * never campaigns (election timeout, `TimeoutNow` and [`Raft::campaign_now`] are all
+//!   refused): its log may lack entries it helped commit, so it could win without them;
+//! * grants a vote or a pre-vote only to a candidate whose log is at least as up to date as
+//!   its own log *and* as the record's last entry — it votes as if its log still ended where
+//!   the record says (the usual rules otherwise; with the recorded term and vote taken back,
+//!   never a second vote in the recorded term). So a recovering node does not cost the cluster
+//!   a voter whenever the others have moved past what it had recorded, which is the usual case
+//!   once any write went through after the loss;
 //! * still appends the leader's entries and acknowledges them — an acknowledgement reports
 //!   what is durable now, which is exactly what a leader may count;
 //! * takes no commit index from a heartbeat beyond what a leader of its term has verified its
@@ -54,6 +59,18 @@
 //!   everything the leader held when it was elected. This exit does not need the target at all:
 //!   a record naming entries that no later leader holds (they were never committed) no longer
 //!   keeps the node recovering for ever.
+//!
+//! Why its votes are safe. Let `e` be committed with one of this node's forgotten
+//! acknowledgements, through an entry `c` of term `T` (an entry is committed by counting only
+//! in its leader's term) at or after `e`. This node's log held `c` when it acknowledged it, and
+//! the record's last entry `r` is at or after `c` in that log (the record covers every
+//! acknowledgement; a committed entry is never truncated), so `r`'s term is at least `T`. A
+//! candidate whose last entry is at least as up to date as `r` either ends in `r`'s term at or
+//! after `r`'s index — its entries of that term and this node's came from that term's one
+//! leader, so by log matching it holds this node's former log up to `r`, `e` included — or ends
+//! in a later term, whose leader held `e` by leader completeness (which this argument, applied
+//! term by term, keeps true). This is Raft's own "up to date" argument, with the record standing
+//! in for the log this node lost.
 //!
 //! The recorded vote is kept for the recorded term, and the term never goes back.
 //!
@@ -170,6 +187,14 @@ impl<S: LogStorage> Raft<S> {
         let last = self.log.last_index();
         let hint = EntryId::new(LOST_STATE_HINT_TERM, last);
         self.send(from, MessageBody::AppendResponse(AppendResponse::Rejected { rejected: last.next(), hint }));
+    }
+
+    /// Whether a candidate whose last entry is `last` is at least as up to date as the record
+    /// (always, when not recovering): a recovering node votes as if its log still ended at
+    /// the recorded last entry.
+    pub(super) fn recovery_allows_vote(&self, last: EntryId) -> bool {
+        let Some(r) = &self.recovery else { return true };
+        (last.term, last.index) >= (r.record.last.term, r.record.last.index)
     }
 
     /// The hint of a rejection this node sends: marked while it is recovering.

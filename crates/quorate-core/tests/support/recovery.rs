@@ -75,20 +75,33 @@ pub(crate) fn three_voters_one_lost(prep: Prep) -> (Net, Recovering) {
     (net, record)
 }
 
-/// A recovering node grants no vote and no pre-vote, whatever the term and however up to date
-/// the candidate: not the second vote of its recorded term (it voted for node 2 there, and
-/// that vote is what it lost), and none in a later term either.
+/// A recovering node votes as if its log still ended at the record (5@2): it refuses every
+/// candidate less up to date than that — here one ending at 4@1, which its own short log (1@1)
+/// would let it vote for — at any term, vote or pre-vote; it never grants a second vote in
+/// its recorded term (it voted for node 2 there, and that vote is what it lost); and in a later
+/// term it grants a candidate at least as up to date as the record (that candidate holds every
+/// entry committed with its forgotten acknowledgements).
 pub(crate) fn no_vote_while_recovering(prep: Prep) -> Result<(), String> {
     let (mut net, _) = three_voters_one_lost(prep);
     net.wire.clear();
     let since = net.sent.len();
     // Past the start-up period in which a restarted voter ignores vote requests.
     net.advance(150);
-    for (term, pre_vote) in [(2, false), (3, true), (3, false), (4, true), (9, false)] {
-        inject(&mut net, vote_request(1, 3, term, pre_vote, (5, 2)));
+    inject(&mut net, vote_request(1, 3, 2, false, (5, 2)));
+    for (term, pre_vote) in [(3, true), (3, false), (4, true), (9, false)] {
+        inject(&mut net, vote_request(1, 3, term, pre_vote, (4, 1)));
     }
     let granted = grants(&net, 3, since);
-    if granted.is_empty() { Ok(()) } else { Err(format!("node 3 granted while its state was lost: {granted:?}")) }
+    if !granted.is_empty() {
+        return Err(format!("node 3 granted while its state was lost: {granted:?}"));
+    }
+    let since = net.sent.len();
+    inject(&mut net, vote_request(1, 3, 10, false, (5, 2)));
+    if grants(&net, 3, since).len() == 1 {
+        Ok(())
+    } else {
+        Err("node 3 refused a candidate of a later term as up to date as its record".into())
+    }
 }
 
 /// A recovering node never campaigns: not when its election timer fires, not on
@@ -246,7 +259,7 @@ pub(crate) fn recovered_once_and_only_when_durable(prep: Prep) -> Result<(), Str
 }
 
 /// A crash while recovering (the application passes the same record again) stays safe: the
-/// node is still recovering, grants nothing, and recovers later. The same holds if it crashes
+/// node is still recovering, grants nothing below its record, and recovers later. The same holds if it crashes
 /// after the end was reported but before the application dropped the record.
 pub(crate) fn crash_while_recovering(prep: Prep) -> Result<(), String> {
     let (mut net, record) = three_voters_one_lost(prep);
@@ -261,7 +274,7 @@ pub(crate) fn crash_while_recovering(prep: Prep) -> Result<(), String> {
     }
     let since = net.sent.len();
     net.advance(150);
-    inject(&mut net, vote_request(1, 3, 3, false, (5, 2)));
+    inject(&mut net, vote_request(1, 3, 3, false, (4, 1)));
     let granted = grants(&net, 3, since);
     if !granted.is_empty() {
         return Err(format!("granted after a crash while recovering: {granted:?}"));
@@ -276,7 +289,7 @@ pub(crate) fn crash_while_recovering(prep: Prep) -> Result<(), String> {
     net.restart(3, storage);
     net.advance(150);
     let since = net.sent.len();
-    inject(&mut net, vote_request(1, 3, 9, false, (100, 8)));
+    inject(&mut net, vote_request(1, 3, 9, false, (4, 1)));
     let granted = grants(&net, 3, since);
     net.run_until(2000, |_| true, |net| net.node(3).recovered == 2);
     if !granted.is_empty() || net.node(3).recovered != 2 {
