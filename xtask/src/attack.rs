@@ -403,6 +403,19 @@ async fn raw_connect(
     addr: SocketAddr,
     window: Option<u32>,
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let conn = raw_connect_on(&endpoint, creds, addr, window).await?;
+    Ok((endpoint, conn))
+}
+
+/// [`raw_connect`] on an endpoint the caller keeps (an attacker making many connections uses
+/// one socket for them all, as a real one would: the node sees the same source address).
+async fn raw_connect_on(
+    endpoint: &quinn::Endpoint,
+    creds: &Credentials,
+    addr: SocketAddr,
+    window: Option<u32>,
+) -> Result<quinn::Connection> {
     let mut quic = quinn::TransportConfig::default();
     quic.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(30))?));
     quic.keep_alive_interval(Some(Duration::from_secs(1)));
@@ -412,10 +425,9 @@ async fn raw_connect(
     }
     let mut config = quinn::ClientConfig::new(creds.quic_client_crypto());
     config.transport_config(Arc::new(quic));
-    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let connecting = endpoint.connect_with(config, addr, SERVER_NAME)?;
     let conn = tokio::time::timeout(Duration::from_secs(5), connecting).await.context("handshake timed out")??;
-    Ok((endpoint, conn))
+    Ok(conn)
 }
 
 /// One request on a raw connection: its response, or why none came (bounded by 5 s).
@@ -498,9 +510,7 @@ async fn run_all(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Vec<Row>> {
                 took: Duration::ZERO,
             },
         };
-        let list = |xs: &[f64], digits: usize| {
-            xs.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(" ")
-        };
+        let list = |xs: &[f64], digits: usize| xs.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(" ");
         println!(
             "{}: {} in {:.0}s (goodput {:.0}/s → {:.0}/s, windows [{}] → [{}]; node CPU [{}] → [{}], attacker [{}]; term {}→{}, RSS +{} MiB; history: {}; check: {})",
             attack.name(),
@@ -1099,8 +1109,8 @@ async fn session_hijack(env: &Target, until: Instant, p: &Prepared) -> Result<Re
     let put = Request::Put { key: b"attack/alice".to_vec(), value: format!("a{}", 2 + p.round).into_bytes() };
     // Her next sequence number: 2 in the first round, one more in each later one.
     let seq = 2 + p.round;
-    let r = raw_request(&alice, ClientRequest { id: 3, session: Some(Sequenced { session: s, seq }), body: put })
-        .await?;
+    let r =
+        raw_request(&alice, ClientRequest { id: 3, session: Some(Sequenced { session: s, seq }), body: put }).await?;
     alice.close(0u32.into(), b"done");
     let c = env.client("alice", 7)?;
     let got = c.get("attack/alice", ReadConsistency::Linearizable).await.map(|g| g.kv.map(|kv| kv.value));
@@ -1174,14 +1184,22 @@ async fn large_reads(env: &Target, seed: u64, until: Instant) -> Result<Result<S
                 if !left(until) {
                     break;
                 }
+                // Each read ends with the window (the client's retries after a refusal too).
+                let rest = until.saturating_duration_since(Instant::now());
                 if i % 2 == 0 {
-                    let _ = c
-                        .scan("attack/large/", Some(b"attack/large0".as_slice()), 10_000, ReadConsistency::Linearizable)
-                        .await;
+                    let scan = c.scan(
+                        "attack/large/",
+                        Some(b"attack/large0".as_slice()),
+                        10_000,
+                        ReadConsistency::Linearizable,
+                    );
+                    let _ = tokio::time::timeout(rest, scan).await;
                 } else {
                     let success =
                         (0..128).map(|k| TxnOp::Get { key: format!("attack/large/{}", k % 8).into_bytes() }).collect();
-                    let _ = c.txn(Txn { compare: Vec::new(), success, failure: Vec::new() }).await;
+                    let _ =
+                        tokio::time::timeout(rest, c.txn(Txn { compare: Vec::new(), success, failure: Vec::new() }))
+                            .await;
                 }
                 n += 1;
             }
@@ -1240,21 +1258,22 @@ async fn connection_flood(env: &Target, until: Instant, p: &Prepared) -> Result<
     let target = env.listen[&p.leader];
     let mut held = Vec::new();
     let mut refused = 0u64;
+    let ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     for _ in 0..2000u32 {
         if !left(until) {
             break;
         }
-        match tokio::time::timeout(Duration::from_millis(500), raw_connect(&creds, target, None)).await {
+        match tokio::time::timeout(Duration::from_millis(500), raw_connect_on(&ep, &creds, target, None)).await {
             Ok(Ok(c)) => held.push(c),
             _ => refused += 1,
         }
     }
     let n = held.len();
     tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
-    for (ep, conn) in held {
+    for conn in held {
         conn.close(0u32.into(), b"done");
-        ep.close(0u32.into(), b"done");
     }
+    ep.close(0u32.into(), b"done");
     Ok(Ok(format!("{n} connections held, {refused} not made")))
 }
 
@@ -1304,7 +1323,9 @@ async fn bad_frames(
     until: Instant,
     p: &Prepared,
 ) -> Result<Result<String, String>> {
-    let (_ep, conn) = env.raw("client-mallory", p.leader, None).await?;
+    let (ep, mut conn) = env.raw("client-mallory", p.leader, None).await?;
+    let creds = env.credentials("client-mallory")?;
+    let (mut connections, mut refused) = (1u64, 0u64);
     let mut rng = SplitMix64::new(seed);
     let mut valid = Vec::new();
     let put = NodeMessage::Request(ClientRequest {
@@ -1319,6 +1340,24 @@ async fn bad_frames(
     for _ in 0..100_000u32 {
         if !left(until) {
             break;
+        }
+        if conn.close_reason().is_some() {
+            // The node closed the connection for a bad frame: connect again, as a real
+            // attacker would (each time meeting the node's handshake rate for its address).
+            let reconnect = tokio::time::timeout(
+                until.saturating_duration_since(Instant::now()),
+                raw_connect_on(&ep, &creds, env.listen[&p.leader], None),
+            );
+            match reconnect.await {
+                Ok(Ok(c)) => {
+                    conn = c;
+                    connections += 1;
+                }
+                _ => {
+                    refused += 1;
+                    continue;
+                }
+            }
         }
         let bytes: Vec<u8> = match attack {
             Attack::OversizedFrames => {
@@ -1346,7 +1385,10 @@ async fn bad_frames(
         }
     }
     conn.close(0u32.into(), b"done");
-    Ok(Ok(format!("{sent} bad frames sent ({answered} answered with an error)")))
+    drop(ep);
+    Ok(Ok(format!(
+        "{sent} bad frames sent on {connections} connections ({refused} more refused; {answered} answered with an error)"
+    )))
 }
 
 /// A put and its successor, then the first put replayed (same session and sequence number):
@@ -1514,7 +1556,11 @@ mod tests {
         let w = Windows { base: vec![1000.0, 800.0, 600.0], during: vec![900.0, 700.0], ..Windows::default() };
         assert!((w.kept() - 1.0).abs() < 1e-9, "{}", w.kept());
         // Unloaded medians alone would say 700/800; the pairs say what the attack took.
-        let w = Windows { base: vec![1000.0, 1000.0, 1000.0, 1000.0], during: vec![500.0, 950.0, 900.0], ..Windows::default() };
+        let w = Windows {
+            base: vec![1000.0, 1000.0, 1000.0, 1000.0],
+            during: vec![500.0, 950.0, 900.0],
+            ..Windows::default()
+        };
         assert!((w.kept() - 0.9).abs() < 1e-9, "{}", w.kept());
         assert_eq!(Windows::default().kept(), 0.0);
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
