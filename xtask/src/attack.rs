@@ -1343,7 +1343,11 @@ async fn bad_frames(
         }
         if conn.close_reason().is_some() {
             // The node closed the connection for a bad frame: connect again, as a real
-            // attacker would (each time meeting the node's handshake rate for its address).
+            // attacker would (each time meeting the node's handshake rate for its address;
+            // after a refusal it waits 10 ms: the node lets it in at most
+            // `handshakes_per_source_per_sec` times a second however fast it asks, and asking
+            // faster only burns the attacker's CPU, which here is the cluster's — a flood of
+            // connection attempts is the `connection-flood` attack).
             let reconnect = tokio::time::timeout(
                 until.saturating_duration_since(Instant::now()),
                 raw_connect_on(&ep, &creds, env.listen[&p.leader], None),
@@ -1355,6 +1359,7 @@ async fn bad_frames(
                 }
                 _ => {
                     refused += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             }
