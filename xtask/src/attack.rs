@@ -62,6 +62,22 @@ const ROUNDS_MAX: u64 = 100;
 /// `--ci`: seconds of each kind per attack, and the rounds they are split into.
 const CI_SECONDS: u64 = 6;
 const CI_ROUNDS: u64 = 6;
+/// The attacks `cargo xtask ci` runs (`--ci`): all but `slow-reader` and `large-reads`, which
+/// do not pass yet (docs/security.md, "Latest results").
+pub(crate) const CI_ATTACKS: [&str; 12] = [
+    "big-session-txn",
+    "session-hijack",
+    "handshake-slowloris",
+    "connection-flood",
+    "stream-flood",
+    "oversized-frames",
+    "truncated-frames",
+    "garbage-frames",
+    "replayed-requests",
+    "removed-node",
+    "expired-cert",
+    "read-role-writes",
+];
 /// Tasks of the well-behaved client.
 const GOOD_TASKS: u64 = 4;
 /// Keys of the well-behaved client.
@@ -1570,6 +1586,13 @@ mod tests {
         assert_eq!(Windows::default().kept(), 0.0);
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn the_ci_slice_names_attacks() {
+        for name in CI_ATTACKS {
+            Attack::parse(name).unwrap();
+        }
     }
 
     #[test]
