@@ -658,7 +658,10 @@ async fn run_one(env: &mut Env, attack: Attack, o: &Options) -> Result<Row> {
         let (goodput, cpu) = measured(&good, &node_pids, None, window).await;
         w.base.push(goodput);
         w.node_cpu_base.push(cpu.0);
-        agent.start(round, window)?;
+        if let Err(e) = agent.start(round, window) {
+            attack_check = Err(format!("{e:#}"));
+            break;
+        }
         let (goodput, cpu) = measured(&good, &node_pids, Some(agent.pid()), window).await;
         w.during.push(goodput);
         w.node_cpu_during.push(cpu.0);
