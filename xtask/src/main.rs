@@ -31,7 +31,7 @@ commands:
   demo [--smoke]             the main job: a real 3-node cluster on 127.0.0.1; writes, kills the leader
                              (SIGKILL), checks every acknowledged write, restarts it; --smoke: stop and
                              print a verdict instead of running until Ctrl-C
-  attack [--only NAMES] [--seed S] [--seconds N] [--ci]   hostile clients against a 3-node cluster, a verdict per attack
+  attack [--only NAMES] [--seed S] [--seconds N] [--rounds R] [--ci]   hostile clients against a 3-node cluster, a verdict per attack
   chaos [--nodes 3|5] [--duration S] [--seed S] [--faults LIST] [--workload mixed|hot-key] [--reads linearizable|lease]
         [--principals per-client|shared] [--target leader|any] [--hold-ms LO-HI]
                              fault testing of a real cluster with checked histories and a per-fault verdict;
@@ -193,8 +193,12 @@ fn ci(args: &[String]) -> Result<()> {
     deps::check(&root())?;
     demo::demo(&["--smoke".into()])?;
     chaos::chaos(&["ci".into()])?;
-    // Not yet: `cargo xtask attack --ci` fails 8 of its 14 attacks on goodput (docs/security.md,
-    // "Latest results"); it joins ci once it passes.
+    // The hostile-client suite's slice: 6 attacked windows of 1 s between 7 unloaded ones per
+    // attack (about 3 minutes; docs/security.md, "Latest results"). Not yet `slow-reader` and
+    // `large-reads`: they keep 84–89 % of the well-behaved client's goodput in every run,
+    // below the 90 % bound (reads are served on the apply thread, ahead of the well-behaved
+    // client's writes); they join once fixed.
+    attack::attack(&["--ci".into(), "--only".into(), attack::CI_ATTACKS.join(",")])?;
     sim(&["--seeds".into(), "500".into()])?;
     sim(&["--holes".into()])?;
     model_check(&["--quick".into()])?;

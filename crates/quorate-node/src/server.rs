@@ -1578,6 +1578,7 @@ impl Driver {
         tokio::task::spawn_blocking(move || match crate::sm::txn_bound(&*store, &txn) {
             Ok(bound) if bound.result_bytes_min > quorate_api::limits::RESULT_BYTES_MAX as u64 => {
                 tracing::debug!(?bound, "writing transaction refused before it was proposed: its results cannot fit");
+                crate::telemetry::txn_refused_unproposed(responder.principal());
                 // What the refusal cost the leader is charged to the principal's answer rate:
                 // a client that repeats such transactions is soon refused by admission, before
                 // any read.

@@ -626,6 +626,12 @@ pub(crate) fn response_write_timed_out(principal: &str) {
     metrics::counter!(n::RESPONSE_WRITE_TIMEOUTS_TOTAL, n::LABEL_PRINCIPAL => label).increment(1);
 }
 
+/// A writing transaction was refused before it was proposed: its results cannot fit.
+pub(crate) fn txn_refused_unproposed(principal: &str) {
+    let label = crate::admission::principal_label(principal);
+    metrics::counter!(n::TXNS_REFUSED_UNPROPOSED_TOTAL, n::LABEL_PRINCIPAL => label).increment(1);
+}
+
 /// A snapshot stream to a follower completed.
 pub(crate) fn snapshot_sent() {
     metrics::counter!(n::SNAPSHOTS_SENT_TOTAL).increment(1);

@@ -735,6 +735,10 @@ async fn a_transaction_whose_results_cannot_fit_is_refused_before_it_is_logged()
     let after = commit_index(&c, leader).await;
     assert_eq!(after, before, "the refused transaction was logged (commit {before} -> {after})");
     assert_eq!(c.value(leader, "x").await, None);
+    // Each refusal before proposal is counted, per principal, on the leader (the attempts
+    // shed by admission never reached the bound, so are not).
+    let counted = c.metric(leader, "quorate_txns_refused_unproposed_total{principal=\"alice\"}");
+    assert_eq!(counted, (3 + attempt) as f64, "counted refusals before proposal");
     // A writing transaction that reads what fits is proposed, applied and answered as before.
     let ok = Txn {
         compare: vec![],

@@ -199,6 +199,10 @@ pub const CLIENT_TIMEOUTS_TOTAL: &str = "quorate_client_timeouts_total";
 /// Counter per `principal`: answers not taken by the client within the response write
 /// timeout (`limits.response_write_timeout_ms`), dropped to free what they held.
 pub const RESPONSE_WRITE_TIMEOUTS_TOTAL: &str = "quorate_response_write_timeouts_total";
+/// Counter per `principal`: writing transactions the leader refused before proposing them,
+/// because the values their gets would read cannot fit an answer (nothing was logged, no
+/// replica read them).
+pub const TXNS_REFUSED_UNPROPOSED_TOTAL: &str = "quorate_txns_refused_unproposed_total";
 /// Counter per `kind` (`jump`, `stall`): the monotonic clock moved by more than a bound
 /// between two driver ticks, or not at all.
 pub const CLOCK_DISCONTINUITIES_TOTAL: &str = "quorate_clock_discontinuities_total";
@@ -274,6 +278,11 @@ pub const ALL: &[MetricDef] = &[
     c(
         RESPONSE_WRITE_TIMEOUTS_TOTAL,
         "Answers a client did not take within the response write timeout, by principal.",
+        &[LABEL_PRINCIPAL],
+    ),
+    c(
+        TXNS_REFUSED_UNPROPOSED_TOTAL,
+        "Writing transactions refused before being proposed (their results cannot fit), by principal.",
         &[LABEL_PRINCIPAL],
     ),
     c(CLOCK_DISCONTINUITIES_TOTAL, "Monotonic clock jumps or stalls beyond a bound.", &[LABEL_KIND]),
@@ -374,6 +383,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 54);
+        assert_eq!(seen.len(), 55);
     }
 }

@@ -11,7 +11,8 @@
 //!   events on the `tracing` target `quorate::audit`.
 //! * **Versioned framing.** Every message travels in an envelope with its length, protocol
 //!   version and append-only [`MessageKind`] ([`frame`]); the length is bounded and checked
-//!   before allocation; garbage is a typed error that closes the stream, never a panic.
+//!   before allocation; garbage is a typed error that closes the stream (a client's whole
+//!   connection, for a request), never a panic.
 //! * **Per-peer bounded queues.** [`Transport::try_send`] never blocks: a full queue drops
 //!   the message and counts it (Raft retransmits). Peers are redialed with seeded, jittered
 //!   backoff. Snapshot chunks travel on their own stream ([`Transport::try_send_snapshot`]),

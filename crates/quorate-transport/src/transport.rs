@@ -41,7 +41,9 @@ pub mod codes {
     pub const BAD_FRAME: u32 = 0x11;
     /// A message did not decode; the stream is closed.
     pub const BAD_MESSAGE: u32 = 0x12;
-    /// The stream was used against the protocol (e.g. no hello first).
+    /// The stream was used against the protocol (e.g. no hello first); also the code of a
+    /// client connection closed for a bad request (a malformed, oversized, undecodable or
+    /// truncated frame).
     pub const PROTOCOL: u32 = 0x13;
     /// A frame did not arrive in full within the frame deadline; the stream is closed.
     pub const TIMEOUT: u32 = 0x14;
@@ -936,7 +938,7 @@ async fn read_peer_stream<M: WireMessage>(
     // rest of it.
     let hello = match reader.frame(Some(limit), limit).await {
         Ok(Some((header, payload))) => Hello::decode(&Frame { header, payload: &payload }),
-        Ok(None) | Err(ReadFrameError::Stream(_) | ReadFrameError::Busy) => return,
+        Ok(None) | Err(ReadFrameError::Stream(_) | ReadFrameError::Truncated(_) | ReadFrameError::Busy) => return,
         Err(ReadFrameError::Timeout) => {
             reader.stop(codes::TIMEOUT);
             audit_refused(&ctx.refusals, &Identity::Peer(peer), "hello", &"not received within the frame deadline");
@@ -978,13 +980,13 @@ async fn read_peer_stream<M: WireMessage>(
         // not yet drained), not the peer's doing: no deadline on it.
         let header = match reader.header(None, limit).await {
             Ok(Some(h)) => h,
-            Ok(None) | Err(ReadFrameError::Stream(_)) => return,
+            Ok(None) | Err(ReadFrameError::Stream(_) | ReadFrameError::Truncated(_)) => return,
             Err(e) => return peer_stream_failed(&mut reader, &peer, e),
         };
         let Some(held) = reserve(&budget, None, header.payload_bytes).await else { return };
         let message = match reader.payload(&header, limit).await {
             Ok(payload) => decode_owned::<M>(header, payload),
-            Err(ReadFrameError::Stream(_)) => return,
+            Err(ReadFrameError::Stream(_) | ReadFrameError::Truncated(_)) => return,
             Err(e) => return peer_stream_failed(&mut reader, &peer, e),
         };
         match message {
@@ -1013,7 +1015,7 @@ fn peer_stream_failed(reader: &mut FrameReader, peer: &PeerIdentity, e: ReadFram
             reader.stop(codes::BAD_FRAME);
             tracing::warn!(peer = %peer.node, error = %e, "bad frame; stream closed");
         }
-        ReadFrameError::Stream(_) | ReadFrameError::Busy => {}
+        ReadFrameError::Stream(_) | ReadFrameError::Truncated(_) | ReadFrameError::Busy => {}
     }
 }
 
@@ -1028,15 +1030,24 @@ async fn serve_client<M: WireMessage>(
     conn.set_max_concurrent_bi_streams(VarInt::from_u32(CLIENT_BI_STREAMS_MAX));
     let generation = protocol_generation(&conn);
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(read_request(ctx.clone(), client.clone(), send, recv, generation, budget.clone()));
+        let conn = conn.clone();
+        tokio::spawn(read_request(ctx.clone(), client.clone(), conn, send, recv, generation, budget.clone()));
     }
 }
 
 /// Reads one request: its header within the frame deadline of the stream's opening, its
 /// bytes reserved within the deadline again, its payload within the deadline again.
+///
+/// A request no honest client sends — a frame over the limit or with a bad header, a message
+/// that does not decode, a stream finished inside its frame — closes the client's whole
+/// connection (`codes::PROTOCOL`), logged once: the client must connect again, which meets
+/// the handshake rate of its source, so it cannot make the node refuse thousands of bad frames
+/// a second on one connection. A late frame or one without room for its bytes closes only its
+/// stream (`TIMEOUT`, `BUSY`), and a reset stream (a cancelled request) is no fault at all.
 async fn read_request<M: WireMessage>(
     ctx: Arc<Ctx<M>>,
     from: ClientIdentity,
+    conn: Connection,
     mut send: SendStream,
     recv: RecvStream,
     generation: u8,
@@ -1061,16 +1072,22 @@ async fn read_request<M: WireMessage>(
         Ok(Some((header, payload, held)))
     }
     .await;
-    let failed = |code: u32, reason: String| (code, reason);
+    // (code, reason, whether the whole connection goes)
+    let failed = |code: u32, reason: String, violation: bool| (code, reason, violation);
     let outcome = match result {
         Ok(Some((header, payload, held))) => match decode_owned::<M>(header, payload) {
             Ok(message) => Ok((message, held)),
-            Err(e) => Err(failed(codes::BAD_MESSAGE, e.to_string())),
+            Err(e) => Err(failed(codes::BAD_MESSAGE, e.to_string(), true)),
         },
         Ok(None) | Err(ReadFrameError::Stream(_)) => return,
-        Err(ReadFrameError::Frame(e)) => Err(failed(codes::BAD_FRAME, e.to_string())),
-        Err(ReadFrameError::Timeout) => Err(failed(codes::TIMEOUT, "not received within the frame deadline".into())),
-        Err(ReadFrameError::Busy) => Err(failed(codes::BUSY, "no room for its bytes within the frame deadline".into())),
+        Err(ReadFrameError::Truncated(why)) => Err(failed(codes::BAD_FRAME, why.into(), true)),
+        Err(ReadFrameError::Frame(e)) => Err(failed(codes::BAD_FRAME, e.to_string(), true)),
+        Err(ReadFrameError::Timeout) => {
+            Err(failed(codes::TIMEOUT, "not received within the frame deadline".into(), false))
+        }
+        Err(ReadFrameError::Busy) => {
+            Err(failed(codes::BUSY, "no room for its bytes within the frame deadline".into(), false))
+        }
     };
     match outcome {
         Ok((message, held)) => {
@@ -1078,10 +1095,17 @@ async fn read_request<M: WireMessage>(
             let request = Request { from, message, send, frame_payload_bytes_max: max, generation, _held: held };
             let _ = ctx.inbox_requests.send(request).await;
         }
-        Err((code, reason)) => {
+        Err((_, reason, true)) => {
+            // Once per connection: the other streams of a closing connection fail as lost.
+            if conn.close_reason().is_none() {
+                conn.close(VarInt::from_u32(codes::PROTOCOL), b"protocol violation");
+                tracing::warn!(client = %from.principal, reason, "bad request; connection closed");
+            }
+        }
+        Err((code, reason, false)) => {
             reader.stop(code);
             let _ = send.reset(VarInt::from_u32(code));
-            tracing::warn!(client = %from.principal, reason, "bad request; stream closed");
+            tracing::warn!(client = %from.principal, reason, "request not received; stream closed");
         }
     }
 }
@@ -1268,7 +1292,10 @@ fn decode_owned<M: WireMessage>(header: FrameHeader, payload: Vec<u8>) -> Result
 
 enum ReadFrameError {
     Frame(FrameError),
+    /// The stream was reset or its connection lost (a cancelled request, a closed connection).
     Stream(String),
+    /// The sender finished the stream inside a frame: no honest sender does.
+    Truncated(&'static str),
     /// The frame did not arrive within its deadline.
     Timeout,
     /// No budget for the frame's bytes within its deadline.
@@ -1323,7 +1350,7 @@ impl FrameReader {
                 return if self.buf.len() == self.pos {
                     Ok(None)
                 } else {
-                    Err(ReadFrameError::Stream("stream ended inside a header".into()))
+                    Err(ReadFrameError::Truncated("the stream was finished inside a frame header"))
                 };
             }
         }
@@ -1351,7 +1378,7 @@ impl FrameReader {
         while payload.len() < len {
             let chunk = match by(deadline, self.recv.read_chunk(len - payload.len(), true)).await? {
                 Ok(Some(chunk)) => chunk.bytes,
-                Ok(None) => return Err(ReadFrameError::Stream("stream ended inside a frame".into())),
+                Ok(None) => return Err(ReadFrameError::Truncated("the stream was finished inside a frame")),
                 Err(e) => return Err(ReadFrameError::Stream(e.to_string())),
             };
             let needed = payload.len() + chunk.len();
@@ -1473,6 +1500,7 @@ impl<M: WireMessage> Client<M> {
                 Ok(None) => Err(TransportError::Closed),
                 Err(ReadFrameError::Frame(e)) => Err(e.into()),
                 Err(ReadFrameError::Stream(e)) => Err(TransportError::Read(e)),
+                Err(ReadFrameError::Truncated(why)) => Err(TransportError::Read(why.into())),
                 Err(ReadFrameError::Timeout | ReadFrameError::Busy) => Err(TransportError::Timeout),
             }
         };

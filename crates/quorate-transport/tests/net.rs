@@ -975,3 +975,50 @@ fn connection_attempts_beyond_a_sources_handshake_rate_are_refused_before_any_tl
         assert_eq!(t1.connections(), 4);
     });
 }
+
+/// A client that sends a frame no honest client sends — a header over the limit, garbage,
+/// an undecodable message, or a stream finished inside a frame — loses its connection (one
+/// audit line and one reconnection per violation, and a reconnection meets the handshake
+/// rate), where it used to lose only the stream and could repeat thousands of times a second
+/// on one connection, each costing the node a task, a log line and the stream's packets. A
+/// stream the client resets (a cancelled request) is not a violation: the connection stays.
+#[test]
+fn a_client_that_sends_a_bad_frame_loses_its_connection() {
+    run(async {
+        let s = setup("bad-client-frames", &[1]);
+        let mut c = config(&s.cluster, 1);
+        c.frame_payload_bytes_max = 1024;
+        let (t1, mut in1) = Transport::<RawMessage>::bind(c, s.creds(1)).await.expect("bind");
+        let addr = t1.local_addr();
+        let mallory = client_creds(&s, "mallory", Role::Write);
+        let mut valid = Vec::new();
+        quorate_transport::encode_message(&msg(1, 8), 1024, &mut valid).unwrap();
+        let oversize = FrameHeader { payload_bytes: 1025, version: PROTOCOL_VERSION, kind: KIND }.to_bytes().to_vec();
+        // A transport control kind on a request stream: a frame that parses, a message that
+        // does not decode.
+        let control = MessageKind::HELLO;
+        let mut undecodable =
+            FrameHeader { payload_bytes: 3, version: PROTOCOL_VERSION, kind: control }.to_bytes().to_vec();
+        undecodable.extend_from_slice(&[0xff; 3]);
+        let mut garbage = vec![0xab_u8; 64];
+        garbage[4] = 0xff;
+        let truncated = valid[..valid.len() - 3].to_vec();
+        for (name, bytes) in
+            [("oversize", oversize), ("undecodable", undecodable), ("garbage", garbage), ("truncated", truncated)]
+        {
+            let conn = raw_connect(&mallory, addr).await;
+            request_arrives(&conn, &mut in1, 1).await;
+            let (mut send, _recv) = conn.open_bi().await.expect("open_bi");
+            send.write_all(&bytes).await.unwrap();
+            let _ = send.finish();
+            assert_eq!(closed_code(&conn).await, Some(codes::PROTOCOL), "{name}: the connection must be closed");
+        }
+        // A reset stream (a cancelled request) keeps the connection.
+        let conn = raw_connect(&mallory, addr).await;
+        let (mut send, _recv) = conn.open_bi().await.expect("open_bi");
+        send.write_all(&valid[..5]).await.unwrap();
+        send.reset(VarInt::from_u32(0)).unwrap();
+        request_arrives(&conn, &mut in1, 2).await;
+        assert!(conn.close_reason().is_none(), "a cancelled request closed the connection");
+    });
+}
