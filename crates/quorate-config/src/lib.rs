@@ -291,7 +291,8 @@ pub struct RaftConfig {
     /// Entries kept behind a snapshot for slow followers.
     pub compaction_tail_entries: u64,
     /// A node whose store lost synced state (detected at start by the durable mark) rejoins
-    /// automatically: it starts without a vote, catches up from the leader, then votes again
+    /// automatically: it does not campaign and votes only for candidates at least as up to
+    /// date as what it had recorded until it has caught up from the leader
     /// (docs/operations.md, "Lost synced state"). `false`: it refuses to start with the
     /// evidence, for an operator to remove it and add it back. Written to a configuration
     /// file only when `false` (a 0.1.0 node refuses unknown fields).

@@ -71,8 +71,8 @@ pub struct Config {
     pub snapshot: Option<quorate_log::SnapshotMeta>,
     /// The node lost synced state and this is what it had durably recorded before (the
     /// storage's durable mark): the core starts in protocol-aware recovery — it takes the
-    /// recorded term and vote back, grants no vote and never campaigns until a leader has
-    /// caught its log up again, and reports the end in [`crate::Ready::recovered`]. Pass it
+    /// recorded term and vote back, never campaigns and votes only for a candidate at least
+    /// as up to date as the record until a leader has caught its log up again, and reports the end in [`crate::Ready::recovered`]. Pass it
     /// on every start until that report has been handled (a crash in between is safe).
     /// `None` (the default): the storage holds everything the node acknowledged.
     pub recovering: Option<Recovering>,

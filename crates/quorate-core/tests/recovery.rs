@@ -1,6 +1,6 @@
 //! Recovery from lost synced state (issue 18): a node whose storage lost records it had synced
-//! starts with `Config::recovering` (what it had recorded) and rejoins without a vote until a
-//! leader has caught it up. The scenarios live in `support/recovery.rs`;
+//! starts with `Config::recovering` (what it had recorded) and rejoins without campaigning, voting
+//! only for candidates at least as up to date as its record, until a leader has caught it up. The scenarios live in `support/recovery.rs`;
 //! `tests/holes_reintroduced.rs` runs those that guard safety with the node ignoring its loss
 //! (the hole `LostStateIgnored`) and shows that each then fails.
 

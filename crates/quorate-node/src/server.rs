@@ -509,8 +509,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     };
     let mut options = StoreOptions::with_bootstrap(bootstrap);
     options.write_buffer_bytes = config.limits.storage_write_buffer_mb.saturating_mul(1 << 20);
-    // Issue 18: a store that lost synced state opens, and the node rejoins without a vote
-    // until a leader has caught it up (the consensus core's `recovering`, below).
+    // Issue 18: a store that lost synced state opens, and the node rejoins without campaigning
+    // (voting only for candidates as up to date as its record) until a leader has caught it up (the consensus core's `recovering`, below).
     options.accept_lost_state = config.raft.rejoin_after_lost_state;
     // Client writes are refused (Overloaded) below the client floor; the store refuses appends
     // (they wait for space) below what RocksDB itself needs, the store floor.
@@ -565,8 +565,9 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
             node = id.get(),
             recorded = %lost.describe(),
             evidence = %store.dir().join(quorate_storage::LOST_STATE_FILE).display(),
-            "this node lost synced state: it rejoins without a vote, and votes again once a leader has caught its log \
-             up to what it had recorded (raft.rejoin_after_lost_state)"
+            "this node lost synced state: it rejoins without campaigning, votes only for a candidate at least as up to \
+             date as what it had recorded, and leaves recovery once a leader has caught it up \
+             (raft.rejoin_after_lost_state)"
         );
         cc.recovering =
             Some(quorate_core::Recovering { term: lost.term, vote: lost.vote, last: lost.last, commit: lost.commit });

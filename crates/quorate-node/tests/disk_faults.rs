@@ -5,7 +5,7 @@
 //! votes on forgotten state and never serves unverified data.
 //!
 //! * a write-ahead log that lost synced records (torn, then a crash): by default the node
-//!   rejoins without a vote, catches up from the leader and votes again (issue 18); with
+//!   rejoins without campaigning (voting only as up to date as its record), catches up from the leader and votes again (issue 18); with
 //!   `raft.rejoin_after_lost_state = false` it refuses to start, the durable mark naming what
 //!   was lost, and the other two go on;
 //! * a damaged write-ahead log record: refuses to start, RocksDB names the damage;
@@ -273,7 +273,7 @@ async fn lose_synced_records(c: &mut Cluster, before: &[(String, String)]) -> (u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wal_that_lost_synced_records_rejoins_without_a_vote_and_catches_up() {
+async fn a_wal_that_lost_synced_records_rejoins_without_campaigning_and_catches_up() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(tmp.path(), |_, _| {});
     let before = pairs("a", 10);
@@ -282,7 +282,7 @@ async fn a_wal_that_lost_synced_records_rejoins_without_a_vote_and_catches_up() 
 
     // Restarted (the fault is one-shot): it starts, recovering from what its mark recorded.
     c.spawn(victim);
-    c.logged(victim, "this node lost synced state: it rejoins without a vote");
+    c.logged(victim, "this node lost synced state: it rejoins without campaigning");
     let log = c.log(victim);
     assert!(log.contains("log entries") && log.contains("vote for node"), "{log}");
     // Caught up by the leader (heartbeats alone do it: no write is needed), it votes again and

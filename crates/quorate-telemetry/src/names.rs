@@ -92,8 +92,9 @@ pub const ROLE: &str = "quorate_raft_role";
 pub const LEADER_ID: &str = "quorate_raft_leader_id";
 /// Gauge: 1 when the node knows a leader for its term, else 0.
 pub const HAS_LEADER: &str = "quorate_raft_has_leader";
-/// Gauge: 1 while the node recovers from lost synced state (it rejoined without a vote and
-/// votes again once a leader has caught it up), else 0.
+/// Gauge: 1 while the node recovers from lost synced state (it does not campaign and votes
+/// only for candidates at least as up to date as its record until a leader has caught it
+/// up), else 0.
 pub const RECOVERING: &str = "quorate_recovering";
 /// Gauge: the commit index this node knows.
 pub const COMMIT_INDEX: &str = "quorate_raft_commit_index";
@@ -227,7 +228,11 @@ pub const ALL: &[MetricDef] = &[
     g(ROLE, "1 for the node's current role, 0 for the others.", &[LABEL_ROLE]),
     g(LEADER_ID, "The node id of the known leader, 0 when none.", &[]),
     g(HAS_LEADER, "1 when the node knows a leader for its term.", &[]),
-    g(RECOVERING, "1 while the node recovers from lost synced state (no vote until caught up).", &[]),
+    g(
+        RECOVERING,
+        "1 while the node recovers from lost synced state (no campaign, and votes only as up to date as its record, until caught up).",
+        &[],
+    ),
     g(COMMIT_INDEX, "The commit index this node knows.", &[]),
     g(APPLIED_INDEX, "The index applied to the state machine.", &[]),
     g(LAST_LOG_INDEX, "The index of the last entry in the local log.", &[]),

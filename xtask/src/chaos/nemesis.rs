@@ -159,7 +159,8 @@ const LOST_WAL_RECORDS_MAX: u64 = 16;
 /// node's `tear_wal` failpoint cuts them and aborts the process at once (a power failure);
 /// the node stays down for the hold and is restarted when healed. If what was cut had been
 /// synced, its store finds less than its durable mark recorded and it rejoins protocol-aware
-/// (no vote until a leader has caught it up: docs/operations.md, *Lost synced state*);
+/// (no campaign, and votes only as up to date as its record, until a leader has caught it up:
+/// docs/operations.md, *Lost synced state*);
 /// otherwise it restarts as after a crash mid-write. The failpoint is one-shot per new value:
 /// the file is cleared at every heal, so `1` is new each time.
 fn lost_wal(rng: &mut SplitMix64, _: Context) -> FailpointSetting {

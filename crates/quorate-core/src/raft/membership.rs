@@ -206,10 +206,17 @@ impl<S: LogStorage> Raft<S> {
             new.voters_outgoing = old.voters.clone();
         }
         // The new configuration must be able to form a quorum with the nodes that answered
-        // recently (a caught-up newcomer counts).
+        // recently (a caught-up newcomer counts): since the last check-quorum round, or a
+        // heartbeat sent within the last election timeout (the round forgets every follower,
+        // and a change proposed before their next answers was refused on a healthy cluster).
         let id = self.id;
+        let now = self.now;
+        let window = self.cfg.election_timeout_min;
+        let heard = |p: &crate::progress::Progress| {
+            p.recent_active || p.acked_sent_at.is_some_and(|sent| now.saturating_since(sent) < window)
+        };
         let healthy = |n: NodeId| {
-            n == id || peers.get(&n).is_some_and(|p| p.recent_active && last.distance_from(p.match_index) <= max_lag)
+            n == id || peers.get(&n).is_some_and(|p| heard(p) && last.distance_from(p.match_index) <= max_lag)
         };
         if !new.has_quorum(healthy) {
             return Err(ConfChangeError::WouldLoseQuorum);

@@ -44,18 +44,18 @@
 //! Why the exits are safe. The storage records a term, a vote and a longer log before they
 //! are acknowledged (the contract of [`Recovering::last`]), so every acknowledgement this node
 //! sent before the loss was sent in a term at most the recorded term, for an entry at most the
-//! recorded last index. The danger is an entry `e` committed with one
-//! of those forgotten acknowledgements: once the node votes again, it must hold `e`, or its
+//! recorded last index. The danger is an entry `e` committed with one of those forgotten
+//! acknowledgements: once the node votes on its own log again, it must hold `e`, or its
 //! "up to date" check could help elect a leader without `e`.
 //! * In the recorded term there is one leader, which holds every entry this node acknowledged
 //!   in that term, and every entry committed in an earlier term (leader completeness); a log
 //!   that matches it up to the target holds them all again.
-//! * A leader of a later term was elected without this node's vote: the node had not reached
-//!   that term before the loss, and grants no vote while recovering. Every quorum that
-//!   committed `e` therefore meets that leader's election quorum in a node other than this one,
-//!   whose acknowledgement of `e` preceded its vote, so the usual proof of leader completeness
-//!   holds without this node: the leader held `e` when it was elected, below its first entry of
-//!   its term. A log that matches the leader's up to an entry of the current term holds
+//! * A leader of a later term held `e` when it was elected, below its first entry of its
+//!   term. The node had not reached that term before the loss. If it voted for that leader
+//!   while recovering, the leader was at least as up to date as the record, and holds `e` by
+//!   the argument for votes below. If not, every quorum that committed `e` meets that leader's
+//!   election quorum in a node other than this one, whose acknowledgement of `e` preceded its
+//!   vote, so the usual proof of leader completeness holds without this node. A log that matches the leader's up to an entry of the current term holds
 //!   everything the leader held when it was elected. This exit does not need the target at all:
 //!   a record naming entries that no later leader holds (they were never committed) no longer
 //!   keeps the node recovering for ever.
