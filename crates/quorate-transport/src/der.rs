@@ -27,22 +27,27 @@ const SEQUENCE: u8 = 0x30;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 
-/// `(not_before, not_after)` of an X.509 certificate in DER, as Unix seconds.
-#[must_use]
-pub fn validity_unix(cert: &[u8]) -> Option<(i64, i64)> {
+/// The fields of an X.509 certificate's `TBSCertificate` in DER from its `skip`-th on (after
+/// the optional `[0] EXPLICIT` version): 0 is serialNumber, 3 validity, 4 subject.
+fn tbs_field(cert: &[u8], skip: usize) -> Option<&[u8]> {
     let (tag, cert, _) = element(cert)?;
     (tag == SEQUENCE).then_some(())?;
     let (tag, mut tbs, _) = element(cert)?;
     (tag == SEQUENCE).then_some(())?;
-    // [0] EXPLICIT version, optional.
     if tbs.first() == Some(&0xa0) {
         tbs = element(tbs)?.2;
     }
-    // serialNumber, signature, issuer.
-    for _ in 0..3 {
+    for _ in 0..skip {
         tbs = element(tbs)?.2;
     }
-    let (tag, validity, _) = element(tbs)?;
+    Some(tbs)
+}
+
+/// `(not_before, not_after)` of an X.509 certificate in DER, as Unix seconds.
+#[must_use]
+pub fn validity_unix(cert: &[u8]) -> Option<(i64, i64)> {
+    // serialNumber, signature, issuer, then validity.
+    let (tag, validity, _) = element(tbs_field(cert, 3)?)?;
     (tag == SEQUENCE).then_some(())?;
     let (t1, not_before, rest) = element(validity)?;
     let (t2, not_after, _) = element(rest)?;
@@ -100,18 +105,8 @@ pub(crate) fn ca_parts(cert: &[u8]) -> Option<CaParts<'_>> {
     const BIT_STRING: u8 = 0x03;
     const BOOLEAN: u8 = 0x01;
     const EXTENSIONS: u8 = 0xa3;
-    let (tag, cert, _) = element(cert)?;
-    (tag == SEQUENCE).then_some(())?;
-    let (tag, mut tbs, _) = element(cert)?;
-    (tag == SEQUENCE).then_some(())?;
-    if tbs.first() == Some(&0xa0) {
-        tbs = element(tbs)?.2;
-    }
-    // serialNumber, signature, issuer, validity.
-    for _ in 0..4 {
-        tbs = element(tbs)?.2;
-    }
-    let (tag, mut name, rest) = element(tbs)?;
+    // serialNumber, signature, issuer, validity, then subject.
+    let (tag, mut name, rest) = element(tbs_field(cert, 4)?)?;
     (tag == SEQUENCE).then_some(())?;
     let mut subject = Vec::new();
     while !name.is_empty() {
