@@ -68,7 +68,7 @@ use link::{Link, LinkError, QuicLink};
 use quorate_api::{ClientRequest, Request, Response, Sequenced, SessionId};
 use quorate_core::SplitMix64;
 use quorate_log::{LogIndex, NodeId};
-use quorate_transport::{ClusterId, Credentials, TlsPaths};
+use quorate_transport::{ClusterId, Credentials, PeerAddr, TlsPaths};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -382,8 +382,14 @@ impl Client {
     }
 
     /// Adds node `id` at `addr` as a learner (admin).
-    pub async fn member_add(&self, id: NodeId, addr: SocketAddr) -> Result<(), ClientError> {
-        self.core.learn_addr(id, addr);
+    ///
+    /// `addr` is an `IP:PORT` ([`SocketAddr`]) or a `HOST:PORT` name ([`PeerAddr`]): the
+    /// leader checks that it resolves, and the members resolve a name again before every dial.
+    pub async fn member_add(&self, id: NodeId, addr: impl Into<PeerAddr>) -> Result<(), ClientError> {
+        let addr = addr.into();
+        if let Some(sa) = addr.socket() {
+            self.core.learn_addr(id, sa);
+        }
         self.done(Request::MemberAdd { id, addr: addr.to_string() }).await
     }
 

@@ -78,8 +78,15 @@ pub struct NodeConfig {
     /// The cluster's name, bound to every certificate: 1 to 63 bytes of lowercase letters,
     /// digits and `-`, not starting or ending with `-` (the rule of `ClusterId`).
     pub cluster: String,
-    /// The one QUIC endpoint for peers and clients (`host:port`).
+    /// The one QUIC endpoint for peers and clients (`IP:PORT`; `0.0.0.0:7001` listens on
+    /// every interface).
     pub listen: SocketAddr,
+    /// The address the other members and clients reach this node at (`HOST:PORT` or
+    /// `IP:PORT`), when it is not `listen` — behind NAT, in a container, under a DNS name.
+    /// Default: this node's entry in `peers`, else `listen`. A name is resolved again
+    /// before every dial, so a node that comes back on a new address is found by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
     /// Where the node keeps its data (RocksDB, snapshots, backups).
     pub data_dir: PathBuf,
     /// `true`: start with no configuration and wait to be added as a learner.
@@ -503,8 +510,9 @@ impl NodeConfig {
         }
     }
 
-    /// Applies `QUORATE_ID`, `QUORATE_LISTEN`, `QUORATE_DATA_DIR`, `QUORATE_METRICS_LISTEN`
-    /// as read by `get` (the process environment in [`NodeConfig::load`]).
+    /// Applies `QUORATE_ID`, `QUORATE_LISTEN`, `QUORATE_ADVERTISE`, `QUORATE_DATA_DIR`,
+    /// `QUORATE_METRICS_LISTEN` as read by `get` (the process environment in
+    /// [`NodeConfig::load`]). `QUORATE_ADVERTISE` is checked by [`NodeConfig::validate`].
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("QUORATE_ID") {
             self.id = v.trim().parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
@@ -519,6 +527,9 @@ impl NodeConfig {
                 value: v.clone(),
                 detail: e.to_string(),
             })?;
+        }
+        if let Some(v) = get("QUORATE_ADVERTISE") {
+            self.advertise = Some(v.trim().to_string());
         }
         if let Some(v) = get("QUORATE_DATA_DIR") {
             if v.is_empty() {
@@ -575,9 +586,17 @@ impl NodeConfig {
             if *id == 0 {
                 return Err(invalid("peers", "node ids start at 1; remove the entry `0`"));
             }
-            if addr.is_empty() || addr.len() > ADDRESS_BYTES_MAX || !addr.contains(':') {
-                return Err(invalid("peers", format!("address of node {id} must be `host:port`, got {addr:?}")));
+            if addr.len() > ADDRESS_BYTES_MAX {
+                return Err(invalid("peers", format!("address of node {id} is over {ADDRESS_BYTES_MAX} bytes")));
             }
+            if let Err(e) = quorate_transport::PeerAddr::parse(addr) {
+                return Err(invalid("peers", format!("address of node {id}: {e}")));
+            }
+        }
+        if let Some(a) = &self.advertise
+            && let Err(e) = quorate_transport::PeerAddr::parse(a)
+        {
+            return Err(invalid("advertise", e.to_string()));
         }
         if self.peers.len() > MEMBERS_MAX {
             return Err(invalid("peers", format!("at most {} members", MEMBERS_MAX)));

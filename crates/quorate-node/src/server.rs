@@ -26,7 +26,9 @@ use quorate_log::{Configuration, Data, EntryId, LogIndex, LogStorage, NodeId, Sn
 use quorate_storage::{
     GroupCommitter, GroupOptions, PersistBatch, RocksStore, SnapshotReader, StoreError, StoreOptions,
 };
-use quorate_transport::{ClusterId, Credentials, Inbox, Incoming, TlsPaths, Transport, TransportConfig};
+use quorate_transport::{
+    ClusterId, Credentials, Inbox, Incoming, PeerAddr, Resolver, SystemResolver, TlsPaths, Transport, TransportConfig,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,10 +66,6 @@ const DISK_STATUS_CLUSTER_VERSION: u32 = 2;
 const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Deadline of one resolution of a member's address.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// First and longest pause between resolutions of a member address learned from the log
-/// that did not resolve.
-const RESOLVE_RETRY_MIN: Duration = Duration::from_secs(1);
-const RESOLVE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Snapshot chunks waiting to be written to the staging file; a follower whose disk falls
 /// further behind the stream drops the transfer (the leader retries).
 const STAGING_QUEUE_CHUNKS: usize = 16;
@@ -166,9 +164,9 @@ impl Shared {
         self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
     }
 
-    /// Records a member's address (from the log) and dials it if it is new or moved. The
-    /// name is resolved off the caller (the apply thread) by a task of its own, each attempt
-    /// within [`RESOLVE_TIMEOUT`], retried with backoff while the address stays current.
+    /// Records a member's address (from the log) and dials it if it is new or moved. A host
+    /// name is handed to the transport as a name: it resolves it again before every dial (off
+    /// the caller, the apply thread), so a member that comes back on a new address is found.
     pub(crate) fn learn_member_addr(self: &Arc<Self>, id: NodeId, addr: String) {
         let changed = {
             let mut a = self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -177,29 +175,46 @@ impl Shared {
         if !changed || id == self.id {
             return;
         }
-        // Weak: a resolution in progress must not keep the store open after the node stops.
-        let shared = Arc::downgrade(self);
-        let failpoints = self.failpoints.clone();
-        self.handle.spawn(async move {
-            let mut backoff = RESOLVE_RETRY_MIN;
-            loop {
-                let found = resolve(&addr, &failpoints).await;
-                let Some(shared) = shared.upgrade() else { return };
-                if shared.addr_of(id).as_deref() != Some(addr.as_str()) {
-                    return; // Moved again: the newer address has a task of its own.
-                }
-                if let Some(sa) = found {
-                    shared.transport.add_peer(id, sa);
-                    tracing::info!(node = %id, %addr, "peer address learned");
-                    return;
-                }
-                tracing::warn!(node = %id, %addr, retry_in_ms = backoff.as_millis() as u64,
-                    "cannot resolve member address");
-                drop(shared);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RESOLVE_RETRY_MAX);
+        // The caller may be the apply thread, outside the runtime: the transport spawns the
+        // peer's task on it.
+        let _runtime = self.handle.enter();
+        dial_member(&self.transport, id, &addr);
+    }
+}
+
+/// Starts dialing member `id` at `addr` (`IP:PORT` or `NAME:PORT`); an address that is
+/// neither (a log written by hand, an old binary's lax check) is logged, not dialed.
+fn dial_member(transport: &Transport<NodeMessage>, id: NodeId, addr: &str) {
+    match PeerAddr::parse(addr) {
+        Ok(a) => {
+            tracing::info!(node = %id, %addr, "peer address learned");
+            transport.add_peer_at(id, a);
+        }
+        Err(e) => tracing::warn!(node = %id, error = %e, "cannot use the member's address"),
+    }
+}
+
+/// The system's resolver, behind the `slow_resolve_ms` failpoint: what the transport asks
+/// before every dial of a member given by name, and what `member add` checks a new address with.
+#[derive(Debug)]
+struct NodeResolver {
+    failpoints: crate::failpoints::Failpoints,
+}
+
+impl Resolver for NodeResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + '_>> {
+        let delay = self.failpoints.resolve_delay();
+        let lookup = SystemResolver.resolve(host, port);
+        Box::pin(async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
             }
-        });
+            lookup.await
+        })
     }
 }
 
@@ -427,10 +442,11 @@ async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Opti
         if let Some(d) = failpoints.resolve_delay() {
             tokio::time::sleep(d).await;
         }
-        if let Ok(sa) = addr.parse() {
-            return Some(sa);
+        match PeerAddr::parse(addr).ok()? {
+            PeerAddr::Socket(sa) => Some(sa),
+            PeerAddr::Name { host, port } => tokio::net::lookup_host((host.as_str(), port)).await.ok()?.next(),
+            _ => None,
         }
-        tokio::net::lookup_host(addr).await.ok()?.next()
     };
     tokio::time::timeout(RESOLVE_TIMEOUT, attempt).await.ok().flatten()
 }
@@ -584,7 +600,10 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
     let cluster = ClusterId::new(&config.cluster).map_err(|e| ServerError::Fatal(format!("cluster: {e}")))?;
     let credentials = Arc::new(credentials);
+    let failpoints = crate::failpoints::Failpoints::start(&data_dir, config.limits.danger_failpoints);
+    failpoints.attach_store(&store);
     let mut tconfig = TransportConfig::new(cluster, id, config.listen);
+    tconfig.resolver = Arc::new(NodeResolver { failpoints: failpoints.clone() });
     tconfig.handshakes_per_source_per_sec = config.limits.handshakes_per_source_per_sec;
     tconfig.handshake_burst_per_source = config.limits.handshake_burst_per_source;
     tconfig.client_connections_per_identity_max =
@@ -613,22 +632,16 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         addrs.insert(node_id(p)?, a.clone());
     }
     addrs.extend(crate::sm::member_addrs(&*store)?);
-    addrs.insert(id, config.listen.to_string());
-    let failpoints = crate::failpoints::Failpoints::start(&data_dir, config.limits.danger_failpoints);
-    failpoints.attach_store(&store);
-    // Resolved in tasks of their own: a slow name server delays no one but that peer.
+    // This node's own entry: the address the others reach it at (`advertise`, else its
+    // `peers` entry), not necessarily what it listens on (`0.0.0.0:7001`).
+    let own = config.advertise.clone().or_else(|| config.peers.get(&id.get()).cloned());
+    addrs.insert(id, own.unwrap_or_else(|| config.listen.to_string()));
+    // Dialed in the transport's tasks: a name is resolved before every dial, and a slow name
+    // server delays no one but that peer.
     for (&p, a) in &addrs {
-        if p == id {
-            continue;
+        if p != id {
+            dial_member(&transport, p, a);
         }
-        let (transport, failpoints, a) = (Arc::downgrade(&transport), failpoints.clone(), a.clone());
-        tokio::spawn(async move {
-            match (resolve(&a, &failpoints).await, transport.upgrade()) {
-                (Some(sa), Some(t)) => t.add_peer(p, sa),
-                (None, _) => tracing::warn!(node = %p, addr = %a, "cannot resolve peer address"),
-                (Some(_), None) => {}
-            }
-        });
     }
 
     let telemetry = crate::telemetry::NodeTelemetry::new(applied_index);
@@ -1641,7 +1654,7 @@ impl Driver {
         };
         // First the address, through the log (every node learns it when applying), then the
         // learner. This node dials it at once: it replicates to the learner from now on.
-        self.shared.transport.add_peer(new, sa);
+        self.shared.transport.add_peer_at(new, PeerAddr::parse(&addr).unwrap_or(PeerAddr::Socket(sa)));
         let cmd =
             Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::SetMemberAddr { id: new, addr } };
         let bytes = match quorate_api::encode_command(&cmd) {

@@ -87,6 +87,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("n{i}")),
                 join: false,
                 metrics_listen: None,
+                advertise: None,
                 peers: peers.clone(),
                 tls: TlsConfig {
                     ca: paths.ca.clone(),

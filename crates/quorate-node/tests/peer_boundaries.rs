@@ -119,6 +119,7 @@ impl Cluster {
                     data_dir: dir.join(format!("n{i}")),
                     join: i > members,
                     metrics_listen: Some(metrics[(i - 1) as usize]),
+                    advertise: None,
                     // Every node lists the members (a joining node answers whichever leader
                     // adds it: it must know its address).
                     peers: peers.clone(),
@@ -495,7 +496,11 @@ async fn slow_name_resolution_stalls_neither_the_driver_nor_the_apply_thread() {
         c.failpoints_applied(f, "slow_resolve_ms: 60000").await;
     }
     let admin = c.client("admin", &[1, 2, 3]);
-    admin.member_add(nid(4), c.config(4).listen).await.expect("member add");
+    // By name: the leader resolves it to check the add, and every member's transport resolves
+    // it again before each dial of node 4 (slowly, here), off the driver and the apply thread.
+    let by_name: quorate_transport::PeerAddr =
+        format!("localhost:{}", c.config(4).listen.port()).parse().expect("a host name");
+    admin.member_add(nid(4), by_name.clone()).await.expect("member add");
     for id in 1..=3 {
         assert_eq!(c.view(id).await, (term, Some(nid(leader))), "node {id}: an election during the add");
     }
@@ -511,6 +516,10 @@ async fn slow_name_resolution_stalls_neither_the_driver_nor_the_apply_thread() {
         .await;
         reader.close();
     }
+    // Every member recorded the name, not what it resolved to.
+    let members = admin.member_list().await.expect("member list");
+    let four = members.iter().find(|m| m.id == nid(4)).expect("node 4 is a member");
+    assert_eq!(four.addr.as_deref(), Some(by_name.to_string().as_str()));
     admin.close();
     writer.close();
 }

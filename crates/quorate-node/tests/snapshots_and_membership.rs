@@ -96,6 +96,7 @@ mod common {
                     data_dir: dir.path().join(format!("n{i}")),
                     join: i > 3,
                     metrics_listen: None,
+                    advertise: None,
                     peers: peers.clone(),
                     tls: TlsConfig {
                         ca: paths.ca.clone(),

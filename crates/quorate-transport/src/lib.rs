@@ -48,6 +48,7 @@
 /// Most certificate revocation list files one endpoint reads (`Credentials::load_with_crls`).
 pub const CRL_FILES_MAX: usize = 16;
 
+mod addr;
 #[cfg(feature = "net")]
 mod backoff;
 #[cfg(feature = "net")]
@@ -65,6 +66,7 @@ mod tls;
 #[cfg(feature = "net")]
 mod transport;
 
+pub use addr::{PEER_ADDR_BYTES_MAX, PeerAddr, PeerAddrError};
 #[cfg(feature = "net")]
 pub use backoff::Backoff;
 pub use frame::{
@@ -82,6 +84,6 @@ pub use sources::{HANDSHAKE_RATE_CEILING, HANDSHAKE_SOURCES_MAX};
 pub use tls::{CRL_FILE_BYTES_MAX, Credentials, TlsError, TlsPaths};
 #[cfg(feature = "net")]
 pub use transport::{
-    AUDIT_TARGET, Client, ClientOptions, Inbox, Incoming, PeerStats, REQUEST_PAYLOAD_BYTES_DEFAULT, Request, SendError,
-    Transport, TransportConfig, TransportError, codes, quic_transport_config,
+    AUDIT_TARGET, Client, ClientOptions, Inbox, Incoming, PeerStats, REQUEST_PAYLOAD_BYTES_DEFAULT, Request, Resolver,
+    SendError, SystemResolver, Transport, TransportConfig, TransportError, codes, quic_transport_config,
 };

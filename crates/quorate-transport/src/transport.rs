@@ -1,6 +1,7 @@
 //! The QUIC transport: one endpoint per node, a dialing task per peer with bounded queues, an
 //! accept loop that authenticates every connection, and the client request path.
 
+use crate::addr::PeerAddr;
 use crate::backoff::Backoff;
 use crate::conns::{Held, Registered, Table, TableLimits, reserve};
 use crate::frame::{
@@ -138,6 +139,64 @@ pub struct TransportConfig {
     pub peer_receive_window_bytes: u32,
     /// QUIC receive window of one stream (every connection; QUIC's own default).
     pub stream_receive_window_bytes: u32,
+    /// Turns a peer's host name into addresses, before every dial of a peer given by name
+    /// ([`PeerAddr::Name`]); the system's resolver by default.
+    pub resolver: Arc<dyn Resolver>,
+    /// Limit on one resolution; a slower one counts as a failed dial.
+    pub resolve_timeout: Duration,
+}
+
+/// Resolves a peer's host name to socket addresses. The transport asks again before every
+/// dial, so a peer that moved is found under its name. Implement it to inject delays or
+/// fixed answers (tests, fault injection); [`SystemResolver`] asks the operating system.
+pub trait Resolver: Send + Sync + fmt::Debug + 'static {
+    /// The addresses of `host` with `port`, best first.
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + '_>>;
+}
+
+/// The operating system's resolver (`getaddrinfo`, through tokio: `/etc/hosts`, DNS, …).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + '_>> {
+        let host = host.to_string();
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), port)).await?.collect()) })
+    }
+}
+
+/// The address to dial for `addr` from an endpoint bound to `local`: a socket address as is;
+/// a name resolved by `resolver` within `timeout`, its first address of `local`'s family
+/// (an IPv4 endpoint cannot reach an IPv6 address) or else its first address.
+pub(crate) async fn dial_addr(
+    addr: &PeerAddr,
+    local: SocketAddr,
+    resolver: &dyn Resolver,
+    timeout: Duration,
+) -> Result<SocketAddr, TransportError> {
+    let (host, port) = match addr {
+        PeerAddr::Socket(sa) => return Ok(*sa),
+        PeerAddr::Name { host, port } => (host, *port),
+    };
+    let found = match tokio::time::timeout(timeout, resolver.resolve(host, port)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return Err(TransportError::Resolve(format!("{addr}: {e}"))),
+        Err(_) => return Err(TransportError::Resolve(format!("{addr}: no answer within {timeout:?}"))),
+    };
+    let same_family =
+        found.iter().find(|a| a.is_ipv4() == local.is_ipv4() || local.ip().is_unspecified() && local.is_ipv6());
+    same_family
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| TransportError::Resolve(format!("{addr}: the name has no address")))
 }
 
 impl TransportConfig {
@@ -173,6 +232,8 @@ impl TransportConfig {
             client_send_window_bytes: MIB,
             peer_receive_window_bytes: 16 * MIB,
             stream_receive_window_bytes: 1_250_000,
+            resolver: Arc::new(SystemResolver),
+            resolve_timeout: Duration::from_secs(5),
         }
     }
 
@@ -269,6 +330,9 @@ pub enum TransportError {
     /// Timed out.
     #[error("timed out")]
     Timeout,
+    /// A peer's name did not resolve.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
     /// The configuration is inconsistent.
     #[error("configuration: {0}")]
     Config(String),
@@ -294,6 +358,11 @@ pub struct PeerStats {
     /// The smoothed round-trip time of the current connection (QUIC's estimate, fed by
     /// acknowledgements); `None` while no connection is up.
     pub rtt: Option<Duration>,
+    /// Resolutions of the peer's name that failed or timed out (each also a failed dial).
+    pub resolve_failures: u64,
+    /// The socket address of the last dial (for a peer given by name, what its name resolved
+    /// to then); `None` before the first.
+    pub dialed: Option<SocketAddr>,
 }
 
 #[derive(Default)]
@@ -303,11 +372,18 @@ struct PeerCounters {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     connected: AtomicBool,
+    resolve_failures: AtomicU64,
+    /// The address of the last dial (a name's resolution).
+    resolved: Mutex<Option<SocketAddr>>,
     /// The connection in use (a handle: it only reads the round-trip time through it).
     conn: Mutex<Option<Connection>>,
 }
 
 impl PeerCounters {
+    fn set_resolved(&self, addr: Option<SocketAddr>) {
+        *self.resolved.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
     fn set_conn(&self, conn: Option<Connection>) {
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = conn;
     }
@@ -565,6 +641,12 @@ impl<M: WireMessage> Transport<M> {
     /// Adds (or re-addresses) a peer and starts dialing it in the background. Messages to it
     /// queue up to the configured capacity meanwhile.
     pub fn add_peer(&self, node: NodeId, addr: SocketAddr) {
+        self.add_peer_at(node, PeerAddr::Socket(addr));
+    }
+
+    /// As [`add_peer`](Self::add_peer), with an address that may be a host name: it is
+    /// resolved again before every dial (see [`TransportConfig::resolver`]).
+    pub fn add_peer_at(&self, node: NodeId, addr: PeerAddr) {
         let cfg = &self.ctx.config;
         let (consensus, consensus_rx) = mpsc::channel(cfg.queue_capacity);
         let (snapshot, snapshot_rx) = mpsc::channel(cfg.snapshot_queue_capacity);
@@ -625,6 +707,8 @@ impl<M: WireMessage> Transport<M> {
                 connect_failures: c.connect_failures.load(Ordering::Relaxed),
                 connected: c.connected.load(Ordering::Relaxed),
                 rtt: c.rtt(),
+                resolve_failures: c.resolve_failures.load(Ordering::Relaxed),
+                dialed: *c.resolved.lock().unwrap_or_else(|p| p.into_inner()),
             }
         })
     }
@@ -1144,7 +1228,7 @@ fn check_server_identity(
 async fn peer_task<M: WireMessage>(
     ctx: Arc<Ctx<M>>,
     node: NodeId,
-    addr: SocketAddr,
+    addr: PeerAddr,
     mut consensus: mpsc::Receiver<M>,
     snapshot: mpsc::Receiver<M>,
     counters: Arc<PeerCounters>,
@@ -1153,7 +1237,18 @@ async fn peer_task<M: WireMessage>(
     let mut backoff = Backoff::new(ctx.config.backoff_min, ctx.config.backoff_max, seed);
     let snapshot = Arc::new(tokio::sync::Mutex::new(snapshot));
     loop {
-        match connect_peer(&ctx, node, addr).await {
+        let local = ctx.endpoint.local_addr().unwrap_or(ctx.config.bind);
+        let dialed = match dial_addr(&addr, local, &*ctx.config.resolver, ctx.config.resolve_timeout).await {
+            Ok(sa) => {
+                counters.set_resolved(Some(sa));
+                connect_peer(&ctx, node, sa).await
+            }
+            Err(e) => {
+                counters.resolve_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        };
+        match dialed {
             Ok(conn) => {
                 let since = Instant::now();
                 let _registered: Registered =

@@ -1022,3 +1022,89 @@ fn a_client_that_sends_a_bad_frame_loses_its_connection() {
         assert!(conn.close_reason().is_none(), "a cancelled request closed the connection");
     });
 }
+
+/// A resolver with answers the test sets: what a hosts file would say.
+#[derive(Debug, Default)]
+struct Names {
+    table: std::sync::Mutex<std::collections::HashMap<String, std::net::IpAddr>>,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl Names {
+    fn set(&self, host: &str, ip: &str) {
+        self.table.lock().unwrap().insert(host.to_string(), ip.parse().unwrap());
+    }
+}
+
+impl quorate_transport::Resolver for Names {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + '_>> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let found = self.table.lock().unwrap().get(host).map(|ip| SocketAddr::new(*ip, port));
+        Box::pin(async move {
+            found.map(|a| vec![a]).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such host"))
+        })
+    }
+}
+
+async fn one_message(inbox: &mut Inbox<RawMessage>, from: u64) -> u64 {
+    loop {
+        if let Some(Incoming::Peer { from: f, message, .. }) = inbox.recv().await {
+            assert_eq!(f, id(from));
+            return seq_of(&message);
+        }
+    }
+}
+
+#[test]
+fn a_peer_given_by_name_is_found_again_at_its_new_address() {
+    run(async {
+        let s = setup("byname", &[1, 2]);
+        let names = Arc::new(Names::default());
+        let mut c1 = config(&s.cluster, 1);
+        c1.resolver = names.clone();
+        let (t1, _in1) = Transport::<RawMessage>::bind(c1, s.creds(1)).await.expect("bind");
+        let (t2, mut in2) = node(&s.cluster, 2, s.creds(2)).await;
+        let port = t2.local_addr().port();
+        let name = format!("node-2.quorate.test:{port}");
+
+        // While the name does not resolve, dials fail and are counted; messages wait.
+        t1.add_peer_at(id(2), name.parse().expect("a name"));
+        t1.try_send(id(2), msg(1, 10)).expect("queued");
+        wait_until("a failed resolution", || t1.peer_stats(id(2)).is_some_and(|p| p.resolve_failures >= 1)).await;
+        assert!(!t1.peer_stats(id(2)).unwrap().connected);
+
+        names.set("node-2.quorate.test", "127.0.0.1");
+        assert_eq!(within("node 2 to hear from node 1", one_message(&mut in2, 1)).await, 1);
+        assert_eq!(t1.peer_stats(id(2)).unwrap().dialed, Some(SocketAddr::new("127.0.0.1".parse().unwrap(), port)));
+
+        // Node 2 comes back on another address under the same name (127.0.0.2 is loopback too).
+        t2.shutdown().await;
+        drop(in2);
+        let mut c2 = config(&s.cluster, 2);
+        c2.bind = SocketAddr::new("127.0.0.2".parse().unwrap(), port);
+        let (t2b, mut in2b) = Transport::<RawMessage>::bind(c2, s.creds(2)).await.expect("bind on 127.0.0.2");
+        names.set("node-2.quorate.test", "127.0.0.2");
+        let asked_before = names.asked.load(std::sync::atomic::Ordering::SeqCst);
+        // Node 1 finds it by its name: each dial asks the resolver again.
+        let got = within("node 2 to hear from node 1 at its new address", async {
+            let mut seq = 2;
+            loop {
+                let _ = t1.try_send(id(2), msg(seq, 10));
+                seq += 1;
+                if let Ok(s) = tokio::time::timeout(Duration::from_millis(200), one_message(&mut in2b, 1)).await {
+                    break s;
+                }
+            }
+        })
+        .await;
+        assert!(got >= 2, "a message sent after the move arrived: {got}");
+        assert_eq!(t1.peer_stats(id(2)).unwrap().dialed, Some(t2b.local_addr()));
+        assert!(names.asked.load(std::sync::atomic::Ordering::SeqCst) > asked_before, "the name was asked again");
+        t2b.shutdown().await;
+        t1.shutdown().await;
+    });
+}

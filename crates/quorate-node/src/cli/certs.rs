@@ -51,6 +51,7 @@ pub(crate) fn node_config(dir: &Path, cluster: &str, id: u64, n: u64, base_port:
         data_dir: dir.join("data").join(format!("node-{id}")),
         join: false,
         metrics_listen: None,
+        advertise: None,
         peers,
         tls: TlsConfig {
             ca: certs.join("ca.crt"),

@@ -225,7 +225,7 @@ pub(crate) async fn member(conn: &ConnArgs, cmd: MemberCmd) -> anyhow::Result<Ou
             }
         }
         MemberCmd::Add { learner: _, id, addr } => {
-            client.member_add(node_id(id)?, addr).await?;
+            client.member_add(node_id(id)?, addr.clone()).await?;
             if as_json {
                 print_json(&json!({"added": id, "address": addr.to_string(), "kind": "learner"}))?;
             } else {

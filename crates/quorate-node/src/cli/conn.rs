@@ -50,7 +50,27 @@ pub(crate) struct ConnArgs {
     pub(crate) output: Format,
 }
 
-/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+/// `IP:PORT`, or `HOST:PORT` resolved now (the system's resolver: `/etc/hosts`, DNS), its
+/// first IPv4 address preferred.
+fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    match quorate_transport::PeerAddr::parse(text).map_err(|e| e.to_string())? {
+        quorate_transport::PeerAddr::Socket(sa) => Ok(sa),
+        quorate_transport::PeerAddr::Name { host, port } => {
+            let found: Vec<SocketAddr> =
+                (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+            found
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(found.first())
+                .copied()
+                .ok_or_else(|| format!("{host} has no address"))
+        }
+        other => Err(format!("unsupported address {other}")),
+    }
+}
+
+/// Parses `1=127.0.0.1:7001,2=node-2.example:7002` (names are resolved now).
 pub(crate) fn parse_endpoints(text: &str) -> anyhow::Result<Vec<(NodeId, SocketAddr)>> {
     let mut out = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -59,8 +79,7 @@ pub(crate) fn parse_endpoints(text: &str) -> anyhow::Result<Vec<(NodeId, SocketA
         };
         let id: u64 = id.trim().parse().map_err(|_| usage(format!("endpoint `{item}`: `{id}` is not a node id")))?;
         let id = NodeId::new(id).ok_or_else(|| usage(format!("endpoint `{item}`: node ids start at 1")))?;
-        let addr: SocketAddr =
-            addr.trim().parse().map_err(|_| usage(format!("endpoint `{item}`: `{addr}` is not an IP:PORT address")))?;
+        let addr = resolve_endpoint(addr.trim()).map_err(|e| usage(format!("endpoint `{item}`: {e}")))?;
         if out.iter().any(|(other, _)| *other == id) {
             return Err(usage(format!("node {id} is listed twice in the endpoints")));
         }

@@ -262,7 +262,7 @@ pub(crate) enum MemberCmd {
         /// The new node's id.
         id: u64,
         /// Its address (`host:port`).
-        addr: SocketAddr,
+        addr: quorate_transport::PeerAddr,
     },
     /// Make a learner a voter.
     Promote {
