@@ -342,7 +342,7 @@ fn a_compaction_that_meets_a_damaged_state_machine_file_is_recorded_for_the_next
     let (path, _) = s.table_files("sm").unwrap()[0].clone();
     faults::corrupt_table_file(&path).unwrap();
     // A compaction reads the damaged block: RocksDB stops for good (paranoid checks).
-    s.db.compact_range_cf(&s.cf("sm"), None::<&[u8]>, None::<&[u8]>);
+    s.db.compact_range_cf(&s.cf("sm").unwrap(), None::<&[u8]>, None::<&[u8]>);
     let err = s.write(PersistBatch::append(vec![entry(3, 1)])).unwrap_err();
     assert!(err.is_fatal(), "{err}");
     let evidence = s.sm_damaged().expect("the damage is recorded");
@@ -493,4 +493,43 @@ fn every_synced_append_is_in_the_mark_before_the_write_returns() {
         }
         other => panic!("expected lost synced state, got {:?}", other.map(|s| s.last_index())),
     }
+}
+
+/// Chaos soak finding (seed 9, a fresh node installing its first snapshot): the node's sweep read
+/// the state machine (the cluster version) on another thread while the install had dropped the
+/// `sm` column family and not yet created it again; the handle lookup found nothing and
+/// panicked ("every column family is opened by RocksStore::open"), stopping the node. A read in
+/// that window now waits for the column family and sees the cleared state machine.
+#[test]
+fn a_state_machine_read_while_an_install_recreates_the_column_family_waits_and_sees_it_cleared() {
+    let d = TestDir::new("swapread");
+    let s = Arc::new(open(d.path()));
+    s.write(PersistBatch::append((1..=5).map(|i| entry(i, 1)).collect()).with_hard_state(hs(1, 1, 5))).unwrap();
+    s.apply(LogIndex(3), [SmOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }]).unwrap();
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"v".to_vec()));
+
+    type Reader = std::thread::JoinHandle<Result<Option<Vec<u8>>, StoreError>>;
+    let reader: Arc<std::sync::Mutex<Option<Reader>>> = Arc::default();
+    let (hook_store, slot) = (Arc::clone(&s), Arc::clone(&reader));
+    *s.test_hooks.between_drop_and_create.lock().unwrap() = Some(Box::new(move || {
+        // Inside the window: a read from another thread, like the node's sweep.
+        let r = Arc::clone(&hook_store);
+        let h = std::thread::spawn(move || r.sm_get(b"k"));
+        // Leave the window only once the reader has finished or is waiting for the family.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !h.is_finished() && hook_store.test_hooks.cf_waits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the reader neither finished nor waited within 60 s");
+            std::thread::yield_now();
+        }
+        *slot.lock().unwrap() = Some(h);
+    }));
+    s.begin_sm_install(LogIndex(5)).unwrap();
+    let h = reader.lock().unwrap().take().expect("the hook ran between the drop and the create");
+    let got = h.join().expect("the reader must not panic");
+    assert_eq!(got.unwrap(), None, "the install cleared the state machine before the window");
+    assert_eq!(s.test_hooks.cf_waits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The install goes on as before.
+    s.write_sm_install_batch(vec![(b"k".to_vec(), b"w".to_vec())]).unwrap();
+    s.finish_sm_install(LogIndex(5)).unwrap();
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"w".to_vec()));
 }

@@ -227,6 +227,22 @@ pub struct RocksStore {
     accept_lost_state: bool,
     /// The loss of synced state the node is recovering from (see [`RocksStore::lost_state`]).
     lost_state: Mutex<Option<LostStateRecord>>,
+    /// Held for writing while the `sm` column family is dropped and created again
+    /// (`recreate_sm`); a handle lookup that misses waits on it (see [`RocksStore::cf`]).
+    sm_swap: RwLock<()>,
+    /// Hooks that let a test stop inside a window (cfg(test) only).
+    #[cfg(test)]
+    pub(crate) test_hooks: TestHooks,
+}
+
+/// Test hooks of [`RocksStore`].
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct TestHooks {
+    /// Called inside `recreate_sm` between dropping the `sm` column family and creating it.
+    pub(crate) between_drop_and_create: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Handle lookups that missed and waited for the column family to be created again.
+    pub(crate) cf_waits: AtomicU64,
 }
 
 /// The file, in the store's directory, that records that RocksDB met a damaged table file of
@@ -377,6 +393,9 @@ impl RocksStore {
             sm_damaged: Mutex::new(sm_damaged),
             accept_lost_state: options.accept_lost_state,
             lost_state: Mutex::new(None),
+            sm_swap: RwLock::new(()),
+            #[cfg(test)]
+            test_hooks: TestHooks::default(),
         };
         let created = store.check_format(&options)?;
         store.load()?;
@@ -474,13 +493,23 @@ impl RocksStore {
         }
     }
 
-    pub(crate) fn cf(&self, name: &str) -> Arc<BoundColumnFamily<'_>> {
-        // Invariant: `open` opened every column family in CFS and checked each handle.
-        self.db.cf_handle(name).expect("invariant: every column family is opened by RocksStore::open")
+    /// The handle of the column family `name`. `open` opened every family in `CFS` and checked
+    /// each handle; only `sm` is ever dropped and created again (`recreate_sm`, while it holds
+    /// `sm_swap` for writing), so a lookup that misses waits for that to finish and looks again.
+    /// A family still missing after that is an error, never a panic: the caller may be any
+    /// thread (a chaos soak found a node's sweep reading the state machine in that window).
+    pub(crate) fn cf(&self, name: &str) -> Result<Arc<BoundColumnFamily<'_>>, StoreError> {
+        if let Some(h) = self.db.cf_handle(name) {
+            return Ok(h);
+        }
+        #[cfg(test)]
+        self.test_hooks.cf_waits.fetch_add(1, Ordering::SeqCst);
+        let _swapped = self.sm_swap.read().unwrap_or_else(PoisonError::into_inner);
+        self.db.cf_handle(name).ok_or_else(|| StoreError::Io(format!("the column family {name} is not open")))
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<rocksdb::DBPinnableSlice<'_>>, StoreError> {
-        Ok(self.db.get_pinned_cf(&self.cf(cf.name()), key)?)
+        Ok(self.db.get_pinned_cf(&self.cf(cf.name())?, key)?)
     }
 
     fn get_decoded<T: serde::de::DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -491,7 +520,7 @@ impl RocksStore {
     }
 
     fn cf_is_empty(&self, name: &str) -> Result<bool, StoreError> {
-        let mut it = self.db.raw_iterator_cf(&self.cf(name));
+        let mut it = self.db.raw_iterator_cf(&self.cf(name)?);
         it.seek_to_first();
         it.status()?;
         Ok(!it.valid())
@@ -513,7 +542,7 @@ impl RocksStore {
             return Ok(());
         }
         let mut wb = WriteBatch::default();
-        wb.put_cf(&self.cf(CF_META), KEY_FORMAT, codec::encode(Cf::Meta, KEY_FORMAT, &version)?);
+        wb.put_cf(&self.cf(CF_META)?, KEY_FORMAT, codec::encode(Cf::Meta, KEY_FORMAT, &version)?);
         self.db.write_opt(wb, &self.sync)?;
         Ok(())
     }
@@ -538,10 +567,10 @@ impl RocksStore {
                 }
                 let snap = SnapshotMeta { last: EntryId::ZERO, config: options.bootstrap.clone() };
                 let mut wb = WriteBatch::default();
-                let meta = &self.cf(CF_META);
+                let meta = &self.cf(CF_META)?;
                 wb.put_cf(meta, KEY_HARD, codec::encode(Cf::Meta, KEY_HARD, &HardState::default())?);
                 wb.put_cf(meta, KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &LogIndex::ZERO)?);
-                wb.put_cf(&self.cf(CF_SNAP), KEY_SNAP_META, codec::encode(Cf::Snap, KEY_SNAP_META, &snap)?);
+                wb.put_cf(&self.cf(CF_SNAP)?, KEY_SNAP_META, codec::encode(Cf::Snap, KEY_SNAP_META, &snap)?);
                 // The version goes last in the batch only for readability: the batch is atomic.
                 wb.put_cf(meta, KEY_FORMAT, codec::encode(Cf::Meta, KEY_FORMAT, &FORMAT_VERSION)?);
                 self.db.write_opt(wb, &self.sync)?;
@@ -561,7 +590,7 @@ impl RocksStore {
         let mut tail = Tail { snapshot: snap.clone(), last: snap.last.index, hard, ..Tail::default() };
 
         // The configuration mirror.
-        let mut it = self.db.raw_iterator_cf(&self.cf(CF_META));
+        let mut it = self.db.raw_iterator_cf(&self.cf(CF_META)?);
         it.seek(KEY_CFG_PREFIX);
         while let Some((k, v)) = it.item() {
             if !k.starts_with(KEY_CFG_PREFIX) {
@@ -579,7 +608,7 @@ impl RocksStore {
         drop(it);
 
         // The log's ends.
-        let mut it = self.db.raw_iterator_cf(&self.cf(CF_LOG));
+        let mut it = self.db.raw_iterator_cf(&self.cf(CF_LOG)?);
         it.seek_to_first();
         it.status()?;
         if let Some(k) = it.key() {
@@ -724,7 +753,7 @@ impl RocksStore {
 
     /// Flushes every column family's memtables to table files and waits (tests and tools).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let cfs: Vec<Arc<BoundColumnFamily<'_>>> = CFS.iter().map(|n| self.cf(n)).collect();
+        let cfs: Vec<Arc<BoundColumnFamily<'_>>> = CFS.iter().map(|n| self.cf(n)).collect::<Result<_, _>>()?;
         let cfs: Vec<&Arc<BoundColumnFamily<'_>>> = cfs.iter().collect();
         self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         Ok(())
@@ -953,6 +982,12 @@ impl RocksStore {
         // The lowest log position this write keeps of what the durable mark may cover.
         let mut keep: Option<EntryId> = None;
         let lookup = |i: LogIndex| self.read_term(i);
+        // Every family's handle, looked up once for the whole write.
+        let handles = match CFS.iter().map(|n| Ok((*n, self.cf(n)?))).collect::<Result<Vec<_>, StoreError>>() {
+            Ok(h) => h,
+            Err(e) => return batches.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let handle = |name: &str| handles.iter().find(|(n, _)| *n == name).map(|(_, h)| h);
         for b in batches {
             if let Some(cause) = &refused {
                 results.push(Err(StoreError::EarlierBatchFailed { cause: cause.clone() }));
@@ -968,13 +1003,27 @@ impl RocksStore {
             let mut t = tail.clone();
             let r = t
                 .plan(b, &lookup)
-                .and_then(|plan| Ok((removes_from(&plan, &before, &lookup)?, encode_plan(&plan, b)?)));
+                .and_then(|plan| Ok((removes_from(&plan, &before, &lookup)?, encode_plan(&plan, b)?)))
+                .and_then(|(removed, ops)| {
+                    let ops = ops
+                        .into_iter()
+                        .map(|op| {
+                            let name = match &op {
+                                Op::Put(cf, ..) | Op::DeleteRange(cf, ..) => *cf,
+                            };
+                            let h = handle(name)
+                                .ok_or_else(|| StoreError::Io(format!("the column family {name} is not open")))?;
+                            Ok((h, op))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    Ok((removed, ops))
+                });
             match r {
                 Ok((removed, ops)) => {
-                    for op in ops {
+                    for (h, op) in ops {
                         match op {
-                            Op::Put(cf, k, v) => wb.put_cf(&self.cf(cf), k, v),
-                            Op::DeleteRange(cf, a, z) => wb.delete_range_cf(&self.cf(cf), a, z),
+                            Op::Put(_, k, v) => wb.put_cf(h, k, v),
+                            Op::DeleteRange(_, a, z) => wb.delete_range_cf(h, a, z),
                         }
                     }
                     if let Some(kept) = removed {
@@ -1085,7 +1134,10 @@ impl RocksStore {
     fn flush_in_background(&self) {
         let mut fo = rocksdb::FlushOptions::default();
         fo.set_wait(false);
-        let cfs: Vec<Arc<BoundColumnFamily<'_>>> = CFS.iter().map(|n| self.cf(n)).collect();
+        // A missing family shows in the next write, like a failed flush.
+        let Ok(cfs) = CFS.iter().map(|n| self.cf(n)).collect::<Result<Vec<Arc<BoundColumnFamily<'_>>>, _>>() else {
+            return;
+        };
         let cfs: Vec<&Arc<BoundColumnFamily<'_>>> = cfs.iter().collect();
         let _ = self.db.flush_cfs_opt(&cfs, &fo);
     }
@@ -1116,7 +1168,7 @@ impl RocksStore {
                 "applied index {applied} would pass the last persisted entry {last}"
             )));
         }
-        let sm = &self.cf(CF_SM);
+        let sm = &self.cf(CF_SM)?;
         let mut wb = WriteBatch::default();
         for (n, op) in ops.into_iter().enumerate() {
             if n >= APPLY_OPS_MAX {
@@ -1131,7 +1183,7 @@ impl RocksStore {
                 SmOp::Clear => wb.delete_range_cf(sm, [SM_PREFIX], [SM_PREFIX_END]),
             }
         }
-        wb.put_cf(&self.cf(CF_META), KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &applied)?);
+        wb.put_cf(&self.cf(CF_META)?, KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &applied)?);
         self.commit_batch(wb, &self.apply_opts)?;
         self.applied.store(applied.0, Ordering::Release);
         Ok(())
@@ -1161,7 +1213,7 @@ impl RocksStore {
         let mut bytes = 0usize;
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(vec![SM_PREFIX_END]);
-        let mut it = self.db.raw_iterator_cf_opt(&self.cf(CF_SM), ro);
+        let mut it = self.db.raw_iterator_cf_opt(&self.cf(CF_SM)?, ro);
         it.seek(sm_key(from));
         let mut out = Vec::new();
         while out.len() < limit && bytes < bytes_max {
@@ -1243,7 +1295,7 @@ impl RocksStore {
         let _w = lock(&self.write_lock);
         let tail = self.tail_read().clone();
         let mut report = VerifyReport::default();
-        let mut it = self.db.raw_iterator_cf(&self.cf(CF_LOG));
+        let mut it = self.db.raw_iterator_cf(&self.cf(CF_LOG)?);
         it.seek_to_first();
         let mut expect = tail.snapshot.last.index.next();
         let mut prev_term = tail.snapshot.last.term;
@@ -1292,7 +1344,7 @@ impl RocksStore {
             });
         }
         for (name, cf) in [(CF_META, Cf::Meta), (CF_SNAP, Cf::Snap), (CF_SM, Cf::Sm)] {
-            let mut it = self.db.raw_iterator_cf(&self.cf(name));
+            let mut it = self.db.raw_iterator_cf(&self.cf(name)?);
             it.seek_to_first();
             while let Some((k, v)) = it.item() {
                 codec::verify(cf, k, v)?;
@@ -1593,7 +1645,7 @@ impl LogStorage for RocksStore {
         }
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(log_key(hi).to_vec());
-        let mut it = self.db.raw_iterator_cf_opt(&self.cf(CF_LOG), ro);
+        let mut it = self.db.raw_iterator_cf_opt(&self.cf(CF_LOG)?, ro);
         it.seek(log_key(lo));
         let mut out = Vec::new();
         let mut total = 0u64;

@@ -84,8 +84,8 @@ impl RocksStore {
             return Err(StoreError::InvalidBatch("a snapshot install needs a snapshot index above 0".into()));
         }
         let mut wb = WriteBatch::default();
-        wb.delete_range_cf(&self.cf(CF_SM), [SM_PREFIX], [SM_PREFIX_END]);
-        wb.put_cf(&self.cf(CF_META), KEY_SM_INSTALL, codec::encode(Cf::Meta, KEY_SM_INSTALL, &target)?);
+        wb.delete_range_cf(&self.cf(CF_SM)?, [SM_PREFIX], [SM_PREFIX_END]);
+        wb.put_cf(&self.cf(CF_META)?, KEY_SM_INSTALL, codec::encode(Cf::Meta, KEY_SM_INSTALL, &target)?);
         self.commit_batch(wb, &self.sync)?;
         self.install_pending.store(target.0, Ordering::Release);
         self.recreate_sm()
@@ -97,9 +97,14 @@ impl RocksStore {
     /// drop does not happen); a crash between the drop and the creation is repaired by the
     /// next open, which creates missing families.
     fn recreate_sm(&self) -> Result<(), StoreError> {
+        let _swapping = self.sm_swap.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.db
             .drop_cf(CF_SM)
             .map_err(|e| self.poison(format!("cannot drop the state machine's column family: {e}")))?;
+        #[cfg(test)]
+        if let Some(hook) = lock(&self.test_hooks.between_drop_and_create).take() {
+            hook();
+        }
         self.db
             .create_cf(CF_SM, &super::cf_options(CF_SM, self.write_buffer))
             .map_err(|e| self.poison(format!("cannot create the state machine's column family: {e}")))?;
@@ -122,9 +127,9 @@ impl RocksStore {
             ));
         }
         let mut wb = WriteBatch::default();
-        wb.delete_range_cf(&self.cf(CF_SM), [SM_PREFIX], [SM_PREFIX_END]);
-        wb.put_cf(&self.cf(CF_META), KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &LogIndex::ZERO)?);
-        wb.delete_cf(&self.cf(CF_META), KEY_SM_INSTALL);
+        wb.delete_range_cf(&self.cf(CF_SM)?, [SM_PREFIX], [SM_PREFIX_END]);
+        wb.put_cf(&self.cf(CF_META)?, KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &LogIndex::ZERO)?);
+        wb.delete_cf(&self.cf(CF_META)?, KEY_SM_INSTALL);
         self.commit_batch(wb, &self.sync)?;
         self.applied.store(0, Ordering::Release);
         self.install_pending.store(0, Ordering::Release);
@@ -152,7 +157,7 @@ impl RocksStore {
                 "{bytes} bytes in one install batch, the limit is {INSTALL_BATCH_BYTES_MAX}"
             )));
         }
-        let sm = &self.cf(CF_SM);
+        let sm = &self.cf(CF_SM)?;
         let mut wb = WriteBatch::default();
         for (key, value) in pairs {
             put_sm(&mut wb, sm, &key, &value)?;
@@ -183,7 +188,7 @@ impl RocksStore {
             )));
         }
         let mut wb = WriteBatch::default();
-        let meta = &self.cf(CF_META);
+        let meta = &self.cf(CF_META)?;
         wb.put_cf(meta, KEY_APPLIED, codec::encode(Cf::Meta, KEY_APPLIED, &target)?);
         wb.delete_cf(meta, KEY_SM_INSTALL);
         self.commit_batch(wb, &self.sync)?;
