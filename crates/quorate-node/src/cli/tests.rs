@@ -125,7 +125,12 @@ fn endpoints_parse_and_say_what_is_wrong() {
     let msg = |s: &str| format!("{:#}", conn::parse_endpoints(s).unwrap_err());
     assert!(msg("127.0.0.1:7001").contains("ID=HOST:PORT"));
     assert!(msg("0=127.0.0.1:7001").contains("start at 1"));
-    assert!(msg("1=localhost").contains("not an IP:PORT"));
+    assert!(msg("1=localhost").contains("is not HOST:PORT"), "{}", msg("1=localhost"));
+    assert!(msg("1=no-such-host.invalid:7001").contains("cannot resolve no-such-host.invalid"));
+    // A name is resolved (here from /etc/hosts).
+    let named = conn::parse_endpoints("1=localhost:7001").unwrap();
+    assert_eq!(named[0].1.port(), 7001);
+    assert!(named[0].1.ip().is_loopback());
     assert!(msg("1=127.0.0.1:1,1=127.0.0.1:2").contains("twice"));
     assert!(msg("").contains("no endpoints"));
     let e = conn::parse_endpoints("1=localhost").unwrap_err();
