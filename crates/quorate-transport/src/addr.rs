@@ -37,8 +37,8 @@ pub enum PeerAddrError {
     /// The port is not a number from 1 to 65535.
     #[error("`{0}`: the port must be a number from 1 to 65535")]
     Port(String),
-    /// The host is not a DNS name (letters, digits, `-` and `.`, labels of 1–63 bytes).
-    #[error("`{0}`: the host must be an IP address or a DNS name (letters, digits, '-' and '.')")]
+    /// The host is not a host name (letters, digits, `-`, `_` and `.`, labels of 1–63 bytes).
+    #[error("`{0}`: the host must be an IP address or a host name (letters, digits, '-', '_' and '.')")]
     Host(String),
 }
 
@@ -102,7 +102,8 @@ impl std::str::FromStr for PeerAddr {
     }
 }
 
-/// A DNS name: labels of 1–63 ASCII letters, digits and `-` (not at either end), separated by
+/// A host name: labels of 1–63 ASCII letters, digits, `-` (not at either end) and `_` (not a
+/// DNS host name's, but container runtimes name services so and resolve them), separated by
 /// dots (one trailing dot allowed), at most 253 bytes; not all digits and dots (that would be
 /// a malformed IPv4 address).
 fn is_dns_name(host: &str) -> bool {
@@ -115,7 +116,7 @@ fn is_dns_name(host: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     })
 }
 
@@ -133,6 +134,7 @@ mod tests {
         );
         assert_eq!(PeerAddr::parse("localhost:1").unwrap().to_string(), "localhost:1");
         assert_eq!(PeerAddr::parse("node.:7001").unwrap().to_string(), "node.:7001");
+        assert_eq!(PeerAddr::parse("my_service:7001").unwrap().to_string(), "my_service:7001");
     }
 
     #[test]
@@ -140,7 +142,7 @@ mod tests {
         for bad in ["", "node", ":7001", "node:", "node:0", "node:65536", "node:x", "1.2.3:7001", "-a:1", "a-:1"] {
             assert!(PeerAddr::parse(bad).is_err(), "{bad:?} was accepted");
         }
-        for bad in ["a b:1", "a_b:1", "a..b:1", "[::1:7001", "10.0.0.1:0", "ü.example:1"] {
+        for bad in ["a b:1", "a/b:1", "a..b:1", "[::1:7001", "10.0.0.1:0", "ü.example:1"] {
             assert!(PeerAddr::parse(bad).is_err(), "{bad:?} was accepted");
         }
         let long = format!("{}:1", "a.".repeat(200));
