@@ -29,6 +29,14 @@
 //!
 //! See `docs/embedding.md` in the repository for the full contract.
 //!
+//! ## Cargo features
+//!
+//! * `rocksdb`: [`RocksLog`](crate::LogStorage), the storage over quorate-storage's RocksDB
+//!   store.
+//! * `quic`: the `quic` module — `QuicNetwork` over quorate-transport (QUIC + mutual TLS),
+//!   `QuicMessage` (the runtime's messages and the application's own requests on one
+//!   transport) and `pump` (incoming messages to the node, requests to the application).
+//!
 //! ## Example: a replicated counter, three replicas in one process
 //!
 //! ```
@@ -95,7 +103,11 @@ mod clock;
 mod error;
 mod network;
 mod node;
+#[cfg(feature = "quic")]
+pub mod quic;
 mod replica;
+#[cfg(feature = "rocksdb")]
+mod rocks;
 mod sessions;
 mod state_machine;
 mod storage;
@@ -105,6 +117,8 @@ pub use error::Error;
 pub use network::{Inbox, MemNetwork, MemRouter, Network, WireMessage};
 pub use node::{Handle, INBOX_QUEUE_MAX, Node, REQUESTS_QUEUE_MAX};
 pub use replica::{Config, ProposeCallback, ReadCallback, ReadLevel, Replica, Status};
+#[cfg(feature = "rocksdb")]
+pub use rocks::{RocksLog, SNAPSHOT_READ_BYTES_MAX};
 pub use sessions::ClientId;
 pub use state_machine::{Committed, RestoreError, StateMachine};
 pub use storage::{LogStorage, MemStorage};

@@ -183,7 +183,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                         sm.applied()
                     )));
                 }
-                (LogIndex::ZERO, Term::ZERO, storage.initial_state()?.config)
+                (LogIndex::ZERO, Term::ZERO, storage.snapshot_meta()?.config)
             }
         };
         let mut raft_cfg = cfg.raft.clone();
