@@ -2,9 +2,10 @@
 //! a simulated network and virtual time, driven from one seed, with message loss, delay,
 //! duplication and reordering, partitions, and crashes that lose unsynced state. Clients use
 //! exactly-once sessions (retrying the same sequence number on another node after a timeout)
-//! and linearizable reads against a key-value state machine; the recorded history is checked
-//! with quorate-check's linearizability checker, and replicas that applied the same index
-//! must hold the same state.
+//! and linearizable reads against a key-value state machine; in half the seeds an operator
+//! adds an empty spare node as a learner, promotes it and removes node 1. The recorded history
+//! is checked with quorate-check's linearizability checker, and replicas that applied the same
+//! index must hold the same state.
 //!
 //! Replay one seed: `QUORATE_RUNTIME_SIM_SEED=<seed> cargo nextest run -p quorate-runtime --test sim`.
 //! More seeds: `QUORATE_RUNTIME_SIM_SEEDS=<n>`.
@@ -14,7 +15,8 @@ use quorate_check::linearizability::{Limits, check};
 use quorate_core::{Instant, SplitMix64};
 use quorate_log::{Configuration, LogIndex, NodeId};
 use quorate_runtime::{
-    ClientId, Committed, Config, Error, MemStorage, ReadLevel, Replica, RestoreError, StateMachine, WireMessage,
+    ClientId, Committed, ConfChange, Config, Error, MemStorage, ReadLevel, Replica, RestoreError, StateMachine,
+    WireMessage,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -92,6 +94,8 @@ struct SimConfig {
     delay_ms: (u64, u64),
     crash_every_ms: u64,
     partition_every_ms: u64,
+    /// Membership changes: a spare node joins as a learner, is promoted, node 1 is removed.
+    reconfig: bool,
 }
 
 impl SimConfig {
@@ -109,6 +113,7 @@ impl SimConfig {
             delay_ms: (1, 5 + rng.below(40)),
             crash_every_ms: 400 + rng.below(1_200),
             partition_every_ms: 500 + rng.below(1_500),
+            reconfig: rng.chance(0.5),
         }
     }
 }
@@ -159,6 +164,7 @@ impl Client {
 }
 
 enum Reply {
+    Conf(Result<(), Error>),
     Write(Result<bool, Error>),
     Read(Result<Option<String>, Error>),
     Session(Result<ClientId, Error>),
@@ -174,6 +180,7 @@ struct Summary {
     crashes: u64,
     partitions: u64,
     snapshots_sent: u64,
+    conf_changes: u64,
     max_applied: LogIndex,
 }
 
@@ -198,6 +205,12 @@ struct Sim {
     crashes: u64,
     partitions: u64,
     snapshots_sent: u64,
+    /// The membership changes still to make (last first), the one in flight (token, give-up
+    /// time), and when to try next.
+    plan: Vec<ConfChange>,
+    conf_pending: Option<(u64, u64)>,
+    next_conf: u64,
+    conf_changes: u64,
 }
 
 fn runtime_config(id: NodeId, seed: u64) -> Config {
@@ -213,12 +226,23 @@ fn runtime_config(id: NodeId, seed: u64) -> Config {
 
 impl Sim {
     fn new(cfg: SimConfig) -> Sim {
-        let ids: Vec<NodeId> = (1..=cfg.nodes).map(|i| NodeId::new(i).expect("non-zero")).collect();
+        let mut ids: Vec<NodeId> = (1..=cfg.nodes).map(|i| NodeId::new(i).expect("non-zero")).collect();
         let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
+        let mut plan = Vec::new();
+        if cfg.reconfig {
+            // A spare node that starts empty and joins later.
+            let spare = NodeId::new(cfg.nodes + 1).expect("non-zero");
+            ids.push(spare);
+            plan = vec![ConfChange::Remove(ids[0]), ConfChange::Promote(spare), ConfChange::AddLearner(spare)];
+        }
         let nodes = ids
             .iter()
             .map(|id| {
-                let storage = MemStorage::new(conf.clone());
+                let storage = if id.get() > cfg.nodes {
+                    MemStorage::new(Configuration::default())
+                } else {
+                    MemStorage::new(conf.clone())
+                };
                 Some(
                     Replica::new(runtime_config(*id, cfg.seed), storage, Kv::default(), Instant::ZERO).expect("starts"),
                 )
@@ -256,6 +280,10 @@ impl Sim {
             crashes: 0,
             partitions: 0,
             snapshots_sent: 0,
+            plan,
+            conf_pending: None,
+            next_conf: 1_000 * MS,
+            conf_changes: 0,
         }
     }
 
@@ -295,6 +323,7 @@ impl Sim {
             crashes: self.crashes,
             partitions: self.partitions,
             snapshots_sent: self.snapshots_sent,
+            conf_changes: self.conf_changes,
             max_applied: by_index.keys().last().copied().unwrap_or(LogIndex::ZERO),
         })
     }
@@ -317,6 +346,9 @@ impl Sim {
         }
         for c in &self.clients {
             t = t.min(c.wake());
+        }
+        if !self.plan.is_empty() {
+            t = t.min(self.conf_pending.map_or(self.next_conf, |(_, deadline)| deadline.max(self.next_conf)));
         }
         if self.faults_on() {
             t = t.min(self.next_crash).min(self.next_partition);
@@ -345,6 +377,7 @@ impl Sim {
             r.tick(now);
         }
         self.clients_act();
+        self.operator_act();
         self.process_all();
         self.handle_replies();
         // Replies may have let clients act again at once.
@@ -418,6 +451,30 @@ impl Sim {
             self.isolated_until[i] = self.now + MS * (100 + self.rng.below(800));
             self.partitions += 1;
         }
+    }
+
+    /// The operator: the next membership change of the plan, on the node that leads.
+    fn operator_act(&mut self) {
+        let now = self.now;
+        let Some(change) = self.plan.last().cloned() else { return };
+        if now < self.next_conf || self.conf_pending.is_some_and(|(_, deadline)| deadline > now) {
+            return;
+        }
+        let leader = (0..self.nodes.len())
+            .find(|i| self.nodes[*i].as_ref().is_some_and(|r| r.status().role == quorate_runtime::Role::Leader));
+        let Some(leader) = leader else {
+            self.next_conf = now + 50 * MS;
+            return;
+        };
+        let token = self.next_op_id;
+        self.next_op_id += 1;
+        self.conf_pending = Some((token, now + 1_000 * MS));
+        let replies = self.replies.clone();
+        self.nodes[leader].as_mut().expect("alive").change_membership(
+            Instant(now),
+            change,
+            Box::new(move |r| replies.lock().expect("unpoisoned").push((u64::MAX, token, Reply::Conf(r)))),
+        );
     }
 
     fn alive_node(&mut self) -> Option<usize> {
@@ -560,6 +617,27 @@ impl Sim {
         for (client, token, reply) in replies {
             let c = client as usize;
             match reply {
+                Reply::Conf(r) => {
+                    if self.conf_pending.is_some_and(|(t, _)| t == token) {
+                        self.conf_pending = None;
+                        let done = match &r {
+                            Ok(()) => true,
+                            // An earlier attempt whose answer was lost already made it.
+                            Err(Error::ConfChange(
+                                quorate_core::ConfChangeError::AlreadyMember(_)
+                                | quorate_core::ConfChangeError::NotMember(_),
+                            )) => true,
+                            Err(_) => false,
+                        };
+                        if done {
+                            self.plan.pop();
+                            self.conf_changes += 1;
+                            self.next_conf = self.now + 300 * MS;
+                        } else {
+                            self.next_conf = self.now + 50 * MS;
+                        }
+                    }
+                }
                 Reply::Session(r) => {
                     if self.clients[c].opening.is_some_and(|(t, _)| t == token) {
                         self.clients[c].opening = None;
@@ -665,8 +743,15 @@ fn runtime_histories_are_linearizable_across_seeds() {
             (0..n).collect()
         }
     };
-    let mut total =
-        Summary { ops: 0, answered: 0, crashes: 0, partitions: 0, snapshots_sent: 0, max_applied: LogIndex::ZERO };
+    let mut total = Summary {
+        ops: 0,
+        answered: 0,
+        crashes: 0,
+        partitions: 0,
+        snapshots_sent: 0,
+        conf_changes: 0,
+        max_applied: LogIndex::ZERO,
+    };
     for &seed in &seeds {
         match run_seed(seed) {
             Ok(s) => {
@@ -678,6 +763,7 @@ fn runtime_histories_are_linearizable_across_seeds() {
                 total.crashes += s.crashes;
                 total.partitions += s.partitions;
                 total.snapshots_sent += s.snapshots_sent;
+                total.conf_changes += s.conf_changes;
                 total.max_applied = total.max_applied.max(s.max_applied);
             }
             Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed)),
@@ -690,6 +776,7 @@ fn runtime_histories_are_linearizable_across_seeds() {
     if n >= 50 {
         assert!(total.crashes >= n as u64 && total.partitions >= n as u64, "{total:?}");
         assert!(total.snapshots_sent > 0, "no snapshot was ever sent to a lagging replica: {total:?}");
+        assert!(total.conf_changes >= n as u64, "membership changes were made: {total:?}");
     }
 }
 
