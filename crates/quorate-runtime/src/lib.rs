@@ -72,8 +72,8 @@
 //! let mut nodes = Vec::new();
 //! for id in ids {
 //!     let mut cfg = Config::new(id);
-//!     cfg.raft.election_timeout_min = Duration::from_millis(50);
-//!     cfg.raft.heartbeat_interval = Duration::from_millis(10);
+//!     cfg.raft.election_timeout_min = Duration::from_millis(300);
+//!     cfg.raft.heartbeat_interval = Duration::from_millis(50);
 //!     let storage = MemStorage::new(Configuration::with_voters(ids)?);
 //!     let node = Node::start(cfg, storage, Counter::default(), router.endpoint(), SystemClock::new())?;
 //!     router.register(id, node.inbox());

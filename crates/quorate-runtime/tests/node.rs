@@ -117,10 +117,11 @@ async fn a_cluster_serves_changes_membership_transfers_snapshots_and_shuts_down(
     assert!(stale <= 4);
 
     // Leadership moves where it is asked to.
-    let old = leader(&handles).await;
-    let old_id = old.status().borrow().id;
-    let target = if old_id == nid(2) { nid(3) } else { nid(2) };
-    old.transfer_leader(target).await.expect("the leader starts the transfer");
+    let target = on_leader(&handles, |h| async move {
+        let target = if h.status().borrow().id == nid(2) { nid(3) } else { nid(2) };
+        h.transfer_leader(target).await.map(|()| target)
+    })
+    .await;
     let mut st = handles[(target.get() - 1) as usize].status();
     tokio::time::timeout(PATIENCE, st.wait_for(|s| s.role == Role::Leader))
         .await
