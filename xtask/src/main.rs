@@ -172,6 +172,22 @@ fn ci(args: &[String]) -> Result<()> {
     ]))?;
     run(cargo().args(["nextest", "run", "--workspace", "--locked", "--cargo-profile", PROFILE, "--no-fail-fast"]))?;
     run(cargo().args(["test", "--workspace", "--doc", "--locked", "--profile", PROFILE]))?;
+    // quorate-runtime's adapters (features `rocksdb`, `quic`): their clippy, the RocksDB restart
+    // test and the three-process counter example. With quorate-node in the package set so
+    // RocksDB keeps the features of the workspace build; only the runtime's targets are named.
+    let runtime_targets =
+        ["--lib", "--example", "counter", "--example", "lock", "--test", "rocks", "--test", "examples"];
+    let runtime_features =
+        ["-p", "quorate-node", "-p", "quorate-runtime", "--features", "quorate-runtime/rocksdb,quorate-runtime/quic"];
+    run(cargo()
+        .args(["clippy", "--locked", "--profile", PROFILE])
+        .args(runtime_features)
+        .args(runtime_targets)
+        .args(["--", "-D", "warnings"]))?;
+    run(cargo()
+        .args(["nextest", "run", "--locked", "--cargo-profile", PROFILE, "--no-fail-fast"])
+        .args(runtime_features)
+        .args(["--example", "counter", "--example", "lock", "--test", "rocks", "--test", "examples"]))?;
     // ENOSPC from a real (tmpfs) file system: ignored by default because it mounts in a
     // private mount namespace (CAP_SYS_ADMIN); CI and the README's command run as root. Run
     // with quorate-node in the package set so RocksDB keeps the features of the workspace build.

@@ -1,0 +1,78 @@
+//! The runtime's errors.
+
+use quorate_log::NodeId;
+
+/// Why a request to the runtime failed.
+///
+/// Each variant says whether the request **may have taken effect**: see
+/// [`Error::outcome_unknown`]. A definite failure can be retried freely; after an unknown
+/// outcome only a session command (retried with the same sequence number) is safe to retry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// This node is not the leader; nothing was appended. Retry on the leader.
+    #[error("not the leader; the leader is {}", leader_hint.map_or_else(|| "unknown".to_owned(), |n| n.to_string()))]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The core refused the proposal (too large, too many uncommitted bytes, a transfer in
+    /// progress); nothing was appended.
+    #[error(transparent)]
+    Propose(#[from] quorate_core::ProposeError),
+    /// The read could not be confirmed; retry.
+    #[error(transparent)]
+    Read(#[from] quorate_core::ReadError),
+    /// The membership change was refused; nothing was appended.
+    #[error(transparent)]
+    ConfChange(#[from] quorate_core::ConfChangeError),
+    /// The leadership transfer was refused.
+    #[error(transparent)]
+    Transfer(#[from] quorate_core::TransferError),
+    /// A bounded queue of the runtime is full; nothing was done.
+    #[error("too many pending {what} (limit {limit})")]
+    Busy {
+        /// Which queue.
+        what: &'static str,
+        /// Its bound.
+        limit: usize,
+    },
+    /// The entry was appended but another leader's entry took its index: it was **not**
+    /// applied and never will be.
+    #[error("the proposal was overwritten by another leader's entry; it was not applied")]
+    Dropped,
+    /// The entry was appended, but this node can no longer tell whether it was applied (it
+    /// installed a snapshot covering the index, or stopped). It may have been applied.
+    #[error("the proposal's outcome is unknown")]
+    OutcomeUnknown,
+    /// The session is not (or no longer) in the session table: it was evicted or never
+    /// opened. Nothing was applied; open a new session.
+    #[error("the client session has expired")]
+    SessionExpired,
+    /// A session command older than the session's last applied one: its output is gone.
+    #[error("sequence number older than the session's last applied command")]
+    StaleSequence,
+    /// The runtime could not decode a committed command (written by a newer version).
+    #[error("the committed command could not be decoded")]
+    Undecodable,
+    /// The node halted after a storage failure or a broken contract; it serves nothing more.
+    #[error("node halted: {0}")]
+    Halted(String),
+    /// The node was shut down.
+    #[error("node shut down")]
+    Shutdown,
+    /// Storage failed while serving the request.
+    #[error("storage: {0}")]
+    Storage(#[from] quorate_log::StorageError),
+    /// The runtime's configuration or start-up state is invalid.
+    #[error("invalid start-up state: {0}")]
+    Start(String),
+}
+
+impl Error {
+    /// Whether the request may have taken effect although it failed.
+    #[must_use]
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown | Error::Shutdown | Error::Halted(_))
+    }
+}

@@ -1,0 +1,127 @@
+//! # quorate-runtime
+//!
+//! Run your own replicated service on [`quorate_core`]: write a [`StateMachine`], start a
+//! [`Node`] per replica, and talk to it through a cloneable [`Handle`] — propose commands
+//! (optionally exactly-once, in a session), read at a chosen level with a closure over the
+//! applied state, change membership, transfer leadership, watch the status, snapshot on
+//! demand, shut down gracefully.
+//!
+//! Storage, network and clock are traits ([`LogStorage`], [`Network`], [`Clock`]) with
+//! in-memory implementations here ([`MemStorage`], [`MemRouter`]/[`MemNetwork`],
+//! [`ManualClock`]). The runtime's logic is a synchronous, deterministic [`Replica`]: the
+//! [`Node`] runs one in a tokio task, and a simulation can step several by hand from one
+//! seed (this crate's `tests/sim.rs` does, with message loss, delay, reordering, partitions
+//! and crashes, and checks linearizability).
+//!
+//! ## What the runtime guarantees
+//!
+//! * **Durability before acknowledgement.** Every batch the core hands out is written
+//!   through [`LogStorage::persist`], which returns only once it is durable, before the core
+//!   hears it is persisted; the core releases a vote, an append acknowledgement or a commit
+//!   that depends on it only then.
+//! * **Ordering.** Committed commands are applied in log order, once, on every replica; a
+//!   snapshot install replaces the state machine's state before anything after it is applied.
+//! * **Reads.** [`ReadLevel::Linearizable`] runs the closure after the leader confirmed its
+//!   leadership and this replica applied at least the confirmed index;
+//!   [`ReadLevel::Stale`] runs it at once on the local state.
+//! * **Exactly-once.** A command proposed as `(client, seq)` of a session is applied at most
+//!   once however often it is retried; a retry is answered with the first application's output.
+//!
+//! See `docs/embedding.md` in the repository for the full contract.
+//!
+//! ## Cargo features
+//!
+//! * `rocksdb`: [`RocksLog`](crate::LogStorage), the storage over quorate-storage's RocksDB
+//!   store.
+//! * `quic`: the `quic` module — `QuicNetwork` over quorate-transport (QUIC + mutual TLS),
+//!   `QuicMessage` (the runtime's messages and the application's own requests on one
+//!   transport) and `pump` (incoming messages to the node, requests to the application).
+//!
+//! ## Example: a replicated counter, three replicas in one process
+//!
+//! ```
+//! use quorate_log::{Configuration, LogIndex, NodeId};
+//! use quorate_runtime::{Committed, Config, MemRouter, MemStorage, Node, ReadLevel, RestoreError, StateMachine, SystemClock};
+//! use std::time::Duration;
+//!
+//! #[derive(Default)]
+//! struct Counter { value: u64, applied: LogIndex }
+//!
+//! impl StateMachine for Counter {
+//!     type Output = u64;
+//!     fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
+//!         batch.iter().map(|c| {
+//!             self.value += c.command.iter().map(|b| u64::from(*b)).sum::<u64>();
+//!             self.applied = c.index;
+//!             self.value
+//!         }).collect()
+//!     }
+//!     fn snapshot(&self) -> Vec<u8> { self.value.to_le_bytes().to_vec() }
+//!     fn restore(&mut self, applied: LogIndex, bytes: &[u8]) -> Result<(), RestoreError> {
+//!         let bytes = bytes.try_into().map_err(|_| RestoreError("expected 8 bytes".into()))?;
+//!         *self = Counter { value: u64::from_le_bytes(bytes), applied };
+//!         Ok(())
+//!     }
+//!     fn applied(&self) -> LogIndex { self.applied }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ids = [1, 2, 3].map(|i| NodeId::new(i).expect("non-zero"));
+//! let router = MemRouter::new();
+//! let mut nodes = Vec::new();
+//! for id in ids {
+//!     let mut cfg = Config::new(id);
+//!     cfg.raft.election_timeout_min = Duration::from_millis(300);
+//!     cfg.raft.heartbeat_interval = Duration::from_millis(50);
+//!     let storage = MemStorage::new(Configuration::with_voters(ids)?);
+//!     let node = Node::start(cfg, storage, Counter::default(), router.endpoint(), SystemClock::new())?;
+//!     router.register(id, node.inbox());
+//!     nodes.push(node);
+//! }
+//! // Wait until node 1 knows a leader, then propose there.
+//! let leader = nodes[0].handle().status().wait_for(|s| s.leader.is_some()).await?.leader.expect("known");
+//! let leader = nodes[ids.iter().position(|i| *i == leader).expect("a member")].handle();
+//! assert_eq!(leader.propose([2u8, 3]).await?, 5);
+//! // Exactly-once: a retry of the same (session, seq) is not applied again.
+//! let session = leader.open_session().await?;
+//! assert_eq!(leader.propose_in_session(session, 1, [10u8]).await?, 15);
+//! assert_eq!(leader.propose_in_session(session, 1, [10u8]).await?, 15);
+//! // A linearizable read on any replica sees every acknowledged write.
+//! let value = nodes[2].handle().read(ReadLevel::Linearizable, |c: &Counter| c.value).await?;
+//! assert_eq!(value, 15);
+//! for node in nodes {
+//!     node.shutdown().await;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod clock;
+mod error;
+mod network;
+mod node;
+#[cfg(feature = "quic")]
+pub mod quic;
+mod replica;
+#[cfg(feature = "rocksdb")]
+mod rocks;
+mod sessions;
+mod state_machine;
+mod storage;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::Error;
+pub use network::{Inbox, MemNetwork, MemRouter, Network, WireMessage};
+pub use node::{Handle, INBOX_QUEUE_MAX, Node, REQUESTS_QUEUE_MAX};
+pub use replica::{Config, ProposeCallback, ReadCallback, ReadLevel, Replica, Status};
+#[cfg(feature = "rocksdb")]
+pub use rocks::{RocksLog, SNAPSHOT_READ_BYTES_MAX};
+pub use sessions::ClientId;
+pub use state_machine::{Committed, RestoreError, StateMachine};
+pub use storage::{LogStorage, MemStorage};
+
+// The vocabulary users need alongside the runtime.
+pub use quorate_core::{ConfChange, Role};

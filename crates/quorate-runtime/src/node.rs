@@ -1,0 +1,265 @@
+//! [`Node`]: a [`Replica`] run by a tokio task, and its cloneable [`Handle`].
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::network::{Inbox, Network, WireMessage};
+use crate::replica::{Config, ProposeCallback, ReadCallback, ReadLevel, Replica, Status};
+use crate::sessions::ClientId;
+use crate::state_machine::StateMachine;
+use crate::storage::LogStorage;
+use quorate_core::ConfChange;
+use quorate_log::{LogIndex, NodeId};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Most requests queued from handles to the node's task; a full queue makes callers wait.
+pub const REQUESTS_QUEUE_MAX: usize = 1024;
+/// Most messages from peers queued for the node's task; [`Inbox::deliver`] drops beyond.
+pub const INBOX_QUEUE_MAX: usize = 4096;
+/// Most queued messages the task takes in one turn before it processes them.
+const MESSAGES_PER_TURN_MAX: usize = 256;
+
+enum Request<SM: StateMachine> {
+    Propose { command: Vec<u8>, session: Option<(ClientId, u64)>, done: ProposeCallback<SM::Output> },
+    OpenSession { done: ProposeCallback<ClientId> },
+    Read { level: ReadLevel, read: ReadCallback<SM> },
+    Membership { change: ConfChange, done: ProposeCallback<()> },
+    Transfer { to: NodeId, done: oneshot::Sender<Result<(), Error>> },
+    Snapshot { done: oneshot::Sender<Result<LogIndex, Error>> },
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// A running replica: a tokio task that owns a [`Replica`] and drives it from three sources —
+/// requests from [`Handle`]s, messages from peers (its [`Inbox`]) and its timers.
+///
+/// Every turn of the task hands inputs to the replica and then runs
+/// [`Replica::process`], which persists (durably) before anything that depends on it is
+/// acknowledged, applies in log order and serves confirmed reads once applied.
+#[derive(Debug)]
+pub struct Node<SM: StateMachine> {
+    handle: Handle<SM>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A cloneable way to talk to a running [`Node`]. Every method is async and returns once
+/// the node has an answer.
+pub struct Handle<SM: StateMachine> {
+    requests: mpsc::Sender<Request<SM>>,
+    inbox: Inbox,
+    status: watch::Receiver<Status>,
+}
+
+impl<SM: StateMachine> Clone for Handle<SM> {
+    fn clone(&self) -> Self {
+        Handle { requests: self.requests.clone(), inbox: self.inbox.clone(), status: self.status.clone() }
+    }
+}
+
+impl<SM: StateMachine> std::fmt::Debug for Handle<SM> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("status", &*self.status.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl<SM: StateMachine> Node<SM> {
+    /// Starts a replica (see [`Replica::new`] for what it recovers from `storage`) in a new
+    /// tokio task. Must be called inside a tokio runtime with the time driver enabled.
+    /// Register [`Node::inbox`] with the network so that peers' messages reach it.
+    pub fn start<L: LogStorage, N: Network, C: Clock>(
+        cfg: Config,
+        storage: L,
+        state_machine: SM,
+        network: N,
+        clock: C,
+    ) -> Result<Node<SM>, Error> {
+        let replica = Replica::new(cfg, storage, state_machine, clock.now())?;
+        let (req_tx, req_rx) = mpsc::channel(REQUESTS_QUEUE_MAX);
+        let (in_tx, in_rx) = mpsc::channel(INBOX_QUEUE_MAX);
+        let (status_tx, status_rx) = watch::channel(replica.status());
+        let task = tokio::spawn(run(replica, network, clock, req_rx, in_rx, status_tx));
+        Ok(Node { handle: Handle { requests: req_tx, inbox: Inbox { tx: in_tx }, status: status_rx }, task })
+    }
+
+    /// A handle to the node.
+    #[must_use]
+    pub fn handle(&self) -> Handle<SM> {
+        self.handle.clone()
+    }
+
+    /// Where the network delivers this node's messages.
+    #[must_use]
+    pub fn inbox(&self) -> Inbox {
+        self.handle.inbox.clone()
+    }
+
+    /// Shuts the node down gracefully and waits for its task to end.
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+        let _ = self.task.await;
+    }
+}
+
+async fn run<SM: StateMachine, L: LogStorage, N: Network, C: Clock>(
+    mut replica: Replica<SM, L>,
+    mut net: N,
+    clock: C,
+    mut requests: mpsc::Receiver<Request<SM>>,
+    mut inbox: mpsc::Receiver<WireMessage>,
+    status: watch::Sender<Status>,
+) {
+    loop {
+        let now = clock.now();
+        replica.tick(now);
+        replica.process(now, &mut net);
+        let current = replica.status();
+        status.send_if_modified(|s| {
+            let changed = *s != current;
+            *s = current;
+            changed
+        });
+        let wait = replica.next_deadline().map_or(Duration::from_secs(3600), |d| d.saturating_since(clock.now()));
+        tokio::select! {
+            biased;
+            msg = inbox.recv() => {
+                let Some(msg) = msg else { break };
+                replica.receive(clock.now(), msg);
+                for _ in 1..MESSAGES_PER_TURN_MAX {
+                    match inbox.try_recv() {
+                        Ok(msg) => replica.receive(clock.now(), msg),
+                        Err(_) => break,
+                    }
+                }
+            }
+            req = requests.recv() => {
+                let now = clock.now();
+                match req {
+                    None => break,
+                    Some(Request::Shutdown { done }) => {
+                        drop(replica.shutdown());
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(Request::Propose { command, session, done }) => replica.propose(now, command, session, done),
+                    Some(Request::OpenSession { done }) => replica.open_session(now, done),
+                    Some(Request::Read { level, read }) => replica.read(now, level, read),
+                    Some(Request::Membership { change, done }) => replica.change_membership(now, change, done),
+                    Some(Request::Transfer { to, done }) => {
+                        let _ = done.send(replica.transfer_leader(now, to));
+                    }
+                    Some(Request::Snapshot { done }) => {
+                        let _ = done.send(replica.snapshot_now(now));
+                    }
+                }
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    drop(replica.shutdown());
+}
+
+impl<SM: StateMachine> Handle<SM> {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Request<SM>) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(make(tx)).await.map_err(|_| Error::Shutdown)?;
+        // A dropped answer means the node stopped with the request in flight.
+        rx.await.unwrap_or(Err(Error::OutcomeUnknown))
+    }
+
+    /// Proposes `command` outside any session and returns the state machine's output once it
+    /// is applied on this node. After an error with [`Error::outcome_unknown`], retrying may
+    /// apply it twice: use a session for exactly-once.
+    pub async fn propose(&self, command: impl Into<Vec<u8>>) -> Result<SM::Output, Error> {
+        let command = command.into();
+        self.call(|tx| Request::Propose { command, session: None, done: answer(tx) }).await
+    }
+
+    /// Opens an exactly-once session (a committed entry; its index is the id).
+    pub async fn open_session(&self) -> Result<ClientId, Error> {
+        self.call(|tx| Request::OpenSession { done: answer(tx) }).await
+    }
+
+    /// Proposes `command` as number `seq` of session `client`. Number commands 1, 2, 3, …
+    /// one at a time; retry a command whose outcome is unknown with the **same** `seq` (on
+    /// any node): it is applied at most once, and a retry gets the first application's output.
+    pub async fn propose_in_session(
+        &self,
+        client: ClientId,
+        seq: u64,
+        command: impl Into<Vec<u8>>,
+    ) -> Result<SM::Output, Error> {
+        let command = command.into();
+        self.call(|tx| Request::Propose { command, session: Some((client, seq)), done: answer(tx) }).await
+    }
+
+    /// Runs `read` over the state machine at `level` and returns what it returns.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        level: ReadLevel,
+        read: impl FnOnce(&SM) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        self.call(|tx| Request::Read {
+            level,
+            read: Box::new(move |sm: Result<&SM, Error>| {
+                let _ = tx.send(sm.map(read));
+            }),
+        })
+        .await
+    }
+
+    /// Proposes a membership change (leader only) and returns once it is applied here.
+    pub async fn change_membership(&self, change: ConfChange) -> Result<(), Error> {
+        self.call(|tx| Request::Membership { change, done: answer(tx) }).await
+    }
+
+    /// Adds `id` as a learner: it receives the log but does not vote.
+    pub async fn add_learner(&self, id: NodeId) -> Result<(), Error> {
+        self.change_membership(ConfChange::AddLearner(id)).await
+    }
+
+    /// Makes learner `id` a voter (refused while it is far behind).
+    pub async fn promote(&self, id: NodeId) -> Result<(), Error> {
+        self.change_membership(ConfChange::Promote(id)).await
+    }
+
+    /// Removes member `id` (voter or learner; the leader too).
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), Error> {
+        self.change_membership(ConfChange::Remove(id)).await
+    }
+
+    /// Hands leadership to voter `to` (leader only). Returns once the transfer started.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), Error> {
+        self.call(|tx| Request::Transfer { to, done: tx }).await
+    }
+
+    /// Takes a snapshot of the applied state now and returns the index it covers.
+    pub async fn snapshot_now(&self) -> Result<LogIndex, Error> {
+        self.call(|tx| Request::Snapshot { done: tx }).await
+    }
+
+    /// The node's status, updated after every turn of its task.
+    #[must_use]
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Where the network delivers this node's messages.
+    #[must_use]
+    pub fn inbox(&self) -> Inbox {
+        self.inbox.clone()
+    }
+
+    /// Stops the node: waiting requests fail ([`Error::OutcomeUnknown`] for proposals), the
+    /// task ends. Returns once it has (at once if it already stopped).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Shutdown { done: tx }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn answer<T: Send + 'static>(tx: oneshot::Sender<Result<T, Error>>) -> Box<dyn FnOnce(Result<T, Error>) + Send> {
+    Box::new(move |r| {
+        let _ = tx.send(r);
+    })
+}

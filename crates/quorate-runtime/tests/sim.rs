@@ -1,0 +1,792 @@
+//! A deterministic simulation of the runtime's own glue: N [`Replica`]s on in-memory storage,
+//! a simulated network and virtual time, driven from one seed, with message loss, delay,
+//! duplication and reordering, partitions, and crashes that lose unsynced state. Clients use
+//! exactly-once sessions (retrying the same sequence number on another node after a timeout)
+//! and linearizable reads against a key-value state machine; in half the seeds an operator
+//! adds an empty spare node as a learner, promotes it and removes node 1. The recorded history
+//! is checked with quorate-check's linearizability checker, and replicas that applied the same
+//! index must hold the same state.
+//!
+//! Replay one seed: `QUORATE_RUNTIME_SIM_SEED=<seed> cargo nextest run -p quorate-runtime --test sim`.
+//! More seeds: `QUORATE_RUNTIME_SIM_SEEDS=<n>`.
+
+use quorate_check::history::{Completion, Operation, ReadCompletion};
+use quorate_check::linearizability::{Limits, check};
+use quorate_core::{Instant, SplitMix64};
+use quorate_log::{Configuration, LogIndex, NodeId};
+use quorate_runtime::{
+    ClientId, Committed, ConfChange, Config, Error, MemStorage, ReadLevel, Replica, RestoreError, StateMachine,
+    WireMessage,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MS: u64 = 1_000_000;
+
+/// The simulated state machine: a map with put and compare-and-set.
+#[derive(Default, Debug)]
+struct Kv {
+    map: BTreeMap<String, String>,
+    applied: LogIndex,
+}
+
+/// `P key value` or `C key expected value`, space separated.
+fn encode(cmd: &[&str]) -> Vec<u8> {
+    cmd.join(" ").into_bytes()
+}
+
+impl StateMachine for Kv {
+    /// Whether the command took effect (a cas whose comparison failed: false).
+    type Output = bool;
+
+    fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<bool> {
+        batch
+            .iter()
+            .map(|c| {
+                self.applied = c.index;
+                let text = String::from_utf8_lossy(c.command);
+                let parts: Vec<&str> = text.split(' ').collect();
+                match parts.as_slice() {
+                    ["P", k, v] => {
+                        self.map.insert((*k).to_owned(), (*v).to_owned());
+                        true
+                    }
+                    ["C", k, expected, v] if self.map.get(*k).map(String::as_str) == Some(*expected) => {
+                        self.map.insert((*k).to_owned(), (*v).to_owned());
+                        true
+                    }
+                    // A failed comparison, or a malformed command: a deterministic result,
+                    // not a stop.
+                    _ => false,
+                }
+            })
+            .collect()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.map).expect("a map serializes")
+    }
+
+    fn restore(&mut self, applied: LogIndex, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.map = postcard::from_bytes(snapshot).map_err(|e| RestoreError(e.to_string()))?;
+        self.applied = applied;
+        Ok(())
+    }
+
+    fn applied(&self) -> LogIndex {
+        self.applied
+    }
+}
+
+/// Settings of one simulated run.
+#[derive(Clone, Debug)]
+struct SimConfig {
+    seed: u64,
+    nodes: u64,
+    clients: u64,
+    keys: u64,
+    /// Virtual time with faults, then a quiet period in which everything heals.
+    fault_ms: u64,
+    quiet_ms: u64,
+    loss: f64,
+    duplicate: f64,
+    delay_ms: (u64, u64),
+    crash_every_ms: u64,
+    partition_every_ms: u64,
+    /// Membership changes: a spare node joins as a learner, is promoted, node 1 is removed.
+    reconfig: bool,
+}
+
+impl SimConfig {
+    fn for_seed(seed: u64) -> SimConfig {
+        let mut rng = SplitMix64::new(seed ^ 0x5157);
+        SimConfig {
+            seed,
+            nodes: if rng.chance(0.3) { 5 } else { 3 },
+            clients: 3 + rng.below(3),
+            keys: 2 + rng.below(2),
+            fault_ms: 5_000,
+            quiet_ms: 3_000,
+            loss: [0.0, 0.02, 0.1][rng.below(3) as usize],
+            duplicate: 0.01,
+            delay_ms: (1, 5 + rng.below(40)),
+            crash_every_ms: 400 + rng.below(1_200),
+            partition_every_ms: 500 + rng.below(1_500),
+            reconfig: rng.chance(0.5),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum OpSpec {
+    Put { key: String, value: String },
+    Cas { key: String, expected: String, value: String },
+    Get { key: String },
+}
+
+#[derive(Debug)]
+struct InFlight {
+    spec: OpSpec,
+    op_id: u64,
+    seq: u64,
+    call: u64,
+    /// When the current attempt is given up (and retried elsewhere).
+    attempt_deadline: u64,
+    /// When the whole operation is given up (outcome unknown).
+    op_deadline: u64,
+    waiting: bool,
+}
+
+#[derive(Debug)]
+struct Client {
+    id: u64,
+    session: Option<ClientId>,
+    opening: Option<(u64, u64)>,
+    seq: u64,
+    op: Option<InFlight>,
+    next_action: u64,
+    written: u64,
+}
+
+impl Client {
+    /// When this client next has something to do.
+    fn wake(&self) -> u64 {
+        match &self.op {
+            Some(op) if op.waiting => op.attempt_deadline.min(op.op_deadline),
+            Some(op) => self.next_action.min(op.op_deadline),
+            None => match self.opening {
+                Some((_, deadline)) => deadline,
+                None => self.next_action,
+            },
+        }
+    }
+}
+
+enum Reply {
+    Conf(Result<(), Error>),
+    Write(Result<bool, Error>),
+    Read(Result<Option<String>, Error>),
+    Session(Result<ClientId, Error>),
+}
+
+type Replies = Arc<Mutex<Vec<(u64, u64, Reply)>>>;
+
+/// What one run did.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    ops: usize,
+    answered: usize,
+    crashes: u64,
+    partitions: u64,
+    snapshots_sent: u64,
+    conf_changes: u64,
+    max_applied: LogIndex,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    rng: SplitMix64,
+    now: u64,
+    ids: Vec<NodeId>,
+    nodes: Vec<Option<Replica<Kv, MemStorage>>>,
+    disks: Vec<Option<MemStorage>>,
+    restart_at: Vec<u64>,
+    isolated_until: Vec<u64>,
+    /// In flight: (delivery time, sequence) → message.
+    wire: BTreeMap<(u64, u64), WireMessage>,
+    wire_seq: u64,
+    clients: Vec<Client>,
+    replies: Replies,
+    history: Vec<Operation>,
+    next_crash: u64,
+    next_partition: u64,
+    next_op_id: u64,
+    crashes: u64,
+    partitions: u64,
+    snapshots_sent: u64,
+    /// The membership changes still to make (last first), the one in flight (token, give-up
+    /// time), and when to try next.
+    plan: Vec<ConfChange>,
+    conf_pending: Option<(u64, u64)>,
+    next_conf: u64,
+    conf_changes: u64,
+}
+
+fn runtime_config(id: NodeId, seed: u64) -> Config {
+    let mut cfg = Config::new(id);
+    cfg.raft.election_timeout_min = Duration::from_millis(150);
+    cfg.raft.heartbeat_interval = Duration::from_millis(30);
+    cfg.raft.seed = seed.wrapping_mul(31).wrapping_add(id.get());
+    cfg.raft.snapshot_entries_threshold = 25;
+    cfg.raft.compaction_tail_entries = 5;
+    cfg.raft.snapshot_send_timeout = Duration::from_millis(500);
+    cfg
+}
+
+impl Sim {
+    fn new(cfg: SimConfig) -> Sim {
+        let mut ids: Vec<NodeId> = (1..=cfg.nodes).map(|i| NodeId::new(i).expect("non-zero")).collect();
+        let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
+        let mut plan = Vec::new();
+        if cfg.reconfig {
+            // A spare node that starts empty and joins later.
+            let spare = NodeId::new(cfg.nodes + 1).expect("non-zero");
+            ids.push(spare);
+            plan = vec![ConfChange::Remove(ids[0]), ConfChange::Promote(spare), ConfChange::AddLearner(spare)];
+        }
+        let nodes = ids
+            .iter()
+            .map(|id| {
+                let storage = if id.get() > cfg.nodes {
+                    MemStorage::new(Configuration::default())
+                } else {
+                    MemStorage::new(conf.clone())
+                };
+                Some(
+                    Replica::new(runtime_config(*id, cfg.seed), storage, Kv::default(), Instant::ZERO).expect("starts"),
+                )
+            })
+            .collect();
+        let n = ids.len();
+        let clients = (0..cfg.clients)
+            .map(|id| Client {
+                id,
+                session: None,
+                opening: None,
+                seq: 0,
+                op: None,
+                next_action: 10 * MS * (id + 1),
+                written: 0,
+            })
+            .collect();
+        Sim {
+            rng: SplitMix64::new(cfg.seed),
+            next_crash: cfg.crash_every_ms * MS,
+            next_partition: cfg.partition_every_ms * MS,
+            cfg,
+            now: 0,
+            ids,
+            nodes,
+            disks: vec![None; n],
+            restart_at: vec![0; n],
+            isolated_until: vec![0; n],
+            wire: BTreeMap::new(),
+            wire_seq: 0,
+            clients,
+            replies: Arc::new(Mutex::new(Vec::new())),
+            history: Vec::new(),
+            next_op_id: 1,
+            crashes: 0,
+            partitions: 0,
+            snapshots_sent: 0,
+            plan,
+            conf_pending: None,
+            next_conf: 1_000 * MS,
+            conf_changes: 0,
+        }
+    }
+
+    fn faults_on(&self) -> bool {
+        self.now < self.cfg.fault_ms * MS
+    }
+
+    /// Runs to the end; what happened, or the violation.
+    fn run(&mut self) -> Result<Summary, String> {
+        let end = (self.cfg.fault_ms + self.cfg.quiet_ms) * MS;
+        while self.now < end {
+            self.step();
+        }
+        // Operations still open have an unknown outcome.
+        for c in 0..self.clients.len() {
+            if let Some(op) = self.clients[c].op.take() {
+                self.record(c, &op, None);
+            }
+        }
+        let result = check(&self.history, &Limits::default());
+        if !result.is_linearizable() {
+            return Err(format!("history of {} operations: {result}", self.history.len()));
+        }
+        // State-machine safety: replicas that applied the same index hold the same state.
+        let mut by_index: BTreeMap<LogIndex, &BTreeMap<String, String>> = BTreeMap::new();
+        for r in self.nodes.iter().flatten() {
+            let sm = r.state_machine();
+            if let Some(other) = by_index.insert(sm.applied, &sm.map)
+                && other != &sm.map
+            {
+                return Err(format!("two replicas differ at applied index {}", sm.applied));
+            }
+        }
+        Ok(Summary {
+            ops: self.history.len(),
+            answered: self.history.iter().filter(|o| o.ret().is_some()).count(),
+            crashes: self.crashes,
+            partitions: self.partitions,
+            snapshots_sent: self.snapshots_sent,
+            conf_changes: self.conf_changes,
+            max_applied: by_index.keys().last().copied().unwrap_or(LogIndex::ZERO),
+        })
+    }
+
+    fn step(&mut self) {
+        // The next moment anything happens.
+        let mut t = self.now + 50 * MS;
+        if let Some((&(at, _), _)) = self.wire.first_key_value() {
+            t = t.min(at);
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            match n {
+                Some(r) => {
+                    if let Some(d) = r.next_deadline() {
+                        t = t.min(d.0);
+                    }
+                }
+                None => t = t.min(self.restart_at[i]),
+            }
+        }
+        for c in &self.clients {
+            t = t.min(c.wake());
+        }
+        if !self.plan.is_empty() {
+            t = t.min(self.conf_pending.map_or(self.next_conf, |(_, deadline)| deadline.max(self.next_conf)));
+        }
+        if self.faults_on() {
+            t = t.min(self.next_crash).min(self.next_partition);
+        }
+        // Time always moves on (by at least a microsecond), so a busy moment cannot spin.
+        self.now = t.max(self.now + 1_000);
+        let now = Instant(self.now);
+
+        // Deliver what is due.
+        while let Some(entry) = self.wire.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let msg = entry.remove();
+            let to = (msg.to().get() - 1) as usize;
+            let from = (msg.from().get() - 1) as usize;
+            if self.isolated_until[to] > self.now || self.isolated_until[from] > self.now {
+                continue;
+            }
+            if let Some(r) = &mut self.nodes[to] {
+                r.receive(now, msg);
+            }
+        }
+        self.faults();
+        for r in self.nodes.iter_mut().flatten() {
+            r.tick(now);
+        }
+        self.clients_act();
+        self.operator_act();
+        self.process_all();
+        self.handle_replies();
+        // Replies may have let clients act again at once.
+        self.clients_act();
+        self.process_all();
+        self.handle_replies();
+    }
+
+    fn process_all(&mut self) {
+        let now = Instant(self.now);
+        for i in 0..self.nodes.len() {
+            let Some(r) = &mut self.nodes[i] else { continue };
+            let mut out: Vec<WireMessage> = Vec::new();
+            r.process(now, &mut out);
+            for msg in out {
+                self.route(msg);
+            }
+        }
+    }
+
+    fn route(&mut self, msg: WireMessage) {
+        if matches!(msg, WireMessage::Snapshot { .. }) {
+            self.snapshots_sent += 1;
+        }
+        if self.faults_on() && self.rng.chance(self.cfg.loss) {
+            return;
+        }
+        let copies = if self.faults_on() && self.rng.chance(self.cfg.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let (lo, hi) = self.cfg.delay_ms;
+            let delay = lo * MS + self.rng.below((hi - lo) * MS + 1);
+            self.wire_seq += 1;
+            self.wire.insert((self.now + delay, self.wire_seq), msg.clone());
+        }
+    }
+
+    fn faults(&mut self) {
+        let n = self.nodes.len();
+        // Restarts: a crashed node comes back from what its disk kept.
+        for i in 0..n {
+            if self.nodes[i].is_none() && self.restart_at[i] <= self.now {
+                let disk = self.disks[i].take().expect("a crashed node keeps its disk");
+                let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes));
+                self.nodes[i] = Some(Replica::new(cfg, disk, Kv::default(), Instant(self.now)).expect("restarts"));
+            }
+        }
+        if !self.faults_on() {
+            for u in &mut self.isolated_until {
+                *u = 0;
+            }
+            return;
+        }
+        if self.now >= self.next_crash {
+            self.next_crash = self.now + MS * (self.cfg.crash_every_ms / 2 + self.rng.below(self.cfg.crash_every_ms));
+            let i = self.rng.below(n as u64) as usize;
+            if let Some(r) = self.nodes[i].take() {
+                // The process dies: memory (core, state machine, waiters) is lost, and so is
+                // whatever the disk had not synced.
+                let mut disk = r.storage().clone();
+                disk.crash();
+                drop(r);
+                self.disks[i] = Some(disk);
+                self.restart_at[i] = self.now + MS * (50 + self.rng.below(600));
+                self.crashes += 1;
+            }
+        }
+        if self.now >= self.next_partition {
+            self.next_partition =
+                self.now + MS * (self.cfg.partition_every_ms / 2 + self.rng.below(self.cfg.partition_every_ms));
+            let i = self.rng.below(n as u64) as usize;
+            self.isolated_until[i] = self.now + MS * (100 + self.rng.below(800));
+            self.partitions += 1;
+        }
+    }
+
+    /// The operator: the next membership change of the plan, on the node that leads.
+    fn operator_act(&mut self) {
+        let now = self.now;
+        let Some(change) = self.plan.last().cloned() else { return };
+        if now < self.next_conf || self.conf_pending.is_some_and(|(_, deadline)| deadline > now) {
+            return;
+        }
+        let leader = (0..self.nodes.len())
+            .find(|i| self.nodes[*i].as_ref().is_some_and(|r| r.status().role == quorate_runtime::Role::Leader));
+        let Some(leader) = leader else {
+            self.next_conf = now + 50 * MS;
+            return;
+        };
+        let token = self.next_op_id;
+        self.next_op_id += 1;
+        self.conf_pending = Some((token, now + 1_000 * MS));
+        let replies = self.replies.clone();
+        self.nodes[leader].as_mut().expect("alive").change_membership(
+            Instant(now),
+            change,
+            Box::new(move |r| replies.lock().expect("unpoisoned").push((u64::MAX, token, Reply::Conf(r)))),
+        );
+    }
+
+    fn alive_node(&mut self) -> Option<usize> {
+        let alive: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect();
+        if alive.is_empty() {
+            return None;
+        }
+        Some(alive[self.rng.below(alive.len() as u64) as usize])
+    }
+
+    fn clients_act(&mut self) {
+        for c in 0..self.clients.len() {
+            self.client_act(c);
+        }
+    }
+
+    fn client_act(&mut self, c: usize) {
+        let now = self.now;
+        if self.clients[c].next_action > now {
+            return;
+        }
+        // Give up an attempt that took too long: retry on another node (same sequence number).
+        if let Some(op) = &mut self.clients[c].op {
+            if op.op_deadline <= now {
+                let op = self.clients[c].op.take().expect("present");
+                self.record(c, &op, None);
+                self.clients[c].next_action = now + MS;
+                return;
+            }
+            if op.waiting && op.attempt_deadline > now {
+                return;
+            }
+            let spec = op.spec.clone();
+            let (op_id, seq) = (op.op_id, op.seq);
+            op.waiting = true;
+            op.attempt_deadline = now + 400 * MS;
+            self.submit(c, op_id, seq, &spec);
+            return;
+        }
+        if self.clients[c].session.is_none() {
+            if let Some((_, deadline)) = self.clients[c].opening
+                && deadline > now
+            {
+                return;
+            }
+            let Some(node) = self.alive_node() else { return };
+            let token = self.next_op_id;
+            self.next_op_id += 1;
+            self.clients[c].opening = Some((token, now + 400 * MS));
+            let replies = self.replies.clone();
+            let client = self.clients[c].id;
+            self.nodes[node].as_mut().expect("alive").open_session(
+                Instant(now),
+                Box::new(move |r| replies.lock().expect("unpoisoned").push((client, token, Reply::Session(r)))),
+            );
+            return;
+        }
+        // A new operation.
+        let key = format!("k{}", self.rng.below(self.cfg.keys));
+        let cl = &mut self.clients[c];
+        let spec = match self.rng.below(10) {
+            0..=3 => OpSpec::Get { key },
+            4..=6 => {
+                cl.written += 1;
+                OpSpec::Put { key, value: format!("c{}v{}", cl.id, cl.written) }
+            }
+            _ => {
+                cl.written += 1;
+                // Expect a value this client may have written before, or one of another's.
+                let expected = format!("c{}v{}", self.rng.below(self.cfg.clients), self.rng.below(cl.written) + 1);
+                OpSpec::Cas { key, expected, value: format!("c{}v{}", cl.id, cl.written) }
+            }
+        };
+        let cl = &mut self.clients[c];
+        if !matches!(spec, OpSpec::Get { .. }) {
+            cl.seq += 1;
+        }
+        let op_id = self.next_op_id;
+        self.next_op_id += 1;
+        cl.op = Some(InFlight {
+            spec: spec.clone(),
+            op_id,
+            seq: cl.seq,
+            call: now,
+            attempt_deadline: now + 400 * MS,
+            op_deadline: now + 2_000 * MS,
+            waiting: true,
+        });
+        let seq = cl.seq;
+        self.submit(c, op_id, seq, &spec);
+    }
+
+    fn submit(&mut self, c: usize, op_id: u64, seq: u64, spec: &OpSpec) {
+        let Some(node) = self.alive_node() else {
+            if let Some(op) = &mut self.clients[c].op {
+                op.waiting = false;
+            }
+            self.clients[c].next_action = self.now + 20 * MS;
+            return;
+        };
+        let now = Instant(self.now);
+        let client = self.clients[c].id;
+        let replies = self.replies.clone();
+        let r = self.nodes[node].as_mut().expect("alive");
+        match spec {
+            OpSpec::Get { key } => {
+                let key = key.clone();
+                r.read(
+                    now,
+                    ReadLevel::Linearizable,
+                    Box::new(move |sm: Result<&Kv, Error>| {
+                        let v = sm.map(|kv| kv.map.get(&key).cloned());
+                        replies.lock().expect("unpoisoned").push((client, op_id, Reply::Read(v)));
+                    }),
+                );
+            }
+            OpSpec::Put { key, value } => {
+                let session = self.clients[c].session.expect("a writer has a session");
+                r.propose(
+                    now,
+                    encode(&["P", key, value]),
+                    Some((session, seq)),
+                    Box::new(move |o| replies.lock().expect("unpoisoned").push((client, op_id, Reply::Write(o)))),
+                );
+            }
+            OpSpec::Cas { key, expected, value } => {
+                let session = self.clients[c].session.expect("a writer has a session");
+                r.propose(
+                    now,
+                    encode(&["C", key, expected, value]),
+                    Some((session, seq)),
+                    Box::new(move |o| replies.lock().expect("unpoisoned").push((client, op_id, Reply::Write(o)))),
+                );
+            }
+        }
+    }
+
+    fn handle_replies(&mut self) {
+        let replies = std::mem::take(&mut *self.replies.lock().expect("unpoisoned"));
+        for (client, token, reply) in replies {
+            let c = client as usize;
+            match reply {
+                Reply::Conf(r) => {
+                    if self.conf_pending.is_some_and(|(t, _)| t == token) {
+                        self.conf_pending = None;
+                        let done = match &r {
+                            Ok(()) => true,
+                            // An earlier attempt whose answer was lost already made it.
+                            Err(Error::ConfChange(
+                                quorate_core::ConfChangeError::AlreadyMember(_)
+                                | quorate_core::ConfChangeError::NotMember(_),
+                            )) => true,
+                            Err(_) => false,
+                        };
+                        if done {
+                            self.plan.pop();
+                            self.conf_changes += 1;
+                            self.next_conf = self.now + 300 * MS;
+                        } else {
+                            self.next_conf = self.now + 50 * MS;
+                        }
+                    }
+                }
+                Reply::Session(r) => {
+                    if self.clients[c].opening.is_some_and(|(t, _)| t == token) {
+                        self.clients[c].opening = None;
+                        match r {
+                            Ok(id) => self.clients[c].session = Some(id),
+                            Err(_) => self.clients[c].next_action = self.now + 20 * MS,
+                        }
+                    }
+                }
+                Reply::Write(r) => {
+                    let Some(op) = &self.clients[c].op else { continue };
+                    if op.op_id != token {
+                        continue;
+                    }
+                    match r {
+                        Ok(applied) => {
+                            let op = self.clients[c].op.take().expect("present");
+                            self.record(c, &op, Some(Ok(applied)));
+                            self.clients[c].next_action = self.now + MS * (1 + self.rng.below(20));
+                        }
+                        Err(e) => {
+                            assert!(
+                                !matches!(e, Error::StaleSequence | Error::Undecodable),
+                                "seed {}: a retried command was answered {e}",
+                                self.cfg.seed
+                            );
+                            // Retry (same sequence number) on another node a little later.
+                            let op = self.clients[c].op.as_mut().expect("present");
+                            op.waiting = false;
+                            self.clients[c].next_action = self.now + MS * (5 + self.rng.below(30));
+                        }
+                    }
+                }
+                Reply::Read(r) => {
+                    let Some(op) = &self.clients[c].op else { continue };
+                    if op.op_id != token {
+                        continue;
+                    }
+                    match r {
+                        Ok(v) => {
+                            let op = self.clients[c].op.take().expect("present");
+                            self.record(c, &op, Some(Err(v)));
+                            self.clients[c].next_action = self.now + MS * (1 + self.rng.below(20));
+                        }
+                        Err(_) => {
+                            let op = self.clients[c].op.as_mut().expect("present");
+                            op.waiting = false;
+                            self.clients[c].next_action = self.now + MS * (5 + self.rng.below(30));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a finished operation: `Some(Ok(applied))` for a write, `Some(Err(value))` for
+    /// a read, `None` for an unknown outcome.
+    fn record(&mut self, c: usize, op: &InFlight, outcome: Option<Result<bool, Option<String>>>) {
+        let client = self.clients[c].id;
+        let ret = self.now;
+        let write = |applied: Option<bool>| match applied {
+            Some(true) => Completion::Ok { ret },
+            Some(false) => Completion::Failed { ret },
+            None => Completion::Unknown,
+        };
+        let record = match (&op.spec, outcome) {
+            (OpSpec::Put { key, value }, o) => {
+                Operation::put(client, key.clone(), value.clone(), op.call, write(o.and_then(Result::ok)))
+            }
+            (OpSpec::Cas { key, expected, value }, o) => Operation::cas(
+                client,
+                key.clone(),
+                expected.clone(),
+                value.clone(),
+                op.call,
+                write(o.and_then(Result::ok)),
+            ),
+            (OpSpec::Get { key }, Some(Err(output))) => {
+                Operation::get(client, key.clone(), op.call, ReadCompletion::Returned { ret, output })
+            }
+            (OpSpec::Get { key }, _) => Operation::get(client, key.clone(), op.call, ReadCompletion::Unknown),
+        };
+        self.history.push(record);
+    }
+}
+
+fn run_seed(seed: u64) -> Result<Summary, String> {
+    Sim::new(SimConfig::for_seed(seed)).run()
+}
+
+fn replay_hint(seed: u64) -> String {
+    format!(
+        "replay: QUORATE_RUNTIME_SIM_SEED={seed} cargo nextest run --cargo-profile ci -p quorate-runtime --test sim"
+    )
+}
+
+#[test]
+fn runtime_histories_are_linearizable_across_seeds() {
+    let seeds: Vec<u64> = match std::env::var("QUORATE_RUNTIME_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("QUORATE_RUNTIME_SIM_SEED is a number")],
+        Err(_) => {
+            let n = std::env::var("QUORATE_RUNTIME_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+            (0..n).collect()
+        }
+    };
+    let mut total = Summary {
+        ops: 0,
+        answered: 0,
+        crashes: 0,
+        partitions: 0,
+        snapshots_sent: 0,
+        conf_changes: 0,
+        max_applied: LogIndex::ZERO,
+    };
+    for &seed in &seeds {
+        match run_seed(seed) {
+            Ok(s) => {
+                if seeds.len() == 1 {
+                    println!("seed {seed}: {s:?}");
+                }
+                total.ops += s.ops;
+                total.answered += s.answered;
+                total.crashes += s.crashes;
+                total.partitions += s.partitions;
+                total.snapshots_sent += s.snapshots_sent;
+                total.conf_changes += s.conf_changes;
+                total.max_applied = total.max_applied.max(s.max_applied);
+            }
+            Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed)),
+        }
+    }
+    println!("{} seeds: {total:?}", seeds.len());
+    // The faults happened, and under them most operations still got an answer.
+    let n = seeds.len();
+    assert!(total.answered >= n * 50, "only {} operations answered over {n} seeds", total.answered);
+    if n >= 50 {
+        assert!(total.crashes >= n as u64 && total.partitions >= n as u64, "{total:?}");
+        assert!(total.snapshots_sent > 0, "no snapshot was ever sent to a lagging replica: {total:?}");
+        assert!(total.conf_changes >= n as u64, "membership changes were made: {total:?}");
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let a = Sim::new(SimConfig::for_seed(11));
+    let b = Sim::new(SimConfig::for_seed(11));
+    let (mut a, mut b) = (a, b);
+    assert_eq!(a.run(), b.run());
+    assert_eq!(a.history, b.history);
+    assert!(a.history.iter().filter(|o| o.ret().is_some()).count() > 50, "the clients made progress");
+    assert!(a.crashes > 0, "seed 11 crashes a node");
+}
