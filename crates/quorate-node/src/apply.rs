@@ -643,6 +643,7 @@ impl Applier {
             let index = *entry.key();
             let mut rest = entry.remove().into_iter();
             while let Some(r) = rest.next() {
+                self.shared.failpoints.before_read();
                 match self.read_one(&r.req, r.staleness) {
                     Ok(result) => r.responder.send(result, None),
                     Err(e) => {
