@@ -2,13 +2,15 @@
 //! thread while the state machine goes on being written: a RocksDB snapshot of the store.
 //!
 //! The view holds the `sm` column family's handle from the moment it was taken, and reads it at
-//! the snapshot's sequence number. **A view must not be read across a state-machine install**
-//! ([`RocksStore::begin_sm_install`], [`RocksStore::begin_sm_reinstall`],
-//! [`RocksStore::reset_sm`]): those drop the `sm` column family and create it empty, and a
-//! handle looked up after that names the new, empty family, in which every key of the old
-//! sequence number reads as absent. The caller orders views and installs (the node's apply
-//! thread lets every read of a view finish before it begins an install, and refuses the views
-//! taken before one).
+//! the snapshot's sequence number. A state-machine install ([`RocksStore::begin_sm_install`],
+//! [`RocksStore::begin_sm_reinstall`], [`RocksStore::reset_sm`]) drops the `sm` column family
+//! and creates it empty; a handle looked up after that names the new, empty family, in which
+//! every key of an older sequence number reads as absent. A view never looks its handle up
+//! again, and RocksDB keeps a dropped family's data while a handle to it lives, so a view read
+//! across an install still reads the state it was taken at (tested). Callers should still not
+//! rely on it: a view pins the dropped family's files until it goes, and the state it shows is
+//! no longer the node's. (The node's apply thread lets every read of a view finish before it
+//! begins an install, and refuses the views taken before one.)
 
 use super::{RocksStore, SM_SCAN_PAIRS_MAX, in_sm};
 use crate::codec::{self, CF_META, CF_SM, Cf, KEY_APPLIED, KEY_SM_INSTALL, SM_PREFIX_END, sm_key};
@@ -20,7 +22,7 @@ use std::sync::Arc;
 /// A consistent, read-only view of the state machine at one applied index
 /// ([`RocksStore::sm_view`]): every read sees the state machine exactly as it was when the view
 /// was taken, whatever is applied since. `Send` and `Sync`: take it on the thread that applies,
-/// read it on others. Not to be read across a state-machine install (see the module's notes).
+/// read it on others. Keep it short-lived (see the module's notes on installs).
 pub struct SmView<'a> {
     store: &'a RocksStore,
     sm: Arc<BoundColumnFamily<'a>>,
