@@ -579,6 +579,54 @@ mod tests {
         assert_eq!(class_of(&Request::SnapshotSave), Class::ClientWrite);
     }
 
+    /// A gate with default settings but `answer_bytes_per_sec` (burst: twice that).
+    fn gate(answer_bytes_per_sec: u64) -> Arc<Gate> {
+        let text = "id = 1\ncluster = \"dev\"\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"n1\"\n[peers]\n1 = \"127.0.0.1:7001\"\n[tls]\nca = \"ca.pem\"\ncert = \"node-1.pem\"\nkey = \"node-1.key\"\n";
+        let mut config = NodeConfig::from_toml(text).expect("config");
+        config.admission.principal_answer_bytes_per_sec = answer_bytes_per_sec;
+        Gate::new(&config, 1).expect("gate")
+    }
+
+    fn refused_for_answer_bytes(r: &Result<Option<Ticket>, ApiError>) -> bool {
+        matches!(r, Err(ApiError::Shed(o)) if o.reason == OverloadReason::ResponseBytes)
+    }
+
+    #[test]
+    fn a_large_read_is_charged_when_it_is_admitted() {
+        const MIB: u64 = 1 << 20;
+        let gate = gate(4 * MIB);
+        let dir = std::env::temp_dir();
+        let admit =
+            |body: &Request, who: &str| gate.admit(body, principal_of(who), false, CoreSignals::default(), &dir);
+        let scan =
+            Request::Scan { start: b"a".to_vec(), end: None, limit: 10_000, read: ReadConsistency::Linearizable };
+        let txn = Request::Txn(Txn {
+            compare: vec![],
+            success: (0..128).map(|i| TxnOp::Get { key: format!("k{i}").into_bytes() }).collect(),
+            failure: vec![],
+        });
+        // Large reads admitted together, none answered yet: three estimates of 4 MiB take the
+        // 8 MiB burst and go 4 MiB into debt, so the fourth is refused before anything is read.
+        let mut held: Vec<Ticket> = Vec::new();
+        for body in [&scan, &txn, &scan] {
+            held.push(admit(body, "reader").expect("admitted").expect("admission is on"));
+        }
+        assert!(refused_for_answer_bytes(&admit(&txn, "reader")), "a fourth large read was admitted");
+        // Another principal is not refused.
+        drop(admit(&scan, "writer").expect("another principal is admitted"));
+        // Answers of 1 KiB settle the estimates: the reader is out of debt again.
+        for t in &mut held {
+            t.answered(&Ok(Response::Done), 1024);
+        }
+        drop(held);
+        let again = admit(&scan, "reader").expect("admitted once the answers settled").expect("on");
+        // A large read dropped unanswered gives its estimate back.
+        drop(again);
+        let held: Vec<_> = (0..3).map(|_| admit(&scan, "reader").expect("admitted after a cancelled read")).collect();
+        assert!(refused_for_answer_bytes(&admit(&scan, "reader")));
+        drop(held);
+    }
+
     #[test]
     fn principals_are_stable_and_distinct() {
         assert_eq!(principal_of("writer"), principal_of("writer"));
