@@ -516,6 +516,16 @@ impl Admission {
         }
     }
 
+    /// Gives back to `principal` `bytes` of an answer charged in advance
+    /// ([`Admission::charge_answer`] of an estimate, at admission) that the answer did not
+    /// take, or that was never sent (the request was cancelled), up to its burst. Call it, as
+    /// the charge, before completing the request's permit.
+    pub fn refund_answer(&mut self, principal: Principal, bytes: u64, now: Nanos) {
+        if let Some(state) = self.principals.get_mut(principal) {
+            state.answers.refund(bytes, now);
+        }
+    }
+
     /// The answer bytes `principal` may still be sent at `now` before it is in debt (negative:
     /// its debt); `None` if it is not tracked (it would start with the full burst).
     pub fn answer_bytes_level(&mut self, principal: Principal, now: Nanos) -> Option<i64> {

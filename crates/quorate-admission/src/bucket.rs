@@ -158,6 +158,13 @@ impl DebtBucket {
         self.level = (self.level - Self::scaled(cost.min(DEBT_BUCKET_UNITS_MAX))).max(floor);
     }
 
+    /// Gives back `units` charged before at `now` (an estimate charged in advance that the
+    /// real cost did not reach), up to the burst.
+    pub fn refund(&mut self, units: u64, now: Nanos) {
+        self.refill(now);
+        self.level = (self.level + Self::scaled(units.min(DEBT_BUCKET_UNITS_MAX))).min(Self::scaled(self.burst));
+    }
+
     /// Units available at `now` (negative: the debt).
     pub fn level(&mut self, now: Nanos) -> i64 {
         self.refill(now);
@@ -252,5 +259,23 @@ mod tests {
         assert_eq!(b.check(Nanos::from_secs(3600)), Err(Duration::from_secs(16)));
         // A clock going back adds nothing and does not panic.
         assert!(b.check(Nanos::from_secs(10)).is_err());
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_an_estimate_overcharged_up_to_the_burst() {
+        const MIB: u64 = 1 << 20;
+        let mut b = DebtBucket::new(4 * MIB, 8 * MIB, 64 * MIB, Nanos::ZERO);
+        // Three 4 MiB estimates charged in advance: 4 MiB of debt.
+        for _ in 0..3 {
+            b.charge(4 * MIB, Nanos::ZERO);
+        }
+        assert_eq!(b.check(Nanos::ZERO), Err(Duration::from_secs(1)));
+        // Two answers took 1 MiB each: 3 MiB back each.
+        b.refund(3 * MIB, Nanos::ZERO);
+        b.refund(3 * MIB, Nanos::ZERO);
+        assert_eq!(b.level(Nanos::ZERO), 2 * MIB as i64);
+        // Never above the burst.
+        b.refund(u64::MAX, Nanos::ZERO);
+        assert_eq!(b.level(Nanos::ZERO), 8 * MIB as i64);
     }
 }

@@ -7,6 +7,11 @@
 //! * It first takes a *hold* for the request's principal ([`quorate_admission::Admission::try_hold`]):
 //!   one of the principal's `principal_requests_max` slots and the most bytes the answer can
 //!   take ([`response_bytes_max`]), within the principal's and the node's answer-byte budgets.
+//! * A scan or a transaction (an answer of up to [`limits::RESULT_BYTES_MAX`]) is charged its
+//!   answer's estimate ([`answer_bytes_charged_at_admission`]) to its principal's answer rate
+//!   when it is admitted, before it is served: a principal's large reads cannot all be
+//!   admitted at once while its rate is not yet in debt. The estimate is settled against the
+//!   real size when it is answered (or given back if it is cancelled).
 //! * The [`Ticket`] of an admitted request rides in its `Responder`. Answering the client
 //!   charges the answer's bytes to its principal's answer rate
 //!   (`admission.principal_answer_bytes_per_sec`; a principal in debt is refused
@@ -175,6 +180,19 @@ pub(crate) fn response_bytes_max(body: &Request) -> u64 {
         _ => SMALL_ANSWER_BYTES,
     };
     bytes.min(limits::RESULT_BYTES_MAX as u64 + limits::RESPONSE_ENVELOPE_BYTES_MAX as u64)
+}
+
+/// The answer bytes charged to a request's principal when it is admitted, before any work is
+/// done: the estimate ([`response_bytes_max`]) of a scan or a transaction, whose answer can take
+/// up to [`limits::RESULT_BYTES_MAX`]; 0 for the others (a get's answer is at most one value,
+/// charged when answered). Settled against the answer's real size when it is answered.
+pub(crate) fn answer_bytes_charged_at_admission(body: &Request) -> u64 {
+    match body {
+        Request::Scan { .. } | Request::ScanPaged { .. } | Request::Txn(_) | Request::TxnPaged { .. } => {
+            response_bytes_max(body)
+        }
+        _ => 0,
+    }
 }
 
 /// The bytes a request adds to the log (writes) or costs to answer (reads: its keys only).
@@ -423,6 +441,7 @@ impl Gate {
         let now = self.now(at);
         let info = RequestInfo { class: class_of(body), principal, bytes: request_bytes(body), is_retry };
         let reserve = response_bytes_max(body);
+        let precharged = answer_bytes_charged_at_admission(body);
         let mut inner = self.lock();
         let floor = inner.admission.config().disk_free_bytes_min;
         if floor > 0 && inner.disk_checked.is_none_or(|t| at.saturating_duration_since(t) >= DISK_CHECK_INTERVAL) {
@@ -463,7 +482,14 @@ impl Gate {
             }
         };
         match inner.admission.try_admit(&info, now) {
-            Ok(permit) => Ok(Some(Ticket { gate: self.clone(), permit: Some(permit), hold: Some(hold) })),
+            Ok(permit) => {
+                // A large read's estimate is charged now, before it is served (settled when it
+                // is answered): large reads admitted together are paid for together.
+                if precharged > 0 {
+                    inner.admission.charge_answer(principal, precharged, now);
+                }
+                Ok(Some(Ticket { gate: self.clone(), permit: Some(permit), hold: Some(hold), precharged }))
+            }
             Err(o) => {
                 inner.admission.release_hold(hold);
                 drop(inner);
@@ -472,9 +498,15 @@ impl Gate {
         }
     }
 
-    fn complete(&self, permit: Permit, outcome: Outcome) {
+    /// An admitted request was dropped unanswered: the estimate charged at admission goes
+    /// back to its principal and its permit completes as cancelled.
+    fn cancel(&self, permit: Permit, precharged: u64) {
         let now = self.now(Instant::now());
-        self.lock().admission.complete(permit, outcome, now);
+        let mut inner = self.lock();
+        if precharged > 0 {
+            inner.admission.refund_answer(permit.principal(), precharged, now);
+        }
+        inner.admission.complete(permit, Outcome::Cancelled, now);
     }
 
     /// Charges `bytes` to `principal`'s answer rate.
@@ -484,13 +516,18 @@ impl Gate {
     }
 
     /// An admitted request was answered with `bytes`: the bytes are charged to its principal's
-    /// answer rate (before its permit completes, while the principal is surely tracked), the
-    /// permit completes, and the hold keeps the answer's real size.
-    fn answered(&self, permit: Option<Permit>, outcome: Outcome, hold: Option<&mut Hold>, bytes: u64) {
+    /// answer rate, less the estimate charged at admission (`precharged`; an estimate above the
+    /// answer is given back), before its permit completes, while the principal is surely
+    /// tracked; the permit completes, and the hold keeps the answer's real size.
+    fn answered(&self, permit: Option<Permit>, outcome: Outcome, hold: Option<&mut Hold>, bytes: u64, precharged: u64) {
         let now = self.now(Instant::now());
         let mut inner = self.lock();
         if let Some(p) = permit {
-            inner.admission.charge_answer(p.principal(), bytes, now);
+            if bytes >= precharged {
+                inner.admission.charge_answer(p.principal(), bytes - precharged, now);
+            } else {
+                inner.admission.refund_answer(p.principal(), precharged - bytes, now);
+            }
             inner.admission.complete(p, outcome, now);
         }
         if let Some(h) = hold {
@@ -525,6 +562,8 @@ pub(crate) struct Ticket {
     gate: Arc<Gate>,
     permit: Option<Permit>,
     hold: Option<Hold>,
+    /// Answer bytes charged to the principal at admission ([`answer_bytes_charged_at_admission`]).
+    precharged: u64,
 }
 
 impl Ticket {
@@ -544,14 +583,14 @@ impl Ticket {
     /// (`response_bytes`) until its debt is paid back.
     pub(crate) fn answered(&mut self, result: &Result<Response, ApiError>, bytes: u64) {
         let permit = self.permit.take();
-        self.gate.answered(permit, outcome_of(result), self.hold.as_mut(), bytes);
+        self.gate.answered(permit, outcome_of(result), self.hold.as_mut(), bytes, self.precharged);
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
-            self.gate.complete(p, Outcome::Cancelled);
+            self.gate.cancel(p, self.precharged);
         }
         if let Some(h) = self.hold.take() {
             self.gate.release_hold(h);
@@ -577,6 +616,54 @@ mod tests {
         assert_eq!(class_of(&read_txn), Class::ClientRead);
         assert_eq!(class_of(&Request::Status), Class::ClientRead);
         assert_eq!(class_of(&Request::SnapshotSave), Class::ClientWrite);
+    }
+
+    /// A gate with default settings but `answer_bytes_per_sec` (burst: twice that).
+    fn gate(answer_bytes_per_sec: u64) -> Arc<Gate> {
+        let text = "id = 1\ncluster = \"dev\"\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"n1\"\n[peers]\n1 = \"127.0.0.1:7001\"\n[tls]\nca = \"ca.pem\"\ncert = \"node-1.pem\"\nkey = \"node-1.key\"\n";
+        let mut config = NodeConfig::from_toml(text).expect("config");
+        config.admission.principal_answer_bytes_per_sec = answer_bytes_per_sec;
+        Gate::new(&config, 1).expect("gate")
+    }
+
+    fn refused_for_answer_bytes(r: &Result<Option<Ticket>, ApiError>) -> bool {
+        matches!(r, Err(ApiError::Shed(o)) if o.reason == OverloadReason::ResponseBytes)
+    }
+
+    #[test]
+    fn a_large_read_is_charged_when_it_is_admitted() {
+        const MIB: u64 = 1 << 20;
+        // 1 MiB/s, a burst of 2 MiB: what time refills during the test is negligible.
+        let gate = gate(MIB);
+        let dir = std::env::temp_dir();
+        let admit =
+            |body: &Request, who: &str| gate.admit(body, principal_of(who), false, CoreSignals::default(), &dir);
+        let scan =
+            Request::Scan { start: b"a".to_vec(), end: None, limit: 10_000, read: ReadConsistency::Linearizable };
+        let txn = Request::Txn(Txn {
+            compare: vec![],
+            success: (0..128).map(|i| TxnOp::Get { key: format!("k{i}").into_bytes() }).collect(),
+            failure: vec![],
+        });
+        assert!(answer_bytes_charged_at_admission(&scan) >= 4 * MIB, "a scan page's estimate");
+        assert_eq!(answer_bytes_charged_at_admission(&txn), 4 * MIB, "a transaction page's estimate");
+        let get = Request::Get { key: b"k".to_vec(), read: ReadConsistency::Stale };
+        assert_eq!(answer_bytes_charged_at_admission(&get), 0, "a get is charged when answered");
+        // A large read admitted and not yet answered has paid its 4 MiB estimate: its principal
+        // is 2 MiB in debt, so its next large read is refused before anything is read.
+        let mut first = admit(&scan, "reader").expect("admitted").expect("admission is on");
+        assert!(refused_for_answer_bytes(&admit(&txn, "reader")), "a second large read was admitted");
+        // Another principal is not refused.
+        drop(admit(&scan, "writer").expect("another principal is admitted"));
+        // An answer of 1 KiB settles the estimate: the reader is out of debt again.
+        first.answered(&Ok(Response::Done), 1024);
+        drop(first);
+        let again = admit(&txn, "reader").expect("admitted once the answer settled").expect("on");
+        // A large read dropped unanswered gives its estimate back.
+        drop(again);
+        let held = admit(&scan, "reader").expect("admitted after a cancelled read");
+        assert!(refused_for_answer_bytes(&admit(&scan, "reader")));
+        drop(held);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The apply task: a dedicated thread that applies committed entries to the key-value state
 //! machine (one atomic store batch per group of entries, with the applied index), answers the
-//! writes waiting for them, serves reads once applied far enough, takes snapshots and installs
-//! snapshots received from the leader.
+//! writes waiting for them, hands reads to its read workers once applied far enough (with a
+//! consistent view of the state machine: see `reads`), takes snapshots and installs snapshots
+//! received from the leader.
 
 use crate::server::{Event, Responder, Shared};
 use crate::sm::{self, Overlay, SmError};
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -229,7 +231,7 @@ struct Waiting {
     deadline: Instant,
 }
 
-struct WaitingRead {
+pub(crate) struct WaitingRead {
     req: ReadReq,
     responder: Responder,
     staleness: Option<Staleness>,
@@ -354,8 +356,8 @@ fn install_snapshot_batches_from(
 }
 
 /// Serves a read-only transaction (or one page of it) at the state `read` describes.
-fn read_txn(
-    store: &RocksStore,
+fn read_txn<R: sm::SmRead + ?Sized>(
+    store: &R,
     txn: &Txn,
     from: u32,
     revision: Option<u64>,
@@ -405,27 +407,16 @@ impl Applier {
 
     /// Runs until the driver drops its sender. A state-machine failure is reported as a
     /// fatal event and ends the task.
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<ApplyMsg>) {
-        let handle = self.shared.handle.clone();
-        loop {
-            let next = handle.block_on(async { tokio::time::timeout(Duration::from_millis(250), rx.recv()).await });
-            let result = match next {
-                Ok(None) => break,
-                Ok(Some(msg)) => {
-                    self.shared.failpoints.before_apply();
-                    self.handle_repairing(msg)
-                }
-                Err(_) => Ok(()),
-            };
-            if let Err(e) = result.and_then(|()| self.serve_reads_repairing()) {
-                tracing::error!(error = %e, "state machine failed; stopping the node");
-                let _ = self.events.blocking_send(Event::Fatal(format!("state machine: {e}")));
-                break;
-            }
-            if self.last_sweep.elapsed() >= Duration::from_millis(250) {
-                self.sweep();
-            }
-        }
+    pub(crate) fn run(mut self, rx: mpsc::Receiver<ApplyMsg>) {
+        let store = self.shared.store.clone();
+        let gate = reads::InstallGate::default();
+        std::thread::scope(|scope| {
+            let (pool, failed) =
+                reads::ReadPool::start(scope, &store, &gate, self.shared.id, self.shared.failpoints.clone());
+            self.run_with(rx, &pool, &failed);
+            // Reads still queued are answered that the node is stopping; the workers end.
+            pool.stop();
+        });
         // Anything still waiting learns that the node is stopping.
         for (_, w) in std::mem::take(&mut self.writes) {
             w.responder.send(Err(ApiError::Timeout), None);
@@ -437,32 +428,85 @@ impl Applier {
         }
     }
 
+    /// The loop of [`run`](Self::run), with the read workers running.
+    fn run_with(
+        &mut self,
+        mut rx: mpsc::Receiver<ApplyMsg>,
+        pool: &reads::ReadPool<'_>,
+        failed: &Receiver<reads::Failure>,
+    ) {
+        let handle = self.shared.handle.clone();
+        loop {
+            let next = handle.block_on(async { tokio::time::timeout(Duration::from_millis(250), rx.recv()).await });
+            let result = match next {
+                Ok(None) => break,
+                Ok(Some(msg)) => {
+                    self.shared.failpoints.before_apply();
+                    self.handle_repairing(msg, pool)
+                }
+                Err(_) => Ok(()),
+            };
+            let result = result
+                .and_then(|()| self.repair_read_failures(pool, failed))
+                .and_then(|()| self.serve_reads_repairing(pool));
+            if let Err(e) = result {
+                tracing::error!(error = %e, "state machine failed; stopping the node");
+                let _ = self.events.blocking_send(Event::Fatal(format!("state machine: {e}")));
+                break;
+            }
+            if self.last_sweep.elapsed() >= Duration::from_millis(250) {
+                self.sweep();
+            }
+        }
+    }
+
+    /// Repairs the state machine after a failure a read worker met (a damaged record), as
+    /// when the apply thread met it; a failure that is not damage, or one more than
+    /// [`REPAIRS_MAX`] repairs allow, is returned (the node stops). Failures met in views from
+    /// before the last install or repair are dropped (the state machine they read is gone).
+    fn repair_read_failures(
+        &mut self,
+        pool: &reads::ReadPool<'_>,
+        failed: &Receiver<reads::Failure>,
+    ) -> Result<(), SmError> {
+        while let Ok(failure) = failed.try_recv() {
+            if !pool.is_current(&failure) {
+                continue;
+            }
+            let (_, e) = failure;
+            if !self.repair_if_damaged(&e, pool)? {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// [`handle`](Self::handle), repairing a damaged state machine (and handling the message
     /// again) instead of failing, at most [`REPAIRS_MAX`] times per process.
-    fn handle_repairing(&mut self, msg: ApplyMsg) -> Result<(), SmError> {
+    fn handle_repairing(&mut self, msg: ApplyMsg, pool: &reads::ReadPool<'_>) -> Result<(), SmError> {
         match msg {
             ApplyMsg::Entries(entries) => loop {
                 match self.apply_entries(&entries) {
-                    Err(e) if self.repair_if_damaged(&e)? => {}
+                    Err(e) if self.repair_if_damaged(&e, pool)? => {}
                     r => return r,
                 }
             },
             ApplyMsg::TakeSnapshot(meta) => loop {
                 match self.take_snapshot(meta.clone()) {
-                    Err(e) if self.repair_if_damaged(&e)? => {}
+                    Err(e) if self.repair_if_damaged(&e, pool)? => {}
                     r => return r,
                 }
             },
-            other => self.handle(other),
+            other => self.handle(other, pool),
         }
     }
 
     /// [`serve_reads`](Self::serve_reads), repairing a damaged state machine as
     /// [`handle_repairing`](Self::handle_repairing) does.
-    fn serve_reads_repairing(&mut self) -> Result<(), SmError> {
+    fn serve_reads_repairing(&mut self, pool: &reads::ReadPool<'_>) -> Result<(), SmError> {
         loop {
-            match self.serve_reads() {
-                Err(e) if self.repair_if_damaged(&e)? => {}
+            match self.serve_reads(pool) {
+                Err(e) if self.repair_if_damaged(&e, pool)? => {}
                 r => return r,
             }
         }
@@ -471,7 +515,7 @@ impl Applier {
     /// If `e` is a damaged state-machine record and repairs are left: reinstalls the state
     /// machine from the local snapshot, applies the log after it again up to the applied index
     /// (evidence logged), and returns `true`. A failed repair is an error.
-    fn repair_if_damaged(&mut self, e: &SmError) -> Result<bool, SmError> {
+    fn repair_if_damaged(&mut self, e: &SmError, pool: &reads::ReadPool<'_>) -> Result<bool, SmError> {
         let Some(damage) = sm_damage(e) else { return Ok(false) };
         if self.repairs >= REPAIRS_MAX {
             tracing::error!(node = %self.shared.id, damage = %damage, repairs = self.repairs, "a state-machine record does not verify again after {REPAIRS_MAX} repairs; stopping (the disk is not to be trusted)");
@@ -482,7 +526,10 @@ impl Applier {
         let to = self.applied.index;
         let started = Instant::now();
         tracing::error!(node = %self.shared.id, damage = %damage, applied = %to, repair = self.repairs, "a state-machine record does not verify; reinstalling the state machine from the local snapshot and applying the log after it again");
+        // No read worker reads a view while the column family is dropped and recreated.
+        let exclusive = pool.gate().exclusive();
         let from = reinstall_state_machine(&store, to)?;
+        drop(exclusive);
         self.refresh_from_store()?;
         tracing::warn!(node = %self.shared.id, snapshot = %from, applied = %to, elapsed_ms = started.elapsed().as_millis() as u64, "state machine repaired");
         Ok(true)
@@ -501,7 +548,7 @@ impl Applier {
         Ok(())
     }
 
-    fn handle(&mut self, msg: ApplyMsg) -> Result<(), SmError> {
+    fn handle(&mut self, msg: ApplyMsg, pool: &reads::ReadPool<'_>) -> Result<(), SmError> {
         match msg {
             ApplyMsg::Entries(entries) => self.apply_entries(&entries),
             ApplyMsg::Register { at, responder, deadline } => {
@@ -521,7 +568,7 @@ impl Applier {
                 Ok(())
             }
             ApplyMsg::TakeSnapshot(meta) => self.take_snapshot(meta),
-            ApplyMsg::Install(meta) => self.install(&meta),
+            ApplyMsg::Install(meta) => self.install(&meta, pool),
             ApplyMsg::Backup { config, responder } => {
                 let r = self.backup(config);
                 let at = Some(self.applied);
@@ -623,19 +670,15 @@ impl Applier {
         }
     }
 
-    fn read_info(&self, staleness: Option<Staleness>) -> ReadInfo {
-        ReadInfo {
-            node: self.shared.id,
-            revision: self.shared.revision.load(Ordering::Relaxed),
-            applied: self.applied.index,
-            staleness,
+    /// Hands the reads whose index is applied to the read workers, with one view of the state
+    /// machine as applied now. A read served here (no worker runs) that meets a damaged record
+    /// is answered `Unavailable` (retry), the others of its index wait, and the error is
+    /// returned (the caller repairs the state machine).
+    fn serve_reads(&mut self, pool: &reads::ReadPool<'_>) -> Result<(), SmError> {
+        if self.reads.first_key_value().is_none_or(|(index, _)| *index > self.applied.index) {
+            return Ok(());
         }
-    }
-
-    /// Serves the reads whose index is applied. A read that meets a damaged record is answered
-    /// `Unavailable` (retry), the others of its index wait, and the error is returned (the
-    /// caller repairs the state machine).
-    fn serve_reads(&mut self) -> Result<(), SmError> {
+        let view = pool.view()?;
         while let Some(entry) = self.reads.first_entry() {
             if *entry.key() > self.applied.index {
                 break;
@@ -643,40 +686,16 @@ impl Applier {
             let index = *entry.key();
             let mut rest = entry.remove().into_iter();
             while let Some(r) = rest.next() {
-                match self.read_one(&r.req, r.staleness) {
-                    Ok(result) => r.responder.send(result, None),
-                    Err(e) => {
-                        r.responder
-                            .send(Err(ApiError::Unavailable("the read met a damaged record; retry".into())), None);
-                        let left: Vec<WaitingRead> = rest.collect();
-                        if !left.is_empty() {
-                            self.reads.insert(index, left);
-                        }
-                        return Err(e);
+                if let Err(e) = pool.dispatch(&view, r) {
+                    let left: Vec<WaitingRead> = rest.collect();
+                    if !left.is_empty() {
+                        self.reads.insert(index, left);
                     }
+                    return Err(e);
                 }
             }
         }
         Ok(())
-    }
-
-    /// One waiting read: its answer (an error the client is told), or a state-machine
-    /// failure (a damaged record) that the caller repairs.
-    fn read_one(&self, req: &ReadReq, staleness: Option<Staleness>) -> Result<Result<Response, ApiError>, SmError> {
-        let store = &*self.shared.store;
-        let read = self.read_info(staleness);
-        Ok(match req {
-            ReadReq::Get { key } => Ok(Response::Get { kv: sm::read_get(store, key)?, read }),
-            ReadReq::Scan { start, end, limit, paged } => {
-                let page = sm::read_scan_page(store, start, end.as_deref(), *limit, sm::PAGE_RESULT_BYTES_MAX)?;
-                Ok(if *paged {
-                    Response::ScanPage { kvs: page.kvs, next: page.next, read }
-                } else {
-                    Response::Scan { kvs: page.kvs, more: page.next.is_some(), read }
-                })
-            }
-            ReadReq::Txn { txn, from, revision, paged } => read_txn(store, txn, *from, *revision, *paged, &read)?,
-        })
     }
 
     fn sweep(&mut self) {
@@ -732,12 +751,15 @@ impl Applier {
         Ok(())
     }
 
-    fn install(&mut self, meta: &SnapshotMeta) -> Result<(), SmError> {
+    fn install(&mut self, meta: &SnapshotMeta, pool: &reads::ReadPool<'_>) -> Result<(), SmError> {
         if meta.last.index <= self.applied.index {
             return Ok(());
         }
         let install_started = Instant::now();
+        // No read worker reads a view while the column family is dropped and recreated.
+        let exclusive = pool.gate().exclusive();
         install_snapshot_data(&self.shared.store, meta)?;
+        drop(exclusive);
         self.applied = meta.last;
         self.shared.telemetry.installed(meta.last.index, install_started.elapsed());
         self.refresh_from_store()?;
@@ -761,5 +783,28 @@ impl Applier {
     }
 }
 
+/// One read, served from `store` (a view of the state machine) and reported as `read`: its
+/// answer (an error the client is told), or a state-machine failure (a damaged record) that
+/// the apply thread repairs.
+fn read_one<R: sm::SmRead + ?Sized>(
+    store: &R,
+    req: &ReadReq,
+    read: ReadInfo,
+) -> Result<Result<Response, ApiError>, SmError> {
+    Ok(match req {
+        ReadReq::Get { key } => Ok(Response::Get { kv: sm::read_get(store, key)?, read }),
+        ReadReq::Scan { start, end, limit, paged } => {
+            let page = sm::read_scan_page(store, start, end.as_deref(), *limit, sm::PAGE_RESULT_BYTES_MAX)?;
+            Ok(if *paged {
+                Response::ScanPage { kvs: page.kvs, next: page.next, read }
+            } else {
+                Response::Scan { kvs: page.kvs, more: page.next.is_some(), read }
+            })
+        }
+        ReadReq::Txn { txn, from, revision, paged } => read_txn(store, txn, *from, *revision, *paged, &read)?,
+    })
+}
+
 #[cfg(test)]
 mod install_tests;
+mod reads;

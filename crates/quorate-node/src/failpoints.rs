@@ -18,6 +18,7 @@
 //! corrupt_table_cf = "sm"    # "sm" (state machine, the default) or "log"
 //! slow_resolve_ms = 3000  # every resolution of a member's address takes this much longer
 //! slow_apply_ms = 50   # the apply thread takes this much longer over every message
+//! slow_read_ms = 2000  # every read the node serves takes this much longer
 //! ```
 //!
 //! * **Slow disk**: the delay runs on the group committer's writer thread after each group's
@@ -30,6 +31,9 @@
 //!   answer would make it.
 //! * **Slow apply**: the apply thread sleeps this long before handling each message from the
 //!   driver (entries, reads, snapshots), as a large scan or a slow disk would make it.
+//! * **Slow reads**: serving each read (a get, a scan page, a read-only transaction page)
+//!   takes this much longer, as a read of many large values would, on whichever thread serves
+//!   it.
 //! * **Clock**: the time the driver feeds the core (elections, heartbeats, leases) runs at
 //!   `clock_rate` from the moment the rate is read; it stays monotonic. A leader whose clock is
 //!   slow believes its lease for longer than the other nodes wait before electing a new leader,
@@ -105,6 +109,8 @@ pub struct Settings {
     pub slow_resolve_ms: u64,
     /// Delay of the apply thread before each message it handles, in milliseconds (0: off).
     pub slow_apply_ms: u64,
+    /// Delay of each read served, in milliseconds (0: off).
+    pub slow_read_ms: u64,
 }
 
 impl Default for Settings {
@@ -116,6 +122,7 @@ impl Default for Settings {
             corrupt_hash_samples: false,
             slow_resolve_ms: 0,
             slow_apply_ms: 0,
+            slow_read_ms: 0,
             disk_full_store: false,
             fsync_error: String::new(),
             corrupt_wal: 0,
@@ -170,6 +177,7 @@ impl Settings {
             ("slow_disk_ms", s.slow_disk_ms),
             ("slow_resolve_ms", s.slow_resolve_ms),
             ("slow_apply_ms", s.slow_apply_ms),
+            ("slow_read_ms", s.slow_read_ms),
         ] {
             if ms > SLOW_DISK_MS_MAX {
                 return Err(FailpointError::Range {
@@ -224,6 +232,7 @@ struct Inner {
     corrupt_hash_samples: AtomicBool,
     slow_resolve_ms: AtomicU64,
     slow_apply_ms: AtomicU64,
+    slow_read_ms: AtomicU64,
     clock: Mutex<Clock>,
     disk: Mutex<Disk>,
 }
@@ -264,6 +273,7 @@ impl Failpoints {
                 corrupt_hash_samples: AtomicBool::new(false),
                 slow_resolve_ms: AtomicU64::new(0),
                 slow_apply_ms: AtomicU64::new(0),
+                slow_read_ms: AtomicU64::new(0),
                 clock: Mutex::new(clock),
                 disk: Mutex::new(Disk::default()),
             }),
@@ -315,6 +325,7 @@ impl Failpoints {
         self.inner.corrupt_hash_samples.store(s.corrupt_hash_samples, Ordering::Relaxed);
         self.inner.slow_resolve_ms.store(s.slow_resolve_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.slow_apply_ms.store(s.slow_apply_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
+        self.inner.slow_read_ms.store(s.slow_read_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         {
             let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
@@ -398,6 +409,14 @@ impl Failpoints {
     /// Sleeps for the slow-apply delay, if on (call on the apply thread only).
     pub fn before_apply(&self) {
         let ms = if self.inner.enabled { self.inner.slow_apply_ms.load(Ordering::Relaxed) } else { 0 };
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+
+    /// Sleeps for the slow-read delay, if on (call where a read is served).
+    pub fn before_read(&self) {
+        let ms = if self.inner.enabled { self.inner.slow_read_ms.load(Ordering::Relaxed) } else { 0 };
         if ms > 0 {
             std::thread::sleep(Duration::from_millis(ms));
         }
@@ -496,6 +515,7 @@ mod tests {
             corrupt_hash_samples: true,
             slow_resolve_ms: 5,
             slow_apply_ms: 5,
+            slow_read_ms: 5,
             ..Settings::default()
         });
         assert_eq!(fp.resolve_delay(), None);
@@ -522,8 +542,9 @@ mod tests {
                 ..Settings::default()
             }
         );
-        let s = Settings::parse("slow_resolve_ms = 3000\nslow_apply_ms = 50\n", p).unwrap();
-        assert_eq!((s.slow_resolve_ms, s.slow_apply_ms), (3000, 50));
+        let s = Settings::parse("slow_resolve_ms = 3000\nslow_apply_ms = 50\nslow_read_ms = 2000\n", p).unwrap();
+        assert_eq!((s.slow_resolve_ms, s.slow_apply_ms, s.slow_read_ms), (3000, 50, 2000));
+        assert!(Settings::parse("slow_read_ms = 999999", p).is_err());
         assert!(Settings::parse("slow_resolve_ms = 999999", p).is_err());
         assert_eq!(Settings::parse("", p).unwrap(), Settings::default());
         assert!(Settings::parse("slow_disk = 5", p).unwrap_err().to_string().contains("slow_disk"));

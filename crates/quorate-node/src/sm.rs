@@ -184,6 +184,18 @@ impl SmRead for RocksStore {
     }
 }
 
+impl SmRead for quorate_storage::SmView<'_> {
+    fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError> {
+        Ok(quorate_storage::SmView::sm_get(self, key)?)
+    }
+    fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
+        Ok(quorate_storage::SmView::sm_scan(self, from, limit)?)
+    }
+    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+        Ok(quorate_storage::SmView::sm_scan_bounded(self, from, limit, bytes_max)?)
+    }
+}
+
 impl SmRead for BTreeMap<Vec<u8>, Vec<u8>> {
     fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError> {
         Ok(self.get(key).cloned())

@@ -8,7 +8,8 @@
 //! * certificate revocation lists cut a revoked client off, and a certificate reload refuses an
 //!   expired certificate and keeps the old one;
 //! * the consensus driver keeps its heartbeats going while the apply thread is slow or a member
-//!   address takes seconds to resolve, and the apply thread does not wait for name resolution.
+//!   address takes seconds to resolve, and the apply thread does not wait for name resolution;
+//! * a slow read does not hold up the apply of writes.
 
 #[path = "support/procs.rs"]
 mod procs;
@@ -478,6 +479,46 @@ async fn a_slow_apply_thread_does_not_stop_the_leaders_heartbeats() {
         assert_eq!(c.view(id).await, (term, Some(nid(leader))), "node {id}: an election during the flood");
     }
     assert!(sent >= 8 * 64, "the flood sent {sent} writes");
+}
+
+/// Most writes the test below makes while its slow read is served.
+const WRITES_DURING_READ_MAX: usize = 10_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_does_not_hold_up_writes() {
+    let c = Cluster::start(3, 0, |_| {});
+    let (leader, term) = c.leader(&[1, 2, 3]).await;
+    let writer = Arc::new(c.client("writer", &[leader]));
+    writer.put("slow-read", "before").await.expect("put");
+    // Every read the leader serves takes 2 s, as a read of many large values would.
+    c.failpoints(leader, "slow_read_ms = 2000\n");
+    c.failpoints_applied(leader, "slow_read_ms: 2000").await;
+    let reader = writer.clone();
+    let started = Instant::now();
+    let read = tokio::spawn(async move {
+        let got = reader.get("slow-read", quorate_api::ReadConsistency::Linearizable).await.expect("slow get");
+        (got, started.elapsed())
+    });
+    // Writes one after another while the read is served: each must be applied and answered
+    // while the read is still being served, not after it.
+    let mut latencies = Vec::new();
+    while !read.is_finished() && latencies.len() < WRITES_DURING_READ_MAX {
+        let t = Instant::now();
+        writer.put(format!("during-{}", latencies.len()), "v").await.expect("put during the read");
+        latencies.push(t.elapsed());
+    }
+    let (got, took) = read.await.expect("reader task");
+    c.failpoints(leader, "");
+    assert_eq!(got.kv.expect("the key is there").value, b"before".to_vec());
+    assert!(took >= Duration::from_secs(2), "the read took {took:?}: the failpoint did not slow it");
+    let longest = latencies.iter().max().copied().unwrap_or_default();
+    assert!(
+        latencies.len() >= 10 && longest < Duration::from_secs(1),
+        "{} writes during a read of {took:?}, the longest took {longest:?}: writes waited for the read",
+        latencies.len()
+    );
+    assert_eq!(c.view(leader).await, (term, Some(nid(leader))), "no election");
+    writer.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,9 @@
 //! * `snapshot`: streamed, checksummed snapshot files.
 //! * `store/install`: a snapshot's state-machine data installed in several writes behind a
 //!   persisted *install in progress* marker ([`RocksStore::begin_sm_install`]).
+//! * `store/view`: [`SmView`], a consistent read-only view of the state machine at one applied
+//!   index (a RocksDB snapshot), read on other threads while applying goes on; never across an
+//!   install.
 //! * `codec`: keys and checksummed records.
 //!
 //! **Architecture invariants.** Nothing is acknowledged before its RocksDB write returned
@@ -99,8 +102,8 @@ pub use snapshot::{SNAPSHOT_META_BYTES_MAX, SnapshotFile, SnapshotReader, Snapsh
 pub use space::{check_free_space, free_space_bytes};
 pub use store::{
     APPLY_OPS_MAX, DURABLE_MARK_INTERVAL_DEFAULT, INSTALL_BATCH_BYTES_MAX, OPEN_SCAN_ENTRIES_MAX, RocksStore,
-    SM_DAMAGED_FILE, SM_KEY_BYTES_MAX, SM_SCAN_PAIRS_MAX, SM_VALUE_BYTES_MAX, SmPair, StoreOptions, VerifyReport,
-    WRITE_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX, WRITE_BUFFER_BYTES_MIN, WriteFault,
+    SM_DAMAGED_FILE, SM_KEY_BYTES_MAX, SM_SCAN_PAIRS_MAX, SM_VALUE_BYTES_MAX, SmPair, SmView, StoreOptions,
+    VerifyReport, WRITE_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX, WRITE_BUFFER_BYTES_MIN, WriteFault,
 };
 
 /// The on-disk format this build writes, stamped into every store at creation. A store of a

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 mod install;
+mod view;
 pub use install::INSTALL_BATCH_BYTES_MAX;
+pub use view::SmView;
 
 /// The RocksDB handle: column families can be dropped and created while the store is shared
 /// (a state-machine reinstall drops the whole `sm` family, see `install`).

@@ -1,0 +1,232 @@
+//! Reads served off the apply thread.
+//!
+//! When a read's index is applied, the apply thread takes a consistent view of the state
+//! machine ([`quorate_storage::SmView`], a RocksDB snapshot at the applied index) and hands the
+//! read with the view to a small pool of read workers ([`READ_WORKERS`] threads, a queue of
+//! [`READ_QUEUE_MAX`] reads). The apply thread goes on applying while a large read (a scan page
+//! or a transaction page of up to 4 MiB) is served, so a reader's large or many reads no longer
+//! hold up everyone's writes. A read is answered exactly as before: at the state of the view,
+//! which is at or after the read's index, with the view's revision and applied index.
+//!
+//! **Installs.** A snapshot install or a state-machine reinstall drops and recreates the `sm`
+//! column family; a view taken before it must not be read after it (every key would read as
+//! absent in the new, empty family: a linearizability violation). The [`InstallGate`] orders
+//! them: a worker holds it shared while it reads a view, the apply thread holds it exclusive
+//! while it installs, and every install starts a new *epoch*. A read whose view is of an
+//! older epoch than the gate's is not served: it is answered `Unavailable` (retry), which
+//! changes nothing.
+//!
+//! **Damage.** A read that meets a damaged record (or fails otherwise) is answered
+//! `Unavailable` and the failure goes to the apply thread, which repairs the state machine (or
+//! stops the node) as it did when it served the read itself.
+//!
+//! If no worker thread can be started, the apply thread serves the reads itself.
+
+use super::WaitingRead;
+use crate::failpoints::Failpoints;
+use crate::sm::{self, SmError};
+use quorate_api::{ApiError, ReadInfo, Staleness};
+use quorate_log::NodeId;
+use quorate_storage::{RocksStore, SmView};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::time::Instant;
+
+/// Read worker threads per node.
+pub(crate) const READ_WORKERS: usize = 2;
+/// Reads handed to the workers and not yet taken by one. Beyond it the apply thread waits for
+/// a worker (reads then slow applying down as they did before the pool); admission bounds the
+/// reads in flight long before (`limits.pending_requests_max`, per-principal requests).
+pub(crate) const READ_QUEUE_MAX: usize = 1024;
+/// Failures reported by workers and not yet taken by the apply thread (one is enough to
+/// start a repair; more are dropped).
+const FAILURES_MAX: usize = 64;
+
+/// Orders the reads of views and the installs that drop the state machine's column family
+/// (see the module's notes).
+#[derive(Debug, Default)]
+pub(crate) struct InstallGate {
+    lock: RwLock<()>,
+    /// Installs begun so far: a view of an older epoch is not read.
+    epoch: AtomicU64,
+    /// The node is stopping: reads not yet served are answered so.
+    stopping: AtomicBool,
+}
+
+impl InstallGate {
+    /// Waits until no worker reads a view, then holds every worker off (until the guard is
+    /// dropped) and starts a new epoch: views taken before are not read any more.
+    pub(crate) fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        let guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+}
+
+/// A view of the state machine with what every read served from it reports.
+pub(crate) struct View<'s> {
+    sm: SmView<'s>,
+    node: NodeId,
+    revision: u64,
+    epoch: u64,
+}
+
+impl View<'_> {
+    fn read_info(&self, staleness: Option<Staleness>) -> ReadInfo {
+        ReadInfo { node: self.node, revision: self.revision, applied: self.sm.applied_index(), staleness }
+    }
+}
+
+/// A read with the view to serve it from.
+struct Job<'s> {
+    view: Arc<View<'s>>,
+    read: WaitingRead,
+}
+
+/// A failure a worker met, for the apply thread: the epoch of the view it read, and the error.
+pub(crate) type Failure = (u64, SmError);
+
+/// The read workers of one apply thread.
+pub(crate) struct ReadPool<'s> {
+    store: &'s RocksStore,
+    gate: &'s InstallGate,
+    node: NodeId,
+    failpoints: Failpoints,
+    /// `None`: no worker runs; reads are served by the caller.
+    jobs: Option<SyncSender<Job<'s>>>,
+    failures: SyncSender<Failure>,
+}
+
+impl<'s> ReadPool<'s> {
+    /// Starts up to [`READ_WORKERS`] workers in `scope`; failures they meet arrive on the
+    /// returned receiver.
+    pub(crate) fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, 's>,
+        store: &'s RocksStore,
+        gate: &'s InstallGate,
+        node: NodeId,
+        failpoints: Failpoints,
+    ) -> (ReadPool<'s>, Receiver<Failure>) {
+        let (failures, failed) = std::sync::mpsc::sync_channel(FAILURES_MAX);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job<'s>>(READ_QUEUE_MAX);
+        let queue = Arc::new(Mutex::new(queue));
+        let mut started = 0;
+        for n in 0..READ_WORKERS {
+            let (queue, failures, failpoints) = (queue.clone(), failures.clone(), failpoints.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("quorate-read-{node}-{n}"))
+                .spawn_scoped(scope, move || work(&queue, gate, &failpoints, &failures));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::warn!(error = %e, "cannot start a read worker"),
+            }
+        }
+        if started == 0 {
+            tracing::warn!("no read worker could be started; the apply thread serves reads itself");
+        }
+        let jobs = (started > 0).then_some(jobs);
+        (ReadPool { store, gate, node, failpoints, jobs, failures }, failed)
+    }
+
+    /// The gate installs take.
+    pub(crate) fn gate(&self) -> &'s InstallGate {
+        self.gate
+    }
+
+    /// A view of the state machine as applied now.
+    pub(crate) fn view(&self) -> Result<Arc<View<'s>>, SmError> {
+        let sm = self.store.sm_view()?;
+        let revision = sm::revision(&sm)?;
+        Ok(Arc::new(View { sm, node: self.node, revision, epoch: self.gate.epoch() }))
+    }
+
+    /// Serves `read` from `view` on a worker (waiting for room in the queue if it is full), or
+    /// here if no worker runs. A failure met here is returned (the caller repairs).
+    pub(crate) fn dispatch(&self, view: &Arc<View<'s>>, read: WaitingRead) -> Result<(), SmError> {
+        match &self.jobs {
+            Some(jobs) => {
+                let job = Job { view: view.clone(), read };
+                let job = match jobs.try_send(job) {
+                    Ok(()) => return Ok(()),
+                    Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+                };
+                if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
+                    // Every worker is gone (it cannot happen while the pool lives): serve here.
+                    return serve(&job.view, job.read, &self.failpoints).map_err(|(_, e)| e);
+                }
+                Ok(())
+            }
+            None => serve(view, read, &self.failpoints).map_err(|(_, e)| e),
+        }
+    }
+
+    /// Stops the workers: reads still queued are answered that the node is stopping.
+    pub(crate) fn stop(self) {
+        self.gate.stopping.store(true, Ordering::Release);
+        drop(self.jobs);
+        drop(self.failures);
+    }
+}
+
+/// A worker: serves queued reads until the pool is dropped.
+fn work(queue: &Mutex<Receiver<Job<'_>>>, gate: &InstallGate, failpoints: &Failpoints, failures: &SyncSender<Failure>) {
+    loop {
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(Job { view, read }) = next else { return };
+        if gate.stopping.load(Ordering::Acquire) {
+            read.responder.send(Err(ApiError::Unavailable("node stopping; retry elsewhere".into())), None);
+            continue;
+        }
+        // Held while the view is read: an install waits for it, and none runs meanwhile.
+        let shared = gate.lock.read().unwrap_or_else(PoisonError::into_inner);
+        if view.epoch != gate.epoch() {
+            drop(shared);
+            read.responder.send(
+                Err(ApiError::Unavailable(
+                    "the state machine was reinstalled before the read was served; retry".into(),
+                )),
+                None,
+            );
+            continue;
+        }
+        let served = serve(&view, read, failpoints);
+        drop(shared);
+        if let Err(failure) = served {
+            // One report starts a repair; the apply thread drops those of older epochs.
+            let _ = failures.try_send(failure);
+        }
+    }
+}
+
+/// Serves one read from `view`: answers it, or answers `Unavailable` and returns the failure
+/// (with the view's epoch) if the state machine failed.
+fn serve(view: &View<'_>, read: WaitingRead, failpoints: &Failpoints) -> Result<(), Failure> {
+    let WaitingRead { req, responder, staleness, deadline } = read;
+    if deadline <= Instant::now() {
+        responder.send(Err(ApiError::Unavailable("read not served in time; retry".into())), None);
+        return Ok(());
+    }
+    failpoints.before_read();
+    match super::read_one(&view.sm, &req, view.read_info(staleness)) {
+        Ok(result) => {
+            responder.send(result, None);
+            Ok(())
+        }
+        Err(e) => {
+            responder.send(Err(ApiError::Unavailable("the read met a damaged record; retry".into())), None);
+            Err((view.epoch, e))
+        }
+    }
+}
+
+impl<'s> ReadPool<'s> {
+    /// Whether `failure` happened in the current epoch (not before an install since).
+    pub(crate) fn is_current(&self, failure: &Failure) -> bool {
+        failure.0 == self.gate.epoch()
+    }
+}

@@ -1,0 +1,121 @@
+//! A consistent, read-only view of the state machine at one applied index, readable from any
+//! thread while the state machine goes on being written: a RocksDB snapshot of the store.
+//!
+//! The view holds the `sm` column family's handle from the moment it was taken, and reads it at
+//! the snapshot's sequence number. A state-machine install ([`RocksStore::begin_sm_install`],
+//! [`RocksStore::begin_sm_reinstall`], [`RocksStore::reset_sm`]) drops the `sm` column family
+//! and creates it empty; a handle looked up after that names the new, empty family, in which
+//! every key of an older sequence number reads as absent. A view never looks its handle up
+//! again, and RocksDB keeps a dropped family's data while a handle to it lives, so a view read
+//! across an install still reads the state it was taken at (tested). Callers should still not
+//! rely on it: a view pins the dropped family's files until it goes, and the state it shows is
+//! no longer the node's. (The node's apply thread lets every read of a view finish before it
+//! begins an install, and refuses the views taken before one.)
+
+use super::{RocksStore, SM_SCAN_PAIRS_MAX, in_sm};
+use crate::codec::{self, CF_META, CF_SM, Cf, KEY_APPLIED, KEY_SM_INSTALL, SM_PREFIX_END, sm_key};
+use crate::error::StoreError;
+use quorate_log::LogIndex;
+use rocksdb::{BoundColumnFamily, ReadOptions, SnapshotWithThreadMode};
+use std::sync::Arc;
+
+/// A consistent, read-only view of the state machine at one applied index
+/// ([`RocksStore::sm_view`]): every read sees the state machine exactly as it was when the view
+/// was taken, whatever is applied since. `Send` and `Sync`: take it on the thread that applies,
+/// read it on others. Keep it short-lived (see the module's notes on installs).
+pub struct SmView<'a> {
+    store: &'a RocksStore,
+    sm: Arc<BoundColumnFamily<'a>>,
+    snapshot: SnapshotWithThreadMode<'a, super::Db>,
+    applied: LogIndex,
+}
+
+impl std::fmt::Debug for SmView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmView").field("applied", &self.applied).finish_non_exhaustive()
+    }
+}
+
+impl RocksStore {
+    /// A consistent view of the state machine as it is now, with the applied index it is at.
+    /// Refused while a state-machine install is unfinished (the state machine then holds an
+    /// unknown part of a snapshot).
+    pub fn sm_view(&self) -> Result<SmView<'_>, StoreError> {
+        let sm = self.cf(CF_SM);
+        let snapshot = self.db.snapshot();
+        let meta = self.cf(CF_META);
+        let read = |key: &[u8]| -> Result<Option<LogIndex>, StoreError> {
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snapshot);
+            match self.db.get_pinned_cf_opt(&meta, key, &ro)? {
+                Some(v) => Ok(Some(codec::decode(Cf::Meta, key, &v)?)),
+                None => Ok(None),
+            }
+        };
+        if let Some(at) = read(KEY_SM_INSTALL)? {
+            return Err(StoreError::InvalidBatch(format!(
+                "the state machine holds part of the snapshot at {at} (an install is unfinished); no view of it"
+            )));
+        }
+        let applied = read(KEY_APPLIED)?.unwrap_or(LogIndex::ZERO);
+        drop(meta);
+        Ok(SmView { store: self, sm, snapshot, applied })
+    }
+}
+
+impl SmView<'_> {
+    /// The applied index of the state machine this view shows.
+    #[must_use]
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    fn options(&self) -> ReadOptions {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&self.snapshot);
+        ro
+    }
+
+    /// The state-machine value of `key`, checksum verified (as [`RocksStore::sm_get`]).
+    pub fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = sm_key(key);
+        let found = self.store.db.get_pinned_cf_opt(&self.sm, &k, &self.options()).map_err(|e| in_sm(e.into(), &k))?;
+        match found {
+            Some(v) => Ok(Some(codec::verify(Cf::Sm, &k, &v)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` (at most [`SM_SCAN_PAIRS_MAX`]) pairs with keys `>= from`, in key order,
+    /// checksums verified (as [`RocksStore::sm_scan`]).
+    pub fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<super::SmPair>, StoreError> {
+        self.sm_scan_bounded(from, limit, usize::MAX)
+    }
+
+    /// As [`sm_scan`](Self::sm_scan), stopping also once the pairs read hold `bytes_max`
+    /// bytes of keys and values, the pair that reaches it included (as
+    /// [`RocksStore::sm_scan_bounded`]).
+    pub fn sm_scan_bounded(
+        &self,
+        from: &[u8],
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<super::SmPair>, StoreError> {
+        let limit = limit.min(SM_SCAN_PAIRS_MAX);
+        let mut bytes = 0usize;
+        let mut ro = self.options();
+        ro.set_iterate_upper_bound(vec![SM_PREFIX_END]);
+        let mut it = self.store.db.raw_iterator_cf_opt(&self.sm, ro);
+        it.seek(sm_key(from));
+        let mut out = Vec::new();
+        while out.len() < limit && bytes < bytes_max {
+            let Some((k, v)) = it.item() else { break };
+            let body = codec::verify(Cf::Sm, k, v)?;
+            bytes = bytes.saturating_add(k.len().saturating_sub(1) + body.len());
+            out.push((k[1..].to_vec(), body.to_vec()));
+            it.next();
+        }
+        it.status().map_err(|e| in_sm(e.into(), &sm_key(from)))?;
+        Ok(out)
+    }
+}
