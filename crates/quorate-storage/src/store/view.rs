@@ -41,9 +41,9 @@ impl RocksStore {
     /// Refused while a state-machine install is unfinished (the state machine then holds an
     /// unknown part of a snapshot).
     pub fn sm_view(&self) -> Result<SmView<'_>, StoreError> {
-        let sm = self.cf(CF_SM);
+        let sm = self.cf(CF_SM)?;
         let snapshot = self.db.snapshot();
-        let meta = self.cf(CF_META);
+        let meta = self.cf(CF_META)?;
         let read = |key: &[u8]| -> Result<Option<LogIndex>, StoreError> {
             let mut ro = ReadOptions::default();
             ro.set_snapshot(&snapshot);
