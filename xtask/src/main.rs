@@ -57,7 +57,8 @@ commands:
   upgrade-check [--from <version>] [--seed S] [--step-seconds N]
                              rolling upgrade from a recorded release to this tree on a real 3-node
                              cluster under checked load: upgrade, roll back, upgrade, finalize
-  setup                      install the system packages the build needs (libclang for RocksDB)
+  setup                      find libclang for RocksDB (LIBCLANG_PATH, llvm-config, common paths);
+                             only on Debian as root, install it with apt when it is missing
 ";
 
 /// The cargo profile used for everything: release speed with debug assertions.
@@ -72,6 +73,19 @@ fn main() -> Result<()> {
             bail!("no command given");
         }
     };
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        // Every command answers `--help` (anywhere after it) with its own lines of the usage.
+        return match usage_of(cmd) {
+            Some(u) => {
+                print!("usage: cargo xtask {cmd} ...\n\n{u}");
+                Ok(())
+            }
+            None => {
+                eprint!("{USAGE}");
+                bail!("unknown command `{cmd}`")
+            }
+        };
+    }
     match cmd {
         "ci" => ci(rest),
         "sim" => sim(rest),
@@ -95,6 +109,25 @@ fn main() -> Result<()> {
             bail!("unknown command `{other}`")
         }
     }
+}
+
+/// The lines of [`USAGE`] about `cmd`: each line that names it and the indented lines that
+/// continue it (`None`: no such command).
+fn usage_of(cmd: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in USAGE.lines() {
+        if let Some(rest) = line.strip_prefix("  ").filter(|r| !r.starts_with(' ')) {
+            inside = rest == cmd || rest.starts_with(&format!("{cmd} "));
+        } else if !line.starts_with("   ") {
+            inside = false;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -133,20 +166,112 @@ pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Installs what a fresh Debian machine lacks for the build: libclang (bindgen for RocksDB).
-fn setup() -> Result<()> {
-    let have_libclang =
-        Path::new("/usr/lib/llvm-14/lib/libclang.so").exists()
-            || std::fs::read_dir("/usr/lib").into_iter().flatten().flatten().any(|d| {
-                d.file_name().to_string_lossy().starts_with("llvm-") && d.path().join("lib/libclang.so").exists()
-            });
-    if have_libclang {
-        eprintln!("setup: libclang present");
-        return Ok(());
+/// Directories where a libclang is commonly installed, in order (Debian and Ubuntu's
+/// versioned LLVM directories come first, newest first; then multiarch, Fedora/RHEL, `/usr/local`,
+/// Homebrew and Xcode's command line tools).
+fn libclang_candidates() -> Vec<PathBuf> {
+    let mut llvm: Vec<PathBuf> = ["/usr/lib", "/usr/lib64"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|d| d.file_name().to_string_lossy().starts_with("llvm"))
+        .map(|d| d.path().join("lib"))
+        .collect();
+    // `llvm-19` before `llvm-14`: by the number after the dash.
+    let version = |p: &PathBuf| -> u32 {
+        p.parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_string_lossy().rsplit('-').next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    };
+    llvm.sort_by_key(|p| std::cmp::Reverse(version(p)));
+    llvm.extend(
+        [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/lib64",
+            "/usr/lib",
+            "/usr/local/lib",
+            "/usr/local/llvm/lib",
+            "/opt/homebrew/opt/llvm/lib",
+            "/usr/local/opt/llvm/lib",
+            "/Library/Developer/CommandLineTools/usr/lib",
+        ]
+        .map(PathBuf::from),
+    );
+    llvm
+}
+
+/// Whether `dir` holds a libclang shared library (`libclang.so`, `libclang.so.18`,
+/// `libclang-18.so`, `libclang.dylib`).
+fn has_libclang(dir: &Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n.starts_with("libclang")
+            && (n.contains(".so") || n.ends_with(".dylib"))
+            && !n.starts_with("libclang_rt")
+            && !n.starts_with("libclang-cpp")
+            && !n.starts_with("libclangBasic")
+    })
+}
+
+/// Finds libclang: `LIBCLANG_PATH` (a directory, or the library file itself), then
+/// `llvm-config --libdir`, then `candidates`. `Err` names every place looked at.
+fn find_libclang(
+    env_path: Option<&str>,
+    llvm_config_libdir: Option<PathBuf>,
+    candidates: &[PathBuf],
+) -> std::result::Result<PathBuf, Vec<PathBuf>> {
+    let mut looked = Vec::new();
+    if let Some(p) = env_path.filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        let dir = if p.is_file() { p.parent().map(Path::to_path_buf).unwrap_or_default() } else { p };
+        if has_libclang(&dir) {
+            return Ok(dir);
+        }
+        looked.push(dir);
     }
+    for dir in llvm_config_libdir.into_iter().chain(candidates.iter().cloned()) {
+        if has_libclang(&dir) {
+            return Ok(dir);
+        }
+        looked.push(dir);
+    }
+    Err(looked)
+}
+
+/// `llvm-config --libdir` (a versioned `llvm-config-N` is not guessed: set `LIBCLANG_PATH`).
+fn llvm_config_libdir() -> Option<PathBuf> {
+    let out = Command::new("llvm-config").arg("--libdir").output().ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !dir.trim().is_empty()).then(|| PathBuf::from(dir.trim()))
+}
+
+/// Makes sure libclang (bindgen, for RocksDB) can be found: `LIBCLANG_PATH`,
+/// `llvm-config --libdir`, common install paths; only when none has it, and only on Debian or
+/// Ubuntu as root, installs `libclang-dev` with apt. Elsewhere it stops with what to do.
+fn setup() -> Result<()> {
+    let env_path = std::env::var("LIBCLANG_PATH").ok();
+    let found = find_libclang(env_path.as_deref(), llvm_config_libdir(), &libclang_candidates());
+    let looked = match found {
+        Ok(dir) => {
+            // Not exported as LIBCLANG_PATH: bindgen (clang-sys) searches the same places, and
+            // a changed variable would rebuild RocksDB's bindings.
+            eprintln!("setup: libclang found in {}", dir.display());
+            return Ok(());
+        }
+        Err(looked) => looked,
+    };
+    let debian = Path::new("/etc/debian_version").exists();
     let root_user = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    if !root_user {
-        bail!("libclang is missing; install it with `sudo apt-get install -y libclang-dev` and run again");
+    if !debian || !root_user {
+        let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "libclang (needed by bindgen to build RocksDB) was not found in LIBCLANG_PATH, `llvm-config --libdir` \
+             or {}; install clang's development files (Debian/Ubuntu: `apt-get install libclang-dev`, Fedora: \
+             `dnf install clang-devel`, macOS: `brew install llvm`) or set LIBCLANG_PATH to the directory \
+             holding libclang, and run again",
+            looked.join(", ")
+        );
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get").args(["install", "-y", "-qq", "libclang-dev"]).env("DEBIAN_FRONTEND", "noninteractive"))
@@ -447,4 +572,51 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("unknown bench `{name}`; known: {}", BENCHES.iter().map(|b| b.0).collect::<Vec<_>>().join(", "));
     };
     run(cargo().args(["bench", "--locked", "--profile", PROFILE, "-p", package, "--bench", target, "--"]).args(rest))
+}
+
+#[cfg(test)]
+mod libclang_tests {
+    use super::*;
+
+    #[test]
+    fn libclang_is_found_through_the_env_then_llvm_config_then_common_paths() {
+        let base = std::env::temp_dir().join(format!("xtask-libclang-{}", std::process::id()));
+        let (env_dir, llvm_dir, common, decoy) =
+            (base.join("env"), base.join("llvm"), base.join("common"), base.join("decoy"));
+        for d in [&env_dir, &llvm_dir, &common, &decoy] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(env_dir.join("libclang.so.18"), b"").expect("write");
+        std::fs::write(llvm_dir.join("libclang-17.so"), b"").expect("write");
+        std::fs::write(common.join("libclang.dylib"), b"").expect("write");
+        // Other clang libraries are not libclang.
+        std::fs::write(decoy.join("libclang-cpp.so.18"), b"").expect("write");
+        std::fs::write(decoy.join("libclang_rt.asan.so"), b"").expect("write");
+        let all = [decoy.clone(), common.clone()];
+
+        let env = env_dir.to_str().expect("utf-8");
+        assert_eq!(find_libclang(Some(env), Some(llvm_dir.clone()), &all), Ok(env_dir.clone()));
+        // LIBCLANG_PATH naming the file itself.
+        let file = env_dir.join("libclang.so.18");
+        assert_eq!(find_libclang(file.to_str(), None, &[]), Ok(env_dir.clone()));
+        // No (or an empty) LIBCLANG_PATH: llvm-config's directory, then the common paths in order.
+        assert_eq!(find_libclang(None, Some(llvm_dir.clone()), &all), Ok(llvm_dir.clone()));
+        assert_eq!(find_libclang(Some(""), None, &all), Ok(common.clone()));
+        // Nowhere: every place looked at is named.
+        let missing = base.join("missing");
+        assert_eq!(
+            find_libclang(missing.to_str(), Some(decoy.clone()), std::slice::from_ref(&decoy)),
+            Err(vec![missing, decoy.clone(), decoy])
+        );
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
+    fn usage_of_a_command_is_its_own_lines() {
+        let sim = usage_of("sim").expect("sim");
+        assert!(sim.contains("sim --holes") && sim.contains("--hole NAME") && !sim.contains("demo"), "{sim}");
+        assert!(usage_of("bench").expect("bench").contains("bench overload"));
+        assert!(usage_of("setup").expect("setup").contains("libclang"));
+        assert_eq!(usage_of("nope"), None);
+    }
 }

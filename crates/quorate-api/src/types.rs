@@ -172,6 +172,11 @@ pub enum Request {
         /// The revision of the first page (`None` for the first page).
         revision: Option<u64>,
     },
+    /// The node's health as an operator acts on it: refusing writes for disk space,
+    /// recovering from lost state, free space and database size ([`Response::Health`];
+    /// node-local, asked of each node directly). Since 0.2.0: a 0.1.0 node cannot decode it
+    /// (`quorate cluster status` shows `-` for such a node).
+    Health,
 }
 
 /// Who may do what; from the role in the client's certificate.
@@ -197,7 +202,8 @@ impl Request {
             | Request::TxnPaged { .. }
             | Request::Status
             | Request::MemberList
-            | Request::Versions => Access::Read,
+            | Request::Versions
+            | Request::Health => Access::Read,
             Request::Put { .. }
             | Request::Delete { .. }
             | Request::Cas { .. }
@@ -326,6 +332,7 @@ impl ClientRequest {
             }
             Request::Status
             | Request::Versions
+            | Request::Health
             | Request::MemberList
             | Request::MemberPromote { .. }
             | Request::MemberRemove { .. }
@@ -546,6 +553,29 @@ pub enum Response {
         /// The operation the next page starts at; `None`: this was the last page.
         next: Option<u32>,
     },
+    /// A node's health (the answer to [`Request::Health`]). Since 0.2.0.
+    Health(NodeHealth),
+}
+
+/// A node's health, as `quorate cluster status` shows it in its `HEALTH` column (the answer
+/// to [`Request::Health`]; since 0.2.0, a new shape rather than new fields of
+/// [`NodeStatus`], which 0.1.0 peers and clients decode).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// The node.
+    pub id: NodeId,
+    /// The node refuses client writes for disk space: free space on its data volume is below
+    /// its floor, or its store's last write failed for lack of space.
+    pub refusing_writes: bool,
+    /// The node recovers from lost synced state (it does not campaign, and votes only for
+    /// candidates as up to date as its record, until a leader has caught it up).
+    pub recovering: bool,
+    /// Bytes free on the data volume (`None`: could not be read).
+    pub disk_free_bytes: Option<u64>,
+    /// The floor below which client writes are refused, bytes (0: none).
+    pub disk_floor_bytes: u64,
+    /// Bytes of the store's live table files (`None`: could not be read).
+    pub db_bytes: Option<u64>,
 }
 
 /// The three versions of a node: its binary's, the storage format of its data, and the

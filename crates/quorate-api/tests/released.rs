@@ -46,6 +46,7 @@ fn messages_added_after_0_1_0_are_appended_variants() {
         Request::FlightDump,
         Request::ScanPaged { start: b"a".to_vec(), end: None, limit: 1, read: ReadConsistency::Stale },
         Request::TxnPaged { txn: Txn::default(), from: 0, revision: None },
+        Request::Health,
     ];
     for body in new {
         let msg = NodeMessage::Request(ClientRequest { id: 9, session: None, body });
@@ -110,4 +111,30 @@ fn log_commands_of_0_1_0_keep_their_bytes() {
         assert_eq!(encode_command(&cmd).expect("encodes"), bytes, "{cmd:?}: the log format of 0.1.0 changed");
         assert_eq!(decode_command(bytes).expect("decodes"), cmd);
     }
+}
+
+#[test]
+fn health_is_a_new_request_and_answer_and_status_keeps_its_0_1_0_shape() {
+    // `cluster status` learns "refusing writes" and "recovering" through a request and an
+    // answer appended after every other variant: `NodeStatus`, which 0.1.0 decodes (and
+    // sends), keeps its shape, and a 0.1.0 node that cannot decode `Health` still answers
+    // `Status`. The bytes are pinned: the variant indexes are part of the wire.
+    let health = NodeHealth {
+        id: quorate_log::NodeId::new(1).expect("non-zero"),
+        refusing_writes: true,
+        recovering: false,
+        disk_free_bytes: Some(5),
+        disk_floor_bytes: 3,
+        db_bytes: None,
+    };
+    let answer = NodeMessage::Response(ClientResponse { id: 9, result: Ok(Response::Health(health)) });
+    let mut bytes = Vec::new();
+    answer.encode(&mut bytes).expect("encodes");
+    assert_eq!(bytes, [9, 0, 16, 1, 1, 0, 1, 5, 3, 0]);
+    assert_eq!(NodeMessage::decode(PROTOCOL_VERSION, kinds::RESPONSE, &bytes).expect("decodes"), answer);
+    let ask = NodeMessage::Request(ClientRequest { id: 9, session: None, body: Request::Health });
+    let mut bytes = Vec::new();
+    ask.encode(&mut bytes).expect("encodes");
+    assert_eq!(bytes, [9, 0, 20]);
+    assert_eq!(Request::Health.access(), Access::Read);
 }

@@ -59,8 +59,8 @@ mod retry;
 
 pub use error::{ClientError, GiveUpReason};
 pub use quorate_api::{
-    ApiError, Compare, CompareOp, CompareTarget, KeyValue, Member, MemberKind, NodeStatus, ReadConsistency, ReadInfo,
-    Txn, TxnOp, TxnResult, VersionInfo,
+    ApiError, Compare, CompareOp, CompareTarget, KeyValue, Member, MemberKind, NodeHealth, NodeStatus, ReadConsistency,
+    ReadInfo, Txn, TxnOp, TxnResult, VersionInfo,
 };
 pub use retry::{Backoff, RetryBudget, RetryBudgetConfig};
 
@@ -431,6 +431,15 @@ impl Client {
     pub async fn versions(&self, node: NodeId) -> Result<VersionInfo, ClientError> {
         match self.core.send(Request::Versions, None, Route::Direct(node)).await? {
             (_, Response::Versions(v)) => Ok(v),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The health of one node (asked directly; no redirect): refusing writes for disk space,
+    /// recovering from lost state, free space, database size. A 0.1.0 node cannot answer.
+    pub async fn health(&self, node: NodeId) -> Result<NodeHealth, ClientError> {
+        match self.core.send(Request::Health, None, Route::Direct(node)).await? {
+            (_, Response::Health(h)) => Ok(h),
             (node, other) => Err(unexpected(node, &other)),
         }
     }

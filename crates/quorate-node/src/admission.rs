@@ -547,6 +547,12 @@ impl Gate {
         (holds.principal_count(principal), holds.principal_bytes(principal))
     }
 
+    /// Admission's current concurrency limit and the requests it holds admitted (gauges).
+    pub(crate) fn concurrency(&self) -> (u32, u64) {
+        let inner = self.lock();
+        (inner.admission.concurrency_limit_count(), inner.admission.in_flight_count())
+    }
+
     /// Whether writes are refused for disk space now (status, tests).
     #[allow(dead_code, reason = "read by tests and status hooks")]
     pub(crate) fn is_refusing_for_disk(&self) -> bool {

@@ -1116,7 +1116,12 @@ impl Driver {
         self.raft.poll_dump_request();
         self.auto_finalize();
         self.send_disk_status();
-        self.obs.sample(&self.raft, &self.shared, self.disk.1, self.failpoints.corrupt_hash_samples());
+        let resources = crate::telemetry::Resources {
+            disk_ok: self.disk.1,
+            floor_bytes: self.client_floor,
+            admission: self.gate.concurrency(),
+        };
+        self.obs.sample(&self.raft, &self.shared, resources, self.failpoints.corrupt_hash_samples());
         let now = Instant::now();
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
@@ -1280,6 +1285,19 @@ impl Driver {
             binary_version: crate::VERSION.to_string(),
             storage_format: quorate_storage::FORMAT_VERSION,
             danger: self.config.danger_settings(),
+        }
+    }
+
+    fn health(&mut self) -> quorate_api::NodeHealth {
+        let disk_ok = self.disk_ok();
+        let store = &self.shared.store;
+        quorate_api::NodeHealth {
+            id: self.shared.id,
+            refusing_writes: !disk_ok || store.out_of_space().is_some(),
+            recovering: self.raft.recovering().is_some(),
+            disk_free_bytes: store.free_space_bytes().ok(),
+            disk_floor_bytes: self.client_floor,
+            db_bytes: store.live_files_bytes().ok(),
         }
     }
 
@@ -1517,6 +1535,11 @@ impl Driver {
             }
             Request::Versions => {
                 responder.send(crate::versions::info(&self.shared), None);
+                Ok(())
+            }
+            Request::Health => {
+                let health = self.health();
+                responder.send(Ok(Response::Health(health)), None);
                 Ok(())
             }
             Request::FlightDump => {

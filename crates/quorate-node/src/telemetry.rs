@@ -419,17 +419,19 @@ impl Observer {
         Ok(())
     }
 
-    /// On the driver's sweep tick: the full status, transport counters, clocks, storage.
-    /// `corrupt_hashes` is the failpoint that flips a bit of every applied-hash sample sent.
+    /// On the driver's sweep tick: the full status, transport counters, clocks, storage,
+    /// resources. `corrupt_hashes` is the failpoint that flips a bit of every applied-hash
+    /// sample sent.
     pub(crate) fn sample(
         &mut self,
         raft: &Raft<Arc<RocksStore>>,
         shared: &crate::server::Shared,
-        disk_ok: bool,
+        resources: Resources,
         corrupt_hashes: bool,
     ) {
         let tel = &*self.tel;
-        tel.disk_ok.store(disk_ok, Ordering::Relaxed);
+        tel.disk_ok.store(resources.disk_ok, Ordering::Relaxed);
+        resources.export(&shared.store);
         let s = raft.status();
         metrics::gauge!(n::LAST_LOG_INDEX).set(s.last_index.0 as f64);
         metrics::gauge!(n::SNAPSHOT_INDEX).set(s.snapshot_index.0 as f64);
@@ -536,6 +538,34 @@ impl Observer {
         }
         self.last_sweep = Some((now, wall));
         self.compared(c);
+    }
+}
+
+/// What the driver's sweep knows of the node's resources, for their gauges.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resources {
+    /// Free space is above the floor for client writes (the last check).
+    pub(crate) disk_ok: bool,
+    /// The floor for client writes, bytes (0: none).
+    pub(crate) floor_bytes: u64,
+    /// Admission's concurrency limit and the requests it holds admitted.
+    pub(crate) admission: (u32, u64),
+}
+
+impl Resources {
+    /// Sets the resource gauges: DB size, free disk, floor, refusing writes, admission.
+    /// A size that cannot be read leaves its gauge at its last value.
+    pub(crate) fn export(&self, store: &RocksStore) {
+        if let Ok(bytes) = store.live_files_bytes() {
+            metrics::gauge!(n::DB_BYTES).set(bytes as f64);
+        }
+        if let Ok(free) = store.free_space_bytes() {
+            metrics::gauge!(n::DISK_FREE_BYTES).set(free as f64);
+        }
+        metrics::gauge!(n::DISK_FLOOR_BYTES).set(self.floor_bytes as f64);
+        metrics::gauge!(n::REFUSING_WRITES).set(if self.disk_ok { 0.0 } else { 1.0 });
+        metrics::gauge!(n::ADMISSION_CONCURRENCY_LIMIT).set(f64::from(self.admission.0));
+        metrics::gauge!(n::ADMISSION_IN_FLIGHT).set(self.admission.1 as f64);
     }
 }
 

@@ -340,7 +340,7 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
             .lines()
             .skip(1)
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|c| c.len() >= 11 && c[0].parse::<u64>().is_ok())
+            .filter(|c| c.len() >= 12 && c[0].parse::<u64>().is_ok())
             .take(3)
             .collect();
         if rows.len() != 3 {
@@ -357,8 +357,10 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
                 && r[7].parse::<f64>().ok()? == m.must(n::LAST_LOG_INDEX)
                 && r[8].parse::<f64>().ok()? == m.must(n::SNAPSHOT_INDEX)
                 && r[9].parse::<f64>().ok()? == m.must(n::CONFIG_VERSION_INDEX);
+            // HEALTH: `ok` while neither refusing writes nor recovering, as the gauges say.
+            let health_agrees = r[10] == "ok" && m.must(n::REFUSING_WRITES) == 0.0 && m.must(n::RECOVERING) == 0.0;
             // CONFIG: `voters=1,2,3` (plus `joint-old=` while joint).
-            let voters = r[10].strip_prefix("voters=")?.split(',').count();
+            let voters = r[11].strip_prefix("voters=")?.split(',').count();
             let config_agrees = voters as f64 == m.must(n::CONFIG_VOTERS_COUNT)
                 && f64::from(u8::from(r.iter().any(|c| c.starts_with("joint-old=")))) == m.must(n::CONFIG_JOINT);
             // The versions table: `ID BINARY STORAGE-FORMAT CLUSTER-VERSION SUPPORTS` per node.
@@ -366,13 +368,31 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
                 let c: Vec<&str> = l.split_whitespace().collect();
                 (c.len() == 5 && c[0] == r[0] && c[4].contains("..=")).then(|| c[3].parse::<f64>().ok())?
             })?;
-            if !agree || !config_agrees || cluster_version != m.must(n::CLUSTER_VERSION) {
+            if !agree || !health_agrees || !config_agrees || cluster_version != m.must(n::CLUSTER_VERSION) {
                 return None;
             }
         }
         Some(())
     });
     assert!(env.scrape(leader).must(n::CLUSTER_VERSION) >= 2.0, "finalized");
+
+    // Resources: the database's size, free disk, the admission limit and the process.
+    for id in 1..=3 {
+        let m = env.scrape(id);
+        assert!(m.must(n::DB_BYTES) >= 0.0 && m.must(n::DISK_FREE_BYTES) > 0.0, "node {id}: disk gauges");
+        assert_eq!(m.must(n::REFUSING_WRITES), 0.0, "node {id}");
+        assert!(m.must(n::ADMISSION_CONCURRENCY_LIMIT) >= 1.0, "node {id}: admission limit");
+        assert!(m.must(n::ADMISSION_IN_FLIGHT) >= 0.0, "node {id}");
+        assert!(m.must(n::PROCESS_OPEN_FDS) > 0.0 && m.must(n::PROCESS_RESIDENT_MEMORY_BYTES) > 0.0, "node {id}");
+        assert!(m.must(n::PROCESS_CPU_SECONDS_TOTAL) > 0.0 && m.must(n::PROCESS_MAX_FDS) >= 1.0, "node {id}");
+    }
+    // `cluster status -o json` carries the same health, with the sizes.
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["-o", "json", "cluster", "status"])).expect("JSON");
+    for node in json["nodes"].as_array().expect("nodes") {
+        let h = &node["health"];
+        assert_eq!((h["refusing_writes"].as_bool(), h["recovering"].as_bool()), (Some(false), Some(false)), "{node}");
+        assert!(h["disk_free_bytes"].as_u64().is_some_and(|b| b > 0) && h["db_bytes"].is_u64(), "{node}");
+    }
 
     // `quorate top --once`: one frame, every node, one leader.
     let top = env.ok(&["top", "--once"]);

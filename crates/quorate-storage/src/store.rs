@@ -753,6 +753,13 @@ impl RocksStore {
         Ok(files)
     }
 
+    /// Bytes of the store's live table files, every column family (what the database takes
+    /// on disk apart from its write-ahead log and the snapshot files): the node's DB-size
+    /// gauge.
+    pub fn live_files_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.db.live_files()?.iter().map(|f| f.size as u64).sum())
+    }
+
     /// Flushes every column family's memtables to table files and waits (tests and tools).
     pub fn flush(&self) -> Result<(), StoreError> {
         let cfs: Vec<Arc<BoundColumnFamily<'_>>> = CFS.iter().map(|n| self.cf(n)).collect::<Result<_, _>>()?;

@@ -36,6 +36,7 @@ pub mod http;
 pub mod names;
 #[cfg(feature = "otlp")]
 mod otlp;
+pub mod process;
 mod registry;
 
 pub use registry::{Metrics, SERIES_MAX};

@@ -222,6 +222,34 @@ pub const APPLIED_HASH_VALUE: &str = "quorate_applied_hash_value";
 /// violation instead).
 pub const APPLIED_HASH_CHECKS_TOTAL: &str = "quorate_applied_hash_checks_total";
 
+// ---- resources: disk, admission, process ---------------------------------------------------
+
+/// Gauge: bytes of the store's live table files (the database's size on disk, without its
+/// write-ahead log and snapshot files).
+pub const DB_BYTES: &str = "quorate_storage_db_bytes";
+/// Gauge: bytes free on the data directory's file system.
+pub const DISK_FREE_BYTES: &str = "quorate_storage_disk_free_bytes";
+/// Gauge: the free-space floor below which the node refuses client writes (bytes; 0: no
+/// floor).
+pub const DISK_FLOOR_BYTES: &str = "quorate_storage_disk_floor_bytes";
+/// Gauge: 1 while the node refuses client writes because free disk space is below its floor,
+/// else 0.
+pub const REFUSING_WRITES: &str = "quorate_refusing_writes";
+/// Gauge: admission control's current concurrency limit (requests admitted at once; adaptive
+/// between `admission.concurrency_count_min` and `_max`).
+pub const ADMISSION_CONCURRENCY_LIMIT: &str = "quorate_admission_concurrency_limit_count";
+/// Gauge: requests admission control holds admitted now (against the limit above).
+pub const ADMISSION_IN_FLIGHT: &str = "quorate_admission_in_flight_count";
+/// Counter: CPU time (user and system) the process used, in seconds (from `/proc/self/stat`;
+/// the Prometheus client libraries' standard name).
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+/// Gauge: the process's resident memory (`VmRSS` of `/proc/self/status`).
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+/// Gauge: file descriptors the process has open (entries of `/proc/self/fd`).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// Gauge: the process's limit on open file descriptors (soft `RLIMIT_NOFILE`).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+
 /// Every metric above, with kind, help and label keys.
 pub const ALL: &[MetricDef] = &[
     g(TERM, "The node's current term.", &[]),
@@ -295,6 +323,16 @@ pub const ALL: &[MetricDef] = &[
     g(APPLIED_HASH_INDEX, "Last index of a complete applied-entries hash window.", &[]),
     g(APPLIED_HASH_VALUE, "48-bit hash of the applied entries of that window.", &[]),
     c(APPLIED_HASH_CHECKS_TOTAL, "Peer hash samples that matched this node's own at the same index.", &[LABEL_PEER]),
+    g(DB_BYTES, "Bytes of the store's live table files (the database's size on disk).", &[]),
+    g(DISK_FREE_BYTES, "Bytes free on the data directory's file system.", &[]),
+    g(DISK_FLOOR_BYTES, "Free-space floor below which client writes are refused (0: none).", &[]),
+    g(REFUSING_WRITES, "1 while the node refuses client writes for disk space.", &[]),
+    g(ADMISSION_CONCURRENCY_LIMIT, "Admission control's current (adaptive) concurrency limit.", &[]),
+    g(ADMISSION_IN_FLIGHT, "Requests admitted and not yet answered.", &[]),
+    c(PROCESS_CPU_SECONDS_TOTAL, "CPU time (user and system) the process used, in seconds.", &[]),
+    g(PROCESS_RESIDENT_MEMORY_BYTES, "Resident memory of the process.", &[]),
+    g(PROCESS_OPEN_FDS, "File descriptors the process has open.", &[]),
+    g(PROCESS_MAX_FDS, "The process's limit on open file descriptors.", &[]),
 ];
 
 const fn g(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> MetricDef {
@@ -377,7 +415,8 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for m in ALL {
             assert!(seen.insert(m.name), "duplicate metric name {}", m.name);
-            assert!(m.name.starts_with("quorate_"), "{}", m.name);
+            // The process metrics keep the Prometheus client libraries' standard names.
+            assert!(m.name.starts_with("quorate_") || m.name.starts_with("process_"), "{}", m.name);
             assert!(m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{}", m.name);
             match m.kind {
                 Kind::Counter => assert!(m.name.ends_with("_total"), "counter {} must end in _total", m.name),
@@ -388,6 +427,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 55);
+        assert_eq!(seen.len(), 65);
     }
 }

@@ -91,6 +91,8 @@ impl Series {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     inner: Arc<Mutex<Series>>,
+    /// Whether [`Metrics::render`] adds the process metrics ([`crate::process`]).
+    process: bool,
 }
 
 static GLOBAL: OnceLock<Option<Metrics>> = OnceLock::new();
@@ -108,6 +110,14 @@ impl Metrics {
         m
     }
 
+    /// This registry, rendering the process metrics of [`crate::process`] (read from
+    /// `/proc/self` at each render) before its own series. The global registry does.
+    #[must_use]
+    pub fn with_process_metrics(mut self) -> Metrics {
+        self.process = true;
+        self
+    }
+
     /// The process-wide registry, installed as the `metrics` facade's global recorder on
     /// first use. Later calls return the same registry.
     ///
@@ -117,7 +127,7 @@ impl Metrics {
     pub fn global() -> Result<Metrics, crate::TelemetryError> {
         GLOBAL
             .get_or_init(|| {
-                let m = Metrics::new();
+                let m = Metrics::new().with_process_metrics();
                 metrics::set_global_recorder(m.clone()).ok().map(|()| m)
             })
             .clone()
@@ -135,8 +145,13 @@ impl Metrics {
 
     /// Renders every series in the Prometheus text format, metrics sorted by name.
     pub fn render(&self) -> String {
+        let process = self.process.then(crate::process::ProcessSample::read);
         let s = self.lock();
         let mut out = String::with_capacity(64 * s.len() + 256);
+        // `process_*` sorts before `quorate_*`.
+        if let Some(p) = process {
+            p.render(&mut out);
+        }
         let mut by_name: BTreeMap<&str, (Kind, Vec<&SeriesKey>)> = BTreeMap::new();
         for k in s.counters.keys() {
             by_name.entry(&k.name).or_insert((Kind::Counter, Vec::new())).1.push(k);

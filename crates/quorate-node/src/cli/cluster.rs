@@ -29,13 +29,47 @@ pub(crate) fn describe_config(c: &Configuration) -> String {
     s
 }
 
+/// The `HEALTH` cell of a node: `ok`, or what is wrong — `refusing-writes` (free disk space
+/// below the node's floor: it refuses client writes), `recovering` (from lost synced state),
+/// both joined by `+` — or `-` when unknown (no answer, or a 0.1.0 node, which cannot tell).
+pub(crate) fn health_cell(health: Option<&quorate_client::NodeHealth>) -> String {
+    let Some(h) = health else { return "-".into() };
+    let mut wrong = Vec::new();
+    if h.refusing_writes {
+        wrong.push("refusing-writes");
+    }
+    if h.recovering {
+        wrong.push("recovering");
+    }
+    if wrong.is_empty() { "ok".into() } else { wrong.join("+") }
+}
+
+type Healths = [(NodeId, Result<quorate_client::NodeHealth, String>)];
+
+fn health_of(health: &Healths, id: NodeId) -> Option<&quorate_client::NodeHealth> {
+    health.iter().find(|(h, _)| *h == id).and_then(|(_, h)| h.as_ref().ok())
+}
+
 /// One table row per node; a node that did not answer gets `unreachable` as its role and the
-/// error at the end of the line. `SNAPSHOT` is the index of the node's latest snapshot and
+/// error at the end of the line. `SNAPSHOT` is the index of the node's latest snapshot,
 /// `CONFIG-INDEX` the log index of the entry that set the configuration in `CONFIG` (the
-/// configuration version: two nodes showing the same index hold the same configuration).
-pub(crate) fn status_table(rows: &[(NodeId, String, Result<NodeStatus, String>)]) -> String {
-    let header =
-        ["ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "SNAPSHOT", "CONFIG-INDEX", "CONFIG"];
+/// configuration version: two nodes showing the same index hold the same configuration) and
+/// `HEALTH` what [`health_cell`] says.
+pub(crate) fn status_table(rows: &[(NodeId, String, Result<NodeStatus, String>)], health: &Healths) -> String {
+    let header = [
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "LEADER",
+        "COMMIT",
+        "APPLIED",
+        "LAST",
+        "SNAPSHOT",
+        "CONFIG-INDEX",
+        "HEALTH",
+        "CONFIG",
+    ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_string()).collect()];
     let mut notes = Vec::new();
     for (id, addr, status) in rows {
@@ -51,6 +85,7 @@ pub(crate) fn status_table(rows: &[(NodeId, String, Result<NodeStatus, String>)]
                 s.last_index.0.to_string(),
                 s.snapshot_index.0.to_string(),
                 s.config_version.0.to_string(),
+                health_cell(health_of(health, *id)),
                 describe_config(&s.config),
             ],
             Err(e) => {
@@ -85,11 +120,14 @@ fn ids_json(set: &std::collections::BTreeSet<NodeId>) -> Value {
 /// `error`, and when reachable `role`, `term`, `leader`, `commit`, `applied`, `last_index`,
 /// `snapshot_index`, `config_index`, `config` {`voters`, `voters_outgoing`, `learners`},
 /// `revision`, `danger`, `versions` {`binary`, `storage_format`, `cluster_version`,
-/// `cluster_version_max`} or `null`); then `cluster_version` (committed) and
-/// `cluster_version_supported` (the highest every member supports).
+/// `cluster_version_max`} or `null`, `health` {`refusing_writes`, `recovering`,
+/// `disk_free_bytes`, `disk_floor_bytes`, `db_bytes`} or `null` for a node that cannot tell);
+/// then `cluster_version` (committed) and `cluster_version_supported` (the highest every
+/// member supports).
 pub(crate) fn status_json(
     rows: &[(NodeId, String, Result<NodeStatus, String>)],
     versions: &[(NodeId, Result<quorate_client::VersionInfo, String>)],
+    health: &Healths,
 ) -> Value {
     let nodes: Vec<Value> = rows
         .iter()
@@ -133,6 +171,18 @@ pub(crate) fn status_json(
                     })
                 }),
             );
+            m.insert(
+                "health".into(),
+                health_of(health, *id).map_or(Value::Null, |h| {
+                    json!({
+                        "refusing_writes": h.refusing_writes,
+                        "recovering": h.recovering,
+                        "disk_free_bytes": h.disk_free_bytes,
+                        "disk_floor_bytes": h.disk_floor_bytes,
+                        "db_bytes": h.db_bytes,
+                    })
+                }),
+            );
             Value::Object(m)
         })
         .collect();
@@ -164,8 +214,18 @@ pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
         })
         .collect();
     let as_json = conn.output == Format::Json;
+    let (versions, health) = if rows.iter().any(|(_, _, s)| s.is_ok()) {
+        let client = conn.client()?;
+        let ids: Vec<NodeId> = rows.iter().map(|r| r.0).collect();
+        let versions = versions_of(&client, &ids).await;
+        let health = health_of_nodes(&client, &ids).await;
+        client.close();
+        (versions, health)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     if !as_json {
-        print!("{}", status_table(&rows));
+        print!("{}", status_table(&rows, &health));
     }
     let dangers: Vec<String> = rows
         .iter()
@@ -175,19 +235,11 @@ pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
     for d in &dangers {
         eprintln!("WARNING: {d}");
     }
-    let versions = if rows.iter().any(|(_, _, s)| s.is_ok()) {
-        let client = conn.client()?;
-        let versions = versions_of(&client, &rows.iter().map(|r| r.0).collect::<Vec<_>>()).await;
-        client.close();
-        if !as_json {
-            print!("{}", versions_table(&rows, &versions));
-        }
-        versions
-    } else {
-        Vec::new()
-    };
+    if !as_json && !versions.is_empty() {
+        print!("{}", versions_table(&rows, &versions));
+    }
     if as_json {
-        print_json(&status_json(&rows, &versions))?;
+        print_json(&status_json(&rows, &versions, &health))?;
     }
     if rows.iter().all(|(_, _, s)| s.is_err()) {
         return Err(UnavailableError(
@@ -290,6 +342,19 @@ async fn versions_of(
     // One at a time: a handful of members, each answer bounded by the client's time limit.
     for &id in ids {
         out.push((id, client.versions(id).await.map_err(|e| e.to_string())));
+    }
+    out
+}
+
+/// Every listed member's health, one at a time (`Err`: the node did not answer, or runs
+/// 0.1.0, which predates the request).
+async fn health_of_nodes(
+    client: &quorate_client::Client,
+    ids: &[NodeId],
+) -> Vec<(NodeId, Result<quorate_client::NodeHealth, String>)> {
+    let mut out = Vec::new();
+    for &id in ids {
+        out.push((id, client.health(id).await.map_err(|e| e.to_string())));
     }
     out
 }

@@ -406,6 +406,17 @@ fn status_json_names_every_field() {
             (id(2), "127.0.0.1:7002".into(), Err("connection refused".into())),
         ],
         &versions,
+        &[(
+            id(1),
+            Ok(quorate_client::NodeHealth {
+                id: id(1),
+                refusing_writes: true,
+                recovering: false,
+                disk_free_bytes: Some(10),
+                disk_floor_bytes: 64,
+                db_bytes: Some(4096),
+            }),
+        )],
     );
     let n1 = &j["nodes"][0];
     assert_eq!(n1["id"], 1);
@@ -415,7 +426,13 @@ fn status_json_names_every_field() {
     assert_eq!((n1["term"].as_u64(), n1["commit"].as_u64(), n1["applied"].as_u64()), (Some(3), Some(10), Some(9)));
     assert_eq!(n1["config"]["voters"], serde_json::json!([1, 2]));
     assert_eq!(n1["versions"]["cluster_version"], 2);
+    assert_eq!(
+        n1["health"],
+        serde_json::json!({"refusing_writes": true, "recovering": false, "disk_free_bytes": 10,
+            "disk_floor_bytes": 64, "db_bytes": 4096})
+    );
     let n2 = &j["nodes"][1];
+    assert_eq!(n2["health"], serde_json::Value::Null, "no answer: health unknown");
     assert_eq!((n2["reachable"].as_bool(), n2["error"].as_str()), (Some(false), Some("connection refused")));
     assert!(n2.get("role").is_none());
     assert_eq!(j["cluster_version"], 2);
@@ -459,14 +476,31 @@ fn status_table_lines_up_and_marks_unreachable_nodes() {
         storage_format: 1,
         danger: vec![],
     };
-    let table = cluster::status_table(&[
+    let health = quorate_client::NodeHealth {
+        id: id(1),
+        refusing_writes: false,
+        recovering: true,
+        disk_free_bytes: None,
+        disk_floor_bytes: 0,
+        db_bytes: None,
+    };
+    let rows = [
         (id(1), "127.0.0.1:7001".into(), Ok(status)),
         (id(2), "127.0.0.1:7002".into(), Err("connection refused".into())),
-    ]);
+    ];
+    let table = cluster::status_table(&rows, &[(id(1), Ok(health.clone()))]);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("ID  ADDRESS"), "{table}");
+    assert!(lines[0].ends_with("CONFIG-INDEX  HEALTH      CONFIG"), "{table}");
     let row: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(row, ["1", "127.0.0.1:7001", "leader", "3", "1", "10", "9", "10", "4", "1", "voters=1,2"]);
+    assert_eq!(row, ["1", "127.0.0.1:7001", "leader", "3", "1", "10", "9", "10", "4", "1", "recovering", "voters=1,2"]);
+    // A node that cannot tell (0.1.0) shows `-`; both conditions at once are joined.
+    let table = cluster::status_table(&rows, &[]);
+    assert_eq!(table.lines().nth(1).unwrap().split_whitespace().nth(10), Some("-"), "{table}");
+    let both = quorate_client::NodeHealth { refusing_writes: true, ..health.clone() };
+    assert_eq!(cluster::health_cell(Some(&both)), "refusing-writes+recovering");
+    let fine = quorate_client::NodeHealth { recovering: false, ..health };
+    assert_eq!(cluster::health_cell(Some(&fine)), "ok");
     let row: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(&row[..3], ["2", "127.0.0.1:7002", "unreachable"]);
     assert_eq!(lines[3], "node 2 at 127.0.0.1:7002: connection refused");
