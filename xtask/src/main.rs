@@ -309,10 +309,19 @@ fn ci(args: &[String]) -> Result<()> {
         .args(runtime_features)
         .args(runtime_targets)
         .args(["--", "-D", "warnings"]))?;
+    // The examples test runs the example binaries from `target/<profile>/examples`: build them
+    // first (a test-target selection does not build them, and nextest builds an `--example` as
+    // a test harness in `deps`).
+    run(cargo().args(["build", "--locked", "--profile", PROFILE]).args(runtime_features).args([
+        "--example",
+        "counter",
+        "--example",
+        "lock",
+    ]))?;
     run(cargo()
         .args(["nextest", "run", "--locked", "--cargo-profile", PROFILE, "--no-fail-fast"])
         .args(runtime_features)
-        .args(["--example", "counter", "--example", "lock", "--test", "rocks", "--test", "examples"]))?;
+        .args(["--test", "rocks", "--test", "examples"]))?;
     // ENOSPC from a real (tmpfs) file system: ignored by default because it mounts in a
     // private mount namespace (CAP_SYS_ADMIN); CI and the README's command run as root. Run
     // with quorate-node in the package set so RocksDB keeps the features of the workspace build.

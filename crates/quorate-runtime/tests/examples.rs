@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `cargo test` and `cargo nextest` build the examples next to the test binaries' `deps`.
+/// The example binaries next to the test binaries' `deps` (`cargo xtask ci` builds them first).
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
@@ -18,7 +18,11 @@ fn example(name: &str) -> PathBuf {
 /// Runs an example to completion (at most 120 s) and returns its standard output.
 fn run(name: &str) -> String {
     let path = example(name);
-    assert!(path.exists(), "{} is built by `cargo test` with the rocksdb and quic features", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --profile ci -p quorate-node -p quorate-runtime --features quorate-runtime/rocksdb,quorate-runtime/quic --example {name}`",
+        path.display()
+    );
     let mut child = Command::new(&path).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("starts");
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
