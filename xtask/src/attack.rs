@@ -855,7 +855,11 @@ struct Agent {
 impl Agent {
     fn spawn(env: &Env, attack: Attack, seed: u64, p: &Prepared) -> Result<Agent> {
         use std::process::{Command, Stdio};
-        let exe = std::env::current_exe().context("cannot find this program")?;
+        // This very binary, even if a build replaced its file meanwhile (`cargo xtask ci`'s test
+        // steps rebuild `xtask` while it runs): Linux keeps the running image under /proc.
+        let proc_exe = std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+        let exe =
+            if proc_exe.exists() { proc_exe } else { std::env::current_exe().context("cannot find this program")? };
         let log = std::fs::File::create(env.dir.join("logs").join(format!("attacker-{}.log", attack.name())))?;
         let listen: Vec<String> = env.target.listen.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let mut cmd = Command::new("nice");
