@@ -1218,11 +1218,23 @@ impl RocksStore {
     /// least one pair when there is one): a page of large values is never read into memory
     /// whole.
     pub fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, StoreError> {
+        self.scan_sm_with(&self.cf(CF_SM)?, ReadOptions::default(), from, limit, bytes_max)
+    }
+
+    /// The scan behind [`sm_scan_bounded`](Self::sm_scan_bounded) and
+    /// [`SmView::sm_scan_bounded`](view::SmView::sm_scan_bounded): reads the `sm` family `sm` with `ro` (a snapshot, or none).
+    fn scan_sm_with(
+        &self,
+        sm: &Arc<BoundColumnFamily<'_>>,
+        mut ro: ReadOptions,
+        from: &[u8],
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<SmPair>, StoreError> {
         let limit = limit.min(SM_SCAN_PAIRS_MAX);
         let mut bytes = 0usize;
-        let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(vec![SM_PREFIX_END]);
-        let mut it = self.db.raw_iterator_cf_opt(&self.cf(CF_SM)?, ro);
+        let mut it = self.db.raw_iterator_cf_opt(sm, ro);
         it.seek(sm_key(from));
         let mut out = Vec::new();
         while out.len() < limit && bytes < bytes_max {

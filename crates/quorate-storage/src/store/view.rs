@@ -12,8 +12,8 @@
 //! no longer the node's. (The node's apply thread lets every read of a view finish before it
 //! begins an install, and refuses the views taken before one.)
 
-use super::{RocksStore, SM_SCAN_PAIRS_MAX, in_sm};
-use crate::codec::{self, CF_META, CF_SM, Cf, KEY_APPLIED, KEY_SM_INSTALL, SM_PREFIX_END, sm_key};
+use super::{RocksStore, in_sm};
+use crate::codec::{self, CF_META, CF_SM, Cf, KEY_APPLIED, KEY_SM_INSTALL, sm_key};
 use crate::error::StoreError;
 use quorate_log::LogIndex;
 use rocksdb::{BoundColumnFamily, ReadOptions, SnapshotWithThreadMode};
@@ -86,7 +86,7 @@ impl SmView<'_> {
         }
     }
 
-    /// Up to `limit` (at most [`SM_SCAN_PAIRS_MAX`]) pairs with keys `>= from`, in key order,
+    /// Up to `limit` (at most [`SM_SCAN_PAIRS_MAX`](super::SM_SCAN_PAIRS_MAX)) pairs with keys `>= from`, in key order,
     /// checksums verified (as [`RocksStore::sm_scan`]).
     pub fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<super::SmPair>, StoreError> {
         self.sm_scan_bounded(from, limit, usize::MAX)
@@ -101,21 +101,6 @@ impl SmView<'_> {
         limit: usize,
         bytes_max: usize,
     ) -> Result<Vec<super::SmPair>, StoreError> {
-        let limit = limit.min(SM_SCAN_PAIRS_MAX);
-        let mut bytes = 0usize;
-        let mut ro = self.options();
-        ro.set_iterate_upper_bound(vec![SM_PREFIX_END]);
-        let mut it = self.store.db.raw_iterator_cf_opt(&self.sm, ro);
-        it.seek(sm_key(from));
-        let mut out = Vec::new();
-        while out.len() < limit && bytes < bytes_max {
-            let Some((k, v)) = it.item() else { break };
-            let body = codec::verify(Cf::Sm, k, v)?;
-            bytes = bytes.saturating_add(k.len().saturating_sub(1) + body.len());
-            out.push((k[1..].to_vec(), body.to_vec()));
-            it.next();
-        }
-        it.status().map_err(|e| in_sm(e.into(), &sm_key(from)))?;
-        Ok(out)
+        self.store.scan_sm_with(&self.sm, self.options(), from, limit, bytes_max)
     }
 }
