@@ -1,20 +1,19 @@
 //! A replicated lock service with fencing tokens: three processes, RocksDB, QUIC with mTLS.
 //!
 //! `cargo run -p quorate-runtime --features rocksdb,quic --example lock` starts three node
-//! processes (this program with `node <id> <dir> <port> <port> <port>`) and plays two clients:
+//! processes (this program with `node <id> <dir> <port> <port> <port>`, see `common/mod.rs`)
+//! and plays two clients:
 //! alice takes the lock, bob is refused, alice releases, bob takes it with a larger fencing
 //! token — and a resource that remembers the largest token it has seen refuses alice's stale
 //! one. Every grant carries a token that increases with every grant, across leader changes.
 
-use quorate_log::{Configuration, LogIndex, NodeId};
-use quorate_runtime::quic::{KIND_APP_MIN, QuicMessage, QuicNetwork, pump};
-use quorate_runtime::{Committed, Config, Node, RestoreError, RocksLog, StateMachine, SystemClock};
-use quorate_storage::StoreOptions;
-use quorate_transport::{
-    Client, ClientOptions, ClusterId, Credentials, Principal, Role, TlsPaths, Transport, TransportConfig,
-};
+mod common;
+
+use common::{Cluster, Error, node_args};
+use quorate_log::LogIndex;
+use quorate_runtime::quic::{KIND_APP_MIN, QuicMessage};
+use quorate_runtime::{Committed, RestoreError, StateMachine};
 use std::collections::BTreeMap;
-use std::{path::Path, process::Command, sync::Arc};
 
 /// Locks by name: holder and fencing token. Commands are `acquire <lock> <holder>` and
 /// `release <lock> <holder>`; the output is the token, or why not.
@@ -71,54 +70,10 @@ const GRANTED: u16 = KIND_APP_MIN + 1;
 const REFUSED: u16 = KIND_APP_MIN + 2;
 const NOT_SERVED: u16 = KIND_APP_MIN + 3;
 
-fn nid(i: u64) -> NodeId {
-    NodeId::new(i).expect("non-zero")
-}
-
-fn tls(dir: &Path, name: &str) -> Result<Credentials, Box<dyn std::error::Error>> {
-    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    Ok(Credentials::load(TlsPaths { ca: dir.join("ca.crt"), cert, key })?)
-}
-
-async fn node(id: u64, dir: &Path, ports: &[u16]) -> Result<(), Box<dyn std::error::Error>> {
-    let voters = Configuration::with_voters((1..=3).map(nid))?;
-    let storage = RocksLog::open(dir.join(format!("node-{id}")), StoreOptions::with_bootstrap(voters))?;
-    let config =
-        TransportConfig::new(ClusterId::new("locks")?, nid(id), ([127, 0, 0, 1], ports[id as usize - 1]).into());
-    let (transport, incoming) = Transport::bind(config, Arc::new(tls(dir, &format!("node-{id}"))?)).await?;
-    for peer in (1..=3).filter(|p| *p != id) {
-        transport.add_peer(nid(peer), ([127, 0, 0, 1], ports[peer as usize - 1]).into());
-    }
-    let node = Node::start(
-        Config::new(nid(id)),
-        storage,
-        Locks::default(),
-        QuicNetwork::new(Arc::new(transport)),
-        SystemClock::new(),
-    )?;
-    let (tx, mut requests) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(pump(incoming, node.inbox(), tx));
-    while let Some(request) = requests.recv().await {
-        let handle = node.handle();
-        tokio::spawn(async move {
-            let QuicMessage::App { payload, .. } = &request.message else { return };
-            let reply = match handle.propose(payload.clone()).await {
-                Ok(Ok(token)) => QuicMessage::App { kind: GRANTED, payload: token.to_le_bytes().to_vec() },
-                Ok(Err(why)) => QuicMessage::App { kind: REFUSED, payload: why.into_bytes() },
-                Err(e) => QuicMessage::App { kind: NOT_SERVED, payload: e.to_string().into_bytes() },
-            };
-            let _ = request.respond(&reply).await;
-        });
-    }
-    Ok(())
-}
-
 /// Sends `command` to whichever node leads; the lock service's answer.
-async fn ask(creds: &Credentials, ports: &[u16], command: &str) -> Result<u64, String> {
+async fn ask(cluster: &Cluster, command: &str) -> Result<u64, String> {
     for attempt in 0..300 {
-        let id = attempt % 3 + 1;
-        let addr = ([127, 0, 0, 1], ports[id as usize - 1]).into();
-        let Ok(client) = Client::<QuicMessage>::connect(creds, nid(id), addr, ClientOptions::default()).await else {
+        let Ok(client) = cluster.connect(attempt % 3 + 1).await else {
             continue;
         };
         match client.request(&QuicMessage::App { kind: COMMAND, payload: command.as_bytes().to_vec() }).await {
@@ -142,39 +97,34 @@ fn write_resource(largest: &mut u64, who: &str, token: u64) {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("node") {
-        let ports: Vec<u16> = args[4..7].iter().map(|p| p.parse()).collect::<Result<_, _>>()?;
-        return node(args[2].parse()?, Path::new(&args[3]), &ports).await;
+async fn main() -> Result<(), Error> {
+    if let Some(args) = node_args()? {
+        let (node, mut requests) = args.start("locks", Locks::default()).await?;
+        while let Some(request) = requests.recv().await {
+            let handle = node.handle();
+            tokio::spawn(async move {
+                let QuicMessage::App { payload, .. } = &request.message else { return };
+                let reply = match handle.propose(payload.clone()).await {
+                    Ok(Ok(token)) => QuicMessage::App { kind: GRANTED, payload: token.to_le_bytes().to_vec() },
+                    Ok(Err(why)) => QuicMessage::App { kind: REFUSED, payload: why.into_bytes() },
+                    Err(e) => QuicMessage::App { kind: NOT_SERVED, payload: e.to_string().into_bytes() },
+                };
+                let _ = request.respond(&reply).await;
+            });
+        }
+        return Ok(());
     }
-    let dir = tempfile::tempdir()?;
-    let clients = [(Principal::new("demo")?, Role::Write)];
-    quorate_transport::dev_certs::generate(dir.path(), &ClusterId::new("locks")?, &[nid(1), nid(2), nid(3)], &clients)?;
-    let ports: Vec<u16> = (0..3)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()))
-        .collect::<Result<_, _>>()?;
-    let mut children = Vec::new();
-    for id in 1..=3u64 {
-        let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg("node").arg(id.to_string()).arg(dir.path()).args(ports.iter().map(u16::to_string));
-        children.push(cmd.spawn()?);
-    }
-    let creds = tls(dir.path(), "client-demo")?;
+    let cluster = Cluster::launch("locks")?;
     let mut largest = 0;
-    let alice = ask(&creds, &ports, "acquire db alice").await?;
+    let alice = ask(&cluster, "acquire db alice").await?;
     println!("alice: acquired db, token {alice}");
     write_resource(&mut largest, "alice", alice);
-    println!("bob: {}", ask(&creds, &ports, "acquire db bob").await.err().unwrap_or_default());
-    ask(&creds, &ports, "release db alice").await?;
+    println!("bob: {}", ask(&cluster, "acquire db bob").await.err().unwrap_or_default());
+    ask(&cluster, "release db alice").await?;
     println!("alice: released db");
-    let bob = ask(&creds, &ports, "acquire db bob").await?;
+    let bob = ask(&cluster, "acquire db bob").await?;
     println!("bob: acquired db, token {bob}");
     write_resource(&mut largest, "bob", bob);
     write_resource(&mut largest, "alice", alice);
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
     Ok(())
 }
