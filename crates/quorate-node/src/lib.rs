@@ -24,6 +24,7 @@ pub mod flight;
 pub use quorate_config as config;
 mod hash_exchange;
 mod invariants;
+pub mod recover;
 pub mod restore;
 pub mod server;
 pub mod sm;

@@ -453,6 +453,32 @@ async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Opti
 
 /// Removes what a previous run left in the staging directory: only partial transfers live
 /// there (a completed one moves into the store's snapshot directory).
+/// Logs the record of a `quorate node force-new-cluster` run on this data directory as an
+/// audit event, once ([`crate::recover`]); refuses to start if its change is not in the store.
+fn audit_forced_recovery(data_dir: &Path, store: &RocksStore) -> Result<(), ServerError> {
+    let config = store.initial_state().map_err(|e| ServerError::Storage(e.to_string()))?.config;
+    let Some(forced) = crate::recover::pending_record(data_dir, &config).map_err(ServerError::Fatal)? else {
+        return Ok(());
+    };
+    tracing::warn!(
+        target: AUDIT_TARGET,
+        principal = "offline operator",
+        op = "force_new_cluster",
+        node = forced.node,
+        at_unix_ms = forced.at_unix_ms,
+        old_voters = ?forced.old_voters,
+        old_learners = ?forced.old_learners,
+        old_term = forced.old_term,
+        commit = forced.commit,
+        last_index = forced.last_index,
+        term = forced.new_term,
+        index = forced.config_index,
+        "UNSAFE: this node's cluster was forced to one voter after losing quorum; entries up to last_index become \
+         committed, acknowledged writes that never reached this node are lost"
+    );
+    crate::recover::mark_logged(data_dir, &forced).map_err(ServerError::Storage)
+}
+
 fn clear_staging(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for ent in entries.flatten() {
@@ -549,6 +575,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     // Repair: an install (or a reinstall) begun and not finished, a damaged state machine.
     crate::apply::repair_at_start(&store, id)?;
     crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
+    audit_forced_recovery(&data_dir, &store)?;
     let applied_index = store.applied_index();
     let applied = if applied_index == LogIndex::ZERO {
         EntryId::default()

@@ -42,20 +42,25 @@ impl Cluster {
     }
 
     fn start(&self) -> Nodes {
-        let mut nodes = Vec::new();
-        for id in 1..=3 {
-            let log = std::fs::File::create(self.dir.join(format!("node-{id}.log"))).unwrap();
-            let child = Command::new(BIN)
-                .args(["node", "start", "--config"])
-                .arg(self.dir.join(format!("node-{id}.toml")))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            nodes.push(child);
-        }
-        Nodes(nodes)
+        Nodes((1..=3).map(|id| self.start_one(id, &[])).collect())
+    }
+
+    /// Starts node `id` with `extra` arguments; its output goes to `node-<id>.log` (appended).
+    fn start_one(&self, id: u16, extra: &[&str]) -> std::process::Child {
+        let log = std::fs::File::options().create(true).append(true).open(self.log(id)).unwrap();
+        Command::new(BIN)
+            .args(["node", "start", "--config"])
+            .arg(self.dir.join(format!("node-{id}.toml")))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn log(&self, id: u16) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -93,6 +98,15 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+fn force(data_dir: &Path, flag: &str) -> Output {
+    Command::new(BIN)
+        .args(["node", "force-new-cluster", "--id", "1", "--data-dir"])
+        .arg(data_dir)
+        .args([flag].into_iter().filter(|f| !f.is_empty()))
+        .output()
+        .unwrap()
 }
 
 fn restore(file: &Path, data_dir: &Path, id: u16, peers: &str) -> Output {
@@ -165,4 +179,59 @@ fn save_then_restore_into_a_new_three_node_cluster() {
     for i in 0..3u16 {
         assert!(members.contains(&format!("127.0.0.1:{}", new.base + i)), "new addresses: {members}");
     }
+}
+
+/// The runbook's "recover after losing quorum": two of three voters are lost for good (their
+/// data is gone); the survivor, forced to be the only voter, serves every write the old cluster
+/// acknowledged, takes new ones, and grows back with a new member.
+#[test]
+fn a_survivor_forced_after_losing_quorum_keeps_every_acknowledged_write_and_grows_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    {
+        let _nodes = c.start();
+        c.eventually(&["kv", "put", "k-0", "v-0"]);
+        for i in 1..KEYS {
+            c.ok(&["kv", "put", &format!("k-{i}"), &format!("v-{i}")]);
+        }
+    } // every node is killed: the writes above are acknowledged, nothing more
+    for lost in [2, 3] {
+        std::fs::remove_dir_all(c.data_dir(lost)).unwrap();
+    }
+
+    // Refused without the explicit flag; a dry run changes nothing.
+    let d1 = c.data_dir(1);
+    let out = force(&d1, "");
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--i-have-lost-quorum"));
+    let out = force(&d1, "--dry-run");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("would make node 1 the only voter"), "{said}");
+    assert!(!d1.join("force-new-cluster.json").exists());
+    let out = force(&d1, "--i-have-lost-quorum");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("made node 1 the only voter"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut nodes = Nodes(vec![c.start_one(1, &[])]);
+    assert_eq!(c.eventually(&["kv", "get", "k-1"]), "v-1\n");
+    for i in 0..KEYS {
+        assert_eq!(c.ok(&["kv", "get", &format!("k-{i}")]), format!("v-{i}\n"), "acknowledged write k-{i}");
+    }
+    c.ok(&["kv", "put", "after-recovery", "yes"]);
+    let log = std::fs::read_to_string(c.log(1)).unwrap();
+    assert!(log.contains("force_new_cluster") && log.contains("UNSAFE"), "the audit event is logged");
+    assert!(!d1.join("force-new-cluster.json").exists(), "logged once, then renamed");
+
+    // Grow back: node 2 comes back empty (a replacement machine), as a learner, then a voter.
+    c.ok(&["member", "add", "--learner", "2", &format!("127.0.0.1:{}", c.base + 1)]);
+    nodes.0.push(c.start_one(2, &["--join"]));
+    c.eventually(&["member", "promote", "2"]);
+    let members = c.ok(&["member", "list"]);
+    assert_eq!(members.lines().filter(|l| l.contains("voter")).count(), 2, "{members}");
+    c.ok(&["kv", "put", "with-two-voters", "yes"]);
+    assert_eq!(c.ok(&["kv", "get", "after-recovery"]), "yes\n");
 }

@@ -7,6 +7,7 @@ mod conn;
 mod flight;
 mod kv;
 pub(crate) mod output;
+mod recover;
 mod snapshot;
 mod top;
 mod txn;
@@ -93,6 +94,9 @@ pub(crate) enum Command {
 pub(crate) enum NodeCmd {
     /// Start a node and run it until SIGINT or SIGTERM.
     Start(NodeStartArgs),
+    /// UNSAFE, offline: after losing quorum, make this stopped node the only voter of its
+    /// cluster, keeping its whole log (see docs/operations.md, "Recovering from a lost quorum").
+    ForceNewCluster(recover::ForceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -402,12 +406,17 @@ pub(crate) struct BenchArgs {
 /// Runs a parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Node(_) | Command::Replay(_) | Command::Debug(_) | Command::Top(_) | Command::Bench(_)
+        Command::Node(NodeCmd::Start(_))
+        | Command::Replay(_)
+        | Command::Debug(_)
+        | Command::Top(_)
+        | Command::Bench(_)
             if cli.conn.output == output::Format::Json =>
         {
             Err(output::usage("this command has no JSON output; leave out -o json"))
         }
         Command::Node(NodeCmd::Start(args)) => node_start(args),
+        Command::Node(NodeCmd::ForceNewCluster(args)) => recover::force_new_cluster(&args, cli.conn.output),
         Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args, cli.conn.output),
         Command::Certs(CertsCmd::Issue(args)) => certs::issue(&cli.conn.cluster, &args, cli.conn.output),
         Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args, cli.conn.output),
