@@ -16,10 +16,10 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 
 /// The error type of the examples.
-pub type Error = Box<dyn std::error::Error>;
+pub(crate) type Error = Box<dyn std::error::Error>;
 
 /// Node `i` (non-zero).
-pub fn nid(i: u64) -> NodeId {
+pub(crate) fn nid(i: u64) -> NodeId {
     NodeId::new(i).expect("non-zero")
 }
 
@@ -33,14 +33,14 @@ fn addr(ports: &[u16], id: u64) -> SocketAddr {
 }
 
 /// A node process's arguments: `node <id> <dir> <port> <port> <port>`.
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     id: u64,
     dir: PathBuf,
     ports: Vec<u16>,
 }
 
 /// This process's node arguments, if it was started as a node by [`Cluster::launch`].
-pub fn node_args() -> Result<Option<NodeArgs>, Error> {
+pub(crate) fn node_args() -> Result<Option<NodeArgs>, Error> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) != Some("node") || args.len() != 7 {
         return Ok(None);
@@ -52,7 +52,7 @@ pub fn node_args() -> Result<Option<NodeArgs>, Error> {
 impl NodeArgs {
     /// Starts this process's replica of `sm` (storage in `<dir>/node-<id>`, a cluster of three
     /// voters named `cluster`) and returns it with the client requests that reach it.
-    pub async fn start<SM: StateMachine>(
+    pub(crate) async fn start<SM: StateMachine>(
         &self,
         cluster: &str,
         sm: SM,
@@ -74,8 +74,9 @@ impl NodeArgs {
 }
 
 /// Three node processes (this program, started with [`NodeArgs`]' arguments), stopped on drop.
-pub struct Cluster {
-    dir: tempfile::TempDir,
+pub(crate) struct Cluster {
+    // Removed (with the nodes' data) once the nodes are stopped.
+    _dir: tempfile::TempDir,
     ports: Vec<u16>,
     children: Vec<Child>,
     creds: Credentials,
@@ -84,10 +85,15 @@ pub struct Cluster {
 impl Cluster {
     /// Writes dev certificates for nodes 1–3 and a write-role client `demo` to a temporary
     /// directory, picks three free localhost ports and starts the three nodes.
-    pub fn launch(cluster: &str) -> Result<Cluster, Error> {
+    pub(crate) fn launch(cluster: &str) -> Result<Cluster, Error> {
         let dir = tempfile::tempdir()?;
         let client = (Principal::new("demo")?, Role::Write);
-        quorate_transport::dev_certs::generate(dir.path(), &ClusterId::new(cluster)?, &[nid(1), nid(2), nid(3)], &[client])?;
+        quorate_transport::dev_certs::generate(
+            dir.path(),
+            &ClusterId::new(cluster)?,
+            &[nid(1), nid(2), nid(3)],
+            &[client],
+        )?;
         let ports: Vec<u16> = (0..3)
             .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()))
             .collect::<Result<_, _>>()?;
@@ -98,11 +104,11 @@ impl Cluster {
             children.push(cmd.spawn()?);
         }
         let creds = tls(dir.path(), "client-demo")?;
-        Ok(Cluster { dir, ports, children, creds })
+        Ok(Cluster { _dir: dir, ports, children, creds })
     }
 
     /// Connects to node `id` as the client `demo`.
-    pub async fn connect(&self, id: u64) -> Result<Client<QuicMessage>, Error> {
+    pub(crate) async fn connect(&self, id: u64) -> Result<Client<QuicMessage>, Error> {
         Ok(Client::connect(&self.creds, nid(id), addr(&self.ports, id), ClientOptions::default()).await?)
     }
 }
