@@ -27,6 +27,11 @@
 //! * **Exactly-once.** A command proposed as `(client, seq)` of a session is applied at most
 //!   once however often it is retried; a retry is answered with the first application's output.
 //!
+//! * **Snapshots** travel in chunks, staged durably by the follower; a transfer cut by a
+//!   dropped connection, a restart or a timeout resumes from the last acknowledged offset,
+//!   within a window of unacknowledged bytes and an optional rate limit
+//!   ([`Config::snapshot_rate_bytes_per_sec`]).
+//!
 //! See `docs/embedding.md` in the repository for the full contract.
 //!
 //! ## Cargo features

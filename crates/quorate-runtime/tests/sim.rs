@@ -1234,8 +1234,9 @@ fn the_rate_limit_bounds_snapshot_bytes_per_simulated_second() {
     const RATE: u64 = 4 * 1024;
     let (mut lab, l, f) = lagging(|id| {
         let mut cfg = lab_config(id);
+        // The transfer takes about four seconds, longer than the core's snapshot send
+        // timeout (one second): the core's repeated requests continue the same transfer.
         cfg.snapshot_rate_bytes_per_sec = Some(RATE);
-        cfg.raft.snapshot_send_timeout = Duration::from_secs(30);
         cfg
     });
     let healed = lab.now;
@@ -1258,6 +1259,8 @@ fn the_rate_limit_bounds_snapshot_bytes_per_simulated_second() {
     let least = (total - CHUNK as u64) * 1_000_000_000 / RATE;
     assert!(took >= least, "{total} bytes in {took} ns, faster than the rate allows ({least} ns)");
     assert!(took < least + 2_000 * MS, "and not much slower: {took} ns");
+    assert_eq!(lab.node(l).transfer_stats().transfers_started, 1, "one transfer throughout");
+    assert_eq!(lab.node(l).transfer_stats().bytes_resent, 0);
 }
 
 #[test]
@@ -1278,7 +1281,9 @@ fn corrupt_out_of_order_and_foreign_chunks_are_refused_without_a_panic() {
         let lo = offset as usize;
         Data::copy_from(&image[lo..(lo + CHUNK).min(image.len())])
     };
-    let mut cases: Vec<(&str, WireMessage, Option<(u64, AckStatus)>)> = Vec::new();
+    // What is sent, and the answer expected (none: dropped).
+    type Case = (&'static str, WireMessage, Option<(u64, AckStatus)>);
+    let mut cases: Vec<Case> = Vec::new();
     let mut corrupt = real.clone();
     let mut flipped = corrupt.data.to_vec();
     flipped[7] ^= 0x40;

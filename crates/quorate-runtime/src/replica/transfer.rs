@@ -129,11 +129,11 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             && t.term == term
             && t.header.meta.last == s.meta.last
         {
-            // Asked again (the core's own timeout): go on from what the follower holds.
-            if !t.probing {
-                t.next = t.acked;
+            // Asked again (the core's own timeout, measured from the start, fired during a
+            // long transfer): this one goes on; an unanswered opening chunk goes out again now.
+            if t.probing {
+                t.retry_at = now;
             }
-            t.retry_at = now;
             return;
         }
         let Some((header, data)) = self.snapshot_image(&s.meta) else {
@@ -177,14 +177,15 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// Sends what the transfers may send now: opening chunks, chunks within the window and
     /// the rate, again from the acknowledged offset after a timeout. Gives up stalled ones.
     pub(super) fn pump_transfers(&mut self, now: Instant, net: &mut impl Network) {
+        if self.raft.role() != Role::Leader {
+            self.outgoing.clear();
+        }
         if self.outgoing.is_empty() {
+            // No transfer holds the image any more: free it.
+            self.send_cache = None;
             return;
         }
         let term = self.raft.term();
-        if self.raft.role() != Role::Leader {
-            self.outgoing.clear();
-            return;
-        }
         let me = self.raft.id();
         let chunk = self.chunk_bytes();
         let window = self.cfg.snapshot_window_bytes.max(chunk);
@@ -440,5 +441,33 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         for m in self.outbox.drain(..) {
             net.send(m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_holds_one_burst_and_refills_at_the_rate() {
+        let ms = |n: u64| Instant(n * 1_000_000);
+        // 1,000 bytes a second, a burst of 100.
+        let mut b = TokenBucket::new(1_000, 100, ms(0));
+        assert_eq!(b.take(ms(0), 100), Ok(()), "full at the start");
+        // 10 bytes take 10 ms to come back.
+        assert_eq!(b.take(ms(0), 10), Err(ms(10)));
+        assert_eq!(b.take(ms(5), 10), Err(ms(10)));
+        assert_eq!(b.take(ms(10), 10), Ok(()));
+        // Idle for long: never more than the burst.
+        assert_eq!(b.take(ms(10_000), 100), Ok(()));
+        assert_eq!(b.take(ms(10_000), 1), Err(Instant(10_000 * 1_000_000 + 1_000_000)));
+        // A request above the burst waits for a full bucket, not for ever.
+        assert_eq!(b.take(ms(10_100), 1_000), Ok(()));
+        // A clock that goes back changes nothing.
+        assert!(b.take(ms(5), 1).is_err());
+        // Zero rate or burst are raised to one.
+        let mut z = TokenBucket::new(0, 0, ms(0));
+        assert_eq!(z.take(ms(0), 1), Ok(()));
+        assert_eq!(z.take(ms(0), 1), Err(ms(1_000)));
     }
 }
