@@ -1172,6 +1172,37 @@ fn a_follower_restarted_mid_transfer_resumes_from_its_durable_staging() {
 }
 
 #[test]
+fn a_transfer_cut_by_a_leader_restart_resumes_from_the_followers_offset() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 4));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "four chunks reached the follower");
+    let (image, staged) = lab_staging(&lab, f).expect("a partial staging");
+    // The sender dies with its transfer state; it comes back from its disk and (handed the
+    // leadership back if another node took it) leads again.
+    lab.crash(l);
+    lab.run_for(300);
+    lab.restart(l);
+    assert!(lab.run_until(5_000, |lab| lab.leader().is_some()), "a leader");
+    let other = lab.leader().expect("a leader");
+    if other != l {
+        assert!(lab.run_until(5_000, |lab| caught_up(lab, other, l)), "the restarted node caught up");
+        let now = Instant(lab.now);
+        let to = lab.ids[l];
+        lab.node_mut(other).transfer_leader(now, to).expect("a transfer starts");
+        assert!(lab.run_until(5_000, |lab| lab.leader() == Some(l)), "the restarted node leads again");
+    }
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "caught up");
+    assert_eq!(lab.leader(), Some(l));
+    let after: Vec<&Sent> = lab.chunks_to(f, healed).into_iter().filter(|s| s.from == l).collect();
+    assert!(after.iter().all(|s| s.chunk.header == image), "the same image");
+    assert_eq!(after[0].chunk.offset, staged, "resumed after the sender's restart");
+    assert_eq!(after.iter().map(|s| s.chunk.data.len() as u64).sum::<u64>(), image.total_len - staged);
+}
+
+#[test]
 fn a_leader_change_mid_transfer_leaves_no_stale_staging_and_the_new_snapshot_installs() {
     // Five nodes, so that three elect a new leader while the old one and the follower are
     // cut off, and the new leader snapshots past the old image before the follower returns.
