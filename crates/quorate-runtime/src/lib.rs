@@ -27,6 +27,11 @@
 //! * **Exactly-once.** A command proposed as `(client, seq)` of a session is applied at most
 //!   once however often it is retried; a retry is answered with the first application's output.
 //!
+//! * **Snapshots** travel in chunks, staged durably by the follower; a transfer cut by a
+//!   dropped connection, a restart or a timeout resumes from the last acknowledged offset,
+//!   within a window of unacknowledged bytes and an optional rate limit
+//!   ([`Config::snapshot_rate_bytes_per_sec`]).
+//!
 //! See `docs/embedding.md` in the repository for the full contract.
 //!
 //! ## Cargo features
@@ -114,14 +119,16 @@ mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
-pub use network::{Inbox, MemNetwork, MemRouter, Network, WireMessage};
+pub use network::{AckStatus, Inbox, MemNetwork, MemRouter, Network, SnapshotAck, SnapshotChunk, WireMessage};
 pub use node::{Handle, INBOX_QUEUE_MAX, Node, REQUESTS_QUEUE_MAX};
-pub use replica::{Config, ProposeCallback, ReadCallback, ReadLevel, Replica, Status};
+pub use replica::{
+    Config, ProposeCallback, ReadCallback, ReadLevel, Replica, SNAPSHOT_CHUNK_BYTES_MAX, Status, TransferStats,
+};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksLog, SNAPSHOT_READ_BYTES_MAX};
 pub use sessions::ClientId;
 pub use state_machine::{Committed, RestoreError, StateMachine};
-pub use storage::{LogStorage, MemStorage};
+pub use storage::{LogStorage, MemStorage, SnapshotHeader};
 
 // The vocabulary users need alongside the runtime.
 pub use quorate_core::{ConfChange, Role};

@@ -1,7 +1,8 @@
 //! How replicas reach each other.
 
+use crate::storage::SnapshotHeader;
 use quorate_core::Message;
-use quorate_log::{Data, NodeId, SnapshotMeta, Term};
+use quorate_log::{Data, EntryId, NodeId, SnapshotMeta, Term};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,12 +10,18 @@ use tokio::sync::mpsc;
 
 /// What one runtime sends another. Serializable (postcard) for real transports; variant
 /// order is the wire format and is append-only.
+///
+/// The runtime is pre-release: this format is not yet promised to any released node. Since
+/// snapshots travel in chunks ([`WireMessage::SnapshotChunk`]), a leader no longer sends
+/// [`WireMessage::Snapshot`]; the variant stays decodable, and a follower still accepts it
+/// (as a transfer of one piece, within `Config::snapshot_staging_bytes_max`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum WireMessage {
     /// A consensus message.
     Raft(Message),
-    /// A leader's whole snapshot for a follower that needs compacted entries.
+    /// A leader's whole snapshot for a follower that needs compacted entries (no longer sent:
+    /// see the type's docs).
     Snapshot {
         /// The leader.
         from: NodeId,
@@ -27,6 +34,93 @@ pub enum WireMessage {
         /// The runtime's snapshot bytes (sessions and state machine).
         data: Data,
     },
+    /// A piece of a leader's snapshot for a follower that needs compacted entries.
+    SnapshotChunk(SnapshotChunk),
+    /// A follower's answer to a chunk: how much of the snapshot it holds durably.
+    SnapshotAck(SnapshotAck),
+}
+
+/// A piece of a snapshot in transfer: bytes `offset..offset + data.len()` of the image that
+/// `header` identifies. A transfer starts with an empty chunk at offset 0, which asks the
+/// follower how much of this image it already holds (after a dropped connection or a restart
+/// it resumes from there).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SnapshotChunk {
+    /// The leader.
+    pub from: NodeId,
+    /// The follower.
+    pub to: NodeId,
+    /// The leader's term; a follower takes chunks only from the leader of its current term.
+    pub term: Term,
+    /// The image: what it covers, its length and its checksum.
+    pub header: SnapshotHeader,
+    /// Where `data` starts in the image.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Data,
+    /// CRC-32 (IEEE) of `data`.
+    pub data_crc: u32,
+    /// Whether this is the last piece (`offset + data.len() == header.total_len`).
+    pub done: bool,
+}
+
+impl SnapshotChunk {
+    /// Bytes `offset..offset + data.len()` of the image `header` describes.
+    #[must_use]
+    pub fn new(from: NodeId, to: NodeId, term: Term, header: SnapshotHeader, offset: u64, data: Data) -> SnapshotChunk {
+        let done = offset.saturating_add(data.len() as u64) == header.total_len;
+        let data_crc = crc32fast::hash(&data);
+        SnapshotChunk { from, to, term, header, offset, data, data_crc, done }
+    }
+}
+
+impl SnapshotAck {
+    /// `from`'s answer to `to` about the image `header`: `offset` bytes held, `status`.
+    #[must_use]
+    pub fn new(
+        from: NodeId,
+        to: NodeId,
+        term: Term,
+        header: &SnapshotHeader,
+        offset: u64,
+        status: AckStatus,
+    ) -> SnapshotAck {
+        SnapshotAck { from, to, term, last: header.meta.last, checksum: header.checksum, offset, status }
+    }
+}
+
+/// What a follower did with a snapshot chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AckStatus {
+    /// Staging: `offset` bytes are staged durably; send from there.
+    Staging,
+    /// The snapshot is installed (or the follower already has all it covers): stop.
+    Installed,
+    /// The follower will not take this snapshot (over its staging limit, a storage failure,
+    /// or an image that does not decode): stop; the leader's core probes it again later.
+    Refused,
+}
+
+/// A follower's answer to a [`SnapshotChunk`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SnapshotAck {
+    /// The follower.
+    pub from: NodeId,
+    /// The leader.
+    pub to: NodeId,
+    /// The chunk's term.
+    pub term: Term,
+    /// The snapshot's last entry (with `checksum`, which image).
+    pub last: EntryId,
+    /// The image's checksum.
+    pub checksum: u32,
+    /// Bytes of the image the follower holds durably: where the next chunk must start.
+    pub offset: u64,
+    /// What the follower did.
+    pub status: AckStatus,
 }
 
 impl WireMessage {
@@ -36,6 +130,8 @@ impl WireMessage {
         match self {
             WireMessage::Raft(m) => m.to,
             WireMessage::Snapshot { to, .. } => *to,
+            WireMessage::SnapshotChunk(c) => c.to,
+            WireMessage::SnapshotAck(a) => a.to,
         }
     }
 
@@ -45,6 +141,8 @@ impl WireMessage {
         match self {
             WireMessage::Raft(m) => m.from,
             WireMessage::Snapshot { from, .. } => *from,
+            WireMessage::SnapshotChunk(c) => c.from,
+            WireMessage::SnapshotAck(a) => a.from,
         }
     }
 }

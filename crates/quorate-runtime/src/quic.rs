@@ -10,6 +10,10 @@ use tokio::sync::mpsc;
 pub const KIND_RAFT: MessageKind = MessageKind(MessageKind::APPLICATION_MIN);
 /// The message kind of a runtime snapshot.
 pub const KIND_SNAPSHOT: MessageKind = MessageKind(MessageKind::APPLICATION_MIN + 1);
+/// The message kind of a runtime snapshot chunk (sent on the snapshot lane).
+pub const KIND_SNAPSHOT_CHUNK: MessageKind = MessageKind(MessageKind::APPLICATION_MIN + 2);
+/// The message kind of a follower's answer to a snapshot chunk.
+pub const KIND_SNAPSHOT_ACK: MessageKind = MessageKind(MessageKind::APPLICATION_MIN + 3);
 /// The first message kind left to the application (its client requests and responses).
 pub const KIND_APP_MIN: u16 = MessageKind::APPLICATION_MIN + 0x100;
 
@@ -32,8 +36,7 @@ pub enum QuicMessage {
 impl quorate_transport::WireMessage for QuicMessage {
     fn kind(&self) -> MessageKind {
         match self {
-            QuicMessage::Runtime(WireMessage::Raft(_)) => KIND_RAFT,
-            QuicMessage::Runtime(WireMessage::Snapshot { .. }) => KIND_SNAPSHOT,
+            QuicMessage::Runtime(m) => runtime_kind(m),
             QuicMessage::App { kind, .. } => MessageKind(*kind),
         }
     }
@@ -60,10 +63,9 @@ impl quorate_transport::WireMessage for QuicMessage {
                 .map_err(|e| MessageError::Malformed { kind, detail: e.to_string() })
         };
         match kind {
-            KIND_RAFT | KIND_SNAPSHOT => {
+            KIND_RAFT | KIND_SNAPSHOT | KIND_SNAPSHOT_CHUNK | KIND_SNAPSHOT_ACK => {
                 let m = runtime(payload)?;
-                let expected = if matches!(m, WireMessage::Raft(_)) { KIND_RAFT } else { KIND_SNAPSHOT };
-                if expected != kind {
+                if runtime_kind(&m) != kind {
                     return Err(MessageError::Malformed { kind, detail: "payload of another kind".into() });
                 }
                 Ok(QuicMessage::Runtime(m))
@@ -74,8 +76,20 @@ impl quorate_transport::WireMessage for QuicMessage {
     }
 }
 
+/// The message kind of a runtime message.
+fn runtime_kind(m: &WireMessage) -> MessageKind {
+    match m {
+        WireMessage::Raft(_) => KIND_RAFT,
+        WireMessage::SnapshotChunk(_) => KIND_SNAPSHOT_CHUNK,
+        WireMessage::SnapshotAck(_) => KIND_SNAPSHOT_ACK,
+        // `Snapshot`, and any later variant: the snapshot kind.
+        _ => KIND_SNAPSHOT,
+    }
+}
+
 /// A [`Network`] that sends through a quorate-transport [`Transport`]: consensus messages on
-/// the consensus lane, snapshots on the snapshot lane. A full per-peer queue drops the message
+/// the consensus lane (with the answers to snapshot chunks), snapshots and their chunks on the
+/// snapshot lane. A full per-peer queue drops the message
 /// (Raft retransmits). Peers must be known to the transport ([`Transport::add_peer`]).
 #[derive(Clone, Debug)]
 pub struct QuicNetwork {
@@ -93,7 +107,7 @@ impl QuicNetwork {
 impl Network for QuicNetwork {
     fn send(&mut self, msg: WireMessage) {
         let to = msg.to();
-        let snapshot = matches!(msg, WireMessage::Snapshot { .. });
+        let snapshot = matches!(msg, WireMessage::Snapshot { .. } | WireMessage::SnapshotChunk(_));
         let m = QuicMessage::Runtime(msg);
         // Dropped messages are retransmitted by the protocol; nothing else to do.
         let _ = if snapshot { self.transport.try_send_snapshot(to, m) } else { self.transport.try_send(to, m) };
@@ -142,6 +156,29 @@ mod tests {
         assert!(QuicMessage::decode(1, KIND_RAFT, &buf).is_err(), "a snapshot under the raft kind");
         assert!(QuicMessage::decode(1, KIND_RAFT, &[0xff, 0xff, 0xff]).is_err());
         assert!(QuicMessage::decode(1, MessageKind(MessageKind::APPLICATION_MIN + 7), &[]).is_err());
+        let meta = quorate_log::SnapshotMeta::default();
+        let header = crate::SnapshotHeader::of(meta, b"image");
+        let chunk =
+            crate::SnapshotChunk::new(id, id, quorate_log::Term(3), header, 1, quorate_log::Data::from(&b"mag"[..]));
+        let ack = crate::SnapshotAck {
+            from: id,
+            to: id,
+            term: quorate_log::Term(3),
+            last: chunk.header.meta.last,
+            checksum: chunk.header.checksum,
+            offset: 4,
+            status: crate::AckStatus::Staging,
+        };
+        for (m, kind) in [
+            (QuicMessage::Runtime(WireMessage::SnapshotChunk(chunk)), KIND_SNAPSHOT_CHUNK),
+            (QuicMessage::Runtime(WireMessage::SnapshotAck(ack)), KIND_SNAPSHOT_ACK),
+        ] {
+            assert_eq!(m.kind(), kind);
+            let mut buf = Vec::new();
+            m.encode(&mut buf).expect("encodes");
+            assert_eq!(QuicMessage::decode(1, kind, &buf), Ok(m));
+            assert!(QuicMessage::decode(1, KIND_SNAPSHOT, &buf).is_err(), "under another kind");
+        }
         let app = QuicMessage::App { kind: KIND_APP_MIN + 1, payload: b"hi".to_vec() };
         let mut buf = Vec::new();
         app.encode(&mut buf).expect("encodes");

@@ -3,14 +3,20 @@
 //! steps several by hand. Either way the same code orders persisting, sending, applying and
 //! serving reads.
 
+mod transfer;
+
 use crate::error::Error;
 use crate::network::{Network, WireMessage};
 use crate::sessions::{ClientId, Command, SessionCheck, Sessions, SnapshotImage};
 use crate::state_machine::{Committed, StateMachine};
 use crate::storage::LogStorage;
+use crate::storage::SnapshotHeader;
 use quorate_core::{ConfChange, Instant, Raft, ReadId, Role};
 use quorate_log::{Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use transfer::{Outgoing, TokenBucket};
+pub use transfer::{SNAPSHOT_CHUNK_BYTES_MAX, TransferStats};
 
 /// Settings of one runtime replica.
 #[derive(Clone, Debug)]
@@ -24,13 +30,25 @@ pub struct Config {
     pub proposals_pending_max: usize,
     /// Most linearizable or lease reads waiting for confirmation or for apply.
     pub reads_pending_max: usize,
-    /// Largest snapshot sent to a follower in one message, in bytes.
-    pub snapshot_bytes_max: usize,
+    /// Bytes of snapshot per chunk sent to a follower (at most [`SNAPSHOT_CHUNK_BYTES_MAX`]).
+    pub snapshot_chunk_bytes: usize,
+    /// Most snapshot bytes a leader sends to one follower beyond what it acknowledged.
+    pub snapshot_window_bytes: u64,
+    /// Snapshot bytes a second this replica sends in chunks, over all followers (`None`: no
+    /// limit). A token bucket of one chunk's burst, driven by the passed-in clock.
+    pub snapshot_rate_bytes_per_sec: Option<u64>,
+    /// Largest snapshot this replica stages from a leader; a larger one is refused.
+    pub snapshot_staging_bytes_max: u64,
+    /// Chunks not acknowledged within this time are sent again from the acknowledged offset
+    /// (and an opening chunk without an answer is sent again). A transfer without any
+    /// progress for `raft.snapshot_send_timeout` is given up.
+    pub snapshot_chunk_timeout: Duration,
 }
 
 impl Config {
     /// Defaults for node `id`: the core's defaults, 4,096 sessions, 4,096 pending proposals,
-    /// 4,096 pending reads, 64 MiB snapshots.
+    /// 4,096 pending reads; snapshots in chunks of 512 KiB, a window of 4 MiB, no rate limit,
+    /// staging up to 1 GiB, chunks sent again after 2 s without an acknowledgement.
     #[must_use]
     pub fn new(id: NodeId) -> Config {
         Config {
@@ -38,7 +56,11 @@ impl Config {
             sessions_max: 4096,
             proposals_pending_max: 4096,
             reads_pending_max: 4096,
-            snapshot_bytes_max: 64 << 20,
+            snapshot_chunk_bytes: 512 << 10,
+            snapshot_window_bytes: 4 << 20,
+            snapshot_rate_bytes_per_sec: None,
+            snapshot_staging_bytes_max: 1 << 30,
+            snapshot_chunk_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -151,7 +173,19 @@ pub struct Replica<SM: StateMachine, L: LogStorage> {
     reads: BTreeMap<ReadId, ReadCallback<SM>>,
     ready_reads: BTreeMap<(LogIndex, ReadId), ReadCallback<SM>>,
     next_read: u64,
+    /// A received snapshot the core accepted, installed with the next batch.
     staged: Option<(SnapshotMeta, Data)>,
+    /// The storage's staging (header, durable length), mirrored.
+    staging: Option<(SnapshotHeader, u64)>,
+    /// Transfers this leader runs, one per follower.
+    outgoing: BTreeMap<NodeId, Outgoing>,
+    /// The stored snapshot being sent, read once.
+    send_cache: Option<(SnapshotHeader, Data)>,
+    /// The snapshot send rate limit.
+    bucket: Option<TokenBucket>,
+    /// Answers to chunks, sent at the end of the next `process`.
+    outbox: Vec<WireMessage>,
+    transfer_stats: TransferStats,
     halted: Option<String>,
 }
 
@@ -189,6 +223,9 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         let mut raft_cfg = cfg.raft.clone();
         raft_cfg.applied = applied;
         raft_cfg.snapshot = snapshot.map(|(m, _)| m);
+        let staging = storage.staging()?;
+        let burst = cfg.snapshot_chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES_MAX) as u64;
+        let bucket = cfg.snapshot_rate_bytes_per_sec.map(|rate| TokenBucket::new(rate, burst, now));
         let raft = Raft::new(raft_cfg, storage, now).map_err(|e| match e {
             quorate_core::CoreError::Storage(s) => Error::Storage(s),
             other => Error::Start(other.to_string()),
@@ -206,6 +243,12 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             ready_reads: BTreeMap::new(),
             next_read: 1,
             staged: None,
+            staging,
+            outgoing: BTreeMap::new(),
+            send_cache: None,
+            bucket,
+            outbox: Vec::new(),
+            transfer_stats: TransferStats::default(),
             halted: None,
         })
     }
@@ -262,10 +305,23 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         self.halted.as_deref().or(self.raft.halted())
     }
 
-    /// When [`Replica::tick`] should next be called.
+    /// Counters of the snapshot transfers this replica sent and received.
+    #[must_use]
+    pub fn transfer_stats(&self) -> &TransferStats {
+        &self.transfer_stats
+    }
+
+    /// When [`Replica::tick`] (and then [`Replica::process`]) should next be called: the
+    /// core's timers, and the snapshot transfers' (retries, rate limit).
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.halted.is_some() { None } else { self.raft.poll_timeout() }
+        if self.halted.is_some() {
+            return None;
+        }
+        match (self.raft.poll_timeout(), self.transfer_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Advances the core's timers to `now`.
@@ -275,16 +331,22 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
     }
 
-    /// Hands over a message from a peer. A snapshot is checked (it must decode) and staged,
-    /// then offered to the core; anything malformed is dropped.
+    /// Hands over a message from a peer. A snapshot chunk is checked and staged (the answer
+    /// goes out in the next [`Replica::process`]); a complete snapshot is checked (it must
+    /// decode) and offered to the core; anything malformed is dropped.
     pub fn receive(&mut self, now: Instant, msg: WireMessage) {
         if self.halted.is_some() {
             return;
         }
         match msg {
             WireMessage::Raft(m) => self.raft.handle_message(now, m),
+            WireMessage::SnapshotChunk(c) => self.on_chunk(now, c),
+            WireMessage::SnapshotAck(a) => self.on_ack(now, a),
             WireMessage::Snapshot { from, to, term, meta, data } => {
-                if to != self.id() || SnapshotImage::decode(&data).is_none() {
+                if to != self.id()
+                    || data.len() as u64 > self.cfg.snapshot_staging_bytes_max
+                    || SnapshotImage::decode(&data).is_none()
+                {
                     return;
                 }
                 if let Ok(true) = self.raft.install_snapshot(now, from, term, meta.clone()) {
@@ -437,8 +499,9 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
     }
 
-    /// Does everything the core asks for, until it asks for nothing more. See the type's docs
-    /// for the order.
+    /// Does everything the core asks for, until it asks for nothing more (see the type's docs
+    /// for the order), then sends what the snapshot transfers may send now and the answers to
+    /// snapshot chunks received.
     pub fn process(&mut self, now: Instant, net: &mut impl Network) {
         while self.halted.is_none() && self.raft.has_ready() {
             let ready = self.raft.ready();
@@ -497,8 +560,12 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 }
             }
             for s in ready.send_snapshots {
-                self.send_snapshot(now, s, net);
+                self.start_transfer(now, s);
             }
+        }
+        if self.halted.is_none() {
+            self.pump_transfers(now, net);
+            self.finish_turn(net);
         }
     }
 
@@ -508,21 +575,6 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         self.raft.storage_mut().save_snapshot(&meta, &data)?;
         self.raft.snapshot_taken(now, meta);
         Ok(())
-    }
-
-    fn send_snapshot(&mut self, now: Instant, s: quorate_core::SendSnapshot, net: &mut impl Network) {
-        match self.raft.storage().snapshot() {
-            Ok(Some((meta, data))) if meta.last == s.meta.last && data.len() <= self.cfg.snapshot_bytes_max => {
-                net.send(WireMessage::Snapshot {
-                    from: self.id(),
-                    to: s.to,
-                    term: self.raft.term(),
-                    meta: s.meta,
-                    data,
-                });
-            }
-            _ => self.raft.snapshot_send_failed(now, s.to),
-        }
     }
 
     fn restore(&mut self, meta: &SnapshotMeta, data: &Data) {

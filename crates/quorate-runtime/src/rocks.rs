@@ -1,15 +1,21 @@
 //! [`RocksLog`]: the runtime's [`LogStorage`](crate::LogStorage) over quorate-storage's
 //! RocksDB store (cargo feature `rocksdb`).
 
-use crate::storage::LogStorage;
+use crate::storage::{LogStorage, SnapshotHeader, staging_gap};
 use quorate_core::Persist;
 use quorate_log::{Data, Entry, EntryId, InitialState, LogIndex, SnapshotMeta, StorageError, Term};
 use quorate_storage::{PersistBatch, RocksStore, StoreError, StoreOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The largest snapshot [`RocksLog`] reads back into memory.
 pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1 << 30;
+
+/// The directory (in the store's) of the snapshot being received: `data` (the bytes, appended
+/// and fsynced) and `state` (its header and durable length, replaced atomically after each
+/// append; bytes of `data` beyond that length are cut off when the store opens).
+const STAGING_DIR: &str = "runtime-staging";
 
 /// The runtime's storage on a [`RocksStore`]: every batch is one atomic RocksDB write, fsynced
 /// before [`LogStorage::persist`] returns (unless the core marked it as only moving the commit
@@ -18,6 +24,8 @@ pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1 << 30;
 #[derive(Debug)]
 pub struct RocksLog {
     store: RocksStore,
+    staging_dir: PathBuf,
+    staging: Option<(SnapshotHeader, u64)>,
 }
 
 impl RocksLog {
@@ -31,13 +39,25 @@ impl RocksLog {
                 "the store lost synced state ({lost:?}); the runtime cannot recover it yet"
             )));
         }
-        Ok(RocksLog { store })
+        let staging_dir = store.dir().join(STAGING_DIR);
+        let staging = load_staging(&staging_dir)?;
+        Ok(RocksLog { store, staging_dir, staging })
     }
 
     /// The store underneath.
     #[must_use]
     pub fn store(&self) -> &RocksStore {
         &self.store
+    }
+
+    fn write_staging_state(&self, header: &SnapshotHeader, len: u64) -> Result<(), StorageError> {
+        let mut bytes = postcard::to_allocvec(&(header, len)).map_err(|e| io_err("encoding the staging state", e))?;
+        bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+        let tmp = self.staging_dir.join("state.tmp");
+        let mut f = File::create(&tmp).map_err(|e| io_err("writing the staging state", e))?;
+        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| io_err("writing the staging state", e))?;
+        fs::rename(&tmp, self.staging_dir.join("state")).map_err(|e| io_err("replacing the staging state", e))?;
+        fsync_dir(&self.staging_dir)
     }
 
     fn write_snapshot(&self, meta: &SnapshotMeta, data: &Data) -> Result<(), StoreError> {
@@ -94,6 +114,61 @@ impl LogStorage for RocksLog {
         Ok(self.write_snapshot(meta, data)?)
     }
 
+    fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError> {
+        Ok(self.staging.clone())
+    }
+
+    fn begin_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
+        self.abort_staging()?;
+        fs::create_dir_all(&self.staging_dir).map_err(|e| io_err("creating the staging directory", e))?;
+        File::create(self.staging_dir.join("data"))
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err("creating the staging file", e))?;
+        self.write_staging_state(header, 0)?;
+        if let Some(parent) = self.staging_dir.parent() {
+            fsync_dir(parent)?;
+        }
+        self.staging = Some((header.clone(), 0));
+        Ok(())
+    }
+
+    fn append_staging(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError> {
+        let header = match &self.staging {
+            Some((h, at)) if *at == offset => h.clone(),
+            other => return Err(staging_gap(other.as_ref().map(|(_, at)| *at), offset)),
+        };
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(self.staging_dir.join("data"))
+            .map_err(|e| io_err("opening the staging file", e))?;
+        f.write_all(bytes).and_then(|()| f.sync_data()).map_err(|e| io_err("appending to the staging file", e))?;
+        let len = offset + bytes.len() as u64;
+        self.write_staging_state(&header, len)?;
+        self.staging = Some((header, len));
+        Ok(())
+    }
+
+    fn finish_staging(&mut self) -> Result<Data, StorageError> {
+        let Some((_, len)) = self.staging.clone() else {
+            return Err(StorageError::Io("no staging to finish".into()));
+        };
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        File::open(self.staging_dir.join("data"))
+            .and_then(|f| f.take(len).read_to_end(&mut data))
+            .map_err(|e| io_err("reading the staging file", e))?;
+        self.abort_staging()?;
+        Ok(Data::from(data))
+    }
+
+    fn abort_staging(&mut self) -> Result<(), StorageError> {
+        self.staging = None;
+        match fs::remove_dir_all(&self.staging_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing the staging directory", e)),
+        }
+    }
+
     fn snapshot(&self) -> Result<Option<(SnapshotMeta, Data)>, StorageError> {
         // The newest verified file the log agrees with (the recorded compaction point may
         // lag behind the newest snapshot by the core's compaction tail).
@@ -109,5 +184,58 @@ impl LogStorage for RocksLog {
         let mut data = Vec::with_capacity(reader.data_len() as usize);
         reader.read_to_end(&mut data).map_err(|e| StorageError::Io(format!("reading {}: {e}", path.display())))?;
         Ok(Some((meta, Data::from(data))))
+    }
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Io(format!("{what}: {e}"))
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("syncing a directory", e))
+}
+
+/// The staging left by the last run, if it is whole: its state file decodes and checks, and
+/// the data file holds at least the recorded length (anything beyond is cut off). Anything
+/// else is discarded: the leader sends the snapshot again from the start.
+fn load_staging(dir: &Path) -> Result<Option<(SnapshotHeader, u64)>, StoreError> {
+    let state = match fs::read(dir.join("state")) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            discard(dir)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let parsed = state.split_last_chunk::<4>().and_then(|(body, crc)| {
+        if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+            return None;
+        }
+        postcard::from_bytes::<(SnapshotHeader, u64)>(body).ok()
+    });
+    let Some((header, len)) = parsed.filter(|(h, len)| *len <= h.total_len) else {
+        discard(dir)?;
+        return Ok(None);
+    };
+    let data = dir.join("data");
+    match fs::metadata(&data) {
+        Ok(m) if m.len() >= len => {
+            let f = OpenOptions::new().write(true).open(&data)?;
+            f.set_len(len)?;
+            f.sync_all()?;
+            Ok(Some((header, len)))
+        }
+        _ => {
+            discard(dir)?;
+            Ok(None)
+        }
+    }
+}
+
+fn discard(dir: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }

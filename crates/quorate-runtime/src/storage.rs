@@ -2,6 +2,29 @@
 
 use quorate_core::Persist;
 use quorate_log::{Data, EntryId, InitialState, LogIndex, MemLog, SnapshotMeta, StorageError, Term};
+use serde::{Deserialize, Serialize};
+
+/// Identifies one snapshot image in transfer: what it covers, its length and the CRC-32 of
+/// all its bytes. Two images with the same header are the same bytes, so a transfer of one
+/// can resume where a transfer of the other stopped (even from another leader).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SnapshotHeader {
+    /// What the snapshot covers (its `last` entry is the snapshot's id).
+    pub meta: SnapshotMeta,
+    /// Length of the whole image in bytes.
+    pub total_len: u64,
+    /// CRC-32 (IEEE) of the whole image.
+    pub checksum: u32,
+}
+
+impl SnapshotHeader {
+    /// The header of `data`, covering `meta`.
+    #[must_use]
+    pub fn of(meta: SnapshotMeta, data: &[u8]) -> SnapshotHeader {
+        SnapshotHeader { meta, total_len: data.len() as u64, checksum: crc32fast::hash(data) }
+    }
+}
 
 /// The runtime's storage: the Raft log and hard state (read by the core through
 /// [`quorate_log::LogStorage`]) plus the latest snapshot's bytes.
@@ -23,6 +46,33 @@ pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
 
     /// The latest snapshot (taken locally or installed from the leader), if any.
     fn snapshot(&self) -> Result<Option<(SnapshotMeta, Data)>, StorageError>;
+
+    /// The snapshot being received from the leader, if any: its header and how many of its
+    /// bytes are staged durably (a prefix). At most one staging exists at a time; it survives
+    /// a restart, so a transfer resumes from this offset.
+    fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError>;
+
+    /// Discards any staging and starts an empty one for `header`.
+    fn begin_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError>;
+
+    /// Appends `bytes` to the staging at `offset`, which must be the staged length; returns
+    /// once they are durable (the runtime then acknowledges the new length to the leader).
+    fn append_staging(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError>;
+
+    /// Ends a complete staging: returns all its bytes and removes it. The runtime verifies the
+    /// length and checksum against the header before it installs anything.
+    fn finish_staging(&mut self) -> Result<Data, StorageError>;
+
+    /// Discards the staging, if any.
+    fn abort_staging(&mut self) -> Result<(), StorageError>;
+}
+
+/// The staging error for an append that does not continue the staged prefix.
+pub(crate) fn staging_gap(staged: Option<u64>, offset: u64) -> StorageError {
+    match staged {
+        Some(at) => StorageError::Io(format!("staging append at {offset}, but {at} bytes are staged")),
+        None => StorageError::Io(format!("staging append at {offset} without a staging")),
+    }
 }
 
 /// In-memory [`LogStorage`] over [`MemLog`], for tests and simulations.
@@ -33,6 +83,9 @@ pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
 pub struct MemStorage {
     log: MemLog,
     snapshot: Option<(SnapshotMeta, Data)>,
+    /// The snapshot being received and its staged bytes (kept by a crash: appends are
+    /// durable).
+    staging: Option<(SnapshotHeader, Vec<u8>)>,
     /// The commit index as of the last synced batch.
     synced_commit: LogIndex,
 }
@@ -42,7 +95,7 @@ impl MemStorage {
     /// member; a node joining later starts with `Configuration::default()`).
     #[must_use]
     pub fn new(config: quorate_log::Configuration) -> MemStorage {
-        MemStorage { log: MemLog::new(config), snapshot: None, synced_commit: LogIndex::ZERO }
+        MemStorage { log: MemLog::new(config), snapshot: None, staging: None, synced_commit: LogIndex::ZERO }
     }
 
     /// Models a crash: whatever was written without `sync` is lost.
@@ -107,5 +160,34 @@ impl LogStorage for MemStorage {
 
     fn snapshot(&self) -> Result<Option<(SnapshotMeta, Data)>, StorageError> {
         Ok(self.snapshot.clone())
+    }
+
+    fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError> {
+        Ok(self.staging.as_ref().map(|(h, b)| (h.clone(), b.len() as u64)))
+    }
+
+    fn begin_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
+        self.staging = Some((header.clone(), Vec::new()));
+        Ok(())
+    }
+
+    fn append_staging(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError> {
+        match &mut self.staging {
+            Some((_, staged)) if staged.len() as u64 == offset => {
+                staged.extend_from_slice(bytes);
+                Ok(())
+            }
+            other => Err(staging_gap(other.as_ref().map(|(_, b)| b.len() as u64), offset)),
+        }
+    }
+
+    fn finish_staging(&mut self) -> Result<Data, StorageError> {
+        let (_, bytes) = self.staging.take().ok_or_else(|| StorageError::Io("no staging to finish".into()))?;
+        Ok(Data::from(bytes))
+    }
+
+    fn abort_staging(&mut self) -> Result<(), StorageError> {
+        self.staging = None;
+        Ok(())
     }
 }

@@ -86,3 +86,47 @@ fn a_replica_on_rocksdb_restarts_from_its_snapshot_and_log() {
     assert_eq!(out.lock().unwrap().last(), Some(&Ok(7)), "the retry is answered from the cache");
     assert_eq!(r.state_machine().total, 7);
 }
+
+/// The staging of a snapshot in transfer survives a reopen at its durable length (bytes past
+/// it are cut off), is replaced by another image, and its complete bytes come back once.
+#[test]
+fn a_staged_snapshot_survives_a_reopen_and_is_replaced_by_another_image() {
+    use quorate_log::{EntryId, SnapshotMeta, Term};
+    use quorate_runtime::{LogStorage, SnapshotHeader};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let id = NodeId::new(1).expect("non-zero");
+    let open = || {
+        RocksLog::open(dir.path(), StoreOptions::with_bootstrap(Configuration::with_voters([id]).expect("valid")))
+            .expect("opens")
+    };
+    let image: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let meta = SnapshotMeta { last: EntryId::new(Term(2), LogIndex(40)), config: Configuration::default() };
+    let header = SnapshotHeader::of(meta.clone(), &image);
+    let mut s = open();
+    assert_eq!(s.staging(), Ok(None));
+    s.begin_staging(&header).expect("begins");
+    s.append_staging(0, &image[..4_000]).expect("appends");
+    assert!(s.append_staging(5_000, &image[5_000..6_000]).is_err(), "a gap is refused");
+    assert_eq!(s.staging(), Ok(Some((header.clone(), 4_000))));
+    drop(s);
+    // A torn write after the last recorded append: bytes past the durable length.
+    let data = dir.path().join("runtime-staging").join("data");
+    let mut torn = std::fs::read(&data).expect("staged bytes");
+    torn.extend_from_slice(&[0xee; 123]);
+    std::fs::write(&data, torn).expect("writes");
+    let mut s = open();
+    assert_eq!(s.staging(), Ok(Some((header.clone(), 4_000))), "the durable length, after a reopen");
+    s.append_staging(4_000, &image[4_000..]).expect("appends the rest");
+    let whole = s.finish_staging().expect("finishes");
+    assert_eq!(&whole[..], &image[..], "the image, without the torn bytes");
+    assert_eq!(s.staging(), Ok(None));
+    // Another image replaces a staging; abort removes it, also after a reopen.
+    s.begin_staging(&header).expect("begins");
+    s.append_staging(0, &image[..100]).expect("appends");
+    let other = SnapshotHeader::of(SnapshotMeta { last: EntryId::new(Term(3), LogIndex(50)), ..meta }, &image[..500]);
+    s.begin_staging(&other).expect("replaces");
+    assert_eq!(s.staging(), Ok(Some((other, 0))));
+    s.abort_staging().expect("aborts");
+    drop(s);
+    assert_eq!(open().staging(), Ok(None));
+}

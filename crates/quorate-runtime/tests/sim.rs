@@ -2,10 +2,15 @@
 //! a simulated network and virtual time, driven from one seed, with message loss, delay,
 //! duplication and reordering, partitions, and crashes that lose unsynced state. Clients use
 //! exactly-once sessions (retrying the same sequence number on another node after a timeout)
-//! and linearizable reads against a key-value state machine; in half the seeds an operator
-//! adds an empty spare node as a learner, promotes it and removes node 1. The recorded history
-//! is checked with quorate-check's linearizability checker, and replicas that applied the same
-//! index must hold the same state.
+//! and linearizable reads against a key-value state machine. Snapshots travel in chunks of 48
+//! bytes (several per snapshot) with extra chunk loss and duplication, rate limited in a
+//! quarter of the seeds. In half the seeds an operator adds an empty spare node as a learner,
+//! promotes it and removes node 1. The recorded history is checked with quorate-check's
+//! linearizability checker, and replicas that applied the same index must hold the same state.
+//!
+//! The second half of the file is a lab without random faults for the snapshot transfer:
+//! several chunks to a lagging follower, resumption after a partition, a follower restart and
+//! a leader change, the rate limit, and chunks that must be refused.
 //!
 //! Replay one seed: `QUORATE_RUNTIME_SIM_SEED=<seed> cargo nextest run -p quorate-runtime --test sim`.
 //! More seeds: `QUORATE_RUNTIME_SIM_SEEDS=<n>`.
@@ -13,12 +18,12 @@
 use quorate_check::history::{Completion, Operation, ReadCompletion};
 use quorate_check::linearizability::{Limits, check};
 use quorate_core::{Instant, SplitMix64};
-use quorate_log::{Configuration, LogIndex, NodeId};
+use quorate_log::{Configuration, Data, LogIndex, NodeId};
 use quorate_runtime::{
-    ClientId, Committed, ConfChange, Config, Error, MemStorage, ReadLevel, Replica, RestoreError, StateMachine,
-    WireMessage,
+    AckStatus, ClientId, Committed, ConfChange, Config, Error, LogStorage, MemStorage, ReadLevel, Replica,
+    RestoreError, SnapshotChunk, SnapshotHeader, StateMachine, WireMessage,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,6 +101,11 @@ struct SimConfig {
     partition_every_ms: u64,
     /// Membership changes: a spare node joins as a learner, is promoted, node 1 is removed.
     reconfig: bool,
+    /// Extra loss and duplication of snapshot chunks (on top of `loss` and `duplicate`).
+    chunk_loss: f64,
+    chunk_duplicate: f64,
+    /// The snapshot send rate limit of every node.
+    snapshot_rate: Option<u64>,
 }
 
 impl SimConfig {
@@ -114,6 +124,9 @@ impl SimConfig {
             crash_every_ms: 400 + rng.below(1_200),
             partition_every_ms: 500 + rng.below(1_500),
             reconfig: rng.chance(0.5),
+            chunk_loss: [0.0, 0.05, 0.2][rng.below(3) as usize],
+            chunk_duplicate: 0.05,
+            snapshot_rate: if rng.chance(0.25) { Some(2_000 + rng.below(8_000)) } else { None },
         }
     }
 }
@@ -179,7 +192,11 @@ struct Summary {
     answered: usize,
     crashes: u64,
     partitions: u64,
-    snapshots_sent: u64,
+    /// Snapshot chunks with data sent, and of those the ones past an image's first chunk.
+    chunks_sent: u64,
+    chunks_past_first: u64,
+    /// Snapshots installed from chunks.
+    installs: u64,
     conf_changes: u64,
     max_applied: LogIndex,
 }
@@ -204,7 +221,10 @@ struct Sim {
     next_op_id: u64,
     crashes: u64,
     partitions: u64,
-    snapshots_sent: u64,
+    chunks_sent: u64,
+    chunks_past_first: u64,
+    /// Installs counted on replicas that crashed since.
+    installs: u64,
     /// The membership changes still to make (last first), the one in flight (token, give-up
     /// time), and when to try next.
     plan: Vec<ConfChange>,
@@ -213,7 +233,7 @@ struct Sim {
     conf_changes: u64,
 }
 
-fn runtime_config(id: NodeId, seed: u64) -> Config {
+fn runtime_config(id: NodeId, seed: u64, snapshot_rate: Option<u64>) -> Config {
     let mut cfg = Config::new(id);
     cfg.raft.election_timeout_min = Duration::from_millis(150);
     cfg.raft.heartbeat_interval = Duration::from_millis(30);
@@ -221,6 +241,11 @@ fn runtime_config(id: NodeId, seed: u64) -> Config {
     cfg.raft.snapshot_entries_threshold = 25;
     cfg.raft.compaction_tail_entries = 5;
     cfg.raft.snapshot_send_timeout = Duration::from_millis(500);
+    // Snapshots here are a few hundred bytes: tiny chunks make every transfer several.
+    cfg.snapshot_chunk_bytes = 48;
+    cfg.snapshot_window_bytes = 3 * 48;
+    cfg.snapshot_chunk_timeout = Duration::from_millis(100);
+    cfg.snapshot_rate_bytes_per_sec = snapshot_rate;
     cfg
 }
 
@@ -244,7 +269,13 @@ impl Sim {
                     MemStorage::new(conf.clone())
                 };
                 Some(
-                    Replica::new(runtime_config(*id, cfg.seed), storage, Kv::default(), Instant::ZERO).expect("starts"),
+                    Replica::new(
+                        runtime_config(*id, cfg.seed, cfg.snapshot_rate),
+                        storage,
+                        Kv::default(),
+                        Instant::ZERO,
+                    )
+                    .expect("starts"),
                 )
             })
             .collect();
@@ -279,7 +310,9 @@ impl Sim {
             next_op_id: 1,
             crashes: 0,
             partitions: 0,
-            snapshots_sent: 0,
+            chunks_sent: 0,
+            chunks_past_first: 0,
+            installs: 0,
             plan,
             conf_pending: None,
             next_conf: 1_000 * MS,
@@ -322,7 +355,9 @@ impl Sim {
             answered: self.history.iter().filter(|o| o.ret().is_some()).count(),
             crashes: self.crashes,
             partitions: self.partitions,
-            snapshots_sent: self.snapshots_sent,
+            chunks_sent: self.chunks_sent,
+            chunks_past_first: self.chunks_past_first,
+            installs: self.installs + self.nodes.iter().flatten().map(|r| r.transfer_stats().installs).sum::<u64>(),
             conf_changes: self.conf_changes,
             max_applied: by_index.keys().last().copied().unwrap_or(LogIndex::ZERO),
         })
@@ -399,13 +434,23 @@ impl Sim {
     }
 
     fn route(&mut self, msg: WireMessage) {
-        if matches!(msg, WireMessage::Snapshot { .. }) {
-            self.snapshots_sent += 1;
+        let chunk = matches!(msg, WireMessage::SnapshotChunk(_));
+        if let WireMessage::SnapshotChunk(c) = &msg
+            && !c.data.is_empty()
+        {
+            self.chunks_sent += 1;
+            if c.offset > 0 {
+                self.chunks_past_first += 1;
+            }
         }
         if self.faults_on() && self.rng.chance(self.cfg.loss) {
             return;
         }
-        let copies = if self.faults_on() && self.rng.chance(self.cfg.duplicate) { 2 } else { 1 };
+        if chunk && self.faults_on() && self.rng.chance(self.cfg.chunk_loss) {
+            return;
+        }
+        let duplicate = self.rng.chance(self.cfg.duplicate) || (chunk && self.rng.chance(self.cfg.chunk_duplicate));
+        let copies = if self.faults_on() && duplicate { 2 } else { 1 };
         for _ in 0..copies {
             let (lo, hi) = self.cfg.delay_ms;
             let delay = lo * MS + self.rng.below((hi - lo) * MS + 1);
@@ -420,7 +465,7 @@ impl Sim {
         for i in 0..n {
             if self.nodes[i].is_none() && self.restart_at[i] <= self.now {
                 let disk = self.disks[i].take().expect("a crashed node keeps its disk");
-                let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes));
+                let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes), self.cfg.snapshot_rate);
                 self.nodes[i] = Some(Replica::new(cfg, disk, Kv::default(), Instant(self.now)).expect("restarts"));
             }
         }
@@ -438,6 +483,7 @@ impl Sim {
                 // whatever the disk had not synced.
                 let mut disk = r.storage().clone();
                 disk.crash();
+                self.installs += r.transfer_stats().installs;
                 drop(r);
                 self.disks[i] = Some(disk);
                 self.restart_at[i] = self.now + MS * (50 + self.rng.below(600));
@@ -748,7 +794,9 @@ fn runtime_histories_are_linearizable_across_seeds() {
         answered: 0,
         crashes: 0,
         partitions: 0,
-        snapshots_sent: 0,
+        chunks_sent: 0,
+        chunks_past_first: 0,
+        installs: 0,
         conf_changes: 0,
         max_applied: LogIndex::ZERO,
     };
@@ -762,7 +810,9 @@ fn runtime_histories_are_linearizable_across_seeds() {
                 total.answered += s.answered;
                 total.crashes += s.crashes;
                 total.partitions += s.partitions;
-                total.snapshots_sent += s.snapshots_sent;
+                total.chunks_sent += s.chunks_sent;
+                total.chunks_past_first += s.chunks_past_first;
+                total.installs += s.installs;
                 total.conf_changes += s.conf_changes;
                 total.max_applied = total.max_applied.max(s.max_applied);
             }
@@ -775,7 +825,9 @@ fn runtime_histories_are_linearizable_across_seeds() {
     assert!(total.answered >= n * 50, "only {} operations answered over {n} seeds", total.answered);
     if n >= 50 {
         assert!(total.crashes >= n as u64 && total.partitions >= n as u64, "{total:?}");
-        assert!(total.snapshots_sent > 0, "no snapshot was ever sent to a lagging replica: {total:?}");
+        assert!(total.chunks_sent > 0, "no snapshot was ever sent to a lagging replica: {total:?}");
+        assert!(total.chunks_past_first > 0, "no snapshot spanned several chunks: {total:?}");
+        assert!(total.installs > 0, "no snapshot was installed from chunks: {total:?}");
         assert!(total.conf_changes >= n as u64, "membership changes were made: {total:?}");
     }
 }
@@ -789,4 +841,577 @@ fn a_seed_replays_exactly() {
     assert_eq!(a.history, b.history);
     assert!(a.history.iter().filter(|o| o.ret().is_some()).count() > 50, "the clients made progress");
     assert!(a.crashes > 0, "seed 11 crashes a node");
+}
+
+// ---------------------------------------------------------------------------------------
+// Snapshot transfer scenarios: a small deterministic lab (fixed delays, no random faults)
+// in which the test cuts, heals, crashes and corrupts exactly where it wants to.
+// ---------------------------------------------------------------------------------------
+
+/// A state machine whose state is every command's bytes, appended: big snapshots cheaply.
+#[derive(Default, Debug)]
+struct Blob {
+    bytes: Vec<u8>,
+    applied: LogIndex,
+}
+
+impl StateMachine for Blob {
+    type Output = u64;
+
+    fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
+        batch
+            .iter()
+            .map(|c| {
+                self.bytes.extend_from_slice(c.command);
+                self.applied = c.index;
+                self.bytes.len() as u64
+            })
+            .collect()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+
+    fn restore(&mut self, applied: LogIndex, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.bytes = snapshot.to_vec();
+        self.applied = applied;
+        Ok(())
+    }
+
+    fn applied(&self) -> LogIndex {
+        self.applied
+    }
+}
+
+const CHUNK: usize = 1024;
+
+/// A data chunk as it left its sender.
+#[derive(Clone, Debug)]
+struct Sent {
+    at: u64,
+    from: usize,
+    to: usize,
+    chunk: SnapshotChunk,
+}
+
+struct Lab {
+    now: u64,
+    ids: Vec<NodeId>,
+    nodes: Vec<Option<Replica<Blob, MemStorage>>>,
+    disks: Vec<Option<MemStorage>>,
+    cfg: Box<dyn Fn(NodeId) -> Config>,
+    wire: BTreeMap<(u64, u64), WireMessage>,
+    seq: u64,
+    isolated: BTreeSet<usize>,
+    /// Data chunks sent (non-empty).
+    sent: Vec<Sent>,
+    /// Data chunks delivered, per recipient.
+    delivered: BTreeMap<usize, u64>,
+    /// Isolate this node as soon as this many data chunks were delivered to it.
+    cut_after: Option<(usize, u64)>,
+}
+
+fn lab_config(id: NodeId) -> Config {
+    let mut cfg = Config::new(id);
+    cfg.raft.election_timeout_min = Duration::from_millis(150);
+    cfg.raft.heartbeat_interval = Duration::from_millis(30);
+    cfg.raft.seed = 7 + id.get();
+    cfg.raft.snapshot_entries_threshold = 20;
+    cfg.raft.compaction_tail_entries = 5;
+    cfg.raft.snapshot_send_timeout = Duration::from_millis(1_000);
+    cfg.snapshot_chunk_bytes = CHUNK;
+    cfg.snapshot_window_bytes = 4 * CHUNK as u64;
+    cfg.snapshot_chunk_timeout = Duration::from_millis(100);
+    cfg
+}
+
+impl Lab {
+    fn new(n: u64, cfg: impl Fn(NodeId) -> Config + 'static) -> Lab {
+        let ids: Vec<NodeId> = (1..=n).map(|i| NodeId::new(i).expect("non-zero")).collect();
+        let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
+        let nodes = ids
+            .iter()
+            .map(|id| {
+                Some(
+                    Replica::new(cfg(*id), MemStorage::new(conf.clone()), Blob::default(), Instant::ZERO)
+                        .expect("starts"),
+                )
+            })
+            .collect();
+        Lab {
+            now: 0,
+            disks: vec![None; ids.len()],
+            ids,
+            nodes,
+            cfg: Box::new(cfg),
+            wire: BTreeMap::new(),
+            seq: 0,
+            isolated: BTreeSet::new(),
+            sent: Vec::new(),
+            delivered: BTreeMap::new(),
+            cut_after: None,
+        }
+    }
+
+    fn node(&self, i: usize) -> &Replica<Blob, MemStorage> {
+        self.nodes[i].as_ref().expect("running")
+    }
+
+    fn node_mut(&mut self, i: usize) -> &mut Replica<Blob, MemStorage> {
+        self.nodes[i].as_mut().expect("running")
+    }
+
+    fn index(&self, id: NodeId) -> usize {
+        (id.get() - 1) as usize
+    }
+
+    fn step(&mut self) {
+        let mut t = self.now + 10 * MS;
+        if let Some((&(at, _), _)) = self.wire.first_key_value() {
+            t = t.min(at);
+        }
+        for r in self.nodes.iter().flatten() {
+            if let Some(d) = r.next_deadline() {
+                t = t.min(d.0);
+            }
+        }
+        self.now = t.max(self.now + 1_000);
+        let now = Instant(self.now);
+        while let Some(entry) = self.wire.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let msg = entry.remove();
+            let (to, from) = (self.index(msg.to()), self.index(msg.from()));
+            if self.isolated.contains(&to) || self.isolated.contains(&from) {
+                continue;
+            }
+            let data_chunk = matches!(&msg, WireMessage::SnapshotChunk(c) if !c.data.is_empty());
+            if let Some(r) = &mut self.nodes[to] {
+                r.receive(now, msg);
+                if data_chunk {
+                    let n = self.delivered.entry(to).or_default();
+                    *n += 1;
+                    if self.cut_after == Some((to, *n)) {
+                        self.isolated.insert(to);
+                        self.cut_after = None;
+                    }
+                }
+            }
+        }
+        for r in self.nodes.iter_mut().flatten() {
+            r.tick(now);
+        }
+        self.process();
+    }
+
+    fn process(&mut self) {
+        let now = Instant(self.now);
+        for i in 0..self.nodes.len() {
+            let Some(r) = &mut self.nodes[i] else { continue };
+            let mut out: Vec<WireMessage> = Vec::new();
+            r.process(now, &mut out);
+            for msg in out {
+                self.send(msg);
+            }
+        }
+    }
+
+    fn send(&mut self, msg: WireMessage) {
+        if let WireMessage::SnapshotChunk(c) = &msg
+            && !c.data.is_empty()
+        {
+            let (from, to) = (self.index(c.from), self.index(c.to));
+            self.sent.push(Sent { at: self.now, from, to, chunk: c.clone() });
+        }
+        self.seq += 1;
+        self.wire.insert((self.now + 2 * MS, self.seq), msg);
+    }
+
+    fn run_for(&mut self, ms: u64) {
+        let end = self.now + ms * MS;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Runs until `done` holds (checked after every step); false after `ms`.
+    fn run_until(&mut self, ms: u64, done: impl Fn(&Lab) -> bool) -> bool {
+        let end = self.now + ms * MS;
+        while self.now < end {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|i| {
+            !self.isolated.contains(i)
+                && self.nodes[*i].as_ref().is_some_and(|r| r.status().role == quorate_runtime::Role::Leader)
+        })
+    }
+
+    /// Proposes `count` commands of `size` bytes on the leader and runs until it applied them.
+    fn write(&mut self, count: usize, size: usize) {
+        let l = self.leader().expect("a leader");
+        let now = Instant(self.now);
+        for k in 0..count {
+            let byte = (k % 251) as u8;
+            self.node_mut(l).propose(now, vec![byte; size], None, Box::new(|_| {}));
+        }
+        let target = self.node(l).core().last_index();
+        assert!(self.run_until(5_000, |lab| lab.node(l).applied() >= target), "the writes were applied");
+    }
+
+    fn crash(&mut self, i: usize) {
+        let r = self.nodes[i].take().expect("running");
+        let mut disk = r.storage().clone();
+        disk.crash();
+        self.disks[i] = Some(disk);
+    }
+
+    fn restart(&mut self, i: usize) {
+        let disk = self.disks[i].take().expect("crashed");
+        let cfg = (self.cfg)(self.ids[i]);
+        self.nodes[i] = Some(Replica::new(cfg, disk, Blob::default(), Instant(self.now)).expect("restarts"));
+    }
+
+    /// Data chunks sent to `to` from `since` on.
+    fn chunks_to(&self, to: usize, since: u64) -> Vec<&Sent> {
+        self.sent.iter().filter(|s| s.to == to && s.at >= since).collect()
+    }
+}
+
+/// A three-node lab with a leader, one follower (the returned index) cut off while 60
+/// commands of 300 bytes (an 18 KB state, 18 chunks) are written and snapshotted past it.
+fn lagging(cfg: impl Fn(NodeId) -> Config + 'static) -> (Lab, usize, usize) {
+    lagging_in(3, cfg)
+}
+
+/// Like [`lagging`], in a cluster of `n`.
+fn lagging_in(n: u64, cfg: impl Fn(NodeId) -> Config + 'static) -> (Lab, usize, usize) {
+    let mut lab = Lab::new(n, cfg);
+    assert!(lab.run_until(3_000, |lab| lab.leader().is_some()), "a leader is elected");
+    let l = lab.leader().expect("elected");
+    let f = (l + 1) % n as usize;
+    lab.isolated.insert(f);
+    lab.write(60, 300);
+    let floor_past = |lab: &Lab| lab.node(l).status().snapshot_index > lab.node(f).core().last_index();
+    assert!(lab.run_until(2_000, floor_past), "the leader compacted past the follower's log");
+    (lab, l, f)
+}
+
+fn caught_up(lab: &Lab, l: usize, f: usize) -> bool {
+    lab.node(f).applied() >= lab.node(l).applied()
+        && lab.node(f).state_machine().bytes == lab.node(l).state_machine().bytes
+}
+
+#[test]
+fn a_snapshot_of_many_chunks_installs_on_a_lagging_follower() {
+    let (mut lab, l, f) = lagging(lab_config);
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let total = lab.chunks_to(f, healed)[0].chunk.header.total_len;
+    assert!(total > 10 * CHUNK as u64, "the snapshot spans many chunks: {total} bytes");
+    let sent = lab.chunks_to(f, healed);
+    assert_eq!(sent.iter().map(|s| s.chunk.data.len() as u64).sum::<u64>(), total, "each byte sent once");
+    assert!(sent.iter().all(|s| s.chunk.data.len() <= CHUNK));
+    assert_eq!(lab.node(f).transfer_stats().installs, 1);
+    assert_eq!(lab.node(f).storage().staging(), Ok(None), "nothing left staged");
+    assert!(lab.node(f).status().snapshot_index >= lab.chunks_to(f, healed)[0].chunk.header.meta.last.index);
+}
+
+#[test]
+fn a_transfer_cut_by_a_partition_resumes_from_the_acknowledged_offset() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 6));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "six chunks reached the follower");
+    // Longer than the chunk timeout and the core's snapshot send timeout: the leader retries,
+    // then gives the transfer up.
+    lab.run_for(2_500);
+    let (header, staged) = lab.node(f).storage().staging().expect("readable").expect("a staging");
+    assert_eq!(staged, 6 * CHUNK as u64, "the six chunks are staged durably");
+    assert!(lab.node(l).transfer_stats().transfers_failed >= 1, "the stalled transfer was given up");
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let after: Vec<&Sent> = lab.chunks_to(f, healed);
+    let resent: u64 = after.iter().map(|s| s.chunk.data.len() as u64).sum();
+    assert_eq!(after[0].chunk.header, header, "the same image");
+    assert_eq!(after[0].chunk.offset, staged, "the transfer resumed at the acknowledged offset");
+    assert_eq!(resent, header.total_len - staged, "only the rest was sent after the partition");
+    assert!(resent < header.total_len);
+    assert!(lab.node(l).transfer_stats().transfers_resumed >= 1);
+    assert_eq!(lab.node(f).storage().staging(), Ok(None));
+}
+
+#[test]
+fn a_follower_restarted_mid_transfer_resumes_from_its_durable_staging() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 5));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "five chunks reached the follower");
+    lab.crash(f);
+    // Down longer than the core's snapshot send timeout: the leader gives the transfer up,
+    // and the next one asks the restarted follower where it stands.
+    lab.run_for(1_500);
+    lab.restart(f);
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let after = lab.chunks_to(f, healed);
+    assert_eq!(after[0].chunk.offset, 5 * CHUNK as u64, "resumed after the restart");
+    let resent: u64 = after.iter().map(|s| s.chunk.data.len() as u64).sum();
+    assert_eq!(resent, after[0].chunk.header.total_len - 5 * CHUNK as u64);
+}
+
+#[test]
+fn a_transfer_cut_by_a_leader_restart_resumes_from_the_followers_offset() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 4));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "four chunks reached the follower");
+    let (image, staged) = lab_staging(&lab, f).expect("a partial staging");
+    // The sender dies with its transfer state; it comes back from its disk and (handed the
+    // leadership back if another node took it) leads again.
+    lab.crash(l);
+    lab.run_for(300);
+    lab.restart(l);
+    assert!(lab.run_until(5_000, |lab| lab.leader().is_some()), "a leader");
+    let other = lab.leader().expect("a leader");
+    if other != l {
+        assert!(lab.run_until(5_000, |lab| caught_up(lab, other, l)), "the restarted node caught up");
+        let now = Instant(lab.now);
+        let to = lab.ids[l];
+        lab.node_mut(other).transfer_leader(now, to).expect("a transfer starts");
+        assert!(lab.run_until(5_000, |lab| lab.leader() == Some(l)), "the restarted node leads again");
+    }
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "caught up");
+    assert_eq!(lab.leader(), Some(l));
+    let after: Vec<&Sent> = lab.chunks_to(f, healed).into_iter().filter(|s| s.from == l).collect();
+    assert!(after.iter().all(|s| s.chunk.header == image), "the same image");
+    assert_eq!(after[0].chunk.offset, staged, "resumed after the sender's restart");
+    assert_eq!(after.iter().map(|s| s.chunk.data.len() as u64).sum::<u64>(), image.total_len - staged);
+}
+
+#[test]
+fn a_leader_change_mid_transfer_leaves_no_stale_staging_and_the_new_snapshot_installs() {
+    // Five nodes, so that three elect a new leader while the old one and the follower are
+    // cut off, and the new leader snapshots past the old image before the follower returns.
+    let (mut lab, old, f) = lagging_in(5, lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 4));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "four chunks reached the follower");
+    let (stale, staged) = lab_staging(&lab, f).expect("a partial staging");
+    assert_eq!(staged, 4 * CHUNK as u64);
+    lab.isolated.insert(old);
+    assert!(lab.run_until(5_000, |lab| lab.leader().is_some_and(|l| l != old)), "a new leader");
+    let new = lab.leader().expect("elected");
+    lab.write(40, 300);
+    let past = stale.meta.last.index.0 + 30;
+    assert!(
+        lab.run_until(2_000, |lab| lab.node(new).status().snapshot_index.0 > past),
+        "the new leader snapshotted (and compacted) past the old image"
+    );
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, new, f)), "the follower caught up with the new leader");
+    // (The old leader, cut off, retries into the void until it gives up: not counted.)
+    let after: Vec<&Sent> = lab.chunks_to(f, healed).into_iter().filter(|s| s.from == new).collect();
+    let image = after[0].chunk.header.clone();
+    assert!(after.iter().all(|s| s.chunk.header == image), "one image");
+    assert!(image.meta.last.index > stale.meta.last.index, "another image");
+    assert_eq!(after[0].chunk.offset, 0, "sent from the start: nothing of it was staged");
+    assert_eq!(lab.node(f).status().snapshot_index, image.meta.last.index, "the new image is installed");
+    assert_eq!(lab.node(f).transfer_stats().installs, 1);
+    assert_eq!(lab_staging(&lab, f), None, "no stale staging");
+    lab.isolated.remove(&old);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, new, old)), "the old leader caught up");
+    assert_eq!(lab_staging(&lab, old), None);
+}
+
+#[test]
+fn a_new_leader_holding_the_same_image_continues_the_transfer() {
+    // Every node snapshots the same state at the same index: the images are identical, and
+    // the follower's staging of the old leader's transfer is resumed by the new leader.
+    let (mut lab, old, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 4));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "four chunks reached the follower");
+    let (stale, staged) = lab_staging(&lab, f).expect("a partial staging");
+    lab.isolated.insert(old);
+    lab.isolated.remove(&f);
+    let healed = lab.now;
+    assert!(lab.run_until(5_000, |lab| lab.leader().is_some_and(|l| l != old)), "a new leader");
+    let new = lab.leader().expect("elected");
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, new, f)), "the follower caught up");
+    let after: Vec<&Sent> = lab.chunks_to(f, healed).into_iter().filter(|s| s.from == new).collect();
+    assert!(after.iter().all(|s| s.chunk.header == stale), "the same image");
+    assert_eq!(after[0].chunk.offset, staged, "continued at the staged offset");
+    assert_eq!(after.iter().map(|s| s.chunk.data.len() as u64).sum::<u64>(), stale.total_len - staged);
+    assert_eq!(lab_staging(&lab, f), None);
+}
+
+#[test]
+fn the_rate_limit_bounds_snapshot_bytes_per_simulated_second() {
+    const RATE: u64 = 4 * 1024;
+    let (mut lab, l, f) = lagging(|id| {
+        let mut cfg = lab_config(id);
+        // The transfer takes about four seconds, longer than the core's snapshot send
+        // timeout (one second): the core's repeated requests continue the same transfer.
+        cfg.snapshot_rate_bytes_per_sec = Some(RATE);
+        cfg
+    });
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(20_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let sent = lab.chunks_to(f, healed);
+    let total: u64 = sent.iter().map(|s| s.chunk.data.len() as u64).sum();
+    assert!(total > 10 * CHUNK as u64);
+    // Any stretch of sends: at most one chunk's burst plus the rate times its length.
+    for i in 0..sent.len() {
+        let mut bytes = 0u64;
+        for s in &sent[i..] {
+            bytes += s.chunk.data.len() as u64;
+            let allowed = CHUNK as u64
+                + u64::try_from(u128::from(RATE) * u128::from(s.at - sent[i].at) / 1_000_000_000).unwrap_or(u64::MAX);
+            assert!(bytes <= allowed, "{bytes} bytes from {} to {} ns, allowed {allowed}", sent[i].at, s.at);
+        }
+    }
+    let took = sent.last().expect("sent").at - sent[0].at;
+    let least = (total - CHUNK as u64) * 1_000_000_000 / RATE;
+    assert!(took >= least, "{total} bytes in {took} ns, faster than the rate allows ({least} ns)");
+    assert!(took < least + 2_000 * MS, "and not much slower: {took} ns");
+    assert_eq!(lab.node(l).transfer_stats().transfers_started, 1, "one transfer throughout");
+    assert_eq!(lab.node(l).transfer_stats().bytes_resent, 0);
+}
+
+#[test]
+fn corrupt_out_of_order_and_foreign_chunks_are_refused_without_a_panic() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 3));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "three chunks reached the follower");
+    let staged = 3 * CHUNK as u64;
+    let real =
+        lab.chunks_to(f, 0).iter().find(|s| s.chunk.offset == staged).expect("the fourth chunk was sent").chunk.clone();
+    let h = real.header.clone();
+    let other = (0..3).find(|i| *i != l && *i != f).expect("a third node");
+    let now = Instant(lab.now);
+    let (_, image) = lab.node(l).storage().snapshot().expect("readable").expect("the leader's snapshot");
+    assert_eq!(SnapshotHeader::of(h.meta.clone(), &image), h, "the image in transfer");
+    let bytes_at = |_: &Lab, offset: u64| -> Data {
+        let lo = offset as usize;
+        Data::copy_from(&image[lo..(lo + CHUNK).min(image.len())])
+    };
+    // What is sent, and the answer expected (none: dropped).
+    type Case = (&'static str, WireMessage, Option<(u64, AckStatus)>);
+    let mut cases: Vec<Case> = Vec::new();
+    let mut corrupt = real.clone();
+    let mut flipped = corrupt.data.to_vec();
+    flipped[7] ^= 0x40;
+    corrupt.data = Data::from(flipped);
+    cases.push(("a corrupt chunk", WireMessage::SnapshotChunk(corrupt), None));
+    let ahead = SnapshotChunk::new(
+        real.from,
+        real.to,
+        real.term,
+        h.clone(),
+        staged + CHUNK as u64,
+        bytes_at(&lab, staged + CHUNK as u64),
+    );
+    cases.push((
+        "a chunk ahead of the staged offset",
+        WireMessage::SnapshotChunk(ahead),
+        Some((staged, AckStatus::Staging)),
+    ));
+    let dup = SnapshotChunk::new(real.from, real.to, real.term, h.clone(), 0, bytes_at(&lab, 0));
+    cases.push(("a duplicate of the first chunk", WireMessage::SnapshotChunk(dup), Some((staged, AckStatus::Staging))));
+    let mut foreign = real.clone();
+    foreign.from = lab.ids[other];
+    cases.push(("a chunk from a node that does not lead", WireMessage::SnapshotChunk(foreign), None));
+    let mut later = real.clone();
+    later.term = quorate_log::Term(real.term.0 + 1);
+    cases.push(("a chunk of another term", WireMessage::SnapshotChunk(later), None));
+    let mut older = real.clone();
+    older.term = quorate_log::Term(real.term.0 - 1);
+    cases.push(("a chunk of an older term", WireMessage::SnapshotChunk(older), None));
+    let mut misaddressed = real.clone();
+    misaddressed.to = lab.ids[other];
+    cases.push(("a chunk for another node", WireMessage::SnapshotChunk(misaddressed), None));
+    let mut overflow = real.clone();
+    overflow.offset = u64::MAX - 10;
+    cases.push(("an offset that overflows", WireMessage::SnapshotChunk(overflow), None));
+    let mut outside = real.clone();
+    outside.offset = h.total_len;
+    cases.push(("bytes beyond the image", WireMessage::SnapshotChunk(outside), None));
+    let mut liar = real.clone();
+    liar.done = true;
+    cases.push(("a false last-chunk flag", WireMessage::SnapshotChunk(liar), None));
+    let mut huge_header = h.clone();
+    huge_header.total_len = 1 << 40;
+    let huge = SnapshotChunk::new(real.from, real.to, real.term, huge_header, 0, bytes_at(&lab, 0));
+    cases.push(("an image over the staging limit", WireMessage::SnapshotChunk(huge), Some((0, AckStatus::Refused))));
+    let mut foreign_image = h.clone();
+    foreign_image.checksum ^= 1;
+    let stray = SnapshotChunk::new(real.from, real.to, real.term, foreign_image, staged, real.data.clone());
+    cases.push((
+        "a piece of an image not staged here",
+        WireMessage::SnapshotChunk(stray),
+        Some((0, AckStatus::Staging)),
+    ));
+    for (what, msg, answer) in cases {
+        let r = lab.node_mut(f);
+        r.receive(now, msg);
+        let mut out: Vec<WireMessage> = Vec::new();
+        r.process(now, &mut out);
+        let acks: Vec<(u64, AckStatus)> = out
+            .iter()
+            .filter_map(|m| match m {
+                WireMessage::SnapshotAck(a) => Some((a.offset, a.status)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks, answer.into_iter().collect::<Vec<_>>(), "{what}: answer");
+        assert_eq!(lab_staging(&lab, f), Some((h.clone(), staged)), "{what}: the staging is untouched");
+        assert!(lab.node(f).halted().is_none(), "{what}");
+    }
+    assert!(lab.node(f).transfer_stats().chunks_refused >= 10);
+    // The right chunk is still taken.
+    let r = lab.node_mut(f);
+    r.receive(now, WireMessage::SnapshotChunk(real.clone()));
+    let mut out: Vec<WireMessage> = Vec::new();
+    r.process(now, &mut out);
+    assert_eq!(lab_staging(&lab, f), Some((h.clone(), staged + CHUNK as u64)));
+    // Acknowledgements that do not fit the leader's transfer are ignored, without a panic.
+    for (offset, checksum) in [(u64::MAX, h.checksum), (0, h.checksum ^ 1), (h.total_len + 1, h.checksum)] {
+        let mut a = ack_template(&lab, f, l, &h);
+        a.offset = offset;
+        a.checksum = checksum;
+        let r = lab.node_mut(l);
+        r.receive(now, WireMessage::SnapshotAck(a));
+        r.process(now, &mut Vec::new());
+        assert!(r.halted().is_none());
+    }
+    // And the transfer still completes.
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+}
+
+fn lab_staging(lab: &Lab, i: usize) -> Option<(SnapshotHeader, u64)> {
+    lab.node(i).storage().staging().expect("readable")
+}
+
+/// An acknowledgement from `f` to `l` for the image `h`.
+fn ack_template(lab: &Lab, f: usize, l: usize, h: &SnapshotHeader) -> quorate_runtime::SnapshotAck {
+    let term = lab.node(l).status().term;
+    quorate_runtime::SnapshotAck::new(lab.ids[f], lab.ids[l], term, h, 0, AckStatus::Staging)
 }
