@@ -429,8 +429,11 @@ pub struct Anomaly {
     pub cycle: Vec<Step>,
     /// The transactions involved (indexes in the history).
     pub txns: Vec<usize>,
-    /// A readable account of the evidence.
+    /// A readable account of the evidence (for a cycle: its edges, each with its key and
+    /// values).
     pub explanation: String,
+    /// The transactions of the cycle in full (empty for a non-cycle anomaly).
+    pub detail: String,
 }
 
 impl fmt::Display for Anomaly {
@@ -590,10 +593,15 @@ impl<'h> Checker<'h> {
     }
 
     fn report(&mut self, kind: AnomalyKind, txns: Vec<usize>, cycle: Vec<Step>, explanation: String) {
-        let n = self.counts.entry(kind).or_insert(0);
+        self.keep(Anomaly { kind, cycle, txns, explanation, detail: String::new() });
+    }
+
+    /// Counts `a`, and keeps it if fewer than [`ANOMALIES_PER_KIND_MAX`] of its kind are kept.
+    fn keep(&mut self, a: Anomaly) {
+        let n = self.counts.entry(a.kind).or_insert(0);
         *n += 1;
         if *n <= ANOMALIES_PER_KIND_MAX {
-            self.anomalies.push(Anomaly { kind, cycle, txns, explanation });
+            self.anomalies.push(a);
         }
     }
 
@@ -1092,8 +1100,7 @@ impl<'h> Checker<'h> {
                                 cycle.extend(p);
                                 let anomaly = self.explain_cycle(&cycle, first | rest);
                                 if found.insert(anomaly.kind) {
-                                    let Anomaly { kind, cycle, txns, explanation } = anomaly;
-                                    self.report(kind, txns, cycle, explanation);
+                                    self.keep(anomaly);
                                 }
                                 break 'sub;
                             }
@@ -1134,11 +1141,9 @@ impl<'h> Checker<'h> {
             text.push_str(&format!("T{} -{}[{}]-> ", s.from, s.edge.name(), s.why));
         }
         text.push_str(&format!("T{}", cycle[0]));
-        text.push_str(" where ");
         let txns: Vec<usize> = steps.iter().map(|s| s.from).collect();
         let shown: Vec<String> = txns.iter().map(|&i| format!("T{i} = {}", show_txn(&self.h[i]))).collect();
-        text.push_str(&shown.join("; "));
-        Anomaly { kind, cycle: steps, txns, explanation: text }
+        Anomaly { kind, cycle: steps, txns, explanation: text, detail: shown.join("\n") }
     }
 
     /// Why edge `a → b` of kind `e` exists.
