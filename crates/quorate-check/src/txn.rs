@@ -478,6 +478,8 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     /// Anomalies per kind, including those not kept.
     pub counts: BTreeMap<AnomalyKind, usize>,
+    /// When anomalies were found but a limit stopped the search for more: which limit.
+    pub incomplete: Option<String>,
 }
 
 impl Report {
@@ -495,7 +497,9 @@ impl Report {
             Verdict::Anomalies => {
                 let kinds: Vec<String> = self.counts.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
                 let first = self.anomalies.first().map(ToString::to_string).unwrap_or_default();
-                format!("NOT SERIALIZABLE: {} in {figures}; first: {first}", kinds.join(", "))
+                let stopped =
+                    self.incomplete.as_ref().map(|r| format!(" (search stopped early: {r})")).unwrap_or_default();
+                format!("NOT SERIALIZABLE: {} in {figures}{stopped}; first: {first}", kinds.join(", "))
             }
         }
     }
@@ -523,9 +527,15 @@ pub fn check(history: &[Txn]) -> Report {
 #[must_use]
 pub fn check_with(history: &[Txn], limits: Limits) -> Report {
     let mut c = Checker::new(history, limits);
+    let mut incomplete = None;
     let verdict = match c.run() {
         Ok(()) if c.counts.is_empty() => Verdict::Serializable,
         Ok(()) => Verdict::Anomalies,
+        // What was found stands; the rest of the search was not done.
+        Err(TooLarge(reason)) if !c.counts.is_empty() => {
+            incomplete = Some(reason);
+            Verdict::Anomalies
+        }
         Err(TooLarge(reason)) => Verdict::TooLarge { reason },
     };
     Report {
@@ -538,6 +548,7 @@ pub fn check_with(history: &[Txn], limits: Limits) -> Report {
         edges: c.edge_count,
         anomalies: c.anomalies,
         counts: c.counts,
+        incomplete,
     }
 }
 
@@ -951,25 +962,27 @@ impl<'h> Checker<'h> {
     /// the components of two or more nodes are returned.
     fn sccs(&mut self, nodes: &[u32], member: &[bool], mask: u8) -> Result<Vec<Vec<u32>>, TooLarge> {
         const UNSEEN: u32 = u32::MAX;
-        let n = self.adj.len();
-        let mut index = vec![UNSEEN; n];
-        let mut low = vec![0u32; n];
-        let mut on_stack = vec![false; n];
+        // Local numbering: the arrays are as large as `nodes`, not the whole graph.
+        let local: HashMap<u32, usize> = nodes.iter().enumerate().map(|(i, &v)| (v, i)).collect();
+        let at = |v: u32| local.get(&v).copied();
+        let mut index = vec![UNSEEN; nodes.len()];
+        let mut low = vec![0u32; nodes.len()];
+        let mut on_stack = vec![false; nodes.len()];
         let mut stack: Vec<u32> = Vec::new();
         let mut out = Vec::new();
         let mut next = 0u32;
-        for &root in nodes {
-            if index[root as usize] != UNSEEN {
+        for (r, &root) in nodes.iter().enumerate() {
+            if index[r] != UNSEEN {
                 continue;
             }
-            // (node, position in its adjacency)
-            let mut call: Vec<(u32, usize)> = vec![(root, 0)];
-            index[root as usize] = next;
-            low[root as usize] = next;
+            // (node, its local number, position in its adjacency)
+            let mut call: Vec<(u32, usize, usize)> = vec![(root, r, 0)];
+            index[r] = next;
+            low[r] = next;
             next += 1;
             stack.push(root);
-            on_stack[root as usize] = true;
-            while let Some(&(v, pos)) = call.last() {
+            on_stack[r] = true;
+            while let Some(&(v, lv, pos)) = call.last() {
                 let adj = &self.adj[v as usize];
                 let mut i = pos;
                 let mut descend = None;
@@ -979,34 +992,37 @@ impl<'h> Checker<'h> {
                     if m & mask == 0 || !member[w as usize] {
                         continue;
                     }
-                    if index[w as usize] == UNSEEN {
-                        descend = Some(w);
+                    let Some(lw) = at(w) else { continue };
+                    if index[lw] == UNSEEN {
+                        descend = Some((w, lw));
                         break;
-                    } else if on_stack[w as usize] {
-                        low[v as usize] = low[v as usize].min(index[w as usize]);
+                    } else if on_stack[lw] {
+                        low[lv] = low[lv].min(index[lw]);
                     }
                 }
                 if let Some(top) = call.last_mut() {
-                    top.1 = i;
+                    top.2 = i;
                 }
-                if let Some(w) = descend {
-                    index[w as usize] = next;
-                    low[w as usize] = next;
+                if let Some((w, lw)) = descend {
+                    index[lw] = next;
+                    low[lw] = next;
                     next += 1;
                     stack.push(w);
-                    on_stack[w as usize] = true;
-                    call.push((w, 0));
+                    on_stack[lw] = true;
+                    call.push((w, lw, 0));
                     continue;
                 }
                 let steps = adj.len() as u64 + 1;
                 call.pop();
-                if let Some(&(parent, _)) = call.last() {
-                    low[parent as usize] = low[parent as usize].min(low[v as usize]);
+                if let Some(&(_, lp, _)) = call.last() {
+                    low[lp] = low[lp].min(low[lv]);
                 }
-                if low[v as usize] == index[v as usize] {
+                if low[lv] == index[lv] {
                     let mut comp = Vec::new();
                     while let Some(w) = stack.pop() {
-                        on_stack[w as usize] = false;
+                        if let Some(lw) = at(w) {
+                            on_stack[lw] = false;
+                        }
                         comp.push(w);
                         if w == v {
                             break;
@@ -1076,6 +1092,7 @@ impl<'h> Checker<'h> {
             (RT, WW | WR | RW | RT),
         ];
         let mut member = vec![false; self.adj.len()];
+        let mut sub_member = vec![false; self.adj.len()];
         for comp in comps {
             for &v in &comp {
                 member[v as usize] = true;
@@ -1083,31 +1100,20 @@ impl<'h> Checker<'h> {
             let mut found: HashSet<AnomalyKind> = HashSet::new();
             for (first, rest) in SEARCHES {
                 let subs = self.sccs(&comp, &member, first | rest)?;
-                let mut sub_member = vec![false; self.adj.len()];
-                'sub: for sub in subs {
+                for sub in subs {
                     for &v in &sub {
                         sub_member[v as usize] = true;
                     }
-                    for &a in &sub {
-                        let targets: Vec<u32> = self.adj[a as usize]
-                            .iter()
-                            .filter(|&&(b, m)| m & first != 0 && sub_member[b as usize])
-                            .map(|&(b, _)| b)
-                            .collect();
-                        for b in targets {
-                            if let Some(p) = self.path(b, a, &sub_member, rest)? {
-                                let mut cycle = vec![a];
-                                cycle.extend(p);
-                                let anomaly = self.explain_cycle(&cycle, first | rest);
-                                if found.insert(anomaly.kind) {
-                                    self.keep(anomaly);
-                                }
-                                break 'sub;
-                            }
-                        }
-                    }
+                    let cycle = self.cycle_in(&sub, &sub_member, first, rest);
                     for &v in &sub {
                         sub_member[v as usize] = false;
+                    }
+                    if let Some(cycle) = cycle? {
+                        let anomaly = self.explain_cycle(&cycle, first | rest);
+                        if found.insert(anomaly.kind) {
+                            self.keep(anomaly);
+                        }
+                        break;
                     }
                 }
             }
@@ -1116,6 +1122,26 @@ impl<'h> Checker<'h> {
             }
         }
         Ok(())
+    }
+
+    /// A cycle within `sub` (marked in `member`) whose first edge has a kind of `first` and
+    /// the others kinds of `rest`: `[a, b, …, a]`.
+    fn cycle_in(&mut self, sub: &[u32], member: &[bool], first: u8, rest: u8) -> Result<Option<Vec<u32>>, TooLarge> {
+        for &a in sub {
+            let targets: Vec<u32> = self.adj[a as usize]
+                .iter()
+                .filter(|&&(b, m)| m & first != 0 && member[b as usize])
+                .map(|&(b, _)| b)
+                .collect();
+            for b in targets {
+                if let Some(p) = self.path(b, a, member, rest)? {
+                    let mut cycle = vec![a];
+                    cycle.extend(p);
+                    return Ok(Some(cycle));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Names a cycle (`cycle[0] == cycle[last]`) by its edges: each labelled with the first of

@@ -219,6 +219,14 @@ fn limits_give_too_large_not_a_verdict() {
     assert!(rep.summary().starts_with("NOT CHECKED (too large"));
     let tiny = Limits { search_steps_max: 3, ..Limits::default() };
     assert!(matches!(check_with(&h, tiny).verdict, Verdict::TooLarge { .. }));
+    // Anomalies found before the search limit stand, marked incomplete.
+    let mut more = h.clone();
+    more.push(Txn::fail(4, 0, 5, vec![ap("z", 9)]));
+    more.push(Txn::ok(5, 10, 20, vec![r("z", &[9])]));
+    let rep = check_with(&more, tiny);
+    assert_eq!(rep.verdict, Verdict::Anomalies, "{}", rep.summary());
+    assert!(rep.incomplete.is_some() && rep.summary().contains("search stopped early"), "{}", rep.summary());
+    assert_eq!(rep.kinds(), vec![AnomalyKind::G1a]);
     let few_edges = Limits { edges_max: 1, ..Limits::default() };
     assert!(matches!(check_with(&h, few_edges).verdict, Verdict::TooLarge { .. }));
     let few_elements = Limits { elements_max: 5, ..Limits::default() };
