@@ -14,6 +14,9 @@
 //! * [`linearizability`]: a Wing–Gong/Lowe checker for key-value histories, partitioned by
 //!   key, with operations of unknown outcome; [`history`] is the JSON-lines format it reads,
 //!   shared with the real-process fault tests.
+//! * [`txn`]: transactional (list-append) histories and a checker that searches their
+//!   dependency graph (ww, wr, rw, real time) for cycles and names the anomaly (G0, G1a, G1b,
+//!   G1c, G-single, G2 and their real-time variants), after Jepsen's Elle.
 //! * [`kv`]: the simulator's key-value state machine.
 //! * `holes` (cargo feature `reintroduce-holes` only): issue 16's protocol holes switched
 //!   back on in the simulated cores, and the seeds and settings that catch each.
@@ -45,3 +48,4 @@ pub mod kv;
 pub mod linearizability;
 pub mod model;
 pub mod sim;
+pub mod txn;

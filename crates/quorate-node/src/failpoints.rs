@@ -19,6 +19,7 @@
 //! slow_resolve_ms = 3000  # every resolution of a member's address takes this much longer
 //! slow_apply_ms = 50   # the apply thread takes this much longer over every message
 //! slow_read_ms = 2000  # every read the node serves takes this much longer
+//! torn_txn_reads_ms = 20  # TEST-ONLY WEAKENING: read-only transactions read key by key, live
 //! ```
 //!
 //! * **Slow disk**: the delay runs on the group committer's writer thread after each group's
@@ -55,6 +56,12 @@
 //!   loses a synced write would (the durable mark catches the loss at the next start);
 //!   `corrupt_table` flips a byte in the first data block of the newest table file of the
 //!   column family (the state machine's is repaired from the local snapshot when read).
+//! * **Torn transaction reads** (a weakening, not a fault: it breaks a guarantee on purpose,
+//!   as evidence that the transaction checker catches it): a read-only transaction is no longer
+//!   served from one consistent view; each of its gets reads the live state machine, this many
+//!   milliseconds after the previous one, so writes applied in between show in some of its
+//!   results and not in others (read skew: `G-single` in `quorate_check::txn`). Replicas stay
+//!   identical: only what this node answers to reads changes.
 
 use quorate_storage::{RocksStore, WriteFault};
 use serde::Deserialize;
@@ -111,6 +118,9 @@ pub struct Settings {
     pub slow_apply_ms: u64,
     /// Delay of each read served, in milliseconds (0: off).
     pub slow_read_ms: u64,
+    /// Serve read-only transactions key by key from the live state, this many milliseconds
+    /// apart, instead of from one view (0: off). A test-only weakening.
+    pub torn_txn_reads_ms: u64,
 }
 
 impl Default for Settings {
@@ -123,6 +133,7 @@ impl Default for Settings {
             slow_resolve_ms: 0,
             slow_apply_ms: 0,
             slow_read_ms: 0,
+            torn_txn_reads_ms: 0,
             disk_full_store: false,
             fsync_error: String::new(),
             corrupt_wal: 0,
@@ -178,6 +189,7 @@ impl Settings {
             ("slow_resolve_ms", s.slow_resolve_ms),
             ("slow_apply_ms", s.slow_apply_ms),
             ("slow_read_ms", s.slow_read_ms),
+            ("torn_txn_reads_ms", s.torn_txn_reads_ms),
         ] {
             if ms > SLOW_DISK_MS_MAX {
                 return Err(FailpointError::Range {
@@ -233,6 +245,7 @@ struct Inner {
     slow_resolve_ms: AtomicU64,
     slow_apply_ms: AtomicU64,
     slow_read_ms: AtomicU64,
+    torn_txn_reads_ms: AtomicU64,
     clock: Mutex<Clock>,
     disk: Mutex<Disk>,
 }
@@ -274,6 +287,7 @@ impl Failpoints {
                 slow_resolve_ms: AtomicU64::new(0),
                 slow_apply_ms: AtomicU64::new(0),
                 slow_read_ms: AtomicU64::new(0),
+                torn_txn_reads_ms: AtomicU64::new(0),
                 clock: Mutex::new(clock),
                 disk: Mutex::new(Disk::default()),
             }),
@@ -326,6 +340,7 @@ impl Failpoints {
         self.inner.slow_resolve_ms.store(s.slow_resolve_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.slow_apply_ms.store(s.slow_apply_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.slow_read_ms.store(s.slow_read_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
+        self.inner.torn_txn_reads_ms.store(s.torn_txn_reads_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         {
             let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
@@ -422,6 +437,13 @@ impl Failpoints {
         }
     }
 
+    /// The gap between the gets of a torn read-only transaction, if that weakening is on.
+    #[must_use]
+    pub fn torn_txn_reads(&self) -> Option<Duration> {
+        let ms = if self.inner.enabled { self.inner.torn_txn_reads_ms.load(Ordering::Relaxed) } else { 0 };
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// Whether the disk-full fault is on.
     #[must_use]
     pub fn disk_full(&self) -> bool {
@@ -516,9 +538,11 @@ mod tests {
             slow_resolve_ms: 5,
             slow_apply_ms: 5,
             slow_read_ms: 5,
+            torn_txn_reads_ms: 5,
             ..Settings::default()
         });
         assert_eq!(fp.resolve_delay(), None);
+        assert_eq!(fp.torn_txn_reads(), None);
         assert!(!fp.disk_full());
         assert!(!fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), None);
@@ -545,6 +569,8 @@ mod tests {
         let s = Settings::parse("slow_resolve_ms = 3000\nslow_apply_ms = 50\nslow_read_ms = 2000\n", p).unwrap();
         assert_eq!((s.slow_resolve_ms, s.slow_apply_ms, s.slow_read_ms), (3000, 50, 2000));
         assert!(Settings::parse("slow_read_ms = 999999", p).is_err());
+        assert_eq!(Settings::parse("torn_txn_reads_ms = 20", p).unwrap().torn_txn_reads_ms, 20);
+        assert!(Settings::parse("torn_txn_reads_ms = 999999", p).is_err());
         assert!(Settings::parse("slow_resolve_ms = 999999", p).is_err());
         assert_eq!(Settings::parse("", p).unwrap(), Settings::default());
         assert!(Settings::parse("slow_disk = 5", p).unwrap_err().to_string().contains("slow_disk"));

@@ -16,6 +16,7 @@ pub(crate) mod checks;
 mod nemesis;
 pub(crate) mod proxy;
 mod scenarios;
+mod txn;
 mod windows;
 pub(crate) mod workload;
 
@@ -36,14 +37,19 @@ use workload::{ClientFactory, History, KeyChoice, OBSERVER, Principals, Timeouts
 
 pub(crate) const USAGE: &str = "\
 usage: cargo xtask chaos [--nodes 3|5] [--duration SECONDS] [--seed S] [--faults LIST]
-                         [--workload mixed|hot-key] [--reads linearizable|lease] [--clients N] [--keys N]
+                         [--workload mixed|hot-key|txn] [--reads linearizable|lease] [--clients N] [--keys N]
+                         [--txn-clients N] [--txn-slots N]
                          [--principals per-client|shared] [--hold-ms LO-HI] [--target leader|any]
        cargo xtask chaos failover [--kills N] [--seed S]
        cargo xtask chaos regress [NAME]      (names: see docs/chaos.md or `chaos regress list`; none: all)
        cargo xtask chaos ci                  the bounded CI slice: fixed seeds, every fault kind
+       cargo xtask chaos weakened            a run against nodes serving torn read-only transactions
+                                             (a test-only failpoint): passes when the checker objects
        cargo xtask chaos soak [--duration SECONDS] [--seed S]
                                              every fault kind, 5 nodes, long
 faults (comma-separated; default all): kill,pause,partition,reconfig,leader-transfer,disk-full,clock,slow-disk,lost-wal
+workload txn: the mixed workload plus 4 list-append transaction clients (--txn-clients), checked
+for strict serializability (txn-history.jsonl)
 artifacts: $CARGO_TARGET_DIR/chaos/<seed>/ (history.jsonl, nemesis.log, logs/, metrics-*.txt, verdict.txt)";
 
 /// The election settings of every chaos cluster (also recorded with the failover figures).
@@ -81,6 +87,13 @@ pub(crate) struct Options {
     pub(crate) bounds: windows::Bounds,
     /// Artifacts directory name under `chaos/` (default: the seed).
     pub(crate) label: Option<String>,
+    /// List-append transaction clients alongside the KV clients (0: none).
+    pub(crate) txn_clients: u64,
+    /// Keys (slots) the transaction clients share.
+    pub(crate) txn_slots: u64,
+    /// Failpoint settings written to every node before the workload starts (test-only
+    /// weakenings; `None` in every real run).
+    pub(crate) failpoints: Option<&'static str>,
 }
 
 impl Options {
@@ -100,6 +113,9 @@ impl Options {
             leader_first: false,
             bounds: windows::BOUNDS,
             label: None,
+            txn_clients: 0,
+            txn_slots: 6,
+            failpoints: None,
         }
     }
 
@@ -114,6 +130,7 @@ pub(crate) fn chaos(args: &[String]) -> Result<()> {
         Some("regress") => return scenarios::regress(&args[1..]),
         Some("ci") => return scenarios::ci(&args[1..]),
         Some("soak") => return scenarios::soak(&args[1..]),
+        Some("weakened") => return scenarios::weakened(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             return Ok(());
@@ -156,9 +173,15 @@ fn parse(args: &[String]) -> Result<Options> {
                 o.choice = match v {
                     "mixed" => KeyChoice::Mixed,
                     "hot-key" => KeyChoice::HotKey,
-                    _ => bail!("--workload is mixed or hot-key, got `{v}`"),
+                    "txn" => {
+                        o.txn_clients = o.txn_clients.max(4);
+                        KeyChoice::Mixed
+                    }
+                    _ => bail!("--workload is mixed, hot-key or txn, got `{v}`"),
                 }
             }
+            "--txn-clients" => o.txn_clients = parse_num(v, flag)?.clamp(0, 64),
+            "--txn-slots" => o.txn_slots = parse_num(v, flag)?.clamp(1, 1000),
             "--reads" => {
                 o.reads = match v {
                     "linearizable" => ReadConsistency::Linearizable,
@@ -425,7 +448,15 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         o.reads,
         o.principals
     ));
-    let env = Arc::new(Env::create(bin, dir.clone(), o.nodes, spares, raft, &o.principals.certs(o.clients)).await?);
+    let mut principals = o.principals.certs(o.clients);
+    principals.extend((0..o.txn_clients).map(|i| format!("{}:write", txn::principal(i))));
+    let env = Arc::new(Env::create(bin, dir.clone(), o.nodes, spares, raft, &principals).await?);
+    if let Some(text) = o.failpoints {
+        for id in 1..=o.nodes {
+            env.set_failpoints(id, text)?;
+        }
+        println!("failpoints on every node: {}", text.trim().replace('\n', "; "));
+    }
     let admin = env.factory.client(o.seed ^ 0xAD)?;
     let t = Instant::now();
     let (leader, term) = env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
@@ -446,6 +477,10 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     };
     let begin_ns = history.now();
     let clients = tokio::spawn(workload::run_clients(spec, env.factory.clone(), history.clone(), stop.clone()));
+    let txn_spec = txn::TxnSpec { clients: o.txn_clients, slots: o.txn_slots, seed: o.seed };
+    let txns = Arc::new(txn::TxnHistory::new());
+    let txn_clients =
+        tokio::spawn(txn::run_clients(txn_spec, env.factory.clone(), history.clone(), txns.clone(), stop.clone()));
     let ctx = nemesis::Context {
         lease_reads: o.reads == ReadConsistency::Lease,
         hold_ms: o.hold_ms,
@@ -462,6 +497,10 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     let stop_ns = history.now();
     nemesis_task.await.context("the nemesis panicked")??;
     let counts = clients.await.context("the clients panicked")??;
+    let txn_counts = txn_clients.await.context("the transaction clients panicked")??;
+    if o.txn_clients > 0 {
+        println!("transaction workload done: {} ok, {} failed, {} unknown", txn_counts.0, txn_counts.1, txn_counts.2);
+    }
     println!(
         "workload done: {} operations ({} ok, {} failed, {} unknown)",
         history.len(),
@@ -475,6 +514,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     let origin = format!("# history time 0 = {} (node logs are in UTC)\n", history.origin_utc());
     std::fs::write(dir.join("nemesis.log"), origin + &nem.log.join("\n") + "\n")?;
     let report = checks::after_run(&env, &history, o, healed, &nem.members).await;
+    let txn_verdict = if o.txn_clients > 0 { Some(check_txns(&env, o, &history, &txns).await) } else { None };
     observing.store(false, Ordering::Relaxed);
     let samples = observer.await.context("the leader observer panicked")?;
     let ops = history.snapshot();
@@ -490,7 +530,12 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     history.write(&dir.join("history.jsonl"))?;
     env.lock().stop_all();
     let report = report?;
-    let pass = report.pass() && split.is_empty() && faults.pass();
+    let (txn_pass, txn_line) = match &txn_verdict {
+        None => (true, String::new()),
+        Some(Ok((pass, line))) => (*pass, format!("; txn: {line}")),
+        Some(Err(e)) => (false, format!("; txn: NOT CHECKED: {e:#}")),
+    };
+    let pass = report.pass() && split.is_empty() && faults.pass() && txn_pass;
     let safety = if split.is_empty() {
         format!("one leader per term ({} terms observed)", leaders.len())
     } else {
@@ -501,11 +546,12 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         other => format!("{other:?}"),
     };
     let line = format!(
-        "chaos seed={} nodes={} faults={} workload={:?} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown); {}; {safety}; {}",
+        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown); {}; {safety}; {}{txn_line}",
         o.seed,
         o.nodes,
         Fault::names(&o.faults),
         o.choice,
+        if o.txn_clients > 0 { format!("+txn({} clients)", o.txn_clients) } else { String::new() },
         o.principals,
         if pass { "PASS" } else { "FAIL" },
         history.len(),
@@ -516,6 +562,35 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         report.summary()
     );
     Ok(Verdict { pass, line, ops: history.len() })
+}
+
+/// The transaction history's final reads and its check: whether it passed, and the summary.
+async fn check_txns(env: &Env, o: &Options, history: &History, txns: &Arc<txn::TxnHistory>) -> Result<(bool, String)> {
+    let client = env.factory.client_as(workload::CHECKER, &env.factory.members, o.seed ^ 0x7C4E, Timeouts::WORKLOAD)?;
+    let all_read = txn::final_reads(&client, o.txn_clients, history, txns).await;
+    client.close();
+    txns.write(&env.dir.join("txn-history.jsonl"))?;
+    let h = txns.snapshot();
+    let t = Instant::now();
+    let report = tokio::task::spawn_blocking(move || quorate_check::txn::check(&h))
+        .await
+        .context("the transaction checker panicked")?;
+    let took = t.elapsed().as_secs_f64();
+    let mut explained = String::new();
+    for a in &report.anomalies {
+        explained.push_str(&format!("{a}\n"));
+        if !a.detail.is_empty() {
+            explained.push_str(&format!("{}\n", a.detail));
+        }
+        explained.push('\n');
+    }
+    std::fs::write(env.dir.join("txn-anomalies.txt"), &explained)?;
+    println!("transactions: {} (checked in {took:.2}s)", report.summary());
+    let mut line = report.summary();
+    if !all_read {
+        line = format!("FINAL READS FAILED (some keys not read after healing); {line}");
+    }
+    Ok((report.pass() && all_read, line))
 }
 
 /// Status samples kept at most (a bound on memory: ten a second per node for hours).

@@ -75,6 +75,9 @@ pub(crate) fn ci_runs() -> Vec<Options> {
     a.duration = Duration::from_secs(30);
     a.faults = vec![Fault::KILL, Fault::PAUSE, Fault::PARTITION, Fault::RECONFIG, Fault::LEADER_TRANSFER];
     a.label = Some("ci-101".into());
+    // The transaction workload rides along: 4 list-append clients, checked for strict
+    // serializability under kills, pauses, partitions and membership changes.
+    a.txn_clients = 4;
     let mut b = Options::new(202);
     b.duration = Duration::from_secs(25);
     b.faults = vec![Fault::DISK_FULL, Fault::CLOCK, Fault::SLOW_DISK, Fault::KILL, Fault::LOST_WAL];
@@ -91,7 +94,50 @@ pub(crate) fn ci_runs() -> Vec<Options> {
     vec![a, b, c]
 }
 
-/// `cargo xtask chaos ci`: [`ci_runs`] and the `lock-fencing` regression, a few minutes.
+/// The test-only weakening of [`weakened`]: read-only transactions torn key by key.
+const TORN_TXN_READS: &str = "torn_txn_reads_ms = 20\n";
+
+/// The run of [`weakened`]: no fault, only transaction clients' contention (3 shared keys) and
+/// every node serving read-only transactions torn ([`TORN_TXN_READS`]).
+fn weakened_run() -> Options {
+    let mut o = Options::new(2201);
+    o.duration = Duration::from_secs(15);
+    o.faults = Vec::new();
+    o.txn_clients = 4;
+    o.txn_slots = 3;
+    o.failpoints = Some(TORN_TXN_READS);
+    o.label = Some("weakened-torn-txn-reads".into());
+    o
+}
+
+/// The weakened run, judged the other way round: it passes when the transaction checker
+/// reports an anomaly (and fails when the run passes, or fails for another reason only).
+fn weakened_verdict() -> Result<Verdict> {
+    crate::demo::step(
+        "weakened node: read-only transactions torn (failpoint torn_txn_reads_ms); the checker must object",
+    );
+    let v = run(&weakened_run())?;
+    let caught = !v.pass && v.line.contains("txn: NOT SERIALIZABLE");
+    let line = if caught {
+        format!("weakened node caught (expected): {}", v.line)
+    } else {
+        format!("weakened node NOT caught: the transaction checker should have reported an anomaly: {}", v.line)
+    };
+    println!("{line}");
+    Ok(Verdict { pass: caught, line, ops: v.ops })
+}
+
+/// `cargo xtask chaos weakened`: a run against nodes weakened on purpose, which must fail the
+/// transaction check (evidence that the checker catches a real node's anomaly).
+pub(crate) fn weakened(args: &[String]) -> Result<()> {
+    if let Some(a) = args.first() {
+        bail!("`chaos weakened` takes no arguments, got `{a}`");
+    }
+    report(&[weakened_verdict()?])
+}
+
+/// `cargo xtask chaos ci`: [`ci_runs`], the weakened-node run and the `lock-fencing`
+/// regression, a few minutes.
 pub(crate) fn ci(args: &[String]) -> Result<()> {
     if let Some(a) = args.first() {
         bail!("`chaos ci` takes no arguments, got `{a}`");
@@ -100,6 +146,7 @@ pub(crate) fn ci(args: &[String]) -> Result<()> {
     for o in ci_runs() {
         verdicts.push(run(&o)?);
     }
+    verdicts.push(weakened_verdict()?);
     verdicts.push(regression("lock-fencing")?);
     report(&verdicts)
 }

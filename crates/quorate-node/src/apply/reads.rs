@@ -120,7 +120,7 @@ impl<'s> ReadPool<'s> {
             let (queue, failures, failpoints) = (queue.clone(), failures.clone(), failpoints.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("quorate-read-{node}-{n}"))
-                .spawn_scoped(scope, move || work(&queue, gate, &failpoints, &failures));
+                .spawn_scoped(scope, move || work(&queue, store, gate, &failpoints, &failures));
             match spawned {
                 Ok(_) => started += 1,
                 Err(e) => tracing::warn!(error = %e, "cannot start a read worker"),
@@ -157,11 +157,11 @@ impl<'s> ReadPool<'s> {
                 };
                 if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
                     // Every worker is gone (it cannot happen while the pool lives): serve here.
-                    return serve(&job.view, job.read, &self.failpoints).map_err(|(_, e)| e);
+                    return serve(&job.view, self.store, job.read, &self.failpoints).map_err(|(_, e)| e);
                 }
                 Ok(())
             }
-            None => serve(view, read, &self.failpoints).map_err(|(_, e)| e),
+            None => serve(view, self.store, read, &self.failpoints).map_err(|(_, e)| e),
         }
     }
 
@@ -174,7 +174,13 @@ impl<'s> ReadPool<'s> {
 }
 
 /// A worker: serves queued reads until the pool is dropped.
-fn work(queue: &Mutex<Receiver<Job<'_>>>, gate: &InstallGate, failpoints: &Failpoints, failures: &SyncSender<Failure>) {
+fn work(
+    queue: &Mutex<Receiver<Job<'_>>>,
+    store: &RocksStore,
+    gate: &InstallGate,
+    failpoints: &Failpoints,
+    failures: &SyncSender<Failure>,
+) {
     loop {
         let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(Job { view, read }) = next else { return };
@@ -194,7 +200,7 @@ fn work(queue: &Mutex<Receiver<Job<'_>>>, gate: &InstallGate, failpoints: &Failp
             );
             continue;
         }
-        let served = serve(&view, read, failpoints);
+        let served = serve(&view, store, read, failpoints);
         drop(shared);
         if let Err(failure) = served {
             // One report starts a repair; the apply thread drops those of older epochs.
@@ -205,14 +211,21 @@ fn work(queue: &Mutex<Receiver<Job<'_>>>, gate: &InstallGate, failpoints: &Failp
 
 /// Serves one read from `view`: answers it, or answers `Unavailable` and returns the failure
 /// (with the view's epoch) if the state machine failed.
-fn serve(view: &View<'_>, read: WaitingRead, failpoints: &Failpoints) -> Result<(), Failure> {
+fn serve(view: &View<'_>, store: &RocksStore, read: WaitingRead, failpoints: &Failpoints) -> Result<(), Failure> {
     let WaitingRead { req, responder, staleness, deadline } = read;
     if deadline <= Instant::now() {
         responder.send(Err(ApiError::Unavailable("read not served in time; retry".into())), None);
         return Ok(());
     }
     failpoints.before_read();
-    match super::read_one(&view.sm, &req, view.read_info(staleness)) {
+    let served = match (failpoints.torn_txn_reads(), &req) {
+        // The test-only weakening: the transaction's gets read the live state one by one.
+        (Some(gap), super::ReadReq::Txn { .. }) => {
+            super::read_one(&TornReads { store, gap }, &req, view.read_info(staleness))
+        }
+        _ => super::read_one(&view.sm, &req, view.read_info(staleness)),
+    };
+    match served {
         Ok(result) => {
             responder.send(result, None);
             Ok(())
@@ -221,6 +234,31 @@ fn serve(view: &View<'_>, read: WaitingRead, failpoints: &Failpoints) -> Result<
             responder.send(Err(ApiError::Unavailable("the read met a damaged record; retry".into())), None);
             Err((view.epoch, e))
         }
+    }
+}
+
+/// The live state machine, each read `gap` after the previous one: what a read-only
+/// transaction is served from under the `torn_txn_reads_ms` failpoint (a test-only weakening).
+struct TornReads<'a> {
+    store: &'a RocksStore,
+    gap: std::time::Duration,
+}
+
+impl sm::SmRead for TornReads<'_> {
+    fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError> {
+        std::thread::sleep(self.gap);
+        sm::SmRead::sm_get(self.store, key)
+    }
+    fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<quorate_storage::SmPair>, SmError> {
+        sm::SmRead::sm_scan(self.store, from, limit)
+    }
+    fn sm_scan_bounded(
+        &self,
+        from: &[u8],
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<quorate_storage::SmPair>, SmError> {
+        sm::SmRead::sm_scan_bounded(self.store, from, limit, bytes_max)
     }
 }
 
