@@ -17,8 +17,10 @@
 //! reached this node are lost; writes in this node's log that the old cluster never committed
 //! (their clients saw an error or no answer) become committed; if an old member that was
 //! believed lost comes back with the old configuration it can form a second cluster — its
-//! certificate must be revoked or its data removed first. Pick the survivor with the highest
-//! last index (`quorate node force-new-cluster --dry-run` prints it for each candidate).
+//! certificate must be revoked or its data removed first, and so must every survivor that is
+//! not forced. Pick the survivor with the highest last term, then the highest last index
+//! (`quorate node force-new-cluster --dry-run` prints both for each candidate). A store that
+//! lost synced state cannot be forced (its term and vote may be older than what it promised).
 //!
 //! At its next start the node logs the record as an audit event (`op=force_new_cluster`) and
 //! renames it to `force-new-cluster.<time>.logged.json`; a record whose change is missing from
@@ -53,6 +55,10 @@ pub struct Forced {
     pub commit: u64,
     /// The index of the last entry the node held (every entry up to it becomes committed).
     pub last_index: u64,
+    /// The term of that entry: choose the survivor with the highest last term, then the
+    /// highest last index (Raft's "more up to date").
+    #[serde(default)]
+    pub last_term: u64,
     /// The term of the new configuration entry.
     pub new_term: u64,
     /// The index of the new configuration entry (`last_index + 1`).
@@ -98,6 +104,15 @@ pub enum ForceError {
     /// The node id is not valid.
     #[error("node ids start at 1")]
     BadId,
+    /// The store lost synced state (its durable mark is ahead of what it holds).
+    #[error(
+        "this node's store lost synced state and cannot be forced (its term and vote may be older than what it \
+         promised): force another survivor; {0}"
+    )]
+    LostState(String),
+    /// The change is already in the store; only the node's start (which logs it) is missing.
+    #[error("node {0} is already the only voter of this store (forced before): start the node")]
+    AlreadyForced(u64),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ForceError + '_ {
@@ -118,18 +133,40 @@ pub fn force_new_cluster(data_dir: &Path, id: u64, dry_run: bool, now_unix_ms: u
     if !store_dir.join("db").join("CURRENT").exists() {
         return Err(ForceError::NoStore(data_dir.to_path_buf()));
     }
-    let store = RocksStore::open(&store_dir, StoreOptions::default())
-        .map_err(|source| ForceError::Open { path: store_dir.clone(), source })?;
+    let store = RocksStore::open(&store_dir, StoreOptions::default()).map_err(|source| match source {
+        StoreError::LostSyncedState(e) => ForceError::LostState(e.to_string()),
+        source => ForceError::Open { path: store_dir.clone(), source },
+    })?;
     let initial = store.initial_state().map_err(|e| ForceError::Store(e.to_string()))?;
     let old = initial.config;
-    if !old.is_voter(node) && !old.is_learner(node) {
-        return Err(ForceError::NotMember { node: id, config: format!("{old:?}") });
+    let only = Configuration::with_voters([node]).map_err(|e| ForceError::Store(e.to_string()))?;
+    // A record not yet logged by the node: the command ran before. Its change is either in the
+    // store (nothing to do), or missing (it stopped in between), or it was run with another
+    // member's id by mistake: do it (again), keeping what the record says about the old
+    // cluster, whose members it is checked against.
+    let earlier = read_record(data_dir).map_err(ForceError::Store)?;
+    match &earlier {
+        Some(r) if r.node == id && old == only => return Err(ForceError::AlreadyForced(id)),
+        Some(r) if !r.old_voters.contains(&id) && !r.old_learners.contains(&id) => {
+            return Err(ForceError::NotMember {
+                node: id,
+                config: format!(
+                    "voters {:?}, learners {:?}, as recorded in {RECORD_FILE}",
+                    r.old_voters, r.old_learners
+                ),
+            });
+        }
+        Some(_) => {}
+        None if !old.is_voter(node) && !old.is_learner(node) => {
+            return Err(ForceError::NotMember { node: id, config: format!("{old:?}") });
+        }
+        None => {}
     }
     let hs = initial.hard_state;
     let last = store.last_index();
     let last_term = store.term(last).map_err(|e| ForceError::Store(e.to_string()))?;
     let new_term = Term(hs.term.0.max(last_term.0)).next();
-    let forced = Forced {
+    let mut forced = Forced {
         node: id,
         at_unix_ms: now_unix_ms,
         old_voters: ids(&old.voters),
@@ -137,10 +174,15 @@ pub fn force_new_cluster(data_dir: &Path, id: u64, dry_run: bool, now_unix_ms: u
         old_term: hs.term.0,
         commit: hs.commit.0,
         last_index: last.0,
+        last_term: last_term.0,
         new_term: new_term.0,
         config_index: last.next().0,
         dry_run,
     };
+    if let Some(r) = earlier {
+        (forced.at_unix_ms, forced.old_voters, forced.old_learners, forced.old_term) =
+            (r.at_unix_ms, r.old_voters, r.old_learners, r.old_term);
+    }
     if dry_run {
         return Ok(forced);
     }
@@ -175,17 +217,7 @@ fn write_record(data_dir: &Path, forced: &Forced) -> Result<(), ForceError> {
 /// to do) if the record's change is missing from the store or the record is unreadable.
 pub fn pending_record(data_dir: &Path, config: &Configuration) -> Result<Option<Forced>, String> {
     let path = data_dir.join(RECORD_FILE);
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    if meta.len() > RECORD_BYTES_MAX {
-        return Err(format!("{} is {} bytes, not a force-new-cluster record", path.display(), meta.len()));
-    }
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let forced: Forced = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a force-new-cluster record ({e}); inspect it and remove it", path.display()))?;
+    let Some(forced) = read_record(data_dir)? else { return Ok(None) };
     let only = NodeId::new(forced.node).and_then(|n| Configuration::with_voters([n]).ok());
     if only.as_ref() != Some(config) {
         return Err(format!(
@@ -197,6 +229,23 @@ pub fn pending_record(data_dir: &Path, config: &Configuration) -> Result<Option<
         ));
     }
     Ok(Some(forced))
+}
+
+/// The record in `data_dir`, if there is one.
+fn read_record(data_dir: &Path) -> Result<Option<Forced>, String> {
+    let path = data_dir.join(RECORD_FILE);
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    if meta.len() > RECORD_BYTES_MAX {
+        return Err(format!("{} is {} bytes, not a force-new-cluster record", path.display(), meta.len()));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{} is not a force-new-cluster record ({e}); inspect it and remove it", path.display()))
 }
 
 /// Renames the record once its audit event is logged, so that it is logged once.
@@ -235,7 +284,7 @@ mod tests {
 
         let forced = force_new_cluster(tmp.path(), 1, false, 7).unwrap();
         assert_eq!((forced.old_voters.clone(), forced.old_term, forced.commit), (vec![1, 2, 3], 3, 3));
-        assert_eq!((forced.last_index, forced.config_index, forced.new_term), (5, 6, 4));
+        assert_eq!((forced.last_index, forced.last_term, forced.config_index, forced.new_term), (5, 2, 6, 4));
         let store = RocksStore::open(tmp.path().join("store"), StoreOptions::default()).unwrap();
         let initial = store.initial_state().unwrap();
         assert_eq!(initial.config, voters(&[1]));
@@ -281,6 +330,7 @@ mod tests {
             old_term: 3,
             commit: 3,
             last_index: 5,
+            last_term: 2,
             new_term: 4,
             config_index: 6,
             dry_run: false,
@@ -291,5 +341,98 @@ mod tests {
         std::fs::write(tmp.path().join(RECORD_FILE), b"{not json").unwrap();
         let err = pending_record(tmp.path(), &voters(&[1])).unwrap_err();
         assert!(err.contains("not a force-new-cluster record"), "{err}");
+    }
+
+    #[test]
+    fn a_run_stopped_after_its_record_is_finished_by_the_next_which_keeps_the_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        survivor(tmp.path());
+        // The first run wrote its record and stopped before the store write.
+        let first = Forced {
+            node: 1,
+            at_unix_ms: 5,
+            old_voters: vec![1, 2, 3],
+            old_learners: vec![],
+            old_term: 3,
+            commit: 3,
+            last_index: 5,
+            last_term: 2,
+            new_term: 4,
+            config_index: 6,
+            dry_run: false,
+        };
+        write_record(tmp.path(), &first).unwrap();
+        let again = force_new_cluster(tmp.path(), 1, false, 9).unwrap();
+        assert_eq!(again, first, "the record keeps the first run's time and the old cluster");
+        // A third run finds the change made and overwrites nothing.
+        let third = force_new_cluster(tmp.path(), 1, false, 10).unwrap_err();
+        assert!(matches!(third, ForceError::AlreadyForced(1)), "{third}");
+        assert_eq!(read_record(tmp.path()).unwrap(), Some(first));
+    }
+
+    #[test]
+    fn a_survivor_whose_log_is_compacted_to_its_last_entry_is_forced_above_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        survivor(tmp.path());
+        {
+            let store = RocksStore::open(tmp.path().join("store"), StoreOptions::default()).unwrap();
+            store.apply(LogIndex(5), []).unwrap();
+            let meta = quorate_log::SnapshotMeta {
+                last: quorate_log::EntryId::new(Term(2), LogIndex(5)),
+                config: voters(&[1, 2, 3]),
+            };
+            store.write(PersistBatch { compact: Some(meta), ..PersistBatch::default() }).unwrap();
+            assert_eq!(store.last_index(), LogIndex(5));
+            assert_eq!(store.first_index(), LogIndex(6), "the log is empty above the snapshot");
+        }
+        let forced = force_new_cluster(tmp.path(), 1, false, 1).unwrap();
+        assert_eq!((forced.last_index, forced.last_term, forced.config_index, forced.new_term), (5, 2, 6, 4));
+        let store = RocksStore::open(tmp.path().join("store"), StoreOptions::default()).unwrap();
+        assert_eq!(store.initial_state().unwrap().config, voters(&[1]));
+        assert_eq!(store.term(LogIndex(6)).unwrap(), Term(4));
+    }
+}
+
+#[cfg(test)]
+mod wrong_id_tests {
+    use super::*;
+    use quorate_log::LogIndex;
+
+    #[test]
+    fn a_run_with_another_members_id_is_superseded_by_the_right_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(
+            tmp.path().join("store"),
+            StoreOptions::with_bootstrap(
+                Configuration::with_voters([1, 2, 3].map(|i| NodeId::new(i).unwrap())).unwrap(),
+            ),
+        )
+        .unwrap();
+        let e = Entry { index: LogIndex(1), term: Term(1), payload: EntryPayload::Noop };
+        store
+            .write(PersistBatch::append(vec![e]).with_hard_state(HardState {
+                term: Term(1),
+                vote: None,
+                commit: LogIndex(1),
+            }))
+            .unwrap();
+        drop(store);
+        // Node 1's data, forced with --id 2 by mistake: the store now names 2 the only voter.
+        let wrong = force_new_cluster(tmp.path(), 2, false, 5).unwrap();
+        assert_eq!(
+            pending_record(tmp.path(), &Configuration::with_voters([NodeId::new(2).unwrap()]).unwrap()).unwrap(),
+            Some(wrong.clone())
+        );
+        // Only a member of the recorded old cluster can supersede it.
+        assert!(matches!(force_new_cluster(tmp.path(), 9, false, 6), Err(ForceError::NotMember { node: 9, .. })));
+        let right = force_new_cluster(tmp.path(), 1, false, 6).unwrap();
+        assert_eq!(
+            (right.node, right.at_unix_ms, right.old_voters.clone()),
+            (1, 5, vec![1, 2, 3]),
+            "the first record's old cluster"
+        );
+        assert_eq!((right.last_index, right.config_index, right.new_term), (2, 3, 3), "above the wrong run's entry");
+        let only_1 = Configuration::with_voters([NodeId::new(1).unwrap()]).unwrap();
+        assert_eq!(pending_record(tmp.path(), &only_1).unwrap(), Some(right));
     }
 }

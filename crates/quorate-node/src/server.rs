@@ -451,15 +451,22 @@ async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Opti
     tokio::time::timeout(RESOLVE_TIMEOUT, attempt).await.ok().flatten()
 }
 
-/// Removes what a previous run left in the staging directory: only partial transfers live
-/// there (a completed one moves into the store's snapshot directory).
 /// Logs the record of a `quorate node force-new-cluster` run on this data directory as an
 /// audit event, once ([`crate::recover`]); refuses to start if its change is not in the store.
-fn audit_forced_recovery(data_dir: &Path, store: &RocksStore) -> Result<(), ServerError> {
+fn audit_forced_recovery(data_dir: &Path, store: &RocksStore, id: NodeId) -> Result<(), ServerError> {
     let config = store.initial_state().map_err(|e| ServerError::Storage(e.to_string()))?.config;
     let Some(forced) = crate::recover::pending_record(data_dir, &config).map_err(ServerError::Fatal)? else {
         return Ok(());
     };
+    if forced.node != id.get() {
+        return Err(ServerError::Fatal(format!(
+            "{} records a force-new-cluster of node {}, but this is node {id}: the command was run with the wrong \
+             --id. Run `quorate node force-new-cluster --id {id} --i-have-lost-quorum` on this data directory: it \
+             supersedes the wrong run",
+            data_dir.join(crate::recover::RECORD_FILE).display(),
+            forced.node
+        )));
+    }
     tracing::warn!(
         target: AUDIT_TARGET,
         principal = "offline operator",
@@ -471,6 +478,7 @@ fn audit_forced_recovery(data_dir: &Path, store: &RocksStore) -> Result<(), Serv
         old_term = forced.old_term,
         commit = forced.commit,
         last_index = forced.last_index,
+        last_term = forced.last_term,
         term = forced.new_term,
         index = forced.config_index,
         "UNSAFE: this node's cluster was forced to one voter after losing quorum; entries up to last_index become \
@@ -479,6 +487,8 @@ fn audit_forced_recovery(data_dir: &Path, store: &RocksStore) -> Result<(), Serv
     crate::recover::mark_logged(data_dir, &forced).map_err(ServerError::Storage)
 }
 
+/// Removes what a previous run left in the staging directory: only partial transfers live
+/// there (a completed one moves into the store's snapshot directory).
 fn clear_staging(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for ent in entries.flatten() {
@@ -575,7 +585,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     // Repair: an install (or a reinstall) begun and not finished, a damaged state machine.
     crate::apply::repair_at_start(&store, id)?;
     crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
-    audit_forced_recovery(&data_dir, &store)?;
+    audit_forced_recovery(&data_dir, &store, id)?;
     let applied_index = store.applied_index();
     let applied = if applied_index == LogIndex::ZERO {
         EntryId::default()

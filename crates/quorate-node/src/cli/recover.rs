@@ -17,7 +17,8 @@ pub(crate) struct ForceArgs {
     #[arg(long)]
     pub(crate) id: u64,
     /// Print what would be done (the node's last index, commit, term and configuration) and
-    /// change nothing: run it on every survivor and force the one with the highest last index.
+    /// change nothing: run it on every survivor and force the one with the highest last term, then
+    /// the highest last index.
     #[arg(long, conflicts_with = "i_have_lost_quorum")]
     pub(crate) dry_run: bool,
     /// Required to change anything: a majority of the voters is permanently lost, and every
@@ -42,9 +43,17 @@ pub(crate) fn force_new_cluster(args: &ForceArgs, format: Format) -> anyhow::Res
     }
     let verb = if f.dry_run { "would make" } else { "made" };
     println!(
-        "{verb} node {} the only voter (was voters {:?}, learners {:?}, term {}): its log up to index {} (commit was \
-         {}) becomes committed; configuration entry at index {} in term {}.",
-        f.node, f.old_voters, f.old_learners, f.old_term, f.last_index, f.commit, f.config_index, f.new_term
+        "{verb} node {} the only voter (was voters {:?}, learners {:?}, term {}): its log up to index {} (last term \
+         {}; commit was {}) becomes committed; configuration entry at index {} in term {}.",
+        f.node,
+        f.old_voters,
+        f.old_learners,
+        f.old_term,
+        f.last_index,
+        f.last_term,
+        f.commit,
+        f.config_index,
+        f.new_term
     );
     if !f.dry_run {
         println!(
