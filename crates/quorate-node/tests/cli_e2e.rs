@@ -186,8 +186,16 @@ fn cli_against_a_three_node_cluster() {
 
 /// `snapshot save`, then `snapshot status FILE` on it, offline (no endpoints needed).
 fn snapshot_status_of_a_saved_snapshot(env: &Env) {
-    let snap = env.json(&["snapshot", "save"]);
+    // `snapshot save` given only a follower still writes the snapshot on the leader (the
+    // follower redirects), and says which node wrote it.
+    let status = env.json(&["cluster", "status"]);
+    let leader =
+        status["nodes"].as_array().unwrap().iter().find(|n| n["role"] == "leader").unwrap()["id"].as_u64().unwrap();
+    let follower = env.endpoints.split(',').find(|e| !e.starts_with(&format!("{leader}="))).unwrap().to_string();
+    let snap = env.json(&["snapshot", "save", "--endpoints", &follower]);
     let path = snap["path"].as_str().unwrap().to_string();
+    assert_eq!(snap["node"].as_u64(), Some(leader), "{snap}");
+    assert!(path.contains(&format!("node-{leader}/")), "written on the leader, not on the follower asked: {snap}");
     let offline =
         |args: &[&str]| Command::new(BIN).args(args).env("QUORATE_ENDPOINTS", "1=127.0.0.1:1").output().unwrap();
     let out = offline(&["-o", "json", "snapshot", "status", &path]);

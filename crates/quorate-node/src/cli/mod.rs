@@ -308,7 +308,8 @@ pub(crate) enum LeaderCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCmd {
-    /// Write a snapshot of the state machine into the leader's backup directory.
+    /// Write a snapshot of the state machine into the leader's backup directory (a follower
+    /// asked redirects to the leader); prints the path there, the index and the node.
     Save,
     /// Create a NEW cluster member's data directory from a file written by `snapshot save`
     /// (offline, like `etcdutl snapshot restore`); run it for every member, then start them.
