@@ -238,8 +238,10 @@ pub struct TelemetryConfig {
     /// An env-filter directive such as `info,quorate::audit=info`; empty: `RUST_LOG`, else
     /// `info`.
     pub log_filter: String,
-    /// OTLP/HTTP traces URL of a collector (`http://127.0.0.1:4318/v1/traces`); empty (the
-    /// default): no trace export and no connection attempted.
+    /// OTLP/HTTP traces URL of a collector (`http://127.0.0.1:4318/v1/traces`, or `https://`);
+    /// empty (the default): no trace export and no connection attempted, unless the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` variables name
+    /// one (they override this key).
     pub otlp_endpoint: String,
     /// Trace one proposal in this many (by log index; 1, the default: every proposal). Raise
     /// it to cut the export volume of a busy cluster.
@@ -660,10 +662,12 @@ impl NodeConfig {
             return Err(invalid("telemetry.log_format", "must be \"human\" or \"json\""));
         }
         let otlp = &self.telemetry.otlp_endpoint;
-        if !otlp.is_empty() && (!otlp.starts_with("http://") || otlp.len() > ADDRESS_BYTES_MAX) {
+        if !otlp.is_empty()
+            && (!(otlp.starts_with("http://") || otlp.starts_with("https://")) || otlp.len() > ADDRESS_BYTES_MAX)
+        {
             return Err(invalid(
                 "telemetry.otlp_endpoint",
-                "must be an http:// URL such as http://127.0.0.1:4318/v1/traces",
+                "must be an http:// or https:// URL such as http://127.0.0.1:4318/v1/traces",
             ));
         }
         if !(1..=1024).contains(&self.limits.storage_write_buffer_mb) {
@@ -882,6 +886,20 @@ danger_skip_fsync = false
             let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
             c.cluster = good.to_string();
             c.validate().unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_otlp_endpoint_may_be_http_or_https() {
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        for ok in ["", "http://127.0.0.1:4318/v1/traces", "https://otel.example.com:4318/v1/traces"] {
+            c.telemetry.otlp_endpoint = ok.into();
+            c.validate().unwrap();
+        }
+        for bad in ["127.0.0.1:4318", "grpc://otel:4317", "ftp://x/v1/traces"] {
+            c.telemetry.otlp_endpoint = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
         }
     }
 

@@ -64,6 +64,14 @@ pub enum RestoreError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The snapshot file does not verify (`quorate snapshot status`).
+    #[error("the snapshot file {path} does not verify: {detail}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The data directory already holds something.
     #[error(
         "the data directory {0} is not empty; restore into a new directory (a restore creates a new cluster's \
@@ -115,6 +123,63 @@ pub fn verify_file(file: &Path) -> Result<SnapshotMeta, RestoreError> {
         return Err(bad("it is a snapshot of an empty log (index 0); there is nothing to restore".into()));
     }
     Ok(meta)
+}
+
+/// What `quorate snapshot status` reports about a snapshot file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotInfo {
+    /// What the snapshot covers: last index and term, configuration.
+    pub meta: SnapshotMeta,
+    /// Bytes of the whole file.
+    pub file_bytes: u64,
+    /// Bytes of state-machine data in it.
+    pub data_bytes: u64,
+    /// State-machine records (keys, sessions, member addresses, metadata).
+    pub records: u64,
+    /// Client keys among them.
+    pub keys: u64,
+    /// The member addresses recorded in the data (id → address).
+    pub addresses: BTreeMap<u64, String>,
+    /// CRC-32 of the data (the checksum the file's trailer carries, verified).
+    pub data_crc32: u32,
+}
+
+/// Reads a snapshot file offline and verifies it whole — header, metadata and data
+/// checksums, and the record framing — then says what it holds. Never changes the file.
+pub fn inspect(file: &Path) -> Result<SnapshotInfo, RestoreError> {
+    let bad = |detail: String| RestoreError::Damaged { path: file.to_path_buf(), detail };
+    let file_bytes =
+        std::fs::metadata(file).map_err(|source| RestoreError::Io { path: file.to_path_buf(), source })?.len();
+    let reader = SnapshotReader::open(file).map_err(|e| bad(e.to_string()))?;
+    let meta = reader.meta().clone();
+    let data_bytes = reader.data_len();
+    let mut hashing = Crc32Reader { inner: reader, hasher: crc32fast::Hasher::new() };
+    let (mut keys, mut addresses) = (0u64, BTreeMap::new());
+    let records = sm::read_snapshot_data(&mut hashing, |k, v| {
+        if sm::is_kv_key(&k) {
+            keys += 1;
+        } else if let Some((id, addr)) = sm::member_addr_of(&k, &v) {
+            addresses.insert(id, addr);
+        }
+        Ok(())
+    })
+    .map_err(|e| bad(format!("the data: {e}")))?;
+    Ok(SnapshotInfo { meta, file_bytes, data_bytes, records, keys, addresses, data_crc32: hashing.hasher.finalize() })
+}
+
+/// Hashes what passes through.
+struct Crc32Reader<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+}
+
+impl<R: std::io::Read> std::io::Read for Crc32Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 fn members(id: u64, peers: &BTreeMap<u64, String>) -> Result<Configuration, RestoreError> {
@@ -257,5 +322,97 @@ mod tests {
         let store = RocksStore::open(data_dir.join(STORE_DIR), StoreOptions::default()).unwrap();
         assert_eq!(store.applied_index(), LogIndex(42));
         assert_eq!(store.sm_install_pending(), None);
+    }
+
+    /// A snapshot file whose data is `pairs`, framed as the state machine writes them.
+    fn file_of(dir: &Path, pairs: &[(Vec<u8>, Vec<u8>)]) -> (PathBuf, Vec<u8>) {
+        let meta = SnapshotMeta {
+            last: EntryId::new(Term(3), LogIndex(42)),
+            config: Configuration::with_voters([NodeId::new(1).unwrap(), NodeId::new(2).unwrap()]).unwrap(),
+        };
+        let mut data = Vec::new();
+        for (k, v) in pairs {
+            data.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            data.extend_from_slice(k);
+            data.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            data.extend_from_slice(v);
+        }
+        let mut w = quorate_storage::SnapshotWriter::create(dir, meta).unwrap();
+        w.write_all(&data).unwrap();
+        (w.finish().unwrap().path, data)
+    }
+
+    #[test]
+    fn snapshot_status_reports_a_good_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pairs = vec![
+            (b"kuser/a".to_vec(), b"1".to_vec()),
+            (b"kuser/b".to_vec(), b"2".to_vec()),
+            sm::member_addr_record(NodeId::new(1).unwrap(), "10.0.0.1:7001"),
+            sm::member_addr_record(NodeId::new(2).unwrap(), "n2.example:7001"),
+            (b"m/revision".to_vec(), 9u64.to_le_bytes().to_vec()),
+        ];
+        let (file, data) = file_of(tmp.path(), &pairs);
+        let info = inspect(&file).unwrap();
+        assert_eq!(info.meta.last, EntryId::new(Term(3), LogIndex(42)));
+        assert_eq!(info.meta.config.voters.len(), 2);
+        assert_eq!((info.records, info.keys), (5, 2));
+        assert_eq!(info.addresses.get(&2).map(String::as_str), Some("n2.example:7001"));
+        assert_eq!(info.data_bytes, data.len() as u64);
+        assert_eq!(info.file_bytes, std::fs::metadata(&file).unwrap().len());
+        assert_eq!(info.data_crc32, crc32fast::hash(&data), "the hash is the CRC-32 of the data");
+        // An empty state machine is a valid snapshot too.
+        let empty = tempfile::tempdir().unwrap();
+        let (file, _) = file_of(empty.path(), &[]);
+        let info = inspect(&file).unwrap();
+        assert_eq!((info.records, info.keys, info.data_crc32), (0, 0, crc32fast::hash(&[])));
+    }
+
+    #[test]
+    fn snapshot_status_refuses_truncated_corrupt_and_foreign_files_without_panicking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pairs = vec![(b"kkey".to_vec(), b"value".to_vec()), (b"kother".to_vec(), vec![0xff; 40])];
+        let (file, _) = file_of(tmp.path(), &pairs);
+        let good = std::fs::read(&file).unwrap();
+        let crafted = tmp.path().join("crafted.qsnap");
+        // Every truncation, the empty file included.
+        for len in 0..good.len() {
+            std::fs::write(&crafted, &good[..len]).unwrap();
+            let e = inspect(&crafted).expect_err("a truncated file verifies");
+            assert!(matches!(e, RestoreError::Damaged { .. }), "truncated to {len}: {e}");
+        }
+        // Every single-bit flip: header, metadata, data and trailer are all checked.
+        for at in 0..good.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bytes = good.clone();
+                bytes[at] ^= bit;
+                std::fs::write(&crafted, &bytes).unwrap();
+                let e = inspect(&crafted).expect_err("a corrupt file verifies");
+                assert!(e.to_string().contains("does not verify"), "byte {at} ^ {bit:#x}: {e}");
+            }
+        }
+        // Bytes appended after the trailer.
+        let mut longer = good.clone();
+        longer.extend_from_slice(b"junk");
+        std::fs::write(&crafted, &longer).unwrap();
+        assert!(inspect(&crafted).is_err());
+        // Not a snapshot at all.
+        std::fs::write(&crafted, b"SQLite format 3\0 and then some more bytes than a header").unwrap();
+        let e = inspect(&crafted).unwrap_err().to_string();
+        assert!(e.contains("does not verify"), "{e}");
+        // Checksums right but the records' framing wrong: a key length past the data.
+        let framing = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta {
+            last: EntryId::new(Term(1), LogIndex(5)),
+            config: Configuration::with_voters([NodeId::new(1).unwrap()]).unwrap(),
+        };
+        let mut w = quorate_storage::SnapshotWriter::create(framing.path(), meta).unwrap();
+        w.write_all(&[4, 0, 0, 0, b'k', b'a']).unwrap();
+        let path = w.finish().unwrap().path;
+        let e = inspect(&path).unwrap_err().to_string();
+        assert!(e.contains("does not verify") && e.contains("the data"), "{e}");
+        // Missing file and a directory.
+        assert!(matches!(inspect(&tmp.path().join("missing")), Err(RestoreError::Io { .. })));
+        assert!(inspect(tmp.path()).is_err());
     }
 }

@@ -1566,6 +1566,13 @@ impl Driver {
                 responder.send(result, at);
                 Ok(())
             }
+            // Only the leader writes a backup: a follower's state machine may lag, and the
+            // operator asked "the cluster", so a follower answers NotLeader and the client
+            // follows the hint (issue 21).
+            Request::SnapshotSave if self.raft.role() != Role::Leader => {
+                responder.send(Err(self.leader_hint()), None);
+                Ok(())
+            }
             Request::SnapshotSave => {
                 let config = self.raft.configuration().clone();
                 self.apply_backlog.push(&self.apply_tx, ApplyMsg::Backup { config, responder }).await

@@ -1395,6 +1395,23 @@ pub fn is_member_addr_key(key: &[u8]) -> bool {
     key.len() == 9 && key[0] == ADDR
 }
 
+/// Whether a state-machine key is a client key-value pair (what `kv scan` sees), as opposed
+/// to sessions, member addresses and metadata.
+#[must_use]
+pub fn is_kv_key(key: &[u8]) -> bool {
+    key.first() == Some(&KV)
+}
+
+/// The member id and address of a member address record, if `(key, value)` is one.
+#[must_use]
+pub fn member_addr_of(key: &[u8], value: &[u8]) -> Option<(u64, String)> {
+    if !is_member_addr_key(key) {
+        return None;
+    }
+    let id = u64::from_be_bytes(key[1..].try_into().ok()?);
+    Some((id, String::from_utf8_lossy(value).into_owned()))
+}
+
 /// Streams every state-machine pair into `out` (`u32 LE key length | key | u32 LE value
 /// length | value`, repeated). Returns the number of pairs.
 pub fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> Result<u64, SmError> {

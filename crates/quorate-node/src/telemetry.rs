@@ -624,11 +624,19 @@ pub(crate) fn init_tracing(config: &crate::config::NodeConfig) -> Result<quorate
     use quorate_telemetry::{LogFormat, OtlpConfig, TelemetryError, TracingConfig};
     let t = &config.telemetry;
     let format: LogFormat = t.log_format.parse()?;
-    let otlp = (!t.otlp_endpoint.is_empty()).then(|| OtlpConfig {
-        endpoint: t.otlp_endpoint.clone(),
-        service_name: format!("quorate-node-{}", config.id),
-        timeout: Duration::from_secs(5),
-    });
+    // One `service.name` for every node (`quorate` unless OTEL_SERVICE_NAME says otherwise),
+    // the node id as `service.instance.id`; the standard OTEL_* variables override the
+    // configured endpoint (docs/operations.md, "Logs, traces and audit").
+    let otlp = OtlpConfig::from_env(&t.otlp_endpoint, "", |k| std::env::var(k).ok()).map_err(|e| e.to_string())?.map(
+        |mut o| {
+            o.service_instance_id = Some(config.id.to_string());
+            o.service_version = Some(crate::VERSION.to_string());
+            if !o.resource_attributes.iter().any(|(k, _)| k == "quorate.cluster") {
+                o.resource_attributes.push(("quorate.cluster".into(), config.cluster.clone()));
+            }
+            o
+        },
+    );
     let filter = (!t.log_filter.is_empty()).then(|| t.log_filter.clone());
     match quorate_telemetry::init_tracing(&TracingConfig { format, filter, otlp }) {
         Ok(g) => Ok(g),

@@ -115,7 +115,7 @@ fn cli_against_a_three_node_cluster() {
     let tmp = tempfile::tempdir().unwrap();
     let env = dev_cluster(tmp.path(), free_base_port());
     let dir = env.dir.clone();
-    let _nodes = start(&dir);
+    let mut nodes = start(&dir);
     // The first write waits for an election (the client retries within its timeout).
     first_write(&env);
     assert_eq!(env.ok(&["kv", "get", "greeting"]), "hello\n");
@@ -179,6 +179,97 @@ fn cli_against_a_three_node_cluster() {
         .unwrap();
     assert_eq!(reader.status.code(), Some(6), "refused for the role exits 6");
     assert!(String::from_utf8_lossy(&reader.stderr).contains("role"), "{}", String::from_utf8_lossy(&reader.stderr));
+
+    snapshot_status_of_a_saved_snapshot(&env);
+    endpoint_health_over_every_member(&env, &mut nodes);
+}
+
+/// `snapshot save`, then `snapshot status FILE` on it, offline (no endpoints needed).
+fn snapshot_status_of_a_saved_snapshot(env: &Env) {
+    // `snapshot save` given only a follower still writes the snapshot on the leader (the
+    // follower redirects), and says which node wrote it.
+    let status = env.json(&["cluster", "status"]);
+    let leader =
+        status["nodes"].as_array().unwrap().iter().find(|n| n["role"] == "leader").unwrap()["id"].as_u64().unwrap();
+    let follower = env.endpoints.split(',').find(|e| !e.starts_with(&format!("{leader}="))).unwrap().to_string();
+    let snap = env.json(&["snapshot", "save", "--endpoints", &follower]);
+    let path = snap["path"].as_str().unwrap().to_string();
+    assert_eq!(snap["node"].as_u64(), Some(leader), "{snap}");
+    assert!(path.contains(&format!("node-{leader}/")), "written on the leader, not on the follower asked: {snap}");
+    let offline =
+        |args: &[&str]| Command::new(BIN).args(args).env("QUORATE_ENDPOINTS", "1=127.0.0.1:1").output().unwrap();
+    let out = offline(&["-o", "json", "snapshot", "status", &path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["index"], snap["index"], "{st}");
+    assert!(st["term"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(st["members"]["voters"], serde_json::json!([1, 2, 3]), "{st}");
+    assert!(st["keys"].as_u64().unwrap() >= 3 && st["records"].as_u64() >= st["keys"].as_u64(), "{st}");
+    assert_eq!(st["file_bytes"].as_u64(), Some(std::fs::metadata(&path).unwrap().len()), "{st}");
+    assert!(st["hash"].as_str().unwrap().starts_with("crc32:") && st["verified"] == true, "{st}");
+    let out = offline(&["snapshot", "status", &path]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("MEMBERS   voters=1,2,3"), "{text}");
+    assert!(text.lines().any(|l| l == format!("INDEX     {}", snap["index"])), "{text}");
+    // A copy cut short: exit 1, said plainly, nothing on standard output.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = env.dir.join("cut.qsnap");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = offline(&["snapshot", "status", &cut.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not verify"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `endpoint health` asks every member, also those --endpoints does not list; a stopped
+/// member makes it exit 1 and is named.
+fn endpoint_health_over_every_member(env: &Env, nodes: &mut Nodes) {
+    let table = env.ok(&["endpoint", "health"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID  ADDRESS") && lines[0].contains("HEALTHY"), "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(lines[1..].iter().all(|l| l.split_whitespace().nth(2) == Some("true")), "{table}");
+    // Only node 1 given: the members come from the cluster.
+    let first = env.endpoints.split(',').next().unwrap().to_string();
+    let j = env.json(&["endpoint", "health", "--endpoints", &first]);
+    assert_eq!(j["healthy"], true, "{j}");
+    let members = j["members"].as_array().unwrap();
+    assert_eq!(members.iter().map(|m| m["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3], "{j}");
+    let leaders: std::collections::BTreeSet<u64> = members.iter().map(|m| m["leader"].as_u64().unwrap()).collect();
+    assert_eq!(leaders.len(), 1, "one leader known by all: {j}");
+    assert!(members.iter().all(|m| m["refusing_writes"] == false && m["took_ms"].is_u64()), "{j}");
+
+    // Stop a follower: exit 1, that member unhealthy (unreachable), the others healthy.
+    let leader = *leaders.iter().next().unwrap();
+    let down = (1..=3u64).find(|id| *id != leader).unwrap();
+    let child = &mut nodes.0[(down - 1) as usize];
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = env.cli(&["-o", "json", "endpoint", "health", "--timeout", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["healthy"], false, "{j}");
+    for m in j["members"].as_array().unwrap() {
+        let id = m["id"].as_u64().unwrap();
+        if id == down {
+            assert_eq!(m["healthy"], false, "{j}");
+            assert!(m["error"].as_str().unwrap().starts_with("unreachable"), "{j}");
+        } else {
+            assert_eq!(m["healthy"], true, "{j}");
+        }
+    }
+    let out = env.cli(&["endpoint", "health", "--timeout", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("node {down} at ")) && text.contains("unreachable"), "{text}");
+    // Nobody answers: exit 5.
+    let dead = free_ports(1);
+    let out = env.cli(&["endpoint", "health", "--endpoints", &format!("1=127.0.0.1:{dead}"), "--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `-o json` on the data commands, the exit codes of a script's view, values from a file and

@@ -5,6 +5,10 @@
 //! times, election reasons, audit events of writes in the JSON log, `quorate top --once`, and
 //! `/readyz` flipping when there is no leader.
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use prost::Message as _;
 use quorate_telemetry::http::get_blocking;
 use quorate_telemetry::names as n;
 use std::net::{SocketAddr, TcpListener};
@@ -101,6 +105,8 @@ fn start(dir: &Path, metrics: &[SocketAddr]) -> Nodes {
             .args(["node", "start", "--config"])
             .arg(dir.join(format!("node-{id}.toml")))
             .env("QUORATE_METRICS_LISTEN", metrics[(id - 1) as usize].to_string())
+            // A standard OpenTelemetry variable, honoured by the trace export.
+            .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -148,6 +154,46 @@ fn fake_collector(max: usize) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>
         }
     });
     (addr, rx)
+}
+
+/// The string resource attributes of one `ResourceSpans`.
+fn resource_attributes(rs: &ResourceSpans) -> std::collections::BTreeMap<String, String> {
+    rs.resource
+        .iter()
+        .flat_map(|r| &r.attributes)
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Decodes every export request received so far and checks its resource: every node
+/// exports under one service name, `quorate`, with its node id as `service.instance.id`, its
+/// version and its cluster. Adds the instance id of each request carrying a `proposal` span.
+fn drain_proposal_instances(
+    spans: &std::sync::mpsc::Receiver<Vec<u8>>,
+    instances: &mut std::collections::BTreeSet<String>,
+) {
+    while let Ok(body) = spans.try_recv() {
+        let Some(end) = body.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        assert!(body.starts_with(b"POST /v1/traces "), "{}", String::from_utf8_lossy(&body[..end]));
+        let req = ExportTraceServiceRequest::decode(&body[end + 4..]).expect("a protobuf export request");
+        for rs in &req.resource_spans {
+            let attrs = resource_attributes(rs);
+            assert_eq!(attrs.get("service.name").map(String::as_str), Some("quorate"), "{attrs:?}");
+            assert_eq!(attrs.get("service.version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")), "{attrs:?}");
+            assert_eq!(attrs.get("quorate.cluster").map(String::as_str), Some("tele"), "{attrs:?}");
+            assert_eq!(attrs.get("deployment.environment").map(String::as_str), Some("ci"), "{attrs:?}");
+            let id = attrs.get("service.instance.id").cloned().expect("an instance id");
+            assert!(["1", "2", "3"].contains(&id.as_str()), "{attrs:?}");
+            if let Some(p) = rs.scope_spans.iter().flat_map(|s| &s.spans).find(|s| s.name == "proposal") {
+                let keys: Vec<&str> = p.attributes.iter().map(|kv| kv.key.as_str()).collect();
+                assert!(keys.contains(&"term") && keys.contains(&"index"), "{keys:?}");
+                instances.insert(id);
+            }
+        }
+    }
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `limit` with `what`.
@@ -278,13 +324,13 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     let k0 = audit.iter().find(|l| l.contains("\"key\":\"k0\"")).expect("the audit event of k0");
     assert!(k0.contains("\"result\":\"ok\"") && !k0.contains("\"index\":0,") && k0.contains("\"principal\""), "{k0}");
 
-    // The proposals' spans reach the collector (the batch exporter sends every few seconds):
-    // span name and the term and index attributes travel as raw strings in the protobuf.
-    let has = |b: &[u8], s: &[u8]| b.windows(s.len()).any(|w| w == s);
-    eventually(Duration::from_secs(20), "a proposal span at the collector", || {
-        let body = spans.try_recv().ok()?;
-        (has(&body, b"POST /v1/traces ") && has(&body, b"proposal") && has(&body, b"index") && has(&body, b"term"))
-            .then_some(())
+    // The proposals' spans reach the collector (the batch exporter sends every few seconds),
+    // decoded with the exporter's protobuf types: every node exports under one service name,
+    // `quorate`, with its node id as `service.instance.id`.
+    let mut instances = std::collections::BTreeSet::new();
+    eventually(Duration::from_secs(30), "the leader's proposal spans at the collector", || {
+        drain_proposal_instances(&spans, &mut instances);
+        instances.contains(&leader.to_string()).then_some(())
     });
 
     // Finalize (cluster version 2): from now on the nodes send each other their hash samples.
@@ -409,6 +455,15 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
         (m.role() == "leader" && m.value(&transfer).is_some_and(|v| v >= 1.0)).then_some(())
     });
     let leader = target;
+    // The new leader's proposals are traced under the same service name, with its own id.
+    for i in 0..3 {
+        env.ok(&["kv", "put", &format!("after-transfer-{i}"), "v"]);
+    }
+    eventually(Duration::from_secs(30), "the new leader's proposal spans at the collector", || {
+        drain_proposal_instances(&spans, &mut instances);
+        instances.contains(&leader.to_string()).then_some(())
+    });
+    assert!(instances.len() >= 2, "two nodes' spans, told apart by service.instance.id: {instances:?}");
 
     // Without a quorum there is no leader: the survivor's /readyz fails with the reason. (Its
     // term stays: with pre-vote, a node that cannot win does not start a real election.)

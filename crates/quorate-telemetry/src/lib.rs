@@ -36,6 +36,7 @@ pub mod http;
 pub mod names;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod otlp_env;
 pub mod process;
 mod registry;
 
@@ -100,15 +101,128 @@ impl std::fmt::Display for LogFormat {
 }
 
 /// Where and how to export traces over OTLP/HTTP (protobuf).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Build it with [`OtlpConfig::new`] or, honouring the standard `OTEL_*` environment
+/// variables, with [`OtlpConfig::from_env`]; then set the fields the caller knows (the node
+/// sets [`service_instance_id`](Self::service_instance_id) to its node id).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct OtlpConfig {
-    /// The collector's traces URL, `http://host:port/v1/traces` (plain HTTP: run the
-    /// collector beside the node, on loopback).
+    /// The collector's traces URL, `http://host:port/v1/traces` or `https://...` (TLS 1.3,
+    /// with rustls).
     pub endpoint: String,
-    /// The `service.name` resource attribute.
+    /// The `service.name` resource attribute: one name for every node of a deployment
+    /// ([`SERVICE_NAME_DEFAULT`] unless configured), so a trace backend shows one service
+    /// with one instance per node.
     pub service_name: String,
+    /// The `service.instance.id` resource attribute (the node id), if known.
+    pub service_instance_id: Option<String>,
+    /// The `service.version` resource attribute, if known.
+    pub service_version: Option<String>,
+    /// Further resource attributes (from `OTEL_RESOURCE_ATTRIBUTES`); the three above win
+    /// over a key given here too.
+    pub resource_attributes: Vec<(String, String)>,
+    /// Extra request headers (from `OTEL_EXPORTER_OTLP_HEADERS`), such as an API key.
+    pub headers: Vec<(String, String)>,
+    /// Which traces are kept.
+    pub sampler: TraceSampler,
+    /// The PEM certificates trusted for an `https://` collector; `None`: the system's bundle
+    /// (`SSL_CERT_FILE`, else the usual distribution paths).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM) for a collector that asks for one.
+    pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Time allowed for one export request.
     pub timeout: std::time::Duration,
+}
+
+/// The `service.name` every Quorate node exports under unless configured otherwise.
+pub const SERVICE_NAME_DEFAULT: &str = "quorate";
+
+/// The export timeout when none is configured.
+pub const OTLP_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Which traces are kept (the standard `OTEL_TRACES_SAMPLER` values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum TraceSampler {
+    /// Every trace (`always_on`).
+    AlwaysOn,
+    /// No trace (`always_off`).
+    AlwaysOff,
+    /// This fraction of traces, by trace id (`traceidratio`).
+    Ratio(f64),
+    /// A child follows its parent's decision; a root follows the inner sampler
+    /// (`parentbased_always_on`, the default, `parentbased_always_off`,
+    /// `parentbased_traceidratio`).
+    ParentBased(ParentRoot),
+}
+
+/// The decision for a root span under [`TraceSampler::ParentBased`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum ParentRoot {
+    /// Keep every root.
+    #[default]
+    AlwaysOn,
+    /// Keep no root.
+    AlwaysOff,
+    /// Keep this fraction of roots.
+    Ratio(f64),
+}
+
+impl Default for TraceSampler {
+    fn default() -> TraceSampler {
+        TraceSampler::ParentBased(ParentRoot::AlwaysOn)
+    }
+}
+
+impl OtlpConfig {
+    /// An export to `endpoint` under [`SERVICE_NAME_DEFAULT`], with no instance id, every
+    /// trace kept, the system's trust roots and [`OTLP_TIMEOUT_DEFAULT`].
+    pub fn new(endpoint: impl Into<String>) -> OtlpConfig {
+        OtlpConfig {
+            endpoint: endpoint.into(),
+            service_name: SERVICE_NAME_DEFAULT.into(),
+            service_instance_id: None,
+            service_version: None,
+            resource_attributes: Vec::new(),
+            headers: Vec::new(),
+            sampler: TraceSampler::default(),
+            ca_file: None,
+            client_identity: None,
+            timeout: OTLP_TIMEOUT_DEFAULT,
+        }
+    }
+
+    /// The export the configuration and the standard OpenTelemetry environment variables
+    /// ask for, or `None` when nothing is to be exported. `endpoint` and `service_name` are
+    /// the configured values (empty: not configured); `env` looks a variable up
+    /// (`|k| std::env::var(k).ok()`). The environment wins over the configuration:
+    ///
+    /// * `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`: no export;
+    /// * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is), else `OTEL_EXPORTER_OTLP_ENDPOINT`
+    ///   (`/v1/traces` appended), else `endpoint`; none of them: no export;
+    /// * `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else
+    ///   `service_name`, else [`SERVICE_NAME_DEFAULT`];
+    /// * `OTEL_RESOURCE_ATTRIBUTES` (`key=value,...`, values percent-decoded);
+    /// * `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`;
+    /// * `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`;
+    /// * `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, else `OTEL_EXPORTER_OTLP_CERTIFICATE`; the
+    ///   `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY` pairs likewise;
+    /// * `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (ms);
+    /// * `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`: only
+    ///   `http/protobuf` is supported.
+    ///
+    /// # Errors
+    /// A value that is set but cannot be honoured (an unknown sampler or exporter, another
+    /// protocol, a bad number, a client certificate without its key).
+    pub fn from_env(
+        endpoint: &str,
+        service_name: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<OtlpConfig>, TelemetryError> {
+        otlp_env::resolve(endpoint, service_name, &|k: &str| env(k).filter(|v| !v.trim().is_empty()))
+    }
 }
 
 /// Tracing set-up.

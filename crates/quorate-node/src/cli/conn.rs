@@ -52,7 +52,7 @@ pub(crate) struct ConnArgs {
 
 /// `IP:PORT`, or `HOST:PORT` resolved now (the system's resolver: `/etc/hosts`, DNS), its
 /// first IPv4 address preferred.
-fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     match quorate_transport::PeerAddr::parse(text).map_err(|e| e.to_string())? {
         quorate_transport::PeerAddr::Socket(sa) => Ok(sa),

@@ -4,6 +4,7 @@ mod bench;
 mod certs;
 mod cluster;
 mod conn;
+mod endpoint;
 mod flight;
 mod kv;
 pub(crate) mod output;
@@ -88,6 +89,25 @@ pub(crate) enum Command {
     Debug(flight::DebugCmd),
     /// A live view of every node: role, term, commit, applied, lag, throughput.
     Top(top::TopArgs),
+    /// Every member's health, each asked directly.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Print a shell completion script: `quorate completions bash > /etc/bash_completion.d/quorate`.
+    Completions {
+        /// The shell: bash, zsh, fish (also elvish, powershell).
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EndpointCmd {
+    /// Ask every member of the cluster (from the cluster's member list; the --endpoints when
+    /// it cannot be read) for its health and status: a table, or `-o json`. Healthy: it
+    /// answers, knows a leader, accepts writes (free disk space above its floor) and is not
+    /// recovering. Exit 0 when every member is healthy, 1 when one is not or does not answer
+    /// (or the member list cannot be read), 5 when none answers.
+    Health,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,11 +312,19 @@ pub(crate) enum LeaderCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCmd {
-    /// Write a snapshot of the state machine into the leader's backup directory.
+    /// Write a snapshot of the state machine into the leader's backup directory (a follower
+    /// asked redirects to the leader); prints the path there, the index and the node.
     Save,
     /// Create a NEW cluster member's data directory from a file written by `snapshot save`
     /// (offline, like `etcdutl snapshot restore`); run it for every member, then start them.
     Restore(snapshot::RestoreArgs),
+    /// Verify a snapshot file offline (no cluster): its header, metadata and data checksums
+    /// and its records; print its index, term, members, size, key count and hash (CRC-32 of
+    /// the data). A damaged or truncated file is an error (exit 1) that says what is wrong.
+    Status {
+        /// The snapshot file (written by `quorate snapshot save`).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -411,6 +439,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         | Command::Debug(_)
         | Command::Top(_)
         | Command::Bench(_)
+        | Command::Completions { .. }
             if cli.conn.output == output::Format::Json =>
         {
             Err(output::usage("this command has no JSON output; leave out -o json"))
@@ -420,6 +449,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args, cli.conn.output),
         Command::Certs(CertsCmd::Issue(args)) => certs::issue(&cli.conn.cluster, &args, cli.conn.output),
         Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args, cli.conn.output),
+        Command::Snapshot(SnapshotCmd::Status { file }) => snapshot::status(&file, cli.conn.output),
+        Command::Completions { shell } => {
+            completions(shell, &mut std::io::stdout().lock())?;
+            Ok(Outcome::Ok)
+        }
+        Command::Endpoint(EndpointCmd::Health) => block_on(endpoint::health(&cli.conn)),
         Command::Replay(args) => flight::replay(&args),
         Command::Debug(cmd) => flight::debug(&cli.conn, &cmd),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
@@ -434,6 +469,15 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
             rt.block_on(bench::run(&cli.conn, &args))
         }
     }
+}
+
+/// Writes the completion script of `shell` for the `quorate` command line.
+pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "quorate", &mut buf);
+    out.write_all(&buf)?;
+    Ok(())
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<Outcome>>>(f: F) -> anyhow::Result<Outcome> {

@@ -507,3 +507,49 @@ fn status_table_lines_up_and_marks_unreachable_nodes() {
 }
 
 use quorate_log::NodeId;
+
+#[test]
+fn completions_endpoint_health_and_snapshot_status_parse() {
+    let cli = parse(&["completions", "bash"]).unwrap();
+    assert!(matches!(cli.command, Command::Completions { shell: clap_complete::Shell::Bash }));
+    for shell in ["zsh", "fish"] {
+        assert!(matches!(parse(&["completions", shell]).unwrap().command, Command::Completions { .. }));
+    }
+    assert_eq!(parse(&["completions", "tcsh"]).unwrap_err().kind(), ErrorKind::InvalidValue);
+    assert_eq!(parse(&["completions"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    let cli = parse(&["-o", "json", "endpoint", "health"]).unwrap();
+    assert!(matches!(cli.command, Command::Endpoint(EndpointCmd::Health)));
+    assert_eq!(cli.conn.output, output::Format::Json);
+    let cli = parse(&["snapshot", "status", "/backups/snap.qsnap"]).unwrap();
+    let Command::Snapshot(SnapshotCmd::Status { file }) = cli.command else { panic!("not snapshot status") };
+    assert_eq!(file, PathBuf::from("/backups/snap.qsnap"));
+    assert_eq!(parse(&["snapshot", "status"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    // A completion script is not data: `-o json` on it is a usage error (exit 2), as on `top`.
+    let err = run(parse(&["-o", "json", "completions", "bash"]).unwrap()).unwrap_err();
+    assert_eq!(output::exit_of(&err), output::Exit::Usage);
+}
+
+#[test]
+fn the_bash_completion_names_every_subcommand() {
+    let mut script = Vec::new();
+    completions(clap_complete::Shell::Bash, &mut script).unwrap();
+    let script = String::from_utf8(script).unwrap();
+    assert!(script.contains("complete -F _quorate"), "a bash completion function for quorate");
+    // Every top-level command and the nested ones an operator types most.
+    let top: Vec<String> = Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+    for name in ["node", "kv", "cluster", "member", "leader", "snapshot", "certs", "endpoint", "completions"] {
+        assert!(top.iter().any(|t| t == name), "{name} is a subcommand");
+    }
+    for name in top.iter().map(String::as_str).chain(["health", "status", "restore", "put", "get", "scan", "finalize"])
+    {
+        assert!(script.contains(name), "the bash completion names {name}");
+    }
+    // Flags complete too.
+    assert!(script.contains("--endpoints") && script.contains("--output"), "global flags");
+    for shell in [clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        let mut s = Vec::new();
+        completions(shell, &mut s).unwrap();
+        let s = String::from_utf8(s).unwrap();
+        assert!(s.contains("endpoint") && s.contains("snapshot"), "{shell}: {}", &s[..s.len().min(200)]);
+    }
+}
