@@ -666,9 +666,25 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let (events_tx, events_rx) = mpsc::channel(256);
     let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE);
     let applier = Applier::new(shared.clone(), events_tx.clone(), applied);
+    // Why the apply thread ended (a panic), written before its channel closes: the driver
+    // stops on the close at once, with this reason.
+    let apply_exit: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let exit = apply_exit.clone();
     let apply_thread = std::thread::Builder::new()
         .name(format!("quorate-apply-{id}"))
-        .spawn(move || applier.run(apply_rx))
+        .spawn(move || {
+            let mut rx = apply_rx;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| applier.run(&mut rx)));
+            if let Err(panic) = run {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                *exit.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!("it panicked: {what}"));
+            }
+            drop(rx);
+        })
         .map_err(|e| ServerError::Fatal(format!("cannot start the apply thread: {e}")))?;
 
     let committer = GroupCommitter::new(store.clone(), GroupOptions::default())?;
@@ -684,6 +700,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         committer,
         start,
         apply_tx,
+        apply_exit,
         apply_backlog: Default::default(),
         persist_tx,
         persist_rx,
@@ -742,6 +759,8 @@ struct Driver {
     committer: GroupCommitter,
     start: Instant,
     apply_tx: mpsc::Sender<ApplyMsg>,
+    /// Why the apply thread ended, if it did (set before its channel closes).
+    apply_exit: Arc<std::sync::Mutex<Option<String>>>,
     /// Messages for the apply thread waiting for room in its channel (the driver never
     /// waits on the apply thread; see [`crate::apply_backlog`]).
     apply_backlog: crate::apply_backlog::ApplyBacklog,
@@ -794,8 +813,12 @@ impl Driver {
     }
 }
 
-fn apply_stopped() -> ServerError {
-    ServerError::Fatal("the apply thread stopped".into())
+/// The error the node stops with once the apply thread is gone; `why` is what it left.
+fn apply_stopped_because(why: Option<String>) -> ServerError {
+    match why {
+        Some(why) => ServerError::Fatal(format!("the apply thread stopped: {why}")),
+        None => ServerError::Fatal("the apply thread stopped".into()),
+    }
 }
 
 /// A peer's message dropped: counted by reason, logged at debug (a removed node may keep
@@ -807,6 +830,11 @@ fn refused_peer(from: NodeId, reason: &'static str, what: &str) {
 }
 
 impl Driver {
+    /// The error the node stops with once the apply thread is gone.
+    fn apply_stopped(&self) -> ServerError {
+        apply_stopped_because(self.apply_exit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
     fn now(&self) -> quorate_core::Instant {
         quorate_core::Instant(self.failpoints.clock(self.start.elapsed()).as_nanos().min(u128::from(u64::MAX)) as u64)
     }
@@ -833,8 +861,11 @@ impl Driver {
                 () = &mut shutdown => return Ok(()),
                 Some(p) = self.persist_rx.recv() => self.on_persisted(p).await?,
                 Some(ev) = self.events_rx.recv() => self.on_event(ev).await?,
+                // A dead apply thread (a panic) stops the node now, not at the next commit; a
+                // state-machine error arrives first, as a fatal event (above).
+                () = self.apply_tx.closed() => return Err(self.apply_stopped()),
                 permit = self.apply_tx.clone().reserve_owned(), if !self.apply_backlog.is_empty() => {
-                    let permit = permit.map_err(|_| apply_stopped())?;
+                    let permit = permit.map_err(|_| self.apply_stopped())?;
                     if let Some(msg) = self.apply_backlog.pop() {
                         permit.send(msg);
                     }
