@@ -544,6 +544,7 @@ impl Applier {
         for (node, addr) in sm::member_addrs(store)? {
             self.shared.learn_member_addr(node, addr);
         }
+        self.shared.cluster_version.refresh(store)?;
         crate::versions::sync_format(store)?;
         crate::versions::sync_transport(&self.shared);
         Ok(())
@@ -636,7 +637,8 @@ impl Applier {
                         if let Some((node, addr)) = o.member_addr {
                             self.shared.learn_member_addr(node, addr);
                         }
-                        if o.cluster_version.is_some() {
+                        if let Some(version) = o.cluster_version {
+                            self.shared.cluster_version.raise(version);
                             crate::versions::sync_format(&self.shared.store)?;
                             crate::versions::sync_transport(&self.shared);
                         }

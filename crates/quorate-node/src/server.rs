@@ -151,6 +151,8 @@ pub(crate) struct Shared {
     pub(crate) addrs: RwLock<BTreeMap<NodeId, String>>,
     pub(crate) revision: AtomicU64,
     pub(crate) log_time_ms: AtomicU64,
+    /// The applied cluster version (see [`crate::versions::AppliedClusterVersion`]).
+    pub(crate) cluster_version: crate::versions::AppliedClusterVersion,
     pub(crate) backups_dir: PathBuf,
     pub(crate) telemetry: Arc<crate::telemetry::NodeTelemetry>,
     /// How long an answer waits for its client to take it (`limits.response_write_timeout_ms`).
@@ -548,7 +550,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     })?);
     // Repair: an install (or a reinstall) begun and not finished, a damaged state machine.
     crate::apply::repair_at_start(&store, id)?;
-    crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
+    let cluster_version = crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
     let applied_index = store.applied_index();
     let applied = if applied_index == LogIndex::ZERO {
         EntryId::default()
@@ -655,6 +657,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         addrs: RwLock::new(addrs),
         revision: AtomicU64::new(crate::sm::revision(&*store)?),
         log_time_ms: AtomicU64::new(crate::sm::log_time_ms(&*store)?),
+        cluster_version: crate::versions::AppliedClusterVersion::new(cluster_version),
         backups_dir,
         telemetry: telemetry.clone(),
         response_write_timeout: Duration::from_millis(config.limits.response_write_timeout_ms),
