@@ -9,7 +9,7 @@ mod support;
 use quorate_core::{AppendResponse, MessageBody};
 use quorate_log::{LogIndex, LogStorage};
 use support::holes::conf;
-use support::net::{Net, Prep, append, cmd, msg};
+use support::net::{Net, Prep, append, cmd, msg, n};
 
 const NONE: Prep = |_| {};
 
@@ -94,4 +94,53 @@ fn a_skipped_snapshot_is_asked_for_again() {
     net.raft(1).snapshot_skipped(now);
     propose(&mut net, "d");
     assert_eq!(net.node(1).snapshot_requests.len(), 2, "asked again after a skip");
+}
+
+/// A node whose state machine survives restarts (the node's, in RocksDB: `Config::applied`)
+/// counts the entries applied since its last snapshot across a restart. Before, the count
+/// started at 0 at every start: in `cargo xtask chaos soak` (issue 18; 30 minutes, every node
+/// killed or crashed every minute or two) no node ever applied `snapshot_entries` (100,000)
+/// entries within one run of its process, so none took a snapshot or compacted its log; the
+/// log grew to 800,000 entries, and each start read all of it (1.2 s and growing).
+#[test]
+fn entries_applied_before_a_restart_count_toward_the_snapshot_threshold() {
+    let voters = conf(&[1, 2, 3], &[], &[]);
+    let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |c| c.snapshot_entries_threshold = 10);
+    net.elect(1);
+    let propose = |net: &mut Net, k: &str| {
+        let now = net.now;
+        net.raft(1).propose(now, quorate_log::Data::from(k)).expect("accepted");
+        net.settle(50, |_| true);
+    };
+    for k in ["a", "b", "c", "d", "e", "f"] {
+        propose(&mut net, k);
+    }
+    assert!(net.node(1).snapshot_requests.is_empty(), "7 entries applied: not due yet");
+    // Node 1 restarts with its state machine (applied through the commit index) intact.
+    let applied = net.raft(1).commit_index();
+    assert_eq!(applied, LogIndex(7));
+    let (now, storage) = (net.now, net.raft(1).storage().clone());
+    let node = net.node(1);
+    node.cfg.applied = applied;
+    node.disk.clear();
+    node.applied.clear();
+    node.raft = quorate_core::Raft::new(node.cfg.clone(), storage, now).expect("restarts");
+    net.wire.retain(|m| m.to != n(1));
+    // A leader again (any), then 2 more entries: with the new term's no-op, node 1 has applied
+    // 10 entries since the start of its log, 3 of them since its restart.
+    let led = net.run_until(
+        500,
+        |_| true,
+        |net| net.leaders().len() == 1 && net.nodes.values().all(|x| x.raft.commit_index() >= LogIndex(8)),
+    );
+    assert!(led, "a new leader commits its no-op");
+    let leader = net.leaders()[0].get();
+    for k in ["g", "h"] {
+        let now = net.now;
+        net.raft(leader).propose(now, quorate_log::Data::from(k)).expect("accepted");
+        net.settle(50, |_| true);
+    }
+    let last = net.node(1).applied.last().map(|e| e.index);
+    assert_eq!(last, Some(LogIndex(10)), "node 1 applied through 10");
+    assert_eq!(net.node(1).snapshot_requests.len(), 1, "due: 10 entries applied since the (absent) snapshot");
 }

@@ -407,7 +407,7 @@ impl Applier {
 
     /// Runs until the driver drops its sender. A state-machine failure is reported as a
     /// fatal event and ends the task.
-    pub(crate) fn run(mut self, rx: mpsc::Receiver<ApplyMsg>) {
+    pub(crate) fn run(mut self, rx: &mut mpsc::Receiver<ApplyMsg>) {
         let store = self.shared.store.clone();
         let gate = reads::InstallGate::default();
         std::thread::scope(|scope| {
@@ -431,12 +431,13 @@ impl Applier {
     /// The loop of [`run`](Self::run), with the read workers running.
     fn run_with(
         &mut self,
-        mut rx: mpsc::Receiver<ApplyMsg>,
+        rx: &mut mpsc::Receiver<ApplyMsg>,
         pool: &reads::ReadPool<'_>,
         failed: &Receiver<reads::Failure>,
     ) {
         let handle = self.shared.handle.clone();
         loop {
+            self.shared.failpoints.apply_turn();
             let next = handle.block_on(async { tokio::time::timeout(Duration::from_millis(250), rx.recv()).await });
             let result = match next {
                 Ok(None) => break,
@@ -543,6 +544,7 @@ impl Applier {
         for (node, addr) in sm::member_addrs(store)? {
             self.shared.learn_member_addr(node, addr);
         }
+        self.shared.cluster_version.refresh(store)?;
         crate::versions::sync_format(store)?;
         crate::versions::sync_transport(&self.shared);
         Ok(())
@@ -635,7 +637,8 @@ impl Applier {
                         if let Some((node, addr)) = o.member_addr {
                             self.shared.learn_member_addr(node, addr);
                         }
-                        if o.cluster_version.is_some() {
+                        if let Some(version) = o.cluster_version {
+                            self.shared.cluster_version.raise(version);
                             crate::versions::sync_format(&self.shared.store)?;
                             crate::versions::sync_transport(&self.shared);
                         }

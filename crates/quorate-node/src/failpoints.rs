@@ -20,6 +20,7 @@
 //! slow_apply_ms = 50   # the apply thread takes this much longer over every message
 //! slow_read_ms = 2000  # every read the node serves takes this much longer
 //! torn_txn_reads_ms = 20  # TEST-ONLY WEAKENING: read-only transactions read key by key, live
+//! kill_apply_thread = true  # the apply thread panics at its next turn (within 250 ms)
 //! ```
 //!
 //! * **Slow disk**: the delay runs on the group committer's writer thread after each group's
@@ -35,6 +36,9 @@
 //! * **Slow reads**: serving each read (a get, a scan page, a read-only transaction page)
 //!   takes this much longer, as a read of many large values would, on whichever thread serves
 //!   it.
+//! * **Dead apply thread**: the apply thread panics at its next turn, idle or not (it wakes
+//!   every 250 ms), as a bug in the state machine would make it: the node must stop at once
+//!   with that reason, not at the next commit.
 //! * **Clock**: the time the driver feeds the core (elections, heartbeats, leases) runs at
 //!   `clock_rate` from the moment the rate is read; it stays monotonic. A leader whose clock is
 //!   slow believes its lease for longer than the other nodes wait before electing a new leader,
@@ -121,6 +125,8 @@ pub struct Settings {
     /// Serve read-only transactions key by key from the live state, this many milliseconds
     /// apart, instead of from one view (0: off). A test-only weakening.
     pub torn_txn_reads_ms: u64,
+    /// The apply thread panics at its next turn.
+    pub kill_apply_thread: bool,
 }
 
 impl Default for Settings {
@@ -134,6 +140,7 @@ impl Default for Settings {
             slow_apply_ms: 0,
             slow_read_ms: 0,
             torn_txn_reads_ms: 0,
+            kill_apply_thread: false,
             disk_full_store: false,
             fsync_error: String::new(),
             corrupt_wal: 0,
@@ -246,6 +253,7 @@ struct Inner {
     slow_apply_ms: AtomicU64,
     slow_read_ms: AtomicU64,
     torn_txn_reads_ms: AtomicU64,
+    kill_apply_thread: AtomicBool,
     clock: Mutex<Clock>,
     disk: Mutex<Disk>,
 }
@@ -288,6 +296,7 @@ impl Failpoints {
                 slow_apply_ms: AtomicU64::new(0),
                 slow_read_ms: AtomicU64::new(0),
                 torn_txn_reads_ms: AtomicU64::new(0),
+                kill_apply_thread: AtomicBool::new(false),
                 clock: Mutex::new(clock),
                 disk: Mutex::new(Disk::default()),
             }),
@@ -341,6 +350,7 @@ impl Failpoints {
         self.inner.slow_apply_ms.store(s.slow_apply_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.slow_read_ms.store(s.slow_read_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.torn_txn_reads_ms.store(s.torn_txn_reads_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
+        self.inner.kill_apply_thread.store(s.kill_apply_thread, Ordering::Relaxed);
         {
             let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
@@ -426,6 +436,15 @@ impl Failpoints {
         let ms = if self.inner.enabled { self.inner.slow_apply_ms.load(Ordering::Relaxed) } else { 0 };
         if ms > 0 {
             std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+
+    /// Panics if the dead-apply-thread fault is on (call on the apply thread only, at each
+    /// of its turns).
+    pub fn apply_turn(&self) {
+        if self.inner.enabled && self.inner.kill_apply_thread.load(Ordering::Relaxed) {
+            tracing::error!("failpoint: killing the apply thread");
+            panic!("failpoint: the apply thread was killed");
         }
     }
 

@@ -62,7 +62,7 @@ use quorate_core::{
     ConfChange, Config as CoreConfig, CoreError, CoreImage, Instant, IoId, Message, Raft, ReadId, ReadLevel, Ready,
 };
 use quorate_log::{Data, Entry, EntryId, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
-use quorate_storage::{DurableLog, MemStore, PersistBatch};
+use quorate_storage::{BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, DurableLog, MemStore, PersistBatch};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::ops::Deref;
@@ -925,14 +925,34 @@ fn store_from_base(base: &Base) -> Result<MemStore, FlightError> {
             .write(PersistBatch { install: Some(base.snapshot.clone()), ..PersistBatch::default() })
             .map_err(|e| FlightError::Replay(format!("base snapshot: {e}")))?;
     }
-    store
-        .write(PersistBatch {
-            entries: base.entries.clone(),
-            hard_state: Some(base.hard_state),
-            ..PersistBatch::default()
-        })
-        .map_err(|e| FlightError::Replay(format!("base log: {e}")))?;
-    Ok(store)
+    // In batches the store takes (a log after the snapshot may hold more entries than one
+    // batch), the hard state last: its commit index may be past the first batches' entries.
+    let mut rest = base.entries.as_slice();
+    loop {
+        let mut n = 0;
+        let mut bytes = 0u64;
+        while n < rest.len() && n < BATCH_ENTRIES_MAX {
+            let b = rest[n].size_bytes();
+            if n > 0 && bytes + b > BATCH_BYTES_MAX / 2 {
+                break;
+            }
+            bytes += b;
+            n += 1;
+        }
+        let (chunk, after) = rest.split_at(n);
+        rest = after;
+        let last = rest.is_empty();
+        store
+            .write(PersistBatch {
+                entries: chunk.to_vec(),
+                hard_state: last.then_some(base.hard_state),
+                ..PersistBatch::default()
+            })
+            .map_err(|e| FlightError::Replay(format!("base log: {e}")))?;
+        if last {
+            return Ok(store);
+        }
+    }
 }
 
 // ----- reading and replaying -----

@@ -151,6 +151,8 @@ pub(crate) struct Shared {
     pub(crate) addrs: RwLock<BTreeMap<NodeId, String>>,
     pub(crate) revision: AtomicU64,
     pub(crate) log_time_ms: AtomicU64,
+    /// The applied cluster version (see [`crate::versions::AppliedClusterVersion`]).
+    pub(crate) cluster_version: crate::versions::AppliedClusterVersion,
     pub(crate) backups_dir: PathBuf,
     pub(crate) telemetry: Arc<crate::telemetry::NodeTelemetry>,
     /// How long an answer waits for its client to take it (`limits.response_write_timeout_ms`).
@@ -584,7 +586,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     })?);
     // Repair: an install (or a reinstall) begun and not finished, a damaged state machine.
     crate::apply::repair_at_start(&store, id)?;
-    crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
+    let cluster_version = crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
     audit_forced_recovery(&data_dir, &store, id)?;
     let applied_index = store.applied_index();
     let applied = if applied_index == LogIndex::ZERO {
@@ -692,6 +694,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         addrs: RwLock::new(addrs),
         revision: AtomicU64::new(crate::sm::revision(&*store)?),
         log_time_ms: AtomicU64::new(crate::sm::log_time_ms(&*store)?),
+        cluster_version: crate::versions::AppliedClusterVersion::new(cluster_version),
         backups_dir,
         telemetry: telemetry.clone(),
         response_write_timeout: Duration::from_millis(config.limits.response_write_timeout_ms),
@@ -703,9 +706,25 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let (events_tx, events_rx) = mpsc::channel(256);
     let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE);
     let applier = Applier::new(shared.clone(), events_tx.clone(), applied);
+    // Why the apply thread ended (a panic), written before its channel closes: the driver
+    // stops on the close at once, with this reason.
+    let apply_exit: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let exit = apply_exit.clone();
     let apply_thread = std::thread::Builder::new()
         .name(format!("quorate-apply-{id}"))
-        .spawn(move || applier.run(apply_rx))
+        .spawn(move || {
+            let mut rx = apply_rx;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| applier.run(&mut rx)));
+            if let Err(panic) = run {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                *exit.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!("it panicked: {what}"));
+            }
+            drop(rx);
+        })
         .map_err(|e| ServerError::Fatal(format!("cannot start the apply thread: {e}")))?;
 
     let committer = GroupCommitter::new(store.clone(), GroupOptions::default())?;
@@ -721,6 +740,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         committer,
         start,
         apply_tx,
+        apply_exit,
         apply_backlog: Default::default(),
         persist_tx,
         persist_rx,
@@ -779,6 +799,8 @@ struct Driver {
     committer: GroupCommitter,
     start: Instant,
     apply_tx: mpsc::Sender<ApplyMsg>,
+    /// Why the apply thread ended, if it did (set before its channel closes).
+    apply_exit: Arc<std::sync::Mutex<Option<String>>>,
     /// Messages for the apply thread waiting for room in its channel (the driver never
     /// waits on the apply thread; see [`crate::apply_backlog`]).
     apply_backlog: crate::apply_backlog::ApplyBacklog,
@@ -831,8 +853,12 @@ impl Driver {
     }
 }
 
-fn apply_stopped() -> ServerError {
-    ServerError::Fatal("the apply thread stopped".into())
+/// The error the node stops with once the apply thread is gone; `why` is what it left.
+fn apply_stopped_because(why: Option<String>) -> ServerError {
+    match why {
+        Some(why) => ServerError::Fatal(format!("the apply thread stopped: {why}")),
+        None => ServerError::Fatal("the apply thread stopped".into()),
+    }
 }
 
 /// A peer's message dropped: counted by reason, logged at debug (a removed node may keep
@@ -844,6 +870,11 @@ fn refused_peer(from: NodeId, reason: &'static str, what: &str) {
 }
 
 impl Driver {
+    /// The error the node stops with once the apply thread is gone.
+    fn apply_stopped(&self) -> ServerError {
+        apply_stopped_because(self.apply_exit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
     fn now(&self) -> quorate_core::Instant {
         quorate_core::Instant(self.failpoints.clock(self.start.elapsed()).as_nanos().min(u128::from(u64::MAX)) as u64)
     }
@@ -870,8 +901,11 @@ impl Driver {
                 () = &mut shutdown => return Ok(()),
                 Some(p) = self.persist_rx.recv() => self.on_persisted(p).await?,
                 Some(ev) = self.events_rx.recv() => self.on_event(ev).await?,
+                // A dead apply thread (a panic) stops the node now, not at the next commit; a
+                // state-machine error arrives first, as a fatal event (above).
+                () = self.apply_tx.closed() => return Err(self.apply_stopped()),
                 permit = self.apply_tx.clone().reserve_owned(), if !self.apply_backlog.is_empty() => {
-                    let permit = permit.map_err(|_| apply_stopped())?;
+                    let permit = permit.map_err(|_| self.apply_stopped())?;
                     if let Some(msg) = self.apply_backlog.pop() {
                         permit.send(msg);
                     }

@@ -15,16 +15,49 @@ use crate::server::Shared;
 use quorate_api::{ApiError, Response, VersionInfo};
 use quorate_storage::RocksStore;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The committed cluster version as this node has applied it.
+/// The applied cluster version, kept in memory. Read from the state machine at start; raised
+/// by the apply thread once a batch that committed a new version is written, and after a
+/// snapshot install or a repair. Never lowered: the cluster version never goes down, and a
+/// state machine being installed (cleared, then filled in batches) reads as
+/// [`quorate_api::CLUSTER_VERSION_INITIAL`] until the batch holding the version is written —
+/// a reader of the state machine itself would see the version drop for that moment.
+#[derive(Debug)]
+pub(crate) struct AppliedClusterVersion(AtomicU32);
+
+impl AppliedClusterVersion {
+    /// Starts at `version` (the state machine's, at start).
+    pub(crate) fn new(version: u32) -> AppliedClusterVersion {
+        AppliedClusterVersion(AtomicU32::new(version))
+    }
+
+    /// The applied cluster version.
+    pub(crate) fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Raises it to `version` (no change if it is already there or above); returns the value.
+    pub(crate) fn raise(&self, version: u32) -> u32 {
+        self.0.fetch_max(version, Ordering::AcqRel).max(version)
+    }
+
+    /// Raises it to what the state machine in `store` records (after an install or a
+    /// repair, on the apply thread: the state machine is whole again).
+    pub(crate) fn refresh(&self, store: &(impl crate::sm::SmRead + ?Sized)) -> Result<u32, crate::sm::SmError> {
+        Ok(self.raise(crate::sm::cluster_version(store)?))
+    }
+}
+
+/// The committed cluster version as this node has applied it (from memory, see
+/// [`AppliedClusterVersion`]).
 pub(crate) fn cluster_version(shared: &Shared) -> u32 {
-    crate::sm::cluster_version(&*shared.store).unwrap_or(quorate_api::CLUSTER_VERSION_INITIAL)
+    shared.cluster_version.get()
 }
 
 /// The answer to `Request::Versions`.
 pub(crate) fn info(shared: &Shared) -> Result<Response, ApiError> {
-    let cluster_version =
-        crate::sm::cluster_version(&*shared.store).map_err(|e| ApiError::Internal(format!("versions: {e}")))?;
+    let cluster_version = cluster_version(shared);
     Ok(Response::Versions(VersionInfo {
         id: shared.id,
         binary_version: crate::VERSION.to_string(),

@@ -18,7 +18,8 @@
 //! * a damaged table file of the state machine: repaired from the local snapshot and the log,
 //!   evidence logged, every value read back intact;
 //! * a damaged table file of the log: the node stops naming the file (the open reads the
-//!   newest entries), or, if the damaged block is never read, serves only verified data.
+//!   newest entries), or, if the damaged block is never read, serves only verified data;
+//! * a dead apply thread (a panic) on an idle node: the node stops at once with its reason.
 
 use quorate_client::{ApiError, Client, ClientConfig, ReadConsistency};
 use quorate_log::NodeId;
@@ -420,6 +421,32 @@ async fn enospc_stalls_a_follower_without_stopping_it() {
     let all: Vec<_> = before.iter().chain(&during).cloned().collect();
     c.serves(victim, &all).await;
     assert!(c.children[victim as usize - 1].as_mut().unwrap().try_wait().unwrap().is_none());
+}
+
+/// A dead apply thread (a panic, `kill_apply_thread`) on an idle follower: the node stops
+/// within seconds with the thread's reason. Before, the driver noticed only when it next
+/// handed the thread work — at the next commit, which on an idle cluster never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_apply_thread_stops_an_idle_node_promptly_with_its_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), |_, _| {});
+    put_all(&c, &pairs("a", 5)).await;
+    let victim = a_follower(&c).await;
+    let leader = c.leader().await;
+    let before = c.client.status(nid(leader)).await.unwrap();
+    c.logged(victim, "failpoints set");
+    let at = Instant::now();
+    c.failpoints_nowait(victim, "kill_apply_thread = true\n");
+    let status = c.exited(victim);
+    let took = at.elapsed();
+    let log = c.log(victim);
+    assert!(!status.success(), "{status}");
+    assert!(log.contains("the apply thread stopped: it panicked: failpoint: the apply thread was killed"), "{log}");
+    assert!(took < Duration::from_secs(10), "the node stopped only {took:?} after the fault:\n{log}");
+    // Nothing was written meanwhile: the node did not learn of it from a commit (unless a new
+    // term's own entry moved the commit index).
+    let after = c.client.status(nid(leader)).await.unwrap();
+    assert!(after.commit == before.commit || after.term != before.term, "{before:?} {after:?}");
 }
 
 /// Whether the (single, unretried) attempt was shed for disk space.

@@ -237,6 +237,11 @@ impl<S: LogStorage> Raft<S> {
         let log = RaftLog::new(storage, hs.commit, cfg.applied);
         let membership = Membership::new(log.floor().index, base_conf, scan_configs(&log)?);
         let snapshot = cfg.snapshot.clone().filter(|m| m.last.index <= log.commit);
+        // Entries the (persistent) state machine applied since the latest snapshot (else since
+        // the log's floor) count toward the next one: a node restarted more often than it
+        // applies `snapshot_entries_threshold` entries would otherwise never take one.
+        let applied_since_snapshot =
+            log.applied.distance_from(snapshot.as_ref().map_or(log.floor().index, |m| m.last.index));
         let mut r = Raft {
             id: cfg.id,
             rng: SplitMix64::new(cfg.seed ^ 0x0051_554f_5241_5445),
@@ -246,7 +251,7 @@ impl<S: LogStorage> Raft<S> {
             role: RoleState::Follower(Follower::default()),
             membership,
             snapshot,
-            applied_since_snapshot: 0,
+            applied_since_snapshot,
             applied_bytes_since_snapshot: 0,
             snapshot_requested: false,
             pending_install: None,

@@ -131,3 +131,48 @@ fn damaged_snapshot_file_is_refused_before_the_state_machine_is_touched() {
     assert_eq!(dst.sm_install_pending(), None, "nothing begun");
     assert_eq!(dst.sm_get(b"stale").expect("read"), Some(b"old".to_vec()), "old state untouched");
 }
+
+/// The cluster version the server gates on is read from memory
+/// ([`crate::versions::AppliedClusterVersion`]), not from the state machine: an install clears
+/// the state machine and fills it in batches, and until the batch holding `m/cluster_version`
+/// is written the state machine reads as version 1 — a node finalized at version 2 would have
+/// gated on version 1 meanwhile (a read of the state machine mid-install, below, shows it).
+#[test]
+fn the_applied_cluster_version_never_goes_back_across_an_install() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A source at cluster version 2, with more pairs than one install batch ahead of the
+    // version's key ("key/…" sorts before "m/cluster_version").
+    let src = open(&dir.path().join("src"));
+    src.write(PersistBatch::append((1..=2).map(entry).collect())).expect("append");
+    let keys = INSTALL_BATCH_PAIRS + 10;
+    let ops = (0..keys).map(|n| SmOp::Put { key: format!("key/{n:08}").into_bytes(), value: b"v".to_vec() });
+    src.apply(LogIndex(1), ops).expect("apply");
+    let version = SmOp::Put { key: b"m/cluster_version".to_vec(), value: 2u64.to_le_bytes().to_vec() };
+    src.apply(LogIndex(2), [version.clone()]).expect("apply");
+    assert_eq!(sm::cluster_version(&src).expect("version"), 2);
+    let meta = SnapshotMeta { last: EntryId::new(Term(1), LogIndex(2)), config: voters() };
+    // A target finalized at 2 as well, which installs the snapshot.
+    let dst_dir = dir.path().join("dst");
+    let dst = open(&dst_dir);
+    dst.write(PersistBatch::append(vec![entry(1)])).expect("append");
+    dst.apply(LogIndex(1), [version]).expect("apply");
+    let applied = crate::versions::AppliedClusterVersion::new(sm::cluster_version(&dst).expect("version"));
+    assert_eq!(applied.get(), 2);
+    let mut w = dst.snapshot_writer(meta.clone()).expect("writer");
+    sm::write_snapshot_data(&src, &mut w).expect("snapshot data written");
+    w.finish().expect("snapshot finished");
+    dst.write(PersistBatch { install: Some(meta.clone()), ..PersistBatch::default() }).expect("install batch");
+    // Mid-install (one batch written): the state machine reads version 1, the cache does not.
+    install_snapshot_batches(&dst, &meta, Some(1), false).expect("partial install");
+    assert_eq!(sm::cluster_version(&dst).expect("version"), quorate_api::CLUSTER_VERSION_INITIAL);
+    assert_eq!(applied.get(), 2, "a reader mid-install sees the applied version");
+    // A refresh mid-install (none is made there; be safe) would not lower it either.
+    assert_eq!(applied.refresh(&dst).expect("refresh"), 2);
+    assert_eq!(applied.get(), 2);
+    // The install finishes: the state machine reads 2 again, and a higher version raises it.
+    install_snapshot_data(&dst, &meta).expect("install");
+    assert_eq!(sm::cluster_version(&dst).expect("version"), 2);
+    assert_eq!(applied.refresh(&dst).expect("refresh"), 2);
+    assert_eq!(applied.raise(3), 3);
+    assert_eq!(applied.raise(1), 3, "never lowered");
+}
