@@ -1415,3 +1415,32 @@ fn ack_template(lab: &Lab, f: usize, l: usize, h: &SnapshotHeader) -> quorate_ru
     let term = lab.node(l).status().term;
     quorate_runtime::SnapshotAck::new(lab.ids[f], lab.ids[l], term, h, 0, AckStatus::Staging)
 }
+
+/// S2: a crash after the last chunk was staged durably but before the staging was finished
+/// leaves a complete staging; the restarted follower installs it when asked, instead of
+/// answering "all staged" for ever.
+#[test]
+fn a_follower_that_crashed_with_the_whole_image_staged_installs_it() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 5));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "five chunks reached the follower");
+    lab.crash(f);
+    // The rest of the image reached the disk durably; then the node died before finishing.
+    let (_, image) = lab.node(l).storage().snapshot().expect("readable").expect("the leader's snapshot");
+    let disk = lab.disks[f].as_mut().expect("crashed");
+    let (h, at) = disk.staging().expect("readable").expect("a staging");
+    assert_eq!(SnapshotHeader::of(h.meta.clone(), &image), h, "the leader's image");
+    disk.append_staging(at, &image[at as usize..]).expect("appends");
+    assert_eq!(disk.staging(), Ok(Some((h.clone(), h.total_len))), "complete, not finished");
+    // Down longer than the send timeout: the leader gives its transfer up, and the next one
+    // opens by asking the restarted follower where it stands.
+    lab.run_for(1_500);
+    lab.restart(f);
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower installed the staged image");
+    assert_eq!(lab.node(f).transfer_stats().installs, 1);
+    assert!(lab.chunks_to(f, healed).is_empty(), "no byte sent again");
+    assert_eq!(lab_staging(&lab, f), None, "nothing left staged");
+}

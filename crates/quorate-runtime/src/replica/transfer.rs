@@ -374,24 +374,29 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 return;
             }
         };
-        if c.offset != staged || len == 0 {
-            if c.offset != staged {
-                self.transfer_stats.chunks_refused += 1;
+        // A staging already complete (a crash between its last durable append and its
+        // finishing) goes straight to the check and install below: answering "all staged"
+        // would leave the leader with nothing to send, for ever.
+        if staged < h.total_len {
+            if c.offset != staged || len == 0 {
+                if c.offset != staged {
+                    self.transfer_stats.chunks_refused += 1;
+                }
+                self.outbox.push(ack(staged, AckStatus::Staging));
+                return;
             }
-            self.outbox.push(ack(staged, AckStatus::Staging));
-            return;
-        }
-        if self.raft.storage_mut().append_staging(staged, &c.data).is_err() {
-            self.drop_staging();
-            self.outbox.push(ack(0, AckStatus::Refused));
-            return;
-        }
-        let at = staged + len;
-        self.staging = Some((h.clone(), at));
-        self.transfer_stats.chunks_staged += 1;
-        if at < h.total_len {
-            self.outbox.push(ack(at, AckStatus::Staging));
-            return;
+            if self.raft.storage_mut().append_staging(staged, &c.data).is_err() {
+                self.drop_staging();
+                self.outbox.push(ack(0, AckStatus::Refused));
+                return;
+            }
+            let at = staged + len;
+            self.staging = Some((h.clone(), at));
+            self.transfer_stats.chunks_staged += 1;
+            if at < h.total_len {
+                self.outbox.push(ack(at, AckStatus::Staging));
+                return;
+            }
         }
         // Complete: check the whole image before the core hears of it.
         self.staging = None;
