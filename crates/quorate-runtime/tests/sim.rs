@@ -1444,3 +1444,42 @@ fn a_follower_that_crashed_with_the_whole_image_staged_installs_it() {
     assert!(lab.chunks_to(f, healed).is_empty(), "no byte sent again");
     assert_eq!(lab_staging(&lab, f), None, "nothing left staged");
 }
+
+/// S1: a rate-limited transfer that needs about three of the core's snapshot send timeouts,
+/// while the leader keeps writing and snapshotting, still finishes: the running transfer is
+/// kept (it holds its own image) instead of being reopened at offset 0 with each new snapshot.
+#[test]
+fn a_long_rate_limited_transfer_finishes_while_the_leader_keeps_snapshotting() {
+    const RATE: u64 = 6 * 1024;
+    let (mut lab, l, f) = lagging(|id| {
+        let mut cfg = lab_config(id);
+        cfg.snapshot_rate_bytes_per_sec = Some(RATE);
+        cfg
+    });
+    let first = lab.node(l).status().snapshot_index;
+    let total = lab.node(l).storage().snapshot().expect("readable").expect("a snapshot").1.len() as u64;
+    assert!(total * 1_000 / RATE >= 2_500, "the transfer needs ~3 send timeouts: {total} bytes");
+    lab.isolated.remove(&f);
+    let healed = lab.now;
+    let mut installed_at = None;
+    for k in 0..500u64 {
+        let now = Instant(lab.now);
+        if let Some(l) = lab.leader() {
+            lab.node_mut(l).propose(now, vec![(k % 251) as u8; 30], None, Box::new(|_| {}));
+        }
+        lab.run_for(40);
+        if lab.node(f).transfer_stats().installs > 0 {
+            installed_at = Some(lab.now);
+            break;
+        }
+    }
+    let l = lab.leader().expect("a leader");
+    assert!(
+        lab.node(l).status().snapshot_index.0 > first.0 + 40,
+        "the leader kept snapshotting: {:?} -> {:?}",
+        first,
+        lab.node(l).status().snapshot_index
+    );
+    let at = installed_at.expect("the lagging follower installed a snapshot within 20 s");
+    assert!(at - healed < 8_000 * MS, "within about one transfer's time: {} ms", (at - healed) / MS);
+}

@@ -125,16 +125,26 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// The core asks for a snapshot to be sent: open a transfer, or continue the open one.
     pub(super) fn start_transfer(&mut self, now: Instant, s: SendSnapshot) {
         let term = self.raft.term();
+        let give_up = self.cfg.raft.snapshot_send_timeout;
         if let Some(t) = self.outgoing.get_mut(&s.to)
             && t.term == term
-            && t.header.meta.last == s.meta.last
         {
-            // Asked again (the core's own timeout, measured from the start, fired during a
-            // long transfer): this one goes on; an unanswered opening chunk goes out again now.
-            if t.probing {
-                t.retry_at = now;
+            if t.header.meta.last == s.meta.last {
+                // Asked again (the core's own timeout, measured from the start, fired during
+                // a long transfer): this one goes on; an unanswered opening chunk goes out
+                // again now.
+                if t.probing {
+                    t.retry_at = now;
+                }
+                return;
             }
-            return;
+            // A newer snapshot, while this transfer still makes progress: it finishes its
+            // own image first (it holds the bytes). Reopening at offset 0 with every new
+            // snapshot would never finish a transfer longer than the snapshot period; the
+            // core asks again after this one installs (or stops progressing).
+            if !t.probing && now.saturating_since(t.progress_at) < give_up {
+                return;
+            }
         }
         let Some((header, data)) = self.snapshot_image(&s.meta) else {
             self.raft.snapshot_send_failed(now, s.to);
