@@ -183,6 +183,8 @@ pub struct Replica<SM: StateMachine, L: LogStorage> {
     send_cache: Option<(SnapshotHeader, Data)>,
     /// The snapshot send rate limit.
     bucket: Option<TokenBucket>,
+    /// Followers that refused a snapshot: no transfer opens to them before then.
+    refused_until: BTreeMap<NodeId, Instant>,
     /// Answers to chunks, sent at the end of the next `process`.
     outbox: Vec<WireMessage>,
     transfer_stats: TransferStats,
@@ -247,6 +249,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             outgoing: BTreeMap::new(),
             send_cache: None,
             bucket,
+            refused_until: BTreeMap::new(),
             outbox: Vec::new(),
             transfer_stats: TransferStats::default(),
             halted: None,
@@ -573,6 +576,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         let image = SnapshotImage { sessions: self.sessions.clone(), state: self.sm.snapshot() };
         let data = Data::from(image.encode());
         self.raft.storage_mut().save_snapshot(&meta, &data)?;
+        // The image kept for sending is superseded (transfers hold their own).
+        self.send_cache = None;
         self.raft.snapshot_taken(now, meta);
         Ok(())
     }

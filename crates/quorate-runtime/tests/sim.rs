@@ -1483,3 +1483,24 @@ fn a_long_rate_limited_transfer_finishes_while_the_leader_keeps_snapshotting() {
     let at = installed_at.expect("the lagging follower installed a snapshot within 20 s");
     assert!(at - healed < 8_000 * MS, "within about one transfer's time: {} ms", (at - healed) / MS);
 }
+
+/// S4: a follower that refuses the snapshot (over its staging limit) is not asked again, nor
+/// the image read again, before the core's snapshot send timeout.
+#[test]
+fn a_refused_snapshot_is_neither_reread_nor_reopened_before_the_send_timeout() {
+    let (mut lab, l, f) = lagging(|id| {
+        let mut cfg = lab_config(id);
+        cfg.snapshot_staging_bytes_max = 1_000;
+        cfg
+    });
+    let before = lab.node(l).transfer_stats().clone();
+    lab.isolated.remove(&f);
+    lab.run_for(5_000);
+    let after = lab.node(l).transfer_stats().clone();
+    let opened = after.transfers_started - before.transfers_started;
+    let read = after.images_read - before.images_read;
+    // snapshot_send_timeout is 1 s: at most one transfer a second (and one at the start).
+    assert!((1..=6).contains(&opened), "{opened} transfers opened in 5 s");
+    assert!(read <= 1, "the image was read {read} times");
+    assert!(lab.node(f).transfer_stats().chunks_refused <= 6, "{:?}", lab.node(f).transfer_stats());
+}

@@ -56,6 +56,8 @@ pub struct TransferStats {
     pub chunks_refused: u64,
     /// Snapshots received in chunks and handed to the core for installing.
     pub installs: u64,
+    /// Snapshot images read from the storage to be sent (each read also hashes the image).
+    pub images_read: u64,
 }
 
 /// A token bucket over the passed-in clock: `rate` bytes a second, at most `burst` at once.
@@ -146,6 +148,12 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 return;
             }
         }
+        if self.refused_until.get(&s.to).is_some_and(|until| now < *until) {
+            // The follower refused a snapshot lately: back off until the core's send timeout
+            // (it probes and asks again), rather than reopen at every probe.
+            return;
+        }
+        self.refused_until.remove(&s.to);
         let Some((header, data)) = self.snapshot_image(&s.meta) else {
             self.raft.snapshot_send_failed(now, s.to);
             return;
@@ -176,6 +184,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
         match self.raft.storage().snapshot() {
             Ok(Some((stored, data))) if stored.last == meta.last && !data.is_empty() => {
+                self.transfer_stats.images_read += 1;
                 let header = SnapshotHeader::of(meta.clone(), &data);
                 self.send_cache = Some((header.clone(), data.clone()));
                 Some((header, data))
@@ -189,10 +198,12 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     pub(super) fn pump_transfers(&mut self, now: Instant, net: &mut impl Network) {
         if self.raft.role() != Role::Leader {
             self.outgoing.clear();
+            self.refused_until.clear();
+            // Only a leader sends: free the image. (A leader keeps it until a new snapshot
+            // is saved, so that asking again does not read and hash it again.)
+            self.send_cache = None;
         }
         if self.outgoing.is_empty() {
-            // No transfer holds the image any more: free it.
-            self.send_cache = None;
             return;
         }
         let term = self.raft.term();
@@ -287,6 +298,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             AckStatus::Refused => {
                 self.outgoing.remove(&a.from);
                 self.transfer_stats.transfers_failed += 1;
+                let until = now.saturating_add(self.cfg.raft.snapshot_send_timeout);
+                self.refused_until.insert(a.from, until);
                 self.raft.snapshot_send_failed(now, a.from);
             }
             AckStatus::Staging => {
