@@ -183,6 +183,8 @@ pub struct Replica<SM: StateMachine, L: LogStorage> {
     send_cache: Option<(SnapshotHeader, Data)>,
     /// The snapshot send rate limit.
     bucket: Option<TokenBucket>,
+    /// The follower last served a chunk: the next round of the shared bucket starts after it.
+    pump_cursor: Option<NodeId>,
     /// Followers that refused a snapshot: no transfer opens to them before then.
     refused_until: BTreeMap<NodeId, Instant>,
     /// Answers to chunks, sent at the end of the next `process`.
@@ -249,6 +251,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             outgoing: BTreeMap::new(),
             send_cache: None,
             bucket,
+            pump_cursor: None,
             refused_until: BTreeMap::new(),
             outbox: Vec::new(),
             transfer_stats: TransferStats::default(),

@@ -1504,3 +1504,34 @@ fn a_refused_snapshot_is_neither_reread_nor_reopened_before_the_send_timeout() {
     assert!(read <= 1, "the image was read {read} times");
     assert!(lab.node(f).transfer_stats().chunks_refused <= 6, "{:?}", lab.node(f).transfer_stats());
 }
+
+/// S5: two lagging followers share the rate limit: both make progress from the start.
+#[test]
+fn the_rate_limit_is_shared_between_two_lagging_followers() {
+    const RATE: u64 = 8 * 1024;
+    let mut lab = Lab::new(5, |id| {
+        let mut cfg = lab_config(id);
+        cfg.snapshot_rate_bytes_per_sec = Some(RATE);
+        cfg.raft.snapshot_send_timeout = Duration::from_millis(5_000);
+        cfg
+    });
+    assert!(lab.run_until(3_000, |lab| lab.leader().is_some()), "a leader is elected");
+    let l = lab.leader().expect("elected");
+    let (f1, f2) = ((l + 1) % 5, (l + 2) % 5);
+    lab.isolated.insert(f1);
+    lab.isolated.insert(f2);
+    lab.write(60, 300);
+    let past = |lab: &Lab| {
+        let floor = lab.node(l).status().snapshot_index;
+        floor > lab.node(f1).core().last_index() && floor > lab.node(f2).core().last_index()
+    };
+    assert!(lab.run_until(2_000, past), "the leader compacted past both followers");
+    lab.isolated.remove(&f1);
+    lab.isolated.remove(&f2);
+    let healed = lab.now;
+    lab.run_for(1_500);
+    let (n1, n2) = (lab.chunks_to(f1, healed).len(), lab.chunks_to(f2, healed).len());
+    assert!(n1 >= 4 && n2 >= 4, "both progress: {n1} and {n2} chunks in 1.5 s");
+    assert!(n1.abs_diff(n2) <= 2, "evenly: {n1} and {n2}");
+    assert!(lab.run_until(10_000, |lab| caught_up(lab, l, f1) && caught_up(lab, l, f2)), "both caught up");
+}

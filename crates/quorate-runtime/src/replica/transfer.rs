@@ -26,6 +26,7 @@ use crate::state_machine::StateMachine;
 use crate::storage::{LogStorage, SnapshotHeader};
 use quorate_core::{Instant, Role, SendSnapshot};
 use quorate_log::{Data, LogIndex, NodeId, SnapshotMeta, Term};
+use std::ops::Bound;
 
 /// The largest snapshot chunk a follower takes (and the most `Config::snapshot_chunk_bytes`
 /// is raised to).
@@ -214,7 +215,19 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         let give_up = self.cfg.raft.snapshot_send_timeout;
         let mut failed: Vec<(NodeId, bool)> = Vec::new();
         let stats = &mut self.transfer_stats;
-        for (&to, t) in &mut self.outgoing {
+        // One bucket for all: each round starts after the follower served last, so that
+        // every follower gets its turn at the tokens (not the lowest id all of them).
+        let order: Vec<NodeId> = match self.pump_cursor {
+            Some(c) => self
+                .outgoing
+                .range((Bound::Excluded(c), Bound::Unbounded))
+                .chain(self.outgoing.range(..=c))
+                .map(|(&to, _)| to)
+                .collect(),
+            None => self.outgoing.keys().copied().collect(),
+        };
+        for to in order {
+            let Some(t) = self.outgoing.get_mut(&to) else { continue };
             if t.term != term {
                 failed.push((to, false));
                 continue;
@@ -251,6 +264,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 let (lo, hi) = (t.next as usize, (t.next + n) as usize);
                 let data = Data::copy_from(&t.data[lo..hi]);
                 net.send(WireMessage::SnapshotChunk(SnapshotChunk::new(me, to, term, t.header.clone(), t.next, data)));
+                self.pump_cursor = Some(to);
                 stats.chunks_sent += 1;
                 stats.bytes_sent += n;
                 stats.bytes_resent += t.high.min(t.next + n).saturating_sub(t.next);
