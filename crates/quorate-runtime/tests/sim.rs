@@ -1366,7 +1366,7 @@ fn corrupt_out_of_order_and_foreign_chunks_are_refused_without_a_panic() {
     cases.push((
         "a piece of an image not staged here",
         WireMessage::SnapshotChunk(stray),
-        Some((0, AckStatus::Staging)),
+        Some((0, AckStatus::Restart)),
     ));
     for (what, msg, answer) in cases {
         let r = lab.node_mut(f);
@@ -1534,4 +1534,33 @@ fn the_rate_limit_is_shared_between_two_lagging_followers() {
     assert!(n1 >= 4 && n2 >= 4, "both progress: {n1} and {n2} chunks in 1.5 s");
     assert!(n1.abs_diff(n2) <= 2, "evenly: {n1} and {n2}");
     assert!(lab.run_until(10_000, |lab| caught_up(lab, l, f1) && caught_up(lab, l, f2)), "both caught up");
+}
+
+/// S3: a follower whose complete image fails its checksum starts over, and says so: the
+/// leader sends from 0 at once instead of waiting for the transfer to time out.
+#[test]
+fn a_follower_that_restarts_its_staging_is_served_from_its_offset_at_once() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 5));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "five chunks reached the follower");
+    lab.crash(f);
+    // The staged bytes rot on disk: same length, other bytes.
+    let disk = lab.disks[f].as_mut().expect("crashed");
+    let (h, at) = disk.staging().expect("readable").expect("a staging");
+    disk.begin_staging(&h).expect("begins");
+    disk.append_staging(0, &vec![0x5a; at as usize]).expect("appends");
+    lab.restart(f);
+    lab.run_for(1_200);
+    let failed = lab.node(l).transfer_stats().transfers_failed;
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let took = lab.now - healed;
+    assert_eq!(lab.node(l).transfer_stats().transfers_failed, failed, "no transfer was given up");
+    assert!(took < 800 * MS, "caught up in {} ms, without waiting for a timeout", took / MS);
+    let sent = lab.chunks_to(f, healed);
+    assert_eq!(sent[0].chunk.offset, at, "first the rest of the staged image");
+    assert!(sent.iter().any(|s| s.chunk.offset == 0), "then all of it again");
+    assert_eq!(lab.node(f).transfer_stats().installs, 1);
 }

@@ -316,6 +316,16 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 self.refused_until.insert(a.from, until);
                 self.raft.snapshot_send_failed(now, a.from);
             }
+            AckStatus::Restart => {
+                // The follower starts this image over at `offset` (its staging was lost, or
+                // the complete image failed its check): send from there now. Not progress:
+                // a follower that keeps failing still has the transfer given up.
+                t.probing = false;
+                t.acked = a.offset;
+                t.next = a.offset;
+                t.recovering = false;
+                t.retry_at = now.saturating_add(retry);
+            }
             AckStatus::Staging => {
                 if t.probing {
                     t.probing = false;
@@ -338,8 +348,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     t.recovering = true;
                 }
                 // Below `acked`: a late duplicate (acknowledgements only grow), ignored; a
-                // follower that truly lost its staging stalls the transfer, which is then
-                // given up and opened again from the follower's offset.
+                // follower that lost its staging says so with `AckStatus::Restart`.
             }
         }
     }
@@ -404,10 +413,10 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     return;
                 }
             },
-            // A piece of an image not staged here: start it from 0.
+            // A piece of an image not staged here (lost, or replaced): start it from 0.
             _ => {
                 self.transfer_stats.chunks_refused += 1;
-                self.outbox.push(ack(0, AckStatus::Staging));
+                self.outbox.push(ack(0, AckStatus::Restart));
                 return;
             }
         };
@@ -446,8 +455,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             }
         };
         if data.len() as u64 != h.total_len || crc32fast::hash(&data) != h.checksum {
-            // Damaged at rest or assembled wrongly: start over.
-            self.outbox.push(ack(0, AckStatus::Staging));
+            // Damaged at rest or assembled wrongly: start over, and tell the leader.
+            self.outbox.push(ack(0, AckStatus::Restart));
             return;
         }
         if SnapshotImage::decode(&data).is_none() {
