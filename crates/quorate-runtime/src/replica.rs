@@ -37,7 +37,10 @@ pub struct Config {
     /// Snapshot bytes a second this replica sends in chunks, over all followers (`None`: no
     /// limit). A token bucket of one chunk's burst, driven by the passed-in clock.
     pub snapshot_rate_bytes_per_sec: Option<u64>,
-    /// Largest snapshot this replica stages from a leader; a larger one is refused.
+    /// Largest snapshot this replica stages from a leader; a larger one is refused. The
+    /// staging is on disk, but installing it holds the image in memory two to three times
+    /// (the bytes, the decoded image, the state machine's restored state): plan for a peak
+    /// of 2–3× this.
     pub snapshot_staging_bytes_max: u64,
     /// Chunks not acknowledged within this time are sent again from the acknowledged offset
     /// (and an opening chunk without an answer is sent again). A transfer without any

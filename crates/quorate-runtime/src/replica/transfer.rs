@@ -8,16 +8,25 @@
 //! `snapshot_window_bytes` are sent beyond the acknowledged offset; a window with no
 //! acknowledgement within `snapshot_chunk_timeout` is sent again from the acknowledged offset,
 //! and so is the rest after an acknowledgement that shows a gap. Every chunk waits for tokens
-//! of one bucket per replica (`snapshot_rate_bytes_per_sec`), refilled by the passed-in clock.
+//! of one bucket per replica (`snapshot_rate_bytes_per_sec`), refilled by the passed-in clock;
+//! the followers take turns at it (each round starts after the one served last).
 //! A transfer without progress for the core's `snapshot_send_timeout` is given up (the core
-//! probes the follower and asks again, and the next transfer resumes).
+//! probes the follower and asks again, and the next transfer resumes). A transfer that makes
+//! progress keeps its image even when the core asks with a newer snapshot meanwhile (it would
+//! otherwise restart at 0 with every snapshot and never finish a long transfer). After a
+//! refusal no transfer opens to that follower before `snapshot_send_timeout`, and the image
+//! read for sending is kept until a newer snapshot is saved.
 //!
 //! **Follower.** A chunk is taken only from the leader of the current term, well formed
 //! (bounded, inside the image, its CRC right), and only at the staged offset; anything else is
 //! answered with the staged offset or dropped. Staging goes through the storage
 //! ([`crate::LogStorage::begin_staging`] …) and each acknowledgement follows a durable append.
 //! A chunk of another image at offset 0 replaces the staging (one at a time). The complete
-//! image is checked (length, CRC, decoding) and handed to the core's `install_snapshot`.
+//! image is checked (length, CRC, decoding) and handed to the core's `install_snapshot` —
+//! also when the staging was already complete when the transfer opened (a crash between the
+//! last append and the finishing). A follower that starts an image over (its staging lost, or
+//! the whole image failing its CRC) answers `AckStatus::Restart`, and the leader sends from
+//! the follower's offset at once.
 
 use super::Replica;
 use crate::network::{AckStatus, Network, SnapshotAck, SnapshotChunk, WireMessage};
