@@ -1482,6 +1482,8 @@ fn a_long_rate_limited_transfer_finishes_while_the_leader_keeps_snapshotting() {
     );
     let at = installed_at.expect("the lagging follower installed a snapshot within 20 s");
     assert!(at - healed < 8_000 * MS, "within about one transfer's time: {} ms", (at - healed) / MS);
+    // Once the writes stop, the follower catches up (with the newer image if it needs it).
+    assert!(lab.run_until(20_000, |lab| caught_up(lab, l, f)), "the follower caught up");
 }
 
 /// S4: a follower that refuses the snapshot (over its staging limit) is not asked again, nor
