@@ -101,6 +101,9 @@ pub enum AckStatus {
     /// The follower will not take this snapshot (over its staging limit, a storage failure,
     /// or an image that does not decode): stop; the leader's core probes it again later.
     Refused,
+    /// The follower starts this image over at `offset` (its staging was lost, or the complete
+    /// image failed its checksum): send from `offset` now, even below what it acknowledged.
+    Restart,
 }
 
 /// A follower's answer to a [`SnapshotChunk`].

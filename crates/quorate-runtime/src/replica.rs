@@ -37,7 +37,10 @@ pub struct Config {
     /// Snapshot bytes a second this replica sends in chunks, over all followers (`None`: no
     /// limit). A token bucket of one chunk's burst, driven by the passed-in clock.
     pub snapshot_rate_bytes_per_sec: Option<u64>,
-    /// Largest snapshot this replica stages from a leader; a larger one is refused.
+    /// Largest snapshot this replica stages from a leader; a larger one is refused. The
+    /// staging is on disk, but installing it holds the image in memory two to three times
+    /// (the bytes, the decoded image, the state machine's restored state): plan for a peak
+    /// of 2–3× this.
     pub snapshot_staging_bytes_max: u64,
     /// Chunks not acknowledged within this time are sent again from the acknowledged offset
     /// (and an opening chunk without an answer is sent again). A transfer without any
@@ -183,6 +186,10 @@ pub struct Replica<SM: StateMachine, L: LogStorage> {
     send_cache: Option<(SnapshotHeader, Data)>,
     /// The snapshot send rate limit.
     bucket: Option<TokenBucket>,
+    /// The follower last served a chunk: the next round of the shared bucket starts after it.
+    pump_cursor: Option<NodeId>,
+    /// Followers that refused a snapshot: no transfer opens to them before then.
+    refused_until: BTreeMap<NodeId, Instant>,
     /// Answers to chunks, sent at the end of the next `process`.
     outbox: Vec<WireMessage>,
     transfer_stats: TransferStats,
@@ -247,6 +254,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             outgoing: BTreeMap::new(),
             send_cache: None,
             bucket,
+            pump_cursor: None,
+            refused_until: BTreeMap::new(),
             outbox: Vec::new(),
             transfer_stats: TransferStats::default(),
             halted: None,
@@ -573,6 +582,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         let image = SnapshotImage { sessions: self.sessions.clone(), state: self.sm.snapshot() };
         let data = Data::from(image.encode());
         self.raft.storage_mut().save_snapshot(&meta, &data)?;
+        // The image kept for sending is superseded (transfers hold their own).
+        self.send_cache = None;
         self.raft.snapshot_taken(now, meta);
         Ok(())
     }

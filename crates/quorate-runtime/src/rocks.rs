@@ -163,9 +163,15 @@ impl LogStorage for RocksLog {
     fn abort_staging(&mut self) -> Result<(), StorageError> {
         self.staging = None;
         match fs::remove_dir_all(&self.staging_dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("removing the staging directory", e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("removing the staging directory", e)),
+        }
+        // Make the removal durable: otherwise a crash can bring back a finished staging
+        // (whose image was installed) at its full length.
+        match self.staging_dir.parent() {
+            Some(parent) => fsync_dir(parent),
+            None => Ok(()),
         }
     }
 

@@ -130,3 +130,124 @@ fn a_staged_snapshot_survives_a_reopen_and_is_replaced_by_another_image() {
     drop(s);
     assert_eq!(open().staging(), Ok(None));
 }
+
+/// Three replicas driven by hand: 1 and 3 in memory, 2 on RocksDB (down while `b` is None).
+/// Messages are delivered at the next step.
+struct Trio {
+    a: Replica<Sum, quorate_runtime::MemStorage>,
+    b: Option<Replica<Sum, RocksLog>>,
+    c: Replica<Sum, quorate_runtime::MemStorage>,
+    now: Instant,
+    wire: Vec<quorate_runtime::WireMessage>,
+    /// Data chunks sent to node 2.
+    chunks_to_b: u64,
+}
+
+impl Trio {
+    fn step(&mut self) {
+        let mut t = self.now.0 + 10_000_000;
+        let deadlines =
+            [self.a.next_deadline(), self.b.as_ref().and_then(|b| b.next_deadline()), self.c.next_deadline()];
+        for d in deadlines.into_iter().flatten() {
+            t = t.min(d.0);
+        }
+        self.now = Instant(t.max(self.now.0 + 1_000_000));
+        let now = self.now;
+        for m in std::mem::take(&mut self.wire) {
+            match m.to().get() {
+                1 => self.a.receive(now, m),
+                2 => {
+                    if let Some(b) = &mut self.b {
+                        b.receive(now, m);
+                    }
+                }
+                _ => self.c.receive(now, m),
+            }
+        }
+        let mut out = Vec::new();
+        self.a.tick(now);
+        self.a.process(now, &mut out);
+        self.c.tick(now);
+        self.c.process(now, &mut out);
+        if let Some(b) = &mut self.b {
+            b.tick(now);
+            b.process(now, &mut out);
+        }
+        for m in &out {
+            if let quorate_runtime::WireMessage::SnapshotChunk(c) = m
+                && c.to.get() == 2
+                && !c.data.is_empty()
+            {
+                self.chunks_to_b += 1;
+            }
+        }
+        self.wire = out;
+    }
+
+    fn run_until(&mut self, steps: usize, done: impl Fn(&Trio) -> bool) -> bool {
+        (0..steps).any(|_| {
+            self.step();
+            done(self)
+        })
+    }
+
+    fn leader(&mut self) -> Option<&mut Replica<Sum, quorate_runtime::MemStorage>> {
+        if self.a.status().role == Role::Leader {
+            Some(&mut self.a)
+        } else if self.c.status().role == Role::Leader {
+            Some(&mut self.c)
+        } else {
+            None
+        }
+    }
+}
+
+/// S2: a crash after the last chunk was appended durably, before the staging was finished
+/// (and removed), leaves a complete staging on disk. After a reopen, the leader's next
+/// transfer has it checked and installed (nothing sent again), and it is gone for good.
+#[test]
+fn a_complete_staging_left_by_a_crash_is_installed_by_the_next_transfer() {
+    use quorate_runtime::{LogStorage, MemStorage, SnapshotHeader};
+    let ids: Vec<NodeId> = (1..=3).map(|i| NodeId::new(i).expect("non-zero")).collect();
+    let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
+    let cfg = |id: NodeId| {
+        let mut cfg = Config::new(id);
+        cfg.raft.seed = id.get();
+        cfg.raft.snapshot_entries_threshold = 5;
+        cfg.raft.compaction_tail_entries = 1;
+        cfg
+    };
+    let mem = |id| Replica::new(cfg(id), MemStorage::new(conf.clone()), Sum::default(), Instant::ZERO).expect("starts");
+    let mut trio =
+        Trio { a: mem(ids[0]), b: None, c: mem(ids[2]), now: Instant::ZERO, wire: Vec::new(), chunks_to_b: 0 };
+    assert!(trio.run_until(1_000, |t| t.a.status().role == Role::Leader || t.c.status().role == Role::Leader));
+    for k in 0..20u8 {
+        let now = trio.now;
+        trio.leader().expect("a leader").propose(now, vec![k], None, Box::new(|_| {}));
+        trio.step();
+    }
+    assert!(trio.run_until(1_000, |t| t.a.state_machine().total == 190 && t.c.state_machine().total == 190));
+    let leader = trio.leader().expect("a leader");
+    assert!(leader.status().snapshot_index > LogIndex(2), "the leader compacted past node 2's log");
+    let (meta, image) = leader.storage().snapshot().expect("readable").expect("a snapshot");
+    let header = SnapshotHeader::of(meta, &image);
+
+    // Node 2 staged the whole image durably, then died before finishing it.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let open = || RocksLog::open(dir.path(), StoreOptions::with_bootstrap(conf.clone())).expect("opens");
+    let mut s = open();
+    s.begin_staging(&header).expect("begins");
+    s.append_staging(0, &image).expect("appends");
+    drop(s);
+    let s = open();
+    assert_eq!(s.staging(), Ok(Some((header.clone(), header.total_len))), "complete after the reopen");
+    trio.b = Some(Replica::new(cfg(ids[1]), s, Sum::default(), trio.now).expect("starts"));
+    let installed = trio.run_until(3_000, |t| t.b.as_ref().is_some_and(|b| b.state_machine().total == 190));
+    let b = trio.b.take().expect("running");
+    assert!(installed, "node 2 installed the staged image: {:?}", b.transfer_stats());
+    assert_eq!(b.transfer_stats().installs, 1);
+    assert_eq!(trio.chunks_to_b, 0, "no byte was sent again");
+    assert_eq!(b.storage().staging(), Ok(None));
+    drop(b);
+    assert_eq!(open().staging(), Ok(None), "the finished staging stays gone after a reopen");
+}

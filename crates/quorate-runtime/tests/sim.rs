@@ -1366,7 +1366,7 @@ fn corrupt_out_of_order_and_foreign_chunks_are_refused_without_a_panic() {
     cases.push((
         "a piece of an image not staged here",
         WireMessage::SnapshotChunk(stray),
-        Some((0, AckStatus::Staging)),
+        Some((0, AckStatus::Restart)),
     ));
     for (what, msg, answer) in cases {
         let r = lab.node_mut(f);
@@ -1414,4 +1414,155 @@ fn lab_staging(lab: &Lab, i: usize) -> Option<(SnapshotHeader, u64)> {
 fn ack_template(lab: &Lab, f: usize, l: usize, h: &SnapshotHeader) -> quorate_runtime::SnapshotAck {
     let term = lab.node(l).status().term;
     quorate_runtime::SnapshotAck::new(lab.ids[f], lab.ids[l], term, h, 0, AckStatus::Staging)
+}
+
+/// S2: a crash after the last chunk was staged durably but before the staging was finished
+/// leaves a complete staging; the restarted follower installs it when asked, instead of
+/// answering "all staged" for ever.
+#[test]
+fn a_follower_that_crashed_with_the_whole_image_staged_installs_it() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 5));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "five chunks reached the follower");
+    lab.crash(f);
+    // The rest of the image reached the disk durably; then the node died before finishing.
+    let (_, image) = lab.node(l).storage().snapshot().expect("readable").expect("the leader's snapshot");
+    let disk = lab.disks[f].as_mut().expect("crashed");
+    let (h, at) = disk.staging().expect("readable").expect("a staging");
+    assert_eq!(SnapshotHeader::of(h.meta.clone(), &image), h, "the leader's image");
+    disk.append_staging(at, &image[at as usize..]).expect("appends");
+    assert_eq!(disk.staging(), Ok(Some((h.clone(), h.total_len))), "complete, not finished");
+    // Down longer than the send timeout: the leader gives its transfer up, and the next one
+    // opens by asking the restarted follower where it stands.
+    lab.run_for(1_500);
+    lab.restart(f);
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower installed the staged image");
+    assert_eq!(lab.node(f).transfer_stats().installs, 1);
+    assert!(lab.chunks_to(f, healed).is_empty(), "no byte sent again");
+    assert_eq!(lab_staging(&lab, f), None, "nothing left staged");
+}
+
+/// S1: a rate-limited transfer that needs about three of the core's snapshot send timeouts,
+/// while the leader keeps writing and snapshotting, still finishes: the running transfer is
+/// kept (it holds its own image) instead of being reopened at offset 0 with each new snapshot.
+#[test]
+fn a_long_rate_limited_transfer_finishes_while_the_leader_keeps_snapshotting() {
+    const RATE: u64 = 6 * 1024;
+    let (mut lab, l, f) = lagging(|id| {
+        let mut cfg = lab_config(id);
+        cfg.snapshot_rate_bytes_per_sec = Some(RATE);
+        cfg
+    });
+    let first = lab.node(l).status().snapshot_index;
+    let total = lab.node(l).storage().snapshot().expect("readable").expect("a snapshot").1.len() as u64;
+    assert!(total * 1_000 / RATE >= 2_500, "the transfer needs ~3 send timeouts: {total} bytes");
+    lab.isolated.remove(&f);
+    let healed = lab.now;
+    let mut installed_at = None;
+    for k in 0..500u64 {
+        let now = Instant(lab.now);
+        if let Some(l) = lab.leader() {
+            lab.node_mut(l).propose(now, vec![(k % 251) as u8; 30], None, Box::new(|_| {}));
+        }
+        lab.run_for(40);
+        if lab.node(f).transfer_stats().installs > 0 {
+            installed_at = Some(lab.now);
+            break;
+        }
+    }
+    let l = lab.leader().expect("a leader");
+    assert!(
+        lab.node(l).status().snapshot_index.0 > first.0 + 40,
+        "the leader kept snapshotting: {:?} -> {:?}",
+        first,
+        lab.node(l).status().snapshot_index
+    );
+    let at = installed_at.expect("the lagging follower installed a snapshot within 20 s");
+    assert!(at - healed < 8_000 * MS, "within about one transfer's time: {} ms", (at - healed) / MS);
+    // Once the writes stop, the follower catches up (with the newer image if it needs it).
+    assert!(lab.run_until(20_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+}
+
+/// S4: a follower that refuses the snapshot (over its staging limit) is not asked again, nor
+/// the image read again, before the core's snapshot send timeout.
+#[test]
+fn a_refused_snapshot_is_neither_reread_nor_reopened_before_the_send_timeout() {
+    let (mut lab, l, f) = lagging(|id| {
+        let mut cfg = lab_config(id);
+        cfg.snapshot_staging_bytes_max = 1_000;
+        cfg
+    });
+    let before = lab.node(l).transfer_stats().clone();
+    lab.isolated.remove(&f);
+    lab.run_for(5_000);
+    let after = lab.node(l).transfer_stats().clone();
+    let opened = after.transfers_started - before.transfers_started;
+    let read = after.images_read - before.images_read;
+    // snapshot_send_timeout is 1 s: at most one transfer a second (and one at the start).
+    assert!((1..=6).contains(&opened), "{opened} transfers opened in 5 s");
+    assert!(read <= 1, "the image was read {read} times");
+    assert!(lab.node(f).transfer_stats().chunks_refused <= 6, "{:?}", lab.node(f).transfer_stats());
+}
+
+/// S5: two lagging followers share the rate limit: both make progress from the start.
+#[test]
+fn the_rate_limit_is_shared_between_two_lagging_followers() {
+    const RATE: u64 = 8 * 1024;
+    let mut lab = Lab::new(5, |id| {
+        let mut cfg = lab_config(id);
+        cfg.snapshot_rate_bytes_per_sec = Some(RATE);
+        cfg.raft.snapshot_send_timeout = Duration::from_millis(5_000);
+        cfg
+    });
+    assert!(lab.run_until(3_000, |lab| lab.leader().is_some()), "a leader is elected");
+    let l = lab.leader().expect("elected");
+    let (f1, f2) = ((l + 1) % 5, (l + 2) % 5);
+    lab.isolated.insert(f1);
+    lab.isolated.insert(f2);
+    lab.write(60, 300);
+    let past = |lab: &Lab| {
+        let floor = lab.node(l).status().snapshot_index;
+        floor > lab.node(f1).core().last_index() && floor > lab.node(f2).core().last_index()
+    };
+    assert!(lab.run_until(2_000, past), "the leader compacted past both followers");
+    lab.isolated.remove(&f1);
+    lab.isolated.remove(&f2);
+    let healed = lab.now;
+    lab.run_for(1_500);
+    let (n1, n2) = (lab.chunks_to(f1, healed).len(), lab.chunks_to(f2, healed).len());
+    assert!(n1 >= 4 && n2 >= 4, "both progress: {n1} and {n2} chunks in 1.5 s");
+    assert!(n1.abs_diff(n2) <= 2, "evenly: {n1} and {n2}");
+    assert!(lab.run_until(10_000, |lab| caught_up(lab, l, f1) && caught_up(lab, l, f2)), "both caught up");
+}
+
+/// S3: a follower whose complete image fails its checksum starts over, and says so: the
+/// leader sends from 0 at once instead of waiting for the transfer to time out.
+#[test]
+fn a_follower_that_restarts_its_staging_is_served_from_its_offset_at_once() {
+    let (mut lab, l, f) = lagging(lab_config);
+    lab.isolated.remove(&f);
+    lab.cut_after = Some((f, 5));
+    assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "five chunks reached the follower");
+    lab.crash(f);
+    // The staged bytes rot on disk: same length, other bytes.
+    let disk = lab.disks[f].as_mut().expect("crashed");
+    let (h, at) = disk.staging().expect("readable").expect("a staging");
+    disk.begin_staging(&h).expect("begins");
+    disk.append_staging(0, &vec![0x5a; at as usize]).expect("appends");
+    lab.restart(f);
+    lab.run_for(1_200);
+    let failed = lab.node(l).transfer_stats().transfers_failed;
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let took = lab.now - healed;
+    assert_eq!(lab.node(l).transfer_stats().transfers_failed, failed, "no transfer was given up");
+    assert!(took < 800 * MS, "caught up in {} ms, without waiting for a timeout", took / MS);
+    let sent = lab.chunks_to(f, healed);
+    assert_eq!(sent[0].chunk.offset, at, "first the rest of the staged image");
+    assert!(sent.iter().any(|s| s.chunk.offset == 0), "then all of it again");
+    assert_eq!(lab.node(f).transfer_stats().installs, 1);
 }

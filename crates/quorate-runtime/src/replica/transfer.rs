@@ -8,16 +8,25 @@
 //! `snapshot_window_bytes` are sent beyond the acknowledged offset; a window with no
 //! acknowledgement within `snapshot_chunk_timeout` is sent again from the acknowledged offset,
 //! and so is the rest after an acknowledgement that shows a gap. Every chunk waits for tokens
-//! of one bucket per replica (`snapshot_rate_bytes_per_sec`), refilled by the passed-in clock.
+//! of one bucket per replica (`snapshot_rate_bytes_per_sec`), refilled by the passed-in clock;
+//! the followers take turns at it (each round starts after the one served last).
 //! A transfer without progress for the core's `snapshot_send_timeout` is given up (the core
-//! probes the follower and asks again, and the next transfer resumes).
+//! probes the follower and asks again, and the next transfer resumes). A transfer that makes
+//! progress keeps its image even when the core asks with a newer snapshot meanwhile (it would
+//! otherwise restart at 0 with every snapshot and never finish a long transfer). After a
+//! refusal no transfer opens to that follower before `snapshot_send_timeout`, and the image
+//! read for sending is kept until a newer snapshot is saved.
 //!
 //! **Follower.** A chunk is taken only from the leader of the current term, well formed
 //! (bounded, inside the image, its CRC right), and only at the staged offset; anything else is
 //! answered with the staged offset or dropped. Staging goes through the storage
 //! ([`crate::LogStorage::begin_staging`] …) and each acknowledgement follows a durable append.
 //! A chunk of another image at offset 0 replaces the staging (one at a time). The complete
-//! image is checked (length, CRC, decoding) and handed to the core's `install_snapshot`.
+//! image is checked (length, CRC, decoding) and handed to the core's `install_snapshot` —
+//! also when the staging was already complete when the transfer opened (a crash between the
+//! last append and the finishing). A follower that starts an image over (its staging lost, or
+//! the whole image failing its CRC) answers `AckStatus::Restart`, and the leader sends from
+//! the follower's offset at once.
 
 use super::Replica;
 use crate::network::{AckStatus, Network, SnapshotAck, SnapshotChunk, WireMessage};
@@ -26,6 +35,7 @@ use crate::state_machine::StateMachine;
 use crate::storage::{LogStorage, SnapshotHeader};
 use quorate_core::{Instant, Role, SendSnapshot};
 use quorate_log::{Data, LogIndex, NodeId, SnapshotMeta, Term};
+use std::ops::Bound;
 
 /// The largest snapshot chunk a follower takes (and the most `Config::snapshot_chunk_bytes`
 /// is raised to).
@@ -56,6 +66,8 @@ pub struct TransferStats {
     pub chunks_refused: u64,
     /// Snapshots received in chunks and handed to the core for installing.
     pub installs: u64,
+    /// Snapshot images read from the storage to be sent (each read also hashes the image).
+    pub images_read: u64,
 }
 
 /// A token bucket over the passed-in clock: `rate` bytes a second, at most `burst` at once.
@@ -125,17 +137,33 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// The core asks for a snapshot to be sent: open a transfer, or continue the open one.
     pub(super) fn start_transfer(&mut self, now: Instant, s: SendSnapshot) {
         let term = self.raft.term();
+        let give_up = self.cfg.raft.snapshot_send_timeout;
         if let Some(t) = self.outgoing.get_mut(&s.to)
             && t.term == term
-            && t.header.meta.last == s.meta.last
         {
-            // Asked again (the core's own timeout, measured from the start, fired during a
-            // long transfer): this one goes on; an unanswered opening chunk goes out again now.
-            if t.probing {
-                t.retry_at = now;
+            if t.header.meta.last == s.meta.last {
+                // Asked again (the core's own timeout, measured from the start, fired during
+                // a long transfer): this one goes on; an unanswered opening chunk goes out
+                // again now.
+                if t.probing {
+                    t.retry_at = now;
+                }
+                return;
             }
+            // A newer snapshot, while this transfer still makes progress: it finishes its
+            // own image first (it holds the bytes). Reopening at offset 0 with every new
+            // snapshot would never finish a transfer longer than the snapshot period; the
+            // core asks again after this one installs (or stops progressing).
+            if !t.probing && now.saturating_since(t.progress_at) < give_up {
+                return;
+            }
+        }
+        if self.refused_until.get(&s.to).is_some_and(|until| now < *until) {
+            // The follower refused a snapshot lately: back off until the core's send timeout
+            // (it probes and asks again), rather than reopen at every probe.
             return;
         }
+        self.refused_until.remove(&s.to);
         let Some((header, data)) = self.snapshot_image(&s.meta) else {
             self.raft.snapshot_send_failed(now, s.to);
             return;
@@ -166,6 +194,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
         match self.raft.storage().snapshot() {
             Ok(Some((stored, data))) if stored.last == meta.last && !data.is_empty() => {
+                self.transfer_stats.images_read += 1;
                 let header = SnapshotHeader::of(meta.clone(), &data);
                 self.send_cache = Some((header.clone(), data.clone()));
                 Some((header, data))
@@ -179,10 +208,12 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     pub(super) fn pump_transfers(&mut self, now: Instant, net: &mut impl Network) {
         if self.raft.role() != Role::Leader {
             self.outgoing.clear();
+            self.refused_until.clear();
+            // Only a leader sends: free the image. (A leader keeps it until a new snapshot
+            // is saved, so that asking again does not read and hash it again.)
+            self.send_cache = None;
         }
         if self.outgoing.is_empty() {
-            // No transfer holds the image any more: free it.
-            self.send_cache = None;
             return;
         }
         let term = self.raft.term();
@@ -193,7 +224,19 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         let give_up = self.cfg.raft.snapshot_send_timeout;
         let mut failed: Vec<(NodeId, bool)> = Vec::new();
         let stats = &mut self.transfer_stats;
-        for (&to, t) in &mut self.outgoing {
+        // One bucket for all: each round starts after the follower served last, so that
+        // every follower gets its turn at the tokens (not the lowest id all of them).
+        let order: Vec<NodeId> = match self.pump_cursor {
+            Some(c) => self
+                .outgoing
+                .range((Bound::Excluded(c), Bound::Unbounded))
+                .chain(self.outgoing.range(..=c))
+                .map(|(&to, _)| to)
+                .collect(),
+            None => self.outgoing.keys().copied().collect(),
+        };
+        for to in order {
+            let Some(t) = self.outgoing.get_mut(&to) else { continue };
             if t.term != term {
                 failed.push((to, false));
                 continue;
@@ -230,6 +273,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 let (lo, hi) = (t.next as usize, (t.next + n) as usize);
                 let data = Data::copy_from(&t.data[lo..hi]);
                 net.send(WireMessage::SnapshotChunk(SnapshotChunk::new(me, to, term, t.header.clone(), t.next, data)));
+                self.pump_cursor = Some(to);
                 stats.chunks_sent += 1;
                 stats.bytes_sent += n;
                 stats.bytes_resent += t.high.min(t.next + n).saturating_sub(t.next);
@@ -277,7 +321,19 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             AckStatus::Refused => {
                 self.outgoing.remove(&a.from);
                 self.transfer_stats.transfers_failed += 1;
+                let until = now.saturating_add(self.cfg.raft.snapshot_send_timeout);
+                self.refused_until.insert(a.from, until);
                 self.raft.snapshot_send_failed(now, a.from);
+            }
+            AckStatus::Restart => {
+                // The follower starts this image over at `offset` (its staging was lost, or
+                // the complete image failed its check): send from there now. Not progress:
+                // a follower that keeps failing still has the transfer given up.
+                t.probing = false;
+                t.acked = a.offset;
+                t.next = a.offset;
+                t.recovering = false;
+                t.retry_at = now.saturating_add(retry);
             }
             AckStatus::Staging => {
                 if t.probing {
@@ -301,8 +357,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     t.recovering = true;
                 }
                 // Below `acked`: a late duplicate (acknowledgements only grow), ignored; a
-                // follower that truly lost its staging stalls the transfer, which is then
-                // given up and opened again from the follower's offset.
+                // follower that lost its staging says so with `AckStatus::Restart`.
             }
         }
     }
@@ -367,31 +422,36 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     return;
                 }
             },
-            // A piece of an image not staged here: start it from 0.
+            // A piece of an image not staged here (lost, or replaced): start it from 0.
             _ => {
                 self.transfer_stats.chunks_refused += 1;
-                self.outbox.push(ack(0, AckStatus::Staging));
+                self.outbox.push(ack(0, AckStatus::Restart));
                 return;
             }
         };
-        if c.offset != staged || len == 0 {
-            if c.offset != staged {
-                self.transfer_stats.chunks_refused += 1;
+        // A staging already complete (a crash between its last durable append and its
+        // finishing) goes straight to the check and install below: answering "all staged"
+        // would leave the leader with nothing to send, for ever.
+        if staged < h.total_len {
+            if c.offset != staged || len == 0 {
+                if c.offset != staged {
+                    self.transfer_stats.chunks_refused += 1;
+                }
+                self.outbox.push(ack(staged, AckStatus::Staging));
+                return;
             }
-            self.outbox.push(ack(staged, AckStatus::Staging));
-            return;
-        }
-        if self.raft.storage_mut().append_staging(staged, &c.data).is_err() {
-            self.drop_staging();
-            self.outbox.push(ack(0, AckStatus::Refused));
-            return;
-        }
-        let at = staged + len;
-        self.staging = Some((h.clone(), at));
-        self.transfer_stats.chunks_staged += 1;
-        if at < h.total_len {
-            self.outbox.push(ack(at, AckStatus::Staging));
-            return;
+            if self.raft.storage_mut().append_staging(staged, &c.data).is_err() {
+                self.drop_staging();
+                self.outbox.push(ack(0, AckStatus::Refused));
+                return;
+            }
+            let at = staged + len;
+            self.staging = Some((h.clone(), at));
+            self.transfer_stats.chunks_staged += 1;
+            if at < h.total_len {
+                self.outbox.push(ack(at, AckStatus::Staging));
+                return;
+            }
         }
         // Complete: check the whole image before the core hears of it.
         self.staging = None;
@@ -404,8 +464,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             }
         };
         if data.len() as u64 != h.total_len || crc32fast::hash(&data) != h.checksum {
-            // Damaged at rest or assembled wrongly: start over.
-            self.outbox.push(ack(0, AckStatus::Staging));
+            // Damaged at rest or assembled wrongly: start over, and tell the leader.
+            self.outbox.push(ack(0, AckStatus::Restart));
             return;
         }
         if SnapshotImage::decode(&data).is_none() {
