@@ -431,6 +431,20 @@ async fn a_dead_apply_thread_stops_an_idle_node_promptly_with_its_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(tmp.path(), |_, _| {});
     put_all(&c, &pairs("a", 5)).await;
+    // A new cluster's leader proposes its cluster version once every member can follow it: an
+    // entry committed by itself a few seconds after the start (it made this test fail once in
+    // CI). Wait until every node has applied it, so that the cluster is idle from here on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in 1..=3 {
+        while c.client.versions(nid(id)).await.ok().map(|v| v.cluster_version) != Some(quorate_api::CLUSTER_VERSION) {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never applied cluster version {}",
+                quorate_api::CLUSTER_VERSION
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let victim = a_follower(&c).await;
     let leader = c.leader().await;
     let before = c.client.status(nid(leader)).await.unwrap();
