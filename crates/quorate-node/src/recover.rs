@@ -274,6 +274,23 @@ mod tests {
         store.write(PersistBatch::append(entries).with_hard_state(hs)).unwrap();
     }
 
+    /// The record a first run on [`survivor`]'s data writes at `at_unix_ms`.
+    fn first_run_of_survivor(at_unix_ms: u64) -> Forced {
+        Forced {
+            node: 1,
+            at_unix_ms,
+            old_voters: vec![1, 2, 3],
+            old_learners: vec![],
+            old_term: 3,
+            commit: 3,
+            last_index: 5,
+            last_term: 2,
+            new_term: 4,
+            config_index: 6,
+            dry_run: false,
+        }
+    }
+
     #[test]
     fn the_survivor_becomes_the_only_voter_keeping_its_whole_log() {
         let tmp = tempfile::tempdir().unwrap();
@@ -322,19 +339,7 @@ mod tests {
     #[test]
     fn a_record_without_its_change_stops_the_node_with_what_to_do() {
         let tmp = tempfile::tempdir().unwrap();
-        let forced = Forced {
-            node: 1,
-            at_unix_ms: 1,
-            old_voters: vec![1, 2, 3],
-            old_learners: vec![],
-            old_term: 3,
-            commit: 3,
-            last_index: 5,
-            last_term: 2,
-            new_term: 4,
-            config_index: 6,
-            dry_run: false,
-        };
+        let forced = first_run_of_survivor(1);
         write_record(tmp.path(), &forced).unwrap();
         let err = pending_record(tmp.path(), &voters(&[1, 2, 3])).unwrap_err();
         assert!(err.contains("stopped before it finished") && err.contains("again"), "{err}");
@@ -348,19 +353,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         survivor(tmp.path());
         // The first run wrote its record and stopped before the store write.
-        let first = Forced {
-            node: 1,
-            at_unix_ms: 5,
-            old_voters: vec![1, 2, 3],
-            old_learners: vec![],
-            old_term: 3,
-            commit: 3,
-            last_index: 5,
-            last_term: 2,
-            new_term: 4,
-            config_index: 6,
-            dry_run: false,
-        };
+        let first = first_run_of_survivor(5);
         write_record(tmp.path(), &first).unwrap();
         let again = force_new_cluster(tmp.path(), 1, false, 9).unwrap();
         assert_eq!(again, first, "the record keeps the first run's time and the old cluster");
@@ -391,12 +384,6 @@ mod tests {
         assert_eq!(store.initial_state().unwrap().config, voters(&[1]));
         assert_eq!(store.term(LogIndex(6)).unwrap(), Term(4));
     }
-}
-
-#[cfg(test)]
-mod wrong_id_tests {
-    use super::*;
-    use quorate_log::LogIndex;
 
     #[test]
     fn a_run_with_another_members_id_is_superseded_by_the_right_one() {
@@ -419,10 +406,7 @@ mod wrong_id_tests {
         drop(store);
         // Node 1's data, forced with --id 2 by mistake: the store now names 2 the only voter.
         let wrong = force_new_cluster(tmp.path(), 2, false, 5).unwrap();
-        assert_eq!(
-            pending_record(tmp.path(), &Configuration::with_voters([NodeId::new(2).unwrap()]).unwrap()).unwrap(),
-            Some(wrong.clone())
-        );
+        assert_eq!(pending_record(tmp.path(), &voters(&[2])).unwrap(), Some(wrong.clone()));
         // Only a member of the recorded old cluster can supersede it.
         assert!(matches!(force_new_cluster(tmp.path(), 9, false, 6), Err(ForceError::NotMember { node: 9, .. })));
         let right = force_new_cluster(tmp.path(), 1, false, 6).unwrap();
@@ -432,7 +416,6 @@ mod wrong_id_tests {
             "the first record's old cluster"
         );
         assert_eq!((right.last_index, right.config_index, right.new_term), (2, 3, 3), "above the wrong run's entry");
-        let only_1 = Configuration::with_voters([NodeId::new(1).unwrap()]).unwrap();
-        assert_eq!(pending_record(tmp.path(), &only_1).unwrap(), Some(right));
+        assert_eq!(pending_record(tmp.path(), &voters(&[1])).unwrap(), Some(right));
     }
 }
