@@ -144,3 +144,47 @@ fn entries_applied_before_a_restart_count_toward_the_snapshot_threshold() {
     assert_eq!(last, Some(LogIndex(10)), "node 1 applied through 10");
     assert_eq!(net.node(1).snapshot_requests.len(), 1, "due: 10 entries applied since the (absent) snapshot");
 }
+
+#[test]
+fn bytes_applied_before_a_restart_count_toward_the_snapshot_threshold() {
+    // Only the byte threshold: 1 KiB commands, a snapshot due after 7,000 bytes.
+    let voters = conf(&[1, 2, 3], &[], &[]);
+    let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |c| {
+        c.snapshot_entries_threshold = 0;
+        c.snapshot_bytes_threshold = 7_000;
+    });
+    net.elect(1);
+    for _ in 0..6 {
+        let now = net.now;
+        net.raft(1).propose(now, quorate_log::Data::from(vec![7u8; 1000])).expect("accepted");
+        net.settle(50, |_| true);
+    }
+    assert!(net.node(1).snapshot_requests.is_empty(), "6,192 bytes applied: not due yet");
+    // Node 1 restarts with its state machine (applied through the commit index) intact.
+    let applied = net.raft(1).commit_index();
+    assert_eq!(applied, LogIndex(7));
+    let (now, storage) = (net.now, net.raft(1).storage().clone());
+    let node = net.node(1);
+    node.cfg.applied = applied;
+    node.disk.clear();
+    node.applied.clear();
+    node.raft = quorate_core::Raft::new(node.cfg.clone(), storage, now).expect("restarts");
+    net.wire.retain(|m| m.to != n(1));
+    let led = net.run_until(
+        500,
+        |_| true,
+        |net| net.leaders().len() == 1 && net.nodes.values().all(|x| x.raft.commit_index() >= LogIndex(8)),
+    );
+    assert!(led, "a new leader commits its no-op");
+    // Two more commands: 2,072 bytes since the restart (with the no-op), 8,264 since the start
+    // of the log.
+    let leader = net.leaders()[0].get();
+    for _ in 0..2 {
+        let now = net.now;
+        net.raft(leader).propose(now, quorate_log::Data::from(vec![8u8; 1000])).expect("accepted");
+        net.settle(50, |_| true);
+    }
+    let last = net.node(1).applied.last().map(|e| e.index);
+    assert_eq!(last, Some(LogIndex(10)), "node 1 applied through 10");
+    assert_eq!(net.node(1).snapshot_requests.len(), 1, "due: 8,264 bytes applied since the (absent) snapshot");
+}

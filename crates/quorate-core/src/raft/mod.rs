@@ -235,13 +235,14 @@ impl<S: LogStorage> Raft<S> {
         let base_conf = storage.snapshot_meta()?.config;
         let hs = init.hard_state;
         let log = RaftLog::new(storage, hs.commit, cfg.applied);
-        let membership = Membership::new(log.floor().index, base_conf, scan_configs(&log)?);
         let snapshot = cfg.snapshot.clone().filter(|m| m.last.index <= log.commit);
-        // Entries the (persistent) state machine applied since the latest snapshot (else since
-        // the log's floor) count toward the next one: a node restarted more often than it
-        // applies `snapshot_entries_threshold` entries would otherwise never take one.
-        let applied_since_snapshot =
-            log.applied.distance_from(snapshot.as_ref().map_or(log.floor().index, |m| m.last.index));
+        // Entries (and their bytes) the (persistent) state machine applied since the latest
+        // snapshot (else since the log's floor) count toward the next one: a node restarted
+        // more often than it applies a threshold's worth would otherwise never take one.
+        let since = snapshot.as_ref().map_or(log.floor().index, |m| m.last.index);
+        let applied_since_snapshot = log.applied.distance_from(since);
+        let scan = scan_log(&log, since)?;
+        let membership = Membership::new(log.floor().index, base_conf, scan.configs);
         let mut r = Raft {
             id: cfg.id,
             rng: SplitMix64::new(cfg.seed ^ 0x0051_554f_5241_5445),
@@ -252,7 +253,7 @@ impl<S: LogStorage> Raft<S> {
             membership,
             snapshot,
             applied_since_snapshot,
-            applied_bytes_since_snapshot: 0,
+            applied_bytes_since_snapshot: scan.applied_bytes_since,
             snapshot_requested: false,
             pending_install: None,
             pending_compact: None,
@@ -791,10 +792,20 @@ impl<S: LogStorage> Raft<S> {
     // ----- internals: reads -----
 }
 
-/// Configuration entries in the log above its floor, read in bounded chunks at start-up.
-fn scan_configs<S: LogStorage>(log: &RaftLog<S>) -> Result<Vec<(LogIndex, Configuration)>, StorageError> {
+/// What a start learns from one pass over the stored log.
+struct LogScan {
+    /// The configuration entries, in log order.
+    configs: Vec<(LogIndex, Configuration)>,
+    /// Bytes (as [`Entry::size_bytes`] counts them) of the entries after the scan's `since`
+    /// index up to the state machine's applied index.
+    applied_bytes_since: u64,
+}
+
+/// Reads the stored log once, in bounded chunks: its configuration entries, and the bytes
+/// applied after `since` (the latest snapshot's index).
+fn scan_log<S: LogStorage>(log: &RaftLog<S>, since: LogIndex) -> Result<LogScan, StorageError> {
     const CHUNK_BYTES_MAX: u64 = 4 << 20;
-    let mut out = Vec::new();
+    let mut out = LogScan { configs: Vec::new(), applied_bytes_since: 0 };
     let mut next = log.first_index();
     let end = log.last_index().next();
     while next < end {
@@ -803,7 +814,10 @@ fn scan_configs<S: LogStorage>(log: &RaftLog<S>) -> Result<Vec<(LogIndex, Config
         next = last.index.next();
         for e in &chunk {
             if let EntryPayload::Config(c) = &e.payload {
-                out.push((e.index, c.clone()));
+                out.configs.push((e.index, c.clone()));
+            }
+            if e.index > since && e.index <= log.applied {
+                out.applied_bytes_since = out.applied_bytes_since.saturating_add(e.size_bytes());
             }
         }
     }
