@@ -440,13 +440,13 @@ pub(crate) fn judge(
             let acked = ((bounds.ops_per_s_min * secs(window_end.saturating_sub(r.start_ns))).ceil() as u64).max(1);
             (acked, bounds.clients)
         });
-        // Until the next fault that stops the same node again: its answers after that are
-        // the later fault's (a node killed again while it restarts answers only after the
-        // later heal).
+        // Until the next fault that stops the same node again, or one that still holds it
+        // at this heal: its answers after that are the later heal's (a node killed again
+        // while it restarts, or killed while paused, answers only after the later heal).
         let answered_after_ns = r.stopped.map(|id| {
             let again = records
                 .iter()
-                .filter(|o| o.n != r.n && o.stopped == Some(id) && o.start_ns >= end_ns)
+                .filter(|o| o.n != r.n && o.stopped == Some(id) && o.end_ns.is_none_or(|e| e > end_ns))
                 .min_by_key(|o| o.start_ns);
             let from = samples.partition_point(|s| s.at_ns < end_ns);
             let until = again.map_or(u64::MAX, |o| o.start_ns);
@@ -454,7 +454,7 @@ pub(crate) fn judge(
                 samples[from..].iter().take_while(|s| s.at_ns < until).find(|s| s.node == id && s.seen.is_some());
             match (first, again) {
                 (Some(s), _) => Answer::After(s.at_ns - end_ns),
-                (None, Some(o)) => Answer::Cut { by: o.n, after_ns: o.start_ns - end_ns },
+                (None, Some(o)) => Answer::Cut { by: o.n, after_ns: o.start_ns.saturating_sub(end_ns) },
                 (None, None) => Answer::Never,
             }
         });
@@ -953,6 +953,33 @@ mod tests {
             v.table()
         );
         assert!(v.faults[1].problems.is_empty(), "{}", v.table());
+    }
+
+    /// A fault that stops a node while another fault already holds it (a kill of a paused
+    /// node, say) overlaps the earlier one's heal: the node cannot answer after the earlier
+    /// heal until the later fault heals, so the earlier fault's answer is cut at once and
+    /// the later one is held to the bound.
+    #[test]
+    fn a_node_still_held_by_an_overlapping_fault_at_the_heal_is_charged_to_that_fault() {
+        let ops = traffic(0.0, 20.0);
+        // Node 3: paused from 2.0 s to 4.0 s, killed from 3.5 s (inside the pause) to 8.0 s,
+        // answers from 8.5 s (4.5 s after the pause's heal, 0.5 s after the kill's).
+        let mut samples = Vec::new();
+        for d in 0..200 {
+            let t = d * S / 10;
+            samples.push(Sample { node: 1, at_ns: t + 1, seen: seen(true, 1, Some(1)) });
+            samples.push(Sample { node: 2, at_ns: t + 2, seen: seen(false, 1, Some(1)) });
+            let silent = (20..85).contains(&d);
+            samples.push(Sample { node: 3, at_ns: t + 3, seen: if silent { None } else { seen(false, 1, Some(1)) } });
+        }
+        let mut pause = record(1, Fault::PAUSE, 2.0, 4.0);
+        pause.stopped = Some(3);
+        let mut kill = record(2, Fault::KILL, 3.5, 8.0);
+        kill.stopped = Some(3);
+        let v = judge(&[pause, kill], &[Fault::PAUSE, Fault::KILL], &ops, &samples, (0, 20 * S), &BOUNDS);
+        assert!(v.pass(), "{}", v.table());
+        assert_eq!(v.faults[0].answered_after_ns, Some(Answer::Cut { by: 2, after_ns: 0 }), "{}", v.table());
+        assert!(matches!(v.faults[1].answered_after_ns, Some(Answer::After(ns)) if ns < S), "{}", v.table());
     }
 
     #[test]
