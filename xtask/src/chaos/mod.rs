@@ -492,9 +492,24 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         Arc::new(nemesis::Nemesis::new(env.clone(), o.seed, o.faults.clone(), (o.nodes, spares), ctx, history.clone()));
     let deadline = Instant::now() + o.duration;
     let nemesis_task = tokio::spawn(nem.clone().run(deadline, stop.clone()));
-    tokio::time::sleep_until(deadline.into()).await;
+    // The run ends at its deadline, or earlier when the history is full (the clients have
+    // stopped: faults after that would run without load).
+    tokio::select! {
+        () = tokio::time::sleep_until(deadline.into()) => {}
+        () = history.filled() => {}
+    }
     stop.store(true, Ordering::Relaxed);
     let stop_ns = history.now();
+    let ended_early = history.full_at_ns().map(|at| {
+        let note = format!(
+            "the history filled ({} operations) after {:.1}s of {}s: the run ended there",
+            workload::HISTORY_OPS_MAX,
+            secs_between(begin_ns, at),
+            o.duration.as_secs()
+        );
+        println!("{note}");
+        note
+    });
     nemesis_task.await.context("the nemesis panicked")??;
     let counts = clients.await.context("the clients panicked")??;
     let txn_counts = txn_clients.await.context("the transaction clients panicked")??;
@@ -546,7 +561,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         other => format!("{other:?}"),
     };
     let line = format!(
-        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown); {}; {safety}; {}{txn_line}",
+        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){}; {}; {safety}; {}{txn_line}",
         o.seed,
         o.nodes,
         Fault::names(&o.faults),
@@ -558,10 +573,16 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         counts.ok,
         counts.failed,
         counts.unknown,
+        ended_early.map(|n| format!(", {n}")).unwrap_or_default(),
         faults.summary(),
         report.summary()
     );
     Ok(Verdict { pass, line, ops: history.len() })
+}
+
+/// Seconds from `from_ns` to `to_ns` on the history's clock.
+fn secs_between(from_ns: u64, to_ns: u64) -> f64 {
+    to_ns.saturating_sub(from_ns) as f64 / 1e9
 }
 
 /// The transaction history's final reads and its check: whether it passed, and the summary.

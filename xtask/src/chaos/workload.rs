@@ -20,8 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Most operations one history holds (a bound on memory; clients stop when it is reached).
-pub(crate) const HISTORY_OPS_MAX: usize = 2_000_000;
+/// Most workload operations one history holds (a bound on memory: ~0.8 KiB an operation in
+/// the harness and the checkers). A client issues an operation only after reserving its place
+/// ([`History::reserve`]); when none is left the clients stop and the run ends there.
+pub(crate) const HISTORY_OPS_MAX: usize = 4_000_000;
+
+/// Records beyond [`HISTORY_OPS_MAX`] kept for operations issued outside the workload's
+/// reservations (the harness's own writes and final reads).
+const HISTORY_UNRESERVED_MAX: usize = 100_000;
 
 /// The operations of a run on one monotonic clock (nanoseconds since the history began).
 pub(crate) struct History {
@@ -29,11 +35,59 @@ pub(crate) struct History {
     /// The wall clock at `origin`, to line the history up with node logs.
     origin_wall: std::time::SystemTime,
     ops: Mutex<Vec<Operation>>,
+    /// Places reserved by workload clients (at most `cap`).
+    reserved: std::sync::atomic::AtomicUsize,
+    cap: usize,
+    /// History time at which the first reservation was refused (`u64::MAX` while not full).
+    full_at_ns: std::sync::atomic::AtomicU64,
+    full: tokio::sync::Notify,
 }
 
 impl History {
     pub(crate) fn new() -> History {
-        History { origin: Instant::now(), origin_wall: std::time::SystemTime::now(), ops: Mutex::new(Vec::new()) }
+        History::with_cap(HISTORY_OPS_MAX)
+    }
+
+    fn with_cap(cap: usize) -> History {
+        History {
+            origin: Instant::now(),
+            origin_wall: std::time::SystemTime::now(),
+            ops: Mutex::new(Vec::new()),
+            reserved: std::sync::atomic::AtomicUsize::new(0),
+            cap,
+            full_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
+            full: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Reserves the place of one operation a client is about to issue; `false` when the
+    /// history is full, and the client must not issue it. (An operation issued and then not
+    /// recorded could be applied unseen: the final reads would then find a value no recorded
+    /// write left, a lost write that is not one.)
+    pub(crate) fn reserve(&self) -> bool {
+        let got = self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.cap).then_some(n + 1));
+        if got.is_err()
+            && self.full_at_ns.compare_exchange(u64::MAX, self.now(), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.full.notify_waiters();
+        }
+        got.is_ok()
+    }
+
+    /// History time at which the history filled, if it did.
+    pub(crate) fn full_at_ns(&self) -> Option<u64> {
+        Some(self.full_at_ns.load(Ordering::Relaxed)).filter(|t| *t != u64::MAX)
+    }
+
+    /// Returns once the history is full (never if it does not fill).
+    pub(crate) async fn filled(&self) {
+        loop {
+            let notified = self.full.notified();
+            if self.full_at_ns().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The wall-clock time of history time 0, as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
@@ -50,10 +104,12 @@ impl History {
         self.origin.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
     }
 
-    /// Records one operation; `false` when the history is full.
+    /// Records one operation: a workload client's, whose place it reserved, or one of the
+    /// harness's own (up to [`HISTORY_UNRESERVED_MAX`] beyond the cap); `false` when even
+    /// that is full.
     pub(crate) fn record(&self, op: Operation) -> bool {
         let mut ops = self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ops.len() >= HISTORY_OPS_MAX {
+        if ops.len() >= self.cap + HISTORY_UNRESERVED_MAX {
             return false;
         }
         ops.push(op);
@@ -338,7 +394,7 @@ async fn one_client(
         };
     };
     for n in 0..spec.ops_per_client_max {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) || !history.reserve() {
             break;
         }
         let k = pick_key(&mut rng, &spec);
@@ -395,9 +451,7 @@ async fn one_client(
             Operation::cas(id, &key, expected, &value, call, c)
         };
         count(&op);
-        if !history.record(op) {
-            break;
-        }
+        history.record(op);
     }
     client.close();
     counts
@@ -416,6 +470,30 @@ fn op_ok(op: &Operation) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_operation_is_issued_only_with_a_reserved_place_and_every_reserved_one_is_recorded() {
+        use quorate_check::history::{Completion, Operation};
+        let h = super::History::with_cap(3);
+        assert_eq!(h.full_at_ns(), None);
+        for i in 0..3 {
+            assert!(h.reserve(), "place {i}");
+        }
+        assert!(!h.reserve(), "the fourth operation must not be issued");
+        assert!(!h.reserve());
+        let full_at = h.full_at_ns().expect("full");
+        assert!(full_at <= h.now());
+        // The three reserved operations, and the harness's own final read after the cap, are
+        // all kept: nothing issued goes unrecorded.
+        for i in 0..4 {
+            assert!(h.record(Operation::put(i, "k", "v", h.now(), Completion::Unknown)), "record {i}");
+        }
+        assert_eq!(h.len(), 4);
+        // The run waiting on the history wakes at once once it is full.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), h.filled()).await })
+            .expect("filled");
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));
