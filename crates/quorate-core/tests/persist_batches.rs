@@ -104,63 +104,44 @@ fn a_skipped_snapshot_is_asked_for_again() {
 /// log grew to 800,000 entries, and each start read all of it (1.2 s and growing).
 #[test]
 fn entries_applied_before_a_restart_count_toward_the_snapshot_threshold() {
-    let voters = conf(&[1, 2, 3], &[], &[]);
-    let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |c| c.snapshot_entries_threshold = 10);
-    net.elect(1);
-    let propose = |net: &mut Net, k: &str| {
-        let now = net.now;
-        net.raft(1).propose(now, quorate_log::Data::from(k)).expect("accepted");
-        net.settle(50, |_| true);
-    };
-    for k in ["a", "b", "c", "d", "e", "f"] {
-        propose(&mut net, k);
-    }
-    assert!(net.node(1).snapshot_requests.is_empty(), "7 entries applied: not due yet");
-    // Node 1 restarts with its state machine (applied through the commit index) intact.
-    let applied = net.raft(1).commit_index();
-    assert_eq!(applied, LogIndex(7));
-    let (now, storage) = (net.now, net.raft(1).storage().clone());
-    let node = net.node(1);
-    node.cfg.applied = applied;
-    node.disk.clear();
-    node.applied.clear();
-    node.raft = quorate_core::Raft::new(node.cfg.clone(), storage, now).expect("restarts");
-    net.wire.retain(|m| m.to != n(1));
-    // A leader again (any), then 2 more entries: with the new term's no-op, node 1 has applied
-    // 10 entries since the start of its log, 3 of them since its restart.
-    let led = net.run_until(
-        500,
-        |_| true,
-        |net| net.leaders().len() == 1 && net.nodes.values().all(|x| x.raft.commit_index() >= LogIndex(8)),
+    let requests =
+        across_a_restart(|c| c.snapshot_entries_threshold = 10, |i| quorate_log::Data::from(format!("k{i}").as_str()));
+    assert_eq!(
+        requests,
+        (0, 1),
+        "due only after the restart: 10 entries applied since the (absent) snapshot, 3 since the restart"
     );
-    assert!(led, "a new leader commits its no-op");
-    let leader = net.leaders()[0].get();
-    for k in ["g", "h"] {
-        let now = net.now;
-        net.raft(leader).propose(now, quorate_log::Data::from(k)).expect("accepted");
-        net.settle(50, |_| true);
-    }
-    let last = net.node(1).applied.last().map(|e| e.index);
-    assert_eq!(last, Some(LogIndex(10)), "node 1 applied through 10");
-    assert_eq!(net.node(1).snapshot_requests.len(), 1, "due: 10 entries applied since the (absent) snapshot");
 }
 
+/// The same for the byte threshold: 1,000-byte commands, a snapshot due after 7,000 bytes.
 #[test]
 fn bytes_applied_before_a_restart_count_toward_the_snapshot_threshold() {
-    // Only the byte threshold: 1 KiB commands, a snapshot due after 7,000 bytes.
-    let voters = conf(&[1, 2, 3], &[], &[]);
-    let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, |c| {
+    let tune = |c: &mut quorate_core::Config| {
         c.snapshot_entries_threshold = 0;
         c.snapshot_bytes_threshold = 7_000;
-    });
+    };
+    let requests = across_a_restart(tune, |_| quorate_log::Data::from(vec![7u8; 1000]));
+    // 6,192 bytes (6 commands and the no-op, 24 bytes of overhead each) before the restart;
+    // 2,072 after it, 8,264 since the start of the log.
+    assert_eq!(requests, (0, 1), "due only after the restart: 8,264 bytes applied since the (absent) snapshot");
+}
+
+/// Node 1 leads and applies 6 commands (7 entries with its no-op), restarts with its state
+/// machine intact (applied through 7), and applies 3 more entries (a new leader's no-op and
+/// 2 commands). Node 1's snapshot requests before and after the restart.
+fn across_a_restart(
+    tune: fn(&mut quorate_core::Config),
+    command: impl Fn(usize) -> quorate_log::Data,
+) -> (usize, usize) {
+    let voters = conf(&[1, 2, 3], &[], &[]);
+    let mut net = Net::with_nodes(NONE, &[1, 2, 3], &voters, tune);
     net.elect(1);
-    for _ in 0..6 {
+    for i in 0..6 {
         let now = net.now;
-        net.raft(1).propose(now, quorate_log::Data::from(vec![7u8; 1000])).expect("accepted");
+        net.raft(1).propose(now, command(i)).expect("accepted");
         net.settle(50, |_| true);
     }
-    assert!(net.node(1).snapshot_requests.is_empty(), "6,192 bytes applied: not due yet");
-    // Node 1 restarts with its state machine (applied through the commit index) intact.
+    let before = net.node(1).snapshot_requests.len();
     let applied = net.raft(1).commit_index();
     assert_eq!(applied, LogIndex(7));
     let (now, storage) = (net.now, net.raft(1).storage().clone());
@@ -176,15 +157,13 @@ fn bytes_applied_before_a_restart_count_toward_the_snapshot_threshold() {
         |net| net.leaders().len() == 1 && net.nodes.values().all(|x| x.raft.commit_index() >= LogIndex(8)),
     );
     assert!(led, "a new leader commits its no-op");
-    // Two more commands: 2,072 bytes since the restart (with the no-op), 8,264 since the start
-    // of the log.
     let leader = net.leaders()[0].get();
-    for _ in 0..2 {
+    for i in 6..8 {
         let now = net.now;
-        net.raft(leader).propose(now, quorate_log::Data::from(vec![8u8; 1000])).expect("accepted");
+        net.raft(leader).propose(now, command(i)).expect("accepted");
         net.settle(50, |_| true);
     }
     let last = net.node(1).applied.last().map(|e| e.index);
     assert_eq!(last, Some(LogIndex(10)), "node 1 applied through 10");
-    assert_eq!(net.node(1).snapshot_requests.len(), 1, "due: 8,264 bytes applied since the (absent) snapshot");
+    (before, net.node(1).snapshot_requests.len())
 }
