@@ -353,6 +353,11 @@ pub enum AnomalyKind {
     Internal,
     /// The same value appended to a key twice (a malformed history).
     DuplicateAppend,
+    /// A committed append that no committed read shows, although a committed read of its key
+    /// began after the append's transaction returned (a lost write).
+    LostAppend,
+    /// Two committed transactions read the same version of a key and both appended to it.
+    LostUpdate,
 }
 
 impl AnomalyKind {
@@ -375,6 +380,8 @@ impl AnomalyKind {
             AnomalyKind::GarbageRead => "garbage-read",
             AnomalyKind::Internal => "internal",
             AnomalyKind::DuplicateAppend => "duplicate-append",
+            AnomalyKind::LostAppend => "lost-append",
+            AnomalyKind::LostUpdate => "lost-update",
         }
     }
 
