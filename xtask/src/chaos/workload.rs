@@ -16,24 +16,80 @@ use quorate_transport::{ClusterId, TlsPaths};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Most operations one history holds (a bound on memory; clients stop when it is reached).
+/// Most operations the workload's clients issue into one history (a bound on memory; once it is
+/// reached they stop issuing). The checks' own operations come on top
+/// ([`HISTORY_EXTRA_OPS_MAX`]).
 pub(crate) const HISTORY_OPS_MAX: usize = 2_000_000;
 
+/// Most operations [`recorded_get`] and [`recorded_put`] may issue past [`HISTORY_OPS_MAX`]: room
+/// for the checks' recovery write and final reads (at most 10,000 keys × 10 attempts) after a
+/// workload that filled the history.
+pub(crate) const HISTORY_EXTRA_OPS_MAX: usize = 200_000;
+
 /// The operations of a run on one monotonic clock (nanoseconds since the history began).
+///
+/// **Capped at issue, never at record.** A workload client [`History::reserve`]s room before it
+/// issues an operation and records it once it completes, whatever the outcome. Dropping
+/// completed operations at record time instead would lose a write that a recorded read then
+/// returns (a value "nobody wrote": a false violation). So every recorded read's value comes
+/// from a recorded write.
 pub(crate) struct History {
     origin: Instant,
     /// The wall clock at `origin`, to line the history up with node logs.
     origin_wall: std::time::SystemTime,
     ops: Mutex<Vec<Operation>>,
+    /// Most operations the workload may issue ([`HISTORY_OPS_MAX`]).
+    cap: usize,
+    /// Operations the workload issued (reserved).
+    reserved: AtomicUsize,
+    /// Whether a client found the history full.
+    capped: AtomicBool,
 }
 
 impl History {
     pub(crate) fn new() -> History {
-        History { origin: Instant::now(), origin_wall: std::time::SystemTime::now(), ops: Mutex::new(Vec::new()) }
+        History::with_cap(HISTORY_OPS_MAX)
+    }
+
+    /// A history whose workload may issue at most `cap` operations.
+    pub(crate) fn with_cap(cap: usize) -> History {
+        History {
+            origin: Instant::now(),
+            origin_wall: std::time::SystemTime::now(),
+            ops: Mutex::new(Vec::new()),
+            cap,
+            reserved: AtomicUsize::new(0),
+            capped: AtomicBool::new(false),
+        }
+    }
+
+    /// Room for one more workload operation, taken before it is issued; `false` when the
+    /// history is full (the client stops issuing, and the run's verdict says so).
+    pub(crate) fn reserve(&self) -> bool {
+        self.reserve_within(self.cap)
+    }
+
+    /// Room for one more operation of [`recorded_get`] or [`recorded_put`] (the checks' own, or
+    /// another harness's), within the cap and [`HISTORY_EXTRA_OPS_MAX`] more.
+    fn reserve_extra(&self) -> bool {
+        self.reserve_within(self.cap.saturating_add(HISTORY_EXTRA_OPS_MAX))
+    }
+
+    fn reserve_within(&self, max: usize) -> bool {
+        let taken = self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1));
+        if taken.is_err() {
+            self.capped.store(true, Ordering::Relaxed);
+        }
+        taken.is_ok()
+    }
+
+    /// Whether the workload reached the cap (stopped issuing before the run's end).
+    pub(crate) fn capped(&self) -> bool {
+        self.capped.load(Ordering::Relaxed)
     }
 
     /// The wall-clock time of history time 0, as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
@@ -50,14 +106,10 @@ impl History {
         self.origin.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
     }
 
-    /// Records one operation; `false` when the history is full.
-    pub(crate) fn record(&self, op: Operation) -> bool {
-        let mut ops = self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ops.len() >= HISTORY_OPS_MAX {
-            return false;
-        }
-        ops.push(op);
-        true
+    /// Records one completed operation, [`History::reserve`]d before it was issued (or one of a
+    /// harness's own, bounded by its loop).
+    pub(crate) fn record(&self, op: Operation) {
+        self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -253,7 +305,8 @@ pub(crate) fn write_completion<T>(r: &Result<T, ClientError>, ret: u64) -> Compl
     }
 }
 
-/// A get through `client`, recorded.
+/// A get through `client`, recorded; `None` when it had no answer, or was not issued because
+/// the history is full ([`HISTORY_EXTRA_OPS_MAX`] past the cap).
 pub(crate) async fn recorded_get(
     history: &History,
     client: &Client,
@@ -261,6 +314,9 @@ pub(crate) async fn recorded_get(
     key: &str,
     reads: ReadConsistency,
 ) -> Option<Option<String>> {
+    if !history.reserve_extra() {
+        return None;
+    }
     let call = history.now();
     let r = client.get(key, reads).await;
     let ret = history.now();
@@ -279,8 +335,12 @@ pub(crate) async fn recorded_get(
     out
 }
 
-/// A put through `client`, recorded; whether it was acknowledged.
+/// A put through `client`, recorded; whether it was acknowledged (`false` without issuing it
+/// when the history is full, [`HISTORY_EXTRA_OPS_MAX`] past the cap).
 pub(crate) async fn recorded_put(history: &History, client: &Client, id: u64, key: &str, value: &str) -> bool {
+    if !history.reserve_extra() {
+        return false;
+    }
     let call = history.now();
     let r = client.put(key, value).await;
     let c = write_completion(&r, history.now());
@@ -338,7 +398,8 @@ async fn one_client(
         };
     };
     for n in 0..spec.ops_per_client_max {
-        if stop.load(Ordering::Relaxed) {
+        // Room in the history first: an operation issued is always recorded.
+        if stop.load(Ordering::Relaxed) || !history.reserve() {
             break;
         }
         let k = pick_key(&mut rng, &spec);
@@ -395,9 +456,7 @@ async fn one_client(
             Operation::cas(id, &key, expected, &value, call, c)
         };
         count(&op);
-        if !history.record(op) {
-            break;
-        }
+        history.record(op);
     }
     client.close();
     counts
@@ -416,6 +475,31 @@ fn op_ok(op: &Operation) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::History;
+    use quorate_check::history::{Completion, Operation, ReadCompletion};
+    use quorate_check::linearizability::{Limits, check};
+
+    #[test]
+    fn a_full_history_stops_issuing_and_keeps_every_issued_operation() {
+        // Client A's put and client B's get are issued before the history is full; B's get
+        // returns first with A's value (A's answer is slow). Both are recorded, so the value
+        // B read has its write; a third operation is never issued.
+        let h = History::with_cap(2);
+        assert!(h.reserve() && h.reserve());
+        assert!(!h.reserve() && h.capped());
+        let read = Operation::get(1, "k", 20, ReadCompletion::Returned { ret: 30, output: Some("a".into()) });
+        let put = Operation::put(0, "k", "a", 10, Completion::Ok { ret: 40 });
+        h.record(read.clone());
+        h.record(put);
+        // The checks' final read is recorded past the cap.
+        h.record(Operation::get(2, "k", 50, ReadCompletion::Returned { ret: 60, output: Some("a".into()) }));
+        assert_eq!(h.len(), 3);
+        assert!(check(&h.snapshot(), &Limits::default()).is_linearizable());
+        // What a cap at record time did: A's completed put dropped, B's read of it kept, and the
+        // history is not linearizable though the store was.
+        assert!(!check(&[read], &Limits::default()).is_linearizable());
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));
