@@ -32,6 +32,13 @@
 //!   transaction), plus malformed observations: duplicate elements in a read, a value nobody
 //!   appended, a transaction that does not see its own appends (`internal`), a value appended
 //!   twice.
+//! * **Lost writes**, which leave no edge to find a cycle with: [`lost-append`] (a committed
+//!   append that no committed read ever shows, although a committed read of its key began after
+//!   it returned) and [`lost-update`] (two committed transactions read the same version of a key
+//!   and both appended to it: in any serial order the second would have seen the first's
+//!   append). A committed append missing from a later read that *some* read does show is a stale
+//!   read, reported by its cycle (`G-single-realtime`: the read's `rw` edge to the next version's
+//!   writer, and real time back).
 //!
 //! A history with none of these is strictly serializable under list-append's rules: there is a
 //! total order of the committed transactions, consistent with real time, in which every read
@@ -40,8 +47,10 @@
 //! # Bounds
 //!
 //! Everything is bounded ([`Limits`]): the number of transactions, the micro-operations and read
-//! elements, the edges of the graph and the steps of the cycle search. Past any bound the
-//! outcome is [`Verdict::TooLarge`], never unbounded memory or time.
+//! elements, the edges of the graph and the steps of the work that is not one pass over the
+//! history (finding each transaction's external reads, the cycle search, and the explanation of
+//! each cycle found). Past any bound the outcome is [`Verdict::TooLarge`], never unbounded memory
+//! or time; [`read_jsonl`] bounds each line it reads.
 //!
 //! [`G0`]: AnomalyKind::G0
 //! [`G1a`]: AnomalyKind::G1a
@@ -49,6 +58,8 @@
 //! [`G1c`]: AnomalyKind::G1c
 //! [`G-single`]: AnomalyKind::GSingle
 //! [`G2`]: AnomalyKind::G2
+//! [`lost-append`]: AnomalyKind::LostAppend
+//! [`lost-update`]: AnomalyKind::LostUpdate
 //!
 //! ```
 //! use quorate_check::txn::{Mop, Txn, Verdict, check};
@@ -63,9 +74,10 @@
 //! assert!(matches!(report.verdict, Verdict::Serializable), "{}", report.summary());
 //! ```
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +87,8 @@ pub const TXNS_MAX: usize = 1_000_000;
 pub const ELEMENTS_MAX: usize = 20_000_000;
 /// The most edges of the dependency graph by default.
 pub const EDGES_MAX: usize = 20_000_000;
-/// The most steps (node and edge visits) of the cycle search by default.
+/// The most steps of the checker's superlinear work by default: operations scanned for external
+/// reads and for explanations, nodes and edges visited by the cycle search.
 pub const SEARCH_STEPS_MAX: u64 = 200_000_000;
 /// The most anomalies of one kind reported (the rest are counted).
 pub const ANOMALIES_PER_KIND_MAX: usize = 8;
@@ -217,23 +230,39 @@ pub fn write_jsonl<W: Write>(mut w: W, txns: &[Txn]) -> io::Result<()> {
     w.flush()
 }
 
-/// Reads a history written by [`write_jsonl`], at most `txns_max` transactions. Never panics.
-pub fn read_jsonl<R: BufRead>(r: R, txns_max: usize) -> Result<Vec<Txn>, TxnHistoryError> {
+/// Reads a history written by [`write_jsonl`], at most `txns_max` transactions. Never panics;
+/// reads at most [`LINE_BYTES_MAX`] bytes (and its line end) of a line before refusing it, so a
+/// huge line costs bounded memory.
+pub fn read_jsonl<R: BufRead>(mut r: R, txns_max: usize) -> Result<Vec<Txn>, TxnHistoryError> {
     let mut out = Vec::new();
-    for (i, line) in r.lines().enumerate() {
-        let line = line?;
-        let n = i + 1;
-        if line.len() > LINE_BYTES_MAX {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut n = 0usize;
+    loop {
+        buf.clear();
+        // The line, its `\r\n` and one byte more: enough to tell a line that is too long.
+        let read_max = LINE_BYTES_MAX as u64 + 3;
+        let got = (&mut r).take(read_max).read_until(b'\n', &mut buf)?;
+        if got == 0 {
+            break;
+        }
+        n += 1;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        if buf.len() > LINE_BYTES_MAX {
             return Err(TxnHistoryError::Line { line: n, detail: format!("longer than {LINE_BYTES_MAX} bytes") });
         }
-        if line.trim().is_empty() {
+        if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         if out.len() >= txns_max {
             return Err(TxnHistoryError::TooLarge(format!("more than {txns_max} transactions")));
         }
         let t: Txn =
-            serde_json::from_str(&line).map_err(|e| TxnHistoryError::Line { line: n, detail: e.to_string() })?;
+            serde_json::from_slice(&buf).map_err(|e| TxnHistoryError::Line { line: n, detail: e.to_string() })?;
         match (t.status, t.ret) {
             (Status::Info, Some(_)) => {
                 return Err(TxnHistoryError::Line { line: n, detail: "an info transaction has no return".into() });
@@ -260,7 +289,8 @@ pub struct Limits {
     pub elements_max: usize,
     /// Most edges of the dependency graph.
     pub edges_max: usize,
-    /// Most steps of the cycle search.
+    /// Most steps of the work beyond one pass over the history: operations scanned to find
+    /// external reads and to explain cycles, nodes and edges visited by the cycle search.
     pub search_steps_max: u64,
 }
 
@@ -353,6 +383,11 @@ pub enum AnomalyKind {
     Internal,
     /// The same value appended to a key twice (a malformed history).
     DuplicateAppend,
+    /// A committed append that no committed read shows, although a committed read of its key
+    /// began after the append's transaction returned (a lost write).
+    LostAppend,
+    /// Two committed transactions read the same version of a key and both appended to it.
+    LostUpdate,
 }
 
 impl AnomalyKind {
@@ -375,6 +410,8 @@ impl AnomalyKind {
             AnomalyKind::GarbageRead => "garbage-read",
             AnomalyKind::Internal => "internal",
             AnomalyKind::DuplicateAppend => "duplicate-append",
+            AnomalyKind::LostAppend => "lost-append",
+            AnomalyKind::LostUpdate => "lost-update",
         }
     }
 
@@ -579,7 +616,8 @@ struct Checker<'h> {
     order_ok: Vec<bool>,
     adj: Vec<Vec<(u32, u8)>>,
     edge_count: usize,
-    steps: u64,
+    /// Steps spent of [`Limits::search_steps_max`] (a cell: explanations charge from `&self`).
+    steps: Cell<u64>,
     anomalies: Vec<Anomaly>,
     counts: BTreeMap<AnomalyKind, usize>,
 }
@@ -597,7 +635,7 @@ impl<'h> Checker<'h> {
             order_ok: Vec::new(),
             adj: Vec::new(),
             edge_count: 0,
-            steps: 0,
+            steps: Cell::new(0),
             anomalies: Vec::new(),
             counts: BTreeMap::new(),
         }
@@ -664,6 +702,8 @@ impl<'h> Checker<'h> {
         self.read_anomalies();
         self.internal();
         self.version_orders();
+        self.lost_appends();
+        self.lost_updates();
         self.build_graph()?;
         self.cycles()
     }
@@ -803,10 +843,13 @@ impl<'h> Checker<'h> {
         self.order = vec![&[][..]; n];
         self.order_ok = vec![true; n];
         let reads: Vec<_> = self.committed_reads().collect();
-        for &(_, _, key, list) in &reads {
+        // Per key: the transaction whose read is the order (for the evidence, without a search).
+        let mut longest_by: Vec<Option<usize>> = vec![None; n];
+        for &(i, _, key, list) in &reads {
             let k = self.keys[key] as usize;
             if list.len() > self.order[k].len() {
                 self.order[k] = list;
+                longest_by[k] = Some(i);
             }
         }
         let mut reported: HashSet<KeyId> = HashSet::new();
@@ -816,7 +859,7 @@ impl<'h> Checker<'h> {
             if !longest.starts_with(list) {
                 self.order_ok[k as usize] = false;
                 if reported.insert(k) {
-                    let j = reads.iter().find(|r| r.2 == key && std::ptr::eq(r.3, longest)).map(|r| r.0).unwrap_or(i);
+                    let j = longest_by[k as usize].unwrap_or(i);
                     self.report(
                         AnomalyKind::IncompatibleOrder,
                         vec![i, j],
@@ -832,16 +875,115 @@ impl<'h> Checker<'h> {
         }
     }
 
-    /// The first read of `key` in transaction `i` before it appends to `key`.
-    fn external_read(&self, i: usize, key: &str) -> Option<&'h [u64]> {
+    /// Lost appends: every committed append must be in each committed read of its key called
+    /// after the append's transaction returned. An append that some read shows but a later
+    /// read misses is a stale read, which the cycle search reports (the read's `rw` edge to
+    /// the writer of the next version, real time back); here, the appends that no read shows
+    /// at all although a read of the key began after they returned, which leave no edge. One
+    /// pass over the history (bounded by [`Limits::elements_max`]) and a binary search per
+    /// append. Keys whose reads are incompatible are skipped (reported as such).
+    fn lost_appends(&mut self) {
+        let h = self.h;
+        // Per key: the values of its version order, and its committed reads by call time.
+        let mut shown: HashSet<(KeyId, u64)> = HashSet::new();
+        for (k, order) in self.order.iter().enumerate() {
+            shown.extend(order.iter().map(|&v| (k as KeyId, v)));
+        }
+        let mut reads: Vec<Vec<(u64, usize, &'h [u64])>> = vec![Vec::new(); self.key_names.len()];
+        for (i, _, key, list) in self.committed_reads() {
+            reads[self.keys[key] as usize].push((h[i].call, i, list));
+        }
+        for r in &mut reads {
+            r.sort_by_key(|&(call, i, _)| (call, i));
+        }
+        for (i, t) in h.iter().enumerate().filter(|(_, t)| t.status == Status::Ok) {
+            let Some(ret) = t.ret else { continue };
+            for m in &t.ops {
+                let Mop::Append { key, value } = m else { continue };
+                let k = self.keys[key.as_str()];
+                if !self.order_ok[k as usize] || shown.contains(&(k, *value)) {
+                    continue;
+                }
+                let rs = &reads[k as usize];
+                let first_after = rs.partition_point(|&(call, _, _)| call <= ret);
+                if let Some(&(call, j, list)) = rs.get(first_after) {
+                    self.report(
+                        AnomalyKind::LostAppend,
+                        vec![i, j],
+                        Vec::new(),
+                        format!(
+                            "T{i} appended {value} to {key} and returned at {ret}; T{j}, called at {call}, read {key} = {} \
+                             without it, and no committed read shows it",
+                            show_list(list)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Lost updates: two committed transactions whose external reads of a key return the same
+    /// list and which both append to it (in any serial order the later one would have read the
+    /// earlier one's append). Hashes each external read once: one pass over the history.
+    fn lost_updates(&mut self) {
+        let h = self.h;
+        let mut by_version: HashMap<(KeyId, &'h [u64]), usize> = HashMap::new();
+        let mut found: Vec<(usize, usize, &'h str, &'h [u64])> = Vec::new();
+        for (i, t) in h.iter().enumerate().filter(|(_, t)| t.status == Status::Ok) {
+            // Per key: the external read, if the transaction then appends to the key.
+            let mut external: HashMap<&'h str, Option<&'h [u64]>> = HashMap::new();
+            let mut appended: Vec<(&'h str, &'h [u64])> = Vec::new();
+            for m in &t.ops {
+                match m {
+                    Mop::R { key, value: Some(l) } => {
+                        external.entry(key.as_str()).or_insert(Some(l.as_slice()));
+                    }
+                    Mop::Append { key, .. } => {
+                        if let Some(Some(l)) = external.insert(key.as_str(), None) {
+                            appended.push((key.as_str(), l));
+                        }
+                    }
+                    Mop::R { value: None, .. } => {}
+                }
+            }
+            for (key, l) in appended {
+                let k = self.keys[key];
+                match by_version.get(&(k, l)) {
+                    Some(&first) => found.push((first, i, key, l)),
+                    None => {
+                        by_version.insert((k, l), i);
+                    }
+                }
+            }
+        }
+        for (a, b, key, l) in found {
+            self.report(
+                AnomalyKind::LostUpdate,
+                vec![a, b],
+                Vec::new(),
+                format!("T{a} and T{b} both read {key} = {} and both appended to it", show_list(l)),
+            );
+        }
+    }
+
+    /// The first read of `key` in transaction `i` before it appends to `key`, charging the
+    /// micro-operations scanned to the step budget.
+    fn external_read(&self, i: usize, key: &str) -> Result<Option<&'h [u64]>, TooLarge> {
+        let mut scanned = 0u64;
+        let mut found = None;
         for m in &self.h[i].ops {
+            scanned += 1;
             match m {
-                Mop::Append { key: k, .. } if k == key => return None,
-                Mop::R { key: k, value: Some(l) } if k == key => return Some(l),
+                Mop::Append { key: k, .. } if k == key => break,
+                Mop::R { key: k, value: Some(l) } if k == key => {
+                    found = Some(l.as_slice());
+                    break;
+                }
                 _ => {}
             }
         }
-        None
+        self.step(scanned)?;
+        Ok(found)
     }
 
     fn writer_of(&self, k: KeyId, v: u64) -> Option<usize> {
@@ -882,7 +1024,7 @@ impl<'h> Checker<'h> {
                 if !done.insert(key.as_str()) {
                     continue;
                 }
-                let Some(list) = self.external_read(i, key) else { continue };
+                let Some(list) = self.external_read(i, key)? else { continue };
                 let k = self.keys[key.as_str()];
                 if !self.order_ok[k as usize] {
                     continue;
@@ -949,10 +1091,14 @@ impl<'h> Checker<'h> {
         Ok(())
     }
 
-    fn step(&mut self, n: u64) -> Result<(), TooLarge> {
-        self.steps = self.steps.saturating_add(n);
-        if self.steps > self.limits.search_steps_max {
-            return Err(TooLarge(format!("the cycle search passed {} steps", self.limits.search_steps_max)));
+    fn step(&self, n: u64) -> Result<(), TooLarge> {
+        let steps = self.steps.get().saturating_add(n);
+        self.steps.set(steps);
+        if steps > self.limits.search_steps_max {
+            return Err(TooLarge(format!(
+                "the checker passed {} steps (external reads, cycle search, explanations)",
+                self.limits.search_steps_max
+            )));
         }
         Ok(())
     }
@@ -1109,9 +1255,13 @@ impl<'h> Checker<'h> {
                         sub_member[v as usize] = false;
                     }
                     if let Some(cycle) = cycle? {
-                        let anomaly = self.explain_cycle(&cycle, first | rest);
+                        let (anomaly, spent) = self.explain_cycle(&cycle, first | rest);
                         if found.insert(anomaly.kind) {
                             self.keep(anomaly);
+                        }
+                        // The cycle stands, unexplained past the budget; the search stops.
+                        if let Some(spent) = spent {
+                            return Err(spent);
                         }
                         break;
                     }
@@ -1145,8 +1295,11 @@ impl<'h> Checker<'h> {
     }
 
     /// Names a cycle (`cycle[0] == cycle[last]`) by its edges: each labelled with the first of
-    /// ww, wr, rw, rt it has among `allowed` (the weakest claim the edge supports).
-    fn explain_cycle(&self, cycle: &[u32], allowed: u8) -> Anomaly {
+    /// ww, wr, rw, rt it has among `allowed` (the weakest claim the edge supports), and explained
+    /// within the step budget: once it is spent, the remaining edges are named but not explained,
+    /// and the limit is returned with the anomaly.
+    fn explain_cycle(&self, cycle: &[u32], allowed: u8) -> (Anomaly, Option<TooLarge>) {
+        let mut spent: Option<TooLarge> = None;
         let mut steps = Vec::new();
         let (mut rw, mut wr, mut rt) = (0, 0, 0);
         for pair in cycle.windows(2) {
@@ -1159,7 +1312,15 @@ impl<'h> Checker<'h> {
                 Edge::Rt => rt += 1,
                 Edge::Ww => {}
             }
-            steps.push(Step { from: a as usize, edge, why: self.why(a as usize, b as usize, edge) });
+            let why = if spent.is_some() {
+                NOT_EXPLAINED.to_string()
+            } else {
+                self.why(a as usize, b as usize, edge).unwrap_or_else(|e| {
+                    spent = Some(e);
+                    NOT_EXPLAINED.to_string()
+                })
+            };
+            steps.push(Step { from: a as usize, edge, why });
         }
         let kind = AnomalyKind::of_cycle(rw, wr, rt);
         let mut text = String::new();
@@ -1169,56 +1330,65 @@ impl<'h> Checker<'h> {
         text.push_str(&format!("T{}", cycle[0]));
         let txns: Vec<usize> = steps.iter().map(|s| s.from).collect();
         let shown: Vec<String> = txns.iter().map(|&i| format!("T{i} = {}", show_txn(&self.h[i]))).collect();
-        Anomaly { kind, cycle: steps, txns, explanation: text, detail: shown.join("\n") }
+        (Anomaly { kind, cycle: steps, txns, explanation: text, detail: shown.join("\n") }, spent)
     }
 
-    /// Why edge `a → b` of kind `e` exists.
-    fn why(&self, a: usize, b: usize, e: Edge) -> String {
+    /// Why edge `a → b` of kind `e` exists; the micro-operations and version-order elements it
+    /// scans are charged to the step budget.
+    fn why(&self, a: usize, b: usize, e: Edge) -> Result<String, TooLarge> {
         let (ta, tb) = (&self.h[a], &self.h[b]);
-        match e {
+        Ok(match e {
             Edge::Rt => format!("T{a} returned at {} before T{b} was called at {}", ta.ret.unwrap_or(0), tb.call),
             Edge::Ww => {
                 for m in &tb.ops {
+                    self.step(1)?;
                     let Mop::Append { key, value } = m else { continue };
                     let k = self.keys[key.as_str()];
                     let order = self.order[k as usize];
-                    if let Some(p) = order.iter().position(|v| v == value)
+                    let position = order.iter().position(|v| v == value);
+                    self.step(position.map_or(order.len(), |p| p + 1) as u64)?;
+                    if let Some(p) = position
                         && p > 0
                         && self.writer_of(k, order[p - 1]) == Some(a)
                     {
-                        return format!("{key}: {} then {value}", order[p - 1]);
+                        return Ok(format!("{key}: {} then {value}", order[p - 1]));
                     }
                 }
                 "ww".into()
             }
             Edge::Wr => {
                 for m in &tb.ops {
+                    self.step(1)?;
                     let Mop::R { key, .. } = m else { continue };
-                    if let Some(list) = self.external_read(b, key)
+                    if let Some(list) = self.external_read(b, key)?
                         && let Some(&last) = list.last()
                         && self.writer_of(self.keys[key.as_str()], last) == Some(a)
                     {
-                        return format!("{key}: read {}", show_list(list));
+                        return Ok(format!("{key}: read {}", show_list(list)));
                     }
                 }
                 "wr".into()
             }
             Edge::Rw => {
                 for m in &ta.ops {
+                    self.step(1)?;
                     let Mop::R { key, .. } = m else { continue };
                     let k = self.keys[key.as_str()];
-                    if let Some(list) = self.external_read(a, key)
+                    if let Some(list) = self.external_read(a, key)?
                         && let Some(&next) = self.order[k as usize].get(list.len())
                         && self.writer_of(k, next) == Some(b)
                     {
-                        return format!("{key}: read {}, {next} appended next", show_list(list));
+                        return Ok(format!("{key}: read {}, {next} appended next", show_list(list)));
                     }
                 }
                 "rw".into()
             }
-        }
+        })
     }
 }
+
+/// What an edge's explanation says once the step budget is spent.
+const NOT_EXPLAINED: &str = "not explained: step budget spent";
 
 fn show_list(l: &[u64]) -> String {
     const SHOWN: usize = 6;

@@ -1,7 +1,9 @@
 //! The transactional checker on crafted histories (one per anomaly class, each caught and
 //! named), on valid ones, and on seeded serial histories that must always pass.
 
-use quorate_check::txn::{AnomalyKind, Limits, Mop, Status, Txn, Verdict, check, check_with, read_jsonl, write_jsonl};
+use quorate_check::txn::{
+    AnomalyKind, LINE_BYTES_MAX, Limits, Mop, Status, Txn, Verdict, check, check_with, read_jsonl, write_jsonl,
+};
 use quorate_core::SplitMix64;
 use std::collections::BTreeMap;
 
@@ -330,25 +332,201 @@ fn seeded_serial_histories_always_pass() {
 #[test]
 fn a_stale_read_inserted_into_a_serial_history_is_caught() {
     // Evidence that the generator's histories are not vacuous: make one committed read miss
-    // the last element it should see, and the checker finds an anomaly for every seed.
+    // the last element it saw, an append whose transaction returned before the read was
+    // called (so the read is stale in real time, not merely ordered earlier), and the checker
+    // objects for every seed, with a stale read's evidence only: its rw edge to the element's
+    // writer in a cycle (G-single-realtime through real time; G-single when the read also saw
+    // that writer's append to another key; G2 variants when the cycle found has two rw edges),
+    // or a lost append when no other read shows the element.
+    let stale_kinds = [
+        AnomalyKind::GSingle,
+        AnomalyKind::G2,
+        AnomalyKind::GSingleRealtime,
+        AnomalyKind::G2Realtime,
+        AnomalyKind::LostAppend,
+    ];
     let mut caught = 0;
     for seed in 0..50 {
         let mut h = serial_history(seed, 60, 2, 4);
-        let victim = h.iter().rposition(|t| {
-            t.status == Status::Ok && t.ops.iter().any(|m| matches!(m, Mop::R { value: Some(l), .. } if !l.is_empty()))
-        });
-        let Some(i) = victim else { continue };
-        for m in &mut h[i].ops {
-            if let Mop::R { value: Some(l), .. } = m
-                && !l.is_empty()
-            {
-                l.remove(0);
-                break;
+        // (transaction, micro-operation) of the last read that qualifies: it is the only
+        // micro-operation on its key in its transaction (so no internal inconsistency is made),
+        // and its last element's writer committed and returned before the read was called.
+        let mut victim = None;
+        for (i, t) in h.iter().enumerate() {
+            if t.status != Status::Ok {
+                continue;
             }
+            for (j, m) in t.ops.iter().enumerate() {
+                let Mop::R { key, value: Some(l) } = m else { continue };
+                let Some(&last) = l.last() else { continue };
+                if t.ops.iter().filter(|o| o.key() == key).count() != 1 {
+                    continue;
+                }
+                let writer_of = |v: u64| {
+                    h.iter().position(|w| {
+                        w.ops.iter().any(|o| matches!(o, Mop::Append { key: k, value } if k == key && *value == v))
+                    })
+                };
+                let Some(w) = writer_of(last) else { continue };
+                // Not an intermediate read once cut: the element before `last` has another writer.
+                let before = l.len().checked_sub(2).map(|p| writer_of(l[p]));
+                if h[w].status == Status::Ok && h[w].ret.is_some_and(|r| r < t.call) && before != Some(Some(w)) {
+                    victim = Some((i, j));
+                }
+            }
+        }
+        let Some((i, j)) = victim else { continue };
+        if let Mop::R { value: Some(l), .. } = &mut h[i].ops[j] {
+            l.pop();
         }
         let report = check(&h);
         assert!(!report.pass(), "seed {seed}: {}", report.summary());
+        let kinds = report.kinds();
+        assert!(kinds.iter().all(|k| stale_kinds.contains(k)), "seed {seed}: {}", report.summary());
         caught += 1;
     }
     assert!(caught > 40, "{caught}");
+}
+
+#[test]
+fn lost_append_never_read_again() {
+    // T0 committed an append before T1 began; T1 (and everyone after) reads x without it.
+    let h = vec![
+        Txn::ok(0, 0, 10, vec![ap("x", 1)]),
+        Txn::ok(1, 20, 30, vec![r("x", &[])]),
+        Txn::ok(2, 40, 50, vec![r("x", &[])]),
+    ];
+    expect(&h, &[AnomalyKind::LostAppend]);
+    let report = check(&h);
+    let a = &report.anomalies[0];
+    assert_eq!(a.txns, vec![0, 1], "{a}");
+    assert!(a.explanation.contains("appended 1 to x"), "{a}");
+}
+
+#[test]
+fn lost_append_overwritten_by_later_appends() {
+    // The append of 1 is gone; later appends are read without it (a write lost in a crash,
+    // or a comparison ignored).
+    let h = vec![
+        Txn::ok(0, 0, 10, vec![ap("x", 1)]),
+        Txn::ok(1, 20, 30, vec![ap("x", 2)]),
+        Txn::ok(2, 40, 50, vec![r("x", &[2])]),
+    ];
+    expect(&h, &[AnomalyKind::LostAppend]);
+}
+
+#[test]
+fn an_append_only_concurrent_reads_miss_is_not_lost() {
+    // T1 began before T0 returned: it may be ordered first. Unknown and failed appends are
+    // never required.
+    let h = vec![
+        Txn::ok(0, 0, 10, vec![ap("x", 1)]),
+        Txn::ok(1, 5, 30, vec![r("x", &[])]),
+        Txn::info(2, 0, vec![ap("x", 2)]),
+        Txn::fail(3, 0, 5, vec![ap("x", 3)]),
+        Txn::ok(4, 40, 50, vec![ap("y", 4)]),
+    ];
+    let report = check(&h);
+    assert!(report.pass(), "{}", report.summary());
+}
+
+#[test]
+fn lost_update_is_named() {
+    // T1 and T2 both read x = [1] and both append: one of the two appends is lost.
+    let base = vec![
+        Txn::ok(0, 0, 10, vec![ap("x", 1)]),
+        Txn::ok(1, 20, 30, vec![r("x", &[1]), ap("x", 2)]),
+        Txn::ok(2, 20, 30, vec![r("x", &[1]), ap("x", 3)]),
+    ];
+    // Later reads show T1's append only: T2's is lost as well.
+    let mut h = base.clone();
+    h.push(Txn::ok(3, 40, 50, vec![r("x", &[1, 2])]));
+    expect(&h, &[AnomalyKind::LostAppend, AnomalyKind::LostUpdate]);
+    let report = check(&h);
+    let lu = report.anomalies.iter().find(|a| a.kind == AnomalyKind::LostUpdate).unwrap();
+    assert_eq!(lu.txns, vec![1, 2], "{lu}");
+    assert!(lu.explanation.contains("x = [1]"), "{lu}");
+    // Later reads show both (the store appended one after the other, though each transaction
+    // read [1]): the lost update is named, and the cycle it makes is G-single.
+    let mut h = base.clone();
+    h.push(Txn::ok(3, 40, 50, vec![r("x", &[1, 2, 3])]));
+    expect(&h, &[AnomalyKind::GSingle, AnomalyKind::LostUpdate]);
+    // Reads disagree: incompatible orders, and the lost update.
+    let mut h = base;
+    h.push(Txn::ok(3, 40, 50, vec![r("x", &[1, 2])]));
+    h.push(Txn::ok(4, 40, 50, vec![r("x", &[1, 3])]));
+    expect(&h, &[AnomalyKind::IncompatibleOrder, AnomalyKind::LostUpdate]);
+}
+
+#[test]
+fn the_step_budget_covers_external_reads() {
+    // One transaction reads 300 keys: finding each read's place among its micro-operations is
+    // quadratic work, with only two transactions and one edge for the cycle search.
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let h = vec![
+        Txn::ok(0, 0, 10, keys.iter().map(|k| ap(k, 1)).collect()),
+        Txn::ok(1, 20, 30, keys.iter().map(|k| r(k, &[1])).collect()),
+    ];
+    assert!(check(&h).pass(), "{}", check(&h).summary());
+    let small = Limits { search_steps_max: 1_000, ..Limits::default() };
+    let rep = check_with(&h, small);
+    assert!(matches!(&rep.verdict, Verdict::TooLarge { reason } if reason.contains("steps")), "{}", rep.summary());
+}
+
+#[test]
+fn the_step_budget_covers_explanations() {
+    // A G0 cycle whose explanation scans 1,000 appends of T1 before it finds the one on x.
+    let mut t1: Vec<Mop> = (0..1_000).map(|i| ap(&format!("b{i}"), 1)).collect();
+    t1.extend([ap("x", 2), ap("y", 2)]);
+    let h = vec![
+        conc(0, vec![ap("x", 1), ap("y", 1)]),
+        conc(1, t1),
+        conc(2, vec![r("x", &[1, 2])]),
+        conc(3, vec![r("y", &[2, 1])]),
+    ];
+    let full = check(&h);
+    assert_eq!(full.kinds(), vec![AnomalyKind::G0], "{}", full.summary());
+    assert!(full.incomplete.is_none() && full.anomalies[0].explanation.contains("1 then 2"), "{}", full.summary());
+    // Within a budget the search fits in but the explanation does not: the cycle stands,
+    // unexplained, and the search is marked incomplete.
+    let rep = check_with(&h, Limits { search_steps_max: 500, ..Limits::default() });
+    assert_eq!(rep.kinds(), vec![AnomalyKind::G0], "{}", rep.summary());
+    assert!(rep.incomplete.as_deref().is_some_and(|r| r.contains("steps")), "{}", rep.summary());
+    assert!(rep.anomalies[0].explanation.contains("not explained"), "{}", rep.anomalies[0]);
+}
+
+/// A reader of `len` bytes of `x` then a line end, counting what was taken from it.
+struct Counted {
+    left: usize,
+    taken: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl std::io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.left);
+        buf[..n].fill(b'x');
+        if n == self.left {
+            buf[n - 1] = b'\n';
+        }
+        self.left -= n;
+        self.taken.set(self.taken.get() + n);
+        Ok(n)
+    }
+}
+
+#[test]
+fn read_jsonl_bounds_a_huge_line() {
+    let taken = std::rc::Rc::new(std::cell::Cell::new(0));
+    let huge = Counted { left: 64 << 20, taken: taken.clone() };
+    let err = read_jsonl(std::io::BufReader::new(huge), 10).unwrap_err();
+    assert!(err.to_string().contains("longer than"), "{err}");
+    // The line was refused after at most the limit and one buffer, not read whole.
+    assert!(taken.get() <= LINE_BYTES_MAX + 3 + 8192, "{} bytes read", taken.get());
+    // A line at the limit is read (and refused as not JSON, not as too long).
+    let at_limit = Counted { left: LINE_BYTES_MAX + 1, taken: taken.clone() };
+    let err = read_jsonl(std::io::BufReader::new(at_limit), 10).unwrap_err();
+    assert!(!err.to_string().contains("longer than"), "{err}");
 }

@@ -44,7 +44,9 @@ usage: cargo xtask chaos [--nodes 3|5] [--duration SECONDS] [--seed S] [--faults
        cargo xtask chaos regress [NAME]      (names: see docs/chaos.md or `chaos regress list`; none: all)
        cargo xtask chaos ci                  the bounded CI slice: fixed seeds, every fault kind
        cargo xtask chaos weakened            a run against nodes serving torn read-only transactions
-                                             (a test-only failpoint): passes when the checker objects
+                                             (a test-only failpoint), then its control without it:
+                                             passes when the checker names only torn-read anomalies
+                                             (at least one G-single) and the control is clean
        cargo xtask chaos soak [--duration SECONDS] [--seed S]
                                              every fault kind, 5 nodes, long
 faults (comma-separated; default all): kill,pause,partition,reconfig,leader-transfer,disk-full,clock,slow-disk,lost-wal
@@ -226,6 +228,27 @@ pub(crate) struct Verdict {
     pub(crate) pass: bool,
     pub(crate) line: String,
     pub(crate) ops: usize,
+    /// Whether every check other than the transaction check passed.
+    pub(crate) rest_pass: bool,
+    /// What the transaction check found (runs with transaction clients whose check ran).
+    pub(crate) txn: Option<TxnFindings>,
+}
+
+impl Verdict {
+    /// A verdict with no transaction check: `rest_pass` is `pass`.
+    pub(crate) fn plain(pass: bool, line: String, ops: usize) -> Verdict {
+        Verdict { pass, line, ops, rest_pass: pass, txn: None }
+    }
+}
+
+/// What the transaction check of a run found.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TxnFindings {
+    /// Anomalies by kind (empty: strictly serializable).
+    pub(crate) kinds: BTreeMap<quorate_check::txn::AnomalyKind, usize>,
+    /// Whether the check covered the whole run: every key had its final read, no limit was
+    /// reached, and the clients never hit the history's cap (which stops them issuing).
+    pub(crate) complete: bool,
 }
 
 /// A running chaos cluster: node processes, the proxy, and how to reach them.
@@ -412,7 +435,7 @@ pub(crate) fn run(o: &Options) -> Result<Verdict> {
     let result = rt.block_on(run_async(o, bin, dir.clone()));
     let verdict = match result {
         Ok(v) => v,
-        Err(e) => Verdict { pass: false, line: format!("chaos seed={}: FAIL — {e:#}", o.seed), ops: 0 },
+        Err(e) => Verdict::plain(false, format!("chaos seed={}: FAIL — {e:#}", o.seed), 0),
     };
     let line = format!("{} ({:.0}s; artifacts in {})", verdict.line, started.elapsed().as_secs_f64(), dir.display());
     let _ = std::fs::write(dir.join("verdict.txt"), format!("{line}\n"));
@@ -500,16 +523,6 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     }
     stop.store(true, Ordering::Relaxed);
     let stop_ns = history.now();
-    let ended_early = history.full_at_ns().map(|at| {
-        let note = format!(
-            "the history filled ({} operations) after {:.1}s of {}s: the run ended there",
-            workload::HISTORY_OPS_MAX,
-            secs_between(begin_ns, at),
-            o.duration.as_secs()
-        );
-        println!("{note}");
-        note
-    });
     nemesis_task.await.context("the nemesis panicked")??;
     let counts = clients.await.context("the clients panicked")??;
     let txn_counts = txn_clients.await.context("the transaction clients panicked")??;
@@ -545,12 +558,28 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     history.write(&dir.join("history.jsonl"))?;
     env.lock().stop_all();
     let report = report?;
-    let (txn_pass, txn_line) = match &txn_verdict {
-        None => (true, String::new()),
-        Some(Ok((pass, line))) => (*pass, format!("; txn: {line}")),
-        Some(Err(e)) => (false, format!("; txn: NOT CHECKED: {e:#}")),
+    let (txn_pass, txn_line, txn) = match txn_verdict {
+        None => (true, String::new(), None),
+        Some(Ok((pass, line, findings))) => (pass, format!("; txn: {line}"), Some(findings)),
+        Some(Err(e)) => (false, format!("; txn: NOT CHECKED: {e:#}"), None),
     };
-    let pass = report.pass() && split.is_empty() && faults.pass() && txn_pass;
+    let rest_pass = report.pass() && split.is_empty() && faults.pass();
+    let pass = rest_pass && txn_pass;
+    let capped = if let Some(at) = history.full_at_ns() {
+        format!(
+            "; history cap reached after {:.1}s of {}s: the clients stopped issuing at {} operations and the run ended there (every issued one recorded and checked)",
+            at.saturating_sub(begin_ns) as f64 / 1e9,
+            o.duration.as_secs(),
+            workload::HISTORY_OPS_MAX
+        )
+    } else if history.capped() {
+        format!(
+            "; history cap reached: the clients stopped issuing at {} operations (every issued one recorded and checked)",
+            workload::HISTORY_OPS_MAX
+        )
+    } else {
+        String::new()
+    };
     let safety = if split.is_empty() {
         format!("one leader per term ({} terms observed)", leaders.len())
     } else {
@@ -561,7 +590,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         other => format!("{other:?}"),
     };
     let line = format!(
-        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){}; {}; {safety}; {}{txn_line}",
+        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){capped}; {}; {safety}; {}{txn_line}",
         o.seed,
         o.nodes,
         Fault::names(&o.faults),
@@ -573,20 +602,20 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         counts.ok,
         counts.failed,
         counts.unknown,
-        ended_early.map(|n| format!(", {n}")).unwrap_or_default(),
         faults.summary(),
         report.summary()
     );
-    Ok(Verdict { pass, line, ops: history.len() })
+    Ok(Verdict { pass, line, ops: history.len(), rest_pass, txn })
 }
 
-/// Seconds from `from_ns` to `to_ns` on the history's clock.
-fn secs_between(from_ns: u64, to_ns: u64) -> f64 {
-    to_ns.saturating_sub(from_ns) as f64 / 1e9
-}
-
-/// The transaction history's final reads and its check: whether it passed, and the summary.
-async fn check_txns(env: &Env, o: &Options, history: &History, txns: &Arc<txn::TxnHistory>) -> Result<(bool, String)> {
+/// The transaction history's final reads and its check: whether it passed, the summary, and
+/// the findings.
+async fn check_txns(
+    env: &Env,
+    o: &Options,
+    history: &History,
+    txns: &Arc<txn::TxnHistory>,
+) -> Result<(bool, String, TxnFindings)> {
     let client = env.factory.client_as(workload::CHECKER, &env.factory.members, o.seed ^ 0x7C4E, Timeouts::WORKLOAD)?;
     let all_read = txn::final_reads(&client, o.txn_clients, history, txns).await;
     client.close();
@@ -611,7 +640,16 @@ async fn check_txns(env: &Env, o: &Options, history: &History, txns: &Arc<txn::T
     if !all_read {
         line = format!("FINAL READS FAILED (some keys not read after healing); {line}");
     }
-    Ok((report.pass() && all_read, line))
+    if txns.capped() {
+        line = format!(
+            "history cap reached: the clients stopped issuing at {} transactions (every issued one recorded and checked); {line}",
+            txns.cap()
+        );
+    }
+    let complete =
+        all_read && !txns.capped() && !matches!(report.verdict, quorate_check::txn::Verdict::TooLarge { .. });
+    let findings = TxnFindings { kinds: report.counts.clone(), complete };
+    Ok((report.pass() && all_read, line, findings))
 }
 
 /// Status samples kept at most (a bound on memory: ten a second per node for hours).

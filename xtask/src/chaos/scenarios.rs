@@ -9,6 +9,7 @@ use crate::cluster::{build_quorate, target_dir};
 use crate::{PROFILE, cargo, run as run_cmd};
 use anyhow::{Context, Result, bail};
 use quorate_check::linearizability::{Limits, check};
+use quorate_check::txn::AnomalyKind;
 use quorate_client::ReadConsistency;
 use quorate_core::Role as RaftRole;
 use std::path::PathBuf;
@@ -101,7 +102,7 @@ const TORN_TXN_READS: &str = "torn_txn_reads_ms = 20\n";
 /// every node serving read-only transactions torn ([`TORN_TXN_READS`]).
 fn weakened_run() -> Options {
     let mut o = Options::new(2201);
-    o.duration = Duration::from_secs(15);
+    o.duration = Duration::from_secs(10);
     o.faults = Vec::new();
     o.txn_clients = 4;
     o.txn_slots = 3;
@@ -110,25 +111,89 @@ fn weakened_run() -> Options {
     o
 }
 
-/// The weakened run, judged the other way round: it passes when the transaction checker
-/// reports an anomaly (and fails when the run passes, or fails for another reason only).
+/// The control of [`weakened_run`]: the same workload and seed on nodes without the failpoint,
+/// shorter; it must pass every check, the transaction check included.
+fn weakened_control() -> Options {
+    let mut o = weakened_run();
+    o.duration = Duration::from_secs(5);
+    o.failpoints = None;
+    o.label = Some("weakened-control".into());
+    o
+}
+
+/// The anomalies torn read-only transactions produce: a read-only transaction that sees one
+/// append of a transaction and misses another (read skew: one `rw` edge, `G-single`) or misses
+/// appends of two transactions that each see the other's effect through other reads (`G2`),
+/// with real-time variants. A torn read is still each key's latest committed list, so it never
+/// misses an append that returned before the transaction was called (no lost append), never
+/// sees an uncommitted or unknown value (no G1a, garbage) and sits in no cycle without an `rw`
+/// edge (no G0, G1c): any of those would mean the checker or the harness is wrong.
+const TORN_READ_KINDS: [AnomalyKind; 4] =
+    [AnomalyKind::GSingle, AnomalyKind::G2, AnomalyKind::GSingleRealtime, AnomalyKind::G2Realtime];
+
+/// Judges the weakened run against its control: it passes when the control is clean (every
+/// check, transactions included) and the weakened run's transaction check, complete, found
+/// only [`TORN_READ_KINDS`], at least one plain `G-single` among them, with every other check
+/// of the run passing. The reason either way.
+fn judge_weakened(weak: &Verdict, control: &Verdict) -> (bool, String) {
+    let mut wrong = Vec::new();
+    if !control.pass || control.txn.as_ref().is_none_or(|t| !t.kinds.is_empty() || !t.complete) {
+        wrong.push("the control run without the failpoint is not clean".to_string());
+    }
+    if !weak.rest_pass {
+        wrong.push("a check other than the transaction check failed".to_string());
+    }
+    match &weak.txn {
+        None => wrong.push("the transaction check did not run".to_string()),
+        Some(t) => {
+            if !t.complete {
+                wrong.push("the transaction check did not cover the whole history".to_string());
+            }
+            let unexpected: Vec<String> = t
+                .kinds
+                .iter()
+                .filter(|(k, _)| !TORN_READ_KINDS.contains(k))
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect();
+            if !unexpected.is_empty() {
+                wrong.push(format!("anomalies torn reads cannot produce: {}", unexpected.join(", ")));
+            }
+            if !t.kinds.contains_key(&AnomalyKind::GSingle) {
+                wrong.push("no G-single (read skew), the anomaly torn reads produce".to_string());
+            }
+        }
+    }
+    let kinds = weak
+        .txn
+        .as_ref()
+        .map(|t| t.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    if wrong.is_empty() {
+        (true, format!("weakened node caught (expected): only torn-read anomalies ({kinds}); control clean"))
+    } else {
+        (false, format!("weakened node NOT judged as expected: {}", wrong.join("; ")))
+    }
+}
+
+/// The weakened run and its control, judged by [`judge_weakened`]; the verdict line quotes
+/// both runs' lines.
 fn weakened_verdict() -> Result<Verdict> {
+    crate::demo::step("weakened-node control: the same transaction workload without the failpoint; must be clean");
+    let control = run(&weakened_control())?;
     crate::demo::step(
         "weakened node: read-only transactions torn (failpoint torn_txn_reads_ms); the checker must object",
     );
-    let v = run(&weakened_run())?;
-    let caught = !v.pass && v.line.contains("txn: NOT SERIALIZABLE");
-    let line = if caught {
-        format!("weakened node caught (expected): {}", v.line)
-    } else {
-        format!("weakened node NOT caught: the transaction checker should have reported an anomaly: {}", v.line)
-    };
+    let weak = run(&weakened_run())?;
+    let (pass, judged) = judge_weakened(&weak, &control);
+    let line = format!("{judged}\n  weakened: {}\n  control: {}", weak.line, control.line);
     println!("{line}");
-    Ok(Verdict { pass: caught, line, ops: v.ops })
+    Ok(Verdict::plain(pass, line, weak.ops + control.ops))
 }
 
 /// `cargo xtask chaos weakened`: a run against nodes weakened on purpose, which must fail the
-/// transaction check (evidence that the checker catches a real node's anomaly).
+/// transaction check with the anomalies torn reads produce and nothing else, and its control
+/// without the failpoint, which must pass (evidence that the checker catches a real node's
+/// anomaly, names it right, and does not object to a correct node under the same workload).
 pub(crate) fn weakened(args: &[String]) -> Result<()> {
     if let Some(a) = args.first() {
         bail!("`chaos weakened` takes no arguments, got `{a}`");
@@ -345,7 +410,7 @@ fn index_monotonic(seed: u64) -> Result<Verdict> {
             if pass { format!("applied index and revision never went back; {lin}") } else { problems.join("; ") }
         );
         println!("{line}");
-        Ok(Verdict { pass, line, ops: history.len() })
+        Ok(Verdict::plain(pass, line, history.len()))
     })
 }
 
@@ -384,7 +449,7 @@ fn lock_fencing() -> Result<Verdict> {
         if !pass {
             eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(Verdict { pass, line, ops: 0 })
+        Ok(Verdict::plain(pass, line, 0))
     })
 }
 
@@ -532,4 +597,69 @@ fn fast_client(env: &Env, seed: u64, attempt_ms: u64) -> Result<quorate_client::
     c.backoff = quorate_client::Backoff::default();
     c.seed = Some(seed);
     Ok(quorate_client::Client::new(c)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AnomalyKind, TORN_READ_KINDS, Verdict, judge_weakened};
+    use crate::chaos::TxnFindings;
+
+    fn run_with(rest_pass: bool, kinds: &[(AnomalyKind, usize)], complete: bool) -> Verdict {
+        let txn = TxnFindings { kinds: kinds.iter().copied().collect(), complete };
+        let pass = rest_pass && kinds.is_empty() && complete;
+        Verdict { pass, line: String::new(), ops: 1, rest_pass, txn: Some(txn) }
+    }
+
+    fn clean() -> Verdict {
+        run_with(true, &[], true)
+    }
+
+    #[test]
+    fn torn_reads_pass_only_with_their_own_anomalies_and_a_clean_control() {
+        let torn = run_with(
+            true,
+            &[(AnomalyKind::GSingle, 90), (AnomalyKind::G2, 20), (AnomalyKind::GSingleRealtime, 9)],
+            true,
+        );
+        let (pass, why) = judge_weakened(&torn, &clean());
+        assert!(pass, "{why}");
+        assert!(why.contains("G-single ×90"), "{why}");
+        // Every kind torn reads cannot produce fails the judgment, alone or among torn ones.
+        for wrong in [
+            AnomalyKind::G0,
+            AnomalyKind::G1a,
+            AnomalyKind::G1b,
+            AnomalyKind::G1c,
+            AnomalyKind::G1cRealtime,
+            AnomalyKind::G0Realtime,
+            AnomalyKind::LostAppend,
+            AnomalyKind::LostUpdate,
+            AnomalyKind::GarbageRead,
+            AnomalyKind::IncompatibleOrder,
+            AnomalyKind::Internal,
+        ] {
+            assert!(!TORN_READ_KINDS.contains(&wrong));
+            let weak = run_with(true, &[(AnomalyKind::GSingle, 90), (wrong, 1)], true);
+            let (pass, why) = judge_weakened(&weak, &clean());
+            assert!(!pass && why.contains(wrong.name()), "{wrong}: {why}");
+        }
+        // At least one plain G-single.
+        let no_single = run_with(true, &[(AnomalyKind::G2, 5), (AnomalyKind::GSingleRealtime, 3)], true);
+        assert!(!judge_weakened(&no_single, &clean()).0);
+        // No anomaly at all: not caught.
+        assert!(!judge_weakened(&clean(), &clean()).0);
+        // The control must be clean: an anomaly, another failed check, an incomplete check.
+        let dirty = run_with(true, &[(AnomalyKind::GSingle, 1)], true);
+        let (pass, why) = judge_weakened(&torn, &dirty);
+        assert!(!pass && why.contains("control"), "{why}");
+        assert!(!judge_weakened(&torn, &run_with(false, &[], true)).0);
+        assert!(!judge_weakened(&torn, &run_with(true, &[], false)).0);
+        assert!(!judge_weakened(&torn, &Verdict::plain(true, String::new(), 1)).0);
+        // The weakened run's other checks must pass, and its transaction check be complete.
+        let other_failed = run_with(false, &[(AnomalyKind::GSingle, 90)], true);
+        assert!(!judge_weakened(&other_failed, &clean()).0);
+        let incomplete = run_with(true, &[(AnomalyKind::GSingle, 90)], false);
+        assert!(!judge_weakened(&incomplete, &clean()).0);
+        assert!(!judge_weakened(&Verdict::plain(false, String::new(), 1), &clean()).0);
+    }
 }

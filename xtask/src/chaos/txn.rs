@@ -30,13 +30,14 @@ use quorate_client::{Client, ClientError, Compare, CompareOp, CompareTarget, Txn
 use quorate_core::SplitMix64;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A slot moves to a new key once its list holds this many elements.
 pub(crate) const LIST_LEN_MAX: usize = 32;
 
-/// Most transactions one history holds (a bound on memory; clients stop when it is reached).
+/// Most transactions the clients issue into one history (a bound on memory; once it is reached
+/// they stop issuing, and the verdict says so). The final reads come on top: one per 128 keys.
 pub(crate) const TXNS_MAX: usize = 200_000;
 
 /// Most slots a transaction touches.
@@ -55,24 +56,53 @@ pub(crate) struct TxnSpec {
     pub(crate) seed: u64,
 }
 
-/// The transactions of a run.
+/// The transactions of a run, capped at issue as the KV history is ([`History`]): a client
+/// [`TxnHistory::reserve`]s room before it issues a transaction and records it however it ends.
+/// A cap at record time dropped completed transactions, and a recorded read of a dropped
+/// append was then a false `garbage-read`.
 pub(crate) struct TxnHistory {
     txns: Mutex<Vec<HTxn>>,
+    /// Most transactions the clients may issue ([`TXNS_MAX`]).
+    cap: usize,
+    reserved: AtomicUsize,
+    capped: AtomicBool,
 }
 
 impl TxnHistory {
     pub(crate) fn new() -> TxnHistory {
-        TxnHistory { txns: Mutex::new(Vec::new()) }
+        TxnHistory::with_cap(TXNS_MAX)
     }
 
-    /// Records one transaction; `false` when the history is full.
-    fn record(&self, t: HTxn) -> bool {
-        let mut v = self.txns.lock().unwrap_or_else(PoisonError::into_inner);
-        if v.len() >= TXNS_MAX {
-            return false;
+    /// A history whose clients may issue at most `cap` transactions.
+    pub(crate) fn with_cap(cap: usize) -> TxnHistory {
+        TxnHistory { txns: Mutex::new(Vec::new()), cap, reserved: AtomicUsize::new(0), capped: AtomicBool::new(false) }
+    }
+
+    /// Room for one more transaction, taken before it is issued; `false` when the history is
+    /// full (the client stops issuing).
+    fn reserve(&self) -> bool {
+        let taken =
+            self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.cap).then_some(n + 1));
+        if taken.is_err() {
+            self.capped.store(true, Ordering::Relaxed);
         }
-        v.push(t);
-        true
+        taken.is_ok()
+    }
+
+    /// Whether the clients reached the cap (stopped issuing before the run's end).
+    pub(crate) fn capped(&self) -> bool {
+        self.capped.load(Ordering::Relaxed)
+    }
+
+    /// The cap.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Records one completed transaction: one [`TxnHistory::reserve`]d before it was issued, or
+    /// a final read (one per 128 keys the history touched).
+    fn record(&self, t: HTxn) {
+        self.txns.lock().unwrap_or_else(PoisonError::into_inner).push(t);
     }
 
     pub(crate) fn snapshot(&self) -> Vec<HTxn> {
@@ -167,7 +197,8 @@ async fn one_client(
     let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let (mut ok, mut failed, mut info) = (0, 0, 0);
     let slots = shared.generations.len() as u64;
-    while !stop.load(Ordering::Relaxed) {
+    // Room in the history first: a transaction issued is always recorded.
+    while !stop.load(Ordering::Relaxed) && txns.reserve() {
         let want = 1 + rng.below(SLOTS_PER_TXN_MAX.min(slots));
         let mut chosen: Vec<u64> = Vec::new();
         while (chosen.len() as u64) < want {
@@ -275,9 +306,7 @@ async fn one_client(
                 seen.remove(k);
             }
         }
-        if !txns.record(recorded) {
-            break;
-        }
+        txns.record(recorded);
     }
     client.close();
     (ok, failed, info)
@@ -320,7 +349,29 @@ pub(crate) async fn final_reads(client: &Client, client_id: u64, history: &Histo
 
 #[cfg(test)]
 mod tests {
-    use super::{decode, encode};
+    use super::{HTxn, Mop, TxnHistory, decode, encode};
+    use quorate_check::txn::{AnomalyKind, check};
+
+    #[test]
+    fn a_full_history_stops_issuing_and_keeps_every_issued_transaction() {
+        // Client A's append and client B's read are issued before the history is full; B
+        // returns first, having read A's append (A's answer is slow). Both are recorded; a
+        // third transaction is never issued.
+        let h = TxnHistory::with_cap(2);
+        assert!(h.reserve() && h.reserve());
+        assert!(!h.reserve() && h.capped());
+        let read = HTxn::ok(1, 20, 30, vec![Mop::read("k", vec![1])]);
+        h.record(read.clone());
+        h.record(HTxn::ok(0, 10, 40, vec![Mop::append("k", 1)]));
+        // The final reads are recorded past the cap.
+        h.record(HTxn::ok(2, 50, 60, vec![Mop::read("k", vec![1])]));
+        assert_eq!(h.snapshot().len(), 3);
+        let report = check(&h.snapshot());
+        assert!(report.pass(), "{}", report.summary());
+        // What a cap at record time did: A's completed append dropped, B's read of it kept, and
+        // the checker reports a value nobody appended.
+        assert_eq!(check(&[read]).kinds(), vec![AnomalyKind::GarbageRead]);
+    }
 
     #[test]
     fn lists_round_trip() {

@@ -16,29 +16,39 @@ use quorate_transport::{ClusterId, TlsPaths};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Most workload operations one history holds (a bound on memory: ~0.8 KiB an operation in
-/// the harness and the checkers). A client issues an operation only after reserving its place
-/// ([`History::reserve`]); when none is left the clients stop and the run ends there.
+/// Most operations the workload's clients issue into one history (a bound on memory: ~0.8 KiB
+/// an operation in the harness and the checkers; once it is reached they stop issuing and the
+/// run ends). The checks' own operations come on top ([`HISTORY_EXTRA_OPS_MAX`]).
 pub(crate) const HISTORY_OPS_MAX: usize = 4_000_000;
 
-/// Records beyond [`HISTORY_OPS_MAX`] kept for operations issued outside the workload's
-/// reservations (the harness's own writes and final reads).
-const HISTORY_UNRESERVED_MAX: usize = 100_000;
+/// Most operations [`recorded_get`] and [`recorded_put`] may issue past [`HISTORY_OPS_MAX`]: room
+/// for the checks' recovery write and final reads (at most 10,000 keys × 10 attempts) after a
+/// workload that filled the history.
+pub(crate) const HISTORY_EXTRA_OPS_MAX: usize = 200_000;
 
 /// The operations of a run on one monotonic clock (nanoseconds since the history began).
+///
+/// **Capped at issue, never at record.** A workload client [`History::reserve`]s room before it
+/// issues an operation and records it once it completes, whatever the outcome. Dropping
+/// completed operations at record time instead would lose a write that a recorded read then
+/// returns (a value "nobody wrote": a false violation). So every recorded read's value comes
+/// from a recorded write.
 pub(crate) struct History {
     origin: Instant,
     /// The wall clock at `origin`, to line the history up with node logs.
     origin_wall: std::time::SystemTime,
     ops: Mutex<Vec<Operation>>,
-    /// Places reserved by workload clients (at most `cap`).
-    reserved: std::sync::atomic::AtomicUsize,
+    /// Most operations the workload may issue ([`HISTORY_OPS_MAX`]).
     cap: usize,
-    /// History time at which the first reservation was refused (`u64::MAX` while not full).
+    /// Operations the workload issued (reserved).
+    reserved: AtomicUsize,
+    /// Whether a client found the history full.
+    capped: AtomicBool,
+    /// History time at which the workload first found it full (`u64::MAX` before).
     full_at_ns: std::sync::atomic::AtomicU64,
     full: tokio::sync::Notify,
 }
@@ -48,30 +58,42 @@ impl History {
         History::with_cap(HISTORY_OPS_MAX)
     }
 
-    fn with_cap(cap: usize) -> History {
+    /// A history whose workload may issue at most `cap` operations.
+    pub(crate) fn with_cap(cap: usize) -> History {
         History {
             origin: Instant::now(),
             origin_wall: std::time::SystemTime::now(),
             ops: Mutex::new(Vec::new()),
-            reserved: std::sync::atomic::AtomicUsize::new(0),
             cap,
+            reserved: AtomicUsize::new(0),
+            capped: AtomicBool::new(false),
             full_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             full: tokio::sync::Notify::new(),
         }
     }
 
-    /// Reserves the place of one operation a client is about to issue; `false` when the
-    /// history is full, and the client must not issue it. (An operation issued and then not
-    /// recorded could be applied unseen: the final reads would then find a value no recorded
-    /// write left, a lost write that is not one.)
+    /// Room for one more workload operation, taken before it is issued; `false` when the
+    /// history is full (the client stops issuing, and the run's verdict says so).
     pub(crate) fn reserve(&self) -> bool {
-        let got = self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.cap).then_some(n + 1));
-        if got.is_err()
-            && self.full_at_ns.compare_exchange(u64::MAX, self.now(), Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            self.full.notify_waiters();
+        self.reserve_within(self.cap)
+    }
+
+    /// Room for one more operation of [`recorded_get`] or [`recorded_put`] (the checks' own, or
+    /// another harness's), within the cap and [`HISTORY_EXTRA_OPS_MAX`] more.
+    fn reserve_extra(&self) -> bool {
+        self.reserve_within(self.cap.saturating_add(HISTORY_EXTRA_OPS_MAX))
+    }
+
+    fn reserve_within(&self, max: usize) -> bool {
+        let taken = self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1));
+        if taken.is_err() {
+            self.capped.store(true, Ordering::Relaxed);
+            let first = self.full_at_ns.compare_exchange(u64::MAX, self.now(), Ordering::Relaxed, Ordering::Relaxed);
+            if first.is_ok() {
+                self.full.notify_waiters();
+            }
         }
-        got.is_ok()
+        taken.is_ok()
     }
 
     /// History time at which the history filled, if it did.
@@ -79,7 +101,8 @@ impl History {
         Some(self.full_at_ns.load(Ordering::Relaxed)).filter(|t| *t != u64::MAX)
     }
 
-    /// Returns once the history is full (never if it does not fill).
+    /// Returns once the history is full (never if it does not fill): the run ends then, since
+    /// faults after it would run without load.
     pub(crate) async fn filled(&self) {
         loop {
             let notified = self.full.notified();
@@ -88,6 +111,11 @@ impl History {
             }
             notified.await;
         }
+    }
+
+    /// Whether the workload reached the cap (stopped issuing before the run's end).
+    pub(crate) fn capped(&self) -> bool {
+        self.capped.load(Ordering::Relaxed)
     }
 
     /// The wall-clock time of history time 0, as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
@@ -104,16 +132,10 @@ impl History {
         self.origin.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
     }
 
-    /// Records one operation: a workload client's, whose place it reserved, or one of the
-    /// harness's own (up to [`HISTORY_UNRESERVED_MAX`] beyond the cap); `false` when even
-    /// that is full.
-    pub(crate) fn record(&self, op: Operation) -> bool {
-        let mut ops = self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ops.len() >= self.cap + HISTORY_UNRESERVED_MAX {
-            return false;
-        }
-        ops.push(op);
-        true
+    /// Records one completed operation, [`History::reserve`]d before it was issued (or one of a
+    /// harness's own, bounded by its loop).
+    pub(crate) fn record(&self, op: Operation) {
+        self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -309,7 +331,8 @@ pub(crate) fn write_completion<T>(r: &Result<T, ClientError>, ret: u64) -> Compl
     }
 }
 
-/// A get through `client`, recorded.
+/// A get through `client`, recorded; `None` when it had no answer, or was not issued because
+/// the history is full ([`HISTORY_EXTRA_OPS_MAX`] past the cap).
 pub(crate) async fn recorded_get(
     history: &History,
     client: &Client,
@@ -317,6 +340,9 @@ pub(crate) async fn recorded_get(
     key: &str,
     reads: ReadConsistency,
 ) -> Option<Option<String>> {
+    if !history.reserve_extra() {
+        return None;
+    }
     let call = history.now();
     let r = client.get(key, reads).await;
     let ret = history.now();
@@ -335,8 +361,12 @@ pub(crate) async fn recorded_get(
     out
 }
 
-/// A put through `client`, recorded; whether it was acknowledged.
+/// A put through `client`, recorded; whether it was acknowledged (`false` without issuing it
+/// when the history is full, [`HISTORY_EXTRA_OPS_MAX`] past the cap).
 pub(crate) async fn recorded_put(history: &History, client: &Client, id: u64, key: &str, value: &str) -> bool {
+    if !history.reserve_extra() {
+        return false;
+    }
     let call = history.now();
     let r = client.put(key, value).await;
     let c = write_completion(&r, history.now());
@@ -394,6 +424,7 @@ async fn one_client(
         };
     };
     for n in 0..spec.ops_per_client_max {
+        // Room in the history first: an operation issued is always recorded.
         if stop.load(Ordering::Relaxed) || !history.reserve() {
             break;
         }
@@ -470,28 +501,34 @@ fn op_ok(op: &Operation) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::History;
+    use quorate_check::history::{Completion, Operation, ReadCompletion};
+    use quorate_check::linearizability::{Limits, check};
+
     #[test]
-    fn an_operation_is_issued_only_with_a_reserved_place_and_every_reserved_one_is_recorded() {
-        use quorate_check::history::{Completion, Operation};
-        let h = super::History::with_cap(3);
-        assert_eq!(h.full_at_ns(), None);
-        for i in 0..3 {
-            assert!(h.reserve(), "place {i}");
-        }
-        assert!(!h.reserve(), "the fourth operation must not be issued");
-        assert!(!h.reserve());
+    fn a_full_history_stops_issuing_and_keeps_every_issued_operation() {
+        // Client A's put and client B's get are issued before the history is full; B's get
+        // returns first with A's value (A's answer is slow). Both are recorded, so the value
+        // B read has its write; a third operation is never issued.
+        let h = History::with_cap(2);
+        assert!(h.reserve() && h.reserve());
+        assert!(!h.reserve() && h.capped());
         let full_at = h.full_at_ns().expect("full");
         assert!(full_at <= h.now());
-        // The three reserved operations, and the harness's own final read after the cap, are
-        // all kept: nothing issued goes unrecorded.
-        for i in 0..4 {
-            assert!(h.record(Operation::put(i, "k", "v", h.now(), Completion::Unknown)), "record {i}");
-        }
-        assert_eq!(h.len(), 4);
-        // The run waiting on the history wakes at once once it is full.
+        // The run waiting on the history wakes at once.
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
-        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), h.filled()).await })
-            .expect("filled");
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), h.filled()).await }).expect("filled");
+        let read = Operation::get(1, "k", 20, ReadCompletion::Returned { ret: 30, output: Some("a".into()) });
+        let put = Operation::put(0, "k", "a", 10, Completion::Ok { ret: 40 });
+        h.record(read.clone());
+        h.record(put);
+        // The checks' final read is recorded past the cap.
+        h.record(Operation::get(2, "k", 50, ReadCompletion::Returned { ret: 60, output: Some("a".into()) }));
+        assert_eq!(h.len(), 3);
+        assert!(check(&h.snapshot(), &Limits::default()).is_linearizable());
+        // What a cap at record time did: A's completed put dropped, B's read of it kept, and the
+        // history is not linearizable though the store was.
+        assert!(!check(&[read], &Limits::default()).is_linearizable());
     }
 
     #[test]
