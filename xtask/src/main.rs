@@ -43,7 +43,7 @@ commands:
   mutants [--shard K/N] [--file PATH]... [--timeout S] [--with-sim]
                              mutation testing of quorate-core with cargo-mutants (installed if
                              missing), in a copy of the tree; not part of ci (docs/verification.md)
-  bench <core|storage|transport>
+  bench <api|core|storage|transport>
                              benchmarks; record the figures in docs/benchmarks.md
   bench cluster [--duration S] [--clients 1,16,64,256] [--skip-etcd]
                              a real 3-node cluster (fsync, mTLS) under `quorate bench`, then etcd 3.4
@@ -564,6 +564,7 @@ fn mutants(args: &[String]) -> Result<()> {
 /// its figures; this table says where each one lives.
 fn bench(args: &[String]) -> Result<()> {
     const BENCHES: &[(&str, &str, &str)] = &[
+        ("api", "quorate-api", "codec"),
         ("core", "quorate-core", "core"),
         ("storage", "quorate-storage", "storage"),
         ("transport", "quorate-transport", "transport"),

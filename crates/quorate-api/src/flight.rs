@@ -247,6 +247,7 @@ pub struct Checkpoint {
     /// Inputs recorded since the process started before this checkpoint.
     pub at: u64,
     /// The core's image (postcard bytes of a [`quorate_core::CoreImage`]).
+    #[serde(with = "quorate_log::byte_string")]
     pub image: Vec<u8>,
     /// What the core could read from storage.
     pub base: Base,

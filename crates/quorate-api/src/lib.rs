@@ -127,16 +127,46 @@ pub struct HashSamples {
     pub samples: Vec<HashSample>,
 }
 
+/// A postcard output that appends to a caller's buffer (after a frame header, say), so that
+/// a message is encoded once, in place, rather than into a buffer of its own and then copied.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends `value`'s encoding to `out`. Its size is computed first (cheap: values are byte
+/// strings, counted by their length), so that a message over the limit is refused before
+/// anything is encoded; on an error `out` is left as it was.
 fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), MessageError> {
-    let bytes = postcard::to_allocvec(value).map_err(|e| MessageError::Encode(e.to_string()))?;
-    if bytes.len() > limits::MESSAGE_BYTES_MAX {
+    let len = postcard::experimental::serialized_size(value).map_err(|e| MessageError::Encode(e.to_string()))?;
+    if len > limits::MESSAGE_BYTES_MAX {
         return Err(MessageError::Encode(format!(
-            "message of {} bytes exceeds the limit of {}",
-            bytes.len(),
+            "message of {len} bytes exceeds the limit of {}",
             limits::MESSAGE_BYTES_MAX
         )));
     }
-    out.extend_from_slice(&bytes);
+    let start = out.len();
+    out.reserve(len);
+    if let Err(e) = postcard::serialize_with_flavor(value, AppendTo(out)) {
+        out.truncate(start);
+        return Err(MessageError::Encode(e.to_string()));
+    }
+    debug_assert_eq!(out.len() - start, len, "postcard's size and its encoding agree");
     Ok(())
 }
 

@@ -53,13 +53,16 @@ pub enum Request {
     /// Set `key` to `value`.
     Put {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "quorate_log::byte_string")]
         value: Vec<u8>,
     },
     /// Read `key`.
     Get {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
         /// Ordering.
         read: ReadConsistency,
@@ -67,22 +70,28 @@ pub enum Request {
     /// Remove `key`.
     Delete {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
     },
     /// Set `key` to `value` if it holds `expected` (`None`: if it is absent).
     Cas {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
         /// The required current value.
+        #[serde(with = "quorate_log::byte_string::option")]
         expected: Option<Vec<u8>>,
         /// The new value.
+        #[serde(with = "quorate_log::byte_string")]
         value: Vec<u8>,
     },
     /// Keys in `[start, end)` (`end: None`: every key from `start`), at most `limit`.
     Scan {
         /// First key.
+        #[serde(with = "quorate_log::byte_string")]
         start: Vec<u8>,
         /// Exclusive end.
+        #[serde(with = "quorate_log::byte_string::option")]
         end: Option<Vec<u8>>,
         /// Most pairs to return.
         limit: u32,
@@ -136,8 +145,10 @@ pub enum Request {
     /// (write). Needs cluster version 2: refused before `quorate cluster finalize`. Since 0.2.0.
     DeleteRange {
         /// First key.
+        #[serde(with = "quorate_log::byte_string")]
         start: Vec<u8>,
         /// Exclusive end.
+        #[serde(with = "quorate_log::byte_string")]
         end: Vec<u8>,
     },
     /// Write the node's flight recording (its consensus core's recent inputs, from the oldest
@@ -150,8 +161,10 @@ pub enum Request {
     /// (`quorate/2` connections; a 0.1.0 node cannot decode it).
     ScanPaged {
         /// First key.
+        #[serde(with = "quorate_log::byte_string")]
         start: Vec<u8>,
         /// Exclusive end.
+        #[serde(with = "quorate_log::byte_string::option")]
         end: Option<Vec<u8>>,
         /// Most pairs to return in this page.
         limit: u32,
@@ -367,6 +380,7 @@ impl Txn {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Compare {
     /// The key.
+    #[serde(with = "quorate_log::byte_string")]
     pub key: Vec<u8>,
     /// What to compare.
     pub target: CompareTarget,
@@ -379,7 +393,7 @@ pub struct Compare {
 #[non_exhaustive]
 pub enum CompareTarget {
     /// The value (`None`: absent). Ordering compares bytes; absent is smallest.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "quorate_log::byte_string::option")] Option<Vec<u8>>),
     /// The revision of the last write to the key.
     ModRevision(u64),
     /// The revision that created the key.
@@ -409,18 +423,22 @@ pub enum TxnOp {
     /// Set a key.
     Put {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "quorate_log::byte_string")]
         value: Vec<u8>,
     },
     /// Remove a key.
     Delete {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
     },
     /// Read a key (as of the transaction).
     Get {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
     },
 }
@@ -429,8 +447,10 @@ pub enum TxnOp {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KeyValue {
     /// Key.
+    #[serde(with = "quorate_log::byte_string")]
     pub key: Vec<u8>,
     /// Value.
+    #[serde(with = "quorate_log::byte_string")]
     pub value: Vec<u8>,
     /// The revision that created it.
     pub create_revision: u64,
@@ -538,6 +558,7 @@ pub enum Response {
         kvs: Vec<KeyValue>,
         /// Where the next page starts (ask again with this as `start`); `None`: the range has
         /// no more keys.
+        #[serde(with = "quorate_log::byte_string::option")]
         next: Option<Vec<u8>>,
         /// Where the read was served.
         read: ReadInfo,
@@ -873,22 +894,28 @@ pub enum CommandOp {
     /// Set a key.
     Put {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "quorate_log::byte_string")]
         value: Vec<u8>,
     },
     /// Remove a key.
     Delete {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
     },
     /// Compare-and-swap.
     Cas {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
         /// Required value (`None`: absent).
+        #[serde(with = "quorate_log::byte_string::option")]
         expected: Option<Vec<u8>>,
         /// New value.
+        #[serde(with = "quorate_log::byte_string")]
         value: Vec<u8>,
     },
     /// A transaction.
@@ -914,8 +941,10 @@ pub enum CommandOp {
     /// `InvalidRequest` and changes nothing. Since 0.2.0.
     DeleteRange {
         /// First key.
+        #[serde(with = "quorate_log::byte_string")]
         start: Vec<u8>,
         /// Exclusive end.
+        #[serde(with = "quorate_log::byte_string")]
         end: Vec<u8>,
     },
     /// Open a session that belongs to `principal` (the client certificate that asked); its id
@@ -947,22 +976,28 @@ pub enum KvOp {
     /// Set a key.
     Put {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "quorate_log::byte_string")]
         value: Vec<u8>,
     },
     /// Remove a key.
     Delete {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
     },
     /// Compare-and-swap.
     Cas {
         /// Key.
+        #[serde(with = "quorate_log::byte_string")]
         key: Vec<u8>,
         /// Required value (`None`: absent).
+        #[serde(with = "quorate_log::byte_string::option")]
         expected: Option<Vec<u8>>,
         /// New value.
+        #[serde(with = "quorate_log::byte_string")]
         value: Vec<u8>,
     },
     /// A transaction.
@@ -970,8 +1005,10 @@ pub enum KvOp {
     /// Delete the keys in `[start, end)`.
     DeleteRange {
         /// First key.
+        #[serde(with = "quorate_log::byte_string")]
         start: Vec<u8>,
         /// Exclusive end.
+        #[serde(with = "quorate_log::byte_string")]
         end: Vec<u8>,
     },
 }
@@ -1015,5 +1052,6 @@ pub struct SnapshotChunk {
     /// Total size of the file.
     pub total: u64,
     /// The bytes.
+    #[serde(with = "quorate_log::byte_string")]
     pub data: Vec<u8>,
 }

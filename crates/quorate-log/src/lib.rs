@@ -9,7 +9,9 @@
 //! * [`Configuration`] with the quorum rules of plain and joint configurations;
 //! * [`HardState`], [`SnapshotMeta`] and the read-only [`LogStorage`] trait the core reads
 //!   through, with [`MemLog`], an in-memory implementation;
-//! * the log-matching helpers [`find_conflict`] and [`limit_bytes`].
+//! * the log-matching helpers [`find_conflict`] and [`limit_bytes`];
+//! * [`byte_string`], for `Vec<u8>` fields encoded as byte strings (one copy, not one
+//!   visitor call per byte; postcard's bytes are those of a plain `Vec<u8>`).
 //!
 //! This crate does no I/O and depends only on `serde` and `thiserror`.
 //!
@@ -25,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod byte_string;
 mod config;
 mod entry;
 mod ids;

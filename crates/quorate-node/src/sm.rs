@@ -97,10 +97,13 @@ pub const BOUNDED_RESULTS_CLUSTER_VERSION: u32 = 2;
 /// Pairs read per page when scanning the state machine.
 const PAGE: usize = 4096;
 
-/// A stored key: value, revisions and version.
+/// A stored key: value, revisions and version. The value is a byte string
+/// ([`quorate_log::byte_string`]): decoded with one copy, and stored as the same bytes as the
+/// plain `Vec<u8>` of 0.1.0.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct KvRecord {
     /// The value.
+    #[serde(with = "quorate_log::byte_string")]
     pub value: Vec<u8>,
     /// Revision that created the key.
     pub create_revision: u64,
@@ -1467,6 +1470,32 @@ mod tests {
 
     fn put(k: &str, v: &str) -> CommandOp {
         CommandOp::Put { key: k.into(), value: v.into() }
+    }
+
+    /// The stored record as 0.1.0 declared it: the value a plain `Vec<u8>`.
+    #[derive(PartialEq, Eq, Debug, Serialize, Deserialize)]
+    struct KvRecord010 {
+        value: Vec<u8>,
+        create_revision: u64,
+        mod_revision: u64,
+        version: u64,
+    }
+
+    #[test]
+    fn a_kv_record_is_stored_as_0_1_0_stored_it() {
+        // Pinned: value "v", revisions 1 and 300, version 2.
+        let small = KvRecord { value: b"v".to_vec(), create_revision: 1, mod_revision: 300, version: 2 };
+        assert_eq!(encode(&small), [1, b'v', 1, 0xac, 0x02, 2]);
+        for len in [0usize, 1, 127, 128, 64 * 1024, limits::VALUE_BYTES_MAX] {
+            let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let now = KvRecord { value: value.clone(), create_revision: 3, mod_revision: 9, version: 4 };
+            let old = KvRecord010 { value, create_revision: 3, mod_revision: 9, version: 4 };
+            let bytes = encode(&now);
+            assert_eq!(bytes, postcard::to_allocvec(&old).unwrap(), "a value of {len} bytes");
+            // Each reads what the other wrote.
+            assert_eq!(decode::<KvRecord>(b"k", &bytes).unwrap(), now);
+            assert_eq!(decode::<KvRecord010>(b"k", &bytes).unwrap(), old);
+        }
     }
 
     #[test]
