@@ -284,7 +284,7 @@ impl Trio {
 /// transfer has it checked and installed (nothing sent again), and it is gone for good.
 #[test]
 fn a_complete_staging_left_by_a_crash_is_installed_by_the_next_transfer() {
-    use quorate_runtime::{LogStorage, MemStorage, SnapshotHeader};
+    use quorate_runtime::{LogStorage, MemStorage};
     let ids: Vec<NodeId> = (1..=3).map(|i| NodeId::new(i).expect("non-zero")).collect();
     let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
     let cfg = |id: NodeId| {
