@@ -12,6 +12,7 @@ use common::{Cluster, Error, node_args};
 use quorate_log::LogIndex;
 use quorate_runtime::quic::{KIND_APP_MIN, QuicMessage};
 use quorate_runtime::{Committed, ReadLevel, RestoreError, StateMachine};
+use std::io::{Read, Write};
 
 #[derive(Default)]
 struct Counter {
@@ -24,11 +25,12 @@ impl StateMachine for Counter {
     fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
         batch.iter().map(|c| (self.value += 1, self.applied = c.index, self.value).2).collect()
     }
-    fn snapshot(&self) -> Vec<u8> {
-        self.value.to_le_bytes().to_vec()
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&self.value.to_le_bytes())
     }
-    fn restore(&mut self, applied: LogIndex, s: &[u8]) -> Result<(), RestoreError> {
-        let bytes = s.try_into().map_err(|_| RestoreError("expected 8 bytes".into()))?;
+    fn restore(&mut self, applied: LogIndex, image: &mut dyn Read) -> Result<(), RestoreError> {
+        let mut bytes = [0u8; 8];
+        image.read_exact(&mut bytes)?;
         (self.value, self.applied) = (u64::from_le_bytes(bytes), applied);
         Ok(())
     }

@@ -52,11 +52,13 @@ impl StateMachine for Locks {
         self.applied = batch.last().map_or(self.applied, |c| c.index);
         out
     }
-    fn snapshot(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&postcard::to_allocvec(self).map_err(std::io::Error::other)?)
     }
-    fn restore(&mut self, applied: LogIndex, s: &[u8]) -> Result<(), RestoreError> {
-        *self = postcard::from_bytes(s).map_err(|e| RestoreError(e.to_string()))?;
+    fn restore(&mut self, applied: LogIndex, image: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        let mut bytes = Vec::new();
+        image.read_to_end(&mut bytes)?;
+        *self = postcard::from_bytes(&bytes).map_err(|e| RestoreError(e.to_string()))?;
         self.applied = applied;
         Ok(())
     }

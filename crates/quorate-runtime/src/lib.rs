@@ -27,10 +27,20 @@
 //! * **Exactly-once.** A command proposed as `(client, seq)` of a session is applied at most
 //!   once however often it is retried; a retry is answered with the first application's output.
 //!
-//! * **Snapshots** travel in chunks, staged durably by the follower; a transfer cut by a
-//!   dropped connection, a restart or a timeout resumes from the last acknowledged offset,
-//!   within a window of unacknowledged bytes and an optional rate limit
+//! * **Snapshots are streams, end to end.** [`StateMachine::snapshot`] writes into the
+//!   storage's writer; the leader reads chunks from the stored image at their offsets
+//!   ([`SnapshotSource::read_at`]); the follower stages them durably and checks the complete
+//!   staging as a stream; [`StateMachine::restore`] reads from a reader over the stored
+//!   image. Memory per transfer: the leader holds at most
+//!   [`Config::snapshot_window_bytes`] of chunks in flight per follower (plus one chunk being
+//!   read), the follower one chunk and a 64 KiB read buffer, and the runtime the session
+//!   table; no side holds a whole image. A transfer cut by a dropped connection, a restart or
+//!   a timeout resumes from the last acknowledged offset, within an optional rate limit
 //!   ([`Config::snapshot_rate_bytes_per_sec`]).
+//! * **Durable state machines** ([`StateMachine::DURABLE`]) keep their state on disk: the
+//!   runtime starts from their own `applied()`, re-applies only the entries after it, has
+//!   them commit the session table atomically with each apply turn, never compacts the log
+//!   past their last commit, and restores them again after an interrupted install.
 //!
 //! See `docs/embedding.md` in the repository for the full contract.
 //!
@@ -47,6 +57,7 @@
 //! ```
 //! use quorate_log::{Configuration, LogIndex, NodeId};
 //! use quorate_runtime::{Committed, Config, MemRouter, MemStorage, Node, ReadLevel, RestoreError, StateMachine, SystemClock};
+//! use std::io::{Read, Write};
 //! use std::time::Duration;
 //!
 //! #[derive(Default)]
@@ -61,9 +72,10 @@
 //!             self.value
 //!         }).collect()
 //!     }
-//!     fn snapshot(&self) -> Vec<u8> { self.value.to_le_bytes().to_vec() }
-//!     fn restore(&mut self, applied: LogIndex, bytes: &[u8]) -> Result<(), RestoreError> {
-//!         let bytes = bytes.try_into().map_err(|_| RestoreError("expected 8 bytes".into()))?;
+//!     fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> { out.write_all(&self.value.to_le_bytes()) }
+//!     fn restore(&mut self, applied: LogIndex, image: &mut dyn Read) -> Result<(), RestoreError> {
+//!         let mut bytes = [0u8; 8];
+//!         image.read_exact(&mut bytes)?;
 //!         *self = Counter { value: u64::from_le_bytes(bytes), applied };
 //!         Ok(())
 //!     }
@@ -125,10 +137,10 @@ pub use replica::{
     Config, ProposeCallback, ReadCallback, ReadLevel, Replica, SNAPSHOT_CHUNK_BYTES_MAX, Status, TransferStats,
 };
 #[cfg(feature = "rocksdb")]
-pub use rocks::{RocksLog, SNAPSHOT_READ_BYTES_MAX};
+pub use rocks::RocksLog;
 pub use sessions::ClientId;
-pub use state_machine::{Committed, RestoreError, StateMachine};
-pub use storage::{LogStorage, MemStorage, SnapshotHeader};
+pub use state_machine::{Committed, RestoreError, RuntimeWrites, StateMachine};
+pub use storage::{LogStorage, MemStorage, SnapshotHeader, SnapshotSource};
 
 // The vocabulary users need alongside the runtime.
 pub use quorate_core::{ConfChange, Role};

@@ -7,13 +7,13 @@ mod transfer;
 
 use crate::error::Error;
 use crate::network::{Network, WireMessage};
-use crate::sessions::{ClientId, Command, SessionCheck, Sessions, SnapshotImage};
-use crate::state_machine::{Committed, StateMachine};
-use crate::storage::LogStorage;
-use crate::storage::SnapshotHeader;
+use crate::sessions::{ClientId, Command, SessionCheck, Sessions, read_image_prefix, write_image_prefix};
+use crate::state_machine::{Committed, RuntimeWrites, StateMachine};
+use crate::storage::{ImageReader, LogStorage, SnapshotHeader, SnapshotSource};
 use quorate_core::{ConfChange, Instant, Raft, ReadId, Role};
 use quorate_log::{Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 use transfer::{Outgoing, TokenBucket};
 pub use transfer::{SNAPSHOT_CHUNK_BYTES_MAX, TransferStats};
@@ -37,10 +37,10 @@ pub struct Config {
     /// Snapshot bytes a second this replica sends in chunks, over all followers (`None`: no
     /// limit). A token bucket of one chunk's burst, driven by the passed-in clock.
     pub snapshot_rate_bytes_per_sec: Option<u64>,
-    /// Largest snapshot this replica stages from a leader; a larger one is refused. The
-    /// staging is on disk, but installing it holds the image in memory two to three times
-    /// (the bytes, the decoded image, the state machine's restored state): plan for a peak
-    /// of 2–3× this.
+    /// Largest snapshot this replica stages from a leader; a larger one is refused. A bound
+    /// on disk, not memory: the staging is a file, checked and installed as a stream (the
+    /// runtime holds the session table and a 64 KiB buffer; how much the state machine's
+    /// `restore` holds is up to it).
     pub snapshot_staging_bytes_max: u64,
     /// Chunks not acknowledged within this time are sent again from the acknowledged offset
     /// (and an opening chunk without an answer is sent again). A transfer without any
@@ -51,7 +51,7 @@ pub struct Config {
 impl Config {
     /// Defaults for node `id`: the core's defaults, 4,096 sessions, 4,096 pending proposals,
     /// 4,096 pending reads; snapshots in chunks of 512 KiB, a window of 4 MiB, no rate limit,
-    /// staging up to 1 GiB, chunks sent again after 2 s without an acknowledgement.
+    /// staging up to 64 GiB, chunks sent again after 2 s without an acknowledgement.
     #[must_use]
     pub fn new(id: NodeId) -> Config {
         Config {
@@ -62,7 +62,7 @@ impl Config {
             snapshot_chunk_bytes: 512 << 10,
             snapshot_window_bytes: 4 << 20,
             snapshot_rate_bytes_per_sec: None,
-            snapshot_staging_bytes_max: 1 << 30,
+            snapshot_staging_bytes_max: 64 << 30,
             snapshot_chunk_timeout: Duration::from_secs(2),
         }
     }
@@ -176,14 +176,15 @@ pub struct Replica<SM: StateMachine, L: LogStorage> {
     reads: BTreeMap<ReadId, ReadCallback<SM>>,
     ready_reads: BTreeMap<(LogIndex, ReadId), ReadCallback<SM>>,
     next_read: u64,
-    /// A received snapshot the core accepted, installed with the next batch.
-    staged: Option<(SnapshotMeta, Data)>,
+    /// A received snapshot the core accepted: the complete staging, installed with the next
+    /// batch (until then the staging is not touched).
+    staged: Option<SnapshotMeta>,
     /// The storage's staging (header, durable length), mirrored.
     staging: Option<(SnapshotHeader, u64)>,
     /// Transfers this leader runs, one per follower.
     outgoing: BTreeMap<NodeId, Outgoing>,
-    /// The stored snapshot being sent, read once.
-    send_cache: Option<(SnapshotHeader, Data)>,
+    /// The stored snapshot being sent, opened once (transfers hold their own handle).
+    send_cache: Option<Arc<dyn SnapshotSource>>,
     /// The snapshot send rate limit.
     bucket: Option<TokenBucket>,
     /// The follower last served a chunk: the next round of the shared bucket starts after it.
@@ -194,6 +195,11 @@ pub struct Replica<SM: StateMachine, L: LogStorage> {
     outbox: Vec<WireMessage>,
     transfer_stats: TransferStats,
     halted: Option<String>,
+    /// Durable state machines: the sessions changed since the last commit.
+    sessions_dirty: BTreeSet<ClientId>,
+    /// Durable state machines: the applied index of the last commit (the log is never
+    /// compacted past it: snapshots are taken only at or below it).
+    durable_applied: LogIndex,
 }
 
 impl<SM: StateMachine, L: LogStorage> std::fmt::Debug for Replica<SM, L> {
@@ -203,33 +209,69 @@ impl<SM: StateMachine, L: LogStorage> std::fmt::Debug for Replica<SM, L> {
 }
 
 impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
-    /// Starts a replica from what `storage` holds: the latest snapshot (if any) is restored
-    /// into `sm` — which replaces its state — and the log after it is applied again as it
-    /// commits. With no snapshot `sm` must be new (`applied() == 0`).
+    /// Starts a replica from what `storage` holds.
+    ///
+    /// A state machine in memory (`SM::DURABLE == false`) is restored from the latest stored
+    /// snapshot (if any) — which replaces its state — and the log after it is applied again
+    /// as it commits; with no snapshot `sm` must be new (`applied() == 0`).
+    ///
+    /// A durable state machine keeps its state: the runtime takes its `applied()` and its
+    /// runtime records (the session table) and hands out only the entries after it. It is
+    /// restored from the stored snapshot only if its last restore was interrupted, or if it is
+    /// behind the stored snapshot or the log's first entry (a crash between the storage's
+    /// install and the state machine's restore). A durable state machine ahead of the log's
+    /// last entry is refused (the log lost entries it applied).
     pub fn new(cfg: Config, storage: L, mut sm: SM, now: Instant) -> Result<Self, Error> {
-        let mut sessions = Sessions::default();
-        let snapshot = storage.snapshot()?;
-        let (applied, applied_term, applied_config) = match &snapshot {
-            Some((meta, data)) => {
-                let image = SnapshotImage::decode(data)
-                    .ok_or_else(|| Error::Start(format!("stored snapshot at {} is unreadable", meta.last.index)))?;
-                sm.restore(meta.last.index, &image.state).map_err(|e| Error::Start(e.to_string()))?;
-                sessions = image.sessions;
-                (meta.last.index, meta.last.term, meta.config.clone())
-            }
-            None => {
-                if sm.applied() != LogIndex::ZERO {
-                    return Err(Error::Start(format!(
-                        "the state machine has applied {} but storage holds no snapshot",
-                        sm.applied()
-                    )));
-                }
-                (LogIndex::ZERO, Term::ZERO, storage.snapshot_meta()?.config)
-            }
+        let stored = storage.open_snapshot()?;
+        let floor = storage.snapshot_last();
+        let restore_stored = if SM::DURABLE {
+            let behind = stored.as_ref().is_some_and(|s| sm.applied() < s.header().meta.last.index);
+            sm.interrupted_restore().is_some() || behind || sm.applied() < floor.index
+        } else {
+            stored.is_some()
         };
+        let (sessions, applied, applied_term, applied_config) = if restore_stored {
+            let Some(source) = &stored else {
+                return Err(Error::Start(match sm.interrupted_restore() {
+                    Some(at) => {
+                        format!("the state machine's restore of {at} was interrupted and storage holds no snapshot")
+                    }
+                    None => format!(
+                        "the state machine has applied {}, the log starts after {} and storage holds no snapshot",
+                        sm.applied(),
+                        floor.index
+                    ),
+                }));
+            };
+            let meta = source.header().meta.clone();
+            let sessions = restore_image(&mut sm, &**source)
+                .map_err(|e| Error::Start(format!("stored snapshot at {}: {e}", meta.last.index)))?;
+            (sessions, meta.last.index, meta.last.term, meta.config)
+        } else if SM::DURABLE {
+            let at = sm.applied();
+            if at > storage.last_index() {
+                return Err(Error::Start(format!(
+                    "the state machine has applied {at}, beyond the log's last entry {}",
+                    storage.last_index()
+                )));
+            }
+            let records = sm.runtime_records().map_err(|e| Error::Start(e.to_string()))?;
+            let sessions = Sessions::from_records(records).map_err(Error::Start)?;
+            let (term, config) = state_at(&storage, at)?;
+            (sessions, at, term, config)
+        } else {
+            if sm.applied() != LogIndex::ZERO {
+                return Err(Error::Start(format!(
+                    "the state machine has applied {} but storage holds no snapshot",
+                    sm.applied()
+                )));
+            }
+            (Sessions::default(), LogIndex::ZERO, Term::ZERO, storage.snapshot_meta()?.config)
+        };
+        let snapshot = stored.map(|s| s.header().meta.clone());
         let mut raft_cfg = cfg.raft.clone();
         raft_cfg.applied = applied;
-        raft_cfg.snapshot = snapshot.map(|(m, _)| m);
+        raft_cfg.snapshot = snapshot;
         let staging = storage.staging()?;
         let burst = cfg.snapshot_chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES_MAX) as u64;
         let bucket = cfg.snapshot_rate_bytes_per_sec.map(|rate| TokenBucket::new(rate, burst, now));
@@ -259,6 +301,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             outbox: Vec::new(),
             transfer_stats: TransferStats::default(),
             halted: None,
+            sessions_dirty: BTreeSet::new(),
+            durable_applied: applied,
         })
     }
 
@@ -341,8 +385,9 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     }
 
     /// Hands over a message from a peer. A snapshot chunk is checked and staged (the answer
-    /// goes out in the next [`Replica::process`]); a complete snapshot is checked (it must
-    /// decode) and offered to the core; anything malformed is dropped.
+    /// goes out in the next [`Replica::process`]); a complete staging is checked (length,
+    /// checksum, the runtime's part decodes) and offered to the core; anything malformed is
+    /// dropped, and so is a whole [`WireMessage::Snapshot`] (no longer taken).
     pub fn receive(&mut self, now: Instant, msg: WireMessage) {
         if self.halted.is_some() {
             return;
@@ -351,17 +396,9 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             WireMessage::Raft(m) => self.raft.handle_message(now, m),
             WireMessage::SnapshotChunk(c) => self.on_chunk(now, c),
             WireMessage::SnapshotAck(a) => self.on_ack(now, a),
-            WireMessage::Snapshot { from, to, term, meta, data } => {
-                if to != self.id()
-                    || data.len() as u64 > self.cfg.snapshot_staging_bytes_max
-                    || SnapshotImage::decode(&data).is_none()
-                {
-                    return;
-                }
-                if let Ok(true) = self.raft.install_snapshot(now, from, term, meta.clone()) {
-                    self.staged = Some((meta, data));
-                }
-            }
+            // A whole snapshot in one message (the first format, no longer sent nor taken:
+            // snapshots travel in chunks, staged on disk).
+            WireMessage::Snapshot { .. } => self.transfer_stats.chunks_refused += 1,
         }
     }
 
@@ -472,7 +509,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         if let Some(e) = self.refusal() {
             return Err(e);
         }
-        let current = self.raft.storage().snapshot()?.map_or(LogIndex::ZERO, |(m, _)| m.last.index);
+        let current = self.raft.storage().snapshot()?.map_or(LogIndex::ZERO, |h| h.meta.last.index);
         if self.applied <= current {
             return Ok(current);
         }
@@ -518,26 +555,32 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 break;
             }
             // 1. Write the batch; durable once `persist` returns.
+            //    An install takes the complete staging the core accepted as the snapshot.
             let mut install = None;
             if let Some(batch) = &ready.persist {
-                let data = match &batch.install {
-                    Some(meta) => match self.staged.take() {
-                        Some((m, d)) if m == *meta => Some(d),
-                        _ => return self.halt(format!("snapshot install at {} without staged data", meta.last.index)),
-                    },
-                    None => None,
-                };
-                if let Err(e) = self.raft.storage_mut().persist(batch, data.as_ref()) {
+                if let Some(meta) = &batch.install
+                    && self.staged.take().as_ref() != Some(meta)
+                {
+                    return self.halt(format!("snapshot install at {} without its staging", meta.last.index));
+                }
+                if let Err(e) = self.raft.storage_mut().persist(batch) {
                     return self.halt(format!("storage: {e}"));
                 }
-                install = batch.install.clone().zip(data);
+                if batch.install.is_some() {
+                    self.staging = None;
+                }
+                install = batch.install.clone();
             }
             // 2. Apply what was committed before this batch's install (if any).
             self.apply(&ready.committed);
-            // 3. The install replaces the state machine's state; only then is the batch
-            //    reported, after which the core hands out entries above the snapshot.
-            if let Some((meta, data)) = install {
-                self.restore(&meta, &data);
+            // 3. The install replaces the state machine's state (streamed from the stored
+            //    image); only then is the batch reported, after which the core hands out
+            //    entries above the snapshot.
+            if let Some(meta) = install {
+                self.restore(&meta);
+                if self.halted.is_some() {
+                    return;
+                }
             }
             if let Some(batch) = &ready.persist {
                 self.raft.persisted(now, batch.io);
@@ -579,23 +622,36 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     }
 
     fn take_snapshot(&mut self, now: Instant, meta: SnapshotMeta) -> Result<(), Error> {
-        let image = SnapshotImage { sessions: self.sessions.clone(), state: self.sm.snapshot() };
-        let data = Data::from(image.encode());
-        self.raft.storage_mut().save_snapshot(&meta, &data)?;
+        // A durable state machine's log is never compacted past its last durable commit.
+        if SM::DURABLE && meta.last.index > self.durable_applied {
+            return Err(Error::Storage(quorate_log::StorageError::Io(format!(
+                "a snapshot at {} is ahead of the state machine's durable {}",
+                meta.last.index, self.durable_applied
+            ))));
+        }
+        let (sessions, sm) = (&self.sessions, &self.sm);
+        self.raft.storage_mut().save_snapshot(&meta, &mut |out| {
+            write_image_prefix(out, sessions)?;
+            sm.snapshot(out)
+        })?;
         // The image kept for sending is superseded (transfers hold their own).
         self.send_cache = None;
         self.raft.snapshot_taken(now, meta);
         Ok(())
     }
 
-    fn restore(&mut self, meta: &SnapshotMeta, data: &Data) {
-        let Some(image) = SnapshotImage::decode(data) else {
-            return self.halt(format!("snapshot at {} does not decode", meta.last.index));
+    fn restore(&mut self, meta: &SnapshotMeta) {
+        let source = match self.raft.storage().open_snapshot() {
+            Ok(Some(s)) if s.header().meta == *meta => s,
+            Ok(_) => return self.halt(format!("the installed snapshot at {} is not in storage", meta.last.index)),
+            Err(e) => return self.halt(format!("storage: {e}")),
         };
-        if let Err(e) = self.sm.restore(meta.last.index, &image.state) {
-            return self.halt(e.to_string());
+        match restore_image(&mut self.sm, source.as_ref()) {
+            Ok(sessions) => self.sessions = sessions,
+            Err(e) => return self.halt(format!("snapshot at {}: {e}", meta.last.index)),
         }
-        self.sessions = image.sessions;
+        self.sessions_dirty.clear();
+        self.durable_applied = meta.last.index;
         self.applied = meta.last.index;
         self.applied_term = meta.last.term;
         self.applied_config = meta.config.clone();
@@ -605,6 +661,25 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             w.fail(Error::OutcomeUnknown);
         }
         self.serve_reads();
+    }
+
+    /// Durable state machines: makes what was applied since the last commit durable, with
+    /// the runtime's records, at the applied index.
+    fn commit(&mut self) {
+        if !SM::DURABLE || self.halted.is_some() || self.applied <= self.durable_applied {
+            return;
+        }
+        let mut writes = RuntimeWrites::default();
+        for id in std::mem::take(&mut self.sessions_dirty) {
+            match self.sessions.record_of(id) {
+                Some(r) => writes.put.push((id.0, r)),
+                None => writes.delete.push(id.0),
+            }
+        }
+        if let Err(e) = self.sm.commit(self.applied, &writes) {
+            return self.halt(format!("the state machine's commit at {}: {e}", self.applied));
+        }
+        self.durable_applied = self.applied;
     }
 
     fn serve_reads(&mut self) {
@@ -668,7 +743,11 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     }
                     Some(Command::OpenSession) => {
                         self.flush(&mut batch, &mut touched);
-                        let id = self.sessions.open(e.index, self.cfg.sessions_max);
+                        let (id, evicted) = self.sessions.open(e.index, self.cfg.sessions_max);
+                        if SM::DURABLE {
+                            self.sessions_dirty.insert(id);
+                            self.sessions_dirty.extend(evicted);
+                        }
                         self.resolve(e.index, e.term, Applied::Session(id));
                     }
                     None => self.resolve(e.index, e.term, Applied::Failed(Error::Undecodable)),
@@ -689,6 +768,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             self.applied = last.index;
             self.applied_term = last.term;
         }
+        self.commit();
         self.serve_reads();
     }
 
@@ -714,12 +794,55 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             if let Some((client, seq)) = p.session {
                 let encoded = postcard::to_allocvec(&out).unwrap_or_default();
                 self.sessions.record(client, seq, p.index, encoded);
+                if SM::DURABLE {
+                    self.sessions_dirty.insert(client);
+                }
             }
             self.applied = p.index;
             self.applied_term = p.term;
             self.resolve(p.index, p.term, Applied::Output(out));
         }
     }
+}
+
+/// Restores `sm` from the image `source` holds: the runtime's part (the session table, which
+/// is returned), then the state machine's bytes as a stream, then the whole image's checksum.
+/// A durable state machine's restore is finished by its commit, with the session table as its
+/// runtime records.
+fn restore_image<SM: StateMachine>(sm: &mut SM, source: &dyn SnapshotSource) -> Result<Sessions, String> {
+    let h = source.header();
+    let at = h.meta.last.index;
+    let mut reader = ImageReader::new(source);
+    let sessions = read_image_prefix(&mut reader, h.total_len)?;
+    sm.restore(at, &mut reader).map_err(|e| e.to_string())?;
+    reader.finish().map_err(|e| e.to_string())?;
+    if SM::DURABLE {
+        let writes = RuntimeWrites { clear: true, put: sessions.records(), delete: Vec::new() };
+        sm.commit(at, &writes).map_err(|e| format!("the state machine's commit of the restore: {e}"))?;
+    }
+    Ok(sessions)
+}
+
+/// The term of entry `at` and the configuration in force there: the log's floor's, changed by
+/// the configuration entries after it up to `at`.
+fn state_at<L: LogStorage>(storage: &L, at: LogIndex) -> Result<(Term, Configuration), Error> {
+    let floor = storage.snapshot_last();
+    let mut config = storage.snapshot_meta()?.config;
+    let term = if at == floor.index { floor.term } else { storage.term(at)? };
+    let mut next = floor.index.next();
+    while next <= at {
+        let page = storage.entries(next, at.next(), 16 << 20)?;
+        let Some(last) = page.last() else {
+            return Err(Error::Start(format!("the log has no entry {next} (the state machine applied {at})")));
+        };
+        next = last.index.next();
+        for e in page {
+            if let EntryPayload::Config(c) = e.payload {
+                config = c;
+            }
+        }
+    }
+    Ok((term, config))
 }
 
 #[cfg(test)]
@@ -752,11 +875,12 @@ mod tests {
             }
             out
         }
-        fn snapshot(&self) -> Vec<u8> {
-            self.total.to_le_bytes().to_vec()
+        fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            out.write_all(&self.total.to_le_bytes())
         }
-        fn restore(&mut self, applied: LogIndex, s: &[u8]) -> Result<(), crate::RestoreError> {
-            let b: [u8; 8] = s.try_into().map_err(|_| crate::RestoreError("8 bytes".into()))?;
+        fn restore(&mut self, applied: LogIndex, s: &mut dyn std::io::Read) -> Result<(), crate::RestoreError> {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
             self.total = u64::from_le_bytes(b);
             self.applied = applied;
             Ok(())
@@ -778,7 +902,7 @@ mod tests {
     }
 
     /// A single-voter replica, elected and with its no-op applied.
-    fn leader(storage: MemStorage, sm: Sum, cfg: Config) -> (Replica<Sum, MemStorage>, Instant) {
+    fn leader<SM: StateMachine>(storage: MemStorage, sm: SM, cfg: Config) -> (Replica<SM, MemStorage>, Instant) {
         let mut r = Replica::new(cfg, storage, sm, Instant::ZERO).expect("starts");
         let now = r.next_deadline().expect("an election timer");
         r.tick(now);
@@ -892,5 +1016,178 @@ mod tests {
         let sm = Sum { applied: LogIndex(5), ..Sum::default() };
         let e = Replica::new(Config::new(id()), storage(), sm, Instant::ZERO).map(|_| ()).unwrap_err();
         assert!(matches!(e, Error::Start(_)), "{e}");
+    }
+
+    /// What a durable [`DSum`] keeps across a crash: the state, applied index and runtime
+    /// records of its last commit, and the marker of a restore not yet committed.
+    #[derive(Clone, Debug, Default)]
+    struct SumDisk {
+        total: u64,
+        applied: LogIndex,
+        records: BTreeMap<u64, Vec<u8>>,
+        restoring: Option<LogIndex>,
+    }
+
+    /// A durable [`Sum`]: works in memory, commits to a shared "disk"; counts the commands it
+    /// applies (to see what is applied again after a restart).
+    #[derive(Debug)]
+    struct DSum {
+        total: u64,
+        applied: LogIndex,
+        disk: Arc<Mutex<SumDisk>>,
+        applied_commands: u64,
+        fail_commit: bool,
+    }
+
+    impl DSum {
+        fn open(disk: &Arc<Mutex<SumDisk>>) -> DSum {
+            let d = disk.lock().unwrap();
+            DSum { total: d.total, applied: d.applied, disk: disk.clone(), applied_commands: 0, fail_commit: false }
+        }
+    }
+
+    impl StateMachine for DSum {
+        type Output = u64;
+        const DURABLE: bool = true;
+        fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
+            batch
+                .iter()
+                .map(|c| {
+                    self.total += c.command.iter().map(|b| u64::from(*b)).sum::<u64>();
+                    self.applied = c.index;
+                    self.applied_commands += 1;
+                    self.total
+                })
+                .collect()
+        }
+        fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            out.write_all(&self.total.to_le_bytes())
+        }
+        fn restore(&mut self, applied: LogIndex, s: &mut dyn std::io::Read) -> Result<(), crate::RestoreError> {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
+            self.disk.lock().unwrap().restoring = Some(applied);
+            (self.total, self.applied) = (u64::from_le_bytes(b), applied);
+            Ok(())
+        }
+        fn applied(&self) -> LogIndex {
+            self.applied
+        }
+        fn commit(&mut self, applied: LogIndex, runtime: &RuntimeWrites) -> std::io::Result<()> {
+            if self.fail_commit {
+                return Err(std::io::Error::other("the disk is full"));
+            }
+            let mut d = self.disk.lock().unwrap();
+            (d.total, d.applied, d.restoring) = (self.total, applied, None);
+            runtime.apply_to(&mut d.records);
+            self.applied = applied;
+            Ok(())
+        }
+        fn runtime_records(&self) -> Result<Vec<(u64, Vec<u8>)>, crate::RestoreError> {
+            Ok(self.disk.lock().unwrap().records.iter().map(|(k, v)| (*k, v.clone())).collect())
+        }
+        fn interrupted_restore(&self) -> Option<LogIndex> {
+            self.disk.lock().unwrap().restoring
+        }
+    }
+
+    #[test]
+    fn a_durable_state_machine_keeps_its_state_and_sessions_across_a_restart() {
+        let disk = Arc::new(Mutex::new(SumDisk::default()));
+        let (mut r, now) = leader(storage(), DSum::open(&disk), Config::new(id()));
+        let sessions: Log<ClientId> = Log::default();
+        r.open_session(now, sink(&sessions));
+        r.process(now, &mut Vec::new());
+        let client = sessions.lock().unwrap().pop().expect("answered").expect("opened");
+        let out: Log<u64> = Log::default();
+        r.propose(now, vec![7], Some((client, 1)), sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(r.snapshot_now(now), Ok(r.applied()));
+        // After the snapshot: in the state machine's own state (and the log) only.
+        r.propose(now, vec![3], Some((client, 2)), sink(&out));
+        r.propose(now, vec![1], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(*out.lock().unwrap(), vec![Ok(7), Ok(10), Ok(11)]);
+        let committed = disk.lock().unwrap().clone();
+        assert_eq!((committed.total, committed.applied), (11, r.applied()), "every turn is committed");
+        assert_eq!(committed.records.len(), 1, "the session's record");
+        let store = r.storage().clone();
+        drop(r);
+        // The restart takes the state machine's own state: nothing is restored from the
+        // snapshot (which holds 7), nothing is applied again.
+        let (mut r, now) = leader(store, DSum::open(&disk), Config::new(id()));
+        assert_eq!((r.state_machine().total, r.state_machine().applied_commands), (11, 0));
+        // The session table came back from the records: the retry of seq 2 (after the
+        // snapshot) is answered from the cache, not applied again.
+        r.propose(now, vec![3], Some((client, 2)), sink(&out));
+        r.propose(now, vec![1], Some((client, 3)), sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(out.lock().unwrap()[3..], [Ok(10), Ok(12)]);
+        assert_eq!((r.state_machine().total, r.state_machine().applied_commands), (12, 1));
+    }
+
+    #[test]
+    fn a_crash_before_the_commit_applies_the_uncommitted_entries_again_once() {
+        let disk = Arc::new(Mutex::new(SumDisk::default()));
+        let (mut r, now) = leader(storage(), DSum::open(&disk), Config::new(id()));
+        let out: Log<u64> = Log::default();
+        r.propose(now, vec![5], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        let before = disk.lock().unwrap().clone();
+        assert_eq!(before.total, 5);
+        // The commit of the next turn fails (the process dies there): the disk keeps 5.
+        r.sm.fail_commit = true;
+        r.propose(now, vec![2], None, sink(&out));
+        r.propose(now, vec![3], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert!(r.halted().is_some_and(|h| h.contains("the disk is full")), "{:?}", r.halted());
+        assert_eq!(disk.lock().unwrap().applied, before.applied, "nothing of the turn is durable");
+        let store = r.storage().clone();
+        drop(r);
+        let (r, _) = leader(store, DSum::open(&disk), Config::new(id()));
+        assert_eq!(r.state_machine().total, 10, "neither skipped nor applied twice");
+        assert_eq!(r.state_machine().applied_commands, 2, "exactly the two uncommitted commands again");
+        assert_eq!(disk.lock().unwrap().total, 10);
+    }
+
+    #[test]
+    fn a_durable_state_machine_behind_the_snapshot_or_interrupted_is_restored_from_it() {
+        let disk = Arc::new(Mutex::new(SumDisk::default()));
+        let (mut r, now) = leader(storage(), DSum::open(&disk), Config::new(id()));
+        for b in [4u8, 6] {
+            r.propose(now, vec![b], None, Box::new(|_| {}));
+        }
+        r.process(now, &mut Vec::new());
+        let at = r.snapshot_now(now).expect("a snapshot");
+        let store = r.storage().clone();
+        drop(r);
+        // Behind the stored snapshot (a crash between the storage's install and the state
+        // machine's restore): restored from it, and committed.
+        let behind = Arc::new(Mutex::new(SumDisk::default()));
+        let r = Replica::new(Config::new(id()), store.clone(), DSum::open(&behind), Instant::ZERO).expect("starts");
+        assert_eq!((r.state_machine().total, r.state_machine().applied_commands), (10, 0));
+        assert_eq!(behind.lock().unwrap().applied, at);
+        // An interrupted restore (the marker is there, the state is garbage): restored again.
+        let torn =
+            Arc::new(Mutex::new(SumDisk { total: 999, applied: at, records: BTreeMap::new(), restoring: Some(at) }));
+        let r = Replica::new(Config::new(id()), store, DSum::open(&torn), Instant::ZERO).expect("starts");
+        assert_eq!(r.state_machine().total, 10);
+        assert_eq!(torn.lock().unwrap().restoring, None, "the restore was committed");
+        // Without a snapshot to restore from, an interrupted restore cannot start.
+        let e = Replica::new(Config::new(id()), storage(), DSum::open(&torn_again(at)), Instant::ZERO)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(e, Error::Start(_)), "{e}");
+    }
+
+    fn torn_again(at: LogIndex) -> Arc<Mutex<SumDisk>> {
+        Arc::new(Mutex::new(SumDisk { total: 1, applied: at, records: BTreeMap::new(), restoring: Some(at) }))
+    }
+
+    #[test]
+    fn a_durable_state_machine_ahead_of_the_log_is_refused() {
+        let disk = Arc::new(Mutex::new(SumDisk { applied: LogIndex(5), ..SumDisk::default() }));
+        let e = Replica::new(Config::new(id()), storage(), DSum::open(&disk), Instant::ZERO).map(|_| ()).unwrap_err();
+        assert!(matches!(e, Error::Start(ref m) if m.contains("beyond the log")), "{e}");
     }
 }

@@ -1,16 +1,14 @@
 //! [`RocksLog`]: the runtime's [`LogStorage`](crate::LogStorage) over quorate-storage's
 //! RocksDB store (cargo feature `rocksdb`).
 
-use crate::storage::{LogStorage, SnapshotHeader, staging_gap};
+use crate::storage::{LogStorage, SnapshotHeader, SnapshotSource, staging_gap};
 use quorate_core::Persist;
-use quorate_log::{Data, Entry, EntryId, InitialState, LogIndex, SnapshotMeta, StorageError, Term};
+use quorate_log::snapshot_file::{self as layout, HEAD_BYTES, TRAILER_BYTES};
+use quorate_log::{Entry, EntryId, InitialState, LogIndex, SnapshotMeta, StorageError, Term};
 use quorate_storage::{PersistBatch, RocksStore, StoreError, StoreOptions};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-
-/// The largest snapshot [`RocksLog`] reads back into memory.
-pub const SNAPSHOT_READ_BYTES_MAX: u64 = 1 << 30;
 
 /// The directory (in the store's) of the snapshot being received: `data` (the bytes, appended
 /// and fsynced) and `state` (its header and durable length, replaced atomically after each
@@ -19,8 +17,10 @@ const STAGING_DIR: &str = "runtime-staging";
 
 /// The runtime's storage on a [`RocksStore`]: every batch is one atomic RocksDB write, fsynced
 /// before [`LogStorage::persist`] returns (unless the core marked it as only moving the commit
-/// index); snapshots are checksummed files beside the database, written and fsynced before
-/// they are recorded.
+/// index); snapshots are checksummed files beside the database, written as streams and
+/// fsynced before they are recorded, and read at offsets (positioned reads on an open file:
+/// a transfer keeps reading an image that a newer snapshot replaced). Neither side of a
+/// transfer reads an image into memory.
 #[derive(Debug)]
 pub struct RocksLog {
     store: RocksStore,
@@ -60,9 +60,25 @@ impl RocksLog {
         fsync_dir(&self.staging_dir)
     }
 
-    fn write_snapshot(&self, meta: &SnapshotMeta, data: &Data) -> Result<(), StoreError> {
+    /// Copies the complete staging of `meta` into a snapshot file (a stream, 64 KiB at a
+    /// time), durable on return.
+    fn install_staging(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let len = match &self.staging {
+            Some((h, at)) if h.meta == *meta && *at == h.total_len => *at,
+            _ => {
+                return Err(StorageError::Io(format!(
+                    "snapshot install at {} without a complete staging of it",
+                    meta.last.index
+                )));
+            }
+        };
         let mut w = self.store.snapshot_writer(meta.clone())?;
-        w.write_all(data)?;
+        let mut from =
+            File::open(self.staging_dir.join("data")).map_err(|e| io_err("opening the staging file", e))?.take(len);
+        let copied = std::io::copy(&mut from, &mut w).map_err(|e| io_err("copying the staging", e))?;
+        if copied != len {
+            return Err(StorageError::Io(format!("the staging holds {copied} of {len} bytes")));
+        }
         w.finish()?;
         Ok(())
     }
@@ -93,11 +109,10 @@ impl quorate_log::LogStorage for RocksLog {
 }
 
 impl LogStorage for RocksLog {
-    fn persist(&mut self, batch: &Persist, snapshot: Option<&Data>) -> Result<(), StorageError> {
+    fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
         if let Some(meta) = &batch.install {
-            let data = snapshot.ok_or_else(|| StorageError::Io("snapshot install without its data".into()))?;
             // The file first: the batch that records the install must find it.
-            self.write_snapshot(meta, data)?;
+            self.install_staging(meta)?;
         }
         let b = PersistBatch {
             hard_state: batch.hard_state,
@@ -107,11 +122,41 @@ impl LogStorage for RocksLog {
             compact: batch.compact.clone(),
             skip_fsync: !batch.sync,
         };
-        Ok(self.store.write(b)?)
+        self.store.write(b)?;
+        if batch.install.is_some() {
+            // Installed: the staging is garbage (a crash before this removal leaves it behind,
+            // and the runtime discards a staging it has committed past).
+            self.abort_staging()?;
+        }
+        Ok(())
     }
 
-    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &Data) -> Result<(), StorageError> {
-        Ok(self.write_snapshot(meta, data)?)
+    fn save_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let mut w = self.store.snapshot_writer(meta.clone())?;
+        write(&mut w).map_err(|e| io_err("writing the snapshot", e))?;
+        w.finish()?;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError> {
+        Ok(self.open_snapshot()?.map(|s| s.header().clone()))
+    }
+
+    fn open_snapshot(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
+        // The newest verified file the log agrees with (the recorded compaction point may
+        // lag behind the newest snapshot by the core's compaction tail).
+        let Some((_, path)) = self.store.usable_snapshot(LogIndex(u64::MAX))? else { return Ok(None) };
+        Ok(Some(Box::new(FileImage::open_snapshot(&path)?)))
+    }
+
+    fn open_staging(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
+        let Some((header, _)) = self.staging.clone() else { return Ok(None) };
+        let file = File::open(self.staging_dir.join("data")).map_err(|e| io_err("opening the staging file", e))?;
+        Ok(Some(Box::new(FileImage { file, start: 0, header, name: "the staging file".into() })))
     }
 
     fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError> {
@@ -148,18 +193,6 @@ impl LogStorage for RocksLog {
         Ok(())
     }
 
-    fn finish_staging(&mut self) -> Result<Data, StorageError> {
-        let Some((_, len)) = self.staging.clone() else {
-            return Err(StorageError::Io("no staging to finish".into()));
-        };
-        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        File::open(self.staging_dir.join("data"))
-            .and_then(|f| f.take(len).read_to_end(&mut data))
-            .map_err(|e| io_err("reading the staging file", e))?;
-        self.abort_staging()?;
-        Ok(Data::from(data))
-    }
-
     fn abort_staging(&mut self) -> Result<(), StorageError> {
         self.staging = None;
         match fs::remove_dir_all(&self.staging_dir) {
@@ -174,23 +207,70 @@ impl LogStorage for RocksLog {
             None => Ok(()),
         }
     }
+}
 
-    fn snapshot(&self) -> Result<Option<(SnapshotMeta, Data)>, StorageError> {
-        // The newest verified file the log agrees with (the recorded compaction point may
-        // lag behind the newest snapshot by the core's compaction tail).
-        let Some((meta, path)) = self.store.usable_snapshot(LogIndex(u64::MAX))? else { return Ok(None) };
-        let mut reader = quorate_storage::SnapshotReader::open(&path)?;
-        if reader.data_len() > SNAPSHOT_READ_BYTES_MAX {
-            return Err(StorageError::Io(format!(
-                "snapshot {} holds {} bytes, more than the {SNAPSHOT_READ_BYTES_MAX} the runtime reads",
-                path.display(),
-                reader.data_len()
-            )));
-        }
-        let mut data = Vec::with_capacity(reader.data_len() as usize);
-        reader.read_to_end(&mut data).map_err(|e| StorageError::Io(format!("reading {}: {e}", path.display())))?;
-        Ok(Some((meta, Data::from(data))))
+/// An image in a file, from byte `start` on: a snapshot file's data, or the staging.
+#[derive(Debug)]
+struct FileImage {
+    file: File,
+    start: u64,
+    header: SnapshotHeader,
+    name: String,
+}
+
+impl FileImage {
+    /// Opens a snapshot file: checks its header and trailer (the layout quorate-storage
+    /// writes) and takes the data's length and CRC-32 from the trailer — nothing is hashed.
+    fn open_snapshot(path: &Path) -> Result<FileImage, StorageError> {
+        let name = format!("snapshot file {}", path.display());
+        let bad = |e: &dyn std::fmt::Display| StorageError::Io(format!("{name}: {e}"));
+        let mut file = File::open(path).map_err(|e| bad(&e))?;
+        let file_len = file.metadata().map_err(|e| bad(&e))?.len();
+        let mut head = [0u8; HEAD_BYTES];
+        file.read_exact(&mut head).map_err(|e| bad(&e))?;
+        let (meta_len, header_len) =
+            layout::parse_head(&head, file_len, quorate_storage::FORMAT_VERSION).map_err(|e| bad(&e))?;
+        let mut m = vec![0u8; meta_len as usize + 4];
+        file.read_exact(&mut m).map_err(|e| bad(&e))?;
+        let meta = layout::parse_meta(&m).map_err(|e| bad(&e))?;
+        let mut trailer = [0u8; TRAILER_BYTES as usize];
+        file.seek(SeekFrom::Start(file_len - TRAILER_BYTES)).map_err(|e| bad(&e))?;
+        file.read_exact(&mut trailer).map_err(|e| bad(&e))?;
+        let (total_len, checksum) = layout::parse_trailer(&trailer, file_len, header_len).map_err(|e| bad(&e))?;
+        Ok(FileImage { file, start: header_len, header: SnapshotHeader { meta, total_len, checksum }, name })
     }
+}
+
+impl SnapshotSource for FileImage {
+    fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
+        let left = self.header.total_len.saturating_sub(offset);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let at = self.start.checked_add(offset).ok_or_else(|| StorageError::Io("offset overflows".into()))?;
+        let mut done = 0;
+        while done < want {
+            match read_at(&self.file, &mut buf[done..want], at + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&format!("reading {}", self.name), e)),
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, at)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, at)
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> StorageError {

@@ -14,8 +14,12 @@ use quorate_log::LogIndex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The first byte of every command and snapshot the runtime writes.
+/// The first byte of every command the runtime writes (and of the first snapshot format, no
+/// longer written or read: the runtime is pre-release).
 pub(crate) const FORMAT_V1: u8 = 1;
+/// The first byte of every snapshot image the runtime writes: the streaming layout
+/// (see [`write_image_prefix`]).
+pub(crate) const IMAGE_V2: u8 = 2;
 
 /// Identifies an exactly-once client session: the log index of the entry that opened it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
@@ -78,17 +82,43 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    pub(crate) fn open(&mut self, index: LogIndex, max: usize) -> ClientId {
+    /// Opens the session of the entry at `index`; returns its id and the sessions evicted.
+    pub(crate) fn open(&mut self, index: LogIndex, max: usize) -> (ClientId, Vec<ClientId>) {
+        let mut evicted = Vec::new();
         while self.clients.len() >= max.max(1) {
             let oldest = self.clients.iter().min_by_key(|(id, s)| (s.last_index, **id)).map(|(id, _)| *id);
             match oldest {
-                Some(id) => self.clients.remove(&id),
+                Some(id) => {
+                    self.clients.remove(&id);
+                    evicted.push(id);
+                }
                 None => break,
             };
         }
         let id = ClientId(index.0);
         self.clients.insert(id, Session { last_seq: 0, last_output: None, last_index: index });
-        id
+        (id, evicted)
+    }
+
+    /// The record a durable state machine keeps for `client` (`None`: delete it).
+    pub(crate) fn record_of(&self, client: ClientId) -> Option<Vec<u8>> {
+        self.clients.get(&client).map(|s| postcard::to_allocvec(s).unwrap_or_default())
+    }
+
+    /// Every session as records (after a restore, they replace a durable state machine's).
+    pub(crate) fn records(&self) -> Vec<(u64, Vec<u8>)> {
+        self.clients.iter().map(|(id, s)| (id.0, postcard::to_allocvec(s).unwrap_or_default())).collect()
+    }
+
+    /// The table a durable state machine kept, from its records.
+    pub(crate) fn from_records(records: Vec<(u64, Vec<u8>)>) -> Result<Sessions, String> {
+        let mut clients = BTreeMap::new();
+        for (id, bytes) in records {
+            let s: Session =
+                postcard::from_bytes(&bytes).map_err(|e| format!("the runtime record of session {id}: {e}"))?;
+            clients.insert(ClientId(id), s);
+        }
+        Ok(Sessions { clients })
     }
 
     pub(crate) fn check(&self, client: ClientId, seq: u64) -> SessionCheck {
@@ -111,26 +141,36 @@ impl Sessions {
     }
 }
 
-/// The runtime's snapshot: the session table and the state machine's own bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SnapshotImage {
-    pub(crate) sessions: Sessions,
-    pub(crate) state: Vec<u8>,
+/// Writes the runtime's part of a snapshot image, which the state machine's own bytes follow:
+///
+/// ```text
+/// IMAGE_V2 (1 byte) | sessions_len (u64 LE) | sessions (postcard, sessions_len bytes) | state machine bytes …
+/// ```
+pub(crate) fn write_image_prefix(out: &mut dyn std::io::Write, sessions: &Sessions) -> std::io::Result<()> {
+    let table = postcard::to_allocvec(sessions).map_err(std::io::Error::other)?;
+    out.write_all(&[IMAGE_V2])?;
+    out.write_all(&(table.len() as u64).to_le_bytes())?;
+    out.write_all(&table)
 }
 
-impl SnapshotImage {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT_V1];
-        out.extend(postcard::to_allocvec(self).unwrap_or_default());
-        out
+/// Reads the runtime's part of an image of `total_len` bytes (see [`write_image_prefix`]),
+/// leaving `input` at the state machine's bytes. Never panics and never allocates more than
+/// the image holds.
+pub(crate) fn read_image_prefix(input: &mut dyn std::io::Read, total_len: u64) -> Result<Sessions, String> {
+    let mut head = [0u8; 9];
+    input.read_exact(&mut head).map_err(|e| format!("snapshot image header: {e}"))?;
+    if head[0] != IMAGE_V2 {
+        return Err(format!("snapshot image of format {}, this version reads {IMAGE_V2}", head[0]));
     }
-
-    pub(crate) fn decode(bytes: &[u8]) -> Option<SnapshotImage> {
-        match bytes.split_first() {
-            Some((&FORMAT_V1, rest)) => postcard::from_bytes(rest).ok(),
-            _ => None,
-        }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[1..]);
+    let len = u64::from_le_bytes(len);
+    if len > total_len.saturating_sub(9) {
+        return Err(format!("snapshot image claims {len} bytes of sessions in {total_len} bytes"));
     }
+    let mut table = vec![0u8; usize::try_from(len).map_err(|_| "session table too large".to_owned())?];
+    input.read_exact(&mut table).map_err(|e| format!("snapshot image sessions: {e}"))?;
+    postcard::from_bytes(&table).map_err(|e| format!("snapshot image sessions: {e}"))
 }
 
 #[cfg(test)]
@@ -149,16 +189,42 @@ mod tests {
     #[test]
     fn retries_are_answered_from_the_cache_and_eviction_is_by_age() {
         let mut s = Sessions::default();
-        let a = s.open(LogIndex(1), 2);
-        let b = s.open(LogIndex(2), 2);
+        let (a, _) = s.open(LogIndex(1), 2);
+        let (b, _) = s.open(LogIndex(2), 2);
         assert!(matches!(s.check(a, 1), SessionCheck::Apply));
         s.record(a, 1, LogIndex(3), vec![42]);
         assert!(matches!(s.check(a, 1), SessionCheck::Cached(o) if o == vec![42]));
         assert!(matches!(s.check(a, 0), SessionCheck::Stale));
         // b is idle the longest: a third session evicts it, not a.
-        let c = s.open(LogIndex(4), 2);
+        let (c, evicted) = s.open(LogIndex(4), 2);
+        assert_eq!(evicted, vec![b]);
         assert!(matches!(s.check(b, 1), SessionCheck::Expired));
         assert!(matches!(s.check(a, 2), SessionCheck::Apply));
         assert!(matches!(s.check(c, 1), SessionCheck::Apply));
+        // The records a durable state machine keeps give the same table back.
+        assert_eq!(Sessions::from_records(s.records()), Ok(s.clone()));
+        assert_eq!(s.record_of(b), None);
+    }
+
+    #[test]
+    fn an_image_prefix_round_trips_and_garbage_is_refused_without_a_panic() {
+        let mut s = Sessions::default();
+        let (a, _) = s.open(LogIndex(3), 8);
+        s.record(a, 1, LogIndex(4), vec![1, 2]);
+        let mut image = Vec::new();
+        write_image_prefix(&mut image, &s).expect("writes");
+        image.extend_from_slice(b"state");
+        let total = image.len() as u64;
+        let mut input = &image[..];
+        assert_eq!(read_image_prefix(&mut input, total), Ok(s));
+        assert_eq!(input, b"state", "left at the state machine's bytes");
+        // Another format, a length beyond the image, a cut image: errors, no allocation.
+        let mut other = image.clone();
+        other[0] = FORMAT_V1;
+        assert!(read_image_prefix(&mut &other[..], total).is_err());
+        let mut huge = image.clone();
+        huge[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(read_image_prefix(&mut &huge[..], total).is_err());
+        assert!(read_image_prefix(&mut &image[..5], 5).is_err());
     }
 }

@@ -3,6 +3,7 @@
 use quorate_log::LogIndex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::io::{Read, Write};
 
 /// One committed command handed to [`StateMachine::apply`]: its log index and its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,30 +24,142 @@ pub struct Committed<'a> {
 /// A command the state machine cannot execute (malformed bytes, a failed precondition) is not
 /// an error of the runtime: return it as an output (make `Output` a `Result`). The runtime never
 /// stops because of an output; there is no way to refuse a committed command.
+///
+/// Snapshots are streams: [`StateMachine::snapshot`] writes into the storage's writer (a file
+/// for `RocksLog`) and [`StateMachine::restore`] reads from a reader over the stored image, so
+/// neither the runtime nor the storage ever holds a whole snapshot in memory (the state
+/// machine decides how much it buffers).
+///
+/// # In memory or durable
+///
+/// By default ([`StateMachine::DURABLE`] `= false`) the state lives in memory: at every start
+/// the runtime restores it from the latest stored snapshot and applies the log after it
+/// again. A state machine that keeps its own state on disk (a RocksDB column family, say) sets
+/// `DURABLE = true` and takes on the contract of the durable methods below —
+/// [`StateMachine::commit`], [`StateMachine::runtime_records`] and
+/// [`StateMachine::interrupted_restore`] —; the runtime then trusts its `applied()` at start
+/// (which may be ahead of the stored snapshot), applies only the entries after it, and keeps
+/// the stored snapshot for followers (and for an interrupted install). See
+/// `docs/embedding.md`, "Durable state machines".
 pub trait StateMachine: Send + 'static {
     /// What applying one command returns to its proposer (and what an exactly-once session
     /// caches for a retry, so it is serializable: the cache is part of the snapshot).
     type Output: Clone + Serialize + DeserializeOwned + Send + 'static;
 
+    /// Whether the state machine keeps its state durably itself (see the type's docs). An
+    /// associated constant, not a method: it decides at compile time how the runtime starts
+    /// and cannot change while a node runs.
+    const DURABLE: bool = false;
+
     /// Applies a batch of committed commands, in order, returning exactly one output per
-    /// command, in the same order. A batch is never empty.
+    /// command, in the same order. A batch is never empty. Later calls see the effects of
+    /// earlier ones (also before a [`StateMachine::commit`]).
     fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<Self::Output>;
 
-    /// Serializes the whole state as of [`StateMachine::applied`].
-    fn snapshot(&self) -> Vec<u8>;
+    /// Writes the whole state as of [`StateMachine::applied`] to `out`: a stream, of any
+    /// length. Only [`StateMachine::restore`] of this program reads it back.
+    ///
+    /// # Errors
+    /// A failure to write (the runtime then skips this snapshot).
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()>;
 
     /// Replaces the whole state with the one `snapshot` encodes (written by
     /// [`StateMachine::snapshot`] on some replica), which covers the log up to `applied`.
-    /// Nothing of the previous state may survive. An error halts the node (the snapshot came
-    /// from this program's own `snapshot`, so it means a bug or corruption).
-    fn restore(&mut self, applied: LogIndex, snapshot: &[u8]) -> Result<(), RestoreError>;
+    /// Nothing of the previous state may survive. The reader yields the image's bytes and
+    /// fails (`InvalidData`) at its end if they do not match the image's checksum.
+    ///
+    /// A durable state machine's restore is complete only with the [`StateMachine::commit`]
+    /// that follows it: until that commit is durable, a crash must leave either the old state
+    /// (with its `applied()`) or a state that reports [`StateMachine::interrupted_restore`].
+    ///
+    /// # Errors
+    /// An image that cannot be read or restored: the node halts (the image came from this
+    /// program's own `snapshot`, so it means a bug or corruption).
+    fn restore(&mut self, applied: LogIndex, snapshot: &mut dyn Read) -> Result<(), RestoreError>;
 
     /// The index of the last command applied (or restored to); `LogIndex::ZERO` for a new
-    /// state machine. The runtime starts handing out commands after it.
+    /// state machine. For a durable state machine: the index of its last durable
+    /// [`StateMachine::commit`] (the runtime starts handing out commands after it).
     fn applied(&self) -> LogIndex;
+
+    /// **Durable state machines:** makes everything applied since the last commit durable,
+    /// **in one atomic write**, together with `applied` as the new applied index and the
+    /// runtime's own records `runtime` (the exactly-once session table's changes). Called at
+    /// the end of every apply turn (also when the turn held only entries that do not reach
+    /// `apply`: no-ops, membership changes, session opens, retries answered from the cache)
+    /// and after every [`StateMachine::restore`] (then `runtime.clear` is set: the records
+    /// are replaced). A crash before `commit` returns must leave the state as of the previous
+    /// commit; after it returns, `applied()` must answer `applied` across a crash.
+    ///
+    /// The default, for a state machine in memory, does nothing.
+    ///
+    /// # Errors
+    /// A failed write: the node halts (nothing is applied on top of it).
+    fn commit(&mut self, applied: LogIndex, runtime: &RuntimeWrites) -> std::io::Result<()> {
+        let _ = (applied, runtime);
+        Ok(())
+    }
+
+    /// **Durable state machines:** the runtime's records as of the last durable commit (every
+    /// `(key, value)` put and not deleted or cleared since), read once at start.
+    ///
+    /// # Errors
+    /// Records that cannot be read: the node does not start.
+    fn runtime_records(&self) -> Result<Vec<(u64, Vec<u8>)>, RestoreError> {
+        Ok(Vec::new())
+    }
+
+    /// **Durable state machines:** `Some(index)` when a restore (of the snapshot at `index`)
+    /// was begun and its commit never became durable — the state is not to be trusted. The
+    /// runtime then restores again from the stored snapshot before anything else.
+    fn interrupted_restore(&self) -> Option<LogIndex> {
+        None
+    }
+}
+
+/// The runtime's own replicated records — the exactly-once session table, one record per
+/// session — as changes a durable state machine writes in [`StateMachine::commit`]. Keys are
+/// session ids; values are opaque to the state machine (store and return them as they are).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeWrites {
+    /// Remove every record first (set after a restore: the records that follow replace them).
+    pub clear: bool,
+    /// Records to write (insert or overwrite).
+    pub put: Vec<(u64, Vec<u8>)>,
+    /// Records to remove.
+    pub delete: Vec<u64>,
+}
+
+impl RuntimeWrites {
+    /// Whether there is nothing to write.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        !self.clear && self.put.is_empty() && self.delete.is_empty()
+    }
+
+    /// Applies these changes to `records` (a convenience for state machines that keep the
+    /// records in a map).
+    pub fn apply_to(&self, records: &mut std::collections::BTreeMap<u64, Vec<u8>>) {
+        if self.clear {
+            records.clear();
+        }
+        for k in &self.delete {
+            records.remove(k);
+        }
+        for (k, v) in &self.put {
+            records.insert(*k, v.clone());
+        }
+    }
 }
 
 /// A snapshot could not be restored.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("cannot restore the state machine: {0}")]
 pub struct RestoreError(pub String);
+
+impl From<std::io::Error> for RestoreError {
+    fn from(e: std::io::Error) -> RestoreError {
+        RestoreError(e.to_string())
+    }
+}

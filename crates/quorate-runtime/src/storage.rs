@@ -26,31 +26,67 @@ impl SnapshotHeader {
     }
 }
 
+/// A stored snapshot image opened for reading at any offset: the leader reads chunks from it,
+/// the runtime restores a state machine from it, the follower checks its staging through it.
+/// Reads take `&self` (positioned reads), so one opened image serves several transfers. An
+/// image opened before a newer snapshot replaced it stays readable while it is held (for a
+/// file: the open handle keeps it).
+pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
+    /// What the image covers, its length and its checksum.
+    fn header(&self) -> &SnapshotHeader;
+
+    /// Reads bytes of the image at `offset` into `buf`; fewer than `buf.len()` only at the
+    /// image's end (0 at or past it).
+    ///
+    /// # Errors
+    /// A failed read.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError>;
+}
+
 /// The runtime's storage: the Raft log and hard state (read by the core through
-/// [`quorate_log::LogStorage`]) plus the latest snapshot's bytes.
+/// [`quorate_log::LogStorage`]), the latest snapshot image and the staging of the one being
+/// received. Snapshot images are streams: written through a writer, read at offsets, never
+/// handed around whole.
 ///
-/// **Durability before return.** [`LogStorage::persist`] and [`LogStorage::save_snapshot`]
-/// return only once what they wrote survives a crash (when `batch.sync` is set; a batch
-/// without `sync` only moves the commit index, which may be lost). The runtime acknowledges
-/// nothing that depends on a batch — no vote, no append acknowledgement, no commit of the
-/// leader's own entries — before `persist` returned `Ok`. An error halts the node.
+/// **Durability before return.** [`LogStorage::persist`], [`LogStorage::save_snapshot`],
+/// [`LogStorage::begin_staging`] and [`LogStorage::append_staging`] return only once what they
+/// wrote survives a crash (for `persist`: when `batch.sync` is set; a batch without `sync`
+/// only moves the commit index, which may be lost). The runtime acknowledges nothing that
+/// depends on a write — no vote, no append acknowledgement, no commit of the leader's own
+/// entries, no staged offset — before it returned `Ok`. An error halts the node.
 pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
-    /// Writes one batch atomically, in the order [`Persist`] documents: the snapshot install
-    /// (with `snapshot`, its bytes, present exactly when `batch.install` is), the compaction,
-    /// the entries (truncating any conflicting suffix first), then the hard state.
-    fn persist(&mut self, batch: &Persist, snapshot: Option<&Data>) -> Result<(), StorageError>;
+    /// Writes one batch atomically, in the order [`Persist`] documents: the snapshot install,
+    /// the compaction, the entries (truncating any conflicting suffix first), then the hard
+    /// state. An install (`batch.install`) takes the image from the staging, which must be
+    /// complete and of that snapshot: the staged image becomes the latest snapshot and the
+    /// staging is gone (a crash may leave the staging behind; the snapshot is then recorded
+    /// and the runtime discards the leftover).
+    fn persist(&mut self, batch: &Persist) -> Result<(), StorageError>;
 
-    /// Stores a snapshot the runtime took of the local state machine (durably), replacing the
-    /// previous one. The log is not compacted here: that comes later in a batch's `compact`.
-    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &Data) -> Result<(), StorageError>;
+    /// Stores a snapshot the runtime takes of the local state: `write` streams the image into
+    /// the writer it is given; the image is durable, and the latest snapshot, once this
+    /// returns. A failure of `write` leaves the previous snapshot in place. The log is not
+    /// compacted here: that comes later in a batch's `compact`.
+    fn save_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StorageError>;
 
-    /// The latest snapshot (taken locally or installed from the leader), if any.
-    fn snapshot(&self) -> Result<Option<(SnapshotMeta, Data)>, StorageError>;
+    /// The latest snapshot's header (taken locally or installed from the leader), if any.
+    fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError>;
+
+    /// The latest snapshot, opened for reading.
+    fn open_snapshot(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError>;
 
     /// The snapshot being received from the leader, if any: its header and how many of its
     /// bytes are staged durably (a prefix). At most one staging exists at a time; it survives
     /// a restart, so a transfer resumes from this offset.
     fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError>;
+
+    /// The staged bytes, opened for reading (the runtime checks a complete staging's length,
+    /// checksum and format through it before the install).
+    fn open_staging(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError>;
 
     /// Discards any staging and starts an empty one for `header`.
     fn begin_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError>;
@@ -58,10 +94,6 @@ pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
     /// Appends `bytes` to the staging at `offset`, which must be the staged length; returns
     /// once they are durable (the runtime then acknowledges the new length to the leader).
     fn append_staging(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError>;
-
-    /// Ends a complete staging: returns all its bytes and removes it. The runtime verifies the
-    /// length and checksum against the header before it installs anything.
-    fn finish_staging(&mut self) -> Result<Data, StorageError>;
 
     /// Discards the staging, if any.
     fn abort_staging(&mut self) -> Result<(), StorageError>;
@@ -75,14 +107,39 @@ pub(crate) fn staging_gap(staged: Option<u64>, offset: u64) -> StorageError {
     }
 }
 
-/// In-memory [`LogStorage`] over [`MemLog`], for tests and simulations.
+/// An image held in memory, read through [`SnapshotSource`] like a file.
+#[derive(Clone, Debug)]
+pub(crate) struct MemImage {
+    pub(crate) header: SnapshotHeader,
+    pub(crate) data: Data,
+}
+
+impl SnapshotSource for MemImage {
+    fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
+        let len = self.data.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let lo = offset as usize;
+        let n = buf.len().min(self.data.len() - lo);
+        buf[..n].copy_from_slice(&self.data[lo..lo + n]);
+        Ok(n)
+    }
+}
+
+/// In-memory [`LogStorage`] over [`MemLog`], for tests and simulations. It keeps snapshot
+/// images in memory but serves them through the same streaming interfaces as a disk.
 ///
 /// "Durable" here means: kept by [`MemStorage::crash`], which models a machine crash by
 /// dropping what was written without `sync` (the commit index of unsynced batches).
 #[derive(Clone, Debug)]
 pub struct MemStorage {
     log: MemLog,
-    snapshot: Option<(SnapshotMeta, Data)>,
+    snapshot: Option<MemImage>,
     /// The snapshot being received and its staged bytes (kept by a crash: appends are
     /// durable).
     staging: Option<(SnapshotHeader, Vec<u8>)>,
@@ -110,6 +167,13 @@ impl MemStorage {
     pub fn log(&self) -> &MemLog {
         &self.log
     }
+
+    /// The latest snapshot's bytes (for tests: a disk would be read through
+    /// [`LogStorage::open_snapshot`]).
+    #[must_use]
+    pub fn snapshot_bytes(&self) -> Option<(SnapshotHeader, Data)> {
+        self.snapshot.as_ref().map(|i| (i.header.clone(), i.data.clone()))
+    }
 }
 
 impl quorate_log::LogStorage for MemStorage {
@@ -134,11 +198,22 @@ impl quorate_log::LogStorage for MemStorage {
 }
 
 impl LogStorage for MemStorage {
-    fn persist(&mut self, batch: &Persist, snapshot: Option<&Data>) -> Result<(), StorageError> {
+    fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
         if let Some(meta) = &batch.install {
-            let data = snapshot.ok_or_else(|| StorageError::Io("snapshot install without its data".into()))?;
+            let image = match self.staging.take() {
+                Some((h, bytes)) if h.meta == *meta && bytes.len() as u64 == h.total_len => {
+                    MemImage { header: h, data: Data::from(bytes) }
+                }
+                other => {
+                    self.staging = other;
+                    return Err(StorageError::Io(format!(
+                        "snapshot install at {} without a complete staging of it",
+                        meta.last.index
+                    )));
+                }
+            };
             self.log.apply_snapshot(meta.clone());
-            self.snapshot = Some((meta.clone(), data.clone()));
+            self.snapshot = Some(image);
         }
         if let Some(meta) = &batch.compact {
             self.log.apply_snapshot(meta.clone());
@@ -153,17 +228,34 @@ impl LogStorage for MemStorage {
         Ok(())
     }
 
-    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &Data) -> Result<(), StorageError> {
-        self.snapshot = Some((meta.clone(), data.clone()));
+    fn save_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let mut bytes = Vec::new();
+        write(&mut bytes).map_err(|e| StorageError::Io(format!("writing the snapshot: {e}")))?;
+        let header = SnapshotHeader::of(meta.clone(), &bytes);
+        self.snapshot = Some(MemImage { header, data: Data::from(bytes) });
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<Option<(SnapshotMeta, Data)>, StorageError> {
-        Ok(self.snapshot.clone())
+    fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError> {
+        Ok(self.snapshot.as_ref().map(|i| i.header.clone()))
+    }
+
+    fn open_snapshot(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
+        Ok(self.snapshot.clone().map(|i| Box::new(i) as Box<dyn SnapshotSource>))
     }
 
     fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError> {
         Ok(self.staging.as_ref().map(|(h, b)| (h.clone(), b.len() as u64)))
+    }
+
+    fn open_staging(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
+        Ok(self.staging.as_ref().map(|(h, b)| {
+            Box::new(MemImage { header: h.clone(), data: Data::copy_from(b) }) as Box<dyn SnapshotSource>
+        }))
     }
 
     fn begin_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
@@ -181,13 +273,123 @@ impl LogStorage for MemStorage {
         }
     }
 
-    fn finish_staging(&mut self) -> Result<Data, StorageError> {
-        let (_, bytes) = self.staging.take().ok_or_else(|| StorageError::Io("no staging to finish".into()))?;
-        Ok(Data::from(bytes))
-    }
-
     fn abort_staging(&mut self) -> Result<(), StorageError> {
         self.staging = None;
         Ok(())
+    }
+}
+
+/// Reads a snapshot image from the start as a stream, over a [`SnapshotSource`], in pieces of
+/// [`IMAGE_READ_BYTES`]; checks the image's length and CRC-32 against its header when it
+/// reaches the end (a mismatch is an `InvalidData` error from `read`, so a consumer that reads
+/// to the end never accepts a damaged image).
+#[derive(Debug)]
+pub(crate) struct ImageReader<'a> {
+    source: &'a dyn SnapshotSource,
+    offset: u64,
+    hasher: crc32fast::Hasher,
+    buf: Vec<u8>,
+    pos: usize,
+    checked: bool,
+}
+
+/// Bytes an [`ImageReader`] reads from its source at once.
+pub(crate) const IMAGE_READ_BYTES: usize = 64 << 10;
+
+impl<'a> ImageReader<'a> {
+    pub(crate) fn new(source: &'a dyn SnapshotSource) -> ImageReader<'a> {
+        ImageReader { source, offset: 0, hasher: crc32fast::Hasher::new(), buf: Vec::new(), pos: 0, checked: false }
+    }
+
+    /// Reads (and checks) the rest of the image.
+    pub(crate) fn finish(&mut self) -> std::io::Result<()> {
+        std::io::copy(self, &mut std::io::sink()).map(|_| ())
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let h = self.source.header();
+        let left = h.total_len.saturating_sub(self.offset);
+        if left == 0 {
+            if !self.checked {
+                let got = self.hasher.clone().finalize();
+                if got != h.checksum {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "snapshot at {}: checksum {got:#010x}, expected {:#010x}",
+                            h.meta.last.index, h.checksum
+                        ),
+                    ));
+                }
+                self.checked = true;
+            }
+            self.buf.clear();
+            self.pos = 0;
+            return Ok(());
+        }
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(IMAGE_READ_BYTES);
+        self.buf.resize(n, 0);
+        let got = self.source.read_at(self.offset, &mut self.buf).map_err(std::io::Error::other)?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("snapshot at {} ends at {} of {} bytes", h.meta.last.index, self.offset, h.total_len),
+            ));
+        }
+        self.buf.truncate(got);
+        self.hasher.update(&self.buf);
+        self.offset += got as u64;
+        self.pos = 0;
+        Ok(())
+    }
+}
+
+impl std::io::Read for ImageReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.pos == self.buf.len() {
+            self.fill()?;
+            if self.buf.is_empty() {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_log::Configuration;
+    use std::io::{ErrorKind, Read};
+
+    #[test]
+    fn an_image_reader_streams_the_image_and_refuses_a_damaged_or_short_one_at_its_end() {
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let meta = SnapshotMeta { last: EntryId::new(Term(1), LogIndex(9)), config: Configuration::default() };
+        let header = SnapshotHeader::of(meta, &bytes);
+        let good = MemImage { header: header.clone(), data: Data::from(bytes.clone()) };
+        let mut out = Vec::new();
+        ImageReader::new(&good).read_to_end(&mut out).expect("a whole image");
+        assert_eq!(out, bytes);
+        // Read in small pieces: the same bytes.
+        let mut reader = ImageReader::new(&good);
+        let mut piece = [0u8; 1_000];
+        reader.read_exact(&mut piece).expect("reads");
+        assert_eq!(&piece[..], &bytes[..1_000]);
+        reader.finish().expect("the rest checks");
+        let mut flipped = bytes.clone();
+        flipped[150_000] ^= 1;
+        let damaged = MemImage { header: header.clone(), data: Data::from(flipped) };
+        let e = ImageReader::new(&damaged).read_to_end(&mut Vec::new()).expect_err("damaged");
+        assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+        let short = MemImage { header, data: Data::copy_from(&bytes[..1_000]) };
+        let e = ImageReader::new(&short).finish().expect_err("short");
+        assert_eq!(e.kind(), ErrorKind::UnexpectedEof, "{e}");
     }
 }

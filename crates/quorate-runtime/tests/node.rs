@@ -27,11 +27,12 @@ impl StateMachine for Counter {
             })
             .collect()
     }
-    fn snapshot(&self) -> Vec<u8> {
-        self.value.to_le_bytes().to_vec()
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.value.to_le_bytes())
     }
-    fn restore(&mut self, applied: LogIndex, bytes: &[u8]) -> Result<(), RestoreError> {
-        let bytes = bytes.try_into().map_err(|_| RestoreError("expected 8 bytes".into()))?;
+    fn restore(&mut self, applied: LogIndex, image: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        let mut bytes = [0u8; 8];
+        image.read_exact(&mut bytes)?;
         *self = Counter { value: u64::from_le_bytes(bytes), applied };
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! [`RocksLog`]: a replica on RocksDB survives a restart with its snapshot, its session table
 //! and the log after the snapshot; a retried session command is still answered from the cache.
+//! Snapshots are streamed from and to files: written through the store's writer, read at
+//! offsets (also after a newer snapshot replaced the file), staged and installed.
 
 use quorate_core::Instant;
 use quorate_log::{Configuration, LogIndex, NodeId};
@@ -27,11 +29,22 @@ impl StateMachine for Sum {
             })
             .collect()
     }
-    fn snapshot(&self) -> Vec<u8> {
-        self.total.to_le_bytes().to_vec()
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.total.to_le_bytes())?;
+        // Padding, so that an image spans many read pieces and chunks: 200 KiB.
+        for i in 0..200u32 {
+            out.write_all(&[(i % 251) as u8; 1024])?;
+        }
+        Ok(())
     }
-    fn restore(&mut self, applied: LogIndex, s: &[u8]) -> Result<(), RestoreError> {
-        let b: [u8; 8] = s.try_into().map_err(|_| RestoreError("8 bytes".into()))?;
+    fn restore(&mut self, applied: LogIndex, s: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        let mut b = [0u8; 8];
+        s.read_exact(&mut b)?;
+        let mut padding = Vec::new();
+        s.read_to_end(&mut padding)?;
+        if padding.len() != 200 * 1024 {
+            return Err(RestoreError(format!("{} bytes of padding", padding.len())));
+        }
         (self.total, self.applied) = (u64::from_le_bytes(b), applied);
         Ok(())
     }
@@ -51,7 +64,9 @@ fn start(dir: &std::path::Path) -> (Replica<Sum, RocksLog>, Instant) {
     let id = NodeId::new(1).expect("non-zero");
     let store = RocksLog::open(dir, StoreOptions::with_bootstrap(Configuration::with_voters([id]).expect("valid")))
         .expect("opens");
-    let mut r = Replica::new(Config::new(id), store, Sum::default(), Instant::ZERO).expect("starts");
+    let mut cfg = Config::new(id);
+    cfg.raft.compaction_tail_entries = 0;
+    let mut r = Replica::new(cfg, store, Sum::default(), Instant::ZERO).expect("starts");
     let now = r.next_deadline().expect("an election timer");
     r.tick(now);
     r.process(now, &mut Vec::new());
@@ -87,6 +102,65 @@ fn a_replica_on_rocksdb_restarts_from_its_snapshot_and_log() {
     assert_eq!(r.state_machine().total, 7);
 }
 
+/// All of `source`, read at offsets in pieces of `piece` bytes.
+fn read_all(source: &dyn quorate_runtime::SnapshotSource, piece: usize) -> Vec<u8> {
+    let total = source.header().total_len;
+    let mut out = Vec::new();
+    while (out.len() as u64) < total {
+        let mut buf = vec![0u8; piece];
+        let n = source.read_at(out.len() as u64, &mut buf).expect("reads");
+        assert!(n > 0, "short read at {}", out.len());
+        out.extend_from_slice(&buf[..n]);
+    }
+    let mut buf = [0u8; 16];
+    assert_eq!(source.read_at(total, &mut buf), Ok(0), "nothing past the end");
+    out
+}
+
+/// Item 4 of issue 19d: `RocksLog` streams snapshots from its files. The image is written
+/// through the store's writer, its header (length, CRC-32) comes from the file's trailer
+/// without hashing, reads at any offset give the image's bytes, and an image opened before a
+/// newer snapshot replaced it (and compaction removed its file) still reads whole.
+#[test]
+fn rocks_log_streams_snapshots_from_files_at_offsets() {
+    use quorate_runtime::{LogStorage, SnapshotHeader};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (mut r, now) = start(dir.path());
+    for k in 1..=3u8 {
+        r.propose(now, vec![k], None, Box::new(|_| {}));
+    }
+    r.process(now, &mut Vec::new());
+    let at = r.snapshot_now(now).expect("a snapshot");
+    let old = r.storage().open_snapshot().expect("readable").expect("a snapshot");
+    let h = old.header().clone();
+    assert_eq!(h.meta.last.index, at);
+    assert!(h.total_len > 200 * 1024);
+    let whole = read_all(old.as_ref(), 48 * 1024 + 7);
+    assert_eq!(SnapshotHeader::of(h.meta.clone(), &whole), h, "the trailer's length and CRC-32 are the image's");
+    assert_eq!(read_all(old.as_ref(), 1_000_000), whole, "the piece size does not matter");
+    let mut mid = [0u8; 100];
+    assert_eq!(old.read_at(123_456, &mut mid), Ok(100));
+    assert_eq!(&mid[..], &whole[123_456..123_556]);
+    // A newer snapshot replaces it; compaction (no tail) removes the older file.
+    r.propose(now, vec![9], None, Box::new(|_| {}));
+    r.process(now, &mut Vec::new());
+    let newer = r.snapshot_now(now).expect("a snapshot");
+    assert!(newer > at);
+    r.propose(now, vec![1], None, Box::new(|_| {}));
+    r.process(now, &mut Vec::new());
+    assert_eq!(r.storage().snapshot().expect("readable").map(|h| h.meta.last.index), Some(newer));
+    let files: Vec<String> = std::fs::read_dir(r.storage().store().dir().join("snapshots"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let old_name = format!("snap-{:020}-{:020}.qsnap", at.0, h.meta.last.term.0);
+    assert!(!files.contains(&old_name), "compaction removed the older file: {files:?}");
+    assert!(!files.is_empty(), "the newer file is there");
+    assert_eq!(read_all(old.as_ref(), 64 * 1024), whole, "the older image, still open, reads whole");
+    drop(r);
+    let (r, _) = start(dir.path());
+    assert_eq!(r.state_machine().total, 1 + 2 + 3 + 9 + 1, "restored from the newer file, streamed");
+}
+
 /// The staging of a snapshot in transfer survives a reopen at its durable length (bytes past
 /// it are cut off), is replaced by another image, and its complete bytes come back once.
 #[test]
@@ -117,8 +191,11 @@ fn a_staged_snapshot_survives_a_reopen_and_is_replaced_by_another_image() {
     let mut s = open();
     assert_eq!(s.staging(), Ok(Some((header.clone(), 4_000))), "the durable length, after a reopen");
     s.append_staging(4_000, &image[4_000..]).expect("appends the rest");
-    let whole = s.finish_staging().expect("finishes");
-    assert_eq!(&whole[..], &image[..], "the image, without the torn bytes");
+    let staged = s.open_staging().expect("readable").expect("a staging");
+    assert_eq!(staged.header(), &header);
+    assert_eq!(read_all(staged.as_ref(), 999), image, "the image, without the torn bytes");
+    drop(staged);
+    s.abort_staging().expect("aborts");
     assert_eq!(s.staging(), Ok(None));
     // Another image replaces a staging; abort removes it, also after a reopen.
     s.begin_staging(&header).expect("begins");
@@ -207,7 +284,7 @@ impl Trio {
 /// transfer has it checked and installed (nothing sent again), and it is gone for good.
 #[test]
 fn a_complete_staging_left_by_a_crash_is_installed_by_the_next_transfer() {
-    use quorate_runtime::{LogStorage, MemStorage, SnapshotHeader};
+    use quorate_runtime::{LogStorage, MemStorage};
     let ids: Vec<NodeId> = (1..=3).map(|i| NodeId::new(i).expect("non-zero")).collect();
     let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
     let cfg = |id: NodeId| {
@@ -229,8 +306,7 @@ fn a_complete_staging_left_by_a_crash_is_installed_by_the_next_transfer() {
     assert!(trio.run_until(1_000, |t| t.a.state_machine().total == 190 && t.c.state_machine().total == 190));
     let leader = trio.leader().expect("a leader");
     assert!(leader.status().snapshot_index > LogIndex(2), "the leader compacted past node 2's log");
-    let (meta, image) = leader.storage().snapshot().expect("readable").expect("a snapshot");
-    let header = SnapshotHeader::of(meta, &image);
+    let (header, image) = leader.storage().snapshot_bytes().expect("a snapshot");
 
     // Node 2 staged the whole image durably, then died before finishing it.
     let dir = tempfile::tempdir().expect("a temp dir");

@@ -8,6 +8,12 @@
 //! promotes it and removes node 1. The recorded history is checked with quorate-check's
 //! linearizability checker, and replicas that applied the same index must hold the same state.
 //!
+//! Every seed runs twice: with the state machine in memory (restored from the stored snapshot
+//! at every start), and with a **durable** one (`StateMachine::DURABLE`): an in-memory "disk"
+//! keeps its state, applied index and the runtime's records as of its last commit — a crash
+//! loses everything applied after it — and, in some seeds, a node dies in the middle of a
+//! snapshot install, leaving a marked half-restored disk that must be restored again at start.
+//!
 //! The second half of the file is a lab without random faults for the snapshot transfer:
 //! several chunks to a lagging follower, resumption after a partition, a follower restart and
 //! a leader change, the rate limit, and chunks that must be refused.
@@ -21,19 +27,57 @@ use quorate_core::{Instant, SplitMix64};
 use quorate_log::{Configuration, Data, LogIndex, NodeId};
 use quorate_runtime::{
     AckStatus, ClientId, Committed, ConfChange, Config, Error, LogStorage, MemStorage, ReadLevel, Replica,
-    RestoreError, SnapshotChunk, SnapshotHeader, StateMachine, WireMessage,
+    RestoreError, RuntimeWrites, SnapshotChunk, SnapshotHeader, StateMachine, WireMessage,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const MS: u64 = 1_000_000;
 
-/// The simulated state machine: a map with put and compare-and-set.
-#[derive(Default, Debug)]
-struct Kv {
+/// What a durable [`Kv`] keeps on its "disk": its state as of its last commit, the runtime's
+/// records, and the marker of a restore in progress. Shared with the simulator, which keeps it
+/// across a crash (the process's memory is lost, the disk is not).
+#[derive(Clone, Debug, Default)]
+struct KvDisk {
     map: BTreeMap<String, String>,
     applied: LogIndex,
+    records: BTreeMap<u64, Vec<u8>>,
+    /// A restore was begun (the map cleared and the marker written durably) and not yet
+    /// committed.
+    restoring: Option<LogIndex>,
+    /// The next restore dies half-way: the process crashes after writing the marker and part
+    /// of the image (the simulator then crashes the node).
+    die_in_restore: bool,
+    /// Restores that died half-way, and state machines started over such a half-restored
+    /// disk (the runtime must restore them again).
+    restores_died: u64,
+    restores_resumed: u64,
+}
+
+/// The simulated state machine: a map with put and compare-and-set. `D`: durable (with a
+/// [`KvDisk`]) or in memory.
+#[derive(Default, Debug)]
+struct Kv<const D: bool> {
+    map: BTreeMap<String, String>,
+    applied: LogIndex,
+    disk: Arc<Mutex<KvDisk>>,
+}
+
+impl<const D: bool> Kv<D> {
+    /// The state machine a (re)started process finds: a new one in memory, or a durable one
+    /// as its disk holds it.
+    fn open(disk: &Arc<Mutex<KvDisk>>) -> Kv<D> {
+        if !D {
+            return Kv { map: BTreeMap::new(), applied: LogIndex::ZERO, disk: disk.clone() };
+        }
+        let mut d = disk.lock().expect("unpoisoned");
+        if d.restoring.is_some() {
+            d.restores_resumed += 1;
+        }
+        Kv { map: d.map.clone(), applied: d.applied, disk: disk.clone() }
+    }
 }
 
 /// `P key value` or `C key expected value`, space separated.
@@ -41,9 +85,11 @@ fn encode(cmd: &[&str]) -> Vec<u8> {
     cmd.join(" ").into_bytes()
 }
 
-impl StateMachine for Kv {
+impl<const D: bool> StateMachine for Kv<D> {
     /// Whether the command took effect (a cas whose comparison failed: false).
     type Output = bool;
+
+    const DURABLE: bool = D;
 
     fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<bool> {
         batch
@@ -69,18 +115,54 @@ impl StateMachine for Kv {
             .collect()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.map).expect("a map serializes")
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&postcard::to_allocvec(&self.map).map_err(std::io::Error::other)?)
     }
 
-    fn restore(&mut self, applied: LogIndex, snapshot: &[u8]) -> Result<(), RestoreError> {
-        self.map = postcard::from_bytes(snapshot).map_err(|e| RestoreError(e.to_string()))?;
+    fn restore(&mut self, applied: LogIndex, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
+        let mut bytes = Vec::new();
+        snapshot.read_to_end(&mut bytes)?;
+        let map: BTreeMap<String, String> = postcard::from_bytes(&bytes).map_err(|e| RestoreError(e.to_string()))?;
+        if D {
+            // The install marker and the clearing write, durable before anything else.
+            let mut d = self.disk.lock().expect("unpoisoned");
+            d.restoring = Some(applied);
+            d.map.clear();
+            if d.die_in_restore {
+                // Part of the image reached the disk, then the process died.
+                d.map = map.into_iter().take(1).collect();
+                d.die_in_restore = false;
+                d.restores_died += 1;
+                return Err(RestoreError("simulated crash in the middle of a restore".into()));
+            }
+        }
+        self.map = map;
         self.applied = applied;
         Ok(())
     }
 
     fn applied(&self) -> LogIndex {
         self.applied
+    }
+
+    fn commit(&mut self, applied: LogIndex, runtime: &RuntimeWrites) -> std::io::Result<()> {
+        // One atomic write: the state, the applied index, the runtime's records, and the
+        // marker of a restore removed.
+        let mut d = self.disk.lock().expect("unpoisoned");
+        d.map = self.map.clone();
+        d.applied = applied;
+        runtime.apply_to(&mut d.records);
+        d.restoring = None;
+        self.applied = applied;
+        Ok(())
+    }
+
+    fn runtime_records(&self) -> Result<Vec<(u64, Vec<u8>)>, RestoreError> {
+        Ok(self.disk.lock().expect("unpoisoned").records.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+
+    fn interrupted_restore(&self) -> Option<LogIndex> {
+        self.disk.lock().expect("unpoisoned").restoring
     }
 }
 
@@ -199,15 +281,21 @@ struct Summary {
     installs: u64,
     conf_changes: u64,
     max_applied: LogIndex,
+    /// Durable state machines: installs that died half-way, and restores begun again at
+    /// start because of their marker.
+    restores_died: u64,
+    restores_resumed: u64,
 }
 
-struct Sim {
+struct Sim<const D: bool> {
     cfg: SimConfig,
     rng: SplitMix64,
     now: u64,
     ids: Vec<NodeId>,
-    nodes: Vec<Option<Replica<Kv, MemStorage>>>,
+    nodes: Vec<Option<Replica<Kv<D>, MemStorage>>>,
     disks: Vec<Option<MemStorage>>,
+    /// The durable state machines' disks (kept across crashes).
+    kv_disks: Vec<Arc<Mutex<KvDisk>>>,
     restart_at: Vec<u64>,
     isolated_until: Vec<u64>,
     /// In flight: (delivery time, sequence) → message.
@@ -249,8 +337,8 @@ fn runtime_config(id: NodeId, seed: u64, snapshot_rate: Option<u64>) -> Config {
     cfg
 }
 
-impl Sim {
-    fn new(cfg: SimConfig) -> Sim {
+impl<const D: bool> Sim<D> {
+    fn new(cfg: SimConfig) -> Sim<D> {
         let mut ids: Vec<NodeId> = (1..=cfg.nodes).map(|i| NodeId::new(i).expect("non-zero")).collect();
         let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
         let mut plan = Vec::new();
@@ -260,9 +348,11 @@ impl Sim {
             ids.push(spare);
             plan = vec![ConfChange::Remove(ids[0]), ConfChange::Promote(spare), ConfChange::AddLearner(spare)];
         }
+        let kv_disks: Vec<Arc<Mutex<KvDisk>>> = ids.iter().map(|_| Arc::default()).collect();
         let nodes = ids
             .iter()
-            .map(|id| {
+            .zip(&kv_disks)
+            .map(|(id, kv_disk)| {
                 let storage = if id.get() > cfg.nodes {
                     MemStorage::new(Configuration::default())
                 } else {
@@ -272,7 +362,7 @@ impl Sim {
                     Replica::new(
                         runtime_config(*id, cfg.seed, cfg.snapshot_rate),
                         storage,
-                        Kv::default(),
+                        Kv::<D>::open(kv_disk),
                         Instant::ZERO,
                     )
                     .expect("starts"),
@@ -300,6 +390,7 @@ impl Sim {
             ids,
             nodes,
             disks: vec![None; n],
+            kv_disks,
             restart_at: vec![0; n],
             isolated_until: vec![0; n],
             wire: BTreeMap::new(),
@@ -327,8 +418,22 @@ impl Sim {
     /// Runs to the end; what happened, or the violation.
     fn run(&mut self) -> Result<Summary, String> {
         let end = (self.cfg.fault_ms + self.cfg.quiet_ms) * MS;
+        if D {
+            // Some nodes will die in the middle of their first snapshot install.
+            for d in &self.kv_disks {
+                d.lock().expect("unpoisoned").die_in_restore = self.rng.chance(0.5);
+            }
+        }
         while self.now < end {
             self.step();
+            if let Some((i, why)) = self
+                .nodes
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.as_ref().and_then(|r| r.halted().map(|h| (i, h.to_owned()))))
+            {
+                return Err(format!("node {} halted at {} ms: {why}", i + 1, self.now / MS));
+            }
         }
         // Operations still open have an unknown outcome.
         for c in 0..self.clients.len() {
@@ -360,6 +465,8 @@ impl Sim {
             installs: self.installs + self.nodes.iter().flatten().map(|r| r.transfer_stats().installs).sum::<u64>(),
             conf_changes: self.conf_changes,
             max_applied: by_index.keys().last().copied().unwrap_or(LogIndex::ZERO),
+            restores_died: self.kv_disks.iter().map(|d| d.lock().expect("unpoisoned").restores_died).sum(),
+            restores_resumed: self.kv_disks.iter().map(|d| d.lock().expect("unpoisoned").restores_resumed).sum(),
         })
     }
 
@@ -430,6 +537,28 @@ impl Sim {
             for msg in out {
                 self.route(msg);
             }
+            // A durable state machine's process died in the middle of a restore (the
+            // replica halted on it): the node crashes there.
+            if D && self.nodes[i].as_ref().is_some_and(|r| r.halted().is_some())
+                && self.kv_disks[i].lock().expect("unpoisoned").restoring.is_some()
+            {
+                self.crash(i);
+            }
+        }
+    }
+
+    /// The process of node `i` dies: memory (core, state machine, waiters) is lost, and so is
+    /// whatever its log storage had not synced; its state machine's disk keeps what was
+    /// committed.
+    fn crash(&mut self, i: usize) {
+        if let Some(r) = self.nodes[i].take() {
+            let mut disk = r.storage().clone();
+            disk.crash();
+            self.installs += r.transfer_stats().installs;
+            drop(r);
+            self.disks[i] = Some(disk);
+            self.restart_at[i] = self.now + MS * (50 + self.rng.below(600));
+            self.crashes += 1;
         }
     }
 
@@ -466,7 +595,17 @@ impl Sim {
             if self.nodes[i].is_none() && self.restart_at[i] <= self.now {
                 let disk = self.disks[i].take().expect("a crashed node keeps its disk");
                 let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes), self.cfg.snapshot_rate);
-                self.nodes[i] = Some(Replica::new(cfg, disk, Kv::default(), Instant(self.now)).expect("restarts"));
+                let sm = Kv::<D>::open(&self.kv_disks[i]);
+                match Replica::new(cfg, disk.clone(), sm, Instant(self.now)) {
+                    Ok(r) => self.nodes[i] = Some(r),
+                    // Died again, in the restore at start: down a little longer.
+                    Err(_) if D && self.kv_disks[i].lock().expect("unpoisoned").restoring.is_some() => {
+                        self.disks[i] = Some(disk);
+                        self.restart_at[i] = self.now + 50 * MS;
+                        self.crashes += 1;
+                    }
+                    Err(e) => panic!("seed {}: node {} does not restart: {e}", self.cfg.seed, i + 1),
+                }
             }
         }
         if !self.faults_on() {
@@ -478,17 +617,7 @@ impl Sim {
         if self.now >= self.next_crash {
             self.next_crash = self.now + MS * (self.cfg.crash_every_ms / 2 + self.rng.below(self.cfg.crash_every_ms));
             let i = self.rng.below(n as u64) as usize;
-            if let Some(r) = self.nodes[i].take() {
-                // The process dies: memory (core, state machine, waiters) is lost, and so is
-                // whatever the disk had not synced.
-                let mut disk = r.storage().clone();
-                disk.crash();
-                self.installs += r.transfer_stats().installs;
-                drop(r);
-                self.disks[i] = Some(disk);
-                self.restart_at[i] = self.now + MS * (50 + self.rng.below(600));
-                self.crashes += 1;
-            }
+            self.crash(i);
         }
         if self.now >= self.next_partition {
             self.next_partition =
@@ -631,7 +760,7 @@ impl Sim {
                 r.read(
                     now,
                     ReadLevel::Linearizable,
-                    Box::new(move |sm: Result<&Kv, Error>| {
+                    Box::new(move |sm: Result<&Kv<D>, Error>| {
                         let v = sm.map(|kv| kv.map.get(&key).cloned());
                         replies.lock().expect("unpoisoned").push((client, op_id, Reply::Read(v)));
                     }),
@@ -770,18 +899,20 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64) -> Result<Summary, String> {
-    Sim::new(SimConfig::for_seed(seed)).run()
+fn run_seed<const D: bool>(seed: u64) -> Result<Summary, String> {
+    Sim::<D>::new(SimConfig::for_seed(seed)).run()
 }
 
-fn replay_hint(seed: u64) -> String {
+fn replay_hint(seed: u64, test: &str) -> String {
     format!(
-        "replay: QUORATE_RUNTIME_SIM_SEED={seed} cargo nextest run --cargo-profile ci -p quorate-runtime --test sim"
+        "replay: QUORATE_RUNTIME_SIM_SEED={seed} cargo nextest run --cargo-profile ci -p quorate-runtime --test sim {test}"
     )
 }
 
-#[test]
-fn runtime_histories_are_linearizable_across_seeds() {
+/// Runs the seeds (all of `QUORATE_RUNTIME_SIM_SEEDS`, default 200, or the one of
+/// `QUORATE_RUNTIME_SIM_SEED`) with a state machine in memory (`D = false`) or durable, and
+/// checks that the faults happened and that most operations were answered.
+fn run_seeds<const D: bool>(test: &str) -> Summary {
     let seeds: Vec<u64> = match std::env::var("QUORATE_RUNTIME_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("QUORATE_RUNTIME_SIM_SEED is a number")],
         Err(_) => {
@@ -799,9 +930,11 @@ fn runtime_histories_are_linearizable_across_seeds() {
         installs: 0,
         conf_changes: 0,
         max_applied: LogIndex::ZERO,
+        restores_died: 0,
+        restores_resumed: 0,
     };
     for &seed in &seeds {
-        match run_seed(seed) {
+        match run_seed::<D>(seed) {
             Ok(s) => {
                 if seeds.len() == 1 {
                     println!("seed {seed}: {s:?}");
@@ -815,8 +948,10 @@ fn runtime_histories_are_linearizable_across_seeds() {
                 total.installs += s.installs;
                 total.conf_changes += s.conf_changes;
                 total.max_applied = total.max_applied.max(s.max_applied);
+                total.restores_died += s.restores_died;
+                total.restores_resumed += s.restores_resumed;
             }
-            Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed)),
+            Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed, test)),
         }
     }
     println!("{} seeds: {total:?}", seeds.len());
@@ -830,12 +965,30 @@ fn runtime_histories_are_linearizable_across_seeds() {
         assert!(total.installs > 0, "no snapshot was installed from chunks: {total:?}");
         assert!(total.conf_changes >= n as u64, "membership changes were made: {total:?}");
     }
+    total
+}
+
+#[test]
+fn runtime_histories_are_linearizable_across_seeds() {
+    run_seeds::<false>("runtime_histories_are_linearizable_across_seeds");
+}
+
+/// The same seeds with a durable state machine: it keeps its own state across crashes (the
+/// runtime re-applies only what follows its last commit), and some installs die half-way and
+/// are restored again when the node comes back.
+#[test]
+fn durable_state_machine_histories_are_linearizable_across_seeds() {
+    let total = run_seeds::<true>("durable_state_machine_histories_are_linearizable_across_seeds");
+    if std::env::var("QUORATE_RUNTIME_SIM_SEED").is_err() && total.installs >= 10 {
+        assert!(total.restores_died > 0, "no install died half-way: {total:?}");
+        assert!(total.restores_resumed > 0, "no half-restored state machine was started: {total:?}");
+    }
 }
 
 #[test]
 fn a_seed_replays_exactly() {
-    let a = Sim::new(SimConfig::for_seed(11));
-    let b = Sim::new(SimConfig::for_seed(11));
+    let a = Sim::<false>::new(SimConfig::for_seed(11));
+    let b = Sim::<false>::new(SimConfig::for_seed(11));
     let (mut a, mut b) = (a, b);
     assert_eq!(a.run(), b.run());
     assert_eq!(a.history, b.history);
@@ -869,12 +1022,13 @@ impl StateMachine for Blob {
             .collect()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.bytes.clone()
+    fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&self.bytes)
     }
 
-    fn restore(&mut self, applied: LogIndex, snapshot: &[u8]) -> Result<(), RestoreError> {
-        self.bytes = snapshot.to_vec();
+    fn restore(&mut self, applied: LogIndex, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
+        self.bytes.clear();
+        snapshot.read_to_end(&mut self.bytes)?;
         self.applied = applied;
         Ok(())
     }
@@ -1306,7 +1460,7 @@ fn corrupt_out_of_order_and_foreign_chunks_are_refused_without_a_panic() {
     let h = real.header.clone();
     let other = (0..3).find(|i| *i != l && *i != f).expect("a third node");
     let now = Instant(lab.now);
-    let (_, image) = lab.node(l).storage().snapshot().expect("readable").expect("the leader's snapshot");
+    let (_, image) = lab.node(l).storage().snapshot_bytes().expect("the leader's snapshot");
     assert_eq!(SnapshotHeader::of(h.meta.clone(), &image), h, "the image in transfer");
     let bytes_at = |_: &Lab, offset: u64| -> Data {
         let lo = offset as usize;
@@ -1427,7 +1581,7 @@ fn a_follower_that_crashed_with_the_whole_image_staged_installs_it() {
     assert!(lab.run_until(5_000, |lab| lab.isolated.contains(&f)), "five chunks reached the follower");
     lab.crash(f);
     // The rest of the image reached the disk durably; then the node died before finishing.
-    let (_, image) = lab.node(l).storage().snapshot().expect("readable").expect("the leader's snapshot");
+    let (_, image) = lab.node(l).storage().snapshot_bytes().expect("the leader's snapshot");
     let disk = lab.disks[f].as_mut().expect("crashed");
     let (h, at) = disk.staging().expect("readable").expect("a staging");
     assert_eq!(SnapshotHeader::of(h.meta.clone(), &image), h, "the leader's image");
@@ -1457,7 +1611,7 @@ fn a_long_rate_limited_transfer_finishes_while_the_leader_keeps_snapshotting() {
         cfg
     });
     let first = lab.node(l).status().snapshot_index;
-    let total = lab.node(l).storage().snapshot().expect("readable").expect("a snapshot").1.len() as u64;
+    let total = lab.node(l).storage().snapshot_bytes().expect("a snapshot").1.len() as u64;
     assert!(total * 1_000 / RATE >= 2_500, "the transfer needs ~3 send timeouts: {total} bytes");
     lab.isolated.remove(&f);
     let healed = lab.now;

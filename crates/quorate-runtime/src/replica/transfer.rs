@@ -4,7 +4,9 @@
 //! replica opens a transfer to that follower (one per follower) and first sends an empty chunk
 //! at offset 0: the follower answers with how much of this image it already holds durably, and
 //! the leader streams from there — so a transfer cut by a dropped connection, a restart of
-//! either side or a timeout resumes from the last acknowledged byte. At most
+//! either side or a timeout resumes from the last acknowledged byte. Chunks are read from the
+//! stored image at their offset ([`crate::SnapshotSource::read_at`]): the leader never holds
+//! an image in memory, only the chunks in flight. At most
 //! `snapshot_window_bytes` are sent beyond the acknowledged offset; a window with no
 //! acknowledgement within `snapshot_chunk_timeout` is sent again from the acknowledged offset,
 //! and so is the rest after an acknowledgement that shows a gap. Every chunk waits for tokens
@@ -13,29 +15,33 @@
 //! A transfer without progress for the core's `snapshot_send_timeout` is given up (the core
 //! probes the follower and asks again, and the next transfer resumes). A transfer that makes
 //! progress keeps its image even when the core asks with a newer snapshot meanwhile (it would
-//! otherwise restart at 0 with every snapshot and never finish a long transfer). After a
-//! refusal no transfer opens to that follower before `snapshot_send_timeout`, and the image
-//! read for sending is kept until a newer snapshot is saved.
+//! otherwise restart at 0 with every snapshot and never finish a long transfer): it holds its
+//! image open, which keeps it readable after a newer snapshot replaced it. After a refusal no
+//! transfer opens to that follower before `snapshot_send_timeout`, and the image opened for
+//! sending is kept open until a newer snapshot is saved.
 //!
 //! **Follower.** A chunk is taken only from the leader of the current term, well formed
 //! (bounded, inside the image, its CRC right), and only at the staged offset; anything else is
 //! answered with the staged offset or dropped. Staging goes through the storage
 //! ([`crate::LogStorage::begin_staging`] …) and each acknowledgement follows a durable append.
 //! A chunk of another image at offset 0 replaces the staging (one at a time). The complete
-//! image is checked (length, CRC, decoding) and handed to the core's `install_snapshot` —
-//! also when the staging was already complete when the transfer opened (a crash between the
-//! last append and the finishing). A follower that starts an image over (its staging lost, or
+//! image is checked as a stream from the staging (length, CRC, the runtime's part decodes) and
+//! handed to the core's `install_snapshot` — also when the staging was already complete when
+//! the transfer opened (a crash between the last append and the install). Once the core
+//! accepted it, the staging is left alone until the next batch installs it
+//! ([`crate::LogStorage::persist`] takes it as the snapshot). A follower that starts an image over (its staging lost, or
 //! the whole image failing its CRC) answers `AckStatus::Restart`, and the leader sends from
 //! the follower's offset at once.
 
 use super::Replica;
 use crate::network::{AckStatus, Network, SnapshotAck, SnapshotChunk, WireMessage};
-use crate::sessions::SnapshotImage;
+use crate::sessions::read_image_prefix;
 use crate::state_machine::StateMachine;
-use crate::storage::{LogStorage, SnapshotHeader};
+use crate::storage::{ImageReader, LogStorage, SnapshotHeader, SnapshotSource};
 use quorate_core::{Instant, Role, SendSnapshot};
 use quorate_log::{Data, LogIndex, NodeId, SnapshotMeta, Term};
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// The largest snapshot chunk a follower takes (and the most `Config::snapshot_chunk_bytes`
 /// is raised to).
@@ -66,7 +72,7 @@ pub struct TransferStats {
     pub chunks_refused: u64,
     /// Snapshots received in chunks and handed to the core for installing.
     pub installs: u64,
-    /// Snapshot images read from the storage to be sent (each read also hashes the image).
+    /// Snapshot images opened from the storage to be sent.
     pub images_read: u64,
 }
 
@@ -110,7 +116,8 @@ impl TokenBucket {
 pub(super) struct Outgoing {
     term: Term,
     header: SnapshotHeader,
-    data: Data,
+    /// The image, read at the offsets sent.
+    source: Arc<dyn SnapshotSource>,
     /// Waiting for the answer to the opening empty chunk (the follower's offset).
     probing: bool,
     /// Bytes the follower acknowledged as durably staged.
@@ -164,15 +171,16 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             return;
         }
         self.refused_until.remove(&s.to);
-        let Some((header, data)) = self.snapshot_image(&s.meta) else {
+        let Some(source) = self.snapshot_image(&s.meta) else {
             self.raft.snapshot_send_failed(now, s.to);
             return;
         };
+        let header = source.header().clone();
         self.transfer_stats.transfers_started += 1;
         let t = Outgoing {
             term,
             header,
-            data,
+            source,
             probing: true,
             acked: 0,
             next: 0,
@@ -185,19 +193,19 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         self.outgoing.insert(s.to, t);
     }
 
-    /// The stored snapshot's bytes for `meta` (read once, shared by the transfers).
-    fn snapshot_image(&mut self, meta: &SnapshotMeta) -> Option<(SnapshotHeader, Data)> {
-        if let Some((h, d)) = &self.send_cache
-            && h.meta == *meta
+    /// The stored snapshot for `meta`, opened (once, shared by the transfers).
+    fn snapshot_image(&mut self, meta: &SnapshotMeta) -> Option<Arc<dyn SnapshotSource>> {
+        if let Some(s) = &self.send_cache
+            && s.header().meta.last == meta.last
         {
-            return Some((h.clone(), d.clone()));
+            return Some(s.clone());
         }
-        match self.raft.storage().snapshot() {
-            Ok(Some((stored, data))) if stored.last == meta.last && !data.is_empty() => {
+        match self.raft.storage().open_snapshot() {
+            Ok(Some(source)) if source.header().meta.last == meta.last && source.header().total_len > 0 => {
                 self.transfer_stats.images_read += 1;
-                let header = SnapshotHeader::of(meta.clone(), &data);
-                self.send_cache = Some((header.clone(), data.clone()));
-                Some((header, data))
+                let source: Arc<dyn SnapshotSource> = Arc::from(source);
+                self.send_cache = Some(source.clone());
+                Some(source)
             }
             _ => None,
         }
@@ -223,6 +231,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         let retry = self.cfg.snapshot_chunk_timeout;
         let give_up = self.cfg.raft.snapshot_send_timeout;
         let mut failed: Vec<(NodeId, bool)> = Vec::new();
+        let mut unreadable = false;
         let stats = &mut self.transfer_stats;
         // One bucket for all: each round starts after the follower served last, so that
         // every follower gets its turn at the tokens (not the lowest id all of them).
@@ -270,8 +279,15 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 if t.next == t.acked {
                     t.retry_at = now.saturating_add(retry);
                 }
-                let (lo, hi) = (t.next as usize, (t.next + n) as usize);
-                let data = Data::copy_from(&t.data[lo..hi]);
+                let mut buf = vec![0u8; n as usize];
+                if !matches!(t.source.read_at(t.next, &mut buf), Ok(got) if got as u64 == n) {
+                    // The image cannot be read: give this transfer up (the core asks again,
+                    // and the image is opened again).
+                    failed.push((to, true));
+                    unreadable = true;
+                    break;
+                }
+                let data = Data::from(buf);
                 net.send(WireMessage::SnapshotChunk(SnapshotChunk::new(me, to, term, t.header.clone(), t.next, data)));
                 self.pump_cursor = Some(to);
                 stats.chunks_sent += 1;
@@ -280,6 +296,9 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 t.next += n;
                 t.high = t.high.max(t.next);
             }
+        }
+        if unreadable {
+            self.send_cache = None;
         }
         for (to, stalled) in failed {
             self.outgoing.remove(&to);
@@ -378,7 +397,9 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             && end.is_some_and(|e| e <= h.total_len)
             && c.done == (end == Some(h.total_len))
             && crc32fast::hash(&c.data) == c.data_crc;
-        if !from_leader || !well_formed {
+        // An image the core accepted waits for the next batch to install it: its staging is
+        // not touched until then.
+        if !from_leader || !well_formed || self.staged.is_some() {
             self.transfer_stats.chunks_refused += 1;
             return;
         }
@@ -453,34 +474,49 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 return;
             }
         }
-        // Complete: check the whole image before the core hears of it.
-        self.staging = None;
-        let data = match self.raft.storage_mut().finish_staging() {
-            Ok(d) => d,
-            Err(_) => {
-                self.drop_staging();
-                self.outbox.push(ack(0, AckStatus::Refused));
-                return;
-            }
-        };
-        if data.len() as u64 != h.total_len || crc32fast::hash(&data) != h.checksum {
-            // Damaged at rest or assembled wrongly: start over, and tell the leader.
-            self.outbox.push(ack(0, AckStatus::Restart));
-            return;
-        }
-        if SnapshotImage::decode(&data).is_none() {
-            self.outbox.push(ack(h.total_len, AckStatus::Refused));
+        // Complete: check the whole image (streamed from the staging) before the core hears
+        // of it.
+        if let Err((offset, status)) = self.check_staging(h) {
+            // Damaged at rest or assembled wrongly (`Restart`: start over, and tell the
+            // leader), unreadable or not an image of this runtime (`Refused`).
+            self.drop_staging();
+            self.outbox.push(ack(offset, status));
             return;
         }
         match self.raft.install_snapshot(now, c.from, c.term, h.meta.clone()) {
             Ok(true) => {
-                self.staged = Some((h.meta.clone(), data));
+                self.staged = Some(h.meta.clone());
                 self.transfer_stats.installs += 1;
                 self.outbox.push(ack(h.total_len, AckStatus::Installed));
             }
-            Ok(false) => self.outbox.push(ack(h.total_len, AckStatus::Installed)),
+            Ok(false) => {
+                self.drop_staging();
+                self.outbox.push(ack(h.total_len, AckStatus::Installed));
+            }
             // A stale term or a halted core: nothing to answer.
-            Err(_) => {}
+            Err(_) => self.drop_staging(),
+        }
+    }
+
+    /// Reads the complete staging of `h` once, as a stream: its length and CRC-32 must match
+    /// the header and the runtime's part of the image must decode. The answer to send if not.
+    fn check_staging(&self, h: &SnapshotHeader) -> Result<(), (u64, AckStatus)> {
+        let source = match self.raft.storage().open_staging() {
+            Ok(Some(s)) if s.header() == h => s,
+            _ => return Err((0, AckStatus::Refused)),
+        };
+        let mut reader = ImageReader::new(source.as_ref());
+        let prefix = read_image_prefix(&mut reader, h.total_len);
+        match reader.finish() {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) => {
+                return Err((0, AckStatus::Restart));
+            }
+            Err(_) => return Err((0, AckStatus::Refused)),
+        }
+        match prefix {
+            Ok(_) => Ok(()),
+            Err(_) => Err((h.total_len, AckStatus::Refused)),
         }
     }
 
@@ -494,6 +530,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// discarded; then the follower's answers go out.
     pub(super) fn finish_turn(&mut self, net: &mut impl Network) {
         if let Some((h, _)) = &self.staging
+            && self.staged.is_none()
             && (self.raft.role() == Role::Leader || h.meta.last.index <= self.raft.commit_index())
         {
             self.drop_staging();
