@@ -292,6 +292,23 @@ impl Client {
         }
     }
 
+    /// Reads `key` through node `node` (asked directly; no redirect and no retry elsewhere).
+    /// At [`ReadConsistency::Linearizable`] the node confirms the read with a quorum round (a
+    /// follower through its leader), so an answer says that `node` can serve the cluster:
+    /// what `quorate endpoint health` asks of each member.
+    pub async fn get_via(
+        &self,
+        node: NodeId,
+        key: impl AsRef<[u8]>,
+        read: ReadConsistency,
+    ) -> Result<Got, ClientError> {
+        let body = Request::Get { key: key.as_ref().to_vec(), read };
+        match self.core.send(body, None, Route::Direct(node)).await? {
+            (_, Response::Get { kv, read }) => Ok(Got { kv, read }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
     /// Removes `key`.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Deleted, ClientError> {
         match self.core.write(Request::Delete { key: key.as_ref().to_vec() }).await? {

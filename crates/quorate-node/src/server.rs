@@ -398,9 +398,21 @@ struct Persisted {
 }
 
 struct PendingRead {
-    req: ReadReq,
+    what: Confirming,
     responder: Responder,
     deadline: Instant,
+}
+
+/// What waits for a ReadIndex round (the leader's confirmation, by a quorum, that it is
+/// still leader, at the commit index it recorded).
+enum Confirming {
+    /// A client read, served once applied up to the confirmed index.
+    Read(ReadReq),
+    /// `snapshot save`: the backup is written only once the round confirmed this node's
+    /// leadership, at an applied index up to the confirmed one, so that it holds every write
+    /// acknowledged before the request, and a deposed leader writes none (review of issue 21:
+    /// the leader wrote it at once, and a stale leader's file was reported good).
+    Save(Configuration),
 }
 
 /// A snapshot transfer being received: from the leader `from` in `term`. The chunks go to a
@@ -1019,19 +1031,29 @@ impl Driver {
             }
             for r in rd.reads {
                 if let Some(p) = self.reads.remove(&r.id) {
-                    let msg = ApplyMsg::Read {
-                        index: r.index,
-                        req: p.req,
-                        responder: p.responder,
-                        staleness: None,
-                        deadline: p.deadline,
+                    let msg = match p.what {
+                        Confirming::Read(req) => ApplyMsg::Read {
+                            index: r.index,
+                            req,
+                            responder: p.responder,
+                            staleness: None,
+                            deadline: p.deadline,
+                        },
+                        Confirming::Save(config) => {
+                            ApplyMsg::Backup { config, index: r.index, responder: p.responder, deadline: p.deadline }
+                        }
                     };
                     self.apply_backlog.push(&self.apply_tx, msg).await?;
                 }
             }
             for f in rd.failed_reads {
                 if let Some(p) = self.reads.remove(&f.id) {
-                    let e = self.read_error(&f.error);
+                    let e = match p.what {
+                        // A save whose round failed was asked of a leader that no longer is:
+                        // NotLeader, so the client asks the leader it names.
+                        Confirming::Save(_) => self.leader_hint(),
+                        Confirming::Read(_) => self.read_error(&f.error),
+                    };
                     p.responder.send(Err(e), None);
                 }
             }
@@ -1483,11 +1505,32 @@ impl Driver {
         let now = self.now();
         match self.raft.read(now, id, level) {
             Ok(()) => {
-                self.reads.insert(id, PendingRead { req, responder, deadline });
+                self.reads.insert(id, PendingRead { what: Confirming::Read(req), responder, deadline });
             }
             Err(e) => responder.send(Err(self.read_error(&e)), None),
         }
         Ok(())
+    }
+
+    /// `snapshot save` on the leader: a ReadIndex round first ([`Confirming::Save`]); the
+    /// apply thread writes the backup once the round confirmed leadership and the state
+    /// machine reached the confirmed index. A round that fails (deposed, or no quorum within
+    /// the request's deadline) writes nothing.
+    fn confirm_then_save(&mut self, responder: Responder) {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let id = ReadId(self.next_read);
+        self.next_read += 1;
+        let now = self.now();
+        let config = self.raft.configuration().clone();
+        match self.raft.read(now, id, ReadLevel::Linearizable) {
+            Ok(()) => {
+                self.reads.insert(id, PendingRead { what: Confirming::Save(config), responder, deadline });
+            }
+            Err(ReadError::NotLeader { .. } | ReadError::NoLeader | ReadError::LeadershipLost) => {
+                responder.send(Err(self.leader_hint()), None);
+            }
+            Err(e) => responder.send(Err(self.read_error(&e)), None),
+        }
     }
 
     async fn on_request(&mut self, mut req: quorate_transport::Request<NodeMessage>) -> Result<(), ServerError> {
@@ -1608,8 +1651,8 @@ impl Driver {
                 Ok(())
             }
             Request::SnapshotSave => {
-                let config = self.raft.configuration().clone();
-                self.apply_backlog.push(&self.apply_tx, ApplyMsg::Backup { config, responder }).await
+                self.confirm_then_save(responder);
+                Ok(())
             }
             Request::Versions => {
                 responder.send(crate::versions::info(&self.shared), None);
