@@ -410,6 +410,18 @@ impl Client {
         self.done(Request::MemberAdd { id, addr: addr.to_string() }).await
     }
 
+    /// Moves member `id` to `addr` (admin; etcd's `member update`): the change goes through
+    /// the log, and every member dials `id` at `addr` once it has applied it. Needs cluster
+    /// version 2.
+    pub async fn member_update(&self, id: NodeId, addr: impl Into<PeerAddr>) -> Result<(), ClientError> {
+        let addr = addr.into();
+        self.done(Request::MemberUpdate { id, addr: addr.to_string() }).await?;
+        if let Some(sa) = addr.socket() {
+            self.core.learn_addr(id, sa);
+        }
+        Ok(())
+    }
+
     /// Makes learner `id` a voter (admin).
     pub async fn member_promote(&self, id: NodeId) -> Result<(), ClientError> {
         self.done(Request::MemberPromote { id }).await

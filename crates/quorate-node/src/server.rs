@@ -388,6 +388,13 @@ pub(crate) enum Event {
         resolved: Option<SocketAddr>,
         responder: Box<Responder>,
     },
+    /// The new address of a member being moved (`member update`) was resolved.
+    MemberUpdateResolved {
+        id: NodeId,
+        addr: String,
+        resolved: Option<SocketAddr>,
+        responder: Box<Responder>,
+    },
     Fatal(String),
 }
 
@@ -1131,6 +1138,9 @@ impl Driver {
             Event::MemberAddrResolved { new, addr, resolved, responder } => {
                 self.member_addr_resolved(new, addr, resolved, *responder).await?;
             }
+            Event::MemberUpdateResolved { id, addr, resolved, responder } => {
+                self.member_update_resolved(id, addr, resolved, *responder).await?;
+            }
             Event::SnapshotSent(to, term) => {
                 crate::telemetry::snapshot_sent();
                 if self.sending.get(&to).is_some_and(|(t, _)| *t == term) {
@@ -1635,6 +1645,10 @@ impl Driver {
                 Ok(())
             }
             Request::MemberAdd { id: new, addr } => self.member_add(new, addr, responder).await,
+            Request::MemberUpdate { id, addr } => {
+                self.member_update(id, addr, responder);
+                Ok(())
+            }
             Request::MemberPromote { id: n } => self.conf_change(ConfChange::Promote(n), responder).await,
             Request::MemberRemove { id: n } => self.conf_change(ConfChange::Remove(n), responder).await,
             Request::LeaderTransfer { to } => {
@@ -1814,6 +1828,54 @@ impl Driver {
             return Ok(());
         }
         self.conf_change(ConfChange::AddLearner(new), responder).await
+    }
+
+    /// `member update`: leader only, from cluster version 2
+    /// ([`crate::versions::MEMBER_UPDATE_CLUSTER_VERSION`]), for a member of the
+    /// configuration; the new address is resolved off the driver (as `member add`'s) and the
+    /// change goes on in [`Driver::member_update_resolved`].
+    fn member_update(&mut self, id: NodeId, addr: String, responder: Responder) {
+        if self.raft.role() != Role::Leader {
+            responder.send(Err(self.leader_hint()), None);
+            return;
+        }
+        let gate = crate::versions::MEMBER_UPDATE_CLUSTER_VERSION;
+        if let Err(e) = crate::versions::require(&self.shared, gate, "member update") {
+            responder.send(Err(e), None);
+            return;
+        }
+        if !self.raft.configuration().members().any(|m| m == id) {
+            responder.send(Err(ApiError::Refused(format!("node {id} is not a member"))), None);
+            return;
+        }
+        let (events, failpoints) = (self.events_tx.clone(), self.failpoints.clone());
+        tokio::spawn(async move {
+            let resolved = resolve(&addr, &failpoints).await;
+            let responder = Box::new(responder);
+            let _ = events.send(Event::MemberUpdateResolved { id, addr, resolved, responder }).await;
+        });
+    }
+
+    /// The second half of [`Driver::member_update`]: the address goes through the log as
+    /// `SetMemberAddr`, which every replica applies by recording it and dialing the member
+    /// there (`Shared::learn_member_addr`); the client is answered once it is applied here.
+    async fn member_update_resolved(
+        &mut self,
+        id: NodeId,
+        addr: String,
+        resolved: Option<SocketAddr>,
+        responder: Responder,
+    ) -> Result<(), ServerError> {
+        if !self.raft.configuration().members().any(|m| m == id) {
+            responder.send(Err(ApiError::Refused(format!("node {id} is not a member"))), None);
+            return Ok(());
+        }
+        if resolved.is_none() {
+            responder.send(Err(ApiError::InvalidRequest(format!("cannot resolve address {addr:?}"))), None);
+            return Ok(());
+        }
+        // Leadership is checked again by `propose_write`.
+        self.propose_write(None, CommandOp::SetMemberAddr { id, addr }, responder).await
     }
 
     fn start_snapshot_send(&mut self, to: NodeId, meta: SnapshotMeta) {

@@ -646,3 +646,78 @@ fn a_cut_off_leader_neither_saves_a_snapshot_nor_reports_healthy() {
     // Still nothing written after the save's quorum round has had time to fail.
     assert_eq!(files(), before);
 }
+
+/// `member update ID --peer ADDR` (etcd's `member update`): refused before the cluster is
+/// finalized at version 2 (its gate), then, after finalize, node 3 moves to another port:
+/// the change goes through the log, node 3 restarts listening there, and the others reach it
+/// at its new address (it catches up on a write made while it was away).
+#[test]
+fn member_update_is_gated_then_moves_a_member_the_others_reach_at_its_new_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let env = dev_cluster(tmp.path(), base);
+    // An empty store directory: the nodes do not take themselves for a new cluster's first
+    // start, write no bootstrap marker, and stay at cluster version 1, as an upgraded
+    // cluster does until `cluster finalize`.
+    for id in 1..=3 {
+        std::fs::create_dir_all(env.dir.join("data").join(format!("node-{id}")).join("store")).unwrap();
+    }
+    let mut nodes = start(&env.dir);
+    first_write(&env);
+    let status = env.ok(&["cluster", "status"]);
+    assert!(status.contains("cluster version 1"), "{status}");
+    let moved = free_ports(1);
+    let new_addr = format!("127.0.0.1:{moved}");
+    let out = env.cli(&["member", "update", "3", "--peer", &new_addr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("needs cluster version 2"), "the gate: {stderr}");
+    let members = env.json(&["member", "list"]);
+    assert!(members.to_string().contains(&format!("127.0.0.1:{}", base + 2)), "unchanged: {members}");
+
+    env.ok(&["cluster", "finalize"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.ok(&["cluster", "status"]).contains("cluster version 2") {
+        assert!(Instant::now() < deadline, "finalize was not applied");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Node 3 stops; its address changes through the log (nodes 1 and 2 are a quorum).
+    let child = &mut nodes.0[2];
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = env.ok(&["member", "update", "3", "--peer", &new_addr]);
+    assert!(out.contains(&format!("node 3 is now reached at {new_addr}")), "{out}");
+    let members = env.json(&["member", "list"]);
+    let m3 = members["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).cloned().unwrap();
+    assert_eq!(m3["address"], new_addr.as_str(), "{members}");
+    env.ok(&["kv", "put", "moved", "yes"]);
+
+    // Node 3 comes back listening at its new address only.
+    let config = env.dir.join("node-3.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let old_addr = format!("127.0.0.1:{}", base + 2);
+    assert!(text.contains(&format!("listen = \"{old_addr}\"")), "{text}");
+    std::fs::write(&config, text.replace(&old_addr, &new_addr)).unwrap();
+    nodes.0[2] = spawn_node(&env.dir, 3);
+    // It catches up: the leader reaches it at the new address (a stale read is served by
+    // node 3 from its own state machine).
+    let only_3 = format!("3={new_addr}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = env.cli(&["kv", "get", "moved", "--consistency", "stale", "--endpoints", &only_3, "--timeout", "2"]);
+        if out.status.success() && out.stdout == b"yes\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not catch up at its new address: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And the whole cluster is healthy through it, with node 3 at its new address.
+    let endpoints = format!("1=127.0.0.1:{},2=127.0.0.1:{},{only_3}", base, base + 1);
+    let j = env.json(&["endpoint", "health", "--endpoints", &endpoints]);
+    assert_eq!(j["healthy"], true, "{j}");
+}
