@@ -190,6 +190,18 @@ pub enum Request {
     /// node-local, asked of each node directly). Since 0.2.0: a 0.1.0 node cannot decode it
     /// (`quorate cluster status` shows `-` for such a node).
     Health,
+    /// Change the address member `id` is reached at (admin; `quorate member update ID --peer
+    /// ADDR`, etcd's `member update`): the leader checks that `id` is a member and that `addr`
+    /// resolves, then proposes [`CommandOp::SetMemberAddr`] — the command `member add` records
+    /// an address with, which every replica (0.1.0 included) applies by storing the address
+    /// and dialing the member there. Since 0.2.0, and refused below cluster version 2 (a 0.1.0
+    /// node cannot decode this request).
+    MemberUpdate {
+        /// The member.
+        id: NodeId,
+        /// Its new address (`host:port`).
+        addr: String,
+    },
 }
 
 /// Who may do what; from the role in the client's certificate.
@@ -230,6 +242,7 @@ impl Request {
                 }
             }
             Request::MemberAdd { .. }
+            | Request::MemberUpdate { .. }
             | Request::MemberPromote { .. }
             | Request::MemberRemove { .. }
             | Request::LeaderTransfer { .. }
@@ -323,7 +336,7 @@ impl ClientRequest {
                 }
                 Ok(())
             }
-            Request::MemberAdd { addr, .. } => {
+            Request::MemberAdd { addr, .. } | Request::MemberUpdate { addr, .. } => {
                 if addr.is_empty() || addr.len() > limits::TEXT_BYTES_MAX {
                     return Err("a member address must be `host:port`".into());
                 }

@@ -47,6 +47,7 @@ fn messages_added_after_0_1_0_are_appended_variants() {
         Request::ScanPaged { start: b"a".to_vec(), end: None, limit: 1, read: ReadConsistency::Stale },
         Request::TxnPaged { txn: Txn::default(), from: 0, revision: None },
         Request::Health,
+        Request::MemberUpdate { id: quorate_log::NodeId::new(3).expect("non-zero"), addr: "n3:7003".into() },
     ];
     for body in new {
         let msg = NodeMessage::Request(ClientRequest { id: 9, session: None, body });

@@ -292,6 +292,23 @@ impl Client {
         }
     }
 
+    /// Reads `key` through node `node` (asked directly; no redirect and no retry elsewhere).
+    /// At [`ReadConsistency::Linearizable`] the node confirms the read with a quorum round (a
+    /// follower through its leader), so an answer says that `node` can serve the cluster:
+    /// what `quorate endpoint health` asks of each member.
+    pub async fn get_via(
+        &self,
+        node: NodeId,
+        key: impl AsRef<[u8]>,
+        read: ReadConsistency,
+    ) -> Result<Got, ClientError> {
+        let body = Request::Get { key: key.as_ref().to_vec(), read };
+        match self.core.send(body, None, Route::Direct(node)).await? {
+            (_, Response::Get { kv, read }) => Ok(Got { kv, read }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
     /// Removes `key`.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Deleted, ClientError> {
         match self.core.write(Request::Delete { key: key.as_ref().to_vec() }).await? {
@@ -391,6 +408,18 @@ impl Client {
             self.core.learn_addr(id, sa);
         }
         self.done(Request::MemberAdd { id, addr: addr.to_string() }).await
+    }
+
+    /// Moves member `id` to `addr` (admin; etcd's `member update`): the change goes through
+    /// the log, and every member dials `id` at `addr` once it has applied it. Needs cluster
+    /// version 2.
+    pub async fn member_update(&self, id: NodeId, addr: impl Into<PeerAddr>) -> Result<(), ClientError> {
+        let addr = addr.into();
+        self.done(Request::MemberUpdate { id, addr: addr.to_string() }).await?;
+        if let Some(sa) = addr.socket() {
+            self.core.learn_addr(id, sa);
+        }
+        Ok(())
     }
 
     /// Makes learner `id` a voter (admin).

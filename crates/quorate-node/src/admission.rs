@@ -216,7 +216,7 @@ pub(crate) fn request_bytes(body: &Request) -> u64 {
                     + t.success.iter().map(op).sum::<u64>()
                     + t.failure.iter().map(op).sum::<u64>()
             }
-            Request::MemberAdd { addr, .. } => addr.len() as u64,
+            Request::MemberAdd { addr, .. } | Request::MemberUpdate { addr, .. } => addr.len() as u64,
             _ => 0,
         }
 }

@@ -72,8 +72,9 @@ pub(crate) enum ApplyMsg {
     TakeSnapshot(SnapshotMeta),
     /// The install batch for this snapshot is durable: install its data.
     Install(SnapshotMeta),
-    /// Write a backup snapshot into the backups directory.
-    Backup { config: Configuration, responder: Responder },
+    /// Write a backup snapshot into the backups directory once applied ≥ `index` (the index
+    /// a ReadIndex round confirmed this node's leadership at).
+    Backup { config: Configuration, index: LogIndex, responder: Responder, deadline: Instant },
 }
 
 /// The damaged state-machine record `e` names, if `e` is one (a value that does not decode or
@@ -231,6 +232,17 @@ struct Waiting {
     deadline: Instant,
 }
 
+/// A `snapshot save` confirmed at `index`, waiting for it to be applied.
+pub(crate) struct WaitingBackup {
+    config: Configuration,
+    index: LogIndex,
+    responder: Responder,
+    deadline: Instant,
+}
+
+/// `snapshot save`s waiting for their index at most (admin requests; more are refused).
+const BACKUPS_WAITING_MAX: usize = 4;
+
 pub(crate) struct WaitingRead {
     req: ReadReq,
     responder: Responder,
@@ -244,6 +256,9 @@ pub(crate) struct Applier {
     applied: EntryId,
     writes: BTreeMap<LogIndex, Waiting>,
     reads: BTreeMap<LogIndex, Vec<WaitingRead>>,
+    /// `snapshot save`s confirmed by a ReadIndex round, waiting for their index to be applied
+    /// (at most [`BACKUPS_WAITING_MAX`]).
+    backups: Vec<WaitingBackup>,
     last_sweep: Instant,
     /// State-machine repairs made by this process.
     repairs: u32,
@@ -400,6 +415,7 @@ impl Applier {
             applied,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
+            backups: Vec::new(),
             last_sweep: Instant::now(),
             repairs: 0,
         }
@@ -426,6 +442,9 @@ impl Applier {
                 r.responder.send(Err(ApiError::Unavailable("node stopping; retry elsewhere".into())), None);
             }
         }
+        for b in std::mem::take(&mut self.backups) {
+            b.responder.send(Err(ApiError::Unavailable("node stopping; retry elsewhere".into())), None);
+        }
     }
 
     /// The loop of [`run`](Self::run), with the read workers running.
@@ -450,6 +469,7 @@ impl Applier {
             let result = result
                 .and_then(|()| self.repair_read_failures(pool, failed))
                 .and_then(|()| self.serve_reads_repairing(pool));
+            self.save_backups();
             if let Err(e) = result {
                 tracing::error!(error = %e, "state machine failed; stopping the node");
                 let _ = self.events.blocking_send(Event::Fatal(format!("state machine: {e}")));
@@ -571,17 +591,12 @@ impl Applier {
             }
             ApplyMsg::TakeSnapshot(meta) => self.take_snapshot(meta),
             ApplyMsg::Install(meta) => self.install(&meta, pool),
-            ApplyMsg::Backup { config, responder } => {
-                let r = self.backup(config);
-                let at = Some(self.applied);
-                match r {
-                    Ok((path, index)) => {
-                        responder.send(Ok(Response::SnapshotSaved { path: path.display().to_string(), index }), at);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "backup snapshot failed");
-                        responder.send(Err(ApiError::Internal(format!("backup failed: {e}"))), at);
-                    }
+            ApplyMsg::Backup { config, index, responder, deadline } => {
+                if self.backups.len() >= BACKUPS_WAITING_MAX {
+                    responder.send(Err(ApiError::Unavailable("too many snapshot saves waiting; retry".into())), None);
+                } else {
+                    self.backups.push(WaitingBackup { config, index, responder, deadline });
+                    self.save_backups();
                 }
                 Ok(())
             }
@@ -718,6 +733,13 @@ impl Applier {
             }
         }
         self.reads.retain(|_, rs| !rs.is_empty());
+        let (gone, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.backups).into_iter().partition(|b| b.deadline <= now);
+        self.backups = keep;
+        for b in gone {
+            b.responder
+                .send(Err(ApiError::Unavailable("snapshot save: index not applied in time; retry".into())), None);
+        }
     }
 
     fn write_snapshot(&self, mut w: SnapshotWriter) -> Result<quorate_storage::SnapshotFile, SmError> {
@@ -775,6 +797,29 @@ impl Applier {
         }
         tracing::info!(node = %self.shared.id, index = %meta.last.index, "snapshot installed");
         Ok(())
+    }
+
+    /// Writes the backups whose confirmed index is applied.
+    fn save_backups(&mut self) {
+        if self.backups.iter().all(|b| b.index > self.applied.index) {
+            return;
+        }
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.backups).into_iter().partition(|b| b.index <= self.applied.index);
+        self.backups = waiting;
+        for b in due {
+            let r = self.backup(b.config);
+            let at = Some(self.applied);
+            match r {
+                Ok((path, index)) => {
+                    b.responder.send(Ok(Response::SnapshotSaved { path: path.display().to_string(), index }), at);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "backup snapshot failed");
+                    b.responder.send(Err(ApiError::Internal(format!("backup failed: {e}"))), at);
+                }
+            }
+        }
     }
 
     fn backup(&self, config: Configuration) -> Result<(PathBuf, LogIndex), SmError> {

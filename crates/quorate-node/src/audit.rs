@@ -75,6 +75,7 @@ fn what_of(body: &Request) -> Option<What> {
         Request::DeleteRange { start, end } => what("delete_range", start, format!("end={}", key_text(end))),
         Request::OpenSession => what("open_session", &[], String::new()),
         Request::MemberAdd { id, addr } => what("member_add", &[], format!("id={id} addr={addr}")),
+        Request::MemberUpdate { id, addr } => what("member_update", &[], format!("id={id} addr={addr}")),
         Request::MemberPromote { id } => what("member_promote", &[], format!("id={id}")),
         Request::MemberRemove { id } => what("member_remove", &[], format!("id={id}")),
         Request::LeaderTransfer { to } => {

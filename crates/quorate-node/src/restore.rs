@@ -139,14 +139,46 @@ pub struct SnapshotInfo {
     pub records: u64,
     /// Client keys among them.
     pub keys: u64,
-    /// The member addresses recorded in the data (id → address).
+    /// The member addresses recorded in the data (id → address), at most
+    /// [`STATUS_ADDRESSES_MAX`] (the lowest ids), each as printable text
+    /// ([`printable_address`]: cut after [`quorate_api::limits::TEXT_BYTES_MAX`] bytes,
+    /// anything but printable ASCII escaped), so that a crafted file cannot write terminal
+    /// escapes or unbounded text to the operator's screen.
     pub addresses: BTreeMap<u64, String>,
+    /// Member address records beyond [`STATUS_ADDRESSES_MAX`], counted, not kept.
+    pub addresses_omitted: u64,
     /// CRC-32 of the data (the checksum the file's trailer carries, verified).
     pub data_crc32: u32,
 }
 
+/// Member addresses `quorate snapshot status` keeps and shows, at most (a state machine
+/// keeps the address of every member it ever had, up to this many are read at start too).
+pub const STATUS_ADDRESSES_MAX: usize = quorate_log::MEMBERS_MAX * 4;
+
+/// An address recorded in a snapshot as one line of printable text: printable ASCII (what a
+/// `host:port` is made of) as is, `\` as `\\`, every other byte as `\xNN`; cut after
+/// [`quorate_api::limits::TEXT_BYTES_MAX`] bytes with `...(N bytes)`.
+#[must_use]
+pub fn printable_address(bytes: &[u8]) -> String {
+    let max = quorate_api::limits::TEXT_BYTES_MAX;
+    let mut out = String::with_capacity(bytes.len().min(max));
+    for &b in bytes.iter().take(max) {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    if bytes.len() > max {
+        out.push_str(&format!("...({} bytes)", bytes.len()));
+    }
+    out
+}
+
 /// Reads a snapshot file offline and verifies it whole — header, metadata and data
-/// checksums, and the record framing — then says what it holds. Never changes the file.
+/// checksums, the record framing, and that the keys are in strictly ascending order (as the
+/// state machine writes them: a file whose keys go back or repeat was not written by a node)
+/// — then says what it holds, bounded ([`SnapshotInfo::addresses`]). Never changes the file.
 pub fn inspect(file: &Path) -> Result<SnapshotInfo, RestoreError> {
     let bad = |detail: String| RestoreError::Damaged { path: file.to_path_buf(), detail };
     let file_bytes =
@@ -155,17 +187,42 @@ pub fn inspect(file: &Path) -> Result<SnapshotInfo, RestoreError> {
     let meta = reader.meta().clone();
     let data_bytes = reader.data_len();
     let mut hashing = Crc32Reader { inner: reader, hasher: crc32fast::Hasher::new() };
-    let (mut keys, mut addresses) = (0u64, BTreeMap::new());
+    let (mut keys, mut addresses, mut addresses_omitted) = (0u64, BTreeMap::new(), 0u64);
+    let mut previous: Option<Vec<u8>> = None;
+    let mut record = 0u64;
     let records = sm::read_snapshot_data(&mut hashing, |k, v| {
+        record += 1;
+        if previous.as_ref().is_some_and(|p| k <= *p) {
+            return Err(SmError::Corrupt {
+                key: printable_address(&k[..k.len().min(64)]),
+                detail: format!("record {record}: its key is not after the previous record's (keys must ascend)"),
+            });
+        }
         if sm::is_kv_key(&k) {
             keys += 1;
-        } else if let Some((id, addr)) = sm::member_addr_of(&k, &v) {
-            addresses.insert(id, addr);
+        } else if sm::is_member_addr_key(&k) {
+            // Ids ascend with the keys, so the lowest ones are kept.
+            match sm::member_addr_of(&k, &[]) {
+                Some((id, _)) if addresses.len() < STATUS_ADDRESSES_MAX => {
+                    addresses.insert(id, printable_address(&v));
+                }
+                _ => addresses_omitted += 1,
+            }
         }
+        previous = Some(k);
         Ok(())
     })
     .map_err(|e| bad(format!("the data: {e}")))?;
-    Ok(SnapshotInfo { meta, file_bytes, data_bytes, records, keys, addresses, data_crc32: hashing.hasher.finalize() })
+    Ok(SnapshotInfo {
+        meta,
+        file_bytes,
+        data_bytes,
+        records,
+        keys,
+        addresses,
+        addresses_omitted,
+        data_crc32: hashing.hasher.finalize(),
+    })
 }
 
 /// Hashes what passes through.
@@ -257,13 +314,24 @@ fn restore_into(
         records += 1;
         Ok(())
     };
-    sm::read_snapshot_data(
-        &mut reader,
-        |k, v| if sm::is_member_addr_key(&k) { Ok(()) } else { put(&mut writer, &k, &v) },
-    )?;
+    // The new addresses go in key order among the others (they ascend with the ids), so that
+    // the file's keys ascend as a node writes them (they used to come last, after every key).
+    let mut addrs = Vec::new();
     for (&p, addr) in peers {
         let n = NodeId::new(p).ok_or_else(|| RestoreError::Members("node ids start at 1".into()))?;
-        let (k, v) = sm::member_addr_record(n, addr);
+        addrs.push(sm::member_addr_record(n, addr));
+    }
+    let mut addrs = addrs.into_iter().peekable();
+    sm::read_snapshot_data(&mut reader, |k, v| {
+        if sm::is_member_addr_key(&k) {
+            return Ok(());
+        }
+        while let Some((ak, av)) = addrs.next_if(|(ak, _)| *ak < k) {
+            put(&mut writer, &ak, &av)?;
+        }
+        put(&mut writer, &k, &v)
+    })?;
+    for (k, v) in addrs {
         put(&mut writer, &k, &v)?;
     }
     writer.finish()?;
@@ -345,11 +413,12 @@ mod tests {
     #[test]
     fn snapshot_status_reports_a_good_file() {
         let tmp = tempfile::tempdir().unwrap();
+        // In key order, as a node writes them.
         let pairs = vec![
-            (b"kuser/a".to_vec(), b"1".to_vec()),
-            (b"kuser/b".to_vec(), b"2".to_vec()),
             sm::member_addr_record(NodeId::new(1).unwrap(), "10.0.0.1:7001"),
             sm::member_addr_record(NodeId::new(2).unwrap(), "n2.example:7001"),
+            (b"kuser/a".to_vec(), b"1".to_vec()),
+            (b"kuser/b".to_vec(), b"2".to_vec()),
             (b"m/revision".to_vec(), 9u64.to_le_bytes().to_vec()),
         ];
         let (file, data) = file_of(tmp.path(), &pairs);
@@ -414,5 +483,83 @@ mod tests {
         // Missing file and a directory.
         assert!(matches!(inspect(&tmp.path().join("missing")), Err(RestoreError::Io { .. })));
         assert!(inspect(tmp.path()).is_err());
+    }
+
+    /// Found with the key-order check of `snapshot status`: a restore wrote the new member
+    /// addresses after every other record, so the restored store's snapshot file (the one it
+    /// sends to a follower) had keys out of order.
+    #[test]
+    fn a_restored_snapshot_keeps_its_keys_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = backup(tmp.path());
+        let data_dir = tmp.path().join("node-1");
+        let peers = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap();
+        restore(&file, &data_dir, 1, &peers).unwrap();
+        let store = RocksStore::open(data_dir.join(STORE_DIR), StoreOptions::default()).unwrap();
+        let files: Vec<PathBuf> = std::fs::read_dir(store.snapshot_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "qsnap"))
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let info = inspect(&files[0]).expect("the restored snapshot's keys ascend");
+        assert_eq!(info.records, 4, "two keys and two addresses");
+        assert_eq!(info.addresses.get(&2).map(String::as_str), Some("127.0.0.1:7002"));
+    }
+
+    /// Review of issue 21: `snapshot status` kept every address record of a file, whole, and
+    /// printed it as it was (a crafted file could send terminal escapes to the operator's
+    /// screen, or fill memory); the order of the keys was not checked.
+    #[test]
+    fn snapshot_status_of_crafted_files_is_bounded_escaped_and_checks_key_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = |id: u64| NodeId::new(id).unwrap();
+        // Terminal escapes (a window title, a colour, a bell), a bidi override, a backslash,
+        // bytes that are not UTF-8.
+        let evil = b"\x1b]0;owned\x07\x1b[31mred\xe2\x80\xaeevil\\ \xff:7001".to_vec();
+        let huge = vec![b'h'; 100_000];
+        let (file, _) = file_of(
+            tmp.path(),
+            &[
+                (sm::member_addr_record(node(1), "").0, evil),
+                (sm::member_addr_record(node(2), "").0, huge),
+                sm::member_addr_record(node(3), "10.0.0.3:7001"),
+            ],
+        );
+        let info = inspect(&file).unwrap();
+        let shown = &info.addresses[&1];
+        assert_eq!(shown, "\\x1b]0;owned\\x07\\x1b[31mred\\xe2\\x80\\xaeevil\\\\ \\xff:7001");
+        for a in info.addresses.values() {
+            assert!(a.bytes().all(|b| (0x20..=0x7e).contains(&b)), "printable ASCII only: {a:?}");
+        }
+        let cut = &info.addresses[&2];
+        assert!(cut.len() < quorate_api::limits::TEXT_BYTES_MAX + 32, "cut: {} bytes", cut.len());
+        assert!(cut.ends_with("...(100000 bytes)"), "{}", &cut[cut.len() - 40..]);
+        assert_eq!(info.addresses[&3], "10.0.0.3:7001");
+        assert_eq!(info.addresses_omitted, 0);
+
+        // Ten thousand address records: the lowest ids kept, the rest counted.
+        let many = tempfile::tempdir().unwrap();
+        let pairs: Vec<_> = (1..=10_000u64).map(|i| sm::member_addr_record(node(i), "10.0.0.1:7001")).collect();
+        let (file, _) = file_of(many.path(), &pairs);
+        let info = inspect(&file).unwrap();
+        assert_eq!(info.addresses.len(), STATUS_ADDRESSES_MAX);
+        assert_eq!(info.addresses.keys().next_back(), Some(&(STATUS_ADDRESSES_MAX as u64)));
+        assert_eq!(info.addresses_omitted, 10_000 - STATUS_ADDRESSES_MAX as u64);
+        assert_eq!(info.records, 10_000);
+
+        // Keys that go back, or repeat: refused, naming the record.
+        for (name, pairs) in [
+            ("back", vec![(b"kb".to_vec(), b"1".to_vec()), (b"ka".to_vec(), b"2".to_vec())]),
+            ("repeat", vec![(b"ka".to_vec(), b"1".to_vec()), (b"ka".to_vec(), b"2".to_vec())]),
+            ("prefix", vec![(b"kab".to_vec(), b"1".to_vec()), (b"ka".to_vec(), b"2".to_vec())]),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let (file, _) = file_of(d.path(), &pairs);
+            let e = inspect(&file).expect_err(name);
+            assert!(matches!(e, RestoreError::Damaged { .. }), "{name}: {e}");
+            let e = e.to_string();
+            assert!(e.contains("record 2") && e.contains("keys must ascend"), "{name}: {e}");
+        }
     }
 }

@@ -388,6 +388,13 @@ pub(crate) enum Event {
         resolved: Option<SocketAddr>,
         responder: Box<Responder>,
     },
+    /// The new address of a member being moved (`member update`) was resolved.
+    MemberUpdateResolved {
+        id: NodeId,
+        addr: String,
+        resolved: Option<SocketAddr>,
+        responder: Box<Responder>,
+    },
     Fatal(String),
 }
 
@@ -398,9 +405,21 @@ struct Persisted {
 }
 
 struct PendingRead {
-    req: ReadReq,
+    what: Confirming,
     responder: Responder,
     deadline: Instant,
+}
+
+/// What waits for a ReadIndex round (the leader's confirmation, by a quorum, that it is
+/// still leader, at the commit index it recorded).
+enum Confirming {
+    /// A client read, served once applied up to the confirmed index.
+    Read(ReadReq),
+    /// `snapshot save`: the backup is written only once the round confirmed this node's
+    /// leadership, at an applied index up to the confirmed one, so that it holds every write
+    /// acknowledged before the request, and a deposed leader writes none (review of issue 21:
+    /// the leader wrote it at once, and a stale leader's file was reported good).
+    Save(Configuration),
 }
 
 /// A snapshot transfer being received: from the leader `from` in `term`. The chunks go to a
@@ -1019,19 +1038,29 @@ impl Driver {
             }
             for r in rd.reads {
                 if let Some(p) = self.reads.remove(&r.id) {
-                    let msg = ApplyMsg::Read {
-                        index: r.index,
-                        req: p.req,
-                        responder: p.responder,
-                        staleness: None,
-                        deadline: p.deadline,
+                    let msg = match p.what {
+                        Confirming::Read(req) => ApplyMsg::Read {
+                            index: r.index,
+                            req,
+                            responder: p.responder,
+                            staleness: None,
+                            deadline: p.deadline,
+                        },
+                        Confirming::Save(config) => {
+                            ApplyMsg::Backup { config, index: r.index, responder: p.responder, deadline: p.deadline }
+                        }
                     };
                     self.apply_backlog.push(&self.apply_tx, msg).await?;
                 }
             }
             for f in rd.failed_reads {
                 if let Some(p) = self.reads.remove(&f.id) {
-                    let e = self.read_error(&f.error);
+                    let e = match p.what {
+                        // A save whose round failed was asked of a leader that no longer is:
+                        // NotLeader, so the client asks the leader it names.
+                        Confirming::Save(_) => self.leader_hint(),
+                        Confirming::Read(_) => self.read_error(&f.error),
+                    };
                     p.responder.send(Err(e), None);
                 }
             }
@@ -1108,6 +1137,9 @@ impl Driver {
             }
             Event::MemberAddrResolved { new, addr, resolved, responder } => {
                 self.member_addr_resolved(new, addr, resolved, *responder).await?;
+            }
+            Event::MemberUpdateResolved { id, addr, resolved, responder } => {
+                self.member_update_resolved(id, addr, resolved, *responder).await?;
             }
             Event::SnapshotSent(to, term) => {
                 crate::telemetry::snapshot_sent();
@@ -1483,11 +1515,32 @@ impl Driver {
         let now = self.now();
         match self.raft.read(now, id, level) {
             Ok(()) => {
-                self.reads.insert(id, PendingRead { req, responder, deadline });
+                self.reads.insert(id, PendingRead { what: Confirming::Read(req), responder, deadline });
             }
             Err(e) => responder.send(Err(self.read_error(&e)), None),
         }
         Ok(())
+    }
+
+    /// `snapshot save` on the leader: a ReadIndex round first ([`Confirming::Save`]); the
+    /// apply thread writes the backup once the round confirmed leadership and the state
+    /// machine reached the confirmed index. A round that fails (deposed, or no quorum within
+    /// the request's deadline) writes nothing.
+    fn confirm_then_save(&mut self, responder: Responder) {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let id = ReadId(self.next_read);
+        self.next_read += 1;
+        let now = self.now();
+        let config = self.raft.configuration().clone();
+        match self.raft.read(now, id, ReadLevel::Linearizable) {
+            Ok(()) => {
+                self.reads.insert(id, PendingRead { what: Confirming::Save(config), responder, deadline });
+            }
+            Err(ReadError::NotLeader { .. } | ReadError::NoLeader | ReadError::LeadershipLost) => {
+                responder.send(Err(self.leader_hint()), None);
+            }
+            Err(e) => responder.send(Err(self.read_error(&e)), None),
+        }
     }
 
     async fn on_request(&mut self, mut req: quorate_transport::Request<NodeMessage>) -> Result<(), ServerError> {
@@ -1592,6 +1645,10 @@ impl Driver {
                 Ok(())
             }
             Request::MemberAdd { id: new, addr } => self.member_add(new, addr, responder).await,
+            Request::MemberUpdate { id, addr } => {
+                self.member_update(id, addr, responder);
+                Ok(())
+            }
             Request::MemberPromote { id: n } => self.conf_change(ConfChange::Promote(n), responder).await,
             Request::MemberRemove { id: n } => self.conf_change(ConfChange::Remove(n), responder).await,
             Request::LeaderTransfer { to } => {
@@ -1608,8 +1665,8 @@ impl Driver {
                 Ok(())
             }
             Request::SnapshotSave => {
-                let config = self.raft.configuration().clone();
-                self.apply_backlog.push(&self.apply_tx, ApplyMsg::Backup { config, responder }).await
+                self.confirm_then_save(responder);
+                Ok(())
             }
             Request::Versions => {
                 responder.send(crate::versions::info(&self.shared), None);
@@ -1771,6 +1828,54 @@ impl Driver {
             return Ok(());
         }
         self.conf_change(ConfChange::AddLearner(new), responder).await
+    }
+
+    /// `member update`: leader only, from cluster version 2
+    /// ([`crate::versions::MEMBER_UPDATE_CLUSTER_VERSION`]), for a member of the
+    /// configuration; the new address is resolved off the driver (as `member add`'s) and the
+    /// change goes on in [`Driver::member_update_resolved`].
+    fn member_update(&mut self, id: NodeId, addr: String, responder: Responder) {
+        if self.raft.role() != Role::Leader {
+            responder.send(Err(self.leader_hint()), None);
+            return;
+        }
+        let gate = crate::versions::MEMBER_UPDATE_CLUSTER_VERSION;
+        if let Err(e) = crate::versions::require(&self.shared, gate, "member update") {
+            responder.send(Err(e), None);
+            return;
+        }
+        if !self.raft.configuration().members().any(|m| m == id) {
+            responder.send(Err(ApiError::Refused(format!("node {id} is not a member"))), None);
+            return;
+        }
+        let (events, failpoints) = (self.events_tx.clone(), self.failpoints.clone());
+        tokio::spawn(async move {
+            let resolved = resolve(&addr, &failpoints).await;
+            let responder = Box::new(responder);
+            let _ = events.send(Event::MemberUpdateResolved { id, addr, resolved, responder }).await;
+        });
+    }
+
+    /// The second half of [`Driver::member_update`]: the address goes through the log as
+    /// `SetMemberAddr`, which every replica applies by recording it and dialing the member
+    /// there (`Shared::learn_member_addr`); the client is answered once it is applied here.
+    async fn member_update_resolved(
+        &mut self,
+        id: NodeId,
+        addr: String,
+        resolved: Option<SocketAddr>,
+        responder: Responder,
+    ) -> Result<(), ServerError> {
+        if !self.raft.configuration().members().any(|m| m == id) {
+            responder.send(Err(ApiError::Refused(format!("node {id} is not a member"))), None);
+            return Ok(());
+        }
+        if resolved.is_none() {
+            responder.send(Err(ApiError::InvalidRequest(format!("cannot resolve address {addr:?}"))), None);
+            return Ok(());
+        }
+        // Leadership is checked again by `propose_write`.
+        self.propose_write(None, CommandOp::SetMemberAddr { id, addr }, responder).await
     }
 
     fn start_snapshot_send(&mut self, to: NodeId, meta: SnapshotMeta) {

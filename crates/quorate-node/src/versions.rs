@@ -86,6 +86,13 @@ pub(crate) fn check_finalize(shared: &Shared, version: u32) -> Result<(), ApiErr
     Ok(())
 }
 
+/// The cluster version from which `member update` (`Request::MemberUpdate`) is served. The
+/// command it proposes, `SetMemberAddr`, is 0.1.0's own, and a 0.1.0 replica applies it to a
+/// member it has by recording the address and dialing it there; but a 0.1.0 node cannot
+/// decode the request, and resolves a name once on its apply thread. So the feature waits
+/// for finalize, like every behaviour 0.2.0 adds.
+pub(crate) const MEMBER_UPDATE_CLUSTER_VERSION: u32 = 2;
+
 /// Refuses a request that needs cluster version `needed` before the cluster is finalized at it.
 pub(crate) fn require(shared: &Shared, needed: u32, what: &str) -> Result<(), ApiError> {
     let current = cluster_version(shared);

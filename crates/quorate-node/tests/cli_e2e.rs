@@ -231,8 +231,9 @@ fn endpoint_health_over_every_member(env: &Env, nodes: &mut Nodes) {
     let table = env.ok(&["endpoint", "health"]);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("ID  ADDRESS") && lines[0].contains("HEALTHY"), "{table}");
-    assert_eq!(lines.len(), 4, "{table}");
-    assert!(lines[1..].iter().all(|l| l.split_whitespace().nth(2) == Some("true")), "{table}");
+    assert_eq!(lines.len(), 5, "{table}");
+    assert!(lines[1..4].iter().all(|l| l.split_whitespace().nth(2) == Some("true")), "{table}");
+    assert_eq!(lines[4], "cluster: 3 of 3 voters healthy: quorum", "{table}");
     // Only node 1 given: the members come from the cluster.
     let first = env.endpoints.split(',').next().unwrap().to_string();
     let j = env.json(&["endpoint", "health", "--endpoints", &first]);
@@ -571,4 +572,152 @@ fn the_openssl_recipe_in_the_docs_makes_certificates_quorate_accepts() {
     );
     let e = load("client-bad").check_usable().unwrap_err();
     assert!(e.to_string().contains("not usable"), "{e}");
+}
+
+/// Review of issue 21, two findings shown on one cut-off leader. Node 3 has a 60 s election
+/// timeout (so, as leader, its check-quorum period is 60 s too): made leader and then left
+/// alone (nodes 1 and 2 killed), it goes on naming itself leader and answering status and
+/// health for the whole test, the position of a leader on the minority side of a partition.
+/// - `snapshot save` on it wrote the backup at once and reported it good (a stale leader's
+///   file, possibly missing acknowledged writes): now the save first confirms leadership with
+///   a quorum round at the save's index, which cannot complete, so the save fails and no file
+///   is written.
+/// - `endpoint health` called it healthy (it answers and names a leader): now healthy means
+///   a linearizable read through it, which it cannot serve; exit 5, no quorum.
+#[test]
+fn a_cut_off_leader_neither_saves_a_snapshot_nor_reports_healthy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let env = dev_cluster(tmp.path(), base);
+    let config = env.dir.join("node-3.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("election_timeout_ms = 1000"), "{text}");
+    std::fs::write(&config, text.replace("election_timeout_ms = 1000", "election_timeout_ms = 60000")).unwrap();
+    let mut nodes = start(&env.dir);
+    first_write(&env);
+    // Leadership to node 3, and a write through it, so that its term has a committed entry.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = env.cli(&["leader", "transfer", "--to", "3"]);
+        let status = env.json(&["cluster", "status"]);
+        let leader =
+            status["nodes"].as_array().unwrap().iter().find(|n| n["role"] == "leader").map(|n| n["id"].clone());
+        if leader == Some(Value::from(3)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 did not become leader: {status} {out:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    env.ok(&["kv", "put", "before-the-cut", "1"]);
+    // Before the cut: the save works, through node 3.
+    let only_3 = format!("3=127.0.0.1:{}", base + 2);
+    let saved = env.json(&["snapshot", "save", "--endpoints", &only_3]);
+    assert_eq!(saved["node"], 3, "{saved}");
+    let backups = env.dir.join("data").join("node-3").join("backups");
+    let files = || std::fs::read_dir(&backups).map(|d| d.count()).unwrap_or(0);
+    let before = files();
+    assert!(before >= 1, "{saved}");
+
+    for id in [1, 2] {
+        let child = &mut nodes.0[id - 1];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Node 3 still names itself leader (check-quorum has 60 s).
+    let out = env.cli(&["-o", "json", "cluster", "status", "--endpoints", &only_3, "--timeout", "3"]);
+    let st: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("cluster status printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let me = st["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 3).cloned().unwrap();
+    assert_eq!(me["role"], "leader", "{st}");
+
+    let out = env.cli(&["snapshot", "save", "--endpoints", &only_3, "--timeout", "3"]);
+    assert!(!out.status.success(), "a cut-off leader's save must fail: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(files(), before, "no backup file written by the cut-off leader");
+
+    let out = env.cli(&["-o", "json", "endpoint", "health", "--endpoints", &only_3, "--timeout", "3"]);
+    assert_eq!(out.status.code(), Some(5), "no quorum: {}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m3 = j["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).cloned().unwrap();
+    assert_eq!(m3["healthy"], false, "{j}");
+    assert_eq!(m3["leader"], 3, "it still names itself leader, and is not healthy: {j}");
+    assert!(m3["error"].as_str().unwrap().contains("no linearizable read"), "{j}");
+    assert_eq!(j["cluster"]["quorum"], false, "{j}");
+    assert_eq!(j["cluster"]["healthy_voters"], serde_json::json!([]), "{j}");
+    // Still nothing written after the save's quorum round has had time to fail.
+    assert_eq!(files(), before);
+}
+
+/// `member update ID --peer ADDR` (etcd's `member update`): refused before the cluster is
+/// finalized at version 2 (its gate), then, after finalize, node 3 moves to another port:
+/// the change goes through the log, node 3 restarts listening there, and the others reach it
+/// at its new address (it catches up on a write made while it was away).
+#[test]
+fn member_update_is_gated_then_moves_a_member_the_others_reach_at_its_new_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let env = dev_cluster(tmp.path(), base);
+    // An empty store directory: the nodes do not take themselves for a new cluster's first
+    // start, write no bootstrap marker, and stay at cluster version 1, as an upgraded
+    // cluster does until `cluster finalize`.
+    for id in 1..=3 {
+        std::fs::create_dir_all(env.dir.join("data").join(format!("node-{id}")).join("store")).unwrap();
+    }
+    let mut nodes = start(&env.dir);
+    first_write(&env);
+    let status = env.ok(&["cluster", "status"]);
+    assert!(status.contains("cluster version 1"), "{status}");
+    let moved = free_ports(1);
+    let new_addr = format!("127.0.0.1:{moved}");
+    let out = env.cli(&["member", "update", "3", "--peer", &new_addr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("needs cluster version 2"), "the gate: {stderr}");
+    let members = env.json(&["member", "list"]);
+    assert!(members.to_string().contains(&format!("127.0.0.1:{}", base + 2)), "unchanged: {members}");
+
+    env.ok(&["cluster", "finalize"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.ok(&["cluster", "status"]).contains("cluster version 2") {
+        assert!(Instant::now() < deadline, "finalize was not applied");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Node 3 stops; its address changes through the log (nodes 1 and 2 are a quorum).
+    let child = &mut nodes.0[2];
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = env.ok(&["member", "update", "3", "--peer", &new_addr]);
+    assert!(out.contains(&format!("node 3 is now reached at {new_addr}")), "{out}");
+    let members = env.json(&["member", "list"]);
+    let m3 = members["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).cloned().unwrap();
+    assert_eq!(m3["address"], new_addr.as_str(), "{members}");
+    env.ok(&["kv", "put", "moved", "yes"]);
+
+    // Node 3 comes back listening at its new address only.
+    let config = env.dir.join("node-3.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let old_addr = format!("127.0.0.1:{}", base + 2);
+    assert!(text.contains(&format!("listen = \"{old_addr}\"")), "{text}");
+    std::fs::write(&config, text.replace(&old_addr, &new_addr)).unwrap();
+    nodes.0[2] = spawn_node(&env.dir, 3);
+    // It catches up: the leader reaches it at the new address (a stale read is served by
+    // node 3 from its own state machine).
+    let only_3 = format!("3={new_addr}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = env.cli(&["kv", "get", "moved", "--consistency", "stale", "--endpoints", &only_3, "--timeout", "2"]);
+        if out.status.success() && out.stdout == b"yes\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not catch up at its new address: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And the whole cluster is healthy through it, with node 3 at its new address.
+    let endpoints = format!("1=127.0.0.1:{},2=127.0.0.1:{},{only_3}", base, base + 1);
+    let j = env.json(&["endpoint", "health", "--endpoints", &endpoints]);
+    assert_eq!(j["healthy"], true, "{j}");
 }

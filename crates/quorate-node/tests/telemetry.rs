@@ -484,3 +484,109 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     let (code, _) = env.get(survivor, "/livez").expect("livez");
     assert_eq!(code, 200, "the survivor is still live");
 }
+
+/// A collector that reads each request and then answers one byte every 20 ms, for ever (an
+/// endless header line): every socket read succeeds well within a socket timeout. Reports,
+/// per connection, how long the client stayed before it closed.
+fn trickling_collector() -> (SocketAddr, std::sync::mpsc::Receiver<Duration>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut s) = stream else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let accepted = Instant::now();
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut chunk = [0u8; 65536];
+                let _ = s.read(&mut chunk);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Slow: ");
+                // At most 60 s (3,000 bytes): the client closes long before, or the test fails.
+                for _ in 0..3_000 {
+                    if s.write_all(b"a").is_err() {
+                        let _ = tx.send(accepted.elapsed());
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Review of issue 21: an export was bounded per socket operation, so a collector that
+/// trickles its answer held the node's export thread for good (one export, never another).
+/// Now each export gives up at its deadline (`OTEL_EXPORTER_OTLP_TIMEOUT`), the next export
+/// opens a new connection, and the node serves writes throughout.
+#[test]
+fn a_trickling_collector_holds_no_export_past_its_deadline_and_the_node_keeps_serving() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cluster");
+    let port = procs::free_ports(1);
+    let env = Env { dir: dir.clone(), endpoints: format!("1=127.0.0.1:{port}"), metrics: Vec::new() };
+    let d = dir.to_string_lossy().into_owned();
+    env.ok(&["certs", "dev", "--dir", &d, "--cluster", "tele", "--nodes", "1", "--base-port", &port.to_string()]);
+    let (collector, held) = trickling_collector();
+    let log = std::fs::File::create(dir.join("node-1.log")).expect("log file");
+    let _node = Nodes(vec![
+        Command::new(BIN)
+            .args(["node", "start", "--config"])
+            .arg(dir.join("node-1.toml"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", "500")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn node"),
+    ]);
+    eventually(Duration::from_secs(30), "the first write", || {
+        env.cli(&["kv", "put", "k0", "v"]).status.success().then_some(())
+    });
+    // Writes go on while exports are held by the collector; each is served promptly.
+    for i in 1..=20 {
+        let start = Instant::now();
+        env.ok(&["kv", "put", &format!("k{i}"), "v"]);
+        assert!(start.elapsed() < Duration::from_secs(5), "write {i} took {:?}", start.elapsed());
+    }
+    // Two exports, one after the other (the first did not hold the thread), each given up at
+    // its deadline (500 ms; the collector notices the close within its next 20 ms write).
+    for n in 1..=2 {
+        let stayed = held.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            panic!(
+                "export {n} was not given up (the export thread is held): {}",
+                std::fs::read_to_string(dir.join("node-1.log")).unwrap_or_default()
+            )
+        });
+        assert!(stayed < Duration::from_millis(1_500), "export {n} held its connection for {stayed:?}");
+    }
+    assert_eq!(env.ok(&["kv", "get", "k20"]), "v\n");
+}
+
+/// Review of issue 21: `OTEL_BSP_MAX_QUEUE_SIZE` went to the SDK unchecked, and a queue of
+/// 10^15 spans is allocated at start (the process aborted). Now the node refuses to start
+/// and names the variable.
+#[test]
+fn a_huge_span_queue_is_refused_at_start_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cluster");
+    let port = procs::free_ports(1);
+    let env = Env { dir: dir.clone(), endpoints: format!("1=127.0.0.1:{port}"), metrics: Vec::new() };
+    let d = dir.to_string_lossy().into_owned();
+    env.ok(&["certs", "dev", "--dir", &d, "--cluster", "tele", "--nodes", "1", "--base-port", &port.to_string()]);
+    let out = Command::new(BIN)
+        .args(["node", "start", "--config"])
+        .arg(dir.join("node-1.toml"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "1000000000000000")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a clear refusal, not an abort: {stderr}");
+    assert!(stderr.contains("OTEL_BSP_MAX_QUEUE_SIZE") && stderr.contains("32768"), "{stderr}");
+}

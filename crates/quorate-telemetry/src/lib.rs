@@ -131,15 +131,77 @@ pub struct OtlpConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// A client certificate and its key (PEM) for a collector that asks for one.
     pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// Time allowed for one export request.
+    /// The deadline of one export: the name lookup, connect, TLS handshake, write and read of
+    /// the answer together (at most [`OTLP_TIMEOUT_MAX`]; a longer one is cut to it).
     pub timeout: std::time::Duration,
+    /// The batch span processor's queue, batch and delay (`OTEL_BSP_*`).
+    pub batch: BatchLimits,
+}
+
+/// The batch span processor's settings (the standard `OTEL_BSP_*` variables), each within
+/// its stated bounds: a span queue is allocated whole at start, so an unbounded size would
+/// abort the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchLimits {
+    /// Spans queued for export at most (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2,048, at most
+    /// [`BSP_QUEUE_SIZE_MAX`]); spans beyond it are dropped, never waited for.
+    pub queue_size: usize,
+    /// Spans per export at most (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512, at most the
+    /// queue size).
+    pub export_batch_size: usize,
+    /// Time between two exports (`OTEL_BSP_SCHEDULE_DELAY`, default 5 s, from
+    /// [`BSP_SCHEDULE_DELAY_MIN`] to [`BSP_SCHEDULE_DELAY_MAX`]).
+    pub schedule_delay: std::time::Duration,
+}
+
+/// The largest span queue (`OTEL_BSP_MAX_QUEUE_SIZE`): 32,768 spans, tens of MiB at most.
+pub const BSP_QUEUE_SIZE_MAX: usize = 32_768;
+/// The shortest delay between exports (`OTEL_BSP_SCHEDULE_DELAY`): the export thread wakes
+/// this often even with nothing to send.
+pub const BSP_SCHEDULE_DELAY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest delay between exports (`OTEL_BSP_SCHEDULE_DELAY`).
+pub const BSP_SCHEDULE_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Default for BatchLimits {
+    fn default() -> BatchLimits {
+        BatchLimits { queue_size: 2_048, export_batch_size: 512, schedule_delay: std::time::Duration::from_secs(5) }
+    }
+}
+
+impl BatchLimits {
+    /// These limits if each is within its bounds (a batch larger than the queue is cut to it).
+    ///
+    /// # Errors
+    /// A queue of 0 or more than [`BSP_QUEUE_SIZE_MAX`] spans, a batch of 0, a delay outside
+    /// [`BSP_SCHEDULE_DELAY_MIN`]..=[`BSP_SCHEDULE_DELAY_MAX`].
+    pub fn checked(self) -> Result<BatchLimits, TelemetryError> {
+        let bad = |what: &str| Err(TelemetryError::Otlp(format!("batch span processor: {what}")));
+        if !(1..=BSP_QUEUE_SIZE_MAX).contains(&self.queue_size) {
+            return bad(&format!("a queue of {} spans (1 to {BSP_QUEUE_SIZE_MAX})", self.queue_size));
+        }
+        if self.export_batch_size == 0 {
+            return bad("a batch of 0 spans");
+        }
+        if !(BSP_SCHEDULE_DELAY_MIN..=BSP_SCHEDULE_DELAY_MAX).contains(&self.schedule_delay) {
+            return bad(&format!(
+                "a delay of {:?} ({BSP_SCHEDULE_DELAY_MIN:?} to {BSP_SCHEDULE_DELAY_MAX:?})",
+                self.schedule_delay
+            ));
+        }
+        Ok(BatchLimits { export_batch_size: self.export_batch_size.min(self.queue_size), ..self })
+    }
 }
 
 /// The `service.name` every Quorate node exports under unless configured otherwise.
 pub const SERVICE_NAME_DEFAULT: &str = "quorate";
 
-/// The export timeout when none is configured.
+/// The export deadline when none is configured.
 pub const OTLP_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest export deadline (`OTEL_EXPORTER_OTLP_TIMEOUT`): an export holds the export
+/// thread (and, at shutdown, the node's exit) at most this long.
+pub const OTLP_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Which traces are kept (the standard `OTEL_TRACES_SAMPLER` values).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -191,6 +253,7 @@ impl OtlpConfig {
             ca_file: None,
             client_identity: None,
             timeout: OTLP_TIMEOUT_DEFAULT,
+            batch: BatchLimits::default(),
         }
     }
 
@@ -209,13 +272,18 @@ impl OtlpConfig {
     /// * `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`;
     /// * `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, else `OTEL_EXPORTER_OTLP_CERTIFICATE`; the
     ///   `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY` pairs likewise;
-    /// * `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (ms);
+    /// * `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, 1 to
+    ///   [`OTLP_TIMEOUT_MAX`]): the deadline of one export;
+    /// * `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`
+    ///   (ms) within the bounds of [`BatchLimits`]; `OTEL_BSP_EXPORT_TIMEOUT` (ms, 1 to
+    ///   [`OTLP_TIMEOUT_MAX`]) lowers the export deadline when set;
     /// * `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`: only
     ///   `http/protobuf` is supported.
     ///
     /// # Errors
     /// A value that is set but cannot be honoured (an unknown sampler or exporter, another
-    /// protocol, a bad number, a client certificate without its key).
+    /// protocol, a bad number or one outside its bounds, a client certificate without its
+    /// key); the message names the variable.
     pub fn from_env(
         endpoint: &str,
         service_name: &str,

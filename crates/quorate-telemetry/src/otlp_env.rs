@@ -3,7 +3,10 @@
 //! Pure: the caller passes the lookup, so tests give a map instead of the process's
 //! environment (which a test cannot change safely while other threads read it).
 
-use crate::{OtlpConfig, ParentRoot, SERVICE_NAME_DEFAULT, TelemetryError, TraceSampler};
+use crate::{
+    BSP_QUEUE_SIZE_MAX, BSP_SCHEDULE_DELAY_MAX, BSP_SCHEDULE_DELAY_MIN, OTLP_TIMEOUT_MAX, OtlpConfig, ParentRoot,
+    SERVICE_NAME_DEFAULT, TelemetryError, TraceSampler,
+};
 use std::time::Duration;
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -68,14 +71,37 @@ pub(crate) fn resolve(endpoint: &str, service_name: &str, env: Env<'_>) -> Resul
             return Err(bad(&var, &v, "a client certificate and its key are given together"));
         }
     }
+    let timeout_ms_max = OTLP_TIMEOUT_MAX.as_millis() as u64;
     if let Some((var, v)) = either(env, "TIMEOUT") {
-        let ms: u64 = v.trim().parse().map_err(|_| bad(&var, &v, "expected milliseconds"))?;
-        if ms == 0 {
-            return Err(bad(&var, &v, "must be at least 1 ms"));
-        }
-        c.timeout = Duration::from_millis(ms);
+        c.timeout = Duration::from_millis(number(&var, &v, 1, timeout_ms_max, "milliseconds")?);
+    }
+    if let Some(v) = env("OTEL_BSP_EXPORT_TIMEOUT") {
+        let ms = number("OTEL_BSP_EXPORT_TIMEOUT", &v, 1, timeout_ms_max, "milliseconds")?;
+        c.timeout = c.timeout.min(Duration::from_millis(ms));
+    }
+    if let Some(v) = env("OTEL_BSP_MAX_QUEUE_SIZE") {
+        c.batch.queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE", &v, 1, BSP_QUEUE_SIZE_MAX as u64, "spans")? as usize;
+        c.batch.export_batch_size = c.batch.export_batch_size.min(c.batch.queue_size);
+    }
+    if let Some(v) = env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        let most = c.batch.queue_size as u64;
+        c.batch.export_batch_size =
+            number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &v, 1, most, "spans (the queue size at most)")? as usize;
+    }
+    if let Some(v) = env("OTEL_BSP_SCHEDULE_DELAY") {
+        let (min, max) = (BSP_SCHEDULE_DELAY_MIN.as_millis() as u64, BSP_SCHEDULE_DELAY_MAX.as_millis() as u64);
+        c.batch.schedule_delay =
+            Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", &v, min, max, "milliseconds")?);
     }
     Ok(Some(c))
+}
+
+/// A whole number in `min..=max` (`what` says of what), or an error naming `var`.
+fn number(var: &str, value: &str, min: u64, max: u64, what: &str) -> Result<u64, TelemetryError> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(bad(var, value, &format!("expected {min} to {max} {what}"))),
+    }
 }
 
 fn sampler(env: Env<'_>) -> Result<TraceSampler, TelemetryError> {
@@ -227,5 +253,48 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(1500));
         assert!(with(&[("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/c.pem")]).is_err());
         assert!(with(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]).is_err());
+    }
+
+    /// Review of issue 21: the timeout was unbounded, and `OTEL_BSP_*` went to the SDK
+    /// unchecked (a queue of 10^15 spans is allocated at start: the process aborts).
+    #[test]
+    fn timeouts_and_batch_settings_are_bounded_and_a_bad_one_names_its_variable() {
+        let err = |vars: &[(&str, &str)]| with(vars).expect_err("refused").to_string();
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "86400000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "999999999"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "1000000000000000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "-1"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+        ] {
+            let e = err(&[(var, value)]);
+            assert!(e.contains(var) && e.contains("expected"), "{var}={value}: {e}");
+        }
+        let c = with(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "30000")]).unwrap().unwrap();
+        assert_eq!(c.timeout, OTLP_TIMEOUT_MAX, "the stated maximum itself is taken");
+        let c = with(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "9000"), ("OTEL_BSP_EXPORT_TIMEOUT", "2500")]).unwrap().unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(2500), "the lower of the two");
+        let c = with(&[("OTEL_BSP_MAX_QUEUE_SIZE", "100"), ("OTEL_BSP_SCHEDULE_DELAY", "250")]).unwrap().unwrap();
+        assert_eq!(
+            (c.batch.queue_size, c.batch.export_batch_size),
+            (100, 100),
+            "the default batch is cut to the queue"
+        );
+        assert_eq!(c.batch.schedule_delay, Duration::from_millis(250));
+        let c =
+            with(&[("OTEL_BSP_MAX_QUEUE_SIZE", "32768"), ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")]).unwrap().unwrap();
+        assert_eq!((c.batch.queue_size, c.batch.export_batch_size), (BSP_QUEUE_SIZE_MAX, 4096));
+        let defaults = with(&[]).unwrap().unwrap().batch;
+        assert_eq!(defaults, crate::BatchLimits::default());
+        assert_eq!(defaults.checked().unwrap(), defaults);
+        let mut huge = defaults;
+        huge.queue_size = usize::MAX;
+        assert!(huge.checked().is_err(), "a configuration built in code is checked too");
     }
 }

@@ -284,6 +284,14 @@ pub(crate) async fn member(conn: &ConnArgs, cmd: MemberCmd) -> anyhow::Result<Ou
                 writeln!(out, "node {id} at {addr} added as a learner; promote it with `quorate member promote {id}`")?;
             }
         }
+        MemberCmd::Update { id, peer } => {
+            client.member_update(node_id(id)?, peer.clone()).await?;
+            if as_json {
+                print_json(&json!({"updated": id, "address": peer.to_string()}))?;
+            } else {
+                writeln!(out, "node {id} is now reached at {peer}")?;
+            }
+        }
         MemberCmd::Promote { id } => {
             client.member_promote(node_id(id)?).await?;
             if as_json {

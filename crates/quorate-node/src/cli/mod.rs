@@ -288,6 +288,16 @@ pub(crate) enum MemberCmd {
         /// Its address (`host:port`).
         addr: quorate_transport::PeerAddr,
     },
+    /// Change the address a member is reached at (etcd's `member update`): through the log,
+    /// so every member dials it there once applied. Restart the member listening there (its
+    /// `listen`/`advertise`). Needs cluster version 2.
+    Update {
+        /// The member's id.
+        id: u64,
+        /// Its new peer address (`host:port`).
+        #[arg(long)]
+        peer: quorate_transport::PeerAddr,
+    },
     /// Make a learner a voter.
     Promote {
         /// The learner's id.

@@ -71,9 +71,10 @@ fn ids(set: &std::collections::BTreeSet<quorate_log::NodeId>) -> Vec<u64> {
 }
 
 /// `-o json`: `file`, `index`, `term`, `members` {`voters`, `voters_outgoing`, `learners`},
-/// `addresses` {id: address}, `file_bytes`, `data_bytes`, `records`, `keys`, `hash`
-/// (`crc32:` and 8 hex digits), `verified` (always true: a file that does not verify is an
-/// error).
+/// `addresses` {id: address} (at most `restore::STATUS_ADDRESSES_MAX`, escaped and cut as
+/// `restore::printable_address` says), `addresses_omitted` (address records beyond those),
+/// `file_bytes`, `data_bytes`, `records`, `keys`, `hash` (`crc32:` and 8 hex digits),
+/// `verified` (always true: a file that does not verify is an error).
 pub(crate) fn status_json(file: &Path, info: &restore::SnapshotInfo) -> serde_json::Value {
     let c = &info.meta.config;
     let addresses: serde_json::Map<String, serde_json::Value> =
@@ -88,6 +89,7 @@ pub(crate) fn status_json(file: &Path, info: &restore::SnapshotInfo) -> serde_js
             "learners": ids(&c.learners),
         },
         "addresses": addresses,
+        "addresses_omitted": info.addresses_omitted,
         "file_bytes": info.file_bytes,
         "data_bytes": info.data_bytes,
         "records": info.records,
@@ -99,11 +101,16 @@ pub(crate) fn status_json(file: &Path, info: &restore::SnapshotInfo) -> serde_js
 
 /// Two columns: what and its value.
 pub(crate) fn status_table(file: &Path, info: &restore::SnapshotInfo) -> String {
-    let addresses = if info.addresses.is_empty() {
+    // The addresses come escaped and bounded from `inspect`: nothing from the file reaches
+    // the terminal as a control byte.
+    let mut addresses = if info.addresses.is_empty() {
         "-".to_string()
     } else {
         info.addresses.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",")
     };
+    if info.addresses_omitted > 0 {
+        addresses.push_str(&format!(" (and {} more address records, not shown)", info.addresses_omitted));
+    }
     let rows = [
         ("FILE", file.display().to_string()),
         ("VERIFIED", "yes (header, metadata and data checksums, records)".to_string()),

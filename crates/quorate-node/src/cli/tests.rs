@@ -553,3 +553,15 @@ fn the_bash_completion_names_every_subcommand() {
         assert!(s.contains("endpoint") && s.contains("snapshot"), "{shell}: {}", &s[..s.len().min(200)]);
     }
 }
+
+#[test]
+fn member_update_takes_an_id_and_a_peer_address() {
+    let cli = parse(&["member", "update", "3", "--peer", "10.0.0.33:7003"]).unwrap();
+    let Command::Member(MemberCmd::Update { id, peer }) = cli.command else { panic!("not member update") };
+    assert_eq!((id, peer.to_string()), (3, "10.0.0.33:7003".to_string()));
+    let cli = parse(&["member", "update", "3", "--peer", "node-3.quorate.svc:7003"]).unwrap();
+    let Command::Member(MemberCmd::Update { peer, .. }) = cli.command else { panic!("not member update") };
+    assert_eq!(peer.to_string(), "node-3.quorate.svc:7003", "a name is kept as a name");
+    assert_eq!(parse(&["member", "update", "3"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    assert!(parse(&["member", "update", "3", "--peer", "no-port"]).is_err());
+}
