@@ -276,10 +276,19 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds `commit` in a worktree under `base` and copies its `quorate` to `bins`.
+/// Builds `commit` in a worktree under `base` and copies its `quorate` to `bins`, with a stamp
+/// naming the commit; a binary whose stamp names `commit` is used as it is (a release's commit
+/// never changes, and its build — RocksDB's C++ with the release's own features — takes ~20
+/// minutes in a target directory that does not hold it).
 fn build_release(base: &Path, version: &str, commit: &str, bins: &Path) -> Result<PathBuf> {
     let src = base.join(format!("src-{version}"));
     let out = bins.join(format!("quorate-{version}"));
+    let stamp = bins.join(format!("quorate-{version}.commit"));
+    if out.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == commit) {
+        println!("release {version}: {} was built from {commit}; not rebuilt", out.display());
+        return Ok(out);
+    }
+    let _ = std::fs::remove_file(&stamp);
     if !src.join("Cargo.toml").exists() {
         run(std::process::Command::new("git").args(["worktree", "add", "--detach", "--force"]).arg(&src).arg(commit))?;
     }
@@ -299,6 +308,7 @@ fn build_release(base: &Path, version: &str, commit: &str, bins: &Path) -> Resul
         "quorate",
     ]))?;
     copy_bin(&crate::cluster::target_dir().join(PROFILE).join("quorate"), &out)?;
+    std::fs::write(&stamp, format!("{commit}\n")).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(out)
 }
 

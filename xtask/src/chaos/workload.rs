@@ -517,7 +517,8 @@ mod tests {
         assert!(full_at <= h.now());
         // The run waiting on the history wakes at once.
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
-        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), h.filled()).await }).expect("filled");
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), h.filled()).await })
+            .expect("filled");
         let read = Operation::get(1, "k", 20, ReadCompletion::Returned { ret: 30, output: Some("a".into()) });
         let put = Operation::put(0, "k", "a", 10, Completion::Ok { ret: 40 });
         h.record(read.clone());
