@@ -69,9 +69,9 @@ impl std::fmt::Display for Step {
         match self {
             Step::Restart(n, Bin::New) => write!(f, "upgrade node {n} to the new binary"),
             Step::Restart(n, Bin::Old) => write!(f, "roll node {n} back to the old binary"),
-            Step::GatedRefused => write!(f, "delete-range refused before finalize"),
+            Step::GatedRefused => write!(f, "delete-range and member update refused before finalize"),
             Step::Finalize => write!(f, "quorate cluster finalize"),
-            Step::GatedWorks => write!(f, "delete-range works after finalize"),
+            Step::GatedWorks => write!(f, "delete-range and member update work after finalize"),
             Step::OldRefuses(n) => {
                 write!(f, "old binary refuses node {n}'s finalized data; node {n} back on the new one")
             }
@@ -219,7 +219,21 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
                 if out.status.success() || !err.contains("needs cluster version 2") {
                     Err(anyhow::anyhow!("delete-range was not refused before finalize: {}", err.trim()))
                 } else {
-                    Ok(format!("refused: {}", err.trim().lines().last().unwrap_or("")))
+                    // Node 2's own address: even applied, it would change nothing; it must be
+                    // refused all the same (a new node refuses by the gate, a 0.1.0 leader
+                    // cannot read the request).
+                    let peer = listen[&2].to_string();
+                    let out = cluster.quorate_to(&["member", "update", "2", "--peer", &peer], &endpoints)?;
+                    let update_err = crate::cluster::text(&out.stderr);
+                    if out.status.success() {
+                        Err(anyhow::anyhow!("member update was not refused before finalize"))
+                    } else {
+                        Ok(format!(
+                            "refused: {}; member update refused: {}",
+                            err.trim().lines().last().unwrap_or(""),
+                            update_err.trim().lines().last().unwrap_or("")
+                        ))
+                    }
                 }
             }
             Step::Finalize => {
@@ -236,10 +250,17 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
                 cluster.bin = new_bin.clone();
                 let out = cluster.quorate_to(&["kv", "del-range", "upgrade/gated-a", "upgrade/gated-z"], &endpoints)?;
                 let text = crate::cluster::text(&out.stdout) + &crate::cluster::text(&out.stderr);
-                if out.status.success() {
-                    Ok(format!("delete-range: {}", text.trim()))
-                } else {
+                if !out.status.success() {
                     Err(anyhow::anyhow!("delete-range failed after finalize: {}", text.trim()))
+                } else {
+                    let peer = listen[&2].to_string();
+                    let up = cluster.quorate_to(&["member", "update", "2", "--peer", &peer], &endpoints)?;
+                    let up_text = crate::cluster::text(&up.stdout) + &crate::cluster::text(&up.stderr);
+                    if up.status.success() {
+                        Ok(format!("delete-range: {}; member update: {}", text.trim(), up_text.trim()))
+                    } else {
+                        Err(anyhow::anyhow!("member update failed after finalize: {}", up_text.trim()))
+                    }
                 }
             }
             Step::OldRefuses(node) => old_refuses(&mut cluster, *node, &old_bin, &new_bin),
