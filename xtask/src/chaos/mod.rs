@@ -572,11 +572,6 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
             o.duration.as_secs(),
             workload::HISTORY_OPS_MAX
         )
-    } else if history.capped() {
-        format!(
-            "; history cap reached: the clients stopped issuing at {} operations (every issued one recorded and checked)",
-            workload::HISTORY_OPS_MAX
-        )
     } else {
         String::new()
     };

@@ -46,8 +46,6 @@ pub(crate) struct History {
     cap: usize,
     /// Operations the workload issued (reserved).
     reserved: AtomicUsize,
-    /// Whether a client found the history full.
-    capped: AtomicBool,
     /// History time at which the workload first found it full (`u64::MAX` before).
     full_at_ns: std::sync::atomic::AtomicU64,
     full: tokio::sync::Notify,
@@ -66,7 +64,6 @@ impl History {
             ops: Mutex::new(Vec::new()),
             cap,
             reserved: AtomicUsize::new(0),
-            capped: AtomicBool::new(false),
             full_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             full: tokio::sync::Notify::new(),
         }
@@ -87,7 +84,6 @@ impl History {
     fn reserve_within(&self, max: usize) -> bool {
         let taken = self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1));
         if taken.is_err() {
-            self.capped.store(true, Ordering::Relaxed);
             let first = self.full_at_ns.compare_exchange(u64::MAX, self.now(), Ordering::Relaxed, Ordering::Relaxed);
             if first.is_ok() {
                 self.full.notify_waiters();
@@ -111,11 +107,6 @@ impl History {
             }
             notified.await;
         }
-    }
-
-    /// Whether the workload reached the cap (stopped issuing before the run's end).
-    pub(crate) fn capped(&self) -> bool {
-        self.capped.load(Ordering::Relaxed)
     }
 
     /// The wall-clock time of history time 0, as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
@@ -512,7 +503,7 @@ mod tests {
         // B read has its write; a third operation is never issued.
         let h = History::with_cap(2);
         assert!(h.reserve() && h.reserve());
-        assert!(!h.reserve() && h.capped());
+        assert!(!h.reserve() && h.full_at_ns().is_some());
         let full_at = h.full_at_ns().expect("full");
         assert!(full_at <= h.now());
         // The run waiting on the history wakes at once.
