@@ -214,26 +214,43 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
             }
             Step::GatedRefused => {
                 cluster.bin = new_bin.clone();
-                let out = cluster.quorate_to(&["kv", "del-range", "chaos/", "chaos0"], &endpoints)?;
-                let err = crate::cluster::text(&out.stderr);
-                if out.status.success() || !err.contains("needs cluster version 2") {
-                    Err(anyhow::anyhow!("delete-range was not refused before finalize: {}", err.trim()))
-                } else {
-                    // Node 2's own address: even applied, it would change nothing; it must be
-                    // refused all the same (a new node refuses by the gate, a 0.1.0 leader
-                    // cannot read the request).
-                    let peer = listen[&2].to_string();
-                    let out = cluster.quorate_to(&["member", "update", "2", "--peer", &peer], &endpoints)?;
-                    let update_err = crate::cluster::text(&out.stderr);
-                    if out.status.success() {
-                        Err(anyhow::anyhow!("member update was not refused before finalize"))
-                    } else {
-                        Ok(format!(
-                            "refused: {}; member update refused: {}",
-                            err.trim().lines().last().unwrap_or(""),
-                            update_err.trim().lines().last().unwrap_or("")
-                        ))
+                // Each gated request, through every endpoint (whichever node answers) and
+                // through a node still on the old binary alone, must be refused in the gate's
+                // words: a new node refuses by the gate; a client does not send such a request
+                // to a 0.1.0 node (it cannot decode it and would drop the stream, leaving the
+                // outcome unknown). Node 2's own address: even applied, the update would change
+                // nothing.
+                let old_node = on.iter().find(|(_, b)| **b == Bin::Old).map(|(n, _)| *n);
+                let old_only = old_node.map(|n| format!("{n}={}", listen[&n]));
+                let peer = listen[&2].to_string();
+                let tries: [(&str, Vec<&str>); 2] = [
+                    ("delete-range", vec!["kv", "del-range", "chaos/", "chaos0"]),
+                    ("member update", vec!["member", "update", "2", "--peer", &peer]),
+                ];
+                let mut seen = Vec::new();
+                let mut failed = None;
+                for (what, args) in &tries {
+                    for (via, eps) in [("every endpoint", Some(&endpoints)), ("the old node", old_only.as_ref())] {
+                        let Some(eps) = eps else { continue };
+                        let out = cluster.quorate_to(args, eps)?;
+                        let err = crate::cluster::text(&out.stderr);
+                        let words = format!("{what} needs cluster version 2");
+                        if out.status.success() || !err.contains(&words) {
+                            failed.get_or_insert_with(|| {
+                                anyhow::anyhow!(
+                                    "{what} via {via} was not refused by the gate before finalize: {}",
+                                    err.trim()
+                                )
+                            });
+                        } else {
+                            seen.push(format!("{what} via {via}"));
+                        }
                     }
+                }
+                match failed {
+                    Some(e) => Err(e),
+                    None if old_node.is_none() => Err(anyhow::anyhow!("no node on the old binary at this step")),
+                    None => Ok(format!("refused by the gate: {}", seen.join(", "))),
                 }
             }
             Step::Finalize => {
