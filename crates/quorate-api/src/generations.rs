@@ -12,9 +12,14 @@
 //!   [`ApiError::InvalidRequest`]);
 //! * the paged reads [`Request::ScanPaged`](crate::Request::ScanPaged) and
 //!   [`Request::TxnPaged`](crate::Request::TxnPaged) are sent on `quorate/2` connections only
-//!   (a 0.1.0 node cannot decode them); a client speaks plain `Scan` and `Txn` to a 0.1.0 node.
+//!   (a 0.1.0 node cannot decode them); a client speaks plain `Scan` and `Txn` to a 0.1.0 node;
+//! * every other request 0.1.0 cannot decode is never sent on a `quorate/1` connection: a 0.1.0
+//!   node would close the stream, which a client can only report as an unknown outcome.
+//!   [`Request::refusal_at_generation`] gives the error a client answers with instead (for a
+//!   request gated on the cluster version, the gate's own words: a node that speaks `quorate/1`
+//!   is proof that the cluster is not finalized).
 
-use crate::{ApiError, ClientRequest, ClientResponse};
+use crate::{ApiError, CLUSTER_VERSION_INITIAL, ClientRequest, ClientResponse, Request};
 use serde::{Deserialize, Serialize};
 
 /// The first protocol generation (`quorate/1`, Quorate 0.1.0).
@@ -68,5 +73,65 @@ impl ClientResponse {
     #[must_use]
     pub fn for_generation(self, generation: u8) -> ClientResponse {
         ClientResponse { id: self.id, result: self.result.map_err(|e| e.for_generation(generation)) }
+    }
+}
+
+/// The refusal of a request gated on cluster version `needed` while the cluster is at
+/// `current`: the same words wherever it is refused (a node's gate, apply, or a client that
+/// will not send the request to a 0.1.0 node).
+#[must_use]
+pub fn cluster_version_refusal(what: &str, needed: u32, current: u32) -> ApiError {
+    ApiError::InvalidRequest(format!(
+        "{what} needs cluster version {needed}, the cluster is at {current}: upgrade every node, then run \
+         `quorate cluster finalize`"
+    ))
+}
+
+impl Request {
+    /// Why this request must not be sent on a connection of protocol `generation`, as the
+    /// error the caller gets instead; `None` when a node of that generation decodes it.
+    ///
+    /// Before generation 2 (a 0.1.0 node) that is every request added since 0.1.0. The paged
+    /// reads are listed too, but a client sends them to a 0.1.0 node as the whole `Scan` and
+    /// `Txn` it knows (see the module documentation) and never reaches this refusal with them.
+    #[must_use]
+    pub fn refusal_at_generation(&self, generation: u8) -> Option<ApiError> {
+        if generation >= PROTOCOL_GENERATION_2 {
+            return None;
+        }
+        // Every variant by name, so that a new request must say whether 0.1.0 decodes it.
+        let missing = match self {
+            Request::Put { .. }
+            | Request::Get { .. }
+            | Request::Delete { .. }
+            | Request::Cas { .. }
+            | Request::Scan { .. }
+            | Request::Txn(_)
+            | Request::Status
+            | Request::MemberList
+            | Request::MemberAdd { .. }
+            | Request::MemberPromote { .. }
+            | Request::MemberRemove { .. }
+            | Request::LeaderTransfer { .. }
+            | Request::SnapshotSave
+            | Request::OpenSession => return None,
+            // Gated on cluster version 2: a quorate/1 node means the cluster is still at 1.
+            Request::DeleteRange { .. } => {
+                return Some(cluster_version_refusal("delete-range", 2, CLUSTER_VERSION_INITIAL));
+            }
+            Request::MemberUpdate { .. } => {
+                return Some(cluster_version_refusal("member update", 2, CLUSTER_VERSION_INITIAL));
+            }
+            Request::Versions => "versions",
+            Request::Finalize { .. } => "finalize",
+            Request::FlightDump => "flight dump",
+            Request::ScanPaged { .. } => "paged scan",
+            Request::TxnPaged { .. } => "paged transaction",
+            Request::Health => "health",
+        };
+        Some(ApiError::InvalidRequest(format!(
+            "this node runs Quorate 0.1.0 (protocol quorate/1), which has no `{missing}` request: the request \
+             was not sent; upgrade the node first"
+        )))
     }
 }

@@ -114,3 +114,73 @@ fn every_error_sent_to_a_quorate_1_client_is_a_0_1_0_variant() {
         assert_eq!(unchanged, error);
     }
 }
+
+/// The `Request` variants of 0.1.0 (tag v0.1.0: `Put` .. `OpenSession`), in order: postcard
+/// encodes a variant as its index, and a 0.1.0 node decodes indexes 0..=13 only.
+const REQUEST_VARIANTS_0_1_0: u8 = 14;
+
+fn every_request() -> Vec<Request> {
+    let k = || b"k".to_vec();
+    let requests = vec![
+        Request::Put { key: k(), value: k() },
+        Request::Get { key: k(), read: ReadConsistency::Linearizable },
+        Request::Delete { key: k() },
+        Request::Cas { key: k(), expected: None, value: k() },
+        Request::Scan { start: k(), end: None, limit: 1, read: ReadConsistency::Stale },
+        Request::Txn(Txn { compare: vec![], success: vec![], failure: vec![] }),
+        Request::Status,
+        Request::MemberList,
+        Request::MemberAdd { id: quorate_log::NodeId::new(4).expect("id"), addr: "a:1".into() },
+        Request::MemberPromote { id: quorate_log::NodeId::new(4).expect("id") },
+        Request::MemberRemove { id: quorate_log::NodeId::new(4).expect("id") },
+        Request::LeaderTransfer { to: None },
+        Request::SnapshotSave,
+        Request::OpenSession,
+        Request::Versions,
+        Request::Finalize { version: 2 },
+        Request::DeleteRange { start: k(), end: k() },
+        Request::FlightDump,
+        Request::ScanPaged { start: k(), end: None, limit: 1, read: ReadConsistency::Linearizable },
+        Request::TxnPaged { txn: Txn { compare: vec![], success: vec![], failure: vec![] }, from: 0, revision: None },
+        Request::Health,
+        Request::MemberUpdate { id: quorate_log::NodeId::new(4).expect("id"), addr: "a:1".into() },
+    ];
+    // The list is every variant, in order: its variant indexes are 0, 1, 2, ...
+    for (i, r) in requests.iter().enumerate() {
+        assert_eq!(variant_index(r), i as u8, "{r:?} out of place");
+    }
+    requests
+}
+
+/// The postcard variant index of `body` in a request with id 42 and no session.
+fn variant_index(body: &Request) -> u8 {
+    let bytes = encode(&NodeMessage::Request(ClientRequest { id: 42, session: None, body: body.clone() }));
+    assert_eq!(&bytes[..2], &[42, 0]);
+    bytes[2]
+}
+
+#[test]
+fn a_client_refuses_to_send_a_0_1_0_node_exactly_what_0_1_0_cannot_decode() {
+    let requests = every_request();
+    let mut refused = 0;
+    for r in &requests {
+        assert_eq!(r.refusal_at_generation(PROTOCOL_GENERATION_2), None, "{r:?} goes to quorate/2 nodes");
+        let old = r.refusal_at_generation(PROTOCOL_GENERATION_1);
+        assert_eq!(old.is_some(), variant_index(r) >= REQUEST_VARIANTS_0_1_0, "{r:?}: {old:?}");
+        if let Some(e) = old {
+            refused += 1;
+            let ApiError::InvalidRequest(text) = e else { panic!("{r:?}: {e:?} is not a refusal") };
+            assert!(!text.is_empty());
+        }
+    }
+    assert_eq!(refused, requests.len() - usize::from(REQUEST_VARIANTS_0_1_0));
+    // The requests gated on cluster version 2 are refused in the gate's words: a node that
+    // speaks quorate/1 means the cluster is not finalized.
+    let gate = |r: Request| r.refusal_at_generation(PROTOCOL_GENERATION_1).map(|e| e.to_string()).unwrap_or_default();
+    let delete_range = gate(Request::DeleteRange { start: vec![], end: vec![] });
+    assert_eq!(delete_range, cluster_version_refusal("delete-range", 2, 1).to_string());
+    assert!(delete_range.contains("needs cluster version 2, the cluster is at 1"), "{delete_range}");
+    let update = gate(Request::MemberUpdate { id: quorate_log::NodeId::new(2).expect("id"), addr: "h:1".into() });
+    assert!(update.contains("member update needs cluster version 2"), "{update}");
+    assert!(gate(Request::Health).contains("Quorate 0.1.0"));
+}

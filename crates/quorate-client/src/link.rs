@@ -155,6 +155,12 @@ impl Link for QuicLink {
         let generation = conn.protocol_generation();
         // A 0.1.0 node (quorate/1) answers whole scans and transactions, not pages.
         let (request, paged) = if generation < PROTOCOL_GENERATION_2 { unpaged(request) } else { (request, None) };
+        // Anything else 0.1.0 cannot decode is not sent: it would close the stream, and the
+        // caller would learn only that the outcome is unknown. The refusal comes back as the
+        // node's answer (nothing was sent, so nothing can have been applied).
+        if let Some(refusal) = request.body.refusal_at_generation(generation) {
+            return Ok(ClientResponse { id, result: Err(refusal) });
+        }
         // A retry says so where the node can decode it (quorate/2); a 0.1.0 node gets the
         // request as 0.1.0 sent it. First tries are plain requests either way.
         let message = if attempt > 0 && generation >= PROTOCOL_GENERATION_2 {

@@ -515,10 +515,7 @@ pub fn apply_entry<R: SmRead + ?Sized>(
 /// The answer to a command gated on a cluster version the cluster has not reached: what a
 /// 0.1.0 replica answers too (it cannot decode the command), and nothing changes.
 fn gated(what: &str, needed: u32, cv: u32) -> ApiError {
-    ApiError::InvalidRequest(format!(
-        "{what} needs cluster version {needed}, the cluster is at {cv}: upgrade every node, then run `quorate cluster \
-         finalize`"
-    ))
+    quorate_api::cluster_version_refusal(what, needed, cv)
 }
 
 /// Applies one decoded command at `index`. Every outcome but a store failure (or a cluster

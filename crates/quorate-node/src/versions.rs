@@ -97,10 +97,7 @@ pub(crate) const MEMBER_UPDATE_CLUSTER_VERSION: u32 = 2;
 pub(crate) fn require(shared: &Shared, needed: u32, what: &str) -> Result<(), ApiError> {
     let current = cluster_version(shared);
     if current < needed {
-        return Err(ApiError::InvalidRequest(format!(
-            "{what} needs cluster version {needed}, the cluster is at {current}: upgrade every node, then run \
-             `quorate cluster finalize`"
-        )));
+        return Err(quorate_api::cluster_version_refusal(what, needed, current));
     }
     Ok(())
 }
