@@ -255,6 +255,14 @@ mod tests {
     }
 
     #[test]
+    fn answers_from_the_session_cache_are_said_so() {
+        assert_eq!((Answered::Normally.cached(), Answered::Normally.text()), (false, "normally"));
+        assert!(Answered::FromCacheAtApply.cached() && Answered::FromCacheNotProposed.cached());
+        assert!(!Answered::FromTableNotProposed.cached(), "an older sequence number is refused, not cached");
+        assert_eq!(Answered::FromCacheNotProposed.text(), "from the session cache, not proposed");
+    }
+
+    #[test]
     fn results_are_named_by_kind() {
         assert_eq!(result_kind(&Ok(Response::Done)), "ok");
         assert_eq!(result_kind(&Err(ApiError::Timeout)), "timeout");

@@ -494,12 +494,16 @@ impl ApplyOutcome {
     }
 }
 
+/// An answer from a session's table without applying: the result, and whether it is the
+/// cached result of the session's last sequence number (else the refusal of an older one).
+pub type ReplayAnswer = (Result<Response, ApiError>, bool);
+
 /// What a write at sequence number `seq` gets from a principal-bound session `rec` (its
 /// owner's, live) without being applied: the cached result for the session's last sequence
 /// number (`cached`), an error for an older one; `None` for a newer one (to apply). One
 /// function for apply and for the answer before proposing ([`replay_answer`]), so that both
 /// say the same.
-fn owned_replay(rec: &OwnedSessionRecord, seq: u64) -> Option<(Result<Response, ApiError>, bool)> {
+fn owned_replay(rec: &OwnedSessionRecord, seq: u64) -> Option<ReplayAnswer> {
     if seq == rec.last_seq {
         let result = rec
             .result
@@ -536,7 +540,7 @@ pub fn replay_answer(
     seq: u64,
     principal: &str,
     now_ms: u64,
-) -> Result<Option<(Result<Response, ApiError>, bool)>, SmError> {
+) -> Result<Option<ReplayAnswer>, SmError> {
     let pk = owned_session_key(session);
     let Some(bytes) = r.sm_get(&pk)? else { return Ok(None) };
     let rec: OwnedSessionRecord = decode(&pk, &bytes)?;
