@@ -652,6 +652,10 @@ impl Applier {
                         if let Some((node, addr)) = o.member_addr {
                             self.shared.learn_member_addr(node, addr);
                         }
+                        if let Some(s) = &o.in_session {
+                            // Stored: replays of it may be answered before proposing.
+                            self.shared.replays.applied(s.session.0, &s.principal, s.last_seq);
+                        }
                         if let Some(version) = o.cluster_version {
                             self.shared.cluster_version.raise(version);
                             crate::versions::sync_format(&self.shared.store)?;
@@ -678,7 +682,7 @@ impl Applier {
             let mut w = entry.remove();
             if index == id.index && w.term == id.term {
                 if cached {
-                    w.responder.mark_cached();
+                    w.responder.mark_answered(crate::audit::Answered::FromCacheAtApply);
                 }
                 w.responder.send(result.clone(), Some(id));
             } else {

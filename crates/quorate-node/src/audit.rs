@@ -2,8 +2,10 @@
 //! target [`crate::server::AUDIT_TARGET`] (`quorate::audit`): who (principal and role), what
 //! (`op`, a bounded, escaped `key`, a short `detail`), the `session` and `seq` the write was
 //! sent in (0 for none), whether the answer came from the session's cache (`cached`: a retry,
-//! not applied again), the `result` (`ok` or the error's kind, with the error text), and the
-//! `term`/`index` of the log entry when known (0 otherwise).
+//! not applied again) and where it came from (`answered`: [`Answered`]; a replay answered
+//! before proposing says `"from the session cache, not proposed"`), the `result` (`ok` or the
+//! error's kind, with the error text), and the `term`/`index` of the log entry when known (0
+//! otherwise).
 //!
 //! Cost is bounded: no value bytes are logged, a key is cut at [`AUDIT_KEY_BYTES_MAX`] bytes
 //! (its full length is said), and details and error texts at [`AUDIT_TEXT_CHARS_MAX`]
@@ -132,13 +134,46 @@ pub(crate) fn result_kind(result: &Result<Response, ApiError>) -> &'static str {
     }
 }
 
-/// Writes the audit event of an answered request; `cached`: answered from the session's cache.
+/// Where an answer came from (the `answered` field of its audit event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answered {
+    /// As any request: applied, refused, or failed (`"normally"`).
+    Normally,
+    /// A retry of the session's last sequence number met at apply, answered with the original
+    /// result and not applied again (`"from the session cache, at apply"`).
+    FromCacheAtApply,
+    /// A replay of the session's last applied sequence number, answered with the original
+    /// result before anything was proposed (`"from the session cache, not proposed"`).
+    FromCacheNotProposed,
+    /// A replay of an older sequence number than the session's last, refused before anything
+    /// was proposed, as apply refuses it (`"from the session table, not proposed"`).
+    FromTableNotProposed,
+}
+
+impl Answered {
+    /// The answer is the cached result of the session's last sequence number.
+    pub(crate) fn cached(self) -> bool {
+        matches!(self, Answered::FromCacheAtApply | Answered::FromCacheNotProposed)
+    }
+
+    /// The `answered` field.
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Answered::Normally => "normally",
+            Answered::FromCacheAtApply => "from the session cache, at apply",
+            Answered::FromCacheNotProposed => "from the session cache, not proposed",
+            Answered::FromTableNotProposed => "from the session table, not proposed",
+        }
+    }
+}
+
+/// Writes the audit event of an answered request, `answered` as it says.
 pub(crate) fn emit(
     from: &ClientIdentity,
     what: &What,
     result: &Result<Response, ApiError>,
     at: Option<EntryId>,
-    cached: bool,
+    answered: Answered,
 ) {
     let (term, index) = at.map_or((0, 0), |a| (a.term.0, a.index.0));
     let (session, seq) = match (what.session, result) {
@@ -160,7 +195,8 @@ pub(crate) fn emit(
         detail = %what.detail,
         session,
         seq,
-        cached,
+        cached = answered.cached(),
+        answered = answered.text(),
         result = result_kind(result),
         error = %error,
         term,
@@ -216,6 +252,14 @@ mod tests {
         // A long address in a detail is cut too.
         let add = Request::MemberAdd { id: NodeId::new(4).expect("id"), addr: "x".repeat(5000) };
         assert!(what_of(&add).expect("admin").detail.len() <= AUDIT_TEXT_CHARS_MAX + 3);
+    }
+
+    #[test]
+    fn answers_from_the_session_cache_are_said_so() {
+        assert_eq!((Answered::Normally.cached(), Answered::Normally.text()), (false, "normally"));
+        assert!(Answered::FromCacheAtApply.cached() && Answered::FromCacheNotProposed.cached());
+        assert!(!Answered::FromTableNotProposed.cached(), "an older sequence number is refused, not cached");
+        assert_eq!(Answered::FromCacheNotProposed.text(), "from the session cache, not proposed");
     }
 
     #[test]

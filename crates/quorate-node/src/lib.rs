@@ -25,6 +25,7 @@ pub use quorate_config as config;
 mod hash_exchange;
 mod invariants;
 pub mod recover;
+mod replays;
 pub mod restore;
 pub mod server;
 pub mod sm;

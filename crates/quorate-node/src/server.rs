@@ -159,6 +159,9 @@ pub(crate) struct Shared {
     pub(crate) response_write_timeout: Duration,
     /// Injected faults (off unless `limits.danger_failpoints`).
     pub(crate) failpoints: crate::failpoints::Failpoints,
+    /// Which session writes may replay applied ones (filled by the apply thread; see
+    /// [`crate::replays`]).
+    pub(crate) replays: crate::replays::ReplayHints,
 }
 
 impl Shared {
@@ -241,6 +244,16 @@ fn session_nonce() -> u64 {
     u64::from_le_bytes(bytes).max(1)
 }
 
+/// A write that goes into its session's table when applied (from cluster version 2 the leader
+/// wraps it into `ByPrincipal`): the kind of request a replay can be.
+fn is_session_write(body: &Request) -> bool {
+    match body {
+        Request::Put { .. } | Request::Delete { .. } | Request::Cas { .. } | Request::DeleteRange { .. } => true,
+        Request::Txn(t) => !t.is_read_only(),
+        _ => false,
+    }
+}
+
 /// Counts a request in flight until dropped.
 pub(crate) struct InflightGuard(Arc<AtomicUsize>);
 
@@ -281,8 +294,8 @@ pub(crate) struct Responder {
     writes: bool,
     /// Longest wait for the client to take the answer.
     write_timeout: Duration,
-    /// The result came from the session's cache (audited).
-    cached: bool,
+    /// Where the answer came from (audited).
+    answered: crate::audit::Answered,
 }
 
 impl Responder {
@@ -295,7 +308,17 @@ impl Responder {
         writes: bool,
         write_timeout: Duration,
     ) -> Responder {
-        Responder { req, id, handle, audit, guard: None, ticket: None, writes, write_timeout, cached: false }
+        Responder {
+            req,
+            id,
+            handle,
+            audit,
+            guard: None,
+            ticket: None,
+            writes,
+            write_timeout,
+            answered: crate::audit::Answered::Normally,
+        }
     }
 
     /// The principal of the client certificate that sent the request.
@@ -303,9 +326,10 @@ impl Responder {
         self.req.from.principal.as_str()
     }
 
-    /// The answer comes from the session's cache (a retry): said so in the audit event.
-    pub(crate) fn mark_cached(&mut self) {
-        self.cached = true;
+    /// Where the answer comes from (a retry answered from the session's cache): said so in
+    /// the audit event.
+    pub(crate) fn mark_answered(&mut self, answered: crate::audit::Answered) {
+        self.answered = answered;
     }
 
     pub(crate) fn send(mut self, result: Result<Response, ApiError>, at: Option<EntryId>) {
@@ -333,7 +357,7 @@ impl Responder {
             t.answered(&response.result, bytes as u64);
         }
         if let Some(what) = &self.audit {
-            crate::audit::emit(&self.req.from, what, &response.result, at, self.cached);
+            crate::audit::emit(&self.req.from, what, &response.result, at, self.answered);
         }
         let Responder { req, handle, guard, ticket, write_timeout, .. } = self;
         handle.spawn(async move {
@@ -374,6 +398,13 @@ pub(crate) enum Event {
     SnapshotSendFailed(NodeId, Term),
     /// A snapshot stream started in this term completed.
     SnapshotSent(NodeId, Term),
+    /// A session write that looked like a replay was not one the session table answers
+    /// ([`Driver::answer_replay`]): handle it as any request now.
+    NotReplay {
+        session: quorate_api::Sequenced,
+        body: Request,
+        responder: Box<Responder>,
+    },
     /// A writing transaction that reads was bounded off the driver and may fit its answer:
     /// propose it now ([`Driver::bound_then_propose`]).
     TxnBounded {
@@ -718,6 +749,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         telemetry: telemetry.clone(),
         response_write_timeout: Duration::from_millis(config.limits.response_write_timeout_ms),
         failpoints: failpoints.clone(),
+        replays: crate::replays::ReplayHints::default(),
     });
     crate::versions::sync_transport(&shared);
 
@@ -1131,6 +1163,9 @@ impl Driver {
                     self.sending.remove(&to);
                     self.raft.snapshot_send_failed(now, to);
                 }
+            }
+            Event::NotReplay { session, body, responder } => {
+                self.dispatch(Some(session), body, *responder).await?;
             }
             Event::TxnBounded { session, txn, responder } => {
                 self.propose_write(session, CommandOp::Txn(txn), *responder).await?;
@@ -1604,6 +1639,60 @@ impl Driver {
             return Ok(());
         }
         responder.guard = Some(InflightGuard::new(&self.shared.inflight));
+        // A replay of a write its session has applied is answered from the session table, on
+        // any member, without a proposal ([`crate::replays`]).
+        if let Some(s) = session
+            && is_session_write(&body)
+            && self.shared.replays.may_be_replay(s.session.0, responder.principal(), s.seq)
+        {
+            self.answer_replay(s, body, responder);
+            return Ok(());
+        }
+        self.dispatch(session, body, responder).await
+    }
+
+    /// A write that may replay one its session applied (the hints say so): the session's
+    /// record is read on a blocking thread, never the driver, and decides alone
+    /// ([`crate::sm::replay_answer`]). A replay is answered there, with the answer applying
+    /// it would give, audited as answered from the session cache and counted in
+    /// `quorate_session_replays_answered_total`; anything else comes back to the driver as
+    /// [`Event::NotReplay`] and is handled as if it had just arrived (proposed on the leader,
+    /// `NotLeader` elsewhere, refused by apply if the session is not the principal's).
+    fn answer_replay(&self, s: quorate_api::Sequenced, body: Request, mut responder: Responder) {
+        let (shared, events) = (self.shared.clone(), self.events_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            // The log time a command proposed now would carry at least.
+            let wall =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let now_ms = wall.max(shared.log_time_ms.load(Ordering::Relaxed));
+            match crate::sm::replay_answer(&*shared.store, s.session, s.seq, responder.principal(), now_ms) {
+                Ok(Some((result, cached))) => {
+                    crate::telemetry::replay_answered(responder.principal());
+                    responder.mark_answered(if cached {
+                        crate::audit::Answered::FromCacheNotProposed
+                    } else {
+                        crate::audit::Answered::FromTableNotProposed
+                    });
+                    responder.send(result, None);
+                }
+                other => {
+                    if let Err(e) = other {
+                        tracing::warn!(error = %e, "cannot read a session's record; handling the write as new");
+                    }
+                    // The driver gone (shutting down): the responder is dropped with the event.
+                    let _ = events.blocking_send(Event::NotReplay { session: s, body, responder: Box::new(responder) });
+                }
+            }
+        });
+    }
+
+    /// Handles an admitted request (its slot taken).
+    async fn dispatch(
+        &mut self,
+        session: Option<quorate_api::Sequenced>,
+        body: Request,
+        responder: Responder,
+    ) -> Result<(), ServerError> {
         match body {
             Request::Put { key, value } => self.propose_write(session, CommandOp::Put { key, value }, responder).await,
             Request::Delete { key } => self.propose_write(session, CommandOp::Delete { key }, responder).await,

@@ -470,12 +470,84 @@ pub struct ApplyOutcome {
     /// The result came from the session's cache: a retry of the session's last sequence
     /// number, answered with the original result and not applied again.
     pub cached: bool,
+    /// A write in a principal-bound session: the session, its principal and the session's
+    /// last sequence number once this command was applied (a node answers replays of it and
+    /// of older ones without proposing them: [`replay_answer`]).
+    pub in_session: Option<InSession>,
+}
+
+/// Where a write in a principal-bound session left its session ([`ApplyOutcome::in_session`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct InSession {
+    /// The session.
+    pub session: SessionId,
+    /// The principal it belongs to.
+    pub principal: String,
+    /// Its last sequence number after the command.
+    pub last_seq: u64,
 }
 
 impl ApplyOutcome {
     fn result(result: Result<Response, ApiError>) -> ApplyOutcome {
-        ApplyOutcome { result, member_addr: None, cluster_version: None, cached: false }
+        ApplyOutcome { result, member_addr: None, cluster_version: None, cached: false, in_session: None }
     }
+}
+
+/// An answer from a session's table without applying: the result, and whether it is the
+/// cached result of the session's last sequence number (else the refusal of an older one).
+pub type ReplayAnswer = (Result<Response, ApiError>, bool);
+
+/// What a write at sequence number `seq` gets from a principal-bound session `rec` (its
+/// owner's, live) without being applied: the cached result for the session's last sequence
+/// number (`cached`), an error for an older one; `None` for a newer one (to apply). One
+/// function for apply and for the answer before proposing ([`replay_answer`]), so that both
+/// say the same.
+fn owned_replay(rec: &OwnedSessionRecord, seq: u64) -> Option<ReplayAnswer> {
+    if seq == rec.last_seq {
+        let result = rec
+            .result
+            .clone()
+            .unwrap_or_else(|| Err(ApiError::InvalidRequest("no result recorded for this sequence".into())));
+        Some((result, true))
+    } else if seq < rec.last_seq {
+        Some((
+            Err(ApiError::InvalidRequest(format!(
+                "sequence number {seq} is older than the session's last one ({}); its result is no longer kept",
+                rec.last_seq
+            ))),
+            false,
+        ))
+    } else {
+        None
+    }
+}
+
+/// The answer to a replay, read from the applied session table `r` before anything is
+/// proposed: a write by `principal` in its session `session` at sequence number `seq`, at or
+/// below the session's last applied one, while the session is live at log time `now_ms`.
+/// `Some((answer, cached))` is what applying the write would answer now — the original
+/// result of the session's last sequence number (`cached`), or the error of an older one —
+/// and it is final: the session's record moves only forward, and an applied entry is
+/// committed. `None` in every other case (no such session, one of cluster version 1, another
+/// principal's, expired by `now_ms`, a sequence number not applied yet): the write goes
+/// through the log, and apply answers it, exactly as without this function — in particular
+/// another principal's session is never read here for an answer, so its replies cannot be
+/// told from an absent session's.
+pub fn replay_answer(
+    r: &(impl SmRead + ?Sized),
+    session: SessionId,
+    seq: u64,
+    principal: &str,
+    now_ms: u64,
+) -> Result<Option<ReplayAnswer>, SmError> {
+    let pk = owned_session_key(session);
+    let Some(bytes) = r.sm_get(&pk)? else { return Ok(None) };
+    let rec: OwnedSessionRecord = decode(&pk, &bytes)?;
+    if rec.principal != principal || now_ms.saturating_sub(rec.last_used_ms) > SESSION_TTL_MS {
+        return Ok(None);
+    }
+    Ok(owned_replay(&rec, seq))
 }
 
 /// The committed cluster version in `r` ([`quorate_api::CLUSTER_VERSION_INITIAL`] if it was
@@ -636,16 +708,9 @@ fn in_session<R: SmRead + ?Sized>(
         }
         rec.last_used_ms = time;
         let mut cached = false;
-        let result = if seqd.seq == rec.last_seq {
-            cached = true;
-            rec.result
-                .clone()
-                .unwrap_or_else(|| Err(ApiError::InvalidRequest("no result recorded for this sequence".into())))
-        } else if seqd.seq < rec.last_seq {
-            Err(ApiError::InvalidRequest(format!(
-                "sequence number {} is older than the session's last one ({}); its result is no longer kept",
-                seqd.seq, rec.last_seq
-            )))
+        let result = if let Some((result, from_cache)) = owned_replay(&rec, seqd.seq) {
+            cached = from_cache;
+            result
         } else if seqd.seq - rec.last_seq > SESSION_SEQ_AHEAD_MAX {
             Err(ApiError::InvalidRequest(format!(
                 "sequence number {} is more than {SESSION_SEQ_AHEAD_MAX} past the session's last one ({})",
@@ -657,8 +722,9 @@ fn in_session<R: SmRead + ?Sized>(
             rec.result = Some(r.clone());
             r
         };
+        let in_session = InSession { session: seqd.session, principal: rec.principal.clone(), last_seq: rec.last_seq };
         ov.put(pk, encode(&rec));
-        return Ok(ApplyOutcome { cached, ..ApplyOutcome::result(result) });
+        return Ok(ApplyOutcome { cached, in_session: Some(in_session), ..ApplyOutcome::result(result) });
     }
     let sk = session_key(seqd.session);
     let Some(bytes) = ov.get(&sk)? else {
@@ -1923,6 +1989,50 @@ mod tests {
         run(&mut m, 14, later, None, CommandOp::OpenSessionFor { principal: "carol".into(), nonce: 5 });
         assert!(!m.contains_key(&owned_session_key(SessionId(88))));
         assert!(m.contains_key(&owned_session_key(SessionId(5))));
+    }
+
+    #[test]
+    fn replays_are_answered_from_the_session_table_as_apply_answers_them() {
+        let mut m = finalized();
+        run(&mut m, 2, 10, None, CommandOp::OpenSessionFor { principal: "alice".into(), nonce: 77 });
+        let by = |who: &str, v: &str| CommandOp::ByPrincipal { principal: who.into(), op: kv(put("k", v)) };
+        let s = |seq| Some(Sequenced { session: SessionId(77), seq });
+        let answer = |m: &Map, who: &str, seq: u64, now: u64| replay_answer(m, SessionId(77), seq, who, now).unwrap();
+        // Opened, nothing applied in it: a write at 1 is new (proposed).
+        assert_eq!(answer(&m, "alice", 1, 10), None);
+        let first = run(&mut m, 3, 10, s(1), by("alice", "1"));
+        assert_eq!(
+            first.in_session.as_ref().map(|i| (i.session, i.principal.as_str(), i.last_seq)),
+            Some((SessionId(77), "alice", 1))
+        );
+        let second = run(&mut m, 4, 20, s(2), by("alice", "2"));
+        // The last sequence number: its original result, from the cache — what apply answers.
+        let before = m.clone();
+        assert_eq!(answer(&m, "alice", 2, 30), Some((second.result.clone(), true)));
+        let applied = run(&mut m, 5, 30, s(2), by("alice", "other"));
+        assert_eq!((applied.result, applied.cached), (second.result.clone(), true));
+        // An older one: apply's refusal, word for word.
+        let older = answer(&before, "alice", 1, 30);
+        let applied = run(&mut m, 6, 30, s(1), by("alice", "1"));
+        assert_eq!(older, Some((applied.result.clone(), false)));
+        assert!(matches!(applied.result, Err(ApiError::InvalidRequest(ref w)) if w.contains("older")));
+        // A newer one is proposed; so are another principal's writes (apply refuses them as an
+        // absent session), an absent session, and an expired one.
+        assert_eq!(answer(&m, "alice", 3, 30), None);
+        assert_eq!(answer(&m, "bob", 2, 30), None);
+        assert_eq!(answer(&m, "bob", 1, 30), None);
+        assert_eq!(replay_answer(&m, SessionId(78), 1, "alice", 30).unwrap(), None);
+        let expired = 30 + SESSION_TTL_MS + 1;
+        assert_eq!(answer(&m, "alice", 2, expired), None);
+        assert_eq!(run(&mut m, 7, expired, s(2), by("alice", "2")).result, Err(ApiError::SessionExpired));
+        assert_eq!(answer(&m, "alice", 2, expired), None, "expired and removed");
+        assert_eq!(read_get(&m, b"k").unwrap().unwrap().value, b"2".to_vec(), "each write applied once");
+        // A session of cluster version 1 is never answered here (it has no owner).
+        let mut legacy = Map::new();
+        let Ok(Response::Session(old)) = run(&mut legacy, 1, 0, None, CommandOp::OpenSession).result else { panic!() };
+        run(&mut legacy, 2, 0, Some(Sequenced { session: old, seq: 1 }), put("k", "v"));
+        assert_eq!(replay_answer(&legacy, old, 1, "alice", 0).unwrap(), None);
+        assert_eq!(replay_answer(&legacy, old, 1, "", 0).unwrap(), None);
     }
 
     #[test]

@@ -670,6 +670,13 @@ pub(crate) fn txn_refused_unproposed(principal: &str) {
     metrics::counter!(n::TXNS_REFUSED_UNPROPOSED_TOTAL, n::LABEL_PRINCIPAL => label).increment(1);
 }
 
+/// A session write was answered from the session table before anything was proposed (a
+/// replay of an applied sequence number).
+pub(crate) fn replay_answered(principal: &str) {
+    let label = crate::admission::principal_label(principal);
+    metrics::counter!(n::SESSION_REPLAYS_ANSWERED_TOTAL, n::LABEL_PRINCIPAL => label).increment(1);
+}
+
 /// A snapshot stream to a follower completed.
 pub(crate) fn snapshot_sent() {
     metrics::counter!(n::SNAPSHOTS_SENT_TOTAL).increment(1);

@@ -204,6 +204,10 @@ pub const RESPONSE_WRITE_TIMEOUTS_TOTAL: &str = "quorate_response_write_timeouts
 /// because the values their gets would read cannot fit an answer (nothing was logged, no
 /// replica read them).
 pub const TXNS_REFUSED_UNPROPOSED_TOTAL: &str = "quorate_txns_refused_unproposed_total";
+/// Counter per `principal`: writes in a session answered from the applied session table
+/// before anything was proposed — replays of the session's last applied sequence number (its
+/// cached result) or of an older one (refused as apply refuses it) — on any member.
+pub const SESSION_REPLAYS_ANSWERED_TOTAL: &str = "quorate_session_replays_answered_total";
 /// Counter per `kind` (`jump`, `stall`): the monotonic clock moved by more than a bound
 /// between two driver ticks, or not at all.
 pub const CLOCK_DISCONTINUITIES_TOTAL: &str = "quorate_clock_discontinuities_total";
@@ -318,6 +322,11 @@ pub const ALL: &[MetricDef] = &[
         "Writing transactions refused before being proposed (their results cannot fit), by principal.",
         &[LABEL_PRINCIPAL],
     ),
+    c(
+        SESSION_REPLAYS_ANSWERED_TOTAL,
+        "Session writes answered from the session table without being proposed (replays of applied sequence numbers), by principal.",
+        &[LABEL_PRINCIPAL],
+    ),
     c(CLOCK_DISCONTINUITIES_TOTAL, "Monotonic clock jumps or stalls beyond a bound.", &[LABEL_KIND]),
     c(INVARIANT_VIOLATIONS_TOTAL, "Runtime invariant checks that failed, by invariant.", &[LABEL_INVARIANT]),
     g(APPLIED_HASH_INDEX, "Last index of a complete applied-entries hash window.", &[]),
@@ -427,6 +436,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 65);
+        assert_eq!(seen.len(), 66);
     }
 }
