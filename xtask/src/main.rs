@@ -15,6 +15,7 @@ mod chaos;
 mod cluster;
 mod demo;
 mod deps;
+mod publish;
 mod release;
 mod upgrade;
 
@@ -22,7 +23,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                         everything CI runs: fmt, clippy, tests, dependency rule, bounded simulation
+  ci                         everything CI runs: fmt, clippy, tests, dependency rule, README links,
+                             rust-version, bounded simulation
   sim [--seeds N] [--seed S] [--steps K] [--set NAME=VALUE]... [--verbose] [--hole NAME]
                              deterministic simulation of clusters; ends with one summary line
                              (docs/verification.md); --hole switches one of issue 16's holes back on
@@ -50,10 +52,16 @@ commands:
                              in the same run; writes the comparison to docs/benchmarks.md
   bench overload [--secs N] [--multiples 0.5,1,2,5]
                              goodput and p99 against offered load, admission on and off (one node)
-  deps                       check the architecture's dependency rule with cargo tree
+  deps                       check the architecture's dependency rule with cargo tree (and that
+                             quorate-transport's default features leave out `dev-certs`)
   release <version> [--dry-run] [--repo DIR]
                              cut a release: clean tree, green ci, semver checks, bump, changelog,
-                             package every crate, record it in releases.toml, tag (docs/upgrades.md)
+                             ready for crates.io (README links, rust-version, minimal versions,
+                             `cargo publish --dry-run` in dependency order), package and build every
+                             crate, record it in releases.toml, tag (docs/upgrades.md)
+  minimal-versions           the library crates (not RocksDB's) checked with their direct
+                             dependencies at the lowest versions [workspace.dependencies] allows
+                             (nightly resolver, pinned toolchain; a scratch copy of the tree)
   upgrade-check [--from <version>] [--seed S] [--step-seconds N]
                              rolling upgrade from a recorded release to this tree on a real 3-node
                              cluster under checked load: upgrade, roll back, upgrade, finalize
@@ -99,6 +107,7 @@ fn main() -> Result<()> {
         "deps" => deps::check(&root()),
         "setup" => setup(),
         "release" => release::release(rest),
+        "minimal-versions" => publish::minimal_versions(&root()),
         "upgrade-check" => upgrade::upgrade_check(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
@@ -153,7 +162,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn show(cmd: &Command) -> String {
+pub(crate) fn show(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
@@ -341,6 +350,8 @@ fn ci(args: &[String]) -> Result<()> {
         "test(=enospc_on_a_real_file_system_is_retried_and_recovers)",
     ]))?;
     deps::check(&root())?;
+    publish::readme_links(&root())?;
+    publish::rust_version(&root())?;
     demo::demo(&["--smoke".into()])?;
     chaos::chaos(&["ci".into()])?;
     // The hostile-client suite's slice, every attack: 6 attacked windows of 1 s between 7

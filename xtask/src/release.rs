@@ -9,11 +9,17 @@
 //! 4. the workspace version is bumped (`[workspace.package]` and the `version = ` of every
 //!    workspace crate in `[workspace.dependencies]`), and `Cargo.lock` follows;
 //! 5. `CHANGELOG.md` gets a section with the commits since the previous release;
-//! 6. every publishable crate is packaged (`cargo package --workspace --no-verify`); each
-//!    `.crate` is then unpacked into a scratch workspace that resolves the sibling crates
-//!    through `[patch.crates-io]` (as crates.io would serve them) and built there with the `ci`
-//!    profile in the shared target directory — cargo's own verification would build with the
-//!    dev profile and recompile RocksDB's C++;
+//! 6. ready for crates.io (xtask/src/publish.rs): no relative link in a crate's README; every
+//!    crate inherits `rust-version` and `rust-toolchain.toml` pins it; the library crates check
+//!    with their direct dependencies at their minimal versions (`cargo xtask minimal-versions`);
+//!    `cargo publish --dry-run --no-verify` of every publishable crate in one invocation (cargo
+//!    orders them by dependency and resolves each against crates.io with the siblings before it
+//!    overlaid, as they would be once published; the order is printed); then every crate is
+//!    packaged (`cargo package --no-verify`), each `.crate` unpacked into a scratch workspace
+//!    that resolves the sibling crates through `[patch.crates-io]` (as crates.io would serve
+//!    them) and built there with the `ci` profile in the shared target directory — this build
+//!    is the verification that `--no-verify` skips: cargo's own would build every crate with
+//!    the dev profile and recompile RocksDB's C++;
 //! 7. the release (version, commit, date, tag) is appended to `releases.toml` — tags may not
 //!    travel with a clone, this file does;
 //! 8. a commit `release X` with those files, and an annotated tag `vX` on it.
@@ -122,23 +128,9 @@ fn git(repo: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
 }
 
-/// Publishable crates: every `crates/*/Cargo.toml` without `publish = false`, sorted.
+/// Publishable crates' names: every `crates/*/Cargo.toml` without `publish = false`, sorted.
 fn publishable(repo: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(repo.join("crates")).context("cannot list crates/")? {
-        let manifest = e?.path().join("Cargo.toml");
-        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
-        if text.lines().any(|l| l.replace(' ', "") == "publish=false") {
-            continue;
-        }
-        let name = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
-            .with_context(|| format!("no package name in {}", manifest.display()))?;
-        names.push(name.to_string());
-    }
-    names.sort();
-    Ok(names)
+    Ok(crate::publish::publishable(repo)?.into_iter().map(|c| c.name).collect())
 }
 
 /// The workspace version (`[workspace.package] version`).
@@ -308,7 +300,11 @@ pub(crate) fn release(args: &[String]) -> Result<()> {
         eprintln!("release: [5/8] CHANGELOG.md: {} commits", log.lines().count());
     }
 
-    // 6. Every crate packaged and built alone.
+    // 6. Ready for crates.io, then every crate packaged and built alone.
+    crate::publish::readme_links(&repo)?;
+    crate::publish::rust_version(&repo)?;
+    crate::publish::minimal_versions(&repo)?;
+    publish_dry_run(&repo, &crates)?;
     package_and_build(&repo, &crates, if current == version || dry_run { &current } else { &version })?;
     eprintln!("release: [6/8] {} crates packaged and built from their .crate files", crates.len());
 
@@ -341,6 +337,41 @@ pub(crate) fn release(args: &[String]) -> Result<()> {
     eprintln!("release: [8/8] committed {} and tagged {tag}", &commit[..12]);
     eprintln!("release: {version} released (tested commit {}, release commit {})", &head[..12], &commit[..12]);
     Ok(())
+}
+
+/// `cargo publish --dry-run --no-verify` of every crate in one invocation: cargo puts them in
+/// dependency order and resolves each against crates.io with the crates before it overlaid
+/// (they are not published); the upload is what a dry run leaves out. Fails unless every
+/// crate reached the upload step; prints the order.
+fn publish_dry_run(repo: &Path, crates: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.current_dir(repo).args(["publish", "--dry-run", "--no-verify", "--locked", "--allow-dirty"]);
+    for c in crates {
+        cmd.args(["-p", c]);
+    }
+    eprintln!("$ {}", crate::show(&cmd));
+    let out = cmd.output().context("could not run cargo publish --dry-run")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("`cargo publish --dry-run` failed ({}):\n{stderr}", out.status);
+    }
+    let order = upload_order(&stderr);
+    let missing: Vec<&String> = crates.iter().filter(|c| !order.contains(c)).collect();
+    if !missing.is_empty() || order.len() != crates.len() {
+        bail!("`cargo publish --dry-run` did not reach the upload of {missing:?}:\n{stderr}");
+    }
+    eprintln!("publish dry run: {} crates, in dependency order: {}", order.len(), order.join(" → "));
+    Ok(())
+}
+
+/// The crate names of `Uploading NAME vX (...)` lines, in order.
+fn upload_order(cargo_stderr: &str) -> Vec<String> {
+    cargo_stderr
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Uploading "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `cargo package --no-verify` for every crate, then a build of the unpacked `.crate` files as
@@ -410,6 +441,12 @@ mod tests {
         assert_eq!(got[1].version, "0.2.0");
         assert!(parse_releases("[[release]]\nversion = \"1.0.0\"\n").is_err());
         assert!(parse_releases("version = \"1.0.0\"\n").is_err());
+    }
+
+    #[test]
+    fn the_upload_order_is_read_from_cargo_publish() {
+        let err = "   Packaging quorate-log v0.1.0 (/x)\n   Uploading quorate-log v0.1.0 (/x)\nwarning: aborting upload due to dry run\n   Uploading quorate-core v0.1.0 (/y)\n";
+        assert_eq!(upload_order(err), ["quorate-log", "quorate-core"]);
     }
 
     #[test]

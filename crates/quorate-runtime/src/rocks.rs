@@ -10,10 +10,24 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// The directory (in the store's) of the snapshot being received: `data` (the bytes, appended
-/// and fsynced) and `state` (its header and durable length, replaced atomically after each
-/// append; bytes of `data` beyond that length are cut off when the store opens).
+/// The directory (in the store's) of the snapshot being received: `image` and `state`.
+/// `image` is a snapshot file in the making: the head of a snapshot file of the image's
+/// metadata ([`quorate_storage::snapshot_file_head`]), then the image's bytes as they arrive
+/// (appended and fsynced). `state` holds the header and the durable length of the image,
+/// replaced atomically after each append; bytes of `image` beyond that length are cut off when
+/// the store opens. The install appends the trailer and renames `image` into the store's
+/// snapshot directory ([`RocksStore::adopt_snapshot`]): the image is written once, when it
+/// arrives, and never copied.
 const STAGING_DIR: &str = "runtime-staging";
+
+/// The staged image's file in [`STAGING_DIR`] (an earlier layout called it `data`, without the
+/// head: such a staging has no `image` and is discarded when the store opens).
+const STAGING_FILE: &str = "image";
+
+/// Bytes before the image in the staging file: the snapshot file's head for `meta`.
+fn head_len(meta: &SnapshotMeta) -> Result<u64, StoreError> {
+    Ok(quorate_storage::snapshot_file_head(meta)?.len() as u64)
+}
 
 /// The runtime's storage on a [`RocksStore`]: every batch is one atomic RocksDB write, fsynced
 /// before [`LogStorage::persist`] returns (unless the core marked it as only moving the commit
@@ -60,11 +74,11 @@ impl RocksLog {
         fsync_dir(&self.staging_dir)
     }
 
-    /// Copies the complete staging of `meta` into a snapshot file (a stream, 64 KiB at a
-    /// time), durable on return.
+    /// Makes the complete staging of `meta` the store's snapshot file: the staged file gets
+    /// its trailer and is renamed into the snapshot directory — not copied. Durable on return.
     fn install_staging(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        let len = match &self.staging {
-            Some((h, at)) if h.meta == *meta && *at == h.total_len => *at,
+        let header = match &self.staging {
+            Some((h, at)) if h.meta == *meta && *at == h.total_len => h.clone(),
             _ => {
                 return Err(StorageError::Io(format!(
                     "snapshot install at {} without a complete staging of it",
@@ -72,14 +86,12 @@ impl RocksLog {
                 )));
             }
         };
-        let mut w = self.store.snapshot_writer(meta.clone())?;
-        let mut from =
-            File::open(self.staging_dir.join("data")).map_err(|e| io_err("opening the staging file", e))?.take(len);
-        let copied = std::io::copy(&mut from, &mut w).map_err(|e| io_err("copying the staging", e))?;
-        if copied != len {
-            return Err(StorageError::Io(format!("the staging holds {copied} of {len} bytes")));
-        }
-        w.finish()?;
+        self.store.adopt_snapshot(
+            &self.staging_dir.join(STAGING_FILE),
+            header.meta,
+            header.total_len,
+            header.checksum,
+        )?;
         Ok(())
     }
 }
@@ -155,8 +167,10 @@ impl LogStorage for RocksLog {
 
     fn open_staging(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
         let Some((header, _)) = self.staging.clone() else { return Ok(None) };
-        let file = File::open(self.staging_dir.join("data")).map_err(|e| io_err("opening the staging file", e))?;
-        Ok(Some(Box::new(FileImage { file, start: 0, header, name: "the staging file".into() })))
+        let file =
+            File::open(self.staging_dir.join(STAGING_FILE)).map_err(|e| io_err("opening the staging file", e))?;
+        let start = head_len(&header.meta)?;
+        Ok(Some(Box::new(FileImage { file, start, header, name: "the staging file".into() })))
     }
 
     fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError> {
@@ -166,8 +180,9 @@ impl LogStorage for RocksLog {
     fn begin_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
         self.abort_staging()?;
         fs::create_dir_all(&self.staging_dir).map_err(|e| io_err("creating the staging directory", e))?;
-        File::create(self.staging_dir.join("data"))
-            .and_then(|f| f.sync_all())
+        let head = quorate_storage::snapshot_file_head(&header.meta)?;
+        File::create(self.staging_dir.join(STAGING_FILE))
+            .and_then(|mut f| f.write_all(&head).and_then(|()| f.sync_all()))
             .map_err(|e| io_err("creating the staging file", e))?;
         self.write_staging_state(header, 0)?;
         if let Some(parent) = self.staging_dir.parent() {
@@ -184,7 +199,7 @@ impl LogStorage for RocksLog {
         };
         let mut f = OpenOptions::new()
             .append(true)
-            .open(self.staging_dir.join("data"))
+            .open(self.staging_dir.join(STAGING_FILE))
             .map_err(|e| io_err("opening the staging file", e))?;
         f.write_all(bytes).and_then(|()| f.sync_data()).map_err(|e| io_err("appending to the staging file", e))?;
         let len = offset + bytes.len() as u64;
@@ -282,7 +297,8 @@ fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 /// The staging left by the last run, if it is whole: its state file decodes and checks, and
-/// the data file holds at least the recorded length (anything beyond is cut off). Anything
+/// the image file holds the head and at least the recorded length (anything beyond, such as a
+/// torn append or the trailer of an install a crash interrupted before its rename, is cut off). Anything
 /// else is discarded: the leader sends the snapshot again from the start.
 fn load_staging(dir: &Path) -> Result<Option<(SnapshotHeader, u64)>, StoreError> {
     let state = match fs::read(dir.join("state")) {
@@ -303,11 +319,12 @@ fn load_staging(dir: &Path) -> Result<Option<(SnapshotHeader, u64)>, StoreError>
         discard(dir)?;
         return Ok(None);
     };
-    let data = dir.join("data");
+    let data = dir.join(STAGING_FILE);
+    let with_head = head_len(&header.meta)? + len;
     match fs::metadata(&data) {
-        Ok(m) if m.len() >= len => {
+        Ok(m) if m.len() >= with_head => {
             let f = OpenOptions::new().write(true).open(&data)?;
-            f.set_len(len)?;
+            f.set_len(with_head)?;
             f.sync_all()?;
             Ok(Some((header, len)))
         }

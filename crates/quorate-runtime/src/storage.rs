@@ -60,7 +60,8 @@ pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
     /// state. An install (`batch.install`) takes the image from the staging, which must be
     /// complete and of that snapshot: the staged image becomes the latest snapshot and the
     /// staging is gone (a crash may leave the staging behind; the snapshot is then recorded
-    /// and the runtime discards the leftover).
+    /// and the runtime discards the leftover). Move the staged image rather than copy it:
+    /// `RocksLog` (feature `rocksdb`) renames its staged file into place.
     fn persist(&mut self, batch: &Persist) -> Result<(), StorageError>;
 
     /// Stores a snapshot the runtime takes of the local state: `write` streams the image into

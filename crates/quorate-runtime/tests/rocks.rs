@@ -184,7 +184,7 @@ fn a_staged_snapshot_survives_a_reopen_and_is_replaced_by_another_image() {
     assert_eq!(s.staging(), Ok(Some((header.clone(), 4_000))));
     drop(s);
     // A torn write after the last recorded append: bytes past the durable length.
-    let data = dir.path().join("runtime-staging").join("data");
+    let data = dir.path().join("runtime-staging").join("image");
     let mut torn = std::fs::read(&data).expect("staged bytes");
     torn.extend_from_slice(&[0xee; 123]);
     std::fs::write(&data, torn).expect("writes");
@@ -326,4 +326,73 @@ fn a_complete_staging_left_by_a_crash_is_installed_by_the_next_transfer() {
     assert_eq!(b.storage().staging(), Ok(None));
     drop(b);
     assert_eq!(open().staging(), Ok(None), "the finished staging stays gone after a reopen");
+}
+
+/// Brief 19c (issue 19): installing a complete staging moves the staged file into the store's
+/// snapshot directory — the image is written once, when it is staged, and not copied again by
+/// the install. The snapshot file after the install is the staging file before it (the same
+/// inode: a rename, not a copy), it reads back as the image, the staging is gone, and a reopen
+/// finds the snapshot. An install interrupted between its trailer and its rename leaves a
+/// staging that is whole after a reopen. (Before the change the install copied the staging
+/// into a new file: this test failed on the inode, 10011015 against 10011018.)
+#[cfg(unix)]
+#[test]
+fn installing_a_staged_snapshot_renames_the_staged_file_instead_of_copying_it() {
+    use quorate_core::{IoId, Persist};
+    use quorate_log::{EntryId, SnapshotMeta, Term};
+    use quorate_runtime::{LogStorage, SnapshotHeader};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let id = NodeId::new(1).expect("non-zero");
+    let config = Configuration::with_voters([id]).expect("valid");
+    let open = || RocksLog::open(dir.path(), StoreOptions::with_bootstrap(config.clone())).expect("opens");
+    let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let meta = SnapshotMeta { last: EntryId::new(Term(2), LogIndex(40)), config: config.clone() };
+    let header = SnapshotHeader::of(meta.clone(), &image);
+    let mut s = open();
+    s.begin_staging(&header).expect("begins");
+    s.append_staging(0, &image[..150_000]).expect("appends");
+    s.append_staging(150_000, &image[150_000..]).expect("appends the rest");
+    // The one file of the staging that holds the image's bytes.
+    let staging_dir = dir.path().join("runtime-staging");
+    let staged: Vec<(std::path::PathBuf, std::fs::Metadata)> = std::fs::read_dir(&staging_dir)
+        .expect("a staging directory")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok().map(|m| (e.path(), m)))
+        .filter(|(_, m)| m.len() >= image.len() as u64)
+        .collect();
+    assert_eq!(staged.len(), 1, "one staged image: {staged:?}");
+    let staged_inode = staged[0].1.ino();
+    // An install interrupted after it appended the trailer, before the rename: a reopen cuts
+    // the trailer off, and the staging is whole again.
+    drop(s);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&staged[0].0).expect("the staged file");
+        f.write_all(&[0xab; 16]).expect("writes");
+    }
+    let mut s = open();
+    assert_eq!(s.staging(), Ok(Some((header.clone(), image.len() as u64))), "whole, without the trailer");
+    let batch = Persist {
+        io: IoId(1),
+        hard_state: None,
+        entries: Vec::new(),
+        sync: true,
+        install: Some(meta.clone()),
+        compact: None,
+    };
+    s.persist(&batch).expect("installs");
+    assert_eq!(s.staging(), Ok(None), "the staging is gone");
+    assert!(!staging_dir.exists(), "and so is its directory");
+    let installed = s.open_snapshot().expect("readable").expect("the installed snapshot");
+    assert_eq!(installed.header(), &header);
+    assert_eq!(read_all(installed.as_ref(), 64 * 1024), image, "the image, read back");
+    drop(installed);
+    let file = s.store().snapshot_dir().join(format!("snap-{:020}-{:020}.qsnap", 40, 2));
+    let inode = std::fs::metadata(&file).expect("the snapshot file").ino();
+    assert_eq!(inode, staged_inode, "the install renamed the staged file: it did not copy the image again");
+    drop(s);
+    let s = open();
+    assert_eq!(s.snapshot().expect("readable"), Some(header), "the installed snapshot, after a reopen");
+    assert_eq!(s.staging(), Ok(None));
 }

@@ -98,7 +98,9 @@ pub use durable::{LOST_STATE_FILE, LostState, LostStateRecord, MARK_FILE, Mark};
 pub use error::StoreError;
 pub use group::{Completion, GroupCommitter, GroupOptions, TrySubmitError};
 pub use mem::MemStore;
-pub use snapshot::{SNAPSHOT_META_BYTES_MAX, SnapshotFile, SnapshotReader, SnapshotWriter};
+pub use snapshot::{
+    SNAPSHOT_META_BYTES_MAX, SnapshotFile, SnapshotReader, SnapshotWriter, file_head as snapshot_file_head,
+};
 pub use space::{check_free_space, free_space_bytes};
 pub use store::{
     APPLY_OPS_MAX, DURABLE_MARK_INTERVAL_DEFAULT, INSTALL_BATCH_BYTES_MAX, OPEN_SCAN_ENTRIES_MAX, RocksStore,

@@ -66,6 +66,75 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The bytes a snapshot file of `meta` starts with: magic, format, the metadata's length, the
+/// metadata (postcard) and its CRC-32 — what [`SnapshotWriter`] writes before the data. A file
+/// made of them and then the data becomes a snapshot file with
+/// [`RocksStore::adopt_snapshot`](crate::RocksStore::adopt_snapshot).
+pub fn file_head(meta: &SnapshotMeta) -> Result<Vec<u8>, StoreError> {
+    let m = postcard::to_allocvec(meta).map_err(|e| StoreError::Io(format!("cannot encode snapshot metadata: {e}")))?;
+    let mut head = Vec::with_capacity(HEAD_BYTES + m.len() + 4);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    head.extend_from_slice(&(m.len() as u32).to_le_bytes());
+    head.extend_from_slice(&m);
+    head.extend_from_slice(&crc32fast::hash(&m).to_le_bytes());
+    Ok(head)
+}
+
+/// The bytes a snapshot file ends with: the data's length and CRC-32, and the end magic.
+fn trailer(data_len: u64, data_crc: u32) -> [u8; TRAILER_BYTES as usize] {
+    let mut t = [0u8; TRAILER_BYTES as usize];
+    t[..8].copy_from_slice(&data_len.to_le_bytes());
+    t[8..12].copy_from_slice(&data_crc.to_le_bytes());
+    t[12..].copy_from_slice(MAGIC_END);
+    t
+}
+
+/// Makes `from` — a file holding [`file_head`] of `meta` and then `data_len` bytes of data
+/// whose CRC-32 is `data_crc` — the snapshot file of `meta` in `dir`: appends the trailer,
+/// fsyncs the file, renames it into place (same file system) and fsyncs both directories.
+/// The data is neither read nor copied: the caller checked it, and a reader checks it again
+/// when it reads to the end. A file of another length or with another head is refused.
+pub(crate) fn adopt(
+    dir: &Path,
+    from: &Path,
+    meta: SnapshotMeta,
+    data_len: u64,
+    data_crc: u32,
+) -> Result<SnapshotFile, StoreError> {
+    let head = file_head(&meta)?;
+    let mut file = fs::OpenOptions::new().read(true).write(true).open(from)?;
+    let len = file.metadata()?.len();
+    if len != head.len() as u64 + data_len {
+        return Err(StoreError::Io(format!(
+            "{}: {len} bytes, not a {}-byte head and {data_len} bytes of data",
+            from.display(),
+            head.len()
+        )));
+    }
+    let mut found = vec![0u8; head.len()];
+    file.read_exact(&mut found)?;
+    if found != head {
+        return Err(StoreError::Io(format!(
+            "{}: its head is not that of the snapshot at {}",
+            from.display(),
+            meta.last.index
+        )));
+    }
+    file.seek(SeekFrom::End(0))?;
+    file.write_all(&trailer(data_len, data_crc))?;
+    file.sync_all()?;
+    drop(file);
+    fs::create_dir_all(dir)?;
+    let path = dir.join(file_name(&meta));
+    fs::rename(from, &path)?;
+    fsync_dir(dir)?;
+    if let Some(parent) = from.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(SnapshotFile { path, meta, data_len, data_crc })
+}
+
 /// Streams a snapshot's data into a file in the store's snapshot directory. Create it with
 /// [`RocksStore::snapshot_writer`](crate::RocksStore::snapshot_writer), write the data through
 /// [`Write`], then [`finish`](SnapshotWriter::finish). Dropping it unfinished discards it.
@@ -99,13 +168,7 @@ impl SnapshotWriter {
         fs::create_dir_all(dir)?;
         let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(&meta)));
         let mut file = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
-        let m = postcard::to_allocvec(&meta)
-            .map_err(|e| StoreError::Io(format!("cannot encode snapshot metadata: {e}")))?;
-        file.write_all(MAGIC)?;
-        file.write_all(&FORMAT_VERSION.to_le_bytes())?;
-        file.write_all(&(m.len() as u32).to_le_bytes())?;
-        file.write_all(&m)?;
-        file.write_all(&crc32fast::hash(&m).to_le_bytes())?;
+        file.write_all(&file_head(&meta)?)?;
         Ok(SnapshotWriter {
             file: Some(file),
             tmp,
@@ -120,9 +183,7 @@ impl SnapshotWriter {
     pub fn finish(mut self) -> Result<SnapshotFile, StoreError> {
         let mut file = self.file.take().ok_or_else(|| StoreError::Io("snapshot writer already finished".into()))?;
         let data_crc = self.hasher.clone().finalize();
-        file.write_all(&self.data_len.to_le_bytes())?;
-        file.write_all(&data_crc.to_le_bytes())?;
-        file.write_all(MAGIC_END)?;
+        file.write_all(&trailer(self.data_len, data_crc))?;
         let file = file.into_inner().map_err(|e| StoreError::Io(e.to_string()))?;
         file.sync_all()?;
         drop(file);

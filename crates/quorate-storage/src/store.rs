@@ -8,7 +8,7 @@ use crate::codec::{
 };
 use crate::durable::{self, LostStateRecord, Mark, MarkWriter};
 use crate::error::StoreError;
-use crate::snapshot::{self, SnapshotReader, SnapshotWriter};
+use crate::snapshot::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::space;
 use quorate_log::{
     Configuration, Entry, EntryId, EntryPayload, HardState, InitialState, LogIndex, LogStorage, SnapshotMeta,
@@ -1253,6 +1253,23 @@ impl RocksStore {
     /// `compact`) so that the log prefix it covers can go.
     pub fn snapshot_writer(&self, meta: SnapshotMeta) -> Result<SnapshotWriter, StoreError> {
         SnapshotWriter::create(&self.snap_dir, meta)
+    }
+
+    /// Makes a file written elsewhere — [`snapshot_file_head`](crate::snapshot_file_head) of
+    /// `meta`, then `data_len` bytes of data with CRC-32 `data_crc` — the snapshot file of
+    /// `meta`, by appending the trailer and renaming it into
+    /// [`snapshot_dir`](Self::snapshot_dir) (it must be on the same file system): a snapshot
+    /// received in pieces and staged on disk becomes the store's without being copied again.
+    /// Durable on return; record it like a written one. The data is not read here (a reader
+    /// checks its CRC-32 when it reaches the end).
+    pub fn adopt_snapshot(
+        &self,
+        file: &Path,
+        meta: SnapshotMeta,
+        data_len: u64,
+        data_crc: u32,
+    ) -> Result<SnapshotFile, StoreError> {
+        snapshot::adopt(&self.snap_dir, file, meta, data_len, data_crc)
     }
 
     /// A reader of the data of the latest recorded snapshot, if its file is present.

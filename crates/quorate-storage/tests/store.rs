@@ -595,3 +595,48 @@ fn crash_rounds_keep_acknowledged_entries() {
     }
     eprintln!("crash test: {rounds} rounds, {acked} entries acknowledged and recovered");
 }
+
+/// Brief 19c: a file made of `snapshot_file_head(meta)` and the data becomes, by
+/// `adopt_snapshot`, byte for byte the snapshot file `SnapshotWriter` writes for the same
+/// metadata and data — renamed into the snapshot directory, not copied (its inode is kept) —
+/// and reads back through `SnapshotReader`. A file of another length or with another head is
+/// refused and left where it was.
+#[cfg(unix)]
+#[test]
+fn an_adopted_snapshot_file_is_the_file_the_writer_writes_and_is_renamed_not_copied() {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let t = TestDir::new("adopt");
+    let s = RocksStore::open(t.0.join("store"), rocks_options(voters(&[1]))).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let crc = crc32fast::hash(&data);
+    // The reference: the writer's file for snapshot 10, moved aside.
+    let at10 = SnapshotMeta { last: EntryId::new(Term(1), LogIndex(10)), config: voters(&[1]) };
+    let mut w = s.snapshot_writer(at10.clone()).unwrap();
+    w.write_all(&data).unwrap();
+    let written = w.finish().unwrap();
+    let reference = std::fs::read(&written.path).unwrap();
+    std::fs::remove_file(&written.path).unwrap();
+    // The same snapshot staged elsewhere (same file system) and adopted.
+    let staged = t.0.join("staged");
+    let mut bytes = quorate_storage::snapshot_file_head(&at10).unwrap();
+    bytes.extend_from_slice(&data);
+    std::fs::write(&staged, &bytes).unwrap();
+    let inode = std::fs::metadata(&staged).unwrap().ino();
+    let adopted = s.adopt_snapshot(&staged, at10.clone(), data.len() as u64, crc).unwrap();
+    assert_eq!(adopted, written, "the same path, metadata, length and CRC-32");
+    assert_eq!(std::fs::read(&adopted.path).unwrap(), reference, "byte for byte the writer's file");
+    assert_eq!(std::fs::metadata(&adopted.path).unwrap().ino(), inode, "renamed, not copied");
+    assert!(!staged.exists());
+    let mut r = quorate_storage::SnapshotReader::open(&adopted.path).unwrap();
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).unwrap();
+    assert_eq!(back, data);
+    // Refused: a short file, and a file whose head is another snapshot's.
+    let at20 = SnapshotMeta { last: EntryId::new(Term(1), LogIndex(20)), config: voters(&[1]) };
+    std::fs::write(&staged, &bytes[..bytes.len() - 1]).unwrap();
+    assert!(s.adopt_snapshot(&staged, at10.clone(), data.len() as u64, crc).is_err(), "one byte short");
+    std::fs::write(&staged, &bytes).unwrap();
+    assert!(s.adopt_snapshot(&staged, at20, data.len() as u64, crc).is_err(), "the head of snapshot 10");
+    assert_eq!(std::fs::read(&staged).unwrap(), bytes, "a refused file is left as it was");
+}

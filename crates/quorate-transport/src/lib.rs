@@ -24,7 +24,8 @@
 //!
 //! Features: `net` (default) is the transport; without it the crate is only the frame codec,
 //! identities and message trait (no quinn, no tokio), which is what the fuzz target uses.
-//! `dev-certs` (default) adds [`dev_certs`] (rcgen).
+//! `dev-certs` (not a default: enable it for development tools and tests) adds [`dev_certs`]
+//! (rcgen).
 //!
 //! ```no_run
 //! # #[cfg(feature = "dev-certs")]
