@@ -1,7 +1,8 @@
 //! How requests reach a node: the QUIC link, and the seam that tests replace.
 
 use quorate_api::{
-    ApiError, AttemptedRequest, ClientRequest, ClientResponse, NodeMessage, PROTOCOL_GENERATION_2, Request, Response,
+    ApiError, AttemptedRequest, ClientRequest, ClientResponse, NodeMessage, PROTOCOL_GENERATION_2, ReadConsistency,
+    Request, Response,
 };
 use quorate_log::NodeId;
 use quorate_transport::{Client as Connection, ClientOptions, Credentials, TransportError};
@@ -86,6 +87,26 @@ fn describe(e: &TransportError) -> String {
     }
 }
 
+/// The gate's refusal of a request a 0.1.0 node (a `quorate/1` connection) cannot decode and
+/// that has no 0.1.0 equivalent: a streamed snapshot save and a bounded-staleness read. Not
+/// sent; answered here in the words the node's gate uses below cluster version 2.
+pub(crate) fn refused_below_generation_2(body: &Request, generation: u8) -> Option<ApiError> {
+    if generation >= PROTOCOL_GENERATION_2 {
+        return None;
+    }
+    let what = match body {
+        Request::SnapshotStreamOpen | Request::SnapshotStreamFetch { .. } => "a streamed snapshot save",
+        Request::Get { read: ReadConsistency::BoundedStale(_), .. }
+        | Request::Scan { read: ReadConsistency::BoundedStale(_), .. }
+        | Request::ScanPaged { read: ReadConsistency::BoundedStale(_), .. } => "a bounded-staleness read",
+        _ => return None,
+    };
+    Some(ApiError::InvalidRequest(format!(
+        "{what} needs cluster version 2, and this node speaks quorate/1 (0.1.0): upgrade every node, then run \
+         `quorate cluster finalize`"
+    )))
+}
+
 /// A paged request sent to a 0.1.0 node as the whole request it knows; its answer is turned
 /// back into the page the caller asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +174,9 @@ impl Link for QuicLink {
         let conn = self.connection(node, addr).await?;
         let id = request.id;
         let generation = conn.protocol_generation();
+        if let Some(refusal) = refused_below_generation_2(&request.body, generation) {
+            return Ok(ClientResponse { id, result: Err(refusal) });
+        }
         // A 0.1.0 node (quorate/1) answers whole scans and transactions, not pages.
         let (request, paged) = if generation < PROTOCOL_GENERATION_2 { unpaged(request) } else { (request, None) };
         // A retry says so where the node can decode it (quorate/2); a 0.1.0 node gets the

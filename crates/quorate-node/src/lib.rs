@@ -26,6 +26,7 @@ mod hash_exchange;
 mod invariants;
 pub mod recover;
 pub mod restore;
+mod save_stream;
 pub mod server;
 pub mod sm;
 mod telemetry;

@@ -125,3 +125,115 @@ pub(crate) fn status_table(file: &Path, info: &restore::SnapshotInfo) -> String 
     ];
     rows.iter().map(|(k, v)| format!("{k:<10}{v}\n")).collect()
 }
+
+/// The temporary name a streamed save writes to before it is verified: `FILE.part`.
+pub(crate) fn part_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(".part");
+    file.with_file_name(name)
+}
+
+/// The temporary file of a streamed save: removed when dropped unless it was renamed into
+/// place, so a save that fails for any reason (a deposed leader, a cut stream, a file that
+/// does not verify) leaves nothing at FILE, and no `FILE.part` either.
+struct Part {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Progress on standard error, at most every [`PROGRESS_EVERY`] and once at the end.
+struct Progress {
+    show: bool,
+    last: Option<std::time::Instant>,
+}
+
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Progress {
+    fn report(&mut self, p: &quorate_client::SaveProgress) {
+        if !self.show {
+            return;
+        }
+        let done = p.total == Some(p.bytes);
+        if !done && self.last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let line = match p.total {
+            Some(total) => {
+                let pct = if total == 0 { 100 } else { p.bytes * 100 / total };
+                format!("progress: {}/{total} bytes ({pct}%) from node {} at index {}", p.bytes, p.node, p.index)
+            }
+            None => {
+                format!(
+                    "progress: node {} is writing the image at index {}: {} bytes so far",
+                    p.node, p.index, p.prepared
+                )
+            }
+        };
+        eprintln!("{line}");
+    }
+}
+
+/// `quorate snapshot save FILE`: streamed from the leader into `FILE.part`, fsynced, verified
+/// whole (header, metadata and data checksums, as `snapshot status` does), renamed to FILE and
+/// the directory fsynced. Any failure leaves nothing at FILE.
+pub(crate) async fn save_to_file(conn: &super::conn::ConnArgs, args: &super::SaveArgs) -> anyhow::Result<Outcome> {
+    use std::io::{IsTerminal, Write};
+    let Some(file) = args.file.as_deref() else { return Err(usage("snapshot save: FILE is required here")) };
+    let client = conn.client()?;
+    let part = Part { path: part_path(file), kept: false };
+    let handle = std::fs::File::create(&part.path).with_context(|| format!("cannot create {}", part.path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, handle);
+    let mut progress = Progress { show: args.progress || std::io::stderr().is_terminal(), last: None };
+    let idle = std::time::Duration::from_secs(args.idle_timeout);
+    let saved = client.snapshot_stream(&mut out, idle, |p| progress.report(p)).await;
+    client.close();
+    let saved = saved.context("snapshot save failed; nothing was written at the file's name")?;
+    out.flush()?;
+    let handle = out.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {}", part.path.display(), e.error()))?;
+    handle.sync_all().with_context(|| format!("fsync {}", part.path.display()))?;
+    drop(handle);
+    let info = restore::inspect(&part.path).context("the snapshot received does not verify; nothing was kept")?;
+    anyhow::ensure!(
+        info.meta.last.index == saved.index && info.file_bytes == saved.bytes,
+        "the snapshot received is not the one the leader announced (index {} of {} bytes, announced {} of {})",
+        info.meta.last.index,
+        info.file_bytes,
+        saved.index,
+        saved.bytes
+    );
+    let mut part = part;
+    std::fs::rename(&part.path, file).with_context(|| format!("cannot rename into {}", file.display()))?;
+    part.kept = true;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync {}", dir.display()))?;
+    if conn.output == Format::Json {
+        let mut j = status_json(file, &info);
+        j["node"] = json!(saved.node.get());
+        print_json(&j)?;
+    } else {
+        println!(
+            "snapshot at index {} (term {}) streamed from node {} into {}: {} bytes, {} keys, crc32:{:08x}, verified",
+            saved.index,
+            saved.term,
+            saved.node,
+            file.display(),
+            saved.bytes,
+            info.keys,
+            info.data_crc32
+        );
+    }
+    Ok(Outcome::Ok)
+}
