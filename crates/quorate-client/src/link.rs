@@ -220,3 +220,30 @@ impl Link for QuicLink {
         }
     }
 }
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use quorate_api::{PROTOCOL_GENERATION_1, StalenessBound};
+
+    #[test]
+    fn requests_0_1_0_cannot_decode_are_refused_on_quorate_1_without_sending() {
+        let bounded =
+            ReadConsistency::BoundedStale(StalenessBound { max_lag_entries: Some(1), max_since_leader_ms: None });
+        let gated = [
+            Request::SnapshotStreamOpen,
+            Request::SnapshotStreamFetch { stream: 1, offset: 0, len: 1 },
+            Request::Get { key: b"k".to_vec(), read: bounded },
+            Request::Scan { start: Vec::new(), end: None, limit: 1, read: bounded },
+            Request::ScanPaged { start: Vec::new(), end: None, limit: 1, read: bounded },
+        ];
+        for body in &gated {
+            let e = refused_below_generation_2(body, PROTOCOL_GENERATION_1).expect("refused on quorate/1");
+            assert!(e.to_string().contains("needs cluster version 2"), "{e}");
+            assert_eq!(refused_below_generation_2(body, PROTOCOL_GENERATION_2), None, "sent on quorate/2");
+        }
+        for body in [Request::SnapshotSave, Request::Get { key: b"k".to_vec(), read: ReadConsistency::Stale }] {
+            assert_eq!(refused_below_generation_2(&body, PROTOCOL_GENERATION_1), None, "0.1.0 knows {body:?}");
+        }
+    }
+}

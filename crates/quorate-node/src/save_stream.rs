@@ -187,14 +187,14 @@ impl Streams {
     /// stream runs (one fetched within [`STREAM_IDLE`]).
     pub(crate) fn open(&self, id: u64, term: Term, backups_dir: &Path, now: Instant) -> Result<(), ApiError> {
         let mut slot = self.lock();
-        if let Some(SlotInfo(s)) = slot.as_ref() {
-            if now.saturating_duration_since(s.touched) < STREAM_IDLE {
-                return Err(ApiError::Refused(format!(
-                    "busy: a snapshot save is already streaming from this node (stream {}); one at a time — retry \
-                     when it ends",
-                    s.id
-                )));
-            }
+        if let Some(SlotInfo(s)) = slot.as_ref()
+            && now.saturating_duration_since(s.touched) < STREAM_IDLE
+        {
+            return Err(ApiError::Refused(format!(
+                "busy: a snapshot save is already streaming from this node (stream {}); one at a time — retry when \
+                 it ends",
+                s.id
+            )));
         }
         if let Some(SlotInfo(old)) = slot.take() {
             end(&old);

@@ -86,6 +86,10 @@ impl View<'_> {
 
 /// What a worker does with a view: serve a read, or write a snapshot stream's image
 /// (`quorate snapshot save FILE`, [`crate::save_stream`]).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "reads are by far the common job; boxing them would allocate once per read to save bytes on the rare image"
+)]
 enum Job<'s> {
     /// A read with the view to serve it from.
     Read { view: Arc<View<'s>>, read: WaitingRead },

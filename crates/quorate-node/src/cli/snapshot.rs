@@ -169,7 +169,7 @@ impl Progress {
         self.last = Some(std::time::Instant::now());
         let line = match p.total {
             Some(total) => {
-                let pct = if total == 0 { 100 } else { p.bytes * 100 / total };
+                let pct = (p.bytes.saturating_mul(100)).checked_div(total).unwrap_or(100);
                 format!("progress: {}/{total} bytes ({pct}%) from node {} at index {}", p.bytes, p.node, p.index)
             }
             None => {
