@@ -183,6 +183,35 @@ impl Progress {
     }
 }
 
+/// Verifies the received file `part` whole (as `snapshot status` does) against the index and
+/// size the leader announced, then renames it to `file` and fsyncs the directory. On any
+/// failure `part` is removed (dropped) and nothing is at `file`.
+fn keep_verified(
+    mut part: Part,
+    file: &Path,
+    index: quorate_log::LogIndex,
+    bytes: u64,
+) -> anyhow::Result<restore::SnapshotInfo> {
+    let info = restore::inspect(&part.path).context("the snapshot received does not verify; nothing was kept")?;
+    anyhow::ensure!(
+        info.meta.last.index == index && info.file_bytes == bytes,
+        "the snapshot received is not the one the leader announced (index {} of {} bytes, announced {} of {}); \
+         nothing was kept",
+        info.meta.last.index,
+        info.file_bytes,
+        index,
+        bytes
+    );
+    std::fs::rename(&part.path, file).with_context(|| format!("cannot rename into {}", file.display()))?;
+    part.kept = true;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync {}", dir.display()))?;
+    Ok(info)
+}
+
 /// `quorate snapshot save FILE`: streamed from the leader into `FILE.part`, fsynced, verified
 /// whole (header, metadata and data checksums, as `snapshot status` does), renamed to FILE and
 /// the directory fsynced. Any failure leaves nothing at FILE.
@@ -202,23 +231,7 @@ pub(crate) async fn save_to_file(conn: &super::conn::ConnArgs, args: &super::Sav
     let handle = out.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {}", part.path.display(), e.error()))?;
     handle.sync_all().with_context(|| format!("fsync {}", part.path.display()))?;
     drop(handle);
-    let info = restore::inspect(&part.path).context("the snapshot received does not verify; nothing was kept")?;
-    anyhow::ensure!(
-        info.meta.last.index == saved.index && info.file_bytes == saved.bytes,
-        "the snapshot received is not the one the leader announced (index {} of {} bytes, announced {} of {})",
-        info.meta.last.index,
-        info.file_bytes,
-        saved.index,
-        saved.bytes
-    );
-    let mut part = part;
-    std::fs::rename(&part.path, file).with_context(|| format!("cannot rename into {}", file.display()))?;
-    part.kept = true;
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync {}", dir.display()))?;
+    let info = keep_verified(part, file, saved.index, saved.bytes)?;
     if conn.output == Format::Json {
         let mut j = status_json(file, &info);
         j["node"] = json!(saved.node.get());
@@ -236,4 +249,50 @@ pub(crate) async fn save_to_file(conn: &super::conn::ConnArgs, args: &super::Sav
         );
     }
     Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_log::{Configuration, EntryId, LogIndex, SnapshotMeta, Term};
+    use std::io::Write;
+
+    fn received(dir: &Path) -> (PathBuf, u64) {
+        let meta = SnapshotMeta { last: EntryId::new(Term(2), LogIndex(9)), config: Configuration::default() };
+        let mut w = quorate_storage::SnapshotWriter::create(dir, meta).unwrap();
+        for (k, v) in [(&b"kuser/a"[..], &b"1"[..]), (b"kuser/b", b"2")] {
+            w.write_all(&(k.len() as u32).to_le_bytes()).unwrap();
+            w.write_all(k).unwrap();
+            w.write_all(&(v.len() as u32).to_le_bytes()).unwrap();
+            w.write_all(v).unwrap();
+        }
+        let path = w.finish().unwrap().path;
+        let len = std::fs::metadata(&path).unwrap().len();
+        (path, len)
+    }
+
+    #[test]
+    fn a_received_file_is_kept_only_whole_and_as_announced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("backup.qsnap");
+        let (good, len) = received(tmp.path());
+        let bytes = std::fs::read(&good).unwrap();
+        // A truncated stream: refused, nothing at FILE, no FILE.part left.
+        let part = part_path(&file);
+        std::fs::write(&part, &bytes[..bytes.len() - 7]).unwrap();
+        let e = keep_verified(Part { path: part.clone(), kept: false }, &file, LogIndex(9), len).unwrap_err();
+        assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
+        assert!(!file.exists() && !part.exists());
+        // Whole, but not what the leader announced: refused too.
+        std::fs::write(&part, &bytes).unwrap();
+        let e = keep_verified(Part { path: part.clone(), kept: false }, &file, LogIndex(10), len).unwrap_err();
+        assert!(format!("{e:#}").contains("not the one the leader announced"), "{e:#}");
+        assert!(!file.exists() && !part.exists());
+        // Whole and as announced: renamed into place.
+        std::fs::write(&part, &bytes).unwrap();
+        let info = keep_verified(Part { path: part.clone(), kept: false }, &file, LogIndex(9), len).unwrap();
+        assert_eq!((info.keys, info.meta.last.index), (2, LogIndex(9)));
+        assert_eq!(std::fs::read(&file).unwrap(), bytes);
+        assert!(!part.exists());
+    }
 }
