@@ -423,7 +423,8 @@ enum Confirming {
     /// the leader wrote it at once, and a stale leader's file was reported good).
     Save(Configuration),
     /// `snapshot save FILE` (a streamed save, [`crate::save_stream`]): as `Save`, but the
-    /// image goes to a read worker and then to the caller, chunk by chunk, over stream `1`.
+    /// image goes to a read worker and then to the caller, chunk by chunk (the `u64` is the
+    /// stream's id).
     Stream(Configuration, u64),
     /// The end of a streamed save: complete only if this node is still the leader of the
     /// stream's term once the round confirms it.
