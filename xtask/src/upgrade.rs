@@ -69,9 +69,17 @@ impl std::fmt::Display for Step {
         match self {
             Step::Restart(n, Bin::New) => write!(f, "upgrade node {n} to the new binary"),
             Step::Restart(n, Bin::Old) => write!(f, "roll node {n} back to the old binary"),
-            Step::GatedRefused => write!(f, "delete-range and member update refused before finalize"),
+            Step::GatedRefused => write!(
+                f,
+                "delete-range, member update, snapshot save FILE and bounded-staleness reads refused before finalize"
+            ),
             Step::Finalize => write!(f, "quorate cluster finalize"),
-            Step::GatedWorks => write!(f, "delete-range and member update work after finalize"),
+            Step::GatedWorks => {
+                write!(
+                    f,
+                    "delete-range, member update, snapshot save FILE and bounded-staleness reads work after finalize"
+                )
+            }
             Step::OldRefuses(n) => {
                 write!(f, "old binary refuses node {n}'s finalized data; node {n} back on the new one")
             }
@@ -247,10 +255,20 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
                         }
                     }
                 }
+                // The streamed save and the bounded-staleness read, the same two ways.
+                let mut more = Vec::new();
+                for eps in [Some(&endpoints), old_only.as_ref()].into_iter().flatten() {
+                    match gated_0_2_requests(&cluster, eps, &dir, false) {
+                        Ok(m) => more.push(m),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
                 match failed {
                     Some(e) => Err(e),
                     None if old_node.is_none() => Err(anyhow::anyhow!("no node on the old binary at this step")),
-                    None => Ok(format!("refused by the gate: {}", seen.join(", "))),
+                    None => Ok(format!("refused by the gate: {}; {}", seen.join(", "), more.join("; "))),
                 }
             }
             Step::Finalize => {
@@ -274,7 +292,9 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
                     let up = cluster.quorate_to(&["member", "update", "2", "--peer", &peer], &endpoints)?;
                     let up_text = crate::cluster::text(&up.stdout) + &crate::cluster::text(&up.stderr);
                     if up.status.success() {
-                        Ok(format!("delete-range: {}; member update: {}", text.trim(), up_text.trim()))
+                        gated_0_2_requests(&cluster, &endpoints, &dir, true).map(|more| {
+                            format!("delete-range: {}; member update: {}; {more}", text.trim(), up_text.trim())
+                        })
                     } else {
                         Err(anyhow::anyhow!("member update failed after finalize: {}", up_text.trim()))
                     }
@@ -397,6 +417,39 @@ fn copy_bin(from: &Path, to: &Path) -> Result<()> {
 
 /// After finalize: the old binary, started on `node`'s data, must exit with a clear refusal;
 /// then the node comes back on the new binary.
+/// `snapshot save FILE` (streamed to this machine) and a bounded-staleness read: both refused
+/// with the gate's words while the cluster is mixed or not finalized (`works: false`; a 0.1.0
+/// node cannot decode either request, so a new node refuses by the gate and the client refuses
+/// to send them on a `quorate/1` connection), both served after finalize (`works: true`).
+fn gated_0_2_requests(cluster: &Cluster, endpoints: &str, dir: &Path, works: bool) -> Result<String> {
+    let file = dir.join(if works { "streamed-after-finalize.qsnap" } else { "streamed-before-finalize.qsnap" });
+    let file_arg = file.to_string_lossy().into_owned();
+    let save = cluster.quorate_to(&["snapshot", "save", &file_arg], endpoints)?;
+    let save_text = crate::cluster::text(&save.stdout) + &crate::cluster::text(&save.stderr);
+    let read_args = ["kv", "get", "upgrade/bounded", "--consistency", "stale", "--max-staleness-ms", "60000"];
+    let read = cluster.quorate_to(&read_args, endpoints)?;
+    let read_text = crate::cluster::text(&read.stdout) + &crate::cluster::text(&read.stderr);
+    let last = |t: &str| t.trim().lines().last().unwrap_or("").to_string();
+    if works {
+        if !save.status.success() || !file.exists() {
+            bail!("snapshot save FILE failed after finalize: {}", save_text.trim());
+        }
+        // Exit 3 is "not found": the read was served.
+        if !matches!(read.status.code(), Some(0 | 3)) {
+            bail!("a bounded-staleness read failed after finalize: {}", read_text.trim());
+        }
+        Ok(format!("snapshot save FILE: {}; bounded-staleness read served", last(&save_text)))
+    } else {
+        if save.status.success() || !save_text.contains("needs cluster version 2") || file.exists() {
+            bail!("snapshot save FILE was not refused before finalize: {}", save_text.trim());
+        }
+        if read.status.success() || !read_text.contains("needs cluster version 2") {
+            bail!("a bounded-staleness read was not refused before finalize: {}", read_text.trim());
+        }
+        Ok(format!("snapshot save FILE refused: {}; bounded-staleness read refused", last(&save_text)))
+    }
+}
+
 fn old_refuses(cluster: &mut Cluster, node: u64, old_bin: &Path, new_bin: &Path) -> Result<String> {
     cluster.kill(node)?;
     cluster.bin = old_bin.to_owned();

@@ -19,7 +19,7 @@
 //!   request gated on the cluster version, the gate's own words: a node that speaks `quorate/1`
 //!   is proof that the cluster is not finalized).
 
-use crate::{ApiError, CLUSTER_VERSION_INITIAL, ClientRequest, ClientResponse, Request};
+use crate::{ApiError, CLUSTER_VERSION_INITIAL, ClientRequest, ClientResponse, ReadConsistency, Request};
 use serde::{Deserialize, Serialize};
 
 /// The first protocol generation (`quorate/1`, Quorate 0.1.0).
@@ -91,13 +91,21 @@ impl Request {
     /// Why this request must not be sent on a connection of protocol `generation`, as the
     /// error the caller gets instead; `None` when a node of that generation decodes it.
     ///
-    /// Before generation 2 (a 0.1.0 node) that is every request added since 0.1.0. The paged
+    /// Before generation 2 (a 0.1.0 node) that is every request added since 0.1.0, and a
+    /// bounded-staleness read level inside a request 0.1.0 knows. The paged
     /// reads are listed too, but a client sends them to a 0.1.0 node as the whole `Scan` and
     /// `Txn` it knows (see the module documentation) and never reaches this refusal with them.
     #[must_use]
     pub fn refusal_at_generation(&self, generation: u8) -> Option<ApiError> {
         if generation >= PROTOCOL_GENERATION_2 {
             return None;
+        }
+        // A read level 0.1.0 does not know, inside a request it knows.
+        if let Request::Get { read: ReadConsistency::BoundedStale(_), .. }
+        | Request::Scan { read: ReadConsistency::BoundedStale(_), .. }
+        | Request::ScanPaged { read: ReadConsistency::BoundedStale(_), .. } = self
+        {
+            return Some(cluster_version_refusal("a bounded-staleness read", 2, CLUSTER_VERSION_INITIAL));
         }
         // Every variant by name, so that a new request must say whether 0.1.0 decodes it.
         let missing = match self {
@@ -121,6 +129,9 @@ impl Request {
             }
             Request::MemberUpdate { .. } => {
                 return Some(cluster_version_refusal("member update", 2, CLUSTER_VERSION_INITIAL));
+            }
+            Request::SnapshotStreamOpen | Request::SnapshotStreamFetch { .. } => {
+                return Some(cluster_version_refusal("a streamed snapshot save", 2, CLUSTER_VERSION_INITIAL));
             }
             Request::Versions => "versions",
             Request::Finalize { .. } => "finalize",

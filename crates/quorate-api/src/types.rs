@@ -33,6 +33,59 @@ pub enum ReadConsistency {
     Lease,
     /// Local and serializable: may lag; the response says by how much.
     Stale,
+    /// Local and serializable as [`ReadConsistency::Stale`], but refused
+    /// ([`ApiError::Unavailable`], retryable: ask another member or the leader) when the
+    /// serving replica is further behind than the caller's bound. Since 0.2.0: a 0.1.0 node
+    /// cannot decode it, so a client sends it only on a `quorate/2` connection and a node
+    /// serves it only at cluster version 2 or more.
+    BoundedStale(StalenessBound),
+}
+
+/// How far behind a [`ReadConsistency::BoundedStale`] read may be served. Each bound that is
+/// set must hold; a bound left `None` is not checked (both `None` is a plain stale read).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct StalenessBound {
+    /// Most log entries the replica may know committed and not yet have applied
+    /// (`known_commit - applied` when the read is admitted).
+    pub max_lag_entries: Option<u64>,
+    /// Most milliseconds since the replica last heard from a leader (a leader: 0). A replica
+    /// that never heard from one is refused whenever this is set.
+    pub max_since_leader_ms: Option<u64>,
+}
+
+impl StalenessBound {
+    /// Why a replica that knows `known_commit`, has applied `applied` and last heard from a
+    /// leader `since_leader_ms` ago may not serve a read with this bound; `None`: it may.
+    #[must_use]
+    pub fn violation(&self, known_commit: u64, applied: u64, since_leader_ms: Option<u64>) -> Option<String> {
+        let lag = known_commit.saturating_sub(applied);
+        if let Some(max) = self.max_lag_entries
+            && lag > max
+        {
+            return Some(format!(
+                "replica too stale: {lag} committed entries not yet applied, more than the bound of {max}; retry on \
+                 another member or the leader"
+            ));
+        }
+        if let Some(max) = self.max_since_leader_ms {
+            match since_leader_ms {
+                Some(ms) if ms <= max => {}
+                Some(ms) => {
+                    return Some(format!(
+                        "replica too stale: last heard from a leader {ms} ms ago, more than the bound of {max} ms; \
+                         retry on another member or the leader"
+                    ));
+                }
+                None => {
+                    return Some(
+                        "replica too stale: it has not heard from a leader yet; retry on another member or the leader"
+                            .into(),
+                    );
+                }
+            }
+        }
+        None
+    }
 }
 
 /// A request from a client.
@@ -202,6 +255,26 @@ pub enum Request {
         /// Its new address (`host:port`).
         addr: String,
     },
+    /// Start a snapshot save streamed to the caller (admin; `quorate snapshot save FILE`): the
+    /// leader confirms its leadership with a ReadIndex round, then takes an image of the state
+    /// machine at an applied index at or after the confirmed one (written off the apply thread
+    /// into a file of its own), and answers [`Response::SnapshotStreamOpened`]. The caller then
+    /// fetches the image with [`Request::SnapshotStreamFetch`]. One stream per node at a time
+    /// (a second is refused as busy). Since 0.2.0, refused below cluster version 2.
+    SnapshotStreamOpen,
+    /// The bytes `[offset, offset + len)` of the image of stream `stream` (admin), answered
+    /// with [`Response::SnapshotStreamData`] (no bytes while the image is still being
+    /// written). `len: 0` ends the stream: the leader confirms its leadership again with a
+    /// ReadIndex round and, only then, answers that the stream is complete (so a leader deposed
+    /// during the save never completes one). Since 0.2.0, refused below cluster version 2.
+    SnapshotStreamFetch {
+        /// The stream, from [`Response::SnapshotStreamOpened`].
+        stream: u64,
+        /// The first byte.
+        offset: u64,
+        /// Bytes wanted, at most [`limits::SNAPSHOT_CHUNK_BYTES_MAX`]; 0 ends the stream.
+        len: u32,
+    },
 }
 
 /// Who may do what; from the role in the client's certificate.
@@ -248,6 +321,8 @@ impl Request {
             | Request::LeaderTransfer { .. }
             | Request::SnapshotSave
             | Request::Finalize { .. }
+            | Request::SnapshotStreamOpen
+            | Request::SnapshotStreamFetch { .. }
             | Request::FlightDump => Access::Admin,
         }
     }
@@ -350,6 +425,12 @@ impl ClientRequest {
                 }
                 Ok(())
             }
+            Request::SnapshotStreamFetch { len, .. } => {
+                if *len as usize > limits::SNAPSHOT_CHUNK_BYTES_MAX {
+                    return Err(format!("a snapshot chunk is at most {} bytes", limits::SNAPSHOT_CHUNK_BYTES_MAX));
+                }
+                Ok(())
+            }
             Request::Finalize { version } => {
                 if *version < crate::CLUSTER_VERSION_INITIAL {
                     return Err(format!("cluster versions start at {}", crate::CLUSTER_VERSION_INITIAL));
@@ -364,6 +445,7 @@ impl ClientRequest {
             | Request::MemberRemove { .. }
             | Request::LeaderTransfer { .. }
             | Request::SnapshotSave
+            | Request::SnapshotStreamOpen
             | Request::FlightDump
             | Request::OpenSession => Ok(()),
         }
@@ -589,6 +671,32 @@ pub enum Response {
     },
     /// A node's health (the answer to [`Request::Health`]). Since 0.2.0.
     Health(NodeHealth),
+    /// A streamed snapshot save started (the answer to [`Request::SnapshotStreamOpen`]).
+    /// Since 0.2.0.
+    SnapshotStreamOpened {
+        /// The stream's id, for [`Request::SnapshotStreamFetch`].
+        stream: u64,
+        /// The applied index the image is taken at (at or after the confirmed read index).
+        index: LogIndex,
+        /// The term of the entry at `index`.
+        term: Term,
+    },
+    /// Bytes of a streamed snapshot image (the answer to [`Request::SnapshotStreamFetch`]).
+    /// Since 0.2.0.
+    SnapshotStreamData {
+        /// Where `data` starts.
+        offset: u64,
+        /// The bytes (empty while the image is still being written, and for the end).
+        #[serde(with = "quorate_log::byte_string")]
+        data: Vec<u8>,
+        /// The image's size once it is written whole (`None`: still being written).
+        total: Option<u64>,
+        /// Bytes of the image written so far (progress while it is being written).
+        prepared: u64,
+        /// The answer to the end of the stream (`len: 0`): the leader confirmed it was still
+        /// leader after the last byte was served.
+        complete: bool,
+    },
 }
 
 /// A node's health, as `quorate cluster status` shows it in its `HEALTH` column (the answer

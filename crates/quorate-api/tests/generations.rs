@@ -144,6 +144,8 @@ fn every_request() -> Vec<Request> {
         Request::TxnPaged { txn: Txn { compare: vec![], success: vec![], failure: vec![] }, from: 0, revision: None },
         Request::Health,
         Request::MemberUpdate { id: quorate_log::NodeId::new(4).expect("id"), addr: "a:1".into() },
+        Request::SnapshotStreamOpen,
+        Request::SnapshotStreamFetch { stream: 1, offset: 0, len: 1 },
     ];
     // The list is every variant, in order: its variant indexes are 0, 1, 2, ...
     for (i, r) in requests.iter().enumerate() {
@@ -183,4 +185,23 @@ fn a_client_refuses_to_send_a_0_1_0_node_exactly_what_0_1_0_cannot_decode() {
     let update = gate(Request::MemberUpdate { id: quorate_log::NodeId::new(2).expect("id"), addr: "h:1".into() });
     assert!(update.contains("member update needs cluster version 2"), "{update}");
     assert!(gate(Request::Health).contains("Quorate 0.1.0"));
+}
+
+#[test]
+fn a_bounded_staleness_read_level_is_never_sent_to_a_0_1_0_node() {
+    let bounded = ReadConsistency::BoundedStale(StalenessBound { max_lag_entries: Some(1), max_since_leader_ms: None });
+    let k = || b"k".to_vec();
+    for body in [
+        Request::Get { key: k(), read: bounded },
+        Request::Scan { start: k(), end: None, limit: 1, read: bounded },
+        Request::ScanPaged { start: k(), end: None, limit: 1, read: bounded },
+    ] {
+        let e = body.refusal_at_generation(PROTOCOL_GENERATION_1).expect("refused on quorate/1");
+        assert!(e.to_string().contains("a bounded-staleness read needs cluster version 2"), "{e}");
+        assert_eq!(body.refusal_at_generation(PROTOCOL_GENERATION_2), None, "sent on quorate/2");
+    }
+    // 0.1.0's own read levels go to a 0.1.0 node.
+    for read in [ReadConsistency::Linearizable, ReadConsistency::Lease, ReadConsistency::Stale] {
+        assert_eq!(Request::Get { key: k(), read }.refusal_at_generation(PROTOCOL_GENERATION_1), None);
+    }
 }

@@ -139,3 +139,46 @@ fn health_is_a_new_request_and_answer_and_status_keeps_its_0_1_0_shape() {
     assert_eq!(bytes, [9, 0, 20]);
     assert_eq!(Request::Health.access(), Access::Read);
 }
+
+#[test]
+fn snapshot_streams_and_bounded_staleness_are_appended_variants() {
+    // Request variants 22 (SnapshotStreamOpen) and 23 (SnapshotStreamFetch), answer variants
+    // 17 and 18, ReadConsistency variant 3: after every earlier one, pinned byte for byte.
+    let open = NodeMessage::Request(ClientRequest { id: 9, session: None, body: Request::SnapshotStreamOpen });
+    let mut bytes = Vec::new();
+    open.encode(&mut bytes).expect("encodes");
+    assert_eq!(bytes, [9, 0, 22]);
+    let fetch = Request::SnapshotStreamFetch { stream: 7, offset: 300, len: 2 };
+    let fetch = NodeMessage::Request(ClientRequest { id: 9, session: None, body: fetch });
+    let mut bytes = Vec::new();
+    fetch.encode(&mut bytes).expect("encodes");
+    assert_eq!(bytes, [9, 0, 23, 7, 0xac, 0x02, 2]);
+    assert_eq!(NodeMessage::decode(PROTOCOL_VERSION, kinds::REQUEST, &bytes).expect("decodes"), fetch);
+    let data = Response::SnapshotStreamData { offset: 1, data: vec![5], total: Some(2), prepared: 2, complete: false };
+    let answer = NodeMessage::Response(ClientResponse { id: 9, result: Ok(data) });
+    let mut bytes = Vec::new();
+    answer.encode(&mut bytes).expect("encodes");
+    assert_eq!(bytes, [9, 0, 18, 1, 1, 5, 1, 2, 2, 0]);
+    assert_eq!(NodeMessage::decode(PROTOCOL_VERSION, kinds::RESPONSE, &bytes).expect("decodes"), answer);
+    let bounded = ReadConsistency::BoundedStale(StalenessBound { max_lag_entries: Some(3), max_since_leader_ms: None });
+    let get = Request::Get { key: b"k".to_vec(), read: bounded };
+    let get = NodeMessage::Request(ClientRequest { id: 9, session: None, body: get });
+    let mut bytes = Vec::new();
+    get.encode(&mut bytes).expect("encodes");
+    assert_eq!(bytes, [9, 0, 1, 1, b'k', 3, 1, 3, 0]);
+    assert_eq!(NodeMessage::decode(PROTOCOL_VERSION, kinds::REQUEST, &bytes).expect("decodes"), get);
+    // Admin only; an oversized chunk is refused by validation.
+    assert_eq!(Request::SnapshotStreamOpen.access(), Access::Admin);
+    let big = Request::SnapshotStreamFetch { stream: 1, offset: 0, len: limits::SNAPSHOT_CHUNK_BYTES_MAX as u32 + 1 };
+    assert!(ClientRequest { id: 1, session: None, body: big }.validate().is_err());
+}
+
+#[test]
+fn a_staleness_bound_refuses_a_replica_further_behind() {
+    let b = StalenessBound { max_lag_entries: Some(10), max_since_leader_ms: Some(500) };
+    assert_eq!(b.violation(110, 100, Some(500)), None, "at the bound: served");
+    assert!(b.violation(111, 100, Some(0)).unwrap().contains("11 committed entries"));
+    assert!(b.violation(100, 100, Some(501)).unwrap().contains("501 ms"));
+    assert!(b.violation(100, 100, None).unwrap().contains("not heard from a leader"));
+    assert_eq!(StalenessBound::default().violation(1_000, 0, None), None, "no bound: a plain stale read");
+}

@@ -60,7 +60,7 @@ mod retry;
 pub use error::{ClientError, GiveUpReason};
 pub use quorate_api::{
     ApiError, Compare, CompareOp, CompareTarget, KeyValue, Member, MemberKind, NodeHealth, NodeStatus, ReadConsistency,
-    ReadInfo, Txn, TxnOp, TxnResult, VersionInfo,
+    ReadInfo, StalenessBound, Txn, TxnOp, TxnResult, VersionInfo,
 };
 pub use retry::{Backoff, RetryBudget, RetryBudgetConfig};
 
@@ -228,6 +228,41 @@ pub struct TxnOutcome {
     pub results: Vec<TxnResult>,
     /// The global revision after the transaction.
     pub revision: u64,
+}
+
+/// Bytes asked for in one chunk of a streamed snapshot save ([`Client::snapshot_stream`]).
+pub const SNAPSHOT_CHUNK_BYTES: u32 = 512 * 1024;
+/// Chunks of a streamed snapshot save in flight at once.
+pub const SNAPSHOT_WINDOW: usize = 4;
+
+/// Where a streamed snapshot save stands ([`Client::snapshot_stream`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SaveProgress {
+    /// The leader streaming it.
+    pub node: NodeId,
+    /// The applied index of the image.
+    pub index: LogIndex,
+    /// Bytes received and written so far.
+    pub bytes: u64,
+    /// The image's size, once the leader has written it whole.
+    pub total: Option<u64>,
+    /// Bytes of the image the leader has written so far.
+    pub prepared: u64,
+}
+
+/// A completed streamed snapshot save.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamedSnapshot {
+    /// The leader that streamed it.
+    pub node: NodeId,
+    /// The applied index it covers.
+    pub index: LogIndex,
+    /// The term of the entry at that index.
+    pub term: quorate_log::Term,
+    /// Its size.
+    pub bytes: u64,
 }
 
 /// A client of a Quorate cluster. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -444,6 +479,91 @@ impl Client {
         match self.core.send(Request::SnapshotSave, None, Route::Leader).await? {
             (_, Response::SnapshotSaved { path, index }) => Ok((path, index)),
             (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Streams a snapshot of the state machine from the leader into `out` (admin; `quorate
+    /// snapshot save FILE`): the leader confirms its leadership with a quorum round, takes an
+    /// image at an applied index at or after the confirmed one (off its apply thread), and
+    /// the client fetches it in chunks of [`SNAPSHOT_CHUNK_BYTES`], [`SNAPSHOT_WINDOW`] chunks
+    /// in flight at a time. There is no deadline on the whole save: each chunk has the
+    /// request timeout, and the save fails if no byte arrives (nor any progress of the image
+    /// being written) for `idle`. `progress` is called after every step.
+    ///
+    /// The bytes written to `out` are a snapshot file (`quorate snapshot status` verifies
+    /// it); they are whole only if this returns `Ok`: the end is confirmed by a second quorum
+    /// round, so a leader deposed during the save (or cut off from its quorum) makes it fail.
+    /// Needs cluster version 2; refused without sending on a `quorate/1` connection.
+    pub async fn snapshot_stream<W: std::io::Write>(
+        &self,
+        out: &mut W,
+        idle: Duration,
+        mut progress: impl FnMut(&SaveProgress),
+    ) -> Result<StreamedSnapshot, ClientError> {
+        let (node, opened) = self.core.send(Request::SnapshotStreamOpen, None, Route::Leader).await?;
+        let Response::SnapshotStreamOpened { stream, index, term } = opened else {
+            return Err(unexpected(node, &opened));
+        };
+        let mut state = SaveProgress { node, index, bytes: 0, total: None, prepared: 0 };
+        progress(&state);
+        let mut last_progress = Instant::now();
+        let fetch = |offset: u64, len: u32| async move {
+            self.core.send(Request::SnapshotStreamFetch { stream, offset, len }, None, Route::Direct(node)).await
+        };
+        loop {
+            if state.total == Some(state.bytes) {
+                break;
+            }
+            let next = state.bytes;
+            let window: Vec<_> = (0..SNAPSHOT_WINDOW as u64)
+                .map(|i| next + i * u64::from(SNAPSHOT_CHUNK_BYTES))
+                .filter(|o| state.total.is_none_or(|t| *o < t))
+                .map(|o| fetch(o, SNAPSHOT_CHUNK_BYTES))
+                .collect();
+            let mut moved = false;
+            for answer in join_all(window).await {
+                let (_, answer) = answer?;
+                let Response::SnapshotStreamData { offset, data, total, prepared, .. } = answer else {
+                    return Err(unexpected(node, &answer));
+                };
+                if prepared > state.prepared {
+                    state.prepared = prepared;
+                    moved = true;
+                }
+                if total.is_some() {
+                    state.total = total;
+                }
+                // In order only: a chunk after a short or empty one waits for the next round.
+                if offset != state.bytes || data.is_empty() {
+                    continue;
+                }
+                out.write_all(&data).map_err(|e| ClientError::Config(format!("writing the snapshot: {e}")))?;
+                state.bytes += data.len() as u64;
+                moved = true;
+            }
+            progress(&state);
+            let now = Instant::now();
+            if moved {
+                last_progress = now;
+            } else if now.duration_since(last_progress) >= idle {
+                return Err(ClientError::GaveUp {
+                    attempts: 1,
+                    elapsed: now.duration_since(last_progress),
+                    reason: GiveUpReason::Deadline,
+                    last: format!("node {node}: no snapshot bytes for {} ms", idle.as_millis()),
+                });
+            } else {
+                // The image is still being written: ask again shortly.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let (_, end) = fetch(state.bytes, 0).await?;
+        match end {
+            Response::SnapshotStreamData { complete: true, total: Some(t), .. } if t == state.bytes => {
+                out.flush().map_err(|e| ClientError::Config(format!("writing the snapshot: {e}")))?;
+                Ok(StreamedSnapshot { node, index, term, bytes: state.bytes })
+            }
+            other => Err(unexpected(node, &other)),
         }
     }
 

@@ -139,7 +139,10 @@ pub(crate) fn class_of(body: &Request) -> Class {
         | Request::ScanPaged { .. }
         | Request::TxnPaged { .. }
         | Request::Status
-        | Request::MemberList => Class::ClientRead,
+        | Request::MemberList
+        // A chunk of a snapshot stream changes nothing: not shed for write pressure (disk
+        // space, uncommitted bytes), so a backup can be taken while writes are refused.
+        | Request::SnapshotStreamFetch { .. } => Class::ClientRead,
         Request::Txn(t) if t.is_read_only() => Class::ClientRead,
         _ => Class::ClientWrite,
     }
@@ -177,6 +180,7 @@ pub(crate) fn response_bytes_max(body: &Request) -> u64 {
         Request::Txn(t) | Request::TxnPaged { txn: t, .. } => txn_answer_bytes_max(t),
         // A member list names every member with its address.
         Request::MemberList => (quorate_log::MEMBERS_MAX * (limits::TEXT_BYTES_MAX + 32)) as u64,
+        Request::SnapshotStreamFetch { len, .. } => SMALL_ANSWER_BYTES + u64::from(*len),
         _ => SMALL_ANSWER_BYTES,
     };
     bytes.min(limits::RESULT_BYTES_MAX as u64 + limits::RESPONSE_ENVELOPE_BYTES_MAX as u64)

@@ -73,8 +73,9 @@ pub(crate) enum ApplyMsg {
     /// The install batch for this snapshot is durable: install its data.
     Install(SnapshotMeta),
     /// Write a backup snapshot into the backups directory once applied ≥ `index` (the index
-    /// a ReadIndex round confirmed this node's leadership at).
-    Backup { config: Configuration, index: LogIndex, responder: Responder, deadline: Instant },
+    /// a ReadIndex round confirmed this node's leadership at); with `stream`, have a read
+    /// worker write the image of snapshot stream `stream` instead ([`crate::save_stream`]).
+    Backup { config: Configuration, index: LogIndex, responder: Responder, deadline: Instant, stream: Option<u64> },
 }
 
 /// The damaged state-machine record `e` names, if `e` is one (a value that does not decode or
@@ -234,6 +235,8 @@ struct Waiting {
 
 /// A `snapshot save` confirmed at `index`, waiting for it to be applied.
 pub(crate) struct WaitingBackup {
+    /// A snapshot stream's image rather than a file in the backups directory.
+    stream: Option<u64>,
     config: Configuration,
     index: LogIndex,
     responder: Responder,
@@ -469,7 +472,7 @@ impl Applier {
             let result = result
                 .and_then(|()| self.repair_read_failures(pool, failed))
                 .and_then(|()| self.serve_reads_repairing(pool));
-            self.save_backups();
+            self.save_backups(pool);
             if let Err(e) = result {
                 tracing::error!(error = %e, "state machine failed; stopping the node");
                 let _ = self.events.blocking_send(Event::Fatal(format!("state machine: {e}")));
@@ -591,12 +594,12 @@ impl Applier {
             }
             ApplyMsg::TakeSnapshot(meta) => self.take_snapshot(meta),
             ApplyMsg::Install(meta) => self.install(&meta, pool),
-            ApplyMsg::Backup { config, index, responder, deadline } => {
+            ApplyMsg::Backup { config, index, responder, deadline, stream } => {
                 if self.backups.len() >= BACKUPS_WAITING_MAX {
                     responder.send(Err(ApiError::Unavailable("too many snapshot saves waiting; retry".into())), None);
                 } else {
-                    self.backups.push(WaitingBackup { config, index, responder, deadline });
-                    self.save_backups();
+                    self.backups.push(WaitingBackup { stream, config, index, responder, deadline });
+                    self.save_backups(pool);
                 }
                 Ok(())
             }
@@ -803,8 +806,9 @@ impl Applier {
         Ok(())
     }
 
-    /// Writes the backups whose confirmed index is applied.
-    fn save_backups(&mut self) {
+    /// Writes the backups whose confirmed index is applied (a snapshot stream's image: hands
+    /// it to a read worker, and answers the stream's opening).
+    fn save_backups(&mut self, pool: &reads::ReadPool<'_>) {
         if self.backups.iter().all(|b| b.index > self.applied.index) {
             return;
         }
@@ -812,6 +816,10 @@ impl Applier {
             std::mem::take(&mut self.backups).into_iter().partition(|b| b.index <= self.applied.index);
         self.backups = waiting;
         for b in due {
+            if let Some(stream) = b.stream {
+                self.start_image(stream, b.config, b.responder, pool);
+                continue;
+            }
             let r = self.backup(b.config);
             let at = Some(self.applied);
             match r {
@@ -822,6 +830,28 @@ impl Applier {
                     tracing::warn!(error = %e, "backup snapshot failed");
                     b.responder.send(Err(ApiError::Internal(format!("backup failed: {e}"))), at);
                 }
+            }
+        }
+    }
+
+    /// Snapshot stream `stream`: a view of the state machine as applied now (at or after the
+    /// confirmed index) goes to a read worker, which writes the image; the opening is answered.
+    fn start_image(&self, stream: u64, config: Configuration, responder: Responder, pool: &reads::ReadPool<'_>) {
+        let Some(image) = self.shared.streams.image(stream) else {
+            responder.send(Err(self.shared.streams.gone(stream)), None);
+            return;
+        };
+        let meta = SnapshotMeta { last: self.applied, config };
+        match pool.view() {
+            Ok(view) => {
+                pool.dispatch_image(&view, meta, image);
+                let opened =
+                    Response::SnapshotStreamOpened { stream, index: self.applied.index, term: self.applied.term };
+                responder.send(Ok(opened), Some(self.applied));
+            }
+            Err(e) => {
+                image.finish(Err(format!("cannot take a view of the state machine: {e}")));
+                responder.send(Err(ApiError::Internal(format!("snapshot stream: {e}"))), None);
             }
         }
     }

@@ -84,6 +84,7 @@ fn what_of(body: &Request) -> Option<What> {
             what("leader_transfer", &[], to.map_or_else(|| "to=any".to_string(), |t| format!("to={t}")))
         }
         Request::SnapshotSave => what("snapshot_save", &[], String::new()),
+        Request::SnapshotStreamOpen => what("snapshot_stream_open", &[], String::new()),
         Request::Finalize { version } => what("finalize", &[], format!("version={version}")),
         _ => None,
     }

@@ -27,6 +27,7 @@ mod invariants;
 pub mod recover;
 mod replays;
 pub mod restore;
+mod save_stream;
 pub mod server;
 pub mod sm;
 mod telemetry;

@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     /// Which session writes may replay applied ones (filled by the apply thread; see
     /// [`crate::replays`]).
     pub(crate) replays: crate::replays::ReplayHints,
+    /// The snapshot stream this node serves, if any (`quorate snapshot save FILE`).
+    pub(crate) streams: crate::save_stream::Streams,
 }
 
 impl Shared {
@@ -451,6 +453,23 @@ enum Confirming {
     /// acknowledged before the request, and a deposed leader writes none (review of issue 21:
     /// the leader wrote it at once, and a stale leader's file was reported good).
     Save(Configuration),
+    /// `snapshot save FILE` (a streamed save, [`crate::save_stream`]): as `Save`, but the
+    /// image goes to a read worker and then to the caller, chunk by chunk (the `u64` is the
+    /// stream's id).
+    Stream(Configuration, u64),
+    /// The end of a streamed save: complete only if this node is still the leader of the
+    /// stream's term once the round confirms it.
+    StreamEnd(u64),
+}
+
+impl Confirming {
+    /// The snapshot stream a failed or expired round ends.
+    fn stream(&self) -> Option<u64> {
+        match self {
+            Confirming::Stream(_, id) | Confirming::StreamEnd(id) => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 /// A snapshot transfer being received: from the leader `from` in `term`. The chunks go to a
@@ -601,6 +620,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         std::fs::create_dir_all(d)
             .map_err(|e| ServerError::Storage(format!("cannot create directory {}: {e}", d.display())))?;
     }
+    crate::save_stream::clear(&backups_dir);
     clear_staging(&staging_dir);
 
     // Storage.
@@ -750,6 +770,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         response_write_timeout: Duration::from_millis(config.limits.response_write_timeout_ms),
         failpoints: failpoints.clone(),
         replays: crate::replays::ReplayHints::default(),
+        streams: crate::save_stream::Streams::default(),
     });
     crate::versions::sync_transport(&shared);
 
@@ -941,6 +962,7 @@ impl Driver {
         loop {
             self.drain_ready().await?;
             self.abort_stale_snapshot_sends();
+            self.abort_stale_save_stream();
             self.obs.observe(&self.raft).map_err(ServerError::Core)?;
             self.raft.dump_on_violations(crate::invariants::violations_total());
             let wake = self.raft.poll_timeout().map_or_else(
@@ -1013,6 +1035,15 @@ impl Driver {
         });
     }
 
+    /// Ends the snapshot save streamed from this node if it is no longer the leader of the
+    /// term the save started in: a deposed leader never completes a save.
+    fn abort_stale_save_stream(&mut self) {
+        if self.shared.streams.active() {
+            let (term, leader) = (self.raft.term(), self.raft.role() == Role::Leader);
+            let _ = self.shared.streams.check(term, leader, Instant::now());
+        }
+    }
+
     async fn drain_ready(&mut self) -> Result<(), ServerError> {
         for _ in 0..64 {
             if let Some(h) = self.raft.halted() {
@@ -1078,8 +1109,23 @@ impl Driver {
                             staleness: None,
                             deadline: p.deadline,
                         },
-                        Confirming::Save(config) => {
-                            ApplyMsg::Backup { config, index: r.index, responder: p.responder, deadline: p.deadline }
+                        Confirming::Save(config) => ApplyMsg::Backup {
+                            config,
+                            index: r.index,
+                            responder: p.responder,
+                            deadline: p.deadline,
+                            stream: None,
+                        },
+                        Confirming::Stream(config, stream) => ApplyMsg::Backup {
+                            config,
+                            index: r.index,
+                            responder: p.responder,
+                            deadline: p.deadline,
+                            stream: Some(stream),
+                        },
+                        Confirming::StreamEnd(stream) => {
+                            self.end_stream(stream, p.responder);
+                            continue;
                         }
                     };
                     self.apply_backlog.push(&self.apply_tx, msg).await?;
@@ -1090,9 +1136,17 @@ impl Driver {
                     let e = match p.what {
                         // A save whose round failed was asked of a leader that no longer is:
                         // NotLeader, so the client asks the leader it names.
-                        Confirming::Save(_) => self.leader_hint(),
+                        Confirming::Save(_) | Confirming::Stream(..) => self.leader_hint(),
+                        Confirming::StreamEnd(_) => ApiError::Refused(
+                            "this node could not confirm it was still the leader at the end of the snapshot save; \
+                             the file is not complete — run `snapshot save` again"
+                                .into(),
+                        ),
                         Confirming::Read(_) => self.read_error(&f.error),
                     };
+                    if let Some(stream) = p.what.stream() {
+                        self.shared.streams.release(stream);
+                    }
                     p.responder.send(Err(e), None);
                 }
             }
@@ -1264,8 +1318,14 @@ impl Driver {
         let expired: Vec<ReadId> = self.reads.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
             if let Some(p) = self.reads.remove(&id) {
+                if let Some(stream) = p.what.stream() {
+                    self.shared.streams.release(stream);
+                }
                 p.responder.send(Err(ApiError::Unavailable("read not confirmed in time; retry".into())), None);
             }
+        }
+        if let Some(stream) = self.shared.streams.check(self.raft.term(), self.raft.role() == Role::Leader, now) {
+            tracing::debug!(stream, "snapshot stream ended by the sweep");
         }
     }
 
@@ -1525,13 +1585,31 @@ impl Driver {
     async fn read(&mut self, req: ReadReq, level: ReadConsistency, responder: Responder) -> Result<(), ServerError> {
         let deadline = Instant::now() + REQUEST_DEADLINE;
         let level = match level {
-            ReadConsistency::Stale => {
+            ReadConsistency::Stale | ReadConsistency::BoundedStale(_) => {
                 let since_leader_ms = if self.raft.role() == Role::Leader {
                     Some(0)
                 } else {
                     self.last_leader_contact.map(|t| t.elapsed().as_millis() as u64)
                 };
-                let staleness = Staleness { known_commit: self.raft.commit_index(), since_leader_ms };
+                let known_commit = self.raft.commit_index();
+                if let ReadConsistency::BoundedStale(bound) = level {
+                    let gate = crate::versions::require(
+                        &self.shared,
+                        crate::versions::BOUNDED_STALENESS_CLUSTER_VERSION,
+                        "a bounded-staleness read",
+                    );
+                    // Checked against the applied index now: the read is served at this index
+                    // or a later one, so the lag it is served with is at most this one.
+                    let applied = self.shared.store.applied_index();
+                    let refused = gate.err().or_else(|| {
+                        bound.violation(known_commit.0, applied.0, since_leader_ms).map(ApiError::Unavailable)
+                    });
+                    if let Some(e) = refused {
+                        responder.send(Err(e), None);
+                        return Ok(());
+                    }
+                }
+                let staleness = Staleness { known_commit, since_leader_ms };
                 let msg =
                     ApplyMsg::Read { index: LogIndex::ZERO, req, responder, staleness: Some(staleness), deadline };
                 return self.apply_backlog.push(&self.apply_tx, msg).await;
@@ -1576,6 +1654,162 @@ impl Driver {
             }
             Err(e) => responder.send(Err(self.read_error(&e)), None),
         }
+    }
+
+    /// `snapshot save FILE` on the leader: reserves the stream slot (one per node), then a
+    /// ReadIndex round ([`Confirming::Stream`]); the apply thread hands the image to a read
+    /// worker once the confirmed index is applied, and answers with the stream's id.
+    fn open_stream(&mut self, responder: Responder) {
+        if let Err(e) = crate::versions::require(
+            &self.shared,
+            crate::versions::SNAPSHOT_STREAM_CLUSTER_VERSION,
+            "a streamed snapshot save",
+        ) {
+            responder.send(Err(e), None);
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            responder.send(Err(self.leader_hint()), None);
+            return;
+        }
+        let stream = session_nonce();
+        if let Err(e) = self.shared.streams.open(stream, self.raft.term(), &self.shared.backups_dir, Instant::now()) {
+            responder.send(Err(e), None);
+            return;
+        }
+        let id = ReadId(self.next_read);
+        self.next_read += 1;
+        let now = self.now();
+        let config = self.raft.configuration().clone();
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        match self.raft.read(now, id, ReadLevel::Linearizable) {
+            Ok(()) => {
+                self.reads.insert(id, PendingRead { what: Confirming::Stream(config, stream), responder, deadline });
+            }
+            Err(e) => {
+                self.shared.streams.release(stream);
+                let e = match e {
+                    ReadError::NotLeader { .. } | ReadError::NoLeader | ReadError::LeadershipLost => self.leader_hint(),
+                    e => self.read_error(&e),
+                };
+                responder.send(Err(e), None);
+            }
+        }
+    }
+
+    /// A chunk of stream `stream`'s image (or, with `len` 0, its end).
+    fn fetch_stream(&mut self, stream: u64, offset: u64, len: u32, responder: Responder) {
+        let Some((term, image)) = self.shared.streams.touch(stream, Instant::now()) else {
+            responder.send(Err(self.shared.streams.gone(stream)), None);
+            return;
+        };
+        if self.raft.role() != Role::Leader || self.raft.term() != term {
+            self.shared.streams.release(stream);
+            responder.send(
+                Err(ApiError::Refused(format!(
+                    "this node stopped being the leader of term {term} during the snapshot save; the file is not \
+                     complete — run `snapshot save` again"
+                ))),
+                None,
+            );
+            return;
+        }
+        use crate::save_stream::Outcome;
+        match image.outcome() {
+            Outcome::Preparing => {
+                let data = Response::SnapshotStreamData {
+                    offset,
+                    data: Vec::new(),
+                    total: None,
+                    prepared: image.prepared(),
+                    complete: false,
+                };
+                responder.send(Ok(data), None);
+            }
+            Outcome::Failed(e) => {
+                self.shared.streams.release(stream);
+                responder.send(Err(ApiError::Refused(format!("writing the snapshot image failed: {e}"))), None);
+            }
+            Outcome::Ended => {
+                self.shared.streams.release(stream);
+                responder.send(Err(self.shared.streams.gone(stream)), None);
+            }
+            Outcome::Ready { total, .. } if len == 0 => {
+                if offset != total {
+                    responder.send(
+                        Err(ApiError::InvalidRequest(format!("the end of a {total}-byte image is at offset {total}"))),
+                        None,
+                    );
+                    return;
+                }
+                let id = ReadId(self.next_read);
+                self.next_read += 1;
+                let now = self.now();
+                let deadline = Instant::now() + REQUEST_DEADLINE;
+                match self.raft.read(now, id, ReadLevel::Linearizable) {
+                    Ok(()) => {
+                        self.reads.insert(id, PendingRead { what: Confirming::StreamEnd(stream), responder, deadline });
+                    }
+                    Err(e) => {
+                        self.shared.streams.release(stream);
+                        responder.send(Err(self.read_error(&e)), None);
+                    }
+                }
+            }
+            Outcome::Ready { path, total } => {
+                let failpoints = self.shared.failpoints.clone();
+                let shared = self.shared.clone();
+                self.shared.handle.spawn_blocking(move || {
+                    // A slow read (the `slow_read_ms` failpoint) slows each chunk too.
+                    failpoints.before_read();
+                    let answer = crate::save_stream::read_chunk(&path, offset, len, total)
+                        .map(|data| Response::SnapshotStreamData {
+                            offset,
+                            data,
+                            total: Some(total),
+                            prepared: total,
+                            complete: false,
+                        })
+                        .map_err(|e| match shared.streams.image(stream) {
+                            Some(_) => ApiError::InvalidRequest(format!("snapshot stream: {e}")),
+                            // The stream ended while this chunk was read (its file is gone).
+                            None => shared.streams.gone(stream),
+                        });
+                    responder.send(answer, None);
+                });
+            }
+        }
+    }
+
+    /// The end of a streamed save, its ReadIndex round done: complete if this node is still
+    /// the leader of the stream's term.
+    fn end_stream(&mut self, stream: u64, responder: Responder) {
+        let touched = self.shared.streams.touch(stream, Instant::now());
+        self.shared.streams.release(stream);
+        let Some((term, image)) = touched else {
+            responder.send(Err(self.shared.streams.gone(stream)), None);
+            return;
+        };
+        if self.raft.role() != Role::Leader || self.raft.term() != term {
+            responder.send(
+                Err(ApiError::Refused(format!(
+                    "this node stopped being the leader of term {term} during the snapshot save; the file is not \
+                     complete — run `snapshot save` again"
+                ))),
+                None,
+            );
+            return;
+        }
+        let total = image.prepared();
+        tracing::info!(stream, bytes = total, "snapshot stream complete");
+        let done = Response::SnapshotStreamData {
+            offset: total,
+            data: Vec::new(),
+            total: Some(total),
+            prepared: total,
+            complete: true,
+        };
+        responder.send(Ok(done), None);
     }
 
     async fn on_request(&mut self, mut req: quorate_transport::Request<NodeMessage>) -> Result<(), ServerError> {
@@ -1755,6 +1989,14 @@ impl Driver {
             }
             Request::SnapshotSave => {
                 self.confirm_then_save(responder);
+                Ok(())
+            }
+            Request::SnapshotStreamOpen => {
+                self.open_stream(responder);
+                Ok(())
+            }
+            Request::SnapshotStreamFetch { stream, offset, len } => {
+                self.fetch_stream(stream, offset, len, responder);
                 Ok(())
             }
             Request::Versions => {

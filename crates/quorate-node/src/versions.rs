@@ -93,6 +93,15 @@ pub(crate) fn check_finalize(shared: &Shared, version: u32) -> Result<(), ApiErr
 /// for finalize, like every behaviour 0.2.0 adds.
 pub(crate) const MEMBER_UPDATE_CLUSTER_VERSION: u32 = 2;
 
+/// The cluster version from which `snapshot save FILE` (`Request::SnapshotStreamOpen` and
+/// `Request::SnapshotStreamFetch`) and bounded-staleness reads (`ReadConsistency::BoundedStale`)
+/// are served: a 0.1.0 node cannot decode either request, so a client must not depend on them
+/// while a 0.1.0 node may still be a member (or be rolled back to). The client refuses them
+/// itself on a `quorate/1` connection, with the same words.
+pub(crate) const SNAPSHOT_STREAM_CLUSTER_VERSION: u32 = 2;
+/// See [`SNAPSHOT_STREAM_CLUSTER_VERSION`].
+pub(crate) const BOUNDED_STALENESS_CLUSTER_VERSION: u32 = 2;
+
 /// Refuses a request that needs cluster version `needed` before the cluster is finalized at it.
 pub(crate) fn require(shared: &Shared, needed: u32, what: &str) -> Result<(), ApiError> {
     let current = cluster_version(shared);

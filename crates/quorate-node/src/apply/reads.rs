@@ -24,10 +24,12 @@
 
 use super::WaitingRead;
 use crate::failpoints::Failpoints;
+use crate::save_stream::{Counting, Image};
 use crate::sm::{self, SmError};
 use quorate_api::{ApiError, ReadInfo, Staleness};
 use quorate_log::NodeId;
-use quorate_storage::{RocksStore, SmView};
+use quorate_log::SnapshotMeta;
+use quorate_storage::{RocksStore, SmView, SnapshotWriter};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
@@ -82,10 +84,17 @@ impl View<'_> {
     }
 }
 
-/// A read with the view to serve it from.
-struct Job<'s> {
-    view: Arc<View<'s>>,
-    read: WaitingRead,
+/// What a worker does with a view: serve a read, or write a snapshot stream's image
+/// (`quorate snapshot save FILE`, [`crate::save_stream`]).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "reads are by far the common job; boxing them would allocate once per read to save bytes on the rare image"
+)]
+enum Job<'s> {
+    /// A read with the view to serve it from.
+    Read { view: Arc<View<'s>>, read: WaitingRead },
+    /// Write the image of `meta` (the view's applied point) for a snapshot stream.
+    Image { view: Arc<View<'s>>, meta: SnapshotMeta, image: Arc<Image> },
 }
 
 /// A failure a worker met, for the apply thread: the epoch of the view it read, and the error.
@@ -150,19 +159,36 @@ impl<'s> ReadPool<'s> {
     pub(crate) fn dispatch(&self, view: &Arc<View<'s>>, read: WaitingRead) -> Result<(), SmError> {
         match &self.jobs {
             Some(jobs) => {
-                let job = Job { view: view.clone(), read };
+                let job = Job::Read { view: view.clone(), read };
                 let job = match jobs.try_send(job) {
                     Ok(()) => return Ok(()),
                     Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
                 };
-                if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
+                if let Err(std::sync::mpsc::SendError(Job::Read { view, read })) = jobs.send(job) {
                     // Every worker is gone (it cannot happen while the pool lives): serve here.
-                    return serve(&job.view, self.store, job.read, &self.failpoints).map_err(|(_, e)| e);
+                    return serve(&view, self.store, read, &self.failpoints).map_err(|(_, e)| e);
                 }
                 Ok(())
             }
             None => serve(view, self.store, read, &self.failpoints).map_err(|(_, e)| e),
         }
+    }
+
+    /// Has a worker write the image of `meta` from `view` for a snapshot stream (here, on the
+    /// apply thread, only if no worker runs). Never fails: the outcome goes into `image`.
+    pub(crate) fn dispatch_image(&self, view: &Arc<View<'s>>, meta: SnapshotMeta, image: Arc<Image>) {
+        if let Some(jobs) = &self.jobs {
+            let job = Job::Image { view: view.clone(), meta, image: image.clone() };
+            let why = match jobs.try_send(job) {
+                Ok(()) => return,
+                // The read queue is full: refuse rather than hold the apply thread.
+                Err(TrySendError::Full(_)) => "the node's read queue is full; retry",
+                Err(TrySendError::Disconnected(_)) => "no read worker runs; retry",
+            };
+            image.finish(Err(why.into()));
+            return;
+        }
+        image.finish(write_image(view, meta, &image));
     }
 
     /// Stops the workers: reads still queued are answered that the node is stopping.
@@ -183,7 +209,26 @@ fn work(
 ) {
     loop {
         let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(Job { view, read }) = next else { return };
+        let (view, read) = match next {
+            Ok(Job::Read { view, read }) => (view, read),
+            Ok(Job::Image { view, meta, image }) => {
+                if gate.stopping.load(Ordering::Acquire) {
+                    image.finish(Err("node stopping".into()));
+                    continue;
+                }
+                // Shared, as for a read: an install waits until the image is written.
+                let shared = gate.lock.read().unwrap_or_else(PoisonError::into_inner);
+                let result = if view.epoch == gate.epoch() {
+                    write_image(&view, meta, &image)
+                } else {
+                    Err("the state machine was reinstalled before the image was written; retry".into())
+                };
+                drop(shared);
+                image.finish(result);
+                continue;
+            }
+            Err(_) => return,
+        };
         if gate.stopping.load(Ordering::Acquire) {
             read.responder.send(Err(ApiError::Unavailable("node stopping; retry elsewhere".into())), None);
             continue;
@@ -235,6 +280,20 @@ fn serve(view: &View<'_>, store: &RocksStore, read: WaitingRead, failpoints: &Fa
             Err((view.epoch, e))
         }
     }
+}
+
+/// Writes the image of `meta` from `view` into the stream's directory (the snapshot file
+/// format: written to a temporary name, fsynced, renamed); returns its path and size.
+fn write_image(view: &View<'_>, meta: SnapshotMeta, image: &Image) -> Result<(std::path::PathBuf, u64), String> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&image.dir).map_err(|e| format!("create {}: {e}", image.dir.display()))?;
+    let writer = SnapshotWriter::create(&image.dir, meta).map_err(|e| e.to_string())?;
+    let mut counting = Counting { inner: writer, image };
+    sm::write_snapshot_data(&view.sm, &mut counting).map_err(|e| e.to_string())?;
+    let file = counting.inner.finish().map_err(|e| e.to_string())?;
+    let total = std::fs::metadata(&file.path).map_err(|e| e.to_string())?.len();
+    tracing::info!(node = %view.node, bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot stream image written");
+    Ok((file.path, total))
 }
 
 /// The live state machine, each read `gap` after the previous one: what a read-only

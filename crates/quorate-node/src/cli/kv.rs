@@ -144,8 +144,8 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
             }
             Outcome::Ok
         }
-        KvCmd::Get { key, consistency, verbose } => {
-            let got = client.get(&key, consistency.into()).await?;
+        KvCmd::Get { key, consistency, bound, verbose } => {
+            let got = client.get(&key, bound.level(consistency)?).await?;
             if as_json {
                 let mut m = got.kv.as_ref().map(kv_json).unwrap_or_else(|| {
                     let mut m = serde_json::Map::new();
@@ -221,7 +221,8 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
             }
             if s.succeeded { Outcome::Ok } else { Outcome::CompareFailed }
         }
-        KvCmd::Scan { start, end, prefix, limit, consistency } => {
+        KvCmd::Scan { start, end, prefix, limit, consistency, bound } => {
+            let read = bound.level(consistency)?;
             let (start, end) = match prefix {
                 Some(p) => (p.clone().into_bytes(), prefix_end(p.as_bytes())),
                 None => (start.into_bytes(), end.map(String::into_bytes)),
@@ -230,7 +231,7 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
             // CLI never holds more than one page.
             let (mut from, mut printed) = (start, 0u32);
             let more = loop {
-                let page = client.scan_page(&from, end.as_deref(), limit - printed, consistency.into()).await?;
+                let page = client.scan_page(&from, end.as_deref(), limit - printed, read).await?;
                 for kv in &page.kvs {
                     if as_json {
                         serde_json::to_writer(&mut out, &Value::Object(kv_json(kv)))?;

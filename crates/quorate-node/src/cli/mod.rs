@@ -152,6 +152,37 @@ pub(crate) enum Consistency {
     Stale,
 }
 
+/// `--max-staleness-ms` and `--max-lag-entries`: a stale read refused (exit 5, retryable)
+/// when the node asked is further behind (needs cluster version 2).
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub(crate) struct StalenessArgs {
+    /// With `--consistency stale`: refuse the read if the node last heard from a leader more
+    /// than MS milliseconds ago (a leader: 0).
+    #[arg(long, value_name = "MS")]
+    pub(crate) max_staleness_ms: Option<u64>,
+    /// With `--consistency stale`: refuse the read if the node knows more than N committed
+    /// entries it has not applied yet.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_lag_entries: Option<u64>,
+}
+
+impl StalenessArgs {
+    /// The read level of `consistency` with these bounds.
+    pub(crate) fn level(self, consistency: Consistency) -> anyhow::Result<quorate_client::ReadConsistency> {
+        if self.max_staleness_ms.is_none() && self.max_lag_entries.is_none() {
+            return Ok(consistency.into());
+        }
+        anyhow::ensure!(
+            consistency == Consistency::Stale,
+            "--max-staleness-ms and --max-lag-entries bound a stale read: add --consistency stale"
+        );
+        Ok(quorate_client::ReadConsistency::BoundedStale(quorate_client::StalenessBound {
+            max_lag_entries: self.max_lag_entries,
+            max_since_leader_ms: self.max_staleness_ms,
+        }))
+    }
+}
+
 impl From<Consistency> for quorate_client::ReadConsistency {
     fn from(c: Consistency) -> Self {
         match c {
@@ -182,6 +213,9 @@ pub(crate) enum KvCmd {
         /// How the read is ordered.
         #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
         consistency: Consistency,
+        /// Bounds on a stale read.
+        #[command(flatten)]
+        bound: StalenessArgs,
         /// Also print revisions and which node served the read.
         #[arg(long, short = 'v')]
         verbose: bool,
@@ -237,6 +271,9 @@ pub(crate) enum KvCmd {
         /// How the read is ordered.
         #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
         consistency: Consistency,
+        /// Bounds on a stale read.
+        #[command(flatten)]
+        bound: StalenessArgs,
     },
     /// Run a transaction: `if` conditions, `then` operations, `else` operations. Exit 4 when a
     /// condition was false (the `else` branch ran).
@@ -322,9 +359,11 @@ pub(crate) enum LeaderCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCmd {
-    /// Write a snapshot of the state machine into the leader's backup directory (a follower
+    /// Save a snapshot of the state machine. With FILE: streamed from the leader into FILE on
+    /// this machine (written to FILE.part, fsynced, verified, then renamed; needs cluster
+    /// version 2). Without FILE: written into the leader's own backup directory (a follower
     /// asked redirects to the leader); prints the path there, the index and the node.
-    Save,
+    Save(SaveArgs),
     /// Create a NEW cluster member's data directory from a file written by `snapshot save`
     /// (offline, like `etcdutl snapshot restore`); run it for every member, then start them.
     Restore(snapshot::RestoreArgs),
@@ -335,6 +374,22 @@ pub(crate) enum SnapshotCmd {
         /// The snapshot file (written by `quorate snapshot save`).
         file: PathBuf,
     },
+}
+
+/// `quorate snapshot save [FILE] [--progress] [--idle-timeout SECS]`.
+#[derive(Debug, Args)]
+pub(crate) struct SaveArgs {
+    /// Where to write the snapshot on this machine (streamed from the leader). Omit to have the
+    /// leader write it into its own backup directory.
+    pub(crate) file: Option<PathBuf>,
+    /// Print progress (bytes received of the total) on standard error even when it is not a
+    /// terminal (on a terminal it is printed anyway).
+    #[arg(long, requires = "file")]
+    pub(crate) progress: bool,
+    /// Give up when no byte (nor any progress of the leader writing the image) arrives for
+    /// this many seconds. There is no limit on the whole save.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) idle_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -472,7 +527,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Cluster(ClusterCmd::Finalize { to }) => block_on(cluster::finalize(&cli.conn, to)),
         Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),
         Command::Leader(LeaderCmd::Transfer { to }) => block_on(cluster::transfer(&cli.conn, to)),
-        Command::Snapshot(SnapshotCmd::Save) => block_on(cluster::snapshot_save(&cli.conn)),
+        Command::Snapshot(SnapshotCmd::Save(args)) => match &args.file {
+            Some(_) => block_on(snapshot::save_to_file(&cli.conn, &args)),
+            None => block_on(cluster::snapshot_save(&cli.conn)),
+        },
         Command::Top(args) => block_on(top::run(&cli.conn, &args)),
         Command::Bench(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -125,3 +125,174 @@ pub(crate) fn status_table(file: &Path, info: &restore::SnapshotInfo) -> String 
     ];
     rows.iter().map(|(k, v)| format!("{k:<10}{v}\n")).collect()
 }
+
+/// The temporary name a streamed save writes to before it is verified: `FILE.part`.
+pub(crate) fn part_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(".part");
+    file.with_file_name(name)
+}
+
+/// The temporary file of a streamed save: removed when dropped unless it was renamed into
+/// place, so a save that fails for any reason (a deposed leader, a cut stream, a file that
+/// does not verify) leaves nothing at FILE, and no `FILE.part` either.
+struct Part {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Progress on standard error, at most every [`PROGRESS_EVERY`] and once at the end.
+struct Progress {
+    show: bool,
+    last: Option<std::time::Instant>,
+}
+
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Progress {
+    fn report(&mut self, p: &quorate_client::SaveProgress) {
+        if !self.show {
+            return;
+        }
+        let done = p.total == Some(p.bytes);
+        if !done && self.last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let line = match p.total {
+            Some(total) => {
+                let pct = (p.bytes.saturating_mul(100)).checked_div(total).unwrap_or(100);
+                format!("progress: {}/{total} bytes ({pct}%) from node {} at index {}", p.bytes, p.node, p.index)
+            }
+            None => {
+                format!(
+                    "progress: node {} is writing the image at index {}: {} bytes so far",
+                    p.node, p.index, p.prepared
+                )
+            }
+        };
+        eprintln!("{line}");
+    }
+}
+
+/// Verifies the received file `part` whole (as `snapshot status` does) against the index and
+/// size the leader announced, then renames it to `file` and fsyncs the directory. On any
+/// failure `part` is removed (dropped) and nothing is at `file`.
+fn keep_verified(
+    mut part: Part,
+    file: &Path,
+    index: quorate_log::LogIndex,
+    bytes: u64,
+) -> anyhow::Result<restore::SnapshotInfo> {
+    let info = restore::inspect(&part.path).context("the snapshot received does not verify; nothing was kept")?;
+    anyhow::ensure!(
+        info.meta.last.index == index && info.file_bytes == bytes,
+        "the snapshot received is not the one the leader announced (index {} of {} bytes, announced {} of {}); \
+         nothing was kept",
+        info.meta.last.index,
+        info.file_bytes,
+        index,
+        bytes
+    );
+    std::fs::rename(&part.path, file).with_context(|| format!("cannot rename into {}", file.display()))?;
+    part.kept = true;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("fsync {}", dir.display()))?;
+    Ok(info)
+}
+
+/// `quorate snapshot save FILE`: streamed from the leader into `FILE.part`, fsynced, verified
+/// whole (header, metadata and data checksums, as `snapshot status` does), renamed to FILE and
+/// the directory fsynced. Any failure leaves nothing at FILE.
+pub(crate) async fn save_to_file(conn: &super::conn::ConnArgs, args: &super::SaveArgs) -> anyhow::Result<Outcome> {
+    use std::io::{IsTerminal, Write};
+    let Some(file) = args.file.as_deref() else { return Err(usage("snapshot save: FILE is required here")) };
+    let client = conn.client()?;
+    let part = Part { path: part_path(file), kept: false };
+    let handle = std::fs::File::create(&part.path).with_context(|| format!("cannot create {}", part.path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, handle);
+    let mut progress = Progress { show: args.progress || std::io::stderr().is_terminal(), last: None };
+    let idle = std::time::Duration::from_secs(args.idle_timeout);
+    let saved = client.snapshot_stream(&mut out, idle, |p| progress.report(p)).await;
+    client.close();
+    let saved = saved.context("snapshot save failed; nothing was written at the file's name")?;
+    out.flush()?;
+    let handle = out.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {}", part.path.display(), e.error()))?;
+    handle.sync_all().with_context(|| format!("fsync {}", part.path.display()))?;
+    drop(handle);
+    let info = keep_verified(part, file, saved.index, saved.bytes)?;
+    if conn.output == Format::Json {
+        let mut j = status_json(file, &info);
+        j["node"] = json!(saved.node.get());
+        print_json(&j)?;
+    } else {
+        println!(
+            "snapshot at index {} (term {}) streamed from node {} into {}: {} bytes, {} keys, crc32:{:08x}, verified",
+            saved.index,
+            saved.term,
+            saved.node,
+            file.display(),
+            saved.bytes,
+            info.keys,
+            info.data_crc32
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_log::{Configuration, EntryId, LogIndex, SnapshotMeta, Term};
+    use std::io::Write;
+
+    fn received(dir: &Path) -> (PathBuf, u64) {
+        let meta = SnapshotMeta { last: EntryId::new(Term(2), LogIndex(9)), config: Configuration::default() };
+        let mut w = quorate_storage::SnapshotWriter::create(dir, meta).unwrap();
+        for (k, v) in [(&b"kuser/a"[..], &b"1"[..]), (b"kuser/b", b"2")] {
+            w.write_all(&(k.len() as u32).to_le_bytes()).unwrap();
+            w.write_all(k).unwrap();
+            w.write_all(&(v.len() as u32).to_le_bytes()).unwrap();
+            w.write_all(v).unwrap();
+        }
+        let path = w.finish().unwrap().path;
+        let len = std::fs::metadata(&path).unwrap().len();
+        (path, len)
+    }
+
+    #[test]
+    fn a_received_file_is_kept_only_whole_and_as_announced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("backup.qsnap");
+        let (good, len) = received(tmp.path());
+        let bytes = std::fs::read(&good).unwrap();
+        // A truncated stream: refused, nothing at FILE, no FILE.part left.
+        let part = part_path(&file);
+        std::fs::write(&part, &bytes[..bytes.len() - 7]).unwrap();
+        let e = keep_verified(Part { path: part.clone(), kept: false }, &file, LogIndex(9), len).unwrap_err();
+        assert!(format!("{e:#}").contains("does not verify"), "{e:#}");
+        assert!(!file.exists() && !part.exists());
+        // Whole, but not what the leader announced: refused too.
+        std::fs::write(&part, &bytes).unwrap();
+        let e = keep_verified(Part { path: part.clone(), kept: false }, &file, LogIndex(10), len).unwrap_err();
+        assert!(format!("{e:#}").contains("not the one the leader announced"), "{e:#}");
+        assert!(!file.exists() && !part.exists());
+        // Whole and as announced: renamed into place.
+        std::fs::write(&part, &bytes).unwrap();
+        let info = keep_verified(Part { path: part.clone(), kept: false }, &file, LogIndex(9), len).unwrap();
+        assert_eq!((info.keys, info.meta.last.index), (2, LogIndex(9)));
+        assert_eq!(std::fs::read(&file).unwrap(), bytes);
+        assert!(!part.exists());
+    }
+}

@@ -565,3 +565,35 @@ fn member_update_takes_an_id_and_a_peer_address() {
     assert_eq!(parse(&["member", "update", "3"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
     assert!(parse(&["member", "update", "3", "--peer", "no-port"]).is_err());
 }
+
+#[test]
+fn snapshot_save_to_a_file_and_bounded_stale_reads_parse() {
+    let cli = parse(&["snapshot", "save", "b.qsnap", "--progress", "--idle-timeout", "5"]).unwrap();
+    let Command::Snapshot(SnapshotCmd::Save(a)) = cli.command else { panic!("not snapshot save") };
+    assert_eq!((a.file, a.progress, a.idle_timeout), (Some(PathBuf::from("b.qsnap")), true, 5));
+    let cli = parse(&["snapshot", "save"]).unwrap();
+    let Command::Snapshot(SnapshotCmd::Save(a)) = cli.command else { panic!("not snapshot save") };
+    assert_eq!((a.file, a.progress, a.idle_timeout), (None, false, 30), "without FILE: on the leader's disk");
+    assert!(parse(&["snapshot", "save", "--progress"]).is_err(), "--progress goes with FILE");
+    assert!(parse(&["snapshot", "save", "b", "--idle-timeout", "0"]).is_err());
+    assert_eq!(snapshot::part_path(std::path::Path::new("/b/s.qsnap")), PathBuf::from("/b/s.qsnap.part"));
+
+    let cli = parse(&["kv", "get", "k", "--consistency", "stale", "--max-staleness-ms", "250"]).unwrap();
+    let Command::Kv(KvCmd::Get { consistency, bound, .. }) = cli.command else { panic!("not kv get") };
+    let bounded = quorate_client::ReadConsistency::BoundedStale(quorate_client::StalenessBound {
+        max_lag_entries: None,
+        max_since_leader_ms: Some(250),
+    });
+    assert_eq!(bound.level(consistency).unwrap(), bounded);
+    let cli = parse(&["kv", "scan", "--consistency", "stale", "--max-lag-entries", "9"]).unwrap();
+    let Command::Kv(KvCmd::Scan { consistency, bound, .. }) = cli.command else { panic!("not kv scan") };
+    assert!(matches!(
+        bound.level(consistency).unwrap(),
+        quorate_client::ReadConsistency::BoundedStale(b) if b.max_lag_entries == Some(9)
+    ));
+    // A bound without `--consistency stale` is refused; no bound is the plain level.
+    let cli = parse(&["kv", "get", "k", "--max-lag-entries", "1"]).unwrap();
+    let Command::Kv(KvCmd::Get { consistency, bound, .. }) = cli.command else { panic!("not kv get") };
+    assert!(bound.level(consistency).is_err());
+    assert_eq!(StalenessArgs::default().level(Consistency::Stale).unwrap(), quorate_client::ReadConsistency::Stale);
+}

@@ -1,0 +1,454 @@
+//! `quorate snapshot save FILE` (a snapshot streamed from the leader to the caller's disk) and
+//! bounded-staleness reads (`--consistency stale --max-staleness-ms / --max-lag-entries`), on
+//! real 3-node clusters of `quorate` processes on 127.0.0.1 (issues 21 and 22).
+
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{Nodes, free_base_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+
+struct Cluster {
+    dir: PathBuf,
+    base: u16,
+}
+
+impl Cluster {
+    /// Certificates and configurations of a 3-node cluster "e2e" on `base..base+3`, with the
+    /// nodes' failpoints on (`limits.danger_failpoints`).
+    fn create(dir: PathBuf, base: u16) -> Cluster {
+        let out = Command::new(BIN)
+            .args(["certs", "dev", "--dir"])
+            .arg(&dir)
+            .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for id in 1..=3 {
+            let config = dir.join(format!("node-{id}.toml"));
+            let text = std::fs::read_to_string(&config).unwrap();
+            assert!(text.contains("danger_failpoints = false"), "{text}");
+            std::fs::write(&config, text.replace("danger_failpoints = false", "danger_failpoints = true")).unwrap();
+        }
+        Cluster { dir, base }
+    }
+
+    fn peers(&self) -> String {
+        (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, self.base + i)).collect::<Vec<_>>().join(",")
+    }
+
+    fn endpoint(&self, id: u64) -> String {
+        format!("{id}=127.0.0.1:{}", self.base + id as u16 - 1)
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join("data").join(format!("node-{id}"))
+    }
+
+    fn start(&self) -> Nodes {
+        Nodes((1..=3).map(|id| self.start_one(id)).collect())
+    }
+
+    fn start_one(&self, id: u64) -> Child {
+        let log = std::fs::File::options().create(true).append(true).open(self.dir.join(format!("node-{id}.log")));
+        let log = log.unwrap();
+        Command::new(BIN)
+            .args(["node", "start", "--config"])
+            .arg(self.dir.join(format!("node-{id}.toml")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("QUORATE_CERTS", self.dir.join("certs"))
+            .env("QUORATE_CLUSTER", "e2e")
+            .env("QUORATE_ENDPOINTS", self.peers())
+            .env("QUORATE_TIMEOUT", "10")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "quorate {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("quorate {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    /// Retries `args` until it succeeds (bounded).
+    fn eventually(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.cli(args);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(Instant::now() < deadline, "quorate {args:?} never succeeded: {err}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_cluster_version(&self, version: u32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.ok(&["cluster", "status"]);
+            if status.contains(&format!("cluster version {version}")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not reach version {version}:\n{status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.json(&["cluster", "status"]);
+            let leader = status["nodes"].as_array().unwrap().iter().find(|n| n["role"] == "leader");
+            if let Some(l) = leader {
+                return l["id"].as_u64().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no leader: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Writes node `id`'s failpoints file (the node reads it within 100 ms).
+    fn failpoints(&self, id: u64, text: &str) {
+        std::fs::write(self.data_dir(id).join("failpoints.toml"), text).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// `count` values of `bytes` bytes each (`big/NNN`), written through `--value-file`.
+    fn fill(&self, count: usize, bytes: usize) {
+        let file = self.dir.join("value.bin");
+        for i in 0..count {
+            let value = value(i, bytes);
+            std::fs::write(&file, value).unwrap();
+            self.ok(&["kv", "put", &format!("big/{i:03}"), "--value-file", &file.to_string_lossy()]);
+        }
+    }
+}
+
+/// The value `fill` writes at `big/i` (printable, so `-o json` shows it as text).
+fn value(i: usize, bytes: usize) -> Vec<u8> {
+    (0..bytes).map(|j| b'a' + ((j.wrapping_mul(31) ^ i.wrapping_mul(7)) % 26) as u8).collect()
+}
+
+/// A `snapshot save FILE --progress` running in the background: its standard error, line by
+/// line, on a channel.
+struct Save {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Save {
+    fn start(c: &Cluster, file: &Path) -> Save {
+        let mut child = c
+            .command(&["snapshot", "save", &file.to_string_lossy(), "--progress"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Save { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits (bounded) for a progress line that shows bytes received of a known total.
+    fn wait_for_bytes(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|e| panic!("no progress ({e}): {:?}", self.seen));
+            let receiving =
+                line.starts_with("progress: ") && !line.starts_with("progress: 0/") && line.contains(" bytes (");
+            self.seen.push(line);
+            if receiving {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the save to end; returns its exit status and all of standard error.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        (status, self.seen.join("\n"))
+    }
+}
+
+fn assert_no_file(file: &Path) {
+    assert!(!file.exists(), "{} exists after a failed save", file.display());
+    let mut part = file.as_os_str().to_owned();
+    part.push(".part");
+    assert!(!Path::new(&part).exists(), "{} was left behind", Path::new(&part).display());
+}
+
+/// A store of several MiB saved with progress into a file on this machine, checked by
+/// `snapshot status`, restored into a NEW cluster that serves the same data.
+#[test]
+fn a_streamed_save_of_several_mib_is_verified_and_restores_into_a_new_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = Cluster::create(tmp.path().join("old"), free_base_port());
+    let file = tmp.path().join("backup.qsnap");
+    let saved = {
+        let _nodes = old.start();
+        old.eventually(&["kv", "put", "k-0", "v-0"]);
+        old.wait_cluster_version(2);
+        old.fill(24, 256 * 1024);
+        old.ok(&["kv", "put", "last", "yes"]);
+        // Asked of a follower only: the save comes from the leader all the same.
+        let leader = old.leader();
+        let follower = (1..=3).find(|&i| i != leader).unwrap();
+        let out = old
+            .command(&["-o", "json", "snapshot", "save", &file.to_string_lossy(), "--progress"])
+            .env("QUORATE_ENDPOINTS", old.endpoint(follower))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "snapshot save failed: {stderr}");
+        let saved: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(saved["node"].as_u64(), Some(leader), "streamed from the leader: {saved}");
+        let bytes = saved["file_bytes"].as_u64().unwrap();
+        assert!(bytes > 6 << 20, "several MiB: {saved}");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), bytes);
+        // Progress on standard error (asked with --progress: not a terminal here), ending at the total.
+        let progress: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+        assert!(progress.len() >= 2, "{stderr}");
+        assert!(
+            progress.last().unwrap().starts_with(&format!("progress: {bytes}/{bytes} bytes (100%) from node {leader}")),
+            "{stderr}"
+        );
+        let mut part = file.as_os_str().to_owned();
+        part.push(".part");
+        assert!(!Path::new(&part).exists(), "the temporary file was renamed");
+        // No image is left on the leader once the stream ended.
+        let images = old.data_dir(leader).join("backups").join("stream");
+        let left = std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "images left in {}", images.display());
+        saved
+    };
+
+    // `snapshot status` accepts the file, offline.
+    let out = Command::new(BIN).args(["-o", "json", "snapshot", "status"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["index"], saved["index"], "{st}");
+    assert_eq!(st["hash"], saved["hash"], "{st}");
+    assert_eq!(st["verified"], true);
+    assert!(st["keys"].as_u64().unwrap() >= 26, "{st}");
+
+    // Restored into a new cluster, which serves the same data.
+    let new = Cluster::create(tmp.path().join("new"), free_base_port());
+    for id in 1..=3u64 {
+        let out = Command::new(BIN)
+            .args(["snapshot", "restore", "--from"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(new.data_dir(id))
+            .args(["--id", &id.to_string(), "--peers", &new.peers()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "restore of node {id}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _nodes = new.start();
+    assert_eq!(new.eventually(&["kv", "get", "k-0"]), "v-0\n");
+    assert_eq!(new.ok(&["kv", "get", "last"]), "yes\n");
+    let got = new.json(&["kv", "get", "big/017"]);
+    let expected = value(17, 256 * 1024);
+    assert_eq!(got["value"].as_str().map(str::as_bytes), Some(&expected[..]), "the restored value is the saved one");
+}
+
+/// A save in progress whose leader is deposed (a leadership transfer mid-save) fails and
+/// leaves no file at its name; a second save meanwhile is refused as busy; a save whose
+/// stream is cut (the leader killed mid-save) leaves no file either.
+#[test]
+fn a_deposed_leader_or_a_cut_stream_leaves_no_file_and_a_second_save_is_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    let mut nodes = c.start();
+    c.eventually(&["kv", "put", "k", "v"]);
+    c.wait_cluster_version(2);
+    c.fill(24, 256 * 1024);
+    // Every chunk the nodes serve takes 1.5 s: the save takes several seconds.
+    for id in 1..=3 {
+        c.failpoints(id, "slow_read_ms = 1500\n");
+    }
+
+    let leader = c.leader();
+    let file = tmp.path().join("deposed.qsnap");
+    let mut save = Save::start(&c, &file);
+    save.wait_for_bytes();
+    // One save per node at a time.
+    let busy_file = tmp.path().join("busy.qsnap");
+    let out = c.cli(&["snapshot", "save", &busy_file.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("busy"), "a second save: {stderr}");
+    assert_no_file(&busy_file);
+    // Leadership moves away mid-save.
+    let to = (1..=3).find(|&i| i != leader).unwrap();
+    c.ok(&["leader", "transfer", "--to", &to.to_string()]);
+    let (status, stderr) = save.finish();
+    assert!(!status.success(), "a save whose leader was deposed must fail: {stderr}");
+    assert!(stderr.contains("stopped being the leader"), "{stderr}");
+    assert_no_file(&file);
+
+    // The stream cut: the (new) leader killed mid-save.
+    let leader = c.leader();
+    let file = tmp.path().join("cut.qsnap");
+    let mut save = Save::start(&c, &file);
+    save.wait_for_bytes();
+    let child = &mut nodes.0[leader as usize - 1];
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (status, stderr) = save.finish();
+    assert!(!status.success(), "a save whose stream was cut must fail: {stderr}");
+    assert_no_file(&file);
+}
+
+/// Bounded-staleness reads: gated on cluster version 2 (refused before finalize, with the
+/// gate's words); then served within the bound, and refused — retryable, exit 5 — by a
+/// follower whose state machine lags (a slow apply) or that has not heard from a leader for
+/// longer than the bound (its peers gone). A streamed save is gated the same way.
+#[test]
+fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_lagging_follower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    // Empty store directories: no bootstrap marker, the cluster stays at version 1 (as an
+    // upgraded cluster before `cluster finalize`).
+    for id in 1..=3 {
+        std::fs::create_dir_all(c.data_dir(id).join("store")).unwrap();
+    }
+    let mut nodes = c.start();
+    c.eventually(&["kv", "put", "k", "v"]);
+    assert!(c.ok(&["cluster", "status"]).contains("cluster version 1"));
+    let out = c.cli(&["kv", "get", "k", "--consistency", "stale", "--max-staleness-ms", "5000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("needs cluster version 2"), "the gate: {stderr}");
+    let file = tmp.path().join("gated.qsnap");
+    let out = c.cli(&["snapshot", "save", &file.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("needs cluster version 2"), "the gate: {stderr}");
+    assert_no_file(&file);
+    // The bound goes with a stale read only.
+    let out = c.cli(&["kv", "get", "k", "--max-lag-entries", "3"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--consistency stale"));
+
+    c.ok(&["cluster", "finalize"]);
+    c.wait_cluster_version(2);
+    let leader = c.leader();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let only = c.endpoint(follower);
+    // Served by the follower, within the bound.
+    let j = c.json(&[
+        "kv",
+        "get",
+        "k",
+        "--consistency",
+        "stale",
+        "--max-staleness-ms",
+        "5000",
+        "--max-lag-entries",
+        "1000",
+        "--endpoints",
+        &only,
+    ]);
+    assert_eq!(j["value"], "v", "{j}");
+    assert_eq!(j["read"]["node"].as_u64(), Some(follower), "{j}");
+
+    // The follower's state machine lags: refused with a bound of 0 entries, while writes go on.
+    c.failpoints(follower, "slow_apply_ms = 400\n");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    let refusal = loop {
+        for _ in 0..5 {
+            c.ok(&["kv", "put", &format!("w-{i}"), "x"]);
+            i += 1;
+        }
+        let out = c.cli(&[
+            "kv",
+            "get",
+            "k",
+            "--consistency",
+            "stale",
+            "--max-lag-entries",
+            "0",
+            "--endpoints",
+            &only,
+            "--timeout",
+            "2",
+        ]);
+        if !out.status.success() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "a lagging follower kept serving with a bound of 0 entries");
+    };
+    let stderr = String::from_utf8_lossy(&refusal.stderr);
+    assert_eq!(refusal.status.code(), Some(5), "retryable (unavailable): {stderr}");
+    assert!(stderr.contains("replica too stale") && stderr.contains("committed entries"), "{stderr}");
+    // Asked of the whole cluster, the refusal moves the client on to another member.
+    let j = c.json(&["kv", "get", "k", "--consistency", "stale", "--max-lag-entries", "1000000"]);
+    assert_eq!(j["value"], "v", "{j}");
+    c.failpoints(follower, "");
+
+    // The follower cut off from every leader: refused past the time bound, served within it.
+    for id in (1..=3).filter(|&i| i != follower) {
+        let child = &mut nodes.0[id as usize - 1];
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = c.cli(&[
+        "kv",
+        "get",
+        "k",
+        "--consistency",
+        "stale",
+        "--max-staleness-ms",
+        "1000",
+        "--endpoints",
+        &only,
+        "--timeout",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("last heard from a leader"), "{stderr}");
+    let out =
+        c.cli(&["kv", "get", "k", "--consistency", "stale", "--max-staleness-ms", "600000", "--endpoints", &only]);
+    assert!(out.status.success(), "within the bound: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"v\n");
+}
