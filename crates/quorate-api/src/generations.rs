@@ -54,7 +54,9 @@ impl ApiError {
             }
             // Only a paged transaction (a quorate/2 request) is answered with it; never send a
             // 0.1.0 client a variant it cannot decode all the same.
-            e @ ApiError::PageExpired { .. } if generation < PROTOCOL_GENERATION_2 => {
+            e @ (ApiError::PageExpired { .. } | ApiError::Compacted { .. } | ApiError::FutureRevision { .. })
+                if generation < PROTOCOL_GENERATION_2 =>
+            {
                 ApiError::InvalidRequest(e.to_string())
             }
             other => other,

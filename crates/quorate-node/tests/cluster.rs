@@ -99,6 +99,7 @@ impl Cluster {
                 limits: LimitsConfig { free_space_floor_mb: 0, ..LimitsConfig::default() },
                 telemetry: Default::default(),
                 admission: Default::default(),
+                history: Default::default(),
             };
             nodes.insert(i.get(), Node::start(config));
         }
