@@ -185,6 +185,10 @@ pub(crate) enum KvCmd {
         /// Also print revisions and which node served the read.
         #[arg(long, short = 'v')]
         verbose: bool,
+        /// Read the key as it was at revision N (the history kept back to the compaction
+        /// revision; needs cluster version 2).
+        #[arg(long, value_name = "N")]
+        rev: Option<u64>,
     },
     /// Remove KEY.
     #[command(alias = "delete")]
@@ -192,8 +196,9 @@ pub(crate) enum KvCmd {
         /// The key.
         key: String,
     },
-    /// Remove every key in [START, END) (at most 10,000 per call; needs cluster version 2: a new
-    /// cluster has it, an upgraded one after `quorate cluster finalize`).
+    /// Remove every key in [START, END) (at most 2,000 per call while history is recorded —
+    /// 10,000 before; needs cluster version 2: a new cluster has it, an upgraded one after
+    /// `quorate cluster finalize`).
     DelRange {
         /// First key.
         start: String,
@@ -237,6 +242,15 @@ pub(crate) enum KvCmd {
         /// How the read is ordered.
         #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
         consistency: Consistency,
+        /// Print the pairs as they were at revision N (needs cluster version 2).
+        #[arg(long, value_name = "N")]
+        rev: Option<u64>,
+    },
+    /// Forget the history before revision REV (admin): reads at an earlier revision are refused
+    /// from then on. Through the log; the leader also compacts on its own (`[history]`).
+    Compact {
+        /// The new compaction revision (at most the current revision).
+        rev: u64,
     },
     /// Run a transaction: `if` conditions, `then` operations, `else` operations. Exit 4 when a
     /// condition was false (the `else` branch ran).
