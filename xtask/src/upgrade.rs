@@ -69,9 +69,13 @@ impl std::fmt::Display for Step {
         match self {
             Step::Restart(n, Bin::New) => write!(f, "upgrade node {n} to the new binary"),
             Step::Restart(n, Bin::Old) => write!(f, "roll node {n} back to the old binary"),
-            Step::GatedRefused => write!(f, "delete-range and member update refused before finalize"),
+            Step::GatedRefused => {
+                write!(f, "delete-range, member update, reads at a revision and compact refused before finalize")
+            }
             Step::Finalize => write!(f, "quorate cluster finalize"),
-            Step::GatedWorks => write!(f, "delete-range and member update work after finalize"),
+            Step::GatedWorks => {
+                write!(f, "delete-range, member update, reads at a revision and compact work after finalize")
+            }
             Step::OldRefuses(n) => {
                 write!(f, "old binary refuses node {n}'s finalized data; node {n} back on the new one")
             }
@@ -96,6 +100,62 @@ fn plan() -> Vec<Step> {
     }
     steps.extend([Step::Finalize, Step::GatedWorks, Step::OldRefuses(NODES)]);
     steps
+}
+
+/// Before finalize: `kv get --rev`, `kv scan --rev` and `kv compact` are refused by the gate
+/// (a new node refuses by the cluster version; a 0.1.0 node cannot read the request).
+fn history_refused(cluster: &Cluster, endpoints: &str) -> Result<String> {
+    let mut refusals = Vec::new();
+    for args in [
+        &["kv", "get", "chaos/0", "--rev", "1"][..],
+        &["kv", "scan", "--prefix", "chaos/", "--rev", "1"],
+        &["kv", "compact", "1"],
+    ] {
+        let out = cluster.quorate_to(args, endpoints)?;
+        let err = crate::cluster::text(&out.stderr);
+        if out.status.success() || !err.contains("needs cluster version 2") {
+            bail!("`quorate {}` was not refused before finalize: {}", args.join(" "), err.trim());
+        }
+        refusals.push(args[..2].join(" "));
+    }
+    Ok(format!("{} refused", refusals.join(", ")))
+}
+
+/// The revision a `kv put` printed (`OK (revision N)`).
+fn put_revision(cluster: &Cluster, endpoints: &str, key: &str, value: &str) -> Result<u64> {
+    let out = cluster.quorate_to(&["kv", "put", key, value], endpoints)?;
+    let text = crate::cluster::text(&out.stdout);
+    text.trim()
+        .strip_prefix("OK (revision ")
+        .and_then(|t| t.strip_suffix(')'))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("kv put answered {:?} {:?}", text.trim(), crate::cluster::text(&out.stderr).trim()))
+}
+
+/// After finalize: two versions of a key read at their revisions (linearizable reads), a
+/// compaction to the second, then the first refused as compacted.
+fn history_works(cluster: &Cluster, endpoints: &str) -> Result<String> {
+    let key = "upgrade/history";
+    let r1 = put_revision(cluster, endpoints, key, "first")?;
+    let r2 = put_revision(cluster, endpoints, key, "second")?;
+    for (rev, want) in [(r1, "first"), (r2, "second")] {
+        let rev = rev.to_string();
+        let out = cluster.quorate_to(&["kv", "get", key, "--rev", &rev], endpoints)?;
+        let got = crate::cluster::text(&out.stdout);
+        if !out.status.success() || got.trim() != want {
+            bail!("kv get --rev {rev} answered {:?} {:?}", got.trim(), crate::cluster::text(&out.stderr).trim());
+        }
+    }
+    let out = cluster.quorate_to(&["kv", "compact", &r2.to_string()], endpoints)?;
+    if !out.status.success() {
+        bail!("kv compact {r2} failed: {}", crate::cluster::text(&out.stderr).trim());
+    }
+    let out = cluster.quorate_to(&["kv", "get", key, "--rev", &r1.to_string()], endpoints)?;
+    let err = crate::cluster::text(&out.stderr);
+    if out.status.success() || !err.contains("compacted") {
+        bail!("kv get --rev {r1} after compacting to {r2} was not refused: {}", err.trim());
+    }
+    Ok(format!("history read at revisions {r1} and {r2}, compacted to {r2}, {r1} refused as compacted"))
 }
 
 pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
@@ -228,11 +288,13 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
                     if out.status.success() {
                         Err(anyhow::anyhow!("member update was not refused before finalize"))
                     } else {
-                        Ok(format!(
-                            "refused: {}; member update refused: {}",
-                            err.trim().lines().last().unwrap_or(""),
-                            update_err.trim().lines().last().unwrap_or("")
-                        ))
+                        history_refused(&cluster, &endpoints).map(|history| {
+                            format!(
+                                "refused: {}; member update refused: {}; {history}",
+                                err.trim().lines().last().unwrap_or(""),
+                                update_err.trim().lines().last().unwrap_or("")
+                            )
+                        })
                     }
                 }
             }
@@ -257,7 +319,9 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
                     let up = cluster.quorate_to(&["member", "update", "2", "--peer", &peer], &endpoints)?;
                     let up_text = crate::cluster::text(&up.stdout) + &crate::cluster::text(&up.stderr);
                     if up.status.success() {
-                        Ok(format!("delete-range: {}; member update: {}", text.trim(), up_text.trim()))
+                        history_works(&cluster, &endpoints).map(|history| {
+                            format!("delete-range: {}; member update: {}; {history}", text.trim(), up_text.trim())
+                        })
                     } else {
                         Err(anyhow::anyhow!("member update failed after finalize: {}", up_text.trim()))
                     }
