@@ -1081,7 +1081,8 @@ fn merged_keys<R: SmRead + ?Sized>(
         // Enough base keys that pending deletes in the range cannot starve the result.
         let want = limit + 1 + ov.writes.range(lo.clone()..hi.clone()).count();
         'pages: while keys.len() < want {
-            let page = ov.base.sm_scan_bounded(&from, PAGE, SCAN_READ_BYTES_MAX)?;
+            // No more pairs than could be kept: the result is the same, the reads fewer.
+            let page = ov.base.sm_scan_bounded(&from, PAGE.min(want - keys.len()), SCAN_READ_BYTES_MAX)?;
             if page.is_empty() {
                 break;
             }

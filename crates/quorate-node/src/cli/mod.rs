@@ -48,7 +48,7 @@ impl Outcome {
 #[derive(Debug, Parser)]
 #[command(name = "quorate", version = quorate_node::VERSION, propagate_version = true, disable_help_subcommand = true)]
 #[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found, 4 comparison \
-false (cas, txn), 5 cluster unavailable (nothing done), 6 refused (role, invalid request), 7 outcome of a write \
+false (cas, txn), 5 cluster unavailable (nothing done), 6 refused (role, invalid request, revision compacted or in the future), 7 outcome of a write \
 unknown. `-o json` prints one JSON object (`kv scan`: one per line); see docs/operations.md.")]
 pub(crate) struct Cli {
     #[command(subcommand)]
