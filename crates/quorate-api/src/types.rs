@@ -142,7 +142,9 @@ pub enum Request {
         version: u32,
     },
     /// Delete every key in `[start, end)`, at most [`limits::SCAN_LIMIT_MAX`] keys per request
-    /// (write). Needs cluster version 2: refused before `quorate cluster finalize`. Since 0.2.0.
+    /// (2,000 while the multi-version history is recorded; the answer's `more` says whether
+    /// keys remain) (write). Needs cluster version 2: refused before `quorate cluster
+    /// finalize`. Since 0.2.0.
     DeleteRange {
         /// First key.
         #[serde(with = "quorate_log::byte_string")]

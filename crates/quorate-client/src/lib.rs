@@ -479,8 +479,9 @@ impl Client {
         self.done(Request::Finalize { version }).await
     }
 
-    /// Deletes the keys in `[start, end)`, at most `limits::SCAN_LIMIT_MAX` per call (exactly
-    /// once). Needs cluster version 2.
+    /// Deletes the keys in `[start, end)`, at most `limits::SCAN_LIMIT_MAX` per call — 2,000
+    /// while the multi-version history is recorded (exactly once); the answer says whether keys
+    /// remain. Needs cluster version 2.
     pub async fn delete_range(
         &self,
         start: impl AsRef<[u8]>,
