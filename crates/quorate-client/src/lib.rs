@@ -495,8 +495,8 @@ impl Client {
     }
 
     /// Reads `key` as it was at key-value `revision` (the multi-version history; needs cluster
-    /// version 2). Errors: [`ApiError::Compacted`](quorate_api::ApiError::Compacted) below the
-    /// compaction revision, [`ApiError::FutureRevision`](quorate_api::ApiError::FutureRevision)
+    /// version 2). Errors: [`ApiError::Compacted`] below the
+    /// compaction revision, [`ApiError::FutureRevision`]
     /// past the current one (as the serving node knows it: at
     /// [`ReadConsistency::Linearizable`], as the cluster does).
     pub async fn get_at(
