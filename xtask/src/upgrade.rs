@@ -71,13 +71,15 @@ impl std::fmt::Display for Step {
             Step::Restart(n, Bin::Old) => write!(f, "roll node {n} back to the old binary"),
             Step::GatedRefused => write!(
                 f,
-                "delete-range, member update, snapshot save FILE and bounded-staleness reads refused before finalize"
+                "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision and \
+                 compact refused before finalize"
             ),
             Step::Finalize => write!(f, "quorate cluster finalize"),
             Step::GatedWorks => {
                 write!(
                     f,
-                    "delete-range, member update, snapshot save FILE and bounded-staleness reads work after finalize"
+                    "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision and \
+                     compact work after finalize"
                 )
             }
             Step::OldRefuses(n) => {
@@ -104,6 +106,62 @@ fn plan() -> Vec<Step> {
     }
     steps.extend([Step::Finalize, Step::GatedWorks, Step::OldRefuses(NODES)]);
     steps
+}
+
+/// Before finalize: `kv get --rev`, `kv scan --rev` and `kv compact` are refused by the gate
+/// (a new node refuses by the cluster version; a 0.1.0 node cannot read the request).
+fn history_refused(cluster: &Cluster, endpoints: &str) -> Result<String> {
+    let mut refusals = Vec::new();
+    for args in [
+        &["kv", "get", "chaos/0", "--rev", "1"][..],
+        &["kv", "scan", "--prefix", "chaos/", "--rev", "1"],
+        &["kv", "compact", "1"],
+    ] {
+        let out = cluster.quorate_to(args, endpoints)?;
+        let err = crate::cluster::text(&out.stderr);
+        if out.status.success() || !err.contains("needs cluster version 2") {
+            bail!("`quorate {}` was not refused before finalize: {}", args.join(" "), err.trim());
+        }
+        refusals.push(args[..2].join(" "));
+    }
+    Ok(format!("{} refused", refusals.join(", ")))
+}
+
+/// The revision a `kv put` printed (`OK (revision N)`).
+fn put_revision(cluster: &Cluster, endpoints: &str, key: &str, value: &str) -> Result<u64> {
+    let out = cluster.quorate_to(&["kv", "put", key, value], endpoints)?;
+    let text = crate::cluster::text(&out.stdout);
+    text.trim()
+        .strip_prefix("OK (revision ")
+        .and_then(|t| t.strip_suffix(')'))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("kv put answered {:?} {:?}", text.trim(), crate::cluster::text(&out.stderr).trim()))
+}
+
+/// After finalize: two versions of a key read at their revisions (linearizable reads), a
+/// compaction to the second, then the first refused as compacted.
+fn history_works(cluster: &Cluster, endpoints: &str) -> Result<String> {
+    let key = "upgrade/history";
+    let r1 = put_revision(cluster, endpoints, key, "first")?;
+    let r2 = put_revision(cluster, endpoints, key, "second")?;
+    for (rev, want) in [(r1, "first"), (r2, "second")] {
+        let rev = rev.to_string();
+        let out = cluster.quorate_to(&["kv", "get", key, "--rev", &rev], endpoints)?;
+        let got = crate::cluster::text(&out.stdout);
+        if !out.status.success() || got.trim() != want {
+            bail!("kv get --rev {rev} answered {:?} {:?}", got.trim(), crate::cluster::text(&out.stderr).trim());
+        }
+    }
+    let out = cluster.quorate_to(&["kv", "compact", &r2.to_string()], endpoints)?;
+    if !out.status.success() {
+        bail!("kv compact {r2} failed: {}", crate::cluster::text(&out.stderr).trim());
+    }
+    let out = cluster.quorate_to(&["kv", "get", key, "--rev", &r1.to_string()], endpoints)?;
+    let err = crate::cluster::text(&out.stderr);
+    if out.status.success() || !err.contains("compacted") {
+        bail!("kv get --rev {r1} after compacting to {r2} was not refused: {}", err.trim());
+    }
+    Ok(format!("history read at revisions {r1} and {r2}, compacted to {r2}, {r1} refused as compacted"))
 }
 
 pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
@@ -255,10 +313,13 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
                         }
                     }
                 }
-                // The streamed save and the bounded-staleness read, the same two ways.
+                // The streamed save, the bounded-staleness read and the history requests, the
+                // same two ways.
                 let mut more = Vec::new();
                 for eps in [Some(&endpoints), old_only.as_ref()].into_iter().flatten() {
-                    match gated_0_2_requests(&cluster, eps, &dir, false) {
+                    match gated_0_2_requests(&cluster, eps, &dir, false)
+                        .and_then(|m| Ok(format!("{m}; {}", history_refused(&cluster, eps)?)))
+                    {
                         Ok(m) => more.push(m),
                         Err(e) => {
                             failed.get_or_insert(e);
@@ -292,8 +353,13 @@ pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {
                     let up = cluster.quorate_to(&["member", "update", "2", "--peer", &peer], &endpoints)?;
                     let up_text = crate::cluster::text(&up.stdout) + &crate::cluster::text(&up.stderr);
                     if up.status.success() {
-                        gated_0_2_requests(&cluster, &endpoints, &dir, true).map(|more| {
-                            format!("delete-range: {}; member update: {}; {more}", text.trim(), up_text.trim())
+                        gated_0_2_requests(&cluster, &endpoints, &dir, true).and_then(|more| {
+                            let history = history_works(&cluster, &endpoints)?;
+                            Ok(format!(
+                                "delete-range: {}; member update: {}; {more}; {history}",
+                                text.trim(),
+                                up_text.trim()
+                            ))
                         })
                     } else {
                         Err(anyhow::anyhow!("member update failed after finalize: {}", up_text.trim()))

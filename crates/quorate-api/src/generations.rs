@@ -59,7 +59,9 @@ impl ApiError {
             }
             // Only a paged transaction (a quorate/2 request) is answered with it; never send a
             // 0.1.0 client a variant it cannot decode all the same.
-            e @ ApiError::PageExpired { .. } if generation < PROTOCOL_GENERATION_2 => {
+            e @ (ApiError::PageExpired { .. } | ApiError::Compacted { .. } | ApiError::FutureRevision { .. })
+                if generation < PROTOCOL_GENERATION_2 =>
+            {
                 ApiError::InvalidRequest(e.to_string())
             }
             other => other,
@@ -130,6 +132,13 @@ impl Request {
             Request::MemberUpdate { .. } => {
                 return Some(cluster_version_refusal("member update", 2, CLUSTER_VERSION_INITIAL));
             }
+            Request::GetAt { .. } | Request::ScanAt { .. } => {
+                return Some(cluster_version_refusal("a read at a revision", 2, CLUSTER_VERSION_INITIAL));
+            }
+            Request::Compact { .. } => {
+                return Some(cluster_version_refusal("compact", 2, CLUSTER_VERSION_INITIAL));
+            }
+            Request::History => "history",
             Request::SnapshotStreamOpen | Request::SnapshotStreamFetch { .. } => {
                 return Some(cluster_version_refusal("a streamed snapshot save", 2, CLUSTER_VERSION_INITIAL));
             }

@@ -195,7 +195,9 @@ pub enum Request {
         version: u32,
     },
     /// Delete every key in `[start, end)`, at most [`limits::SCAN_LIMIT_MAX`] keys per request
-    /// (write). Needs cluster version 2: refused before `quorate cluster finalize`. Since 0.2.0.
+    /// (2,000 while the multi-version history is recorded; the answer's `more` says whether
+    /// keys remain) (write). Needs cluster version 2: refused before `quorate cluster
+    /// finalize`. Since 0.2.0.
     DeleteRange {
         /// First key.
         #[serde(with = "quorate_log::byte_string")]
@@ -275,6 +277,46 @@ pub enum Request {
         /// Bytes wanted, at most [`limits::SNAPSHOT_CHUNK_BYTES_MAX`]; 0 ends the stream.
         len: u32,
     },
+    /// Read `key` as it was at key-value `revision` (multi-version history): answered with
+    /// [`Response::Get`]. [`ApiError::Compacted`] below the compaction revision,
+    /// [`ApiError::FutureRevision`] past the current one. Needs cluster version 2 (history is
+    /// recorded from the entry that finalized it). Since 0.2.0.
+    GetAt {
+        /// Key.
+        #[serde(with = "quorate_log::byte_string")]
+        key: Vec<u8>,
+        /// The revision to read at.
+        revision: u64,
+        /// Ordering (which node's state decides whether `revision` is in the future).
+        read: ReadConsistency,
+    },
+    /// One page of the keys in `[start, end)` as they were at key-value `revision`: answered
+    /// with [`Response::ScanPage`]; ask the next page with its `next` as `start` and the same
+    /// revision. Errors as [`Request::GetAt`]. Since 0.2.0.
+    ScanAt {
+        /// First key.
+        #[serde(with = "quorate_log::byte_string")]
+        start: Vec<u8>,
+        /// Exclusive end.
+        #[serde(with = "quorate_log::byte_string::option")]
+        end: Option<Vec<u8>>,
+        /// Most pairs to return in this page.
+        limit: u32,
+        /// The revision to read at.
+        revision: u64,
+        /// Ordering.
+        read: ReadConsistency,
+    },
+    /// Forget the history before key-value `revision` (admin), through the log
+    /// ([`CommandOp::Compact`]): reads at a revision below it are answered
+    /// [`ApiError::Compacted`]. Needs cluster version 2. Since 0.2.0.
+    Compact {
+        /// The new compaction revision (at most the current revision).
+        revision: u64,
+    },
+    /// This node's multi-version history: compaction revision, entries and bytes kept
+    /// ([`Response::History`]; node-local). Since 0.2.0.
+    History,
 }
 
 /// Who may do what; from the role in the client's certificate.
@@ -301,7 +343,10 @@ impl Request {
             | Request::Status
             | Request::MemberList
             | Request::Versions
-            | Request::Health => Access::Read,
+            | Request::Health
+            | Request::GetAt { .. }
+            | Request::ScanAt { .. }
+            | Request::History => Access::Read,
             Request::Put { .. }
             | Request::Delete { .. }
             | Request::Cas { .. }
@@ -323,6 +368,7 @@ impl Request {
             | Request::Finalize { .. }
             | Request::SnapshotStreamOpen
             | Request::SnapshotStreamFetch { .. }
+            | Request::Compact { .. }
             | Request::FlightDump => Access::Admin,
         }
     }
@@ -381,13 +427,15 @@ impl ClientRequest {
         }
         match &self.body {
             Request::Put { key: k, value: v } => key(k).and(value(v)),
-            Request::Get { key: k, .. } | Request::Delete { key: k } => key(k),
+            Request::Get { key: k, .. } | Request::Delete { key: k } | Request::GetAt { key: k, .. } => key(k),
             Request::Cas { key: k, expected, value: v } => {
                 key(k)?;
                 value(v)?;
                 expected.as_deref().map_or(Ok(()), value)
             }
-            Request::Scan { start, end, limit, .. } | Request::ScanPaged { start, end, limit, .. } => {
+            Request::Scan { start, end, limit, .. }
+            | Request::ScanPaged { start, end, limit, .. }
+            | Request::ScanAt { start, end, limit, .. } => {
                 if start.len() > limits::KEY_BYTES_MAX || end.as_ref().is_some_and(|e| e.len() > limits::KEY_BYTES_MAX)
                 {
                     return Err("scan bounds exceed the key size limit".into());
@@ -440,6 +488,8 @@ impl ClientRequest {
             Request::Status
             | Request::Versions
             | Request::Health
+            | Request::History
+            | Request::Compact { .. }
             | Request::MemberList
             | Request::MemberPromote { .. }
             | Request::MemberRemove { .. }
@@ -697,6 +747,35 @@ pub enum Response {
         /// leader after the last byte was served.
         complete: bool,
     },
+    /// A compaction was applied (the answer to [`Request::Compact`]). Since 0.2.0.
+    Compacted {
+        /// The compaction revision now (a request below the current one changes nothing).
+        compacted: u64,
+    },
+    /// A node's multi-version history (the answer to [`Request::History`]). Since 0.2.0.
+    History(HistoryInfo),
+}
+
+/// A node's multi-version history, as its state machine holds it (the answer to
+/// [`Request::History`]; shown by `quorate cluster status`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct HistoryInfo {
+    /// The node.
+    pub id: NodeId,
+    /// Whether history is recorded (from the entry that committed cluster version 2).
+    pub enabled: bool,
+    /// Reads at revisions below this one are refused ([`ApiError::Compacted`]).
+    pub compacted: u64,
+    /// The node's key-value revision.
+    pub revision: u64,
+    /// Earlier versions kept.
+    pub entries: u64,
+    /// Their bytes (keys and records).
+    pub bytes: u64,
+    /// The most entries kept: beyond, the oldest are dropped and the compaction revision rises.
+    pub entries_max: u64,
+    /// The most bytes kept (the same rule).
+    pub bytes_max: u64,
 }
 
 /// A node's health, as `quorate cluster status` shows it in its `HEALTH` column (the answer
@@ -888,6 +967,24 @@ pub enum ApiError {
     #[error("the key-value state changed since the first page (revision {revision}, now {current}); read again")]
     PageExpired {
         /// The revision of the first page.
+        revision: u64,
+        /// The revision now.
+        current: u64,
+    },
+    /// A read at `revision` asked for history that was compacted away: the oldest revision
+    /// still readable is `compacted`. Since 0.2.0 (only in answer to reads at a revision).
+    #[error("revision {revision} is compacted: the oldest revision kept is {compacted}")]
+    Compacted {
+        /// The revision asked for.
+        revision: u64,
+        /// The compaction revision.
+        compacted: u64,
+    },
+    /// A read at `revision`, or a compaction to it, named a revision the key-value state has
+    /// not reached (`current`). Since 0.2.0.
+    #[error("revision {revision} is in the future: the current revision is {current}")]
+    FutureRevision {
+        /// The revision asked for.
         revision: u64,
         /// The revision now.
         current: u64,
@@ -1086,6 +1183,14 @@ pub enum CommandOp {
         principal: String,
         /// The operation.
         op: KvOp,
+    },
+    /// Raise the history's compaction revision to `revision` (`quorate kv compact`, or the
+    /// leader's automatic compaction): earlier versions replaced at or before it are dropped.
+    /// Applied only at cluster version 2 or later (below it: `InvalidRequest`, no change).
+    /// Since 0.2.0.
+    Compact {
+        /// The new compaction revision.
+        revision: u64,
     },
 }
 

@@ -146,6 +146,10 @@ fn every_request() -> Vec<Request> {
         Request::MemberUpdate { id: quorate_log::NodeId::new(4).expect("id"), addr: "a:1".into() },
         Request::SnapshotStreamOpen,
         Request::SnapshotStreamFetch { stream: 1, offset: 0, len: 1 },
+        Request::GetAt { key: k(), revision: 1, read: ReadConsistency::Linearizable },
+        Request::ScanAt { start: k(), end: None, limit: 1, revision: 1, read: ReadConsistency::Linearizable },
+        Request::Compact { revision: 1 },
+        Request::History,
     ];
     // The list is every variant, in order: its variant indexes are 0, 1, 2, ...
     for (i, r) in requests.iter().enumerate() {

@@ -97,6 +97,8 @@ fn advice(error: &ApiError) -> &'static str {
         ApiError::Refused(_) => "; check `quorate member list` and `quorate cluster status`",
         ApiError::Internal(_) => "; see the node's log",
         ApiError::SessionExpired => "; the client opens a new session on the next write",
+        ApiError::Compacted { .. } => "; read at the compaction revision or later (`quorate cluster status` shows it)",
+        ApiError::FutureRevision { .. } => "; read at the current revision or earlier",
         _ => "",
     }
 }

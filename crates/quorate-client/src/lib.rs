@@ -59,8 +59,8 @@ mod retry;
 
 pub use error::{ClientError, GiveUpReason};
 pub use quorate_api::{
-    ApiError, Compare, CompareOp, CompareTarget, KeyValue, Member, MemberKind, NodeHealth, NodeStatus, ReadConsistency,
-    ReadInfo, StalenessBound, Txn, TxnOp, TxnResult, VersionInfo,
+    ApiError, Compare, CompareOp, CompareTarget, HistoryInfo, KeyValue, Member, MemberKind, NodeHealth, NodeStatus,
+    ReadConsistency, ReadInfo, StalenessBound, Txn, TxnOp, TxnResult, VersionInfo,
 };
 pub use retry::{Backoff, RetryBudget, RetryBudgetConfig};
 
@@ -599,8 +599,9 @@ impl Client {
         self.done(Request::Finalize { version }).await
     }
 
-    /// Deletes the keys in `[start, end)`, at most `limits::SCAN_LIMIT_MAX` per call (exactly
-    /// once). Needs cluster version 2.
+    /// Deletes the keys in `[start, end)`, at most `limits::SCAN_LIMIT_MAX` per call — 2,000
+    /// while the multi-version history is recorded (exactly once); the answer says whether keys
+    /// remain. Needs cluster version 2.
     pub async fn delete_range(
         &self,
         start: impl AsRef<[u8]>,
@@ -609,6 +610,84 @@ impl Client {
         let body = Request::DeleteRange { start: start.as_ref().to_vec(), end: end.as_ref().to_vec() };
         match self.core.write(body).await? {
             (_, Response::DeletedRange { deleted, more, .. }) => Ok((deleted, more)),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Reads `key` as it was at key-value `revision` (the multi-version history; needs cluster
+    /// version 2). Errors: [`ApiError::Compacted`] below the
+    /// compaction revision, [`ApiError::FutureRevision`]
+    /// past the current one (as the serving node knows it: at
+    /// [`ReadConsistency::Linearizable`], as the cluster does).
+    pub async fn get_at(
+        &self,
+        key: impl AsRef<[u8]>,
+        revision: u64,
+        read: ReadConsistency,
+    ) -> Result<Got, ClientError> {
+        let body = Request::GetAt { key: key.as_ref().to_vec(), revision, read };
+        match self.core.send(body, None, Route::Leader).await? {
+            (_, Response::Get { kv, read }) => Ok(Got { kv, read }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// One page of the pairs with keys in `[start, end)` as they were at `revision`: ask the
+    /// next page with its `next` as `start` and the same revision (the pages together are one
+    /// read of that revision, unless it is compacted in between: then `Compacted`).
+    pub async fn scan_at_page(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+        revision: u64,
+        read: ReadConsistency,
+    ) -> Result<ScannedPage, ClientError> {
+        let body =
+            Request::ScanAt { start: start.as_ref().to_vec(), end: end.map(<[u8]>::to_vec), limit, revision, read };
+        match self.core.send(body, None, Route::Leader).await? {
+            (_, Response::ScanPage { kvs, next, read }) => Ok(ScannedPage { kvs, next, read }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Up to `limit` pairs with keys in `[start, end)` as they were at `revision`, following
+    /// the pages ([`Client::scan_at_page`]): one read of that revision.
+    pub async fn scan_at(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+        revision: u64,
+        read: ReadConsistency,
+    ) -> Result<Scanned, ClientError> {
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        let mut from = start.as_ref().to_vec();
+        loop {
+            let want = limit.saturating_sub(kvs.len() as u32);
+            let page = self.scan_at_page(&from, end, want.max(1), revision, read).await?;
+            kvs.extend(page.kvs);
+            match page.next {
+                Some(next) if (kvs.len() as u32) < limit => from = next,
+                next => return Ok(Scanned { kvs, more: next.is_some(), read: page.read }),
+            }
+        }
+    }
+
+    /// Compacts the history to `revision` (admin; through the log): reads below it are refused
+    /// from then on. Returns the compaction revision (unchanged if it was already past).
+    pub async fn compact(&self, revision: u64) -> Result<u64, ClientError> {
+        match self.core.send(Request::Compact { revision }, None, Route::Leader).await? {
+            (_, Response::Compacted { compacted }) => Ok(compacted),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The multi-version history of one node (asked directly): compaction revision, entries
+    /// and bytes kept. A 0.1.0 node cannot answer.
+    pub async fn history(&self, node: NodeId) -> Result<HistoryInfo, ClientError> {
+        match self.core.send(Request::History, None, Route::Direct(node)).await? {
+            (_, Response::History(h)) => Ok(h),
             (node, other) => Err(unexpected(node, &other)),
         }
     }

@@ -112,6 +112,43 @@ pub struct NodeConfig {
     /// Admission control: what the node refuses (`Overloaded`) before doing any work.
     #[serde(default)]
     pub admission: AdmissionConfig,
+    /// Automatic compaction of the multi-version history (since 0.2.0; written only when
+    /// not the default, so that a 0.1.0 node reads what this one writes).
+    #[serde(default, skip_serializing_if = "HistoryConfig::is_default")]
+    pub history: HistoryConfig,
+}
+
+/// Longest `history.retain_ms` accepted (30 days).
+pub const HISTORY_RETAIN_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
+/// Shortest non-zero `history.retain_ms` accepted.
+pub const HISTORY_RETAIN_MS_MIN: u64 = 1000;
+/// Largest `history.retain_revisions` accepted.
+pub const HISTORY_RETAIN_REVISIONS_MAX: u64 = 1_000_000_000;
+
+/// Automatic compaction of the multi-version history: the leader proposes a compaction when
+/// either rule allows one (the state machine also bounds the history on its own: see
+/// `docs/operations.md`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Keep at least the last this many revisions readable (0: no count rule).
+    pub retain_revisions: u64,
+    /// Keep at least this much time of history readable, in ms (0, the default: no age rule).
+    pub retain_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig { retain_revisions: 100_000, retain_ms: 0 }
+    }
+}
+
+impl HistoryConfig {
+    /// Whether every setting is the default.
+    #[must_use]
+    pub fn is_default(&self) -> bool {
+        *self == HistoryConfig::default()
+    }
 }
 
 /// Admission control (`quorate-admission`): every client request is admitted or refused with
@@ -655,6 +692,19 @@ impl NodeConfig {
         if r.snapshot_entries == 0 {
             return Err(invalid("raft.snapshot_entries", "must be at least 1"));
         }
+        if self.history.retain_revisions > HISTORY_RETAIN_REVISIONS_MAX {
+            return Err(invalid(
+                "history.retain_revisions",
+                format!("must be at most {HISTORY_RETAIN_REVISIONS_MAX} (0 turns the count rule off)"),
+            ));
+        }
+        let ms = self.history.retain_ms;
+        if ms != 0 && !(HISTORY_RETAIN_MS_MIN..=HISTORY_RETAIN_MS_MAX).contains(&ms) {
+            return Err(invalid(
+                "history.retain_ms",
+                format!("must be 0 (off) or {HISTORY_RETAIN_MS_MIN}..={HISTORY_RETAIN_MS_MAX}"),
+            ));
+        }
         if self.telemetry.trace_proposals_every == 0 {
             return Err(invalid("telemetry.trace_proposals_every", "must be at least 1 (1: every proposal)"));
         }
@@ -795,6 +845,28 @@ danger_skip_fsync = false
     }
 
     #[test]
+    fn history_settings_are_bounded_and_written_only_when_not_the_default() {
+        let c = NodeConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.history, HistoryConfig::default());
+        assert!(!c.to_toml().unwrap().contains("history"), "a 0.1.0 node must parse what we write");
+        let text = format!("{SAMPLE}[history]\nretain_revisions = 0\nretain_ms = 60000\n");
+        let h = NodeConfig::from_toml(&text).unwrap();
+        h.validate().unwrap();
+        assert_eq!((h.history.retain_revisions, h.history.retain_ms), (0, 60_000));
+        assert_eq!(NodeConfig::from_toml(&h.to_toml().unwrap()).unwrap(), h);
+        for (rev, ms, field) in [
+            (HISTORY_RETAIN_REVISIONS_MAX + 1, 0, "history.retain_revisions"),
+            (10, 1, "history.retain_ms"),
+            (10, HISTORY_RETAIN_MS_MAX + 1, "history.retain_ms"),
+        ] {
+            let mut c = c.clone();
+            c.history = HistoryConfig { retain_revisions: rev, retain_ms: ms };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let text = SAMPLE.replace("heartbeat_ms = 100", "heartbeat_ms = 100\nheartbeat = 5");
         let e = NodeConfig::from_toml(&text).unwrap_err().to_string();
@@ -852,6 +924,8 @@ danger_skip_fsync = false
             ("limits.client_connections_per_identity_max", |c, v| c.limits.client_connections_per_identity_max = v),
             ("admission.principal_answer_bytes_per_sec", |c, v| c.admission.principal_answer_bytes_per_sec = v),
             ("telemetry.trace_proposals_every", |c, v| c.telemetry.trace_proposals_every = v),
+            ("history.retain_revisions", |c, v| c.history.retain_revisions = v),
+            ("history.retain_ms", |c, v| c.history.retain_ms = v),
         ];
         let values = [0, 1, 2, 3, u64::MAX / 3 + 1, u64::MAX / 2 + 1, u64::MAX - 1, u64::MAX];
         for (name, set) in fields {

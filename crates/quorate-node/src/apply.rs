@@ -49,6 +49,18 @@ pub(crate) enum ReadReq {
         limit: u32,
         paged: bool,
     },
+    /// `key` as it was at key-value `revision` (multi-version history).
+    GetAt {
+        key: Vec<u8>,
+        revision: u64,
+    },
+    /// A scan page as the keys were at `revision` (answered with `Response::ScanPage`).
+    ScanAt {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+        revision: u64,
+    },
     /// A read-only transaction from operation `from` at `revision` (a next page); `paged`:
     /// answer with `Response::TxnPage` (else the whole `Response::Txn`, or an error if it does
     /// not fit one answer).
@@ -884,6 +896,13 @@ fn read_one<R: sm::SmRead + ?Sized>(
             })
         }
         ReadReq::Txn { txn, from, revision, paged } => read_txn(store, txn, *from, *revision, *paged, &read)?,
+        ReadReq::GetAt { key, revision } => {
+            sm::read_get_at(store, key, *revision)?.map(|kv| Response::Get { kv, read })
+        }
+        ReadReq::ScanAt { start, end, limit, revision } => {
+            sm::read_scan_at_page(store, start, end.as_deref(), *limit, *revision, sm::PAGE_RESULT_BYTES_MAX)?
+                .map(|page| Response::ScanPage { kvs: page.kvs, next: page.next, read })
+        }
     })
 }
 

@@ -23,6 +23,7 @@ pub mod failpoints;
 pub mod flight;
 pub use quorate_config as config;
 mod hash_exchange;
+mod history;
 mod invariants;
 pub mod recover;
 mod replays;

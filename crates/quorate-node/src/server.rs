@@ -805,6 +805,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let halt = config.telemetry.halt_on_invariant_violation;
     let mut obs = crate::telemetry::Observer::new(telemetry.clone(), raft.term().0, raft.commit_index().0, halt);
     obs.trace_every(config.telemetry.trace_proposals_every);
+    let auto_compact =
+        crate::history::AutoCompact::new(config.history.retain_revisions, config.history.retain_ms, Instant::now());
     let mut driver = Driver {
         shared: shared.clone(),
         config,
@@ -835,6 +837,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         failpoints,
         gate,
         auto_finalize: crate::versions::AutoFinalize::new(bootstrap_version, Instant::now()),
+        auto_compact,
     };
     let result = driver.run(inbox, shutdown).await;
     if let Err(e) = &result {
@@ -908,6 +911,8 @@ struct Driver {
     gate: Arc<crate::admission::Gate>,
     /// Raises a new cluster's version without `cluster finalize`.
     auto_finalize: crate::versions::AutoFinalize,
+    /// The leader's automatic compaction of the history.
+    auto_compact: crate::history::AutoCompact,
 }
 
 impl Driver {
@@ -1307,6 +1312,7 @@ impl Driver {
     fn sweep(&mut self) {
         self.raft.poll_dump_request();
         self.auto_finalize();
+        self.auto_compact();
         self.send_disk_status();
         let resources = crate::telemetry::Resources {
             disk_ok: self.disk.1,
@@ -1350,6 +1356,31 @@ impl Driver {
         match result {
             Ok(at) => tracing::info!(version, index = %at.index, "new cluster: proposing its cluster version"),
             Err(e) => tracing::warn!(version, error = %e, "new cluster: cannot propose its cluster version yet"),
+        }
+    }
+
+    /// The leader proposes a compaction of the history when `[history]`'s rules allow one
+    /// ([`crate::history::AutoCompact`]); it is applied like `quorate kv compact`'s.
+    fn auto_compact(&mut self) {
+        let now = Instant::now();
+        let is_leader = self.raft.role() == Role::Leader;
+        let store = &self.shared.store;
+        let history = match crate::sm::history_state(&**store) {
+            Ok(Some(h)) => Some((self.shared.revision.load(Ordering::Acquire), h.compacted)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "history state not readable now");
+                None
+            }
+        };
+        let Some(revision) = self.auto_compact.due(now, is_leader, history) else { return };
+        let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::Compact { revision } };
+        let result = quorate_api::encode_command(&cmd)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.raft.propose(self.now(), Data::from(bytes)).map_err(|e| e.to_string()));
+        match result {
+            Ok(at) => tracing::debug!(revision, index = %at.index, "proposing an automatic compaction"),
+            Err(e) => tracing::debug!(revision, error = %e, "cannot propose an automatic compaction now"),
         }
     }
 
@@ -2019,6 +2050,40 @@ impl Driver {
                     Ok(())
                 }
             },
+            Request::GetAt { key, revision, read } => {
+                match crate::versions::require(&self.shared, crate::sm::HISTORY_CLUSTER_VERSION, "a read at a revision")
+                {
+                    Ok(()) => self.read(ReadReq::GetAt { key, revision }, read, responder).await,
+                    Err(e) => {
+                        responder.send(Err(e), None);
+                        Ok(())
+                    }
+                }
+            }
+            Request::ScanAt { start, end, limit, revision, read } => {
+                match crate::versions::require(&self.shared, crate::sm::HISTORY_CLUSTER_VERSION, "a read at a revision")
+                {
+                    Ok(()) => self.read(ReadReq::ScanAt { start, end, limit, revision }, read, responder).await,
+                    Err(e) => {
+                        responder.send(Err(e), None);
+                        Ok(())
+                    }
+                }
+            }
+            Request::Compact { revision } => {
+                match crate::versions::require(&self.shared, crate::sm::HISTORY_CLUSTER_VERSION, "compact") {
+                    Ok(()) => self.propose_write(None, CommandOp::Compact { revision }, responder).await,
+                    Err(e) => {
+                        responder.send(Err(e), None);
+                        Ok(())
+                    }
+                }
+            }
+            Request::History => {
+                let info = crate::history::info(&self.shared);
+                responder.send(info, None);
+                Ok(())
+            }
             Request::DeleteRange { start, end } => {
                 match crate::versions::require(&self.shared, crate::sm::DELETE_RANGE_CLUSTER_VERSION, "delete-range") {
                     Ok(()) => self.propose_write(session, CommandOp::DeleteRange { start, end }, responder).await,

@@ -15,6 +15,7 @@
 //! | `m/time` | the log time (ms): the largest `Command::time_ms` applied |
 //! | `m/gc` | where the session garbage collector resumes |
 //! | `m/cluster_version` | the committed cluster version (absent: [`quorate_api::CLUSTER_VERSION_INITIAL`]) |
+//! | `h`, `r`, `m/hist_*` | the multi-version history, from cluster version 2 (see [`history`]) |
 //!
 //! Sessions expire by **log time**, identically on every replica: a session unused for
 //! [`SESSION_TTL_MS`] of log time is gone, and a write in it gets `SessionExpired`.
@@ -46,6 +47,12 @@ use quorate_storage::{APPLY_OPS_MAX, RocksStore, SM_KEY_BYTES_MAX, SM_VALUE_BYTE
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+
+pub mod history;
+pub use history::{
+    HISTORY_BYTES_MAX, HISTORY_CLUSTER_VERSION, HISTORY_ENTRIES_MAX, HistoryState, history_state, read_get_at,
+    read_scan_at_page,
+};
 
 /// A session unused for this much log time (ms) expires.
 pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
@@ -602,7 +609,26 @@ pub fn apply_command<R: SmRead + ?Sized>(
     let time = ov_u64(ov, META_TIME)?.max(cmd.time_ms);
     ov.put(META_TIME.to_vec(), time.to_le_bytes().to_vec());
     let cv = ov_cluster_version(ov)?;
+    if cv >= HISTORY_CLUSTER_VERSION && !history::enabled(ov)? {
+        // A cluster finalized by a build before history existed: history starts at the first
+        // command applied after it (decided by the log, so the same on every replica).
+        history::enable(ov)?;
+    }
     let out = match &cmd.op {
+        CommandOp::Compact { revision } => {
+            if cv < HISTORY_CLUSTER_VERSION {
+                ApplyOutcome::result(Err(gated("compact", HISTORY_CLUSTER_VERSION, cv)))
+            } else {
+                let mark = ov.mark();
+                let r = history::compact(ov, *revision)?.map(|compacted| Response::Compacted { compacted });
+                if let Err(why) = ov.check_since(mark) {
+                    ov.rollback_to(mark);
+                    ApplyOutcome::result(Err(ApiError::InvalidRequest(format!("{why}; nothing was changed"))))
+                } else {
+                    ApplyOutcome::result(r)
+                }
+            }
+        }
         CommandOp::OpenSession => {
             gc_sessions(ov, time, cv)?;
             let id = SessionId(index.0);
@@ -629,6 +655,10 @@ pub fn apply_command<R: SmRead + ?Sized>(
                 ApplyOutcome::result(Ok(Response::Done))
             } else {
                 ov.put(META_CLUSTER_VERSION.to_vec(), u64::from(*version).to_le_bytes().to_vec());
+                if *version >= HISTORY_CLUSTER_VERSION {
+                    // History starts here, at this entry's revision, on every replica.
+                    history::enable(ov)?;
+                }
                 ApplyOutcome { cluster_version: Some(*version), ..ApplyOutcome::result(Ok(Response::Done)) }
             }
         }
@@ -970,6 +1000,7 @@ impl<'a> OpRef<'a> {
             | CommandOp::SetMemberAddr { .. }
             | CommandOp::SetClusterVersion { .. }
             | CommandOp::OpenSessionFor { .. }
+            | CommandOp::Compact { .. }
             | CommandOp::ByPrincipal { .. } => OpRef::Other { known: true },
             _ => OpRef::Other { known: false },
         }
@@ -998,8 +1029,10 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
             Response::Put { revision: next }
         }
         OpRef::Delete { key } => {
-            let deleted = get_kv(ov, key)?.is_some();
-            if deleted {
+            let old = get_kv(ov, key)?;
+            let deleted = old.is_some();
+            if let Some(old) = old {
+                history::record(ov, key, &old, next)?;
                 ov.delete(kv_key(key));
                 changed = true;
             }
@@ -1025,6 +1058,7 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
             }
             if eval.changed {
                 ov.put(META_REVISION.to_vec(), next.to_le_bytes().to_vec());
+                history::maintain(ov, history::HISTORY_DROP_PER_COMMAND)?;
             }
             if eval.next.is_some() {
                 return Ok(Applied::TooLarge);
@@ -1042,13 +1076,32 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
                 // changes anything, so mixed-version replicas stay identical.
                 return Ok(Applied::Done(Err(gated("delete-range", DELETE_RANGE_CLUSTER_VERSION, cv))));
             }
-            let (keys, more) = range_keys(ov, start, end, limits::SCAN_LIMIT_MAX as usize)?;
-            changed = !keys.is_empty();
-            let deleted = keys.len() as u64;
-            for k in keys {
-                ov.delete(k);
+            if history::enabled(ov)? {
+                let (keys, mut more) = range_keys(ov, start, end, history::HISTORY_RANGE_KEYS_MAX)?;
+                let (mut deleted, mut bytes) = (0u64, 0usize);
+                for k in &keys {
+                    if bytes >= history::HISTORY_RANGE_BYTES_MAX {
+                        more = true;
+                        break;
+                    }
+                    let user = &k[1..];
+                    if let Some(old) = get_kv(ov, user)? {
+                        bytes = bytes.saturating_add(history::record(ov, user, &old, next)?);
+                    }
+                    ov.delete(k.clone());
+                    deleted += 1;
+                }
+                changed = deleted > 0;
+                Response::DeletedRange { deleted, more, revision: if changed { next } else { rev } }
+            } else {
+                let (keys, more) = range_keys(ov, start, end, limits::SCAN_LIMIT_MAX as usize)?;
+                changed = !keys.is_empty();
+                let deleted = keys.len() as u64;
+                for k in keys {
+                    ov.delete(k);
+                }
+                Response::DeletedRange { deleted, more, revision: if changed { next } else { rev } }
             }
-            Response::DeletedRange { deleted, more, revision: if changed { next } else { rev } }
         }
         OpRef::Other { known: true } => {
             return Ok(Applied::Done(Err(ApiError::InvalidRequest("not a key-value operation".into()))));
@@ -1059,6 +1112,7 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
     };
     if changed {
         ov.put(META_REVISION.to_vec(), next.to_le_bytes().to_vec());
+        history::maintain(ov, history::HISTORY_DROP_PER_COMMAND)?;
     }
     Ok(Applied::Done(Ok(response)))
 }
@@ -1090,7 +1144,8 @@ fn merged_keys<R: SmRead + ?Sized>(
         // Enough base keys that pending deletes in the range cannot starve the result.
         let want = limit + 1 + ov.writes.range(lo.clone()..hi.clone()).count();
         'pages: while keys.len() < want {
-            let page = ov.base.sm_scan_bounded(&from, PAGE, SCAN_READ_BYTES_MAX)?;
+            // No more pairs than could be kept: the result is the same, the reads fewer.
+            let page = ov.base.sm_scan_bounded(&from, PAGE.min(want - keys.len()), SCAN_READ_BYTES_MAX)?;
             if page.is_empty() {
                 break;
             }
@@ -1118,6 +1173,7 @@ fn merged_keys<R: SmRead + ?Sized>(
 fn put<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8], value: Vec<u8>, rev: u64) -> Result<(), SmError> {
     let rec = match get_kv(ov, key)? {
         Some(old) => {
+            history::record(ov, key, &old, rev)?;
             KvRecord { value, create_revision: old.create_revision, mod_revision: rev, version: old.version + 1 }
         }
         None => KvRecord { value, create_revision: rev, mod_revision: rev, version: 1 },
@@ -1188,8 +1244,10 @@ fn eval_txn<R: SmRead + ?Sized>(
                 TxnResult::Put
             }
             TxnOp::Delete { key } => {
-                let existed = get_kv(ov, key)?.is_some();
-                if existed {
+                let old = get_kv(ov, key)?;
+                let existed = old.is_some();
+                if let Some(old) = old {
+                    history::record(ov, key, &old, next_rev)?;
                     ov.delete(kv_key(key));
                     eval.changed = true;
                 }

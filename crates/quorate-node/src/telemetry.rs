@@ -477,6 +477,11 @@ impl Observer {
         }
         let cluster_version = crate::versions::cluster_version(shared);
         metrics::gauge!(n::CLUSTER_VERSION).set(f64::from(cluster_version));
+        if let Ok(Some(h)) = crate::sm::history_state(&*shared.store) {
+            metrics::gauge!(n::HISTORY_ENTRIES).set(h.entries as f64);
+            metrics::gauge!(n::HISTORY_BYTES).set(h.bytes as f64);
+            metrics::gauge!(n::HISTORY_COMPACTED_REVISION).set(h.compacted as f64);
+        }
         // The applied-hash exchange: samples that waited for this node to catch up, then this
         // node's latest samples to every other member (gated on the cluster version).
         let own = tel.hash_samples();

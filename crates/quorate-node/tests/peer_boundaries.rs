@@ -134,6 +134,7 @@ impl Cluster {
                     limits: LimitsConfig { free_space_floor_mb: 0, danger_failpoints: true, ..LimitsConfig::default() },
                     telemetry: Default::default(),
                     admission: Default::default(),
+                    history: Default::default(),
                 };
                 tweak(&mut c);
                 c

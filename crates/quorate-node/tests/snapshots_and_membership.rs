@@ -108,6 +108,7 @@ mod common {
                     limits: LimitsConfig { free_space_floor_mb: 0, ..LimitsConfig::default() },
                     telemetry: Default::default(),
                     admission: Default::default(),
+                    history: Default::default(),
                 };
                 if i <= 3 {
                     nodes.insert(i, Node::start(config));

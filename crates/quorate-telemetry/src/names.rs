@@ -116,6 +116,12 @@ pub const CONFIG_LEARNERS_COUNT: &str = "quorate_raft_config_learners_count";
 pub const CLUSTER_VERSION: &str = "quorate_cluster_version";
 /// Gauge (always 1) with the binary's `version` label.
 pub const BUILD_INFO: &str = "quorate_build_info";
+/// Gauge: earlier versions of keys kept by the multi-version history.
+pub const HISTORY_ENTRIES: &str = "quorate_history_entries";
+/// Gauge: bytes of the earlier versions kept.
+pub const HISTORY_BYTES: &str = "quorate_history_bytes";
+/// Gauge: the history's compaction revision (reads below it are refused).
+pub const HISTORY_COMPACTED_REVISION: &str = "quorate_history_compacted_revision";
 
 // ---- replication, per peer ----------------------------------------------------------------
 
@@ -275,6 +281,9 @@ pub const ALL: &[MetricDef] = &[
     g(CONFIG_LEARNERS_COUNT, "Learners in the configuration.", &[]),
     g(CLUSTER_VERSION, "The committed cluster version.", &[]),
     g(BUILD_INFO, "Always 1; the binary's version is in the label.", &[LABEL_VERSION]),
+    g(HISTORY_ENTRIES, "Earlier versions of keys kept by the multi-version history.", &[]),
+    g(HISTORY_BYTES, "Bytes of the earlier versions kept.", &[]),
+    g(HISTORY_COMPACTED_REVISION, "The history's compaction revision: reads at a revision below it are refused.", &[]),
     g(PEER_MATCH_INDEX, "Highest index known replicated on the peer (leader only).", &[LABEL_PEER]),
     g(PEER_INFLIGHT_MESSAGES, "Append messages sent to the peer and not yet acknowledged.", &[LABEL_PEER]),
     g(PEER_INFLIGHT_BYTES, "Entry bytes sent to the peer and not yet acknowledged.", &[LABEL_PEER]),
@@ -436,6 +445,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 66);
+        assert_eq!(seen.len(), 69);
     }
 }

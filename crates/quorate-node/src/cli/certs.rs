@@ -63,6 +63,7 @@ pub(crate) fn node_config(dir: &Path, cluster: &str, id: u64, n: u64, base_port:
         limits: LimitsConfig::default(),
         telemetry: Default::default(),
         admission: Default::default(),
+        history: Default::default(),
     })
 }
 

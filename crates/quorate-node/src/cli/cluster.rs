@@ -214,15 +214,19 @@ pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
         })
         .collect();
     let as_json = conn.output == Format::Json;
-    let (versions, health) = if rows.iter().any(|(_, _, s)| s.is_ok()) {
+    let (versions, health, histories) = if rows.iter().any(|(_, _, s)| s.is_ok()) {
         let client = conn.client()?;
         let ids: Vec<NodeId> = rows.iter().map(|r| r.0).collect();
         let versions = versions_of(&client, &ids).await;
         let health = health_of_nodes(&client, &ids).await;
+        let mut histories = Vec::new();
+        for &id in &ids {
+            histories.push((id, client.history(id).await.map_err(|e| e.to_string())));
+        }
         client.close();
-        (versions, health)
+        (versions, health, histories)
     } else {
-        (Vec::new(), Vec::new())
+        (Vec::new(), Vec::new(), Vec::new())
     };
     if !as_json {
         print!("{}", status_table(&rows, &health));
@@ -237,9 +241,12 @@ pub(crate) async fn status(conn: &ConnArgs) -> anyhow::Result<Outcome> {
     }
     if !as_json && !versions.is_empty() {
         print!("{}", versions_table(&rows, &versions));
+        print!("{}", history_table(&histories));
     }
     if as_json {
-        print_json(&status_json(&rows, &versions, &health))?;
+        let mut v = status_json(&rows, &versions, &health);
+        add_history_json(&mut v, &histories);
+        print_json(&v)?;
     }
     if rows.iter().all(|(_, _, s)| s.is_err()) {
         return Err(UnavailableError(
@@ -365,6 +372,55 @@ async fn health_of_nodes(
         out.push((id, client.health(id).await.map_err(|e| e.to_string())));
     }
     out
+}
+
+/// The history table under `cluster status`: per node, the compaction revision, the revision,
+/// and the earlier versions kept (entries and bytes, against the state machine's bounds).
+pub(crate) fn history_table(histories: &[(NodeId, Result<quorate_client::HistoryInfo, String>)]) -> String {
+    let mut out = String::from("\nID  HISTORY  COMPACTED  REVISION  ENTRIES  BYTES\n");
+    for (id, h) in histories {
+        let line = match h {
+            Ok(h) if h.enabled => format!(
+                "{:<4}{:<9}{:<11}{:<10}{:<9}{}",
+                id.to_string(),
+                "on",
+                h.compacted,
+                h.revision,
+                h.entries,
+                h.bytes
+            ),
+            Ok(h) => format!("{:<4}{:<9}{:<11}{:<10}{:<9}-", id.to_string(), "off", "-", h.revision, "-"),
+            Err(_) => format!("{:<4}-", id.to_string()),
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Adds each node's history (`null` if it did not answer) to `cluster status -o json`.
+fn add_history_json(v: &mut Value, histories: &[(NodeId, Result<quorate_client::HistoryInfo, String>)]) {
+    let Some(nodes) = v.get_mut("nodes").and_then(Value::as_array_mut) else { return };
+    for node in nodes {
+        let id = node.get("id").and_then(Value::as_u64);
+        let h = histories.iter().find(|(h, _)| Some(h.get()) == id).and_then(|(_, h)| h.as_ref().ok());
+        if let Value::Object(m) = node {
+            m.insert(
+                "history".into(),
+                h.map_or(Value::Null, |h| {
+                    json!({
+                        "enabled": h.enabled,
+                        "compacted": h.compacted,
+                        "revision": h.revision,
+                        "entries": h.entries,
+                        "bytes": h.bytes,
+                        "entries_max": h.entries_max,
+                        "bytes_max": h.bytes_max,
+                    })
+                }),
+            );
+        }
+    }
 }
 
 /// The versions table under `cluster status`: binary, storage format and cluster version per

@@ -144,8 +144,12 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
             }
             Outcome::Ok
         }
-        KvCmd::Get { key, consistency, bound, verbose } => {
-            let got = client.get(&key, bound.level(consistency)?).await?;
+        KvCmd::Get { key, consistency, bound, verbose, rev } => {
+            let read = bound.level(consistency)?;
+            let got = match rev {
+                Some(rev) => client.get_at(&key, rev, read).await?,
+                None => client.get(&key, read).await?,
+            };
             if as_json {
                 let mut m = got.kv.as_ref().map(kv_json).unwrap_or_else(|| {
                     let mut m = serde_json::Map::new();
@@ -221,7 +225,16 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
             }
             if s.succeeded { Outcome::Ok } else { Outcome::CompareFailed }
         }
-        KvCmd::Scan { start, end, prefix, limit, consistency, bound } => {
+        KvCmd::Compact { rev } => {
+            let compacted = client.compact(rev).await?;
+            if as_json {
+                print_json(&json!({"compacted": compacted}))?;
+            } else {
+                writeln!(out, "compacted: revisions before {compacted} are no longer kept")?;
+            }
+            Outcome::Ok
+        }
+        KvCmd::Scan { start, end, prefix, limit, consistency, bound, rev } => {
             let read = bound.level(consistency)?;
             let (start, end) = match prefix {
                 Some(p) => (p.clone().into_bytes(), prefix_end(p.as_bytes())),
@@ -231,7 +244,10 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
             // CLI never holds more than one page.
             let (mut from, mut printed) = (start, 0u32);
             let more = loop {
-                let page = client.scan_page(&from, end.as_deref(), limit - printed, read).await?;
+                let page = match rev {
+                    Some(rev) => client.scan_at_page(&from, end.as_deref(), limit - printed, rev, read).await?,
+                    None => client.scan_page(&from, end.as_deref(), limit - printed, read).await?,
+                };
                 for kv in &page.kvs {
                     if as_json {
                         serde_json::to_writer(&mut out, &Value::Object(kv_json(kv)))?;
@@ -242,7 +258,9 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
                 }
                 printed += page.kvs.len() as u32;
                 match page.next {
-                    Some(next) if printed < limit && !page.kvs.is_empty() => from = next,
+                    // A page at a revision may hold no pair and still go on (it examines a
+                    // bounded number of keys).
+                    Some(next) if printed < limit && (!page.kvs.is_empty() || rev.is_some()) => from = next,
                     next => break next,
                 }
             };

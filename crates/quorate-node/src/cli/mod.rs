@@ -48,7 +48,7 @@ impl Outcome {
 #[derive(Debug, Parser)]
 #[command(name = "quorate", version = quorate_node::VERSION, propagate_version = true, disable_help_subcommand = true)]
 #[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found, 4 comparison \
-false (cas, txn), 5 cluster unavailable (nothing done), 6 refused (role, invalid request), 7 outcome of a write \
+false (cas, txn), 5 cluster unavailable (nothing done), 6 refused (role, invalid request, revision compacted or in the future), 7 outcome of a write \
 unknown. `-o json` prints one JSON object (`kv scan`: one per line); see docs/operations.md.")]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -219,6 +219,10 @@ pub(crate) enum KvCmd {
         /// Also print revisions and which node served the read.
         #[arg(long, short = 'v')]
         verbose: bool,
+        /// Read the key as it was at revision N (the history kept back to the compaction
+        /// revision; needs cluster version 2).
+        #[arg(long, value_name = "N")]
+        rev: Option<u64>,
     },
     /// Remove KEY.
     #[command(alias = "delete")]
@@ -226,8 +230,9 @@ pub(crate) enum KvCmd {
         /// The key.
         key: String,
     },
-    /// Remove every key in [START, END) (at most 10,000 per call; needs cluster version 2: a new
-    /// cluster has it, an upgraded one after `quorate cluster finalize`).
+    /// Remove every key in [START, END) (at most 2,000 per call while history is recorded —
+    /// 10,000 before; needs cluster version 2: a new cluster has it, an upgraded one after
+    /// `quorate cluster finalize`).
     DelRange {
         /// First key.
         start: String,
@@ -274,6 +279,15 @@ pub(crate) enum KvCmd {
         /// Bounds on a stale read.
         #[command(flatten)]
         bound: StalenessArgs,
+        /// Print the pairs as they were at revision N (needs cluster version 2).
+        #[arg(long, value_name = "N")]
+        rev: Option<u64>,
+    },
+    /// Forget the history before revision REV (admin): reads at an earlier revision are refused
+    /// from then on. Through the log; the leader also compacts on its own (`[history]`).
+    Compact {
+        /// The new compaction revision (at most the current revision).
+        rev: u64,
     },
     /// Run a transaction: `if` conditions, `then` operations, `else` operations. Exit 4 when a
     /// condition was false (the `else` branch ran).

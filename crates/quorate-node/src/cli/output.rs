@@ -77,7 +77,11 @@ pub(crate) fn exit_of(error: &anyhow::Error) -> Exit {
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {
                 ClientError::Rejected { error, .. } => match error {
-                    ApiError::Unauthorized { .. } | ApiError::Refused(_) | ApiError::InvalidRequest(_) => Exit::Refused,
+                    ApiError::Unauthorized { .. }
+                    | ApiError::Refused(_)
+                    | ApiError::InvalidRequest(_)
+                    | ApiError::Compacted { .. }
+                    | ApiError::FutureRevision { .. } => Exit::Refused,
                     ApiError::Timeout => Exit::OutcomeUnknown,
                     ApiError::Internal(_) => Exit::Failure,
                     _ => Exit::Unavailable,
@@ -214,6 +218,8 @@ mod tests {
         assert_eq!(exit_of(&usage("bad endpoints")), Exit::Usage);
         assert_eq!(exit_of(&rejected(ApiError::Unauthorized { needed: quorate_api::Access::Write })), Exit::Refused);
         assert_eq!(exit_of(&rejected(ApiError::Refused("no".into()))), Exit::Refused);
+        assert_eq!(exit_of(&rejected(ApiError::Compacted { revision: 1, compacted: 2 })), Exit::Refused);
+        assert_eq!(exit_of(&rejected(ApiError::FutureRevision { revision: 9, current: 2 })), Exit::Refused);
         assert_eq!(exit_of(&rejected(ApiError::Unavailable("no leader".into()))), Exit::Unavailable);
         assert_eq!(exit_of(&rejected(ApiError::Internal("disk".into()))), Exit::Failure);
         let gave_up = ClientError::GaveUp {

@@ -42,6 +42,12 @@ fn kv_commands() {
     assert!(matches!(cli.command, Command::Kv(KvCmd::Put { value: None, value_file: Some(_), .. })));
     let cli = parse(&["kv", "cas", "k", "--value-file", "v.bin", "--absent"]).unwrap();
     assert!(matches!(cli.command, Command::Kv(KvCmd::Cas { value: None, value_file: Some(_), absent: true, .. })));
+    let cli = parse(&["kv", "get", "k", "--rev", "7"]).unwrap();
+    assert!(matches!(cli.command, Command::Kv(KvCmd::Get { rev: Some(7), .. })));
+    let cli = parse(&["kv", "scan", "--prefix", "a", "--rev", "9"]).unwrap();
+    assert!(matches!(cli.command, Command::Kv(KvCmd::Scan { rev: Some(9), .. })));
+    assert!(matches!(parse(&["kv", "compact", "12"]).unwrap().command, Command::Kv(KvCmd::Compact { rev: 12 })));
+    assert!(parse(&["kv", "get", "k", "--rev", "x"]).is_err());
 }
 
 #[test]

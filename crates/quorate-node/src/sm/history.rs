@@ -1,0 +1,803 @@
+//! Multi-version history: the earlier versions of each key, kept back to a compaction
+//! revision, so that a key or a range can be read as it was at a past revision.
+//!
+//! **When.** Recording starts at a point the log decides: the entry that raises the cluster
+//! version to [`HISTORY_CLUSTER_VERSION`] (`quorate cluster finalize`, or a new cluster's
+//! automatic raise) sets the compaction revision to the revision at that entry. From then on
+//! every replica that applied the same entries holds the same history (it lives in the state
+//! machine's column family, so it is in every snapshot and in the hash replicas compare).
+//! Before it nothing is recorded and a 0.1.0 replica, which cannot read these records, may
+//! still be a member; after it no 0.1.0 binary can join or open the data.
+//!
+//! **What.** Every write that replaces or removes a visible version (put, cas, delete, a
+//! transaction's puts and deletes, delete-range) records the version it replaces, keyed by the
+//! key and the revision that replaced it (`end`): the version was the key's value at every
+//! revision in `[mod_revision, end)`. A version written and replaced by the same transaction
+//! was never visible and is not recorded.
+//!
+//! | key | value |
+//! |---|---|
+//! | `h` + escaped key + `00 00` + `end` (big endian) | the replaced [`KvRecord`] |
+//! | `r` + `end` (big endian) + key | the `h` entry's size in bytes (u64 LE): the index compaction walks, oldest first |
+//! | `m/hist_compacted` | the compaction revision (present: history is recorded) |
+//! | `m/hist_entries`, `m/hist_bytes` | entries kept and their bytes |
+//!
+//! The key is escaped (`00` as `00 ff`, ended by `00 00`) so that the entries of one key are
+//! contiguous and keys keep their order: a read at revision `R` is one seek to the key's first
+//! entry with `end > R`.
+//!
+//! **Compaction.** [`CommandOp::Compact`](quorate_api::CommandOp::Compact) raises the
+//! compaction revision `C`: entries with `end <= C` serve only reads below `C`, and are
+//! dropped — up to [`HISTORY_DROP_PER_COMMAND`] by the compaction itself and as many again
+//! by every later write, oldest first, so a command's writes stay bounded. A hard bound keeps
+//! the history finite whatever the operator configures: past [`HISTORY_ENTRIES_MAX`] entries
+//! (or [`HISTORY_BYTES_MAX`] bytes) a write drops the oldest entries and raises the compaction
+//! revision past them — deterministically, the same on every replica.
+
+use super::{
+    KV, KvRecord, Overlay, PAGE, ScanPage, SmError, SmRead, corrupt, decode, encode, get_kv, get_u64, kv_key,
+    merged_keys, ov_u64, to_kv,
+};
+use quorate_api::{ApiError, KeyValue, encoded_len};
+
+/// The cluster version from which history is recorded and reads at a revision, compaction and
+/// [`quorate_api::Request::History`] are served.
+pub const HISTORY_CLUSTER_VERSION: u32 = 2;
+/// Most history entries kept: a write that brings the count past it drops the oldest ones and
+/// raises the compaction revision (the operator's automatic compaction normally keeps the
+/// history far below).
+pub const HISTORY_ENTRIES_MAX: u64 = 1_000_000;
+/// Most bytes of history kept (the same rule; a command may pass it by what it adds, the next
+/// writes bring it back under).
+pub const HISTORY_BYTES_MAX: u64 = 1 << 30;
+/// Most history entries one command drops (compaction and the bound together).
+pub const HISTORY_DROP_PER_COMMAND: usize = 2048;
+/// Most keys one delete-range removes while history is recorded (each adds two history
+/// writes); beyond, it answers `more` and the client asks again.
+pub const HISTORY_RANGE_KEYS_MAX: usize = 2000;
+/// Most bytes of replaced versions one delete-range records; beyond, it answers `more`.
+pub const HISTORY_RANGE_BYTES_MAX: usize = 64 << 20;
+/// Keys a read at a revision examines per page (a range full of keys deleted before the
+/// revision costs work but gives no pairs): past it the page ends with a continuation.
+pub const SCAN_AT_EXAMINED_MAX: usize = 4 * PAGE;
+
+// One command's writes stay within what a command may write: a delete-range's three writes
+// per key, the drops' two, and a few for the counters.
+const _: () = assert!(3 * HISTORY_RANGE_KEYS_MAX + 2 * HISTORY_DROP_PER_COMMAND + 16 <= super::COMMAND_WRITES_MAX);
+// Enough is dropped per command that the entry bound holds after every command.
+const _: () = assert!(HISTORY_DROP_PER_COMMAND >= HISTORY_RANGE_KEYS_MAX);
+const _: () = assert!(HISTORY_DROP_PER_COMMAND >= 3 * quorate_api::limits::TXN_OPS_MAX);
+
+pub(super) const HIST: u8 = b'h';
+pub(super) const HIST_BY_REV: u8 = b'r';
+pub(super) const META_HIST_COMPACTED: &[u8] = b"m/hist_compacted";
+const META_HIST_ENTRIES: &[u8] = b"m/hist_entries";
+const META_HIST_BYTES: &[u8] = b"m/hist_bytes";
+
+/// The history's state in a state machine.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct HistoryState {
+    /// Reads below this revision are refused.
+    pub compacted: u64,
+    /// Entries kept.
+    pub entries: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// The history's state in `r` (`None`: not recorded, the cluster is below
+/// [`HISTORY_CLUSTER_VERSION`]).
+pub fn history_state(r: &(impl SmRead + ?Sized)) -> Result<Option<HistoryState>, SmError> {
+    if r.sm_get(META_HIST_COMPACTED)?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(HistoryState {
+        compacted: get_u64(r, META_HIST_COMPACTED)?,
+        entries: get_u64(r, META_HIST_ENTRIES)?,
+        bytes: get_u64(r, META_HIST_BYTES)?,
+    }))
+}
+
+fn escaped(key: &[u8], out: &mut Vec<u8>) {
+    for &b in key {
+        if b == 0 {
+            out.extend_from_slice(&[0, 0xff]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// `h` + the escaped key, without the terminator: every entry of a key `>= key` sorts at or
+/// after it, every entry of a smaller key before.
+fn hist_seek(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 12);
+    k.push(HIST);
+    escaped(key, &mut k);
+    k
+}
+
+/// The prefix of every entry of `key`.
+fn hist_prefix(key: &[u8]) -> Vec<u8> {
+    let mut k = hist_seek(key);
+    k.extend_from_slice(&[0, 0]);
+    k
+}
+
+fn hist_key(key: &[u8], end: u64) -> Vec<u8> {
+    let mut k = hist_prefix(key);
+    k.extend_from_slice(&end.to_be_bytes());
+    k
+}
+
+fn rev_key(end: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 9);
+    k.push(HIST_BY_REV);
+    k.extend_from_slice(&end.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The user key of a history entry's key, and its `end`.
+fn parse_hist_key(k: &[u8]) -> Result<(Vec<u8>, u64), SmError> {
+    let bad = || corrupt(k, "not a history key");
+    if k.first() != Some(&HIST) {
+        return Err(bad());
+    }
+    let mut user = Vec::new();
+    let mut i = 1;
+    loop {
+        match (k.get(i), k.get(i + 1)) {
+            (Some(0), Some(0)) => break,
+            (Some(0), Some(0xff)) => {
+                user.push(0);
+                i += 2;
+            }
+            (Some(0), _) | (None, _) => return Err(bad()),
+            (Some(&b), _) => {
+                user.push(b);
+                i += 1;
+            }
+        }
+    }
+    let end: [u8; 8] = k.get(i + 2..).and_then(|t| t.try_into().ok()).ok_or_else(bad)?;
+    Ok((user, u64::from_be_bytes(end)))
+}
+
+/// Turns history on at the current revision (the entry that raised the cluster version to
+/// [`HISTORY_CLUSTER_VERSION`]); no change if it is on.
+pub(super) fn enable<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>) -> Result<(), SmError> {
+    if ov.get(META_HIST_COMPACTED)?.is_some() {
+        return Ok(());
+    }
+    let revision = ov_u64(ov, super::META_REVISION)?;
+    ov.put(META_HIST_COMPACTED.to_vec(), revision.to_le_bytes().to_vec());
+    ov.put(META_HIST_ENTRIES.to_vec(), 0u64.to_le_bytes().to_vec());
+    ov.put(META_HIST_BYTES.to_vec(), 0u64.to_le_bytes().to_vec());
+    Ok(())
+}
+
+/// Whether history is recorded in the state `ov` sees.
+pub(super) fn enabled<R: SmRead + ?Sized>(ov: &Overlay<'_, R>) -> Result<bool, SmError> {
+    Ok(ov.get(META_HIST_COMPACTED)?.is_some())
+}
+
+fn add_counters<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, entries: i64, bytes: i64) -> Result<(), SmError> {
+    let e = ov_u64(ov, META_HIST_ENTRIES)?.saturating_add_signed(entries);
+    let b = ov_u64(ov, META_HIST_BYTES)?.saturating_add_signed(bytes);
+    ov.put(META_HIST_ENTRIES.to_vec(), e.to_le_bytes().to_vec());
+    ov.put(META_HIST_BYTES.to_vec(), b.to_le_bytes().to_vec());
+    Ok(())
+}
+
+/// Records `old`, the version of `key` that a write at revision `end` replaces or removes, if
+/// history is on and the version was visible (written before `end`). Returns its bytes.
+pub(super) fn record<R: SmRead + ?Sized>(
+    ov: &mut Overlay<'_, R>,
+    key: &[u8],
+    old: &KvRecord,
+    end: u64,
+) -> Result<usize, SmError> {
+    if old.mod_revision >= end || !enabled(ov)? {
+        return Ok(0);
+    }
+    let hk = hist_key(key, end);
+    let value = encode(old);
+    let size = hk.len() + value.len();
+    // One entry per key and revision (a second replacement in the same command replaces a
+    // version written at `end`, caught above); were one there, it is replaced and counted once.
+    let (entries, before) = match ov.get(&hk)? {
+        Some(prev) => (0, (hk.len() + prev.len()) as i64),
+        None => (1, 0),
+    };
+    ov.put(hk, value);
+    ov.put(rev_key(end, key), (size as u64).to_le_bytes().to_vec());
+    add_counters(ov, entries, size as i64 - before)?;
+    Ok(size)
+}
+
+/// Drops, oldest first and at most `budget`, the entries compaction left (`end` at or below
+/// the compaction revision) and, while the history is past its bounds, the oldest entries
+/// (raising the compaction revision past them). Returns the number dropped.
+pub(super) fn maintain<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, budget: usize) -> Result<usize, SmError> {
+    maintain_within(ov, budget, HISTORY_ENTRIES_MAX, HISTORY_BYTES_MAX)
+}
+
+/// [`maintain`] with the bounds as arguments (tests use small ones).
+fn maintain_within<R: SmRead + ?Sized>(
+    ov: &mut Overlay<'_, R>,
+    budget: usize,
+    entries_max: u64,
+    bytes_max: u64,
+) -> Result<usize, SmError> {
+    if !enabled(ov)? {
+        return Ok(0);
+    }
+    let mut compacted = ov_u64(ov, META_HIST_COMPACTED)?;
+    let (mut entries, mut bytes) = (ov_u64(ov, META_HIST_ENTRIES)?, ov_u64(ov, META_HIST_BYTES)?);
+    let over = |entries: u64, bytes: u64| entries > entries_max || bytes > bytes_max;
+    if entries == 0 {
+        return Ok(0);
+    }
+    // The oldest candidates: everything compaction left, or (past the bounds) the oldest at all.
+    let hi = if over(entries, bytes) { vec![HIST_BY_REV + 1] } else { rev_key(compacted.saturating_add(1), b"") };
+    // Nearly always nothing is due: one pair read says so (every write calls this).
+    let first_stored = ov.base.sm_scan_bounded(&[HIST_BY_REV], 1, 1)?.into_iter().next().map(|(k, _)| k);
+    let stored_due = !ov.clear && first_stored.is_some_and(|k| k < hi);
+    let pending_due = ov.writes.range(vec![HIST_BY_REV]..hi.clone()).any(|(_, v)| v.is_some());
+    if !stored_due && !pending_due {
+        return Ok(0);
+    }
+    let (keys, _) = merged_keys(ov, vec![HIST_BY_REV], hi, budget)?;
+    let mut dropped = 0usize;
+    let mut dropped_bytes = 0u64;
+    for rk in keys {
+        let end: [u8; 8] = rk.get(1..9).and_then(|e| e.try_into().ok()).ok_or_else(|| corrupt(&rk, "bad index key"))?;
+        let end = u64::from_be_bytes(end);
+        if end > compacted {
+            if !over(entries, bytes) {
+                break;
+            }
+            // Reads below `end` may have needed this entry: they are refused from now on.
+            compacted = end;
+        }
+        let Some(size) = ov.get(&rk)? else { continue };
+        let size: [u8; 8] = size.as_slice().try_into().map_err(|_| corrupt(&rk, "not 8 bytes"))?;
+        let size = u64::from_le_bytes(size);
+        ov.delete(hist_key(&rk[9..], end));
+        ov.delete(rk);
+        entries = entries.saturating_sub(1);
+        bytes = bytes.saturating_sub(size);
+        dropped += 1;
+        dropped_bytes += size;
+    }
+    if dropped > 0 {
+        add_counters(ov, -(dropped as i64), -(dropped_bytes as i64))?;
+        ov.put(META_HIST_COMPACTED.to_vec(), compacted.to_le_bytes().to_vec());
+    }
+    Ok(dropped)
+}
+
+/// Applies a compaction to `revision`: the answer, and the entries it drops.
+pub(super) fn compact<R: SmRead + ?Sized>(
+    ov: &mut Overlay<'_, R>,
+    revision: u64,
+) -> Result<Result<u64, ApiError>, SmError> {
+    let current = ov_u64(ov, super::META_REVISION)?;
+    if revision > current {
+        return Ok(Err(ApiError::FutureRevision { revision, current }));
+    }
+    let compacted = ov_u64(ov, META_HIST_COMPACTED)?;
+    if revision > compacted {
+        ov.put(META_HIST_COMPACTED.to_vec(), revision.to_le_bytes().to_vec());
+    }
+    maintain(ov, HISTORY_DROP_PER_COMMAND)?;
+    Ok(Ok(ov_u64(ov, META_HIST_COMPACTED)?))
+}
+
+/// Checks that `revision` can be read in `r`; returns the history's state.
+fn check_revision(r: &(impl SmRead + ?Sized), revision: u64) -> Result<Result<(), ApiError>, SmError> {
+    let Some(state) = history_state(r)? else {
+        let cv = super::cluster_version(r)?;
+        if cv >= HISTORY_CLUSTER_VERSION {
+            // Applied nothing since the cluster version was raised (history starts at the
+            // next command) — a state this binary's own finalize never leaves.
+            return Ok(Err(ApiError::Unavailable("history is not recorded yet; retry after a write".into())));
+        }
+        return Ok(Err(super::gated("a read at a revision", HISTORY_CLUSTER_VERSION, cv)));
+    };
+    let current = super::revision(r)?;
+    if revision > current {
+        return Ok(Err(ApiError::FutureRevision { revision, current }));
+    }
+    if revision < state.compacted {
+        return Ok(Err(ApiError::Compacted { revision, compacted: state.compacted }));
+    }
+    Ok(Ok(()))
+}
+
+/// The version of `key` at `revision` (checked readable), `None`: absent then.
+fn version_at<R: SmRead + ?Sized>(r: &R, key: &[u8], revision: u64) -> Result<Option<KvRecord>, SmError> {
+    let ov = Overlay::new(r);
+    if let Some(current) = get_kv(&ov, key)?
+        && current.mod_revision <= revision
+    {
+        return Ok(Some(current));
+    }
+    // The first entry replaced after `revision`: the version it holds was current at
+    // `revision` if it had been written by then; otherwise the key was absent.
+    let prefix = hist_prefix(key);
+    let mut from = prefix.clone();
+    from.extend_from_slice(&revision.saturating_add(1).to_be_bytes());
+    let Some((k, v)) = r.sm_scan_bounded(&from, 1, 1)?.into_iter().next() else { return Ok(None) };
+    if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+        return Ok(None);
+    }
+    let rec: KvRecord = decode(&k, &v)?;
+    Ok((rec.mod_revision <= revision).then_some(rec))
+}
+
+/// Reads `key` as it was at `revision`.
+pub fn read_get_at<R: SmRead + ?Sized>(
+    r: &R,
+    key: &[u8],
+    revision: u64,
+) -> Result<Result<Option<KeyValue>, ApiError>, SmError> {
+    if let Err(e) = check_revision(r, revision)? {
+        return Ok(Err(e));
+    }
+    Ok(Ok(version_at(r, key, revision)?.map(|rec| to_kv(key, rec))))
+}
+
+/// The smallest user key `>= from` (and `< end`) that has a current version or a history
+/// entry.
+fn next_candidate<R: SmRead + ?Sized>(r: &R, from: &[u8], end: Option<&[u8]>) -> Result<Option<Vec<u8>>, SmError> {
+    let live = r
+        .sm_scan_bounded(&kv_key(from), 1, 1)?
+        .into_iter()
+        .next()
+        .filter(|(k, _)| k.first() == Some(&KV))
+        .map(|(k, _)| k[1..].to_vec());
+    let old = match r.sm_scan_bounded(&hist_seek(from), 1, 1)?.into_iter().next() {
+        Some((k, _)) if k.first() == Some(&HIST) => Some(parse_hist_key(&k)?.0),
+        _ => None,
+    };
+    let next = match (live, old) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(next.filter(|k| end.is_none_or(|e| k.as_slice() < e)))
+}
+
+/// One page of the keys in `[start, end)` as they were at `revision`: at most `limit` pairs
+/// within `result_bytes_max` (the first always), ending early (with a continuation) after
+/// [`SCAN_AT_EXAMINED_MAX`] keys examined.
+pub fn read_scan_at_page<R: SmRead + ?Sized>(
+    r: &R,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: u32,
+    revision: u64,
+    result_bytes_max: usize,
+) -> Result<Result<ScanPage, ApiError>, SmError> {
+    if let Err(e) = check_revision(r, revision)? {
+        return Ok(Err(e));
+    }
+    let limit = limit as usize;
+    let mut kvs = Vec::new();
+    let mut used = 0usize;
+    let mut from = start.to_vec();
+    for _ in 0..SCAN_AT_EXAMINED_MAX {
+        let Some(key) = next_candidate(r, &from, end)? else { return Ok(Ok(ScanPage { kvs, next: None })) };
+        if let Some(rec) = version_at(r, &key, revision)? {
+            if kvs.len() == limit {
+                return Ok(Ok(ScanPage { kvs, next: Some(key) }));
+            }
+            let kv = to_kv(&key, rec);
+            let len = encoded_len(&kv);
+            if !kvs.is_empty() && used.saturating_add(len) > result_bytes_max {
+                return Ok(Ok(ScanPage { kvs, next: Some(key) }));
+            }
+            used = used.saturating_add(len);
+            kvs.push(kv);
+        }
+        from = key;
+        from.push(0);
+    }
+    Ok(Ok(ScanPage { kvs, next: Some(from) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Overlay, apply_command, read_scan_page, revision, write_snapshot_data};
+    use super::*;
+    use quorate_api::{Command, CommandOp, Response, Txn, TxnOp};
+    use quorate_log::LogIndex;
+    use std::collections::BTreeMap;
+
+    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    /// A state machine and the log applied to it, with the whole key-value state after every
+    /// revision (the model the reads at a revision are checked against).
+    struct Replica {
+        map: Map,
+        index: u64,
+        states: BTreeMap<u64, Vec<KeyValue>>,
+        /// Whether `states` is kept (a full scan per command).
+        track: bool,
+    }
+
+    impl Replica {
+        fn new(finalized: bool) -> Replica {
+            let mut r = Replica { map: Map::new(), index: 0, states: BTreeMap::new(), track: true };
+            if finalized {
+                r.run(CommandOp::SetClusterVersion { version: HISTORY_CLUSTER_VERSION });
+            }
+            r
+        }
+
+        fn try_run(&mut self, op: CommandOp) -> Result<Response, ApiError> {
+            self.run_all(vec![op]).pop().unwrap()
+        }
+
+        /// Applies `op`, which must succeed.
+        fn run(&mut self, op: CommandOp) -> Response {
+            self.try_run(op).unwrap()
+        }
+
+        /// Applies `ops` in one batch (one overlay).
+        fn run_all(&mut self, ops: Vec<CommandOp>) -> Vec<Result<Response, ApiError>> {
+            let base = self.map.clone();
+            let mut ov = Overlay::new(&base);
+            let mut out = Vec::new();
+            let mut states = Vec::new();
+            for op in ops {
+                self.index += 1;
+                let cmd = Command { session: None, time_ms: self.index, op };
+                out.push(apply_command(&mut ov, LogIndex(self.index), &cmd).unwrap().result);
+                if !self.track {
+                    continue;
+                }
+                // The state as of this command: the overlay's writes so far over the base.
+                let mut now = base.clone();
+                for (k, v) in &ov.writes {
+                    match v {
+                        Some(v) => now.insert(k.clone(), v.clone()),
+                        None => now.remove(k),
+                    };
+                }
+                states
+                    .push((revision(&now).unwrap(), read_scan_page(&now, b"", None, 100_000, usize::MAX).unwrap().kvs));
+            }
+            ov.apply_to(&mut self.map);
+            for (rev, kvs) in states {
+                self.states.insert(rev, kvs);
+            }
+            out
+        }
+
+        fn entries(&self) -> u64 {
+            history_state(&self.map).unwrap().map_or(0, |s| s.entries)
+        }
+
+        /// Every read at every revision from `from` agrees with the model.
+        fn check_reads_from(&self, from: u64) {
+            let current = revision(&self.map).unwrap();
+            for (&rev, kvs) in self.states.range(from..) {
+                let scan = read_scan_at_page(&self.map, b"", None, 100_000, rev, usize::MAX).unwrap().unwrap();
+                assert_eq!(&scan.kvs, kvs, "scan at revision {rev}");
+                assert_eq!(scan.next, None);
+                for kv in kvs {
+                    let got = read_get_at(&self.map, &kv.key, rev).unwrap().unwrap();
+                    assert_eq!(got.as_ref(), Some(kv), "get {:?} at {rev}", kv.key.escape_ascii().to_string());
+                }
+                // Keys absent at `rev` but present at some revision read as absent.
+                for later in self.states.values().flatten() {
+                    if !kvs.iter().any(|kv| kv.key == later.key) {
+                        assert_eq!(read_get_at(&self.map, &later.key, rev).unwrap().unwrap(), None, "at {rev}");
+                    }
+                }
+                // Pages of two: the same pairs in order.
+                let mut paged = Vec::new();
+                let mut start = Vec::new();
+                loop {
+                    let p = read_scan_at_page(&self.map, &start, None, 2, rev, usize::MAX).unwrap().unwrap();
+                    paged.extend(p.kvs);
+                    match p.next {
+                        Some(n) => start = n,
+                        None => break,
+                    }
+                }
+                assert_eq!(&paged, kvs, "paged scan at {rev}");
+            }
+            let future = read_get_at(&self.map, b"a", current + 1).unwrap();
+            assert_eq!(future, Err(ApiError::FutureRevision { revision: current + 1, current }));
+        }
+    }
+
+    fn put(k: &[u8], v: &[u8]) -> CommandOp {
+        CommandOp::Put { key: k.to_vec(), value: v.to_vec() }
+    }
+
+    #[test]
+    fn every_write_kind_records_what_it_replaces_and_reads_at_each_revision_see_it() {
+        let mut r = Replica::new(true);
+        let start = revision(&r.map).unwrap();
+        assert_eq!(history_state(&r.map).unwrap().map(|s| (s.compacted, s.entries)), Some((start, 0)));
+        r.run(put(b"a", b"1"));
+        assert_eq!(r.entries(), 0, "a new key replaces nothing");
+        r.run(put(b"a", b"2"));
+        assert_eq!(r.entries(), 1, "put");
+        r.run(CommandOp::Cas { key: b"a".to_vec(), expected: Some(b"2".to_vec()), value: b"3".to_vec() });
+        assert_eq!(r.entries(), 2, "cas");
+        r.run(CommandOp::Cas { key: b"a".to_vec(), expected: Some(b"x".to_vec()), value: b"4".to_vec() });
+        assert_eq!(r.entries(), 2, "a failed cas replaces nothing");
+        r.run(CommandOp::Delete { key: b"a".to_vec() });
+        assert_eq!(r.entries(), 3, "delete");
+        r.run(CommandOp::Delete { key: b"a".to_vec() });
+        assert_eq!(r.entries(), 3, "deleting an absent key");
+        r.run(put(b"b", b"1"));
+        r.run(put(b"c", b"1"));
+        // A transaction: a put over b, a delete of c, a put of a written twice (the first
+        // version of a is never visible: not recorded).
+        let txn = Txn {
+            compare: vec![],
+            success: vec![
+                TxnOp::Put { key: b"b".to_vec(), value: b"2".to_vec() },
+                TxnOp::Delete { key: b"c".to_vec() },
+                TxnOp::Put { key: b"a".to_vec(), value: b"5".to_vec() },
+                TxnOp::Put { key: b"a".to_vec(), value: b"6".to_vec() },
+                TxnOp::Get { key: b"a".to_vec() },
+            ],
+            failure: vec![],
+        };
+        r.run(CommandOp::Txn(txn));
+        assert_eq!(r.entries(), 5, "txn: b's and c's old versions");
+        r.run(put(b"d", b"1"));
+        let dr = r.try_run(CommandOp::DeleteRange { start: b"a".to_vec(), end: b"c".to_vec() });
+        assert!(matches!(dr, Ok(Response::DeletedRange { deleted: 2, more: false, .. })), "{dr:?}");
+        assert_eq!(r.entries(), 7, "delete-range");
+        r.run(put(b"a", b"7"));
+        r.check_reads_from(start);
+    }
+
+    /// A little deterministic generator (no dependency): xorshift.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn random_ops(seed: u64, count: usize) -> Vec<CommandOp> {
+        let mut rng = Rng(seed | 1);
+        // Keys that are prefixes of each other and hold 0 bytes: the escaping keeps them apart.
+        let keys: [&[u8]; 7] = [b"a", b"a\0", b"a\0b", b"a\0\0", b"ab", b"b", b"\0"];
+        let key = |rng: &mut Rng| keys[rng.next(keys.len() as u64) as usize].to_vec();
+        (0..count)
+            .map(|i| match rng.next(10) {
+                0..=4 => CommandOp::Put { key: key(&mut rng), value: format!("v{i}").into_bytes() },
+                5 => CommandOp::Delete { key: key(&mut rng) },
+                6 => CommandOp::Cas { key: key(&mut rng), expected: None, value: format!("c{i}").into_bytes() },
+                7 => CommandOp::Txn(Txn {
+                    compare: vec![],
+                    success: vec![
+                        TxnOp::Put { key: key(&mut rng), value: format!("t{i}").into_bytes() },
+                        TxnOp::Delete { key: key(&mut rng) },
+                        TxnOp::Put { key: key(&mut rng), value: format!("u{i}").into_bytes() },
+                    ],
+                    failure: vec![],
+                }),
+                8 => {
+                    let (a, b) = (key(&mut rng), key(&mut rng));
+                    if a < b { CommandOp::DeleteRange { start: a, end: b } } else { CommandOp::Delete { key: a } }
+                }
+                _ => put(b"z", format!("z{i}").as_bytes()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn seeded_workloads_read_right_at_every_revision_however_they_are_batched() {
+        for seed in 1..=20u64 {
+            let ops = random_ops(seed * 7919, 120);
+            let mut one = Replica::new(true);
+            let start = revision(&one.map).unwrap();
+            for op in ops.clone() {
+                one.run(op);
+            }
+            one.check_reads_from(start);
+            // The same log in batches of 7: the same state, history included.
+            let mut batched = Replica::new(true);
+            for chunk in ops.chunks(7) {
+                assert!(batched.run_all(chunk.to_vec()).iter().all(Result::is_ok));
+            }
+            assert_eq!(batched.map, one.map, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn compaction_drops_exactly_the_versions_replaced_at_or_before_it() {
+        let mut r = Replica::new(true);
+        let start = revision(&r.map).unwrap();
+        for op in random_ops(42, 200) {
+            r.run(op);
+        }
+        let current = revision(&r.map).unwrap();
+        let c = start + (current - start) / 2;
+        // What must remain: the entries whose version was replaced after `c`.
+        let ends: Vec<u64> =
+            r.map.keys().filter(|k| k.first() == Some(&HIST)).map(|k| parse_hist_key(k).unwrap().1).collect();
+        let keep = ends.iter().filter(|&&e| e > c).count() as u64;
+        assert!(keep > 0 && keep < ends.len() as u64, "a compaction that drops some and keeps some");
+        assert_eq!(r.try_run(CommandOp::Compact { revision: c }), Ok(Response::Compacted { compacted: c }));
+        let state = history_state(&r.map).unwrap().unwrap();
+        assert_eq!((state.compacted, state.entries), (c, keep));
+        let bytes: u64 =
+            r.map.iter().filter(|(k, _)| k.first() == Some(&HIST)).map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        assert_eq!(state.bytes, bytes, "the byte count follows the entries");
+        assert_eq!(r.map.keys().filter(|k| k.first() == Some(&HIST_BY_REV)).count() as u64, keep, "the index too");
+        // Below `c`: refused; from `c` on: as before.
+        for rev in [start, c - 1] {
+            assert_eq!(
+                read_get_at(&r.map, b"a", rev).unwrap(),
+                Err(ApiError::Compacted { revision: rev, compacted: c })
+            );
+            let scan = read_scan_at_page(&r.map, b"", None, 10, rev, usize::MAX).unwrap();
+            assert_eq!(scan, Err(ApiError::Compacted { revision: rev, compacted: c }));
+        }
+        r.check_reads_from(c);
+        // Lower again: no change; past the current revision: refused.
+        assert_eq!(r.try_run(CommandOp::Compact { revision: start }), Ok(Response::Compacted { compacted: c }));
+        let now = revision(&r.map).unwrap();
+        assert_eq!(
+            r.try_run(CommandOp::Compact { revision: now + 1 }),
+            Err(ApiError::FutureRevision { revision: now + 1, current: now })
+        );
+        // To the current revision: nothing is left, the latest versions still read.
+        r.run(CommandOp::Compact { revision: now });
+        assert_eq!(r.entries(), 0);
+        r.check_reads_from(now);
+    }
+
+    #[test]
+    fn compaction_of_more_than_one_command_drops_is_finished_by_later_writes() {
+        let mut r = Replica::new(true);
+        r.track = false;
+        for i in 0..(HISTORY_DROP_PER_COMMAND + 500) {
+            r.run(put(b"k", format!("{i}").as_bytes()));
+        }
+        let before = r.entries();
+        let now = revision(&r.map).unwrap();
+        r.run(CommandOp::Compact { revision: now });
+        assert_eq!(r.entries(), before - HISTORY_DROP_PER_COMMAND as u64, "one command drops a bounded number");
+        assert_eq!(
+            read_get_at(&r.map, b"k", now - 1).unwrap(),
+            Err(ApiError::Compacted { revision: now - 1, compacted: now })
+        );
+        r.run(put(b"other", b"v"));
+        assert_eq!(r.entries(), 0, "the next write drops the rest");
+    }
+
+    #[test]
+    fn past_its_bounds_the_history_drops_its_oldest_entries_and_raises_the_compaction_revision() {
+        let mut r = Replica::new(true);
+        for i in 0..50 {
+            r.run(put(format!("k{}", i % 5).as_bytes(), b"v"));
+        }
+        assert_eq!(r.entries(), 45);
+        let base = r.map.clone();
+        let mut ov = Overlay::new(&base);
+        assert_eq!(maintain_within(&mut ov, HISTORY_DROP_PER_COMMAND, 10, u64::MAX).unwrap(), 35);
+        ov.apply_to(&mut r.map);
+        let state = history_state(&r.map).unwrap().unwrap();
+        assert_eq!(state.entries, 10);
+        // The oldest entry kept was replaced after the new compaction revision.
+        let oldest = r.map.keys().filter(|k| k.first() == Some(&HIST)).map(|k| parse_hist_key(k).unwrap().1).min();
+        assert!(oldest.unwrap() > state.compacted);
+        r.check_reads_from(state.compacted);
+        // By bytes too.
+        let base = r.map.clone();
+        let mut ov = Overlay::new(&base);
+        maintain_within(&mut ov, HISTORY_DROP_PER_COMMAND, u64::MAX, state.bytes / 2).unwrap();
+        ov.apply_to(&mut r.map);
+        assert!(history_state(&r.map).unwrap().unwrap().bytes <= state.bytes / 2);
+        let compacted = history_state(&r.map).unwrap().unwrap().compacted;
+        r.check_reads_from(compacted);
+    }
+
+    #[test]
+    fn below_the_cluster_version_nothing_is_recorded_and_history_is_refused_with_the_gate() {
+        let mut r = Replica::new(false);
+        for op in random_ops(3, 60) {
+            let _ = r.try_run(op);
+        }
+        assert!(r.map.keys().all(|k| !matches!(k.first(), Some(&HIST) | Some(&HIST_BY_REV))), "nothing recorded");
+        assert_eq!(history_state(&r.map).unwrap(), None);
+        let gate = |e: Result<(), ApiError>| matches!(e, Err(ApiError::InvalidRequest(w)) if w.contains("needs cluster version 2"));
+        assert!(gate(r.try_run(CommandOp::Compact { revision: 1 }).map(|_| ())));
+        assert!(gate(read_get_at(&r.map, b"a", 1).unwrap().map(|_| ())));
+        assert!(gate(read_scan_at_page(&r.map, b"", None, 1, 1, usize::MAX).unwrap().map(|_| ())));
+        // Finalizing starts the history at that entry's revision.
+        let at = revision(&r.map).unwrap();
+        r.run(CommandOp::SetClusterVersion { version: HISTORY_CLUSTER_VERSION });
+        assert_eq!(history_state(&r.map).unwrap().map(|s| s.compacted), Some(at));
+        let rev = at.saturating_sub(1);
+        if at > 0 {
+            assert_eq!(
+                read_get_at(&r.map, b"a", rev).unwrap(),
+                Err(ApiError::Compacted { revision: rev, compacted: at })
+            );
+        }
+        r.states.clear();
+        r.states.insert(at, read_scan_page(&r.map, b"", None, 100_000, usize::MAX).unwrap().kvs);
+        for op in random_ops(4, 60) {
+            r.run(op);
+        }
+        r.check_reads_from(at);
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_history_and_the_compaction_revision() {
+        let mut r = Replica::new(true);
+        for op in random_ops(11, 150) {
+            r.run(op);
+        }
+        let c = revision(&r.map).unwrap() - 40;
+        r.run(CommandOp::Compact { revision: c });
+        let mut bytes = Vec::new();
+        write_snapshot_data(&r.map, &mut bytes).unwrap();
+        let mut installed = Map::new();
+        super::super::read_snapshot_data(&mut bytes.as_slice(), |k, v| {
+            installed.insert(k, v);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(installed, r.map);
+        assert_eq!(history_state(&installed).unwrap(), history_state(&r.map).unwrap());
+        let copy = Replica { map: installed, index: r.index, states: r.states.clone(), track: true };
+        copy.check_reads_from(c);
+        assert!(matches!(read_get_at(&copy.map, b"a", c - 1).unwrap(), Err(ApiError::Compacted { .. })));
+    }
+
+    #[test]
+    fn a_delete_range_is_bounded_in_keys_while_history_is_recorded() {
+        let mut r = Replica::new(true);
+        r.track = false;
+        let keys: Vec<CommandOp> =
+            (0..HISTORY_RANGE_KEYS_MAX + 10).map(|i| put(format!("r{i:05}").as_bytes(), b"v")).collect();
+        assert!(r.run_all(keys).iter().all(Result::is_ok));
+        let dr = CommandOp::DeleteRange { start: b"r".to_vec(), end: b"s".to_vec() };
+        let first = r.try_run(dr.clone());
+        assert!(
+            matches!(first, Ok(Response::DeletedRange { deleted, more: true, .. }) if deleted == HISTORY_RANGE_KEYS_MAX as u64),
+            "{first:?}"
+        );
+        let second = r.try_run(dr);
+        assert!(matches!(second, Ok(Response::DeletedRange { deleted: 10, more: false, .. })), "{second:?}");
+        assert_eq!(r.entries(), HISTORY_RANGE_KEYS_MAX as u64 + 10);
+        let now = revision(&r.map).unwrap();
+        let page = |rev| read_scan_at_page(&r.map, b"", None, 100_000, rev, usize::MAX).unwrap().unwrap().kvs.len();
+        assert_eq!((page(now - 2), page(now - 1), page(now)), (HISTORY_RANGE_KEYS_MAX + 10, 10, 0));
+    }
+
+    #[test]
+    fn history_keys_parse_back_and_keep_the_order_of_their_keys() {
+        let keys: [&[u8]; 6] = [b"\0", b"a", b"a\0", b"a\0\0", b"a\0b", b"ab"];
+        let mut encoded: Vec<Vec<u8>> = keys.iter().map(|k| hist_key(k, 7)).collect();
+        for (k, e) in keys.iter().zip(&encoded) {
+            assert_eq!(parse_hist_key(e).unwrap(), (k.to_vec(), 7));
+            assert!(e.as_slice() >= hist_seek(k).as_slice());
+        }
+        let sorted = encoded.clone();
+        encoded.sort();
+        assert_eq!(encoded, sorted, "sorted keys give sorted history keys");
+        for bad in [&b"h"[..], b"ha", b"ha\0", b"ha\0\x01", b"ha\0\0\0\0"] {
+            assert!(parse_hist_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}
