@@ -15,6 +15,7 @@ mod chaos;
 mod cluster;
 mod demo;
 mod deps;
+mod paths;
 mod publish;
 mod release;
 mod upgrade;
