@@ -1,7 +1,8 @@
 //! `cargo xtask bench cluster [--duration S] [--clients 1,16,64,256] [--skip-etcd]`: a real
 //! 3-node Quorate cluster (fsync on, mutual TLS, RocksDB; the demo's set-up) driven by
 //! `quorate bench`, then, in the same run, etcd 3.4's plain-HTTP cluster driven by the
-//! etcd-bench scripts in /work/shared/tools/etcd-bench. One table compares them; it is printed
+//! etcd-bench scripts in `../shared/tools/etcd-bench` beside the repository (or
+//! `QUORATE_ETCD_BENCH`). One table compares them; it is printed
 //! and written to docs/benchmarks.md under `## Cluster (quorate-node vs etcd 3.4)`.
 //!
 //! Every child is killed when the run ends, on error paths too: the Quorate nodes by the demo's
@@ -15,7 +16,8 @@ use std::process::Command;
 use std::time::Instant;
 
 const SECTION: &str = "## Cluster (quorate-node vs etcd 3.4)";
-const ETCD_BENCH: &str = "/work/shared/tools/etcd-bench";
+/// The etcd-bench scripts, relative to the repository root (as the docs name them).
+const ETCD_BENCH: &str = "../shared/tools/etcd-bench";
 const LOADGEN_TARGET: &str = "/var/tmp/etcd-loadgen-target";
 const VALUE_SIZE: u32 = 256;
 const READ_CLIENTS: u32 = 64;
@@ -162,20 +164,33 @@ fn parse_quorate(out: &str, label: &str) -> Option<Point> {
     Some(Point { ops_per_s, p50_ms: after("p50")?.parse().ok()?, p99_ms: after("p99")?.parse().ok()?, errors })
 }
 
+/// Where the etcd-bench scripts are: `QUORATE_ETCD_BENCH` if set, else [`ETCD_BENCH`] from the
+/// repository root — never one machine's absolute path.
+fn etcd_bench_dir() -> PathBuf {
+    etcd_bench_dir_from(std::env::var_os("QUORATE_ETCD_BENCH"), &root())
+}
+
+fn etcd_bench_dir_from(var: Option<std::ffi::OsString>, root: &Path) -> PathBuf {
+    match var {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => root.join(ETCD_BENCH),
+    }
+}
+
 /// Stops the etcd members `cluster.sh start` recorded, also on error paths.
-struct EtcdGuard;
+struct EtcdGuard(PathBuf);
 
 impl Drop for EtcdGuard {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(Path::new(ETCD_BENCH).join("cluster.sh")).arg("stop").status();
+        let _ = Command::new("bash").arg(self.0.join("cluster.sh")).arg("stop").status();
     }
 }
 
 fn run_etcd(o: &Options, r: &mut Results) -> Result<()> {
     step("etcd 3.4: set-up");
-    let dir = PathBuf::from(ETCD_BENCH);
+    let dir = etcd_bench_dir();
     if !dir.join("bench.sh").exists() {
-        bail!("{ETCD_BENCH} is missing; run with --skip-etcd");
+        bail!("{} is missing (set QUORATE_ETCD_BENCH to the etcd-bench folder); run with --skip-etcd", dir.display());
     }
     for tool in ["etcd", "etcdctl", "protoc"] {
         if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()) {
@@ -193,11 +208,11 @@ fn run_etcd(o: &Options, r: &mut Results) -> Result<()> {
     let lg = Path::new(LOADGEN_TARGET).join("release/etcd-loadgen");
 
     step("etcd 3.4: 3 members, plain HTTP");
-    let _guard = EtcdGuard;
+    let _guard = EtcdGuard(dir.clone());
     run(Command::new("bash").arg(dir.join("cluster.sh")).args(["start", "plain"]))?;
     let clients = o.clients.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     step(&format!("etcd 3.4: bench.sh plain (CLIENTS=\"{clients}\")"));
-    eprintln!("$ CLIENTS=\"{clients}\" LG={} {ETCD_BENCH}/bench.sh plain", lg.display());
+    eprintln!("$ CLIENTS=\"{clients}\" LG={} {}/bench.sh plain", lg.display(), dir.display());
     let out = Command::new("bash")
         .arg(dir.join("bench.sh"))
         .arg("plain")
@@ -403,6 +418,14 @@ fn replace_section(old: &str, section: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_etcd_bench_folder_is_beside_the_repository_unless_the_variable_says_otherwise() {
+        let root = Path::new("/somewhere/quorate");
+        assert_eq!(etcd_bench_dir_from(None, root), root.join("../shared/tools/etcd-bench"));
+        assert_eq!(etcd_bench_dir_from(Some("".into()), root), root.join("../shared/tools/etcd-bench"));
+        assert_eq!(etcd_bench_dir_from(Some("/opt/eb".into()), root), PathBuf::from("/opt/eb"));
+    }
 
     #[test]
     fn parses_quorate_bench_lines() {
