@@ -108,7 +108,11 @@ impl From<crate::sm::SmError> for ServerError {
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(quorate_telemetry::stdout_color_allowed())
+        .try_init();
 }
 
 /// Runs the node until SIGINT/SIGTERM or a fatal error.

@@ -565,6 +565,10 @@ fn a_trickling_collector_holds_no_export_past_its_deadline_and_the_node_keeps_se
         assert!(stayed < Duration::from_millis(1_500), "export {n} held its connection for {stayed:?}");
     }
     assert_eq!(env.ok(&["kv", "get", "k20"]), "v\n");
+    // The log went to a file, not a terminal: plain text, no colour escape codes (issue 21).
+    let log = std::fs::read_to_string(dir.join("node-1.log")).expect("node log");
+    assert!(log.contains("INFO"), "the node logged: {log}");
+    assert!(!log.contains('\x1b'), "escape codes in a log written to a file: {log}");
 }
 
 /// Review of issue 21: `OTEL_BSP_MAX_QUEUE_SIZE` went to the SDK unchecked, and a queue of

@@ -353,6 +353,21 @@ type BoxedLayer = Box<
         + Sync,
 >;
 
+/// Whether output to a stream may carry colour and other escape codes: only on a terminal,
+/// and never when `NO_COLOR` is set to a non-empty value (<https://no-color.org>). Logs
+/// redirected to a file or a journal stay plain text.
+#[must_use]
+pub fn color_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// [`color_allowed`] for this process's standard output (where the human log format writes).
+#[must_use]
+pub fn stdout_color_allowed() -> bool {
+    use std::io::IsTerminal as _;
+    color_allowed(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref())
+}
+
 /// Installs the process's tracing subscriber: the filter, the log format, and an OTLP trace
 /// exporter when configured (with the `otlp` feature; without it a configured endpoint is an
 /// error rather than silently ignored).
@@ -373,8 +388,10 @@ pub fn init_tracing(config: &TracingConfig) -> Result<TracingGuard, TelemetryErr
     // packet there).
     #[allow(unused_mut, reason = "pushed to only with the otlp feature")]
     let mut layers: Vec<BoxedLayer> = vec![match config.format {
-        LogFormat::Human => tracing_subscriber::fmt::layer().with_target(true).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_target(true).boxed(),
+        LogFormat::Human => {
+            tracing_subscriber::fmt::layer().with_target(true).with_ansi(stdout_color_allowed()).boxed()
+        }
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_target(true).with_ansi(false).boxed(),
     }];
     #[allow(unused_mut, reason = "mutated only with the otlp feature")]
     let mut guard = TracingGuard::default();

@@ -1,6 +1,8 @@
 //! `quorate top`: a live terminal view of every node — role, term, leader, commit, applied,
 //! apply lag, commit throughput — refreshed every second (plain ANSI, no TUI framework).
-//! `--once` prints a single frame without escape codes (scripts and tests).
+//! `--once` prints a single frame without escape codes (scripts and tests). Without it, the
+//! screen is cleared between frames and the leader coloured only on a terminal, and colour is
+//! never used when `NO_COLOR` is set (<https://no-color.org>).
 
 use super::{ConnArgs, Outcome};
 use quorate_client::NodeStatus;
@@ -110,6 +112,8 @@ pub(crate) async fn run(conn: &ConnArgs, args: &TopArgs) -> anyhow::Result<Outco
     let mut previous: BTreeMap<NodeId, (u64, Instant)> = BTreeMap::new();
     let interval = Duration::from_millis(args.interval_ms);
     let mut answered_once = false;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let color = quorate_telemetry::color_allowed(terminal, std::env::var_os("NO_COLOR").as_deref());
     for n in 0..frames {
         let started = Instant::now();
         let statuses = client.statuses().await;
@@ -130,10 +134,12 @@ pub(crate) async fn run(conn: &ConnArgs, args: &TopArgs) -> anyhow::Result<Outco
         if args.once {
             print!("{}", frame(&rows, false));
         } else {
-            // Clear the screen, home the cursor, draw.
+            // On a terminal: clear the screen, home the cursor, draw (in colour unless
+            // NO_COLOR). Elsewhere (a pipe, a file): plain frames one after the other.
+            let clear = if terminal { "\x1b[2J\x1b[H" } else { "" };
             println!(
-                "\x1b[2J\x1b[H{}  (frame {}, every {} ms; Ctrl-C to quit)",
-                frame(&rows, true),
+                "{clear}{}  (frame {}, every {} ms; Ctrl-C to quit)",
+                frame(&rows, color),
                 n + 1,
                 args.interval_ms
             );
