@@ -267,7 +267,9 @@ fn end(s: &Slot) {
     }
 }
 
-/// Reads `[offset, offset + len)` of the image file (fewer bytes at its end).
+/// Reads `[offset, offset + len)` of the image file (fewer bytes at its end, none from its end
+/// on: a caller that fetches a window of chunks before it knows the image's size asks past a
+/// small image's end, and is told the size with no bytes).
 pub(crate) fn read_chunk(path: &Path, offset: u64, len: u32, total: u64) -> Result<Vec<u8>, String> {
     use std::io::{Read, Seek, SeekFrom};
     if offset > total {
@@ -301,6 +303,9 @@ mod tests {
         image.finish(Ok((image.dir.join("x"), 5)));
         assert_eq!(image.outcome(), Outcome::Ready { path: image.dir.join("x"), total: 5 });
         assert_eq!(read_chunk(&image.dir.join("x"), 1, 100, 5).unwrap(), b"mage");
+        // Past the end (a window of fetches sent before the size was known): no bytes, no error.
+        assert_eq!(read_chunk(&image.dir.join("x"), 5, 100, 5).unwrap(), b"");
+        assert_eq!(read_chunk(&image.dir.join("x"), 524_288, 100, 5).unwrap(), b"");
         // Still leader of term 3: nothing ends. A new term: the stream ends, its file goes.
         assert_eq!(s.check(Term(3), true, t0), None);
         assert_eq!(s.check(Term(4), true, t0), Some(1));
