@@ -353,6 +353,7 @@ fn ci(args: &[String]) -> Result<()> {
     deps::check(&root())?;
     publish::readme_links(&root())?;
     publish::rust_version(&root())?;
+    paths::check(&root())?;
     demo::demo(&["--smoke".into()])?;
     chaos::chaos(&["ci".into()])?;
     // The hostile-client suite's slice, every attack: 6 attacked windows of 1 s between 7

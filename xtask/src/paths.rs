@@ -1,6 +1,6 @@
 //! No tracked file names one machine's absolute paths (issue 21: the etcd-bench scripts are
-//! found from the repository root, worktrees in the docs are relative). Checked by a test over
-//! `git ls-files`, so CI fails when such a path comes back.
+//! found from the repository root, worktrees in the docs are relative). A step of `cargo xtask
+//! ci` ([`check`]) and a test, both over `git ls-files`, fail when such a path comes back.
 
 use std::path::Path;
 
@@ -43,6 +43,18 @@ pub(crate) fn tracked_machine_paths(root: &Path) -> anyhow::Result<Vec<String>> 
         }
     }
     Ok(report)
+}
+
+/// The CI step: fails naming every tracked line with a machine path.
+pub(crate) fn check(root: &Path) -> anyhow::Result<()> {
+    let report = tracked_machine_paths(root)?;
+    anyhow::ensure!(
+        report.is_empty(),
+        "machine paths in tracked files (use paths relative to the repository):\n  {}",
+        report.join("\n  ")
+    );
+    eprintln!("machine paths: none in the tracked files");
+    Ok(())
 }
 
 #[cfg(test)]
