@@ -21,6 +21,7 @@
 //! | `r` + `end` (big endian) + key | the `h` entry's size in bytes (u64 LE): the index compaction walks, oldest first |
 //! | `m/hist_compacted` | the compaction revision (present: history is recorded) |
 //! | `m/hist_entries`, `m/hist_bytes` | entries kept and their bytes |
+//! | `m/hist_scan_from` | a revision no index entry's `end` is below: where the walks of the index start (absent: 0) |
 //!
 //! The key is escaped (`00` as `00 ff`, ended by `00 00`) so that the entries of one key are
 //! contiguous and keys keep their order: a read at revision `R` is one seek to the key's first
@@ -33,6 +34,14 @@
 //! the history finite whatever the operator configures: past [`HISTORY_ENTRIES_MAX`] entries
 //! (or [`HISTORY_BYTES_MAX`] bytes) a write drops the oldest entries and raises the compaction
 //! revision past them — deterministically, the same on every replica.
+//!
+//! **Where the index walks start.** Every write asks whether anything is due, and RocksDB
+//! keeps a dropped key as a tombstone until its own compaction removes it, so a walk from the
+//! start of the index would step over every entry dropped lately — a cost per write that grows
+//! with the entries compaction drops. Drops are oldest first and an entry's `end` is the
+//! revision of the command that records it (never below the compaction revision), so every
+//! index entry left has `end` at or above the `end` of the last one dropped: `m/hist_scan_from`
+//! keeps that revision and the walks seek from it.
 
 use super::{
     KV, KvRecord, Overlay, PAGE, ScanPage, SmError, SmRead, corrupt, decode, encode, get_kv, get_u64, kv_key,
@@ -73,6 +82,7 @@ pub(super) const HIST_BY_REV: u8 = b'r';
 pub(super) const META_HIST_COMPACTED: &[u8] = b"m/hist_compacted";
 const META_HIST_ENTRIES: &[u8] = b"m/hist_entries";
 const META_HIST_BYTES: &[u8] = b"m/hist_bytes";
+const META_HIST_SCAN_FROM: &[u8] = b"m/hist_scan_from";
 
 /// The history's state in a state machine.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -242,14 +252,21 @@ fn maintain_within<R: SmRead + ?Sized>(
     }
     // The oldest candidates: everything compaction left, or (past the bounds) the oldest at all.
     let hi = if over(entries, bytes) { vec![HIST_BY_REV + 1] } else { rev_key(compacted.saturating_add(1), b"") };
+    // Past the dropped entries' tombstones (no entry is below it, stored or pending).
+    let scan_from = match ov.get(META_HIST_SCAN_FROM)? {
+        Some(_) => ov_u64(ov, META_HIST_SCAN_FROM)?,
+        None => 0,
+    };
+    let lo = rev_key(scan_from, b"");
     // Nearly always nothing is due: one pair read says so (every write calls this).
-    let first_stored = ov.base.sm_scan_bounded(&[HIST_BY_REV], 1, 1)?.into_iter().next().map(|(k, _)| k);
-    let stored_due = !ov.clear && first_stored.is_some_and(|k| k < hi);
-    let pending_due = ov.writes.range(vec![HIST_BY_REV]..hi.clone()).any(|(_, v)| v.is_some());
+    let first_stored = ov.base.sm_scan_bounded(&lo, 1, 1)?.into_iter().next().map(|(k, _)| k);
+    let stored_due = !ov.clear && first_stored.is_some_and(|k| k.first() == Some(&HIST_BY_REV) && k < hi);
+    let pending_due = ov.writes.range(lo.clone()..hi.clone()).any(|(_, v)| v.is_some());
     if !stored_due && !pending_due {
         return Ok(0);
     }
-    let (keys, _) = merged_keys(ov, vec![HIST_BY_REV], hi, budget)?;
+    let (keys, _) = merged_keys(ov, lo, hi, budget)?;
+    let mut last_end = scan_from;
     let mut dropped = 0usize;
     let mut dropped_bytes = 0u64;
     for rk in keys {
@@ -267,6 +284,8 @@ fn maintain_within<R: SmRead + ?Sized>(
         let size = u64::from_le_bytes(size);
         ov.delete(hist_key(&rk[9..], end));
         ov.delete(rk);
+        debug_assert!(end >= last_end, "the index is walked in order");
+        last_end = end;
         entries = entries.saturating_sub(1);
         bytes = bytes.saturating_sub(size);
         dropped += 1;
@@ -275,6 +294,7 @@ fn maintain_within<R: SmRead + ?Sized>(
     if dropped > 0 {
         add_counters(ov, -(dropped as i64), -(dropped_bytes as i64))?;
         ov.put(META_HIST_COMPACTED.to_vec(), compacted.to_le_bytes().to_vec());
+        ov.put(META_HIST_SCAN_FROM.to_vec(), last_end.to_le_bytes().to_vec());
     }
     Ok(dropped)
 }
