@@ -944,6 +944,14 @@ fn apply_stopped_because(why: Option<String>) -> ServerError {
 
 /// A peer's message dropped: counted by reason, logged at debug (a removed node may keep
 /// sending for a long time).
+/// The refusal of a streamed save whose node stopped leading the save's term.
+fn deposed_during_save(term: Term) -> ApiError {
+    ApiError::Refused(format!(
+        "this node stopped being the leader of term {term} during the snapshot save; the file is not complete — \
+         run `snapshot save` again"
+    ))
+}
+
 fn refused_peer(from: NodeId, reason: &'static str, what: &str) {
     use quorate_telemetry::names as n;
     metrics::counter!(n::PEER_MESSAGES_REFUSED_TOTAL, n::LABEL_REASON => reason).increment(1);
@@ -1740,13 +1748,7 @@ impl Driver {
         };
         if self.raft.role() != Role::Leader || self.raft.term() != term {
             self.shared.streams.release(stream);
-            responder.send(
-                Err(ApiError::Refused(format!(
-                    "this node stopped being the leader of term {term} during the snapshot save; the file is not \
-                     complete — run `snapshot save` again"
-                ))),
-                None,
-            );
+            responder.send(Err(deposed_during_save(term)), None);
             return;
         }
         use crate::save_stream::Outcome;
@@ -1826,13 +1828,7 @@ impl Driver {
             return;
         };
         if self.raft.role() != Role::Leader || self.raft.term() != term {
-            responder.send(
-                Err(ApiError::Refused(format!(
-                    "this node stopped being the leader of term {term} during the snapshot save; the file is not \
-                     complete — run `snapshot save` again"
-                ))),
-                None,
-            );
+            responder.send(Err(deposed_during_save(term)), None);
             return;
         }
         let total = image.prepared();

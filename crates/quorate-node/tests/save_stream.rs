@@ -137,10 +137,22 @@ impl Cluster {
         }
     }
 
-    /// Writes node `id`'s failpoints file (the node reads it within 100 ms).
+    /// Node `id`'s log so far.
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    /// Writes node `id`'s failpoints file and waits until the node logs that it applied it.
     fn failpoints(&self, id: u64, text: &str) {
-        std::fs::write(self.data_dir(id).join("failpoints.toml"), text).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        let seen = self.log(id).matches("failpoints set").count();
+        let data = self.data_dir(id);
+        std::fs::write(data.join("failpoints.toml.tmp"), text).unwrap();
+        std::fs::rename(data.join("failpoints.toml.tmp"), data.join("failpoints.toml")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log(id).matches("failpoints set").count() <= seen {
+            assert!(Instant::now() < deadline, "node {id} never applied its failpoints {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `count` values of `bytes` bytes each (`big/NNN`), written through `--value-file`.
@@ -455,20 +467,28 @@ fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_la
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    let out = c.cli(&[
-        "kv",
-        "get",
-        "k",
-        "--consistency",
-        "stale",
-        "--max-staleness-ms",
-        "1000",
-        "--endpoints",
-        &only,
-        "--timeout",
-        "2",
-    ]);
+    // Served until a second has passed since it last heard from a leader, refused from then.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = c.cli(&[
+            "kv",
+            "get",
+            "k",
+            "--consistency",
+            "stale",
+            "--max-staleness-ms",
+            "1000",
+            "--endpoints",
+            &only,
+            "--timeout",
+            "2",
+        ]);
+        if !out.status.success() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "a follower cut off from every leader kept serving with a 1 s bound");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("last heard from a leader"), "{stderr}");
