@@ -403,7 +403,8 @@ pub struct LimitsConfig {
     pub snapshot_rate_mb_per_sec: u64,
     /// Sustained connection attempts per second from one source address (an IPv4 address or
     /// an IPv6 /64), after a burst of `handshake_burst_per_source`; an attempt beyond is
-    /// refused on its first packet, before any TLS work. Clients and peers behind one address
+    /// dropped on its first packet, before any TLS work and without an answer (the client's
+    /// retransmission gets in once a token is back). Clients and peers behind one address
     /// (a NAT, or every test on 127.0.0.1) share it. Written to a file only when not the
     /// default.
     #[serde(skip_serializing_if = "is_default_handshake_rate")]

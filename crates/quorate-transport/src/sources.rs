@@ -2,8 +2,8 @@
 //!
 //! Every connection attempt costs the node its TLS handshake (a signature, a key exchange)
 //! before it knows who is asking. [`SourceLimiter`] gives each source a token bucket of
-//! handshakes: `burst` attempts at once, then `rate_per_sec`; an attempt beyond is refused on
-//! its first packet, before any TLS work. A source is an IPv4 address, or an IPv6 /64 (one
+//! handshakes: `burst` attempts at once, then `rate_per_sec`; an attempt beyond is dropped on
+//! its first packet, before any TLS work and without an answer. A source is an IPv4 address, or an IPv6 /64 (one
 //! host usually holds a whole /64, so counting single IPv6 addresses would bound nothing); an
 //! IPv4-mapped IPv6 address counts as its IPv4 address. At most [`HANDSHAKE_SOURCES_MAX`]
 //! sources are remembered; beyond, the one seen least recently is forgotten (it starts again

@@ -117,7 +117,8 @@ pub struct TransportConfig {
     pub handshake_timeout: Duration,
     /// Sustained connection attempts (handshakes) per second from one source address (an IPv4
     /// address or an IPv6 /64), after a burst of `handshake_burst_per_source`; an attempt
-    /// beyond is refused on its first packet, before any TLS work. At most
+    /// beyond is dropped on its first packet, before any TLS work and without an answer (the
+    /// client's retransmission gets in once the source has a token again). At most
     /// [`HANDSHAKE_SOURCES_MAX`](crate::HANDSHAKE_SOURCES_MAX) sources are remembered.
     pub handshakes_per_source_per_sec: u32,
     /// Connection attempts one source may make at once after a quiet spell.
@@ -744,7 +745,7 @@ impl<M: WireMessage> Transport<M> {
         self.ctx.quorate_1_refused.store(true, Ordering::Relaxed);
     }
 
-    /// Connection attempts refused on their first packet for their source's handshake rate
+    /// Connection attempts dropped on their first packet for their source's handshake rate
     /// (`handshakes_per_source_per_sec`). Not audit events one by one (a flood would flood the
     /// log): one audit event per 1,024 refusals (the first included), and this counts them all.
     #[must_use]
@@ -925,7 +926,12 @@ fn refuse_connection(conn: &Connection, reason: &str) {
 async fn accept_loop<M: WireMessage>(ctx: Arc<Ctx<M>>) {
     while let Some(incoming) = ctx.endpoint.accept().await {
         let remote = incoming.remote_address();
-        // The source's handshake rate first: a refusal here costs one small packet, no TLS.
+        // The source's handshake rate first. An attempt beyond it is dropped: no TLS work and
+        // no packet in answer. A `CONNECTION_REFUSED` would go to whatever address the first
+        // packet claims (a reflection) and give a flooder something to spin on (the attack
+        // suite's connection flood made ~1,300 refused attempts a second); a dropped attempt
+        // waits for its own retransmission (about a second), which an honest client makes and
+        // which is let in once the source has a token again.
         let source = Source::of(remote);
         let rate =
             ctx.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_take(source, Instant::now());
@@ -939,7 +945,7 @@ async fn accept_loop<M: WireMessage>(ctx: Arc<Ctx<M>>) {
                 );
                 audit_refused(&ctx.refusals, &remote, "handshake", &reason);
             }
-            incoming.refuse();
+            incoming.ignore();
             continue;
         }
         if let Err(refusal) = ctx.conns.has_room() {
