@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod alerts;
 mod attack;
 mod bench_cluster;
 mod bench_overload;
@@ -53,6 +54,10 @@ commands:
                              in the same run; writes the comparison to docs/benchmarks.md
   bench overload [--secs N] [--multiples 0.5,1,2,5]
                              goodput and p99 against offered load, admission on and off (one node)
+  alerts [--live]            docs/alerts.yml evaluated by promtool against docs/alerts.test.yml, and the
+                             scrape configuration for machines checked (unpacks Debian's promtool if
+                             missing); --live: a real Prometheus over a real 3-node cluster, every
+                             node killed, QuorateQuorumLost must fire (about 1.5 minutes)
   deps                       check the architecture's dependency rule with cargo tree (and that
                              quorate-transport's default features leave out `dev-certs`)
   release <version> [--dry-run] [--repo DIR]
@@ -106,6 +111,7 @@ fn main() -> Result<()> {
         "fuzz" => fuzz(rest),
         "mutants" => mutants(rest),
         "deps" => deps::check(&root()),
+        "alerts" => alerts::alerts(rest),
         "setup" => setup(),
         "release" => release::release(rest),
         "minimal-versions" => publish::minimal_versions(&root()),
@@ -354,6 +360,7 @@ fn ci(args: &[String]) -> Result<()> {
     publish::readme_links(&root())?;
     publish::rust_version(&root())?;
     paths::check(&root())?;
+    alerts::alerts(&["--live".into()])?;
     demo::demo(&["--smoke".into()])?;
     chaos::chaos(&["ci".into()])?;
     // The hostile-client suite's slice, every attack: 6 attacked windows of 1 s between 7

@@ -8,8 +8,10 @@
 //! labels plus the target labels Prometheus adds (`instance`, `job`, `cluster`), `le` against
 //! the histogram's buckets, values of enumerated labels against their lists, every function
 //! and aggregation against PromQL's, and every grouping label (`by`, `on`...) against the
-//! labels of the metrics in the same expression. (Skipped when the crate is built outside the
-//! repository.)
+//! labels of the metrics in the same expression. The rules select by no target label but
+//! `job` on `up`, and every alert has a firing and a silent case in `docs/alerts.test.yml`,
+//! which `cargo xtask alerts` evaluates with promtool. (Skipped when the crate is built outside
+//! the repository.)
 
 use quorate_telemetry::names::{self, ALL, Kind, MetricDef};
 use std::path::Path;
@@ -364,6 +366,10 @@ fn every_alert_rule_names_existing_metrics_and_labels() {
         ("QuorateWriteLatencySLOFastBurn", names::PROPOSAL_COMMIT_SECONDS),
         ("QuorateWriteLatencySLOSlowBurn", names::PROPOSAL_COMMIT_SECONDS),
         ("QuorateRefusingWrites", names::REFUSING_WRITES),
+        // A total outage pages: from Prometheus's own `up`, not from a node.
+        ("QuorateQuorumLost", "up{job=\"quorate\"}"),
+        ("QuorateQuorumLost", names::CONFIG_VOTERS_COUNT),
+        ("QuorateNotScraped", "absent(up{job=\"quorate\"})"),
     ];
     for (alert, metric) in wanted {
         let (_, expr) = alerts.iter().find(|(a, _)| a == alert).unwrap_or_else(|| panic!("no alert {alert}"));
@@ -373,6 +379,77 @@ fn every_alert_rule_names_existing_metrics_and_labels() {
         alerts.iter().any(|(a, e)| a == "QuorateCertificateExpiringSoon" && e.contains("14 * 86400")),
         "certificates: 14 days"
     );
+}
+
+/// Target labels a rule may select by: only `job` on `up` (the scrape configurations under
+/// deploy/prometheus and deploy/kubernetes set it); `cluster` and `instance` only group.
+#[test]
+fn the_rules_select_by_no_target_label_but_the_job_of_up() {
+    let Ok(text) = std::fs::read_to_string(root().join("docs/alerts.yml")) else { return };
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("docs/alerts.yml is YAML");
+    for g in doc["groups"].as_sequence().expect("groups") {
+        for r in g["rules"].as_sequence().expect("rules") {
+            let expr = r["expr"].as_str().expect("expr");
+            let toks = lex(expr).expect("lexes");
+            for (i, t) in toks.iter().enumerate() {
+                let Tok::Matchers(ms) = t else { continue };
+                let metric = match i.checked_sub(1).map(|j| &toks[j]) {
+                    Some(Tok::Ident(m)) => m.as_str(),
+                    _ => "",
+                };
+                for (k, op, v) in ms {
+                    if TARGET_LABELS.contains(&k.as_str()) {
+                        assert!(
+                            metric == "up" && k == "job" && op == "=" && v == "quorate",
+                            "{}: selects {metric}{{{k}{op}{v:?}}}: a target label the scrape may not give",
+                            r["alert"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// docs/alerts.test.yml (promtool's rule tests, run by `cargo xtask alerts`) loads the rules
+/// and has, for every alert, a case where it fires and one where it stays silent.
+#[test]
+fn every_alert_fires_and_stays_silent_in_the_promtool_tests() {
+    let (Ok(rules), Ok(tests)) = (
+        std::fs::read_to_string(root().join("docs/alerts.yml")),
+        std::fs::read_to_string(root().join("docs/alerts.test.yml")),
+    ) else {
+        return;
+    };
+    let rules: serde_yaml::Value = serde_yaml::from_str(&rules).expect("alerts.yml");
+    let tests: serde_yaml::Value = serde_yaml::from_str(&tests).expect("alerts.test.yml is YAML");
+    assert_eq!(tests["rule_files"].as_sequence().map(Vec::len), Some(1));
+    assert_eq!(tests["rule_files"][0].as_str(), Some("alerts.yml"), "the tests load docs/alerts.yml");
+    let mut fires = std::collections::BTreeSet::new();
+    let mut silent = std::collections::BTreeSet::new();
+    for t in tests["tests"].as_sequence().expect("tests") {
+        assert!(!t["input_series"].as_sequence().expect("input_series").is_empty());
+        for case in t["alert_rule_test"].as_sequence().expect("alert_rule_test") {
+            let name = case["alertname"].as_str().expect("alertname").to_string();
+            match case["exp_alerts"].as_sequence().map(Vec::len) {
+                Some(0) | None => silent.insert(name),
+                Some(_) => fires.insert(name),
+            };
+        }
+    }
+    let mut alerts = Vec::new();
+    for g in rules["groups"].as_sequence().expect("groups") {
+        for r in g["rules"].as_sequence().expect("rules") {
+            alerts.push(r["alert"].as_str().expect("alert").to_string());
+        }
+    }
+    for a in &alerts {
+        assert!(fires.contains(a), "{a}: no promtool case in which it fires");
+        assert!(silent.contains(a), "{a}: no promtool case in which it stays silent");
+    }
+    for named in fires.union(&silent) {
+        assert!(alerts.contains(named), "alerts.test.yml tests {named}, which alerts.yml does not define");
+    }
 }
 
 #[test]
