@@ -415,6 +415,37 @@ pub(crate) enum CertsCmd {
     /// read): `certs issue node 4 --dir DIR`, `certs issue client app:write --dir DIR`. The
     /// cluster's name is the global `--cluster`.
     Issue(CertsIssueArgs),
+    /// Revoke certificates: write the CA's revocation list (CRL) with the certificates it
+    /// already lists plus CERT... and --serial; a new list when the file does not exist, an
+    /// empty one with nothing to add. Give the file to every node (`tls.crls`); nodes re-read
+    /// it within 2 s and close the revoked peers' and clients' connections.
+    Revoke(CertsRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsRevokeArgs {
+    /// Certificates to revoke (PEM files issued by this CA).
+    pub(crate) certs: Vec<PathBuf>,
+    /// A serial number to revoke, in hex as `openssl x509 -noout -serial` prints it (when the
+    /// certificate's file is gone). Repeatable.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) serial: Vec<String>,
+    /// The CA directory: its ca.crt and ca.key (DIR/certs also works, as `certs dev` writes).
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
+    /// The CA certificate (default: ca.crt in --dir).
+    #[arg(long)]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// The CA's private key (default: ca.key in --dir).
+    #[arg(long)]
+    pub(crate) ca_key: Option<PathBuf>,
+    /// The revocation list to update or create (default: ca.crl in the CA directory, which
+    /// `certs dev` configures every node with).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) crl: Option<PathBuf>,
+    /// Days until the list's next update (nodes keep using it after; other verifiers may not).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=398))]
+    pub(crate) days: u64,
 }
 
 /// What `certs issue` issues a certificate for.
@@ -527,6 +558,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Node(NodeCmd::ForceNewCluster(args)) => recover::force_new_cluster(&args, cli.conn.output),
         Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args, cli.conn.output),
         Command::Certs(CertsCmd::Issue(args)) => certs::issue(&cli.conn.cluster, &args, cli.conn.output),
+        Command::Certs(CertsCmd::Revoke(args)) => certs::revoke(&args, cli.conn.output),
         Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args, cli.conn.output),
         Command::Snapshot(SnapshotCmd::Status { file }) => snapshot::status(&file, cli.conn.output),
         Command::Completions { shell } => {
