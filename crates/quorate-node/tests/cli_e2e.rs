@@ -69,6 +69,7 @@ fn cli_against_a_three_node_cluster() {
 
     json_output_exit_codes_and_large_values(&env);
     txn_from_a_file_and_from_standard_input(&env);
+    top_and_bench_print_json(&env);
 
     // A usage error exits with 2, a refusal for the role with 6.
     assert_eq!(env.cli(&["kv", "get"]).status.code(), Some(2));
@@ -136,6 +137,34 @@ fn txn_from_a_file_and_from_standard_input(env: &Env) {
     usage(&["kv", "txn", "--file", "-"], Some(b""), "transaction");
     usage(&["kv", "txn", "text", "--file", "-"], None, "cannot be used with");
     assert_eq!(env.ok(&["kv", "get", "txn/a"]), "3\n", "no bad transaction wrote");
+}
+
+/// `quorate top -o json`: one object per frame, one per line; `quorate bench -o json`: the
+/// summary as one object.
+fn top_and_bench_print_json(env: &Env) {
+    let once = env.json(&["top", "--once"]);
+    assert_eq!(once["frame"], 1, "{once}");
+    let nodes = once["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{once}");
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{once}");
+    assert!(nodes.iter().all(|n| n["reachable"] == true && n["commit"].as_u64().unwrap() >= 1), "{once}");
+    let out = env.ok(&["-o", "json", "top", "--frames", "2", "--interval-ms", "100"]);
+    let frames: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(frames.len(), 2, "{out}");
+    assert_eq!((frames[0]["frame"].clone(), frames[1]["frame"].clone()), (1.into(), 2.into()), "{out}");
+    assert!(frames[0]["nodes"][0]["commits_per_sec"].is_null(), "no rate on the first frame: {out}");
+    assert!(frames[1]["nodes"][0]["commits_per_sec"].is_number(), "a rate on the second: {out}");
+    assert!(!out.contains('\x1b'), "no escape codes in JSON");
+
+    let b = env.json(&["bench", "--duration", "1", "--clients", "2", "--keys", "10", "--ops-max", "200"]);
+    assert_eq!((b["clients"].clone(), b["consistency"].clone()), (2.into(), "linearizable".into()), "{b}");
+    let all = b["all"]["ops"].as_u64().unwrap();
+    assert!(all >= 1 && all <= 200, "{b}");
+    assert_eq!(all, b["reads"]["ops"].as_u64().unwrap() + b["writes"]["ops"].as_u64().unwrap(), "{b}");
+    assert_eq!(b["all"]["errors"], 0, "{b}");
+    let p = &b["all"]["latency_ms"];
+    assert!(p["p50"].as_f64().unwrap() <= p["p99"].as_f64().unwrap(), "{b}");
+    assert!(p["p99"].as_f64().unwrap() <= p["max"].as_f64().unwrap(), "{b}");
 }
 
 /// `snapshot save`, then `snapshot status FILE` on it, offline (no endpoints needed).
@@ -322,7 +351,7 @@ fn json_output_exit_codes_and_large_values(env: &Env) {
         assert_eq!(out.status.code(), Some(5), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     // JSON on a command that has none is a usage error.
-    assert_eq!(env.cli(&["-o", "json", "top"]).status.code(), Some(2));
+    assert_eq!(env.cli(&["-o", "json", "completions", "bash"]).status.code(), Some(2));
 }
 
 #[test]

@@ -49,7 +49,7 @@ impl Outcome {
 #[command(name = "quorate", version = quorate_node::VERSION, propagate_version = true, disable_help_subcommand = true)]
 #[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found, 4 comparison \
 false (cas, txn), 5 cluster unavailable (nothing done), 6 refused (role, invalid request, revision compacted or in the future), 7 outcome of a write \
-unknown. `-o json` prints one JSON object (`kv scan`: one per line); see docs/operations.md.")]
+unknown. `-o json` prints one JSON object (`kv scan`, `top`: one per line); see docs/operations.md.")]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -80,14 +80,16 @@ pub(crate) enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
-    /// A closed-loop load generator: throughput and latency percentiles.
+    /// A closed-loop load generator: throughput and latency percentiles (`-o json`: the
+    /// summary as one JSON object).
     Bench(BenchArgs),
     /// Re-run a flight recording through a fresh consensus core and compare its outputs.
     Replay(flight::ReplayArgs),
     /// Debugging tools.
     #[command(subcommand)]
     Debug(flight::DebugCmd),
-    /// A live view of every node: role, term, commit, applied, lag, throughput.
+    /// A live view of every node: role, term, commit, applied, lag, throughput (`-o json`:
+    /// one JSON object per refresh, one per line).
     Top(top::TopArgs),
     /// Every member's health, each asked directly.
     #[command(subcommand)]
@@ -544,12 +546,7 @@ pub(crate) struct BenchArgs {
 /// Runs a parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Node(NodeCmd::Start(_))
-        | Command::Replay(_)
-        | Command::Debug(_)
-        | Command::Top(_)
-        | Command::Bench(_)
-        | Command::Completions { .. }
+        Command::Node(NodeCmd::Start(_)) | Command::Replay(_) | Command::Debug(_) | Command::Completions { .. }
             if cli.conn.output == output::Format::Json =>
         {
             Err(output::usage("this command has no JSON output; leave out -o json"))
@@ -577,10 +574,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Some(_) => block_on(snapshot::save_to_file(&cli.conn, &args)),
             None => block_on(cluster::snapshot_save(&cli.conn)),
         },
-        Command::Top(args) => block_on(top::run(&cli.conn, &args)),
+        Command::Top(args) => block_on(top::run(&cli.conn, &args, cli.conn.output)),
         Command::Bench(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(bench::run(&cli.conn, &args))
+            rt.block_on(bench::run(&cli.conn, &args, cli.conn.output))
         }
     }
 }
