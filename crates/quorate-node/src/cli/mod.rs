@@ -106,9 +106,11 @@ pub(crate) enum Command {
 pub(crate) enum EndpointCmd {
     /// Ask every member of the cluster (from the cluster's member list; the --endpoints when
     /// it cannot be read) for its health and status: a table, or `-o json`. Healthy: it
-    /// answers, knows a leader, accepts writes (free disk space above its floor) and is not
-    /// recovering. Exit 0 when every member is healthy, 1 when one is not or does not answer
-    /// (or the member list cannot be read), 5 when none answers.
+    /// serves a linearizable read (a quorum round through it), accepts writes (free disk
+    /// space above its floor) and is not recovering. Exit 0 when every member is healthy; 1
+    /// when one is not or does not answer (or the member list cannot be read) while a majority
+    /// of the voters is healthy; 5 when no majority of the voters is healthy (no quorum), none
+    /// answering included.
     Health,
 }
 

@@ -666,3 +666,15 @@ fn certs_revoke_adds_to_the_list_and_refuses_clearly() {
     assert!(format!("{err:#}").contains("ca.key"), "{err:#}");
     assert_eq!(std::fs::read(certs.join("ca.crl")).unwrap(), before);
 }
+
+#[test]
+fn endpoint_health_help_states_the_exit_codes_the_code_uses() {
+    let mut cmd = Cli::command();
+    let help = cmd.find_subcommand_mut("endpoint").unwrap().find_subcommand_mut("health").unwrap().render_long_help();
+    let help = help.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("5 when no majority of the voters is healthy (no quorum), none answering included"),
+        "{help}"
+    );
+    assert!(!help.contains("5 when none answers"), "{help}");
+}
