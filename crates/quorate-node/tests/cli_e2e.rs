@@ -159,7 +159,7 @@ fn top_and_bench_print_json(env: &Env) {
     let b = env.json(&["bench", "--duration", "1", "--clients", "2", "--keys", "10", "--ops-max", "200"]);
     assert_eq!((b["clients"].clone(), b["consistency"].clone()), (2.into(), "linearizable".into()), "{b}");
     let all = b["all"]["ops"].as_u64().unwrap();
-    assert!(all >= 1 && all <= 200, "{b}");
+    assert!((1..=200).contains(&all), "{b}");
     assert_eq!(all, b["reads"]["ops"].as_u64().unwrap() + b["writes"]["ops"].as_u64().unwrap(), "{b}");
     assert_eq!(b["all"]["errors"], 0, "{b}");
     let p = &b["all"]["latency_ms"];
