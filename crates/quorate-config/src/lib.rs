@@ -81,10 +81,12 @@ pub struct NodeConfig {
     /// The one QUIC endpoint for peers and clients (`IP:PORT`; `0.0.0.0:7001` listens on
     /// every interface).
     pub listen: SocketAddr,
-    /// The address the other members and clients reach this node at (`HOST:PORT` or
+    /// The address this node expects the other members to reach it at (`HOST:PORT` or
     /// `IP:PORT`), when it is not `listen` — behind NAT, in a container, under a DNS name.
-    /// Default: this node's entry in `peers`, else `listen`. A name is resolved again
-    /// before every dial, so a node that comes back on a new address is found by it.
+    /// Checked, not announced: the others dial the address the cluster has for this node
+    /// (its `peers` entry, then what `member add`/`member update` recorded), and the node
+    /// warns at start when `advertise` differs from it. Used as this node's own address only
+    /// when neither names it (a node joining). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
     /// Where the node keeps its data (RocksDB, snapshots, backups).

@@ -193,6 +193,12 @@ impl Shared {
     }
 }
 
+/// Whether two member addresses name the same place: equal but for the case of a host name,
+/// or the same socket address written two ways (`[::1]:7001`, `[0:0::1]:7001`).
+fn same_address(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || matches!((a.parse::<SocketAddr>(), b.parse::<SocketAddr>()), (Ok(x), Ok(y)) if x == y)
+}
+
 /// Starts dialing member `id` at `addr` (`IP:PORT` or `NAME:PORT`); an address that is
 /// neither (a log written by hand, an old binary's lax check) is logged, not dialed.
 fn dial_member(transport: &Transport<NodeMessage>, id: NodeId, addr: &str) {
@@ -745,10 +751,21 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         addrs.insert(node_id(p)?, a.clone());
     }
     addrs.extend(crate::sm::member_addrs(&*store)?);
-    // This node's own entry: the address the others reach it at (`advertise`, else its
-    // `peers` entry), not necessarily what it listens on (`0.0.0.0:7001`).
-    let own = config.advertise.clone().or_else(|| config.peers.get(&id.get()).cloned());
-    addrs.insert(id, own.unwrap_or_else(|| config.listen.to_string()));
+    // This node's own entry is where the others dial it: the log's address, else its `peers`
+    // entry; `advertise` (else `listen`) only when neither names it (a node joining). An
+    // `advertise` that differs is reported, not announced: the cluster's address for a member
+    // changes through the log (`member update`), as etcd's does.
+    let own = addrs
+        .entry(id)
+        .or_insert_with(|| config.advertise.clone().unwrap_or_else(|| config.listen.to_string()))
+        .clone();
+    if let Some(advertise) = &config.advertise
+        && !same_address(advertise, &own)
+    {
+        tracing::warn!(node = %id, advertise = %advertise, dialed = %own,
+            "`advertise` {advertise} is not the address the cluster dials this node at ({own}); to make it so, \
+             run `quorate member update {id} --peer {advertise}`");
+    }
     // Dialed in the transport's tasks: a name is resolved before every dial, and a slow name
     // server delays no one but that peer.
     for (&p, a) in &addrs {

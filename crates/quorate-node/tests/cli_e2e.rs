@@ -1,114 +1,15 @@
 //! The `quorate` CLI against a real 3-node cluster of `quorate` processes on 127.0.0.1.
 
 use serde_json::Value;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[path = "support/procs.rs"]
 mod procs;
 use procs::{Nodes, free_base_port, free_ports};
-
-const BIN: &str = env!("CARGO_BIN_EXE_quorate");
-
-struct Env {
-    dir: PathBuf,
-    endpoints: String,
-}
-
-impl Env {
-    fn cli(&self, args: &[&str]) -> Output {
-        self.cli_stdin(args, None)
-    }
-
-    /// Runs `quorate ARGS`, with `stdin` as its standard input (none: empty).
-    fn cli_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("QUORATE_CERTS", self.dir.join("certs"))
-            .env("QUORATE_CLUSTER", "e2e")
-            .env("QUORATE_ENDPOINTS", &self.endpoints)
-            .env("QUORATE_TIMEOUT", "10")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(bytes) = stdin {
-            let mut pipe = child.stdin.take().unwrap();
-            pipe.write_all(bytes).unwrap();
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    /// `quorate -o json ARGS`, which must succeed and print one JSON object.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("quorate {args:?} printed no JSON ({e}): {out}"))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "quorate {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        stdout
-    }
-}
-
-fn spawn_node(dir: &Path, id: u64) -> std::process::Child {
-    let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-    Command::new(BIN)
-        .args(["node", "start", "--config"])
-        .arg(dir.join(format!("node-{id}.toml")))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn start(dir: &Path) -> Nodes {
-    Nodes((1..=3).map(|id| spawn_node(dir, id)).collect())
-}
-
-/// `certs dev` for three nodes at `base`.. and the environment to reach them.
-fn dev_cluster(tmp: &Path, base: u16) -> Env {
-    let dir = tmp.join("cluster");
-    let env = Env {
-        dir: dir.clone(),
-        endpoints: (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(","),
-    };
-    let out = env.cli(&[
-        "certs",
-        "dev",
-        "--dir",
-        &dir.to_string_lossy(),
-        "--cluster",
-        "e2e",
-        "--nodes",
-        "3",
-        "--base-port",
-        &base.to_string(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    env
-}
-
-/// Waits (bounded) for the first write: it waits for an election.
-fn first_write(env: &Env) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = env.cli(&["kv", "put", "greeting", "hello"]);
-        if out.status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no write succeeded: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{BIN, Env, dev_cluster, first_write, openssl, openssl_available, openssl_client, spawn_node, start};
 
 #[test]
 fn cli_against_a_three_node_cluster() {
@@ -167,6 +68,8 @@ fn cli_against_a_three_node_cluster() {
     assert_eq!(members.lines().filter(|l| l.contains("voter")).count(), 3, "{members}");
 
     json_output_exit_codes_and_large_values(&env);
+    txn_from_a_file_and_from_standard_input(&env);
+    top_and_bench_print_json(&env);
 
     // A usage error exits with 2, a refusal for the role with 6.
     assert_eq!(env.cli(&["kv", "get"]).status.code(), Some(2));
@@ -182,6 +85,86 @@ fn cli_against_a_three_node_cluster() {
 
     snapshot_status_of_a_saved_snapshot(&env);
     endpoint_health_over_every_member(&env, &mut nodes);
+}
+
+/// `kv txn --file FILE` and `--file -` (standard input), text and JSON, and what a bad file
+/// gives: a usage error (exit 2) that names the file or the problem, and no write.
+fn txn_from_a_file_and_from_standard_input(env: &Env) {
+    env.ok(&["kv", "put", "txn/a", "1"]);
+    // Text, one clause per line, from a file.
+    let file = env.dir.join("change.txn");
+    std::fs::write(&file, "if value(txn/a) == 1\nthen put txn/a 2\nthen put \"txn/b\" \"two words\"\nelse get txn/a\n")
+        .unwrap();
+    let out = env.ok(&["kv", "txn", "--file", &file.to_string_lossy()]);
+    assert!(out.starts_with("succeeded"), "{out}");
+    assert_eq!(env.ok(&["kv", "get", "txn/b"]), "two words\n");
+    // The same file again: its comparison is false now, exit 4 (the else branch ran).
+    let out = env.cli(&["kv", "txn", "-f", &file.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    // JSON on standard input, with -o json.
+    let json = r#"{"compare":[{"key":"txn/a","value":"2","op":"=="}],"success":[{"put":{"key":"txn/a","value":"3"}},{"get":{"key":"txn/b"}}],"failure":[]}"#;
+    let out = env.cli_stdin(&["-o", "json", "kv", "txn", "--file", "-"], Some(json.as_bytes()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["succeeded"], true, "{j}");
+    assert_eq!(j["results"][1]["value"], "two words", "{j}");
+    assert_eq!(env.ok(&["kv", "get", "txn/a"]), "3\n");
+    // Text on standard input.
+    let out = env.cli_stdin(&["kv", "txn", "--file", "-"], Some(b"if value(txn/a) == 3; then del txn/b"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.cli(&["kv", "get", "txn/b"]).status.code(), Some(3));
+
+    // A missing file, a file that is not a transaction, a file over the limit, and empty
+    // standard input: exit 2, said plainly, nothing written.
+    let usage = |args: &[&str], stdin: Option<&[u8]>, says: &str| {
+        let out = env.cli_stdin(args, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} should say {says:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", String::from_utf8_lossy(&out.stdout));
+    };
+    let missing = env.dir.join("no-such.txn");
+    usage(&["kv", "txn", "--file", &missing.to_string_lossy()], None, "no-such.txn");
+    let garbled = env.dir.join("garbled.txn");
+    std::fs::write(&garbled, "if value(txn/a) === 3; then put txn/a 4").unwrap();
+    usage(&["kv", "txn", "--file", &garbled.to_string_lossy()], None, "===");
+    // Over 1 MiB: refused whole. It used to be cut at the limit and the rest ignored: here
+    // the cut fell in a comment, and the transaction ran without its last clause.
+    let big = format!("if value(txn/a) == 3; then put txn/a 5\n# {}\nthen put txn/b cut", "x".repeat(1024 * 1024));
+    let big_file = env.dir.join("big.txn");
+    std::fs::write(&big_file, &big).unwrap();
+    usage(&["kv", "txn", "--file", &big_file.to_string_lossy()], None, "larger than");
+    usage(&["kv", "txn", "--file", "-"], Some(b""), "transaction");
+    usage(&["kv", "txn", "text", "--file", "-"], None, "cannot be used with");
+    assert_eq!(env.ok(&["kv", "get", "txn/a"]), "3\n", "no bad transaction wrote");
+}
+
+/// `quorate top -o json`: one object per frame, one per line; `quorate bench -o json`: the
+/// summary as one object.
+fn top_and_bench_print_json(env: &Env) {
+    let once = env.json(&["top", "--once"]);
+    assert_eq!(once["frame"], 1, "{once}");
+    let nodes = once["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{once}");
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{once}");
+    assert!(nodes.iter().all(|n| n["reachable"] == true && n["commit"].as_u64().unwrap() >= 1), "{once}");
+    let out = env.ok(&["-o", "json", "top", "--frames", "2", "--interval-ms", "100"]);
+    let frames: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(frames.len(), 2, "{out}");
+    assert_eq!((frames[0]["frame"].clone(), frames[1]["frame"].clone()), (1.into(), 2.into()), "{out}");
+    assert!(frames[0]["nodes"][0]["commits_per_sec"].is_null(), "no rate on the first frame: {out}");
+    assert!(frames[1]["nodes"][0]["commits_per_sec"].is_number(), "a rate on the second: {out}");
+    assert!(!out.contains('\x1b'), "no escape codes in JSON");
+
+    let b = env.json(&["bench", "--duration", "1", "--clients", "2", "--keys", "10", "--ops-max", "200"]);
+    assert_eq!((b["clients"].clone(), b["consistency"].clone()), (2.into(), "linearizable".into()), "{b}");
+    let all = b["all"]["ops"].as_u64().unwrap();
+    assert!((1..=200).contains(&all), "{b}");
+    assert_eq!(all, b["reads"]["ops"].as_u64().unwrap() + b["writes"]["ops"].as_u64().unwrap(), "{b}");
+    assert_eq!(b["all"]["errors"], 0, "{b}");
+    let p = &b["all"]["latency_ms"];
+    assert!(p["p50"].as_f64().unwrap() <= p["p99"].as_f64().unwrap(), "{b}");
+    assert!(p["p99"].as_f64().unwrap() <= p["max"].as_f64().unwrap(), "{b}");
 }
 
 /// `snapshot save`, then `snapshot status FILE` on it, offline (no endpoints needed).
@@ -368,54 +351,7 @@ fn json_output_exit_codes_and_large_values(env: &Env) {
         assert_eq!(out.status.code(), Some(5), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     // JSON on a command that has none is a usage error.
-    assert_eq!(env.cli(&["-o", "json", "top"]).status.code(), Some(2));
-}
-
-/// Whether `openssl` can be run here.
-fn openssl_available() -> bool {
-    Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success())
-}
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The docs/operations.md recipe: a client certificate issued by `openssl` from the cluster CA.
-fn openssl_client(certs: &Path, cluster: &str, name: &str, role: &str) {
-    std::fs::write(
-        certs.join(format!("{name}.ext")),
-        format!(
-            "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n\
-             extendedKeyUsage = clientAuth\nsubjectAltName = URI:quorate://{cluster}/client/{name}?role={role}\n"
-        ),
-    )
-    .unwrap();
-    let key = format!("client-{name}.key");
-    let csr = format!("{name}.csr");
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key], certs);
-    openssl(&["req", "-new", "-key", &key, "-subj", &format!("/CN={name}"), "-out", &csr], certs);
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-sha256",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("client-{name}.crt"),
-        ],
-        certs,
-    );
+    assert_eq!(env.cli(&["-o", "json", "completions", "bash"]).status.code(), Some(2));
 }
 
 #[test]
@@ -720,4 +656,65 @@ fn member_update_is_gated_then_moves_a_member_the_others_reach_at_its_new_addres
     let endpoints = format!("1=127.0.0.1:{},2=127.0.0.1:{},{only_3}", base, base + 1);
     let j = env.json(&["endpoint", "health", "--endpoints", &endpoints]);
     assert_eq!(j["healthy"], true, "{j}");
+}
+
+/// `advertise` is what a node expects the others to dial it at; the address they dial is the
+/// cluster's (the bootstrap `peers`, then `member add`/`member update` through the log). Node 3
+/// advertises another address than the cluster has for it: every member — node 3 included —
+/// lists the address the others dial (node 3 used to list its own `advertise`, so two members
+/// disagreed on where node 3 is), and node 3 warns at start with the `member update` that
+/// would make its advertised address the cluster's. Node 2 advertises what the cluster has:
+/// no warning. After that `member update`, the members list the advertised address.
+#[test]
+fn advertise_is_checked_against_the_address_the_cluster_dials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let env = dev_cluster(tmp.path(), base);
+    let other = free_ports(1);
+    let (dialed, advertised) = (format!("127.0.0.1:{}", base + 2), format!("127.0.0.1:{other}"));
+    let set_advertise = |id: u64, addr: &str| {
+        let path = env.dir.join(format!("node-{id}.toml"));
+        let mut config = quorate_node::config::NodeConfig::load(&path).unwrap();
+        config.advertise = Some(addr.to_string());
+        std::fs::write(&path, config.to_toml().unwrap()).unwrap();
+    };
+    set_advertise(3, &advertised);
+    set_advertise(2, &format!("127.0.0.1:{}", base + 1));
+    let _nodes = start(&env.dir);
+    first_write(&env);
+
+    let address_of_3 = |via: u64| {
+        let only = format!("{via}=127.0.0.1:{}", base + via as u16 - 1);
+        let members = env.json(&["member", "list", "--endpoints", &only]);
+        let m3 = members["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).cloned().unwrap();
+        m3["address"].as_str().unwrap().to_string()
+    };
+    for via in 1..=3 {
+        assert_eq!(address_of_3(via), dialed, "node {via} lists node 3 where the others dial it");
+    }
+    let log = |id: u64| std::fs::read_to_string(env.dir.join(format!("node-{id}.log"))).unwrap();
+    let fix = format!("quorate member update 3 --peer {advertised}");
+    assert!(
+        log(3).lines().any(|l| l.contains("advertise") && l.contains(&dialed) && l.contains(&fix)),
+        "node 3 did not warn that its advertised address is not the cluster's: {}",
+        log(3)
+    );
+    assert!(!log(2).contains("member update 2"), "node 2 advertises the cluster's address: {}", log(2));
+
+    // The fix the warning names (it needs cluster version 2, which a new cluster reaches on
+    // its own once every member is connected): the members list the advertised address
+    // (node 3 itself listens elsewhere and may not hear of it: only nodes 1 and 2 are asked).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.ok(&["cluster", "status"]).contains(&format!("cluster version {}", quorate_api::CLUSTER_VERSION)) {
+        assert!(Instant::now() < deadline, "the new cluster stayed below its cluster version");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    env.ok(&["member", "update", "3", "--peer", &advertised]);
+    for via in 1..=2 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while address_of_3(via) != advertised {
+            assert!(Instant::now() < deadline, "node {via} still lists node 3 at {}", address_of_3(via));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

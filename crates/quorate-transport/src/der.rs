@@ -69,6 +69,50 @@ pub(crate) fn serial(cert: &[u8]) -> Option<&[u8]> {
     (tag == INTEGER).then_some(serial)
 }
 
+/// The contents of an X.509 certificate's issuer and subject names (DER, inside their
+/// `SEQUENCE`), as rustls-webpki gives a revocation list's issuer: equal bytes, same name.
+#[cfg(feature = "dev-certs")]
+pub(crate) fn issuer_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+    let name = |skip| {
+        let (tag, name, _) = element(tbs_field(cert, skip)?)?;
+        (tag == SEQUENCE).then_some(name)
+    };
+    // serialNumber, signature, then issuer; validity, then subject.
+    Some((name(2)?, name(4)?))
+}
+
+/// The parts of a signed X.509 structure (a certificate or a revocation list: `SEQUENCE {
+/// tbs, signatureAlgorithm, signatureValue }`): the signed bytes (the whole `tbs` element),
+/// the signature algorithm identifier's contents, and the signature.
+#[cfg(feature = "dev-certs")]
+pub(crate) fn signed_parts(der: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    const BIT_STRING: u8 = 0x03;
+    let (tag, signed, _) = element(der)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, _, rest) = element(signed)?;
+    (tag == SEQUENCE).then_some(())?;
+    let tbs = &signed[..signed.len() - rest.len()];
+    let (tag, algorithm, rest) = element(rest)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, bits, _) = element(rest)?;
+    (tag == BIT_STRING).then_some(())?;
+    let (&unused, signature) = bits.split_first()?;
+    (unused == 0).then_some((tbs, algorithm, signature))
+}
+
+/// A `SubjectPublicKeyInfo`'s contents (as rustls-webpki gives a trust anchor's): the key
+/// algorithm identifier's contents and the key.
+#[cfg(feature = "dev-certs")]
+pub(crate) fn spki_parts(spki: &[u8]) -> Option<(&[u8], &[u8])> {
+    const BIT_STRING: u8 = 0x03;
+    let (tag, algorithm, rest) = element(spki)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, bits, _) = element(rest)?;
+    (tag == BIT_STRING).then_some(())?;
+    let (&unused, key) = bits.split_first()?;
+    (unused == 0).then_some((algorithm, key))
+}
+
 /// Most attributes read from a CA's subject name.
 #[cfg(feature = "dev-certs")]
 const NAME_ATTRIBUTES_MAX: usize = 32;

@@ -60,6 +60,48 @@ pub enum DevCertError {
         /// What went wrong.
         what: String,
     },
+    /// An existing revocation list cannot be updated: unreadable, not a CRL, another CA's,
+    /// or full.
+    #[error("cannot update the revocation list {path}: {what}")]
+    Crl {
+        /// The revocation list file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+}
+
+/// Most certificates one revocation list written by [`DevCa::update_revocation_list`] lists
+/// (about 40 bytes each: far below the 16 MiB a node reads of one file).
+pub const REVOKED_MAX: usize = 100_000;
+
+/// A certificate a revocation list names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    /// Its serial number, big-endian, without leading zero octets.
+    pub serial: Vec<u8>,
+    /// When it was revoked, Unix seconds.
+    pub revoked_unix: i64,
+}
+
+/// What [`DevCa::update_revocation_list`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationList {
+    /// Every certificate the new list names, the earlier entries first.
+    pub revoked: Vec<Revoked>,
+    /// The serial numbers this update added (those already listed are not added twice).
+    pub added: Vec<Vec<u8>>,
+    /// The list's `nextUpdate`, Unix seconds (nodes keep using a list past it; publish a new
+    /// one before then for other verifiers).
+    pub next_update_unix: i64,
+}
+
+/// A serial number as a revocation list names it: big-endian, without the leading zero octets
+/// DER may put before it (at least one octet).
+#[must_use]
+pub fn normalize_serial(serial: &[u8]) -> Vec<u8> {
+    let start = serial.iter().position(|&b| b != 0).unwrap_or(serial.len().saturating_sub(1));
+    serial[start..].to_vec()
 }
 
 /// A validity period.
@@ -259,6 +301,169 @@ impl DevCa {
     }
 }
 
+/// What a certificate or list must match to be this CA's: its name and its public key.
+struct CaKey {
+    /// The subject name (the contents of its DER `SEQUENCE`).
+    subject: Vec<u8>,
+    /// The `SubjectPublicKeyInfo` contents.
+    spki: Vec<u8>,
+}
+
+impl CaKey {
+    /// Whether `der` (a certificate or a revocation list) names this CA as its issuer
+    /// (`issuer`) and carries a valid signature by its key. Names alone do not tell two CAs
+    /// apart: a rotation's new CA often has the old one's name.
+    fn signed(&self, der: &[u8], issuer: &[u8]) -> bool {
+        if issuer != self.subject.as_slice() {
+            return false;
+        }
+        let (Some((tbs, algorithm, signature)), Some((key_algorithm, key))) =
+            (crate::der::signed_parts(der), crate::der::spki_parts(&self.spki))
+        else {
+            return false;
+        };
+        crate::tls::provider().signature_verification_algorithms.all.iter().any(|alg| {
+            alg.signature_alg_id().as_ref() == algorithm
+                && alg.public_key_alg_id().as_ref() == key_algorithm
+                && alg.verify_signature(key, tbs, signature).is_ok()
+        })
+    }
+}
+
+impl DevCa {
+    /// The CA certificate's name and key.
+    fn key(&self) -> Result<CaKey, DevCertError> {
+        let bad = |what: &str| DevCertError::Ca { path: PathBuf::from("(the CA certificate)"), what: what.into() };
+        let der = CertificateDer::pem_slice_iter(self.pem.as_bytes())
+            .next()
+            .ok_or_else(|| bad("no PEM CERTIFICATE"))?
+            .map_err(|_| bad("not a PEM certificate"))?;
+        let (_, subject) = crate::der::issuer_and_subject(&der).ok_or_else(|| bad("its subject cannot be read"))?;
+        let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|_| bad("not a parsable X.509 certificate"))?;
+        Ok(CaKey { subject: subject.to_vec(), spki: anchor.subject_public_key_info.as_ref().to_vec() })
+    }
+
+    /// Writes the revocation list `path` signed by this CA: the certificates the list at
+    /// `path` already names (when the file exists: PEM or DER, from this CA — by rcgen,
+    /// openssl or any other tool), plus the certificates of the PEM files `certs` (each must
+    /// be issued by this CA) and the serial numbers `serials` (big-endian), revoked now
+    /// (reason: key compromise). Valid from a minute ago for `validity`. Written through a
+    /// temporary file and a rename: nodes watching `path` (`tls.crls`) never read half of it.
+    /// Refused, with the reason, for an unreadable list or one this CA did not sign, a
+    /// certificate this CA did not sign (the issuer's name and the signature are checked), or
+    /// more than [`REVOKED_MAX`] entries.
+    pub fn update_revocation_list(
+        &self,
+        path: &Path,
+        certs: &[&Path],
+        serials: &[Vec<u8>],
+        validity: Duration,
+    ) -> Result<RevocationList, DevCertError> {
+        let crl_err = |what: String| DevCertError::Crl { path: path.to_path_buf(), what };
+        let ca = self.key()?;
+        let now = SystemTime::now();
+        let mut entries: Vec<RevokedCertParams> = Vec::new();
+        let mut revoked: Vec<Revoked> = Vec::new();
+        if path.exists() {
+            let ders = crate::tls::read_crls(path).map_err(|e| crl_err(e.to_string()))?;
+            for der in &ders {
+                let parse = || {
+                    webpki::BorrowedCertRevocationList::from_der(der)
+                        .map_err(|e| crl_err(format!("not a revocation list rustls-webpki accepts: {e}")))
+                };
+                if !ca.signed(der, webpki::CertRevocationList::from(parse()?).issuer()) {
+                    return Err(crl_err(
+                        "it holds a list not signed by this CA (another CA's); give each CA its own file".into(),
+                    ));
+                }
+                let list = parse()?;
+                for entry in &list {
+                    let entry = entry.map_err(|e| crl_err(format!("an entry cannot be read: {e}")))?;
+                    let serial = normalize_serial(entry.serial_number);
+                    if revoked.iter().any(|r| r.serial == serial) {
+                        continue;
+                    }
+                    if revoked.len() >= REVOKED_MAX {
+                        return Err(crl_err(format!("it lists more than {REVOKED_MAX} certificates")));
+                    }
+                    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(entry.revocation_date.as_secs());
+                    revoked.push(Revoked { serial: serial.clone(), revoked_unix: unix(when) });
+                    entries.push(RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(&serial),
+                        revocation_time: when.into(),
+                        reason_code: entry.reason_code.map(rcgen_reason),
+                        invalidity_date: entry
+                            .invalidity_date
+                            .map(|t| (SystemTime::UNIX_EPOCH + Duration::from_secs(t.as_secs())).into()),
+                    });
+                }
+            }
+        }
+        let mut new_serials = Vec::new();
+        for cert in certs {
+            let read_err = |what: String| DevCertError::Read { path: cert.to_path_buf(), what };
+            let der = CertificateDer::from_pem_file(cert).map_err(|e| read_err(e.to_string()))?;
+            let (issuer, _) =
+                crate::der::issuer_and_subject(&der).ok_or_else(|| read_err("its issuer cannot be read".into()))?;
+            if !ca.signed(&der, issuer) {
+                return Err(read_err("it was not issued by this CA".into()));
+            }
+            let serial = crate::der::serial(&der).ok_or_else(|| read_err("no serial number".into()))?;
+            new_serials.push(normalize_serial(serial));
+        }
+        new_serials.extend(serials.iter().map(|s| normalize_serial(s)));
+        let mut added = Vec::new();
+        for serial in new_serials {
+            if serial.is_empty() || revoked.iter().any(|r| r.serial == serial) {
+                continue;
+            }
+            if revoked.len() >= REVOKED_MAX {
+                return Err(crl_err(format!("it would list more than {REVOKED_MAX} certificates")));
+            }
+            revoked.push(Revoked { serial: serial.clone(), revoked_unix: unix(now) });
+            entries.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: now.into(),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+            added.push(serial);
+        }
+        // Milliseconds since 1970: increases from one list to the next (RFC 5280 asks for a
+        // monotonically increasing number), and stays above the small numbers openssl counts.
+        let number = now.duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
+        let next_update = now + validity;
+        let params = CertificateRevocationListParams {
+            this_update: (now - Duration::from_secs(60)).into(),
+            next_update: next_update.into(),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: entries,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer)?;
+        write_file(path, crl.pem()?.as_bytes(), false)?;
+        Ok(RevocationList { revoked, added, next_update_unix: unix(next_update) })
+    }
+}
+
+/// rustls-webpki's revocation reason as rcgen's.
+fn rcgen_reason(reason: webpki::RevocationReason) -> RevocationReason {
+    use webpki::RevocationReason as W;
+    match reason {
+        W::Unspecified => RevocationReason::Unspecified,
+        W::KeyCompromise => RevocationReason::KeyCompromise,
+        W::CaCompromise => RevocationReason::CaCompromise,
+        W::AffiliationChanged => RevocationReason::AffiliationChanged,
+        W::Superseded => RevocationReason::Superseded,
+        W::CessationOfOperation => RevocationReason::CessationOfOperation,
+        W::CertificateHold => RevocationReason::CertificateHold,
+        W::RemoveFromCrl => RevocationReason::RemoveFromCrl,
+        W::PrivilegeWithdrawn => RevocationReason::PrivilegeWithdrawn,
+        W::AaCompromise => RevocationReason::AaCompromise,
+    }
+}
+
 /// A CA certificate's subject as rcgen names it, attribute by attribute with the same string
 /// types, so that issued certificates name their issuer byte for byte as the CA names itself
 /// (that is how a verifier finds the issuer).
@@ -455,6 +660,59 @@ mod tests {
             creds.check_usable().unwrap();
             assert_eq!(creds.identity(), identity);
         }
+    }
+
+    #[test]
+    fn a_revocation_list_is_updated_in_place_and_keeps_its_entries() {
+        let dir = scratch("crl");
+        let cluster = ClusterId::new("crl").unwrap();
+        let writer = (Principal::new("w").unwrap(), Role::Write);
+        let made = generate(&dir.0, &cluster, &[node(1), node(2)], std::slice::from_ref(&writer)).unwrap();
+        let ca = DevCa::load(&made.ca, &dir.0.join("ca.key")).unwrap();
+        let crl = dir.0.join("ca.crl");
+        let usable = |paths: &TlsPaths| {
+            Credentials::load_with_crls(paths.clone(), vec![crl.clone()])
+                .unwrap()
+                .check_usable()
+                .map_err(|e| e.to_string())
+        };
+        // A new, empty list.
+        let empty = ca.update_revocation_list(&crl, &[], &[], DEV_VALIDITY).unwrap();
+        assert!(empty.revoked.is_empty() && empty.added.is_empty());
+        usable(&made.nodes[&node(2)]).unwrap();
+        // Node 2's certificate, then the writer's by serial number (as openssl prints it).
+        let two = made.nodes[&node(2)].cert.as_path();
+        let first = ca.update_revocation_list(&crl, &[two], &[], DEV_VALIDITY).unwrap();
+        assert_eq!(first.revoked.len(), 1);
+        let e = usable(&made.nodes[&node(2)]).unwrap_err();
+        assert!(e.to_lowercase().contains("revoked"), "{e}");
+        usable(&made.clients[&writer.0]).unwrap();
+        let der = CertificateDer::from_pem_file(&made.clients[&writer.0].cert).unwrap();
+        let mut serial = crate::der::serial(&der).unwrap().to_vec();
+        serial.insert(0, 0); // leading zeros name the same number
+        let second = ca.update_revocation_list(&crl, &[two], &[serial], DEV_VALIDITY).unwrap();
+        assert_eq!(second.revoked.len(), 2, "node 2 kept, listed once: {second:?}");
+        assert_eq!(second.revoked[0], first.revoked[0], "an earlier entry keeps its date");
+        assert_eq!(second.added.len(), 1);
+        assert!(usable(&made.clients[&writer.0]).unwrap_err().to_lowercase().contains("revoked"));
+        assert!(usable(&made.nodes[&node(2)]).unwrap_err().to_lowercase().contains("revoked"));
+        usable(&made.nodes[&node(1)]).unwrap();
+
+        // Another CA's certificate, and another CA's list, are refused: that CA has the same
+        // name (the same cluster), so its signature tells them apart.
+        let other = generate(&dir.0.join("other"), &cluster, &[node(1)], &[]).unwrap();
+        let m = ca.update_revocation_list(&crl, &[&other.nodes[&node(1)].cert], &[], DEV_VALIDITY).unwrap_err();
+        assert!(m.to_string().contains("not issued by this CA"), "{m}");
+        let m = other.authority.update_revocation_list(&crl, &[], &[], DEV_VALIDITY).unwrap_err();
+        assert!(m.to_string().contains("another CA"), "{m}");
+        // A file that is not a list is refused and left alone.
+        let garbled = dir.0.join("garbled.crl");
+        std::fs::write(&garbled, "not a list").unwrap();
+        let m = ca.update_revocation_list(&garbled, &[], &[], DEV_VALIDITY).unwrap_err();
+        assert!(m.to_string().contains("garbled.crl"), "{m}");
+        assert_eq!(std::fs::read(&garbled).unwrap(), b"not a list");
+        assert_eq!(normalize_serial(&[0, 0, 0x80, 1]), vec![0x80, 1]);
+        assert_eq!(normalize_serial(&[0]), vec![0]);
     }
 
     #[test]

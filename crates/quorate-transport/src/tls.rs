@@ -404,7 +404,7 @@ fn mtimes(paths: &TlsPaths, crls: &[PathBuf]) -> Vec<Option<SystemTime>> {
 }
 
 /// Reads the revocation lists of one file: PEM (any number of `X509 CRL` blocks) or DER.
-fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+pub(crate) fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let err = |what: String| TlsError::Crl { path: path.to_owned(), what };
     let len = std::fs::metadata(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?.len();
     if len > CRL_FILE_BYTES_MAX {

@@ -1,9 +1,11 @@
 //! `quorate bench`: a closed-loop load generator. Each of N clients issues one operation at a
 //! time (a read with probability R, else a put) until the duration or the operation cap is
-//! reached; the run prints throughput and latency percentiles.
+//! reached; the run prints throughput and latency percentiles (`-o json`: one object).
 
+use super::output::{Format, print_json};
 use super::{BenchArgs, ConnArgs, Outcome};
 use anyhow::bail;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,26 +23,48 @@ impl Samples {
         self.errors += other.errors;
     }
 
-    /// `label: N ops, E errors, p50 .. p90 .. p99 .. max .. ms`.
-    pub(crate) fn summary(&mut self, label: &str, elapsed: Duration) -> String {
+    /// Latency percentiles in milliseconds: p50, p90, p99, max (`None` without a sample).
+    fn percentiles_ms(&mut self) -> Option<[f64; 4]> {
         self.micros.sort_unstable();
         let n = self.micros.len();
-        let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
         if n == 0 {
-            return format!("{label:<6} 0 ops, {} errors", self.errors);
+            return None;
         }
         let pick = |q: f64| {
             let i = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
             self.micros[i] as f64 / 1000.0
         };
+        Some([pick(0.50), pick(0.90), pick(0.99), self.micros[n - 1] as f64 / 1000.0])
+    }
+
+    fn rate(&self, elapsed: Duration) -> f64 {
+        self.micros.len() as f64 / elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// `label: N ops, E errors, p50 .. p90 .. p99 .. max .. ms`.
+    pub(crate) fn summary(&mut self, label: &str, elapsed: Duration) -> String {
+        let Some([p50, p90, p99, max]) = self.percentiles_ms() else {
+            return format!("{label:<6} 0 ops, {} errors", self.errors);
+        };
         format!(
-            "{label:<6} {n} ops ({rate:.0}/s), {} errors; latency ms p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            "{label:<6} {} ops ({:.0}/s), {} errors; latency ms p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}",
+            self.micros.len(),
+            self.rate(elapsed),
             self.errors,
-            pick(0.50),
-            pick(0.90),
-            pick(0.99),
-            self.micros[n - 1] as f64 / 1000.0,
         )
+    }
+
+    /// As JSON: `ops`, `ops_per_sec`, `errors`, `latency_ms` (`p50`, `p90`, `p99`, `max`;
+    /// `null` without a successful operation).
+    pub(crate) fn json(&mut self, elapsed: Duration) -> Value {
+        let latency =
+            self.percentiles_ms().map(|[p50, p90, p99, max]| json!({"p50": p50, "p90": p90, "p99": p99, "max": max}));
+        json!({
+            "ops": self.micros.len(),
+            "ops_per_sec": self.rate(elapsed),
+            "errors": self.errors,
+            "latency_ms": latency,
+        })
     }
 }
 
@@ -60,7 +84,7 @@ impl Rng {
 /// Errors printed in full, at most (the rest are counted).
 const ERRORS_SHOWN_MAX: u64 = 5;
 
-pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs, format: Format) -> anyhow::Result<Outcome> {
     if !(0.0..=1.0).contains(&args.read_ratio) {
         bail!("--read-ratio must be between 0 and 1, got {}", args.read_ratio);
     }
@@ -124,16 +148,30 @@ pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs) -> anyhow::Result<Out
     all.micros.extend(&reads.micros);
     all.micros.extend(&writes.micros);
     all.errors = reads.errors + writes.errors;
-    println!(
-        "{} clients, {} B values, read ratio {:.2}, {:.1} s",
-        args.clients,
-        args.value_size,
-        args.read_ratio,
-        elapsed.as_secs_f64()
-    );
-    println!("{}", all.summary("all", elapsed));
-    println!("{}", reads.summary("reads", elapsed));
-    println!("{}", writes.summary("writes", elapsed));
+    if format == Format::Json {
+        print_json(&json!({
+            "clients": args.clients,
+            "value_size": args.value_size,
+            "read_ratio": args.read_ratio,
+            "keys": args.keys,
+            "consistency": format!("{:?}", args.consistency).to_lowercase(),
+            "elapsed_s": elapsed.as_secs_f64(),
+            "all": all.json(elapsed),
+            "reads": reads.json(elapsed),
+            "writes": writes.json(elapsed),
+        }))?;
+    } else {
+        println!(
+            "{} clients, {} B values, read ratio {:.2}, {:.1} s",
+            args.clients,
+            args.value_size,
+            args.read_ratio,
+            elapsed.as_secs_f64()
+        );
+        println!("{}", all.summary("all", elapsed));
+        println!("{}", reads.summary("reads", elapsed));
+        println!("{}", writes.summary("writes", elapsed));
+    }
     if all.micros.is_empty() {
         bail!("no operation succeeded");
     }
@@ -152,5 +190,14 @@ mod tests {
         assert!(line.contains("p50 50.00  p90 90.00  p99 99.00  max 100.00"), "{line}");
         let mut empty = Samples::default();
         assert!(empty.summary("reads", Duration::from_secs(1)).contains("0 ops"));
+        // The same figures as JSON.
+        let j = s.json(Duration::from_secs(10));
+        assert_eq!(
+            j,
+            json!({"ops": 100, "ops_per_sec": 10.0, "errors": 2,
+                "latency_ms": {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}})
+        );
+        let j = empty.json(Duration::from_secs(1));
+        assert_eq!((j["ops"].clone(), j["latency_ms"].clone()), (json!(0), Value::Null));
     }
 }

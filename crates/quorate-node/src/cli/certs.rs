@@ -1,8 +1,9 @@
 //! `quorate certs dev`: a local CA, certificates and node configurations for a local cluster.
 //! `quorate certs issue`: one more node or client certificate from an existing CA.
+//! `quorate certs revoke`: the CA's certificate revocation list, updated.
 
 use super::output::{Format, print_json, usage};
-use super::{CertsDevArgs, CertsIssueArgs, IssueKind, Outcome};
+use super::{CertsDevArgs, CertsIssueArgs, CertsRevokeArgs, IssueKind, Outcome};
 use anyhow::{Context, bail};
 use quorate_log::NodeId;
 use quorate_node::config::{LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 const DAY: Duration = Duration::from_secs(86_400);
+/// The revocation list `certs dev` writes (empty) and configures, and `certs revoke` updates.
+const CRL_FILE: &str = "ca.crl";
 /// Issued certificates start this long before now, for clocks that are a little behind.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
@@ -57,7 +60,7 @@ pub(crate) fn node_config(dir: &Path, cluster: &str, id: u64, n: u64, base_port:
             ca: certs.join("ca.crt"),
             cert: certs.join(format!("node-{id}.crt")),
             key: certs.join(format!("node-{id}.key")),
-            crls: Vec::new(),
+            crls: vec![certs.join(CRL_FILE)],
         },
         raft: RaftConfig::default(),
         limits: LimitsConfig::default(),
@@ -118,6 +121,19 @@ pub(crate) fn dev(cluster: &str, args: &CertsDevArgs, format: Format) -> anyhow:
         from_now(args.days),
     )
     .with_context(|| format!("cannot write certificates into {}", certs_dir.display()))?;
+    // An empty revocation list, named by every node's `tls.crls`: `certs revoke` fills it.
+    // (A list of an earlier CA there, with --force, would not be this CA's: replaced.)
+    let crl = certs_dir.join(CRL_FILE);
+    match std::fs::remove_file(&crl) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot replace {}", crl.display()));
+        }
+        _ => {}
+    }
+    written
+        .authority
+        .update_revocation_list(&crl, &[], &[], DAY * args.ca_days as u32)
+        .with_context(|| format!("cannot write {}", crl.display()))?;
     let hour = Duration::from_secs(3600);
     let past = Validity { not_before: now - 2 * hour, not_after: now - hour };
     let mut expired_paths = Vec::new();
@@ -164,6 +180,7 @@ pub(crate) fn dev(cluster: &str, args: &CertsDevArgs, format: Format) -> anyhow:
             "nodes": nodes,
             "clients": clients,
             "expired_clients": expired,
+            "crl": crl.display().to_string(),
             "endpoints": endpoints.join(","),
         }))?;
         return Ok(Outcome::Ok);
@@ -186,6 +203,7 @@ pub(crate) fn dev(cluster: &str, args: &CertsDevArgs, format: Format) -> anyhow:
     for (principal, paths) in &written.clients {
         println!("client {principal}: {}", paths.cert.display());
     }
+    println!("revocation list (empty; `quorate certs revoke CERT --dir DIR` adds to it): {}", crl.display());
     println!(
         "certificates valid for {} days (until {}), the CA for {} days; issue more with `quorate certs issue`",
         args.days,
@@ -318,5 +336,65 @@ pub(crate) fn issue(cluster: &str, args: &CertsIssueArgs, format: Format) -> any
         println!("certificate: {}", cert_path.display());
         println!("key:         {}", key_path.display());
     }
+    Ok(Outcome::Ok)
+}
+
+/// A serial number in hex (`2678365C8B...`, `0x1A`, `1a:2b`), as bytes.
+fn parse_serial(text: &str) -> anyhow::Result<Vec<u8>> {
+    let t = text.trim();
+    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+    let digits: String = t.chars().filter(|c| *c != ':').collect();
+    // A serial number is at most 20 octets (RFC 5280 4.1.2.2); a little slack for zeros.
+    if digits.is_empty() || digits.len() > 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("--serial `{text}` is not a serial number in hex (e.g. 2678365C8B79443422F3)");
+    }
+    let padded = if digits.len() % 2 == 1 { format!("0{digits}") } else { digits };
+    (0..padded.len()).step_by(2).map(|i| u8::from_str_radix(&padded[i..i + 2], 16).context("hex")).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// `quorate certs revoke [CERT...] [--serial HEX...] --dir DIR`: the CA's revocation list with
+/// the entries it has plus these, signed by the CA (whose files are only read).
+pub(crate) fn revoke(args: &CertsRevokeArgs, format: Format) -> anyhow::Result<Outcome> {
+    let serials = args
+        .serial
+        .iter()
+        .map(|s| parse_serial(s).map_err(|e| usage(format!("{e:#}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dir = ca_dir(&args.dir);
+    let ca_cert = args.ca_cert.clone().unwrap_or_else(|| dir.join("ca.crt"));
+    let ca_key = args.ca_key.clone().unwrap_or_else(|| dir.join("ca.key"));
+    let crl = args.crl.clone().unwrap_or_else(|| dir.join(CRL_FILE));
+    let ca = DevCa::load(&ca_cert, &ca_key).context("cannot sign a revocation list with this CA")?;
+    let certs: Vec<&Path> = args.certs.iter().map(PathBuf::as_path).collect();
+    let list =
+        ca.update_revocation_list(&crl, &certs, &serials, DAY * args.days as u32).context("nothing was written")?;
+    if format == Format::Json {
+        let revoked: Vec<_> =
+            list.revoked.iter().map(|r| json!({"serial": hex(&r.serial), "revoked_unix": r.revoked_unix})).collect();
+        print_json(&json!({
+            "crl": crl.display().to_string(),
+            "ca": ca_cert.display().to_string(),
+            "revoked": revoked,
+            "added": list.added.iter().map(|s| hex(s)).collect::<Vec<_>>(),
+            "next_update_unix": list.next_update_unix,
+        }))?;
+        return Ok(Outcome::Ok);
+    }
+    for serial in &list.added {
+        println!("revoked serial {}", hex(serial));
+    }
+    println!(
+        "{}: {} certificates revoked ({} added), signed by {}, next update {}",
+        crl.display(),
+        list.revoked.len(),
+        list.added.len(),
+        ca_cert.display(),
+        utc(list.next_update_unix)
+    );
+    println!("give this file to every node (tls.crls); they re-read it within 2 s");
     Ok(Outcome::Ok)
 }

@@ -73,10 +73,18 @@ fn read_txn(text: &Option<String>, file: &Option<PathBuf>) -> anyhow::Result<quo
             } else {
                 Box::new(std::fs::File::open(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?)
             };
+            // One byte past the limit tells a file at the limit from a longer one, which is
+            // refused whole: a transaction cut short could still parse, and run without its end.
             reader
-                .take(TXN_TEXT_BYTES_MAX)
+                .take(TXN_TEXT_BYTES_MAX + 1)
                 .read_to_string(&mut s)
                 .map_err(|e| usage(format!("cannot read the transaction: {e}")))?;
+            if s.len() as u64 > TXN_TEXT_BYTES_MAX {
+                let from = if path.as_os_str() == "-" { "standard input".into() } else { path.display().to_string() };
+                return Err(usage(format!(
+                    "the transaction in {from} is larger than {TXN_TEXT_BYTES_MAX} bytes, the limit"
+                )));
+            }
             s
         }
         (None, None) => return Err(usage("give the transaction as text or with --file")),

@@ -49,7 +49,7 @@ impl Outcome {
 #[command(name = "quorate", version = quorate_node::VERSION, propagate_version = true, disable_help_subcommand = true)]
 #[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found, 4 comparison \
 false (cas, txn), 5 cluster unavailable (nothing done), 6 refused (role, invalid request, revision compacted or in the future), 7 outcome of a write \
-unknown. `-o json` prints one JSON object (`kv scan`: one per line); see docs/operations.md.")]
+unknown. `-o json` prints one JSON object (`kv scan`, `top`: one per line); see docs/operations.md.")]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -80,14 +80,16 @@ pub(crate) enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCmd),
-    /// A closed-loop load generator: throughput and latency percentiles.
+    /// A closed-loop load generator: throughput and latency percentiles (`-o json`: the
+    /// summary as one JSON object).
     Bench(BenchArgs),
     /// Re-run a flight recording through a fresh consensus core and compare its outputs.
     Replay(flight::ReplayArgs),
     /// Debugging tools.
     #[command(subcommand)]
     Debug(flight::DebugCmd),
-    /// A live view of every node: role, term, commit, applied, lag, throughput.
+    /// A live view of every node: role, term, commit, applied, lag, throughput (`-o json`:
+    /// one JSON object per refresh, one per line).
     Top(top::TopArgs),
     /// Every member's health, each asked directly.
     #[command(subcommand)]
@@ -104,9 +106,11 @@ pub(crate) enum Command {
 pub(crate) enum EndpointCmd {
     /// Ask every member of the cluster (from the cluster's member list; the --endpoints when
     /// it cannot be read) for its health and status: a table, or `-o json`. Healthy: it
-    /// answers, knows a leader, accepts writes (free disk space above its floor) and is not
-    /// recovering. Exit 0 when every member is healthy, 1 when one is not or does not answer
-    /// (or the member list cannot be read), 5 when none answers.
+    /// serves a linearizable read (a quorum round through it), accepts writes (free disk
+    /// space above its floor) and is not recovering. Exit 0 when every member is healthy; 1
+    /// when one is not or does not answer (or the member list cannot be read) while a majority
+    /// of the voters is healthy; 5 when no majority of the voters is healthy (no quorum), none
+    /// answering included.
     Health,
 }
 
@@ -415,6 +419,37 @@ pub(crate) enum CertsCmd {
     /// read): `certs issue node 4 --dir DIR`, `certs issue client app:write --dir DIR`. The
     /// cluster's name is the global `--cluster`.
     Issue(CertsIssueArgs),
+    /// Revoke certificates: write the CA's revocation list (CRL) with the certificates it
+    /// already lists plus CERT... and --serial; a new list when the file does not exist, an
+    /// empty one with nothing to add. Give the file to every node (`tls.crls`); nodes re-read
+    /// it within 2 s and close the revoked peers' and clients' connections.
+    Revoke(CertsRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertsRevokeArgs {
+    /// Certificates to revoke (PEM files issued by this CA).
+    pub(crate) certs: Vec<PathBuf>,
+    /// A serial number to revoke, in hex as `openssl x509 -noout -serial` prints it (when the
+    /// certificate's file is gone). Repeatable.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) serial: Vec<String>,
+    /// The CA directory: its ca.crt and ca.key (DIR/certs also works, as `certs dev` writes).
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
+    /// The CA certificate (default: ca.crt in --dir).
+    #[arg(long)]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// The CA's private key (default: ca.key in --dir).
+    #[arg(long)]
+    pub(crate) ca_key: Option<PathBuf>,
+    /// The revocation list to update or create (default: ca.crl in the CA directory, which
+    /// `certs dev` configures every node with).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) crl: Option<PathBuf>,
+    /// Days until the list's next update (nodes keep using it after; other verifiers may not).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=398))]
+    pub(crate) days: u64,
 }
 
 /// What `certs issue` issues a certificate for.
@@ -513,12 +548,7 @@ pub(crate) struct BenchArgs {
 /// Runs a parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Node(NodeCmd::Start(_))
-        | Command::Replay(_)
-        | Command::Debug(_)
-        | Command::Top(_)
-        | Command::Bench(_)
-        | Command::Completions { .. }
+        Command::Node(NodeCmd::Start(_)) | Command::Replay(_) | Command::Debug(_) | Command::Completions { .. }
             if cli.conn.output == output::Format::Json =>
         {
             Err(output::usage("this command has no JSON output; leave out -o json"))
@@ -527,6 +557,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Node(NodeCmd::ForceNewCluster(args)) => recover::force_new_cluster(&args, cli.conn.output),
         Command::Certs(CertsCmd::Dev(args)) => certs::dev(&cli.conn.cluster, &args, cli.conn.output),
         Command::Certs(CertsCmd::Issue(args)) => certs::issue(&cli.conn.cluster, &args, cli.conn.output),
+        Command::Certs(CertsCmd::Revoke(args)) => certs::revoke(&args, cli.conn.output),
         Command::Snapshot(SnapshotCmd::Restore(args)) => snapshot::restore(&args, cli.conn.output),
         Command::Snapshot(SnapshotCmd::Status { file }) => snapshot::status(&file, cli.conn.output),
         Command::Completions { shell } => {
@@ -545,10 +576,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Some(_) => block_on(snapshot::save_to_file(&cli.conn, &args)),
             None => block_on(cluster::snapshot_save(&cli.conn)),
         },
-        Command::Top(args) => block_on(top::run(&cli.conn, &args)),
+        Command::Top(args) => block_on(top::run(&cli.conn, &args, cli.conn.output)),
         Command::Bench(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(bench::run(&cli.conn, &args))
+            rt.block_on(bench::run(&cli.conn, &args, cli.conn.output))
         }
     }
 }

@@ -216,6 +216,16 @@ fn certs_dev_writes_certificates_and_configs() {
     ] {
         assert!(args.dir.join(f).exists(), "{f} missing");
     }
+    // An empty revocation list, which every node's configuration names.
+    let crl = std::fs::canonicalize(args.dir.join("certs/ca.crl")).unwrap();
+    let config = quorate_node::config::NodeConfig::load(&args.dir.join("node-2.toml")).unwrap();
+    assert_eq!(config.tls.crls, vec![crl]);
+    let creds = quorate_transport::Credentials::load_with_crls(
+        quorate_transport::TlsPaths { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key },
+        config.tls.crls,
+    )
+    .unwrap();
+    creds.check_usable().unwrap();
     let again = certs::dev("dev", &args, output::Format::Text).unwrap_err();
     assert!(again.to_string().contains("--force"), "{again}");
 }
@@ -602,4 +612,69 @@ fn snapshot_save_to_a_file_and_bounded_stale_reads_parse() {
     let Command::Kv(KvCmd::Get { consistency, bound, .. }) = cli.command else { panic!("not kv get") };
     assert!(bound.level(consistency).is_err());
     assert_eq!(StalenessArgs::default().level(Consistency::Stale).unwrap(), quorate_client::ReadConsistency::Stale);
+}
+
+#[test]
+fn certs_revoke_takes_certificates_serials_and_a_list() {
+    let cli = parse(&["certs", "revoke", "a.crt", "b.crt", "--serial", "1A:2B", "--dir", "ca", "--days", "7"]).unwrap();
+    let Command::Certs(CertsCmd::Revoke(a)) = cli.command else { panic!("not certs revoke") };
+    assert_eq!(a.certs, vec![PathBuf::from("a.crt"), PathBuf::from("b.crt")]);
+    assert_eq!((a.serial.clone(), a.days, a.crl.clone()), (vec!["1A:2B".to_string()], 7, None));
+    assert!(parse(&["certs", "revoke", "--dir", "ca"]).is_ok(), "nothing to add: an empty or refreshed list");
+    assert_eq!(parse(&["certs", "revoke", "a.crt"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+    assert_eq!(
+        parse(&["certs", "revoke", "--dir", "ca", "--days", "0"]).unwrap_err().kind(),
+        ErrorKind::ValueValidation
+    );
+}
+
+#[test]
+fn certs_revoke_adds_to_the_list_and_refuses_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dev_ca(&dir.path().join("ca"), 30, 365);
+    let root = certs.clone();
+    let args = |certs_: Vec<PathBuf>, serial: Vec<String>| CertsRevokeArgs {
+        certs: certs_,
+        serial,
+        dir: root.clone(),
+        ca_cert: None,
+        ca_key: None,
+        crl: None,
+        days: 30,
+    };
+    let node2 = certs.join("node-2.crt");
+    certs::revoke(&args(vec![node2.clone()], vec![]), output::Format::Text).unwrap();
+    let paths =
+        quorate_transport::TlsPaths { ca: certs.join("ca.crt"), cert: node2.clone(), key: certs.join("node-2.key") };
+    let creds = quorate_transport::Credentials::load_with_crls(paths, vec![certs.join("ca.crl")]).unwrap();
+    let e = creds.check_usable().unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("revoked"), "{e}");
+    // A serial that is not hex is a usage error; a missing certificate says which.
+    let err = certs::revoke(&args(vec![], vec!["0xZZ".into()]), output::Format::Text).unwrap_err();
+    assert_eq!(output::exit_of(&err), output::Exit::Usage, "{err:#}");
+    let err = certs::revoke(&args(vec![certs.join("nope.crt")], vec![]), output::Format::Text).unwrap_err();
+    assert!(format!("{err:#}").contains("nope.crt"), "{err:#}");
+    let before = std::fs::read(certs.join("ca.crl")).unwrap();
+    // A CA directory without a key: nothing written.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(certs.join("ca.crt"), elsewhere.join("ca.crt")).unwrap();
+    let mut a = args(vec![], vec![]);
+    a.dir = elsewhere;
+    a.crl = Some(certs.join("ca.crl"));
+    let err = certs::revoke(&a, output::Format::Text).unwrap_err();
+    assert!(format!("{err:#}").contains("ca.key"), "{err:#}");
+    assert_eq!(std::fs::read(certs.join("ca.crl")).unwrap(), before);
+}
+
+#[test]
+fn endpoint_health_help_states_the_exit_codes_the_code_uses() {
+    let mut cmd = Cli::command();
+    let help = cmd.find_subcommand_mut("endpoint").unwrap().find_subcommand_mut("health").unwrap().render_long_help();
+    let help = help.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("5 when no majority of the voters is healthy (no quorum), none answering included"),
+        "{help}"
+    );
+    assert!(!help.contains("5 when none answers"), "{help}");
 }

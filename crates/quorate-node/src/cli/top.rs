@@ -2,11 +2,14 @@
 //! apply lag, commit throughput — refreshed every second (plain ANSI, no TUI framework).
 //! `--once` prints a single frame without escape codes (scripts and tests). Without it, the
 //! screen is cleared between frames and the leader coloured only on a terminal, and colour is
-//! never used when `NO_COLOR` is set (<https://no-color.org>).
+//! never used when `NO_COLOR` is set (<https://no-color.org>). With `-o json`, one JSON
+//! object per frame, one per line (JSON lines), and never an escape code.
 
+use super::output::{Format, print_json};
 use super::{ConnArgs, Outcome};
 use quorate_client::NodeStatus;
 use quorate_log::NodeId;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -51,22 +54,66 @@ struct Row {
     rate: Option<f64>,
 }
 
-/// Renders one frame. `color`: ANSI colours (leader green, unreachable red).
-fn frame(rows: &[Row], color: bool) -> String {
-    let leader_commit = rows
-        .iter()
+/// The highest commit index a leader of the frame reports.
+fn leader_commit(rows: &[Row]) -> Option<u64> {
+    rows.iter()
         .filter_map(|r| r.status.as_ref().ok())
         .filter(|s| s.role == quorate_core::Role::Leader)
         .map(|s| s.commit)
-        .max();
+        .max()
+}
+
+/// Entries node `s` still has to apply to reach the leader's commit (its own without one).
+fn lag(s: &View, leader_commit: Option<u64>) -> u64 {
+    leader_commit.unwrap_or(s.commit).max(s.commit).saturating_sub(s.applied)
+}
+
+/// One frame as JSON: `frame` (from 1), `interval_ms`, and `nodes`: `id`, `reachable`, and
+/// `role`, `term`, `leader`, `commit`, `applied`, `lag`, `commits_per_sec` (`null` on the
+/// first frame), `error` (`null` when it answered).
+fn frame_json(rows: &[Row], frame: u64, interval_ms: u64) -> Value {
+    let leader_commit = leader_commit(rows);
+    let nodes: Vec<Value> = rows
+        .iter()
+        .map(|r| match &r.status {
+            Ok(s) => json!({
+                "id": r.id.get(),
+                "reachable": true,
+                "role": s.role.to_string(),
+                "term": s.term,
+                "leader": s.leader.map(NodeId::get),
+                "commit": s.commit,
+                "applied": s.applied,
+                "lag": lag(s, leader_commit),
+                "commits_per_sec": r.rate,
+                "error": null,
+            }),
+            Err(e) => json!({
+                "id": r.id.get(),
+                "reachable": false,
+                "role": null,
+                "term": null,
+                "leader": null,
+                "commit": null,
+                "applied": null,
+                "lag": null,
+                "commits_per_sec": null,
+                "error": e,
+            }),
+        })
+        .collect();
+    json!({"frame": frame, "interval_ms": interval_ms, "nodes": nodes})
+}
+
+/// Renders one frame. `color`: ANSI colours (leader green, unreachable red).
+fn frame(rows: &[Row], color: bool) -> String {
+    let leader_commit = leader_commit(rows);
     let header = ["NODE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "COMMITS/S"];
     let mut table: Vec<(Vec<String>, Option<&str>)> = vec![(header.iter().map(|s| (*s).to_string()).collect(), None)];
     for r in rows {
         match &r.status {
             Ok(s) => {
-                // Lag: entries this node still has to apply to reach the leader's commit.
-                let target = leader_commit.unwrap_or(s.commit).max(s.commit);
-                let lag = target.saturating_sub(s.applied);
+                let lag = lag(s, leader_commit);
                 let hue = if s.role == quorate_core::Role::Leader { Some("\x1b[1;32m") } else { None };
                 table.push((
                     vec![
@@ -106,7 +153,7 @@ fn frame(rows: &[Row], color: bool) -> String {
 }
 
 /// Runs `quorate top`.
-pub(crate) async fn run(conn: &ConnArgs, args: &TopArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn run(conn: &ConnArgs, args: &TopArgs, format: Format) -> anyhow::Result<Outcome> {
     let client = conn.client()?;
     let frames = if args.once { 1 } else { args.frames.unwrap_or(FRAMES_MAX) };
     let mut previous: BTreeMap<NodeId, (u64, Instant)> = BTreeMap::new();
@@ -131,7 +178,9 @@ pub(crate) async fn run(conn: &ConnArgs, args: &TopArgs) -> anyhow::Result<Outco
             })
             .collect();
         answered_once |= rows.iter().any(|r| r.status.is_ok());
-        if args.once {
+        if format == Format::Json {
+            print_json(&frame_json(&rows, n + 1, args.interval_ms))?;
+        } else if args.once {
             print!("{}", frame(&rows, false));
         } else {
             // On a terminal: clear the screen, home the cursor, draw (in colour unless
@@ -184,5 +233,20 @@ mod tests {
         assert!(lines[3].contains("unreachable") && lines[3].contains("timed out"), "{f}");
         assert!(!f.contains('\x1b'), "no escape codes without colour");
         assert!(frame(&rows, true).contains("\x1b[1;32m1 "), "the leader is highlighted");
+
+        // The same frame as one JSON object on one line.
+        let line = serde_json::to_string(&frame_json(&rows, 7, 500)).unwrap();
+        assert!(!line.contains('\n') && !line.contains('\x1b'), "{line}");
+        let j: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!((j["frame"].clone(), j["interval_ms"].clone()), (json!(7), json!(500)));
+        let nodes = j["nodes"].as_array().unwrap();
+        assert_eq!(
+            nodes[0],
+            json!({"id": 1, "reachable": true, "role": "leader", "term": 4, "leader": 1, "commit": 120,
+                "applied": 118, "lag": 2, "commits_per_sec": 40.0, "error": null})
+        );
+        assert_eq!((nodes[1]["lag"].clone(), nodes[1]["commits_per_sec"].clone()), (json!(30), Value::Null));
+        assert_eq!((nodes[2]["reachable"].clone(), nodes[2]["error"].clone()), (json!(false), json!("timed out")));
+        assert_eq!(nodes[2]["commit"], Value::Null);
     }
 }
