@@ -393,7 +393,7 @@ pub struct LimitsConfig {
     /// status as a danger setting.
     pub danger_skip_fsync: bool,
     /// DANGER: obey the fault-injection file `failpoints.toml` in the data directory (slow
-    /// disk, disk full, clock rate; see `quorate_node::failpoints`). For fault testing only.
+    /// disk, disk full, clock rate; see docs/chaos.md). For fault testing only.
     pub danger_failpoints: bool,
     /// Memory for the flight recorder of the consensus core's inputs, in MiB (the base log
     /// capture may take as much again); 0 turns it off. See docs/operations.md.

@@ -75,16 +75,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// The control file, in the node's data directory.
-pub const FILE_NAME: &str = "failpoints.toml";
+pub(crate) const FILE_NAME: &str = "failpoints.toml";
 
 /// How often the control file is read.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The largest slow-disk delay accepted.
-pub const SLOW_DISK_MS_MAX: u64 = 60_000;
+pub(crate) const SLOW_DISK_MS_MAX: u64 = 60_000;
 
 /// The most write-ahead-log records `tear_wal` may cut.
-pub const TEAR_RECORDS_MAX: u64 = 4096;
+pub(crate) const TEAR_RECORDS_MAX: u64 = 4096;
 
 /// Largest control file read, in bytes.
 const FILE_BYTES_MAX: u64 = 64 * 1024;
@@ -92,41 +92,41 @@ const FILE_BYTES_MAX: u64 = 64 * 1024;
 /// What the control file may say. Unknown fields are refused.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Delay before each persist completion, in milliseconds (0: off).
-    pub slow_disk_ms: u64,
+    pub(crate) slow_disk_ms: u64,
     /// Report the disk as full.
-    pub disk_full: bool,
+    pub(crate) disk_full: bool,
     /// Rate of the node's clock (1.0: real time).
-    pub clock_rate: f64,
+    pub(crate) clock_rate: f64,
     /// Send this node's applied-hash samples to its peers with one bit flipped: their
     /// cross-replica check must report a `cross_replica_hash` violation.
-    pub corrupt_hash_samples: bool,
+    pub(crate) corrupt_hash_samples: bool,
     /// The store's own free-space floor reports full (appends wait for space).
-    pub disk_full_store: bool,
+    pub(crate) disk_full_store: bool,
     /// Fail every consensus write: `""` (off), `"eio"`, `"eio-after-write"` or `"enospc"`.
-    pub fsync_error: String,
+    pub(crate) fsync_error: String,
     /// A new non-zero value flips a byte of a record of the newest write-ahead log.
-    pub corrupt_wal: u64,
+    pub(crate) corrupt_wal: u64,
     /// A new non-zero value cuts the newest write-ahead log in its last records and aborts.
-    pub tear_wal: u64,
+    pub(crate) tear_wal: u64,
     /// How many records from the end `tear_wal` loses (1: the last one).
-    pub tear_wal_records: u64,
+    pub(crate) tear_wal_records: u64,
     /// A new non-zero value flips a byte in a table file of `corrupt_table_cf`.
-    pub corrupt_table: u64,
+    pub(crate) corrupt_table: u64,
     /// The column family of `corrupt_table`: `"sm"` or `"log"`.
-    pub corrupt_table_cf: String,
+    pub(crate) corrupt_table_cf: String,
     /// Delay before each resolution of a member's address, in milliseconds (0: off).
-    pub slow_resolve_ms: u64,
+    pub(crate) slow_resolve_ms: u64,
     /// Delay of the apply thread before each message it handles, in milliseconds (0: off).
-    pub slow_apply_ms: u64,
+    pub(crate) slow_apply_ms: u64,
     /// Delay of each read served, in milliseconds (0: off).
-    pub slow_read_ms: u64,
+    pub(crate) slow_read_ms: u64,
     /// Serve read-only transactions key by key from the live state, this many milliseconds
     /// apart, instead of from one view (0: off). A test-only weakening.
-    pub torn_txn_reads_ms: u64,
+    pub(crate) torn_txn_reads_ms: u64,
     /// The apply thread panics at its next turn.
-    pub kill_apply_thread: bool,
+    pub(crate) kill_apply_thread: bool,
 }
 
 impl Default for Settings {
@@ -167,7 +167,7 @@ impl Settings {
 /// Why a control file was not applied.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum FailpointError {
+pub(crate) enum FailpointError {
     /// The file is not valid TOML of the expected shape.
     #[error("{path}: {detail}")]
     Parse {
@@ -188,7 +188,7 @@ pub enum FailpointError {
 
 impl Settings {
     /// Parses and checks the text of a control file.
-    pub fn parse(text: &str, path: &Path) -> Result<Settings, FailpointError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Settings, FailpointError> {
         let s: Settings = toml::from_str(text)
             .map_err(|e| FailpointError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
         for (name, ms) in [
@@ -273,14 +273,14 @@ struct Disk {
 
 /// A handle on the node's failpoints (cheap to clone).
 #[derive(Clone, Debug)]
-pub struct Failpoints {
+pub(crate) struct Failpoints {
     inner: Arc<Inner>,
 }
 
 impl Failpoints {
     /// Failpoints that never fire.
     #[must_use]
-    pub fn disabled() -> Failpoints {
+    pub(crate) fn disabled() -> Failpoints {
         Failpoints::new(false)
     }
 
@@ -304,7 +304,7 @@ impl Failpoints {
     }
 
     /// Gives the disk faults the store they act on, and applies the ones already set.
-    pub fn attach_store(&self, store: &Arc<RocksStore>) {
+    pub(crate) fn attach_store(&self, store: &Arc<RocksStore>) {
         if !self.inner.enabled {
             return;
         }
@@ -317,7 +317,7 @@ impl Failpoints {
     /// With `enabled`, failpoints controlled by `data_dir/`[`FILE_NAME`], polled by a small
     /// thread that ends when the last handle is dropped; otherwise [`Failpoints::disabled`].
     #[must_use]
-    pub fn start(data_dir: &Path, enabled: bool) -> Failpoints {
+    pub(crate) fn start(data_dir: &Path, enabled: bool) -> Failpoints {
         if !enabled {
             return Failpoints::disabled();
         }
@@ -332,14 +332,8 @@ impl Failpoints {
         fp
     }
 
-    /// Whether failpoints are on at all.
-    #[must_use]
-    pub fn enabled(&self) -> bool {
-        self.inner.enabled
-    }
-
     /// Applies settings (from the control file, or a test).
-    pub fn apply(&self, s: &Settings) {
+    pub(crate) fn apply(&self, s: &Settings) {
         if !self.inner.enabled {
             return;
         }
@@ -409,7 +403,7 @@ impl Failpoints {
 
     /// The slow-disk delay, if that fault is on.
     #[must_use]
-    pub fn fsync_delay(&self) -> Option<Duration> {
+    pub(crate) fn fsync_delay(&self) -> Option<Duration> {
         if !self.inner.enabled {
             return None;
         }
@@ -418,7 +412,7 @@ impl Failpoints {
     }
 
     /// Sleeps for the slow-disk delay, if on (call on the persistence thread only).
-    pub fn before_persist_completion(&self) {
+    pub(crate) fn before_persist_completion(&self) {
         if let Some(d) = self.fsync_delay() {
             std::thread::sleep(d);
         }
@@ -426,13 +420,13 @@ impl Failpoints {
 
     /// The slow-resolution delay, if that fault is on.
     #[must_use]
-    pub fn resolve_delay(&self) -> Option<Duration> {
+    pub(crate) fn resolve_delay(&self) -> Option<Duration> {
         let ms = if self.inner.enabled { self.inner.slow_resolve_ms.load(Ordering::Relaxed) } else { 0 };
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
     /// Sleeps for the slow-apply delay, if on (call on the apply thread only).
-    pub fn before_apply(&self) {
+    pub(crate) fn before_apply(&self) {
         let ms = if self.inner.enabled { self.inner.slow_apply_ms.load(Ordering::Relaxed) } else { 0 };
         if ms > 0 {
             std::thread::sleep(Duration::from_millis(ms));
@@ -441,7 +435,7 @@ impl Failpoints {
 
     /// Panics if the dead-apply-thread fault is on (call on the apply thread only, at each
     /// of its turns).
-    pub fn apply_turn(&self) {
+    pub(crate) fn apply_turn(&self) {
         if self.inner.enabled && self.inner.kill_apply_thread.load(Ordering::Relaxed) {
             tracing::error!("failpoint: killing the apply thread");
             panic!("failpoint: the apply thread was killed");
@@ -449,7 +443,7 @@ impl Failpoints {
     }
 
     /// Sleeps for the slow-read delay, if on (call where a read is served).
-    pub fn before_read(&self) {
+    pub(crate) fn before_read(&self) {
         let ms = if self.inner.enabled { self.inner.slow_read_ms.load(Ordering::Relaxed) } else { 0 };
         if ms > 0 {
             std::thread::sleep(Duration::from_millis(ms));
@@ -458,27 +452,27 @@ impl Failpoints {
 
     /// The gap between the gets of a torn read-only transaction, if that weakening is on.
     #[must_use]
-    pub fn torn_txn_reads(&self) -> Option<Duration> {
+    pub(crate) fn torn_txn_reads(&self) -> Option<Duration> {
         let ms = if self.inner.enabled { self.inner.torn_txn_reads_ms.load(Ordering::Relaxed) } else { 0 };
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
     /// Whether the disk-full fault is on.
     #[must_use]
-    pub fn disk_full(&self) -> bool {
+    pub(crate) fn disk_full(&self) -> bool {
         self.inner.enabled && self.inner.disk_full.load(Ordering::Relaxed)
     }
 
     /// Whether the samples sent to peers are to be corrupted.
     #[must_use]
-    pub fn corrupt_hash_samples(&self) -> bool {
+    pub(crate) fn corrupt_hash_samples(&self) -> bool {
         self.inner.enabled && self.inner.corrupt_hash_samples.load(Ordering::Relaxed)
     }
 
     /// The node's time for `real` time since the driver started (skewed by the clock fault).
     /// Monotonic as long as `real` is.
     #[must_use]
-    pub fn clock(&self, real: Duration) -> Duration {
+    pub(crate) fn clock(&self, real: Duration) -> Duration {
         if !self.inner.enabled {
             return real;
         }
@@ -496,7 +490,7 @@ impl Failpoints {
     /// The real time (since the driver started) at which the node's clock reads `virtual_`;
     /// for timers. Never earlier than the last rate change.
     #[must_use]
-    pub fn real_at(&self, virtual_: Duration) -> Duration {
+    pub(crate) fn real_at(&self, virtual_: Duration) -> Duration {
         if !self.inner.enabled {
             return virtual_;
         }

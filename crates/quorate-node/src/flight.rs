@@ -78,7 +78,7 @@ use quorate_api::flight::{FORMAT_WINDOW, TRAILER_BYTES};
 
 /// The batch the node writes for a recorded persist request (as [`persist_batch`]).
 #[must_use]
-pub fn pending_batch(p: &Pending) -> PersistBatch {
+pub(crate) fn pending_batch(p: &Pending) -> PersistBatch {
     PersistBatch {
         hard_state: p.hard_state,
         truncate_from: p.entries.first().map(|e| e.index),
@@ -90,11 +90,11 @@ pub fn pending_batch(p: &Pending) -> PersistBatch {
 }
 
 /// Most persist batches in flight the recorder tracks (beyond, the mirror is dropped).
-pub const PENDING_MAX: usize = 65_536;
+pub(crate) const PENDING_MAX: usize = 65_536;
 /// Dump files kept in the flight directory; older ones are deleted when a new one is written.
-pub const DUMPS_KEPT: usize = 16;
+pub(crate) const DUMPS_KEPT: usize = 16;
 /// Dumps written on invariant violations per process (the first ones matter).
-pub const VIOLATION_DUMPS_MAX: u32 = 4;
+pub(crate) const VIOLATION_DUMPS_MAX: u32 = 4;
 
 /// The file a dump request is made with, in the flight directory (the fallback of
 /// `quorate debug flight-dump --data-dir` when the client API cannot be used).
@@ -154,7 +154,7 @@ mod erased {
 
 /// The persist batch the node writes for a `Ready`'s `Persist` (as the driver builds it).
 #[must_use]
-pub fn persist_batch(p: &quorate_core::Persist) -> PersistBatch {
+pub(crate) fn persist_batch(p: &quorate_core::Persist) -> PersistBatch {
     PersistBatch {
         hard_state: p.hard_state,
         truncate_from: p.entries.first().map(|e| e.index),
@@ -453,16 +453,16 @@ impl Recorder {
 /// A dump written to a file.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub struct Dumped {
+pub(crate) struct Dumped {
     /// The file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Inputs it holds (after its checkpoint).
-    pub inputs: u64,
+    pub(crate) inputs: u64,
 }
 
 /// A dump encoded in memory, to be written to the flight directory (off the driver's task).
 #[derive(Debug)]
-pub struct PreparedDump {
+pub(crate) struct PreparedDump {
     dir: PathBuf,
     name: String,
     bytes: Vec<u8>,
@@ -472,7 +472,7 @@ pub struct PreparedDump {
 impl PreparedDump {
     /// Writes the file (fsynced, then renamed into place) and deletes the oldest dumps beyond
     /// [`DUMPS_KEPT`].
-    pub fn write(self) -> Result<Dumped, FlightError> {
+    pub(crate) fn write(self) -> Result<Dumped, FlightError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| FlightError::Io { path, source }
@@ -513,7 +513,7 @@ fn prune_dumps(dir: &Path) {
 
 /// The consensus core with a flight recorder around it: every call that changes the core goes
 /// through a method of this type (there is no `DerefMut`), queries go to the core by `Deref`.
-pub struct Recorded<S: LogStorage> {
+pub(crate) struct Recorded<S: LogStorage> {
     raft: Raft<S>,
     rec: Recorder,
 }
@@ -541,7 +541,7 @@ impl<S: LogStorage> Recorded<S> {
     ///
     /// `budget` bounds the bytes the ring keeps (inputs and checkpoints; see the module docs
     /// for the whole memory bound); 0 turns recording off.
-    pub fn new(
+    pub(crate) fn new(
         cfg: CoreConfig,
         storage: S,
         now: Instant,
@@ -588,38 +588,38 @@ impl<S: LogStorage> Recorded<S> {
         Ok(r)
     }
 
-    /// The underlying core's storage, mutably (for tests and tools; not an input).
-    pub fn storage_mut(&mut self) -> &mut S {
-        self.raft.storage_mut()
-    }
-
     /// Inputs the ring holds now.
+    #[cfg(test)]
     #[must_use]
-    pub fn recorded_inputs(&self) -> usize {
+    pub(crate) fn recorded_inputs(&self) -> usize {
         self.rec.ring_inputs
     }
 
     /// Inputs recorded since the process started (kept or not).
+    #[cfg(test)]
     #[must_use]
-    pub fn inputs_total(&self) -> u64 {
+    pub(crate) fn inputs_total(&self) -> u64 {
         self.rec.next_input
     }
 
     /// Segments in the ring, and how many of them start with a checkpoint.
+    #[cfg(test)]
     #[must_use]
-    pub fn segments(&self) -> (usize, usize) {
+    pub(crate) fn segments(&self) -> (usize, usize) {
         (self.rec.ring.len(), self.rec.ring.iter().filter(|s| s.checkpoint.is_some()).count())
     }
 
     /// Checkpoints taken and skipped since the process started.
+    #[cfg(test)]
     #[must_use]
-    pub fn checkpoints(&self) -> (u64, u64) {
+    pub(crate) fn checkpoints(&self) -> (u64, u64) {
         (self.rec.taken, self.rec.skipped)
     }
 
     /// Bytes the ring holds (inputs and checkpoints).
+    #[cfg(test)]
     #[must_use]
-    pub fn ring_bytes(&self) -> usize {
+    pub(crate) fn ring_bytes(&self) -> usize {
         self.rec.ring_bytes
     }
 
@@ -643,7 +643,7 @@ impl<S: LogStorage> Recorded<S> {
 
     /// The recording (from the oldest checkpoint kept), as a dump file's bytes.
     #[must_use]
-    pub fn dump_bytes(&self, reason: &str) -> Vec<u8> {
+    pub(crate) fn dump_bytes(&self, reason: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.rec.ring_bytes + 256);
         // Writing into a Vec cannot fail.
         let _ = self.rec.write_to(&mut out, reason);
@@ -651,7 +651,7 @@ impl<S: LogStorage> Recorded<S> {
     }
 
     /// Encodes a dump for [`PreparedDump::write`] (`None` without a flight directory).
-    pub fn prepare_dump(&mut self, reason: &str) -> Option<PreparedDump> {
+    pub(crate) fn prepare_dump(&mut self, reason: &str) -> Option<PreparedDump> {
         let dir = self.rec.dir.clone()?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         self.rec.dumps_written += 1;
@@ -663,13 +663,13 @@ impl<S: LogStorage> Recorded<S> {
 
     /// Writes the recording into the flight directory; returns its path and input count
     /// (`None` without a directory).
-    pub fn dump(&mut self, reason: &str) -> Result<Option<Dumped>, FlightError> {
+    pub(crate) fn dump(&mut self, reason: &str) -> Result<Option<Dumped>, FlightError> {
         self.prepare_dump(reason).map(PreparedDump::write).transpose()
     }
 
     /// Dumps the recording when `violations_total` (the process's runtime invariant
     /// violations so far) grew since the last call: at most [`VIOLATION_DUMPS_MAX`] times.
-    pub fn dump_on_violations(&mut self, violations_total: u64) {
+    pub(crate) fn dump_on_violations(&mut self, violations_total: u64) {
         if violations_total <= self.rec.violations_seen {
             return;
         }
@@ -688,7 +688,7 @@ impl<S: LogStorage> Recorded<S> {
     /// Answers a dump request left in the flight directory by `quorate debug flight-dump
     /// --data-dir` (called from the node's periodic sweep): writes the dump and names it in
     /// `dump-request.done`.
-    pub fn poll_dump_request(&mut self) {
+    pub(crate) fn poll_dump_request(&mut self) {
         let Some(dir) = self.rec.dir.clone() else { return };
         let req = dir.join(REQUEST_FILE);
         if !req.exists() {
@@ -708,7 +708,7 @@ impl<S: LogStorage> Recorded<S> {
     }
 
     /// [`Raft::handle_message`], recorded.
-    pub fn handle_message(&mut self, now: Instant, m: Message) {
+    pub(crate) fn handle_message(&mut self, now: Instant, m: Message) {
         let input = self.rec.on.then(|| Input::Message { now, m: m.clone() });
         self.raft.handle_message(now, m);
         if let Some(i) = input {
@@ -717,19 +717,13 @@ impl<S: LogStorage> Recorded<S> {
     }
 
     /// [`Raft::handle_timeout`], recorded.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.raft.handle_timeout(now);
         self.after(Input::Timeout { now });
     }
 
-    /// [`Raft::campaign_now`], recorded.
-    pub fn campaign_now(&mut self, now: Instant) {
-        self.raft.campaign_now(now);
-        self.after(Input::Campaign { now });
-    }
-
     /// [`Raft::propose`], recorded.
-    pub fn propose(&mut self, now: Instant, data: Data) -> Result<EntryId, quorate_core::ProposeError> {
+    pub(crate) fn propose(&mut self, now: Instant, data: Data) -> Result<EntryId, quorate_core::ProposeError> {
         let kept = self.rec.on.then(|| data.clone());
         let r = self.raft.propose(now, data);
         if let Some(data) = kept {
@@ -739,21 +733,21 @@ impl<S: LogStorage> Recorded<S> {
     }
 
     /// [`Raft::read`], recorded.
-    pub fn read(&mut self, now: Instant, id: ReadId, level: ReadLevel) -> Result<(), quorate_core::ReadError> {
+    pub(crate) fn read(&mut self, now: Instant, id: ReadId, level: ReadLevel) -> Result<(), quorate_core::ReadError> {
         let r = self.raft.read(now, id, level);
         self.after(Input::Read { now, id, level, out: debug_digest(&r) });
         r
     }
 
     /// [`Raft::transfer_leadership`], recorded.
-    pub fn transfer_leadership(&mut self, now: Instant, to: NodeId) -> Result<(), quorate_core::TransferError> {
+    pub(crate) fn transfer_leadership(&mut self, now: Instant, to: NodeId) -> Result<(), quorate_core::TransferError> {
         let r = self.raft.transfer_leadership(now, to);
         self.after(Input::Transfer { now, to, out: debug_digest(&r) });
         r
     }
 
     /// [`Raft::propose_conf_change`], recorded.
-    pub fn propose_conf_change(
+    pub(crate) fn propose_conf_change(
         &mut self,
         now: Instant,
         change: ConfChange,
@@ -766,15 +760,8 @@ impl<S: LogStorage> Recorded<S> {
         r
     }
 
-    /// [`Raft::leave_joint`], recorded.
-    pub fn leave_joint(&mut self, now: Instant) -> Result<EntryId, quorate_core::ConfChangeError> {
-        let r = self.raft.leave_joint(now);
-        self.after(Input::LeaveJoint { now, out: debug_digest(&r) });
-        r
-    }
-
     /// [`Raft::snapshot_taken`], recorded.
-    pub fn snapshot_taken(&mut self, now: Instant, meta: SnapshotMeta) {
+    pub(crate) fn snapshot_taken(&mut self, now: Instant, meta: SnapshotMeta) {
         let kept = self.rec.on.then(|| meta.clone());
         self.raft.snapshot_taken(now, meta);
         if let Some(meta) = kept {
@@ -783,13 +770,13 @@ impl<S: LogStorage> Recorded<S> {
     }
 
     /// [`Raft::snapshot_skipped`], recorded.
-    pub fn snapshot_skipped(&mut self, now: Instant) {
+    pub(crate) fn snapshot_skipped(&mut self, now: Instant) {
         self.raft.snapshot_skipped(now);
         self.after(Input::SnapshotSkipped { now });
     }
 
     /// [`Raft::install_snapshot`], recorded.
-    pub fn install_snapshot(
+    pub(crate) fn install_snapshot(
         &mut self,
         now: Instant,
         from: NodeId,
@@ -805,13 +792,13 @@ impl<S: LogStorage> Recorded<S> {
     }
 
     /// [`Raft::snapshot_send_failed`], recorded.
-    pub fn snapshot_send_failed(&mut self, now: Instant, to: NodeId) {
+    pub(crate) fn snapshot_send_failed(&mut self, now: Instant, to: NodeId) {
         self.raft.snapshot_send_failed(now, to);
         self.after(Input::SnapshotSendFailed { now, to });
     }
 
     /// [`Raft::persisted`], recorded.
-    pub fn persisted(&mut self, now: Instant, io: IoId) {
+    pub(crate) fn persisted(&mut self, now: Instant, io: IoId) {
         self.raft.persisted(now, io);
         if self.rec.on {
             self.rec.on_persisted(io.0);
@@ -828,7 +815,7 @@ impl<S: LogStorage> Recorded<S> {
     }
 
     /// [`Raft::ready`], recorded as a digest of what it returned.
-    pub fn ready(&mut self) -> Ready {
+    pub(crate) fn ready(&mut self) -> Ready {
         let rd = self.raft.ready();
         if self.rec.on {
             let mut scratch = std::mem::take(&mut self.rec.scratch);

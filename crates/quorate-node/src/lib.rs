@@ -3,15 +3,31 @@
 //! The reference node of Quorate: a replicated, linearizable key-value service (like etcd)
 //! composed from the project's crates — the sans-IO consensus core (`quorate-core`), the
 //! RocksDB store (`quorate-storage`), the QUIC + mutual TLS transport (`quorate-transport`)
-//! and the wire contract (`quorate-api`).
+//! and the wire contract (`quorate-api`) — and the `quorate` binary.
 //!
-//! * [`config`]: the TOML configuration, environment and flag overrides, validation;
-//! * [`server::run`]: the node itself — a tokio driver of the consensus core, a separate
-//!   apply task, client request handling, membership, snapshots;
-//! * [`flight`]: the flight recorder of the consensus core's inputs and `quorate replay`;
-//! * [`restore`]: offline restore of a backup snapshot into a new cluster's data directory;
-//! * [`sm`]: the key-value state machine (revisions, transactions, exactly-once sessions),
-//!   deterministic and persisted atomically with the applied index.
+//! ## The library's API
+//!
+//! The library half of the crate is what the `quorate` binary needs, and nothing else; every
+//! other module (the driver's internals, the key-value state machine, the apply task, the
+//! flight recorder's ring, failpoints, telemetry, admission) is private and may change in any
+//! release. Public, and kept stable within a minor version:
+//!
+//! * [`config`]: the TOML configuration, environment and flag overrides, validation (a
+//!   re-export of `quorate-config`);
+//! * [`server`]: running a node — [`server::run`] (until SIGINT/SIGTERM) and
+//!   [`server::run_until`] (until a future completes), [`server::ServerError`],
+//!   [`server::init_tracing`] (the default subscriber, only if the host installed none) and
+//!   [`server::AUDIT_TARGET`] (the tracing target of audit events);
+//! * [`flight`]: reading and replaying a flight-recorder dump (`quorate replay FILE`) —
+//!   [`flight::read_dump`], [`flight::replay`] and the dump's format (re-exported from
+//!   `quorate_api::flight`); the recorder itself is private;
+//! * [`restore`]: offline restore of a backup snapshot into a new cluster's data directory
+//!   (`quorate snapshot restore`) and its inspection (`quorate snapshot status`);
+//! * [`recover`]: the offline `quorate node force-new-cluster` of a cluster that lost quorum;
+//! * [`VERSION`]: the version of this build.
+//!
+//! Clients use `quorate-client`; programs that want a replicated service of their own use
+//! `quorate-runtime`, not this crate.
 
 #![forbid(unsafe_code)]
 
@@ -19,7 +35,7 @@ mod admission;
 mod apply;
 mod apply_backlog;
 mod audit;
-pub mod failpoints;
+mod failpoints;
 pub mod flight;
 pub use quorate_config as config;
 mod hash_exchange;
@@ -30,7 +46,7 @@ mod replays;
 pub mod restore;
 mod save_stream;
 pub mod server;
-pub mod sm;
+mod sm;
 mod telemetry;
 mod versions;
 

@@ -215,7 +215,7 @@ fn write_record(data_dir: &Path, forced: &Forced) -> Result<(), ForceError> {
 /// the store's configuration in force (`config`, at index `config_index`). `Ok(Some)` once
 /// the caller should log it as an audit event and then call [`mark_logged`]; `Err` (with what
 /// to do) if the record's change is missing from the store or the record is unreadable.
-pub fn pending_record(data_dir: &Path, config: &Configuration) -> Result<Option<Forced>, String> {
+pub(crate) fn pending_record(data_dir: &Path, config: &Configuration) -> Result<Option<Forced>, String> {
     let path = data_dir.join(RECORD_FILE);
     let Some(forced) = read_record(data_dir)? else { return Ok(None) };
     let only = NodeId::new(forced.node).and_then(|n| Configuration::with_voters([n]).ok());
@@ -249,7 +249,7 @@ fn read_record(data_dir: &Path) -> Result<Option<Forced>, String> {
 }
 
 /// Renames the record once its audit event is logged, so that it is logged once.
-pub fn mark_logged(data_dir: &Path, forced: &Forced) -> Result<(), String> {
+pub(crate) fn mark_logged(data_dir: &Path, forced: &Forced) -> Result<(), String> {
     let from = data_dir.join(RECORD_FILE);
     let to = data_dir.join(format!("force-new-cluster.{}.logged.json", forced.at_unix_ms));
     std::fs::rename(&from, &to).map_err(|e| format!("cannot rename {} to {}: {e}", from.display(), to.display()))?;

@@ -20,14 +20,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The directory in which a restore builds the store before renaming it to `store`.
-pub const RESTORING_DIR: &str = "store.restoring";
+pub(crate) const RESTORING_DIR: &str = "store.restoring";
 
 /// The store directory of a node's data directory.
 const STORE_DIR: &str = "store";
 
 /// `Err` (with what to do) if `data_dir` holds a restore that did not finish: a node must not
 /// start there (it would create an empty store beside the half-made one).
-pub fn check_not_interrupted(data_dir: &Path) -> Result<(), String> {
+pub(crate) fn check_not_interrupted(data_dir: &Path) -> Result<(), String> {
     let partial = data_dir.join(RESTORING_DIR);
     if partial.exists() {
         return Err(format!(
@@ -86,7 +86,7 @@ pub enum RestoreError {
     Store(#[from] StoreError),
     /// Writing the state machine failed.
     #[error("state machine: {0}")]
-    Sm(#[from] SmError),
+    Sm(String),
     /// A file-system operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -95,6 +95,12 @@ pub enum RestoreError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+impl From<SmError> for RestoreError {
+    fn from(e: SmError) -> RestoreError {
+        RestoreError::Sm(e.to_string())
+    }
 }
 
 /// Parses `id=host:port,id=host:port,...`.
@@ -114,7 +120,7 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, RestoreError> {
 }
 
 /// Verifies the snapshot file (header, metadata and data checksums) and returns its metadata.
-pub fn verify_file(file: &Path) -> Result<SnapshotMeta, RestoreError> {
+pub(crate) fn verify_file(file: &Path) -> Result<SnapshotMeta, RestoreError> {
     let bad = |detail: String| RestoreError::BadFile { path: file.to_path_buf(), detail };
     let mut reader = SnapshotReader::open(file).map_err(|e| bad(e.to_string()))?;
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| bad(format!("the data does not verify: {e}")))?;

@@ -42,7 +42,7 @@ pub const AUDIT_TARGET: &str = "quorate::audit";
 
 /// How long a client write or read may wait inside the node before it is answered with
 /// `Timeout` (writes: outcome unknown) or `Unavailable` (reads).
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Capacity of the channel from the driver to the apply thread (messages).
 const APPLY_QUEUE: usize = 256;
@@ -65,7 +65,7 @@ const DISK_STATUS_CLUSTER_VERSION: u32 = 2;
 /// certificates).
 const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Deadline of one resolution of a member's address.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Snapshot chunks waiting to be written to the staging file; a follower whose disk falls
 /// further behind the stream drops the transfer (the leader retries).
 const STAGING_QUEUE_CHUNKS: usize = 16;

@@ -48,33 +48,37 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-pub mod history;
-pub use history::{
-    HISTORY_BYTES_MAX, HISTORY_CLUSTER_VERSION, HISTORY_ENTRIES_MAX, HistoryState, history_state, read_get_at,
-    read_scan_at_page,
+pub(crate) mod history;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the node's driver does not run on quorate-runtime yet (issue 19); tests drive it")
+)]
+pub(crate) mod runtime;
+pub(crate) use history::{
+    HISTORY_BYTES_MAX, HISTORY_CLUSTER_VERSION, HISTORY_ENTRIES_MAX, history_state, read_get_at, read_scan_at_page,
 };
 
 /// A session unused for this much log time (ms) expires.
-pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
+pub(crate) const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
 /// Sessions examined for expiry per `OpenSession`, so the table stays bounded by use.
-pub const SESSION_GC_PER_OPEN: usize = 64;
+pub(crate) const SESSION_GC_PER_OPEN: usize = 64;
 
 /// How far past a principal-bound session's last sequence number a new write's may be: a
 /// jump beyond (say to `u64::MAX`, which would end the session) is refused.
-pub const SESSION_SEQ_AHEAD_MAX: u64 = 1 << 16;
+pub(crate) const SESSION_SEQ_AHEAD_MAX: u64 = 1 << 16;
 /// Most state-machine writes one command may make (a range delete makes the most:
 /// [`limits::SCAN_LIMIT_MAX`] and a few); the apply task cuts its batches so that a batch
 /// plus one command stays within the store's [`APPLY_OPS_MAX`].
-pub const COMMAND_WRITES_MAX: usize = APPLY_OPS_MAX / 4;
+pub(crate) const COMMAND_WRITES_MAX: usize = APPLY_OPS_MAX / 4;
 /// Bytes of keys and values read from the store per page when scanning the state machine
 /// (besides [`PAGE`] pairs), so that a page of large values is never read whole.
-pub const SCAN_READ_BYTES_MAX: usize = 16 << 20;
+pub(crate) const SCAN_READ_BYTES_MAX: usize = 16 << 20;
 /// What a scan page's answer adds around its pairs: the continuation key, the read's
 /// description, length prefixes and tags.
 const PAGE_OVERHEAD_BYTES: usize = limits::KEY_BYTES_MAX + 1024;
 /// Result bytes of one scan or transaction page (the rest of [`limits::RESULT_BYTES_MAX`]
 /// is for the page's overhead).
-pub const PAGE_RESULT_BYTES_MAX: usize = limits::RESULT_BYTES_MAX - PAGE_OVERHEAD_BYTES;
+pub(crate) const PAGE_RESULT_BYTES_MAX: usize = limits::RESULT_BYTES_MAX - PAGE_OVERHEAD_BYTES;
 
 const _: () = assert!(limits::SCAN_LIMIT_MAX as usize + 16 <= COMMAND_WRITES_MAX);
 const _: () = assert!(limits::KEY_VALUE_BYTES_MAX < PAGE_RESULT_BYTES_MAX);
@@ -92,14 +96,14 @@ const META_GC_OWNED: &[u8] = b"m/gc_owned";
 const META_CLUSTER_VERSION: &[u8] = b"m/cluster_version";
 
 /// The cluster version that turns [`CommandOp::DeleteRange`] on.
-pub const DELETE_RANGE_CLUSTER_VERSION: u32 = 2;
+pub(crate) const DELETE_RANGE_CLUSTER_VERSION: u32 = 2;
 /// The cluster version that binds sessions to principals ([`CommandOp::OpenSessionFor`],
 /// [`CommandOp::ByPrincipal`]).
-pub const OWNED_SESSIONS_CLUSTER_VERSION: u32 = 2;
+pub(crate) const OWNED_SESSIONS_CLUSTER_VERSION: u32 = 2;
 /// The cluster version from which a command whose result would pass
 /// [`limits::RESULT_BYTES_MAX`] is undone and answered with an error (below it, as in 0.1.0,
 /// the result is kept; only a session record too large to store undoes the command).
-pub const BOUNDED_RESULTS_CLUSTER_VERSION: u32 = 2;
+pub(crate) const BOUNDED_RESULTS_CLUSTER_VERSION: u32 = 2;
 
 /// Pairs read per page when scanning the state machine.
 const PAGE: usize = 4096;
@@ -108,16 +112,16 @@ const PAGE: usize = 4096;
 /// ([`quorate_log::byte_string`]): decoded with one copy, and stored as the same bytes as the
 /// plain `Vec<u8>` of 0.1.0.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct KvRecord {
+pub(crate) struct KvRecord {
     /// The value.
     #[serde(with = "quorate_log::byte_string")]
-    pub value: Vec<u8>,
+    pub(crate) value: Vec<u8>,
     /// Revision that created the key.
-    pub create_revision: u64,
+    pub(crate) create_revision: u64,
     /// Revision of the last write.
-    pub mod_revision: u64,
+    pub(crate) mod_revision: u64,
     /// Writes since creation.
-    pub version: u64,
+    pub(crate) version: u64,
 }
 
 /// A stored session of cluster version 1 (the 0.1.0 record: its shape never changes).
@@ -140,7 +144,7 @@ struct OwnedSessionRecord {
 /// A state-machine failure: the store failed or holds bytes that do not decode. Fatal.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SmError {
+pub(crate) enum SmError {
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
@@ -172,7 +176,7 @@ fn corrupt(key: &[u8], detail: impl Into<String>) -> SmError {
 }
 
 /// Read access to the state-machine column family.
-pub trait SmRead {
+pub(crate) trait SmRead {
     /// The value of `key`.
     fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError>;
     /// Up to `limit` pairs with keys `>= from`, in key order.
@@ -249,7 +253,7 @@ type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 /// that a command that fails deterministically can be undone ([`Overlay::rollback_to`]) and
 /// given an error result instead of stopping the replica.
 #[derive(Debug)]
-pub struct Overlay<'a, R: ?Sized> {
+pub(crate) struct Overlay<'a, R: ?Sized> {
     base: &'a R,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     clear: bool,
@@ -263,7 +267,7 @@ fn entry_bytes(key: &[u8], value: Option<&Vec<u8>>) -> usize {
 
 impl<'a, R: SmRead + ?Sized> Overlay<'a, R> {
     /// An empty overlay over `base`.
-    pub fn new(base: &'a R) -> Overlay<'a, R> {
+    pub(crate) fn new(base: &'a R) -> Overlay<'a, R> {
         Overlay { base, writes: BTreeMap::new(), clear: false, journal: Vec::new(), bytes: 0 }
     }
 
@@ -341,25 +345,19 @@ impl<'a, R: SmRead + ?Sized> Overlay<'a, R> {
 
     /// Number of pending writes.
     #[must_use]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.writes.len() + usize::from(self.clear)
     }
 
     /// Bytes of the keys and values pending.
     #[must_use]
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
-    }
-
-    /// Whether nothing is pending.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The pending writes as store operations.
     #[must_use]
-    pub fn into_ops(self) -> Vec<SmOp> {
+    pub(crate) fn into_ops(self) -> Vec<SmOp> {
         let mut ops = Vec::with_capacity(self.len());
         if self.clear {
             ops.push(SmOp::Clear);
@@ -373,8 +371,9 @@ impl<'a, R: SmRead + ?Sized> Overlay<'a, R> {
         ops
     }
 
-    /// The pending writes, applied to a map (tests and the in-memory model).
-    pub fn apply_to(self, map: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
+    /// The pending writes, applied to a map (tests).
+    #[cfg(test)]
+    pub(crate) fn apply_to(self, map: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
         if self.clear {
             map.clear();
         }
@@ -467,32 +466,32 @@ fn to_kv(key: &[u8], r: KvRecord) -> KeyValue {
 /// What applying one command produced.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub struct ApplyOutcome {
+pub(crate) struct ApplyOutcome {
     /// The client's result.
-    pub result: Result<Response, ApiError>,
+    pub(crate) result: Result<Response, ApiError>,
     /// A member address the command recorded (the node adds the peer to its transport).
-    pub member_addr: Option<(NodeId, String)>,
+    pub(crate) member_addr: Option<(NodeId, String)>,
     /// The cluster version the command raised the cluster to (`quorate cluster finalize`).
-    pub cluster_version: Option<u32>,
+    pub(crate) cluster_version: Option<u32>,
     /// The result came from the session's cache: a retry of the session's last sequence
     /// number, answered with the original result and not applied again.
-    pub cached: bool,
+    pub(crate) cached: bool,
     /// A write in a principal-bound session: the session, its principal and the session's
     /// last sequence number once this command was applied (a node answers replays of it and
     /// of older ones without proposing them: [`replay_answer`]).
-    pub in_session: Option<InSession>,
+    pub(crate) in_session: Option<InSession>,
 }
 
 /// Where a write in a principal-bound session left its session ([`ApplyOutcome::in_session`]).
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub struct InSession {
+pub(crate) struct InSession {
     /// The session.
-    pub session: SessionId,
+    pub(crate) session: SessionId,
     /// The principal it belongs to.
-    pub principal: String,
+    pub(crate) principal: String,
     /// Its last sequence number after the command.
-    pub last_seq: u64,
+    pub(crate) last_seq: u64,
 }
 
 impl ApplyOutcome {
@@ -503,7 +502,7 @@ impl ApplyOutcome {
 
 /// An answer from a session's table without applying: the result, and whether it is the
 /// cached result of the session's last sequence number (else the refusal of an older one).
-pub type ReplayAnswer = (Result<Response, ApiError>, bool);
+pub(crate) type ReplayAnswer = (Result<Response, ApiError>, bool);
 
 /// What a write at sequence number `seq` gets from a principal-bound session `rec` (its
 /// owner's, live) without being applied: the cached result for the session's last sequence
@@ -541,7 +540,7 @@ fn owned_replay(rec: &OwnedSessionRecord, seq: u64) -> Option<ReplayAnswer> {
 /// through the log, and apply answers it, exactly as without this function — in particular
 /// another principal's session is never read here for an answer, so its replies cannot be
 /// told from an absent session's.
-pub fn replay_answer(
+pub(crate) fn replay_answer(
     r: &(impl SmRead + ?Sized),
     session: SessionId,
     seq: u64,
@@ -559,7 +558,7 @@ pub fn replay_answer(
 
 /// The committed cluster version in `r` ([`quorate_api::CLUSTER_VERSION_INITIAL`] if it was
 /// never raised).
-pub fn cluster_version(r: &(impl SmRead + ?Sized)) -> Result<u32, SmError> {
+pub(crate) fn cluster_version(r: &(impl SmRead + ?Sized)) -> Result<u32, SmError> {
     let v = get_u64(r, META_CLUSTER_VERSION)?;
     Ok(if v == 0 { quorate_api::CLUSTER_VERSION_INITIAL } else { u32::try_from(v).unwrap_or(u32::MAX) })
 }
@@ -570,7 +569,7 @@ fn ov_cluster_version<R: SmRead + ?Sized>(ov: &Overlay<'_, R>) -> Result<u32, Sm
 }
 
 /// Refuses state whose committed cluster version this binary does not support (at start).
-pub fn check_cluster_version(r: &(impl SmRead + ?Sized)) -> Result<u32, SmError> {
+pub(crate) fn check_cluster_version(r: &(impl SmRead + ?Sized)) -> Result<u32, SmError> {
     let committed = cluster_version(r)?;
     if committed > quorate_api::CLUSTER_VERSION {
         return Err(SmError::ClusterVersionTooNew { committed, supported: quorate_api::CLUSTER_VERSION });
@@ -580,7 +579,7 @@ pub fn check_cluster_version(r: &(impl SmRead + ?Sized)) -> Result<u32, SmError>
 
 /// Applies the command of the entry at `index` (its raw bytes) to `ov`. Undecodable bytes
 /// change nothing and give `InvalidRequest` (identically on every replica).
-pub fn apply_entry<R: SmRead + ?Sized>(
+pub(crate) fn apply_entry<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
     index: LogIndex,
     bytes: &[u8],
@@ -600,7 +599,7 @@ fn gated(what: &str, needed: u32, cv: u32) -> ApiError {
 /// Applies one decoded command at `index`. Every outcome but a store failure (or a cluster
 /// version this binary does not support) is a result for the client, identical on every
 /// replica: a command that cannot be applied is undone and answered with an error.
-pub fn apply_command<R: SmRead + ?Sized>(
+pub(crate) fn apply_command<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
     index: LogIndex,
     cmd: &Command,
@@ -1284,22 +1283,23 @@ fn eval_txn<R: SmRead + ?Sized>(
 /// would give it ([`txn_results_too_large`]): such a transaction is then never logged, and
 /// costs no replica its reads. The state may change before the transaction would have been
 /// applied (a value shrunk or deleted in between); apply's own check stays, and decides then.
-pub fn txn_result_bytes_min<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<u64, SmError> {
+#[cfg(test)]
+pub(crate) fn txn_result_bytes_min<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<u64, SmError> {
     Ok(txn_bound(r, txn)?.result_bytes_min)
 }
 
 /// What bounding a transaction's results found ([`txn_bound`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TxnBound {
+pub(crate) struct TxnBound {
     /// The lower bound of its results ([`txn_result_bytes_min`]).
-    pub result_bytes_min: u64,
+    pub(crate) result_bytes_min: u64,
     /// The bytes of the stored values read to find it (each key read once): what bounding
     /// it cost, charged to its principal when it is refused.
-    pub read_bytes: u64,
+    pub(crate) read_bytes: u64,
 }
 
 /// [`txn_result_bytes_min`], with the bytes read to find it.
-pub fn txn_bound<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<TxnBound, SmError> {
+pub(crate) fn txn_bound<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<TxnBound, SmError> {
     // Stored sizes by key (0: absent), each key read once.
     let mut stored: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     let mut branch = |ops: &[TxnOp]| -> Result<u64, SmError> {
@@ -1365,22 +1365,22 @@ fn stored_value_bytes<R: SmRead + ?Sized>(r: &R, key: &[u8]) -> Result<Option<us
 
 /// The error of a transaction whose results cannot fit an answer: apply's own (after undoing
 /// it, from cluster version 2), and the leader's when it refuses one before proposing it.
-pub fn txn_results_too_large() -> ApiError {
+pub(crate) fn txn_results_too_large() -> ApiError {
     too_large()
 }
 
 /// The global revision.
-pub fn revision(r: &(impl SmRead + ?Sized)) -> Result<u64, SmError> {
+pub(crate) fn revision(r: &(impl SmRead + ?Sized)) -> Result<u64, SmError> {
     get_u64(r, META_REVISION)
 }
 
 /// The log time (ms) of the last applied command.
-pub fn log_time_ms(r: &(impl SmRead + ?Sized)) -> Result<u64, SmError> {
+pub(crate) fn log_time_ms(r: &(impl SmRead + ?Sized)) -> Result<u64, SmError> {
     get_u64(r, META_TIME)
 }
 
 /// Reads one key.
-pub fn read_get<R: SmRead + ?Sized>(r: &R, key: &[u8]) -> Result<Option<KeyValue>, SmError> {
+pub(crate) fn read_get<R: SmRead + ?Sized>(r: &R, key: &[u8]) -> Result<Option<KeyValue>, SmError> {
     let ov = Overlay::new(r);
     Ok(get_kv(&ov, key)?.map(|rec| to_kv(key, rec)))
 }
@@ -1388,18 +1388,18 @@ pub fn read_get<R: SmRead + ?Sized>(r: &R, key: &[u8]) -> Result<Option<KeyValue
 /// One page of a scan.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub struct ScanPage {
+pub(crate) struct ScanPage {
     /// The pairs, in key order.
-    pub kvs: Vec<KeyValue>,
+    pub(crate) kvs: Vec<KeyValue>,
     /// The key the next page starts at (a key of the range that this page did not hold);
     /// `None`: the range holds no more keys.
-    pub next: Option<Vec<u8>>,
+    pub(crate) next: Option<Vec<u8>>,
 }
 
 /// Keys in `[start, end)`: at most `limit` pairs whose encoded size stays within
 /// `result_bytes_max` (the first pair always), and where the next page starts. The store is
 /// read in pages bounded in pairs and bytes.
-pub fn read_scan_page<R: SmRead + ?Sized>(
+pub(crate) fn read_scan_page<R: SmRead + ?Sized>(
     r: &R,
     start: &[u8],
     end: Option<&[u8]>,
@@ -1444,7 +1444,7 @@ pub fn read_scan_page<R: SmRead + ?Sized>(
 
 /// Keys in `[start, end)`, at most `limit` and at most [`PAGE_RESULT_BYTES_MAX`] bytes of them;
 /// and whether more lie in the range.
-pub fn read_scan<R: SmRead + ?Sized>(
+pub(crate) fn read_scan<R: SmRead + ?Sized>(
     r: &R,
     start: &[u8],
     end: Option<&[u8]>,
@@ -1458,19 +1458,19 @@ pub fn read_scan<R: SmRead + ?Sized>(
 /// One page of a read-only transaction.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub struct TxnPage {
+pub(crate) struct TxnPage {
     /// Whether the comparisons held.
-    pub succeeded: bool,
+    pub(crate) succeeded: bool,
     /// The results from the page's first operation on.
-    pub results: Vec<TxnResult>,
+    pub(crate) results: Vec<TxnResult>,
     /// The operation the next page starts at; `None`: this was the last page.
-    pub next: Option<u32>,
+    pub(crate) next: Option<u32>,
 }
 
 /// Evaluates a read-only transaction: the results of the branch's operations from `from` on,
 /// while their encoded size stays within `result_bytes_max` (the first one always). A
 /// transaction this build cannot evaluate is the client's error, not the store's.
-pub fn read_txn_page<R: SmRead + ?Sized>(
+pub(crate) fn read_txn_page<R: SmRead + ?Sized>(
     r: &R,
     txn: &Txn,
     from: u32,
@@ -1485,7 +1485,8 @@ pub fn read_txn_page<R: SmRead + ?Sized>(
 }
 
 /// Evaluates a read-only transaction whole (tests).
-pub fn read_txn<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<(bool, Vec<TxnResult>), SmError> {
+#[cfg(test)]
+pub(crate) fn read_txn<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<(bool, Vec<TxnResult>), SmError> {
     match read_txn_page(r, txn, 0, usize::MAX)? {
         Ok(page) => Ok((page.succeeded, page.results)),
         Err(e) => Err(corrupt(b"txn", e.to_string())),
@@ -1493,7 +1494,7 @@ pub fn read_txn<R: SmRead + ?Sized>(r: &R, txn: &Txn) -> Result<(bool, Vec<TxnRe
 }
 
 /// The member addresses recorded through the log.
-pub fn member_addrs<R: SmRead + ?Sized>(r: &R) -> Result<BTreeMap<NodeId, String>, SmError> {
+pub(crate) fn member_addrs<R: SmRead + ?Sized>(r: &R) -> Result<BTreeMap<NodeId, String>, SmError> {
     let mut out = BTreeMap::new();
     for (k, v) in r.sm_scan(&[ADDR], quorate_log::MEMBERS_MAX * 4)? {
         if k.first() != Some(&ADDR) {
@@ -1509,26 +1510,26 @@ pub fn member_addrs<R: SmRead + ?Sized>(r: &R) -> Result<BTreeMap<NodeId, String
 /// The state-machine record of a member address (what a membership change records), for
 /// tools that rewrite membership offline (`quorate snapshot restore`).
 #[must_use]
-pub fn member_addr_record(id: NodeId, addr: &str) -> SmPair {
+pub(crate) fn member_addr_record(id: NodeId, addr: &str) -> SmPair {
     (addr_key(id), addr.as_bytes().to_vec())
 }
 
 /// Whether a state-machine key is a member address record.
 #[must_use]
-pub fn is_member_addr_key(key: &[u8]) -> bool {
+pub(crate) fn is_member_addr_key(key: &[u8]) -> bool {
     key.len() == 9 && key[0] == ADDR
 }
 
 /// Whether a state-machine key is a client key-value pair (what `kv scan` sees), as opposed
 /// to sessions, member addresses and metadata.
 #[must_use]
-pub fn is_kv_key(key: &[u8]) -> bool {
+pub(crate) fn is_kv_key(key: &[u8]) -> bool {
     key.first() == Some(&KV)
 }
 
 /// The member id and address of a member address record, if `(key, value)` is one.
 #[must_use]
-pub fn member_addr_of(key: &[u8], value: &[u8]) -> Option<(u64, String)> {
+pub(crate) fn member_addr_of(key: &[u8], value: &[u8]) -> Option<(u64, String)> {
     if !is_member_addr_key(key) {
         return None;
     }
@@ -1538,7 +1539,17 @@ pub fn member_addr_of(key: &[u8], value: &[u8]) -> Option<(u64, String)> {
 
 /// Streams every state-machine pair into `out` (`u32 LE key length | key | u32 LE value
 /// length | value`, repeated). Returns the number of pairs.
-pub fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> Result<u64, SmError> {
+pub(crate) fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> Result<u64, SmError> {
+    write_snapshot_data_without(r, out, None)
+}
+
+/// [`write_snapshot_data`] leaving out the pairs whose key starts with `skip` (records that
+/// are not part of the key-value state, like the runtime's: [`runtime`]).
+pub(crate) fn write_snapshot_data_without<R: SmRead + ?Sized>(
+    r: &R,
+    out: &mut impl Write,
+    skip: Option<u8>,
+) -> Result<u64, SmError> {
     let io = |e: std::io::Error| SmError::Storage(StoreError::Io(format!("writing snapshot: {e}")));
     let mut from = Vec::new();
     let mut n = 0;
@@ -1549,6 +1560,16 @@ pub fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> R
             return Ok(n);
         }
         for (k, v) in page {
+            if let Some(prefix) = skip
+                && k.first() == Some(&prefix)
+            {
+                // Past every key of the prefix at once (keys of the prefix 0xff one by one).
+                from = match prefix.checked_add(1) {
+                    Some(next) => vec![next],
+                    None => [k.as_slice(), &[0]].concat(),
+                };
+                break;
+            }
             out.write_all(&(k.len() as u32).to_le_bytes()).map_err(io)?;
             out.write_all(&k).map_err(io)?;
             out.write_all(&(v.len() as u32).to_le_bytes()).map_err(io)?;
@@ -1561,7 +1582,7 @@ pub fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> R
 }
 
 /// Reads pairs written by [`write_snapshot_data`], bounded, calling `f` for each.
-pub fn read_snapshot_data(
+pub(crate) fn read_snapshot_data(
     input: &mut impl Read,
     f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), SmError>,
 ) -> Result<u64, SmError> {

@@ -780,27 +780,35 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             return;
         }
         let items = std::mem::take(batch);
-        let committed: Vec<Committed<'_>> =
-            items.iter().map(|p| Committed { index: p.index, command: &p.command }).collect();
-        let outputs = self.sm.apply(&committed);
-        if outputs.len() != items.len() {
-            return self.halt(format!(
-                "the state machine returned {} outputs for {} commands",
-                outputs.len(),
-                items.len()
-            ));
-        }
-        for (p, out) in items.into_iter().zip(outputs) {
-            if let Some((client, seq)) = p.session {
-                let encoded = postcard::to_allocvec(&out).unwrap_or_default();
-                self.sessions.record(client, seq, p.index, encoded);
-                if SM::DURABLE {
-                    self.sessions_dirty.insert(client);
-                }
+        for part in items.chunks(SM::APPLY_COMMANDS_MAX.max(1)) {
+            let committed: Vec<Committed<'_>> =
+                part.iter().map(|p| Committed { index: p.index, command: &p.command }).collect();
+            let outputs = self.sm.apply(&committed);
+            if let Some(why) = self.sm.failure() {
+                return self.halt(format!("the state machine failed applying up to {}: {why}", committed[0].index));
             }
-            self.applied = p.index;
-            self.applied_term = p.term;
-            self.resolve(p.index, p.term, Applied::Output(out));
+            if outputs.len() != part.len() {
+                return self.halt(format!(
+                    "the state machine returned {} outputs for {} commands",
+                    outputs.len(),
+                    part.len()
+                ));
+            }
+            for (p, out) in part.iter().zip(outputs) {
+                if let Some((client, seq)) = p.session {
+                    let encoded = postcard::to_allocvec(&out).unwrap_or_default();
+                    self.sessions.record(client, seq, p.index, encoded);
+                    if SM::DURABLE {
+                        self.sessions_dirty.insert(client);
+                    }
+                }
+                self.applied = p.index;
+                self.applied_term = p.term;
+                self.resolve(p.index, p.term, Applied::Output(out));
+            }
+            if SM::DURABLE && self.sm.commit_due() {
+                self.commit();
+            }
         }
     }
 }
@@ -1037,28 +1045,56 @@ mod tests {
         disk: Arc<Mutex<SumDisk>>,
         applied_commands: u64,
         fail_commit: bool,
+        /// Apply calls fail (`failure()`) from now on.
+        fail_apply: bool,
+        /// `commit_due()` once this many commands were applied since the last commit.
+        commit_every: Option<u64>,
+        since_commit: u64,
+        /// Commits made, and the most commands one carried.
+        commits: u64,
+        commit_commands_max: u64,
     }
 
     impl DSum {
         fn open(disk: &Arc<Mutex<SumDisk>>) -> DSum {
             let d = disk.lock().unwrap();
-            DSum { total: d.total, applied: d.applied, disk: disk.clone(), applied_commands: 0, fail_commit: false }
+            DSum {
+                total: d.total,
+                applied: d.applied,
+                disk: disk.clone(),
+                applied_commands: 0,
+                fail_commit: false,
+                fail_apply: false,
+                commit_every: None,
+                since_commit: 0,
+                commits: 0,
+                commit_commands_max: 0,
+            }
         }
     }
 
     impl StateMachine for DSum {
         type Output = u64;
         const DURABLE: bool = true;
+        const APPLY_COMMANDS_MAX: usize = 2;
         fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
+            assert!(batch.len() <= Self::APPLY_COMMANDS_MAX, "a batch of {}", batch.len());
             batch
                 .iter()
                 .map(|c| {
                     self.total += c.command.iter().map(|b| u64::from(*b)).sum::<u64>();
                     self.applied = c.index;
                     self.applied_commands += 1;
+                    self.since_commit += 1;
                     self.total
                 })
                 .collect()
+        }
+        fn failure(&self) -> Option<String> {
+            self.fail_apply.then(|| "the disk cannot be read".to_string())
+        }
+        fn commit_due(&self) -> bool {
+            self.commit_every.is_some_and(|n| self.since_commit >= n)
         }
         fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
             out.write_all(&self.total.to_le_bytes())
@@ -1081,6 +1117,9 @@ mod tests {
             (d.total, d.applied, d.restoring) = (self.total, applied, None);
             runtime.apply_to(&mut d.records);
             self.applied = applied;
+            self.commits += 1;
+            self.commit_commands_max = self.commit_commands_max.max(self.since_commit);
+            self.since_commit = 0;
             Ok(())
         }
         fn runtime_records(&self) -> Result<Vec<(u64, Vec<u8>)>, crate::RestoreError> {
@@ -1189,5 +1228,46 @@ mod tests {
         let disk = Arc::new(Mutex::new(SumDisk { applied: LogIndex(5), ..SumDisk::default() }));
         let e = Replica::new(Config::new(id()), storage(), DSum::open(&disk), Instant::ZERO).map(|_| ()).unwrap_err();
         assert!(matches!(e, Error::Start(ref m) if m.contains("beyond the log")), "{e}");
+    }
+
+    #[test]
+    fn a_durable_state_machine_is_committed_when_due_within_a_turn() {
+        let disk = Arc::new(Mutex::new(SumDisk::default()));
+        let mut sm = DSum::open(&disk);
+        sm.commit_every = Some(2);
+        let (mut r, now) = leader(storage(), sm, Config::new(id()));
+        let commits_before = r.state_machine().commits;
+        let out: Log<u64> = Log::default();
+        for b in 1..=7u8 {
+            r.propose(now, vec![b], None, sink(&out));
+        }
+        r.process(now, &mut Vec::new());
+        assert_eq!(out.lock().unwrap().len(), 7, "every command answered");
+        let sm = r.state_machine();
+        // Apply calls of at most 2 commands, a commit after every 2: 3 within the turn and
+        // the turn's own for the last one.
+        assert_eq!(sm.commits - commits_before, 4);
+        assert_eq!(sm.commit_commands_max, 2, "no commit carries more than it asked for");
+        let d = disk.lock().unwrap().clone();
+        assert_eq!((d.total, d.applied), (28, r.applied()));
+    }
+
+    #[test]
+    fn a_state_machine_failure_halts_before_its_outputs_are_answered() {
+        let disk = Arc::new(Mutex::new(SumDisk::default()));
+        let (mut r, now) = leader(storage(), DSum::open(&disk), Config::new(id()));
+        let out: Log<u64> = Log::default();
+        r.propose(now, vec![5], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        let before = disk.lock().unwrap().clone();
+        r.sm.fail_apply = true;
+        r.propose(now, vec![2], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert!(r.halted().is_some_and(|h| h.contains("the disk cannot be read")), "{:?}", r.halted());
+        let answers = out.lock().unwrap();
+        assert_eq!(answers[0], Ok(5));
+        // Committed, so its outcome is unknown to the proposer: never the output of the failed call.
+        assert_eq!(answers[1], Err(Error::OutcomeUnknown), "the output of the failed call is not answered");
+        assert_eq!(disk.lock().unwrap().applied, before.applied, "nothing of the failed call is committed");
     }
 }

@@ -9,6 +9,7 @@ use quorate_storage::{PersistBatch, RocksStore, StoreError, StoreOptions};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The directory (in the store's) of the snapshot being received: `image` and `state`.
 /// `image` is a snapshot file in the making: the head of a snapshot file of the image's
@@ -37,7 +38,7 @@ fn head_len(meta: &SnapshotMeta) -> Result<u64, StoreError> {
 /// transfer reads an image into memory.
 #[derive(Debug)]
 pub struct RocksLog {
-    store: RocksStore,
+    store: Arc<RocksStore>,
     staging_dir: PathBuf,
     staging: Option<(SnapshotHeader, u64)>,
 }
@@ -55,12 +56,14 @@ impl RocksLog {
         }
         let staging_dir = store.dir().join(STAGING_DIR);
         let staging = load_staging(&staging_dir)?;
-        Ok(RocksLog { store, staging_dir, staging })
+        Ok(RocksLog { store: Arc::new(store), staging_dir, staging })
     }
 
-    /// The store underneath.
+    /// The store underneath, shared: a durable state machine keeps its state in the same
+    /// store (its `sm` column family, written atomically with its applied index by
+    /// [`RocksStore::apply`]).
     #[must_use]
-    pub fn store(&self) -> &RocksStore {
+    pub fn store(&self) -> &Arc<RocksStore> {
         &self.store
     }
 

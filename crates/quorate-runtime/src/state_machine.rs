@@ -51,10 +51,26 @@ pub trait StateMachine: Send + 'static {
     /// and cannot change while a node runs.
     const DURABLE: bool = false;
 
+    /// Most commands handed to one [`StateMachine::apply`] call (at least 1). A durable state
+    /// machine whose [`StateMachine::commit`] is one atomic write of bounded size sets it,
+    /// with [`StateMachine::commit_due`], so that what one commit carries stays bounded: the
+    /// runtime asks `commit_due` after every call. The default puts no bound.
+    const APPLY_COMMANDS_MAX: usize = usize::MAX;
+
     /// Applies a batch of committed commands, in order, returning exactly one output per
-    /// command, in the same order. A batch is never empty. Later calls see the effects of
-    /// earlier ones (also before a [`StateMachine::commit`]).
+    /// command, in the same order. A batch is never empty and holds at most
+    /// [`StateMachine::APPLY_COMMANDS_MAX`] commands. Later calls see the effects of earlier
+    /// ones (also before a [`StateMachine::commit`]).
     fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<Self::Output>;
+
+    /// A failure of the state machine's own I/O met while applying (a durable state machine
+    /// reads its store): asked after every [`StateMachine::apply`] call, before any of its
+    /// outputs is answered. `Some` halts the node; the outputs of that call are dropped (they
+    /// may be wrong: the failure is not deterministic, unlike an output). The default, for a
+    /// state machine that cannot fail, is `None`.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 
     /// Writes the whole state as of [`StateMachine::applied`] to `out`: a stream, of any
     /// length. Only [`StateMachine::restore`] of this program reads it back.
@@ -98,6 +114,13 @@ pub trait StateMachine: Send + 'static {
     fn commit(&mut self, applied: LogIndex, runtime: &RuntimeWrites) -> std::io::Result<()> {
         let _ = (applied, runtime);
         Ok(())
+    }
+
+    /// **Durable state machines:** whether what was applied since the last commit is as much
+    /// as one commit should carry: the runtime then commits at once, before the next apply
+    /// call, instead of at the end of the turn. The default never asks.
+    fn commit_due(&self) -> bool {
+        false
     }
 
     /// **Durable state machines:** the runtime's records as of the last durable commit (every

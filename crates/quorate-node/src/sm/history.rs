@@ -51,24 +51,24 @@ use quorate_api::{ApiError, KeyValue, encoded_len};
 
 /// The cluster version from which history is recorded and reads at a revision, compaction and
 /// [`quorate_api::Request::History`] are served.
-pub const HISTORY_CLUSTER_VERSION: u32 = 2;
+pub(crate) const HISTORY_CLUSTER_VERSION: u32 = 2;
 /// Most history entries kept: a write that brings the count past it drops the oldest ones and
 /// raises the compaction revision (the operator's automatic compaction normally keeps the
 /// history far below).
-pub const HISTORY_ENTRIES_MAX: u64 = 1_000_000;
+pub(crate) const HISTORY_ENTRIES_MAX: u64 = 1_000_000;
 /// Most bytes of history kept (the same rule; a command may pass it by what it adds, the next
 /// writes bring it back under).
-pub const HISTORY_BYTES_MAX: u64 = 1 << 30;
+pub(crate) const HISTORY_BYTES_MAX: u64 = 1 << 30;
 /// Most history entries one command drops (compaction and the bound together).
-pub const HISTORY_DROP_PER_COMMAND: usize = 2048;
+pub(crate) const HISTORY_DROP_PER_COMMAND: usize = 2048;
 /// Most keys one delete-range removes while history is recorded (each adds two history
 /// writes); beyond, it answers `more` and the client asks again.
-pub const HISTORY_RANGE_KEYS_MAX: usize = 2000;
+pub(crate) const HISTORY_RANGE_KEYS_MAX: usize = 2000;
 /// Most bytes of replaced versions one delete-range records; beyond, it answers `more`.
-pub const HISTORY_RANGE_BYTES_MAX: usize = 64 << 20;
+pub(crate) const HISTORY_RANGE_BYTES_MAX: usize = 64 << 20;
 /// Keys a read at a revision examines per page (a range full of keys deleted before the
 /// revision costs work but gives no pairs): past it the page ends with a continuation.
-pub const SCAN_AT_EXAMINED_MAX: usize = 4 * PAGE;
+pub(crate) const SCAN_AT_EXAMINED_MAX: usize = 4 * PAGE;
 
 // One command's writes stay within what a command may write: a delete-range's three writes
 // per key, the drops' two, and a few for the counters.
@@ -87,18 +87,18 @@ const META_HIST_SCAN_FROM: &[u8] = b"m/hist_scan_from";
 /// The history's state in a state machine.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub struct HistoryState {
+pub(crate) struct HistoryState {
     /// Reads below this revision are refused.
-    pub compacted: u64,
+    pub(crate) compacted: u64,
     /// Entries kept.
-    pub entries: u64,
+    pub(crate) entries: u64,
     /// Their bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// The history's state in `r` (`None`: not recorded, the cluster is below
 /// [`HISTORY_CLUSTER_VERSION`]).
-pub fn history_state(r: &(impl SmRead + ?Sized)) -> Result<Option<HistoryState>, SmError> {
+pub(crate) fn history_state(r: &(impl SmRead + ?Sized)) -> Result<Option<HistoryState>, SmError> {
     if r.sm_get(META_HIST_COMPACTED)?.is_none() {
         return Ok(None);
     }
@@ -359,7 +359,7 @@ fn version_at<R: SmRead + ?Sized>(r: &R, key: &[u8], revision: u64) -> Result<Op
 }
 
 /// Reads `key` as it was at `revision`.
-pub fn read_get_at<R: SmRead + ?Sized>(
+pub(crate) fn read_get_at<R: SmRead + ?Sized>(
     r: &R,
     key: &[u8],
     revision: u64,
@@ -393,7 +393,7 @@ fn next_candidate<R: SmRead + ?Sized>(r: &R, from: &[u8], end: Option<&[u8]>) ->
 /// One page of the keys in `[start, end)` as they were at `revision`: at most `limit` pairs
 /// within `result_bytes_max` (the first always), ending early (with a continuation) after
 /// [`SCAN_AT_EXAMINED_MAX`] keys examined.
-pub fn read_scan_at_page<R: SmRead + ?Sized>(
+pub(crate) fn read_scan_at_page<R: SmRead + ?Sized>(
     r: &R,
     start: &[u8],
     end: Option<&[u8]>,
