@@ -662,6 +662,41 @@ mod tests {
         }
     }
 
+    /// Sets `path`'s modification time.
+    fn set_mtime(path: &Path, t: SystemTime) {
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn a_replaced_file_is_seen_though_its_modification_time_is_the_one_a_failed_reload_saw() {
+        // File times are coarse (a clock tick of a few ms): a rotation written right after a
+        // refused one can carry the same times. The watcher saw the refused pair (a key for
+        // one certificate, the certificate of another), recorded its times as failed, and
+        // then never looked at the good pair that replaced it with equal times — the transport
+        // test `rotated_certificate_is_served_after_reload_without_restart` timed out so.
+        let dir = scratch("stamps");
+        let cluster = ClusterId::new("stamps").unwrap();
+        let made = generate(&dir.0, &cluster, &[node(1)], &[]).unwrap();
+        let ca = DevCa::load(&made.ca, &dir.0.join("ca.key")).unwrap();
+        let paths = made.nodes[&node(1)].clone();
+        let creds = Credentials::load(paths.clone()).unwrap();
+        let t = SystemTime::now() + Duration::from_secs(5);
+        // Another identity's certificate and key, written at `t`: refused.
+        let other = Identity::peer(cluster.clone(), node(2));
+        ca.issue(&other, Validity::from_now(Duration::from_secs(86_400)), &dir.0, "node-1", &made.ca).unwrap();
+        set_mtime(&paths.cert, t);
+        set_mtime(&paths.key, t);
+        assert!(creds.reload_if_changed().is_err(), "another identity is refused");
+        assert_eq!(creds.reload_if_changed().unwrap(), false, "the same refused files are not retried");
+        // This node's new certificate and key replace them, with the same times.
+        let me = Identity::peer(cluster, node(1));
+        ca.issue(&me, Validity::from_now(Duration::from_secs(86_400)), &dir.0, "node-1", &made.ca).unwrap();
+        set_mtime(&paths.cert, t);
+        set_mtime(&paths.key, t);
+        assert_eq!(creds.reload_if_changed().unwrap(), true, "the replaced files are loaded");
+        assert_eq!(creds.reload_count(), 1);
+    }
+
     #[test]
     fn a_revocation_list_is_updated_in_place_and_keeps_its_entries() {
         let dir = scratch("crl");
