@@ -109,7 +109,7 @@ struct Loaded {
     identity: Identity,
     /// Earliest `notAfter` over the leaf, the chain and the CA bundle (Unix seconds).
     earliest_not_after_unix: i64,
-    mtimes: Vec<Option<SystemTime>>,
+    mtimes: Vec<Option<FileStamp>>,
     /// The QUIC stateless-reset key, derived from the private key ([`ResetKey`]).
     reset_key: ResetKey,
     /// What a peer's chain is checked against (handshakes and re-checks of open connections).
@@ -191,8 +191,8 @@ pub struct Credentials {
     current: RwLock<Arc<Loaded>>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
-    /// The files' modification times at the last refused reload (not retried until they change).
-    failed_mtimes: Mutex<Option<Vec<Option<SystemTime>>>>,
+    /// The files' stamps (time, length, inode) at the last refused reload (not retried until they change).
+    failed_mtimes: Mutex<Option<Vec<Option<FileStamp>>>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -274,9 +274,10 @@ impl Credentials {
         }
     }
 
-    /// Reloads if any file's modification time (CA bundle, certificate, key, revocation
-    /// lists) changed since the last load. Returns whether a reload happened. A failed reload
-    /// is retried at the next change only.
+    /// Reloads if any file (CA bundle, certificate, key, revocation lists) changed since the
+    /// last load: its modification time, length or inode (times alone are too coarse to tell a
+    /// file replaced within a few milliseconds). Returns whether a reload happened. A failed
+    /// reload is retried at the next change only.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = mtimes(&self.paths, &self.crls);
         let loaded = self.loaded();
@@ -395,11 +396,29 @@ fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64
 }
 
-fn mtimes(paths: &TlsPaths, crls: &[PathBuf]) -> Vec<Option<SystemTime>> {
+/// What tells one version of a file from the next: its modification time, length and (on
+/// Unix) inode. Times alone are coarse (a clock tick of a few milliseconds): a file replaced
+/// right after another write can carry the same time, and an atomic replacement (write a
+/// temporary file, rename it over) always brings a new inode.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn mtimes(paths: &TlsPaths, crls: &[PathBuf]) -> Vec<Option<FileStamp>> {
     [&paths.ca, &paths.cert, &paths.key]
         .into_iter()
         .chain(crls)
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            #[cfg(unix)]
+            let inode = std::os::unix::fs::MetadataExt::ino(&m);
+            #[cfg(not(unix))]
+            let inode = 0;
+            Some(FileStamp { modified: m.modified().ok(), len: m.len(), inode })
+        })
         .collect()
 }
 
