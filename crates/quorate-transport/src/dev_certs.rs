@@ -698,6 +698,42 @@ mod tests {
     }
 
     #[test]
+    fn a_file_rewritten_in_place_with_its_length_and_time_is_seen() {
+        // An editor or a config tool that rewrites a file in place (same inode) with content of
+        // the same length, within one tick of the file clock, leaves time, length and inode as
+        // they were: only the content tells the versions apart.
+        let dir = scratch("inplace");
+        let cluster = ClusterId::new("inplace").unwrap();
+        let made = generate(&dir.0, &cluster, &[node(1)], &[]).unwrap();
+        let paths = made.nodes[&node(1)].clone();
+        let creds = Credentials::load(paths.clone()).unwrap();
+        let before = std::fs::metadata(&paths.cert).unwrap();
+        let good = std::fs::read(&paths.cert).unwrap();
+        let garbled: Vec<u8> = good.iter().map(|b| if b.is_ascii_alphabetic() { b'A' } else { *b }).collect();
+        assert_eq!(garbled.len(), good.len());
+        assert_ne!(garbled, good);
+        let write_in_place = |bytes: &[u8]| {
+            use std::io::Write;
+            let mut f = std::fs::File::options().write(true).open(&paths.cert).unwrap();
+            f.write_all(bytes).unwrap();
+            f.set_modified(before.modified().unwrap()).unwrap();
+        };
+        write_in_place(&garbled);
+        let after = std::fs::metadata(&paths.cert).unwrap();
+        assert_eq!(
+            (after.modified().unwrap(), after.len(), std::os::unix::fs::MetadataExt::ino(&after)),
+            (before.modified().unwrap(), before.len(), std::os::unix::fs::MetadataExt::ino(&before)),
+            "the test must leave time, length and inode as they were"
+        );
+        assert!(creds.reload_if_changed().is_err(), "the garbled certificate is seen and refused");
+        assert!(!creds.reload_if_changed().unwrap(), "the same refused file is not retried");
+        // Put back in place: the content is the loaded one again, nothing to reload.
+        write_in_place(&good);
+        assert!(!creds.reload_if_changed().unwrap(), "the content in use needs no reload");
+        assert_eq!((creds.reload_count(), creds.reload_failures()), (0, 1));
+    }
+
+    #[test]
     fn a_revocation_list_is_updated_in_place_and_keeps_its_entries() {
         let dir = scratch("crl");
         let cluster = ClusterId::new("crl").unwrap();
