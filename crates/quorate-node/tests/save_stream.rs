@@ -392,7 +392,7 @@ fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_la
     let mut nodes = c.start();
     c.eventually(&["kv", "put", "k", "v"]);
     assert!(c.ok(&["cluster", "status"]).contains("cluster version 1"));
-    let out = c.cli(&["kv", "get", "k", "--consistency", "stale", "--max-staleness-ms", "5000"]);
+    let out = c.cli(&stale_get(&["--max-staleness-ms", "5000"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("needs cluster version 2"), "the gate: {stderr}");
     let file = tmp.path().join("gated.qsnap");
@@ -410,19 +410,7 @@ fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_la
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let only = c.endpoint(follower);
     // Served by the follower, within the bound.
-    let j = c.json(&[
-        "kv",
-        "get",
-        "k",
-        "--consistency",
-        "stale",
-        "--max-staleness-ms",
-        "5000",
-        "--max-lag-entries",
-        "1000",
-        "--endpoints",
-        &only,
-    ]);
+    let j = c.json(&stale_get(&["--max-staleness-ms", "5000", "--max-lag-entries", "1000", "--endpoints", &only]));
     assert_eq!(j["value"], "v", "{j}");
     assert_eq!(j["read"]["node"].as_u64(), Some(follower), "{j}");
 
@@ -435,19 +423,7 @@ fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_la
             c.ok(&["kv", "put", &format!("w-{i}"), "x"]);
             i += 1;
         }
-        let out = c.cli(&[
-            "kv",
-            "get",
-            "k",
-            "--consistency",
-            "stale",
-            "--max-lag-entries",
-            "0",
-            "--endpoints",
-            &only,
-            "--timeout",
-            "2",
-        ]);
+        let out = c.cli(&stale_get(&["--max-lag-entries", "0", "--endpoints", &only, "--timeout", "2"]));
         if !out.status.success() {
             break out;
         }
@@ -457,7 +433,7 @@ fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_la
     assert_eq!(refusal.status.code(), Some(5), "retryable (unavailable): {stderr}");
     assert!(stderr.contains("replica too stale") && stderr.contains("committed entries"), "{stderr}");
     // Asked of the whole cluster, the refusal moves the client on to another member.
-    let j = c.json(&["kv", "get", "k", "--consistency", "stale", "--max-lag-entries", "1000000"]);
+    let j = c.json(&stale_get(&["--max-lag-entries", "1000000"]));
     assert_eq!(j["value"], "v", "{j}");
     c.failpoints(follower, "");
 
@@ -470,19 +446,7 @@ fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_la
     // Served until a second has passed since it last heard from a leader, refused from then.
     let deadline = Instant::now() + Duration::from_secs(30);
     let out = loop {
-        let out = c.cli(&[
-            "kv",
-            "get",
-            "k",
-            "--consistency",
-            "stale",
-            "--max-staleness-ms",
-            "1000",
-            "--endpoints",
-            &only,
-            "--timeout",
-            "2",
-        ]);
+        let out = c.cli(&stale_get(&["--max-staleness-ms", "1000", "--endpoints", &only, "--timeout", "2"]));
         if !out.status.success() {
             break out;
         }
@@ -492,8 +456,14 @@ fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_la
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("last heard from a leader"), "{stderr}");
-    let out =
-        c.cli(&["kv", "get", "k", "--consistency", "stale", "--max-staleness-ms", "600000", "--endpoints", &only]);
+    let out = c.cli(&stale_get(&["--max-staleness-ms", "600000", "--endpoints", &only]));
     assert!(out.status.success(), "within the bound: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout, b"v\n");
+}
+
+/// `kv get k --consistency stale` followed by `extra` (bounds, endpoints, timeout).
+fn stale_get<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["kv", "get", "k", "--consistency", "stale"];
+    args.extend_from_slice(extra);
+    args
 }

@@ -3,7 +3,7 @@
 //! `quorate certs revoke`: the CA's certificate revocation list, updated.
 
 use super::output::{Format, print_json, usage};
-use super::{CertsDevArgs, CertsIssueArgs, CertsRevokeArgs, IssueKind, Outcome};
+use super::{CaArgs, CertsDevArgs, CertsIssueArgs, CertsRevokeArgs, IssueKind, Outcome};
 use anyhow::{Context, bail};
 use quorate_log::NodeId;
 use quorate_node::config::{LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
@@ -244,6 +244,16 @@ pub(crate) fn utc(unix: i64) -> String {
 }
 
 /// The CA directory of `certs issue`: DIR, or DIR/certs when that is where ca.crt is.
+impl CaArgs {
+    /// The CA directory, its certificate and its key, defaults filled in.
+    fn paths(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = ca_dir(&self.dir);
+        let cert = self.ca_cert.clone().unwrap_or_else(|| dir.join("ca.crt"));
+        let key = self.ca_key.clone().unwrap_or_else(|| dir.join("ca.key"));
+        (dir, cert, key)
+    }
+}
+
 fn ca_dir(dir: &Path) -> PathBuf {
     let nested = dir.join("certs");
     if !dir.join("ca.crt").exists() && nested.join("ca.crt").exists() { nested } else { dir.to_path_buf() }
@@ -267,9 +277,7 @@ pub(crate) fn issue(cluster: &str, args: &CertsIssueArgs, format: Format) -> any
             (Identity::client(cluster_id, principal, role), name)
         }
     };
-    let dir = ca_dir(&args.dir);
-    let ca_cert = args.ca_cert.clone().unwrap_or_else(|| dir.join("ca.crt"));
-    let ca_key = args.ca_key.clone().unwrap_or_else(|| dir.join("ca.key"));
+    let (dir, ca_cert, ca_key) = args.ca.paths();
     let out = args.out.clone().unwrap_or_else(|| dir.clone());
     let cert_path = out.join(format!("{name}.crt"));
     let key_path = out.join(format!("{name}.key"));
@@ -364,9 +372,7 @@ pub(crate) fn revoke(args: &CertsRevokeArgs, format: Format) -> anyhow::Result<O
         .iter()
         .map(|s| parse_serial(s).map_err(|e| usage(format!("{e:#}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let dir = ca_dir(&args.dir);
-    let ca_cert = args.ca_cert.clone().unwrap_or_else(|| dir.join("ca.crt"));
-    let ca_key = args.ca_key.clone().unwrap_or_else(|| dir.join("ca.key"));
+    let (dir, ca_cert, ca_key) = args.ca.paths();
     let crl = args.crl.clone().unwrap_or_else(|| dir.join(CRL_FILE));
     let ca = DevCa::load(&ca_cert, &ca_key).context("cannot sign a revocation list with this CA")?;
     let certs: Vec<&Path> = args.certs.iter().map(PathBuf::as_path).collect();

@@ -426,6 +426,20 @@ pub(crate) enum CertsCmd {
     Revoke(CertsRevokeArgs),
 }
 
+/// Where an existing CA's files are (`certs issue`, `certs revoke`); they are only read.
+#[derive(Debug, Args)]
+pub(crate) struct CaArgs {
+    /// The CA directory: its ca.crt and ca.key (DIR/certs also works, as `certs dev` writes).
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
+    /// The CA certificate (default: ca.crt in --dir). The first certificate of the file signs.
+    #[arg(long)]
+    pub(crate) ca_cert: Option<PathBuf>,
+    /// The CA's private key (default: ca.key in --dir).
+    #[arg(long)]
+    pub(crate) ca_key: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct CertsRevokeArgs {
     /// Certificates to revoke (PEM files issued by this CA).
@@ -434,15 +448,8 @@ pub(crate) struct CertsRevokeArgs {
     /// certificate's file is gone). Repeatable.
     #[arg(long, value_name = "HEX")]
     pub(crate) serial: Vec<String>,
-    /// The CA directory: its ca.crt and ca.key (DIR/certs also works, as `certs dev` writes).
-    #[arg(long)]
-    pub(crate) dir: PathBuf,
-    /// The CA certificate (default: ca.crt in --dir).
-    #[arg(long)]
-    pub(crate) ca_cert: Option<PathBuf>,
-    /// The CA's private key (default: ca.key in --dir).
-    #[arg(long)]
-    pub(crate) ca_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
     /// The revocation list to update or create (default: ca.crl in the CA directory, which
     /// `certs dev` configures every node with).
     #[arg(long, value_name = "FILE")]
@@ -468,15 +475,8 @@ pub(crate) struct CertsIssueArgs {
     pub(crate) kind: IssueKind,
     /// The node id (`node`), or NAME[:ROLE] (`client`).
     pub(crate) name: String,
-    /// The CA directory: its ca.crt and ca.key (DIR/certs also works, as `certs dev` writes).
-    #[arg(long)]
-    pub(crate) dir: PathBuf,
-    /// The CA certificate (default: ca.crt in --dir). The first certificate of the file issues.
-    #[arg(long)]
-    pub(crate) ca_cert: Option<PathBuf>,
-    /// The CA's private key (default: ca.key in --dir).
-    #[arg(long)]
-    pub(crate) ca_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
     /// Where to write node-ID.{crt,key} or client-NAME.{crt,key} (default: the CA directory).
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,

@@ -249,9 +249,7 @@ fn issue_args(kind: IssueKind, name: &str, dir: &std::path::Path, days: u64) -> 
     CertsIssueArgs {
         kind,
         name: name.into(),
-        dir: dir.to_path_buf(),
-        ca_cert: None,
-        ca_key: None,
+        ca: CaArgs { dir: dir.to_path_buf(), ca_cert: None, ca_key: None },
         out: None,
         days,
         force: false,
@@ -373,13 +371,13 @@ MIIB
     let e = issue(&issue_args(IssueKind::Node, "4", &garbled, 30));
     assert!(format!("{e:#}").contains("garbled"), "{e:#}");
     let mut wrong_key = issue_args(IssueKind::Node, "4", &certs, 30);
-    wrong_key.ca_key = Some(certs.join("node-1.key"));
+    wrong_key.ca.ca_key = Some(certs.join("node-1.key"));
     let e = issue(&wrong_key);
     assert!(format!("{e:#}").contains("not the private key"), "{e:#}");
     // A leaf certificate is not a CA.
     let mut leaf = issue_args(IssueKind::Node, "4", &certs, 1);
-    leaf.ca_cert = Some(certs.join("node-1.crt"));
-    leaf.ca_key = Some(certs.join("node-1.key"));
+    leaf.ca.ca_cert = Some(certs.join("node-1.crt"));
+    leaf.ca.ca_key = Some(certs.join("node-1.key"));
     let e = issue(&leaf);
     assert!(format!("{e:#}").contains("not a CA"), "{e:#}");
     assert!(!certs.join("node-4.crt").exists(), "nothing written on refusal");
@@ -636,9 +634,7 @@ fn certs_revoke_adds_to_the_list_and_refuses_clearly() {
     let args = |certs_: Vec<PathBuf>, serial: Vec<String>| CertsRevokeArgs {
         certs: certs_,
         serial,
-        dir: root.clone(),
-        ca_cert: None,
-        ca_key: None,
+        ca: CaArgs { dir: root.clone(), ca_cert: None, ca_key: None },
         crl: None,
         days: 30,
     };
@@ -660,7 +656,7 @@ fn certs_revoke_adds_to_the_list_and_refuses_clearly() {
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::fs::copy(certs.join("ca.crt"), elsewhere.join("ca.crt")).unwrap();
     let mut a = args(vec![], vec![]);
-    a.dir = elsewhere;
+    a.ca.dir = elsewhere;
     a.crl = Some(certs.join("ca.crl"));
     let err = certs::revoke(&a, output::Format::Text).unwrap_err();
     assert!(format!("{err:#}").contains("ca.key"), "{err:#}");
