@@ -191,7 +191,7 @@ pub struct Credentials {
     current: RwLock<Arc<Loaded>>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
-    /// The files' stamps (time, length, inode) at the last refused reload (not retried until they change).
+    /// The files' stamps (time, length, inode, content digest) at the last refused reload (not retried until they change).
     failed_mtimes: Mutex<Option<Vec<Option<FileStamp>>>>,
 }
 
@@ -275,8 +275,8 @@ impl Credentials {
     }
 
     /// Reloads if any file (CA bundle, certificate, key, revocation lists) changed since the
-    /// last load: its modification time, length or inode (times alone are too coarse to tell a
-    /// file replaced within a few milliseconds). Returns whether a reload happened. A failed
+    /// last load: its modification time, length, inode or content (times alone are too coarse
+    /// to tell a file replaced within a few milliseconds). Returns whether a reload happened. A failed
     /// reload is retried at the next change only.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = mtimes(&self.paths, &self.crls);
@@ -396,15 +396,38 @@ fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64
 }
 
-/// What tells one version of a file from the next: its modification time, length and (on
-/// Unix) inode. Times alone are coarse (a clock tick of a few milliseconds): a file replaced
-/// right after another write can carry the same time, and an atomic replacement (write a
-/// temporary file, rename it over) always brings a new inode.
+/// What tells one version of a file from the next: its modification time, length, (on Unix)
+/// inode and a digest of its content. Times alone are coarse (a clock tick of a few
+/// milliseconds): a file replaced right after another write can carry the same time; an
+/// atomic replacement (write a temporary file, rename it over) always brings a new inode; a
+/// rewrite in place with content of the same length within one tick changes only the
+/// content. The files are small (certificates, keys, revocation lists of at most
+/// [`CRL_FILE_BYTES_MAX`], which is also where the digest stops), so reading them at every
+/// check costs little.
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct FileStamp {
     modified: Option<SystemTime>,
     len: u64,
     inode: u64,
+    digest: Option<u64>,
+}
+
+/// A digest of the first [`CRL_FILE_BYTES_MAX`] bytes of a file (not a security measure:
+/// whoever can write the files chooses the node's identity anyway). `None` when unreadable.
+fn content_digest(path: &Path) -> Option<u64> {
+    use std::hash::Hasher;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?.take(CRL_FILE_BYTES_MAX);
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Some(hasher.finish()),
+            Ok(n) => hasher.write(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 fn mtimes(paths: &TlsPaths, crls: &[PathBuf]) -> Vec<Option<FileStamp>> {
@@ -417,7 +440,7 @@ fn mtimes(paths: &TlsPaths, crls: &[PathBuf]) -> Vec<Option<FileStamp>> {
             let inode = std::os::unix::fs::MetadataExt::ino(&m);
             #[cfg(not(unix))]
             let inode = 0;
-            Some(FileStamp { modified: m.modified().ok(), len: m.len(), inode })
+            Some(FileStamp { modified: m.modified().ok(), len: m.len(), inode, digest: content_digest(p) })
         })
         .collect()
 }
