@@ -664,7 +664,9 @@ fn member_update_is_gated_then_moves_a_member_the_others_reach_at_its_new_addres
 /// lists the address the others dial (node 3 used to list its own `advertise`, so two members
 /// disagreed on where node 3 is), and node 3 warns at start with the `member update` that
 /// would make its advertised address the cluster's. Node 2 advertises what the cluster has:
-/// no warning. After that `member update`, the members list the advertised address.
+/// no warning. After that `member update` (made while node 3 is down), the members list the
+/// advertised address; node 3, restarted listening there, starts from its own log's old
+/// address (a warning again, stale) and, once it applies the update, says the warning is over.
 #[test]
 fn advertise_is_checked_against_the_address_the_cluster_dials() {
     let tmp = tempfile::tempdir().unwrap();
@@ -680,7 +682,7 @@ fn advertise_is_checked_against_the_address_the_cluster_dials() {
     };
     set_advertise(3, &advertised);
     set_advertise(2, &format!("127.0.0.1:{}", base + 1));
-    let _nodes = start(&env.dir);
+    let mut nodes = start(&env.dir);
     first_write(&env);
 
     let address_of_3 = |via: u64| {
@@ -709,6 +711,9 @@ fn advertise_is_checked_against_the_address_the_cluster_dials() {
         assert!(Instant::now() < deadline, "the new cluster stayed below its cluster version");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let child = &mut nodes.0[2];
+    child.kill().unwrap();
+    child.wait().unwrap();
     env.ok(&["member", "update", "3", "--peer", &advertised]);
     for via in 1..=2 {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -716,5 +721,33 @@ fn advertise_is_checked_against_the_address_the_cluster_dials() {
             assert!(Instant::now() < deadline, "node {via} still lists node 3 at {}", address_of_3(via));
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+    env.ok(&["kv", "put", "moved", "yes"]);
+
+    // Node 3 back, listening where it advertises: its log still has the old address until it
+    // applies the update, then the warning is withdrawn.
+    let config = env.dir.join("node-3.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&format!("listen = \"{dialed}\""), &format!("listen = \"{advertised}\""))).unwrap();
+    nodes.0[2] = spawn_node(&env.dir, 3);
+    let only_3 = format!("3={advertised}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.cli(&["kv", "get", "moved", "--consistency", "stale", "--endpoints", &only_3, "--timeout", "2"]).stdout
+        != b"yes\n"
+    {
+        assert!(Instant::now() < deadline, "node 3 did not catch up at its advertised address");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let warned = log(3).lines().any(|l| l.contains(&fix));
+    assert!(warned, "node 3 restarted from a log with its old address and warned: {}", log(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = log(3);
+        let last = text.lines().filter(|l| l.contains(&fix) || l.contains("advertise` address")).last().unwrap_or("");
+        if last.contains("advertise` address") && !last.contains(&fix) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3's last word on its address is the stale warning: {text}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
