@@ -153,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) inflight: Arc<AtomicUsize>,
     /// Member addresses: bootstrap peers, then what the log recorded.
     pub(crate) addrs: RwLock<BTreeMap<NodeId, String>>,
+    /// The configuration's `advertise`: checked against this node's address in the log.
+    pub(crate) advertise: Option<String>,
     pub(crate) revision: AtomicU64,
     pub(crate) log_time_ms: AtomicU64,
     /// The applied cluster version (see [`crate::versions::AppliedClusterVersion`]).
@@ -183,6 +185,11 @@ impl Shared {
             let mut a = self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             a.insert(id, addr.clone()).as_deref() != Some(addr.as_str())
         };
+        if changed && id == self.id {
+            // Checked at start against the log this node had then; a `member update` applied
+            // since (made while it was down, say) settles the question or raises it anew.
+            check_advertise(id, self.advertise.as_deref(), &addr, true);
+        }
         if !changed || id == self.id {
             return;
         }
@@ -190,6 +197,21 @@ impl Shared {
         // peer's task on it.
         let _runtime = self.handle.enter();
         dial_member(&self.transport, id, &addr);
+    }
+}
+
+/// Warns when `advertise` is not `dialed`, the address the cluster has for this node (the
+/// cluster's address for a member changes through the log, `member update`, as etcd's does);
+/// after a change in the log (`changed`), also says when the two now agree.
+fn check_advertise(id: NodeId, advertise: Option<&str>, dialed: &str, changed: bool) {
+    let Some(advertise) = advertise else { return };
+    if !same_address(advertise, dialed) {
+        tracing::warn!(node = %id, advertise = %advertise, %dialed,
+            "`advertise` {advertise} is not the address the cluster dials this node at ({dialed}); to make it so, \
+             run `quorate member update {id} --peer {advertise}`");
+    } else if changed {
+        tracing::info!(node = %id, %advertise,
+            "the cluster now dials this node at its `advertise` address {advertise}");
     }
 }
 
@@ -759,13 +781,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         .entry(id)
         .or_insert_with(|| config.advertise.clone().unwrap_or_else(|| config.listen.to_string()))
         .clone();
-    if let Some(advertise) = &config.advertise
-        && !same_address(advertise, &own)
-    {
-        tracing::warn!(node = %id, advertise = %advertise, dialed = %own,
-            "`advertise` {advertise} is not the address the cluster dials this node at ({own}); to make it so, \
-             run `quorate member update {id} --peer {advertise}`");
-    }
+    check_advertise(id, config.advertise.as_deref(), &own, false);
     // Dialed in the transport's tasks: a name is resolved before every dial, and a slow name
     // server delays no one but that peer.
     for (&p, a) in &addrs {
@@ -783,6 +799,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         transport: transport.clone(),
         inflight: Arc::new(AtomicUsize::new(0)),
         addrs: RwLock::new(addrs),
+        advertise: config.advertise.clone(),
         revision: AtomicU64::new(crate::sm::revision(&*store)?),
         log_time_ms: AtomicU64::new(crate::sm::log_time_ms(&*store)?),
         cluster_version: crate::versions::AppliedClusterVersion::new(cluster_version),

@@ -728,7 +728,8 @@ fn advertise_is_checked_against_the_address_the_cluster_dials() {
     // applies the update, then the warning is withdrawn.
     let config = env.dir.join("node-3.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace(&format!("listen = \"{dialed}\""), &format!("listen = \"{advertised}\""))).unwrap();
+    std::fs::write(&config, text.replace(&format!("listen = \"{dialed}\""), &format!("listen = \"{advertised}\"")))
+        .unwrap();
     nodes.0[2] = spawn_node(&env.dir, 3);
     let only_3 = format!("3={advertised}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -743,7 +744,7 @@ fn advertise_is_checked_against_the_address_the_cluster_dials() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = log(3);
-        let last = text.lines().filter(|l| l.contains(&fix) || l.contains("advertise` address")).last().unwrap_or("");
+        let last = text.lines().rfind(|l| l.contains(&fix) || l.contains("advertise` address")).unwrap_or("");
         if last.contains("advertise` address") && !last.contains(&fix) {
             break;
         }
