@@ -26,16 +26,20 @@ const OPS_MAX: u64 = 500_000;
 /// Distinct keys the writes spread over.
 const KEYS: u64 = 100_000;
 
-const USAGE: &str = "usage: cargo xtask bench cluster [--duration S] [--clients 1,16,64,256] [--skip-etcd]";
+const USAGE: &str =
+    "usage: cargo xtask bench cluster [--duration S] [--clients 1,16,64,256] [--connections N] [--skip-etcd]";
 
 struct Options {
     duration: f64,
     clients: Vec<u32>,
+    /// Connections the clients share (`quorate bench --connections`, at most the clients);
+    /// `None`: one per client.
+    connections: Option<u32>,
     skip_etcd: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
-    let mut o = Options { duration: 10.0, clients: vec![1, 16, 64, 256], skip_etcd: false };
+    let mut o = Options { duration: 10.0, clients: vec![1, 16, 64, 256], connections: None, skip_etcd: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -55,6 +59,14 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 if o.clients.is_empty() || o.clients.iter().any(|&c| c == 0 || c > 1024) {
                     bail!("--clients takes counts between 1 and 1024, comma-separated");
                 }
+            }
+            "--connections" => {
+                let v = it.next().context(USAGE)?;
+                let n: u32 = v.parse().with_context(|| format!("--connections takes a count, got `{v}`"))?;
+                if !(1..=1024).contains(&n) {
+                    bail!("--connections takes a count between 1 and 1024");
+                }
+                o.connections = Some(n);
             }
             "--skip-etcd" => o.skip_etcd = true,
             other => bail!("unknown option `{other}`\n{USAGE}"),
@@ -117,12 +129,15 @@ fn run_quorate(o: &Options, r: &mut Results) -> Result<()> {
     let duration = o.duration.to_string();
     let (ops, keys, value) = (OPS_MAX.to_string(), KEYS.to_string(), VALUE_SIZE.to_string());
     let mut bench = |clients: u32, read_ratio: &str, label: &str| -> Result<Point> {
-        step(&format!("quorate bench: {label}, {clients} clients, {duration} s"));
-        let c = clients.to_string();
+        let connections = o.connections.map_or(clients, |n| n.min(clients));
+        step(&format!("quorate bench: {label}, {clients} clients over {connections} connections, {duration} s"));
+        let (c, n) = (clients.to_string(), connections.to_string());
         let out = cluster.quorate(&[
             "bench",
             "--clients",
             &c,
+            "--connections",
+            &n,
             "--value-size",
             &value,
             "--duration",
@@ -350,6 +365,9 @@ fn machine() -> String {
 fn section_text(o: &Options, r: &Results, table: &str, verdict: &str) -> String {
     let clients = o.clients.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let mut command = format!("cargo xtask bench cluster --duration {} --clients {clients}", o.duration);
+    if let Some(n) = o.connections {
+        command.push_str(&format!(" --connections {n}"));
+    }
     if o.skip_etcd {
         command.push_str(" --skip-etcd");
     }
@@ -358,12 +376,16 @@ fn section_text(o: &Options, r: &Results, table: &str, verdict: &str) -> String 
          1,16,64,256`).\n\nWorkload: a 3-node `quorate` cluster on 127.0.0.1:7001-7003 set up like `cargo xtask \
          demo` (RocksDB, fsync on, mutual TLS on client and peer links); `quorate bench` closed loop, {VALUE_SIZE} B \
          values over {KEYS} keys, puts only (`--read-ratio 0`) for each client count, {} s each (cap {OPS_MAX} \
-         operations), then linearizable gets at {READ_CLIENTS} clients. In the same run, etcd 3.4 (3 members on \
+         operations; {}), then linearizable gets at {READ_CLIENTS} clients. In the same run, etcd 3.4 (3 members on \
          127.0.0.1, plain HTTP, fsync on) via `{ETCD_BENCH}`: `cluster.sh start plain`, `CLIENTS=\"{}\" bench.sh \
          plain` (puts of {VALUE_SIZE} B values with 8 B sequential keys to the leader, fixed totals), `cluster.sh \
          stop`; its linearizable-get row is bench.sh's GET-256 (256 clients). Load generators share the machine \
          with the nodes.\n\nMachine: {}.\n\n",
         o.duration,
+        o.connections.map_or_else(
+            || "each client with a connection of its own".to_string(),
+            |n| format!("the clients share {n} connections, as sessions over QUIC streams")
+        ),
         o.clients.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
         machine()
     );
@@ -418,6 +440,19 @@ fn replace_section(old: &str, section: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_optional_and_bounded() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+        assert_eq!(parse_args(&args(&[])).unwrap().connections, None);
+        let o = parse_args(&args(&["--clients", "256", "--connections", "4"])).unwrap();
+        assert_eq!((o.clients.clone(), o.connections), (vec![256], Some(4)));
+        for bad in ["0", "1025", "x"] {
+            assert!(parse_args(&args(&["--connections", bad])).is_err(), "{bad}");
+        }
+        let text = section_text(&o, &Results::default(), "", "");
+        assert!(text.contains("--connections 4") && text.contains("share 4 connections"), "{text}");
+    }
 
     #[test]
     fn the_etcd_bench_folder_is_beside_the_repository_unless_the_variable_says_otherwise() {

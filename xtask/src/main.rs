@@ -49,7 +49,7 @@ commands:
                              missing), in a copy of the tree; not part of ci (docs/verification.md)
   bench <api|core|storage|transport>
                              benchmarks; record the figures in docs/benchmarks.md
-  bench cluster [--duration S] [--clients 1,16,64,256] [--skip-etcd]
+  bench cluster [--duration S] [--clients 1,16,64,256] [--connections N] [--skip-etcd]
                              a real 3-node cluster (fsync, mTLS) under `quorate bench`, then etcd 3.4
                              in the same run; writes the comparison to docs/benchmarks.md
   bench overload [--secs N] [--multiples 0.5,1,2,5]

@@ -26,7 +26,8 @@
 //!   write the next sequence number. A retry after a timeout or a lost connection reuses the
 //!   same (session, sequence number), so the node applies the write once and answers the retry
 //!   with the original result. Writes through one [`Client`] are therefore issued one at a
-//!   time (reads run concurrently); use several clients for parallel writes.
+//!   time (reads run concurrently); for parallel writes use several clients — made with
+//!   [`Client::session`] they share one connection per node.
 //! * **Errors in plain words** ([`ClientError`]): which node, what happened, what to do.
 //!
 //! ```no_run
@@ -267,7 +268,7 @@ pub struct StreamedSnapshot {
 
 /// A client of a Quorate cluster. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Client {
-    core: Core<QuicLink>,
+    core: Core<Arc<QuicLink>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -294,7 +295,26 @@ impl Client {
             )));
         }
         let link = QuicLink::new(Arc::new(credentials), config.connect_timeout, config.request_timeout);
-        Ok(Client { core: Core::new(link, config) })
+        Ok(Client { core: Core::new(Arc::new(link), config) })
+    }
+
+    /// Another client over this one's connections (one QUIC connection per node, shared),
+    /// with a session of its own: its writes run concurrently with this client's, as streams
+    /// of the same connections, each exactly once in its own session. One client has one write
+    /// in flight at a time (its session orders them); N clients made with `session` carry N
+    /// concurrent writes over one connection per node instead of N connections — as etcd's
+    /// clients multiplex requests over a gRPC connection. A node accepts a bounded number of
+    /// concurrent requests per connection (further ones wait for a stream); the leader and
+    /// the members a client suspects are its own. [`Client::close`] on any of them closes the
+    /// shared connections.
+    #[must_use]
+    pub fn session(&self) -> Client {
+        let mut config = self.core.config.clone();
+        // Another seed for another jitter (the configured one stays reproducible).
+        config.seed = Some(self.core.random());
+        Client {
+            core: Core::with_request_ids(Arc::clone(&self.core.link), config, Arc::clone(&self.core.next_request)),
+        }
     }
 
     /// The members this client knows, with their addresses.
@@ -764,7 +784,8 @@ struct Core<L> {
     leader: Mutex<Option<NodeId>>,
     /// Nodes that failed to answer, and until when they are passed over.
     suspects: Mutex<BTreeMap<NodeId, Instant>>,
-    next_request: AtomicU64,
+    /// Request ids, shared by the clients over one link (ids are unique per connection).
+    next_request: Arc<AtomicU64>,
     rotation: AtomicUsize,
     budget: Mutex<RetryBudget>,
     rng: Mutex<SplitMix64>,
@@ -774,6 +795,10 @@ struct Core<L> {
 
 impl<L: Link> Core<L> {
     fn new(link: L, config: ClientConfig) -> Core<L> {
+        Core::with_request_ids(link, config, Arc::new(AtomicU64::new(1)))
+    }
+
+    fn with_request_ids(link: L, config: ClientConfig, next_request: Arc<AtomicU64>) -> Core<L> {
         let addrs: BTreeMap<NodeId, SocketAddr> = config.members.iter().copied().collect();
         let seed = config.seed.unwrap_or_else(|| {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -785,7 +810,7 @@ impl<L: Link> Core<L> {
             addrs: Mutex::new(addrs),
             leader: Mutex::new(None),
             suspects: Mutex::new(BTreeMap::new()),
-            next_request: AtomicU64::new(1),
+            next_request,
             rotation: AtomicUsize::new((seed % 1024) as usize),
             budget: Mutex::new(RetryBudget::new(config.retry_budget, Instant::now())),
             rng: Mutex::new(SplitMix64::new(seed)),

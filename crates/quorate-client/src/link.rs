@@ -39,6 +39,27 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn close(&self);
 }
 
+/// A link shared by several clients ([`crate::Client::session`]): the same connections.
+impl<L: Link> Link for Arc<L> {
+    fn call(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+        request: ClientRequest,
+        attempt: u32,
+    ) -> impl Future<Output = Result<ClientResponse, LinkError>> + Send {
+        L::call(self, node, addr, request, attempt)
+    }
+
+    fn forget(&self, node: NodeId) {
+        L::forget(self, node);
+    }
+
+    fn close(&self) {
+        L::close(self);
+    }
+}
+
 /// A cached connection and the address it goes to.
 type Cached = (SocketAddr, Arc<Connection<NodeMessage>>);
 

@@ -563,3 +563,71 @@ fn paged_reads_are_sent_whole_to_a_0_1_0_node_and_answered_as_pages() {
     let (sent, paged) = unpaged(ClientRequest { id: 3, session: None, body: Request::Status });
     assert_eq!((sent.body, paged), (Request::Status, None));
 }
+
+/// A leader (node 1) whose first put waits until a second put is in flight with it.
+#[derive(Default)]
+struct PairLink {
+    sessions: AtomicU64,
+    puts: AtomicU64,
+    second_put: tokio::sync::Notify,
+    /// Every request as it arrived.
+    seen: Mutex<Vec<ClientRequest>>,
+}
+
+impl Link for PairLink {
+    async fn call(
+        &self,
+        node: NodeId,
+        _addr: SocketAddr,
+        request: ClientRequest,
+        _attempt: u32,
+    ) -> Result<ClientResponse, LinkError> {
+        if node != id(1) {
+            return Ok(ClientResponse {
+                id: request.id,
+                result: Err(ApiError::NotLeader { leader: Some(id(1)), addr: None }),
+            });
+        }
+        lock(&self.seen).push(request.clone());
+        let result = match request.body {
+            Request::OpenSession => Response::Session(SessionId(self.sessions.fetch_add(1, Ordering::Relaxed) + 1)),
+            Request::Put { .. } => {
+                if self.puts.fetch_add(1, Ordering::Relaxed) == 0 {
+                    self.second_put.notified().await;
+                } else {
+                    self.second_put.notify_one();
+                }
+                Response::Put { revision: 1 }
+            }
+            _ => Response::Done,
+        };
+        Ok(ClientResponse { id: request.id, result: Ok(result) })
+    }
+    fn forget(&self, _node: NodeId) {}
+    fn close(&self) {}
+}
+
+/// Two clients over one link (`Client::session`): each has a session of its own, their writes
+/// are in flight together (the first put is answered only once the second arrived), and the
+/// request ids on the shared connections are unique.
+#[tokio::test(start_paused = true)]
+async fn clients_sharing_a_link_write_concurrently_in_their_own_sessions() {
+    let members = (1..=3).map(|i| (id(i), SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)))).collect();
+    let tls = TlsPaths { ca: "ca".into(), cert: "cert".into(), key: "key".into() };
+    let mut config = ClientConfig::new(ClusterId::new("test").unwrap(), members, tls);
+    config.seed = Some(7);
+    let link = Arc::new(PairLink::default());
+    let a = Core::new(Arc::clone(&link), config.clone());
+    let b = Core::with_request_ids(Arc::clone(&link), config, Arc::clone(&a.next_request));
+    let both =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(a.write(put("a")), b.write(put("b"))) })
+            .await
+            .expect("the two writes were not in flight together");
+    assert!(both.0.is_ok() && both.1.is_ok(), "{both:?}");
+    let seen = lock(&link.seen).clone();
+    let sessions: std::collections::BTreeSet<u64> =
+        seen.iter().filter(|r| matches!(r.body, Request::Put { .. })).map(|r| r.session.unwrap().session.0).collect();
+    assert_eq!(sessions, [1, 2].into(), "one session each: {seen:?}");
+    let ids: std::collections::BTreeSet<u64> = seen.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), seen.len(), "request ids are unique across the clients: {seen:?}");
+}

@@ -165,6 +165,29 @@ fn top_and_bench_print_json(env: &Env) {
     let p = &b["all"]["latency_ms"];
     assert!(p["p50"].as_f64().unwrap() <= p["p99"].as_f64().unwrap(), "{b}");
     assert!(p["p99"].as_f64().unwrap() <= p["max"].as_f64().unwrap(), "{b}");
+    assert_eq!(b["connections"], 2, "one connection per client by default: {b}");
+    // Eight clients over one connection: concurrent writes, each in its own session, as
+    // streams of that connection.
+    let b = env.json(&[
+        "bench",
+        "--duration",
+        "1",
+        "--clients",
+        "8",
+        "--connections",
+        "1",
+        "--keys",
+        "10",
+        "--ops-max",
+        "400",
+        "--read-ratio",
+        "0",
+    ]);
+    assert_eq!((b["clients"].clone(), b["connections"].clone()), (8.into(), 1.into()), "{b}");
+    assert_eq!(b["writes"]["errors"], 0, "{b}");
+    assert!(b["writes"]["ops"].as_u64().unwrap() >= 8, "{b}");
+    let out = env.cli(&["bench", "--clients", "2", "--connections", "3"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("more than --clients"));
 }
 
 /// `snapshot save`, then `snapshot status FILE` on it, offline (no endpoints needed).

@@ -1,5 +1,5 @@
-//! `quorate bench`: a closed-loop load generator. Each of N clients issues one operation at a
-//! time (a read with probability R, else a put) until the duration or the operation cap is
+//! `quorate bench`: a closed-loop load generator. Each of N clients (sessions, sharing
+//! `--connections` connections, default one each) issues one operation at a time (a read with probability R, else a put) until the duration or the operation cap is
 //! reached; the run prints throughput and latency percentiles (`-o json`: one object).
 
 use super::output::{Format, print_json};
@@ -92,11 +92,18 @@ pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs, format: Format) -> an
         bail!("--duration must be between 0 and 86400 seconds");
     }
     let duration = Duration::from_secs_f64(args.duration);
-    let config = conn.client_config()?;
-    let mut clients = Vec::new();
-    for _ in 0..args.clients {
-        clients.push(quorate_client::Client::new(config.clone())?);
+    let connections = args.connections.unwrap_or(args.clients);
+    if connections > args.clients {
+        bail!("--connections {connections} is more than --clients {}", args.clients);
     }
+    let config = conn.client_config()?;
+    let mut shared = Vec::new();
+    for _ in 0..connections {
+        shared.push(quorate_client::Client::new(config.clone())?);
+    }
+    // Client i: a session of its own over connection i mod N.
+    let clients: Vec<quorate_client::Client> =
+        (0..args.clients as usize).map(|i| shared[i % shared.len()].session()).collect();
     // Warm up: every client opens its connection and session before the clock starts.
     for c in &clients {
         c.put("bench/warmup", b"").await?;
@@ -133,7 +140,6 @@ pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs, format: Format) -> an
                     }
                 }
             }
-            client.close();
             (reads, writes)
         });
     }
@@ -144,6 +150,9 @@ pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs, format: Format) -> an
         writes.merge(w);
     }
     let elapsed = started.elapsed();
+    for c in &shared {
+        c.close();
+    }
     let mut all = Samples::default();
     all.micros.extend(&reads.micros);
     all.micros.extend(&writes.micros);
@@ -151,6 +160,7 @@ pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs, format: Format) -> an
     if format == Format::Json {
         print_json(&json!({
             "clients": args.clients,
+            "connections": connections,
             "value_size": args.value_size,
             "read_ratio": args.read_ratio,
             "keys": args.keys,
@@ -162,7 +172,7 @@ pub(crate) async fn run(conn: &ConnArgs, args: &BenchArgs, format: Format) -> an
         }))?;
     } else {
         println!(
-            "{} clients, {} B values, read ratio {:.2}, {:.1} s",
+            "{} clients over {connections} connections, {} B values, read ratio {:.2}, {:.1} s",
             args.clients,
             args.value_size,
             args.read_ratio,

@@ -522,9 +522,14 @@ pub(crate) struct CertsDevArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Concurrent clients (each with its own connection and session).
+    /// Concurrent clients, each with its own session and one operation in flight.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) clients: u32,
+    /// Connections the clients share (client i uses connection i mod N, as a stream of it);
+    /// default: one per client. A node takes 64 concurrent requests per connection, so fewer
+    /// than clients/64 connections make clients wait for a stream.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) connections: Option<u32>,
     /// Bytes per written value.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
     pub(crate) value_size: u32,
