@@ -4,6 +4,7 @@
 use crate::testdir::TestDir;
 use crate::*;
 use quorate_log::{Data, Entry, EntryId, EntryPayload, HardState, LogIndex, LogStorage, NodeId, SnapshotMeta, Term};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -532,4 +533,51 @@ fn a_state_machine_read_while_an_install_recreates_the_column_family_waits_and_s
     s.write_sm_install_batch(vec![(b"k".to_vec(), b"w".to_vec())]).unwrap();
     s.finish_sm_install(LogIndex(5)).unwrap();
     assert_eq!(s.sm_get(b"k").unwrap(), Some(b"w".to_vec()));
+}
+
+/// Every column family reads through the one block cache of the configured size, and only
+/// the `sm` family has bloom filters — also after an install recreates it (RocksDB records
+/// each family's options in the database's OPTIONS file, which is what is read here).
+#[test]
+fn the_families_share_one_block_cache_and_the_state_machine_has_bloom_filters() {
+    let d = TestDir::new("tables");
+    let options = StoreOptions { block_cache_bytes: 24 << 20, ..opts() };
+    let s = RocksStore::open(d.path(), options).expect("open");
+    for name in crate::codec::CFS {
+        let cf = s.db.cf_handle(name).unwrap();
+        let capacity = s.db.property_int_value_cf(&cf, "rocksdb.block-cache-capacity").unwrap();
+        assert_eq!(capacity, Some(24 << 20), "{name}");
+    }
+    let families = |s: &RocksStore| -> BTreeMap<String, String> {
+        let db_dir = s.dir().join("db");
+        let latest = std::fs::read_dir(&db_dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with("OPTIONS-"))
+            .max_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap_or(0))
+            .expect("an OPTIONS file");
+        let text = std::fs::read_to_string(db_dir.join(latest)).unwrap();
+        // `[TableOptions/BlockBasedTable "NAME"]` sections: NAME -> its filter policy line.
+        let mut out = BTreeMap::new();
+        let mut current = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("[TableOptions/BlockBasedTable \"") {
+                current = rest.strip_suffix("\"]").map(str::to_string);
+            } else if line.starts_with('[') {
+                current = None;
+            } else if let (Some(name), Some(policy)) = (&current, line.strip_prefix("filter_policy=")) {
+                out.insert(name.clone(), policy.to_string());
+            }
+        }
+        out
+    };
+    let check = |f: &BTreeMap<String, String>| {
+        for name in crate::codec::CFS {
+            let policy = f.get(name).map(String::as_str).unwrap_or("nullptr");
+            assert_eq!(policy.contains("bloomfilter"), name == crate::codec::CF_SM, "{name}: {policy} in {f:?}");
+        }
+    };
+    check(&families(&s));
+    s.begin_sm_install(LogIndex(1)).unwrap();
+    check(&families(&s));
 }

@@ -84,7 +84,24 @@ pub struct StoreOptions {
     /// call [`RocksStore::recovered`] once it has. Default `false`: refuse (and refuse a store
     /// that still holds that file).
     pub accept_lost_state: bool,
+    /// Bytes of the one block cache every column family shares (RocksDB's LRU cache, with
+    /// index and filter blocks inside it, so that they are bounded too). Default
+    /// [`BLOCK_CACHE_BYTES_DEFAULT`]; clamped to [`BLOCK_CACHE_BYTES_MIN`]..=[`BLOCK_CACHE_BYTES_MAX`].
+    pub block_cache_bytes: u64,
 }
+
+/// The default size of the shared block cache.
+pub const BLOCK_CACHE_BYTES_DEFAULT: u64 = 64 << 20;
+/// The smallest block cache accepted.
+pub const BLOCK_CACHE_BYTES_MIN: u64 = 1 << 20;
+/// The largest block cache accepted.
+pub const BLOCK_CACHE_BYTES_MAX: u64 = 64 << 30;
+
+/// Bits per key of the `sm` family's bloom filters (RocksDB's usual 10: about 1 % false
+/// positives).
+const SM_BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// Share of the `sm` memtable given to its whole-key bloom filter.
+const SM_MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
 /// The default memtable size of the `log` and `sm` column families.
 pub const WRITE_BUFFER_BYTES_DEFAULT: u64 = 16 << 20;
@@ -116,6 +133,7 @@ impl Default for StoreOptions {
             write_buffer_bytes: WRITE_BUFFER_BYTES_DEFAULT,
             durable_mark_interval: DURABLE_MARK_INTERVAL_DEFAULT,
             accept_lost_state: false,
+            block_cache_bytes: BLOCK_CACHE_BYTES_DEFAULT,
         }
     }
 }
@@ -153,6 +171,11 @@ impl StoreOptions {
     #[must_use]
     pub fn compaction_budget_bytes(&self) -> u64 {
         compaction_budget(self.write_buffer())
+    }
+
+    fn block_cache(&self) -> rocksdb::Cache {
+        let bytes = self.block_cache_bytes.clamp(BLOCK_CACHE_BYTES_MIN, BLOCK_CACHE_BYTES_MAX);
+        rocksdb::Cache::new_lru_cache(usize::try_from(bytes).unwrap_or(usize::MAX))
     }
 
     fn write_buffer(&self) -> u64 {
@@ -219,6 +242,8 @@ pub struct RocksStore {
     db_dir: PathBuf,
     /// The memtable size the column families were opened with.
     write_buffer: u64,
+    /// The block cache every column family shares.
+    block_cache: rocksdb::Cache,
     /// An injected write failure (fault testing), see [`RocksStore::danger_inject_write_fault`].
     fault: Mutex<Option<WriteFault>>,
     /// Writes refused for disk space since the open.
@@ -350,9 +375,10 @@ impl RocksStore {
         // A state machine known to be damaged (a compaction met a damaged table file of it) is
         // opened without compactions until it is reinstalled, which drops its files unread.
         let sm_damaged = read_sm_damaged(&dir)?;
-        let mut cfs = cf_descriptors(w);
+        let block_cache = options.block_cache();
+        let mut cfs = cf_descriptors(w, &block_cache);
         if sm_damaged.is_some() {
-            let mut o = cf_options(CF_SM, w);
+            let mut o = cf_options(CF_SM, w, &block_cache);
             o.set_disable_auto_compactions(true);
             cfs.retain(|d| d.name() != CF_SM);
             cfs.push(ColumnFamilyDescriptor::new(CF_SM, o));
@@ -390,6 +416,7 @@ impl RocksStore {
             mark_lowered: std::sync::atomic::AtomicBool::new(false),
             db_dir,
             write_buffer: w,
+            block_cache,
             fault: Mutex::new(None),
             space_refusals: AtomicU64::new(0),
             sm_damaged: Mutex::new(sm_damaged),
@@ -1432,20 +1459,39 @@ pub(crate) const WAL_BUDGET_WRITE_BUFFERS: u64 = 4;
 
 /// The column families with their memtable and compaction settings (see
 /// [`StoreOptions::space_needed_bytes`]).
-fn cf_descriptors(w: u64) -> Vec<ColumnFamilyDescriptor> {
+fn cf_descriptors(w: u64, cache: &rocksdb::Cache) -> Vec<ColumnFamilyDescriptor> {
     // RocksDB's `default` family, unused, is opened too (with RocksDB's default options unless
     // named): its memtable is kept as small as `meta`'s, because after an out-of-space error
     // RocksDB resumes only once free space reaches the largest memtable of any family (64 MiB
     // for an untouched `default`, whatever the others use).
     CFS.iter()
         .chain(std::iter::once(&rocksdb::DEFAULT_COLUMN_FAMILY_NAME))
-        .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, w)))
+        .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, w, cache)))
         .collect()
 }
 
-/// The options of the column family `name`.
-pub(crate) fn cf_options(name: &str, w: u64) -> Options {
+/// The options of the column family `name`. Every family reads its table files through the
+/// one block cache `cache`, index and filter blocks included (level 0's pinned), so the
+/// store's read memory is bounded by one figure ([`StoreOptions::block_cache_bytes`]) rather
+/// than RocksDB's default of a cache per family with index and filter blocks outside. The
+/// `sm` family, read at random by key on every apply and every read, also has bloom filters:
+/// in its table files ([`SM_BLOOM_BITS_PER_KEY`], whole keys) and in its memtable
+/// ([`SM_MEMTABLE_BLOOM_RATIO`]), so a get of an absent key — a put of a new key reads
+/// before it writes — skips the files and the skip list that cannot hold it. The `log` family
+/// is read by index in order, and `meta`/`snap` by a few fixed keys: no filters.
+pub(crate) fn cf_options(name: &str, w: u64, cache: &rocksdb::Cache) -> Options {
     let mut o = Options::default();
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    if name == CF_SM {
+        table.set_bloom_filter(SM_BLOOM_BITS_PER_KEY, false);
+        table.set_whole_key_filtering(true);
+        o.set_memtable_whole_key_filtering(true);
+        o.set_memtable_prefix_bloom_ratio(SM_MEMTABLE_BLOOM_RATIO);
+    }
+    o.set_block_based_table_factory(&table);
     let (size, count) = if name == CF_LOG || name == CF_SM {
         (w, if name == CF_LOG { LOG_WRITE_BUFFERS } else { OTHER_WRITE_BUFFERS })
     } else {
@@ -1500,7 +1546,8 @@ fn open_error(dir: &Path, db_dir: &Path, e: rocksdb::Error) -> StoreError {
 fn summarize_point_in_time(db_dir: &Path) -> Result<String, StoreError> {
     let mut opts = db_options(WRITE_BUFFER_BYTES_MIN, DBRecoveryMode::PointInTime);
     opts.create_if_missing(false);
-    let db = Db::open_cf_descriptors_read_only(&opts, db_dir, cf_descriptors(WRITE_BUFFER_BYTES_MIN), false)?;
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES_MIN as usize);
+    let db = Db::open_cf_descriptors_read_only(&opts, db_dir, cf_descriptors(WRITE_BUFFER_BYTES_MIN, &cache), false)?;
     let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::Io("no meta column family".into()))?;
     let hard: Option<HardState> = match db.get_pinned_cf(&meta, KEY_HARD)? {
         Some(v) => Some(codec::decode(Cf::Meta, KEY_HARD, &v)?),

@@ -106,7 +106,7 @@ impl RocksStore {
             hook();
         }
         self.db
-            .create_cf(CF_SM, &super::cf_options(CF_SM, self.write_buffer))
+            .create_cf(CF_SM, &super::cf_options(CF_SM, self.write_buffer, &self.block_cache))
             .map_err(|e| self.poison(format!("cannot create the state machine's column family: {e}")))?;
         // Its files are gone: the record of a damaged one goes too.
         if lock(&self.sm_damaged).take().is_some() {
