@@ -72,3 +72,43 @@ impl<T> Waiting<T> {
         self.fifo.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::principal_of;
+    use quorate_api::ReadConsistency;
+
+    /// The most cost (bytes-equivalent) of other principals' requests dispatched before a
+    /// principal's one cheap request, when one other principal has a deep backlog: two turns of
+    /// 256 KiB of its cost.
+    const CHEAP_REQUEST_WAIT_COST_MAX: u64 = 2 * 256 * 1024;
+
+    #[test]
+    fn a_deep_backlog_of_expensive_requests_does_not_delay_a_cheap_request_of_another_principal() {
+        let (reader, writer) = (principal_of("reader"), principal_of("writer"));
+        let scan =
+            Request::Scan { start: b"a".to_vec(), end: None, limit: 10_000, read: ReadConsistency::Linearizable };
+        let get = Request::Get { key: b"k".to_vec(), read: ReadConsistency::Linearizable };
+        let mut q = Waiting::new();
+        for _ in 0..500 {
+            let (cost, bytes) = cost_of(&scan);
+            q.push(reader, cost, bytes, (reader, cost)).unwrap_or_else(|_| panic!("room for the backlog"));
+        }
+        let (cost, bytes) = cost_of(&get);
+        q.push(writer, cost, bytes, (writer, cost)).unwrap_or_else(|_| panic!("room for the get"));
+        let (mut dispatched_before, mut cost_before) = (0, 0);
+        loop {
+            let (p, cost) = q.pop().expect("the get is dispatched");
+            if p == writer {
+                break;
+            }
+            dispatched_before += 1;
+            cost_before += cost;
+        }
+        assert!(
+            cost_before <= CHEAP_REQUEST_WAIT_COST_MAX && dispatched_before <= 2,
+            "the writer's get waited for {dispatched_before} of the reader's scans (cost {cost_before})"
+        );
+    }
+}
