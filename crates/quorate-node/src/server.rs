@@ -1057,10 +1057,23 @@ impl Driver {
     /// at once; with a `Ready` after each, each answer re-armed a probe that re-read and
     /// re-sent the follower's whole backlog (up to `msg_bytes_max`), and the leader stalled
     /// for seconds (issue 18, the "SIGCONT stall"; `cargo xtask chaos regress sigcont-stall`).
+    ///
+    /// Client requests read here only join their principals' lanes ([`crate::waiting`]): up to
+    /// [`crate::waiting::REQUESTS_READ_MAX`] of them are read besides the peer messages, so that
+    /// a burst of one principal's requests waits in its own lane rather than in the inbox ahead
+    /// of everyone else's.
     async fn on_waiting(&mut self, inbox: &mut Inbox<NodeMessage>) -> Result<(), ServerError> {
-        for _ in 1..INBOX_BATCH_MAX {
+        let (mut peers, mut requests) = (1, 0);
+        while peers < INBOX_BATCH_MAX && requests < crate::waiting::REQUESTS_READ_MAX {
             match ready_now(inbox.recv()) {
-                Some(Some(m)) => self.on_incoming(m).await?,
+                Some(Some(m)) => {
+                    if matches!(m, Incoming::Request(_)) {
+                        requests += 1;
+                    } else {
+                        peers += 1;
+                    }
+                    self.on_incoming(m).await?;
+                }
                 // Nothing waiting (or the transport stopped: the next `recv` says so).
                 _ => break,
             }
@@ -1885,6 +1898,9 @@ impl Driver {
         responder.send(Ok(done), None);
     }
 
+    /// A client request from the inbox: validated and checked against the role, then queued in
+    /// its principal's lane of the fair queue ([`crate::waiting`]; status, health and versions
+    /// are dispatched at once), or refused `Shed(QueueFull)` past the queue's bounds.
     async fn on_request(&mut self, mut req: quorate_transport::Request<NodeMessage>) -> Result<(), ServerError> {
         let placeholder = NodeMessage::Response(ClientResponse { id: 0, result: Err(ApiError::Timeout) });
         let handle = self.shared.handle.clone();
