@@ -19,7 +19,9 @@
 //!   the fact: the answer bytes a principal is sent, [`Admission::charge_answer`]), [`PrincipalTable`] (bounded, oldest
 //!   idle evicted), [`GradientLimit`] (the adaptive concurrency limit `Admission` uses) and
 //!   [`AimdLimit`] (a simpler alternative), and [`Holds`] (requests and answer bytes kept per
-//!   principal until the answer is delivered; [`Admission::try_hold`]).
+//!   principal until the answer is delivered; [`Admission::try_hold`]), and [`FairQueue`]
+//!   (requests waiting to be served, one lane per principal, served by deficit round robin
+//!   charged by cost: a deep backlog of one principal delays another's request by one turn).
 //!
 //! ```
 //! use std::time::Duration;
@@ -60,6 +62,7 @@ mod bucket;
 mod budget;
 mod class;
 mod config;
+mod fair;
 mod gradient;
 mod holds;
 mod limit;
@@ -77,6 +80,7 @@ pub use config::{
     ANSWER_DEBT_SECONDS_MAX, Config, ConfigError, LATENCY_MS_CEILING, RETRY_AFTER_MS_CEILING,
     SIGNAL_OVERSHOOT_PERCENT_MAX,
 };
+pub use fair::{FAIR_PRINCIPALS_CEILING, FAIR_QUANTUM_COST_CEILING, FAIR_QUEUED_COUNT_CEILING, FairLimits, FairQueue};
 pub use gradient::{GRADIENT_WINDOW_SAMPLES_MIN, GradientLimit, GradientSettings};
 pub use holds::{Hold, HoldLimits, HoldRefusal, Holds};
 pub use limit::{AimdLimit, AimdSettings, CONCURRENCY_COUNT_CEILING};

@@ -15,6 +15,30 @@ pub enum QueueRefusal {
         /// The queue's fixed capacity.
         capacity_count: usize,
     },
+    /// The principal has `capacity_count` items queued already ([`FairQueue`](crate::FairQueue)).
+    #[error("principal's queue full ({capacity_count} items)")]
+    PrincipalFull {
+        /// The per-principal capacity.
+        capacity_count: usize,
+    },
+    /// The item would take the principal's queued bytes over `capacity_bytes`.
+    #[error("principal's queued bytes over {capacity_bytes}")]
+    PrincipalBytes {
+        /// The per-principal byte capacity.
+        capacity_bytes: u64,
+    },
+    /// The item would take the queued bytes over `capacity_bytes`.
+    #[error("queued bytes over {capacity_bytes}")]
+    Bytes {
+        /// The byte capacity.
+        capacity_bytes: u64,
+    },
+    /// `capacity_count` principals have items queued already, and this one is new.
+    #[error("too many principals waiting ({capacity_count})")]
+    Principals {
+        /// The most principals with items queued.
+        capacity_count: usize,
+    },
 }
 
 /// A refused push: the item comes back to the caller, who decides what to do with it (answer

@@ -876,6 +876,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         gate,
         auto_finalize: crate::versions::AutoFinalize::new(bootstrap_version, Instant::now()),
         auto_compact,
+        waiting: crate::waiting::Waiting::new(),
     };
     let result = driver.run(inbox, shutdown).await;
     if let Err(e) = &result {
@@ -951,6 +952,18 @@ struct Driver {
     auto_finalize: crate::versions::AutoFinalize,
     /// The leader's automatic compaction of the history.
     auto_compact: crate::history::AutoCompact,
+    /// Client requests read from the inbox and checked, waiting for dispatch ([`crate::waiting`]).
+    waiting: crate::waiting::Waiting<WaitingRequest>,
+}
+
+/// A client request read from the inbox, well-formed and allowed by its role, waiting for its
+/// dispatch (admission first).
+struct WaitingRequest {
+    attempt: u32,
+    session: Option<quorate_api::Sequenced>,
+    body: Request,
+    principal: quorate_admission::Principal,
+    responder: Responder,
 }
 
 impl Driver {
@@ -1039,6 +1052,7 @@ impl Driver {
                     Some(m) => {
                         self.on_incoming(m).await?;
                         self.on_waiting(&mut inbox).await?;
+                        self.dispatch_waiting().await?;
                     }
                     None => return Err(ServerError::Transport("the transport stopped".into())),
                 },
@@ -1047,6 +1061,8 @@ impl Driver {
                     self.raft.handle_timeout(now);
                 }
                 _ = sweep.tick() => self.sweep(),
+                // Last: client requests still waiting once nothing else is ready.
+                () = std::future::ready(()), if !self.waiting.is_empty() => self.dispatch_waiting().await?,
             }
         }
     }
@@ -1058,13 +1074,35 @@ impl Driver {
     /// at once; with a `Ready` after each, each answer re-armed a probe that re-read and
     /// re-sent the follower's whole backlog (up to `msg_bytes_max`), and the leader stalled
     /// for seconds (issue 18, the "SIGCONT stall"; `cargo xtask chaos regress sigcont-stall`).
+    ///
+    /// Client requests read here only join their principals' lanes ([`crate::waiting`]): up to
+    /// [`crate::waiting::REQUESTS_READ_MAX`] of them are read besides the peer messages, so that
+    /// a burst of one principal's requests waits in its own lane rather than in the inbox ahead
+    /// of everyone else's.
     async fn on_waiting(&mut self, inbox: &mut Inbox<NodeMessage>) -> Result<(), ServerError> {
-        for _ in 1..INBOX_BATCH_MAX {
+        let (mut peers, mut requests) = (1, 0);
+        while peers < INBOX_BATCH_MAX && requests < crate::waiting::REQUESTS_READ_MAX {
             match ready_now(inbox.recv()) {
-                Some(Some(m)) => self.on_incoming(m).await?,
+                Some(Some(m)) => {
+                    if matches!(m, Incoming::Request(_)) {
+                        requests += 1;
+                    } else {
+                        peers += 1;
+                    }
+                    self.on_incoming(m).await?;
+                }
                 // Nothing waiting (or the transport stopped: the next `recv` says so).
                 _ => break,
             }
+        }
+        Ok(())
+    }
+
+    /// Dispatches up to [`crate::waiting::DISPATCH_BATCH_MAX`] waiting client requests.
+    async fn dispatch_waiting(&mut self) -> Result<(), ServerError> {
+        for _ in 0..crate::waiting::DISPATCH_BATCH_MAX {
+            let Some(w) = self.waiting.pop() else { break };
+            self.admit_and_dispatch(w).await?;
         }
         Ok(())
     }
@@ -1877,6 +1915,9 @@ impl Driver {
         responder.send(Ok(done), None);
     }
 
+    /// A client request from the inbox: validated and checked against the role, then queued in
+    /// its principal's lane of the fair queue ([`crate::waiting`]; status, health and versions
+    /// are dispatched at once), or refused `Shed(QueueFull)` past the queue's bounds.
     async fn on_request(&mut self, mut req: quorate_transport::Request<NodeMessage>) -> Result<(), ServerError> {
         let placeholder = NodeMessage::Response(ClientResponse { id: 0, result: Err(ApiError::Timeout) });
         let handle = self.shared.handle.clone();
@@ -1910,12 +1951,28 @@ impl Driver {
         let allowed = req.from.role.allows(needed);
         let principal = crate::admission::principal_of(req.from.principal.as_str());
         crate::admission::note_attempt(req.from.principal.as_str(), attempt);
-        let mut responder = Responder::new(req, id, handle, audit, access != Access::Read, timeout);
+        let responder = Responder::new(req, id, handle, audit, access != Access::Read, timeout);
         if !allowed {
             crate::telemetry::refused("role");
             responder.send(Err(ApiError::Unauthorized { needed: access }), None);
             return Ok(());
         }
+        let w = WaitingRequest { attempt, session, body, principal, responder };
+        if crate::waiting::bypasses_queue(&w.body) {
+            return self.admit_and_dispatch(w).await;
+        }
+        let (cost, bytes) = crate::waiting::cost_of(&w.body);
+        if let Err(w) = self.waiting.push(principal, cost, bytes, w) {
+            let e =
+                crate::admission::shed(quorate_api::OverloadReason::QueueFull, crate::waiting::QUEUE_FULL_RETRY_AFTER);
+            w.responder.send(Err(e), None);
+        }
+        Ok(())
+    }
+
+    /// Admits a checked client request and dispatches it, or answers its refusal.
+    async fn admit_and_dispatch(&mut self, w: WaitingRequest) -> Result<(), ServerError> {
+        let WaitingRequest { attempt, session, body, principal, mut responder } = w;
         // Admission, before any work; consensus traffic never comes this way. It holds a slot
         // of the principal's, and the most bytes the answer can take, until the answer is
         // written: a client that does not read its answers runs out of its own budget.
