@@ -143,13 +143,32 @@ fn add_counters<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, entries: i64, bytes
     Ok(())
 }
 
+/// Sets (or, `None`, removes) the record of `key` at `revision`, keeping the counters.
 fn set_record<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
     key: &[u8],
     revision: u64,
     kind: Option<u8>,
 ) -> Result<(), SmError> {
-    let _ = (ov, key, revision, kind);
+    if !enabled(ov)? {
+        return Ok(());
+    }
+    let k = ev_key(revision, key);
+    let size = (k.len() + 1) as i64;
+    let had = ov.get(&k)?.is_some();
+    match kind {
+        Some(kind) => {
+            ov.put(k, vec![kind]);
+            if !had {
+                add_counters(ov, 1, size)?;
+            }
+        }
+        None if had => {
+            ov.delete(k);
+            add_counters(ov, -1, -size)?;
+        }
+        None => {}
+    }
     Ok(())
 }
 
@@ -161,7 +180,11 @@ pub(super) fn on_put<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8], re
 /// Records that `key`, present, was deleted at `revision` (after the history recorded the
 /// version it removes).
 pub(super) fn on_delete<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8], revision: u64) -> Result<(), SmError> {
-    set_record(ov, key, revision, Some(DELETE))
+    // The key was visible before this revision iff the history recorded the version this
+    // revision replaced (it does for every version written before the command); a key that
+    // the same command created and now deletes was absent before and after: no event.
+    let was_visible = ov.get(&history::hist_key(key, revision))?.is_some();
+    set_record(ov, key, revision, was_visible.then_some(DELETE))
 }
 
 /// Drops, oldest first and at most `budget`, the records compaction left and, while the index
@@ -176,8 +199,59 @@ fn maintain_within<R: SmRead + ?Sized>(
     entries_max: u64,
     bytes_max: u64,
 ) -> Result<usize, SmError> {
-    let _ = (ov, budget, entries_max, bytes_max, merged_keys::<R>);
-    Ok(0)
+    if !enabled(ov)? || ov.get(history::META_HIST_COMPACTED)?.is_none() {
+        return Ok(0);
+    }
+    let mut compacted = ov_u64(ov, history::META_HIST_COMPACTED)?;
+    let (mut entries, mut bytes) = (ov_u64(ov, META_EV_ENTRIES)?, ov_u64(ov, META_EV_BYTES)?);
+    if entries == 0 {
+        return Ok(0);
+    }
+    let over = |entries: u64, bytes: u64| entries > entries_max || bytes > bytes_max;
+    let hi = if over(entries, bytes) { vec![EVENT + 1] } else { ev_key(compacted.saturating_add(1), b"") };
+    // Past the dropped records' tombstones (records are dropped oldest first).
+    let scan_from = match ov.get(META_EV_SCAN_FROM)? {
+        Some(_) => ov_u64(ov, META_EV_SCAN_FROM)?,
+        None => 0,
+    };
+    let lo = ev_key(scan_from, b"");
+    // Nearly always nothing is due: one pair read says so (every write calls this).
+    let first_stored = ov.base.sm_scan_bounded(&lo, 1, 1)?.into_iter().next().map(|(k, _)| k);
+    let stored_due = !ov.clear && first_stored.is_some_and(|k| k.first() == Some(&EVENT) && k < hi);
+    let pending_due = ov.writes.range(lo.clone()..hi.clone()).any(|(_, v)| v.is_some());
+    if !stored_due && !pending_due {
+        return Ok(0);
+    }
+    let (keys, _) = merged_keys(ov, lo, hi, budget)?;
+    let mut last = scan_from;
+    let mut dropped = 0usize;
+    let mut dropped_bytes = 0u64;
+    for k in keys {
+        let (rev, _) = parse_ev_key(&k)?;
+        if rev > compacted {
+            if !over(entries, bytes) {
+                break;
+            }
+            // Watches and reads below `rev` may have needed this record: refused from now on.
+            compacted = rev;
+        }
+        let size = (k.len() + 1) as u64;
+        ov.delete(k);
+        debug_assert!(rev >= last, "the index is walked in order");
+        last = rev;
+        entries = entries.saturating_sub(1);
+        bytes = bytes.saturating_sub(size);
+        dropped += 1;
+        dropped_bytes += size;
+    }
+    if dropped > 0 {
+        add_counters(ov, -(dropped as i64), -(dropped_bytes as i64))?;
+        if compacted > ov_u64(ov, history::META_HIST_COMPACTED)? {
+            ov.put(history::META_HIST_COMPACTED.to_vec(), compacted.to_le_bytes().to_vec());
+        }
+        ov.put(META_EV_SCAN_FROM.to_vec(), last.to_le_bytes().to_vec());
+    }
+    Ok(dropped)
 }
 
 /// One watch answer's events, and the revision up to which it is complete.
@@ -190,9 +264,176 @@ pub(crate) struct WatchPage {
 }
 
 /// The answer to a watch from the state `r` holds.
+///
+/// Events of revisions `w.from_revision..` for the key or prefix, in revision order, all
+/// events of a revision in one answer: at most `w.max_events` events and `w.max_bytes` bytes
+/// (a revision that passes either alone is answered alone; one whose previous values would
+/// not fit an answer at all is answered without them, `prev_omitted`), after at most
+/// [`WATCH_EXAMINED_MAX`] records examined. `complete_to` says how far the answer goes.
 pub(crate) fn read_watch<R: SmRead + ?Sized>(r: &R, w: &WatchRequest) -> Result<Result<WatchPage, ApiError>, SmError> {
-    let _ = (decode::<KvRecord>, to_kv, encoded_len::<KeyValue>, EventKind::Put);
-    Ok(Ok(WatchPage { events: Vec::new(), complete_to: w.from_revision.saturating_sub(1).max(super::revision(r)?) }))
+    let Some(state) = events_state(r)? else {
+        let cv = super::cluster_version(r)?;
+        if cv >= HISTORY_CLUSTER_VERSION {
+            return Ok(Err(ApiError::Unavailable("events are not recorded yet; retry after a write".into())));
+        }
+        return Ok(Err(super::gated("a watch", HISTORY_CLUSTER_VERSION, cv)));
+    };
+    let watch_compacted =
+        |r: &R| -> Result<u64, SmError> { Ok(history::history_state(r)?.map_or(0, |h| h.compacted).max(state.from)) };
+    let compacted = watch_compacted(r)?;
+    let from = w.from_revision;
+    if from <= compacted {
+        return Ok(Err(ApiError::Compacted { revision: from, compacted }));
+    }
+    let current = super::revision(r)?;
+    if from > current {
+        // Nothing newer here yet (this node may be behind the one that answered before).
+        return Ok(Ok(WatchPage { events: Vec::new(), complete_to: from - 1 }));
+    }
+    let limits = (
+        w.max_events.max(1) as usize,
+        if w.max_bytes == 0 { limits::WATCH_BYTES_MAX } else { (w.max_bytes as usize).min(limits::WATCH_BYTES_MAX) },
+    );
+    let matches = |key: &[u8]| if w.prefix { key.starts_with(&w.key) } else { key == w.key.as_slice() };
+    let end = ev_key(current.saturating_add(1), b"");
+    let mut out = Answer { events: Vec::new(), used: 0 };
+    // The revision being read and its matching records.
+    let mut group: Option<(u64, Vec<(Vec<u8>, u8)>)> = None;
+    let mut examined = 0usize;
+    let mut cursor = ev_key(from, b"");
+    // Where the scan stopped: every record of revisions up to it was read (those of the
+    // revision in `group` included, unless it is past it).
+    let scanned_to = 'scan: loop {
+        let page = r.sm_scan_bounded(&cursor, PAGE, super::SCAN_READ_BYTES_MAX)?;
+        let exhausted = page.len() < PAGE;
+        for (k, v) in page {
+            if k >= end {
+                break 'scan current;
+            }
+            let (rev, key) = parse_ev_key(&k)?;
+            if let Some((g, records)) = group.take_if(|(g, _)| *g != rev) {
+                if !out.take(r, w, g, &records, limits)? {
+                    return finish(r, from, out, g - 1, &watch_compacted);
+                }
+                if examined >= WATCH_EXAMINED_MAX {
+                    return finish(r, from, out, rev - 1, &watch_compacted);
+                }
+            }
+            examined += 1;
+            let kind = match v.as_slice() {
+                [PUT] => PUT,
+                [DELETE] => DELETE,
+                _ => return Err(corrupt(&k, "not an event record")),
+            };
+            let entry = group.get_or_insert_with(|| (rev, Vec::new()));
+            if matches(key) {
+                entry.1.push((key.to_vec(), kind));
+            }
+            cursor = k.clone();
+            cursor.push(0);
+        }
+        if exhausted {
+            break current;
+        }
+    };
+    if let Some((g, records)) = group
+        && !out.take(r, w, g, &records, limits)?
+    {
+        return finish(r, from, out, g - 1, &watch_compacted);
+    }
+    finish(r, from, out, scanned_to, &watch_compacted)
+}
+
+/// The answer, once the compaction revision is checked again: read from a live store, a
+/// compaction could have dropped what was read meanwhile.
+fn finish<R: SmRead + ?Sized>(
+    r: &R,
+    from: u64,
+    out: Answer,
+    complete_to: u64,
+    watch_compacted: &dyn Fn(&R) -> Result<u64, SmError>,
+) -> Result<Result<WatchPage, ApiError>, SmError> {
+    let compacted = watch_compacted(r)?;
+    if from <= compacted {
+        return Ok(Err(ApiError::Compacted { revision: from, compacted }));
+    }
+    Ok(Ok(WatchPage { events: out.events, complete_to }))
+}
+
+/// A watch answer being filled.
+struct Answer {
+    events: Vec<WatchEvent>,
+    /// Their encoded bytes.
+    used: usize,
+}
+
+impl Answer {
+    /// Adds the events of revision `rev` (its matching `records`) if they fit what is left of
+    /// the answer (always, when it is still empty); false: they do not.
+    fn take<R: SmRead + ?Sized>(
+        &mut self,
+        r: &R,
+        w: &WatchRequest,
+        rev: u64,
+        records: &[(Vec<u8>, u8)],
+        (max_events, max_bytes): (usize, usize),
+    ) -> Result<bool, SmError> {
+        if records.is_empty() {
+            return Ok(true);
+        }
+        if !self.events.is_empty() && self.events.len() + records.len() > max_events {
+            return Ok(false);
+        }
+        let mut group = Vec::with_capacity(records.len());
+        let mut bytes = 0usize;
+        for (key, kind) in records {
+            let e = event(r, key, rev, *kind, w.prev_kv)?;
+            bytes = bytes.saturating_add(encoded_len(&e));
+            group.push(e);
+        }
+        if !self.events.is_empty() && self.used.saturating_add(bytes) > max_bytes {
+            return Ok(false);
+        }
+        if bytes > limits::WATCH_BYTES_MAX && w.prev_kv {
+            // Alone, and still too large with the versions it replaced: without them (the
+            // events themselves always fit, bounded by the command that wrote them).
+            bytes = 0;
+            for e in &mut group {
+                e.prev = None;
+                e.prev_omitted = true;
+                bytes = bytes.saturating_add(encoded_len(&*e));
+            }
+        }
+        self.used = self.used.saturating_add(bytes);
+        self.events.extend(group);
+        Ok(true)
+    }
+}
+
+/// The event of `key` at `rev`.
+fn event<R: SmRead + ?Sized>(r: &R, key: &[u8], rev: u64, kind: u8, prev_kv: bool) -> Result<WatchEvent, SmError> {
+    let bad = || corrupt(&ev_key(rev, key), "an event without the version it names");
+    let kv = if kind == PUT {
+        let rec = history::version_at(r, key, rev)?.ok_or_else(bad)?;
+        if rec.mod_revision != rev {
+            return Err(bad());
+        }
+        to_kv(key, rec)
+    } else {
+        KeyValue { key: key.to_vec(), value: Vec::new(), create_revision: 0, mod_revision: rev, version: 0 }
+    };
+    let prev = if prev_kv {
+        let hk = history::hist_key(key, rev);
+        match r.sm_get(&hk)? {
+            Some(v) => Some(to_kv(key, decode::<KvRecord>(&hk, &v)?)),
+            None if kind == DELETE => return Err(bad()),
+            None => None,
+        }
+    } else {
+        None
+    };
+    let kind = if kind == PUT { EventKind::Put } else { EventKind::Delete };
+    Ok(WatchEvent { kind, kv, prev, prev_omitted: false })
 }
 
 #[cfg(test)]
