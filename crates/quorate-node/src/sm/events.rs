@@ -298,7 +298,7 @@ pub(crate) fn read_watch<R: SmRead + ?Sized>(r: &R, w: &WatchRequest) -> Result<
     let end = ev_key(current.saturating_add(1), b"");
     let mut out = Answer { events: Vec::new(), used: 0 };
     // The revision being read and its matching records.
-    let mut group: Option<(u64, Vec<(Vec<u8>, u8)>)> = None;
+    let mut group: Option<(u64, Vec<Record>)> = None;
     let mut examined = 0usize;
     let mut cursor = ev_key(from, b"");
     // Where the scan stopped: every record of revisions up to it was read (those of the
@@ -360,6 +360,9 @@ fn finish<R: SmRead + ?Sized>(
     Ok(Ok(WatchPage { events: out.events, complete_to }))
 }
 
+/// A matching record of the revision being read: the key, put or delete.
+type Record = (Vec<u8>, u8);
+
 /// A watch answer being filled.
 struct Answer {
     events: Vec<WatchEvent>,
@@ -375,7 +378,7 @@ impl Answer {
         r: &R,
         w: &WatchRequest,
         rev: u64,
-        records: &[(Vec<u8>, u8)],
+        records: &[Record],
         (max_events, max_bytes): (usize, usize),
     ) -> Result<bool, SmError> {
         if records.is_empty() {
@@ -678,7 +681,8 @@ mod tests {
         let rev = before + 1;
         let page = read_watch(&r.map, &watch(b"", true, rev, true, 100)).unwrap().unwrap();
         assert_eq!(page.complete_to, rev);
-        let got: Vec<(EventKind, &[u8], &[u8], Option<&[u8]>)> = page
+        type Seen<'a> = (EventKind, &'a [u8], &'a [u8], Option<&'a [u8]>);
+        let got: Vec<Seen<'_>> = page
             .events
             .iter()
             .map(|e| (e.kind, &e.kv.key[..], &e.kv.value[..], e.prev.as_ref().map(|p| &p.value[..])))
