@@ -859,7 +859,8 @@ pub struct HistoryInfo {
     pub compacted: u64,
     /// The node's key-value revision.
     pub revision: u64,
-    /// Earlier versions kept.
+    /// Earlier versions kept, and the records of the event index (watches), which is dropped
+    /// with them.
     pub entries: u64,
     /// Their bytes (keys and records).
     pub bytes: u64,

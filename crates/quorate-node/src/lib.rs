@@ -49,6 +49,7 @@ pub mod server;
 mod sm;
 mod telemetry;
 mod versions;
+mod watches;
 
 /// The version of this binary (from Cargo).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -56,7 +56,7 @@ pub(crate) mod history;
     expect(dead_code, reason = "the node's driver does not run on quorate-runtime yet (issue 19); tests drive it")
 )]
 pub(crate) mod runtime;
-pub(crate) use events::{WatchPage, events_state, read_watch};
+pub(crate) use events::{events_state, read_watch};
 pub(crate) use history::{
     HISTORY_BYTES_MAX, HISTORY_CLUSTER_VERSION, HISTORY_ENTRIES_MAX, history_state, read_get_at, read_scan_at_page,
 };
