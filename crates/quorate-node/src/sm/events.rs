@@ -797,3 +797,55 @@ mod tests {
         assert_eq!((page.events.len(), page.complete_to), (1, rev - 3));
     }
 }
+
+#[cfg(test)]
+mod short_pages {
+    use super::super::{SmPair, apply_command, revision};
+    use super::*;
+    use quorate_api::{Command, CommandOp};
+    use quorate_log::LogIndex;
+    use std::collections::BTreeMap;
+
+    /// A store whose scans stop short of their limit, as a scan bounded in bytes does when the
+    /// pairs are large (16 MiB of 4 KiB event keys is one page of 4,096).
+    struct Short<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl SmRead for Short<'_> {
+        fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError> {
+            self.0.sm_get(key)
+        }
+        fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
+            self.0.sm_scan(from, limit.min(2))
+        }
+        fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+            self.0.sm_scan_bounded(from, limit.min(2), bytes_max)
+        }
+    }
+
+    #[test]
+    fn a_scan_page_shorter_than_asked_is_not_the_end_of_the_index() {
+        let mut map = BTreeMap::new();
+        let mut run = |index: u64, op: CommandOp| {
+            let base = map.clone();
+            let mut ov = super::super::Overlay::new(&base);
+            apply_command(&mut ov, LogIndex(index), &Command { session: None, time_ms: index, op }).unwrap();
+            ov.apply_to(&mut map);
+        };
+        run(1, CommandOp::SetClusterVersion { version: HISTORY_CLUSTER_VERSION });
+        for i in 0..10u64 {
+            run(2 + i, CommandOp::Put { key: format!("k{i}").into_bytes(), value: b"v".to_vec() });
+        }
+        let current = revision(&map).unwrap();
+        let w = WatchRequest {
+            key: Vec::new(),
+            prefix: true,
+            from_revision: 1,
+            prev_kv: false,
+            max_events: 100,
+            max_bytes: 0,
+            wait_ms: 0,
+        };
+        let page = read_watch(&Short(&map), &w).unwrap().unwrap();
+        assert_eq!((page.events.len(), page.complete_to), (10, current), "every event, complete to the end");
+    }
+}
