@@ -305,7 +305,8 @@ pub(crate) fn read_watch<R: SmRead + ?Sized>(r: &R, w: &WatchRequest) -> Result<
     // revision in `group` included, unless it is past it).
     let scanned_to = 'scan: loop {
         let page = r.sm_scan_bounded(&cursor, PAGE, super::SCAN_READ_BYTES_MAX)?;
-        let exhausted = page.len() < PAGE;
+        // Only an empty page ends the index: a page bounded in bytes may be short.
+        let exhausted = page.is_empty();
         for (k, v) in page {
             if k >= end {
                 break 'scan current;
