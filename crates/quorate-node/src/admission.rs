@@ -309,6 +309,9 @@ pub(crate) fn principal_label(principal: &str) -> String {
 /// How an answer ends an admitted request, for the adaptive limit.
 fn outcome_of(result: &Result<Response, ApiError>) -> Outcome {
     match result {
+        // A long poll's latency is mostly its wait for a change, not the node's speed: no
+        // sample for the adaptive limit (a watch would otherwise shrink it for everyone).
+        Ok(Response::Watch(_)) => Outcome::Cancelled,
         Ok(_) => Outcome::Success,
         // Timed out, not confirmed, or shed further down: congestion.
         Err(ApiError::Timeout | ApiError::Unavailable(_) | ApiError::Shed(_) | ApiError::Overloaded { .. }) => {
@@ -621,6 +624,29 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
     use quorate_api::{ReadConsistency, Txn};
+
+    #[test]
+    fn a_watch_answer_is_no_latency_sample_and_a_watch_is_a_read_charged_its_answer_bytes() {
+        let read = quorate_api::ReadInfo {
+            node: quorate_log::NodeId::new(1).unwrap(),
+            revision: 1,
+            applied: quorate_log::LogIndex(1),
+            staleness: None,
+        };
+        let answer = Response::Watch(quorate_api::WatchAnswer { events: Vec::new(), complete_to: 1, read });
+        assert_eq!(outcome_of(&Ok(answer)), Outcome::Cancelled);
+        let w = quorate_api::WatchRequest {
+            key: b"k".to_vec(),
+            prefix: false,
+            from_revision: 1,
+            prev_kv: false,
+            max_events: 10,
+            max_bytes: 1000,
+            wait_ms: 1000,
+        };
+        assert_eq!(class_of(&Request::Watch(w.clone())), Class::ClientRead);
+        assert_eq!(answer_bytes_charged_at_admission(&Request::Watch(w)), SMALL_ANSWER_BYTES + 1000);
+    }
 
     #[test]
     fn classes_and_sizes() {
