@@ -139,6 +139,9 @@ impl Request {
                 return Some(cluster_version_refusal("compact", 2, CLUSTER_VERSION_INITIAL));
             }
             Request::History => "history",
+            Request::Watch(_) => {
+                return Some(cluster_version_refusal("a watch", 2, CLUSTER_VERSION_INITIAL));
+            }
             Request::SnapshotStreamOpen | Request::SnapshotStreamFetch { .. } => {
                 return Some(cluster_version_refusal("a streamed snapshot save", 2, CLUSTER_VERSION_INITIAL));
             }

@@ -42,6 +42,14 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 /// Longest free-text field (addresses, error details).
 pub const TEXT_BYTES_MAX: usize = 4 * 1024;
 
+/// Most events one watch answer carries.
+pub const WATCH_EVENTS_MAX: usize = 10_000;
+/// Most bytes of events one watch answer carries (a revision's events without their previous
+/// versions always fit: they are bounded by the command that wrote them).
+pub const WATCH_BYTES_MAX: usize = RESULT_BYTES_MAX - 64 * 1024;
+/// Longest a watch waits for a change before it answers with no events, ms.
+pub const WATCH_WAIT_MS_MAX: u32 = 60_000;
+
 // Every answer fits a message, every message a transport frame.
 const _: () = assert!(RESULT_BYTES_MAX + RESPONSE_ENVELOPE_BYTES_MAX <= MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX <= FRAME_PAYLOAD_BYTES_DEFAULT as usize);

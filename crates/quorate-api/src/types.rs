@@ -317,6 +317,73 @@ pub enum Request {
     /// This node's multi-version history: compaction revision, entries and bytes kept
     /// ([`Response::History`]; node-local). Since 0.2.0.
     History,
+    /// A watch, as a long poll (read): the changes to a key or a prefix from a revision on,
+    /// answered from the serving member's applied state with [`Response::Watch`] (events in
+    /// revision order, every event of a revision in one answer) or
+    /// [`ApiError::Compacted`] when events before `from_revision` are no longer kept. Ask the
+    /// next answer from its `complete_to + 1`, on any member. Needs cluster version 2 (events
+    /// are recorded from the entry that enabled them). Since 0.2.0.
+    Watch(WatchRequest),
+}
+
+/// What a [`Request::Watch`] asks for.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WatchRequest {
+    /// The key, or the prefix (`prefix: true`; an empty prefix watches every key).
+    #[serde(with = "quorate_log::byte_string")]
+    pub key: Vec<u8>,
+    /// Whether `key` is a prefix.
+    pub prefix: bool,
+    /// The first revision whose changes are wanted (at least 1).
+    pub from_revision: u64,
+    /// Whether each event carries the version it replaced.
+    pub prev_kv: bool,
+    /// Most events in the answer (1 to [`limits::WATCH_EVENTS_MAX`]); a revision whose events
+    /// pass it is answered whole, alone.
+    pub max_events: u32,
+    /// Most bytes of events in the answer (at most [`limits::WATCH_BYTES_MAX`]; 0: that).
+    pub max_bytes: u32,
+    /// How long the node may wait for a change at or after `from_revision` before it answers
+    /// with no events (at most [`limits::WATCH_WAIT_MS_MAX`]; 0: answer at once).
+    pub wait_ms: u32,
+}
+
+/// What a change did to a key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The key was written (created or replaced).
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One change of one key at one revision.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key as the revision left it (a delete: the key, an empty value, `mod_revision` the
+    /// revision of the delete, `create_revision` and `version` 0).
+    pub kv: KeyValue,
+    /// The version it replaced (asked with `prev_kv`; `None` also when the key was absent).
+    pub prev: Option<KeyValue>,
+    /// The previous version was asked for but left out: with it, this revision's events would
+    /// not fit one answer (read it at `kv.mod_revision - 1`).
+    pub prev_omitted: bool,
+}
+
+/// The answer to a [`Request::Watch`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WatchAnswer {
+    /// The matching events of revisions `from_revision..=complete_to`, in revision order (no
+    /// events: a progress notification).
+    pub events: Vec<WatchEvent>,
+    /// The answer holds every matching event up to this revision; ask the next from
+    /// `complete_to + 1` (it is `from_revision - 1` when the node has nothing newer yet).
+    pub complete_to: u64,
+    /// The node that served it and its applied state.
+    pub read: ReadInfo,
 }
 
 /// Who may do what; from the role in the client's certificate.
@@ -346,7 +413,8 @@ impl Request {
             | Request::Health
             | Request::GetAt { .. }
             | Request::ScanAt { .. }
-            | Request::History => Access::Read,
+            | Request::History
+            | Request::Watch(_) => Access::Read,
             Request::Put { .. }
             | Request::Delete { .. }
             | Request::Cas { .. }
@@ -482,6 +550,27 @@ impl ClientRequest {
             Request::Finalize { version } => {
                 if *version < crate::CLUSTER_VERSION_INITIAL {
                     return Err(format!("cluster versions start at {}", crate::CLUSTER_VERSION_INITIAL));
+                }
+                Ok(())
+            }
+            Request::Watch(w) => {
+                if w.key.len() > limits::KEY_BYTES_MAX {
+                    return Err(format!("key of {} bytes exceeds {}", w.key.len(), limits::KEY_BYTES_MAX));
+                }
+                if w.key.is_empty() && !w.prefix {
+                    return Err("a watch names a key, or a prefix (an empty prefix: every key)".into());
+                }
+                if w.from_revision == 0 {
+                    return Err("a watch starts at revision 1 or later".into());
+                }
+                if w.max_events == 0 || w.max_events as usize > limits::WATCH_EVENTS_MAX {
+                    return Err(format!("a watch's max_events must be between 1 and {}", limits::WATCH_EVENTS_MAX));
+                }
+                if w.max_bytes as usize > limits::WATCH_BYTES_MAX {
+                    return Err(format!("a watch's max_bytes is at most {}", limits::WATCH_BYTES_MAX));
+                }
+                if w.wait_ms > limits::WATCH_WAIT_MS_MAX {
+                    return Err(format!("a watch waits at most {} ms", limits::WATCH_WAIT_MS_MAX));
                 }
                 Ok(())
             }
@@ -754,6 +843,8 @@ pub enum Response {
     },
     /// A node's multi-version history (the answer to [`Request::History`]). Since 0.2.0.
     History(HistoryInfo),
+    /// The answer to a [`Request::Watch`]. Since 0.2.0.
+    Watch(WatchAnswer),
 }
 
 /// A node's multi-version history, as its state machine holds it (the answer to
@@ -768,7 +859,8 @@ pub struct HistoryInfo {
     pub compacted: u64,
     /// The node's key-value revision.
     pub revision: u64,
-    /// Earlier versions kept.
+    /// Earlier versions kept, and the records of the event index (watches), which is dropped
+    /// with them.
     pub entries: u64,
     /// Their bytes (keys and records).
     pub bytes: u64,

@@ -57,13 +57,15 @@
 mod error;
 mod link;
 mod retry;
+mod watch;
 
 pub use error::{ClientError, GiveUpReason};
 pub use quorate_api::{
     ApiError, Compare, CompareOp, CompareTarget, HistoryInfo, KeyValue, Member, MemberKind, NodeHealth, NodeStatus,
-    ReadConsistency, ReadInfo, StalenessBound, Txn, TxnOp, TxnResult, VersionInfo,
+    ReadConsistency, ReadInfo, StalenessBound, Txn, TxnOp, TxnResult, VersionInfo, WatchEvent,
 };
 pub use retry::{Backoff, RetryBudget, RetryBudgetConfig};
+pub use watch::{EventKind, WATCH_FAILURES_MAX, Watch, WatchBatch, WatchOptions};
 
 use link::{Link, LinkError, QuicLink};
 use quorate_api::{ClientRequest, Request, Response, Sequenced, SessionId};

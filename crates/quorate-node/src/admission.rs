@@ -142,7 +142,8 @@ pub(crate) fn class_of(body: &Request) -> Class {
         | Request::MemberList
         // A chunk of a snapshot stream changes nothing: not shed for write pressure (disk
         // space, uncommitted bytes), so a backup can be taken while writes are refused.
-        | Request::SnapshotStreamFetch { .. } => Class::ClientRead,
+        | Request::SnapshotStreamFetch { .. }
+        | Request::Watch(_) => Class::ClientRead,
         Request::Txn(t) if t.is_read_only() => Class::ClientRead,
         _ => Class::ClientWrite,
     }
@@ -181,6 +182,11 @@ pub(crate) fn response_bytes_max(body: &Request) -> u64 {
         // A member list names every member with its address.
         Request::MemberList => (quorate_log::MEMBERS_MAX * (limits::TEXT_BYTES_MAX + 32)) as u64,
         Request::SnapshotStreamFetch { len, .. } => SMALL_ANSWER_BYTES + u64::from(*len),
+        // A watch answer holds at most its `max_bytes` of events (0: the most there is).
+        Request::Watch(w) => {
+            let max = if w.max_bytes == 0 { limits::WATCH_BYTES_MAX as u64 } else { u64::from(w.max_bytes) };
+            SMALL_ANSWER_BYTES + max.min(limits::WATCH_BYTES_MAX as u64)
+        }
         _ => SMALL_ANSWER_BYTES,
     };
     bytes.min(limits::RESULT_BYTES_MAX as u64 + limits::RESPONSE_ENVELOPE_BYTES_MAX as u64)
@@ -192,9 +198,11 @@ pub(crate) fn response_bytes_max(body: &Request) -> u64 {
 /// charged when answered). Settled against the answer's real size when it is answered.
 pub(crate) fn answer_bytes_charged_at_admission(body: &Request) -> u64 {
     match body {
-        Request::Scan { .. } | Request::ScanPaged { .. } | Request::Txn(_) | Request::TxnPaged { .. } => {
-            response_bytes_max(body)
-        }
+        Request::Scan { .. }
+        | Request::ScanPaged { .. }
+        | Request::Txn(_)
+        | Request::TxnPaged { .. }
+        | Request::Watch(_) => response_bytes_max(body),
         _ => 0,
     }
 }
@@ -221,6 +229,7 @@ pub(crate) fn request_bytes(body: &Request) -> u64 {
                     + t.failure.iter().map(op).sum::<u64>()
             }
             Request::MemberAdd { addr, .. } | Request::MemberUpdate { addr, .. } => addr.len() as u64,
+            Request::Watch(w) => len(&w.key),
             _ => 0,
         }
 }
@@ -300,6 +309,9 @@ pub(crate) fn principal_label(principal: &str) -> String {
 /// How an answer ends an admitted request, for the adaptive limit.
 fn outcome_of(result: &Result<Response, ApiError>) -> Outcome {
     match result {
+        // A long poll's latency is mostly its wait for a change, not the node's speed: no
+        // sample for the adaptive limit (a watch would otherwise shrink it for everyone).
+        Ok(Response::Watch(_)) => Outcome::Cancelled,
         Ok(_) => Outcome::Success,
         // Timed out, not confirmed, or shed further down: congestion.
         Err(ApiError::Timeout | ApiError::Unavailable(_) | ApiError::Shed(_) | ApiError::Overloaded { .. }) => {
@@ -612,6 +624,29 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
     use quorate_api::{ReadConsistency, Txn};
+
+    #[test]
+    fn a_watch_answer_is_no_latency_sample_and_a_watch_is_a_read_charged_its_answer_bytes() {
+        let read = quorate_api::ReadInfo {
+            node: quorate_log::NodeId::new(1).unwrap(),
+            revision: 1,
+            applied: quorate_log::LogIndex(1),
+            staleness: None,
+        };
+        let answer = Response::Watch(quorate_api::WatchAnswer { events: Vec::new(), complete_to: 1, read });
+        assert_eq!(outcome_of(&Ok(answer)), Outcome::Cancelled);
+        let w = quorate_api::WatchRequest {
+            key: b"k".to_vec(),
+            prefix: false,
+            from_revision: 1,
+            prev_kv: false,
+            max_events: 10,
+            max_bytes: 1000,
+            wait_ms: 1000,
+        };
+        assert_eq!(class_of(&Request::Watch(w.clone())), Class::ClientRead);
+        assert_eq!(answer_bytes_charged_at_admission(&Request::Watch(w)), SMALL_ANSWER_BYTES + 1000);
+    }
 
     #[test]
     fn classes_and_sizes() {

@@ -61,6 +61,8 @@ pub(crate) enum ReadReq {
         limit: u32,
         revision: u64,
     },
+    /// A watch's next answer (from this node's applied state).
+    Watch(quorate_api::WatchRequest),
     /// A read-only transaction from operation `from` at `revision` (a next page); `paged`:
     /// answer with `Response::TxnPage` (else the whole `Response::Txn`, or an error if it does
     /// not fit one answer).
@@ -574,7 +576,9 @@ impl Applier {
     /// Reloads what the node caches from the state machine (after an install or a repair).
     fn refresh_from_store(&mut self) -> Result<(), SmError> {
         let store = &*self.shared.store;
-        self.shared.revision.store(sm::revision(store)?, Ordering::Relaxed);
+        let revision = sm::revision(store)?;
+        self.shared.revision.store(revision, Ordering::Relaxed);
+        self.shared.revision_tx.send_replace(revision);
         self.shared.log_time_ms.store(sm::log_time_ms(store)?, Ordering::Relaxed);
         for (node, addr) in sm::member_addrs(store)? {
             self.shared.learn_member_addr(node, addr);
@@ -659,7 +663,9 @@ impl Applier {
             retry_space("apply", || store.apply(last.index, ops.iter().cloned()))?;
             self.applied = last;
             self.shared.telemetry.applied(last.index);
-            self.shared.revision.store(sm::revision(&*store)?, Ordering::Relaxed);
+            let revision = sm::revision(&*store)?;
+            self.shared.revision.store(revision, Ordering::Relaxed);
+            self.shared.revision_tx.send_replace(revision);
             self.shared.log_time_ms.store(sm::log_time_ms(&*store)?, Ordering::Relaxed);
             for (id, outcome) in outcomes {
                 let (result, cached) = match outcome {
@@ -899,6 +905,9 @@ fn read_one<R: sm::SmRead + ?Sized>(
         ReadReq::GetAt { key, revision } => {
             sm::read_get_at(store, key, *revision)?.map(|kv| Response::Get { kv, read })
         }
+        ReadReq::Watch(w) => sm::read_watch(store, w)?.map(|page| {
+            Response::Watch(quorate_api::WatchAnswer { events: page.events, complete_to: page.complete_to, read })
+        }),
         ReadReq::ScanAt { start, end, limit, revision } => {
             sm::read_scan_at_page(store, start, end.as_deref(), *limit, *revision, sm::PAGE_RESULT_BYTES_MAX)?
                 .map(|page| Response::ScanPage { kvs: page.kvs, next: page.next, read })

@@ -20,13 +20,16 @@ pub(crate) fn info(shared: &Shared) -> Result<Response, ApiError> {
     let err = |e: crate::sm::SmError| ApiError::Internal(format!("history: {e}"));
     let state = crate::sm::history_state(&*shared.store).map_err(err)?;
     let revision = crate::sm::revision(&*shared.store).map_err(err)?;
+    // The event index (watches) is counted in the history's size: it is dropped with it.
+    let events = crate::sm::events_state(&*shared.store).map_err(err)?;
+    let (ev_entries, ev_bytes) = events.map_or((0, 0), |e| (e.entries, e.bytes));
     Ok(Response::History(HistoryInfo {
         id: shared.id,
         enabled: state.is_some(),
         compacted: state.map_or(0, |s| s.compacted),
         revision,
-        entries: state.map_or(0, |s| s.entries),
-        bytes: state.map_or(0, |s| s.bytes),
+        entries: state.map_or(0, |s| s.entries).saturating_add(ev_entries),
+        bytes: state.map_or(0, |s| s.bytes).saturating_add(ev_bytes),
         entries_max: crate::sm::HISTORY_ENTRIES_MAX,
         bytes_max: crate::sm::HISTORY_BYTES_MAX,
     }))

@@ -50,6 +50,7 @@ mod sm;
 mod telemetry;
 mod versions;
 mod waiting;
+mod watches;
 
 /// The version of this binary (from Cargo).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -170,6 +170,11 @@ pub(crate) struct Shared {
     pub(crate) replays: crate::replays::ReplayHints,
     /// The snapshot stream this node serves, if any (`quorate snapshot save FILE`).
     pub(crate) streams: crate::save_stream::Streams,
+    /// The applied key-value revision, for watches waiting on it (sent by the apply thread
+    /// with `revision`).
+    pub(crate) revision_tx: tokio::sync::watch::Sender<u64>,
+    /// The watches in flight ([`crate::watches`]).
+    pub(crate) watches: Arc<crate::watches::Watches>,
 }
 
 impl Shared {
@@ -330,6 +335,8 @@ pub(crate) struct Responder {
     write_timeout: Duration,
     /// Where the answer came from (audited).
     answered: crate::audit::Answered,
+    /// A watch's place among the node's and its principal's, until the answer is written.
+    watch: Option<crate::watches::WatchSlot>,
 }
 
 impl Responder {
@@ -352,6 +359,7 @@ impl Responder {
             writes,
             write_timeout,
             answered: crate::audit::Answered::Normally,
+            watch: None,
         }
     }
 
@@ -393,7 +401,7 @@ impl Responder {
         if let Some(what) = &self.audit {
             crate::audit::emit(&self.req.from, what, &response.result, at, self.answered);
         }
-        let Responder { req, handle, guard, ticket, write_timeout, .. } = self;
+        let Responder { req, handle, guard, ticket, write_timeout, watch, .. } = self;
         handle.spawn(async move {
             let principal = req.from.principal.clone();
             let msg = NodeMessage::Response(response);
@@ -413,6 +421,7 @@ impl Responder {
             }
             drop(ticket);
             drop(guard);
+            drop(watch);
         });
     }
 }
@@ -458,6 +467,11 @@ pub(crate) enum Event {
         id: NodeId,
         addr: String,
         resolved: Option<SocketAddr>,
+        responder: Box<Responder>,
+    },
+    /// A watch waited for its revision (or its wait ran out): read it now.
+    WatchReady {
+        watch: quorate_api::WatchRequest,
         responder: Box<Responder>,
     },
     Fatal(String),
@@ -809,6 +823,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         failpoints: failpoints.clone(),
         replays: crate::replays::ReplayHints::default(),
         streams: crate::save_stream::Streams::default(),
+        revision_tx: tokio::sync::watch::Sender::new(crate::sm::revision(&*store)?),
+        watches: Arc::default(),
     });
     crate::versions::sync_transport(&shared);
 
@@ -1309,6 +1325,9 @@ impl Driver {
             }
             Event::NotReplay { session, body, responder } => {
                 self.dispatch(Some(session), body, *responder).await?;
+            }
+            Event::WatchReady { watch, responder } => {
+                self.read(ReadReq::Watch(watch), ReadConsistency::Stale, *responder).await?;
             }
             Event::TxnBounded { session, txn, responder } => {
                 self.propose_write(session, CommandOp::Txn(txn), *responder).await?;
@@ -2175,6 +2194,7 @@ impl Driver {
                 responder.send(info, None);
                 Ok(())
             }
+            Request::Watch(watch) => self.watch(watch, responder).await,
             Request::DeleteRange { start, end } => {
                 match crate::versions::require(&self.shared, crate::sm::DELETE_RANGE_CLUSTER_VERSION, "delete-range") {
                     Ok(()) => self.propose_write(session, CommandOp::DeleteRange { start, end }, responder).await,
@@ -2189,6 +2209,35 @@ impl Driver {
                 Ok(())
             }
         }
+    }
+
+    /// A watch ([`crate::watches`]): counted among the node's and its principal's, then read
+    /// from this node's applied state at once, or once the applied revision reaches the one
+    /// asked for (or the wait runs out).
+    async fn watch(&mut self, watch: quorate_api::WatchRequest, mut responder: Responder) -> Result<(), ServerError> {
+        if let Err(e) = crate::versions::require(&self.shared, crate::sm::HISTORY_CLUSTER_VERSION, "a watch") {
+            responder.send(Err(e), None);
+            return Ok(());
+        }
+        match self.shared.watches.admit(responder.principal()) {
+            Ok(slot) => responder.watch = Some(slot),
+            Err(e) => {
+                responder.send(Err(e), None);
+                return Ok(());
+            }
+        }
+        let applied = self.shared.revision.load(Ordering::Acquire);
+        if watch.wait_ms == 0 || applied >= watch.from_revision {
+            return self.read(ReadReq::Watch(watch), ReadConsistency::Stale, responder).await;
+        }
+        let wait = Duration::from_millis(u64::from(watch.wait_ms.min(quorate_api::limits::WATCH_WAIT_MS_MAX)));
+        let (revisions, events) = (self.shared.revision_tx.subscribe(), self.events_tx.clone());
+        self.shared.handle.spawn(async move {
+            crate::watches::wait_for_revision(revisions, watch.from_revision, wait).await;
+            // The driver gone (shutting down): the responder is dropped with the event.
+            let _ = events.send(Event::WatchReady { watch, responder: Box::new(responder) }).await;
+        });
+        Ok(())
     }
 
     fn transfer(&mut self, to: Option<NodeId>) -> Result<Response, ApiError> {

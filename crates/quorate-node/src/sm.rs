@@ -16,6 +16,7 @@
 //! | `m/gc` | where the session garbage collector resumes |
 //! | `m/cluster_version` | the committed cluster version (absent: [`quorate_api::CLUSTER_VERSION_INITIAL`]) |
 //! | `h`, `r`, `m/hist_*` | the multi-version history, from cluster version 2 (see [`history`]) |
+//! | `e`, `m/ev_*` | the event index (what each revision changed, for watches), from cluster version 2 (see [`events`]) |
 //!
 //! Sessions expire by **log time**, identically on every replica: a session unused for
 //! [`SESSION_TTL_MS`] of log time is gone, and a write in it gets `SessionExpired`.
@@ -48,12 +49,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
+pub(crate) mod events;
 pub(crate) mod history;
 #[cfg_attr(
     not(test),
     expect(dead_code, reason = "the node's driver does not run on quorate-runtime yet (issue 19); tests drive it")
 )]
 pub(crate) mod runtime;
+pub(crate) use events::{events_state, read_watch};
 pub(crate) use history::{
     HISTORY_BYTES_MAX, HISTORY_CLUSTER_VERSION, HISTORY_ENTRIES_MAX, history_state, read_get_at, read_scan_at_page,
 };
@@ -613,6 +616,11 @@ pub(crate) fn apply_command<R: SmRead + ?Sized>(
         // command applied after it (decided by the log, so the same on every replica).
         history::enable(ov)?;
     }
+    if cv >= HISTORY_CLUSTER_VERSION && !events::enabled(ov)? {
+        // A cluster finalized by a build that recorded history but no events: events start
+        // at the first command applied after it (decided by the log).
+        events::enable(ov)?;
+    }
     let out = match &cmd.op {
         CommandOp::Compact { revision } => {
             if cv < HISTORY_CLUSTER_VERSION {
@@ -655,8 +663,9 @@ pub(crate) fn apply_command<R: SmRead + ?Sized>(
             } else {
                 ov.put(META_CLUSTER_VERSION.to_vec(), u64::from(*version).to_le_bytes().to_vec());
                 if *version >= HISTORY_CLUSTER_VERSION {
-                    // History starts here, at this entry's revision, on every replica.
+                    // History and events start here, at this entry's revision, on every replica.
                     history::enable(ov)?;
+                    events::enable(ov)?;
                 }
                 ApplyOutcome { cluster_version: Some(*version), ..ApplyOutcome::result(Ok(Response::Done)) }
             }
@@ -1032,6 +1041,7 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
             let deleted = old.is_some();
             if let Some(old) = old {
                 history::record(ov, key, &old, next)?;
+                events::on_delete(ov, key, next)?;
                 ov.delete(kv_key(key));
                 changed = true;
             }
@@ -1057,7 +1067,7 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
             }
             if eval.changed {
                 ov.put(META_REVISION.to_vec(), next.to_le_bytes().to_vec());
-                history::maintain(ov, history::HISTORY_DROP_PER_COMMAND)?;
+                maintain_history(ov)?;
             }
             if eval.next.is_some() {
                 return Ok(Applied::TooLarge);
@@ -1077,15 +1087,20 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
             }
             if history::enabled(ov)? {
                 let (keys, mut more) = range_keys(ov, start, end, history::HISTORY_RANGE_KEYS_MAX)?;
-                let (mut deleted, mut bytes) = (0u64, 0usize);
+                let (mut deleted, mut bytes, mut key_bytes) = (0u64, 0usize, 0usize);
+                let with_events = events::enabled(ov)?;
                 for k in &keys {
-                    if bytes >= history::HISTORY_RANGE_BYTES_MAX {
+                    if bytes >= history::HISTORY_RANGE_BYTES_MAX
+                        || (with_events && key_bytes >= events::EVENTS_RANGE_KEY_BYTES_MAX)
+                    {
                         more = true;
                         break;
                     }
                     let user = &k[1..];
                     if let Some(old) = get_kv(ov, user)? {
                         bytes = bytes.saturating_add(history::record(ov, user, &old, next)?);
+                        events::on_delete(ov, user, next)?;
+                        key_bytes = key_bytes.saturating_add(user.len());
                     }
                     ov.delete(k.clone());
                     deleted += 1;
@@ -1111,7 +1126,7 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
     };
     if changed {
         ov.put(META_REVISION.to_vec(), next.to_le_bytes().to_vec());
-        history::maintain(ov, history::HISTORY_DROP_PER_COMMAND)?;
+        maintain_history(ov)?;
     }
     Ok(Applied::Done(Ok(response)))
 }
@@ -1169,6 +1184,14 @@ fn merged_keys<R: SmRead + ?Sized>(
     Ok((keys.into_iter().take(limit).collect(), more))
 }
 
+/// After a command's writes: drops what compaction (or the bounds) left in the history and the
+/// event index, a bounded number each.
+fn maintain_history<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>) -> Result<(), SmError> {
+    history::maintain(ov, history::HISTORY_DROP_PER_COMMAND)?;
+    events::maintain(ov, events::EVENTS_DROP_PER_COMMAND)?;
+    Ok(())
+}
+
 fn put<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8], value: Vec<u8>, rev: u64) -> Result<(), SmError> {
     let rec = match get_kv(ov, key)? {
         Some(old) => {
@@ -1178,7 +1201,7 @@ fn put<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8], value: Vec<u8>, 
         None => KvRecord { value, create_revision: rev, mod_revision: rev, version: 1 },
     };
     ov.put(kv_key(key), encode(&rec));
-    Ok(())
+    events::on_put(ov, key, rev)
 }
 
 fn compare_holds(actual: Option<&KvRecord>, c: &Compare) -> bool {
@@ -1247,6 +1270,7 @@ fn eval_txn<R: SmRead + ?Sized>(
                 let existed = old.is_some();
                 if let Some(old) = old {
                     history::record(ov, key, &old, next_rev)?;
+                    events::on_delete(ov, key, next_rev)?;
                     ov.delete(kv_key(key));
                     eval.changed = true;
                 }

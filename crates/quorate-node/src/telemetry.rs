@@ -477,9 +477,13 @@ impl Observer {
         }
         let cluster_version = crate::versions::cluster_version(shared);
         metrics::gauge!(n::CLUSTER_VERSION).set(f64::from(cluster_version));
+        metrics::gauge!(n::WATCHES_IN_FLIGHT).set(shared.watches.in_flight() as f64);
         if let Ok(Some(h)) = crate::sm::history_state(&*shared.store) {
-            metrics::gauge!(n::HISTORY_ENTRIES).set(h.entries as f64);
-            metrics::gauge!(n::HISTORY_BYTES).set(h.bytes as f64);
+            // The event index (watches) is part of the history's size.
+            let ev = crate::sm::events_state(&*shared.store).ok().flatten();
+            let (ev_entries, ev_bytes) = ev.map_or((0, 0), |e| (e.entries, e.bytes));
+            metrics::gauge!(n::HISTORY_ENTRIES).set(h.entries.saturating_add(ev_entries) as f64);
+            metrics::gauge!(n::HISTORY_BYTES).set(h.bytes.saturating_add(ev_bytes) as f64);
             metrics::gauge!(n::HISTORY_COMPACTED_REVISION).set(h.compacted as f64);
         }
         // The applied-hash exchange: samples that waited for this node to catch up, then this

@@ -122,6 +122,8 @@ pub const HISTORY_ENTRIES: &str = "quorate_history_entries";
 pub const HISTORY_BYTES: &str = "quorate_history_bytes";
 /// Gauge: the history's compaction revision (reads below it are refused).
 pub const HISTORY_COMPACTED_REVISION: &str = "quorate_history_compacted_revision";
+/// Gauge: watches waiting or being read on the node (long polls in flight).
+pub const WATCHES_IN_FLIGHT: &str = "quorate_watches_in_flight";
 
 // ---- replication, per peer ----------------------------------------------------------------
 
@@ -283,6 +285,7 @@ pub const ALL: &[MetricDef] = &[
     g(BUILD_INFO, "Always 1; the binary's version is in the label.", &[LABEL_VERSION]),
     g(HISTORY_ENTRIES, "Earlier versions of keys kept by the multi-version history.", &[]),
     g(HISTORY_BYTES, "Bytes of the earlier versions kept.", &[]),
+    g(WATCHES_IN_FLIGHT, "Watches waiting or being read on the node.", &[]),
     g(HISTORY_COMPACTED_REVISION, "The history's compaction revision: reads at a revision below it are refused.", &[]),
     g(PEER_MATCH_INDEX, "Highest index known replicated on the peer (leader only).", &[LABEL_PEER]),
     g(PEER_INFLIGHT_MESSAGES, "Append messages sent to the peer and not yet acknowledged.", &[LABEL_PEER]),
@@ -445,6 +448,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 69);
+        assert_eq!(seen.len(), 70);
     }
 }

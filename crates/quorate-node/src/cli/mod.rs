@@ -12,6 +12,7 @@ mod recover;
 mod snapshot;
 mod top;
 mod txn;
+mod watch;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -94,6 +95,11 @@ pub(crate) enum Command {
     /// Every member's health, each asked directly.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// The changes to a key or a prefix, one line per event as they are applied (`-o json`:
+    /// one JSON object per line). Served by any member, in revision order; it goes on at
+    /// another member, without a gap or a duplicate, when the one asked cannot answer. Stop it
+    /// with --count and --duration-ms in scripts. Needs cluster version 2.
+    Watch(watch::WatchArgs),
     /// Print a shell completion script: `quorate completions bash > /etc/bash_completion.d/quorate`.
     Completions {
         /// The shell: bash, zsh, fish (also elvish, powershell).
@@ -573,6 +579,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Replay(args) => flight::replay(&args),
         Command::Debug(cmd) => flight::debug(&cli.conn, &cmd),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
+        Command::Watch(args) => block_on(watch::run(&cli.conn, args)),
         Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
         Command::Cluster(ClusterCmd::Finalize { to }) => block_on(cluster::finalize(&cli.conn, to)),
         Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),

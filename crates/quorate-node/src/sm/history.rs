@@ -135,7 +135,7 @@ fn hist_prefix(key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn hist_key(key: &[u8], end: u64) -> Vec<u8> {
+pub(super) fn hist_key(key: &[u8], end: u64) -> Vec<u8> {
     let mut k = hist_prefix(key);
     k.extend_from_slice(&end.to_be_bytes());
     k
@@ -313,11 +313,12 @@ pub(super) fn compact<R: SmRead + ?Sized>(
         ov.put(META_HIST_COMPACTED.to_vec(), revision.to_le_bytes().to_vec());
     }
     maintain(ov, HISTORY_DROP_PER_COMMAND)?;
+    super::events::maintain(ov, super::events::EVENTS_DROP_PER_COMMAND)?;
     Ok(Ok(ov_u64(ov, META_HIST_COMPACTED)?))
 }
 
 /// Checks that `revision` can be read in `r`; returns the history's state.
-fn check_revision(r: &(impl SmRead + ?Sized), revision: u64) -> Result<Result<(), ApiError>, SmError> {
+pub(super) fn check_revision(r: &(impl SmRead + ?Sized), revision: u64) -> Result<Result<(), ApiError>, SmError> {
     let Some(state) = history_state(r)? else {
         let cv = super::cluster_version(r)?;
         if cv >= HISTORY_CLUSTER_VERSION {
@@ -338,7 +339,7 @@ fn check_revision(r: &(impl SmRead + ?Sized), revision: u64) -> Result<Result<()
 }
 
 /// The version of `key` at `revision` (checked readable), `None`: absent then.
-fn version_at<R: SmRead + ?Sized>(r: &R, key: &[u8], revision: u64) -> Result<Option<KvRecord>, SmError> {
+pub(super) fn version_at<R: SmRead + ?Sized>(r: &R, key: &[u8], revision: u64) -> Result<Option<KvRecord>, SmError> {
     let ov = Overlay::new(r);
     if let Some(current) = get_kv(&ov, key)?
         && current.mod_revision <= revision

@@ -1,0 +1,310 @@
+//! Watches (`quorate watch`) on real 3-node clusters of `quorate` processes on 127.0.0.1
+//! (issue 22): a watcher on a follower sees every acknowledged write of a concurrent writer
+//! exactly once, in revision order, across a leader change and a reconnect to another member;
+//! a watch from a compacted revision is refused in clear words; the cluster-version gate.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{Nodes, free_base_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+
+struct Cluster {
+    dir: PathBuf,
+    base: u16,
+}
+
+impl Cluster {
+    fn create(dir: PathBuf, base: u16) -> Cluster {
+        let out = Command::new(BIN)
+            .args(["certs", "dev", "--dir"])
+            .arg(&dir)
+            .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Cluster { dir, base }
+    }
+
+    fn peers(&self) -> String {
+        (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, self.base + i)).collect::<Vec<_>>().join(",")
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join("data").join(format!("node-{id}"))
+    }
+
+    fn start(&self) -> Nodes {
+        Nodes((1..=3).map(|id| self.start_one(id)).collect())
+    }
+
+    fn start_one(&self, id: u64) -> Child {
+        let log = std::fs::File::options().create(true).append(true).open(self.dir.join(format!("node-{id}.log")));
+        let log = log.unwrap();
+        Command::new(BIN)
+            .args(["node", "start", "--config"])
+            .arg(self.dir.join(format!("node-{id}.toml")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("QUORATE_CERTS", self.dir.join("certs"))
+            .env("QUORATE_CLUSTER", "e2e")
+            .env("QUORATE_ENDPOINTS", self.peers())
+            .env("QUORATE_TIMEOUT", "10")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "quorate {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("quorate {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    fn eventually(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.cli(args);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "quorate {args:?} never succeeded: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_cluster_version(&self, version: u32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.cli(&["cluster", "status"]);
+            if String::from_utf8_lossy(&status.stdout).contains(&format!("cluster version {version}")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not reach version {version}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(out) = self.command(&["-o", "json", "cluster", "status"]).output()
+                && let Ok(status) = serde_json::from_slice::<Value>(&out.stdout)
+                && let Some(l) = status["nodes"].as_array().and_then(|n| n.iter().find(|n| n["role"] == "leader"))
+            {
+                return l["id"].as_u64().unwrap();
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A `quorate -o json watch ARGS` process whose lines arrive on the receiver.
+    fn watcher(&self, args: &[&str]) -> (Child, mpsc::Receiver<Value>) {
+        let mut all = vec!["-o", "json", "watch"];
+        all.extend_from_slice(args);
+        let mut child = self.command(&all).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+/// An event as (revision, key, type, value).
+fn event(v: &Value) -> (u64, String, String, String) {
+    (
+        v["revision"].as_u64().unwrap(),
+        v["kv"]["key"].as_str().unwrap().to_string(),
+        v["type"].as_str().unwrap().to_string(),
+        v["kv"]["value"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn kill(nodes: &mut Nodes, id: u64) {
+    let child = &mut nodes.0[id as usize - 1];
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_watcher_on_a_follower_sees_every_acknowledged_write_once_in_order_across_a_leader_kill_and_a_reconnect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    let mut nodes = c.start();
+    c.eventually(&["kv", "put", "start", "x"]);
+    c.wait_cluster_version(2);
+    let start = c.json(&["kv", "put", "start", "y"])["revision"].as_u64().unwrap();
+    let leader = c.leader();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let third = (1..=3).find(|&i| i != leader && i != follower).unwrap();
+    let from = (start + 1).to_string();
+    let on = follower.to_string();
+    let (mut watcher, events) = c.watcher(&["w/", "--prefix", "--rev", &from, "--node", &on]);
+
+    // The writer: acknowledged writes (key, value) -> revision. Faults on the way: the leader
+    // killed (a leader change), then restarted; then the member the watcher polls killed (the
+    // watcher reconnects to another member), then restarted.
+    let mut acknowledged: BTreeMap<u64, (String, String)> = BTreeMap::new();
+    let mut seen = Vec::new();
+    let drain = |seen: &mut Vec<Value>| {
+        while let Ok(v) = events.try_recv() {
+            seen.push(v);
+        }
+    };
+    for i in 0..60u64 {
+        match i {
+            15 => kill(&mut nodes, leader),
+            25 => nodes.0[leader as usize - 1] = c.start_one(leader),
+            35 => kill(&mut nodes, follower),
+            45 => nodes.0[follower as usize - 1] = c.start_one(follower),
+            _ => {}
+        }
+        if i == 20 {
+            assert_ne!(c.leader(), leader, "a new leader was elected");
+        }
+        let (key, value) = (format!("w/{i:03}"), format!("v{i}"));
+        let out = c.cli(&["-o", "json", "kv", "put", &key, &value]);
+        if out.status.success() {
+            let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+            acknowledged.insert(j["revision"].as_u64().unwrap(), (key, value));
+        }
+        drain(&mut seen);
+    }
+    assert!(acknowledged.len() >= 40, "most writes were acknowledged: {}", acknowledged.len());
+    // A last write; the watcher is done once it has seen it.
+    let last = c.json(&["kv", "put", "w/zz", "end"])["revision"].as_u64().unwrap();
+    acknowledged.insert(last, ("w/zz".into(), "end".into()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.iter().any(|v| v["revision"].as_u64() == Some(last)) {
+        assert!(Instant::now() < deadline, "the watcher never saw revision {last}: {} events", seen.len());
+        if let Ok(v) = events.recv_timeout(Duration::from_millis(200)) {
+            seen.push(v);
+        }
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+
+    let got: Vec<(u64, String, String, String)> = seen.iter().map(event).collect();
+    // In revision order, no (revision, key) twice: no duplicate across the reconnect.
+    assert!(got.windows(2).all(|p| (p[0].0, &p[0].1) < (p[1].0, &p[1].1)), "in order, no duplicate: {got:?}");
+    // Every acknowledged write exactly once, at its revision, with its value.
+    for (rev, (key, value)) in &acknowledged {
+        let at: Vec<_> = got.iter().filter(|e| e.0 == *rev).collect();
+        assert_eq!(at.len(), 1, "revision {rev} ({key}) seen once: {at:?}");
+        assert_eq!((&at[0].1, at[0].2.as_str(), &at[0].3), (key, "put", value), "revision {rev}");
+    }
+    // Nothing outside the range and only the watched prefix; a write that was not acknowledged
+    // may show up (its outcome was unknown), but then with the value that writer sent.
+    assert!(got.iter().all(|e| e.0 > start && e.1.starts_with("w/")));
+    let written: BTreeSet<(String, String)> =
+        (0..60u64).map(|i| (format!("w/{i:03}"), format!("v{i}"))).chain([("w/zz".into(), "end".into())]).collect();
+    assert!(got.iter().all(|e| written.contains(&(e.1.clone(), e.3.clone()))), "only values that were written");
+
+    // Another member, watched afresh from the same revision: the same events (every member
+    // keeps the same index).
+    let count = got.len().to_string();
+    let out = c.ok(&[
+        "-o",
+        "json",
+        "watch",
+        "w/",
+        "--prefix",
+        "--rev",
+        &from,
+        "--node",
+        &third.to_string(),
+        "--count",
+        &count,
+        "--duration-ms",
+        "30000",
+    ]);
+    let again: Vec<_> = out.lines().map(|l| event(&serde_json::from_str(l).unwrap())).collect();
+    assert_eq!(again, got, "node {third} gives the same stream");
+    drop(nodes);
+}
+
+#[test]
+fn a_watch_is_gated_on_the_cluster_version_and_refused_below_the_compaction_revision_in_clear_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    // Empty store directories: no bootstrap marker, the cluster stays at version 1.
+    for id in 1..=3 {
+        std::fs::create_dir_all(c.data_dir(id).join("store")).unwrap();
+    }
+    let nodes = c.start();
+    c.eventually(&["kv", "put", "k", "v0"]);
+    let out = c.cli(&["watch", "k", "--rev", "1", "--count", "1", "--duration-ms", "5000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("needs cluster version 2"), "the gate: {stderr}");
+
+    c.ok(&["cluster", "finalize"]);
+    c.wait_cluster_version(2);
+    let first = c.json(&["kv", "put", "k", "v1"])["revision"].as_u64().unwrap();
+    for i in 2..=5 {
+        c.ok(&["kv", "put", "k", &format!("v{i}")]);
+    }
+    // From before events were recorded: refused as compacted, saying what to do.
+    let out = c.cli(&["watch", "k", "--rev", "1", "--count", "1", "--duration-ms", "5000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "refused: {stderr}");
+    assert!(stderr.contains("are not kept") && stderr.contains("watch from --rev"), "{stderr}");
+    // From the first recorded revision: the five puts, with the values they replaced.
+    let out = c.ok(&["watch", "k", "--rev", &first.to_string(), "--prev-kv", "--count", "5", "--duration-ms", "10000"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines[0], format!("PUT k=v1 (revision {first}) was v0"));
+    assert_eq!(lines[4], format!("PUT k=v5 (revision {}) was v4", first + 4));
+    // Compacted past them: refused, with the revision to resume from.
+    let c2 = first + 2;
+    c.ok(&["kv", "compact", &c2.to_string()]);
+    let out = c.cli(&["watch", "k", "--rev", &first.to_string(), "--count", "1", "--duration-ms", "5000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "refused: {stderr}");
+    assert!(stderr.contains(&format!("watch from --rev {}", c2 + 1)), "{stderr}");
+    let out = c.ok(&["watch", "k", "--rev", &(c2 + 1).to_string(), "--count", "2", "--duration-ms", "10000"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    // A quiet key: nothing within the time asked, exit 1 with --count.
+    let out = c.cli(&["watch", "quiet", "--count", "1", "--duration-ms", "1500"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(nodes);
+}
