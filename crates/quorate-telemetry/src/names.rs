@@ -471,6 +471,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 69);
+        assert_eq!(seen.len(), 75);
     }
 }
