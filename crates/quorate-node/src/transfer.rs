@@ -24,7 +24,7 @@ use quorate_log::{NodeId, SnapshotMeta, Term};
 use quorate_runtime::AckStatus;
 use quorate_runtime::SnapshotHeader;
 use quorate_runtime::transfer::{
-    AckOutcome, Piece, Received, Receiver, SendLimits, Sender, Staging, TokenBucket, TransferStats, Transmit,
+    Ack, AckOutcome, Piece, Received, Receiver, SendLimits, Sender, Staging, TokenBucket, TransferStats, Transmit,
 };
 use quorate_transport::{SendError, Transport};
 use std::fs::File;
@@ -206,8 +206,8 @@ pub(crate) async fn send(job: SendJob) -> Result<(), String> {
             a = acks.recv() => {
                 let Some(a) = a else { break Err("the transfer was dropped".to_owned()) };
                 let Some(status) = status_from_wire(a.status) else { continue };
-                let image = (a.last, a.checksum);
-                match sender.handle_ack(clock(), a.term, image, a.offset, status, &limits, &mut stats) {
+                let ack = Ack::new(a.term, (a.last, a.checksum), a.offset, status);
+                match sender.handle_ack(clock(), ack, &limits, &mut stats) {
                     AckOutcome::Installed => break Ok(()),
                     // Counted as failed by the sender.
                     AckOutcome::Refused => break Err(REFUSED.to_owned()),

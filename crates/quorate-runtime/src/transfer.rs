@@ -26,7 +26,7 @@
 use crate::network::AckStatus;
 use crate::storage::SnapshotHeader;
 use quorate_core::Instant;
-use quorate_log::{LogIndex, Term};
+use quorate_log::{EntryId, LogIndex, Term};
 use std::time::Duration;
 
 /// The largest snapshot chunk a follower takes (and the most a sender's chunk size is
@@ -138,6 +138,30 @@ pub enum Transmit {
         /// How many bytes.
         len: u64,
     },
+}
+
+/// A follower's answer to a piece, as a [`Sender`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ack {
+    /// The term of the piece answered.
+    pub term: Term,
+    /// The image's last entry …
+    pub last: EntryId,
+    /// … and its CRC-32.
+    pub checksum: u32,
+    /// Bytes of the image the follower holds durably (or where it starts over).
+    pub offset: u64,
+    /// What the follower did.
+    pub status: AckStatus,
+}
+
+impl Ack {
+    /// The answer in `term` about the image `(last, checksum)`: `offset` bytes held, `status`.
+    #[must_use]
+    pub fn new(term: Term, image: (EntryId, u32), offset: u64, status: AckStatus) -> Ack {
+        Ack { term, last: image.0, checksum: image.1, offset, status }
+    }
 }
 
 /// What an acknowledgement did to a transfer ([`Sender::handle_ack`]).
@@ -310,22 +334,13 @@ impl Sender {
             .min()
     }
 
-    /// The follower's answer in `term`: it holds `offset` bytes of the image
-    /// `(last, checksum)` and did `status`. An answer of another term or image is ignored.
-    /// The caller checked that the answer comes from this transfer's follower.
-    pub fn handle_ack(
-        &mut self,
-        now: Instant,
-        term: Term,
-        image: (quorate_log::EntryId, u32),
-        offset: u64,
-        status: AckStatus,
-        limits: &SendLimits,
-        stats: &mut TransferStats,
-    ) -> AckOutcome {
+    /// The follower's answer `ack`. An answer of another term or image, or past the image's
+    /// end, is ignored. The caller checked that it comes from this transfer's follower.
+    pub fn handle_ack(&mut self, now: Instant, ack: Ack, limits: &SendLimits, stats: &mut TransferStats) -> AckOutcome {
+        let Ack { term, last, checksum, offset, status } = ack;
         if term != self.term
-            || self.header.meta.last != image.0
-            || self.header.checksum != image.1
+            || self.header.meta.last != last
+            || self.header.checksum != checksum
             || offset > self.header.total_len
         {
             return AckOutcome::Ignored;
@@ -621,7 +636,7 @@ mod tests {
     fn ack(s: &mut Sender, now: Instant, got: Received, stats: &mut TransferStats) -> AckOutcome {
         let Received::Ack { offset, status } = got else { return AckOutcome::Ignored };
         let h = s.header().clone();
-        s.handle_ack(now, s.term(), (h.meta.last, h.checksum), offset, status, &limits(), stats)
+        s.handle_ack(now, Ack::new(s.term(), (h.meta.last, h.checksum), offset, status), &limits(), stats)
     }
 
     #[test]
@@ -704,15 +719,22 @@ mod tests {
         let _ = round(&mut tx, ms(0), &data, &mut stats);
         let img = (h.meta.last, h.checksum);
         let l = limits();
-        let old_term = tx.handle_ack(ms(1), Term(2), img, 20, AckStatus::Staging, &l, &mut stats);
+        let old_term = tx.handle_ack(ms(1), Ack::new(Term(2), img, 20, AckStatus::Staging), &l, &mut stats);
         assert_eq!(old_term, AckOutcome::Ignored);
-        let other =
-            tx.handle_ack(ms(1), Term(3), (h.meta.last, h.checksum ^ 1), 20, AckStatus::Installed, &l, &mut stats);
+        let other = tx.handle_ack(
+            ms(1),
+            Ack::new(Term(3), (h.meta.last, h.checksum ^ 1), 20, AckStatus::Installed),
+            &l,
+            &mut stats,
+        );
         assert_eq!(other, AckOutcome::Ignored);
-        let past_end = tx.handle_ack(ms(1), Term(3), img, 51, AckStatus::Staging, &l, &mut stats);
+        let past_end = tx.handle_ack(ms(1), Ack::new(Term(3), img, 51, AckStatus::Staging), &l, &mut stats);
         assert_eq!(past_end, AckOutcome::Ignored);
         assert!(tx.is_probing(), "no ignored answer opened the transfer");
-        assert_eq!(tx.handle_ack(ms(1), Term(3), img, 20, AckStatus::Staging, &l, &mut stats), AckOutcome::Continue);
+        assert_eq!(
+            tx.handle_ack(ms(1), Ack::new(Term(3), img, 20, AckStatus::Staging), &l, &mut stats),
+            AckOutcome::Continue
+        );
         assert_eq!(tx.acked(), 20);
         assert_eq!(stats.transfers_resumed, 1);
         // Stalled once no progress came for the give-up time.

@@ -40,7 +40,7 @@ use crate::network::{AckStatus, Network, SnapshotAck, SnapshotChunk, WireMessage
 use crate::sessions::read_image_prefix;
 use crate::state_machine::StateMachine;
 use crate::storage::{ImageReader, LogStorage, SnapshotHeader, SnapshotSource};
-use crate::transfer::{AckOutcome, Piece, Received, SendLimits, Sender, Staging, Transmit};
+use crate::transfer::{Ack, AckOutcome, Piece, Received, SendLimits, Sender, Staging, Transmit};
 use quorate_core::{Instant, Role, SendSnapshot};
 use quorate_log::{Data, NodeId, SnapshotMeta, StorageError};
 use std::ops::Bound;
@@ -224,8 +224,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
         let limits = self.send_limits();
         let Some((t, _)) = self.outgoing.get_mut(&a.from) else { return };
-        let image = (a.last, a.checksum);
-        match t.handle_ack(now, a.term, image, a.offset, a.status, &limits, &mut self.transfer_stats) {
+        let ack = Ack::new(a.term, (a.last, a.checksum), a.offset, a.status);
+        match t.handle_ack(now, ack, &limits, &mut self.transfer_stats) {
             AckOutcome::Installed => {
                 // The core hears of it through the follower's append acknowledgement.
                 self.outgoing.remove(&a.from);
