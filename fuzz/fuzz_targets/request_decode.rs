@@ -1,5 +1,6 @@
 //! Every message kind the node decodes (`quorate_api::kinds::ALL`: Raft, snapshot chunks,
-//! requests, responses, hash samples, attempted requests), at every protocol version, and log
+//! requests, responses, hash samples, attempted requests, disk status, snapshot pieces and
+//! their acknowledgements), at every protocol version, and log
 //! commands, from arbitrary bytes: an error is fine, a panic is a bug.
 #![no_main]
 

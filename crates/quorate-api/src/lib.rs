@@ -41,8 +41,8 @@ pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 /// The newest cluster version this build supports. Cluster version 2 (0.2.0) adds
 /// [`Request::DeleteRange`] and [`CommandOp::DeleteRange`]; the requests [`Request::Versions`]
 /// and [`Request::Finalize`] are answered at any cluster version. Nodes send each other
-/// [`NodeMessage::HashSamples`] and [`NodeMessage::DiskStatus`] only at cluster version 2 or
-/// more.
+/// [`NodeMessage::HashSamples`], [`NodeMessage::DiskStatus`] and [`NodeMessage::SnapshotPiece`]
+/// (answered with [`NodeMessage::SnapshotAck`]) only at cluster version 2 or more.
 pub const CLUSTER_VERSION: u32 = 2;
 
 /// Message kinds (append-only). Numbered from the transport's application range.
@@ -65,9 +65,24 @@ pub mod kinds {
     /// A node's free-space status, for the leader's admission (since 0.2.0; sent only at
     /// cluster version 2 or more).
     pub const DISK_STATUS: MessageKind = MessageKind(0x0105);
+    /// A piece of a resumable snapshot transfer ([`crate::SnapshotPiece`]; since 0.2.0, sent
+    /// only at cluster version 2 or more).
+    pub const SNAPSHOT_PIECE: MessageKind = MessageKind(0x0106);
+    /// A follower's answer to a snapshot piece ([`crate::SnapshotAck`]; since 0.2.0, sent
+    /// only in answer to a piece).
+    pub const SNAPSHOT_ACK: MessageKind = MessageKind(0x0107);
     /// Every kind above, in order (the fuzz target `request_decode` and the tests decode each).
-    pub const ALL: [MessageKind; 7] =
-        [RAFT, SNAPSHOT_CHUNK, REQUEST, RESPONSE, HASH_SAMPLES, REQUEST_ATTEMPT, DISK_STATUS];
+    pub const ALL: [MessageKind; 9] = [
+        RAFT,
+        SNAPSHOT_CHUNK,
+        REQUEST,
+        RESPONSE,
+        HASH_SAMPLES,
+        REQUEST_ATTEMPT,
+        DISK_STATUS,
+        SNAPSHOT_PIECE,
+        SNAPSHOT_ACK,
+    ];
 }
 
 /// Everything the node's transport carries.
@@ -92,6 +107,13 @@ pub enum NodeMessage {
     /// so that the leader refuses client writes while too few voters have room for them.
     /// Since 0.2.0: sent only once the committed cluster version is 2 or more.
     DiskStatus(DiskStatus),
+    /// A piece of a resumable, acknowledged snapshot transfer (snapshot lane). Since 0.2.0:
+    /// a leader sends pieces instead of [`NodeMessage::SnapshotChunk`]s only once the
+    /// committed cluster version is 2 or more.
+    SnapshotPiece(SnapshotPiece),
+    /// A follower's answer to a [`NodeMessage::SnapshotPiece`] (consensus lane): how many
+    /// bytes of the image it holds durably. Since 0.2.0.
+    SnapshotAck(SnapshotAck),
 }
 
 /// A node's free-space status ([`NodeMessage::DiskStatus`]).
@@ -104,6 +126,87 @@ pub struct DiskStatus {
     pub free_bytes: u64,
     /// The floor below which the node refuses client writes, in bytes.
     pub floor_bytes: u64,
+}
+
+/// A piece of a snapshot image sent in a resumable transfer ([`NodeMessage::SnapshotPiece`]):
+/// bytes `offset..offset + data.len()` of the image the header fields describe. An empty
+/// piece at offset 0 opens a transfer (the follower answers with what it holds).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, serde::Deserialize)]
+pub struct SnapshotPiece {
+    /// The leader's term.
+    pub term: quorate_log::Term,
+    /// What the snapshot covers.
+    pub meta: quorate_log::SnapshotMeta,
+    /// Length of the whole image (the snapshot file) in bytes.
+    pub total: u64,
+    /// CRC-32 (IEEE) of the whole image.
+    pub checksum: u32,
+    /// Where `data` starts in the image.
+    pub offset: u64,
+    /// The bytes (at most [`limits::SNAPSHOT_CHUNK_BYTES_MAX`]).
+    #[serde(with = "quorate_log::byte_string")]
+    pub data: Vec<u8>,
+    /// CRC-32 (IEEE) of `data`.
+    pub data_crc: u32,
+    /// This is the last piece (`offset + data.len() == total`).
+    pub done: bool,
+}
+
+impl SnapshotPiece {
+    /// The bounds every piece keeps (the decoder refuses others): `data` at most
+    /// [`limits::SNAPSHOT_CHUNK_BYTES_MAX`] bytes, inside the image, `done` exactly at its end.
+    /// (The CRC is the receiver's to check: a corrupt piece is answered, not a broken stream.)
+    ///
+    /// # Errors
+    /// What is out of bounds.
+    pub fn check(&self) -> Result<(), String> {
+        if self.data.len() > limits::SNAPSHOT_CHUNK_BYTES_MAX {
+            return Err(format!(
+                "snapshot piece of {} bytes exceeds {}",
+                self.data.len(),
+                limits::SNAPSHOT_CHUNK_BYTES_MAX
+            ));
+        }
+        let end = self.offset.checked_add(self.data.len() as u64);
+        if end.is_none_or(|e| e > self.total) {
+            return Err(format!("snapshot piece at {} past the image's {} bytes", self.offset, self.total));
+        }
+        if self.done != (end == Some(self.total)) {
+            return Err("snapshot piece `done` does not match its end".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// What a follower did with a [`SnapshotPiece`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum SnapshotAckStatus {
+    /// `offset` bytes are staged durably; send from there.
+    Staging,
+    /// The snapshot is verified and stored (or not needed): stop.
+    Installed,
+    /// The follower will not take this snapshot (over its limits, a storage failure, a file
+    /// that does not verify): stop; the leader's core probes it again later.
+    Refused,
+    /// The follower starts this image over at `offset` (its staging was lost, or the whole
+    /// image failed its checksum): send from `offset` now.
+    Restart,
+}
+
+/// A follower's answer to a [`SnapshotPiece`] ([`NodeMessage::SnapshotAck`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SnapshotAck {
+    /// The term of the piece answered.
+    pub term: quorate_log::Term,
+    /// The image: its last entry …
+    pub last: quorate_log::EntryId,
+    /// … and its CRC-32.
+    pub checksum: u32,
+    /// Bytes of the image the follower holds durably (or where it starts over).
+    pub offset: u64,
+    /// What it did.
+    pub status: SnapshotAckStatus,
 }
 
 /// Most samples in one [`HashSamples`] message; the decoder refuses more.
@@ -192,6 +295,8 @@ impl WireMessage for NodeMessage {
             NodeMessage::HashSamples(_) => kinds::HASH_SAMPLES,
             NodeMessage::RequestAttempt(_) => kinds::REQUEST_ATTEMPT,
             NodeMessage::DiskStatus(_) => kinds::DISK_STATUS,
+            NodeMessage::SnapshotPiece(_) => kinds::SNAPSHOT_PIECE,
+            NodeMessage::SnapshotAck(_) => kinds::SNAPSHOT_ACK,
         }
     }
 
@@ -212,6 +317,11 @@ impl WireMessage for NodeMessage {
             }
             NodeMessage::RequestAttempt(r) => encode_into(r, out),
             NodeMessage::DiskStatus(d) => encode_into(d, out),
+            NodeMessage::SnapshotPiece(p) => {
+                p.check().map_err(MessageError::Encode)?;
+                encode_into(p, out)
+            }
+            NodeMessage::SnapshotAck(a) => encode_into(a, out),
         }
     }
 
@@ -241,6 +351,12 @@ impl WireMessage for NodeMessage {
             // Bounds of the request inside are checked by the receiver, as for REQUEST.
             kinds::REQUEST_ATTEMPT => NodeMessage::RequestAttempt(decode_from(kind, payload)?),
             kinds::DISK_STATUS => NodeMessage::DiskStatus(decode_from(kind, payload)?),
+            kinds::SNAPSHOT_PIECE => {
+                let p: SnapshotPiece = decode_from(kind, payload)?;
+                p.check().map_err(|detail| MessageError::Malformed { kind, detail })?;
+                NodeMessage::SnapshotPiece(p)
+            }
+            kinds::SNAPSHOT_ACK => NodeMessage::SnapshotAck(decode_from(kind, payload)?),
             other => return Err(MessageError::UnknownKind(other)),
         };
         Ok(m)

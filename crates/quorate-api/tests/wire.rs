@@ -174,6 +174,33 @@ fn samples() -> Vec<(&'static str, NodeMessage)> {
             "disk_status",
             NodeMessage::DiskStatus(DiskStatus { refusing: true, free_bytes: 300 << 20, floor_bytes: 432 << 20 }),
         ),
+        // Since 0.2.0: resumable snapshot transfers (cluster version 2).
+        (
+            "snapshot_piece",
+            NodeMessage::SnapshotPiece(SnapshotPiece {
+                term: Term(3),
+                meta: SnapshotMeta {
+                    last: EntryId::new(Term(2), LogIndex(90)),
+                    config: Configuration::with_voters([n(1), n(2), n(3)]).expect("voters"),
+                },
+                total: 10,
+                checksum: 0xDEAD_BEEF,
+                offset: 6,
+                data: b"tail".to_vec(),
+                data_crc: 0x1234_5678,
+                done: true,
+            }),
+        ),
+        (
+            "snapshot_ack",
+            NodeMessage::SnapshotAck(SnapshotAck {
+                term: Term(3),
+                last: EntryId::new(Term(2), LogIndex(90)),
+                checksum: 0xDEAD_BEEF,
+                offset: 6,
+                status: SnapshotAckStatus::Staging,
+            }),
+        ),
     ]
 }
 
@@ -198,7 +225,7 @@ fn golden_fixtures_of_every_kind_decode() {
         assert_eq!(decoded, msg, "{name}");
         kinds.insert(msg.kind().0);
     }
-    assert_eq!(kinds.len(), 5, "every message kind has a fixture");
+    assert_eq!(kinds.len(), 7, "every message kind but hash samples and attempted requests has a fixture");
 }
 
 #[test]
@@ -302,7 +329,7 @@ fn garbage_never_panics() {
         state ^= state << 17;
         state
     };
-    let all_kinds = [kinds::RAFT, kinds::SNAPSHOT_CHUNK, kinds::REQUEST, kinds::RESPONSE, kinds::DISK_STATUS];
+    let all_kinds = kinds::ALL;
     for _ in 0..20_000 {
         let len = (next() % 64) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
@@ -368,4 +395,59 @@ fn shed_is_the_last_error_variant_and_every_reason_round_trips() {
     }
     let shown = ApiError::Shed(Overloaded { reason: OverloadReason::DiskSpace, retry_after_ms: 1500 }).to_string();
     assert_eq!(shown, "overloaded (disk space below the floor); retry after 1500 ms");
+}
+
+#[test]
+fn snapshot_pieces_out_of_bounds_are_refused_by_the_decoder_and_the_encoder() {
+    use quorate_transport::MessageError;
+    let good = SnapshotPiece {
+        term: Term(3),
+        meta: SnapshotMeta { last: EntryId::new(Term(2), LogIndex(90)), config: Configuration::default() },
+        total: 10,
+        checksum: 7,
+        offset: 6,
+        data: b"tail".to_vec(),
+        data_crc: 9,
+        done: true,
+    };
+    let bad = [
+        SnapshotPiece { offset: 7, ..good.clone() },
+        SnapshotPiece { offset: u64::MAX - 1, ..good.clone() },
+        SnapshotPiece { done: false, ..good.clone() },
+        SnapshotPiece { offset: 0, done: true, ..good.clone() },
+        SnapshotPiece {
+            data: vec![0; quorate_api::limits::SNAPSHOT_CHUNK_BYTES_MAX + 1],
+            total: u64::MAX,
+            offset: 0,
+            done: false,
+            ..good.clone()
+        },
+    ];
+    let mut out = Vec::new();
+    NodeMessage::SnapshotPiece(good.clone()).encode(&mut out).expect("in bounds");
+    assert_eq!(
+        NodeMessage::decode(PROTOCOL_VERSION, kinds::SNAPSHOT_PIECE, &out).ok(),
+        Some(NodeMessage::SnapshotPiece(good))
+    );
+    for p in bad {
+        let raw = postcard::to_allocvec(&p).expect("postcard");
+        let decoded = NodeMessage::decode(PROTOCOL_VERSION, kinds::SNAPSHOT_PIECE, &raw);
+        assert!(
+            matches!(decoded, Err(MessageError::Malformed { .. })),
+            "{:?} decoded",
+            (p.offset, p.data.len(), p.done)
+        );
+        assert!(NodeMessage::SnapshotPiece(p).encode(&mut Vec::new()).is_err());
+    }
+    // An acknowledgement with a status this build does not know is an error, not a panic.
+    let ack = SnapshotAck {
+        term: Term(3),
+        last: EntryId::new(Term(2), LogIndex(90)),
+        checksum: 7,
+        offset: 4,
+        status: SnapshotAckStatus::Restart,
+    };
+    let mut raw = postcard::to_allocvec(&ack).expect("postcard");
+    *raw.last_mut().expect("a status byte") = 9;
+    assert!(NodeMessage::decode(PROTOCOL_VERSION, kinds::SNAPSHOT_ACK, &raw).is_err());
 }

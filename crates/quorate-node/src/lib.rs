@@ -48,6 +48,7 @@ mod save_stream;
 pub mod server;
 mod sm;
 mod telemetry;
+mod transfer;
 mod versions;
 mod waiting;
 mod watches;

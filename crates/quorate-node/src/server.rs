@@ -605,12 +605,16 @@ fn audit_forced_recovery(data_dir: &Path, store: &RocksStore, id: NodeId) -> Res
 }
 
 /// Removes what a previous run left in the staging directory: only partial transfers live
-/// there (a completed one moves into the store's snapshot directory).
+/// there (a completed one moves into the store's snapshot directory). The staging of a
+/// resumable transfer ([`crate::transfer`]) is kept: the transfer resumes from it.
 fn clear_staging(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for ent in entries.flatten() {
         let path = ent.path();
-        if path.is_file() {
+        let resumable = [crate::transfer::PART_FILE, crate::transfer::HEADER_FILE]
+            .iter()
+            .any(|n| path.file_name().is_some_and(|f| f == *n));
+        if path.is_file() && !resumable {
             match std::fs::remove_file(&path) {
                 Ok(()) => tracing::info!(file = %path.display(), "removed a partial snapshot transfer"),
                 Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove a partial snapshot"),
@@ -853,6 +857,21 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         })
         .map_err(|e| ServerError::Fatal(format!("cannot start the apply thread: {e}")))?;
 
+    // The staging worker of resumable snapshot transfers to this node.
+    let pieces = {
+        let events = events_tx.clone();
+        crate::transfer::spawn_receiver(crate::transfer::ReceiveJob {
+            dir: staging_dir.clone(),
+            store: store.clone(),
+            transport: shared.transport.clone(),
+            staging_bytes_max: config.limits.snapshot_staging_mb.saturating_mul(1 << 20),
+            floor_bytes: config.limits.free_space_floor_mb.saturating_mul(1 << 20),
+            on_stored: Box::new(move |from, term, meta, path| {
+                let _ = events.blocking_send(Event::SnapshotStaged { from, term, meta, path });
+            }),
+        })
+    };
+
     let committer = GroupCommitter::new(store.clone(), GroupOptions::default())?;
     let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
 
@@ -880,6 +899,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         last_leader_contact: None,
         latest_snapshot: latest,
         sending: HashMap::new(),
+        piece_acks: HashMap::new(),
+        pieces,
         staging: None,
         staging_dir,
         obs,
@@ -946,6 +967,11 @@ struct Driver {
     /// Snapshot streams to followers, with the term they were started in (aborted when this
     /// node is no longer leader of that term).
     sending: HashMap<NodeId, (Term, tokio::task::AbortHandle)>,
+    /// The acknowledgement queues of the resumable transfers among `sending`, by follower,
+    /// with their term.
+    piece_acks: HashMap<NodeId, (Term, mpsc::Sender<quorate_api::SnapshotAck>)>,
+    /// The staging worker of resumable transfers to this node ([`crate::transfer`]).
+    pieces: mpsc::Sender<crate::transfer::Incoming>,
     staging: Option<Staging>,
     staging_dir: PathBuf,
     /// Metrics, traces and invariant checks.
@@ -985,7 +1011,8 @@ struct WaitingRequest {
 impl Driver {
     /// Drops everything the driver holds, the apply channel and the committer first.
     fn stop(self) {
-        let Driver { raft, committer, apply_tx, sending, shared, staging, .. } = self;
+        let Driver { raft, committer, apply_tx, sending, shared, staging, pieces, .. } = self;
+        drop(pieces);
         for (_, (_, h)) in sending {
             h.abort();
         }
@@ -1138,6 +1165,8 @@ impl Driver {
             }
             keep
         });
+        let sending = &self.sending;
+        self.piece_acks.retain(|to, _| sending.contains_key(to));
     }
 
     /// Ends the snapshot save streamed from this node if it is no longer the leader of the
@@ -1320,6 +1349,7 @@ impl Driver {
                 // A stream of an earlier term says nothing about the current one.
                 if self.sending.get(&to).is_some_and(|(t, _)| *t == term) {
                     self.sending.remove(&to);
+                    self.piece_acks.remove(&to);
                     self.raft.snapshot_send_failed(now, to);
                 }
             }
@@ -1342,6 +1372,7 @@ impl Driver {
                 crate::telemetry::snapshot_sent();
                 if self.sending.get(&to).is_some_and(|(t, _)| *t == term) {
                     self.sending.remove(&to);
+                    self.piece_acks.remove(&to);
                 }
             }
         }
@@ -1389,6 +1420,16 @@ impl Driver {
                         self.raft.handle_message(now, msg);
                     }
                     NodeMessage::SnapshotChunk(c) => self.on_chunk(from, c),
+                    NodeMessage::SnapshotPiece(p) => self.on_piece(from, p),
+                    NodeMessage::SnapshotAck(a) => {
+                        // Only to a transfer this node runs, in its term (the queue is
+                        // bounded; a dropped acknowledgement is repeated by the next one).
+                        if let Some((term, acks)) = self.piece_acks.get(&from)
+                            && *term == a.term
+                        {
+                            let _ = acks.try_send(a);
+                        }
+                    }
                     NodeMessage::HashSamples(s) => {
                         let c = self.raft.configuration();
                         if c.is_voter(from) || c.is_learner(from) {
@@ -2433,6 +2474,25 @@ impl Driver {
         let transport = self.shared.transport.clone();
         let events = self.events_tx.clone();
         let rate = self.config.limits.snapshot_rate_mb_per_sec.saturating_mul(1 << 20);
+        if crate::versions::cluster_version(&self.shared) >= crate::versions::RESUMABLE_SNAPSHOT_CLUSTER_VERSION {
+            // Every member decodes pieces: the resumable, acknowledged transfer.
+            tracing::info!(peer = %to, index = %meta.last.index, "sending snapshot (resumable)");
+            let (acks_tx, acks) = mpsc::channel(crate::transfer::ACK_QUEUE);
+            let job = crate::transfer::SendJob { transport, to, term, meta, path, rate_bytes_per_sec: rate, acks };
+            let task = tokio::spawn(async move {
+                let ev = match crate::transfer::send(job).await {
+                    Ok(()) => Event::SnapshotSent(to, term),
+                    Err(e) => {
+                        tracing::warn!(peer = %to, error = %e, "snapshot transfer failed");
+                        Event::SnapshotSendFailed(to, term)
+                    }
+                };
+                let _ = events.send(ev).await;
+            });
+            self.sending.insert(to, (term, task.abort_handle()));
+            self.piece_acks.insert(to, (term, acks_tx));
+            return;
+        }
         tracing::info!(peer = %to, index = %meta.last.index, "sending snapshot");
         let task = tokio::spawn(async move {
             let ev = match send_snapshot(&transport, to, term, meta, &path, rate).await {
@@ -2528,6 +2588,37 @@ impl Driver {
         }
     }
 
+    /// A piece of a resumable transfer ([`crate::transfer`]). Accepted only from the leader
+    /// this node follows, in its current term; a piece of an image this node committed past
+    /// is answered at once (the core answers the leader as for an install). The staging
+    /// worker checks and stages the rest; when its queue is full the piece is dropped (the
+    /// leader sends it again).
+    fn on_piece(&mut self, from: NodeId, p: quorate_api::SnapshotPiece) {
+        use quorate_telemetry::names::peer_refused;
+        let from_leader =
+            self.raft.leader() == Some(from) && p.term == self.raft.term() && self.raft.role() != Role::Leader;
+        if !from_leader {
+            refused_peer(from, peer_refused::NOT_LEADER, "snapshot piece not from the current leader");
+            return;
+        }
+        if p.meta.last.index <= self.raft.commit_index() {
+            let now = self.now();
+            let _ = self.raft.install_snapshot(now, from, p.term, p.meta.clone());
+            let a = quorate_api::SnapshotAck {
+                term: p.term,
+                last: p.meta.last,
+                checksum: p.checksum,
+                offset: p.total,
+                status: quorate_api::SnapshotAckStatus::Installed,
+            };
+            let _ = self.shared.transport.try_send(from, NodeMessage::SnapshotAck(a));
+            return;
+        }
+        if self.pieces.try_send(crate::transfer::Incoming { from, piece: p }).is_err() {
+            tracing::debug!(peer = %from, "snapshot staging busy; piece dropped (the leader sends it again)");
+        }
+    }
+
     /// Starts the staging writer of a transfer whose first chunk is `c`.
     fn start_staging(&self, from: NodeId, c: &SnapshotChunk) -> std::io::Result<Staging> {
         // A name of its own per transfer: the writer of a dropped transfer removes its file
@@ -2599,7 +2690,7 @@ fn snapshot_taken_keeps_files(
 
 /// Checks a received snapshot file (header, metadata, data checksum) while copying it into
 /// the store's snapshot directory, where the install finds it.
-fn verify_and_store(store: &RocksStore, staged: &Path, meta: &SnapshotMeta) -> Result<PathBuf, StoreError> {
+pub(crate) fn verify_and_store(store: &RocksStore, staged: &Path, meta: &SnapshotMeta) -> Result<PathBuf, StoreError> {
     let mut reader = SnapshotReader::open(staged)?;
     if reader.meta() != meta {
         return Err(StoreError::Io("snapshot file metadata differs from the stream's".into()));

@@ -691,6 +691,25 @@ pub(crate) fn snapshot_sent() {
     metrics::counter!(n::SNAPSHOTS_SENT_TOTAL).increment(1);
 }
 
+/// What a resumable snapshot transfer counted since `before` (`now` counts on from it).
+pub(crate) fn snapshot_transfer(
+    before: &quorate_runtime::transfer::TransferStats,
+    now: &quorate_runtime::transfer::TransferStats,
+) {
+    let add = |name: &'static str, b: u64, a: u64| {
+        if a > b {
+            metrics::counter!(name).increment(a - b);
+        }
+    };
+    add(n::SNAPSHOT_TRANSFERS_STARTED_TOTAL, before.transfers_started, now.transfers_started);
+    add(n::SNAPSHOT_TRANSFERS_RESUMED_TOTAL, before.transfers_resumed, now.transfers_resumed);
+    add(n::SNAPSHOT_TRANSFERS_FAILED_TOTAL, before.transfers_failed, now.transfers_failed);
+    add(n::SNAPSHOT_SENT_BYTES_TOTAL, before.bytes_sent, now.bytes_sent);
+    add(n::SNAPSHOT_RESENT_BYTES_TOTAL, before.bytes_resent, now.bytes_resent);
+    add(n::SNAPSHOT_PIECES_STAGED_TOTAL, before.chunks_staged, now.chunks_staged);
+    add(n::SNAPSHOT_PIECES_REFUSED_TOTAL, before.chunks_refused, now.chunks_refused);
+}
+
 /// A snapshot file of `bytes` was streamed to a follower in `took`.
 pub(crate) fn snapshot_streamed(bytes: u64, took: Duration) {
     metrics::counter!(n::SNAPSHOT_SENT_BYTES_TOTAL).increment(bytes);

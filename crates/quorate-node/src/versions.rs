@@ -101,6 +101,12 @@ pub(crate) const MEMBER_UPDATE_CLUSTER_VERSION: u32 = 2;
 pub(crate) const SNAPSHOT_STREAM_CLUSTER_VERSION: u32 = 2;
 /// See [`SNAPSHOT_STREAM_CLUSTER_VERSION`].
 pub(crate) const BOUNDED_STALENESS_CLUSTER_VERSION: u32 = 2;
+/// The cluster version from which a leader sends snapshots as a resumable, acknowledged
+/// transfer (`NodeMessage::SnapshotPiece`, answered with `NodeMessage::SnapshotAck`,
+/// [`crate::transfer`]) instead of the unacknowledged stream of `NodeMessage::SnapshotChunk`:
+/// a 0.1.0 node closes the stream on a kind it does not know. A follower takes both at any
+/// cluster version.
+pub(crate) const RESUMABLE_SNAPSHOT_CLUSTER_VERSION: u32 = 2;
 
 /// Refuses a request that needs cluster version `needed` before the cluster is finalized at it.
 pub(crate) fn require(shared: &Shared, needed: u32, what: &str) -> Result<(), ApiError> {

@@ -128,6 +128,7 @@ mod rocks;
 mod sessions;
 mod state_machine;
 mod storage;
+pub mod transfer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;

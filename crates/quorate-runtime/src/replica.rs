@@ -9,14 +9,14 @@ use crate::error::Error;
 use crate::network::{Network, WireMessage};
 use crate::sessions::{ClientId, Command, SessionCheck, Sessions, read_image_prefix, write_image_prefix};
 use crate::state_machine::{Committed, RuntimeWrites, StateMachine};
-use crate::storage::{ImageReader, LogStorage, SnapshotHeader, SnapshotSource};
+use crate::storage::{ImageReader, LogStorage, SnapshotSource};
+use crate::transfer::{Receiver, Sender, TokenBucket};
+pub use crate::transfer::{SNAPSHOT_CHUNK_BYTES_MAX, TransferStats};
 use quorate_core::{ConfChange, Instant, Raft, ReadId, Role};
 use quorate_log::{Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use transfer::{Outgoing, TokenBucket};
-pub use transfer::{SNAPSHOT_CHUNK_BYTES_MAX, TransferStats};
 
 /// Settings of one runtime replica.
 #[derive(Clone, Debug)]
@@ -180,9 +180,9 @@ pub struct Replica<SM: StateMachine, L: LogStorage> {
     /// batch (until then the staging is not touched).
     staged: Option<SnapshotMeta>,
     /// The storage's staging (header, durable length), mirrored.
-    staging: Option<(SnapshotHeader, u64)>,
+    receiver: Receiver,
     /// Transfers this leader runs, one per follower.
-    outgoing: BTreeMap<NodeId, Outgoing>,
+    outgoing: BTreeMap<NodeId, (Sender, Arc<dyn SnapshotSource>)>,
     /// The stored snapshot being sent, opened once (transfers hold their own handle).
     send_cache: Option<Arc<dyn SnapshotSource>>,
     /// The snapshot send rate limit.
@@ -292,7 +292,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             ready_reads: BTreeMap::new(),
             next_read: 1,
             staged: None,
-            staging,
+            receiver: Receiver::new(staging),
             outgoing: BTreeMap::new(),
             send_cache: None,
             bucket,
@@ -567,7 +567,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     return self.halt(format!("storage: {e}"));
                 }
                 if batch.install.is_some() {
-                    self.staging = None;
+                    self.receiver.forget();
                 }
                 install = batch.install.clone();
             }

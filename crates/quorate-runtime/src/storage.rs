@@ -19,6 +19,13 @@ pub struct SnapshotHeader {
 }
 
 impl SnapshotHeader {
+    /// The header of an image of `total_len` bytes whose CRC-32 (IEEE) is `checksum`,
+    /// covering `meta` (for an image read as a stream, not held in memory).
+    #[must_use]
+    pub fn new(meta: SnapshotMeta, total_len: u64, checksum: u32) -> SnapshotHeader {
+        SnapshotHeader { meta, total_len, checksum }
+    }
+
     /// The header of `data`, covering `meta`.
     #[must_use]
     pub fn of(meta: SnapshotMeta, data: &[u8]) -> SnapshotHeader {

@@ -178,6 +178,22 @@ pub const SNAPSHOT_TAKEN_BYTES_TOTAL: &str = "quorate_snapshot_taken_bytes_total
 pub const SNAPSHOT_SENT_BYTES_TOTAL: &str = "quorate_snapshot_sent_bytes_total";
 /// Counter: bytes of snapshot received from a leader.
 pub const SNAPSHOT_RECEIVED_BYTES_TOTAL: &str = "quorate_snapshot_received_bytes_total";
+/// Counter: resumable snapshot transfers opened as leader.
+pub const SNAPSHOT_TRANSFERS_STARTED_TOTAL: &str = "quorate_snapshot_transfers_started_total";
+/// Counter: resumable snapshot transfers that went on past byte 0 from what the follower
+/// already held (as leader: the follower's answer to the opening piece; as follower: a
+/// staging kept across a restart, continued).
+pub const SNAPSHOT_TRANSFERS_RESUMED_TOTAL: &str = "quorate_snapshot_transfers_resumed_total";
+/// Counter: resumable snapshot transfers given up as leader (no progress, refused, unreadable).
+pub const SNAPSHOT_TRANSFERS_FAILED_TOTAL: &str = "quorate_snapshot_transfers_failed_total";
+/// Counter: bytes of snapshot sent again within a resumable transfer (after a loss or a
+/// timeout).
+pub const SNAPSHOT_RESENT_BYTES_TOTAL: &str = "quorate_snapshot_resent_bytes_total";
+/// Counter: pieces of resumable snapshot transfers staged durably as follower.
+pub const SNAPSHOT_PIECES_STAGED_TOTAL: &str = "quorate_snapshot_pieces_staged_total";
+/// Counter: pieces of resumable snapshot transfers not staged as follower (malformed,
+/// corrupt, out of order, duplicated, refused).
+pub const SNAPSHOT_PIECES_REFUSED_TOTAL: &str = "quorate_snapshot_pieces_refused_total";
 /// Histogram: time to write a local snapshot.
 pub const SNAPSHOT_TAKE_SECONDS: &str = "quorate_snapshot_take_seconds";
 /// Histogram: time to stream a snapshot to a follower.
@@ -309,6 +325,16 @@ pub const ALL: &[MetricDef] = &[
     c(SNAPSHOT_TAKEN_BYTES_TOTAL, "Bytes of snapshots written locally.", &[]),
     c(SNAPSHOT_SENT_BYTES_TOTAL, "Bytes of snapshots streamed to followers.", &[]),
     c(SNAPSHOT_RECEIVED_BYTES_TOTAL, "Bytes of snapshots received from a leader.", &[]),
+    c(SNAPSHOT_TRANSFERS_STARTED_TOTAL, "Resumable snapshot transfers opened as leader.", &[]),
+    c(
+        SNAPSHOT_TRANSFERS_RESUMED_TOTAL,
+        "Resumable snapshot transfers that went on past byte 0 from what the follower already held.",
+        &[],
+    ),
+    c(SNAPSHOT_TRANSFERS_FAILED_TOTAL, "Resumable snapshot transfers given up as leader.", &[]),
+    c(SNAPSHOT_RESENT_BYTES_TOTAL, "Bytes of snapshot sent again within a resumable transfer.", &[]),
+    c(SNAPSHOT_PIECES_STAGED_TOTAL, "Pieces of resumable snapshot transfers staged durably.", &[]),
+    c(SNAPSHOT_PIECES_REFUSED_TOTAL, "Pieces of resumable snapshot transfers not staged.", &[]),
     h(SNAPSHOT_TAKE_SECONDS, "Time to write a local snapshot."),
     h(SNAPSHOT_SEND_SECONDS, "Time to stream a snapshot to a follower."),
     h(SNAPSHOT_INSTALL_SECONDS, "Time to install a received snapshot."),
@@ -448,6 +474,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 70);
+        assert_eq!(seen.len(), 76);
     }
 }
