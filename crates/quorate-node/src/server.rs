@@ -1042,7 +1042,7 @@ fn deposed_during_save(term: Term) -> ApiError {
     ))
 }
 
-fn refused_peer(from: NodeId, reason: &'static str, what: &str) {
+pub(crate) fn refused_peer(from: NodeId, reason: &'static str, what: &str) {
     use quorate_telemetry::names as n;
     metrics::counter!(n::PEER_MESSAGES_REFUSED_TOTAL, n::LABEL_REASON => reason).increment(1);
     tracing::debug!(peer = %from, reason, "peer message dropped: {what}");

@@ -251,6 +251,8 @@ struct FileStaging {
     dir: PathBuf,
     floor_bytes: u64,
     part: Option<File>,
+    /// The last `begin` was refused for free disk space.
+    short_of_space: bool,
 }
 
 impl FileStaging {
@@ -303,6 +305,7 @@ impl Staging for FileStaging {
         // The staged file and its copy into the store, above the floor.
         let needed = header.total_len.saturating_mul(2).saturating_add(self.floor_bytes);
         let free = quorate_storage::free_space_bytes(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.short_of_space = free < needed;
         if free < needed {
             tracing::warn!(bytes = header.total_len, free, needed, "not enough free disk space to receive a snapshot");
             return Err(std::io::Error::other("not enough free disk space"));
@@ -341,7 +344,8 @@ pub(crate) fn spawn_receiver(job: ReceiveJob) -> mpsc::Sender<Incoming> {
 }
 
 fn receive_loop(job: ReceiveJob, mut rx: mpsc::Receiver<Incoming>) {
-    let mut stage = FileStaging { dir: job.dir.clone(), floor_bytes: job.floor_bytes, part: None };
+    let mut stage =
+        FileStaging { dir: job.dir.clone(), floor_bytes: job.floor_bytes, part: None, short_of_space: false };
     let found = stage.found();
     if let Some((h, len)) = &found {
         tracing::info!(index = %h.meta.last.index, staged = len, total = h.total_len,
@@ -386,6 +390,13 @@ fn receive_loop(job: ReceiveJob, mut rx: mpsc::Receiver<Incoming>) {
         match got {
             Received::Ack { offset, status } => {
                 if status == AckStatus::Refused {
+                    // Counted as the 0.1.0 stream's refusals are (`snapshot_too_large`).
+                    use quorate_telemetry::names::peer_refused::SNAPSHOT_TOO_LARGE;
+                    if header.total_len > job.staging_bytes_max {
+                        crate::server::refused_peer(from, SNAPSHOT_TOO_LARGE, "snapshot over the staging limit");
+                    } else if std::mem::take(&mut stage.short_of_space) {
+                        crate::server::refused_peer(from, SNAPSHOT_TOO_LARGE, "snapshot over the free disk space");
+                    }
                     tracing::warn!(peer = %from, bytes = header.total_len, "snapshot refused (over the staging limit, \
                         the free disk space, or the staging failed)");
                 }
