@@ -20,7 +20,7 @@
 //! `verify_and_store`), and installed through the driver, as a streamed one.
 
 use quorate_api::{NodeMessage, SnapshotAck, SnapshotAckStatus, SnapshotPiece};
-use quorate_log::{NodeId, SnapshotMeta, Term};
+use quorate_log::{LogIndex, NodeId, SnapshotMeta, Term};
 use quorate_runtime::AckStatus;
 use quorate_runtime::SnapshotHeader;
 use quorate_runtime::transfer::{
@@ -297,6 +297,20 @@ impl FileStaging {
     }
 }
 
+/// The staging a previous run left, unless the state this node applied already covers its
+/// image (it caught up past it through the log or another transfer before it stopped): such a
+/// partial image would otherwise sit on disk until the next resumable transfer begins.
+fn kept_staging(stage: &mut FileStaging, applied: LogIndex) -> Option<(SnapshotHeader, u64)> {
+    let (h, len) = stage.found()?;
+    if h.meta.last.index <= applied {
+        tracing::info!(index = %h.meta.last.index, %applied, staged = len,
+            "snapshot staging kept from the previous run is covered by the applied state; removed");
+        stage.remove();
+        return None;
+    }
+    Some((h, len))
+}
+
 impl Staging for FileStaging {
     type Error = std::io::Error;
 
@@ -346,7 +360,7 @@ pub(crate) fn spawn_receiver(job: ReceiveJob) -> mpsc::Sender<Incoming> {
 fn receive_loop(job: ReceiveJob, mut rx: mpsc::Receiver<Incoming>) {
     let mut stage =
         FileStaging { dir: job.dir.clone(), floor_bytes: job.floor_bytes, part: None, short_of_space: false };
-    let found = stage.found();
+    let found = kept_staging(&mut stage, job.store.applied_index());
     if let Some((h, len)) = &found {
         tracing::info!(index = %h.meta.last.index, staged = len, total = h.total_len,
             "snapshot staging kept from the previous run; a transfer of it resumes there");
@@ -451,4 +465,31 @@ fn finish(
     };
     stage.abort();
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorate_log::EntryId;
+    use std::path::Path;
+
+    fn staging(dir: &Path) -> FileStaging {
+        FileStaging { dir: dir.to_path_buf(), floor_bytes: 0, part: None, short_of_space: false }
+    }
+
+    /// A staging kept across a restart resumes only while it is ahead of the applied state.
+    #[test]
+    fn a_kept_staging_the_applied_state_covers_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta { last: EntryId::new(Term(2), LogIndex(10)), config: Default::default() };
+        let header = SnapshotHeader::new(meta, 100, 7);
+        let mut s = staging(dir.path());
+        s.begin(&header).unwrap();
+        s.append(0, &[1; 40]).unwrap();
+        drop(s);
+        assert_eq!(kept_staging(&mut staging(dir.path()), LogIndex(9)), Some((header.clone(), 40)), "ahead: kept");
+        assert!(dir.path().join(PART_FILE).exists() && dir.path().join(HEADER_FILE).exists());
+        assert_eq!(kept_staging(&mut staging(dir.path()), LogIndex(10)), None, "covered: dropped");
+        assert!(!dir.path().join(PART_FILE).exists() && !dir.path().join(HEADER_FILE).exists(), "files removed");
+    }
 }
