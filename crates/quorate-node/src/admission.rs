@@ -589,6 +589,11 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// The principal the request was admitted for (`None` before admission).
+    pub(crate) fn principal(&self) -> Option<quorate_admission::Principal> {
+        self.permit.as_ref().map(|p| p.principal())
+    }
+
     /// Charges `bytes` read for this request (beyond its answer) to its principal's answer
     /// rate: a writing transaction refused before it was proposed costs the leader the values
     /// it read to decide.

@@ -340,6 +340,12 @@ pub(crate) struct Responder {
 }
 
 impl Responder {
+    /// The principal the request was admitted for (`None` if it was not admitted: an
+    /// internal request).
+    pub(crate) fn admitted_principal(&self) -> Option<quorate_admission::Principal> {
+        self.ticket.as_ref().and_then(crate::admission::Ticket::principal)
+    }
+
     /// A responder for request `id` on `req`'s stream, with nothing admitted yet.
     fn new(
         req: quorate_transport::Request<NodeMessage>,

@@ -8,6 +8,13 @@
 //! hold up everyone's writes. A read is answered exactly as before: at the state of the view,
 //! which is at or after the read's index, with the view's revision and applied index.
 //!
+//! **Fair across principals.** The queue has one lane per principal (the one the read was
+//! admitted for; internal work — snapshot images — has a lane of its own), and the workers take
+//! the lanes in turn, one read each ([`Jobs`], a [`FairQueue`] of cost 1 per read): a
+//! principal with a backlog of large scans delays another principal's read by at most one of
+//! its reads per worker, not by its whole backlog. The driver's queue ([`crate::waiting`]) is
+//! fair up to dispatch; this keeps it fair up to the read itself.
+//!
 //! **Installs.** A snapshot install or a state-machine reinstall drops and recreates the `sm`
 //! column family; a view taken before it must not be read after it (every key would read as
 //! absent in the new, empty family: a linearizability violation). The [`InstallGate`] orders
@@ -26,13 +33,14 @@ use super::WaitingRead;
 use crate::failpoints::Failpoints;
 use crate::save_stream::{Counting, Image};
 use crate::sm::{self, SmError};
+use quorate_admission::{FairLimits, FairQueue, Principal};
 use quorate_api::{ApiError, ReadInfo, Staleness};
 use quorate_log::NodeId;
 use quorate_log::SnapshotMeta;
 use quorate_storage::{RocksStore, SmView, SnapshotWriter};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::Instant;
 
 /// Read worker threads per node.
@@ -44,6 +52,140 @@ pub(crate) const READ_QUEUE_MAX: usize = 1024;
 /// Failures reported by workers and not yet taken by the apply thread (one is enough to
 /// start a repair; more are dropped).
 const FAILURES_MAX: usize = 64;
+/// The lane of work that no client asked for (snapshot images) and of reads not admitted for a
+/// principal. A client's principal is a 64-bit hash of its name: one that hashes to this only
+/// shares its lane.
+const INTERNAL: Principal = Principal(0);
+
+/// The read queue's bounds: every read costs 1 (its service time is not known before it is
+/// read), so the lanes take turns read by read; no per-principal bound below the queue's own
+/// (admission bounds each principal's reads in flight), and no bytes counted.
+const QUEUE_LIMITS: FairLimits = FairLimits {
+    principals_max: READ_QUEUE_MAX,
+    principal_count_max: READ_QUEUE_MAX,
+    count_max: READ_QUEUE_MAX,
+    principal_bytes_max: 1,
+    bytes_max: 1,
+    quantum_cost: 1,
+};
+
+/// The queue between the apply thread and the workers: one lane per principal, taken in turn.
+pub(crate) struct Jobs<T> {
+    state: Mutex<JobsState<T>>,
+    /// Signalled when an item is queued or the queue closes.
+    ready: Condvar,
+    /// Signalled when an item is taken or a worker leaves.
+    room: Condvar,
+}
+
+struct JobsState<T> {
+    queue: FairQueue<T>,
+    /// No more items will be queued: workers leave once it is empty.
+    closed: bool,
+    /// Workers taking items; with none, a push is handed back (the caller serves it).
+    workers: usize,
+}
+
+impl<T> Jobs<T> {
+    fn new() -> Jobs<T> {
+        // The bounds are constants, checked by a test.
+        let queue = FairQueue::new(QUEUE_LIMITS).expect("the read queue's bounds are valid");
+        Jobs {
+            state: Mutex::new(JobsState { queue, closed: false, workers: 0 }),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, JobsState<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `item` in `principal`'s lane, waiting for room while the queue is full; hands it
+    /// back if no worker is left to take it or the queue is closed.
+    fn push(&self, principal: Principal, item: T) -> Result<(), T> {
+        let mut state = self.lock();
+        let mut item = item;
+        loop {
+            if state.closed || state.workers == 0 {
+                return Err(item);
+            }
+            match state.queue.try_push(principal, 1, 0, item) {
+                Ok(()) => {
+                    self.ready.notify_one();
+                    return Ok(());
+                }
+                Err(refused) => {
+                    item = refused.item;
+                    state = self.room.wait(state).unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+    }
+
+    /// Queues `item` if there is room now; hands it back otherwise.
+    fn try_push(&self, principal: Principal, item: T) -> Result<(), T> {
+        let mut state = self.lock();
+        if state.closed || state.workers == 0 {
+            return Err(item);
+        }
+        let pushed = state.queue.try_push(principal, 1, 0, item).map_err(|r| r.item);
+        if pushed.is_ok() {
+            self.ready.notify_one();
+        }
+        pushed
+    }
+
+    /// The next item, lanes in turn; waits while the queue is empty; `None` once it is closed
+    /// and empty.
+    fn pop(&self) -> Option<T> {
+        let mut state = self.lock();
+        loop {
+            if let Some((_, _, item)) = state.queue.pop() {
+                self.room.notify_one();
+                return Some(item);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The next item if one is queued (tests).
+    #[cfg(test)]
+    fn try_pop(&self) -> Option<T> {
+        let item = self.lock().queue.pop().map(|(_, _, item)| item);
+        self.room.notify_one();
+        item
+    }
+
+    /// No more items: workers take what is queued, then leave.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+        self.room.notify_all();
+    }
+
+    /// Counts one more worker taking items, until its [`WorkerGuard`] is dropped (also when
+    /// the worker panics).
+    fn enlist(&self) {
+        self.lock().workers += 1;
+    }
+}
+
+/// A worker's place among those of a [`Jobs`].
+struct WorkerGuard<'a, T> {
+    jobs: &'a Jobs<T>,
+}
+
+impl<T> Drop for WorkerGuard<'_, T> {
+    fn drop(&mut self) {
+        self.jobs.lock().workers -= 1;
+        // A pusher waiting for room must not wait for a worker that is gone.
+        self.jobs.room.notify_all();
+    }
+}
 
 /// Orders the reads of views and the installs that drop the state machine's column family
 /// (see the module's notes).
@@ -107,8 +249,15 @@ pub(crate) struct ReadPool<'s> {
     node: NodeId,
     failpoints: Failpoints,
     /// `None`: no worker runs; reads are served by the caller.
-    jobs: Option<SyncSender<Job<'s>>>,
-    failures: SyncSender<Failure>,
+    jobs: Option<Arc<Jobs<Job<'s>>>>,
+}
+
+impl Drop for ReadPool<'_> {
+    fn drop(&mut self) {
+        if let Some(jobs) = &self.jobs {
+            jobs.close();
+        }
+    }
 }
 
 impl<'s> ReadPool<'s> {
@@ -122,24 +271,32 @@ impl<'s> ReadPool<'s> {
         failpoints: Failpoints,
     ) -> (ReadPool<'s>, Receiver<Failure>) {
         let (failures, failed) = std::sync::mpsc::sync_channel(FAILURES_MAX);
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job<'s>>(READ_QUEUE_MAX);
-        let queue = Arc::new(Mutex::new(queue));
+        let jobs = Arc::new(Jobs::new());
         let mut started = 0;
         for n in 0..READ_WORKERS {
-            let (queue, failures, failpoints) = (queue.clone(), failures.clone(), failpoints.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("quorate-read-{node}-{n}"))
-                .spawn_scoped(scope, move || work(&queue, store, gate, &failpoints, &failures));
+            let (queue, failures, failpoints) = (jobs.clone(), failures.clone(), failpoints.clone());
+            // Counted before the thread runs, so that a read dispatched right after `start`
+            // is queued, not served here.
+            queue.enlist();
+            let spawned =
+                std::thread::Builder::new().name(format!("quorate-read-{node}-{n}")).spawn_scoped(scope, move || {
+                    let _place = WorkerGuard { jobs: &*queue };
+                    work(&queue, store, gate, &failpoints, &failures);
+                });
             match spawned {
                 Ok(_) => started += 1,
-                Err(e) => tracing::warn!(error = %e, "cannot start a read worker"),
+                Err(e) => {
+                    // Its place was counted: give it back.
+                    drop(WorkerGuard { jobs: &*jobs });
+                    tracing::warn!(error = %e, "cannot start a read worker");
+                }
             }
         }
         if started == 0 {
             tracing::warn!("no read worker could be started; the apply thread serves reads itself");
         }
         let jobs = (started > 0).then_some(jobs);
-        (ReadPool { store, gate, node, failpoints, jobs, failures }, failed)
+        (ReadPool { store, gate, node, failpoints, jobs }, failed)
     }
 
     /// The gate installs take.
@@ -159,16 +316,15 @@ impl<'s> ReadPool<'s> {
     pub(crate) fn dispatch(&self, view: &Arc<View<'s>>, read: WaitingRead) -> Result<(), SmError> {
         match &self.jobs {
             Some(jobs) => {
-                let job = Job::Read { view: view.clone(), read };
-                let job = match jobs.try_send(job) {
-                    Ok(()) => return Ok(()),
-                    Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
-                };
-                if let Err(std::sync::mpsc::SendError(Job::Read { view, read })) = jobs.send(job) {
-                    // Every worker is gone (it cannot happen while the pool lives): serve here.
-                    return serve(&view, self.store, read, &self.failpoints).map_err(|(_, e)| e);
+                let principal = read.responder.admitted_principal().unwrap_or(INTERNAL);
+                match jobs.push(principal, Job::Read { view: view.clone(), read }) {
+                    Ok(()) => Ok(()),
+                    // Every worker is gone (a worker panicked): serve here.
+                    Err(Job::Read { view, read }) => {
+                        serve(&view, self.store, read, &self.failpoints).map_err(|(_, e)| e)
+                    }
+                    Err(Job::Image { .. }) => unreachable!("a read was pushed"),
                 }
-                Ok(())
             }
             None => serve(view, self.store, read, &self.failpoints).map_err(|(_, e)| e),
         }
@@ -179,13 +335,11 @@ impl<'s> ReadPool<'s> {
     pub(crate) fn dispatch_image(&self, view: &Arc<View<'s>>, meta: SnapshotMeta, image: Arc<Image>) {
         if let Some(jobs) = &self.jobs {
             let job = Job::Image { view: view.clone(), meta, image: image.clone() };
-            let why = match jobs.try_send(job) {
-                Ok(()) => return,
-                // The read queue is full: refuse rather than hold the apply thread.
-                Err(TrySendError::Full(_)) => "the node's read queue is full; retry",
-                Err(TrySendError::Disconnected(_)) => "no read worker runs; retry",
-            };
-            image.finish(Err(why.into()));
+            if jobs.try_push(INTERNAL, job).is_err() {
+                // The read queue is full (or no worker is left): refuse rather than hold the
+                // apply thread.
+                image.finish(Err("the node's read queue is full; retry".into()));
+            }
             return;
         }
         image.finish(write_image(view, meta, &image));
@@ -194,24 +348,23 @@ impl<'s> ReadPool<'s> {
     /// Stops the workers: reads still queued are answered that the node is stopping.
     pub(crate) fn stop(self) {
         self.gate.stopping.store(true, Ordering::Release);
-        drop(self.jobs);
-        drop(self.failures);
+        // Dropping the pool closes the queue (see `Drop`).
+        drop(self);
     }
 }
 
 /// A worker: serves queued reads until the pool is dropped.
 fn work(
-    queue: &Mutex<Receiver<Job<'_>>>,
+    queue: &Jobs<Job<'_>>,
     store: &RocksStore,
     gate: &InstallGate,
     failpoints: &Failpoints,
     failures: &SyncSender<Failure>,
 ) {
     loop {
-        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let (view, read) = match next {
-            Ok(Job::Read { view, read }) => (view, read),
-            Ok(Job::Image { view, meta, image }) => {
+        let (view, read) = match queue.pop() {
+            Some(Job::Read { view, read }) => (view, read),
+            Some(Job::Image { view, meta, image }) => {
                 if gate.stopping.load(Ordering::Acquire) {
                     image.finish(Err("node stopping".into()));
                     continue;
@@ -227,7 +380,7 @@ fn work(
                 image.finish(result);
                 continue;
             }
-            Err(_) => return,
+            None => return,
         };
         if gate.stopping.load(Ordering::Acquire) {
             read.responder.send(Err(ApiError::Unavailable("node stopping; retry elsewhere".into())), None);
@@ -325,5 +478,94 @@ impl<'s> ReadPool<'s> {
     /// Whether `failure` happened in the current epoch (not before an install since).
     pub(crate) fn is_current(&self, failure: &Failure) -> bool {
         failure.0 == self.gate.epoch()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const A: Principal = Principal(1);
+    const B: Principal = Principal(2);
+
+    #[test]
+    fn the_queue_bounds_are_valid() {
+        QUEUE_LIMITS.validate().unwrap();
+    }
+
+    #[test]
+    fn a_principal_behind_a_backlog_waits_for_one_read_not_the_backlog() {
+        let jobs = Jobs::new();
+        jobs.enlist();
+        for n in 0..100 {
+            jobs.push(A, ("a", n)).unwrap();
+        }
+        jobs.push(B, ("b", 0)).unwrap();
+        jobs.push(B, ("b", 1)).unwrap();
+        let order: Vec<_> = (0..6).map(|_| jobs.pop().unwrap()).collect();
+        // Lanes take turns, one read each, in the order they first had work.
+        assert_eq!(order, vec![("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("a", 3)]);
+        // Within a lane, arrival order.
+        let rest: Vec<_> = std::iter::from_fn(|| jobs.try_pop()).collect();
+        assert_eq!(rest, (4..100).map(|n| ("a", n)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_a_try_and_holds_a_push_until_a_read_is_taken() {
+        let jobs = Arc::new(Jobs::new());
+        jobs.enlist();
+        for n in 0..READ_QUEUE_MAX {
+            jobs.push(A, n).unwrap();
+        }
+        assert_eq!(jobs.try_push(B, usize::MAX), Err(usize::MAX), "full: handed back at once");
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let pusher = {
+            let jobs = jobs.clone();
+            std::thread::spawn(move || {
+                let pushed = jobs.push(B, usize::MAX);
+                done_tx.send(pushed).unwrap();
+            })
+        };
+        // The pusher waits for room: it has not returned while nothing was taken.
+        assert!(done.recv_timeout(Duration::from_millis(50)).is_err(), "a push into a full queue waits");
+        assert_eq!(jobs.pop(), Some(0));
+        assert_eq!(done.recv_timeout(Duration::from_secs(10)).expect("the push completes once there is room"), Ok(()));
+        pusher.join().unwrap();
+        // B's read comes next: its lane's turn follows A's.
+        assert_eq!(jobs.pop(), Some(usize::MAX));
+    }
+
+    #[test]
+    fn a_closed_queue_is_drained_then_ends_and_refuses_more() {
+        let jobs = Jobs::new();
+        jobs.enlist();
+        jobs.push(A, 1).unwrap();
+        jobs.push(B, 2).unwrap();
+        jobs.close();
+        assert_eq!(jobs.push(A, 3), Err(3));
+        assert_eq!(jobs.pop(), Some(1));
+        assert_eq!(jobs.pop(), Some(2));
+        assert_eq!(jobs.pop(), None);
+    }
+
+    #[test]
+    fn with_no_worker_left_a_push_is_handed_back_and_a_waiting_push_wakes() {
+        let jobs = Arc::new(Jobs::new());
+        assert_eq!(jobs.push(A, 0), Err(0), "no worker ever enlisted");
+        jobs.enlist();
+        for n in 0..READ_QUEUE_MAX {
+            jobs.push(A, n).unwrap();
+        }
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let pusher = {
+            let jobs = jobs.clone();
+            std::thread::spawn(move || done_tx.send(jobs.push(B, usize::MAX)).unwrap())
+        };
+        assert!(done.recv_timeout(Duration::from_millis(50)).is_err(), "a push into a full queue waits");
+        // The only worker leaves (as a panicking worker would): the waiting push is handed back.
+        drop(WorkerGuard { jobs: &*jobs });
+        assert_eq!(done.recv_timeout(Duration::from_secs(10)).expect("the push returns"), Err(usize::MAX));
+        pusher.join().unwrap();
     }
 }
