@@ -1468,6 +1468,7 @@ impl Driver {
             disk_ok: self.disk.1,
             floor_bytes: self.client_floor,
             admission: self.gate.concurrency(),
+            waiting: self.waiting.sizes(),
         };
         self.obs.sample(&self.raft, &self.shared, resources, self.failpoints.corrupt_hash_samples());
         let now = Instant::now();

@@ -559,10 +559,13 @@ pub(crate) struct Resources {
     pub(crate) floor_bytes: u64,
     /// Admission's concurrency limit and the requests it holds admitted.
     pub(crate) admission: (u32, u64),
+    /// The fair queue before dispatch: requests, bytes and principals waiting.
+    pub(crate) waiting: (usize, u64, usize),
 }
 
 impl Resources {
-    /// Sets the resource gauges: DB size, free disk, floor, refusing writes, admission.
+    /// Sets the resource gauges: DB size, free disk, floor, refusing writes, admission, the
+    /// queue before dispatch.
     /// A size that cannot be read leaves its gauge at its last value.
     pub(crate) fn export(&self, store: &RocksStore) {
         if let Ok(bytes) = store.live_files_bytes() {
@@ -575,6 +578,9 @@ impl Resources {
         metrics::gauge!(n::REFUSING_WRITES).set(if self.disk_ok { 0.0 } else { 1.0 });
         metrics::gauge!(n::ADMISSION_CONCURRENCY_LIMIT).set(f64::from(self.admission.0));
         metrics::gauge!(n::ADMISSION_IN_FLIGHT).set(self.admission.1 as f64);
+        metrics::gauge!(n::REQUESTS_WAITING).set(self.waiting.0 as f64);
+        metrics::gauge!(n::REQUESTS_WAITING_BYTES).set(self.waiting.1 as f64);
+        metrics::gauge!(n::REQUESTS_WAITING_PRINCIPALS).set(self.waiting.2 as f64);
     }
 }
 

@@ -114,6 +114,11 @@ impl<T> Waiting<T> {
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
+
+    /// Requests, bytes and principals waiting (the `quorate_requests_waiting_*` gauges).
+    pub(crate) fn sizes(&self) -> (usize, u64, usize) {
+        (self.queue.len(), self.queue.bytes(), self.queue.principal_count())
+    }
 }
 
 #[cfg(test)]

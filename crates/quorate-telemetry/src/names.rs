@@ -268,6 +268,13 @@ pub const REFUSING_WRITES: &str = "quorate_refusing_writes";
 pub const ADMISSION_CONCURRENCY_LIMIT: &str = "quorate_admission_concurrency_limit_count";
 /// Gauge: requests admission control holds admitted now (against the limit above).
 pub const ADMISSION_IN_FLIGHT: &str = "quorate_admission_in_flight_count";
+/// Gauge: client requests read from the transport and waiting in their principals' lanes
+/// for dispatch (the fair queue in front of admission).
+pub const REQUESTS_WAITING: &str = "quorate_requests_waiting_count";
+/// Gauge: bytes of the client requests waiting for dispatch.
+pub const REQUESTS_WAITING_BYTES: &str = "quorate_requests_waiting_bytes";
+/// Gauge: principals with client requests waiting for dispatch.
+pub const REQUESTS_WAITING_PRINCIPALS: &str = "quorate_requests_waiting_principals_count";
 /// Counter: CPU time (user and system) the process used, in seconds (from `/proc/self/stat`;
 /// the Prometheus client libraries' standard name).
 pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
@@ -376,6 +383,9 @@ pub const ALL: &[MetricDef] = &[
     g(REFUSING_WRITES, "1 while the node refuses client writes for disk space.", &[]),
     g(ADMISSION_CONCURRENCY_LIMIT, "Admission control's current (adaptive) concurrency limit.", &[]),
     g(ADMISSION_IN_FLIGHT, "Requests admitted and not yet answered.", &[]),
+    g(REQUESTS_WAITING, "Client requests waiting in their principals' lanes for dispatch.", &[]),
+    g(REQUESTS_WAITING_BYTES, "Bytes of the client requests waiting for dispatch.", &[]),
+    g(REQUESTS_WAITING_PRINCIPALS, "Principals with client requests waiting for dispatch.", &[]),
     c(PROCESS_CPU_SECONDS_TOTAL, "CPU time (user and system) the process used, in seconds.", &[]),
     g(PROCESS_RESIDENT_MEMORY_BYTES, "Resident memory of the process.", &[]),
     g(PROCESS_OPEN_FDS, "File descriptors the process has open.", &[]),
@@ -474,6 +484,6 @@ mod tests {
             assert_eq!(b.is_empty(), m.kind != Kind::Histogram, "{}", m.name);
             assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets of {} must increase", m.name);
         }
-        assert_eq!(seen.len(), 76);
+        assert_eq!(seen.len(), 79);
     }
 }
