@@ -40,6 +40,9 @@ const KEY_LEASE: u8 = b'q';
 const PRINCIPAL_LEASES: u8 = b'n';
 const META_LEASES: &[u8] = b"m/leases";
 
+/// What a lease command answers, and what it did to the lease table.
+pub(crate) type LeaseOutcome = (Result<Response, ApiError>, Option<LeaseChange>);
+
 /// A stored lease.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub(crate) struct LeaseRecord {
@@ -135,7 +138,7 @@ pub(crate) fn grant<R: SmRead + ?Sized>(
     index: u64,
     principal: &str,
     ttl_ms: u64,
-) -> Result<(Result<Response, ApiError>, Option<LeaseChange>), SmError> {
+) -> Result<LeaseOutcome, SmError> {
     if principal.is_empty() || principal.len() > quorate_transport::PRINCIPAL_BYTES_MAX {
         return Ok((Err(ApiError::InvalidRequest("a lease needs a valid principal".into())), None));
     }
@@ -188,7 +191,7 @@ pub(crate) fn revoke<R: SmRead + ?Sized>(
     principal: &str,
     admin: bool,
     id: LeaseId,
-) -> Result<(Result<Response, ApiError>, Option<LeaseChange>), SmError> {
+) -> Result<LeaseOutcome, SmError> {
     match get_lease(ov, id)? {
         Some(rec) if admin || rec.owner == principal => {
             let (deleted, revision) = remove(ov, id, &rec)?;
@@ -200,10 +203,7 @@ pub(crate) fn revoke<R: SmRead + ?Sized>(
 
 /// Expires `id` (the leader saw its deadline pass). A lease already gone is a no-op result,
 /// never a failure of the replica.
-pub(crate) fn expire<R: SmRead + ?Sized>(
-    ov: &mut Overlay<'_, R>,
-    id: LeaseId,
-) -> Result<(Result<Response, ApiError>, Option<LeaseChange>), SmError> {
+pub(crate) fn expire<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, id: LeaseId) -> Result<LeaseOutcome, SmError> {
     match get_lease(ov, id)? {
         Some(rec) => {
             let (deleted, revision) = remove(ov, id, &rec)?;
@@ -366,12 +366,11 @@ pub(crate) fn all_leases(r: &(impl SmRead + ?Sized)) -> Result<Vec<(LeaseId, Str
     Ok(out)
 }
 
+/// A stored lease and its attached keys ([`lease_info`]).
+pub(crate) type StoredLease = (LeaseRecord, Vec<Vec<u8>>);
+
 /// One lease as stored, and up to [`limits::LEASE_KEYS_MAX`] of its attached keys (with `keys`).
-pub(crate) fn lease_info(
-    r: &(impl SmRead + ?Sized),
-    id: LeaseId,
-    keys: bool,
-) -> Result<Option<(LeaseRecord, Vec<Vec<u8>>)>, SmError> {
+pub(crate) fn lease_info(r: &(impl SmRead + ?Sized), id: LeaseId, keys: bool) -> Result<Option<StoredLease>, SmError> {
     let k = lease_key(id);
     let Some(b) = r.sm_get(&k)? else { return Ok(None) };
     let rec: LeaseRecord = decode(&k, &b)?;
