@@ -699,7 +699,7 @@ pub(crate) fn apply_command<R: SmRead + ?Sized>(
 fn lease_command<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
     cv: u32,
-    f: impl FnOnce(&mut Overlay<'_, R>) -> Result<(Result<Response, ApiError>, Option<leases::LeaseChange>), SmError>,
+    f: impl FnOnce(&mut Overlay<'_, R>) -> Result<leases::LeaseOutcome, SmError>,
 ) -> Result<ApplyOutcome, SmError> {
     if cv < leases::LEASES_CLUSTER_VERSION {
         return Ok(ApplyOutcome::result(Err(gated("a lease", leases::LEASES_CLUSTER_VERSION, cv))));

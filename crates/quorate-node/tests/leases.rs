@@ -207,6 +207,7 @@ fn a_kept_alive_lease_survives_a_leader_kill_and_its_key_is_deleted_within_the_b
         assert!(Instant::now() < deadline, "no new leader");
     };
     let keeper_out = keeper.wait_with_output().unwrap();
+    // At or after the last keep-alive: the bound from it holds from here too.
     let stopped = Instant::now();
     let report = String::from_utf8_lossy(&keeper_out.stdout).into_owned();
     assert!(
@@ -243,7 +244,7 @@ fn a_kept_alive_lease_survives_a_leader_kill_and_its_key_is_deleted_within_the_b
     }
     let _ = watcher.kill();
     let _ = watcher.wait();
-    eprintln!("leased key gone {gone_after:?} after the last keep-alive (TTL {TTL_MS} ms)");
+    eprintln!("leased key gone {gone_after:?} after the keep-alive process stopped (TTL {TTL_MS} ms)");
     // A revoke of the expired lease is refused in clear words.
     let out = c.cli(&["lease", "revoke", &lease]);
     assert!(!out.status.success());
