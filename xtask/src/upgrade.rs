@@ -483,7 +483,7 @@ fn copy_bin(from: &Path, to: &Path) -> Result<()> {
 
 /// After finalize: the old binary, started on `node`'s data, must exit with a clear refusal;
 /// then the node comes back on the new binary.
-/// `snapshot save FILE` (streamed to this machine) and a bounded-staleness read: both refused
+/// `snapshot save FILE` (streamed to this machine), a bounded-staleness read and a lease grant: refused
 /// with the gate's words while the cluster is mixed or not finalized (`works: false`; a 0.1.0
 /// node cannot decode either request, so a new node refuses by the gate and the client refuses
 /// to send them on a `quorate/1` connection), both served after finalize (`works: true`).
@@ -495,7 +495,15 @@ fn gated_0_2_requests(cluster: &Cluster, endpoints: &str, dir: &Path, works: boo
     let read_args = ["kv", "get", "upgrade/bounded", "--consistency", "stale", "--max-staleness-ms", "60000"];
     let read = cluster.quorate_to(&read_args, endpoints)?;
     let read_text = crate::cluster::text(&read.stdout) + &crate::cluster::text(&read.stderr);
+    let lease = cluster.quorate_to(&["lease", "grant", "10000"], endpoints)?;
+    let lease_text = crate::cluster::text(&lease.stdout) + &crate::cluster::text(&lease.stderr);
     let last = |t: &str| t.trim().lines().last().unwrap_or("").to_string();
+    if works && !lease.status.success() {
+        bail!("a lease grant failed after finalize: {}", lease_text.trim());
+    }
+    if !works && (lease.status.success() || !lease_text.contains("needs cluster version 2")) {
+        bail!("a lease grant was not refused before finalize: {}", lease_text.trim());
+    }
     if works {
         if !save.status.success() || !file.exists() {
             bail!("snapshot save FILE failed after finalize: {}", save_text.trim());
@@ -504,7 +512,7 @@ fn gated_0_2_requests(cluster: &Cluster, endpoints: &str, dir: &Path, works: boo
         if !matches!(read.status.code(), Some(0 | 3)) {
             bail!("a bounded-staleness read failed after finalize: {}", read_text.trim());
         }
-        Ok(format!("snapshot save FILE: {}; bounded-staleness read served", last(&save_text)))
+        Ok(format!("snapshot save FILE: {}; bounded-staleness read served; lease granted", last(&save_text)))
     } else {
         if save.status.success() || !save_text.contains("needs cluster version 2") || file.exists() {
             bail!("snapshot save FILE was not refused before finalize: {}", save_text.trim());
@@ -512,7 +520,7 @@ fn gated_0_2_requests(cluster: &Cluster, endpoints: &str, dir: &Path, works: boo
         if read.status.success() || !read_text.contains("needs cluster version 2") {
             bail!("a bounded-staleness read was not refused before finalize: {}", read_text.trim());
         }
-        Ok(format!("snapshot save FILE refused: {}; bounded-staleness read refused", last(&save_text)))
+        Ok(format!("snapshot save FILE refused: {}; bounded-staleness read and lease grant refused", last(&save_text)))
     }
 }
 

@@ -142,6 +142,16 @@ impl Request {
             Request::Watch(_) => {
                 return Some(cluster_version_refusal("a watch", 2, CLUSTER_VERSION_INITIAL));
             }
+            Request::LeaseGrant { .. }
+            | Request::LeaseRevoke { .. }
+            | Request::LeaseKeepAlive { .. }
+            | Request::LeaseList
+            | Request::LeaseTimeToLive { .. } => {
+                return Some(cluster_version_refusal("a lease", 2, CLUSTER_VERSION_INITIAL));
+            }
+            Request::PutWithLease { .. } => {
+                return Some(cluster_version_refusal("a put with a lease", 2, CLUSTER_VERSION_INITIAL));
+            }
             Request::SnapshotStreamOpen | Request::SnapshotStreamFetch { .. } => {
                 return Some(cluster_version_refusal("a streamed snapshot save", 2, CLUSTER_VERSION_INITIAL));
             }

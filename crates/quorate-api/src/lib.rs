@@ -39,7 +39,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// speaks.
 pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 /// The newest cluster version this build supports. Cluster version 2 (0.2.0) adds
-/// [`Request::DeleteRange`] and [`CommandOp::DeleteRange`]; the requests [`Request::Versions`]
+/// [`Request::DeleteRange`] and [`CommandOp::DeleteRange`] (and the other requests and
+/// commands marked "since 0.2.0", leases among them); the requests [`Request::Versions`]
 /// and [`Request::Finalize`] are answered at any cluster version. Nodes send each other
 /// [`NodeMessage::HashSamples`], [`NodeMessage::DiskStatus`] and [`NodeMessage::SnapshotPiece`]
 /// (answered with [`NodeMessage::SnapshotAck`]) only at cluster version 2 or more.

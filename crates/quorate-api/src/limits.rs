@@ -50,6 +50,29 @@ pub const WATCH_BYTES_MAX: usize = RESULT_BYTES_MAX - 64 * 1024;
 /// Longest a watch waits for a change before it answers with no events, ms.
 pub const WATCH_WAIT_MS_MAX: u32 = 60_000;
 
+/// Shortest lease TTL, ms: a few election timeouts at the default `raft.election_timeout_ms`
+/// (1 s), so that a leader change alone does not expire a lease kept alive (a leader also
+/// refuses a TTL below three of its own election timeouts).
+pub const LEASE_TTL_MS_MIN: u64 = 3_000;
+/// Longest lease TTL, ms (30 days).
+pub const LEASE_TTL_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
+/// Most leases one principal may hold.
+pub const LEASES_PER_PRINCIPAL_MAX: u64 = 1_024;
+/// Most leases in the cluster.
+pub const LEASES_MAX: u64 = 100_000;
+/// Most keys attached to one lease: an attach beyond is refused. With
+/// [`LEASE_KEY_BYTES_MAX`] and [`LEASE_VALUE_BYTES_MAX`] it keeps the deletion of a lease's
+/// keys (at one revision, in one command) within what one apply may write.
+pub const LEASE_KEYS_MAX: u64 = 1_024;
+/// Most bytes of keys attached to one lease.
+pub const LEASE_KEY_BYTES_MAX: u64 = 512 * 1024;
+/// Most bytes of values of the keys attached to one lease (each is kept in the history when
+/// the lease's keys are deleted).
+pub const LEASE_VALUE_BYTES_MAX: u64 = 32 * 1024 * 1024;
+
+// A lease's attached keys always fit one answer.
+const _: () = assert!(LEASE_KEY_BYTES_MAX as usize + LEASE_KEYS_MAX as usize * 16 + 1024 <= RESULT_BYTES_MAX);
+
 // Every answer fits a message, every message a transport frame.
 const _: () = assert!(RESULT_BYTES_MAX + RESPONSE_ENVELOPE_BYTES_MAX <= MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX <= FRAME_PAYLOAD_BYTES_DEFAULT as usize);

@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct SessionId(pub u64);
 
+/// A lease: keys attached to it are deleted when it is revoked or expires. Its id is the log
+/// index of the entry that granted it (unique, never reused); knowing an id gives nothing, as
+/// only the principal that granted it (or an admin) may keep it alive, revoke it or attach
+/// keys to it. Since 0.2.0.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct LeaseId(pub u64);
+
 /// A write's place in its session: a retry carries the same pair and is answered with the
 /// original result, applied once.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -324,6 +331,51 @@ pub enum Request {
     /// next answer from its `complete_to + 1`, on any member. Needs cluster version 2 (events
     /// are recorded from the entry that enabled them). Since 0.2.0.
     Watch(WatchRequest),
+    /// Grant a lease of `ttl_ms` (write), through the log ([`CommandOp::LeaseGrant`]), owned by
+    /// the principal that asks: answered with [`Response::LeaseGranted`]. `ttl_ms` must be within
+    /// [`limits::LEASE_TTL_MS_MIN`]..=[`limits::LEASE_TTL_MS_MAX`]. Needs cluster version 2.
+    /// Since 0.2.0.
+    LeaseGrant {
+        /// Time to live without a keep-alive, ms.
+        ttl_ms: u64,
+    },
+    /// Revoke a lease (write; its owner or an admin), through the log: every key attached to
+    /// it is deleted at one revision. Answered with [`Response::LeaseRevoked`]. Since 0.2.0.
+    LeaseRevoke {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// Keep a lease alive (write; its owner or an admin): the leader gives it its full TTL
+    /// again, in its memory (not through the log). Answered with [`Response::LeaseKeptAlive`].
+    /// Since 0.2.0.
+    LeaseKeepAlive {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// The leases of the principal that asks (read; the leader answers, with each lease's
+    /// remaining TTL): [`Response::Leases`]. Since 0.2.0.
+    LeaseList,
+    /// One lease's TTL and, with `keys`, its attached keys (read; its owner or an admin; the
+    /// leader answers): [`Response::LeaseTtl`]. Since 0.2.0.
+    LeaseTimeToLive {
+        /// The lease.
+        id: LeaseId,
+        /// Whether to list the attached keys.
+        keys: bool,
+    },
+    /// Set `key` to `value` attached to `lease` (write; the lease's owner or an admin):
+    /// answered as [`Request::Put`]. A later put without a lease detaches the key. A new
+    /// request rather than a field on `Put`, whose 0.1.0 encoding cannot change. Since 0.2.0.
+    PutWithLease {
+        /// Key.
+        #[serde(with = "quorate_log::byte_string")]
+        key: Vec<u8>,
+        /// Value.
+        #[serde(with = "quorate_log::byte_string")]
+        value: Vec<u8>,
+        /// The lease.
+        lease: LeaseId,
+    },
 }
 
 /// What a [`Request::Watch`] asks for.
@@ -414,12 +466,18 @@ impl Request {
             | Request::GetAt { .. }
             | Request::ScanAt { .. }
             | Request::History
-            | Request::Watch(_) => Access::Read,
+            | Request::Watch(_)
+            | Request::LeaseList
+            | Request::LeaseTimeToLive { .. } => Access::Read,
             Request::Put { .. }
             | Request::Delete { .. }
             | Request::Cas { .. }
             | Request::OpenSession
-            | Request::DeleteRange { .. } => Access::Write,
+            | Request::DeleteRange { .. }
+            | Request::LeaseGrant { .. }
+            | Request::LeaseRevoke { .. }
+            | Request::LeaseKeepAlive { .. }
+            | Request::PutWithLease { .. } => Access::Write,
             Request::Txn(t) => {
                 if t.is_read_only() {
                     Access::Read
@@ -494,7 +552,17 @@ impl ClientRequest {
             return Err("sequence numbers start at 1".into());
         }
         match &self.body {
-            Request::Put { key: k, value: v } => key(k).and(value(v)),
+            Request::Put { key: k, value: v } | Request::PutWithLease { key: k, value: v, .. } => key(k).and(value(v)),
+            Request::LeaseGrant { ttl_ms } => {
+                if !(limits::LEASE_TTL_MS_MIN..=limits::LEASE_TTL_MS_MAX).contains(ttl_ms) {
+                    return Err(format!(
+                        "a lease's TTL must be between {} and {} ms",
+                        limits::LEASE_TTL_MS_MIN,
+                        limits::LEASE_TTL_MS_MAX
+                    ));
+                }
+                Ok(())
+            }
             Request::Get { key: k, .. } | Request::Delete { key: k } | Request::GetAt { key: k, .. } => key(k),
             Request::Cas { key: k, expected, value: v } => {
                 key(k)?;
@@ -586,7 +654,11 @@ impl ClientRequest {
             | Request::SnapshotSave
             | Request::SnapshotStreamOpen
             | Request::FlightDump
-            | Request::OpenSession => Ok(()),
+            | Request::OpenSession
+            | Request::LeaseRevoke { .. }
+            | Request::LeaseKeepAlive { .. }
+            | Request::LeaseList
+            | Request::LeaseTimeToLive { .. } => Ok(()),
         }
     }
 }
@@ -845,7 +917,51 @@ pub enum Response {
     History(HistoryInfo),
     /// The answer to a [`Request::Watch`]. Since 0.2.0.
     Watch(WatchAnswer),
+    /// A lease was granted (the answer to [`Request::LeaseGrant`]). Since 0.2.0.
+    LeaseGranted {
+        /// The lease.
+        id: LeaseId,
+        /// Its TTL, ms.
+        ttl_ms: u64,
+    },
+    /// A lease was revoked (the answer to [`Request::LeaseRevoke`]). Since 0.2.0.
+    LeaseRevoked {
+        /// Keys deleted with it.
+        deleted: u64,
+        /// The revision of the deletes (the current one when no key was attached).
+        revision: u64,
+    },
+    /// A lease was kept alive (the answer to [`Request::LeaseKeepAlive`]). Since 0.2.0.
+    LeaseKeptAlive {
+        /// The lease.
+        id: LeaseId,
+        /// The TTL it has from now, ms (its full TTL).
+        ttl_ms: u64,
+    },
+    /// The principal's leases (the answer to [`Request::LeaseList`]). Since 0.2.0.
+    Leases(Vec<LeaseInfo>),
+    /// One lease (the answer to [`Request::LeaseTimeToLive`]). Since 0.2.0.
+    LeaseTtl(LeaseInfo),
 }
+
+/// A lease as the leader sees it ([`Response::Leases`], [`Response::LeaseTtl`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// The lease.
+    pub id: LeaseId,
+    /// The TTL it was granted, ms.
+    pub granted_ttl_ms: u64,
+    /// What is left of it on the leader's clock, ms.
+    pub remaining_ms: u64,
+    /// Keys attached to it.
+    pub key_count: u64,
+    /// The attached keys (asked with `keys`; empty otherwise).
+    pub keys: Vec<ByteKey>,
+}
+
+/// A key in a list ([`LeaseInfo::keys`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ByteKey(#[serde(with = "quorate_log::byte_string")] pub Vec<u8>);
 
 /// A node's multi-version history, as its state machine holds it (the answer to
 /// [`Request::History`]; shown by `quorate cluster status`).
@@ -1284,6 +1400,30 @@ pub enum CommandOp {
         /// The new compaction revision.
         revision: u64,
     },
+    /// Grant a lease owned by `principal`; its id is this entry's index. Applied only at
+    /// cluster version 2 or later (below it: `InvalidRequest`, no change). Since 0.2.0.
+    LeaseGrant {
+        /// The owner.
+        principal: String,
+        /// Time to live, ms.
+        ttl_ms: u64,
+    },
+    /// Revoke a lease on behalf of `principal` (its owner, or any principal when `admin`):
+    /// its keys are deleted at one revision. Since 0.2.0.
+    LeaseRevoke {
+        /// Who asks.
+        principal: String,
+        /// Whether they are an admin.
+        admin: bool,
+        /// The lease.
+        id: LeaseId,
+    },
+    /// The leader saw the lease's deadline pass: delete it and its keys at one revision (a
+    /// lease already gone is a no-op result). Since 0.2.0.
+    LeaseExpire {
+        /// The lease.
+        id: LeaseId,
+    },
 }
 
 /// The key-value operations a client sends, as carried by [`CommandOp::ByPrincipal`]
@@ -1329,6 +1469,20 @@ pub enum KvOp {
         #[serde(with = "quorate_log::byte_string")]
         end: Vec<u8>,
     },
+    /// Set a key attached to a lease (the principal of the [`CommandOp::ByPrincipal`] must own
+    /// it, unless `admin`). Since 0.2.0.
+    PutLeased {
+        /// Key.
+        #[serde(with = "quorate_log::byte_string")]
+        key: Vec<u8>,
+        /// Value.
+        #[serde(with = "quorate_log::byte_string")]
+        value: Vec<u8>,
+        /// The lease.
+        lease: LeaseId,
+        /// Whether the principal is an admin.
+        admin: bool,
+    },
 }
 
 impl KvOp {
@@ -1345,10 +1499,13 @@ impl KvOp {
         })
     }
 
-    /// The same operation as a plain [`CommandOp`].
+    /// The same operation as a plain [`CommandOp`]. [`KvOp::PutLeased`] has none (it needs
+    /// its principal): it becomes a [`CommandOp::ByPrincipal`] of the empty principal, which
+    /// owns no lease, so applying it changes nothing.
     #[must_use]
     pub fn into_command(self) -> CommandOp {
         match self {
+            op @ KvOp::PutLeased { .. } => CommandOp::ByPrincipal { principal: String::new(), op },
             KvOp::Put { key, value } => CommandOp::Put { key, value },
             KvOp::Delete { key } => CommandOp::Delete { key },
             KvOp::Cas { key, expected, value } => CommandOp::Cas { key, expected, value },

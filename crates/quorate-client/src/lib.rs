@@ -55,11 +55,14 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod lease;
 mod link;
 mod retry;
 mod watch;
 
 pub use error::{ClientError, GiveUpReason};
+pub use lease::{ByteKey, KeepAlive, Lease, LeaseId, LeaseLost};
+pub use quorate_api::LeaseInfo;
 pub use quorate_api::{
     ApiError, Compare, CompareOp, CompareTarget, HistoryInfo, KeyValue, Member, MemberKind, NodeHealth, NodeStatus,
     ReadConsistency, ReadInfo, StalenessBound, Txn, TxnOp, TxnResult, VersionInfo, WatchEvent,

@@ -143,7 +143,12 @@ pub(crate) fn class_of(body: &Request) -> Class {
         // A chunk of a snapshot stream changes nothing: not shed for write pressure (disk
         // space, uncommitted bytes), so a backup can be taken while writes are refused.
         | Request::SnapshotStreamFetch { .. }
-        | Request::Watch(_) => Class::ClientRead,
+        | Request::Watch(_)
+        // A keep-alive changes only the leader's memory: not shed for write pressure, which
+        // would let leases expire while their owners are alive.
+        | Request::LeaseKeepAlive { .. }
+        | Request::LeaseList
+        | Request::LeaseTimeToLive { .. } => Class::ClientRead,
         Request::Txn(t) if t.is_read_only() => Class::ClientRead,
         _ => Class::ClientWrite,
     }
@@ -182,6 +187,11 @@ pub(crate) fn response_bytes_max(body: &Request) -> u64 {
         // A member list names every member with its address.
         Request::MemberList => (quorate_log::MEMBERS_MAX * (limits::TEXT_BYTES_MAX + 32)) as u64,
         Request::SnapshotStreamFetch { len, .. } => SMALL_ANSWER_BYTES + u64::from(*len),
+        // A lease's keys, or a principal's leases.
+        Request::LeaseTimeToLive { keys: true, .. } => {
+            SMALL_ANSWER_BYTES + limits::LEASE_KEY_BYTES_MAX + limits::LEASE_KEYS_MAX * 16
+        }
+        Request::LeaseList => SMALL_ANSWER_BYTES + limits::LEASES_PER_PRINCIPAL_MAX * 64,
         // A watch answer holds at most its `max_bytes` of events (0: the most there is).
         Request::Watch(w) => {
             let max = if w.max_bytes == 0 { limits::WATCH_BYTES_MAX as u64 } else { u64::from(w.max_bytes) };
@@ -217,7 +227,7 @@ pub(crate) fn request_bytes(body: &Request) -> u64 {
     };
     REQUEST_OVERHEAD_BYTES
         + match body {
-            Request::Put { key, value } => len(key) + len(value),
+            Request::Put { key, value } | Request::PutWithLease { key, value, .. } => len(key) + len(value),
             Request::Cas { key, expected, value } => len(key) + expected.as_deref().map_or(0, len) + len(value),
             Request::Delete { key } | Request::Get { key, .. } => len(key),
             Request::Scan { start, end, .. } | Request::ScanPaged { start, end, .. } => {

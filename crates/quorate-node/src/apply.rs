@@ -584,6 +584,8 @@ impl Applier {
             self.shared.learn_member_addr(node, addr);
         }
         self.shared.cluster_version.refresh(store)?;
+        // The lease table was replaced: the leader's clock reloads it.
+        self.shared.leases.invalidate();
         crate::versions::sync_format(store)?;
         crate::versions::sync_transport(&self.shared);
         Ok(())
@@ -676,6 +678,10 @@ impl Applier {
                         if let Some(s) = &o.in_session {
                             // Stored: replays of it may be answered before proposing.
                             self.shared.replays.applied(s.session.0, &s.principal, s.last_seq);
+                        }
+                        if let Some(change) = &o.lease {
+                            // Written: the leader's clock may count on it.
+                            self.shared.leases.applied(change, std::time::Instant::now());
                         }
                         if let Some(version) = o.cluster_version {
                             self.shared.cluster_version.raise(version);

@@ -86,6 +86,11 @@ fn what_of(body: &Request) -> Option<What> {
         Request::SnapshotSave => what("snapshot_save", &[], String::new()),
         Request::SnapshotStreamOpen => what("snapshot_stream_open", &[], String::new()),
         Request::Finalize { version } => what("finalize", &[], format!("version={version}")),
+        Request::PutWithLease { key, value, lease } => {
+            what("put", key, format!("value_bytes={} lease={}", value.len(), lease.0))
+        }
+        Request::LeaseGrant { ttl_ms } => what("lease_grant", &[], format!("ttl_ms={ttl_ms}")),
+        Request::LeaseRevoke { id } => what("lease_revoke", &[], format!("id={}", id.0)),
         _ => None,
     }
 }

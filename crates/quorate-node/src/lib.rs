@@ -41,6 +41,7 @@ pub use quorate_config as config;
 mod hash_exchange;
 mod history;
 mod invariants;
+mod leases;
 pub mod recover;
 mod replays;
 pub mod restore;

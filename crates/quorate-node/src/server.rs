@@ -175,6 +175,8 @@ pub(crate) struct Shared {
     pub(crate) revision_tx: tokio::sync::watch::Sender<u64>,
     /// The watches in flight ([`crate::watches`]).
     pub(crate) watches: Arc<crate::watches::Watches>,
+    /// Lease deadlines on the leader's clock ([`crate::leases`]; told by the apply thread).
+    pub(crate) leases: crate::leases::LeaseClock,
 }
 
 impl Shared {
@@ -372,6 +374,11 @@ impl Responder {
     /// The principal of the client certificate that sent the request.
     pub(crate) fn principal(&self) -> &str {
         self.req.from.principal.as_str()
+    }
+
+    /// Whether the client certificate has the admin role.
+    pub(crate) fn is_admin(&self) -> bool {
+        self.req.from.role.allows(quorate_transport::Role::Admin)
     }
 
     /// Where the answer comes from (a retry answered from the session's cache): said so in
@@ -835,6 +842,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         streams: crate::save_stream::Streams::default(),
         revision_tx: tokio::sync::watch::Sender::new(crate::sm::revision(&*store)?),
         watches: Arc::default(),
+        leases: crate::leases::LeaseClock::default(),
     });
     crate::versions::sync_transport(&shared);
 
@@ -1463,6 +1471,7 @@ impl Driver {
         self.raft.poll_dump_request();
         self.auto_finalize();
         self.auto_compact();
+        self.expire_leases();
         self.send_disk_status();
         let resources = crate::telemetry::Resources {
             disk_ok: self.disk.1,
@@ -1533,6 +1542,91 @@ impl Driver {
             Ok(at) => tracing::debug!(revision, index = %at.index, "proposing an automatic compaction"),
             Err(e) => tracing::debug!(revision, error = %e, "cannot propose an automatic compaction now"),
         }
+    }
+
+    /// The leader's lease clock ([`crate::leases`]): takes office in a new term (every lease
+    /// gets its full TTL), then proposes the expiry of the leases whose deadline passed.
+    fn expire_leases(&mut self) {
+        let is_leader = self.raft.role() == Role::Leader;
+        if !is_leader || crate::versions::cluster_version(&self.shared) < crate::sm::leases::LEASES_CLUSTER_VERSION {
+            self.shared.leases.step_down();
+            return;
+        }
+        let now = Instant::now();
+        match self.shared.leases.take_office(self.raft.term().0, now, &*self.shared.store) {
+            Ok(true) => tracing::debug!(term = %self.raft.term(), "leases: took office, every lease has its full TTL"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "leases: cannot load the lease table now");
+                return;
+            }
+        }
+        for id in self.shared.leases.due(now, crate::leases::EXPIRES_PER_SWEEP) {
+            let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::LeaseExpire { id } };
+            let result = quorate_api::encode_command(&cmd)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| self.raft.propose(self.now(), Data::from(bytes)).map_err(|e| e.to_string()));
+            match result {
+                Ok(at) => tracing::debug!(lease = id.0, index = %at.index, "proposing a lease's expiry"),
+                Err(e) => tracing::debug!(lease = id.0, error = %e, "cannot propose a lease's expiry now"),
+            }
+        }
+    }
+
+    /// A lease request the leader answers from its clock (keep-alive, list, time to live).
+    fn lease_read(&mut self, body: Request, responder: Responder) {
+        let gate = crate::versions::require(&self.shared, crate::sm::leases::LEASES_CLUSTER_VERSION, "a lease");
+        if let Err(e) = gate {
+            responder.send(Err(e), None);
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            responder.send(Err(self.leader_hint()), None);
+            return;
+        }
+        if !self.shared.leases.in_office(self.raft.term().0) {
+            responder.send(Err(ApiError::Unavailable("the leader is loading its leases; retry".into())), None);
+            return;
+        }
+        let (principal, admin, now) = (responder.principal().to_string(), responder.is_admin(), Instant::now());
+        let info = |seen: crate::leases::Seen, keys: bool| -> Result<quorate_api::LeaseInfo, ApiError> {
+            let stored = crate::sm::leases::lease_info(&*self.shared.store, seen.id, keys)
+                .map_err(|e| ApiError::Internal(format!("lease table: {e}")))?;
+            let (key_count, keys) = stored.map_or((0, Vec::new()), |(rec, keys)| {
+                (rec.keys, keys.into_iter().map(quorate_api::ByteKey).collect())
+            });
+            Ok(quorate_api::LeaseInfo {
+                id: seen.id,
+                granted_ttl_ms: seen.ttl_ms,
+                remaining_ms: seen.remaining_ms,
+                key_count,
+                keys,
+            })
+        };
+        let gone = |id: quorate_api::LeaseId| {
+            ApiError::InvalidRequest(format!("lease {} not found (revoked, expired, or not yours)", id.0))
+        };
+        let result = match body {
+            Request::LeaseKeepAlive { id } => self
+                .shared
+                .leases
+                .keep_alive(id, &principal, admin, now)
+                .map(|ttl_ms| Response::LeaseKeptAlive { id, ttl_ms }),
+            Request::LeaseTimeToLive { id, keys } => match self.shared.leases.get(id, &principal, admin, now) {
+                Some(seen) => info(seen, keys).map(Response::LeaseTtl),
+                None => Err(gone(id)),
+            },
+            Request::LeaseList => self
+                .shared
+                .leases
+                .list(&principal, now)
+                .into_iter()
+                .map(|s| info(s, false))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Response::Leases),
+            _ => Err(ApiError::InvalidRequest("not a lease request".into())),
+        };
+        responder.send(result, None);
     }
 
     /// Sends this node's free-space status to the other members every [`DISK_STATUS_EVERY`],
@@ -2243,6 +2337,63 @@ impl Driver {
                 Ok(())
             }
             Request::Watch(watch) => self.watch(watch, responder).await,
+            Request::LeaseGrant { ttl_ms } => {
+                let min = self.config.raft.election_timeout_ms.saturating_mul(3);
+                let checked =
+                    crate::versions::require(&self.shared, crate::sm::leases::LEASES_CLUSTER_VERSION, "a lease")
+                        .and_then(|()| {
+                            if ttl_ms < min {
+                                return Err(ApiError::InvalidRequest(format!(
+                                    "a lease's TTL must be at least three election timeouts of this cluster ({min} ms)"
+                                )));
+                            }
+                            Ok(())
+                        });
+                match checked {
+                    Ok(()) => {
+                        let principal = responder.principal().to_string();
+                        self.propose_write(None, CommandOp::LeaseGrant { principal, ttl_ms }, responder).await
+                    }
+                    Err(e) => {
+                        responder.send(Err(e), None);
+                        Ok(())
+                    }
+                }
+            }
+            Request::LeaseRevoke { id } => {
+                match crate::versions::require(&self.shared, crate::sm::leases::LEASES_CLUSTER_VERSION, "a lease") {
+                    Ok(()) => {
+                        let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
+                        self.propose_write(None, CommandOp::LeaseRevoke { principal, admin, id }, responder).await
+                    }
+                    Err(e) => {
+                        responder.send(Err(e), None);
+                        Ok(())
+                    }
+                }
+            }
+            Request::PutWithLease { key, value, lease } => {
+                let gate = crate::versions::require(
+                    &self.shared,
+                    crate::sm::leases::LEASES_CLUSTER_VERSION,
+                    "a put with a lease",
+                );
+                match gate {
+                    Ok(()) => {
+                        let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
+                        let op = quorate_api::KvOp::PutLeased { key, value, lease, admin };
+                        self.propose_write(session, CommandOp::ByPrincipal { principal, op }, responder).await
+                    }
+                    Err(e) => {
+                        responder.send(Err(e), None);
+                        Ok(())
+                    }
+                }
+            }
+            body @ (Request::LeaseKeepAlive { .. } | Request::LeaseList | Request::LeaseTimeToLive { .. }) => {
+                self.lease_read(body, responder);
+                Ok(())
+            }
             Request::DeleteRange { start, end } => {
                 match crate::versions::require(&self.shared, crate::sm::DELETE_RANGE_CLUSTER_VERSION, "delete-range") {
                     Ok(()) => self.propose_write(session, CommandOp::DeleteRange { start, end }, responder).await,

@@ -17,6 +17,7 @@
 //! | `m/cluster_version` | the committed cluster version (absent: [`quorate_api::CLUSTER_VERSION_INITIAL`]) |
 //! | `h`, `r`, `m/hist_*` | the multi-version history, from cluster version 2 (see [`history`]) |
 //! | `e`, `m/ev_*` | the event index (what each revision changed, for watches), from cluster version 2 (see [`events`]) |
+//! | `l`, `j`, `q`, `n`, `m/leases` | leases and their keys, from cluster version 2 (see [`leases`]) |
 //!
 //! Sessions expire by **log time**, identically on every replica: a session unused for
 //! [`SESSION_TTL_MS`] of log time is gone, and a write in it gets `SessionExpired`.
@@ -51,6 +52,7 @@ use std::io::{Read, Write};
 
 pub(crate) mod events;
 pub(crate) mod history;
+pub(crate) mod leases;
 #[cfg_attr(
     not(test),
     expect(dead_code, reason = "the node's driver does not run on quorate-runtime yet (issue 19); tests drive it")
@@ -483,6 +485,8 @@ pub(crate) struct ApplyOutcome {
     /// last sequence number once this command was applied (a node answers replays of it and
     /// of older ones without proposing them: [`replay_answer`]).
     pub(crate) in_session: Option<InSession>,
+    /// What the command did to the lease table (for the leader's clock, [`crate::leases`]).
+    pub(crate) lease: Option<leases::LeaseChange>,
 }
 
 /// Where a write in a principal-bound session left its session ([`ApplyOutcome::in_session`]).
@@ -499,7 +503,7 @@ pub(crate) struct InSession {
 
 impl ApplyOutcome {
     fn result(result: Result<Response, ApiError>) -> ApplyOutcome {
-        ApplyOutcome { result, member_addr: None, cluster_version: None, cached: false, in_session: None }
+        ApplyOutcome { result, member_addr: None, cluster_version: None, cached: false, in_session: None, lease: None }
     }
 }
 
@@ -636,6 +640,13 @@ pub(crate) fn apply_command<R: SmRead + ?Sized>(
                 }
             }
         }
+        CommandOp::LeaseGrant { principal, ttl_ms } => {
+            lease_command(ov, cv, |ov| leases::grant(ov, index.0, principal, *ttl_ms))?
+        }
+        CommandOp::LeaseRevoke { principal, admin, id } => {
+            lease_command(ov, cv, |ov| leases::revoke(ov, principal, *admin, *id))?
+        }
+        CommandOp::LeaseExpire { id } => lease_command(ov, cv, |ov| leases::expire(ov, *id))?,
         CommandOp::OpenSession => {
             gc_sessions(ov, time, cv)?;
             let id = SessionId(index.0);
@@ -674,13 +685,32 @@ pub(crate) fn apply_command<R: SmRead + ?Sized>(
             if cv < OWNED_SESSIONS_CLUSTER_VERSION {
                 ApplyOutcome::result(Err(gated("a principal-bound write", OWNED_SESSIONS_CLUSTER_VERSION, cv)))
             } else {
-                in_session(ov, cmd.session, Some(principal), OpRef::of_kv(op), cv, time)?
+                in_session(ov, cmd.session, Some(principal), OpRef::of_kv(op, principal), cv, time)?
             }
         }
         op => in_session(ov, cmd.session, None, OpRef::of(op), cv, time)?,
     };
     ov.commit();
     Ok(out)
+}
+
+/// A lease command ([`leases`]): gated on [`leases::LEASES_CLUSTER_VERSION`], its writes
+/// checked against the store's limits (undone and answered with an error if they fail).
+fn lease_command<R: SmRead + ?Sized>(
+    ov: &mut Overlay<'_, R>,
+    cv: u32,
+    f: impl FnOnce(&mut Overlay<'_, R>) -> Result<leases::LeaseOutcome, SmError>,
+) -> Result<ApplyOutcome, SmError> {
+    if cv < leases::LEASES_CLUSTER_VERSION {
+        return Ok(ApplyOutcome::result(Err(gated("a lease", leases::LEASES_CLUSTER_VERSION, cv))));
+    }
+    let mark = ov.mark();
+    let (result, lease) = f(ov)?;
+    if let Err(why) = ov.check_since(mark) {
+        ov.rollback_to(mark);
+        return Ok(ApplyOutcome::result(Err(ApiError::InvalidRequest(format!("{why}; nothing was changed")))));
+    }
+    Ok(ApplyOutcome { lease, ..ApplyOutcome::result(result) })
 }
 
 /// Opens a session bound to `principal` with id `nonce` (drawn by the leader).
@@ -990,6 +1020,13 @@ enum OpRef<'a> {
         start: &'a [u8],
         end: &'a [u8],
     },
+    PutLeased {
+        key: &'a [u8],
+        value: &'a [u8],
+        lease: quorate_api::LeaseId,
+        principal: &'a str,
+        admin: bool,
+    },
     /// Not a key-value operation (`known`), or one this build does not know.
     Other {
         known: bool,
@@ -1009,18 +1046,24 @@ impl<'a> OpRef<'a> {
             | CommandOp::SetClusterVersion { .. }
             | CommandOp::OpenSessionFor { .. }
             | CommandOp::Compact { .. }
-            | CommandOp::ByPrincipal { .. } => OpRef::Other { known: true },
+            | CommandOp::ByPrincipal { .. }
+            | CommandOp::LeaseGrant { .. }
+            | CommandOp::LeaseRevoke { .. }
+            | CommandOp::LeaseExpire { .. } => OpRef::Other { known: true },
             _ => OpRef::Other { known: false },
         }
     }
 
-    fn of_kv(op: &'a KvOp) -> OpRef<'a> {
+    fn of_kv(op: &'a KvOp, principal: &'a str) -> OpRef<'a> {
         match op {
             KvOp::Put { key, value } => OpRef::Put { key, value },
             KvOp::Delete { key } => OpRef::Delete { key },
             KvOp::Cas { key, expected, value } => OpRef::Cas { key, expected: expected.as_deref(), value },
             KvOp::Txn(t) => OpRef::Txn(t),
             KvOp::DeleteRange { start, end } => OpRef::DeleteRange { start, end },
+            KvOp::PutLeased { key, value, lease, admin } => {
+                OpRef::PutLeased { key, value, lease: *lease, principal, admin: *admin }
+            }
             _ => OpRef::Other { known: false },
         }
     }
@@ -1036,6 +1079,19 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
             changed = true;
             Response::Put { revision: next }
         }
+        OpRef::PutLeased { key, value, lease, principal, admin } => {
+            let cv = ov_cluster_version(ov)?;
+            if cv < leases::LEASES_CLUSTER_VERSION {
+                return Ok(Applied::Done(Err(gated("a put with a lease", leases::LEASES_CLUSTER_VERSION, cv))));
+            }
+            if let Err(e) = leases::check_attach(ov, principal, admin, lease, key, value.len())? {
+                return Ok(Applied::Done(Err(e)));
+            }
+            put(ov, key, value.to_vec(), next)?;
+            leases::attach(ov, lease, key, value.len())?;
+            changed = true;
+            Response::Put { revision: next }
+        }
         OpRef::Delete { key } => {
             let old = get_kv(ov, key)?;
             let deleted = old.is_some();
@@ -1043,6 +1099,7 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
                 history::record(ov, key, &old, next)?;
                 events::on_delete(ov, key, next)?;
                 ov.delete(kv_key(key));
+                leases::detach(ov, key)?;
                 changed = true;
             }
             Response::Delete { deleted, revision: if deleted { next } else { rev } }
@@ -1100,6 +1157,7 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
                     if let Some(old) = get_kv(ov, user)? {
                         bytes = bytes.saturating_add(history::record(ov, user, &old, next)?);
                         events::on_delete(ov, user, next)?;
+                        leases::detach(ov, user)?;
                         key_bytes = key_bytes.saturating_add(user.len());
                     }
                     ov.delete(k.clone());
@@ -1193,6 +1251,8 @@ fn maintain_history<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>) -> Result<(), S
 }
 
 fn put<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8], value: Vec<u8>, rev: u64) -> Result<(), SmError> {
+    // A put detaches the key from its lease (a put with a lease attaches it again after).
+    leases::detach(ov, key)?;
     let rec = match get_kv(ov, key)? {
         Some(old) => {
             history::record(ov, key, &old, rev)?;
@@ -1272,6 +1332,7 @@ fn eval_txn<R: SmRead + ?Sized>(
                     history::record(ov, key, &old, next_rev)?;
                     events::on_delete(ov, key, next_rev)?;
                     ov.delete(kv_key(key));
+                    leases::detach(ov, key)?;
                     eval.changed = true;
                 }
                 TxnResult::Delete(existed)

@@ -143,8 +143,12 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
     let client = conn.client()?;
     let mut out = std::io::stdout().lock();
     let outcome = match cmd {
-        KvCmd::Put { key, .. } => {
-            let revision = client.put(&key, value.unwrap_or_default()).await?;
+        KvCmd::Put { key, lease, .. } => {
+            let value = value.unwrap_or_default();
+            let revision = match lease {
+                Some(id) => client.put_with_lease(&key, value, quorate_client::LeaseId(id)).await?,
+                None => client.put(&key, value).await?,
+            };
             if as_json {
                 print_json(&json!({"revision": revision}))?;
             } else {

@@ -7,6 +7,7 @@ mod conn;
 mod endpoint;
 mod flight;
 mod kv;
+pub(crate) mod lease;
 pub(crate) mod output;
 mod recover;
 mod snapshot;
@@ -100,6 +101,10 @@ pub(crate) enum Command {
     /// another member, without a gap or a duplicate, when the one asked cannot answer. Stop it
     /// with --count and --duration-ms in scripts. Needs cluster version 2.
     Watch(watch::WatchArgs),
+    /// Leases: keys attached to a lease (`kv put --lease ID`) are deleted when it is revoked
+    /// or expires (not kept alive for its TTL). Needs cluster version 2.
+    #[command(subcommand)]
+    Lease(lease::LeaseCmd),
     /// Print a shell completion script: `quorate completions bash > /etc/bash_completion.d/quorate`.
     Completions {
         /// The shell: bash, zsh, fish (also elvish, powershell).
@@ -215,6 +220,9 @@ pub(crate) enum KvCmd {
         /// Read the value from FILE (`-`: standard input), byte for byte, up to 1 MiB.
         #[arg(long, value_name = "FILE", conflicts_with = "value")]
         value_file: Option<PathBuf>,
+        /// Attach the key to lease ID (`quorate lease grant`): it is deleted with the lease.
+        #[arg(long, value_name = "ID")]
+        lease: Option<u64>,
     },
     /// Print the value of KEY (exit 3 if it is absent).
     Get {
@@ -580,6 +588,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Debug(cmd) => flight::debug(&cli.conn, &cmd),
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
         Command::Watch(args) => block_on(watch::run(&cli.conn, args)),
+        Command::Lease(cmd) => block_on(lease::run(&cli.conn, cmd)),
         Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
         Command::Cluster(ClusterCmd::Finalize { to }) => block_on(cluster::finalize(&cli.conn, to)),
         Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),

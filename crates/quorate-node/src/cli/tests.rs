@@ -48,6 +48,32 @@ fn kv_commands() {
     assert!(matches!(cli.command, Command::Kv(KvCmd::Scan { rev: Some(9), .. })));
     assert!(matches!(parse(&["kv", "compact", "12"]).unwrap().command, Command::Kv(KvCmd::Compact { rev: 12 })));
     assert!(parse(&["kv", "get", "k", "--rev", "x"]).is_err());
+    let cli = parse(&["kv", "put", "k", "v", "--lease", "42"]).unwrap();
+    assert!(matches!(cli.command, Command::Kv(KvCmd::Put { lease: Some(42), .. })));
+    assert!(parse(&["kv", "put", "k", "v", "--lease", "x"]).is_err());
+}
+
+#[test]
+fn lease_commands_parse() {
+    use super::lease::LeaseCmd;
+    let cmd = |args: &[&str]| match parse(args).unwrap().command {
+        Command::Lease(c) => c,
+        other => panic!("not a lease command: {other:?}"),
+    };
+    assert!(matches!(cmd(&["lease", "grant", "5000"]), LeaseCmd::Grant { ttl_ms: 5000 }));
+    assert!(matches!(
+        cmd(&["lease", "keepalive", "7", "--count", "3"]),
+        LeaseCmd::Keepalive { id: 7, count: Some(3), duration_ms: None }
+    ));
+    assert!(matches!(
+        cmd(&["lease", "keepalive", "7", "--duration-ms", "900"]),
+        LeaseCmd::Keepalive { id: 7, count: None, duration_ms: Some(900) }
+    ));
+    assert!(matches!(cmd(&["lease", "revoke", "7"]), LeaseCmd::Revoke { id: 7 }));
+    assert!(matches!(cmd(&["lease", "list"]), LeaseCmd::List));
+    assert!(matches!(cmd(&["lease", "ttl", "7"]), LeaseCmd::Ttl { id: 7 }));
+    assert!(parse(&["lease", "grant"]).is_err());
+    assert!(parse(&["lease", "keepalive", "7", "--count", "0"]).is_err());
 }
 
 #[test]

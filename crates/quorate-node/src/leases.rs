@@ -1,0 +1,243 @@
+//! The leader's lease clock: each lease's deadline on the leader's monotonic clock.
+//!
+//! Leases are replicated state ([`crate::sm::leases`]); their deadlines are not. Every node's
+//! apply thread tells this clock what the log granted and removed ([`LeaseClock::applied`]);
+//! only the leader uses the deadlines:
+//!
+//! * when a node takes office as leader (the first sweep of its term), it loads the lease
+//!   table if it must (a bounded scan, at most [`quorate_api::limits::LEASES_MAX`] leases) and
+//!   gives **every** lease its full TTL from that moment: a keep-alive the previous leader
+//!   accepted is not known here, so the remaining TTL becomes the full TTL;
+//! * a keep-alive ([`LeaseClock::keep_alive`]) moves the deadline to now + TTL, in memory only
+//!   (like etcd: keep-alives are not replicated);
+//! * each sweep, the leases whose deadline passed are proposed as
+//!   [`CommandOp::LeaseExpire`](quorate_api::CommandOp::LeaseExpire) ([`LeaseClock::due`]); an
+//!   expire applied after a revoke (or twice) is a no-op result.
+//!
+//! Nothing assumes a clock rate beyond the leader's own monotonic clock: the deadlines are
+//! `Instant`s on the leader, never compared across nodes.
+
+use crate::sm::leases::LeaseChange;
+use crate::sm::{SmError, SmRead};
+use quorate_api::{ApiError, LeaseId};
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long the leader waits for a proposed expire to be applied before proposing it again
+/// (the proposal may have been lost with a leadership change and regained).
+pub(crate) const EXPIRE_RETRY: Duration = Duration::from_secs(2);
+/// Most expires proposed per sweep (the rest in the next ones).
+pub(crate) const EXPIRES_PER_SWEEP: usize = 256;
+
+#[derive(Debug)]
+struct Tracked {
+    owner: String,
+    ttl_ms: u64,
+    deadline: Instant,
+    expire_proposed: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    leases: HashMap<LeaseId, Tracked>,
+    /// The table reflects the applied state machine (false at start and after an install).
+    loaded: bool,
+    /// The term in which this node took office as leader and gave every lease its full TTL.
+    office: Option<u64>,
+}
+
+/// The lease deadlines (shared by the apply thread and the driver).
+#[derive(Debug, Default)]
+pub(crate) struct LeaseClock(Mutex<Inner>);
+
+/// A lease as the leader's clock sees it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct Seen {
+    pub(crate) id: LeaseId,
+    pub(crate) owner: String,
+    pub(crate) ttl_ms: u64,
+    pub(crate) remaining_ms: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl LeaseClock {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What an applied command did to the lease table (apply thread, after the batch is
+    /// written). Idempotent, so that a reload racing with it gives the same table.
+    pub(crate) fn applied(&self, change: &LeaseChange, now: Instant) {
+        let mut inner = self.inner();
+        match change {
+            LeaseChange::Granted { id, owner, ttl_ms } => {
+                inner.leases.entry(*id).or_insert(Tracked {
+                    owner: owner.clone(),
+                    ttl_ms: *ttl_ms,
+                    deadline: now + Duration::from_millis(*ttl_ms),
+                    expire_proposed: None,
+                });
+            }
+            LeaseChange::Gone(id) => {
+                inner.leases.remove(id);
+            }
+        }
+    }
+
+    /// The state machine was replaced (snapshot install, repair): reload before using it.
+    pub(crate) fn invalidate(&self) {
+        let mut inner = self.inner();
+        inner.loaded = false;
+        inner.office = None;
+    }
+
+    /// This node is not the leader (or not at the lease cluster version): the next time it is,
+    /// it takes office anew.
+    pub(crate) fn step_down(&self) {
+        self.inner().office = None;
+    }
+
+    /// The leader of `term`: on the first call of the term, loads the table if it must and
+    /// gives every lease its full TTL from `now`. Returns whether it took office now.
+    pub(crate) fn take_office(&self, term: u64, now: Instant, store: &(impl SmRead + ?Sized)) -> Result<bool, SmError> {
+        let mut inner = self.inner();
+        if inner.office == Some(term) && inner.loaded {
+            return Ok(false);
+        }
+        if !inner.loaded {
+            // Under the lock: the apply thread's changes after this scan are applied on top.
+            let all = crate::sm::leases::all_leases(store)?;
+            inner.leases.clear();
+            for (id, owner, ttl_ms) in all {
+                inner.leases.insert(id, Tracked { owner, ttl_ms, deadline: now, expire_proposed: None });
+            }
+            inner.loaded = true;
+        }
+        for t in inner.leases.values_mut() {
+            t.deadline = now + Duration::from_millis(t.ttl_ms);
+            t.expire_proposed = None;
+        }
+        inner.office = Some(term);
+        Ok(true)
+    }
+
+    /// Whether this node holds office in `term` (its deadlines are meaningful).
+    pub(crate) fn in_office(&self, term: u64) -> bool {
+        let inner = self.inner();
+        inner.loaded && inner.office == Some(term)
+    }
+
+    /// Leases whose deadline passed and whose expire was not proposed in the last
+    /// [`EXPIRE_RETRY`]: marked as proposed, at most `max`.
+    pub(crate) fn due(&self, now: Instant, max: usize) -> Vec<LeaseId> {
+        let mut inner = self.inner();
+        let mut out = Vec::new();
+        for (id, t) in &mut inner.leases {
+            if out.len() >= max {
+                break;
+            }
+            if t.deadline <= now && t.expire_proposed.is_none_or(|p| now.saturating_duration_since(p) >= EXPIRE_RETRY) {
+                t.expire_proposed = Some(now);
+                out.push(*id);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A keep-alive by `principal` (an admin if `admin`): the lease gets its full TTL from
+    /// `now`. Refused for a lease this leader does not know, another principal's (answered as
+    /// an absent one), or one whose expiry is already proposed.
+    pub(crate) fn keep_alive(&self, id: LeaseId, principal: &str, admin: bool, now: Instant) -> Result<u64, ApiError> {
+        let mut inner = self.inner();
+        let gone = || ApiError::InvalidRequest(format!("lease {} not found (revoked, expired, or not yours)", id.0));
+        let t = inner.leases.get_mut(&id).ok_or_else(gone)?;
+        if !admin && t.owner != principal {
+            return Err(gone());
+        }
+        if t.expire_proposed.is_some() {
+            return Err(ApiError::InvalidRequest(format!("lease {} expired", id.0)));
+        }
+        t.deadline = now + Duration::from_millis(t.ttl_ms);
+        Ok(t.ttl_ms)
+    }
+
+    /// One lease, if `principal` (or an admin) may see it.
+    pub(crate) fn get(&self, id: LeaseId, principal: &str, admin: bool, now: Instant) -> Option<Seen> {
+        let inner = self.inner();
+        let t = inner.leases.get(&id)?;
+        (admin || t.owner == principal).then(|| Seen {
+            id,
+            owner: t.owner.clone(),
+            ttl_ms: t.ttl_ms,
+            remaining_ms: ms(t.deadline.saturating_duration_since(now)),
+        })
+    }
+
+    /// The leases of `principal`, by id (at most [`quorate_api::limits::LEASES_PER_PRINCIPAL_MAX`]).
+    pub(crate) fn list(&self, principal: &str, now: Instant) -> Vec<Seen> {
+        let inner = self.inner();
+        let mut out: Vec<Seen> = inner
+            .leases
+            .iter()
+            .filter(|(_, t)| t.owner == principal)
+            .map(|(id, t)| Seen {
+                id: *id,
+                owner: t.owner.clone(),
+                ttl_ms: t.ttl_ms,
+                remaining_ms: ms(t.deadline.saturating_duration_since(now)),
+            })
+            .collect();
+        out.sort_by_key(|s| s.id);
+        out.truncate(usize::try_from(quorate_api::limits::LEASES_PER_PRINCIPAL_MAX).unwrap_or(usize::MAX));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn granted(id: u64, owner: &str, ttl_ms: u64) -> LeaseChange {
+        LeaseChange::Granted { id: LeaseId(id), owner: owner.into(), ttl_ms }
+    }
+
+    #[test]
+    fn a_new_leader_gives_every_lease_its_full_ttl_and_expires_it_after() {
+        let store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let clock = LeaseClock::default();
+        let t0 = Instant::now();
+        clock.applied(&granted(7, "alice", 3_000), t0);
+        assert!(clock.take_office(1, t0, &store).unwrap());
+        // The empty store replaced what the apply thread said before the load.
+        assert!(clock.get(LeaseId(7), "alice", false, t0).is_none());
+        clock.applied(&granted(7, "alice", 3_000), t0);
+        assert!(!clock.take_office(1, t0, &store).unwrap());
+        let t1 = t0 + Duration::from_millis(2_000);
+        assert!(clock.due(t1, 10).is_empty());
+        // A keep-alive by another principal is refused; the owner's moves the deadline.
+        assert!(clock.keep_alive(LeaseId(7), "bob", false, t1).is_err());
+        assert_eq!(clock.keep_alive(LeaseId(7), "alice", false, t1), Ok(3_000));
+        let t2 = t0 + Duration::from_millis(4_000);
+        assert!(clock.due(t2, 10).is_empty());
+        // A leader change: the next term's leader gives it its full TTL again.
+        clock.step_down();
+        let t3 = t0 + Duration::from_millis(4_900);
+        assert!(clock.take_office(2, t3, &store).unwrap());
+        assert_eq!(clock.get(LeaseId(7), "alice", false, t3).unwrap().remaining_ms, 3_000);
+        assert!(clock.due(t3 + Duration::from_millis(2_999), 10).is_empty());
+        let t4 = t3 + Duration::from_millis(3_000);
+        assert_eq!(clock.due(t4, 10), vec![LeaseId(7)]);
+        // Proposed once per retry period; a keep-alive after it is refused.
+        assert!(clock.due(t4, 10).is_empty());
+        assert!(clock.keep_alive(LeaseId(7), "alice", false, t4).is_err());
+        assert_eq!(clock.due(t4 + EXPIRE_RETRY, 10), vec![LeaseId(7)]);
+        clock.applied(&LeaseChange::Gone(LeaseId(7)), t4);
+        assert!(clock.due(t4 + EXPIRE_RETRY * 2, 10).is_empty());
+    }
+}
