@@ -5,20 +5,29 @@
 //! `QUORATE_ETCD_BENCH`). One table compares them; it is printed
 //! and written to docs/benchmarks.md under `## Cluster (quorate-node vs etcd 3.4)`.
 //!
+//! Every point also gives the CPU time (user + system, from `/proc/<pid>/stat`) the measured
+//! system's own processes used during it — the three nodes, or the three etcd members — per
+//! operation and per process: unlike throughput, it hardly moves when something else shares
+//! the machine, and the load generators are not in it.
+//!
 //! Every child is killed when the run ends, on error paths too: the Quorate nodes by the demo's
 //! `Cluster` guard, the etcd members by `EtcdGuard` (`cluster.sh stop`).
 
 use crate::demo::{start_cluster_with, step, text};
+use crate::proc_cpu;
 use crate::{root, run};
 use anyhow::{Context, Result, bail};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const SECTION: &str = "## Cluster (quorate-node vs etcd 3.4)";
 /// The etcd-bench scripts, relative to the repository root (as the docs name them).
 const ETCD_BENCH: &str = "../shared/tools/etcd-bench";
 const LOADGEN_TARGET: &str = "/var/tmp/etcd-loadgen-target";
+/// Where `cluster.sh start` records the etcd members' process ids, one a line (m1, m2, m3).
+const ETCD_PIDS: &str = "/tmp/etcd-bench/pids";
 const VALUE_SIZE: u32 = 256;
 const READ_CLIENTS: u32 = 64;
 /// Most operations in one `quorate bench` run (it stops at the duration or this cap).
@@ -75,13 +84,29 @@ fn parse_args(args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
-/// One measured point: throughput and latency percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One measured point: throughput and latency percentiles in milliseconds, and the CPU the
+/// measured system's processes used during it.
+#[derive(Debug, Clone, PartialEq)]
 struct Point {
     ops_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Operations that succeeded.
+    ops: u64,
+    /// CPU seconds (user + system) per process of the measured system (`node-1`.., `m1`..)
+    /// during the point; empty if not measured.
+    cpu: Vec<(String, f64)>,
+}
+
+impl Point {
+    /// CPU microseconds per successful operation, summed over the processes.
+    fn cpu_us_per_op(&self) -> Option<f64> {
+        if self.cpu.is_empty() {
+            return None;
+        }
+        proc_cpu::micros_per_op(self.cpu.iter().map(|(_, s)| s).sum(), self.ops)
+    }
 }
 
 #[derive(Default)]
@@ -128,10 +153,13 @@ fn run_quorate(o: &Options, r: &mut Results) -> Result<()> {
     }
     let duration = o.duration.to_string();
     let (ops, keys, value) = (OPS_MAX.to_string(), KEYS.to_string(), VALUE_SIZE.to_string());
+    let ticks = proc_cpu::clock_ticks_per_second();
+    let nodes: Vec<(String, u32)> = cluster.pids().into_iter().map(|(id, pid)| (format!("node-{id}"), pid)).collect();
     let mut bench = |clients: u32, read_ratio: &str, label: &str| -> Result<Point> {
         let connections = o.connections.map_or(clients, |n| n.min(clients));
         step(&format!("quorate bench: {label}, {clients} clients over {connections} connections, {duration} s"));
         let (c, n) = (clients.to_string(), connections.to_string());
+        let cpu_before = proc_cpu::snapshot(&nodes, ticks)?;
         let out = cluster.quorate(&[
             "bench",
             "--clients",
@@ -157,7 +185,11 @@ fn run_quorate(o: &Options, r: &mut Results) -> Result<()> {
             cluster.check_running()?;
             bail!("`quorate bench` failed: {}", text(&out.stderr).trim());
         }
-        parse_quorate(&stdout, label).with_context(|| format!("no `{label}` line in:\n{stdout}"))
+        let cpu = proc_cpu::used(&cpu_before, &proc_cpu::snapshot(&nodes, ticks)?)?;
+        let mut p = parse_quorate(&stdout, label).with_context(|| format!("no `{label}` line in:\n{stdout}"))?;
+        p.cpu = cpu;
+        println!("{}", cpu_line(&p));
+        Ok(p)
     };
     for &c in &o.clients {
         let p = bench(c, "0", "writes")?;
@@ -168,15 +200,32 @@ fn run_quorate(o: &Options, r: &mut Results) -> Result<()> {
     Ok(())
 }
 
+/// `cpu: 93.1 µs/op (node-1 1.20 s, node-2 0.80 s, node-3 0.79 s)`.
+fn cpu_line(p: &Point) -> String {
+    let per: Vec<String> = p.cpu.iter().map(|(l, s)| format!("{l} {s:.2} s")).collect();
+    match p.cpu_us_per_op() {
+        Some(us) => format!("cpu: {us:.1} µs/op ({})", per.join(", ")),
+        None => format!("cpu: - ({})", per.join(", ")),
+    }
+}
+
 /// Parses `writes 1234 ops (567/s), 0 errors; latency ms p50 1.23  p90 2.34  p99 3.45  max 9.99`.
 fn parse_quorate(out: &str, label: &str) -> Option<Point> {
     let line = out.lines().find(|l| l.split_whitespace().next() == Some(label))?;
     let words: Vec<&str> = line.split_whitespace().collect();
+    let ops = words.get(1)?.parse().ok()?;
     let after = |w: &str| words.iter().position(|x| *x == w).and_then(|i| words.get(i + 1));
     let rate = words.iter().find(|w| w.starts_with('(') && w.ends_with("/s),"))?;
     let ops_per_s = rate.trim_start_matches('(').trim_end_matches("/s),").parse().ok()?;
     let errors = words.iter().position(|x| x.starts_with("errors")).and_then(|i| words[i - 1].parse().ok())?;
-    Some(Point { ops_per_s, p50_ms: after("p50")?.parse().ok()?, p99_ms: after("p99")?.parse().ok()?, errors })
+    Some(Point {
+        ops_per_s,
+        p50_ms: after("p50")?.parse().ok()?,
+        p99_ms: after("p99")?.parse().ok()?,
+        errors,
+        ops,
+        cpu: Vec::new(),
+    })
 }
 
 /// Where the etcd-bench scripts are: `QUORATE_ETCD_BENCH` if set, else [`ETCD_BENCH`] from the
@@ -225,23 +274,43 @@ fn run_etcd(o: &Options, r: &mut Results) -> Result<()> {
     step("etcd 3.4: 3 members, plain HTTP");
     let _guard = EtcdGuard(dir.clone());
     run(Command::new("bash").arg(dir.join("cluster.sh")).args(["start", "plain"]))?;
+    let pids_text = std::fs::read_to_string(ETCD_PIDS).with_context(|| format!("cannot read {ETCD_PIDS}"))?;
+    let members = parse_pids(&pids_text).with_context(|| format!("cannot parse {ETCD_PIDS}"))?;
+    let ticks = proc_cpu::clock_ticks_per_second();
     let clients = o.clients.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     step(&format!("etcd 3.4: bench.sh plain (CLIENTS=\"{clients}\")"));
     eprintln!("$ CLIENTS=\"{clients}\" LG={} {}/bench.sh plain", lg.display(), dir.display());
-    let out = Command::new("bash")
+    // bench.sh prints one line as each of its runs ends: the members' CPU is read at every
+    // line, and a run's use is what they used since the line before (the script's own
+    // etcdctl and /metrics requests between runs are in it; they are small).
+    let mut child = Command::new("bash")
         .arg(dir.join("bench.sh"))
         .arg("plain")
         .env("CLIENTS", &clients)
         .env("LG", &lg)
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("cannot run bench.sh")?;
-    let stdout = text(&out.stdout);
-    print!("{stdout}");
-    if !out.status.success() {
-        bail!("bench.sh failed ({}): {}", out.status, text(&out.stderr).trim());
+    let mut stdout = String::new();
+    let mut line_cpu = Vec::new();
+    let mut last = proc_cpu::snapshot(&members, ticks)?;
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.context("cannot read bench.sh's output")?;
+            println!("{line}");
+            let now = proc_cpu::snapshot(&members, ticks)?;
+            line_cpu.push(proc_cpu::used(&last, &now)?);
+            last = now;
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+    }
+    let status = child.wait().context("cannot wait for bench.sh")?;
+    if !status.success() {
+        bail!("bench.sh failed ({status}); its error output is above");
     }
     drop(_guard);
-    for line in stdout.lines() {
+    for (line, cpu) in stdout.lines().zip(line_cpu) {
         let first = line.split_whitespace().next().unwrap_or("");
         let kv = |k: &str| {
             line.split_whitespace()
@@ -253,11 +322,14 @@ fn run_etcd(o: &Options, r: &mut Results) -> Result<()> {
                 p50_ms: kv("p50_ms")?.parse().ok()?,
                 p99_ms: kv("p99_ms")?.parse().ok()?,
                 errors: kv("errs")?.parse().ok()?,
+                ops: kv("ok")?.parse().ok()?,
+                cpu: cpu.clone(),
             })
         };
         match first {
             "PUT-leader" => {
                 if let (Some(c), Some(p)) = (kv("clients").and_then(|c| c.parse().ok()), point()) {
+                    println!("etcd PUT-leader {c} clients {}", cpu_line(&p));
                     r.etcd_writes.push((c, p));
                 }
             }
@@ -272,10 +344,40 @@ fn run_etcd(o: &Options, r: &mut Results) -> Result<()> {
     Ok(())
 }
 
-fn fmt_point(p: Option<&Point>) -> (String, String, String) {
+/// The etcd members' process ids as `cluster.sh` records them, labelled `m1`, `m2`, ...
+fn parse_pids(text: &str) -> Result<Vec<(String, u32)>> {
+    let pids = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| Ok((format!("m{}", i + 1), l.parse::<u32>().with_context(|| format!("bad process id `{l}`"))?)))
+        .collect::<Result<Vec<_>>>()?;
+    if pids.is_empty() {
+        bail!("no process ids");
+    }
+    Ok(pids)
+}
+
+fn fmt_point(p: Option<&Point>) -> (String, String, String, String) {
     match p {
-        Some(p) => (format!("{:.0}", p.ops_per_s), format!("{:.2}", p.p50_ms), format!("{:.2}", p.p99_ms)),
-        None => ("-".into(), "-".into(), "-".into()),
+        Some(p) => (
+            format!("{:.0}", p.ops_per_s),
+            format!("{:.2}", p.p50_ms),
+            format!("{:.2}", p.p99_ms),
+            p.cpu_us_per_op().map_or_else(|| "-".into(), |us| format!("{us:.0}")),
+        ),
+        None => ("-".into(), "-".into(), "-".into(), "-".into()),
+    }
+}
+
+/// `node-1 1.20 / node-2 0.80 / node-3 0.79` (CPU seconds during the point), or `-`.
+fn fmt_per_process(p: Option<&Point>) -> String {
+    match p {
+        Some(p) if !p.cpu.is_empty() => {
+            p.cpu.iter().map(|(l, s)| format!("{l} {s:.2}")).collect::<Vec<_>>().join(" / ")
+        }
+        _ => "-".into(),
     }
 }
 
@@ -286,21 +388,30 @@ fn lookup(v: &[(u32, Point)], c: u32) -> Option<&Point> {
 /// The table (markdown) and the verdict on the issue's goals.
 fn render(o: &Options, r: &Results) -> (String, String) {
     let mut t = String::from(
-        "| workload | clients | quorate ops/s | quorate p50 ms | quorate p99 ms | etcd ops/s | etcd p50 ms | etcd p99 \
-         ms | ops/s ratio (q/e) | p99 ratio (q/e) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| workload | clients | quorate ops/s | quorate p50 ms | quorate p99 ms | quorate CPU µs/op | etcd ops/s | etcd \
+         p50 ms | etcd p99 ms | etcd CPU µs/op | ops/s ratio (q/e) | p99 ratio (q/e) | CPU/op ratio (q/e) \
+         |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
+    let mut cpu =
+        String::from("| workload | clients | quorate CPU s per node | etcd CPU s per member |\n|---|---|---|---|\n");
     let mut row = |label: &str, clients: String, q: Option<&Point>, e: Option<&Point>, comparable: bool| {
-        let (qo, q50, q99) = fmt_point(q);
-        let (eo, e50, e99) = fmt_point(e);
+        let (qo, q50, q99, qc) = fmt_point(q);
+        let (eo, e50, e99, ec) = fmt_point(e);
         let (ratio, p99r) = match (q, e) {
             (Some(q), Some(e)) if comparable && e.ops_per_s > 0.0 && e.p99_ms > 0.0 => {
                 (format!("{:.2}x", q.ops_per_s / e.ops_per_s), format!("{:.2}", q.p99_ms / e.p99_ms))
             }
             _ => ("-".into(), "-".into()),
         };
+        let cpur = match (q.and_then(Point::cpu_us_per_op), e.and_then(Point::cpu_us_per_op)) {
+            (Some(q), Some(e)) if comparable && e > 0.0 => format!("{:.2}", q / e),
+            _ => "-".into(),
+        };
         t.push_str(&format!(
-            "| {label} | {clients} | {qo} | {q50} | {q99} | {eo} | {e50} | {e99} | {ratio} | {p99r} |\n"
+            "| {label} | {clients} | {qo} | {q50} | {q99} | {qc} | {eo} | {e50} | {e99} | {ec} | {ratio} | {p99r} | \
+             {cpur} |\n"
         ));
+        cpu.push_str(&format!("| {label} | {clients} | {} | {} |\n", fmt_per_process(q), fmt_per_process(e)));
     };
     for &c in &o.clients {
         row("put 256 B", c.to_string(), lookup(&r.quorate_writes, c), lookup(&r.etcd_writes, c), true);
@@ -313,10 +424,12 @@ fn render(o: &Options, r: &Results) -> (String, String) {
         false,
     );
     let errors: u64 =
-        r.quorate_writes.iter().map(|(_, p)| p.errors).sum::<u64>() + r.quorate_reads.map_or(0, |p| p.errors);
+        r.quorate_writes.iter().map(|(_, p)| p.errors).sum::<u64>() + r.quorate_reads.as_ref().map_or(0, |p| p.errors);
     t.push_str(&format!(
         "\nThe get row is context, not a comparison: quorate at {READ_CLIENTS} clients, etcd at 256 (bench.sh's \
-         GET-256, linearizable), so no ratio is given.\n"
+         GET-256, linearizable), so no ratio is given.\n\nCPU µs/op: the CPU time (user + system, from \
+         `/proc/<pid>/stat`) of the three quorate nodes, or of the three etcd members, during the point, divided \
+         by the operations that succeeded (the load generators are not counted). Per process, in seconds:\n\n{cpu}"
     ));
     if errors > 0 {
         t.push_str(&format!("\nquorate bench reported {errors} failed operations (not counted in ops/s).\n"));
@@ -346,6 +459,21 @@ fn render(o: &Options, r: &Results) -> (String, String) {
             ),
         };
         v.push_str(&format!("- {goal}: {line}\n"));
+    }
+    for c in [64u32, 256] {
+        let line = match (
+            lookup(&r.quorate_writes, c).and_then(Point::cpu_us_per_op),
+            lookup(&r.etcd_writes, c).and_then(Point::cpu_us_per_op),
+        ) {
+            (Some(q), Some(e)) => {
+                format!("{} ({q:.0} vs {e:.0} µs per write)", if q <= e / 2.0 { "MET" } else { "MISSED" })
+            }
+            _ => format!(
+                "NOT MEASURED ({})",
+                r.etcd_missing.as_deref().unwrap_or("this client count was not in --clients")
+            ),
+        };
+        v.push_str(&format!("- {c} clients: CPU per write <= half of etcd's: {line}\n"));
     }
     (t, v)
 }
@@ -469,8 +597,52 @@ mod tests {
                    reads  0 ops, 0 errors\n\
                    writes 5000 ops (500/s), 2 errors; latency ms p50 1.50  p90 2.00  p99 3.25  max 4.00\n";
         let p = parse_quorate(out, "writes").unwrap();
-        assert_eq!(p, Point { ops_per_s: 500.0, p50_ms: 1.5, p99_ms: 3.25, errors: 2 });
+        assert_eq!(p, Point { ops_per_s: 500.0, p50_ms: 1.5, p99_ms: 3.25, errors: 2, ops: 5000, cpu: Vec::new() });
+        assert_eq!(p.cpu_us_per_op(), None, "no CPU measured");
         assert!(parse_quorate(out, "reads").is_none());
+    }
+
+    #[test]
+    fn etcd_pids_are_read_as_cluster_sh_records_them() {
+        let pids = parse_pids("101\n102\n\n103\n").unwrap();
+        assert_eq!(pids, vec![("m1".to_string(), 101), ("m2".to_string(), 102), ("m3".to_string(), 103)]);
+        assert!(parse_pids("").is_err());
+        assert!(parse_pids("101\nabc\n").is_err());
+    }
+
+    #[test]
+    fn cpu_per_write_is_summed_over_processes_and_compared() {
+        let point = |ops_per_s: f64, ops: u64, cpu: &[(&str, f64)]| Point {
+            ops_per_s,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            errors: 0,
+            ops,
+            cpu: cpu.iter().map(|(l, s)| ((*l).to_string(), *s)).collect(),
+        };
+        let q = point(1000.0, 10_000, &[("node-1", 0.5), ("node-2", 0.25), ("node-3", 0.25)]);
+        assert_eq!(q.cpu_us_per_op(), Some(100.0));
+        let e = point(900.0, 9_000, &[("m1", 1.2), ("m2", 0.3), ("m3", 0.3)]);
+        assert_eq!(e.cpu_us_per_op(), Some(200.0));
+        let o = Options { duration: 1.0, clients: vec![64], connections: None, skip_etcd: false };
+        let r = Results { quorate_writes: vec![(64, q)], etcd_writes: vec![(64, e)], ..Results::default() };
+        let (table, verdict) = render(&o, &r);
+        assert!(
+            table.contains(
+                "| put 256 B | 64 | 1000 | 1.00 | 2.00 | 100 | 900 | 1.00 | 2.00 | 200 | 1.11x | 1.00 | 0.50 |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table
+                .contains("| put 256 B | 64 | node-1 0.50 / node-2 0.25 / node-3 0.25 | m1 1.20 / m2 0.30 / m3 0.30 |"),
+            "{table}"
+        );
+        assert!(
+            verdict.contains("64 clients: CPU per write <= half of etcd's: MET (100 vs 200 µs per write)"),
+            "{verdict}"
+        );
+        assert!(verdict.contains("256 clients: CPU per write <= half of etcd's: NOT MEASURED"), "{verdict}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod cluster;
 mod demo;
 mod deps;
 mod paths;
+mod proc_cpu;
 mod publish;
 mod release;
 mod upgrade;

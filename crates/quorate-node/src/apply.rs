@@ -279,6 +279,12 @@ pub(crate) struct Applier {
     last_sweep: Instant,
     /// State-machine repairs made by this process.
     repairs: u32,
+    /// The state machine's bookkeeping keys as the last apply batch stored them, to seed the
+    /// next batch's overlay ([`Overlay::with_meta`]): `m/time`, `m/revision` and the rest are
+    /// not read from the store again for every batch. `None` until a batch is stored, and
+    /// again whenever anything else writes the state machine (an install, a repair) or a
+    /// batch fails.
+    meta: Option<sm::MetaCache>,
 }
 
 /// Installs the data of the store's recorded snapshot `meta` (its file in the snapshot
@@ -435,6 +441,7 @@ impl Applier {
             backups: Vec::new(),
             last_sweep: Instant::now(),
             repairs: 0,
+            meta: None,
         }
     }
 
@@ -560,6 +567,7 @@ impl Applier {
             return Ok(false);
         }
         self.repairs += 1;
+        self.meta = None;
         let store = self.shared.store.clone();
         let to = self.applied.index;
         let started = Instant::now();
@@ -575,6 +583,7 @@ impl Applier {
 
     /// Reloads what the node caches from the state machine (after an install or a repair).
     fn refresh_from_store(&mut self) -> Result<(), SmError> {
+        self.meta = None;
         let store = &*self.shared.store;
         let revision = sm::revision(store)?;
         self.shared.revision.store(revision, Ordering::Relaxed);
@@ -628,7 +637,8 @@ impl Applier {
         let store = self.shared.store.clone();
         let mut rest = entries;
         while !rest.is_empty() {
-            let mut ov = Overlay::new(&*store);
+            // Taken: a batch that fails leaves none (the next one reads the store).
+            let mut ov = Overlay::with_meta(&*store, self.meta.take().unwrap_or_default());
             let mut outcomes = Vec::new();
             let mut last = None;
             let mut used = 0;
@@ -660,15 +670,21 @@ impl Applier {
                 }
             }
             rest = &rest[used..];
-            let Some(last) = last else { continue };
+            let Some(last) = last else {
+                self.meta = Some(ov.meta_after());
+                continue;
+            };
+            // What the store holds once the batch is written, known without reading it back.
+            let (revision, log_time_ms) = (sm::ov_revision(&ov)?, sm::ov_log_time_ms(&ov)?);
+            let meta = ov.meta_after();
             let ops = ov.into_ops();
             retry_space("apply", || store.apply(last.index, ops.iter().cloned()))?;
+            self.meta = Some(meta);
             self.applied = last;
             self.shared.telemetry.applied(last.index);
-            let revision = sm::revision(&*store)?;
             self.shared.revision.store(revision, Ordering::Relaxed);
             self.shared.revision_tx.send_replace(revision);
-            self.shared.log_time_ms.store(sm::log_time_ms(&*store)?, Ordering::Relaxed);
+            self.shared.log_time_ms.store(log_time_ms, Ordering::Relaxed);
             for (id, outcome) in outcomes {
                 let (result, cached) = match outcome {
                     Some(o) => {
@@ -812,6 +828,7 @@ impl Applier {
             return Ok(());
         }
         let install_started = Instant::now();
+        self.meta = None;
         // No read worker reads a view while the column family is dropped and recreated.
         let exclusive = pool.gate().exclusive();
         install_snapshot_data(&self.shared.store, meta)?;

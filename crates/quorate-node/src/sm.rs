@@ -251,12 +251,30 @@ impl<T: SmRead + ?Sized> SmRead for std::sync::Arc<T> {
 /// A key's entry in the overlay before a write (`None`: the overlay did not hold the key).
 type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 
+/// The prefix of the state machine's bookkeeping keys (`m/time`, `m/revision`, the history's
+/// and the event index's counters, ...): a fixed, small set that every command reads.
+const META_PREFIX: &[u8] = b"m/";
+
+/// Most first-key probes ([`Overlay::first_stored_at`]) an overlay remembers.
+const PROBES_MAX: usize = 8;
+
+/// The values of bookkeeping keys ([`META_PREFIX`]) as stored, known to the apply thread
+/// (`None`: the key is absent). Carried from one apply batch to the next
+/// ([`Overlay::with_meta`], [`Overlay::meta_after`]) so that a batch does not read them from
+/// the store again; only valid while nothing but those batches writes the state machine.
+pub(crate) type MetaCache = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// Writes not yet stored, layered over the stored state: the apply task accumulates the
 /// effects of several entries here and stores them in one batch with the applied index.
 ///
 /// Every write is journalled with what it replaced, from the start of the current command, so
 /// that a command that fails deterministically can be undone ([`Overlay::rollback_to`]) and
 /// given an error result instead of stopping the replica.
+///
+/// The base must not change while an overlay is in use (the apply thread is the only writer of
+/// the state machine, and stores an overlay's writes after it is done with it): the overlay
+/// remembers what it read of the base's bookkeeping keys and first-key probes, so that the
+/// commands of one batch do not each read them again.
 #[derive(Debug)]
 pub(crate) struct Overlay<'a, R: ?Sized> {
     base: &'a R,
@@ -264,6 +282,11 @@ pub(crate) struct Overlay<'a, R: ?Sized> {
     clear: bool,
     journal: Vec<Undo>,
     bytes: usize,
+    /// The base's values of the bookkeeping keys read so far (or seeded).
+    meta: std::cell::RefCell<MetaCache>,
+    /// The base's first key at or after a key, for the keys probed so far (at most
+    /// [`PROBES_MAX`]).
+    probes: std::cell::RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 fn entry_bytes(key: &[u8], value: Option<&Vec<u8>>) -> usize {
@@ -273,15 +296,62 @@ fn entry_bytes(key: &[u8], value: Option<&Vec<u8>>) -> usize {
 impl<'a, R: SmRead + ?Sized> Overlay<'a, R> {
     /// An empty overlay over `base`.
     pub(crate) fn new(base: &'a R) -> Overlay<'a, R> {
-        Overlay { base, writes: BTreeMap::new(), clear: false, journal: Vec::new(), bytes: 0 }
+        Overlay::with_meta(base, MetaCache::new())
+    }
+
+    /// An empty overlay over `base`, whose bookkeeping keys hold `meta` where it says (what
+    /// [`Overlay::meta_after`] of the previous batch over the same store returned).
+    pub(crate) fn with_meta(base: &'a R, meta: MetaCache) -> Overlay<'a, R> {
+        debug_assert!(meta.keys().all(|k| k.starts_with(META_PREFIX)));
+        Overlay {
+            base,
+            writes: BTreeMap::new(),
+            clear: false,
+            journal: Vec::new(),
+            bytes: 0,
+            meta: std::cell::RefCell::new(meta),
+            probes: std::cell::RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// The bookkeeping keys this overlay knows, as the base will hold them once its writes are
+    /// stored: to seed the next batch's overlay ([`Overlay::with_meta`]).
+    pub(crate) fn meta_after(&self) -> MetaCache {
+        let mut meta = if self.clear { MetaCache::new() } else { self.meta.borrow().clone() };
+        for (k, v) in self.writes.range(META_PREFIX.to_vec()..).take_while(|(k, _)| k.starts_with(META_PREFIX)) {
+            meta.insert(k.clone(), v.clone());
+        }
+        meta
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
             None if self.clear => Ok(None),
+            None if key.starts_with(META_PREFIX) => {
+                if let Some(v) = self.meta.borrow().get(key) {
+                    return Ok(v.clone());
+                }
+                let v = self.base.sm_get(key)?;
+                self.meta.borrow_mut().insert(key.to_vec(), v.clone());
+                Ok(v)
+            }
             None => self.base.sm_get(key),
         }
+    }
+
+    /// The base's first key at or after `from` (not the overlay's writes), remembered for the
+    /// overlay's life.
+    fn first_stored_at(&self, from: &[u8]) -> Result<Option<Vec<u8>>, SmError> {
+        if let Some(k) = self.probes.borrow().get(from) {
+            return Ok(k.clone());
+        }
+        let first = self.base.sm_scan_bounded(from, 1, 1)?.into_iter().next().map(|(k, _)| k);
+        let mut probes = self.probes.borrow_mut();
+        if probes.len() < PROBES_MAX {
+            probes.insert(from.to_vec(), first.clone());
+        }
+        Ok(first)
     }
 
     fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
@@ -1454,7 +1524,17 @@ pub(crate) fn txn_results_too_large() -> ApiError {
     too_large()
 }
 
-/// The global revision.
+/// The global revision in the state `ov` sees.
+pub(crate) fn ov_revision<R: SmRead + ?Sized>(ov: &Overlay<'_, R>) -> Result<u64, SmError> {
+    ov_u64(ov, META_REVISION)
+}
+
+/// The log time (ms) in the state `ov` sees.
+pub(crate) fn ov_log_time_ms<R: SmRead + ?Sized>(ov: &Overlay<'_, R>) -> Result<u64, SmError> {
+    ov_u64(ov, META_TIME)
+}
+
+/// The revision in `r`.
 pub(crate) fn revision(r: &(impl SmRead + ?Sized)) -> Result<u64, SmError> {
     get_u64(r, META_REVISION)
 }
@@ -2308,5 +2388,108 @@ mod tests {
         assert!(err.to_string().contains("run a newer `quorate` binary"), "{err}");
         m.insert(META_CLUSTER_VERSION.to_vec(), u64::from(quorate_api::CLUSTER_VERSION + 1).to_le_bytes().to_vec());
         assert!(matches!(check_cluster_version(&m), Err(SmError::ClusterVersionTooNew { .. })));
+    }
+
+    /// A map that counts what is read of it (the store's stand-in).
+    struct Counting {
+        map: Map,
+        meta_gets: std::cell::RefCell<Vec<Vec<u8>>>,
+        scans: std::cell::Cell<usize>,
+    }
+
+    impl SmRead for Counting {
+        fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SmError> {
+            if key.starts_with(META_PREFIX) {
+                self.meta_gets.borrow_mut().push(key.to_vec());
+            }
+            self.map.sm_get(key)
+        }
+        fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
+            self.scans.set(self.scans.get() + 1);
+            self.map.sm_scan(from, limit)
+        }
+        fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+            self.scans.set(self.scans.get() + 1);
+            self.map.sm_scan_bounded(from, limit, bytes_max)
+        }
+    }
+
+    #[test]
+    fn bookkeeping_carried_from_batch_to_batch_is_not_read_again_and_stores_the_same_bytes() {
+        // Every kind of command that touches the bookkeeping: the cluster version raised
+        // (history and events start), puts over a key (history recorded), deletes, a
+        // compaction (entries dropped, the scan start moved), both kinds of session, and a
+        // command that is undone.
+        let mut cmds = vec![CommandOp::SetClusterVersion { version: 2 }, CommandOp::OpenSession];
+        cmds.push(CommandOp::OpenSessionFor { principal: "alice".into(), nonce: 0xfeed_beef_0001 });
+        for i in 0..60u64 {
+            cmds.push(put(&format!("k{}", i % 7), &format!("v{i}")));
+            if i % 9 == 4 {
+                cmds.push(CommandOp::Delete { key: format!("k{}", i % 7).into() });
+            }
+            if i % 20 == 19 {
+                cmds.push(CommandOp::Compact { revision: i });
+            }
+            if i % 13 == 0 {
+                cmds.push(CommandOp::Put { key: Vec::new(), value: b"x".to_vec() });
+            }
+        }
+        let legacy = SessionId(2);
+        let owned = SessionId(0xfeed_beef_0001);
+        let session_of = |n: usize, op: &CommandOp| -> (Option<Sequenced>, CommandOp) {
+            match (n % 3, op) {
+                (1, CommandOp::Put { .. }) => (Some(Sequenced { session: legacy, seq: n as u64 }), op.clone()),
+                (2, CommandOp::Put { .. }) => (
+                    Some(Sequenced { session: owned, seq: n as u64 }),
+                    CommandOp::ByPrincipal { principal: "alice".into(), op: kv(op.clone()) },
+                ),
+                _ => (None, op.clone()),
+            }
+        };
+        for batch in [1usize, 3, 8, 64] {
+            let (mut fresh, mut carried) = (Map::new(), Map::new());
+            let mut meta = MetaCache::new();
+            // Each bookkeeping key is read from the store once in the whole run, the first time
+            // a command needs it; after that it is carried.
+            let mut read = std::collections::BTreeSet::new();
+            for (b, chunk) in cmds.chunks(batch).enumerate() {
+                let first = b * batch;
+                let base = Counting {
+                    map: carried.clone(),
+                    meta_gets: std::cell::RefCell::new(Vec::new()),
+                    scans: std::cell::Cell::new(0),
+                };
+                let snapshot = fresh.clone();
+                let (mut ovf, mut ovc) =
+                    (Overlay::new(&snapshot), Overlay::with_meta(&base, std::mem::take(&mut meta)));
+                for (i, op) in chunk.iter().enumerate() {
+                    let n = first + i;
+                    let (session, op) = session_of(n, op);
+                    let cmd = Command { session, time_ms: n as u64 * 10, op };
+                    let index = LogIndex(n as u64 + 1);
+                    let (a, c) =
+                        (apply_command(&mut ovf, index, &cmd).unwrap(), apply_command(&mut ovc, index, &cmd).unwrap());
+                    assert_eq!(a.result, c.result, "command {n}, batches of {batch}");
+                }
+                assert_eq!(ov_revision(&ovc).unwrap(), ov_revision(&ovf).unwrap());
+                assert_eq!(ov_log_time_ms(&ovc).unwrap(), ov_log_time_ms(&ovf).unwrap());
+                meta = ovc.meta_after();
+                assert!(meta.keys().all(|k| k.starts_with(META_PREFIX)) && meta.len() <= 16, "{meta:?}");
+                for k in base.meta_gets.take() {
+                    assert!(read.insert(k.clone()), "batch {b} of {batch} read {} again", k.escape_ascii());
+                }
+                assert!(base.scans.get() <= 2 + 4 * chunk.len(), "{} scans", base.scans.get());
+                ovf.apply_to(&mut fresh);
+                ovc.apply_to(&mut carried);
+                assert_eq!(carried, fresh, "batch {b} of {batch}");
+                // What it carries is what is stored.
+                for (k, v) in &meta {
+                    assert_eq!(carried.get(k), v.as_ref(), "{}", k.escape_ascii());
+                }
+            }
+            assert!(
+                history::enabled(&Overlay::new(&fresh)).unwrap() && events::enabled(&Overlay::new(&fresh)).unwrap()
+            );
+        }
     }
 }

@@ -259,7 +259,7 @@ fn maintain_within<R: SmRead + ?Sized>(
     };
     let lo = rev_key(scan_from, b"");
     // Nearly always nothing is due: one pair read says so (every write calls this).
-    let first_stored = ov.base.sm_scan_bounded(&lo, 1, 1)?.into_iter().next().map(|(k, _)| k);
+    let first_stored = ov.first_stored_at(&lo)?;
     let stored_due = !ov.clear && first_stored.is_some_and(|k| k.first() == Some(&HIST_BY_REV) && k < hi);
     let pending_due = ov.writes.range(lo.clone()..hi.clone()).any(|(_, v)| v.is_some());
     if !stored_due && !pending_due {
