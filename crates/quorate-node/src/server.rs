@@ -458,12 +458,7 @@ impl Responder {
     /// revision to pass `complete_to` and is read again from there, or, if its deadline comes
     /// first, this answer is sent then. Never a busy loop: each new read follows a new applied
     /// revision past the last one read.
-    fn watch_answered(
-        mut self,
-        mut rewait: Rewait,
-        answer: quorate_api::WatchAnswer,
-        at: Option<EntryId>,
-    ) {
+    fn watch_answered(mut self, mut rewait: Rewait, answer: quorate_api::WatchAnswer, at: Option<EntryId>) {
         let now = Instant::now();
         let progress = now >= rewait.progress_at && answer.complete_to >= rewait.asked_from;
         if !answer.events.is_empty() || now >= rewait.deadline || progress {

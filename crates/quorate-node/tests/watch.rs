@@ -325,8 +325,7 @@ fn client(c: &Cluster) -> quorate_client::Client {
         cert: certs.join("client-admin.crt"),
         key: certs.join("client-admin.key"),
     };
-    let mut cc =
-        quorate_client::ClientConfig::new(quorate_transport::ClusterId::new("e2e").unwrap(), members, tls);
+    let mut cc = quorate_client::ClientConfig::new(quorate_transport::ClusterId::new("e2e").unwrap(), members, tls);
     cc.seed = Some(22);
     cc.request_timeout = Duration::from_secs(20);
     cc.total_timeout = Duration::from_secs(60);
