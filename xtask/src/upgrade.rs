@@ -71,15 +71,15 @@ impl std::fmt::Display for Step {
             Step::Restart(n, Bin::Old) => write!(f, "roll node {n} back to the old binary"),
             Step::GatedRefused => write!(
                 f,
-                "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision and \
-                 compact refused before finalize"
+                "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision, \
+                 compact and watch refused before finalize"
             ),
             Step::Finalize => write!(f, "quorate cluster finalize"),
             Step::GatedWorks => {
                 write!(
                     f,
-                    "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision and \
-                     compact work after finalize"
+                    "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision, \
+                     compact and watch work after finalize"
                 )
             }
             Step::OldRefuses(n) => {
