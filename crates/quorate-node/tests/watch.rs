@@ -1,7 +1,8 @@
 //! Watches (`quorate watch`) on real 3-node clusters of `quorate` processes on 127.0.0.1
 //! (issue 22): a watcher on a follower sees every acknowledged write of a concurrent writer
 //! exactly once, in revision order, across a leader change and a reconnect to another member;
-//! a watch from a compacted revision is refused in clear words; the cluster-version gate.
+//! a watch from a compacted revision is refused in clear words; the cluster-version gate; a
+//! watch of a quiet key waits out its wait while other keys are written (brief 22C).
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
