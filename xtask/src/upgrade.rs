@@ -71,15 +71,15 @@ impl std::fmt::Display for Step {
             Step::Restart(n, Bin::Old) => write!(f, "roll node {n} back to the old binary"),
             Step::GatedRefused => write!(
                 f,
-                "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision and \
-                 compact refused before finalize"
+                "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision, \
+                 compact and watch refused before finalize"
             ),
             Step::Finalize => write!(f, "quorate cluster finalize"),
             Step::GatedWorks => {
                 write!(
                     f,
-                    "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision and \
-                     compact work after finalize"
+                    "delete-range, member update, snapshot save FILE, bounded-staleness reads, reads at a revision, \
+                     compact and watch work after finalize"
                 )
             }
             Step::OldRefuses(n) => {
@@ -108,7 +108,7 @@ fn plan() -> Vec<Step> {
     steps
 }
 
-/// Before finalize: `kv get --rev`, `kv scan --rev` and `kv compact` are refused by the gate
+/// Before finalize: `kv get --rev`, `kv scan --rev`, `kv compact` and `watch` are refused by the gate
 /// (a new node refuses by the cluster version; a 0.1.0 node cannot read the request).
 fn history_refused(cluster: &Cluster, endpoints: &str) -> Result<String> {
     let mut refusals = Vec::new();
@@ -116,6 +116,7 @@ fn history_refused(cluster: &Cluster, endpoints: &str) -> Result<String> {
         &["kv", "get", "chaos/0", "--rev", "1"][..],
         &["kv", "scan", "--prefix", "chaos/", "--rev", "1"],
         &["kv", "compact", "1"],
+        &["watch", "chaos/", "--prefix", "--rev", "1", "--count", "1", "--duration-ms", "3000"],
     ] {
         let out = cluster.quorate_to(args, endpoints)?;
         let err = crate::cluster::text(&out.stderr);
@@ -138,8 +139,8 @@ fn put_revision(cluster: &Cluster, endpoints: &str, key: &str, value: &str) -> R
         .with_context(|| format!("kv put answered {:?} {:?}", text.trim(), crate::cluster::text(&out.stderr).trim()))
 }
 
-/// After finalize: two versions of a key read at their revisions (linearizable reads), a
-/// compaction to the second, then the first refused as compacted.
+/// After finalize: two versions of a key read at their revisions (linearizable reads), both
+/// watched from the first, a compaction to the second, then the first refused as compacted.
 fn history_works(cluster: &Cluster, endpoints: &str) -> Result<String> {
     let key = "upgrade/history";
     let r1 = put_revision(cluster, endpoints, key, "first")?;
@@ -152,6 +153,13 @@ fn history_works(cluster: &Cluster, endpoints: &str) -> Result<String> {
             bail!("kv get --rev {rev} answered {:?} {:?}", got.trim(), crate::cluster::text(&out.stderr).trim());
         }
     }
+    // A watch from the first: both puts, in order.
+    let out = cluster
+        .quorate_to(&["watch", key, "--rev", &r1.to_string(), "--count", "2", "--duration-ms", "10000"], endpoints)?;
+    let seen = crate::cluster::text(&out.stdout);
+    if !out.status.success() || seen.lines().count() != 2 || !seen.contains("first") || !seen.contains("second") {
+        bail!("watch --rev {r1} answered {:?} {:?}", seen.trim(), crate::cluster::text(&out.stderr).trim());
+    }
     let out = cluster.quorate_to(&["kv", "compact", &r2.to_string()], endpoints)?;
     if !out.status.success() {
         bail!("kv compact {r2} failed: {}", crate::cluster::text(&out.stderr).trim());
@@ -161,7 +169,9 @@ fn history_works(cluster: &Cluster, endpoints: &str) -> Result<String> {
     if out.status.success() || !err.contains("compacted") {
         bail!("kv get --rev {r1} after compacting to {r2} was not refused: {}", err.trim());
     }
-    Ok(format!("history read at revisions {r1} and {r2}, compacted to {r2}, {r1} refused as compacted"))
+    Ok(format!(
+        "history read at revisions {r1} and {r2}, watched from {r1}, compacted to {r2}, {r1} refused as compacted"
+    ))
 }
 
 pub(crate) fn upgrade_check(args: &[String]) -> Result<()> {

@@ -17,6 +17,8 @@
 //! * [`txn`]: transactional (list-append) histories and a checker that searches their
 //!   dependency graph (ww, wr, rw, real time) for cycles and names the anomaly (G0, G1a, G1b,
 //!   G1c, G-single, G2 and their real-time variants), after Jepsen's Elle.
+//! * [`watch`]: a checker for watch streams against the history of writes: no gap, no
+//!   duplicate, revision order across reconnects, and every acknowledged write at its revision.
 //! * [`kv`]: the simulator's key-value state machine.
 //! * `holes` (cargo feature `reintroduce-holes` only): issue 16's protocol holes switched
 //!   back on in the simulated cores, and the seeds and settings that catch each.
@@ -49,3 +51,4 @@ pub mod linearizability;
 pub mod model;
 pub mod sim;
 pub mod txn;
+pub mod watch;

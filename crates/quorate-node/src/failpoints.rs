@@ -20,6 +20,8 @@
 //! slow_apply_ms = 50   # the apply thread takes this much longer over every message
 //! slow_read_ms = 2000  # every read the node serves takes this much longer
 //! torn_txn_reads_ms = 20  # TEST-ONLY WEAKENING: read-only transactions read key by key, live
+//! watch_events = "drop"    # TEST-ONLY WEAKENING: "drop" the last event of each watch answer,
+//!                          # or "duplicate" its first
 //! kill_apply_thread = true  # the apply thread panics at its next turn (within 250 ms)
 //! ```
 //!
@@ -66,6 +68,10 @@
 //!   milliseconds after the previous one, so writes applied in between show in some of its
 //!   results and not in others (read skew: `G-single` in `quorate_check::txn`). Replicas stay
 //!   identical: only what this node answers to reads changes.
+//! * **Weakened watch answers** (a weakening, as evidence that the watch checker of
+//!   `cargo xtask chaos` catches it): every watch answer with events this node serves loses its
+//!   last event (`"drop"`: a gap, the answer still claims to be complete) or carries its first
+//!   event twice (`"duplicate"`). The event index itself is untouched.
 
 use quorate_storage::{RocksStore, WriteFault};
 use serde::Deserialize;
@@ -127,6 +133,8 @@ pub(crate) struct Settings {
     pub(crate) torn_txn_reads_ms: u64,
     /// The apply thread panics at its next turn.
     pub(crate) kill_apply_thread: bool,
+    /// Weaken watch answers: `""` (off), `"drop"` or `"duplicate"`. A test-only weakening.
+    pub(crate) watch_events: String,
 }
 
 impl Default for Settings {
@@ -148,6 +156,7 @@ impl Default for Settings {
             tear_wal_records: 1,
             corrupt_table: 0,
             corrupt_table_cf: "sm".into(),
+            watch_events: String::new(),
         }
     }
 }
@@ -223,6 +232,12 @@ impl Settings {
                 detail: format!("tear_wal_records must be between 1 and {TEAR_RECORDS_MAX}"),
             });
         }
+        if WatchWeakening::parse(&s.watch_events).is_none() {
+            return Err(FailpointError::Range {
+                path: path.to_path_buf(),
+                detail: "watch_events must be \"\", \"drop\" or \"duplicate\"".into(),
+            });
+        }
         if !matches!(s.corrupt_table_cf.as_str(), "sm" | "log") {
             return Err(FailpointError::Range {
                 path: path.to_path_buf(),
@@ -230,6 +245,49 @@ impl Settings {
             });
         }
         Ok(s)
+    }
+}
+
+/// How the `watch_events` weakening changes a watch answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WatchWeakening {
+    /// The answer's last event is left out.
+    Drop,
+    /// The answer's first event is sent twice.
+    Duplicate,
+}
+
+impl WatchWeakening {
+    /// `Some(None)`: off; `None`: not a known value.
+    fn parse(text: &str) -> Option<Option<WatchWeakening>> {
+        match text {
+            "" => Some(None),
+            "drop" => Some(Some(WatchWeakening::Drop)),
+            "duplicate" => Some(Some(WatchWeakening::Duplicate)),
+            _ => None,
+        }
+    }
+
+    fn code(w: Option<WatchWeakening>) -> u8 {
+        match w {
+            None => 0,
+            Some(WatchWeakening::Drop) => 1,
+            Some(WatchWeakening::Duplicate) => 2,
+        }
+    }
+
+    /// Applies the weakening to `events` (a watch answer's).
+    pub(crate) fn apply<T: Clone>(self, events: &mut Vec<T>) {
+        match self {
+            WatchWeakening::Drop => {
+                events.pop();
+            }
+            WatchWeakening::Duplicate => {
+                if let Some(first) = events.first().cloned() {
+                    events.insert(0, first);
+                }
+            }
+        }
     }
 }
 
@@ -254,6 +312,8 @@ struct Inner {
     slow_read_ms: AtomicU64,
     torn_txn_reads_ms: AtomicU64,
     kill_apply_thread: AtomicBool,
+    /// [`WatchWeakening::code`] of the `watch_events` weakening.
+    watch_events: std::sync::atomic::AtomicU8,
     clock: Mutex<Clock>,
     disk: Mutex<Disk>,
 }
@@ -297,6 +357,7 @@ impl Failpoints {
                 slow_read_ms: AtomicU64::new(0),
                 torn_txn_reads_ms: AtomicU64::new(0),
                 kill_apply_thread: AtomicBool::new(false),
+                watch_events: std::sync::atomic::AtomicU8::new(0),
                 clock: Mutex::new(clock),
                 disk: Mutex::new(Disk::default()),
             }),
@@ -345,6 +406,8 @@ impl Failpoints {
         self.inner.slow_read_ms.store(s.slow_read_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.torn_txn_reads_ms.store(s.torn_txn_reads_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.kill_apply_thread.store(s.kill_apply_thread, Ordering::Relaxed);
+        let watch = WatchWeakening::parse(&s.watch_events).flatten();
+        self.inner.watch_events.store(WatchWeakening::code(watch), Ordering::Relaxed);
         {
             let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
@@ -457,6 +520,19 @@ impl Failpoints {
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
+    /// The weakening of watch answers, if on.
+    #[must_use]
+    pub(crate) fn watch_weakening(&self) -> Option<WatchWeakening> {
+        if !self.inner.enabled {
+            return None;
+        }
+        match self.inner.watch_events.load(Ordering::Relaxed) {
+            1 => Some(WatchWeakening::Drop),
+            2 => Some(WatchWeakening::Duplicate),
+            _ => None,
+        }
+    }
+
     /// Whether the disk-full fault is on.
     #[must_use]
     pub(crate) fn disk_full(&self) -> bool {
@@ -552,9 +628,11 @@ mod tests {
             slow_apply_ms: 5,
             slow_read_ms: 5,
             torn_txn_reads_ms: 5,
+            watch_events: "drop".into(),
             ..Settings::default()
         });
         assert_eq!(fp.resolve_delay(), None);
+        assert_eq!(fp.watch_weakening(), None);
         assert_eq!(fp.torn_txn_reads(), None);
         assert!(!fp.disk_full());
         assert!(!fp.corrupt_hash_samples());
@@ -584,6 +662,19 @@ mod tests {
         assert!(Settings::parse("slow_read_ms = 999999", p).is_err());
         assert_eq!(Settings::parse("torn_txn_reads_ms = 20", p).unwrap().torn_txn_reads_ms, 20);
         assert!(Settings::parse("torn_txn_reads_ms = 999999", p).is_err());
+        let s = Settings::parse("watch_events = \"duplicate\"", p).unwrap();
+        assert_eq!(WatchWeakening::parse(&s.watch_events), Some(Some(WatchWeakening::Duplicate)));
+        assert!(Settings::parse("watch_events = \"lose\"", p).unwrap_err().to_string().contains("watch_events"));
+        let fp = Failpoints::new(true);
+        fp.apply(&Settings { watch_events: "drop".into(), ..Settings::default() });
+        let mut events = vec![1, 2, 3];
+        fp.watch_weakening().expect("on").apply(&mut events);
+        assert_eq!(events, [1, 2]);
+        fp.apply(&Settings { watch_events: "duplicate".into(), ..Settings::default() });
+        fp.watch_weakening().expect("on").apply(&mut events);
+        assert_eq!(events, [1, 1, 2]);
+        fp.apply(&Settings::default());
+        assert_eq!(fp.watch_weakening(), None);
         assert!(Settings::parse("slow_resolve_ms = 999999", p).is_err());
         assert_eq!(Settings::parse("", p).unwrap(), Settings::default());
         assert!(Settings::parse("slow_disk = 5", p).unwrap_err().to_string().contains("slow_disk"));

@@ -339,6 +339,24 @@ pub(crate) struct Responder {
     answered: crate::audit::Answered,
     /// A watch's place among the node's and its principal's, until the answer is written.
     watch: Option<crate::watches::WatchSlot>,
+    /// A watch that waits for its own keys: an answer with no events is not sent before its
+    /// deadline, the watch waits again instead ([`crate::watches`], "Waiting").
+    rewait: Option<Rewait>,
+}
+
+/// What a watch still waiting for its own keys needs to wait again and be read again.
+pub(crate) struct Rewait {
+    /// The watch, asked from the revision after the last empty read's `complete_to`.
+    watch: quorate_api::WatchRequest,
+    /// When its wait runs out: one deadline from the request's arrival, never restarted.
+    deadline: Instant,
+    /// When an empty answer whose `complete_to` moved is sent anyway (a progress
+    /// notification, [`crate::watches::PROGRESS_INTERVAL`] after the arrival).
+    progress_at: Instant,
+    /// The revision the client asked from.
+    asked_from: u64,
+    revisions: tokio::sync::watch::Receiver<u64>,
+    events: mpsc::Sender<Event>,
 }
 
 impl Responder {
@@ -368,6 +386,7 @@ impl Responder {
             write_timeout,
             answered: crate::audit::Answered::Normally,
             watch: None,
+            rewait: None,
         }
     }
 
@@ -388,6 +407,12 @@ impl Responder {
     }
 
     pub(crate) fn send(mut self, result: Result<Response, ApiError>, at: Option<EntryId>) {
+        if let Some(rewait) = self.rewait.take() {
+            match result {
+                Ok(Response::Watch(answer)) => return self.watch_answered(rewait, answer, at),
+                other => return self.send(other, at),
+            }
+        }
         // A quorate/1 (0.1.0) client gets only what 0.1.0 decodes (Shed → Overloaded).
         let result = result.map_err(|e| e.for_generation(self.req.protocol_generation()));
         let mut response = ClientResponse { id: self.id, result };
@@ -435,6 +460,35 @@ impl Responder {
             drop(ticket);
             drop(guard);
             drop(watch);
+        });
+    }
+}
+
+impl Responder {
+    /// A watch's answer: sent if it has events, if the watch's wait ran out, or as a progress
+    /// notification once [`crate::watches::PROGRESS_INTERVAL`] passed and `complete_to` moved.
+    /// Otherwise the watch waits (on a task, holding its slot and admission) for the applied
+    /// revision to pass `complete_to` and is read again from there, or, if its deadline comes
+    /// first, this answer is sent then. Never a busy loop: each new read follows a new applied
+    /// revision past the last one read.
+    fn watch_answered(mut self, mut rewait: Rewait, answer: quorate_api::WatchAnswer, at: Option<EntryId>) {
+        let now = Instant::now();
+        let progress = now >= rewait.progress_at && answer.complete_to >= rewait.asked_from;
+        if !answer.events.is_empty() || now >= rewait.deadline || progress {
+            return self.send(Ok(Response::Watch(answer)), at);
+        }
+        let handle = self.handle.clone();
+        handle.spawn(async move {
+            let past = answer.complete_to;
+            if crate::watches::wait_past(&mut rewait.revisions, past, rewait.deadline).await {
+                rewait.watch.from_revision = rewait.watch.from_revision.max(past.saturating_add(1));
+                let (events, watch) = (rewait.events.clone(), rewait.watch.clone());
+                self.rewait = Some(rewait);
+                // The driver gone (shutting down): the responder is dropped with the event.
+                let _ = events.send(Event::WatchReady { watch, responder: Box::new(self) }).await;
+            } else {
+                self.send(Ok(Response::Watch(answer)), at);
+            }
         });
     }
 }
@@ -2412,7 +2466,8 @@ impl Driver {
 
     /// A watch ([`crate::watches`]): counted among the node's and its principal's, then read
     /// from this node's applied state at once, or once the applied revision reaches the one
-    /// asked for (or the wait runs out).
+    /// asked for (or the wait runs out); an answer with no events waits again until its
+    /// deadline ([`Responder::watch_answered`]).
     async fn watch(&mut self, watch: quorate_api::WatchRequest, mut responder: Responder) -> Result<(), ServerError> {
         if let Err(e) = crate::versions::require(&self.shared, crate::sm::HISTORY_CLUSTER_VERSION, "a watch") {
             responder.send(Err(e), None);
@@ -2425,14 +2480,26 @@ impl Driver {
                 return Ok(());
             }
         }
+        let arrival = Instant::now();
+        let wait = Duration::from_millis(u64::from(watch.wait_ms.min(quorate_api::limits::WATCH_WAIT_MS_MAX)));
+        let deadline = arrival + wait;
+        if watch.wait_ms > 0 {
+            responder.rewait = Some(Rewait {
+                watch: watch.clone(),
+                deadline,
+                progress_at: arrival + crate::watches::PROGRESS_INTERVAL,
+                asked_from: watch.from_revision,
+                revisions: self.shared.revision_tx.subscribe(),
+                events: self.events_tx.clone(),
+            });
+        }
         let applied = self.shared.revision.load(Ordering::Acquire);
         if watch.wait_ms == 0 || applied >= watch.from_revision {
             return self.read(ReadReq::Watch(watch), ReadConsistency::Stale, responder).await;
         }
-        let wait = Duration::from_millis(u64::from(watch.wait_ms.min(quorate_api::limits::WATCH_WAIT_MS_MAX)));
-        let (revisions, events) = (self.shared.revision_tx.subscribe(), self.events_tx.clone());
+        let (mut revisions, events) = (self.shared.revision_tx.subscribe(), self.events_tx.clone());
         self.shared.handle.spawn(async move {
-            crate::watches::wait_for_revision(revisions, watch.from_revision, wait).await;
+            crate::watches::wait_past(&mut revisions, watch.from_revision.saturating_sub(1), deadline).await;
             // The driver gone (shutting down): the responder is dropped with the event.
             let _ = events.send(Event::WatchReady { watch, responder: Box::new(responder) }).await;
         });

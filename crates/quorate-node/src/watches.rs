@@ -8,11 +8,23 @@
 //! reconnect, a leader change or a move to another member without a gap or a duplicate: every
 //! member applies the same log and holds the same event index.
 //!
-//! **Waiting.** When this member has applied nothing at or after the asked revision, the
-//! request waits (up to its `wait_ms`, at most [`quorate_api::limits::WATCH_WAIT_MS_MAX`]) for
-//! the applied revision to reach it, then is read. A watch on a quiet key is answered each time
-//! the member's revision moves, with no events and a larger `complete_to` (a progress
-//! notification).
+//! **Waiting.** A watch has one deadline, fixed when it arrives: its `wait_ms` later (at most
+//! [`quorate_api::limits::WATCH_WAIT_MS_MAX`]), never restarted. When this member has applied
+//! nothing at or after the asked revision, the request waits for the applied revision to reach
+//! it (or the deadline), then is read. A read that finds no event for the watched keys is not
+//! answered at once: the watch waits for the member's next applied revision past the read's
+//! `complete_to` and is read again from there, until an event matches (answered then) or the
+//! deadline comes (answered then, with no events and the `complete_to` of the last read). So a
+//! watch of a quiet key in a busy cluster waits its whole wait instead of being answered at
+//! every write to other keys (which made its client poll in a tight loop). While the cluster is
+//! written, a quiet watch is also answered, with no events, once [`PROGRESS_INTERVAL`] has
+//! passed since its arrival and `complete_to` has moved past where it asked from: a
+//! *progress notification* at most that often per watch. The waits are on the applied-revision
+//! notification (no polling); each new read follows a new applied revision, and a read is
+//! bounded as any ([`crate::sm::read_watch`]). A watch read again from a later revision can be
+//! answered [`quorate_api::ApiError::Compacted`] for it if compaction passed it meanwhile; the
+//! client resyncs as for any compacted position. A watch waiting keeps its slot and its
+//! admission (below) until its answer is written.
 //!
 //! **Bounds.** Each answer is bounded in events and bytes; watches waiting or being read are
 //! bounded per node ([`WATCHES_PER_NODE_MAX`]) and per principal
@@ -33,6 +45,11 @@ pub(crate) const WATCHES_PER_NODE_MAX: usize = 1024;
 pub(crate) const WATCHES_PER_PRINCIPAL_MAX: usize = 64;
 /// What a refused watch is told to wait before it asks again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// How long after its arrival a watch whose keys stay quiet is answered anyway, with no events,
+/// once the member's applied revision has moved past where it asked from (a progress
+/// notification: the client learns `complete_to` at least this often while the cluster is
+/// written, even with a longer wait).
+pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The watches in flight on a node.
 #[derive(Debug, Default)]
@@ -90,9 +107,14 @@ impl Drop for WatchSlot {
     }
 }
 
-/// Waits until the applied revision `revisions` reports reaches `from`, or `wait` passes.
-pub(crate) async fn wait_for_revision(mut revisions: tokio::sync::watch::Receiver<u64>, from: u64, wait: Duration) {
-    let _ = tokio::time::timeout(wait, revisions.wait_for(|&r| r >= from)).await;
+/// Waits until the applied revision `revisions` reports passes `past`, or `deadline` comes:
+/// whether it passed (`false` also when the node is shutting down).
+pub(crate) async fn wait_past(
+    revisions: &mut tokio::sync::watch::Receiver<u64>,
+    past: u64,
+    deadline: std::time::Instant,
+) -> bool {
+    matches!(tokio::time::timeout_at(deadline.into(), revisions.wait_for(|&r| r > past)).await, Ok(Ok(_)))
 }
 
 #[cfg(test)]

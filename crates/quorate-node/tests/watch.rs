@@ -1,7 +1,8 @@
 //! Watches (`quorate watch`) on real 3-node clusters of `quorate` processes on 127.0.0.1
 //! (issue 22): a watcher on a follower sees every acknowledged write of a concurrent writer
 //! exactly once, in revision order, across a leader change and a reconnect to another member;
-//! a watch from a compacted revision is refused in clear words; the cluster-version gate.
+//! a watch from a compacted revision is refused in clear words; the cluster-version gate; a
+//! watch of a quiet key waits out its wait while other keys are written (brief 22C).
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -306,5 +307,99 @@ fn a_watch_is_gated_on_the_cluster_version_and_refused_below_the_compaction_revi
     // A quiet key: nothing within the time asked, exit 1 with --count.
     let out = c.cli(&["watch", "quiet", "--count", "1", "--duration-ms", "1500"]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(nodes);
+}
+
+/// A client of the cluster's members (admin), with a request timeout long enough for the
+/// waits below.
+fn client(c: &Cluster) -> quorate_client::Client {
+    let members = (1..=3u64)
+        .map(|id| {
+            let path = c.dir.join(format!("node-{id}.toml"));
+            let config = quorate_node::config::NodeConfig::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap();
+            (quorate_log::NodeId::new(id).unwrap(), config.listen)
+        })
+        .collect();
+    let certs = c.dir.join("certs");
+    let tls = quorate_transport::TlsPaths {
+        ca: certs.join("ca.crt"),
+        cert: certs.join("client-admin.crt"),
+        key: certs.join("client-admin.key"),
+    };
+    let mut cc = quorate_client::ClientConfig::new(quorate_transport::ClusterId::new("e2e").unwrap(), members, tls);
+    cc.seed = Some(22);
+    cc.request_timeout = Duration::from_secs(20);
+    cc.total_timeout = Duration::from_secs(60);
+    quorate_client::Client::new(cc).unwrap()
+}
+
+/// The waiting rule of `crates/quorate-node/src/watches.rs`: a watch on a quiet key is not
+/// answered each time the member's revision moves (a client would poll in a tight loop), only
+/// when its wait runs out, with no events; a write to the watched key wakes it at once.
+#[test]
+fn a_watch_on_a_quiet_key_waits_out_its_wait_while_other_keys_are_written_and_a_write_to_it_wakes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    let nodes = c.start();
+    c.eventually(&["kv", "put", "start", "x"]);
+    c.wait_cluster_version(2);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client = std::sync::Arc::new(client(&c));
+    rt.block_on(async {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A writer of other keys for as long as the watches below run.
+        let writer = {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut written = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && written < 100_000 {
+                    client.put(format!("busy/{written}"), "x").await.expect("a write of another key");
+                    written += 1;
+                }
+                written
+            })
+        };
+        let start = client.put("start", "z").await.unwrap();
+
+        // A quiet key: one poll, answered only when its wait runs out, with no events and the
+        // revisions the writer moved through covered.
+        let wait = Duration::from_millis(2_000);
+        let mut options = quorate_client::WatchOptions::key("quiet").from_revision(start + 1);
+        options.wait = wait;
+        let mut quiet = client.watch(options);
+        let asked = Instant::now();
+        let batch = quiet.next().await.expect("a progress notification");
+        let elapsed = asked.elapsed();
+        assert!(batch.events.is_empty(), "nothing was written to the key: {batch:?}");
+        assert!(
+            elapsed >= wait - Duration::from_millis(100),
+            "answered after {elapsed:?}, before its wait of {wait:?} ran out (complete to {}, from {})",
+            batch.complete_to,
+            start + 1
+        );
+        assert!(batch.complete_to > start, "the other keys' revisions are covered: {batch:?}");
+
+        // The same key watched with a long wait: a write to it wakes the watch at once.
+        let long = Duration::from_millis(9_000);
+        let from = quiet.next_revision();
+        let mut options = quorate_client::WatchOptions::key("quiet").from_revision(from);
+        options.wait = long;
+        let watcher = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let asked = Instant::now();
+                let batch = client.watch(options).next().await.expect("the write's event");
+                (batch, asked.elapsed())
+            })
+        };
+        let wrote = client.put("quiet", "woken").await.unwrap();
+        let (batch, elapsed) = watcher.await.unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writer.await.unwrap();
+        assert!(written >= 5, "the other keys were written meanwhile: {written}");
+        assert_eq!(batch.events.len(), 1, "the write to the key: {batch:?}");
+        assert_eq!((batch.events[0].kv.mod_revision, batch.events[0].kv.value.as_slice()), (wrote, &b"woken"[..]));
+        assert!(elapsed < long / 2, "woken by the write, not by its wait running out: {elapsed:?}");
+    });
     drop(nodes);
 }

@@ -10,6 +10,7 @@
 //!   leader and without an acknowledged write, against bounds);
 //! * [`checks`]: what is checked after a run (linearizability, lost writes, identical replicas,
 //!   invariant counters, recovery);
+//! * [`watchers`]: watch clients through the faults and the check of their streams;
 //! * [`scenarios`]: failover timing, named regressions and the bounded CI run.
 
 pub(crate) mod checks;
@@ -17,6 +18,7 @@ mod nemesis;
 pub(crate) mod proxy;
 mod scenarios;
 mod txn;
+mod watchers;
 mod windows;
 pub(crate) mod workload;
 
@@ -44,14 +46,16 @@ usage: cargo xtask chaos [--nodes 3|5] [--duration SECONDS] [--seed S] [--faults
        cargo xtask chaos regress [NAME]      (names: see docs/chaos.md or `chaos regress list`; none: all)
        cargo xtask chaos ci                  the bounded CI slice: fixed seeds, every fault kind
        cargo xtask chaos weakened            a run against nodes serving torn read-only transactions
-                                             (a test-only failpoint), then its control without it:
-                                             passes when the checker names only torn-read anomalies
-                                             (at least one G-single) and the control is clean
+                                             and watch answers short of their last event (test-only
+                                             failpoints), then its control without them: passes when
+                                             the checkers name only torn-read anomalies (at least one
+                                             G-single) and missing watch events, and the control is clean
        cargo xtask chaos soak [--duration SECONDS] [--seed S]
                                              every fault kind, 5 nodes, long
 faults (comma-separated; default all): kill,pause,partition,reconfig,leader-transfer,disk-full,clock,slow-disk,lost-wal
 workload txn: the mixed workload plus 4 list-append transaction clients (--txn-clients), checked
 for strict serializability (txn-history.jsonl)
+every run: 2 watchers of the workload's keys, their streams checked against the writes (watch.txt)
 artifacts: $CARGO_TARGET_DIR/chaos/<seed>/ (history.jsonl, nemesis.log, logs/, metrics-*.txt, verdict.txt)";
 
 /// The election settings of every chaos cluster (also recorded with the failover figures).
@@ -228,17 +232,28 @@ pub(crate) struct Verdict {
     pub(crate) pass: bool,
     pub(crate) line: String,
     pub(crate) ops: usize,
-    /// Whether every check other than the transaction check passed.
+    /// Whether every check other than the transaction and the watch checks passed.
     pub(crate) rest_pass: bool,
     /// What the transaction check found (runs with transaction clients whose check ran).
     pub(crate) txn: Option<TxnFindings>,
+    /// What the watch check found (runs whose watch check ran).
+    pub(crate) watch: Option<WatchFindings>,
 }
 
 impl Verdict {
-    /// A verdict with no transaction check: `rest_pass` is `pass`.
+    /// A verdict with no transaction or watch check: `rest_pass` is `pass`.
     pub(crate) fn plain(pass: bool, line: String, ops: usize) -> Verdict {
-        Verdict { pass, line, ops, rest_pass: pass, txn: None }
+        Verdict { pass, line, ops, rest_pass: pass, txn: None, watch: None }
     }
+}
+
+/// What the watch check of a run found.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WatchFindings {
+    /// Violations by kind (empty: every stream passed).
+    pub(crate) kinds: BTreeMap<quorate_check::watch::ViolationKind, usize>,
+    /// Acknowledged writes the streams covered.
+    pub(crate) acked_covered: usize,
 }
 
 /// What the transaction check of a run found.
@@ -279,7 +294,11 @@ impl Env {
         // QUIC's own info-level events fill gigabytes in a chaos run.
         cluster.log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,quinn=warn,quinn_proto=warn".into());
         let total = nodes + spares;
-        let mut principals = vec![format!("{}:write", workload::CHECKER), format!("{OBSERVER}:read")];
+        let mut principals = vec![
+            format!("{}:write", workload::CHECKER),
+            format!("{OBSERVER}:read"),
+            format!("{}:read", watchers::WATCHER),
+        ];
         principals.extend(clients.iter().cloned());
         cluster.generate_certs_for(total, 7001, &principals)?;
         let mut listen = BTreeMap::new();
@@ -485,6 +504,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     let (leader, term) = env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
     println!("leader: node {leader} (term {term}) after {:.1}s", t.elapsed().as_secs_f64());
 
+    let from = first_revision(&admin, leader).await?;
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
     let observing = Arc::new(AtomicBool::new(true));
@@ -500,6 +520,8 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     };
     let begin_ns = history.now();
     let clients = tokio::spawn(workload::run_clients(spec, env.factory.clone(), history.clone(), stop.clone()));
+    let drain = Arc::new(watchers::Drain::default());
+    let watching = tokio::spawn(watchers::run(env.factory.clone(), from, o.seed, drain.clone()));
     let txn_spec = txn::TxnSpec { clients: o.txn_clients, slots: o.txn_slots, seed: o.seed };
     let txns = Arc::new(txn::TxnHistory::new());
     let txn_clients =
@@ -536,6 +558,17 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         counts.failed,
         counts.unknown
     );
+    // The watchers go on until they cover the last revision a write was acknowledged at.
+    let last_acked = history
+        .writes()
+        .iter()
+        .filter_map(|w| match w.outcome {
+            quorate_check::watch::Outcome::Acked(r) => Some(r),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    drain.start(last_acked);
     // Heal everything, then the checks.
     let nem = nem.heal_all().await?;
     let healed = Instant::now();
@@ -543,6 +576,33 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     std::fs::write(dir.join("nemesis.log"), origin + &nem.log.join("\n") + "\n")?;
     let report = checks::after_run(&env, &history, o, healed, &nem.members).await;
     let txn_verdict = if o.txn_clients > 0 { Some(check_txns(&env, o, &history, &txns).await) } else { None };
+    // What the watch check adds to the run: waiting for the watchers after the other checks,
+    // and the check itself (the watchers' drain runs alongside the heal and the checks).
+    let watch_started = Instant::now();
+    let watch_verdict = match watching.await.context("the watchers panicked")? {
+        Ok(recorded) => {
+            let reached = recorded.streams.iter().map(|s| s.batches.last().map_or(0, |b| b.complete_to)).min();
+            let checked = watchers::check(recorded, &history, &dir).await;
+            checked.map(|(pass, line, report)| {
+                let reached = reached.unwrap_or(0);
+                // A stream that never got to the end covers less than the run wrote: a failure.
+                let covered = if reached >= last_acked {
+                    format!("every stream complete to revision {last_acked}, the last acknowledged, or past it")
+                } else {
+                    format!(
+                        "WATCHERS BEHIND: a stream complete only to {reached} of {last_acked}, the last acknowledged"
+                    )
+                };
+                let findings = WatchFindings { kinds: report.counts.clone(), acked_covered: report.acked_covered };
+                (pass && reached >= last_acked, format!("{line}; {covered}"), findings)
+            })
+        }
+        Err(e) => Err(e),
+    };
+    let watch_added = watch_started.elapsed().as_secs_f64();
+    println!(
+        "the watch check added {watch_added:.1}s to the run (waiting for the watchers after the other checks, and checking)"
+    );
     observing.store(false, Ordering::Relaxed);
     let samples = observer.await.context("the leader observer panicked")?;
     let ops = history.snapshot();
@@ -563,8 +623,12 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         Some(Ok((pass, line, findings))) => (pass, format!("; txn: {line}"), Some(findings)),
         Some(Err(e)) => (false, format!("; txn: NOT CHECKED: {e:#}"), None),
     };
+    let (watch_pass, watch_line, watch) = match watch_verdict {
+        Ok((pass, line, findings)) => (pass, format!("; watch: {line} (+{watch_added:.1}s)"), Some(findings)),
+        Err(e) => (false, format!("; watch: NOT CHECKED: {e:#}"), None),
+    };
     let rest_pass = report.pass() && split.is_empty() && faults.pass();
-    let pass = rest_pass && txn_pass;
+    let pass = rest_pass && txn_pass && watch_pass;
     let capped = if let Some(at) = history.full_at_ns() {
         format!(
             "; history cap reached after {:.1}s of {}s: the clients stopped issuing at {} operations and the run ended there (every issued one recorded and checked)",
@@ -585,7 +649,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         other => format!("{other:?}"),
     };
     let line = format!(
-        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){capped}; {}; {safety}; {}{txn_line}",
+        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){capped}; {}; {safety}; {}{txn_line}{watch_line}",
         o.seed,
         o.nodes,
         Fault::names(&o.faults),
@@ -600,7 +664,21 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         faults.summary(),
         report.summary()
     );
-    Ok(Verdict { pass, line, ops: history.len(), rest_pass, txn })
+    Ok(Verdict { pass, line, ops: history.len(), rest_pass, txn, watch })
+}
+
+/// The run's first revision, where the watchers start: the one after the leader's current
+/// revision once it records events (cluster version 2, reached on its own shortly after a
+/// fresh cluster's first commit), within 30 s.
+async fn first_revision(admin: &Client, leader: u64) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.history(nid(leader)?).await {
+            Ok(h) if h.enabled => return Ok(h.revision + 1),
+            _ if Instant::now() >= deadline => bail!("node {leader} does not record events (history) after 30 s"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// The transaction history's final reads and its check: whether it passed, the summary, and

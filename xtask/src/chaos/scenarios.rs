@@ -10,6 +10,7 @@ use crate::{PROFILE, cargo, run as run_cmd};
 use anyhow::{Context, Result, bail};
 use quorate_check::linearizability::{Limits, check};
 use quorate_check::txn::AnomalyKind;
+use quorate_check::watch::ViolationKind;
 use quorate_client::ReadConsistency;
 use quorate_core::Role as RaftRole;
 use std::path::PathBuf;
@@ -95,11 +96,15 @@ pub(crate) fn ci_runs() -> Vec<Options> {
     vec![a, b, c]
 }
 
-/// The test-only weakening of [`weakened`]: read-only transactions torn key by key.
-const TORN_TXN_READS: &str = "torn_txn_reads_ms = 20\n";
+/// The test-only weakenings of [`weakened`]: read-only transactions torn key by key, and the
+/// last event of every watch answer dropped. Each is caught by its own checker; neither can
+/// touch what the other checks (watches never see transactions' keys, and transaction reads
+/// are not watch answers).
+const TORN_TXN_READS: &str = "torn_txn_reads_ms = 20\nwatch_events = \"drop\"\n";
 
-/// The run of [`weakened`]: no fault, only transaction clients' contention (3 shared keys) and
-/// every node serving read-only transactions torn ([`TORN_TXN_READS`]).
+/// The run of [`weakened`]: no fault, only transaction clients' contention (3 shared keys), the
+/// KV clients and the watchers, every node serving read-only transactions torn and watch
+/// answers short of their last event ([`TORN_TXN_READS`]).
 fn weakened_run() -> Options {
     let mut o = Options::new(2201);
     o.duration = Duration::from_secs(10);
@@ -131,17 +136,44 @@ fn weakened_control() -> Options {
 const TORN_READ_KINDS: [AnomalyKind; 4] =
     [AnomalyKind::GSingle, AnomalyKind::G2, AnomalyKind::GSingleRealtime, AnomalyKind::G2Realtime];
 
+/// What watch answers short of their last event produce: acknowledged writes missing from the
+/// streams, and streams that disagree where they overlap (each lost different events). A
+/// dropped event never duplicates one, reorders one or invents a value: any of those would mean
+/// the checker or the harness is wrong.
+const DROPPED_EVENT_KINDS: [ViolationKind; 2] = [ViolationKind::MissingWrite, ViolationKind::StreamsDiffer];
+
 /// Judges the weakened run against its control: it passes when the control is clean (every
-/// check, transactions included) and the weakened run's transaction check, complete, found
-/// only [`TORN_READ_KINDS`], at least one plain `G-single` among them, with every other check
-/// of the run passing. The reason either way.
+/// check, transactions and watches included), the weakened run's transaction check, complete,
+/// found only [`TORN_READ_KINDS`], at least one plain `G-single` among them, its watch check
+/// found only [`DROPPED_EVENT_KINDS`], at least one missing write among them, and every other
+/// check of the run passed. The reason either way.
 fn judge_weakened(weak: &Verdict, control: &Verdict) -> (bool, String) {
     let mut wrong = Vec::new();
-    if !control.pass || control.txn.as_ref().is_none_or(|t| !t.kinds.is_empty() || !t.complete) {
+    if !control.pass
+        || control.txn.as_ref().is_none_or(|t| !t.kinds.is_empty() || !t.complete)
+        || control.watch.as_ref().is_none_or(|w| !w.kinds.is_empty() || w.acked_covered == 0)
+    {
         wrong.push("the control run without the failpoint is not clean".to_string());
     }
     if !weak.rest_pass {
-        wrong.push("a check other than the transaction check failed".to_string());
+        wrong.push("a check other than the transaction and watch checks failed".to_string());
+    }
+    match &weak.watch {
+        None => wrong.push("the watch check did not run".to_string()),
+        Some(w) => {
+            let unexpected: Vec<String> = w
+                .kinds
+                .iter()
+                .filter(|(k, _)| !DROPPED_EVENT_KINDS.contains(k))
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect();
+            if !unexpected.is_empty() {
+                wrong.push(format!("watch violations dropped events cannot produce: {}", unexpected.join(", ")));
+            }
+            if !w.kinds.contains_key(&ViolationKind::MissingWrite) {
+                wrong.push("no missing-write in the watch streams, what dropped events produce".to_string());
+            }
+        }
     }
     match &weak.txn {
         None => wrong.push("the transaction check did not run".to_string()),
@@ -168,8 +200,19 @@ fn judge_weakened(weak: &Verdict, control: &Verdict) -> (bool, String) {
         .as_ref()
         .map(|t| t.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", "))
         .unwrap_or_default();
+    let watch_kinds = weak
+        .watch
+        .as_ref()
+        .map(|w| w.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
     if wrong.is_empty() {
-        (true, format!("weakened node caught (expected): only torn-read anomalies ({kinds}); control clean"))
+        (
+            true,
+            format!(
+                "weakened node caught (expected): only torn-read anomalies ({kinds}) and dropped-event watch \
+                 violations ({watch_kinds}); control clean"
+            ),
+        )
     } else {
         (false, format!("weakened node NOT judged as expected: {}", wrong.join("; ")))
     }
@@ -181,7 +224,8 @@ fn weakened_verdict() -> Result<Verdict> {
     crate::demo::step("weakened-node control: the same transaction workload without the failpoint; must be clean");
     let control = run(&weakened_control())?;
     crate::demo::step(
-        "weakened node: read-only transactions torn (failpoint torn_txn_reads_ms); the checker must object",
+        "weakened node: read-only transactions torn (failpoint torn_txn_reads_ms), watch answers short of their last \
+         event (failpoint watch_events); each checker must object",
     );
     let weak = run(&weakened_run())?;
     let (pass, judged) = judge_weakened(&weak, &control);
@@ -601,17 +645,68 @@ fn fast_client(env: &Env, seed: u64, attempt_ms: u64) -> Result<quorate_client::
 
 #[cfg(test)]
 mod tests {
-    use super::{AnomalyKind, TORN_READ_KINDS, Verdict, judge_weakened};
-    use crate::chaos::TxnFindings;
+    use super::{AnomalyKind, DROPPED_EVENT_KINDS, TORN_READ_KINDS, Verdict, ViolationKind, judge_weakened};
+    use crate::chaos::{TxnFindings, WatchFindings};
+
+    /// A weakened run's watch findings: missing writes, as dropped events make.
+    const DROPPED: &[(ViolationKind, usize)] = &[(ViolationKind::MissingWrite, 40), (ViolationKind::StreamsDiffer, 7)];
 
     fn run_with(rest_pass: bool, kinds: &[(AnomalyKind, usize)], complete: bool) -> Verdict {
+        with_watch(run_txn(rest_pass, kinds, complete), DROPPED)
+    }
+
+    fn run_txn(rest_pass: bool, kinds: &[(AnomalyKind, usize)], complete: bool) -> Verdict {
         let txn = TxnFindings { kinds: kinds.iter().copied().collect(), complete };
         let pass = rest_pass && kinds.is_empty() && complete;
-        Verdict { pass, line: String::new(), ops: 1, rest_pass, txn: Some(txn) }
+        Verdict { pass, line: String::new(), ops: 1, rest_pass, txn: Some(txn), watch: None }
+    }
+
+    fn with_watch(mut v: Verdict, kinds: &[(ViolationKind, usize)]) -> Verdict {
+        v.pass &= kinds.is_empty();
+        v.watch = Some(WatchFindings { kinds: kinds.iter().copied().collect(), acked_covered: 100 });
+        v
     }
 
     fn clean() -> Verdict {
-        run_with(true, &[], true)
+        with_watch(run_txn(true, &[], true), &[])
+    }
+
+    #[test]
+    fn dropped_watch_events_pass_only_with_their_own_violations_and_a_clean_control() {
+        let torn = run_with(true, &[(AnomalyKind::GSingle, 90)], true);
+        let (pass, why) = judge_weakened(&torn, &clean());
+        assert!(pass && why.contains("missing-write ×40"), "{why}");
+        for wrong in [
+            ViolationKind::Gap,
+            ViolationKind::Duplicate,
+            ViolationKind::OutOfOrder,
+            ViolationKind::WrongValue,
+            ViolationKind::WrongRevision,
+            ViolationKind::Unwritten,
+            ViolationKind::FailedWriteSeen,
+        ] {
+            assert!(!DROPPED_EVENT_KINDS.contains(&wrong));
+            let weak = with_watch(
+                run_txn(true, &[(AnomalyKind::GSingle, 90)], true),
+                &[(ViolationKind::MissingWrite, 3), (wrong, 1)],
+            );
+            let (pass, why) = judge_weakened(&weak, &clean());
+            assert!(!pass && why.contains(wrong.name()), "{wrong}: {why}");
+        }
+        // No missing write: not caught (streams that only disagree are not enough).
+        let only_differ =
+            with_watch(run_txn(true, &[(AnomalyKind::GSingle, 90)], true), &[(ViolationKind::StreamsDiffer, 3)]);
+        assert!(!judge_weakened(&only_differ, &clean()).0);
+        let unchecked = run_txn(true, &[(AnomalyKind::GSingle, 90)], true);
+        let (pass, why) = judge_weakened(&unchecked, &clean());
+        assert!(!pass && why.contains("watch check did not run"), "{why}");
+        // The control's watch check must be clean and have covered acknowledged writes.
+        let dirty = with_watch(run_txn(true, &[], true), &[(ViolationKind::MissingWrite, 1)]);
+        assert!(!judge_weakened(&torn, &dirty).0);
+        let mut empty = clean();
+        empty.watch = Some(WatchFindings::default());
+        assert!(!judge_weakened(&torn, &empty).0);
+        assert!(!judge_weakened(&torn, &run_txn(true, &[], true)).0);
     }
 
     #[test]
@@ -649,11 +744,11 @@ mod tests {
         // No anomaly at all: not caught.
         assert!(!judge_weakened(&clean(), &clean()).0);
         // The control must be clean: an anomaly, another failed check, an incomplete check.
-        let dirty = run_with(true, &[(AnomalyKind::GSingle, 1)], true);
+        let dirty = with_watch(run_txn(true, &[(AnomalyKind::GSingle, 1)], true), &[]);
         let (pass, why) = judge_weakened(&torn, &dirty);
         assert!(!pass && why.contains("control"), "{why}");
-        assert!(!judge_weakened(&torn, &run_with(false, &[], true)).0);
-        assert!(!judge_weakened(&torn, &run_with(true, &[], false)).0);
+        assert!(!judge_weakened(&torn, &with_watch(run_txn(false, &[], true), &[])).0);
+        assert!(!judge_weakened(&torn, &with_watch(run_txn(true, &[], false), &[])).0);
         assert!(!judge_weakened(&torn, &Verdict::plain(true, String::new(), 1)).0);
         // The weakened run's other checks must pass, and its transaction check be complete.
         let other_failed = run_with(false, &[(AnomalyKind::GSingle, 90)], true);

@@ -49,7 +49,13 @@ pub(crate) struct History {
     /// History time at which the workload first found it full (`u64::MAX` before).
     full_at_ns: std::sync::atomic::AtomicU64,
     full: tokio::sync::Notify,
+    /// The workload's writes with their outcomes and revisions, for the watch check (one per
+    /// write operation reserved: bounded as the operations are).
+    writes: Mutex<Vec<WatchedWrite>>,
 }
+
+/// A workload write as the watch check sees it.
+pub(crate) type WatchedWrite = quorate_check::watch::Write;
 
 impl History {
     pub(crate) fn new() -> History {
@@ -66,6 +72,7 @@ impl History {
             reserved: AtomicUsize::new(0),
             full_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             full: tokio::sync::Notify::new(),
+            writes: Mutex::new(Vec::new()),
         }
     }
 
@@ -127,6 +134,17 @@ impl History {
     /// harness's own, bounded by its loop).
     pub(crate) fn record(&self, op: Operation) {
         self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
+    }
+
+    /// Records a workload write's outcome (with its revision when acknowledged).
+    pub(crate) fn record_write(&self, key: &str, change: quorate_check::watch::Change, outcome: WriteOutcome) {
+        let w = WatchedWrite { key: key.to_string(), change, outcome };
+        self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(w);
+    }
+
+    /// The workload's writes recorded so far.
+    pub(crate) fn writes(&self) -> Vec<WatchedWrite> {
+        self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -312,6 +330,18 @@ fn pick_key(rng: &mut SplitMix64, spec: &WorkloadSpec) -> u64 {
     }
 }
 
+use quorate_check::watch::{Change, Outcome as WriteOutcome};
+
+/// How a write call ended, for the watch check: acknowledged at `revision` (`changed`: it
+/// changed the key), definitely not applied (`GaveUp`), or unknown.
+fn write_outcome<T>(r: &Result<T, ClientError>, changed: impl Fn(&T) -> Option<u64>) -> WriteOutcome {
+    match r {
+        Ok(t) => changed(t).map_or(WriteOutcome::Failed, WriteOutcome::Acked),
+        Err(ClientError::GaveUp { .. }) => WriteOutcome::Failed,
+        Err(_) => WriteOutcome::Unknown,
+    }
+}
+
 /// How a put or delete call ended, for the history: `GaveUp` (no attempt could have been
 /// applied) is a definite failure, any other error unknown.
 pub(crate) fn write_completion<T>(r: &Result<T, ClientError>, ret: u64) -> Completion {
@@ -442,6 +472,7 @@ async fn one_client(
         } else if roll < 65 || (roll >= 75 && !seen.contains_key(&k)) {
             let r = client.put(&key, &value).await;
             let c = write_completion(&r, history.now());
+            history.record_write(&key, Change::Put(value.clone()), write_outcome(&r, |rev| Some(*rev)));
             if r.is_ok() {
                 seen.insert(k, value.clone());
             }
@@ -449,6 +480,7 @@ async fn one_client(
         } else if roll < 75 {
             let r = client.delete(&key).await;
             let c = write_completion(&r, history.now());
+            history.record_write(&key, Change::Delete, write_outcome(&r, |d| d.existed.then_some(d.revision)));
             if r.is_ok() {
                 seen.remove(&k);
             }
@@ -462,6 +494,11 @@ async fn one_client(
                 Ok(_) => Completion::Failed { ret: history.now() },
                 Err(_) => Completion::Unknown,
             };
+            history.record_write(
+                &key,
+                Change::Put(value.clone()),
+                write_outcome(&r, |s| s.succeeded.then_some(s.revision)),
+            );
             match &r {
                 Ok(s) if s.succeeded => {
                     seen.insert(k, value.clone());

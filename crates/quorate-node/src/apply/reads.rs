@@ -424,7 +424,11 @@ fn serve(view: &View<'_>, store: &RocksStore, read: WaitingRead, failpoints: &Fa
         _ => super::read_one(&view.sm, &req, view.read_info(staleness)),
     };
     match served {
-        Ok(result) => {
+        Ok(mut result) => {
+            // The test-only weakening of watch answers.
+            if let (Some(w), Ok(quorate_api::Response::Watch(a))) = (failpoints.watch_weakening(), &mut result) {
+                w.apply(&mut a.events);
+            }
             responder.send(result, None);
             Ok(())
         }
