@@ -101,9 +101,17 @@ impl LeaseClock {
         self.inner().office = None;
     }
 
-    /// The leader of `term`: on the first call of the term, loads the table if it must and
-    /// gives every lease its full TTL from `now`. Returns whether it took office now.
-    pub(crate) fn take_office(&self, term: u64, now: Instant, store: &(impl SmRead + ?Sized)) -> Result<bool, SmError> {
+    /// The leader of `term`, whose applied state machine is at an entry of `applied_term`: on
+    /// the first call of the term, loads the table if it must and gives every lease its full
+    /// TTL from `now`. Returns whether it took office now.
+    pub(crate) fn take_office(
+        &self,
+        term: u64,
+        applied_term: u64,
+        now: Instant,
+        store: &(impl SmRead + ?Sized),
+    ) -> Result<bool, SmError> {
+        let _ = applied_term;
         let mut inner = self.inner();
         if inner.office == Some(term) && inner.loaded {
             return Ok(false);
@@ -213,11 +221,11 @@ mod tests {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
         clock.applied(&granted(7, "alice", 3_000), t0);
-        assert!(clock.take_office(1, t0, &store).unwrap());
+        assert!(clock.take_office(1, 1, t0, &store).unwrap());
         // The empty store replaced what the apply thread said before the load.
         assert!(clock.get(LeaseId(7), "alice", false, t0).is_none());
         clock.applied(&granted(7, "alice", 3_000), t0);
-        assert!(!clock.take_office(1, t0, &store).unwrap());
+        assert!(!clock.take_office(1, 1, t0, &store).unwrap());
         let t1 = t0 + Duration::from_millis(2_000);
         assert!(clock.due(t1, 10).is_empty());
         // A keep-alive by another principal is refused; the owner's moves the deadline.
@@ -228,7 +236,7 @@ mod tests {
         // A leader change: the next term's leader gives it its full TTL again.
         clock.step_down();
         let t3 = t0 + Duration::from_millis(4_900);
-        assert!(clock.take_office(2, t3, &store).unwrap());
+        assert!(clock.take_office(2, 2, t3, &store).unwrap());
         assert_eq!(clock.get(LeaseId(7), "alice", false, t3).unwrap().remaining_ms, 3_000);
         assert!(clock.due(t3 + Duration::from_millis(2_999), 10).is_empty());
         let t4 = t3 + Duration::from_millis(3_000);

@@ -1546,7 +1546,20 @@ impl Driver {
             return;
         }
         let now = Instant::now();
-        match self.shared.leases.take_office(self.raft.term().0, now, &*self.shared.store) {
+        let applied = self.shared.store.applied_index();
+        let applied_term = if applied == LogIndex::ZERO {
+            Ok(0)
+        } else {
+            self.shared.store.term(applied).map(|t| t.0)
+        };
+        let applied_term = match applied_term {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "leases: cannot read the applied entry's term now");
+                return;
+            }
+        };
+        match self.shared.leases.take_office(self.raft.term().0, applied_term, now, &*self.shared.store) {
             Ok(true) => tracing::debug!(term = %self.raft.term(), "leases: took office, every lease has its full TTL"),
             Ok(false) => {}
             Err(e) => {
