@@ -248,4 +248,48 @@ mod tests {
         clock.applied(&LeaseChange::Gone(LeaseId(7)), t4);
         assert!(clock.due(t4 + EXPIRE_RETRY * 2, 10).is_empty());
     }
+
+    /// `store` after applying `op` at `index` (cluster version 2 set at index 1).
+    fn applied_at(store: &mut BTreeMap<Vec<u8>, Vec<u8>>, index: u64, op: quorate_api::CommandOp) {
+        let ops = {
+            let mut ov = crate::sm::Overlay::new(&*store);
+            let cmd = quorate_api::Command { session: None, time_ms: index, op };
+            let out = crate::sm::apply_command(&mut ov, quorate_log::LogIndex(index), &cmd).unwrap();
+            assert!(out.result.is_ok(), "{:?}", out.result);
+            ov.into_ops()
+        };
+        for op in ops {
+            match op {
+                quorate_storage::SmOp::Put { key, value } => {
+                    store.insert(key, value);
+                }
+                quorate_storage::SmOp::Delete { key } => {
+                    store.remove(&key);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_leader_takes_office_only_once_it_has_applied_an_entry_of_its_term() {
+        // Term 1: lease 2 granted (applied everywhere), then revoked at index 3 — committed by
+        // the term-2 leader's no-op, which it has not applied yet when its first sweep runs.
+        let mut store = BTreeMap::new();
+        applied_at(&mut store, 1, quorate_api::CommandOp::SetClusterVersion { version: 2 });
+        applied_at(&mut store, 2, quorate_api::CommandOp::LeaseGrant { principal: "alice".into(), ttl_ms: 3_000 });
+        let clock = LeaseClock::default();
+        let t0 = Instant::now();
+        // Its state machine is at a term-1 entry: not in office, so no keep-alive is answered
+        // from a table that still holds the revoked lease, and no deadline is used.
+        assert!(!clock.take_office(2, 1, t0, &store).unwrap());
+        assert!(!clock.in_office(2));
+        // The revoke (and the no-op) applied: in office, and the lease is gone.
+        let revoke = quorate_api::CommandOp::LeaseRevoke { principal: "alice".into(), admin: false, id: LeaseId(2) };
+        applied_at(&mut store, 3, revoke);
+        clock.applied(&LeaseChange::Gone(LeaseId(2)), t0);
+        assert!(clock.take_office(2, 2, t0, &store).unwrap());
+        assert!(clock.in_office(2));
+        assert!(clock.keep_alive(LeaseId(2), "alice", false, t0).is_err());
+    }
 }
