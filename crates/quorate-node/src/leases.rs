@@ -4,7 +4,8 @@
 //! apply thread tells this clock what the log granted and removed ([`LeaseClock::applied`]);
 //! only the leader uses the deadlines:
 //!
-//! * when a node takes office as leader (the first sweep of its term), it loads the lease
+//! * when a node takes office as leader (the first sweep of its term after it has applied an
+//!   entry of the term, so every earlier term's entry in its log is applied), it loads the lease
 //!   table if it must (a bounded scan, at most [`quorate_api::limits::LEASES_MAX`] leases) and
 //!   gives **every** lease its full TTL from that moment: a keep-alive the previous leader
 //!   accepted is not known here, so the remaining TTL becomes the full TTL;
@@ -102,8 +103,9 @@ impl LeaseClock {
     }
 
     /// The leader of `term`, whose applied state machine is at an entry of `applied_term`: on
-    /// the first call of the term, loads the table if it must and gives every lease its full
-    /// TTL from `now`. Returns whether it took office now.
+    /// the first call of the term once it has applied an entry of the term (its no-op), loads
+    /// the table if it must and gives every lease its full TTL from `now`. Returns whether it
+    /// took office now.
     pub(crate) fn take_office(
         &self,
         term: u64,
@@ -111,9 +113,16 @@ impl LeaseClock {
         now: Instant,
         store: &(impl SmRead + ?Sized),
     ) -> Result<bool, SmError> {
-        let _ = applied_term;
         let mut inner = self.inner();
         if inner.office == Some(term) && inner.loaded {
+            return Ok(false);
+        }
+        if applied_term < term {
+            // The previous terms' entries in this leader's log (a revoke, a grant, an expire
+            // a deposed leader proposed) are committed by its own term's first entry and
+            // applied before it: until then its table may hold a lease the log has removed,
+            // and its deadlines may be an earlier term's. Not in office: no keep-alive is
+            // answered and no expiry proposed.
             return Ok(false);
         }
         if !inner.loaded {

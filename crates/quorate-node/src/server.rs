@@ -1567,6 +1567,10 @@ impl Driver {
                 return;
             }
         }
+        if !self.shared.leases.in_office(self.raft.term().0) {
+            // Not yet: the deadlines may be an earlier term's.
+            return;
+        }
         for id in self.shared.leases.due(now, crate::leases::EXPIRES_PER_SWEEP) {
             let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::LeaseExpire { id } };
             let result = quorate_api::encode_command(&cmd)
