@@ -696,4 +696,42 @@ mod tests {
         assert_eq!(one, many);
         assert!(r1.iter().any(|r| matches!(r, Ok(Response::LeaseRevoked { deleted, .. }) if *deleted > 0)));
     }
+
+    #[test]
+    fn a_delete_range_of_leased_keys_stays_within_one_commands_writes() {
+        // A delete-range detaches every leased key it deletes (two more writes each, and the
+        // lease's record) in the same command as the history and the event index drop what
+        // a compaction left (two writes and one per record): it must still fit one command's
+        // writes, answering `more` if need be, never be refused.
+        let mut r = Replica::new(true);
+        let per_lease = 1_000;
+        for l in 0..2 {
+            let lease = r.grant("alice", 5_000);
+            for i in 0..per_lease {
+                r.put_leased("alice", &format!("r{:05}", l * per_lease + i), "v", lease).unwrap();
+            }
+        }
+        // Versions and events for the compaction to leave behind (it drops at most
+        // HISTORY_DROP_PER_COMMAND itself; the next commands drop the rest).
+        for i in 0..(2 * super::super::history::HISTORY_DROP_PER_COMMAND + 100) {
+            r.run(put("w", &i.to_string()));
+        }
+        let current = revision(&r.map).unwrap();
+        r.run(CommandOp::Compact { revision: current });
+        let mut deleted = 0;
+        loop {
+            match r.try_run(CommandOp::DeleteRange { start: b"r".to_vec(), end: b"s".to_vec() }) {
+                Ok(Response::DeletedRange { deleted: d, more, .. }) => {
+                    deleted += d;
+                    if !more {
+                        break;
+                    }
+                }
+                other => panic!("a delete-range of leased keys: {other:?}"),
+            }
+        }
+        assert_eq!(deleted, 2 * per_lease);
+        assert!(!r.has("r00000") && !r.has("r01999"));
+        assert_eq!(lease_of(&r.map, b"r01999").unwrap(), None);
+    }
 }
