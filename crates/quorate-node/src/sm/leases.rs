@@ -257,19 +257,20 @@ fn remove<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, id: LeaseId, rec: &LeaseR
 }
 
 /// Detaches `key` from its lease, if it has one (any write or delete of the key but a put
-/// with that lease). Costs one read when no lease exists.
-pub(crate) fn detach<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8]) -> Result<(), SmError> {
+/// with that lease). Costs one read when no lease exists. Returns whether the key was
+/// attached: then it wrote up to [`DETACH_WRITES_MAX`] more (a delete-range counts them).
+pub(crate) fn detach<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8]) -> Result<bool, SmError> {
     if ov_u64(ov, META_LEASES)? == 0 {
-        return Ok(());
+        return Ok(false);
     }
     let qk = key_lease_key(key);
-    let Some(b) = ov.get(&qk)? else { return Ok(()) };
+    let Some(b) = ov.get(&qk)? else { return Ok(false) };
     let id = LeaseId(be_u64(&qk, &b)?);
     ov.delete(qk);
     let ak = attached_key(id, key);
     let value_len = match ov.get(&ak)? {
         Some(b) => le_u64(&ak, &b)?,
-        None => return Ok(()),
+        None => return Ok(true),
     };
     ov.delete(ak);
     if let Some(mut rec) = get_lease(ov, id)? {
@@ -278,8 +279,23 @@ pub(crate) fn detach<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8]) ->
         rec.value_bytes = rec.value_bytes.saturating_sub(value_len);
         ov.put(lease_key(id), encode(&rec));
     }
-    Ok(())
+    Ok(true)
 }
+
+/// Most writes [`detach`] makes (the key's lease, its attachment, the lease's record).
+pub(crate) const DETACH_WRITES_MAX: usize = 3;
+
+// A delete-range counts a leased key as two keys against `HISTORY_RANGE_KEYS_MAX` (and may pass
+// it by one): a leased key's writes (the four of a delete and the detach's) are at most those
+// of two keys, so the range's writes stay within the bound `events.rs` checks for one key more.
+const _: () = assert!(4 + DETACH_WRITES_MAX <= 2 * 4);
+const _: () = assert!(
+    4 * (super::history::HISTORY_RANGE_KEYS_MAX + 1)
+        + 2 * super::history::HISTORY_DROP_PER_COMMAND
+        + super::events::EVENTS_DROP_PER_COMMAND
+        + 32
+        <= super::COMMAND_WRITES_MAX
+);
 
 /// Before a put of `key` (`value_len` bytes) with `lease` by `principal`: checks the lease
 /// and its bounds. `Err(answer)`: refused, nothing to change.
