@@ -1547,11 +1547,7 @@ impl Driver {
         }
         let now = Instant::now();
         let applied = self.shared.store.applied_index();
-        let applied_term = if applied == LogIndex::ZERO {
-            Ok(0)
-        } else {
-            self.shared.store.term(applied).map(|t| t.0)
-        };
+        let applied_term = if applied == LogIndex::ZERO { Ok(0) } else { self.shared.store.term(applied).map(|t| t.0) };
         let applied_term = match applied_term {
             Ok(t) => t,
             Err(e) => {
