@@ -4,7 +4,8 @@
 //! apply thread tells this clock what the log granted and removed ([`LeaseClock::applied`]);
 //! only the leader uses the deadlines:
 //!
-//! * when a node takes office as leader (the first sweep of its term), it loads the lease
+//! * when a node takes office as leader (the first sweep of its term after it has applied an
+//!   entry of the term, so every earlier term's entry in its log is applied), it loads the lease
 //!   table if it must (a bounded scan, at most [`quorate_api::limits::LEASES_MAX`] leases) and
 //!   gives **every** lease its full TTL from that moment: a keep-alive the previous leader
 //!   accepted is not known here, so the remaining TTL becomes the full TTL;
@@ -101,11 +102,27 @@ impl LeaseClock {
         self.inner().office = None;
     }
 
-    /// The leader of `term`: on the first call of the term, loads the table if it must and
-    /// gives every lease its full TTL from `now`. Returns whether it took office now.
-    pub(crate) fn take_office(&self, term: u64, now: Instant, store: &(impl SmRead + ?Sized)) -> Result<bool, SmError> {
+    /// The leader of `term`, whose applied state machine is at an entry of `applied_term`: on
+    /// the first call of the term once it has applied an entry of the term (its no-op), loads
+    /// the table if it must and gives every lease its full TTL from `now`. Returns whether it
+    /// took office now.
+    pub(crate) fn take_office(
+        &self,
+        term: u64,
+        applied_term: u64,
+        now: Instant,
+        store: &(impl SmRead + ?Sized),
+    ) -> Result<bool, SmError> {
         let mut inner = self.inner();
         if inner.office == Some(term) && inner.loaded {
+            return Ok(false);
+        }
+        if applied_term < term {
+            // The previous terms' entries in this leader's log (a revoke, a grant, an expire
+            // a deposed leader proposed) are committed by its own term's first entry and
+            // applied before it: until then its table may hold a lease the log has removed,
+            // and its deadlines may be an earlier term's. Not in office: no keep-alive is
+            // answered and no expiry proposed.
             return Ok(false);
         }
         if !inner.loaded {
@@ -213,11 +230,11 @@ mod tests {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
         clock.applied(&granted(7, "alice", 3_000), t0);
-        assert!(clock.take_office(1, t0, &store).unwrap());
+        assert!(clock.take_office(1, 1, t0, &store).unwrap());
         // The empty store replaced what the apply thread said before the load.
         assert!(clock.get(LeaseId(7), "alice", false, t0).is_none());
         clock.applied(&granted(7, "alice", 3_000), t0);
-        assert!(!clock.take_office(1, t0, &store).unwrap());
+        assert!(!clock.take_office(1, 1, t0, &store).unwrap());
         let t1 = t0 + Duration::from_millis(2_000);
         assert!(clock.due(t1, 10).is_empty());
         // A keep-alive by another principal is refused; the owner's moves the deadline.
@@ -228,7 +245,7 @@ mod tests {
         // A leader change: the next term's leader gives it its full TTL again.
         clock.step_down();
         let t3 = t0 + Duration::from_millis(4_900);
-        assert!(clock.take_office(2, t3, &store).unwrap());
+        assert!(clock.take_office(2, 2, t3, &store).unwrap());
         assert_eq!(clock.get(LeaseId(7), "alice", false, t3).unwrap().remaining_ms, 3_000);
         assert!(clock.due(t3 + Duration::from_millis(2_999), 10).is_empty());
         let t4 = t3 + Duration::from_millis(3_000);
@@ -239,5 +256,49 @@ mod tests {
         assert_eq!(clock.due(t4 + EXPIRE_RETRY, 10), vec![LeaseId(7)]);
         clock.applied(&LeaseChange::Gone(LeaseId(7)), t4);
         assert!(clock.due(t4 + EXPIRE_RETRY * 2, 10).is_empty());
+    }
+
+    /// `store` after applying `op` at `index` (cluster version 2 set at index 1).
+    fn applied_at(store: &mut BTreeMap<Vec<u8>, Vec<u8>>, index: u64, op: quorate_api::CommandOp) {
+        let ops = {
+            let mut ov = crate::sm::Overlay::new(&*store);
+            let cmd = quorate_api::Command { session: None, time_ms: index, op };
+            let out = crate::sm::apply_command(&mut ov, quorate_log::LogIndex(index), &cmd).unwrap();
+            assert!(out.result.is_ok(), "{:?}", out.result);
+            ov.into_ops()
+        };
+        for op in ops {
+            match op {
+                quorate_storage::SmOp::Put { key, value } => {
+                    store.insert(key, value);
+                }
+                quorate_storage::SmOp::Delete { key } => {
+                    store.remove(&key);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_leader_takes_office_only_once_it_has_applied_an_entry_of_its_term() {
+        // Term 1: lease 2 granted (applied everywhere), then revoked at index 3 — committed by
+        // the term-2 leader's no-op, which it has not applied yet when its first sweep runs.
+        let mut store = BTreeMap::new();
+        applied_at(&mut store, 1, quorate_api::CommandOp::SetClusterVersion { version: 2 });
+        applied_at(&mut store, 2, quorate_api::CommandOp::LeaseGrant { principal: "alice".into(), ttl_ms: 3_000 });
+        let clock = LeaseClock::default();
+        let t0 = Instant::now();
+        // Its state machine is at a term-1 entry: not in office, so no keep-alive is answered
+        // from a table that still holds the revoked lease, and no deadline is used.
+        assert!(!clock.take_office(2, 1, t0, &store).unwrap());
+        assert!(!clock.in_office(2));
+        // The revoke (and the no-op) applied: in office, and the lease is gone.
+        let revoke = quorate_api::CommandOp::LeaseRevoke { principal: "alice".into(), admin: false, id: LeaseId(2) };
+        applied_at(&mut store, 3, revoke);
+        clock.applied(&LeaseChange::Gone(LeaseId(2)), t0);
+        assert!(clock.take_office(2, 2, t0, &store).unwrap());
+        assert!(clock.in_office(2));
+        assert!(clock.keep_alive(LeaseId(2), "alice", false, t0).is_err());
     }
 }

@@ -1607,13 +1607,26 @@ impl Driver {
             return;
         }
         let now = Instant::now();
-        match self.shared.leases.take_office(self.raft.term().0, now, &*self.shared.store) {
+        let applied = self.shared.store.applied_index();
+        let applied_term = if applied == LogIndex::ZERO { Ok(0) } else { self.shared.store.term(applied).map(|t| t.0) };
+        let applied_term = match applied_term {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "leases: cannot read the applied entry's term now");
+                return;
+            }
+        };
+        match self.shared.leases.take_office(self.raft.term().0, applied_term, now, &*self.shared.store) {
             Ok(true) => tracing::debug!(term = %self.raft.term(), "leases: took office, every lease has its full TTL"),
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "leases: cannot load the lease table now");
                 return;
             }
+        }
+        if !self.shared.leases.in_office(self.raft.term().0) {
+            // Not yet: the deadlines may be an earlier term's.
+            return;
         }
         for id in self.shared.leases.due(now, crate::leases::EXPIRES_PER_SWEEP) {
             let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::LeaseExpire { id } };

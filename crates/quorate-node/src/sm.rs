@@ -1215,10 +1215,16 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
             if history::enabled(ov)? {
                 let (keys, mut more) = range_keys(ov, start, end, history::HISTORY_RANGE_KEYS_MAX)?;
                 let (mut deleted, mut bytes, mut key_bytes) = (0u64, 0usize, 0usize);
+                // A leased key's detach writes up to three more (leases::DETACH_WRITES_MAX, at
+                // most the four a delete makes): it counts as two keys against
+                // HISTORY_RANGE_KEYS_MAX, so the command stays within COMMAND_WRITES_MAX.
+                // Without leases the count is the keys deleted, as before.
+                let mut weight = 0usize;
                 let with_events = events::enabled(ov)?;
                 for k in &keys {
                     if bytes >= history::HISTORY_RANGE_BYTES_MAX
                         || (with_events && key_bytes >= events::EVENTS_RANGE_KEY_BYTES_MAX)
+                        || weight >= history::HISTORY_RANGE_KEYS_MAX
                     {
                         more = true;
                         break;
@@ -1227,11 +1233,14 @@ fn apply_op<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, op: OpRef<'_>, budget: 
                     if let Some(old) = get_kv(ov, user)? {
                         bytes = bytes.saturating_add(history::record(ov, user, &old, next)?);
                         events::on_delete(ov, user, next)?;
-                        leases::detach(ov, user)?;
+                        if leases::detach(ov, user)? {
+                            weight += 1;
+                        }
                         key_bytes = key_bytes.saturating_add(user.len());
                     }
                     ov.delete(k.clone());
                     deleted += 1;
+                    weight += 1;
                 }
                 changed = deleted > 0;
                 Response::DeletedRange { deleted, more, revision: if changed { next } else { rev } }

@@ -257,19 +257,20 @@ fn remove<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, id: LeaseId, rec: &LeaseR
 }
 
 /// Detaches `key` from its lease, if it has one (any write or delete of the key but a put
-/// with that lease). Costs one read when no lease exists.
-pub(crate) fn detach<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8]) -> Result<(), SmError> {
+/// with that lease). Costs one read when no lease exists. Returns whether the key was
+/// attached: then it wrote up to [`DETACH_WRITES_MAX`] more (a delete-range counts them).
+pub(crate) fn detach<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8]) -> Result<bool, SmError> {
     if ov_u64(ov, META_LEASES)? == 0 {
-        return Ok(());
+        return Ok(false);
     }
     let qk = key_lease_key(key);
-    let Some(b) = ov.get(&qk)? else { return Ok(()) };
+    let Some(b) = ov.get(&qk)? else { return Ok(false) };
     let id = LeaseId(be_u64(&qk, &b)?);
     ov.delete(qk);
     let ak = attached_key(id, key);
     let value_len = match ov.get(&ak)? {
         Some(b) => le_u64(&ak, &b)?,
-        None => return Ok(()),
+        None => return Ok(true),
     };
     ov.delete(ak);
     if let Some(mut rec) = get_lease(ov, id)? {
@@ -278,8 +279,23 @@ pub(crate) fn detach<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8]) ->
         rec.value_bytes = rec.value_bytes.saturating_sub(value_len);
         ov.put(lease_key(id), encode(&rec));
     }
-    Ok(())
+    Ok(true)
 }
+
+/// Most writes [`detach`] makes (the key's lease, its attachment, the lease's record).
+pub(crate) const DETACH_WRITES_MAX: usize = 3;
+
+// A delete-range counts a leased key as two keys against `HISTORY_RANGE_KEYS_MAX` (and may pass
+// it by one): a leased key's writes (the four of a delete and the detach's) are at most those
+// of two keys, so the range's writes stay within the bound `events.rs` checks for one key more.
+const _: () = assert!(4 + DETACH_WRITES_MAX <= 2 * 4);
+const _: () = assert!(
+    4 * (super::history::HISTORY_RANGE_KEYS_MAX + 1)
+        + 2 * super::history::HISTORY_DROP_PER_COMMAND
+        + super::events::EVENTS_DROP_PER_COMMAND
+        + 32
+        <= super::COMMAND_WRITES_MAX
+);
 
 /// Before a put of `key` (`value_len` bytes) with `lease` by `principal`: checks the lease
 /// and its bounds. `Err(answer)`: refused, nothing to change.
@@ -695,5 +711,43 @@ mod tests {
         assert_eq!(r1, r2);
         assert_eq!(one, many);
         assert!(r1.iter().any(|r| matches!(r, Ok(Response::LeaseRevoked { deleted, .. }) if *deleted > 0)));
+    }
+
+    #[test]
+    fn a_delete_range_of_leased_keys_stays_within_one_commands_writes() {
+        // A delete-range detaches every leased key it deletes (two more writes each, and the
+        // lease's record) in the same command as the history and the event index drop what
+        // a compaction left (two writes and one per record): it must still fit one command's
+        // writes, answering `more` if need be, never be refused.
+        let mut r = Replica::new(true);
+        let per_lease = 1_000;
+        for l in 0..2 {
+            let lease = r.grant("alice", 5_000);
+            for i in 0..per_lease {
+                r.put_leased("alice", &format!("r{:05}", l * per_lease + i), "v", lease).unwrap();
+            }
+        }
+        // Versions and events for the compaction to leave behind (it drops at most
+        // HISTORY_DROP_PER_COMMAND itself; the next commands drop the rest).
+        for i in 0..(2 * super::super::history::HISTORY_DROP_PER_COMMAND + 100) {
+            r.run(put("w", &i.to_string()));
+        }
+        let current = revision(&r.map).unwrap();
+        r.run(CommandOp::Compact { revision: current });
+        let mut deleted = 0;
+        loop {
+            match r.try_run(CommandOp::DeleteRange { start: b"r".to_vec(), end: b"s".to_vec() }) {
+                Ok(Response::DeletedRange { deleted: d, more, .. }) => {
+                    deleted += d;
+                    if !more {
+                        break;
+                    }
+                }
+                other => panic!("a delete-range of leased keys: {other:?}"),
+            }
+        }
+        assert_eq!(deleted, 2 * per_lease);
+        assert!(!r.has("r00000") && !r.has("r01999"));
+        assert_eq!(lease_of(&r.map, b"r01999").unwrap(), None);
     }
 }
