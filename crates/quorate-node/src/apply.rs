@@ -63,6 +63,13 @@ pub(crate) enum ReadReq {
     },
     /// A watch's next answer (from this node's applied state).
     Watch(quorate_api::WatchRequest),
+    /// The stored part of leases the leader's clock answered for (key counts; the attached
+    /// keys if `keys`): `Response::Leases` if `list`, else `Response::LeaseTtl` of the one.
+    Leases {
+        seen: Vec<crate::leases::Seen>,
+        keys: bool,
+        list: bool,
+    },
     /// A read-only transaction from operation `from` at `revision` (a next page); `paged`:
     /// answer with `Response::TxnPage` (else the whole `Response::Txn`, or an error if it does
     /// not fit one answer).
@@ -934,6 +941,29 @@ fn read_one<R: sm::SmRead + ?Sized>(
         ReadReq::ScanAt { start, end, limit, revision } => {
             sm::read_scan_at_page(store, start, end.as_deref(), *limit, *revision, sm::PAGE_RESULT_BYTES_MAX)?
                 .map(|page| Response::ScanPage { kvs: page.kvs, next: page.next, read })
+        }
+        ReadReq::Leases { seen, keys, list } => {
+            let mut infos = Vec::with_capacity(seen.len());
+            for s in seen {
+                // A lease the clock knows and the view does not was removed after the clock was
+                // read: reported with no keys, as the clock saw it.
+                let (key_count, keys) = sm::leases::lease_info(store, s.id, *keys)?
+                    .map_or((0, Vec::new()), |(rec, keys)| {
+                        (rec.keys, keys.into_iter().map(quorate_api::ByteKey).collect())
+                    });
+                infos.push(quorate_api::LeaseInfo {
+                    id: s.id,
+                    granted_ttl_ms: s.ttl_ms,
+                    remaining_ms: s.remaining_ms,
+                    key_count,
+                    keys,
+                });
+            }
+            if *list {
+                Ok(Response::Leases(infos))
+            } else {
+                infos.pop().map(Response::LeaseTtl).ok_or_else(|| ApiError::Internal("no lease to answer for".into()))
+            }
         }
     })
 }

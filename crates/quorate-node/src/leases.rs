@@ -21,7 +21,7 @@
 use crate::sm::leases::LeaseChange;
 use crate::sm::{SmError, SmRead};
 use quorate_api::{ApiError, LeaseId};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -42,10 +42,19 @@ struct Tracked {
 #[derive(Debug, Default)]
 struct Inner {
     leases: HashMap<LeaseId, Tracked>,
+    /// The ids in `leases` by owner: a principal's list is read without walking every lease.
+    by_owner: HashMap<String, BTreeSet<LeaseId>>,
     /// The table reflects the applied state machine (false at start and after an install).
     loaded: bool,
     /// The term in which this node took office as leader and gave every lease its full TTL.
     office: Option<u64>,
+}
+
+impl Inner {
+    fn track(&mut self, id: LeaseId, owner: String, ttl_ms: u64, deadline: Instant) {
+        self.by_owner.entry(owner.clone()).or_default().insert(id);
+        self.leases.insert(id, Tracked { owner, ttl_ms, deadline, expire_proposed: None });
+    }
 }
 
 /// The lease deadlines (shared by the apply thread and the driver).
@@ -76,15 +85,19 @@ impl LeaseClock {
         let mut inner = self.inner();
         match change {
             LeaseChange::Granted { id, owner, ttl_ms } => {
-                inner.leases.entry(*id).or_insert(Tracked {
-                    owner: owner.clone(),
-                    ttl_ms: *ttl_ms,
-                    deadline: now + Duration::from_millis(*ttl_ms),
-                    expire_proposed: None,
-                });
+                if !inner.leases.contains_key(id) {
+                    inner.track(*id, owner.clone(), *ttl_ms, now + Duration::from_millis(*ttl_ms));
+                }
             }
             LeaseChange::Gone(id) => {
-                inner.leases.remove(id);
+                if let Some(t) = inner.leases.remove(id)
+                    && let Some(ids) = inner.by_owner.get_mut(&t.owner)
+                {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        inner.by_owner.remove(&t.owner);
+                    }
+                }
             }
         }
     }
@@ -129,8 +142,9 @@ impl LeaseClock {
             // Under the lock: the apply thread's changes after this scan are applied on top.
             let all = crate::sm::leases::all_leases(store)?;
             inner.leases.clear();
+            inner.by_owner.clear();
             for (id, owner, ttl_ms) in all {
-                inner.leases.insert(id, Tracked { owner, ttl_ms, deadline: now, expire_proposed: None });
+                inner.track(id, owner, ttl_ms, now);
             }
             inner.loaded = true;
         }
@@ -198,20 +212,18 @@ impl LeaseClock {
     /// The leases of `principal`, by id (at most [`quorate_api::limits::LEASES_PER_PRINCIPAL_MAX`]).
     pub(crate) fn list(&self, principal: &str, now: Instant) -> Vec<Seen> {
         let inner = self.inner();
-        let mut out: Vec<Seen> = inner
-            .leases
-            .iter()
-            .filter(|(_, t)| t.owner == principal)
+        let Some(ids) = inner.by_owner.get(principal) else { return Vec::new() };
+        let max = usize::try_from(quorate_api::limits::LEASES_PER_PRINCIPAL_MAX).unwrap_or(usize::MAX);
+        ids.iter()
+            .take(max)
+            .filter_map(|id| inner.leases.get(id).map(|t| (id, t)))
             .map(|(id, t)| Seen {
                 id: *id,
                 owner: t.owner.clone(),
                 ttl_ms: t.ttl_ms,
                 remaining_ms: ms(t.deadline.saturating_duration_since(now)),
             })
-            .collect();
-        out.sort_by_key(|s| s.id);
-        out.truncate(usize::try_from(quorate_api::limits::LEASES_PER_PRINCIPAL_MAX).unwrap_or(usize::MAX));
-        out
+            .collect()
     }
 }
 
@@ -256,6 +268,38 @@ mod tests {
         assert_eq!(clock.due(t4 + EXPIRE_RETRY, 10), vec![LeaseId(7)]);
         clock.applied(&LeaseChange::Gone(LeaseId(7)), t4);
         assert!(clock.due(t4 + EXPIRE_RETRY * 2, 10).is_empty());
+    }
+
+    #[test]
+    fn a_principal_lists_its_own_leases_by_id_through_the_index_by_owner() {
+        let mut store = BTreeMap::new();
+        applied_at(&mut store, 1, quorate_api::CommandOp::SetClusterVersion { version: 2 });
+        applied_at(&mut store, 2, quorate_api::CommandOp::LeaseGrant { principal: "bob".into(), ttl_ms: 4_000 });
+        let clock = LeaseClock::default();
+        let t0 = Instant::now();
+        // Loaded from the store at office: the index holds bob's lease.
+        assert!(clock.take_office(1, 1, t0, &store).unwrap());
+        let ids = |who: &str| clock.list(who, t0).into_iter().map(|s| s.id.0).collect::<Vec<_>>();
+        assert_eq!(ids("bob"), vec![2]);
+        for (id, owner) in [(9, "alice"), (5, "alice"), (7, "bob"), (6, "alice")] {
+            clock.applied(&granted(id, owner, 3_000), t0);
+        }
+        // A grant told twice (a reload racing with the apply thread) is listed once.
+        clock.applied(&granted(5, "alice", 3_000), t0);
+        assert_eq!(ids("alice"), vec![5, 6, 9]);
+        assert_eq!(ids("bob"), vec![2, 7]);
+        assert!(ids("carol").is_empty());
+        let seen = &clock.list("alice", t0)[0];
+        assert_eq!((seen.owner.as_str(), seen.ttl_ms, seen.remaining_ms), ("alice", 3_000, 3_000));
+        clock.applied(&LeaseChange::Gone(LeaseId(6)), t0);
+        clock.applied(&LeaseChange::Gone(LeaseId(2)), t0);
+        assert_eq!(ids("alice"), vec![5, 9]);
+        assert_eq!(ids("bob"), vec![7]);
+        // An install: reloaded from the store, which holds only bob's lease 2.
+        clock.invalidate();
+        assert!(clock.take_office(1, 1, t0, &store).unwrap());
+        assert_eq!(ids("bob"), vec![2]);
+        assert!(ids("alice").is_empty());
     }
 
     /// `store` after applying `op` at `index` (cluster version 2 set at index 1).

@@ -1641,59 +1641,56 @@ impl Driver {
     }
 
     /// A lease request the leader answers from its clock (keep-alive, list, time to live).
-    fn lease_read(&mut self, body: Request, responder: Responder) {
+    /// Only the clock is read here, in the driver (a keep-alive moves one deadline; a list
+    /// takes the principal's own leases through the clock's index by owner); what the lease
+    /// table holds (key counts, attached keys) is read by the read workers, like any read, so
+    /// that no lease request reads the store in the driver.
+    async fn lease_read(&mut self, body: Request, responder: Responder) -> Result<(), ServerError> {
         let gate = crate::versions::require(&self.shared, crate::sm::leases::LEASES_CLUSTER_VERSION, "a lease");
         if let Err(e) = gate {
             responder.send(Err(e), None);
-            return;
+            return Ok(());
         }
         if self.raft.role() != Role::Leader {
             responder.send(Err(self.leader_hint()), None);
-            return;
+            return Ok(());
         }
         if !self.shared.leases.in_office(self.raft.term().0) {
             responder.send(Err(ApiError::Unavailable("the leader is loading its leases; retry".into())), None);
-            return;
+            return Ok(());
         }
         let (principal, admin, now) = (responder.principal().to_string(), responder.is_admin(), Instant::now());
-        let info = |seen: crate::leases::Seen, keys: bool| -> Result<quorate_api::LeaseInfo, ApiError> {
-            let stored = crate::sm::leases::lease_info(&*self.shared.store, seen.id, keys)
-                .map_err(|e| ApiError::Internal(format!("lease table: {e}")))?;
-            let (key_count, keys) = stored.map_or((0, Vec::new()), |(rec, keys)| {
-                (rec.keys, keys.into_iter().map(quorate_api::ByteKey).collect())
-            });
-            Ok(quorate_api::LeaseInfo {
-                id: seen.id,
-                granted_ttl_ms: seen.ttl_ms,
-                remaining_ms: seen.remaining_ms,
-                key_count,
-                keys,
-            })
-        };
         let gone = |id: quorate_api::LeaseId| {
             ApiError::InvalidRequest(format!("lease {} not found (revoked, expired, or not yours)", id.0))
         };
-        let result = match body {
-            Request::LeaseKeepAlive { id } => self
-                .shared
-                .leases
-                .keep_alive(id, &principal, admin, now)
-                .map(|ttl_ms| Response::LeaseKeptAlive { id, ttl_ms }),
+        let read = match body {
+            Request::LeaseKeepAlive { id } => {
+                let kept = self
+                    .shared
+                    .leases
+                    .keep_alive(id, &principal, admin, now)
+                    .map(|ttl_ms| Response::LeaseKeptAlive { id, ttl_ms });
+                responder.send(kept, None);
+                return Ok(());
+            }
             Request::LeaseTimeToLive { id, keys } => match self.shared.leases.get(id, &principal, admin, now) {
-                Some(seen) => info(seen, keys).map(Response::LeaseTtl),
-                None => Err(gone(id)),
+                Some(seen) => ReadReq::Leases { seen: vec![seen], keys, list: false },
+                None => {
+                    responder.send(Err(gone(id)), None);
+                    return Ok(());
+                }
             },
-            Request::LeaseList => self
-                .shared
-                .leases
-                .list(&principal, now)
-                .into_iter()
-                .map(|s| info(s, false))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Response::Leases),
-            _ => Err(ApiError::InvalidRequest("not a lease request".into())),
+            Request::LeaseList => {
+                ReadReq::Leases { seen: self.shared.leases.list(&principal, now), keys: false, list: true }
+            }
+            _ => {
+                responder.send(Err(ApiError::InvalidRequest("not a lease request".into())), None);
+                return Ok(());
+            }
         };
-        responder.send(result, None);
+        // Served from this leader's applied state, which holds every lease its clock knows
+        // (the clock took office only after applying its term's first entry).
+        self.read(read, ReadConsistency::Stale, responder).await
     }
 
     /// Sends this node's free-space status to the other members every [`DISK_STATUS_EVERY`],
@@ -2458,8 +2455,7 @@ impl Driver {
                 }
             }
             body @ (Request::LeaseKeepAlive { .. } | Request::LeaseList | Request::LeaseTimeToLive { .. }) => {
-                self.lease_read(body, responder);
-                Ok(())
+                self.lease_read(body, responder).await
             }
             Request::DeleteRange { start, end } => {
                 match crate::versions::require(&self.shared, crate::sm::DELETE_RANGE_CLUSTER_VERSION, "delete-range") {

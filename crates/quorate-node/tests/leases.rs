@@ -179,6 +179,10 @@ fn a_kept_alive_lease_survives_a_leader_kill_and_its_key_is_deleted_within_the_b
     let attached = c.json(&["lease", "ttl", &lease]);
     assert_eq!(attached["keys"].as_u64(), Some(1), "{attached}");
     assert_eq!(attached["attached"][0].as_str(), Some("l/key"), "{attached}");
+    // The list reads its leases' key counts from the state machine too (on a read worker).
+    let listed = c.json(&["lease", "list"]);
+    let mine = listed.as_array().unwrap().iter().find(|l| l["id"].as_u64() == Some(id)).cloned();
+    assert_eq!(mine.as_ref().and_then(|l| l["keys"].as_u64()), Some(1), "{listed}");
     let from = (put + 1).to_string();
     let (mut watcher, events) = c.watcher(&["l/", "--prefix", "--rev", &from]);
 
