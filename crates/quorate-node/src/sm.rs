@@ -58,6 +58,8 @@ pub(crate) mod leases;
     expect(dead_code, reason = "the node's driver does not run on quorate-runtime yet (issue 19); tests drive it")
 )]
 pub(crate) mod runtime;
+#[cfg(test)]
+pub(crate) mod test_replica;
 pub(crate) use events::{events_state, read_watch};
 pub(crate) use history::{
     HISTORY_BYTES_MAX, HISTORY_CLUSTER_VERSION, HISTORY_ENTRIES_MAX, history_state, read_get_at, read_scan_at_page,

@@ -442,83 +442,40 @@ fn event<R: SmRead + ?Sized>(r: &R, key: &[u8], rev: u64, kind: u8, prev_kv: boo
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Overlay, apply_command, read_scan_page, revision};
+    use super::super::revision;
+    use super::super::test_replica::Replica;
     use super::*;
-    use quorate_api::{Command, CommandOp, Response, Txn, TxnOp};
-    use quorate_log::LogIndex;
+    use quorate_api::{CommandOp, Response, Txn, TxnOp};
     use std::collections::BTreeMap;
 
-    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
-
-    /// A replica and the whole key-value state after every revision: the model the events are
-    /// checked against (the events of revision `r` are the differences between the states at
-    /// `r - 1` and `r`).
-    struct Replica {
-        map: Map,
-        index: u64,
-        states: BTreeMap<u64, BTreeMap<Vec<u8>, KeyValue>>,
+    /// A test replica whose states start at revision 0, finalized to the history's cluster
+    /// version when `finalized` (the events of revision `r` are the differences between the
+    /// states at `r - 1` and `r`).
+    fn replica(finalized: bool) -> Replica {
+        let mut r = Replica::new(None);
+        r.snap();
+        if finalized {
+            r.run(CommandOp::SetClusterVersion { version: HISTORY_CLUSTER_VERSION });
+        }
+        r
     }
 
     impl Replica {
-        fn new(finalized: bool) -> Replica {
-            let mut r = Replica { map: Map::new(), index: 0, states: BTreeMap::new() };
-            r.snap();
-            if finalized {
-                r.run(CommandOp::SetClusterVersion { version: HISTORY_CLUSTER_VERSION });
-            }
-            r
-        }
-
-        fn snap(&mut self) {
-            let kvs = read_scan_page(&self.map, b"", None, 100_000, usize::MAX).unwrap().kvs;
-            self.states.insert(revision(&self.map).unwrap(), kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect());
-        }
-
-        fn try_run(&mut self, op: CommandOp) -> Result<Response, ApiError> {
-            self.run_all(vec![op]).pop().unwrap()
-        }
-
-        fn run(&mut self, op: CommandOp) -> Response {
-            self.try_run(op).unwrap()
-        }
-
-        /// Applies `ops` in one batch (one overlay); the model is kept per command.
-        fn run_all(&mut self, ops: Vec<CommandOp>) -> Vec<Result<Response, ApiError>> {
-            let base = self.map.clone();
-            let mut ov = Overlay::new(&base);
-            let mut out = Vec::new();
-            let mut states = Vec::new();
-            for op in ops {
-                self.index += 1;
-                let cmd = Command { session: None, time_ms: self.index, op };
-                out.push(apply_command(&mut ov, LogIndex(self.index), &cmd).unwrap().result);
-                let mut now = base.clone();
-                for (k, v) in &ov.writes {
-                    match v {
-                        Some(v) => now.insert(k.clone(), v.clone()),
-                        None => now.remove(k),
-                    };
-                }
-                let kvs = read_scan_page(&now, b"", None, 100_000, usize::MAX).unwrap().kvs;
-                states.push((revision(&now).unwrap(), kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect()));
-            }
-            ov.apply_to(&mut self.map);
-            self.states.extend(states);
-            out
-        }
-
         /// The events the model says revisions `from..` made to keys `matches` accepts.
         fn expected(&self, from: u64, matches: &dyn Fn(&[u8]) -> bool, prev: bool) -> Vec<WatchEvent> {
             let mut out = Vec::new();
             let revs: Vec<u64> = self.states.keys().copied().filter(|&r| r >= from && r > 0).collect();
             for rev in revs {
-                let (before, after) = (&self.states[&(rev - 1)], &self.states[&rev]);
-                let keys: std::collections::BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+                let by_key = |r: u64| -> BTreeMap<&Vec<u8>, &KeyValue> {
+                    self.states[&r].iter().map(|kv| (&kv.key, kv)).collect()
+                };
+                let (before, after) = (by_key(rev - 1), by_key(rev));
+                let keys: std::collections::BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).copied().collect();
                 for k in keys {
                     if !matches(k) {
                         continue;
                     }
-                    let (b, a) = (before.get(k), after.get(k));
+                    let (b, a) = (before.get(k).copied(), after.get(k).copied());
                     let kind = match (b, a) {
                         (_, Some(a)) if a.mod_revision == rev => EventKind::Put,
                         (Some(_), None) => EventKind::Delete,
@@ -620,7 +577,7 @@ mod tests {
     #[test]
     fn events_are_the_changes_between_consecutive_revisions_for_keys_and_prefixes() {
         for seed in 1..=12u64 {
-            let mut r = Replica::new(true);
+            let mut r = replica(true);
             let start = revision(&r.map).unwrap() + 1;
             for op in random_ops(seed * 7919, 150) {
                 let _ = r.try_run(op);
@@ -643,11 +600,11 @@ mod tests {
     fn replicas_that_batch_the_log_differently_store_identical_bytes() {
         for seed in 1..=8u64 {
             let ops = random_ops(seed * 31, 120);
-            let mut one = Replica::new(true);
+            let mut one = replica(true);
             for op in ops.clone() {
                 let _ = one.try_run(op);
             }
-            let mut batched = Replica::new(true);
+            let mut batched = replica(true);
             for chunk in ops.chunks(9) {
                 batched.run_all(chunk.to_vec());
             }
@@ -658,7 +615,7 @@ mod tests {
 
     #[test]
     fn a_transaction_makes_one_event_per_key_at_its_revision_and_absent_keys_make_none() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         r.run(put(b"a", b"1"));
         r.run(put(b"b", b"1"));
         let before = revision(&r.map).unwrap();
@@ -703,7 +660,7 @@ mod tests {
 
     #[test]
     fn compaction_drops_the_events_and_a_watch_from_before_it_is_answered_compacted() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let start = revision(&r.map).unwrap() + 1;
         for op in random_ops(5, 200) {
             let _ = r.try_run(op);
@@ -732,7 +689,7 @@ mod tests {
 
     #[test]
     fn events_begin_where_the_cluster_version_enabled_them_and_before_is_refused_in_the_gates_words() {
-        let mut r = Replica::new(false);
+        let mut r = replica(false);
         for op in random_ops(9, 30) {
             let _ = r.try_run(op);
         }
@@ -758,7 +715,7 @@ mod tests {
 
     #[test]
     fn past_its_bounds_the_index_drops_its_oldest_records_and_raises_the_compaction_revision() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         for i in 0..60 {
             r.run(put(format!("k{i}").as_bytes(), b"v"));
         }
@@ -776,7 +733,7 @@ mod tests {
 
     #[test]
     fn a_large_revision_is_answered_whole_without_its_previous_values_when_they_would_not_fit() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let big = vec![7u8; 900 * 1024];
         for k in [b"a", b"b", b"c", b"d", b"e"] {
             r.run(put(k, &big));

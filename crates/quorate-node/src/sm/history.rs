@@ -431,73 +431,18 @@ pub(crate) fn read_scan_at_page<R: SmRead + ?Sized>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_replica::{Map, Replica};
     use super::super::{Overlay, apply_command, read_scan_page, revision, write_snapshot_data};
     use super::*;
     use quorate_api::{Command, CommandOp, Response, Txn, TxnOp};
     use quorate_log::LogIndex;
-    use std::collections::BTreeMap;
 
-    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
-
-    /// A state machine and the log applied to it, with the whole key-value state after every
-    /// revision (the model the reads at a revision are checked against).
-    struct Replica {
-        map: Map,
-        index: u64,
-        states: BTreeMap<u64, Vec<KeyValue>>,
-        /// Whether `states` is kept (a full scan per command).
-        track: bool,
+    /// A test replica, finalized to the history's cluster version when `finalized`.
+    fn replica(finalized: bool) -> Replica {
+        Replica::new(finalized.then_some(HISTORY_CLUSTER_VERSION))
     }
 
     impl Replica {
-        fn new(finalized: bool) -> Replica {
-            let mut r = Replica { map: Map::new(), index: 0, states: BTreeMap::new(), track: true };
-            if finalized {
-                r.run(CommandOp::SetClusterVersion { version: HISTORY_CLUSTER_VERSION });
-            }
-            r
-        }
-
-        fn try_run(&mut self, op: CommandOp) -> Result<Response, ApiError> {
-            self.run_all(vec![op]).pop().unwrap()
-        }
-
-        /// Applies `op`, which must succeed.
-        fn run(&mut self, op: CommandOp) -> Response {
-            self.try_run(op).unwrap()
-        }
-
-        /// Applies `ops` in one batch (one overlay).
-        fn run_all(&mut self, ops: Vec<CommandOp>) -> Vec<Result<Response, ApiError>> {
-            let base = self.map.clone();
-            let mut ov = Overlay::new(&base);
-            let mut out = Vec::new();
-            let mut states = Vec::new();
-            for op in ops {
-                self.index += 1;
-                let cmd = Command { session: None, time_ms: self.index, op };
-                out.push(apply_command(&mut ov, LogIndex(self.index), &cmd).unwrap().result);
-                if !self.track {
-                    continue;
-                }
-                // The state as of this command: the overlay's writes so far over the base.
-                let mut now = base.clone();
-                for (k, v) in &ov.writes {
-                    match v {
-                        Some(v) => now.insert(k.clone(), v.clone()),
-                        None => now.remove(k),
-                    };
-                }
-                states
-                    .push((revision(&now).unwrap(), read_scan_page(&now, b"", None, 100_000, usize::MAX).unwrap().kvs));
-            }
-            ov.apply_to(&mut self.map);
-            for (rev, kvs) in states {
-                self.states.insert(rev, kvs);
-            }
-            out
-        }
-
         fn entries(&self) -> u64 {
             history_state(&self.map).unwrap().map_or(0, |s| s.entries)
         }
@@ -543,7 +488,7 @@ mod tests {
 
     #[test]
     fn every_write_kind_records_what_it_replaces_and_reads_at_each_revision_see_it() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let start = revision(&r.map).unwrap();
         assert_eq!(history_state(&r.map).unwrap().map(|s| (s.compacted, s.entries)), Some((start, 0)));
         r.run(put(b"a", b"1"));
@@ -626,14 +571,14 @@ mod tests {
     fn seeded_workloads_read_right_at_every_revision_however_they_are_batched() {
         for seed in 1..=20u64 {
             let ops = random_ops(seed * 7919, 120);
-            let mut one = Replica::new(true);
+            let mut one = replica(true);
             let start = revision(&one.map).unwrap();
             for op in ops.clone() {
                 one.run(op);
             }
             one.check_reads_from(start);
             // The same log in batches of 7: the same state, history included.
-            let mut batched = Replica::new(true);
+            let mut batched = replica(true);
             for chunk in ops.chunks(7) {
                 assert!(batched.run_all(chunk.to_vec()).iter().all(Result::is_ok));
             }
@@ -643,7 +588,7 @@ mod tests {
 
     #[test]
     fn compaction_drops_exactly_the_versions_replaced_at_or_before_it() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let start = revision(&r.map).unwrap();
         for op in random_ops(42, 200) {
             r.run(op);
@@ -687,7 +632,7 @@ mod tests {
 
     #[test]
     fn compaction_of_more_than_one_command_drops_is_finished_by_later_writes() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         r.track = false;
         for i in 0..(HISTORY_DROP_PER_COMMAND + 500) {
             r.run(put(b"k", format!("{i}").as_bytes()));
@@ -706,7 +651,7 @@ mod tests {
 
     #[test]
     fn past_its_bounds_the_history_drops_its_oldest_entries_and_raises_the_compaction_revision() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         for i in 0..50 {
             r.run(put(format!("k{}", i % 5).as_bytes(), b"v"));
         }
@@ -733,7 +678,7 @@ mod tests {
 
     #[test]
     fn below_the_cluster_version_nothing_is_recorded_and_history_is_refused_with_the_gate() {
-        let mut r = Replica::new(false);
+        let mut r = replica(false);
         for op in random_ops(3, 60) {
             let _ = r.try_run(op);
         }
@@ -764,7 +709,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_carries_the_history_and_the_compaction_revision() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         for op in random_ops(11, 150) {
             r.run(op);
         }
@@ -787,7 +732,7 @@ mod tests {
 
     #[test]
     fn a_delete_range_is_bounded_in_keys_while_history_is_recorded() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         r.track = false;
         let keys: Vec<CommandOp> =
             (0..HISTORY_RANGE_KEYS_MAX + 10).map(|i| put(format!("r{i:05}").as_bytes(), b"v")).collect();
@@ -845,7 +790,7 @@ mod tests {
         // every write makes ("is anything due?") must not step over them: it did, and each
         // write's cost grew with the entries dropped (the attack slice's goodput fell from
         // 2,500/s to under 300/s once automatic compaction ran).
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         r.track = false;
         for i in 0..3000 {
             r.run(put(format!("k{}", i % 7).as_bytes(), format!("{i}").as_bytes()));

@@ -411,58 +411,19 @@ pub(crate) fn lease_of(r: &(impl SmRead + ?Sized), key: &[u8]) -> Result<Option<
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ApplyOutcome, Overlay, apply_command, read_get, read_watch, revision};
+    use super::super::test_replica::{Map, Replica};
+    use super::super::{read_get, read_watch, revision};
     use super::*;
-    use quorate_api::{Command, CommandOp, EventKind, KvOp, Txn, TxnOp, WatchRequest};
-    use quorate_log::LogIndex;
-    use std::collections::BTreeMap;
+    use quorate_api::{CommandOp, EventKind, KvOp, Txn, TxnOp, WatchRequest};
 
-    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
-
-    struct Replica {
-        map: Map,
-        index: u64,
+    /// A test replica, finalized to the leases' cluster version when `finalized`.
+    fn replica(finalized: bool) -> Replica {
+        let mut r = Replica::new(finalized.then_some(LEASES_CLUSTER_VERSION));
+        r.track = false;
+        r
     }
 
     impl Replica {
-        fn new(finalized: bool) -> Replica {
-            let mut r = Replica { map: Map::new(), index: 0 };
-            if finalized {
-                r.run(CommandOp::SetClusterVersion { version: LEASES_CLUSTER_VERSION });
-            }
-            r
-        }
-
-        fn out(&mut self, op: CommandOp) -> ApplyOutcome {
-            self.index += 1;
-            let cmd = Command { session: None, time_ms: self.index, op };
-            let (out, ops) = {
-                let mut ov = Overlay::new(&self.map);
-                let out = apply_command(&mut ov, LogIndex(self.index), &cmd).unwrap();
-                (out, ov.into_ops())
-            };
-            for op in ops {
-                match op {
-                    quorate_storage::SmOp::Put { key, value } => {
-                        self.map.insert(key, value);
-                    }
-                    quorate_storage::SmOp::Delete { key } => {
-                        self.map.remove(&key);
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            out
-        }
-
-        fn try_run(&mut self, op: CommandOp) -> Result<Response, ApiError> {
-            self.out(op).result
-        }
-
-        fn run(&mut self, op: CommandOp) -> Response {
-            self.try_run(op).unwrap()
-        }
-
         fn grant(&mut self, who: &str, ttl_ms: u64) -> LeaseId {
             match self.run(CommandOp::LeaseGrant { principal: who.into(), ttl_ms }) {
                 Response::LeaseGranted { id, .. } => id,
@@ -500,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_revoke_deletes_every_attached_key_at_one_revision_with_delete_events() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let lease = r.grant("alice", 5_000);
         assert_eq!(lease, LeaseId(r.index), "a lease's id is its grant's log index");
         r.put_leased("alice", "a", "1", lease).unwrap();
@@ -534,7 +495,7 @@ mod tests {
 
     #[test]
     fn an_expire_deletes_the_keys_and_a_stale_expire_is_a_no_op() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let lease = r.grant("alice", 5_000);
         r.put_leased("alice", "a", "1", lease).unwrap();
         let before = revision(&r.map).unwrap();
@@ -561,7 +522,7 @@ mod tests {
 
     #[test]
     fn an_admin_may_revoke_and_attach_and_an_empty_lease_revokes_at_the_current_revision() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let lease = r.grant("alice", 5_000);
         let op = KvOp::PutLeased { key: "k".into(), value: "v".into(), lease, admin: true };
         r.run(CommandOp::ByPrincipal { principal: "root".into(), op });
@@ -580,7 +541,7 @@ mod tests {
 
     #[test]
     fn moving_a_key_to_another_lease_detaches_it_from_the_first() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let (l1, l2) = (r.grant("alice", 5_000), r.grant("alice", 5_000));
         r.put_leased("alice", "k", "1", l1).unwrap();
         r.put_leased("alice", "k", "2", l2).unwrap();
@@ -598,7 +559,7 @@ mod tests {
 
     #[test]
     fn limits_are_refused_with_a_clear_error() {
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         // TTL bounds.
         for ttl in [0, limits::LEASE_TTL_MS_MIN - 1, limits::LEASE_TTL_MS_MAX + 1] {
             assert!(r.try_run(CommandOp::LeaseGrant { principal: "alice".into(), ttl_ms: ttl }).is_err());
@@ -638,7 +599,7 @@ mod tests {
 
     #[test]
     fn leases_are_refused_below_cluster_version_2_and_change_nothing() {
-        let mut r = Replica::new(false);
+        let mut r = replica(false);
         r.run(put("a", "1"));
         let state = r.map.clone();
         assert!(r.try_run(CommandOp::LeaseGrant { principal: "alice".into(), ttl_ms: 5_000 }).is_err());
@@ -692,19 +653,12 @@ mod tests {
             ops.push(op);
         }
         let apply = |per_batch: usize| {
-            let mut map = Map::new();
+            let mut r = replica(false);
             let mut results = Vec::new();
-            for (b, chunk) in ops.chunks(per_batch).enumerate() {
-                let base = map.clone();
-                let mut ov = Overlay::new(&base);
-                for (j, op) in chunk.iter().enumerate() {
-                    let index = (b * per_batch + j + 1) as u64;
-                    let cmd = Command { session: None, time_ms: index, op: op.clone() };
-                    results.push(apply_command(&mut ov, LogIndex(index), &cmd).unwrap().result);
-                }
-                ov.apply_to(&mut map);
+            for chunk in ops.chunks(per_batch) {
+                results.extend(r.run_all(chunk.to_vec()));
             }
-            (map, results)
+            (r.map, results)
         };
         let (one, r1) = apply(1);
         let (many, r2) = apply(17);
@@ -719,7 +673,7 @@ mod tests {
         // lease's record) in the same command as the history and the event index drop what
         // a compaction left (two writes and one per record): it must still fit one command's
         // writes, answering `more` if need be, never be refused.
-        let mut r = Replica::new(true);
+        let mut r = replica(true);
         let per_lease = 1_000;
         for l in 0..2 {
             let lease = r.grant("alice", 5_000);

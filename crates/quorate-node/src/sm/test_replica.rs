@@ -1,0 +1,89 @@
+//! A replica for the state machine's unit tests: a `BTreeMap` as the store, commands applied
+//! through an [`Overlay`] exactly as the apply thread applies them, and (when `track` is on) the
+//! whole state recorded at every revision, to check reads at a revision and watch events
+//! against. Shared by the tests of `sm/history.rs`, `sm/events.rs` and `sm/leases.rs`.
+
+use super::{ApplyOutcome, Overlay, apply_command, read_scan_page, revision};
+use quorate_api::{ApiError, Command, CommandOp, KeyValue, Response};
+use quorate_log::LogIndex;
+use std::collections::BTreeMap;
+
+/// The store of a test replica.
+pub(crate) type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// A test replica: its store, the index of the last command applied, and the state at every
+/// revision since tracking began.
+pub(crate) struct Replica {
+    pub(crate) map: Map,
+    pub(crate) index: u64,
+    /// The pairs present at each revision (sorted by key), recorded while `track` is on.
+    pub(crate) states: BTreeMap<u64, Vec<KeyValue>>,
+    /// Whether `states` is kept (a full scan per command).
+    pub(crate) track: bool,
+}
+
+impl Replica {
+    /// An empty replica; with `version`, the cluster is finalized to it by its first command.
+    pub(crate) fn new(version: Option<u32>) -> Replica {
+        let mut r = Replica { map: Map::new(), index: 0, states: BTreeMap::new(), track: true };
+        if let Some(version) = version {
+            r.run(CommandOp::SetClusterVersion { version });
+        }
+        r
+    }
+
+    /// Records the current state under the current revision.
+    pub(crate) fn snap(&mut self) {
+        let kvs = read_scan_page(&self.map, b"", None, 100_000, usize::MAX).unwrap().kvs;
+        self.states.insert(revision(&self.map).unwrap(), kvs);
+    }
+
+    /// Applies `ops` in one batch (one overlay), as the apply thread does, and returns each
+    /// command's whole outcome.
+    pub(crate) fn outcomes(&mut self, ops: Vec<CommandOp>) -> Vec<ApplyOutcome> {
+        let base = self.map.clone();
+        let mut ov = Overlay::new(&base);
+        let mut out = Vec::new();
+        let mut states = Vec::new();
+        for op in ops {
+            self.index += 1;
+            let cmd = Command { session: None, time_ms: self.index, op };
+            out.push(apply_command(&mut ov, LogIndex(self.index), &cmd).unwrap());
+            if !self.track {
+                continue;
+            }
+            // The state as of this command: the overlay's writes so far over the base.
+            let mut now = base.clone();
+            for (k, v) in &ov.writes {
+                match v {
+                    Some(v) => now.insert(k.clone(), v.clone()),
+                    None => now.remove(k),
+                };
+            }
+            states.push((revision(&now).unwrap(), read_scan_page(&now, b"", None, 100_000, usize::MAX).unwrap().kvs));
+        }
+        ov.apply_to(&mut self.map);
+        self.states.extend(states);
+        out
+    }
+
+    /// Applies `op` alone and returns its whole outcome.
+    pub(crate) fn out(&mut self, op: CommandOp) -> ApplyOutcome {
+        self.outcomes(vec![op]).pop().unwrap()
+    }
+
+    /// Applies `ops` in one batch and returns each command's result.
+    pub(crate) fn run_all(&mut self, ops: Vec<CommandOp>) -> Vec<Result<Response, ApiError>> {
+        self.outcomes(ops).into_iter().map(|o| o.result).collect()
+    }
+
+    /// Applies `op` and returns its result.
+    pub(crate) fn try_run(&mut self, op: CommandOp) -> Result<Response, ApiError> {
+        self.out(op).result
+    }
+
+    /// Applies `op`, which must succeed.
+    pub(crate) fn run(&mut self, op: CommandOp) -> Response {
+        self.try_run(op).unwrap()
+    }
+}
