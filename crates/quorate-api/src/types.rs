@@ -1483,6 +1483,22 @@ pub enum KvOp {
         /// Whether the principal is an admin.
         admin: bool,
     },
+    /// Grant a lease owned by the principal of the [`CommandOp::ByPrincipal`]: the same as
+    /// [`CommandOp::LeaseGrant`], in the principal's session, so that a retry is applied once
+    /// and answered with the same lease. Since 0.2.0.
+    LeaseGrant {
+        /// Time to live, ms.
+        ttl_ms: u64,
+    },
+    /// Revoke a lease (its owner, or an admin): the same as [`CommandOp::LeaseRevoke`], in the
+    /// principal's session (a retry is answered with the first revoke's result, not "no such
+    /// lease"). Since 0.2.0.
+    LeaseRevoke {
+        /// The lease.
+        id: LeaseId,
+        /// Whether the principal is an admin.
+        admin: bool,
+    },
 }
 
 impl KvOp {
@@ -1495,17 +1511,22 @@ impl KvOp {
             CommandOp::Cas { key, expected, value } => KvOp::Cas { key, expected, value },
             CommandOp::Txn(t) => KvOp::Txn(t),
             CommandOp::DeleteRange { start, end } => KvOp::DeleteRange { start, end },
+            // The principal goes into the `ByPrincipal` around the operation.
+            CommandOp::LeaseGrant { ttl_ms, .. } => KvOp::LeaseGrant { ttl_ms },
+            CommandOp::LeaseRevoke { id, admin, .. } => KvOp::LeaseRevoke { id, admin },
             other => return Err(other),
         })
     }
 
-    /// The same operation as a plain [`CommandOp`]. [`KvOp::PutLeased`] has none (it needs
-    /// its principal): it becomes a [`CommandOp::ByPrincipal`] of the empty principal, which
-    /// owns no lease, so applying it changes nothing.
+    /// The same operation as a plain [`CommandOp`]. The lease operations have none (they
+    /// need their principal): each becomes a [`CommandOp::ByPrincipal`] of the empty
+    /// principal, which owns no lease and may grant none, so applying it changes nothing.
     #[must_use]
     pub fn into_command(self) -> CommandOp {
         match self {
-            op @ KvOp::PutLeased { .. } => CommandOp::ByPrincipal { principal: String::new(), op },
+            op @ (KvOp::PutLeased { .. } | KvOp::LeaseGrant { .. } | KvOp::LeaseRevoke { .. }) => {
+                CommandOp::ByPrincipal { principal: String::new(), op }
+            }
             KvOp::Put { key, value } => CommandOp::Put { key, value },
             KvOp::Delete { key } => CommandOp::Delete { key },
             KvOp::Cas { key, expected, value } => CommandOp::Cas { key, expected, value },

@@ -460,6 +460,51 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_and_a_revoke_in_a_session_are_applied_once_and_their_retries_answered_alike() {
+        // A client retries a write whose answer it lost with the same (session, sequence
+        // number). A grant retried must not grant a second lease (an orphan that lives a TTL
+        // and counts against the principal's limit), and a revoke retried must be answered with
+        // the first revoke's result, not "no such lease".
+        let mut r = replica(true);
+        let session = r.open_session("alice");
+        let seq = |n| quorate_api::Sequenced { session, seq: n };
+        let grant = || CommandOp::ByPrincipal { principal: "alice".into(), op: KvOp::LeaseGrant { ttl_ms: 5_000 } };
+        let first = r.out_in(seq(1), grant());
+        let Ok(Response::LeaseGranted { id, ttl_ms: 5_000 }) = first.result else { panic!("{:?}", first.result) };
+        assert!(matches!(first.lease, Some(LeaseChange::Granted { id: g, .. }) if g == id), "{:?}", first.lease);
+        let retry = r.out_in(seq(1), grant());
+        assert_eq!(retry.result, first.result, "the retry is answered with the same lease");
+        assert!(retry.cached && retry.lease.is_none(), "and applied once: {retry:?}");
+        assert_eq!(all_leases(&r.map).unwrap().len(), 1, "one lease granted");
+
+        r.put_leased("alice", "k", "v", id).unwrap();
+        let revoke =
+            || CommandOp::ByPrincipal { principal: "alice".into(), op: KvOp::LeaseRevoke { id, admin: false } };
+        let first = r.out_in(seq(2), revoke());
+        assert!(matches!(first.result, Ok(Response::LeaseRevoked { deleted: 1, .. })), "{:?}", first.result);
+        assert!(first.lease.is_some());
+        let retry = r.out_in(seq(2), revoke());
+        assert_eq!(retry.result, first.result, "the retry is answered with the first revoke's result");
+        assert!(retry.cached && retry.lease.is_none());
+        assert!(all_leases(&r.map).unwrap().is_empty() && !r.has("k"));
+
+        // Another principal's session cannot grant in alice's name or revoke her lease.
+        let id2 = r.grant("alice", 5_000);
+        let bob = r.open_session("bob");
+        let out = r.out_in(
+            quorate_api::Sequenced { session: bob, seq: 1 },
+            CommandOp::ByPrincipal { principal: "bob".into(), op: KvOp::LeaseRevoke { id: id2, admin: false } },
+        );
+        assert!(out.result.is_err(), "{:?}", out.result);
+        assert_eq!(all_leases(&r.map).unwrap().len(), 1);
+        // Below cluster version 2 nothing of it applies.
+        let mut old = replica(false);
+        let s = old.open_session("alice");
+        let out = old.out_in(quorate_api::Sequenced { session: s, seq: 1 }, grant());
+        assert!(out.result.is_err());
+    }
+
+    #[test]
     fn a_revoke_deletes_every_attached_key_at_one_revision_with_delete_events() {
         let mut r = replica(true);
         let lease = r.grant("alice", 5_000);

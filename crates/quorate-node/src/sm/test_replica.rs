@@ -4,7 +4,7 @@
 //! against. Shared by the tests of `sm/history.rs`, `sm/events.rs` and `sm/leases.rs`.
 
 use super::{ApplyOutcome, Overlay, apply_command, read_scan_page, revision};
-use quorate_api::{ApiError, Command, CommandOp, KeyValue, Response};
+use quorate_api::{ApiError, Command, CommandOp, KeyValue, Response, Sequenced, SessionId};
 use quorate_log::LogIndex;
 use std::collections::BTreeMap;
 
@@ -41,13 +41,18 @@ impl Replica {
     /// Applies `ops` in one batch (one overlay), as the apply thread does, and returns each
     /// command's whole outcome.
     pub(crate) fn outcomes(&mut self, ops: Vec<CommandOp>) -> Vec<ApplyOutcome> {
+        self.outcomes_in(ops.into_iter().map(|op| (None, op)).collect())
+    }
+
+    /// Applies `ops`, each in its session (if any), in one batch.
+    pub(crate) fn outcomes_in(&mut self, ops: Vec<(Option<Sequenced>, CommandOp)>) -> Vec<ApplyOutcome> {
         let base = self.map.clone();
         let mut ov = Overlay::new(&base);
         let mut out = Vec::new();
         let mut states = Vec::new();
-        for op in ops {
+        for (session, op) in ops {
             self.index += 1;
-            let cmd = Command { session: None, time_ms: self.index, op };
+            let cmd = Command { session, time_ms: self.index, op };
             out.push(apply_command(&mut ov, LogIndex(self.index), &cmd).unwrap());
             if !self.track {
                 continue;
@@ -70,6 +75,20 @@ impl Replica {
     /// Applies `op` alone and returns its whole outcome.
     pub(crate) fn out(&mut self, op: CommandOp) -> ApplyOutcome {
         self.outcomes(vec![op]).pop().unwrap()
+    }
+
+    /// Applies `op` in `session` and returns its whole outcome.
+    pub(crate) fn out_in(&mut self, session: Sequenced, op: CommandOp) -> ApplyOutcome {
+        self.outcomes_in(vec![(Some(session), op)]).pop().unwrap()
+    }
+
+    /// Opens a session owned by `principal`.
+    pub(crate) fn open_session(&mut self, principal: &str) -> SessionId {
+        let nonce = 0x5eed_0000 + self.index;
+        match self.run(CommandOp::OpenSessionFor { principal: principal.into(), nonce }) {
+            Response::Session(id) => id,
+            other => panic!("not a session: {other:?}"),
+        }
     }
 
     /// Applies `ops` in one batch and returns each command's result.
