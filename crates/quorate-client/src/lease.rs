@@ -6,7 +6,7 @@
 //! [`KeepAlive`] renews a lease every third of its TTL until it is dropped, and says when the
 //! lease is lost.
 
-use crate::{ApiError, Client, ClientError, unexpected};
+use crate::{ApiError, Client, ClientError, Core, Link, unexpected};
 use quorate_api::{LeaseInfo, Request, Response};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -112,24 +112,34 @@ impl Drop for KeepAlive {
     }
 }
 
-impl Client {
-    /// Grants a lease of `ttl_ms` owned by this client's principal (through the log). The
-    /// TTL is at least `limits::LEASE_TTL_MS_MIN` and three of the cluster's election
-    /// timeouts. Needs cluster version 2.
-    pub async fn lease_grant(&self, ttl_ms: u64) -> Result<Lease, ClientError> {
-        match self.core.send(Request::LeaseGrant { ttl_ms }, None, crate::Route::Leader).await? {
+impl<L: Link> Core<L> {
+    pub(crate) async fn lease_grant(&self, ttl_ms: u64) -> Result<Lease, ClientError> {
+        match self.send(Request::LeaseGrant { ttl_ms }, None, crate::Route::Leader).await? {
             (_, Response::LeaseGranted { id, ttl_ms }) => Ok(Lease { id, ttl_ms }),
             (node, other) => Err(unexpected(node, &other)),
         }
     }
 
-    /// Revokes a lease (its owner or an admin): every key attached to it is deleted at one
-    /// revision. Returns the keys deleted and that revision.
-    pub async fn lease_revoke(&self, id: LeaseId) -> Result<(u64, u64), ClientError> {
-        match self.core.send(Request::LeaseRevoke { id }, None, crate::Route::Leader).await? {
+    pub(crate) async fn lease_revoke(&self, id: LeaseId) -> Result<(u64, u64), ClientError> {
+        match self.send(Request::LeaseRevoke { id }, None, crate::Route::Leader).await? {
             (_, Response::LeaseRevoked { deleted, revision }) => Ok((deleted, revision)),
             (node, other) => Err(unexpected(node, &other)),
         }
+    }
+}
+
+impl Client {
+    /// Grants a lease of `ttl_ms` owned by this client's principal (through the log). The
+    /// TTL is at least `limits::LEASE_TTL_MS_MIN` and three of the cluster's election
+    /// timeouts. Needs cluster version 2.
+    pub async fn lease_grant(&self, ttl_ms: u64) -> Result<Lease, ClientError> {
+        self.core.lease_grant(ttl_ms).await
+    }
+
+    /// Revokes a lease (its owner or an admin): every key attached to it is deleted at one
+    /// revision. Returns the keys deleted and that revision.
+    pub async fn lease_revoke(&self, id: LeaseId) -> Result<(u64, u64), ClientError> {
+        self.core.lease_revoke(id).await
     }
 
     /// One keep-alive: the leader gives the lease its full TTL again. Returns that TTL, ms.

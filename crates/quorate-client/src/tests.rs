@@ -631,3 +631,50 @@ async fn clients_sharing_a_link_write_concurrently_in_their_own_sessions() {
     let ids: std::collections::BTreeSet<u64> = seen.iter().map(|r| r.id).collect();
     assert_eq!(ids.len(), seen.len(), "request ids are unique across the clients: {seen:?}");
 }
+
+/// A grant or a revoke whose answer was lost is retried in its session with the same sequence
+/// number, so the node applies it once (no orphan lease; a revoke's retry is answered with its
+/// first result, not "no such lease").
+#[tokio::test(start_paused = true)]
+async fn lease_grants_and_revokes_are_retried_in_their_session() {
+    let (grant_lost, revoke_lost) =
+        (std::sync::atomic::AtomicBool::new(false), std::sync::atomic::AtomicBool::new(false));
+    let core = core(
+        move |node, request, n| {
+            // The first answer of each lease write is lost.
+            let first = match request.body {
+                Request::LeaseGrant { .. } => !grant_lost.swap(true, Ordering::Relaxed),
+                Request::LeaseRevoke { .. } => !revoke_lost.swap(true, Ordering::Relaxed),
+                _ => false,
+            };
+            if first {
+                return Err(LinkError::Lost("connection reset".into()));
+            }
+            Ok(Ok(match request.body {
+                Request::OpenSession => Response::Session(SessionId(42)),
+                Request::LeaseGrant { ttl_ms } => Response::LeaseGranted { id: LeaseId(7), ttl_ms },
+                Request::LeaseRevoke { .. } => Response::LeaseRevoked { deleted: 1, revision: 9 },
+                _ => return leader_script(1)(node, request, n),
+            }))
+        },
+        |c| c.members.truncate(1),
+    );
+    let lease = core.lease_grant(5_000).await.unwrap();
+    assert_eq!((lease.id, lease.ttl_ms), (LeaseId(7), 5_000));
+    assert_eq!(core.lease_revoke(lease.id).await.unwrap(), (1, 9));
+    let sent: Vec<(Request, Option<Sequenced>)> = calls(&core)
+        .into_iter()
+        .filter(|c| c.1.body != Request::OpenSession)
+        .map(|(_, r)| (r.body, r.session))
+        .collect();
+    let s = |seq| Some(Sequenced { session: SessionId(42), seq });
+    assert_eq!(
+        sent,
+        vec![
+            (Request::LeaseGrant { ttl_ms: 5_000 }, s(1)),
+            (Request::LeaseGrant { ttl_ms: 5_000 }, s(1)),
+            (Request::LeaseRevoke { id: LeaseId(7) }, s(2)),
+            (Request::LeaseRevoke { id: LeaseId(7) }, s(2)),
+        ]
+    );
+}

@@ -2416,7 +2416,8 @@ impl Driver {
                 match checked {
                     Ok(()) => {
                         let principal = responder.principal().to_string();
-                        self.propose_write(None, CommandOp::LeaseGrant { principal, ttl_ms }, responder).await
+                        // In the client's session when it sends one (a retry is then applied once).
+                        self.propose_write(session, CommandOp::LeaseGrant { principal, ttl_ms }, responder).await
                     }
                     Err(e) => {
                         responder.send(Err(e), None);
@@ -2428,7 +2429,7 @@ impl Driver {
                 match crate::versions::require(&self.shared, crate::sm::leases::LEASES_CLUSTER_VERSION, "a lease") {
                     Ok(()) => {
                         let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
-                        self.propose_write(None, CommandOp::LeaseRevoke { principal, admin, id }, responder).await
+                        self.propose_write(session, CommandOp::LeaseRevoke { principal, admin, id }, responder).await
                     }
                     Err(e) => {
                         responder.send(Err(e), None);

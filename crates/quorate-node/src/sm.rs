@@ -757,32 +757,58 @@ pub(crate) fn apply_command<R: SmRead + ?Sized>(
             if cv < OWNED_SESSIONS_CLUSTER_VERSION {
                 ApplyOutcome::result(Err(gated("a principal-bound write", OWNED_SESSIONS_CLUSTER_VERSION, cv)))
             } else {
-                in_session(ov, cmd.session, Some(principal), OpRef::of_kv(op, principal), cv, time)?
+                match op {
+                    // Lease writes in the principal's session: applied once, a retry answered
+                    // from the session like any other write.
+                    KvOp::LeaseGrant { ttl_ms } => in_session(ov, cmd.session, Some(principal), cv, time, |ov, _| {
+                        lease_apply(ov, cv, |ov| leases::grant(ov, index.0, principal, *ttl_ms))
+                    })?,
+                    KvOp::LeaseRevoke { id, admin } => {
+                        in_session(ov, cmd.session, Some(principal), cv, time, |ov, _| {
+                            lease_apply(ov, cv, |ov| leases::revoke(ov, principal, *admin, *id))
+                        })?
+                    }
+                    op => in_session(ov, cmd.session, Some(principal), cv, time, |ov, bound| {
+                        Ok((apply_op_checked(ov, OpRef::of_kv(op, principal), bound)?, None))
+                    })?,
+                }
             }
         }
-        op => in_session(ov, cmd.session, None, OpRef::of(op), cv, time)?,
+        op => in_session(ov, cmd.session, None, cv, time, |ov, bound| {
+            Ok((apply_op_checked(ov, OpRef::of(op), bound)?, None))
+        })?,
     };
     ov.commit();
     Ok(out)
 }
 
-/// A lease command ([`leases`]): gated on [`leases::LEASES_CLUSTER_VERSION`], its writes
-/// checked against the store's limits (undone and answered with an error if they fail).
+/// A lease command ([`leases`]) outside a session: see [`lease_apply`].
 fn lease_command<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
     cv: u32,
     f: impl FnOnce(&mut Overlay<'_, R>) -> Result<leases::LeaseOutcome, SmError>,
 ) -> Result<ApplyOutcome, SmError> {
+    let (result, lease) = lease_apply(ov, cv, f)?;
+    Ok(ApplyOutcome { lease, ..ApplyOutcome::result(result) })
+}
+
+/// Applies a lease operation: gated on [`leases::LEASES_CLUSTER_VERSION`], its writes checked
+/// against the store's limits (undone and answered with an error if they fail).
+fn lease_apply<R: SmRead + ?Sized>(
+    ov: &mut Overlay<'_, R>,
+    cv: u32,
+    f: impl FnOnce(&mut Overlay<'_, R>) -> Result<leases::LeaseOutcome, SmError>,
+) -> Result<leases::LeaseOutcome, SmError> {
     if cv < leases::LEASES_CLUSTER_VERSION {
-        return Ok(ApplyOutcome::result(Err(gated("a lease", leases::LEASES_CLUSTER_VERSION, cv))));
+        return Ok((Err(gated("a lease", leases::LEASES_CLUSTER_VERSION, cv)), None));
     }
     let mark = ov.mark();
     let (result, lease) = f(ov)?;
     if let Err(why) = ov.check_since(mark) {
         ov.rollback_to(mark);
-        return Ok(ApplyOutcome::result(Err(ApiError::InvalidRequest(format!("{why}; nothing was changed")))));
+        return Ok((Err(ApiError::InvalidRequest(format!("{why}; nothing was changed"))), None));
     }
-    Ok(ApplyOutcome { lease, ..ApplyOutcome::result(result) })
+    Ok((result, lease))
 }
 
 /// Opens a session bound to `principal` with id `nonce` (drawn by the leader).
@@ -820,13 +846,14 @@ fn in_session<R: SmRead + ?Sized>(
     ov: &mut Overlay<'_, R>,
     session: Option<quorate_api::Sequenced>,
     principal: Option<&str>,
-    op: OpRef<'_>,
     cv: u32,
     time: u64,
+    apply: impl FnOnce(&mut Overlay<'_, R>, Bound) -> Result<leases::LeaseOutcome, SmError>,
 ) -> Result<ApplyOutcome, SmError> {
     let Some(seqd) = session else {
         let bound = if cv >= BOUNDED_RESULTS_CLUSTER_VERSION { Bound::Result } else { Bound::LegacyAnswer };
-        return Ok(ApplyOutcome::result(apply_op_checked(ov, op, bound)?));
+        let (result, lease) = apply(ov, bound)?;
+        return Ok(ApplyOutcome { lease, ..ApplyOutcome::result(result) });
     };
     let pk = owned_session_key(seqd.session);
     if let Some(bytes) = ov.get(&pk)? {
@@ -848,6 +875,7 @@ fn in_session<R: SmRead + ?Sized>(
         }
         rec.last_used_ms = time;
         let mut cached = false;
+        let mut lease = None;
         let result = if let Some((result, from_cache)) = owned_replay(&rec, seqd.seq) {
             cached = from_cache;
             result
@@ -857,14 +885,15 @@ fn in_session<R: SmRead + ?Sized>(
                 seqd.seq, rec.last_seq
             )))
         } else {
-            let r = apply_op_checked(ov, op, Bound::Result)?;
+            let (r, change) = apply(ov, Bound::Result)?;
+            lease = change;
             rec.last_seq = seqd.seq;
             rec.result = Some(r.clone());
             r
         };
         let in_session = InSession { session: seqd.session, principal: rec.principal.clone(), last_seq: rec.last_seq };
         ov.put(pk, encode(&rec));
-        return Ok(ApplyOutcome { cached, in_session: Some(in_session), ..ApplyOutcome::result(result) });
+        return Ok(ApplyOutcome { cached, in_session: Some(in_session), lease, ..ApplyOutcome::result(result) });
     }
     let sk = session_key(seqd.session);
     let Some(bytes) = ov.get(&sk)? else {
@@ -896,7 +925,9 @@ fn in_session<R: SmRead + ?Sized>(
     } else {
         let mark = ov.mark();
         let bound = if cv >= BOUNDED_RESULTS_CLUSTER_VERSION { Bound::Result } else { Bound::LegacySession };
-        let mut r = apply_op_checked(ov, op, bound)?;
+        // Only principal-bound writes carry lease operations, and they never reach an
+        // unowned session (refused above): no lease change here.
+        let (mut r, _) = apply(ov, bound)?;
         rec.last_seq = seqd.seq;
         rec.result = Some(r.clone());
         let len = encoded_len(&rec);

@@ -499,9 +499,9 @@ mod tests {
         assert_eq!(all_leases(&r.map).unwrap().len(), 1);
         // Below cluster version 2 nothing of it applies.
         let mut old = replica(false);
-        let s = old.open_session("alice");
-        let out = old.out_in(quorate_api::Sequenced { session: s, seq: 1 }, grant());
-        assert!(out.result.is_err());
+        let out = old.out_in(quorate_api::Sequenced { session: quorate_api::SessionId(1), seq: 1 }, grant());
+        assert!(out.result.is_err() && out.lease.is_none(), "{out:?}");
+        assert!(all_leases(&old.map).unwrap().is_empty());
     }
 
     #[test]
