@@ -91,6 +91,34 @@ fn commands_of_cluster_version_2_are_appended_variants() {
         assert_eq!(KvOp::from_command(op.clone()).expect("a key-value operation").into_command(), op);
     }
     assert!(KvOp::from_command(CommandOp::OpenSession).is_err());
+    // Lease writes in a session (after PutLeased 5: LeaseGrant 6, LeaseRevoke 7); from the
+    // plain commands they drop the principal, which the `ByPrincipal` around them carries.
+    let in_session = |op| Command {
+        session: Some(Sequenced { session: SessionId(3), seq: 1 }),
+        time_ms: 5,
+        op: CommandOp::ByPrincipal { principal: "al".into(), op },
+    };
+    let grant = in_session(KvOp::LeaseGrant { ttl_ms: 5_000 });
+    let bytes = encode_command(&grant).expect("encodes");
+    assert_eq!(bytes, [1, 3, 1, 5, 9, 2, b'a', b'l', 6, 0x88, 0x27]);
+    assert_eq!(decode_command(&bytes).expect("decodes"), grant);
+    let revoke = in_session(KvOp::LeaseRevoke { id: LeaseId(7), admin: false });
+    let bytes = encode_command(&revoke).expect("encodes");
+    assert_eq!(bytes, [1, 3, 1, 5, 9, 2, b'a', b'l', 7, 7, 0]);
+    assert_eq!(decode_command(&bytes).expect("decodes"), revoke);
+    assert_eq!(
+        KvOp::from_command(CommandOp::LeaseGrant { principal: "al".into(), ttl_ms: 5_000 }),
+        Ok(KvOp::LeaseGrant { ttl_ms: 5_000 })
+    );
+    assert_eq!(
+        KvOp::from_command(CommandOp::LeaseRevoke { principal: "al".into(), admin: true, id: LeaseId(7) }),
+        Ok(KvOp::LeaseRevoke { id: LeaseId(7), admin: true })
+    );
+    // Without its principal a lease write belongs to nobody (refused at apply).
+    assert_eq!(
+        KvOp::LeaseGrant { ttl_ms: 5_000 }.into_command(),
+        CommandOp::ByPrincipal { principal: String::new(), op: KvOp::LeaseGrant { ttl_ms: 5_000 } }
+    );
     // A nested command cannot be written: `KvOp` has no variant that holds one.
     assert!(decode_command(&[0, 5, 9, 0, 9, 0, 9]).is_err());
 }

@@ -113,15 +113,16 @@ impl Drop for KeepAlive {
 }
 
 impl<L: Link> Core<L> {
+    /// In the client's session, like every write: a retry after a lost answer is applied once.
     pub(crate) async fn lease_grant(&self, ttl_ms: u64) -> Result<Lease, ClientError> {
-        match self.send(Request::LeaseGrant { ttl_ms }, None, crate::Route::Leader).await? {
+        match self.write(Request::LeaseGrant { ttl_ms }).await? {
             (_, Response::LeaseGranted { id, ttl_ms }) => Ok(Lease { id, ttl_ms }),
             (node, other) => Err(unexpected(node, &other)),
         }
     }
 
     pub(crate) async fn lease_revoke(&self, id: LeaseId) -> Result<(u64, u64), ClientError> {
-        match self.send(Request::LeaseRevoke { id }, None, crate::Route::Leader).await? {
+        match self.write(Request::LeaseRevoke { id }).await? {
             (_, Response::LeaseRevoked { deleted, revision }) => Ok((deleted, revision)),
             (node, other) => Err(unexpected(node, &other)),
         }
@@ -129,15 +130,16 @@ impl<L: Link> Core<L> {
 }
 
 impl Client {
-    /// Grants a lease of `ttl_ms` owned by this client's principal (through the log). The
+    /// Grants a lease of `ttl_ms` owned by this client's principal (through the log, exactly
+    /// once in this client's session). The
     /// TTL is at least `limits::LEASE_TTL_MS_MIN` and three of the cluster's election
     /// timeouts. Needs cluster version 2.
     pub async fn lease_grant(&self, ttl_ms: u64) -> Result<Lease, ClientError> {
         self.core.lease_grant(ttl_ms).await
     }
 
-    /// Revokes a lease (its owner or an admin): every key attached to it is deleted at one
-    /// revision. Returns the keys deleted and that revision.
+    /// Revokes a lease (its owner or an admin; exactly once in this client's session): every
+    /// key attached to it is deleted at one revision. Returns the keys deleted and that revision.
     pub async fn lease_revoke(&self, id: LeaseId) -> Result<(u64, u64), ClientError> {
         self.core.lease_revoke(id).await
     }
