@@ -4,7 +4,7 @@
 use super::nemesis::{Fault, Step, Target};
 use super::windows::Bounds;
 use super::workload::{History, KeyChoice, recorded_put};
-use super::{Env, Options, RAFT, Verdict, parse_num, run, runtime};
+use super::{Env, Options, RAFT, Verdict, nid, parse_num, run, runtime};
 use crate::cluster::{build_quorate, target_dir};
 use crate::{PROFILE, cargo, run as run_cmd};
 use anyhow::{Context, Result, bail};
@@ -27,6 +27,12 @@ pub(crate) const REGRESSIONS: &[(&str, u64, &str)] = &[
         "split brain from a node campaigning with committed-but-unapplied configuration changes (etcd-io/raft#456)",
     ),
     ("lock-fencing", 343, "a lock held past expiry without fencing (Jepsen etcd 3.4.3)"),
+    (
+        "service-registry",
+        616,
+        "a service registry on leases and watches misses an instance's expiry, revoke or join, or diverges from a \
+         linearizable read (issue 22)",
+    ),
     (
         "sigcont-stall",
         18,
@@ -245,8 +251,8 @@ pub(crate) fn weakened(args: &[String]) -> Result<()> {
     report(&[weakened_verdict()?])
 }
 
-/// `cargo xtask chaos ci`: [`ci_runs`], the weakened-node run and the `lock-fencing`
-/// regression, a few minutes.
+/// `cargo xtask chaos ci`: [`ci_runs`], the weakened-node run and the `lock-fencing` and
+/// `service-registry` regressions, a few minutes.
 pub(crate) fn ci(args: &[String]) -> Result<()> {
     if let Some(a) = args.first() {
         bail!("`chaos ci` takes no arguments, got `{a}`");
@@ -257,6 +263,7 @@ pub(crate) fn ci(args: &[String]) -> Result<()> {
     }
     verdicts.push(weakened_verdict()?);
     verdicts.push(regression("lock-fencing")?);
+    verdicts.push(regression("service-registry")?);
     report(&verdicts)
 }
 
@@ -355,6 +362,7 @@ fn regression(name: &str) -> Result<Verdict> {
         }
         "index-monotonic" => index_monotonic(seed)?,
         "lock-fencing" => lock_fencing()?,
+        "service-registry" => service_registry()?,
         _ => bail!("unknown regression `{name}`"),
     };
     println!("regression {name}: {}", if v.pass { "PASS" } else { "FAIL" });
@@ -461,32 +469,59 @@ fn index_monotonic(seed: u64) -> Result<Verdict> {
 /// Runs `examples/lock.rs` (a CAS lock with fencing tokens) against a 3-node cluster: a
 /// holder that outlives its lease must have its write refused by the fence.
 fn lock_fencing() -> Result<Verdict> {
+    client_example("lock-fencing", "lock", 343)
+}
+
+/// Runs `examples/registry.rs` (a service registry on leases and watches) against a 3-node
+/// cluster: a directory loaded at one revision and followed by a prefix watch must see an
+/// instance whose keep-alives stop leave within its lease's bound (and not before two thirds
+/// of its TTL), a revoked one leave at once and a new one join, and equal a linearizable read.
+fn service_registry() -> Result<Verdict> {
+    client_example("service-registry", "registry", 616)
+}
+
+/// Builds quorate-client's example `example`, runs it against a fresh 3-node cluster (named
+/// `seed`'s client factory, the chaos raft settings) and passes if it exits 0. Its output is
+/// kept in `target/chaos/regress-NAME/EXAMPLE-example.txt`.
+fn client_example(name: &str, example: &str, seed: u64) -> Result<Verdict> {
     let bin = build_quorate()?;
-    run_cmd(cargo().args(["build", "--locked", "--profile", PROFILE, "-p", "quorate-client", "--example", "lock"]))?;
-    let example = target_dir().join(PROFILE).join("examples").join("lock");
-    let dir = target_dir().join("chaos").join("regress-lock-fencing");
+    run_cmd(cargo().args(["build", "--locked", "--profile", PROFILE, "-p", "quorate-client", "--example", example]))?;
+    let program = target_dir().join(PROFILE).join("examples").join(example);
+    let dir = target_dir().join("chaos").join(format!("regress-{name}"));
     let rt = runtime()?;
     rt.block_on(async move {
         let env = Env::create(bin, dir.clone(), 3, 0, RAFT, &[]).await?;
-        let admin = env.factory.client(343)?;
+        let admin = env.factory.client(seed)?;
         env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
+        // Leases and watches need cluster version 2, which a fresh cluster commits on its own
+        // shortly after it starts: every member must have applied it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for id in env.listen.keys() {
+            loop {
+                match admin.versions(nid(*id)?).await {
+                    Ok(v) if v.cluster_version >= 2 => break,
+                    _ if Instant::now() >= deadline => bail!("node {id} is not at cluster version 2 after 30 s"),
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
         let endpoints: Vec<String> = env.listen.iter().map(|(id, a)| format!("{id}={a}")).collect();
-        let out = Command::new(&example)
+        let out = Command::new(&program)
             .env("QUORATE_CERTS", env.factory.certs.clone())
             .env("QUORATE_CLUSTER", &env.factory.cluster)
             .env("QUORATE_ENDPOINTS", endpoints.join(","))
             .output()
-            .with_context(|| format!("cannot run {}", example.display()))?;
+            .with_context(|| format!("cannot run {}", program.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         print!("{stdout}");
-        std::fs::write(dir.join("lock-example.txt"), &stdout)?;
+        std::fs::write(dir.join(format!("{example}-example.txt")), &stdout)?;
         env.lock().stop_all();
         let pass = out.status.success();
         if pass {
             let _ = std::fs::remove_dir_all(dir.join("data"));
         }
         let line = format!(
-            "regress lock-fencing: {} — {}",
+            "regress {name}: {} — {}",
             if pass { "PASS" } else { "FAIL" },
             stdout.lines().last().unwrap_or("(no output)")
         );
