@@ -270,6 +270,9 @@ pub(crate) struct TestHooks {
     pub(crate) between_drop_and_create: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// Handle lookups that missed and waited for the column family to be created again.
     pub(crate) cf_waits: AtomicU64,
+    /// Called inside `write_many` once the log batch is on its way to RocksDB and before it
+    /// is durable (a slow fsync, for tests of what may run meanwhile).
+    pub(crate) before_log_sync: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// The file, in the store's directory, that records that RocksDB met a damaged table file of
@@ -1094,6 +1097,10 @@ impl RocksStore {
             return results;
         }
         let opts = if sync { &self.sync } else { &self.no_sync };
+        #[cfg(test)]
+        if let Some(hook) = lock(&self.test_hooks.before_log_sync).take() {
+            hook();
+        }
         if let Err(e) = self.commit_consensus_batch(wb, opts) {
             fail(&mut results, e);
             return results;

@@ -521,3 +521,64 @@ fn readers_see_only_durable_contiguous_prefixes_during_writes() {
     assert!(reader.join().unwrap() > 0);
     assert_eq!(s.last_index(), LogIndex(2000));
 }
+
+/// How long a test waits for something that takes milliseconds (a loaded machine included).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Holds a log write just before it is durable (the `before_log_sync` hook): `entered` says
+/// it is there, dropping `release` (or sending on it) lets it go on.
+fn hold_log_write_before_sync(s: &RocksStore) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    *s.test_hooks.before_log_sync.lock().unwrap() = Some(Box::new(move || {
+        let _ = entered_tx.send(());
+        // Released by a message or by the sender's drop (a failing test must not hang).
+        let _ = release_rx.recv();
+    }));
+    (entered, release)
+}
+
+/// Issue 20 (brief 20D): the state machine's apply does not wait for a log write's fsync. A log
+/// write is held just before it is durable; an apply of entries already durable completes
+/// meanwhile, and nothing of the held write shows — not in the tail, not in the durable mark —
+/// until it is durable.
+#[test]
+fn an_apply_completes_while_a_log_write_waits_for_its_fsync() {
+    let d = TestDir::new("applyduringsync");
+    let s = Arc::new(open(d.path()));
+    s.write(PersistBatch::append(entries(1, 3, 1)).with_hard_state(hs(1, 3))).unwrap();
+    let (entered, release) = hold_log_write_before_sync(&s);
+    let writer = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.write(PersistBatch::append(entries(4, 6, 1)).with_hard_state(hs(1, 5))))
+    };
+    entered.recv_timeout(WAIT).expect("the log write reaches its fsync");
+    let (applied_tx, applied) = std::sync::mpsc::channel();
+    let applier = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            let r = s.apply(LogIndex(3), [SmOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }]);
+            let _ = applied_tx.send(r);
+        })
+    };
+    let outcome = applied.recv_timeout(WAIT);
+    // Not durable yet: not in the tail, not readable, not in the durable mark.
+    let visible = (s.last_index(), s.entries(LogIndex(4), LogIndex(5), u64::MAX).is_ok());
+    let (_, mark) = crate::durable::read(&s.mark_file()).unwrap().unwrap();
+    drop(release);
+    assert_eq!(outcome.map_err(|e| format!("{e:?}")), Ok(Ok(())), "the apply waited for the log write's fsync");
+    assert_eq!(visible, (LogIndex(3), false), "a log write showed before it was durable");
+    assert_eq!(mark.last.index, LogIndex(3), "the durable mark claimed a write before it was durable");
+    writer.join().unwrap().unwrap();
+    applier.join().unwrap();
+    assert_eq!(s.applied_index(), LogIndex(3));
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.last_index(), LogIndex(6));
+    let (_, mark) = crate::durable::read(&s.mark_file()).unwrap().unwrap();
+    assert_eq!(mark.last.index, LogIndex(6));
+    s.apply(LogIndex(6), []).unwrap();
+    drop(s);
+    let s = open(d.path());
+    assert_eq!((s.last_index(), s.applied_index()), (LogIndex(6), LogIndex(6)));
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"v".to_vec()));
+}
