@@ -582,3 +582,41 @@ fn an_apply_completes_while_a_log_write_waits_for_its_fsync() {
     assert_eq!((s.last_index(), s.applied_index()), (LogIndex(6), LogIndex(6)));
     assert_eq!(s.sm_get(b"k").unwrap(), Some(b"v".to_vec()));
 }
+
+/// Brief 20D: with the log and the state machine under separate locks, a failed log fsync
+/// still stops both. An apply that runs while the failing write waits for its fsync completes
+/// (it is ordered before the failure); after the failure both the log's and the state
+/// machine's writes are refused, and a restart finds the applied index within the log and the
+/// state machine matching it.
+#[test]
+fn a_failed_log_fsync_stops_the_log_and_the_state_machine() {
+    let d = TestDir::new("poisonboth");
+    let s = Arc::new(open(d.path()));
+    s.write(PersistBatch::append(entries(1, 3, 1)).with_hard_state(hs(1, 3))).unwrap();
+    s.danger_inject_write_fault(Some(WriteFault::Eio { after_write: true }));
+    let (entered, release) = hold_log_write_before_sync(&s);
+    let writer = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.write(PersistBatch::append(entries(4, 6, 1))))
+    };
+    entered.recv_timeout(WAIT).expect("the log write reaches its fsync");
+    let applied = s.apply(LogIndex(2), [SmOp::Put { key: b"k".to_vec(), value: b"2".to_vec() }]);
+    drop(release);
+    applied.unwrap();
+    let err = writer.join().unwrap().unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    s.danger_inject_write_fault(None);
+    let err = s.apply(LogIndex(3), [SmOp::Put { key: b"k".to_vec(), value: b"3".to_vec() }]).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    let err = s.write(PersistBatch::append(entries(4, 4, 1))).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    let err = s.write_sm_install_batch(vec![(b"x".to_vec(), b"y".to_vec())]).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    // Nothing of the failed write shows, and the applied index stayed where it was.
+    assert_eq!((s.last_index(), s.applied_index()), (LogIndex(3), LogIndex(2)));
+    drop(s);
+    let s = open(d.path());
+    assert!(s.applied_index() <= s.last_index());
+    assert_eq!(s.applied_index(), LogIndex(2));
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"2".to_vec()));
+}
