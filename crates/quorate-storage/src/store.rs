@@ -281,6 +281,9 @@ pub(crate) struct TestHooks {
     /// Called inside `write_many` once the log batch is on its way to RocksDB and before it
     /// is durable (a slow fsync, for tests of what may run meanwhile).
     pub(crate) before_log_sync: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// The next `FlushWAL` of a log write fails with this error (the sync step of
+    /// `LogSync::Apart`, after the unsynced write reached RocksDB).
+    pub(crate) fail_log_sync: Mutex<Option<String>>,
 }
 
 /// The file, in the store's directory, that records that RocksDB met a damaged table file of
@@ -1009,9 +1012,13 @@ impl RocksStore {
                     if let Some(hook) = lock(&self.test_hooks.before_log_sync).take() {
                         hook();
                     }
-                    self.db
-                        .flush_wal(true)
-                        .map_err(|e| self.poison(format!("write failed: fsync of the write-ahead log: {e}")))
+                    let synced = self.db.flush_wal(true).map_err(|e| e.to_string());
+                    #[cfg(test)]
+                    let synced = match lock(&self.test_hooks.fail_log_sync).take() {
+                        Some(injected) => Err(injected),
+                        None => synced,
+                    };
+                    synced.map_err(|e| self.poison(format!("write failed: fsync of the write-ahead log: {e}")))
                 }
             }
         };

@@ -600,9 +600,19 @@ fn a_failed_log_fsync_stops_the_log_and_the_state_machine() {
         std::thread::spawn(move || s.write(PersistBatch::append(entries(4, 6, 1))))
     };
     entered.recv_timeout(WAIT).expect("the log write reaches its fsync");
-    let applied = s.apply(LogIndex(2), [SmOp::Put { key: b"k".to_vec(), value: b"2".to_vec() }]);
+    // On another thread, so that an apply stuck behind the held write fails the test
+    // instead of hanging it.
+    let (applied_tx, applied) = std::sync::mpsc::channel();
+    let applier = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            let _ = applied_tx.send(s.apply(LogIndex(2), [SmOp::Put { key: b"k".to_vec(), value: b"2".to_vec() }]));
+        })
+    };
+    let applied = applied.recv_timeout(WAIT);
     drop(release);
-    applied.unwrap();
+    applier.join().unwrap();
+    applied.expect("the apply waited for the log write's fsync").unwrap();
     let err = writer.join().unwrap().unwrap_err();
     assert!(err.is_fatal(), "{err}");
     s.danger_inject_write_fault(None);
@@ -619,4 +629,28 @@ fn a_failed_log_fsync_stops_the_log_and_the_state_machine() {
     assert!(s.applied_index() <= s.last_index());
     assert_eq!(s.applied_index(), LogIndex(2));
     assert_eq!(s.sm_get(b"k").unwrap(), Some(b"2".to_vec()));
+}
+
+/// Brief 20D (review): a failed fsync of the write-ahead log — the sync step after an
+/// unsynced log write, not the write — poisons the store: the write is refused, nothing of it
+/// shows, and every later log and state-machine write is refused.
+#[test]
+fn a_failed_wal_sync_after_an_unsynced_log_write_poisons_the_store() {
+    let d = TestDir::new("walsyncfail");
+    let s = open(d.path());
+    s.write(PersistBatch::append(entries(1, 3, 1)).with_hard_state(hs(1, 3))).unwrap();
+    s.apply(LogIndex(1), [SmOp::Put { key: b"k".to_vec(), value: b"1".to_vec() }]).unwrap();
+    *s.test_hooks.fail_log_sync.lock().unwrap() = Some("Input/output error (injected)".into());
+    let err = s.write(PersistBatch::append(entries(4, 6, 1))).unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    assert!(err.to_string().contains("fsync of the write-ahead log"), "{err}");
+    assert_eq!(s.last_index(), LogIndex(3), "a write whose fsync failed showed");
+    let err = s.write(PersistBatch::append(entries(4, 4, 1))).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    let err = s.apply(LogIndex(2), [SmOp::Put { key: b"k".to_vec(), value: b"2".to_vec() }]).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    drop(s);
+    let s = open(d.path());
+    assert!(s.applied_index() <= s.last_index());
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"1".to_vec()));
 }
