@@ -56,8 +56,9 @@
 //!   conformance suite holds them to identical behaviour.
 //! * `store`: [`RocksStore`]. An in-memory `Tail` (snapshot, last index, runs of equal terms,
 //!   configuration entries, hard state) answers `last_index`, `term` of recent entries and
-//!   `initial_state` without I/O; it is replaced only after a write is durable. Writes are
-//!   serialised by one lock; reads do not wait for fsyncs.
+//!   `initial_state` without I/O; it is replaced only after a write is durable. The log's writes
+//!   are serialised by one lock and the state machine's by another (an apply does not wait for
+//!   a log fsync); reads do not wait for fsyncs.
 //! * `group`: [`GroupCommitter`], a writer thread that merges whatever is queued into one
 //!   RocksDB write with one fsync and answers each submitter.
 //! * `snapshot`: streamed, checksummed snapshot files.
@@ -68,8 +69,8 @@
 //!   install.
 //! * `codec`: keys and checksummed records.
 //!
-//! **Architecture invariants.** Nothing is acknowledged before its RocksDB write returned
-//! with `sync = true`. A failed write poisons the store: every later write fails with
+//! **Architecture invariants.** Nothing is acknowledged before the write-ahead log holding it
+//! was fsynced (a write with `sync = true`, or an unsynced write followed by `FlushWAL(true)`). A failed write poisons the store: every later write fails with
 //! [`StoreError::Poisoned`], because a disk that failed an fsync cannot be trusted (the node
 //! restarts and recovers from what is on disk). Disk bytes are decoded with bounded lengths and
 //! checked results only. No async runtime.

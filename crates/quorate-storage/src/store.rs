@@ -227,13 +227,21 @@ pub struct RocksStore {
     applied: AtomicU64,
     /// The snapshot index of an unfinished state-machine install (0: none); see `install`.
     install_pending: AtomicU64,
-    write_lock: Mutex<()>,
+    /// Serializes the consensus log's writes ([`RocksStore::write_many`]): their planning
+    /// against the tail, their RocksDB write and fsync, the tail's update and the durable mark.
+    /// Lock order: `log_lock` before `sm_lock` (see [`RocksStore::exclusive`]).
+    log_lock: Mutex<()>,
+    /// Serializes the state machine's writes ([`RocksStore::apply`], the batches of a
+    /// snapshot install): the applied index only advances, in order. The two never wait for
+    /// each other (see the storage section of docs/architecture.md); install, repair and
+    /// verification take both.
+    sm_lock: Mutex<()>,
     poisoned: Mutex<Option<Poison>>,
     floor: AtomicU64,
     sync: WriteOptions,
     no_sync: WriteOptions,
     apply_opts: WriteOptions,
-    /// The durable mark (see `durable`); written under `write_lock`.
+    /// The durable mark (see `durable`); written under `log_lock`.
     mark: Mutex<Option<MarkWriter>>,
     mark_interval: Duration,
     /// The mark was lowered before a write that removed entries; raise it after the next
@@ -270,6 +278,12 @@ pub(crate) struct TestHooks {
     pub(crate) between_drop_and_create: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// Handle lookups that missed and waited for the column family to be created again.
     pub(crate) cf_waits: AtomicU64,
+    /// Called inside `write_many` once the log batch is on its way to RocksDB and before it
+    /// is durable (a slow fsync, for tests of what may run meanwhile).
+    pub(crate) before_log_sync: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// The next `FlushWAL` of a log write fails with this error (the sync step of
+    /// `LogSync::Apart`, after the unsynced write reached RocksDB).
+    pub(crate) fail_log_sync: Mutex<Option<String>>,
 }
 
 /// The file, in the store's directory, that records that RocksDB met a damaged table file of
@@ -340,6 +354,17 @@ fn missing(cf: Cf, key: &[u8]) -> StoreError {
     StoreError::Corrupt { key: key_name(cf, key), detail: "record missing".into() }
 }
 
+/// How a consensus write is made durable (see `RocksStore::commit_consensus_batch`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LogSync {
+    /// Not synced (commit-only batches).
+    None,
+    /// A synced RocksDB write.
+    InWrite,
+    /// An unsynced RocksDB write, then the write-ahead log fsynced outside RocksDB's write queue.
+    Apart,
+}
+
 /// One operation of a planned write, encoded.
 enum Op {
     Put(&'static str, Vec<u8>, Vec<u8>),
@@ -404,7 +429,8 @@ impl RocksStore {
             tail: RwLock::new(Tail::default()),
             applied: AtomicU64::new(0),
             install_pending: AtomicU64::new(0),
-            write_lock: Mutex::new(()),
+            log_lock: Mutex::new(()),
+            sm_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
             floor: AtomicU64::new(options.free_space_floor_bytes),
             sync,
@@ -878,22 +904,35 @@ impl RocksStore {
         *lock(&self.fault) = fault;
     }
 
-    /// Runs `f` while no consensus or state-machine write can reach RocksDB (the store's write
-    /// lock is held). For fault testing only: damaging the newest write-ahead log while a
-    /// write is appended to it leaves a hole before that write, which RocksDB rightly takes
-    /// for damage in the middle of the log, not for a lost tail.
+    /// Runs `f` while no consensus or state-machine write can reach RocksDB (both write locks
+    /// are held, so no write and no log fsync is in progress). For fault testing only:
+    /// damaging the newest write-ahead log while a write is appended to it leaves a hole
+    /// before that write, which RocksDB rightly takes for damage in the middle of the log, not
+    /// for a lost tail.
     pub fn danger_with_writes_stopped<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _w = lock(&self.write_lock);
+        let _w = self.exclusive();
         f()
+    }
+
+    /// Both write locks, in the one order (`log_lock`, then `sm_lock`): for the writes that
+    /// must exclude every other (a snapshot install's begin and finish, a state-machine reset)
+    /// and for reading everything at one point (`verify`).
+    pub(crate) fn exclusive(&self) -> (MutexGuard<'_, ()>, MutexGuard<'_, ()>) {
+        let log = lock(&self.log_lock);
+        (log, lock(&self.sm_lock))
     }
 
     /// Writes `wb`. A failure poisons the store, unless RocksDB ran out of space: then the
     /// write is not applied and later writes are tried again ([`StoreError::NoSpace`]).
     fn commit_batch(&self, wb: WriteBatch, opts: &WriteOptions) -> Result<(), StoreError> {
+        // The log and the state machine write concurrently: a success only clears an
+        // out-of-space state that was there before this write began (one set meanwhile may be
+        // newer than this write's success, and the next write clears it if RocksDB resumed).
+        let refusals = self.space_refusals.load(Ordering::Acquire);
         match self.db.write_opt(wb, opts) {
             Ok(()) => {
                 let mut p = lock(&self.poisoned);
-                if matches!(*p, Some(Poison::NoSpace(_))) {
+                if matches!(*p, Some(Poison::NoSpace(_))) && self.space_refusals.load(Ordering::Acquire) == refusals {
                     *p = None;
                 }
                 Ok(())
@@ -946,17 +985,51 @@ impl RocksStore {
         lock(&self.sm_damaged).clone()
     }
 
-    /// [`commit_batch`](Self::commit_batch) with the injected fault, if any.
-    fn commit_consensus_batch(&self, wb: WriteBatch, opts: &WriteOptions) -> Result<(), StoreError> {
+    /// Writes a consensus batch durably ([`commit_batch`](Self::commit_batch) with the
+    /// injected fault, if any), in one of three ways:
+    ///
+    /// * [`LogSync::Apart`]: written without sync, then the write-ahead log fsynced outside
+    ///   RocksDB's write queue (`FlushWAL(sync)`), so that a state-machine write arriving
+    ///   meanwhile is not queued behind the fsync (RocksDB lets a write join the group of a
+    ///   synced one, and makes every later write wait for that group, fsync included). Only
+    ///   for batches that add to the log: RocksDB shows a write to its readers before this
+    ///   fsync, and the store's readers see the log only up to the tail, published after it.
+    /// * [`LogSync::InWrite`]: one synced write, shown to readers only once durable — for
+    ///   batches that remove entries (truncation, compaction, install), whose removal readers
+    ///   below the old tail would otherwise meet before it is durable.
+    /// * [`LogSync::None`]: an unsynced write (commit-only batches).
+    ///
+    /// A failed fsync poisons the store whatever the error says (its outcome is unknown).
+    fn commit_consensus_batch(&self, wb: WriteBatch, how: LogSync) -> Result<(), StoreError> {
         let fault = *lock(&self.fault);
+        let write = |wb: WriteBatch| -> Result<(), StoreError> {
+            match how {
+                LogSync::InWrite => self.commit_batch(wb, &self.sync),
+                LogSync::None => self.commit_batch(wb, &self.no_sync),
+                LogSync::Apart => {
+                    self.commit_batch(wb, &self.no_sync)?;
+                    #[cfg(test)]
+                    if let Some(hook) = lock(&self.test_hooks.before_log_sync).take() {
+                        hook();
+                    }
+                    let synced = self.db.flush_wal(true).map_err(|e| e.to_string());
+                    #[cfg(test)]
+                    let synced = match lock(&self.test_hooks.fail_log_sync).take() {
+                        Some(injected) => Err(injected),
+                        None => synced,
+                    };
+                    synced.map_err(|e| self.poison(format!("write failed: fsync of the write-ahead log: {e}")))
+                }
+            }
+        };
         match fault {
-            None => self.commit_batch(wb, opts),
+            None => write(wb),
             Some(WriteFault::NoSpace) => {
                 Err(self.write_failed(format!("IO error: {}: injected (fault testing)", crate::error::NO_SPACE_TEXT)))
             }
             Some(WriteFault::Eio { after_write }) => {
                 if after_write {
-                    self.commit_batch(wb, opts)?;
+                    write(wb)?;
                 }
                 Err(self.poison("write failed: IO error: Input/output error: injected (fault testing)".into()))
             }
@@ -1004,7 +1077,7 @@ impl RocksStore {
     /// ([`StoreError::BelowFreeSpaceFloor`]); batches without entries (hard state, compaction,
     /// truncation, a snapshot record) are tiny or free space and go through.
     pub fn write_many(&self, batches: &[PersistBatch]) -> Vec<Result<(), StoreError>> {
-        let _w = lock(&self.write_lock);
+        let _w = lock(&self.log_lock);
         if let Err(e) = self.check_poison() {
             return vec![Err(e); batches.len()];
         }
@@ -1014,6 +1087,7 @@ impl RocksStore {
         let mut results = Vec::with_capacity(batches.len());
         let mut refused: Option<String> = None;
         let mut compacted = false;
+        let mut removes = false;
         let mut sync = false;
         // The lowest log position this write keeps of what the durable mark may cover.
         let mut keep: Option<EntryId> = None;
@@ -1039,8 +1113,11 @@ impl RocksStore {
             let mut t = tail.clone();
             let r = t
                 .plan(b, &lookup)
-                .and_then(|plan| Ok((removes_from(&plan, &before, &lookup)?, encode_plan(&plan, b)?)))
-                .and_then(|(removed, ops)| {
+                .and_then(|plan| {
+                    let removes = plan.truncate_from.is_some() || !plan.compactions.is_empty();
+                    Ok((removes, removes_from(&plan, &before, &lookup)?, encode_plan(&plan, b)?))
+                })
+                .and_then(|(removes, removed, ops)| {
                     let ops = ops
                         .into_iter()
                         .map(|op| {
@@ -1052,10 +1129,10 @@ impl RocksStore {
                             Ok((h, op))
                         })
                         .collect::<Result<Vec<_>, StoreError>>()?;
-                    Ok((removed, ops))
+                    Ok((removes, removed, ops))
                 });
             match r {
-                Ok((removed, ops)) => {
+                Ok((removes_entries, removed, ops)) => {
                     for (h, op) in ops {
                         match op {
                             Op::Put(_, k, v) => wb.put_cf(h, k, v),
@@ -1066,6 +1143,7 @@ impl RocksStore {
                         keep = Some(keep.map_or(kept, |k| k.min(kept)));
                     }
                     compacted |= b.compact.is_some() || b.install.is_some();
+                    removes |= removes_entries;
                     sync |= !b.skip_fsync;
                     tail = t;
                     results.push(Ok(()));
@@ -1093,8 +1171,12 @@ impl RocksStore {
             fail(&mut results, e);
             return results;
         }
-        let opts = if sync { &self.sync } else { &self.no_sync };
-        if let Err(e) = self.commit_consensus_batch(wb, opts) {
+        let how = match (sync, removes) {
+            (false, _) => LogSync::None,
+            (true, false) => LogSync::Apart,
+            (true, true) => LogSync::InWrite,
+        };
+        if let Err(e) = self.commit_consensus_batch(wb, how) {
             fail(&mut results, e);
             return results;
         }
@@ -1184,8 +1266,12 @@ impl RocksStore {
     ///
     /// Not refused below the free-space floor: it applies entries already in the log, whose
     /// amount the floor's headroom bounds (refusing it would only stop the state machine).
+    ///
+    /// Takes the state machine's lock only: it does not wait for a log write (nor a log write
+    /// for it). The entries it applies are durable before it can name them: the last index it
+    /// is checked against is published only after the log write that added them was fsynced.
     pub fn apply(&self, applied: LogIndex, ops: impl IntoIterator<Item = SmOp>) -> Result<(), StoreError> {
-        let _w = lock(&self.write_lock);
+        let _w = lock(&self.sm_lock);
         self.check_poison()?;
         if let Some(at) = self.sm_install_pending() {
             return Err(StoreError::InvalidBatch(format!(
@@ -1357,7 +1443,7 @@ impl RocksStore {
     /// configuration mirror matches the configuration entries. Takes time proportional to the
     /// data; meant for tests, tools and start-up checks.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let _w = lock(&self.write_lock);
+        let _w = self.exclusive();
         let tail = self.tail_read().clone();
         let mut report = VerifyReport::default();
         let mut it = self.db.raw_iterator_cf(&self.cf(CF_LOG)?);

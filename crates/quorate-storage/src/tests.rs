@@ -521,3 +521,136 @@ fn readers_see_only_durable_contiguous_prefixes_during_writes() {
     assert!(reader.join().unwrap() > 0);
     assert_eq!(s.last_index(), LogIndex(2000));
 }
+
+/// How long a test waits for something that takes milliseconds (a loaded machine included).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Holds a log write just before it is durable (the `before_log_sync` hook): `entered` says
+/// it is there, dropping `release` (or sending on it) lets it go on.
+fn hold_log_write_before_sync(s: &RocksStore) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    *s.test_hooks.before_log_sync.lock().unwrap() = Some(Box::new(move || {
+        let _ = entered_tx.send(());
+        // Released by a message or by the sender's drop (a failing test must not hang).
+        let _ = release_rx.recv();
+    }));
+    (entered, release)
+}
+
+/// Issue 20 (brief 20D): the state machine's apply does not wait for a log write's fsync. A log
+/// write is held just before it is durable; an apply of entries already durable completes
+/// meanwhile, and nothing of the held write shows — not in the tail, not in the durable mark —
+/// until it is durable.
+#[test]
+fn an_apply_completes_while_a_log_write_waits_for_its_fsync() {
+    let d = TestDir::new("applyduringsync");
+    let s = Arc::new(open(d.path()));
+    s.write(PersistBatch::append(entries(1, 3, 1)).with_hard_state(hs(1, 3))).unwrap();
+    let (entered, release) = hold_log_write_before_sync(&s);
+    let writer = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.write(PersistBatch::append(entries(4, 6, 1)).with_hard_state(hs(1, 5))))
+    };
+    entered.recv_timeout(WAIT).expect("the log write reaches its fsync");
+    let (applied_tx, applied) = std::sync::mpsc::channel();
+    let applier = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            let r = s.apply(LogIndex(3), [SmOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }]);
+            let _ = applied_tx.send(r);
+        })
+    };
+    let outcome = applied.recv_timeout(WAIT);
+    // Not durable yet: not in the tail, not readable, not in the durable mark.
+    let visible = (s.last_index(), s.entries(LogIndex(4), LogIndex(5), u64::MAX).is_ok());
+    let (_, mark) = crate::durable::read(&s.mark_file()).unwrap().unwrap();
+    drop(release);
+    assert_eq!(outcome.map_err(|e| format!("{e:?}")), Ok(Ok(())), "the apply waited for the log write's fsync");
+    assert_eq!(visible, (LogIndex(3), false), "a log write showed before it was durable");
+    assert_eq!(mark.last.index, LogIndex(3), "the durable mark claimed a write before it was durable");
+    writer.join().unwrap().unwrap();
+    applier.join().unwrap();
+    assert_eq!(s.applied_index(), LogIndex(3));
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.last_index(), LogIndex(6));
+    let (_, mark) = crate::durable::read(&s.mark_file()).unwrap().unwrap();
+    assert_eq!(mark.last.index, LogIndex(6));
+    s.apply(LogIndex(6), []).unwrap();
+    drop(s);
+    let s = open(d.path());
+    assert_eq!((s.last_index(), s.applied_index()), (LogIndex(6), LogIndex(6)));
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+/// Brief 20D: with the log and the state machine under separate locks, a failed log fsync
+/// still stops both. An apply that runs while the failing write waits for its fsync completes
+/// (it is ordered before the failure); after the failure both the log's and the state
+/// machine's writes are refused, and a restart finds the applied index within the log and the
+/// state machine matching it.
+#[test]
+fn a_failed_log_fsync_stops_the_log_and_the_state_machine() {
+    let d = TestDir::new("poisonboth");
+    let s = Arc::new(open(d.path()));
+    s.write(PersistBatch::append(entries(1, 3, 1)).with_hard_state(hs(1, 3))).unwrap();
+    s.danger_inject_write_fault(Some(WriteFault::Eio { after_write: true }));
+    let (entered, release) = hold_log_write_before_sync(&s);
+    let writer = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.write(PersistBatch::append(entries(4, 6, 1))))
+    };
+    entered.recv_timeout(WAIT).expect("the log write reaches its fsync");
+    // On another thread, so that an apply stuck behind the held write fails the test
+    // instead of hanging it.
+    let (applied_tx, applied) = std::sync::mpsc::channel();
+    let applier = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            let _ = applied_tx.send(s.apply(LogIndex(2), [SmOp::Put { key: b"k".to_vec(), value: b"2".to_vec() }]));
+        })
+    };
+    let applied = applied.recv_timeout(WAIT);
+    drop(release);
+    applier.join().unwrap();
+    applied.expect("the apply waited for the log write's fsync").unwrap();
+    let err = writer.join().unwrap().unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    s.danger_inject_write_fault(None);
+    let err = s.apply(LogIndex(3), [SmOp::Put { key: b"k".to_vec(), value: b"3".to_vec() }]).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    let err = s.write(PersistBatch::append(entries(4, 4, 1))).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    let err = s.write_sm_install_batch(vec![(b"x".to_vec(), b"y".to_vec())]).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    // Nothing of the failed write shows, and the applied index stayed where it was.
+    assert_eq!((s.last_index(), s.applied_index()), (LogIndex(3), LogIndex(2)));
+    drop(s);
+    let s = open(d.path());
+    assert!(s.applied_index() <= s.last_index());
+    assert_eq!(s.applied_index(), LogIndex(2));
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"2".to_vec()));
+}
+
+/// Brief 20D (review): a failed fsync of the write-ahead log — the sync step after an
+/// unsynced log write, not the write — poisons the store: the write is refused, nothing of it
+/// shows, and every later log and state-machine write is refused.
+#[test]
+fn a_failed_wal_sync_after_an_unsynced_log_write_poisons_the_store() {
+    let d = TestDir::new("walsyncfail");
+    let s = open(d.path());
+    s.write(PersistBatch::append(entries(1, 3, 1)).with_hard_state(hs(1, 3))).unwrap();
+    s.apply(LogIndex(1), [SmOp::Put { key: b"k".to_vec(), value: b"1".to_vec() }]).unwrap();
+    *s.test_hooks.fail_log_sync.lock().unwrap() = Some("Input/output error (injected)".into());
+    let err = s.write(PersistBatch::append(entries(4, 6, 1))).unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    assert!(err.to_string().contains("fsync of the write-ahead log"), "{err}");
+    assert_eq!(s.last_index(), LogIndex(3), "a write whose fsync failed showed");
+    let err = s.write(PersistBatch::append(entries(4, 4, 1))).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    let err = s.apply(LogIndex(2), [SmOp::Put { key: b"k".to_vec(), value: b"2".to_vec() }]).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err}");
+    drop(s);
+    let s = open(d.path());
+    assert!(s.applied_index() <= s.last_index());
+    assert_eq!(s.sm_get(b"k").unwrap(), Some(b"1".to_vec()));
+}

@@ -6,7 +6,7 @@ use quorate_log::{
     StorageError, Term,
 };
 use quorate_storage::{
-    DurableLog, GroupCommitter, GroupOptions, MemStore, PersistBatch, RocksStore, StoreError, StoreOptions,
+    DurableLog, GroupCommitter, GroupOptions, MemStore, PersistBatch, RocksStore, SmOp, StoreError, StoreOptions,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -470,6 +470,22 @@ fn crash_child_entry_point() {
     let seed: u64 = std::env::var(SEED_ENV).unwrap().parse().unwrap();
     let mut rng = Rng::new(seed);
     let store = Arc::new(RocksStore::open(&dir, rocks_options(voters(&[1]))).unwrap());
+    // The state machine applies whatever the log holds, concurrently with the log's writes (it
+    // takes its own lock): each apply records the index it applied in the same write.
+    {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || {
+            loop {
+                let (applied, last) = (store.applied_index(), store.last_index());
+                if last > applied {
+                    let value = last.0.to_string().into_bytes();
+                    store.apply(last, [SmOp::Put { key: APPLIED_KEY.to_vec(), value }]).unwrap();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        });
+    }
     let mut out = std::io::stdout().lock();
     let mut next = store.last_index().0 + 1;
     let ack = |out: &mut std::io::StdoutLock<'_>, i: u64| {
@@ -534,8 +550,20 @@ fn check_recovered(dir: &Path, acked: u64) -> u64 {
     }
     let hs = s.hard_state();
     assert!(hs.commit.0 <= last);
+    // The state machine's data and applied index were written together, and never past what
+    // the log held durably.
+    let applied = s.applied_index();
+    assert!(applied.0 <= last, "applied {applied} past the recovered log's end {last}");
+    let recorded = s.sm_get(APPLIED_KEY).unwrap().map(|v| String::from_utf8(v).unwrap());
+    assert_eq!(recorded, (applied.0 > 0).then(|| applied.0.to_string()), "state machine and applied index differ");
+    APPLIED_SEEN.fetch_max(applied.0, Ordering::Relaxed);
     last
 }
+
+/// The state-machine key the crash child's applier writes the applied index to.
+const APPLIED_KEY: &[u8] = b"applied";
+/// The highest applied index a crash round recovered.
+static APPLIED_SEEN: AtomicU64 = AtomicU64::new(0);
 
 #[test]
 fn crash_rounds_keep_acknowledged_entries() {
@@ -590,6 +618,7 @@ fn crash_rounds_keep_acknowledged_entries() {
         acked = acked.max(last);
     }
     assert!(acked > rounds, "too little progress: {acked}");
+    assert!(APPLIED_SEEN.load(Ordering::Relaxed) > 0, "the child's applier never applied anything");
     if rounds >= 10 {
         assert_eq!(modes.len(), 2, "both writer modes must run: {modes:?}");
     }

@@ -77,7 +77,8 @@ impl RocksStore {
     }
 
     fn begin_install(&self, target: LogIndex) -> Result<(), StoreError> {
-        let _w = lock(&self.write_lock);
+        // Exclusive: it drops and creates the state machine's column family.
+        let _w = self.exclusive();
         // Clearing frees space: allowed below the floor.
         self.check_poison()?;
         if target == LogIndex::ZERO {
@@ -119,7 +120,8 @@ impl RocksStore {
     /// repair of a damaged state machine when there is no snapshot (the log starts at index 1,
     /// and the caller applies all of it again).
     pub fn reset_sm(&self) -> Result<(), StoreError> {
-        let _w = lock(&self.write_lock);
+        // Exclusive: it checks the log's floor and drops the state machine's column family.
+        let _w = self.exclusive();
         self.check_poison()?;
         if self.tail_read().snapshot.last.index != LogIndex::ZERO {
             return Err(StoreError::InvalidBatch(
@@ -140,7 +142,9 @@ impl RocksStore {
     /// [`begin_sm_install`](Self::begin_sm_install): at most [`APPLY_OPS_MAX`] pairs and
     /// [`INSTALL_BATCH_BYTES_MAX`] bytes. Not fsynced on its own (the finishing write is).
     pub fn write_sm_install_batch(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
-        let _w = lock(&self.write_lock);
+        // The state machine's lock only: it writes state-machine keys of an install in
+        // progress, which only holders of that lock begin and end.
+        let _w = lock(&self.sm_lock);
         self.writable()?;
         if self.sm_install_pending().is_none() {
             return Err(StoreError::InvalidBatch("no snapshot install in progress; begin one first".into()));
@@ -170,7 +174,7 @@ impl RocksStore {
     /// past the last log index (the snapshot is recorded first). (The applied index may go
     /// back: the begin write cleared the state machine, and checked the direction.)
     pub fn finish_sm_install(&self, target: LogIndex) -> Result<(), StoreError> {
-        let _w = lock(&self.write_lock);
+        let _w = self.exclusive();
         self.check_poison()?;
         match self.sm_install_pending() {
             Some(t) if t == target => {}
