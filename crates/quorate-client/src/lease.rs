@@ -83,6 +83,12 @@ impl KeepAlive {
         self.state.borrow().clone()
     }
 
+    /// A receiver of the verdict (`Some` once the lease is lost; closed once this handle is
+    /// dropped), for the recipes that report a lost lease to a lock holder or a leader.
+    pub(crate) fn lost_receiver(&self) -> watch::Receiver<Option<LeaseLost>> {
+        self.state.clone()
+    }
+
     /// Keep-alives acknowledged so far.
     #[must_use]
     pub fn renewals(&self) -> u64 {
