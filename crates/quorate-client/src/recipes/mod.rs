@@ -240,7 +240,7 @@ fn lost_now(rx: &watch::Receiver<Option<LeaseLost>>) -> Option<LeaseLost> {
 }
 
 fn stopped() -> LeaseLost {
-    LeaseLost::Unconfirmed { last_error: "the keep-alive was stopped".into() }
+    LeaseLost::Stopped
 }
 
 async fn wait_lost(mut rx: watch::Receiver<Option<LeaseLost>>) -> LeaseLost {
