@@ -472,6 +472,18 @@ fn lock_fencing() -> Result<Verdict> {
         let env = Env::create(bin, dir.clone(), 3, 0, RAFT, &[]).await?;
         let admin = env.factory.client(343)?;
         env.wait_for_leader(&admin, Duration::from_secs(30)).await?;
+        // The lock stands on leases and watches: cluster version 2, which a fresh cluster
+        // commits on its own shortly after its first leader (every member applies it).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &id in env.listen.keys() {
+            loop {
+                match admin.versions(super::nid(id)?).await {
+                    Ok(v) if v.cluster_version >= 2 => break,
+                    _ if Instant::now() >= deadline => bail!("node {id} is not at cluster version 2 after 30 s"),
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
         let endpoints: Vec<String> = env.listen.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let out = Command::new(&example)
             .env("QUORATE_CERTS", env.factory.certs.clone())
