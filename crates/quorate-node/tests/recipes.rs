@@ -13,7 +13,7 @@ use quorate_log::NodeId;
 use quorate_transport::{ClusterId, TlsPaths};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{ChildStdout, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -274,4 +274,97 @@ fn quorate_lock_runs_the_command_with_the_key_and_token_and_a_second_locker_wait
     // Released when the command ended.
     let left = c.ok(&["kv", "scan", "--prefix", "lock/job/"]);
     assert!(left.trim().is_empty(), "{left}");
+}
+
+/// Waits (with a deadline) until `path` holds a line, and returns it.
+fn wait_for_file(path: &std::path::Path, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "{} not written within {limit:?}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether the process `pid` is gone (or a zombie: ended, not yet reaped).
+fn process_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the last `)`.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits (with a deadline) until the process `pid` is gone.
+fn wait_gone(pid: &str, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while !process_gone(pid) {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn quorate_lock_forwards_sigterm_to_the_command_waits_for_it_and_releases_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let pid_file = tmp.path().join("pid");
+    let trapped = tmp.path().join("trapped");
+    // The command traps SIGTERM (it must get it, from quorate) and has a background
+    // grandchild (which must get it too: the whole process group).
+    let script = format!(
+        "trap 'echo term > {}; exit 3' TERM; sleep 1000 & echo $! > {}; wait",
+        trapped.display(),
+        pid_file.display()
+    );
+    // A long TTL: a lock left behind would stay for a minute, far beyond the checks below.
+    let locker = c
+        .command(&["-o", "json", "lock", "job", "--ttl-ms", "60000", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let grandchild = wait_for_file(&pid_file, Duration::from_secs(30));
+    let status = Command::new("kill").args(["-TERM", &locker.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = locker.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "quorate lock passes on the code of the command that trapped SIGTERM: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&trapped).unwrap().trim(), "term", "the command got SIGTERM");
+    wait_gone(&grandchild, Duration::from_secs(10), "the command's background sleep");
+    // Released at once, not after the lease's TTL.
+    let left = c.ok(&["kv", "scan", "--prefix", "lock/job/"]);
+    assert!(left.trim().is_empty(), "the lock was not released: {left}");
+}
+
+#[test]
+fn quorate_lock_kills_the_commands_whole_process_group_when_the_lease_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let pid_file = tmp.path().join("pid");
+    let script = format!("sleep 1000 & echo $! > {}; wait", pid_file.display());
+    let mut locker = c
+        .command(&["-o", "json", "lock", "job", "--ttl-ms", "60000", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let printed = lines_of(locker.stdout.take().unwrap());
+    let held: Value = serde_json::from_str(&line(&printed, Duration::from_secs(30), "the locker")).unwrap();
+    let grandchild = wait_for_file(&pid_file, Duration::from_secs(30));
+    // Revoke the holder's lease (as its expiry would): the lock may be someone else's now.
+    let lease = held["lease"].as_u64().unwrap().to_string();
+    c.ok(&["lease", "revoke", &lease]);
+    wait_gone(&grandchild, Duration::from_secs(30), "the command's background sleep (a grandchild)");
+    let status = locker.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "exit 1 after a lost lease: {status:?}");
 }
