@@ -1,18 +1,23 @@
-//! A lock with a lease and **fencing tokens**, built on compare-and-swap and transactions —
-//! and a demonstration that the token stops a holder that outlived its lease (the failure
-//! Jepsen found in etcd 3.4.3's lock: a lease is only advice, a paused process cannot know
-//! that it expired).
+//! A lock on a lease with **fencing tokens** ([`quorate_client::recipes::Lock`]) — and a
+//! demonstration that the token stops a holder that outlived its lease (the failure Jepsen
+//! found in etcd 3.4.3's lock: a lease is only advice, a paused process cannot know that it
+//! expired).
 //!
-//! * The lock is one key. Acquiring it is a `cas` from "absent" (or from an expired holder's
-//!   value) to `holder=NAME;expires_unix_ms=T`. The **fencing token** is the revision of that
-//!   write: revisions only grow, so a later holder always has a larger token.
-//! * Every write to the protected resource is a transaction that runs only if the stored fence
-//!   is not greater than the writer's token, and raises the fence to it. A holder whose lease
-//!   expired and who was replaced writes with a smaller token than the fence: refused.
+//! * Each contender puts `lock/demo/<lease id>` attached to its lease; the holder is the key
+//!   created first, and its **fencing token** is the revision that created it. Revisions only
+//!   grow, so a later holder always has a larger token. A waiter watches the key before its
+//!   own and takes over when it is deleted — when the holder releases it, or when the
+//!   holder's lease expires because it stopped renewing it.
+//! * Every write to the protected resource goes through a [`Fence`]: a transaction that runs
+//!   only if the stored fence is not greater than the writer's token, and raises the fence to
+//!   it. A holder whose lease expired and who was replaced writes with a smaller token than
+//!   the fence: refused.
 //!
-//! The demonstration: A acquires the lock and "pauses" (does nothing) past its lease; B takes
-//! the expired lock and writes; A wakes up and writes with its old token — the fence refuses it.
-//! Exits non-zero if the stale write is accepted.
+//! The demonstration: A acquires the lock and writes; A "pauses" (its keep-alive stops, as in
+//! a GC pause or SIGSTOP) until its lease expires; B, waiting in line, takes the lock with a
+//! larger token and writes; A wakes up and writes with its old token — the fence refuses it
+//! (and so does a transaction conditioned on A still owning its key). Exits non-zero if the
+//! stale write is accepted.
 //!
 //! ```sh
 //! quorate certs dev --dir /tmp/q --cluster dev --nodes 3
@@ -22,105 +27,20 @@
 //!   cargo run -p quorate-client --example lock
 //! ```
 
-use quorate_client::{Client, ClientConfig, Compare, CompareOp, CompareTarget, ReadConsistency, Txn, TxnOp};
+use quorate_client::recipes::{Fence, Lock, Session};
+use quorate_client::{Client, ClientConfig, ReadConsistency, Txn, TxnOp};
 use quorate_log::NodeId;
 use quorate_transport::{ClusterId, TlsPaths};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 type Error = Box<dyn std::error::Error>;
 
-/// How long a lock is held without renewal.
-const TTL: Duration = Duration::from_millis(1500);
-/// How long `acquire` keeps trying.
-const ACQUIRE_WAIT: Duration = Duration::from_secs(20);
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A held lock: who holds it, the value stored, and the fencing token.
-#[derive(Debug, Clone)]
-struct Held {
-    holder: String,
-    value: Vec<u8>,
-    token: u64,
-}
-
-/// The lock named `name`: key `lock/NAME`, fence `lock/NAME/fence`.
-struct Lock {
-    key: String,
-    fence: String,
-}
-
-impl Lock {
-    fn new(name: &str) -> Lock {
-        Lock { key: format!("lock/{name}"), fence: format!("lock/{name}/fence") }
-    }
-
-    /// Takes the lock when it is free or its holder's lease has expired.
-    async fn acquire(&self, client: &Client, holder: &str) -> Result<Held, Error> {
-        let deadline = Instant::now() + ACQUIRE_WAIT;
-        while Instant::now() < deadline {
-            let current = client.get(&self.key, ReadConsistency::Linearizable).await?.kv.map(|kv| kv.value);
-            let free = match &current {
-                None => true,
-                Some(v) => expires_ms(v).is_none_or(|t| t <= unix_ms()),
-            };
-            if free {
-                let value = format!("holder={holder};expires_unix_ms={}", unix_ms() + TTL.as_millis() as u64);
-                let swapped = client.cas(&self.key, current.as_deref(), value.as_bytes()).await?;
-                if swapped.succeeded {
-                    // The revision of the acquiring write: larger than any earlier holder's.
-                    return Ok(Held { holder: holder.to_string(), value: value.into_bytes(), token: swapped.revision });
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(format!("{holder} could not acquire {} within {}s", self.key, ACQUIRE_WAIT.as_secs()).into())
-    }
-
-    /// Writes `data` to `resource` if `held`'s token is not older than the fence; whether it
-    /// was written.
-    async fn fenced_put(&self, client: &Client, held: &Held, resource: &str, data: &str) -> Result<bool, Error> {
-        let token = format!("{:020}", held.token);
-        let txn = Txn {
-            // Zero-padded decimals compare as numbers; an absent fence is smallest.
-            compare: vec![Compare {
-                key: self.fence.clone().into_bytes(),
-                target: CompareTarget::Value(Some(token.clone().into_bytes())),
-                op: CompareOp::Greater,
-            }],
-            // The fence is newer: a later holder exists. Write nothing.
-            success: vec![],
-            failure: vec![
-                TxnOp::Put { key: self.fence.clone().into_bytes(), value: token.into_bytes() },
-                TxnOp::Put { key: resource.as_bytes().to_vec(), value: data.as_bytes().to_vec() },
-            ],
-        };
-        let outcome = client.txn(txn).await?;
-        Ok(!outcome.succeeded)
-    }
-
-    /// Releases the lock if `held` still holds it.
-    async fn release(&self, client: &Client, held: &Held) -> Result<bool, Error> {
-        let txn = Txn {
-            compare: vec![Compare {
-                key: self.key.clone().into_bytes(),
-                target: CompareTarget::Value(Some(held.value.clone())),
-                op: CompareOp::Equal,
-            }],
-            success: vec![TxnOp::Delete { key: self.key.clone().into_bytes() }],
-            failure: vec![],
-        };
-        Ok(client.txn(txn).await?.succeeded)
-    }
-}
-
-fn expires_ms(value: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(value).ok()?;
-    s.split(';').find_map(|p| p.strip_prefix("expires_unix_ms="))?.parse().ok()
-}
+/// The TTL of each contender's lease: the shortest a cluster grants
+/// (`quorate_api::limits::LEASE_TTL_MS_MIN`, and three election timeouts of at most 1 s).
+const TTL_MS: u64 = 3_000;
+/// How long `acquire` waits at most.
+const ACQUIRE_WAIT: Duration = Duration::from_secs(30);
 
 fn client_from_env() -> Result<Client, Error> {
     let certs = PathBuf::from(std::env::var("QUORATE_CERTS").unwrap_or_else(|_| "certs".into()));
@@ -143,49 +63,84 @@ fn client_from_env() -> Result<Client, Error> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    // Two processes in real life; two clients (two sessions) here.
+    // Two processes in real life; two clients (two sessions, two leases) here.
     let (a, b) = (client_from_env()?, client_from_env()?);
-    let lock = Lock::new("demo");
-    let resource = "lock/demo/resource";
+    let lock = Lock::new("demo")?;
+    // The fence and the resource live outside the lock's prefix (`lock/demo/`), where only
+    // the contenders' keys belong.
+    let fence = Fence::new("demo/fence");
+    let resource = "demo/resource";
 
-    let held_a = lock.acquire(&a, "A").await?;
-    println!("A holds {} with fencing token {}", lock.key, held_a.token);
-    assert!(lock.fenced_put(&a, &held_a, resource, "written by A").await?, "A's first write must pass the fence");
+    let mut session_a = Session::grant(&a, TTL_MS).await?;
+    let held_a = lock.acquire(&session_a, ACQUIRE_WAIT).await?;
+    let key_a = String::from_utf8_lossy(held_a.key()).into_owned();
+    println!("A holds {key_a} with fencing token {}", held_a.token());
+    if !fence.put(&a, held_a.token(), resource, "written by A").await? {
+        return Err("A's first write was refused by the fence".into());
+    }
     println!("A wrote the resource under its token");
 
-    // A pauses (a GC pause, SIGSTOP, a slow disk) for longer than its lease.
-    tokio::time::sleep(TTL + Duration::from_millis(200)).await;
-
-    let held_b = lock.acquire(&b, "B").await?;
-    println!("A's lease expired; B holds {} with fencing token {}", lock.key, held_b.token);
-    if held_b.token <= held_a.token {
-        return Err(format!("B's token {} is not above A's {}", held_b.token, held_a.token).into());
+    // A pauses (a GC pause, SIGSTOP, a slow disk): its keep-alives stop, and its lease
+    // expires on the leader after the TTL. B is waiting in line meanwhile.
+    let session_b = Session::grant(&b, TTL_MS).await?;
+    session_a.stop_keep_alive();
+    let paused = Instant::now();
+    let held_b = lock.acquire(&session_b, ACQUIRE_WAIT).await?;
+    println!(
+        "A's lease expired; B holds {} with fencing token {} ({} ms after A's keep-alive stopped)",
+        String::from_utf8_lossy(held_b.key()),
+        held_b.token(),
+        paused.elapsed().as_millis()
+    );
+    if held_b.token() <= held_a.token() {
+        return Err(format!("B's token {} is not above A's {}", held_b.token(), held_a.token()).into());
     }
-    assert!(lock.fenced_put(&b, &held_b, resource, "written by B").await?, "B's write must pass the fence");
+    if !fence.put(&b, held_b.token(), resource, "written by B").await? {
+        return Err("B's write was refused by the fence".into());
+    }
     println!("B wrote the resource under its token");
 
-    // A wakes up, still believing it holds the lock, and writes.
-    let stale = lock.fenced_put(&a, &held_a, resource, "stale write by A").await?;
+    // A wakes up, still believing it holds the lock, and writes with its old token.
+    let stale = fence.put(&a, held_a.token(), resource, "stale write by A").await?;
+    // The same write conditioned on A still owning its key (etcd's `IsOwner`).
+    let owned = a
+        .txn(Txn {
+            compare: vec![held_a.owner_compare()],
+            success: vec![TxnOp::Put { key: resource.as_bytes().to_vec(), value: b"stale write by A".to_vec() }],
+            failure: vec![],
+        })
+        .await?
+        .succeeded;
     let now = a
         .get(resource, ReadConsistency::Linearizable)
         .await?
         .kv
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-    if stale {
-        return Err(
-            format!("the stale holder {} wrote past the fence; the resource holds {now:?}", held_a.holder).into()
-        );
+    if stale || owned {
+        return Err(format!(
+            "the stale holder A wrote past the fence (fence: {stale}, owner check: {owned}); the resource holds {now:?}"
+        )
+        .into());
     }
-    println!("A's stale write (token {}) was refused by the fence; the resource holds {now:?}", held_a.token);
+    println!(
+        "A's stale write (token {}) was refused by the fence and by the owner check; the resource holds {now:?}",
+        held_a.token()
+    );
     if now.as_deref() != Some("written by B") {
         return Err(format!("the resource should hold B's write, holds {now:?}").into());
     }
-    let released = lock.release(&b, &held_b).await?;
+    let lost = held_a.is_lost().map_or_else(|| "not reported".to_string(), |l| l.to_string());
+    let token_b = held_b.token();
+    let released = held_b.release(&session_b).await?;
+    session_b.close().await?;
+    session_a.close().await?;
     a.close();
     b.close();
+    println!("A's handle reports its lease: {lost}");
     println!(
-        "lock-fencing: PASS — stale holder A (token {}) refused after B (token {}) took the expired lock; released: {released}",
-        held_a.token, held_b.token
+        "lock-fencing: PASS — stale holder A (token {}) refused after B (token {}) took the lock on A's expired lease; released: {released}",
+        held_a.token(),
+        token_b
     );
     Ok(())
 }

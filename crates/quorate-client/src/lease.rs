@@ -42,6 +42,9 @@ pub enum LeaseLost {
         /// The last error.
         last_error: String,
     },
+    /// Its owner stopped the keep-alive (`recipes::Session::stop_keep_alive`, or the handle
+    /// was dropped): the lease expires after its TTL.
+    Stopped,
 }
 
 impl std::fmt::Display for LeaseLost {
@@ -51,6 +54,7 @@ impl std::fmt::Display for LeaseLost {
             LeaseLost::Unconfirmed { last_error } => {
                 write!(f, "no keep-alive was acknowledged for a whole TTL (last error: {last_error})")
             }
+            LeaseLost::Stopped => write!(f, "the keep-alive was stopped; the lease expires after its TTL"),
         }
     }
 }
@@ -81,6 +85,12 @@ impl KeepAlive {
     #[must_use]
     pub fn is_lost(&self) -> Option<LeaseLost> {
         self.state.borrow().clone()
+    }
+
+    /// A receiver of the verdict (`Some` once the lease is lost; closed once this handle is
+    /// dropped), for the recipes that report a lost lease to a lock holder or a leader.
+    pub(crate) fn lost_receiver(&self) -> watch::Receiver<Option<LeaseLost>> {
+        self.state.clone()
     }
 
     /// Keep-alives acknowledged so far.

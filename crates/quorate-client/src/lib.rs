@@ -57,6 +57,7 @@
 mod error;
 mod lease;
 mod link;
+pub mod recipes;
 mod retry;
 mod watch;
 

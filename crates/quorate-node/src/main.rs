@@ -14,11 +14,11 @@ fn main() -> ExitCode {
     // clap prints usage errors itself and exits with 2 (0 for --help and --version).
     let args = cli::Cli::parse();
     let exit = match cli::run(args) {
-        Ok(outcome) => outcome.exit(),
+        Ok(outcome) => outcome.code(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            cli::output::exit_of(&e)
+            cli::output::exit_of(&e).code()
         }
     };
-    ExitCode::from(exit.code())
+    ExitCode::from(exit)
 }

@@ -466,8 +466,10 @@ fn index_monotonic(seed: u64) -> Result<Verdict> {
     })
 }
 
-/// Runs `examples/lock.rs` (a CAS lock with fencing tokens) against a 3-node cluster: a
-/// holder that outlives its lease must have its write refused by the fence.
+/// Runs `examples/lock.rs` (the lease-based lock recipe, `quorate_client::recipes::Lock`,
+/// with fencing tokens) against a 3-node cluster: a holder whose keep-alive stops loses the
+/// lock to the waiter when its lease expires, and its write with the old token must be refused
+/// by the fence (and by the owner condition).
 fn lock_fencing() -> Result<Verdict> {
     client_example("lock-fencing", "lock", 343)
 }

@@ -9,6 +9,7 @@ mod flight;
 mod kv;
 pub(crate) mod lease;
 pub(crate) mod output;
+mod recipes;
 mod recover;
 mod snapshot;
 mod top;
@@ -32,6 +33,8 @@ pub(crate) enum Outcome {
     CompareFailed,
     /// The command printed why it failed (`replay`: the outputs diverged): exit 1.
     Failed,
+    /// `lock -- COMMAND`: the command's own exit code.
+    Code(u8),
 }
 
 impl Outcome {
@@ -41,7 +44,15 @@ impl Outcome {
             Outcome::Ok => output::Exit::Ok,
             Outcome::NotFound => output::Exit::NotFound,
             Outcome::CompareFailed => output::Exit::CompareFailed,
-            Outcome::Failed => output::Exit::Failure,
+            Outcome::Failed | Outcome::Code(_) => output::Exit::Failure,
+        }
+    }
+
+    /// The process exit code: [`Outcome::exit`]'s, or a command's own.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Outcome::Code(c) => c,
+            other => other.exit().code(),
         }
     }
 }
@@ -51,7 +62,7 @@ impl Outcome {
 #[command(name = "quorate", version = quorate_node::VERSION, propagate_version = true, disable_help_subcommand = true)]
 #[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found, 4 comparison \
 false (cas, txn), 5 cluster unavailable (nothing done), 6 refused (role, invalid request, revision compacted or in the future), 7 outcome of a write \
-unknown. `-o json` prints one JSON object (`kv scan`, `top`: one per line); see docs/operations.md.")]
+unknown, 8 lock not acquired or leader not elected in time (`lock -- COMMAND`: the command's own code). `-o json` prints one JSON object (`kv scan`, `top`: one per line); see docs/operations.md.")]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -105,6 +116,21 @@ pub(crate) enum Command {
     /// or expires (not kept alive for its TTL). Needs cluster version 2.
     #[command(subcommand)]
     Lease(lease::LeaseCmd),
+    /// Take a lock (held on a lease, like `etcdctl lock`): print its key and fencing token
+    /// once acquired, then run COMMAND (after `--`) with QUORATE_LOCK_KEY and
+    /// QUORATE_LOCK_TOKEN in its environment and release the lock when it exits (exit with its
+    /// code; if the lease is lost meanwhile, the command is killed and the exit is 1). Without
+    /// a command, hold the lock until SIGINT, the end of standard input, or --hold-ms. Exit 8
+    /// if not acquired within --wait-ms. The token grows with every holder: pass it with the
+    /// writes the lock protects, and refuse smaller ones (docs/consistency.md). Needs cluster
+    /// version 2.
+    Lock(recipes::LockArgs),
+    /// Campaign in an election (like `etcdctl elect`): print the leader's key, value and
+    /// revision once this process is elected, hold the leadership until SIGINT, the end of
+    /// standard input or --duration-ms, then resign (exit 1 if the lease is lost meanwhile; 8
+    /// if not elected within --duration-ms). With --listen, print the leader and every change
+    /// of leader instead. Needs cluster version 2.
+    Elect(recipes::ElectArgs),
     /// Print a shell completion script: `quorate completions bash > /etc/bash_completion.d/quorate`.
     Completions {
         /// The shell: bash, zsh, fish (also elvish, powershell).
@@ -589,6 +615,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Kv(cmd) => block_on(kv::run(&cli.conn, cmd)),
         Command::Watch(args) => block_on(watch::run(&cli.conn, args)),
         Command::Lease(cmd) => block_on(lease::run(&cli.conn, cmd)),
+        Command::Lock(args) => block_on(recipes::lock(&cli.conn, args)),
+        Command::Elect(args) => block_on(recipes::elect(&cli.conn, args)),
         Command::Cluster(ClusterCmd::Status) => block_on(cluster::status(&cli.conn)),
         Command::Cluster(ClusterCmd::Finalize { to }) => block_on(cluster::finalize(&cli.conn, to)),
         Command::Member(cmd) => block_on(cluster::member(&cli.conn, cmd)),

@@ -39,6 +39,8 @@ pub(crate) enum Exit {
     Refused = 6,
     /// A write may or may not have been applied (its answer was lost): read before retrying.
     OutcomeUnknown = 7,
+    /// `lock`: not acquired in time; `elect`: not elected in time.
+    NotAcquired = 8,
 }
 
 impl Exit {
@@ -73,6 +75,17 @@ pub(crate) fn exit_of(error: &anyhow::Error) -> Exit {
         }
         if cause.downcast_ref::<UnavailableError>().is_some() {
             return Exit::Unavailable;
+        }
+        if let Some(e) = cause.downcast_ref::<quorate_client::recipes::RecipeError>() {
+            use quorate_client::recipes::RecipeError;
+            match e {
+                RecipeError::Timeout { .. } => return Exit::NotAcquired,
+                RecipeError::InvalidName(_) => return Exit::Usage,
+                RecipeError::TooManyParticipants { .. } => return Exit::Refused,
+                // A client error is in the chain after it.
+                RecipeError::Client(_) => {}
+                _ => return Exit::Failure,
+            }
         }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {

@@ -700,3 +700,27 @@ fn endpoint_health_help_states_the_exit_codes_the_code_uses() {
     );
     assert!(!help.contains("5 when none answers"), "{help}");
 }
+
+#[test]
+fn lock_takes_a_command_after_a_double_dash_and_elect_a_value_or_listen() {
+    let Command::Lock(l) = parse(&["lock", "job", "--ttl-ms", "5000", "--", "sh", "-c", "echo --x"]).unwrap().command
+    else {
+        panic!("not a lock")
+    };
+    assert_eq!((l.name.as_str(), l.ttl_ms, l.wait_ms, l.hold_ms), ("job", 5000, 60_000, None));
+    assert_eq!(l.command, ["sh", "-c", "echo --x"]);
+    let Command::Lock(l) = parse(&["lock", "job", "--hold-ms", "10"]).unwrap().command else { panic!("not a lock") };
+    assert!(l.command.is_empty() && l.hold_ms == Some(10));
+    assert!(parse(&["lock"]).is_err());
+    assert!(parse(&["lock", "job", "--wait-ms", "0"]).is_err());
+    let Command::Elect(e) = parse(&["elect", "e", "--listen", "--count", "2"]).unwrap().command else {
+        panic!("not an elect")
+    };
+    assert!(e.listen && e.value.is_none() && e.count == Some(2));
+    let Command::Elect(e) = parse(&["elect", "e", "node-a"]).unwrap().command else { panic!("not an elect") };
+    assert_eq!(e.value.as_deref(), Some("node-a"));
+    // A command's own exit code passes through; the others map as before.
+    assert_eq!(Outcome::Code(7).code(), 7);
+    assert_eq!(Outcome::NotFound.code(), 3);
+    assert_eq!(output::Exit::NotAcquired.code(), 8);
+}

@@ -1,0 +1,263 @@
+//! `quorate lock NAME [-- COMMAND]` and `quorate elect NAME [VALUE]`: the client's lock and
+//! election recipes (`quorate_client::recipes`) from the command line, as `etcdctl lock` and
+//! `etcdctl elect`.
+
+use super::output::{Format, escape, print_json};
+use super::{ConnArgs, Outcome};
+use clap::Args;
+use quorate_client::recipes::{Election, Leader, Lock, RecipeError, Session};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// `quorate lock`.
+#[derive(Debug, Args)]
+pub(crate) struct LockArgs {
+    /// The lock's name (no `/`).
+    pub(crate) name: String,
+    /// The TTL of the lease the lock is held on, ms: if this process stops renewing it (dies,
+    /// is paused, is cut off) for that long, the lock passes on.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub(crate) ttl_ms: u64,
+    /// Give up (exit 8) if the lock is not acquired within MS milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) wait_ms: u64,
+    /// Without a command: hold the lock for MS milliseconds, then release it (default: until
+    /// SIGINT or the end of standard input).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) hold_ms: Option<u64>,
+    /// The command to run while holding the lock (after `--`), with QUORATE_LOCK_KEY and
+    /// QUORATE_LOCK_TOKEN in its environment; the lock is released when it exits.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+/// `quorate elect`.
+#[derive(Debug, Args)]
+pub(crate) struct ElectArgs {
+    /// The election's name (no `/`).
+    pub(crate) name: String,
+    /// The value to campaign with (what observers see while this process leads).
+    pub(crate) value: Option<String>,
+    /// Do not campaign: print the leader, then each change of leader (`-o json`: one object
+    /// per line, `{"leader": null}` when there is none).
+    #[arg(long)]
+    pub(crate) listen: bool,
+    /// With --listen: stop after N leaders printed (exit 0; with --duration-ms, exit 1 if
+    /// fewer came in time).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+    /// Stop after MS milliseconds: a leader resigns then (exit 0). A candidate not yet elected
+    /// by then gives up (exit 8).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) duration_ms: Option<u64>,
+    /// The TTL of the candidate's lease, ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub(crate) ttl_ms: u64,
+}
+
+/// A candidate's wait without --duration-ms: a year.
+const WAIT_FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A recipe error as an `anyhow::Error` whose chain holds the client error, if any (so the
+/// exit code is that of the request that failed).
+fn recipe(e: RecipeError) -> anyhow::Error {
+    match e {
+        RecipeError::Client(c) => c.into(),
+        other => other.into(),
+    }
+}
+
+/// Waits for SIGINT or the end of standard input (read on a thread of its own).
+async fn interrupted() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 4096];
+        let mut stdin = std::io::stdin().lock();
+        // Bounded per read; ends at EOF or an error.
+        while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = rx => {}
+    }
+}
+
+pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outcome> {
+    let lock = Lock::new(&args.name).map_err(|e| super::output::usage(e.to_string()))?;
+    let client = conn.client()?;
+    let session = Session::grant(&client, args.ttl_ms).await.map_err(recipe)?;
+    let guard = match lock.acquire(&session, Duration::from_millis(args.wait_ms)).await {
+        Ok(g) => g,
+        Err(e) => {
+            // Leave nothing behind: the lease takes the key along.
+            let _ = session.close().await;
+            return Err(recipe(e));
+        }
+    };
+    let key = String::from_utf8_lossy(guard.key()).into_owned();
+    let token = guard.token();
+    if conn.output == Format::Json {
+        print_json(&json!({"name": args.name, "key": key, "token": token, "lease": guard.lease().0}))?;
+    } else {
+        writeln!(std::io::stdout(), "{key}\ntoken {token}")?;
+    }
+    std::io::stdout().flush()?;
+
+    let mut outcome = Outcome::Ok;
+    if let Some((program, rest)) = args.command.split_first() {
+        let mut child = tokio::process::Command::new(program)
+            .args(rest)
+            .env("QUORATE_LOCK_KEY", &key)
+            .env("QUORATE_LOCK_TOKEN", token.to_string())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| super::output::usage(format!("cannot run `{program}`: {e}")))?;
+        tokio::select! {
+            status = child.wait() => {
+                let status = status?;
+                outcome = match status.code() {
+                    Some(0) => Outcome::Ok,
+                    Some(c) => Outcome::Code(u8::try_from(c).unwrap_or(1)),
+                    None => {
+                        eprintln!("`{program}` was ended by a signal ({status})");
+                        Outcome::Failed
+                    }
+                };
+            }
+            lost = guard.lost() => {
+                // The lock may be someone else's now: stop the command.
+                eprintln!("the lock's lease was lost ({lost}); the lock may be held by another: killing `{program}`");
+                let _ = child.kill().await;
+                outcome = Outcome::Failed;
+            }
+        }
+    } else {
+        let hold = async {
+            match args.hold_ms {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => interrupted().await,
+            }
+        };
+        tokio::select! {
+            () = hold => {}
+            lost = guard.lost() => {
+                eprintln!("the lock's lease was lost ({lost}); the lock may be held by another");
+                outcome = Outcome::Failed;
+            }
+        }
+    }
+    if outcome != Outcome::Failed {
+        guard.release(&session).await.map_err(recipe)?;
+    }
+    session.close().await.map_err(recipe)?;
+    Ok(outcome)
+}
+
+fn leader_json(l: Option<&Leader>) -> Value {
+    match l {
+        Some(l) => json!({
+            "leader": {
+                "key": String::from_utf8_lossy(&l.key),
+                "value": String::from_utf8_lossy(&l.value),
+                "revision": l.revision,
+            }
+        }),
+        None => json!({"leader": Value::Null}),
+    }
+}
+
+fn leader_text(l: Option<&Leader>) -> String {
+    match l {
+        Some(l) => format!("{} {} (revision {})", escape(&l.key, false), escape(&l.value, false), l.revision),
+        None => "no leader".into(),
+    }
+}
+
+pub(crate) async fn elect(conn: &ConnArgs, args: ElectArgs) -> anyhow::Result<Outcome> {
+    let election = Election::new(&args.name).map_err(|e| super::output::usage(e.to_string()))?;
+    let deadline = args.duration_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let client = conn.client()?;
+    let as_json = conn.output == Format::Json;
+    if args.listen {
+        if args.value.is_some() {
+            return Err(super::output::usage("--listen does not campaign: leave out VALUE"));
+        }
+        let mut observer = election.observe(&client);
+        let mut seen = 0u64;
+        loop {
+            let next = observer.next();
+            let leader = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, next).await {
+                    Ok(l) => l,
+                    Err(_) => {
+                        return Ok(match args.count {
+                            Some(c) => {
+                                eprintln!("{seen} of {c} leaders seen within {} ms", args.duration_ms.unwrap_or(0));
+                                Outcome::Failed
+                            }
+                            None => Outcome::Ok,
+                        });
+                    }
+                },
+                None => next.await,
+            };
+            let leader = leader.map_err(recipe)?;
+            let line = if as_json { leader_json(leader.as_ref()).to_string() } else { leader_text(leader.as_ref()) };
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+            seen += 1;
+            if args.count.is_some_and(|c| seen >= c) {
+                return Ok(Outcome::Ok);
+            }
+        }
+    }
+    if args.count.is_some() {
+        return Err(super::output::usage("--count goes with --listen"));
+    }
+    let Some(value) = args.value else {
+        return Err(super::output::usage("give the VALUE to campaign with, or --listen"));
+    };
+    let session = Session::grant(&client, args.ttl_ms).await.map_err(recipe)?;
+    // Without --duration-ms, a candidate waits as long as it takes.
+    let wait = deadline.map_or(WAIT_FOREVER, |d| d.saturating_duration_since(Instant::now()));
+    let leadership = match election.campaign(&session, value.as_bytes(), wait).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = session.close().await;
+            return Err(recipe(e));
+        }
+    };
+    let leader = Leader::from(quorate_client::KeyValue {
+        key: leadership.key().to_vec(),
+        value: value.into_bytes(),
+        create_revision: leadership.revision(),
+        mod_revision: leadership.revision(),
+        version: 1,
+    });
+    let line = if as_json { leader_json(Some(&leader)).to_string() } else { leader_text(Some(&leader)) };
+    writeln!(std::io::stdout(), "{line}")?;
+    std::io::stdout().flush()?;
+    let hold = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => interrupted().await,
+        }
+    };
+    let mut outcome = Outcome::Ok;
+    tokio::select! {
+        () = hold => {}
+        lost = leadership.lost() => {
+            eprintln!("the leader's lease was lost ({lost}); another candidate may lead");
+            outcome = Outcome::Failed;
+        }
+    }
+    if outcome == Outcome::Ok {
+        leadership.resign(&session).await.map_err(recipe)?;
+    }
+    session.close().await.map_err(recipe)?;
+    Ok(outcome)
+}

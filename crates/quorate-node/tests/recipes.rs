@@ -1,0 +1,370 @@
+//! The client's lock and election recipes (`quorate_client::recipes`, `quorate lock`,
+//! `quorate elect`) on real 3-node clusters of `quorate` processes on 127.0.0.1 (issue 22):
+//! two lockers take turns and every round's increment through the fence counts, with tokens
+//! that only grow; a holder whose lease expires (its keep-alive stopped) or is revoked loses
+//! the lock to the next waiter within the lease bound, and its stale writes are refused; two
+//! candidates, the second elected once the first's process is killed, with an observer seeing
+//! both in order; `quorate lock NAME -- COMMAND` runs the command with the lock's key and
+//! token in its environment.
+
+use quorate_client::recipes::{Fence, Lock, Session};
+use quorate_client::{Client, ClientConfig, ReadConsistency, Txn, TxnOp};
+use quorate_log::NodeId;
+use quorate_transport::{ClusterId, TlsPaths};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[path = "support/procs.rs"]
+mod procs;
+use procs::free_base_port;
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::Cluster;
+
+/// The shortest lease TTL the test cluster grants (`limits::LEASE_TTL_MS_MIN`; three election
+/// timeouts of 1 s).
+const SHORT_TTL_MS: u64 = 3_000;
+/// Beyond the TTL, how long the next waiter may take after a holder's last keep-alive: the
+/// leader's expiry sweep (500 ms), the commit of the expiry, the waiter's watch poll and its
+/// ranking reads (docs/consistency.md).
+const AFTER_TTL_SLACK: Duration = Duration::from_millis(2_500);
+/// Rounds per locker in the mutual-exclusion test.
+const ROUNDS: u64 = 8;
+
+fn client(c: &Cluster) -> Client {
+    let certs = c.dir.join("certs");
+    let members = (0..3u16)
+        .map(|i| (NodeId::new(u64::from(i) + 1).unwrap(), format!("127.0.0.1:{}", c.base + i).parse().unwrap()));
+    let tls = TlsPaths {
+        ca: certs.join("ca.crt"),
+        cert: certs.join("client-admin.crt"),
+        key: certs.join("client-admin.key"),
+    };
+    Client::new(ClientConfig::new(ClusterId::new("e2e").unwrap(), members.collect(), tls)).unwrap()
+}
+
+fn ready_cluster(tmp: &tempfile::TempDir) -> (Cluster, procs::Nodes) {
+    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    let nodes = c.start();
+    c.eventually(&["kv", "put", "start", "x"]);
+    c.wait_cluster_version(2);
+    (c, nodes)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn two_lockers_take_turns_every_increment_through_the_fence_counts_and_tokens_only_grow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let base = client(&c);
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    runtime().block_on(async {
+        let lock = Lock::new("counter").unwrap();
+        let fence = Fence::new("counter/fence");
+        let locker = |name: &'static str| {
+            let (lock, fence, tokens) = (lock.clone(), fence.clone(), Arc::clone(&tokens));
+            let me = base.session();
+            async move {
+                let session = Session::grant(&me, 10_000).await.unwrap();
+                for round in 0..ROUNDS {
+                    let guard = lock.acquire(&session, Duration::from_secs(60)).await.unwrap();
+                    tokens.lock().unwrap().push((guard.token(), name));
+                    // A read-modify-write that only mutual exclusion makes safe: were the lock
+                    // held twice at once, both would read one value and an increment be lost.
+                    let got = me.get("counter/value", ReadConsistency::Linearizable).await.unwrap();
+                    let n: u64 = got.kv.map_or(0, |kv| String::from_utf8(kv.value).unwrap().parse().unwrap());
+                    let written = fence.put(&me, guard.token(), "counter/value", (n + 1).to_string()).await.unwrap();
+                    assert!(written, "{name}'s write in round {round} under token {} was fenced off", guard.token());
+                    assert!(guard.is_lost().is_none());
+                    assert!(guard.release(&session).await.unwrap(), "{name} still held the lock in round {round}");
+                }
+                session.close().await.unwrap();
+            }
+        };
+        tokio::join!(locker("A"), locker("B"));
+        let got = base.get("counter/value", ReadConsistency::Linearizable).await.unwrap();
+        assert_eq!(got.kv.map(|kv| kv.value), Some((2 * ROUNDS).to_string().into_bytes()), "an increment was lost");
+        // Every key is gone with its release.
+        let left = base.scan("lock/counter/", Some(b"lock/counter0"), 100, ReadConsistency::Linearizable).await;
+        assert!(left.unwrap().kvs.is_empty());
+    });
+    let tokens = tokens.lock().unwrap();
+    assert_eq!(tokens.len() as u64, 2 * ROUNDS);
+    assert!(tokens.windows(2).all(|w| w[0].0 < w[1].0), "tokens did not grow: {tokens:?}");
+    assert!(tokens.iter().any(|t| t.1 == "A") && tokens.iter().any(|t| t.1 == "B"));
+}
+
+#[test]
+fn a_holder_whose_lease_expires_or_is_revoked_loses_the_lock_to_the_next_waiter_within_the_lease_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let (a, b, d) = (client(&c), client(&c), client(&c));
+    runtime().block_on(async {
+        let lock = Lock::new("expiry").unwrap();
+        let fence = Fence::new("expiry/fence");
+        let mut session_a = Session::grant(&a, SHORT_TTL_MS).await.unwrap();
+        let held_a = lock.acquire(&session_a, Duration::from_secs(30)).await.unwrap();
+        assert!(fence.put(&a, held_a.token(), "expiry/resource", "A").await.unwrap());
+
+        // B waits in line; A stops renewing (a paused process): B holds within the bound.
+        let session_b = Session::grant(&b, 10_000).await.unwrap();
+        session_a.stop_keep_alive();
+        let stopped = Instant::now();
+        let held_b = lock.acquire(&session_b, Duration::from_secs(30)).await.unwrap();
+        let took = stopped.elapsed();
+        let bound = Duration::from_millis(SHORT_TTL_MS) + AFTER_TTL_SLACK;
+        assert!(took <= bound, "B waited {took:?} after A's last keep-alive, more than {bound:?}");
+        assert!(held_b.token() > held_a.token(), "{} then {}", held_a.token(), held_b.token());
+        assert!(held_a.is_lost().is_some(), "A's handle shows its lease lost");
+        assert!(fence.put(&b, held_b.token(), "expiry/resource", "B").await.unwrap());
+        // A's stale writes are refused: by the fence, and by the owner condition.
+        assert!(!fence.put(&a, held_a.token(), "expiry/resource", "stale A").await.unwrap());
+        let owned = Txn {
+            compare: vec![held_a.owner_compare()],
+            success: vec![TxnOp::Put { key: b"expiry/resource".to_vec(), value: b"stale A".to_vec() }],
+            failure: vec![],
+        };
+        assert!(!a.txn(owned).await.unwrap().succeeded);
+        let now = a.get("expiry/resource", ReadConsistency::Linearizable).await.unwrap();
+        assert_eq!(now.kv.map(|kv| kv.value), Some(b"B".to_vec()));
+
+        // D waits; B's lease is revoked: D holds at once, B's handle shows it.
+        let session_d = Session::grant(&d, 10_000).await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let held = lock.acquire(&session_d, Duration::from_secs(30)).await.unwrap();
+            (held.token(), Instant::now(), session_d)
+        });
+        // D is in line once its key exists (two keys under the prefix).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let keys = b.scan("lock/expiry/", Some(b"lock/expiry0"), 10, ReadConsistency::Linearizable).await;
+            if keys.unwrap().kvs.len() == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "D never queued up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let revoked = Instant::now();
+        b.lease_revoke(session_b.lease().id).await.unwrap();
+        let (token_d, at, session_d) = waiting.await.unwrap();
+        assert!(token_d > held_b.token());
+        assert!(at.duration_since(revoked) < Duration::from_secs(5), "D took {:?}", at.duration_since(revoked));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while held_b.is_lost().is_none() {
+            assert!(Instant::now() < deadline, "B's handle never showed the revoked lease");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        session_d.close().await.unwrap();
+        eprintln!("B acquired {took:?} after A's keep-alive stopped (TTL {SHORT_TTL_MS} ms)");
+    });
+}
+
+/// Reads the next line of a child's stdout, within `limit`.
+fn line(lines: &std::sync::mpsc::Receiver<String>, limit: Duration, what: &str) -> String {
+    lines.recv_timeout(limit).unwrap_or_else(|_| panic!("no line from {what} within {limit:?}"))
+}
+
+fn lines_of(stdout: ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn the_second_candidate_leads_once_the_first_process_is_killed_and_an_observer_sees_both_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let ttl = SHORT_TTL_MS.to_string();
+    let candidate = |value: &str| {
+        c.command(&["-o", "json", "elect", "e", value, "--ttl-ms", &ttl])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = candidate("A");
+    let first_lines = lines_of(first.stdout.take().unwrap());
+    let a: Value = serde_json::from_str(&line(&first_lines, Duration::from_secs(30), "A")).unwrap();
+    assert_eq!(a["leader"]["value"], "A", "{a}");
+    let mut second = candidate("B");
+    let second_lines = lines_of(second.stdout.take().unwrap());
+    let mut listener = c
+        .command(&["-o", "json", "elect", "e", "--listen", "--count", "2", "--duration-ms", "60000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listened = lines_of(listener.stdout.take().unwrap());
+    let seen_a: Value = serde_json::from_str(&line(&listened, Duration::from_secs(30), "the listener")).unwrap();
+    assert_eq!(seen_a, a, "the observer starts with the current leader");
+    // B is not elected while A lives.
+    assert!(second_lines.try_recv().is_err());
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = Instant::now();
+    let b: Value = serde_json::from_str(&line(&second_lines, Duration::from_secs(30), "B")).unwrap();
+    let took = killed.elapsed();
+    assert_eq!(b["leader"]["value"], "B", "{b}");
+    assert!(b["leader"]["revision"].as_u64() > a["leader"]["revision"].as_u64(), "{a} then {b}");
+    let bound = Duration::from_millis(SHORT_TTL_MS) + AFTER_TTL_SLACK;
+    assert!(took <= bound, "B was elected {took:?} after A's kill, more than {bound:?}");
+    let seen_b: Value = serde_json::from_str(&line(&listened, Duration::from_secs(30), "the listener")).unwrap();
+    assert_eq!(seen_b, b, "the observer sees the second leader after the first");
+    let out = listener.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The end of B's standard input: it resigns and exits 0; no leader is left.
+    drop(second.stdin.take());
+    let out = second.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = c.json(&["elect", "e", "--listen", "--count", "1", "--duration-ms", "30000"]);
+    assert_eq!(after, serde_json::json!({"leader": null}));
+    eprintln!("B elected {took:?} after A's process was killed (TTL {SHORT_TTL_MS} ms)");
+}
+
+#[test]
+fn quorate_lock_runs_the_command_with_the_key_and_token_and_a_second_locker_waits_or_gives_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    // A holder without a command: holds until its standard input ends.
+    let mut holder = c
+        .command(&["-o", "json", "lock", "job"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = lines_of(holder.stdout.take().unwrap());
+    let first: Value = serde_json::from_str(&line(&held, Duration::from_secs(30), "the holder")).unwrap();
+    assert!(first["key"].as_str().unwrap().starts_with("lock/job/"), "{first}");
+    // Held: another locker gives up after its wait, exit 8, in clear words.
+    let out = c.cli(&["lock", "job", "--wait-ms", "1000", "--", "true"]);
+    assert_eq!(out.status.code(), Some(8), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not acquired within"));
+    // A bad name is a usage error.
+    assert_eq!(c.cli(&["lock", "a/b"]).status.code(), Some(2));
+
+    holder.stdin.take().unwrap().flush().unwrap();
+    let out = holder.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let file = tmp.path().join("ran");
+    let script = format!("echo \"$QUORATE_LOCK_KEY $QUORATE_LOCK_TOKEN\" > {}; exit 7", file.display());
+    let out = c.cli(&["-o", "json", "lock", "job", "--", "sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(7), "the command's exit code: {}", String::from_utf8_lossy(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ran = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(ran.trim(), format!("{} {}", printed["key"].as_str().unwrap(), printed["token"]));
+    assert!(printed["token"].as_u64() > first["token"].as_u64(), "{first} then {printed}");
+    // Released when the command ended.
+    let left = c.ok(&["kv", "scan", "--prefix", "lock/job/"]);
+    assert!(left.trim().is_empty(), "{left}");
+}
+
+/// Waits (with a deadline) until `path` holds a line, and returns it.
+fn wait_for_file(path: &std::path::Path, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "{} not written within {limit:?}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether the process `pid` is gone (or a zombie: ended, not yet reaped).
+fn process_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the last `)`.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits (with a deadline) until the process `pid` is gone.
+fn wait_gone(pid: &str, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while !process_gone(pid) {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn quorate_lock_forwards_sigterm_to_the_command_waits_for_it_and_releases_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let pid_file = tmp.path().join("pid");
+    let trapped = tmp.path().join("trapped");
+    // The command traps SIGTERM (it must get it, from quorate) and has a background
+    // grandchild (which must get it too: the whole process group).
+    let script = format!(
+        "trap 'echo term > {}; exit 3' TERM; sleep 1000 & echo $! > {}; wait",
+        trapped.display(),
+        pid_file.display()
+    );
+    // A long TTL: a lock left behind would stay for a minute, far beyond the checks below.
+    let locker = c
+        .command(&["-o", "json", "lock", "job", "--ttl-ms", "60000", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let grandchild = wait_for_file(&pid_file, Duration::from_secs(30));
+    let status = Command::new("kill").args(["-TERM", &locker.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = locker.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "quorate lock passes on the code of the command that trapped SIGTERM: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&trapped).unwrap().trim(), "term", "the command got SIGTERM");
+    wait_gone(&grandchild, Duration::from_secs(10), "the command's background sleep");
+    // Released at once, not after the lease's TTL.
+    let left = c.ok(&["kv", "scan", "--prefix", "lock/job/"]);
+    assert!(left.trim().is_empty(), "the lock was not released: {left}");
+}
+
+#[test]
+fn quorate_lock_kills_the_commands_whole_process_group_when_the_lease_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let pid_file = tmp.path().join("pid");
+    let script = format!("sleep 1000 & echo $! > {}; wait", pid_file.display());
+    let mut locker = c
+        .command(&["-o", "json", "lock", "job", "--ttl-ms", "60000", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let printed = lines_of(locker.stdout.take().unwrap());
+    let held: Value = serde_json::from_str(&line(&printed, Duration::from_secs(30), "the locker")).unwrap();
+    let grandchild = wait_for_file(&pid_file, Duration::from_secs(30));
+    // Revoke the holder's lease (as its expiry would): the lock may be someone else's now.
+    let lease = held["lease"].as_u64().unwrap().to_string();
+    c.ok(&["lease", "revoke", &lease]);
+    wait_gone(&grandchild, Duration::from_secs(30), "the command's background sleep (a grandchild)");
+    let status = locker.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "exit 1 after a lost lease: {status:?}");
+}
