@@ -688,7 +688,10 @@ mod tests {
         assert!(Settings::parse("torn_txn_reads_ms = 999999", p).is_err());
         assert_eq!(Settings::parse("lease_expire_delay_ms = 6000", p).unwrap().lease_expire_delay_ms, 6000);
         assert!(
-            Settings::parse("lease_expire_delay_ms = 999999", p).unwrap_err().to_string().contains("lease_expire_delay_ms")
+            Settings::parse("lease_expire_delay_ms = 999999", p)
+                .unwrap_err()
+                .to_string()
+                .contains("lease_expire_delay_ms")
         );
         let fp = Failpoints::new(true);
         fp.apply(&Settings { lease_expire_delay_ms: 6000, ..Settings::default() });
