@@ -596,6 +596,37 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_taking_office_after_the_deadline_but_before_the_expire_applied_renews_the_lease() {
+        // Deadline 7.02 s; the leader is killed at 7.12 s (a 2 s stall) before its sweep
+        // proposed the expire; a new leader, seen at 8.02 s, takes office by 9.52 s and gives
+        // the lease a full TTL: its keys may live until 12.52 s (then sweep + commit).
+        let mut l = good();
+        l.reads[3] = read("a", 11 * S, true);
+        let kill = Stall { from_ns: 7_120 * MS, to_ns: 9_120 * MS };
+        let office = Office { term: 3, from_ns: 7_900 * MS, seen_ns: 8_020 * MS };
+        assert_eq!(l.expiry_bound_ns(&[office], &[kill], &BOUND), Some((12_520 + 1_500 + 2_000) * MS));
+        let r = check(&[l.clone()], &[office], &[kill], &BOUND);
+        assert!(r.pass(), "{}", r.summary());
+        // Past that bound it outlived the lease.
+        l.reads.push(read("a", 16_100 * MS, true));
+        assert_eq!(kinds(&check(&[l], &[office], &[kill], &BOUND)), vec![ViolationKind::Outlived]);
+    }
+
+    #[test]
+    fn a_leader_seen_just_before_the_last_keep_alive_may_take_office_after_it() {
+        // Seen at 3.9 s, before the last keep-alive's completion (4.02 s), it takes office as
+        // late as 5.4 s: deadline 8.4 s, bound 9.9 s (at least the one-change bound 11.12 s).
+        let mut l = good();
+        l.reads[3] = read("a", 9_500 * MS, true);
+        let office = Office { term: 3, from_ns: 3_800 * MS, seen_ns: 3_900 * MS };
+        assert_eq!(l.expiry_bound_ns(&[office], &[], &BOUND), Some(11_120 * MS));
+        assert!(check(&[l.clone()], &[office], &[], &BOUND).pass());
+        // Seen more than a sweep and a commit before it: it took office before it, no change.
+        let early = Office { term: 3, from_ns: 2_400 * MS, seen_ns: 2_500 * MS };
+        assert_eq!(l.expiry_bound_ns(&[early], &[], &BOUND), Some(8_520 * MS));
+    }
+
+    #[test]
     fn a_key_absent_while_a_keep_alive_still_promised_it_expired_early() {
         let mut l = good();
         // The keep-alive issued at 4 s promised it until 7 s: a read completing at 6.99 s
