@@ -29,10 +29,13 @@
 //! served after its client gave up on it, which a paused leader can break — pauses widen the
 //! bound, below). Without a leader change the keys are gone by *k* + TTL + sweep + one commit
 //! ([`Bound::sweep_ms`], [`Bound::commit_ms`]). A leader that takes office gives every lease
-//! its full TTL from then: for each leader observed ([`Office`]) before the deadline computed so
-//! far, the deadline moves to its office + TTL, where its office is at most one commit and a
-//! sweep after its first sighting (it takes office at its first sweep after applying its term's first
-//! entry). With any leader change in the window the bound is at least the documented
+//! still in its table its full TTL from then — also a lease past its deadline whose expire was
+//! not applied yet. Its office is at most one commit and a sweep after its first sighting
+//! ([`Office::seen_ns`]; it takes office at its first sweep after applying its term's first
+//! entry) and no earlier than its start ([`Office::from_ns`]). So every leader that may take
+//! office after *k* (seen less than a sweep and a commit before it, or later) and started
+//! before the end of the bound computed so far moves the deadline to its sighting + sweep +
+//! commit + TTL, and the end with it; this repeats until no further leader counts. With any leader change in the window the bound is at least the documented
 //! single-change bound, *k* + TTL + election time + 1 s + two commits ([`Bound::election_ms`]).
 //!
 //! Faults that hold the leader or its commits ([`Stall`]: pauses, kills, partitions, full or
@@ -51,7 +54,8 @@
 //! node became leader) promises the key only until that start + TTL. Nothing else is loosened.
 //!
 //! # Bounds
-//! One pass over each lease's calls and reads against the offices and stalls; at most
+//! Each lease's bound takes at most (offices + 1) rounds over the offices and stalls, then one
+//! pass over its calls and reads; at most
 //! [`VIOLATIONS_MAX`] violations are kept (the count goes on).
 
 use std::collections::BTreeMap;
@@ -163,29 +167,49 @@ impl Lease {
         let k = self.last_accepted_ns()?;
         let ttl = ms(self.ttl_ms);
         let step = ms(bound.commit_ms + bound.sweep_ms);
-        let mut deadline = k + ttl;
-        let mut changed = false;
-        let mut sorted: Vec<&Office> = offices.iter().filter(|o| o.seen_ns > k).collect();
-        sorted.sort_by_key(|o| o.seen_ns);
-        for o in sorted {
-            if o.seen_ns > deadline {
-                break;
-            }
-            changed = true;
-            deadline = deadline.max(o.seen_ns + step + ttl);
-        }
-        let mut end = deadline + step;
-        if changed {
-            end = end.max(k + ttl + ms(bound.election_ms) + ms(1000) + 2 * ms(bound.commit_ms));
-        }
-        // Widen by every stall overlapping the window (each once; a stall that starts inside
-        // the widened window widens it again).
+        let one_change = k + ttl + ms(bound.election_ms) + ms(1000) + 2 * ms(bound.commit_ms);
         let mut by_start: Vec<&Stall> = stalls.iter().collect();
         by_start.sort_by_key(|s| s.from_ns);
-        for s in by_start {
-            if s.to_ns >= k && s.from_ns <= end {
-                end += s.to_ns.saturating_sub(s.from_ns);
+        // The end of the bound for a deadline: a sweep and a commit after it (at least the
+        // one-change bound if a leader change counted), widened by every stall overlapping
+        // the window from k (each once; a stall that starts inside the widened window widens
+        // it again).
+        let end_for = |deadline: u64, changed: bool| {
+            let mut end = deadline + step;
+            if changed {
+                end = end.max(one_change);
             }
+            for s in &by_start {
+                if s.to_ns >= k && s.from_ns <= end {
+                    end += s.to_ns.saturating_sub(s.from_ns);
+                }
+            }
+            end
+        };
+        // A leader that takes office while the lease is still in its table (before the end of
+        // the bound computed so far: the expire may not have been applied yet) gives it a full
+        // TTL from its office, which is no later than a sweep and a commit after its first
+        // sighting and no earlier than its start (`from_ns`). Only an office that may come after
+        // k moves anything. Repeat until no further office counts: each round counts at
+        // least one more office or stops, so at most `offices.len()` + 1 rounds.
+        let mut deadline = k + ttl;
+        let mut counted = vec![false; offices.len()];
+        let mut changed = false;
+        let mut end = end_for(deadline, changed);
+        loop {
+            let mut more = false;
+            for (i, o) in offices.iter().enumerate() {
+                if !counted[i] && o.seen_ns + step > k && o.from_ns <= end {
+                    counted[i] = true;
+                    more = true;
+                    changed = true;
+                    deadline = deadline.max(o.seen_ns + step + ttl);
+                }
+            }
+            if !more {
+                break;
+            }
+            end = end_for(deadline, changed);
         }
         Some(end)
     }
@@ -575,14 +599,20 @@ mod tests {
         let office = Office { term: 3, from_ns: 5_800 * MS, seen_ns: 6 * S };
         assert_eq!(l.expiry_bound_ns(&[office], &[], &BOUND), Some(12 * S));
         assert!(check(&[l.clone()], &[office], &[], &BOUND).pass());
-        // A leader seen after the deadline changes nothing (it cannot renew an expired lease):
-        // and neither does one before the last keep-alive.
+        // A leader seen after the deadline but started before the end of the bound (the
+        // expire may not have been applied yet) renews it too: office by 9.1 s, bound 13.6 s.
         let late = Office { term: 3, from_ns: 7_500 * MS, seen_ns: 7_600 * MS };
-        let early = Office { term: 2, from_ns: 0, seen_ns: 3 * S };
-        assert_eq!(l.expiry_bound_ns(&[late, early], &[], &BOUND), Some(8_520 * MS));
-        // A chain of leaders each before the moved deadline.
-        let next = Office { term: 4, from_ns: 9 * S, seen_ns: 10 * S };
-        assert_eq!(l.expiry_bound_ns(&[office, next], &[], &BOUND), Some(16 * S));
+        assert_eq!(l.expiry_bound_ns(&[late], &[], &BOUND), Some(13_600 * MS));
+        // One started after the end of the bound changes nothing (the keys are gone by then),
+        // and neither does one that took office before the last keep-alive (seen more than a
+        // sweep and a commit before it).
+        let after = Office { term: 3, from_ns: 8_600 * MS, seen_ns: 8_700 * MS };
+        let early = Office { term: 2, from_ns: 0, seen_ns: 2 * S };
+        assert_eq!(l.expiry_bound_ns(&[after, early], &[], &BOUND), Some(8_520 * MS));
+        // A chain of leaders each started before the moved end of the bound, the second after
+        // the moved deadline (10.5 s) but before its end (12 s).
+        let next = Office { term: 4, from_ns: 11 * S, seen_ns: 11_500 * MS };
+        assert_eq!(l.expiry_bound_ns(&[next, office], &[], &BOUND), Some(17_500 * MS));
         // One leader change: at least the documented bound, TTL + election + 1 s + two commits.
         let soon = Office { term: 3, from_ns: 4 * S, seen_ns: 4_100 * MS };
         assert_eq!(l.expiry_bound_ns(&[soon], &[], &BOUND), Some((4_020 + 3_000 + 1_100 + 1_000 + 2_000) * MS));
