@@ -689,6 +689,21 @@ mod tests {
     }
 
     #[test]
+    fn only_stalls_around_a_keep_alive_widen_its_deposed_leader_window() {
+        let mut l = good();
+        l.reads[2] = Read { key: "a".into(), invoked_ns: 6_500 * MS, completed_ns: 6_600 * MS, present: false };
+        // A leader started at 1.5 s, outside the 4 s keep-alive's deposed window (from 3 s).
+        let office = Office { term: 3, from_ns: 1_500 * MS, seen_ns: 1_700 * MS };
+        // A 10 s stall long after the keep-alive does not widen that window.
+        let later = Stall { from_ns: 50 * S, to_ns: 60 * S };
+        assert_eq!(kinds(&check(&[l.clone()], &[office], &[later], &BOUND)), vec![ViolationKind::ExpiredEarly]);
+        // A 1.5 s stall ending within the window (the old leader paused, then accepting for up
+        // to a deposed window after) widens it by its length, to 1.5 s: the promise is lowered.
+        let pause = Stall { from_ns: 2 * S, to_ns: 3_500 * MS };
+        assert!(check(&[l], &[office], &[pause, later], &BOUND).pass());
+    }
+
+    #[test]
     fn a_key_seen_after_an_acknowledged_revoke_is_reported_and_absence_after_it_is_fine() {
         let mut l = good();
         l.revoke = Some(Call::acked(4_500 * MS, 4_600 * MS, 0));
