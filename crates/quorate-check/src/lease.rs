@@ -704,6 +704,27 @@ mod tests {
     }
 
     #[test]
+    fn figures_count_only_what_was_checked_and_reads_before_an_acknowledged_revoke_are_held_to_the_bound() {
+        // A key never read is not counted as checked.
+        let mut l = good();
+        l.keys.push(Attached { key: "b".into(), attached_ns: S + 200 * MS });
+        let r = check(&[l], &[], &[], &BOUND);
+        assert_eq!((r.keys, r.unresolved, r.expiries_observed), (1, 1, 0), "{}", r.summary());
+        // A revoke of unknown outcome: the keys going is no observed expiry (nor a lateness).
+        let mut l = good();
+        l.revoke = Some(Call { invoked_ns: 7_500 * MS, completed_ns: 7_900 * MS, outcome: Outcome::Unknown });
+        let r = check(&[l], &[], &[], &BOUND);
+        assert!(r.pass(), "{}", r.summary());
+        assert_eq!((r.expiries_observed, r.revokes_observed, r.worst_lateness), (0, 0, None));
+        // A revoke acknowledged late does not excuse a read begun past the bound before it.
+        let mut l = good();
+        l.reads[3] = read("a", 10 * S, true);
+        l.revoke = Some(Call::acked(11 * S, 11_100 * MS, 0));
+        l.reads.push(read("a", 12 * S, false));
+        assert_eq!(kinds(&check(&[l], &[], &[], &BOUND)), vec![ViolationKind::Outlived]);
+    }
+
+    #[test]
     fn a_key_seen_after_an_acknowledged_revoke_is_reported_and_absence_after_it_is_fine() {
         let mut l = good();
         l.revoke = Some(Call::acked(4_500 * MS, 4_600 * MS, 0));
