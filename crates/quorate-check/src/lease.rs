@@ -49,9 +49,12 @@
 //!
 //! The deposed-leader caveat (the documented one): a keep-alive accepted by a leader that was
 //! already deposed buys only a full TTL from the new leader's office. So a keep-alive whose
-//! window (from [`Bound::deposed_ms`] plus the longest overlapping stall before its invocation,
-//! to its completion) saw a new leader start ([`Office::from_ns`], a lower bound on when that
-//! node became leader) promises the key only until that start + TTL. Nothing else is loosened.
+//! window saw a new leader start ([`Office::from_ns`], a lower bound on when that node became
+//! leader) promises the key only until that start + TTL. The window runs from its invocation
+//! less [`Bound::deposed_ms`] less the lengths of the stalls that overlap
+//! [invocation − deposed − the stall's length, invocation] (a stall may have held the old
+//! leader, which goes on accepting for up to `deposed_ms` after it), to its completion; stalls
+//! elsewhere in the run do not widen it. Nothing else is loosened.
 //!
 //! # Bounds
 //! Each lease's bound takes at most (offices + 1) rounds over the offices and stalls, then one
@@ -391,12 +394,28 @@ fn secs(ns: u64) -> String {
     format!("{:.3}s", ns as f64 / 1e9)
 }
 
+/// Where the deposed-leader window of a keep-alive invoked at `invoked_ns` begins: a new leader
+/// that started from then on may have deposed the leader that accepted it. Check-quorum steps a
+/// deposed leader down within [`Bound::deposed_ms`] of its successor's start unless a stall held
+/// it: each stall `s` overlapping `[invoked − deposed − len(s), invoked]` (it may have held that
+/// leader) moves the window's start back by its length (the lengths add up: one leader may be
+/// held by several). Stalls elsewhere in the run change nothing.
+fn deposed_window_from(invoked_ns: u64, stalls: &[Stall], bound: &Bound) -> u64 {
+    let deposed = ms(bound.deposed_ms);
+    let held: u64 = stalls
+        .iter()
+        .map(|s| (s, s.to_ns.saturating_sub(s.from_ns)))
+        .filter(|&(s, len)| s.from_ns <= invoked_ns && s.to_ns >= invoked_ns.saturating_sub(deposed + len))
+        .map(|(_, len)| len)
+        .sum();
+    invoked_ns.saturating_sub(deposed + held)
+}
+
 /// Checks `leases` against the observed `offices` and the run's `stalls` under `bound` (see
 /// the module's notes).
 #[must_use]
 pub fn check(leases: &[Lease], offices: &[Office], stalls: &[Stall], bound: &Bound) -> Report {
     let mut report = Report::default();
-    let longest_stall = stalls.iter().map(|s| s.to_ns.saturating_sub(s.from_ns)).max().unwrap_or(0);
     for l in leases {
         if !l.grant.is_some_and(|g| g.is_acked()) {
             continue;
@@ -418,7 +437,7 @@ pub fn check(leases: &[Lease], offices: &[Office], stalls: &[Stall], bound: &Bou
             .promises()
             .filter_map(|c| match c.outcome {
                 Outcome::Acked { ttl_ms } => {
-                    let window_from = c.invoked_ns.saturating_sub(ms(bound.deposed_ms) + longest_stall);
+                    let window_from = deposed_window_from(c.invoked_ns, stalls, bound);
                     let start = offices
                         .iter()
                         .filter(|o| o.from_ns >= window_from && o.from_ns <= c.completed_ns)
