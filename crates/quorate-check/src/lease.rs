@@ -313,20 +313,20 @@ impl fmt::Display for Violation {
 pub struct Report {
     /// Leases checked (granted and acknowledged).
     pub leases: usize,
-    /// Attached keys checked.
+    /// Attached keys checked (read at least once after the attach).
     pub keys: usize,
     /// Keep-alives acknowledged.
     pub keep_alives: usize,
     /// Reads checked.
     pub reads: usize,
-    /// Leases let expire whose every key was then read absent.
+    /// Leases let expire (no revoke issued) whose every key was then read absent.
     pub expiries_observed: usize,
     /// Leases revoked (acknowledged) whose every key was then read absent.
     pub revokes_observed: usize,
     /// Leases let expire whose keys were not all read absent (the client's polling bound ran
     /// out first, or the run ended): no verdict on when they went, only on reads made.
     pub unresolved: usize,
-    /// The worst lateness observed (ms): from the nominal deadline (the last accepted
+    /// The worst lateness observed (ms), over leases with no revoke issued: from the nominal deadline (the last accepted
     /// keep-alive plus the TTL) to the completion of the first read that found a key absent; with its lease.
     pub worst_lateness: Option<(u64, u64)>,
     /// The largest expiry bound's excess over the nominal deadline (ms): sweep + one commit
@@ -421,7 +421,9 @@ pub fn check(leases: &[Lease], offices: &[Office], stalls: &[Stall], bound: &Bou
             continue;
         }
         report.leases += 1;
-        report.keys += l.keys.len();
+        // Keys that at least one checked read looked at.
+        report.keys +=
+            l.keys.iter().filter(|k| l.reads.iter().any(|r| r.key == k.key && r.invoked_ns >= k.attached_ns)).count();
         report.keep_alives += l.keep_alives.iter().filter(|c| c.is_acked()).count();
         let revoked_at = l.revoke.filter(Call::is_acked).map(|c| c.completed_ns);
         let revoke_issued = l.revoke.map(|c| c.invoked_ns);
@@ -454,9 +456,10 @@ pub fn check(leases: &[Lease], offices: &[Office], stalls: &[Stall], bound: &Bou
             for r in l.reads.iter().filter(|r| r.key == key.key && r.invoked_ns >= key.attached_ns) {
                 report.reads += 1;
                 if r.present {
+                    // A read begun after an acknowledged revoke is held to the revoke instead.
                     if let Some(b) = bound_ns
                         && r.invoked_ns > b
-                        && revoked_at.is_none()
+                        && revoked_at.is_none_or(|rv| r.invoked_ns <= rv)
                     {
                         report.add(
                             ViolationKind::Outlived,
@@ -513,7 +516,7 @@ pub fn check(leases: &[Lease], offices: &[Office], stalls: &[Stall], bound: &Bou
             }
             if first_absent.is_none() {
                 all_absent = false;
-            } else if revoked_at.is_none()
+            } else if revoke_issued.is_none()
                 && let (Some(f), Some(n)) = (first_absent, nominal)
             {
                 let late = f.saturating_sub(n) / 1_000_000;
@@ -526,6 +529,8 @@ pub fn check(leases: &[Lease], offices: &[Office], stalls: &[Stall], bound: &Bou
             // No key attached: nothing to observe.
             _ if l.keys.is_empty() => {}
             (Some(_), true) => report.revokes_observed += 1,
+            // A revoke of unknown outcome (or refused) may have removed them: no expiry seen.
+            (None, true) if revoke_issued.is_some() => {}
             (None, true) => report.expiries_observed += 1,
             (None, false) => report.unresolved += 1,
             (Some(_), false) => {}
