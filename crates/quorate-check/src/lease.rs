@@ -326,8 +326,9 @@ pub struct Report {
     /// Leases let expire whose keys were not all read absent (the client's polling bound ran
     /// out first, or the run ended): no verdict on when they went, only on reads made.
     pub unresolved: usize,
-    /// The worst lateness observed (ms), over leases with no revoke issued: from the nominal deadline (the last accepted
-    /// keep-alive plus the TTL) to the completion of the first read that found a key absent; with its lease.
+    /// The worst lateness observed (ms), over leases with no revoke issued: from the nominal
+    /// deadline (the last accepted keep-alive plus the TTL) to the completion of the first read
+    /// that found a key absent; with its lease.
     pub worst_lateness: Option<(u64, u64)>,
     /// The largest expiry bound's excess over the nominal deadline (ms): sweep + one commit
     /// without a fault, more where leader changes and stalls widened it.
