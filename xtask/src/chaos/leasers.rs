@@ -295,3 +295,39 @@ pub(crate) fn check(
     println!("leases: {line}");
     Ok((report.pass() && exercised, line, report))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::windows::Seen;
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const MS: u64 = 1_000_000;
+
+    fn sample(node: u64, at_ns: u64, leads: bool, term: u64) -> Sample {
+        let seen = Seen { leads, term, leader: None, voters: vec![1, 2, 3], learners: Vec::new(), indexes: (0, 0, 0) };
+        Sample { node, at_ns, seen: Some(seen) }
+    }
+
+    #[test]
+    fn an_office_starts_after_the_last_sample_not_leading_its_term() {
+        // Node 1: a follower at 1 s, leads term 2 from 2 s, then term 3 seen at 5 s with no
+        // sample in between where it did not lead: term 3 began after its last sample leading
+        // term 2 (4 s), not after the follower sample at 1 s.
+        let samples = [
+            sample(1, S, false, 1),
+            sample(1, 2 * S, true, 2),
+            sample(1, 4 * S, true, 2),
+            sample(1, 5 * S, true, 3),
+            sample(2, 7 * S, false, 3),
+            sample(2, 8 * S, true, 4),
+        ];
+        let got = offices(&samples);
+        let want = [
+            Office { term: 2, from_ns: S - PROBE_MS * MS, seen_ns: 2 * S },
+            Office { term: 3, from_ns: 4 * S - PROBE_MS * MS, seen_ns: 5 * S },
+            Office { term: 4, from_ns: 7 * S - PROBE_MS * MS, seen_ns: 8 * S },
+        ];
+        assert_eq!(got, want);
+    }
+}
