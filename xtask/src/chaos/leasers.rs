@@ -202,18 +202,24 @@ async fn one(i: u64, client: &Client, history: &History, mut rng: SplitMix64, st
 }
 
 /// The leaders the observer saw, each with a lower bound on when it became leader (its last
-/// sample not leading that term, less a probe's length) and its first sighting.
+/// sample not leading that term — following, or leading an earlier term —, less a probe's
+/// length) and its first sighting.
 pub(crate) fn offices(samples: &[Sample]) -> Vec<Office> {
     let mut by_term: BTreeMap<u64, Office> = BTreeMap::new();
+    // Per node: its last sample not leading, and its last sample leading (with the term).
     let mut last_other: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut last_led: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut seen: BTreeSet<(u64, u64)> = BTreeSet::new();
     for s in samples {
         let Some(st) = &s.seen else { continue };
         if st.leads {
             if seen.insert((s.node, st.term)) {
-                let from_ns = last_other.get(&s.node).map_or(0, |t| t.saturating_sub(PROBE_MS * 1_000_000));
+                let other = last_other.get(&s.node).copied();
+                let led_before = last_led.get(&s.node).filter(|(term, _)| *term != st.term).map(|&(_, at)| at);
+                let from_ns = other.max(led_before).map_or(0, |t| t.saturating_sub(PROBE_MS * 1_000_000));
                 by_term.entry(st.term).or_insert(Office { term: st.term, from_ns, seen_ns: s.at_ns });
             }
+            last_led.insert(s.node, (st.term, s.at_ns));
         } else {
             last_other.insert(s.node, s.at_ns);
         }
