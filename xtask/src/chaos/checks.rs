@@ -353,6 +353,39 @@ async fn replicas(env: &Env, members: &BTreeSet<u64>, seed: u64) -> Result<Strin
     ))
 }
 
+/// One member's stale scan: its pairs, and the revisions its first and last pages were read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Scan {
+    kvs: Vec<(String, String, u64)>,
+    revisions: (u64, u64),
+}
+
+/// The members' scans compared.
+#[derive(Debug)]
+enum Compared {
+    /// All read at one revision, and identical.
+    Identical { keys: usize, revision: u64 },
+    /// Not all read at one revision (a write landed between the scans): read again.
+    Moving(String),
+    /// Read at one revision, and different: a divergence.
+    Differ(String),
+}
+
+fn compare(states: &BTreeMap<u64, Scan>) -> Compared {
+    let Some((first, state)) = states.iter().next() else { return Compared::Differ("no member to compare".into()) };
+    for (id, other) in states {
+        if other.kvs != state.kvs {
+            let diff = state.kvs.iter().zip(&other.kvs).find(|(a, b)| a != b);
+            return Compared::Differ(format!(
+                "node {id} differs from node {first} ({} vs {} keys; first difference {diff:?})",
+                other.kvs.len(),
+                state.kvs.len()
+            ));
+        }
+    }
+    Compared::Identical { keys: state.kvs.len(), revision: state.revisions.0 }
+}
+
 /// Every `chaos/` pair held by the node `client` talks to (a stale read, paged), and the
 /// revision of the first page.
 async fn stale_scan(client: &quorate_client::Client, id: u64) -> Result<(Vec<(String, String, u64)>, u64)> {
@@ -516,6 +549,30 @@ pub(crate) fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String>
 mod tests {
     use super::*;
     use quorate_check::history::ReadCompletion;
+
+    fn scan(pairs: &[(&str, u64)], revisions: (u64, u64)) -> Scan {
+        Scan { kvs: pairs.iter().map(|&(k, r)| (k.to_string(), "v".to_string(), r)).collect(), revisions }
+    }
+
+    #[test]
+    fn members_read_at_different_revisions_are_read_again_and_at_one_revision_must_be_identical() {
+        let a = scan(&[("chaos/k1", 3), ("chaos/lease/x", 4)], (5, 5));
+        // Node 2 was scanned after a lease's expire deleted its key (revision 6): not a
+        // difference, the scans must be repeated.
+        let b = scan(&[("chaos/k1", 3)], (6, 6));
+        let states: BTreeMap<u64, Scan> = [(1, a.clone()), (2, b)].into_iter().collect();
+        assert!(matches!(compare(&states), Compared::Moving(_)), "{:?}", compare(&states));
+        // A write between two pages of one member's scan: repeated too.
+        let torn = scan(&[("chaos/k1", 3)], (5, 6));
+        let states: BTreeMap<u64, Scan> = [(1, a.clone()), (2, torn)].into_iter().collect();
+        assert!(matches!(compare(&states), Compared::Moving(_)));
+        // At one revision, a difference is a divergence; no difference is identical.
+        let c = scan(&[("chaos/k1", 3)], (5, 5));
+        let states: BTreeMap<u64, Scan> = [(1, a.clone()), (2, c)].into_iter().collect();
+        assert!(matches!(compare(&states), Compared::Differ(_)));
+        let states: BTreeMap<u64, Scan> = [(1, a.clone()), (2, a)].into_iter().collect();
+        assert!(matches!(compare(&states), Compared::Identical { keys: 2, revision: 5 }));
+    }
 
     fn finals(k: &str, v: Option<&str>) -> BTreeMap<String, Option<String>> {
         [(k.to_string(), v.map(str::to_string))].into_iter().collect()
