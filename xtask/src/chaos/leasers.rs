@@ -145,6 +145,9 @@ async fn one(i: u64, client: &Client, history: &History, mut rng: SplitMix64, st
         };
         let keys = 1 + rng.below(KEYS_MAX);
         for k in 0..keys {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             let key = format!("chaos/lease/{name}/{}/{k}", granted.id.0);
             if let Ok(_revision) = client.put_with_lease(&key, format!("{name}-{n}-{k}"), granted.id).await {
                 lease.keys.push(Attached { key, attached_ns: history.now() });
