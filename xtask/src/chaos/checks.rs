@@ -7,7 +7,9 @@
 //! 4. **no lost acknowledged write**: every final read returns a value that a write which may
 //!    be the key's last left ([`lost_writes`]);
 //! 5. **identical replicas**: once every member has applied the leader's commit index, a
-//!    stale scan of every key at each member returns the same pairs, and the same revision;
+//!    stale scan of every key at each member returns the same pairs, and the same revision
+//!    (scans not all read at one revision — a lease's revoke or expire landed between them —
+//!    are repeated within the deadline);
 //! 6. **invariant counters**: every member's `/metrics` is scraped, and every sample whose
 //!    name contains `invariant` is 0 (a member that cannot be scraped fails the run).
 //!
@@ -253,7 +255,7 @@ pub(crate) fn lost_writes(ops: &[Operation], finals: &BTreeMap<String, Option<St
 }
 
 /// Waits until every member applied the leader's commit index, then compares a stale scan of
-/// all keys at each member.
+/// all keys at each member, again until all are read at one revision ([`compare`]).
 async fn replicas(env: &Env, members: &BTreeSet<u64>, seed: u64) -> Result<String> {
     let admin = env.factory.client(seed ^ 0x5CA9)?;
     // The committed configuration decides who must converge, not the nemesis' belief: a
