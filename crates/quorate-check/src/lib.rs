@@ -19,6 +19,9 @@
 //!   G1c, G-single, G2 and their real-time variants), after Jepsen's Elle.
 //! * [`watch`]: a checker for watch streams against the history of writes: no gap, no
 //!   duplicate, revision order across reconnects, and every acknowledged write at its revision.
+//! * [`lease`]: a checker for leases recorded under faults: no leased key outlives its lease's
+//!   documented expiry bound (widened, explicitly, for leader changes and stalls), none is
+//!   deleted while an acknowledged keep-alive's TTL still runs, none is seen after a revoke.
 //! * [`kv`]: the simulator's key-value state machine.
 //! * `holes` (cargo feature `reintroduce-holes` only): issue 16's protocol holes switched
 //!   back on in the simulated cores, and the seeds and settings that catch each.
@@ -47,6 +50,7 @@ pub mod history;
 pub mod holes;
 pub mod invariants;
 pub mod kv;
+pub mod lease;
 pub mod linearizability;
 pub mod model;
 pub mod sim;

@@ -22,6 +22,8 @@
 //! torn_txn_reads_ms = 20  # TEST-ONLY WEAKENING: read-only transactions read key by key, live
 //! watch_events = "drop"    # TEST-ONLY WEAKENING: "drop" the last event of each watch answer,
 //!                          # or "duplicate" its first
+//! lease_expire_delay_ms = 6000  # TEST-ONLY WEAKENING: the leader proposes a lease's expiry
+//!                               # this much after its deadline
 //! kill_apply_thread = true  # the apply thread panics at its next turn (within 250 ms)
 //! ```
 //!
@@ -72,6 +74,10 @@
 //!   `cargo xtask chaos` catches it): every watch answer with events this node serves loses its
 //!   last event (`"drop"`: a gap, the answer still claims to be complete) or carries its first
 //!   event twice (`"duplicate"`). The event index itself is untouched.
+//! * **Late lease expiry** (a weakening, as evidence that the lease checker of
+//!   `cargo xtask chaos` catches it): the leader's sweep proposes a lease's expiry only this
+//!   many milliseconds after its deadline, so leased keys outlive the documented bound
+//!   (docs/consistency.md, *Leases*). Keep-alives and their answers are untouched.
 
 use quorate_storage::{RocksStore, WriteFault};
 use serde::Deserialize;
@@ -135,6 +141,9 @@ pub(crate) struct Settings {
     pub(crate) kill_apply_thread: bool,
     /// Weaken watch answers: `""` (off), `"drop"` or `"duplicate"`. A test-only weakening.
     pub(crate) watch_events: String,
+    /// Propose a lease's expiry this many milliseconds after its deadline (0: off). A
+    /// test-only weakening.
+    pub(crate) lease_expire_delay_ms: u64,
 }
 
 impl Default for Settings {
@@ -157,6 +166,7 @@ impl Default for Settings {
             corrupt_table: 0,
             corrupt_table_cf: "sm".into(),
             watch_events: String::new(),
+            lease_expire_delay_ms: 0,
         }
     }
 }
@@ -206,6 +216,7 @@ impl Settings {
             ("slow_apply_ms", s.slow_apply_ms),
             ("slow_read_ms", s.slow_read_ms),
             ("torn_txn_reads_ms", s.torn_txn_reads_ms),
+            ("lease_expire_delay_ms", s.lease_expire_delay_ms),
         ] {
             if ms > SLOW_DISK_MS_MAX {
                 return Err(FailpointError::Range {
@@ -314,6 +325,7 @@ struct Inner {
     kill_apply_thread: AtomicBool,
     /// [`WatchWeakening::code`] of the `watch_events` weakening.
     watch_events: std::sync::atomic::AtomicU8,
+    lease_expire_delay_ms: AtomicU64,
     clock: Mutex<Clock>,
     disk: Mutex<Disk>,
 }
@@ -358,6 +370,7 @@ impl Failpoints {
                 torn_txn_reads_ms: AtomicU64::new(0),
                 kill_apply_thread: AtomicBool::new(false),
                 watch_events: std::sync::atomic::AtomicU8::new(0),
+                lease_expire_delay_ms: AtomicU64::new(0),
                 clock: Mutex::new(clock),
                 disk: Mutex::new(Disk::default()),
             }),
@@ -408,6 +421,7 @@ impl Failpoints {
         self.inner.kill_apply_thread.store(s.kill_apply_thread, Ordering::Relaxed);
         let watch = WatchWeakening::parse(&s.watch_events).flatten();
         self.inner.watch_events.store(WatchWeakening::code(watch), Ordering::Relaxed);
+        self.inner.lease_expire_delay_ms.store(s.lease_expire_delay_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         {
             let mut c = self.inner.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if (c.rate - s.clock_rate).abs() > f64::EPSILON || c.pending.is_some() {
@@ -533,6 +547,14 @@ impl Failpoints {
         }
     }
 
+    /// How long after a lease's deadline the leader proposes its expiry, if that weakening is
+    /// on.
+    #[must_use]
+    pub(crate) fn lease_expire_delay(&self) -> Option<Duration> {
+        let ms = if self.inner.enabled { self.inner.lease_expire_delay_ms.load(Ordering::Relaxed) } else { 0 };
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// Whether the disk-full fault is on.
     #[must_use]
     pub(crate) fn disk_full(&self) -> bool {
@@ -629,9 +651,11 @@ mod tests {
             slow_read_ms: 5,
             torn_txn_reads_ms: 5,
             watch_events: "drop".into(),
+            lease_expire_delay_ms: 6000,
             ..Settings::default()
         });
         assert_eq!(fp.resolve_delay(), None);
+        assert_eq!(fp.lease_expire_delay(), None);
         assert_eq!(fp.watch_weakening(), None);
         assert_eq!(fp.torn_txn_reads(), None);
         assert!(!fp.disk_full());
@@ -662,6 +686,18 @@ mod tests {
         assert!(Settings::parse("slow_read_ms = 999999", p).is_err());
         assert_eq!(Settings::parse("torn_txn_reads_ms = 20", p).unwrap().torn_txn_reads_ms, 20);
         assert!(Settings::parse("torn_txn_reads_ms = 999999", p).is_err());
+        assert_eq!(Settings::parse("lease_expire_delay_ms = 6000", p).unwrap().lease_expire_delay_ms, 6000);
+        assert!(
+            Settings::parse("lease_expire_delay_ms = 999999", p)
+                .unwrap_err()
+                .to_string()
+                .contains("lease_expire_delay_ms")
+        );
+        let fp = Failpoints::new(true);
+        fp.apply(&Settings { lease_expire_delay_ms: 6000, ..Settings::default() });
+        assert_eq!(fp.lease_expire_delay(), Some(Duration::from_secs(6)));
+        fp.apply(&Settings::default());
+        assert_eq!(fp.lease_expire_delay(), None);
         let s = Settings::parse("watch_events = \"duplicate\"", p).unwrap();
         assert_eq!(WatchWeakening::parse(&s.watch_events), Some(Some(WatchWeakening::Duplicate)));
         assert!(Settings::parse("watch_events = \"lose\"", p).unwrap_err().to_string().contains("watch_events"));

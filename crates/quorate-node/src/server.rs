@@ -1628,7 +1628,16 @@ impl Driver {
             // Not yet: the deadlines may be an earlier term's.
             return;
         }
-        for id in self.shared.leases.due(now, crate::leases::EXPIRES_PER_SWEEP) {
+        // The test-only late-expiry weakening: the sweep looks at the deadlines as they were
+        // that long ago, so each expiry is proposed that much after its deadline.
+        let due_at = match self.failpoints.lease_expire_delay() {
+            None => now,
+            Some(delay) => match now.checked_sub(delay) {
+                Some(then) => then,
+                None => return,
+            },
+        };
+        for id in self.shared.leases.due(due_at, crate::leases::EXPIRES_PER_SWEEP) {
             let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::LeaseExpire { id } };
             let result = quorate_api::encode_command(&cmd)
                 .map_err(|e| e.to_string())

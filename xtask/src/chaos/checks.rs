@@ -7,7 +7,9 @@
 //! 4. **no lost acknowledged write**: every final read returns a value that a write which may
 //!    be the key's last left ([`lost_writes`]);
 //! 5. **identical replicas**: once every member has applied the leader's commit index, a
-//!    stale scan of every key at each member returns the same pairs, and the same revision;
+//!    stale scan of every key at each member returns the same pairs, and the same revision
+//!    (scans not all read at one revision — a lease's revoke or expire landed between them —
+//!    are repeated within the deadline);
 //! 6. **invariant counters**: every member's `/metrics` is scraped, and every sample whose
 //!    name contains `invariant` is 0 (a member that cannot be scraped fails the run).
 //!
@@ -253,7 +255,7 @@ pub(crate) fn lost_writes(ops: &[Operation], finals: &BTreeMap<String, Option<St
 }
 
 /// Waits until every member applied the leader's commit index, then compares a stale scan of
-/// all keys at each member.
+/// all keys at each member, again until all are read at one revision ([`compare`]).
 async fn replicas(env: &Env, members: &BTreeSet<u64>, seed: u64) -> Result<String> {
     let admin = env.factory.client(seed ^ 0x5CA9)?;
     // The committed configuration decides who must converge, not the nemesis' belief: a
@@ -275,96 +277,129 @@ async fn replicas(env: &Env, members: &BTreeSet<u64>, seed: u64) -> Result<Strin
     // polls: a failure names what each member last said, not only the last poll.
     let mut last: BTreeMap<u64, (u64, u64, Instant)> = BTreeMap::new();
     let mut errors: BTreeMap<u64, String> = BTreeMap::new();
-    let target = loop {
-        let statuses = admin.statuses().await;
-        let mut applied = BTreeMap::new();
-        let mut commit = 0;
-        for (id, s) in &statuses {
-            if !members.contains(&id.get()) {
-                continue;
-            }
-            match s {
-                Ok(s) => {
-                    applied.insert(id.get(), s.applied.0);
-                    commit = commit.max(s.commit.0);
-                    last.insert(id.get(), (s.applied.0, s.commit.0, Instant::now()));
-                    errors.remove(&id.get());
+    // The lease clients may still revoke a lease or see one expire (its keys deleted) while
+    // the members are scanned one after another: scans that were not all read at one revision
+    // are repeated (after converging again) until they are, within the deadline.
+    loop {
+        let target = loop {
+            let statuses = admin.statuses().await;
+            let mut applied = BTreeMap::new();
+            let mut commit = 0;
+            for (id, s) in &statuses {
+                if !members.contains(&id.get()) {
+                    continue;
                 }
-                Err(e) => {
-                    errors.insert(id.get(), format!("{e}").chars().take(120).collect());
-                }
-            }
-        }
-        if applied.len() == members.len() && applied.values().all(|&a| a == commit) && commit > 0 {
-            break commit;
-        }
-        if Instant::now() >= deadline {
-            let said: Vec<String> = members
-                .iter()
-                .map(|id| {
-                    let answer = match last.get(id) {
-                        Some((a, c, at)) => {
-                            format!("applied {a} of commit {c} {:.1}s before the end", at.elapsed().as_secs_f64())
-                        }
-                        None => "never answered".into(),
-                    };
-                    match errors.get(id) {
-                        Some(e) => format!("node {id}: {answer}; then {e}"),
-                        None => format!("node {id}: {answer}"),
+                match s {
+                    Ok(s) => {
+                        applied.insert(id.get(), s.applied.0);
+                        commit = commit.max(s.commit.0);
+                        last.insert(id.get(), (s.applied.0, s.commit.0, Instant::now()));
+                        errors.remove(&id.get());
                     }
-                })
-                .collect();
-            anyhow::bail!(
-                "members {members:?} did not converge within {}s: {}",
-                CONVERGE_MAX.as_secs(),
-                said.join("; ")
-            );
+                    Err(e) => {
+                        errors.insert(id.get(), format!("{e}").chars().take(120).collect());
+                    }
+                }
+            }
+            if applied.len() == members.len() && applied.values().all(|&a| a == commit) && commit > 0 {
+                break commit;
+            }
+            if Instant::now() >= deadline {
+                let said: Vec<String> = members
+                    .iter()
+                    .map(|id| {
+                        let answer = match last.get(id) {
+                            Some((a, c, at)) => {
+                                format!("applied {a} of commit {c} {:.1}s before the end", at.elapsed().as_secs_f64())
+                            }
+                            None => "never answered".into(),
+                        };
+                        match errors.get(id) {
+                            Some(e) => format!("node {id}: {answer}; then {e}"),
+                            None => format!("node {id}: {answer}"),
+                        }
+                    })
+                    .collect();
+                anyhow::bail!(
+                    "members {members:?} did not converge within {}s: {}",
+                    CONVERGE_MAX.as_secs(),
+                    said.join("; ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut states: BTreeMap<u64, Scan> = BTreeMap::new();
+        for &id in members {
+            let c = env.client_of(id, seed ^ id)?;
+            states.insert(id, stale_scan(&c, id).await?);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut states: BTreeMap<u64, Vec<(String, String, u64)>> = BTreeMap::new();
-    let mut revisions = BTreeMap::new();
-    for &id in members {
-        let c = env.client_of(id, seed ^ id)?;
-        let (kvs, revision) = stale_scan(&c, id).await?;
-        revisions.insert(id, revision);
-        states.insert(id, kvs);
-    }
-    let Some((first, state)) = states.iter().next() else { anyhow::bail!("no member to compare") };
-    for (id, other) in &states {
-        if other != state {
-            let diff = state.iter().zip(other).find(|(a, b)| a != b);
-            anyhow::bail!(
-                "node {id} differs from node {first} ({} vs {} keys; first difference {diff:?})",
-                other.len(),
-                state.len()
-            );
+        match compare(&states) {
+            Compared::Identical { keys, revision } => {
+                return Ok(format!(
+                    "{} members identical at index {target} ({keys} keys, revision {revision})",
+                    states.len()
+                ));
+            }
+            Compared::Differ(why) => anyhow::bail!("{why}"),
+            Compared::Moving(why) if Instant::now() >= deadline => anyhow::bail!("{why}"),
+            Compared::Moving(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let revs: BTreeSet<u64> = revisions.values().copied().collect();
+}
+
+/// One member's stale scan: its pairs, and the revisions its first and last pages were read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Scan {
+    kvs: Vec<(String, String, u64)>,
+    revisions: (u64, u64),
+}
+
+/// The members' scans compared.
+#[derive(Debug)]
+enum Compared {
+    /// All read at one revision, and identical.
+    Identical { keys: usize, revision: u64 },
+    /// Not all read at one revision (a write landed between the scans): read again.
+    Moving(String),
+    /// Read at one revision, and different: a divergence.
+    Differ(String),
+}
+
+/// Compares the members' scans: only scans all read at one revision (each member's pages and
+/// every member) say anything; two members at one revision must hold the same pairs.
+fn compare(states: &BTreeMap<u64, Scan>) -> Compared {
+    let Some((first, state)) = states.iter().next() else { return Compared::Differ("no member to compare".into()) };
+    let revs: BTreeSet<u64> = states.values().flat_map(|s| [s.revisions.0, s.revisions.1]).collect();
     if revs.len() > 1 {
-        anyhow::bail!("revisions differ: {revisions:?}");
+        let each: BTreeMap<u64, (u64, u64)> = states.iter().map(|(id, s)| (*id, s.revisions)).collect();
+        return Compared::Moving(format!("revisions differ (first and last page per member): {each:?}"));
     }
-    Ok(format!(
-        "{} members identical at index {target} ({} keys, revision {})",
-        states.len(),
-        state.len(),
-        revs.iter().next().copied().unwrap_or(0)
-    ))
+    for (id, other) in states {
+        if other.kvs != state.kvs {
+            let diff = state.kvs.iter().zip(&other.kvs).find(|(a, b)| a != b);
+            return Compared::Differ(format!(
+                "node {id} differs from node {first} ({} vs {} keys; first difference {diff:?})",
+                other.kvs.len(),
+                state.kvs.len()
+            ));
+        }
+    }
+    Compared::Identical { keys: state.kvs.len(), revision: state.revisions.0 }
 }
 
 /// Every `chaos/` pair held by the node `client` talks to (a stale read, paged), and the
-/// revision of the first page.
-async fn stale_scan(client: &quorate_client::Client, id: u64) -> Result<(Vec<(String, String, u64)>, u64)> {
+/// revisions of its first and last pages.
+async fn stale_scan(client: &quorate_client::Client, id: u64) -> Result<Scan> {
     let mut out = Vec::new();
     let mut start = b"chaos/".to_vec();
-    let mut revision = None;
+    let mut revisions: Option<(u64, u64)> = None;
     for _ in 0..1000 {
         let page = client
             .scan(&start, Some(b"chaos0"), quorate_api::limits::SCAN_LIMIT_MAX, ReadConsistency::Stale)
             .await
             .with_context(|| format!("stale scan at node {id}"))?;
-        revision.get_or_insert(page.read.revision);
+        let rev = page.read.revision;
+        revisions = Some((revisions.map_or(rev, |r| r.0), rev));
         for kv in &page.kvs {
             out.push((
                 String::from_utf8_lossy(&kv.key).into_owned(),
@@ -377,7 +412,7 @@ async fn stale_scan(client: &quorate_client::Client, id: u64) -> Result<(Vec<(St
                 start = last.key.clone();
                 start.push(0);
             }
-            _ => return Ok((out, revision.unwrap_or(0))),
+            _ => return Ok(Scan { kvs: out, revisions: revisions.unwrap_or((0, 0)) }),
         }
     }
     anyhow::bail!("node {id}: more than 1000 scan pages")
@@ -516,6 +551,30 @@ pub(crate) fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String>
 mod tests {
     use super::*;
     use quorate_check::history::ReadCompletion;
+
+    fn scan(pairs: &[(&str, u64)], revisions: (u64, u64)) -> Scan {
+        Scan { kvs: pairs.iter().map(|&(k, r)| (k.to_string(), "v".to_string(), r)).collect(), revisions }
+    }
+
+    #[test]
+    fn members_read_at_different_revisions_are_read_again_and_at_one_revision_must_be_identical() {
+        let a = scan(&[("chaos/k1", 3), ("chaos/lease/x", 4)], (5, 5));
+        // Node 2 was scanned after a lease's expire deleted its key (revision 6): not a
+        // difference, the scans must be repeated.
+        let b = scan(&[("chaos/k1", 3)], (6, 6));
+        let states: BTreeMap<u64, Scan> = [(1, a.clone()), (2, b)].into_iter().collect();
+        assert!(matches!(compare(&states), Compared::Moving(_)), "{:?}", compare(&states));
+        // A write between two pages of one member's scan: repeated too.
+        let torn = scan(&[("chaos/k1", 3)], (5, 6));
+        let states: BTreeMap<u64, Scan> = [(1, a.clone()), (2, torn)].into_iter().collect();
+        assert!(matches!(compare(&states), Compared::Moving(_)));
+        // At one revision, a difference is a divergence; no difference is identical.
+        let c = scan(&[("chaos/k1", 3)], (5, 5));
+        let states: BTreeMap<u64, Scan> = [(1, a.clone()), (2, c)].into_iter().collect();
+        assert!(matches!(compare(&states), Compared::Differ(_)));
+        let states: BTreeMap<u64, Scan> = [(1, a.clone()), (2, a)].into_iter().collect();
+        assert!(matches!(compare(&states), Compared::Identical { keys: 2, revision: 5 }));
+    }
 
     fn finals(k: &str, v: Option<&str>) -> BTreeMap<String, Option<String>> {
         [(k.to_string(), v.map(str::to_string))].into_iter().collect()

@@ -11,9 +11,11 @@
 //! * [`checks`]: what is checked after a run (linearizability, lost writes, identical replicas,
 //!   invariant counters, recovery);
 //! * [`watchers`]: watch clients through the faults and the check of their streams;
+//! * [`leasers`]: lease clients through the faults and the check of their leases' expiry;
 //! * [`scenarios`]: failover timing, named regressions and the bounded CI run.
 
 pub(crate) mod checks;
+mod leasers;
 mod nemesis;
 pub(crate) mod proxy;
 mod scenarios;
@@ -46,16 +48,18 @@ usage: cargo xtask chaos [--nodes 3|5] [--duration SECONDS] [--seed S] [--faults
        cargo xtask chaos regress [NAME]      (names: see docs/chaos.md or `chaos regress list`; none: all)
        cargo xtask chaos ci                  the bounded CI slice: fixed seeds, every fault kind
        cargo xtask chaos weakened            a run against nodes serving torn read-only transactions
-                                             and watch answers short of their last event (test-only
-                                             failpoints), then its control without them: passes when
-                                             the checkers name only torn-read anomalies (at least one
-                                             G-single) and missing watch events, and the control is clean
+                                             watch answers short of their last event and lease expiry
+                                             6 s late (test-only failpoints), then its control without
+                                             them: passes when the checkers name only torn-read anomalies
+                                             (at least one G-single), missing watch events and outlived
+                                             leases, and the control is clean
        cargo xtask chaos soak [--duration SECONDS] [--seed S]
                                              every fault kind, 5 nodes, long
 faults (comma-separated; default all): kill,pause,partition,reconfig,leader-transfer,disk-full,clock,slow-disk,lost-wal
 workload txn: the mixed workload plus 4 list-append transaction clients (--txn-clients), checked
 for strict serializability (txn-history.jsonl)
-every run: 2 watchers of the workload's keys, their streams checked against the writes (watch.txt)
+every run: 2 watchers of the workload's keys, their streams checked against the writes (watch.txt),
+           and 2 lease clients whose leases are checked against the documented expiry bound (lease.txt)
 artifacts: $CARGO_TARGET_DIR/chaos/<seed>/ (history.jsonl, nemesis.log, logs/, metrics-*.txt, verdict.txt)";
 
 /// The election settings of every chaos cluster (also recorded with the failover figures).
@@ -232,19 +236,30 @@ pub(crate) struct Verdict {
     pub(crate) pass: bool,
     pub(crate) line: String,
     pub(crate) ops: usize,
-    /// Whether every check other than the transaction and the watch checks passed.
+    /// Whether every check other than the transaction, watch and lease checks passed.
     pub(crate) rest_pass: bool,
     /// What the transaction check found (runs with transaction clients whose check ran).
     pub(crate) txn: Option<TxnFindings>,
     /// What the watch check found (runs whose watch check ran).
     pub(crate) watch: Option<WatchFindings>,
+    /// What the lease check found (runs whose lease check ran).
+    pub(crate) lease: Option<LeaseFindings>,
 }
 
 impl Verdict {
-    /// A verdict with no transaction or watch check: `rest_pass` is `pass`.
+    /// A verdict with no transaction, watch or lease check: `rest_pass` is `pass`.
     pub(crate) fn plain(pass: bool, line: String, ops: usize) -> Verdict {
-        Verdict { pass, line, ops, rest_pass: pass, txn: None, watch: None }
+        Verdict { pass, line, ops, rest_pass: pass, txn: None, watch: None, lease: None }
     }
+}
+
+/// What the lease check of a run found.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LeaseFindings {
+    /// Violations by kind (empty: every lease kept its promises).
+    pub(crate) kinds: BTreeMap<quorate_check::lease::ViolationKind, usize>,
+    /// Whether the check saw an expiry and a revoke (otherwise it checked little).
+    pub(crate) exercised: bool,
 }
 
 /// What the watch check of a run found.
@@ -298,6 +313,7 @@ impl Env {
             format!("{}:write", workload::CHECKER),
             format!("{OBSERVER}:read"),
             format!("{}:read", watchers::WATCHER),
+            format!("{}:write", leasers::LEASER),
         ];
         principals.extend(clients.iter().cloned());
         cluster.generate_certs_for(total, 7001, &principals)?;
@@ -522,6 +538,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     let clients = tokio::spawn(workload::run_clients(spec, env.factory.clone(), history.clone(), stop.clone()));
     let drain = Arc::new(watchers::Drain::default());
     let watching = tokio::spawn(watchers::run(env.factory.clone(), from, o.seed, drain.clone()));
+    let leasing = tokio::spawn(leasers::run(env.factory.clone(), history.clone(), o.seed, stop.clone()));
     let txn_spec = txn::TxnSpec { clients: o.txn_clients, slots: o.txn_slots, seed: o.seed };
     let txns = Arc::new(txn::TxnHistory::new());
     let txn_clients =
@@ -603,8 +620,22 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     println!(
         "the watch check added {watch_added:.1}s to the run (waiting for the watchers after the other checks, and checking)"
     );
+    // The lease clients end their last leases (revoked, or polled until expired) while the
+    // other checks run; the observer goes on meanwhile, for the leader changes they span.
+    let lease_started = Instant::now();
+    let leased = leasing.await.context("the lease clients panicked")?;
+    let lease_added = lease_started.elapsed().as_secs_f64();
     observing.store(false, Ordering::Relaxed);
     let samples = observer.await.context("the leader observer panicked")?;
+    let lease_verdict = leased.and_then(|recorded| {
+        let offices = leasers::offices(&samples);
+        let stalls = leasers::stalls(&nem.records, history.now());
+        let (pass, line, report) =
+            leasers::check(&recorded, &offices, &stalls, &leasers::bound(RAFT.election_timeout_ms), &dir)?;
+        let exercised = report.expiries_observed > 0 && report.revokes_observed > 0;
+        let findings = LeaseFindings { kinds: report.counts.clone(), exercised };
+        Ok((pass, line, findings))
+    });
     let ops = history.snapshot();
     let bounds = windows::Bounds { single_voter: o.nodes == 1, clients: o.clients, ..o.bounds };
     let faults = windows::judge(&nem.records, &o.faults, &ops, &samples, (begin_ns, stop_ns), &bounds);
@@ -627,8 +658,12 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         Ok((pass, line, findings)) => (pass, format!("; watch: {line} (+{watch_added:.1}s)"), Some(findings)),
         Err(e) => (false, format!("; watch: NOT CHECKED: {e:#}"), None),
     };
+    let (lease_pass, lease_line, lease) = match lease_verdict {
+        Ok((pass, line, findings)) => (pass, format!("; lease: {line} (+{lease_added:.1}s)"), Some(findings)),
+        Err(e) => (false, format!("; lease: NOT CHECKED: {e:#}"), None),
+    };
     let rest_pass = report.pass() && split.is_empty() && faults.pass();
-    let pass = rest_pass && txn_pass && watch_pass;
+    let pass = rest_pass && txn_pass && watch_pass && lease_pass;
     let capped = if let Some(at) = history.full_at_ns() {
         format!(
             "; history cap reached after {:.1}s of {}s: the clients stopped issuing at {} operations and the run ended there (every issued one recorded and checked)",
@@ -649,7 +684,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         other => format!("{other:?}"),
     };
     let line = format!(
-        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){capped}; {}; {safety}; {}{txn_line}{watch_line}",
+        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){capped}; {}; {safety}; {}{txn_line}{watch_line}{lease_line}",
         o.seed,
         o.nodes,
         Fault::names(&o.faults),
@@ -664,7 +699,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         faults.summary(),
         report.summary()
     );
-    Ok(Verdict { pass, line, ops: history.len(), rest_pass, txn, watch })
+    Ok(Verdict { pass, line, ops: history.len(), rest_pass, txn, watch, lease })
 }
 
 /// The run's first revision, where the watchers start: the one after the leader's current

@@ -8,6 +8,7 @@ use super::{Env, Options, RAFT, Verdict, nid, parse_num, run, runtime};
 use crate::cluster::{build_quorate, target_dir};
 use crate::{PROFILE, cargo, run as run_cmd};
 use anyhow::{Context, Result, bail};
+use quorate_check::lease::ViolationKind as LeaseViolation;
 use quorate_check::linearizability::{Limits, check};
 use quorate_check::txn::AnomalyKind;
 use quorate_check::watch::ViolationKind;
@@ -102,11 +103,12 @@ pub(crate) fn ci_runs() -> Vec<Options> {
     vec![a, b, c]
 }
 
-/// The test-only weakenings of [`weakened`]: read-only transactions torn key by key, and the
-/// last event of every watch answer dropped. Each is caught by its own checker; neither can
-/// touch what the other checks (watches never see transactions' keys, and transaction reads
-/// are not watch answers).
-const TORN_TXN_READS: &str = "torn_txn_reads_ms = 20\nwatch_events = \"drop\"\n";
+/// The test-only weakenings of [`weakened`]: read-only transactions torn key by key, the
+/// last event of every watch answer dropped, and every lease's expiry proposed 6 s after its
+/// deadline. Each is caught by its own checker; none can touch what another checks (watches
+/// never see transactions' or leases' keys, transaction reads are not watch answers, and the
+/// lease clients' keys are their own).
+const TORN_TXN_READS: &str = "torn_txn_reads_ms = 20\nwatch_events = \"drop\"\nlease_expire_delay_ms = 6000\n";
 
 /// The run of [`weakened`]: no fault, only transaction clients' contention (3 shared keys), the
 /// KV clients and the watchers, every node serving read-only transactions torn and watch
@@ -148,21 +150,45 @@ const TORN_READ_KINDS: [AnomalyKind; 4] =
 /// the checker or the harness is wrong.
 const DROPPED_EVENT_KINDS: [ViolationKind; 2] = [ViolationKind::MissingWrite, ViolationKind::StreamsDiffer];
 
+/// What a late lease expiry produces: keys read after their lease's expiry bound. A late
+/// expiry deletes nothing early and touches no revoke: anything else would mean the checker
+/// or the harness is wrong.
+const LATE_EXPIRY_KINDS: [LeaseViolation; 1] = [LeaseViolation::Outlived];
+
 /// Judges the weakened run against its control: it passes when the control is clean (every
-/// check, transactions and watches included), the weakened run's transaction check, complete,
-/// found only [`TORN_READ_KINDS`], at least one plain `G-single` among them, its watch check
-/// found only [`DROPPED_EVENT_KINDS`], at least one missing write among them, and every other
-/// check of the run passed. The reason either way.
+/// check, transactions, watches and leases included), the weakened run's transaction check,
+/// complete, found only [`TORN_READ_KINDS`], at least one plain `G-single` among them, its watch
+/// check found only [`DROPPED_EVENT_KINDS`], at least one missing write among them, its lease
+/// check found only [`LATE_EXPIRY_KINDS`], and every other check of the run passed. The reason
+/// either way.
 fn judge_weakened(weak: &Verdict, control: &Verdict) -> (bool, String) {
     let mut wrong = Vec::new();
     if !control.pass
         || control.txn.as_ref().is_none_or(|t| !t.kinds.is_empty() || !t.complete)
         || control.watch.as_ref().is_none_or(|w| !w.kinds.is_empty() || w.acked_covered == 0)
+        || control.lease.as_ref().is_none_or(|l| !l.kinds.is_empty() || !l.exercised)
     {
         wrong.push("the control run without the failpoint is not clean".to_string());
     }
     if !weak.rest_pass {
-        wrong.push("a check other than the transaction and watch checks failed".to_string());
+        wrong.push("a check other than the transaction, watch and lease checks failed".to_string());
+    }
+    match &weak.lease {
+        None => wrong.push("the lease check did not run".to_string()),
+        Some(l) => {
+            let unexpected: Vec<String> = l
+                .kinds
+                .iter()
+                .filter(|(k, _)| !LATE_EXPIRY_KINDS.contains(k))
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect();
+            if !unexpected.is_empty() {
+                wrong.push(format!("lease violations a late expiry cannot produce: {}", unexpected.join(", ")));
+            }
+            if !l.kinds.contains_key(&LeaseViolation::Outlived) {
+                wrong.push("no outlived lease, what a late expiry produces".to_string());
+            }
+        }
     }
     match &weak.watch {
         None => wrong.push("the watch check did not run".to_string()),
@@ -211,12 +237,17 @@ fn judge_weakened(weak: &Verdict, control: &Verdict) -> (bool, String) {
         .as_ref()
         .map(|w| w.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", "))
         .unwrap_or_default();
+    let lease_kinds = weak
+        .lease
+        .as_ref()
+        .map(|l| l.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
     if wrong.is_empty() {
         (
             true,
             format!(
-                "weakened node caught (expected): only torn-read anomalies ({kinds}) and dropped-event watch \
-                 violations ({watch_kinds}); control clean"
+                "weakened node caught (expected): only torn-read anomalies ({kinds}), dropped-event watch \
+                 violations ({watch_kinds}) and late-expiry lease violations ({lease_kinds}); control clean"
             ),
         )
     } else {
@@ -231,7 +262,8 @@ fn weakened_verdict() -> Result<Verdict> {
     let control = run(&weakened_control())?;
     crate::demo::step(
         "weakened node: read-only transactions torn (failpoint torn_txn_reads_ms), watch answers short of their last \
-         event (failpoint watch_events); each checker must object",
+         event (failpoint watch_events), lease expiry 6 s late (failpoint lease_expire_delay_ms); each checker must \
+         object",
     );
     let weak = run(&weakened_run())?;
     let (pass, judged) = judge_weakened(&weak, &control);
@@ -682,20 +714,32 @@ fn fast_client(env: &Env, seed: u64, attempt_ms: u64) -> Result<quorate_client::
 
 #[cfg(test)]
 mod tests {
-    use super::{AnomalyKind, DROPPED_EVENT_KINDS, TORN_READ_KINDS, Verdict, ViolationKind, judge_weakened};
-    use crate::chaos::{TxnFindings, WatchFindings};
+    use super::{
+        AnomalyKind, DROPPED_EVENT_KINDS, LATE_EXPIRY_KINDS, LeaseViolation, TORN_READ_KINDS, Verdict, ViolationKind,
+        judge_weakened,
+    };
+    use crate::chaos::{LeaseFindings, TxnFindings, WatchFindings};
 
     /// A weakened run's watch findings: missing writes, as dropped events make.
     const DROPPED: &[(ViolationKind, usize)] = &[(ViolationKind::MissingWrite, 40), (ViolationKind::StreamsDiffer, 7)];
 
+    /// A weakened run's lease findings: outlived leases, as a late expiry makes.
+    const LATE: &[(LeaseViolation, usize)] = &[(LeaseViolation::Outlived, 12)];
+
     fn run_with(rest_pass: bool, kinds: &[(AnomalyKind, usize)], complete: bool) -> Verdict {
-        with_watch(run_txn(rest_pass, kinds, complete), DROPPED)
+        with_lease(with_watch(run_txn(rest_pass, kinds, complete), DROPPED), LATE)
+    }
+
+    fn with_lease(mut v: Verdict, kinds: &[(LeaseViolation, usize)]) -> Verdict {
+        v.pass &= kinds.is_empty();
+        v.lease = Some(LeaseFindings { kinds: kinds.iter().copied().collect(), exercised: true });
+        v
     }
 
     fn run_txn(rest_pass: bool, kinds: &[(AnomalyKind, usize)], complete: bool) -> Verdict {
         let txn = TxnFindings { kinds: kinds.iter().copied().collect(), complete };
         let pass = rest_pass && kinds.is_empty() && complete;
-        Verdict { pass, line: String::new(), ops: 1, rest_pass, txn: Some(txn), watch: None }
+        Verdict { pass, line: String::new(), ops: 1, rest_pass, txn: Some(txn), watch: None, lease: None }
     }
 
     fn with_watch(mut v: Verdict, kinds: &[(ViolationKind, usize)]) -> Verdict {
@@ -705,7 +749,37 @@ mod tests {
     }
 
     fn clean() -> Verdict {
-        with_watch(run_txn(true, &[], true), &[])
+        with_lease(with_watch(run_txn(true, &[], true), &[]), &[])
+    }
+
+    #[test]
+    fn late_lease_expiry_passes_only_with_outlived_leases_and_a_clean_control() {
+        let weak = run_with(true, &[(AnomalyKind::GSingle, 90)], true);
+        let (pass, why) = judge_weakened(&weak, &clean());
+        assert!(pass && why.contains("outlived ×12"), "{why}");
+        for wrong in [LeaseViolation::ExpiredEarly, LeaseViolation::SeenAfterRevoke] {
+            assert!(!LATE_EXPIRY_KINDS.contains(&wrong));
+            let weak = with_lease(
+                with_watch(run_txn(true, &[(AnomalyKind::GSingle, 90)], true), DROPPED),
+                &[(LeaseViolation::Outlived, 3), (wrong, 1)],
+            );
+            let (pass, why) = judge_weakened(&weak, &clean());
+            assert!(!pass && why.contains(wrong.name()), "{wrong}: {why}");
+        }
+        // No outlived lease: not caught.
+        let missed = with_lease(with_watch(run_txn(true, &[(AnomalyKind::GSingle, 90)], true), DROPPED), &[]);
+        let (pass, why) = judge_weakened(&missed, &clean());
+        assert!(!pass && why.contains("no outlived lease"), "{why}");
+        let unchecked = with_watch(run_txn(true, &[(AnomalyKind::GSingle, 90)], true), DROPPED);
+        let (pass, why) = judge_weakened(&unchecked, &clean());
+        assert!(!pass && why.contains("lease check did not run"), "{why}");
+        // The control's lease check must be clean and exercised (an expiry and a revoke seen).
+        let dirty = with_lease(with_watch(run_txn(true, &[], true), &[]), &[(LeaseViolation::Outlived, 1)]);
+        assert!(!judge_weakened(&weak, &dirty).0);
+        let mut idle = clean();
+        idle.lease = Some(LeaseFindings::default());
+        assert!(!judge_weakened(&weak, &idle).0);
+        assert!(!judge_weakened(&weak, &with_watch(run_txn(true, &[], true), &[])).0);
     }
 
     #[test]
