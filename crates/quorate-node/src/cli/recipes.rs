@@ -7,7 +7,9 @@ use super::{ConnArgs, Outcome};
 use clap::Args;
 use quorate_client::recipes::{Election, Leader, Lock, RecipeError, Session};
 use serde_json::{Value, json};
+use nix::sys::signal::Signal;
 use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -85,6 +87,73 @@ async fn interrupted() {
     }
 }
 
+/// How long a command that was passed a signal has to end before its process group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How a command run under the lock ended.
+enum End {
+    /// It exited.
+    Exited(std::process::ExitStatus),
+    /// Quorate was sent this signal.
+    Signal(Signal),
+    /// The lock's lease was lost.
+    Lost(quorate_client::LeaseLost),
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal caught.
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+            _ = self.hup.recv() => Signal::SIGHUP,
+        }
+    }
+}
+
+/// Sends `signal` to the process group `group` (the command's; nothing if it has no id, or
+/// if the group is empty).
+fn signal_group(group: Option<i32>, signal: Signal) {
+    if let Some(group) = group.filter(|g| *g > 1) {
+        // A group that is gone gives ESRCH: nothing left to signal.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), signal);
+    }
+}
+
+/// A shell's exit code for a process ended by `signal`: 128 + the signal.
+fn signal_code(signal: i32) -> u8 {
+    u8::try_from(128 + signal).unwrap_or(1)
+}
+
+/// The outcome of a command that ended on its own: its exit code, or 128 + the signal that
+/// ended it.
+fn exit_outcome(program: &str, status: std::process::ExitStatus) -> Outcome {
+    match status.code() {
+        Some(0) => Outcome::Ok,
+        Some(c) => Outcome::Code(u8::try_from(c).unwrap_or(1)),
+        None => {
+            eprintln!("`{program}` was ended by a signal ({status})");
+            status.signal().map_or(Outcome::Failed, |s| Outcome::Code(signal_code(s)))
+        }
+    }
+}
+
 pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outcome> {
     let lock = Lock::new(&args.name).map_err(|e| super::output::usage(e.to_string()))?;
     let client = conn.client()?;
@@ -108,32 +177,66 @@ pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outc
 
     let mut outcome = Outcome::Ok;
     if let Some((program, rest)) = args.command.split_first() {
+        // Caught from here on (no longer the default of ending quorate at once): a signal is
+        // forwarded to the command, which is waited for before the lock is released.
+        let mut signals = Signals::new()?;
         let mut child = tokio::process::Command::new(program)
             .args(rest)
             .env("QUORATE_LOCK_KEY", &key)
             .env("QUORATE_LOCK_TOKEN", token.to_string())
+            // Its own process group: a signal or a kill reaches the command's children too
+            // (`sh -c '…'` and what it started).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| super::output::usage(format!("cannot run `{program}`: {e}")))?;
-        tokio::select! {
-            status = child.wait() => {
-                let status = status?;
-                outcome = match status.code() {
-                    Some(0) => Outcome::Ok,
-                    Some(c) => Outcome::Code(u8::try_from(c).unwrap_or(1)),
-                    None => {
-                        eprintln!("`{program}` was ended by a signal ({status})");
-                        Outcome::Failed
+        let group = child.id().and_then(|id| i32::try_from(id).ok());
+        let end = tokio::select! {
+            status = child.wait() => End::Exited(status?),
+            signal = signals.recv() => End::Signal(signal),
+            lost = guard.lost() => End::Lost(lost),
+        };
+        outcome = match end {
+            End::Exited(status) => exit_outcome(program, status),
+            End::Signal(signal) => {
+                eprintln!("{signal}: passing it to `{program}` and waiting for it (at most {} s)", STOP_GRACE.as_secs());
+                signal_group(group, signal);
+                let status = tokio::select! {
+                    status = child.wait() => Some(status?),
+                    () = tokio::time::sleep(STOP_GRACE) => None,
+                    lost = guard.lost() => {
+                        eprintln!("the lock's lease was lost ({lost}) while `{program}` was stopping");
+                        None
                     }
                 };
+                let status = match status {
+                    Some(s) => s,
+                    None => {
+                        eprintln!("killing `{program}` (its process group)");
+                        signal_group(group, Signal::SIGKILL);
+                        child.wait().await?
+                    }
+                };
+                if guard.is_lost().is_some() {
+                    Outcome::Failed
+                } else {
+                    match status.code() {
+                        Some(0) => Outcome::Ok,
+                        Some(c) => Outcome::Code(u8::try_from(c).unwrap_or(1)),
+                        None => Outcome::Code(signal_code(status.signal().unwrap_or(signal as i32))),
+                    }
+                }
             }
-            lost = guard.lost() => {
-                // The lock may be someone else's now: stop the command.
+            End::Lost(lost) => {
+                // The lock may be someone else's now: stop the command, all of it.
                 eprintln!("the lock's lease was lost ({lost}); the lock may be held by another: killing `{program}`");
-                let _ = child.kill().await;
-                outcome = Outcome::Failed;
+                signal_group(group, Signal::SIGKILL);
+                let _ = child.wait().await;
+                Outcome::Failed
             }
-        }
+        };
+        // What the command left running in its group would run on without the lock.
+        signal_group(group, Signal::SIGKILL);
     } else {
         let hold = async {
             match args.hold_ms {
