@@ -5,9 +5,9 @@
 use super::output::{Format, escape, print_json};
 use super::{ConnArgs, Outcome};
 use clap::Args;
+use nix::sys::signal::Signal;
 use quorate_client::recipes::{Election, Leader, Lock, RecipeError, Session};
 use serde_json::{Value, json};
-use nix::sys::signal::Signal;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub(crate) struct LockArgs {
     #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) wait_ms: u64,
     /// Without a command: hold the lock for MS milliseconds, then release it (default: until
-    /// SIGINT or the end of standard input).
+    /// SIGINT, SIGTERM, SIGHUP or the end of standard input).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) hold_ms: Option<u64>,
     /// The command to run while holding the lock (after `--`), with QUORATE_LOCK_KEY and
@@ -71,7 +71,8 @@ fn recipe(e: RecipeError) -> anyhow::Error {
     }
 }
 
-/// Waits for SIGINT or the end of standard input (read on a thread of its own).
+/// Waits for SIGINT, SIGTERM, SIGHUP or the end of standard input (read on a thread of its
+/// own).
 async fn interrupted() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
@@ -81,8 +82,18 @@ async fn interrupted() {
         while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
         let _ = tx.send(());
     });
+    let signal = async {
+        match Signals::new() {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        () = signal => {}
         _ = rx => {}
     }
 }
@@ -176,6 +187,8 @@ pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outc
     std::io::stdout().flush()?;
 
     let mut outcome = Outcome::Ok;
+    // Whether the lease was lost (then: exit 1, nothing to release).
+    let mut lost_lease = false;
     if let Some((program, rest)) = args.command.split_first() {
         // Caught from here on (no longer the default of ending quorate at once): a signal is
         // forwarded to the command, which is waited for before the lock is released.
@@ -199,7 +212,10 @@ pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outc
         outcome = match end {
             End::Exited(status) => exit_outcome(program, status),
             End::Signal(signal) => {
-                eprintln!("{signal}: passing it to `{program}` and waiting for it (at most {} s)", STOP_GRACE.as_secs());
+                eprintln!(
+                    "{signal}: passing it to `{program}` and waiting for it (at most {} s)",
+                    STOP_GRACE.as_secs()
+                );
                 signal_group(group, signal);
                 let status = tokio::select! {
                     status = child.wait() => Some(status?),
@@ -218,6 +234,7 @@ pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outc
                     }
                 };
                 if guard.is_lost().is_some() {
+                    lost_lease = true;
                     Outcome::Failed
                 } else {
                     match status.code() {
@@ -232,6 +249,7 @@ pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outc
                 eprintln!("the lock's lease was lost ({lost}); the lock may be held by another: killing `{program}`");
                 signal_group(group, Signal::SIGKILL);
                 let _ = child.wait().await;
+                lost_lease = true;
                 Outcome::Failed
             }
         };
@@ -248,13 +266,20 @@ pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outc
             () = hold => {}
             lost = guard.lost() => {
                 eprintln!("the lock's lease was lost ({lost}); the lock may be held by another");
+                lost_lease = true;
                 outcome = Outcome::Failed;
             }
         }
     }
-    if outcome != Outcome::Failed {
-        guard.release(&session).await.map_err(recipe)?;
+    if lost_lease {
+        // The lease is lost: exit 1 whatever closing the session (revoking the lost lease)
+        // answers.
+        if let Err(e) = session.close().await {
+            eprintln!("closing the session: {e}");
+        }
+        return Ok(outcome);
     }
+    guard.release(&session).await.map_err(recipe)?;
     session.close().await.map_err(recipe)?;
     Ok(outcome)
 }
