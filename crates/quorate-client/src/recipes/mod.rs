@@ -73,8 +73,10 @@ use tokio::time::Instant;
 
 /// Keys read per page when a recipe ranks the participants.
 pub const SCAN_PAGE_KEYS: u32 = 1_000;
-/// Most keys under one lock's or election's prefix that a ranking reads: the bound on waiters
-/// (candidates) per name.
+/// Most keys under one lock's or election's prefix that a ranking reads: the hard bound on
+/// waiters (candidates) per name. Waiters beyond the node's watch limits (64 per principal,
+/// 1,024 per node) wait by retrying with a backoff of up to 2 s: the bound for prompt
+/// hand-overs is lower (docs/consistency.md).
 pub const PARTICIPANTS_MAX: u64 = 10_000;
 /// Longest name of a lock or an election, bytes.
 pub const NAME_BYTES_MAX: usize = 1_024;
@@ -122,6 +124,26 @@ pub enum RecipeError {
     /// The participant no longer holds the leadership (for [`Leadership::proclaim`]).
     #[error("no longer the leader: {0}")]
     NotLeader(String),
+    /// A lock guard or a leadership was handed a session other than the one it was won with
+    /// (release, resign and proclaim act with the session whose lease holds the key).
+    #[error(
+        "the lock or leadership is held on lease {held}, not on the session's lease {given}; pass the session it was won with"
+    )]
+    WrongSession {
+        /// The lease it is held on.
+        held: u64,
+        /// The lease of the session given.
+        given: u64,
+    },
+}
+
+/// Refuses a session whose lease is not `held`, the one a guard or leadership was won with.
+fn same_lease(held: crate::LeaseId, session: &Session) -> Result<(), RecipeError> {
+    check_lease(held, session.lease().id)
+}
+
+fn check_lease(held: crate::LeaseId, given: crate::LeaseId) -> Result<(), RecipeError> {
+    if held == given { Ok(()) } else { Err(RecipeError::WrongSession { held: held.0, given: given.0 }) }
 }
 
 /// A lease kept alive for as long as the session lives: what a lock holder or a candidate
@@ -349,8 +371,7 @@ async fn rank(client: &Client, prefix: &[u8], mine: u64, revision: Option<u64>) 
 /// The backoff between the retries of a waiter's reads and watches after a transient error
 /// (a node shedding load, no quorum for a while, the client's own retries given up): from
 /// 50 ms up to 2 s, jittered, until the caller's deadline.
-const WAIT_BACKOFF: crate::Backoff =
-    crate::Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(2) };
+const WAIT_BACKOFF: crate::Backoff = crate::Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(2) };
 
 /// Whether a waiter's read or watch that failed with `e` is retried (until the deadline): a
 /// node that is overloaded, unavailable or without a leader, a request that timed out, the

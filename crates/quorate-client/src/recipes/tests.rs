@@ -150,3 +150,11 @@ fn a_waiters_backoff_grows_to_its_bound_and_differs_between_waiters() {
     assert!(last >= Duration::from_secs(1), "the backoff reaches its bound: {last:?}");
     assert_ne!(jitter(b"lock/a/1", 3), jitter(b"lock/a/2", 3));
 }
+
+#[test]
+fn a_guard_refuses_a_session_on_another_lease() {
+    assert!(check_lease(LeaseId(7), LeaseId(7)).is_ok());
+    let e = check_lease(LeaseId(7), LeaseId(8)).unwrap_err();
+    assert!(matches!(e, RecipeError::WrongSession { held: 7, given: 8 }), "{e}");
+    assert!(e.to_string().contains("pass the session it was won with"), "{e}");
+}
