@@ -121,7 +121,9 @@ fn a_holder_whose_lease_expires_or_is_revoked_loses_the_lock_to_the_next_waiter_
         let bound = Duration::from_millis(SHORT_TTL_MS) + AFTER_TTL_SLACK;
         assert!(took <= bound, "B waited {took:?} after A's last keep-alive, more than {bound:?}");
         assert!(held_b.token() > held_a.token(), "{} then {}", held_a.token(), held_b.token());
-        assert!(held_a.is_lost().is_some(), "A's handle shows its lease lost");
+        // The loss as the cluster sees it: A's key went with its expired lease.
+        let a_key = a.get(held_a.key(), ReadConsistency::Linearizable).await.unwrap();
+        assert!(a_key.kv.is_none(), "A's key outlived its lease: {:?}", a_key.kv);
         assert!(fence.put(&b, held_b.token(), "expiry/resource", "B").await.unwrap());
         // A's stale writes are refused: by the fence, and by the owner condition.
         assert!(!fence.put(&a, held_a.token(), "expiry/resource", "stale A").await.unwrap());

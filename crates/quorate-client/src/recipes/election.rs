@@ -57,7 +57,7 @@ impl Election {
         timeout: Duration,
     ) -> Result<Leadership, RecipeError> {
         let (key, revision) = session.queue_up(&self.prefix, value.as_ref(), timeout).await?;
-        Ok(Leadership { key, revision, lost: session.lost_receiver() })
+        Ok(Leadership { key, revision, lease: session.lease().id, lost: session.lost_receiver() })
     }
 
     /// The current leader, if there is one (a linearizable read).
@@ -81,6 +81,7 @@ impl Election {
 pub struct Leadership {
     key: Vec<u8>,
     revision: u64,
+    lease: crate::LeaseId,
     lost: watch::Receiver<Option<LeaseLost>>,
 }
 
@@ -126,7 +127,10 @@ impl Leadership {
     /// it anew, at a later revision: the second check sees that, deletes that key and returns
     /// [`RecipeError::NotLeader`] — but observers may have seen the value under the new key
     /// meanwhile. An atomic proclaim needs a lease on a transaction's put (a wire change).
+    ///
+    /// [`RecipeError::WrongSession`] if `session` is not the one the leadership was won with.
     pub async fn proclaim(&self, session: &Session, value: impl AsRef<[u8]>) -> Result<(), RecipeError> {
+        super::same_lease(self.lease, session)?;
         if let Some(why) = session.is_lost() {
             return Err(session.lost_error(why));
         }
@@ -160,8 +164,10 @@ impl Leadership {
     }
 
     /// Gives up the leadership: deletes the leader's key if it still is this leader's.
-    /// Whether it still led.
+    /// Whether it still led. [`RecipeError::WrongSession`] if `session` is not the one the
+    /// leadership was won with.
     pub async fn resign(self, session: &Session) -> Result<bool, RecipeError> {
+        super::same_lease(self.lease, session)?;
         let txn = Txn {
             compare: vec![self.owner_compare()],
             success: vec![TxnOp::Delete { key: self.key.clone() }],

@@ -91,7 +91,9 @@ impl LockGuard {
 
     /// Releases the lock: deletes the holder's key if it still is this holder's (a key of
     /// the same name put later has another token). Whether it still held it.
+    /// [`RecipeError::WrongSession`] if `session` is not the one the lock was acquired with.
     pub async fn release(self, session: &Session) -> Result<bool, RecipeError> {
+        super::same_lease(self.lease, session)?;
         let txn = Txn {
             compare: vec![self.owner_compare()],
             success: vec![TxnOp::Delete { key: self.key.clone() }],

@@ -73,8 +73,10 @@ use tokio::time::Instant;
 
 /// Keys read per page when a recipe ranks the participants.
 pub const SCAN_PAGE_KEYS: u32 = 1_000;
-/// Most keys under one lock's or election's prefix that a ranking reads: the bound on waiters
-/// (candidates) per name.
+/// Most keys under one lock's or election's prefix that a ranking reads: the hard bound on
+/// waiters (candidates) per name. Waiters beyond the node's watch limits (64 per principal,
+/// 1,024 per node) wait by retrying with a backoff of up to 2 s: the bound for prompt
+/// hand-overs is lower (docs/consistency.md).
 pub const PARTICIPANTS_MAX: u64 = 10_000;
 /// Longest name of a lock or an election, bytes.
 pub const NAME_BYTES_MAX: usize = 1_024;
@@ -122,6 +124,26 @@ pub enum RecipeError {
     /// The participant no longer holds the leadership (for [`Leadership::proclaim`]).
     #[error("no longer the leader: {0}")]
     NotLeader(String),
+    /// A lock guard or a leadership was handed a session other than the one it was won with
+    /// (release, resign and proclaim act with the session whose lease holds the key).
+    #[error(
+        "the lock or leadership is held on lease {held}, not on the session's lease {given}; pass the session it was won with"
+    )]
+    WrongSession {
+        /// The lease it is held on.
+        held: u64,
+        /// The lease of the session given.
+        given: u64,
+    },
+}
+
+/// Refuses a session whose lease is not `held`, the one a guard or leadership was won with.
+fn same_lease(held: crate::LeaseId, session: &Session) -> Result<(), RecipeError> {
+    check_lease(held, session.lease().id)
+}
+
+fn check_lease(held: crate::LeaseId, given: crate::LeaseId) -> Result<(), RecipeError> {
+    if held == given { Ok(()) } else { Err(RecipeError::WrongSession { held: held.0, given: given.0 }) }
 }
 
 /// A lease kept alive for as long as the session lives: what a lock holder or a candidate
@@ -346,28 +368,100 @@ async fn rank(client: &Client, prefix: &[u8], mine: u64, revision: Option<u64>) 
     }
 }
 
+/// The backoff between the retries of a waiter's reads and watches after a transient error
+/// (a node shedding load, no quorum for a while, the client's own retries given up): from
+/// 50 ms up to 2 s, jittered, until the caller's deadline.
+const WAIT_BACKOFF: crate::Backoff = crate::Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(2) };
+
+/// Whether a waiter's read or watch that failed with `e` is retried (until the deadline): a
+/// node that is overloaded, unavailable or without a leader, a request that timed out, the
+/// client's retries given up, a watch after [`crate::WATCH_FAILURES_MAX`] failed polls. Not:
+/// a refused or invalid request, a key or lease gone, too many participants.
+fn retryable(e: &RecipeError) -> bool {
+    match e {
+        RecipeError::Client(ClientError::GaveUp { .. } | ClientError::OutcomeUnknown { .. }) => true,
+        RecipeError::Client(ClientError::Rejected { error, .. }) => matches!(
+            error,
+            ApiError::Unavailable(_)
+                | ApiError::Shed(_)
+                | ApiError::Overloaded { .. }
+                | ApiError::Timeout
+                | ApiError::NotLeader { .. }
+                | ApiError::SessionExpired
+                | ApiError::PageExpired { .. }
+        ),
+        _ => false,
+    }
+}
+
+/// Jitter for the `attempt`th retry of the waiter of `key`: a hash of both (waiters retry at
+/// different times; deterministic for one key).
+fn jitter(key: &[u8], attempt: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(attempt);
+    for b in key {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// One step of a waiter.
+enum Step {
+    /// First in line, with the key's creation revision.
+    First(u64),
+    /// The predecessor was deleted (or the watch's start compacted): rank again.
+    Again,
+    /// The ranking did not see the waiter's own key (cannot happen at one revision): read
+    /// again after a backoff.
+    NotSeen,
+}
+
 /// Waits until `key` (under `prefix`) is first in line; returns its creation revision.
+/// Transient errors are retried with a backoff (the caller bounds the wait): a waiter keeps
+/// its place in line through a partition or an overloaded node.
 async fn wait_first(client: &Client, prefix: &[u8], key: &[u8]) -> Result<u64, RecipeError> {
+    let mut retries = 0u32;
     loop {
-        // The key's creation revision, and the revision of that read: the ranking reads the
-        // prefix at that same revision, and the watch starts right after it.
-        let got = client.get(key, ReadConsistency::Linearizable).await?;
-        let Some(me) = got.kv else {
-            return Err(RecipeError::KeyGone { key: escaped(key) });
-        };
-        let at = got.read.revision;
-        let ranking = match rank(client, prefix, me.create_revision, Some(at)).await {
-            Ok((r, _)) => r,
-            // Compacted between the two reads: read again.
-            Err(RecipeError::Client(e)) if matches!(e.api_error(), Some(ApiError::Compacted { .. })) => continue,
+        match wait_step(client, prefix, key).await {
+            Ok(Step::First(revision)) => return Ok(revision),
+            Ok(Step::Again) => retries = 0,
+            Ok(Step::NotSeen) => {
+                tracing::debug!(target: "quorate::client", key = %escaped(key), "own key not in the ranking; reading again");
+                tokio::time::sleep(WAIT_BACKOFF.delay(retries, jitter(key, retries))).await;
+                retries = retries.saturating_add(1);
+            }
+            Err(e) if retryable(&e) => {
+                tracing::debug!(target: "quorate::client", key = %escaped(key), retries, "waiting in line: {e}; retrying");
+                tokio::time::sleep(WAIT_BACKOFF.delay(retries, jitter(key, retries))).await;
+                retries = retries.saturating_add(1);
+            }
             Err(e) => return Err(e),
-        };
-        match ranking.predecessor {
-            None if ranking.first.as_ref().is_some_and(|f| f.key == key) => return Ok(me.create_revision),
-            // Not in the read at `at` although the read of the key was: cannot happen at one
-            // revision; read again rather than guess.
-            None => continue,
-            Some(p) => wait_deleted(client, &p.key, at + 1).await?,
+        }
+    }
+}
+
+/// Reads `key`'s place in line and, if it is not first, waits for its predecessor's delete.
+async fn wait_step(client: &Client, prefix: &[u8], key: &[u8]) -> Result<Step, RecipeError> {
+    // The key's creation revision, and the revision of that read: the ranking reads the
+    // prefix at that same revision, and the watch starts right after it.
+    let got = client.get(key, ReadConsistency::Linearizable).await?;
+    let Some(me) = got.kv else {
+        return Err(RecipeError::KeyGone { key: escaped(key) });
+    };
+    let at = got.read.revision;
+    let ranking = match rank(client, prefix, me.create_revision, Some(at)).await {
+        Ok((r, _)) => r,
+        // Compacted between the two reads: read again.
+        Err(RecipeError::Client(e)) if matches!(e.api_error(), Some(ApiError::Compacted { .. })) => {
+            return Ok(Step::Again);
+        }
+        Err(e) => return Err(e),
+    };
+    match ranking.predecessor {
+        None if ranking.first.as_ref().is_some_and(|f| f.key == key) => Ok(Step::First(me.create_revision)),
+        None => Ok(Step::NotSeen),
+        Some(p) => {
+            wait_deleted(client, &p.key, at + 1).await?;
+            Ok(Step::Again)
         }
     }
 }

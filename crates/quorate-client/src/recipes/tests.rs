@@ -103,3 +103,58 @@ async fn a_stopped_keep_alive_counts_as_a_lost_lease() {
     assert_eq!(lost_now(&rx), Some(LeaseLost::Stopped));
     assert_eq!(waiting.await.unwrap(), LeaseLost::Stopped);
 }
+
+fn rejected(error: ApiError) -> RecipeError {
+    RecipeError::Client(ClientError::Rejected { node: quorate_log::NodeId::new(1).unwrap(), error })
+}
+
+#[test]
+fn a_waiter_retries_transient_errors_and_stops_on_the_others() {
+    let transient = [
+        rejected(ApiError::Overloaded { reason: "watches".into(), retry_after_ms: 100 }),
+        rejected(ApiError::Unavailable("no quorum".into())),
+        rejected(ApiError::Timeout),
+        rejected(ApiError::NotLeader { leader: None, addr: None }),
+        RecipeError::Client(ClientError::GaveUp {
+            attempts: 8,
+            elapsed: Duration::from_secs(5),
+            reason: crate::GiveUpReason::Deadline,
+            last: "node 2: timed out".into(),
+        }),
+    ];
+    for e in &transient {
+        assert!(retryable(e), "{e} is retried");
+    }
+    let fatal = [
+        rejected(ApiError::Refused("not a member".into())),
+        rejected(ApiError::InvalidRequest("bad key".into())),
+        RecipeError::KeyGone { key: "lock/a/1".into() },
+        RecipeError::LeaseLost { lease: 1, why: LeaseLost::Stopped },
+        RecipeError::TooManyParticipants { prefix: "lock/a/".into(), max: PARTICIPANTS_MAX },
+        RecipeError::Client(ClientError::Config("no endpoints".into())),
+    ];
+    for e in &fatal {
+        assert!(!retryable(e), "{e} ends the wait");
+    }
+}
+
+#[test]
+fn a_waiters_backoff_grows_to_its_bound_and_differs_between_waiters() {
+    let mut last = Duration::ZERO;
+    for attempt in 0..64 {
+        let d = WAIT_BACKOFF.delay(attempt, jitter(b"lock/a/1", attempt));
+        assert!(d <= Duration::from_secs(2), "attempt {attempt}: {d:?}");
+        assert!(d >= WAIT_BACKOFF.cap(attempt) / 2, "attempt {attempt}: {d:?}");
+        last = d;
+    }
+    assert!(last >= Duration::from_secs(1), "the backoff reaches its bound: {last:?}");
+    assert_ne!(jitter(b"lock/a/1", 3), jitter(b"lock/a/2", 3));
+}
+
+#[test]
+fn a_guard_refuses_a_session_on_another_lease() {
+    assert!(check_lease(LeaseId(7), LeaseId(7)).is_ok());
+    let e = check_lease(LeaseId(7), LeaseId(8)).unwrap_err();
+    assert!(matches!(e, RecipeError::WrongSession { held: 7, given: 8 }), "{e}");
+    assert!(e.to_string().contains("pass the session it was won with"), "{e}");
+}

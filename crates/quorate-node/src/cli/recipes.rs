@@ -5,9 +5,11 @@
 use super::output::{Format, escape, print_json};
 use super::{ConnArgs, Outcome};
 use clap::Args;
+use nix::sys::signal::Signal;
 use quorate_client::recipes::{Election, Leader, Lock, RecipeError, Session};
 use serde_json::{Value, json};
 use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -24,7 +26,7 @@ pub(crate) struct LockArgs {
     #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) wait_ms: u64,
     /// Without a command: hold the lock for MS milliseconds, then release it (default: until
-    /// SIGINT or the end of standard input).
+    /// SIGINT, SIGTERM, SIGHUP or the end of standard input).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) hold_ms: Option<u64>,
     /// The command to run while holding the lock (after `--`), with QUORATE_LOCK_KEY and
@@ -69,7 +71,8 @@ fn recipe(e: RecipeError) -> anyhow::Error {
     }
 }
 
-/// Waits for SIGINT or the end of standard input (read on a thread of its own).
+/// Waits for SIGINT, SIGTERM, SIGHUP or the end of standard input (read on a thread of its
+/// own).
 async fn interrupted() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
@@ -79,9 +82,86 @@ async fn interrupted() {
         while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
         let _ = tx.send(());
     });
+    let signal = async {
+        match Signals::new() {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        () = signal => {}
         _ = rx => {}
+    }
+}
+
+/// How long a command that was passed a signal has to end before its process group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How a command run under the lock ended.
+enum End {
+    /// It exited.
+    Exited(std::process::ExitStatus),
+    /// Quorate was sent this signal.
+    Signal(Signal),
+    /// The lock's lease was lost.
+    Lost(quorate_client::LeaseLost),
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal caught.
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+            _ = self.hup.recv() => Signal::SIGHUP,
+        }
+    }
+}
+
+/// Sends `signal` to the process group `group` (the command's; nothing if it has no id, or
+/// if the group is empty).
+fn signal_group(group: Option<i32>, signal: Signal) {
+    if let Some(group) = group.filter(|g| *g > 1) {
+        // A group that is gone gives ESRCH: nothing left to signal.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), signal);
+    }
+}
+
+/// A shell's exit code for a process ended by `signal`: 128 + the signal.
+fn signal_code(signal: i32) -> u8 {
+    u8::try_from(128 + signal).unwrap_or(1)
+}
+
+/// The outcome of a command that ended on its own: its exit code, or 128 + the signal that
+/// ended it.
+fn exit_outcome(program: &str, status: std::process::ExitStatus) -> Outcome {
+    match status.code() {
+        Some(0) => Outcome::Ok,
+        Some(c) => Outcome::Code(u8::try_from(c).unwrap_or(1)),
+        None => {
+            eprintln!("`{program}` was ended by a signal ({status})");
+            status.signal().map_or(Outcome::Failed, |s| Outcome::Code(signal_code(s)))
+        }
     }
 }
 
@@ -107,33 +187,74 @@ pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outc
     std::io::stdout().flush()?;
 
     let mut outcome = Outcome::Ok;
+    // Whether the lease was lost (then: exit 1, nothing to release).
+    let mut lost_lease = false;
     if let Some((program, rest)) = args.command.split_first() {
+        // Caught from here on (no longer the default of ending quorate at once): a signal is
+        // forwarded to the command, which is waited for before the lock is released.
+        let mut signals = Signals::new()?;
         let mut child = tokio::process::Command::new(program)
             .args(rest)
             .env("QUORATE_LOCK_KEY", &key)
             .env("QUORATE_LOCK_TOKEN", token.to_string())
+            // Its own process group: a signal or a kill reaches the command's children too
+            // (`sh -c '…'` and what it started).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| super::output::usage(format!("cannot run `{program}`: {e}")))?;
-        tokio::select! {
-            status = child.wait() => {
-                let status = status?;
-                outcome = match status.code() {
-                    Some(0) => Outcome::Ok,
-                    Some(c) => Outcome::Code(u8::try_from(c).unwrap_or(1)),
-                    None => {
-                        eprintln!("`{program}` was ended by a signal ({status})");
-                        Outcome::Failed
+        let group = child.id().and_then(|id| i32::try_from(id).ok());
+        let end = tokio::select! {
+            status = child.wait() => End::Exited(status?),
+            signal = signals.recv() => End::Signal(signal),
+            lost = guard.lost() => End::Lost(lost),
+        };
+        outcome = match end {
+            End::Exited(status) => exit_outcome(program, status),
+            End::Signal(signal) => {
+                eprintln!(
+                    "{signal}: passing it to `{program}` and waiting for it (at most {} s)",
+                    STOP_GRACE.as_secs()
+                );
+                signal_group(group, signal);
+                let status = tokio::select! {
+                    status = child.wait() => Some(status?),
+                    () = tokio::time::sleep(STOP_GRACE) => None,
+                    lost = guard.lost() => {
+                        eprintln!("the lock's lease was lost ({lost}) while `{program}` was stopping");
+                        None
                     }
                 };
+                let status = match status {
+                    Some(s) => s,
+                    None => {
+                        eprintln!("killing `{program}` (its process group)");
+                        signal_group(group, Signal::SIGKILL);
+                        child.wait().await?
+                    }
+                };
+                if guard.is_lost().is_some() {
+                    lost_lease = true;
+                    Outcome::Failed
+                } else {
+                    match status.code() {
+                        Some(0) => Outcome::Ok,
+                        Some(c) => Outcome::Code(u8::try_from(c).unwrap_or(1)),
+                        None => Outcome::Code(signal_code(status.signal().unwrap_or(signal as i32))),
+                    }
+                }
             }
-            lost = guard.lost() => {
-                // The lock may be someone else's now: stop the command.
+            End::Lost(lost) => {
+                // The lock may be someone else's now: stop the command, all of it.
                 eprintln!("the lock's lease was lost ({lost}); the lock may be held by another: killing `{program}`");
-                let _ = child.kill().await;
-                outcome = Outcome::Failed;
+                signal_group(group, Signal::SIGKILL);
+                let _ = child.wait().await;
+                lost_lease = true;
+                Outcome::Failed
             }
-        }
+        };
+        // What the command left running in its group would run on without the lock.
+        signal_group(group, Signal::SIGKILL);
     } else {
         let hold = async {
             match args.hold_ms {
@@ -145,13 +266,20 @@ pub(crate) async fn lock(conn: &ConnArgs, args: LockArgs) -> anyhow::Result<Outc
             () = hold => {}
             lost = guard.lost() => {
                 eprintln!("the lock's lease was lost ({lost}); the lock may be held by another");
+                lost_lease = true;
                 outcome = Outcome::Failed;
             }
         }
     }
-    if outcome != Outcome::Failed {
-        guard.release(&session).await.map_err(recipe)?;
+    if lost_lease {
+        // The lease is lost: exit 1 whatever closing the session (revoking the lost lease)
+        // answers.
+        if let Err(e) = session.close().await {
+            eprintln!("closing the session: {e}");
+        }
+        return Ok(outcome);
     }
+    guard.release(&session).await.map_err(recipe)?;
     session.close().await.map_err(recipe)?;
     Ok(outcome)
 }
