@@ -27,39 +27,18 @@
 //!   cargo run -p quorate-client --example lock
 //! ```
 
-use quorate_client::recipes::{Fence, Lock, Session};
-use quorate_client::{Client, ClientConfig, ReadConsistency, Txn, TxnOp};
-use quorate_log::NodeId;
-use quorate_transport::{ClusterId, TlsPaths};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+mod common;
 
-type Error = Box<dyn std::error::Error>;
+use common::{Error, client_from_env};
+use quorate_client::recipes::{Fence, Lock, Session};
+use quorate_client::{ReadConsistency, Txn, TxnOp};
+use std::time::{Duration, Instant};
 
 /// The TTL of each contender's lease: the shortest a cluster grants
 /// (`quorate_api::limits::LEASE_TTL_MS_MIN`, and three election timeouts of at most 1 s).
 const TTL_MS: u64 = 3_000;
 /// How long `acquire` waits at most.
 const ACQUIRE_WAIT: Duration = Duration::from_secs(30);
-
-fn client_from_env() -> Result<Client, Error> {
-    let certs = PathBuf::from(std::env::var("QUORATE_CERTS").unwrap_or_else(|_| "certs".into()));
-    let cluster = std::env::var("QUORATE_CLUSTER").unwrap_or_else(|_| "dev".into());
-    let endpoints = std::env::var("QUORATE_ENDPOINTS")
-        .unwrap_or_else(|_| "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003".into());
-    let mut members = Vec::new();
-    for e in endpoints.split(',').filter(|e| !e.is_empty()) {
-        let (id, addr) = e.split_once('=').ok_or_else(|| format!("endpoint `{e}` is not ID=HOST:PORT"))?;
-        let id = NodeId::new(id.trim().parse()?).ok_or("node ids start at 1")?;
-        members.push((id, addr.trim().parse()?));
-    }
-    let tls = TlsPaths {
-        ca: certs.join("ca.crt"),
-        cert: certs.join("client-admin.crt"),
-        key: certs.join("client-admin.key"),
-    };
-    Ok(Client::new(ClientConfig::new(ClusterId::new(&cluster)?, members, tls))?)
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {

@@ -26,14 +26,12 @@
 //! (`QUORATE_LEASE_TTL_MS` sets the instances' TTL, default 3000: at least three of the
 //! cluster's election timeouts.)
 
-use quorate_client::{Client, ClientConfig, EventKind, KeepAlive, Lease, ReadConsistency, WatchBatch, WatchOptions};
-use quorate_log::NodeId;
-use quorate_transport::{ClusterId, TlsPaths};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+mod common;
 
-type Error = Box<dyn std::error::Error>;
+use common::{Error, client_from_env};
+use quorate_client::{Client, EventKind, KeepAlive, Lease, ReadConsistency, WatchBatch, WatchOptions};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// The service the instances offer (each run its own, `services/web-UNIXMS/`, so that a run
 /// does not see the instances of an earlier one still waiting for their leases to expire).
@@ -142,25 +140,6 @@ async fn follow_until(
         }
     }
     Ok(started.elapsed())
-}
-
-fn client_from_env() -> Result<Client, Error> {
-    let certs = PathBuf::from(std::env::var("QUORATE_CERTS").unwrap_or_else(|_| "certs".into()));
-    let cluster = std::env::var("QUORATE_CLUSTER").unwrap_or_else(|_| "dev".into());
-    let endpoints = std::env::var("QUORATE_ENDPOINTS")
-        .unwrap_or_else(|_| "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003".into());
-    let mut members = Vec::new();
-    for e in endpoints.split(',').filter(|e| !e.is_empty()) {
-        let (id, addr) = e.split_once('=').ok_or_else(|| format!("endpoint `{e}` is not ID=HOST:PORT"))?;
-        let id = NodeId::new(id.trim().parse()?).ok_or("node ids start at 1")?;
-        members.push((id, addr.trim().parse()?));
-    }
-    let tls = TlsPaths {
-        ca: certs.join("ca.crt"),
-        cert: certs.join("client-admin.crt"),
-        key: certs.join("client-admin.key"),
-    };
-    Ok(Client::new(ClientConfig::new(ClusterId::new(&cluster)?, members, tls))?)
 }
 
 #[tokio::main(flavor = "current_thread")]
