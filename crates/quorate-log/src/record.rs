@@ -360,4 +360,18 @@ mod tests {
             let _ = decode::<Configuration>(Cf::Meta, &k, &v);
         }
     }
+
+    /// Found by the `record_decode` fuzz target (CI, 2026-12-06): a record with an over-long
+    /// varint (`c7 00` for the term 71) and a valid checksum decodes to the value it denotes;
+    /// the store re-encodes it in the shortest form, which decodes to the same value.
+    #[test]
+    fn an_overlong_varint_decodes_to_its_value_and_re_encodes_shorter() {
+        let key = b"cfg/\x00\xff\xff\xff\xff\xff\xff\xff";
+        let stored = [0x1a, 0x64, 0xd6, 0xcf, 0xc7, 0x00, 0x00, 0x01];
+        let hs = decode::<HardState>(Cf::Meta, key, &stored).unwrap();
+        assert_eq!(hs, HardState { term: Term(71), vote: None, commit: LogIndex(1) });
+        let again = encode(Cf::Meta, key, &hs).unwrap();
+        assert_eq!(&again[CRC_BYTES..], &[71, 0, 1]);
+        assert_eq!(decode::<HardState>(Cf::Meta, key, &again).unwrap(), hs);
+    }
 }
