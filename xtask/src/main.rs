@@ -495,17 +495,19 @@ fn fuzz(args: &[String]) -> Result<()> {
     }
     for (dir, target) in FUZZ_TARGETS {
         let fuzz_dir = root().join(dir);
-        std::fs::create_dir_all(fuzz_dir.join("corpus").join(target))?;
-        // cargo-fuzz keeps its own target directory under the fuzz crate.
-        run(Command::new("cargo").env_remove("CARGO_TARGET_DIR").current_dir(&fuzz_dir).args([
-            "+nightly",
-            "fuzz",
-            "run",
-            target,
-            "--",
-            &format!("-max_total_time={seconds}"),
-            "-rss_limit_mb=2048",
-        ]))?;
+        let corpus = fuzz_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        // cargo-fuzz keeps its own target directory under the fuzz crate. The working corpus
+        // (not checked in) comes first, so new inputs land there; the checked-in inputs that
+        // once failed (`fuzz/regressions/<target>/`) are replayed by every run.
+        let mut cmd = Command::new("cargo");
+        cmd.env_remove("CARGO_TARGET_DIR").current_dir(&fuzz_dir).args(["+nightly", "fuzz", "run", target]);
+        cmd.arg(&corpus);
+        let regressions = fuzz_dir.join("regressions").join(target);
+        if regressions.is_dir() {
+            cmd.arg(&regressions);
+        }
+        run(cmd.args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048"]))?;
     }
     Ok(())
 }
