@@ -479,9 +479,17 @@ fn crash_child_entry_point() {
                 let (applied, last) = (store.applied_index(), store.last_index());
                 if last > applied {
                     let value = last.0.to_string().into_bytes();
-                    store.apply(last, [SmOp::Put { key: APPLIED_KEY.to_vec(), value }]).unwrap();
+                    if let Err(e) = store.apply(last, [SmOp::Put { key: APPLIED_KEY.to_vec(), value }]) {
+                        // Not a panic in a thread nobody joins: the child stops at once (stdout
+                        // is the writer's, locked), and the parent fails the round with this
+                        // line ("the child exited early ... : <stderr>").
+                        eprintln!("the child's applier failed: {e}");
+                        std::process::exit(3);
+                    }
                 } else {
-                    std::thread::yield_now();
+                    // Nothing new: poll again shortly, without spinning a core that the
+                    // writer under test needs.
+                    std::thread::park_timeout(std::time::Duration::from_micros(200));
                 }
             }
         });
