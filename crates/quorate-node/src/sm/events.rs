@@ -155,7 +155,7 @@ fn set_record<R: SmRead + ?Sized>(
     }
     let k = ev_key(revision, key);
     let size = (k.len() + 1) as i64;
-    let had = ov.get(&k)?.is_some();
+    let had = ov.get_at_revision(&k, revision)?.is_some();
     match kind {
         Some(kind) => {
             ov.put(k, vec![kind]);
@@ -183,7 +183,7 @@ pub(super) fn on_delete<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, key: &[u8],
     // The key was visible before this revision iff the history recorded the version this
     // revision replaced (it does for every version written before the command); a key that
     // the same command created and now deletes was absent before and after: no event.
-    let was_visible = ov.get(&history::hist_key(key, revision))?.is_some();
+    let was_visible = ov.get_at_revision(&history::hist_key(key, revision), revision)?.is_some();
     set_record(ov, key, revision, was_visible.then_some(DELETE))
 }
 

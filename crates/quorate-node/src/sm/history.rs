@@ -217,7 +217,7 @@ pub(super) fn record<R: SmRead + ?Sized>(
     let size = hk.len() + value.len();
     // One entry per key and revision (a second replacement in the same command replaces a
     // version written at `end`, caught above); were one there, it is replaced and counted once.
-    let (entries, before) = match ov.get(&hk)? {
+    let (entries, before) = match ov.get_at_revision(&hk, end)? {
         Some(prev) => (0, (hk.len() + prev.len()) as i64),
         None => (1, 0),
     };
