@@ -353,7 +353,22 @@ impl<'a, R: SmRead + ?Sized> Overlay<'a, R> {
         if let Some(v) = self.writes.get(key) {
             return Ok(v.clone());
         }
-        if self.clear || revision > ov_u64(self, META_REVISION)? {
+        if self.clear {
+            return Ok(None);
+        }
+        if revision > ov_u64(self, META_REVISION)? {
+            // The invariant, checked on one lookup in 64 of each thread (the first included)
+            // in builds with debug assertions (CI's tests, the chaos runs and the benchmarks'
+            // `ci` profile).
+            thread_local!(static LOOKUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+            let n = LOOKUPS.with(|c| c.replace(c.get().wrapping_add(1)));
+            if cfg!(debug_assertions) && n % 64 == 0 {
+                debug_assert!(
+                    self.base.sm_get(key)?.is_none(),
+                    "the store holds {} above its revision",
+                    key.escape_ascii()
+                );
+            }
             return Ok(None);
         }
         self.base.sm_get(key)
