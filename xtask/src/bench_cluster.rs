@@ -3,7 +3,9 @@
 //! `quorate bench`, then, in the same run, etcd 3.4's plain-HTTP cluster driven by the
 //! etcd-bench scripts in `../shared/tools/etcd-bench` beside the repository (or
 //! `QUORATE_ETCD_BENCH`). One table compares them; it is printed
-//! and written to docs/benchmarks.md under `## Cluster (quorate-node vs etcd 3.4)`.
+//! and written to docs/benchmarks.md under `## Cluster (quorate-node vs etcd 3.4)`: the text
+//! from that heading to the section's first `### ` subsection is replaced, and the hand-written
+//! `### ` subsections after it (readings of earlier runs) are kept.
 //!
 //! Every point also gives the CPU time (user + system, from `/proc/<pid>/stat`) the measured
 //! system's own processes used during it — the three nodes, or the three etcd members — per
@@ -535,20 +537,26 @@ fn section_text(o: &Options, r: &Results, table: &str, verdict: &str) -> String 
     s
 }
 
-/// Replaces the section (up to the next `## ` heading) or appends it.
+/// Replaces the generated part of the section or appends the section.
 fn write_section(doc: &Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(doc).unwrap_or_default();
     let new = replace_section(&old, section);
     std::fs::write(doc, new).with_context(|| format!("cannot write {}", doc.display()))
 }
 
+/// The generated part of the section runs from its heading to its first `### ` subsection (or
+/// the next `## ` heading): that part is replaced, and the hand-written `### ` subsections
+/// after it (what earlier runs showed, kept for the record) stay as they are. The generated
+/// text itself has no `### ` heading.
 fn replace_section(old: &str, section: &str) -> String {
     let section = format!("{}\n", section.trim_end());
     let lines: Vec<&str> = old.lines().collect();
     match lines.iter().position(|l| l.trim_end() == SECTION) {
         Some(start) => {
-            let end =
-                lines[start + 1..].iter().position(|l| l.starts_with("## ")).map_or(lines.len(), |i| start + 1 + i);
+            let end = lines[start + 1..]
+                .iter()
+                .position(|l| l.starts_with("## ") || l.starts_with("### "))
+                .map_or(lines.len(), |i| start + 1 + i);
             let mut out = lines[..start].join("\n");
             if !out.is_empty() {
                 out.push('\n');
@@ -650,6 +658,22 @@ mod tests {
         let doc = "# B\n\n## A\na\n\n## Cluster (quorate-node vs etcd 3.4)\nold\n\n## C\nc\n";
         let new = replace_section(doc, "## Cluster (quorate-node vs etcd 3.4)\nnew\n");
         assert_eq!(new, "# B\n\n## A\na\n\n## Cluster (quorate-node vs etcd 3.4)\nnew\n\n## C\nc\n");
+        // The hand-written subsections after the generated part stay, in order.
+        let doc = "# B\n\n## Cluster (quorate-node vs etcd 3.4)\nold\n| t |\n\n### Run 2\nkept\n\n### Run 1\nkept too\n\n## C\nc\n";
+        let new = replace_section(doc, "## Cluster (quorate-node vs etcd 3.4)\nnew\n");
+        assert_eq!(
+            new,
+            "# B\n\n## Cluster (quorate-node vs etcd 3.4)\nnew\n\n### Run 2\nkept\n\n### Run 1\nkept too\n\n## C\nc\n"
+        );
+        // Also when the section is the last one of the file.
+        let doc = "# B\n\n## Cluster (quorate-node vs etcd 3.4)\nold\n\n### Run 1\nkept\n";
+        let new = replace_section(doc, "## Cluster (quorate-node vs etcd 3.4)\nnew\n");
+        assert_eq!(new, "# B\n\n## Cluster (quorate-node vs etcd 3.4)\nnew\n\n### Run 1\nkept\n");
+        // So the generated text must not open a subsection of its own.
+        let o = parse_args(&[]).unwrap();
+        let (table, verdict) = render(&o, &Results::default());
+        let generated = section_text(&o, &Results::default(), &table, &verdict);
+        assert!(generated.starts_with(SECTION) && !generated.lines().any(|l| l.starts_with("### ")), "{generated}");
         let appended = replace_section("# B\n", "## Cluster (quorate-node vs etcd 3.4)\nx\n");
         assert_eq!(appended, "# B\n\n## Cluster (quorate-node vs etcd 3.4)\nx\n");
     }
