@@ -50,9 +50,12 @@ commands:
                              missing), in a copy of the tree; not part of ci (docs/verification.md)
   bench <api|core|storage|transport>
                              benchmarks; record the figures in docs/benchmarks.md
-  bench cluster [--duration S] [--clients 1,16,64,256] [--connections N] [--skip-etcd]
+  bench cluster [--duration S] [--clients 1,16,64,256] [--connections N] [--workloads LIST] [--skip-etcd]
                              a real 3-node cluster (fsync, mTLS) under `quorate bench`, then etcd 3.4
-                             in the same run; writes the comparison to docs/benchmarks.md
+                             in the same run; writes the comparison to docs/benchmarks.md.
+                             --workloads (default `put`): put[:BYTES] puts only, mixed[:BYTES] 50 %
+                             linearizable gets + 50 % puts (etcd: two load generators at once), values
+                             of BYTES (default 256); e.g. `--workloads put,mixed,put:4096`
   bench overload [--secs N] [--multiples 0.5,1,2,5]
                              goodput and p99 against offered load, admission on and off (one node)
   alerts [--live]            docs/alerts.yml evaluated by promtool against docs/alerts.test.yml, and the
