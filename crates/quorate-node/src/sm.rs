@@ -362,7 +362,7 @@ impl<'a, R: SmRead + ?Sized> Overlay<'a, R> {
             // `ci` profile).
             thread_local!(static LOOKUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
             let n = LOOKUPS.with(|c| c.replace(c.get().wrapping_add(1)));
-            if cfg!(debug_assertions) && n % 64 == 0 {
+            if cfg!(debug_assertions) && n.is_multiple_of(64) {
                 debug_assert!(
                     self.base.sm_get(key)?.is_none(),
                     "the store holds {} above its revision",
