@@ -24,18 +24,18 @@
 //! none (the key was absent before and after); a delete of an absent key makes none.
 //!
 //! **When.** The index is turned on with the history, by the entry that raises the cluster
-//! version to [`HISTORY_CLUSTER_VERSION`] (a cluster finalized by a build that recorded
-//! history but no events turns it on at the first command applied after: decided by the log,
-//! the same on every replica). Events exist from the revision after `m/ev_from`; a watch from
-//! before is answered as a compacted one, with `m/ev_from` as the compaction revision.
-//! Everything is in the state machine's column family: in every snapshot, identical on every
-//! replica that applied the same entries.
+//! version to [`HISTORY_CLUSTER_VERSION`](history::HISTORY_CLUSTER_VERSION) (a cluster
+//! finalized by a build that recorded history but no events turns it on at the first command
+//! applied after: decided by the log, the same on every replica). Events exist from the
+//! revision after `m/ev_from`; a watch from before is answered as a compacted one, with
+//! `m/ev_from` as the compaction revision. Everything is in the state machine's column family:
+//! in every snapshot, identical on every replica that applied the same entries.
 //!
 //! **Bounds.** Dropping follows compaction, at most [`EVENTS_DROP_PER_COMMAND`] records per
 //! command, oldest first; past [`EVENTS_ENTRIES_MAX`] records (or [`EVENTS_BYTES_MAX`] bytes)
 //! a write drops the oldest and raises the compaction revision past them, as the history does.
 
-use super::history::{self, HISTORY_CLUSTER_VERSION};
+use super::history;
 use super::rev_index::RevIndex;
 use super::{KvRecord, Overlay, PAGE, SmError, SmRead, corrupt, decode, ov_u64, to_kv};
 use quorate_api::{ApiError, EventKind, KeyValue, WatchEvent, WatchRequest, encoded_len, limits};
@@ -213,11 +213,7 @@ pub(crate) struct WatchPage {
 /// [`WATCH_EXAMINED_MAX`] records examined. `complete_to` says how far the answer goes.
 pub(crate) fn read_watch<R: SmRead + ?Sized>(r: &R, w: &WatchRequest) -> Result<Result<WatchPage, ApiError>, SmError> {
     let Some(state) = events_state(r)? else {
-        let cv = super::cluster_version(r)?;
-        if cv >= HISTORY_CLUSTER_VERSION {
-            return Ok(Err(ApiError::Unavailable("events are not recorded yet; retry after a write".into())));
-        }
-        return Ok(Err(super::gated("a watch", HISTORY_CLUSTER_VERSION, cv)));
+        return Ok(Err(history::not_recorded(r, "events are not recorded yet; retry after a write", "a watch")?));
     };
     let watch_compacted =
         |r: &R| -> Result<u64, SmError> { Ok(history::history_state(r)?.map_or(0, |h| h.compacted).max(state.from)) };
@@ -386,6 +382,7 @@ mod tests {
     use super::super::revision;
     use super::super::test_replica::Replica;
     use super::*;
+    use history::HISTORY_CLUSTER_VERSION;
     use quorate_api::{CommandOp, Response, Txn, TxnOp};
     use std::collections::BTreeMap;
 
@@ -701,6 +698,7 @@ mod tests {
 mod short_pages {
     use super::super::{SmPair, apply_command, revision};
     use super::*;
+    use history::HISTORY_CLUSTER_VERSION;
     use quorate_api::{Command, CommandOp};
     use quorate_log::LogIndex;
     use std::collections::BTreeMap;

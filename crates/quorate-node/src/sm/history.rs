@@ -260,13 +260,7 @@ pub(super) fn compact<R: SmRead + ?Sized>(
 /// Checks that `revision` can be read in `r`; returns the history's state.
 pub(super) fn check_revision(r: &(impl SmRead + ?Sized), revision: u64) -> Result<Result<(), ApiError>, SmError> {
     let Some(state) = history_state(r)? else {
-        let cv = super::cluster_version(r)?;
-        if cv >= HISTORY_CLUSTER_VERSION {
-            // Applied nothing since the cluster version was raised (history starts at the
-            // next command) — a state this binary's own finalize never leaves.
-            return Ok(Err(ApiError::Unavailable("history is not recorded yet; retry after a write".into())));
-        }
-        return Ok(Err(super::gated("a read at a revision", HISTORY_CLUSTER_VERSION, cv)));
+        return Ok(Err(not_recorded(r, "history is not recorded yet; retry after a write", "a read at a revision")?));
     };
     let current = super::revision(r)?;
     if revision > current {
@@ -276,6 +270,18 @@ pub(super) fn check_revision(r: &(impl SmRead + ?Sized), revision: u64) -> Resul
         return Ok(Err(ApiError::Compacted { revision, compacted: state.compacted }));
     }
     Ok(Ok(()))
+}
+
+/// Why `what` cannot be served from `r`, where what it reads is not recorded: below
+/// [`HISTORY_CLUSTER_VERSION`] the gate's refusal; at it, `unavailable` — nothing was applied
+/// since the cluster version was raised (recording starts at the next command), a state this
+/// binary's own finalize never leaves.
+pub(super) fn not_recorded(r: &(impl SmRead + ?Sized), unavailable: &str, what: &str) -> Result<ApiError, SmError> {
+    let cv = super::cluster_version(r)?;
+    if cv >= HISTORY_CLUSTER_VERSION {
+        return Ok(ApiError::Unavailable(unavailable.into()));
+    }
+    Ok(super::gated(what, HISTORY_CLUSTER_VERSION, cv))
 }
 
 /// The version of `key` at `revision` (checked readable), `None`: absent then.
