@@ -380,7 +380,7 @@ fn event<R: SmRead + ?Sized>(r: &R, key: &[u8], rev: u64, kind: u8, prev_kv: boo
 #[cfg(test)]
 mod tests {
     use super::super::revision;
-    use super::super::test_replica::Replica;
+    use super::super::test_replica::{self, Replica, Workload};
     use super::*;
     use history::HISTORY_CLUSTER_VERSION;
     use quorate_api::{CommandOp, Response, Txn, TxnOp};
@@ -473,43 +473,11 @@ mod tests {
         CommandOp::Put { key: k.to_vec(), value: v.to_vec() }
     }
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    const WORKLOAD: Workload =
+        Workload { keys: [b"a", b"a\0", b"ab", b"abc", b"b", b"ba", b"\0"], puts: 4, txn_ops: 4 };
 
     fn random_ops(seed: u64, count: usize) -> Vec<CommandOp> {
-        let mut rng = Rng(seed | 1);
-        let keys: [&[u8]; 7] = [b"a", b"a\0", b"ab", b"abc", b"b", b"ba", b"\0"];
-        let key = |rng: &mut Rng| keys[rng.next(keys.len() as u64) as usize].to_vec();
-        (0..count)
-            .map(|i| match rng.next(10) {
-                0..=3 => CommandOp::Put { key: key(&mut rng), value: format!("v{i}").into_bytes() },
-                4 | 5 => CommandOp::Delete { key: key(&mut rng) },
-                6 => CommandOp::Cas { key: key(&mut rng), expected: None, value: format!("c{i}").into_bytes() },
-                7 => CommandOp::Txn(Txn {
-                    compare: vec![],
-                    success: vec![
-                        TxnOp::Put { key: key(&mut rng), value: format!("t{i}").into_bytes() },
-                        TxnOp::Delete { key: key(&mut rng) },
-                        TxnOp::Put { key: key(&mut rng), value: format!("u{i}").into_bytes() },
-                        TxnOp::Delete { key: key(&mut rng) },
-                    ],
-                    failure: vec![],
-                }),
-                8 => {
-                    let (a, b) = (key(&mut rng), key(&mut rng));
-                    if a < b { CommandOp::DeleteRange { start: a, end: b } } else { CommandOp::Delete { key: a } }
-                }
-                _ => put(b"z", format!("z{i}").as_bytes()),
-            })
-            .collect()
+        test_replica::random_ops(seed, count, &WORKLOAD)
     }
 
     #[test]

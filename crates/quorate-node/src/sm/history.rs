@@ -377,7 +377,7 @@ pub(crate) fn read_scan_at_page<R: SmRead + ?Sized>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_replica::{Map, Replica};
+    use super::super::test_replica::{self, Map, Replica, Workload};
     use super::super::{Overlay, apply_command, read_scan_page, revision, write_snapshot_data};
     use super::*;
     use quorate_api::{Command, CommandOp, Response, Txn, TxnOp};
@@ -474,43 +474,12 @@ mod tests {
         r.check_reads_from(start);
     }
 
-    /// A little deterministic generator (no dependency): xorshift.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    /// Keys that are prefixes of each other and hold 0 bytes: the escaping keeps them apart.
+    const WORKLOAD: Workload =
+        Workload { keys: [b"a", b"a\0", b"a\0b", b"a\0\0", b"ab", b"b", b"\0"], puts: 5, txn_ops: 3 };
 
     fn random_ops(seed: u64, count: usize) -> Vec<CommandOp> {
-        let mut rng = Rng(seed | 1);
-        // Keys that are prefixes of each other and hold 0 bytes: the escaping keeps them apart.
-        let keys: [&[u8]; 7] = [b"a", b"a\0", b"a\0b", b"a\0\0", b"ab", b"b", b"\0"];
-        let key = |rng: &mut Rng| keys[rng.next(keys.len() as u64) as usize].to_vec();
-        (0..count)
-            .map(|i| match rng.next(10) {
-                0..=4 => CommandOp::Put { key: key(&mut rng), value: format!("v{i}").into_bytes() },
-                5 => CommandOp::Delete { key: key(&mut rng) },
-                6 => CommandOp::Cas { key: key(&mut rng), expected: None, value: format!("c{i}").into_bytes() },
-                7 => CommandOp::Txn(Txn {
-                    compare: vec![],
-                    success: vec![
-                        TxnOp::Put { key: key(&mut rng), value: format!("t{i}").into_bytes() },
-                        TxnOp::Delete { key: key(&mut rng) },
-                        TxnOp::Put { key: key(&mut rng), value: format!("u{i}").into_bytes() },
-                    ],
-                    failure: vec![],
-                }),
-                8 => {
-                    let (a, b) = (key(&mut rng), key(&mut rng));
-                    if a < b { CommandOp::DeleteRange { start: a, end: b } } else { CommandOp::Delete { key: a } }
-                }
-                _ => put(b"z", format!("z{i}").as_bytes()),
-            })
-            .collect()
+        test_replica::random_ops(seed, count, &WORKLOAD)
     }
 
     #[test]
