@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 mod procs;
 use procs::{Nodes, free_base_port};
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{BIN, Cluster};
+
 /// Load rounds before every surviving ring must have wrapped.
 const ROUNDS_MAX: usize = 8;
 
@@ -96,36 +99,9 @@ fn replays(file: &Path) {
 /// each edited by `edit` (with its id) first; their logs go to `dir/node-N.log`. Returns the
 /// guard, the endpoints and the configurations as started.
 fn start_cluster(dir: &Path, edit: impl Fn(u64, &mut NodeConfig)) -> (Nodes, String, Vec<NodeConfig>) {
-    let base = free_base_port();
-    let endpoints: String = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(",");
-    let out = Command::new(BIN)
-        .args(["certs", "dev", "--dir"])
-        .arg(dir)
-        .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut nodes = Nodes(Vec::new());
-    let mut configs = Vec::new();
-    for id in 1..=3 {
-        let path = dir.join(format!("node-{id}.toml"));
-        let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        edit(id, &mut config);
-        std::fs::write(&path, config.to_toml().unwrap()).unwrap();
-        let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-        nodes.0.push(
-            Command::new(BIN)
-                .args(["node", "start", "--config"])
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-        configs.push(config);
-    }
-    (nodes, endpoints, configs)
+    let c = Cluster::create(dir.to_path_buf(), free_base_port());
+    let configs = c.edit_configs(edit);
+    (c.start(), c.peers(), configs)
 }
 
 #[test]
