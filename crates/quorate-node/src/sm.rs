@@ -53,6 +53,7 @@ use std::io::{Read, Write};
 pub(crate) mod events;
 pub(crate) mod history;
 pub(crate) mod leases;
+mod rev_index;
 #[cfg_attr(
     not(test),
     expect(dead_code, reason = "the node's driver does not run on quorate-runtime yet (issue 19); tests drive it")

@@ -54,8 +54,6 @@ use quorate_log::NodeId;
 use quorate_node::config::NodeConfig;
 use quorate_transport::{Client, ClientOptions, Credentials, TlsPaths};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,7 +61,10 @@ use std::time::{Duration, Instant};
 #[path = "support/procs.rs"]
 mod procs;
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::Slots;
+
 /// Longest wait for a cluster to elect a leader, finalize, answer, or for a node to start.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Longest wait for one answer.
@@ -77,21 +78,13 @@ fn nid(n: u64) -> NodeId {
 
 /// Three node processes; each is killed when the cluster is dropped.
 struct Cluster {
+    // First: the nodes are killed before their directory is removed.
+    nodes: Slots,
     _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    children: Vec<Option<Child>>,
+    setup: cluster::Cluster,
     addrs: Vec<SocketAddr>,
     metrics: Vec<SocketAddr>,
     next_id: AtomicU64,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 impl Cluster {
@@ -101,18 +94,8 @@ impl Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("cluster");
         let base = procs::free_base_port();
-        let out = Command::new(BIN)
-            .args(["certs", "dev", "--dir"])
-            .arg(&dir)
-            .args(["--cluster", CLUSTER, "--nodes", "3", "--base-port", &base.to_string(), "--clients", CLIENTS])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "certs dev: {}", String::from_utf8_lossy(&out.stderr));
-        let (mut addrs, mut metrics_addrs) = (Vec::new(), Vec::new());
-        for id in 1..=3 {
-            let path = dir.join(format!("node-{id}.toml"));
-            let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let setup = cluster::Cluster::create_as(dir, base, CLUSTER, &["--clients", CLIENTS]);
+        let configs = setup.edit_configs(|_, config| {
             config.raft.election_timeout_ms = 600;
             config.raft.heartbeat_ms = 60;
             config.limits.free_space_floor_mb = 0;
@@ -123,54 +106,26 @@ impl Cluster {
             config.limits.handshake_burst_per_source = 100_000;
             let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
             config.metrics_listen = Some(metrics);
-            edit(&mut config);
-            std::fs::write(&path, config.to_toml().unwrap()).unwrap();
-            addrs.push(config.listen);
-            metrics_addrs.push(metrics);
-        }
-        let mut c = Cluster {
-            _tmp: tmp,
-            dir,
-            children: vec![None, None, None],
-            addrs,
-            metrics: metrics_addrs,
-            next_id: AtomicU64::new(1),
-        };
-        for id in 1..=3 {
-            c.spawn(id);
-        }
-        c
+            edit(config);
+        });
+        let addrs = configs.iter().map(|c| c.listen).collect();
+        let metrics = configs.iter().map(|c| c.metrics_listen.expect("set above")).collect();
+        Cluster { nodes: Slots::start(&setup), _tmp: tmp, setup, addrs, metrics, next_id: AtomicU64::new(1) }
     }
 
     /// Starts node `id` (again), appending to its log.
     fn spawn(&mut self, id: u64) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).unwrap();
-        let child = Command::new(BIN)
-            .args(["node", "start", "--config"])
-            .arg(self.dir.join(format!("node-{id}.toml")))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children[id as usize - 1] = Some(child);
+        self.nodes.spawn(&self.setup, id);
     }
 
     /// Kills node `id` (SIGKILL) and waits for it.
     fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.children[id as usize - 1].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("node-{id}.log"))
+        self.nodes.kill(id);
     }
 
     /// Node `id`'s log, without terminal colours.
     fn log(&self, id: u64) -> String {
-        let raw = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let raw = self.setup.log(id);
         let mut out = String::with_capacity(raw.len());
         let mut chars = raw.chars();
         while let Some(ch) = chars.next() {
@@ -200,7 +155,7 @@ impl Cluster {
     /// Panics (with the node's log) if a node process has exited.
     fn assert_running(&mut self) {
         for id in 1..=3u64 {
-            if let Some(c) = self.children[id as usize - 1].as_mut() {
+            if let Some(c) = self.nodes.slot(id).as_mut() {
                 let status = c.try_wait().unwrap();
                 assert!(status.is_none(), "node {id} exited ({status:?}); its log:\n{}", self.log(id));
             }
@@ -208,7 +163,7 @@ impl Cluster {
     }
 
     fn credentials(&self, who: &str) -> Credentials {
-        let certs = self.dir.join("certs");
+        let certs = self.setup.dir.join("certs");
         Credentials::load(TlsPaths {
             ca: certs.join("ca.crt"),
             cert: certs.join(format!("client-{who}.crt")),
@@ -1026,7 +981,7 @@ async fn replays_of_applied_writes_are_answered_without_a_log_write() {
     // A replay racing its original: with the leader's apply thread slowed, sequence number 3
     // is committed but not applied when its replay arrives, so the replay goes through the
     // log too; the write is applied once and both get its answer.
-    std::fs::write(c.dir.join("data").join(format!("node-{leader}")).join("failpoints.toml"), "slow_apply_ms = 1500\n")
+    std::fs::write(c.setup.data_dir(leader).join("failpoints.toml"), "slow_apply_ms = 1500\n")
         .expect("failpoints file");
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -1067,8 +1022,7 @@ async fn replays_of_applied_writes_are_answered_without_a_log_write() {
     assert_eq!(commit_index(&c, leader).await, before + 2, "the replay racing its original was logged");
     assert_eq!(answered(leader), 1_000.0, "a replay racing its original is not answered before proposing");
     assert_eq!(audited(leader, "answered=\"from the session cache, at apply\""), 1);
-    std::fs::write(c.dir.join("data").join(format!("node-{leader}")).join("failpoints.toml"), "")
-        .expect("failpoints file");
+    std::fs::write(c.setup.data_dir(leader).join("failpoints.toml"), "").expect("failpoints file");
     for id in 1..=3 {
         assert_eq!(c.value(id, "r").await.as_deref(), Some(&b"v3"[..]), "node {id}");
     }

@@ -4,204 +4,22 @@
 #[path = "support/procs.rs"]
 mod procs;
 
-use procs::free_port;
+#[path = "support/inproc.rs"]
+mod inproc;
+
+use inproc::{Cluster, DEADLINE, Node, fast_raft, put};
 use quorate_api::{
-    ApiError, ClientRequest, ClientResponse, Compare, CompareOp, CompareTarget, NodeMessage, ReadConsistency, Request,
-    Response, Sequenced, SessionId, Txn, TxnOp, TxnResult,
+    ApiError, Compare, CompareOp, CompareTarget, ReadConsistency, Request, Response, Sequenced, SessionId, Txn, TxnOp,
+    TxnResult,
 };
-use quorate_core::Role as RaftRole;
-use quorate_log::NodeId;
-use quorate_node::config::{LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
-use quorate_node::server::{ServerError, run_until};
-use quorate_transport::{Client, ClientOptions, ClusterId, Credentials, Principal, Role};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use quorate_node::config::{NodeConfig, RaftConfig};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn nid(n: u64) -> NodeId {
-    NodeId::new(n).unwrap()
-}
-
-struct Node {
-    config: NodeConfig,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), ServerError>>>,
-}
-
-impl Node {
-    fn start(config: NodeConfig) -> Node {
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(run_until(config.clone(), async move {
-            let _ = rx.await;
-        }));
-        Node { config, stop: Some(tx), task: Some(task) }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap().unwrap();
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.config.listen
-    }
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    nodes: BTreeMap<u64, Node>,
-    clients: BTreeMap<&'static str, Credentials>,
-    next_id: u64,
-}
 
 impl Cluster {
-    fn start(raft: RaftConfig) -> Cluster {
-        Cluster::start_with(raft, false)
-    }
-
-    /// `upgraded`: every node starts on an empty store directory, so none takes itself for a
-    /// new cluster's first start (no bootstrap marker): the cluster stays at cluster version 1
-    /// until finalized, as an upgraded one does.
-    fn start_with(raft: RaftConfig, upgraded: bool) -> Cluster {
-        quorate_node::server::init_tracing();
-        let dir = tempfile::tempdir().unwrap();
-        let cluster = ClusterId::new("test").unwrap();
-        let ids = [nid(1), nid(2), nid(3)];
-        let clients = [
-            (Principal::new("writer").unwrap(), Role::Write),
-            (Principal::new("reader").unwrap(), Role::Read),
-            (Principal::new("admin").unwrap(), Role::Admin),
-        ];
-        let certs =
-            quorate_transport::dev_certs::generate(&dir.path().join("certs"), &cluster, &ids, &clients).unwrap();
-        let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|i| (i, free_port())).collect();
-        let peers: BTreeMap<u64, String> = addrs.iter().map(|(i, a)| (*i, a.to_string())).collect();
-        let mut nodes = BTreeMap::new();
-        for (i, paths) in &certs.nodes {
-            let config = NodeConfig {
-                id: i.get(),
-                cluster: "test".into(),
-                listen: addrs[&i.get()],
-                data_dir: dir.path().join(format!("n{i}")),
-                join: false,
-                metrics_listen: None,
-                advertise: None,
-                peers: peers.clone(),
-                tls: TlsConfig {
-                    ca: paths.ca.clone(),
-                    cert: paths.cert.clone(),
-                    key: paths.key.clone(),
-                    crls: Vec::new(),
-                },
-                raft: raft.clone(),
-                limits: LimitsConfig { free_space_floor_mb: 0, ..LimitsConfig::default() },
-                telemetry: Default::default(),
-                admission: Default::default(),
-                history: Default::default(),
-            };
-            if upgraded {
-                std::fs::create_dir_all(config.data_dir.join("store")).unwrap();
-            }
-            nodes.insert(i.get(), Node::start(config));
-        }
-        let mut creds = BTreeMap::new();
-        for (name, p) in [("writer", "writer"), ("reader", "reader"), ("admin", "admin")] {
-            let paths = certs.clients[&Principal::new(p).unwrap()].clone();
-            creds.insert(name, Credentials::load(paths).unwrap());
-        }
-        Cluster { _dir: dir, nodes, clients: creds, next_id: 1 }
-    }
-
-    async fn call_as(
-        &mut self,
-        who: &'static str,
-        node: u64,
-        session: Option<Sequenced>,
-        body: Request,
-    ) -> Result<Result<Response, ApiError>, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let addr = self.nodes[&node].addr();
-        let client = Client::<NodeMessage>::connect(&self.clients[who], nid(node), addr, ClientOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let req = NodeMessage::Request(ClientRequest { id, session, body });
-        let resp = client.request(&req).await.map_err(|e| e.to_string());
-        client.close();
-        match resp? {
-            NodeMessage::Response(ClientResponse { id: rid, result }) => {
-                assert_eq!(rid, id);
-                Ok(result)
-            }
-            other => Err(format!("unexpected {other:?}")),
-        }
-    }
-
     async fn call(&mut self, node: u64, body: Request) -> Result<Response, ApiError> {
         self.call_as("writer", node, None, body).await.expect("transport")
     }
-
-    /// Polls until some node reports itself leader, and every running node agrees.
-    async fn leader(&mut self) -> u64 {
-        let until = Instant::now() + DEADLINE;
-        while Instant::now() < until {
-            let ids: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.task.is_some()).map(|(i, _)| *i).collect();
-            let mut leaders = Vec::new();
-            for i in &ids {
-                if let Ok(Ok(Response::Status(s))) = self.call_as("reader", *i, None, Request::Status).await {
-                    leaders.push((s.role == RaftRole::Leader, s.leader.map(NodeId::get)));
-                }
-            }
-            if leaders.len() == ids.len()
-                && let Some(l) = leaders.iter().find(|(is, _)| *is).and_then(|(_, l)| *l)
-                && leaders.iter().all(|(_, x)| *x == Some(l))
-            {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader elected within {DEADLINE:?}");
-    }
-
-    /// Retries a request while the cluster answers "not now" (elections, catch-up).
-    async fn call_retry(&mut self, node: u64, body: Request) -> Response {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            match self.call_as("writer", node, None, body.clone()).await {
-                Ok(Ok(r)) => return r,
-                Ok(Err(e @ (ApiError::Unavailable(_) | ApiError::Timeout | ApiError::Overloaded { .. })))
-                | Ok(Err(e @ ApiError::NotLeader { .. })) => {
-                    assert!(Instant::now() < until, "still failing after {DEADLINE:?}: {e}");
-                }
-                Ok(Err(e)) => panic!("request failed: {e}"),
-                Err(e) => assert!(Instant::now() < until, "transport still failing: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop_all(&mut self) {
-        for n in self.nodes.values_mut() {
-            n.stop().await;
-        }
-    }
-}
-
-fn fast_raft() -> RaftConfig {
-    RaftConfig { election_timeout_ms: 400, heartbeat_ms: 50, ..RaftConfig::default() }
-}
-
-fn put(k: &str, v: &str) -> Request {
-    Request::Put { key: k.into(), value: v.into() }
 }
 
 fn get(k: &str, read: ReadConsistency) -> Request {
@@ -549,7 +367,7 @@ async fn reads_at_a_revision_on_every_member_then_compaction() {
 /// finalizing starts the history at that point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_is_refused_below_cluster_version_2_and_starts_at_finalize() {
-    let mut c = Cluster::start_with(fast_raft(), true);
+    let mut c = Cluster::start_with(fast_raft(), 0, true);
     let leader = c.leader().await;
     c.call_retry(leader, put("g", "1")).await;
     c.call_retry(leader, put("g", "2")).await;

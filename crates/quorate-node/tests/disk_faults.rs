@@ -25,15 +25,18 @@ use quorate_client::{ApiError, Client, ClientConfig, ReadConsistency};
 use quorate_log::NodeId;
 use quorate_node::config::NodeConfig;
 use quorate_transport::{ClusterId, TlsPaths};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 #[path = "support/procs.rs"]
 mod procs;
 use procs::free_base_port;
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::Slots;
+
 /// How long anything in these tests may take to happen.
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -43,42 +46,22 @@ fn nid(i: u64) -> NodeId {
 
 /// Three `quorate` processes with failpoints on, and an admin client.
 struct Cluster {
-    dir: PathBuf,
+    // First: the nodes are killed before anything else goes.
+    nodes: Slots,
+    setup: cluster::Cluster,
     configs: Vec<NodeConfig>,
-    children: Vec<Option<Child>>,
     client: Client,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 impl Cluster {
     fn start(dir: &Path, edit: impl Fn(u64, &mut NodeConfig)) -> Cluster {
-        let base = free_base_port();
-        let out = Command::new(BIN)
-            .args(["certs", "dev", "--dir"])
-            .arg(dir)
-            .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut configs = Vec::new();
-        for id in 1..=3u64 {
-            let path = dir.join(format!("node-{id}.toml"));
-            let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let setup = cluster::Cluster::create(dir.to_path_buf(), free_base_port());
+        let configs = setup.edit_configs(|id, config| {
             config.limits.danger_failpoints = true;
             config.raft.election_timeout_ms = 500;
             config.raft.heartbeat_ms = 50;
-            edit(id, &mut config);
-            std::fs::write(&path, config.to_toml().unwrap()).unwrap();
-            configs.push(config);
-        }
+            edit(id, config);
+        });
         let certs = dir.join("certs");
         let tls = TlsPaths {
             ca: certs.join("ca.crt"),
@@ -91,11 +74,7 @@ impl Cluster {
         cc.total_timeout = Duration::from_secs(20);
         cc.retries_max = 30;
         let client = Client::new(cc).unwrap();
-        let mut c = Cluster { dir: dir.to_path_buf(), configs, children: vec![None, None, None], client };
-        for id in 1..=3 {
-            c.spawn(id);
-        }
-        c
+        Cluster { nodes: Slots::start(&setup), setup, configs, client }
     }
 
     fn config(&self, id: u64) -> &NodeConfig {
@@ -103,32 +82,21 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let log = std::fs::File::options().create(true).append(true).open(self.log_path(id)).unwrap();
-        let child = Command::new(BIN)
-            .args(["node", "start", "--config"])
-            .arg(self.dir.join(format!("node-{id}.toml")))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children[id as usize - 1] = Some(child);
+        self.nodes.spawn(&self.setup, id);
     }
 
     fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.children[id as usize - 1].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.nodes.kill(id);
     }
 
     /// Waits (bounded) for node `id` to exit by itself.
     fn exited(&mut self, id: u64) -> ExitStatus {
         let deadline = Instant::now() + DEADLINE;
-        let child = self.children[id as usize - 1].as_mut().expect("running");
+        let slot = self.nodes.slot(id);
+        let child = slot.as_mut().expect("running");
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                self.children[id as usize - 1] = None;
+                *slot = None;
                 return status;
             }
             assert!(Instant::now() < deadline, "node {id} did not stop: {}", self.log(id));
@@ -136,12 +104,8 @@ impl Cluster {
         }
     }
 
-    fn log_path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("node-{id}.log"))
-    }
-
     fn log(&self, id: u64) -> String {
-        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+        self.setup.log(id)
     }
 
     /// Writes node `id`'s failpoint file and waits until the node has read it (its log says
@@ -222,7 +186,7 @@ impl Cluster {
 
 /// A client that talks to node `id` only.
 fn single_node_client(c: &Cluster, id: u64) -> Client {
-    let certs = c.dir.join("certs");
+    let certs = c.setup.dir.join("certs");
     let tls = TlsPaths {
         ca: certs.join("ca.crt"),
         cert: certs.join("client-admin.crt"),
@@ -413,14 +377,14 @@ async fn enospc_stalls_a_follower_without_stopping_it() {
     let during = pairs("b", 10);
     put_all(&c, &during).await;
     // Still running, not applying what it cannot persist.
-    assert!(c.children[victim as usize - 1].as_mut().unwrap().try_wait().unwrap().is_none(), "{}", c.log(victim));
+    assert!(c.nodes.slot(victim).as_mut().unwrap().try_wait().unwrap().is_none(), "{}", c.log(victim));
     let leader = c.leader().await;
     let commit = c.client.status(nid(leader)).await.unwrap().commit;
     assert!(c.client.status(nid(victim)).await.unwrap().applied < commit);
     c.failpoints(victim, "");
     let all: Vec<_> = before.iter().chain(&during).cloned().collect();
     c.serves(victim, &all).await;
-    assert!(c.children[victim as usize - 1].as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(c.nodes.slot(victim).as_mut().unwrap().try_wait().unwrap().is_none());
 }
 
 /// A dead apply thread (a panic, `kill_apply_thread`) on an idle follower: the node stops
@@ -480,9 +444,9 @@ async fn followers_short_of_space_make_the_leader_refuse_writes() {
         ClusterId::new("e2e").unwrap(),
         vec![(nid(leader), c.config(leader).listen)],
         TlsPaths {
-            ca: c.dir.join("certs/ca.crt"),
-            cert: c.dir.join("certs/client-admin.crt"),
-            key: c.dir.join("certs/client-admin.key"),
+            ca: c.setup.dir.join("certs/ca.crt"),
+            cert: c.setup.dir.join("certs/client-admin.crt"),
+            key: c.setup.dir.join("certs/client-admin.key"),
         },
     );
     cc.retries_max = 0;
@@ -559,7 +523,7 @@ async fn a_damaged_log_table_stops_the_node_with_evidence_or_is_never_read() {
     put_all(&c, &more).await;
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let child = c.children[victim as usize - 1].as_mut().unwrap();
+        let child = c.nodes.slot(victim).as_mut().unwrap();
         if let Some(status) = child.try_wait().unwrap() {
             // Stopped: with the damaged record named, never having served anything after it.
             assert!(!status.success());

@@ -16,28 +16,19 @@ use quorate_telemetry::http::get_blocking;
 use quorate_telemetry::names as n;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 #[path = "support/procs.rs"]
 mod procs;
 use procs::{Nodes, free_base_port};
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{BIN, Cluster};
+
 /// Load rounds before every surviving ring must have wrapped.
 const ROUNDS_MAX: usize = 8;
-
-fn cli(dir: &Path, endpoints: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("QUORATE_CERTS", dir.join("certs"))
-        .env("QUORATE_CLUSTER", "e2e")
-        .env("QUORATE_ENDPOINTS", endpoints)
-        .env("QUORATE_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
 
 fn ok(out: &Output) -> String {
     let s = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -45,20 +36,8 @@ fn ok(out: &Output) -> String {
     s
 }
 
-fn eventually(dir: &Path, endpoints: &str, args: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = cli(dir, endpoints, args);
-        if out.status.success() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{args:?} never succeeded: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A bounded closed-loop load: mostly writes.
-fn load(dir: &Path, endpoints: &str) {
+fn load(c: &Cluster) {
     let args = [
         "bench",
         "--duration",
@@ -74,13 +53,12 @@ fn load(dir: &Path, endpoints: &str) {
         "--keys",
         "200",
     ];
-    ok(&cli(dir, endpoints, &args));
+    ok(&c.cli(&args));
 }
 
 /// Asks node `id` for its recording over the client API, copied to `file`.
-fn dump(dir: &Path, endpoints: &str, id: u32, file: &Path) -> flight::Dump {
-    let out =
-        cli(dir, endpoints, &["debug", "flight-dump", "--node", &id.to_string(), "--out", &file.to_string_lossy()]);
+fn dump(c: &Cluster, id: u32, file: &Path) -> flight::Dump {
+    let out = c.cli(&["debug", "flight-dump", "--node", &id.to_string(), "--out", &file.to_string_lossy()]);
     let said = ok(&out);
     assert!(said.contains("inputs"), "{said}");
     flight::read_dump(file).unwrap()
@@ -94,38 +72,12 @@ fn replays(file: &Path) {
 
 /// Three `quorate` node processes on 127.0.0.1 from `certs dev` configurations under `dir`,
 /// each edited by `edit` (with its id) first; their logs go to `dir/node-N.log`. Returns the
-/// guard, the endpoints and the configurations as started.
-fn start_cluster(dir: &Path, edit: impl Fn(u64, &mut NodeConfig)) -> (Nodes, String, Vec<NodeConfig>) {
-    let base = free_base_port();
-    let endpoints: String = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, base + i)).collect::<Vec<_>>().join(",");
-    let out = Command::new(BIN)
-        .args(["certs", "dev", "--dir"])
-        .arg(dir)
-        .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut nodes = Nodes(Vec::new());
-    let mut configs = Vec::new();
-    for id in 1..=3 {
-        let path = dir.join(format!("node-{id}.toml"));
-        let mut config = NodeConfig::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        edit(id, &mut config);
-        std::fs::write(&path, config.to_toml().unwrap()).unwrap();
-        let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-        nodes.0.push(
-            Command::new(BIN)
-                .args(["node", "start", "--config"])
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-        configs.push(config);
-    }
-    (nodes, endpoints, configs)
+/// cluster, the guard and the configurations as started.
+fn start_cluster(dir: &Path, edit: impl Fn(u64, &mut NodeConfig)) -> (Cluster, Nodes, Vec<NodeConfig>) {
+    let c = Cluster::create(dir.to_path_buf(), free_base_port());
+    let configs = c.edit_configs(edit);
+    let nodes = c.start();
+    (c, nodes, configs)
 }
 
 #[test]
@@ -133,25 +85,25 @@ fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     // A small ring (1 MiB) and frequent snapshots (the checkpoints' log stays short).
-    let (mut nodes, endpoints, _) = start_cluster(&dir, |_, config| {
+    let (c, mut nodes, _) = start_cluster(&dir, |_, config| {
         config.limits.flight_recorder_mb = 1;
         config.raft.snapshot_entries = 500;
         config.raft.compaction_tail_entries = 100;
     });
 
-    eventually(&dir, &endpoints, &["kv", "put", "k-0", "v"]);
-    load(&dir, &endpoints);
+    c.eventually(&["kv", "put", "k-0", "v"]);
+    load(&c);
     // Node 1 goes away (a new election if it led); the other two go on until both rings wrap.
     let _ = nodes.0[0].kill();
     let _ = nodes.0[0].wait();
-    eventually(&dir, &endpoints, &["kv", "put", "after", "v"]);
+    c.eventually(&["kv", "put", "after", "v"]);
     let mut recordings = Vec::new();
     for round in 1..=ROUNDS_MAX {
-        load(&dir, &endpoints);
+        load(&c);
         recordings.clear();
         for id in [2, 3] {
             let file = tmp.path().join(format!("node-{id}.qflt"));
-            let d = dump(&dir, &endpoints, id, &file);
+            let d = dump(&c, id, &file);
             recordings.push((id, file, d));
         }
         if recordings.iter().all(|(_, _, d)| d.header.first_input > 0) {
@@ -177,7 +129,7 @@ fn wrapped_recordings_of_a_real_cluster_replay_exactly() {
         .args(["debug", "flight-dump", "--node", "2"])
         .env("QUORATE_CERTS", dir.join("certs"))
         .env("QUORATE_CLUSTER", "e2e")
-        .env("QUORATE_ENDPOINTS", &endpoints)
+        .env("QUORATE_ENDPOINTS", c.peers())
         .env("QUORATE_USER", "writer")
         .output()
         .unwrap();
@@ -234,14 +186,14 @@ fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
 fn a_hash_mismatch_between_real_nodes_is_counted_and_dumped() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
-    let (nodes, endpoints, configs) = start_cluster(&dir, |id, config| {
+    let (c, nodes, configs) = start_cluster(&dir, |id, config| {
         config.metrics_listen = Some(TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
         // Node 3 is the one whose samples go wrong.
         config.limits.danger_failpoints = id == 3;
     });
     let metrics: Vec<SocketAddr> = configs.iter().map(|c| c.metrics_listen.expect("set above")).collect();
     let data_dirs: Vec<PathBuf> = configs.iter().map(|c| c.data_dir.clone()).collect();
-    eventually(&dir, &endpoints, &["kv", "put", "k-0", "v"]);
+    c.eventually(&["kv", "put", "k-0", "v"]);
     std::fs::write(data_dirs[2].join("failpoints.toml"), "corrupt_hash_samples = true\n").unwrap();
 
     let series = format!("{}{{invariant=\"{}\"}}", n::INVARIANT_VIOLATIONS_TOTAL, n::invariant::CROSS_REPLICA_HASH);
@@ -250,7 +202,7 @@ fn a_hash_mismatch_between_real_nodes_is_counted_and_dumped() {
     let mut seen = false;
     for _ in 0..ROUNDS_MAX {
         // Every load fills about two hash windows of 1024 entries; samples go out every 2 s.
-        load(&dir, &endpoints);
+        load(&c);
         if violations(1).is_some_and(|v| v >= 1.0) && violations(2).is_some_and(|v| v >= 1.0) {
             seen = true;
             break;

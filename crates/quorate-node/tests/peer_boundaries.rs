@@ -14,11 +14,15 @@
 #[path = "support/procs.rs"]
 mod procs;
 
+#[path = "support/inproc.rs"]
+mod inproc;
+
+use inproc::node_config;
 use procs::{Nodes, free_ports};
 use quorate_api::{ClientRequest, ClientResponse, HashSample, HashSamples, NodeMessage, Request, SnapshotChunk};
 use quorate_core::{Message, MessageBody, RequestVote};
 use quorate_log::{Configuration, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
-use quorate_node::config::{LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
+use quorate_node::config::{LimitsConfig, NodeConfig};
 use quorate_telemetry::http::get_blocking;
 use quorate_telemetry::names as n;
 use quorate_transport::dev_certs::{self, DevCerts, Validity};
@@ -114,27 +118,13 @@ impl Cluster {
             .map(|i| {
                 let paths = &certs.nodes[&nid(i)];
                 let mut c = NodeConfig {
-                    id: i,
-                    cluster: cluster.to_string(),
-                    listen: addr(i),
-                    data_dir: dir.join(format!("n{i}")),
                     join: i > members,
                     metrics_listen: Some(metrics[(i - 1) as usize]),
-                    advertise: None,
                     // Every node lists the members (a joining node answers whichever leader
                     // adds it: it must know its address).
                     peers: peers.clone(),
-                    tls: TlsConfig {
-                        ca: paths.ca.clone(),
-                        cert: paths.cert.clone(),
-                        key: paths.key.clone(),
-                        crls: Vec::new(),
-                    },
-                    raft: RaftConfig::default(),
                     limits: LimitsConfig { free_space_floor_mb: 0, danger_failpoints: true, ..LimitsConfig::default() },
-                    telemetry: Default::default(),
-                    admission: Default::default(),
-                    history: Default::default(),
+                    ..node_config(i, &cluster.to_string(), addr(i), dir.join(format!("n{i}")), paths)
                 };
                 tweak(&mut c);
                 c

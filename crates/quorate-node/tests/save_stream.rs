@@ -5,143 +5,30 @@
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[path = "support/procs.rs"]
 mod procs;
-use procs::{Nodes, free_base_port};
+use procs::free_base_port;
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{BIN, Cluster};
 
-struct Cluster {
-    dir: PathBuf,
-    base: u16,
+/// Certificates and configurations of a 3-node cluster "e2e" on `base..base+3`, with the
+/// nodes' failpoints on (`limits.danger_failpoints`).
+fn create(dir: PathBuf, base: u16) -> Cluster {
+    let c = Cluster::create(dir, base);
+    c.edit_configs(|_, config| {
+        assert!(!config.limits.danger_failpoints, "certs dev writes failpoints off");
+        config.limits.danger_failpoints = true;
+    });
+    c
 }
 
 impl Cluster {
-    /// Certificates and configurations of a 3-node cluster "e2e" on `base..base+3`, with the
-    /// nodes' failpoints on (`limits.danger_failpoints`).
-    fn create(dir: PathBuf, base: u16) -> Cluster {
-        let out = Command::new(BIN)
-            .args(["certs", "dev", "--dir"])
-            .arg(&dir)
-            .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        for id in 1..=3 {
-            let config = dir.join(format!("node-{id}.toml"));
-            let text = std::fs::read_to_string(&config).unwrap();
-            assert!(text.contains("danger_failpoints = false"), "{text}");
-            std::fs::write(&config, text.replace("danger_failpoints = false", "danger_failpoints = true")).unwrap();
-        }
-        Cluster { dir, base }
-    }
-
-    fn peers(&self) -> String {
-        (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, self.base + i)).collect::<Vec<_>>().join(",")
-    }
-
-    fn endpoint(&self, id: u64) -> String {
-        format!("{id}=127.0.0.1:{}", self.base + id as u16 - 1)
-    }
-
-    fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.join("data").join(format!("node-{id}"))
-    }
-
-    fn start(&self) -> Nodes {
-        Nodes((1..=3).map(|id| self.start_one(id)).collect())
-    }
-
-    fn start_one(&self, id: u64) -> Child {
-        let log = std::fs::File::options().create(true).append(true).open(self.dir.join(format!("node-{id}.log")));
-        let log = log.unwrap();
-        Command::new(BIN)
-            .args(["node", "start", "--config"])
-            .arg(self.dir.join(format!("node-{id}.toml")))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("QUORATE_CERTS", self.dir.join("certs"))
-            .env("QUORATE_CLUSTER", "e2e")
-            .env("QUORATE_ENDPOINTS", self.peers())
-            .env("QUORATE_TIMEOUT", "10")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "quorate {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        stdout
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("quorate {args:?} printed no JSON ({e}): {out}"))
-    }
-
-    /// Retries `args` until it succeeds (bounded).
-    fn eventually(&self, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.cli(args);
-            if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(Instant::now() < deadline, "quorate {args:?} never succeeded: {err}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn wait_cluster_version(&self, version: u32) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.ok(&["cluster", "status"]);
-            if status.contains(&format!("cluster version {version}")) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the cluster did not reach version {version}:\n{status}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn leader(&self) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.json(&["cluster", "status"]);
-            let leader = status["nodes"].as_array().unwrap().iter().find(|n| n["role"] == "leader");
-            if let Some(l) = leader {
-                return l["id"].as_u64().unwrap();
-            }
-            assert!(Instant::now() < deadline, "no leader: {status}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Node `id`'s log so far.
-    fn log(&self, id: u64) -> String {
-        std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default()
-    }
-
     /// Writes node `id`'s failpoints file and waits until the node logs that it applied it.
     fn failpoints(&self, id: u64, text: &str) {
         let seen = self.log(id).matches("failpoints set").count();
@@ -238,7 +125,7 @@ fn assert_no_file(file: &Path) {
 #[test]
 fn a_small_store_is_saved_whole_though_the_first_window_asks_past_its_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::create(tmp.path().join("small"), free_base_port());
+    let c = create(tmp.path().join("small"), free_base_port());
     let _nodes = c.start();
     c.eventually(&["kv", "put", "k-0", "v-0"]);
     c.wait_cluster_version(2);
@@ -259,7 +146,7 @@ fn a_small_store_is_saved_whole_though_the_first_window_asks_past_its_end() {
 #[test]
 fn a_streamed_save_of_several_mib_is_verified_and_restores_into_a_new_cluster() {
     let tmp = tempfile::tempdir().unwrap();
-    let old = Cluster::create(tmp.path().join("old"), free_base_port());
+    let old = create(tmp.path().join("old"), free_base_port());
     let file = tmp.path().join("backup.qsnap");
     let saved = {
         let _nodes = old.start();
@@ -309,7 +196,7 @@ fn a_streamed_save_of_several_mib_is_verified_and_restores_into_a_new_cluster() 
     assert!(st["keys"].as_u64().unwrap() >= 26, "{st}");
 
     // Restored into a new cluster, which serves the same data.
-    let new = Cluster::create(tmp.path().join("new"), free_base_port());
+    let new = create(tmp.path().join("new"), free_base_port());
     for id in 1..=3u64 {
         let out = Command::new(BIN)
             .args(["snapshot", "restore", "--from"])
@@ -335,7 +222,7 @@ fn a_streamed_save_of_several_mib_is_verified_and_restores_into_a_new_cluster() 
 #[test]
 fn a_deposed_leader_or_a_cut_stream_leaves_no_file_and_a_second_save_is_busy() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    let c = create(tmp.path().join("c"), free_base_port());
     let mut nodes = c.start();
     c.eventually(&["kv", "put", "k", "v"]);
     c.wait_cluster_version(2);
@@ -383,7 +270,7 @@ fn a_deposed_leader_or_a_cut_stream_leaves_no_file_and_a_second_save_is_busy() {
 #[test]
 fn bounded_staleness_reads_are_gated_served_within_the_bound_and_refused_on_a_lagging_follower() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::create(tmp.path().join("c"), free_base_port());
+    let c = create(tmp.path().join("c"), free_base_port());
     // Empty store directories: no bootstrap marker, the cluster stays at version 1 (as an
     // upgraded cluster before `cluster finalize`).
     for id in 1..=3 {

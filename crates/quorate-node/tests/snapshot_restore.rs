@@ -4,101 +4,18 @@
 //! refused with a clear error and leaves nothing behind. Real `quorate` processes on
 //! 127.0.0.1.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
 #[path = "support/procs.rs"]
 mod procs;
 use procs::{Nodes, free_base_port};
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorate");
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{BIN, Cluster};
+
 const KEYS: usize = 20;
-
-struct Cluster {
-    dir: PathBuf,
-    base: u16,
-}
-
-impl Cluster {
-    /// Certificates and node configurations of a 3-node cluster "e2e" on `base..base+3`.
-    fn create(dir: PathBuf, base: u16) -> Cluster {
-        let out = Command::new(BIN)
-            .args(["certs", "dev", "--dir"])
-            .arg(&dir)
-            .args(["--cluster", "e2e", "--nodes", "3", "--base-port", &base.to_string()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Cluster { dir, base }
-    }
-
-    fn peers(&self) -> String {
-        (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, self.base + i)).collect::<Vec<_>>().join(",")
-    }
-
-    fn data_dir(&self, id: u16) -> PathBuf {
-        self.dir.join("data").join(format!("node-{id}"))
-    }
-
-    fn start(&self) -> Nodes {
-        Nodes((1..=3).map(|id| self.start_one(id, &[])).collect())
-    }
-
-    /// Starts node `id` with `extra` arguments; its output goes to `node-<id>.log` (appended).
-    fn start_one(&self, id: u16, extra: &[&str]) -> std::process::Child {
-        let log = std::fs::File::options().create(true).append(true).open(self.log(id)).unwrap();
-        Command::new(BIN)
-            .args(["node", "start", "--config"])
-            .arg(self.dir.join(format!("node-{id}.toml")))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    fn log(&self, id: u16) -> PathBuf {
-        self.dir.join(format!("node-{id}.log"))
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("QUORATE_CERTS", self.dir.join("certs"))
-            .env("QUORATE_CLUSTER", "e2e")
-            .env("QUORATE_ENDPOINTS", self.peers())
-            .env("QUORATE_TIMEOUT", "10")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "quorate {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        stdout
-    }
-
-    /// Retries `args` until it succeeds (a fresh cluster first elects a leader).
-    fn eventually(&self, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.cli(args);
-            if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "quorate {args:?} never succeeded: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
 
 fn force(data_dir: &Path, flag: &str) -> Output {
     Command::new(BIN)
@@ -109,7 +26,7 @@ fn force(data_dir: &Path, flag: &str) -> Output {
         .unwrap()
 }
 
-fn restore(file: &Path, data_dir: &Path, id: u16, peers: &str) -> Output {
+fn restore(file: &Path, data_dir: &Path, id: u64, peers: &str) -> Output {
     Command::new(BIN)
         .args(["snapshot", "restore", "--from"])
         .arg(file)
@@ -216,19 +133,19 @@ fn a_survivor_forced_after_losing_quorum_keeps_every_acknowledged_write_and_grow
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut nodes = Nodes(vec![c.start_one(1, &[])]);
+    let mut nodes = Nodes(vec![c.start_one(1)]);
     assert_eq!(c.eventually(&["kv", "get", "k-1"]), "v-1\n");
     for i in 0..KEYS {
         assert_eq!(c.ok(&["kv", "get", &format!("k-{i}")]), format!("v-{i}\n"), "acknowledged write k-{i}");
     }
     c.ok(&["kv", "put", "after-recovery", "yes"]);
-    let log = std::fs::read_to_string(c.log(1)).unwrap();
+    let log = std::fs::read_to_string(c.log_path(1)).unwrap();
     assert!(log.contains("force_new_cluster") && log.contains("UNSAFE"), "the audit event is logged");
     assert!(!d1.join("force-new-cluster.json").exists(), "logged once, then renamed");
 
     // Grow back: node 2 comes back empty (a replacement machine), as a learner, then a voter.
     c.ok(&["member", "add", "--learner", "2", &format!("127.0.0.1:{}", c.base + 1)]);
-    nodes.0.push(c.start_one(2, &["--join"]));
+    nodes.0.push(c.start_with(2, &["--join"]));
     c.eventually(&["member", "promote", "2"]);
     let members = c.ok(&["member", "list"]);
     assert_eq!(members.lines().filter(|l| l.contains("voter")).count(), 2, "{members}");

@@ -24,19 +24,20 @@
 //! none (the key was absent before and after); a delete of an absent key makes none.
 //!
 //! **When.** The index is turned on with the history, by the entry that raises the cluster
-//! version to [`HISTORY_CLUSTER_VERSION`] (a cluster finalized by a build that recorded
-//! history but no events turns it on at the first command applied after: decided by the log,
-//! the same on every replica). Events exist from the revision after `m/ev_from`; a watch from
-//! before is answered as a compacted one, with `m/ev_from` as the compaction revision.
-//! Everything is in the state machine's column family: in every snapshot, identical on every
-//! replica that applied the same entries.
+//! version to [`HISTORY_CLUSTER_VERSION`](history::HISTORY_CLUSTER_VERSION) (a cluster
+//! finalized by a build that recorded history but no events turns it on at the first command
+//! applied after: decided by the log, the same on every replica). Events exist from the
+//! revision after `m/ev_from`; a watch from before is answered as a compacted one, with
+//! `m/ev_from` as the compaction revision. Everything is in the state machine's column family:
+//! in every snapshot, identical on every replica that applied the same entries.
 //!
 //! **Bounds.** Dropping follows compaction, at most [`EVENTS_DROP_PER_COMMAND`] records per
 //! command, oldest first; past [`EVENTS_ENTRIES_MAX`] records (or [`EVENTS_BYTES_MAX`] bytes)
 //! a write drops the oldest and raises the compaction revision past them, as the history does.
 
-use super::history::{self, HISTORY_CLUSTER_VERSION};
-use super::{KvRecord, Overlay, PAGE, SmError, SmRead, corrupt, decode, get_u64, merged_keys, ov_u64, to_kv};
+use super::history;
+use super::rev_index::RevIndex;
+use super::{KvRecord, Overlay, PAGE, SmError, SmRead, corrupt, decode, ov_u64, to_kv};
 use quorate_api::{ApiError, EventKind, KeyValue, WatchEvent, WatchRequest, encoded_len, limits};
 
 /// Most event records kept (the history's own bound).
@@ -74,6 +75,16 @@ const META_EV_ENTRIES: &[u8] = b"m/ev_entries";
 const META_EV_BYTES: &[u8] = b"m/ev_bytes";
 const META_EV_SCAN_FROM: &[u8] = b"m/ev_scan_from";
 
+/// The records (`e` + revision + key) and their bookkeeping.
+const INDEX: RevIndex = RevIndex {
+    tag: EVENT,
+    on: META_EV_FROM,
+    entries: META_EV_ENTRIES,
+    bytes: META_EV_BYTES,
+    scan_from: META_EV_SCAN_FROM,
+    bad_key: "not an event key",
+};
+
 const PUT: u8 = 0;
 const DELETE: u8 = 1;
 
@@ -91,56 +102,26 @@ pub(crate) struct EventsState {
 
 /// The event index's state in `r` (`None`: not recorded).
 pub(crate) fn events_state(r: &(impl SmRead + ?Sized)) -> Result<Option<EventsState>, SmError> {
-    if r.sm_get(META_EV_FROM)?.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(EventsState {
-        from: get_u64(r, META_EV_FROM)?,
-        entries: get_u64(r, META_EV_ENTRIES)?,
-        bytes: get_u64(r, META_EV_BYTES)?,
-    }))
+    Ok(INDEX.state(r)?.map(|[from, entries, bytes]| EventsState { from, entries, bytes }))
 }
 
 fn ev_key(revision: u64, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 9);
-    k.push(EVENT);
-    k.extend_from_slice(&revision.to_be_bytes());
-    k.extend_from_slice(key);
-    k
+    INDEX.key(revision, key)
 }
 
 /// The revision and user key of an event record's key.
 fn parse_ev_key(k: &[u8]) -> Result<(u64, &[u8]), SmError> {
-    if k.first() != Some(&EVENT) || k.len() < 9 {
-        return Err(corrupt(k, "not an event key"));
-    }
-    let rev: [u8; 8] = k[1..9].try_into().map_err(|_| corrupt(k, "not an event key"))?;
-    Ok((u64::from_be_bytes(rev), &k[9..]))
+    INDEX.parse_key(k)
 }
 
 /// Turns the index on at the current revision; no change if it is on.
 pub(super) fn enable<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>) -> Result<(), SmError> {
-    if enabled(ov)? {
-        return Ok(());
-    }
-    let revision = ov_u64(ov, super::META_REVISION)?;
-    ov.put(META_EV_FROM.to_vec(), revision.to_le_bytes().to_vec());
-    ov.put(META_EV_ENTRIES.to_vec(), 0u64.to_le_bytes().to_vec());
-    ov.put(META_EV_BYTES.to_vec(), 0u64.to_le_bytes().to_vec());
-    Ok(())
+    INDEX.enable(ov)
 }
 
 /// Whether events are recorded in the state `ov` sees.
 pub(super) fn enabled<R: SmRead + ?Sized>(ov: &Overlay<'_, R>) -> Result<bool, SmError> {
-    Ok(ov.get(META_EV_FROM)?.is_some())
-}
-
-fn add_counters<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, entries: i64, bytes: i64) -> Result<(), SmError> {
-    let e = ov_u64(ov, META_EV_ENTRIES)?.saturating_add_signed(entries);
-    let b = ov_u64(ov, META_EV_BYTES)?.saturating_add_signed(bytes);
-    ov.put(META_EV_ENTRIES.to_vec(), e.to_le_bytes().to_vec());
-    ov.put(META_EV_BYTES.to_vec(), b.to_le_bytes().to_vec());
-    Ok(())
+    INDEX.enabled(ov)
 }
 
 /// Sets (or, `None`, removes) the record of `key` at `revision`, keeping the counters.
@@ -160,12 +141,12 @@ fn set_record<R: SmRead + ?Sized>(
         Some(kind) => {
             ov.put(k, vec![kind]);
             if !had {
-                add_counters(ov, 1, size)?;
+                INDEX.add_counters(ov, 1, size)?;
             }
         }
         None if had => {
             ov.delete(k);
-            add_counters(ov, -1, -size)?;
+            INDEX.add_counters(ov, -1, -size)?;
         }
         None => {}
     }
@@ -202,56 +183,16 @@ fn maintain_within<R: SmRead + ?Sized>(
     if !enabled(ov)? || ov.get(history::META_HIST_COMPACTED)?.is_none() {
         return Ok(0);
     }
-    let mut compacted = ov_u64(ov, history::META_HIST_COMPACTED)?;
-    let (mut entries, mut bytes) = (ov_u64(ov, META_EV_ENTRIES)?, ov_u64(ov, META_EV_BYTES)?);
-    if entries == 0 {
-        return Ok(0);
-    }
-    let over = |entries: u64, bytes: u64| entries > entries_max || bytes > bytes_max;
-    let hi = if over(entries, bytes) { vec![EVENT + 1] } else { ev_key(compacted.saturating_add(1), b"") };
-    // Past the dropped records' tombstones (records are dropped oldest first).
-    let scan_from = match ov.get(META_EV_SCAN_FROM)? {
-        Some(_) => ov_u64(ov, META_EV_SCAN_FROM)?,
-        None => 0,
-    };
-    let lo = ev_key(scan_from, b"");
-    // Nearly always nothing is due: one pair read says so (every write calls this).
-    let first_stored = ov.first_stored_at(&lo)?;
-    let stored_due = !ov.clear && first_stored.is_some_and(|k| k.first() == Some(&EVENT) && k < hi);
-    let pending_due = ov.writes.range(lo.clone()..hi.clone()).any(|(_, v)| v.is_some());
-    if !stored_due && !pending_due {
-        return Ok(0);
-    }
-    let (keys, _) = merged_keys(ov, lo, hi, budget)?;
-    let mut last = scan_from;
-    let mut dropped = 0usize;
-    let mut dropped_bytes = 0u64;
-    for k in keys {
-        let (rev, _) = parse_ev_key(&k)?;
-        if rev > compacted {
-            if !over(entries, bytes) {
-                break;
-            }
-            // Watches and reads below `rev` may have needed this record: refused from now on.
-            compacted = rev;
-        }
+    let compacted = ov_u64(ov, history::META_HIST_COMPACTED)?;
+    let dropped = INDEX.drop_oldest(ov, budget, (entries_max, bytes_max), compacted, |ov, k, _| {
         let size = (k.len() + 1) as u64;
         ov.delete(k);
-        debug_assert!(rev >= last, "the index is walked in order");
-        last = rev;
-        entries = entries.saturating_sub(1);
-        bytes = bytes.saturating_sub(size);
-        dropped += 1;
-        dropped_bytes += size;
+        Ok(Some(size))
+    })?;
+    if dropped.count > 0 && dropped.compacted > ov_u64(ov, history::META_HIST_COMPACTED)? {
+        ov.put(history::META_HIST_COMPACTED.to_vec(), dropped.compacted.to_le_bytes().to_vec());
     }
-    if dropped > 0 {
-        add_counters(ov, -(dropped as i64), -(dropped_bytes as i64))?;
-        if compacted > ov_u64(ov, history::META_HIST_COMPACTED)? {
-            ov.put(history::META_HIST_COMPACTED.to_vec(), compacted.to_le_bytes().to_vec());
-        }
-        ov.put(META_EV_SCAN_FROM.to_vec(), last.to_le_bytes().to_vec());
-    }
-    Ok(dropped)
+    Ok(dropped.count)
 }
 
 /// One watch answer's events, and the revision up to which it is complete.
@@ -272,11 +213,7 @@ pub(crate) struct WatchPage {
 /// [`WATCH_EXAMINED_MAX`] records examined. `complete_to` says how far the answer goes.
 pub(crate) fn read_watch<R: SmRead + ?Sized>(r: &R, w: &WatchRequest) -> Result<Result<WatchPage, ApiError>, SmError> {
     let Some(state) = events_state(r)? else {
-        let cv = super::cluster_version(r)?;
-        if cv >= HISTORY_CLUSTER_VERSION {
-            return Ok(Err(ApiError::Unavailable("events are not recorded yet; retry after a write".into())));
-        }
-        return Ok(Err(super::gated("a watch", HISTORY_CLUSTER_VERSION, cv)));
+        return Ok(Err(history::not_recorded(r, "events are not recorded yet; retry after a write", "a watch")?));
     };
     let watch_compacted =
         |r: &R| -> Result<u64, SmError> { Ok(history::history_state(r)?.map_or(0, |h| h.compacted).max(state.from)) };
@@ -443,8 +380,9 @@ fn event<R: SmRead + ?Sized>(r: &R, key: &[u8], rev: u64, kind: u8, prev_kv: boo
 #[cfg(test)]
 mod tests {
     use super::super::revision;
-    use super::super::test_replica::Replica;
+    use super::super::test_replica::{self, Replica, Workload};
     use super::*;
+    use history::HISTORY_CLUSTER_VERSION;
     use quorate_api::{CommandOp, Response, Txn, TxnOp};
     use std::collections::BTreeMap;
 
@@ -535,43 +473,11 @@ mod tests {
         CommandOp::Put { key: k.to_vec(), value: v.to_vec() }
     }
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    const WORKLOAD: Workload =
+        Workload { keys: [b"a", b"a\0", b"ab", b"abc", b"b", b"ba", b"\0"], puts: 4, txn_ops: 4 };
 
     fn random_ops(seed: u64, count: usize) -> Vec<CommandOp> {
-        let mut rng = Rng(seed | 1);
-        let keys: [&[u8]; 7] = [b"a", b"a\0", b"ab", b"abc", b"b", b"ba", b"\0"];
-        let key = |rng: &mut Rng| keys[rng.next(keys.len() as u64) as usize].to_vec();
-        (0..count)
-            .map(|i| match rng.next(10) {
-                0..=3 => CommandOp::Put { key: key(&mut rng), value: format!("v{i}").into_bytes() },
-                4 | 5 => CommandOp::Delete { key: key(&mut rng) },
-                6 => CommandOp::Cas { key: key(&mut rng), expected: None, value: format!("c{i}").into_bytes() },
-                7 => CommandOp::Txn(Txn {
-                    compare: vec![],
-                    success: vec![
-                        TxnOp::Put { key: key(&mut rng), value: format!("t{i}").into_bytes() },
-                        TxnOp::Delete { key: key(&mut rng) },
-                        TxnOp::Put { key: key(&mut rng), value: format!("u{i}").into_bytes() },
-                        TxnOp::Delete { key: key(&mut rng) },
-                    ],
-                    failure: vec![],
-                }),
-                8 => {
-                    let (a, b) = (key(&mut rng), key(&mut rng));
-                    if a < b { CommandOp::DeleteRange { start: a, end: b } } else { CommandOp::Delete { key: a } }
-                }
-                _ => put(b"z", format!("z{i}").as_bytes()),
-            })
-            .collect()
+        test_replica::random_ops(seed, count, &WORKLOAD)
     }
 
     #[test]
@@ -760,6 +666,7 @@ mod tests {
 mod short_pages {
     use super::super::{SmPair, apply_command, revision};
     use super::*;
+    use history::HISTORY_CLUSTER_VERSION;
     use quorate_api::{Command, CommandOp};
     use quorate_log::LogIndex;
     use std::collections::BTreeMap;

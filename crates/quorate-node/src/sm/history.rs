@@ -41,11 +41,12 @@
 //! with the entries compaction drops. Drops are oldest first and an entry's `end` is the
 //! revision of the command that records it (never below the compaction revision), so every
 //! index entry left has `end` at or above the `end` of the last one dropped: `m/hist_scan_from`
-//! keeps that revision and the walks seek from it.
+//! keeps that revision and the walks seek from it. The walk is
+//! [`super::rev_index`]'s, shared with the event index.
 
+use super::rev_index::RevIndex;
 use super::{
-    KV, KvRecord, Overlay, PAGE, ScanPage, SmError, SmRead, corrupt, decode, encode, get_kv, get_u64, kv_key,
-    merged_keys, ov_u64, to_kv,
+    KV, KvRecord, Overlay, PAGE, ScanPage, SmError, SmRead, corrupt, decode, encode, get_kv, kv_key, ov_u64, to_kv,
 };
 use quorate_api::{ApiError, KeyValue, encoded_len};
 
@@ -84,6 +85,16 @@ const META_HIST_ENTRIES: &[u8] = b"m/hist_entries";
 const META_HIST_BYTES: &[u8] = b"m/hist_bytes";
 const META_HIST_SCAN_FROM: &[u8] = b"m/hist_scan_from";
 
+/// The index by revision (`r` + `end` + key), and the history's bookkeeping.
+const INDEX: RevIndex = RevIndex {
+    tag: HIST_BY_REV,
+    on: META_HIST_COMPACTED,
+    entries: META_HIST_ENTRIES,
+    bytes: META_HIST_BYTES,
+    scan_from: META_HIST_SCAN_FROM,
+    bad_key: "bad index key",
+};
+
 /// The history's state in a state machine.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[non_exhaustive]
@@ -99,14 +110,7 @@ pub(crate) struct HistoryState {
 /// The history's state in `r` (`None`: not recorded, the cluster is below
 /// [`HISTORY_CLUSTER_VERSION`]).
 pub(crate) fn history_state(r: &(impl SmRead + ?Sized)) -> Result<Option<HistoryState>, SmError> {
-    if r.sm_get(META_HIST_COMPACTED)?.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(HistoryState {
-        compacted: get_u64(r, META_HIST_COMPACTED)?,
-        entries: get_u64(r, META_HIST_ENTRIES)?,
-        bytes: get_u64(r, META_HIST_BYTES)?,
-    }))
+    Ok(INDEX.state(r)?.map(|[compacted, entries, bytes]| HistoryState { compacted, entries, bytes }))
 }
 
 fn escaped(key: &[u8], out: &mut Vec<u8>) {
@@ -141,14 +145,6 @@ pub(super) fn hist_key(key: &[u8], end: u64) -> Vec<u8> {
     k
 }
 
-fn rev_key(end: u64, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 9);
-    k.push(HIST_BY_REV);
-    k.extend_from_slice(&end.to_be_bytes());
-    k.extend_from_slice(key);
-    k
-}
-
 /// The user key of a history entry's key, and its `end`.
 fn parse_hist_key(k: &[u8]) -> Result<(Vec<u8>, u64), SmError> {
     let bad = || corrupt(k, "not a history key");
@@ -178,27 +174,12 @@ fn parse_hist_key(k: &[u8]) -> Result<(Vec<u8>, u64), SmError> {
 /// Turns history on at the current revision (the entry that raised the cluster version to
 /// [`HISTORY_CLUSTER_VERSION`]); no change if it is on.
 pub(super) fn enable<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>) -> Result<(), SmError> {
-    if ov.get(META_HIST_COMPACTED)?.is_some() {
-        return Ok(());
-    }
-    let revision = ov_u64(ov, super::META_REVISION)?;
-    ov.put(META_HIST_COMPACTED.to_vec(), revision.to_le_bytes().to_vec());
-    ov.put(META_HIST_ENTRIES.to_vec(), 0u64.to_le_bytes().to_vec());
-    ov.put(META_HIST_BYTES.to_vec(), 0u64.to_le_bytes().to_vec());
-    Ok(())
+    INDEX.enable(ov)
 }
 
 /// Whether history is recorded in the state `ov` sees.
 pub(super) fn enabled<R: SmRead + ?Sized>(ov: &Overlay<'_, R>) -> Result<bool, SmError> {
-    Ok(ov.get(META_HIST_COMPACTED)?.is_some())
-}
-
-fn add_counters<R: SmRead + ?Sized>(ov: &mut Overlay<'_, R>, entries: i64, bytes: i64) -> Result<(), SmError> {
-    let e = ov_u64(ov, META_HIST_ENTRIES)?.saturating_add_signed(entries);
-    let b = ov_u64(ov, META_HIST_BYTES)?.saturating_add_signed(bytes);
-    ov.put(META_HIST_ENTRIES.to_vec(), e.to_le_bytes().to_vec());
-    ov.put(META_HIST_BYTES.to_vec(), b.to_le_bytes().to_vec());
-    Ok(())
+    INDEX.enabled(ov)
 }
 
 /// Records `old`, the version of `key` that a write at revision `end` replaces or removes, if
@@ -222,8 +203,8 @@ pub(super) fn record<R: SmRead + ?Sized>(
         None => (1, 0),
     };
     ov.put(hk, value);
-    ov.put(rev_key(end, key), (size as u64).to_le_bytes().to_vec());
-    add_counters(ov, entries, size as i64 - before)?;
+    ov.put(INDEX.key(end, key), (size as u64).to_le_bytes().to_vec());
+    INDEX.add_counters(ov, entries, size as i64 - before)?;
     Ok(size)
 }
 
@@ -244,59 +225,18 @@ fn maintain_within<R: SmRead + ?Sized>(
     if !enabled(ov)? {
         return Ok(0);
     }
-    let mut compacted = ov_u64(ov, META_HIST_COMPACTED)?;
-    let (mut entries, mut bytes) = (ov_u64(ov, META_HIST_ENTRIES)?, ov_u64(ov, META_HIST_BYTES)?);
-    let over = |entries: u64, bytes: u64| entries > entries_max || bytes > bytes_max;
-    if entries == 0 {
-        return Ok(0);
-    }
-    // The oldest candidates: everything compaction left, or (past the bounds) the oldest at all.
-    let hi = if over(entries, bytes) { vec![HIST_BY_REV + 1] } else { rev_key(compacted.saturating_add(1), b"") };
-    // Past the dropped entries' tombstones (no entry is below it, stored or pending).
-    let scan_from = match ov.get(META_HIST_SCAN_FROM)? {
-        Some(_) => ov_u64(ov, META_HIST_SCAN_FROM)?,
-        None => 0,
-    };
-    let lo = rev_key(scan_from, b"");
-    // Nearly always nothing is due: one pair read says so (every write calls this).
-    let first_stored = ov.first_stored_at(&lo)?;
-    let stored_due = !ov.clear && first_stored.is_some_and(|k| k.first() == Some(&HIST_BY_REV) && k < hi);
-    let pending_due = ov.writes.range(lo.clone()..hi.clone()).any(|(_, v)| v.is_some());
-    if !stored_due && !pending_due {
-        return Ok(0);
-    }
-    let (keys, _) = merged_keys(ov, lo, hi, budget)?;
-    let mut last_end = scan_from;
-    let mut dropped = 0usize;
-    let mut dropped_bytes = 0u64;
-    for rk in keys {
-        let end: [u8; 8] = rk.get(1..9).and_then(|e| e.try_into().ok()).ok_or_else(|| corrupt(&rk, "bad index key"))?;
-        let end = u64::from_be_bytes(end);
-        if end > compacted {
-            if !over(entries, bytes) {
-                break;
-            }
-            // Reads below `end` may have needed this entry: they are refused from now on.
-            compacted = end;
-        }
-        let Some(size) = ov.get(&rk)? else { continue };
+    let compacted = ov_u64(ov, META_HIST_COMPACTED)?;
+    let dropped = INDEX.drop_oldest(ov, budget, (entries_max, bytes_max), compacted, |ov, rk, end| {
+        let Some(size) = ov.get(&rk)? else { return Ok(None) };
         let size: [u8; 8] = size.as_slice().try_into().map_err(|_| corrupt(&rk, "not 8 bytes"))?;
-        let size = u64::from_le_bytes(size);
         ov.delete(hist_key(&rk[9..], end));
         ov.delete(rk);
-        debug_assert!(end >= last_end, "the index is walked in order");
-        last_end = end;
-        entries = entries.saturating_sub(1);
-        bytes = bytes.saturating_sub(size);
-        dropped += 1;
-        dropped_bytes += size;
+        Ok(Some(u64::from_le_bytes(size)))
+    })?;
+    if dropped.count > 0 {
+        ov.put(META_HIST_COMPACTED.to_vec(), dropped.compacted.to_le_bytes().to_vec());
     }
-    if dropped > 0 {
-        add_counters(ov, -(dropped as i64), -(dropped_bytes as i64))?;
-        ov.put(META_HIST_COMPACTED.to_vec(), compacted.to_le_bytes().to_vec());
-        ov.put(META_HIST_SCAN_FROM.to_vec(), last_end.to_le_bytes().to_vec());
-    }
-    Ok(dropped)
+    Ok(dropped.count)
 }
 
 /// Applies a compaction to `revision`: the answer, and the entries it drops.
@@ -320,13 +260,7 @@ pub(super) fn compact<R: SmRead + ?Sized>(
 /// Checks that `revision` can be read in `r`; returns the history's state.
 pub(super) fn check_revision(r: &(impl SmRead + ?Sized), revision: u64) -> Result<Result<(), ApiError>, SmError> {
     let Some(state) = history_state(r)? else {
-        let cv = super::cluster_version(r)?;
-        if cv >= HISTORY_CLUSTER_VERSION {
-            // Applied nothing since the cluster version was raised (history starts at the
-            // next command) — a state this binary's own finalize never leaves.
-            return Ok(Err(ApiError::Unavailable("history is not recorded yet; retry after a write".into())));
-        }
-        return Ok(Err(super::gated("a read at a revision", HISTORY_CLUSTER_VERSION, cv)));
+        return Ok(Err(not_recorded(r, "history is not recorded yet; retry after a write", "a read at a revision")?));
     };
     let current = super::revision(r)?;
     if revision > current {
@@ -336,6 +270,18 @@ pub(super) fn check_revision(r: &(impl SmRead + ?Sized), revision: u64) -> Resul
         return Ok(Err(ApiError::Compacted { revision, compacted: state.compacted }));
     }
     Ok(Ok(()))
+}
+
+/// Why `what` cannot be served from `r`, where what it reads is not recorded: below
+/// [`HISTORY_CLUSTER_VERSION`] the gate's refusal; at it, `unavailable` — nothing was applied
+/// since the cluster version was raised (recording starts at the next command), a state this
+/// binary's own finalize never leaves.
+pub(super) fn not_recorded(r: &(impl SmRead + ?Sized), unavailable: &str, what: &str) -> Result<ApiError, SmError> {
+    let cv = super::cluster_version(r)?;
+    if cv >= HISTORY_CLUSTER_VERSION {
+        return Ok(ApiError::Unavailable(unavailable.into()));
+    }
+    Ok(super::gated(what, HISTORY_CLUSTER_VERSION, cv))
 }
 
 /// The version of `key` at `revision` (checked readable), `None`: absent then.
@@ -431,7 +377,7 @@ pub(crate) fn read_scan_at_page<R: SmRead + ?Sized>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_replica::{Map, Replica};
+    use super::super::test_replica::{self, Map, Replica, Workload};
     use super::super::{Overlay, apply_command, read_scan_page, revision, write_snapshot_data};
     use super::*;
     use quorate_api::{Command, CommandOp, Response, Txn, TxnOp};
@@ -528,43 +474,12 @@ mod tests {
         r.check_reads_from(start);
     }
 
-    /// A little deterministic generator (no dependency): xorshift.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    /// Keys that are prefixes of each other and hold 0 bytes: the escaping keeps them apart.
+    const WORKLOAD: Workload =
+        Workload { keys: [b"a", b"a\0", b"a\0b", b"a\0\0", b"ab", b"b", b"\0"], puts: 5, txn_ops: 3 };
 
     fn random_ops(seed: u64, count: usize) -> Vec<CommandOp> {
-        let mut rng = Rng(seed | 1);
-        // Keys that are prefixes of each other and hold 0 bytes: the escaping keeps them apart.
-        let keys: [&[u8]; 7] = [b"a", b"a\0", b"a\0b", b"a\0\0", b"ab", b"b", b"\0"];
-        let key = |rng: &mut Rng| keys[rng.next(keys.len() as u64) as usize].to_vec();
-        (0..count)
-            .map(|i| match rng.next(10) {
-                0..=4 => CommandOp::Put { key: key(&mut rng), value: format!("v{i}").into_bytes() },
-                5 => CommandOp::Delete { key: key(&mut rng) },
-                6 => CommandOp::Cas { key: key(&mut rng), expected: None, value: format!("c{i}").into_bytes() },
-                7 => CommandOp::Txn(Txn {
-                    compare: vec![],
-                    success: vec![
-                        TxnOp::Put { key: key(&mut rng), value: format!("t{i}").into_bytes() },
-                        TxnOp::Delete { key: key(&mut rng) },
-                        TxnOp::Put { key: key(&mut rng), value: format!("u{i}").into_bytes() },
-                    ],
-                    failure: vec![],
-                }),
-                8 => {
-                    let (a, b) = (key(&mut rng), key(&mut rng));
-                    if a < b { CommandOp::DeleteRange { start: a, end: b } } else { CommandOp::Delete { key: a } }
-                }
-                _ => put(b"z", format!("z{i}").as_bytes()),
-            })
-            .collect()
+        test_replica::random_ops(seed, count, &WORKLOAD)
     }
 
     #[test]

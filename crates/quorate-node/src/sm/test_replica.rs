@@ -4,7 +4,7 @@
 //! against. Shared by the tests of `sm/history.rs`, `sm/events.rs` and `sm/leases.rs`.
 
 use super::{ApplyOutcome, Overlay, apply_command, read_scan_page, revision};
-use quorate_api::{ApiError, Command, CommandOp, KeyValue, Response, Sequenced, SessionId};
+use quorate_api::{ApiError, Command, CommandOp, KeyValue, Response, Sequenced, SessionId, Txn, TxnOp};
 use quorate_log::LogIndex;
 use std::collections::BTreeMap;
 
@@ -105,4 +105,62 @@ impl Replica {
     pub(crate) fn run(&mut self, op: CommandOp) -> Response {
         self.try_run(op).unwrap()
     }
+}
+
+/// A little deterministic generator (no dependency): xorshift.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    /// The next number below `n`.
+    pub(crate) fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The mix of a seeded workload ([`random_ops`]).
+pub(crate) struct Workload {
+    /// The keys it writes.
+    pub(crate) keys: [&'static [u8]; 7],
+    /// Of ten draws, how many are puts (at most six); the rest up to six are deletes, then a
+    /// cas, a transaction, a delete-range and a put of `z`.
+    pub(crate) puts: u64,
+    /// A transaction's operations (at most [`TXN_OPS`]): put, delete, put, delete.
+    pub(crate) txn_ops: usize,
+}
+
+/// Most operations of a [`Workload`]'s transactions.
+pub(crate) const TXN_OPS: usize = 4;
+
+/// `count` commands drawn from `seed` as `w` mixes them.
+pub(crate) fn random_ops(seed: u64, count: usize, w: &Workload) -> Vec<CommandOp> {
+    assert!(w.puts <= 6 && w.txn_ops <= TXN_OPS, "a workload within its bounds");
+    let mut rng = Rng(seed | 1);
+    let keys = w.keys;
+    let key = |rng: &mut Rng| keys[rng.next(keys.len() as u64) as usize].to_vec();
+    (0..count)
+        .map(|i| match rng.next(10) {
+            d if d < w.puts => CommandOp::Put { key: key(&mut rng), value: format!("v{i}").into_bytes() },
+            0..=5 => CommandOp::Delete { key: key(&mut rng) },
+            6 => CommandOp::Cas { key: key(&mut rng), expected: None, value: format!("c{i}").into_bytes() },
+            7 => CommandOp::Txn(Txn {
+                compare: vec![],
+                success: (0..w.txn_ops)
+                    .map(|j| match j {
+                        0 => TxnOp::Put { key: key(&mut rng), value: format!("t{i}").into_bytes() },
+                        2 => TxnOp::Put { key: key(&mut rng), value: format!("u{i}").into_bytes() },
+                        _ => TxnOp::Delete { key: key(&mut rng) },
+                    })
+                    .collect(),
+                failure: vec![],
+            }),
+            8 => {
+                let (a, b) = (key(&mut rng), key(&mut rng));
+                if a < b { CommandOp::DeleteRange { start: a, end: b } } else { CommandOp::Delete { key: a } }
+            }
+            _ => CommandOp::Put { key: b"z".to_vec(), value: format!("z{i}").into_bytes() },
+        })
+        .collect()
 }
