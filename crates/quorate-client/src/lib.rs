@@ -669,12 +669,7 @@ impl Client {
         revision: u64,
         read: ReadConsistency,
     ) -> Result<ScannedPage, ClientError> {
-        let body =
-            Request::ScanAt { start: start.as_ref().to_vec(), end: end.map(<[u8]>::to_vec), limit, revision, read };
-        match self.core.send(body, None, Route::Leader).await? {
-            (_, Response::ScanPage { kvs, next, read }) => Ok(ScannedPage { kvs, next, read }),
-            (node, other) => Err(unexpected(node, &other)),
-        }
+        self.core.scan_at_page(start.as_ref(), end, limit, revision, read).await
     }
 
     /// Up to `limit` pairs with keys in `[start, end)` as they were at `revision`, following
@@ -687,17 +682,7 @@ impl Client {
         revision: u64,
         read: ReadConsistency,
     ) -> Result<Scanned, ClientError> {
-        let mut kvs: Vec<KeyValue> = Vec::new();
-        let mut from = start.as_ref().to_vec();
-        loop {
-            let want = limit.saturating_sub(kvs.len() as u32);
-            let page = self.scan_at_page(&from, end, want.max(1), revision, read).await?;
-            kvs.extend(page.kvs);
-            match page.next {
-                Some(next) if (kvs.len() as u32) < limit => from = next,
-                next => return Ok(Scanned { kvs, more: next.is_some(), read: page.read }),
-            }
-        }
+        self.core.scan_at(start.as_ref(), end, limit, revision, read).await
     }
 
     /// Compacts the history to `revision` (admin; through the log): reads below it are refused
@@ -931,6 +916,43 @@ impl<L: Link> Core<L> {
         match self.send(body, None, Route::Leader).await? {
             (_, Response::ScanPage { kvs, next, read }) => Ok(ScannedPage { kvs, next, read }),
             (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    async fn scan_at_page(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        revision: u64,
+        read: ReadConsistency,
+    ) -> Result<ScannedPage, ClientError> {
+        let body = Request::ScanAt { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit, revision, read };
+        match self.send(body, None, Route::Leader).await? {
+            (_, Response::ScanPage { kvs, next, read }) => Ok(ScannedPage { kvs, next, read }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Follows the pages of a scan at `revision` until `limit` pairs or the end of the range.
+    async fn scan_at(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        revision: u64,
+        read: ReadConsistency,
+    ) -> Result<Scanned, ClientError> {
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        let mut from = start.to_vec();
+        loop {
+            let want = limit.saturating_sub(kvs.len() as u32);
+            let page = self.scan_at_page(&from, end, want.max(1), revision, read).await?;
+            kvs.extend(page.kvs);
+            match page.next {
+                Some(next) if (kvs.len() as u32) < limit => from = next,
+                next => return Ok(Scanned { kvs, more: next.is_some(), read: page.read }),
+            }
         }
     }
 

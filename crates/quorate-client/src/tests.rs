@@ -482,6 +482,50 @@ async fn a_scan_follows_continuations_until_its_limit() {
     assert!(matches!(last, Request::ScanPaged { ref start, limit: 1, .. } if start == b"c"), "{last:?}");
 }
 
+/// A node that answers every page of a scan at a revision with no pair and a continuation
+/// that does not move (a bug or a hostile node) does not keep the client asking forever: the
+/// scan stops at the first page that makes no progress and says there is more, as `scan` does.
+#[tokio::test(start_paused = true)]
+async fn a_scan_at_a_revision_stops_at_a_page_that_makes_no_progress() {
+    let core = core(
+        |_, request, n| {
+            assert!(n < 1_000, "the client asked for {n} pages that made no progress");
+            match &request.body {
+                Request::ScanAt { start, .. } => {
+                    Ok(Ok(Response::ScanPage { kvs: Vec::new(), next: Some(start.clone()), read: read_info(3) }))
+                }
+                _ => Ok(Ok(Response::Done)),
+            }
+        },
+        |c| c.members.truncate(1),
+    );
+    let got = core.scan_at(b"a", None, 10, 3, ReadConsistency::Linearizable).await.unwrap();
+    assert!(got.kvs.is_empty() && got.more);
+    assert_eq!(calls(&core).len(), 1, "one page");
+    // A page whose continuation goes backwards stops it too, after keeping the page's pairs.
+    let core = core_backwards();
+    let got = core.scan_at(b"b", None, 10, 3, ReadConsistency::Linearizable).await.unwrap();
+    assert_eq!(got.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), [b"b"]);
+    assert!(got.more);
+    assert_eq!(calls(&core).len(), 1, "one page");
+}
+
+/// Answers a scan at a revision with the pair at its start and a continuation before it.
+fn core_backwards() -> Core<FakeLink> {
+    core(
+        |_, request, n| {
+            assert!(n < 1_000, "the client asked for {n} pages that made no progress");
+            match &request.body {
+                Request::ScanAt { start, .. } => {
+                    Ok(Ok(Response::ScanPage { kvs: vec![kv(start)], next: Some(b"a".to_vec()), read: read_info(3) }))
+                }
+                _ => Ok(Ok(Response::Done)),
+            }
+        },
+        |c| c.members.truncate(1),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_paged_transaction_is_read_again_when_the_state_changes_between_pages() {
     // Two gets answered one per page; the first second page finds the state changed.
