@@ -784,6 +784,29 @@ struct Core<L> {
     session: tokio::sync::Mutex<Option<Session>>,
 }
 
+/// Follows the pages of a scan from `start` (`page(from, want)` asks for one) until `limit`
+/// pairs, the end of the range, or a page that makes no progress — no pair, or a continuation
+/// not past where it started — which a correct node never answers: the pairs so far, and
+/// `more`. Every page but the last holds at least one pair, so at most `limit` pages.
+async fn follow_pages<F, Fut>(start: &[u8], limit: u32, mut page: F) -> Result<Scanned, ClientError>
+where
+    F: FnMut(Vec<u8>, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<ScannedPage, ClientError>>,
+{
+    let mut kvs: Vec<KeyValue> = Vec::new();
+    let mut from = start.to_vec();
+    loop {
+        let want = limit.saturating_sub(kvs.len() as u32).max(1);
+        let p = page(from.clone(), want).await?;
+        let progressed = !p.kvs.is_empty() && p.next.as_ref().is_none_or(|n| *n > from);
+        kvs.extend(p.kvs);
+        match p.next {
+            Some(next) if progressed && (kvs.len() as u32) < limit => from = next,
+            next => return Ok(Scanned { kvs, more: next.is_some(), read: p.read }),
+        }
+    }
+}
+
 impl<L: Link> Core<L> {
     fn new(link: L, config: ClientConfig) -> Core<L> {
         Core::with_request_ids(link, config, Arc::new(AtomicU64::new(1)))
@@ -943,17 +966,12 @@ impl<L: Link> Core<L> {
         revision: u64,
         read: ReadConsistency,
     ) -> Result<Scanned, ClientError> {
-        let mut kvs: Vec<KeyValue> = Vec::new();
-        let mut from = start.to_vec();
-        loop {
-            let want = limit.saturating_sub(kvs.len() as u32);
-            let page = self.scan_at_page(&from, end, want.max(1), revision, read).await?;
-            kvs.extend(page.kvs);
-            match page.next {
-                Some(next) if (kvs.len() as u32) < limit => from = next,
-                next => return Ok(Scanned { kvs, more: next.is_some(), read: page.read }),
-            }
-        }
+        follow_pages(
+            start,
+            limit,
+            |from, want| async move { self.scan_at_page(&from, end, want, revision, read).await },
+        )
+        .await
     }
 
     /// Follows scan pages until `limit` pairs or the end of the range.
@@ -964,19 +982,7 @@ impl<L: Link> Core<L> {
         limit: u32,
         read: ReadConsistency,
     ) -> Result<Scanned, ClientError> {
-        let mut kvs = Vec::new();
-        let mut from = start.to_vec();
-        // Every page but the last holds at least one pair, so at most `limit` pages.
-        loop {
-            let want = limit.saturating_sub(kvs.len() as u32).max(1);
-            let page = self.scan_page(&from, end, want, read).await?;
-            let progressed = !page.kvs.is_empty() && page.next.as_ref().is_none_or(|n| *n > from);
-            kvs.extend(page.kvs);
-            match page.next {
-                Some(next) if progressed && (kvs.len() as u32) < limit => from = next,
-                next => return Ok(Scanned { kvs, more: next.is_some(), read: page.read }),
-            }
-        }
+        follow_pages(start, limit, |from, want| async move { self.scan_page(&from, end, want, read).await }).await
     }
 
     /// A read-only transaction, page by page at one revision; read again from the first page
