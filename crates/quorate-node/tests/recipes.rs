@@ -167,6 +167,81 @@ fn a_holder_whose_lease_expires_or_is_revoked_loses_the_lock_to_the_next_waiter_
     });
 }
 
+/// More keys deleted under the prefix than a read at a revision examines per page
+/// (`SCAN_AT_EXAMINED_MAX`, 4 × 4,096), all sorting before the live lock keys — what a busy
+/// lock leaves in the history (lease ids, the keys' suffixes, only grow). A waiter whose
+/// predecessor gives up ranks the prefix again at a revision; that read's first page holds no
+/// pair and a continuation. The ranking stopped there, found no one ahead and took the lock
+/// while its holder still held it; it must read on and keep waiting.
+#[test]
+fn a_waiter_ranking_past_many_deleted_keys_still_waits_for_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let (a, b, d) = (client(&c), client(&c), client(&c));
+    runtime().block_on(async {
+        // 16,512 keys under lock/busy/ that sort before every lease id's key, then deleted.
+        let junk = |i: usize| format!("lock/busy/0000000000000000-{i:06}").into_bytes();
+        const JUNK: usize = 4 * 4096 + 128;
+        for chunk in (0..JUNK).collect::<Vec<_>>().chunks(128) {
+            let success = chunk.iter().map(|&i| TxnOp::Put { key: junk(i), value: b"j".to_vec() }).collect();
+            assert!(a.txn(Txn { compare: vec![], success, failure: vec![] }).await.unwrap().succeeded);
+        }
+        let mut deleted = 0;
+        loop {
+            let (n, more) = a.delete_range(junk(0), "lock/busy/0000000000000000.").await.unwrap();
+            deleted += n;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(deleted, JUNK as u64);
+
+        let lock = Lock::new("busy").unwrap();
+        let session_a = Session::grant(&a, 10_000).await.unwrap();
+        let held_a = lock.acquire(&session_a, Duration::from_secs(30)).await.unwrap();
+        // B queues behind A and gives up after 3 s (its key is deleted); D queues behind B.
+        let session_b = Session::grant(&b, 10_000).await.unwrap();
+        let lock_b = lock.clone();
+        let b_waits = tokio::spawn(async move { lock_b.acquire(&session_b, Duration::from_secs(3)).await.err() });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let live = |n: usize| {
+            let a = a.session();
+            async move {
+                let kvs = a.scan("lock/busy/0000000000000001", Some(b"lock/busy0"), 10, ReadConsistency::Linearizable);
+                kvs.await.unwrap().kvs.len() == n
+            }
+        };
+        while !live(2).await {
+            assert!(Instant::now() < deadline, "B never queued up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let session_d = Session::grant(&d, 10_000).await.unwrap();
+        let lock_d = lock.clone();
+        let d_waits = tokio::spawn(async move {
+            let held = lock_d.acquire(&session_d, Duration::from_secs(60)).await.unwrap();
+            (held.token(), Instant::now(), session_d)
+        });
+        while !live(3).await {
+            assert!(Instant::now() < deadline, "D never queued up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let gave_up = b_waits.await.unwrap();
+        assert!(matches!(gave_up, Some(quorate_client::recipes::RecipeError::Timeout { .. })), "{gave_up:?}");
+        // D ranks again once B's key is gone (its watch wakes it at once): A still holds, so
+        // D must still be waiting 3 s later.
+        let mut d_waits = d_waits;
+        let early = tokio::time::timeout(Duration::from_secs(3), &mut d_waits).await;
+        assert!(early.is_err(), "D took the lock while A held it (A's token {})", held_a.token());
+        assert!(held_a.is_lost().is_none());
+        let (token_a, released) = (held_a.token(), Instant::now());
+        assert!(held_a.release(&session_a).await.unwrap());
+        let (token_d, at, session_d) = d_waits.await.unwrap();
+        assert!(token_d > token_a);
+        assert!(at >= released);
+        session_d.close().await.unwrap();
+    });
+}
+
 /// Reads the next line of a child's stdout, within `limit`.
 fn line(lines: &std::sync::mpsc::Receiver<String>, limit: Duration, what: &str) -> String {
     lines.recv_timeout(limit).unwrap_or_else(|_| panic!("no line from {what} within {limit:?}"))
