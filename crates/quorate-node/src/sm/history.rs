@@ -318,14 +318,32 @@ pub(crate) fn read_get_at<R: SmRead + ?Sized>(
 }
 
 /// The smallest user key `>= from` (and `< end`) that has a current version or a history
-/// entry.
-fn next_candidate<R: SmRead + ?Sized>(r: &R, from: &[u8], end: Option<&[u8]>) -> Result<Option<Vec<u8>>, SmError> {
-    let live = r
-        .sm_scan_bounded(&kv_key(from), 1, 1)?
-        .into_iter()
-        .next()
-        .filter(|(k, _)| k.first() == Some(&KV))
-        .map(|(k, _)| k[1..].to_vec());
+/// entry. `live` carries, from one call to the next with a growing `from`, the first live key
+/// at or after the previous `from` (`Some(None)`: none): while `from` has not passed it, it is
+/// still the first, and the seek is not made again. A seek passes every deleted key in its way
+/// (tombstones, until a compaction drops them), so one per key examined made a page over a
+/// range of deleted keys quadratic: 16,384 of them took longer than a client waits.
+fn next_candidate<R: SmRead + ?Sized>(
+    r: &R,
+    from: &[u8],
+    end: Option<&[u8]>,
+    live: &mut Option<Option<Vec<u8>>>,
+) -> Result<Option<Vec<u8>>, SmError> {
+    let known = match live {
+        Some(Some(k)) => k.as_slice() >= from,
+        Some(None) => true,
+        None => false,
+    };
+    if !known {
+        let first = r
+            .sm_scan_bounded(&kv_key(from), 1, 1)?
+            .into_iter()
+            .next()
+            .filter(|(k, _)| k.first() == Some(&KV))
+            .map(|(k, _)| k[1..].to_vec());
+        *live = Some(first);
+    }
+    let live = live.clone().flatten();
     let old = match r.sm_scan_bounded(&hist_seek(from), 1, 1)?.into_iter().next() {
         Some((k, _)) if k.first() == Some(&HIST) => Some(parse_hist_key(&k)?.0),
         _ => None,
@@ -355,8 +373,9 @@ pub(crate) fn read_scan_at_page<R: SmRead + ?Sized>(
     let mut kvs = Vec::new();
     let mut used = 0usize;
     let mut from = start.to_vec();
+    let mut live = None;
     for _ in 0..SCAN_AT_EXAMINED_MAX {
-        let Some(key) = next_candidate(r, &from, end)? else { return Ok(Ok(ScanPage { kvs, next: None })) };
+        let Some(key) = next_candidate(r, &from, end, &mut live)? else { return Ok(Ok(ScanPage { kvs, next: None })) };
         if let Some(rec) = version_at(r, &key, revision)? {
             if kvs.len() == limit {
                 return Ok(Ok(ScanPage { kvs, next: Some(key) }));
