@@ -784,10 +784,16 @@ struct Core<L> {
     session: tokio::sync::Mutex<Option<Session>>,
 }
 
+/// Pages in a row without a pair that [`follow_pages`] follows. A read at a revision examines
+/// a bounded number of keys per page (16,384), so a range full of keys deleted before the
+/// revision gives pages without a pair that still go on: 1,024 of them pass 16 million such
+/// keys, more than the history keeps (a million versions).
+pub(crate) const EMPTY_PAGES_MAX: u32 = 1_024;
+
 /// Follows the pages of a scan from `start` (`page(from, want)` asks for one) until `limit`
-/// pairs, the end of the range, or a page that makes no progress — no pair, or a continuation
-/// not past where it started — which a correct node never answers: the pairs so far, and
-/// `more`. Every page but the last holds at least one pair, so at most `limit` pages.
+/// pairs, the end of the range, or a continuation that is not past where its page started —
+/// which a correct node never answers — or [`EMPTY_PAGES_MAX`] pages in a row without a pair:
+/// the pairs so far, and `more`.
 async fn follow_pages<F, Fut>(start: &[u8], limit: u32, mut page: F) -> Result<Scanned, ClientError>
 where
     F: FnMut(Vec<u8>, u32) -> Fut,
@@ -795,10 +801,12 @@ where
 {
     let mut kvs: Vec<KeyValue> = Vec::new();
     let mut from = start.to_vec();
+    let mut empty_in_a_row = 0u32;
     loop {
         let want = limit.saturating_sub(kvs.len() as u32).max(1);
         let p = page(from.clone(), want).await?;
-        let progressed = !p.kvs.is_empty() && p.next.as_ref().is_none_or(|n| *n > from);
+        empty_in_a_row = if p.kvs.is_empty() { empty_in_a_row + 1 } else { 0 };
+        let progressed = p.next.as_ref().is_none_or(|n| *n > from) && empty_in_a_row <= EMPTY_PAGES_MAX;
         kvs.extend(p.kvs);
         match p.next {
             Some(next) if progressed && (kvs.len() as u32) < limit => from = next,

@@ -487,7 +487,7 @@ async fn a_scan_follows_continuations_until_its_limit() {
 /// scan stops at the first page that makes no progress and says there is more, as `scan` does.
 #[tokio::test(start_paused = true)]
 async fn a_scan_at_a_revision_stops_at_a_page_that_makes_no_progress() {
-    let core = core(
+    let first = core(
         |_, request, n| {
             assert!(n < 1_000, "the client asked for {n} pages that made no progress");
             match &request.body {
@@ -499,15 +499,34 @@ async fn a_scan_at_a_revision_stops_at_a_page_that_makes_no_progress() {
         },
         |c| c.members.truncate(1),
     );
-    let got = core.scan_at(b"a", None, 10, 3, ReadConsistency::Linearizable).await.unwrap();
+    let got = first.scan_at(b"a", None, 10, 3, ReadConsistency::Linearizable).await.unwrap();
     assert!(got.kvs.is_empty() && got.more);
-    assert_eq!(calls(&core).len(), 1, "one page");
+    assert_eq!(calls(&first).len(), 1, "one page");
     // A page whose continuation goes backwards stops it too, after keeping the page's pairs.
-    let core = core_backwards();
-    let got = core.scan_at(b"b", None, 10, 3, ReadConsistency::Linearizable).await.unwrap();
+    let backwards = core_backwards();
+    let got = backwards.scan_at(b"b", None, 10, 3, ReadConsistency::Linearizable).await.unwrap();
     assert_eq!(got.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), [b"b"]);
     assert!(got.more);
-    assert_eq!(calls(&core).len(), 1, "one page");
+    assert_eq!(calls(&backwards).len(), 1, "one page");
+    // A page without a pair whose continuation moves on is followed: a read at a revision
+    // examines a bounded number of keys per page, and a range of keys deleted before the
+    // revision gives such pages.
+    let empty_first = core(
+        |_, request, _| match &request.body {
+            Request::ScanAt { start, .. } if start.as_slice() < &b"m"[..] => {
+                Ok(Ok(Response::ScanPage { kvs: Vec::new(), next: Some(b"m".to_vec()), read: read_info(3) }))
+            }
+            Request::ScanAt { .. } => {
+                Ok(Ok(Response::ScanPage { kvs: vec![kv(b"m")], next: None, read: read_info(3) }))
+            }
+            _ => Ok(Ok(Response::Done)),
+        },
+        |c| c.members.truncate(1),
+    );
+    let got = empty_first.scan_at(b"a", None, 10, 3, ReadConsistency::Linearizable).await.unwrap();
+    assert_eq!(got.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), [b"m"]);
+    assert!(!got.more);
+    assert_eq!(calls(&empty_first).len(), 2, "two pages");
 }
 
 /// Answers a scan at a revision with the pair at its start and a continuation before it.
