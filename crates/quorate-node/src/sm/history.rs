@@ -317,37 +317,54 @@ pub(crate) fn read_get_at<R: SmRead + ?Sized>(
     Ok(Ok(version_at(r, key, revision)?.map(|rec| to_kv(key, rec))))
 }
 
-/// The smallest user key `>= from` (and `< end`) that has a current version or a history
-/// entry. `live` carries, from one call to the next with a growing `from`, the first live key
-/// at or after the previous `from` (`Some(None)`: none): while `from` has not passed it, it is
-/// still the first, and the seek is not made again. A seek passes every deleted key in its way
-/// (tombstones, until a compaction drops them), so one per key examined made a page over a
-/// range of deleted keys quadratic: 16,384 of them took longer than a client waits.
-fn next_candidate<R: SmRead + ?Sized>(
-    r: &R,
+/// What a page of a read at a revision has sought so far: for the current keys and for the
+/// history's, the first user key at or after the `from` of the last seek (`Some(None)`: none).
+/// While `from` has not passed it, it is still the first, and the seek is not made again. A
+/// seek passes every deleted entry in its way (tombstones, until a compaction drops them), so
+/// one per key examined made a page quadratic over a range of deleted keys (16,384 of them
+/// took longer than a client waits) or of keys whose history was dropped.
+#[derive(Default)]
+struct Seeks {
+    live: Option<Option<Vec<u8>>>,
+    old: Option<Option<Vec<u8>>>,
+}
+
+/// The first user key at or after `from` that `slot` remembers, or else that `seek` finds.
+fn sought(
+    slot: &mut Option<Option<Vec<u8>>>,
     from: &[u8],
-    end: Option<&[u8]>,
-    live: &mut Option<Option<Vec<u8>>>,
+    seek: impl FnOnce() -> Result<Option<Vec<u8>>, SmError>,
 ) -> Result<Option<Vec<u8>>, SmError> {
-    let known = match live {
+    let known = match slot {
         Some(Some(k)) => k.as_slice() >= from,
         Some(None) => true,
         None => false,
     };
     if !known {
-        let first = r
-            .sm_scan_bounded(&kv_key(from), 1, 1)?
+        *slot = Some(seek()?);
+    }
+    Ok(slot.clone().flatten())
+}
+
+/// The smallest user key `>= from` (and `< end`) that has a current version or a history
+/// entry; `from` grows from one call to the next within a page.
+fn next_candidate<R: SmRead + ?Sized>(
+    r: &R,
+    from: &[u8],
+    end: Option<&[u8]>,
+    seeks: &mut Seeks,
+) -> Result<Option<Vec<u8>>, SmError> {
+    let live = sought(&mut seeks.live, from, || {
+        Ok(r.sm_scan_bounded(&kv_key(from), 1, 1)?
             .into_iter()
             .next()
             .filter(|(k, _)| k.first() == Some(&KV))
-            .map(|(k, _)| k[1..].to_vec());
-        *live = Some(first);
-    }
-    let live = live.clone().flatten();
-    let old = match r.sm_scan_bounded(&hist_seek(from), 1, 1)?.into_iter().next() {
-        Some((k, _)) if k.first() == Some(&HIST) => Some(parse_hist_key(&k)?.0),
-        _ => None,
-    };
+            .map(|(k, _)| k[1..].to_vec()))
+    })?;
+    let old = sought(&mut seeks.old, from, || match r.sm_scan_bounded(&hist_seek(from), 1, 1)?.into_iter().next() {
+        Some((k, _)) if k.first() == Some(&HIST) => Ok(Some(parse_hist_key(&k)?.0)),
+        _ => Ok(None),
+    })?;
     let next = match (live, old) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -373,9 +390,9 @@ pub(crate) fn read_scan_at_page<R: SmRead + ?Sized>(
     let mut kvs = Vec::new();
     let mut used = 0usize;
     let mut from = start.to_vec();
-    let mut live = None;
+    let mut seeks = Seeks::default();
     for _ in 0..SCAN_AT_EXAMINED_MAX {
-        let Some(key) = next_candidate(r, &from, end, &mut live)? else { return Ok(Ok(ScanPage { kvs, next: None })) };
+        let Some(key) = next_candidate(r, &from, end, &mut seeks)? else { return Ok(Ok(ScanPage { kvs, next: None })) };
         if let Some(rec) = version_at(r, &key, revision)? {
             if kvs.len() == limit {
                 return Ok(Ok(ScanPage { kvs, next: Some(key) }));
