@@ -522,6 +522,27 @@ mod tests {
         }
     }
 
+    /// Keys created after the revision read absent, and a page over them seeks no history for
+    /// them: a key without a history entry has nothing older than its current version. (The
+    /// seek from the key's own history position has no upper bound: past a range of dropped
+    /// history it passed every tombstone, once per such key — a read-role client's scans at an
+    /// older revision over keys written since cost a page N × T; found by review.)
+    #[test]
+    fn a_page_at_a_revision_seeks_no_history_for_keys_created_after_it() {
+        let mut r = replica(true);
+        r.track = false;
+        let at = revision(&r.map).unwrap();
+        let n = 300;
+        for i in 0..n {
+            r.run(CommandOp::Put { key: format!("new/{i:04}").into_bytes(), value: b"v".to_vec() });
+        }
+        let store = Seeking { map: &r.map, seeks: std::cell::Cell::new(0) };
+        let page = read_scan_at_page(&store, b"new/", Some(b"new0"), 100_000, at, usize::MAX).unwrap().unwrap();
+        assert_eq!((page.kvs.len(), page.next), (0, None));
+        let seeks = store.seeks.get();
+        assert!(seeks <= n + 4, "{seeks} seeks for {n} keys created after the revision");
+    }
+
     #[test]
     fn every_write_kind_records_what_it_replaces_and_reads_at_each_revision_see_it() {
         let mut r = replica(true);
