@@ -785,15 +785,16 @@ struct Core<L> {
 }
 
 /// Pages in a row without a pair that [`follow_pages`] follows. A read at a revision examines
-/// a bounded number of keys per page (16,384), so a range full of keys deleted before the
-/// revision gives pages without a pair that still go on: 1,024 of them pass 16 million such
-/// keys, more than the history keeps (a million versions).
+/// a bounded number of keys per page (16,384), so a range of keys that are not visible at the
+/// revision (deleted before it, or created after it) gives pages without a pair that still go
+/// on: 1,024 of them pass 16 million such keys.
 pub(crate) const EMPTY_PAGES_MAX: u32 = 1_024;
 
 /// Follows the pages of a scan from `start` (`page(from, want)` asks for one) until `limit`
-/// pairs, the end of the range, or a continuation that is not past where its page started —
-/// which a correct node never answers — or [`EMPTY_PAGES_MAX`] pages in a row without a pair:
-/// the pairs so far, and `more`.
+/// pairs or the end of the range. A continuation that is not past where its page started —
+/// which a correct node never answers — or more than [`EMPTY_PAGES_MAX`] pages in a row
+/// without a pair is an error naming the node ([`ClientError::Unexpected`]), not a short
+/// answer: the pairs so far with `more` would look like a reached limit.
 async fn follow_pages<F, Fut>(start: &[u8], limit: u32, mut page: F) -> Result<Scanned, ClientError>
 where
     F: FnMut(Vec<u8>, u32) -> Fut,
@@ -806,10 +807,22 @@ where
         let want = limit.saturating_sub(kvs.len() as u32).max(1);
         let p = page(from.clone(), want).await?;
         empty_in_a_row = if p.kvs.is_empty() { empty_in_a_row + 1 } else { 0 };
-        let progressed = p.next.as_ref().is_none_or(|n| *n > from) && empty_in_a_row <= EMPTY_PAGES_MAX;
         kvs.extend(p.kvs);
         match p.next {
-            Some(next) if progressed && (kvs.len() as u32) < limit => from = next,
+            Some(next) if (kvs.len() as u32) < limit => {
+                if next <= from || empty_in_a_row > EMPTY_PAGES_MAX {
+                    return Err(ClientError::Unexpected {
+                        node: p.read.node,
+                        what: format!(
+                            "a scan does not move on: a page from {} continues at {} ({empty_in_a_row} pages \
+                             without a pair in a row)",
+                            from.escape_ascii(),
+                            next.escape_ascii()
+                        ),
+                    });
+                }
+                from = next;
+            }
             next => return Ok(Scanned { kvs, more: next.is_some(), read: p.read }),
         }
     }
