@@ -305,6 +305,13 @@ pub(super) fn version_at<R: SmRead + ?Sized>(r: &R, key: &[u8], revision: u64) -
     Ok((rec.mod_revision <= revision).then_some(rec))
 }
 
+/// `key`'s current version if it was written by `revision`: `key` as it was at `revision` when
+/// it has no history entry (every version it replaced was dropped by compaction, at or below
+/// the compaction revision, which a read's revision is not below).
+fn current_at<R: SmRead + ?Sized>(r: &R, key: &[u8], revision: u64) -> Result<Option<KvRecord>, SmError> {
+    Ok(get_kv(&Overlay::new(r), key)?.filter(|c| c.mod_revision <= revision))
+}
+
 /// Reads `key` as it was at `revision`.
 pub(crate) fn read_get_at<R: SmRead + ?Sized>(
     r: &R,
@@ -393,7 +400,12 @@ pub(crate) fn read_scan_at_page<R: SmRead + ?Sized>(
     let mut seeks = Seeks::default();
     for _ in 0..SCAN_AT_EXAMINED_MAX {
         let Some(key) = next_candidate(r, &from, end, &mut seeks)? else { return Ok(Ok(ScanPage { kvs, next: None })) };
-        if let Some(rec) = version_at(r, &key, revision)? {
+        // A key that is not the first history key the page found has no history entry: nothing
+        // older than its current version, and no seek of its history (which, with no entry of
+        // its own to stop at, would run on over every dropped entry to the next key's).
+        let has_history = seeks.old.as_ref().is_some_and(|o| o.as_deref() == Some(key.as_slice()));
+        let rec = if has_history { version_at(r, &key, revision)? } else { current_at(r, &key, revision)? };
+        if let Some(rec) = rec {
             if kvs.len() == limit {
                 return Ok(Ok(ScanPage { kvs, next: Some(key) }));
             }
