@@ -150,12 +150,15 @@ fn usage_of(cmd: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// The workspace root (the parent of this crate's directory).
+/// The workspace root (the parent of this crate's directory). The directory `cargo run` and
+/// `cargo test` name at run time comes first: a binary built in another checkout of the same
+/// sources (a shared target directory) would otherwise work on that checkout's files.
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_path_buf()
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.file_name().is_some_and(|n| n == "xtask") && d.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    here.parent().expect("xtask lives one level below the workspace root").to_path_buf()
 }
 
 /// Runs a command in the workspace root, echoing it, failing on a non-zero exit.

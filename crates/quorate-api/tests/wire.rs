@@ -205,7 +205,9 @@ fn samples() -> Vec<(&'static str, NodeMessage)> {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1").join(format!("{name}.bin"))
+    PathBuf::from(&*std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()))
+        .join("tests/fixtures/v1")
+        .join(format!("{name}.bin"))
 }
 
 #[test]

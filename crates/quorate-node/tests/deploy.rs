@@ -15,7 +15,8 @@ use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 
 fn deploy() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let d = Path::new(&*std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../../deploy");
     d.is_dir().then_some(d)
 }
 
@@ -528,8 +529,11 @@ fn sanitised(label: &str) -> String {
 
 /// The `job` value docs/alerts.yml selects `up` by.
 fn alerts_job() -> String {
-    let rules = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/alerts.yml"))
-        .expect("docs/alerts.yml");
+    let rules = std::fs::read_to_string(
+        Path::new(&*std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()))
+            .join("../../docs/alerts.yml"),
+    )
+    .expect("docs/alerts.yml");
     let at = rules.find("up{job=\"").expect("the rules select up by job") + "up{job=\"".len();
     let job = &rules[at..at + rules[at..].find('"').expect("closing quote")];
     assert!(rules.matches("up{").count() == rules.matches(&format!("up{{job=\"{job}\"}}")).count(), "one job");

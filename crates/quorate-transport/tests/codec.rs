@@ -14,7 +14,8 @@ use std::path::PathBuf;
 const REWRITE: &str = "QUORATE_REWRITE_FIXTURES";
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+    PathBuf::from(&*std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()))
+        .join("tests/fixtures/v1")
 }
 
 fn hello(lane: Lane) -> Hello {
