@@ -191,7 +191,19 @@ pub(crate) trait SmRead {
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError>;
     /// As [`SmRead::sm_scan`], stopping also at the pair whose key and value bytes bring the
     /// page to `bytes_max` (so a positive budget gives at least one pair when there is one).
-    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError>;
+    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+        self.sm_scan_range(from, None, limit, bytes_max)
+    }
+    /// As [`SmRead::sm_scan_bounded`], with keys also `< end` (when given). A store stops at
+    /// `end`: a seek that finds nothing in its range does not go on over what lies beyond
+    /// (in RocksDB, every deleted key up to the next live one).
+    fn sm_scan_range(
+        &self,
+        from: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<SmPair>, SmError>;
 }
 
 impl SmRead for RocksStore {
@@ -201,8 +213,14 @@ impl SmRead for RocksStore {
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
         Ok(RocksStore::sm_scan(self, from, limit)?)
     }
-    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
-        Ok(RocksStore::sm_scan_bounded(self, from, limit, bytes_max)?)
+    fn sm_scan_range(
+        &self,
+        from: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<SmPair>, SmError> {
+        Ok(RocksStore::sm_scan_range(self, from, end, limit, bytes_max)?)
     }
 }
 
@@ -213,8 +231,14 @@ impl SmRead for quorate_storage::SmView<'_> {
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
         Ok(quorate_storage::SmView::sm_scan(self, from, limit)?)
     }
-    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
-        Ok(quorate_storage::SmView::sm_scan_bounded(self, from, limit, bytes_max)?)
+    fn sm_scan_range(
+        &self,
+        from: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<SmPair>, SmError> {
+        Ok(quorate_storage::SmView::sm_scan_range(self, from, end, limit, bytes_max)?)
     }
 }
 
@@ -225,10 +249,21 @@ impl SmRead for BTreeMap<Vec<u8>, Vec<u8>> {
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
         Ok(self.range(from.to_vec()..).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
-    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+    fn sm_scan_range(
+        &self,
+        from: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<SmPair>, SmError> {
         let mut bytes = 0usize;
         let mut out = Vec::new();
-        for (k, v) in self.range(from.to_vec()..).take(limit) {
+        use std::ops::Bound as B;
+        if end.is_some_and(|e| e <= from) {
+            return Ok(Vec::new());
+        }
+        let range = self.range::<[u8], _>((B::Included(from), end.map_or(B::Unbounded, B::Excluded)));
+        for (k, v) in range.take(limit) {
             if bytes >= bytes_max {
                 break;
             }
@@ -246,8 +281,14 @@ impl<T: SmRead + ?Sized> SmRead for std::sync::Arc<T> {
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
         (**self).sm_scan(from, limit)
     }
-    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
-        (**self).sm_scan_bounded(from, limit, bytes_max)
+    fn sm_scan_range(
+        &self,
+        from: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<SmPair>, SmError> {
+        (**self).sm_scan_range(from, end, limit, bytes_max)
     }
 }
 
@@ -2498,9 +2539,15 @@ mod tests {
             self.scans.set(self.scans.get() + 1);
             self.map.sm_scan(from, limit)
         }
-        fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
+        fn sm_scan_range(
+            &self,
+            from: &[u8],
+            end: Option<&[u8]>,
+            limit: usize,
+            bytes_max: usize,
+        ) -> Result<Vec<SmPair>, SmError> {
             self.scans.set(self.scans.get() + 1);
-            self.map.sm_scan_bounded(from, limit, bytes_max)
+            self.map.sm_scan_range(from, end, limit, bytes_max)
         }
     }
 

@@ -1331,22 +1331,37 @@ impl RocksStore {
     /// least one pair when there is one): a page of large values is never read into memory
     /// whole.
     pub fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, StoreError> {
-        self.scan_sm_with(&self.cf(CF_SM)?, ReadOptions::default(), from, limit, bytes_max)
+        self.sm_scan_range(from, None, limit, bytes_max)
     }
 
-    /// The scan behind [`sm_scan_bounded`](Self::sm_scan_bounded) and
-    /// [`SmView::sm_scan_bounded`](view::SmView::sm_scan_bounded): reads the `sm` family `sm` with `ro` (a snapshot, or none).
+    /// As [`sm_scan_bounded`](Self::sm_scan_bounded), with keys also `< end` (when given). The
+    /// iterator stops at `end`: it never steps over the deleted keys (tombstones) beyond it,
+    /// which a scan that finds nothing in its range would otherwise walk to the next live key.
+    pub fn sm_scan_range(
+        &self,
+        from: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<SmPair>, StoreError> {
+        self.scan_sm_with(&self.cf(CF_SM)?, ReadOptions::default(), from, end, limit, bytes_max)
+    }
+
+    /// The scan behind [`sm_scan_range`](Self::sm_scan_range) and
+    /// [`SmView::sm_scan_range`](view::SmView::sm_scan_range): reads the `sm` family `sm` with
+    /// `ro` (a snapshot, or none), up to `end` (`None`: the family's end).
     fn scan_sm_with(
         &self,
         sm: &Arc<BoundColumnFamily<'_>>,
         mut ro: ReadOptions,
         from: &[u8],
+        end: Option<&[u8]>,
         limit: usize,
         bytes_max: usize,
     ) -> Result<Vec<SmPair>, StoreError> {
         let limit = limit.min(SM_SCAN_PAIRS_MAX);
         let mut bytes = 0usize;
-        ro.set_iterate_upper_bound(vec![SM_PREFIX_END]);
+        ro.set_iterate_upper_bound(end.map_or_else(|| vec![SM_PREFIX_END], sm_key));
         let mut it = self.db.raw_iterator_cf_opt(sm, ro);
         it.seek(sm_key(from));
         let mut out = Vec::new();

@@ -370,6 +370,14 @@ fn apply_is_atomic_with_the_applied_index_and_survives_reopen() {
     assert_eq!(s.sm_scan_bounded(b"", 100, 2).unwrap().len(), 1);
     assert_eq!(s.sm_scan_bounded(b"", 100, 3).unwrap().len(), 2, "b is 2 bytes, c 1001");
     assert_eq!(s.sm_scan_bounded(b"c", 100, 0).unwrap().len(), 0, "a zero budget reads nothing");
+    // An end bound: keys below it only (and a view's scans the same).
+    assert_eq!(s.sm_scan_range(b"", Some(b"c"), 100, usize::MAX).unwrap().len(), 1, "b, not c");
+    assert_eq!(s.sm_scan_range(b"", Some(b"b"), 100, usize::MAX).unwrap().len(), 0, "the end is excluded");
+    assert_eq!(s.sm_scan_range(b"b\0", Some(b"c\0"), 100, usize::MAX).unwrap().len(), 1, "c");
+    let view = s.sm_view().unwrap();
+    assert_eq!(view.sm_scan_range(b"", Some(b"c"), 100, usize::MAX).unwrap().len(), 1, "b, not c");
+    assert_eq!(view.sm_scan_range(b"", None, 100, usize::MAX).unwrap().len(), 2);
+    drop(view);
     s.apply(LogIndex(4), [SmOp::Clear]).unwrap();
     assert!(s.sm_scan(b"", 100).unwrap().is_empty());
     assert_eq!(s.verify().unwrap().sm_records, 0);

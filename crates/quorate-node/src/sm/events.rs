@@ -682,8 +682,14 @@ mod short_pages {
         fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<SmPair>, SmError> {
             self.0.sm_scan(from, limit.min(2))
         }
-        fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
-            self.0.sm_scan_bounded(from, limit.min(2), bytes_max)
+        fn sm_scan_range(
+            &self,
+            from: &[u8],
+            end: Option<&[u8]>,
+            limit: usize,
+            bytes_max: usize,
+        ) -> Result<Vec<SmPair>, SmError> {
+            self.0.sm_scan_range(from, end, limit.min(2), bytes_max)
         }
     }
 

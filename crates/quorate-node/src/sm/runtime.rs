@@ -322,8 +322,18 @@ impl SmRead for Layer<'_> {
         self.sm_scan_bounded(from, limit, usize::MAX)
     }
 
-    fn sm_scan_bounded(&self, from: &[u8], limit: usize, bytes_max: usize) -> Result<Vec<SmPair>, SmError> {
-        let mut pending = self.pending.range::<[u8], _>((Bound::Included(from), Bound::Unbounded)).peekable();
+    fn sm_scan_range(
+        &self,
+        from: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<SmPair>, SmError> {
+        if end.is_some_and(|e| e <= from) {
+            return Ok(Vec::new());
+        }
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut pending = self.pending.range::<[u8], _>((Bound::Included(from), upper)).peekable();
         let mut base_from = from.to_vec();
         let mut base_page = Vec::new().into_iter();
         let mut base_done = false;
@@ -334,7 +344,7 @@ impl SmRead for Layer<'_> {
             if base_next.is_none() && !base_done {
                 base_next = base_page.next();
                 if base_next.is_none() {
-                    let page = self.base.sm_scan_bounded(&base_from, MERGE_PAGE_PAIRS, SCAN_READ_BYTES_MAX)?;
+                    let page = self.base.sm_scan_range(&base_from, end, MERGE_PAGE_PAIRS, SCAN_READ_BYTES_MAX)?;
                     match page.last() {
                         None => base_done = true,
                         Some((last, _)) => {

@@ -101,6 +101,18 @@ impl SmView<'_> {
         limit: usize,
         bytes_max: usize,
     ) -> Result<Vec<super::SmPair>, StoreError> {
-        self.store.scan_sm_with(&self.sm, self.options(), from, limit, bytes_max)
+        self.sm_scan_range(from, None, limit, bytes_max)
+    }
+
+    /// As [`sm_scan_bounded`](Self::sm_scan_bounded), with keys also `< end` (when given); the
+    /// iterator stops at `end` (as [`RocksStore::sm_scan_range`]).
+    pub fn sm_scan_range(
+        &self,
+        from: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<super::SmPair>, StoreError> {
+        self.store.scan_sm_with(&self.sm, self.options(), from, end, limit, bytes_max)
     }
 }
