@@ -57,12 +57,15 @@
 mod error;
 mod lease;
 mod link;
+mod pages;
 pub mod recipes;
 mod retry;
 mod watch;
 
 pub use error::{ClientError, GiveUpReason};
 pub use lease::{ByteKey, KeepAlive, Lease, LeaseId, LeaseLost};
+use pages::follow_pages;
+pub use pages::{EMPTY_PAGES_MAX, ScanPages};
 pub use quorate_api::LeaseInfo;
 pub use quorate_api::{
     ApiError, Compare, CompareOp, CompareTarget, HistoryInfo, KeyValue, Member, MemberKind, NodeHealth, NodeStatus,
@@ -685,6 +688,21 @@ impl Client {
         self.core.scan_at(start.as_ref(), end, limit, revision, read).await
     }
 
+    /// The pages of a scan of `[start, end)` (at `revision`, or each page read now), one at a
+    /// time, at most `limit` pairs in all: [`Client::scan`] or [`Client::scan_at`] without
+    /// holding more than one page, with the same checks that the pages move on.
+    #[must_use]
+    pub fn scan_pages(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+        revision: Option<u64>,
+        read: ReadConsistency,
+    ) -> ScanPages<'_> {
+        ScanPages::new(self, start.as_ref(), end, limit, revision, read)
+    }
+
     /// Compacts the history to `revision` (admin; through the log): reads below it are refused
     /// from then on. Returns the compaction revision (unchanged if it was already past).
     pub async fn compact(&self, revision: u64) -> Result<u64, ClientError> {
@@ -782,50 +800,6 @@ struct Core<L> {
     rng: Mutex<SplitMix64>,
     /// Held for the whole of a write: one write in flight per session.
     session: tokio::sync::Mutex<Option<Session>>,
-}
-
-/// Pages in a row without a pair that [`follow_pages`] follows. A read at a revision examines
-/// a bounded number of keys per page (16,384), so a range of keys that are not visible at the
-/// revision (deleted before it, or created after it) gives pages without a pair that still go
-/// on: 1,024 of them pass 16 million such keys.
-pub(crate) const EMPTY_PAGES_MAX: u32 = 1_024;
-
-/// Follows the pages of a scan from `start` (`page(from, want)` asks for one) until `limit`
-/// pairs or the end of the range. A continuation that is not past where its page started —
-/// which a correct node never answers — or more than [`EMPTY_PAGES_MAX`] pages in a row
-/// without a pair is an error naming the node ([`ClientError::Unexpected`]), not a short
-/// answer: the pairs so far with `more` would look like a reached limit.
-async fn follow_pages<F, Fut>(start: &[u8], limit: u32, mut page: F) -> Result<Scanned, ClientError>
-where
-    F: FnMut(Vec<u8>, u32) -> Fut,
-    Fut: std::future::Future<Output = Result<ScannedPage, ClientError>>,
-{
-    let mut kvs: Vec<KeyValue> = Vec::new();
-    let mut from = start.to_vec();
-    let mut empty_in_a_row = 0u32;
-    loop {
-        let want = limit.saturating_sub(kvs.len() as u32).max(1);
-        let p = page(from.clone(), want).await?;
-        empty_in_a_row = if p.kvs.is_empty() { empty_in_a_row + 1 } else { 0 };
-        kvs.extend(p.kvs);
-        match p.next {
-            Some(next) if (kvs.len() as u32) < limit => {
-                if next <= from || empty_in_a_row > EMPTY_PAGES_MAX {
-                    return Err(ClientError::Unexpected {
-                        node: p.read.node,
-                        what: format!(
-                            "a scan does not move on: a page from {} continues at {} ({empty_in_a_row} pages \
-                             without a pair in a row)",
-                            from.escape_ascii(),
-                            next.escape_ascii()
-                        ),
-                    });
-                }
-                from = next;
-            }
-            next => return Ok(Scanned { kvs, more: next.is_some(), read: p.read }),
-        }
-    }
 }
 
 impl<L: Link> Core<L> {
@@ -956,7 +930,11 @@ impl<L: Link> Core<L> {
         limit: u32,
         read: ReadConsistency,
     ) -> Result<ScannedPage, ClientError> {
-        let body = Request::ScanPaged { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit, read };
+        self.page(Request::ScanPaged { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit, read }).await
+    }
+
+    /// One page of a scan (`body`: a scan request), from the leader.
+    async fn page(&self, body: Request) -> Result<ScannedPage, ClientError> {
         match self.send(body, None, Route::Leader).await? {
             (_, Response::ScanPage { kvs, next, read }) => Ok(ScannedPage { kvs, next, read }),
             (node, other) => Err(unexpected(node, &other)),
@@ -971,11 +949,7 @@ impl<L: Link> Core<L> {
         revision: u64,
         read: ReadConsistency,
     ) -> Result<ScannedPage, ClientError> {
-        let body = Request::ScanAt { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit, revision, read };
-        match self.send(body, None, Route::Leader).await? {
-            (_, Response::ScanPage { kvs, next, read }) => Ok(ScannedPage { kvs, next, read }),
-            (node, other) => Err(unexpected(node, &other)),
-        }
+        self.page(Request::ScanAt { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit, revision, read }).await
     }
 
     /// Follows the pages of a scan at `revision` until `limit` pairs or the end of the range.

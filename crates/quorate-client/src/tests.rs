@@ -742,3 +742,66 @@ async fn lease_grants_and_revokes_are_retried_in_their_session() {
         ]
     );
 }
+
+/// The cursor every paged scan goes through ([`Client::scan_pages`] — the CLI's `kv scan` —
+/// the recipes' rankings, [`Client::scan`]): it follows continuations that move on, stops at
+/// the limit with where the range goes on, and ends with an error naming the node at a
+/// continuation that does not move or goes back, or past [`EMPTY_PAGES_MAX`] pages in a row
+/// without a pair (the CLI's loop at a revision had none of these checks: a node answering
+/// `next == start` kept it asking forever — review finding C).
+#[test]
+fn a_page_cursor_follows_only_pages_that_move_on() {
+    use crate::pages::Cursor;
+    let page = |keys: &[&[u8]], next: Option<&[u8]>| ScannedPage {
+        kvs: keys.iter().map(|k| kv(k)).collect(),
+        next: next.map(<[u8]>::to_vec),
+        read: read_info(3),
+    };
+    // Two pages to the end of the range; pages ask what is left, at most `page_keys`.
+    let mut c = Cursor::new(b"a", 5, 2);
+    assert_eq!(c.next_page(), Some((&b"a"[..], 2)));
+    c.took(&page(&[b"a", b"b"], Some(b"c"))).unwrap();
+    assert_eq!(c.next_page(), Some((&b"c"[..], 2)));
+    c.took(&page(&[b"c"], None)).unwrap();
+    assert_eq!((c.next_page(), c.more()), (None, None));
+    // The limit reached inside the range: over, with where it goes on.
+    let mut c = Cursor::new(b"a", 3, u32::MAX);
+    assert_eq!(c.next_page(), Some((&b"a"[..], 3)));
+    c.took(&page(&[b"a", b"b"], Some(b"c"))).unwrap();
+    assert_eq!(c.next_page(), Some((&b"c"[..], 1)));
+    c.took(&page(&[b"c"], Some(b"d"))).unwrap();
+    assert_eq!((c.next_page(), c.more()), (None, Some(&b"d"[..])));
+    // A limit of 0 still reads one page (the first pair tells whether the range is empty);
+    // a page asks at most what a node answers in one (SCAN_LIMIT_MAX).
+    assert_eq!(Cursor::new(b"", 0, 10).next_page(), Some((&b""[..], 1)));
+    assert_eq!(Cursor::new(b"", 50_000, u32::MAX).next_page(), Some((&b""[..], 10_000)));
+    // A continuation that does not move, or goes back: an error naming the node, then over.
+    for next in [&b"b"[..], b"a"] {
+        let mut c = Cursor::new(b"b", 10, 10);
+        let got = c.took(&page(&[], Some(next)));
+        assert!(
+            matches!(&got, Err(ClientError::Unexpected { node, what }) if *node == id(1) && what.contains("does not move on")),
+            "{got:?}"
+        );
+        assert_eq!(c.next_page(), None);
+        // The error stays: a caller that asks again is not told the scan ended well.
+        assert!(matches!(c.failure(), Some(ClientError::Unexpected { what, .. }) if what.contains("does not move on")));
+    }
+    // Pages without a pair that move on are followed, EMPTY_PAGES_MAX of them in a row.
+    let mut c = Cursor::new(b"k", 10, 10);
+    for i in 0..EMPTY_PAGES_MAX {
+        c.took(&page(&[], Some(format!("k{i:06}").as_bytes()))).unwrap();
+    }
+    let got = c.took(&page(&[], Some(b"z")));
+    assert!(
+        matches!(&got, Err(ClientError::Unexpected { what, .. }) if what.contains("1025 pages without a pair")),
+        "{got:?}"
+    );
+    // A pair resets the count.
+    let mut c = Cursor::new(b"k", 10, 10);
+    for i in 0..2 * EMPTY_PAGES_MAX {
+        let key = format!("k{i:06}");
+        let keys: &[&[u8]] = if i % 1000 == 999 { &[b"k"] } else { &[] };
+        c.took(&page(keys, Some(key.as_bytes()))).unwrap();
+    }
+}

@@ -329,6 +329,18 @@ fn json_output_exit_codes_and_large_values(env: &Env) {
     let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{out:.300}");
     assert_eq!((lines[1]["more"].as_bool(), lines[1]["next_key"].as_str()), (Some(true), Some("j/big")));
+    // At a revision: the pairs as they were then, page by page, with the same `more`.
+    let all = env.ok(&["-o", "json", "kv", "scan", "--prefix", "j/"]);
+    let rev = all.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["mod_revision"].as_u64().unwrap()).max();
+    let rev = rev.unwrap().to_string();
+    env.ok(&["kv", "put", "j/a=b", "changed"]);
+    let out = env.ok(&["-o", "json", "kv", "scan", "--prefix", "j/", "--rev", &rev, "--limit", "1"]);
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{out:.300}");
+    assert_eq!(lines[0]["value"], "line\nnext", "the value at revision {rev}");
+    assert_eq!((lines[1]["more"].as_bool(), lines[1]["next_key"].as_str()), (Some(true), Some("j/big")));
+    assert_eq!(env.ok(&["kv", "scan", "--prefix", "j/a", "--rev", &rev]), "j/a\\x3db=line\\nnext\n");
+    assert_eq!(env.ok(&["kv", "scan", "--prefix", "j/a"]), "j/a\\x3db=changed\n");
 
     // Compare-and-swap and transactions.
     let cas = env.cli(&["-o", "json", "kv", "cas", "j/text", "x", "--expected", "nope"]);

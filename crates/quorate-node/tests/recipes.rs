@@ -199,10 +199,12 @@ fn a_waiter_ranking_past_many_deleted_keys_still_waits_for_the_holder() {
         let lock = Lock::new("busy").unwrap();
         let session_a = Session::grant(&a, 10_000).await.unwrap();
         let held_a = lock.acquire(&session_a, Duration::from_secs(30)).await.unwrap();
-        // B queues behind A and gives up after 3 s (its key is deleted); D queues behind B.
+        // B queues behind A and gives up after 10 s (its key is deleted); D queues behind B
+        // before that (the loops below wait for each within the 30 s deadline; a slow machine
+        // takes seconds for the 2 keys' scans, far less than 10 s).
         let session_b = Session::grant(&b, 10_000).await.unwrap();
         let lock_b = lock.clone();
-        let b_waits = tokio::spawn(async move { lock_b.acquire(&session_b, Duration::from_secs(3)).await.err() });
+        let b_waits = tokio::spawn(async move { lock_b.acquire(&session_b, Duration::from_secs(10)).await.err() });
         let deadline = Instant::now() + Duration::from_secs(30);
         let live = |n: usize| {
             let a = a.session();
@@ -222,7 +224,7 @@ fn a_waiter_ranking_past_many_deleted_keys_still_waits_for_the_holder() {
             (held.token(), Instant::now(), session_d)
         });
         while !live(3).await {
-            assert!(Instant::now() < deadline, "D never queued up");
+            assert!(Instant::now() < deadline, "D never queued up while B waited");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let gave_up = b_waits.await.unwrap();
@@ -239,6 +241,62 @@ fn a_waiter_ranking_past_many_deleted_keys_still_waits_for_the_holder() {
         assert!(token_d > token_a);
         assert!(at >= released);
         session_d.close().await.unwrap();
+    });
+}
+
+/// An observer whose ranking read fails after it saw the leader's key go returns the error,
+/// and its next call still reports the change: the watch batch that held the change was
+/// consumed, so the observer ranks anew rather than wait for another change of a key that is
+/// gone (it did: the leader's resignation was never reported — review finding B). The ranking
+/// is made to fail by more than `PARTICIPANTS_MAX` keys under the election's prefix.
+#[test]
+fn an_observer_whose_ranking_fails_reports_the_leader_change_on_its_next_call() {
+    use quorate_client::recipes::{Election, PARTICIPANTS_MAX, RecipeError};
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _nodes) = ready_cluster(&tmp);
+    let (writer, watcher) = (client(&c), client(&c));
+    runtime().block_on(async {
+        let election = Election::new("busy").unwrap();
+        let prefix = election.prefix().to_vec();
+        let key = |tail: &str| [prefix.as_slice(), tail.as_bytes()].concat();
+        writer.put(key("leader"), "L").await.unwrap();
+        // The observer calls `next` once for each call asked of it, and sends what it got.
+        let (seen, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let (call, mut calls) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let observing = election.clone();
+        let observer = tokio::spawn(async move {
+            let mut observer = observing.observe(&watcher);
+            while calls.recv().await.is_some() {
+                if seen.send(observer.next().await.map(|l| l.map(|l| l.value))).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut next = async |what: &str| {
+            call.send(()).unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(30), results.recv()).await;
+            r.unwrap_or_else(|_| panic!("the observer reports {what} within 30 s")).expect("the observer ended")
+        };
+        assert_eq!(next("L").await.unwrap(), Some(b"L".to_vec()), "the first call: the current leader");
+        // Keys behind the leader (created later): no change, and more than a ranking reads.
+        let junk = |i: u64| key(&format!("junk/{i:06}"));
+        let all: Vec<u64> = (0..=PARTICIPANTS_MAX).collect();
+        for chunk in all.chunks(128) {
+            let success = chunk.iter().map(|&i| TxnOp::Put { key: junk(i), value: b"j".to_vec() }).collect();
+            assert!(writer.txn(Txn { compare: vec![], success, failure: vec![] }).await.unwrap().succeeded);
+        }
+        writer.delete(key("leader")).await.unwrap();
+        let failed = next("the failed ranking").await;
+        assert!(matches!(failed, Err(RecipeError::TooManyParticipants { .. })), "{failed:?}");
+        // The ranking works again: the leader is gone and no candidate is left.
+        loop {
+            let (_, more) = writer.delete_range(junk(0), key("junk0")).await.unwrap();
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(next("no leader").await.unwrap(), None, "the next call reports that no one leads");
+        observer.abort();
     });
 }
 

@@ -205,7 +205,12 @@ impl Observer<'_> {
     /// The next leader: on the first call the current one; after that, waits for a change — a
     /// new leader, a new value, or no leader (`None`) — and returns it. Changes within one
     /// revision come as one; a change undone before the watch reads it is not seen. After the
-    /// watch's position is compacted it reads the prefix anew (and goes on from there).
+    /// watch's position is compacted it reads the prefix anew (and goes on from there). After
+    /// a failed watch poll the next call goes on from the same position; after a failed
+    /// ranking (the read of the candidates once the watch showed a change) it reads the prefix
+    /// anew at the current revision — the leader then, not one that led only in between is
+    /// reported. Back off before calling again after an error: a ranking reads up to
+    /// [`super::PARTICIPANTS_MAX`] keys.
     pub async fn next(&mut self) -> Result<Option<Leader>, RecipeError> {
         loop {
             let Some(watch) = self.watch.as_mut() else {
@@ -225,6 +230,7 @@ impl Observer<'_> {
                     self.watch = None;
                     continue;
                 }
+                // The watch does not move past a failed poll: the next call goes on from it.
                 Err(e) => return Err(e.into()),
             };
             // Only a change of the leader's own key, or a first candidate, changes the leader:
@@ -242,7 +248,12 @@ impl Observer<'_> {
                     self.watch = None;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The batch that held a change is consumed: the next call must rank anew,
+                    // not wait for a further change (of a key that may be gone).
+                    self.watch = None;
+                    return Err(e);
+                }
             };
             let leader = ranking.first.map(Leader::from);
             if leader != self.current {

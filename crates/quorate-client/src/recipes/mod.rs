@@ -339,6 +339,14 @@ impl Ranking {
 async fn rank(client: &Client, prefix: &[u8], mine: u64, revision: Option<u64>) -> Result<(Ranking, u64), RecipeError> {
     let end = prefix_end(prefix);
     let mut ranking = Ranking::new(mine);
+    // Every key under the prefix must be seen: a ranking that stopped early could find no one
+    // ahead of a waiter while the holder holds. A read at a revision examines a bounded number
+    // of keys per page, so a page may hold no pair and still go on (keys deleted before the
+    // revision: a busy lock leaves many in the history); the pages are followed as long as
+    // they move on (the cursor's checks). At most PARTICIPANTS_MAX / SCAN_PAGE_KEYS + 1 pages
+    // with pairs (the count check below). Without a revision, the first page's is that of
+    // the rest: the pages are one read.
+    let mut cursor = crate::pages::Cursor::new(prefix, u32::MAX, SCAN_PAGE_KEYS);
     let (mut page, at) = match revision {
         Some(r) => {
             (client.scan_at_page(prefix, Some(&end), SCAN_PAGE_KEYS, r, ReadConsistency::Linearizable).await?, r)
@@ -349,37 +357,16 @@ async fn rank(client: &Client, prefix: &[u8], mine: u64, revision: Option<u64>) 
             (p, at)
         }
     };
-    // Every key under the prefix must be seen: a ranking that stopped early could find no one
-    // ahead of a waiter while the holder holds. A read at a revision examines a bounded number
-    // of keys per page, so a page may hold no pair and still go on (keys deleted before the
-    // revision: a busy lock leaves many in the history); it is followed as long as its
-    // continuation moves on. At most PARTICIPANTS_MAX / SCAN_PAGE_KEYS + 1 pages with pairs
-    // (the count check below), and EMPTY_PAGES_MAX pages without in a row.
-    let mut from = prefix.to_vec();
-    let mut empty_in_a_row = 0u32;
     loop {
+        cursor.took(&page)?;
         for kv in &page.kvs {
             ranking.add(kv);
         }
         if ranking.seen > PARTICIPANTS_MAX {
             return Err(RecipeError::TooManyParticipants { prefix: escaped(prefix), max: PARTICIPANTS_MAX });
         }
-        empty_in_a_row = if page.kvs.is_empty() { empty_in_a_row + 1 } else { 0 };
-        let Some(next) = page.next.take() else { return Ok((ranking, at)) };
-        if next <= from || empty_in_a_row > crate::EMPTY_PAGES_MAX {
-            return Err(RecipeError::Client(ClientError::Unexpected {
-                node: page.read.node,
-                what: format!(
-                    "a read of {} at revision {at} does not move on (a page from {} continues at {}, {empty_in_a_row} \
-                     pages without a pair in a row)",
-                    escaped(prefix),
-                    escaped(&from),
-                    escaped(&next)
-                ),
-            }));
-        }
-        page = client.scan_at_page(&next, Some(&end), SCAN_PAGE_KEYS, at, ReadConsistency::Linearizable).await?;
-        from = next;
+        let Some((from, want)) = cursor.next_page() else { return Ok((ranking, at)) };
+        page = client.scan_at_page(from, Some(&end), want, at, ReadConsistency::Linearizable).await?;
     }
 }
 

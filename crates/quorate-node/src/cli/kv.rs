@@ -253,13 +253,10 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
                 None => (start.into_bytes(), end.map(String::into_bytes)),
             };
             // Page by page (each at most `RESULT_BYTES_MAX` bytes), printed as they come: the
-            // CLI never holds more than one page.
-            let (mut from, mut printed) = (start, 0u32);
-            let more = loop {
-                let page = match rev {
-                    Some(rev) => client.scan_at_page(&from, end.as_deref(), limit - printed, rev, read).await?,
-                    None => client.scan_page(&from, end.as_deref(), limit - printed, read).await?,
-                };
+            // CLI never holds more than one page. The client checks that the pages move on (a
+            // read at a revision may give pages without a pair that still go on).
+            let mut pages = client.scan_pages(&start, end.as_deref(), limit, rev, read);
+            while let Some(page) = pages.next().await? {
                 for kv in &page.kvs {
                     if as_json {
                         serde_json::to_writer(&mut out, &Value::Object(kv_json(kv)))?;
@@ -268,19 +265,12 @@ pub(crate) async fn run(conn: &ConnArgs, cmd: KvCmd) -> anyhow::Result<Outcome> 
                         writeln!(out, "{}={}", escape(&kv.key, true), escape(&kv.value, false))?;
                     }
                 }
-                printed += page.kvs.len() as u32;
-                match page.next {
-                    // A page at a revision may hold no pair and still go on (it examines a
-                    // bounded number of keys).
-                    Some(next) if printed < limit && (!page.kvs.is_empty() || rev.is_some()) => from = next,
-                    next => break next,
-                }
-            };
-            if let Some(next) = more {
+            }
+            if let Some(next) = pages.more() {
                 if as_json {
                     let mut m = serde_json::Map::new();
                     m.insert("more".into(), json!(true));
-                    put_bytes(&mut m, "next_key", &next);
+                    put_bytes(&mut m, "next_key", next);
                     serde_json::to_writer(&mut out, &Value::Object(m))?;
                     writeln!(out)?;
                 }
