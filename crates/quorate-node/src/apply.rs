@@ -544,7 +544,7 @@ impl Applier {
                 }
             },
             ApplyMsg::TakeSnapshot(meta) => loop {
-                match self.take_snapshot(meta.clone()) {
+                match self.take_snapshot(meta.clone(), pool) {
                     Err(e) if self.repair_if_damaged(&e, pool)? => {}
                     r => return r,
                 }
@@ -626,7 +626,7 @@ impl Applier {
                 self.reads.entry(index).or_default().push(WaitingRead { req, responder, staleness, deadline });
                 Ok(())
             }
-            ApplyMsg::TakeSnapshot(meta) => self.take_snapshot(meta),
+            ApplyMsg::TakeSnapshot(meta) => self.take_snapshot(meta, pool),
             ApplyMsg::Install(meta) => self.install(&meta, pool),
             ApplyMsg::Backup { config, index, responder, deadline, stream } => {
                 if self.backups.len() >= BACKUPS_WAITING_MAX {
@@ -801,33 +801,34 @@ impl Applier {
         Ok(w.finish()?)
     }
 
-    fn take_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), SmError> {
+    /// Takes the snapshot the core asked for at `meta.last`: a view of the state machine as
+    /// applied now (exactly `meta.last`), written to its file off this thread (see
+    /// [`reads`]: the snapshot thread), which reports it. At most one at a time: a request
+    /// while one is written is skipped (the core asks again).
+    fn take_snapshot(&mut self, meta: SnapshotMeta, pool: &reads::ReadPool<'_>) -> Result<(), SmError> {
         if meta.last != self.applied {
             tracing::warn!(asked = ?meta.last, applied = ?self.applied, "snapshot request does not match the applied point");
+            // Reported, so that the core's request does not stay pending (it asks again).
+            let _ = self.events.blocking_send(Event::SnapshotSkipped(meta));
             return Ok(());
         }
-        let take_started = Instant::now();
-        let file = match self
-            .shared
-            .store
-            .snapshot_writer(meta.clone())
-            .map_err(SmError::from)
-            .and_then(|w| self.write_snapshot(w))
-        {
-            Ok(f) => f,
-            Err(SmError::Storage(e)) if e.is_space() => {
-                // The unfinished file is removed with its writer. Not fatal: the log keeps its
-                // entries until a later snapshot fits (the driver asks the core again).
-                tracing::warn!(node = %self.shared.id, index = %meta.last.index, error = %e, "no space for a snapshot; skipped");
-                let _ = self.events.blocking_send(Event::SnapshotSkipped(meta));
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        self.shared.telemetry.snapshot_taken(file.data_len, take_started.elapsed());
-        tracing::info!(node = %self.shared.id, index = %meta.last.index, bytes = file.data_len, "snapshot taken");
-        let _ = self.events.blocking_send(Event::SnapshotTaken(meta, file.path));
-        Ok(())
+        if pool.snapshot_in_flight() {
+            tracing::info!(node = %self.shared.id, index = %meta.last.index, "a snapshot is still being written; this request is skipped (the core asks again)");
+            let _ = self.events.blocking_send(Event::SnapshotSkipped(meta));
+            return Ok(());
+        }
+        let started = Instant::now();
+        let view = pool.view()?;
+        if view.applied_index() != meta.last.index {
+            // Cannot happen: this thread is the state machine's only writer.
+            tracing::warn!(asked = ?meta.last, view = %view.applied_index(), "the snapshot's view is not of the applied point; skipped");
+            let _ = self.events.blocking_send(Event::SnapshotSkipped(meta));
+            return Ok(());
+        }
+        let (shared, events) = (self.shared.clone(), self.events.clone());
+        let report = meta.clone();
+        let done: reads::SnapshotDone = Box::new(move |outcome| report_snapshot(&shared, &events, report, outcome));
+        pool.dispatch_snapshot(&view, meta, started, done)
     }
 
     fn install(&mut self, meta: &SnapshotMeta, pool: &reads::ReadPool<'_>) -> Result<(), SmError> {
@@ -910,6 +911,46 @@ impl Applier {
         let writer = SnapshotWriter::create(&self.shared.backups_dir, meta)?;
         let file = self.write_snapshot(writer)?;
         Ok((file.path, self.applied.index))
+    }
+}
+
+/// Reports how writing the snapshot `meta` ended (on the thread that wrote it): taken, with
+/// its file (the core may then compact the log behind it), or skipped (the core asks again).
+/// Returns a failure for the apply thread: a damaged record is repaired, any other error
+/// stops the node, as when the snapshot was written on the apply thread. Running out of
+/// space is not fatal: the log keeps its entries until a later snapshot fits.
+fn report_snapshot(
+    shared: &Shared,
+    events: &mpsc::Sender<Event>,
+    meta: SnapshotMeta,
+    outcome: reads::SnapshotOutcome,
+) -> Option<SmError> {
+    let (node, index) = (shared.id, meta.last.index);
+    match outcome {
+        reads::SnapshotOutcome::Written { file, elapsed } => {
+            shared.telemetry.snapshot_taken(file.data_len, elapsed);
+            tracing::info!(node = %node, index = %index, bytes = file.data_len, elapsed_ms = elapsed.as_millis() as u64, "snapshot taken");
+            let _ = events.blocking_send(Event::SnapshotTaken(meta, file.path));
+            None
+        }
+        // The driver is stopping too: nobody to tell.
+        reads::SnapshotOutcome::Dropped { stopping: true, .. } => None,
+        reads::SnapshotOutcome::Dropped { why, stopping: false } => {
+            tracing::info!(node = %node, index = %index, why, "snapshot not taken");
+            let _ = events.blocking_send(Event::SnapshotSkipped(meta));
+            None
+        }
+        reads::SnapshotOutcome::Failed(SmError::Storage(e)) if e.is_space() => {
+            tracing::warn!(node = %node, index = %index, error = %e, "no space for a snapshot; skipped");
+            let _ = events.blocking_send(Event::SnapshotSkipped(meta));
+            None
+        }
+        reads::SnapshotOutcome::Failed(e) => {
+            // The core asks again (after a repair, if the node goes on).
+            tracing::warn!(node = %node, index = %index, error = %e, "snapshot failed");
+            let _ = events.blocking_send(Event::SnapshotSkipped(meta));
+            Some(e)
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 //! slow_resolve_ms = 3000  # every resolution of a member's address takes this much longer
 //! slow_apply_ms = 50   # the apply thread takes this much longer over every message
 //! slow_read_ms = 2000  # every read the node serves takes this much longer
+//! slow_snapshot_ms = 5000  # every snapshot the node writes is held this long before it is finished
 //! torn_txn_reads_ms = 20  # TEST-ONLY WEAKENING: read-only transactions read key by key, live
 //! watch_events = "drop"    # TEST-ONLY WEAKENING: "drop" the last event of each watch answer,
 //!                          # or "duplicate" its first
@@ -37,6 +38,10 @@
 //!   answer would make it.
 //! * **Slow apply**: the apply thread sleeps this long before handling each message from the
 //!   driver (entries, reads, snapshots), as a large scan or a slow disk would make it.
+//! * **Slow snapshots**: each snapshot of the state machine the node takes (the one the
+//!   consensus core asks for) is held, its data written to the temporary file, for this long
+//!   before it is finished (fsynced, renamed, reported), on whichever thread writes it, as a
+//!   large state machine on a slow disk would make it. Clearing the setting ends a wait.
 //! * **Slow reads**: serving each read (a get, a scan page, a read-only transaction page)
 //!   takes this much longer, as a read of many large values would, on whichever thread serves
 //!   it.
@@ -98,6 +103,9 @@ pub(crate) const SLOW_DISK_MS_MAX: u64 = 60_000;
 /// The most write-ahead-log records `tear_wal` may cut.
 pub(crate) const TEAR_RECORDS_MAX: u64 = 4096;
 
+/// How often a held snapshot reads the slow-snapshot setting again.
+const HOLD_CHECK_EVERY: Duration = Duration::from_millis(10);
+
 /// Largest control file read, in bytes.
 const FILE_BYTES_MAX: u64 = 64 * 1024;
 
@@ -134,6 +142,8 @@ pub(crate) struct Settings {
     pub(crate) slow_apply_ms: u64,
     /// Delay of each read served, in milliseconds (0: off).
     pub(crate) slow_read_ms: u64,
+    /// Hold of each snapshot written before it is finished, in milliseconds (0: off).
+    pub(crate) slow_snapshot_ms: u64,
     /// Serve read-only transactions key by key from the live state, this many milliseconds
     /// apart, instead of from one view (0: off). A test-only weakening.
     pub(crate) torn_txn_reads_ms: u64,
@@ -156,6 +166,7 @@ impl Default for Settings {
             slow_resolve_ms: 0,
             slow_apply_ms: 0,
             slow_read_ms: 0,
+            slow_snapshot_ms: 0,
             torn_txn_reads_ms: 0,
             kill_apply_thread: false,
             disk_full_store: false,
@@ -215,6 +226,7 @@ impl Settings {
             ("slow_resolve_ms", s.slow_resolve_ms),
             ("slow_apply_ms", s.slow_apply_ms),
             ("slow_read_ms", s.slow_read_ms),
+            ("slow_snapshot_ms", s.slow_snapshot_ms),
             ("torn_txn_reads_ms", s.torn_txn_reads_ms),
             ("lease_expire_delay_ms", s.lease_expire_delay_ms),
         ] {
@@ -321,6 +333,7 @@ struct Inner {
     slow_resolve_ms: AtomicU64,
     slow_apply_ms: AtomicU64,
     slow_read_ms: AtomicU64,
+    slow_snapshot_ms: AtomicU64,
     torn_txn_reads_ms: AtomicU64,
     kill_apply_thread: AtomicBool,
     /// [`WatchWeakening::code`] of the `watch_events` weakening.
@@ -367,6 +380,7 @@ impl Failpoints {
                 slow_resolve_ms: AtomicU64::new(0),
                 slow_apply_ms: AtomicU64::new(0),
                 slow_read_ms: AtomicU64::new(0),
+                slow_snapshot_ms: AtomicU64::new(0),
                 torn_txn_reads_ms: AtomicU64::new(0),
                 kill_apply_thread: AtomicBool::new(false),
                 watch_events: std::sync::atomic::AtomicU8::new(0),
@@ -417,6 +431,7 @@ impl Failpoints {
         self.inner.slow_resolve_ms.store(s.slow_resolve_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.slow_apply_ms.store(s.slow_apply_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.slow_read_ms.store(s.slow_read_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
+        self.inner.slow_snapshot_ms.store(s.slow_snapshot_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.torn_txn_reads_ms.store(s.torn_txn_reads_ms.min(SLOW_DISK_MS_MAX), Ordering::Relaxed);
         self.inner.kill_apply_thread.store(s.kill_apply_thread, Ordering::Relaxed);
         let watch = WatchWeakening::parse(&s.watch_events).flatten();
@@ -524,6 +539,22 @@ impl Failpoints {
         let ms = if self.inner.enabled { self.inner.slow_read_ms.load(Ordering::Relaxed) } else { 0 };
         if ms > 0 {
             std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+
+    /// Holds a snapshot whose data is written, before it is finished, while the slow-snapshot
+    /// setting asks for more than the time since `started` (read again every
+    /// [`HOLD_CHECK_EVERY`], so clearing it ends the wait) and `stop()` is false.
+    pub(crate) fn hold_snapshot(&self, started: std::time::Instant, stop: impl Fn() -> bool) {
+        if !self.inner.enabled {
+            return;
+        }
+        loop {
+            let ms = self.inner.slow_snapshot_ms.load(Ordering::Relaxed);
+            if started.elapsed() >= Duration::from_millis(ms) || stop() {
+                return;
+            }
+            std::thread::sleep(HOLD_CHECK_EVERY);
         }
     }
 
@@ -649,11 +680,14 @@ mod tests {
             slow_resolve_ms: 5,
             slow_apply_ms: 5,
             slow_read_ms: 5,
+            slow_snapshot_ms: SLOW_DISK_MS_MAX,
             torn_txn_reads_ms: 5,
             watch_events: "drop".into(),
             lease_expire_delay_ms: 6000,
             ..Settings::default()
         });
+        // Returns at once (a hold would outlast the test's time limit).
+        fp.hold_snapshot(std::time::Instant::now(), || false);
         assert_eq!(fp.resolve_delay(), None);
         assert_eq!(fp.lease_expire_delay(), None);
         assert_eq!(fp.watch_weakening(), None);
@@ -663,6 +697,25 @@ mod tests {
         assert_eq!(fp.fsync_delay(), None);
         assert_eq!(fp.clock(Duration::from_secs(3)), Duration::from_secs(3));
         assert_eq!(fp.real_at(Duration::from_secs(3)), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_held_snapshot_is_released_by_clearing_the_setting_or_by_stop() {
+        let fp = Failpoints::new(true);
+        fp.apply(&Settings { slow_snapshot_ms: SLOW_DISK_MS_MAX, ..Settings::default() });
+        fp.hold_snapshot(std::time::Instant::now(), || true);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let holder = {
+            let fp = fp.clone();
+            std::thread::spawn(move || {
+                fp.hold_snapshot(std::time::Instant::now(), || false);
+                done_tx.send(()).unwrap();
+            })
+        };
+        assert!(done.recv_timeout(Duration::from_millis(50)).is_err(), "held while the setting asks for more");
+        fp.apply(&Settings::default());
+        done.recv_timeout(Duration::from_secs(10)).expect("released once the setting is cleared");
+        holder.join().unwrap();
     }
 
     #[test]

@@ -1389,7 +1389,7 @@ impl Driver {
             Event::SnapshotSkipped(meta) => {
                 // Re-arm the core's request (it asks again after the next applied entry), also
                 // when this node has no snapshot yet to report instead.
-                tracing::info!(asked = %meta.last.index, "snapshot skipped for lack of space; the core will ask again");
+                tracing::info!(asked = %meta.last.index, "snapshot skipped (see the apply thread's reason); the core will ask again");
                 self.raft.snapshot_skipped(now);
             }
             Event::SnapshotStaged { from, term, meta, path } => {
@@ -2923,12 +2923,19 @@ fn stage(
 
 /// Records a newly taken snapshot as the node's latest and returns the previous one, whose
 /// file is NOT deleted here: the store removes snapshot files below its log floor after the
-/// compaction batch that moves the floor is durable ([`RocksStore::write_many`]).
+/// compaction batch that moves the floor is durable ([`RocksStore::write_many`]). A snapshot
+/// at or below the latest (written off the apply thread, reported after an install of a newer
+/// one that waited for it) is not recorded: the core keeps the newer one, and sends only the
+/// file that matches it.
 fn snapshot_taken_keeps_files(
     latest: &mut Option<(SnapshotMeta, PathBuf)>,
     meta: SnapshotMeta,
     path: PathBuf,
 ) -> Option<(SnapshotMeta, PathBuf)> {
+    if latest.as_ref().is_some_and(|(l, _)| l.last.index >= meta.last.index) {
+        tracing::info!(index = %meta.last.index, "a snapshot taken below the latest is not recorded");
+        return None;
+    }
     latest.replace((meta, path))
 }
 
@@ -3011,5 +3018,21 @@ mod tests {
         assert_eq!(previous, Some((meta(10), old.clone())));
         assert_eq!(latest, Some((meta(20), new)));
         assert!(old.exists(), "the previous snapshot file was deleted before the new one was recorded");
+    }
+
+    #[test]
+    fn a_snapshot_taken_below_the_latest_does_not_replace_it() {
+        // A snapshot written off the apply thread is reported after an install that waited for
+        // it (review of issue 20's change): the installed, newer snapshot stays the latest —
+        // the core keeps the newer one too, and asks the driver to send exactly that file.
+        let tmp = tempfile::tempdir().unwrap();
+        let (installed, late) = (tmp.path().join("installed.qsnap"), tmp.path().join("late.qsnap"));
+        let mut latest = Some((meta(500), installed.clone()));
+        assert_eq!(snapshot_taken_keeps_files(&mut latest, meta(100), late.clone()), None);
+        assert_eq!(latest, Some((meta(500), installed)));
+        // The first one, or a newer one, is recorded.
+        let mut none = None;
+        assert_eq!(snapshot_taken_keeps_files(&mut none, meta(100), late.clone()), None);
+        assert_eq!(none, Some((meta(100), late)));
     }
 }

@@ -9,7 +9,8 @@
 //!   expired certificate and keeps the old one;
 //! * the consensus driver keeps its heartbeats going while the apply thread is slow or a member
 //!   address takes seconds to resolve, and the apply thread does not wait for name resolution;
-//! * a slow read does not hold up the apply of writes.
+//! * a slow read does not hold up the apply of writes, nor a snapshot being written the reads
+//!   and writes; a node that stops or crashes while writing one leaves no partial file.
 
 #[path = "support/procs.rs"]
 mod procs;
@@ -173,6 +174,23 @@ impl Cluster {
         if let Some(i) = self.child[(id - 1) as usize].take() {
             let _ = self.nodes.0[i].kill();
             let _ = self.nodes.0[i].wait();
+        }
+    }
+
+    /// Stops node `id` as an operator would (SIGTERM) and waits for it to exit, up to
+    /// [`DEADLINE`]; returns how long it took.
+    fn stop(&mut self, id: u64) -> Duration {
+        let i = self.child[(id - 1) as usize].take().expect("node running");
+        let child = &mut self.nodes.0[i];
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let started = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < DEADLINE, "node {id} did not stop within {DEADLINE:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -509,6 +527,137 @@ async fn a_slow_read_does_not_hold_up_writes() {
         latencies.len()
     );
     assert_eq!(c.view(leader).await, (term, Some(nid(leader))), "no election");
+    writer.close();
+}
+
+/// The snapshot files node `id` is writing (temporary names) and has finished, by name.
+fn snapshot_files(c: &Cluster, id: u64) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let dir = c.config(id).data_dir.join("store").join("snapshots");
+    let mut names: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect()).unwrap_or_default();
+    names.sort();
+    names.into_iter().partition(|p| p.extension().is_some_and(|e| e == "tmp"))
+}
+
+/// Longest a read or a write may take while the leader writes a snapshot (issue 20: the
+/// snapshot was written on the apply thread, and every read and write waited for it).
+const DURING_SNAPSHOT_MAX: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_being_written_does_not_hold_up_reads_or_writes() {
+    // Every node takes a snapshot every 100 entries.
+    let c = Cluster::start(3, 0, snapshotting);
+    let (leader, term) = c.leader(&[1, 2, 3]).await;
+    // The leader's snapshots are held, their data written, until the failpoint is cleared.
+    c.failpoints(leader, "slow_snapshot_ms = 60000\n");
+    c.failpoints_applied(leader, "slow_snapshot_ms: 60000").await;
+    let taken_before = c.log(leader).matches("snapshot taken").count();
+    let writer = c.client("writer", &[leader]);
+    // Writes until the leader is writing a snapshot.
+    let mut written = 0;
+    while snapshot_files(&c, leader).0.is_empty() {
+        assert!(written < 1000, "no snapshot started after {written} writes");
+        tokio::time::timeout(DURING_SNAPSHOT_MAX, writer.put(format!("before-{written}"), "v"))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("write {written} took more than {DURING_SNAPSHOT_MAX:?}: held up by the snapshot")
+            })
+            .expect("put");
+        written += 1;
+    }
+    // While it is held: linearizable reads and writes are served, each promptly.
+    for i in 0..20 {
+        let got = tokio::time::timeout(
+            DURING_SNAPSHOT_MAX,
+            writer.get("before-0", quorate_api::ReadConsistency::Linearizable),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a linearizable get took more than {DURING_SNAPSHOT_MAX:?} during the snapshot"))
+        .expect("get");
+        assert_eq!(got.kv.expect("the key is there").value, b"v".to_vec());
+        tokio::time::timeout(DURING_SNAPSHOT_MAX, writer.put(format!("held-{i}"), "v"))
+            .await
+            .unwrap_or_else(|_| panic!("a write took more than {DURING_SNAPSHOT_MAX:?} during the snapshot"))
+            .expect("put");
+    }
+    // ... and all of it while the snapshot was still being written.
+    let (writing, _) = snapshot_files(&c, leader);
+    assert_eq!(writing.len(), 1, "the held snapshot is still being written: {writing:?}");
+    assert_eq!(c.log(leader).matches("snapshot taken").count(), taken_before, "no snapshot reported while held");
+    // Released: it is finished and reported, and holds the state at its index, none of the
+    // writes applied after it.
+    c.failpoints(leader, "");
+    eventually("the held snapshot to be reported", async || {
+        (c.log(leader).matches("snapshot taken").count() > taken_before).then_some(())
+    })
+    .await;
+    let (writing, finished) = snapshot_files(&c, leader);
+    assert!(writing.is_empty(), "no temporary file left: {writing:?}");
+    let newest = finished.last().expect("a snapshot file");
+    let bytes = std::fs::read(newest).expect("snapshot file");
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"before-0"), "the snapshot holds a write applied before its index");
+    assert!(!has(b"held-"), "the snapshot holds a write applied after its index");
+    assert_eq!(c.view(leader).await, (term, Some(nid(leader))), "no election");
+    writer.close();
+}
+
+/// Longest a node writing a (held) snapshot may take to stop: far below the hold.
+const STOP_MAX: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_or_crashes_while_writing_a_snapshot_leaves_no_partial_file() {
+    let mut c = Cluster::start(3, 0, snapshotting);
+    let (leader, _) = c.leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let writer = c.client("writer", &[1, 2, 3]);
+    let mut written = 0;
+    // Writes until `id` is writing a snapshot (held by the failpoint).
+    async fn until_writing(c: &Cluster, writer: &quorate_client::Client, id: u64, written: &mut usize) {
+        while snapshot_files(c, id).0.is_empty() {
+            assert!(*written < 5000, "node {id} started no snapshot");
+            writer.put(format!("k-{written}"), "v").await.expect("put");
+            *written += 1;
+        }
+    }
+    // A stop while the snapshot is written cuts it short: prompt, no temporary file, no report.
+    c.failpoints(follower, "slow_snapshot_ms = 60000\n");
+    c.failpoints_applied(follower, "slow_snapshot_ms: 60000").await;
+    until_writing(&c, &writer, follower, &mut written).await;
+    let took = c.stop(follower);
+    assert!(took < STOP_MAX, "the node took {took:?} to stop while writing a snapshot");
+    assert_eq!(snapshot_files(&c, follower).0, Vec::<PathBuf>::new(), "a temporary file is left after a stop");
+    assert!(!c.log(follower).contains("snapshot taken"), "the cut snapshot was reported");
+    // A crash while the snapshot is written leaves its temporary file, which the next start
+    // removes; the node catches up and takes its snapshots again.
+    c.spawn(follower);
+    c.failpoints_applied(follower, "slow_snapshot_ms: 60000").await;
+    until_writing(&c, &writer, follower, &mut written).await;
+    c.kill(follower);
+    assert_eq!(snapshot_files(&c, follower).0.len(), 1, "the crash left the temporary file");
+    c.failpoints(follower, "");
+    c.spawn(follower);
+    c.failpoints_applied(follower, "slow_snapshot_ms: 0").await;
+    eventually("the start to remove the temporary file", async || {
+        snapshot_files(&c, follower).0.is_empty().then_some(())
+    })
+    .await;
+    for _ in 0..200 {
+        writer.put(format!("k-{written}"), "v").await.expect("put");
+        written += 1;
+    }
+    eventually("the restarted node to take a snapshot", async || {
+        c.log(follower).contains("snapshot taken").then_some(())
+    })
+    .await;
+    let reader = c.client("writer", &[follower]);
+    let last = format!("k-{}", written - 1);
+    eventually("the restarted node to apply the last write", async || {
+        let got = reader.get(&last, quorate_api::ReadConsistency::Stale).await.ok()?;
+        got.kv.is_some().then_some(())
+    })
+    .await;
+    reader.close();
     writer.close();
 }
 

@@ -27,7 +27,22 @@
 //! `Unavailable` and the failure goes to the apply thread, which repairs the state machine (or
 //! stops the node) as it did when it served the read itself.
 //!
-//! If no worker thread can be started, the apply thread serves the reads itself.
+//! **Snapshots.** The snapshot the consensus core asks for is written from a view too, on a
+//! thread of its own (`quorate-snapshot-N`, [`ReadPool::dispatch_snapshot`]): the apply thread
+//! takes the view when it has applied exactly the snapshot's index (a RocksDB snapshot, so
+//! the file holds the state at that index and nothing applied after it), hands it over and
+//! goes on applying and serving reads while the file is written (issue 20: a snapshot of a
+//! large state machine written on the apply thread held every read and write for seconds).
+//! At most one is written at a time (the core asks for one at a time; a request while one is
+//! in flight is skipped, and the core asks again). The writer holds the [`InstallGate`]
+//! shared, as a read does, so an install waits for it; a view from before an install is not
+//! written. The file is reported (`Event::SnapshotTaken`, and only then may the core compact
+//! the log behind it) once it is fsynced and renamed into place; a write that fails or is cut
+//! short (the node stopping, a crash) leaves only a temporary file, removed by its writer or
+//! at the next start, and is never reported.
+//!
+//! If no worker thread can be started, the apply thread serves the reads itself (and writes
+//! the snapshots itself, if the snapshot thread cannot be started).
 
 use super::WaitingRead;
 use crate::failpoints::Failpoints;
@@ -37,11 +52,11 @@ use quorate_admission::{FairLimits, FairQueue, Principal};
 use quorate_api::{ApiError, ReadInfo, Staleness};
 use quorate_log::NodeId;
 use quorate_log::SnapshotMeta;
-use quorate_storage::{RocksStore, SmView, SnapshotWriter};
+use quorate_storage::{RocksStore, SmView, SnapshotFile, SnapshotWriter, StoreError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Read worker threads per node.
 pub(crate) const READ_WORKERS: usize = 2;
@@ -196,14 +211,19 @@ pub(crate) struct InstallGate {
     epoch: AtomicU64,
     /// The node is stopping: reads not yet served are answered so.
     stopping: AtomicBool,
+    /// An install waits for the gate: a snapshot being written (of a view the install makes
+    /// stale) is cut short rather than waited for.
+    installing: AtomicBool,
 }
 
 impl InstallGate {
     /// Waits until no worker reads a view, then holds every worker off (until the guard is
     /// dropped) and starts a new epoch: views taken before are not read any more.
     pub(crate) fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.installing.store(true, Ordering::Release);
         let guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.installing.store(false, Ordering::Release);
         guard
     }
 
@@ -221,6 +241,11 @@ pub(crate) struct View<'s> {
 }
 
 impl View<'_> {
+    /// The applied index the view is of.
+    pub(crate) fn applied_index(&self) -> quorate_log::LogIndex {
+        self.sm.applied_index()
+    }
+
     fn read_info(&self, staleness: Option<Staleness>) -> ReadInfo {
         ReadInfo { node: self.node, revision: self.revision, applied: self.sm.applied_index(), staleness }
     }
@@ -242,6 +267,31 @@ enum Job<'s> {
 /// A failure a worker met, for the apply thread: the epoch of the view it read, and the error.
 pub(crate) type Failure = (u64, SmError);
 
+/// How writing a snapshot ([`ReadPool::dispatch_snapshot`]) ended.
+#[derive(Debug)]
+pub(crate) enum SnapshotOutcome {
+    /// The file is written, fsynced and in place, `elapsed` after the request was taken.
+    Written { file: SnapshotFile, elapsed: Duration },
+    /// Not written, for a reason that is no failure: the state machine was reinstalled since
+    /// the view was taken (`stopping: false`), or the node is stopping.
+    Dropped { why: &'static str, stopping: bool },
+    /// Writing failed (the temporary file is removed).
+    Failed(SmError),
+}
+
+/// What is done with a snapshot's outcome, on the thread that wrote it: report it. An error it
+/// returns goes to the apply thread as a worker's failure (a damaged record is repaired; any
+/// other stops the node).
+pub(crate) type SnapshotDone = Box<dyn FnOnce(SnapshotOutcome) -> Option<SmError> + Send>;
+
+/// A snapshot for the snapshot thread: its view (at exactly `meta.last`), and what to do next.
+struct SnapshotJob<'s> {
+    view: Arc<View<'s>>,
+    meta: SnapshotMeta,
+    started: Instant,
+    done: SnapshotDone,
+}
+
 /// The read workers of one apply thread.
 pub(crate) struct ReadPool<'s> {
     store: &'s RocksStore,
@@ -250,6 +300,11 @@ pub(crate) struct ReadPool<'s> {
     failpoints: Failpoints,
     /// `None`: no worker runs; reads are served by the caller.
     jobs: Option<Arc<Jobs<Job<'s>>>>,
+    /// The snapshot thread's queue (one job: at most one snapshot is written at a time);
+    /// `None`: it could not be started, and snapshots are written by the caller.
+    snapshots: Option<SyncSender<SnapshotJob<'s>>>,
+    /// A snapshot is being written (set when one is handed over, cleared when it is done).
+    snapshot_busy: Arc<AtomicBool>,
 }
 
 impl Drop for ReadPool<'_> {
@@ -296,7 +351,75 @@ impl<'s> ReadPool<'s> {
             tracing::warn!("no read worker could be started; the apply thread serves reads itself");
         }
         let jobs = (started > 0).then_some(jobs);
-        (ReadPool { store, gate, node, failpoints, jobs }, failed)
+        let snapshot_busy = Arc::new(AtomicBool::new(false));
+        let (snapshots, queued) = std::sync::mpsc::sync_channel::<SnapshotJob<'s>>(1);
+        let spawned = {
+            let (failures, failpoints, busy) = (failures.clone(), failpoints.clone(), snapshot_busy.clone());
+            std::thread::Builder::new().name(format!("quorate-snapshot-{node}")).spawn_scoped(scope, move || {
+                while let Ok(job) = queued.recv() {
+                    let SnapshotJob { view, meta, started, done } = job;
+                    // Cleared also if the write panics (the thread is gone then, and the apply
+                    // thread writes the next snapshot itself).
+                    let free = ClearOnDrop(&busy);
+                    let outcome = write_snapshot(&view, &meta, store, gate, &failpoints, started);
+                    // Cleared first: a request that follows the report finds the thread free.
+                    drop(free);
+                    if let Some(e) = done(outcome) {
+                        // One report starts a repair; the apply thread drops those of older epochs.
+                        let _ = failures.try_send((view.epoch, e));
+                    }
+                }
+            })
+        };
+        let snapshots = match spawned {
+            Ok(_) => Some(snapshots),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the snapshot thread; the apply thread writes snapshots itself");
+                None
+            }
+        };
+        (ReadPool { store, gate, node, failpoints, jobs, snapshots, snapshot_busy }, failed)
+    }
+
+    /// Whether a snapshot handed to [`dispatch_snapshot`](Self::dispatch_snapshot) is still
+    /// being written.
+    pub(crate) fn snapshot_in_flight(&self) -> bool {
+        self.snapshot_busy.load(Ordering::Acquire)
+    }
+
+    /// Has the snapshot thread write the snapshot file of `meta` from `view` (which must be of
+    /// exactly `meta.last`; `started`: when the request was taken), then call `done` with the
+    /// outcome there; an error `done` returns goes to the apply thread as a worker's failure.
+    /// The caller checks [`snapshot_in_flight`](Self::snapshot_in_flight) first. Without a
+    /// snapshot thread, the file is written here and `done`'s error is returned.
+    pub(crate) fn dispatch_snapshot(
+        &self,
+        view: &Arc<View<'s>>,
+        meta: SnapshotMeta,
+        started: Instant,
+        done: SnapshotDone,
+    ) -> Result<(), SmError> {
+        let job = SnapshotJob { view: view.clone(), meta, started, done };
+        let job = match &self.snapshots {
+            Some(queue) => {
+                self.snapshot_busy.store(true, Ordering::Release);
+                match queue.try_send(job) {
+                    Ok(()) => return Ok(()),
+                    // Busy (the caller did not check) or gone (the thread panicked): written here.
+                    Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                        self.snapshot_busy.store(false, Ordering::Release);
+                        job
+                    }
+                }
+            }
+            None => job,
+        };
+        let SnapshotJob { view, meta, started, done } = job;
+        let outcome = write_snapshot(&view, &meta, self.store, self.gate, &self.failpoints, started);
+        match done(outcome) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The gate installs take.
@@ -345,7 +468,8 @@ impl<'s> ReadPool<'s> {
         image.finish(write_image(view, meta, &image));
     }
 
-    /// Stops the workers: reads still queued are answered that the node is stopping.
+    /// Stops the workers: reads still queued are answered that the node is stopping; a
+    /// snapshot being written is cut short (never reported; its temporary file is removed).
     pub(crate) fn stop(self) {
         self.gate.stopping.store(true, Ordering::Release);
         // Dropping the pool closes the queue (see `Drop`).
@@ -453,6 +577,83 @@ fn write_image(view: &View<'_>, meta: SnapshotMeta, image: &Image) -> Result<(st
     Ok((file.path, total))
 }
 
+/// Clears its flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Writes the snapshot file of `meta` from `view` (of exactly `meta.last`), holding the gate
+/// shared as a read does: an install waits for it, and a view from before an install is not
+/// written. Cut short when the node stops, or when an install waits (its view would be stale:
+/// the install does not wait for a whole write, and the core asks again).
+fn write_snapshot(
+    view: &View<'_>,
+    meta: &SnapshotMeta,
+    store: &RocksStore,
+    gate: &InstallGate,
+    failpoints: &Failpoints,
+    started: Instant,
+) -> SnapshotOutcome {
+    let stopping = || gate.stopping.load(Ordering::Acquire);
+    let cut = || stopping() || gate.installing.load(Ordering::Acquire);
+    if stopping() {
+        return SnapshotOutcome::Dropped { why: "the node is stopping", stopping: true };
+    }
+    let shared = gate.lock.read().unwrap_or_else(PoisonError::into_inner);
+    if view.epoch != gate.epoch() {
+        return SnapshotOutcome::Dropped {
+            why: "the state machine was reinstalled since the snapshot's view was taken",
+            stopping: false,
+        };
+    }
+    let written = (|| -> Result<SnapshotFile, SmError> {
+        let mut out = Stoppable { inner: store.snapshot_writer(meta.clone())?, stop: &cut };
+        sm::write_snapshot_data(&view.sm, &mut out)?;
+        failpoints.hold_snapshot(started, cut);
+        if cut() {
+            // Dropped unfinished: its temporary file is removed.
+            return Err(SmError::Storage(StoreError::Io("the node is stopping, or an install waits".into())));
+        }
+        Ok(out.inner.finish()?)
+    })();
+    // Read while the gate is still held shared: once it is released, the waiting install takes
+    // it and clears `installing`, and a write it cut short would read as a failure.
+    let cut_for_install = written.is_err() && gate.installing.load(Ordering::Acquire);
+    drop(shared);
+    match written {
+        Ok(file) => SnapshotOutcome::Written { file, elapsed: started.elapsed() },
+        Err(_) if stopping() => SnapshotOutcome::Dropped { why: "the node is stopping", stopping: true },
+        Err(_) if cut_for_install => SnapshotOutcome::Dropped {
+            why: "an install of a newer snapshot waits for the state machine",
+            stopping: false,
+        },
+        Err(e) => SnapshotOutcome::Failed(e),
+    }
+}
+
+/// A writer that fails once `stop()` is true (a snapshot cut short when the node stops).
+struct Stoppable<'a, W, F: Fn() -> bool> {
+    inner: W,
+    stop: &'a F,
+}
+
+impl<W: std::io::Write, F: Fn() -> bool> std::io::Write for Stoppable<'_, W, F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.stop)() {
+            return Err(std::io::Error::other("the node is stopping"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The live state machine, each read `gap` after the previous one: what a read-only
 /// transaction is served from under the `torn_txn_reads_ms` failpoint (a test-only weakening).
 struct TornReads<'a> {
@@ -468,13 +669,14 @@ impl sm::SmRead for TornReads<'_> {
     fn sm_scan(&self, from: &[u8], limit: usize) -> Result<Vec<quorate_storage::SmPair>, SmError> {
         sm::SmRead::sm_scan(self.store, from, limit)
     }
-    fn sm_scan_bounded(
+    fn sm_scan_range(
         &self,
         from: &[u8],
+        end: Option<&[u8]>,
         limit: usize,
         bytes_max: usize,
     ) -> Result<Vec<quorate_storage::SmPair>, SmError> {
-        sm::SmRead::sm_scan_bounded(self.store, from, limit, bytes_max)
+        sm::SmRead::sm_scan_range(self.store, from, end, limit, bytes_max)
     }
 }
 
