@@ -370,14 +370,16 @@ fn ci(args: &[String]) -> Result<()> {
     alerts::alerts(&["--live".into()])?;
     demo::demo(&["--smoke".into()])?;
     chaos::chaos(&["ci".into()])?;
-    // The hostile-client suite's slice, every attack: 6 attacked windows of 1 s between 7
-    // unloaded ones each (about 3.5 minutes). Nodes up, no election, RSS, the checked history
-    // and each attack's own check fail the run; the well-behaved client's share of goodput is
-    // a timing figure on a shared 2-core machine (it spreads by about ±5 points between runs
-    // here, and `slow-reader` and `large-reads` keep 84–89 %: docs/security.md, "Latest
-    // results"), so CI prints it and `cargo xtask attack` holds it to 90 %, as speed targets
-    // live in benchmarks, not in tests.
-    attack::attack(&["--ci".into(), "--goodput-reported".into()])?;
+    // The hostile-client suite's slice, every attack (about 4 minutes): the paced client's 5
+    // attacked windows of 1 s between 6 unloaded ones, then the saturating client's 2 between
+    // 3. Every verdict column fails the run — nodes up, no election, RSS, the checked history,
+    // each attack's own check, and the paced client's goodput: the attacked windows together
+    // serve at least 90 % of the share of its offered operations that the unloaded windows
+    // around them served, no attacked window under 50 %, no unloaded one under half the
+    // median (it offers half the cluster's measured capacity, so the figure measures denial
+    // of service, not the attacker's own CPU on the shared machine; docs/security.md). The
+    // saturating client's share is printed, not bound.
+    attack::attack(&["--ci".into()])?;
     sim(&["--seeds".into(), "500".into()])?;
     sim(&["--holes".into()])?;
     model_check(&["--quick".into()])?;
