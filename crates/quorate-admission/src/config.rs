@@ -12,6 +12,11 @@ pub const LATENCY_MS_CEILING: u64 = 60_000;
 /// `principal_answer_bytes_per_sec`: one burst of huge answers shuts its principal out for at
 /// most this long.
 pub const ANSWER_DEBT_SECONDS_MAX: u64 = 30;
+/// The answer-byte rate is work-conserving: a principal is held to
+/// `principal_answer_bytes_per_sec` only while another client principal has asked the node
+/// for something within this many milliseconds; alone, its answers are not limited by rate
+/// (the held-bytes budgets still bound them) and it owes no debt.
+pub const ANSWER_CONTENTION_WINDOW_MS: u64 = 1_000;
 /// A signal refusal's retry hint grows with how far the signal is past its threshold, up to
 /// this factor (in percent of `signal_retry_after_ms`).
 pub const SIGNAL_OVERSHOOT_PERCENT_MAX: u64 = 800;

@@ -457,6 +457,56 @@ fn a_principal_sent_more_answer_bytes_than_its_rate_is_refused_until_its_debt_is
 }
 
 #[test]
+fn the_answer_byte_rate_divides_the_node_among_principals_and_holds_none_back_alone() {
+    // Work-conserving, as fair share is: a principal no other principal has asked beside for
+    // ANSWER_CONTENTION_WINDOW_MS is not held to its answer-byte rate (one application with
+    // many connections reading 4 KiB values would otherwise be capped at about 1,000 gets/s
+    // by the 4 MiB/s default); once another asks, the rate holds.
+    let config = Config {
+        principal_answer_bytes_per_sec: 4 * MIB,
+        principal_answer_burst_bytes: 8 * MIB,
+        retry_jitter_percent: 0,
+        ..fixed_limit_config()
+    };
+    let mut a = Admission::new(config, 7).unwrap();
+    let (reader, other) = (1, 2);
+    let read = |p| request(Class::ClientRead, p);
+    let t0 = Nanos::from_secs(1);
+    // Alone: 64 answers of 4 MiB at one instant, 32 times the burst, all admitted, and no
+    // debt left behind to be refused for later.
+    for _ in 0..64 {
+        let permit = a.try_admit(&read(reader), t0).unwrap();
+        a.charge_answer(Principal(reader), 4 * MIB, t0);
+        a.complete(permit, Outcome::Success, t0);
+    }
+    assert_eq!(a.answer_bytes_level(Principal(reader), t0), Some(0));
+    // Another principal asks: the reader's next answers go into debt, and it is refused.
+    let t1 = t0 + Duration::from_millis(10);
+    let permit = a.try_admit(&read(other), t1).unwrap();
+    a.complete(permit, Outcome::Success, t1);
+    let permit = a.try_admit(&read(reader), t1).unwrap();
+    a.charge_answer(Principal(reader), 40 * MIB, t1);
+    a.complete(permit, Outcome::Success, t1);
+    assert_eq!(a.answer_bytes_level(Principal(reader), t1), Some(-40 * MIB as i64));
+    let refusal = a.try_admit(&read(reader), t1).unwrap_err();
+    assert_eq!(refusal.reason, Reason::ResponseBytes { principal: Principal(reader) });
+    assert_eq!(refusal.retry_after, Duration::from_secs(10), "40 MiB at 4 MiB/s");
+    // Still refused while the other principal asked within the window...
+    let window = Duration::from_millis(quorate_admission::ANSWER_CONTENTION_WINDOW_MS);
+    let t2 = t1 + (window - Duration::from_millis(1));
+    assert_eq!(reason(&mut a, &read(reader), t2), Reason::ResponseBytes { principal: Principal(reader) });
+    // ...the other is never refused for the reader's bytes...
+    let permit = a.try_admit(&read(other), t2).unwrap();
+    a.complete(permit, Outcome::Success, t2);
+    // ...and once the other has not asked for a whole window, the reader is alone again:
+    // admitted, its debt forgiven (no one is waiting for the bytes it would be refused for).
+    let t3 = t2 + window + Duration::from_millis(1);
+    let permit = a.try_admit(&read(reader), t3).unwrap();
+    a.complete(permit, Outcome::Success, t3);
+    assert_eq!(a.answer_bytes_level(Principal(reader), t3), Some(0));
+}
+
+#[test]
 fn answer_rates_are_validated() {
     for (edit, field) in [
         ((|c: &mut Config| c.principal_answer_bytes_per_sec = 0) as fn(&mut Config), "principal_answer_bytes_per_sec"),
