@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::bucket::{DebtBucket, TokenBucket};
 use crate::budget::Budget;
 use crate::class::{Class, Principal};
-use crate::config::{ANSWER_DEBT_SECONDS_MAX, Config, ConfigError, SIGNAL_OVERSHOOT_PERCENT_MAX};
+use crate::config::{ANSWER_CONTENTION_WINDOW_MS, ANSWER_DEBT_SECONDS_MAX, Config, ConfigError, SIGNAL_OVERSHOOT_PERCENT_MAX};
 use crate::gradient::{GradientLimit, GradientSettings};
 use crate::holds::{Hold, HoldLimits, HoldRefusal, Holds};
 use crate::principals::PrincipalTable;
@@ -219,7 +219,8 @@ impl PrincipalState {
 /// 2. node signals (disk, uncommitted bytes, proposal queue, peer backlog, fsync latency,
 ///    apply lag), class dependent; `Background` at `background_signal_percent` of each;
 /// 3. the principal's retry budget (retries only), its token bucket, and its answer-byte debt
-///    ([`Admission::charge_answer`]);
+///    ([`Admission::charge_answer`]; only while another principal asks, see
+///    [`ANSWER_CONTENTION_WINDOW_MS`]);
 /// 4. the adaptive concurrency limit ([`GradientLimit`]) with fair share between principals
 ///    (work-conserving: a principal past its share is refused only when the limit, less the
 ///    light reserve, is full — never while capacity is free);
@@ -241,8 +242,31 @@ pub struct Admission {
     /// The virtual queue of busy principals' requests refused for concurrency: when the last
     /// one was told to come back (see [`Admission::contended_wait`]).
     returns_at: Nanos,
+    /// Who asked last, for the answer-byte rate's contention test.
+    askers: RecentAskers,
     rng: SplitMix64,
     stats: Stats,
+}
+
+/// The two client principals that asked most recently, distinct, each with the time of its
+/// latest request: the most recent asker other than any principal `p` is one of them (the
+/// first, or the second when the first is `p`), so whether anyone but `p` asked since a
+/// given time is known from two slots, whatever the number of principals.
+#[derive(Clone, Copy, Debug, Default)]
+struct RecentAskers([Option<(Principal, Nanos)>; 2]);
+
+impl RecentAskers {
+    fn asked(&mut self, principal: Principal, now: Nanos) {
+        match self.0[0] {
+            Some((first, _)) if first == principal => self.0[0] = Some((principal, now)),
+            first => self.0 = [Some((principal, now)), first],
+        }
+    }
+
+    /// Whether a principal other than `principal` asked at or after `since`.
+    fn others_since(&self, principal: Principal, since: Nanos) -> bool {
+        self.0.iter().flatten().any(|&(p, at)| p != principal && at >= since)
+    }
 }
 
 impl Admission {
@@ -274,6 +298,7 @@ impl Admission {
             disk_refusing: false,
             latency_ewma_ns: None,
             returns_at: Nanos::ZERO,
+            askers: RecentAskers::default(),
             rng: SplitMix64::new(seed),
             stats: Stats::default(),
         })
@@ -302,6 +327,7 @@ impl Admission {
             self.stats.admitted_count[Class::Consensus.index()] += 1;
             return Ok(Permit { class: Class::Consensus, principal: request.principal, bytes: 0, admitted_at: now });
         }
+        self.asked(request.principal, now);
         match self.check(request, now) {
             Ok(()) => Ok(self.admit(request, now)),
             Err((reason, base)) => Err(self.refuse(request.class, reason, base)),
@@ -317,13 +343,19 @@ impl Admission {
         self.check_signals(request)?;
 
         let principal = request.principal;
+        let contended = self.contended(principal, now);
         if let Some(state) = self.principals.get_mut(principal) {
             if request.is_retry {
                 state.retry.check(1, now).map_err(|wait| (Reason::RetryBudget { principal }, wait))?;
             }
             state.rate.check(1, now).map_err(|wait| (Reason::RateLimited { principal }, wait))?;
-            // Sent more answer bytes than its rate: refused until the debt is paid back.
-            state.answers.check(now).map_err(|wait| (Reason::ResponseBytes { principal }, wait))?;
+            if contended {
+                // Sent more answer bytes than its rate: refused until the debt is paid back.
+                state.answers.check(now).map_err(|wait| (Reason::ResponseBytes { principal }, wait))?;
+            } else {
+                // Alone: no one waits for the bytes a refusal would save.
+                state.answers.forgive(now);
+            }
         } // An untracked principal starts with full buckets (burst ≥ 1 by validation).
 
         let limit = u64::from(self.limiter.limit_count());
@@ -510,10 +542,32 @@ impl Admission {
     /// principal that is not tracked is made on a fresh state (or dropped if every tracked
     /// principal has work in flight, which validation rules out).
     pub fn charge_answer(&mut self, principal: Principal, bytes: u64, now: Nanos) {
+        let contended = self.contended(principal, now);
         let config = &self.config;
         if let Ok(state) = self.principals.get_or_insert_with(principal, now, || PrincipalState::new(config, now)) {
-            state.answers.charge(bytes, now);
+            if contended {
+                state.answers.charge(bytes, now);
+            } else {
+                state.answers.charge_without_debt(bytes, now);
+            }
         }
+    }
+
+    /// Notes that `principal` asked the node for something at `now`, for the answer-byte
+    /// rate's contention test ([`ANSWER_CONTENTION_WINDOW_MS`]). [`Admission::try_admit`]
+    /// notes every client request itself; call this for a request refused before it (by
+    /// [`Admission::try_hold`], say), so that a principal shut out by another's held answers
+    /// still counts as asking.
+    pub fn asked(&mut self, principal: Principal, now: Nanos) {
+        self.askers.asked(principal, now);
+    }
+
+    /// Whether `principal` shares the node: another client principal asked within
+    /// [`ANSWER_CONTENTION_WINDOW_MS`] before `now`. The answer-byte rate holds only then
+    /// (work-conserving, as fair share is).
+    fn contended(&self, principal: Principal, now: Nanos) -> bool {
+        let since = Nanos(now.0.saturating_sub(ANSWER_CONTENTION_WINDOW_MS * 1_000_000));
+        self.askers.others_since(principal, since)
     }
 
     /// Gives back to `principal` `bytes` of an answer charged in advance

@@ -158,6 +158,20 @@ impl DebtBucket {
         self.level = (self.level - Self::scaled(cost.min(DEBT_BUCKET_UNITS_MAX))).max(floor);
     }
 
+    /// Takes `cost` units at `now` down to zero at most: no new debt (a debt already owed
+    /// stays as it is).
+    pub fn charge_without_debt(&mut self, cost: u64, now: Nanos) {
+        self.refill(now);
+        let floor = self.level.min(0);
+        self.level = (self.level - Self::scaled(cost.min(DEBT_BUCKET_UNITS_MAX))).max(floor);
+    }
+
+    /// Forgives any debt at `now`: the level is at least zero afterwards.
+    pub fn forgive(&mut self, now: Nanos) {
+        self.refill(now);
+        self.level = self.level.max(0);
+    }
+
     /// Gives back `units` charged before at `now` (an estimate charged in advance that the
     /// real cost did not reach), up to the burst.
     pub fn refund(&mut self, units: u64, now: Nanos) {
@@ -277,5 +291,25 @@ mod tests {
         // Never above the burst.
         b.refund(u64::MAX, Nanos::ZERO);
         assert_eq!(b.level(Nanos::ZERO), 8 * MIB as i64);
+    }
+
+    #[test]
+    fn a_charge_without_debt_stops_at_zero_and_forgiving_clears_a_debt() {
+        const MIB: u64 = 1 << 20;
+        let mut b = DebtBucket::new(4 * MIB, 8 * MIB, 64 * MIB, Nanos::ZERO);
+        b.charge_without_debt(6 * MIB, Nanos::ZERO);
+        assert_eq!(b.level(Nanos::ZERO), 2 * MIB as i64);
+        b.charge_without_debt(u64::MAX, Nanos::ZERO);
+        assert_eq!(b.level(Nanos::ZERO), 0, "down to zero, not into debt");
+        // A debt already owed is not made larger, nor forgiven, by it.
+        b.charge(3 * MIB, Nanos::ZERO);
+        b.charge_without_debt(MIB, Nanos::ZERO);
+        assert_eq!(b.level(Nanos::ZERO), -3 * MIB as i64);
+        b.forgive(Nanos::ZERO);
+        assert_eq!(b.check(Nanos::ZERO), Ok(()));
+        assert_eq!(b.level(Nanos::ZERO), 0);
+        // Forgiving a bucket out of debt changes nothing.
+        b.forgive(Nanos(500 * MS));
+        assert_eq!(b.level(Nanos(500 * MS)), 2 * MIB as i64);
     }
 }

@@ -74,7 +74,8 @@ pub struct Config {
     /// Answer bytes one principal is sent per second, sustained: every answer's bytes are
     /// charged to its principal once it is known, and a principal in debt is refused
     /// (`ResponseBytes`) for as long as the debt takes to pay back. The debt stops growing at
-    /// [`ANSWER_DEBT_SECONDS_MAX`] seconds of this rate.
+    /// [`ANSWER_DEBT_SECONDS_MAX`] seconds of this rate. Work-conserving: it holds only while
+    /// another principal asks (see [`ANSWER_CONTENTION_WINDOW_MS`]).
     pub principal_answer_bytes_per_sec: u64,
     /// Answer bytes a principal may be sent at once after a quiet spell.
     pub principal_answer_burst_bytes: u64,

@@ -423,6 +423,8 @@ fn a_principal_sent_more_answer_bytes_than_its_rate_is_refused_until_its_debt_is
     let (reader, other) = (1, 2);
     let read = |p| request(Class::ClientRead, p);
     let t0 = Nanos::from_secs(1);
+    // The reader shares the node (alone, the rate does not hold: the test below).
+    a.asked(Principal(other), t0);
     // Two answers of 4 MiB: the burst. The principal is at zero, not in debt.
     for _ in 0..2 {
         let permit = a.try_admit(&read(reader), t0).unwrap();
@@ -453,6 +455,7 @@ fn a_principal_sent_more_answer_bytes_than_its_rate_is_refused_until_its_debt_is
     let debt_s = quorate_admission::ANSWER_DEBT_SECONDS_MAX;
     assert!(refusal.retry_after <= Duration::from_secs(debt_s), "{refusal:?}");
     let free = back + Duration::from_secs(debt_s);
+    a.asked(Principal(other), free);
     assert!(a.try_admit(&read(reader), free).is_ok());
 }
 
@@ -481,7 +484,7 @@ fn the_answer_byte_rate_divides_the_node_among_principals_and_holds_none_back_al
     }
     assert_eq!(a.answer_bytes_level(Principal(reader), t0), Some(0));
     // Another principal asks: the reader's next answers go into debt, and it is refused.
-    let t1 = t0 + Duration::from_millis(10);
+    let t1 = t0;
     let permit = a.try_admit(&read(other), t1).unwrap();
     a.complete(permit, Outcome::Success, t1);
     let permit = a.try_admit(&read(reader), t1).unwrap();
@@ -504,6 +507,12 @@ fn the_answer_byte_rate_divides_the_node_among_principals_and_holds_none_back_al
     let permit = a.try_admit(&read(reader), t3).unwrap();
     a.complete(permit, Outcome::Success, t3);
     assert_eq!(a.answer_bytes_level(Principal(reader), t3), Some(0));
+    // A principal refused before admission (its hold, say) still asked: noted, it makes the
+    // reader's answers count again.
+    a.asked(Principal(other), t3);
+    a.charge_answer(Principal(reader), 12 * MIB, t3);
+    assert_eq!(a.answer_bytes_level(Principal(reader), t3), Some(-12 * MIB as i64));
+    assert_eq!(reason(&mut a, &read(reader), t3), Reason::ResponseBytes { principal: Principal(reader) });
 }
 
 #[test]
