@@ -177,6 +177,20 @@ impl Cluster {
         }
     }
 
+    /// Waits, up to [`DEADLINE`], for node `id` to exit by itself; returns how long it took.
+    fn exited(&mut self, id: u64) -> Duration {
+        let i = self.child[(id - 1) as usize].take().expect("node running");
+        let child = &mut self.nodes.0[i];
+        let started = Instant::now();
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < DEADLINE, "node {id} did not exit within {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops node `id` as an operator would (SIGTERM) and waits for it to exit, up to
     /// [`DEADLINE`]; returns how long it took.
     fn stop(&mut self, id: u64) -> Duration {
@@ -658,6 +672,18 @@ async fn a_node_that_stops_or_crashes_while_writing_a_snapshot_leaves_no_partial
     })
     .await;
     reader.close();
+    // An apply thread that dies (a panic) while a snapshot is written cuts it short too: the
+    // node stops promptly with the thread's reason, not once the snapshot is finished (the
+    // read pool was dropped without being stopped, and its snapshot thread held on).
+    c.failpoints(follower, "slow_snapshot_ms = 60000\n");
+    c.failpoints_applied(follower, "slow_snapshot_ms: 60000").await;
+    until_writing(&c, &writer, follower, &mut written).await;
+    c.failpoints(follower, "slow_snapshot_ms = 60000\nkill_apply_thread = true\n");
+    let took = c.exited(follower);
+    let log = c.log(follower);
+    assert!(log.contains("failpoint: the apply thread was killed"), "{log}");
+    assert!(took < STOP_MAX, "the node took {took:?} to stop after its apply thread died while writing a snapshot");
+    assert_eq!(snapshot_files(&c, follower).0, Vec::<PathBuf>::new(), "a temporary file is left");
     writer.close();
 }
 
