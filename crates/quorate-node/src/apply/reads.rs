@@ -308,7 +308,12 @@ pub(crate) struct ReadPool<'s> {
 }
 
 impl Drop for ReadPool<'_> {
+    /// Stops the workers (see [`ReadPool::stop`]) however the pool goes — an apply thread
+    /// that panics or returns an error drops it without `stop`, and a snapshot being written
+    /// must still be cut short, or the thread's scope waits for the whole write before the
+    /// node learns that its apply thread is gone.
     fn drop(&mut self) {
+        self.gate.stopping.store(true, Ordering::Release);
         if let Some(jobs) = &self.jobs {
             jobs.close();
         }
@@ -471,8 +476,7 @@ impl<'s> ReadPool<'s> {
     /// Stops the workers: reads still queued are answered that the node is stopping; a
     /// snapshot being written is cut short (never reported; its temporary file is removed).
     pub(crate) fn stop(self) {
-        self.gate.stopping.store(true, Ordering::Release);
-        // Dropping the pool closes the queue (see `Drop`).
+        // Dropping the pool marks the node stopping and closes the queue (see `Drop`).
         drop(self);
     }
 }
