@@ -15,7 +15,9 @@
 //! * The [`Ticket`] of an admitted request rides in its `Responder`. Answering the client
 //!   charges the answer's bytes to its principal's answer rate
 //!   (`admission.principal_answer_bytes_per_sec`; a principal in debt is refused
-//!   `response_bytes` until the debt is paid back), completes its permit (budgets freed,
+//!   `response_bytes` until the debt is paid back — while another principal asks within a
+//!   second: the rate is work-conserving, and every client request notes its principal as
+//!   asking before its hold is taken), completes its permit (budgets freed,
 //!   latency fed to the adaptive limit) and sets its hold to the answer's real size; the hold is released once the answer is written or its write
 //!   is given up (`limits.response_write_timeout_ms`). A ticket dropped unanswered counts as
 //!   cancelled and releases its hold.
@@ -499,7 +501,11 @@ impl Gate {
             );
         }
         // The principal's slot and answer bytes first: a client that keeps its answers unread
-        // is refused here, before it can take a concurrency slot from anyone.
+        // is refused here, before it can take a concurrency slot from anyone. Refused here
+        // or not, it asked: the answer-byte rate of others holds while it does.
+        if info.class != Class::Consensus {
+            inner.admission.asked(principal, now);
+        }
         let hold = match inner.admission.try_hold(info.class, principal, reserve) {
             Ok(hold) => hold,
             Err(o) => {
@@ -709,6 +715,8 @@ mod tests {
         assert_eq!(answer_bytes_charged_at_admission(&txn), 4 * MIB, "a transaction page's estimate");
         let get = Request::Get { key: b"k".to_vec(), read: ReadConsistency::Stale };
         assert_eq!(answer_bytes_charged_at_admission(&get), 0, "a get is charged when answered");
+        // The answer rate holds while another principal uses the node (work-conserving).
+        drop(admit(&get, "writer").expect("the writer's get is admitted"));
         // A large read admitted and not yet answered has paid its 4 MiB estimate: its principal
         // is 2 MiB in debt, so its next large read is refused before anything is read.
         let mut first = admit(&scan, "reader").expect("admitted").expect("admission is on");

@@ -767,9 +767,13 @@ async fn a_transaction_whose_results_cannot_fit_is_refused_before_it_is_logged()
     }
     // Repeating it costs its principal: the values read to refuse it (1 MB each time) are
     // charged to alice's answer rate (8 MiB at once, then 4 MiB/s), so she is soon refused by
-    // admission, before any read.
+    // admission, before any read — while she shares the node (the rate is work-conserving):
+    // the reader asks for the status before each attempt.
+    let reader = c.connect("reader", leader).await;
     let mut shed = None;
     for attempt in 0..32 {
+        let status = c.request(&reader, None, Request::Status).await;
+        assert!(matches!(status, Some(Ok(Response::Status(_)))), "the reader's status: {status:?}");
         match c.call("alice", leader, None, txn.clone()).await {
             Some(Err(ApiError::Shed(o))) => {
                 shed = Some((attempt, o));
@@ -780,6 +784,7 @@ async fn a_transaction_whose_results_cannot_fit_is_refused_before_it_is_logged()
         }
     }
     let (attempt, o) = shed.expect("32 refused transactions, and their principal never shed");
+    reader.close();
     assert_eq!(o.reason, quorate_api::OverloadReason::ResponseBytes, "{o:?}");
     assert!(3 + attempt <= 16, "shed only after {} refusals", 3 + attempt);
     let after = commit_index(&c, leader).await;
@@ -822,22 +827,45 @@ async fn a_principal_sent_more_than_its_answer_rate_is_shed_and_no_one_else_is()
     c.call_ok("alice", leader, None, put("v1m", &vec![7u8; MIB - 64])).await;
     let get = Request::Get { key: b"v1m".to_vec(), read: ReadConsistency::Linearizable };
     let reader = c.connect("reader", leader).await;
-    // The burst is answered, then the reader is in debt and refused, with the time it takes.
-    let (mut answered, mut shed) = (0, None);
-    let started = Instant::now();
-    for _ in 0..10 {
-        match c.request(&reader, None, get.clone()).await {
-            Some(Ok(Response::Get { kv: Some(kv), .. })) => {
-                assert_eq!(kv.value.len(), MIB - 64);
-                answered += 1;
+    // The rate divides the node among the principals that use it (alone, a principal is not
+    // held to it: quorate-admission's tests): alice asks for a small value every 100 ms
+    // meanwhile, and is answered every time.
+    let neighbour = c.connect("alice", leader).await;
+    let small = Request::Get { key: b"absent".to_vec(), read: ReadConsistency::Linearizable };
+    assert!(matches!(c.request(&neighbour, None, small.clone()).await, Some(Ok(Response::Get { kv: None, .. }))));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let keep_asking = async {
+        let mut asked = 0u32;
+        while !done.load(Ordering::Relaxed) {
+            match c.request(&neighbour, None, small.clone()).await {
+                Some(Ok(Response::Get { kv: None, .. })) => asked += 1,
+                other => panic!("alice's small get: {other:?}"),
             }
-            Some(Err(ApiError::Shed(o))) => {
-                shed = Some(o);
-                break;
-            }
-            other => panic!("unexpected {:?}", other.map(|r| r.map(|_| "an answer"))),
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
+        asked
+    };
+    // The burst is answered, then the reader is in debt and refused, with the time it takes.
+    let reading = async {
+        let (mut answered, mut shed) = (0, None);
+        // Alice has asked before the reader starts, so the rate holds from its first answer.
+        while !done.load(Ordering::Relaxed) && shed.is_none() && answered < 10 {
+            match c.request(&reader, None, get.clone()).await {
+                Some(Ok(Response::Get { kv: Some(kv), .. })) => {
+                    assert_eq!(kv.value.len(), MIB - 64);
+                    answered += 1;
+                }
+                Some(Err(ApiError::Shed(o))) => shed = Some(o),
+                other => panic!("unexpected {:?}", other.map(|r| r.map(|_| "an answer"))),
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        (answered, shed)
+    };
+    let started = Instant::now();
+    let (asked, (answered, shed)) = tokio::join!(keep_asking, reading);
+    assert!(asked >= 1, "alice asked meanwhile");
+    neighbour.close();
     let shed = shed.unwrap_or_else(|| panic!("{answered} MiB answered and never shed"));
     // The burst (2 MiB) and the answer that went into debt, plus what the rate refilled while
     // they were read: one more answer per second taken (a slow machine takes longer; the
