@@ -540,16 +540,17 @@ impl Admission {
     /// retry hint of the time the debt takes to pay back. Call it before completing the
     /// request's permit (a principal with work in flight is never forgotten); the charge of a
     /// principal that is not tracked is made on a fresh state (or dropped if every tracked
-    /// principal has work in flight, which validation rules out).
-    pub fn charge_answer(&mut self, principal: Principal, bytes: u64, now: Nanos) {
+    /// principal has work in flight, which validation rules out). While the principal is
+    /// alone (see [`ANSWER_CONTENTION_WINDOW_MS`]) the charge goes down to zero at most.
+    /// Returns the bytes taken: settle an estimate charged in advance against that, not
+    /// against the estimate.
+    pub fn charge_answer(&mut self, principal: Principal, bytes: u64, now: Nanos) -> u64 {
         let contended = self.contended(principal, now);
         let config = &self.config;
-        if let Ok(state) = self.principals.get_or_insert_with(principal, now, || PrincipalState::new(config, now)) {
-            if contended {
-                state.answers.charge(bytes, now);
-            } else {
-                state.answers.charge_without_debt(bytes, now);
-            }
+        match self.principals.get_or_insert_with(principal, now, || PrincipalState::new(config, now)) {
+            Ok(state) if contended => state.answers.charge(bytes, now),
+            Ok(state) => state.answers.charge_without_debt(bytes, now),
+            Err(_) => 0,
         }
     }
 
@@ -562,11 +563,16 @@ impl Admission {
         self.askers.asked(principal, now);
     }
 
-    /// Whether `principal` shares the node: another client principal asked within
-    /// [`ANSWER_CONTENTION_WINDOW_MS`] before `now`. The answer-byte rate holds only then
-    /// (work-conserving, as fair share is).
+    /// Whether `principal` shares the node: another client principal holds a request (in
+    /// flight, or its answer being delivered), or asked within [`ANSWER_CONTENTION_WINDOW_MS`]
+    /// plus `retry_after_ms_max` before `now` (a client told to come back later still waits
+    /// for the node). The answer-byte rate holds only then (work-conserving, as fair share is).
     fn contended(&self, principal: Principal, now: Nanos) -> bool {
-        let since = Nanos(now.0.saturating_sub(ANSWER_CONTENTION_WINDOW_MS * 1_000_000));
+        if self.holds.total_count() > self.holds.principal_count(principal) {
+            return true;
+        }
+        let window_ms = ANSWER_CONTENTION_WINDOW_MS.saturating_add(self.config.retry_after_ms_max);
+        let since = Nanos(now.0.saturating_sub(window_ms.saturating_mul(1_000_000)));
         self.askers.others_since(principal, since)
     }
 

@@ -151,19 +151,27 @@ impl DebtBucket {
         Err(Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX)))
     }
 
-    /// Takes `cost` units at `now`, into debt if need be (at most `debt_max`).
-    pub fn charge(&mut self, cost: u64, now: Nanos) {
+    /// Takes `cost` units at `now`, into debt if need be (at most `debt_max`); returns the
+    /// units taken (less than `cost` only where the debt stopped at `debt_max`).
+    pub fn charge(&mut self, cost: u64, now: Nanos) -> u64 {
         self.refill(now);
         let floor = -Self::scaled(self.debt_max);
-        self.level = (self.level - Self::scaled(cost.min(DEBT_BUCKET_UNITS_MAX))).max(floor);
+        self.take_to(cost, floor)
+    }
+
+    /// Lowers the level by `cost` units, not below `floor` (scaled), and returns the units
+    /// taken.
+    fn take_to(&mut self, cost: u64, floor: i128) -> u64 {
+        let before = self.level;
+        self.level = (self.level - Self::scaled(cost.min(DEBT_BUCKET_UNITS_MAX))).max(floor.min(before));
+        u64::try_from((before - self.level) / i128::from(NANOS_PER_SEC)).expect("at most a charge")
     }
 
     /// Takes `cost` units at `now` down to zero at most: no new debt (a debt already owed
-    /// stays as it is).
-    pub fn charge_without_debt(&mut self, cost: u64, now: Nanos) {
+    /// stays as it is). Returns the units taken.
+    pub fn charge_without_debt(&mut self, cost: u64, now: Nanos) -> u64 {
         self.refill(now);
-        let floor = self.level.min(0);
-        self.level = (self.level - Self::scaled(cost.min(DEBT_BUCKET_UNITS_MAX))).max(floor);
+        self.take_to(cost, 0)
     }
 
     /// Forgives any debt at `now`: the level is at least zero afterwards.

@@ -13,8 +13,9 @@ pub const LATENCY_MS_CEILING: u64 = 60_000;
 /// most this long.
 pub const ANSWER_DEBT_SECONDS_MAX: u64 = 30;
 /// The answer-byte rate is work-conserving: a principal is held to
-/// `principal_answer_bytes_per_sec` only while another client principal has asked the node
-/// for something within this many milliseconds; alone, its answers are not limited by rate
+/// `principal_answer_bytes_per_sec` only while another client principal holds a request, or
+/// has asked the node for something within this many milliseconds plus `retry_after_ms_max`
+/// (the longest hint a refused client waits); alone, its answers are not limited by rate
 /// (the held-bytes budgets still bound them) and it owes no debt.
 pub const ANSWER_CONTENTION_WINDOW_MS: u64 = 1_000;
 /// A signal refusal's retry hint grows with how far the signal is past its threshold, up to

@@ -461,16 +461,20 @@ fn a_principal_sent_more_answer_bytes_than_its_rate_is_refused_until_its_debt_is
 
 #[test]
 fn the_answer_byte_rate_divides_the_node_among_principals_and_holds_none_back_alone() {
-    // Work-conserving, as fair share is: a principal no other principal has asked beside for
-    // ANSWER_CONTENTION_WINDOW_MS is not held to its answer-byte rate (one application with
-    // many connections reading 4 KiB values would otherwise be capped at about 1,000 gets/s
-    // by the 4 MiB/s default); once another asks, the rate holds.
+    // Work-conserving, as fair share is: a principal beside which no other has asked within
+    // the window (ANSWER_CONTENTION_WINDOW_MS plus retry_after_ms_max) and none holds a request
+    // is not held to its answer-byte rate (one application with many connections reading
+    // 4 KiB values would otherwise be capped at about 1,000 gets/s by the 4 MiB/s default);
+    // once another asks, the rate holds.
     let config = Config {
         principal_answer_bytes_per_sec: 4 * MIB,
         principal_answer_burst_bytes: 8 * MIB,
         retry_jitter_percent: 0,
         ..fixed_limit_config()
     };
+    // The window: a second, plus the longest retry hint the node gives (a client told to come
+    // back later is still waiting for the node).
+    let window = Duration::from_millis(quorate_admission::ANSWER_CONTENTION_WINDOW_MS + config.retry_after_ms_max);
     let mut a = Admission::new(config, 7).unwrap();
     let (reader, other) = (1, 2);
     let read = |p| request(Class::ClientRead, p);
@@ -488,14 +492,13 @@ fn the_answer_byte_rate_divides_the_node_among_principals_and_holds_none_back_al
     let permit = a.try_admit(&read(other), t1).unwrap();
     a.complete(permit, Outcome::Success, t1);
     let permit = a.try_admit(&read(reader), t1).unwrap();
-    a.charge_answer(Principal(reader), 40 * MIB, t1);
+    assert_eq!(a.charge_answer(Principal(reader), 100 * MIB, t1), 100 * MIB, "taken in full, into debt");
     a.complete(permit, Outcome::Success, t1);
-    assert_eq!(a.answer_bytes_level(Principal(reader), t1), Some(-40 * MIB as i64));
+    assert_eq!(a.answer_bytes_level(Principal(reader), t1), Some(-100 * MIB as i64));
     let refusal = a.try_admit(&read(reader), t1).unwrap_err();
     assert_eq!(refusal.reason, Reason::ResponseBytes { principal: Principal(reader) });
-    assert_eq!(refusal.retry_after, Duration::from_secs(10), "40 MiB at 4 MiB/s");
+    assert_eq!(refusal.retry_after, Duration::from_secs(10), "25 s of debt; a hint is at most retry_after_ms_max");
     // Still refused while the other principal asked within the window...
-    let window = Duration::from_millis(quorate_admission::ANSWER_CONTENTION_WINDOW_MS);
     let t2 = t1 + (window - Duration::from_millis(1));
     assert_eq!(reason(&mut a, &read(reader), t2), Reason::ResponseBytes { principal: Principal(reader) });
     // ...the other is never refused for the reader's bytes...
@@ -507,12 +510,26 @@ fn the_answer_byte_rate_divides_the_node_among_principals_and_holds_none_back_al
     let permit = a.try_admit(&read(reader), t3).unwrap();
     a.complete(permit, Outcome::Success, t3);
     assert_eq!(a.answer_bytes_level(Principal(reader), t3), Some(0));
-    // A principal refused before admission (its hold, say) still asked: noted, it makes the
-    // reader's answers count again.
-    a.asked(Principal(other), t3);
-    a.charge_answer(Principal(reader), 12 * MIB, t3);
+    // A principal that holds a request (in flight, or its answer being delivered) shares the
+    // node, however long ago it asked.
+    let held = a.try_hold(Class::ClientRead, Principal(other), MIB).unwrap();
+    assert_eq!(a.charge_answer(Principal(reader), 12 * MIB, t3), 12 * MIB);
     assert_eq!(a.answer_bytes_level(Principal(reader), t3), Some(-12 * MIB as i64));
     assert_eq!(reason(&mut a, &read(reader), t3), Reason::ResponseBytes { principal: Principal(reader) });
+    a.release_hold(held);
+    let t4 = t3 + Duration::from_millis(1);
+    let permit = a.try_admit(&read(reader), t4).unwrap();
+    a.complete(permit, Outcome::Success, t4);
+    // Alone, a charge takes only what the bucket holds, and says how much: an estimate
+    // charged in advance is settled against what was taken, not what was asked.
+    assert_eq!(a.charge_answer(Principal(reader), 4 * MIB, t4), 0);
+    assert_eq!(a.answer_bytes_level(Principal(reader), t4), Some(0));
+    // A principal refused before admission (its hold, say) still asked: noted, it makes the
+    // reader's answers count again.
+    a.asked(Principal(other), t4);
+    assert_eq!(a.charge_answer(Principal(reader), 12 * MIB, t4), 12 * MIB);
+    assert_eq!(a.answer_bytes_level(Principal(reader), t4), Some(-12 * MIB as i64));
+    assert_eq!(reason(&mut a, &read(reader), t4), Reason::ResponseBytes { principal: Principal(reader) });
 }
 
 #[test]
