@@ -15,8 +15,8 @@
 //! * The [`Ticket`] of an admitted request rides in its `Responder`. Answering the client
 //!   charges the answer's bytes to its principal's answer rate
 //!   (`admission.principal_answer_bytes_per_sec`; a principal in debt is refused
-//!   `response_bytes` until the debt is paid back — while another principal asks within a
-//!   second: the rate is work-conserving, and every client request notes its principal as
+//!   `response_bytes` until the debt is paid back — while another principal holds a request or
+//!   asked within 1 s + `retry_after_ms_max`: the rate is work-conserving, and every client request notes its principal as
 //!   asking before its hold is taken), completes its permit (budgets freed,
 //!   latency fed to the adaptive limit) and sets its hold to the answer's real size; the hold is released once the answer is written or its write
 //!   is given up (`limits.response_write_timeout_ms`). A ticket dropped unanswered counts as
@@ -469,7 +469,7 @@ impl Gate {
         let now = self.now(at);
         let info = RequestInfo { class: class_of(body), principal, bytes: request_bytes(body), is_retry };
         let reserve = response_bytes_max(body);
-        let precharged = answer_bytes_charged_at_admission(body);
+        let estimate = answer_bytes_charged_at_admission(body);
         let mut inner = self.lock();
         let floor = inner.admission.config().disk_free_bytes_min;
         if floor > 0 && inner.disk_checked.is_none_or(|t| at.saturating_duration_since(t) >= DISK_CHECK_INTERVAL) {
@@ -517,8 +517,11 @@ impl Gate {
             Ok(permit) => {
                 // A large read's estimate is charged now, before it is served (settled when it
                 // is answered): large reads admitted together are paid for together.
-                if precharged > 0 {
-                    inner.admission.charge_answer(principal, precharged, now);
+                // What was taken, not the estimate: alone, a principal at zero is charged
+                // nothing now, and owes its whole answer if another principal arrives first.
+                let precharged = estimate;
+                if estimate > 0 {
+                    inner.admission.charge_answer(principal, estimate, now);
                 }
                 Ok(Some(Ticket { gate: self.clone(), permit: Some(permit), hold: Some(hold), precharged }))
             }
@@ -732,6 +735,31 @@ mod tests {
         let held = admit(&scan, "reader").expect("admitted after a cancelled read");
         assert!(refused_for_answer_bytes(&admit(&scan, "reader")));
         drop(held);
+    }
+
+    #[test]
+    fn an_estimate_charged_alone_is_settled_against_what_was_taken() {
+        const MIB: u64 = 1 << 20;
+        // 1 MiB/s, a burst of 2 MiB.
+        let gate = gate(MIB);
+        let dir = std::env::temp_dir();
+        let admit =
+            |body: &Request, who: &str| gate.admit(body, principal_of(who), false, CoreSignals::default(), &dir);
+        let scan =
+            Request::Scan { start: b"a".to_vec(), end: None, limit: 10_000, read: ReadConsistency::Linearizable };
+        let get = Request::Get { key: b"k".to_vec(), read: ReadConsistency::Stale };
+        // Alone, the reader spends its burst on a 4 MiB answer (not held to the rate alone).
+        let mut first = admit(&scan, "reader").expect("admitted").expect("admission is on");
+        first.answered(&Ok(Response::Done), 4 * MIB);
+        drop(first);
+        // Alone at zero, the next large read's estimate takes nothing; another principal
+        // arrives before it is answered: its whole answer is owed, and the reader is refused.
+        // (Settled against the 4 MiB estimate as if it had been taken, it owed nothing.)
+        let mut second = admit(&scan, "reader").expect("admitted alone").expect("on");
+        drop(admit(&get, "writer").expect("the writer's get is admitted"));
+        second.answered(&Ok(Response::Done), 4 * MIB);
+        drop(second);
+        assert!(refused_for_answer_bytes(&admit(&scan, "reader")), "the answer after the writer came was not charged");
     }
 
     #[test]
