@@ -204,8 +204,8 @@ pub struct AdmissionConfig {
     /// twice this): every answer's bytes are charged to its principal, and a principal that
     /// was sent more is refused (`Overloaded`, `response_bytes`) for as long as its debt takes
     /// to pay back at this rate. Work-conserving: the rate holds only while another client
-    /// principal has asked the node for something within the last second; a principal alone
-    /// is not held to it. 1 to 1,000,000,000. Written to a configuration file only when
+    /// principal holds a request or has asked the node for something within the last second
+    /// plus `retry_after_ms_max`; a principal alone is not held to it. 1 to 1,000,000,000. Written to a configuration file only when
     /// not the default, so that a 0.1.0 node (which refuses unknown settings) reads our files.
     #[serde(skip_serializing_if = "is_default_answer_rate")]
     pub principal_answer_bytes_per_sec: u64,

@@ -309,7 +309,7 @@ pub(crate) struct ReadPool<'s> {
 
 impl Drop for ReadPool<'_> {
     /// Stops the workers (see [`ReadPool::stop`]) however the pool goes — an apply thread
-    /// that panics or returns an error drops it without `stop`, and a snapshot being written
+    /// that panics drops it without `stop`, and a snapshot being written
     /// must still be cut short, or the thread's scope waits for the whole write before the
     /// node learns that its apply thread is gone.
     fn drop(&mut self) {
