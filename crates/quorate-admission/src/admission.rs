@@ -5,7 +5,9 @@ use std::time::Duration;
 use crate::bucket::{DebtBucket, TokenBucket};
 use crate::budget::Budget;
 use crate::class::{Class, Principal};
-use crate::config::{ANSWER_CONTENTION_WINDOW_MS, ANSWER_DEBT_SECONDS_MAX, Config, ConfigError, SIGNAL_OVERSHOOT_PERCENT_MAX};
+use crate::config::{
+    ANSWER_CONTENTION_WINDOW_MS, ANSWER_DEBT_SECONDS_MAX, Config, ConfigError, SIGNAL_OVERSHOOT_PERCENT_MAX,
+};
 use crate::gradient::{GradientLimit, GradientSettings};
 use crate::holds::{Hold, HoldLimits, HoldRefusal, Holds};
 use crate::principals::PrincipalTable;

@@ -519,8 +519,7 @@ impl Gate {
                 // is answered): large reads admitted together are paid for together.
                 // What was taken, not the estimate: alone, a principal at zero is charged
                 // nothing now, and owes its whole answer if another principal arrives first.
-                let precharged =
-                    if estimate > 0 { inner.admission.charge_answer(principal, estimate, now) } else { 0 };
+                let precharged = if estimate > 0 { inner.admission.charge_answer(principal, estimate, now) } else { 0 };
                 Ok(Some(Ticket { gate: self.clone(), permit: Some(permit), hold: Some(hold), precharged }))
             }
             Err(o) => {
