@@ -813,6 +813,12 @@ impl RocksStore {
         Ok(self.db.live_files()?.iter().map(|f| f.size as u64).sum())
     }
 
+    /// Bytes the block cache (shared by the column families) holds now.
+    #[must_use]
+    pub fn block_cache_usage_bytes(&self) -> u64 {
+        self.block_cache.get_usage() as u64
+    }
+
     /// Flushes every column family's memtables to table files and waits (tests and tools).
     pub fn flush(&self) -> Result<(), StoreError> {
         let cfs: Vec<Arc<BoundColumnFamily<'_>>> = CFS.iter().map(|n| self.cf(n)).collect::<Result<_, _>>()?;

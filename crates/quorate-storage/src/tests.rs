@@ -279,6 +279,48 @@ fn free_space_floor_refuses_writes_without_poisoning() {
 }
 
 #[test]
+fn a_view_that_does_not_fill_the_cache_reads_everything_and_leaves_the_cache_as_it_was() {
+    let d = TestDir::new("view-uncached");
+    let s = open(d.path());
+    s.write(PersistBatch::append(entries(1, 5, 1)).with_hard_state(hs(1, 5))).unwrap();
+    // 8 MiB of values in table files (not memtables), so that reads load blocks.
+    // Values that do not compress (xorshift bytes), so that blocks keep their size.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let ops: Vec<SmOp> =
+        (0..2048u32).map(|i| SmOp::Put { key: format!("k{i:05}").into_bytes(), value: noise(4096) }).collect();
+    s.apply(LogIndex(1), ops).unwrap();
+    s.flush().unwrap();
+    let scan_all = |view: &SmView<'_>| -> usize {
+        let (mut from, mut n) = (Vec::new(), 0);
+        loop {
+            let page = view.sm_scan(&from, 256).unwrap();
+            let Some((last, _)) = page.last() else { return n };
+            n += page.len();
+            from = last.clone();
+            from.push(0);
+        }
+    };
+    let before = s.block_cache_usage_bytes();
+    assert_eq!(scan_all(&s.sm_view().unwrap().without_filling_the_cache()), 2048);
+    let uncached = s.block_cache_usage_bytes();
+    assert!(uncached < before + (1 << 20), "a whole scan without filling grew the cache {before} -> {uncached}");
+    // The same scan through an ordinary view keeps its blocks (the check above can fail).
+    assert_eq!(scan_all(&s.sm_view().unwrap()), 2048);
+    let cached = s.block_cache_usage_bytes();
+    assert!(cached > uncached + (4 << 20), "an ordinary scan kept {uncached} -> {cached} bytes");
+}
+
+#[test]
 fn a_view_keeps_its_applied_point_while_applying_goes_on() {
     let d = TestDir::new("view");
     let s = open(d.path());

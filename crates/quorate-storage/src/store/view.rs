@@ -28,6 +28,8 @@ pub struct SmView<'a> {
     sm: Arc<BoundColumnFamily<'a>>,
     snapshot: SnapshotWithThreadMode<'a, super::Db>,
     applied: LogIndex,
+    /// Whether its reads keep the blocks they load in the block cache.
+    fill_cache: bool,
 }
 
 impl std::fmt::Debug for SmView<'_> {
@@ -59,7 +61,7 @@ impl RocksStore {
         }
         let applied = read(KEY_APPLIED)?.unwrap_or(LogIndex::ZERO);
         drop(meta);
-        Ok(SmView { store: self, sm, snapshot, applied })
+        Ok(SmView { store: self, sm, snapshot, applied, fill_cache: true })
     }
 }
 
@@ -70,9 +72,19 @@ impl SmView<'_> {
         self.applied
     }
 
+    /// The same view, whose reads do not keep the blocks they load in the block cache: for a
+    /// read of the whole state machine (a snapshot, a backup), which would otherwise evict
+    /// the blocks every other read and every write's lookup needs.
+    #[must_use]
+    pub fn without_filling_the_cache(mut self) -> Self {
+        self.fill_cache = false;
+        self
+    }
+
     fn options(&self) -> ReadOptions {
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&self.snapshot);
+        ro.fill_cache(self.fill_cache);
         ro
     }
 
