@@ -818,7 +818,7 @@ impl Applier {
             return Ok(());
         }
         let started = Instant::now();
-        let view = pool.view()?;
+        let view = pool.bulk_view()?;
         if view.applied_index() != meta.last.index {
             // Cannot happen: this thread is the state machine's only writer.
             tracing::warn!(asked = ?meta.last, view = %view.applied_index(), "the snapshot's view is not of the applied point; skipped");
@@ -891,7 +891,7 @@ impl Applier {
             return;
         };
         let meta = SnapshotMeta { last: self.applied, config };
-        match pool.view() {
+        match pool.bulk_view() {
             Ok(view) => {
                 pool.dispatch_image(&view, meta, image);
                 let opened =

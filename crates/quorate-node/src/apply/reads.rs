@@ -434,7 +434,16 @@ impl<'s> ReadPool<'s> {
 
     /// A view of the state machine as applied now.
     pub(crate) fn view(&self) -> Result<Arc<View<'s>>, SmError> {
-        let sm = self.store.sm_view()?;
+        self.view_of(self.store.sm_view()?)
+    }
+
+    /// A view for a read of the whole state machine (a snapshot, a snapshot stream): its reads
+    /// leave the block cache as it was, so the blocks reads and writes need stay cached.
+    pub(crate) fn bulk_view(&self) -> Result<Arc<View<'s>>, SmError> {
+        self.view_of(self.store.sm_view()?.without_filling_the_cache())
+    }
+
+    fn view_of(&self, sm: quorate_storage::SmView<'s>) -> Result<Arc<View<'s>>, SmError> {
         let revision = sm::revision(&sm)?;
         Ok(Arc::new(View { sm, node: self.node, revision, epoch: self.gate.epoch() }))
     }
