@@ -692,6 +692,16 @@ mod tests {
         Gate::new(&config, 1).expect("gate")
     }
 
+    /// `who`'s request `body` at `gate`, with healthy signals.
+    fn admit(gate: &Arc<Gate>, body: &Request, who: &str) -> Result<Option<Ticket>, ApiError> {
+        gate.admit(body, principal_of(who), false, CoreSignals::default(), &std::env::temp_dir())
+    }
+
+    /// A scan whose answer estimate is charged at admission.
+    fn large_scan() -> Request {
+        Request::Scan { start: b"a".to_vec(), end: None, limit: 10_000, read: ReadConsistency::Linearizable }
+    }
+
     fn refused_for_answer_bytes(r: &Result<Option<Ticket>, ApiError>) -> bool {
         matches!(r, Err(ApiError::Shed(o)) if o.reason == OverloadReason::ResponseBytes)
     }
@@ -701,11 +711,8 @@ mod tests {
         const MIB: u64 = 1 << 20;
         // 1 MiB/s, a burst of 2 MiB: what time refills during the test is negligible.
         let gate = gate(MIB);
-        let dir = std::env::temp_dir();
-        let admit =
-            |body: &Request, who: &str| gate.admit(body, principal_of(who), false, CoreSignals::default(), &dir);
-        let scan =
-            Request::Scan { start: b"a".to_vec(), end: None, limit: 10_000, read: ReadConsistency::Linearizable };
+        let admit = |body: &Request, who: &str| admit(&gate, body, who);
+        let scan = large_scan();
         let txn = Request::Txn(Txn {
             compare: vec![],
             success: (0..128).map(|i| TxnOp::Get { key: format!("k{i}").into_bytes() }).collect(),
@@ -739,11 +746,8 @@ mod tests {
         const MIB: u64 = 1 << 20;
         // 1 MiB/s, a burst of 2 MiB.
         let gate = gate(MIB);
-        let dir = std::env::temp_dir();
-        let admit =
-            |body: &Request, who: &str| gate.admit(body, principal_of(who), false, CoreSignals::default(), &dir);
-        let scan =
-            Request::Scan { start: b"a".to_vec(), end: None, limit: 10_000, read: ReadConsistency::Linearizable };
+        let admit = |body: &Request, who: &str| admit(&gate, body, who);
+        let scan = large_scan();
         let get = Request::Get { key: b"k".to_vec(), read: ReadConsistency::Stale };
         // Alone, the reader spends its burst on a 4 MiB answer (not held to the rate alone).
         let mut first = admit(&scan, "reader").expect("admitted").expect("admission is on");
