@@ -705,12 +705,7 @@ async fn calibrate(env: &Env, seed: u64) -> Result<Rate> {
     leader.context("calibrating the paced client's rate")?;
     let history = Arc::new(History::new());
     let good = Good::start(&env.target, seed ^ 0xCA1, &format!("{}.calibration", env.generation), history)?;
-    // A moment to connect: until the first answers (at most 10 s), and 500 ms more.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while good.ok.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    good.answering().await;
     let mut windows = Vec::new();
     for _ in 0..CALIBRATION_WINDOWS {
         windows.push(good.measure(Duration::from_secs(1)).await);
@@ -744,6 +739,17 @@ fn good_key(i: u64) -> String {
 }
 
 impl Good {
+    /// A moment to connect before the first window: until the first answers (at most 10 s;
+    /// a client that never gets one is measured as it is), and 500 ms more for the rest of
+    /// its tasks.
+    async fn answering(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ok.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     /// `tag`: in every value written, unique to the run and attack (values are unique per key).
     fn start(env: &Target, seed: u64, tag: &str, history: Arc<History>) -> Result<Good> {
         let ok = Arc::new(AtomicU64::new(0));
@@ -858,8 +864,7 @@ async fn run_one(env: &mut Env, attack: Attack, o: &Options, rate: f64) -> Resul
     let mut sw = Windows::default();
     if notes.is_ok() && o.saturating_rounds > 0 {
         let good = Good::start(&env.target, seed, &tag, history.clone())?;
-        // A moment to connect.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        good.answering().await;
         let more =
             alternate(Meter::Saturating(&good), &mut agent, o.saturating_rounds, o.rounds, window, &node_pids, &mut sw)
                 .await;
