@@ -4,7 +4,10 @@
 //! first revision, each starting on another member, through faults: when a member cannot answer
 //! (killed, paused, cut off) the client's watch moves to another member from the same position
 //! (its resume), and when the client gives up, the watcher starts a new watch from its
-//! position after a short pause. Every answer is recorded. After the workload stops, each
+//! position after a short pause. Faults alone move a watcher rarely (it polls members 1 and 2,
+//! and most faults heal within a poll's retries), so each watcher also hops on its own: after a
+//! seeded [`HOP_MS_MIN`]..[`HOP_MS_MAX`] on one member it drops its watch and resumes from its
+//! position on the next member — a disconnect and a resume elsewhere, many times per run. Every answer is recorded. After the workload stops, each
 //! watcher goes on until it has covered the last revision the workload was told (or
 //! [`DRAIN_MAX`] passes). Then [`quorate_check::watch::check`] holds every stream to the
 //! workload's writes (docs/chaos.md, "Watches").
@@ -13,6 +16,7 @@ use super::workload::{ClientFactory, History, Timeouts};
 use anyhow::{Context, Result};
 use quorate_check::watch::{self, Batch, Change, Event, Stream};
 use quorate_client::{ApiError, ClientError, EventKind, WatchOptions};
+use quorate_core::SplitMix64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +33,13 @@ const WAIT: Duration = Duration::from_millis(1000);
 const BATCHES_MAX: usize = 200_000;
 /// Events recorded per stream at most.
 const EVENTS_MAX: usize = 2_000_000;
+/// A watcher hops to the next member after at least this long on one member…
+const HOP_MS_MIN: u64 = 1_000;
+/// …and at most this long.
+const HOP_MS_MAX: u64 = 4_000;
+/// A run at least this long must see a hop (else its watch check fails): the first comes by
+/// [`HOP_MS_MAX`] after the watchers start.
+pub(crate) const HOPS_EXPECTED_AFTER: Duration = Duration::from_secs(5);
 /// How long the watchers may take, after the workload stops, to cover its last revision.
 pub(crate) const DRAIN_MAX: Duration = Duration::from_secs(60);
 /// The watchers' time limits: a poll waits [`WAIT`] on the server, so a request may take that
@@ -76,6 +87,8 @@ pub(crate) struct Recorded {
     pub(crate) compacted: u64,
     /// Streams that stopped at their recording bound.
     pub(crate) capped: u64,
+    /// Watches dropped on purpose and resumed from their position on the next member.
+    pub(crate) hops: u64,
 }
 
 /// Runs [`WATCHERS`] watchers from revision `from` until `drain` says they are done.
@@ -83,10 +96,12 @@ pub(crate) async fn run(factory: ClientFactory, from: u64, seed: u64, drain: Arc
     let mut tasks = Vec::new();
     for i in 0..WATCHERS {
         let client = factory.client_as(WATCHER, &factory.workload_members, seed ^ 0x3A7C_0000 ^ i, TIMEOUTS)?;
-        let first = factory.workload_members.get(i as usize % factory.workload_members.len().max(1)).map(|m| m.0);
+        let members: Vec<u64> = factory.workload_members.iter().map(|m| m.0).collect();
+        let first = members.get(i as usize % members.len().max(1)).copied();
         let drain = drain.clone();
+        let rng = SplitMix64::new(seed ^ 0x3A7C_E000 ^ (i << 8));
         tasks.push(tokio::spawn(async move {
-            let r = one(i, &client, first, from, &drain).await;
+            let r = one(i, &client, (first, &members), rng, from, &drain).await;
             client.close();
             r
         }));
@@ -98,12 +113,32 @@ pub(crate) async fn run(factory: ClientFactory, from: u64, seed: u64, drain: Arc
         all.restarts += r.restarts;
         all.compacted += r.compacted;
         all.capped += r.capped;
+        all.hops += r.hops;
     }
     Ok(all)
 }
 
-/// One watcher: its streams (more than one only after a compacted position).
-async fn one(i: u64, client: &quorate_client::Client, first: Option<u64>, from: u64, drain: &Drain) -> Recorded {
+/// The member after `node` in `members` (the first if `node` is not there any more).
+fn next_member(members: &[u64], node: u64) -> Option<u64> {
+    let at = members.iter().position(|&m| m == node).map_or(0, |p| p + 1);
+    members.get(at % members.len().max(1)).copied()
+}
+
+/// The time a watcher stays on one member before it hops.
+fn hop_after(rng: &mut SplitMix64) -> Duration {
+    Duration::from_millis(HOP_MS_MIN + rng.below(HOP_MS_MAX - HOP_MS_MIN + 1))
+}
+
+/// One watcher: its streams (more than one only after a compacted position). It starts on
+/// `first` and hops through `members`.
+async fn one(
+    i: u64,
+    client: &quorate_client::Client,
+    (first, members): (Option<u64>, &[u64]),
+    mut rng: SplitMix64,
+    from: u64,
+    drain: &Drain,
+) -> Recorded {
     let mut out = Recorded::default();
     let mut stream = Stream { name: format!("watch-{i}"), from, ..Stream::default() };
     let mut events = 0usize;
@@ -114,6 +149,7 @@ async fn one(i: u64, client: &quorate_client::Client, first: Option<u64>, from: 
         let mut options = WatchOptions::prefix(PREFIX).from_revision(next);
         options.wait = WAIT;
         options.node = node.and_then(|n| super::nid(n).ok());
+        let hop_at = Instant::now() + hop_after(&mut rng);
         let mut w = client.watch(options);
         while !drain.done(next) {
             match w.next().await {
@@ -136,6 +172,12 @@ async fn one(i: u64, client: &quorate_client::Client, first: Option<u64>, from: 
                     if stream.batches.len() >= BATCHES_MAX || events >= EVENTS_MAX {
                         out.capped += 1;
                         break 'watches;
+                    }
+                    if members.len() > 1 && Instant::now() >= hop_at {
+                        // Drop this watch and resume from the position on the next member.
+                        out.hops += 1;
+                        node = next_member(members, answered);
+                        continue 'watches;
                     }
                 }
                 Err(ClientError::Rejected { error: ApiError::Compacted { compacted, .. }, .. }) => {
@@ -193,6 +235,7 @@ pub(crate) async fn check(
         .context("the watch checker panicked")?;
     let took = t.elapsed().as_secs_f64();
     let mut line = report.summary();
+    line.push_str(&format!("; {} hops to another member", recorded.hops));
     if recorded.restarts > 0 || recorded.compacted > 0 || recorded.capped > 0 {
         line.push_str(&format!(
             "; {} restarts after errors, {} streams ended by compaction, {} stopped at their bound",
@@ -206,4 +249,26 @@ pub(crate) async fn check(
     std::fs::write(dir.join("watch.txt"), text)?;
     println!("watches: {line} (checked in {took:.2}s)");
     Ok((report.pass(), line, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hop_goes_to_the_next_member_round_the_list_and_from_a_removed_one_to_the_first() {
+        assert_eq!(next_member(&[1, 2, 3], 1), Some(2));
+        assert_eq!(next_member(&[1, 2, 3], 3), Some(1));
+        assert_eq!(next_member(&[1, 2, 3], 7), Some(1));
+        assert_eq!(next_member(&[], 1), None);
+    }
+
+    #[test]
+    fn hop_times_stay_in_their_bounds_and_vary() {
+        let mut rng = SplitMix64::new(5);
+        let times: Vec<Duration> = (0..1000).map(|_| hop_after(&mut rng)).collect();
+        assert!(times.iter().all(|t| (HOP_MS_MIN..=HOP_MS_MAX).contains(&(t.as_millis() as u64))));
+        assert!(times.iter().any(|t| t.as_millis() < 1_500) && times.iter().any(|t| t.as_millis() > 3_500));
+        assert!(HOPS_EXPECTED_AFTER.as_millis() as u64 >= HOP_MS_MAX);
+    }
 }
