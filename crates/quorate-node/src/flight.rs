@@ -212,6 +212,12 @@ struct Recorder {
     /// Checkpoints taken and skipped since the process started.
     taken: u64,
     skipped: u64,
+    /// Mirror rebuilds tried (each reads the log after the snapshot from the storage), and
+    /// the compactions or installs handed out while the mirror was dropped.
+    rebuilds: u64,
+    compactions_while_dropped: u64,
+    /// Times the log outgrew the mirror (and it was dropped).
+    outgrowths: u64,
     dir: Option<PathBuf>,
     dumped_halt: bool,
     violations_seen: u64,
@@ -263,7 +269,9 @@ impl Recorder {
         let Some(p) = &rd.persist else { return };
         self.issued_io = p.io.0;
         if self.mirror.is_none() {
-            self.compacted |= p.compact.is_some() || p.install.is_some();
+            let compacts = p.compact.is_some() || p.install.is_some();
+            self.compacted |= compacts;
+            self.compactions_while_dropped += u64::from(compacts);
             return;
         }
         if self.pending.len() >= PENDING_MAX {
@@ -310,6 +318,7 @@ impl Recorder {
                 self.mirror_max()
             );
             self.lose_mirror(why);
+            self.outgrowths += 1;
         }
     }
 
@@ -319,6 +328,7 @@ impl Recorder {
     fn rebuild_mirror<S: LogStorage>(&mut self, raft: &Raft<S>) -> Result<(), String> {
         debug_assert!(self.issued_io <= self.persisted_io);
         self.compacted = false;
+        self.rebuilds += 1;
         let base = capture_base(raft.storage(), self.mirror_max())?;
         let mirror = store_from_base(&base).map_err(|e| e.to_string())?;
         self.mirror_bytes = base.entries.iter().map(Entry::size_bytes).sum();
@@ -570,6 +580,9 @@ impl<S: LogStorage> Recorded<S> {
             persisted_io: 0,
             note: if on { String::new() } else { "turned off (limits.flight_recorder_mb = 0)".into() },
             compacted: false,
+            rebuilds: 0,
+            compactions_while_dropped: 0,
+            outgrowths: 0,
             mirror_lost: String::new(),
             taken: 0,
             skipped: 0,
@@ -614,6 +627,15 @@ impl<S: LogStorage> Recorded<S> {
     #[must_use]
     pub(crate) fn checkpoints(&self) -> (u64, u64) {
         (self.rec.taken, self.rec.skipped)
+    }
+
+    /// Mirror rebuilds tried since the process started (the first builds it), the
+    /// compactions or snapshot installs handed out while the mirror was dropped, and the times
+    /// the log outgrew the mirror.
+    #[cfg(test)]
+    #[must_use]
+    pub(crate) fn mirror_rebuilds(&self) -> (u64, u64, u64) {
+        (self.rec.rebuilds, self.rec.compactions_while_dropped, self.rec.outgrowths)
     }
 
     /// Bytes the ring holds (inputs and checkpoints).
