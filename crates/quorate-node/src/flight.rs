@@ -27,8 +27,9 @@
 //! holds the log after the snapshot, which compaction keeps small. While that log holds more
 //! than half the budget, checkpoints are skipped (a dump says so in its note) until a
 //! compaction shrinks it; if it outgrows the whole budget the mirror is dropped, and rebuilt
-//! from the real storage after a compaction at a moment when every persist batch handed out
-//! was reported persisted (then the storage holds exactly what the core was told is durable;
+//! from the real storage after a compaction (never before one: the log only grew, and a
+//! rebuild reads up to the whole budget on the driver's thread) at a moment when every persist
+//! batch handed out was reported persisted (then the storage holds exactly what the core was told is durable;
 //! under continuous load such a moment may be rare). Size the budget so that
 //! `raft.snapshot_entries` entries fit in half of it.
 //!
@@ -209,6 +210,9 @@ struct Recorder {
     /// A compaction or snapshot install was handed out since the mirror was dropped (so a
     /// rebuild may now fit).
     compacted: bool,
+    /// The mirror was dropped because the log after the snapshot outgrew the budget: only a
+    /// compaction can make a rebuild fit, so none is tried before one.
+    outgrown: bool,
     /// Checkpoints taken and skipped since the process started.
     taken: u64,
     skipped: u64,
@@ -257,6 +261,7 @@ impl Recorder {
     }
 
     fn lose_mirror(&mut self, why: String) {
+        self.outgrown = false;
         if self.mirror.take().is_some() {
             tracing::warn!(reason = %why, "flight recorder: checkpoints paused");
         }
@@ -318,6 +323,7 @@ impl Recorder {
                 self.mirror_max()
             );
             self.lose_mirror(why);
+            self.outgrown = true;
             self.outgrowths += 1;
         }
     }
@@ -329,18 +335,27 @@ impl Recorder {
         debug_assert!(self.issued_io <= self.persisted_io);
         self.compacted = false;
         self.rebuilds += 1;
+        // Until it succeeds, the next try waits for a compaction (the log too large again, or
+        // the storage failing to read it: neither is worth a read at every segment).
+        self.outgrown = true;
         let base = capture_base(raft.storage(), self.mirror_max())?;
         let mirror = store_from_base(&base).map_err(|e| e.to_string())?;
         self.mirror_bytes = base.entries.iter().map(Entry::size_bytes).sum();
         self.mirror = Some(mirror);
         self.mirror_lost.clear();
         self.pending.clear();
+        self.outgrown = false;
         Ok(())
     }
 
     /// A checkpoint of `raft` now, as postcard bytes.
     fn checkpoint<S: LogStorage>(&mut self, raft: &Raft<S>) -> Result<Vec<u8>, String> {
         if self.mirror.is_none() {
+            if self.outgrown && !self.compacted {
+                // The log has only grown since it outgrew the mirror: reading it again (up to
+                // the whole budget, on the driver's thread) would fail the same way.
+                return Err(self.mirror_lost.clone());
+            }
             if self.issued_io > self.persisted_io {
                 return Err(format!("{} (persist batches in flight: not now)", self.mirror_lost));
             }
@@ -580,6 +595,7 @@ impl<S: LogStorage> Recorded<S> {
             persisted_io: 0,
             note: if on { String::new() } else { "turned off (limits.flight_recorder_mb = 0)".into() },
             compacted: false,
+            outgrown: false,
             rebuilds: 0,
             compactions_while_dropped: 0,
             outgrowths: 0,
