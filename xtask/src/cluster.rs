@@ -252,16 +252,21 @@ impl Cluster {
 
     /// Runs the CLI with `QUORATE_ENDPOINTS=endpoints` (bounded by the CLI's own timeout).
     pub(crate) fn quorate_to(&self, args: &[&str], endpoints: &str) -> Result<Output> {
-        Command::new(&self.bin)
-            .args(args)
+        self.quorate_command(args, endpoints).output().with_context(|| format!("cannot run {}", self.bin.display()))
+    }
+
+    /// The CLI's command as [`Cluster::quorate_to`] runs it, for a caller that starts it and
+    /// goes on while it runs.
+    pub(crate) fn quorate_command(&self, args: &[&str], endpoints: &str) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
             .env("QUORATE_CERTS", self.certs_dir())
             .env("QUORATE_CLUSTER", &self.name)
             .env("QUORATE_ENDPOINTS", endpoints)
             .env("QUORATE_TIMEOUT", CLI_TIMEOUT_S)
             .env("QUORATE_USER", "admin")
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", self.bin.display()))
+            .stdin(Stdio::null());
+        c
     }
 
     /// Starts node `id` from its configuration file, appending to its log.

@@ -192,7 +192,7 @@ fn agreed_leader(rows: &[Row], excluded: Option<u64>) -> Option<u64> {
 
 /// The demo's view of the cluster: the CLI against its fixed endpoints.
 impl Cluster {
-    fn endpoints(only: impl Fn(u64) -> bool) -> String {
+    pub(crate) fn endpoints(only: impl Fn(u64) -> bool) -> String {
         (1..=NODES)
             .filter(|i| only(*i))
             .map(|i| format!("{i}=127.0.0.1:{}", BASE_PORT + (i - 1) as u16))
