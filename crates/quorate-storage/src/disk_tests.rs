@@ -535,6 +535,31 @@ fn a_state_machine_read_while_an_install_recreates_the_column_family_waits_and_s
     assert_eq!(s.sm_get(b"k").unwrap(), Some(b"w".to_vec()));
 }
 
+/// The text of the database's newest OPTIONS file (RocksDB writes one at every open and
+/// options change).
+fn latest_options(s: &RocksStore) -> String {
+    let db_dir = s.dir().join("db");
+    let latest = std::fs::read_dir(&db_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("OPTIONS-"))
+        .max_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap_or(0))
+        .expect("an OPTIONS file");
+    std::fs::read_to_string(db_dir.join(latest)).unwrap()
+}
+
+/// RocksDB writes its table files (flushes, compactions) to the disk as it goes, 1 MiB at a
+/// time, instead of leaving a whole file in the page cache until its final sync — which the
+/// log's fsyncs on the same disk would then wait behind (issue 20).
+#[test]
+fn table_files_reach_the_disk_as_they_are_written() {
+    let d = TestDir::new("bytes-per-sync");
+    let s = RocksStore::open(d.path(), opts()).expect("open");
+    let text = latest_options(&s);
+    let db = text.split("[DBOptions]").nth(1).and_then(|t| t.split("\n[").next()).expect("a DBOptions section");
+    assert!(db.lines().any(|l| l.trim() == "bytes_per_sync=1048576"), "{db}");
+}
+
 /// Every column family reads through the one block cache of the configured size, and only
 /// the `sm` family has bloom filters — also after an install recreates it (RocksDB records
 /// each family's options in the database's OPTIONS file, which is what is read here).
@@ -549,14 +574,7 @@ fn the_families_share_one_block_cache_and_the_state_machine_has_bloom_filters() 
         assert_eq!(capacity, Some(24 << 20), "{name}");
     }
     let families = |s: &RocksStore| -> BTreeMap<String, String> {
-        let db_dir = s.dir().join("db");
-        let latest = std::fs::read_dir(&db_dir)
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .filter(|n| n.starts_with("OPTIONS-"))
-            .max_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap_or(0))
-            .expect("an OPTIONS file");
-        let text = std::fs::read_to_string(db_dir.join(latest)).unwrap();
+        let text = latest_options(s);
         // `[TableOptions/BlockBasedTable "NAME"]` sections: NAME -> its filter policy line.
         let mut out = BTreeMap::new();
         let mut current = None;
