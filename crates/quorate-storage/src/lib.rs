@@ -100,7 +100,8 @@ pub use error::StoreError;
 pub use group::{Completion, GroupCommitter, GroupOptions, TrySubmitError};
 pub use mem::MemStore;
 pub use snapshot::{
-    SNAPSHOT_META_BYTES_MAX, SnapshotFile, SnapshotReader, SnapshotWriter, file_head as snapshot_file_head,
+    SNAPSHOT_META_BYTES_MAX, SNAPSHOT_SYNC_BYTES, SnapshotFile, SnapshotReader, SnapshotWriter,
+    file_head as snapshot_file_head,
 };
 pub use space::{check_free_space, free_space_bytes};
 pub use store::{
