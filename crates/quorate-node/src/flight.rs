@@ -27,9 +27,10 @@
 //! holds the log after the snapshot, which compaction keeps small. While that log holds more
 //! than half the budget, checkpoints are skipped (a dump says so in its note) until a
 //! compaction shrinks it; if it outgrows the whole budget the mirror is dropped, and rebuilt
-//! from the real storage after a compaction (never before one: the log only grew, and a
-//! rebuild reads up to the whole budget on the driver's thread) at a moment when every persist
-//! batch handed out was reported persisted (then the storage holds exactly what the core was told is durable;
+//! from the real storage after a compaction (before one, only once in
+//! [`REBUILD_RETRY_SEGMENTS`] segments: the log has most likely only grown, and a rebuild
+//! reads up to the whole budget on the driver's thread) at a moment when every persist batch
+//! handed out was reported persisted (then the storage holds exactly what the core was told is durable;
 //! under continuous load such a moment may be rare). Size the budget so that
 //! `raft.snapshot_entries` entries fit in half of it.
 //!
@@ -92,6 +93,12 @@ pub(crate) fn pending_batch(p: &Pending) -> PersistBatch {
 
 /// Most persist batches in flight the recorder tracks (beyond, the mirror is dropped).
 pub(crate) const PENDING_MAX: usize = 65_536;
+/// While the mirror is dropped for its size (or a rebuild failed) and no compaction came, a
+/// checkpoint tries a rebuild only once in this many segments: a rebuild reads up to the whole
+/// budget on the driver's thread, and before a compaction the log has most likely only grown —
+/// but a compaction the recorder did not see (handed out in a batch dropped with the mirror)
+/// or a transient read error must not stop checkpoints for good.
+pub(crate) const REBUILD_RETRY_SEGMENTS: u32 = 16;
 /// Dump files kept in the flight directory; older ones are deleted when a new one is written.
 pub(crate) const DUMPS_KEPT: usize = 16;
 /// Dumps written on invariant violations per process (the first ones matter).
@@ -210,9 +217,11 @@ struct Recorder {
     /// A compaction or snapshot install was handed out since the mirror was dropped (so a
     /// rebuild may now fit).
     compacted: bool,
-    /// The mirror was dropped because the log after the snapshot outgrew the budget: only a
-    /// compaction can make a rebuild fit, so none is tried before one.
+    /// The mirror was dropped because the log after the snapshot outgrew the budget, or a
+    /// rebuild failed: before a compaction, a checkpoint tries a rebuild only once in
+    /// [`REBUILD_RETRY_SEGMENTS`] (`rebuild_waits` counts the ones that did not).
     outgrown: bool,
+    rebuild_waits: u32,
     /// Checkpoints taken and skipped since the process started.
     taken: u64,
     skipped: u64,
@@ -265,6 +274,10 @@ impl Recorder {
         if self.mirror.take().is_some() {
             tracing::warn!(reason = %why, "flight recorder: checkpoints paused");
         }
+        // A compaction or install handed out and not yet persisted still shrinks the log.
+        let compacts = self.pending.iter().filter(|p| p.compact.is_some() || p.install.is_some()).count() as u64;
+        self.compacted |= compacts > 0;
+        self.compactions_while_dropped += compacts;
         self.pending.clear();
         self.mirror_bytes = 0;
         self.mirror_lost = why;
@@ -311,7 +324,13 @@ impl Recorder {
         self.mirror_bytes = if measure {
             match log_bytes(mirror, self.mirror_max()) {
                 Ok(b) => b,
-                Err(why) => return self.lose_mirror(why),
+                Err(why) => {
+                    // Over the budget (the mirror is in memory: nothing else fails here).
+                    self.lose_mirror(why);
+                    self.outgrown = true;
+                    self.outgrowths += 1;
+                    return;
+                }
             }
         } else {
             self.mirror_bytes + added
@@ -334,12 +353,21 @@ impl Recorder {
     fn rebuild_mirror<S: LogStorage>(&mut self, raft: &Raft<S>) -> Result<(), String> {
         debug_assert!(self.issued_io <= self.persisted_io);
         self.compacted = false;
+        self.rebuild_waits = 0;
         self.rebuilds += 1;
-        // Until it succeeds, the next try waits for a compaction (the log too large again, or
-        // the storage failing to read it: neither is worth a read at every segment).
+        // Until it succeeds, the next try waits (the log too large again, or the storage
+        // failing to read it: neither is worth a read at every segment).
         self.outgrown = true;
-        let base = capture_base(raft.storage(), self.mirror_max())?;
-        let mirror = store_from_base(&base).map_err(|e| e.to_string())?;
+        let built = capture_base(raft.storage(), self.mirror_max())
+            .and_then(|base| store_from_base(&base).map(|m| (base, m)).map_err(|e| e.to_string()));
+        let (base, mirror) = match built {
+            Ok(b) => b,
+            Err(why) => {
+                let why = format!("rebuilding the mirror failed: {why}");
+                self.mirror_lost.clone_from(&why);
+                return Err(why);
+            }
+        };
         self.mirror_bytes = base.entries.iter().map(Entry::size_bytes).sum();
         self.mirror = Some(mirror);
         self.mirror_lost.clear();
@@ -351,9 +379,10 @@ impl Recorder {
     /// A checkpoint of `raft` now, as postcard bytes.
     fn checkpoint<S: LogStorage>(&mut self, raft: &Raft<S>) -> Result<Vec<u8>, String> {
         if self.mirror.is_none() {
-            if self.outgrown && !self.compacted {
-                // The log has only grown since it outgrew the mirror: reading it again (up to
-                // the whole budget, on the driver's thread) would fail the same way.
+            if self.outgrown && !self.compacted && self.rebuild_waits < REBUILD_RETRY_SEGMENTS {
+                // Most likely the log has only grown since: reading it again (up to the whole
+                // budget, on the driver's thread) would fail the same way.
+                self.rebuild_waits += 1;
                 return Err(self.mirror_lost.clone());
             }
             if self.issued_io > self.persisted_io {
@@ -596,6 +625,7 @@ impl<S: LogStorage> Recorded<S> {
             note: if on { String::new() } else { "turned off (limits.flight_recorder_mb = 0)".into() },
             compacted: false,
             outgrown: false,
+            rebuild_waits: 0,
             rebuilds: 0,
             compactions_while_dropped: 0,
             outgrowths: 0,
