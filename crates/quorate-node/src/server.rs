@@ -2893,11 +2893,20 @@ fn stage(
     meta: SnapshotMeta,
 ) {
     use std::io::Write;
+    // Synced as it is written, as the store's snapshot files are (`SNAPSHOT_SYNC_BYTES`).
+    let mut unsynced = 0u64;
     let outcome = loop {
         match rx.blocking_recv() {
             Some(StageChunk { bytes, last }) => {
                 if let Err(e) = file.write_all(&bytes) {
                     break Some(Err(StoreError::from(e)));
+                }
+                unsynced += bytes.len() as u64;
+                if unsynced >= quorate_storage::SNAPSHOT_SYNC_BYTES && !last {
+                    if let Err(e) = file.sync_data() {
+                        break Some(Err(StoreError::from(e)));
+                    }
+                    unsynced = 0;
                 }
                 if last {
                     let r =

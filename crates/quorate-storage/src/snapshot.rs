@@ -221,16 +221,18 @@ impl SnapshotWriter {
 impl Write for SnapshotWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let file = self.file.as_mut().ok_or_else(|| io::Error::other("snapshot writer already finished"))?;
-        let n = file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.data_len += n as u64;
-        self.unsynced += n as u64;
+        // Synced before taking more, so that an error takes none of `buf` (the `Write`
+        // contract: an error means nothing was written).
         if self.unsynced >= SNAPSHOT_SYNC_BYTES {
             file.flush()?;
             file.get_ref().sync_data()?;
             self.unsynced = 0;
             self.syncs += 1;
         }
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.data_len += n as u64;
+        self.unsynced += n as u64;
         Ok(n)
     }
 
@@ -397,7 +399,7 @@ mod tests {
             most = most.max(w.unsynced_bytes());
         }
         assert!(most <= SNAPSHOT_SYNC_BYTES + chunk.len() as u64, "{most} bytes unsynced at once");
-        // A sync once a write takes the unsynced bytes to the bound: every 84 chunks here.
+        // A sync before the write after the unsynced bytes reach the bound: every 84 chunks here.
         let per_sync = SNAPSHOT_SYNC_BYTES.div_ceil(chunk.len() as u64) * chunk.len() as u64;
         assert_eq!(w.syncs(), total / per_sync, "one sync per {SNAPSHOT_SYNC_BYTES} bytes");
         assert!(w.syncs() >= 2);
