@@ -37,9 +37,10 @@ const EVENTS_MAX: usize = 2_000_000;
 const HOP_MS_MIN: u64 = 1_000;
 /// …and at most this long.
 const HOP_MS_MAX: u64 = 4_000;
-/// A run at least this long must see a hop (else its watch check fails): the first comes by
-/// [`HOP_MS_MAX`] after the watchers start.
-pub(crate) const HOPS_EXPECTED_AFTER: Duration = Duration::from_secs(5);
+/// A run at least this long must see a hop (else its watch check fails): each watcher's first
+/// is due [`HOP_MS_MAX`] after it starts (restarts after errors do not postpone it), and
+/// comes with the first answer after that.
+pub(crate) const HOPS_EXPECTED_AFTER: Duration = Duration::from_secs(10);
 /// How long the watchers may take, after the workload stops, to cover its last revision.
 pub(crate) const DRAIN_MAX: Duration = Duration::from_secs(60);
 /// The watchers' time limits: a poll waits [`WAIT`] on the server, so a request may take that
@@ -145,11 +146,12 @@ async fn one(
     let mut next = from;
     let mut node = first;
     let mut last_node: Option<u64> = None;
+    // When this watcher next hops: drawn again only after a hop.
+    let mut hop_at = Instant::now() + hop_after(&mut rng);
     'watches: while !drain.done(next) {
         let mut options = WatchOptions::prefix(PREFIX).from_revision(next);
         options.wait = WAIT;
         options.node = node.and_then(|n| super::nid(n).ok());
-        let hop_at = Instant::now() + hop_after(&mut rng);
         let mut w = client.watch(options);
         while !drain.done(next) {
             match w.next().await {
@@ -177,6 +179,7 @@ async fn one(
                         // Drop this watch and resume from the position on the next member.
                         out.hops += 1;
                         node = next_member(members, answered);
+                        hop_at = Instant::now() + hop_after(&mut rng);
                         continue 'watches;
                     }
                 }
