@@ -59,10 +59,12 @@ commands:
                              of BYTES (default 256); e.g. `--workloads put,mixed,put:4096`
   bench overload [--secs N] [--multiples 0.5,1,2,5]
                              goodput and p99 against offered load, admission on and off (one node)
-  profile [--clients N] [--value-size BYTES] [--read-ratio R] [--duration S] [--node leader|1|2|3] [--out DIR]
+  profile [--clients N] [--value-size BYTES] [--read-ratio R] [--duration S] [--record-from S] [--record-for S]
+          [--node leader|1|2|3] [--out DIR]
                              a flame graph of one node (the leader by default) of the bench's cluster
-                             under `quorate bench`: perf over the middle half of the run, folded stacks,
-                             flame.svg and the top functions (needs perf; docs/benchmarks.md)
+                             under `quorate bench`: perf over the middle half of the run (or the window
+                             given), folded stacks, flame.svg and the top functions (needs perf;
+                             docs/benchmarks.md)
   alerts [--live]            docs/alerts.yml evaluated by promtool against docs/alerts.test.yml, and the
                              scrape configuration for machines checked (unpacks Debian's promtool if
                              missing); --live: a real Prometheus over a real 3-node cluster, every

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const USAGE: &str = "usage: cargo xtask profile [--clients N] [--value-size BYTES] [--read-ratio R] [--duration S] \
-                     [--frequency HZ] [--node leader|1|2|3] [--out DIR]";
+                     [--record-from S] [--record-for S] [--frequency HZ] [--node leader|1|2|3] [--out DIR]";
 
 /// Sampling frequency per thread by default (a prime, so as not to beat with periodic work).
 const FREQUENCY_DEFAULT: u32 = 499;
@@ -49,6 +49,10 @@ struct Options {
     value_size: u32,
     read_ratio: String,
     duration_s: u64,
+    /// Seconds into the run the recording starts, and how long it lasts (default: the middle
+    /// half of the run).
+    record_from_s: Option<u64>,
+    record_for_s: Option<u64>,
     frequency: u32,
     node: Option<u64>,
     out: Option<PathBuf>,
@@ -61,10 +65,22 @@ impl Default for Options {
             value_size: 256,
             read_ratio: "0".into(),
             duration_s: 20,
+            record_from_s: None,
+            record_for_s: None,
             frequency: FREQUENCY_DEFAULT,
             node: None,
             out: None,
         }
+    }
+}
+
+impl Options {
+    /// When the recording starts, after the bench, and how long it lasts.
+    fn window(&self) -> (Duration, Duration) {
+        let quarter = Duration::from_millis(self.duration_s * 250);
+        let from = self.record_from_s.map_or(quarter, Duration::from_secs);
+        let len = self.record_for_s.map_or(2 * quarter, Duration::from_secs);
+        (from, len)
     }
 }
 
@@ -85,6 +101,8 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 o.read_ratio = r.clone();
             }
             "--duration" => o.duration_s = value()?.parse().context("--duration: seconds")?,
+            "--record-from" => o.record_from_s = Some(value()?.parse().context("--record-from: seconds")?),
+            "--record-for" => o.record_for_s = Some(value()?.parse().context("--record-for: seconds")?),
             "--frequency" => o.frequency = value()?.parse().context("--frequency: samples per second")?,
             "--node" => {
                 let v = value()?;
@@ -102,6 +120,10 @@ fn parse_args(args: &[String]) -> Result<Options> {
     }
     if !(4..=DURATION_MAX_S).contains(&o.duration_s) {
         bail!("--duration: 4 to {DURATION_MAX_S} seconds");
+    }
+    let (from, len) = o.window();
+    if len.is_zero() || from + len > Duration::from_secs(o.duration_s) {
+        bail!("the recording (--record-from, --record-for) must lie within the run's --duration");
     }
     if !(1..=10_000).contains(&o.frequency) {
         bail!("--frequency: 1 to 10000 samples per second");
@@ -121,25 +143,31 @@ pub(crate) fn profile(args: &[String]) -> Result<()> {
     cluster.stop_all();
     let (bench_out, node) = result?;
     step("folding the stacks (perf script)");
-    let script = Command::new("perf")
+    // Read as it comes: a long recording's script output can be far larger than its folds.
+    let mut script = Command::new("perf")
         .args(["script", "--no-inline", "-F", "comm,tid,ip,sym", "-i"])
         .arg(out.join("perf.data"))
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .output()
+        .spawn()
         .context("cannot run perf script")?;
-    if !script.status.success() {
+    let folded = fold(std::io::BufReader::new(script.stdout.take().context("perf script's output")?));
+    if !script.wait().context("perf script")?.success() {
         bail!("perf script failed");
     }
-    let folded = fold(&text(&script.stdout));
     if folded.is_empty() {
         bail!("perf recorded no sample of node {node}");
     }
+    let (from, len) = o.window();
     let title = format!(
-        "node {node}{} — quorate bench, {} clients, {} B values, read ratio {}",
+        "node {node}{} — quorate bench, {} clients, {} B values, read ratio {}; recorded {}–{} s of {} s",
         if o.node.is_none() { " (leader)" } else { "" },
         o.clients,
         o.value_size,
-        o.read_ratio
+        o.read_ratio,
+        from.as_secs_f64(),
+        (from + len).as_secs_f64(),
+        o.duration_s
     );
     std::fs::write(out.join("folded.txt"), folded_text(&folded))?;
     std::fs::write(out.join("flame.svg"), svg(&folded, &title))?;
@@ -160,7 +188,7 @@ fn record(o: &Options, cluster: &mut Cluster, leader: u64, out: &Path) -> Result
         "quorate bench: {} clients, {} B values, read ratio {}, {duration} s; recording node {node} (pid {pid})",
         o.clients, o.value_size, o.read_ratio
     ));
-    let bench = cluster
+    let mut bench = cluster
         .quorate_command(
             &[
                 "bench",
@@ -173,7 +201,7 @@ fn record(o: &Options, cluster: &mut Cluster, leader: u64, out: &Path) -> Result
                 "--read-ratio",
                 &o.read_ratio,
                 "--ops-max",
-                "5000000",
+                "50000000",
                 "--keys",
                 "100000",
                 "--consistency",
@@ -185,26 +213,36 @@ fn record(o: &Options, cluster: &mut Cluster, leader: u64, out: &Path) -> Result
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start quorate bench")?;
-    // The middle half of the run: after the clients have connected and the log has warmed.
-    let quarter = Duration::from_millis(o.duration_s * 250);
-    std::thread::sleep(quarter);
+    // By default the middle half of the run: after the clients have connected and the log
+    // has warmed.
+    let (from, len) = o.window();
+    std::thread::sleep(from);
     let recorded = Command::new("perf")
         .args(["record", "-q", "-F", &o.frequency.to_string(), "--call-graph", &format!("dwarf,{STACK_BYTES}")])
         .args(["-p", &pid.to_string(), "-o"])
         .arg(out.join("perf.data"))
-        .args(["--", "sleep", &format!("{:.1}", quarter.as_secs_f64() * 2.0)])
+        .args(["--", "sleep", &format!("{:.1}", len.as_secs_f64())])
         .stdout(Stdio::null())
-        .status()
-        .context("cannot run perf record")?;
+        .status();
+    let recorded = match recorded {
+        Ok(r) if r.success() => r,
+        other => {
+            // No recording: stop the bench now rather than wait for it.
+            let _ = bench.kill();
+            let _ = bench.wait();
+            match other {
+                Ok(r) => bail!("perf record failed ({r})"),
+                Err(e) => return Err(e).context("cannot run perf record"),
+            }
+        }
+    };
     let bench = bench.wait_with_output().context("quorate bench")?;
     let bench_out = text(&bench.stdout);
     if !bench.status.success() {
         cluster.check_running()?;
         bail!("`quorate bench` failed: {}", text(&bench.stderr).trim());
     }
-    if !recorded.success() {
-        bail!("perf record failed ({recorded})");
-    }
+    debug_assert!(recorded.success());
     Ok((bench_out, node))
 }
 
@@ -212,15 +250,16 @@ fn record(o: &Options, cluster: &mut Cluster, leader: u64, out: &Path) -> Result
 type Folded = BTreeMap<String, u64>;
 
 /// Folds `perf script -F comm,tid,ip,sym` output: a header line (`comm tid`) per sample, then
-/// its frames innermost first (`addr symbol`), then a blank line.
-fn fold(script: &str) -> Folded {
+/// its frames innermost first (`addr symbol`), then a blank line. A stack deeper than
+/// [`DEPTH_MAX`] keeps its innermost frames (where the samples' own time is).
+fn fold(script: impl std::io::BufRead) -> Folded {
     let mut out = Folded::new();
     let mut thread: Option<String> = None;
     let mut frames: Vec<String> = Vec::new();
     let mut flush = |thread: &mut Option<String>, frames: &mut Vec<String>| {
         if let Some(t) = thread.take() {
             let mut stack = t;
-            for f in frames.iter().rev().take(DEPTH_MAX) {
+            for f in frames.iter().take(DEPTH_MAX).rev() {
                 stack.push(';');
                 stack.push_str(f);
             }
@@ -229,6 +268,9 @@ fn fold(script: &str) -> Folded {
         frames.clear();
     };
     for line in script.lines() {
+        // A line that is not text (it should not happen) is skipped, not fatal.
+        let Ok(line) = line else { continue };
+        let line = line.as_str();
         if line.trim().is_empty() {
             flush(&mut thread, &mut frames);
         } else if line.starts_with(char::is_whitespace) {
@@ -257,13 +299,10 @@ fn thread_name(header: &str) -> String {
     name.replace(';', ":")
 }
 
-/// A frame's function: `addr symbol+0x1f (dso)` → `symbol`, without a Rust hash (`::h…`).
+/// A frame's function: `addr symbol` (perf prints no offset or object for these fields) →
+/// `symbol`, without a Rust hash (`::h…`), an offset `+0x…` if there is one.
 fn frame_name(frame: &str) -> String {
     let sym = frame.split_once(char::is_whitespace).map_or("[unknown]", |(_, s)| s.trim());
-    let sym = match sym.rfind(" (") {
-        Some(i) if sym.ends_with(')') => &sym[..i],
-        _ => sym,
-    };
     let sym = match sym.rfind("+0x") {
         Some(i) if sym[i + 3..].chars().all(|c| c.is_ascii_hexdigit()) => &sym[..i],
         _ => sym,
@@ -421,7 +460,7 @@ mod tests {
 
     const SCRIPT: &str = "quorate-apply  8673 \n\
         \tffffffff82239937 clear_page_erms\n\
-        \t55d3f1a2b3c4 rocksdb::DBImpl::GetImpl+0x1f (/usr/bin/quorate)\n\
+        \t55d3f1a2b3c4 rocksdb::DBImpl::GetImpl+0x1f\n\
         \t55d3f1a2b3c5 quorate_node::sm::apply::h0123456789abcdef\n\
         \n\
         quorate-read-3 9000/9001\n\
@@ -429,7 +468,7 @@ mod tests {
         \n\
         quorate-apply  8673 \n\
         \tffffffff82239937 clear_page_erms\n\
-        \t55d3f1a2b3c4 rocksdb::DBImpl::GetImpl+0x2a (/usr/bin/quorate)\n\
+        \t55d3f1a2b3c4 rocksdb::DBImpl::GetImpl+0x2a\n\
         \t55d3f1a2b3c5 quorate_node::sm::apply::h0123456789abcdef\n\
         \n\
         quorate-read-11 9002\n\
@@ -437,7 +476,7 @@ mod tests {
 
     #[test]
     fn perf_script_output_folds_into_stacks_outermost_first_with_offsets_hashes_and_tids_gone() {
-        let f = fold(SCRIPT);
+        let f = fold(SCRIPT.as_bytes());
         let lines = folded_text(&f);
         assert_eq!(
             lines,
@@ -445,6 +484,25 @@ mod tests {
              quorate-read-*;[unknown] 1\n\
              quorate-read-*;a<b>&c:d 1\n"
         );
+    }
+
+    #[test]
+    fn cpp_names_keep_their_parentheses_and_deep_stacks_keep_their_innermost_frames() {
+        assert_eq!(
+            frame_name("7f12 std::function<void ()>::operator()() const"),
+            "std::function<void ()>::operator()() const"
+        );
+        let mut script = String::from("t 1\n");
+        for i in 0..DEPTH_MAX + 10 {
+            script.push_str(&format!("\t{i:x} f{i}\n"));
+        }
+        let f = fold(script.as_bytes());
+        let (stack, n) = f.iter().next().unwrap();
+        assert_eq!(*n, 1);
+        let frames: Vec<&str> = stack.split(';').collect();
+        assert_eq!(frames.len(), 1 + DEPTH_MAX);
+        assert_eq!(frames.last(), Some(&"f0"), "the innermost frame is kept");
+        assert_eq!(frames[1], format!("f{}", DEPTH_MAX - 1), "the outermost frames are cut");
     }
 
     #[test]
@@ -473,7 +531,7 @@ mod tests {
 
     #[test]
     fn the_flame_graph_draws_each_visible_frame_once_escaped_and_leaves_out_the_invisible() {
-        let mut f = fold(SCRIPT);
+        let mut f = fold(SCRIPT.as_bytes());
         f.insert("tiny;x".into(), 0);
         let svg = svg(&f, "t <1>");
         // all, 2 threads, apply's 3 frames, read's 2 leaves.
@@ -490,12 +548,17 @@ mod tests {
         assert_eq!(a(&[]).unwrap(), Options::default());
         let o = a(&["--clients", "64", "--value-size", "4096", "--node", "2", "--read-ratio", "0.5"]).unwrap();
         assert_eq!((o.clients, o.value_size, o.node, o.read_ratio.as_str()), (64, 4096, Some(2), "0.5"));
+        assert_eq!(o.window(), (Duration::from_secs(5), Duration::from_secs(10)), "the middle half of 20 s");
+        let late = a(&["--duration", "40", "--record-from", "25", "--record-for", "10"]).unwrap();
+        assert_eq!(late.window(), (Duration::from_secs(25), Duration::from_secs(10)));
         for bad in [
             &["--clients", "0"][..],
             &["--node", "4"],
             &["--read-ratio", "2"],
             &["--duration", "1"],
             &["--frequency", "0"],
+            &["--duration", "20", "--record-from", "15", "--record-for", "10"],
+            &["--record-for", "0"],
             &["--clients"],
             &["--what"],
         ] {
