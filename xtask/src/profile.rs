@@ -201,7 +201,7 @@ fn record(o: &Options, cluster: &mut Cluster, leader: u64, out: &Path) -> Result
                 "--read-ratio",
                 &o.read_ratio,
                 "--ops-max",
-                "50000000",
+                "10000000",
                 "--keys",
                 "100000",
                 "--consistency",
