@@ -714,19 +714,25 @@ async fn leader_and_terms(nodes: &[NodeProc], shared: &Shared) -> (u64, Vec<u64>
     loop {
         let mut leader = None;
         let mut terms = Vec::new();
+        let mut known = Vec::new();
         for node in nodes {
             let client = node.connect("checker").await;
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             if let Some(Ok(Response::Status(s))) = call(&client, id, Request::Status).await {
                 terms.push(s.term.0);
+                known.push(s.leader.map(|l| l.get()));
                 if s.role == quorate_core::Role::Leader {
                     leader = Some(node.id);
                 }
             }
             client.close();
         }
+        // Every node knows the leader (and so its term): a node that had not yet heard from
+        // it would show a term change later that is no election (CI of 2026-12-06 23:21: a
+        // node at term 0 before, 1 after, the same leader throughout).
         if let Some(leader) = leader
             && terms.len() == nodes.len()
+            && known.iter().all(|k| *k == Some(leader))
         {
             return (leader, terms);
         }
