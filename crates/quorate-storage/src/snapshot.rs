@@ -146,7 +146,8 @@ pub struct SnapshotWriter {
     meta: SnapshotMeta,
     hasher: crc32fast::Hasher,
     data_len: u64,
-    /// Bytes written since the file was last synced, and the syncs made while writing.
+    /// Bytes written since the file was last synced, and the syncs made while writing (not
+    /// counting the one in [`SnapshotWriter::finish`]).
     unsynced: u64,
     syncs: u64,
 }
@@ -189,18 +190,6 @@ impl SnapshotWriter {
             unsynced: 0,
             syncs: 0,
         })
-    }
-
-    /// Bytes written since the file was last synced (the page cache's share of it).
-    #[must_use]
-    pub fn unsynced_bytes(&self) -> u64 {
-        self.unsynced
-    }
-
-    /// Syncs made while writing (not counting the one in [`SnapshotWriter::finish`]).
-    #[must_use]
-    pub fn syncs(&self) -> u64 {
-        self.syncs
     }
 
     /// Writes the trailer, fsyncs the file, renames it into place and fsyncs the directory.
@@ -396,13 +385,13 @@ mod tests {
             let n = chunk.len().min((total - written) as usize);
             w.write_all(&chunk[..n]).unwrap();
             written += n as u64;
-            most = most.max(w.unsynced_bytes());
+            most = most.max(w.unsynced);
         }
         assert!(most <= SNAPSHOT_SYNC_BYTES + chunk.len() as u64, "{most} bytes unsynced at once");
         // A sync before the write after the unsynced bytes reach the bound: every 84 chunks here.
         let per_sync = SNAPSHOT_SYNC_BYTES.div_ceil(chunk.len() as u64) * chunk.len() as u64;
-        assert_eq!(w.syncs(), total / per_sync, "one sync per {SNAPSHOT_SYNC_BYTES} bytes");
-        assert!(w.syncs() >= 2);
+        assert_eq!(w.syncs, total / per_sync, "one sync per {SNAPSHOT_SYNC_BYTES} bytes");
+        assert!(w.syncs >= 2);
         let f = w.finish().unwrap();
         assert_eq!(f.data_len, total);
         let mut r = SnapshotReader::open(&f.path).unwrap();
