@@ -324,13 +324,8 @@ impl Recorder {
         self.mirror_bytes = if measure {
             match log_bytes(mirror, self.mirror_max()) {
                 Ok(b) => b,
-                Err(why) => {
-                    // Over the budget (the mirror is in memory: nothing else fails here).
-                    self.lose_mirror(why);
-                    self.outgrown = true;
-                    self.outgrowths += 1;
-                    return;
-                }
+                // Over the budget (the mirror is in memory: nothing else fails here).
+                Err(why) => return self.outgrow_mirror(why),
             }
         } else {
             self.mirror_bytes + added
@@ -341,10 +336,15 @@ impl Recorder {
                  rebuilt after a compaction at a moment with no persist batch in flight",
                 self.mirror_max()
             );
-            self.lose_mirror(why);
-            self.outgrown = true;
-            self.outgrowths += 1;
+            self.outgrow_mirror(why);
         }
+    }
+
+    /// Drops the mirror because the log after the snapshot outgrew the budget.
+    fn outgrow_mirror(&mut self, why: String) {
+        self.lose_mirror(why);
+        self.outgrown = true;
+        self.outgrowths += 1;
     }
 
     /// Builds the mirror from the core's storage. Only when nothing is in flight (every batch
