@@ -7,9 +7,10 @@
 //! position after a short pause. Faults alone move a watcher rarely (it polls members 1 and 2,
 //! and most faults heal within a poll's retries), so each watcher also hops on its own: after a
 //! seeded [`HOP_MS_MIN`]..[`HOP_MS_MAX`] on one member it drops its watch and resumes from its
-//! position on the next member — a disconnect and a resume elsewhere, many times per run. Every answer is recorded. After the workload stops, each
-//! watcher goes on until it has covered the last revision the workload was told (or
-//! [`DRAIN_MAX`] passes). Then [`quorate_check::watch::check`] holds every stream to the
+//! position on the next member — a disconnect and a resume elsewhere, many times per run.
+//! Every answer is recorded. After the workload stops, each watcher goes on until it has
+//! covered the last revision the workload was told (or [`DRAIN_MAX`] passes). Then
+//! [`quorate_check::watch::check`] holds every stream to the
 //! workload's writes (docs/chaos.md, "Watches").
 
 use super::workload::{ClientFactory, History, Timeouts};
@@ -98,11 +99,10 @@ pub(crate) async fn run(factory: ClientFactory, from: u64, seed: u64, drain: Arc
     for i in 0..WATCHERS {
         let client = factory.client_as(WATCHER, &factory.workload_members, seed ^ 0x3A7C_0000 ^ i, TIMEOUTS)?;
         let members: Vec<u64> = factory.workload_members.iter().map(|m| m.0).collect();
-        let first = members.get(i as usize % members.len().max(1)).copied();
         let drain = drain.clone();
         let rng = SplitMix64::new(seed ^ 0x3A7C_E000 ^ (i << 8));
         tasks.push(tokio::spawn(async move {
-            let r = one(i, &client, (first, &members), rng, from, &drain).await;
+            let r = one(i, &client, &members, rng, from, &drain).await;
             client.close();
             r
         }));
@@ -130,12 +130,12 @@ fn hop_after(rng: &mut SplitMix64) -> Duration {
     Duration::from_millis(HOP_MS_MIN + rng.below(HOP_MS_MAX - HOP_MS_MIN + 1))
 }
 
-/// One watcher: its streams (more than one only after a compacted position). It starts on
-/// `first` and hops through `members`.
+/// Watcher `i`: its streams (more than one only after a compacted position). It starts on
+/// the `i`-th of `members` (round the list) and hops through them.
 async fn one(
     i: u64,
     client: &quorate_client::Client,
-    (first, members): (Option<u64>, &[u64]),
+    members: &[u64],
     mut rng: SplitMix64,
     from: u64,
     drain: &Drain,
@@ -144,7 +144,7 @@ async fn one(
     let mut stream = Stream { name: format!("watch-{i}"), from, ..Stream::default() };
     let mut events = 0usize;
     let mut next = from;
-    let mut node = first;
+    let mut node = members.get(i as usize % members.len().max(1)).copied();
     let mut last_node: Option<u64> = None;
     // When this watcher next hops: drawn again only after a hop.
     let mut hop_at = Instant::now() + hop_after(&mut rng);
