@@ -52,6 +52,10 @@ pub enum Error {
     /// A session command older than the session's last applied one: its output is gone.
     #[error("sequence number older than the session's last applied command")]
     StaleSequence,
+    /// A session was asked of a state machine that keeps its own
+    /// ([`crate::StateMachine::ENVELOPE`] is `false`): nothing was appended.
+    #[error("this state machine keeps its own sessions: the runtime's are off")]
+    SessionsOff,
     /// The runtime could not decode a committed command (written by a newer version).
     #[error("the committed command could not be decoded")]
     Undecodable,

@@ -26,6 +26,8 @@
 //!   [`ReadLevel::Stale`] runs it at once on the local state.
 //! * **Exactly-once.** A command proposed as `(client, seq)` of a session is applied at most
 //!   once however often it is retried; a retry is answered with the first application's output.
+//!   A state machine that owns its log format ([`StateMachine::ENVELOPE`] `= false`) gets
+//!   every command as it is in the log and keeps its own sessions instead.
 //!
 //! * **Snapshots are streams, end to end.** [`StateMachine::snapshot`] writes into the
 //!   storage's writer; the leader reads chunks from the stored image at their offsets

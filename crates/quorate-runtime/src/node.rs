@@ -174,6 +174,8 @@ impl<SM: StateMachine> Handle<SM> {
     }
 
     /// Opens an exactly-once session (a committed entry; its index is the id).
+    /// [`Error::SessionsOff`] for a state machine that keeps its own sessions
+    /// ([`StateMachine::ENVELOPE`] `= false`).
     pub async fn open_session(&self) -> Result<ClientId, Error> {
         self.call(|tx| Request::OpenSession { done: answer(tx) }).await
     }
@@ -181,6 +183,8 @@ impl<SM: StateMachine> Handle<SM> {
     /// Proposes `command` as number `seq` of session `client`. Number commands 1, 2, 3, …
     /// one at a time; retry a command whose outcome is unknown with the **same** `seq` (on
     /// any node): it is applied at most once, and a retry gets the first application's output.
+    /// [`Error::SessionsOff`] for a state machine that keeps its own sessions
+    /// ([`StateMachine::ENVELOPE`] `= false`).
     pub async fn propose_in_session(
         &self,
         client: ClientId,

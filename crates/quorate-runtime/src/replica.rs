@@ -416,11 +416,13 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         Ok(())
     }
 
-    fn append(&mut self, now: Instant, command: &Command, waiter: Waiter<SM::Output>) {
+    /// Appends `bytes` as a command entry (the runtime's encoding of a [`Command`], or the
+    /// state machine's own command when [`StateMachine::ENVELOPE`] is off).
+    fn append(&mut self, now: Instant, bytes: Vec<u8>, waiter: Waiter<SM::Output>) {
         if let Err(e) = self.admit() {
             return waiter.fail(e);
         }
-        match self.raft.propose(now, Data::from(command.encode())) {
+        match self.raft.propose(now, Data::from(bytes)) {
             Ok(id) => self.track(id, waiter),
             Err(quorate_core::ProposeError::NotLeader { leader_hint }) => waiter.fail(Error::NotLeader { leader_hint }),
             Err(e) => waiter.fail(Error::Propose(e)),
@@ -445,16 +447,22 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         session: Option<(ClientId, u64)>,
         done: ProposeCallback<SM::Output>,
     ) {
-        let command = match session {
-            Some((client, seq)) => Command::Session { client, seq, command },
-            None => Command::Plain(command),
+        let bytes = match session {
+            _ if !SM::ENVELOPE && session.is_some() => return done(Err(Error::SessionsOff)),
+            _ if !SM::ENVELOPE => command,
+            Some((client, seq)) => Command::Session { client, seq, command }.encode(),
+            None => Command::Plain(command).encode(),
         };
-        self.append(now, &command, Waiter::Command(done));
+        self.append(now, bytes, Waiter::Command(done));
     }
 
-    /// Opens an exactly-once session; `done` receives its id once the opening commits.
+    /// Opens an exactly-once session; `done` receives its id once the opening commits
+    /// ([`Error::SessionsOff`] at once when [`StateMachine::ENVELOPE`] is off).
     pub fn open_session(&mut self, now: Instant, done: ProposeCallback<ClientId>) {
-        self.append(now, &Command::OpenSession, Waiter::Session(done));
+        if !SM::ENVELOPE {
+            return done(Err(Error::SessionsOff));
+        }
+        self.append(now, Command::OpenSession.encode(), Waiter::Session(done));
     }
 
     /// Proposes a membership change; `done` is called once it is applied here.
@@ -710,6 +718,10 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 continue;
             }
             match &e.payload {
+                // The state machine's own format: every command entry, as it is.
+                EntryPayload::Command(data) if !SM::ENVELOPE => {
+                    batch.push(Pending { index: e.index, term: e.term, command: data.to_vec(), session: None });
+                }
                 EntryPayload::Command(data) => match Command::decode(data) {
                     Some(Command::Plain(command)) => {
                         batch.push(Pending { index: e.index, term: e.term, command, session: None });
@@ -857,6 +869,7 @@ fn state_at<L: LogStorage>(storage: &L, at: LogIndex) -> Result<(Term, Configura
 mod tests {
     use super::*;
     use crate::storage::MemStorage;
+    use quorate_log::LogStorage as _;
     use std::sync::{Arc, Mutex};
 
     /// Sums the bytes of each command; `bad_outputs` makes it break the output contract.
@@ -1014,9 +1027,75 @@ mod tests {
         assert_eq!(r.status(), before);
         // Plain garbage in the log is a deterministic result too.
         let out: Log<u64> = Log::default();
-        r.append(now, &Command::Plain(vec![]), Waiter::Command(sink(&out)));
+        r.append(now, Command::Plain(vec![]).encode(), Waiter::Command(sink(&out)));
         r.process(now, &mut Vec::new());
         assert_eq!(*out.lock().unwrap(), vec![Ok(0)]);
+    }
+
+    /// [`Sum`] owning its log format: the runtime's envelope and sessions off.
+    #[derive(Default)]
+    struct OwnSum(Sum);
+
+    impl StateMachine for OwnSum {
+        type Output = u64;
+        const ENVELOPE: bool = false;
+        fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
+            self.0.apply(batch)
+        }
+        fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            self.0.snapshot(out)
+        }
+        fn restore(&mut self, applied: LogIndex, s: &mut dyn std::io::Read) -> Result<(), crate::RestoreError> {
+            self.0.restore(applied, s)
+        }
+        fn applied(&self) -> LogIndex {
+            self.0.applied
+        }
+    }
+
+    #[test]
+    fn a_state_machine_owning_its_format_gets_every_command_as_proposed_and_no_sessions() {
+        let (mut r, now) = leader(storage(), OwnSum::default(), Config::new(id()));
+        let first = r.storage().last_index().next();
+        let out: Log<u64> = Log::default();
+        // Bytes the runtime would read as its own envelope, bytes it could not decode, and
+        // nothing at all: each reaches the state machine, and the log, as proposed.
+        let enveloped = Command::Plain(vec![7]).encode();
+        let sum: u64 = enveloped.iter().map(|b| u64::from(*b)).sum();
+        r.propose(now, enveloped.clone(), None, sink(&out));
+        r.propose(now, vec![0xff], None, sink(&out));
+        r.propose(now, Vec::new(), None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(*out.lock().unwrap(), vec![Ok(sum), Ok(sum + 255), Ok(sum + 255)]);
+        let logged: Vec<Vec<u8>> = r
+            .storage()
+            .entries(first, r.storage().last_index().next(), u64::MAX)
+            .expect("reads")
+            .into_iter()
+            .map(|e| match e.payload {
+                EntryPayload::Command(d) => d.to_vec(),
+                other => panic!("not a command: {other:?}"),
+            })
+            .collect();
+        assert_eq!(logged, vec![enveloped, vec![0xff], Vec::new()]);
+        // The runtime's sessions are off: refused at once, nothing appended.
+        let last = r.storage().last_index();
+        let sessions: Log<ClientId> = Log::default();
+        r.open_session(now, sink(&sessions));
+        r.propose(now, vec![1], Some((ClientId(first.0), 1)), sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(*sessions.lock().unwrap(), vec![Err(Error::SessionsOff)]);
+        assert_eq!(out.lock().unwrap()[3], Err(Error::SessionsOff));
+        assert_eq!(r.storage().last_index(), last);
+        // A snapshot and a restart: the state comes back, and applying goes on.
+        assert_eq!(r.snapshot_now(now), Ok(r.applied()));
+        let disk = r.storage().clone();
+        drop(r);
+        let (mut r, now) = leader(disk, OwnSum::default(), Config::new(id()));
+        assert_eq!(r.state_machine().0.total, sum + 255);
+        r.propose(now, vec![1], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(out.lock().unwrap()[4], Ok(sum + 256));
     }
 
     #[test]

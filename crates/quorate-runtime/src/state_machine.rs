@@ -51,6 +51,18 @@ pub trait StateMachine: Send + 'static {
     /// and cannot change while a node runs.
     const DURABLE: bool = false;
 
+    /// Whether the runtime wraps each command in its own envelope and keeps exactly-once
+    /// sessions for it (the default). A state machine that **owns its log format** sets it
+    /// to `false`: each command is written into the log exactly as proposed and handed to
+    /// [`StateMachine::apply`] exactly as it is in the log — every command entry, whatever
+    /// its bytes, so a log written by another program (an earlier release of the
+    /// application, say) goes on applying. The runtime's sessions are then off:
+    /// [`crate::Handle::open_session`] and [`crate::Handle::propose_in_session`] fail with
+    /// [`crate::Error::SessionsOff`], and exactly-once is the state machine's own business
+    /// (it keeps its session table in its state, as the Quorate node does). An associated
+    /// constant: the log's format cannot change while a node runs.
+    const ENVELOPE: bool = true;
+
     /// Most commands handed to one [`StateMachine::apply`] call (at least 1). A durable state
     /// machine whose [`StateMachine::commit`] is one atomic write of bounded size sets it,
     /// with [`StateMachine::commit_due`], so that what one commit carries stays bounded: the
