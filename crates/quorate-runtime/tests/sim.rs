@@ -42,6 +42,7 @@ const MS: u64 = 1_000_000;
 #[derive(Clone, Debug, Default)]
 struct KvDisk {
     map: BTreeMap<String, String>,
+    sessions: OwnSessions,
     applied: LogIndex,
     records: BTreeMap<u64, Vec<u8>>,
     /// A restore was begun (the map cleared and the marker written durably) and not yet
@@ -56,27 +57,51 @@ struct KvDisk {
     restores_resumed: u64,
 }
 
+/// A state machine's own exactly-once table (`O`): per client, the last sequence number
+/// applied and its output.
+type OwnSessions = BTreeMap<u64, (u64, bool)>;
+
 /// The simulated state machine: a map with put and compare-and-set. `D`: durable (with a
-/// [`KvDisk`]) or in memory.
+/// [`KvDisk`]) or in memory. `O`: it owns its log format and its sessions
+/// (`StateMachine::ENVELOPE = false`, as the Quorate node does): a client's command carries
+/// its own `S client seq` and the table is part of the state.
 #[derive(Default, Debug)]
-struct Kv<const D: bool> {
+struct Kv<const D: bool, const O: bool = false> {
     map: BTreeMap<String, String>,
+    sessions: OwnSessions,
     applied: LogIndex,
     disk: Arc<Mutex<KvDisk>>,
 }
 
-impl<const D: bool> Kv<D> {
+impl<const D: bool, const O: bool> Kv<D, O> {
     /// The state machine a (re)started process finds: a new one in memory, or a durable one
     /// as its disk holds it.
-    fn open(disk: &Arc<Mutex<KvDisk>>) -> Kv<D> {
+    fn open(disk: &Arc<Mutex<KvDisk>>) -> Kv<D, O> {
         if !D {
-            return Kv { map: BTreeMap::new(), applied: LogIndex::ZERO, disk: disk.clone() };
+            return Kv { map: BTreeMap::new(), sessions: BTreeMap::new(), applied: LogIndex::ZERO, disk: disk.clone() };
         }
         let mut d = disk.lock().expect("unpoisoned");
         if d.restoring.is_some() {
             d.restores_resumed += 1;
         }
-        Kv { map: d.map.clone(), applied: d.applied, disk: disk.clone() }
+        Kv { map: d.map.clone(), sessions: d.sessions.clone(), applied: d.applied, disk: disk.clone() }
+    }
+
+    /// Runs `P key value` or `C key expected value`.
+    fn run(&mut self, parts: &[&str]) -> bool {
+        match parts {
+            ["P", k, v] => {
+                self.map.insert((*k).to_owned(), (*v).to_owned());
+                true
+            }
+            ["C", k, expected, v] if self.map.get(*k).map(String::as_str) == Some(*expected) => {
+                self.map.insert((*k).to_owned(), (*v).to_owned());
+                true
+            }
+            // A failed comparison, or a malformed command: a deterministic result, not a
+            // stop.
+            _ => false,
+        }
     }
 }
 
@@ -85,11 +110,12 @@ fn encode(cmd: &[&str]) -> Vec<u8> {
     cmd.join(" ").into_bytes()
 }
 
-impl<const D: bool> StateMachine for Kv<D> {
+impl<const D: bool, const O: bool> StateMachine for Kv<D, O> {
     /// Whether the command took effect (a cas whose comparison failed: false).
     type Output = bool;
 
     const DURABLE: bool = D;
+    const ENVELOPE: bool = !O;
 
     fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<bool> {
         batch
@@ -98,36 +124,41 @@ impl<const D: bool> StateMachine for Kv<D> {
                 self.applied = c.index;
                 let text = String::from_utf8_lossy(c.command);
                 let parts: Vec<&str> = text.split(' ').collect();
-                match parts.as_slice() {
-                    ["P", k, v] => {
-                        self.map.insert((*k).to_owned(), (*v).to_owned());
-                        true
+                if !O {
+                    return self.run(&parts);
+                }
+                // Own sessions: `S client seq` before the operation; a retry of the last
+                // sequence number gets its output again, an older one is not applied.
+                let ["S", client, seq, op @ ..] = parts.as_slice() else { return false };
+                let (Ok(client), Ok(seq)) = (client.parse::<u64>(), seq.parse::<u64>()) else { return false };
+                match self.sessions.get(&client) {
+                    Some(&(last, output)) if seq == last => output,
+                    Some(&(last, _)) if seq < last => false,
+                    _ => {
+                        let output = self.run(op);
+                        self.sessions.insert(client, (seq, output));
+                        output
                     }
-                    ["C", k, expected, v] if self.map.get(*k).map(String::as_str) == Some(*expected) => {
-                        self.map.insert((*k).to_owned(), (*v).to_owned());
-                        true
-                    }
-                    // A failed comparison, or a malformed command: a deterministic result,
-                    // not a stop.
-                    _ => false,
                 }
             })
             .collect()
     }
 
     fn snapshot(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        out.write_all(&postcard::to_allocvec(&self.map).map_err(std::io::Error::other)?)
+        out.write_all(&postcard::to_allocvec(&(&self.map, &self.sessions)).map_err(std::io::Error::other)?)
     }
 
     fn restore(&mut self, applied: LogIndex, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
         let mut bytes = Vec::new();
         snapshot.read_to_end(&mut bytes)?;
-        let map: BTreeMap<String, String> = postcard::from_bytes(&bytes).map_err(|e| RestoreError(e.to_string()))?;
+        let (map, sessions): (BTreeMap<String, String>, OwnSessions) =
+            postcard::from_bytes(&bytes).map_err(|e| RestoreError(e.to_string()))?;
         if D {
             // The install marker and the clearing write, durable before anything else.
             let mut d = self.disk.lock().expect("unpoisoned");
             d.restoring = Some(applied);
             d.map.clear();
+            d.sessions.clear();
             if d.die_in_restore {
                 // Part of the image reached the disk, then the process died.
                 d.map = map.into_iter().take(1).collect();
@@ -137,6 +168,7 @@ impl<const D: bool> StateMachine for Kv<D> {
             }
         }
         self.map = map;
+        self.sessions = sessions;
         self.applied = applied;
         Ok(())
     }
@@ -150,6 +182,7 @@ impl<const D: bool> StateMachine for Kv<D> {
         // marker of a restore removed.
         let mut d = self.disk.lock().expect("unpoisoned");
         d.map = self.map.clone();
+        d.sessions = self.sessions.clone();
         d.applied = applied;
         runtime.apply_to(&mut d.records);
         d.restoring = None;
@@ -287,12 +320,12 @@ struct Summary {
     restores_resumed: u64,
 }
 
-struct Sim<const D: bool> {
+struct Sim<const D: bool, const O: bool = false> {
     cfg: SimConfig,
     rng: SplitMix64,
     now: u64,
     ids: Vec<NodeId>,
-    nodes: Vec<Option<Replica<Kv<D>, MemStorage>>>,
+    nodes: Vec<Option<Replica<Kv<D, O>, MemStorage>>>,
     disks: Vec<Option<MemStorage>>,
     /// The durable state machines' disks (kept across crashes).
     kv_disks: Vec<Arc<Mutex<KvDisk>>>,
@@ -337,8 +370,8 @@ fn runtime_config(id: NodeId, seed: u64, snapshot_rate: Option<u64>) -> Config {
     cfg
 }
 
-impl<const D: bool> Sim<D> {
-    fn new(cfg: SimConfig) -> Sim<D> {
+impl<const D: bool, const O: bool> Sim<D, O> {
+    fn new(cfg: SimConfig) -> Sim<D, O> {
         let mut ids: Vec<NodeId> = (1..=cfg.nodes).map(|i| NodeId::new(i).expect("non-zero")).collect();
         let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
         let mut plan = Vec::new();
@@ -362,7 +395,7 @@ impl<const D: bool> Sim<D> {
                     Replica::new(
                         runtime_config(*id, cfg.seed, cfg.snapshot_rate),
                         storage,
-                        Kv::<D>::open(kv_disk),
+                        Kv::<D, O>::open(kv_disk),
                         Instant::ZERO,
                     )
                     .expect("starts"),
@@ -373,7 +406,9 @@ impl<const D: bool> Sim<D> {
         let clients = (0..cfg.clients)
             .map(|id| Client {
                 id,
-                session: None,
+                // A state machine with its own sessions needs no opening: the id is the
+                // client's own (unique here; the Quorate node draws one at random).
+                session: O.then_some(ClientId(id)),
                 opening: None,
                 seq: 0,
                 op: None,
@@ -446,11 +481,12 @@ impl<const D: bool> Sim<D> {
             return Err(format!("history of {} operations: {result}", self.history.len()));
         }
         // State-machine safety: replicas that applied the same index hold the same state.
-        let mut by_index: BTreeMap<LogIndex, &BTreeMap<String, String>> = BTreeMap::new();
+        // (Its own session table included: it is state.)
+        let mut by_index: BTreeMap<LogIndex, (&BTreeMap<String, String>, &OwnSessions)> = BTreeMap::new();
         for r in self.nodes.iter().flatten() {
             let sm = r.state_machine();
-            if let Some(other) = by_index.insert(sm.applied, &sm.map)
-                && other != &sm.map
+            if let Some(other) = by_index.insert(sm.applied, (&sm.map, &sm.sessions))
+                && other != (&sm.map, &sm.sessions)
             {
                 return Err(format!("two replicas differ at applied index {}", sm.applied));
             }
@@ -595,7 +631,7 @@ impl<const D: bool> Sim<D> {
             if self.nodes[i].is_none() && self.restart_at[i] <= self.now {
                 let disk = self.disks[i].take().expect("a crashed node keeps its disk");
                 let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes), self.cfg.snapshot_rate);
-                let sm = Kv::<D>::open(&self.kv_disks[i]);
+                let sm = Kv::<D, O>::open(&self.kv_disks[i]);
                 match Replica::new(cfg, disk.clone(), sm, Instant(self.now)) {
                     Ok(r) => self.nodes[i] = Some(r),
                     // Died again, in the restore at start: down a little longer.
@@ -760,27 +796,29 @@ impl<const D: bool> Sim<D> {
                 r.read(
                     now,
                     ReadLevel::Linearizable,
-                    Box::new(move |sm: Result<&Kv<D>, Error>| {
+                    Box::new(move |sm: Result<&Kv<D, O>, Error>| {
                         let v = sm.map(|kv| kv.map.get(&key).cloned());
                         replies.lock().expect("unpoisoned").push((client, op_id, Reply::Read(v)));
                     }),
                 );
             }
-            OpSpec::Put { key, value } => {
+            OpSpec::Put { .. } | OpSpec::Cas { .. } => {
                 let session = self.clients[c].session.expect("a writer has a session");
+                let op = match spec {
+                    OpSpec::Put { key, value } => encode(&["P", key, value]),
+                    OpSpec::Cas { key, expected, value } => encode(&["C", key, expected, value]),
+                    OpSpec::Get { .. } => unreachable!("a read is not proposed"),
+                };
+                // Own sessions: in the command; the runtime's: beside it.
+                let (command, session) = if O {
+                    ([format!("S {} {seq} ", session.0).into_bytes(), op].concat(), None)
+                } else {
+                    (op, Some((session, seq)))
+                };
                 r.propose(
                     now,
-                    encode(&["P", key, value]),
-                    Some((session, seq)),
-                    Box::new(move |o| replies.lock().expect("unpoisoned").push((client, op_id, Reply::Write(o)))),
-                );
-            }
-            OpSpec::Cas { key, expected, value } => {
-                let session = self.clients[c].session.expect("a writer has a session");
-                r.propose(
-                    now,
-                    encode(&["C", key, expected, value]),
-                    Some((session, seq)),
+                    command,
+                    session,
                     Box::new(move |o| replies.lock().expect("unpoisoned").push((client, op_id, Reply::Write(o)))),
                 );
             }
@@ -899,8 +937,8 @@ impl<const D: bool> Sim<D> {
     }
 }
 
-fn run_seed<const D: bool>(seed: u64) -> Result<Summary, String> {
-    Sim::<D>::new(SimConfig::for_seed(seed)).run()
+fn run_seed<const D: bool, const O: bool>(seed: u64) -> Result<Summary, String> {
+    Sim::<D, O>::new(SimConfig::for_seed(seed)).run()
 }
 
 fn replay_hint(seed: u64, test: &str) -> String {
@@ -912,7 +950,7 @@ fn replay_hint(seed: u64, test: &str) -> String {
 /// Runs the seeds (all of `QUORATE_RUNTIME_SIM_SEEDS`, default 200, or the one of
 /// `QUORATE_RUNTIME_SIM_SEED`) with a state machine in memory (`D = false`) or durable, and
 /// checks that the faults happened and that most operations were answered.
-fn run_seeds<const D: bool>(test: &str) -> Summary {
+fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
     let seeds: Vec<u64> = match std::env::var("QUORATE_RUNTIME_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("QUORATE_RUNTIME_SIM_SEED is a number")],
         Err(_) => {
@@ -934,7 +972,7 @@ fn run_seeds<const D: bool>(test: &str) -> Summary {
         restores_resumed: 0,
     };
     for &seed in &seeds {
-        match run_seed::<D>(seed) {
+        match run_seed::<D, O>(seed) {
             Ok(s) => {
                 if seeds.len() == 1 {
                     println!("seed {seed}: {s:?}");
@@ -970,7 +1008,7 @@ fn run_seeds<const D: bool>(test: &str) -> Summary {
 
 #[test]
 fn runtime_histories_are_linearizable_across_seeds() {
-    run_seeds::<false>("runtime_histories_are_linearizable_across_seeds");
+    run_seeds::<false, false>("runtime_histories_are_linearizable_across_seeds");
 }
 
 /// The same seeds with a durable state machine: it keeps its own state across crashes (the
@@ -978,17 +1016,29 @@ fn runtime_histories_are_linearizable_across_seeds() {
 /// are restored again when the node comes back.
 #[test]
 fn durable_state_machine_histories_are_linearizable_across_seeds() {
-    let total = run_seeds::<true>("durable_state_machine_histories_are_linearizable_across_seeds");
+    let total = run_seeds::<true, false>("durable_state_machine_histories_are_linearizable_across_seeds");
     if std::env::var("QUORATE_RUNTIME_SIM_SEED").is_err() && total.installs >= 10 {
         assert!(total.restores_died > 0, "no install died half-way: {total:?}");
         assert!(total.restores_resumed > 0, "no half-restored state machine was started: {total:?}");
     }
 }
 
+/// The same seeds with a durable state machine that owns its log format and its sessions
+/// (`StateMachine::ENVELOPE = false`, the shape of the Quorate node's): commands reach it as
+/// proposed, and exactly-once under retries on other nodes is its own table's doing, kept
+/// across crashes, snapshots and interrupted installs with its state.
+#[test]
+fn own_format_state_machine_histories_are_linearizable_across_seeds() {
+    let total = run_seeds::<true, true>("own_format_state_machine_histories_are_linearizable_across_seeds");
+    if std::env::var("QUORATE_RUNTIME_SIM_SEED").is_err() && total.installs >= 10 {
+        assert!(total.restores_died > 0, "no install died half-way: {total:?}");
+    }
+}
+
 #[test]
 fn a_seed_replays_exactly() {
-    let a = Sim::<false>::new(SimConfig::for_seed(11));
-    let b = Sim::<false>::new(SimConfig::for_seed(11));
+    let a = Sim::<false, false>::new(SimConfig::for_seed(11));
+    let b = Sim::<false, false>::new(SimConfig::for_seed(11));
     let (mut a, mut b) = (a, b);
     assert_eq!(a.run(), b.run());
     assert_eq!(a.history, b.history);
