@@ -1821,16 +1821,6 @@ pub(crate) fn member_addr_of(key: &[u8], value: &[u8]) -> Option<(u64, String)> 
 /// Streams every state-machine pair into `out` (`u32 LE key length | key | u32 LE value
 /// length | value`, repeated). Returns the number of pairs.
 pub(crate) fn write_snapshot_data<R: SmRead + ?Sized>(r: &R, out: &mut impl Write) -> Result<u64, SmError> {
-    write_snapshot_data_without(r, out, None)
-}
-
-/// [`write_snapshot_data`] leaving out the pairs whose key starts with `skip` (records that
-/// are not part of the key-value state, like the runtime's: [`runtime`]).
-pub(crate) fn write_snapshot_data_without<R: SmRead + ?Sized>(
-    r: &R,
-    out: &mut impl Write,
-    skip: Option<u8>,
-) -> Result<u64, SmError> {
     let io = |e: std::io::Error| SmError::Storage(StoreError::Io(format!("writing snapshot: {e}")));
     let mut from = Vec::new();
     let mut n = 0;
@@ -1841,16 +1831,6 @@ pub(crate) fn write_snapshot_data_without<R: SmRead + ?Sized>(
             return Ok(n);
         }
         for (k, v) in page {
-            if let Some(prefix) = skip
-                && k.first() == Some(&prefix)
-            {
-                // Past every key of the prefix at once (keys of the prefix 0xff one by one).
-                from = match prefix.checked_add(1) {
-                    Some(next) => vec![next],
-                    None => [k.as_slice(), &[0]].concat(),
-                };
-                break;
-            }
             out.write_all(&(k.len() as u32).to_le_bytes()).map_err(io)?;
             out.write_all(&k).map_err(io)?;
             out.write_all(&(v.len() as u32).to_le_bytes()).map_err(io)?;

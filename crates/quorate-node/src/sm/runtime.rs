@@ -2,6 +2,12 @@
 //! state machine of the runtime (issue 19, the step toward the node's driver being replaced
 //! by the runtime's replica loop; the node's own driver and apply thread do not use it yet).
 //!
+//! It **owns its log format** ([`StateMachine::ENVELOPE`] `= false`): every entry holds a
+//! `quorate_api` command exactly as the node's own driver writes it (0.1.0's included), and
+//! exactly-once is the key-value state's own session table (principal-bound sessions with
+//! random ids, `S` keys), not the runtime's — whose sessions are off for it. So a log written
+//! by the node's driver applies under the runtime, and the other way round.
+//!
 //! [`KvMachine`] keeps its state where the node keeps it — the `sm` column family of the
 //! [`RocksStore`] that also holds the log (the runtime's `RocksLog` over the same store) — and
 //! applies commands with the same functions as the node's apply thread ([`super::apply_entry`]
@@ -9,10 +15,8 @@
 //!
 //! * **apply** layers each command's writes over the store in memory (`pending`); later
 //!   commands read through that layer; nothing is written;
-//! * **commit** writes the pending writes, the runtime's records (its exactly-once session
-//!   table, under the key prefix [`RUNTIME_RECORD`], left out of snapshots: the runtime keeps
-//!   it in its own part of the image) and the applied index in one atomic
-//!   [`RocksStore::apply`]. One command per apply call ([`StateMachine::APPLY_COMMANDS_MAX`])
+//! * **commit** writes the pending writes and the applied index in one atomic
+//!   [`RocksStore::apply`] (the runtime has no records for it: its sessions are off). One command per apply call ([`StateMachine::APPLY_COMMANDS_MAX`])
 //!   and [`StateMachine::commit_due`] at [`COMMIT_OPS`] writes or [`COMMIT_BYTES`] bytes keep
 //!   that write within the store's [`APPLY_OPS_MAX`];
 //! * **restore** goes through the store's install marker ([`RocksStore::begin_sm_install`],
@@ -32,18 +36,13 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-/// Key prefix of the runtime's records in the `sm` column family (`R` + session id, big
-/// endian). Distinct from every prefix of the key-value state (see the table in [`super`]).
-pub(crate) const RUNTIME_RECORD: u8 = b'R';
-
 /// Pending writes at which a commit is due: with one command per apply call (at most
-/// [`super::COMMAND_WRITES_MAX`] writes) and the runtime's records, a commit stays within
-/// [`APPLY_OPS_MAX`].
+/// [`super::COMMAND_WRITES_MAX`] writes), a commit stays within [`APPLY_OPS_MAX`].
 pub(crate) const COMMIT_OPS: usize = APPLY_OPS_MAX / 2;
 /// Bytes of pending writes at which a commit is due.
 pub(crate) const COMMIT_BYTES: usize = 32 << 20;
-/// Commands applied since the last commit at which one is due (commands whose writes fold
-/// into keys already pending still add session records).
+/// Commands applied since the last commit at which one is due (a bound on one commit's work
+/// even when every command's writes fold into keys already pending).
 pub(crate) const COMMIT_COMMANDS: usize = 4096;
 /// State-machine pairs per write of a restore (the store takes at most [`APPLY_OPS_MAX`]).
 const RESTORE_BATCH_PAIRS: usize = APPLY_OPS_MAX / 2;
@@ -52,7 +51,7 @@ const RESTORE_BATCH_BYTES: usize = INSTALL_BATCH_BYTES_MAX / 2;
 /// Pairs read from the store at once when merging it with the pending writes.
 const MERGE_PAGE_PAIRS: usize = 1024;
 
-const _: () = assert!(COMMIT_OPS + super::COMMAND_WRITES_MAX + COMMIT_COMMANDS + 64 < APPLY_OPS_MAX);
+const _: () = assert!(COMMIT_OPS + super::COMMAND_WRITES_MAX + 64 < APPLY_OPS_MAX);
 
 /// What applying one command answers: the client's result and what the node does about it
 /// (the same as [`ApplyOutcome`], serializable: the runtime caches it for retries).
@@ -139,48 +138,24 @@ impl KvMachine {
         Ok(outcome.into())
     }
 
-    /// The store operations of a commit: the pending writes, then the runtime's records.
+    /// The store operations of a commit: the pending writes. The runtime hands over no
+    /// records (its sessions are off for a state machine that owns its format); any would be
+    /// a broken contract, refused rather than dropped.
     fn commit_ops(&mut self, runtime: &RuntimeWrites) -> Result<Vec<SmOp>, SmError> {
-        let mut ops = Vec::with_capacity(self.pending.len() + runtime.put.len() + runtime.delete.len());
+        if !runtime.put.is_empty() || !runtime.delete.is_empty() {
+            return Err(SmError::Storage(quorate_storage::StoreError::InvalidBatch(
+                "runtime session records for a state machine that keeps its own sessions".into(),
+            )));
+        }
+        let mut ops = Vec::with_capacity(self.pending.len());
         for (key, value) in std::mem::take(&mut self.pending) {
             ops.push(match value {
                 Some(value) => SmOp::Put { key, value },
                 None => SmOp::Delete { key },
             });
         }
-        if runtime.clear {
-            for (key, _) in self.records()? {
-                ops.push(SmOp::Delete { key });
-            }
-        }
-        ops.extend(runtime.delete.iter().map(|id| SmOp::Delete { key: record_key(*id) }));
-        ops.extend(runtime.put.iter().map(|(id, v)| SmOp::Put { key: record_key(*id), value: v.clone() }));
         Ok(ops)
     }
-
-    /// Every runtime record in the store, read in bounded pages.
-    fn records(&self) -> Result<Vec<SmPair>, SmError> {
-        let mut out = Vec::new();
-        let mut from = vec![RUNTIME_RECORD];
-        loop {
-            let page = self.store.sm_scan_bounded(&from, MERGE_PAGE_PAIRS, SCAN_READ_BYTES_MAX)?;
-            let Some((last, _)) = page.last() else { return Ok(out) };
-            from = [last.as_slice(), &[0]].concat();
-            for (k, v) in page {
-                if k.first() != Some(&RUNTIME_RECORD) {
-                    return Ok(out);
-                }
-                out.push((k, v));
-            }
-        }
-    }
-}
-
-fn record_key(id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(RUNTIME_RECORD);
-    k.extend_from_slice(&id.to_be_bytes());
-    k
 }
 
 fn io_error(e: impl std::fmt::Display) -> std::io::Error {
@@ -190,6 +165,7 @@ fn io_error(e: impl std::fmt::Display) -> std::io::Error {
 impl StateMachine for KvMachine {
     type Output = KvOutput;
     const DURABLE: bool = true;
+    const ENVELOPE: bool = false;
     const APPLY_COMMANDS_MAX: usize = 1;
 
     fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<KvOutput> {
@@ -220,7 +196,7 @@ impl StateMachine for KvMachine {
 
     fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let mut out = out;
-        super::write_snapshot_data_without(&self.view(), &mut out, Some(RUNTIME_RECORD)).map(|_| ()).map_err(io_error)
+        super::write_snapshot_data(&self.view(), &mut out).map(|_| ()).map_err(io_error)
     }
 
     fn restore(&mut self, applied: LogIndex, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
@@ -239,9 +215,6 @@ impl StateMachine for KvMachine {
         let mut bytes = 0usize;
         let mut snapshot = snapshot;
         super::read_snapshot_data(&mut snapshot, |key, value| {
-            if key.first() == Some(&RUNTIME_RECORD) {
-                return Err(super::corrupt(&key, "a runtime record in the state machine's part of a snapshot"));
-            }
             bytes += key.len() + value.len();
             batch.push((key, value));
             if batch.len() >= RESTORE_BATCH_PAIRS || bytes >= RESTORE_BATCH_BYTES {
@@ -254,7 +227,7 @@ impl StateMachine for KvMachine {
         if !batch.is_empty() {
             store.write_sm_install_batch(batch).map_err(|e| RestoreError(e.to_string()))?;
         }
-        // Finished by the commit that follows (with the runtime's records).
+        // Finished by the commit that follows.
         Ok(())
     }
 
@@ -265,16 +238,13 @@ impl StateMachine for KvMachine {
     fn commit(&mut self, applied: LogIndex, runtime: &RuntimeWrites) -> std::io::Result<()> {
         (self.pending_bytes, self.commands_since_commit) = (0, 0);
         if let Some(target) = self.store.sm_install_pending() {
-            // The commit of a restore: the records join the install, which ends here.
-            if !self.pending.is_empty() || target != applied {
+            // The commit of a restore: the install ends here.
+            if !self.pending.is_empty() || target != applied || !runtime.put.is_empty() {
                 return Err(io_error(format!(
-                    "the commit at {applied} of a restore at {target} carries {} applied writes",
-                    self.pending.len()
+                    "the commit at {applied} of a restore at {target} carries {} applied writes and {} runtime records",
+                    self.pending.len(),
+                    runtime.put.len()
                 )));
-            }
-            let pairs: Vec<SmPair> = runtime.put.iter().map(|(id, v)| (record_key(*id), v.clone())).collect();
-            for chunk in pairs.chunks(RESTORE_BATCH_PAIRS) {
-                self.store.write_sm_install_batch(chunk.to_vec()).map_err(io_error)?;
             }
             return self.store.finish_sm_install(applied).map_err(io_error);
         }
@@ -286,17 +256,6 @@ impl StateMachine for KvMachine {
         self.pending.len() >= COMMIT_OPS
             || self.pending_bytes >= COMMIT_BYTES
             || self.commands_since_commit >= COMMIT_COMMANDS
-    }
-
-    fn runtime_records(&self) -> Result<Vec<(u64, Vec<u8>)>, RestoreError> {
-        self.records()
-            .map_err(|e| RestoreError(e.to_string()))?
-            .into_iter()
-            .map(|(k, v)| match <[u8; 8]>::try_from(&k[1..]) {
-                Ok(id) => Ok((u64::from_be_bytes(id), v)),
-                Err(_) => Err(RestoreError(format!("runtime record {} has a malformed key", k.escape_ascii()))),
-            })
-            .collect()
     }
 
     fn interrupted_restore(&self) -> Option<LogIndex> {

@@ -1,10 +1,10 @@
 //! The key-value state machine driven by the runtime's replica loop (`quorate_runtime::Replica`)
-//! on RocksDB: applied, committed with the runtime's session table, restarted without
-//! applying again, and installed on a follower from a snapshot transfer (also after an
-//! install that a crash interrupted).
+//! on RocksDB: applied in its own log format with its own sessions, committed, restarted
+//! without applying again, applying a log the node's own driver wrote, and installed on a
+//! follower from a snapshot transfer (also after an install that a crash interrupted).
 
 use super::*;
-use quorate_api::{Command, CommandOp};
+use quorate_api::{Command, CommandOp, Sequenced, SessionId};
 use quorate_core::Instant;
 use quorate_log::Configuration;
 use quorate_runtime::{ClientId, Config, Error, ProposeCallback, Replica, RocksLog, Role, WireMessage};
@@ -23,7 +23,12 @@ fn node(i: u64) -> NodeId {
 }
 
 fn command(op: CommandOp) -> Vec<u8> {
-    quorate_api::encode_command(&Command { session: None, time_ms: 1_000, op }).expect("encodes")
+    in_session(None, op)
+}
+
+/// A command as the node's driver writes it, in a session of the key-value state's own.
+fn in_session(session: Option<Sequenced>, op: CommandOp) -> Vec<u8> {
+    quorate_api::encode_command(&Command { session, time_ms: 1_000, op }).expect("encodes")
 }
 
 fn put(k: &str, v: &str) -> Vec<u8> {
@@ -67,13 +72,17 @@ fn kv_state(sm: &KvMachine) -> KvState {
 fn the_kv_state_machine_applies_commits_and_restarts_on_the_runtime() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (mut r, now) = start(dir.path());
-    let sessions: Log<ClientId> = Log::default();
-    r.open_session(now, sink(&sessions));
-    r.process(now, &mut Vec::new());
-    let client = sessions.lock().unwrap().pop().expect("answered").expect("opened");
+    // Its sessions are its own: the runtime's are off for it.
+    let runtime_sessions: Log<ClientId> = Log::default();
+    r.open_session(now, sink(&runtime_sessions));
+    assert_eq!(*runtime_sessions.lock().unwrap(), vec![Err(Error::SessionsOff)]);
     let out: Log<KvOutput> = Log::default();
+    r.propose(now, command(CommandOp::OpenSession), None, sink(&out));
+    r.process(now, &mut Vec::new());
+    let Ok(Response::Session(session)) = results(&out)[0] else { panic!("{:?}", results(&out)) };
+    let seq = |seq| Some(Sequenced { session, seq });
     r.propose(now, put("a", "1"), None, sink(&out));
-    r.propose(now, put("b", "2"), Some((client, 1)), sink(&out));
+    r.propose(now, in_session(seq(1), CommandOp::Put { key: "b".into(), value: "2".into() }), None, sink(&out));
     r.propose(
         now,
         command(CommandOp::Cas { key: "a".into(), expected: Some("1".into()), value: "3".into() }),
@@ -85,10 +94,10 @@ fn the_kv_state_machine_applies_commits_and_restarts_on_the_runtime() {
     r.propose(now, vec![0xff; 3], None, sink(&out));
     r.process(now, &mut Vec::new());
     let got = results(&out);
-    assert_eq!(got[..2], [Ok(Response::Put { revision: 1 }), Ok(Response::Put { revision: 2 })]);
-    assert!(matches!(got[2], Ok(Response::Cas { succeeded: true, revision: 3, .. })), "{:?}", got[2]);
-    assert_eq!(got[3], Ok(Response::Delete { deleted: true, revision: 4 }));
-    assert!(matches!(got[4], Err(ApiError::InvalidRequest(_))), "{:?}", got[4]);
+    assert_eq!(got[1..3], [Ok(Response::Put { revision: 1 }), Ok(Response::Put { revision: 2 })]);
+    assert!(matches!(got[3], Ok(Response::Cas { succeeded: true, revision: 3, .. })), "{:?}", got[3]);
+    assert_eq!(got[4], Ok(Response::Delete { deleted: true, revision: 4 }));
+    assert!(matches!(got[5], Err(ApiError::InvalidRequest(_))), "{:?}", got[5]);
     assert_eq!(r.state_machine().get(b"a").expect("reads").map(|kv| kv.value), Some(b"3".to_vec()));
     assert_eq!(r.state_machine().get(b"b").expect("reads"), None);
     // Every turn is committed: the store's applied index is the runtime's.
@@ -96,9 +105,10 @@ fn the_kv_state_machine_applies_commits_and_restarts_on_the_runtime() {
     let at = r.snapshot_now(now).expect("a snapshot");
     assert_eq!(at, r.applied());
     // After the snapshot: only in the state machine's own state (and the log).
-    r.propose(now, put("c", "5"), Some((client, 2)), sink(&out));
+    let c5 = || in_session(seq(2), CommandOp::Put { key: "c".into(), value: "5".into() });
+    r.propose(now, c5(), None, sink(&out));
     r.process(now, &mut Vec::new());
-    assert_eq!(results(&out)[5], Ok(Response::Put { revision: 5 }));
+    assert_eq!(results(&out)[6], Ok(Response::Put { revision: 5 }));
     let before = kv_state(r.state_machine());
     let applied = r.applied();
     drop(r);
@@ -109,24 +119,55 @@ fn the_kv_state_machine_applies_commits_and_restarts_on_the_runtime() {
     assert!(r.state_machine().applied() > applied);
     assert_eq!(r.state_machine().applied(), r.applied());
     assert_eq!(kv_state(r.state_machine()), before, "the state as committed, not the snapshot's");
-    // The runtime's session table came back from the state machine's records: the retry of
-    // seq 2 is answered from the cache and not applied again (which would be revision 6).
-    r.propose(now, put("c", "5"), Some((client, 2)), sink(&out));
+    // The session table is part of the state: the retry of seq 2 is answered from it and
+    // not applied again (which would be revision 6).
+    r.propose(now, c5(), None, sink(&out));
     r.process(now, &mut Vec::new());
-    assert_eq!(results(&out)[6], Ok(Response::Put { revision: 5 }));
+    assert_eq!(results(&out)[7], Ok(Response::Put { revision: 5 }));
     assert_eq!(kv_state(r.state_machine()), before);
-    // The session records stay out of the state machine's part of snapshots.
-    let mut image = Vec::new();
-    r.state_machine().snapshot(&mut image).expect("writes");
-    let mut keys = Vec::new();
-    super::super::read_snapshot_data(&mut image.as_slice(), |k, _| {
-        keys.push(k);
-        Ok(())
-    })
-    .expect("reads back");
-    assert!(!keys.is_empty());
-    assert!(keys.iter().all(|k| k.first() != Some(&RUNTIME_RECORD)), "{keys:?}");
-    assert_eq!(r.state_machine().runtime_records().expect("records").len(), 1, "the session's record is stored");
+    assert_eq!(r.state_machine().runtime_records().expect("records"), Vec::new(), "no runtime records");
+}
+
+/// A log the node's own driver wrote — its entries are `quorate_api` commands as they are,
+/// with the node's sessions — applies under the runtime: the runtime hands each entry to the
+/// state machine unchanged (it would refuse every one as undecodable with its envelope on).
+#[test]
+fn a_log_written_by_the_nodes_driver_applies_under_the_runtime() {
+    use quorate_log::{Data, Entry, EntryPayload, HardState, Term};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = Configuration::with_voters([node(1)]).expect("valid");
+    let session = SessionId(1);
+    let seq = |seq| Some(Sequenced { session, seq });
+    let commands = [
+        command(CommandOp::OpenSession),
+        in_session(seq(1), CommandOp::Put { key: "a".into(), value: "1".into() }),
+        // A retry the driver appended again: applied once.
+        in_session(seq(1), CommandOp::Put { key: "a".into(), value: "1".into() }),
+        put("b", "2"),
+        command(CommandOp::Delete { key: "a".into() }),
+    ];
+    {
+        let (log, _) = open(dir.path(), &config);
+        let store = log.store();
+        // As the driver persists: entries of term 1, and the vote and commit beside them.
+        let entries: Vec<Entry> = commands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Entry {
+                term: Term(1),
+                index: LogIndex(i as u64 + 1),
+                payload: EntryPayload::Command(Data::from(c.clone())),
+            })
+            .collect();
+        let mut batch = quorate_storage::PersistBatch::append(entries);
+        batch.hard_state = Some(HardState { term: Term(1), vote: Some(node(1)), commit: LogIndex(5) });
+        store.write(batch).expect("persists");
+    }
+    let (r, _) = start(dir.path());
+    let (kvs, revision) = kv_state(r.state_machine());
+    assert_eq!(kvs, vec![(b"b".to_vec(), b"2".to_vec(), 2)], "a put once, b put, a deleted");
+    assert_eq!(revision, 3);
+    assert!(r.state_machine().applied() > LogIndex(5), "applied all five and the new term's no-op");
 }
 
 /// Three replicas on RocksDB driven by hand (messages delivered at the next step); node 3 is
