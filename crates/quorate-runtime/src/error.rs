@@ -6,7 +6,9 @@ use quorate_log::NodeId;
 ///
 /// Each variant says whether the request **may have taken effect**: see
 /// [`Error::outcome_unknown`]. A definite failure can be retried freely; after an unknown
-/// outcome only a session command (retried with the same sequence number) is safe to retry.
+/// outcome only a session command (retried with the same sequence number) is safe to retry —
+/// in the runtime's session, or in the state machine's own when it owns its format
+/// ([`crate::StateMachine::ENVELOPE`] `= false`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -255,8 +255,13 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     storage.last_index()
                 )));
             }
-            let records = sm.runtime_records().map_err(|e| Error::Start(e.to_string()))?;
-            let sessions = Sessions::from_records(records).map_err(Error::Start)?;
+            // A state machine that owns its format has no runtime records to read.
+            let sessions = if SM::ENVELOPE {
+                let records = sm.runtime_records().map_err(|e| Error::Start(e.to_string()))?;
+                Sessions::from_records(records).map_err(Error::Start)?
+            } else {
+                Sessions::default()
+            };
             let (term, config) = state_at(&storage, at)?;
             (sessions, at, term, config)
         } else {
@@ -448,7 +453,9 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         done: ProposeCallback<SM::Output>,
     ) {
         let bytes = match session {
-            _ if !SM::ENVELOPE && session.is_some() => return done(Err(Error::SessionsOff)),
+            _ if !SM::ENVELOPE && session.is_some() => {
+                return done(Err(self.refusal().unwrap_or(Error::SessionsOff)));
+            }
             _ if !SM::ENVELOPE => command,
             Some((client, seq)) => Command::Session { client, seq, command }.encode(),
             None => Command::Plain(command).encode(),
@@ -460,7 +467,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// ([`Error::SessionsOff`] at once when [`StateMachine::ENVELOPE`] is off).
     pub fn open_session(&mut self, now: Instant, done: ProposeCallback<ClientId>) {
         if !SM::ENVELOPE {
-            return done(Err(Error::SessionsOff));
+            return done(Err(self.refusal().unwrap_or(Error::SessionsOff)));
         }
         self.append(now, Command::OpenSession.encode(), Waiter::Session(done));
     }
@@ -639,7 +646,10 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
         let (sessions, sm) = (&self.sessions, &self.sm);
         self.raft.storage_mut().save_snapshot(&meta, &mut |out| {
-            write_image_prefix(out, sessions)?;
+            // A state machine that owns its format owns its image too: its bytes alone.
+            if SM::ENVELOPE {
+                write_image_prefix(out, sessions)?;
+            }
             sm.snapshot(out)
         })?;
         // The image kept for sending is superseded (transfers hold their own).
@@ -826,14 +836,14 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
 }
 
 /// Restores `sm` from the image `source` holds: the runtime's part (the session table, which
-/// is returned), then the state machine's bytes as a stream, then the whole image's checksum.
-/// A durable state machine's restore is finished by its commit, with the session table as its
-/// runtime records.
+/// is returned; none when the state machine owns its format), then the state machine's bytes
+/// as a stream, then the whole image's checksum. A durable state machine's restore is
+/// finished by its commit, with the session table as its runtime records.
 fn restore_image<SM: StateMachine>(sm: &mut SM, source: &dyn SnapshotSource) -> Result<Sessions, String> {
     let h = source.header();
     let at = h.meta.last.index;
     let mut reader = ImageReader::new(source);
-    let sessions = read_image_prefix(&mut reader, h.total_len)?;
+    let sessions = if SM::ENVELOPE { read_image_prefix(&mut reader, h.total_len)? } else { Sessions::default() };
     sm.restore(at, &mut reader).map_err(|e| e.to_string())?;
     reader.finish().map_err(|e| e.to_string())?;
     if SM::DURABLE {
@@ -1087,8 +1097,11 @@ mod tests {
         assert_eq!(*sessions.lock().unwrap(), vec![Err(Error::SessionsOff)]);
         assert_eq!(out.lock().unwrap()[3], Err(Error::SessionsOff));
         assert_eq!(r.storage().last_index(), last);
-        // A snapshot and a restart: the state comes back, and applying goes on.
+        // A snapshot and a restart: the state comes back, and applying goes on. The image is
+        // the state machine's 8 bytes alone (no runtime part).
         assert_eq!(r.snapshot_now(now), Ok(r.applied()));
+        let image = r.storage().open_snapshot().expect("reads").expect("a snapshot");
+        assert_eq!(image.header().total_len, 8);
         let disk = r.storage().clone();
         drop(r);
         let (mut r, now) = leader(disk, OwnSum::default(), Config::new(id()));

@@ -59,8 +59,10 @@ pub trait StateMachine: Send + 'static {
     /// application, say) goes on applying. The runtime's sessions are then off:
     /// [`crate::Handle::open_session`] and [`crate::Handle::propose_in_session`] fail with
     /// [`crate::Error::SessionsOff`], and exactly-once is the state machine's own business
-    /// (it keeps its session table in its state, as the Quorate node does). An associated
-    /// constant: the log's format cannot change while a node runs.
+    /// (it keeps its session table in its state, as the Quorate node does). Its snapshot
+    /// images are its own bytes alone (no runtime part), and a durable one never gets runtime
+    /// records ([`RuntimeWrites`] are empty but for `clear`; `runtime_records` is not asked).
+    /// An associated constant: the log's format cannot change while a node runs.
     const ENVELOPE: bool = true;
 
     /// Most commands handed to one [`StateMachine::apply`] call (at least 1). A durable state
