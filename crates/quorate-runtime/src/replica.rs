@@ -147,6 +147,16 @@ impl<O> Waiter<O> {
     }
 }
 
+/// What a turn leaves for the state machine, in the order the core handed it out.
+enum Work {
+    /// Committed entries to apply.
+    Apply(Vec<Entry>),
+    /// A snapshot installed in storage: restore the state machine from it.
+    Install(SnapshotMeta),
+    /// A snapshot the core asked for, at this index: taken if the state machine is there.
+    Snapshot(SnapshotMeta),
+}
+
 /// One command of an apply batch, decoded.
 struct Pending {
     index: LogIndex,
@@ -563,48 +573,78 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// Does everything the core asks for, until it asks for nothing more (see the type's docs
     /// for the order), then sends what the snapshot transfers may send now and the answers to
     /// snapshot chunks received.
+    ///
+    /// Replication first, the state machine after: each `Ready`'s messages go out before its
+    /// batch is written (the core released each only once what it depends on was durable),
+    /// the batch is reported persisted as soon as it is durable, and only once the core has
+    /// nothing more to hand out is anything applied — committed entries, snapshot installs
+    /// and the snapshots the core asked for, in the order the core handed them out. So a
+    /// leader's appends do not wait for its own fsync, and a follower's acknowledgement does
+    /// not wait for the state machine to apply what committed before it.
     pub fn process(&mut self, now: Instant, net: &mut impl Network) {
+        loop {
+            let work = self.replicate(now, net);
+            if work.is_empty() || self.halted.is_some() {
+                break;
+            }
+            // May ask the core for more (a snapshot taken: the log compacted behind it).
+            self.run_work(now, work);
+        }
+        if self.halted.is_none() {
+            // Confirmed reads, once applied up to their index (also those confirmed in a
+            // turn that applied nothing).
+            self.serve_reads();
+            self.pump_transfers(now, net);
+            self.finish_turn(net);
+        }
+    }
+
+    /// Handles `Ready`s until the core has nothing more to hand out: sends, persists, reports
+    /// persisted, registers reads and opens snapshot transfers; returns what is left for the
+    /// state machine, in order.
+    fn replicate(&mut self, now: Instant, net: &mut impl Network) -> Vec<Work> {
+        let mut work = Vec::new();
         while self.halted.is_none() && self.raft.has_ready() {
             let ready = self.raft.ready();
             if ready.is_empty() {
                 break;
             }
-            // 1. Write the batch; durable once `persist` returns.
-            //    An install takes the complete staging the core accepted as the snapshot.
+            // 1. Messages: none depends on this batch or on applying.
+            for m in ready.messages {
+                net.send(WireMessage::Raft(m));
+            }
+            // 2. Write the batch; durable once `persist` returns. An install takes the
+            //    complete staging the core accepted as the snapshot.
             let mut install = None;
             if let Some(batch) = &ready.persist {
                 if let Some(meta) = &batch.install
                     && self.staged.take().as_ref() != Some(meta)
                 {
-                    return self.halt(format!("snapshot install at {} without its staging", meta.last.index));
+                    self.halt(format!("snapshot install at {} without its staging", meta.last.index));
+                    return work;
                 }
                 if let Err(e) = self.raft.storage_mut().persist(batch) {
-                    return self.halt(format!("storage: {e}"));
+                    self.halt(format!("storage: {e}"));
+                    return work;
                 }
                 if batch.install.is_some() {
                     self.receiver.forget();
                 }
                 install = batch.install.clone();
             }
-            // 2. Apply what was committed before this batch's install (if any).
-            self.apply(&ready.committed);
-            // 3. The install replaces the state machine's state (streamed from the stored
-            //    image); only then is the batch reported, after which the core hands out
-            //    entries above the snapshot.
+            // 3. For the state machine, in order: what committed before this batch's install
+            //    (if any), then the install, which replaces the state before anything the
+            //    core hands out after the report below is applied.
+            if !ready.committed.is_empty() {
+                work.push(Work::Apply(ready.committed));
+            }
             if let Some(meta) = install {
-                self.restore(&meta);
-                if self.halted.is_some() {
-                    return;
-                }
+                work.push(Work::Install(meta));
             }
             if let Some(batch) = &ready.persist {
                 self.raft.persisted(now, batch.io);
             }
-            // 4. Messages: each was held by the core until what it depends on was durable.
-            for m in ready.messages {
-                net.send(WireMessage::Raft(m));
-            }
-            // 5. Reads: confirmed ones wait until applied ≥ their index.
+            // 4. Reads: confirmed ones wait until applied ≥ their index.
             for r in ready.reads {
                 if let Some(f) = self.reads.remove(&r.id) {
                     self.ready_reads.insert((r.index, r.id), f);
@@ -615,24 +655,36 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     f(Err(Error::Read(r.error)));
                 }
             }
-            self.serve_reads();
-            // 6. Snapshots.
+            // 5. Snapshots: one to take once applied up to it; transfers to open.
             if let Some(meta) = ready.take_snapshot {
-                if meta.last.index == self.applied {
-                    if self.take_snapshot(now, meta).is_err() {
-                        self.raft.snapshot_skipped(now);
-                    }
-                } else {
-                    self.raft.snapshot_skipped(now);
-                }
+                work.push(Work::Snapshot(meta));
             }
             for s in ready.send_snapshots {
                 self.start_transfer(now, s);
             }
         }
-        if self.halted.is_none() {
-            self.pump_transfers(now, net);
-            self.finish_turn(net);
+        work
+    }
+
+    /// Runs the state machine's part of a turn, in order (see [`Replica::process`]).
+    fn run_work(&mut self, now: Instant, work: Vec<Work>) {
+        for w in work {
+            if self.halted.is_some() {
+                return;
+            }
+            match w {
+                Work::Apply(entries) => self.apply(&entries),
+                Work::Install(meta) => self.restore(&meta),
+                Work::Snapshot(meta) => {
+                    if meta.last.index == self.applied {
+                        if self.take_snapshot(now, meta).is_err() {
+                            self.raft.snapshot_skipped(now);
+                        }
+                    } else {
+                        self.raft.snapshot_skipped(now);
+                    }
+                }
+            }
         }
     }
 
@@ -1109,6 +1161,116 @@ mod tests {
         r.propose(now, vec![1], None, sink(&out));
         r.process(now, &mut Vec::new());
         assert_eq!(out.lock().unwrap()[4], Ok(sum + 256));
+    }
+
+    /// Counts the commands it applied in a counter the test's network also sees.
+    struct Seen {
+        seen: Arc<std::sync::atomic::AtomicU64>,
+        applied: LogIndex,
+    }
+
+    impl StateMachine for Seen {
+        type Output = ();
+        fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<()> {
+            self.seen.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::SeqCst);
+            self.applied = batch.last().map_or(self.applied, |c| c.index);
+            vec![(); batch.len()]
+        }
+        fn snapshot(&self, _: &mut dyn std::io::Write) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn restore(&mut self, applied: LogIndex, _: &mut dyn std::io::Read) -> Result<(), crate::RestoreError> {
+            self.applied = applied;
+            Ok(())
+        }
+        fn applied(&self) -> LogIndex {
+            self.applied
+        }
+    }
+
+    /// Records each message sent with the commands its sender's state machine had applied
+    /// by then.
+    struct Probe {
+        seen: Arc<std::sync::atomic::AtomicU64>,
+        sent: Vec<(WireMessage, u64)>,
+    }
+
+    impl Network for Probe {
+        fn send(&mut self, msg: WireMessage) {
+            self.sent.push((msg, self.seen.load(std::sync::atomic::Ordering::SeqCst)));
+        }
+    }
+
+    #[test]
+    fn replication_goes_out_before_the_state_machine_runs() {
+        use quorate_core::{AppendResponse, MessageBody};
+        let ids = [id(), NodeId::new(2).expect("non-zero")];
+        let config = Configuration::with_voters(ids).expect("valid");
+        let seen: Vec<_> = ids.iter().map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0))).collect();
+        let mut rs: Vec<_> = ids
+            .iter()
+            .zip(&seen)
+            .map(|(i, s)| {
+                let sm = Seen { seen: s.clone(), applied: LogIndex::ZERO };
+                Replica::new(Config::new(*i), MemStorage::new(config.clone()), sm, Instant::ZERO).expect("starts")
+            })
+            .collect();
+        // Delivers everything sent, turn by turn, until nothing moves; the follower's
+        // messages of each turn are returned with what its state machine had applied.
+        let mut wire: Vec<WireMessage> = Vec::new();
+        let mut now = rs[0].next_deadline().expect("an election timer");
+        rs[0].tick(now);
+        let turn = |rs: &mut Vec<Replica<Seen, MemStorage>>, wire: &mut Vec<WireMessage>, now: Instant| {
+            let mut follower = Vec::new();
+            for (i, r) in rs.iter_mut().enumerate() {
+                for m in wire.iter().filter(|m| m.to() == ids[i]) {
+                    r.receive(now, m.clone());
+                }
+                let mut probe = Probe { seen: seen[i].clone(), sent: Vec::new() };
+                r.process(now, &mut probe);
+                if i == 1 {
+                    follower.extend(probe.sent.iter().cloned());
+                }
+                wire.retain(|m| m.to() != ids[i]);
+                wire.extend(probe.sent.into_iter().map(|(m, _)| m));
+            }
+            follower
+        };
+        for _ in 0..20 {
+            turn(&mut rs, &mut wire, now);
+            now = Instant(now.0 + 1_000_000);
+        }
+        assert_eq!(rs[0].status().role, Role::Leader);
+        let out: Log<()> = Log::default();
+        // A goes out and the follower acknowledges it; B is proposed before the leader hears
+        // that, so the follower learns that A committed in the same turn that brings B.
+        rs[0].propose(now, vec![1], None, sink(&out));
+        turn(&mut rs, &mut wire, now);
+        assert!(out.lock().unwrap().is_empty(), "A is not committed yet");
+        let before = seen[1].load(std::sync::atomic::Ordering::SeqCst);
+        rs[0].propose(now, vec![2], None, sink(&out));
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            sent.extend(turn(&mut rs, &mut wire, now));
+        }
+        assert_eq!(out.lock().unwrap().len(), 2, "A and B applied on the leader");
+        assert_eq!(seen[1].load(std::sync::atomic::Ordering::SeqCst), before + 2, "A and B applied on the follower");
+        let b = rs[1].storage().last_index();
+        let acks: Vec<u64> = sent
+            .into_iter()
+            .filter_map(|(m, seen_then)| match m {
+                WireMessage::Raft(m) => match m.body {
+                    MessageBody::AppendResponse(AppendResponse::Accepted { match_index }) if match_index == b => {
+                        Some(seen_then)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        // The acknowledgement of B left before the follower applied A (which committed in
+        // the same turn): replication does not wait for the state machine.
+        assert_eq!(acks.first(), Some(&before), "{acks:?}");
     }
 
     #[test]
