@@ -170,6 +170,56 @@ fn a_log_written_by_the_nodes_driver_applies_under_the_runtime() {
     assert!(r.state_machine().applied() > LogIndex(5), "applied all five and the new term's no-op");
 }
 
+/// Snapshot images are interchangeable too: one the node's driver writes (its pairs, through
+/// the store's writer) is restored under the runtime, and one the runtime takes reads back
+/// with the driver's reader — neither has a runtime part (the state machine owns its format).
+#[test]
+fn snapshots_of_the_nodes_driver_and_of_the_runtime_are_interchangeable() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (mut r, now) = start(dir.path());
+    let out: Log<KvOutput> = Log::default();
+    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        r.propose(now, put(k, v), None, sink(&out));
+    }
+    r.process(now, &mut Vec::new());
+    assert!(results(&out).iter().all(Result::is_ok));
+    // The runtime's snapshot, read with the driver's reader: the key-value pairs as stored.
+    r.snapshot_now(now).expect("a snapshot");
+    // The core records it (compacting the log behind it) in the next turn.
+    r.process(now, &mut Vec::new());
+    let store = r.storage().store().clone();
+    let mut reader = store.snapshot_reader().expect("opens").expect("a snapshot");
+    let mut pairs = Vec::new();
+    super::super::read_snapshot_data(&mut reader, |k, v| {
+        pairs.push((k, v));
+        Ok(())
+    })
+    .expect("the driver reads it");
+    assert_eq!(pairs, store.sm_scan(b"", 10_000).expect("scans"));
+    // One more write, then a snapshot as the driver writes it at the applied index (newer
+    // than the runtime's), and a state machine behind it (an interrupted install): the
+    // runtime restores it from the driver's image.
+    r.propose(now, put("d", "4"), None, sink(&out));
+    r.process(now, &mut Vec::new());
+    let expected = kv_state(r.state_machine());
+    assert_eq!(expected.0.len(), 4);
+    let applied = r.applied();
+    let meta = quorate_log::SnapshotMeta {
+        last: quorate_log::EntryId::new(r.status().term, applied),
+        config: Configuration::with_voters([node(1)]).expect("valid"),
+    };
+    drop(r);
+    let mut w = store.snapshot_writer(meta).expect("a writer");
+    super::super::write_snapshot_data(&*store, &mut w).expect("writes");
+    w.finish().expect("finishes");
+    store.begin_sm_reinstall(applied).expect("marks");
+    assert_eq!(store.sm_scan(b"", 10_000).expect("scans"), Vec::new(), "the state machine is cleared");
+    drop(store);
+    let (r, _) = start(dir.path());
+    assert_eq!(r.state_machine().interrupted_restore(), None, "restored");
+    assert_eq!(kv_state(r.state_machine()), expected, "from the driver's image");
+}
+
 /// Three replicas on RocksDB driven by hand (messages delivered at the next step); node 3 is
 /// down while its slot is `None`.
 struct Trio {
