@@ -119,6 +119,7 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+mod driver;
 mod error;
 mod network;
 mod node;
@@ -133,6 +134,7 @@ mod storage;
 pub mod transfer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use driver::Core;
 pub use error::Error;
 pub use network::{AckStatus, Inbox, MemNetwork, MemRouter, Network, SnapshotAck, SnapshotChunk, WireMessage};
 pub use node::{Handle, INBOX_QUEUE_MAX, Node, REQUESTS_QUEUE_MAX};

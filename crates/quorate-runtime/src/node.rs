@@ -1,6 +1,7 @@
 //! [`Node`]: a [`Replica`] run by a tokio task, and its cloneable [`Handle`].
 
 use crate::clock::Clock;
+use crate::driver::Core;
 use crate::error::Error;
 use crate::network::{Inbox, Network, WireMessage};
 use crate::replica::{Config, ProposeCallback, ReadCallback, ReadLevel, Replica, Status};
@@ -73,11 +74,21 @@ impl<SM: StateMachine> Node<SM> {
         clock: C,
     ) -> Result<Node<SM>, Error> {
         let replica = Replica::new(cfg, storage, state_machine, clock.now())?;
+        Ok(Node::start_replica(replica, network, clock))
+    }
+
+    /// Runs a replica built by hand — [`Replica::with_core`], with a core wrapper that sees
+    /// every input — in a new tokio task, as [`Node::start`] does.
+    pub fn start_replica<L: LogStorage, D: Core<L> + 'static, N: Network, C: Clock>(
+        replica: Replica<SM, L, D>,
+        network: N,
+        clock: C,
+    ) -> Node<SM> {
         let (req_tx, req_rx) = mpsc::channel(REQUESTS_QUEUE_MAX);
         let (in_tx, in_rx) = mpsc::channel(INBOX_QUEUE_MAX);
         let (status_tx, status_rx) = watch::channel(replica.status());
         let task = tokio::spawn(run(replica, network, clock, req_rx, in_rx, status_tx));
-        Ok(Node { handle: Handle { requests: req_tx, inbox: Inbox { tx: in_tx }, status: status_rx }, task })
+        Node { handle: Handle { requests: req_tx, inbox: Inbox { tx: in_tx }, status: status_rx }, task }
     }
 
     /// A handle to the node.
@@ -99,8 +110,8 @@ impl<SM: StateMachine> Node<SM> {
     }
 }
 
-async fn run<SM: StateMachine, L: LogStorage, N: Network, C: Clock>(
-    mut replica: Replica<SM, L>,
+async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
+    mut replica: Replica<SM, L, D>,
     mut net: N,
     clock: C,
     mut requests: mpsc::Receiver<Request<SM>>,

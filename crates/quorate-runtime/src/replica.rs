@@ -5,6 +5,7 @@
 
 mod transfer;
 
+use crate::driver::Core;
 use crate::error::Error;
 use crate::network::{Network, WireMessage};
 use crate::sessions::{ClientId, Command, SessionCheck, Sessions, read_image_prefix, write_image_prefix};
@@ -171,12 +172,16 @@ struct Pending {
 ///
 /// Drive it like the core: hand it inputs ([`Replica::receive`], [`Replica::tick`],
 /// [`Replica::propose`], [`Replica::read`], …), then call [`Replica::process`], which loops
-/// over the core's `Ready`: writes the batch durably, applies committed entries, installs a
-/// snapshot's state, reports the batch persisted, sends messages, serves confirmed reads once
+/// over the core's `Ready`: sends messages, writes the batch durably and reports it; then
+/// applies committed entries, installs a snapshot's state, serves confirmed reads once
 /// applied, takes and sends snapshots.
-pub struct Replica<SM: StateMachine, L: LogStorage> {
+///
+/// `C` is the consensus core: [`Raft`] itself, or a wrapper that sees every input of it
+/// (see [`Core`] and [`Replica::with_core`]).
+pub struct Replica<SM: StateMachine, L: LogStorage, C: Core<L> = Raft<L>> {
     cfg: Config,
-    raft: Raft<L>,
+    core: C,
+    _log: std::marker::PhantomData<fn() -> L>,
     sm: SM,
     sessions: Sessions,
     applied: LogIndex,
@@ -210,16 +215,32 @@ pub struct Replica<SM: StateMachine, L: LogStorage> {
     /// Durable state machines: the applied index of the last commit (the log is never
     /// compacted past it: snapshots are taken only at or below it).
     durable_applied: LogIndex,
+    /// The most bytes of committed entries one round of a turn queued (tests of the bound).
+    #[cfg(test)]
+    peak_queued_bytes: u64,
 }
 
-impl<SM: StateMachine, L: LogStorage> std::fmt::Debug for Replica<SM, L> {
+impl<SM: StateMachine, L: LogStorage, C: Core<L>> std::fmt::Debug for Replica<SM, L, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica").field("status", &self.status()).finish_non_exhaustive()
     }
 }
 
 impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
-    /// Starts a replica from what `storage` holds.
+    /// Starts a replica from what `storage` holds, with the consensus core as it is (see
+    /// [`Replica::with_core`] for the rest).
+    ///
+    /// # Errors
+    /// See [`Replica::with_core`].
+    pub fn new(cfg: Config, storage: L, sm: SM, now: Instant) -> Result<Self, Error> {
+        Replica::with_core(cfg, storage, sm, now, Raft::new)
+    }
+}
+
+impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
+    /// Starts a replica from what `storage` holds, with the consensus core `make` builds
+    /// from the core's settings, the storage and the time — [`Raft::new`], or a wrapper of
+    /// it that sees every input ([`Core`]).
     ///
     /// A state machine in memory (`SM::DURABLE == false`) is restored from the latest stored
     /// snapshot (if any) — which replaces its state — and the log after it is applied again
@@ -231,7 +252,17 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// behind the stored snapshot or the log's first entry (a crash between the storage's
     /// install and the state machine's restore). A durable state machine ahead of the log's
     /// last entry is refused (the log lost entries it applied).
-    pub fn new(cfg: Config, storage: L, mut sm: SM, now: Instant) -> Result<Self, Error> {
+    ///
+    /// # Errors
+    /// [`Error::Start`] for a state machine and storage that do not fit together (above) or
+    /// a core that cannot start, [`Error::Storage`] for storage that cannot be read.
+    pub fn with_core(
+        cfg: Config,
+        storage: L,
+        mut sm: SM,
+        now: Instant,
+        make: impl FnOnce(quorate_core::Config, L, Instant) -> Result<C, quorate_core::CoreError>,
+    ) -> Result<Self, Error> {
         let stored = storage.open_snapshot()?;
         let floor = storage.snapshot_last();
         let restore_stored = if SM::DURABLE {
@@ -290,13 +321,14 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         let staging = storage.staging()?;
         let burst = cfg.snapshot_chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES_MAX) as u64;
         let bucket = cfg.snapshot_rate_bytes_per_sec.map(|rate| TokenBucket::new(rate, burst, now));
-        let raft = Raft::new(raft_cfg, storage, now).map_err(|e| match e {
+        let core = make(raft_cfg, storage, now).map_err(|e| match e {
             quorate_core::CoreError::Storage(s) => Error::Storage(s),
             other => Error::Start(other.to_string()),
         })?;
         Ok(Replica {
             cfg,
-            raft,
+            core,
+            _log: std::marker::PhantomData,
             sm,
             sessions,
             applied,
@@ -318,13 +350,15 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             halted: None,
             sessions_dirty: BTreeSet::new(),
             durable_applied: applied,
+            #[cfg(test)]
+            peak_queued_bytes: 0,
         })
     }
 
     /// This node's id.
     #[must_use]
     pub fn id(&self) -> NodeId {
-        self.raft.id()
+        self.core.raft().id()
     }
 
     /// The state machine (as applied so far).
@@ -336,13 +370,20 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// The storage.
     #[must_use]
     pub fn storage(&self) -> &L {
-        self.raft.storage()
+        self.core.raft().storage()
     }
 
     /// The consensus core (read-only).
     #[must_use]
     pub fn core(&self) -> &Raft<L> {
-        &self.raft
+        self.core.raft()
+    }
+
+    /// The core as it was given to [`Replica::with_core`] (a wrapper's own state: a flight
+    /// recorder's dump, say).
+    #[must_use]
+    pub fn core_wrapper(&self) -> &C {
+        &self.core
     }
 
     /// The index applied to the state machine.
@@ -355,14 +396,14 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     #[must_use]
     pub fn status(&self) -> Status {
         Status {
-            id: self.raft.id(),
-            role: self.raft.role(),
-            term: self.raft.term(),
-            leader: self.raft.leader(),
-            commit: self.raft.commit_index(),
+            id: self.core.raft().id(),
+            role: self.core.raft().role(),
+            term: self.core.raft().term(),
+            leader: self.core.raft().leader(),
+            commit: self.core.raft().commit_index(),
             applied: self.applied,
-            config: self.raft.configuration().clone(),
-            snapshot_index: self.raft.storage().snapshot_last().index,
+            config: self.core.raft().configuration().clone(),
+            snapshot_index: self.core.raft().storage().snapshot_last().index,
             halted: self.halted().map(str::to_owned),
         }
     }
@@ -370,7 +411,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// Why the replica halted, if it did.
     #[must_use]
     pub fn halted(&self) -> Option<&str> {
-        self.halted.as_deref().or(self.raft.halted())
+        self.halted.as_deref().or(self.core.raft().halted())
     }
 
     /// Counters of the snapshot transfers this replica sent and received.
@@ -386,7 +427,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         if self.halted.is_some() {
             return None;
         }
-        match (self.raft.poll_timeout(), self.transfer_deadline()) {
+        match (self.core.raft().poll_timeout(), self.transfer_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -394,8 +435,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
 
     /// Advances the core's timers to `now`.
     pub fn tick(&mut self, now: Instant) {
-        if self.raft.poll_timeout().is_some_and(|d| d <= now) {
-            self.raft.handle_timeout(now);
+        if self.core.raft().poll_timeout().is_some_and(|d| d <= now) {
+            self.core.handle_timeout(now);
         }
     }
 
@@ -408,7 +449,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             return;
         }
         match msg {
-            WireMessage::Raft(m) => self.raft.handle_message(now, m),
+            WireMessage::Raft(m) => self.core.handle_message(now, m),
             WireMessage::SnapshotChunk(c) => self.on_chunk(now, c),
             WireMessage::SnapshotAck(a) => self.on_ack(now, a),
             // A whole snapshot in one message (the first format, no longer sent nor taken:
@@ -437,7 +478,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         if let Err(e) = self.admit() {
             return waiter.fail(e);
         }
-        match self.raft.propose(now, Data::from(bytes)) {
+        match self.core.propose(now, Data::from(bytes)) {
             Ok(id) => self.track(id, waiter),
             Err(quorate_core::ProposeError::NotLeader { leader_hint }) => waiter.fail(Error::NotLeader { leader_hint }),
             Err(e) => waiter.fail(Error::Propose(e)),
@@ -487,7 +528,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         if let Err(e) = self.admit() {
             return done(Err(e));
         }
-        match self.raft.propose_conf_change(now, change) {
+        match self.core.propose_conf_change(now, change) {
             Ok(id) => self.track(id, Waiter::Conf(done)),
             Err(quorate_core::ConfChangeError::NotLeader { leader_hint }) => {
                 done(Err(Error::NotLeader { leader_hint }))
@@ -501,7 +542,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         if let Some(e) = self.refusal() {
             return Err(e);
         }
-        Ok(self.raft.transfer_leadership(now, to)?)
+        Ok(self.core.transfer_leadership(now, to)?)
     }
 
     /// Reads at `level`: `read` runs over the state machine once the level allows (at once
@@ -520,7 +561,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
         let id = ReadId(self.next_read);
         self.next_read += 1;
-        match self.raft.read(now, id, core_level) {
+        match self.core.read(now, id, core_level) {
             Ok(()) => {
                 self.reads.insert(id, read);
             }
@@ -534,7 +575,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         if let Some(e) = self.refusal() {
             return Err(e);
         }
-        let current = self.raft.storage().snapshot()?.map_or(LogIndex::ZERO, |h| h.meta.last.index);
+        let current = self.core.raft().storage().snapshot()?.map_or(LogIndex::ZERO, |h| h.meta.last.index);
         if self.applied <= current {
             return Ok(current);
         }
@@ -599,13 +640,16 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
     }
 
-    /// Handles `Ready`s until the core has nothing more to hand out: sends, persists, reports
-    /// persisted, registers reads and opens snapshot transfers; returns what is left for the
-    /// state machine, in order.
+    /// Handles `Ready`s until the core has nothing more to hand out, or until the committed
+    /// entries queued reach the core's `apply_bytes_max` (what the core hands out in one
+    /// `Ready`; so less than twice that is queued, and a restart far behind its commit index
+    /// does not read the whole tail into memory before applying any of it): sends, persists, reports persisted, registers reads
+    /// and opens snapshot transfers; returns what is left for the state machine, in order.
     fn replicate(&mut self, now: Instant, net: &mut impl Network) -> Vec<Work> {
         let mut work = Vec::new();
-        while self.halted.is_none() && self.raft.has_ready() {
-            let ready = self.raft.ready();
+        let mut queued_bytes = 0u64;
+        while self.halted.is_none() && queued_bytes < self.cfg.raft.apply_bytes_max && self.core.raft().has_ready() {
+            let ready = self.core.ready();
             if ready.is_empty() {
                 break;
             }
@@ -623,7 +667,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                     self.halt(format!("snapshot install at {} without its staging", meta.last.index));
                     return work;
                 }
-                if let Err(e) = self.raft.storage_mut().persist(batch) {
+                if let Err(e) = self.core.storage_mut().persist(batch) {
                     self.halt(format!("storage: {e}"));
                     return work;
                 }
@@ -636,13 +680,14 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             //    (if any), then the install, which replaces the state before anything the
             //    core hands out after the report below is applied.
             if !ready.committed.is_empty() {
+                queued_bytes += ready.committed.iter().map(Entry::size_bytes).sum::<u64>();
                 work.push(Work::Apply(ready.committed));
             }
             if let Some(meta) = install {
                 work.push(Work::Install(meta));
             }
             if let Some(batch) = &ready.persist {
-                self.raft.persisted(now, batch.io);
+                self.core.persisted(now, batch.io);
             }
             // 4. Reads: confirmed ones wait until applied ≥ their index.
             for r in ready.reads {
@@ -663,6 +708,10 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 self.start_transfer(now, s);
             }
         }
+        #[cfg(test)]
+        {
+            self.peak_queued_bytes = self.peak_queued_bytes.max(queued_bytes);
+        }
         work
     }
 
@@ -678,10 +727,10 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 Work::Snapshot(meta) => {
                     if meta.last.index == self.applied {
                         if self.take_snapshot(now, meta).is_err() {
-                            self.raft.snapshot_skipped(now);
+                            self.core.snapshot_skipped(now);
                         }
                     } else {
-                        self.raft.snapshot_skipped(now);
+                        self.core.snapshot_skipped(now);
                     }
                 }
             }
@@ -689,6 +738,15 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     }
 
     fn take_snapshot(&mut self, now: Instant, meta: SnapshotMeta) -> Result<(), Error> {
+        // Never over a newer stored snapshot (an install's, say): the core asks only at
+        // the applied index, which an install in the same turn would have passed.
+        let floor = self.core.raft().storage().snapshot_last().index;
+        if meta.last.index <= floor {
+            return Err(Error::Storage(quorate_log::StorageError::Io(format!(
+                "a snapshot at {} is not above the stored one at {floor}",
+                meta.last.index
+            ))));
+        }
         // A durable state machine's log is never compacted past its last durable commit.
         if SM::DURABLE && meta.last.index > self.durable_applied {
             return Err(Error::Storage(quorate_log::StorageError::Io(format!(
@@ -697,7 +755,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             ))));
         }
         let (sessions, sm) = (&self.sessions, &self.sm);
-        self.raft.storage_mut().save_snapshot(&meta, &mut |out| {
+        self.core.storage_mut().save_snapshot(&meta, &mut |out| {
             // A state machine that owns its format owns its image too: its bytes alone.
             if SM::ENVELOPE {
                 write_image_prefix(out, sessions)?;
@@ -706,12 +764,12 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         })?;
         // The image kept for sending is superseded (transfers hold their own).
         self.send_cache = None;
-        self.raft.snapshot_taken(now, meta);
+        self.core.snapshot_taken(now, meta);
         Ok(())
     }
 
     fn restore(&mut self, meta: &SnapshotMeta) {
-        let source = match self.raft.storage().open_snapshot() {
+        let source = match self.core.raft().storage().open_snapshot() {
             Ok(Some(s)) if s.header().meta == *meta => s,
             Ok(_) => return self.halt(format!("the installed snapshot at {} is not in storage", meta.last.index)),
             Err(e) => return self.halt(format!("storage: {e}")),
@@ -1271,6 +1329,27 @@ mod tests {
         // The acknowledgement of B left before the follower applied A (which committed in
         // the same turn): replication does not wait for the state machine.
         assert_eq!(acks.first(), Some(&before), "{acks:?}");
+    }
+
+    #[test]
+    fn a_turn_queues_at_most_about_apply_bytes_max_of_committed_entries() {
+        let mut cfg = Config::new(id());
+        cfg.raft.apply_bytes_max = 1_000;
+        let (mut r, now) = leader(storage(), Sum::default(), cfg.clone());
+        let out: Log<u64> = Log::default();
+        for _ in 0..100 {
+            r.propose(now, vec![1; 100], None, sink(&out));
+        }
+        r.process(now, &mut Vec::new());
+        assert_eq!(out.lock().unwrap().len(), 100);
+        // A restart with the whole log committed and nothing applied (no snapshot): the
+        // tail (about 12 KB) is applied in rounds, each stopping once the bound is reached:
+        // below it, plus one `Ready` of at most the bound (and one entry).
+        let disk = r.storage().clone();
+        drop(r);
+        let (r, _) = leader(disk, Sum::default(), cfg);
+        assert_eq!(r.state_machine().total, 100 * 100);
+        assert!(r.peak_queued_bytes > 0 && r.peak_queued_bytes < 2 * 1_000 + 124, "{}", r.peak_queued_bytes);
     }
 
     #[test]

@@ -36,6 +36,7 @@
 //! the follower's offset at once.
 
 use super::Replica;
+use crate::driver::Core;
 use crate::network::{AckStatus, Network, SnapshotAck, SnapshotChunk, WireMessage};
 use crate::sessions::read_image_prefix;
 use crate::state_machine::StateMachine;
@@ -63,7 +64,7 @@ impl<L: LogStorage> Staging for StorageStaging<'_, L> {
     }
 }
 
-impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
+impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     fn send_limits(&self) -> SendLimits {
         SendLimits::new(
             self.cfg.snapshot_chunk_bytes as u64,
@@ -74,7 +75,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
 
     /// The core asks for a snapshot to be sent: open a transfer, or continue the open one.
     pub(super) fn start_transfer(&mut self, now: Instant, s: SendSnapshot) {
-        let term = self.raft.term();
+        let term = self.core.raft().term();
         let give_up = self.cfg.raft.snapshot_send_timeout;
         if let Some((t, _)) = self.outgoing.get_mut(&s.to)
             && t.term() == term
@@ -101,7 +102,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         }
         self.refused_until.remove(&s.to);
         let Some(source) = self.snapshot_image(&s.meta) else {
-            self.raft.snapshot_send_failed(now, s.to);
+            self.core.snapshot_send_failed(now, s.to);
             return;
         };
         let header = source.header().clone();
@@ -116,7 +117,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         {
             return Some(s.clone());
         }
-        match self.raft.storage().open_snapshot() {
+        match self.core.raft().storage().open_snapshot() {
             Ok(Some(source)) if source.header().meta.last == meta.last && source.header().total_len > 0 => {
                 self.transfer_stats.images_read += 1;
                 let source: Arc<dyn SnapshotSource> = Arc::from(source);
@@ -130,7 +131,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// Sends what the transfers may send now: opening chunks, chunks within the window and
     /// the rate, again from the acknowledged offset after a timeout. Gives up stalled ones.
     pub(super) fn pump_transfers(&mut self, now: Instant, net: &mut impl Network) {
-        if self.raft.role() != Role::Leader {
+        if self.core.raft().role() != Role::Leader {
             self.outgoing.clear();
             self.refused_until.clear();
             // Only a leader sends: free the image. (A leader keeps it until a new snapshot
@@ -140,8 +141,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         if self.outgoing.is_empty() {
             return;
         }
-        let term = self.raft.term();
-        let me = self.raft.id();
+        let term = self.core.raft().term();
+        let me = self.core.raft().id();
         let limits = self.send_limits();
         let give_up = self.cfg.raft.snapshot_send_timeout;
         let mut failed: Vec<(NodeId, bool)> = Vec::new();
@@ -206,7 +207,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             self.outgoing.remove(&to);
             if stalled {
                 self.transfer_stats.transfers_failed += 1;
-                self.raft.snapshot_send_failed(now, to);
+                self.core.snapshot_send_failed(now, to);
             }
         }
     }
@@ -219,7 +220,8 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
 
     /// A follower's answer to a chunk.
     pub(super) fn on_ack(&mut self, now: Instant, a: SnapshotAck) {
-        if a.to != self.raft.id() || a.term != self.raft.term() || self.raft.role() != Role::Leader {
+        if a.to != self.core.raft().id() || a.term != self.core.raft().term() || self.core.raft().role() != Role::Leader
+        {
             return;
         }
         let limits = self.send_limits();
@@ -234,7 +236,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
                 self.outgoing.remove(&a.from);
                 let until = now.saturating_add(self.cfg.raft.snapshot_send_timeout);
                 self.refused_until.insert(a.from, until);
-                self.raft.snapshot_send_failed(now, a.from);
+                self.core.snapshot_send_failed(now, a.from);
             }
             _ => {}
         }
@@ -242,11 +244,11 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
 
     /// A chunk from the leader.
     pub(super) fn on_chunk(&mut self, now: Instant, c: SnapshotChunk) {
-        let me = self.raft.id();
+        let me = self.core.raft().id();
         let from_leader = c.to == me
-            && c.term == self.raft.term()
-            && self.raft.leader() == Some(c.from)
-            && self.raft.role() != Role::Leader;
+            && c.term == self.core.raft().term()
+            && self.core.raft().leader() == Some(c.from)
+            && self.core.raft().role() != Role::Leader;
         let h = &c.header;
         let piece = Piece::new(h, c.offset, &c.data, c.data_crc, c.done);
         // An image the core accepted waits for the next batch to install it: its staging is
@@ -268,16 +270,16 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
         };
         // Everything it covers is committed here already: nothing to stage (the core answers
         // the leader with an append acknowledgement).
-        if h.meta.last.index <= self.raft.commit_index() {
+        if h.meta.last.index <= self.core.raft().commit_index() {
             if self.receiver.staging().is_some_and(|(s, _)| s == h) {
                 self.drop_staging();
             }
-            let _ = self.raft.install_snapshot(now, c.from, c.term, h.meta.clone());
+            let _ = self.core.install_snapshot(now, c.from, c.term, h.meta.clone());
             self.outbox.push(ack(h.total_len, AckStatus::Installed));
             return;
         }
         let max = self.cfg.snapshot_staging_bytes_max;
-        let mut stage = StorageStaging(self.raft.storage_mut());
+        let mut stage = StorageStaging(self.core.storage_mut());
         match self.receiver.receive(piece, max, &mut stage, &mut self.transfer_stats) {
             Received::Ack { offset, status } => {
                 self.outbox.push(ack(offset, status));
@@ -294,7 +296,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
             self.outbox.push(ack(offset, status));
             return;
         }
-        match self.raft.install_snapshot(now, c.from, c.term, h.meta.clone()) {
+        match self.core.install_snapshot(now, c.from, c.term, h.meta.clone()) {
             Ok(true) => {
                 self.staged = Some(h.meta.clone());
                 self.transfer_stats.installs += 1;
@@ -313,7 +315,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     /// the header and the runtime's part of the image (if the state machine does not own its
     /// format) must decode. The answer to send if not.
     fn check_staging(&self, h: &SnapshotHeader) -> Result<(), (u64, AckStatus)> {
-        let source = match self.raft.storage().open_staging() {
+        let source = match self.core.raft().storage().open_staging() {
             Ok(Some(s)) if s.header() == h => s,
             _ => return Err((0, AckStatus::Refused)),
         };
@@ -334,7 +336,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
 
     /// Discards the staging (best effort: a failure leaves it to be replaced later).
     fn drop_staging(&mut self) {
-        let mut stage = StorageStaging(self.raft.storage_mut());
+        let mut stage = StorageStaging(self.core.storage_mut());
         self.receiver.abort(&mut stage);
     }
 
@@ -343,7 +345,7 @@ impl<SM: StateMachine, L: LogStorage> Replica<SM, L> {
     pub(super) fn finish_turn(&mut self, net: &mut impl Network) {
         if let Some((h, _)) = self.receiver.staging()
             && self.staged.is_none()
-            && (self.raft.role() == Role::Leader || h.meta.last.index <= self.raft.commit_index())
+            && (self.core.raft().role() == Role::Leader || h.meta.last.index <= self.core.raft().commit_index())
         {
             self.drop_staging();
         }
