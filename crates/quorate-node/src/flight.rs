@@ -897,6 +897,70 @@ impl<S: LogStorage> Recorded<S> {
     }
 }
 
+/// The recorded core as the runtime's core: a `quorate_runtime::Replica` started with
+/// `Replica::with_core` and [`Recorded::new`] records every input of its core, as the node's
+/// own driver does (the flight recorder under the runtime, issue 19). Each method is the
+/// recorded one of the same name; storage writes are not inputs.
+impl<S: LogStorage + Send> quorate_runtime::Core<S> for Recorded<S> {
+    fn raft(&self) -> &Raft<S> {
+        &self.raft
+    }
+    fn storage_mut(&mut self) -> &mut S {
+        self.raft.storage_mut()
+    }
+    fn handle_message(&mut self, now: Instant, m: Message) {
+        Recorded::handle_message(self, now, m);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Recorded::handle_timeout(self, now);
+    }
+    fn propose(&mut self, now: Instant, data: Data) -> Result<EntryId, quorate_core::ProposeError> {
+        Recorded::propose(self, now, data)
+    }
+    fn propose_conf_change(
+        &mut self,
+        now: Instant,
+        change: quorate_core::ConfChange,
+    ) -> Result<EntryId, quorate_core::ConfChangeError> {
+        Recorded::propose_conf_change(self, now, change)
+    }
+    fn read(
+        &mut self,
+        now: Instant,
+        id: quorate_core::ReadId,
+        level: quorate_core::ReadLevel,
+    ) -> Result<(), quorate_core::ReadError> {
+        Recorded::read(self, now, id, level)
+    }
+    fn transfer_leadership(&mut self, now: Instant, to: NodeId) -> Result<(), quorate_core::TransferError> {
+        Recorded::transfer_leadership(self, now, to)
+    }
+    fn snapshot_taken(&mut self, now: Instant, meta: SnapshotMeta) {
+        Recorded::snapshot_taken(self, now, meta);
+    }
+    fn snapshot_skipped(&mut self, now: Instant) {
+        Recorded::snapshot_skipped(self, now);
+    }
+    fn install_snapshot(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+    ) -> Result<bool, quorate_core::SnapshotError> {
+        Recorded::install_snapshot(self, now, from, term, meta)
+    }
+    fn snapshot_send_failed(&mut self, now: Instant, to: NodeId) {
+        Recorded::snapshot_send_failed(self, now, to);
+    }
+    fn persisted(&mut self, now: Instant, io: quorate_core::IoId) {
+        Recorded::persisted(self, now, io);
+    }
+    fn ready(&mut self) -> Ready {
+        Recorded::ready(self)
+    }
+}
+
 /// Answers the admin request `FlightDump`: the dump is encoded here (the driver's task, so it
 /// is consistent), written and fsynced on a blocking thread, and answered from there.
 pub(crate) fn answer_dump_request<S: LogStorage>(core: &mut Recorded<S>, responder: crate::server::Responder) {

@@ -220,6 +220,43 @@ fn snapshots_of_the_nodes_driver_and_of_the_runtime_are_interchangeable() {
     assert_eq!(kv_state(r.state_machine()), expected, "from the driver's image");
 }
 
+/// The node's flight recorder around the runtime's core (`Replica::with_core`): every input
+/// of the core is recorded, and the dump replays in one process without a divergence.
+#[test]
+fn the_flight_recorder_records_a_runtime_replica_and_its_dump_replays() {
+    use crate::flight::{Recorded, decode_dump, replay};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (log, sm) = open(dir.path(), &Configuration::with_voters([node(1)]).expect("valid"));
+    let mut cfg = Config::new(node(1));
+    cfg.raft.compaction_tail_entries = 0;
+    let mut r: Replica<KvMachine, RocksLog, Recorded<RocksLog>> =
+        Replica::with_core(cfg, log, sm, Instant::ZERO, |cfg, storage, now| {
+            Recorded::new(cfg, storage, now, None, 64 << 20)
+        })
+        .expect("starts");
+    let now = r.next_deadline().expect("an election timer");
+    r.tick(now);
+    r.process(now, &mut Vec::new());
+    assert_eq!(r.status().role, Role::Leader);
+    let out: Log<KvOutput> = Log::default();
+    for i in 0..40u32 {
+        r.propose(now, put(&format!("k{}", i % 7), &i.to_string()), None, sink(&out));
+        if i % 10 == 9 {
+            r.process(now, &mut Vec::new());
+            r.snapshot_now(now).expect("a snapshot");
+        }
+    }
+    r.process(now, &mut Vec::new());
+    assert_eq!(results(&out).len(), 40);
+    assert!(results(&out).iter().all(Result::is_ok));
+    let dump = decode_dump(&r.core_wrapper().dump_bytes("test")).expect("decodes");
+    assert!(dump.inputs.len() > 40, "every proposal and more: {}", dump.inputs.len());
+    let report = replay(&dump).expect("replays");
+    assert_eq!(report.divergence, None, "{report:?}");
+    assert_eq!(report.inputs, dump.inputs.len());
+    assert!(report.readies > 4, "{report:?}");
+}
+
 /// Three replicas on RocksDB driven by hand (messages delivered at the next step); node 3 is
 /// down while its slot is `None`.
 struct Trio {
