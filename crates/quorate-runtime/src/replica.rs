@@ -618,10 +618,11 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// Replication first, the state machine after: each `Ready`'s messages go out before its
     /// batch is written (the core released each only once what it depends on was durable),
     /// the batch is reported persisted as soon as it is durable, and only once the core has
-    /// nothing more to hand out is anything applied — committed entries, snapshot installs
-    /// and the snapshots the core asked for, in the order the core handed them out. So a
-    /// leader's appends do not wait for its own fsync, and a follower's acknowledgement does
-    /// not wait for the state machine to apply what committed before it.
+    /// nothing more to hand out — or the committed entries queued reach the core's
+    /// `apply_bytes_max`, as in a catch-up — is anything applied: committed entries, snapshot
+    /// installs and the snapshots the core asked for, in the order the core handed them out.
+    /// So a leader's appends do not wait for its own fsync, and a follower's acknowledgement
+    /// waits for at most one round of applying (none in the steady state).
     pub fn process(&mut self, now: Instant, net: &mut impl Network) {
         loop {
             let work = self.replicate(now, net);
@@ -641,8 +642,8 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     }
 
     /// Handles `Ready`s until the core has nothing more to hand out, or until the committed
-    /// entries queued reach the core's `apply_bytes_max` (what the core hands out in one
-    /// `Ready`; so less than twice that is queued, and a restart far behind its commit index
+    /// entries queued reach the core's `apply_bytes_max` (so at most that plus one `Ready`'s
+    /// committed entries are queued per round, and a restart far behind its commit index
     /// does not read the whole tail into memory before applying any of it): sends, persists, reports persisted, registers reads
     /// and opens snapshot transfers; returns what is left for the state machine, in order.
     fn replicate(&mut self, now: Instant, net: &mut impl Network) -> Vec<Work> {
@@ -738,12 +739,12 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     }
 
     fn take_snapshot(&mut self, now: Instant, meta: SnapshotMeta) -> Result<(), Error> {
-        // Never over a newer stored snapshot (an install's, say): the core asks only at
-        // the applied index, which an install in the same turn would have passed.
-        let floor = self.core.raft().storage().snapshot_last().index;
-        if meta.last.index <= floor {
+        // Never over the stored snapshot or a newer one (an install's, say): the core asks
+        // only at the applied index, which an install in the same turn would have passed.
+        let stored = self.core.raft().storage().snapshot()?.map_or(LogIndex::ZERO, |h| h.meta.last.index);
+        if meta.last.index <= stored {
             return Err(Error::Storage(quorate_log::StorageError::Io(format!(
-                "a snapshot at {} is not above the stored one at {floor}",
+                "a snapshot at {} is not above the stored one at {stored}",
                 meta.last.index
             ))));
         }
