@@ -70,6 +70,10 @@ pub enum Error {
     /// Storage failed while serving the request.
     #[error("storage: {0}")]
     Storage(#[from] quorate_log::StorageError),
+    /// The request needs the state machine, which runs elsewhere
+    /// ([`crate::Replica::detach_applier`]): ask in a way that waits for it.
+    #[error("the state machine runs elsewhere: ask for this with a callback")]
+    Detached,
     /// The runtime's configuration or start-up state is invalid.
     #[error("invalid start-up state: {0}")]
     Start(String),

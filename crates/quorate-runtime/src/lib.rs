@@ -21,6 +21,9 @@
 //!   that depends on it only then.
 //! * **Ordering.** Committed commands are applied in log order, once, on every replica; a
 //!   snapshot install replaces the state machine's state before anything after it is applied.
+//!   Under [`Node`] the state machine runs on a thread of its own, so replication (a
+//!   follower's acknowledgements included) goes on while it applies, up to
+//!   [`Config::apply_backlog_bytes_max`] behind; read closures run on that thread too.
 //! * **Reads.** [`ReadLevel::Linearizable`] runs the closure after the leader confirmed its
 //!   leadership and this replica applied at least the confirmed index;
 //!   [`ReadLevel::Stale`] runs it at once on the local state.
@@ -139,13 +142,14 @@ pub use error::Error;
 pub use network::{AckStatus, Inbox, MemNetwork, MemRouter, Network, SnapshotAck, SnapshotChunk, WireMessage};
 pub use node::{Handle, INBOX_QUEUE_MAX, Node, REQUESTS_QUEUE_MAX};
 pub use replica::{
-    Config, ProposeCallback, ReadCallback, ReadLevel, Replica, SNAPSHOT_CHUNK_BYTES_MAX, Status, TransferStats,
+    Applier, Config, Jobs, ProposeCallback, ReadCallback, ReadLevel, Replica, Reports, SNAPSHOT_CHUNK_BYTES_MAX,
+    SnapshotCallback, Status, TransferStats,
 };
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksLog;
 pub use sessions::ClientId;
 pub use state_machine::{Committed, RestoreError, RuntimeWrites, StateMachine};
-pub use storage::{LogStorage, MemStorage, SnapshotHeader, SnapshotSource};
+pub use storage::{LogStorage, MemStorage, SnapshotHeader, SnapshotSaver, SnapshotSource};
 
 // The vocabulary users need alongside the runtime.
 pub use quorate_core::{ConfChange, Role};

@@ -4,7 +4,7 @@ use crate::clock::Clock;
 use crate::driver::Core;
 use crate::error::Error;
 use crate::network::{Inbox, Network, WireMessage};
-use crate::replica::{Config, ProposeCallback, ReadCallback, ReadLevel, Replica, Status};
+use crate::replica::{Applier, Config, Jobs, ProposeCallback, ReadCallback, ReadLevel, Replica, Reports, Status};
 use crate::sessions::ClientId;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStorage;
@@ -30,12 +30,17 @@ enum Request<SM: StateMachine> {
     Shutdown { done: oneshot::Sender<()> },
 }
 
-/// A running replica: a tokio task that owns a [`Replica`] and drives it from three sources —
-/// requests from [`Handle`]s, messages from peers (its [`Inbox`]) and its timers.
+/// A running replica: a tokio task that owns a [`Replica`] and drives it from four sources —
+/// requests from [`Handle`]s, messages from peers (its [`Inbox`]), its timers and the
+/// reports of its state machine — and a thread of its own (`quorate-apply`) that runs the
+/// state machine ([`Replica::detach_applier`]).
 ///
 /// Every turn of the task hands inputs to the replica and then runs
 /// [`Replica::process`], which persists (durably) before anything that depends on it is
-/// acknowledged, applies in log order and serves confirmed reads once applied.
+/// acknowledged, and hands the committed entries, installs, snapshots and confirmed reads
+/// to the apply thread, which applies them in log order and answers proposers and readers.
+/// So the task goes on replicating — a follower acknowledging appends, a leader sending
+/// them — while a large batch applies, up to [`Config::apply_backlog_bytes_max`] ahead.
 #[derive(Debug)]
 pub struct Node<SM: StateMachine> {
     handle: Handle<SM>,
@@ -74,21 +79,36 @@ impl<SM: StateMachine> Node<SM> {
         clock: C,
     ) -> Result<Node<SM>, Error> {
         let replica = Replica::new(cfg, storage, state_machine, clock.now())?;
-        Ok(Node::start_replica(replica, network, clock))
+        Node::start_replica(replica, network, clock)
     }
 
     /// Runs a replica built by hand — [`Replica::with_core`], with a core wrapper that sees
-    /// every input — in a new tokio task, as [`Node::start`] does.
+    /// every input — in a new tokio task and its state machine on a new thread, as
+    /// [`Node::start`] does.
+    ///
+    /// # Errors
+    /// [`Error::Start`] if the replica's state machine side was detached already, or the
+    /// apply thread cannot be started.
     pub fn start_replica<L: LogStorage, D: Core<L> + 'static, N: Network, C: Clock>(
-        replica: Replica<SM, L, D>,
+        mut replica: Replica<SM, L, D>,
         network: N,
         clock: C,
-    ) -> Node<SM> {
+    ) -> Result<Node<SM>, Error> {
+        let Some(applier) = replica.detach_applier() else {
+            return Err(Error::Start("the replica's state machine side was detached already".into()));
+        };
+        let (job_tx, job_rx) = std::sync::mpsc::channel();
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let apply = std::thread::Builder::new()
+            .name("quorate-apply".into())
+            .spawn(move || apply_thread(applier, &job_rx, &report_tx))
+            .map_err(|e| Error::Start(format!("cannot start the apply thread: {e}")))?;
         let (req_tx, req_rx) = mpsc::channel(REQUESTS_QUEUE_MAX);
         let (in_tx, in_rx) = mpsc::channel(INBOX_QUEUE_MAX);
         let (status_tx, status_rx) = watch::channel(replica.status());
-        let task = tokio::spawn(run(replica, network, clock, req_rx, in_rx, status_tx));
-        Node { handle: Handle { requests: req_tx, inbox: Inbox { tx: in_tx }, status: status_rx }, task }
+        let side = ApplySide { jobs: job_tx, reports: report_rx, open: true, thread: Some(apply) };
+        let task = tokio::spawn(run(replica, side, network, clock, req_rx, in_rx, status_tx));
+        Ok(Node { handle: Handle { requests: req_tx, inbox: Inbox { tx: in_tx }, status: status_rx }, task })
     }
 
     /// A handle to the node.
@@ -110,8 +130,61 @@ impl<SM: StateMachine> Node<SM> {
     }
 }
 
+/// The apply thread: runs the jobs it is handed, in order, merging what queued meanwhile,
+/// and sends the reports back. Ends when the node's task drops its sender (after the jobs of
+/// its shutdown) or stops listening.
+fn apply_thread<SM: StateMachine>(
+    mut applier: Applier<SM>,
+    jobs: &std::sync::mpsc::Receiver<Jobs<SM>>,
+    reports: &mpsc::UnboundedSender<Reports>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut out = applier.run(first);
+        while let Ok(more) = jobs.try_recv() {
+            out.extend(applier.run(more));
+        }
+        if !out.is_empty() && reports.send(out).is_err() {
+            break;
+        }
+    }
+}
+
+/// The node task's end of the apply thread.
+struct ApplySide<SM: StateMachine> {
+    jobs: std::sync::mpsc::Sender<Jobs<SM>>,
+    reports: mpsc::UnboundedReceiver<Reports>,
+    /// Whether the thread may still report (its sender is not gone).
+    open: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<SM: StateMachine> ApplySide<SM> {
+    /// Hands the replica's queued work to the apply thread; halts the replica if the thread
+    /// is gone.
+    fn hand<L: LogStorage, D: Core<L>>(&mut self, replica: &mut Replica<SM, L, D>) {
+        let jobs = replica.take_jobs();
+        if !jobs.is_empty() && self.jobs.send(jobs).is_err() {
+            // The jobs are dropped unanswered: their callbacks' senders close, and the
+            // handles answer `OutcomeUnknown`.
+            replica.halt("the apply thread stopped".into());
+        }
+    }
+
+    /// Stops the replica, lets the apply thread answer what it holds, and waits for it.
+    async fn stop<L: LogStorage, D: Core<L>>(mut self, replica: &mut Replica<SM, L, D>) {
+        replica.stop();
+        let jobs = replica.take_jobs();
+        let _ = self.jobs.send(jobs);
+        drop(self.jobs);
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
 async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
     mut replica: Replica<SM, L, D>,
+    mut side: ApplySide<SM>,
     mut net: N,
     clock: C,
     mut requests: mpsc::Receiver<Request<SM>>,
@@ -122,6 +195,7 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
         let now = clock.now();
         replica.tick(now);
         replica.process(now, &mut net);
+        side.hand(&mut replica);
         let current = replica.status();
         status.send_if_modified(|s| {
             let changed = *s != current;
@@ -131,6 +205,21 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
         let wait = replica.next_deadline().map_or(Duration::from_secs(3600), |d| d.saturating_since(clock.now()));
         tokio::select! {
             biased;
+            reports = side.reports.recv(), if side.open => {
+                match reports {
+                    Some(r) => {
+                        replica.on_reports(clock.now(), r);
+                        while let Ok(r) = side.reports.try_recv() {
+                            replica.on_reports(clock.now(), r);
+                        }
+                    }
+                    // Its sender is gone: the thread ended (a panic in the state machine).
+                    None => {
+                        side.open = false;
+                        replica.halt("the apply thread stopped".into());
+                    }
+                }
+            }
             msg = inbox.recv() => {
                 let Some(msg) = msg else { break };
                 replica.receive(clock.now(), msg);
@@ -146,7 +235,7 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
                 match req {
                     None => break,
                     Some(Request::Shutdown { done }) => {
-                        drop(replica.shutdown());
+                        side.stop(&mut replica).await;
                         let _ = done.send(());
                         return;
                     }
@@ -157,15 +246,15 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
                     Some(Request::Transfer { to, done }) => {
                         let _ = done.send(replica.transfer_leader(now, to));
                     }
-                    Some(Request::Snapshot { done }) => {
-                        let _ = done.send(replica.snapshot_now(now));
-                    }
+                    Some(Request::Snapshot { done }) => replica.request_snapshot(now, Box::new(move |r| {
+                        let _ = done.send(r);
+                    })),
                 }
             }
             () = tokio::time::sleep(wait) => {}
         }
     }
-    drop(replica.shutdown());
+    side.stop(&mut replica).await;
 }
 
 impl<SM: StateMachine> Handle<SM> {

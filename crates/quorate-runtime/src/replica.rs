@@ -3,19 +3,23 @@
 //! steps several by hand. Either way the same code orders persisting, sending, applying and
 //! serving reads.
 
+mod apply;
 mod transfer;
+
+pub use apply::{Applier, Jobs, Reports, SnapshotCallback};
+use apply::{Job, Start, restore_image};
 
 use crate::driver::Core;
 use crate::error::Error;
 use crate::network::{Network, WireMessage};
-use crate::sessions::{ClientId, Command, SessionCheck, Sessions, read_image_prefix, write_image_prefix};
-use crate::state_machine::{Committed, RuntimeWrites, StateMachine};
-use crate::storage::{ImageReader, LogStorage, SnapshotSource};
+use crate::sessions::{ClientId, Command, Sessions};
+use crate::state_machine::StateMachine;
+use crate::storage::{LogStorage, SnapshotSource};
 use crate::transfer::{Receiver, Sender, TokenBucket};
 pub use crate::transfer::{SNAPSHOT_CHUNK_BYTES_MAX, TransferStats};
 use quorate_core::{ConfChange, Instant, Raft, ReadId, Role};
 use quorate_log::{Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,12 +51,19 @@ pub struct Config {
     /// (and an opening chunk without an answer is sent again). A transfer without any
     /// progress for `raft.snapshot_send_timeout` is given up.
     pub snapshot_chunk_timeout: Duration,
+    /// Most bytes of committed entries handed to a detached state machine's side
+    /// ([`Replica::detach_applier`]) and not yet applied: beyond it the replica takes nothing
+    /// more from the core (no messages go out either) until that side catches up. The last
+    /// resort that keeps memory bounded when applying is slower than committing; a replica
+    /// that applies in its own turn applies at most the core's `apply_bytes_max` per round.
+    pub apply_backlog_bytes_max: u64,
 }
 
 impl Config {
     /// Defaults for node `id`: the core's defaults, 4,096 sessions, 4,096 pending proposals,
     /// 4,096 pending reads; snapshots in chunks of 512 KiB, a window of 4 MiB, no rate limit,
-    /// staging up to 64 GiB, chunks sent again after 2 s without an acknowledgement.
+    /// staging up to 64 GiB, chunks sent again after 2 s without an acknowledgement, an apply
+    /// backlog of 256 MiB.
     #[must_use]
     pub fn new(id: NodeId) -> Config {
         Config {
@@ -65,6 +76,7 @@ impl Config {
             snapshot_rate_bytes_per_sec: None,
             snapshot_staging_bytes_max: 64 << 30,
             snapshot_chunk_timeout: Duration::from_secs(2),
+            apply_backlog_bytes_max: 256 << 20,
         }
     }
 }
@@ -148,14 +160,12 @@ impl<O> Waiter<O> {
     }
 }
 
-/// What a turn leaves for the state machine, in the order the core handed it out.
-enum Work {
-    /// Committed entries to apply.
-    Apply(Vec<Entry>),
-    /// A snapshot installed in storage: restore the state machine from it.
-    Install(SnapshotMeta),
-    /// A snapshot the core asked for, at this index: taken if the state machine is there.
-    Snapshot(SnapshotMeta),
+/// Where the state machine's side of a replica runs.
+enum Side<SM: StateMachine> {
+    /// In the replica's turn: [`Replica::process`] runs the jobs (boxed: it is large).
+    Inline(Box<Applier<SM>>),
+    /// Elsewhere: the host takes the jobs ([`Replica::take_jobs`]) and hands back reports.
+    Detached,
 }
 
 /// One command of an apply batch, decoded.
@@ -182,14 +192,23 @@ pub struct Replica<SM: StateMachine, L: LogStorage, C: Core<L> = Raft<L>> {
     cfg: Config,
     core: C,
     _log: std::marker::PhantomData<fn() -> L>,
-    sm: SM,
-    sessions: Sessions,
+    /// The state machine's side, or where it went.
+    side: Side<SM>,
+    /// Work for the state machine's side not yet run (inline) or taken (detached), in order.
+    jobs: Vec<Job<SM>>,
+    /// Bytes of committed entries handed to the state machine's side and not yet reported
+    /// applied.
+    apply_in_flight: u64,
+    /// Proposers handed to the state machine's side with their entries and not yet answered
+    /// (counted against `proposals_pending_max` with those waiting here).
+    proposals_out: usize,
+    /// The applied index, as the state machine's side last reported it.
     applied: LogIndex,
-    applied_term: Term,
-    applied_config: Configuration,
     proposals: BTreeMap<LogIndex, (Term, Waiter<SM::Output>)>,
+    /// Reads waiting for the core's confirmation (then they go to the state machine's side).
     reads: BTreeMap<ReadId, ReadCallback<SM>>,
-    ready_reads: BTreeMap<(LogIndex, ReadId), ReadCallback<SM>>,
+    /// Reads handed to the state machine's side and not yet answered (a bound's count).
+    reads_out: Arc<std::sync::atomic::AtomicUsize>,
     next_read: u64,
     /// A received snapshot the core accepted: the complete staging, installed with the next
     /// batch (until then the staging is not touched).
@@ -210,11 +229,6 @@ pub struct Replica<SM: StateMachine, L: LogStorage, C: Core<L> = Raft<L>> {
     outbox: Vec<WireMessage>,
     transfer_stats: TransferStats,
     halted: Option<String>,
-    /// Durable state machines: the sessions changed since the last commit.
-    sessions_dirty: BTreeSet<ClientId>,
-    /// Durable state machines: the applied index of the last commit (the log is never
-    /// compacted past it: snapshots are taken only at or below it).
-    durable_applied: LogIndex,
     /// The most bytes of committed entries one round of a turn queued (tests of the bound).
     #[cfg(test)]
     peak_queued_bytes: u64,
@@ -271,6 +285,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         } else {
             stored.is_some()
         };
+        let saver = storage.snapshot_saver();
         let (sessions, applied, applied_term, applied_config) = if restore_stored {
             let Some(source) = &stored else {
                 return Err(Error::Start(match sm.interrupted_restore() {
@@ -325,18 +340,20 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             quorate_core::CoreError::Storage(s) => Error::Storage(s),
             other => Error::Start(other.to_string()),
         })?;
+        let start = Start { sessions, applied, applied_term, applied_config };
+        let applier = Applier::new(sm, start, cfg.sessions_max, saver);
         Ok(Replica {
             cfg,
             core,
             _log: std::marker::PhantomData,
-            sm,
-            sessions,
+            side: Side::Inline(Box::new(applier)),
+            jobs: Vec::new(),
+            apply_in_flight: 0,
+            proposals_out: 0,
             applied,
-            applied_term,
-            applied_config,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
-            ready_reads: BTreeMap::new(),
+            reads_out: Arc::default(),
             next_read: 1,
             staged: None,
             receiver: Receiver::new(staging),
@@ -348,8 +365,6 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             outbox: Vec::new(),
             transfer_stats: TransferStats::default(),
             halted: None,
-            sessions_dirty: BTreeSet::new(),
-            durable_applied: applied,
             #[cfg(test)]
             peak_queued_bytes: 0,
         })
@@ -361,10 +376,46 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         self.core.raft().id()
     }
 
-    /// The state machine (as applied so far).
+    /// The state machine (as applied so far); `None` once its side was detached
+    /// ([`Replica::detach_applier`]: ask the [`Applier`]).
     #[must_use]
-    pub fn state_machine(&self) -> &SM {
-        &self.sm
+    pub fn state_machine(&self) -> Option<&SM> {
+        match &self.side {
+            Side::Inline(a) => Some(a.state_machine()),
+            Side::Detached => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn sm_mut(&mut self) -> &mut SM {
+        match &mut self.side {
+            Side::Inline(a) => a.state_machine_mut(),
+            Side::Detached => unreachable!("tests of the inline side"),
+        }
+    }
+
+    /// Takes the state machine's side out of the replica, to run it elsewhere (a thread of
+    /// its own, as [`crate::Node`] does): from then on [`Replica::process`] only queues its
+    /// work — take it with [`Replica::take_jobs`], run it with [`Applier::run`], in order,
+    /// and hand the reports back with [`Replica::on_reports`]. Meanwhile the replica goes on
+    /// replicating (up to [`Config::apply_backlog_bytes_max`] ahead of applying). `None` if
+    /// it was detached already.
+    pub fn detach_applier(&mut self) -> Option<Applier<SM>> {
+        match std::mem::replace(&mut self.side, Side::Detached) {
+            // Inline, nothing stays queued between calls; were anything queued, the
+            // detached side would run it first.
+            Side::Inline(a) => Some(*a),
+            Side::Detached => None,
+        }
+    }
+
+    /// The work queued for a detached state machine's side, in order (empty while the side
+    /// runs inline).
+    pub fn take_jobs(&mut self) -> Jobs<SM> {
+        match self.side {
+            Side::Inline(_) => Jobs(Vec::new()),
+            Side::Detached => Jobs(std::mem::take(&mut self.jobs)),
+        }
     }
 
     /// The storage.
@@ -466,7 +517,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         if let Some(e) = self.refusal() {
             return Err(e);
         }
-        if self.proposals.len() >= self.cfg.proposals_pending_max {
+        if self.proposals.len() + self.proposals_out >= self.cfg.proposals_pending_max {
             return Err(Error::Busy { what: "proposals", limit: self.cfg.proposals_pending_max });
         }
         Ok(())
@@ -545,20 +596,24 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         Ok(self.core.transfer_leadership(now, to)?)
     }
 
-    /// Reads at `level`: `read` runs over the state machine once the level allows (at once
-    /// for [`ReadLevel::Stale`]), or receives the error.
+    /// Reads at `level`: `read` runs over the state machine once the level allows (for
+    /// [`ReadLevel::Stale`]: at once while the state machine runs in the replica's turn, after
+    /// the work handed out before it when it is detached), or receives the error.
     pub fn read(&mut self, now: Instant, level: ReadLevel, read: ReadCallback<SM>) {
         if let Some(e) = self.refusal() {
             return read(Err(e));
         }
+        if self.reads.len() + self.reads_out.load(std::sync::atomic::Ordering::Relaxed) >= self.cfg.reads_pending_max {
+            return read(Err(Error::Busy { what: "reads", limit: self.cfg.reads_pending_max }));
+        }
         let core_level = match level {
-            ReadLevel::Stale => return read(Ok(&self.sm)),
+            ReadLevel::Stale => {
+                self.hand_read(LogIndex::ZERO, read);
+                return self.run_inline(now);
+            }
             ReadLevel::Linearizable => quorate_core::ReadLevel::Linearizable,
             ReadLevel::Lease => quorate_core::ReadLevel::Lease,
         };
-        if self.reads.len() + self.ready_reads.len() >= self.cfg.reads_pending_max {
-            return read(Err(Error::Busy { what: "reads", limit: self.cfg.reads_pending_max }));
-        }
         let id = ReadId(self.next_read);
         self.next_read += 1;
         match self.core.read(now, id, core_level) {
@@ -569,27 +624,78 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         }
     }
 
+    /// Hands a read to the state machine's side, to run once applied up to `index`; counts
+    /// it until it has run.
+    fn hand_read(&mut self, index: LogIndex, read: ReadCallback<SM>) {
+        let out = self.reads_out.clone();
+        out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next_read;
+        self.next_read += 1;
+        self.jobs.push(Job::Read {
+            index,
+            id,
+            read: Box::new(move |sm| {
+                out.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                read(sm);
+            }),
+        });
+    }
+
     /// Takes a snapshot of the applied state now (if anything was applied since the last)
-    /// and lets the core compact the log behind it. Returns the index it covers.
+    /// and lets the core compact the log behind it. Returns the index it covers. For a
+    /// replica whose state machine runs in its turn; a detached one answers
+    /// [`Error::Detached`] (use [`Replica::request_snapshot`]).
     pub fn snapshot_now(&mut self, now: Instant) -> Result<LogIndex, Error> {
+        if matches!(self.side, Side::Detached) {
+            return Err(self.refusal().unwrap_or(Error::Detached));
+        }
+        let got = Arc::new(std::sync::Mutex::new(None));
+        let put = got.clone();
+        self.request_snapshot(
+            now,
+            Box::new(move |r| {
+                *put.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+            }),
+        );
+        let answer = got.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        answer.unwrap_or(Err(Error::OutcomeUnknown))
+    }
+
+    /// Asks for a snapshot of the applied state (if anything was applied since the last);
+    /// `done` receives the index it covers once it is stored, and the core compacts the log
+    /// behind it.
+    pub fn request_snapshot(&mut self, now: Instant, done: SnapshotCallback) {
         if let Some(e) = self.refusal() {
-            return Err(e);
+            return done(Err(e));
         }
-        let current = self.core.raft().storage().snapshot()?.map_or(LogIndex::ZERO, |h| h.meta.last.index);
-        if self.applied <= current {
-            return Ok(current);
-        }
-        let meta =
-            SnapshotMeta { last: EntryId::new(self.applied_term, self.applied), config: self.applied_config.clone() };
-        self.take_snapshot(now, meta)?;
-        Ok(self.applied)
+        self.jobs.push(Job::SnapshotNow(done));
+        self.run_inline(now);
     }
 
     /// Fails every waiting request (a proposal with [`Error::OutcomeUnknown`], a read with
-    /// [`Error::Shutdown`]) and returns the state machine. Storage is dropped (closed).
-    pub fn shutdown(mut self) -> SM {
+    /// [`Error::Shutdown`]) and returns the state machine (`None` once detached: the
+    /// [`Applier`] has it, and must still run the last [`Replica::take_jobs`], which fails
+    /// what it holds). Storage is dropped (closed).
+    pub fn shutdown(mut self) -> Option<SM> {
+        self.stop();
+        match std::mem::replace(&mut self.side, Side::Detached) {
+            Side::Inline(mut a) => {
+                drop(a.run(Jobs(std::mem::take(&mut self.jobs))));
+                Some(a.into_state_machine())
+            }
+            Side::Detached => None,
+        }
+    }
+
+    /// Fails every waiting request (as [`Replica::shutdown`]) and queues the stop of the
+    /// state machine's side; the replica does nothing more. For a host that runs the
+    /// detached side: take the last jobs after it.
+    pub fn stop(&mut self) {
+        if self.halted.is_none() {
+            self.halted = Some("shut down".into());
+        }
         self.fail_all(&Error::Shutdown);
-        self.sm
+        self.jobs.push(Job::Shutdown);
     }
 
     fn fail_all(&mut self, e: &Error) {
@@ -599,15 +705,41 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         for (_, r) in std::mem::take(&mut self.reads) {
             r(Err(e.clone()));
         }
-        for (_, r) in std::mem::take(&mut self.ready_reads) {
-            r(Err(e.clone()));
+        // Work not yet run: refused here, in order.
+        for j in std::mem::take(&mut self.jobs) {
+            apply::refuse(j, e);
         }
     }
 
-    fn halt(&mut self, reason: String) {
+    /// Halts the replica: every waiting request fails, the state machine's side is told
+    /// (and fails what it holds), nothing more is done. The replica halts by itself on a
+    /// storage failure or a broken contract; a host calls this when the thread that runs the
+    /// detached state machine's side died.
+    pub fn halt(&mut self, reason: String) {
+        if self.halted.is_none() {
+            self.halt_here(reason.clone());
+            self.jobs.push(Job::Halt(reason));
+            if let Side::Inline(a) = &mut self.side {
+                drop(a.run(Jobs(std::mem::take(&mut self.jobs))));
+            }
+        }
+    }
+
+    /// Halts here only (the state machine's side knows).
+    fn halt_here(&mut self, reason: String) {
         if self.halted.is_none() {
             self.halted = Some(reason.clone());
             self.fail_all(&Error::Halted(reason));
+        }
+    }
+
+    /// Runs the queued work now if the state machine runs in the replica's turn.
+    fn run_inline(&mut self, now: Instant) {
+        if let Side::Inline(a) = &mut self.side
+            && !self.jobs.is_empty()
+        {
+            let reports = a.run(Jobs(std::mem::take(&mut self.jobs)));
+            self.on_reports(now, reports);
         }
     }
 
@@ -623,33 +755,39 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// installs and the snapshots the core asked for, in the order the core handed them out.
     /// So a leader's appends do not wait for its own fsync, and a follower's acknowledgement
     /// waits for at most one round of applying (none in the steady state).
+    ///
+    /// Once the state machine's side is detached ([`Replica::detach_applier`]) nothing is
+    /// applied here: the work is queued for [`Replica::take_jobs`], and the turn replicates
+    /// until the core has nothing more or [`Config::apply_backlog_bytes_max`] of committed
+    /// entries wait for that side.
     pub fn process(&mut self, now: Instant, net: &mut impl Network) {
         loop {
-            let work = self.replicate(now, net);
-            if work.is_empty() || self.halted.is_some() {
+            self.replicate(now, net);
+            if self.jobs.is_empty() || self.halted.is_some() || matches!(self.side, Side::Detached) {
                 break;
             }
             // May ask the core for more (a snapshot taken: the log compacted behind it).
-            self.run_work(now, work);
+            self.run_inline(now);
         }
         if self.halted.is_none() {
-            // Confirmed reads, once applied up to their index (also those confirmed in a
-            // turn that applied nothing).
-            self.serve_reads();
             self.pump_transfers(now, net);
             self.finish_turn(net);
         }
     }
 
     /// Handles `Ready`s until the core has nothing more to hand out, or until the committed
-    /// entries queued reach the core's `apply_bytes_max` (so at most that plus one `Ready`'s
-    /// committed entries are queued per round, and a restart far behind its commit index
-    /// does not read the whole tail into memory before applying any of it): sends, persists, reports persisted, registers reads
-    /// and opens snapshot transfers; returns what is left for the state machine, in order.
-    fn replicate(&mut self, now: Instant, net: &mut impl Network) -> Vec<Work> {
-        let mut work = Vec::new();
-        let mut queued_bytes = 0u64;
-        while self.halted.is_none() && queued_bytes < self.cfg.raft.apply_bytes_max && self.core.raft().has_ready() {
+    /// entries handed to the state machine's side and not yet applied reach the bound (the
+    /// core's `apply_bytes_max` inline — so at most that plus one `Ready`'s committed entries
+    /// are queued per round, and a restart far behind its commit index does not read the
+    /// whole tail into memory before applying any of it —, `apply_backlog_bytes_max`
+    /// detached): sends, persists, reports persisted, hands confirmed reads on and opens
+    /// snapshot transfers; queues the work for the state machine's side, in order.
+    fn replicate(&mut self, now: Instant, net: &mut impl Network) {
+        let bound = match self.side {
+            Side::Inline(_) => self.cfg.raft.apply_bytes_max,
+            Side::Detached => self.cfg.apply_backlog_bytes_max,
+        };
+        while self.halted.is_none() && self.apply_in_flight < bound && self.core.raft().has_ready() {
             let ready = self.core.ready();
             if ready.is_empty() {
                 break;
@@ -665,12 +803,10 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
                 if let Some(meta) = &batch.install
                     && self.staged.take().as_ref() != Some(meta)
                 {
-                    self.halt(format!("snapshot install at {} without its staging", meta.last.index));
-                    return work;
+                    return self.halt(format!("snapshot install at {} without its staging", meta.last.index));
                 }
                 if let Err(e) = self.core.storage_mut().persist(batch) {
-                    self.halt(format!("storage: {e}"));
-                    return work;
+                    return self.halt(format!("storage: {e}"));
                 }
                 if batch.install.is_some() {
                     self.receiver.forget();
@@ -680,20 +816,29 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             // 3. For the state machine, in order: what committed before this batch's install
             //    (if any), then the install, which replaces the state before anything the
             //    core hands out after the report below is applied.
-            if !ready.committed.is_empty() {
-                queued_bytes += ready.committed.iter().map(Entry::size_bytes).sum::<u64>();
-                work.push(Work::Apply(ready.committed));
+            if let (Some(first), Some(last)) = (ready.committed.first(), ready.committed.last()) {
+                let (lo, hi) = (first.index, last.index);
+                let bytes = ready.committed.iter().map(Entry::size_bytes).sum::<u64>();
+                let mut waiters = self.proposals.split_off(&lo);
+                let mut rest = waiters.split_off(&hi.next());
+                self.proposals.append(&mut rest);
+                self.apply_in_flight += bytes;
+                self.proposals_out += waiters.len();
+                self.jobs.push(Job::Apply { entries: ready.committed, bytes, waiters });
             }
             if let Some(meta) = install {
-                work.push(Work::Install(meta));
+                self.hand_install(meta);
+                if self.halted.is_some() {
+                    return;
+                }
             }
             if let Some(batch) = &ready.persist {
                 self.core.persisted(now, batch.io);
             }
-            // 4. Reads: confirmed ones wait until applied ≥ their index.
+            // 4. Reads: confirmed ones run once applied ≥ their index.
             for r in ready.reads {
                 if let Some(f) = self.reads.remove(&r.id) {
-                    self.ready_reads.insert((r.index, r.id), f);
+                    self.hand_read(r.index, f);
                 }
             }
             for r in ready.failed_reads {
@@ -703,7 +848,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             }
             // 5. Snapshots: one to take once applied up to it; transfers to open.
             if let Some(meta) = ready.take_snapshot {
-                work.push(Work::Snapshot(meta));
+                self.jobs.push(Job::Snapshot(meta));
             }
             for s in ready.send_snapshots {
                 self.start_transfer(now, s);
@@ -711,257 +856,24 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         }
         #[cfg(test)]
         {
-            self.peak_queued_bytes = self.peak_queued_bytes.max(queued_bytes);
-        }
-        work
-    }
-
-    /// Runs the state machine's part of a turn, in order (see [`Replica::process`]).
-    fn run_work(&mut self, now: Instant, work: Vec<Work>) {
-        for w in work {
-            if self.halted.is_some() {
-                return;
-            }
-            match w {
-                Work::Apply(entries) => self.apply(&entries),
-                Work::Install(meta) => self.restore(&meta),
-                Work::Snapshot(meta) => {
-                    if meta.last.index == self.applied {
-                        if self.take_snapshot(now, meta).is_err() {
-                            self.core.snapshot_skipped(now);
-                        }
-                    } else {
-                        self.core.snapshot_skipped(now);
-                    }
-                }
-            }
+            self.peak_queued_bytes = self.peak_queued_bytes.max(self.apply_in_flight);
         }
     }
 
-    fn take_snapshot(&mut self, now: Instant, meta: SnapshotMeta) -> Result<(), Error> {
-        // Never over the stored snapshot or a newer one (an install's, say): the core asks
-        // only at the applied index, which an install in the same turn would have passed.
-        let stored = self.core.raft().storage().snapshot()?.map_or(LogIndex::ZERO, |h| h.meta.last.index);
-        if meta.last.index <= stored {
-            return Err(Error::Storage(quorate_log::StorageError::Io(format!(
-                "a snapshot at {} is not above the stored one at {stored}",
-                meta.last.index
-            ))));
-        }
-        // A durable state machine's log is never compacted past its last durable commit.
-        if SM::DURABLE && meta.last.index > self.durable_applied {
-            return Err(Error::Storage(quorate_log::StorageError::Io(format!(
-                "a snapshot at {} is ahead of the state machine's durable {}",
-                meta.last.index, self.durable_applied
-            ))));
-        }
-        let (sessions, sm) = (&self.sessions, &self.sm);
-        self.core.storage_mut().save_snapshot(&meta, &mut |out| {
-            // A state machine that owns its format owns its image too: its bytes alone.
-            if SM::ENVELOPE {
-                write_image_prefix(out, sessions)?;
-            }
-            sm.snapshot(out)
-        })?;
-        // The image kept for sending is superseded (transfers hold their own).
-        self.send_cache = None;
-        self.core.snapshot_taken(now, meta);
-        Ok(())
-    }
-
-    fn restore(&mut self, meta: &SnapshotMeta) {
+    /// Hands an installed snapshot to the state machine's side, opened here; the proposals
+    /// it covers cannot learn whether they were applied.
+    fn hand_install(&mut self, meta: SnapshotMeta) {
         let source = match self.core.raft().storage().open_snapshot() {
-            Ok(Some(s)) if s.header().meta == *meta => s,
+            Ok(Some(s)) if s.header().meta == meta => s,
             Ok(_) => return self.halt(format!("the installed snapshot at {} is not in storage", meta.last.index)),
             Err(e) => return self.halt(format!("storage: {e}")),
         };
-        match restore_image(&mut self.sm, source.as_ref()) {
-            Ok(sessions) => self.sessions = sessions,
-            Err(e) => return self.halt(format!("snapshot at {}: {e}", meta.last.index)),
-        }
-        self.sessions_dirty.clear();
-        self.durable_applied = meta.last.index;
-        self.applied = meta.last.index;
-        self.applied_term = meta.last.term;
-        self.applied_config = meta.config.clone();
-        // Proposals the snapshot covers: this node cannot tell whether they were applied.
-        let rest = self.proposals.split_off(&self.applied.next());
+        let rest = self.proposals.split_off(&meta.last.index.next());
         for (_, (_, w)) in std::mem::replace(&mut self.proposals, rest) {
             w.fail(Error::OutcomeUnknown);
         }
-        self.serve_reads();
+        self.jobs.push(Job::Install { meta, source });
     }
-
-    /// Durable state machines: makes what was applied since the last commit durable, with
-    /// the runtime's records, at the applied index.
-    fn commit(&mut self) {
-        if !SM::DURABLE || self.halted.is_some() || self.applied <= self.durable_applied {
-            return;
-        }
-        let mut writes = RuntimeWrites::default();
-        for id in std::mem::take(&mut self.sessions_dirty) {
-            match self.sessions.record_of(id) {
-                Some(r) => writes.put.push((id.0, r)),
-                None => writes.delete.push(id.0),
-            }
-        }
-        if let Err(e) = self.sm.commit(self.applied, &writes) {
-            return self.halt(format!("the state machine's commit at {}: {e}", self.applied));
-        }
-        self.durable_applied = self.applied;
-    }
-
-    fn serve_reads(&mut self) {
-        while let Some(entry) = self.ready_reads.first_entry() {
-            if entry.key().0 > self.applied {
-                break;
-            }
-            let f = entry.remove();
-            f(Ok(&self.sm));
-        }
-    }
-
-    fn resolve(&mut self, index: LogIndex, term: Term, outcome: Applied<SM::Output>) {
-        if let Some((t, w)) = self.proposals.remove(&index) {
-            if t == term { w.complete(outcome) } else { w.fail(Error::Dropped) }
-        }
-    }
-
-    fn apply(&mut self, entries: &[Entry]) {
-        let mut batch: Vec<Pending> = Vec::new();
-        let mut touched: BTreeSet<ClientId> = BTreeSet::new();
-        let mut last: Option<EntryId> = None;
-        for e in entries {
-            if self.halted.is_some() {
-                return;
-            }
-            if e.index <= self.applied {
-                continue;
-            }
-            match &e.payload {
-                // The state machine's own format: every command entry, as it is.
-                EntryPayload::Command(data) if !SM::ENVELOPE => {
-                    batch.push(Pending { index: e.index, term: e.term, command: data.to_vec(), session: None });
-                }
-                EntryPayload::Command(data) => match Command::decode(data) {
-                    Some(Command::Plain(command)) => {
-                        batch.push(Pending { index: e.index, term: e.term, command, session: None });
-                    }
-                    Some(Command::Session { client, seq, command }) => {
-                        if touched.contains(&client) {
-                            self.flush(&mut batch, &mut touched);
-                        }
-                        match self.sessions.check(client, seq) {
-                            SessionCheck::Apply => {
-                                touched.insert(client);
-                                batch.push(Pending {
-                                    index: e.index,
-                                    term: e.term,
-                                    command,
-                                    session: Some((client, seq)),
-                                });
-                            }
-                            SessionCheck::Cached(out) => {
-                                let outcome = match postcard::from_bytes(&out) {
-                                    Ok(o) => Applied::Output(o),
-                                    Err(_) => Applied::Failed(Error::Undecodable),
-                                };
-                                self.resolve(e.index, e.term, outcome);
-                            }
-                            SessionCheck::Stale => self.resolve(e.index, e.term, Applied::Failed(Error::StaleSequence)),
-                            SessionCheck::Expired => {
-                                self.resolve(e.index, e.term, Applied::Failed(Error::SessionExpired));
-                            }
-                        }
-                    }
-                    Some(Command::OpenSession) => {
-                        self.flush(&mut batch, &mut touched);
-                        let (id, evicted) = self.sessions.open(e.index, self.cfg.sessions_max);
-                        if SM::DURABLE {
-                            self.sessions_dirty.insert(id);
-                            self.sessions_dirty.extend(evicted);
-                        }
-                        self.resolve(e.index, e.term, Applied::Session(id));
-                    }
-                    None => self.resolve(e.index, e.term, Applied::Failed(Error::Undecodable)),
-                },
-                EntryPayload::Config(c) => {
-                    self.applied_config = c.clone();
-                    self.resolve(e.index, e.term, Applied::Other);
-                }
-                // A no-op, or a payload of a later version: nothing for the state machine.
-                _ => self.resolve(e.index, e.term, Applied::Other),
-            }
-            last = Some(e.id());
-        }
-        self.flush(&mut batch, &mut touched);
-        if let Some(last) = last
-            && self.halted.is_none()
-        {
-            self.applied = last.index;
-            self.applied_term = last.term;
-        }
-        self.commit();
-        self.serve_reads();
-    }
-
-    /// Applies the batch of commands collected so far; `applied` moves to its last entry.
-    fn flush(&mut self, batch: &mut Vec<Pending>, touched: &mut BTreeSet<ClientId>) {
-        touched.clear();
-        if batch.is_empty() || self.halted.is_some() {
-            batch.clear();
-            return;
-        }
-        let items = std::mem::take(batch);
-        for part in items.chunks(SM::APPLY_COMMANDS_MAX.max(1)) {
-            let committed: Vec<Committed<'_>> =
-                part.iter().map(|p| Committed { index: p.index, command: &p.command }).collect();
-            let outputs = self.sm.apply(&committed);
-            if let Some(why) = self.sm.failure() {
-                return self.halt(format!("the state machine failed applying up to {}: {why}", committed[0].index));
-            }
-            if outputs.len() != part.len() {
-                return self.halt(format!(
-                    "the state machine returned {} outputs for {} commands",
-                    outputs.len(),
-                    part.len()
-                ));
-            }
-            for (p, out) in part.iter().zip(outputs) {
-                if let Some((client, seq)) = p.session {
-                    let encoded = postcard::to_allocvec(&out).unwrap_or_default();
-                    self.sessions.record(client, seq, p.index, encoded);
-                    if SM::DURABLE {
-                        self.sessions_dirty.insert(client);
-                    }
-                }
-                self.applied = p.index;
-                self.applied_term = p.term;
-                self.resolve(p.index, p.term, Applied::Output(out));
-            }
-            if SM::DURABLE && self.sm.commit_due() {
-                self.commit();
-            }
-        }
-    }
-}
-
-/// Restores `sm` from the image `source` holds: the runtime's part (the session table, which
-/// is returned; none when the state machine owns its format), then the state machine's bytes
-/// as a stream, then the whole image's checksum. A durable state machine's restore is
-/// finished by its commit, with the session table as its runtime records.
-fn restore_image<SM: StateMachine>(sm: &mut SM, source: &dyn SnapshotSource) -> Result<Sessions, String> {
-    let h = source.header();
-    let at = h.meta.last.index;
-    let mut reader = ImageReader::new(source);
-    let sessions = if SM::ENVELOPE { read_image_prefix(&mut reader, h.total_len)? } else { Sessions::default() };
-    sm.restore(at, &mut reader).map_err(|e| e.to_string())?;
-    reader.finish().map_err(|e| e.to_string())?;
-    if SM::DURABLE {
-        let writes = RuntimeWrites { clear: true, put: sessions.records(), delete: Vec::new() };
-        sm.commit(at, &writes).map_err(|e| format!("the state machine's commit of the restore: {e}"))?;
-    }
-    Ok(sessions)
 }
 
 /// The term of entry `at` and the configuration in force there: the log's floor's, changed by
@@ -989,6 +901,7 @@ fn state_at<L: LogStorage>(storage: &L, at: LogIndex) -> Result<(Term, Configura
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state_machine::{Committed, RuntimeWrites};
     use crate::storage::MemStorage;
     use quorate_log::LogStorage as _;
     use std::sync::{Arc, Mutex};
@@ -1072,7 +985,7 @@ mod tests {
         let disk = r.storage().clone();
         drop(r);
         let (mut r, now) = leader(disk, Sum::default(), Config::new(id()));
-        assert_eq!(r.state_machine().total, 7);
+        assert_eq!(r.state_machine().expect("inline").total, 7);
         r.propose(now, vec![7], Some((client, 1)), sink(&out));
         r.propose(now, vec![1], Some((client, 2)), sink(&out));
         r.propose(now, vec![1], Some((client, 1)), sink(&out));
@@ -1080,7 +993,7 @@ mod tests {
         r.process(now, &mut Vec::new());
         let got = out.lock().unwrap().clone();
         assert_eq!(got, vec![Ok(7), Ok(7), Ok(8), Err(Error::StaleSequence), Err(Error::SessionExpired)]);
-        assert_eq!(r.state_machine().total, 8, "the retry was not applied again");
+        assert_eq!(r.state_machine().expect("inline").total, 8, "the retry was not applied again");
     }
 
     #[test]
@@ -1122,6 +1035,39 @@ mod tests {
         r.process(now, &mut Vec::new());
         assert_eq!(out.lock().unwrap().len(), 2);
         assert_eq!(reads.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn requests_handed_to_a_detached_state_machine_count_against_the_bounds() {
+        let mut cfg = Config::new(id());
+        cfg.proposals_pending_max = 2;
+        cfg.reads_pending_max = 1;
+        let (mut r, now) = leader(storage(), Sum::default(), cfg);
+        let mut applier = r.detach_applier().expect("inline until now");
+        let out: Log<u64> = Log::default();
+        r.propose(now, vec![1], None, sink(&out));
+        r.propose(now, vec![2], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        let jobs = r.take_jobs();
+        assert!(out.lock().unwrap().is_empty(), "committed, handed over, not applied");
+        r.propose(now, vec![3], None, sink(&out));
+        assert_eq!(*out.lock().unwrap(), vec![Err(Error::Busy { what: "proposals", limit: 2 })]);
+        // A stale read waits on the state machine's side too.
+        let reads: Log<u64> = Log::default();
+        for _ in 0..2 {
+            let l = reads.clone();
+            r.read(now, ReadLevel::Stale, Box::new(move |sm| l.lock().unwrap().push(sm.map(|s| s.total))));
+        }
+        assert_eq!(*reads.lock().unwrap(), vec![Err(Error::Busy { what: "reads", limit: 1 })]);
+        let reports = applier.run(jobs);
+        r.on_reports(now, reports);
+        let reports = applier.run(r.take_jobs());
+        r.on_reports(now, reports);
+        assert_eq!(out.lock().unwrap()[1..], [Ok(1), Ok(3)]);
+        assert_eq!(reads.lock().unwrap()[1..], [Ok(3)]);
+        r.propose(now, vec![4], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(out.lock().unwrap().len(), 3, "room again: taken, not refused");
     }
 
     #[test]
@@ -1216,7 +1162,7 @@ mod tests {
         let disk = r.storage().clone();
         drop(r);
         let (mut r, now) = leader(disk, OwnSum::default(), Config::new(id()));
-        assert_eq!(r.state_machine().0.total, sum + 255);
+        assert_eq!(r.state_machine().expect("inline").0.total, sum + 255);
         r.propose(now, vec![1], None, sink(&out));
         r.process(now, &mut Vec::new());
         assert_eq!(out.lock().unwrap()[4], Ok(sum + 256));
@@ -1332,6 +1278,134 @@ mod tests {
         assert_eq!(acks.first(), Some(&before), "{acks:?}");
     }
 
+    /// Two replicas, the follower's detached applier, its work held back by the test, the
+    /// time, and the count of commands applied on both.
+    type DetachedPair =
+        (Vec<Replica<Seen, MemStorage>>, Applier<Seen>, Vec<Jobs<Seen>>, Instant, Arc<std::sync::atomic::AtomicU64>);
+
+    /// A leader and a follower whose state machine runs detached.
+    fn pair_with_detached_follower(backlog: u64) -> DetachedPair {
+        let ids = [id(), NodeId::new(2).expect("non-zero")];
+        let config = Configuration::with_voters(ids).expect("valid");
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut rs: Vec<_> = ids
+            .iter()
+            .map(|i| {
+                let sm = Seen { seen: seen.clone(), applied: LogIndex::ZERO };
+                let mut cfg = Config::new(*i);
+                cfg.apply_backlog_bytes_max = backlog;
+                Replica::new(cfg, MemStorage::new(config.clone()), sm, Instant::ZERO).expect("starts")
+            })
+            .collect();
+        let applier = rs[1].detach_applier().expect("inline until now");
+        assert!(rs[1].detach_applier().is_none(), "detached once");
+        assert!(rs[1].state_machine().is_none());
+        let now = rs[0].next_deadline().expect("an election timer");
+        rs[0].tick(now);
+        (rs, applier, Vec::new(), now, seen)
+    }
+
+    /// One turn of both: delivers what the other sent, processes, holds the follower's work.
+    fn pair_turn(
+        rs: &mut [Replica<Seen, MemStorage>],
+        wire: &mut Vec<WireMessage>,
+        held: &mut Vec<Jobs<Seen>>,
+        now: Instant,
+    ) {
+        for r in rs.iter_mut() {
+            let me = r.id();
+            for m in wire.iter().filter(|m| m.to() == me) {
+                r.receive(now, m.clone());
+            }
+            wire.retain(|m| m.to() != me);
+            let mut out = Vec::new();
+            r.process(now, &mut out);
+            wire.extend(out);
+        }
+        let jobs = rs[1].take_jobs();
+        if !jobs.is_empty() {
+            held.push(jobs);
+        }
+    }
+
+    #[test]
+    fn a_follower_acknowledges_while_its_detached_state_machine_has_not_applied() {
+        let (mut rs, mut applier, mut held, mut now, seen) = pair_with_detached_follower(256 << 20);
+        let mut wire = Vec::new();
+        for _ in 0..20 {
+            pair_turn(&mut rs, &mut wire, &mut held, now);
+            now = Instant(now.0 + 1_000_000);
+        }
+        assert_eq!(rs[0].status().role, Role::Leader);
+        let out: Log<()> = Log::default();
+        for b in 1..=10u8 {
+            rs[0].propose(now, vec![b], None, sink(&out));
+            pair_turn(&mut rs, &mut wire, &mut held, now);
+        }
+        for _ in 0..3 {
+            pair_turn(&mut rs, &mut wire, &mut held, now);
+        }
+        // Two voters: nothing commits without the follower's acknowledgements.
+        assert_eq!(out.lock().unwrap().len(), 10, "all ten committed and applied on the leader");
+        let commit = rs[0].status().commit;
+        assert_eq!(rs[1].status().commit, commit, "the follower knows the commit index");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 10, "the leader's ten, none of the follower's");
+        assert_eq!(rs[1].applied(), LogIndex::ZERO, "the follower applied nothing yet");
+        assert!(rs[1].state_machine().is_none());
+        // Its side runs the held work, in order, and reports.
+        for jobs in held.drain(..) {
+            let reports = applier.run(jobs);
+            rs[1].on_reports(now, reports);
+        }
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 20, "the follower applied the ten");
+        assert_eq!(rs[1].applied(), commit);
+        assert_eq!(applier.applied(), commit);
+        // A stale read waits for the work handed out before it; a snapshot on demand is
+        // asked with a callback.
+        let read = Arc::new(Mutex::new(None));
+        let r2 = read.clone();
+        rs[1].read(now, ReadLevel::Stale, Box::new(move |sm| *r2.lock().unwrap() = Some(sm.map(|s| s.applied))));
+        assert!(read.lock().unwrap().is_none(), "not run here");
+        assert_eq!(rs[1].snapshot_now(now), Err(Error::Detached));
+        let snap = Arc::new(Mutex::new(None));
+        let s2 = snap.clone();
+        rs[1].request_snapshot(now, Box::new(move |r| *s2.lock().unwrap() = Some(r)));
+        let reports = applier.run(rs[1].take_jobs());
+        assert_eq!(*read.lock().unwrap(), Some(Ok(commit)));
+        assert_eq!(*snap.lock().unwrap(), Some(Ok(commit)));
+        rs[1].on_reports(now, reports);
+        assert_eq!(rs[1].storage().snapshot().expect("readable").map(|h| h.meta.last.index), Some(commit));
+    }
+
+    #[test]
+    fn a_full_apply_backlog_stops_replication_until_the_state_machine_catches_up() {
+        // One byte: the first committed entries fill it.
+        let (mut rs, mut applier, mut held, mut now, _) = pair_with_detached_follower(1);
+        let mut wire = Vec::new();
+        for _ in 0..20 {
+            pair_turn(&mut rs, &mut wire, &mut held, now);
+            now = Instant(now.0 + 1_000_000);
+        }
+        assert_eq!(rs[0].status().role, Role::Leader);
+        assert!(!held.is_empty(), "the new term's entry committed and was handed out");
+        let out: Log<()> = Log::default();
+        rs[0].propose(now, vec![1], None, sink(&out));
+        for _ in 0..10 {
+            pair_turn(&mut rs, &mut wire, &mut held, now);
+            now = Instant(now.0 + 1_000_000);
+        }
+        assert!(out.lock().unwrap().is_empty(), "the follower takes nothing more: no acknowledgement, no commit");
+        for jobs in held.drain(..) {
+            let reports = applier.run(jobs);
+            rs[1].on_reports(now, reports);
+        }
+        for _ in 0..10 {
+            pair_turn(&mut rs, &mut wire, &mut held, now);
+            now = Instant(now.0 + 1_000_000);
+        }
+        assert_eq!(out.lock().unwrap().len(), 1, "committed once the backlog drained");
+    }
+
     #[test]
     fn a_turn_queues_at_most_about_apply_bytes_max_of_committed_entries() {
         let mut cfg = Config::new(id());
@@ -1349,7 +1423,7 @@ mod tests {
         let disk = r.storage().clone();
         drop(r);
         let (r, _) = leader(disk, Sum::default(), cfg);
-        assert_eq!(r.state_machine().total, 100 * 100);
+        assert_eq!(r.state_machine().expect("inline").total, 100 * 100);
         assert!(r.peak_queued_bytes > 0 && r.peak_queued_bytes < 2 * 1_000 + 124, "{}", r.peak_queued_bytes);
     }
 
@@ -1489,14 +1563,20 @@ mod tests {
         // The restart takes the state machine's own state: nothing is restored from the
         // snapshot (which holds 7), nothing is applied again.
         let (mut r, now) = leader(store, DSum::open(&disk), Config::new(id()));
-        assert_eq!((r.state_machine().total, r.state_machine().applied_commands), (11, 0));
+        assert_eq!(
+            (r.state_machine().expect("inline").total, r.state_machine().expect("inline").applied_commands),
+            (11, 0)
+        );
         // The session table came back from the records: the retry of seq 2 (after the
         // snapshot) is answered from the cache, not applied again.
         r.propose(now, vec![3], Some((client, 2)), sink(&out));
         r.propose(now, vec![1], Some((client, 3)), sink(&out));
         r.process(now, &mut Vec::new());
         assert_eq!(out.lock().unwrap()[3..], [Ok(10), Ok(12)]);
-        assert_eq!((r.state_machine().total, r.state_machine().applied_commands), (12, 1));
+        assert_eq!(
+            (r.state_machine().expect("inline").total, r.state_machine().expect("inline").applied_commands),
+            (12, 1)
+        );
     }
 
     #[test]
@@ -1509,7 +1589,7 @@ mod tests {
         let before = disk.lock().unwrap().clone();
         assert_eq!(before.total, 5);
         // The commit of the next turn fails (the process dies there): the disk keeps 5.
-        r.sm.fail_commit = true;
+        r.sm_mut().fail_commit = true;
         r.propose(now, vec![2], None, sink(&out));
         r.propose(now, vec![3], None, sink(&out));
         r.process(now, &mut Vec::new());
@@ -1518,8 +1598,12 @@ mod tests {
         let store = r.storage().clone();
         drop(r);
         let (r, _) = leader(store, DSum::open(&disk), Config::new(id()));
-        assert_eq!(r.state_machine().total, 10, "neither skipped nor applied twice");
-        assert_eq!(r.state_machine().applied_commands, 2, "exactly the two uncommitted commands again");
+        assert_eq!(r.state_machine().expect("inline").total, 10, "neither skipped nor applied twice");
+        assert_eq!(
+            r.state_machine().expect("inline").applied_commands,
+            2,
+            "exactly the two uncommitted commands again"
+        );
         assert_eq!(disk.lock().unwrap().total, 10);
     }
 
@@ -1538,13 +1622,16 @@ mod tests {
         // machine's restore): restored from it, and committed.
         let behind = Arc::new(Mutex::new(SumDisk::default()));
         let r = Replica::new(Config::new(id()), store.clone(), DSum::open(&behind), Instant::ZERO).expect("starts");
-        assert_eq!((r.state_machine().total, r.state_machine().applied_commands), (10, 0));
+        assert_eq!(
+            (r.state_machine().expect("inline").total, r.state_machine().expect("inline").applied_commands),
+            (10, 0)
+        );
         assert_eq!(behind.lock().unwrap().applied, at);
         // An interrupted restore (the marker is there, the state is garbage): restored again.
         let torn =
             Arc::new(Mutex::new(SumDisk { total: 999, applied: at, records: BTreeMap::new(), restoring: Some(at) }));
         let r = Replica::new(Config::new(id()), store, DSum::open(&torn), Instant::ZERO).expect("starts");
-        assert_eq!(r.state_machine().total, 10);
+        assert_eq!(r.state_machine().expect("inline").total, 10);
         assert_eq!(torn.lock().unwrap().restoring, None, "the restore was committed");
         // Without a snapshot to restore from, an interrupted restore cannot start.
         let e = Replica::new(Config::new(id()), storage(), DSum::open(&torn_again(at)), Instant::ZERO)
@@ -1570,14 +1657,14 @@ mod tests {
         let mut sm = DSum::open(&disk);
         sm.commit_every = Some(2);
         let (mut r, now) = leader(storage(), sm, Config::new(id()));
-        let commits_before = r.state_machine().commits;
+        let commits_before = r.state_machine().expect("inline").commits;
         let out: Log<u64> = Log::default();
         for b in 1..=7u8 {
             r.propose(now, vec![b], None, sink(&out));
         }
         r.process(now, &mut Vec::new());
         assert_eq!(out.lock().unwrap().len(), 7, "every command answered");
-        let sm = r.state_machine();
+        let sm = r.state_machine().expect("inline");
         // Apply calls of at most 2 commands, a commit after every 2: 3 within the turn and
         // the turn's own for the last one.
         assert_eq!(sm.commits - commits_before, 4);
@@ -1594,7 +1681,7 @@ mod tests {
         r.propose(now, vec![5], None, sink(&out));
         r.process(now, &mut Vec::new());
         let before = disk.lock().unwrap().clone();
-        r.sm.fail_apply = true;
+        r.sm_mut().fail_apply = true;
         r.propose(now, vec![2], None, sink(&out));
         r.process(now, &mut Vec::new());
         assert!(r.halted().is_some_and(|h| h.contains("the disk cannot be read")), "{:?}", r.halted());

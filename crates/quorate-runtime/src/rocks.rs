@@ -1,7 +1,7 @@
 //! [`RocksLog`]: the runtime's [`LogStorage`](crate::LogStorage) over quorate-storage's
 //! RocksDB store (cargo feature `rocksdb`).
 
-use crate::storage::{LogStorage, SnapshotHeader, SnapshotSource, staging_gap};
+use crate::storage::{LogStorage, SnapshotHeader, SnapshotSaver, SnapshotSource, staging_gap};
 use quorate_core::Persist;
 use quorate_log::snapshot_file::{self as layout, HEAD_BYTES, TRAILER_BYTES};
 use quorate_log::{Entry, EntryId, InitialState, LogIndex, SnapshotMeta, StorageError, Term};
@@ -146,15 +146,8 @@ impl LogStorage for RocksLog {
         Ok(())
     }
 
-    fn save_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
-    ) -> Result<(), StorageError> {
-        let mut w = self.store.snapshot_writer(meta.clone())?;
-        write(&mut w).map_err(|e| io_err("writing the snapshot", e))?;
-        w.finish()?;
-        Ok(())
+    fn snapshot_saver(&self) -> Box<dyn SnapshotSaver> {
+        Box::new(RocksSaver { store: self.store.clone() })
     }
 
     fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError> {
@@ -224,6 +217,34 @@ impl LogStorage for RocksLog {
             Some(parent) => fsync_dir(parent),
             None => Ok(()),
         }
+    }
+}
+
+/// [`RocksLog`]'s saver: snapshot files are named by index and the newest one the log agrees
+/// with is the latest, so a save racing an install of a newer snapshot cannot replace it.
+#[derive(Debug)]
+struct RocksSaver {
+    store: Arc<RocksStore>,
+}
+
+impl SnapshotSaver for RocksSaver {
+    fn latest(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.store.usable_snapshot(LogIndex(u64::MAX))?.map_or(LogIndex::ZERO, |(m, _)| m.last.index))
+    }
+
+    fn save(
+        &mut self,
+        meta: &SnapshotMeta,
+        write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let stored = self.latest()?;
+        if meta.last.index <= stored {
+            return Err(crate::storage::not_above(meta, stored));
+        }
+        let mut w = self.store.snapshot_writer(meta.clone())?;
+        write(&mut w).map_err(|e| io_err("writing the snapshot", e))?;
+        w.finish()?;
+        Ok(())
     }
 }
 

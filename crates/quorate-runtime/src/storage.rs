@@ -3,6 +3,7 @@
 use quorate_core::Persist;
 use quorate_log::{Data, EntryId, InitialState, LogIndex, MemLog, SnapshotMeta, StorageError, Term};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 
 /// Identifies one snapshot image in transfer: what it covers, its length and the CRC-32 of
 /// all its bytes. Two images with the same header are the same bytes, so a transfer of one
@@ -50,12 +51,43 @@ pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError>;
 }
 
+/// Stores the snapshots the runtime takes of the local state (see
+/// [`LogStorage::snapshot_saver`]). It works beside the storage it came from, possibly on
+/// another thread, while that storage installs snapshots received from a leader: a newer
+/// snapshot always wins.
+pub trait SnapshotSaver: Send {
+    /// The index of the latest stored snapshot (taken or installed), `LogIndex::ZERO` if none.
+    ///
+    /// # Errors
+    /// Storage that cannot be read.
+    fn latest(&self) -> Result<LogIndex, StorageError>;
+
+    /// Stores a snapshot of the local state: `write` streams the image into the writer it is
+    /// given; the image is durable, and the latest snapshot, once this returns. Refused (an
+    /// error, the stored snapshot kept) when a snapshot at `meta`'s index or above is stored
+    /// already. A failure of `write` leaves the previous snapshot in place. The log is not
+    /// compacted here: that comes later in a batch's `compact`.
+    ///
+    /// # Errors
+    /// A failed write, or a snapshot not above the stored one.
+    fn save(
+        &mut self,
+        meta: &SnapshotMeta,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StorageError>;
+}
+
+/// The error of a save at or below the stored snapshot.
+pub(crate) fn not_above(meta: &SnapshotMeta, stored: LogIndex) -> StorageError {
+    StorageError::Io(format!("a snapshot at {} is not above the stored one at {stored}", meta.last.index))
+}
+
 /// The runtime's storage: the Raft log and hard state (read by the core through
 /// [`quorate_log::LogStorage`]), the latest snapshot image and the staging of the one being
 /// received. Snapshot images are streams: written through a writer, read at offsets, never
 /// handed around whole.
 ///
-/// **Durability before return.** [`LogStorage::persist`], [`LogStorage::save_snapshot`],
+/// **Durability before return.** [`LogStorage::persist`], [`SnapshotSaver::save`],
 /// [`LogStorage::begin_staging`] and [`LogStorage::append_staging`] return only once what they
 /// wrote survives a crash (for `persist`: when `batch.sync` is set; a batch without `sync`
 /// only moves the commit index, which may be lost). The runtime acknowledges nothing that
@@ -71,15 +103,10 @@ pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
     /// `RocksLog` (feature `rocksdb`) renames its staged file into place.
     fn persist(&mut self, batch: &Persist) -> Result<(), StorageError>;
 
-    /// Stores a snapshot the runtime takes of the local state: `write` streams the image into
-    /// the writer it is given; the image is durable, and the latest snapshot, once this
-    /// returns. A failure of `write` leaves the previous snapshot in place. The log is not
-    /// compacted here: that comes later in a batch's `compact`.
-    fn save_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
-    ) -> Result<(), StorageError>;
+    /// A writer of the snapshots the runtime takes of the local state, for the state
+    /// machine's side of the replica (which may run on a thread of its own: the saver is
+    /// `Send` and works beside this storage). Asked once, when the replica starts.
+    fn snapshot_saver(&self) -> Box<dyn SnapshotSaver>;
 
     /// The latest snapshot's header (taken locally or installed from the leader), if any.
     fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError>;
@@ -144,10 +171,11 @@ impl SnapshotSource for MemImage {
 ///
 /// "Durable" here means: kept by [`MemStorage::crash`], which models a machine crash by
 /// dropping what was written without `sync` (the commit index of unsynced batches).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct MemStorage {
     log: MemLog,
-    snapshot: Option<MemImage>,
+    /// The latest snapshot, shared with this storage's [`SnapshotSaver`].
+    snapshot: Arc<Mutex<Option<MemImage>>>,
     /// The snapshot being received and its staged bytes (kept by a crash: appends are
     /// durable).
     staging: Option<(SnapshotHeader, Vec<u8>)>,
@@ -160,7 +188,16 @@ impl MemStorage {
     /// member; a node joining later starts with `Configuration::default()`).
     #[must_use]
     pub fn new(config: quorate_log::Configuration) -> MemStorage {
-        MemStorage { log: MemLog::new(config), snapshot: None, staging: None, synced_commit: LogIndex::ZERO }
+        MemStorage {
+            log: MemLog::new(config),
+            snapshot: Arc::new(Mutex::new(None)),
+            staging: None,
+            synced_commit: LogIndex::ZERO,
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<MemImage>> {
+        lock(&self.snapshot)
     }
 
     /// Models a crash: whatever was written without `sync` is lost.
@@ -180,7 +217,54 @@ impl MemStorage {
     /// [`LogStorage::open_snapshot`]).
     #[must_use]
     pub fn snapshot_bytes(&self) -> Option<(SnapshotHeader, Data)> {
-        self.snapshot.as_ref().map(|i| (i.header.clone(), i.data.clone()))
+        self.slot().as_ref().map(|i| (i.header.clone(), i.data.clone()))
+    }
+}
+
+/// A copy is another disk: it shares nothing with the original (not even the snapshot a
+/// saver of the original writes).
+impl Clone for MemStorage {
+    fn clone(&self) -> MemStorage {
+        MemStorage {
+            log: self.log.clone(),
+            snapshot: Arc::new(Mutex::new(self.slot().clone())),
+            staging: self.staging.clone(),
+            synced_commit: self.synced_commit,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding it cannot leave the slot half-written (one assignment).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`MemStorage`]'s saver: writes into the storage's snapshot slot.
+#[derive(Debug)]
+struct MemSaver {
+    slot: Arc<Mutex<Option<MemImage>>>,
+}
+
+impl SnapshotSaver for MemSaver {
+    fn latest(&self) -> Result<LogIndex, StorageError> {
+        Ok(lock(&self.slot).as_ref().map_or(LogIndex::ZERO, |i| i.header.meta.last.index))
+    }
+
+    fn save(
+        &mut self,
+        meta: &SnapshotMeta,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let mut bytes = Vec::new();
+        write(&mut bytes).map_err(|e| StorageError::Io(format!("writing the snapshot: {e}")))?;
+        let header = SnapshotHeader::of(meta.clone(), &bytes);
+        let mut slot = lock(&self.slot);
+        let stored = slot.as_ref().map_or(LogIndex::ZERO, |i| i.header.meta.last.index);
+        if meta.last.index <= stored {
+            return Err(not_above(meta, stored));
+        }
+        *slot = Some(MemImage { header, data: Data::from(bytes) });
+        Ok(())
     }
 }
 
@@ -221,7 +305,7 @@ impl LogStorage for MemStorage {
                 }
             };
             self.log.apply_snapshot(meta.clone());
-            self.snapshot = Some(image);
+            *self.slot() = Some(image);
         }
         if let Some(meta) = &batch.compact {
             self.log.apply_snapshot(meta.clone());
@@ -236,24 +320,16 @@ impl LogStorage for MemStorage {
         Ok(())
     }
 
-    fn save_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
-    ) -> Result<(), StorageError> {
-        let mut bytes = Vec::new();
-        write(&mut bytes).map_err(|e| StorageError::Io(format!("writing the snapshot: {e}")))?;
-        let header = SnapshotHeader::of(meta.clone(), &bytes);
-        self.snapshot = Some(MemImage { header, data: Data::from(bytes) });
-        Ok(())
+    fn snapshot_saver(&self) -> Box<dyn SnapshotSaver> {
+        Box::new(MemSaver { slot: self.snapshot.clone() })
     }
 
     fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError> {
-        Ok(self.snapshot.as_ref().map(|i| i.header.clone()))
+        Ok(self.slot().as_ref().map(|i| i.header.clone()))
     }
 
     fn open_snapshot(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
-        Ok(self.snapshot.clone().map(|i| Box::new(i) as Box<dyn SnapshotSource>))
+        Ok(self.slot().clone().map(|i| Box::new(i) as Box<dyn SnapshotSource>))
     }
 
     fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError> {

@@ -149,3 +149,119 @@ async fn a_cluster_serves_changes_membership_transfers_snapshots_and_shuts_down(
         n.shutdown().await;
     }
 }
+
+/// A gate a state machine's `apply` waits at while it is closed (at most twice `PATIENCE`,
+/// so a failing test cannot hang).
+#[derive(Default)]
+struct Gate {
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().expect("unpoisoned") = closed;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let closed = self.closed.lock().expect("unpoisoned");
+        drop(self.opened.wait_timeout_while(closed, 2 * PATIENCE, |c| *c).expect("unpoisoned"));
+    }
+}
+
+/// A counter whose `apply` waits at its gate.
+struct Gated {
+    counter: Counter,
+    gate: std::sync::Arc<Gate>,
+}
+
+impl StateMachine for Gated {
+    type Output = u64;
+    fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
+        self.gate.pass();
+        self.counter.apply(batch)
+    }
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.counter.snapshot(out)
+    }
+    fn restore(&mut self, applied: LogIndex, image: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        self.counter.restore(applied, image)
+    }
+    fn applied(&self) -> LogIndex {
+        self.counter.applied
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_acknowledge_and_learn_commits_while_their_state_machines_are_stuck() {
+    let router = MemRouter::new();
+    let voters = Configuration::with_voters([nid(1), nid(2), nid(3)]).expect("valid");
+    let gates: Vec<std::sync::Arc<Gate>> = (0..3).map(|_| std::sync::Arc::default()).collect();
+    let nodes: Vec<Node<Gated>> = (1..=3u64)
+        .map(|i| {
+            let mut cfg = Config::new(nid(i));
+            cfg.raft.election_timeout_min = Duration::from_millis(100);
+            cfg.raft.heartbeat_interval = Duration::from_millis(20);
+            let sm = Gated { counter: Counter::default(), gate: gates[(i - 1) as usize].clone() };
+            let node = Node::start(cfg, MemStorage::new(voters.clone()), sm, router.endpoint(), SystemClock::new())
+                .expect("starts");
+            router.register(nid(i), node.inbox());
+            node
+        })
+        .collect();
+    let handles: Vec<Handle<Gated>> = nodes.iter().map(Node::handle).collect();
+    let first = tokio::time::timeout(PATIENCE, async {
+        loop {
+            for h in &handles {
+                if let Ok(v) = h.propose([1u8]).await {
+                    return (h.clone(), v);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a write within the patience");
+    let (leader, value) = first;
+    assert_eq!(value, 1);
+    let leader_id = leader.status().borrow().id;
+    // Both followers' state machines stop applying; their nodes go on replicating.
+    let followers: Vec<usize> = (0..3).filter(|i| nid(*i as u64 + 1) != leader_id).collect();
+    for f in &followers {
+        gates[*f].set(true);
+    }
+    // Three voters: each commit needs a follower's acknowledgement (and the gates hold
+    // longer than this waits).
+    tokio::time::timeout(PATIENCE, async {
+        for k in 2..=11u64 {
+            assert_eq!(leader.propose([1u8]).await, Ok(k), "committed while the followers cannot apply");
+        }
+    })
+    .await
+    .expect("ten writes commit while the followers' state machines are stuck");
+    let commit = leader.status().borrow().commit;
+    for f in &followers {
+        let mut st = handles[*f].status();
+        let s = tokio::time::timeout(PATIENCE, st.wait_for(|s| s.commit >= commit))
+            .await
+            .expect("the follower learns the commit index")
+            .expect("it runs")
+            .clone();
+        assert!(s.applied < commit, "node {} applied {} of {commit} behind its gate", f + 1, s.applied);
+    }
+    for f in &followers {
+        gates[*f].set(false);
+    }
+    for f in &followers {
+        let mut st = handles[*f].status();
+        tokio::time::timeout(PATIENCE, st.wait_for(|s| s.applied >= commit))
+            .await
+            .expect("the follower applies once its gate opens")
+            .expect("it runs");
+        assert_eq!(handles[*f].read(ReadLevel::Stale, |g: &Gated| g.counter.value).await, Ok(11));
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -94,12 +94,12 @@ fn a_replica_on_rocksdb_restarts_from_its_snapshot_and_log() {
     drop(r);
 
     let (mut r, now) = start(dir.path());
-    assert_eq!(r.state_machine().total, 7, "snapshot restored and the log after it applied again");
+    assert_eq!(r.state_machine().expect("inline").total, 7, "snapshot restored and the log after it applied again");
     assert!(r.status().snapshot_index <= at);
     r.propose(now, vec![2], Some((client, 2)), sink(&out));
     r.process(now, &mut Vec::new());
     assert_eq!(out.lock().unwrap().last(), Some(&Ok(7)), "the retry is answered from the cache");
-    assert_eq!(r.state_machine().total, 7);
+    assert_eq!(r.state_machine().expect("inline").total, 7);
 }
 
 /// All of `source`, read at offsets in pieces of `piece` bytes.
@@ -158,7 +158,7 @@ fn rocks_log_streams_snapshots_from_files_at_offsets() {
     assert_eq!(read_all(old.as_ref(), 64 * 1024), whole, "the older image, still open, reads whole");
     drop(r);
     let (r, _) = start(dir.path());
-    assert_eq!(r.state_machine().total, 1 + 2 + 3 + 9 + 1, "restored from the newer file, streamed");
+    assert_eq!(r.state_machine().expect("inline").total, 1 + 2 + 3 + 9 + 1, "restored from the newer file, streamed");
 }
 
 /// The staging of a snapshot in transfer survives a reopen at its durable length (bytes past
@@ -303,7 +303,8 @@ fn a_complete_staging_left_by_a_crash_is_installed_by_the_next_transfer() {
         trio.leader().expect("a leader").propose(now, vec![k], None, Box::new(|_| {}));
         trio.step();
     }
-    assert!(trio.run_until(1_000, |t| t.a.state_machine().total == 190 && t.c.state_machine().total == 190));
+    assert!(trio.run_until(1_000, |t| t.a.state_machine().expect("inline").total == 190
+        && t.c.state_machine().expect("inline").total == 190));
     let leader = trio.leader().expect("a leader");
     assert!(leader.status().snapshot_index > LogIndex(2), "the leader compacted past node 2's log");
     let (header, image) = leader.storage().snapshot_bytes().expect("a snapshot");
@@ -318,7 +319,8 @@ fn a_complete_staging_left_by_a_crash_is_installed_by_the_next_transfer() {
     let s = open();
     assert_eq!(s.staging(), Ok(Some((header.clone(), header.total_len))), "complete after the reopen");
     trio.b = Some(Replica::new(cfg(ids[1]), s, Sum::default(), trio.now).expect("starts"));
-    let installed = trio.run_until(3_000, |t| t.b.as_ref().is_some_and(|b| b.state_machine().total == 190));
+    let installed =
+        trio.run_until(3_000, |t| t.b.as_ref().is_some_and(|b| b.state_machine().expect("inline").total == 190));
     let b = trio.b.take().expect("running");
     assert!(installed, "node 2 installed the staged image: {:?}", b.transfer_stats());
     assert_eq!(b.transfer_stats().installs, 1);

@@ -31,10 +31,10 @@ use quorate_check::linearizability::{Limits, check};
 use quorate_core::{Instant, SplitMix64};
 use quorate_log::{Configuration, Data, LogIndex, NodeId};
 use quorate_runtime::{
-    AckStatus, ClientId, Committed, ConfChange, Config, Error, LogStorage, MemStorage, ReadLevel, Replica,
-    RestoreError, RuntimeWrites, SnapshotChunk, SnapshotHeader, StateMachine, WireMessage,
+    AckStatus, Applier, ClientId, Committed, ConfChange, Config, Error, Jobs, LogStorage, MemStorage, ReadLevel,
+    Replica, RestoreError, RuntimeWrites, SnapshotChunk, SnapshotHeader, StateMachine, WireMessage,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -252,6 +252,10 @@ struct SimConfig {
     chunk_duplicate: f64,
     /// The snapshot send rate limit of every node.
     snapshot_rate: Option<u64>,
+    /// `Some(lag)`: every state machine runs detached from its replica (as on the node's
+    /// apply thread), each batch of its work run 0..=lag ms after it was handed out (in
+    /// order); `None`: in the replica's turn.
+    apply_lag_ms: Option<u64>,
 }
 
 impl SimConfig {
@@ -273,6 +277,7 @@ impl SimConfig {
             chunk_loss: [0.0, 0.05, 0.2][rng.below(3) as usize],
             chunk_duplicate: 0.05,
             snapshot_rate: if rng.chance(0.25) { Some(2_000 + rng.below(8_000)) } else { None },
+            apply_lag_ms: if rng.chance(0.5) { Some(rng.below(16)) } else { None },
         }
     }
 }
@@ -351,6 +356,10 @@ struct Summary {
     restores_resumed: u64,
     /// Own sessions: commands answered from the state machine's table.
     table_answers: u64,
+    /// Seeds whose state machines ran detached, and the most batches of work one of them
+    /// had waiting at once.
+    detached: u64,
+    apply_backlog_peak: usize,
 }
 
 struct Sim<const D: bool, const O: bool = false> {
@@ -359,6 +368,10 @@ struct Sim<const D: bool, const O: bool = false> {
     now: u64,
     ids: Vec<NodeId>,
     nodes: Vec<Option<Replica<Kv<D, O>, MemStorage>>>,
+    /// Detached state machines (`apply_lag_ms`), with their work waiting: (due, jobs).
+    appliers: Vec<Option<Applier<Kv<D, O>>>>,
+    apply_queues: Vec<VecDeque<(u64, Jobs<Kv<D, O>>)>>,
+    apply_backlog_peak: usize,
     disks: Vec<Option<MemStorage>>,
     /// The durable state machines' disks (kept across crashes).
     kv_disks: Vec<Arc<Mutex<KvDisk>>>,
@@ -436,6 +449,11 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             })
             .collect();
         let n = ids.len();
+        let mut nodes: Vec<Option<Replica<Kv<D, O>, MemStorage>>> = nodes;
+        let appliers = nodes
+            .iter_mut()
+            .map(|r| cfg.apply_lag_ms.and_then(|_| r.as_mut().and_then(Replica::detach_applier)))
+            .collect();
         let clients = (0..cfg.clients)
             .map(|id| Client {
                 id,
@@ -457,6 +475,9 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             now: 0,
             ids,
             nodes,
+            appliers,
+            apply_queues: (0..n).map(|_| VecDeque::new()).collect(),
+            apply_backlog_peak: 0,
             disks: vec![None; n],
             kv_disks,
             restart_at: vec![0; n],
@@ -518,7 +539,9 @@ impl<const D: bool, const O: bool> Sim<D, O> {
         let mut by_index: BTreeMap<LogIndex, &KvState> = BTreeMap::new();
         for (i, r) in self.nodes.iter().enumerate() {
             let Some(r) = r else { continue };
-            let sm = r.state_machine();
+            let Some(sm) = r.state_machine().or(self.appliers[i].as_ref().map(Applier::state_machine)) else {
+                return Err(format!("node {}: its state machine is nowhere", i + 1));
+            };
             if sm.state.doubles > 0 {
                 return Err(format!(
                     "node {}: {} operations applied a second time (exactly-once broken)",
@@ -545,6 +568,8 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             restores_died: self.kv_disks.iter().map(|d| d.lock().expect("unpoisoned").restores_died).sum(),
             restores_resumed: self.kv_disks.iter().map(|d| d.lock().expect("unpoisoned").restores_resumed).sum(),
             table_answers: self.kv_disks.iter().map(|d| d.lock().expect("unpoisoned").table_answers).sum(),
+            detached: u64::from(self.cfg.apply_lag_ms.is_some()),
+            apply_backlog_peak: self.apply_backlog_peak,
         })
     }
 
@@ -566,6 +591,11 @@ impl<const D: bool, const O: bool> Sim<D, O> {
         }
         for c in &self.clients {
             t = t.min(c.wake());
+        }
+        for q in &self.apply_queues {
+            if let Some((due, _)) = q.front() {
+                t = t.min(*due);
+            }
         }
         if !self.plan.is_empty() {
             t = t.min(self.conf_pending.map_or(self.next_conf, |(_, deadline)| deadline.max(self.next_conf)));
@@ -593,6 +623,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             }
         }
         self.faults();
+        self.run_appliers();
         for r in self.nodes.iter_mut().flatten() {
             r.tick(now);
         }
@@ -606,12 +637,35 @@ impl<const D: bool, const O: bool> Sim<D, O> {
         self.handle_replies();
     }
 
+    /// Detached state machines run the work that is due, in order, and report back.
+    fn run_appliers(&mut self) {
+        let now = Instant(self.now);
+        for i in 0..self.nodes.len() {
+            while self.apply_queues[i].front().is_some_and(|(due, _)| *due <= self.now) {
+                let Some((_, jobs)) = self.apply_queues[i].pop_front() else { break };
+                let (Some(a), Some(r)) = (&mut self.appliers[i], &mut self.nodes[i]) else { break };
+                let reports = a.run(jobs);
+                r.on_reports(now, reports);
+            }
+        }
+    }
+
     fn process_all(&mut self) {
         let now = Instant(self.now);
         for i in 0..self.nodes.len() {
             let Some(r) = &mut self.nodes[i] else { continue };
             let mut out: Vec<WireMessage> = Vec::new();
             r.process(now, &mut out);
+            if let Some(lag) = self.cfg.apply_lag_ms {
+                let jobs = r.take_jobs();
+                if !jobs.is_empty() {
+                    // In order: never before the work handed out earlier.
+                    let after = self.apply_queues[i].back().map_or(0, |(due, _)| *due);
+                    let due = (self.now + MS * self.rng.below(lag + 1)).max(after);
+                    self.apply_queues[i].push_back((due, jobs));
+                    self.apply_backlog_peak = self.apply_backlog_peak.max(self.apply_queues[i].len());
+                }
+            }
             for msg in out {
                 self.route(msg);
             }
@@ -630,6 +684,9 @@ impl<const D: bool, const O: bool> Sim<D, O> {
     /// committed.
     fn crash(&mut self, i: usize) {
         if let Some(r) = self.nodes[i].take() {
+            // The state machine's side dies with it, and the work it had not run.
+            self.appliers[i] = None;
+            self.apply_queues[i].clear();
             let mut disk = r.storage().clone();
             disk.crash();
             self.installs += r.transfer_stats().installs;
@@ -675,7 +732,12 @@ impl<const D: bool, const O: bool> Sim<D, O> {
                 let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes), self.cfg.snapshot_rate);
                 let sm = Kv::<D, O>::open(&self.kv_disks[i]);
                 match Replica::new(cfg, disk.clone(), sm, Instant(self.now)) {
-                    Ok(r) => self.nodes[i] = Some(r),
+                    Ok(mut r) => {
+                        if self.cfg.apply_lag_ms.is_some() {
+                            self.appliers[i] = r.detach_applier();
+                        }
+                        self.nodes[i] = Some(r);
+                    }
                     // Died again, in the restore at start: down a little longer.
                     Err(_) if D && self.kv_disks[i].lock().expect("unpoisoned").restoring.is_some() => {
                         self.disks[i] = Some(disk);
@@ -1010,6 +1072,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         restores_died: 0,
         restores_resumed: 0,
         table_answers: 0,
+        detached: 0,
+        apply_backlog_peak: 0,
     };
     for &seed in &seeds {
         match run_seed::<D, O>(seed) {
@@ -1029,6 +1093,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
                 total.restores_died += s.restores_died;
                 total.restores_resumed += s.restores_resumed;
                 total.table_answers += s.table_answers;
+                total.detached += s.detached;
+                total.apply_backlog_peak = total.apply_backlog_peak.max(s.apply_backlog_peak);
             }
             Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed, test)),
         }
@@ -1043,6 +1109,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         assert!(total.chunks_past_first > 0, "no snapshot spanned several chunks: {total:?}");
         assert!(total.installs > 0, "no snapshot was installed from chunks: {total:?}");
         assert!(total.conf_changes >= n as u64, "membership changes were made: {total:?}");
+        // Detached state machines ran behind their replicas, several batches behind.
+        assert!(total.detached >= n as u64 / 4 && total.apply_backlog_peak >= 2, "{total:?}");
     }
     total
 }
@@ -1387,7 +1455,7 @@ fn lagging_in(n: u64, cfg: impl Fn(NodeId) -> Config + 'static) -> (Lab, usize, 
 
 fn caught_up(lab: &Lab, l: usize, f: usize) -> bool {
     lab.node(f).applied() >= lab.node(l).applied()
-        && lab.node(f).state_machine().bytes == lab.node(l).state_machine().bytes
+        && lab.node(f).state_machine().map(|b| &b.bytes) == lab.node(l).state_machine().map(|b| &b.bytes)
 }
 
 #[test]

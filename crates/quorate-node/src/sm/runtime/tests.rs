@@ -98,10 +98,10 @@ fn the_kv_state_machine_applies_commits_and_restarts_on_the_runtime() {
     assert!(matches!(got[3], Ok(Response::Cas { succeeded: true, revision: 3, .. })), "{:?}", got[3]);
     assert_eq!(got[4], Ok(Response::Delete { deleted: true, revision: 4 }));
     assert!(matches!(got[5], Err(ApiError::InvalidRequest(_))), "{:?}", got[5]);
-    assert_eq!(r.state_machine().get(b"a").expect("reads").map(|kv| kv.value), Some(b"3".to_vec()));
-    assert_eq!(r.state_machine().get(b"b").expect("reads"), None);
+    assert_eq!(r.state_machine().expect("inline").get(b"a").expect("reads").map(|kv| kv.value), Some(b"3".to_vec()));
+    assert_eq!(r.state_machine().expect("inline").get(b"b").expect("reads"), None);
     // Every turn is committed: the store's applied index is the runtime's.
-    assert_eq!(r.state_machine().applied(), r.applied());
+    assert_eq!(r.state_machine().expect("inline").applied(), r.applied());
     let at = r.snapshot_now(now).expect("a snapshot");
     assert_eq!(at, r.applied());
     // After the snapshot: only in the state machine's own state (and the log).
@@ -109,23 +109,27 @@ fn the_kv_state_machine_applies_commits_and_restarts_on_the_runtime() {
     r.propose(now, c5(), None, sink(&out));
     r.process(now, &mut Vec::new());
     assert_eq!(results(&out)[6], Ok(Response::Put { revision: 5 }));
-    let before = kv_state(r.state_machine());
+    let before = kv_state(r.state_machine().expect("inline"));
     let applied = r.applied();
     drop(r);
 
     let (mut r, now) = start(dir.path());
     // Started from its own applied index, not the snapshot's: nothing was applied again (the
     // put after the snapshot again would be revision 6). The new term's no-op moved it on.
-    assert!(r.state_machine().applied() > applied);
-    assert_eq!(r.state_machine().applied(), r.applied());
-    assert_eq!(kv_state(r.state_machine()), before, "the state as committed, not the snapshot's");
+    assert!(r.state_machine().expect("inline").applied() > applied);
+    assert_eq!(r.state_machine().expect("inline").applied(), r.applied());
+    assert_eq!(kv_state(r.state_machine().expect("inline")), before, "the state as committed, not the snapshot's");
     // The session table is part of the state: the retry of seq 2 is answered from it and
     // not applied again (which would be revision 6).
     r.propose(now, c5(), None, sink(&out));
     r.process(now, &mut Vec::new());
     assert_eq!(results(&out)[7], Ok(Response::Put { revision: 5 }));
-    assert_eq!(kv_state(r.state_machine()), before);
-    assert_eq!(r.state_machine().runtime_records().expect("records"), Vec::new(), "no runtime records");
+    assert_eq!(kv_state(r.state_machine().expect("inline")), before);
+    assert_eq!(
+        r.state_machine().expect("inline").runtime_records().expect("records"),
+        Vec::new(),
+        "no runtime records"
+    );
 }
 
 /// A log the node's own driver wrote — its entries are `quorate_api` commands as they are,
@@ -164,10 +168,10 @@ fn a_log_written_by_the_nodes_driver_applies_under_the_runtime() {
         store.write(batch).expect("persists");
     }
     let (r, _) = start(dir.path());
-    let (kvs, revision) = kv_state(r.state_machine());
+    let (kvs, revision) = kv_state(r.state_machine().expect("inline"));
     assert_eq!(kvs, vec![(b"b".to_vec(), b"2".to_vec(), 2)], "a put once, b put, a deleted");
     assert_eq!(revision, 3);
-    assert!(r.state_machine().applied() > LogIndex(5), "applied all five and the new term's no-op");
+    assert!(r.state_machine().expect("inline").applied() > LogIndex(5), "applied all five and the new term's no-op");
 }
 
 /// Snapshot images are interchangeable too: one the node's driver writes (its pairs, through
@@ -201,7 +205,7 @@ fn snapshots_of_the_nodes_driver_and_of_the_runtime_are_interchangeable() {
     // runtime restores it from the driver's image.
     r.propose(now, put("d", "4"), None, sink(&out));
     r.process(now, &mut Vec::new());
-    let expected = kv_state(r.state_machine());
+    let expected = kv_state(r.state_machine().expect("inline"));
     assert_eq!(expected.0.len(), 4);
     let applied = r.applied();
     let meta = quorate_log::SnapshotMeta {
@@ -216,8 +220,8 @@ fn snapshots_of_the_nodes_driver_and_of_the_runtime_are_interchangeable() {
     assert_eq!(store.sm_scan(b"", 10_000).expect("scans"), Vec::new(), "the state machine is cleared");
     drop(store);
     let (r, _) = start(dir.path());
-    assert_eq!(r.state_machine().interrupted_restore(), None, "restored");
-    assert_eq!(kv_state(r.state_machine()), expected, "from the driver's image");
+    assert_eq!(r.state_machine().expect("inline").interrupted_restore(), None, "restored");
+    assert_eq!(kv_state(r.state_machine().expect("inline")), expected, "from the driver's image");
 }
 
 /// The node's flight recorder around the runtime's core (`Replica::with_core`): every input
@@ -325,7 +329,7 @@ impl<C: Core<RocksLog>> Trio<C> {
     }
 
     fn state(&self, i: usize) -> Option<KvState> {
-        self.nodes[i].as_ref().map(|r| kv_state(r.state_machine()))
+        self.nodes[i].as_ref().map(|r| kv_state(r.state_machine().expect("inline")))
     }
 }
 
@@ -376,7 +380,7 @@ fn install_scenario<C: Core<RocksLog>>(mut trio: Trio<C>) -> Trio<C> {
     assert!(results(&out).iter().all(Result::is_ok));
     let leader = trio.leader().expect("a leader");
     assert!(leader.status().snapshot_index > LogIndex(2), "the leader compacted past node 3's empty log");
-    let expected = kv_state(leader.state_machine());
+    let expected = kv_state(leader.state_machine().expect("inline"));
     assert_eq!(expected.0.len(), 20);
 
     // Node 3 comes up empty: only a snapshot brings it up to date.
@@ -406,7 +410,7 @@ fn install_scenario<C: Core<RocksLog>>(mut trio: Trio<C>) -> Trio<C> {
     // applied again.
     trio.start(2);
     let n3 = trio.nodes[2].as_ref().expect("running");
-    assert_eq!(n3.state_machine().interrupted_restore(), None, "the restore was finished");
+    assert_eq!(n3.state_machine().expect("inline").interrupted_restore(), None, "the restore was finished");
     assert!(trio.run_until(1_000, |t| t.state(2).as_ref() == Some(&expected)), "node 3 has the state again");
     trio
 }
