@@ -696,16 +696,22 @@ impl<S: LogStorage> Recorded<S> {
         if self.rec.on && self.rec.segment_full() {
             self.rec.roll(&self.raft);
         }
-        if let Some(h) = self.raft.halted()
-            && !self.rec.dumped_halt
-        {
-            self.rec.dumped_halt = true;
+        if let Some(h) = self.raft.halted() {
             let reason = format!("halt: {h}");
-            match self.dump(&reason) {
-                Ok(Some(d)) => tracing::error!(path = %d.path.display(), "core halted; flight recording dumped"),
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, "core halted; flight recording could not be dumped"),
-            }
+            self.dump_on_halt(&reason);
+        }
+    }
+
+    /// Dumps the recording once, on the first halt (the core's, or its driver's).
+    fn dump_on_halt(&mut self, reason: &str) {
+        if self.rec.dumped_halt {
+            return;
+        }
+        self.rec.dumped_halt = true;
+        match self.dump(reason) {
+            Ok(Some(d)) => tracing::error!(path = %d.path.display(), "halted; flight recording dumped"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "halted; flight recording could not be dumped"),
         }
     }
 
@@ -955,6 +961,9 @@ impl<S: LogStorage + Send> quorate_runtime::Core<S> for Recorded<S> {
     }
     fn persisted(&mut self, now: Instant, io: quorate_core::IoId) {
         Recorded::persisted(self, now, io);
+    }
+    fn replica_halted(&mut self, reason: &str) {
+        self.dump_on_halt(&format!("halt: {reason}"));
     }
     fn ready(&mut self) -> Ready {
         Recorded::ready(self)

@@ -68,6 +68,14 @@ pub trait Core<L: quorate_log::LogStorage>: Send {
     fn persisted(&mut self, now: Instant, io: IoId);
     /// [`Raft::ready`].
     fn ready(&mut self) -> Ready;
+    /// Not an input of the core: the replica halted for a reason of its own — a storage
+    /// failure, its state machine's failure or broken contract, the end of the thread that
+    /// runs the state machine — and asks nothing more of the core. (A halt of the core itself
+    /// shows in [`Raft::halted`].) A wrapper may record it: the Quorate node's flight
+    /// recorder dumps its recording. Called once. The default does nothing.
+    fn replica_halted(&mut self, reason: &str) {
+        let _ = reason;
+    }
 }
 
 impl<L: quorate_log::LogStorage + Send> Core<L> for Raft<L> {

@@ -74,6 +74,9 @@ pub enum Error {
     /// ([`crate::Replica::detach_applier`]): ask in a way that waits for it.
     #[error("the state machine runs elsewhere: ask for this with a callback")]
     Detached,
+    /// [`crate::Handle::with_core`] asked for a core wrapper of another type than the node's.
+    #[error("the node's core is not of the type asked for")]
+    CoreType,
     /// The runtime's configuration or start-up state is invalid.
     #[error("invalid start-up state: {0}")]
     Start(String),

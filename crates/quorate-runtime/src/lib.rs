@@ -142,8 +142,8 @@ pub use error::Error;
 pub use network::{AckStatus, Inbox, MemNetwork, MemRouter, Network, SnapshotAck, SnapshotChunk, WireMessage};
 pub use node::{Handle, INBOX_QUEUE_MAX, Node, REQUESTS_QUEUE_MAX};
 pub use replica::{
-    Applier, Config, Jobs, ProposeCallback, ReadCallback, ReadLevel, Replica, Reports, SNAPSHOT_CHUNK_BYTES_MAX,
-    SnapshotCallback, Status, TransferStats,
+    Applier, Config, Jobs, ProposeCallback, ReadCallback, ReadLevel, Replica, Reports, SNAPSHOT_CALLERS_MAX,
+    SNAPSHOT_CHUNK_BYTES_MAX, SnapshotCallback, Status, TransferStats,
 };
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksLog;

@@ -20,6 +20,9 @@ pub const INBOX_QUEUE_MAX: usize = 4096;
 /// Most queued messages the task takes in one turn before it processes them.
 const MESSAGES_PER_TURN_MAX: usize = 256;
 
+/// A closure a host runs on the node's core wrapper ([`Handle::with_core`]).
+type CoreCall = Box<dyn FnOnce(&mut dyn std::any::Any) + Send>;
+
 enum Request<SM: StateMachine> {
     Propose { command: Vec<u8>, session: Option<(ClientId, u64)>, done: ProposeCallback<SM::Output> },
     OpenSession { done: ProposeCallback<ClientId> },
@@ -27,6 +30,7 @@ enum Request<SM: StateMachine> {
     Membership { change: ConfChange, done: ProposeCallback<()> },
     Transfer { to: NodeId, done: oneshot::Sender<Result<(), Error>> },
     Snapshot { done: oneshot::Sender<Result<LogIndex, Error>> },
+    Core { run: CoreCall },
     Shutdown { done: oneshot::Sender<()> },
 }
 
@@ -130,23 +134,30 @@ impl<SM: StateMachine> Node<SM> {
     }
 }
 
-/// The apply thread: runs the jobs it is handed, in order, merging what queued meanwhile,
-/// and sends the reports back. Ends when the node's task drops its sender (after the jobs of
-/// its shutdown) or stops listening.
+/// The apply thread: runs the jobs it is handed, in order, and sends the reports of each
+/// batch back at once (never held while more work queues: the replica's bounds and the
+/// core's snapshot requests move on them). Ends when the node's task drops its sender (after
+/// the jobs of its shutdown) or stops listening.
 fn apply_thread<SM: StateMachine>(
     mut applier: Applier<SM>,
     jobs: &std::sync::mpsc::Receiver<Jobs<SM>>,
     reports: &mpsc::UnboundedSender<Reports>,
 ) {
-    while let Ok(first) = jobs.recv() {
-        let mut out = applier.run(first);
-        while let Ok(more) = jobs.try_recv() {
-            out.extend(applier.run(more));
-        }
+    while let Ok(batch) = jobs.recv() {
+        let out = applier.run(batch);
         if !out.is_empty() && reports.send(out).is_err() {
             break;
         }
     }
+}
+
+/// What a panic carried, as text.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// The node task's end of the apply thread.
@@ -182,7 +193,7 @@ impl<SM: StateMachine> ApplySide<SM> {
     }
 }
 
-async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
+async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, C: Clock>(
     mut replica: Replica<SM, L, D>,
     mut side: ApplySide<SM>,
     mut net: N,
@@ -213,10 +224,15 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
                             replica.on_reports(clock.now(), r);
                         }
                     }
-                    // Its sender is gone: the thread ended (a panic in the state machine).
+                    // Its sender is gone: the thread ended (a panic in the state machine, or
+                    // in a read closure or a callback run there).
                     None => {
                         side.open = false;
-                        replica.halt("the apply thread stopped".into());
+                        let why = match side.thread.take().map(std::thread::JoinHandle::join) {
+                            Some(Err(payload)) => format!("the apply thread panicked: {}", panic_text(&*payload)),
+                            _ => "the apply thread stopped".to_owned(),
+                        };
+                        replica.halt(why);
                     }
                 }
             }
@@ -249,6 +265,7 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L>, N: Network, C: Clock>(
                     Some(Request::Snapshot { done }) => replica.request_snapshot(now, Box::new(move |r| {
                         let _ = done.send(r);
                     })),
+                    Some(Request::Core { run }) => run(replica.core_wrapper_mut()),
                 }
             }
             () = tokio::time::sleep(wait) => {}
@@ -340,6 +357,24 @@ impl<SM: StateMachine> Handle<SM> {
         self.call(|tx| Request::Snapshot { done: tx }).await
     }
 
+    /// Runs `f` on the node's core — the wrapper of type `W` it was started with
+    /// ([`crate::Replica::with_core`], [`Node::start_replica`]) — in the node's task between
+    /// two turns, and returns what `f` returns: a way to a wrapper's own state (the Quorate
+    /// node's flight recorder writes a dump on request this way). [`Error::CoreType`] if the
+    /// node's core is not a `W`. `f` must not call the core's inputs (see
+    /// [`crate::Replica::core_wrapper_mut`]).
+    pub async fn with_core<W: 'static, R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut W) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        self.call(|tx| Request::Core {
+            run: Box::new(move |core: &mut dyn std::any::Any| {
+                let _ = tx.send(core.downcast_mut::<W>().map(f).ok_or(Error::CoreType));
+            }),
+        })
+        .await
+    }
+
     /// The node's status, updated after every turn of its task.
     #[must_use]
     pub fn status(&self) -> watch::Receiver<Status> {
@@ -366,4 +401,61 @@ fn answer<T: Send + 'static>(tx: oneshot::Sender<Result<T, Error>>) -> Box<dyn F
     Box::new(move |r| {
         let _ = tx.send(r);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::Committed;
+    use crate::storage::MemStorage;
+    use quorate_core::Instant;
+    use quorate_log::Configuration;
+
+    struct Count(LogIndex);
+
+    impl StateMachine for Count {
+        type Output = ();
+        fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<()> {
+            self.0 = batch.last().map_or(self.0, |c| c.index);
+            vec![(); batch.len()]
+        }
+        fn snapshot(&self, _: &mut dyn std::io::Write) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn restore(&mut self, applied: LogIndex, _: &mut dyn std::io::Read) -> Result<(), crate::RestoreError> {
+            self.0 = applied;
+            Ok(())
+        }
+        fn applied(&self) -> LogIndex {
+            self.0
+        }
+    }
+
+    /// Work that queued while the thread was busy is reported batch by batch, not held back
+    /// until the queue is empty (the replica's bounds move on the reports).
+    #[test]
+    fn the_apply_thread_reports_each_batch_at_once() {
+        let id = NodeId::new(1).expect("non-zero");
+        let storage = MemStorage::new(Configuration::with_voters([id]).expect("valid"));
+        let mut r = Replica::new(Config::new(id), storage, Count(LogIndex::ZERO), Instant::ZERO).expect("starts");
+        let now = r.next_deadline().expect("an election timer");
+        r.tick(now);
+        let applier = r.detach_applier().expect("inline until now");
+        let (job_tx, job_rx) = std::sync::mpsc::channel();
+        for b in 0..3u8 {
+            r.propose(now, vec![b], None, Box::new(|_| {}));
+            r.process(now, &mut Vec::new());
+            job_tx.send(r.take_jobs()).expect("open");
+        }
+        drop(job_tx);
+        let (report_tx, mut report_rx) = mpsc::unbounded_channel();
+        std::thread::spawn(move || apply_thread(applier, &job_rx, &report_tx)).join().expect("no panic");
+        let mut batches = 0;
+        while let Ok(reports) = report_rx.try_recv() {
+            r.on_reports(now, reports);
+            batches += 1;
+        }
+        assert_eq!(batches, 3, "one report per batch of work");
+        assert_eq!(r.applied(), r.status().commit);
+    }
 }

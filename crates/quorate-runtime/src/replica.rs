@@ -23,6 +23,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Most callers waiting for one snapshot on demand ([`Replica::request_snapshot`]).
+pub const SNAPSHOT_CALLERS_MAX: usize = 64;
+
 /// Settings of one runtime replica.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -199,6 +202,8 @@ pub struct Replica<SM: StateMachine, L: LogStorage, C: Core<L> = Raft<L>> {
     /// Bytes of committed entries handed to the state machine's side and not yet reported
     /// applied.
     apply_in_flight: u64,
+    /// Turns that stopped at the apply backlog bound (detached), for tests and simulations.
+    backlog_stops: u64,
     /// Proposers handed to the state machine's side with their entries and not yet answered
     /// (counted against `proposals_pending_max` with those waiting here).
     proposals_out: usize,
@@ -209,6 +214,8 @@ pub struct Replica<SM: StateMachine, L: LogStorage, C: Core<L> = Raft<L>> {
     reads: BTreeMap<ReadId, ReadCallback<SM>>,
     /// Reads handed to the state machine's side and not yet answered (a bound's count).
     reads_out: Arc<std::sync::atomic::AtomicUsize>,
+    /// Callers of the snapshot request waiting to be taken (`None`: none is).
+    snapshot_callers: Arc<std::sync::Mutex<Option<Vec<SnapshotCallback>>>>,
     next_read: u64,
     /// A received snapshot the core accepted: the complete staging, installed with the next
     /// batch (until then the staging is not touched).
@@ -349,11 +356,13 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             side: Side::Inline(Box::new(applier)),
             jobs: Vec::new(),
             apply_in_flight: 0,
+            backlog_stops: 0,
             proposals_out: 0,
             applied,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_out: Arc::default(),
+            snapshot_callers: Arc::default(),
             next_read: 1,
             staged: None,
             receiver: Receiver::new(staging),
@@ -437,10 +446,26 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         &self.core
     }
 
-    /// The index applied to the state machine.
+    /// The core as it was given to [`Replica::with_core`], mutably: for the wrapper's own
+    /// state (a flight recorder writing a dump, say). Not for the core's inputs: a call of a
+    /// [`Core`] method through it bypasses the replica, which then no longer knows what the
+    /// core holds (a `Ready` taken here is lost to it).
+    pub fn core_wrapper_mut(&mut self) -> &mut C {
+        &mut self.core
+    }
+
+    /// The index applied to the state machine (as its side last reported it).
     #[must_use]
     pub fn applied(&self) -> LogIndex {
         self.applied
+    }
+
+    /// Bytes of committed entries handed to a detached state machine's side and not yet
+    /// reported applied, and the turns that stopped at [`Config::apply_backlog_bytes_max`]
+    /// (the core had more to hand out).
+    #[must_use]
+    pub fn apply_backlog(&self) -> (u64, u64) {
+        (self.apply_in_flight, self.backlog_stops)
     }
 
     /// The current status.
@@ -519,6 +544,15 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         }
         if self.proposals.len() + self.proposals_out >= self.cfg.proposals_pending_max {
             return Err(Error::Busy { what: "proposals", limit: self.cfg.proposals_pending_max });
+        }
+        // Shed new work well before a full apply backlog stops replication (on a leader,
+        // for the whole cluster): at half of it.
+        let shed_at = self.cfg.apply_backlog_bytes_max / 2;
+        if matches!(self.side, Side::Detached) && self.apply_in_flight >= shed_at {
+            return Err(Error::Busy {
+                what: "apply backlog bytes",
+                limit: usize::try_from(shed_at).unwrap_or(usize::MAX),
+            });
         }
         Ok(())
     }
@@ -663,12 +697,33 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
 
     /// Asks for a snapshot of the applied state (if anything was applied since the last);
     /// `done` receives the index it covers once it is stored, and the core compacts the log
-    /// behind it.
+    /// behind it. Requests made while one is waiting to be taken join it (one image for all
+    /// of them, taken after each was made); at most [`SNAPSHOT_CALLERS_MAX`] wait, beyond
+    /// them [`Error::Busy`].
     pub fn request_snapshot(&mut self, now: Instant, done: SnapshotCallback) {
         if let Some(e) = self.refusal() {
             return done(Err(e));
         }
-        self.jobs.push(Job::SnapshotNow(done));
+        {
+            let mut waiting = self.snapshot_callers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(callers) = waiting.as_mut() {
+                if callers.len() >= SNAPSHOT_CALLERS_MAX {
+                    drop(waiting);
+                    return done(Err(Error::Busy { what: "snapshot requests", limit: SNAPSHOT_CALLERS_MAX }));
+                }
+                callers.push(done);
+                return;
+            }
+            *waiting = Some(vec![done]);
+        }
+        // The job answers everyone who joined before it ran.
+        let callers = self.snapshot_callers.clone();
+        self.jobs.push(Job::SnapshotNow(Box::new(move |r| {
+            let joined = callers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            for f in joined.into_iter().flatten() {
+                f(r.clone());
+            }
+        })));
         self.run_inline(now);
     }
 
@@ -728,6 +783,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// Halts here only (the state machine's side knows).
     fn halt_here(&mut self, reason: String) {
         if self.halted.is_none() {
+            self.core.replica_halted(&reason);
             self.halted = Some(reason.clone());
             self.fail_all(&Error::Halted(reason));
         }
@@ -787,6 +843,9 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             Side::Inline(_) => self.cfg.raft.apply_bytes_max,
             Side::Detached => self.cfg.apply_backlog_bytes_max,
         };
+        if self.apply_in_flight >= bound && self.core.raft().has_ready() {
+            self.backlog_stops += 1;
+        }
         while self.halted.is_none() && self.apply_in_flight < bound && self.core.raft().has_ready() {
             let ready = self.core.ready();
             if ready.is_empty() {
@@ -1068,6 +1127,56 @@ mod tests {
         r.propose(now, vec![4], None, sink(&out));
         r.process(now, &mut Vec::new());
         assert_eq!(out.lock().unwrap().len(), 3, "room again: taken, not refused");
+    }
+
+    #[test]
+    fn snapshot_requests_waiting_together_share_one_image_and_are_bounded() {
+        let (mut r, now) = leader(storage(), Sum::default(), Config::new(id()));
+        let mut applier = r.detach_applier().expect("inline until now");
+        let out: Log<u64> = Log::default();
+        r.propose(now, vec![5], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        let reports = applier.run(r.take_jobs());
+        r.on_reports(now, reports);
+        let answers: Log<LogIndex> = Log::default();
+        for _ in 0..SNAPSHOT_CALLERS_MAX + 1 {
+            let a = answers.clone();
+            r.request_snapshot(now, Box::new(move |res| a.lock().unwrap().push(res)));
+        }
+        assert_eq!(
+            *answers.lock().unwrap(),
+            vec![Err(Error::Busy { what: "snapshot requests", limit: SNAPSHOT_CALLERS_MAX })]
+        );
+        let jobs = r.take_jobs();
+        assert_eq!(jobs.0.iter().filter(|j| matches!(j, Job::SnapshotNow(_))).count(), 1, "one image for all");
+        let reports = applier.run(jobs);
+        r.on_reports(now, reports);
+        let got = answers.lock().unwrap().clone();
+        assert_eq!(got.len(), SNAPSHOT_CALLERS_MAX + 1);
+        assert!(got[1..].iter().all(|a| *a == Ok(r.applied())), "{got:?}");
+        // The next request is a new one.
+        let a = answers.clone();
+        r.request_snapshot(now, Box::new(move |res| a.lock().unwrap().push(res)));
+        assert_eq!(r.take_jobs().0.len(), 1);
+    }
+
+    #[test]
+    fn proposals_are_shed_at_half_the_apply_backlog() {
+        let mut cfg = Config::new(id());
+        cfg.apply_backlog_bytes_max = 400;
+        let (mut r, now) = leader(storage(), Sum::default(), cfg);
+        let _applier = r.detach_applier().expect("inline until now");
+        let out: Log<u64> = Log::default();
+        for _ in 0..20 {
+            r.propose(now, vec![1; 50], None, sink(&out));
+            r.process(now, &mut Vec::new());
+        }
+        let (backlog, _) = r.apply_backlog();
+        assert!((200..400 + 200).contains(&backlog), "{backlog}");
+        let got = out.lock().unwrap().clone();
+        assert!(
+            !got.is_empty() && got.iter().all(|o| *o == Err(Error::Busy { what: "apply backlog bytes", limit: 200 }))
+        );
     }
 
     #[test]

@@ -265,3 +265,79 @@ async fn followers_acknowledge_and_learn_commits_while_their_state_machines_are_
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_reaches_its_core_wrapper_in_the_nodes_task() {
+    let router = MemRouter::new();
+    let voters = Configuration::with_voters([nid(1)]).expect("valid");
+    let node = start(nid(1), voters, &router);
+    let h = node.handle();
+    on_leader(std::slice::from_ref(&h), |h| async move { h.propose([1u8]).await }).await;
+    // `Node::start` runs the core as it is: a `Raft` over the node's storage.
+    let (term, commit) = h
+        .with_core(|raft: &mut quorate_core::Raft<MemStorage>| (raft.term(), raft.commit_index()))
+        .await
+        .expect("the node's core is a Raft");
+    assert!(term.0 >= 1);
+    assert_eq!(commit, h.status().borrow().commit);
+    assert_eq!(h.with_core(|_: &mut u32| ()).await, Err(Error::CoreType));
+    node.shutdown().await;
+    assert_eq!(h.with_core(|_: &mut u32| ()).await, Err(Error::Shutdown));
+}
+
+/// A counter that panics on the command `[0xFF]`.
+struct Fragile(Counter);
+
+impl StateMachine for Fragile {
+    type Output = u64;
+    fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
+        assert!(batch.iter().all(|c| c.command != [0xFF]), "boom: a bug in the state machine");
+        self.0.apply(batch)
+    }
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.0.snapshot(out)
+    }
+    fn restore(&mut self, applied: LogIndex, image: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        self.0.restore(applied, image)
+    }
+    fn applied(&self) -> LogIndex {
+        self.0.applied
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_state_machine_halts_the_node_with_its_message() {
+    let router = MemRouter::new();
+    let mut cfg = Config::new(nid(1));
+    cfg.raft.election_timeout_min = Duration::from_millis(100);
+    cfg.raft.heartbeat_interval = Duration::from_millis(20);
+    let voters = Configuration::with_voters([nid(1)]).expect("valid");
+    let node =
+        Node::start(cfg, MemStorage::new(voters), Fragile(Counter::default()), router.endpoint(), SystemClock::new())
+            .expect("starts");
+    let h = node.handle();
+    let first = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match h.propose([2u8]).await {
+                Ok(v) => return v,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
+    .expect("a write within the patience");
+    assert_eq!(first, 2);
+    let err = h.propose([0xFFu8]).await.expect_err("the state machine panicked on it");
+    assert!(err.outcome_unknown(), "{err}");
+    let mut st = h.status();
+    let halted = tokio::time::timeout(PATIENCE, st.wait_for(|s| s.halted.is_some()))
+        .await
+        .expect("the node halts")
+        .expect("its status is published")
+        .halted
+        .clone()
+        .expect("halted");
+    assert!(halted.contains("panicked") && halted.contains("boom"), "{halted}");
+    assert!(matches!(h.propose([1u8]).await, Err(Error::Halted(_))));
+    node.shutdown().await;
+}

@@ -256,6 +256,10 @@ struct SimConfig {
     /// apply thread), each batch of its work run 0..=lag ms after it was handed out (in
     /// order); `None`: in the replica's turn.
     apply_lag_ms: Option<u64>,
+    /// Detached seeds only: a small apply backlog bound (bytes), so that turns stop at it.
+    apply_backlog: Option<u64>,
+    /// Chance per step that a live node is asked for a snapshot on demand.
+    snapshot_asks: f64,
 }
 
 impl SimConfig {
@@ -278,6 +282,8 @@ impl SimConfig {
             chunk_duplicate: 0.05,
             snapshot_rate: if rng.chance(0.25) { Some(2_000 + rng.below(8_000)) } else { None },
             apply_lag_ms: if rng.chance(0.5) { Some(rng.below(16)) } else { None },
+            apply_backlog: if rng.chance(0.33) { Some(16 + rng.below(128)) } else { None },
+            snapshot_asks: 0.002,
         }
     }
 }
@@ -360,6 +366,9 @@ struct Summary {
     /// had waiting at once.
     detached: u64,
     apply_backlog_peak: usize,
+    /// Turns that stopped at the apply backlog bound; snapshots on demand taken.
+    backlog_stops: u64,
+    snapshots_asked: u64,
 }
 
 struct Sim<const D: bool, const O: bool = false> {
@@ -372,6 +381,10 @@ struct Sim<const D: bool, const O: bool = false> {
     appliers: Vec<Option<Applier<Kv<D, O>>>>,
     apply_queues: Vec<VecDeque<(u64, Jobs<Kv<D, O>>)>>,
     apply_backlog_peak: usize,
+    /// Turns stopped at the backlog bound on replicas that crashed since.
+    backlog_stops: u64,
+    /// Snapshots on demand answered with an index (shared with the callbacks).
+    snapshots_asked: Arc<Mutex<u64>>,
     disks: Vec<Option<MemStorage>>,
     /// The durable state machines' disks (kept across crashes).
     kv_disks: Vec<Arc<Mutex<KvDisk>>>,
@@ -400,8 +413,12 @@ struct Sim<const D: bool, const O: bool = false> {
     conf_changes: u64,
 }
 
-fn runtime_config(id: NodeId, seed: u64, snapshot_rate: Option<u64>) -> Config {
+fn runtime_config(id: NodeId, seed: u64, sim: &SimConfig) -> Config {
+    let snapshot_rate = sim.snapshot_rate;
     let mut cfg = Config::new(id);
+    if let (Some(_), Some(b)) = (sim.apply_lag_ms, sim.apply_backlog) {
+        cfg.apply_backlog_bytes_max = b;
+    }
     cfg.raft.election_timeout_min = Duration::from_millis(150);
     cfg.raft.heartbeat_interval = Duration::from_millis(30);
     cfg.raft.seed = seed.wrapping_mul(31).wrapping_add(id.get());
@@ -439,7 +456,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
                 };
                 Some(
                     Replica::new(
-                        runtime_config(*id, cfg.seed, cfg.snapshot_rate),
+                        runtime_config(*id, cfg.seed, &cfg),
                         storage,
                         Kv::<D, O>::open(kv_disk),
                         Instant::ZERO,
@@ -478,6 +495,8 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             appliers,
             apply_queues: (0..n).map(|_| VecDeque::new()).collect(),
             apply_backlog_peak: 0,
+            backlog_stops: 0,
+            snapshots_asked: Arc::default(),
             disks: vec![None; n],
             kv_disks,
             restart_at: vec![0; n],
@@ -570,6 +589,8 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             table_answers: self.kv_disks.iter().map(|d| d.lock().expect("unpoisoned").table_answers).sum(),
             detached: u64::from(self.cfg.apply_lag_ms.is_some()),
             apply_backlog_peak: self.apply_backlog_peak,
+            backlog_stops: self.backlog_stops + self.nodes.iter().flatten().map(|r| r.apply_backlog().1).sum::<u64>(),
+            snapshots_asked: *self.snapshots_asked.lock().expect("unpoisoned"),
         })
     }
 
@@ -629,6 +650,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
         }
         self.clients_act();
         self.operator_act();
+        self.ask_snapshots();
         self.process_all();
         self.handle_replies();
         // Replies may have let clients act again at once.
@@ -690,6 +712,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             let mut disk = r.storage().clone();
             disk.crash();
             self.installs += r.transfer_stats().installs;
+            self.backlog_stops += r.apply_backlog().1;
             drop(r);
             self.disks[i] = Some(disk);
             self.restart_at[i] = self.now + MS * (50 + self.rng.below(600));
@@ -729,7 +752,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
         for i in 0..n {
             if self.nodes[i].is_none() && self.restart_at[i] <= self.now {
                 let disk = self.disks[i].take().expect("a crashed node keeps its disk");
-                let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes), self.cfg.snapshot_rate);
+                let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes), &self.cfg);
                 let sm = Kv::<D, O>::open(&self.kv_disks[i]);
                 match Replica::new(cfg, disk.clone(), sm, Instant(self.now)) {
                     Ok(mut r) => {
@@ -769,6 +792,26 @@ impl<const D: bool, const O: bool> Sim<D, O> {
     }
 
     /// The operator: the next membership change of the plan, on the node that leads.
+    /// Now and then a host asks a live node for a snapshot on demand.
+    fn ask_snapshots(&mut self) {
+        if !self.rng.chance(self.cfg.snapshot_asks) {
+            return;
+        }
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        let now = Instant(self.now);
+        let asked = self.snapshots_asked.clone();
+        if let Some(r) = &mut self.nodes[i] {
+            r.request_snapshot(
+                now,
+                Box::new(move |res| {
+                    if res.is_ok() {
+                        *asked.lock().expect("unpoisoned") += 1;
+                    }
+                }),
+            );
+        }
+    }
+
     fn operator_act(&mut self) {
         let now = self.now;
         let Some(change) = self.plan.last().cloned() else { return };
@@ -1074,6 +1117,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         table_answers: 0,
         detached: 0,
         apply_backlog_peak: 0,
+        backlog_stops: 0,
+        snapshots_asked: 0,
     };
     for &seed in &seeds {
         match run_seed::<D, O>(seed) {
@@ -1094,6 +1139,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
                 total.restores_resumed += s.restores_resumed;
                 total.table_answers += s.table_answers;
                 total.detached += s.detached;
+                total.backlog_stops += s.backlog_stops;
+                total.snapshots_asked += s.snapshots_asked;
                 total.apply_backlog_peak = total.apply_backlog_peak.max(s.apply_backlog_peak);
             }
             Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed, test)),
@@ -1111,6 +1158,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         assert!(total.conf_changes >= n as u64, "membership changes were made: {total:?}");
         // Detached state machines ran behind their replicas, several batches behind.
         assert!(total.detached >= n as u64 / 4 && total.apply_backlog_peak >= 2, "{total:?}");
+        // Small backlogs filled up under load, and hosts asked for snapshots.
+        assert!(total.backlog_stops > 0 && total.snapshots_asked > 0, "{total:?}");
     }
     total
 }
@@ -1455,7 +1504,7 @@ fn lagging_in(n: u64, cfg: impl Fn(NodeId) -> Config + 'static) -> (Lab, usize, 
 
 fn caught_up(lab: &Lab, l: usize, f: usize) -> bool {
     lab.node(f).applied() >= lab.node(l).applied()
-        && lab.node(f).state_machine().map(|b| &b.bytes) == lab.node(l).state_machine().map(|b| &b.bytes)
+        && lab.node(f).state_machine().expect("inline").bytes == lab.node(l).state_machine().expect("inline").bytes
 }
 
 #[test]

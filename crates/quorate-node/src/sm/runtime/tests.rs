@@ -261,6 +261,52 @@ fn the_flight_recorder_records_a_runtime_replica_and_its_dump_replays() {
     assert!(report.readies > 4, "{report:?}");
 }
 
+/// The recorder's dump triggers under the runtime: a dump asked through the replica's
+/// mutable way to its core wrapper (what `Handle::with_core` runs in a node's task), and a
+/// dump when the replica halts for a reason of its own (not the core's), each written to the
+/// flight directory and replaying exactly.
+#[test]
+fn a_runtime_replica_under_the_recorder_dumps_on_request_and_on_its_own_halt() {
+    use crate::flight::{Recorded, read_dump, replay};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let flights = tempfile::tempdir().expect("a temp dir");
+    let (log, sm) = open(dir.path(), &Configuration::with_voters([node(1)]).expect("valid"));
+    let to = flights.path().to_path_buf();
+    let mut r: Replica<KvMachine, RocksLog, Recorded<RocksLog>> =
+        Replica::with_core(Config::new(node(1)), log, sm, Instant::ZERO, move |cfg, storage, now| {
+            Recorded::new(cfg, storage, now, Some(to), 64 << 20)
+        })
+        .expect("starts");
+    let now = r.next_deadline().expect("an election timer");
+    r.tick(now);
+    r.process(now, &mut Vec::new());
+    let out: Log<KvOutput> = Log::default();
+    for i in 0..10u32 {
+        r.propose(now, put("k", &i.to_string()), None, sink(&out));
+    }
+    r.process(now, &mut Vec::new());
+    assert_eq!(results(&out).len(), 10);
+    let asked = r.core_wrapper_mut().dump("asked").expect("writes").expect("a flight directory");
+    let dump = read_dump(&asked.path).expect("reads");
+    assert_eq!(dump.header.reason, "asked");
+    assert_eq!(replay(&dump).expect("replays").divergence, None);
+    // The replica halts (here by hand, as a host does when its apply thread died; a storage
+    // or state machine failure takes the same way): the recorder hears it and dumps once.
+    r.halt("the apply thread stopped".into());
+    r.halt("again".into());
+    let mut files: Vec<_> = std::fs::read_dir(flights.path())
+        .expect("listable")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "qflt") && *p != asked.path)
+        .collect();
+    assert_eq!(files.len(), 1, "one dump on the halt: {files:?}");
+    let dump = read_dump(&files.remove(0)).expect("reads");
+    assert_eq!(dump.header.reason, "halt: the apply thread stopped");
+    let report = replay(&dump).expect("replays");
+    assert_eq!(report.divergence, None, "{report:?}");
+    assert!(report.inputs >= 10, "{report:?}");
+}
+
 /// Builds a replica's consensus core (`Raft::new`, or the flight recorder around it).
 type MakeCore<C> = fn(quorate_core::Config, RocksLog, Instant) -> Result<C, quorate_core::CoreError>;
 
