@@ -72,7 +72,8 @@ pub trait Core<L: quorate_log::LogStorage>: Send {
     /// failure, its state machine's failure or broken contract, the end of the thread that
     /// runs the state machine — and asks nothing more of the core. (A halt of the core itself
     /// shows in [`Raft::halted`].) A wrapper may record it: the Quorate node's flight
-    /// recorder dumps its recording. Called once. The default does nothing.
+    /// recorder dumps its recording. Called at most once, and not when the replica is stopped
+    /// ([`crate::Replica::stop`], a shutdown). The default does nothing.
     fn replica_halted(&mut self, reason: &str) {
         let _ = reason;
     }

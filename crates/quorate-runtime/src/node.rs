@@ -175,8 +175,8 @@ impl<SM: StateMachine> ApplySide<SM> {
     fn hand<L: LogStorage, D: Core<L>>(&mut self, replica: &mut Replica<SM, L, D>) {
         let jobs = replica.take_jobs();
         if !jobs.is_empty() && self.jobs.send(jobs).is_err() {
-            // The jobs are dropped unanswered: their callbacks' senders close, and the
-            // handles answer `OutcomeUnknown`.
+            // The jobs are dropped unrun: their callbacks' senders close, and the handles
+            // answer `OutcomeUnknown` (snapshot callers too, when their request drops).
             replica.halt("the apply thread stopped".into());
         }
     }
@@ -265,7 +265,14 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, 
                     Some(Request::Snapshot { done }) => replica.request_snapshot(now, Box::new(move |r| {
                         let _ = done.send(r);
                     })),
-                    Some(Request::Core { run }) => run(replica.core_wrapper_mut()),
+                    Some(Request::Core { run }) => {
+                        // A panic there may leave the wrapper half-changed: halt, do not go on.
+                        let core = replica.core_wrapper_mut();
+                        let call = std::panic::AssertUnwindSafe(move || run(core));
+                        if let Err(payload) = std::panic::catch_unwind(call) {
+                            replica.halt(format!("a closure run on the core panicked: {}", panic_text(&*payload)));
+                        }
+                    }
                 }
             }
             () = tokio::time::sleep(wait) => {}

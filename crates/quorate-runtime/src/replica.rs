@@ -26,6 +26,40 @@ use std::time::Duration;
 /// Most callers waiting for one snapshot on demand ([`Replica::request_snapshot`]).
 pub const SNAPSHOT_CALLERS_MAX: usize = 64;
 
+/// The callers waiting for the snapshot on demand of one request (its number, they).
+type SnapshotCallers = Arc<std::sync::Mutex<Option<(u64, Vec<SnapshotCallback>)>>>;
+
+/// Answers the callers of request `.1`, once: when its job runs, or when the job is dropped
+/// unrun ([`Error::OutcomeUnknown`]); a halt or a stop may have answered them first. Never
+/// the callers of a later request.
+struct SnapshotAnswer(SnapshotCallers, u64);
+
+impl SnapshotAnswer {
+    fn answer(&self, r: &Result<LogIndex, Error>) {
+        answer_snapshot_callers(&self.0, Some(self.1), r);
+    }
+}
+
+impl Drop for SnapshotAnswer {
+    fn drop(&mut self) {
+        self.answer(&Err(Error::OutcomeUnknown));
+    }
+}
+
+/// Answers the waiting callers with `r` — those of request `only`, or whoever waits.
+fn answer_snapshot_callers(callers: &SnapshotCallers, only: Option<u64>, r: &Result<LogIndex, Error>) {
+    let joined = {
+        let mut waiting = callers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*waiting {
+            Some((n, _)) if only.is_none_or(|o| o == *n) => waiting.take(),
+            _ => None,
+        }
+    };
+    for f in joined.into_iter().flat_map(|(_, fs)| fs) {
+        f(r.clone());
+    }
+}
+
 /// Settings of one runtime replica.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -215,7 +249,7 @@ pub struct Replica<SM: StateMachine, L: LogStorage, C: Core<L> = Raft<L>> {
     /// Reads handed to the state machine's side and not yet answered (a bound's count).
     reads_out: Arc<std::sync::atomic::AtomicUsize>,
     /// Callers of the snapshot request waiting to be taken (`None`: none is).
-    snapshot_callers: Arc<std::sync::Mutex<Option<Vec<SnapshotCallback>>>>,
+    snapshot_callers: SnapshotCallers,
     next_read: u64,
     /// A received snapshot the core accepted: the complete staging, installed with the next
     /// batch (until then the staging is not touched).
@@ -545,10 +579,18 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         if self.proposals.len() + self.proposals_out >= self.cfg.proposals_pending_max {
             return Err(Error::Busy { what: "proposals", limit: self.cfg.proposals_pending_max });
         }
-        // Shed new work well before a full apply backlog stops replication (on a leader,
-        // for the whole cluster): at half of it.
-        let shed_at = self.cfg.apply_backlog_bytes_max / 2;
-        if matches!(self.side, Side::Detached) && self.apply_in_flight >= shed_at {
+        Ok(())
+    }
+
+    /// A leader sheds new commands well before a full apply backlog stops its replication
+    /// (for the whole cluster): at half of it. Not membership changes (tiny, and the way to
+    /// replace a slow node), and not on a follower (it answers `NotLeader`, with a hint).
+    fn shed(&self) -> Result<(), Error> {
+        let shed_at = (self.cfg.apply_backlog_bytes_max / 2).max(1);
+        if matches!(self.side, Side::Detached)
+            && self.core.raft().role() == Role::Leader
+            && self.apply_in_flight >= shed_at
+        {
             return Err(Error::Busy {
                 what: "apply backlog bytes",
                 limit: usize::try_from(shed_at).unwrap_or(usize::MAX),
@@ -560,7 +602,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// Appends `bytes` as a command entry (the runtime's encoding of a [`Command`], or the
     /// state machine's own command when [`StateMachine::ENVELOPE`] is off).
     fn append(&mut self, now: Instant, bytes: Vec<u8>, waiter: Waiter<SM::Output>) {
-        if let Err(e) = self.admit() {
+        if let Err(e) = self.admit().and_then(|()| self.shed()) {
             return waiter.fail(e);
         }
         match self.core.propose(now, Data::from(bytes)) {
@@ -697,16 +739,18 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
 
     /// Asks for a snapshot of the applied state (if anything was applied since the last);
     /// `done` receives the index it covers once it is stored, and the core compacts the log
-    /// behind it. Requests made while one is waiting to be taken join it (one image for all
-    /// of them, taken after each was made); at most [`SNAPSHOT_CALLERS_MAX`] wait, beyond
-    /// them [`Error::Busy`].
+    /// behind it. Requests made until the one waiting is stored join it (one image for all
+    /// of them); at most [`SNAPSHOT_CALLERS_MAX`] wait, beyond them [`Error::Busy`]. If the
+    /// request is dropped unrun (the apply thread died), they get [`Error::OutcomeUnknown`].
     pub fn request_snapshot(&mut self, now: Instant, done: SnapshotCallback) {
         if let Some(e) = self.refusal() {
             return done(Err(e));
         }
+        let request = self.next_read;
+        self.next_read += 1;
         {
             let mut waiting = self.snapshot_callers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(callers) = waiting.as_mut() {
+            if let Some((_, callers)) = waiting.as_mut() {
                 if callers.len() >= SNAPSHOT_CALLERS_MAX {
                     drop(waiting);
                     return done(Err(Error::Busy { what: "snapshot requests", limit: SNAPSHOT_CALLERS_MAX }));
@@ -714,16 +758,12 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
                 callers.push(done);
                 return;
             }
-            *waiting = Some(vec![done]);
+            *waiting = Some((request, vec![done]));
         }
-        // The job answers everyone who joined before it ran.
-        let callers = self.snapshot_callers.clone();
-        self.jobs.push(Job::SnapshotNow(Box::new(move |r| {
-            let joined = callers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-            for f in joined.into_iter().flatten() {
-                f(r.clone());
-            }
-        })));
+        // The job answers everyone who joined before it ran (or, dropped unrun, tells them
+        // the outcome is unknown).
+        let answer = SnapshotAnswer(self.snapshot_callers.clone(), request);
+        self.jobs.push(Job::SnapshotNow(Box::new(move |r| answer.answer(&r))));
         self.run_inline(now);
     }
 
@@ -764,6 +804,9 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         for j in std::mem::take(&mut self.jobs) {
             apply::refuse(j, e);
         }
+        // Snapshot callers, also those of a request the other side holds (if it runs, it
+        // finds no one left to answer).
+        answer_snapshot_callers(&self.snapshot_callers, None, &Err(e.clone()));
     }
 
     /// Halts the replica: every waiting request fails, the state machine's side is told
@@ -1161,6 +1204,34 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_callers_are_answered_once_when_their_request_is_dropped_or_the_replica_halts() {
+        let (mut r, now) = leader(storage(), Sum::default(), Config::new(id()));
+        let mut applier = r.detach_applier().expect("inline until now");
+        let answers: Log<LogIndex> = Log::default();
+        let ask = |r: &mut Replica<Sum, MemStorage>| {
+            let a = answers.clone();
+            r.request_snapshot(now, Box::new(move |res| a.lock().unwrap().push(res)));
+        };
+        ask(&mut r);
+        ask(&mut r);
+        // The apply thread died with the request: both hear that the outcome is unknown.
+        drop(r.take_jobs());
+        assert_eq!(*answers.lock().unwrap(), vec![Err(Error::OutcomeUnknown), Err(Error::OutcomeUnknown)]);
+        // A later request is its own: the earlier one's end does not answer it.
+        ask(&mut r);
+        let reports = applier.run(r.take_jobs());
+        r.on_reports(now, reports);
+        assert_eq!(answers.lock().unwrap()[2..], [Ok(r.applied())]);
+        // Held by the other side when the replica halts: answered by the halt, once.
+        ask(&mut r);
+        let held = r.take_jobs();
+        r.halt("storage: gone".into());
+        let reports = applier.run(held);
+        r.on_reports(now, reports);
+        assert_eq!(answers.lock().unwrap()[3..], [Err(Error::Halted("storage: gone".into()))]);
+    }
+
+    #[test]
     fn proposals_are_shed_at_half_the_apply_backlog() {
         let mut cfg = Config::new(id());
         cfg.apply_backlog_bytes_max = 400;
@@ -1177,6 +1248,15 @@ mod tests {
         assert!(
             !got.is_empty() && got.iter().all(|o| *o == Err(Error::Busy { what: "apply backlog bytes", limit: 200 }))
         );
+        // A membership change is not shed (the way to replace a slow node).
+        let conf: Log<()> = Log::default();
+        let c = conf.clone();
+        r.change_membership(
+            now,
+            ConfChange::AddLearner(NodeId::new(2).expect("non-zero")),
+            Box::new(move |res| c.lock().unwrap().push(res)),
+        );
+        assert!(conf.lock().unwrap().is_empty(), "taken: {:?}", conf.lock().unwrap());
     }
 
     #[test]

@@ -281,6 +281,18 @@ async fn a_host_reaches_its_core_wrapper_in_the_nodes_task() {
     assert!(term.0 >= 1);
     assert_eq!(commit, h.status().borrow().commit);
     assert_eq!(h.with_core(|_: &mut u32| ()).await, Err(Error::CoreType));
+    // A panic in the closure may leave the wrapper half-changed: the node halts.
+    let panicked = h.with_core(|_: &mut quorate_core::Raft<MemStorage>| -> u8 { panic!("boom in a core closure") });
+    assert_eq!(panicked.await, Err(Error::OutcomeUnknown));
+    let mut st = h.status();
+    let halted = tokio::time::timeout(PATIENCE, st.wait_for(|s| s.halted.is_some()))
+        .await
+        .expect("the node halts")
+        .expect("its status is published")
+        .halted
+        .clone()
+        .unwrap_or_default();
+    assert!(halted.contains("panicked: boom in a core closure"), "{halted:?}");
     node.shutdown().await;
     assert_eq!(h.with_core(|_: &mut u32| ()).await, Err(Error::Shutdown));
 }
