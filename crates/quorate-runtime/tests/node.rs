@@ -284,17 +284,21 @@ async fn a_host_reaches_its_core_wrapper_in_the_nodes_task() {
     // A panic in the closure may leave the wrapper half-changed: the node halts.
     let panicked = h.with_core(|_: &mut quorate_core::Raft<MemStorage>| -> u8 { panic!("boom in a core closure") });
     assert_eq!(panicked.await, Err(Error::OutcomeUnknown));
-    let mut st = h.status();
-    let halted = tokio::time::timeout(PATIENCE, st.wait_for(|s| s.halted.is_some()))
-        .await
-        .expect("the node halts")
-        .expect("its status is published")
-        .halted
-        .clone()
-        .unwrap_or_default();
+    let halted = halted_reason(&h).await;
     assert!(halted.contains("panicked: boom in a core closure"), "{halted:?}");
     node.shutdown().await;
     assert_eq!(h.with_core(|_: &mut u32| ()).await, Err(Error::Shutdown));
+}
+
+/// Why the node of `h` halted (waiting for it, within the patience).
+async fn halted_reason<SM: StateMachine>(h: &Handle<SM>) -> String {
+    let mut st = h.status();
+    let status = tokio::time::timeout(PATIENCE, st.wait_for(|s| s.halted.is_some()))
+        .await
+        .expect("the node halts")
+        .expect("its status is published")
+        .clone();
+    status.halted.unwrap_or_default()
 }
 
 /// A counter that panics on the command `[0xFF]`.
@@ -341,14 +345,7 @@ async fn a_panic_in_the_state_machine_halts_the_node_with_its_message() {
     assert_eq!(first, 2);
     let err = h.propose([0xFFu8]).await.expect_err("the state machine panicked on it");
     assert!(err.outcome_unknown(), "{err}");
-    let mut st = h.status();
-    let halted = tokio::time::timeout(PATIENCE, st.wait_for(|s| s.halted.is_some()))
-        .await
-        .expect("the node halts")
-        .expect("its status is published")
-        .halted
-        .clone()
-        .expect("halted");
+    let halted = halted_reason(&h).await;
     assert!(halted.contains("panicked") && halted.contains("boom"), "{halted}");
     assert!(matches!(h.propose([1u8]).await, Err(Error::Halted(_))));
     node.shutdown().await;
