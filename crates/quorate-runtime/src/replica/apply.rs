@@ -81,11 +81,6 @@ impl Reports {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// Appends `other`'s reports after these.
-    pub fn extend(&mut self, other: Reports) {
-        self.0.extend(other.0);
-    }
 }
 
 /// The state machine's side of a [`Replica`]: the state machine, the session table and the
@@ -259,8 +254,8 @@ impl<SM: StateMachine> Applier<SM> {
         self.reports.push(Report::Applied { index: self.applied, bytes: 0, waiters: 0 });
     }
 
-    /// Fails every proposal and read held here with `e` (proposals: their outcome is
-    /// unknown).
+    /// Fails every read held here with `e` (proposers are held only inside the job being
+    /// run, and answered by it).
     fn fail_held(&mut self, e: &Error) {
         for (_, r) in std::mem::take(&mut self.reads) {
             r(Err(e.clone()));
