@@ -41,7 +41,9 @@
 //!   read), the follower one chunk and a 64 KiB read buffer, and the runtime the session
 //!   table; no side holds a whole image. A transfer cut by a dropped connection, a restart or
 //!   a timeout resumes from the last acknowledged offset, within an optional rate limit
-//!   ([`Config::snapshot_rate_bytes_per_sec`]).
+//!   ([`Config::snapshot_rate_bytes_per_sec`]). For members that take nothing else, a leader
+//!   sends one ordered, unanswered stream instead ([`TransferFormat::Stream`]; its pieces in
+//!   flight are bounded by the network's queue, and a broken stream starts over).
 //! * **Durable state machines** ([`StateMachine::DURABLE`]) keep their state on disk: the
 //!   runtime starts from their own `applied()`, re-applies only the entries after it, has
 //!   them commit the session table atomically with each apply turn, never compacts the log
@@ -139,7 +141,10 @@ pub mod transfer;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use driver::Core;
 pub use error::Error;
-pub use network::{AckStatus, Inbox, MemNetwork, MemRouter, Network, SnapshotAck, SnapshotChunk, WireMessage};
+pub use network::{
+    AckStatus, Inbox, MemNetwork, MemRouter, Network, SnapshotAck, SnapshotChunk, StreamChunk, TransferFormat,
+    WireMessage,
+};
 pub use node::{Handle, INBOX_QUEUE_MAX, Node, REQUESTS_QUEUE_MAX};
 pub use replica::{
     Applier, Config, Jobs, ProposeCallback, ReadCallback, ReadLevel, Replica, Reports, SNAPSHOT_CALLERS_MAX,

@@ -38,6 +38,68 @@ pub enum WireMessage {
     SnapshotChunk(SnapshotChunk),
     /// A follower's answer to a chunk: how much of the snapshot it holds durably.
     SnapshotAck(SnapshotAck),
+    /// A piece of a snapshot sent as one ordered stream, unanswered
+    /// ([`TransferFormat::Stream`]): how nodes that predate acknowledged transfers send and
+    /// take snapshots.
+    SnapshotStream(StreamChunk),
+}
+
+/// How a leader sends snapshots to its followers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransferFormat {
+    /// In acknowledged chunks ([`WireMessage::SnapshotChunk`], answered with
+    /// [`WireMessage::SnapshotAck`]): resumable from the last acknowledged byte after a
+    /// dropped connection or a restart, within a window of unacknowledged bytes.
+    #[default]
+    Acknowledged,
+    /// As one ordered stream of [`WireMessage::SnapshotStream`] pieces from offset 0, which
+    /// the follower does not answer; a stream that breaks (a lost piece, a dropped
+    /// connection) is sent again from the start once the core asks again. For a cluster with
+    /// members that take only this (a host whose older releases streamed snapshots maps these
+    /// pieces onto its old messages). The network must keep a stream's pieces in order:
+    /// [`Network::send`] returning `false` makes the leader send that piece again, and a
+    /// follower drops a stream at its first gap.
+    Stream,
+}
+
+/// A piece of a snapshot stream ([`TransferFormat::Stream`]): bytes `offset..offset +
+/// data.len()` of an image of `total` bytes covering `meta`. No checksum of the whole image
+/// travels (the follower computes it as the pieces arrive, and the state machine's `restore`
+/// checks the image's own format).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StreamChunk {
+    /// The leader.
+    pub from: NodeId,
+    /// The follower.
+    pub to: NodeId,
+    /// The leader's term.
+    pub term: Term,
+    /// What the snapshot covers.
+    pub meta: SnapshotMeta,
+    /// Where `data` starts in the image.
+    pub offset: u64,
+    /// Length of the whole image in bytes.
+    pub total: u64,
+    /// The bytes.
+    pub data: Data,
+}
+
+impl StreamChunk {
+    /// Bytes `offset..offset + data.len()` of an image of `total` bytes covering `meta`.
+    #[must_use]
+    pub fn new(
+        from: NodeId,
+        to: NodeId,
+        term: Term,
+        meta: SnapshotMeta,
+        offset: u64,
+        total: u64,
+        data: Data,
+    ) -> StreamChunk {
+        StreamChunk { from, to, term, meta, offset, total, data }
+    }
 }
 
 /// A piece of a snapshot in transfer: bytes `offset..offset + data.len()` of the image that
@@ -135,6 +197,7 @@ impl WireMessage {
             WireMessage::Snapshot { to, .. } => *to,
             WireMessage::SnapshotChunk(c) => c.to,
             WireMessage::SnapshotAck(a) => a.to,
+            WireMessage::SnapshotStream(c) => c.to,
         }
     }
 
@@ -146,17 +209,21 @@ impl WireMessage {
             WireMessage::Snapshot { from, .. } => *from,
             WireMessage::SnapshotChunk(c) => c.from,
             WireMessage::SnapshotAck(a) => a.from,
+            WireMessage::SnapshotStream(c) => c.from,
         }
     }
 }
 
 /// Sends messages to peers. Delivery is best effort: a message may be dropped, delayed,
 /// duplicated or reordered (Raft tolerates all four), so `send` never blocks — an
-/// implementation drops what it cannot queue within its bounds. Received messages are handed
-/// to the recipient's [`Inbox`].
+/// implementation drops what it cannot queue within its bounds, and says so. Pieces of a
+/// snapshot stream ([`WireMessage::SnapshotStream`]) between two peers must keep their order
+/// (a lane of their own, as [`WireMessage::SnapshotChunk`]s have on a real transport).
+/// Received messages are handed to the recipient's [`Inbox`].
 pub trait Network: Send + 'static {
-    /// Queues `msg` for `msg.to()`.
-    fn send(&mut self, msg: WireMessage);
+    /// Queues `msg` for `msg.to()`. Returns false if `msg` was dropped at once (its queue
+    /// is full, or the peer is unknown); a message queued may still be lost on the way.
+    fn send(&mut self, msg: WireMessage) -> bool;
 }
 
 /// The sending side of a node's bounded input queue for messages from peers. Cloneable;
@@ -228,21 +295,21 @@ pub struct MemNetwork {
 }
 
 impl Network for MemNetwork {
-    fn send(&mut self, msg: WireMessage) {
+    fn send(&mut self, msg: WireMessage) -> bool {
         let g = self.router.lock();
         if g.isolated.contains(&msg.to()) || g.isolated.contains(&msg.from()) {
-            return;
+            // Lost on the way: the sender cannot tell.
+            return true;
         }
-        if let Some(inbox) = g.inboxes.get(&msg.to()) {
-            inbox.deliver(msg);
-        }
+        g.inboxes.get(&msg.to()).is_some_and(|inbox| inbox.deliver(msg))
     }
 }
 
 /// A [`Network`] that only collects what is sent, for a driver stepped by hand (the
 /// simulator delivers the messages itself).
 impl Network for Vec<WireMessage> {
-    fn send(&mut self, msg: WireMessage) {
+    fn send(&mut self, msg: WireMessage) -> bool {
         self.push(msg);
+        true
     }
 }

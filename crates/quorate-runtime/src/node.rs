@@ -3,7 +3,7 @@
 use crate::clock::Clock;
 use crate::driver::Core;
 use crate::error::Error;
-use crate::network::{Inbox, Network, WireMessage};
+use crate::network::{Inbox, Network, TransferFormat, WireMessage};
 use crate::replica::{Applier, Config, Jobs, ProposeCallback, ReadCallback, ReadLevel, Replica, Reports, Status};
 use crate::sessions::ClientId;
 use crate::state_machine::StateMachine;
@@ -30,6 +30,7 @@ enum Request<SM: StateMachine> {
     Membership { change: ConfChange, done: ProposeCallback<()> },
     Transfer { to: NodeId, done: oneshot::Sender<Result<(), Error>> },
     Snapshot { done: oneshot::Sender<Result<LogIndex, Error>> },
+    TransferFormat { format: TransferFormat, done: oneshot::Sender<Result<(), Error>> },
     Core { run: CoreCall },
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -265,6 +266,10 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, 
                     Some(Request::Snapshot { done }) => replica.request_snapshot(now, Box::new(move |r| {
                         let _ = done.send(r);
                     })),
+                    Some(Request::TransferFormat { format, done }) => {
+                        replica.set_transfer_format(format);
+                        let _ = done.send(Ok(()));
+                    }
                     Some(Request::Core { run }) => {
                         // A panic there may leave the wrapper half-changed: halt, do not go on.
                         let core = replica.core_wrapper_mut();
@@ -362,6 +367,13 @@ impl<SM: StateMachine> Handle<SM> {
     /// Takes a snapshot of the applied state now and returns the index it covers.
     pub async fn snapshot_now(&self) -> Result<LogIndex, Error> {
         self.call(|tx| Request::Snapshot { done: tx }).await
+    }
+
+    /// Sends snapshots as `format` from now on ([`crate::Replica::set_transfer_format`]): a
+    /// host sets [`TransferFormat::Stream`] while its cluster has members that take only
+    /// streams, and back to acknowledged chunks once they are gone.
+    pub async fn set_transfer_format(&self, format: TransferFormat) -> Result<(), Error> {
+        self.call(|tx| Request::TransferFormat { format, done: tx }).await
     }
 
     /// Runs `f` on the node's core — the wrapper of type `W` it was started with

@@ -14,6 +14,8 @@ pub const KIND_SNAPSHOT: MessageKind = MessageKind(MessageKind::APPLICATION_MIN 
 pub const KIND_SNAPSHOT_CHUNK: MessageKind = MessageKind(MessageKind::APPLICATION_MIN + 2);
 /// The message kind of a follower's answer to a snapshot chunk.
 pub const KIND_SNAPSHOT_ACK: MessageKind = MessageKind(MessageKind::APPLICATION_MIN + 3);
+/// The message kind of a piece of a runtime snapshot stream (sent on the snapshot lane).
+pub const KIND_SNAPSHOT_STREAM: MessageKind = MessageKind(MessageKind::APPLICATION_MIN + 4);
 /// The first message kind left to the application (its client requests and responses).
 pub const KIND_APP_MIN: u16 = MessageKind::APPLICATION_MIN + 0x100;
 
@@ -63,7 +65,7 @@ impl quorate_transport::WireMessage for QuicMessage {
                 .map_err(|e| MessageError::Malformed { kind, detail: e.to_string() })
         };
         match kind {
-            KIND_RAFT | KIND_SNAPSHOT | KIND_SNAPSHOT_CHUNK | KIND_SNAPSHOT_ACK => {
+            KIND_RAFT | KIND_SNAPSHOT | KIND_SNAPSHOT_CHUNK | KIND_SNAPSHOT_ACK | KIND_SNAPSHOT_STREAM => {
                 let m = runtime(payload)?;
                 if runtime_kind(&m) != kind {
                     return Err(MessageError::Malformed { kind, detail: "payload of another kind".into() });
@@ -82,6 +84,7 @@ fn runtime_kind(m: &WireMessage) -> MessageKind {
         WireMessage::Raft(_) => KIND_RAFT,
         WireMessage::SnapshotChunk(_) => KIND_SNAPSHOT_CHUNK,
         WireMessage::SnapshotAck(_) => KIND_SNAPSHOT_ACK,
+        WireMessage::SnapshotStream(_) => KIND_SNAPSHOT_STREAM,
         // `Snapshot`, and any later variant: the snapshot kind.
         _ => KIND_SNAPSHOT,
     }
@@ -105,12 +108,15 @@ impl QuicNetwork {
 }
 
 impl Network for QuicNetwork {
-    fn send(&mut self, msg: WireMessage) {
+    fn send(&mut self, msg: WireMessage) -> bool {
         let to = msg.to();
-        let snapshot = matches!(msg, WireMessage::Snapshot { .. } | WireMessage::SnapshotChunk(_));
+        let snapshot = matches!(
+            msg,
+            WireMessage::Snapshot { .. } | WireMessage::SnapshotChunk(_) | WireMessage::SnapshotStream(_)
+        );
         let m = QuicMessage::Runtime(msg);
-        // Dropped messages are retransmitted by the protocol; nothing else to do.
-        let _ = if snapshot { self.transport.try_send_snapshot(to, m) } else { self.transport.try_send(to, m) };
+        // Dropped messages are retransmitted by the protocol; the sender hears of the drop.
+        if snapshot { self.transport.try_send_snapshot(to, m) } else { self.transport.try_send(to, m) }.is_ok()
     }
 }
 
@@ -169,9 +175,13 @@ mod tests {
             offset: 4,
             status: crate::AckStatus::Staging,
         };
+        let meta = chunk.header.meta.clone();
+        let piece =
+            crate::StreamChunk::new(id, id, quorate_log::Term(3), meta, 2, 5, quorate_log::Data::from(&b"age"[..]));
         for (m, kind) in [
             (QuicMessage::Runtime(WireMessage::SnapshotChunk(chunk)), KIND_SNAPSHOT_CHUNK),
             (QuicMessage::Runtime(WireMessage::SnapshotAck(ack)), KIND_SNAPSHOT_ACK),
+            (QuicMessage::Runtime(WireMessage::SnapshotStream(piece)), KIND_SNAPSHOT_STREAM),
         ] {
             assert_eq!(m.kind(), kind);
             let mut buf = Vec::new();

@@ -11,7 +11,7 @@ use apply::{Job, Start, restore_image};
 
 use crate::driver::Core;
 use crate::error::Error;
-use crate::network::{Network, WireMessage};
+use crate::network::{Network, TransferFormat, WireMessage};
 use crate::sessions::{ClientId, Command, Sessions};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStorage, SnapshotSource};
@@ -74,7 +74,8 @@ pub struct Config {
     pub reads_pending_max: usize,
     /// Bytes of snapshot per chunk sent to a follower (at most [`SNAPSHOT_CHUNK_BYTES_MAX`]).
     pub snapshot_chunk_bytes: usize,
-    /// Most snapshot bytes a leader sends to one follower beyond what it acknowledged.
+    /// Most snapshot bytes a leader sends to one follower beyond what it acknowledged (for a
+    /// stream, which is not answered: what it sends to one follower in one turn).
     pub snapshot_window_bytes: u64,
     /// Snapshot bytes a second this replica sends in chunks, over all followers (`None`: no
     /// limit). A token bucket of one chunk's burst, driven by the passed-in clock.
@@ -88,6 +89,10 @@ pub struct Config {
     /// (and an opening chunk without an answer is sent again). A transfer without any
     /// progress for `raft.snapshot_send_timeout` is given up.
     pub snapshot_chunk_timeout: Duration,
+    /// How this replica sends snapshots when it leads: in acknowledged chunks (the
+    /// default), or as a stream for members that take only that
+    /// ([`Replica::set_transfer_format`] changes it while running).
+    pub snapshot_transfer: TransferFormat,
     /// Most bytes of committed entries handed to a detached state machine's side
     /// ([`Replica::detach_applier`]) and not yet applied: beyond it the replica takes nothing
     /// more from the core (no messages go out either) until that side catches up. The last
@@ -113,6 +118,7 @@ impl Config {
             snapshot_rate_bytes_per_sec: None,
             snapshot_staging_bytes_max: 64 << 30,
             snapshot_chunk_timeout: Duration::from_secs(2),
+            snapshot_transfer: TransferFormat::Acknowledged,
             apply_backlog_bytes_max: 256 << 20,
         }
     }
@@ -256,8 +262,15 @@ pub struct Replica<SM: StateMachine, L: LogStorage, C: Core<L> = Raft<L>> {
     staged: Option<SnapshotMeta>,
     /// The storage's staging (header, durable length), mirrored.
     receiver: Receiver,
-    /// Transfers this leader runs, one per follower.
-    outgoing: BTreeMap<NodeId, (Sender, Arc<dyn SnapshotSource>)>,
+    /// Transfers this leader runs, one per follower: the sender, the image, and whether it
+    /// runs as a stream ([`TransferFormat::Stream`], fixed when it opens).
+    outgoing: BTreeMap<NodeId, (Sender, Arc<dyn SnapshotSource>, bool)>,
+    /// The snapshot stream being received ([`TransferFormat::Stream`]): its leader and term,
+    /// and the CRC-32 of the bytes staged so far (the stream carries none of its own).
+    stream_in: Option<(NodeId, Term, crc32fast::Hasher)>,
+    /// When a stream this leader sends goes on (its last round ended at its budget, or the
+    /// network refused a piece): streams are not answered, so nothing else wakes it.
+    stream_wake: Option<Instant>,
     /// The stored snapshot being sent, opened once (transfers hold their own handle).
     send_cache: Option<Arc<dyn SnapshotSource>>,
     /// The snapshot send rate limit.
@@ -401,6 +414,8 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             staged: None,
             receiver: Receiver::new(staging),
             outgoing: BTreeMap::new(),
+            stream_in: None,
+            stream_wake: None,
             send_cache: None,
             bucket,
             pump_cursor: None,
@@ -543,6 +558,19 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         }
     }
 
+    /// Sends snapshots as `format` from now on (transfers already open finish in theirs). A
+    /// host whose cluster still has members that take only streams sets
+    /// [`TransferFormat::Stream`] until they are gone. Any replica takes both formats.
+    pub fn set_transfer_format(&mut self, format: TransferFormat) {
+        self.cfg.snapshot_transfer = format;
+    }
+
+    /// How this replica sends snapshots ([`Config::snapshot_transfer`]).
+    #[must_use]
+    pub fn transfer_format(&self) -> TransferFormat {
+        self.cfg.snapshot_transfer
+    }
+
     /// Advances the core's timers to `now`.
     pub fn tick(&mut self, now: Instant) {
         if self.core.raft().poll_timeout().is_some_and(|d| d <= now) {
@@ -551,9 +579,10 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     }
 
     /// Hands over a message from a peer. A snapshot chunk is checked and staged (the answer
-    /// goes out in the next [`Replica::process`]); a complete staging is checked (length,
-    /// checksum, the runtime's part decodes) and offered to the core; anything malformed is
-    /// dropped, and so is a whole [`WireMessage::Snapshot`] (no longer taken).
+    /// goes out in the next [`Replica::process`]), and so is a piece of a snapshot stream (in
+    /// order, unanswered); a complete staging is checked (length, checksum, the runtime's
+    /// part decodes) and offered to the core; anything malformed is dropped, and so is a
+    /// whole [`WireMessage::Snapshot`] (no longer taken).
     pub fn receive(&mut self, now: Instant, msg: WireMessage) {
         if self.halted.is_some() {
             return;
@@ -562,6 +591,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             WireMessage::Raft(m) => self.core.handle_message(now, m),
             WireMessage::SnapshotChunk(c) => self.on_chunk(now, c),
             WireMessage::SnapshotAck(a) => self.on_ack(now, a),
+            WireMessage::SnapshotStream(c) => self.on_stream(now, c),
             // A whole snapshot in one message (the first format, no longer sent nor taken:
             // snapshots travel in chunks, staged on disk).
             WireMessage::Snapshot { .. } => self.transfer_stats.chunks_refused += 1,
@@ -1390,8 +1420,9 @@ mod tests {
     }
 
     impl Network for Probe {
-        fn send(&mut self, msg: WireMessage) {
+        fn send(&mut self, msg: WireMessage) -> bool {
             self.sent.push((msg, self.seen.load(std::sync::atomic::Ordering::SeqCst)));
+            true
         }
     }
 

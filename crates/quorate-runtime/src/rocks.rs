@@ -218,6 +218,13 @@ impl LogStorage for RocksLog {
             None => Ok(()),
         }
     }
+
+    fn seal_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
+        crate::storage::check_seal(self.staging.as_ref().map(|(h, at)| (h, *at)), header)?;
+        self.write_staging_state(header, header.total_len)?;
+        self.staging = Some((header.clone(), header.total_len));
+        Ok(())
+    }
 }
 
 /// [`RocksLog`]'s saver: snapshot files are named by index and the newest one the log agrees

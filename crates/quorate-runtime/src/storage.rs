@@ -132,6 +132,26 @@ pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
 
     /// Discards the staging, if any.
     fn abort_staging(&mut self) -> Result<(), StorageError>;
+
+    /// Gives the complete staging its final header `header` — the same snapshot and length,
+    /// and the checksum of the bytes staged, which a snapshot stream
+    /// ([`crate::TransferFormat::Stream`]) makes known only at its end. Durable on return.
+    ///
+    /// # Errors
+    /// No complete staging of `header`'s snapshot and length, or an I/O failure.
+    fn seal_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError>;
+}
+
+/// The error for a [`LogStorage::seal_staging`] of anything but a complete staging of
+/// `header`'s snapshot and length.
+pub(crate) fn check_seal(staging: Option<(&SnapshotHeader, u64)>, header: &SnapshotHeader) -> Result<(), StorageError> {
+    match staging {
+        Some((h, at)) if h.meta == header.meta && h.total_len == header.total_len && at == h.total_len => Ok(()),
+        _ => Err(StorageError::Io(format!(
+            "sealing a staging of snapshot {} ({} bytes) that is not staged complete",
+            header.meta.last.index, header.total_len
+        ))),
+    }
 }
 
 /// The staging error for an append that does not continue the staged prefix.
@@ -359,6 +379,14 @@ impl LogStorage for MemStorage {
 
     fn abort_staging(&mut self) -> Result<(), StorageError> {
         self.staging = None;
+        Ok(())
+    }
+
+    fn seal_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
+        check_seal(self.staging.as_ref().map(|(h, b)| (h, b.len() as u64)), header)?;
+        if let Some((h, _)) = &mut self.staging {
+            *h = header.clone();
+        }
         Ok(())
     }
 }

@@ -56,8 +56,10 @@ pub struct TransferStats {
     /// Chunks dropped or answered without staging: malformed, corrupt, foreign, of another
     /// term, out of order or duplicated.
     pub chunks_refused: u64,
-    /// Snapshots received in chunks and handed over for installing.
+    /// Snapshots received in chunks (or in a stream) and handed over for installing.
     pub installs: u64,
+    /// Of those, snapshots received in a stream ([`crate::TransferFormat::Stream`]).
+    pub stream_installs: u64,
     /// Snapshot images opened from the storage to be sent.
     pub images_read: u64,
 }

@@ -208,6 +208,40 @@ fn a_staged_snapshot_survives_a_reopen_and_is_replaced_by_another_image() {
     assert_eq!(open().staging(), Ok(None));
 }
 
+/// A staging received as a stream starts without the image's checksum; sealed once complete
+/// (and only then), it carries it, also after a reopen, and reads back as that image.
+#[test]
+fn a_complete_staging_is_sealed_with_its_checksum_and_keeps_it_across_a_reopen() {
+    use quorate_log::{EntryId, SnapshotMeta, Term};
+    use quorate_runtime::{LogStorage, SnapshotHeader};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let id = NodeId::new(1).expect("non-zero");
+    let open = || {
+        RocksLog::open(dir.path(), StoreOptions::with_bootstrap(Configuration::with_voters([id]).expect("valid")))
+            .expect("opens")
+    };
+    let image: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+    let meta = SnapshotMeta { last: EntryId::new(Term(2), LogIndex(40)), config: Configuration::default() };
+    let sealed = SnapshotHeader::of(meta.clone(), &image);
+    let unsealed = SnapshotHeader::new(meta.clone(), image.len() as u64, 0);
+    let mut s = open();
+    assert!(s.seal_staging(&sealed).is_err(), "nothing staged");
+    s.begin_staging(&unsealed).expect("begins");
+    s.append_staging(0, &image[..6_000]).expect("appends");
+    assert!(s.seal_staging(&sealed).is_err(), "not complete");
+    s.append_staging(6_000, &image[6_000..]).expect("appends the rest");
+    let elsewhere = SnapshotHeader::new(SnapshotMeta { last: EntryId::new(Term(2), LogIndex(41)), ..meta }, 10_000, 1);
+    assert!(s.seal_staging(&elsewhere).is_err(), "another snapshot");
+    s.seal_staging(&sealed).expect("seals");
+    assert_eq!(s.staging(), Ok(Some((sealed.clone(), 10_000))));
+    drop(s);
+    let s = open();
+    assert_eq!(s.staging(), Ok(Some((sealed.clone(), 10_000))), "sealed, after a reopen");
+    let staged = s.open_staging().expect("readable").expect("a staging");
+    assert_eq!(staged.header(), &sealed);
+    assert_eq!(read_all(staged.as_ref(), 999), image);
+}
+
 /// Three replicas driven by hand: 1 and 3 in memory, 2 on RocksDB (down while `b` is None).
 /// Messages are delivered at the next step.
 struct Trio {

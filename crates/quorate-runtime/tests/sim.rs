@@ -32,7 +32,7 @@ use quorate_core::{Instant, SplitMix64};
 use quorate_log::{Configuration, Data, LogIndex, NodeId};
 use quorate_runtime::{
     AckStatus, Applier, ClientId, Committed, ConfChange, Config, Error, Jobs, LogStorage, MemStorage, ReadLevel,
-    Replica, RestoreError, RuntimeWrites, SnapshotChunk, SnapshotHeader, StateMachine, WireMessage,
+    Replica, RestoreError, RuntimeWrites, SnapshotChunk, SnapshotHeader, StateMachine, TransferFormat, WireMessage,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
@@ -260,6 +260,10 @@ struct SimConfig {
     apply_backlog: Option<u64>,
     /// Chance per step that a live node is asked for a snapshot on demand.
     snapshot_asks: f64,
+    /// `Some(t)`: leaders send snapshots as streams (`TransferFormat::Stream`, as to members
+    /// that take only those) until virtual time `t` ms, then in acknowledged chunks (as a
+    /// host does once those members are gone); `None`: in chunks throughout.
+    stream_until_ms: Option<u64>,
 }
 
 impl SimConfig {
@@ -284,6 +288,11 @@ impl SimConfig {
             apply_lag_ms: if rng.chance(0.5) { Some(rng.below(16)) } else { None },
             apply_backlog: if rng.chance(0.33) { Some(16 + rng.below(128)) } else { None },
             snapshot_asks: 0.002,
+            stream_until_ms: if rng.chance(0.3) {
+                Some(if rng.chance(0.5) { u64::MAX } else { 1_000 + rng.below(4_000) })
+            } else {
+                None
+            },
         }
     }
 }
@@ -372,6 +381,13 @@ struct Summary {
     /// end: an index, an error, or `OutcomeUnknown` when a crash dropped it).
     snapshots_asked: u64,
     snapshots_answered_ok: u64,
+    /// Seeds that sent snapshots as streams, pieces of streams sent, and snapshots installed
+    /// from a stream.
+    stream_seeds: u64,
+    stream_pieces: u64,
+    stream_installs: u64,
+    /// Stream pieces the network refused (offered again later).
+    stream_refusals: u64,
 }
 
 struct Sim<const D: bool, const O: bool = false> {
@@ -397,6 +413,14 @@ struct Sim<const D: bool, const O: bool = false> {
     /// In flight: (delivery time, sequence) → message.
     wire: BTreeMap<(u64, u64), WireMessage>,
     wire_seq: u64,
+    /// The latest delivery time of a stream piece per (from, to): pieces of a stream keep
+    /// their order, as on a transport's snapshot lane.
+    stream_lane: BTreeMap<(NodeId, NodeId), u64>,
+    stream_pieces: u64,
+    stream_offers: u64,
+    stream_refusals: u64,
+    /// Installs from streams counted on replicas that crashed since.
+    stream_installs: u64,
     clients: Vec<Client>,
     replies: Replies,
     history: Vec<Operation>,
@@ -508,6 +532,11 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             isolated_until: vec![0; n],
             wire: BTreeMap::new(),
             wire_seq: 0,
+            stream_lane: BTreeMap::new(),
+            stream_pieces: 0,
+            stream_offers: 0,
+            stream_refusals: 0,
+            stream_installs: 0,
             clients,
             replies: Arc::new(Mutex::new(Vec::new())),
             history: Vec::new(),
@@ -606,6 +635,11 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             chunks_sent: self.chunks_sent,
             chunks_past_first: self.chunks_past_first,
             installs: self.installs + self.nodes.iter().flatten().map(|r| r.transfer_stats().installs).sum::<u64>(),
+            stream_seeds: u64::from(self.cfg.stream_until_ms.is_some()),
+            stream_pieces: self.stream_pieces,
+            stream_refusals: self.stream_refusals,
+            stream_installs: self.stream_installs
+                + self.nodes.iter().flatten().map(|r| r.transfer_stats().stream_installs).sum::<u64>(),
             conf_changes: self.conf_changes,
             max_applied: by_index.keys().last().copied().unwrap_or(LogIndex::ZERO),
             restores_died: self.kv_disks.iter().map(|d| d.lock().expect("unpoisoned").restores_died).sum(),
@@ -669,6 +703,16 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             }
         }
         self.faults();
+        // Streams while the cluster "has members that take only those", then chunks.
+        let format = match self.cfg.stream_until_ms {
+            Some(t) if self.now < t.saturating_mul(MS) => TransferFormat::Stream,
+            _ => TransferFormat::Acknowledged,
+        };
+        for r in self.nodes.iter_mut().flatten() {
+            if r.transfer_format() != format {
+                r.set_transfer_format(format);
+            }
+        }
         self.run_appliers();
         for r in self.nodes.iter_mut().flatten() {
             r.tick(now);
@@ -701,8 +745,17 @@ impl<const D: bool, const O: bool> Sim<D, O> {
         let now = Instant(self.now);
         for i in 0..self.nodes.len() {
             let Some(r) = &mut self.nodes[i] else { continue };
-            let mut out: Vec<WireMessage> = Vec::new();
-            r.process(now, &mut out);
+            // A full queue on the stream's lane now and then (the leader offers the piece
+            // again later).
+            let mut net = LabNet {
+                out: Vec::new(),
+                refuse_every: self.cfg.stream_until_ms.map(|_| 7),
+                offers: self.stream_offers,
+                refusals: self.stream_refusals,
+            };
+            r.process(now, &mut net);
+            (self.stream_offers, self.stream_refusals) = (net.offers, net.refusals);
+            let out = net.out;
             if let Some(lag) = self.cfg.apply_lag_ms {
                 let jobs = r.take_jobs();
                 if !jobs.is_empty() {
@@ -737,6 +790,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             let mut disk = r.storage().clone();
             disk.crash();
             self.installs += r.transfer_stats().installs;
+            self.stream_installs += r.transfer_stats().stream_installs;
             self.backlog_stops += r.apply_backlog().1;
             drop(r);
             self.disks[i] = Some(disk);
@@ -746,6 +800,22 @@ impl<const D: bool, const O: bool> Sim<D, O> {
     }
 
     fn route(&mut self, msg: WireMessage) {
+        if let WireMessage::SnapshotStream(c) = &msg {
+            // A stream's lane: in order, never duplicated; a piece lost (a dropped
+            // connection) breaks the stream.
+            self.stream_pieces += 1;
+            if self.faults_on() && self.rng.chance(self.cfg.loss + self.cfg.chunk_loss / 4.0) {
+                return;
+            }
+            let (lo, hi) = self.cfg.delay_ms;
+            let delay = lo * MS + self.rng.below((hi - lo) * MS + 1);
+            let lane = self.stream_lane.entry((c.from, c.to)).or_insert(0);
+            let at = (self.now + delay).max(*lane);
+            *lane = at;
+            self.wire_seq += 1;
+            self.wire.insert((at, self.wire_seq), msg);
+            return;
+        }
         let chunk = matches!(msg, WireMessage::SnapshotChunk(_));
         if let WireMessage::SnapshotChunk(c) = &msg
             && !c.data.is_empty()
@@ -1146,6 +1216,10 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         backlog_stops: 0,
         snapshots_asked: 0,
         snapshots_answered_ok: 0,
+        stream_seeds: 0,
+        stream_pieces: 0,
+        stream_installs: 0,
+        stream_refusals: 0,
     };
     for &seed in &seeds {
         match run_seed::<D, O>(seed) {
@@ -1169,6 +1243,10 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
                 total.backlog_stops += s.backlog_stops;
                 total.snapshots_asked += s.snapshots_asked;
                 total.snapshots_answered_ok += s.snapshots_answered_ok;
+                total.stream_seeds += s.stream_seeds;
+                total.stream_pieces += s.stream_pieces;
+                total.stream_installs += s.stream_installs;
+                total.stream_refusals += s.stream_refusals;
                 total.apply_backlog_peak = total.apply_backlog_peak.max(s.apply_backlog_peak);
             }
             Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed, test)),
@@ -1188,6 +1266,9 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         assert!(total.detached >= n as u64 / 4 && total.apply_backlog_peak >= 2, "{total:?}");
         // Small backlogs filled up under load, and hosts asked for snapshots.
         assert!(total.backlog_stops > 0 && total.snapshots_answered_ok > 0, "{total:?}");
+        // Snapshots went as streams in some seeds, and streams were installed.
+        assert!(total.stream_seeds >= n as u64 / 10 && total.stream_installs > 0, "{total:?}");
+        assert!(total.stream_refusals > 0, "{total:?}");
     }
     total
 }
@@ -1335,6 +1416,41 @@ struct Lab {
     delivered: BTreeMap<usize, u64>,
     /// Isolate this node as soon as this many data chunks were delivered to it.
     cut_after: Option<(usize, u64)>,
+    /// Pieces of snapshot streams sent: (time, to, offset).
+    streamed: Vec<(u64, usize, u64)>,
+    /// Lose the first stream piece sent at this offset (a connection dropped mid-stream).
+    lose_stream_piece: Option<u64>,
+    /// Lose every stream piece sent before this time.
+    lose_streams_until: u64,
+    /// The network refuses every n-th stream piece a replica offers (its queue is full).
+    refuse_stream_every: Option<u64>,
+    stream_offers: u64,
+    stream_refusals: u64,
+    /// Answers to chunks sent.
+    acks_sent: u64,
+}
+
+/// The lab's network as a replica sees it: collects what is sent, and refuses stream pieces
+/// as the lab says.
+struct LabNet {
+    out: Vec<WireMessage>,
+    refuse_every: Option<u64>,
+    offers: u64,
+    refusals: u64,
+}
+
+impl quorate_runtime::Network for LabNet {
+    fn send(&mut self, msg: WireMessage) -> bool {
+        if matches!(msg, WireMessage::SnapshotStream(_)) {
+            self.offers += 1;
+            if self.refuse_every.is_some_and(|n| self.offers.is_multiple_of(n)) {
+                self.refusals += 1;
+                return false;
+            }
+        }
+        self.out.push(msg);
+        true
+    }
 }
 
 fn lab_config(id: NodeId) -> Config {
@@ -1376,6 +1492,13 @@ impl Lab {
             sent: Vec::new(),
             delivered: BTreeMap::new(),
             cut_after: None,
+            streamed: Vec::new(),
+            lose_stream_piece: None,
+            lose_streams_until: 0,
+            refuse_stream_every: None,
+            stream_offers: 0,
+            stream_refusals: 0,
+            acks_sent: 0,
         }
     }
 
@@ -1435,15 +1558,35 @@ impl Lab {
         let now = Instant(self.now);
         for i in 0..self.nodes.len() {
             let Some(r) = &mut self.nodes[i] else { continue };
-            let mut out: Vec<WireMessage> = Vec::new();
-            r.process(now, &mut out);
-            for msg in out {
+            let mut net = LabNet {
+                out: Vec::new(),
+                refuse_every: self.refuse_stream_every,
+                offers: self.stream_offers,
+                refusals: self.stream_refusals,
+            };
+            r.process(now, &mut net);
+            (self.stream_offers, self.stream_refusals) = (net.offers, net.refusals);
+            for msg in net.out {
                 self.send(msg);
             }
         }
     }
 
     fn send(&mut self, msg: WireMessage) {
+        if matches!(msg, WireMessage::SnapshotAck(_)) {
+            self.acks_sent += 1;
+        }
+        if let WireMessage::SnapshotStream(c) = &msg {
+            let to = self.index(c.to);
+            self.streamed.push((self.now, to, c.offset));
+            if self.lose_stream_piece == Some(c.offset) {
+                self.lose_stream_piece = None;
+                return;
+            }
+            if self.now < self.lose_streams_until {
+                return;
+            }
+        }
         if let WireMessage::SnapshotChunk(c) = &msg
             && !c.data.is_empty()
         {
@@ -1990,4 +2133,274 @@ fn a_follower_that_restarts_its_staging_is_served_from_its_offset_at_once() {
     assert_eq!(sent[0].chunk.offset, at, "first the rest of the staged image");
     assert!(sent.iter().any(|s| s.chunk.offset == 0), "then all of it again");
     assert_eq!(lab.node(f).transfer_stats().installs, 1);
+}
+
+fn stream_config(id: NodeId) -> Config {
+    let mut cfg = lab_config(id);
+    cfg.snapshot_transfer = TransferFormat::Stream;
+    cfg
+}
+
+/// Offsets of the stream pieces sent to `to` from `since` on.
+fn stream_offsets(lab: &Lab, to: usize, since: u64) -> Vec<u64> {
+    lab.streamed.iter().filter(|(at, t, _)| *at >= since && *t == to).map(|(_, _, o)| *o).collect()
+}
+
+#[test]
+fn a_snapshot_stream_installs_on_a_lagging_follower_without_answers() {
+    let (mut lab, l, f) = lagging(stream_config);
+    let healed = lab.now;
+    let acks = lab.acks_sent;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    assert!(lab.chunks_to(f, healed).is_empty(), "no acknowledged chunk was sent");
+    let offsets = stream_offsets(&lab, f, healed);
+    assert!(offsets.len() > 10, "the stream spans many pieces: {offsets:?}");
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + CHUNK as u64), "in order, each piece once: {offsets:?}");
+    assert_eq!(lab.acks_sent, acks, "a stream is not answered");
+    let stats = lab.node(f).transfer_stats();
+    assert_eq!((stats.installs, stats.stream_installs), (1, 1));
+    assert_eq!(lab.node(f).storage().staging(), Ok(None), "nothing left staged");
+    // The installed image carries the checksum of its bytes (computed as they arrived), so
+    // this follower can send it on in acknowledged chunks when it leads.
+    let (header, image) = lab.node(f).storage().snapshot_bytes().expect("a snapshot");
+    assert_eq!(SnapshotHeader::of(header.meta.clone(), &image), header);
+}
+
+#[test]
+fn a_broken_stream_is_sent_again_from_the_start() {
+    let (mut lab, l, f) = lagging(stream_config);
+    let healed = lab.now;
+    lab.lose_stream_piece = Some(4 * CHUNK as u64);
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(10_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let offsets = stream_offsets(&lab, f, healed);
+    let starts = offsets.iter().filter(|o| **o == 0).count();
+    assert!(starts >= 2, "the stream started over after the lost piece: {offsets:?}");
+    let stats = lab.node(f).transfer_stats();
+    assert!(stats.chunks_refused >= 1, "the pieces after the gap were refused: {stats:?}");
+    assert_eq!((stats.installs, stats.stream_installs), (1, 1));
+    assert_eq!(lab.node(f).storage().staging(), Ok(None));
+}
+
+#[test]
+fn stream_pieces_the_network_refuses_are_offered_again_in_order() {
+    let (mut lab, l, f) = lagging(stream_config);
+    let healed = lab.now;
+    lab.refuse_stream_every = Some(3);
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    assert!(lab.stream_refusals >= 3, "the network refused pieces: {}", lab.stream_refusals);
+    let offsets = stream_offsets(&lab, f, healed);
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + CHUNK as u64), "no gap, no repeat: {offsets:?}");
+    let stats = lab.node(f).transfer_stats();
+    assert_eq!(stats.chunks_refused, 0, "every piece arrived in order: {stats:?}");
+    assert_eq!((stats.installs, stats.stream_installs), (1, 1));
+}
+
+#[test]
+fn stray_stream_pieces_are_refused_unanswered_and_a_gap_drops_the_stream() {
+    let (mut lab, l, f) = lagging(stream_config);
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    let staged_two = |lab: &Lab| lab_staging(lab, f).is_some_and(|(_, at)| at >= 2 * CHUNK as u64);
+    assert!(lab.run_until(5_000, staged_two), "the stream began");
+    // Cut it off: what arrives now is only what the test sends.
+    lab.isolated.insert(f);
+    let (header, image) = lab.node(l).storage().snapshot_bytes().expect("the leader's snapshot");
+    let (staged_header, staged) = lab_staging(&lab, f).expect("a staging");
+    assert_eq!(staged_header.meta, header.meta, "the image in transfer");
+    let term = lab.node(l).status().term;
+    // A piece of `len` bytes of the image from `at`, claiming to be at `offset`.
+    let ids = lab.ids.clone();
+    let piece = |from: usize, term: quorate_log::Term, offset: u64, at: usize, len: usize| {
+        WireMessage::SnapshotStream(quorate_runtime::StreamChunk::new(
+            ids[from],
+            ids[f],
+            term,
+            header.meta.clone(),
+            offset,
+            header.total_len,
+            Data::copy_from(&image[at..at + len]),
+        ))
+    };
+    let other = (0..3).find(|i| *i != l && *i != f).expect("a third node");
+    let total = header.total_len;
+    let at = usize::try_from(staged).expect("small");
+    let acks = lab.acks_sent;
+    let refused = lab.node(f).transfer_stats().chunks_refused;
+    let stays: Vec<(&str, WireMessage)> = vec![
+        ("a piece from a node that does not lead", piece(other, term, staged, at, CHUNK)),
+        ("a piece of another term", piece(l, quorate_log::Term(term.0 + 1), staged, at, CHUNK)),
+        ("an empty piece", piece(l, term, staged, at, 0)),
+        ("bytes beyond the image", piece(l, term, total - 10, 0, 100)),
+        ("an offset that overflows", piece(l, term, u64::MAX - 10, 0, 100)),
+    ];
+    let now = Instant(lab.now);
+    for (what, msg) in stays {
+        lab.node_mut(f).receive(now, msg);
+        assert_eq!(lab_staging(&lab, f).map(|(_, at)| at), Some(staged), "{what}: the staging is unchanged");
+    }
+    assert_eq!(lab.node(f).transfer_stats().chunks_refused, refused + 5, "each was refused");
+    // A piece of another image at the staged offset breaks the stream too.
+    let mut foreign = piece(l, term, staged, at, CHUNK);
+    if let WireMessage::SnapshotStream(c) = &mut foreign {
+        c.total += 1;
+    }
+    lab.node_mut(f).receive(now, foreign);
+    assert_eq!(lab_staging(&lab, f), None, "another image dropped the stream");
+    lab.node_mut(f).receive(now, piece(l, term, 0, 0, CHUNK));
+    lab.node_mut(f).receive(now, piece(l, term, CHUNK as u64, CHUNK, CHUNK));
+    let staged = 2 * CHUNK as u64;
+    let at = 2 * CHUNK;
+    assert_eq!(lab_staging(&lab, f).map(|(_, at)| at), Some(staged), "a stream started again");
+    // A gap breaks the stream: its staging goes (the leader sends it again from 0).
+    lab.node_mut(f).receive(now, piece(l, term, staged + CHUNK as u64, at + CHUNK, CHUNK));
+    assert_eq!(lab_staging(&lab, f), None, "a gap dropped the stream");
+    // A piece at 0 starts it again.
+    lab.node_mut(f).receive(now, piece(l, term, 0, 0, CHUNK));
+    assert_eq!(lab_staging(&lab, f).map(|(_, at)| at), Some(CHUNK as u64), "a new stream");
+    lab.process();
+    assert_eq!(lab.acks_sent, acks, "nothing was answered");
+    // And the real one gets through once the follower hears the leader again.
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(10_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    assert!(stream_offsets(&lab, f, healed).len() > 2);
+}
+
+#[test]
+fn a_leader_switched_to_acknowledged_chunks_finishes_its_stream_and_then_sends_chunks() {
+    let (mut lab, l, f) = lagging(stream_config);
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| !stream_offsets(lab, f, healed).is_empty()), "the stream began");
+    lab.node_mut(l).set_transfer_format(TransferFormat::Acknowledged);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    assert!(lab.chunks_to(f, healed).is_empty(), "the stream in progress was finished as a stream");
+    assert_eq!(lab.node(f).transfer_stats().stream_installs, 1);
+    // The next lagging follower gets chunks.
+    let g = (0..3).find(|i| *i != l && *i != f).expect("a third node");
+    lab.isolated.insert(g);
+    lab.write(60, 300);
+    let floor_past = |lab: &Lab| lab.node(l).status().snapshot_index > lab.node(g).core().last_index();
+    assert!(lab.run_until(2_000, floor_past), "the leader compacted past the other follower's log");
+    let again = lab.now;
+    lab.isolated.remove(&g);
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, g)), "the other follower caught up");
+    assert!(!lab.chunks_to(g, again).is_empty(), "in acknowledged chunks");
+    assert!(stream_offsets(&lab, g, again).is_empty(), "no stream");
+    assert_eq!(lab.node(g).transfer_stats().stream_installs, 0);
+    assert_eq!(lab.node(g).transfer_stats().installs, 1);
+}
+
+#[test]
+fn a_follower_restarted_mid_stream_refuses_the_rest_and_takes_the_stream_again_from_the_start() {
+    let (mut lab, l, f) = lagging(stream_config);
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    let staged_three = |lab: &Lab| lab_staging(lab, f).is_some_and(|(_, at)| at >= 3 * CHUNK as u64);
+    assert!(lab.run_until(5_000, staged_three), "the stream began");
+    let (_, prefix) = lab_staging(&lab, f).expect("a staging");
+    lab.crash(f);
+    lab.restart(f);
+    // The leader's pieces are lost for a while, until the follower knows the leader again.
+    lab.lose_streams_until = lab.now + 300 * MS;
+    let knows = |lab: &Lab| lab.node(f).status().leader == Some(lab.ids[l]);
+    assert!(lab.run_until(250, knows), "the follower heard from the leader");
+    assert_eq!(lab_staging(&lab, f).map(|(_, at)| at), Some(prefix), "the staged prefix survived the restart");
+    // The piece that continues the staged prefix, from the leader, in its term: refused —
+    // this replica lost the stream's start, and with it the checksum of the prefix.
+    let (header, image) = lab.node(l).storage().snapshot_bytes().expect("the leader's snapshot");
+    let at = usize::try_from(prefix).expect("small");
+    let next = quorate_runtime::StreamChunk::new(
+        lab.ids[l],
+        lab.ids[f],
+        lab.node(l).status().term,
+        header.meta.clone(),
+        prefix,
+        header.total_len,
+        Data::copy_from(&image[at..at + CHUNK]),
+    );
+    let refused = lab.node(f).transfer_stats().chunks_refused;
+    let now = Instant(lab.now);
+    lab.node_mut(f).receive(now, WireMessage::SnapshotStream(next));
+    assert_eq!(lab.node(f).transfer_stats().chunks_refused, refused + 1);
+    assert_eq!(lab_staging(&lab, f).map(|(_, at)| at), Some(prefix), "nothing staged onto the prefix");
+    assert!(lab.run_until(10_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let starts = stream_offsets(&lab, f, healed).iter().filter(|o| **o == 0).count();
+    assert!(starts >= 2, "the stream started again");
+    assert_eq!(lab.node(f).transfer_stats().stream_installs, 1);
+    let (header, image) = lab.node(f).storage().snapshot_bytes().expect("a snapshot");
+    assert_eq!(SnapshotHeader::of(header.meta.clone(), &image), header, "its checksum is its bytes'");
+}
+
+/// A stream is never answered: an answer that reaches the leader anyway (a late one of an
+/// earlier chunked transfer of the same image, or a forged one) does not move the stream.
+#[test]
+fn answers_do_not_move_a_stream() {
+    let (mut lab, l, f) = lagging(stream_config);
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(5_000, |lab| stream_offsets(lab, f, healed).len() >= 2), "the stream began");
+    let (header, _) = lab.node(l).storage().snapshot_bytes().expect("the leader's snapshot");
+    let term = lab.node(l).status().term;
+    let now = Instant(lab.now);
+    for (offset, status) in [
+        (header.total_len - 1, AckStatus::Staging),
+        (header.total_len, AckStatus::Installed),
+        (0, AckStatus::Refused),
+        (0, AckStatus::Restart),
+    ] {
+        let a = quorate_runtime::SnapshotAck::new(lab.ids[f], lab.ids[l], term, &header, offset, status);
+        lab.node_mut(l).receive(now, WireMessage::SnapshotAck(a));
+    }
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
+    let offsets = stream_offsets(&lab, f, healed);
+    assert_eq!(offsets.iter().filter(|o| **o == 0).count(), 1, "one stream, never restarted: {offsets:?}");
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + CHUNK as u64), "no piece skipped: {offsets:?}");
+    assert_eq!(lab.node(f).transfer_stats().stream_installs, 1);
+}
+
+/// A stream of an image over the follower's staging limit is refused piece by piece, and
+/// nothing of it is staged.
+#[test]
+fn a_stream_over_the_staging_limit_is_refused_without_staging() {
+    let (mut lab, _, f) = lagging(|id| {
+        let mut cfg = stream_config(id);
+        cfg.snapshot_staging_bytes_max = 4 * CHUNK as u64;
+        cfg
+    });
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(3_000, |lab| stream_offsets(lab, f, healed).len() > 5), "the leader streams");
+    lab.run_for(500);
+    assert_eq!(lab_staging(&lab, f), None, "nothing staged");
+    let stats = lab.node(f).transfer_stats();
+    assert!(stats.chunks_refused > 5 && stats.installs == 0, "{stats:?}");
+}
+
+/// A stream is not answered, so nothing from the follower wakes its leader: a leader whose
+/// round ended at its budget asks to go on at once, and one whose piece the network refused
+/// asks to try again shortly — not at its next heartbeat.
+#[test]
+fn a_leader_streaming_asks_to_be_woken_to_go_on() {
+    let (mut lab, l, f) = lagging(|id| {
+        let mut cfg = stream_config(id);
+        cfg.snapshot_window_bytes = CHUNK as u64;
+        cfg
+    });
+    let healed = lab.now;
+    lab.isolated.remove(&f);
+    assert!(lab.run_until(3_000, |lab| !stream_offsets(lab, f, healed).is_empty()), "the stream began");
+    let due = lab.node(l).next_deadline().expect("a deadline");
+    assert!(due.0 <= lab.now, "the next round at once: due at {due:?}, now {}", lab.now);
+    lab.refuse_stream_every = Some(1);
+    let sent = stream_offsets(&lab, f, healed).len();
+    lab.process();
+    assert_eq!(stream_offsets(&lab, f, healed).len(), sent, "the network took nothing");
+    let due = lab.node(l).next_deadline().expect("a deadline");
+    assert!(due.0 > lab.now && due.0 <= lab.now + 5 * MS, "again in a moment: due at {due:?}, now {}", lab.now);
+    lab.refuse_stream_every = None;
+    assert!(lab.run_until(5_000, |lab| caught_up(lab, l, f)), "the follower caught up");
 }

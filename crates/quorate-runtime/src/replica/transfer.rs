@@ -34,16 +34,30 @@
 //! ([`crate::LogStorage::persist`] takes it as the snapshot). A follower that starts an image over (its staging lost, or
 //! the whole image failing its CRC) answers `AckStatus::Restart`, and the leader sends from
 //! the follower's offset at once.
+//!
+//! **Streams** ([`TransferFormat::Stream`], for members that take nothing else). The leader
+//! runs the same [`Sender`] and answers it itself: its opening at offset 0, and each piece the
+//! network took ([`Network::send`] returned true; a refused one is offered again 5 ms later).
+//! Answers from the follower never reach a stream (any that arrive are stale). A round sends
+//! at most `snapshot_window_bytes` to one follower and asks to be woken at once for the next;
+//! a stream sent to its end is done (the core hears of the install from the follower, or
+//! asks again). The follower stages a stream's pieces in order from a piece at 0 through the
+//! same [`Receiver`], with a placeholder checksum, computing the CRC-32 as they arrive; any
+//! other piece (a gap, another image, a stream whose start it did not see) drops the stream.
+//! The complete staging is sealed with its CRC ([`LogStorage::seal_staging`]), then checked
+//! and installed as above; nothing is answered.
 
 use super::Replica;
 use crate::driver::Core;
-use crate::network::{AckStatus, Network, SnapshotAck, SnapshotChunk, WireMessage};
+use crate::network::{AckStatus, Network, SnapshotAck, SnapshotChunk, StreamChunk, TransferFormat, WireMessage};
 use crate::sessions::read_image_prefix;
 use crate::state_machine::StateMachine;
 use crate::storage::{ImageReader, LogStorage, SnapshotHeader, SnapshotSource};
-use crate::transfer::{Ack, AckOutcome, Piece, Received, SendLimits, Sender, Staging, Transmit};
+use crate::transfer::{
+    Ack, AckOutcome, Piece, Received, SNAPSHOT_CHUNK_BYTES_MAX, SendLimits, Sender, Staging, Transmit,
+};
 use quorate_core::{Instant, Role, SendSnapshot};
-use quorate_log::{Data, NodeId, SnapshotMeta, StorageError};
+use quorate_log::{Data, NodeId, SnapshotMeta, StorageError, Term};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -64,6 +78,9 @@ impl<L: LogStorage> Staging for StorageStaging<'_, L> {
     }
 }
 
+/// How long a leader waits before offering a stream piece again that the network refused.
+const STREAM_REFUSED_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     fn send_limits(&self) -> SendLimits {
         SendLimits::new(
@@ -77,10 +94,15 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     pub(super) fn start_transfer(&mut self, now: Instant, s: SendSnapshot) {
         let term = self.core.raft().term();
         let give_up = self.cfg.raft.snapshot_send_timeout;
-        if let Some((t, _)) = self.outgoing.get_mut(&s.to)
+        let stream = self.cfg.snapshot_transfer == TransferFormat::Stream;
+        if let Some((t, _, was_stream)) = self.outgoing.get_mut(&s.to)
             && t.term() == term
         {
-            if t.header().meta.last == s.meta.last {
+            // A transfer still waiting for its first answer in the other format than the
+            // one configured now is opened again in this one (a member that takes only
+            // streams never answers a chunk).
+            let same_format = *was_stream == stream || !t.is_probing();
+            if t.header().meta.last == s.meta.last && same_format {
                 // Asked again (the core's own timeout, measured from the start, fired during
                 // a long transfer): this one goes on; an unanswered opening chunk goes out
                 // again now.
@@ -107,7 +129,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         };
         let header = source.header().clone();
         let t = Sender::new(term, header, now, &mut self.transfer_stats);
-        self.outgoing.insert(s.to, (t, source));
+        self.outgoing.insert(s.to, (t, source, stream));
     }
 
     /// The stored snapshot for `meta`, opened (once, shared by the transfers).
@@ -138,6 +160,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             // is saved, so that asking again does not read and hash it again.)
             self.send_cache = None;
         }
+        self.stream_wake = None;
         if self.outgoing.is_empty() {
             return;
         }
@@ -146,6 +169,8 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         let limits = self.send_limits();
         let give_up = self.cfg.raft.snapshot_send_timeout;
         let mut failed: Vec<(NodeId, bool)> = Vec::new();
+        let mut streamed: Vec<NodeId> = Vec::new();
+        let mut wake: Option<Instant> = None;
         let mut unreadable = false;
         let stats = &mut self.transfer_stats;
         // One bucket for all: each round starts after the follower served last, so that
@@ -160,7 +185,8 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             None => self.outgoing.keys().copied().collect(),
         };
         for to in order {
-            let Some((t, source)) = self.outgoing.get_mut(&to) else { continue };
+            let Some((t, source, stream)) = self.outgoing.get_mut(&to) else { continue };
+            let stream = *stream;
             if t.term() != term {
                 failed.push((to, false));
                 continue;
@@ -170,8 +196,18 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
                 continue;
             }
             t.start_round(now);
+            // A stream is not answered: the leader acknowledges each piece the network took,
+            // so only the rate and this budget per round (a window's worth) bound a round.
+            let mut budget = limits.window_bytes;
             while let Some(out) = t.poll_transmit(now, &limits, self.bucket.as_mut()) {
                 let (offset, len) = match out {
+                    Transmit::Probe if stream => {
+                        // A stream always starts at 0: the leader answers its own opening.
+                        let h = t.header();
+                        let open = Ack::new(term, (h.meta.last, h.checksum), 0, AckStatus::Staging);
+                        let _ = t.handle_ack(now, open, &limits, stats);
+                        continue;
+                    }
                     Transmit::Probe => {
                         let c = SnapshotChunk::new(me, to, term, t.header().clone(), 0, Data::from(Vec::new()));
                         net.send(WireMessage::SnapshotChunk(c));
@@ -188,6 +224,33 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
                     break;
                 }
                 let data = Data::from(buf);
+                if stream {
+                    let h = t.header();
+                    let total = h.total_len;
+                    let (meta, image) = (h.meta.clone(), (h.meta.last, h.checksum));
+                    let piece = StreamChunk::new(me, to, term, meta, offset, total, data);
+                    if !net.send(WireMessage::SnapshotStream(piece)) {
+                        // Not taken: this piece goes again in a later round (a gap would
+                        // break the stream), after the network had a moment to drain.
+                        let at = now.saturating_add(STREAM_REFUSED_PAUSE);
+                        wake = Some(wake.map_or(at, |w| w.min(at)));
+                        break;
+                    }
+                    self.pump_cursor = Some(to);
+                    t.sent(offset, len, stats);
+                    let _ = t.handle_ack(now, Ack::new(term, image, offset + len, AckStatus::Staging), &limits, stats);
+                    if offset + len == total {
+                        streamed.push(to);
+                        break;
+                    }
+                    budget = budget.saturating_sub(len);
+                    if budget == 0 {
+                        // The next round goes on at once, in the host's next turn.
+                        wake = Some(now);
+                        break;
+                    }
+                    continue;
+                }
                 net.send(WireMessage::SnapshotChunk(SnapshotChunk::new(
                     me,
                     to,
@@ -203,6 +266,12 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         if unreadable {
             self.send_cache = None;
         }
+        // A stream sent to its end: the core hears of the install through the follower's
+        // append acknowledgement, or asks again after its timeout.
+        for to in streamed {
+            self.outgoing.remove(&to);
+        }
+        self.stream_wake = wake;
         for (to, stalled) in failed {
             self.outgoing.remove(&to);
             if stalled {
@@ -215,7 +284,8 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// When a transfer next needs the replica's attention.
     pub(super) fn transfer_deadline(&self) -> Option<Instant> {
         let give_up = self.cfg.raft.snapshot_send_timeout;
-        self.outgoing.values().filter_map(|(t, _)| t.deadline(give_up)).min()
+        let transfers = self.outgoing.values().filter_map(|(t, _, _)| t.deadline(give_up)).min();
+        [transfers, self.stream_wake].into_iter().flatten().min()
     }
 
     /// A follower's answer to a chunk.
@@ -225,7 +295,9 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             return;
         }
         let limits = self.send_limits();
-        let Some((t, _)) = self.outgoing.get_mut(&a.from) else { return };
+        // A stream is never answered: an answer to it is a stale one of an earlier chunked
+        // transfer, and would move it past what the follower staged.
+        let Some((t, _, false)) = self.outgoing.get_mut(&a.from) else { return };
         let ack = Ack::new(a.term, (a.last, a.checksum), a.offset, a.status);
         match t.handle_ack(now, ack, &limits, &mut self.transfer_stats) {
             AckOutcome::Installed => {
@@ -278,6 +350,10 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             self.outbox.push(ack(h.total_len, AckStatus::Installed));
             return;
         }
+        // An acknowledged transfer that starts replaces a stream being received.
+        if c.offset == 0 {
+            self.stream_in = None;
+        }
         let max = self.cfg.snapshot_staging_bytes_max;
         let mut stage = StorageStaging(self.core.storage_mut());
         match self.receiver.receive(piece, max, &mut stage, &mut self.transfer_stats) {
@@ -287,27 +363,129 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             }
             Received::Complete => {}
         }
-        // Complete: check the whole image (streamed from the staging) before the core hears
-        // of it.
+        if let Some((offset, status)) = self.install_staging(now, c.from, c.term, h) {
+            self.outbox.push(ack(offset, status));
+        }
+    }
+
+    /// A complete staging of `h`: checks the whole image (streamed from the staging) before
+    /// the core hears of it, and offers it to the core. The answer for the leader, if any.
+    fn install_staging(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        term: Term,
+        h: &SnapshotHeader,
+    ) -> Option<(u64, AckStatus)> {
         if let Err((offset, status)) = self.check_staging(h) {
             // Damaged at rest or assembled wrongly (`Restart`: start over, and tell the
             // leader), unreadable or not an image of this runtime (`Refused`).
             self.drop_staging();
-            self.outbox.push(ack(offset, status));
-            return;
+            return Some((offset, status));
         }
-        match self.core.install_snapshot(now, c.from, c.term, h.meta.clone()) {
+        match self.core.install_snapshot(now, from, term, h.meta.clone()) {
             Ok(true) => {
                 self.staged = Some(h.meta.clone());
                 self.transfer_stats.installs += 1;
-                self.outbox.push(ack(h.total_len, AckStatus::Installed));
+                Some((h.total_len, AckStatus::Installed))
             }
             Ok(false) => {
                 self.drop_staging();
-                self.outbox.push(ack(h.total_len, AckStatus::Installed));
+                Some((h.total_len, AckStatus::Installed))
             }
             // A stale term or a halted core: nothing to answer.
-            Err(_) => self.drop_staging(),
+            Err(_) => {
+                self.drop_staging();
+                None
+            }
+        }
+    }
+
+    /// A piece of a snapshot stream from the leader ([`TransferFormat::Stream`]): staged
+    /// only in order from offset 0 (a piece at 0 starts the stream over; one at any other
+    /// offset than the staged length drops the stream until the leader starts it again), and
+    /// never answered. The image's checksum is computed as the pieces are staged; the
+    /// complete staging gets it ([`LogStorage::seal_staging`]) and is then checked and
+    /// installed like a chunked one.
+    pub(super) fn on_stream(&mut self, now: Instant, c: StreamChunk) {
+        let me = self.core.raft().id();
+        let from_leader = c.to == me
+            && c.term == self.core.raft().term()
+            && self.core.raft().leader() == Some(c.from)
+            && self.core.raft().role() != Role::Leader;
+        let len = c.data.len() as u64;
+        let end = c.offset.checked_add(len);
+        let well_formed = !c.data.is_empty()
+            && c.data.len() <= SNAPSHOT_CHUNK_BYTES_MAX
+            && c.meta.last.index > quorate_log::LogIndex::ZERO
+            && end.is_some_and(|e| e <= c.total);
+        if !from_leader || !well_formed || self.staged.is_some() || c.total > self.cfg.snapshot_staging_bytes_max {
+            self.transfer_stats.chunks_refused += 1;
+            return;
+        }
+        // The stream's image as the staging knows it until its end (checksum unknown).
+        let open = SnapshotHeader::new(c.meta.clone(), c.total, 0);
+        if c.meta.last.index <= self.core.raft().commit_index() {
+            // Everything it covers is committed here already: nothing to stage. At the
+            // stream's start the core answers the leader with an append acknowledgement.
+            if c.offset == 0 {
+                if self.stream_in.is_some() {
+                    self.stream_in = None;
+                    self.drop_staging();
+                }
+                let _ = self.core.install_snapshot(now, c.from, c.term, c.meta.clone());
+            }
+            return;
+        }
+        let continues = matches!(&self.stream_in, Some((f, t, _)) if *f == c.from && *t == c.term)
+            && self.receiver.staging().is_some_and(|(h, at)| *h == open && *at == c.offset);
+        if c.offset == 0 {
+            // The leader starts (or starts again) a stream: whatever is staged goes.
+            if self.receiver.staging().is_some() {
+                self.drop_staging();
+            }
+            self.stream_in = Some((c.from, c.term, crc32fast::Hasher::new()));
+        } else if !continues {
+            // A gap (a piece lost, or a stream this follower did not see start): the stream
+            // is broken; the leader sends it again from 0 when its core asks again.
+            self.transfer_stats.chunks_refused += 1;
+            if self.stream_in.take().is_some() {
+                self.drop_staging();
+            }
+            return;
+        }
+        let done = end == Some(c.total);
+        let piece = Piece::new(&open, c.offset, &c.data, crc32fast::hash(&c.data), done);
+        let max = self.cfg.snapshot_staging_bytes_max;
+        let mut stage = StorageStaging(self.core.storage_mut());
+        let received = self.receiver.receive(piece, max, &mut stage, &mut self.transfer_stats);
+        let staged = match received {
+            Received::Ack { offset, status: AckStatus::Staging } => offset == end.unwrap_or(0),
+            Received::Complete => true,
+            _ => false,
+        };
+        if !staged {
+            // Over the staging limit, or the staging failed: drop the stream.
+            self.stream_in = None;
+            self.drop_staging();
+            return;
+        }
+        let Some((_, _, crc)) = self.stream_in.as_mut() else { return };
+        crc.update(&c.data);
+        if !done {
+            return;
+        }
+        let checksum = crc.clone().finalize();
+        self.stream_in = None;
+        let header = SnapshotHeader::new(c.meta.clone(), c.total, checksum);
+        if self.core.storage_mut().seal_staging(&header).is_err() {
+            self.drop_staging();
+            return;
+        }
+        self.receiver = crate::transfer::Receiver::new(Some((header.clone(), c.total)));
+        let _ = self.install_staging(now, c.from, c.term, &header);
+        if self.staged.as_ref() == Some(&header.meta) {
+            self.transfer_stats.stream_installs += 1;
         }
     }
 
@@ -334,8 +512,10 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         }
     }
 
-    /// Discards the staging (best effort: a failure leaves it to be replaced later).
+    /// Discards the staging (best effort: a failure leaves it to be replaced later), and any
+    /// stream being received into it.
     fn drop_staging(&mut self) {
+        self.stream_in = None;
         let mut stage = StorageStaging(self.core.storage_mut());
         self.receiver.abort(&mut stage);
     }
