@@ -582,13 +582,24 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// goes out in the next [`Replica::process`]), and so is a piece of a snapshot stream (in
     /// order, unanswered); a complete staging is checked (length, checksum, the runtime's
     /// part decodes) and offered to the core; anything malformed is dropped, and so is a
-    /// whole [`WireMessage::Snapshot`] (no longer taken).
+    /// whole [`WireMessage::Snapshot`] (no longer taken) and a `TimeoutNow` that is not from
+    /// the leader of this replica's term.
     pub fn receive(&mut self, now: Instant, msg: WireMessage) {
         if self.halted.is_some() {
             return;
         }
         match msg {
-            WireMessage::Raft(m) => self.core.handle_message(now, m),
+            WireMessage::Raft(m) => {
+                // The core campaigns on any `TimeoutNow`: only the leader of this replica's
+                // term may hand leadership over, or any peer could force elections.
+                let raft = self.core.raft();
+                if matches!(m.body, quorate_core::MessageBody::TimeoutNow)
+                    && (raft.leader() != Some(m.from) || m.term != raft.term())
+                {
+                    return;
+                }
+                self.core.handle_message(now, m);
+            }
             WireMessage::SnapshotChunk(c) => self.on_chunk(now, c),
             WireMessage::SnapshotAck(a) => self.on_ack(now, a),
             WireMessage::SnapshotStream(c) => self.on_stream(now, c),

@@ -2380,6 +2380,39 @@ fn a_stream_over_the_staging_limit_is_refused_without_staging() {
     assert!(stats.chunks_refused > 5 && stats.installs == 0, "{stats:?}");
 }
 
+/// `TimeoutNow` (leadership transfer) makes a follower campaign at once: only the leader of
+/// its term may send it. A peer that is not the leader — a member with a valid certificate
+/// and bad intent, or one with a stale view — cannot force elections with it.
+#[test]
+fn timeout_now_from_a_node_that_does_not_lead_is_ignored() {
+    let mut lab = Lab::new(3, lab_config);
+    assert!(lab.run_until(3_000, |lab| lab.leader().is_some()), "a leader is elected");
+    let l = lab.leader().expect("elected");
+    let f = (l + 1) % 3;
+    let other = (l + 2) % 3;
+    lab.run_for(100);
+    let term = lab.node(f).status().term;
+    let now = Instant(lab.now);
+    for (from, t) in [(other, term), (other, quorate_log::Term(term.0 + 1)), (l, quorate_log::Term(term.0 + 1))] {
+        let m = quorate_core::Message {
+            from: lab.ids[from],
+            to: lab.ids[f],
+            term: t,
+            body: quorate_core::MessageBody::TimeoutNow,
+        };
+        lab.node_mut(f).receive(now, WireMessage::Raft(m));
+        lab.process();
+        assert_eq!(lab.node(f).status().term, term, "no campaign on a TimeoutNow from {from} at {t:?}");
+        assert_eq!(lab.node(f).status().role, quorate_runtime::Role::Follower);
+    }
+    // The leader's own, in its term, is obeyed.
+    let m =
+        quorate_core::Message { from: lab.ids[l], to: lab.ids[f], term, body: quorate_core::MessageBody::TimeoutNow };
+    lab.node_mut(f).receive(now, WireMessage::Raft(m));
+    lab.process();
+    assert!(lab.node(f).status().term > term, "the leader's TimeoutNow starts a campaign");
+}
+
 /// A stream is not answered, so nothing from the follower wakes its leader: a leader whose
 /// round ended at its budget asks to go on at once, and one whose piece the network refused
 /// asks to try again shortly — not at its next heartbeat.
