@@ -42,6 +42,7 @@ mod hash_exchange;
 mod history;
 mod invariants;
 mod leases;
+mod peer_network;
 pub mod recover;
 mod replays;
 pub mod restore;
