@@ -11,21 +11,48 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The directory (in the store's) of the snapshot being received: `image` and `state`.
-/// `image` is a snapshot file in the making: the head of a snapshot file of the image's
-/// metadata ([`quorate_storage::snapshot_file_head`]), then the image's bytes as they arrive
-/// (appended and fsynced). `state` holds the header and the durable length of the image,
-/// replaced atomically after each append; bytes of `image` beyond that length are cut off when
-/// the store opens. The install appends the trailer and renames `image` into the store's
-/// snapshot directory ([`RocksStore::adopt_snapshot`]): the image is written once, when it
-/// arrives, and never copied.
+/// The directory (in the store's) of the snapshot being received: the staged file and
+/// `state`. The staged file is a snapshot file in the making: with [`ImageLayout::Data`], the
+/// head of a snapshot file of the image's metadata
+/// ([`quorate_storage::snapshot_file_head`]) and then the image's bytes as they arrive (the
+/// install appends the trailer: [`RocksStore::adopt_snapshot`]); with [`ImageLayout::File`],
+/// the image's bytes alone, the image being a whole snapshot file (the install checks its
+/// framing: [`RocksStore::adopt_snapshot_file`]). Bytes are appended and fsynced as they
+/// arrive; `state` holds the header and the durable length of the image, replaced atomically
+/// after each append; bytes of the file beyond that length are cut off when the store opens.
+/// The install renames the file into the store's snapshot directory: the image is written
+/// once, when it arrives, and never copied.
 const STAGING_DIR: &str = "runtime-staging";
 
-/// The staged image's file in [`STAGING_DIR`] (an earlier layout called it `data`, without the
-/// head: such a staging has no `image` and is discarded when the store opens).
-const STAGING_FILE: &str = "image";
+/// What a [`RocksLog`]'s snapshot images are — what its replicas send each other, so every
+/// member of a cluster uses the same one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageLayout {
+    /// The state machine's bytes (and the runtime's part), as [`crate::MemStorage`]'s images
+    /// are: replicas on either storage exchange snapshots.
+    #[default]
+    Data,
+    /// Whole quorate-storage snapshot files (head with the metadata, the data, the trailer
+    /// with the data's length and CRC-32) — what the Quorate node's peers send, so a host
+    /// whose released nodes transfer snapshot files talks to them. The state machine still
+    /// writes and restores only its bytes ([`crate::SnapshotSource::content`]).
+    File,
+}
 
-/// Bytes before the image in the staging file: the snapshot file's head for `meta`.
+impl ImageLayout {
+    /// The staged file's name in [`STAGING_DIR`]: a staging of the other layout (or of an
+    /// earlier one, `data`) has none, and is discarded when the store opens (the leader sends
+    /// that snapshot again).
+    fn staging_file(self) -> &'static str {
+        match self {
+            ImageLayout::Data => "image",
+            ImageLayout::File => "file",
+        }
+    }
+}
+
+/// Bytes of the head of `meta`'s snapshot file (fixed part, metadata and its CRC).
 fn head_len(meta: &SnapshotMeta) -> Result<u64, StoreError> {
     Ok(quorate_storage::snapshot_file_head(meta)?.len() as u64)
 }
@@ -41,6 +68,7 @@ pub struct RocksLog {
     store: Arc<RocksStore>,
     staging_dir: PathBuf,
     staging: Option<(SnapshotHeader, u64)>,
+    layout: ImageLayout,
 }
 
 impl RocksLog {
@@ -48,6 +76,15 @@ impl RocksLog {
     /// new store ([`StoreOptions::with_bootstrap`]). A store that reports lost synced state is
     /// refused: recovering from it is not supported by the runtime yet.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<RocksLog, StoreError> {
+        RocksLog::open_with_layout(dir, options, ImageLayout::Data)
+    }
+
+    /// [`RocksLog::open`], with images laid out as `layout`.
+    pub fn open_with_layout(
+        dir: impl AsRef<Path>,
+        options: StoreOptions,
+        layout: ImageLayout,
+    ) -> Result<RocksLog, StoreError> {
         let store = RocksStore::open(dir, options)?;
         if let Some(lost) = store.lost_state() {
             return Err(StoreError::Io(format!(
@@ -55,8 +92,19 @@ impl RocksLog {
             )));
         }
         let staging_dir = store.dir().join(STAGING_DIR);
-        let staging = load_staging(&staging_dir)?;
-        Ok(RocksLog { store: Arc::new(store), staging_dir, staging })
+        let staging = load_staging(&staging_dir, layout)?;
+        Ok(RocksLog { store: Arc::new(store), staging_dir, staging, layout })
+    }
+
+    /// What this log's snapshot images are.
+    #[must_use]
+    pub fn layout(&self) -> ImageLayout {
+        self.layout
+    }
+
+    /// The staged file.
+    fn staging_path(&self) -> PathBuf {
+        self.staging_dir.join(self.layout.staging_file())
     }
 
     /// The store underneath, shared: a durable state machine keeps its state in the same
@@ -89,12 +137,15 @@ impl RocksLog {
                 )));
             }
         };
-        self.store.adopt_snapshot(
-            &self.staging_dir.join(STAGING_FILE),
-            header.meta,
-            header.total_len,
-            header.checksum,
-        )?;
+        let path = self.staging_path();
+        match self.layout {
+            ImageLayout::Data => {
+                self.store.adopt_snapshot(&path, header.meta, header.total_len, header.checksum)?;
+            }
+            ImageLayout::File => {
+                self.store.adopt_snapshot_file(&path, header.meta)?;
+            }
+        }
         Ok(())
     }
 }
@@ -158,15 +209,31 @@ impl LogStorage for RocksLog {
         // The newest verified file the log agrees with (the recorded compaction point may
         // lag behind the newest snapshot by the core's compaction tail).
         let Some((_, path)) = self.store.usable_snapshot(LogIndex(u64::MAX))? else { return Ok(None) };
-        Ok(Some(Box::new(FileImage::open_snapshot(&path)?)))
+        Ok(Some(Box::new(FileImage::open_snapshot(&path, self.layout)?)))
     }
 
     fn open_staging(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
-        let Some((header, _)) = self.staging.clone() else { return Ok(None) };
-        let file =
-            File::open(self.staging_dir.join(STAGING_FILE)).map_err(|e| io_err("opening the staging file", e))?;
-        let start = head_len(&header.meta)?;
-        Ok(Some(Box::new(FileImage { file, start, header, name: "the staging file".into() })))
+        let Some((header, staged)) = self.staging.clone() else { return Ok(None) };
+        let name = "the staging file".to_owned();
+        let mut file = File::open(self.staging_path()).map_err(|e| io_err("opening the staging file", e))?;
+        if self.layout == ImageLayout::Data {
+            let start = head_len(&header.meta)?;
+            let content = 0..header.total_len;
+            return Ok(Some(Box::new(FileImage { file, start, header, content, name })));
+        }
+        let content = if staged == header.total_len {
+            // Complete: it must be a snapshot file of the header's snapshot (its bytes are
+            // checked against the header's CRC by the reader).
+            let f = Framing::read(&mut file, header.total_len, &name)?;
+            if f.meta != header.meta {
+                return Err(StorageError::Io(format!("{name}: a snapshot file of another snapshot")));
+            }
+            f.content
+        } else {
+            let start = head_len(&header.meta)?;
+            start..header.total_len.saturating_sub(TRAILER_BYTES).max(start)
+        };
+        Ok(Some(Box::new(FileImage { file, start: 0, header, content, name })))
     }
 
     fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError> {
@@ -176,8 +243,11 @@ impl LogStorage for RocksLog {
     fn begin_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
         self.abort_staging()?;
         fs::create_dir_all(&self.staging_dir).map_err(|e| io_err("creating the staging directory", e))?;
-        let head = quorate_storage::snapshot_file_head(&header.meta)?;
-        File::create(self.staging_dir.join(STAGING_FILE))
+        let head = match self.layout {
+            ImageLayout::Data => quorate_storage::snapshot_file_head(&header.meta)?,
+            ImageLayout::File => Vec::new(),
+        };
+        File::create(self.staging_path())
             .and_then(|mut f| f.write_all(&head).and_then(|()| f.sync_all()))
             .map_err(|e| io_err("creating the staging file", e))?;
         self.write_staging_state(header, 0)?;
@@ -195,7 +265,7 @@ impl LogStorage for RocksLog {
         };
         let mut f = OpenOptions::new()
             .append(true)
-            .open(self.staging_dir.join(STAGING_FILE))
+            .open(self.staging_path())
             .map_err(|e| io_err("opening the staging file", e))?;
         f.write_all(bytes).and_then(|()| f.sync_data()).map_err(|e| io_err("appending to the staging file", e))?;
         let len = offset + bytes.len() as u64;
@@ -255,24 +325,27 @@ impl SnapshotSaver for RocksSaver {
     }
 }
 
-/// An image in a file, from byte `start` on: a snapshot file's data, or the staging.
-#[derive(Debug)]
-struct FileImage {
-    file: File,
-    start: u64,
-    header: SnapshotHeader,
-    name: String,
+/// A snapshot file's framing: what it covers, where its data lies, and the CRC-32 of the
+/// whole file.
+struct Framing {
+    meta: SnapshotMeta,
+    /// The data.
+    content: std::ops::Range<u64>,
+    /// The data's CRC-32 (the trailer's).
+    data_crc: u32,
+    /// The whole file's.
+    checksum: u32,
 }
 
-impl FileImage {
-    /// Opens a snapshot file: checks its header and trailer (the layout quorate-storage
-    /// writes) and takes the data's length and CRC-32 from the trailer — nothing is hashed.
-    fn open_snapshot(path: &Path) -> Result<FileImage, StorageError> {
-        let name = format!("snapshot file {}", path.display());
+impl Framing {
+    /// Reads and checks the head, metadata and trailer of the snapshot file `file` of
+    /// `file_len` bytes (the layout quorate-storage writes). The whole file's CRC-32 comes from
+    /// the CRCs of its head and trailer and the data's CRC in the trailer — the data is not
+    /// read (a reader checks it when it reaches the end).
+    fn read(file: &mut File, file_len: u64, name: &str) -> Result<Framing, StorageError> {
         let bad = |e: &dyn std::fmt::Display| StorageError::Io(format!("{name}: {e}"));
-        let mut file = File::open(path).map_err(|e| bad(&e))?;
-        let file_len = file.metadata().map_err(|e| bad(&e))?.len();
         let mut head = [0u8; HEAD_BYTES];
+        file.seek(SeekFrom::Start(0)).map_err(|e| bad(&e))?;
         file.read_exact(&mut head).map_err(|e| bad(&e))?;
         let (meta_len, header_len) =
             layout::parse_head(&head, file_len, quorate_storage::FORMAT_VERSION).map_err(|e| bad(&e))?;
@@ -282,8 +355,49 @@ impl FileImage {
         let mut trailer = [0u8; TRAILER_BYTES as usize];
         file.seek(SeekFrom::Start(file_len - TRAILER_BYTES)).map_err(|e| bad(&e))?;
         file.read_exact(&mut trailer).map_err(|e| bad(&e))?;
-        let (total_len, checksum) = layout::parse_trailer(&trailer, file_len, header_len).map_err(|e| bad(&e))?;
-        Ok(FileImage { file, start: header_len, header: SnapshotHeader { meta, total_len, checksum }, name })
+        let (data_len, data_crc) = layout::parse_trailer(&trailer, file_len, header_len).map_err(|e| bad(&e))?;
+        let mut whole = crc32fast::Hasher::new();
+        whole.update(&head);
+        whole.update(&m);
+        whole.combine(&crc32fast::Hasher::new_with_initial_len(data_crc, data_len));
+        let mut end = crc32fast::Hasher::new();
+        end.update(&trailer);
+        whole.combine(&end);
+        Ok(Framing { meta, content: header_len..header_len + data_len, data_crc, checksum: whole.finalize() })
+    }
+}
+
+/// An image in a file, from byte `start` on: a snapshot file's data or the whole file (as the
+/// layout says), or the staging of one.
+#[derive(Debug)]
+struct FileImage {
+    file: File,
+    start: u64,
+    header: SnapshotHeader,
+    /// Where the state machine's bytes lie (between the file's head and its trailer).
+    content: std::ops::Range<u64>,
+    name: String,
+}
+
+impl FileImage {
+    /// Opens a snapshot file as an image of `layout`: checks its framing and takes the
+    /// image's length and CRC-32 from it — nothing is hashed.
+    fn open_snapshot(path: &Path, layout: ImageLayout) -> Result<FileImage, StorageError> {
+        let name = format!("snapshot file {}", path.display());
+        let mut file = File::open(path).map_err(|e| StorageError::Io(format!("{name}: {e}")))?;
+        let file_len = file.metadata().map_err(|e| StorageError::Io(format!("{name}: {e}")))?.len();
+        let f = Framing::read(&mut file, file_len, &name)?;
+        Ok(match layout {
+            ImageLayout::Data => {
+                let total_len = f.content.end - f.content.start;
+                let header = SnapshotHeader { meta: f.meta, total_len, checksum: f.data_crc };
+                FileImage { file, start: f.content.start, header, content: 0..total_len, name }
+            }
+            ImageLayout::File => {
+                let header = SnapshotHeader { meta: f.meta, total_len: file_len, checksum: f.checksum };
+                FileImage { file, start: 0, header, content: f.content, name }
+            }
+        })
     }
 }
 
@@ -307,6 +421,10 @@ impl SnapshotSource for FileImage {
         }
         Ok(done)
     }
+
+    fn content(&self) -> std::ops::Range<u64> {
+        self.content.clone()
+    }
 }
 
 #[cfg(unix)]
@@ -328,10 +446,10 @@ fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 /// The staging left by the last run, if it is whole: its state file decodes and checks, and
-/// the image file holds the head and at least the recorded length (anything beyond, such as a
-/// torn append or the trailer of an install a crash interrupted before its rename, is cut off). Anything
-/// else is discarded: the leader sends the snapshot again from the start.
-fn load_staging(dir: &Path) -> Result<Option<(SnapshotHeader, u64)>, StoreError> {
+/// the staged file (of `layout`) holds at least the recorded length (anything beyond, such as
+/// a torn append or the trailer of an install a crash interrupted before its rename, is cut
+/// off). Anything else is discarded: the leader sends the snapshot again from the start.
+fn load_staging(dir: &Path, layout: ImageLayout) -> Result<Option<(SnapshotHeader, u64)>, StoreError> {
     let state = match fs::read(dir.join("state")) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -350,8 +468,11 @@ fn load_staging(dir: &Path) -> Result<Option<(SnapshotHeader, u64)>, StoreError>
         discard(dir)?;
         return Ok(None);
     };
-    let data = dir.join(STAGING_FILE);
-    let with_head = head_len(&header.meta)? + len;
+    let data = dir.join(layout.staging_file());
+    let with_head = match layout {
+        ImageLayout::Data => head_len(&header.meta)? + len,
+        ImageLayout::File => len,
+    };
     match fs::metadata(&data) {
         Ok(m) if m.len() >= with_head => {
             let f = OpenOptions::new().write(true).open(&data)?;

@@ -49,6 +49,25 @@ pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// A failed read.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError>;
+
+    /// Where, in the image, the bytes that were handed to the snapshot's writer
+    /// ([`SnapshotSaver::save`]) lie: the whole image, unless the storage frames them
+    /// (`RocksLog`'s images are whole snapshot files, a head before those bytes and a
+    /// trailer after). The runtime restores from these bytes, and checks the whole image.
+    fn content(&self) -> std::ops::Range<u64> {
+        0..self.header().total_len
+    }
+}
+
+/// Reads the image's bytes up to `content.start` and gives a reader of its content (the rest
+/// is read, and the whole image checked, by [`ImageReader::finish`]).
+pub(crate) fn content_reader<'r, 'a>(
+    reader: &'r mut ImageReader<'a>,
+    content: &std::ops::Range<u64>,
+) -> std::io::Result<std::io::Take<&'r mut ImageReader<'a>>> {
+    use std::io::Read;
+    std::io::copy(&mut (&mut *reader).take(content.start), &mut std::io::sink())?;
+    Ok(reader.take(content.end.saturating_sub(content.start)))
 }
 
 /// Stores the snapshots the runtime takes of the local state (see

@@ -242,19 +242,19 @@ fn a_complete_staging_is_sealed_with_its_checksum_and_keeps_it_across_a_reopen()
     assert_eq!(read_all(staged.as_ref(), 999), image);
 }
 
-/// Three replicas driven by hand: 1 and 3 in memory, 2 on RocksDB (down while `b` is None).
-/// Messages are delivered at the next step.
-struct Trio {
-    a: Replica<Sum, quorate_runtime::MemStorage>,
+/// Three replicas driven by hand: 1 and 3 on storage `S` (in memory unless said), 2 on
+/// RocksDB (down while `b` is None). Messages are delivered at the next step.
+struct Trio<S: quorate_runtime::LogStorage = quorate_runtime::MemStorage> {
+    a: Replica<Sum, S>,
     b: Option<Replica<Sum, RocksLog>>,
-    c: Replica<Sum, quorate_runtime::MemStorage>,
+    c: Replica<Sum, S>,
     now: Instant,
     wire: Vec<quorate_runtime::WireMessage>,
     /// Data chunks sent to node 2.
     chunks_to_b: u64,
 }
 
-impl Trio {
+impl<S: quorate_runtime::LogStorage> Trio<S> {
     fn step(&mut self) {
         let mut t = self.now.0 + 10_000_000;
         let deadlines =
@@ -285,24 +285,26 @@ impl Trio {
             b.process(now, &mut out);
         }
         for m in &out {
-            if let quorate_runtime::WireMessage::SnapshotChunk(c) = m
-                && c.to.get() == 2
-                && !c.data.is_empty()
-            {
+            let to_b = match m {
+                quorate_runtime::WireMessage::SnapshotChunk(c) => c.to.get() == 2 && !c.data.is_empty(),
+                quorate_runtime::WireMessage::SnapshotStream(c) => c.to.get() == 2,
+                _ => false,
+            };
+            if to_b {
                 self.chunks_to_b += 1;
             }
         }
         self.wire = out;
     }
 
-    fn run_until(&mut self, steps: usize, done: impl Fn(&Trio) -> bool) -> bool {
+    fn run_until(&mut self, steps: usize, done: impl Fn(&Trio<S>) -> bool) -> bool {
         (0..steps).any(|_| {
             self.step();
             done(self)
         })
     }
 
-    fn leader(&mut self) -> Option<&mut Replica<Sum, quorate_runtime::MemStorage>> {
+    fn leader(&mut self) -> Option<&mut Replica<Sum, S>> {
         if self.a.status().role == Role::Leader {
             Some(&mut self.a)
         } else if self.c.status().role == Role::Leader {
@@ -431,4 +433,133 @@ fn installing_a_staged_snapshot_renames_the_staged_file_instead_of_copying_it() 
     let s = open();
     assert_eq!(s.snapshot().expect("readable"), Some(header), "the installed snapshot, after a reopen");
     assert_eq!(s.staging(), Ok(None));
+}
+
+fn open_file_layout(dir: &std::path::Path, conf: &Configuration) -> RocksLog {
+    RocksLog::open_with_layout(dir, StoreOptions::with_bootstrap(conf.clone()), quorate_runtime::ImageLayout::File)
+        .expect("opens")
+}
+
+/// With `ImageLayout::File`, an image is the whole snapshot file as it lies on disk — its
+/// length and CRC-32 are the file's (what the Quorate node's peers send and check), computed
+/// from the head, the trailer and the data's CRC without hashing the data — and the state
+/// machine restores from the data inside it.
+#[test]
+fn file_images_are_whole_snapshot_files_and_restore_from_their_data() {
+    use quorate_runtime::{LogStorage, SnapshotHeader};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let id = NodeId::new(1).expect("non-zero");
+    let conf = Configuration::with_voters([id]).expect("valid");
+    let start = || {
+        let mut cfg = Config::new(id);
+        cfg.raft.compaction_tail_entries = 0;
+        let mut r =
+            Replica::new(cfg, open_file_layout(dir.path(), &conf), Sum::default(), Instant::ZERO).expect("starts");
+        let now = r.next_deadline().expect("an election timer");
+        r.tick(now);
+        r.process(now, &mut Vec::new());
+        assert_eq!(r.status().role, Role::Leader);
+        (r, now)
+    };
+    let (mut r, now) = start();
+    for k in 1..=3u8 {
+        r.propose(now, vec![k], None, Box::new(|_| {}));
+    }
+    r.process(now, &mut Vec::new());
+    let at = r.snapshot_now(now).expect("a snapshot");
+    let image = r.storage().open_snapshot().expect("readable").expect("a snapshot");
+    let h = image.header().clone();
+    let path = r.storage().store().snapshot_dir().join(format!("snap-{:020}-{:020}.qsnap", at.0, h.meta.last.term.0));
+    let file = std::fs::read(&path).expect("the snapshot file");
+    assert_eq!(h, SnapshotHeader::of(h.meta.clone(), &file), "the image is the file, its CRC-32 the file's");
+    assert_eq!(read_all(image.as_ref(), 48 * 1024 + 7), file);
+    let content = image.content();
+    assert!(content.start > 0 && content.end + 16 == file.len() as u64, "{content:?} in {} bytes", file.len());
+    let end = usize::try_from(content.end).expect("small");
+    assert_eq!(&file[end..end + 8], &(content.end - content.start).to_le_bytes(), "the trailer follows the data");
+    drop(image);
+    drop(r);
+    let (r, _) = start();
+    assert_eq!(r.state_machine().expect("inline").total, 6, "restored from the data inside the file");
+}
+
+/// Replicas on `ImageLayout::File` send each other whole snapshot files, in acknowledged
+/// chunks and as a stream: the follower's installed file is the leader's, byte for byte.
+#[test]
+fn file_images_transfer_between_replicas_in_chunks_and_as_streams() {
+    use quorate_runtime::{LogStorage, TransferFormat};
+    for format in [TransferFormat::Acknowledged, TransferFormat::Stream] {
+        let ids: Vec<NodeId> = (1..=3).map(|i| NodeId::new(i).expect("non-zero")).collect();
+        let conf = Configuration::with_voters(ids.iter().copied()).expect("valid");
+        let cfg = |id: NodeId| {
+            let mut cfg = Config::new(id);
+            cfg.raft.seed = id.get();
+            cfg.raft.snapshot_entries_threshold = 5;
+            cfg.raft.compaction_tail_entries = 1;
+            cfg.snapshot_chunk_bytes = 16 * 1024;
+            cfg.snapshot_transfer = format;
+            cfg
+        };
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("a temp dir")).collect();
+        let node = |i: usize| {
+            Replica::new(cfg(ids[i]), open_file_layout(dirs[i].path(), &conf), Sum::default(), Instant::ZERO)
+                .expect("starts")
+        };
+        let mut trio = Trio { a: node(0), b: None, c: node(2), now: Instant::ZERO, wire: Vec::new(), chunks_to_b: 0 };
+        assert!(trio.run_until(1_000, |t| t.a.status().role == Role::Leader || t.c.status().role == Role::Leader));
+        for k in 0..20u8 {
+            let now = trio.now;
+            trio.leader().expect("a leader").propose(now, vec![k], None, Box::new(|_| {}));
+            trio.step();
+        }
+        let leader_has = |t: &Trio<RocksLog>| {
+            t.a.state_machine().expect("inline").total == 190 && t.c.state_machine().expect("inline").total == 190
+        };
+        assert!(trio.run_until(1_000, leader_has));
+        assert!(trio.leader().expect("a leader").status().snapshot_index > LogIndex(2), "compacted past node 2");
+        trio.b = Some(node(1));
+        let installed =
+            trio.run_until(3_000, |t| t.b.as_ref().is_some_and(|b| b.state_machine().expect("inline").total == 190));
+        let b = trio.b.take().expect("running");
+        assert!(installed, "{format:?}: node 2 installed the leader's file: {:?}", b.transfer_stats());
+        let stats = b.transfer_stats();
+        assert_eq!(stats.installs, 1, "{format:?}");
+        assert_eq!(stats.stream_installs, u64::from(format == TransferFormat::Stream), "{format:?}");
+        assert!(trio.chunks_to_b > 5, "{format:?}: in many pieces: {}", trio.chunks_to_b);
+        let installed = b.storage().snapshot().expect("readable").expect("a snapshot");
+        let leader = trio.leader().expect("a leader");
+        let same = leader.storage().open_snapshot().expect("readable").expect("a snapshot");
+        if same.header().meta.last == installed.meta.last {
+            assert_eq!(same.header(), &installed, "{format:?}: the same file, byte for byte");
+        }
+        drop(b);
+        // Restarted, it restores from the installed file, and catches up from the log.
+        let b = node(1);
+        assert!(b.applied() >= installed.meta.last.index, "{format:?}: restored from the installed file");
+        trio.b = Some(b);
+        let caught_up =
+            trio.run_until(1_000, |t| t.b.as_ref().is_some_and(|b| b.state_machine().expect("inline").total == 190));
+        assert!(caught_up, "{format:?}: caught up after the restart");
+        assert_eq!(trio.b.as_ref().expect("running").transfer_stats().installs, 0, "{format:?}: no second transfer");
+    }
+}
+
+/// With `ImageLayout::File`, a complete staging must be a snapshot file of its snapshot:
+/// bytes that are not one cannot be opened for the check (the replica refuses the image
+/// rather than install it), while a partial staging opens as it is.
+#[test]
+fn a_complete_file_staging_that_is_not_a_snapshot_file_is_not_opened() {
+    use quorate_log::{EntryId, SnapshotMeta, Term};
+    use quorate_runtime::{LogStorage, SnapshotHeader};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let conf = Configuration::with_voters([NodeId::new(1).expect("non-zero")]).expect("valid");
+    let mut s = open_file_layout(dir.path(), &conf);
+    let bytes: Vec<u8> = (0..5_000u32).map(|i| (i % 241) as u8).collect();
+    let meta = SnapshotMeta { last: EntryId::new(Term(2), LogIndex(40)), config: Configuration::default() };
+    let header = SnapshotHeader::of(meta, &bytes);
+    s.begin_staging(&header).expect("begins");
+    s.append_staging(0, &bytes[..2_000]).expect("appends");
+    assert!(s.open_staging().expect("a partial staging opens").is_some());
+    s.append_staging(2_000, &bytes[2_000..]).expect("appends the rest");
+    assert!(s.open_staging().is_err(), "not a snapshot file");
 }

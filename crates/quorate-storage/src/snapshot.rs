@@ -135,6 +135,33 @@ pub(crate) fn adopt(
     Ok(SnapshotFile { path, meta, data_len, data_crc })
 }
 
+/// Makes `from` — a whole snapshot file of `meta`, received in pieces and staged — the
+/// snapshot file of `meta` in `dir`: checks its head, metadata and trailer (not the data: the
+/// caller checked the whole file, and a reader checks the data again when it reads to the
+/// end), fsyncs it, renames it into place (same file system) and fsyncs both directories.
+pub(crate) fn adopt_file(dir: &Path, from: &Path, meta: SnapshotMeta) -> Result<SnapshotFile, StoreError> {
+    let r = SnapshotReader::open(from)?;
+    if r.meta() != &meta {
+        return Err(StoreError::Io(format!(
+            "{}: a snapshot file of {}, not of {}",
+            from.display(),
+            r.meta().last.index,
+            meta.last.index
+        )));
+    }
+    let (data_len, data_crc) = (r.data_len, r.data_crc);
+    drop(r);
+    File::open(from)?.sync_all()?;
+    fs::create_dir_all(dir)?;
+    let path = dir.join(file_name(&meta));
+    fs::rename(from, &path)?;
+    fsync_dir(dir)?;
+    if let Some(parent) = from.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(SnapshotFile { path, meta, data_len, data_crc })
+}
+
 /// Streams a snapshot's data into a file in the store's snapshot directory. Create it with
 /// [`RocksStore::snapshot_writer`](crate::RocksStore::snapshot_writer), write the data through
 /// [`Write`], then [`finish`](SnapshotWriter::finish). Dropping it unfinished discards it.

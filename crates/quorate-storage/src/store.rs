@@ -1406,6 +1406,15 @@ impl RocksStore {
         snapshot::adopt(&self.snap_dir, file, meta, data_len, data_crc)
     }
 
+    /// Makes `file` — a whole snapshot file of `meta`, received and staged elsewhere — the
+    /// store's snapshot file of `meta` by renaming it into
+    /// [`snapshot_dir`](Self::snapshot_dir) (same file system): not copied. Its head,
+    /// metadata and trailer are checked, not its data (a reader checks that when it reaches
+    /// the end). Durable on return; record it like a written one.
+    pub fn adopt_snapshot_file(&self, file: &Path, meta: SnapshotMeta) -> Result<SnapshotFile, StoreError> {
+        snapshot::adopt_file(&self.snap_dir, file, meta)
+    }
+
     /// A reader of the data of the latest recorded snapshot, if its file is present.
     pub fn snapshot_reader(&self) -> Result<Option<SnapshotReader>, StoreError> {
         let meta = self.tail_read().snapshot.clone();

@@ -11,7 +11,7 @@ use crate::driver::Core;
 use crate::error::Error;
 use crate::sessions::{ClientId, Command, SessionCheck, Sessions, read_image_prefix, write_image_prefix};
 use crate::state_machine::{Committed, RuntimeWrites, StateMachine};
-use crate::storage::{ImageReader, LogStorage, SnapshotSaver, SnapshotSource};
+use crate::storage::{ImageReader, LogStorage, SnapshotSaver, SnapshotSource, content_reader};
 use quorate_core::Instant;
 use quorate_log::{Configuration, Entry, EntryId, EntryPayload, LogIndex, SnapshotMeta, Term};
 use std::collections::{BTreeMap, BTreeSet};
@@ -460,11 +460,15 @@ pub(super) fn refuse<SM: StateMachine>(job: Job<SM>, e: &Error) {
 /// as a stream, then the whole image's checksum. A durable state machine's restore is
 /// finished by its commit, with the session table as its runtime records.
 pub(super) fn restore_image<SM: StateMachine>(sm: &mut SM, source: &dyn SnapshotSource) -> Result<Sessions, String> {
-    let h = source.header();
-    let at = h.meta.last.index;
+    let at = source.header().meta.last.index;
+    let content = source.content();
     let mut reader = ImageReader::new(source);
-    let sessions = if SM::ENVELOPE { read_image_prefix(&mut reader, h.total_len)? } else { Sessions::default() };
-    sm.restore(at, &mut reader).map_err(|e| e.to_string())?;
+    let mut body = content_reader(&mut reader, &content).map_err(|e| e.to_string())?;
+    let len = content.end.saturating_sub(content.start);
+    let sessions = if SM::ENVELOPE { read_image_prefix(&mut body, len)? } else { Sessions::default() };
+    sm.restore(at, &mut body).map_err(|e| e.to_string())?;
+    // What `restore` left unread, and any framing after it: read, and the whole image
+    // checked.
     reader.finish().map_err(|e| e.to_string())?;
     if SM::DURABLE {
         let writes = RuntimeWrites { clear: true, put: sessions.records(), delete: Vec::new() };

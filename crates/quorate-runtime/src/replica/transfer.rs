@@ -52,7 +52,7 @@ use crate::driver::Core;
 use crate::network::{AckStatus, Network, SnapshotAck, SnapshotChunk, StreamChunk, TransferFormat, WireMessage};
 use crate::sessions::read_image_prefix;
 use crate::state_machine::StateMachine;
-use crate::storage::{ImageReader, LogStorage, SnapshotHeader, SnapshotSource};
+use crate::storage::{ImageReader, LogStorage, SnapshotHeader, SnapshotSource, content_reader};
 use crate::transfer::{
     Ack, AckOutcome, Piece, Received, SNAPSHOT_CHUNK_BYTES_MAX, SendLimits, Sender, Staging, Transmit,
 };
@@ -497,8 +497,16 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             Ok(Some(s)) if s.header() == h => s,
             _ => return Err((0, AckStatus::Refused)),
         };
+        let content = source.content();
         let mut reader = ImageReader::new(source.as_ref());
-        let prefix = if SM::ENVELOPE { read_image_prefix(&mut reader, h.total_len).map(|_| ()) } else { Ok(()) };
+        let prefix = match content_reader(&mut reader, &content) {
+            Ok(mut body) if SM::ENVELOPE => {
+                read_image_prefix(&mut body, content.end.saturating_sub(content.start)).map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            // Unreadable up to the content: `finish` says how.
+            Err(e) => Err(e.to_string()),
+        };
         match reader.finish() {
             Ok(()) => {}
             Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) => {
