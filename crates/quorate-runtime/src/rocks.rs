@@ -222,11 +222,20 @@ impl LogStorage for RocksLog {
             return Ok(Some(Box::new(FileImage { file, start, header, content, name })));
         }
         let content = if staged == header.total_len {
-            // Complete: it must be a snapshot file of the header's snapshot (its bytes are
-            // checked against the header's CRC by the reader).
+            // Complete: it must be a snapshot file of the header's snapshot, whose framing
+            // gives the header's CRC. The reader checks the bytes against that CRC, and as CRCs
+            // combine linearly, bytes that match it hold data whose CRC is the trailer's: the
+            // file installed then reads back whole (and a leader cannot hand over a file
+            // whose trailer lies about its data).
             let f = Framing::read(&mut file, header.total_len, &name)?;
             if f.meta != header.meta {
                 return Err(StorageError::Io(format!("{name}: a snapshot file of another snapshot")));
+            }
+            if f.checksum != header.checksum {
+                return Err(StorageError::Io(format!(
+                    "{name}: its framing gives CRC-32 {:#010x}, the image's is {:#010x}",
+                    f.checksum, header.checksum
+                )));
             }
             f.content
         } else {
@@ -356,6 +365,10 @@ impl Framing {
         file.seek(SeekFrom::Start(file_len - TRAILER_BYTES)).map_err(|e| bad(&e))?;
         file.read_exact(&mut trailer).map_err(|e| bad(&e))?;
         let (data_len, data_crc) = layout::parse_trailer(&trailer, file_len, header_len).map_err(|e| bad(&e))?;
+        if data_len == 0 && data_crc != 0 {
+            // No data has CRC 0 (and the combination below would not see this one).
+            return Err(bad(&"a trailer with a CRC for no data"));
+        }
         let mut whole = crc32fast::Hasher::new();
         whole.update(&head);
         whole.update(&m);

@@ -59,15 +59,45 @@ pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Reads the image's bytes up to `content.start` and gives a reader of its content (the rest
-/// is read, and the whole image checked, by [`ImageReader::finish`]).
+/// Reads the image's bytes up to `content.start` and gives a reader of its content. A reader
+/// that reaches the content's end reads the rest of the image first and fails there
+/// (`InvalidData`) if the whole image does not check — as a reader of the whole image would —
+/// so a consumer that reads to the end never accepts a damaged image.
 pub(crate) fn content_reader<'r, 'a>(
     reader: &'r mut ImageReader<'a>,
     content: &std::ops::Range<u64>,
-) -> std::io::Result<std::io::Take<&'r mut ImageReader<'a>>> {
+) -> std::io::Result<ContentReader<'r, 'a>> {
     use std::io::Read;
-    std::io::copy(&mut (&mut *reader).take(content.start), &mut std::io::sink())?;
-    Ok(reader.take(content.end.saturating_sub(content.start)))
+    let total = reader.source.header().total_len;
+    if content.start > content.end || content.end > total {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("content {content:?} outside an image of {total} bytes"),
+        ));
+    }
+    let skipped = std::io::copy(&mut (&mut *reader).take(content.start), &mut std::io::sink())?;
+    if skipped != content.start {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the image ends before its content"));
+    }
+    Ok(ContentReader { inner: reader.take(content.end - content.start), checked: false })
+}
+
+/// The content of an image, read through its [`ImageReader`] (see [`content_reader`]).
+pub(crate) struct ContentReader<'r, 'a> {
+    inner: std::io::Take<&'r mut ImageReader<'a>>,
+    checked: bool,
+}
+
+impl std::io::Read for ContentReader<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        if n == 0 && !out.is_empty() && !self.checked {
+            // The content's end: the rest of the image, and the whole image's check.
+            self.inner.get_mut().finish()?;
+            self.checked = true;
+        }
+        Ok(n)
+    }
 }
 
 /// Stores the snapshots the runtime takes of the local state (see
@@ -498,6 +528,51 @@ mod tests {
     use super::*;
     use quorate_log::Configuration;
     use std::io::{ErrorKind, Read};
+
+    /// An image whose content lies inside it, between framing bytes.
+    #[derive(Debug)]
+    struct Framed(MemImage, std::ops::Range<u64>);
+
+    impl SnapshotSource for Framed {
+        fn header(&self) -> &SnapshotHeader {
+            self.0.header()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, StorageError> {
+            self.0.read_at(offset, buf)
+        }
+        fn content(&self) -> std::ops::Range<u64> {
+            self.1.clone()
+        }
+    }
+
+    /// A reader of an image's content gives exactly the content, and — like a reader of the
+    /// whole image — fails at the content's end if the whole image does not check: a state
+    /// machine that reads to the end never accepts a damaged image. A content outside the
+    /// image is an error, not an empty stream.
+    #[test]
+    fn a_content_reader_gives_the_content_and_fails_at_its_end_on_a_damaged_image() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let meta = SnapshotMeta { last: EntryId::new(Term(1), LogIndex(9)), config: Configuration::default() };
+        let header = SnapshotHeader::of(meta, &bytes);
+        let image =
+            |h: SnapshotHeader, content| Framed(MemImage { header: h, data: Data::from(bytes.clone()) }, content);
+        let good = image(header.clone(), 10..99_990);
+        let mut reader = ImageReader::new(&good);
+        let mut out = Vec::new();
+        content_reader(&mut reader, &good.content()).expect("a content").read_to_end(&mut out).expect("checks");
+        assert_eq!(out, &bytes[10..99_990]);
+        let mut damaged = header.clone();
+        damaged.checksum ^= 1;
+        let bad = image(damaged, 10..99_990);
+        let mut reader = ImageReader::new(&bad);
+        let e = content_reader(&mut reader, &bad.content()).expect("a content").read_to_end(&mut Vec::new());
+        assert_eq!(e.expect_err("damaged").kind(), ErrorKind::InvalidData, "at the content's end");
+        for outside in [10..100_001, std::ops::Range { start: 50, end: 40 }] {
+            let bad = image(header.clone(), outside.clone());
+            let mut reader = ImageReader::new(&bad);
+            assert!(content_reader(&mut reader, &outside).is_err(), "{outside:?}");
+        }
+    }
 
     #[test]
     fn an_image_reader_streams_the_image_and_refuses_a_damaged_or_short_one_at_its_end() {

@@ -527,11 +527,15 @@ fn file_images_transfer_between_replicas_in_chunks_and_as_streams() {
         assert_eq!(stats.stream_installs, u64::from(format == TransferFormat::Stream), "{format:?}");
         assert!(trio.chunks_to_b > 5, "{format:?}: in many pieces: {}", trio.chunks_to_b);
         let installed = b.storage().snapshot().expect("readable").expect("a snapshot");
+        let file_of = |r: &Replica<Sum, RocksLog>| {
+            let last = installed.meta.last;
+            let name = format!("snap-{:020}-{:020}.qsnap", last.index.0, last.term.0);
+            std::fs::read(r.storage().store().snapshot_dir().join(name)).expect("the snapshot file")
+        };
+        let ours = file_of(&b);
         let leader = trio.leader().expect("a leader");
-        let same = leader.storage().open_snapshot().expect("readable").expect("a snapshot");
-        if same.header().meta.last == installed.meta.last {
-            assert_eq!(same.header(), &installed, "{format:?}: the same file, byte for byte");
-        }
+        assert_eq!(leader.storage().snapshot().expect("readable").as_ref(), Some(&installed), "{format:?}");
+        assert!(ours == file_of(leader), "{format:?}: the leader's file, byte for byte");
         drop(b);
         // Restarted, it restores from the installed file, and catches up from the log.
         let b = node(1);
@@ -562,4 +566,50 @@ fn a_complete_file_staging_that_is_not_a_snapshot_file_is_not_opened() {
     assert!(s.open_staging().expect("a partial staging opens").is_some());
     s.append_staging(2_000, &bytes[2_000..]).expect("appends the rest");
     assert!(s.open_staging().is_err(), "not a snapshot file");
+}
+
+/// A snapshot file of `meta` around `data`, its trailer saying `data_crc`.
+fn snapshot_file(meta: &quorate_log::SnapshotMeta, data: &[u8], data_crc: u32) -> Vec<u8> {
+    let mut file = quorate_storage::snapshot_file_head(meta).expect("a head");
+    file.extend_from_slice(data);
+    file.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    file.extend_from_slice(&data_crc.to_le_bytes());
+    file.extend_from_slice(b"QEND");
+    file
+}
+
+/// With `ImageLayout::File`, a complete staging is opened for the check only if its framing
+/// gives the image's CRC-32: a file whose trailer lies about its data's CRC (however right the
+/// CRC of its bytes) is refused before it is installed — it would not read back — and so is a
+/// trailer with a CRC for no data.
+#[test]
+fn a_file_staging_whose_trailer_lies_about_its_data_is_not_opened() {
+    use quorate_log::{EntryId, SnapshotMeta, Term};
+    use quorate_runtime::{LogStorage, SnapshotHeader};
+    let conf = Configuration::with_voters([NodeId::new(1).expect("non-zero")]).expect("valid");
+    let meta = SnapshotMeta { last: EntryId::new(Term(2), LogIndex(40)), config: Configuration::default() };
+    let data: Vec<u8> = (0..3_000u32).map(|i| (i % 239) as u8).collect();
+    // What is staged, and the length of the data it opens with (`None`: not opened).
+    let cases = [
+        ("an honest file", snapshot_file(&meta, &data, crc32fast::hash(&data)), Some(data.len())),
+        ("a trailer with another CRC", snapshot_file(&meta, &data, crc32fast::hash(&data) ^ 1), None),
+        ("a CRC for no data", snapshot_file(&meta, &[], 7), None),
+        ("no data", snapshot_file(&meta, &[], 0), Some(0)),
+    ];
+    for (what, file, opens) in cases {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut s = open_file_layout(dir.path(), &conf);
+        // The header a leader would send: the true length and CRC-32 of the bytes.
+        let header = SnapshotHeader::of(meta.clone(), &file);
+        s.begin_staging(&header).expect("begins");
+        s.append_staging(0, &file).expect("appends");
+        match s.open_staging() {
+            Ok(Some(staged)) => {
+                let c = staged.content();
+                assert_eq!(Some((c.end - c.start) as usize), opens, "{what}: opened");
+            }
+            Ok(None) => panic!("{what}: no staging"),
+            Err(e) => assert_eq!(opens, None, "{what}: {e}"),
+        }
+    }
 }
