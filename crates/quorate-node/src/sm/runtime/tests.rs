@@ -319,13 +319,34 @@ struct Trio<C: Core<RocksLog>> {
     now: Instant,
     wire: Vec<WireMessage>,
     make: MakeCore<C>,
+    /// The replicas' snapshot images (the node's peers send whole files).
+    layout: quorate_runtime::ImageLayout,
+    /// How leaders send snapshots.
+    format: quorate_runtime::TransferFormat,
+    /// Every message crosses the node's wire: mapped to the node's message
+    /// (`peer_network::to_node`), encoded and decoded by the node's codec, and mapped back
+    /// with the sender as a transport names it (`peer_network::from_peer`).
+    node_wire: bool,
+    /// Messages that crossed the node's wire, by the node's message kind.
+    crossed: std::collections::BTreeMap<u16, u64>,
 }
 
 impl<C: Core<RocksLog>> Trio<C> {
     fn new(make: MakeCore<C>) -> Trio<C> {
         let config = Configuration::with_voters([node(1), node(2), node(3)]).expect("valid");
         let dirs = (0..3).map(|_| tempfile::tempdir().expect("a temp dir")).collect();
-        Trio { nodes: vec![None, None, None], dirs, config, now: Instant::ZERO, wire: Vec::new(), make }
+        Trio {
+            nodes: vec![None, None, None],
+            dirs,
+            config,
+            now: Instant::ZERO,
+            wire: Vec::new(),
+            make,
+            layout: quorate_runtime::ImageLayout::Data,
+            format: quorate_runtime::TransferFormat::Acknowledged,
+            node_wire: false,
+            crossed: std::collections::BTreeMap::new(),
+        }
     }
 
     fn cfg(id: NodeId) -> Config {
@@ -337,9 +358,41 @@ impl<C: Core<RocksLog>> Trio<C> {
     }
 
     fn start(&mut self, i: usize) {
-        let (log, sm) = open(self.dirs[i].path(), &self.config);
+        let log = RocksLog::open_with_layout(
+            self.dirs[i].path(),
+            StoreOptions::with_bootstrap(self.config.clone()),
+            self.layout,
+        )
+        .expect("opens");
+        let sm = KvMachine::new(log.store().clone());
         let id = node(i as u64 + 1);
-        self.nodes[i] = Some(Replica::with_core(Self::cfg(id), log, sm, self.now, self.make).expect("starts"));
+        let mut cfg = Self::cfg(id);
+        cfg.snapshot_transfer = self.format;
+        if self.node_wire {
+            // Small pieces, so that a snapshot takes many.
+            cfg.snapshot_chunk_bytes = 64;
+        }
+        self.nodes[i] = Some(Replica::with_core(cfg, log, sm, self.now, self.make).expect("starts"));
+    }
+
+    /// `m` as the recipient's transport hands it over (the node's wire, when `node_wire`).
+    fn cross(&mut self, m: WireMessage) -> WireMessage {
+        use crate::peer_network::{FromPeer, from_peer, to_node};
+        use quorate_transport::WireMessage as _;
+        if !self.node_wire {
+            return m;
+        }
+        let from = m.from();
+        let (to, sent, _) = to_node(m).expect("a message the node's peers take");
+        let mut bytes = Vec::new();
+        sent.encode(&mut bytes).expect("encodes");
+        *self.crossed.entry(sent.kind().0).or_default() += 1;
+        let got =
+            quorate_api::NodeMessage::decode(quorate_api::PROTOCOL_VERSION, sent.kind(), &bytes).expect("decodes");
+        match from_peer(to, from, got) {
+            FromPeer::Runtime(m) => m,
+            other => panic!("not the runtime's: {other:?}"),
+        }
     }
 
     fn step(&mut self) {
@@ -351,6 +404,10 @@ impl<C: Core<RocksLog>> Trio<C> {
         let now = self.now;
         for m in std::mem::take(&mut self.wire) {
             let to = m.to().get() as usize - 1;
+            if self.nodes[to].is_none() {
+                continue;
+            }
+            let m = self.cross(m);
             if let Some(r) = &mut self.nodes[to] {
                 r.receive(now, m);
             }
@@ -408,6 +465,45 @@ fn three_runtime_replicas_under_the_flight_recorder_replay_exactly() {
     }
     assert!(taken > 0, "a snapshot was taken under the recorder");
     assert!(all_messages > 50, "{all_messages} messages recorded");
+}
+
+/// The node on the runtime: replicas whose images are the node's snapshot files, talking over
+/// the node's own wire messages, transfer the key-value state in the node's resumable pieces
+/// and in 0.1.0's stream — so they send and take what released nodes send and take. The file
+/// node 3 installed is a snapshot file the node's own driver reads, and its CRC-32 is the one
+/// the node's transfers compute (of the whole file).
+#[test]
+fn kv_replicas_on_the_nodes_snapshot_files_and_wire_transfer_in_pieces_and_in_streams() {
+    use quorate_runtime::{ImageLayout, LogStorage, TransferFormat};
+    for (format, kind) in [
+        (TransferFormat::Acknowledged, quorate_api::kinds::SNAPSHOT_PIECE),
+        (TransferFormat::Stream, quorate_api::kinds::SNAPSHOT_CHUNK),
+    ] {
+        let mut trio = Trio::new(quorate_core::Raft::new);
+        trio.layout = ImageLayout::File;
+        trio.format = format;
+        trio.node_wire = true;
+        let trio = install_scenario(trio);
+        let pieces = trio.crossed.get(&kind.0).copied().unwrap_or(0);
+        assert!(pieces > 5, "{format:?}: the snapshot went as the node's {kind:?}, in {pieces} pieces");
+        if format == TransferFormat::Acknowledged {
+            let acks = trio.crossed.get(&quorate_api::kinds::SNAPSHOT_ACK.0).copied().unwrap_or(0);
+            assert!(acks > 0, "{format:?}: answered with the node's SnapshotAck");
+        } else {
+            assert!(!trio.crossed.contains_key(&quorate_api::kinds::SNAPSHOT_PIECE.0), "{format:?}: streams only");
+        }
+        let n3 = trio.nodes[2].as_ref().expect("running");
+        let header = n3.storage().snapshot().expect("readable").expect("a snapshot");
+        let store = n3.storage().store().clone();
+        let path = store
+            .snapshot_dir()
+            .join(format!("snap-{:020}-{:020}.qsnap", header.meta.last.index.0, header.meta.last.term.0));
+        let file = std::fs::read(&path).expect("node 3's snapshot file");
+        assert_eq!((file.len() as u64, crc32fast::hash(&file)), (header.total_len, header.checksum), "{format:?}");
+        let mut reader = quorate_storage::SnapshotReader::open(&path).expect("the node's reader opens it");
+        std::io::copy(&mut reader, &mut std::io::sink()).expect("its data checks");
+        assert_eq!(reader.meta(), &header.meta);
+    }
 }
 
 /// Node 3 joins empty and catches up by a snapshot transfer, then crashes in an install and
