@@ -212,6 +212,11 @@ fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
 fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("cluster");
+    // Every node exports its traces to one fake collector. Bound first: a port `free_tcp`
+    // picks and releases could otherwise be handed to it, and then this test's requests to a
+    // node's metrics endpoint reach the collector, which answers anything with an empty 200
+    // (seen once in CI: `/readyz` answered 200 with an empty body).
+    let (collector, spans) = fake_collector(256);
     let base = free_base_port();
     let env = Env {
         dir: dir.clone(),
@@ -221,8 +226,6 @@ fn metrics_of_a_running_cluster_move_agree_with_status_and_readyz_flips() {
     let d = dir.to_string_lossy().into_owned();
     let b = base.to_string();
     env.ok(&["certs", "dev", "--dir", &d, "--cluster", "tele", "--nodes", "3", "--base-port", &b]);
-    // Every node exports its traces to one fake collector.
-    let (collector, spans) = fake_collector(256);
     for id in 1..=3 {
         let path = dir.join(format!("node-{id}.toml"));
         let text = std::fs::read_to_string(&path).expect("config");
