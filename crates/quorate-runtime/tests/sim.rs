@@ -4,7 +4,9 @@
 //! exactly-once sessions (retrying the same sequence number on another node after a timeout)
 //! and linearizable reads against a key-value state machine. Snapshots travel in chunks of 48
 //! bytes (several per snapshot) with extra chunk loss and duplication, rate limited in a
-//! quarter of the seeds. In half the seeds an operator adds an empty spare node as a learner,
+//! quarter of the seeds; in 30 % of the seeds leaders send them as unanswered streams
+//! (`TransferFormat::Stream`, half of those switching to chunks mid-run), whose pieces keep
+//! their order per link, may be lost, and are refused by the network now and then. In half the seeds an operator adds an empty spare node as a learner,
 //! promotes it and removes node 1. The recorded history is checked with quorate-check's
 //! linearizability checker, replicas that applied the same index must hold the same state,
 //! and no client operation may run twice on a replica (counted beside whoever deduplicates,
