@@ -125,14 +125,21 @@ pub(crate) fn adopt(
     file.write_all(&trailer(data_len, data_crc))?;
     file.sync_all()?;
     drop(file);
+    let path = move_into(dir, from, &meta)?;
+    Ok(SnapshotFile { path, meta, data_len, data_crc })
+}
+
+/// Renames the synced snapshot file `from` to `meta`'s name in `dir` (same file system) and
+/// fsyncs both directories; returns where it is now.
+fn move_into(dir: &Path, from: &Path, meta: &SnapshotMeta) -> Result<PathBuf, StoreError> {
     fs::create_dir_all(dir)?;
-    let path = dir.join(file_name(&meta));
+    let path = dir.join(file_name(meta));
     fs::rename(from, &path)?;
     fsync_dir(dir)?;
     if let Some(parent) = from.parent() {
         fsync_dir(parent)?;
     }
-    Ok(SnapshotFile { path, meta, data_len, data_crc })
+    Ok(path)
 }
 
 /// Makes `from` — a whole snapshot file of `meta`, received in pieces and staged — the
@@ -152,13 +159,7 @@ pub(crate) fn adopt_file(dir: &Path, from: &Path, meta: SnapshotMeta) -> Result<
     let (data_len, data_crc) = (r.data_len, r.data_crc);
     drop(r);
     File::open(from)?.sync_all()?;
-    fs::create_dir_all(dir)?;
-    let path = dir.join(file_name(&meta));
-    fs::rename(from, &path)?;
-    fsync_dir(dir)?;
-    if let Some(parent) = from.parent() {
-        fsync_dir(parent)?;
-    }
+    let path = move_into(dir, from, &meta)?;
     Ok(SnapshotFile { path, meta, data_len, data_crc })
 }
 
