@@ -558,7 +558,8 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         }
     }
 
-    /// Sends snapshots as `format` from now on (transfers already open finish in theirs). A
+    /// Sends snapshots as `format` from now on: a transfer already under way finishes in its
+    /// format; one still waiting for its first answer opens again in this one. A
     /// host whose cluster still has members that take only streams sets
     /// [`TransferFormat::Stream`] until they are gone. Any replica takes both formats.
     pub fn set_transfer_format(&mut self, format: TransferFormat) {

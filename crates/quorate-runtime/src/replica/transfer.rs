@@ -314,13 +314,16 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         }
     }
 
+    /// Whether a transfer message `from` → `to` at `term` comes from this follower's leader
+    /// of its current term, to it.
+    fn sent_by_leader(&self, from: NodeId, to: NodeId, term: Term) -> bool {
+        let raft = self.core.raft();
+        to == raft.id() && term == raft.term() && raft.leader() == Some(from) && raft.role() != Role::Leader
+    }
+
     /// A chunk from the leader.
     pub(super) fn on_chunk(&mut self, now: Instant, c: SnapshotChunk) {
-        let me = self.core.raft().id();
-        let from_leader = c.to == me
-            && c.term == self.core.raft().term()
-            && self.core.raft().leader() == Some(c.from)
-            && self.core.raft().role() != Role::Leader;
+        let from_leader = self.sent_by_leader(c.from, c.to, c.term);
         let h = &c.header;
         let piece = Piece::new(h, c.offset, &c.data, c.data_crc, c.done);
         // An image the core accepted waits for the next batch to install it: its staging is
@@ -331,7 +334,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         }
         let ack = |offset: u64, status: AckStatus| {
             WireMessage::SnapshotAck(SnapshotAck {
-                from: me,
+                from: c.to,
                 to: c.from,
                 term: c.term,
                 last: h.meta.last,
@@ -408,11 +411,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// complete staging gets it ([`LogStorage::seal_staging`]) and is then checked and
     /// installed like a chunked one.
     pub(super) fn on_stream(&mut self, now: Instant, c: StreamChunk) {
-        let me = self.core.raft().id();
-        let from_leader = c.to == me
-            && c.term == self.core.raft().term()
-            && self.core.raft().leader() == Some(c.from)
-            && self.core.raft().role() != Role::Leader;
+        let from_leader = self.sent_by_leader(c.from, c.to, c.term);
         let len = c.data.len() as u64;
         let end = c.offset.checked_add(len);
         let well_formed = !c.data.is_empty()
