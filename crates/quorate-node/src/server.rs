@@ -615,7 +615,7 @@ fn ready_now<F: Future>(f: F) -> Option<F::Output> {
     }
 }
 
-fn node_id(raw: u64) -> Result<NodeId, ServerError> {
+pub(crate) fn node_id(raw: u64) -> Result<NodeId, ServerError> {
     NodeId::new(raw).ok_or_else(|| ServerError::Fatal(format!("invalid node id {raw}")))
 }
 
@@ -708,6 +708,125 @@ fn latest_snapshot_file(dir: &Path, applied: LogIndex) -> Option<(SnapshotMeta, 
     best
 }
 
+/// The store's options for `config` (its bootstrap configuration, write buffer, lost-state
+/// rule and free-space floor), and the free-space floor below which client writes are refused.
+pub(crate) fn store_options(config: &NodeConfig) -> Result<(StoreOptions, u64), ServerError> {
+    let bootstrap = if config.join {
+        Configuration::default()
+    } else {
+        let voters: Vec<NodeId> = config.peers.keys().map(|&p| node_id(p)).collect::<Result<_, _>>()?;
+        Configuration::with_voters(voters).map_err(|e| ServerError::Fatal(format!("peers: {e}")))?
+    };
+    let mut options = StoreOptions::with_bootstrap(bootstrap);
+    options.write_buffer_bytes = config.limits.storage_write_buffer_mb.saturating_mul(1 << 20);
+    // Issue 18: a store that lost synced state opens, and the node rejoins without campaigning
+    // (voting only for candidates as up to date as its record) until a leader has caught it
+    // up (the consensus core's `recovering`).
+    options.accept_lost_state = config.raft.rejoin_after_lost_state;
+    // Client writes are refused (Overloaded) below the client floor; the store refuses appends
+    // (they wait for space) below what RocksDB itself needs, the store floor.
+    let (store_floor, client_floor) = crate::admission::space_floors(config);
+    options.free_space_floor_bytes = store_floor;
+    tracing::info!(
+        store_floor_mb = store_floor >> 20,
+        client_floor_mb = client_floor >> 20,
+        "free-space floors (appends wait below the store floor; client writes are refused below the client floor)"
+    );
+    Ok((options, client_floor))
+}
+
+/// The consensus core's configuration from `config`: timing, pre-vote, check-quorum, the lease
+/// clock bound, snapshot and compaction thresholds, a seed, and a message bound that takes the
+/// largest command. What the store recovers (applied index, snapshot, lost state) is the
+/// caller's to set.
+pub(crate) fn core_config(config: &NodeConfig, id: NodeId) -> CoreConfig {
+    let mut cc = CoreConfig::new(id);
+    cc.election_timeout_min = Duration::from_millis(config.raft.election_timeout_ms);
+    cc.heartbeat_interval = Duration::from_millis(config.raft.heartbeat_ms);
+    cc.pre_vote = config.raft.pre_vote;
+    cc.check_quorum = config.raft.check_quorum;
+    cc.lease_clock_drift_max =
+        (config.raft.lease_clock_drift_ms > 0).then(|| Duration::from_millis(config.raft.lease_clock_drift_ms));
+    cc.seed = id.get()
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    // The largest command a client may send (a put of the largest key and value) is one
+    // entry: the core must accept it (a put of `VALUE_BYTES_MAX` used to be refused).
+    cc.msg_bytes_max =
+        cc.msg_bytes_max.max(quorate_log::ENTRY_OVERHEAD_BYTES + quorate_api::limits::COMMAND_BYTES_MAX as u64);
+    cc.snapshot_entries_threshold = config.raft.snapshot_entries;
+    cc.compaction_tail_entries = config.raft.compaction_tail_entries;
+    cc
+}
+
+/// Binds the node's one QUIC endpoint (peers and clients) with its credentials, and watches
+/// its TLS files.
+pub(crate) async fn bind_transport(
+    config: &NodeConfig,
+    id: NodeId,
+    failpoints: &crate::failpoints::Failpoints,
+) -> Result<(Arc<Transport<NodeMessage>>, Inbox<NodeMessage>), ServerError> {
+    let paths = TlsPaths { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() };
+    let credentials = Credentials::load_with_crls(paths, config.tls.crls.clone())
+        .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
+    let cluster = ClusterId::new(&config.cluster).map_err(|e| ServerError::Fatal(format!("cluster: {e}")))?;
+    let credentials = Arc::new(credentials);
+    let mut tconfig = TransportConfig::new(cluster, id, config.listen);
+    tconfig.resolver = Arc::new(NodeResolver { failpoints: failpoints.clone() });
+    tconfig.handshakes_per_source_per_sec = config.limits.handshakes_per_source_per_sec;
+    tconfig.handshake_burst_per_source = config.limits.handshake_burst_per_source;
+    tconfig.client_connections_per_identity_max =
+        usize::try_from(config.limits.client_connections_per_identity_max).unwrap_or(usize::MAX);
+    // A previous incarnation of this node (a restart in the same process) may hold the UDP
+    // port for a moment while its connections close: retry briefly.
+    let bind_deadline = Instant::now() + Duration::from_secs(5);
+    let (transport, inbox) = loop {
+        match Transport::<NodeMessage>::bind(tconfig.clone(), credentials.clone()).await {
+            Ok(t) => break t,
+            Err(quorate_transport::TransportError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < bind_deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(ServerError::Transport(format!("cannot listen on {}: {e}", config.listen))),
+        }
+    };
+    let transport = Arc::new(transport);
+    transport.watch_tls(TLS_WATCH_INTERVAL);
+    Ok((transport, inbox))
+}
+
+/// The members' addresses at start — the bootstrap peers, overridden by what the log recorded,
+/// and this node's own — with every other member dialed.
+pub(crate) fn start_addrs(
+    config: &NodeConfig,
+    id: NodeId,
+    store: &RocksStore,
+    transport: &Transport<NodeMessage>,
+) -> Result<BTreeMap<NodeId, String>, ServerError> {
+    let mut addrs: BTreeMap<NodeId, String> = BTreeMap::new();
+    for (&p, a) in &config.peers {
+        addrs.insert(node_id(p)?, a.clone());
+    }
+    addrs.extend(crate::sm::member_addrs(store)?);
+    // This node's own entry is where the others dial it: the log's address, else its `peers`
+    // entry; `advertise` (else `listen`) only when neither names it (a node joining). An
+    // `advertise` that differs is reported, not announced: the cluster's address for a member
+    // changes through the log (`member update`), as etcd's does.
+    let own = addrs
+        .entry(id)
+        .or_insert_with(|| config.advertise.clone().unwrap_or_else(|| config.listen.to_string()))
+        .clone();
+    check_advertise(id, config.advertise.as_deref(), &own, false);
+    // Dialed in the transport's tasks: a name is resolved before every dial, and a slow name
+    // server delays no one but that peer.
+    for (&p, a) in &addrs {
+        if p != id {
+            dial_member(transport, p, a);
+        }
+    }
+    Ok(addrs)
+}
+
 /// Runs the node until `shutdown` completes or a fatal error. Logs the effective
 /// configuration at start.
 pub async fn run_until(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -742,26 +861,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
 
     // Storage.
     crate::restore::check_not_interrupted(&data_dir).map_err(ServerError::Storage)?;
-    let bootstrap = if config.join {
-        Configuration::default()
-    } else {
-        let voters: Vec<NodeId> = config.peers.keys().map(|&p| node_id(p)).collect::<Result<_, _>>()?;
-        Configuration::with_voters(voters).map_err(|e| ServerError::Fatal(format!("peers: {e}")))?
-    };
-    let mut options = StoreOptions::with_bootstrap(bootstrap);
-    options.write_buffer_bytes = config.limits.storage_write_buffer_mb.saturating_mul(1 << 20);
-    // Issue 18: a store that lost synced state opens, and the node rejoins without campaigning
-    // (voting only for candidates as up to date as its record) until a leader has caught it up (the consensus core's `recovering`, below).
-    options.accept_lost_state = config.raft.rejoin_after_lost_state;
-    // Client writes are refused (Overloaded) below the client floor; the store refuses appends
-    // (they wait for space) below what RocksDB itself needs, the store floor.
-    let (store_floor, client_floor) = crate::admission::space_floors(&config);
-    options.free_space_floor_bytes = store_floor;
-    tracing::info!(
-        store_floor_mb = store_floor >> 20,
-        client_floor_mb = client_floor >> 20,
-        "free-space floors (appends wait below the store floor; client writes are refused below the client floor)"
-    );
+    let (options, client_floor) = store_options(&config)?;
     let bootstrap_version = crate::versions::bootstrap_marker(&data_dir, &data_dir.join("store"), config.join)
         .map_err(ServerError::Fatal)?;
     let store = Arc::new(RocksStore::open(data_dir.join("store"), options).map_err(|e| {
@@ -785,22 +885,8 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let latest = latest_snapshot_file(store.snapshot_dir(), applied_index);
 
     // Consensus core.
-    let mut cc = CoreConfig::new(id);
-    cc.election_timeout_min = Duration::from_millis(config.raft.election_timeout_ms);
-    cc.heartbeat_interval = Duration::from_millis(config.raft.heartbeat_ms);
-    cc.pre_vote = config.raft.pre_vote;
-    cc.check_quorum = config.raft.check_quorum;
-    cc.lease_clock_drift_max =
-        (config.raft.lease_clock_drift_ms > 0).then(|| Duration::from_millis(config.raft.lease_clock_drift_ms));
+    let mut cc = core_config(&config, id);
     cc.applied = applied_index;
-    cc.seed = id.get()
-        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    // The largest command a client may send (a put of the largest key and value) is one
-    // entry: the core must accept it (a put of `VALUE_BYTES_MAX` used to be refused).
-    cc.msg_bytes_max =
-        cc.msg_bytes_max.max(quorate_log::ENTRY_OVERHEAD_BYTES + quorate_api::limits::COMMAND_BYTES_MAX as u64);
-    cc.snapshot_entries_threshold = config.raft.snapshot_entries;
-    cc.compaction_tail_entries = config.raft.compaction_tail_entries;
     cc.snapshot = latest.as_ref().map(|(m, _)| m.clone());
     if let Some(lost) = store.lost_state() {
         tracing::warn!(
@@ -821,59 +907,13 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(|e| ServerError::Core(e.to_string()))?;
 
     // Transport.
-    let paths = TlsPaths { ca: config.tls.ca.clone(), cert: config.tls.cert.clone(), key: config.tls.key.clone() };
-    let credentials = Credentials::load_with_crls(paths, config.tls.crls.clone())
-        .map_err(|e| ServerError::Transport(format!("TLS credentials: {e}")))?;
-    let cluster = ClusterId::new(&config.cluster).map_err(|e| ServerError::Fatal(format!("cluster: {e}")))?;
-    let credentials = Arc::new(credentials);
     let failpoints = crate::failpoints::Failpoints::start(&data_dir, config.limits.danger_failpoints);
     failpoints.attach_store(&store);
-    let mut tconfig = TransportConfig::new(cluster, id, config.listen);
-    tconfig.resolver = Arc::new(NodeResolver { failpoints: failpoints.clone() });
-    tconfig.handshakes_per_source_per_sec = config.limits.handshakes_per_source_per_sec;
-    tconfig.handshake_burst_per_source = config.limits.handshake_burst_per_source;
-    tconfig.client_connections_per_identity_max =
-        usize::try_from(config.limits.client_connections_per_identity_max).unwrap_or(usize::MAX);
-    // A previous incarnation of this node (a restart in the same process) may hold the UDP
-    // port for a moment while its connections close: retry briefly.
-    let bind_deadline = Instant::now() + Duration::from_secs(5);
-    let (transport, inbox) = loop {
-        match Transport::<NodeMessage>::bind(tconfig.clone(), credentials.clone()).await {
-            Ok(t) => break t,
-            Err(quorate_transport::TransportError::Io(e))
-                if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < bind_deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(ServerError::Transport(format!("cannot listen on {}: {e}", config.listen))),
-        }
-    };
-    let transport = Arc::new(transport);
-    transport.watch_tls(TLS_WATCH_INTERVAL);
+    let (transport, inbox) = bind_transport(&config, id, &failpoints).await?;
     tracing::info!(node = %id, addr = %transport.local_addr(), applied = %applied_index, "listening");
 
     // Addresses: bootstrap peers, overridden by what the log recorded.
-    let mut addrs: BTreeMap<NodeId, String> = BTreeMap::new();
-    for (&p, a) in &config.peers {
-        addrs.insert(node_id(p)?, a.clone());
-    }
-    addrs.extend(crate::sm::member_addrs(&*store)?);
-    // This node's own entry is where the others dial it: the log's address, else its `peers`
-    // entry; `advertise` (else `listen`) only when neither names it (a node joining). An
-    // `advertise` that differs is reported, not announced: the cluster's address for a member
-    // changes through the log (`member update`), as etcd's does.
-    let own = addrs
-        .entry(id)
-        .or_insert_with(|| config.advertise.clone().unwrap_or_else(|| config.listen.to_string()))
-        .clone();
-    check_advertise(id, config.advertise.as_deref(), &own, false);
-    // Dialed in the transport's tasks: a name is resolved before every dial, and a slow name
-    // server delays no one but that peer.
-    for (&p, a) in &addrs {
-        if p != id {
-            dial_member(&transport, p, a);
-        }
-    }
+    let addrs = start_addrs(&config, id, &store, &transport)?;
 
     let telemetry = crate::telemetry::NodeTelemetry::new(applied_index);
     let _endpoint = crate::telemetry::serve(config.metrics_listen, &telemetry).await.map_err(ServerError::Fatal)?;
