@@ -161,6 +161,14 @@ pub struct Status {
     pub snapshot_index: LogIndex,
     /// Why the node halted, if it did.
     pub halted: Option<String>,
+    /// The last index in its log.
+    pub last_index: LogIndex,
+    /// The index of the entry that set the configuration in force.
+    pub config_version: LogIndex,
+    /// Bytes appended and not yet committed (a leader's; 0 on a follower).
+    pub uncommitted_bytes: u64,
+    /// The most bytes in flight to one follower (a leader's; 0 on a follower).
+    pub peer_inflight_bytes_max: u64,
 }
 
 /// Receives the outcome of a command.
@@ -530,6 +538,10 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             config: self.core.raft().configuration().clone(),
             snapshot_index: self.core.raft().storage().snapshot_last().index,
             halted: self.halted().map(str::to_owned),
+            last_index: self.core.raft().last_index(),
+            config_version: self.core.raft().config_version(),
+            uncommitted_bytes: self.core.raft().uncommitted_bytes(),
+            peer_inflight_bytes_max: self.core.raft().peer_inflight_bytes_max(),
         }
     }
 
