@@ -957,7 +957,7 @@ fn report_snapshot(
 /// One read, served from `store` (a view of the state machine) and reported as `read`: its
 /// answer (an error the client is told), or a state-machine failure (a damaged record) that
 /// the apply thread repairs.
-fn read_one<R: sm::SmRead + ?Sized>(
+pub(crate) fn read_one<R: sm::SmRead + ?Sized>(
     store: &R,
     req: &ReadReq,
     read: ReadInfo,

@@ -285,6 +285,25 @@ fn session_nonce() -> u64 {
     u64::from_le_bytes(bytes).max(1)
 }
 
+/// The command for a client's `op` at cluster version `version`: from
+/// [`crate::sm::OWNED_SESSIONS_CLUSTER_VERSION`] sessions belong to the principal that opened
+/// them, so an opening draws a random id and a write in a session (`in_session`) says who asks.
+pub(crate) fn owned_op(version: u32, in_session: bool, op: CommandOp, principal: &str) -> CommandOp {
+    if version < crate::sm::OWNED_SESSIONS_CLUSTER_VERSION {
+        return op;
+    }
+    match op {
+        CommandOp::OpenSession => {
+            CommandOp::OpenSessionFor { principal: principal.to_string(), nonce: session_nonce() }
+        }
+        op if in_session => match quorate_api::KvOp::from_command(op) {
+            Ok(op) => CommandOp::ByPrincipal { principal: principal.to_string(), op },
+            Err(op) => op,
+        },
+        op => op,
+    }
+}
+
 /// A write that goes into its session's table when applied (from cluster version 2 the leader
 /// wraps it into `ByPrincipal`): the kind of request a replay can be.
 fn is_session_write(body: &Request) -> bool {
@@ -299,7 +318,7 @@ fn is_session_write(body: &Request) -> bool {
 pub(crate) struct InflightGuard(Arc<AtomicUsize>);
 
 impl InflightGuard {
-    fn new(c: &Arc<AtomicUsize>) -> InflightGuard {
+    pub(crate) fn new(c: &Arc<AtomicUsize>) -> InflightGuard {
         c.fetch_add(1, Ordering::AcqRel);
         InflightGuard(c.clone())
     }
@@ -367,7 +386,7 @@ impl Responder {
     }
 
     /// A responder for request `id` on `req`'s stream, with nothing admitted yet.
-    fn new(
+    pub(crate) fn new(
         req: quorate_transport::Request<NodeMessage>,
         id: u64,
         handle: tokio::runtime::Handle,
@@ -388,6 +407,23 @@ impl Responder {
             watch: None,
             rewait: None,
         }
+    }
+
+    /// Holds what admission gave the request (its permit and hold) until the answer is written.
+    pub(crate) fn admitted(&mut self, ticket: Option<crate::admission::Ticket>) {
+        self.ticket = ticket;
+    }
+
+    /// Charges `bytes` read for the request to its principal's answer rate.
+    pub(crate) fn charge_reads(&self, bytes: u64) {
+        if let Some(t) = self.ticket.as_ref() {
+            t.charge_reads(bytes);
+        }
+    }
+
+    /// Holds the node-wide slot `guard` until the answer is written or given up.
+    pub(crate) fn hold(&mut self, guard: InflightGuard) {
+        self.guard = Some(guard);
     }
 
     /// The principal of the client certificate that sent the request.
@@ -637,7 +673,7 @@ async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Opti
 
 /// Logs the record of a `quorate node force-new-cluster` run on this data directory as an
 /// audit event, once ([`crate::recover`]); refuses to start if its change is not in the store.
-fn audit_forced_recovery(data_dir: &Path, store: &RocksStore, id: NodeId) -> Result<(), ServerError> {
+pub(crate) fn audit_forced_recovery(data_dir: &Path, store: &RocksStore, id: NodeId) -> Result<(), ServerError> {
     let config = store.initial_state().map_err(|e| ServerError::Storage(e.to_string()))?.config;
     let Some(forced) = crate::recover::pending_record(data_dir, &config).map_err(ServerError::Fatal)? else {
         return Ok(());
@@ -756,6 +792,21 @@ pub(crate) fn core_config(config: &NodeConfig, id: NodeId) -> CoreConfig {
     cc.snapshot_entries_threshold = config.raft.snapshot_entries;
     cc.compaction_tail_entries = config.raft.compaction_tail_entries;
     cc
+}
+
+/// What a store that lost synced state recorded, for the core to rejoin from without
+/// campaigning (issue 18; `raft.rejoin_after_lost_state`), logged with its evidence.
+pub(crate) fn recovering(store: &RocksStore, id: NodeId) -> Option<quorate_core::Recovering> {
+    let lost = store.lost_state()?;
+    tracing::warn!(
+        node = id.get(),
+        recorded = %lost.describe(),
+        evidence = %store.dir().join(quorate_storage::LOST_STATE_FILE).display(),
+        "this node lost synced state: it rejoins without campaigning, votes only for a candidate at least as up to \
+         date as what it had recorded, and leaves recovery once a leader has caught it up \
+         (raft.rejoin_after_lost_state)"
+    );
+    Some(quorate_core::Recovering { term: lost.term, vote: lost.vote, last: lost.last, commit: lost.commit })
 }
 
 /// Binds the node's one QUIC endpoint (peers and clients) with its credentials, and watches
@@ -888,18 +939,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut cc = core_config(&config, id);
     cc.applied = applied_index;
     cc.snapshot = latest.as_ref().map(|(m, _)| m.clone());
-    if let Some(lost) = store.lost_state() {
-        tracing::warn!(
-            node = id.get(),
-            recorded = %lost.describe(),
-            evidence = %store.dir().join(quorate_storage::LOST_STATE_FILE).display(),
-            "this node lost synced state: it rejoins without campaigning, votes only for a candidate at least as up to \
-             date as what it had recorded, and leaves recovery once a leader has caught it up \
-             (raft.rejoin_after_lost_state)"
-        );
-        cc.recovering =
-            Some(quorate_core::Recovering { term: lost.term, vote: lost.vote, last: lost.last, commit: lost.commit });
-    }
+    cc.recovering = recovering(&store, id);
     let start = Instant::now();
     let flight_dir = Some(data_dir.join("flight"));
     let flight_budget = usize::try_from(config.limits.flight_recorder_mb << 20).unwrap_or(usize::MAX);
@@ -1787,45 +1827,16 @@ impl Driver {
     }
 
     fn read_error(&self, e: &ReadError) -> ApiError {
-        match e {
-            ReadError::NotLeader { .. } => self.leader_hint(),
-            ReadError::NoLeader => ApiError::Unavailable("no leader known; retry".into()),
-            ReadError::LeadershipLost => {
-                ApiError::Unavailable("leadership changed before the read was confirmed; retry".into())
-            }
-            ReadError::TooManyPending(_) => {
-                crate::admission::shed(quorate_api::OverloadReason::PendingReads, Duration::from_millis(50))
-            }
-            ReadError::LeaseDisabled => ApiError::InvalidRequest("lease reads are not enabled on this node".into()),
-            ReadError::Halted => ApiError::Internal("node halted".into()),
-            other => ApiError::Unavailable(other.to_string()),
-        }
+        read_refusal(e, || self.leader_hint())
     }
 
     fn propose_error(&self, e: ProposeError) -> ApiError {
         self.obs.failed(crate::telemetry::propose_error_reason(&e));
-        match e {
-            ProposeError::NotLeader { .. } => self.leader_hint(),
-            ProposeError::UncommittedLimit { .. } => {
-                crate::admission::shed(quorate_api::OverloadReason::UncommittedBytes, Duration::from_millis(100))
-            }
-            ProposeError::TooLarge { proposal_bytes, limit_bytes } => {
-                ApiError::InvalidRequest(format!("command of {proposal_bytes} bytes exceeds {limit_bytes}"))
-            }
-            ProposeError::TransferInProgress(to) => {
-                ApiError::Unavailable(format!("leadership transfer to {to} in progress; retry"))
-            }
-            ProposeError::Halted(h) => ApiError::Internal(format!("node halted: {h}")),
-            other => ApiError::Unavailable(other.to_string()),
-        }
+        propose_refusal(e, || self.leader_hint())
     }
 
     fn conf_error(&self, e: ConfChangeError) -> ApiError {
-        match e {
-            ConfChangeError::NotLeader { .. } => self.leader_hint(),
-            ConfChangeError::Halted => ApiError::Internal("node halted".into()),
-            other => ApiError::Refused(other.to_string()),
-        }
+        conf_refusal(e, || self.leader_hint())
     }
 
     /// Log time for a new command: never decreasing along the log.
@@ -1938,21 +1949,8 @@ impl Driver {
             tracing::info!("enough voters have free space again; accepting writes");
             self.disk_short.clear();
         }
-        let op = if crate::versions::cluster_version(&self.shared) >= crate::sm::OWNED_SESSIONS_CLUSTER_VERSION {
-            // Sessions belong to the principal that opened them: the command says who asks.
-            match op {
-                CommandOp::OpenSession => {
-                    CommandOp::OpenSessionFor { principal: responder.principal().to_string(), nonce: session_nonce() }
-                }
-                op if session.is_some() => match quorate_api::KvOp::from_command(op) {
-                    Ok(op) => CommandOp::ByPrincipal { principal: responder.principal().to_string(), op },
-                    Err(op) => op,
-                },
-                op => op,
-            }
-        } else {
-            op
-        };
+        let version = crate::versions::cluster_version(&self.shared);
+        let op = owned_op(version, session.is_some(), op, responder.principal());
         let cmd = Command { session, time_ms: self.next_time_ms(), op };
         let bytes = match quorate_api::encode_command(&cmd) {
             Ok(b) => b,
@@ -3041,6 +3039,50 @@ async fn send_snapshot(
     }
     crate::telemetry::snapshot_streamed(total, started.elapsed());
     Ok(())
+}
+
+/// What a client is told when the core refuses its read (`hint`: the leader hint).
+pub(crate) fn read_refusal(e: &ReadError, hint: impl FnOnce() -> ApiError) -> ApiError {
+    match e {
+        ReadError::NotLeader { .. } => hint(),
+        ReadError::NoLeader => ApiError::Unavailable("no leader known; retry".into()),
+        ReadError::LeadershipLost => {
+            ApiError::Unavailable("leadership changed before the read was confirmed; retry".into())
+        }
+        ReadError::TooManyPending(_) => {
+            crate::admission::shed(quorate_api::OverloadReason::PendingReads, Duration::from_millis(50))
+        }
+        ReadError::LeaseDisabled => ApiError::InvalidRequest("lease reads are not enabled on this node".into()),
+        ReadError::Halted => ApiError::Internal("node halted".into()),
+        other => ApiError::Unavailable(other.to_string()),
+    }
+}
+
+/// What a client is told when the core refuses its proposal (`hint`: the leader hint).
+pub(crate) fn propose_refusal(e: ProposeError, hint: impl FnOnce() -> ApiError) -> ApiError {
+    match e {
+        ProposeError::NotLeader { .. } => hint(),
+        ProposeError::UncommittedLimit { .. } => {
+            crate::admission::shed(quorate_api::OverloadReason::UncommittedBytes, Duration::from_millis(100))
+        }
+        ProposeError::TooLarge { proposal_bytes, limit_bytes } => {
+            ApiError::InvalidRequest(format!("command of {proposal_bytes} bytes exceeds {limit_bytes}"))
+        }
+        ProposeError::TransferInProgress(to) => {
+            ApiError::Unavailable(format!("leadership transfer to {to} in progress; retry"))
+        }
+        ProposeError::Halted(h) => ApiError::Internal(format!("node halted: {h}")),
+        other => ApiError::Unavailable(other.to_string()),
+    }
+}
+
+/// What a client is told when the core refuses a membership change (`hint`: the leader hint).
+pub(crate) fn conf_refusal(e: ConfChangeError, hint: impl FnOnce() -> ApiError) -> ApiError {
+    match e {
+        ConfChangeError::NotLeader { .. } => hint(),
+        ConfChangeError::Halted => ApiError::Internal("node halted".into()),
+        other => ApiError::Refused(other.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -57,11 +57,15 @@ pub(crate) fn cluster_version(shared: &Shared) -> u32 {
 
 /// The answer to `Request::Versions`.
 pub(crate) fn info(shared: &Shared) -> Result<Response, ApiError> {
-    let cluster_version = cluster_version(shared);
+    info_of(shared.id, &shared.store, cluster_version(shared))
+}
+
+/// The answer to `Request::Versions` of node `id` with `store` at `cluster_version`.
+pub(crate) fn info_of(id: quorate_log::NodeId, store: &RocksStore, cluster_version: u32) -> Result<Response, ApiError> {
     Ok(Response::Versions(VersionInfo {
-        id: shared.id,
+        id,
         binary_version: crate::VERSION.to_string(),
-        storage_format: shared.store.format_version().map_err(|e| ApiError::Internal(format!("versions: {e}")))?,
+        storage_format: store.format_version().map_err(|e| ApiError::Internal(format!("versions: {e}")))?,
         storage_format_max: quorate_storage::FORMAT_VERSION_FINALIZED,
         cluster_version,
         cluster_version_max: quorate_api::CLUSTER_VERSION,
