@@ -118,6 +118,34 @@ pub struct NodeConfig {
     /// not the default, so that a 0.1.0 node reads what this one writes).
     #[serde(default, skip_serializing_if = "HistoryConfig::is_default")]
     pub history: HistoryConfig,
+    /// What drives the node (written only when not the default, so that a 0.1.0 or 0.2.0
+    /// node reads what this one writes).
+    #[serde(default, skip_serializing_if = "Engine::is_default")]
+    pub engine: Engine,
+}
+
+/// What drives a node: its own driver, or `quorate-runtime` (issue 19, on its way to being the
+/// only one). Both speak the same wire and store formats, so a cluster may mix them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Engine {
+    /// The node's own driver and apply thread: every feature (the default).
+    #[default]
+    Driver,
+    /// **Experimental.** The node as an application of `quorate-runtime`: the key-value API
+    /// (writes, sessions, reads at every level and at a revision), status, members, leader
+    /// transfer, flight dumps, automatic finalize of a new cluster. Watches, leases, member
+    /// changes, backups and the metrics endpoint are refused or not served yet.
+    Runtime,
+}
+
+impl Engine {
+    /// Whether this is the default engine.
+    #[must_use]
+    pub fn is_default(&self) -> bool {
+        *self == Engine::Driver
+    }
 }
 
 /// Longest `history.retain_ms` accepted (30 days).
@@ -835,6 +863,20 @@ danger_skip_fsync = false
         assert_eq!(c.peers.len(), 3);
         let again = NodeConfig::from_toml(&c.to_toml().unwrap()).unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn the_engine_is_the_driver_by_default_written_only_when_not_and_unknown_ones_are_refused() {
+        let mut c = NodeConfig::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.engine, Engine::Driver);
+        assert!(!c.to_toml().unwrap().contains("engine"), "a 0.1.0 node must parse what we write");
+        c.engine = Engine::Runtime;
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("engine = \"runtime\""), "{text}");
+        assert_eq!(NodeConfig::from_toml(&text).unwrap(), c);
+        let bad = format!("engine = \"turbo\"\n{SAMPLE}");
+        let e = NodeConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("turbo") || e.contains("engine"), "{e}");
     }
 
     #[test]

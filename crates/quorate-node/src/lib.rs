@@ -42,6 +42,7 @@ mod hash_exchange;
 mod history;
 mod invariants;
 mod leases;
+mod on_runtime;
 mod peer_network;
 pub mod recover;
 mod replays;

@@ -19,9 +19,6 @@
 //! node's runtime configuration keeps `snapshot_chunk_bytes` within it ([`CHUNK_BYTES_MAX`]),
 //! and a larger piece is not sent ([`Network::send`] says so).
 
-// Used by the node once it runs on the runtime; until then by its tests.
-#![allow(dead_code)]
-
 use quorate_api::limits::SNAPSHOT_CHUNK_BYTES_MAX;
 use quorate_api::{NodeMessage, SnapshotAck, SnapshotChunk, SnapshotPiece};
 use quorate_log::{Data, NodeId, SnapshotMeta};

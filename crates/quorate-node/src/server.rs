@@ -899,6 +899,9 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     for d in config.danger_settings() {
         tracing::warn!(setting = %d, "DANGER: a safety-weakening setting is on");
     }
+    if config.engine == crate::config::Engine::Runtime {
+        return crate::on_runtime::run(config, gate, shutdown).await;
+    }
     let id = node_id(config.id)?;
     let data_dir = config.data_dir.clone();
     let staging_dir = data_dir.join("staging");

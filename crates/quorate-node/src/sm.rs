@@ -54,10 +54,6 @@ pub(crate) mod events;
 pub(crate) mod history;
 pub(crate) mod leases;
 mod rev_index;
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the node's driver does not run on quorate-runtime yet (issue 19); tests drive it")
-)]
 pub(crate) mod runtime;
 #[cfg(test)]
 pub(crate) mod test_replica;
@@ -1725,6 +1721,7 @@ pub(crate) fn read_scan_page<R: SmRead + ?Sized>(
 
 /// Keys in `[start, end)`, at most `limit` and at most [`PAGE_RESULT_BYTES_MAX`] bytes of them;
 /// and whether more lie in the range.
+#[cfg(test)]
 pub(crate) fn read_scan<R: SmRead + ?Sized>(
     r: &R,
     start: &[u8],

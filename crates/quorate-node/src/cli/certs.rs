@@ -67,6 +67,7 @@ pub(crate) fn node_config(dir: &Path, cluster: &str, id: u64, n: u64, base_port:
         telemetry: Default::default(),
         admission: Default::default(),
         history: Default::default(),
+        engine: Default::default(),
     })
 }
 

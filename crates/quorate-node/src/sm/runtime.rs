@@ -27,7 +27,7 @@
 //!   the runtime halts before answering.
 
 use super::{ApplyOutcome, Overlay, SCAN_READ_BYTES_MAX, SmError, SmRead, apply_entry};
-use quorate_api::{ApiError, KeyValue, Response};
+use quorate_api::{ApiError, Response};
 use quorate_log::{LogIndex, NodeId};
 use quorate_runtime::{Committed, RestoreError, RuntimeWrites, StateMachine};
 use quorate_storage::{APPLY_OPS_MAX, INSTALL_BATCH_BYTES_MAX, RocksStore, SmOp, SmPair};
@@ -81,13 +81,119 @@ pub(crate) struct KvMachine {
     commands_since_commit: usize,
     /// A store failure met while applying: the node halts.
     failure: Option<String>,
+    /// The last index applied (committed to the store or not).
+    last_applied: LogIndex,
+    /// What the node learns from applying, published at every commit.
+    effects: Arc<KvApplied>,
+    /// Cluster version and member addresses applied since the last commit.
+    unpublished: (Option<u32>, Vec<(NodeId, String)>),
+}
+
+/// What a node running the key-value state machine learns as it applies, published at every
+/// commit (what is published is in the store): the cluster version, the revision and log time,
+/// and the member addresses that commands recorded (for the node to dial).
+#[derive(Debug)]
+pub(crate) struct KvApplied {
+    /// The applied cluster version (never lowered).
+    pub(crate) cluster_version: crate::versions::AppliedClusterVersion,
+    /// The applied global revision.
+    pub(crate) revision: std::sync::atomic::AtomicU64,
+    /// The log time of the last applied command (the leader's clock for new commands never
+    /// goes below it).
+    pub(crate) log_time_ms: std::sync::atomic::AtomicU64,
+    /// Member addresses recorded since the node last took them.
+    addrs: std::sync::Mutex<Vec<(NodeId, String)>>,
+    /// Woken when `addrs` gets one.
+    pub(crate) addrs_changed: tokio::sync::Notify,
+}
+
+impl KvApplied {
+    /// As the state machine in `store` holds it.
+    pub(crate) fn of(store: &RocksStore) -> Result<KvApplied, SmError> {
+        Ok(KvApplied {
+            cluster_version: crate::versions::AppliedClusterVersion::new(super::cluster_version(store)?),
+            revision: super::revision(store)?.into(),
+            log_time_ms: super::log_time_ms(store)?.into(),
+            addrs: std::sync::Mutex::default(),
+            addrs_changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Everything again from `store` (after a start that may have restored a snapshot): the
+    /// cluster version (never lowered), revision, log time, and every member address.
+    pub(crate) fn refresh(&self, store: &RocksStore) -> Result<(), SmError> {
+        self.cluster_version.refresh(store)?;
+        self.publish(store, None)?;
+        self.publish_addrs(super::member_addrs(store)?.into_iter().collect());
+        Ok(())
+    }
+
+    /// The member addresses recorded since the last call.
+    pub(crate) fn take_addrs(&self) -> Vec<(NodeId, String)> {
+        std::mem::take(&mut *self.addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn publish_addrs(&self, addrs: Vec<(NodeId, String)>) {
+        if addrs.is_empty() {
+            return;
+        }
+        self.addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(addrs);
+        self.addrs_changed.notify_one();
+    }
+
+    /// After a commit: the store's revision and log time; a cluster version raised to 2 or
+    /// more stamps the store's format first (older binaries then refuse the data).
+    fn publish(&self, store: &RocksStore, version: Option<u32>) -> Result<(), SmError> {
+        if let Some(v) = version {
+            crate::versions::sync_format(store)?;
+            self.cluster_version.raise(v);
+        }
+        use std::sync::atomic::Ordering;
+        self.revision.store(super::revision(store)?, Ordering::Release);
+        self.log_time_ms.fetch_max(super::log_time_ms(store)?, Ordering::AcqRel);
+        Ok(())
+    }
 }
 
 impl KvMachine {
     /// The state machine kept in `store`'s `sm` column family (as it is: a new store's is
     /// empty, a node's holds its state and applied index).
+    #[cfg(test)]
     pub(crate) fn new(store: Arc<RocksStore>) -> KvMachine {
-        KvMachine { store, pending: BTreeMap::new(), pending_bytes: 0, commands_since_commit: 0, failure: None }
+        let effects = match KvApplied::of(&store) {
+            Ok(e) => e,
+            // A damaged record: the node's start reads the same and refuses; a test's empty
+            // store never gets here.
+            Err(_) => KvApplied {
+                cluster_version: crate::versions::AppliedClusterVersion::new(quorate_api::CLUSTER_VERSION_INITIAL),
+                revision: 0.into(),
+                log_time_ms: 0.into(),
+                addrs: std::sync::Mutex::default(),
+                addrs_changed: tokio::sync::Notify::new(),
+            },
+        };
+        KvMachine::with_effects(store, Arc::new(effects))
+    }
+
+    /// The state machine in `store`, publishing what it applies to `effects`.
+    pub(crate) fn with_effects(store: Arc<RocksStore>, effects: Arc<KvApplied>) -> KvMachine {
+        let last_applied = store.applied_index();
+        KvMachine {
+            store,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            commands_since_commit: 0,
+            failure: None,
+            last_applied,
+            effects,
+            unpublished: (None, Vec::new()),
+        }
+    }
+
+    /// The last index applied (a read's closure asks it: the node then reads the store once
+    /// it has written that far).
+    pub(crate) fn last_applied(&self) -> LogIndex {
+        self.last_applied
     }
 
     /// The state as applied (the store merged with the writes not yet committed).
@@ -96,16 +202,24 @@ impl KvMachine {
     }
 
     /// A key as applied (a runtime read runs this in its closure).
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, SmError> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<quorate_api::KeyValue>, SmError> {
         super::read_get(&self.view(), key)
     }
 
     /// Up to `limit` keys in `[start, end)` as applied, and whether more remain.
-    pub(crate) fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Result<(Vec<KeyValue>, bool), SmError> {
+    #[cfg(test)]
+    pub(crate) fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<quorate_api::KeyValue>, bool), SmError> {
         super::read_scan(&self.view(), start, end, limit)
     }
 
     /// The global revision as applied.
+    #[cfg(test)]
     pub(crate) fn revision(&self) -> Result<u64, SmError> {
         super::revision(&self.view())
     }
@@ -114,6 +228,13 @@ impl KvMachine {
         let view = Layer { base: &self.store, pending: &self.pending };
         let mut ov = Overlay::new(&view);
         let outcome = apply_entry(&mut ov, index, command)?;
+        self.last_applied = index;
+        if let Some(v) = outcome.cluster_version {
+            self.unpublished.0 = Some(self.unpublished.0.map_or(v, |u| u.max(v)));
+        }
+        if let Some(addr) = &outcome.member_addr {
+            self.unpublished.1.push(addr.clone());
+        }
         let ops = ov.into_ops();
         for op in ops {
             let (key, value) = match op {
@@ -202,6 +323,8 @@ impl StateMachine for KvMachine {
     fn restore(&mut self, applied: LogIndex, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
         self.pending.clear();
         (self.pending_bytes, self.commands_since_commit, self.failure) = (0, 0, None);
+        self.unpublished = (None, Vec::new());
+        self.last_applied = applied;
         let store = &self.store;
         // Over an interrupted install, or back to or below the applied index (a start that
         // restores again): the reinstall, which may go back.
@@ -246,10 +369,19 @@ impl StateMachine for KvMachine {
                     runtime.put.len()
                 )));
             }
-            return self.store.finish_sm_install(applied).map_err(io_error);
+            self.store.finish_sm_install(applied).map_err(io_error)?;
+            // A whole new state: its version, and every member address it records.
+            let version = super::cluster_version(&*self.store).map_err(io_error)?;
+            self.effects.publish(&self.store, Some(version)).map_err(io_error)?;
+            self.effects.publish_addrs(super::member_addrs(&*self.store).map_err(io_error)?.into_iter().collect());
+            return Ok(());
         }
         let ops = self.commit_ops(runtime).map_err(io_error)?;
-        self.store.apply(applied, ops).map_err(io_error)
+        self.store.apply(applied, ops).map_err(io_error)?;
+        let (version, addrs) = std::mem::take(&mut self.unpublished);
+        self.effects.publish(&self.store, version).map_err(io_error)?;
+        self.effects.publish_addrs(addrs);
+        Ok(())
     }
 
     fn commit_due(&self) -> bool {

@@ -11,7 +11,7 @@ use crate::procs::free_port;
 use quorate_api::{ApiError, ClientRequest, ClientResponse, NodeMessage, Request, Response, Sequenced};
 use quorate_core::Role as RaftRole;
 use quorate_log::NodeId;
-use quorate_node::config::{LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
+use quorate_node::config::{Engine, LimitsConfig, NodeConfig, RaftConfig, TlsConfig};
 use quorate_node::server::{ServerError, run_until};
 use quorate_transport::{Client, ClientOptions, ClusterId, Credentials, Principal, Role, TlsPaths};
 use std::collections::BTreeMap;
@@ -53,6 +53,7 @@ pub(crate) fn node_config(
         telemetry: Default::default(),
         admission: Default::default(),
         history: Default::default(),
+        engine: Default::default(),
     }
 }
 
@@ -117,6 +118,11 @@ impl Cluster {
     /// bootstrap marker): the cluster stays at cluster version 1 until finalized, as an
     /// upgraded one does.
     pub(crate) fn start_with(raft: RaftConfig, spare: u64, upgraded: bool) -> Cluster {
+        Cluster::start_on(raft, spare, upgraded, [Engine::Driver; 3])
+    }
+
+    /// As [`Cluster::start_with`], node `i` of the first three on engine `engines[i - 1]`.
+    pub(crate) fn start_on(raft: RaftConfig, spare: u64, upgraded: bool, engines: [Engine; 3]) -> Cluster {
         quorate_node::server::init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let cluster = ClusterId::new("test").unwrap();
@@ -139,6 +145,7 @@ impl Cluster {
                 join: i > 3,
                 peers: peers.clone(),
                 raft: raft.clone(),
+                engine: if i <= 3 { engines[(i - 1) as usize] } else { Engine::Driver },
                 ..node_config(i, "test", addrs[&i], dir.path().join(format!("n{i}")), paths)
             };
             if upgraded {

@@ -1,0 +1,790 @@
+//! The node as an application of `quorate-runtime` (issue 19): `engine = "runtime"` in the
+//! configuration, **experimental**. The runtime's [`Node`] runs the replica — the consensus
+//! core wrapped in the flight recorder ([`crate::flight::Recorded`]), the log and snapshots in
+//! the node's store ([`RocksLog`] with whole snapshot files as images, [`ImageLayout::File`]),
+//! the key-value state machine on its own thread ([`KvMachine`]) — and its peers are the
+//! node's transport ([`PeerNetwork`]). What stays here is the node around the runtime's
+//! [`Handle`]:
+//!
+//! * **the receive loop**: peer messages become the runtime's ([`crate::peer_network::from_peer`],
+//!   members only); client requests are checked (bounds, role), take a node-wide slot
+//!   (`limits.pending_requests_max`) and are served on a task of their own;
+//! * **client requests**: writes become the node's commands (the same bytes as the node's own
+//!   driver writes, so a cluster may mix both engines and 0.1.0 nodes) and are proposed on the
+//!   leader; reads run as closures over the applied state at the level asked
+//!   ([`KvMachine::serve`]); status, members, versions, leader transfer and flight dumps ask
+//!   the runtime;
+//! * **what the node learns by applying** ([`KvApplied`]): member addresses are dialed, the
+//!   cluster version gates requests and the snapshot transfer format (0.1.0's stream while the
+//!   cluster version is 1, acknowledged pieces after), a new cluster finalizes its version on
+//!   its own ([`crate::versions::AutoFinalize`]);
+//! * a halt of the runtime (storage, state machine, apply thread) stops the node with an error.
+//!
+//! Not yet served here (refused with `InvalidRequest`, or left out): watches, leases, member
+//! changes, backups (`snapshot save`, streams), `cluster finalize` by hand, compaction by
+//! rule, the metrics endpoint, admission's per-principal queues, hash samples and disk
+//! status exchange, failpoints beyond address resolution. The driver (the default engine)
+//! serves all of them.
+
+use crate::apply::ReadReq;
+use crate::config::NodeConfig;
+use crate::flight::Recorded;
+use crate::peer_network::{FromPeer, PeerNetwork, from_peer};
+use crate::server::{InflightGuard, REQUEST_DEADLINE, Responder, ServerError};
+use crate::sm::runtime::{KvApplied, KvMachine};
+use quorate_api::{
+    Access, ApiError, ClientRequest, ClientResponse, Command, CommandOp, Member, MemberKind, NodeMessage, NodeStatus,
+    ReadConsistency, ReadInfo, Request, Response, Staleness,
+};
+use quorate_log::{Configuration, NodeId};
+use quorate_runtime::{
+    Clock, Core as _, Handle, ImageLayout, Node, ReadLevel, RocksLog, Role, SystemClock, TransferFormat,
+};
+use quorate_storage::RocksStore;
+use quorate_transport::{Incoming, Transport};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// The core the runtime drives: the consensus core in the flight recorder.
+type Core = Recorded<RocksLog>;
+
+/// How often the node looks at what changed (cluster version, halts, automatic finalize).
+const TICK: Duration = Duration::from_millis(200);
+/// Client reads served at once, each on a blocking thread over a snapshot of the store (never
+/// on the apply thread, which only says how far it has applied).
+const READ_WORKERS: usize = 4;
+
+/// Runs the node on the runtime until `shutdown` completes or a fatal error; `gate` is its
+/// admission control.
+pub(crate) async fn run(
+    config: NodeConfig,
+    gate: Arc<crate::admission::Gate>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let id = crate::server::node_id(config.id)?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| ServerError::Storage(format!("cannot create directory {}: {e}", data_dir.display())))?;
+    crate::restore::check_not_interrupted(&data_dir).map_err(ServerError::Storage)?;
+    let (options, client_floor) = crate::server::store_options(&config)?;
+    let bootstrap_version = crate::versions::bootstrap_marker(&data_dir, &data_dir.join("store"), config.join)
+        .map_err(ServerError::Fatal)?;
+    let log = RocksLog::open_with_layout(data_dir.join("store"), options, ImageLayout::File)?;
+    let store = log.store().clone();
+    // As the driver starts: an install a crash interrupted is finished and damaged records
+    // repaired before anything reads the state machine (the store's format is the same).
+    crate::apply::repair_at_start(&store, id)?;
+    crate::server::audit_forced_recovery(&data_dir, &store, id)?;
+    let cluster_version = crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
+    let failpoints = crate::failpoints::Failpoints::start(&data_dir, config.limits.danger_failpoints);
+    failpoints.attach_store(&store);
+
+    let mut cfg = quorate_runtime::Config::new(id);
+    cfg.raft = crate::server::core_config(&config, id);
+    cfg.raft.recovering = crate::server::recovering(&store, id);
+    cfg.snapshot_chunk_bytes = cfg.snapshot_chunk_bytes.min(crate::peer_network::CHUNK_BYTES_MAX);
+    cfg.snapshot_rate_bytes_per_sec = Some(config.limits.snapshot_rate_mb_per_sec.saturating_mul(1 << 20).max(1));
+    cfg.snapshot_staging_bytes_max = config.limits.snapshot_staging_mb.saturating_mul(1 << 20);
+    cfg.snapshot_transfer = transfer_format(cluster_version);
+    let clock = SystemClock::new();
+    let flight_dir = Some(data_dir.join("flight"));
+    let flight_budget = usize::try_from(config.limits.flight_recorder_mb << 20).unwrap_or(usize::MAX);
+    let applied = Arc::new(KvApplied::of(&store)?);
+    let sm = KvMachine::with_effects(store.clone(), applied.clone());
+    let replica = quorate_runtime::Replica::with_core(cfg, log, sm, clock.now(), |cc, log, now| {
+        Recorded::new(cc, log, now, flight_dir, flight_budget)
+    })
+    .map_err(|e| ServerError::Fatal(format!("cannot start the replica: {e}")))?;
+    // The replica's start may have restored its snapshot: read what it left.
+    applied.refresh(&store)?;
+    let cluster_version = applied.cluster_version.get();
+
+    let (transport, mut inbox) = crate::server::bind_transport(&config, id, &failpoints).await?;
+    if cluster_version >= 2 {
+        transport.refuse_quorate_1();
+    }
+    let addrs = crate::server::start_addrs(&config, id, &store, &transport)?;
+    tracing::info!(node = %id, addr = %transport.local_addr(), applied = %store.applied_index(),
+        "listening (engine: runtime, experimental)");
+    if config.metrics_listen.is_some() {
+        tracing::warn!("metrics_listen: the runtime engine does not serve the metrics endpoint yet");
+    }
+    let node = Node::start_replica(replica, PeerNetwork::new(transport.clone()), clock)
+        .map_err(|e| ServerError::Fatal(format!("cannot start the replica: {e}")))?;
+
+    let serving = Arc::new(Serving {
+        id,
+        handle: node.handle(),
+        status: node.handle().status(),
+        store: store.clone(),
+        applied: applied.clone(),
+        addrs: RwLock::new(addrs),
+        transport: transport.clone(),
+        gate,
+        inflight: Arc::new(AtomicUsize::new(0)),
+        reads: tokio::sync::Semaphore::new(READ_WORKERS),
+        runtime: tokio::runtime::Handle::current(),
+        last_time_ms: AtomicU64::new(0),
+        started: Instant::now(),
+        leader_contact_ms: AtomicU64::new(u64::MAX),
+        client_floor,
+        disk: Mutex::new((Instant::now(), true)),
+        config,
+    });
+    let mut format = transfer_format(cluster_version);
+    let mut finalize = crate::versions::AutoFinalize::new(bootstrap_version, Instant::now());
+    let peer_inbox = node.inbox();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    // The node's own work before messages, so that a flood of requests cannot hold off a
+    // halt, an address to dial or a format switch; nothing here waits on the runtime.
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break Ok(()),
+            _ = tick.tick() => {
+                if let Some(why) = serving.status.borrow().halted.clone() {
+                    break Err(ServerError::Fatal(format!("the replica halted: {why}")));
+                }
+                let version = applied.cluster_version.get();
+                if version >= 2 {
+                    transport.refuse_quorate_1();
+                }
+                let wanted = transfer_format(version);
+                if wanted != format {
+                    tracing::info!(?wanted, version, "snapshot transfers change format with the cluster version");
+                    let handle = serving.handle.clone();
+                    // Only ever raised with the cluster version: the last call wins.
+                    tokio::spawn(async move { handle.set_transfer_format(wanted).await });
+                    format = wanted;
+                }
+                serving.auto_finalize(&mut finalize);
+            }
+            () = applied.addrs_changed.notified() => serving.learn_addrs(),
+            m = inbox.recv() => match m {
+                Some(Incoming::Peer { from, message, .. }) => serving.on_peer(&peer_inbox, from, message),
+                Some(Incoming::Request(req)) => serving.clone().on_request(req),
+                Some(_) => {}
+                None => break Err(ServerError::Transport("the transport stopped".into())),
+            },
+        }
+    };
+    if let Err(e) = &result {
+        let reason = format!("error: {e}");
+        let _ = serving.handle.with_core::<Core, _>(move |core| core.dump(&reason).map(|_| ())).await;
+    }
+    node.shutdown().await;
+    drop(serving);
+    // Answers in flight hold the transport for a moment: wait (bounded), then close it so the
+    // address can be bound again at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&transport) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match Arc::try_unwrap(transport) {
+        Ok(t) => t.shutdown().await,
+        Err(_) => tracing::warn!("transport still referenced at shutdown"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::info!(node = %id, "node stopped");
+    result
+}
+
+/// Serves `req` from a consistent view of the state machine at `needed` or later: a view taken
+/// during an install, or of a store that has not yet written what the runtime applied, is
+/// taken again (every millisecond, until `deadline`).
+fn read_view(
+    store: &RocksStore,
+    node: NodeId,
+    req: &ReadReq,
+    staleness: Option<Staleness>,
+    needed: quorate_log::LogIndex,
+    deadline: Instant,
+) -> Result<Response, ApiError> {
+    loop {
+        let why = match store.sm_view() {
+            Ok(view) if view.applied_index() >= needed => {
+                let internal =
+                    |e: crate::sm::SmError| ApiError::Internal(format!("the state machine could not be read: {e}"));
+                let read = ReadInfo {
+                    node,
+                    revision: crate::sm::revision(&view).map_err(internal)?,
+                    applied: view.applied_index(),
+                    staleness,
+                };
+                return crate::apply::read_one(&view, req, read).map_err(internal)?;
+            }
+            Ok(view) => format!("the state machine is at {}, the read needs {needed}", view.applied_index()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(ApiError::Unavailable(format!("cannot read the state machine yet ({why}); retry")));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// How leaders send snapshots at cluster version `version`: 0.1.0's unanswered stream while
+/// a 0.1.0 member may be in the cluster (version 1), acknowledged pieces after.
+fn transfer_format(version: u32) -> TransferFormat {
+    if version >= crate::versions::RESUMABLE_SNAPSHOT_CLUSTER_VERSION {
+        TransferFormat::Acknowledged
+    } else {
+        TransferFormat::Stream
+    }
+}
+
+/// The node around the runtime's handle: what client requests and the receive loop need.
+struct Serving {
+    id: NodeId,
+    config: NodeConfig,
+    handle: Handle<KvMachine>,
+    /// The runtime's status, updated after every turn of its task.
+    status: tokio::sync::watch::Receiver<quorate_runtime::Status>,
+    store: Arc<RocksStore>,
+    applied: Arc<KvApplied>,
+    /// Member addresses: the bootstrap peers and what the log recorded.
+    addrs: RwLock<BTreeMap<NodeId, String>>,
+    transport: Arc<Transport<NodeMessage>>,
+    /// Admission control: per-principal limits and answer budgets, before any work.
+    gate: Arc<crate::admission::Gate>,
+    /// Client requests admitted and not yet answered (bounded by `limits.pending_requests_max`).
+    inflight: Arc<AtomicUsize>,
+    /// Reads running on blocking threads ([`READ_WORKERS`]).
+    reads: tokio::sync::Semaphore,
+    runtime: tokio::runtime::Handle,
+    /// The log time of the last command this node proposed.
+    last_time_ms: AtomicU64,
+    started: Instant,
+    /// When the leader was last heard from, in ms since `started` (`u64::MAX`: never).
+    leader_contact_ms: AtomicU64,
+    /// Client writes are refused below this much free space.
+    client_floor: u64,
+    /// When free space was last checked, and whether it was above the floor.
+    disk: Mutex<(Instant, bool)>,
+}
+
+impl Serving {
+    /// A peer's message: to the runtime if it is one of its kinds, from a member (or, for a
+    /// node not configured yet, from a bootstrap peer); the node's own kinds are not
+    /// exchanged by this engine yet.
+    fn on_peer(&self, inbox: &quorate_runtime::Inbox, from: NodeId, message: NodeMessage) {
+        use quorate_telemetry::names::peer_refused;
+        let status = self.status.borrow();
+        let c = &status.config;
+        let unconfigured = c.voters.is_empty() && c.voters_outgoing.is_empty() && c.learners.is_empty();
+        let allowed = c.is_voter(from)
+            || c.is_learner(from)
+            || status.leader == Some(from)
+            || (unconfigured && self.config.peers.contains_key(&from.get()));
+        if !allowed {
+            crate::server::refused_peer(from, peer_refused::NOT_MEMBER, "not a member of the configuration");
+            return;
+        }
+        let from_leader = status.leader == Some(from);
+        drop(status);
+        match from_peer(self.id, from, message) {
+            FromPeer::Runtime(m) => {
+                if from_leader {
+                    let ms = self.started.elapsed().as_millis() as u64;
+                    self.leader_contact_ms.store(ms, Ordering::Relaxed);
+                }
+                if !inbox.deliver(m) {
+                    tracing::debug!(peer = %from, "the runtime's inbox is full; a peer message dropped");
+                }
+            }
+            FromPeer::Drop => {
+                crate::server::refused_peer(from, peer_refused::NOT_MEMBER, "a message claiming another sender");
+            }
+            FromPeer::Node(_) => tracing::trace!(peer = %from, "hash samples and disk status are not exchanged yet"),
+        }
+    }
+
+    /// Dials the member addresses that applied commands recorded.
+    fn learn_addrs(&self) {
+        for (id, addr) in self.applied.take_addrs() {
+            let changed = {
+                let mut a = self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                a.insert(id, addr.clone()).as_deref() != Some(addr.as_str())
+            };
+            if changed && id != self.id {
+                match quorate_transport::PeerAddr::parse(&addr) {
+                    Ok(a) => {
+                        tracing::info!(node = %id, %addr, "peer address learned");
+                        self.transport.add_peer_at(id, a);
+                    }
+                    Err(e) => tracing::warn!(node = %id, error = %e, "cannot use the member's address"),
+                }
+            }
+        }
+    }
+
+    /// A new cluster's leader proposes its cluster version once every member can follow.
+    fn auto_finalize(&self, finalize: &mut crate::versions::AutoFinalize) {
+        let (others, leader) = {
+            let status = self.status.borrow();
+            let others: Vec<NodeId> = status.config.members().filter(|&m| m != self.id).collect();
+            (others, status.role == Role::Leader)
+        };
+        let version = self.applied.cluster_version.get();
+        let transport = &self.transport;
+        let Some(version) =
+            finalize.due(Instant::now(), leader, version, &others, |id| transport.peer_protocol_generation(id))
+        else {
+            return;
+        };
+        let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::SetClusterVersion { version } };
+        let Ok(bytes) = quorate_api::encode_command(&cmd) else { return };
+        // Not waited for here: its outcome shows in the applied version.
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            match handle.propose(bytes).await {
+                Ok(_) => tracing::info!(version, "new cluster: its cluster version is applied"),
+                Err(e) => tracing::warn!(version, error = %e, "new cluster: cannot raise its cluster version yet"),
+            }
+        });
+    }
+
+    /// A client request: checked, given a node-wide slot, and served on a task of its own.
+    fn on_request(self: Arc<Self>, mut req: quorate_transport::Request<NodeMessage>) {
+        let placeholder = NodeMessage::Response(ClientResponse { id: 0, result: Err(ApiError::Timeout) });
+        let timeout = Duration::from_millis(self.config.limits.response_write_timeout_ms);
+        let (attempt, message) = crate::admission::attempt_of(std::mem::replace(&mut req.message, placeholder));
+        let ClientRequest { id, session, body } = match message {
+            NodeMessage::Request(r) => match r.validate() {
+                Ok(()) => r,
+                Err(detail) => {
+                    let audit = crate::audit::describe(&r.body, r.session);
+                    let r = Responder::new(req, r.id, self.runtime.clone(), audit, false, timeout);
+                    r.send(Err(ApiError::InvalidRequest(detail)), None);
+                    return;
+                }
+            },
+            _ => {
+                let r = Responder::new(req, 0, self.runtime.clone(), None, false, timeout);
+                r.send(Err(ApiError::InvalidRequest("expected a client request".into())), None);
+                return;
+            }
+        };
+        let access = body.access();
+        let audit = crate::audit::describe(&body, session);
+        let needed = match access {
+            Access::Read => quorate_transport::Role::Read,
+            Access::Write => quorate_transport::Role::Write,
+            _ => quorate_transport::Role::Admin,
+        };
+        let allowed = req.from.role.allows(needed);
+        let principal = crate::admission::principal_of(req.from.principal.as_str());
+        crate::admission::note_attempt(req.from.principal.as_str(), attempt);
+        let mut responder = Responder::new(req, id, self.runtime.clone(), audit, access != Access::Read, timeout);
+        if !allowed {
+            crate::telemetry::refused("role");
+            responder.send(Err(ApiError::Unauthorized { needed: access }), None);
+            return;
+        }
+        // Admission, before any work: it holds a slot of the principal's, and the most bytes
+        // the answer can take, until the answer is written.
+        let signals = {
+            let s = self.status.borrow();
+            crate::admission::CoreSignals {
+                uncommitted_bytes: s.uncommitted_bytes,
+                apply_lag_entries: s.commit.0.saturating_sub(s.applied.0),
+                proposal_queue_count: s.last_index.0.saturating_sub(s.commit.0),
+                peer_in_flight_bytes_max: s.peer_inflight_bytes_max,
+            }
+        };
+        match self.gate.admit(&body, principal, attempt > 0, signals, self.store.dir()) {
+            Ok(ticket) => responder.admitted(ticket),
+            Err(e) => return responder.send(Err(e), None),
+        }
+        if self.inflight.load(Ordering::Acquire) >= self.config.limits.pending_requests_max {
+            // Not a latency sample for the adaptive limit: the permit goes before the refusal.
+            responder.admitted(None);
+            let e = crate::admission::shed(quorate_api::OverloadReason::QueueFull, Duration::from_millis(50));
+            responder.send(Err(e), None);
+            return;
+        }
+        responder.hold(InflightGuard::new(&self.inflight));
+        tokio::spawn(async move { self.dispatch(session, body, responder).await });
+    }
+
+    async fn dispatch(&self, session: Option<quorate_api::Sequenced>, body: Request, responder: Responder) {
+        use crate::sm::{DELETE_RANGE_CLUSTER_VERSION, HISTORY_CLUSTER_VERSION};
+        match body {
+            Request::Put { key, value } => self.write(session, CommandOp::Put { key, value }, responder).await,
+            Request::Delete { key } => self.write(session, CommandOp::Delete { key }, responder).await,
+            Request::Cas { key, expected, value } => {
+                self.write(session, CommandOp::Cas { key, expected, value }, responder).await;
+            }
+            Request::OpenSession => self.write(None, CommandOp::OpenSession, responder).await,
+            Request::Txn(txn) if txn.is_read_only() => {
+                let req = ReadReq::Txn { txn, from: 0, revision: None, paged: false };
+                self.read(req, ReadConsistency::Linearizable, responder).await;
+            }
+            Request::Txn(txn) => self.bound_then_write(session, txn, responder).await,
+            Request::TxnPaged { txn, from, revision } => {
+                let req = ReadReq::Txn { txn, from, revision, paged: true };
+                self.read(req, ReadConsistency::Linearizable, responder).await;
+            }
+            Request::Get { key, read } => self.read(ReadReq::Get { key }, read, responder).await,
+            Request::Scan { start, end, limit, read } => {
+                self.read(ReadReq::Scan { start, end, limit, paged: false }, read, responder).await;
+            }
+            Request::ScanPaged { start, end, limit, read } => {
+                self.read(ReadReq::Scan { start, end, limit, paged: true }, read, responder).await;
+            }
+            Request::GetAt { key, revision, read } => {
+                match self.require(HISTORY_CLUSTER_VERSION, "a read at a revision") {
+                    Ok(()) => self.read(ReadReq::GetAt { key, revision }, read, responder).await,
+                    Err(e) => responder.send(Err(e), None),
+                }
+            }
+            Request::ScanAt { start, end, limit, revision, read } => {
+                match self.require(HISTORY_CLUSTER_VERSION, "a read at a revision") {
+                    Ok(()) => self.read(ReadReq::ScanAt { start, end, limit, revision }, read, responder).await,
+                    Err(e) => responder.send(Err(e), None),
+                }
+            }
+            Request::Compact { revision } => match self.require(HISTORY_CLUSTER_VERSION, "compact") {
+                Ok(()) => self.write(None, CommandOp::Compact { revision }, responder).await,
+                Err(e) => responder.send(Err(e), None),
+            },
+            Request::DeleteRange { start, end } => match self.require(DELETE_RANGE_CLUSTER_VERSION, "delete-range") {
+                Ok(()) => self.write(session, CommandOp::DeleteRange { start, end }, responder).await,
+                Err(e) => responder.send(Err(e), None),
+            },
+            Request::Status => responder.send(Ok(Response::Status(self.status())), None),
+            Request::MemberList => responder.send(Ok(Response::Members(self.members())), None),
+            Request::Versions => {
+                let version = self.applied.cluster_version.get();
+                responder.send(crate::versions::info_of(self.id, &self.store, version), None);
+            }
+            Request::LeaderTransfer { to } => {
+                let answer = self.transfer(to).await;
+                responder.send(answer, None);
+            }
+            Request::FlightDump => {
+                // The closure answers; if the node stops first, the client hears so here.
+                let held = Arc::new(Mutex::new(Some(responder)));
+                let inside = held.clone();
+                let ran = self
+                    .handle
+                    .with_core::<Core, _>(move |core| {
+                        let taken = inside.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                        if let Some(responder) = taken {
+                            crate::flight::answer_dump_request(core, responder);
+                        }
+                    })
+                    .await;
+                let left = held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                if let (Err(e), Some(responder)) = (ran, left) {
+                    let status = self.status.borrow().clone();
+                    responder.send(Err(self.refusal(e, &status)), None);
+                }
+            }
+            _ => responder.send(
+                Err(ApiError::InvalidRequest(
+                    "this request is not served by a node on the runtime engine yet (engine = \"runtime\" is \
+                     experimental); run it on a node with the default engine"
+                        .into(),
+                )),
+                None,
+            ),
+        }
+    }
+
+    /// Refuses a request that needs cluster version `needed` before it is applied.
+    fn require(&self, needed: u32, what: &str) -> Result<(), ApiError> {
+        let current = self.applied.cluster_version.get();
+        if current < needed {
+            return Err(quorate_api::cluster_version_refusal(what, needed, current));
+        }
+        Ok(())
+    }
+
+    /// `NotLeader`, with the leader this node knows of and its address.
+    fn leader_hint(&self, status: &quorate_runtime::Status) -> ApiError {
+        let leader = status.leader.filter(|&l| l != self.id || status.role == Role::Leader);
+        let addr =
+            leader.and_then(|l| self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&l).cloned());
+        ApiError::NotLeader { leader, addr }
+    }
+
+    /// Whether free space is above the client floor (checked at most every 250 ms).
+    fn disk_ok(&self) -> bool {
+        if self.client_floor == 0 {
+            return true;
+        }
+        let mut disk = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if disk.0.elapsed() >= Duration::from_millis(250) {
+            let ok = quorate_storage::check_free_space(self.store.dir(), self.client_floor).is_ok();
+            if ok != disk.1 {
+                tracing::warn!(floor_mb = self.client_floor >> 20, ok, "free disk space crossed the client floor");
+            }
+            *disk = (Instant::now(), ok);
+        }
+        disk.1
+    }
+
+    /// Log time for a new command: never decreasing along this node's commands, nor below
+    /// what the log applied.
+    fn next_time_ms(&self) -> u64 {
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let t = wall.max(self.applied.log_time_ms.load(Ordering::Acquire));
+        self.last_time_ms.fetch_max(t, Ordering::AcqRel).max(t)
+    }
+
+    /// A write: the node's command for `op`, proposed on the leader and answered with what
+    /// applying it gave.
+    async fn write(&self, session: Option<quorate_api::Sequenced>, op: CommandOp, responder: Responder) {
+        let status = self.status.borrow().clone();
+        if status.role != Role::Leader {
+            responder.send(Err(self.leader_hint(&status)), None);
+            return;
+        }
+        if !self.disk_ok() {
+            let e = crate::admission::shed(quorate_api::OverloadReason::DiskSpace, Duration::from_secs(1));
+            responder.send(Err(e), None);
+            return;
+        }
+        let version = self.applied.cluster_version.get();
+        let op = crate::server::owned_op(version, session.is_some(), op, responder.principal());
+        let cmd = Command { session, time_ms: self.next_time_ms(), op };
+        let bytes = match quorate_api::encode_command(&cmd) {
+            Ok(b) => b,
+            Err(e) => return responder.send(Err(ApiError::InvalidRequest(e.to_string())), None),
+        };
+        let answer = match tokio::time::timeout(REQUEST_DEADLINE, self.handle.propose(bytes)).await {
+            Ok(Ok(out)) => out.result,
+            Ok(Err(e)) => Err(self.refusal(e, &status)),
+            // Appended or not, applied or not: the client cannot tell (a retry in its session can).
+            Err(_) => Err(ApiError::Timeout),
+        };
+        responder.send(answer, None);
+    }
+
+    /// A read at `level`, run over the applied state once the runtime allows it.
+    async fn read(&self, req: ReadReq, level: ReadConsistency, responder: Responder) {
+        let status = self.status.borrow().clone();
+        let (level, staleness) = match level {
+            ReadConsistency::Stale | ReadConsistency::BoundedStale(_) => {
+                let since_leader_ms = if status.role == Role::Leader {
+                    Some(0)
+                } else {
+                    match self.leader_contact_ms.load(Ordering::Relaxed) {
+                        u64::MAX => None,
+                        at => Some((self.started.elapsed().as_millis() as u64).saturating_sub(at)),
+                    }
+                };
+                if let ReadConsistency::BoundedStale(bound) = &level {
+                    // Checked against the applied index now: the read is served at this index
+                    // or a later one.
+                    let refused = self
+                        .require(crate::versions::BOUNDED_STALENESS_CLUSTER_VERSION, "a bounded-staleness read")
+                        .err()
+                        .or_else(|| {
+                            bound
+                                .violation(status.commit.0, status.applied.0, since_leader_ms)
+                                .map(ApiError::Unavailable)
+                        });
+                    if let Some(e) = refused {
+                        return responder.send(Err(e), None);
+                    }
+                }
+                (ReadLevel::Stale, Some(Staleness { known_commit: status.commit, since_leader_ms }))
+            }
+            ReadConsistency::Lease => {
+                if status.role != Role::Leader {
+                    return responder.send(Err(self.leader_hint(&status)), None);
+                }
+                let level =
+                    if self.config.raft.lease_clock_drift_ms == 0 { ReadLevel::Linearizable } else { ReadLevel::Lease };
+                (level, None)
+            }
+            _ => (ReadLevel::Linearizable, None),
+        };
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        // A stale read needs nothing of the runtime: the store as it is. Any other waits until
+        // the runtime allows it, and learns how far the state machine had applied by then.
+        let needed = if staleness.is_some() {
+            quorate_log::LogIndex::ZERO
+        } else {
+            let run = self.handle.read(level, |sm: &KvMachine| sm.last_applied());
+            match tokio::time::timeout(REQUEST_DEADLINE, run).await {
+                Ok(Ok(at)) => at,
+                Ok(Err(e)) => return responder.send(Err(self.refusal(e, &status)), None),
+                Err(_) => return responder.send(Err(ApiError::Timeout), None),
+            }
+        };
+        let answer = self.serve_read(req, staleness, needed, deadline).await;
+        responder.send(answer, None);
+    }
+
+    /// Serves `req` on a blocking thread from a snapshot of the store that has applied at least
+    /// `needed` (waiting for it, and for an install to finish, until `deadline`).
+    async fn serve_read(
+        &self,
+        req: ReadReq,
+        staleness: Option<Staleness>,
+        needed: quorate_log::LogIndex,
+        deadline: Instant,
+    ) -> Result<Response, ApiError> {
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline.into(), self.reads.acquire()).await else {
+            return Err(ApiError::Timeout);
+        };
+        let (store, node) = (self.store.clone(), self.id);
+        let served = tokio::task::spawn_blocking(move || read_view(&store, node, &req, staleness, needed, deadline));
+        served.await.unwrap_or_else(|e| Err(ApiError::Internal(format!("a read failed: {e}"))))
+    }
+
+    /// A writing transaction: from [`crate::sm::BOUNDED_RESULTS_CLUSTER_VERSION`], one whose
+    /// gets cannot fit in an answer is refused before it is proposed (bounded on a read
+    /// worker, the cost charged to the principal), as the driver does.
+    async fn bound_then_write(
+        &self,
+        session: Option<quorate_api::Sequenced>,
+        txn: quorate_api::Txn,
+        responder: Responder,
+    ) {
+        let has_gets = txn.success.iter().chain(&txn.failure).any(|o| matches!(o, quorate_api::TxnOp::Get { .. }));
+        let leads = self.status.borrow().role == Role::Leader;
+        if !has_gets || !leads || self.applied.cluster_version.get() < crate::sm::BOUNDED_RESULTS_CLUSTER_VERSION {
+            return self.write(session, CommandOp::Txn(txn), responder).await;
+        }
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline.into(), self.reads.acquire()).await else {
+            return responder.send(Err(ApiError::Timeout), None);
+        };
+        let store = self.store.clone();
+        let bounded = tokio::task::spawn_blocking(move || {
+            let bound = crate::sm::txn_bound(&*store, &txn);
+            (txn, bound)
+        })
+        .await;
+        drop(permit);
+        let Ok((txn, bound)) = bounded else {
+            return responder.send(Err(ApiError::Internal("bounding a transaction failed".into())), None);
+        };
+        match bound {
+            Ok(b) if b.result_bytes_min > quorate_api::limits::RESULT_BYTES_MAX as u64 => {
+                tracing::debug!(bound = ?b, "writing transaction refused before it was proposed: its results cannot fit");
+                crate::telemetry::txn_refused_unproposed(responder.principal());
+                responder.charge_reads(b.read_bytes);
+                responder.send(Err(crate::sm::txn_results_too_large()), None);
+            }
+            bounded => {
+                if let Err(e) = bounded {
+                    tracing::warn!(error = %e, "cannot bound a transaction's results; proposing it (apply checks them)");
+                }
+                self.write(session, CommandOp::Txn(txn), responder).await;
+            }
+        }
+    }
+
+    /// What the client is told when the runtime refuses or loses its request.
+    fn refusal(&self, e: quorate_runtime::Error, status: &quorate_runtime::Status) -> ApiError {
+        use quorate_runtime::Error as E;
+        let hint = || self.leader_hint(status);
+        match e {
+            E::NotLeader { leader_hint: leader } => {
+                let addr = leader.and_then(|l| {
+                    self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&l).cloned()
+                });
+                ApiError::NotLeader { leader, addr }
+            }
+            E::Propose(e) => crate::server::propose_refusal(e, hint),
+            E::Read(e) => crate::server::read_refusal(&e, hint),
+            E::ConfChange(e) => crate::server::conf_refusal(e, hint),
+            E::Transfer(e) => ApiError::Refused(e.to_string()),
+            E::Busy { what: "reads", .. } => {
+                crate::admission::shed(quorate_api::OverloadReason::PendingReads, Duration::from_millis(50))
+            }
+            E::Busy { what: "apply backlog bytes", .. } => {
+                crate::admission::shed(quorate_api::OverloadReason::UncommittedBytes, Duration::from_millis(100))
+            }
+            E::Busy { .. } => crate::admission::shed(quorate_api::OverloadReason::QueueFull, Duration::from_millis(50)),
+            E::Dropped => {
+                ApiError::Unavailable("a new leader's entry took this write's place: not applied; retry".into())
+            }
+            E::OutcomeUnknown => ApiError::Timeout,
+            E::Halted(why) => ApiError::Internal(format!("node halted: {why}")),
+            E::Shutdown => ApiError::Unavailable("the node is shutting down".into()),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+
+    /// The node's status, as the runtime published it after its last turn.
+    fn status(&self) -> NodeStatus {
+        let s = self.status.borrow();
+        NodeStatus {
+            id: s.id,
+            role: s.role,
+            term: s.term,
+            leader: s.leader,
+            commit: s.commit,
+            applied: s.applied,
+            last_index: s.last_index,
+            config: s.config.clone(),
+            config_version: s.config_version,
+            snapshot_index: s.snapshot_index,
+            revision: self.applied.revision.load(Ordering::Acquire),
+            binary_version: crate::VERSION.to_string(),
+            storage_format: quorate_storage::FORMAT_VERSION,
+            danger: self.config.danger_settings(),
+        }
+    }
+
+    /// The members of the configuration in force, with their addresses.
+    fn members(&self) -> Vec<Member> {
+        let c: Configuration = self.handle.status().borrow().config.clone();
+        let addrs = self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        let mut push = |id: NodeId, kind| out.push(Member { id, addr: addrs.get(&id).cloned(), kind });
+        for &v in &c.voters {
+            push(v, MemberKind::Voter);
+        }
+        for &v in c.voters_outgoing.difference(&c.voters) {
+            push(v, MemberKind::OutgoingVoter);
+        }
+        for &l in &c.learners {
+            push(l, MemberKind::Learner);
+        }
+        out
+    }
+
+    /// Hands leadership to `to`, or to the voter furthest along.
+    async fn transfer(&self, to: Option<NodeId>) -> Result<Response, ApiError> {
+        let status = self.status.borrow().clone();
+        if status.role != Role::Leader {
+            return Err(self.leader_hint(&status));
+        }
+        let target = match to {
+            Some(t) => t,
+            None => {
+                let me = self.id;
+                let best = self
+                    .handle
+                    .with_core::<Core, _>(move |core| {
+                        let s = core.raft().status();
+                        s.peers
+                            .iter()
+                            .filter(|(id, _)| **id != me && s.config.is_voter(**id))
+                            .max_by_key(|(_, p)| p.match_index)
+                            .map(|(id, _)| *id)
+                    })
+                    .await
+                    .map_err(|e| self.refusal(e, &status))?;
+                best.ok_or_else(|| ApiError::Refused("no other voter to transfer leadership to".into()))?
+            }
+        };
+        self.handle.transfer_leader(target).await.map_err(|e| self.refusal(e, &status))?;
+        Ok(Response::Done)
+    }
+}

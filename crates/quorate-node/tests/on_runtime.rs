@@ -1,0 +1,348 @@
+//! The node on `quorate-runtime` (`engine = "runtime"`, issue 19): three in-process nodes over
+//! real QUIC + mutual TLS and RocksDB serve the key-value API; a cluster mixing both engines
+//! replicates, catches followers of either engine up by snapshot from a leader of the other
+//! (at cluster version 1, where leaders send 0.1.0's stream, and after finalize, where they
+//! send acknowledged pieces) and hands leadership from one engine to the other.
+
+#[path = "support/procs.rs"]
+mod procs;
+
+#[path = "support/inproc.rs"]
+mod inproc;
+
+use inproc::{Cluster, DEADLINE, Node, fast_raft, put};
+use quorate_api::{
+    ApiError, Compare, CompareOp, CompareTarget, ReadConsistency, Request, Response, Sequenced, SessionId, Txn, TxnOp,
+    TxnResult,
+};
+use quorate_log::NodeId;
+use quorate_node::config::{Engine, RaftConfig};
+use std::time::{Duration, Instant};
+
+const RUNTIME: [Engine; 3] = [Engine::Runtime; 3];
+
+impl Cluster {
+    async fn call(&mut self, node: u64, body: Request) -> Result<Response, ApiError> {
+        self.call_as("writer", node, None, body).await.expect("transport")
+    }
+
+    /// Polls `node` until its stale (local) read of `key` gives `value`.
+    async fn applied_on(&mut self, node: u64, key: &str, value: &str) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let r = self.call_retry(node, get(key, ReadConsistency::Stale)).await;
+            if value_of(&r).as_deref() == Some(value.as_bytes()) {
+                return;
+            }
+            assert!(Instant::now() < until, "node {node} never applied {key} = {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn status_of(&mut self, node: u64) -> quorate_api::NodeStatus {
+        match self.call_retry(node, Request::Status).await {
+            Response::Status(s) => s,
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    async fn cluster_version_of(&mut self, node: u64) -> u32 {
+        match self.call_retry(node, Request::Versions).await {
+            Response::Versions(v) => v.cluster_version,
+            other => panic!("not versions: {other:?}"),
+        }
+    }
+
+    /// Makes `to` the leader (through whichever node leads now) and waits until all agree.
+    async fn lead_with(&mut self, to: u64) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let leader = self.leader().await;
+            if leader == to {
+                return;
+            }
+            let transfer = Request::LeaderTransfer { to: Some(NodeId::new(to).unwrap()) };
+            let _ = self.call_as("admin", leader, None, transfer).await;
+            assert!(Instant::now() < until, "node {to} never became the leader");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The leader's log no longer holds the entry after `had` (a follower's last index when it
+/// stopped): with `compaction_tail_entries = 5`, the log starts at most 5 entries before the
+/// snapshot. So that follower can only catch up by installing a snapshot.
+fn assert_compacted_past(leader: quorate_api::NodeStatus, had: quorate_log::LogIndex) {
+    assert!(
+        leader.snapshot_index.0 > had.0 + 1 + 5,
+        "the leader must have compacted past the follower's log ({had}): {leader:?}"
+    );
+}
+
+fn get(k: &str, read: ReadConsistency) -> Request {
+    Request::Get { key: k.into(), read }
+}
+
+fn value_of(r: &Response) -> Option<Vec<u8>> {
+    match r {
+        Response::Get { kv, .. } => kv.as_ref().map(|kv| kv.value.clone()),
+        other => panic!("not a get: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_on_the_runtime_serve_the_kv_api() {
+    let mut c = Cluster::start_on(fast_raft(), 0, false, RUNTIME);
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+
+    // put / get / cas / delete / scan / txn on the leader.
+    let Response::Put { revision: r1 } = c.call_retry(leader, put("a", "1")).await else { panic!() };
+    let got = c.call(leader, get("a", ReadConsistency::Linearizable)).await.unwrap();
+    assert_eq!(value_of(&got), Some(b"1".to_vec()));
+    let cas = Request::Cas { key: "a".into(), expected: Some("1".into()), value: "2".into() };
+    let Response::Cas { succeeded: true, previous: Some(prev), revision } = c.call(leader, cas.clone()).await.unwrap()
+    else {
+        panic!("cas failed")
+    };
+    assert_eq!((prev.value.as_slice(), revision), (&b"1"[..], r1 + 1));
+    let Response::Cas { succeeded: false, .. } = c.call(leader, cas).await.unwrap() else {
+        panic!("cas succeeded twice")
+    };
+    for k in ["b", "c", "d"] {
+        c.call(leader, put(k, k)).await.unwrap();
+    }
+    let scan =
+        Request::Scan { start: "b".into(), end: Some("d".into()), limit: 10, read: ReadConsistency::Linearizable };
+    let Response::Scan { kvs, more: false, .. } = c.call(leader, scan).await.unwrap() else { panic!() };
+    assert_eq!(kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(), vec![b"b".to_vec(), b"c".to_vec()]);
+    let Response::Delete { deleted: true, .. } = c.call(leader, Request::Delete { key: "d".into() }).await.unwrap()
+    else {
+        panic!()
+    };
+    let txn = Txn {
+        compare: vec![Compare {
+            key: "a".into(),
+            target: CompareTarget::Value(Some("2".into())),
+            op: CompareOp::Equal,
+        }],
+        success: vec![TxnOp::Put { key: "t".into(), value: "yes".into() }, TxnOp::Get { key: "a".into() }],
+        failure: vec![TxnOp::Put { key: "t".into(), value: "no".into() }],
+    };
+    let Response::Txn { succeeded: true, results, .. } = c.call(leader, Request::Txn(txn)).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(&results[1], TxnResult::Get(Some(kv)) if kv.value == b"2"));
+
+    // A write on a follower names the leader and its address.
+    match c.call(follower, put("x", "1")).await {
+        Err(ApiError::NotLeader { leader: Some(l), addr: Some(a) }) => {
+            assert_eq!(l.get(), leader);
+            assert_eq!(a, c.nodes[&leader].addr().to_string());
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+
+    // Linearizable reads on a follower see the latest acknowledged write.
+    for i in 0..5 {
+        let v = format!("v{i}");
+        c.call(leader, put("lin", &v)).await.unwrap();
+        let r = c.call(follower, get("lin", ReadConsistency::Linearizable)).await.unwrap();
+        assert_eq!(value_of(&r), Some(v.into_bytes()));
+    }
+    // Stale reads say how stale they may be, and who served them.
+    let Response::Get { read, .. } = c.call(follower, get("lin", ReadConsistency::Stale)).await.unwrap() else {
+        panic!()
+    };
+    assert!(read.staleness.is_some());
+    assert_eq!(read.node.get(), follower);
+
+    // A lease read on the leader; on a follower it names the leader.
+    let r = c.call(leader, get("lin", ReadConsistency::Lease)).await.unwrap();
+    assert_eq!(value_of(&r), Some(b"v4".to_vec()));
+    let r = c.call(follower, get("lin", ReadConsistency::Lease)).await;
+    assert!(matches!(r, Err(ApiError::NotLeader { leader: Some(_), .. })), "{r:?}");
+
+    // A new cluster raised its cluster version on its own; then sessions are the principal's.
+    let until = Instant::now() + DEADLINE;
+    while c.cluster_version_of(follower).await < quorate_api::CLUSTER_VERSION {
+        assert!(Instant::now() < until, "the new cluster never finalized its version");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bounded-stale reads on a follower: served within a bound it meets (it hears from the
+    // leader every heartbeat), refused with a bound no replica meets.
+    let fresh = quorate_api::StalenessBound { max_lag_entries: Some(1_000), max_since_leader_ms: Some(10_000) };
+    let r = c.call(follower, get("lin", ReadConsistency::BoundedStale(fresh))).await.unwrap();
+    let Response::Get { read, .. } = &r else { panic!() };
+    assert!(read.staleness.as_ref().is_some_and(|s| s.since_leader_ms.is_some()), "{read:?}");
+    assert_eq!(value_of(&r), Some(b"v4".to_vec()));
+    let never = quorate_api::StalenessBound { max_lag_entries: None, max_since_leader_ms: Some(0) };
+    let mut refused = false;
+    for _ in 0..20 {
+        // 0 ms since the leader: met only in the millisecond a heartbeat arrives.
+        match c.call(follower, get("lin", ReadConsistency::BoundedStale(never))).await {
+            Err(ApiError::Unavailable(_)) => {
+                refused = true;
+                break;
+            }
+            other => assert!(other.is_ok(), "{other:?}"),
+        }
+    }
+    assert!(refused, "a bound of 0 ms since the leader is refused on a follower");
+
+    // Exactly-once: the same session and sequence number twice, applied once.
+    let Response::Session(session) = c.call(leader, Request::OpenSession).await.unwrap() else { panic!() };
+    let s1 = Some(Sequenced { session, seq: 1 });
+    let first = c.call_as("writer", leader, s1, put("once", "x")).await.unwrap();
+    let again = c.call_as("writer", leader, s1, put("once", "x")).await.unwrap();
+    assert_eq!(first, again);
+    let r = c.call(leader, get("once", ReadConsistency::Linearizable)).await.unwrap();
+    let Response::Get { kv: Some(kv), .. } = r else { panic!() };
+    assert_eq!(kv.version, 1);
+    let bogus = Some(Sequenced { session: SessionId(999_999), seq: 1 });
+    assert_eq!(c.call_as("writer", leader, bogus, put("once", "y")).await.unwrap(), Err(ApiError::SessionExpired));
+    // Another principal cannot write in the writer's session.
+    let stolen = c.call_as("admin", leader, Some(Sequenced { session, seq: 2 }), put("once", "z")).await.unwrap();
+    assert!(stolen.is_err(), "{stolen:?}");
+
+    // A read at a revision (history is on at the finalized version).
+    let Response::Put { revision: at } = c.call(leader, put("h", "old")).await.unwrap() else { panic!() };
+    c.call(leader, put("h", "new")).await.unwrap();
+    let old = Request::GetAt { key: "h".into(), revision: at, read: ReadConsistency::Linearizable };
+    assert_eq!(value_of(&c.call(follower, old).await.unwrap()), Some(b"old".to_vec()));
+
+    // Roles: a read-only client may read but not write; admin requests need admin.
+    let denied = c.call_as("reader", leader, None, put("r", "1")).await.unwrap();
+    assert!(matches!(denied, Err(ApiError::Unauthorized { .. })), "{denied:?}");
+    assert!(c.call_as("reader", leader, None, get("a", ReadConsistency::Linearizable)).await.unwrap().is_ok());
+    let denied = c.call_as("writer", leader, None, Request::FlightDump).await.unwrap();
+    assert!(matches!(denied, Err(ApiError::Unauthorized { .. })), "{denied:?}");
+
+    // Status, members, versions.
+    let s = c.status_of(leader).await;
+    assert!(s.danger.is_empty());
+    assert_eq!(s.binary_version, quorate_node::VERSION);
+    assert_eq!(s.leader.map(NodeId::get), Some(leader));
+    assert!(s.applied.0 > 0 && s.revision > at, "{s:?}");
+    let Response::Members(m) = c.call(follower, Request::MemberList).await.unwrap() else { panic!() };
+    assert_eq!(m.len(), 3);
+    assert!(m.iter().all(|m| m.addr.is_some()));
+
+    // What this engine does not serve yet is refused in words, and the node goes on.
+    let Err(ApiError::InvalidRequest(why)) = c.call(leader, Request::LeaseList).await else {
+        panic!("an unserved request must be refused")
+    };
+    assert!(why.contains("runtime engine"), "{why}");
+
+    // Leadership moves on request, and the new leader takes writes.
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    c.lead_with(other).await;
+    c.call_retry(other, put("after-transfer", "1")).await;
+    c.applied_on(leader, "after-transfer", "1").await;
+
+    // A flight dump on request.
+    let dumped = c.call_as("admin", other, None, Request::FlightDump).await.unwrap();
+    assert!(matches!(dumped, Ok(Response::FlightDumped { .. })), "{dumped:?}");
+
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runtime_node_restarts_and_catches_up_by_snapshot_with_nothing_lost() {
+    // Small thresholds: the leader snapshots and compacts while a follower is down, so the
+    // follower needs a snapshot to catch up.
+    let raft = RaftConfig { snapshot_entries: 20, compaction_tail_entries: 5, ..fast_raft() };
+    let mut c = Cluster::start_on(raft, 0, false, RUNTIME);
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    for i in 0..10 {
+        c.call_retry(leader, put(&format!("k{i:03}"), "before")).await;
+    }
+    c.applied_on(follower, "k009", "before").await;
+    let had = c.status_of(follower).await.last_index;
+    let node = c.nodes.get_mut(&follower).unwrap();
+    node.stop().await;
+    let config = node.config.clone();
+    for i in 0..100 {
+        c.call_retry(leader, put(&format!("k{i:03}"), "after")).await;
+    }
+    assert_compacted_past(c.status_of(leader).await, had);
+    *c.nodes.get_mut(&follower).unwrap() = Node::start(config);
+    for i in [0, 50, 99] {
+        let r = c.call_retry(follower, get(&format!("k{i:03}"), ReadConsistency::Linearizable)).await;
+        assert_eq!(value_of(&r), Some(b"after".to_vec()), "restarted node served a stale value for k{i:03}");
+    }
+    c.applied_on(follower, "k099", "after").await;
+    // The whole cluster restarts with nothing lost.
+    c.stop_all().await;
+    let configs: Vec<_> = c.nodes.values().map(|n| n.config.clone()).collect();
+    for cfg in configs {
+        c.nodes.insert(cfg.id, Node::start(cfg));
+    }
+    let leader = c.leader().await;
+    let r = c.call_retry(leader, get("k050", ReadConsistency::Linearizable)).await;
+    assert_eq!(value_of(&r), Some(b"after".to_vec()));
+    c.stop_all().await;
+}
+
+/// Nodes 1 and 2 on the driver, node 3 on the runtime: each engine leads in turn, and each
+/// catches a follower of the other engine up by snapshot. `upgraded`: the cluster stays at
+/// cluster version 1, where snapshots go as 0.1.0's unanswered stream; otherwise it
+/// finalizes and they go as acknowledged pieces.
+async fn mixed_engines(upgraded: bool) {
+    let raft = RaftConfig { snapshot_entries: 20, compaction_tail_entries: 5, ..fast_raft() };
+    let mut c = Cluster::start_on(raft, 0, upgraded, [Engine::Driver, Engine::Driver, Engine::Runtime]);
+    let want_version = if upgraded { 1 } else { quorate_api::CLUSTER_VERSION };
+    let until = Instant::now() + DEADLINE;
+    while c.cluster_version_of(3).await != want_version {
+        assert!(Instant::now() < until, "cluster version never reached {want_version}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A driver leads; the runtime node misses 100 writes and catches up by snapshot.
+    c.lead_with(1).await;
+    c.call_retry(1, put("k", "first")).await;
+    c.applied_on(3, "k", "first").await;
+    let had = c.status_of(3).await.last_index;
+    let mut n3 = c.nodes.remove(&3).unwrap();
+    n3.stop().await;
+    for i in 0..100 {
+        c.call_retry(1, put(&format!("d{i:03}"), "by-driver")).await;
+    }
+    assert_compacted_past(c.status_of(1).await, had);
+    c.nodes.insert(3, Node::start(n3.config.clone()));
+    c.applied_on(3, "d099", "by-driver").await;
+
+    // The runtime node leads; a driver follower misses 100 writes and catches up by snapshot.
+    c.lead_with(3).await;
+    c.call_retry(3, put("k", "second")).await;
+    c.applied_on(2, "k", "second").await;
+    let had = c.status_of(2).await.last_index;
+    let mut n2 = c.nodes.remove(&2).unwrap();
+    n2.stop().await;
+    for i in 0..100 {
+        c.call_retry(3, put(&format!("r{i:03}"), "by-runtime")).await;
+    }
+    assert_compacted_past(c.status_of(3).await, had);
+    c.nodes.insert(2, Node::start(n2.config.clone()));
+    c.applied_on(2, "r099", "by-runtime").await;
+    // Every node holds everything, and linearizable reads agree on all three.
+    for node in 1..=3 {
+        for key in ["d000", "d099", "r000", "r099"] {
+            let r = c.call_retry(node, get(key, ReadConsistency::Linearizable)).await;
+            assert!(value_of(&r).is_some(), "node {node} lacks {key}");
+        }
+    }
+    assert_eq!(c.cluster_version_of(2).await, want_version);
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_mixing_both_engines_at_the_newest_cluster_version() {
+    mixed_engines(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_mixing_both_engines_at_cluster_version_1() {
+    mixed_engines(true).await;
+}
