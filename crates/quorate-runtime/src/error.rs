@@ -39,12 +39,14 @@ pub enum Error {
         /// Its bound.
         limit: usize,
     },
-    /// The entry was appended but another leader's entry took its index: it was **not**
-    /// applied and never will be.
+    /// The entry was appended but another leader's entry was applied at its index: it was
+    /// **not** applied and never will be.
     #[error("the proposal was overwritten by another leader's entry; it was not applied")]
     Dropped,
     /// The entry was appended, but this node can no longer tell whether it was applied (it
-    /// installed a snapshot covering the index, or stopped). It may have been applied.
+    /// installed a snapshot covering the index, stopped, or — leading again after its log was
+    /// cut back — proposed another entry at the index, while a member that holds this one may
+    /// still lead and commit it). It may have been applied.
     #[error("the proposal's outcome is unknown")]
     OutcomeUnknown,
     /// The session is not (or no longer) in the session table: it was evicted or never

@@ -668,9 +668,12 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
 
     fn track(&mut self, id: EntryId, waiter: Waiter<SM::Output>) {
         // A waiter still at this index belongs to an entry this leader's log no longer holds
-        // (it was truncated): that entry was never committed, or the leader would hold it.
+        // (it was truncated). It is not committed now, but it may still be: another member
+        // may hold it and lead next (five voters: see
+        // `a_waiter_whose_index_is_reused_learns_its_outcome_is_unknown`). Only applying this
+        // index with another term proves it was not (`Dropped`, at apply).
         if let Some((_, old)) = self.proposals.insert(id.index, (id.term, waiter)) {
-            old.fail(Error::Dropped);
+            old.fail(Error::OutcomeUnknown);
         }
     }
 
@@ -1170,6 +1173,21 @@ mod tests {
         assert_eq!(reads.lock().unwrap().len(), 1);
         r.process(now, &mut Vec::new());
         assert_eq!(*reads.lock().unwrap(), vec![Ok(0), Ok(5)]);
+    }
+
+    /// A proposal whose index a later leader of this node reuses may still commit: with five
+    /// voters, A's write W at i+1 reaches only B; C leads and cuts A's log back below i+1; A
+    /// leads again and proposes at i+1; B, whose last term is newer than D's and E's, leads
+    /// next and commits W. So W's proposer hears that its outcome is unknown, never that W was
+    /// dropped (a client would then retry a write that may apply).
+    #[test]
+    fn a_waiter_whose_index_is_reused_learns_its_outcome_is_unknown() {
+        let (mut r, _now) = leader(storage(), Sum::default(), Config::new(id()));
+        let out: Log<u64> = Log::default();
+        let first = EntryId::new(Term(2), LogIndex(5));
+        r.track(first, Waiter::Command(sink(&out)));
+        r.track(EntryId::new(Term(4), LogIndex(5)), Waiter::Command(sink(&out)));
+        assert_eq!(*out.lock().unwrap(), vec![Err(Error::OutcomeUnknown)]);
     }
 
     #[test]
