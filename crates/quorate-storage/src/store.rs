@@ -284,6 +284,8 @@ pub(crate) struct TestHooks {
     /// The next `FlushWAL` of a log write fails with this error (the sync step of
     /// `LogSync::Apart`, after the unsynced write reached RocksDB).
     pub(crate) fail_log_sync: Mutex<Option<String>>,
+    /// Called inside `sm_view` between looking the `sm` family up and taking the snapshot.
+    pub(crate) in_view_before_snapshot: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// The file, in the store's directory, that records that RocksDB met a damaged table file of

@@ -377,6 +377,47 @@ fn a_view_reads_its_own_state_even_across_a_reinstall() {
 }
 
 #[test]
+fn a_view_taken_while_an_install_runs_is_refused_or_shows_one_whole_state() {
+    // The view's thread stops between looking the `sm` family up and taking its snapshot; a
+    // whole reinstall runs on another thread meanwhile (or would, if nothing held it back).
+    // The view must then be refused (an install is unfinished) or show one whole state: the
+    // old one at its index, or the new one at its index — never the new index over the old,
+    // emptied family.
+    let d = TestDir::new("view-during-install");
+    let s = Arc::new(open(d.path()));
+    s.write(PersistBatch::append(entries(1, 5, 1)).with_hard_state(hs(1, 5))).unwrap();
+    s.apply(LogIndex(2), [SmOp::Put { key: b"a".to_vec(), value: b"1".to_vec() }]).unwrap();
+    let installer = Arc::new(std::sync::Mutex::new(None));
+    let (store, slot) = (s.clone(), installer.clone());
+    *s.test_hooks.in_view_before_snapshot.lock().unwrap() = Some(Box::new(move || {
+        let t = std::thread::spawn(move || {
+            store.begin_sm_reinstall(LogIndex(4)).unwrap();
+            store.write_sm_install_batch(vec![(b"b".to_vec(), b"2".to_vec())]).unwrap();
+            store.finish_sm_install(LogIndex(4)).unwrap();
+        });
+        // Until the install is done, or for a second if the view holds it back.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while !t.is_finished() && std::time::Instant::now() < until {
+            std::thread::yield_now();
+        }
+        *slot.lock().unwrap() = Some(t);
+    }));
+    let view = s.sm_view();
+    match &view {
+        Err(e) => assert!(e.to_string().contains("install is unfinished"), "{e}"),
+        Ok(v) if v.applied_index() == LogIndex(2) => assert_eq!(v.sm_get(b"a").unwrap(), Some(b"1".to_vec())),
+        Ok(v) => {
+            assert_eq!(v.applied_index(), LogIndex(4));
+            assert_eq!(v.sm_get(b"b").unwrap(), Some(b"2".to_vec()), "a view at 4 shows the state at 4");
+        }
+    }
+    drop(view);
+    installer.lock().unwrap().take().expect("the hook ran").join().unwrap();
+    let after = s.sm_view().unwrap();
+    assert_eq!((after.applied_index(), after.sm_get(b"b").unwrap()), (LogIndex(4), Some(b"2".to_vec())));
+}
+
+#[test]
 fn apply_is_atomic_with_the_applied_index_and_survives_reopen() {
     let d = TestDir::new("apply");
     {

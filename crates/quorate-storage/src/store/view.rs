@@ -43,8 +43,21 @@ impl RocksStore {
     /// Refused while a state-machine install is unfinished (the state machine then holds an
     /// unknown part of a snapshot).
     pub fn sm_view(&self) -> Result<SmView<'_>, StoreError> {
-        let sm = self.cf(CF_SM)?;
-        let snapshot = self.db.snapshot();
+        // The family and the snapshot are taken together, with no install's drop and creation
+        // of the family in between: a view whose family was dropped while its snapshot was
+        // being taken would pair the new state's applied index with the old, emptied family.
+        let (sm, snapshot) = {
+            let _swap = self.sm_swap.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sm = self
+                .db
+                .cf_handle(CF_SM)
+                .ok_or_else(|| StoreError::Io(format!("the column family {CF_SM} is not open")))?;
+            #[cfg(test)]
+            if let Some(hook) = super::lock(&self.test_hooks.in_view_before_snapshot).take() {
+                hook();
+            }
+            (sm, self.db.snapshot())
+        };
         let meta = self.cf(CF_META)?;
         let read = |key: &[u8]| -> Result<Option<LogIndex>, StoreError> {
             let mut ro = ReadOptions::default();
