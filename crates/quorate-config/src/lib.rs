@@ -2,7 +2,7 @@
 //!
 //! The configuration of the Quorate reference node (`quorate-node`): a TOML file, then
 //! environment overrides (`QUORATE_ID`, `QUORATE_LISTEN`, `QUORATE_DATA_DIR`,
-//! `QUORATE_METRICS_LISTEN`), then command-line flags ([`NodeConfig::apply_flags`]), then
+//! `QUORATE_METRICS_LISTEN`, `QUORATE_ENGINE`), then command-line flags ([`NodeConfig::apply_flags`]), then
 //! [`NodeConfig::validate`]. It lives in its own crate, with no RocksDB, network or async
 //! runtime below it, so that the decoder can be fuzzed (`fuzz/fuzz_targets/config_decode.rs`)
 //! and used by tools that only read or write node configurations.
@@ -134,9 +134,9 @@ pub enum Engine {
     #[default]
     Driver,
     /// **Experimental.** The node as an application of `quorate-runtime`: the key-value API
-    /// (writes, sessions, reads at every level and at a revision), status, members, leader
-    /// transfer, flight dumps, automatic finalize of a new cluster. Watches, leases, member
-    /// changes, backups and the metrics endpoint are refused or not served yet.
+    /// (writes, sessions, reads at every level and at a revision), status, health, membership
+    /// changes, versions, finalize, leader transfer, flight dumps, metrics. Watches, leases and
+    /// backups are refused or not served yet (`docs/operations.md`, "Engines").
     Runtime,
 }
 
@@ -583,8 +583,10 @@ impl NodeConfig {
     }
 
     /// Applies `QUORATE_ID`, `QUORATE_LISTEN`, `QUORATE_ADVERTISE`, `QUORATE_DATA_DIR`,
-    /// `QUORATE_METRICS_LISTEN` as read by `get` (the process environment in
-    /// [`NodeConfig::load`]). `QUORATE_ADVERTISE` is checked by [`NodeConfig::validate`].
+    /// `QUORATE_METRICS_LISTEN`, `QUORATE_ENGINE` (`driver` or `runtime`: a whole cluster of
+    /// nodes started by a tool moves to the other engine without editing their files) as read
+    /// by `get` (the process environment in [`NodeConfig::load`]). `QUORATE_ADVERTISE` is
+    /// checked by [`NodeConfig::validate`].
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("QUORATE_ID") {
             self.id = v.trim().parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
@@ -608,6 +610,19 @@ impl NodeConfig {
                 return Err(ConfigError::Env { var: "QUORATE_DATA_DIR", value: v, detail: "must not be empty".into() });
             }
             self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("QUORATE_ENGINE") {
+            self.engine = match v.trim() {
+                "driver" => Engine::Driver,
+                "runtime" => Engine::Runtime,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "QUORATE_ENGINE",
+                        value: v,
+                        detail: "must be `driver` or `runtime`".into(),
+                    });
+                }
+            };
         }
         if let Some(v) = get("QUORATE_METRICS_LISTEN") {
             self.metrics_listen = Some(v.trim().parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
@@ -947,6 +962,11 @@ danger_skip_fsync = false
         c.apply_flags(&ConfigFlags { id: Some(3), ..ConfigFlags::default() });
         assert_eq!(c.id, 3);
         assert!(c.apply_env(|k| (k == "QUORATE_ID").then(|| "x".into())).is_err());
+        c.apply_env(|k| (k == "QUORATE_ENGINE").then(|| "runtime".into())).unwrap();
+        assert_eq!(c.engine, Engine::Runtime);
+        let e = c.apply_env(|k| (k == "QUORATE_ENGINE").then(|| "turbo".into())).unwrap_err().to_string();
+        assert!(e.contains("QUORATE_ENGINE"), "{e}");
+        assert_eq!(c.engine, Engine::Runtime, "a refused value changes nothing");
     }
 
     /// Every numeric setting at its extremes: validation answers (an error or not), never
