@@ -9,22 +9,27 @@
 //! * **the receive loop**: peer messages become the runtime's ([`crate::peer_network::from_peer`],
 //!   members only); client requests are checked (bounds, role), take a node-wide slot
 //!   (`limits.pending_requests_max`) and are served on a task of their own;
-//! * **client requests**: writes become the node's commands (the same bytes as the node's own
-//!   driver writes, so a cluster may mix both engines and 0.1.0 nodes) and are proposed on the
-//!   leader; reads run as closures over the applied state at the level asked
-//!   ([`KvMachine::serve`]); status, members, versions, leader transfer and flight dumps ask
-//!   the runtime;
+//! * **client requests**: after admission ([`crate::admission::Gate`]), writes become the
+//!   node's commands (the same bytes as the node's own driver writes, so a cluster may mix
+//!   both engines and 0.1.0 nodes) and are proposed on the leader; reads wait until the runtime
+//!   allows them (its read closure only says how far the state machine has applied) and run on
+//!   a blocking thread over a RocksDB snapshot at that index or later ([`read_view`]); status,
+//!   health, members and their changes, versions, finalize, leader transfer and flight dumps
+//!   ask the runtime;
 //! * **what the node learns by applying** ([`KvApplied`]): member addresses are dialed, the
 //!   cluster version gates requests and the snapshot transfer format (0.1.0's stream while the
 //!   cluster version is 1, acknowledged pieces after), a new cluster finalizes its version on
-//!   its own ([`crate::versions::AutoFinalize`]);
+//!   its own ([`crate::versions::AutoFinalize`]), the leader compacts the history by rule;
 //! * a halt of the runtime (storage, state machine, apply thread) stops the node with an error.
 //!
-//! Not yet served here (refused with `InvalidRequest`, or left out): watches, leases, member
-//! changes, backups (`snapshot save`, streams), `cluster finalize` by hand, compaction by
-//! rule, the metrics endpoint, admission's per-principal queues, hash samples and disk
-//! status exchange, failpoints beyond address resolution. The driver (the default engine)
-//! serves all of them.
+//! * **telemetry**: the metrics endpoint with the core's metrics, probes and runtime invariant
+//!   checks, sampled between two turns of the runtime's task every [`TICK`] ([`observe`]; the
+//!   driver observes after every `Ready`).
+//!
+//! Not yet served here (refused with `InvalidRequest`, or left out): watches, leases, backups
+//! (`snapshot save`, streams), admission's fair queues per principal, hash samples and disk
+//! status exchange, proposal spans and the storage-stall probe, failpoints beyond address
+//! resolution. The driver (the default engine) serves all of them.
 
 use crate::apply::ReadReq;
 use crate::config::NodeConfig;
@@ -43,7 +48,7 @@ use quorate_runtime::{
 use quorate_storage::RocksStore;
 use quorate_transport::{Incoming, Transport};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -55,6 +60,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// Client reads served at once, each on a blocking thread over a snapshot of the store (never
 /// on the apply thread, which only says how far it has applied).
 const READ_WORKERS: usize = 4;
+/// Longest wait for a read worker to bound a transaction before it is proposed (then it is
+/// shed, not proposed).
+const BOUND_PERMIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs the node on the runtime until `shutdown` completes or a fatal error; `gate` is its
 /// admission control.
@@ -87,7 +95,8 @@ pub(crate) async fn run(
     cfg.snapshot_chunk_bytes = cfg.snapshot_chunk_bytes.min(crate::peer_network::CHUNK_BYTES_MAX);
     cfg.snapshot_rate_bytes_per_sec = Some(config.limits.snapshot_rate_mb_per_sec.saturating_mul(1 << 20).max(1));
     cfg.snapshot_staging_bytes_max = config.limits.snapshot_staging_mb.saturating_mul(1 << 20);
-    cfg.snapshot_transfer = transfer_format(cluster_version);
+    let mut format = transfer_format(cluster_version);
+    cfg.snapshot_transfer = format;
     let clock = SystemClock::new();
     let flight_dir = Some(data_dir.join("flight"));
     let flight_budget = usize::try_from(config.limits.flight_recorder_mb << 20).unwrap_or(usize::MAX);
@@ -108,11 +117,17 @@ pub(crate) async fn run(
     let addrs = crate::server::start_addrs(&config, id, &store, &transport)?;
     tracing::info!(node = %id, addr = %transport.local_addr(), applied = %store.applied_index(),
         "listening (engine: runtime, experimental)");
-    if config.metrics_listen.is_some() {
-        tracing::warn!("metrics_listen: the runtime engine does not serve the metrics endpoint yet");
-    }
+    let telemetry = crate::telemetry::NodeTelemetry::new(store.applied_index());
+    let _endpoint = crate::telemetry::serve(config.metrics_listen, &telemetry).await.map_err(ServerError::Fatal)?;
     let node = Node::start_replica(replica, PeerNetwork::new(transport.clone()), clock)
         .map_err(|e| ServerError::Fatal(format!("cannot start the replica: {e}")))?;
+    let observer = {
+        let s = node.handle().status().borrow().clone();
+        let halt = config.telemetry.halt_on_invariant_violation;
+        Arc::new(Mutex::new(crate::telemetry::Observer::new(telemetry.clone(), s.term.0, s.commit.0, halt)))
+    };
+    let observing = Arc::new(AtomicBool::new(false));
+    let (violation_tx, mut violation_rx) = tokio::sync::mpsc::channel::<String>(1);
 
     let serving = Arc::new(Serving {
         id,
@@ -123,8 +138,10 @@ pub(crate) async fn run(
         addrs: RwLock::new(addrs),
         transport: transport.clone(),
         gate,
+        failpoints,
         inflight: Arc::new(AtomicUsize::new(0)),
         reads: tokio::sync::Semaphore::new(READ_WORKERS),
+        stopping: Arc::new(AtomicBool::new(false)),
         runtime: tokio::runtime::Handle::current(),
         last_time_ms: AtomicU64::new(0),
         started: Instant::now(),
@@ -133,8 +150,12 @@ pub(crate) async fn run(
         disk: Mutex::new((Instant::now(), true)),
         config,
     });
-    let mut format = transfer_format(cluster_version);
     let mut finalize = crate::versions::AutoFinalize::new(bootstrap_version, Instant::now());
+    let mut compact = crate::history::AutoCompact::new(
+        serving.config.history.retain_revisions,
+        serving.config.history.retain_ms,
+        Instant::now(),
+    );
     let peer_inbox = node.inbox();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -145,7 +166,9 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             () = &mut shutdown => break Ok(()),
+            Some(why) = violation_rx.recv() => break Err(ServerError::Fatal(why)),
             _ = tick.tick() => {
+                observe(&serving.handle, &observer, &observing, &telemetry, &violation_tx);
                 if let Some(why) = serving.status.borrow().halted.clone() {
                     break Err(ServerError::Fatal(format!("the replica halted: {why}")));
                 }
@@ -162,6 +185,7 @@ pub(crate) async fn run(
                     format = wanted;
                 }
                 serving.auto_finalize(&mut finalize);
+                serving.auto_compact(&mut compact);
             }
             () = applied.addrs_changed.notified() => serving.learn_addrs(),
             m = inbox.recv() => match m {
@@ -172,11 +196,16 @@ pub(crate) async fn run(
             },
         }
     };
+    telemetry.stopped();
     if let Err(e) = &result {
         let reason = format!("error: {e}");
         let _ = serving.handle.with_core::<Core, _>(move |core| core.dump(&reason).map(|_| ())).await;
     }
     node.shutdown().await;
+    // Reads waiting for the store give up; those running finish (bounded) before the store
+    // is let go.
+    serving.stopping.store(true, Ordering::Release);
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving.reads.acquire_many(READ_WORKERS as u32)).await;
     drop(serving);
     // Answers in flight hold the transport for a moment: wait (bounded), then close it so the
     // address can be bound again at once.
@@ -192,8 +221,43 @@ pub(crate) async fn run(
     while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if Arc::strong_count(&store) > 1 {
+        tracing::warn!("the store is still referenced at shutdown");
+    }
     tracing::info!(node = %id, "node stopped");
     result
+}
+
+/// Telemetry of the core, between two turns of the runtime's task (at most one at a time, every
+/// [`TICK`]): the metrics and probes the driver updates after every `Ready`, the runtime
+/// invariant checks (a violation stops the node when `telemetry.halt_on_invariant_violation`
+/// is on, through `violation`), and a flight dump when the count of violations rose.
+fn observe(
+    handle: &Handle<KvMachine>,
+    observer: &Arc<Mutex<crate::telemetry::Observer>>,
+    observing: &Arc<AtomicBool>,
+    telemetry: &Arc<crate::telemetry::NodeTelemetry>,
+    violation: &tokio::sync::mpsc::Sender<String>,
+) {
+    telemetry.applied(handle.status().borrow().applied);
+    if observing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (handle, observer, observing, violation) =
+        (handle.clone(), observer.clone(), observing.clone(), violation.clone());
+    tokio::spawn(async move {
+        let checked = handle
+            .with_core::<Core, _>(move |core| {
+                let r = observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(core.raft());
+                core.dump_on_violations(crate::invariants::violations_total());
+                r
+            })
+            .await;
+        if let Ok(Err(why)) = checked {
+            let _ = violation.try_send(why);
+        }
+        observing.store(false, Ordering::Release);
+    });
 }
 
 /// Serves `req` from a consistent view of the state machine at `needed` or later: a view taken
@@ -206,12 +270,17 @@ fn read_view(
     staleness: Option<Staleness>,
     needed: quorate_log::LogIndex,
     deadline: Instant,
+    stopping: &AtomicBool,
 ) -> Result<Response, ApiError> {
     loop {
         let why = match store.sm_view() {
             Ok(view) if view.applied_index() >= needed => {
-                let internal =
-                    |e: crate::sm::SmError| ApiError::Internal(format!("the state machine could not be read: {e}"));
+                // A damaged record: retryable (another member, or this one once repaired at its
+                // next start), as the driver answers.
+                let internal = |e: crate::sm::SmError| {
+                    tracing::warn!(error = %e, "a read met a state-machine record it cannot read");
+                    ApiError::Unavailable(format!("the state machine could not be read here ({e}); retry"))
+                };
                 let read = ReadInfo {
                     node,
                     revision: crate::sm::revision(&view).map_err(internal)?,
@@ -223,7 +292,7 @@ fn read_view(
             Ok(view) => format!("the state machine is at {}, the read needs {needed}", view.applied_index()),
             Err(e) => e.to_string(),
         };
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || stopping.load(Ordering::Acquire) {
             return Err(ApiError::Unavailable(format!("cannot read the state machine yet ({why}); retry")));
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -252,12 +321,16 @@ struct Serving {
     /// Member addresses: the bootstrap peers and what the log recorded.
     addrs: RwLock<BTreeMap<NodeId, String>>,
     transport: Arc<Transport<NodeMessage>>,
+    /// Faults injected by tests (name resolution, here).
+    failpoints: crate::failpoints::Failpoints,
     /// Admission control: per-principal limits and answer budgets, before any work.
     gate: Arc<crate::admission::Gate>,
     /// Client requests admitted and not yet answered (bounded by `limits.pending_requests_max`).
     inflight: Arc<AtomicUsize>,
     /// Reads running on blocking threads ([`READ_WORKERS`]).
     reads: tokio::sync::Semaphore,
+    /// Set when the node stops: reads waiting for the store give up.
+    stopping: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
     /// The log time of the last command this node proposed.
     last_time_ms: AtomicU64,
@@ -347,6 +420,28 @@ impl Serving {
             match handle.propose(bytes).await {
                 Ok(_) => tracing::info!(version, "new cluster: its cluster version is applied"),
                 Err(e) => tracing::warn!(version, error = %e, "new cluster: cannot raise its cluster version yet"),
+            }
+        });
+    }
+
+    /// The leader proposes a compaction of the history when `[history]`'s rules allow one.
+    fn auto_compact(&self, compact: &mut crate::history::AutoCompact) {
+        let leader = self.status.borrow().role == Role::Leader;
+        let history = match crate::sm::history_state(&*self.store) {
+            Ok(Some(h)) => Some((self.applied.revision.load(Ordering::Acquire), h.compacted)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "history state not readable now");
+                None
+            }
+        };
+        let Some(revision) = compact.due(Instant::now(), leader, history) else { return };
+        let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::Compact { revision } };
+        let Ok(bytes) = quorate_api::encode_command(&cmd) else { return };
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle.propose(bytes).await {
+                tracing::debug!(revision, error = %e, "cannot propose an automatic compaction now");
             }
         });
     }
@@ -461,6 +556,40 @@ impl Serving {
             },
             Request::Status => responder.send(Ok(Response::Status(self.status())), None),
             Request::MemberList => responder.send(Ok(Response::Members(self.members())), None),
+            Request::MemberAdd { id: new, addr } => {
+                let answer = self.member_add(new, addr).await;
+                responder.send(answer, None);
+            }
+            Request::MemberUpdate { id, addr } => self.member_update(id, addr, responder).await,
+            Request::MemberPromote { id } => {
+                let answer = self.conf_change(quorate_runtime::ConfChange::Promote(id)).await;
+                responder.send(answer, None);
+            }
+            Request::MemberRemove { id } => {
+                let answer = self.conf_change(quorate_runtime::ConfChange::Remove(id)).await;
+                responder.send(answer, None);
+            }
+            Request::Finalize { version } => {
+                match crate::versions::check_finalize_from(self.applied.cluster_version.get(), version) {
+                    Ok(()) => self.write(None, CommandOp::SetClusterVersion { version }, responder).await,
+                    Err(e) => responder.send(Err(e), None),
+                }
+            }
+            Request::Health => {
+                let recovering = self.handle.with_core::<Core, _>(|core| core.raft().recovering().is_some()).await;
+                let answer = recovering.map_err(|e| self.refusal(e, &self.status.borrow().clone())).map(|recovering| {
+                    let disk_ok = self.disk_ok();
+                    Response::Health(quorate_api::NodeHealth {
+                        id: self.id,
+                        refusing_writes: !disk_ok || self.store.out_of_space().is_some(),
+                        recovering,
+                        disk_free_bytes: self.store.free_space_bytes().ok(),
+                        disk_floor_bytes: self.client_floor,
+                        db_bytes: self.store.live_files_bytes().ok(),
+                    })
+                });
+                responder.send(answer, None);
+            }
             Request::Versions => {
                 let version = self.applied.cluster_version.get();
                 responder.send(crate::versions::info_of(self.id, &self.store, version), None);
@@ -620,7 +749,10 @@ impl Serving {
             match tokio::time::timeout(REQUEST_DEADLINE, run).await {
                 Ok(Ok(at)) => at,
                 Ok(Err(e)) => return responder.send(Err(self.refusal(e, &status)), None),
-                Err(_) => return responder.send(Err(ApiError::Timeout), None),
+                Err(_) => {
+                    let e = ApiError::Unavailable("read not served in time; retry".into());
+                    return responder.send(Err(e), None);
+                }
             }
         };
         let answer = self.serve_read(req, staleness, needed, deadline).await;
@@ -637,10 +769,11 @@ impl Serving {
         deadline: Instant,
     ) -> Result<Response, ApiError> {
         let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline.into(), self.reads.acquire()).await else {
-            return Err(ApiError::Timeout);
+            return Err(ApiError::Unavailable("read not served in time; retry".into()));
         };
-        let (store, node) = (self.store.clone(), self.id);
-        let served = tokio::task::spawn_blocking(move || read_view(&store, node, &req, staleness, needed, deadline));
+        let (store, node, stopping) = (self.store.clone(), self.id, self.stopping.clone());
+        let served =
+            tokio::task::spawn_blocking(move || read_view(&store, node, &req, staleness, needed, deadline, &stopping));
         served.await.unwrap_or_else(|e| Err(ApiError::Internal(format!("a read failed: {e}"))))
     }
 
@@ -658,9 +791,10 @@ impl Serving {
         if !has_gets || !leads || self.applied.cluster_version.get() < crate::sm::BOUNDED_RESULTS_CLUSTER_VERSION {
             return self.write(session, CommandOp::Txn(txn), responder).await;
         }
-        let deadline = Instant::now() + REQUEST_DEADLINE;
-        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline.into(), self.reads.acquire()).await else {
-            return responder.send(Err(ApiError::Timeout), None);
+        let Ok(Ok(permit)) = tokio::time::timeout(BOUND_PERMIT_WAIT, self.reads.acquire()).await else {
+            // Not proposed: a refusal the client may retry, not an unknown outcome.
+            let e = crate::admission::shed(quorate_api::OverloadReason::QueueFull, Duration::from_millis(100));
+            return responder.send(Err(e), None);
         };
         let store = self.store.clone();
         let bounded = tokio::task::spawn_blocking(move || {
@@ -757,6 +891,66 @@ impl Serving {
             push(l, MemberKind::Learner);
         }
         out
+    }
+
+    /// `member add`: the new member's address is resolved (within the driver's bound), dialed,
+    /// recorded through the log (every replica learns it), then the member is added as a
+    /// learner; answered once both are applied here.
+    async fn member_add(&self, new: NodeId, addr: String) -> Result<Response, ApiError> {
+        let status = self.status.borrow().clone();
+        if status.role != Role::Leader {
+            return Err(self.leader_hint(&status));
+        }
+        if status.config.members().any(|m| m == new) {
+            return Err(ApiError::Refused(format!("node {new} is already a member")));
+        }
+        let Some(sa) = crate::server::resolve(&addr, &self.failpoints).await else {
+            return Err(ApiError::InvalidRequest(format!("cannot resolve address {addr:?}")));
+        };
+        self.transport.add_peer_at(
+            new,
+            quorate_transport::PeerAddr::parse(&addr).unwrap_or(quorate_transport::PeerAddr::Socket(sa)),
+        );
+        let cmd =
+            Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::SetMemberAddr { id: new, addr } };
+        let bytes = quorate_api::encode_command(&cmd).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        match tokio::time::timeout(REQUEST_DEADLINE, self.handle.propose(bytes)).await {
+            Ok(Ok(out)) => {
+                out.result?;
+            }
+            Ok(Err(e)) => return Err(self.refusal(e, &status)),
+            Err(_) => return Err(ApiError::Timeout),
+        }
+        self.conf_change(quorate_runtime::ConfChange::AddLearner(new)).await
+    }
+
+    /// `member update`: from [`crate::versions::MEMBER_UPDATE_CLUSTER_VERSION`], a member's new
+    /// address (resolved first) goes through the log as `SetMemberAddr`.
+    async fn member_update(&self, id: NodeId, addr: String, responder: Responder) {
+        let status = self.status.borrow().clone();
+        if status.role != Role::Leader {
+            return responder.send(Err(self.leader_hint(&status)), None);
+        }
+        if let Err(e) = self.require(crate::versions::MEMBER_UPDATE_CLUSTER_VERSION, "member update") {
+            return responder.send(Err(e), None);
+        }
+        if !status.config.members().any(|m| m == id) {
+            return responder.send(Err(ApiError::Refused(format!("node {id} is not a member"))), None);
+        }
+        if crate::server::resolve(&addr, &self.failpoints).await.is_none() {
+            return responder.send(Err(ApiError::InvalidRequest(format!("cannot resolve address {addr:?}"))), None);
+        }
+        self.write(None, CommandOp::SetMemberAddr { id, addr }, responder).await;
+    }
+
+    /// A membership change, answered once it is applied here.
+    async fn conf_change(&self, change: quorate_runtime::ConfChange) -> Result<Response, ApiError> {
+        let status = self.status.borrow().clone();
+        match tokio::time::timeout(REQUEST_DEADLINE, self.handle.change_membership(change)).await {
+            Ok(Ok(())) => Ok(Response::Done),
+            Ok(Err(e)) => Err(self.refusal(e, &status)),
+            Err(_) => Err(ApiError::Timeout),
+        }
     }
 
     /// Hands leadership to `to`, or to the voter furthest along.

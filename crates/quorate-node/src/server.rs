@@ -657,7 +657,7 @@ pub(crate) fn node_id(raw: u64) -> Result<NodeId, ServerError> {
 
 /// Resolves a member's address (`host:port` or a socket address) within [`RESOLVE_TIMEOUT`].
 /// Never called on the driver or the apply thread: it runs in a task of its own.
-async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Option<SocketAddr> {
+pub(crate) async fn resolve(addr: &str, failpoints: &crate::failpoints::Failpoints) -> Option<SocketAddr> {
     let attempt = async {
         if let Some(d) = failpoints.resolve_delay() {
             tokio::time::sleep(d).await;

@@ -347,7 +347,7 @@ impl Observer {
 
     /// After every `Ready` cycle: cheap getters, invariant checks, change-driven metrics.
     /// `Err` (with the evidence) when a check failed and the node is configured to halt.
-    pub(crate) fn observe(&mut self, raft: &Raft<Arc<RocksStore>>) -> Result<(), String> {
+    pub(crate) fn observe<S: quorate_log::LogStorage>(&mut self, raft: &Raft<S>) -> Result<(), String> {
         if let Some(e) = self.halt_pending.take() {
             return Err(e);
         }

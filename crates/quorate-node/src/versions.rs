@@ -74,6 +74,11 @@ pub(crate) fn info_of(id: quorate_log::NodeId, store: &RocksStore, cluster_versi
 
 /// Whether this (leader) node may propose raising the cluster version to `version`.
 pub(crate) fn check_finalize(shared: &Shared, version: u32) -> Result<(), ApiError> {
+    check_finalize_from(cluster_version(shared), version)
+}
+
+/// Whether a node at applied cluster version `current` may propose raising it to `version`.
+pub(crate) fn check_finalize_from(current: u32, version: u32) -> Result<(), ApiError> {
     if version > quorate_api::CLUSTER_VERSION {
         return Err(ApiError::InvalidRequest(format!(
             "this node's binary ({}) supports cluster versions up to {}, not {version}",
@@ -81,7 +86,6 @@ pub(crate) fn check_finalize(shared: &Shared, version: u32) -> Result<(), ApiErr
             quorate_api::CLUSTER_VERSION
         )));
     }
-    let current = cluster_version(shared);
     if version < current {
         return Err(ApiError::InvalidRequest(format!(
             "the cluster is already at cluster version {current}; it is never lowered"

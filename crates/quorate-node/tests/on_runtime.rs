@@ -262,7 +262,9 @@ async fn a_runtime_node_restarts_and_catches_up_by_snapshot_with_nothing_lost() 
     let had = c.status_of(follower).await.last_index;
     let node = c.nodes.get_mut(&follower).unwrap();
     node.stop().await;
-    let config = node.config.clone();
+    let mut config = node.config.clone();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    config.metrics_listen = Some(metrics);
     for i in 0..100 {
         c.call_retry(leader, put(&format!("k{i:03}"), "after")).await;
     }
@@ -273,6 +275,20 @@ async fn a_runtime_node_restarts_and_catches_up_by_snapshot_with_nothing_lost() 
         assert_eq!(value_of(&r), Some(b"after".to_vec()), "restarted node served a stale value for k{i:03}");
     }
     c.applied_on(follower, "k099", "after").await;
+    // It serves its probes and metrics (the core's, observed between the runtime's turns).
+    let http = |path: &str| quorate_telemetry::http::get_blocking(metrics, path, Duration::from_secs(5), 4 << 20);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        match http("/readyz") {
+            Ok((200, body)) if body.contains("leader known") => break,
+            other => assert!(Instant::now() < until, "/readyz never ready: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = http("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.lines().any(|l| l.starts_with("quorate_raft_commit_index ")), "{body}");
+    assert!(body.contains("quorate_invariant_violations_total"), "{body}");
     // The whole cluster restarts with nothing lost.
     c.stop_all().await;
     let configs: Vec<_> = c.nodes.values().map(|n| n.config.clone()).collect();
@@ -345,4 +361,72 @@ async fn a_cluster_mixing_both_engines_at_the_newest_cluster_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_mixing_both_engines_at_cluster_version_1() {
     mixed_engines(true).await;
+}
+
+fn voters(m: &[quorate_api::Member]) -> Vec<u64> {
+    m.iter().filter(|m| m.kind == quorate_api::MemberKind::Voter).map(|m| m.id.get()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_are_added_promoted_updated_and_removed_on_the_runtime() {
+    let mut c = Cluster::start_on(fast_raft(), 1, false, RUNTIME);
+    c.leader().await;
+    let members: Vec<_> = c.nodes.values().map(|n| (inproc::nid(n.config.id), n.config.listen)).collect();
+    let client =
+        quorate_client::Client::new(quorate_client::ClientConfig::new(c.cluster.clone(), members, c.admin_tls.clone()))
+            .unwrap();
+    for i in 0..20 {
+        client.put(format!("a{i:02}"), "1").await.unwrap();
+    }
+
+    // Node 4, on the runtime too, starts with `join = true` and waits to be added.
+    let mut cfg4 = c.spare.remove(&4).unwrap();
+    cfg4.engine = Engine::Runtime;
+    let addr4 = cfg4.listen;
+    c.nodes.insert(4, Node::start(cfg4));
+    client.member_add(inproc::nid(4), addr4).await.unwrap();
+    let m = client.member_list().await.unwrap();
+    assert!(
+        m.iter().any(|m| m.id.get() == 4
+            && m.kind == quorate_api::MemberKind::Learner
+            && m.addr.as_deref() == Some(addr4.to_string().as_str())),
+        "{m:?}"
+    );
+    c.applied_on(4, "a19", "1").await;
+
+    // Refusals are plain errors: an unknown node cannot be promoted, a member not re-added.
+    let e = client.member_promote(inproc::nid(9)).await.unwrap_err();
+    assert!(matches!(e.api_error(), Some(ApiError::Refused(_))), "{e}");
+    let e = client.member_add(inproc::nid(4), addr4).await.unwrap_err();
+    assert!(matches!(e.api_error(), Some(ApiError::Refused(_))), "{e}");
+
+    client.member_promote(inproc::nid(4)).await.unwrap();
+    let m = client.member_list().await.unwrap();
+    assert_eq!(voters(&m), vec![1, 2, 3, 4], "{m:?}");
+    for i in 0..20 {
+        client.put(format!("b{i:02}"), "2").await.unwrap();
+    }
+
+    // A member's address is updated through the log: every member records it.
+    let leader = c.leader().await;
+    let update = Request::MemberUpdate { id: inproc::nid(4), addr: addr4.to_string() };
+    assert_eq!(c.call_as("admin", leader, None, update).await.unwrap(), Ok(Response::Done));
+
+    // Remove an original follower; three voters remain and writes still work.
+    let gone = (1..=3).find(|&i| i != leader).unwrap();
+    client.member_remove(inproc::nid(gone)).await.unwrap();
+    let m = client.member_list().await.unwrap();
+    let expect: Vec<u64> = (1..=4).filter(|&i| i != gone).collect();
+    assert_eq!(voters(&m), expect, "{m:?}");
+    assert_eq!(m.len(), 3, "{m:?}");
+    c.nodes.get_mut(&gone).unwrap().stop().await;
+    c.nodes.remove(&gone);
+    for i in 0..20 {
+        client.put(format!("c{i:02}"), "3").await.unwrap();
+    }
+    let got = client.get("c19", ReadConsistency::Linearizable).await.unwrap();
+    assert_eq!(got.kv.map(|kv| kv.value), Some(b"3".to_vec()));
+    c.applied_on(4, "c19", "3").await;
+    client.close();
+    c.stop_all().await;
 }
