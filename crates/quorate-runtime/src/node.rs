@@ -8,7 +8,7 @@ use crate::replica::{Applier, Config, Jobs, ProposeCallback, ReadCallback, ReadL
 use crate::sessions::ClientId;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStorage;
-use quorate_core::ConfChange;
+use quorate_core::{ConfChange, Instant};
 use quorate_log::{LogIndex, NodeId};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,6 +19,10 @@ pub const REQUESTS_QUEUE_MAX: usize = 1024;
 pub const INBOX_QUEUE_MAX: usize = 4096;
 /// Most queued messages the task takes in one turn before it processes them.
 const MESSAGES_PER_TURN_MAX: usize = 256;
+/// Most queued requests the task takes in one turn before it processes them: proposals that
+/// arrived together go into one `Ready`, so one write to storage (one fsync) and one round of
+/// appends carry them all, instead of a turn — and an fsync — each.
+const REQUESTS_PER_TURN_MAX: usize = 256;
 
 /// A closure a host runs on the node's core wrapper ([`Handle::with_core`]).
 type CoreCall = Box<dyn FnOnce(&mut dyn std::any::Any) + Send>;
@@ -248,35 +252,18 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, 
                 }
             }
             req = requests.recv() => {
-                let now = clock.now();
-                match req {
-                    None => break,
-                    Some(Request::Shutdown { done }) => {
+                let Some(req) = req else { break };
+                let mut next = Some(req);
+                let mut taken = 0;
+                while let Some(req) = next.take() {
+                    if let Some(done) = take_request(&mut replica, clock.now(), req) {
                         side.stop(&mut replica).await;
                         let _ = done.send(());
                         return;
                     }
-                    Some(Request::Propose { command, session, done }) => replica.propose(now, command, session, done),
-                    Some(Request::OpenSession { done }) => replica.open_session(now, done),
-                    Some(Request::Read { level, read }) => replica.read(now, level, read),
-                    Some(Request::Membership { change, done }) => replica.change_membership(now, change, done),
-                    Some(Request::Transfer { to, done }) => {
-                        let _ = done.send(replica.transfer_leader(now, to));
-                    }
-                    Some(Request::Snapshot { done }) => replica.request_snapshot(now, Box::new(move |r| {
-                        let _ = done.send(r);
-                    })),
-                    Some(Request::TransferFormat { format, done }) => {
-                        replica.set_transfer_format(format);
-                        let _ = done.send(Ok(()));
-                    }
-                    Some(Request::Core { run }) => {
-                        // A panic there may leave the wrapper half-changed: halt, do not go on.
-                        let core = replica.core_wrapper_mut();
-                        let call = std::panic::AssertUnwindSafe(move || run(core));
-                        if let Err(payload) = std::panic::catch_unwind(call) {
-                            replica.halt(format!("a closure run on the core panicked: {}", panic_text(&*payload)));
-                        }
+                    taken += 1;
+                    if taken < REQUESTS_PER_TURN_MAX {
+                        next = requests.try_recv().ok();
                     }
                 }
             }
@@ -284,6 +271,44 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, 
         }
     }
     side.stop(&mut replica).await;
+}
+
+/// Hands one request to the replica; a shutdown is handed back (its answer) for the task to
+/// stop.
+fn take_request<SM: StateMachine, L: LogStorage, D: Core<L> + 'static>(
+    replica: &mut Replica<SM, L, D>,
+    now: Instant,
+    req: Request<SM>,
+) -> Option<oneshot::Sender<()>> {
+    match req {
+        Request::Shutdown { done } => return Some(done),
+        Request::Propose { command, session, done } => replica.propose(now, command, session, done),
+        Request::OpenSession { done } => replica.open_session(now, done),
+        Request::Read { level, read } => replica.read(now, level, read),
+        Request::Membership { change, done } => replica.change_membership(now, change, done),
+        Request::Transfer { to, done } => {
+            let _ = done.send(replica.transfer_leader(now, to));
+        }
+        Request::Snapshot { done } => replica.request_snapshot(
+            now,
+            Box::new(move |r| {
+                let _ = done.send(r);
+            }),
+        ),
+        Request::TransferFormat { format, done } => {
+            replica.set_transfer_format(format);
+            let _ = done.send(Ok(()));
+        }
+        Request::Core { run } => {
+            // A panic there may leave the wrapper half-changed: halt, do not go on.
+            let core = replica.core_wrapper_mut();
+            let call = std::panic::AssertUnwindSafe(move || run(core));
+            if let Err(payload) = std::panic::catch_unwind(call) {
+                replica.halt(format!("a closure run on the core panicked: {}", panic_text(&*payload)));
+            }
+        }
+    }
+    None
 }
 
 impl<SM: StateMachine> Handle<SM> {
