@@ -431,11 +431,17 @@ impl SmRead for Layer<'_> {
         let mut base_next: Option<SmPair> = None;
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        // The store is read in pages that start at what the caller asked for (one more, for a
+        // pair a pending write replaces) and double up to MERGE_PAGE_PAIRS: a probe for the
+        // first key at or after a point (a limit of 1, at every put) reads two pairs, not a
+        // thousand.
+        let mut page_pairs = limit.saturating_add(1).clamp(2, MERGE_PAGE_PAIRS);
         while out.len() < limit && bytes < bytes_max {
             if base_next.is_none() && !base_done {
                 base_next = base_page.next();
                 if base_next.is_none() {
-                    let page = self.base.sm_scan_range(&base_from, end, MERGE_PAGE_PAIRS, SCAN_READ_BYTES_MAX)?;
+                    let page = self.base.sm_scan_range(&base_from, end, page_pairs, SCAN_READ_BYTES_MAX)?;
+                    page_pairs = page_pairs.saturating_mul(2).min(MERGE_PAGE_PAIRS);
                     match page.last() {
                         None => base_done = true,
                         Some((last, _)) => {

@@ -556,3 +556,45 @@ fn install_scenario<C: Core<RocksLog>>(mut trio: Trio<C>) -> Trio<C> {
     assert!(trio.run_until(1_000, |t| t.state(2).as_ref() == Some(&expected)), "node 3 has the state again");
     trio
 }
+
+/// The layer of pending writes over the store answers scans as the merge of the two, whatever
+/// the page the store is read in: pending deletes hide stored keys, pending puts come in key
+/// order, a limit of 1 (a probe) still finds the first live key past many hidden ones.
+#[test]
+fn the_pending_layer_merges_with_the_store_across_pages() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let voters = Configuration::with_voters([node(1)]).expect("valid");
+    let log = RocksLog::open(dir.path(), StoreOptions::with_bootstrap(voters)).expect("opens");
+    let store = log.store().clone();
+    let key = |i: u32| quorate_log::record::sm_key(format!("k{i:04}").as_bytes());
+    // 3,000 stored keys: more than two of the largest pages.
+    let stored: Vec<SmOp> = (0..3000).map(|i| SmOp::Put { key: key(i), value: vec![1] }).collect();
+    let term = quorate_log::Term(1);
+    let entries: Vec<quorate_log::Entry> = (1..=3)
+        .map(|i| quorate_log::Entry { index: LogIndex(i), term, payload: quorate_log::EntryPayload::Noop })
+        .collect();
+    let hard = quorate_log::HardState { term, vote: Some(node(1)), commit: LogIndex(3) };
+    store.write(quorate_storage::PersistBatch::append(entries).with_hard_state(hard)).expect("log");
+    for (i, chunk) in stored.chunks(1000).enumerate() {
+        store.apply(LogIndex(i as u64 + 1), chunk.to_vec()).expect("applies");
+    }
+    let mut pending = BTreeMap::new();
+    // The first 2,500 stored keys deleted, one put back, one new key between stored ones.
+    for i in 0..2500 {
+        pending.insert(key(i), None);
+    }
+    pending.insert(key(1200), Some(vec![2]));
+    let between = [key(2600).as_slice(), b"x"].concat();
+    pending.insert(between.clone(), Some(vec![3]));
+    let layer = Layer { base: &store, pending: &pending };
+    let first = layer.sm_scan_bounded(&key(0), 1, 1).expect("scans");
+    assert_eq!(first, vec![(key(1200), vec![2])], "the probe finds the put-back key");
+    let next = layer.sm_scan(&[key(1200).as_slice(), &[0]].concat(), 2).expect("scans");
+    assert_eq!(next, vec![(key(2500), vec![1]), (key(2501), vec![1])], "past the hidden keys");
+    let all = layer.sm_scan(&key(0), 10_000).expect("scans");
+    assert_eq!(all.len(), 1 + 500 + 1);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+    assert!(all.contains(&(between, vec![3])));
+    let bounded = layer.sm_scan_range(&key(2500), Some(&key(2503)), 100, usize::MAX).expect("scans");
+    assert_eq!(bounded.len(), 3);
+}
