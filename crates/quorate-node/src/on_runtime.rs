@@ -207,23 +207,7 @@ pub(crate) async fn run(
     serving.stopping.store(true, Ordering::Release);
     let _ = tokio::time::timeout(Duration::from_secs(5), serving.reads.acquire_many(READ_WORKERS as u32)).await;
     drop(serving);
-    // Answers in flight hold the transport for a moment: wait (bounded), then close it so the
-    // address can be bound again at once.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Arc::strong_count(&transport) > 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    match Arc::try_unwrap(transport) {
-        Ok(t) => t.shutdown().await,
-        Err(_) => tracing::warn!("transport still referenced at shutdown"),
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if Arc::strong_count(&store) > 1 {
-        tracing::warn!("the store is still referenced at shutdown");
-    }
+    crate::server::let_go(transport, &store).await;
     tracing::info!(node = %id, "node stopped");
     result
 }

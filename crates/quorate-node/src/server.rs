@@ -1075,8 +1075,16 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
     driver.stop();
     let _ = tokio::task::spawn_blocking(move || apply_thread.join()).await;
     drop(shared);
-    // Snapshot senders were aborted; wait (bounded) until they let go of the transport, so
-    // that the endpoint closes and the address can be bound again at once.
+    // Snapshot senders were aborted.
+    let_go(transport, &store).await;
+    tracing::info!(node = %id, "node stopped");
+    result
+}
+
+/// The end of a stop: waits (bounded) until the tasks still answering let go of the transport,
+/// closes it so that the address can be bound again at once, then waits (bounded) until they
+/// let go of the store, so that it can be opened again.
+pub(crate) async fn let_go(transport: Arc<Transport<NodeMessage>>, store: &Arc<RocksStore>) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Arc::strong_count(&transport) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1085,13 +1093,13 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         Ok(t) => t.shutdown().await,
         Err(_) => tracing::warn!("transport still referenced at shutdown"),
     }
-    // Wait (bounded) for response tasks to drop their references to the store.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
+    while Arc::strong_count(store) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tracing::info!(node = %id, "node stopped");
-    result
+    if Arc::strong_count(store) > 1 {
+        tracing::warn!("the store is still referenced at shutdown");
+    }
 }
 
 struct Driver {
