@@ -154,7 +154,7 @@ pub use replica::{
 pub use rocks::{ImageLayout, RocksLog};
 pub use sessions::ClientId;
 pub use state_machine::{Committed, RestoreError, RuntimeWrites, StateMachine};
-pub use storage::{LogStorage, MemStorage, SnapshotHeader, SnapshotSaver, SnapshotSource};
+pub use storage::{BatchDone, BatchWriter, LogStorage, MemStorage, SnapshotHeader, SnapshotSaver, SnapshotSource};
 
 // The vocabulary users need alongside the runtime.
 pub use quorate_core::{ConfChange, Role};

@@ -106,6 +106,12 @@ impl<SM: StateMachine> Node<SM> {
         let Some(applier) = replica.detach_applier() else {
             return Err(Error::Start("the replica's state machine side was detached already".into()));
         };
+        // Batches are written by the storage's writer, if it has one; their reports come back
+        // here (as many as batches in flight, which the core and the writer's queue bound).
+        let (written_tx, written_rx) = mpsc::unbounded_channel();
+        replica.detach_writes(move |io, r| {
+            let _ = written_tx.send((io, r));
+        })?;
         let (job_tx, job_rx) = std::sync::mpsc::channel();
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let apply = std::thread::Builder::new()
@@ -115,7 +121,7 @@ impl<SM: StateMachine> Node<SM> {
         let (req_tx, req_rx) = mpsc::channel(REQUESTS_QUEUE_MAX);
         let (in_tx, in_rx) = mpsc::channel(INBOX_QUEUE_MAX);
         let (status_tx, status_rx) = watch::channel(replica.status());
-        let side = ApplySide { jobs: job_tx, reports: report_rx, open: true, thread: Some(apply) };
+        let side = ApplySide { jobs: job_tx, reports: report_rx, open: true, thread: Some(apply), written: written_rx };
         let task = tokio::spawn(run(replica, side, network, clock, req_rx, in_rx, status_tx));
         Ok(Node { handle: Handle { requests: req_tx, inbox: Inbox { tx: in_tx }, status: status_rx }, task })
     }
@@ -172,6 +178,8 @@ struct ApplySide<SM: StateMachine> {
     /// Whether the thread may still report (its sender is not gone).
     open: bool,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The outcomes of the batches the storage's writer wrote (see [`Replica::detach_writes`]).
+    written: mpsc::UnboundedReceiver<(quorate_core::IoId, Result<(), quorate_log::StorageError>)>,
 }
 
 impl<SM: StateMachine> ApplySide<SM> {
@@ -192,9 +200,14 @@ impl<SM: StateMachine> ApplySide<SM> {
         let jobs = replica.take_jobs();
         let _ = self.jobs.send(jobs);
         drop(self.jobs);
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        // The writer finishes what was submitted (nothing depends on it any more) and stops.
+        let writer = replica.take_batch_writer();
+        let thread = self.thread.take();
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(writer);
+            thread.map(std::thread::JoinHandle::join)
+        })
+        .await;
     }
 }
 
@@ -221,6 +234,14 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, 
         let wait = replica.next_deadline().map_or(Duration::from_secs(3600), |d| d.saturating_since(clock.now()));
         tokio::select! {
             biased;
+            // The writer's reports first: what they release (acknowledgements, commits) is
+            // what everything else waits for. The sender lives in the replica's writer.
+            Some((io, r)) = side.written.recv() => {
+                replica.on_persisted(clock.now(), io, r);
+                while let Ok((io, r)) = side.written.try_recv() {
+                    replica.on_persisted(clock.now(), io, r);
+                }
+            }
             reports = side.reports.recv(), if side.open => {
                 match reports {
                     Some(r) => {

@@ -14,11 +14,13 @@ use crate::error::Error;
 use crate::network::{Network, TransferFormat, WireMessage};
 use crate::sessions::{ClientId, Command, Sessions};
 use crate::state_machine::StateMachine;
-use crate::storage::{LogStorage, SnapshotSource};
+use crate::storage::{BatchWriter, LogStorage, SnapshotSource};
 use crate::transfer::{Receiver, Sender, TokenBucket};
 pub use crate::transfer::{SNAPSHOT_CHUNK_BYTES_MAX, TransferStats};
-use quorate_core::{ConfChange, Instant, Raft, ReadId, Role};
-use quorate_log::{Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term};
+use quorate_core::{ConfChange, Instant, IoId, Raft, ReadId, Role};
+use quorate_log::{
+    Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, NodeId, SnapshotMeta, StorageError, Term,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,6 +247,8 @@ pub struct Replica<SM: StateMachine, L: LogStorage, C: Core<L> = Raft<L>> {
     _log: std::marker::PhantomData<fn() -> L>,
     /// The state machine's side, or where it went.
     side: Side<SM>,
+    /// The storage's batch writer, once the writes are detached ([`Replica::detach_writes`]).
+    writer: Option<Writer>,
     /// Work for the state machine's side not yet run (inline) or taken (detached), in order.
     jobs: Vec<Job<SM>>,
     /// Bytes of committed entries handed to the state machine's side and not yet reported
@@ -409,6 +413,7 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             core,
             _log: std::marker::PhantomData,
             side: Side::Inline(Box::new(applier)),
+            writer: None,
             jobs: Vec::new(),
             apply_in_flight: 0,
             backlog_stops: 0,
@@ -482,6 +487,50 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             Side::Inline(_) => Jobs(Vec::new()),
             Side::Detached => Jobs(std::mem::take(&mut self.jobs)),
         }
+    }
+
+    /// Writes the core's batches with the storage's writer ([`LogStorage::batch_writer`])
+    /// from now on, if it has one, instead of in the turn: `report` gets each batch's outcome
+    /// (on the writer's thread, in order), to be handed to [`Replica::on_persisted`].
+    /// Meanwhile the turn goes on — messages that do not wait for the batch go out, new
+    /// proposals and messages come in, and their batches queue behind it to share the next
+    /// fsync —; the core releases nothing that depends on a batch (a vote, an
+    /// acknowledgement, a commit of the leader's own entries) before its report. A snapshot
+    /// install is still written in the turn, after the writer is flushed. `Ok(false)` if the
+    /// storage has no writer, or the writes were detached already.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the writer cannot be started.
+    pub fn detach_writes(
+        &mut self,
+        report: impl Fn(IoId, Result<(), StorageError>) + Send + Sync + 'static,
+    ) -> Result<bool, Error> {
+        if self.writer.is_some() {
+            return Ok(false);
+        }
+        let Some(writer) = self.core.raft().storage().batch_writer()? else { return Ok(false) };
+        self.writer = Some(Writer { writer, report: Arc::new(report) });
+        Ok(true)
+    }
+
+    /// Hands the replica the outcome of batch `io` written by the storage's writer
+    /// ([`Replica::detach_writes`]): durable, the core hears it (and releases what waited for
+    /// it on the next [`Replica::process`]); failed, the replica halts.
+    pub fn on_persisted(&mut self, now: Instant, io: IoId, result: Result<(), StorageError>) {
+        if self.halted.is_some() {
+            return;
+        }
+        match result {
+            Ok(()) => self.core.persisted(now, io),
+            Err(e) => self.halt(format!("storage: {e}")),
+        }
+    }
+
+    /// Takes the storage's writer out (the writes stop: nothing is written after this). For a
+    /// host that stops the replica and wants to wait for the writer off its async runtime:
+    /// dropping it writes what was submitted and joins its thread.
+    pub fn take_batch_writer(&mut self) -> Option<Box<dyn BatchWriter>> {
+        self.writer.take().map(|w| w.writer)
     }
 
     /// The storage.
@@ -955,22 +1004,38 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             for m in ready.messages {
                 net.send(WireMessage::Raft(m));
             }
-            // 2. Write the batch; durable once `persist` returns. An install takes the
-            //    complete staging the core accepted as the snapshot.
+            // 2. Write the batch: handed to the storage's writer (durable once it reports),
+            //    or here (durable once `persist` returns). An install takes the complete
+            //    staging the core accepted as the snapshot, here, after every batch before it.
             let mut install = None;
-            if let Some(batch) = &ready.persist {
-                if let Some(meta) = &batch.install
-                    && self.staged.take().as_ref() != Some(meta)
-                {
-                    return self.halt(format!("snapshot install at {} without its staging", meta.last.index));
+            let mut persisted = None;
+            if let Some(batch) = ready.persist {
+                let io = batch.io;
+                match &mut self.writer {
+                    Some(w) if batch.install.is_none() => {
+                        if let Err(e) = w.submit(batch) {
+                            return self.halt(format!("storage: {e}"));
+                        }
+                    }
+                    writer => {
+                        if let Some(meta) = &batch.install
+                            && self.staged.take().as_ref() != Some(meta)
+                        {
+                            return self.halt(format!("snapshot install at {} without its staging", meta.last.index));
+                        }
+                        // Everything submitted before is durable first (reported too; the
+                        // report of this batch below covers those as well).
+                        let flushed = writer.as_mut().map_or(Ok(()), |w| w.writer.flush());
+                        if let Err(e) = flushed.and_then(|()| self.core.storage_mut().persist(&batch)) {
+                            return self.halt(format!("storage: {e}"));
+                        }
+                        if batch.install.is_some() {
+                            self.receiver.forget();
+                        }
+                        install = batch.install;
+                        persisted = Some(io);
+                    }
                 }
-                if let Err(e) = self.core.storage_mut().persist(batch) {
-                    return self.halt(format!("storage: {e}"));
-                }
-                if batch.install.is_some() {
-                    self.receiver.forget();
-                }
-                install = batch.install.clone();
             }
             // 3. For the state machine, in order: what committed before this batch's install
             //    (if any), then the install, which replaces the state before anything the
@@ -991,8 +1056,8 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
                     return;
                 }
             }
-            if let Some(batch) = &ready.persist {
-                self.core.persisted(now, batch.io);
+            if let Some(io) = persisted {
+                self.core.persisted(now, io);
             }
             // 4. Reads: confirmed ones run once applied ≥ their index.
             for r in ready.reads {
@@ -1032,6 +1097,45 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             w.fail(Error::OutcomeUnknown);
         }
         self.jobs.push(Job::Install { meta, source });
+    }
+}
+
+/// Where a batch writer's reports go.
+type ReportFn = dyn Fn(IoId, Result<(), StorageError>) + Send + Sync;
+
+/// The storage's batch writer and where its reports go.
+struct Writer {
+    writer: Box<dyn BatchWriter>,
+    report: Arc<ReportFn>,
+}
+
+impl Writer {
+    fn submit(&mut self, batch: quorate_core::Persist) -> Result<(), StorageError> {
+        let report = Report { io: batch.io, to: Some(Arc::clone(&self.report)) };
+        self.writer.submit(batch, Box::new(move |r| report.send(r)))
+    }
+}
+
+/// One batch's report: sent once — as a failure if the writer drops the batch unreported (a
+/// writer thread that died), so the replica halts rather than waits for ever.
+struct Report {
+    io: IoId,
+    to: Option<Arc<ReportFn>>,
+}
+
+impl Report {
+    fn send(mut self, r: Result<(), StorageError>) {
+        if let Some(to) = self.to.take() {
+            to(self.io, r);
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(to) = self.to.take() {
+            to(self.io, Err(StorageError::Io("the batch writer dropped a batch without writing it".into())));
+        }
     }
 }
 
@@ -1116,7 +1220,7 @@ mod tests {
     }
 
     /// A single-voter replica, elected and with its no-op applied.
-    fn leader<SM: StateMachine>(storage: MemStorage, sm: SM, cfg: Config) -> (Replica<SM, MemStorage>, Instant) {
+    fn leader<SM: StateMachine, L: LogStorage>(storage: L, sm: SM, cfg: Config) -> (Replica<SM, L>, Instant) {
         let mut r = Replica::new(cfg, storage, sm, Instant::ZERO).expect("starts");
         let now = r.next_deadline().expect("an election timer");
         r.tick(now);
@@ -1127,6 +1231,182 @@ mod tests {
 
     fn storage() -> MemStorage {
         MemStorage::new(Configuration::with_voters([id()]).expect("valid"))
+    }
+
+    /// Storage whose batch writer writes only when a test says so: [`Deferred::write`].
+    #[derive(Clone)]
+    struct Deferred {
+        inner: Arc<Mutex<MemStorage>>,
+        queued: Arc<Mutex<Vec<(quorate_core::Persist, crate::BatchDone)>>>,
+    }
+
+    impl std::fmt::Debug for Deferred {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Deferred").field("queued", &self.queued()).finish_non_exhaustive()
+        }
+    }
+
+    impl Deferred {
+        fn new() -> Deferred {
+            Deferred { inner: Arc::new(Mutex::new(storage())), queued: Arc::default() }
+        }
+        fn mem(&self) -> std::sync::MutexGuard<'_, MemStorage> {
+            self.inner.lock().expect("unpoisoned")
+        }
+        /// Writes the `n` oldest queued batches (`ok`) or fails them (reporting them failed).
+        fn write(&self, n: usize, ok: bool) {
+            let batches: Vec<_> = self.queued.lock().unwrap().drain(..n).collect();
+            for (b, done) in batches {
+                let r = if ok { self.mem().persist(&b) } else { Err(StorageError::Io("disk gone".into())) };
+                done(r);
+            }
+        }
+        fn queued(&self) -> usize {
+            self.queued.lock().unwrap().len()
+        }
+    }
+
+    struct DeferredWriter(Deferred);
+
+    impl BatchWriter for DeferredWriter {
+        fn submit(&mut self, batch: quorate_core::Persist, done: crate::BatchDone) -> Result<(), StorageError> {
+            self.0.queued.lock().unwrap().push((batch, done));
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), StorageError> {
+            let n = self.0.queued();
+            self.0.write(n, true);
+            Ok(())
+        }
+    }
+
+    impl quorate_log::LogStorage for Deferred {
+        fn initial_state(&self) -> Result<quorate_log::InitialState, StorageError> {
+            self.mem().initial_state()
+        }
+        fn snapshot_last(&self) -> EntryId {
+            self.mem().snapshot_last()
+        }
+        fn last_index(&self) -> LogIndex {
+            self.mem().last_index()
+        }
+        fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+            self.mem().term(index)
+        }
+        fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+            self.mem().entries(lo, hi, max_bytes)
+        }
+        fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+            quorate_log::LogStorage::snapshot_meta(&*self.mem())
+        }
+    }
+
+    impl LogStorage for Deferred {
+        fn persist(&mut self, batch: &quorate_core::Persist) -> Result<(), StorageError> {
+            self.mem().persist(batch)
+        }
+        fn snapshot_saver(&self) -> Box<dyn crate::SnapshotSaver> {
+            self.mem().snapshot_saver()
+        }
+        fn snapshot(&self) -> Result<Option<crate::SnapshotHeader>, StorageError> {
+            self.mem().snapshot()
+        }
+        fn open_snapshot(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
+            self.mem().open_snapshot()
+        }
+        fn staging(&self) -> Result<Option<(crate::SnapshotHeader, u64)>, StorageError> {
+            self.mem().staging()
+        }
+        fn open_staging(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
+            self.mem().open_staging()
+        }
+        fn begin_staging(&mut self, header: &crate::SnapshotHeader) -> Result<(), StorageError> {
+            self.mem().begin_staging(header)
+        }
+        fn append_staging(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError> {
+            self.mem().append_staging(offset, bytes)
+        }
+        fn abort_staging(&mut self) -> Result<(), StorageError> {
+            self.mem().abort_staging()
+        }
+        fn seal_staging(&mut self, header: &crate::SnapshotHeader) -> Result<(), StorageError> {
+            self.mem().seal_staging(header)
+        }
+        fn batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StorageError> {
+            Ok(Some(Box::new(DeferredWriter(self.clone()))))
+        }
+    }
+
+    type Reports = Arc<Mutex<Vec<(IoId, Result<(), StorageError>)>>>;
+
+    /// A single-voter leader over [`Deferred`] storage with its writes detached; the reports
+    /// of its batches.
+    fn deferred_leader() -> (Replica<Sum, Deferred>, Deferred, Reports, Instant) {
+        let disk = Deferred::new();
+        let (mut r, now) = leader(disk.clone(), Sum::default(), Config::new(id()));
+        let reports = Reports::default();
+        let to = reports.clone();
+        assert_eq!(r.detach_writes(move |io, res| to.lock().unwrap().push((io, res))), Ok(true));
+        assert_eq!(r.detach_writes(|_, _| ()), Ok(false), "once");
+        (r, disk, reports, now)
+    }
+
+    fn hand_reports(r: &mut Replica<Sum, Deferred>, reports: &Reports, now: Instant) {
+        let got: Vec<_> = reports.lock().unwrap().drain(..).collect();
+        for (io, res) in got {
+            r.on_persisted(now, io, res);
+        }
+    }
+
+    #[test]
+    fn batches_written_off_the_turn_are_acknowledged_only_once_durable_and_do_not_wait_for_each_other() {
+        let (mut r, disk, reports, now) = deferred_leader();
+        let last = disk.mem().last_index();
+        let out: Log<u64> = Log::default();
+        r.propose(now, vec![5], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(disk.queued(), 1, "handed to the writer");
+        assert_eq!(disk.mem().last_index(), last, "not written in the turn");
+        // The next proposal goes out while the first batch is not yet durable.
+        r.propose(now, vec![1], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(disk.queued(), 2);
+        assert!(out.lock().unwrap().is_empty(), "nothing is committed before it is durable");
+        assert_eq!(r.status().commit, last);
+        // The first is durable: it commits, the second does not yet.
+        disk.write(1, true);
+        hand_reports(&mut r, &reports, now);
+        r.process(now, &mut Vec::new());
+        assert_eq!(*out.lock().unwrap(), vec![Ok(5)]);
+        disk.write(1, true);
+        hand_reports(&mut r, &reports, now);
+        r.process(now, &mut Vec::new());
+        assert_eq!(*out.lock().unwrap(), vec![Ok(5), Ok(6)]);
+        let written = disk.mem().last_index();
+        assert_eq!(written, r.status().last_index);
+        assert!(r.halted().is_none());
+    }
+
+    #[test]
+    fn a_failed_or_dropped_write_halts_the_replica_and_acknowledges_nothing() {
+        for dropped in [false, true] {
+            let (mut r, disk, reports, now) = deferred_leader();
+            let out: Log<u64> = Log::default();
+            r.propose(now, vec![5], None, sink(&out));
+            r.process(now, &mut Vec::new());
+            r.propose(now, vec![1], None, sink(&out));
+            r.process(now, &mut Vec::new());
+            if dropped {
+                // A writer thread that died drops what it held: each is reported failed.
+                disk.queued.lock().unwrap().clear();
+            } else {
+                disk.write(2, false);
+            }
+            hand_reports(&mut r, &reports, now);
+            r.process(now, &mut Vec::new());
+            assert!(r.halted().is_some_and(|h| h.starts_with("storage: ")), "{:?}", r.halted());
+            assert_eq!(*out.lock().unwrap(), vec![Err(Error::OutcomeUnknown), Err(Error::OutcomeUnknown)]);
+        }
     }
 
     #[test]

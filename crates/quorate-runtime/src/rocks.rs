@@ -1,11 +1,11 @@
 //! [`RocksLog`]: the runtime's [`LogStorage`](crate::LogStorage) over quorate-storage's
 //! RocksDB store (cargo feature `rocksdb`).
 
-use crate::storage::{LogStorage, SnapshotHeader, SnapshotSaver, SnapshotSource, staging_gap};
+use crate::storage::{BatchDone, BatchWriter, LogStorage, SnapshotHeader, SnapshotSaver, SnapshotSource, staging_gap};
 use quorate_core::Persist;
 use quorate_log::snapshot_file::{self as layout, HEAD_BYTES, TRAILER_BYTES};
 use quorate_log::{Entry, EntryId, InitialState, LogIndex, SnapshotMeta, StorageError, Term};
-use quorate_storage::{PersistBatch, RocksStore, StoreError, StoreOptions};
+use quorate_storage::{GroupCommitter, GroupOptions, PersistBatch, RocksStore, StoreError, StoreOptions};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -150,6 +150,40 @@ impl RocksLog {
     }
 }
 
+/// The store's batch of the core's `batch`, with its `entries` (taken out of it or copied).
+fn store_batch(batch: &Persist, entries: Vec<Entry>) -> PersistBatch {
+    PersistBatch {
+        hard_state: batch.hard_state,
+        truncate_from: entries.first().map(|e| e.index),
+        entries,
+        install: batch.install.clone(),
+        compact: batch.compact.clone(),
+        skip_fsync: !batch.sync,
+    }
+}
+
+/// [`RocksLog`]'s [`BatchWriter`]: quorate-storage's group committer.
+struct RocksWriter {
+    committer: GroupCommitter,
+}
+
+impl BatchWriter for RocksWriter {
+    fn submit(&mut self, mut batch: Persist, done: BatchDone) -> Result<(), StorageError> {
+        if batch.install.is_some() {
+            // The staging is the storage's: an install is written by `persist`.
+            return Err(StorageError::Io("a snapshot install handed to the batch writer".into()));
+        }
+        let entries = std::mem::take(&mut batch.entries);
+        Ok(self.committer.submit_with(store_batch(&batch, entries), move |r| done(r.map_err(StorageError::from)))?)
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        // An empty batch, written after everything before it: once it is reported, so is
+        // all that came before (a failure among them fails it too).
+        Ok(self.committer.submit(PersistBatch { skip_fsync: true, ..PersistBatch::default() })?.wait()?)
+    }
+}
+
 impl quorate_log::LogStorage for RocksLog {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
         self.store.initial_state()
@@ -180,15 +214,7 @@ impl LogStorage for RocksLog {
             // The file first: the batch that records the install must find it.
             self.install_staging(meta)?;
         }
-        let b = PersistBatch {
-            hard_state: batch.hard_state,
-            truncate_from: batch.entries.first().map(|e| e.index),
-            entries: batch.entries.clone(),
-            install: batch.install.clone(),
-            compact: batch.compact.clone(),
-            skip_fsync: !batch.sync,
-        };
-        self.store.write(b)?;
+        self.store.write(store_batch(batch, batch.entries.clone()))?;
         if batch.install.is_some() {
             // Installed: the staging is garbage (a crash before this removal leaves it behind,
             // and the runtime discards a staging it has committed past).
@@ -199,6 +225,15 @@ impl LogStorage for RocksLog {
 
     fn snapshot_saver(&self) -> Box<dyn SnapshotSaver> {
         Box::new(RocksSaver { store: self.store.clone() })
+    }
+
+    /// The store's group committer: batches queued while one write is fsynced share the next
+    /// write and its fsync; a batch refused for disk space is written again until it goes
+    /// through (holding every later one), so a full disk slows the replica rather than
+    /// halting it.
+    fn batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StorageError> {
+        let committer = GroupCommitter::new(self.store.clone(), GroupOptions::default())?;
+        Ok(Some(Box::new(RocksWriter { committer })))
     }
 
     fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError> {

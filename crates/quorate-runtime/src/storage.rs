@@ -189,6 +189,45 @@ pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
     /// # Errors
     /// No complete staging of `header`'s snapshot and length, or an I/O failure.
     fn seal_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError>;
+
+    /// A writer of this storage's batches on a thread of its own, so that a replica goes on
+    /// (sends, receives, proposes, hands out what is durable) while a batch is fsynced, and
+    /// batches that queue meanwhile share the next fsync. `None` (the default): the replica
+    /// writes each batch in its turn with [`LogStorage::persist`]. Asked once, when a host
+    /// detaches the writes ([`crate::Replica::detach_writes`]; [`crate::Node`] does). The
+    /// writer works beside this storage: what it wrote is what the storage reads back.
+    ///
+    /// # Errors
+    /// The writer cannot be started.
+    fn batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StorageError> {
+        Ok(None)
+    }
+}
+
+/// The outcome of a batch handed to a [`BatchWriter`]: called once, on any thread.
+pub type BatchDone = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// Writes persist batches off the replica's turn ([`LogStorage::batch_writer`]). The batches
+/// are one ordered stream: each is written, atomically and in the order of
+/// [`LogStorage::persist`], after every batch submitted before it, and its outcome reported in
+/// submission order; once one fails, every later one fails too (nothing after a failed batch
+/// is written). A batch is reported `Ok` only once it is durable (when its `sync` is set).
+/// The replica submits no install (it flushes the writer and writes an install itself, as the
+/// staging it takes lives in the storage). Dropping the writer writes what was submitted
+/// (reporting each outcome) and stops its thread.
+pub trait BatchWriter: Send {
+    /// Queues `batch`; `done` gets its outcome. May block while the writer's queue is full.
+    ///
+    /// # Errors
+    /// The writer has stopped (then `done` is not called).
+    fn submit(&mut self, batch: Persist, done: BatchDone) -> Result<(), StorageError>;
+
+    /// Returns once every batch submitted before is written and its outcome reported:
+    /// `Err` if any of them failed.
+    ///
+    /// # Errors
+    /// A submitted batch failed, or the writer has stopped.
+    fn flush(&mut self) -> Result<(), StorageError>;
 }
 
 /// The error for a [`LogStorage::seal_staging`] of anything but a complete staging of
