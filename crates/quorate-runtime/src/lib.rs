@@ -16,9 +16,11 @@
 //! ## What the runtime guarantees
 //!
 //! * **Durability before acknowledgement.** Every batch the core hands out is written
-//!   through [`LogStorage::persist`], which returns only once it is durable, before the core
-//!   hears it is persisted; the core releases a vote, an append acknowledgement or a commit
-//!   that depends on it only then.
+//!   through [`LogStorage::persist`], which returns only once it is durable, or — under
+//!   [`Node`], when the storage has one ([`LogStorage::batch_writer`]; [`RocksLog`] does) —
+//!   by a writer on a thread of its own that reports each batch once it is durable; only then
+//!   does the core hear it is persisted, and it releases a vote, an append acknowledgement or
+//!   a commit that depends on it only then.
 //! * **Ordering.** Committed commands are applied in log order, once, on every replica; a
 //!   snapshot install replaces the state machine's state before anything after it is applied.
 //!   Under [`Node`] the state machine runs on a thread of its own, so replication (a
