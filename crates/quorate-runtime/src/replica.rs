@@ -21,7 +21,7 @@ use quorate_core::{ConfChange, Instant, IoId, Raft, ReadId, Role};
 use quorate_log::{
     Configuration, Data, Entry, EntryId, EntryPayload, LogIndex, NodeId, SnapshotMeta, StorageError, Term,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -497,40 +497,55 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// fsync —; the core releases nothing that depends on a batch (a vote, an
     /// acknowledgement, a commit of the leader's own entries) before its report. A snapshot
     /// install is still written in the turn, after the writer is flushed. `Ok(false)` if the
-    /// storage has no writer, or the writes were detached already.
+    /// storage has no writer.
     ///
     /// # Errors
+    /// [`Error::Start`] if the writes were detached already (their reports go elsewhere),
     /// [`Error::Storage`] if the writer cannot be started.
     pub fn detach_writes(
         &mut self,
         report: impl Fn(IoId, Result<(), StorageError>) + Send + Sync + 'static,
     ) -> Result<bool, Error> {
         if self.writer.is_some() {
-            return Ok(false);
+            return Err(Error::Start("the replica's writes were detached already".into()));
         }
         let Some(writer) = self.core.raft().storage().batch_writer()? else { return Ok(false) };
-        self.writer = Some(Writer { writer, report: Arc::new(report) });
+        self.writer =
+            Some(Writer { writer, report: Arc::new(report), submitted: VecDeque::new(), flushed_through: None });
         Ok(true)
     }
 
     /// Hands the replica the outcome of batch `io` written by the storage's writer
     /// ([`Replica::detach_writes`]): durable, the core hears it (and releases what waited for
-    /// it on the next [`Replica::process`]); failed, the replica halts.
+    /// it on the next [`Replica::process`]); failed, the replica halts. Reports must come in
+    /// the order the batches were submitted — the core takes one as covering every earlier
+    /// batch —: one out of order halts the replica. The reports of batches a flush (before an
+    /// install) already covered are ignored.
     pub fn on_persisted(&mut self, now: Instant, io: IoId, result: Result<(), StorageError>) {
-        if self.halted.is_some() {
+        let Some(w) = self.writer.as_mut().filter(|_| self.halted.is_none()) else { return };
+        if w.flushed_through.is_some_and(|f| io <= f) {
             return;
         }
+        if w.submitted.front() != Some(&io) {
+            let expected = w.submitted.front().copied();
+            return self.halt(format!("the batch writer reported {io:?} where {expected:?} was next"));
+        }
+        w.submitted.pop_front();
         match result {
             Ok(()) => self.core.persisted(now, io),
             Err(e) => self.halt(format!("storage: {e}")),
         }
     }
 
-    /// Takes the storage's writer out (the writes stop: nothing is written after this). For a
-    /// host that stops the replica and wants to wait for the writer off its async runtime:
-    /// dropping it writes what was submitted and joins its thread.
+    /// Takes the storage's writer out, for a host that stops the replica and waits for the
+    /// writer off its async runtime (dropping it writes what was submitted and joins its
+    /// thread). The replica halts if it has not stopped: it writes nothing more.
     pub fn take_batch_writer(&mut self) -> Option<Box<dyn BatchWriter>> {
-        self.writer.take().map(|w| w.writer)
+        let w = self.writer.take()?;
+        if self.halted.is_none() {
+            self.halt("the replica's batch writer was taken out".into());
+        }
+        Some(w.writer)
     }
 
     /// The storage.
@@ -1024,8 +1039,17 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
                             return self.halt(format!("snapshot install at {} without its staging", meta.last.index));
                         }
                         // Everything submitted before is durable first (reported too; the
-                        // report of this batch below covers those as well).
-                        let flushed = writer.as_mut().map_or(Ok(()), |w| w.writer.flush());
+                        // report of this batch below covers those as well, and their own
+                        // reports, when they come, are ignored).
+                        let flushed = match writer {
+                            Some(w) => {
+                                let r = w.writer.flush();
+                                w.submitted.clear();
+                                w.flushed_through = Some(io);
+                                r
+                            }
+                            None => Ok(()),
+                        };
                         if let Err(e) = flushed.and_then(|()| self.core.storage_mut().persist(&batch)) {
                             return self.halt(format!("storage: {e}"));
                         }
@@ -1107,12 +1131,19 @@ type ReportFn = dyn Fn(IoId, Result<(), StorageError>) + Send + Sync;
 struct Writer {
     writer: Box<dyn BatchWriter>,
     report: Arc<ReportFn>,
+    /// The batches submitted and not yet reported, oldest first: reports come in this order.
+    submitted: VecDeque<IoId>,
+    /// The last batch written in the turn after a flush: reports up to it are stale.
+    flushed_through: Option<IoId>,
 }
 
 impl Writer {
     fn submit(&mut self, batch: quorate_core::Persist) -> Result<(), StorageError> {
-        let report = Report { io: batch.io, to: Some(Arc::clone(&self.report)) };
-        self.writer.submit(batch, Box::new(move |r| report.send(r)))
+        let io = batch.io;
+        let report = Report { io, to: Some(Arc::clone(&self.report)) };
+        self.writer.submit(batch, Box::new(move |r| report.send(r)))?;
+        self.submitted.push_back(io);
+        Ok(())
     }
 }
 
@@ -1347,7 +1378,7 @@ mod tests {
         let reports = Reports::default();
         let to = reports.clone();
         assert_eq!(r.detach_writes(move |io, res| to.lock().unwrap().push((io, res))), Ok(true));
-        assert_eq!(r.detach_writes(|_, _| ()), Ok(false), "once");
+        assert!(matches!(r.detach_writes(|_, _| ()), Err(Error::Start(_))), "once");
         (r, disk, reports, now)
     }
 
@@ -1407,6 +1438,28 @@ mod tests {
             assert!(r.halted().is_some_and(|h| h.starts_with("storage: ")), "{:?}", r.halted());
             assert_eq!(*out.lock().unwrap(), vec![Err(Error::OutcomeUnknown), Err(Error::OutcomeUnknown)]);
         }
+    }
+
+    #[test]
+    fn a_report_out_of_order_halts_the_replica_and_a_taken_writer_stops_it() {
+        let (mut r, disk, reports, now) = deferred_leader();
+        let out: Log<u64> = Log::default();
+        for v in [5, 1] {
+            r.propose(now, vec![v], None, sink(&out));
+            r.process(now, &mut Vec::new());
+        }
+        // The second batch reported before the first: the core would take it as covering both.
+        let mut queued: Vec<_> = disk.queued.lock().unwrap().drain(..).collect();
+        let (_, second) = queued.pop().expect("two");
+        second(Ok(()));
+        hand_reports(&mut r, &reports, now);
+        assert!(r.halted().is_some_and(|h| h.contains("where")), "{:?}", r.halted());
+        assert_eq!(*out.lock().unwrap(), vec![Err(Error::OutcomeUnknown), Err(Error::OutcomeUnknown)]);
+        drop(queued);
+
+        let (mut r, _disk, _reports, _now) = deferred_leader();
+        assert!(r.take_batch_writer().is_some());
+        assert!(r.halted().is_some(), "writes nothing more");
     }
 
     #[test]

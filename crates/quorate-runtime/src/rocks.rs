@@ -228,11 +228,14 @@ impl LogStorage for RocksLog {
     }
 
     /// The store's group committer: batches queued while one write is fsynced share the next
-    /// write and its fsync; a batch refused for disk space is written again until it goes
-    /// through (holding every later one), so a full disk slows the replica rather than
-    /// halting it.
+    /// write and its fsync. A batch refused for disk space fails (the replica halts, as when
+    /// it writes in its turn) rather than being written again until space comes back: a
+    /// writer waiting for space would hold the replica's task in a flush or a full queue,
+    /// beyond the reach of its shutdown.
     fn batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StorageError> {
-        let committer = GroupCommitter::new(self.store.clone(), GroupOptions::default())?;
+        let mut options = GroupOptions::default();
+        options.space_retry_interval = None;
+        let committer = GroupCommitter::new(self.store.clone(), options)?;
         Ok(Some(Box::new(RocksWriter { committer })))
     }
 

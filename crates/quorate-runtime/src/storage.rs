@@ -219,7 +219,7 @@ pub trait BatchWriter: Send {
     /// Queues `batch`; `done` gets its outcome. May block while the writer's queue is full.
     ///
     /// # Errors
-    /// The writer has stopped (then `done` is not called).
+    /// The writer has stopped (then `done` is dropped uncalled).
     fn submit(&mut self, batch: Persist, done: BatchDone) -> Result<(), StorageError>;
 
     /// Returns once every batch submitted before is written and its outcome reported:
