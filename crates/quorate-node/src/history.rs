@@ -10,21 +10,22 @@
 //! `history.retain_ms` has passed — the count rule, and the state machine's hard bound, go on
 //! meanwhile).
 
-use crate::server::Shared;
 use quorate_api::{ApiError, HistoryInfo, Response};
+use quorate_log::NodeId;
+use quorate_storage::RocksStore;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// The answer to `Request::History`, from this node's state machine.
-pub(crate) fn info(shared: &Shared) -> Result<Response, ApiError> {
+/// The answer to `Request::History`, from the state machine in node `id`'s `store`.
+pub(crate) fn info(store: &RocksStore, id: NodeId) -> Result<Response, ApiError> {
     let err = |e: crate::sm::SmError| ApiError::Internal(format!("history: {e}"));
-    let state = crate::sm::history_state(&*shared.store).map_err(err)?;
-    let revision = crate::sm::revision(&*shared.store).map_err(err)?;
+    let state = crate::sm::history_state(store).map_err(err)?;
+    let revision = crate::sm::revision(store).map_err(err)?;
     // The event index (watches) is counted in the history's size: it is dropped with it.
-    let events = crate::sm::events_state(&*shared.store).map_err(err)?;
+    let events = crate::sm::events_state(store).map_err(err)?;
     let (ev_entries, ev_bytes) = events.map_or((0, 0), |e| (e.entries, e.bytes));
     Ok(Response::History(HistoryInfo {
-        id: shared.id,
+        id,
         enabled: state.is_some(),
         compacted: state.map_or(0, |s| s.compacted),
         revision,

@@ -36,12 +36,13 @@ use crate::config::NodeConfig;
 use crate::flight::Recorded;
 use crate::peer_network::{FromPeer, PeerNetwork, from_peer};
 use crate::server::{InflightGuard, REQUEST_DEADLINE, Responder, ServerError};
+use crate::sm::leases::LEASES_CLUSTER_VERSION;
 use crate::sm::runtime::{KvApplied, KvMachine};
 use quorate_api::{
     Access, ApiError, ClientRequest, ClientResponse, Command, CommandOp, Member, MemberKind, NodeMessage, NodeStatus,
     ReadConsistency, ReadInfo, Request, Response, Staleness,
 };
-use quorate_log::{Configuration, NodeId};
+use quorate_log::{Configuration, LogIndex, LogStorage as _, NodeId};
 use quorate_runtime::{
     Clock, Core as _, Handle, ImageLayout, Node, ReadLevel, RocksLog, Role, SystemClock, TransferFormat,
 };
@@ -129,7 +130,9 @@ pub(crate) async fn run(
     let observing = Arc::new(AtomicBool::new(false));
     let (violation_tx, mut violation_rx) = tokio::sync::mpsc::channel::<String>(1);
 
-    let serving = Arc::new(Serving {
+    let serving = Arc::new_cyclic(|me| Serving {
+        me: me.clone(),
+        watches: Arc::default(),
         id,
         handle: node.handle(),
         status: node.handle().status(),
@@ -186,6 +189,7 @@ pub(crate) async fn run(
                 }
                 serving.auto_finalize(&mut finalize);
                 serving.auto_compact(&mut compact);
+                serving.expire_leases();
             }
             () = applied.addrs_changed.notified() => serving.learn_addrs(),
             m = inbox.recv() => match m {
@@ -295,6 +299,10 @@ fn transfer_format(version: u32) -> TransferFormat {
 
 /// The node around the runtime's handle: what client requests and the receive loop need.
 struct Serving {
+    /// Itself, for the watches that wait and are read again ([`Serving::watch`]).
+    me: std::sync::Weak<Serving>,
+    /// The watches in flight ([`crate::watches`]).
+    watches: Arc<crate::watches::Watches>,
     id: NodeId,
     config: NodeConfig,
     handle: Handle<KvMachine>,
@@ -574,6 +582,47 @@ impl Serving {
                 });
                 responder.send(answer, None);
             }
+            Request::History => responder.send(crate::history::info(&self.store, self.id), None),
+            Request::LeaseGrant { ttl_ms } => {
+                let min = self.config.raft.election_timeout_ms.saturating_mul(3);
+                let checked = self.require(LEASES_CLUSTER_VERSION, "a lease").and_then(|()| {
+                    if ttl_ms < min {
+                        return Err(ApiError::InvalidRequest(format!(
+                            "a lease's TTL must be at least three election timeouts of this cluster ({min} ms)"
+                        )));
+                    }
+                    Ok(())
+                });
+                match checked {
+                    Ok(()) => {
+                        let principal = responder.principal().to_string();
+                        // In the client's session when it sends one (a retry is then applied once).
+                        self.write(session, CommandOp::LeaseGrant { principal, ttl_ms }, responder).await;
+                    }
+                    Err(e) => responder.send(Err(e), None),
+                }
+            }
+            Request::LeaseRevoke { id } => match self.require(LEASES_CLUSTER_VERSION, "a lease") {
+                Ok(()) => {
+                    let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
+                    self.write(session, CommandOp::LeaseRevoke { principal, admin, id }, responder).await;
+                }
+                Err(e) => responder.send(Err(e), None),
+            },
+            Request::PutWithLease { key, value, lease } => {
+                match self.require(LEASES_CLUSTER_VERSION, "a put with a lease") {
+                    Ok(()) => {
+                        let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
+                        let op = quorate_api::KvOp::PutLeased { key, value, lease, admin };
+                        self.write(session, CommandOp::ByPrincipal { principal, op }, responder).await;
+                    }
+                    Err(e) => responder.send(Err(e), None),
+                }
+            }
+            body @ (Request::LeaseKeepAlive { .. } | Request::LeaseList | Request::LeaseTimeToLive { .. }) => {
+                self.lease_read(body, responder).await;
+            }
+            Request::Watch(watch) => self.watch(watch, responder).await,
             Request::Versions => {
                 let version = self.applied.cluster_version.get();
                 responder.send(crate::versions::info_of(self.id, &self.store, version), None);
@@ -759,6 +808,126 @@ impl Serving {
         let served =
             tokio::task::spawn_blocking(move || read_view(&store, node, &req, staleness, needed, deadline, &stopping));
         served.await.unwrap_or_else(|e| Err(ApiError::Internal(format!("a read failed: {e}"))))
+    }
+
+    /// The leader's lease clock ([`crate::leases`]), as the driver runs it: takes office in a
+    /// new term once it has applied an entry of the term (every lease then gets its full TTL),
+    /// then proposes the expiry of the leases whose deadline passed, each on a task of its own
+    /// (an expiry lost with a leadership change is proposed again after
+    /// [`crate::leases::EXPIRE_RETRY`]; one applied twice, or after a revoke, does nothing).
+    fn expire_leases(&self) {
+        let (role, term) = {
+            let s = self.status.borrow();
+            (s.role, s.term.0)
+        };
+        let leases = &self.applied.leases;
+        if role != Role::Leader || self.applied.cluster_version.get() < LEASES_CLUSTER_VERSION {
+            leases.step_down();
+            return;
+        }
+        let now = Instant::now();
+        let applied = self.store.applied_index();
+        let applied_term = if applied == LogIndex::ZERO { Ok(0) } else { self.store.term(applied).map(|t| t.0) };
+        let applied_term = match applied_term {
+            Ok(t) => t,
+            Err(e) => return tracing::warn!(error = %e, "leases: cannot read the applied entry's term now"),
+        };
+        match leases.take_office(term, applied_term, now, &*self.store) {
+            Ok(true) => tracing::debug!(term, "leases: took office, every lease has its full TTL"),
+            Ok(false) => {}
+            Err(e) => return tracing::warn!(error = %e, "leases: cannot load the lease table now"),
+        }
+        if !leases.in_office(term) {
+            // Not yet: the deadlines may be an earlier term's.
+            return;
+        }
+        // The test-only late-expiry weakening (see the driver's).
+        let due_at = match self.failpoints.lease_expire_delay() {
+            None => now,
+            Some(delay) => match now.checked_sub(delay) {
+                Some(then) => then,
+                None => return,
+            },
+        };
+        for id in leases.due(due_at, crate::leases::EXPIRES_PER_SWEEP) {
+            let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::LeaseExpire { id } };
+            let bytes = match quorate_api::encode_command(&cmd) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(lease = id.0, error = %e, "cannot encode a lease's expiry");
+                    continue;
+                }
+            };
+            let handle = self.handle.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(REQUEST_DEADLINE, handle.propose(bytes)).await {
+                    Ok(Ok(_)) => tracing::debug!(lease = id.0, "a lease's expiry applied"),
+                    Ok(Err(e)) => tracing::debug!(lease = id.0, error = %e, "a lease's expiry not proposed"),
+                    Err(_) => tracing::debug!(lease = id.0, "a lease's expiry not applied in time"),
+                }
+            });
+        }
+    }
+
+    /// A lease request the leader answers from its clock (keep-alive, list, time to live), as
+    /// the driver does: a keep-alive moves one deadline here; what the lease table holds (key
+    /// counts, attached keys) is read from this leader's applied state on a read worker.
+    async fn lease_read(&self, body: Request, responder: Responder) {
+        if let Err(e) = self.require(LEASES_CLUSTER_VERSION, "a lease") {
+            return responder.send(Err(e), None);
+        }
+        let status = self.status.borrow().clone();
+        if status.role != Role::Leader {
+            return responder.send(Err(self.leader_hint(&status)), None);
+        }
+        let leases = &self.applied.leases;
+        if !leases.in_office(status.term.0) {
+            return responder.send(Err(ApiError::Unavailable("the leader is loading its leases; retry".into())), None);
+        }
+        let (principal, admin, now) = (responder.principal().to_string(), responder.is_admin(), Instant::now());
+        let read = match body {
+            Request::LeaseKeepAlive { id } => {
+                let kept =
+                    leases.keep_alive(id, &principal, admin, now).map(|ttl_ms| Response::LeaseKeptAlive { id, ttl_ms });
+                return responder.send(kept, None);
+            }
+            Request::LeaseTimeToLive { id, keys } => match leases.get(id, &principal, admin, now) {
+                Some(seen) => ReadReq::Leases { seen: vec![seen], keys, list: false },
+                None => {
+                    let gone = format!("lease {} not found (revoked, expired, or not yours)", id.0);
+                    return responder.send(Err(ApiError::InvalidRequest(gone)), None);
+                }
+            },
+            Request::LeaseList => ReadReq::Leases { seen: leases.list(&principal, now), keys: false, list: true },
+            _ => return responder.send(Err(ApiError::InvalidRequest("not a lease request".into())), None),
+        };
+        // Served from this leader's applied state, which holds every lease its clock knows
+        // (the clock took office only after applying its term's first entry).
+        self.read(read, ReadConsistency::Stale, responder).await;
+    }
+
+    /// A watch ([`crate::watches`]), as the driver serves one: read at the `stale` level from
+    /// this member's applied state, waiting for the applied revision and read again after an
+    /// empty read until its deadline.
+    async fn watch(&self, watch: quorate_api::WatchRequest, responder: Responder) {
+        if let Err(e) = self.require(crate::sm::HISTORY_CLUSTER_VERSION, "a watch") {
+            return responder.send(Err(e), None);
+        }
+        let me = self.me.clone();
+        // The node stopped (its serving gone): the responder is dropped.
+        let again = crate::server::watch_again(move |watch, responder| {
+            let me = me.clone();
+            async move {
+                if let Some(serving) = me.upgrade() {
+                    serving.read(ReadReq::Watch(watch), ReadConsistency::Stale, *responder).await;
+                }
+            }
+        });
+        let revisions = &self.applied.revisions;
+        if let Some((watch, responder)) = crate::server::begin_watch(&self.watches, revisions, watch, responder, again)
+        {
+            self.read(ReadReq::Watch(watch), ReadConsistency::Stale, responder).await;
+        }
     }
 
     /// A writing transaction: from [`crate::sm::BOUNDED_RESULTS_CLUSTER_VERSION`], one whose

@@ -375,7 +375,74 @@ pub(crate) struct Rewait {
     /// The revision the client asked from.
     asked_from: u64,
     revisions: tokio::sync::watch::Receiver<u64>,
-    events: mpsc::Sender<Event>,
+    again: WatchAgain,
+}
+
+/// How a watch that waited is read again (at the `stale` level, from its revision): handed
+/// back to whatever serves the node's reads — the driver's loop, or the runtime engine.
+pub(crate) type WatchAgain = Arc<
+    dyn Fn(quorate_api::WatchRequest, Box<Responder>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A [`WatchAgain`] that runs `f`.
+pub(crate) fn watch_again<F, Fut>(f: F) -> WatchAgain
+where
+    F: Fn(quorate_api::WatchRequest, Box<Responder>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    type Boxed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    Arc::new(move |watch: quorate_api::WatchRequest, responder: Box<Responder>| -> Boxed {
+        Box::pin(f(watch, responder))
+    })
+}
+
+/// Takes in a watch (see [`crate::watches`]): its slot among the node's and its principal's,
+/// and — with a wait — what it needs to wait again after an empty read. The watch and its
+/// responder come back when it is to be read now, at the `stale` level; otherwise it was
+/// refused (answered) or waits on a task for the applied revision to reach the one it asks
+/// from (or its deadline), and is then read through `again`. `revisions` is the node's
+/// applied revision.
+pub(crate) fn begin_watch(
+    watches: &Arc<crate::watches::Watches>,
+    revisions: &tokio::sync::watch::Sender<u64>,
+    watch: quorate_api::WatchRequest,
+    mut responder: Responder,
+    again: WatchAgain,
+) -> Option<(quorate_api::WatchRequest, Responder)> {
+    match watches.admit(responder.principal()) {
+        Ok(slot) => responder.watch = Some(slot),
+        Err(e) => {
+            responder.send(Err(e), None);
+            return None;
+        }
+    }
+    let arrival = Instant::now();
+    let wait = Duration::from_millis(u64::from(watch.wait_ms.min(quorate_api::limits::WATCH_WAIT_MS_MAX)));
+    let deadline = arrival + wait;
+    if watch.wait_ms > 0 {
+        responder.rewait = Some(Rewait {
+            watch: watch.clone(),
+            deadline,
+            progress_at: arrival + crate::watches::PROGRESS_INTERVAL,
+            asked_from: watch.from_revision,
+            revisions: revisions.subscribe(),
+            again: Arc::clone(&again),
+        });
+    }
+    let applied = *revisions.borrow();
+    if watch.wait_ms == 0 || applied >= watch.from_revision {
+        return Some((watch, responder));
+    }
+    let mut revisions = revisions.subscribe();
+    let handle = responder.handle.clone();
+    handle.spawn(async move {
+        crate::watches::wait_past(&mut revisions, watch.from_revision.saturating_sub(1), deadline).await;
+        // Its server gone (shutting down): the responder is dropped.
+        again(watch, Box::new(responder)).await;
+    });
+    None
 }
 
 impl Responder {
@@ -518,10 +585,10 @@ impl Responder {
             let past = answer.complete_to;
             if crate::watches::wait_past(&mut rewait.revisions, past, rewait.deadline).await {
                 rewait.watch.from_revision = rewait.watch.from_revision.max(past.saturating_add(1));
-                let (events, watch) = (rewait.events.clone(), rewait.watch.clone());
+                let (again, watch) = (Arc::clone(&rewait.again), rewait.watch.clone());
                 self.rewait = Some(rewait);
-                // The driver gone (shutting down): the responder is dropped with the event.
-                let _ = events.send(Event::WatchReady { watch, responder: Box::new(self) }).await;
+                // Its server gone (shutting down): the responder is dropped.
+                again(watch, Box::new(self)).await;
             } else {
                 self.send(Ok(Response::Watch(answer)), at);
             }
@@ -2454,7 +2521,7 @@ impl Driver {
                 }
             }
             Request::History => {
-                let info = crate::history::info(&self.shared);
+                let info = crate::history::info(&self.shared.store, self.shared.id);
                 responder.send(info, None);
                 Ok(())
             }
@@ -2536,42 +2603,23 @@ impl Driver {
     /// from this node's applied state at once, or once the applied revision reaches the one
     /// asked for (or the wait runs out); an answer with no events waits again until its
     /// deadline ([`Responder::watch_answered`]).
-    async fn watch(&mut self, watch: quorate_api::WatchRequest, mut responder: Responder) -> Result<(), ServerError> {
+    async fn watch(&mut self, watch: quorate_api::WatchRequest, responder: Responder) -> Result<(), ServerError> {
         if let Err(e) = crate::versions::require(&self.shared, crate::sm::HISTORY_CLUSTER_VERSION, "a watch") {
             responder.send(Err(e), None);
             return Ok(());
         }
-        match self.shared.watches.admit(responder.principal()) {
-            Ok(slot) => responder.watch = Some(slot),
-            Err(e) => {
-                responder.send(Err(e), None);
-                return Ok(());
+        let events = self.events_tx.clone();
+        // Read again by the driver's loop (the driver gone: the responder is dropped).
+        let again = watch_again(move |watch, responder| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(Event::WatchReady { watch, responder }).await;
             }
-        }
-        let arrival = Instant::now();
-        let wait = Duration::from_millis(u64::from(watch.wait_ms.min(quorate_api::limits::WATCH_WAIT_MS_MAX)));
-        let deadline = arrival + wait;
-        if watch.wait_ms > 0 {
-            responder.rewait = Some(Rewait {
-                watch: watch.clone(),
-                deadline,
-                progress_at: arrival + crate::watches::PROGRESS_INTERVAL,
-                asked_from: watch.from_revision,
-                revisions: self.shared.revision_tx.subscribe(),
-                events: self.events_tx.clone(),
-            });
-        }
-        let applied = self.shared.revision.load(Ordering::Acquire);
-        if watch.wait_ms == 0 || applied >= watch.from_revision {
-            return self.read(ReadReq::Watch(watch), ReadConsistency::Stale, responder).await;
-        }
-        let (mut revisions, events) = (self.shared.revision_tx.subscribe(), self.events_tx.clone());
-        self.shared.handle.spawn(async move {
-            crate::watches::wait_past(&mut revisions, watch.from_revision.saturating_sub(1), deadline).await;
-            // The driver gone (shutting down): the responder is dropped with the event.
-            let _ = events.send(Event::WatchReady { watch, responder: Box::new(responder) }).await;
         });
-        Ok(())
+        match begin_watch(&self.shared.watches, &self.shared.revision_tx, watch, responder, again) {
+            Some((watch, responder)) => self.read(ReadReq::Watch(watch), ReadConsistency::Stale, responder).await,
+            None => Ok(()),
+        }
     }
 
     fn transfer(&mut self, to: Option<NodeId>) -> Result<Response, ApiError> {

@@ -229,7 +229,8 @@ async fn three_nodes_on_the_runtime_serve_the_kv_api() {
     assert!(m.iter().all(|m| m.addr.is_some()));
 
     // What this engine does not serve yet is refused in words, and the node goes on.
-    let Err(ApiError::InvalidRequest(why)) = c.call(leader, Request::LeaseList).await else {
+    let Err(ApiError::InvalidRequest(why)) = c.call_as("admin", leader, None, Request::SnapshotSave).await.unwrap()
+    else {
         panic!("an unserved request must be refused")
     };
     assert!(why.contains("runtime engine"), "{why}");
@@ -243,6 +244,142 @@ async fn three_nodes_on_the_runtime_serve_the_kv_api() {
     // A flight dump on request.
     let dumped = c.call_as("admin", other, None, Request::FlightDump).await.unwrap();
     assert!(matches!(dumped, Ok(Response::FlightDumped { .. })), "{dumped:?}");
+
+    c.stop_all().await;
+}
+
+fn watch(key: &str, from_revision: u64, wait_ms: u32) -> Request {
+    Request::Watch(quorate_api::WatchRequest {
+        key: key.into(),
+        prefix: true,
+        from_revision,
+        prev_kv: true,
+        max_events: 100,
+        max_bytes: 0,
+        wait_ms,
+    })
+}
+
+/// The events of a watch's answer as (key, value, previous value), and its `complete_to`.
+fn events_of(r: Result<Response, ApiError>) -> (Vec<(String, String, Option<String>)>, u64) {
+    let Ok(Response::Watch(a)) = r else { panic!("not a watch answer: {r:?}") };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+    let events = a.events.iter().map(|e| (text(&e.kv.key), text(&e.kv.value), e.prev.as_ref().map(|p| text(&p.value))));
+    (events.collect(), a.complete_to)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watches_and_history_are_served_on_the_runtime() {
+    let mut c = Cluster::start_on(fast_raft(), 0, false, RUNTIME);
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let until = Instant::now() + DEADLINE;
+    while c.cluster_version_of(follower).await < quorate_api::CLUSTER_VERSION {
+        assert!(Instant::now() < until, "the new cluster never finalized its version");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Response::Put { revision: r1 } = c.call_retry(leader, put("w/a", "1")).await else { panic!() };
+    c.call(leader, put("other", "x")).await.unwrap();
+    c.call(leader, put("w/a", "2")).await.unwrap();
+    c.applied_on(follower, "w/a", "2").await;
+
+    // At once, on a follower: every event of the prefix from r1, in order, with the previous value.
+    let (events, complete_to) = events_of(c.call(follower, watch("w/", r1, 0)).await);
+    let want = vec![("w/a".into(), "1".into(), None), ("w/a".into(), "2".into(), Some("1".into()))];
+    assert_eq!(events, want);
+    assert!(complete_to >= r1 + 2, "{complete_to}");
+
+    // A watch past the applied revision waits; writes to other keys do not answer it, the next
+    // write of its prefix does.
+    let waiting = c.call_in_background("writer", follower, None, watch("w/", complete_to + 1, 20_000));
+    for i in 0..3 {
+        c.call(leader, put(&format!("quiet/{i}"), "q")).await.unwrap();
+    }
+    c.applied_on(follower, "quiet/2", "q").await;
+    assert!(!waiting.is_finished(), "answered with no events while its wait lasts");
+    let Response::Put { revision: r4 } = c.call(leader, put("w/b", "3")).await.unwrap() else { panic!() };
+    let answer = tokio::time::timeout(DEADLINE, waiting).await.expect("answered").unwrap().expect("transport");
+    let (events, complete_to) = events_of(answer);
+    assert_eq!(events, vec![("w/b".to_string(), "3".to_string(), None)]);
+    assert!(complete_to >= r4, "{complete_to} < {r4}");
+
+    // A short wait with nothing new is answered empty at its deadline, complete to where it was.
+    let (events, to) = events_of(c.call(follower, watch("w/", complete_to + 1, 300)).await);
+    assert!(events.is_empty() && to >= complete_to, "{events:?} {to}");
+
+    // History: on and sized, on every member.
+    let Response::History(h) = c.call(follower, Request::History).await.unwrap() else { panic!() };
+    assert!(h.enabled && h.revision >= r4 && h.entries > 0, "{h:?}");
+    assert_eq!(h.id.get(), follower);
+
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_are_granted_kept_alive_revoked_and_expire_on_the_runtime() {
+    let mut c = Cluster::start_on(fast_raft(), 0, false, RUNTIME);
+    let leader = c.leader().await;
+    let until = Instant::now() + DEADLINE;
+    while c.cluster_version_of(leader).await < quorate_api::CLUSTER_VERSION {
+        assert!(Instant::now() < until, "the new cluster never finalized its version");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three election timeouts of 400 ms at least.
+    let too_short = c.call(leader, Request::LeaseGrant { ttl_ms: 1_000 }).await;
+    assert!(matches!(too_short, Err(ApiError::InvalidRequest(_))), "{too_short:?}");
+    let mut granted = Vec::new();
+    for _ in 0..3 {
+        match c.call_retry(leader, Request::LeaseGrant { ttl_ms: 1_500 }).await {
+            Response::LeaseGranted { id, ttl_ms: 1_500 } => granted.push(id),
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+    let (kept, revoked, left) = (granted[0], granted[1], granted[2]);
+    for (key, lease) in [("l/kept", kept), ("l/revoked", revoked), ("l/left", left)] {
+        let put = Request::PutWithLease { key: key.into(), value: "v".into(), lease };
+        c.call(leader, put).await.unwrap();
+    }
+    // The admin may attach a key to any principal's lease.
+    let attached = Request::PutWithLease { key: "l/admin".into(), value: "v".into(), lease: kept };
+    assert!(c.call_as("admin", leader, None, attached).await.unwrap().is_ok());
+    let Response::LeaseTtl(info) = c.call(leader, Request::LeaseTimeToLive { id: kept, keys: true }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((info.granted_ttl_ms, info.key_count), (1_500, 2), "{info:?}");
+    let Response::LeaseRevoked { deleted: 1, .. } = c.call(leader, Request::LeaseRevoke { id: revoked }).await.unwrap()
+    else {
+        panic!("revoke")
+    };
+    assert_eq!(value_of(&c.call(leader, get("l/revoked", ReadConsistency::Linearizable)).await.unwrap()), None);
+    let Response::Leases(list) = c.call(leader, Request::LeaseList).await.unwrap() else { panic!() };
+    let mut ids: Vec<_> = list.iter().map(|l| l.id).collect();
+    ids.sort();
+    let mut want = vec![kept, left];
+    want.sort();
+    assert_eq!(ids, want);
+    // Kept alive past its TTL while the other lapses: the other's key goes, this one's stays.
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let start = Instant::now();
+    loop {
+        let kept_alive = c.call(leader, Request::LeaseKeepAlive { id: kept }).await;
+        assert!(matches!(kept_alive, Ok(Response::LeaseKeptAlive { ttl_ms: 1_500, .. })), "{kept_alive:?}");
+        let r = c.call(follower, get("l/left", ReadConsistency::Linearizable)).await.unwrap();
+        if value_of(&r).is_none() {
+            break;
+        }
+        // Nominal 1.5 s; expiry is swept every 200 ms and applied a round later.
+        assert!(start.elapsed() < Duration::from_secs(10), "the lapsed lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(start.elapsed() >= Duration::from_millis(1_000), "expired early: {:?}", start.elapsed());
+    let r = c.call(follower, get("l/kept", ReadConsistency::Linearizable)).await.unwrap();
+    assert_eq!(value_of(&r), Some(b"v".to_vec()), "a lease kept alive keeps its keys");
+    let gone = c.call(leader, Request::LeaseKeepAlive { id: left }).await;
+    assert!(matches!(gone, Err(ApiError::InvalidRequest(_))), "{gone:?}");
+    // A follower names the leader for the clock's requests.
+    let r = c.call(follower, Request::LeaseKeepAlive { id: kept }).await;
+    assert!(matches!(r, Err(ApiError::NotLeader { leader: Some(_), .. })), "{r:?}");
 
     c.stop_all().await;
 }

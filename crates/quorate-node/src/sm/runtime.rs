@@ -85,8 +85,19 @@ pub(crate) struct KvMachine {
     last_applied: LogIndex,
     /// What the node learns from applying, published at every commit.
     effects: Arc<KvApplied>,
-    /// Cluster version and member addresses applied since the last commit.
-    unpublished: (Option<u32>, Vec<(NodeId, String)>),
+    /// What was applied since the last commit and is published with it.
+    unpublished: Unpublished,
+}
+
+/// What commands applied since the last commit told the node (published once written).
+#[derive(Debug, Default)]
+struct Unpublished {
+    /// The highest cluster version raised to.
+    version: Option<u32>,
+    /// Member addresses recorded.
+    addrs: Vec<(NodeId, String)>,
+    /// Changes to the lease table (for the leader's clock).
+    leases: Vec<super::leases::LeaseChange>,
 }
 
 /// What a node running the key-value state machine learns as it applies, published at every
@@ -98,6 +109,8 @@ pub(crate) struct KvApplied {
     pub(crate) cluster_version: crate::versions::AppliedClusterVersion,
     /// The applied global revision.
     pub(crate) revision: std::sync::atomic::AtomicU64,
+    /// The same, for watches waiting on it ([`crate::watches`]).
+    pub(crate) revisions: tokio::sync::watch::Sender<u64>,
     /// The log time of the last applied command (the leader's clock for new commands never
     /// goes below it).
     pub(crate) log_time_ms: std::sync::atomic::AtomicU64,
@@ -105,6 +118,8 @@ pub(crate) struct KvApplied {
     addrs: std::sync::Mutex<Vec<(NodeId, String)>>,
     /// Woken when `addrs` gets one.
     pub(crate) addrs_changed: tokio::sync::Notify,
+    /// Lease deadlines on the leader's clock ([`crate::leases`]), told what the store holds.
+    pub(crate) leases: crate::leases::LeaseClock,
 }
 
 impl KvApplied {
@@ -113,9 +128,11 @@ impl KvApplied {
         Ok(KvApplied {
             cluster_version: crate::versions::AppliedClusterVersion::new(super::cluster_version(store)?),
             revision: super::revision(store)?.into(),
+            revisions: tokio::sync::watch::Sender::new(super::revision(store)?),
             log_time_ms: super::log_time_ms(store)?.into(),
             addrs: std::sync::Mutex::default(),
             addrs_changed: tokio::sync::Notify::new(),
+            leases: crate::leases::LeaseClock::default(),
         })
     }
 
@@ -149,7 +166,10 @@ impl KvApplied {
             self.cluster_version.raise(v);
         }
         use std::sync::atomic::Ordering;
-        self.revision.store(super::revision(store)?, Ordering::Release);
+        let revision = super::revision(store)?;
+        self.revision.store(revision, Ordering::Release);
+        // Watchers wake only when it moved.
+        self.revisions.send_if_modified(|r| std::mem::replace(r, revision) != revision);
         self.log_time_ms.fetch_max(super::log_time_ms(store)?, Ordering::AcqRel);
         Ok(())
     }
@@ -167,9 +187,11 @@ impl KvMachine {
             Err(_) => KvApplied {
                 cluster_version: crate::versions::AppliedClusterVersion::new(quorate_api::CLUSTER_VERSION_INITIAL),
                 revision: 0.into(),
+                revisions: tokio::sync::watch::Sender::new(0),
                 log_time_ms: 0.into(),
                 addrs: std::sync::Mutex::default(),
                 addrs_changed: tokio::sync::Notify::new(),
+                leases: crate::leases::LeaseClock::default(),
             },
         };
         KvMachine::with_effects(store, Arc::new(effects))
@@ -186,7 +208,7 @@ impl KvMachine {
             failure: None,
             last_applied,
             effects,
-            unpublished: (None, Vec::new()),
+            unpublished: Unpublished::default(),
         }
     }
 
@@ -227,13 +249,16 @@ impl KvMachine {
     fn apply_one(&mut self, index: LogIndex, command: &[u8]) -> Result<KvOutput, SmError> {
         let view = Layer { base: &self.store, pending: &self.pending };
         let mut ov = Overlay::new(&view);
-        let outcome = apply_entry(&mut ov, index, command)?;
+        let mut outcome = apply_entry(&mut ov, index, command)?;
         self.last_applied = index;
         if let Some(v) = outcome.cluster_version {
-            self.unpublished.0 = Some(self.unpublished.0.map_or(v, |u| u.max(v)));
+            self.unpublished.version = Some(self.unpublished.version.map_or(v, |u| u.max(v)));
         }
         if let Some(addr) = &outcome.member_addr {
-            self.unpublished.1.push(addr.clone());
+            self.unpublished.addrs.push(addr.clone());
+        }
+        if let Some(change) = outcome.lease.take() {
+            self.unpublished.leases.push(change);
         }
         let ops = ov.into_ops();
         for op in ops {
@@ -323,7 +348,7 @@ impl StateMachine for KvMachine {
     fn restore(&mut self, applied: LogIndex, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
         self.pending.clear();
         (self.pending_bytes, self.commands_since_commit, self.failure) = (0, 0, None);
-        self.unpublished = (None, Vec::new());
+        self.unpublished = Unpublished::default();
         self.last_applied = applied;
         let store = &self.store;
         // Over an interrupted install, or back to or below the applied index (a start that
@@ -374,13 +399,20 @@ impl StateMachine for KvMachine {
             let version = super::cluster_version(&*self.store).map_err(io_error)?;
             self.effects.publish(&self.store, Some(version)).map_err(io_error)?;
             self.effects.publish_addrs(super::member_addrs(&*self.store).map_err(io_error)?.into_iter().collect());
+            // The lease table was replaced: the leader's clock reloads it.
+            self.effects.leases.invalidate();
             return Ok(());
         }
         let ops = self.commit_ops(runtime).map_err(io_error)?;
         self.store.apply(applied, ops).map_err(io_error)?;
-        let (version, addrs) = std::mem::take(&mut self.unpublished);
+        let Unpublished { version, addrs, leases } = std::mem::take(&mut self.unpublished);
         self.effects.publish(&self.store, version).map_err(io_error)?;
         self.effects.publish_addrs(addrs);
+        // Written: the leader's clock may count on them.
+        let now = std::time::Instant::now();
+        for change in &leases {
+            self.effects.leases.applied(change, now);
+        }
         Ok(())
     }
 

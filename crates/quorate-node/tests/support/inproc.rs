@@ -101,7 +101,7 @@ pub(crate) struct Cluster {
     /// Configurations of nodes that hold certificates but are not started: `join = true`.
     pub(crate) spare: BTreeMap<u64, NodeConfig>,
     /// The clients' credentials: `writer`, `reader` and `admin`.
-    creds: BTreeMap<&'static str, Credentials>,
+    creds: BTreeMap<&'static str, std::sync::Arc<Credentials>>,
     pub(crate) admin_tls: TlsPaths,
     next_id: u64,
 }
@@ -160,7 +160,7 @@ impl Cluster {
         let mut creds = BTreeMap::new();
         for name in ["writer", "reader", "admin"] {
             let paths = certs.clients[&Principal::new(name).unwrap()].clone();
-            creds.insert(name, Credentials::load(paths).unwrap());
+            creds.insert(name, std::sync::Arc::new(Credentials::load(paths).unwrap()));
         }
         let admin_tls = certs.clients[&Principal::new("admin").unwrap()].clone();
         Cluster { _dir: dir, cluster, nodes, spare, creds, admin_tls, next_id: 1 }
@@ -175,10 +175,36 @@ impl Cluster {
         session: Option<Sequenced>,
         body: Request,
     ) -> Result<Result<Response, ApiError>, String> {
+        self.call_in_background(who, node, session, body).await.map_err(|e| e.to_string())?
+    }
+
+    /// [`Cluster::call_as`] on a task of its own (the test goes on while it waits).
+    pub(crate) fn call_in_background(
+        &mut self,
+        who: &'static str,
+        node: u64,
+        session: Option<Sequenced>,
+        body: Request,
+    ) -> tokio::task::JoinHandle<Result<Result<Response, ApiError>, String>> {
         let id = self.next_id;
         self.next_id += 1;
         let addr = self.nodes[&node].addr();
-        let client = Client::<NodeMessage>::connect(&self.creds[who], nid(node), addr, ClientOptions::default())
+        let creds = self.creds[who].clone();
+        tokio::spawn(async move { call_once(&creds, node, addr, id, session, body).await })
+    }
+}
+
+/// One request to `node` at `addr` as `creds`, on a connection of its own.
+async fn call_once(
+    creds: &Credentials,
+    node: u64,
+    addr: SocketAddr,
+    id: u64,
+    session: Option<Sequenced>,
+    body: Request,
+) -> Result<Result<Response, ApiError>, String> {
+    {
+        let client = Client::<NodeMessage>::connect(creds, nid(node), addr, ClientOptions::default())
             .await
             .map_err(|e| e.to_string())?;
         let req = NodeMessage::Request(ClientRequest { id, session, body });
@@ -192,7 +218,9 @@ impl Cluster {
             other => Err(format!("unexpected {other:?}")),
         }
     }
+}
 
+impl Cluster {
     /// Polls until some node reports itself leader, and every running node agrees.
     pub(crate) async fn leader(&mut self) -> u64 {
         let until = Instant::now() + DEADLINE;
