@@ -9,7 +9,7 @@ use crate::sessions::ClientId;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStorage;
 use quorate_core::{ConfChange, Instant};
-use quorate_log::{LogIndex, NodeId};
+use quorate_log::{LogIndex, NodeId, Term};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -29,6 +29,7 @@ type CoreCall = Box<dyn FnOnce(&mut dyn std::any::Any) + Send>;
 
 enum Request<SM: StateMachine> {
     Propose { command: Vec<u8>, session: Option<(ClientId, u64)>, done: ProposeCallback<SM::Output> },
+    ProposeInTerm { term: Term, command: Vec<u8>, done: ProposeCallback<SM::Output> },
     OpenSession { done: ProposeCallback<ClientId> },
     Read { level: ReadLevel, read: ReadCallback<SM> },
     Membership { change: ConfChange, done: ProposeCallback<()> },
@@ -304,6 +305,7 @@ fn take_request<SM: StateMachine, L: LogStorage, D: Core<L> + 'static>(
     match req {
         Request::Shutdown { done } => return Some(done),
         Request::Propose { command, session, done } => replica.propose(now, command, session, done),
+        Request::ProposeInTerm { term, command, done } => replica.propose_in_term(now, term, command, done),
         Request::OpenSession { done } => replica.open_session(now, done),
         Request::Read { level, read } => replica.read(now, level, read),
         Request::Membership { change, done } => replica.change_membership(now, change, done),
@@ -346,6 +348,14 @@ impl<SM: StateMachine> Handle<SM> {
     pub async fn propose(&self, command: impl Into<Vec<u8>>) -> Result<SM::Output, Error> {
         let command = command.into();
         self.call(|tx| Request::Propose { command, session: None, done: answer(tx) }).await
+    }
+
+    /// [`Handle::propose`], appended only if this node still leads `term` when the proposal
+    /// reaches the replica ([`Replica::propose_in_term`]): for a command a leader decided on
+    /// from what it knew in that term.
+    pub async fn propose_in_term(&self, term: Term, command: impl Into<Vec<u8>>) -> Result<SM::Output, Error> {
+        let command = command.into();
+        self.call(|tx| Request::ProposeInTerm { term, command, done: answer(tx) }).await
     }
 
     /// Opens an exactly-once session (a committed entry; its index is the id).

@@ -762,6 +762,19 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         self.append(now, bytes, Waiter::Command(done));
     }
 
+    /// Proposes `command` (outside any session) only if this replica still leads `term`: a
+    /// command a leader decided on from what it knew in that term — its clock's deadlines,
+    /// say — must not be appended in a later term, after another leader acted on newer
+    /// knowledge. [`Error::NotLeader`] otherwise (naming the current leader, which may be
+    /// this replica in a later term).
+    pub fn propose_in_term(&mut self, now: Instant, term: Term, command: Vec<u8>, done: ProposeCallback<SM::Output>) {
+        let raft = self.core.raft();
+        if raft.role() != Role::Leader || raft.term() != term {
+            return done(Err(Error::NotLeader { leader_hint: raft.leader() }));
+        }
+        self.propose(now, command, None, done);
+    }
+
     /// Opens an exactly-once session; `done` receives its id once the opening commits
     /// ([`Error::SessionsOff`] at once when [`StateMachine::ENVELOPE`] is off).
     pub fn open_session(&mut self, now: Instant, done: ProposeCallback<ClientId>) {
@@ -1460,6 +1473,19 @@ mod tests {
         let (mut r, _disk, _reports, _now) = deferred_leader();
         assert!(r.take_batch_writer().is_some());
         assert!(r.halted().is_some(), "writes nothing more");
+    }
+
+    #[test]
+    fn a_proposal_for_another_term_is_refused() {
+        let (mut r, now) = leader(storage(), Sum::default(), Config::new(id()));
+        let term = r.status().term;
+        let out: Log<u64> = Log::default();
+        r.propose_in_term(now, Term(term.0 - 1), vec![9], sink(&out));
+        r.propose_in_term(now, Term(term.0 + 1), vec![9], sink(&out));
+        r.propose_in_term(now, term, vec![4], sink(&out));
+        r.process(now, &mut Vec::new());
+        let not_leader = Err(Error::NotLeader { leader_hint: Some(id()) });
+        assert_eq!(*out.lock().unwrap(), vec![not_leader.clone(), not_leader, Ok(4)]);
     }
 
     #[test]
@@ -2266,6 +2292,31 @@ mod tests {
         assert_eq!(sm.commit_commands_max, 2, "no commit carries more than it asked for");
         let d = disk.lock().unwrap().clone();
         assert_eq!((d.total, d.applied), (28, r.applied()));
+    }
+
+    /// A durable state machine's commit is written before its proposers hear (a host that
+    /// learns from the commit — the node's lease clock — knows before the client does), and a
+    /// commit that fails leaves the outcome unknown.
+    #[test]
+    fn proposers_hear_only_once_the_durable_state_machine_committed() {
+        let disk = Arc::new(Mutex::new(SumDisk::default()));
+        let (mut r, now) = leader(storage(), DSum::open(&disk), Config::new(id()));
+        let seen: Log<u64> = Log::default();
+        let (d, log) = (disk.clone(), seen.clone());
+        // The answer carries the total the disk held when it came.
+        let on_disk: ProposeCallback<u64> = Box::new(move |res| {
+            let total = d.lock().unwrap().total;
+            log.lock().unwrap().push(res.map(|_| total));
+        });
+        r.propose(now, vec![5], None, on_disk);
+        r.process(now, &mut Vec::new());
+        assert_eq!(*seen.lock().unwrap(), vec![Ok(5)], "committed before answered");
+        r.sm_mut().fail_commit = true;
+        let out: Log<u64> = Log::default();
+        r.propose(now, vec![2], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert!(r.halted().is_some());
+        assert_eq!(*out.lock().unwrap(), vec![Err(Error::OutcomeUnknown)], "applied, not written: unknown");
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub struct Applier<SM: StateMachine> {
     /// compacted past it: snapshots are taken only at or below it).
     durable_applied: LogIndex,
     reports: Vec<Report>,
+    /// The proposers of the entries this job applied and their outcomes (`None`: another
+    /// entry took the index), answered once the job's commit is written.
+    answers: Vec<Answer<SM::Output>>,
 }
 
 impl<SM: StateMachine> std::fmt::Debug for Applier<SM> {
@@ -134,6 +137,7 @@ impl<SM: StateMachine> Applier<SM> {
             sessions_dirty: BTreeSet::new(),
             durable_applied: start.applied,
             reports: Vec::new(),
+            answers: Vec::new(),
         }
     }
 
@@ -185,6 +189,7 @@ impl<SM: StateMachine> Applier<SM> {
             Job::Apply { entries, bytes, mut waiters } => {
                 let handed = waiters.len();
                 self.apply(&entries, &mut waiters);
+                self.answer();
                 // Entries at or below the applied index (a restore passed them): their
                 // proposers cannot learn whether they were applied.
                 for (_, (_, w)) in waiters {
@@ -297,6 +302,21 @@ impl<SM: StateMachine> Applier<SM> {
         self.durable_applied = self.applied;
     }
 
+    /// Answers the proposers of what the job applied — after its commit, so a durable state
+    /// machine's answer follows its state being written, and what the state machine's commit
+    /// tells its host (a lease's clock, say) is known before the proposer hears. Halted (a
+    /// failed apply or commit): their outcome is unknown.
+    fn answer(&mut self) {
+        let halted = self.halted.is_some();
+        for (w, outcome) in std::mem::take(&mut self.answers) {
+            match outcome {
+                _ if halted => w.fail(Error::OutcomeUnknown),
+                Some(a) => w.complete(a),
+                None => w.fail(Error::Dropped),
+            }
+        }
+    }
+
     fn serve_reads(&mut self) {
         while let Some(entry) = self.reads.first_entry() {
             if entry.key().0 > self.applied || self.halted.is_some() {
@@ -346,13 +366,25 @@ impl<SM: StateMachine> Applier<SM> {
                                     Ok(o) => Applied::Output(o),
                                     Err(_) => Applied::Failed(Error::Undecodable),
                                 };
-                                resolve(waiters, e.index, e.term, outcome);
+                                resolve(&mut self.answers, waiters, e.index, e.term, outcome);
                             }
                             SessionCheck::Stale => {
-                                resolve(waiters, e.index, e.term, Applied::Failed(Error::StaleSequence));
+                                resolve(
+                                    &mut self.answers,
+                                    waiters,
+                                    e.index,
+                                    e.term,
+                                    Applied::Failed(Error::StaleSequence),
+                                );
                             }
                             SessionCheck::Expired => {
-                                resolve(waiters, e.index, e.term, Applied::Failed(Error::SessionExpired));
+                                resolve(
+                                    &mut self.answers,
+                                    waiters,
+                                    e.index,
+                                    e.term,
+                                    Applied::Failed(Error::SessionExpired),
+                                );
                             }
                         }
                     }
@@ -363,16 +395,16 @@ impl<SM: StateMachine> Applier<SM> {
                             self.sessions_dirty.insert(id);
                             self.sessions_dirty.extend(evicted);
                         }
-                        resolve(waiters, e.index, e.term, Applied::Session(id));
+                        resolve(&mut self.answers, waiters, e.index, e.term, Applied::Session(id));
                     }
-                    None => resolve(waiters, e.index, e.term, Applied::Failed(Error::Undecodable)),
+                    None => resolve(&mut self.answers, waiters, e.index, e.term, Applied::Failed(Error::Undecodable)),
                 },
                 EntryPayload::Config(c) => {
                     self.applied_config = c.clone();
-                    resolve(waiters, e.index, e.term, Applied::Other);
+                    resolve(&mut self.answers, waiters, e.index, e.term, Applied::Other);
                 }
                 // A no-op, or a payload of a later version: nothing for the state machine.
-                _ => resolve(waiters, e.index, e.term, Applied::Other),
+                _ => resolve(&mut self.answers, waiters, e.index, e.term, Applied::Other),
             }
             last = Some(e.id());
         }
@@ -424,7 +456,7 @@ impl<SM: StateMachine> Applier<SM> {
                 }
                 self.applied = p.index;
                 self.applied_term = p.term;
-                resolve(waiters, p.index, p.term, Applied::Output(out));
+                resolve(&mut self.answers, waiters, p.index, p.term, Applied::Output(out));
             }
             if SM::DURABLE && self.sm.commit_due() {
                 self.commit();
@@ -433,11 +465,20 @@ impl<SM: StateMachine> Applier<SM> {
     }
 }
 
-/// Answers the proposer of the entry at `index` (if it is still waiting): its outcome if the
-/// entry is the one it proposed (same term), [`Error::Dropped`] otherwise.
-fn resolve<O>(waiters: &mut BTreeMap<LogIndex, (Term, Waiter<O>)>, index: LogIndex, term: Term, outcome: Applied<O>) {
+/// A proposer and its entry's outcome (`None`: another entry took its index).
+type Answer<O> = (Waiter<O>, Option<Applied<O>>);
+
+/// Queues the answer to the proposer of the entry at `index` (if it is still waiting): its
+/// outcome if the entry is the one it proposed (same term), [`Error::Dropped`] otherwise.
+fn resolve<O>(
+    answers: &mut Vec<Answer<O>>,
+    waiters: &mut BTreeMap<LogIndex, (Term, Waiter<O>)>,
+    index: LogIndex,
+    term: Term,
+    outcome: Applied<O>,
+) {
     if let Some((t, w)) = waiters.remove(&index) {
-        if t == term { w.complete(outcome) } else { w.fail(Error::Dropped) }
+        answers.push((w, (t == term).then_some(outcome)));
     }
 }
 
