@@ -133,6 +133,7 @@ pub(crate) async fn run(
     let serving = Arc::new_cyclic(|me| Serving {
         me: me.clone(),
         watches: Arc::default(),
+        expiring: Arc::default(),
         id,
         handle: node.handle(),
         status: node.handle().status(),
@@ -303,6 +304,8 @@ struct Serving {
     me: std::sync::Weak<Serving>,
     /// The watches in flight ([`crate::watches`]).
     watches: Arc<crate::watches::Watches>,
+    /// Whether a sweep's lease expiries are still being proposed ([`Serving::expire_leases`]).
+    expiring: Arc<AtomicBool>,
     id: NodeId,
     config: NodeConfig,
     handle: Handle<KvMachine>,
@@ -812,9 +815,11 @@ impl Serving {
 
     /// The leader's lease clock ([`crate::leases`]), as the driver runs it: takes office in a
     /// new term once it has applied an entry of the term (every lease then gets its full TTL),
-    /// then proposes the expiry of the leases whose deadline passed, each on a task of its own
-    /// (an expiry lost with a leadership change is proposed again after
-    /// [`crate::leases::EXPIRE_RETRY`]; one applied twice, or after a revoke, does nothing).
+    /// then proposes the expiry of the leases whose deadline passed — appended only while this
+    /// node still leads the term whose deadlines said so (`propose_in_term`: a later leader
+    /// gave every lease its full TTL again and took keep-alives) — with one sweep's proposals
+    /// in flight at a time, for at most [`crate::leases::EXPIRE_RETRY`] (an expiry not applied
+    /// is proposed again after that; one applied twice, or after a revoke, does nothing).
     fn expire_leases(&self) {
         let (role, term) = {
             let s = self.status.borrow();
@@ -841,6 +846,10 @@ impl Serving {
             // Not yet: the deadlines may be an earlier term's.
             return;
         }
+        if self.expiring.swap(true, Ordering::AcqRel) {
+            // The last sweep's proposals are still in flight.
+            return;
+        }
         // The test-only late-expiry weakening (see the driver's).
         let due_at = match self.failpoints.lease_expire_delay() {
             None => now,
@@ -849,6 +858,7 @@ impl Serving {
                 None => return,
             },
         };
+        let mut proposals = tokio::task::JoinSet::new();
         for id in leases.due(due_at, crate::leases::EXPIRES_PER_SWEEP) {
             let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::LeaseExpire { id } };
             let bytes = match quorate_api::encode_command(&cmd) {
@@ -859,14 +869,26 @@ impl Serving {
                 }
             };
             let handle = self.handle.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(REQUEST_DEADLINE, handle.propose(bytes)).await {
-                    Ok(Ok(_)) => tracing::debug!(lease = id.0, "a lease's expiry applied"),
-                    Ok(Err(e)) => tracing::debug!(lease = id.0, error = %e, "a lease's expiry not proposed"),
-                    Err(_) => tracing::debug!(lease = id.0, "a lease's expiry not applied in time"),
-                }
-            });
+            proposals.spawn(async move { (id, handle.propose_in_term(quorate_log::Term(term), bytes).await) });
         }
+        let expiring = self.expiring.clone();
+        tokio::spawn(async move {
+            let all = async {
+                while let Some(done) = proposals.join_next().await {
+                    match done {
+                        Ok((id, Ok(_))) => tracing::debug!(lease = id.0, "a lease's expiry applied"),
+                        Ok((id, Err(e))) => tracing::debug!(lease = id.0, error = %e, "a lease's expiry not applied"),
+                        Err(e) => tracing::debug!(error = %e, "a lease's expiry proposal ended"),
+                    }
+                }
+            };
+            if tokio::time::timeout(crate::leases::EXPIRE_RETRY, all).await.is_err() {
+                tracing::debug!("lease expiries not applied within the retry interval: proposed again later");
+            }
+            // Those still waiting are dropped (their proposals, if appended, apply or not).
+            drop(proposals);
+            expiring.store(false, Ordering::Release);
+        });
     }
 
     /// A lease request the leader answers from its clock (keep-alive, list, time to live), as

@@ -304,8 +304,10 @@ async fn watches_and_history_are_served_on_the_runtime() {
     assert!(complete_to >= r4, "{complete_to} < {r4}");
 
     // A short wait with nothing new is answered empty at its deadline, complete to where it was.
+    let asked = Instant::now();
     let (events, to) = events_of(c.call(follower, watch("w/", complete_to + 1, 300)).await);
     assert!(events.is_empty() && to >= complete_to, "{events:?} {to}");
+    assert!(asked.elapsed() >= Duration::from_millis(300), "answered before its wait: {:?}", asked.elapsed());
 
     // History: on and sized, on every member.
     let Response::History(h) = c.call(follower, Request::History).await.unwrap() else { panic!() };
@@ -324,13 +326,17 @@ async fn leases_are_granted_kept_alive_revoked_and_expire_on_the_runtime() {
         assert!(Instant::now() < until, "the new cluster never finalized its version");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Three election timeouts of 400 ms at least.
+    // At least 3 s (the API), and three election timeouts of this cluster.
     let too_short = c.call(leader, Request::LeaseGrant { ttl_ms: 1_000 }).await;
     assert!(matches!(too_short, Err(ApiError::InvalidRequest(_))), "{too_short:?}");
+    // The leader's clock takes office at its first tick after the version (retried until then).
+    let Response::Leases(none) = c.call_retry(leader, Request::LeaseList).await else { panic!() };
+    assert!(none.is_empty());
+    let before_grants = Instant::now();
     let mut granted = Vec::new();
     for _ in 0..3 {
-        match c.call_retry(leader, Request::LeaseGrant { ttl_ms: 1_500 }).await {
-            Response::LeaseGranted { id, ttl_ms: 1_500 } => granted.push(id),
+        match c.call_retry(leader, Request::LeaseGrant { ttl_ms: 3_000 }).await {
+            Response::LeaseGranted { id, ttl_ms: 3_000 } => granted.push(id),
             other => panic!("not granted: {other:?}"),
         }
     }
@@ -342,11 +348,10 @@ async fn leases_are_granted_kept_alive_revoked_and_expire_on_the_runtime() {
     // The admin may attach a key to any principal's lease.
     let attached = Request::PutWithLease { key: "l/admin".into(), value: "v".into(), lease: kept };
     assert!(c.call_as("admin", leader, None, attached).await.unwrap().is_ok());
-    let Response::LeaseTtl(info) = c.call(leader, Request::LeaseTimeToLive { id: kept, keys: true }).await.unwrap()
-    else {
+    let Response::LeaseTtl(info) = c.call_retry(leader, Request::LeaseTimeToLive { id: kept, keys: true }).await else {
         panic!()
     };
-    assert_eq!((info.granted_ttl_ms, info.key_count), (1_500, 2), "{info:?}");
+    assert_eq!((info.granted_ttl_ms, info.key_count), (3_000, 2), "{info:?}");
     let Response::LeaseRevoked { deleted: 1, .. } = c.call(leader, Request::LeaseRevoke { id: revoked }).await.unwrap()
     else {
         panic!("revoke")
@@ -358,21 +363,25 @@ async fn leases_are_granted_kept_alive_revoked_and_expire_on_the_runtime() {
     let mut want = vec![kept, left];
     want.sort();
     assert_eq!(ids, want);
-    // Kept alive past its TTL while the other lapses: the other's key goes, this one's stays.
+    // Kept alive for twice its TTL while the other lapses: the other's key goes (never before
+    // its TTL from its grant), this one's stays.
     let follower = (1..=3).find(|&i| i != leader).unwrap();
-    let start = Instant::now();
-    loop {
+    let mut left_gone = None;
+    while left_gone.is_none() || before_grants.elapsed() < Duration::from_millis(6_000) {
         let kept_alive = c.call(leader, Request::LeaseKeepAlive { id: kept }).await;
-        assert!(matches!(kept_alive, Ok(Response::LeaseKeptAlive { ttl_ms: 1_500, .. })), "{kept_alive:?}");
-        let r = c.call(follower, get("l/left", ReadConsistency::Linearizable)).await.unwrap();
-        if value_of(&r).is_none() {
-            break;
+        assert!(matches!(kept_alive, Ok(Response::LeaseKeptAlive { ttl_ms: 3_000, .. })), "{kept_alive:?}");
+        if left_gone.is_none() {
+            let r = c.call(follower, get("l/left", ReadConsistency::Linearizable)).await.unwrap();
+            if value_of(&r).is_none() {
+                left_gone = Some(before_grants.elapsed());
+            }
         }
-        // Nominal 1.5 s; expiry is swept every 200 ms and applied a round later.
-        assert!(start.elapsed() < Duration::from_secs(10), "the lapsed lease never expired");
+        // Nominal 3 s; expiry is swept every 200 ms and applied a round later.
+        assert!(before_grants.elapsed() < Duration::from_secs(20), "the lapsed lease never expired");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(start.elapsed() >= Duration::from_millis(1_000), "expired early: {:?}", start.elapsed());
+    let gone_after = left_gone.expect("gone");
+    assert!(gone_after >= Duration::from_millis(3_000), "expired before its TTL: {gone_after:?}");
     let r = c.call(follower, get("l/kept", ReadConsistency::Linearizable)).await.unwrap();
     assert_eq!(value_of(&r), Some(b"v".to_vec()), "a lease kept alive keeps its keys");
     let gone = c.call(leader, Request::LeaseKeepAlive { id: left }).await;

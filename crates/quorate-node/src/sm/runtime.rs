@@ -406,13 +406,13 @@ impl StateMachine for KvMachine {
         let ops = self.commit_ops(runtime).map_err(io_error)?;
         self.store.apply(applied, ops).map_err(io_error)?;
         let Unpublished { version, addrs, leases } = std::mem::take(&mut self.unpublished);
-        self.effects.publish(&self.store, version).map_err(io_error)?;
-        self.effects.publish_addrs(addrs);
-        // Written: the leader's clock may count on them.
+        // Written: the leader's clock may count on them (before anything below can fail).
         let now = std::time::Instant::now();
         for change in &leases {
             self.effects.leases.applied(change, now);
         }
+        self.effects.publish(&self.store, version).map_err(io_error)?;
+        self.effects.publish_addrs(addrs);
         Ok(())
     }
 
