@@ -765,12 +765,16 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
     /// Proposes `command` (outside any session) only if this replica still leads `term`: a
     /// command a leader decided on from what it knew in that term — its clock's deadlines,
     /// say — must not be appended in a later term, after another leader acted on newer
-    /// knowledge. [`Error::NotLeader`] otherwise (naming the current leader, which may be
-    /// this replica in a later term).
+    /// knowledge. [`Error::NotLeader`] otherwise, naming the current leader unless it is this
+    /// replica (in a later term: there is nowhere to send the same command again).
     pub fn propose_in_term(&mut self, now: Instant, term: Term, command: Vec<u8>, done: ProposeCallback<SM::Output>) {
+        if let Some(e) = self.refusal() {
+            return done(Err(e));
+        }
         let raft = self.core.raft();
         if raft.role() != Role::Leader || raft.term() != term {
-            return done(Err(Error::NotLeader { leader_hint: raft.leader() }));
+            let me = raft.id();
+            return done(Err(Error::NotLeader { leader_hint: raft.leader().filter(|l| *l != me) }));
         }
         self.propose(now, command, None, done);
     }
@@ -1484,7 +1488,8 @@ mod tests {
         r.propose_in_term(now, Term(term.0 + 1), vec![9], sink(&out));
         r.propose_in_term(now, term, vec![4], sink(&out));
         r.process(now, &mut Vec::new());
-        let not_leader = Err(Error::NotLeader { leader_hint: Some(id()) });
+        // Not this replica's to retry: no hint.
+        let not_leader = Err(Error::NotLeader { leader_hint: None });
         assert_eq!(*out.lock().unwrap(), vec![not_leader.clone(), not_leader, Ok(4)]);
     }
 

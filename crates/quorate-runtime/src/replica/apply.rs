@@ -300,19 +300,23 @@ impl<SM: StateMachine> Applier<SM> {
             return self.halt(format!("the state machine's commit at {}: {e}", self.applied));
         }
         self.durable_applied = self.applied;
+        // Everything queued so far is written.
+        self.answer();
     }
 
-    /// Answers the proposers of what the job applied — after its commit, so a durable state
-    /// machine's answer follows its state being written, and what the state machine's commit
-    /// tells its host (a lease's clock, say) is known before the proposer hears. Halted (a
-    /// failed apply or commit): their outcome is unknown.
+    /// Answers the proposers of what was applied — for a durable state machine once a commit
+    /// wrote it (called after each commit, and at the end of each job), so its answer follows
+    /// its state being written and what its commit tells its host (a lease's clock, say) is
+    /// known before the proposer hears; in memory, after each `apply` call. Halted (a failed
+    /// apply or commit): their outcome is unknown — but for those whose index another entry
+    /// took (`Dropped`: certain).
     fn answer(&mut self) {
         let halted = self.halted.is_some();
         for (w, outcome) in std::mem::take(&mut self.answers) {
             match outcome {
-                _ if halted => w.fail(Error::OutcomeUnknown),
-                Some(a) => w.complete(a),
                 None => w.fail(Error::Dropped),
+                Some(_) if halted => w.fail(Error::OutcomeUnknown),
+                Some(a) => w.complete(a),
             }
         }
     }
@@ -460,6 +464,9 @@ impl<SM: StateMachine> Applier<SM> {
             }
             if SM::DURABLE && self.sm.commit_due() {
                 self.commit();
+            }
+            if !SM::DURABLE {
+                self.answer();
             }
         }
     }
