@@ -288,6 +288,15 @@ fn read_view(
     }
 }
 
+/// A lease sweep in flight ([`Serving::expire_leases`]): clears its flag when dropped.
+struct Sweeping(Arc<AtomicBool>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// How leaders send snapshots at cluster version `version`: 0.1.0's unanswered stream while
 /// a 0.1.0 member may be in the cluster (version 1), acknowledged pieces after.
 fn transfer_format(version: u32) -> TransferFormat {
@@ -586,39 +595,10 @@ impl Serving {
                 responder.send(answer, None);
             }
             Request::History => responder.send(crate::history::info(&self.store, self.id), None),
-            Request::LeaseGrant { ttl_ms } => {
-                let min = self.config.raft.election_timeout_ms.saturating_mul(3);
-                let checked = self.require(LEASES_CLUSTER_VERSION, "a lease").and_then(|()| {
-                    if ttl_ms < min {
-                        return Err(ApiError::InvalidRequest(format!(
-                            "a lease's TTL must be at least three election timeouts of this cluster ({min} ms)"
-                        )));
-                    }
-                    Ok(())
-                });
-                match checked {
-                    Ok(()) => {
-                        let principal = responder.principal().to_string();
-                        // In the client's session when it sends one (a retry is then applied once).
-                        self.write(session, CommandOp::LeaseGrant { principal, ttl_ms }, responder).await;
-                    }
-                    Err(e) => responder.send(Err(e), None),
-                }
-            }
-            Request::LeaseRevoke { id } => match self.require(LEASES_CLUSTER_VERSION, "a lease") {
-                Ok(()) => {
-                    let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
-                    self.write(session, CommandOp::LeaseRevoke { principal, admin, id }, responder).await;
-                }
-                Err(e) => responder.send(Err(e), None),
-            },
-            Request::PutWithLease { key, value, lease } => {
-                match self.require(LEASES_CLUSTER_VERSION, "a put with a lease") {
-                    Ok(()) => {
-                        let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
-                        let op = quorate_api::KvOp::PutLeased { key, value, lease, admin };
-                        self.write(session, CommandOp::ByPrincipal { principal, op }, responder).await;
-                    }
+            body @ (Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } | Request::PutWithLease { .. }) => {
+                let version = self.applied.cluster_version.get();
+                match crate::server::lease_write(version, self.config.raft.election_timeout_ms, body, &responder) {
+                    Ok(op) => self.write(session, op, responder).await,
                     Err(e) => responder.send(Err(e), None),
                 }
             }
@@ -846,10 +826,6 @@ impl Serving {
             // Not yet: the deadlines may be an earlier term's.
             return;
         }
-        if self.expiring.swap(true, Ordering::AcqRel) {
-            // The last sweep's proposals are still in flight.
-            return;
-        }
         // The test-only late-expiry weakening (see the driver's).
         let due_at = match self.failpoints.lease_expire_delay() {
             None => now,
@@ -858,6 +834,12 @@ impl Serving {
                 None => return,
             },
         };
+        if self.expiring.swap(true, Ordering::AcqRel) {
+            // The last sweep's proposals are still in flight.
+            return;
+        }
+        // Cleared when the sweep's proposals are done, whichever way this ends.
+        let sweep = Sweeping(self.expiring.clone());
         let mut proposals = tokio::task::JoinSet::new();
         for id in leases.due(due_at, crate::leases::EXPIRES_PER_SWEEP) {
             let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::LeaseExpire { id } };
@@ -871,7 +853,9 @@ impl Serving {
             let handle = self.handle.clone();
             proposals.spawn(async move { (id, handle.propose_in_term(quorate_log::Term(term), bytes).await) });
         }
-        let expiring = self.expiring.clone();
+        if proposals.is_empty() {
+            return;
+        }
         tokio::spawn(async move {
             let all = async {
                 while let Some(done) = proposals.join_next().await {
@@ -887,7 +871,7 @@ impl Serving {
             }
             // Those still waiting are dropped (their proposals, if appended, apply or not).
             drop(proposals);
-            expiring.store(false, Ordering::Release);
+            drop(sweep);
         });
     }
 

@@ -386,6 +386,47 @@ pub(crate) type WatchAgain = Arc<
         + Sync,
 >;
 
+/// The command of a lease write — a grant, a revoke, a put with a lease — as both engines
+/// check it: the lease gate at cluster version `version`, a TTL of at least three election
+/// timeouts (`election_timeout_ms`), and the asking principal (and whether it is an admin) from
+/// `responder`. In the client's session when it sends one (a retry is then applied once).
+pub(crate) fn lease_write(
+    version: u32,
+    election_timeout_ms: u64,
+    body: Request,
+    responder: &Responder,
+) -> Result<CommandOp, ApiError> {
+    use crate::sm::leases::LEASES_CLUSTER_VERSION;
+    let gate = |what: &str| {
+        if version < LEASES_CLUSTER_VERSION {
+            return Err(quorate_api::cluster_version_refusal(what, LEASES_CLUSTER_VERSION, version));
+        }
+        Ok(())
+    };
+    let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
+    match body {
+        Request::LeaseGrant { ttl_ms } => {
+            gate("a lease")?;
+            let min = election_timeout_ms.saturating_mul(3);
+            if ttl_ms < min {
+                return Err(ApiError::InvalidRequest(format!(
+                    "a lease's TTL must be at least three election timeouts of this cluster ({min} ms)"
+                )));
+            }
+            Ok(CommandOp::LeaseGrant { principal, ttl_ms })
+        }
+        Request::LeaseRevoke { id } => {
+            gate("a lease")?;
+            Ok(CommandOp::LeaseRevoke { principal, admin, id })
+        }
+        Request::PutWithLease { key, value, lease } => {
+            gate("a put with a lease")?;
+            Ok(CommandOp::ByPrincipal { principal, op: quorate_api::KvOp::PutLeased { key, value, lease, admin } })
+        }
+        _ => Err(ApiError::InvalidRequest("not a lease write".into())),
+    }
+}
+
 /// A [`WatchAgain`] that runs `f`.
 pub(crate) fn watch_again<F, Fut>(f: F) -> WatchAgain
 where
@@ -2526,54 +2567,10 @@ impl Driver {
                 Ok(())
             }
             Request::Watch(watch) => self.watch(watch, responder).await,
-            Request::LeaseGrant { ttl_ms } => {
-                let min = self.config.raft.election_timeout_ms.saturating_mul(3);
-                let checked =
-                    crate::versions::require(&self.shared, crate::sm::leases::LEASES_CLUSTER_VERSION, "a lease")
-                        .and_then(|()| {
-                            if ttl_ms < min {
-                                return Err(ApiError::InvalidRequest(format!(
-                                    "a lease's TTL must be at least three election timeouts of this cluster ({min} ms)"
-                                )));
-                            }
-                            Ok(())
-                        });
-                match checked {
-                    Ok(()) => {
-                        let principal = responder.principal().to_string();
-                        // In the client's session when it sends one (a retry is then applied once).
-                        self.propose_write(session, CommandOp::LeaseGrant { principal, ttl_ms }, responder).await
-                    }
-                    Err(e) => {
-                        responder.send(Err(e), None);
-                        Ok(())
-                    }
-                }
-            }
-            Request::LeaseRevoke { id } => {
-                match crate::versions::require(&self.shared, crate::sm::leases::LEASES_CLUSTER_VERSION, "a lease") {
-                    Ok(()) => {
-                        let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
-                        self.propose_write(session, CommandOp::LeaseRevoke { principal, admin, id }, responder).await
-                    }
-                    Err(e) => {
-                        responder.send(Err(e), None);
-                        Ok(())
-                    }
-                }
-            }
-            Request::PutWithLease { key, value, lease } => {
-                let gate = crate::versions::require(
-                    &self.shared,
-                    crate::sm::leases::LEASES_CLUSTER_VERSION,
-                    "a put with a lease",
-                );
-                match gate {
-                    Ok(()) => {
-                        let (principal, admin) = (responder.principal().to_string(), responder.is_admin());
-                        let op = quorate_api::KvOp::PutLeased { key, value, lease, admin };
-                        self.propose_write(session, CommandOp::ByPrincipal { principal, op }, responder).await
-                    }
+            body @ (Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } | Request::PutWithLease { .. }) => {
+                let version = crate::versions::cluster_version(&self.shared);
+                match lease_write(version, self.config.raft.election_timeout_ms, body, &responder) {
+                    Ok(op) => self.propose_write(session, op, responder).await,
                     Err(e) => {
                         responder.send(Err(e), None);
                         Ok(())

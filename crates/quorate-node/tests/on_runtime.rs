@@ -556,6 +556,13 @@ async fn members_are_added_promoted_updated_and_removed_on_the_runtime() {
     // A member's address is updated through the log: every member records it.
     let leader = c.leader().await;
     let update = Request::MemberUpdate { id: inproc::nid(4), addr: addr4.to_string() };
+    // A member update needs the finalized version, which a new cluster raises on its own once
+    // its leader has heard every member (node 4 included).
+    let until = Instant::now() + DEADLINE;
+    while c.cluster_version_of(leader).await < quorate_api::CLUSTER_VERSION {
+        assert!(Instant::now() < until, "the cluster never finalized its version");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(c.call_as("admin", leader, None, update).await.unwrap(), Ok(Response::Done));
 
     // Remove an original follower; three voters remain and writes still work.
