@@ -586,6 +586,17 @@ impl Failpoints {
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
+    /// The instant whose lease deadlines a sweep at `now` expires: `now`, or — with the
+    /// test-only late-expiry weakening on — `now` minus the delay, so each expiry is proposed
+    /// that much after its deadline. `None` while `now` is too early for the delay.
+    #[must_use]
+    pub(crate) fn lease_due_at(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        match self.lease_expire_delay() {
+            None => Some(now),
+            Some(delay) => now.checked_sub(delay),
+        }
+    }
+
     /// Whether the disk-full fault is on.
     #[must_use]
     pub(crate) fn disk_full(&self) -> bool {

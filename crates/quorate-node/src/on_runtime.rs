@@ -826,14 +826,8 @@ impl Serving {
             // Not yet: the deadlines may be an earlier term's.
             return;
         }
-        // The test-only late-expiry weakening (see the driver's).
-        let due_at = match self.failpoints.lease_expire_delay() {
-            None => now,
-            Some(delay) => match now.checked_sub(delay) {
-                Some(then) => then,
-                None => return,
-            },
-        };
+        // The test-only late-expiry weakening may look at the deadlines as they were earlier.
+        let Some(due_at) = self.failpoints.lease_due_at(now) else { return };
         if self.expiring.swap(true, Ordering::AcqRel) {
             // The last sweep's proposals are still in flight.
             return;

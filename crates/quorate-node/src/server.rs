@@ -1827,15 +1827,8 @@ impl Driver {
             // Not yet: the deadlines may be an earlier term's.
             return;
         }
-        // The test-only late-expiry weakening: the sweep looks at the deadlines as they were
-        // that long ago, so each expiry is proposed that much after its deadline.
-        let due_at = match self.failpoints.lease_expire_delay() {
-            None => now,
-            Some(delay) => match now.checked_sub(delay) {
-                Some(then) => then,
-                None => return,
-            },
-        };
+        // The test-only late-expiry weakening may look at the deadlines as they were earlier.
+        let Some(due_at) = self.failpoints.lease_due_at(now) else { return };
         for id in self.shared.leases.due(due_at, crate::leases::EXPIRES_PER_SWEEP) {
             let cmd = Command { session: None, time_ms: self.next_time_ms(), op: CommandOp::LeaseExpire { id } };
             let result = quorate_api::encode_command(&cmd)
