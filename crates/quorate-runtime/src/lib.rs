@@ -11,7 +11,8 @@
 //! [`ManualClock`]). The runtime's logic is a synchronous, deterministic [`Replica`]: the
 //! [`Node`] runs one in a tokio task, and a simulation can step several by hand from one
 //! seed (this crate's `tests/sim.rs` does, with message loss, delay, reordering, partitions
-//! and crashes, and checks linearizability).
+//! and crashes, and checks linearizability; [`DeferredStorage`] lets it write each replica's
+//! detached batches when it chooses, as a disk with a write queue would).
 //!
 //! ## What the runtime guarantees
 //!
@@ -156,7 +157,9 @@ pub use replica::{
 pub use rocks::{ImageLayout, RocksLog};
 pub use sessions::ClientId;
 pub use state_machine::{Committed, RestoreError, RuntimeWrites, StateMachine};
-pub use storage::{BatchDone, BatchWriter, LogStorage, MemStorage, SnapshotHeader, SnapshotSaver, SnapshotSource};
+pub use storage::{
+    BatchDone, BatchWriter, DeferredStorage, LogStorage, MemStorage, SnapshotHeader, SnapshotSaver, SnapshotSource,
+};
 
 // The vocabulary users need alongside the runtime.
 pub use quorate_core::{ConfChange, Role};

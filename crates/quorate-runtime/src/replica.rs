@@ -1213,7 +1213,7 @@ fn state_at<L: LogStorage>(storage: &L, at: LogIndex) -> Result<(Term, Configura
 mod tests {
     use super::*;
     use crate::state_machine::{Committed, RuntimeWrites};
-    use crate::storage::MemStorage;
+    use crate::storage::{DeferredStorage, MemStorage};
     use quorate_log::LogStorage as _;
     use std::sync::{Arc, Mutex};
 
@@ -1281,116 +1281,12 @@ mod tests {
         MemStorage::new(Configuration::with_voters([id()]).expect("valid"))
     }
 
-    /// Storage whose batch writer writes only when a test says so: [`Deferred::write`].
-    #[derive(Clone)]
-    struct Deferred {
-        inner: Arc<Mutex<MemStorage>>,
-        queued: Arc<Mutex<Vec<(quorate_core::Persist, crate::BatchDone)>>>,
-    }
-
-    impl std::fmt::Debug for Deferred {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Deferred").field("queued", &self.queued()).finish_non_exhaustive()
-        }
-    }
-
-    impl Deferred {
-        fn new() -> Deferred {
-            Deferred { inner: Arc::new(Mutex::new(storage())), queued: Arc::default() }
-        }
-        fn mem(&self) -> std::sync::MutexGuard<'_, MemStorage> {
-            self.inner.lock().expect("unpoisoned")
-        }
-        /// Writes the `n` oldest queued batches (`ok`) or fails them (reporting them failed).
-        fn write(&self, n: usize, ok: bool) {
-            let batches: Vec<_> = self.queued.lock().unwrap().drain(..n).collect();
-            for (b, done) in batches {
-                let r = if ok { self.mem().persist(&b) } else { Err(StorageError::Io("disk gone".into())) };
-                done(r);
-            }
-        }
-        fn queued(&self) -> usize {
-            self.queued.lock().unwrap().len()
-        }
-    }
-
-    struct DeferredWriter(Deferred);
-
-    impl BatchWriter for DeferredWriter {
-        fn submit(&mut self, batch: quorate_core::Persist, done: crate::BatchDone) -> Result<(), StorageError> {
-            self.0.queued.lock().unwrap().push((batch, done));
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<(), StorageError> {
-            let n = self.0.queued();
-            self.0.write(n, true);
-            Ok(())
-        }
-    }
-
-    impl quorate_log::LogStorage for Deferred {
-        fn initial_state(&self) -> Result<quorate_log::InitialState, StorageError> {
-            self.mem().initial_state()
-        }
-        fn snapshot_last(&self) -> EntryId {
-            self.mem().snapshot_last()
-        }
-        fn last_index(&self) -> LogIndex {
-            self.mem().last_index()
-        }
-        fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
-            self.mem().term(index)
-        }
-        fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-            self.mem().entries(lo, hi, max_bytes)
-        }
-        fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
-            quorate_log::LogStorage::snapshot_meta(&*self.mem())
-        }
-    }
-
-    impl LogStorage for Deferred {
-        fn persist(&mut self, batch: &quorate_core::Persist) -> Result<(), StorageError> {
-            self.mem().persist(batch)
-        }
-        fn snapshot_saver(&self) -> Box<dyn crate::SnapshotSaver> {
-            self.mem().snapshot_saver()
-        }
-        fn snapshot(&self) -> Result<Option<crate::SnapshotHeader>, StorageError> {
-            self.mem().snapshot()
-        }
-        fn open_snapshot(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
-            self.mem().open_snapshot()
-        }
-        fn staging(&self) -> Result<Option<(crate::SnapshotHeader, u64)>, StorageError> {
-            self.mem().staging()
-        }
-        fn open_staging(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
-            self.mem().open_staging()
-        }
-        fn begin_staging(&mut self, header: &crate::SnapshotHeader) -> Result<(), StorageError> {
-            self.mem().begin_staging(header)
-        }
-        fn append_staging(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError> {
-            self.mem().append_staging(offset, bytes)
-        }
-        fn abort_staging(&mut self) -> Result<(), StorageError> {
-            self.mem().abort_staging()
-        }
-        fn seal_staging(&mut self, header: &crate::SnapshotHeader) -> Result<(), StorageError> {
-            self.mem().seal_staging(header)
-        }
-        fn batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StorageError> {
-            Ok(Some(Box::new(DeferredWriter(self.clone()))))
-        }
-    }
-
     type Reports = Arc<Mutex<Vec<(IoId, Result<(), StorageError>)>>>;
 
-    /// A single-voter leader over [`Deferred`] storage with its writes detached; the reports
+    /// A single-voter leader over [`DeferredStorage`] with its writes detached; the reports
     /// of its batches.
-    fn deferred_leader() -> (Replica<Sum, Deferred>, Deferred, Reports, Instant) {
-        let disk = Deferred::new();
+    fn deferred_leader() -> (Replica<Sum, DeferredStorage>, DeferredStorage, Reports, Instant) {
+        let disk = DeferredStorage::new(storage());
         let (mut r, now) = leader(disk.clone(), Sum::default(), Config::new(id()));
         let reports = Reports::default();
         let to = reports.clone();
@@ -1399,7 +1295,7 @@ mod tests {
         (r, disk, reports, now)
     }
 
-    fn hand_reports(r: &mut Replica<Sum, Deferred>, reports: &Reports, now: Instant) {
+    fn hand_reports<L: LogStorage>(r: &mut Replica<Sum, L>, reports: &Reports, now: Instant) {
         let got: Vec<_> = reports.lock().unwrap().drain(..).collect();
         for (io, res) in got {
             r.on_persisted(now, io, res);
@@ -1409,12 +1305,12 @@ mod tests {
     #[test]
     fn batches_written_off_the_turn_are_acknowledged_only_once_durable_and_do_not_wait_for_each_other() {
         let (mut r, disk, reports, now) = deferred_leader();
-        let last = disk.mem().last_index();
+        let last = disk.last_index();
         let out: Log<u64> = Log::default();
         r.propose(now, vec![5], None, sink(&out));
         r.process(now, &mut Vec::new());
         assert_eq!(disk.queued(), 1, "handed to the writer");
-        assert_eq!(disk.mem().last_index(), last, "not written in the turn");
+        assert_eq!(disk.last_index(), last, "not written in the turn");
         // The next proposal goes out while the first batch is not yet durable.
         r.propose(now, vec![1], None, sink(&out));
         r.process(now, &mut Vec::new());
@@ -1422,15 +1318,15 @@ mod tests {
         assert!(out.lock().unwrap().is_empty(), "nothing is committed before it is durable");
         assert_eq!(r.status().commit, last);
         // The first is durable: it commits, the second does not yet.
-        disk.write(1, true);
+        disk.write(1);
         hand_reports(&mut r, &reports, now);
         r.process(now, &mut Vec::new());
         assert_eq!(*out.lock().unwrap(), vec![Ok(5)]);
-        disk.write(1, true);
+        disk.write(1);
         hand_reports(&mut r, &reports, now);
         r.process(now, &mut Vec::new());
         assert_eq!(*out.lock().unwrap(), vec![Ok(5), Ok(6)]);
-        let written = disk.mem().last_index();
+        let written = disk.last_index();
         assert_eq!(written, r.status().last_index);
         assert!(r.halted().is_none());
     }
@@ -1446,9 +1342,9 @@ mod tests {
             r.process(now, &mut Vec::new());
             if dropped {
                 // A writer thread that died drops what it held: each is reported failed.
-                disk.queued.lock().unwrap().clear();
+                drop(disk.take_queued());
             } else {
-                disk.write(2, false);
+                assert_eq!(disk.fail(), 2);
             }
             hand_reports(&mut r, &reports, now);
             r.process(now, &mut Vec::new());
@@ -1466,7 +1362,7 @@ mod tests {
             r.process(now, &mut Vec::new());
         }
         // The second batch reported before the first: the core would take it as covering both.
-        let mut queued: Vec<_> = disk.queued.lock().unwrap().drain(..).collect();
+        let mut queued = disk.take_queued();
         let (_, second) = queued.pop().expect("two");
         second(Ok(()));
         hand_reports(&mut r, &reports, now);
@@ -1477,6 +1373,87 @@ mod tests {
         let (mut r, _disk, _reports, _now) = deferred_leader();
         assert!(r.take_batch_writer().is_some());
         assert!(r.halted().is_some(), "writes nothing more");
+    }
+
+    /// Two voters: node 1 over [`MemStorage`], node 2 over [`DeferredStorage`] with its
+    /// writes detached. Returns them with node 1 elected and both caught up, the follower's
+    /// disk and reports, and the time.
+    fn two_voters() -> (Replica<Sum, MemStorage>, Replica<Sum, DeferredStorage>, DeferredStorage, Reports, Instant) {
+        let ids = [id(), NodeId::new(2).expect("non-zero")];
+        let conf = Configuration::with_voters(ids).expect("valid");
+        let mut c1 = Config::new(ids[0]);
+        c1.raft.seed = 1;
+        let mut leader =
+            Replica::new(c1, MemStorage::new(conf.clone()), Sum::default(), Instant::ZERO).expect("starts");
+        let disk = DeferredStorage::new(MemStorage::new(conf));
+        let mut follower =
+            Replica::new(Config::new(ids[1]), disk.clone(), Sum::default(), Instant::ZERO).expect("starts");
+        let reports = Reports::default();
+        let to = reports.clone();
+        assert_eq!(follower.detach_writes(move |io, res| to.lock().unwrap().push((io, res))), Ok(true));
+        // Node 1 campaigns first; the follower's disk writes at once until the no-op commits.
+        let mut now = leader.next_deadline().expect("an election timer");
+        leader.tick(now);
+        for _ in 0..50 {
+            let mut to_follower = Vec::new();
+            leader.process(now, &mut to_follower);
+            for m in to_follower {
+                follower.receive(now, m);
+            }
+            let mut to_leader = Vec::new();
+            follower.process(now, &mut to_leader);
+            disk.write(usize::MAX);
+            hand_reports(&mut follower, &reports, now);
+            follower.process(now, &mut to_leader);
+            for m in to_leader {
+                leader.receive(now, m);
+            }
+            now = Instant(now.0 + 1_000_000);
+            if leader.status().role == Role::Leader && follower.status().commit == leader.status().last_index {
+                break;
+            }
+        }
+        assert_eq!(leader.status().role, Role::Leader);
+        assert_eq!(leader.status().commit, leader.status().last_index, "the no-op committed");
+        (leader, follower, disk, reports, now)
+    }
+
+    /// With two voters the leader commits only with the follower's acknowledgement, so a
+    /// commit before the follower's disk reported its batch would be an acknowledgement of
+    /// what a crash could still lose.
+    #[test]
+    fn a_followers_acknowledgement_waits_for_its_disks_report() {
+        let (mut leader, mut follower, disk, reports, now) = two_voters();
+        let out: Log<u64> = Log::default();
+        leader.propose(now, vec![7], None, sink(&out));
+        let mut to_follower = Vec::new();
+        leader.process(now, &mut to_follower);
+        assert!(!to_follower.is_empty(), "the entry goes out");
+        for m in to_follower {
+            follower.receive(now, m);
+        }
+        let mut to_leader = Vec::new();
+        follower.process(now, &mut to_leader);
+        assert_eq!(disk.queued(), 1, "the follower's batch waits on its disk");
+        for m in std::mem::take(&mut to_leader) {
+            leader.receive(now, m);
+        }
+        leader.process(now, &mut Vec::new());
+        assert!(out.lock().unwrap().is_empty(), "nothing commits before the follower's batch is durable");
+        let last = leader.status().last_index;
+        assert!(leader.status().commit < last);
+
+        // Its disk reports: the follower acknowledges, the leader commits and answers.
+        assert_eq!(disk.write(1), 1);
+        hand_reports(&mut follower, &reports, now);
+        follower.process(now, &mut to_leader);
+        for m in to_leader {
+            leader.receive(now, m);
+        }
+        leader.process(now, &mut Vec::new());
+        assert_eq!(*out.lock().unwrap(), vec![Ok(7)]);
+        assert_eq!(leader.status().commit, last);
+        assert_eq!(disk.last_index(), last);
     }
 
     #[test]

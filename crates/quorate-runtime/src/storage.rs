@@ -479,6 +479,197 @@ impl LogStorage for MemStorage {
     }
 }
 
+/// A [`MemStorage`] whose [`BatchWriter`] only queues the batches: the host — a simulator, a
+/// test — writes them when it chooses ([`DeferredStorage::write`]) or fails them
+/// ([`DeferredStorage::fail`]), so a replica's detached writes
+/// ([`crate::Replica::detach_writes`]) interleave with messages, proposals and crashes
+/// deterministically. Without detached writes it is a [`MemStorage`] (batches written in the
+/// turn).
+///
+/// A clone is a handle to the same disk and queue (unlike a [`MemStorage`]'s); take a copy of
+/// the disk with [`DeferredStorage::disk`]. The writer keeps its contract: batches are written
+/// in submission order and reported in that order, a flush writes every queued batch, and once
+/// a batch failed every later one fails too.
+#[derive(Clone)]
+pub struct DeferredStorage {
+    shared: Arc<Mutex<Deferred>>,
+}
+
+/// What a [`DeferredStorage`]'s handles share.
+struct Deferred {
+    disk: MemStorage,
+    queued: std::collections::VecDeque<(Persist, BatchDone)>,
+    /// A batch failed: every later one fails too.
+    failed: bool,
+    /// Batches written by the writer's flushes.
+    flushed: u64,
+}
+
+impl std::fmt::Debug for DeferredStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = lock(&self.shared);
+        f.debug_struct("DeferredStorage")
+            .field("disk", &d.disk)
+            .field("queued", &d.queued.len())
+            .field("failed", &d.failed)
+            .field("flushed", &d.flushed)
+            .finish()
+    }
+}
+
+impl DeferredStorage {
+    /// Defers the writes of batches to `disk`.
+    #[must_use]
+    pub fn new(disk: MemStorage) -> DeferredStorage {
+        DeferredStorage {
+            shared: Arc::new(Mutex::new(Deferred {
+                disk,
+                queued: std::collections::VecDeque::new(),
+                failed: false,
+                flushed: 0,
+            })),
+        }
+    }
+
+    /// A copy of the disk as written so far (what a crash keeps of it, after
+    /// [`MemStorage::crash`]); queued batches are not on it.
+    #[must_use]
+    pub fn disk(&self) -> MemStorage {
+        lock(&self.shared).disk.clone()
+    }
+
+    /// Batches queued and not yet written.
+    #[must_use]
+    pub fn queued(&self) -> usize {
+        lock(&self.shared).queued.len()
+    }
+
+    /// Batches the writer's flushes wrote (a replica flushes before it writes an install).
+    #[must_use]
+    pub fn flushed(&self) -> u64 {
+        lock(&self.shared).flushed
+    }
+
+    /// Writes the `n` oldest queued batches (fewer if fewer are queued), in order, and
+    /// reports each: `Ok` once written, or the disk's error (then this batch and every later
+    /// one fail). Returns how many were reported. The reports are made with no lock held.
+    pub fn write(&self, n: usize) -> usize {
+        let mut done = Vec::new();
+        {
+            let mut d = lock(&self.shared);
+            for _ in 0..n {
+                let Some((batch, report)) = d.queued.pop_front() else { break };
+                let r = if d.failed { Err(failed()) } else { d.disk.persist(&batch) };
+                d.failed |= r.is_err();
+                done.push((report, r));
+            }
+        }
+        let count = done.len();
+        for (report, r) in done {
+            report(r);
+        }
+        count
+    }
+
+    /// Fails every queued batch (a disk that stopped writing), and every batch queued later.
+    /// Returns how many were reported.
+    pub fn fail(&self) -> usize {
+        let queued: Vec<_> = {
+            let mut d = lock(&self.shared);
+            d.failed = true;
+            d.queued.drain(..).collect()
+        };
+        let count = queued.len();
+        for (_, report) in queued {
+            report(Err(failed()));
+        }
+        count
+    }
+
+    /// Takes the queued batches out unwritten, with their reports (to drop them, as a dead
+    /// writer thread would, or to report them out of order).
+    pub fn take_queued(&self) -> Vec<(Persist, BatchDone)> {
+        lock(&self.shared).queued.drain(..).collect()
+    }
+}
+
+fn failed() -> StorageError {
+    StorageError::Io("the disk failed an earlier batch".into())
+}
+
+/// [`DeferredStorage`]'s writer: queues.
+struct DeferredWriter(DeferredStorage);
+
+impl BatchWriter for DeferredWriter {
+    fn submit(&mut self, batch: Persist, done: BatchDone) -> Result<(), StorageError> {
+        lock(&self.0.shared).queued.push_back((batch, done));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        let n = self.0.queued();
+        lock(&self.0.shared).flushed += self.0.write(n) as u64;
+        if lock(&self.0.shared).failed { Err(failed()) } else { Ok(()) }
+    }
+}
+
+impl quorate_log::LogStorage for DeferredStorage {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        lock(&self.shared).disk.initial_state()
+    }
+    fn snapshot_last(&self) -> EntryId {
+        lock(&self.shared).disk.snapshot_last()
+    }
+    fn last_index(&self) -> LogIndex {
+        lock(&self.shared).disk.last_index()
+    }
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        lock(&self.shared).disk.term(index)
+    }
+    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Result<Vec<quorate_log::Entry>, StorageError> {
+        lock(&self.shared).disk.entries(lo, hi, max_bytes)
+    }
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, StorageError> {
+        quorate_log::LogStorage::snapshot_meta(&lock(&self.shared).disk)
+    }
+}
+
+impl LogStorage for DeferredStorage {
+    fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
+        lock(&self.shared).disk.persist(batch)
+    }
+    fn snapshot_saver(&self) -> Box<dyn SnapshotSaver> {
+        lock(&self.shared).disk.snapshot_saver()
+    }
+    fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError> {
+        lock(&self.shared).disk.snapshot()
+    }
+    fn open_snapshot(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
+        lock(&self.shared).disk.open_snapshot()
+    }
+    fn staging(&self) -> Result<Option<(SnapshotHeader, u64)>, StorageError> {
+        lock(&self.shared).disk.staging()
+    }
+    fn open_staging(&self) -> Result<Option<Box<dyn SnapshotSource>>, StorageError> {
+        lock(&self.shared).disk.open_staging()
+    }
+    fn begin_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
+        lock(&self.shared).disk.begin_staging(header)
+    }
+    fn append_staging(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StorageError> {
+        lock(&self.shared).disk.append_staging(offset, bytes)
+    }
+    fn abort_staging(&mut self) -> Result<(), StorageError> {
+        lock(&self.shared).disk.abort_staging()
+    }
+    fn seal_staging(&mut self, header: &SnapshotHeader) -> Result<(), StorageError> {
+        lock(&self.shared).disk.seal_staging(header)
+    }
+    fn batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StorageError> {
+        Ok(Some(Box::new(DeferredWriter(self.clone()))))
+    }
+}
+
 /// Reads a snapshot image from the start as a stream, over a [`SnapshotSource`], in pieces of
 /// [`IMAGE_READ_BYTES`]; checks the image's length and CRC-32 against its header when it
 /// reaches the end (a mismatch is an `InvalidData` error from `read`, so a consumer that reads

@@ -30,11 +30,14 @@
 
 use quorate_check::history::{Completion, Operation, ReadCompletion};
 use quorate_check::linearizability::{Limits, check};
+use quorate_core::IoId;
 use quorate_core::{Instant, SplitMix64};
+use quorate_log::StorageError;
 use quorate_log::{Configuration, Data, LogIndex, NodeId};
 use quorate_runtime::{
-    AckStatus, Applier, ClientId, Committed, ConfChange, Config, Error, Jobs, LogStorage, MemStorage, ReadLevel,
-    Replica, RestoreError, RuntimeWrites, SnapshotChunk, SnapshotHeader, StateMachine, TransferFormat, WireMessage,
+    AckStatus, Applier, ClientId, Committed, ConfChange, Config, DeferredStorage, Error, Jobs, LogStorage, MemStorage,
+    ReadLevel, Replica, RestoreError, RuntimeWrites, SnapshotChunk, SnapshotHeader, StateMachine, TransferFormat,
+    WireMessage,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
@@ -266,6 +269,13 @@ struct SimConfig {
     /// that take only those) until virtual time `t` ms, then in acknowledged chunks (as a
     /// host does once those members are gone); `None`: in chunks throughout.
     stream_until_ms: Option<u64>,
+    /// `Some(lag)`: every replica's writes are detached (as under `Node`): its batches queue
+    /// on its disk ([`DeferredStorage`]), which writes them 0..=lag ms later — all, or the
+    /// oldest few, in order — and reports them back; `None`: written in the replica's turn.
+    write_lag_ms: Option<u64>,
+    /// Detached writes: the chance that a disk fails a write (the replica must halt; the
+    /// node is then crashed and restarts from what its disk kept).
+    disk_failure: f64,
 }
 
 impl SimConfig {
@@ -295,6 +305,8 @@ impl SimConfig {
             } else {
                 None
             },
+            write_lag_ms: if rng.chance(0.5) { Some([3, 8, 40][rng.below(3) as usize]) } else { None },
+            disk_failure: if rng.chance(0.3) { 0.003 } else { 0.0 },
         }
     }
 }
@@ -353,6 +365,9 @@ enum Reply {
 
 type Replies = Arc<Mutex<Vec<(u64, u64, Reply)>>>;
 
+/// A node's disk's reports of the batches it wrote (or failed), in order.
+type WriteReports = Arc<Mutex<Vec<(IoId, Result<(), StorageError>)>>>;
+
 /// What one run did.
 #[derive(Debug, PartialEq, Eq)]
 struct Summary {
@@ -390,6 +405,13 @@ struct Summary {
     stream_installs: u64,
     /// Stream pieces the network refused (offered again later).
     stream_refusals: u64,
+    /// Seeds whose replicas' writes were detached, batches their disks wrote off the turn,
+    /// and writes their disks failed.
+    write_seeds: u64,
+    batches_deferred: u64,
+    disk_failures: u64,
+    /// Batches still queued on a disk when an install came, written by the flush before it.
+    batches_flushed: u64,
 }
 
 struct Sim<const D: bool, const O: bool = false> {
@@ -397,7 +419,15 @@ struct Sim<const D: bool, const O: bool = false> {
     rng: SplitMix64,
     now: u64,
     ids: Vec<NodeId>,
-    nodes: Vec<Option<Replica<Kv<D, O>, MemStorage>>>,
+    nodes: Vec<Option<Replica<Kv<D, O>, DeferredStorage>>>,
+    /// Detached writes (`write_lag_ms`): the reports of each node's disk, and when it next
+    /// writes what is queued.
+    write_reports: Vec<WriteReports>,
+    write_at: Vec<Option<u64>>,
+    batches_deferred: u64,
+    disk_failures: u64,
+    /// Batches flushed before an install on replicas that crashed since.
+    batches_flushed: u64,
     /// Detached state machines (`apply_lag_ms`), with their work waiting: (due, jobs).
     appliers: Vec<Option<Applier<Kv<D, O>>>>,
     apply_queues: Vec<VecDeque<(u64, Jobs<Kv<D, O>>)>>,
@@ -487,7 +517,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
                 Some(
                     Replica::new(
                         runtime_config(*id, cfg.seed, &cfg),
-                        storage,
+                        DeferredStorage::new(storage),
                         Kv::<D, O>::open(kv_disk),
                         Instant::ZERO,
                     )
@@ -496,7 +526,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             })
             .collect();
         let n = ids.len();
-        let mut nodes: Vec<Option<Replica<Kv<D, O>, MemStorage>>> = nodes;
+        let mut nodes: Vec<Option<Replica<Kv<D, O>, DeferredStorage>>> = nodes;
         let appliers = nodes
             .iter_mut()
             .map(|r| cfg.apply_lag_ms.and_then(|_| r.as_mut().and_then(Replica::detach_applier)))
@@ -514,7 +544,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
                 written: 0,
             })
             .collect();
-        Sim {
+        let mut sim = Sim {
             rng: SplitMix64::new(cfg.seed),
             next_crash: cfg.crash_every_ms * MS,
             next_partition: cfg.partition_every_ms * MS,
@@ -552,6 +582,74 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             conf_pending: None,
             next_conf: 1_000 * MS,
             conf_changes: 0,
+            write_reports: (0..n).map(|_| WriteReports::default()).collect(),
+            write_at: vec![None; n],
+            batches_deferred: 0,
+            disk_failures: 0,
+            batches_flushed: 0,
+        };
+        for i in 0..n {
+            if let Some(mut r) = sim.nodes[i].take() {
+                sim.detach_writes(i, &mut r);
+                sim.nodes[i] = Some(r);
+            }
+        }
+        sim
+    }
+
+    /// In the seeds with detached writes, hands node `i`'s (new) replica's writes to its
+    /// disk's queue.
+    fn detach_writes(&mut self, i: usize, r: &mut Replica<Kv<D, O>, DeferredStorage>) {
+        if self.cfg.write_lag_ms.is_none() {
+            return;
+        }
+        let reports = WriteReports::default();
+        let to = reports.clone();
+        let detached = r.detach_writes(move |io, res| to.lock().expect("unpoisoned").push((io, res)));
+        assert_eq!(detached, Ok(true), "seed {}: node {}'s writes detach", self.cfg.seed, i + 1);
+        self.write_reports[i] = reports;
+        self.write_at[i] = None;
+    }
+
+    /// Detached writes: each disk whose write is due writes its queue (all of it, or the
+    /// oldest few) — or, now and then while faults are on, fails it — and the replica hears
+    /// the reports. A failed write must halt the replica; the node then crashes (a process
+    /// that stopped on a disk error, restarted by its supervisor).
+    fn run_disks(&mut self) {
+        let now = Instant(self.now);
+        let faults = self.faults_on();
+        for i in 0..self.nodes.len() {
+            let Some(r) = &mut self.nodes[i] else { continue };
+            let disk = r.storage().clone();
+            let mut failed = false;
+            if self.write_at[i].is_some_and(|at| at <= self.now) {
+                self.write_at[i] = None;
+                let queued = disk.queued();
+                if queued > 0 && faults && self.rng.chance(self.cfg.disk_failure) {
+                    disk.fail();
+                    self.disk_failures += 1;
+                    failed = true;
+                } else {
+                    let n = if self.rng.chance(0.7) { queued } else { 1 + self.rng.below(queued as u64) as usize };
+                    self.batches_deferred += disk.write(n) as u64;
+                }
+            }
+            let reports: Vec<_> = self.write_reports[i].lock().expect("unpoisoned").drain(..).collect();
+            for (io, res) in reports {
+                r.on_persisted(now, io, res);
+            }
+            if failed {
+                assert!(r.halted().is_some(), "seed {}: node {} went on after its disk failed", self.cfg.seed, i + 1);
+                self.crash(i);
+            }
+        }
+    }
+
+    /// After node `i`'s turn: a disk with batches queued and no write due gets one.
+    fn schedule_write(&mut self, i: usize) {
+        let (Some(lag), Some(r)) = (self.cfg.write_lag_ms, &self.nodes[i]) else { return };
+        if self.write_at[i].is_none() && r.storage().queued() > 0 {
+            self.write_at[i] = Some(self.now + MS * self.rng.below(lag + 1));
         }
     }
 
@@ -652,6 +750,11 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             backlog_stops: self.backlog_stops + self.nodes.iter().flatten().map(|r| r.apply_backlog().1).sum::<u64>(),
             snapshots_asked: self.snapshots_asked,
             snapshots_answered_ok: self.snapshot_answers.lock().expect("unpoisoned").1,
+            write_seeds: u64::from(self.cfg.write_lag_ms.is_some()),
+            batches_deferred: self.batches_deferred,
+            disk_failures: self.disk_failures,
+            batches_flushed: self.batches_flushed
+                + self.nodes.iter().flatten().map(|r| r.storage().flushed()).sum::<u64>(),
         })
     }
 
@@ -678,6 +781,9 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             if let Some((due, _)) = q.front() {
                 t = t.min(*due);
             }
+        }
+        for at in self.write_at.iter().flatten() {
+            t = t.min(*at);
         }
         if !self.plan.is_empty() {
             t = t.min(self.conf_pending.map_or(self.next_conf, |(_, deadline)| deadline.max(self.next_conf)));
@@ -715,6 +821,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
                 r.set_transfer_format(format);
             }
         }
+        self.run_disks();
         self.run_appliers();
         for r in self.nodes.iter_mut().flatten() {
             r.tick(now);
@@ -771,6 +878,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             for msg in out {
                 self.route(msg);
             }
+            self.schedule_write(i);
             // A durable state machine's process died in the middle of a restore (the
             // replica halted on it): the node crashes there.
             if D && self.nodes[i].as_ref().is_some_and(|r| r.halted().is_some())
@@ -789,12 +897,16 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             // The state machine's side dies with it, and the work it had not run.
             self.appliers[i] = None;
             self.apply_queues[i].clear();
-            let mut disk = r.storage().clone();
+            // What its disk had not written (queued batches) is lost with it.
+            self.batches_flushed += r.storage().flushed();
+            let mut disk = r.storage().disk();
             disk.crash();
             self.installs += r.transfer_stats().installs;
             self.stream_installs += r.transfer_stats().stream_installs;
             self.backlog_stops += r.apply_backlog().1;
             drop(r);
+            self.write_at[i] = None;
+            self.write_reports[i].lock().expect("unpoisoned").clear();
             self.disks[i] = Some(disk);
             self.restart_at[i] = self.now + MS * (50 + self.rng.below(600));
             self.crashes += 1;
@@ -851,11 +963,12 @@ impl<const D: bool, const O: bool> Sim<D, O> {
                 let disk = self.disks[i].take().expect("a crashed node keeps its disk");
                 let cfg = runtime_config(self.ids[i], self.cfg.seed.wrapping_add(self.crashes), &self.cfg);
                 let sm = Kv::<D, O>::open(&self.kv_disks[i]);
-                match Replica::new(cfg, disk.clone(), sm, Instant(self.now)) {
+                match Replica::new(cfg, DeferredStorage::new(disk.clone()), sm, Instant(self.now)) {
                     Ok(mut r) => {
                         if self.cfg.apply_lag_ms.is_some() {
                             self.appliers[i] = r.detach_applier();
                         }
+                        self.detach_writes(i, &mut r);
                         self.nodes[i] = Some(r);
                     }
                     // Died again, in the restore at start: down a little longer.
@@ -1222,6 +1335,10 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         stream_pieces: 0,
         stream_installs: 0,
         stream_refusals: 0,
+        write_seeds: 0,
+        batches_deferred: 0,
+        disk_failures: 0,
+        batches_flushed: 0,
     };
     for &seed in &seeds {
         match run_seed::<D, O>(seed) {
@@ -1249,6 +1366,10 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
                 total.stream_pieces += s.stream_pieces;
                 total.stream_installs += s.stream_installs;
                 total.stream_refusals += s.stream_refusals;
+                total.write_seeds += s.write_seeds;
+                total.batches_deferred += s.batches_deferred;
+                total.disk_failures += s.disk_failures;
+                total.batches_flushed += s.batches_flushed;
                 total.apply_backlog_peak = total.apply_backlog_peak.max(s.apply_backlog_peak);
             }
             Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed, test)),
@@ -1271,6 +1392,10 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         // Snapshots went as streams in some seeds, and streams were installed.
         assert!(total.stream_seeds >= n as u64 / 10 && total.stream_installs > 0, "{total:?}");
         assert!(total.stream_refusals > 0, "{total:?}");
+        // Writes went off the turn in some seeds, and disks failed some of them.
+        assert!(total.write_seeds >= n as u64 / 4 && total.batches_deferred > 0, "{total:?}");
+        // Installs came while batches waited on the disk, which the flush before them wrote.
+        assert!(total.disk_failures > 0 && total.batches_flushed > 0, "{total:?}");
     }
     total
 }
