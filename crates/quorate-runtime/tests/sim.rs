@@ -20,6 +20,12 @@
 //! again at start; then both again with a state machine that **owns its log format**
 //! (`StateMachine::ENVELOPE = false`) and keeps its own exactly-once table.
 //!
+//! In half the seeds the replicas' writes are detached (as under `Node`): each batch queues
+//! on the node's [`DeferredStorage`] disk, which writes its queue — all of it, or the oldest
+//! few — 3, 8 or 40 ms later and reports it; a crash loses what was queued; now and then a
+//! disk fails a write, and the replica must halt (the node then restarts); an install flushes
+//! what waits.
+//!
 //! The second half of the file is a lab without random faults for the snapshot transfer:
 //! several chunks to a lagging follower, resumption after a partition, a follower restart and
 //! a leader change, the rate limit, and chunks that must be refused.
