@@ -486,13 +486,22 @@ impl LogStorage for MemStorage {
 /// deterministically. Without detached writes it is a [`MemStorage`] (batches written in the
 /// turn).
 ///
-/// A clone is a handle to the same disk and queue (unlike a [`MemStorage`]'s); take a copy of
-/// the disk with [`DeferredStorage::disk`]. The writer keeps its contract: batches are written
-/// in submission order and reported in that order, a flush writes every queued batch, and once
-/// a batch failed every later one fails too.
+/// A clone is a handle to the same disk and queue (unlike a [`MemStorage`]'s). The writer
+/// keeps the [`BatchWriter`] contract: batches are written in submission order and reported in
+/// that order, a flush writes every queued batch, once a batch failed every later one fails
+/// too, and dropping the writer writes what is queued. So a crash is modelled by copying the
+/// disk ([`DeferredStorage::disk`], without the queue) *before* the replica (and its writer)
+/// is dropped, and starting the next replica over a new `DeferredStorage` of that copy. One
+/// writer at a time ([`LogStorage::batch_writer`] refuses a second while the first lives).
+/// Writes, failures and reports are serialized (a report is made before the next write takes
+/// its batches), so the host may write from another thread than the replica's — but never
+/// from within a report.
 #[derive(Clone)]
 pub struct DeferredStorage {
     shared: Arc<Mutex<Deferred>>,
+    /// Held while batches are taken from the queue and reported, so that reports keep the
+    /// queue's order whoever writes.
+    reporting: Arc<Mutex<()>>,
 }
 
 /// What a [`DeferredStorage`]'s handles share.
@@ -501,8 +510,10 @@ struct Deferred {
     queued: std::collections::VecDeque<(Persist, BatchDone)>,
     /// A batch failed: every later one fails too.
     failed: bool,
-    /// Batches written by the writer's flushes.
+    /// Batches the writer's flushes took (written, or failed).
     flushed: u64,
+    /// A writer of this storage lives.
+    writer: bool,
 }
 
 impl std::fmt::Debug for DeferredStorage {
@@ -527,7 +538,9 @@ impl DeferredStorage {
                 queued: std::collections::VecDeque::new(),
                 failed: false,
                 flushed: 0,
+                writer: false,
             })),
+            reporting: Arc::new(Mutex::new(())),
         }
     }
 
@@ -544,7 +557,8 @@ impl DeferredStorage {
         lock(&self.shared).queued.len()
     }
 
-    /// Batches the writer's flushes wrote (a replica flushes before it writes an install).
+    /// Batches the writer's flushes took, written or failed (a replica flushes before it writes
+    /// an install).
     #[must_use]
     pub fn flushed(&self) -> u64 {
         lock(&self.shared).flushed
@@ -554,6 +568,7 @@ impl DeferredStorage {
     /// reports each: `Ok` once written, or the disk's error (then this batch and every later
     /// one fail). Returns how many were reported. The reports are made with no lock held.
     pub fn write(&self, n: usize) -> usize {
+        let _reporting = lock(&self.reporting);
         let mut done = Vec::new();
         {
             let mut d = lock(&self.shared);
@@ -574,6 +589,7 @@ impl DeferredStorage {
     /// Fails every queued batch (a disk that stopped writing), and every batch queued later.
     /// Returns how many were reported.
     pub fn fail(&self) -> usize {
+        let _reporting = lock(&self.reporting);
         let queued: Vec<_> = {
             let mut d = lock(&self.shared);
             d.failed = true;
@@ -587,9 +603,12 @@ impl DeferredStorage {
     }
 
     /// Takes the queued batches out unwritten, with their reports (to drop them, as a dead
-    /// writer thread would, or to report them out of order).
+    /// writer thread would, or to report them out of order). The writer is then dead: every
+    /// later batch and flush fails.
     pub fn take_queued(&self) -> Vec<(Persist, BatchDone)> {
-        lock(&self.shared).queued.drain(..).collect()
+        let mut d = lock(&self.shared);
+        d.failed = true;
+        d.queued.drain(..).collect()
     }
 }
 
@@ -607,9 +626,18 @@ impl BatchWriter for DeferredWriter {
     }
 
     fn flush(&mut self) -> Result<(), StorageError> {
-        let n = self.0.queued();
-        lock(&self.0.shared).flushed += self.0.write(n) as u64;
-        if lock(&self.0.shared).failed { Err(failed()) } else { Ok(()) }
+        let took = self.0.write(usize::MAX) as u64;
+        let mut d = lock(&self.0.shared);
+        d.flushed += took;
+        if d.failed { Err(failed()) } else { Ok(()) }
+    }
+}
+
+/// Writes what is queued, as the contract says of a writer dropped.
+impl Drop for DeferredWriter {
+    fn drop(&mut self) {
+        self.0.write(usize::MAX);
+        lock(&self.0.shared).writer = false;
     }
 }
 
@@ -666,6 +694,12 @@ impl LogStorage for DeferredStorage {
         lock(&self.shared).disk.seal_staging(header)
     }
     fn batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StorageError> {
+        let mut d = lock(&self.shared);
+        if d.writer {
+            return Err(StorageError::Io("this storage's batch writer is taken already".into()));
+        }
+        d.writer = true;
+        drop(d);
         Ok(Some(Box::new(DeferredWriter(self.clone()))))
     }
 }
@@ -757,7 +791,63 @@ impl std::io::Read for ImageReader<'_> {
 mod tests {
     use super::*;
     use quorate_log::Configuration;
+    use quorate_log::LogStorage as _;
     use std::io::{ErrorKind, Read};
+
+    /// A batch that sets the term to `term` (no entries).
+    fn term_batch(io: u64, term: u64) -> Persist {
+        let hard_state = quorate_log::HardState { term: Term(term), vote: None, commit: LogIndex::ZERO };
+        Persist {
+            io: quorate_core::IoId(io),
+            hard_state: Some(hard_state),
+            entries: Vec::new(),
+            sync: true,
+            install: None,
+            compact: None,
+        }
+    }
+
+    type Outcomes = Arc<Mutex<Vec<(u64, bool)>>>;
+
+    fn note(outcomes: &Outcomes, io: u64) -> BatchDone {
+        let outcomes = outcomes.clone();
+        Box::new(move |r| outcomes.lock().unwrap().push((io, r.is_ok())))
+    }
+
+    /// `DeferredStorage`'s writer keeps the `BatchWriter` contract where a host could trip on
+    /// it: one writer at a time, a dropped writer writes what is queued, a batch after a
+    /// failure fails, and a writer whose batches were taken out is dead.
+    #[test]
+    fn a_deferred_storages_writer_keeps_the_batch_writer_contract() {
+        let conf = Configuration::with_voters([quorate_log::NodeId::new(1).unwrap()]).unwrap();
+        let disk = DeferredStorage::new(MemStorage::new(conf));
+        let outcomes = Outcomes::default();
+        let mut w = disk.batch_writer().unwrap().unwrap();
+        assert!(disk.batch_writer().is_err(), "one writer at a time");
+        w.submit(term_batch(1, 3), note(&outcomes, 1)).unwrap();
+        w.submit(term_batch(2, 4), note(&outcomes, 2)).unwrap();
+        assert_eq!(disk.write(1), 1);
+        assert_eq!(disk.disk().initial_state().unwrap().hard_state.term, Term(3));
+        drop(w);
+        assert_eq!(*outcomes.lock().unwrap(), vec![(1, true), (2, true)], "the dropped writer wrote the rest");
+        assert_eq!(disk.disk().initial_state().unwrap().hard_state.term, Term(4));
+
+        let mut w = disk.batch_writer().unwrap().unwrap();
+        w.submit(term_batch(3, 5), note(&outcomes, 3)).unwrap();
+        assert_eq!(disk.fail(), 1);
+        w.submit(term_batch(4, 6), note(&outcomes, 4)).unwrap();
+        assert!(w.flush().is_err(), "after a failure");
+        assert_eq!(outcomes.lock().unwrap()[2..], [(3, false), (4, false)]);
+        assert_eq!(disk.disk().initial_state().unwrap().hard_state.term, Term(4), "nothing written after the failure");
+        drop(w);
+
+        let disk = DeferredStorage::new(disk.disk());
+        let mut w = disk.batch_writer().unwrap().unwrap();
+        w.submit(term_batch(5, 7), note(&outcomes, 5)).unwrap();
+        drop(disk.take_queued());
+        assert!(w.flush().is_err(), "a writer whose batches were taken out is dead");
+        assert_eq!(outcomes.lock().unwrap().len(), 4, "a taken batch is reported by whoever took it");
+    }
 
     /// An image whose content lies inside it, between framing bytes.
     #[derive(Debug)]

@@ -22,7 +22,7 @@
 //!
 //! In half the seeds the replicas' writes are detached (as under `Node`): each batch queues
 //! on the node's [`DeferredStorage`] disk, which writes its queue — all of it, or the oldest
-//! few — 3, 8 or 40 ms later and reports it; a crash loses what was queued; now and then a
+//! few — up to 3, 8 or 40 ms later and reports it at its next step; a crash loses what was queued; now and then a
 //! disk fails a write, and the replica must halt (the node then restarts); an install flushes
 //! what waits.
 //!
@@ -430,6 +430,8 @@ struct Sim<const D: bool, const O: bool = false> {
     /// writes what is queued.
     write_reports: Vec<WriteReports>,
     write_at: Vec<Option<u64>>,
+    /// A disk failed its queue: at the next step the replica, told so, must have halted.
+    disk_failed: Vec<bool>,
     batches_deferred: u64,
     disk_failures: u64,
     /// Batches flushed before an install on replicas that crashed since.
@@ -590,6 +592,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             conf_changes: 0,
             write_reports: (0..n).map(|_| WriteReports::default()).collect(),
             write_at: vec![None; n],
+            disk_failed: vec![false; n],
             batches_deferred: 0,
             disk_failures: 0,
             batches_flushed: 0,
@@ -617,36 +620,39 @@ impl<const D: bool, const O: bool> Sim<D, O> {
         self.write_at[i] = None;
     }
 
-    /// Detached writes: each disk whose write is due writes its queue (all of it, or the
-    /// oldest few) — or, now and then while faults are on, fails it — and the replica hears
-    /// the reports. A failed write must halt the replica; the node then crashes (a process
-    /// that stopped on a disk error, restarted by its supervisor).
+    /// Detached writes: each replica hears the reports of its disk's last writes; then each
+    /// disk whose write is due writes its queue (all of it, or the oldest few) — or, now and
+    /// then while faults are on, fails it. A failed write must have halted the replica by the
+    /// next step; the node then crashes (a process that stopped on a disk error, restarted by
+    /// its supervisor).
     fn run_disks(&mut self) {
         let now = Instant(self.now);
         let faults = self.faults_on();
         for i in 0..self.nodes.len() {
             let Some(r) = &mut self.nodes[i] else { continue };
+            // The reports of the last step's writes (so a crash may come between a write and
+            // its report).
+            let reports: Vec<_> = self.write_reports[i].lock().expect("unpoisoned").drain(..).collect();
+            for (io, res) in reports {
+                r.on_persisted(now, io, res);
+            }
+            if std::mem::take(&mut self.disk_failed[i]) {
+                assert!(r.halted().is_some(), "seed {}: node {} went on after its disk failed", self.cfg.seed, i + 1);
+                self.crash(i);
+                continue;
+            }
             let disk = r.storage().clone();
-            let mut failed = false;
             if self.write_at[i].is_some_and(|at| at <= self.now) {
                 self.write_at[i] = None;
                 let queued = disk.queued();
                 if queued > 0 && faults && self.rng.chance(self.cfg.disk_failure) {
                     disk.fail();
                     self.disk_failures += 1;
-                    failed = true;
+                    self.disk_failed[i] = true;
                 } else {
                     let n = if self.rng.chance(0.7) { queued } else { 1 + self.rng.below(queued as u64) as usize };
                     self.batches_deferred += disk.write(n) as u64;
                 }
-            }
-            let reports: Vec<_> = self.write_reports[i].lock().expect("unpoisoned").drain(..).collect();
-            for (io, res) in reports {
-                r.on_persisted(now, io, res);
-            }
-            if failed {
-                assert!(r.halted().is_some(), "seed {}: node {} went on after its disk failed", self.cfg.seed, i + 1);
-                self.crash(i);
             }
         }
     }
@@ -791,6 +797,10 @@ impl<const D: bool, const O: bool> Sim<D, O> {
         for at in self.write_at.iter().flatten() {
             t = t.min(*at);
         }
+        if self.write_reports.iter().any(|r| !r.lock().expect("unpoisoned").is_empty()) {
+            // Reports to hand over at once.
+            t = self.now;
+        }
         if !self.plan.is_empty() {
             t = t.min(self.conf_pending.map_or(self.next_conf, |(_, deadline)| deadline.max(self.next_conf)));
         }
@@ -912,6 +922,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             self.backlog_stops += r.apply_backlog().1;
             drop(r);
             self.write_at[i] = None;
+            self.disk_failed[i] = false;
             self.write_reports[i].lock().expect("unpoisoned").clear();
             self.disks[i] = Some(disk);
             self.restart_at[i] = self.now + MS * (50 + self.rng.below(600));
@@ -1398,9 +1409,9 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         // Snapshots went as streams in some seeds, and streams were installed.
         assert!(total.stream_seeds >= n as u64 / 10 && total.stream_installs > 0, "{total:?}");
         assert!(total.stream_refusals > 0, "{total:?}");
-        // Writes went off the turn in some seeds, and disks failed some of them.
+        // Writes went off the turn in some seeds; disks failed some of them; installs came
+        // while batches waited on the disk, which the flush before them wrote.
         assert!(total.write_seeds >= n as u64 / 4 && total.batches_deferred > 0, "{total:?}");
-        // Installs came while batches waited on the disk, which the flush before them wrote.
         assert!(total.disk_failures > 0 && total.batches_flushed > 0, "{total:?}");
     }
     total
