@@ -17,11 +17,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const REQUESTS_QUEUE_MAX: usize = 1024;
 /// Most messages from peers queued for the node's task; [`Inbox::deliver`] drops beyond.
 pub const INBOX_QUEUE_MAX: usize = 4096;
-/// Most queued messages the task takes in one turn before it processes them.
+/// Most queued messages the task takes in one turn (besides the input that woke it) before it
+/// processes them.
 const MESSAGES_PER_TURN_MAX: usize = 256;
-/// Most queued requests the task takes in one turn before it processes them: proposals that
-/// arrived together go into one `Ready`, so one write to storage (one fsync) and one round of
-/// appends carry them all, instead of a turn — and an fsync — each.
+/// Most queued requests the task takes in one turn (besides the input that woke it) before it
+/// processes them: proposals that arrived together go into one `Ready`, so one write to
+/// storage (one fsync) and one round of appends carry them all, instead of a turn — and an
+/// fsync — each.
 const REQUESTS_PER_TURN_MAX: usize = 256;
 
 /// A closure a host runs on the node's core wrapper ([`Handle::with_core`]).
@@ -237,20 +239,10 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, 
             biased;
             // The writer's reports first: what they release (acknowledgements, commits) is
             // what everything else waits for. The sender lives in the replica's writer.
-            Some((io, r)) = side.written.recv() => {
-                replica.on_persisted(clock.now(), io, r);
-                while let Ok((io, r)) = side.written.try_recv() {
-                    replica.on_persisted(clock.now(), io, r);
-                }
-            }
+            Some((io, r)) = side.written.recv() => replica.on_persisted(clock.now(), io, r),
             reports = side.reports.recv(), if side.open => {
                 match reports {
-                    Some(r) => {
-                        replica.on_reports(clock.now(), r);
-                        while let Ok(r) = side.reports.try_recv() {
-                            replica.on_reports(clock.now(), r);
-                        }
-                    }
+                    Some(r) => replica.on_reports(clock.now(), r),
                     // Its sender is gone: the thread ended (a panic in the state machine, or
                     // in a read closure or a callback run there).
                     None => {
@@ -266,30 +258,38 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, 
             msg = inbox.recv() => {
                 let Some(msg) = msg else { break };
                 replica.receive(clock.now(), msg);
-                for _ in 1..MESSAGES_PER_TURN_MAX {
-                    match inbox.try_recv() {
-                        Ok(msg) => replica.receive(clock.now(), msg),
-                        Err(_) => break,
-                    }
-                }
             }
             req = requests.recv() => {
                 let Some(req) = req else { break };
-                let mut next = Some(req);
-                let mut taken = 0;
-                while let Some(req) = next.take() {
-                    if let Some(done) = take_request(&mut replica, clock.now(), req) {
-                        side.stop(&mut replica).await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    taken += 1;
-                    if taken < REQUESTS_PER_TURN_MAX {
-                        next = requests.try_recv().ok();
-                    }
+                if let Some(done) = take_request(&mut replica, clock.now(), req) {
+                    side.stop(&mut replica).await;
+                    let _ = done.send(());
+                    return;
                 }
             }
             () = tokio::time::sleep(wait) => {}
+        }
+        // Whatever else is waiting joins this turn (each source within its bound), so that
+        // the turn's messages carry it all: one append per follower for the proposals queued
+        // meanwhile, one acknowledgement for the batches reported meanwhile — not a turn, and
+        // its messages, per input.
+        while let Ok((io, r)) = side.written.try_recv() {
+            replica.on_persisted(clock.now(), io, r);
+        }
+        while let Ok(r) = side.reports.try_recv() {
+            replica.on_reports(clock.now(), r);
+        }
+        for _ in 0..MESSAGES_PER_TURN_MAX {
+            let Ok(msg) = inbox.try_recv() else { break };
+            replica.receive(clock.now(), msg);
+        }
+        for _ in 0..REQUESTS_PER_TURN_MAX {
+            let Ok(req) = requests.try_recv() else { break };
+            if let Some(done) = take_request(&mut replica, clock.now(), req) {
+                side.stop(&mut replica).await;
+                let _ = done.send(());
+                return;
+            }
         }
     }
     side.stop(&mut replica).await;
