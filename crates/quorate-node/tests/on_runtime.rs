@@ -758,3 +758,30 @@ async fn snapshot_saves_on_the_runtime_stream_from_the_leader_one_at_a_time() {
     c.stop_all().await;
     restores_with(&mut c, &file, index.0, &written).await;
 }
+
+/// An upgraded cluster (cluster version 1) on the runtime: a backup is served, a streamed save
+/// is refused until the version is finalized, as on the driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_save_on_the_runtime_waits_for_the_finalized_cluster_version() {
+    let mut c = Cluster::start_on(fast_raft(), 0, true, RUNTIME);
+    let leader = c.leader().await;
+    let (_, applied) = acknowledged_writes(&mut c, leader, 3).await;
+    assert_eq!(c.cluster_version_of(leader).await, 1);
+    let refused = c.call_as("admin", leader, None, Request::SnapshotStreamOpen).await.unwrap();
+    assert!(
+        matches!(&refused, Err(ApiError::InvalidRequest(why)) if why.contains("needs cluster version 2")),
+        "{refused:?}"
+    );
+    let saved = c.call_as("admin", leader, None, Request::SnapshotSave).await.unwrap();
+    assert!(matches!(saved, Ok(Response::SnapshotSaved { index, .. }) if index.0 >= applied), "{saved:?}");
+
+    let finalize = Request::Finalize { version: quorate_api::CLUSTER_VERSION };
+    let finalized = c.call_as("admin", leader, None, finalize).await.unwrap();
+    assert!(finalized.is_ok(), "{finalized:?}");
+    wait_cluster_version(&mut c, leader, quorate_api::CLUSTER_VERSION).await;
+    let opened = c.call_as("admin", leader, None, Request::SnapshotStreamOpen).await.unwrap();
+    let Ok(Response::SnapshotStreamOpened { stream, .. }) = opened else { panic!("not opened: {opened:?}") };
+    let bytes = fetch_all(&mut c, leader, stream).await;
+    assert!(!bytes.is_empty());
+    c.stop_all().await;
+}
