@@ -796,11 +796,6 @@ impl Applier {
         }
     }
 
-    fn write_snapshot(&self, mut w: SnapshotWriter) -> Result<quorate_storage::SnapshotFile, SmError> {
-        sm::write_snapshot_data(&*self.shared.store, &mut w)?;
-        Ok(w.finish()?)
-    }
-
     /// Takes the snapshot the core asked for at `meta.last`: a view of the state machine as
     /// applied now (exactly `meta.last`), written to its file off this thread (see
     /// [`reads`]: the snapshot thread), which reports it. At most one at a time: a request
@@ -905,13 +900,29 @@ impl Applier {
         }
     }
 
+    /// The backup of the state machine as applied now (this thread is its only writer).
     fn backup(&self, config: Configuration) -> Result<(PathBuf, LogIndex), SmError> {
-        std::fs::create_dir_all(&self.shared.backups_dir).map_err(StoreError::from)?;
         let meta = SnapshotMeta { last: self.applied, config };
-        let writer = SnapshotWriter::create(&self.shared.backups_dir, meta)?;
-        let file = self.write_snapshot(writer)?;
-        Ok((file.path, self.applied.index))
+        let path = write_backup(&*self.shared.store, &self.shared.backups_dir, meta, &|| false)?;
+        Ok((path, self.applied.index))
     }
+}
+
+/// Writes the backup snapshot `meta` of `sm` (the state machine at `meta.last`) into
+/// `backups_dir` (`snapshot save`: the snapshot file format, written to a temporary name,
+/// fsynced, renamed); returns its path. Cut short, and nothing left, once `stop()` is true.
+/// Both engines' backups: the driver's apply thread, a blocking thread of the runtime
+/// engine's.
+pub(crate) fn write_backup<R: sm::SmRead + ?Sized>(
+    sm: &R,
+    backups_dir: &std::path::Path,
+    meta: SnapshotMeta,
+    stop: &impl Fn() -> bool,
+) -> Result<PathBuf, SmError> {
+    std::fs::create_dir_all(backups_dir).map_err(StoreError::from)?;
+    let mut out = reads::Stoppable { inner: SnapshotWriter::create(backups_dir, meta)?, stop };
+    sm::write_snapshot_data(sm, &mut out)?;
+    Ok(out.inner.finish()?.path)
 }
 
 /// Reports how writing the snapshot `meta` ended (on the thread that wrote it): taken, with

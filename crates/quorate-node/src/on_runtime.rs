@@ -26,8 +26,13 @@
 //!   checks, sampled between two turns of the runtime's task every [`TICK`] ([`observe`]; the
 //!   driver observes after every `Ready`).
 //!
-//! Not yet served here (refused with `InvalidRequest`, or left out): watches, leases, backups
-//! (`snapshot save`, streams), admission's fair queues per principal, hash samples and disk
+//! * **backups** ([`Serving::save`], [`Serving::open_stream`]): `snapshot save` and the streamed
+//!   `snapshot save FILE` ([`crate::save_stream`]) as the driver serves them — on the leader, after
+//!   a linearizable confirmation, written on a blocking thread (a read worker's permit held) from
+//!   a view of the store at the confirmed index or later, in the same format and place; a stream
+//!   whose node stops leading its term is aborted on the next [`TICK`].
+//!
+//! Not yet served here (left out): admission's fair queues per principal, hash samples and disk
 //! status exchange, proposal spans and the storage-stall probe, failpoints beyond address
 //! resolution. The driver (the default engine) serves all of them.
 
@@ -42,13 +47,14 @@ use quorate_api::{
     Access, ApiError, ClientRequest, ClientResponse, Command, CommandOp, Member, MemberKind, NodeMessage, NodeStatus,
     ReadConsistency, ReadInfo, Request, Response, Staleness,
 };
-use quorate_log::{Configuration, LogIndex, LogStorage as _, NodeId};
+use quorate_log::{Configuration, EntryId, LogIndex, LogStorage as _, NodeId, SnapshotMeta, Term};
 use quorate_runtime::{
     Clock, Core as _, Handle, ImageLayout, Node, ReadLevel, RocksLog, Role, SystemClock, TransferFormat,
 };
-use quorate_storage::RocksStore;
+use quorate_storage::{RocksStore, SmView};
 use quorate_transport::{Incoming, Transport};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -77,6 +83,11 @@ pub(crate) async fn run(
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| ServerError::Storage(format!("cannot create directory {}: {e}", data_dir.display())))?;
     crate::restore::check_not_interrupted(&data_dir).map_err(ServerError::Storage)?;
+    // Backups go where the driver writes them; no stream's image outlives its process.
+    let backups_dir = data_dir.join("backups");
+    std::fs::create_dir_all(&backups_dir)
+        .map_err(|e| ServerError::Storage(format!("cannot create directory {}: {e}", backups_dir.display())))?;
+    crate::save_stream::clear(&backups_dir);
     let (options, client_floor) = crate::server::store_options(&config)?;
     let bootstrap_version = crate::versions::bootstrap_marker(&data_dir, &data_dir.join("store"), config.join)
         .map_err(ServerError::Fatal)?;
@@ -134,6 +145,8 @@ pub(crate) async fn run(
         me: me.clone(),
         watches: Arc::default(),
         expiring: Arc::default(),
+        streams: Arc::default(),
+        backups_dir,
         id,
         handle: node.handle(),
         status: node.handle().status(),
@@ -191,6 +204,7 @@ pub(crate) async fn run(
                 serving.auto_finalize(&mut finalize);
                 serving.auto_compact(&mut compact);
                 serving.expire_leases();
+                serving.end_stale_stream();
             }
             () = applied.addrs_changed.notified() => serving.learn_addrs(),
             m = inbox.recv() => match m {
@@ -207,8 +221,10 @@ pub(crate) async fn run(
         let _ = serving.handle.with_core::<Core, _>(move |core| core.dump(&reason).map(|_| ())).await;
     }
     node.shutdown().await;
-    // Reads waiting for the store give up; those running finish (bounded) before the store
-    // is let go.
+    // A stream's image being written stops (at its next MiB); reads waiting for the store give
+    // up, and those running, backups included, finish or stop (bounded) before the store is
+    // let go.
+    let _ = serving.streams.check(Term(0), false, Instant::now());
     serving.stopping.store(true, Ordering::Release);
     let _ = tokio::time::timeout(Duration::from_secs(5), serving.reads.acquire_many(READ_WORKERS as u32)).await;
     drop(serving);
@@ -261,23 +277,34 @@ fn read_view(
     deadline: Instant,
     stopping: &AtomicBool,
 ) -> Result<Response, ApiError> {
+    let view = await_view(store, needed, deadline, stopping)?;
+    // A damaged record: retryable (another member, or this one once repaired at its next
+    // start), as the driver answers.
+    let internal = |e: crate::sm::SmError| {
+        tracing::warn!(error = %e, "a read met a state-machine record it cannot read");
+        ApiError::Unavailable(format!("the state machine could not be read here ({e}); retry"))
+    };
+    let read = ReadInfo {
+        node,
+        revision: crate::sm::revision(&view).map_err(internal)?,
+        applied: view.applied_index(),
+        staleness,
+    };
+    crate::apply::read_one(&view, req, read).map_err(internal)?
+}
+
+/// A consistent view of the state machine at `needed` or later: a view taken during an
+/// install, or of a store that has not yet written what the runtime applied, is taken again
+/// (every millisecond, until `deadline`, or until the node stops).
+fn await_view<'s>(
+    store: &'s RocksStore,
+    needed: LogIndex,
+    deadline: Instant,
+    stopping: &AtomicBool,
+) -> Result<SmView<'s>, ApiError> {
     loop {
         let why = match store.sm_view() {
-            Ok(view) if view.applied_index() >= needed => {
-                // A damaged record: retryable (another member, or this one once repaired at its
-                // next start), as the driver answers.
-                let internal = |e: crate::sm::SmError| {
-                    tracing::warn!(error = %e, "a read met a state-machine record it cannot read");
-                    ApiError::Unavailable(format!("the state machine could not be read here ({e}); retry"))
-                };
-                let read = ReadInfo {
-                    node,
-                    revision: crate::sm::revision(&view).map_err(internal)?,
-                    applied: view.applied_index(),
-                    staleness,
-                };
-                return crate::apply::read_one(&view, req, read).map_err(internal)?;
-            }
+            Ok(view) if view.applied_index() >= needed => return Ok(view),
             Ok(view) => format!("the state machine is at {}, the read needs {needed}", view.applied_index()),
             Err(e) => e.to_string(),
         };
@@ -286,6 +313,38 @@ fn read_view(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// As [`await_view`], with the entry the view is at: its term read from the log (a snapshot's
+/// metadata needs it). A view the log was compacted past meanwhile (a snapshot taken since) is
+/// taken again: a newer one is at the snapshot or after it, where the log knows the term.
+fn await_view_at_entry<'s>(
+    store: &'s RocksStore,
+    needed: LogIndex,
+    deadline: Instant,
+    stopping: &AtomicBool,
+) -> Result<(SmView<'s>, EntryId), ApiError> {
+    loop {
+        let view = await_view(store, needed, deadline, stopping)?;
+        let index = view.applied_index();
+        match applied_term(store, index) {
+            Ok(term) => return Ok((view, EntryId::new(term, index))),
+            Err(e) if Instant::now() >= deadline || stopping.load(Ordering::Acquire) => {
+                return Err(ApiError::Unavailable(format!(
+                    "cannot read the term of the applied entry {index} ({e}); retry"
+                )));
+            }
+            Err(e) => {
+                tracing::debug!(%index, error = %e, "the applied entry's term is not in the log now; a newer view")
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The term of the entry at `index`, the state machine's applied index (0 for an empty one).
+fn applied_term(store: &RocksStore, index: LogIndex) -> Result<Term, quorate_log::StorageError> {
+    if index == LogIndex::ZERO { Ok(Term(0)) } else { store.term(index) }
 }
 
 /// A lease sweep in flight ([`Serving::expire_leases`]): clears its flag when dropped.
@@ -315,6 +374,10 @@ struct Serving {
     watches: Arc<crate::watches::Watches>,
     /// Whether a sweep's lease expiries are still being proposed ([`Serving::expire_leases`]).
     expiring: Arc<AtomicBool>,
+    /// This node's snapshot stream slot (`snapshot save FILE`, [`crate::save_stream`]).
+    streams: Arc<crate::save_stream::Streams>,
+    /// Where backups (`snapshot save`) and stream images are written: `<data_dir>/backups`.
+    backups_dir: PathBuf,
     id: NodeId,
     config: NodeConfig,
     handle: Handle<KvMachine>,
@@ -633,6 +696,13 @@ impl Serving {
                     responder.send(Err(self.refusal(e, &status)), None);
                 }
             }
+            Request::SnapshotSave => self.save(responder).await,
+            Request::SnapshotStreamOpen => self.open_stream(responder).await,
+            Request::SnapshotStreamFetch { stream, offset, len } => {
+                self.fetch_stream(stream, offset, len, responder).await;
+            }
+            // Every request of this API is served above; a newer API's (the enum is
+            // non-exhaustive) would be refused here.
             _ => responder.send(
                 Err(ApiError::InvalidRequest(
                     "this request is not served by a node on the runtime engine yet (engine = \"runtime\" is \
@@ -761,14 +831,9 @@ impl Serving {
         let needed = if staleness.is_some() {
             quorate_log::LogIndex::ZERO
         } else {
-            let run = self.handle.read(level, |sm: &KvMachine| sm.last_applied());
-            match tokio::time::timeout(REQUEST_DEADLINE, run).await {
-                Ok(Ok(at)) => at,
-                Ok(Err(e)) => return responder.send(Err(self.refusal(e, &status)), None),
-                Err(_) => {
-                    let e = ApiError::Unavailable("read not served in time; retry".into());
-                    return responder.send(Err(e), None);
-                }
+            match self.applied_for(level, |e| self.refusal(e, &status)).await {
+                Ok(at) => at,
+                Err(e) => return responder.send(Err(e), None),
             }
         };
         let answer = self.serve_read(req, staleness, needed, deadline).await;
@@ -784,13 +849,213 @@ impl Serving {
         needed: quorate_log::LogIndex,
         deadline: Instant,
     ) -> Result<Response, ApiError> {
+        let (store, node, stopping) = (self.store.clone(), self.id, self.stopping.clone());
+        self.on_read_worker(deadline, move || read_view(&store, node, &req, staleness, needed, deadline, &stopping))
+            .await
+            .and_then(|read| read)
+    }
+
+    /// How far the state machine had applied once the runtime allowed a read at `level` (at
+    /// `Linearizable`, once a quorum confirmed this node's leadership), within the request's
+    /// deadline; `refuse` says what the client is told when the runtime refuses.
+    async fn applied_for(
+        &self,
+        level: ReadLevel,
+        refuse: impl FnOnce(quorate_runtime::Error) -> ApiError,
+    ) -> Result<LogIndex, ApiError> {
+        let run = self.handle.read(level, |sm: &KvMachine| sm.last_applied());
+        match tokio::time::timeout(REQUEST_DEADLINE, run).await {
+            Ok(Ok(at)) => Ok(at),
+            Ok(Err(e)) => Err(refuse(e)),
+            Err(_) => Err(ApiError::Unavailable("read not served in time; retry".into())),
+        }
+    }
+
+    /// Runs `work` on a blocking thread once one of the [`READ_WORKERS`] is free (waiting for
+    /// one until `deadline`), holding it until `work` returns.
+    async fn on_read_worker<T: Send + 'static>(
+        &self,
+        deadline: Instant,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
         let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline.into(), self.reads.acquire()).await else {
             return Err(ApiError::Unavailable("read not served in time; retry".into()));
         };
-        let (store, node, stopping) = (self.store.clone(), self.id, self.stopping.clone());
-        let served =
-            tokio::task::spawn_blocking(move || read_view(&store, node, &req, staleness, needed, deadline, &stopping));
-        served.await.unwrap_or_else(|e| Err(ApiError::Internal(format!("a read failed: {e}"))))
+        tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("a read worker failed: {e}")))
+    }
+
+    /// What a save (`snapshot save`, a stream's opening) is told when its confirmation fails:
+    /// asked of a node that is not (or no longer) the leader, `NotLeader` with the leader it
+    /// knows of, so the client asks that one, as the driver answers.
+    fn save_refusal(&self, e: quorate_runtime::Error, status: &quorate_runtime::Status) -> ApiError {
+        use quorate_core::ReadError as R;
+        use quorate_runtime::Error as E;
+        match e {
+            E::NotLeader { .. } | E::Read(R::NotLeader { .. } | R::NoLeader | R::LeadershipLost) => {
+                self.leader_hint(&self.status.borrow().clone())
+            }
+            e => self.refusal(e, status),
+        }
+    }
+
+    /// `snapshot save`, as the driver serves it: on the leader, a linearizable confirmation,
+    /// then a backup of the state machine at the confirmed index or later, written into the
+    /// backups directory on a blocking thread from a view of the store (so that it holds every
+    /// write acknowledged before the request, and a deposed leader writes none). The
+    /// configuration in its metadata is the leader's when the confirmation began.
+    async fn save(&self, responder: Responder) {
+        let status = self.status.borrow().clone();
+        if status.role != Role::Leader {
+            return responder.send(Err(self.leader_hint(&status)), None);
+        }
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let config = status.config.clone();
+        let needed = match self.applied_for(ReadLevel::Linearizable, |e| self.save_refusal(e, &status)).await {
+            Ok(at) => at,
+            Err(e) => return responder.send(Err(e), None),
+        };
+        let (store, stopping, dir) = (self.store.clone(), self.stopping.clone(), self.backups_dir.clone());
+        let saved = self
+            .on_read_worker(deadline, move || {
+                let (view, last) = await_view_at_entry(&store, needed, deadline, &stopping)?;
+                let stop = || stopping.load(Ordering::Acquire);
+                let meta = SnapshotMeta { last, config };
+                match crate::apply::write_backup(&view.without_filling_the_cache(), &dir, meta, &stop) {
+                    Ok(path) => Ok((path, last)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "backup snapshot failed");
+                        Err(ApiError::Internal(format!("backup failed: {e}")))
+                    }
+                }
+            })
+            .await
+            .and_then(|saved| saved);
+        match saved {
+            Ok((path, last)) => {
+                let saved = Response::SnapshotSaved { path: path.display().to_string(), index: last.index };
+                responder.send(Ok(saved), Some(last));
+            }
+            Err(e) => responder.send(Err(e), None),
+        }
+    }
+
+    /// `snapshot save FILE` ([`crate::save_stream`]), as the driver serves it: reserves this
+    /// node's stream slot, confirms the leadership (linearizable), then takes a view of the
+    /// store at the confirmed index or later on a blocking thread (a read worker's permit held
+    /// until the image is written), answers the opening with the view's entry and writes the
+    /// image from it.
+    async fn open_stream(&self, responder: Responder) {
+        let what = "a streamed snapshot save";
+        if let Err(e) = self.require(crate::versions::SNAPSHOT_STREAM_CLUSTER_VERSION, what) {
+            return responder.send(Err(e), None);
+        }
+        let status = self.status.borrow().clone();
+        if status.role != Role::Leader {
+            return responder.send(Err(self.leader_hint(&status)), None);
+        }
+        let (stream, image) = match self.streams.begin(status.term, &self.backups_dir, Instant::now()) {
+            Ok(begun) => begun,
+            Err(e) => return responder.send(Err(e), None),
+        };
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let config = status.config.clone();
+        let needed = match self.applied_for(ReadLevel::Linearizable, |e| self.save_refusal(e, &status)).await {
+            Ok(at) => at,
+            Err(e) => {
+                self.streams.release(stream);
+                return responder.send(Err(e), None);
+            }
+        };
+        let (taken, viewed) = tokio::sync::oneshot::channel();
+        let (store, stopping, node) = (self.store.clone(), self.stopping.clone(), self.id);
+        let write = self.on_read_worker(deadline, move || {
+            let (view, last) = match await_view_at_entry(&store, needed, deadline, &stopping) {
+                Ok(v) => v,
+                Err(e) => {
+                    image.finish(Err(e.to_string()));
+                    let _ = taken.send(Err(e));
+                    return;
+                }
+            };
+            let _ = taken.send(Ok(last));
+            let meta = SnapshotMeta { last, config };
+            image.finish(crate::save_stream::write_image(&view.without_filling_the_cache(), node, meta, &image));
+        });
+        let answer = async {
+            let e = match viewed.await {
+                Ok(Ok(last)) => {
+                    let opened = Response::SnapshotStreamOpened { stream, index: last.index, term: last.term };
+                    return responder.send(Ok(opened), Some(last));
+                }
+                Ok(Err(e)) => e,
+                // No read worker in time (or it failed): the view was never taken.
+                Err(_) => ApiError::Unavailable("the snapshot image could not be started in time; retry".into()),
+            };
+            self.streams.release(stream);
+            responder.send(Err(e), None);
+        };
+        // The opening is answered once the view is taken; the image is written after.
+        let (written, ()) = tokio::join!(write, answer);
+        if let Err(e) = written {
+            tracing::debug!(stream, error = %e, "a snapshot stream's image was not written");
+        }
+    }
+
+    /// A fetch of a stream's image ([`crate::save_stream::Streams::fetch`]): a chunk read on a
+    /// blocking thread, or the end, confirmed again (linearizable) and complete only if this
+    /// node still leads the term the stream was opened in.
+    async fn fetch_stream(&self, stream: u64, offset: u64, len: u32, responder: Responder) {
+        use crate::save_stream::Fetch;
+        let (term, leader) = self.term_and_lead();
+        match self.streams.fetch(stream, offset, len, term, leader, Instant::now()) {
+            Fetch::Answer(answer) => responder.send(answer, None),
+            Fetch::ConfirmEnd => {
+                let status = self.status.borrow().clone();
+                let refuse = |e: quorate_runtime::Error| match e {
+                    quorate_runtime::Error::NotLeader { .. } | quorate_runtime::Error::Read(_) => {
+                        crate::save_stream::unconfirmed_end()
+                    }
+                    e => self.refusal(e, &status),
+                };
+                let answer = match self.applied_for(ReadLevel::Linearizable, refuse).await {
+                    Ok(_) => {
+                        let (term, leader) = self.term_and_lead();
+                        self.streams.end(stream, term, leader, Instant::now())
+                    }
+                    Err(e) => {
+                        self.streams.release(stream);
+                        Err(e)
+                    }
+                };
+                responder.send(answer, None);
+            }
+            Fetch::Chunk { path, total } => {
+                let streams = self.streams.clone();
+                let read = tokio::task::spawn_blocking(move || streams.chunk(stream, &path, offset, len, total));
+                let answer =
+                    read.await.unwrap_or_else(|e| Err(ApiError::Internal(format!("a chunk read failed: {e}"))));
+                responder.send(answer, None);
+            }
+        }
+    }
+
+    /// This node's term, and whether it leads it, as the runtime last published them.
+    fn term_and_lead(&self) -> (Term, bool) {
+        let s = self.status.borrow();
+        (s.term, s.role == Role::Leader)
+    }
+
+    /// Ends the snapshot stream if this node no longer leads the term it was opened in (a
+    /// deposed leader never completes a save), or if nobody fetched it for
+    /// [`crate::save_stream::STREAM_IDLE`]; on every [`TICK`].
+    fn end_stale_stream(&self) {
+        if !self.streams.active() {
+            return;
+        }
+        let (term, leader) = self.term_and_lead();
+        if let Some(stream) = self.streams.check(term, leader, Instant::now()) {
+            tracing::debug!(stream, "snapshot stream ended by the tick");
+        }
     }
 
     /// The leader's lease clock ([`crate::leases`]), as the driver runs it: takes office in a
@@ -811,10 +1076,8 @@ impl Serving {
             return;
         }
         let now = Instant::now();
-        let applied = self.store.applied_index();
-        let applied_term = if applied == LogIndex::ZERO { Ok(0) } else { self.store.term(applied).map(|t| t.0) };
-        let applied_term = match applied_term {
-            Ok(t) => t,
+        let applied_term = match applied_term(&self.store, self.store.applied_index()) {
+            Ok(t) => t.0,
             Err(e) => return tracing::warn!(error = %e, "leases: cannot read the applied entry's term now"),
         };
         match leases.take_office(term, applied_term, now, &*self.store) {

@@ -22,8 +22,8 @@
 //! read worker while the image is written (reads queue behind it meanwhile, and an install
 //! waits for it, as for any read of a view).
 
-use quorate_api::ApiError;
-use quorate_log::Term;
+use quorate_api::{ApiError, Response};
+use quorate_log::{NodeId, SnapshotMeta, Term};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +119,59 @@ fn remove_dir(dir: &Path) {
     }
 }
 
+/// Writes the image of `meta` from `sm` (a view of the state machine at `meta.last`) into the
+/// stream's directory (the snapshot file format: written to a temporary name, fsynced,
+/// renamed); returns its path and size. Both engines' image writers (a read worker of the
+/// driver's, a blocking thread of the runtime engine's).
+pub(crate) fn write_image<R: crate::sm::SmRead + ?Sized>(
+    sm: &R,
+    node: NodeId,
+    meta: SnapshotMeta,
+    image: &Image,
+) -> Result<(PathBuf, u64), String> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&image.dir).map_err(|e| format!("create {}: {e}", image.dir.display()))?;
+    let writer = quorate_storage::SnapshotWriter::create(&image.dir, meta).map_err(|e| e.to_string())?;
+    let mut counting = Counting { inner: writer, image };
+    crate::sm::write_snapshot_data(sm, &mut counting).map_err(|e| e.to_string())?;
+    let file = counting.inner.finish().map_err(|e| e.to_string())?;
+    let total = std::fs::metadata(&file.path).map_err(|e| e.to_string())?.len();
+    tracing::info!(node = %node, bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot stream image written");
+    Ok((file.path, total))
+}
+
+/// The refusal of a fetch, or of the end, of a stream whose node stopped leading the term the
+/// stream was opened in.
+pub(crate) fn deposed(term: Term) -> ApiError {
+    ApiError::Refused(format!(
+        "this node stopped being the leader of term {term} during the snapshot save; the file is not complete — \
+         run `snapshot save` again"
+    ))
+}
+
+/// The refusal of the end of a stream whose second quorum round failed.
+pub(crate) fn unconfirmed_end() -> ApiError {
+    ApiError::Refused(
+        "this node could not confirm it was still the leader at the end of the snapshot save; the file is not \
+         complete — run `snapshot save` again"
+            .into(),
+    )
+}
+
+/// What a fetch of a stream's image needs of the node ([`Streams::fetch`]).
+#[derive(Debug)]
+pub(crate) enum Fetch {
+    /// The answer, at once.
+    Answer(Result<Response, ApiError>),
+    /// The end (`len: 0`) of a whole image: the node confirms its leadership with a quorum
+    /// round, then answers with [`Streams::end`] — or, if the round fails, frees the slot
+    /// ([`Streams::release`]) and refuses ([`unconfirmed_end`]).
+    ConfirmEnd,
+    /// A chunk of the written image at `path` (`total` bytes): read off the node's loop with
+    /// [`Streams::chunk`].
+    Chunk { path: PathBuf, total: u64 },
+}
+
 /// The stream a node serves (at most one).
 struct Slot {
     id: u64,
@@ -205,6 +258,15 @@ impl Streams {
         Ok(())
     }
 
+    /// A new stream of `term` ([`Streams::open`]), its id drawn so that nobody can guess it:
+    /// the id and the image to write.
+    pub(crate) fn begin(&self, term: Term, backups_dir: &Path, now: Instant) -> Result<(u64, Arc<Image>), ApiError> {
+        let id = crate::server::session_nonce();
+        self.open(id, term, backups_dir, now)?;
+        // Just opened, under no other lock: only a check or a release in between ends it.
+        self.image(id).map(|image| (id, image)).ok_or_else(|| self.gone(id))
+    }
+
     /// The image of stream `id` and the term it was opened in, marking it fetched now.
     pub(crate) fn touch(&self, id: u64, now: Instant) -> Option<(Term, Arc<Image>)> {
         let mut slot = self.lock();
@@ -248,6 +310,88 @@ impl Streams {
     /// The image of stream `id`, if it is the one served.
     pub(crate) fn image(&self, id: u64) -> Option<Arc<Image>> {
         self.lock().as_ref().filter(|s| s.0.id == id).map(|s| s.0.image.clone())
+    }
+
+    /// A fetch of `[offset, offset + len)` of stream `stream`'s image (`len: 0`: its end) on a
+    /// node in `term`, leader or not (`leader`): marks the stream fetched, and ends it if this
+    /// node no longer leads the term it was opened in, or if writing its image failed.
+    pub(crate) fn fetch(&self, stream: u64, offset: u64, len: u32, term: Term, leader: bool, now: Instant) -> Fetch {
+        let Some((opened_in, image)) = self.touch(stream, now) else {
+            return Fetch::Answer(Err(self.gone(stream)));
+        };
+        if !leader || term != opened_in {
+            self.release(stream);
+            return Fetch::Answer(Err(deposed(opened_in)));
+        }
+        match image.outcome() {
+            Outcome::Preparing => Fetch::Answer(Ok(Response::SnapshotStreamData {
+                offset,
+                data: Vec::new(),
+                total: None,
+                prepared: image.prepared(),
+                complete: false,
+            })),
+            Outcome::Failed(e) => {
+                self.release(stream);
+                Fetch::Answer(Err(ApiError::Refused(format!("writing the snapshot image failed: {e}"))))
+            }
+            Outcome::Ended => {
+                self.release(stream);
+                Fetch::Answer(Err(self.gone(stream)))
+            }
+            Outcome::Ready { total, .. } if len == 0 && offset != total => Fetch::Answer(Err(
+                ApiError::InvalidRequest(format!("the end of a {total}-byte image is at offset {total}")),
+            )),
+            Outcome::Ready { .. } if len == 0 => Fetch::ConfirmEnd,
+            Outcome::Ready { path, total } => Fetch::Chunk { path, total },
+        }
+    }
+
+    /// Reads the chunk [`Fetch::Chunk`] asked for (blocking: a read of the file).
+    pub(crate) fn chunk(
+        &self,
+        stream: u64,
+        path: &Path,
+        offset: u64,
+        len: u32,
+        total: u64,
+    ) -> Result<Response, ApiError> {
+        read_chunk(path, offset, len, total)
+            .map(|data| Response::SnapshotStreamData {
+                offset,
+                data,
+                total: Some(total),
+                prepared: total,
+                complete: false,
+            })
+            .map_err(|e| match self.image(stream) {
+                Some(_) => ApiError::InvalidRequest(format!("snapshot stream: {e}")),
+                // The stream ended while this chunk was read (its file is gone).
+                None => self.gone(stream),
+            })
+    }
+
+    /// The end of stream `stream`, its quorum round done, on a node now in `term`, leader or
+    /// not: complete if this node still leads the term the stream was opened in. The stream
+    /// ends either way.
+    pub(crate) fn end(&self, stream: u64, term: Term, leader: bool, now: Instant) -> Result<Response, ApiError> {
+        let touched = self.touch(stream, now);
+        self.release(stream);
+        let Some((opened_in, image)) = touched else {
+            return Err(self.gone(stream));
+        };
+        if !leader || term != opened_in {
+            return Err(deposed(opened_in));
+        }
+        let total = image.prepared();
+        tracing::info!(stream, bytes = total, "snapshot stream complete");
+        Ok(Response::SnapshotStreamData {
+            offset: total,
+            data: Vec::new(),
+            total: Some(total),
+            prepared: total,
+            complete: true,
+        })
     }
 
     /// Whether a stream runs (cheap check for the driver's loop).
@@ -327,5 +471,53 @@ mod tests {
         image.finish(Ok((image.dir.join("y"), 10)));
         assert!(!image.dir.exists());
         assert_eq!(image.outcome(), Outcome::Ended);
+    }
+
+    #[test]
+    fn fetches_see_the_image_being_written_then_chunks_then_an_end_only_its_leader_completes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Streams::default();
+        let t0 = Instant::now();
+        let (id, image) = s.begin(Term(2), tmp.path(), t0).unwrap();
+        let preparing = s.fetch(id, 0, 4, Term(2), true, t0);
+        assert!(
+            matches!(preparing, Fetch::Answer(Ok(Response::SnapshotStreamData { total: None, .. }))),
+            "{preparing:?}"
+        );
+        std::fs::create_dir_all(&image.dir).unwrap();
+        let path = image.dir.join("img");
+        std::fs::write(&path, b"0123456789").unwrap();
+        image.finish(Ok((path.clone(), 10)));
+        let Fetch::Chunk { path: at, total: 10 } = s.fetch(id, 8, 4, Term(2), true, t0) else { panic!("a chunk") };
+        assert_eq!(at, path);
+        let Ok(Response::SnapshotStreamData { data, total: Some(10), complete: false, .. }) =
+            s.chunk(id, &at, 8, 4, 10)
+        else {
+            panic!("a chunk's bytes")
+        };
+        assert_eq!(data, b"89");
+        // The end is at the image's size, and needs a confirmation first.
+        assert!(matches!(s.fetch(id, 4, 0, Term(2), true, t0), Fetch::Answer(Err(ApiError::InvalidRequest(_)))));
+        assert!(matches!(s.fetch(id, 10, 0, Term(2), true, t0), Fetch::ConfirmEnd));
+        // Confirmed, but the node leads a later term now: not complete, and the stream ends.
+        let late = s.end(id, Term(3), true, t0).unwrap_err();
+        assert!(late.to_string().contains("stopped being the leader of term 2"), "{late}");
+        assert!(!image.dir.exists());
+        assert!(matches!(s.fetch(id, 0, 4, Term(2), true, t0), Fetch::Answer(Err(ApiError::Refused(_)))));
+
+        // Completed by the leader of its term; a fetch by a node that no longer leads ends it.
+        let (id, image) = s.begin(Term(3), tmp.path(), t0).unwrap();
+        std::fs::create_dir_all(&image.dir).unwrap();
+        std::fs::write(image.dir.join("img"), b"abc").unwrap();
+        image.finish(Ok((image.dir.join("img"), 3)));
+        let done = s.end(id, Term(3), true, t0).unwrap();
+        assert!(matches!(done, Response::SnapshotStreamData { complete: true, total: Some(3), .. }), "{done:?}");
+        assert!(!s.active(), "the slot is free once the stream completed");
+        let (id, _) = s.begin(Term(3), tmp.path(), t0).unwrap();
+        let deposed = s.fetch(id, 0, 4, Term(3), false, t0);
+        assert!(
+            matches!(&deposed, Fetch::Answer(Err(ApiError::Refused(why))) if why.contains("stopped being the leader"))
+        );
+        assert!(!s.active());
     }
 }

@@ -267,7 +267,7 @@ impl Resolver for NodeResolver {
 /// A session id nobody can guess: 64 bits from the operating system's random source
 /// (`/dev/urandom`), never zero. Drawn by the leader into the `OpenSessionFor` command, so
 /// every replica applies the same id.
-fn session_nonce() -> u64 {
+pub(crate) fn session_nonce() -> u64 {
     use std::io::Read;
     let mut bytes = [0u8; 8];
     let drawn = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
@@ -1301,14 +1301,6 @@ fn apply_stopped_because(why: Option<String>) -> ServerError {
 
 /// A peer's message dropped: counted by reason, logged at debug (a removed node may keep
 /// sending for a long time).
-/// The refusal of a streamed save whose node stopped leading the save's term.
-fn deposed_during_save(term: Term) -> ApiError {
-    ApiError::Refused(format!(
-        "this node stopped being the leader of term {term} during the snapshot save; the file is not complete — \
-         run `snapshot save` again"
-    ))
-}
-
 pub(crate) fn refused_peer(from: NodeId, reason: &'static str, what: &str) {
     use quorate_telemetry::names as n;
     metrics::counter!(n::PEER_MESSAGES_REFUSED_TOTAL, n::LABEL_REASON => reason).increment(1);
@@ -1538,11 +1530,7 @@ impl Driver {
                         // A save whose round failed was asked of a leader that no longer is:
                         // NotLeader, so the client asks the leader it names.
                         Confirming::Save(_) | Confirming::Stream(..) => self.leader_hint(),
-                        Confirming::StreamEnd(_) => ApiError::Refused(
-                            "this node could not confirm it was still the leader at the end of the snapshot save; \
-                             the file is not complete — run `snapshot save` again"
-                                .into(),
-                        ),
+                        Confirming::StreamEnd(_) => crate::save_stream::unconfirmed_end(),
                         Confirming::Read(_) => self.read_error(&f.error),
                     };
                     if let Some(stream) = p.what.stream() {
@@ -2171,11 +2159,13 @@ impl Driver {
             responder.send(Err(self.leader_hint()), None);
             return;
         }
-        let stream = session_nonce();
-        if let Err(e) = self.shared.streams.open(stream, self.raft.term(), &self.shared.backups_dir, Instant::now()) {
-            responder.send(Err(e), None);
-            return;
-        }
+        let stream = match self.shared.streams.begin(self.raft.term(), &self.shared.backups_dir, Instant::now()) {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                responder.send(Err(e), None);
+                return;
+            }
+        };
         let id = ReadId(self.next_read);
         self.next_read += 1;
         let now = self.now();
@@ -2196,45 +2186,14 @@ impl Driver {
         }
     }
 
-    /// A chunk of stream `stream`'s image (or, with `len` 0, its end).
+    /// A chunk of stream `stream`'s image (or, with `len` 0, its end: confirmed by a ReadIndex
+    /// round, [`Confirming::StreamEnd`]).
     fn fetch_stream(&mut self, stream: u64, offset: u64, len: u32, responder: Responder) {
-        let Some((term, image)) = self.shared.streams.touch(stream, Instant::now()) else {
-            responder.send(Err(self.shared.streams.gone(stream)), None);
-            return;
-        };
-        if self.raft.role() != Role::Leader || self.raft.term() != term {
-            self.shared.streams.release(stream);
-            responder.send(Err(deposed_during_save(term)), None);
-            return;
-        }
-        use crate::save_stream::Outcome;
-        match image.outcome() {
-            Outcome::Preparing => {
-                let data = Response::SnapshotStreamData {
-                    offset,
-                    data: Vec::new(),
-                    total: None,
-                    prepared: image.prepared(),
-                    complete: false,
-                };
-                responder.send(Ok(data), None);
-            }
-            Outcome::Failed(e) => {
-                self.shared.streams.release(stream);
-                responder.send(Err(ApiError::Refused(format!("writing the snapshot image failed: {e}"))), None);
-            }
-            Outcome::Ended => {
-                self.shared.streams.release(stream);
-                responder.send(Err(self.shared.streams.gone(stream)), None);
-            }
-            Outcome::Ready { total, .. } if len == 0 => {
-                if offset != total {
-                    responder.send(
-                        Err(ApiError::InvalidRequest(format!("the end of a {total}-byte image is at offset {total}"))),
-                        None,
-                    );
-                    return;
-                }
+        use crate::save_stream::Fetch;
+        let leader = self.raft.role() == Role::Leader;
+        match self.shared.streams.fetch(stream, offset, len, self.raft.term(), leader, Instant::now()) {
+            Fetch::Answer(answer) => responder.send(answer, None),
+            Fetch::ConfirmEnd => {
                 let id = ReadId(self.next_read);
                 self.next_read += 1;
                 let now = self.now();
@@ -2249,26 +2208,13 @@ impl Driver {
                     }
                 }
             }
-            Outcome::Ready { path, total } => {
+            Fetch::Chunk { path, total } => {
                 let failpoints = self.shared.failpoints.clone();
                 let shared = self.shared.clone();
                 self.shared.handle.spawn_blocking(move || {
                     // A slow read (the `slow_read_ms` failpoint) slows each chunk too.
                     failpoints.before_read();
-                    let answer = crate::save_stream::read_chunk(&path, offset, len, total)
-                        .map(|data| Response::SnapshotStreamData {
-                            offset,
-                            data,
-                            total: Some(total),
-                            prepared: total,
-                            complete: false,
-                        })
-                        .map_err(|e| match shared.streams.image(stream) {
-                            Some(_) => ApiError::InvalidRequest(format!("snapshot stream: {e}")),
-                            // The stream ended while this chunk was read (its file is gone).
-                            None => shared.streams.gone(stream),
-                        });
-                    responder.send(answer, None);
+                    responder.send(shared.streams.chunk(stream, &path, offset, len, total), None);
                 });
             }
         }
@@ -2277,26 +2223,8 @@ impl Driver {
     /// The end of a streamed save, its ReadIndex round done: complete if this node is still
     /// the leader of the stream's term.
     fn end_stream(&mut self, stream: u64, responder: Responder) {
-        let touched = self.shared.streams.touch(stream, Instant::now());
-        self.shared.streams.release(stream);
-        let Some((term, image)) = touched else {
-            responder.send(Err(self.shared.streams.gone(stream)), None);
-            return;
-        };
-        if self.raft.role() != Role::Leader || self.raft.term() != term {
-            responder.send(Err(deposed_during_save(term)), None);
-            return;
-        }
-        let total = image.prepared();
-        tracing::info!(stream, bytes = total, "snapshot stream complete");
-        let done = Response::SnapshotStreamData {
-            offset: total,
-            data: Vec::new(),
-            total: Some(total),
-            prepared: total,
-            complete: true,
-        };
-        responder.send(Ok(done), None);
+        let leader = self.raft.role() == Role::Leader;
+        responder.send(self.shared.streams.end(stream, self.raft.term(), leader, Instant::now()), None);
     }
 
     /// A client request from the inbox: validated and checked against the role, then queued in

@@ -46,13 +46,13 @@
 
 use super::WaitingRead;
 use crate::failpoints::Failpoints;
-use crate::save_stream::{Counting, Image};
+use crate::save_stream::Image;
 use crate::sm::{self, SmError};
 use quorate_admission::{FairLimits, FairQueue, Principal};
 use quorate_api::{ApiError, ReadInfo, Staleness};
 use quorate_log::NodeId;
 use quorate_log::SnapshotMeta;
-use quorate_storage::{RocksStore, SmView, SnapshotFile, SnapshotWriter, StoreError};
+use quorate_storage::{RocksStore, SmView, SnapshotFile, StoreError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard};
@@ -479,7 +479,7 @@ impl<'s> ReadPool<'s> {
             }
             return;
         }
-        image.finish(write_image(view, meta, &image));
+        image.finish(crate::save_stream::write_image(&view.sm, view.node, meta, &image));
     }
 
     /// Stops the workers: reads still queued are answered that the node is stopping; a
@@ -509,7 +509,7 @@ fn work(
                 // Shared, as for a read: an install waits until the image is written.
                 let shared = gate.lock.read().unwrap_or_else(PoisonError::into_inner);
                 let result = if view.epoch == gate.epoch() {
-                    write_image(&view, meta, &image)
+                    crate::save_stream::write_image(&view.sm, view.node, meta, &image)
                 } else {
                     Err("the state machine was reinstalled before the image was written; retry".into())
                 };
@@ -576,20 +576,6 @@ fn serve(view: &View<'_>, store: &RocksStore, read: WaitingRead, failpoints: &Fa
     }
 }
 
-/// Writes the image of `meta` from `view` into the stream's directory (the snapshot file
-/// format: written to a temporary name, fsynced, renamed); returns its path and size.
-fn write_image(view: &View<'_>, meta: SnapshotMeta, image: &Image) -> Result<(std::path::PathBuf, u64), String> {
-    let started = Instant::now();
-    std::fs::create_dir_all(&image.dir).map_err(|e| format!("create {}: {e}", image.dir.display()))?;
-    let writer = SnapshotWriter::create(&image.dir, meta).map_err(|e| e.to_string())?;
-    let mut counting = Counting { inner: writer, image };
-    sm::write_snapshot_data(&view.sm, &mut counting).map_err(|e| e.to_string())?;
-    let file = counting.inner.finish().map_err(|e| e.to_string())?;
-    let total = std::fs::metadata(&file.path).map_err(|e| e.to_string())?.len();
-    tracing::info!(node = %view.node, bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot stream image written");
-    Ok((file.path, total))
-}
-
 /// Clears its flag when dropped.
 struct ClearOnDrop<'a>(&'a AtomicBool);
 
@@ -649,9 +635,11 @@ fn write_snapshot(
 }
 
 /// A writer that fails once `stop()` is true (a snapshot cut short when the node stops).
-struct Stoppable<'a, W, F: Fn() -> bool> {
-    inner: W,
-    stop: &'a F,
+pub(crate) struct Stoppable<'a, W, F: Fn() -> bool> {
+    /// What is written to.
+    pub(crate) inner: W,
+    /// Whether to stop.
+    pub(crate) stop: &'a F,
 }
 
 impl<W: std::io::Write, F: Fn() -> bool> std::io::Write for Stoppable<'_, W, F> {
