@@ -158,6 +158,7 @@ pub(crate) async fn run(
         failpoints,
         inflight: Arc::new(AtomicUsize::new(0)),
         reads: tokio::sync::Semaphore::new(READ_WORKERS),
+        bulk: Arc::new(tokio::sync::Semaphore::new(1)),
         stopping: Arc::new(AtomicBool::new(false)),
         runtime: tokio::runtime::Handle::current(),
         last_time_ms: AtomicU64::new(0),
@@ -396,6 +397,10 @@ struct Serving {
     inflight: Arc<AtomicUsize>,
     /// Reads running on blocking threads ([`READ_WORKERS`]).
     reads: tokio::sync::Semaphore,
+    /// One backup or stream image written at a time (each also holds a read worker while it
+    /// writes): more are refused as busy, so saves can neither take every read worker nor
+    /// write the same file at once.
+    bulk: Arc<tokio::sync::Semaphore>,
     /// Set when the node stops: reads waiting for the store give up.
     stopping: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
@@ -908,15 +913,25 @@ impl Serving {
         if status.role != Role::Leader {
             return responder.send(Err(self.leader_hint(&status)), None);
         }
+        let bulk = match self.bulk_permit() {
+            Ok(p) => p,
+            Err(e) => return responder.send(Err(e), None),
+        };
         let deadline = Instant::now() + REQUEST_DEADLINE;
         let config = status.config.clone();
         let needed = match self.applied_for(ReadLevel::Linearizable, |e| self.save_refusal(e, &status)).await {
             Ok(at) => at,
             Err(e) => return responder.send(Err(e), None),
         };
+        // A linearizable read on a node that just lost its leadership is answered through the
+        // new leader: this node, no longer the leader, writes no backup.
+        if self.term_and_lead() != (status.term, true) {
+            return responder.send(Err(self.leader_hint(&self.status.borrow().clone())), None);
+        }
         let (store, stopping, dir) = (self.store.clone(), self.stopping.clone(), self.backups_dir.clone());
         let saved = self
             .on_read_worker(deadline, move || {
+                let _bulk = bulk;
                 let (view, last) = await_view_at_entry(&store, needed, deadline, &stopping)?;
                 let stop = || stopping.load(Ordering::Acquire);
                 let meta = SnapshotMeta { last, config };
@@ -953,6 +968,10 @@ impl Serving {
         if status.role != Role::Leader {
             return responder.send(Err(self.leader_hint(&status)), None);
         }
+        let bulk = match self.bulk_permit() {
+            Ok(p) => p,
+            Err(e) => return responder.send(Err(e), None),
+        };
         let (stream, image) = match self.streams.begin(status.term, &self.backups_dir, Instant::now()) {
             Ok(begun) => begun,
             Err(e) => return responder.send(Err(e), None),
@@ -969,6 +988,7 @@ impl Serving {
         let (taken, viewed) = tokio::sync::oneshot::channel();
         let (store, stopping, node) = (self.store.clone(), self.stopping.clone(), self.id);
         let write = self.on_read_worker(deadline, move || {
+            let _bulk = bulk;
             let (view, last) = match await_view_at_entry(&store, needed, deadline, &stopping) {
                 Ok(v) => v,
                 Err(e) => {
@@ -1010,9 +1030,19 @@ impl Serving {
         match self.streams.fetch(stream, offset, len, term, leader, Instant::now()) {
             Fetch::Answer(answer) => responder.send(answer, None),
             Fetch::ConfirmEnd => {
+                use quorate_core::ReadError as R;
+                use quorate_runtime::Error as E;
                 let status = self.status.borrow().clone();
-                let refuse = |e: quorate_runtime::Error| match e {
-                    quorate_runtime::Error::NotLeader { .. } | quorate_runtime::Error::Read(_) => {
+                // Deposed: the stream ends. Anything else (busy, the state machine slow to
+                // apply): the image stays, and the client may ask for the end again.
+                let deposed = AtomicBool::new(false);
+                let refuse = |e: E| match e {
+                    E::NotLeader { .. } | E::Read(_) => {
+                        let lost = matches!(
+                            e,
+                            E::NotLeader { .. } | E::Read(R::NotLeader { .. } | R::NoLeader | R::LeadershipLost)
+                        );
+                        deposed.store(lost, Ordering::Relaxed);
                         crate::save_stream::unconfirmed_end()
                     }
                     e => self.refusal(e, &status),
@@ -1023,7 +1053,9 @@ impl Serving {
                         self.streams.end(stream, term, leader, Instant::now())
                     }
                     Err(e) => {
-                        self.streams.release(stream);
+                        if deposed.load(Ordering::Relaxed) {
+                            self.streams.release(stream);
+                        }
                         Err(e)
                     }
                 };
@@ -1040,6 +1072,15 @@ impl Serving {
     }
 
     /// This node's term, and whether it leads it, as the runtime last published them.
+    /// The permit to write a backup or a stream's image, or busy if one is being written.
+    fn bulk_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.bulk.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Refused(
+                "busy: a snapshot save is running on this node; one at a time — retry when it ends".into(),
+            )
+        })
+    }
+
     fn term_and_lead(&self) -> (Term, bool) {
         let s = self.status.borrow();
         (s.term, s.role == Role::Leader)

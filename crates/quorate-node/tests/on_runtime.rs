@@ -659,6 +659,23 @@ async fn snapshot_saves_on_the_runtime_write_a_backup_on_the_leader_that_restore
     assert_eq!(path.parent(), Some(backups.as_path()), "written in the leader's backups directory");
     assert!(index.0 >= applied, "the backup at {index} misses acknowledged writes up to {applied}");
 
+    // Saves asked at once (at one index: one file name): one at a time is written, the others
+    // are refused as busy — none fails half-way or leaves a file another save damaged.
+    let at_once: Vec<_> = (0..6).map(|_| c.call_in_background("admin", leader, None, Request::SnapshotSave)).collect();
+    let mut saves = 0;
+    for call in at_once {
+        match call.await.unwrap().unwrap() {
+            Ok(Response::SnapshotSaved { path, .. }) => {
+                saves += 1;
+                let info = quorate_node::restore::inspect(std::path::Path::new(&path));
+                assert!(info.is_ok(), "{path}: {info:?}");
+            }
+            Err(ApiError::Refused(why)) if why.contains("busy") => {}
+            other => panic!("a save at once with others: {other:?}"),
+        }
+    }
+    assert!(saves >= 1, "no save of six was written");
+
     let copy = tempfile::tempdir().unwrap();
     let file = copy.path().join("backup.qsnap");
     std::fs::copy(&path, &file).unwrap();
