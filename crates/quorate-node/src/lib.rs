@@ -43,6 +43,7 @@ mod history;
 mod invariants;
 mod leases;
 mod on_runtime;
+mod peer_disks;
 mod peer_network;
 pub mod recover;
 mod replays;

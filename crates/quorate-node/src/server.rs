@@ -54,13 +54,6 @@ const CHUNK_BYTES: usize = 512 * 1024;
 /// Inbox messages handled before the next `Ready` when several are waiting
 /// ([`Driver::on_waiting`]).
 const INBOX_BATCH_MAX: usize = 64;
-/// How often a node sends the other members its free-space status ([`DiskStatus`]).
-const DISK_STATUS_EVERY: Duration = Duration::from_secs(1);
-/// A member's free-space status counts for this long after it was received (a member that
-/// stops reporting — stopped, partitioned — stops counting as short of space).
-const DISK_STATUS_TTL: Duration = Duration::from_secs(3);
-/// The cluster version from which nodes send [`NodeMessage::DiskStatus`].
-const DISK_STATUS_CLUSTER_VERSION: u32 = 2;
 /// How often the TLS files are checked for changes (and open connections for expired
 /// certificates).
 const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -1165,9 +1158,7 @@ async fn run_inner(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Re
         obs,
         disk: (Instant::now(), true),
         client_floor,
-        peer_disk: HashMap::new(),
-        disk_status_sent: None,
-        disk_short: Vec::new(),
+        peer_disks: crate::peer_disks::PeerDisks::default(),
         failpoints,
         gate,
         auto_finalize: crate::versions::AutoFinalize::new(bootstrap_version, Instant::now()),
@@ -1247,12 +1238,8 @@ struct Driver {
     disk: (Instant, bool),
     /// Client writes are refused below this much free space (bytes; 0: not checked).
     client_floor: u64,
-    /// The latest free-space status of each member, and when it arrived.
-    peer_disk: HashMap<NodeId, (Instant, DiskStatus)>,
-    /// When this node last sent its own status.
-    disk_status_sent: Option<Instant>,
-    /// The voters short of space the last time a write was refused for them (logged on change).
-    disk_short: Vec<NodeId>,
+    /// The other members' free-space status, and when this node last sent its own.
+    peer_disks: crate::peer_disks::PeerDisks,
     /// Injected faults (off unless `limits.danger_failpoints`).
     failpoints: crate::failpoints::Failpoints,
     /// Admission control for client requests.
@@ -1694,10 +1681,7 @@ impl Driver {
                         }
                     }
                     NodeMessage::DiskStatus(s) => {
-                        // Only members count, so the map stays bounded by the configuration.
-                        if from != self.shared.id && self.raft.configuration().members().any(|m| m == from) {
-                            self.peer_disk.insert(from, (Instant::now(), s));
-                        }
+                        self.peer_disks.received(self.shared.id, from, self.raft.configuration(), s, Instant::now());
                     }
                     _ => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
                 }
@@ -1882,16 +1866,12 @@ impl Driver {
         self.read(read, ReadConsistency::Stale, responder).await
     }
 
-    /// Sends this node's free-space status to the other members every [`DISK_STATUS_EVERY`],
-    /// from cluster version [`DISK_STATUS_CLUSTER_VERSION`] on (a 0.1.0 node would close the
-    /// consensus stream on the new message kind).
+    /// Sends this node's free-space status to the other members when it is due
+    /// ([`crate::peer_disks::PeerDisks::send_due`]).
     fn send_disk_status(&mut self) {
-        if self.disk_status_sent.is_some_and(|t| t.elapsed() < DISK_STATUS_EVERY)
-            || crate::versions::cluster_version(&self.shared) < DISK_STATUS_CLUSTER_VERSION
-        {
+        if !self.peer_disks.send_due(crate::versions::cluster_version(&self.shared), Instant::now()) {
             return;
         }
-        self.disk_status_sent = Some(Instant::now());
         let refusing = !self.disk_ok();
         let free_bytes = self.shared.store.free_space_bytes().unwrap_or(u64::MAX);
         let status = DiskStatus { refusing, free_bytes, floor_bytes: self.client_floor };
@@ -1902,23 +1882,6 @@ impl Driver {
                 tracing::trace!(peer = %to, error = %e, "disk status dropped");
             }
         }
-        let now = Instant::now();
-        self.peer_disk.retain(|_, (t, _)| now.saturating_duration_since(*t) < DISK_STATUS_TTL);
-    }
-
-    /// The voters that report being short of space, if too few others are left to commit a
-    /// write (the leader's own space is checked apart): a write accepted now would grow the
-    /// logs of nodes that are about to refuse appends, and stall. `None`: a quorum has room.
-    fn voters_short_of_space(&self) -> Option<Vec<NodeId>> {
-        let me = self.shared.id;
-        let short = |id: NodeId| {
-            id != me && self.peer_disk.get(&id).is_some_and(|(t, s)| s.refusing && t.elapsed() < DISK_STATUS_TTL)
-        };
-        let config = self.raft.configuration();
-        if config.has_quorum(|id| !short(id)) {
-            return None;
-        }
-        Some(config.all_voters().filter(|&id| short(id)).collect())
     }
 
     fn leader_hint(&self) -> ApiError {
@@ -2036,18 +1999,10 @@ impl Driver {
             responder.send(Err(e), None);
             return Ok(());
         }
-        if let Some(short) = self.voters_short_of_space() {
-            if short != self.disk_short {
-                tracing::warn!(voters = ?short, "too few voters have free space for new writes; refusing writes");
-                self.disk_short = short;
-            }
+        if self.peer_disks.voters_short_of_space(self.shared.id, self.raft.configuration(), Instant::now()).is_some() {
             let e = crate::admission::shed(quorate_api::OverloadReason::DiskSpace, Duration::from_secs(1));
             responder.send(Err(e), None);
             return Ok(());
-        }
-        if !self.disk_short.is_empty() {
-            tracing::info!("enough voters have free space again; accepting writes");
-            self.disk_short.clear();
         }
         let version = crate::versions::cluster_version(&self.shared);
         let op = owned_op(version, session.is_some(), op, responder.principal());

@@ -126,9 +126,15 @@ impl NodeTelemetry {
         self.hasher.lock().unwrap_or_else(PoisonError::into_inner).samples().copied().collect()
     }
 
+    /// The state machine was replaced by a snapshot's: the entries before it were not seen
+    /// here, so the hash window restarts.
+    pub(crate) fn hashes_restart(&self) {
+        self.hasher.lock().unwrap_or_else(PoisonError::into_inner).reset();
+    }
+
     /// Apply thread: a snapshot was installed at `index` (the hash window restarts).
     pub(crate) fn installed(&self, index: LogIndex, took: Duration) {
-        self.hasher.lock().unwrap_or_else(PoisonError::into_inner).reset();
+        self.hashes_restart();
         metrics::counter!(n::SNAPSHOTS_INSTALLED_TOTAL).increment(1);
         metrics::histogram!(n::SNAPSHOT_INSTALL_SECONDS).record(took.as_secs_f64());
         self.applied(index);
@@ -318,6 +324,37 @@ impl Observer {
         self.compared(c);
     }
 
+    /// The applied-hash exchange, on every sample: samples of peers that waited for this node
+    /// to catch up are compared now, then this node's latest samples go to every other member
+    /// of `config` when due (from cluster version [`HASH_EXCHANGE_CLUSTER_VERSION`]; a 0.1.0
+    /// node would close the stream). `corrupt` is the failpoint that flips a bit of every
+    /// sample sent.
+    pub(crate) fn exchange_hashes(
+        &mut self,
+        me: NodeId,
+        config: &quorate_log::Configuration,
+        cluster_version: u32,
+        corrupt: bool,
+        transport: &quorate_transport::Transport<quorate_api::NodeMessage>,
+    ) {
+        let own = self.tel.hash_samples();
+        let c = self.hashes.recheck(me, &own);
+        self.compared(c);
+        let Some(mut msg) = self.hashes.due(Instant::now(), &own) else { return };
+        if cluster_version < HASH_EXCHANGE_CLUSTER_VERSION {
+            return;
+        }
+        if corrupt {
+            msg.samples.iter_mut().for_each(|s| s.hash ^= 1);
+        }
+        for peer in config.members().filter(|p| *p != me) {
+            let m = quorate_api::NodeMessage::HashSamples(msg.clone());
+            if let Err(e) = transport.try_send(peer, m) {
+                tracing::trace!(peer = %peer, error = %e, "hash samples dropped");
+            }
+        }
+    }
+
     /// Traces one proposal in `every` (by log index; at least 1).
     pub(crate) fn trace_every(&mut self, every: u64) {
         self.trace_every = every.max(1);
@@ -429,7 +466,7 @@ impl Observer {
         resources: Resources,
         corrupt_hashes: bool,
     ) {
-        let tel = &*self.tel;
+        let tel = Arc::clone(&self.tel);
         tel.disk_ok.store(resources.disk_ok, Ordering::Relaxed);
         resources.export(&shared.store);
         let s = raft.status();
@@ -486,23 +523,7 @@ impl Observer {
             metrics::gauge!(n::HISTORY_BYTES).set(h.bytes.saturating_add(ev_bytes) as f64);
             metrics::gauge!(n::HISTORY_COMPACTED_REVISION).set(h.compacted as f64);
         }
-        // The applied-hash exchange: samples that waited for this node to catch up, then this
-        // node's latest samples to every other member (gated on the cluster version).
-        let own = tel.hash_samples();
-        let c = self.hashes.recheck(s.id, &own);
-        if let Some(mut msg) = self.hashes.due(Instant::now(), &own)
-            && cluster_version >= HASH_EXCHANGE_CLUSTER_VERSION
-        {
-            if corrupt_hashes {
-                msg.samples.iter_mut().for_each(|s| s.hash ^= 1);
-            }
-            for peer in s.config.members().filter(|p| *p != s.id) {
-                let m = quorate_api::NodeMessage::HashSamples(msg.clone());
-                if let Err(e) = shared.transport.try_send(peer, m) {
-                    tracing::trace!(peer = %peer, error = %e, "hash samples dropped");
-                }
-            }
-        }
+        self.exchange_hashes(s.id, &s.config, cluster_version, corrupt_hashes, &shared.transport);
         let credentials = shared.transport.credentials();
         metrics::gauge!(n::CERT_EXPIRY_SECONDS).set(credentials.seconds_until_earliest_expiry() as f64);
         let failures = credentials.reload_failures();
@@ -546,7 +567,6 @@ impl Observer {
             }
         }
         self.last_sweep = Some((now, wall));
-        self.compared(c);
     }
 }
 
