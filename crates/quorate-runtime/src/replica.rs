@@ -1770,6 +1770,76 @@ mod tests {
         assert_eq!(out.lock().unwrap()[4], Ok(sum + 256));
     }
 
+    /// [`Sum`] that records every entry it is shown: `(index, term, kind, applied by then)`.
+    #[derive(Default)]
+    struct Watching {
+        sum: Sum,
+        shown: Vec<(LogIndex, Term, char, LogIndex)>,
+    }
+
+    impl StateMachine for Watching {
+        type Output = u64;
+        fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<u64> {
+            self.sum.apply(batch)
+        }
+        fn observe_entry(&mut self, e: &Entry) {
+            let kind = match e.payload {
+                EntryPayload::Noop => 'n',
+                EntryPayload::Command(_) => 'c',
+                EntryPayload::Config(_) => 'm',
+                _ => '?',
+            };
+            self.shown.push((e.index, e.term, kind, self.sum.applied));
+        }
+        fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            self.sum.snapshot(out)
+        }
+        fn restore(&mut self, applied: LogIndex, s: &mut dyn std::io::Read) -> Result<(), crate::RestoreError> {
+            self.sum.restore(applied, s)
+        }
+        fn applied(&self) -> LogIndex {
+            self.sum.applied
+        }
+    }
+
+    #[test]
+    fn the_state_machine_is_shown_every_committed_entry_once_in_order_before_it_applies() {
+        let (mut r, now) = leader(storage(), Watching::default(), Config::new(id()));
+        let out: Log<u64> = Log::default();
+        let changed: Log<()> = Log::default();
+        r.propose(now, vec![2], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        let learner = NodeId::new(2).expect("non-zero");
+        r.change_membership(now, ConfChange::AddLearner(learner), sink(&changed));
+        r.process(now, &mut Vec::new());
+        r.propose(now, vec![3], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(*out.lock().unwrap(), vec![Ok(2), Ok(5)]);
+        assert_eq!(*changed.lock().unwrap(), vec![Ok(())]);
+        let last = r.storage().last_index();
+        let sm = r.state_machine().expect("inline");
+        let kinds: String = sm.shown.iter().map(|s| s.2).collect();
+        assert_eq!(kinds, "ncmc", "{:?}", sm.shown);
+        let logged = r.storage().entries(LogIndex(1), last.next(), u64::MAX).expect("reads");
+        for (shown, e) in sm.shown.iter().zip(&logged) {
+            assert_eq!((shown.0, shown.1), (e.index, e.term), "as the log holds them, in order");
+            assert!(shown.3 < e.index, "shown before its command applied: {shown:?}");
+        }
+        assert_eq!(sm.shown.len(), logged.len());
+        // A snapshot and a restart: the entries it covers are not shown again; the new term's
+        // no-op and later commands are.
+        assert_eq!(r.snapshot_now(now), Ok(last));
+        let disk = r.storage().clone();
+        drop(r);
+        let (mut r, now) = leader(disk, Watching::default(), Config::new(id()));
+        r.propose(now, vec![1], None, sink(&out));
+        r.process(now, &mut Vec::new());
+        assert_eq!(out.lock().unwrap()[2], Ok(6));
+        let shown: Vec<(LogIndex, char)> =
+            r.state_machine().expect("inline").shown.iter().map(|s| (s.0, s.2)).collect();
+        assert_eq!(shown, vec![(last.next(), 'n'), (last.next().next(), 'c')]);
+    }
+
     /// Counts the commands it applied in a counter the test's network also sees.
     struct Seen {
         seen: Arc<std::sync::atomic::AtomicU64>,

@@ -1,6 +1,6 @@
 //! The application's replicated state machine.
 
-use quorate_log::LogIndex;
+use quorate_log::{Entry, LogIndex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::{Read, Write};
@@ -76,6 +76,16 @@ pub trait StateMachine: Send + 'static {
     /// [`StateMachine::APPLY_COMMANDS_MAX`] commands. Later calls see the effects of earlier
     /// ones (also before a [`StateMachine::commit`]).
     fn apply(&mut self, batch: &[Committed<'_>]) -> Vec<Self::Output>;
+
+    /// Sees every committed entry as the log holds it — its term, and no-ops and
+    /// configuration changes too — in log order, each once per replica start, before its
+    /// command (if any) reaches [`StateMachine::apply`]. For observation only: an audit trail,
+    /// or a running hash of the applied log that replicas compare (the Quorate node does, to
+    /// catch replicas that diverge). It changes nothing and cannot refuse; entries a restored
+    /// snapshot covers are not shown. The default does nothing.
+    fn observe_entry(&mut self, entry: &Entry) {
+        let _ = entry;
+    }
 
     /// A failure of the state machine's own I/O met while applying (a durable state machine
     /// reads its store): asked after every [`StateMachine::apply`] call, before any of its

@@ -342,6 +342,7 @@ impl<SM: StateMachine> Applier<SM> {
             if e.index <= self.applied {
                 continue;
             }
+            self.sm.observe_entry(e);
             match &e.payload {
                 // The state machine's own format: every command entry, as it is.
                 EntryPayload::Command(data) if !SM::ENVELOPE => {
