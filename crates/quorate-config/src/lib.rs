@@ -133,10 +133,10 @@ pub enum Engine {
     /// The node's own driver and apply thread: every feature (the default).
     #[default]
     Driver,
-    /// **Experimental.** The node as an application of `quorate-runtime`: the key-value API
-    /// (writes, sessions, reads at every level and at a revision), status, health, membership
-    /// changes, versions, finalize, leader transfer, flight dumps, metrics. Watches, leases and
-    /// backups are refused or not served yet (`docs/operations.md`, "Engines").
+    /// **Experimental.** The node as an application of `quorate-runtime`: every request of the
+    /// API, membership changes, versions, finalize, flight dumps, metrics, the hash and
+    /// free-space exchange between members. What it lacks yet is listed in
+    /// `docs/operations.md`, "Engines".
     Runtime,
 }
 

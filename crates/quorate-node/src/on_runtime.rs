@@ -32,9 +32,15 @@
 //!   a view of the store at the confirmed index or later, in the same format and place; a stream
 //!   whose node stops leading its term is aborted on the next [`TICK`].
 //!
-//! Not yet served here (left out): admission's fair queues per principal, hash samples and disk
-//! status exchange, proposal spans and the storage-stall probe, failpoints beyond address
-//! resolution. The driver (the default engine) serves all of them.
+//! * **between members** ([`Serving::exchange_with_members`], [`Serving::on_peer`]): the
+//!   applied-entries hash samples (folded by [`KvMachine`] from every committed entry the
+//!   runtime shows it, the same bytes as the driver's) and the free-space status, exchanged as
+//!   the driver does; a leader refuses writes while too few voters have room
+//!   ([`crate::peer_disks`]).
+//!
+//! Not yet served here (left out): admission's fair queues per principal, proposal spans and the
+//! storage-stall probe, failpoints other than name resolution, lease expiry delay, `disk_full`
+//! and `corrupt_hash_samples`. The driver (the default engine) serves all of them.
 
 use crate::apply::ReadReq;
 use crate::config::NodeConfig;
@@ -56,7 +62,7 @@ use quorate_transport::{Incoming, Transport};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// The core the runtime drives: the consensus core in the flight recorder.
@@ -113,7 +119,8 @@ pub(crate) async fn run(
     let flight_dir = Some(data_dir.join("flight"));
     let flight_budget = usize::try_from(config.limits.flight_recorder_mb << 20).unwrap_or(usize::MAX);
     let applied = Arc::new(KvApplied::of(&store)?);
-    let sm = KvMachine::with_effects(store.clone(), applied.clone());
+    let telemetry = crate::telemetry::NodeTelemetry::new(store.applied_index());
+    let sm = KvMachine::with_effects(store.clone(), applied.clone(), Some(telemetry.clone()));
     let replica = quorate_runtime::Replica::with_core(cfg, log, sm, clock.now(), |cc, log, now| {
         Recorded::new(cc, log, now, flight_dir, flight_budget)
     })
@@ -129,7 +136,6 @@ pub(crate) async fn run(
     let addrs = crate::server::start_addrs(&config, id, &store, &transport)?;
     tracing::info!(node = %id, addr = %transport.local_addr(), applied = %store.applied_index(),
         "listening (engine: runtime, experimental)");
-    let telemetry = crate::telemetry::NodeTelemetry::new(store.applied_index());
     let _endpoint = crate::telemetry::serve(config.metrics_listen, &telemetry).await.map_err(ServerError::Fatal)?;
     let node = Node::start_replica(replica, PeerNetwork::new(transport.clone()), clock)
         .map_err(|e| ServerError::Fatal(format!("cannot start the replica: {e}")))?;
@@ -166,6 +172,8 @@ pub(crate) async fn run(
         leader_contact_ms: AtomicU64::new(u64::MAX),
         client_floor,
         disk: Mutex::new((Instant::now(), true)),
+        peer_disks: Mutex::default(),
+        observer: observer.clone(),
         config,
     });
     let mut finalize = crate::versions::AutoFinalize::new(bootstrap_version, Instant::now());
@@ -206,6 +214,7 @@ pub(crate) async fn run(
                 serving.auto_compact(&mut compact);
                 serving.expire_leases();
                 serving.end_stale_stream();
+                serving.exchange_with_members();
             }
             () = applied.addrs_changed.notified() => serving.learn_addrs(),
             m = inbox.recv() => match m {
@@ -254,7 +263,7 @@ fn observe(
     tokio::spawn(async move {
         let checked = handle
             .with_core::<Core, _>(move |core| {
-                let r = observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(core.raft());
+                let r = observer.lock().unwrap_or_else(PoisonError::into_inner).observe(core.raft());
                 core.dump_on_violations(crate::invariants::violations_total());
                 r
             })
@@ -413,12 +422,16 @@ struct Serving {
     client_floor: u64,
     /// When free space was last checked, and whether it was above the floor.
     disk: Mutex<(Instant, bool)>,
+    /// The other members' free-space status, and when this node last sent its own.
+    peer_disks: Mutex<crate::peer_disks::PeerDisks>,
+    /// The metrics, invariant checks and the applied-hash exchange with the other members.
+    observer: Arc<Mutex<crate::telemetry::Observer>>,
 }
 
 impl Serving {
     /// A peer's message: to the runtime if it is one of its kinds, from a member (or, for a
-    /// node not configured yet, from a bootstrap peer); the node's own kinds are not
-    /// exchanged by this engine yet.
+    /// node not configured yet, from a bootstrap peer); the node's own kinds (hash samples,
+    /// free-space status) as the driver takes them.
     fn on_peer(&self, inbox: &quorate_runtime::Inbox, from: NodeId, message: NodeMessage) {
         use quorate_telemetry::names::peer_refused;
         let status = self.status.borrow();
@@ -447,7 +460,53 @@ impl Serving {
             FromPeer::Drop => {
                 crate::server::refused_peer(from, peer_refused::NOT_MEMBER, "a message claiming another sender");
             }
-            FromPeer::Node(_) => tracing::trace!(peer = %from, "hash samples and disk status are not exchanged yet"),
+            FromPeer::Node(NodeMessage::HashSamples(samples)) => {
+                let c = &self.status.borrow().config;
+                // Not from the leader of an unknown configuration: only members' samples count.
+                if c.is_voter(from) || c.is_learner(from) {
+                    self.observer
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .hash_samples_from(self.id, from, &samples);
+                } else {
+                    crate::server::refused_peer(from, peer_refused::NOT_MEMBER, "hash samples from a non-member");
+                }
+            }
+            FromPeer::Node(NodeMessage::DiskStatus(disk)) => {
+                let config = self.status.borrow().config.clone();
+                let mut d = self.peer_disks.lock().unwrap_or_else(PoisonError::into_inner);
+                d.received(self.id, from, &config, disk, Instant::now());
+            }
+            FromPeer::Node(_) => tracing::debug!(peer = %from, "unexpected message kind from a peer"),
+        }
+    }
+
+    /// On every tick, as the driver does after its turns: this node's applied-entries hash
+    /// samples and its free-space status to the other members, when due (each gated on the
+    /// cluster version).
+    fn exchange_with_members(&self) {
+        let config = self.status.borrow().config.clone();
+        let version = self.applied.cluster_version.get();
+        let corrupt = self.failpoints.corrupt_hash_samples();
+        self.observer.lock().unwrap_or_else(PoisonError::into_inner).exchange_hashes(
+            self.id,
+            &config,
+            version,
+            corrupt,
+            &self.transport,
+        );
+        if !self.peer_disks.lock().unwrap_or_else(PoisonError::into_inner).send_due(version, Instant::now()) {
+            return;
+        }
+        let status = quorate_api::DiskStatus {
+            refusing: !self.disk_ok(),
+            free_bytes: self.store.free_space_bytes().unwrap_or(u64::MAX),
+            floor_bytes: self.client_floor,
+        };
+        for to in config.members().filter(|&m| m != self.id) {
+            if let Err(e) = self.transport.try_send(to, NodeMessage::DiskStatus(status)) {
+                tracing::trace!(peer = %to, error = %e, "disk status dropped");
+            }
         }
     }
 
@@ -455,7 +514,7 @@ impl Serving {
     fn learn_addrs(&self) {
         for (id, addr) in self.applied.take_addrs() {
             let changed = {
-                let mut a = self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut a = self.addrs.write().unwrap_or_else(PoisonError::into_inner);
                 a.insert(id, addr.clone()).as_deref() != Some(addr.as_str())
             };
             if changed && id != self.id {
@@ -689,13 +748,13 @@ impl Serving {
                 let ran = self
                     .handle
                     .with_core::<Core, _>(move |core| {
-                        let taken = inside.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                        let taken = inside.lock().unwrap_or_else(PoisonError::into_inner).take();
                         if let Some(responder) = taken {
                             crate::flight::answer_dump_request(core, responder);
                         }
                     })
                     .await;
-                let left = held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                let left = held.lock().unwrap_or_else(PoisonError::into_inner).take();
                 if let (Err(e), Some(responder)) = (ran, left) {
                     let status = self.status.borrow().clone();
                     responder.send(Err(self.refusal(e, &status)), None);
@@ -731,21 +790,23 @@ impl Serving {
     /// `NotLeader`, with the leader this node knows of and its address.
     fn leader_hint(&self, status: &quorate_runtime::Status) -> ApiError {
         let leader = status.leader.filter(|&l| l != self.id || status.role == Role::Leader);
-        let addr =
-            leader.and_then(|l| self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&l).cloned());
+        let addr = leader.and_then(|l| self.addrs.read().unwrap_or_else(PoisonError::into_inner).get(&l).cloned());
         ApiError::NotLeader { leader, addr }
     }
 
     /// Whether free space is above the client floor (checked at most every 250 ms).
     fn disk_ok(&self) -> bool {
-        if self.client_floor == 0 {
+        let floor = self.client_floor;
+        if floor == 0 && !self.failpoints.disk_full() {
             return true;
         }
-        let mut disk = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
         if disk.0.elapsed() >= Duration::from_millis(250) {
-            let ok = quorate_storage::check_free_space(self.store.dir(), self.client_floor).is_ok();
-            if ok != disk.1 {
-                tracing::warn!(floor_mb = self.client_floor >> 20, ok, "free disk space crossed the client floor");
+            let ok = !self.failpoints.disk_full() && quorate_storage::check_free_space(self.store.dir(), floor).is_ok();
+            if !ok && disk.1 {
+                tracing::warn!(floor_mb = floor >> 20, "free disk space below the floor; refusing writes");
+            } else if ok && !disk.1 {
+                tracing::info!(floor_mb = floor >> 20, "free disk space above the floor again");
             }
             *disk = (Instant::now(), ok);
         }
@@ -769,7 +830,11 @@ impl Serving {
             responder.send(Err(self.leader_hint(&status)), None);
             return;
         }
-        if !self.disk_ok() {
+        let short = || {
+            let mut d = self.peer_disks.lock().unwrap_or_else(PoisonError::into_inner);
+            d.voters_short_of_space(self.id, &status.config, Instant::now()).is_some()
+        };
+        if !self.disk_ok() || short() {
             let e = crate::admission::shed(quorate_api::OverloadReason::DiskSpace, Duration::from_secs(1));
             responder.send(Err(e), None);
             return;
@@ -909,12 +974,8 @@ impl Serving {
     /// write acknowledged before the request, and a deposed leader writes none). The
     /// configuration in its metadata is the leader's when the confirmation began.
     async fn save(&self, responder: Responder) {
-        let status = self.status.borrow().clone();
-        if status.role != Role::Leader {
-            return responder.send(Err(self.leader_hint(&status)), None);
-        }
-        let bulk = match self.bulk_permit() {
-            Ok(p) => p,
+        let (status, bulk) = match self.leader_with_bulk() {
+            Ok(held) => held,
             Err(e) => return responder.send(Err(e), None),
         };
         let deadline = Instant::now() + REQUEST_DEADLINE;
@@ -964,12 +1025,8 @@ impl Serving {
         if let Err(e) = self.require(crate::versions::SNAPSHOT_STREAM_CLUSTER_VERSION, what) {
             return responder.send(Err(e), None);
         }
-        let status = self.status.borrow().clone();
-        if status.role != Role::Leader {
-            return responder.send(Err(self.leader_hint(&status)), None);
-        }
-        let bulk = match self.bulk_permit() {
-            Ok(p) => p,
+        let (status, bulk) = match self.leader_with_bulk() {
+            Ok(held) => held,
             Err(e) => return responder.send(Err(e), None),
         };
         let (stream, image) = match self.streams.begin(status.term, &self.backups_dir, Instant::now()) {
@@ -1071,16 +1128,22 @@ impl Serving {
         }
     }
 
-    /// This node's term, and whether it leads it, as the runtime last published them.
-    /// The permit to write a backup or a stream's image, or busy if one is being written.
-    fn bulk_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        self.bulk.clone().try_acquire_owned().map_err(|_| {
+    /// For a save: the status, if this node leads (else the leader's hint), and the permit to
+    /// write a backup or a stream's image (busy if one is being written).
+    fn leader_with_bulk(&self) -> Result<(quorate_runtime::Status, tokio::sync::OwnedSemaphorePermit), ApiError> {
+        let status = self.status.borrow().clone();
+        if status.role != Role::Leader {
+            return Err(self.leader_hint(&status));
+        }
+        let bulk = self.bulk.clone().try_acquire_owned().map_err(|_| {
             ApiError::Refused(
                 "busy: a snapshot save is running on this node; one at a time — retry when it ends".into(),
             )
-        })
+        })?;
+        Ok((status, bulk))
     }
 
+    /// This node's term, and whether it leads it, as the runtime last published them.
     fn term_and_lead(&self) -> (Term, bool) {
         let s = self.status.borrow();
         (s.term, s.role == Role::Leader)
@@ -1285,9 +1348,8 @@ impl Serving {
         let hint = || self.leader_hint(status);
         match e {
             E::NotLeader { leader_hint: leader } => {
-                let addr = leader.and_then(|l| {
-                    self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&l).cloned()
-                });
+                let addr =
+                    leader.and_then(|l| self.addrs.read().unwrap_or_else(PoisonError::into_inner).get(&l).cloned());
                 ApiError::NotLeader { leader, addr }
             }
             E::Propose(e) => crate::server::propose_refusal(e, hint),
@@ -1335,7 +1397,7 @@ impl Serving {
     /// The members of the configuration in force, with their addresses.
     fn members(&self) -> Vec<Member> {
         let c: Configuration = self.handle.status().borrow().config.clone();
-        let addrs = self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let addrs = self.addrs.read().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::new();
         let mut push = |id: NodeId, kind| out.push(Member { id, addr: addrs.get(&id).cloned(), kind });
         for &v in &c.voters {

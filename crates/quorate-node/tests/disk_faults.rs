@@ -23,7 +23,7 @@
 
 use quorate_client::{ApiError, Client, ClientConfig, ReadConsistency};
 use quorate_log::NodeId;
-use quorate_node::config::NodeConfig;
+use quorate_node::config::{Engine, NodeConfig};
 use quorate_transport::{ClusterId, TlsPaths};
 use std::path::Path;
 use std::process::ExitStatus;
@@ -435,8 +435,18 @@ fn is_disk_space(e: &quorate_client::ClientError) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_short_of_space_make_the_leader_refuse_writes() {
+    followers_short_of_space(Engine::Driver).await;
+}
+
+/// The same on the runtime engine: its followers send their status, its leader refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_short_of_space_make_the_leader_refuse_writes_on_the_runtime_engine() {
+    followers_short_of_space(Engine::Runtime).await;
+}
+
+async fn followers_short_of_space(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::start(tmp.path(), |_, _| {});
+    let c = Cluster::start(tmp.path(), |_, config| config.engine = engine);
     put_all(&c, &pairs("a", 5)).await;
     let leader = c.leader().await;
     let followers: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();

@@ -6,11 +6,13 @@
 //! replays exactly with `quorate replay`; so does one asked for through the data directory. A
 //! writer may not ask; an edited recording diverges; a truncated or garbage file is refused.
 //!
-//! And a runtime invariant violation seen by real nodes: one node sends its peers corrupted
-//! applied-hash samples (a failpoint); the peers count a `cross_replica_hash` violation on
-//! their `/metrics`, log the evidence and dump a flight recording that replays.
+//! And a runtime invariant violation seen by real nodes of both engines (node 1 on the driver,
+//! nodes 2 and 3 on the runtime): node 3 sends its peers corrupted applied-hash samples (a
+//! failpoint); the peers count a `cross_replica_hash` violation on their `/metrics`, log the
+//! evidence and dump a flight recording that replays, and every true sample matches across
+//! the engines.
 
-use quorate_node::config::NodeConfig;
+use quorate_node::config::{Engine, NodeConfig};
 use quorate_node::flight;
 use quorate_telemetry::http::get_blocking;
 use quorate_telemetry::names as n;
@@ -190,6 +192,9 @@ fn a_hash_mismatch_between_real_nodes_is_counted_and_dumped() {
         config.metrics_listen = Some(TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
         // Node 3 is the one whose samples go wrong.
         config.limits.danger_failpoints = id == 3;
+        if id > 1 {
+            config.engine = Engine::Runtime;
+        }
     });
     let metrics: Vec<SocketAddr> = configs.iter().map(|c| c.metrics_listen.expect("set above")).collect();
     let data_dirs: Vec<PathBuf> = configs.iter().map(|c| c.data_dir.clone()).collect();
@@ -199,20 +204,32 @@ fn a_hash_mismatch_between_real_nodes_is_counted_and_dumped() {
     let series = format!("{}{{invariant=\"{}\"}}", n::INVARIANT_VIOLATIONS_TOTAL, n::invariant::CROSS_REPLICA_HASH);
     let violations = |id: usize| metric(metrics[id - 1], &series);
     assert_eq!(violations(1), Some(0.0), "exported at zero before anything went wrong");
+    // True samples compared: by node 3 (runtime) of both engines', by node 2 (runtime) of
+    // node 1's (driver) and the other way.
+    let checks = |peer: u64| format!("{}{{peer=\"{peer}\"}}", n::APPLIED_HASH_CHECKS_TOTAL);
+    let compared = |node: usize, peer: u64| metric(metrics[node - 1], &checks(peer));
+    let pairs = [(3, 1), (3, 2), (2, 1), (1, 2)];
     let mut seen = false;
     for _ in 0..ROUNDS_MAX {
         // Every load fills about two hash windows of 1024 entries; samples go out every 2 s.
         load(&c);
-        if violations(1).is_some_and(|v| v >= 1.0) && violations(2).is_some_and(|v| v >= 1.0) {
+        if violations(1).is_some_and(|v| v >= 1.0)
+            && violations(2).is_some_and(|v| v >= 1.0)
+            && pairs.iter().all(|&(node, peer)| compared(node, peer).is_some_and(|v| v >= 1.0))
+        {
             seen = true;
             break;
         }
     }
-    assert!(seen, "nodes 1 and 2 never counted the corrupted samples: {:?} {:?}", violations(1), violations(2));
-    // Node 3 compares its peers' true samples with its own: they match.
+    let checked: Vec<_> = pairs.iter().map(|&(node, peer)| ((node, peer), compared(node, peer))).collect();
+    assert!(
+        seen,
+        "nodes 1 and 2 never counted the corrupted samples ({:?} {:?}), or true samples were not compared: {checked:?}",
+        violations(1),
+        violations(2)
+    );
+    // They match, across engines: node 3 counts no violation.
     assert_eq!(violations(3), Some(0.0));
-    let checks = format!("{}{{peer=\"1\"}}", n::APPLIED_HASH_CHECKS_TOTAL);
-    assert!(metric(metrics[2], &checks).is_some_and(|v| v >= 1.0), "node 3 compared node 1's samples");
     drop(nodes);
 
     for id in [1usize, 2] {

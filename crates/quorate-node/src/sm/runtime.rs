@@ -87,6 +87,8 @@ pub(crate) struct KvMachine {
     effects: Arc<KvApplied>,
     /// What was applied since the last commit and is published with it.
     unpublished: Unpublished,
+    /// Folds every committed entry into the applied-entries hash (the node's; tests: none).
+    telemetry: Option<Arc<crate::telemetry::NodeTelemetry>>,
 }
 
 /// What commands applied since the last commit told the node (published once written).
@@ -194,11 +196,17 @@ impl KvMachine {
                 leases: crate::leases::LeaseClock::default(),
             },
         };
-        KvMachine::with_effects(store, Arc::new(effects))
+        KvMachine::with_effects(store, Arc::new(effects), None)
     }
 
-    /// The state machine in `store`, publishing what it applies to `effects`.
-    pub(crate) fn with_effects(store: Arc<RocksStore>, effects: Arc<KvApplied>) -> KvMachine {
+    /// The state machine in `store`, publishing what it applies to `effects`; every committed
+    /// entry is folded into `telemetry`'s applied-entries hash (exchanged with the other
+    /// members, [`crate::hash_exchange`]).
+    pub(crate) fn with_effects(
+        store: Arc<RocksStore>,
+        effects: Arc<KvApplied>,
+        telemetry: Option<Arc<crate::telemetry::NodeTelemetry>>,
+    ) -> KvMachine {
         let last_applied = store.applied_index();
         KvMachine {
             store,
@@ -209,6 +217,7 @@ impl KvMachine {
             last_applied,
             effects,
             unpublished: Unpublished::default(),
+            telemetry,
         }
     }
 
@@ -340,12 +349,23 @@ impl StateMachine for KvMachine {
         self.failure.clone()
     }
 
+    /// As the driver's apply thread does before applying an entry: folded into the hash of
+    /// the applied entries, compared between members (the same bytes under both engines).
+    fn observe_entry(&mut self, entry: &quorate_log::Entry) {
+        if let Some(t) = &self.telemetry {
+            t.applying(entry);
+        }
+    }
+
     fn snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let mut out = out;
         super::write_snapshot_data(&self.view(), &mut out).map(|_| ()).map_err(io_error)
     }
 
     fn restore(&mut self, applied: LogIndex, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        if let Some(t) = &self.telemetry {
+            t.hashes_restart();
+        }
         self.pending.clear();
         (self.pending_bytes, self.commands_since_commit, self.failure) = (0, 0, None);
         self.unpublished = Unpublished::default();
