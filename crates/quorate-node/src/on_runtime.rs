@@ -183,6 +183,9 @@ pub(crate) async fn run(
         Instant::now(),
     );
     let peer_inbox = node.inbox();
+    // Recovering from lost synced state (the runtime's storage forgets it when a leader has
+    // caught this node up): logged once over.
+    let mut lost_state = store.lost_state().is_some();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -215,6 +218,11 @@ pub(crate) async fn run(
                 serving.expire_leases();
                 serving.end_stale_stream();
                 serving.exchange_with_members();
+                if lost_state && store.lost_state().is_none() {
+                    lost_state = false;
+                    tracing::info!(node = id.get(), term = serving.status.borrow().term.0,
+                        "recovered from lost synced state: a leader caught this node up; it votes again");
+                }
             }
             () = applied.addrs_changed.notified() => serving.learn_addrs(),
             m = inbox.recv() => match m {

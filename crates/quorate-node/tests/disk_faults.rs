@@ -239,8 +239,19 @@ async fn lose_synced_records(c: &mut Cluster, before: &[(String, String)]) -> (u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wal_that_lost_synced_records_rejoins_without_campaigning_and_catches_up() {
+    lost_synced_records_rejoin(Engine::Driver).await;
+}
+
+/// The same with every node on the runtime engine (found by `cargo xtask chaos --engine
+/// runtime`: the runtime refused to open a store that lost synced state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_that_lost_synced_records_rejoins_without_campaigning_and_catches_up_on_the_runtime_engine() {
+    lost_synced_records_rejoin(Engine::Runtime).await;
+}
+
+async fn lost_synced_records_rejoin(engine: Engine) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(tmp.path(), |_, _| {});
+    let mut c = Cluster::start(tmp.path(), |_, config| config.engine = engine);
     let before = pairs("a", 10);
     let (victim, spaced) = lose_synced_records(&mut c, &before).await;
     let evidence = c.config(victim).data_dir.join("store").join("lost-state");

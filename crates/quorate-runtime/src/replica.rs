@@ -397,6 +397,10 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
         };
         let snapshot = stored.map(|s| s.header().meta.clone());
         let mut raft_cfg = cfg.raft.clone();
+        // A storage that lost synced state: the core rejoins from what it had recorded.
+        if raft_cfg.recovering.is_none() {
+            raft_cfg.recovering = storage.lost_state();
+        }
         raft_cfg.applied = applied;
         raft_cfg.snapshot = snapshot;
         let staging = storage.staging()?;
@@ -1031,6 +1035,13 @@ impl<SM: StateMachine, L: LogStorage, C: Core<L>> Replica<SM, L, C> {
             let ready = self.core.ready();
             if ready.is_empty() {
                 break;
+            }
+            // 0. The recovery from lost synced state is over, on durable ground (the core
+            //    says so): the storage forgets the loss.
+            if ready.recovered
+                && let Err(e) = self.core.storage_mut().recovered()
+            {
+                return self.halt(format!("storage: cannot record the recovery from lost state: {e}"));
             }
             // 1. Messages: none depends on this batch or on applying.
             for m in ready.messages {

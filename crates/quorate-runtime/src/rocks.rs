@@ -73,8 +73,10 @@ pub struct RocksLog {
 
 impl RocksLog {
     /// Opens (or creates) the store in `dir`. `options` carry the bootstrap configuration of a
-    /// new store ([`StoreOptions::with_bootstrap`]). A store that reports lost synced state is
-    /// refused: recovering from it is not supported by the runtime yet.
+    /// new store ([`StoreOptions::with_bootstrap`]). A store that lost synced state (its
+    /// durable mark is ahead of what it holds) opens only with
+    /// [`StoreOptions::accept_lost_state`]; the replica then recovers from what the mark had
+    /// recorded ([`LogStorage::lost_state`]).
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<RocksLog, StoreError> {
         RocksLog::open_with_layout(dir, options, ImageLayout::Data)
     }
@@ -86,11 +88,6 @@ impl RocksLog {
         layout: ImageLayout,
     ) -> Result<RocksLog, StoreError> {
         let store = RocksStore::open(dir, options)?;
-        if let Some(lost) = store.lost_state() {
-            return Err(StoreError::Io(format!(
-                "the store lost synced state ({lost:?}); the runtime cannot recover it yet"
-            )));
-        }
         let staging_dir = store.dir().join(STAGING_DIR);
         let staging = load_staging(&staging_dir, layout)?;
         Ok(RocksLog { store: Arc::new(store), staging_dir, staging, layout })
@@ -237,6 +234,19 @@ impl LogStorage for RocksLog {
         options.space_retry_interval = None;
         let committer = GroupCommitter::new(self.store.clone(), options)?;
         Ok(Some(Box::new(RocksWriter { committer })))
+    }
+
+    /// What the store's durable mark had recorded, if the store opened below it
+    /// ([`RocksStore::lost_state`]; the evidence stays in its `lost-state` file until
+    /// [`LogStorage::recovered`]).
+    fn lost_state(&self) -> Option<quorate_core::Recovering> {
+        let lost = self.store.lost_state()?;
+        Some(quorate_core::Recovering { term: lost.term, vote: lost.vote, last: lost.last, commit: lost.commit })
+    }
+
+    /// Removes the evidence durably ([`RocksStore::recovered`]): the next open is a normal one.
+    fn recovered(&mut self) -> Result<(), StorageError> {
+        self.store.recovered().map_err(|e| io_err("recording the recovery from lost state", e))
     }
 
     fn snapshot(&self) -> Result<Option<SnapshotHeader>, StorageError> {

@@ -202,6 +202,27 @@ pub trait LogStorage: quorate_log::LogStorage + Send + 'static {
     fn batch_writer(&self) -> Result<Option<Box<dyn BatchWriter>>, StorageError> {
         Ok(None)
     }
+
+    /// What this storage lost of the state it had reported durable (a disk that dropped
+    /// synced writes, found when it opened; `RocksLog` finds it by the store's durable mark
+    /// and opens only with `StoreOptions::accept_lost_state`): the term, vote, last entry and
+    /// commit index it had recorded. The replica then starts recovering
+    /// ([`quorate_core::Config::recovering`], unless the host set it): it does not campaign
+    /// and votes only for a candidate at least as up to date as the record, until a leader
+    /// has caught it up. `None` (the default): nothing lost.
+    fn lost_state(&self) -> Option<quorate_core::Recovering> {
+        None
+    }
+
+    /// The core reported the recovery from [`LogStorage::lost_state`] complete: a leader
+    /// caught this replica up and what the recovery rests on is durable. Forget the loss, so
+    /// that the next start is a normal one. The default does nothing.
+    ///
+    /// # Errors
+    /// The loss cannot be forgotten durably (the replica halts; a restart recovers again).
+    fn recovered(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// The outcome of a batch handed to a [`BatchWriter`]: called once, on any thread.
