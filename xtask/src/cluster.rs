@@ -147,6 +147,8 @@ pub(crate) struct Cluster {
     paused: BTreeSet<u64>,
     /// `RUST_LOG` of the nodes started from now on (default: the caller's `RUST_LOG`, or `info`).
     pub(crate) log_filter: String,
+    /// `QUORATE_ENGINE` of the nodes started from now on (`None`: inherited from the caller).
+    pub(crate) engine: Option<&'static str>,
 }
 
 impl Cluster {
@@ -157,7 +159,15 @@ impl Cluster {
         }
         std::fs::create_dir_all(dir.join("logs"))?;
         let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        Ok(Cluster { bin, dir, name: name.to_string(), nodes: BTreeMap::new(), paused: BTreeSet::new(), log_filter })
+        Ok(Cluster {
+            bin,
+            dir,
+            name: name.to_string(),
+            nodes: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            log_filter,
+            engine: None,
+        })
     }
 
     /// `quorate certs dev`: a CA, certificates for nodes `1..=nodes` and the clients `admin`,
@@ -275,7 +285,11 @@ impl Cluster {
             bail!("node {id} is already running");
         }
         let log = File::options().create(true).append(true).open(self.log_path(id))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(engine) = self.engine {
+            cmd.env("QUORATE_ENGINE", engine);
+        }
+        let child = cmd
             .args(["node", "start", "--config"])
             .arg(self.config_path(id))
             .env("RUST_LOG", &self.log_filter)

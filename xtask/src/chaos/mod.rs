@@ -42,7 +42,7 @@ use workload::{ClientFactory, History, KeyChoice, OBSERVER, Principals, Timeouts
 pub(crate) const USAGE: &str = "\
 usage: cargo xtask chaos [--nodes 3|5] [--duration SECONDS] [--seed S] [--faults LIST]
                          [--workload mixed|hot-key|txn] [--reads linearizable|lease] [--clients N] [--keys N]
-                         [--txn-clients N] [--txn-slots N]
+                         [--txn-clients N] [--txn-slots N] [--engine driver|runtime]
                          [--principals per-client|shared] [--hold-ms LO-HI] [--target leader|any]
        cargo xtask chaos failover [--kills N] [--seed S]
        cargo xtask chaos regress [NAME]      (names: see docs/chaos.md or `chaos regress list`; none: all)
@@ -104,6 +104,9 @@ pub(crate) struct Options {
     /// Failpoint settings written to every node before the workload starts (test-only
     /// weakenings; `None` in every real run).
     pub(crate) failpoints: Option<&'static str>,
+    /// The nodes' engine, `driver` or `runtime` (`QUORATE_ENGINE`; `None`: the caller's
+    /// environment, else the default).
+    pub(crate) engine: Option<&'static str>,
 }
 
 impl Options {
@@ -126,6 +129,15 @@ impl Options {
             txn_clients: 0,
             txn_slots: 6,
             failpoints: None,
+            engine: None,
+        }
+    }
+
+    /// The engine the nodes run on, as the run's verdict names it.
+    fn engine_name(&self) -> String {
+        match self.engine {
+            Some(e) => e.to_string(),
+            None => std::env::var("QUORATE_ENGINE").unwrap_or_else(|_| "driver".into()),
         }
     }
 
@@ -192,6 +204,13 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--txn-clients" => o.txn_clients = parse_num(v, flag)?.clamp(0, 64),
             "--txn-slots" => o.txn_slots = parse_num(v, flag)?.clamp(1, 1000),
+            "--engine" => {
+                o.engine = Some(match v {
+                    "driver" => "driver",
+                    "runtime" => "runtime",
+                    _ => bail!("--engine is driver or runtime, got `{v}`"),
+                });
+            }
             "--reads" => {
                 o.reads = match v {
                     "linearizable" => ReadConsistency::Linearizable,
@@ -304,8 +323,10 @@ impl Env {
         spares: u64,
         raft: RaftSettings,
         clients: &[String],
+        engine: Option<&'static str>,
     ) -> Result<Env> {
         let mut cluster = Cluster::new(bin, dir.clone(), "chaos", true)?;
+        cluster.engine = engine;
         // QUIC's own info-level events fill gigabytes in a chaos run.
         cluster.log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,quinn=warn,quinn_proto=warn".into());
         let total = nodes + spares;
@@ -497,9 +518,10 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         raft.lease_clock_drift_ms = LEASE_DRIFT_MS;
     }
     crate::demo::step(&format!(
-        "chaos seed {}: {} nodes, {}s, faults {}, {:?} workload, {:?} reads, {:?} principals",
+        "chaos seed {}: {} nodes ({} engine), {}s, faults {}, {:?} workload, {:?} reads, {:?} principals",
         o.seed,
         o.nodes,
+        o.engine_name(),
         o.duration.as_secs(),
         Fault::names(&o.faults),
         o.choice,
@@ -508,7 +530,7 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
     ));
     let mut principals = o.principals.certs(o.clients);
     principals.extend((0..o.txn_clients).map(|i| format!("{}:write", txn::principal(i))));
-    let env = Arc::new(Env::create(bin, dir.clone(), o.nodes, spares, raft, &principals).await?);
+    let env = Arc::new(Env::create(bin, dir.clone(), o.nodes, spares, raft, &principals, o.engine).await?);
     if let Some(text) = o.failpoints {
         for id in 1..=o.nodes {
             env.set_failpoints(id, text)?;
@@ -692,9 +714,10 @@ async fn run_async(o: &Options, bin: PathBuf, dir: PathBuf) -> Result<Verdict> {
         other => format!("{other:?}"),
     };
     let line = format!(
-        "chaos seed={} nodes={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){capped}; {}; {safety}; {}{txn_line}{watch_line}{lease_line}",
+        "chaos seed={} nodes={} engine={} faults={} workload={:?}{} reads={reads} principals={:?}: {} — {} ops ({} ok, {} failed, {} unknown){capped}; {}; {safety}; {}{txn_line}{watch_line}{lease_line}",
         o.seed,
         o.nodes,
+        o.engine_name(),
         Fault::names(&o.faults),
         o.choice,
         if o.txn_clients > 0 { format!("+txn({} clients)", o.txn_clients) } else { String::new() },
