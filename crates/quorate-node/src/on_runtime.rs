@@ -39,8 +39,10 @@
 //!   ([`crate::peer_disks`]).
 //!
 //! Not yet served here (left out): admission's fair queues per principal, proposal spans and the
-//! storage-stall probe, failpoints other than name resolution, lease expiry delay, `disk_full`
-//! and `corrupt_hash_samples`. The driver (the default engine) serves all of them.
+//! storage-stall probe, and the failpoints `slow_disk_ms`, `clock_rate`, `slow_apply_ms`,
+//! `slow_read_ms`, `slow_snapshot_ms`, `kill_apply_thread`, `torn_txn_reads_ms` and
+//! `watch_events` (the store's own failpoints work: they act in the store). The driver (the
+//! default engine) serves all of them.
 
 use crate::apply::ReadReq;
 use crate::config::NodeConfig;
@@ -127,6 +129,7 @@ pub(crate) async fn run(
     .map_err(|e| ServerError::Fatal(format!("cannot start the replica: {e}")))?;
     // The replica's start may have restored its snapshot: read what it left.
     applied.refresh(&store)?;
+    telemetry.applied_at_start(store.applied_index());
     let cluster_version = applied.cluster_version.get();
 
     let (transport, mut inbox) = crate::server::bind_transport(&config, id, &failpoints).await?;
@@ -469,9 +472,12 @@ impl Serving {
                 crate::server::refused_peer(from, peer_refused::NOT_MEMBER, "a message claiming another sender");
             }
             FromPeer::Node(NodeMessage::HashSamples(samples)) => {
-                let c = &self.status.borrow().config;
                 // Not from the leader of an unknown configuration: only members' samples count.
-                if c.is_voter(from) || c.is_learner(from) {
+                let member = {
+                    let c = &self.status.borrow().config;
+                    c.is_voter(from) || c.is_learner(from)
+                };
+                if member {
                     self.observer
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)

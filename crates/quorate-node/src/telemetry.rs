@@ -147,6 +147,13 @@ impl NodeTelemetry {
         metrics::histogram!(n::SNAPSHOT_TAKE_SECONDS).record(took.as_secs_f64());
     }
 
+    /// The applied index the node starts from (after a snapshot restored at start): the
+    /// baseline of `quorate_proposals_applied_total`, which counts only what applies after.
+    pub(crate) fn applied_at_start(&self, index: LogIndex) {
+        self.applied.fetch_max(index.0, Ordering::Relaxed);
+        metrics::gauge!(n::APPLIED_INDEX).set(self.applied.load(Ordering::Relaxed) as f64);
+    }
+
     /// Apply thread: everything up to `index` is applied.
     pub(crate) fn applied(&self, index: LogIndex) {
         let index = index.0;

@@ -1467,6 +1467,95 @@ mod tests {
         assert_eq!(disk.last_index(), last);
     }
 
+    /// One round between [`two_voters`]: both tick, the leader's messages reach the follower,
+    /// the follower's disk writes what it queued (if `write`) and reports, and its answers
+    /// reach the leader.
+    fn round(
+        leader: &mut Replica<Sum, MemStorage>,
+        follower: &mut Replica<Sum, DeferredStorage>,
+        disk: &DeferredStorage,
+        reports: &Reports,
+        now: Instant,
+        write: bool,
+    ) {
+        leader.tick(now);
+        follower.tick(now);
+        let mut to_follower = Vec::new();
+        leader.process(now, &mut to_follower);
+        for m in to_follower {
+            follower.receive(now, m);
+        }
+        let mut to_leader = Vec::new();
+        follower.process(now, &mut to_leader);
+        if write {
+            disk.write(usize::MAX);
+        }
+        hand_reports(follower, reports, now);
+        follower.process(now, &mut to_leader);
+        for m in to_leader {
+            leader.receive(now, m);
+        }
+    }
+
+    /// A follower whose disk lost synced writes restarts recovering from what its storage had
+    /// recorded: it does not campaign, and the storage forgets the loss only once a leader
+    /// has caught the follower up and its disk has reported the catch-up durable.
+    #[test]
+    fn a_replica_whose_storage_lost_synced_state_recovers_and_forgets_the_loss_only_once_durable() {
+        let (mut leader, mut follower, disk, reports, mut now) = two_voters();
+        let out: Log<u64> = Log::default();
+        for v in [1, 2, 3] {
+            leader.propose(now, vec![v], None, sink(&out));
+        }
+        for _ in 0..20 {
+            now = Instant(now.0 + 20_000_000);
+            round(&mut leader, &mut follower, &disk, &reports, now, true);
+        }
+        let last = leader.status().last_index;
+        assert_eq!(follower.status().commit, last, "caught up: {:?}", follower.status());
+        let term = follower.status().term;
+
+        // A crash that loses the last two synced entries; the record keeps what was synced.
+        drop(follower);
+        let mut lost = disk.disk();
+        lost.lose_synced_state(LogIndex(last.0 - 1));
+        assert_eq!(lost.last_index(), LogIndex(last.0 - 2));
+        let disk = DeferredStorage::new(lost);
+        let mut follower =
+            Replica::new(Config::new(NodeId::new(2).expect("non-zero")), disk.clone(), Sum::default(), now)
+                .expect("starts");
+        let reports = Reports::default();
+        let to = reports.clone();
+        assert_eq!(follower.detach_writes(move |io, res| to.lock().unwrap().push((io, res))), Ok(true));
+        assert!(follower.core().recovering().is_some(), "the storage's record reached the core");
+
+        // Alone past its election timeout: no campaign.
+        let due = follower.next_deadline().expect("an election timer");
+        follower.tick(due);
+        let mut sent = Vec::new();
+        follower.process(due, &mut sent);
+        assert_eq!((follower.status().role, follower.status().term), (Role::Follower, term));
+        assert!(sent.is_empty(), "no vote asked: {sent:?}");
+
+        // The leader sends the lost entries; the follower's disk holds them back: still
+        // recovering, the loss not forgotten.
+        for _ in 0..10 {
+            now = Instant(now.0 + 20_000_000);
+            round(&mut leader, &mut follower, &disk, &reports, now, false);
+        }
+        assert!(disk.queued() > 0, "the catch-up waits on the disk");
+        assert!(disk.lost_state().is_some() && follower.core().recovering().is_some());
+        // Durable: recovered, the loss forgotten, the log whole again.
+        for _ in 0..10 {
+            now = Instant(now.0 + 20_000_000);
+            round(&mut leader, &mut follower, &disk, &reports, now, true);
+        }
+        assert!(follower.core().recovering().is_none(), "left recovery");
+        assert_eq!(disk.lost_state(), None, "the storage forgot the loss");
+        assert_eq!(disk.last_index(), last);
+        assert!(follower.halted().is_none());
+    }
+
     #[test]
     fn a_proposal_for_another_term_is_refused() {
         let (mut r, now) = leader(storage(), Sum::default(), Config::new(id()));

@@ -82,7 +82,9 @@ pub trait StateMachine: Send + 'static {
     /// command (if any) reaches [`StateMachine::apply`]. For observation only: an audit trail,
     /// or a running hash of the applied log that replicas compare (the Quorate node does, to
     /// catch replicas that diverge). It changes nothing and cannot refuse; entries a restored
-    /// snapshot covers are not shown. The default does nothing.
+    /// snapshot covers are not shown. Across restarts an entry may be shown again: the log
+    /// after the applied index a replica starts from (a durable state machine's last commit)
+    /// is shown as it applies again. The default does nothing.
     fn observe_entry(&mut self, entry: &Entry) {
         let _ = entry;
     }

@@ -1,7 +1,7 @@
 //! Durable storage of the Raft log, the hard state and the latest snapshot.
 
 use quorate_core::Persist;
-use quorate_log::{Data, EntryId, InitialState, LogIndex, MemLog, SnapshotMeta, StorageError, Term};
+use quorate_log::{Data, Entry, EntryId, HardState, InitialState, LogIndex, MemLog, SnapshotMeta, StorageError, Term};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
@@ -310,6 +310,9 @@ pub struct MemStorage {
     staging: Option<(SnapshotHeader, Vec<u8>)>,
     /// The commit index as of the last synced batch.
     synced_commit: LogIndex,
+    /// Synced state this storage lost, as recorded before the loss
+    /// ([`MemStorage::lose_synced_state`]), until the replica recovers.
+    lost: Option<quorate_core::Recovering>,
 }
 
 impl MemStorage {
@@ -322,7 +325,26 @@ impl MemStorage {
             snapshot: Arc::new(Mutex::new(None)),
             staging: None,
             synced_commit: LogIndex::ZERO,
+            lost: None,
         }
+    }
+
+    /// Models a disk that lost synced writes, as a durable mark would find it: the log from
+    /// `from` on is gone (never the snapshot; the commit index is lowered below the cut),
+    /// and what the storage had recorded before the loss — term, vote, last entry, commit —
+    /// is kept (a second loss before recovery keeps the first record). A replica started on
+    /// it recovers from that record ([`LogStorage::lost_state`]) until a leader has caught it
+    /// up ([`LogStorage::recovered`] forgets it). For simulations and tests.
+    pub fn lose_synced_state(&mut self, from: LogIndex) {
+        let hs = self.log.hard_state();
+        let snapshot = self.log.snapshot_meta().last;
+        let last = self.log.all_entries().last().map_or(snapshot, Entry::id);
+        self.lost.get_or_insert(quorate_core::Recovering { term: hs.term, vote: hs.vote, last, commit: hs.commit });
+        let from = from.max(snapshot.index.next());
+        self.log.truncate_from(from);
+        let kept = LogIndex(from.0 - 1);
+        self.log.set_hard_state(HardState { commit: hs.commit.min(kept), ..hs });
+        self.synced_commit = self.synced_commit.min(kept);
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<MemImage>> {
@@ -359,6 +381,7 @@ impl Clone for MemStorage {
             snapshot: Arc::new(Mutex::new(self.slot().clone())),
             staging: self.staging.clone(),
             synced_commit: self.synced_commit,
+            lost: self.lost,
         }
     }
 }
@@ -419,6 +442,13 @@ impl quorate_log::LogStorage for MemStorage {
 }
 
 impl LogStorage for MemStorage {
+    fn lost_state(&self) -> Option<quorate_core::Recovering> {
+        self.lost
+    }
+    fn recovered(&mut self) -> Result<(), StorageError> {
+        self.lost = None;
+        Ok(())
+    }
     fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
         if let Some(meta) = &batch.install {
             let image = match self.staging.take() {
@@ -722,6 +752,12 @@ impl LogStorage for DeferredStorage {
         d.writer = true;
         drop(d);
         Ok(Some(Box::new(DeferredWriter(self.clone()))))
+    }
+    fn lost_state(&self) -> Option<quorate_core::Recovering> {
+        lock(&self.shared).disk.lost_state()
+    }
+    fn recovered(&mut self) -> Result<(), StorageError> {
+        lock(&self.shared).disk.recovered()
     }
 }
 
