@@ -332,14 +332,25 @@ impl MemStorage {
     /// Models a disk that lost synced writes, as a durable mark would find it: the log from
     /// `from` on is gone (never the snapshot; the commit index is lowered below the cut),
     /// and what the storage had recorded before the loss — term, vote, last entry, commit —
-    /// is kept (a second loss before recovery keeps the first record). A replica started on
-    /// it recovers from that record ([`LogStorage::lost_state`]) until a leader has caught it
-    /// up ([`LogStorage::recovered`] forgets it). For simulations and tests.
+    /// is kept (lost again before the replica recovered: the record keeps the most it ever
+    /// held, as a durable mark does, since the replica may have acknowledged entries past
+    /// the first record meanwhile). A replica started on it recovers from that record
+    /// ([`LogStorage::lost_state`]) until a leader has caught it up
+    /// ([`LogStorage::recovered`] forgets it). For simulations and tests.
     pub fn lose_synced_state(&mut self, from: LogIndex) {
         let hs = self.log.hard_state();
         let snapshot = self.log.snapshot_meta().last;
         let last = self.log.all_entries().last().map_or(snapshot, Entry::id);
-        self.lost.get_or_insert(quorate_core::Recovering { term: hs.term, vote: hs.vote, last, commit: hs.commit });
+        let now = quorate_core::Recovering { term: hs.term, vote: hs.vote, last, commit: hs.commit };
+        self.lost = Some(match self.lost {
+            None => now,
+            Some(r) => quorate_core::Recovering {
+                term: r.term.max(now.term),
+                vote: if r.term > now.term { r.vote } else { now.vote },
+                last: if r.last.index > now.last.index { r.last } else { now.last },
+                commit: r.commit.max(now.commit),
+            },
+        });
         let from = from.max(snapshot.index.next());
         self.log.truncate_from(from);
         let kept = LogIndex(from.0 - 1);

@@ -24,7 +24,10 @@
 //! on the node's [`DeferredStorage`] disk, which writes its queue — all of it, or the oldest
 //! few — up to 3, 8 or 40 ms later and reports it at its next step; a crash loses what was queued; now and then a
 //! disk fails a write, and the replica must halt (the node then restarts); an install flushes
-//! what waits.
+//! what waits. In 30 % of the seeds a quarter of the crashes during the faults also lose the
+//! disk's last 1–8 synced entries, keeping the record of what it held
+//! ([`MemStorage::lose_synced_state`]); the node rejoins from it, without campaigning, until a
+//! leader has caught it up.
 //!
 //! The second half of the file is a lab without random faults for the snapshot transfer:
 //! several chunks to a lagging follower, resumption after a partition, a follower restart and
@@ -38,8 +41,8 @@ use quorate_check::history::{Completion, Operation, ReadCompletion};
 use quorate_check::linearizability::{Limits, check};
 use quorate_core::IoId;
 use quorate_core::{Instant, SplitMix64};
-use quorate_log::StorageError;
 use quorate_log::{Configuration, Data, LogIndex, NodeId};
+use quorate_log::{LogStorage as _, StorageError};
 use quorate_runtime::{
     AckStatus, Applier, ClientId, Committed, ConfChange, Config, DeferredStorage, Error, Jobs, LogStorage, MemStorage,
     ReadLevel, Replica, RestoreError, RuntimeWrites, SnapshotChunk, SnapshotHeader, StateMachine, TransferFormat,
@@ -282,6 +285,13 @@ struct SimConfig {
     /// Detached writes: the chance that a disk fails a write (the replica must halt; the
     /// node is then crashed and restarts from what its disk kept).
     disk_failure: f64,
+    /// The chance that a crash during the faults also loses synced entries — the last few
+    /// of its log, as a torn write-ahead log loses them — while the storage keeps the record
+    /// of what it held ([`MemStorage::lose_synced_state`]): the node restarts recovering.
+    /// Only while every configuration keeps a quorum of voters that are not recovering (a
+    /// majority that lost state is unavailable by design), and never below what a durable
+    /// state machine applied (the node's store loses both together, in one write-ahead log).
+    lose_synced: f64,
 }
 
 impl SimConfig {
@@ -313,6 +323,7 @@ impl SimConfig {
             },
             write_lag_ms: if rng.chance(0.5) { Some([3, 8, 40][rng.below(3) as usize]) } else { None },
             disk_failure: if rng.chance(0.3) { 0.003 } else { 0.0 },
+            lose_synced: if rng.chance(0.3) { 0.25 } else { 0.0 },
         }
     }
 }
@@ -418,6 +429,9 @@ struct Summary {
     disk_failures: u64,
     /// Batches still queued on a disk when an install came, written by the flush before it.
     batches_flushed: u64,
+    /// Crashes that also lost synced entries, and the entries lost.
+    lost_states: u64,
+    lost_entries: u64,
 }
 
 struct Sim<const D: bool, const O: bool = false> {
@@ -436,6 +450,11 @@ struct Sim<const D: bool, const O: bool = false> {
     disk_failures: u64,
     /// Batches flushed before an install on replicas that crashed since.
     batches_flushed: u64,
+    /// Losses of synced state ([`SimConfig::lose_synced`]), drawn from a generator of their
+    /// own (a seed without losses runs as before they existed).
+    loss_rng: SplitMix64,
+    lost_states: u64,
+    lost_entries: u64,
     /// Detached state machines (`apply_lag_ms`), with their work waiting: (due, jobs).
     appliers: Vec<Option<Applier<Kv<D, O>>>>,
     apply_queues: Vec<VecDeque<(u64, Jobs<Kv<D, O>>)>>,
@@ -552,6 +571,7 @@ impl<const D: bool, const O: bool> Sim<D, O> {
                 written: 0,
             })
             .collect();
+        let loss_seed = cfg.seed ^ 0x0105_55ed;
         let mut sim = Sim {
             rng: SplitMix64::new(cfg.seed),
             next_crash: cfg.crash_every_ms * MS,
@@ -596,6 +616,9 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             batches_deferred: 0,
             disk_failures: 0,
             batches_flushed: 0,
+            loss_rng: SplitMix64::new(loss_seed),
+            lost_states: 0,
+            lost_entries: 0,
         };
         for i in 0..n {
             if let Some(mut r) = sim.nodes[i].take() {
@@ -767,6 +790,8 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             disk_failures: self.disk_failures,
             batches_flushed: self.batches_flushed
                 + self.nodes.iter().flatten().map(|r| r.storage().flushed()).sum::<u64>(),
+            lost_states: self.lost_states,
+            lost_entries: self.lost_entries,
         })
     }
 
@@ -917,6 +942,8 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             self.batches_flushed += r.storage().flushed();
             let mut disk = r.storage().disk();
             disk.crash();
+            let config = r.status().config;
+            self.maybe_lose_synced(i, &mut disk, config);
             self.installs += r.transfer_stats().installs;
             self.stream_installs += r.transfer_stats().stream_installs;
             self.backlog_stops += r.apply_backlog().1;
@@ -928,6 +955,52 @@ impl<const D: bool, const O: bool> Sim<D, O> {
             self.restart_at[i] = self.now + MS * (50 + self.rng.below(600));
             self.crashes += 1;
         }
+    }
+
+    /// At a crash of node `i`: with probability `lose_synced` (during the faults), its disk
+    /// also loses its last 1–8 synced entries and keeps the record of what it held (see
+    /// [`SimConfig::lose_synced`]).
+    fn maybe_lose_synced(&mut self, i: usize, disk: &mut MemStorage, config: Configuration) {
+        if !self.faults_on() || self.cfg.lose_synced == 0.0 || !self.loss_rng.chance(self.cfg.lose_synced) {
+            return;
+        }
+        // Every configuration in force keeps a quorum of voters not recovering without `i`.
+        let mut configs = vec![config];
+        let mut recovering = BTreeSet::from([self.ids[i]]);
+        for (j, r) in self.nodes.iter().enumerate() {
+            if let Some(r) = r {
+                configs.push(r.status().config);
+                if r.storage().lost_state().is_some() {
+                    recovering.insert(self.ids[j]);
+                }
+            }
+        }
+        for (j, d) in self.disks.iter().enumerate() {
+            if let Some(d) = d {
+                if let Ok(s) = d.initial_state() {
+                    configs.push(s.config);
+                }
+                if d.lost_state().is_some() {
+                    recovering.insert(self.ids[j]);
+                }
+            }
+        }
+        let quorum_left =
+            configs.iter().filter(|c| !c.voters.is_empty()).all(|c| c.has_quorum(|v| !recovering.contains(&v)));
+        if !quorum_left {
+            return;
+        }
+        // Never below what the durable state machine applied, nor into the snapshot.
+        let floor = if D { self.kv_disks[i].lock().expect("unpoisoned").applied.next() } else { LogIndex(1) };
+        let floor = floor.max(disk.snapshot_last().index.next());
+        let last = disk.last_index();
+        let from = LogIndex(last.0.saturating_sub(self.loss_rng.below(8))).max(floor);
+        if from > last {
+            return;
+        }
+        disk.lose_synced_state(from);
+        self.lost_states += 1;
+        self.lost_entries += last.0 - from.0 + 1;
     }
 
     fn route(&mut self, msg: WireMessage) {
@@ -1356,6 +1429,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         batches_deferred: 0,
         disk_failures: 0,
         batches_flushed: 0,
+        lost_states: 0,
+        lost_entries: 0,
     };
     for &seed in &seeds {
         match run_seed::<D, O>(seed) {
@@ -1387,6 +1462,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
                 total.batches_deferred += s.batches_deferred;
                 total.disk_failures += s.disk_failures;
                 total.batches_flushed += s.batches_flushed;
+                total.lost_states += s.lost_states;
+                total.lost_entries += s.lost_entries;
                 total.apply_backlog_peak = total.apply_backlog_peak.max(s.apply_backlog_peak);
             }
             Err(e) => panic!("seed {seed} failed: {e}\n{}", replay_hint(seed, test)),
@@ -1413,6 +1490,8 @@ fn run_seeds<const D: bool, const O: bool>(test: &str) -> Summary {
         // while batches waited on the disk, which the flush before them wrote.
         assert!(total.write_seeds >= n as u64 / 4 && total.batches_deferred > 0, "{total:?}");
         assert!(total.disk_failures > 0 && total.batches_flushed > 0, "{total:?}");
+        // Crashes lost synced entries, which the nodes recovered from.
+        assert!(total.lost_states > 0 && total.lost_entries > 0, "{total:?}");
     }
     total
 }
