@@ -974,13 +974,20 @@ impl Sim {
         let last_term = n.durable.term(last_index).unwrap_or(n.durable.snapshot_last().term);
         let now =
             Recovering { term: hs.term, vote: hs.vote, last: EntryId::new(last_term, last_index), commit: hs.commit };
-        // Lost again while recovering: the record keeps the most it ever held.
+        // Lost again while recovering: the records merge as quorate-storage's do — the
+        // higher term with its vote (in one term, a vote either holds), the more up-to-date
+        // last entry by term then index (a later term's entry at a lower index replaced the
+        // longer tail, which never committed), the higher commit.
         let record = match n.record {
             None => now,
             Some(r) => Recovering {
                 term: r.term.max(now.term),
-                vote: if r.term > now.term { r.vote } else { now.vote },
-                last: if r.last.index > now.last.index { r.last } else { now.last },
+                vote: match r.term.cmp(&now.term) {
+                    std::cmp::Ordering::Greater => r.vote,
+                    std::cmp::Ordering::Equal => now.vote.or(r.vote),
+                    std::cmp::Ordering::Less => now.vote,
+                },
+                last: r.last.max(now.last),
                 commit: r.commit.max(now.commit),
             },
         };

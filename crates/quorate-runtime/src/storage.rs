@@ -332,9 +332,10 @@ impl MemStorage {
     /// Models a disk that lost synced writes, as a durable mark would find it: the log from
     /// `from` on is gone (never the snapshot; the commit index is lowered below the cut),
     /// and what the storage had recorded before the loss — term, vote, last entry, commit —
-    /// is kept (lost again before the replica recovered: the record keeps the most it ever
-    /// held, as a durable mark does, since the replica may have acknowledged entries past
-    /// the first record meanwhile). A replica started on it recovers from that record
+    /// is kept (lost again before the replica recovered: the records merge as quorate-storage's
+    /// do — the higher term with its vote, the more up-to-date last entry by term then index,
+    /// the higher commit — since the replica may have acknowledged entries past the first
+    /// record meanwhile). A replica started on it recovers from that record
     /// ([`LogStorage::lost_state`]) until a leader has caught it up
     /// ([`LogStorage::recovered`] forgets it). For simulations and tests.
     pub fn lose_synced_state(&mut self, from: LogIndex) {
@@ -346,8 +347,14 @@ impl MemStorage {
             None => now,
             Some(r) => quorate_core::Recovering {
                 term: r.term.max(now.term),
-                vote: if r.term > now.term { r.vote } else { now.vote },
-                last: if r.last.index > now.last.index { r.last } else { now.last },
+                vote: match r.term.cmp(&now.term) {
+                    std::cmp::Ordering::Greater => r.vote,
+                    std::cmp::Ordering::Equal => now.vote.or(r.vote),
+                    std::cmp::Ordering::Less => now.vote,
+                },
+                // Raft's order (term, then index): a later term's entry at a lower index
+                // replaced the longer tail, which never committed.
+                last: r.last.max(now.last),
                 commit: r.commit.max(now.commit),
             },
         });

@@ -215,11 +215,19 @@ impl LostStateRecord {
         }
     }
 
-    /// This record and a later loss `next` in one: the higher term (with its vote), the
-    /// longer log, the higher commit index, both descriptions.
+    /// This record and a later loss `next` in one: the higher term (with its vote; in one
+    /// term, a vote either holds), the more up-to-date last entry — by term, then index, as
+    /// Raft compares logs (`EntryId`'s order), not the longer log: an entry of a later term
+    /// at a lower index replaced the longer log's tail, which therefore never committed, and
+    /// may itself have committed with this node's acknowledgement —, the higher commit index,
+    /// both descriptions.
     pub(crate) fn merge(self, next: LostStateRecord) -> LostStateRecord {
-        let (term, vote) = if self.term > next.term { (self.term, self.vote) } else { (next.term, next.vote) };
-        let last = if self.last.index > next.last.index { self.last } else { next.last };
+        let (term, vote) = match self.term.cmp(&next.term) {
+            std::cmp::Ordering::Greater => (self.term, self.vote),
+            std::cmp::Ordering::Equal => (next.term, next.vote.or(self.vote)),
+            std::cmp::Ordering::Less => (next.term, next.vote),
+        };
+        let last = self.last.max(next.last);
         let mut lost = self.lost;
         lost.extend(next.lost);
         lost.truncate(LOST_LINES_MAX);
@@ -573,12 +581,22 @@ mod tests {
             detected_unix_ms: 9,
             lost: vec!["log entries 70..=80".into()],
         };
-        let m = a.clone().merge(b);
+        let m = a.clone().merge(b.clone());
+        // The last entry is the more up to date one (by term, then index), not the longer
+        // log: a term-6 leader overwrote index 80 onwards, so a's entries past 79 never
+        // committed, while (6, 80) may have with this node's acknowledgement.
         assert_eq!(
-            (m.term, m.vote, m.last.index, m.commit, m.detected_unix_ms),
-            (Term(6), None, LogIndex(100), LogIndex(95), 7)
+            (m.term, m.vote, m.last, m.commit, m.detected_unix_ms),
+            (Term(6), None, EntryId::new(Term(6), LogIndex(80)), LogIndex(95), 7)
         );
         assert_eq!(m.lost.len(), 2);
+        // The other way round: the same.
+        let m = b.clone().merge(a.clone());
+        assert_eq!((m.term, m.last), (Term(6), EntryId::new(Term(6), LogIndex(80))));
+        // In one term, the longer log; a vote either record holds is kept.
+        let c = LostStateRecord { last: EntryId::new(Term(6), LogIndex(85)), vote: NodeId::new(3), ..b.clone() };
+        let m = c.merge(b);
+        assert_eq!((m.last, m.vote), (EntryId::new(Term(6), LogIndex(85)), NodeId::new(3)));
         let mut bytes = std::fs::read(&path).unwrap();
         let n = bytes.len();
         bytes[n - 6] ^= 1;
