@@ -28,9 +28,10 @@
 //! kill_apply_thread = true  # the apply thread panics at its next turn (within 250 ms)
 //! ```
 //!
-//! * **Slow disk**: the delay runs on the group committer's writer thread after each group's
-//!   write and fsync, before its completion is reported. The consensus core therefore sees
-//!   exactly a slow fsync: nothing in the group counts as persisted, and no later group is
+//! * **Slow disk**: the delay runs on the group committer's writer thread after each batch's
+//!   write and fsync, before its completion is reported (a group of several batches is held
+//!   once per batch; on the runtime engine through `RocksLog::observe_writes`). The consensus
+//!   core therefore sees a slow fsync: nothing counts as persisted, and no later group is
 //!   written, until it passes.
 //! * **Disk full**: the write path's free-space check fails, as on a full disk.
 //! * **Slow name resolution**: resolving a member's address (`member add`, an address learned
@@ -48,8 +49,9 @@
 //! * **Dead apply thread**: the apply thread panics at its next turn, idle or not (it wakes
 //!   every 250 ms), as a bug in the state machine would make it: the node must stop at once
 //!   with that reason, not at the next commit.
-//! * **Clock**: the time the driver feeds the core (elections, heartbeats, leases) runs at
-//!   `clock_rate` from the moment the rate is read; it stays monotonic. A leader whose clock is
+//! * **Clock**: the time either engine feeds the core (elections, heartbeats, leases) runs at
+//!   `clock_rate` from the moment the rate is read; it stays monotonic (the runtime engine's
+//!   [`NodeClock`], whose timers wait the real time the skewed clock takes). A leader whose clock is
 //!   slow believes its lease for longer than the other nodes wait before electing a new leader,
 //!   which is the timing assumption lease reads rest on.
 //! * **Store full**: the store's own free-space floor reports full, so appends are refused and
@@ -676,6 +678,44 @@ fn poll(weak: &Weak<Inner>, path: &Path) {
     }
 }
 
+/// The runtime engine's clock: the process's monotonic clock, skewed by the clock fault
+/// (`clock_rate`) as the driver's core clock is, with timers that wait the real time the skewed
+/// clock takes to reach them.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeClock {
+    origin: std::time::Instant,
+    failpoints: Failpoints,
+}
+
+impl NodeClock {
+    pub(crate) fn new(failpoints: Failpoints) -> NodeClock {
+        NodeClock { origin: std::time::Instant::now(), failpoints }
+    }
+
+    /// The clock's reading `real` after its origin.
+    fn at(&self, real: Duration) -> quorate_core::Instant {
+        quorate_core::Instant(self.failpoints.clock(real).as_nanos().min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// The real time from `real` after the origin until the clock reads `at`.
+    fn real_until_from(&self, at: quorate_core::Instant, real: Duration) -> Duration {
+        self.failpoints.real_at(Duration::from_nanos(at.0)).saturating_sub(real)
+    }
+}
+
+impl quorate_runtime::Clock for NodeClock {
+    fn now(&self) -> quorate_core::Instant {
+        self.at(self.origin.elapsed())
+    }
+
+    /// With failpoints on, at most [`POLL_INTERVAL`]: a new rate starts at the next reading,
+    /// so a wait computed at the old rate is cut short to take it up.
+    fn real_until(&self, at: quorate_core::Instant) -> Duration {
+        let wait = self.real_until_from(at, self.origin.elapsed());
+        if self.failpoints.inner.enabled { wait.min(POLL_INTERVAL) } else { wait }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,5 +859,30 @@ mod tests {
         assert!(fp.disk_full());
         assert!(fp.corrupt_hash_samples());
         assert_eq!(fp.fsync_delay(), Some(Duration::from_millis(7)));
+    }
+
+    #[test]
+    fn the_runtime_engines_clock_is_skewed_and_its_timers_wait_the_real_time() {
+        let fp = Failpoints::new(true);
+        let clock = NodeClock::new(fp.clone());
+        let s = Duration::from_secs;
+        let at = |d: Duration| quorate_core::Instant(d.as_nanos() as u64);
+        assert_eq!(clock.at(s(4)), at(s(4)));
+        assert_eq!(clock.real_until_from(at(s(6)), s(4)), s(2));
+        // Twice as fast from the next reading (4 s): reading 6 s comes after 1 s of real time.
+        fp.apply(&Settings { clock_rate: 2.0, ..Settings::default() });
+        assert_eq!(clock.at(s(4)), at(s(4)));
+        assert_eq!(clock.real_until_from(at(s(6)), s(4)), s(1));
+        assert_eq!(clock.at(s(5)), at(s(6)));
+        assert_eq!(clock.real_until_from(at(s(6)), s(5)), Duration::ZERO, "due");
+        // A timer far off waits at most a poll interval (a new rate is taken up), unless
+        // failpoints are off.
+        use quorate_runtime::Clock as _;
+        assert_eq!(clock.real_until(at(s(3600))), POLL_INTERVAL);
+        let off = NodeClock::new(Failpoints::new(false));
+        assert!(off.real_until(at(s(3600))) > s(3000));
+        // Off: the clock reads real time.
+        assert_eq!(off.at(s(9)), at(s(9)));
+        assert_eq!(off.real_until_from(at(s(10)), s(9)), s(1));
     }
 }

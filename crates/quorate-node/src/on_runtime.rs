@@ -39,9 +39,10 @@
 //!   ([`crate::peer_disks`]).
 //!
 //! Not yet served here (left out): admission's fair queues per principal, proposal spans and the
-//! storage-stall probe, and the failpoints `slow_disk_ms`, `clock_rate`, `slow_apply_ms`,
-//! `slow_read_ms`, `slow_snapshot_ms`, `kill_apply_thread`, `torn_txn_reads_ms` and
-//! `watch_events` (the store's own failpoints work: they act in the store). The driver (the
+//! storage-stall probe, and the failpoints `slow_apply_ms`, `slow_read_ms`, `slow_snapshot_ms`,
+//! `kill_apply_thread`, `torn_txn_reads_ms` and `watch_events` (the store's own failpoints
+//! work, as do `slow_disk_ms` — through [`RocksLog::observe_writes`] — and `clock_rate` —
+//! [`crate::failpoints::NodeClock`]). The driver (the
 //! default engine) serves all of them.
 
 use crate::apply::ReadReq;
@@ -56,9 +57,7 @@ use quorate_api::{
     ReadConsistency, ReadInfo, Request, Response, Staleness,
 };
 use quorate_log::{Configuration, EntryId, LogIndex, LogStorage as _, NodeId, SnapshotMeta, Term};
-use quorate_runtime::{
-    Clock, Core as _, Handle, ImageLayout, Node, ReadLevel, RocksLog, Role, SystemClock, TransferFormat,
-};
+use quorate_runtime::{Clock, Core as _, Handle, ImageLayout, Node, ReadLevel, RocksLog, Role, TransferFormat};
 use quorate_storage::{RocksStore, SmView};
 use quorate_transport::{Incoming, Transport};
 use std::collections::BTreeMap;
@@ -99,7 +98,7 @@ pub(crate) async fn run(
     let (options, client_floor) = crate::server::store_options(&config)?;
     let bootstrap_version = crate::versions::bootstrap_marker(&data_dir, &data_dir.join("store"), config.join)
         .map_err(ServerError::Fatal)?;
-    let log = RocksLog::open_with_layout(data_dir.join("store"), options, ImageLayout::File)?;
+    let mut log = RocksLog::open_with_layout(data_dir.join("store"), options, ImageLayout::File)?;
     let store = log.store().clone();
     // As the driver starts: an install a crash interrupted is finished and damaged records
     // repaired before anything reads the state machine (the store's format is the same).
@@ -108,6 +107,20 @@ pub(crate) async fn run(
     let cluster_version = crate::versions::check_at_start(&store).map_err(ServerError::Fatal)?;
     let failpoints = crate::failpoints::Failpoints::start(&data_dir, config.limits.danger_failpoints);
     failpoints.attach_store(&store);
+    // Every batch the store's group committer writes, as the driver's committer callback
+    // sees it: the fsync and compaction histograms, the slow-disk failpoint (a sleep before
+    // the report, on the writer's thread) and admission's fsync latency signal.
+    {
+        let (fp, fsync) = (failpoints.clone(), gate.fsync_probe());
+        log.observe_writes(move |w| {
+            crate::telemetry::FsyncTimer::record(w.took, w.synced, w.compacted);
+            let slept = Instant::now();
+            fp.before_persist_completion();
+            if w.synced {
+                fsync.record(w.took + slept.elapsed());
+            }
+        });
+    }
 
     let mut cfg = quorate_runtime::Config::new(id);
     cfg.raft = crate::server::core_config(&config, id);
@@ -117,7 +130,8 @@ pub(crate) async fn run(
     cfg.snapshot_staging_bytes_max = config.limits.snapshot_staging_mb.saturating_mul(1 << 20);
     let mut format = transfer_format(cluster_version);
     cfg.snapshot_transfer = format;
-    let clock = SystemClock::new();
+    // Skewed by the clock fault, as the driver's core clock is.
+    let clock = crate::failpoints::NodeClock::new(failpoints.clone());
     let flight_dir = Some(data_dir.join("flight"));
     let flight_budget = usize::try_from(config.limits.flight_recorder_mb << 20).unwrap_or(usize::MAX);
     let applied = Arc::new(KvApplied::of(&store)?);

@@ -766,11 +766,16 @@ impl FsyncTimer {
 
     /// Called on the committer's thread when the batch is durable.
     pub(crate) fn done(self) {
-        let took = self.start.elapsed().as_secs_f64();
-        if self.synced {
+        FsyncTimer::record(self.start.elapsed(), self.synced, self.compacts);
+    }
+
+    /// A batch that took `took` from its submission until durable.
+    pub(crate) fn record(took: Duration, synced: bool, compacts: bool) {
+        let took = took.as_secs_f64();
+        if synced {
             metrics::histogram!(n::FSYNC_SECONDS).record(took);
         }
-        if self.compacts {
+        if compacts {
             metrics::histogram!(n::COMPACTION_SECONDS).record(took);
         }
     }

@@ -9,6 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub trait Clock: Send + Sync + 'static {
     /// The current time. Never goes backwards.
     fn now(&self) -> Instant;
+
+    /// How long, in real time, until this clock reads `at` (zero if it does already): what a
+    /// [`crate::Node`] sleeps for its next timer. The default, the difference on this clock,
+    /// is right for a clock that runs at real time; one that runs at another rate (a host's
+    /// skewed clock for fault injection) says how long that really is.
+    fn real_until(&self, at: Instant) -> std::time::Duration {
+        at.saturating_since(self.now())
+    }
 }
 
 /// The process's monotonic clock (`std::time::Instant`), as nanoseconds since its creation.

@@ -154,7 +154,7 @@ pub use replica::{
     SNAPSHOT_CHUNK_BYTES_MAX, SnapshotCallback, Status, TransferStats,
 };
 #[cfg(feature = "rocksdb")]
-pub use rocks::{ImageLayout, RocksLog};
+pub use rocks::{ImageLayout, RocksLog, WrittenBatch};
 pub use sessions::ClientId;
 pub use state_machine::{Committed, RestoreError, RuntimeWrites, StateMachine};
 pub use storage::{

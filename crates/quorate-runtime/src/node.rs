@@ -234,7 +234,7 @@ async fn run<SM: StateMachine, L: LogStorage, D: Core<L> + 'static, N: Network, 
             *s = current;
             changed
         });
-        let wait = replica.next_deadline().map_or(Duration::from_secs(3600), |d| d.saturating_since(clock.now()));
+        let wait = replica.next_deadline().map_or(Duration::from_secs(3600), |d| clock.real_until(d));
         tokio::select! {
             biased;
             // The writer's reports first: what they release (acknowledgements, commits) is

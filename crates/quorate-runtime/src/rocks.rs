@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The directory (in the store's) of the snapshot being received: the staged file and
 /// `state`. The staged file is a snapshot file in the making: with [`ImageLayout::Data`], the
@@ -69,6 +70,34 @@ pub struct RocksLog {
     staging_dir: PathBuf,
     staging: Option<(SnapshotHeader, u64)>,
     layout: ImageLayout,
+    /// Told of every batch the batch writer wrote ([`RocksLog::observe_writes`]).
+    observer: Option<WriteObserver>,
+}
+
+/// A batch [`RocksLog`]'s batch writer has written or failed, as its observer
+/// ([`RocksLog::observe_writes`]) is told before the batch's report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WrittenBatch {
+    /// Fsynced (a batch that only moves the commit index is not).
+    pub synced: bool,
+    /// It compacted the log.
+    pub compacted: bool,
+    /// From its submission to the writer until written: the wait behind earlier batches and
+    /// the write with its fsync (shared with the batches merged into the same write).
+    pub took: Duration,
+    /// Written; `false`: it failed (the replica halts on its report).
+    pub ok: bool,
+}
+
+/// The observer of [`RocksLog::observe_writes`].
+#[derive(Clone)]
+struct WriteObserver(Arc<dyn Fn(&WrittenBatch) + Send + Sync>);
+
+impl std::fmt::Debug for WriteObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteObserver")
+    }
 }
 
 impl RocksLog {
@@ -90,7 +119,21 @@ impl RocksLog {
         let store = RocksStore::open(dir, options)?;
         let staging_dir = store.dir().join(STAGING_DIR);
         let staging = load_staging(&staging_dir, layout)?;
-        Ok(RocksLog { store: Arc::new(store), staging_dir, staging, layout })
+        Ok(RocksLog { store: Arc::new(store), staging_dir, staging, layout, observer: None })
+    }
+
+    /// Calls `observe` for every batch the batch writer ([`LogStorage::batch_writer`]) has
+    /// written or failed, on the writer's thread, before the batch is reported to the
+    /// replica: for fsync metrics, or a host's fault injection (a sleep here is a slow disk:
+    /// it holds back the batch's report and the writer's next write — and a replica's turn
+    /// that flushes the writer before an install, or its shutdown, waits for it). Set it
+    /// before the replica detaches its writes (`Node` does at its start). Writes the replica
+    /// makes in its own turn (installs) and the writer's flushes are not observed.
+    ///
+    /// `observe` must not panic: the writer's thread would die with it, and the batches it
+    /// held would be reported only as the writer stopping.
+    pub fn observe_writes(&mut self, observe: impl Fn(&WrittenBatch) + Send + Sync + 'static) {
+        self.observer = Some(WriteObserver(Arc::new(observe)));
     }
 
     /// What this log's snapshot images are.
@@ -162,6 +205,7 @@ fn store_batch(batch: &Persist, entries: Vec<Entry>) -> PersistBatch {
 /// [`RocksLog`]'s [`BatchWriter`]: quorate-storage's group committer.
 struct RocksWriter {
     committer: GroupCommitter,
+    observer: Option<WriteObserver>,
 }
 
 impl BatchWriter for RocksWriter {
@@ -171,7 +215,14 @@ impl BatchWriter for RocksWriter {
             return Err(StorageError::Io("a snapshot install handed to the batch writer".into()));
         }
         let entries = std::mem::take(&mut batch.entries);
-        Ok(self.committer.submit_with(store_batch(&batch, entries), move |r| done(r.map_err(StorageError::from)))?)
+        let (synced, compacted, submitted) = (batch.sync, batch.compact.is_some(), Instant::now());
+        let observer = self.observer.clone();
+        Ok(self.committer.submit_with(store_batch(&batch, entries), move |r| {
+            if let Some(WriteObserver(observe)) = observer {
+                observe(&WrittenBatch { synced, compacted, took: submitted.elapsed(), ok: r.is_ok() });
+            }
+            done(r.map_err(StorageError::from));
+        })?)
     }
 
     fn flush(&mut self) -> Result<(), StorageError> {
@@ -233,7 +284,7 @@ impl LogStorage for RocksLog {
         let mut options = GroupOptions::default();
         options.space_retry_interval = None;
         let committer = GroupCommitter::new(self.store.clone(), options)?;
-        Ok(Some(Box::new(RocksWriter { committer })))
+        Ok(Some(Box::new(RocksWriter { committer, observer: self.observer.clone() })))
     }
 
     /// What the store's durable mark had recorded, if the store opened below it

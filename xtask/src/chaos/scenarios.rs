@@ -100,21 +100,11 @@ pub(crate) fn ci_runs() -> Vec<Options> {
     c.reads = ReadConsistency::Lease;
     c.leader_first = true;
     c.label = Some("ci-303-lease".into());
-    // Every node on the runtime engine (issue 19), under the faults it honours: the process
-    // and network faults, membership changes, transfers, a full disk and a torn write-ahead
-    // log, with the transaction clients. (It does not honour the slow-disk and clock
-    // failpoints yet: a run with them would pass without exercising them.)
+    // Every node on the runtime engine (issue 19), under every fault kind, with the
+    // transaction clients.
     let mut d = Options::new(404);
     d.duration = Duration::from_secs(25);
-    d.faults = vec![
-        Fault::KILL,
-        Fault::PAUSE,
-        Fault::PARTITION,
-        Fault::RECONFIG,
-        Fault::LEADER_TRANSFER,
-        Fault::DISK_FULL,
-        Fault::LOST_WAL,
-    ];
+    d.faults = Fault::all();
     d.txn_clients = 4;
     d.engine = Some("runtime");
     d.label = Some("ci-404-runtime".into());
